@@ -1,0 +1,366 @@
+"""
+Accounts: people, their passwords, browser sessions and sign-in throttling.
+
+Passwords are hashed with argon2id in a thread, never on the reactor.
+Session tokens are random; only their SHA-256 is stored, so a copy of the
+database does not let anyone sign in. Failed sign-ins are counted in the
+database per account and per client address, so the limit holds across
+worker processes and nodes.
+
+Nothing here renders pages or reads requests: the web layer does that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from clickpass.config import AccountsSettings
+from clickpass.database.storage import IntegrityError, Storage, Transaction
+
+MAX_PASSWORD_LENGTH = 1024
+EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
+
+
+class AccountError(Exception):
+    """A request about an account cannot be met; the message is for the person."""
+
+
+class SignInRefused(AccountError):
+    """Bad credentials. One message whatever was wrong, so nothing leaks."""
+
+    def __init__(self) -> None:
+        super().__init__("That email and password do not match an account.")
+
+
+class Throttled(AccountError):
+    """Too many failed sign-ins recently, for this account or this address."""
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, (retry_after + 59) // 60)
+        super().__init__(
+            f"Too many failed sign-in attempts. Try again in {minutes} minute"
+            f"{'' if minutes == 1 else 's'}."
+        )
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    uid: str
+    email: str
+    display_name: str
+    created: int
+    disabled: bool
+
+
+_ACCOUNT_COLUMNS = "id, uid, email, display_name, created, disabled"
+
+
+def _account(row: tuple[Any, ...] | None) -> Account | None:
+    if row is None:
+        return None
+    return Account(int(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4]), bool(row[5]))
+
+
+def normalise_email(email: str) -> str:
+    """The form in which an email is stored and compared."""
+    return email.strip().lower()
+
+
+def check_email(email: str) -> str:
+    """Return the normalised email, or raise L{AccountError} saying what is wrong."""
+    value = normalise_email(email)
+    if not value:
+        raise AccountError("Enter your email address.")
+    if len(value) > 254 or not EMAIL_PATTERN.match(value) or "." not in value.split("@")[1]:
+        raise AccountError("That does not look like an email address.")
+    return value
+
+
+def session_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# Transactions (run on the storage's pool).
+
+
+def _insert_account(tx: Transaction, uid: str, email: str, pw_hash: str, now: int) -> Account:
+    tx.execute(
+        "INSERT INTO accounts (uid, email, password_hash, created) VALUES (?, ?, ?, ?)",
+        uid,
+        email,
+        pw_hash,
+        now,
+    )
+    account = _account(tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE uid = ?", uid))
+    assert account is not None
+    return account
+
+
+def _account_and_hash(tx: Transaction, email: str) -> tuple[Account, str | None] | None:
+    row = tx.fetchone(
+        f"SELECT {_ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE email = ?", email
+    )
+    if row is None:
+        return None
+    account = _account(row[:6])
+    assert account is not None
+    return account, row[6]
+
+
+def _throttle_state(
+    tx: Transaction, subjects: list[tuple[str, str, int]], now: int, window: int
+) -> int:
+    """Seconds until the first over-limit subject may try again; 0 if none is."""
+    wait = 0
+    for scope, subject, limit in subjects:
+        row = tx.fetchone(
+            "SELECT window_start, failures FROM signin_failures WHERE scope = ? AND subject = ?",
+            scope,
+            subject,
+        )
+        if row is None:
+            continue
+        start, failures = int(row[0]), int(row[1])
+        if start + window > now and failures >= limit:
+            wait = max(wait, start + window - now)
+    return wait
+
+
+def _record_failure(
+    tx: Transaction, subjects: list[tuple[str, str, int]], now: int, window: int
+) -> None:
+    for scope, subject, _limit in subjects:
+        changed = tx.execute(
+            "UPDATE signin_failures SET failures = failures + 1 "
+            "WHERE scope = ? AND subject = ? AND window_start > ?",
+            scope,
+            subject,
+            now - window,
+        )
+        if changed:
+            continue
+        changed = tx.execute(
+            "UPDATE signin_failures SET failures = 1, window_start = ? "
+            "WHERE scope = ? AND subject = ?",
+            now,
+            scope,
+            subject,
+        )
+        if not changed:
+            tx.execute(
+                tx.dialect.insert_ignore() + " INTO signin_failures "
+                "(scope, subject, window_start, failures) VALUES (?, ?, ?, 1)",
+                scope,
+                subject,
+                now,
+            )
+
+
+def _clear_failures(tx: Transaction, scope: str, subject: str) -> None:
+    tx.execute("DELETE FROM signin_failures WHERE scope = ? AND subject = ?", scope, subject)
+
+
+def _create_session(
+    tx: Transaction, token_hash: str, account_id: int, now: int, expires: int, address: str
+) -> None:
+    tx.execute(
+        "INSERT INTO sessions (token_hash, account_id, created, expires, client_address) "
+        "VALUES (?, ?, ?, ?, ?)",
+        token_hash,
+        account_id,
+        now,
+        expires,
+        address[:64],
+    )
+
+
+def _session_account(tx: Transaction, token_hash: str, now: int) -> Account | None:
+    cols = ", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLUMNS.split(","))
+    return _account(
+        tx.fetchone(
+            f"SELECT {cols} FROM sessions s JOIN accounts a ON a.id = s.account_id "
+            "WHERE s.token_hash = ? AND s.expires > ? AND a.disabled = 0",
+            token_hash,
+            now,
+        )
+    )
+
+
+class Accounts:
+    """The operations on accounts and sessions that the web and control port use."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        storage: Storage,
+        settings: AccountsSettings,
+        clock: Callable[[], float] = time.time,
+        hasher: PasswordHasher | None = None,
+        threadpool: ThreadPool | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._storage = storage
+        self._settings = settings
+        self._clock = clock
+        self._hasher = hasher or PasswordHasher()
+        self._threadpool = threadpool
+        # Verified against when the email is unknown, so a wrong email costs
+        # as long as a wrong password and timing reveals nothing.
+        self._dummy_hash: str | None = None
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        pool = self._threadpool or self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, fn, *args)
+
+    def check_password_rules(self, password: str) -> None:
+        minimum = self._settings.min_password_length
+        if len(password) < minimum:
+            raise AccountError(f"Choose a password of at least {minimum} characters.")
+        if len(password) > MAX_PASSWORD_LENGTH:
+            raise AccountError(f"Choose a password of at most {MAX_PASSWORD_LENGTH} characters.")
+
+    async def sign_up(self, email: str, password: str) -> Account:
+        """Create an account; L{AccountError} says why not."""
+        address = check_email(email)
+        self.check_password_rules(password)
+        pw_hash = await self._in_thread(self._hasher.hash, password)
+        uid = secrets.token_hex(16)
+        try:
+            account: Account = await self._storage.run(
+                _insert_account, uid, address, pw_hash, self._now()
+            )
+        except IntegrityError:
+            raise AccountError("An account with that email already exists. Sign in instead.") from None
+        return account
+
+    async def authenticate(self, email: str, password: str, client_address: str) -> Account:
+        """
+        Check an email and password. Raise L{Throttled} when this account or
+        this address has failed too often lately, L{SignInRefused} for any
+        mismatch (unknown email, wrong password, disabled account).
+        """
+        address = normalise_email(email)[:254]
+        now = self._now()
+        window = self._settings.throttle_window
+        subjects = [
+            ("account", address, self._settings.throttle_per_account),
+            ("address", client_address[:255], self._settings.throttle_per_address),
+        ]
+        wait = await self._storage.run(_throttle_state, subjects, now, window)
+        if wait:
+            raise Throttled(wait)
+        found = await self._storage.run(_account_and_hash, address)
+        if found is None or found[1] is None:
+            await self._in_thread(self._verify, self._dummy(), password)
+            ok = False
+        else:
+            ok = await self._in_thread(self._verify, found[1], password)
+        if not ok or found is None or found[0].disabled:
+            await self._storage.run(_record_failure, subjects, now, window)
+            raise SignInRefused()
+        account, pw_hash = found
+        await self._storage.run(_clear_failures, "account", address)
+        if pw_hash is not None and self._hasher.check_needs_rehash(pw_hash):
+            new_hash = await self._in_thread(self._hasher.hash, password)
+            await self._storage.run(
+                lambda tx: tx.execute(
+                    "UPDATE accounts SET password_hash = ? WHERE id = ?", new_hash, account.id
+                )
+            )
+        return account
+
+    def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
+        return self._dummy_hash
+
+    def _verify(self, pw_hash: str, password: str) -> bool:
+        try:
+            return bool(self._hasher.verify(pw_hash, password))
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def disable(self, email: str) -> bool:
+        """Disable an account and end its sessions; false when there is none."""
+
+        def disable(tx: Transaction) -> bool:
+            row = tx.fetchone("SELECT id FROM accounts WHERE email = ?", normalise_email(email))
+            if row is None:
+                return False
+            tx.execute("UPDATE accounts SET disabled = 1 WHERE id = ?", row[0])
+            tx.execute("DELETE FROM sessions WHERE account_id = ?", row[0])
+            return True
+
+        result: bool = await self._storage.run(disable)
+        return result
+
+    async def get(self, account_id: int) -> Account | None:
+        result: Account | None = await self._storage.run(
+            lambda tx: _account(
+                tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", account_id)
+            )
+        )
+        return result
+
+    async def start_session(
+        self, account: Account, client_address: str, previous_token: str | None = None
+    ) -> str:
+        """
+        Open a session for C{account} and return its new token. The token
+        the browser had before (if any) is ended: sign-in rotates it.
+        """
+        token = secrets.token_urlsafe(32)
+        now = self._now()
+
+        def start(tx: Transaction) -> None:
+            if previous_token:
+                tx.execute("DELETE FROM sessions WHERE token_hash = ?", session_hash(previous_token))
+            _create_session(
+                tx,
+                session_hash(token),
+                account.id,
+                now,
+                now + self._settings.session_lifetime,
+                client_address,
+            )
+
+        await self._storage.run(start)
+        return token
+
+    async def session_account(self, token: str) -> Account | None:
+        """The signed-in account for a session token, or L{None}."""
+        if not token or len(token) > 128:
+            return None
+        result: Account | None = await self._storage.run(
+            _session_account, session_hash(token), self._now()
+        )
+        return result
+
+    async def end_session(self, token: str) -> None:
+        await self._storage.run(
+            lambda tx: tx.execute("DELETE FROM sessions WHERE token_hash = ?", session_hash(token))
+        )
+
+    async def expire_sessions(self) -> int:
+        """Delete expired sessions; return how many."""
+        now = self._now()
+        count: int = await self._storage.run(
+            lambda tx: tx.execute("DELETE FROM sessions WHERE expires <= ?", now)
+        )
+        return count

@@ -1,0 +1,481 @@
+"""
+Configuration: one TOML file turned into typed, validated settings.
+
+Each section of the file is a frozen dataclass below; a key is a field. The
+loader checks every key against its field: unknown keys, wrong types and
+files that cannot be read are reported as one clear line naming the key or
+the file (L{ConfigError}), never as a traceback.
+
+This module must never start anything or touch the network: it only reads
+files and answers questions about them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_DATA_DIR = "./clickpass-data"
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+SECRET_BYTES = 32
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used. The message is one line that names
+    the key or file at fault and says what is wrong.
+    """
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSettings:
+    """[node]: who this node is and where it keeps its files."""
+
+    name: str = dataclasses.field(
+        default="node1", metadata=_doc("This node's id, unique within the cluster.")
+    )
+    data_dir: str = dataclasses.field(
+        default=DEFAULT_DATA_DIR,
+        metadata=_doc("Directory for local files (SQLite database, secret, control socket)."),
+    )
+    public_url: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "Base URL people and partners use, e.g. https://login.example.com/. "
+            "Default: derived from the first listener."
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """[web]: the public HTTP(S) listeners."""
+
+    listen: list[str] = dataclasses.field(
+        default_factory=lambda: [DEFAULT_LISTEN],
+        metadata=_doc("Endpoint strings to serve on, e.g. tcp:8080:interface=127.0.0.1."),
+    )
+    tls_certificate: str = dataclasses.field(
+        default="", metadata=_doc("PEM certificate chain for ssl: listeners.")
+    )
+    tls_private_key: str = dataclasses.field(
+        default="", metadata=_doc("PEM private key for ssl: listeners.")
+    )
+    trust_forwarded_headers: bool = dataclasses.field(
+        default=False,
+        metadata=_doc(
+            "Believe X-Forwarded-For/-Proto/-Host sent by the client; only behind a "
+            "trusted proxy."
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    """[database]: where everything that must survive a node's loss lives."""
+
+    backend: Literal["sqlite", "mysql"] = dataclasses.field(
+        default="sqlite", metadata=_doc('"sqlite" (embedded) or "mysql" (MariaDB/MySQL).')
+    )
+    path: str = dataclasses.field(
+        default="clickpass.sqlite3",
+        metadata=_doc("SQLite file, relative to [node] data_dir unless absolute."),
+    )
+    host: str = dataclasses.field(default="127.0.0.1", metadata=_doc("MariaDB host."))
+    port: int = dataclasses.field(default=3306, metadata=_doc("MariaDB port."))
+    unix_socket: str = dataclasses.field(
+        default="", metadata=_doc("MariaDB unix socket; overrides host and port.")
+    )
+    user: str = dataclasses.field(default="clickpass", metadata=_doc("MariaDB user."))
+    password_file: str = dataclasses.field(
+        default="", metadata=_doc("File holding the MariaDB password (first line).")
+    )
+    name: str = dataclasses.field(default="clickpass", metadata=_doc("MariaDB database name."))
+    pool_min: int = dataclasses.field(default=2, metadata=_doc("Connections kept open."))
+    pool_max: int = dataclasses.field(default=8, metadata=_doc("Most connections at once."))
+    connect_timeout: float = dataclasses.field(
+        default=5.0, metadata=_doc("Seconds to wait for a database connection.")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretsSettings:
+    """[secrets]: the node's master secret."""
+
+    secret_file: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "File holding the cluster's master secret (64 hex digits). Every node of a "
+            "cluster must use the same one, and it must never change: per-site "
+            "identifiers derive from it. Default: <data_dir>/secret.key, created on "
+            "first start."
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlSettings:
+    """[control]: the operators' control port, driven by clickpass-ctl."""
+
+    socket: str = dataclasses.field(
+        default="",
+        metadata=_doc("Unix socket path (mode 0600). Default: <data_dir>/control.sock."),
+    )
+    tcp: str = dataclasses.field(
+        default="",
+        metadata=_doc("Optional loopback TCP endpoint, e.g. tcp:9101:interface=127.0.0.1."),
+    )
+    token_file: str = dataclasses.field(
+        default="", metadata=_doc("File holding the token required on the TCP control port.")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenIDSettings:
+    """[openid]: the OpenID 2.0 provider."""
+
+    association_lifetime: int = dataclasses.field(
+        default=14 * 24 * 3600, metadata=_doc("Seconds an association stays valid.")
+    )
+    allow_private_rp_discovery: bool = dataclasses.field(
+        default=False,
+        metadata=_doc(
+            "Let relying-party discovery fetch loopback and private addresses "
+            "(only for labs and tests)."
+        ),
+    )
+    rp_discovery_timeout: float = dataclasses.field(
+        default=5.0, metadata=_doc("Seconds allowed for relying-party discovery.")
+    )
+    rp_discovery_max_bytes: int = dataclasses.field(
+        default=256 * 1024, metadata=_doc("Largest relying-party discovery document read.")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountsSettings:
+    """[accounts]: people, passwords, sessions and sign-in throttling."""
+
+    min_password_length: int = dataclasses.field(
+        default=10, metadata=_doc("Shortest password accepted at sign-up.")
+    )
+    session_lifetime: int = dataclasses.field(
+        default=14 * 24 * 3600, metadata=_doc("Seconds a browser session lasts.")
+    )
+    throttle_window: int = dataclasses.field(
+        default=900, metadata=_doc("Seconds over which failed sign-ins are counted.")
+    )
+    throttle_per_account: int = dataclasses.field(
+        default=5, metadata=_doc("Failed sign-ins allowed per account within the window.")
+    )
+    throttle_per_address: int = dataclasses.field(
+        default=20, metadata=_doc("Failed sign-ins allowed per client address within the window.")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one node."""
+
+    node: NodeSettings = dataclasses.field(default_factory=NodeSettings)
+    web: WebSettings = dataclasses.field(default_factory=WebSettings)
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    secrets: SecretsSettings = dataclasses.field(default_factory=SecretsSettings)
+    control: ControlSettings = dataclasses.field(default_factory=ControlSettings)
+    openid: OpenIDSettings = dataclasses.field(default_factory=OpenIDSettings)
+    accounts: AccountsSettings = dataclasses.field(default_factory=AccountsSettings)
+    source: str = dataclasses.field(
+        default="(embedded default)", metadata={"internal": "true"}
+    )
+
+    # Derived paths, resolved against data_dir.
+
+    def data_path(self, value: str) -> Path:
+        """Resolve C{value} against C{[node] data_dir} unless it is absolute."""
+        path = Path(value)
+        if path.is_absolute():
+            return path
+        return Path(self.node.data_dir) / path
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_path(self.control.socket or "control.sock")
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_path(self.secrets.secret_file or "secret.key")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_path(self.database.path)
+
+    @property
+    def base_url(self) -> str:
+        """The public base URL, always ending in a slash."""
+        url = self.node.public_url or url_for_endpoint(self.web.listen[0])
+        return url if url.endswith("/") else url + "/"
+
+    @property
+    def served_over_tls(self) -> bool:
+        return self.base_url.startswith("https://")
+
+
+def url_for_endpoint(endpoint: str) -> str:
+    """
+    Guess the URL a person would use for a listener endpoint string, for the
+    embedded default where no public_url is configured.
+    """
+    parts = endpoint.split(":")
+    kind = parts[0]
+    port = parts[1] if len(parts) > 1 else "80"
+    host = "127.0.0.1"
+    for part in parts[2:]:
+        if part.startswith("interface="):
+            host = part.split("=", 1)[1].replace("\\", "") or host
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard bind serves loopback too
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if kind == "ssl" else "http"
+    default_port = "443" if scheme == "https" else "80"
+    netloc = host if port == default_port else f"{host}:{port}"
+    return f"{scheme}://{netloc}/"
+
+
+# Parsing and validation.
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_value(where: str, value: object, annotation: Any) -> object:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            wanted = " or ".join(f'"{c}"' for c in choices)
+            raise ConfigError(f"{where}: must be {wanted}, not {value!r}")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
+        return [_check_value(f"{where}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+        return value
+    if isinstance(annotation, type) and isinstance(value, annotation):
+        return value
+    raise ConfigError(
+        f"{where}: expected {_TYPE_NAMES.get(annotation, annotation)}, got {_describe(value)}"
+    )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _build_section(cls: type[Any], name: str, table: object) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}]: expected a table, got {_describe(table)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"[{name}] {key}: unknown key (known keys: {known})")
+        values[key] = _check_value(f"[{name}] {key}", value, hints[key])
+    return cls(**values)
+
+
+def sections() -> Mapping[str, type[Any]]:
+    """The sections a configuration file may have, by name."""
+    hints = typing.get_type_hints(Settings)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(Settings)
+        if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def parse(document: Mapping[str, object], source: str = "(string)") -> Settings:
+    """Turn a parsed TOML document into L{Settings}, or raise L{ConfigError}."""
+    known = sections()
+    built: dict[str, object] = {}
+    for name, table in document.items():
+        if name not in known:
+            names = ", ".join(f"[{n}]" for n in known)
+            raise ConfigError(f"[{name}]: unknown section (known sections: {names})")
+        built[name] = _build_section(known[name], name, table)
+    settings = Settings(**built, source=source)  # type: ignore[arg-type]
+    _check_semantics(settings)
+    return settings
+
+
+def _check_semantics(settings: Settings) -> None:
+    if not settings.web.listen:
+        raise ConfigError("[web] listen: at least one endpoint is needed")
+    for i, endpoint in enumerate(settings.web.listen):
+        kind = endpoint.split(":", 1)[0]
+        if kind not in ("tcp", "ssl", "unix", "tcp6"):
+            raise ConfigError(
+                f"[web] listen[{i}]: {endpoint!r} is not a tcp:, tcp6:, ssl: or unix: endpoint"
+            )
+        if kind == "ssl" and not (settings.web.tls_certificate and settings.web.tls_private_key):
+            raise ConfigError(
+                f"[web] listen[{i}]: an ssl: listener needs [web] tls_certificate and "
+                "tls_private_key"
+            )
+    public = settings.node.public_url
+    if public and not public.startswith(("http://", "https://")):
+        raise ConfigError(f"[node] public_url: {public!r} must start with http:// or https://")
+    db = settings.database
+    if not 1 <= db.port <= 65535:
+        raise ConfigError(f"[database] port: {db.port} is not a TCP port")
+    if db.pool_min < 1 or db.pool_max < db.pool_min:
+        raise ConfigError("[database] pool_min/pool_max: need 1 <= pool_min <= pool_max")
+    if settings.control.tcp and not settings.control.token_file:
+        raise ConfigError("[control] tcp: a TCP control port needs [control] token_file")
+    for key in ("throttle_window", "throttle_per_account", "throttle_per_address"):
+        if getattr(settings.accounts, key) < 1:
+            raise ConfigError(f"[accounts] {key}: must be at least 1")
+
+
+def load(path: str | os.PathLike[str] | None) -> Settings:
+    """
+    Read the configuration file at C{path}, or return the embedded default
+    when C{path} is L{None}. Raise L{ConfigError} with one clear line when
+    the file cannot be used.
+    """
+    if path is None:
+        return Settings()
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: configuration file not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8 text") from None
+    return parse(document, source=str(path))
+
+
+def read_secret_file(path: Path, key: str) -> str:
+    """
+    Read the first line of a secret file, or raise L{ConfigError} naming
+    C{key} and the file.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: file {path} not found") from None
+    except PermissionError:
+        raise ConfigError(f"{key}: file {path} not readable (permission denied)") from None
+    except (IsADirectoryError, UnicodeDecodeError):
+        raise ConfigError(f"{key}: {path} is not a text file") from None
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not line:
+        raise ConfigError(f"{key}: file {path} is empty")
+    return line
+
+
+def master_secret(settings: Settings, create: bool) -> bytes:
+    """
+    The cluster's master secret. When no secret file is configured and
+    C{create} is true, one is generated under the data directory on first
+    start (mode 0600); a configured file that is missing is an error.
+    """
+    path = settings.secret_path
+    key = "[secrets] secret_file"
+    if not path.exists() and create and not settings.secrets.secret_file:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(SECRET_BYTES) + "\n")
+    text = read_secret_file(path, key)
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{key}: {path} must hold hex digits") from None
+    if len(value) < 16:
+        raise ConfigError(f"{key}: {path} holds {len(value)} bytes; at least 16 are needed")
+    return value
+
+
+def check_files(settings: Settings) -> None:
+    """
+    Check that every file the configuration names can be read, so that a
+    node refuses to start with one clear line rather than failing later.
+    """
+    for key, value in (
+        ("[web] tls_certificate", settings.web.tls_certificate),
+        ("[web] tls_private_key", settings.web.tls_private_key),
+        ("[database] password_file", settings.database.password_file),
+        ("[control] token_file", settings.control.token_file),
+    ):
+        if value:
+            read_secret_file(settings.data_path(value), key)
+
+
+def example_document() -> str:
+    """Render every section and key with its default and documentation."""
+    lines: list[str] = []
+    for name, cls in sections().items():
+        lines.append(f"[{name}]")
+        doc = (cls.__doc__ or "").strip()
+        if doc:
+            lines.append(f"# {doc}")
+        for f in dataclasses.fields(cls):
+            lines.append(f"# {f.metadata.get('doc', '')}")
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            lines.append(f"#{f.name} = {_toml(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "check_files",
+    "load",
+    "master_secret",
+    "parse",
+]

@@ -1,0 +1,309 @@
+"""
+clickpass-ctl: the operators' command line for a running node.
+
+It speaks the control protocol (L{clickpass.control.protocol}) over the
+node's unix socket, or over loopback TCP with a token, and prints the
+answer as text or, with C{--json}, as JSON. Errors are one line on stderr
+and a non-zero exit status.
+
+Commands that need no running node (C{db migrate}) open the configured
+storage themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clickpass import config as configmod
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CtlError(Exception):
+    """A one-line error for the operator."""
+
+
+@dataclass
+class Connection:
+    """Where the node's control port is, and how to authenticate."""
+
+    unix_path: str | None = None
+    tcp: tuple[str, int] | None = None
+    token: str | None = None
+    timeout: float = 30.0
+
+    def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        request: dict[str, Any] = {"command": command, "args": args or {}}
+        if self.token is not None:
+            request["token"] = self.token
+        try:
+            if self.tcp is not None:
+                sock = socket.create_connection(self.tcp, timeout=self.timeout)
+                where = f"{self.tcp[0]}:{self.tcp[1]}"
+            else:
+                assert self.unix_path is not None
+                where = self.unix_path
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                sock.connect(self.unix_path)
+        except FileNotFoundError:
+            raise CtlError(f"no node is listening on {where} (is it running?)") from None
+        except ConnectionRefusedError:
+            raise CtlError(f"connection refused at {where} (is the node running?)") from None
+        except PermissionError:
+            raise CtlError(f"permission denied opening {where}") from None
+        except OSError as e:
+            raise CtlError(f"cannot reach the control port at {where}: {e.strerror or e}") from None
+        with sock:
+            sock.sendall(json.dumps(request).encode("utf-8") + b"\n")
+            buf = b""
+            try:
+                while not buf.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except TimeoutError:
+                raise CtlError(f"the node did not answer {command!r} within {self.timeout:g}s") from None
+        if not buf:
+            raise CtlError("the node closed the connection without answering")
+        answer = json.loads(buf)
+        if not answer.get("ok"):
+            raise CtlError(str(answer.get("error", "unknown error")))
+        return answer.get("result")
+
+
+Formatter = Callable[[Any], str]
+
+
+@dataclass
+class Command:
+    """One clickpass-ctl command: its words, its arguments, what it does."""
+
+    words: tuple[str, ...]
+    help: str
+    run: Callable[[argparse.Namespace, Connection], Any]
+    format: Formatter = field(default=lambda result: _format_plain(result))
+    arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda p: None)
+    needs_node: bool = True
+
+
+COMMANDS: list[Command] = []
+
+
+def command(
+    *words: str,
+    help: str,
+    format: Formatter | None = None,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    needs_node: bool = True,
+) -> Callable[[Callable[[argparse.Namespace, Connection], Any]], Callable[..., Any]]:
+    """Register a clickpass-ctl command (decorator)."""
+
+    def register(run: Callable[[argparse.Namespace, Connection], Any]) -> Callable[..., Any]:
+        COMMANDS.append(
+            Command(
+                words,
+                help,
+                run,
+                format or _format_plain,
+                arguments or (lambda p: None),
+                needs_node,
+            )
+        )
+        return run
+
+    return register
+
+
+def _format_plain(result: Any) -> str:
+    if result is None:
+        return "ok"
+    if isinstance(result, str):
+        return result
+    if isinstance(result, dict):
+        width = max((len(str(k)) for k in result), default=0)
+        return "\n".join(f"{k + ':':<{width + 1}} {_scalar(v)}" for k, v in result.items())
+    if isinstance(result, list):
+        return "\n".join(_scalar(v) for v in result)
+    return str(result)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_scalar(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_scalar(v)}" for k, v in value.items())
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Render rows as an aligned text table with the given columns."""
+    cells = [[str(c) for c in columns]] + [[_scalar(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells
+    )
+
+
+# The commands of the node itself. Other modules add theirs by importing
+# this module and using @command; they are imported in _load_commands().
+
+
+def _format_status(result: dict[str, Any]) -> str:
+    lines = [
+        f"clickpass {result['version']} on node {result['node']}",
+        f"uptime:    {result['uptime_seconds']:.0f}s",
+        f"serving:   {result['public_url']}",
+        f"listeners: {', '.join(result['listeners']) or '-'}",
+        f"database:  {result['database']['backend']} "
+        f"({'answers' if result['database']['answers'] else 'NOT ANSWERING'}"
+        f"{'' if result['database']['answers'] else ': ' + str(result['database'].get('error'))})",
+        f"schema:    version {result['database'].get('schema_version', '?')}",
+    ]
+    return "\n".join(lines)
+
+
+@command("status", help="show version, uptime, listeners and database health", format=_format_status)
+def _status(args: argparse.Namespace, conn: Connection) -> Any:
+    return conn.call("status")
+
+
+def _user_add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("email")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from the first line of standard input",
+    )
+
+
+@command("user", "add", help="create an account", arguments=_user_add_arguments)
+def _user_add(args: argparse.Namespace, conn: Connection) -> Any:
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CtlError("no password on standard input")
+    return conn.call("user.add", {"email": args.email, "password": password})
+
+
+@command(
+    "user",
+    "disable",
+    help="disable an account and end its sessions",
+    arguments=lambda p: p.add_argument("email"),
+)
+def _user_disable(args: argparse.Namespace, conn: Connection) -> Any:
+    return conn.call("user.disable", {"email": args.email})
+
+
+@command("db", "migrate", help="bring the database schema up to date", needs_node=False)
+def _db_migrate(args: argparse.Namespace, conn: Connection) -> Any:
+    from clickpass.database.offline import migrate_offline
+
+    settings = _settings(args)
+    applied, version = migrate_offline(settings)
+    if applied:
+        return f"applied migrations {', '.join(map(str, applied))}; schema is at version {version}"
+    return f"schema already at version {version}"
+
+
+def _settings(args: argparse.Namespace) -> configmod.Settings:
+    settings = configmod.load(args.config)
+    configmod.check_files(settings)
+    return settings
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    if args.socket:
+        return Connection(unix_path=args.socket, timeout=args.timeout)
+    settings = _settings(args)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not settings.control.token_file:
+            raise CtlError("--tcp needs [control] token_file in the configuration")
+        token = configmod.read_secret_file(
+            settings.data_path(settings.control.token_file), "[control] token_file"
+        )
+        return Connection(tcp=(host or "127.0.0.1", int(port)), token=token, timeout=args.timeout)
+    return Connection(unix_path=str(settings.control_socket), timeout=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clickpass-ctl", description="Operate a running Clickpass node."
+    )
+    parser.add_argument("--config", "-c", help="the node's configuration file (default: embedded)")
+    parser.add_argument("--socket", help="control socket path (default: from the configuration)")
+    parser.add_argument("--tcp", help="HOST:PORT of a loopback TCP control port (needs the token)")
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for cmd in COMMANDS:
+        if len(cmd.words) == 1:
+            p = sub.add_parser(cmd.words[0], help=cmd.help)
+        else:
+            head = cmd.words[0]
+            if head not in groups:
+                gp = sub.add_parser(head, help=f"{head} commands")
+                groups[head] = gp.add_subparsers(dest=f"{head}_command", metavar="SUBCOMMAND")
+                gp.set_defaults(_group=gp)
+            p = groups[head].add_parser(" ".join(cmd.words[1:]), help=cmd.help)
+        cmd.arguments(p)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+# Modules whose @command registrations extend clickpass-ctl.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _load_commands() -> None:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cmd: Command | None = getattr(args, "_command", None)
+    if cmd is None:
+        group = getattr(args, "_group", None)
+        (group or parser).print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        conn = _connection(args) if cmd.needs_node else Connection()
+        result = cmd.run(args, conn)
+    except (CtlError, configmod.ConfigError) as e:
+        print(f"clickpass-ctl: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(cmd.format(result))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Connection", "CtlError", "command", "format_table", "main"]

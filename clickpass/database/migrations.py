@@ -1,0 +1,175 @@
+"""
+Versioned schema migrations, run at start and by C{clickpass-ctl db migrate}.
+
+Each migration is a numbered list of statements written once for both
+backends; C{{pk}} and C{{opts}} expand to the dialect's auto-increment key
+and table options. A migration, once released, is never edited: a change is
+a new migration with the next number.
+
+Timestamps are integer seconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from clickpass.database.storage import Storage, Transaction
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "accounts, sessions, per-site identifiers, OpenID store, approvals, throttling",
+        (
+            """CREATE TABLE IF NOT EXISTS accounts (
+                id {pk},
+                uid VARCHAR(64) NOT NULL UNIQUE,
+                email VARCHAR(254) NOT NULL UNIQUE,
+                password_hash VARCHAR(255),
+                display_name VARCHAR(255) NOT NULL DEFAULT '',
+                created BIGINT NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS sessions (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                client_address VARCHAR(64) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS sessions_account ON sessions (account_id)",
+            "CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires)",
+            """CREATE TABLE IF NOT EXISTS site_identifiers (
+                opaque VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                sector VARCHAR(255) NOT NULL,
+                created BIGINT NOT NULL,
+                last_used BIGINT NOT NULL,
+                UNIQUE (account_id, sector)
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS approvals (
+                account_id BIGINT NOT NULL,
+                realm VARCHAR(512) NOT NULL,
+                fields VARCHAR(1024) NOT NULL DEFAULT '',
+                created BIGINT NOT NULL,
+                last_used BIGINT NOT NULL,
+                PRIMARY KEY (account_id, realm(255))
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS openid_associations (
+                server_url VARCHAR(255) NOT NULL,
+                handle VARCHAR(255) NOT NULL,
+                secret BLOB NOT NULL,
+                issued BIGINT NOT NULL,
+                lifetime BIGINT NOT NULL,
+                assoc_type VARCHAR(64) NOT NULL,
+                expires BIGINT NOT NULL,
+                PRIMARY KEY (server_url, handle)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS openid_associations_expires ON openid_associations (expires)",
+            """CREATE TABLE IF NOT EXISTS openid_nonces (
+                server_url VARCHAR(255) NOT NULL,
+                timestamp BIGINT NOT NULL,
+                salt VARCHAR(64) NOT NULL,
+                PRIMARY KEY (server_url, timestamp, salt)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS openid_nonces_timestamp ON openid_nonces (timestamp)",
+            """CREATE TABLE IF NOT EXISTS signin_failures (
+                scope VARCHAR(16) NOT NULL,
+                subject VARCHAR(255) NOT NULL,
+                window_start BIGINT NOT NULL,
+                failures INTEGER NOT NULL,
+                PRIMARY KEY (scope, subject)
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS node_metadata (
+                name VARCHAR(64) NOT NULL PRIMARY KEY,
+                value VARCHAR(255) NOT NULL
+            ){opts}""",
+        ),
+    ),
+)
+
+
+def _expand(statement: str, tx: Transaction) -> str:
+    text = statement.replace("{pk}", tx.dialect.autoincrement_pk).replace(
+        "{opts}", tx.dialect.table_options
+    )
+    if tx.dialect.name == "sqlite":
+        # SQLite has no index prefix lengths.
+        text = text.replace("realm(255)", "realm")
+    return text
+
+
+def current_version(tx: Transaction) -> int:
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version INTEGER NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, "
+        "applied BIGINT NOT NULL)" + tx.dialect.table_options
+    )
+    version = tx.scalar("SELECT MAX(version) FROM schema_version")
+    return int(version or 0)
+
+
+def _apply(tx: Transaction, migration: Migration, now: int) -> bool:
+    # MariaDB commits DDL implicitly, so a migration cannot be one
+    # transaction there. Every statement is idempotent (IF NOT EXISTS) and
+    # the version row is written last: a migration cut off part-way is
+    # simply run again, and two processes starting at once both succeed
+    # (the loser's version insert is ignored).
+    if current_version(tx) >= migration.version:
+        return False
+    for statement in migration.statements:
+        tx.execute(_expand(statement, tx))
+    inserted = tx.execute(
+        tx.dialect.insert_ignore()
+        + " INTO schema_version (version, name, applied) VALUES (?, ?, ?)",
+        migration.version,
+        migration.name,
+        now,
+    )
+    return inserted > 0
+
+
+async def migrate(storage: Storage, now: int) -> list[int]:
+    """
+    Bring the schema up to date and return the versions this call applied
+    (none when it already was). Refuse a database whose schema is newer
+    than this release knows.
+    """
+    applied: list[int] = []
+    latest = await storage.run(current_version)
+    if latest > latest_version():
+        raise SchemaTooNew(
+            f"the database schema is version {latest}, newer than this release knows "
+            f"({latest_version()}); upgrade clickpass on this node"
+        )
+    for migration in MIGRATIONS:
+        if migration.version <= latest:
+            continue
+        if await storage.run(_apply, migration, now):
+            log.info(
+                "applied schema migration {version}: {name}",
+                version=migration.version,
+                name=migration.name,
+            )
+            applied.append(migration.version)
+    return applied
+
+
+def latest_version() -> int:
+    """The schema version this release brings a database to."""
+    return MIGRATIONS[-1].version
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer release than this one."""

@@ -1,0 +1,257 @@
+"""
+The node: the root of one Clickpass process's service tree.
+
+It opens the storage, brings the schema up to date, checks the master
+secret against the database, then starts the public listeners and the
+control port. A node that cannot start logs one line saying why and exits
+non-zero; a database that is not there yet is waited for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clickpass import config as configmod
+from clickpass._version import __version__
+from clickpass.control.protocol import CommandError, CommandRegistry
+from clickpass.control.service import ControlService
+from clickpass.database import migrations
+from clickpass.database.storage import AdbapiStorage, Transaction, open_storage
+
+DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is one line for the operator."""
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """A public fingerprint of the master secret, stored in the database."""
+    return hmac.new(secret, b"clickpass secret fingerprint", hashlib.sha256).hexdigest()[:32]
+
+
+def check_secret(tx: Transaction, fingerprint: str) -> None:
+    """
+    Record the master secret's fingerprint on first start; afterwards refuse
+    a different secret, which would give every person new identifiers.
+    """
+    stored = tx.scalar("SELECT value FROM node_metadata WHERE name = ?", "secret_fingerprint")
+    if stored is None:
+        tx.execute(
+            tx.dialect.insert_ignore() + " INTO node_metadata (name, value) VALUES (?, ?)",
+            "secret_fingerprint",
+            fingerprint,
+        )
+        stored = tx.scalar("SELECT value FROM node_metadata WHERE name = ?", "secret_fingerprint")
+    if stored != fingerprint:
+        raise StartupError(
+            "the master secret ([secrets] secret_file) is not the one this database was "
+            "created with; every node must use the same secret"
+        )
+
+
+def tls_endpoint(description: str, settings: configmod.Settings) -> str:
+    """Add the configured certificate and key to an ssl: endpoint string."""
+    if not description.startswith("ssl:") or "privateKey=" in description:
+        return description
+    key = str(settings.data_path(settings.web.tls_private_key)).replace(":", "\\:")
+    cert = str(settings.data_path(settings.web.tls_certificate)).replace(":", "\\:")
+    return f"{description}:privateKey={key}:certKey={cert}"
+
+
+class Node(MultiService):
+    """One Clickpass node."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, settings: configmod.Settings, secret: bytes) -> None:
+        super().__init__()
+        self.setName("node")
+        self.reactor = reactor
+        self.settings = settings
+        self.secret = secret
+        self.exit_code = 0
+        self.started_at = 0.0
+        self.storage: AdbapiStorage | None = None
+        self.ready = False
+        self.commands = CommandRegistry()
+        self._ports: list[IListeningPort] = []
+        self._starting: Deferred[None] | None = None
+        self._register_commands()
+        ControlService(reactor, settings, self.commands).setServiceParent(self)
+
+    def startService(self) -> None:
+        self.started_at = self.reactor.seconds()
+        super().startService()
+        self._starting = Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._failed_to_start)
+
+    async def _start(self) -> None:
+        settings = self.settings
+        self.storage = open_storage(self.reactor, settings)
+        self.log.info(
+            "clickpass {version} node {node} starting: {config}, database {database}",
+            version=__version__,
+            node=settings.node.name,
+            config=settings.source,
+            database=self.storage.describe(),
+        )
+        await self._migrate(self.storage)
+        await self.storage.run(check_secret, secret_fingerprint(self.secret))
+        from clickpass.web.app import build_site
+
+        site = build_site(self.reactor, settings, self.storage, self.secret)
+        for description in settings.web.listen:
+            endpoint = endpoints.serverFromString(self.reactor, tls_endpoint(description, settings))
+            try:
+                port = await endpoint.listen(site)
+            except Exception as e:
+                raise StartupError(f"cannot listen on {description}: {e}") from None
+            self._ports.append(port)
+        self.ready = True
+        self.log.info(
+            "clickpass node {node} ready: serving {url}",
+            node=settings.node.name,
+            url=settings.base_url,
+        )
+
+    async def _migrate(self, storage: AdbapiStorage) -> None:
+        attempt = 0
+        while True:
+            try:
+                await migrations.migrate(storage, int(time.time()))
+                return
+            except migrations.SchemaTooNew as e:
+                raise StartupError(str(e)) from None
+            except Exception as e:
+                if not _is_connection_problem(e):
+                    raise
+                delay = DB_RETRY_DELAYS[min(attempt, len(DB_RETRY_DELAYS) - 1)]
+                attempt += 1
+                self.log.warn(
+                    "database {database} not reachable ({error}); retrying in {delay}s",
+                    database=storage.describe(),
+                    error=_one_line(e),
+                    delay=delay,
+                )
+                await deferLater(self.reactor, delay, lambda: None)
+
+    def _failed_to_start(self, failure: Failure) -> None:
+        if failure.check(StartupError):
+            self.log.error("clickpass cannot start: {reason}", reason=str(failure.value))
+        else:
+            self.log.failure("clickpass cannot start", failure)
+        self.exit_code = 1
+        reactor: IReactorCore = self.reactor
+        if reactor.running:
+            reactor.stop()
+
+    def stopService(self) -> Deferred[Any]:
+        self.ready = False
+        ports, self._ports = self._ports, []
+        stopping = [maybeDeferred(port.stopListening) for port in ports]
+
+        def children(_: object) -> Deferred[Any]:
+            return maybeDeferred(MultiService.stopService, self)
+
+        def close_storage(result: object) -> object:
+            if self.storage is not None:
+                self.storage.close()
+                self.storage = None
+            return result
+
+        d: Deferred[Any] = DeferredList(stopping).addCallback(children)
+        d.addBoth(close_storage)
+        return d
+
+    # Control commands of the node itself.
+
+    def _register_commands(self) -> None:
+        self.commands.register("status", self._cmd_status, "version, uptime, listeners, database")
+        self.commands.register("help", lambda args: self.commands.help(), "list the commands")
+        self.commands.register("user.add", self._cmd_user_add, "create an account")
+        self.commands.register("user.disable", self._cmd_user_disable, "disable an account")
+
+    async def _cmd_status(self, args: Any) -> dict[str, Any]:
+        database: dict[str, Any] = {"backend": self.settings.database.backend, "answers": False}
+        if self.storage is not None:
+            database["description"] = self.storage.describe()
+            try:
+                database["schema_version"] = await self.storage.run(migrations.current_version)
+                database["answers"] = True
+            except Exception as e:
+                database["error"] = _one_line(e)
+        else:
+            database["error"] = "not opened yet"
+        return {
+            "version": __version__,
+            "node": self.settings.node.name,
+            "uptime_seconds": self.reactor.seconds() - self.started_at,
+            "ready": self.ready,
+            "public_url": self.settings.base_url,
+            "listeners": list(self.settings.web.listen),
+            "control_socket": str(self.settings.control_socket),
+            "database": database,
+        }
+
+    def _accounts(self) -> Any:
+        from clickpass.accounts.service import Accounts
+
+        if self.storage is None:
+            raise CommandError("the node is still starting; try again shortly")
+        return Accounts(self.reactor, self.storage, self.settings.accounts)
+
+    async def _cmd_user_add(self, args: Any) -> dict[str, Any]:
+        from clickpass.accounts.service import AccountError
+
+        email, password = args.get("email"), args.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise CommandError("user.add needs email and password strings")
+        try:
+            account = await self._accounts().sign_up(email, password)
+        except AccountError as e:
+            raise CommandError(str(e)) from None
+        return {"created": account.email, "id": account.id}
+
+    async def _cmd_user_disable(self, args: Any) -> dict[str, Any]:
+        email = args.get("email")
+        if not isinstance(email, str):
+            raise CommandError("user.disable needs an email string")
+        if not await self._accounts().disable(email):
+            raise CommandError(f"no account with email {email}")
+        return {"disabled": email}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def _is_connection_problem(e: Exception) -> bool:
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover
+        return False
+    from twisted.enterprise.adbapi import ConnectionLost
+
+    if isinstance(e, pymysql.err.OperationalError) and e.args:
+        # Wrong credentials or a missing database will not fix themselves.
+        if e.args[0] in (1044, 1045, 1049):
+            raise StartupError(f"database refused us: {e.args[-1]}") from None
+    return isinstance(
+        e, ConnectionLost | pymysql.err.OperationalError | pymysql.err.InterfaceError
+    )
+
+
+__all__ = ["Node", "StartupError"]

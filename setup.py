@@ -1,0 +1,38 @@
+"""Packaging for Clickpass: the ``clickpass`` library and its twistd plugin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="clickpass",
+    version="0.1.0",
+    description="Single sign-on for websites over OpenID 2.0, run as a twistd plugin.",
+    python_requires=">=3.11",
+    packages=[*find_packages(include=["clickpass", "clickpass.*"]), "twisted.plugins"],
+    package_data={
+        "clickpass": ["web/templates/*.html", "web/static/*", "database/migrations/*.sql"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "automat>=24.8",
+        "python3-openid==3.2.0",
+        "pymysql>=1.1",
+        "argon2-cffi>=23.1",
+        "treq>=24.9",
+        "jinja2>=3.1",
+        "httptools>=0.6",
+        "service-identity>=24.1",
+        "idna>=3.6",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "ruff>=0.6",
+            "mypy>=1.11",
+            "mypy-zope>=1.0",
+            "types-PyMySQL",
+        ],
+    },
+    entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},
+)
