@@ -1,0 +1,237 @@
+"""
+The web application a worker serves: pages for people, the OpenID
+provider, and the pieces every page shares (templates, sessions, CSRF).
+
+L{build_site} assembles the L{Router} and its routes; each feature module
+registers its own routes through an C{install(app, router)} function.
+Nothing here blocks the reactor: database work goes through the storage's
+pool, password hashing through threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from twisted.internet.address import UNIXAddress
+from twisted.web.server import Request, Site
+
+from clickpass._version import __version__
+from clickpass.accounts.service import Account, Accounts
+from clickpass.config import Settings
+from clickpass.database.storage import Storage
+from clickpass.web.routing import HTTPError, Router
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+SESSION_COOKIE = b"cp_session"
+CSRF_COOKIE = b"cp_csrf"
+MAX_FIELD = 4096
+
+SECURITY_HEADERS = {
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"same-origin",
+    b"content-security-policy": b"default-src 'self'; img-src 'self' https: data:; "
+    b"frame-ancestors 'none'; form-action 'self' http: https:",
+}
+
+
+class WebApp:
+    """What every page handler shares."""
+
+    def __init__(self, reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.storage = storage
+        self.secret = secret
+        self.accounts = Accounts(reactor, storage, settings.accounts)
+        self._csrf_key = self.derive_key(b"csrf")
+        self.templates = Environment(
+            loader=FileSystemLoader(str(TEMPLATES)),
+            autoescape=select_autoescape(default=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.globals.update(version=__version__, base_url=settings.base_url)
+
+    def derive_key(self, purpose: bytes) -> bytes:
+        """A key for one purpose, derived from the master secret."""
+        return hmac.new(self.secret, b"clickpass key: " + purpose, hashlib.sha256).digest()
+
+    # Requests.
+
+    def client_address(self, request: Request) -> str:
+        """
+        The client's address. Behind our own front (a unix socket) or a
+        configured trusted proxy, X-Forwarded-For's last hop is the client.
+        """
+        peer = request.getClientAddress()
+        if isinstance(peer, UNIXAddress) or self.settings.web.trust_forwarded_headers:
+            forwarded = request.getHeader(b"x-forwarded-for")
+            if forwarded:
+                return forwarded.decode("latin-1").split(",")[-1].strip()[:64]
+        return str(getattr(peer, "host", "unknown"))
+
+    def is_secure(self, request: Request) -> bool:
+        if request.isSecure() or self.settings.served_over_tls:
+            return True
+        peer = request.getClientAddress()
+        if isinstance(peer, UNIXAddress) or self.settings.web.trust_forwarded_headers:
+            return request.getHeader(b"x-forwarded-proto") == b"https"
+        return False
+
+    def set_cookie(self, request: Request, name: bytes, value: str, max_age: int | None) -> None:
+        request.addCookie(
+            name,
+            value.encode("ascii"),
+            path=b"/",
+            max_age=str(max_age).encode("ascii") if max_age is not None else None,
+            httpOnly=True,
+            secure=self.is_secure(request),
+            sameSite="lax",
+        )
+
+    def form(self, request: Request, name: str, default: str = "") -> str:
+        """One form field as text; a bad or oversized value is a 400."""
+        values = (request.args or {}).get(name.encode("ascii"))
+        if not values:
+            return default
+        raw = values[0]
+        if len(raw) > MAX_FIELD:
+            raise HTTPError(400, f"The field {name!r} is too long.")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, f"The field {name!r} is not valid UTF-8.") from None
+
+    # Sessions.
+
+    def session_token(self, request: Request) -> str:
+        raw = request.getCookie(SESSION_COOKIE)
+        return raw.decode("ascii", "replace") if raw else ""
+
+    async def current_account(self, request: Request) -> Account | None:
+        """The signed-in person, or L{None}; looked up once per request."""
+        cached = getattr(request, "_clickpass_account", False)
+        if cached is not False:
+            return cached  # type: ignore[no-any-return]
+        token = self.session_token(request)
+        account = await self.accounts.session_account(token) if token else None
+        request._clickpass_account = account  # type: ignore[attr-defined]
+        return account
+
+    async def require_account(self, request: Request) -> Account:
+        """The signed-in person; otherwise a redirect to sign in and come back."""
+        account = await self.current_account(request)
+        if account is None:
+            target = request.uri.decode("latin-1")
+            raise HTTPError(303, "Sign in first.", {"location": self.signin_url(target)})
+        return account
+
+    async def sign_in(self, request: Request, account: Account) -> None:
+        """Start a session for C{account}, rotating any token the browser had."""
+        token = await self.accounts.start_session(
+            account, self.client_address(request), self.session_token(request) or None
+        )
+        self.set_cookie(request, SESSION_COOKIE, token, self.settings.accounts.session_lifetime)
+        request._clickpass_account = account  # type: ignore[attr-defined]
+
+    async def sign_out(self, request: Request) -> None:
+        token = self.session_token(request)
+        if token:
+            await self.accounts.end_session(token)
+        self.set_cookie(request, SESSION_COOKIE, "", 0)
+        request._clickpass_account = None  # type: ignore[attr-defined]
+
+    # CSRF: a random cookie, and in every form an HMAC of it.
+
+    def csrf_token(self, request: Request) -> str:
+        cookie = getattr(request, "_clickpass_csrf", None)
+        if cookie is None:
+            raw = request.getCookie(CSRF_COOKIE)
+            cookie = raw.decode("ascii", "replace") if raw else ""
+            if not (16 <= len(cookie) <= 64) or not cookie.replace("-", "").replace(
+                "_", ""
+            ).isalnum():
+                cookie = secrets.token_urlsafe(24)
+                self.set_cookie(request, CSRF_COOKIE, cookie, None)
+            request._clickpass_csrf = cookie  # type: ignore[attr-defined]
+        return hmac.new(self._csrf_key, cookie.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def check_csrf(self, request: Request) -> None:
+        """Refuse a form that did not come from one of our pages."""
+        raw = request.getCookie(CSRF_COOKIE)
+        given = self.form(request, "csrf_token")
+        if raw and given:
+            expected = hmac.new(self._csrf_key, raw, hashlib.sha256).hexdigest()
+            if hmac.compare_digest(expected, given):
+                return
+        raise HTTPError(
+            403,
+            "This form has expired or came from another site. Go back, reload the page and "
+            "try again.",
+        )
+
+    # Responses.
+
+    def render(self, request: Request, template: str, **context: Any) -> bytes:
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        context.setdefault("csrf_token", self.csrf_token(request))
+        context.setdefault("account", getattr(request, "_clickpass_account", None))
+        return self.templates.get_template(template).render(**context).encode("utf-8")
+
+    def redirect(self, request: Request, url: str, status: int = 303) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"location", url.encode("utf-8"))
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
+    def signin_url(self, next_url: str) -> str:
+        return "/signin?next=" + quote(safe_next(next_url), safe="")
+
+    def error_page(self, request: Request, status: int, message: str) -> bytes:
+        if status in (301, 302, 303, 307):
+            return b""
+        return self.render(request, "error.html", status=status, message=message)
+
+
+def safe_next(value: str, default: str = "/account") -> str:
+    """
+    Where to go after signing in: only a path on this site, never another
+    host (an open redirect would let anyone phish with our name).
+    """
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    if any(ord(c) < 0x20 for c in value):
+        return default
+    return value
+
+
+def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> Site:
+    """The twisted.web Site serving the whole application."""
+    from clickpass.web import pages
+
+    app = WebApp(reactor, settings, storage, secret)
+    router = Router()
+    router.error_page = app.error_page
+    pages.install(app, router)
+    try:
+        from clickpass.openid import web as openid_web
+    except ImportError:
+        openid_web = None  # type: ignore[assignment]
+    if openid_web is not None:
+        openid_web.install(app, router)
+    site = Site(router)
+    site.displayTracebacks = False
+    site.app = app  # type: ignore[attr-defined]
+    return site

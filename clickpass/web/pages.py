@@ -1,0 +1,125 @@
+"""
+The pages people use for their Clickpass account: home, sign-up, sign-in,
+sign-out, account, plus static files and the liveness probe.
+
+Every form carries a CSRF token; bad credentials get one generic message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+
+from twisted.web.server import Request
+
+from clickpass.accounts.service import AccountError, Throttled
+from clickpass.web.app import STATIC, WebApp, safe_next
+from clickpass.web.routing import HTTPError, Router
+
+
+def install(app: WebApp, router: Router) -> None:
+    """Register the account pages on C{router}."""
+
+    async def home(request: Request) -> bytes:
+        account = await app.current_account(request)
+        return app.render(request, "home.html", account=account)
+
+    async def signup_form(request: Request) -> bytes:
+        account = await app.current_account(request)
+        next_url = safe_next(app.form(request, "next"))
+        if account is not None:
+            return app.redirect(request, next_url)
+        return app.render(request, "signup.html", next=next_url, email="", error=None)
+
+    async def signup(request: Request) -> bytes:
+        app.check_csrf(request)
+        email = app.form(request, "email")
+        password = app.form(request, "password")
+        next_url = safe_next(app.form(request, "next"))
+        try:
+            if password != app.form(request, "password_again"):
+                raise AccountError("The two passwords differ. Type the same password twice.")
+            account = await app.accounts.sign_up(email, password)
+        except AccountError as e:
+            request.setResponseCode(400)
+            return app.render(request, "signup.html", next=next_url, email=email, error=str(e))
+        await app.sign_in(request, account)
+        return app.redirect(request, next_url)
+
+    async def signin_form(request: Request) -> bytes:
+        account = await app.current_account(request)
+        next_url = safe_next(app.form(request, "next"))
+        if account is not None:
+            return app.redirect(request, next_url)
+        return app.render(request, "signin.html", next=next_url, email="", error=None)
+
+    async def signin(request: Request) -> bytes:
+        app.check_csrf(request)
+        email = app.form(request, "email")
+        next_url = safe_next(app.form(request, "next"))
+        try:
+            account = await app.accounts.authenticate(
+                email, app.form(request, "password"), app.client_address(request)
+            )
+        except Throttled as e:
+            request.setResponseCode(429)
+            request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+            return app.render(request, "signin.html", next=next_url, email=email, error=str(e))
+        except AccountError as e:
+            request.setResponseCode(401)
+            return app.render(request, "signin.html", next=next_url, email=email, error=str(e))
+        await app.sign_in(request, account)
+        return app.redirect(request, next_url)
+
+    async def signout(request: Request) -> bytes:
+        app.check_csrf(request)
+        await app.sign_out(request)
+        return app.redirect(request, "/")
+
+    async def account_page(request: Request) -> bytes:
+        account = await app.require_account(request)
+        return app.render(request, "account.html", account=account)
+
+    async def healthz(request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b"ok\n"
+
+    statics = _load_static()
+
+    async def static(request: Request, name: str) -> bytes:
+        found = statics.get(name)
+        if found is None:
+            raise HTTPError(404, "There is nothing at this address.")
+        body, content_type, etag = found
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"public, max-age=3600")
+        request.setHeader(b"etag", etag)
+        if request.getHeader(b"if-none-match") == etag:
+            request.setResponseCode(304)
+            return b""
+        return body
+
+    router.add("GET", "/", home)
+    router.add("GET", "/signup", signup_form)
+    router.add("POST", "/signup", signup)
+    router.add("GET", "/signin", signin_form)
+    router.add("POST", "/signin", signin)
+    router.add("POST", "/signout", signout)
+    router.add("GET", "/account", account_page)
+    router.add("GET", "/healthz", healthz)
+    router.add("GET", "/static/{name}", static)
+
+
+def _load_static() -> dict[str, tuple[bytes, bytes, bytes]]:
+    files: dict[str, tuple[bytes, bytes, bytes]] = {}
+    for path in STATIC.iterdir():
+        if not path.is_file():
+            continue
+        body = path.read_bytes()
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        etag = b'"' + hashlib.sha256(body).hexdigest()[:16].encode("ascii") + b'"'
+        files[path.name] = (body, content_type.encode("ascii"), etag)
+    return files

@@ -1,0 +1,136 @@
+"""
+A small router for twisted.web: method + path pattern -> async handler.
+
+Handlers are C{async def handler(request, **params) -> bytes}; the router
+runs them, finishes the request with what they return, and turns
+L{HTTPError} into a plain error page. An unexpected exception is logged and
+answered with a 500 page: it never takes the process down.
+
+This module must never know about any particular page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+Handler = Callable[..., Awaitable[bytes | None]]
+ErrorPage = Callable[[Request, int, str], bytes]
+
+
+class HTTPError(Exception):
+    """Answer with C{status} and a one-line C{message} for the person."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: bytes
+    pattern: re.Pattern[str]
+    handler: Handler
+
+
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+def _compile(path: str) -> re.Pattern[str]:
+    regex = ""
+    last = 0
+    for m in _PARAM.finditer(path):
+        regex += re.escape(path[last : m.start()]) + f"(?P<{m.group(1)}>[^/]+)"
+        last = m.end()
+    regex += re.escape(path[last:])
+    return re.compile(f"^{regex}$")
+
+
+def _plain_error(request: Request, status: int, message: str) -> bytes:
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return message.encode("utf-8") + b"\n"
+
+
+class Router(Resource):
+    """The root resource: dispatches every request to a registered route."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._routes: list[Route] = []
+        self.error_page: ErrorPage = _plain_error
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        """Route C{method} requests for C{path} (with C{{name}} parameters) to C{handler}."""
+        self._routes.append(Route(method.upper().encode("ascii"), _compile(path), handler))
+
+    def render(self, request: Request) -> int | bytes:  # type: ignore[override]
+        try:
+            path = request.path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(request, HTTPError(400, "The address is not valid UTF-8."))
+        allowed: list[bytes] = []
+        for route in self._routes:
+            m = route.pattern.match(path)
+            if m is None:
+                continue
+            method = request.method
+            if method == b"HEAD" and route.method == b"GET":
+                method = b"GET"
+            if route.method != method:
+                allowed.append(route.method)
+                continue
+            d = Deferred.fromCoroutine(self._run(route.handler, request, m.groupdict()))
+            d.addErrback(self._unexpected, request)
+            return NOT_DONE_YET
+        if allowed:
+            request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
+            return self._error(request, HTTPError(405, "That method is not allowed here."))
+        return self._error(request, HTTPError(404, "There is nothing at this address."))
+
+    async def _run(self, handler: Handler, request: Request, params: dict[str, Any]) -> None:
+        try:
+            body = await handler(request, **params)
+        except HTTPError as e:
+            body = self._error(request, e)
+        if request.finished or request._disconnected:
+            return
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _error(self, request: Request, error: HTTPError) -> bytes:
+        request.setResponseCode(error.status)
+        for name, value in error.headers.items():
+            request.setHeader(name, value)
+        return self.error_page(request, error.status, error.message)
+
+    def _unexpected(self, failure: Failure, request: Request) -> None:
+        self.log.failure(
+            "unhandled error serving {method} {path}",
+            failure,
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+        )
+        if request.finished or request._disconnected:
+            return
+        if request.startedWriting:
+            request.loseConnection()
+            return
+        body = self._error(
+            request, HTTPError(500, "Something went wrong on our side. Please try again.")
+        )
+        request.write(body)
+        request.finish()
