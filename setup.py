@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.11",
     packages=[*find_packages(include=["clickpass", "clickpass.*"]), "twisted.plugins"],
     package_data={
-        "clickpass": ["web/templates/*.html", "web/static/*", "database/migrations/*.sql"],
+        "clickpass": ["py.typed", "web/templates/*.html", "web/static/*", "database/migrations/*.sql"],
     },
     include_package_data=True,
     install_requires=[
@@ -32,6 +32,8 @@ setup(
             "mypy>=1.11",
             "mypy-zope>=1.0",
             "types-PyMySQL",
+            "requests>=2.31",
+            "types-requests",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},

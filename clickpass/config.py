@@ -74,8 +74,7 @@ class WebSettings:
     trust_forwarded_headers: bool = dataclasses.field(
         default=False,
         metadata=_doc(
-            "Believe X-Forwarded-For/-Proto/-Host sent by the client; only behind a "
-            "trusted proxy."
+            "Believe X-Forwarded-For/-Proto/-Host sent by the client; only behind a trusted proxy."
         ),
     )
 
@@ -184,6 +183,114 @@ class AccountsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class HealthCheckSettings:
+    """[[cluster.group.check]]: a health input that lowers the priority or faults the group."""
+
+    name: str = dataclasses.field(
+        default="",
+        metadata=_doc('Health input reported by the node, e.g. "workers" or "database".'),
+    )
+    weight: int = dataclasses.field(
+        default=0,
+        metadata=_doc("0: failing puts the group in FAULT; negative: added to the priority."),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterGroupSettings:
+    """[[cluster.group]]: one heartbeat group, which moves one virtual IP between peers."""
+
+    name: str = dataclasses.field(default="", metadata=_doc("Group name, same on every peer."))
+    vip: str = dataclasses.field(
+        default="", metadata=_doc("Virtual IP with prefix length, e.g. 10.0.0.100/24.")
+    )
+    interface: str = dataclasses.field(
+        default="", metadata=_doc("Network interface that carries the VIP, e.g. eth0.")
+    )
+    priority: int = dataclasses.field(
+        default=100, metadata=_doc("1-254; the highest healthy priority holds the VIP.")
+    )
+    peers: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata=_doc("Peer addresses (HOST or HOST:PORT) that adverts are sent to."),
+    )
+    advert_interval: float = dataclasses.field(
+        default=1.0, metadata=_doc("Seconds between adverts, 0.05 to 40.")
+    )
+    preempt: bool = dataclasses.field(
+        default=True,
+        metadata=_doc("Take the VIP back from a lower-priority master (false: nopreempt)."),
+    )
+    preempt_delay: float = dataclasses.field(
+        default=0.0, metadata=_doc("Seconds after start before this node may preempt.")
+    )
+    lease: int = dataclasses.field(
+        default=2,
+        metadata=_doc(
+            "Seconds the VIP stays on the interface unless renewed (renewed every advert "
+            "while MASTER), so a frozen or killed node's address lapses."
+        ),
+    )
+    garp_count: int = dataclasses.field(
+        default=5, metadata=_doc("Gratuitous ARPs sent on taking the VIP.")
+    )
+    garp_interval: float = dataclasses.field(
+        default=0.05, metadata=_doc("Seconds between the gratuitous ARPs of a burst.")
+    )
+    garp_refresh: float = dataclasses.field(
+        default=0.0, metadata=_doc("Re-send gratuitous ARP this often while MASTER (0: off).")
+    )
+    notify: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata=_doc("Programs run in order on every state change, with GROUP STATE arguments."),
+    )
+    notify_timeout: float = dataclasses.field(
+        default=5.0, metadata=_doc("Seconds a notify program may run before it is killed.")
+    )
+    check: list[HealthCheckSettings] = dataclasses.field(
+        default_factory=list, metadata=_doc("Health inputs ([[cluster.group.check]] tables).")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """[cluster]: the peer heartbeat that moves virtual IPs between nodes."""
+
+    enabled: bool = dataclasses.field(default=False, metadata=_doc("Run the heartbeat."))
+    role: Literal["member", "witness"] = dataclasses.field(
+        default="member",
+        metadata=_doc('"member" holds VIPs; "witness" only votes on takeovers.'),
+    )
+    secret_file: str = dataclasses.field(
+        default="",
+        metadata=_doc("File holding the heartbeat secret (first line, 16+ characters)."),
+    )
+    bind: str = dataclasses.field(
+        default="0.0.0.0", metadata=_doc("Address the heartbeat UDP socket binds to.")
+    )
+    port: int = dataclasses.field(default=5405, metadata=_doc("Heartbeat UDP port."))
+    witness: str = dataclasses.field(
+        default="",
+        metadata=_doc("Witness HOST or HOST:PORT whose vote a takeover needs (empty: none)."),
+    )
+    process: Literal["child", "inline"] = dataclasses.field(
+        default="child",
+        metadata=_doc('"child": heartbeat in its own small process (keeps time under load).'),
+    )
+    realtime: bool = dataclasses.field(
+        default=True,
+        metadata=_doc("Give the heartbeat process real-time scheduling when allowed."),
+    )
+    node_timeout: float = dataclasses.field(
+        default=2.0,
+        metadata=_doc("Seconds the heartbeat process waits for word from the node before FAULT."),
+    )
+    group: list[ClusterGroupSettings] = dataclasses.field(
+        default_factory=list, metadata=_doc("The groups ([[cluster.group]] tables).")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The whole configuration of one node."""
 
@@ -194,9 +301,8 @@ class Settings:
     control: ControlSettings = dataclasses.field(default_factory=ControlSettings)
     openid: OpenIDSettings = dataclasses.field(default_factory=OpenIDSettings)
     accounts: AccountsSettings = dataclasses.field(default_factory=AccountsSettings)
-    source: str = dataclasses.field(
-        default="(embedded default)", metadata={"internal": "true"}
-    )
+    cluster: ClusterSettings = dataclasses.field(default_factory=ClusterSettings)
+    source: str = dataclasses.field(default="(embedded default)", metadata={"internal": "true"})
 
     # Derived paths, resolved against data_dir.
 
@@ -278,6 +384,8 @@ def _check_value(where: str, value: object, annotation: Any) -> object:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
         return value
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return _build_table(annotation, where, value)
     if isinstance(annotation, type) and isinstance(value, annotation):
         return value
     raise ConfigError(
@@ -298,16 +406,21 @@ def _describe(value: object) -> str:
 
 
 def _build_section(cls: type[Any], name: str, table: object) -> Any:
+    return _build_table(cls, f"[{name}]", table)
+
+
+def _build_table(cls: type[Any], where: str, table: object) -> Any:
+    """Build dataclass C{cls} from a TOML table (a section or an item of a list)."""
     if not isinstance(table, dict):
-        raise ConfigError(f"[{name}]: expected a table, got {_describe(table)}")
+        raise ConfigError(f"{where}: expected a table, got {_describe(table)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     values: dict[str, object] = {}
     for key, value in table.items():
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"[{name}] {key}: unknown key (known keys: {known})")
-        values[key] = _check_value(f"[{name}] {key}", value, hints[key])
+            raise ConfigError(f"{where} {key}: unknown key (known keys: {known})")
+        values[key] = _check_value(f"{where} {key}", value, hints[key])
     return cls(**values)
 
 
@@ -357,11 +470,23 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError(f"[database] port: {db.port} is not a TCP port")
     if db.pool_min < 1 or db.pool_max < db.pool_min:
         raise ConfigError("[database] pool_min/pool_max: need 1 <= pool_min <= pool_max")
-    if settings.control.tcp and not settings.control.token_file:
-        raise ConfigError("[control] tcp: a TCP control port needs [control] token_file")
+    if settings.control.tcp:
+        if not settings.control.token_file:
+            raise ConfigError("[control] tcp: a TCP control port needs [control] token_file")
+        if not any(
+            f"interface={host}" in settings.control.tcp for host in ("127.", "localhost", "\\:\\:1")
+        ):
+            raise ConfigError(
+                "[control] tcp: the control port listens on loopback only "
+                "(add :interface=127.0.0.1)"
+            )
     for key in ("throttle_window", "throttle_per_account", "throttle_per_address"):
         if getattr(settings.accounts, key) < 1:
             raise ConfigError(f"[accounts] {key}: must be at least 1")
+    if settings.cluster.enabled:
+        from clickpass.cluster.checks import check_cluster_settings
+
+        check_cluster_settings(settings.cluster, ConfigError)
 
 
 def load(path: str | os.PathLike[str] | None) -> Settings:
@@ -415,6 +540,9 @@ def master_secret(settings: Settings, create: bool) -> bytes:
     """
     path = settings.secret_path
     key = "[secrets] secret_file"
+    if create:
+        # The data directory holds the database and the secret: private.
+        Path(settings.node.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists() and create and not settings.secrets.secret_file:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -440,6 +568,7 @@ def check_files(settings: Settings) -> None:
         ("[web] tls_private_key", settings.web.tls_private_key),
         ("[database] password_file", settings.database.password_file),
         ("[control] token_file", settings.control.token_file),
+        ("[cluster] secret_file", settings.cluster.secret_file),
     ):
         if value:
             read_secret_file(settings.data_path(value), key)
@@ -455,7 +584,9 @@ def example_document() -> str:
             lines.append(f"# {doc}")
         for f in dataclasses.fields(cls):
             lines.append(f"# {f.metadata.get('doc', '')}")
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
             lines.append(f"#{f.name} = {_toml(default)}")
         lines.append("")
     return "\n".join(lines)

@@ -245,13 +245,10 @@ def _is_connection_problem(e: Exception) -> bool:
         return False
     from twisted.enterprise.adbapi import ConnectionLost
 
-    if isinstance(e, pymysql.err.OperationalError) and e.args:
-        # Wrong credentials or a missing database will not fix themselves.
-        if e.args[0] in (1044, 1045, 1049):
-            raise StartupError(f"database refused us: {e.args[-1]}") from None
-    return isinstance(
-        e, ConnectionLost | pymysql.err.OperationalError | pymysql.err.InterfaceError
-    )
+    # Wrong credentials or a missing database will not fix themselves.
+    if isinstance(e, pymysql.err.OperationalError) and e.args and e.args[0] in (1044, 1045, 1049):
+        raise StartupError(f"database refused us: {e.args[-1]}") from None
+    return isinstance(e, ConnectionLost | pymysql.err.OperationalError | pymysql.err.InterfaceError)
 
 
 __all__ = ["Node", "StartupError"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -246,7 +247,9 @@ class Accounts:
                 _insert_account, uid, address, pw_hash, self._now()
             )
         except IntegrityError:
-            raise AccountError("An account with that email already exists. Sign in instead.") from None
+            raise AccountError(
+                "An account with that email already exists. Sign in instead."
+            ) from None
         return account
 
     async def authenticate(self, email: str, password: str, client_address: str) -> Account:
@@ -330,7 +333,9 @@ class Accounts:
 
         def start(tx: Transaction) -> None:
             if previous_token:
-                tx.execute("DELETE FROM sessions WHERE token_hash = ?", session_hash(previous_token))
+                tx.execute(
+                    "DELETE FROM sessions WHERE token_hash = ?", session_hash(previous_token)
+                )
             _create_session(
                 tx,
                 session_hash(token),

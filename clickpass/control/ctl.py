@@ -72,7 +72,9 @@ class Connection:
                         break
                     buf += chunk
             except TimeoutError:
-                raise CtlError(f"the node did not answer {command!r} within {self.timeout:g}s") from None
+                raise CtlError(
+                    f"the node did not answer {command!r} within {self.timeout:g}s"
+                ) from None
         if not buf:
             raise CtlError("the node closed the connection without answering")
         answer = json.loads(buf)
@@ -176,9 +178,15 @@ def _format_status(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@command("status", help="show version, uptime, listeners and database health", format=_format_status)
+@command(
+    "status", help="show version, uptime, listeners and database health", format=_format_status
+)
 def _status(args: argparse.Namespace, conn: Connection) -> Any:
     return conn.call("status")
+
+
+def _email_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("email")
 
 
 def _user_add_arguments(p: argparse.ArgumentParser) -> None:
@@ -203,7 +211,7 @@ def _user_add(args: argparse.Namespace, conn: Connection) -> Any:
     "user",
     "disable",
     help="disable an account and end its sessions",
-    arguments=lambda p: p.add_argument("email"),
+    arguments=lambda p: _email_argument(p),
 )
 def _user_disable(args: argparse.Namespace, conn: Connection) -> Any:
     return conn.call("user.disable", {"email": args.email})

@@ -76,7 +76,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 expires BIGINT NOT NULL,
                 PRIMARY KEY (server_url, handle)
             ){opts}""",
-            "CREATE INDEX IF NOT EXISTS openid_associations_expires ON openid_associations (expires)",
+            "CREATE INDEX IF NOT EXISTS openid_associations_expires "
+            "ON openid_associations (expires)",
             """CREATE TABLE IF NOT EXISTS openid_nonces (
                 server_url VARCHAR(255) NOT NULL,
                 timestamp BIGINT NOT NULL,

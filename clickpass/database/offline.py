@@ -10,10 +10,11 @@ import sqlite3
 import time
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from clickpass.config import Settings, read_secret_file
 from clickpass.database import migrations
-from clickpass.database.storage import Dialect, DirectStorage, DatabaseError
+from clickpass.database.storage import DatabaseError, Dialect, DirectStorage
 
 
 def open_direct(settings: Settings) -> DirectStorage:
@@ -30,7 +31,9 @@ def open_direct(settings: Settings) -> DirectStorage:
 
     password = ""
     if db.password_file:
-        password = read_secret_file(settings.data_path(db.password_file), "[database] password_file")
+        password = read_secret_file(
+            settings.data_path(db.password_file), "[database] password_file"
+        )
     kwargs: dict[str, object] = {
         "user": db.user,
         "password": password,
@@ -44,10 +47,14 @@ def open_direct(settings: Settings) -> DirectStorage:
     else:
         kwargs.update(host=db.host, port=db.port)
     try:
-        connection = pymysql.connect(**kwargs)  # type: ignore[arg-type]
+        connection = pymysql.connect(**kwargs)  # type: ignore[call-overload]
     except pymysql.err.MySQLError as e:
-        raise DatabaseError(f"cannot connect to MariaDB at {db.host}:{db.port}: {e.args[-1]}") from None
-    return DirectStorage(connection, Dialect("mysql"), f"mysql {db.user}@{db.host}:{db.port}/{db.name}")
+        raise DatabaseError(
+            f"cannot connect to MariaDB at {db.host}:{db.port}: {e.args[-1]}"
+        ) from None
+    return DirectStorage(
+        connection, Dialect("mysql"), f"mysql {db.user}@{db.host}:{db.port}/{db.name}"
+    )
 
 
 def migrate_offline(settings: Settings) -> tuple[list[int], int]:
@@ -57,11 +64,13 @@ def migrate_offline(settings: Settings) -> tuple[list[int], int]:
         d: Deferred[list[int]] = Deferred.fromCoroutine(
             migrations.migrate(storage, int(time.time()))
         )
-        results: list[object] = []
-        d.addBoth(results.append)
-        (outcome,) = results
-        if not isinstance(outcome, list):
-            outcome.raiseException()  # type: ignore[attr-defined]
+        # DirectStorage answers synchronously, so the Deferred has fired.
+        outcomes: list[list[int] | Failure] = []
+        d.addBoth(outcomes.append)
+        (outcome,) = outcomes
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+            raise AssertionError("unreachable")
         version = storage.run_blocking(migrations.current_version)
         return outcome, version
     finally:

@@ -296,7 +296,9 @@ def open_storage(reactor: IReactorThreads, settings: Settings) -> AdbapiStorage:
         return open_sqlite(reactor, settings.sqlite_path)
     password = ""
     if db.password_file:
-        password = read_secret_file(settings.data_path(db.password_file), "[database] password_file")
+        password = read_secret_file(
+            settings.data_path(db.password_file), "[database] password_file"
+        )
     return open_mysql(
         reactor,
         host=db.host,

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+
 from twisted.internet.address import UNIXAddress
 from twisted.web.server import Request, Site
 
@@ -103,7 +104,7 @@ class WebApp:
         values = (request.args or {}).get(name.encode("ascii"))
         if not values:
             return default
-        raw = values[0]
+        raw: bytes = values[0]
         if len(raw) > MAX_FIELD:
             raise HTTPError(400, f"The field {name!r} is too long.")
         try:
@@ -119,9 +120,9 @@ class WebApp:
 
     async def current_account(self, request: Request) -> Account | None:
         """The signed-in person, or L{None}; looked up once per request."""
-        cached = getattr(request, "_clickpass_account", False)
-        if cached is not False:
-            return cached  # type: ignore[no-any-return]
+        if hasattr(request, "_clickpass_account"):
+            cached: Account | None = request._clickpass_account
+            return cached
         token = self.session_token(request)
         account = await self.accounts.session_account(token) if token else None
         request._clickpass_account = account  # type: ignore[attr-defined]
@@ -157,9 +158,10 @@ class WebApp:
         if cookie is None:
             raw = request.getCookie(CSRF_COOKIE)
             cookie = raw.decode("ascii", "replace") if raw else ""
-            if not (16 <= len(cookie) <= 64) or not cookie.replace("-", "").replace(
-                "_", ""
-            ).isalnum():
+            if (
+                not (16 <= len(cookie) <= 64)
+                or not cookie.replace("-", "").replace("_", "").isalnum()
+            ):
                 cookie = secrets.token_urlsafe(24)
                 self.set_cookie(request, CSRF_COOKIE, cookie, None)
             request._clickpass_csrf = cookie  # type: ignore[attr-defined]
@@ -225,12 +227,6 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     router = Router()
     router.error_page = app.error_page
     pages.install(app, router)
-    try:
-        from clickpass.openid import web as openid_web
-    except ImportError:
-        openid_web = None  # type: ignore[assignment]
-    if openid_web is not None:
-        openid_web.install(app, router)
     site = Site(router)
     site.displayTracebacks = False
     site.app = app  # type: ignore[attr-defined]

@@ -76,7 +76,7 @@ class Router(Resource):
         """Route C{method} requests for C{path} (with C{{name}} parameters) to C{handler}."""
         self._routes.append(Route(method.upper().encode("ascii"), _compile(path), handler))
 
-    def render(self, request: Request) -> int | bytes:  # type: ignore[override]
+    def render(self, request: Request) -> int | bytes:
         try:
             path = request.path.decode("utf-8")
         except UnicodeDecodeError:

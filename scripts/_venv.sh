@@ -1,0 +1,49 @@
+# Shared by scripts/run and scripts/test: make sure .venv exists and holds
+# Clickpass (and, with "dev", the test tools) as pinned by setup.py.
+# Re-installs only when setup.py changed since the last install.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${CLICKPASS_VENV:-$ROOT/.venv}
+extras=${1:-}
+
+find_python() {
+  for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  PYTHON=$(find_python) || {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+      PYTHON=$(find_python)
+    else
+      echo "clickpass: Python 3.11 or newer is needed (install python3 and python3-venv)" >&2
+      exit 1
+    fi
+  }
+  "$PYTHON" -m venv "$VENV" || {
+    echo "clickpass: cannot create a virtualenv at $VENV (install python3-venv)" >&2
+    exit 1
+  }
+fi
+
+stamp="$VENV/.clickpass-installed"
+want="$(cat "$ROOT/setup.py" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) ${extras}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "clickpass: installing into $VENV ..." >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  target="$ROOT"
+  [ -n "$extras" ] && target="$ROOT[$extras]"
+  # compat mode puts the checkout itself on sys.path, so twistd finds the
+  # plugin in ./twisted/plugins/ and edits take effect without reinstalling.
+  "$VENV/bin/python" -m pip install -q -e "$target" --config-settings editable_mode=compat \
+    2>&1 | grep -v '^WARNING: Location' >&2 || true
+  "$VENV/bin/python" -c 'import clickpass.tap, openid, pymysql, argon2' ||
+    { echo "clickpass: installation failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,161 @@
+"""
+Start a real Clickpass node (C{twistd -n clickpass}) for integration tests,
+and drive it the way an operator would (clickpass-ctl).
+
+A node is ready when its log says "ready: serving"; until then its log is
+watched, and a node that exits early fails the test with its log's tail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+READY_LINE = "ready: serving"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(directory: Path, port: int, extra: str = "", name: str = "node1") -> Path:
+    """A node configuration serving on 127.0.0.1:C{port} with its data under C{directory}."""
+    data = directory / "data"
+    path = directory / f"{name}.toml"
+    path.write_text(
+        f"""
+[node]
+name = "{name}"
+data_dir = "{data}"
+public_url = "http://127.0.0.1:{port}/"
+
+[web]
+listen = ["tcp:{port}:interface=127.0.0.1"]
+"""
+        + extra
+    )
+    return path
+
+
+class NodeProcess:
+    """One twistd process running a Clickpass node."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: Path | None,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        port: int | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.config = config
+        self.log_path = workdir / f"{config.stem if config else 'default'}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The node's base URL (needs the port it was configured with)."""
+        assert self.port is not None, "this node was started without a known port"
+        return f"http://127.0.0.1:{self.port}/"
+
+    def command(self) -> list[str]:
+        cmd = [str(BIN / "twistd"), "-n", "--pidfile=", "clickpass"]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        return cmd + list(self.args)
+
+    def start(self, timeout: float = 30.0, wait_for: str = READY_LINE) -> NodeProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        log.close()
+        self.wait_for_log(wait_for, timeout)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float = 30.0, after: int = 0) -> None:
+        """Wait until C{text} appears in the log (after offset C{after})."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log()[after:]:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(
+                    f"node exited with {self.process.returncode} before {text!r}:\n"
+                    + self.log()[-4000:]
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"node did not log {text!r} within {timeout}s:\n" + self.log()[-4000:])
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not stop; return its exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def ctl(self, *args: str, input: str | None = None, check: bool = True) -> Any:
+        """Run clickpass-ctl against this node; return the CompletedProcess."""
+        cmd = [str(BIN / "clickpass-ctl")]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        result = subprocess.run(
+            cmd + list(args),
+            cwd=self.workdir,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"clickpass-ctl {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+            )
+        return result
+
+
+def run_twistd(
+    workdir: Path, config: Path | None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a node that is expected to refuse to start; return how it ended."""
+    node = NodeProcess(workdir, config)
+    return subprocess.run(
+        node.command(),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
