@@ -44,7 +44,7 @@ class Browser:
     def submit(
         self, page_path: str, form_path: str, fields: dict[str, str], **kwargs: Any
     ) -> requests.Response:
-        """Open C{page_path}, then post its form to C{form_path} with C{fields} and its CSRF token."""
+        """Open C{page_path}, then post C{fields} and the page's CSRF token to C{form_path}."""
         page = self.get(page_path)
         return self.post(form_path, {**fields, "csrf_token": csrf_token(page.text)}, **kwargs)
 

@@ -111,12 +111,15 @@ def test_a_different_secret_is_refused(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path, config, port=port).start()
     assert node.stop() == -signal.SIGTERM
     (tmp_path / "data" / "secret.key").write_text("ab" * 32 + "\n")
-    again = NodeProcess(tmp_path, config, port=port)
-    again.process = subprocess.Popen(
-        again.command(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    again = subprocess.run(
+        NodeProcess(tmp_path, config).command(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
-    out, _ = again.process.communicate(timeout=30)
-    assert again.process.returncode == 1
+    out = again.stdout + again.stderr
+    assert again.returncode == 1
     assert "not the one this database was created with" in out
     assert "Traceback" not in out
 
