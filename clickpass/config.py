@@ -341,13 +341,14 @@ def url_for_endpoint(endpoint: str) -> str:
     Guess the URL a person would use for a listener endpoint string, for the
     embedded default where no public_url is configured.
     """
-    parts = endpoint.split(":")
+    # Endpoint strings escape colons inside values as "\:".
+    parts = [p.replace("\x00", ":") for p in endpoint.replace("\\:", "\x00").split(":")]
     kind = parts[0]
     port = parts[1] if len(parts) > 1 else "80"
     host = "127.0.0.1"
     for part in parts[2:]:
         if part.startswith("interface="):
-            host = part.split("=", 1)[1].replace("\\", "") or host
+            host = part.split("=", 1)[1] or host
     if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard bind serves loopback too
         host = "127.0.0.1"
     if ":" in host:

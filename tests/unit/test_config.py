@@ -1,0 +1,143 @@
+"""Configuration: typed settings from TOML, and one clear line when it is wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from clickpass import config
+from clickpass.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_embedded_default() -> None:
+    """With no file: one node, SQLite under ./clickpass-data, HTTP on 127.0.0.1:8080."""
+    settings = config.load(None)
+    assert settings.database.backend == "sqlite"
+    assert settings.sqlite_path == Path("./clickpass-data/clickpass.sqlite3")
+    assert settings.web.listen == ["tcp:8080:interface=127.0.0.1"]
+    assert settings.base_url == "http://127.0.0.1:8080/"
+    assert settings.control_socket == Path("./clickpass-data/control.sock")
+    assert not settings.served_over_tls
+
+
+def test_values_are_typed() -> None:
+    """Integers given for a float key become floats; lists keep their items."""
+    settings = config.parse(
+        {"database": {"connect_timeout": 3, "port": 3307}, "web": {"listen": ["tcp:1"]}}
+    )
+    assert settings.database.connect_timeout == 3.0
+    assert isinstance(settings.database.connect_timeout, float)
+    assert settings.database.port == 3307
+    assert settings.web.listen == ["tcp:1"]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"web": {"listen": "tcp:80"}}, "[web] listen: expected a list, got the string 'tcp:80'"),
+        ({"web": {"listen": [80]}}, "[web] listen[0]: expected a string, got int 80"),
+        ({"database": {"port": True}}, "[database] port: expected an integer, got true"),
+        ({"database": {"port": 70000}}, "[database] port: 70000 is not a TCP port"),
+        ({"database": {"connect_timeout": "5"}}, "[database] connect_timeout: expected a number"),
+        ({"web": {"trust_forwarded_headers": 1}}, "[web] trust_forwarded_headers: expected true"),
+        ({"web": "x"}, "[web]: expected a table"),
+        ({"web": {"listen": []}}, "[web] listen: at least one endpoint is needed"),
+        ({"web": {"listen": ["http:80"]}}, "is not a tcp:, tcp6:, ssl: or unix: endpoint"),
+        ({"web": {"listen": ["ssl:443"]}}, "an ssl: listener needs [web] tls_certificate"),
+        ({"node": {"public_url": "ftp://x/"}}, "[node] public_url: 'ftp://x/' must start with"),
+        ({"control": {"tcp": "tcp:9000"}}, "[control] tcp: a TCP control port needs"),
+        (
+            {"control": {"tcp": "tcp:9000:interface=0.0.0.0", "token_file": "t"}},
+            "[control] tcp: the control port listens on loopback only",
+        ),
+        ({"accounts": {"throttle_window": 0}}, "[accounts] throttle_window: must be at least 1"),
+        ({"database": {"pool_min": 5, "pool_max": 2}}, "need 1 <= pool_min <= pool_max"),
+    ],
+)
+def test_bad_values_name_the_key(document: dict[str, object], message: str) -> None:
+    """Every kind of bad value is one line that names the key and what is wrong."""
+    with pytest.raises(ConfigError) as e:
+        config.parse(document)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_keys_list_the_known_ones() -> None:
+    """A misspelt key is named, with the keys that section does know."""
+    with pytest.raises(ConfigError, match=r"\[database\] hots: unknown key \(known keys: .*host"):
+        config.parse({"database": {"hots": "db"}})
+
+
+def test_files_that_cannot_be_read(tmp_path: Path) -> None:
+    """Missing, empty and unreadable secret files are one line naming the key and the file."""
+    settings = config.parse({"database": {"password_file": str(tmp_path / "nope")}})
+    with pytest.raises(ConfigError, match=r"\[database\] password_file: file .*nope not found"):
+        config.check_files(settings)
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    settings = config.parse({"database": {"password_file": str(empty)}})
+    with pytest.raises(ConfigError, match="is empty"):
+        config.check_files(settings)
+
+
+def test_master_secret_is_created_once_and_kept(tmp_path: Path) -> None:
+    """The embedded default creates a private secret on first start and reads it afterwards."""
+    settings = config.parse({"node": {"data_dir": str(tmp_path / "data")}})
+    first = config.master_secret(settings, create=True)
+    assert len(first) == 32
+    assert (tmp_path / "data" / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+    assert config.master_secret(settings, create=True) == first
+
+
+def test_a_configured_secret_file_is_never_invented(tmp_path: Path) -> None:
+    """A secret file named in the configuration must exist: a node never makes one up."""
+    settings = config.parse(
+        {"node": {"data_dir": str(tmp_path)}, "secrets": {"secret_file": "cluster.key"}}
+    )
+    with pytest.raises(ConfigError, match=r"\[secrets\] secret_file: file .*cluster.key not found"):
+        config.master_secret(settings, create=True)
+    (tmp_path / "cluster.key").write_text("not hex\n")
+    with pytest.raises(ConfigError, match="must hold hex digits"):
+        config.master_secret(settings, create=True)
+
+
+def test_url_for_endpoint() -> None:
+    """The default public URL follows the first listener."""
+    assert config.url_for_endpoint("tcp:8080:interface=127.0.0.1") == "http://127.0.0.1:8080/"
+    assert config.url_for_endpoint("tcp:80") == "http://127.0.0.1/"
+    assert config.url_for_endpoint("ssl:443:interface=\\:\\:1") == "https://[::1]/"
+
+
+def _documented_keys(text: str) -> dict[str, set[str]]:
+    keys: dict[str, set[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        if m := re.match(r"^\[\[?([a-z_.]+)\]\]?$", line):
+            section = m.group(1)
+            keys.setdefault(section, set())
+        elif m := re.match(r"^#?([a-z_]+) = ", line):
+            keys[section].add(m.group(1))
+    return keys
+
+
+def test_example_documents_every_key() -> None:
+    """conf/clickpass.example.toml names every section and key the code knows."""
+    documented = _documented_keys((ROOT / "conf" / "clickpass.example.toml").read_text())
+    for name, cls in config.sections().items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert fields <= documented.get(name, set()), (name, fields - documented.get(name, set()))
+
+
+@pytest.mark.parametrize("name", ["single-node.toml", "clickpass.example.toml"])
+def test_shipped_configurations_load(name: str) -> None:
+    """The configurations in conf/ are valid."""
+    path = ROOT / "conf" / name
+    tomllib.loads(path.read_text())
+    config.load(path)
