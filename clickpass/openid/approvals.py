@@ -1,0 +1,67 @@
+"""
+Remembered approvals: a person who allowed a site (a realm) once is signed
+in there without being asked again, as long as the site asks for nothing
+more than what they allowed. This is what makes the sign-on single.
+
+Transactions for the storage's pool; nothing here renders or decides.
+"""
+
+from __future__ import annotations
+
+from clickpass.database.storage import Transaction
+
+MAX_REALM = 512
+MAX_FIELDS = 1024
+
+
+def get(tx: Transaction, account_id: int, realm: str) -> frozenset[str] | None:
+    """The fields approved for C{realm}, or L{None} when it was never approved."""
+    row = tx.fetchone(
+        "SELECT fields FROM approvals WHERE account_id = ? AND realm = ?", account_id, realm
+    )
+    if row is None:
+        return None
+    return frozenset(f for f in str(row[0]).split(",") if f)
+
+
+def remember(
+    tx: Transaction, account_id: int, realm: str, fields: frozenset[str], now: int
+) -> bool:
+    """Record (or widen) an approval; false when the realm is too long to keep."""
+    text = ",".join(sorted(fields))
+    if len(realm) > MAX_REALM or len(text) > MAX_FIELDS:
+        return False
+    changed = tx.execute(
+        "UPDATE approvals SET fields = ?, last_used = ? WHERE account_id = ? AND realm = ?",
+        text,
+        now,
+        account_id,
+        realm,
+    )
+    if not changed:
+        tx.execute(
+            tx.dialect.insert_ignore() + " INTO approvals "
+            "(account_id, realm, fields, created, last_used) VALUES (?, ?, ?, ?, ?)",
+            account_id,
+            realm,
+            text,
+            now,
+            now,
+        )
+    return True
+
+
+def touch(tx: Transaction, account_id: int, realm: str, now: int) -> None:
+    tx.execute(
+        "UPDATE approvals SET last_used = ? WHERE account_id = ? AND realm = ?",
+        now,
+        account_id,
+        realm,
+    )
+
+
+def forget(tx: Transaction, account_id: int, realm: str) -> bool:
+    return (
+        tx.execute("DELETE FROM approvals WHERE account_id = ? AND realm = ?", account_id, realm)
+        > 0
+    )

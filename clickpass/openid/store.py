@@ -1,0 +1,171 @@
+"""
+An OpenID store (associations and nonces) in the shared database, so that an
+association made by one worker or node verifies on any other.
+
+The methods are python3-openid's synchronous interface and are called by
+the library from worker threads. Each one goes through
+L{Storage.run_blocking}, which hands the query to the storage's pool and
+waits: they must never be called on the reactor thread (that would
+deadlock), and nothing here may import C{openid.store.sqlstore}, which fails
+to import without psycopg2.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from openid.association import Association
+from openid.store.interface import OpenIDStore
+from openid.store.nonce import SKEW
+
+from clickpass.database.storage import Storage, Transaction
+
+_ASSOC_COLUMNS = "handle, secret, issued, lifetime, assoc_type"
+
+
+def _association(row: tuple[Any, ...]) -> Association:
+    handle, secret, issued, lifetime, assoc_type = row
+    return Association(str(handle), bytes(secret), int(issued), int(lifetime), str(assoc_type))
+
+
+def _store_association(tx: Transaction, server_url: str, assoc: Association) -> None:
+    # Delete-then-insert is an upsert both backends understand.
+    tx.execute(
+        "DELETE FROM openid_associations WHERE server_url = ? AND handle = ?",
+        server_url,
+        assoc.handle,
+    )
+    tx.execute(
+        "INSERT INTO openid_associations "
+        "(server_url, handle, secret, issued, lifetime, assoc_type, expires) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        server_url,
+        assoc.handle,
+        bytes(assoc.secret),
+        int(assoc.issued),
+        int(assoc.lifetime),
+        assoc.assoc_type,
+        int(assoc.issued) + int(assoc.lifetime),
+    )
+
+
+def _get_association(
+    tx: Transaction, server_url: str, handle: str | None, now: int
+) -> Association | None:
+    if handle is None:
+        row = tx.fetchone(
+            f"SELECT {_ASSOC_COLUMNS} FROM openid_associations "
+            "WHERE server_url = ? AND expires > ? ORDER BY issued DESC LIMIT 1",
+            server_url,
+            now,
+        )
+    else:
+        row = tx.fetchone(
+            f"SELECT {_ASSOC_COLUMNS} FROM openid_associations WHERE server_url = ? AND handle = ?",
+            server_url,
+            handle,
+        )
+    return _association(row) if row is not None else None
+
+
+def _remove_association(tx: Transaction, server_url: str, handle: str) -> bool:
+    return (
+        tx.execute(
+            "DELETE FROM openid_associations WHERE server_url = ? AND handle = ?",
+            server_url,
+            handle,
+        )
+        > 0
+    )
+
+
+def _use_nonce(tx: Transaction, server_url: str, timestamp: int, salt: str) -> bool:
+    inserted = tx.execute(
+        tx.dialect.insert_ignore()
+        + " INTO openid_nonces (server_url, timestamp, salt) VALUES (?, ?, ?)",
+        server_url,
+        timestamp,
+        salt,
+    )
+    return inserted > 0
+
+
+def _cleanup_nonces(tx: Transaction, oldest: int) -> int:
+    return tx.execute("DELETE FROM openid_nonces WHERE timestamp < ?", oldest)
+
+
+def _cleanup_associations(tx: Transaction, now: int) -> int:
+    return tx.execute("DELETE FROM openid_associations WHERE expires <= ?", now)
+
+
+class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
+    """
+    python3-openid's C{OpenIDStore} on our L{Storage}. Call only from a
+    thread that is not the reactor's.
+    """
+
+    # Column limits of the schema; longer values are refused, not truncated,
+    # so two different keys can never collide.
+    MAX_URL = 255
+    MAX_HANDLE = 255
+    MAX_SALT = 64
+
+    def __init__(self, storage: Storage, clock: Callable[[], float] = time.time) -> None:
+        self._storage = storage
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    def storeAssociation(self, server_url: str, association: Association) -> None:
+        if len(server_url) > self.MAX_URL or len(association.handle) > self.MAX_HANDLE:
+            raise ValueError("association key too long for the store")
+        self._storage.run_blocking(_store_association, server_url, association)
+
+    def getAssociation(self, server_url: str, handle: str | None = None) -> Association | None:
+        if len(server_url) > self.MAX_URL or (handle is not None and len(handle) > self.MAX_HANDLE):
+            return None
+        assoc: Association | None = self._storage.run_blocking(
+            _get_association, server_url, handle, self._now()
+        )
+        if assoc is not None and handle is None and assoc.getExpiresIn(self._now()) <= 0:
+            return None
+        return assoc
+
+    def removeAssociation(self, server_url: str, handle: str) -> bool:
+        if len(server_url) > self.MAX_URL or len(handle) > self.MAX_HANDLE:
+            return False
+        removed: bool = self._storage.run_blocking(_remove_association, server_url, handle)
+        return removed
+
+    def useNonce(self, server_url: str, timestamp: int, salt: str) -> bool:
+        """
+        True the first time a (server, timestamp, salt) is seen within the
+        allowed clock skew; false for a replay or a stale timestamp.
+        """
+        if abs(int(timestamp) - self._now()) > SKEW:
+            return False
+        if len(server_url) > self.MAX_URL or len(salt) > self.MAX_SALT:
+            return False
+        used: bool = self._storage.run_blocking(_use_nonce, server_url, int(timestamp), salt)
+        return used
+
+    def cleanupNonces(self) -> int:
+        count: int = self._storage.run_blocking(_cleanup_nonces, self._now() - SKEW)
+        return count
+
+    def cleanupAssociations(self) -> int:
+        count: int = self._storage.run_blocking(_cleanup_associations, self._now())
+        return count
+
+
+async def cleanup(storage: Storage, now: int) -> tuple[int, int]:
+    """
+    From the reactor thread: delete stale nonces and expired associations;
+    return how many of each.
+    """
+    nonces: int = await storage.run(_cleanup_nonces, now - SKEW)
+    assocs: int = await storage.run(_cleanup_associations, now)
+    return nonces, assocs

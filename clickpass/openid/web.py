@@ -1,0 +1,494 @@
+"""
+The OpenID provider's web glue: the endpoint (/openid), the consent
+decision (/openid/decide), and discovery for the OP Identifier
+(/openid/xrds) and for every claimed identifier (/id/<opaque>).
+
+The flow of a checkid request, on the reactor thread:
+decode (thread) -> who is signed in -> this site's identifier for them
+(database) -> what the site asks for -> relying-party discovery (treq) ->
+remembered approval (database) -> answer, sign and encode (thread).
+A person who must act (sign in, consent) is sent to a page; the original
+request travels in the URL or, on the consent form, in a field MACed with
+a key derived from the master secret, so any worker can finish it.
+
+Never call python3-openid or its store on the reactor thread, and never
+redirect a browser to a return_to that failed verification: such requests
+get an error page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from jinja2 import ChoiceLoader, FileSystemLoader
+from openid.message import IDENTIFIER_SELECT
+from openid.server.server import (
+    ENCODE_KVFORM,
+    CheckIDRequest,
+    MalformedReturnURL,
+    MalformedTrustRoot,
+    ProtocolError,
+    UntrustedReturnURL,
+    WebResponse,
+)
+from openid.server.trustroot import TrustRoot
+from openid.urinorm import urinorm
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from clickpass.accounts.service import Account
+from clickpass.openid import approvals, discovery, extensions
+from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, SiteIdentifier
+from clickpass.openid.provider import Provider
+from clickpass.openid.rp_discovery import RPVerifier, Verdict
+from clickpass.openid.store import DatabaseOpenIDStore, cleanup
+from clickpass.web.app import WebApp
+from clickpass.web.routing import HTTPError, Router
+
+TEMPLATES = Path(__file__).parent / "templates"
+MAX_QUERY_BYTES = 64 * 1024
+MAX_PAYLOAD_BYTES = 96 * 1024
+CONSENT_LIFETIME = 3600
+CLEANUP_INTERVAL = 600.0
+
+T = TypeVar("T")
+
+log = Logger()
+
+
+def install(app: WebApp, router: Router) -> OpenIDWeb:
+    """Register the provider's routes on C{router}; called by C{build_site}."""
+    loader = app.templates.loader
+    assert loader is not None
+    app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
+    settings = app.settings
+    provider = Provider(
+        DatabaseOpenIDStore(app.storage),
+        discovery.endpoint_url(settings.base_url),
+        settings.served_over_tls,
+        settings.openid.association_lifetime,
+    )
+    identifiers = Identifiers(app.storage, app.derive_key(KEY_PURPOSE), settings.base_url)
+    verifier = RPVerifier(app.reactor, settings.openid)
+    web = OpenIDWeb(app, provider, identifiers, verifier)
+    router.add("GET", "/openid", web.endpoint)
+    router.add("POST", "/openid", web.endpoint)
+    router.add("POST", "/openid/decide", web.decide)
+    router.add("GET", "/openid/xrds", web.op_xrds)
+    router.add("GET", "/id/{opaque}", web.identity_page)
+    router.add("GET", "/id/{opaque}/xrds", web.identity_xrds)
+    return web
+
+
+def openid_query(request: Request) -> dict[str, str]:
+    """The openid.* arguments of a request (query and form), as text."""
+    query: dict[str, str] = {}
+    total = 0
+    for key, values in (request.args or {}).items():
+        if not values or not key.startswith(b"openid."):
+            continue
+        total += len(key) + len(values[0])
+        if total > MAX_QUERY_BYTES:
+            raise HTTPError(413, "The OpenID request is too large.")
+        try:
+            query[key.decode("utf-8")] = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "The OpenID request is not valid UTF-8.") from None
+    return query
+
+
+class OpenIDWeb:
+    """The provider's request handlers."""
+
+    def __init__(
+        self,
+        app: WebApp,
+        provider: Provider,
+        identifiers: Identifiers,
+        verifier: RPVerifier,
+    ) -> None:
+        self.app = app
+        self.provider = provider
+        self.identifiers = identifiers
+        self.verifier = verifier
+        self.base_url = app.settings.base_url
+        self._consent_key = app.derive_key(b"openid consent form")
+        self._last_cleanup = app.reactor.seconds()
+
+    # Plumbing.
+
+    def _thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        reactor = self.app.reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+
+    def _now(self) -> int:
+        return int(self.app.reactor.seconds())
+
+    def maybe_cleanup(self) -> Deferred[Any] | None:
+        """Now and then, delete stale nonces and expired associations (in the background)."""
+        now = self.app.reactor.seconds()
+        if now - self._last_cleanup < CLEANUP_INTERVAL:
+            return None
+        self._last_cleanup = now
+        d = Deferred.fromCoroutine(cleanup(self.app.storage, int(now)))
+
+        def done(counts: tuple[int, int]) -> None:
+            log.info(
+                "openid cleanup: {nonces} nonces and {associations} associations expired",
+                nonces=counts[0],
+                associations=counts[1],
+            )
+
+        def failed(failure: Failure) -> None:
+            log.failure("openid cleanup failed", failure)
+
+        d.addCallbacks(done, failed)
+        return d
+
+    def _send(self, request: Request, response: WebResponse) -> bytes:
+        request.setResponseCode(response.code)
+        request.setHeader(b"cache-control", b"no-store")
+        for name, value in response.headers.items():
+            request.setHeader(name.encode("latin-1"), value.encode("utf-8"))
+        if response.code in (301, 302, 303):
+            return b""
+        body = response.body.encode("utf-8") if isinstance(response.body, str) else response.body
+        if body.lstrip().startswith(b"<"):
+            # The library's self-submitting form (responses too long for a URL).
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.setHeader(b"x-frame-options", b"DENY")
+            request.setHeader(
+                b"content-security-policy",
+                b"default-src 'none'; script-src 'unsafe-inline'; form-action http: https:; "
+                b"frame-ancestors 'none'",
+            )
+        else:
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return bytes(body)
+
+    def _refuse(
+        self, request: Request, status: int, message: str, back_url: str | None = None
+    ) -> bytes:
+        request.setResponseCode(status)
+        return self.app.render(request, "openid/refused.html", message=message, back_url=back_url)
+
+    # The endpoint.
+
+    async def endpoint(self, request: Request) -> bytes:
+        self.maybe_cleanup()
+        query = openid_query(request)
+        if "openid.mode" not in query:
+            discovery.op_discovery(request, self.base_url)
+            return self.app.render(
+                request,
+                "openid/endpoint.html",
+                openid_head=discovery.op_head_html(self.base_url),
+                endpoint=discovery.endpoint_url(self.base_url),
+            )
+        try:
+            openid_request = await self._thread(self.provider.decode, query)
+        except UntrustedReturnURL as e:
+            log.info(
+                "openid request refused: return_to {return_to} outside realm {realm}",
+                return_to=e.return_to,
+                realm=e.trust_root,
+            )
+            return self._refuse(
+                request,
+                400,
+                f"The site asked to send you back to {e.return_to}, which is outside its own "
+                f"realm {e.trust_root}. Clickpass refused, to protect you. Tell the site.",
+            )
+        except (MalformedReturnURL, MalformedTrustRoot):
+            return self._refuse(
+                request, 400, "The site sent a malformed return address or realm. Tell the site."
+            )
+        except ProtocolError as e:
+            return await self._protocol_error(request, e)
+        if isinstance(openid_request, CheckIDRequest):
+            return await self._checkid(request, openid_request, query)
+        response = await self._thread(self.provider.handle_direct, openid_request)
+        log.info("openid {mode}: answered {code}", mode=openid_request.mode, code=response.code)
+        return self._send(request, response)
+
+    async def _protocol_error(self, request: Request, error: ProtocolError) -> bytes:
+        if error.whichEncoding() == ENCODE_KVFORM:
+            response = await self._thread(self.provider.encode, error)
+            return self._send(request, response)
+        # A broken browser request is shown to the person, never redirected to
+        # its (unverified) return_to: that would make us an open redirector.
+        reason = " ".join(str(error.text or "").split())[:200]
+        return self._refuse(
+            request, 400, f"The site sent an OpenID request Clickpass cannot use: {reason}"
+        )
+
+    async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
+        realm = str(openid_request.trust_root)
+        trust_root = TrustRoot.parse(realm)
+        if trust_root is None or (trust_root.wildcard and not trust_root.isSane()):
+            return self._refuse(
+                request, 400, f"The site's realm {realm} is too broad to sign in to."
+            )
+        account = await self.app.current_account(request)
+        if account is None:
+            if openid_request.immediate:
+                return await self._answer(request, openid_request, allow=False)
+            return self.app.redirect(request, self.app.signin_url("/openid?" + urlencode(query)))
+        checked = await self._check(request, openid_request, account)
+        if isinstance(checked, bytes):
+            return checked
+        site_id, select, wanted = checked
+        released = extensions.release(wanted.fields, account)
+        approved = await self.app.storage.run(approvals.get, account.id, realm)
+        if approved is not None and set(released) <= approved:
+            await self.app.storage.run(approvals.touch, account.id, realm, self._now())
+            log.info("openid sign-in at {realm}: remembered approval", realm=realm)
+            return await self._answer(
+                request, openid_request, True, site_id, select, wanted, released
+            )
+        if openid_request.immediate:
+            return await self._answer(request, openid_request, allow=False)
+        return self._consent_page(request, openid_request, query, account, site_id, released)
+
+    async def _check(
+        self, request: Request, openid_request: Any, account: Account
+    ) -> tuple[SiteIdentifier, bool, extensions.Requested] | bytes:
+        """
+        Everything that must hold before a positive answer, for both the
+        first look and the consent decision: the site's identifier, the
+        identity asked for, the return_to's verification. Returns the page
+        to send instead when something does not hold.
+        """
+        realm = str(openid_request.trust_root)
+        cancel_url = openid_request.getCancelURL() if not openid_request.immediate else None
+        try:
+            site_id = await self.identifiers.for_site(account.id, account.uid, realm, self._now())
+        except BadRealm as e:
+            return self._refuse(request, 400, f"The site's realm cannot be used: {e}.")
+        select = bool(openid_request.idSelect()) or _same_url(
+            openid_request.identity, self.base_url
+        )
+        if not select and not _same_url(
+            openid_request.identity, self.identifiers.url(site_id.opaque)
+        ):
+            if openid_request.immediate:
+                return await self._answer(request, openid_request, allow=False)
+            return self._refuse(
+                request,
+                403,
+                "The site asked Clickpass to confirm an identity that is not yours at this "
+                f"site. You are signed in as {account.email}; sign out and sign in as the "
+                "right person, or go back to the site.",
+                cancel_url,
+            )
+        verdict: Verdict = await self.verifier.verify(realm, str(openid_request.return_to))
+        if verdict.refused:
+            log.info(
+                "openid request refused: return_to {return_to} not published by {realm}",
+                return_to=openid_request.return_to,
+                realm=realm,
+            )
+            return self._refuse(
+                request,
+                400,
+                f"The site asked to send you back to {openid_request.return_to}, but {realm} "
+                f"does not confirm that address ({verdict.reason}). Clickpass refused.",
+            )
+        request._clickpass_rp_verdict = verdict  # type: ignore[attr-defined]
+        wanted = await self._thread(extensions.requested, openid_request)
+        return site_id, select, wanted
+
+    def _payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:
+        data = json.dumps({"q": query, "t": self._now()}, sort_keys=True).encode("utf-8")
+        payload = base64.urlsafe_b64encode(data).decode("ascii")
+        return payload, self._mac(account_id, payload)
+
+    def _mac(self, account_id: int, payload: str) -> str:
+        message = f"{account_id}\n{payload}".encode()
+        return hmac.new(self._consent_key, message, hashlib.sha256).hexdigest()
+
+    def _consent_page(
+        self,
+        request: Request,
+        openid_request: Any,
+        query: dict[str, str],
+        account: Account,
+        site_id: SiteIdentifier,
+        released: dict[str, str],
+    ) -> bytes:
+        payload, mac = self._payload(account.id, query)
+        verdict = getattr(request, "_clickpass_rp_verdict", None)
+        return self.app.render(
+            request,
+            "openid/consent.html",
+            realm=openid_request.trust_root,
+            return_to=openid_request.return_to,
+            verified=verdict is not None and verdict.outcome == "verified",
+            verdict_reason=verdict.reason if verdict is not None else "",
+            identifier=self.identifiers.url(site_id.opaque),
+            fields=[(extensions.FIELD_LABELS[f], v) for f, v in released.items()],
+            payload=payload,
+            mac=mac,
+        )
+
+    async def decide(self, request: Request) -> bytes:
+        """The consent form's answer: allow (and remember) or cancel."""
+        self.app.check_csrf(request)
+        account = await self.app.current_account(request)
+        if account is None:
+            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+        payload = _raw_field(request, "payload", MAX_PAYLOAD_BYTES)
+        mac = self.app.form(request, "mac")
+        if not hmac.compare_digest(self._mac(account.id, payload), mac):
+            raise HTTPError(
+                400,
+                "This sign-in form was changed or is not yours. Go back to the site and "
+                "sign in again.",
+            )
+        try:
+            data = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
+            issued = int(data["t"])
+            query = {str(k): str(v) for k, v in data["q"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise HTTPError(400, "This sign-in form cannot be read.") from None
+        if self._now() - issued > CONSENT_LIFETIME:
+            raise HTTPError(
+                400, "This sign-in form has expired. Go back to the site and sign in again."
+            )
+        try:
+            openid_request = await self._thread(self.provider.decode, query)
+        except ProtocolError:
+            raise HTTPError(400, "This sign-in request can no longer be used.") from None
+        if not isinstance(openid_request, CheckIDRequest) or openid_request.immediate:
+            raise HTTPError(400, "This sign-in request can no longer be used.")
+        realm = str(openid_request.trust_root)
+        if self.app.form(request, "decision") != "allow":
+            log.info("openid sign-in at {realm}: the person cancelled", realm=realm)
+            return await self._answer(request, openid_request, allow=False)
+        checked = await self._check(request, openid_request, account)
+        if isinstance(checked, bytes):
+            return checked
+        site_id, select, wanted = checked
+        released = extensions.release(wanted.fields, account)
+        await self.app.storage.run(
+            approvals.remember, account.id, realm, frozenset(released), self._now()
+        )
+        log.info(
+            "openid sign-in at {realm}: approved, releasing {fields}",
+            realm=realm,
+            fields=",".join(released) or "nothing",
+        )
+        return await self._answer(request, openid_request, True, site_id, select, wanted, released)
+
+    async def _answer(
+        self,
+        request: Request,
+        openid_request: Any,
+        allow: bool,
+        site_id: SiteIdentifier | None = None,
+        select: bool = False,
+        wanted: extensions.Requested | None = None,
+        released: dict[str, str] | None = None,
+    ) -> bytes:
+        identity = self.identifiers.url(site_id.opaque) if site_id is not None else None
+        response = await self._thread(
+            _build_response,
+            self.provider,
+            openid_request,
+            allow,
+            identity,
+            select,
+            wanted,
+            released,
+        )
+        return self._send(request, response)
+
+    # Discovery.
+
+    async def op_xrds(self, request: Request) -> bytes:
+        return discovery.serve_xrds(request, discovery.op_xrds(self.base_url))
+
+    async def identity_page(self, request: Request, opaque: str) -> bytes:
+        found = await self.identifiers.resolve(opaque)
+        if found is None:
+            raise HTTPError(404, "There is no such identifier.")
+        identifier = self.identifiers.url(opaque)
+        request.setHeader(
+            b"x-xrds-location",
+            discovery.identifier_xrds_url(self.base_url, opaque).encode("utf-8"),
+        )
+        request.setHeader(b"vary", b"Accept")
+        if discovery.wants_xrds(request):
+            return discovery.serve_xrds(
+                request, discovery.identifier_xrds(self.base_url, identifier)
+            )
+        return self.app.render(
+            request,
+            "openid/identity.html",
+            identifier=identifier,
+            openid_head=discovery.identifier_head_html(self.base_url, identifier, opaque),
+        )
+
+    async def identity_xrds(self, request: Request, opaque: str) -> bytes:
+        found = await self.identifiers.resolve(opaque)
+        if found is None:
+            raise HTTPError(404, "There is no such identifier.")
+        return discovery.serve_xrds(
+            request, discovery.identifier_xrds(self.base_url, self.identifiers.url(opaque))
+        )
+
+
+def _same_url(a: str | None, b: str) -> bool:
+    if not a:
+        return False
+    try:
+        return bool(urinorm(a) == urinorm(b))
+    except ValueError:
+        return False
+
+
+def _raw_field(request: Request, name: str, limit: int) -> str:
+    values = (request.args or {}).get(name.encode("ascii"))
+    if not values:
+        raise HTTPError(400, f"The form is missing its {name!r} field.")
+    if len(values[0]) > limit:
+        raise HTTPError(413, f"The field {name!r} is too long.")
+    try:
+        return str(values[0].decode("ascii"))
+    except UnicodeDecodeError:
+        raise HTTPError(400, f"The field {name!r} is not valid.") from None
+
+
+def _build_response(
+    provider: Provider,
+    openid_request: Any,
+    allow: bool,
+    identity: str | None,
+    select: bool,
+    wanted: extensions.Requested | None,
+    released: dict[str, str] | None,
+) -> WebResponse:
+    """In a thread: answer, add extensions, sign and encode."""
+    if not allow:
+        return provider.encode(openid_request.answer(False))
+    if select:
+        # A request naming our OP Identifier itself is directed identity too.
+        openid_request.identity = IDENTIFIER_SELECT
+        openid_request.claimed_id = IDENTIFIER_SELECT
+        response = openid_request.answer(True, identity=identity, claimed_id=identity)
+    else:
+        response = openid_request.answer(True)
+    if wanted is not None:
+        extensions.add_to_response(response, wanted, released or {})
+    return provider.encode(response)
