@@ -1,0 +1,523 @@
+"""
+One heartbeat group around its state machine: timers, priorities, health,
+preemption, maintenance, switchover and the witness.
+
+L{Group} decides which input to give the machine (L{clickpass.cluster.machine})
+from the adverts it hears and the timers it runs on an injected clock; the
+machine's outputs come back here and go to three small collaborators (an
+L{Outbox} for packets, a L{VipControl} for the address, a L{Notifier} for
+hooks). L{WitnessGroup} is the witness's side: it only answers votes.
+
+This module must never do I/O itself or read the wall clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from clickpass.cluster import machine
+from clickpass.cluster.wire import Health, Kind, Message, State
+from clickpass.config import ClusterGroupSettings
+
+DOWN_ADVERTS = 3
+
+
+class Outbox(Protocol):
+    """Sends this node's messages for a group."""
+
+    def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
+        """Send an advert to the group's peers (and the witness)."""
+
+    def vote_request(self, group: str) -> None:
+        """Ask the witness for its vote."""
+
+
+class VipControl(Protocol):
+    """The virtual IP of a group on this host."""
+
+    def take(self) -> None:
+        """Add the address (with its lease), then announce it with gratuitous ARP."""
+
+    def renew(self) -> None:
+        """Extend the address's lease."""
+
+    def release(self) -> None:
+        """Remove the address (no error when it is not there)."""
+
+    def announce(self) -> None:
+        """Send a burst of gratuitous ARP."""
+
+    def refresh(self) -> None:
+        """Send one gratuitous ARP."""
+
+
+class Notifier(Protocol):
+    def notify(self, group: str, state: State) -> None:
+        """Run the notify hooks for a state change (in order, asynchronously)."""
+
+
+@dataclass
+class PeerView:
+    """What we last heard from a peer."""
+
+    node: str
+    state: State
+    priority: int
+    health: Health
+    failing: int
+    interval: float
+    heard_at: float
+    address: str = ""
+
+
+def skew(priority: int, interval: float) -> float:
+    """RFC 5798 Skew_Time: higher priorities wait less."""
+    return (256 - priority) * interval / 256.0
+
+
+class Group:
+    """The heartbeat for one VIP on this node."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: ClusterGroupSettings,
+        node_id: str,
+        clock: IReactorTime,
+        outbox: Outbox,
+        vip: VipControl,
+        notifier: Notifier,
+        witness_required: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.node_id = node_id
+        self.clock = clock
+        self.outbox = outbox
+        self.vip = vip
+        self.notifier = notifier
+        self.witness_required = witness_required
+        self.interval = settings.advert_interval
+        self.peers: dict[str, PeerView] = {}
+        self.witness_heard_at: float | None = None
+        self.checks: dict[str, tuple[int, bool]] = {
+            c.name: (c.weight, True) for c in settings.check
+        }
+        self.maintenance = False
+        self.counters: Counter[str] = Counter()
+        self.master_interval = self.interval
+        self.started_at = 0.0
+        self.changed_at = 0.0
+        self._no_preempt = False
+        self._down: IDelayedCall | None = None
+        self._vote: IDelayedCall | None = None
+        self._handover: IDelayedCall | None = None
+        self._last_garp = 0.0
+        self._adverts = LoopingCall(self._tick)
+        self._adverts.clock = clock
+        self.machine, self.core = machine.build(self)
+
+    # Reading the group.
+
+    @property
+    def state(self) -> State:
+        return self.core.state
+
+    @property
+    def faulted(self) -> bool:
+        return any(not ok and weight == 0 for weight, ok in self.checks.values())
+
+    @property
+    def failing(self) -> int:
+        return sum(1 for _, ok in self.checks.values() if not ok)
+
+    @property
+    def priority(self) -> int:
+        """The priority we advertise: base plus failing negative weights, 1 at least."""
+        if self.state == State.HANDOVER:
+            return 0
+        lowered = sum(weight for weight, ok in self.checks.values() if not ok and weight < 0)
+        return max(1, min(254, self.settings.priority + lowered))
+
+    @property
+    def health(self) -> Health:
+        if self.faulted:
+            return Health.FAULT
+        return Health.DEGRADED if self.failing else Health.OK
+
+    def down_interval(self) -> float:
+        return DOWN_ADVERTS * self.master_interval + skew(self.priority, self.master_interval)
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.seconds()
+        return {
+            "group": self.name,
+            "state": self.state.name,
+            "priority": self.priority,
+            "base_priority": self.settings.priority,
+            "vip": self.settings.vip,
+            "interface": self.settings.interface,
+            "advert_interval": self.interval,
+            "preempt": self.settings.preempt,
+            "maintenance": self.maintenance,
+            "health": self.health.name,
+            "checks": {n: ("ok" if ok else "failing") for n, (_, ok) in self.checks.items()},
+            "in_state_seconds": round(now - self.changed_at, 3),
+            "peers": [
+                {
+                    "node": p.node,
+                    "state": p.state.name,
+                    "priority": p.priority,
+                    "health": p.health.name,
+                    "address": p.address,
+                    "last_heard_seconds": round(now - p.heard_at, 3),
+                }
+                for p in sorted(self.peers.values(), key=lambda p: p.node)
+            ],
+            "witness_last_heard_seconds": (
+                None if self.witness_heard_at is None else round(now - self.witness_heard_at, 3)
+            ),
+            "counters": dict(self.counters),
+        }
+
+    # Driving the group.
+
+    def start(self) -> None:
+        self.started_at = self.changed_at = self.clock.seconds()
+        self.machine.start()
+        if self.faulted:
+            self.machine.fault()
+        self._adverts.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        """Resign (when MASTER) and release the VIP; the caller sends before closing."""
+        self.machine.shutdown()
+        if self._adverts.running:
+            self._adverts.stop()
+        for call in (self._down, self._vote, self._handover):
+            if call is not None and call.active():
+                call.cancel()
+
+    def receive(self, message: Message, address: str = "") -> None:
+        """Take in an authenticated, fresh message from a peer or the witness."""
+        now = self.clock.seconds()
+        if message.state == State.WITNESS:
+            self.witness_heard_at = now
+            if message.kind == Kind.VOTE_GRANT:
+                self._vote_answer(True)
+            elif message.kind == Kind.VOTE_DENY:
+                self._vote_answer(False)
+            return
+        if message.kind != Kind.ADVERT:
+            self.counters["unexpected_kind"] += 1
+            return
+        self.peers[message.node] = PeerView(
+            node=message.node,
+            state=message.state,
+            priority=message.priority,
+            health=message.health,
+            failing=message.failing,
+            interval=message.interval,
+            heard_at=now,
+            address=address,
+        )
+        if message.state != State.MASTER:
+            return
+        self.master_interval = message.interval
+        if message.priority == 0:
+            self.machine.heard_resign()
+        elif (message.priority, message.node) > (self.priority, self.node_id):
+            self.machine.heard_stronger_master()
+        elif self.state in (State.BACKUP, State.CANDIDATE) and self._may_preempt(now):
+            self.machine.preempt()
+        else:
+            self.machine.heard_weaker_master()
+
+    def set_health(self, name: str, ok: bool) -> None:
+        """Record a health input; unknown names are ignored (not tracked by this group)."""
+        if name not in self.checks:
+            return
+        weight, before = self.checks[name]
+        if before == ok:
+            return
+        was_faulted = self.faulted
+        self.checks[name] = (weight, ok)
+        self.log.info(
+            "cluster group {group}: health check {check} is {result}",
+            group=self.name,
+            check=name,
+            result="ok" if ok else "failing",
+        )
+        if self.faulted and not was_faulted:
+            self.machine.fault()
+        elif was_faulted and not self.faulted:
+            self.machine.recovered()
+
+    def set_maintenance(self, on: bool) -> None:
+        """In maintenance the group stays BACKUP: it steps down and never takes over."""
+        self.maintenance = on
+        if on:
+            self.machine.step_down()
+
+    def switchover(self) -> str:
+        """
+        Hand the VIP to the peer with no gap, and do not preempt it back
+        afterwards. Raises ValueError (one line) when that cannot be done.
+        """
+        if self.state != State.MASTER:
+            raise ValueError(f"group {self.name} is {self.state.name} here, not MASTER")
+        now = self.clock.seconds()
+        alive = [
+            p
+            for p in self.peers.values()
+            if p.state == State.BACKUP and now - p.heard_at <= DOWN_ADVERTS * p.interval
+        ]
+        if not alive:
+            raise ValueError(f"group {self.name}: no healthy BACKUP peer is heard to take over")
+        self._no_preempt = True
+        self.machine.switchover()
+        return f"group {self.name}: handing the VIP to {', '.join(p.node for p in alive)}"
+
+    # Decisions.
+
+    def _may_preempt(self, now: float) -> bool:
+        return (
+            self.settings.preempt
+            and not self.maintenance
+            and not self._no_preempt
+            and now - self.started_at >= self.settings.preempt_delay
+        )
+
+    def _tick(self) -> None:
+        state = self.state
+        if state == State.INIT:
+            return
+        advertised = {State.CANDIDATE: State.BACKUP, State.HANDOVER: State.MASTER}.get(state, state)
+        self._send(advertised)
+        if state in (State.MASTER, State.HANDOVER):
+            self.vip.renew()
+            refresh = self.settings.garp_refresh
+            now = self.clock.seconds()
+            if refresh and now - self._last_garp >= refresh:
+                self._last_garp = now
+                self.vip.refresh()
+            if state == State.MASTER and self.witness_required and self._lost_quorum(now):
+                self.log.warn(
+                    "cluster group {group}: hears neither peer nor witness; stepping down",
+                    group=self.name,
+                )
+                self.counters["lost_quorum"] += 1
+                self.machine.step_down()
+
+    def _lost_quorum(self, now: float) -> bool:
+        limit = DOWN_ADVERTS * self.interval + self.interval
+        heard = [p.heard_at for p in self.peers.values()]
+        if self.witness_heard_at is not None:
+            heard.append(self.witness_heard_at)
+        return not heard or now - max(heard) > limit
+
+    def _send(self, state: State) -> None:
+        self.outbox.advert(self.name, state, self.priority, self.health, self.failing)
+        self.counters["adverts_sent"] += 1
+
+    def _down_fired(self) -> None:
+        self._down = None
+        if self.maintenance:
+            self.arm_down_timer(False)
+        elif self.witness_required:
+            self.machine.seek_vote()
+        else:
+            self.machine.master_down()
+
+    def _vote_answer(self, granted: bool) -> None:
+        if self._vote is None:
+            self.counters["late_votes"] += 1
+            return
+        if self._vote.active():
+            self._vote.cancel()
+        self._vote = None
+        self.counters["votes_granted" if granted else "votes_refused"] += 1
+        if granted:
+            self.machine.vote_granted()
+        else:
+            self.machine.vote_refused()
+
+    def _vote_timed_out(self) -> None:
+        self._vote = None
+        self.counters["votes_unanswered"] += 1
+        self.machine.vote_refused()
+
+    # GroupActions: the machine's outputs.
+
+    def arm_down_timer(self, resign: bool) -> None:
+        self.cancel_down_timer()
+        delay = skew(self.priority, self.master_interval)
+        if not resign:
+            delay += DOWN_ADVERTS * self.master_interval
+        self._down = self.clock.callLater(delay, self._down_fired)
+
+    def cancel_down_timer(self) -> None:
+        if self._down is not None and self._down.active():
+            self._down.cancel()
+        self._down = None
+
+    def send_advert(self) -> None:
+        self._send(State.MASTER)
+
+    def send_resign(self) -> None:
+        self.outbox.advert(self.name, State.MASTER, 0, self.health, self.failing)
+        self.counters["resigns_sent"] += 1
+
+    def take_vip(self) -> None:
+        self._last_garp = self.clock.seconds()
+        self._no_preempt = False
+        self.counters["takeovers"] += 1
+        self.vip.take()
+
+    def release_vip(self) -> None:
+        self.vip.release()
+
+    def announce(self) -> None:
+        self.counters["split_brain_won"] += 1
+        self._send(State.MASTER)
+        self._last_garp = self.clock.seconds()
+        self.vip.announce()
+
+    def request_vote(self) -> None:
+        if self._vote is not None and self._vote.active():
+            self._vote.cancel()
+        self._vote = self.clock.callLater(self.down_interval(), self._vote_timed_out)
+        self.counters["votes_requested"] += 1
+        self.outbox.vote_request(self.name)
+
+    def arm_handover_timer(self) -> None:
+        self.cancel_handover_timer()
+        self._handover = self.clock.callLater(
+            max(1.0, 2 * DOWN_ADVERTS * self.interval), self.machine.handover_timeout
+        )
+
+    def cancel_handover_timer(self) -> None:
+        if self._handover is not None and self._handover.active():
+            self._handover.cancel()
+        self._handover = None
+
+    def entered(self, state: State) -> None:
+        self.changed_at = self.clock.seconds()
+        self.counters[f"entered_{state.name.lower()}"] += 1
+        self.log.info(
+            "cluster group {group}: {state} (priority {priority})",
+            group=self.name,
+            state=state.name,
+            priority=self.priority,
+        )
+        if state in (State.MASTER, State.BACKUP, State.FAULT):
+            self.notifier.notify(self.name, state)
+
+
+class WitnessGroup:
+    """
+    The witness's side of a group: it grants a takeover only when it hears
+    no other live MASTER and has not just granted one to another node.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: ClusterGroupSettings, clock: IReactorTime, outbox: Any) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.clock = clock
+        self.outbox = outbox
+        self.interval = settings.advert_interval
+        self.peers: dict[str, PeerView] = {}
+        self.grant: tuple[str, float] | None = None
+        self.counters: Counter[str] = Counter()
+        self._adverts = LoopingCall(self._tick)
+        self._adverts.clock = clock
+
+    def start(self) -> None:
+        self._adverts.start(self.interval, now=True)
+
+    def stop(self) -> None:
+        if self._adverts.running:
+            self._adverts.stop()
+
+    def _tick(self) -> None:
+        self.outbox.advert(self.name, State.WITNESS, 0, Health.OK, 0)
+
+    def live_masters(self, now: float, excluding: str) -> list[str]:
+        # A master is alive while its adverts keep coming, with half an
+        # interval less slack than a backup's down timer, so that a real
+        # death is agreed on by the time the backup asks.
+        return [
+            p.node
+            for p in self.peers.values()
+            if p.node != excluding
+            and p.state == State.MASTER
+            and p.priority > 0
+            and now - p.heard_at <= (DOWN_ADVERTS - 0.5) * p.interval
+        ]
+
+    def receive(self, message: Message, address: Any) -> None:
+        now = self.clock.seconds()
+        if message.kind == Kind.ADVERT:
+            self.peers[message.node] = PeerView(
+                node=message.node,
+                state=message.state,
+                priority=message.priority,
+                health=message.health,
+                failing=message.failing,
+                interval=message.interval,
+                heard_at=now,
+                address=str(address),
+            )
+            return
+        if message.kind != Kind.VOTE_REQUEST:
+            self.counters["unexpected_kind"] += 1
+            return
+        alive = self.live_masters(now, message.node)
+        granted_to_other = (
+            self.grant is not None and self.grant[0] != message.node and now < self.grant[1]
+        )
+        granted = not alive and not granted_to_other
+        if granted:
+            self.grant = (message.node, now + DOWN_ADVERTS * message.interval)
+        self.counters["granted" if granted else "refused"] += 1
+        self.log.info(
+            "cluster witness {group}: {verdict} takeover by {node} (live masters: {alive})",
+            group=self.name,
+            verdict="granted" if granted else "refused",
+            node=message.node,
+            alive=",".join(alive) or "none",
+        )
+        self.outbox.vote_answer(self.name, address, granted)
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.seconds()
+        return {
+            "group": self.name,
+            "state": "WITNESS",
+            "priority": 0,
+            "peers": [
+                {
+                    "node": p.node,
+                    "state": p.state.name,
+                    "priority": p.priority,
+                    "health": p.health.name,
+                    "address": p.address,
+                    "last_heard_seconds": round(now - p.heard_at, 3),
+                }
+                for p in sorted(self.peers.values(), key=lambda p: p.node)
+            ],
+            "grant": None if self.grant is None else self.grant[0],
+            "counters": dict(self.counters),
+        }
+
+
+__all__ = ["Group", "Notifier", "Outbox", "PeerView", "VipControl", "WitnessGroup", "skew"]

@@ -1,0 +1,163 @@
+"""A simulated network of heartbeat groups on one task.Clock, for unit tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from clickpass.cluster.group import Group, WitnessGroup
+from clickpass.cluster.wire import Health, Kind, Message, State
+from clickpass.config import ClusterGroupSettings, HealthCheckSettings
+
+
+@dataclass
+class FakeVip:
+    """Records VIP actions; `held` says whether the address is on this host."""
+
+    name: str
+    net: Net
+    held: bool = False
+    log: list[str] = field(default_factory=list)
+
+    def take(self) -> None:
+        self.held = True
+        self.log.append("take")
+        self.net.events.append((self.net.clock.seconds(), self.name, "take"))
+
+    def renew(self) -> None:
+        self.log.append("renew")
+
+    def release(self) -> None:
+        if self.held:
+            self.net.events.append((self.net.clock.seconds(), self.name, "release"))
+        self.held = False
+        self.log.append("release")
+
+    def announce(self) -> None:
+        self.log.append("announce")
+
+    def refresh(self) -> None:
+        self.log.append("refresh")
+
+
+@dataclass
+class FakeNotifier:
+    calls: list[tuple[str, State]] = field(default_factory=list)
+
+    def notify(self, group: str, state: State) -> None:
+        self.calls.append((group, state))
+
+
+class Outbox:
+    def __init__(self, net: Net, node: str) -> None:
+        self.net = net
+        self.node = node
+        self.seq = 0
+
+    def _message(self, kind: Kind, group: str, state: State, priority: int) -> Message:
+        self.seq += 1
+        interval = self.net.interval
+        return Message(kind, group, self.node, state, priority, int(interval * 1000), 1, self.seq)
+
+    def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
+        self.net.deliver(self.node, self._message(Kind.ADVERT, group, state, priority), None)
+
+    def vote_request(self, group: str) -> None:
+        message = self._message(Kind.VOTE_REQUEST, group, State.CANDIDATE, 0)
+        self.net.deliver(self.node, message, "witness")
+
+    def vote_answer(self, group: str, address: Any, granted: bool) -> None:
+        kind = Kind.VOTE_GRANT if granted else Kind.VOTE_DENY
+        self.net.deliver(self.node, self._message(kind, group, State.WITNESS, 0), address)
+
+
+class Net:
+    """Nodes on a simulated link: messages arrive at once unless a link is cut."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.clock = Clock()
+        self.interval = interval
+        self.nodes: dict[str, Any] = {}
+        self.vips: dict[str, FakeVip] = {}
+        self.notifiers: dict[str, FakeNotifier] = {}
+        self.cut: set[frozenset[str]] = set()
+        self.dead: set[str] = set()
+        self.events: list[tuple[float, str, str]] = []
+
+    def add(
+        self,
+        name: str,
+        priority: int,
+        preempt: bool = True,
+        preempt_delay: float = 0.0,
+        checks: tuple[tuple[str, int], ...] = (),
+        witness: bool = False,
+    ) -> Group:
+        settings = ClusterGroupSettings(
+            name="app",
+            vip="10.77.0.100/24",
+            interface="eth0",
+            priority=priority,
+            peers=["10.77.0.1"],
+            advert_interval=self.interval,
+            preempt=preempt,
+            preempt_delay=preempt_delay,
+            check=[HealthCheckSettings(n, w) for n, w in checks],
+        )
+        self.vips[name] = FakeVip(name, self)
+        self.notifiers[name] = FakeNotifier()
+        group = Group(
+            settings,
+            name,
+            self.clock,
+            Outbox(self, name),
+            self.vips[name],
+            self.notifiers[name],
+            witness_required=witness,
+        )
+        self.nodes[name] = group
+        return group
+
+    def add_witness(self) -> WitnessGroup:
+        settings = ClusterGroupSettings(
+            name="app", peers=["10.77.0.1"], advert_interval=self.interval
+        )
+        witness = WitnessGroup(settings, self.clock, Outbox(self, "witness"))
+        self.nodes["witness"] = witness
+        return witness
+
+    def deliver(self, sender: str, message: Message, to: str | None) -> None:
+        if sender in self.dead:
+            return
+        for name in list(self.nodes):
+            if name == sender or name in self.dead or (to is not None and name != to):
+                continue
+            if frozenset((sender, name)) in self.cut:
+                continue
+            # Half a millisecond on the wire, like a LAN; never re-entrant.
+            self.clock.callLater(0.0005, self._arrive, name, message, sender)
+
+    def _arrive(self, name: str, message: Message, sender: str) -> None:
+        if name not in self.dead and frozenset((sender, name)) not in self.cut:
+            self.nodes[name].receive(message, sender)
+
+    def partition(self, a: str, b: str) -> None:
+        self.cut.add(frozenset((a, b)))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    def run(self, seconds: float, step: float = 0.005) -> None:
+        steps = round(seconds / step)
+        for _ in range(steps):
+            self.clock.advance(step)
+
+    def masters(self) -> list[str]:
+        return sorted(
+            n for n, g in self.nodes.items() if isinstance(g, Group) and g.state == State.MASTER
+        )
+
+    def holders(self) -> list[str]:
+        return sorted(n for n, v in self.vips.items() if v.held)
