@@ -291,6 +291,117 @@ class ClusterSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkersSettings:
+    """[workers]: the worker processes that serve the web application."""
+
+    count: int = dataclasses.field(
+        default=0, metadata=_doc("Worker processes to run; 0 means one per CPU.")
+    )
+    max_requests: int = dataclasses.field(
+        default=0, metadata=_doc("Replace a worker after this many requests; 0 never.")
+    )
+    max_requests_jitter: int = dataclasses.field(
+        default=0,
+        metadata=_doc("Add up to this many (random) to max_requests, so workers recycle apart."),
+    )
+    min_lifetime: float = dataclasses.field(
+        default=60.0,
+        metadata=_doc("Seconds a worker lives at least before max_requests recycles it."),
+    )
+    start_timeout: float = dataclasses.field(
+        default=60.0, metadata=_doc("Seconds a new worker has to report ready.")
+    )
+    drain_timeout: float = dataclasses.field(
+        default=30.0,
+        metadata=_doc("Seconds a stopping worker has to finish its requests before SIGTERM."),
+    )
+    kill_timeout: float = dataclasses.field(
+        default=10.0, metadata=_doc("Seconds after SIGTERM before SIGKILL.")
+    )
+    respawn_delay_max: float = dataclasses.field(
+        default=60.0,
+        metadata=_doc("Longest wait before respawning a worker that keeps dying at start."),
+    )
+    socket_dir: str = dataclasses.field(
+        default="",
+        metadata=_doc("Directory for the workers' unix sockets. Default: <data_dir>/workers."),
+    )
+    app: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "module:function building the twisted.web Site the workers serve, for tests "
+            "and benchmarks. Default: the Clickpass web application."
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BalancerSettings:
+    """[balancer]: the front's reverse proxy to the workers."""
+
+    max_in_flight: int = dataclasses.field(
+        default=32, metadata=_doc("Most requests in flight at one worker; more wait in the queue.")
+    )
+    queue_size: int = dataclasses.field(
+        default=1024, metadata=_doc("Most requests waiting for a free worker; more get a 503.")
+    )
+    queue_timeout: float = dataclasses.field(
+        default=10.0, metadata=_doc("Seconds a request waits for a worker before a 503.")
+    )
+    request_timeout: float = dataclasses.field(
+        default=30.0,
+        metadata=_doc("Seconds a worker has to answer; then a 504 and the worker is replaced."),
+    )
+    max_body: int = dataclasses.field(
+        default=1024 * 1024, metadata=_doc("Largest request body in bytes; above it a 413.")
+    )
+    max_header_bytes: int = dataclasses.field(
+        default=32 * 1024, metadata=_doc("Largest request head in bytes; above it a 400.")
+    )
+    header_timeout: float = dataclasses.field(
+        default=10.0, metadata=_doc("Seconds a client has to send a request's headers.")
+    )
+    idle_timeout: float = dataclasses.field(
+        default=60.0, metadata=_doc("Seconds an idle keep-alive client connection stays open.")
+    )
+    connect_timeout: float = dataclasses.field(
+        default=2.0, metadata=_doc("Seconds to connect to a worker's socket.")
+    )
+    retries: int = dataclasses.field(
+        default=2, metadata=_doc("Times a request that never reached a worker is tried elsewhere.")
+    )
+    eject_seconds: float = dataclasses.field(
+        default=5.0,
+        metadata=_doc("Seconds a worker that refused or reset a connection gets no traffic."),
+    )
+    health_interval: float = dataclasses.field(
+        default=5.0, metadata=_doc("Seconds between active health checks; 0 turns them off.")
+    )
+    health_timeout: float = dataclasses.field(
+        default=2.0, metadata=_doc("Seconds a health check may take.")
+    )
+    health_fall: int = dataclasses.field(
+        default=3, metadata=_doc("Failed health checks in a row before a worker is replaced.")
+    )
+    health_path: str = dataclasses.field(
+        default="/healthz", metadata=_doc("Path the health checks GET.")
+    )
+    sweep_interval: float = dataclasses.field(
+        default=0.5, metadata=_doc("Seconds between checks for timed-out requests.")
+    )
+    static: bool = dataclasses.field(
+        default=True, metadata=_doc("Serve /static/ files from the front.")
+    )
+    static_max_age: int = dataclasses.field(
+        default=3600, metadata=_doc("Cache-Control max-age of static files, in seconds.")
+    )
+    redirect_http_to_https: bool = dataclasses.field(
+        default=False,
+        metadata=_doc("Answer requests on tcp: listeners with a redirect to the https public_url."),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The whole configuration of one node."""
 
@@ -302,6 +413,8 @@ class Settings:
     openid: OpenIDSettings = dataclasses.field(default_factory=OpenIDSettings)
     accounts: AccountsSettings = dataclasses.field(default_factory=AccountsSettings)
     cluster: ClusterSettings = dataclasses.field(default_factory=ClusterSettings)
+    workers: WorkersSettings = dataclasses.field(default_factory=WorkersSettings)
+    balancer: BalancerSettings = dataclasses.field(default_factory=BalancerSettings)
     source: str = dataclasses.field(default="(embedded default)", metadata={"internal": "true"})
 
     # Derived paths, resolved against data_dir.
@@ -488,6 +601,27 @@ def _check_semantics(settings: Settings) -> None:
         from clickpass.cluster.checks import check_cluster_settings
 
         check_cluster_settings(settings.cluster, ConfigError)
+    _check_balancer(settings)
+
+
+def _check_balancer(settings: Settings) -> None:
+    workers, balancer = settings.workers, settings.balancer
+    if workers.count < 0:
+        raise ConfigError("[workers] count: must be 0 (one per CPU) or more")
+    for key in ("max_in_flight", "queue_size", "max_body", "max_header_bytes", "health_fall"):
+        if getattr(balancer, key) < 1:
+            raise ConfigError(f"[balancer] {key}: must be at least 1")
+    for key in ("queue_timeout", "request_timeout", "header_timeout", "connect_timeout"):
+        if getattr(balancer, key) <= 0:
+            raise ConfigError(f"[balancer] {key}: must be more than 0 seconds")
+    if not balancer.health_path.startswith("/"):
+        raise ConfigError("[balancer] health_path: must start with /")
+    if balancer.redirect_http_to_https and not settings.base_url.startswith("https://"):
+        raise ConfigError(
+            "[balancer] redirect_http_to_https: needs an https:// [node] public_url to redirect to"
+        )
+    if workers.app and ":" not in workers.app:
+        raise ConfigError("[workers] app: must be module:function")
 
 
 def load(path: str | os.PathLike[str] | None) -> Settings:
