@@ -119,12 +119,32 @@ class Node(MultiService):
             except Exception as e:
                 raise StartupError(f"cannot listen on {description}: {e}") from None
             self._ports.append(port)
+        self._start_housekeeping(self.storage)
         self.ready = True
         self.log.info(
             "clickpass node {node} ready: serving {url}",
             node=settings.node.name,
             url=settings.base_url,
         )
+
+    def _start_housekeeping(self, storage: AdbapiStorage) -> None:
+        from clickpass.accounts.service import Accounts
+        from clickpass.housekeeping import Housekeeping
+        from clickpass.openid import store as openid_store
+
+        accounts = Accounts(self.reactor, storage, self.settings.accounts)
+
+        async def openid_expired(now: int) -> int:
+            return sum(await openid_store.cleanup(storage, now))
+
+        Housekeeping(
+            self.reactor,
+            [
+                ("expired sessions", accounts.expire_sessions),
+                ("old sign-in failure counts", accounts.prune_failures),
+                ("expired OpenID nonces and associations", openid_expired),
+            ],
+        ).setServiceParent(self)
 
     async def _migrate(self, storage: AdbapiStorage) -> None:
         attempt = 0

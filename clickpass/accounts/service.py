@@ -362,10 +362,19 @@ class Accounts:
             lambda tx: tx.execute("DELETE FROM sessions WHERE token_hash = ?", session_hash(token))
         )
 
-    async def expire_sessions(self) -> int:
+    async def expire_sessions(self, now: int | None = None) -> int:
         """Delete expired sessions; return how many."""
-        now = self._now()
+        when = self._now() if now is None else now
         count: int = await self._storage.run(
-            lambda tx: tx.execute("DELETE FROM sessions WHERE expires <= ?", now)
+            lambda tx: tx.execute("DELETE FROM sessions WHERE expires <= ?", when)
+        )
+        return count
+
+    async def prune_failures(self, now: int | None = None) -> int:
+        """Forget failed sign-in counts whose window has passed; return how many."""
+        when = self._now() if now is None else now
+        oldest = when - self._settings.throttle_window
+        count: int = await self._storage.run(
+            lambda tx: tx.execute("DELETE FROM signin_failures WHERE window_start <= ?", oldest)
         )
         return count
