@@ -18,7 +18,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 
-from clickpass.config import Settings, parse
+from clickpass.config import Settings, load
 from clickpass.database import migrations
 from clickpass.database.offline import open_direct
 from clickpass.database.storage import AdbapiStorage, DirectStorage, open_mysql, open_sqlite
@@ -100,30 +100,36 @@ class DatabaseTarget:
         self._opened.append(storage)
         return storage
 
-    def settings(self, data_dir: Path | None = None) -> Settings:
+    def config_file(self, data_dir: Path | None = None, extra: str = "") -> Path:
         """
-        A node configuration pointing at this database (for the MariaDB
-        backend, with the password in a password_file under the data dir).
+        A node configuration file pointing at this database (for MariaDB,
+        with the password in a password_file, mode 0600, beside it).
         """
         data = data_dir or self.directory / "node-data"
         data.mkdir(parents=True, exist_ok=True)
-        document: dict[str, object] = {"node": {"data_dir": str(data)}}
+        lines = ["[node]", f"data_dir = {_toml_string(str(data))}", "", "[database]"]
         if self.backend == "sqlite":
-            document["database"] = {"backend": "sqlite", "path": str(self.sqlite_path)}
+            lines += ['backend = "sqlite"', f"path = {_toml_string(str(self.sqlite_path))}"]
         else:
             assert self.server is not None
             password_file = data / "db-password"
             password_file.write_text(self.server.password + "\n")
             password_file.chmod(0o600)
-            document["database"] = {
-                "backend": "mysql",
-                "host": self.server.host,
-                "port": self.server.port,
-                "user": self.server.user,
-                "name": self.database,
-                "password_file": str(password_file),
-            }
-        return parse(document, source="(test)")
+            lines += [
+                'backend = "mysql"',
+                f"host = {_toml_string(self.server.host)}",
+                f"port = {self.server.port}",
+                f"user = {_toml_string(self.server.user)}",
+                f"name = {_toml_string(self.database)}",
+                f"password_file = {_toml_string(str(password_file))}",
+            ]
+        path = data.parent / f"{data.name}.toml"
+        path.write_text("\n".join(lines) + "\n" + extra)
+        return path
+
+    def settings(self, data_dir: Path | None = None) -> Settings:
+        """The settings of L{config_file}, loaded as a node would."""
+        return load(self.config_file(data_dir))
 
     def open_direct(self) -> DirectStorage:
         """A DirectStorage on this database, as clickpass-ctl opens it."""
@@ -137,6 +143,10 @@ class DatabaseTarget:
         self._opened.clear()
         if self.server is not None and self.database:
             self.server.drop_database(self.database)
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @pytest.fixture(

@@ -14,7 +14,13 @@ from twisted.python.failure import Failure
 
 from clickpass.config import Settings, read_secret_file
 from clickpass.database import migrations
-from clickpass.database.storage import DatabaseError, Dialect, DirectStorage
+from clickpass.database.storage import (
+    MYSQL_SQL_MODE,
+    DatabaseError,
+    Dialect,
+    DirectStorage,
+    configure_sqlite,
+)
 
 
 def open_direct(settings: Settings) -> DirectStorage:
@@ -24,8 +30,7 @@ def open_direct(settings: Settings) -> DirectStorage:
         path = settings.sqlite_path
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(str(path), timeout=10.0)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA busy_timeout=10000")
+        configure_sqlite(connection)
         return DirectStorage(connection, Dialect("sqlite"), f"sqlite {path}")
     import pymysql
 
@@ -41,6 +46,7 @@ def open_direct(settings: Settings) -> DirectStorage:
         "charset": "utf8mb4",
         "autocommit": False,
         "connect_timeout": db.connect_timeout,
+        "sql_mode": MYSQL_SQL_MODE,
     }
     if db.unix_socket:
         kwargs["unix_socket"] = db.unix_socket

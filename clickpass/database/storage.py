@@ -8,10 +8,19 @@ adbapi's thread pool: nothing here may block the reactor thread.
 
 Code that already runs in a worker thread (python3-openid's store) calls
 L{Storage.run_blocking}, which hands the work to the pool and waits.
+
+A MariaDB connection that died while idle (server restarted, failover,
+idle timeout) is reopened at the first statement of the next transaction
+and that statement is sent again: nothing of that transaction had reached
+the server. A connection lost later in a transaction fails the transaction
+(the server rolls it back); one lost during COMMIT raises L{OutcomeUnknown},
+because nobody can say whether the write was applied. Nothing here retries a
+whole transaction by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +46,43 @@ class DatabaseError(Exception):
 
 class IntegrityError(DatabaseError):
     """A uniqueness or reference constraint refused a write."""
+
+
+class OutcomeUnknown(DatabaseError, adbapi.ConnectionLost):
+    """
+    The connection was lost while the transaction committed: it may or may
+    not have been applied. Retry only what is idempotent by key.
+    """
+
+
+# MariaDB client and server error codes that mean "this connection is gone":
+# can't connect (2002, 2003), server gone away (2006), lost during query
+# (2013, 2055), server shutting down (1053), connection killed (1927),
+# disconnected for inactivity (4031).
+CONNECTION_LOST_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031})
+
+
+def is_connection_lost(error: BaseException) -> bool:
+    """Whether C{error} means the database connection is gone (not the statement wrong)."""
+    if isinstance(error, adbapi.ConnectionLost):
+        return True
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover - pymysql is a dependency
+        return False
+    if isinstance(error, pymysql.err.InterfaceError):
+        return True
+    return (
+        isinstance(error, pymysql.err.OperationalError)
+        and bool(error.args)
+        and error.args[0] in CONNECTION_LOST_CODES
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line of text, for logs and operators."""
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True)
@@ -74,19 +120,49 @@ class Transaction:
     function given to L{Storage.run} returns, and rolls back if it raises.
     """
 
+    log = Logger()
+
     def __init__(self, cursor: Any, dialect: Dialect) -> None:
         self._cursor = cursor
         self.dialect = dialect
+        self._statements = 0
 
     def execute(self, sql: str, *params: object) -> int:
         """Run one statement; return the number of rows it changed."""
+        statement = self.dialect.translate(sql)
+        first = self._statements == 0
+        self._statements += 1
         try:
-            self._cursor.execute(self.dialect.translate(sql), params)
+            self._send(statement, params)
+        except Exception as e:
+            if not (first and is_connection_lost(e) and self._can_reconnect()):
+                raise
+            # The connection died while it sat in the pool. This is the
+            # transaction's first statement, so nothing of it was applied
+            # (autocommit is off: a lost connection's work is rolled back):
+            # sending it again on a new connection is safe.
+            self.log.info("database connection was lost ({error}); reconnecting", error=one_line(e))
+            self._cursor.reconnect()
+            self._cursor.reopen()
+            self._send(statement, params)
+        return int(self._cursor.rowcount or 0)
+
+    def _send(self, statement: str, params: tuple[object, ...]) -> None:
+        try:
+            self._cursor.execute(statement, params)
         except Exception as e:
             if _is_integrity_error(e):
                 raise IntegrityError(str(e)) from e
             raise
-        return int(self._cursor.rowcount or 0)
+
+    def _can_reconnect(self) -> bool:
+        # Only adbapi's transactions (in the pool, with cp_reconnect) can
+        # reopen their connection; a DirectStorage's plain cursor cannot.
+        return (
+            self.dialect.name == "mysql"
+            and isinstance(self._cursor, adbapi.Transaction)
+            and bool(getattr(self._cursor._pool, "reconnect", False))
+        )
 
     def fetchone(self, sql: str, *params: object) -> Row | None:
         """Run a query and return its first row, or L{None}."""
@@ -135,6 +211,61 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Close every connection."""
+
+
+class _Pool(adbapi.ConnectionPool):
+    """
+    adbapi's pool, with connection loss handled in one log line: a
+    connection that fails its rollback is dropped (and reopened on next
+    use) instead of logging tracebacks, and a commit cut off by a lost
+    connection raises L{OutcomeUnknown}.
+    """
+
+    log = Logger()
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        conn = self.connectionFactory(self)
+        trans = self.transactionFactory(self, conn)
+        try:
+            result = interaction(trans, *args, **kw)
+            trans.close()
+        except BaseException as e:
+            self._abandon(conn, e)
+            raise
+        try:
+            conn.commit()
+        except BaseException as e:
+            self._abandon(conn, e)
+            if is_connection_lost(e):
+                raise OutcomeUnknown(
+                    "the database connection was lost while committing; the write may "
+                    f"or may not have been applied ({one_line(e)})"
+                ) from e
+            raise
+        return result
+
+    def _abandon(self, conn: adbapi.Connection, error: BaseException) -> None:
+        """Roll back after C{error}; drop the connection if it is no longer usable."""
+        raw: Any = conn._connection
+        try:
+            raw.rollback()
+            if is_connection_lost(error):
+                # The statement said the connection was lost; make sure.
+                raw.cursor().execute(self.good_sql)
+        except Exception as e:
+            self.log.warn(
+                "database connection lost ({error}; rollback: {rollback}); it will be "
+                "reopened when next needed",
+                error=one_line(error),
+                rollback=one_line(e),
+            )
+            with contextlib.suppress(Exception):
+                self.disconnect(raw)
+
+    def _close(self, conn: Any) -> None:
+        # Closing a connection that is already dead is not worth a traceback.
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 class AdbapiStorage:
@@ -219,7 +350,8 @@ class DirectStorage:
         self._connection.close()
 
 
-def _sqlite_open(connection: sqlite3.Connection) -> None:
+def configure_sqlite(connection: sqlite3.Connection) -> None:
+    """Set the pragmas every Clickpass SQLite connection needs."""
     # WAL lets several worker processes read while one writes; FULL sync
     # means a commit that returned survives a power loss.
     connection.execute("PRAGMA journal_mode=WAL")
@@ -231,18 +363,26 @@ def _sqlite_open(connection: sqlite3.Connection) -> None:
 def open_sqlite(reactor: IReactorThreads, path: Path) -> AdbapiStorage:
     """Open (creating if needed) the SQLite database at C{path}."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pool = adbapi.ConnectionPool(
+    pool = _Pool(
         "sqlite3",
         str(path),
         check_same_thread=False,
         timeout=10.0,
         cp_min=1,
         cp_max=1,
-        cp_openfun=_sqlite_open,
+        cp_openfun=configure_sqlite,
         cp_reactor=reactor,
         cp_noisy=False,
     )
     return AdbapiStorage(reactor, Dialect("sqlite"), pool, f"sqlite {path}")
+
+
+# Strict on every connection, whatever the server's own configuration says:
+# a value that does not fit is an error, never silently truncated.
+MYSQL_SQL_MODE = (
+    "STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ZERO_DATE,NO_ZERO_IN_DATE,"
+    "NO_ENGINE_SUBSTITUTION"
+)
 
 
 def open_mysql(
@@ -268,6 +408,7 @@ def open_mysql(
         "connect_timeout": connect_timeout,
         "read_timeout": 30,
         "write_timeout": 30,
+        "sql_mode": MYSQL_SQL_MODE,
     }
     if unix_socket:
         kwargs["unix_socket"] = unix_socket
@@ -276,7 +417,7 @@ def open_mysql(
         kwargs["host"] = host
         kwargs["port"] = port
         where = f"{host}:{port}"
-    pool = adbapi.ConnectionPool(
+    pool = _Pool(
         "pymysql",
         cp_min=pool_min,
         cp_max=pool_max,
@@ -319,13 +460,18 @@ def placeholders(values: Sequence[object]) -> str:
 
 
 __all__ = [
+    "MYSQL_SQL_MODE",
     "AdbapiStorage",
     "ConfigError",
     "DatabaseError",
     "Dialect",
     "IntegrityError",
+    "OutcomeUnknown",
     "Storage",
     "Transaction",
+    "configure_sqlite",
+    "is_connection_lost",
+    "one_line",
     "open_mysql",
     "open_sqlite",
     "open_storage",
