@@ -130,8 +130,8 @@ class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
         assoc: Association | None = self._storage.run_blocking(
             _get_association, server_url, handle, self._now()
         )
-        if assoc is not None and handle is None and assoc.getExpiresIn(self._now()) <= 0:
-            return None
+        # By handle, an expired association is still returned: the library's
+        # Signatory needs its type to replace it, and checks expiry itself.
         return assoc
 
     def removeAssociation(self, server_url: str, handle: str) -> bool:
