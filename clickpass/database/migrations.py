@@ -98,6 +98,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             ){opts}""",
         ),
     ),
+    Migration(
+        2,
+        "upstream sign-in: linked provider identities, pending provider logins",
+        (
+            """CREATE TABLE IF NOT EXISTS upstream_identities (
+                id {pk},
+                account_id BIGINT NOT NULL,
+                provider VARCHAR(64) NOT NULL,
+                subject VARCHAR(255) NOT NULL,
+                email VARCHAR(254) NOT NULL DEFAULT '',
+                email_verified INTEGER NOT NULL DEFAULT 0,
+                display_name VARCHAR(255) NOT NULL DEFAULT '',
+                claims TEXT NOT NULL,
+                created BIGINT NOT NULL,
+                last_used BIGINT NOT NULL,
+                UNIQUE (provider, subject)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS upstream_identities_account "
+            "ON upstream_identities (account_id)",
+            """CREATE TABLE IF NOT EXISTS upstream_pending (
+                state_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                browser_hash VARCHAR(64) NOT NULL,
+                provider VARCHAR(64) NOT NULL,
+                nonce VARCHAR(128) NOT NULL,
+                verifier VARCHAR(128) NOT NULL,
+                intent VARCHAR(16) NOT NULL,
+                account_id BIGINT,
+                next_url VARCHAR(2048) NOT NULL,
+                created BIGINT NOT NULL,
+                used BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS upstream_pending_created ON upstream_pending (created)",
+        ),
+    ),
 )
 
 
