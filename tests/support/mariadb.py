@@ -87,9 +87,9 @@ class MariaDBServer:
     """
     One private MariaDB server. L{start} initialises the data directory (on
     the first start only), starts C{mariadbd}, waits until it answers and
-    creates the application database and user; L{stop} ends it. L{restart}
-    keeps the data directory and the port, as a server restarted under its
-    clients would.
+    creates the application database and user; L{stop} ends it. A later
+    L{start} (or L{restart}) keeps the data directory and the port, as a
+    server restarted under its clients would.
     """
 
     def __init__(
@@ -140,9 +140,12 @@ class MariaDBServer:
         fresh = not (self.datadir / "mysql").is_dir()
         if fresh:
             self._install()
-        attempts = 1 if self._fixed_port else 3
+        # A port chosen for the first start is kept for every later one, as
+        # a real server restarted under its clients would.
+        choose = not self._fixed_port and fresh
+        attempts = 3 if choose else 1
         for attempt in range(attempts):
-            if not self._fixed_port:
+            if choose:
                 self.port = free_port(self.host)
             try:
                 self._spawn_and_wait()
@@ -177,11 +180,7 @@ class MariaDBServer:
     def restart(self) -> None:
         """Stop and start again on the same data directory and port."""
         self.stop()
-        fixed, self._fixed_port = self._fixed_port, True
-        try:
-            self.start()
-        finally:
-            self._fixed_port = fixed
+        self.start()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send C{sig} to the server (SIGKILL, SIGSTOP, SIGCONT...) without waiting."""
