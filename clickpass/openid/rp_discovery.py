@@ -216,9 +216,13 @@ class RPVerifier:
         settings: OpenIDSettings,
         http_client: Any | None = None,
         resolve: Resolver | None = None,
+        in_thread: Callable[..., defer.Deferred[Any]] | None = None,
     ) -> None:
         self._reactor = reactor
         self._settings = settings
+        self._in_thread = in_thread or (
+            lambda fn, *args: deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+        )
         if http_client is None:
             factory = CheckedEndpointFactory(
                 reactor,
@@ -248,18 +252,23 @@ class RPVerifier:
         if cached is not None and cached[0] > now:
             return cached[1]
         d = defer.Deferred.fromCoroutine(self._fetch_and_parse(url))
-        d.addTimeout(self._settings.rp_discovery_timeout, self._reactor)
+        timed_out = False
+
+        def give_up() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        timer = self._reactor.callLater(self._settings.rp_discovery_timeout, give_up)
         try:
             found = await d
-        except defer.TimeoutError:
-            found = _Discovered(None, "the site did not answer in time")
-        except RefusedAddress:
-            found = _Discovered(None, "the site is on a private address and was not fetched")
-        except TooLarge:
-            found = _Discovered(None, "the site's discovery document is too large")
         except Exception as e:
-            log.info("relying-party discovery of {url} failed: {error}", url=url, error=str(e))
-            found = _Discovered(None, "the site could not be reached")
+            found = _Discovered(None, _reason(e, timed_out))
+            if not timed_out and not isinstance(e, RefusedAddress | TooLarge):
+                log.info("relying-party discovery of {url} failed: {error}", url=url, error=str(e))
+        finally:
+            if timer.active():
+                timer.cancel()
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
         self._cache[url] = (now + CACHE_SECONDS, found)
@@ -283,10 +292,8 @@ class RPVerifier:
                     xrds = body
         if xrds is None:
             return _Discovered(None, "the site publishes no relying-party discovery document")
-        pool = self._reactor.getThreadPool()
-        return_tos: list[str] | None = await deferToThreadPool(
-            self._reactor, pool, _return_tos, url, xrds
-        )
+        # XML parsing of a document from the network: off the reactor thread.
+        return_tos: list[str] | None = await self._in_thread(_return_tos, url, xrds)
         if not return_tos:
             return _Discovered(None, "the site's discovery document lists no return address")
         return _Discovered(return_tos, "")
@@ -319,6 +326,16 @@ class RPVerifier:
 
         await treq.collect(response, collect)
         return int(response.code), headers, b"".join(chunks)
+
+
+def _reason(error: Exception, timed_out: bool) -> str:
+    if timed_out:
+        return "the site did not answer in time"
+    if isinstance(error, RefusedAddress):
+        return "the site is on a private address and was not fetched"
+    if isinstance(error, TooLarge):
+        return "the site's discovery document is too large"
+    return "the site could not be reached"
 
 
 def _return_tos(url: str, xrds: bytes) -> list[str] | None:
