@@ -1,0 +1,264 @@
+"""
+The heartbeat engine: one UDP socket, the node's groups, and the outbox
+that signs and sends their messages.
+
+It runs inside the heartbeat process (L{clickpass.cluster.child}) or, with
+C{[cluster] process = "inline"}, inside the node. It must never block: the
+socket is non-blocking UDP, and the VIP and hooks go through spawnProcess.
+A packet that cannot be used is counted and dropped; it never raises.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from clickpass.cluster import wire
+from clickpass.cluster.actions import CommandRunner, HookRunner, VipManager
+from clickpass.cluster.checks import parse_address
+from clickpass.cluster.group import Group, WitnessGroup
+from clickpass.cluster.wire import Health, Kind, Message, State
+from clickpass.config import ClusterSettings, ConfigError, Settings, read_secret_file
+
+NODE_CHECK = "node"
+MIN_SECRET = 16
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The heartbeat secret from C{[cluster] secret_file}, or a one-line ConfigError."""
+    key = "[cluster] secret_file"
+    path = settings.data_path(settings.cluster.secret_file)
+    text = read_secret_file(path, key)
+    if len(text) < MIN_SECRET:
+        raise ConfigError(f"{key}: {path} holds {len(text)} characters; at least 16 are needed")
+    return text.encode("utf-8")
+
+
+class HeartbeatProtocol(DatagramProtocol):
+    """Hands every datagram to the engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.engine.packet(datagram, addr)
+
+
+class Engine:
+    """All heartbeat groups of one node."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        node_id: str,
+        cluster: ClusterSettings,
+        secret: bytes,
+        epoch: int,
+        extra_checks: Sequence[tuple[str, int]] = (),
+        vip_factory: Any = None,
+        notifier_factory: Any = None,
+    ) -> None:
+        self.reactor = reactor
+        self.node_id = node_id
+        self.cluster = cluster
+        self.key = wire.derive_key(secret)
+        self.sequencer = wire.Sequencer(epoch)
+        self.receiver = wire.Receiver(self.key, node_id)
+        self.counters: Counter[str] = Counter()
+        self.port: IListeningPort | None = None
+        self.maintenance = False
+        self.witness = (
+            parse_address(cluster.witness, cluster.port)
+            if cluster.witness and cluster.role == "member"
+            else None
+        )
+        self.destinations: dict[str, list[tuple[str, int]]] = {}
+        self.groups: dict[str, Group] = {}
+        self.witness_groups: dict[str, WitnessGroup] = {}
+        self.vips: dict[str, Any] = {}
+        self.hooks: dict[str, Any] = {}
+        runner = CommandRunner(reactor)
+        for settings in cluster.group:
+            peers = [parse_address(p, cluster.port) for p in settings.peers]
+            if self.witness is not None:
+                peers.append(self.witness)
+            self.destinations[settings.name] = peers
+            if cluster.role == "witness":
+                self.witness_groups[settings.name] = WitnessGroup(settings, reactor, self)
+                continue
+            vip = (
+                vip_factory(settings)
+                if vip_factory is not None
+                else VipManager(settings, runner, reactor)
+            )
+            hooks = (
+                notifier_factory(settings)
+                if notifier_factory is not None
+                else HookRunner(settings.notify, settings.notify_timeout, runner)
+            )
+            group = Group(
+                settings,
+                node_id,
+                reactor,
+                self,
+                vip,
+                hooks,
+                witness_required=self.witness is not None,
+            )
+            for name, weight in extra_checks:
+                group.checks.setdefault(name, (weight, True))
+            self.groups[settings.name] = group
+            self.vips[settings.name] = vip
+            self.hooks[settings.name] = hooks
+
+    # Lifecycle.
+
+    def start(self) -> None:
+        self.port = self.reactor.listenUDP(
+            self.cluster.port,
+            HeartbeatProtocol(self),
+            interface=self.cluster.bind,
+            maxPacketSize=wire.RECEIVE_LIMIT,
+        )
+        self.log.info(
+            "cluster heartbeat {node} (epoch {epoch}) on udp {bind}:{port}, groups {groups}",
+            node=self.node_id,
+            epoch=self.sequencer.epoch,
+            bind=self.cluster.bind,
+            port=self.cluster.port,
+            groups=",".join(self.destinations),
+        )
+        for witness in self.witness_groups.values():
+            witness.start()
+        for group in self.groups.values():
+            group.start()
+
+    def stop(self) -> Deferred[Any]:
+        """Resign every group, release every VIP, wait for that, then close."""
+        for group in self.groups.values():
+            group.stop()
+        for witness in self.witness_groups.values():
+            witness.stop()
+        waits = [v.idle() for v in self.vips.values() if hasattr(v, "idle")]
+        waits += [h.idle() for h in self.hooks.values() if hasattr(h, "idle")]
+
+        def close(_: object) -> None:
+            for vip in self.vips.values():
+                if hasattr(vip, "close"):
+                    vip.close()
+            if self.port is not None:
+                self.port.stopListening()
+                self.port = None
+
+        return DeferredList(waits).addCallback(close)
+
+    # Operations.
+
+    def set_health(self, name: str, ok: bool) -> None:
+        for group in self.groups.values():
+            group.set_health(name, ok)
+
+    def set_maintenance(self, on: bool) -> None:
+        self.maintenance = on
+        for group in self.groups.values():
+            group.set_maintenance(on)
+
+    def switchover(self, name: str) -> str:
+        group = self.groups.get(name)
+        if group is None:
+            raise ValueError(f"no group {name!r} here (groups: {', '.join(self.groups) or '-'})")
+        return group.switchover()
+
+    def status(self) -> dict[str, Any]:
+        groups = []
+        for name, group in self.groups.items():
+            status = group.status()
+            vip = self.vips[name]
+            if hasattr(vip, "status_counters"):
+                status["counters"].update(vip.status_counters())
+            hooks = self.hooks[name]
+            if hasattr(hooks, "counters"):
+                status["counters"].update(hooks.counters)
+            groups.append(status)
+        groups += [w.status() for w in self.witness_groups.values()]
+        return {
+            "node": self.node_id,
+            "role": self.cluster.role,
+            "epoch": self.sequencer.epoch,
+            "maintenance": self.maintenance,
+            "witness": self.cluster.witness or None,
+            "groups": groups,
+            "packets": dict(self.receiver.counters) | dict(self.counters),
+        }
+
+    # Packets.
+
+    def packet(self, data: bytes, addr: Any) -> None:
+        message = self.receiver.accept(data)
+        if message is None:
+            return
+        if message.group in self.groups:
+            self.groups[message.group].receive(message, str(addr[0]))
+        elif message.group in self.witness_groups:
+            self.witness_groups[message.group].receive(message, addr)
+        else:
+            self.counters["unknown_group"] += 1
+
+    def _send(self, message: Message, addresses: Sequence[tuple[str, int]]) -> None:
+        if self.port is None:
+            return
+        data = wire.encode(message, self.key)
+        for address in addresses:
+            try:
+                self.port.write(data, address)  # type: ignore[attr-defined]
+                self.counters["sent"] += 1
+            except OSError:
+                # Unreachable peer or link down: adverts are periodic, so
+                # the next one is the retry.
+                self.counters["send_failed"] += 1
+
+    def _message(self, kind: Kind, group: str, state: State, priority: int, **kw: Any) -> Message:
+        epoch, seq = self.sequencer.next()
+        settings = self.groups[group].settings if group in self.groups else None
+        interval = (
+            settings.advert_interval
+            if settings is not None
+            else self.witness_groups[group].settings.advert_interval
+        )
+        return Message(
+            kind=kind,
+            group=group,
+            node=self.node_id,
+            state=state,
+            priority=priority,
+            interval_ms=max(1, round(interval * 1000)),
+            epoch=epoch,
+            seq=seq,
+            **kw,
+        )
+
+    # Outbox, for the groups.
+
+    def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
+        message = self._message(Kind.ADVERT, group, state, priority, health=health, failing=failing)
+        self._send(message, self.destinations[group])
+
+    def vote_request(self, group: str) -> None:
+        if self.witness is not None:
+            message = self._message(Kind.VOTE_REQUEST, group, State.CANDIDATE, 0)
+            self._send(message, [self.witness])
+
+    def vote_answer(self, group: str, address: Any, granted: bool) -> None:
+        kind = Kind.VOTE_GRANT if granted else Kind.VOTE_DENY
+        self._send(self._message(kind, group, State.WITNESS, 0), [tuple(address)])
+
+
+__all__ = ["NODE_CHECK", "Engine", "HeartbeatProtocol", "load_secret"]
