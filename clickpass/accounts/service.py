@@ -143,31 +143,36 @@ def _throttle_state(
 def _record_failure(
     tx: Transaction, subjects: list[tuple[str, str, int]], now: int, window: int
 ) -> None:
+    # One atomic upsert per subject: a count that is started and added to
+    # by several workers at once loses no failure and takes no gap locks
+    # that could deadlock (as UPDATE-then-INSERT does on MariaDB).
+    cutoff = now - window
+    if tx.dialect.name == "sqlite":
+        # SQLite evaluates every SET expression against the old row.
+        tail = (
+            "ON CONFLICT (scope, subject) DO UPDATE SET "
+            "failures = CASE WHEN window_start > ? THEN failures + 1 ELSE 1 END, "
+            "window_start = CASE WHEN window_start > ? THEN window_start ELSE ? END"
+        )
+    else:
+        # MariaDB assigns left to right, so failures (which reads the old
+        # window_start) must come before window_start.
+        tail = (
+            "ON DUPLICATE KEY UPDATE "
+            "failures = IF(window_start > ?, failures + 1, 1), "
+            "window_start = IF(window_start > ?, window_start, ?)"
+        )
     for scope, subject, _limit in subjects:
-        changed = tx.execute(
-            "UPDATE signin_failures SET failures = failures + 1 "
-            "WHERE scope = ? AND subject = ? AND window_start > ?",
+        tx.execute(
+            "INSERT INTO signin_failures (scope, subject, window_start, failures) "
+            "VALUES (?, ?, ?, 1) " + tail,
             scope,
             subject,
-            now - window,
-        )
-        if changed:
-            continue
-        changed = tx.execute(
-            "UPDATE signin_failures SET failures = 1, window_start = ? "
-            "WHERE scope = ? AND subject = ?",
             now,
-            scope,
-            subject,
+            cutoff,
+            cutoff,
+            now,
         )
-        if not changed:
-            tx.execute(
-                tx.dialect.insert_ignore() + " INTO signin_failures "
-                "(scope, subject, window_start, failures) VALUES (?, ?, ?, 1)",
-                scope,
-                subject,
-                now,
-            )
 
 
 def _clear_failures(tx: Transaction, scope: str, subject: str) -> None:

@@ -1,0 +1,363 @@
+"""
+Accounts on both storage backends: sign-up rules, argon2id hashes, the one
+generic sign-in refusal, throttling kept in the database (so it holds across
+worker processes), sessions and their rotation, expiry and end.
+
+Time comes from a task.Clock; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import pytest
+from argon2 import PasswordHasher
+
+from twisted.internet.task import Clock
+
+from clickpass.accounts.service import (
+    Account,
+    AccountError,
+    Accounts,
+    SignInRefused,
+    Throttled,
+    session_hash,
+)
+from clickpass.config import AccountsSettings
+from clickpass.database.storage import AdbapiStorage, Storage
+from tests.conftest import DatabaseTarget, global_reactor
+from tests.support.deferreds import async_test
+
+NOW = 1_700_000_000
+PASSWORD = "correct horse battery"
+SETTINGS = AccountsSettings(
+    min_password_length=10,
+    session_lifetime=3600,
+    throttle_window=900,
+    throttle_per_account=3,
+    throttle_per_address=5,
+)
+# Cheap parameters keep the tests fast; the type is still argon2id.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+def make_accounts(
+    storage: Storage, clock: Clock, settings: AccountsSettings = SETTINGS
+) -> Accounts:
+    return Accounts(global_reactor(), storage, settings, clock=clock.seconds, hasher=FAST_HASHER)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(NOW)
+    return clock
+
+
+@pytest.fixture
+def accounts(storage_backend: AdbapiStorage, clock: Clock) -> Accounts:
+    return make_accounts(storage_backend, clock)
+
+
+async def _stored_hash(storage: Storage, email: str) -> str:
+    value: str = await storage.run(
+        lambda tx: tx.scalar("SELECT password_hash FROM accounts WHERE email = ?", email)
+    )
+    return value
+
+
+# Sign-up.
+
+
+@async_test
+async def test_sign_up_creates_an_account_with_an_argon2id_hash(
+    accounts: Accounts, storage_backend: AdbapiStorage
+) -> None:
+    """Sign-up stores the normalised email and an argon2id hash, never the password."""
+    account = await accounts.sign_up("  Ann@Example.ORG ", PASSWORD)
+    assert account.email == "ann@example.org"
+    assert not account.disabled
+    assert len(account.uid) == 32
+    stored = await _stored_hash(storage_backend, "ann@example.org")
+    assert stored.startswith("$argon2id$")
+    assert PASSWORD not in stored
+
+
+@async_test
+async def test_default_hasher_is_argon2id(storage_backend: AdbapiStorage, clock: Clock) -> None:
+    """With no hasher given, Accounts hashes with argon2id."""
+    accounts = Accounts(global_reactor(), storage_backend, SETTINGS, clock=clock.seconds)
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    assert (await _stored_hash(storage_backend, "ann@example.org")).startswith("$argon2id$v=19$")
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "message"),
+    [
+        ("", PASSWORD, "Enter your email address."),
+        ("not-an-email", PASSWORD, "does not look like an email address"),
+        ("a@b", PASSWORD, "does not look like an email address"),
+        ("a b@example.org", PASSWORD, "does not look like an email address"),
+        ("x" * 250 + "@example.org", PASSWORD, "does not look like an email address"),
+        ("ann@example.org", "short", "at least 10 characters"),
+        ("ann@example.org", "x" * 1025, "at most 1024 characters"),
+    ],
+)
+@async_test
+async def test_sign_up_refuses_bad_input_with_one_clear_message(
+    accounts: Accounts,
+    storage_backend: AdbapiStorage,
+    email: str,
+    password: str,
+    message: str,
+) -> None:
+    """Bad emails and passwords are refused with a sentence saying what to fix; nothing stored."""
+    with pytest.raises(AccountError, match=message):
+        await accounts.sign_up(email, password)
+    count = await storage_backend.run(lambda tx: tx.scalar("SELECT COUNT(*) FROM accounts"))
+    assert count == 0
+
+
+@async_test
+async def test_duplicate_email_is_refused_whatever_its_case(accounts: Accounts) -> None:
+    """A second sign-up with the same email, in any letter case, is refused."""
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    with pytest.raises(AccountError, match="already exists"):
+        await accounts.sign_up("ANN@Example.org", PASSWORD + "2")
+
+
+# Sign-in.
+
+
+@async_test
+async def test_sign_in_with_the_right_password(accounts: Accounts) -> None:
+    """The right password (email in any case) signs in and returns the account."""
+    created = await accounts.sign_up("ann@example.org", PASSWORD)
+    account = await accounts.authenticate("Ann@Example.org", PASSWORD, "192.0.2.1")
+    assert account == created
+
+
+@async_test
+async def test_wrong_password_unknown_email_and_disabled_account_get_one_message(
+    accounts: Accounts,
+) -> None:
+    """
+    Wrong password, unknown email and disabled account are refused alike, so
+    nobody can tell which accounts exist.
+    """
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    await accounts.sign_up("bob@example.org", PASSWORD)
+    assert await accounts.disable("bob@example.org")
+    messages: set[str] = set()
+    for email, password in (
+        ("ann@example.org", "wrong password!"),
+        ("nobody@example.org", PASSWORD),
+        ("bob@example.org", PASSWORD),
+    ):
+        with pytest.raises(SignInRefused) as caught:
+            await accounts.authenticate(email, password, f"198.51.100.{len(email)}")
+        messages.add(str(caught.value))
+    assert messages == {"That email and password do not match an account."}
+
+
+# Throttling.
+
+
+async def _fail(accounts: Accounts, email: str, address: str, times: int) -> None:
+    for _ in range(times):
+        with pytest.raises(SignInRefused):
+            await accounts.authenticate(email, "wrong password!", address)
+
+
+@async_test
+async def test_account_throttle_holds_across_two_processes(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    Failures counted by one worker (its own Accounts and connection pool)
+    throttle the same account in another, even with the right password and
+    from another address.
+    """
+    first = make_accounts(storage_backend, clock)
+    second = make_accounts(database_target.open(), clock)
+    await first.sign_up("ann@example.org", PASSWORD)
+    await _fail(first, "ann@example.org", "192.0.2.1", SETTINGS.throttle_per_account)
+    with pytest.raises(Throttled) as caught:
+        await second.authenticate("ann@example.org", PASSWORD, "192.0.2.99")
+    assert caught.value.retry_after == SETTINGS.throttle_window
+    assert "Try again in 15 minutes" in str(caught.value)
+
+
+@async_test
+async def test_address_throttle_holds_across_two_processes(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    Failures from one client address against many accounts, split between
+    two workers, throttle that address everywhere; another address is not
+    affected.
+    """
+    first = make_accounts(storage_backend, clock)
+    second = make_accounts(database_target.open(), clock)
+    await first.sign_up("ann@example.org", PASSWORD)
+    for i in range(SETTINGS.throttle_per_address):
+        worker = first if i % 2 else second
+        await _fail(worker, f"user{i}@example.org", "203.0.113.7", 1)
+    with pytest.raises(Throttled):
+        await first.authenticate("ann@example.org", PASSWORD, "203.0.113.7")
+    with pytest.raises(Throttled):
+        await second.authenticate("ann@example.org", PASSWORD, "203.0.113.7")
+    assert (await second.authenticate("ann@example.org", PASSWORD, "203.0.113.8")).email == (
+        "ann@example.org"
+    )
+
+
+@async_test
+async def test_throttle_lifts_when_the_window_has_passed(accounts: Accounts, clock: Clock) -> None:
+    """A throttled account may sign in again once the window has passed, not a second before."""
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    await _fail(accounts, "ann@example.org", "192.0.2.1", SETTINGS.throttle_per_account)
+    clock.advance(SETTINGS.throttle_window - 1)
+    with pytest.raises(Throttled) as caught:
+        await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.1")
+    assert caught.value.retry_after == 1
+    clock.advance(1)
+    account = await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.1")
+    assert account.email == "ann@example.org"
+
+
+@async_test
+async def test_failures_below_the_limit_do_not_throttle_and_success_resets_them(
+    accounts: Accounts,
+) -> None:
+    """
+    Fewer failures than the limit leave sign-in open; a successful sign-in
+    clears the account's count, so the limit starts afresh.
+    """
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    limit = SETTINGS.throttle_per_account
+    await _fail(accounts, "ann@example.org", "192.0.2.1", limit - 1)
+    await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.1")
+    await _fail(accounts, "ann@example.org", "192.0.2.2", limit - 1)
+    await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.2")
+
+
+@async_test
+async def test_failures_in_an_old_window_start_a_new_count(
+    accounts: Accounts, clock: Clock
+) -> None:
+    """Failures spread over more than one window never add up to a throttle."""
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    limit = SETTINGS.throttle_per_account
+    await _fail(accounts, "ann@example.org", "192.0.2.1", limit - 1)
+    clock.advance(SETTINGS.throttle_window)
+    await _fail(accounts, "ann@example.org", "192.0.2.1", limit - 1)
+    await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.1")
+
+
+# Sessions.
+
+
+@async_test
+async def test_session_lookup_and_expiry(accounts: Accounts, clock: Clock) -> None:
+    """
+    A session token finds its account until its lifetime ends; then it finds
+    nothing, and expire_sessions deletes it.
+    """
+    account = await accounts.sign_up("ann@example.org", PASSWORD)
+    token = await accounts.start_session(account, "192.0.2.1")
+    assert await accounts.session_account(token) == account
+    assert await accounts.session_account("not-a-token") is None
+    assert await accounts.session_account("") is None
+    assert await accounts.session_account("x" * 129) is None
+    clock.advance(SETTINGS.session_lifetime - 1)
+    assert await accounts.session_account(token) == account
+    assert await accounts.expire_sessions() == 0
+    clock.advance(1)
+    assert await accounts.session_account(token) is None
+    assert await accounts.expire_sessions() == 1
+
+
+@async_test
+async def test_only_the_token_hash_is_stored(
+    accounts: Accounts, storage_backend: AdbapiStorage
+) -> None:
+    """The database holds the SHA-256 of a session token, not the token."""
+    account = await accounts.sign_up("ann@example.org", PASSWORD)
+    token = await accounts.start_session(account, "192.0.2.1")
+    stored = await storage_backend.run(lambda tx: tx.fetchall("SELECT token_hash FROM sessions"))
+    assert stored == [(session_hash(token),)]
+
+
+@async_test
+async def test_sign_in_rotates_the_session(accounts: Accounts) -> None:
+    """
+    A session started at sign-in ends the token the browser had before, so
+    a token planted before sign-in is worthless afterwards.
+    """
+    account = await accounts.sign_up("ann@example.org", PASSWORD)
+    before = await accounts.start_session(account, "192.0.2.1")
+    after = await accounts.start_session(account, "192.0.2.1", previous_token=before)
+    assert after != before
+    assert await accounts.session_account(before) is None
+    assert await accounts.session_account(after) == account
+
+
+@async_test
+async def test_end_session(accounts: Accounts) -> None:
+    """Sign-out ends that session only."""
+    account = await accounts.sign_up("ann@example.org", PASSWORD)
+    phone = await accounts.start_session(account, "192.0.2.1")
+    laptop = await accounts.start_session(account, "192.0.2.2")
+    await accounts.end_session(phone)
+    assert await accounts.session_account(phone) is None
+    assert await accounts.session_account(laptop) == account
+
+
+@async_test
+async def test_disable_ends_every_session(
+    accounts: Accounts, database_target: DatabaseTarget, clock: Clock
+) -> None:
+    """
+    Disabling an account ends all its sessions, as seen from any worker;
+    other accounts keep theirs; an unknown email is reported as such.
+    """
+    ann = await accounts.sign_up("ann@example.org", PASSWORD)
+    bob = await accounts.sign_up("bob@example.org", PASSWORD)
+    ann_tokens = [await accounts.start_session(ann, "192.0.2.1") for _ in range(2)]
+    bob_token = await accounts.start_session(bob, "192.0.2.2")
+    other_worker = make_accounts(database_target.open(), clock)
+    assert await other_worker.disable("ANN@example.org")
+    for token in ann_tokens:
+        assert await accounts.session_account(token) is None
+    assert await accounts.session_account(bob_token) == bob
+    disabled = await accounts.get(ann.id)
+    assert isinstance(disabled, Account) and disabled.disabled
+    assert not await accounts.disable("nobody@example.org")
+
+
+@async_test
+async def test_concurrent_failures_are_all_counted(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage
+) -> None:
+    """
+    Failures recorded at the same moment by several workers for a subject
+    never seen before are all counted: none is lost to the race between
+    starting the count and adding to it.
+    """
+    from twisted.internet.defer import DeferredList
+
+    from clickpass.accounts.service import _record_failure
+
+    pools = [storage_backend] + [database_target.open() for _ in range(3)]
+    subjects = [("address", "203.0.113.50", 100)]
+    attempts = 12
+    results = await DeferredList(
+        [pools[i % len(pools)].run(_record_failure, subjects, NOW, 900) for i in range(attempts)],
+        consumeErrors=True,
+    )
+    assert [r for ok, r in results if not ok] == []
+    failures = await storage_backend.run(
+        lambda tx: tx.scalar(
+            "SELECT failures FROM signin_failures WHERE subject = ?", "203.0.113.50"
+        )
+    )
+    assert failures == attempts
