@@ -148,7 +148,16 @@ class CheckedEndpoint:
             raise RefusedAddress(
                 string=f"{self._host} resolves to a non-public address; not fetched"
             )
-        address = usable[0]
+        error: Exception | None = None
+        for address in usable:
+            try:
+                return await self._endpoint_for(address).connect(factory)
+            except ConnectError as e:
+                error = e
+        assert error is not None
+        raise error
+
+    def _endpoint_for(self, address: str) -> IStreamClientEndpoint:
         endpoint: IStreamClientEndpoint
         if ":" in address:
             endpoint = TCP6ClientEndpoint(self._reactor, address, self._port, self._timeout)
@@ -159,7 +168,7 @@ class CheckedEndpoint:
                 self._host.encode("idna"), self._port
             )
             endpoint = wrapClientTLS(creator, endpoint)
-        return await endpoint.connect(factory)
+        return endpoint
 
 
 @implementer(IAgentEndpointFactory)

@@ -216,6 +216,11 @@ class OpenIDWeb:
             )
         except ProtocolError as e:
             return await self._protocol_error(request, e)
+        except Exception:
+            # The library raising something else on odd input is its bug, not
+            # the person's: log it once, answer one line.
+            log.failure("python3-openid could not decode a request")
+            return self._refuse(request, 400, "This is not an OpenID request Clickpass can use.")
         if isinstance(openid_request, CheckIDRequest):
             return await self._checkid(request, openid_request, query)
         response = await self._thread(self.provider.handle_direct, openid_request)
@@ -228,7 +233,7 @@ class OpenIDWeb:
             return self._send(request, response)
         # A broken browser request is shown to the person, never redirected to
         # its (unverified) return_to: that would make us an open redirector.
-        reason = " ".join(str(error.text or "").split())[:200]
+        reason = " ".join(str(error).split())[:200]
         return self._refuse(
             request, 400, f"The site sent an OpenID request Clickpass cannot use: {reason}"
         )

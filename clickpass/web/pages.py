@@ -13,6 +13,7 @@ import mimetypes
 from twisted.web.server import Request
 
 from clickpass.accounts.service import AccountError, Throttled
+from clickpass.openid.discovery import op_discovery, op_head_html
 from clickpass.web.app import STATIC, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
 
@@ -21,8 +22,14 @@ def install(app: WebApp, router: Router) -> None:
     """Register the account pages on C{router}."""
 
     async def home(request: Request) -> bytes:
+        # The site root is the OpenID OP Identifier: Yadis and HTML discovery.
+        xrds = op_discovery(request, app.settings.base_url)
+        if xrds is not None:
+            return xrds
         account = await app.current_account(request)
-        return app.render(request, "home.html", account=account)
+        return app.render(
+            request, "home.html", account=account, openid_head=op_head_html(app.settings.base_url)
+        )
 
     async def signup_form(request: Request) -> bytes:
         account = await app.current_account(request)

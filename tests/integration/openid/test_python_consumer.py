@@ -1,0 +1,253 @@
+"""
+Interop with python3-openid's consumer against a real node: directed
+identity, stateful and stateless, SReg email, single sign-on, and the
+attacks that must be refused.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import pytest
+import requests
+from openid.consumer import consumer
+
+from tests.integration.openid.harness import Person, PythonRP, RelyingPartySite, sreg_email
+from tests.support.node import NodeProcess
+
+pytestmark = pytest.mark.integration
+
+
+def rp_for(node: NodeProcess, site: RelyingPartySite, stateful: bool) -> PythonRP:
+    return PythonRP(node.url, site.realm, site.return_to, stateful=stateful)
+
+
+@pytest.mark.parametrize("stateful", [True, False], ids=["stateful", "stateless"])
+def test_directed_identity_sign_in_with_sreg_email(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person, stateful: bool
+) -> None:
+    """
+    A new person signs up on the way, consents, and the relying party gets a
+    verified per-site identifier and their email; the next sign-in at that
+    site is immediate (checkid_immediate succeeds, no page shown).
+    """
+    rp = rp_for(node, rp_site, stateful)
+    consent = person.sign_up_and_continue(rp.begin())
+    assert "Sign in to" in consent.text and person.email in consent.text
+    assert "could not confirm" not in consent.text  # the realm's XRDS lists the return_to
+    answer = person.decide(consent)
+    assert answer.status_code == 302
+    response = rp.complete(answer.headers["location"])
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    claimed = response.identity_url
+    assert claimed.startswith(node.url + "id/")
+    assert sreg_email(response) == person.email
+
+    again = PythonRP(node.url, rp_site.realm, rp_site.return_to, stateful, rp.store)
+    immediate = person.open(again.begin(immediate=True))
+    assert immediate.status_code == 302
+    second = again.complete(immediate.headers["location"])
+    assert second.status == consumer.SUCCESS, getattr(second, "message", "")
+    assert second.identity_url == claimed
+    assert sreg_email(second) == person.email
+
+
+def test_the_identifier_discovers(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """An issued identifier serves XRDS (by Accept) and HTML link discovery."""
+    rp = rp_for(node, rp_site, True)
+    location = person.decide(person.sign_up_and_continue(rp.begin())).headers["location"]
+    claimed = rp.complete(location).identity_url
+    xrds = requests.get(claimed, headers={"Accept": "application/xrds+xml"}, timeout=10)
+    assert xrds.headers["content-type"].startswith("application/xrds+xml")
+    assert "http://specs.openid.net/auth/2.0/signon" in xrds.text
+    assert f"<LocalID>{claimed}</LocalID>" in xrds.text
+    page = requests.get(claimed, timeout=10)
+    assert page.headers["x-xrds-location"] == claimed + "/xrds"
+    assert f'<link rel="openid2.local_id" href="{claimed}">' in page.text
+    assert f'<link rel="openid2.provider" href="{node.url}openid">' in page.text
+    missing = requests.get(node.url + "id/" + "a" * 32, timeout=10)
+    assert missing.status_code == 404
+
+
+def test_op_identifier_discovery(node: NodeProcess) -> None:
+    """The site root is the OP Identifier: XRDS by Accept, X-XRDS-Location, HTML links."""
+    xrds = requests.get(node.url, headers={"Accept": "application/xrds+xml"}, timeout=10)
+    assert xrds.headers["content-type"].startswith("application/xrds+xml")
+    assert "http://specs.openid.net/auth/2.0/server" in xrds.text
+    assert f"<URI>{node.url}openid</URI>" in xrds.text
+    page = requests.get(node.url, timeout=10)
+    assert page.headers["x-xrds-location"] == node.url + "openid/xrds"
+    assert f'<link rel="openid2.provider" href="{node.url}openid">' in page.text
+    document = requests.get(page.headers["x-xrds-location"], timeout=10)
+    assert document.text == xrds.text
+
+
+def test_two_sites_see_different_identifiers(
+    node: NodeProcess, rp_site: RelyingPartySite, other_site: RelyingPartySite, person: Person
+) -> None:
+    """One person signing in at two sites gets two unrelated identifiers."""
+    first = rp_for(node, rp_site, True)
+    location = person.decide(person.sign_up_and_continue(first.begin())).headers["location"]
+    one = first.complete(location)
+    second = rp_for(node, other_site, True)
+    two = second.complete(person.through_consent(second.begin()))
+    assert one.status == two.status == consumer.SUCCESS
+    assert one.identity_url != two.identity_url
+
+
+def test_two_people_differ_at_one_site(node: NodeProcess, rp_site: RelyingPartySite) -> None:
+    """Two people at the same site get different identifiers."""
+    claimed = []
+    for email in ("twin-a@example.com", "twin-b@example.com"):
+        person = Person(node.url, email)
+        rp = rp_for(node, rp_site, True)
+        location = person.decide(person.sign_up_and_continue(rp.begin())).headers["location"]
+        claimed.append(rp.complete(location).identity_url)
+    assert claimed[0] != claimed[1]
+
+
+def _tamper(location: str, key: str, value: str) -> str:
+    base, _, query = location.partition("?")
+    args = dict(parse_qsl(query, keep_blank_values=True))
+    assert key in args
+    args[key] = value
+    return base + "?" + urlencode(args)
+
+
+@pytest.mark.parametrize("stateful", [True, False], ids=["stateful", "stateless"])
+def test_tampered_assertion_is_refused(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person, stateful: bool
+) -> None:
+    """Changing a signed field (the released email) makes the assertion fail."""
+    rp = rp_for(node, rp_site, stateful)
+    location = person.decide(person.sign_up_and_continue(rp.begin())).headers["location"]
+    sreg_key = next(k for k in dict(parse_qsl(urlsplit(location).query)) if k.endswith(".email"))
+    forged = rp.complete(_tamper(location, sreg_key, "attacker@example.com"))
+    assert forged.status == consumer.FAILURE
+    # The forgery spoiled nothing: the genuine assertion still verifies.
+    assert rp.complete(location).status == consumer.SUCCESS
+
+
+def test_replayed_nonce_is_refused(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """A stateful relying party accepts an assertion once; its replay fails on the nonce."""
+    rp = rp_for(node, rp_site, True)
+    location = person.decide(person.sign_up_and_continue(rp.begin())).headers["location"]
+    assert rp.complete(location).status == consumer.SUCCESS
+    replay = rp.complete(location)
+    assert replay.status == consumer.FAILURE
+    assert "nonce" in str(replay.message).lower()
+
+
+def test_second_check_authentication_is_refused(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """
+    The provider confirms a stateless assertion once: a second
+    check_authentication of it, by the consumer or by hand, is refused.
+    """
+    rp = rp_for(node, rp_site, False)
+    location = person.decide(person.sign_up_and_continue(rp.begin())).headers["location"]
+    assert rp.complete(location).status == consumer.SUCCESS
+    assert rp_for(node, rp_site, False).complete(location).status == consumer.FAILURE
+    args = dict(parse_qsl(urlsplit(location).query, keep_blank_values=True))
+    args["openid.mode"] = "check_authentication"
+    direct = requests.post(node.url + "openid", data=args, timeout=10)
+    assert direct.status_code == 200
+    assert "is_valid:false" in direct.text
+
+
+def test_return_to_outside_the_realm_is_refused(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """A return_to outside the realm gets an error page, never a redirect there."""
+    person.browser.sign_up(person.email, person.password)
+    rp = PythonRP(node.url, rp_site.realm, "http://evil.example/steal", stateful=True)
+    page = person.open(rp.begin())
+    assert page.status_code == 400
+    assert "location" not in page.headers
+    assert "outside its own realm" in page.text
+
+
+def test_return_to_not_published_by_the_realm_is_refused(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """A return_to inside the realm that the realm's XRDS does not list is refused."""
+    person.browser.sign_up(person.email, person.password)
+    rp = PythonRP(node.url, rp_site.realm, rp_site.realm + "redirector", stateful=True)
+    page = person.open(rp.begin())
+    assert page.status_code == 400
+    assert "location" not in page.headers
+    assert "does not confirm that address" in page.text
+
+
+def test_immediate_before_approval_needs_setup(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """checkid_immediate answers setup_needed when the person has not approved the site."""
+    rp = rp_for(node, rp_site, True)
+    signed_out = person.open(rp.begin(immediate=True))
+    assert signed_out.status_code == 302
+    assert rp.complete(signed_out.headers["location"]).status == consumer.SETUP_NEEDED
+    person.browser.sign_up(person.email, person.password)
+    signed_in = person.open(rp.begin(immediate=True))
+    assert signed_in.status_code == 302
+    assert rp.complete(signed_in.headers["location"]).status == consumer.SETUP_NEEDED
+
+
+def test_cancel_is_a_negative_assertion(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """Cancelling on the consent page sends the relying party a cancel, and remembers nothing."""
+    rp = rp_for(node, rp_site, True)
+    answer = person.decide(person.sign_up_and_continue(rp.begin()), decision="cancel")
+    assert answer.status_code == 302
+    assert rp.complete(answer.headers["location"]).status == consumer.CANCEL
+    later = person.open(rp.begin(immediate=True))
+    assert rp.complete(later.headers["location"]).status == consumer.SETUP_NEEDED
+
+
+def test_forged_consent_form_is_refused(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """A consent form whose request was altered, or posted without CSRF token, is refused."""
+    rp = rp_for(node, rp_site, True)
+    consent = person.sign_up_and_continue(rp.begin())
+    assert consent.status_code == 200
+    body = consent.text.replace('name="mac" value="', 'name="mac" value="0')
+    consent._content = body.encode()
+    assert person.decide(consent).status_code == 400
+    no_csrf = person.browser.session.post(
+        node.url + "openid/decide", data={"decision": "allow"}, allow_redirects=False, timeout=10
+    )
+    assert no_csrf.status_code == 403
+
+
+def test_no_encryption_association_refused_over_http(node: NodeProcess) -> None:
+    """Over plain HTTP, the provider refuses to send an association secret in clear."""
+    answer = requests.post(
+        node.url + "openid",
+        data={
+            "openid.ns": "http://specs.openid.net/auth/2.0",
+            "openid.mode": "associate",
+            "openid.assoc_type": "HMAC-SHA256",
+            "openid.session_type": "no-encryption",
+        },
+        timeout=10,
+    )
+    assert "error_code:unsupported-type" in answer.text
+    assert "session_type:DH-SHA256" in answer.text
+    assert "mac_key" not in answer.text
+
+
+def test_garbage_is_one_clear_line(node: NodeProcess) -> None:
+    """Nonsense at the endpoint is a plain refusal, and the node carries on."""
+    page = requests.get(node.url + "openid", params={"openid.mode": "checkid_setup"}, timeout=10)
+    assert page.status_code == 400
+    assert "Traceback" not in page.text
+    direct = requests.post(node.url + "openid", data={"openid.mode": "frobnicate"}, timeout=10)
+    assert direct.status_code == 400
+    assert requests.get(node.url + "healthz", timeout=10).status_code == 200
