@@ -496,6 +496,119 @@ class UpstreamSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class BackupSettings:
+    """[backup]: encrypted backups to S3-compatible storage (scripts/backup, ctl backup now)."""
+
+    enabled: bool = dataclasses.field(
+        default=False,
+        metadata=_doc("Allow backups from this node and watch that they succeed and stay fresh."),
+    )
+    key_file: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "File holding the backup encryption key (64 hex digits); keep a copy off the "
+            "machines: without it no backup can be restored."
+        ),
+    )
+    endpoint: str = dataclasses.field(
+        default="", metadata=_doc("S3 endpoint URL, e.g. https://s3.eu-west-1.amazonaws.com.")
+    )
+    region: str = dataclasses.field(default="us-east-1", metadata=_doc("S3 region."))
+    bucket: str = dataclasses.field(default="", metadata=_doc("S3 bucket the backups go to."))
+    prefix: str = dataclasses.field(
+        default="clickpass/", metadata=_doc("Key prefix inside the bucket.")
+    )
+    access_key_id: str = dataclasses.field(default="", metadata=_doc("S3 access key id."))
+    secret_access_key_file: str = dataclasses.field(
+        default="", metadata=_doc("File holding the S3 secret access key (first line).")
+    )
+    source_host: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "MariaDB server to back up (the replica, when there is one). Default: [database]."
+        ),
+    )
+    source_port: int = dataclasses.field(
+        default=0, metadata=_doc("Port of source_host. Default: [database] port.")
+    )
+    source_socket: str = dataclasses.field(
+        default="", metadata=_doc("Unix socket of the server to back up; overrides source_host.")
+    )
+    source_user: str = dataclasses.field(
+        default="", metadata=_doc("MariaDB user for backups. Default: [database] user.")
+    )
+    source_password_file: str = dataclasses.field(
+        default="",
+        metadata=_doc("File holding source_user's password. Default: [database] password_file."),
+    )
+    dump_program: str = dataclasses.field(
+        default="mariadb-dump", metadata=_doc("The MariaDB dump program.")
+    )
+    include_secret: bool = dataclasses.field(
+        default=True,
+        metadata=_doc("Back up the master secret too (identifiers cannot be rebuilt without it)."),
+    )
+    keep_daily: int = dataclasses.field(
+        default=7, metadata=_doc("Keep the newest backup of each of this many recent days.")
+    )
+    keep_weekly: int = dataclasses.field(
+        default=5, metadata=_doc("Keep the newest backup of each of this many recent weeks.")
+    )
+    max_age: int = dataclasses.field(
+        default=26 * 3600,
+        metadata=_doc("Alert when no backup has succeeded for this many seconds."),
+    )
+    check_interval: float = dataclasses.field(
+        default=60.0, metadata=_doc("Seconds between checks of the last backup's outcome.")
+    )
+    work_dir: str = dataclasses.field(
+        default="backup-work",
+        metadata=_doc("Scratch directory for backups and restores, relative to data_dir."),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertsSettings:
+    """[alerts]: where the node's alerts go (signed JSON webhooks and email)."""
+
+    webhook_urls: list[str] = dataclasses.field(
+        default_factory=list, metadata=_doc("URLs that receive each alert as a signed JSON POST.")
+    )
+    webhook_secret_file: str = dataclasses.field(
+        default="",
+        metadata=_doc("File holding the HMAC-SHA256 key that signs webhook bodies (first line)."),
+    )
+    smtp_host: str = dataclasses.field(
+        default="", metadata=_doc("SMTP server for alert email (empty: no email).")
+    )
+    smtp_port: int = dataclasses.field(default=25, metadata=_doc("SMTP port."))
+    smtp_user: str = dataclasses.field(
+        default="", metadata=_doc("SMTP user name (empty: no authentication).")
+    )
+    smtp_password_file: str = dataclasses.field(
+        default="", metadata=_doc("File holding the SMTP password (first line).")
+    )
+    smtp_starttls: bool = dataclasses.field(
+        default=False, metadata=_doc("Require STARTTLS before sending.")
+    )
+    mail_from: str = dataclasses.field(default="", metadata=_doc("Sender address of alert email."))
+    mail_to: list[str] = dataclasses.field(
+        default_factory=list, metadata=_doc("Recipients of alert email.")
+    )
+    group_wait: float = dataclasses.field(
+        default=10.0,
+        metadata=_doc("Seconds to gather alerts into one notification before sending."),
+    )
+    repeat_interval: float = dataclasses.field(
+        default=4 * 3600.0,
+        metadata=_doc("Seconds between reminders of an alert that is still firing."),
+    )
+    timeout: float = dataclasses.field(
+        default=10.0, metadata=_doc("Seconds allowed for one delivery attempt.")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The whole configuration of one node."""
 
@@ -510,6 +623,8 @@ class Settings:
     workers: WorkersSettings = dataclasses.field(default_factory=WorkersSettings)
     balancer: BalancerSettings = dataclasses.field(default_factory=BalancerSettings)
     upstream: UpstreamSettings = dataclasses.field(default_factory=UpstreamSettings)
+    backup: BackupSettings = dataclasses.field(default_factory=BackupSettings)
+    alerts: AlertsSettings = dataclasses.field(default_factory=AlertsSettings)
     source: str = dataclasses.field(default="(embedded default)", metadata={"internal": "true"})
 
     # Derived paths, resolved against data_dir.
@@ -697,6 +812,10 @@ def _check_semantics(settings: Settings) -> None:
 
         check_cluster_settings(settings.cluster, ConfigError)
     _check_balancer(settings)
+    from clickpass.backup.checks import check_alerts_settings, check_backup_settings
+
+    check_backup_settings(settings, ConfigError)
+    check_alerts_settings(settings.alerts, ConfigError)
     from clickpass.upstream.checks import check_upstream_settings
 
     check_upstream_settings(settings.upstream, ConfigError)
@@ -802,6 +921,11 @@ def check_files(settings: Settings) -> None:
         ("[database] password_file", settings.database.password_file),
         ("[control] token_file", settings.control.token_file),
         ("[cluster] secret_file", settings.cluster.secret_file),
+        ("[backup] key_file", settings.backup.key_file),
+        ("[backup] secret_access_key_file", settings.backup.secret_access_key_file),
+        ("[backup] source_password_file", settings.backup.source_password_file),
+        ("[alerts] webhook_secret_file", settings.alerts.webhook_secret_file),
+        ("[alerts] smtp_password_file", settings.alerts.smtp_password_file),
         ("[upstream] ca_bundle", settings.upstream.ca_bundle),
         *(
             (f"[[upstream.provider]] {p.name} client_secret_file", p.client_secret_file)
