@@ -90,6 +90,14 @@ class Node(MultiService):
         self._starting: Deferred[None] | None = None
         self._register_commands()
         ControlService(reactor, settings, self.commands).setServiceParent(self)
+        self.cluster: Any = None
+        if settings.cluster.enabled:
+            from clickpass.cluster.service import ClusterService
+
+            # The heartbeat holds VIPs only while the node is ready to serve.
+            self.cluster = ClusterService(reactor, settings, ready=lambda: self.ready)
+            self.cluster.register_commands(self.commands)
+            self.cluster.setServiceParent(self)
 
     def startService(self) -> None:
         self.started_at = self.reactor.seconds()

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.stdio import StandardIO
 from twisted.internet.task import LoopingCall, react
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import FileLogObserver, Logger, formatEvent, globalLogBeginner
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="clickpass-heartbeat")
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    # One line per event; the node adds the time and the "heartbeat:" prefix.
+    observer = FileLogObserver(sys.stderr, lambda event: (formatEvent(event) or "") + "\n")
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
     def start(reactor: Any) -> Deferred[None]:
         d = Deferred.fromCoroutine(run(reactor, args.config))
