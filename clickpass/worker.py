@@ -1,0 +1,145 @@
+"""
+A worker process: serves the web application on its own unix socket, for
+the node's front to balance requests to.
+
+    python -m clickpass.worker --socket PATH [--config FILE] [--id ID] [--app MOD:FUNC]
+
+The front spawns it with a pipe on stdin and one on stdout. The worker
+opens the storage itself, builds the Site, listens on PATH and then writes
+C{ready PID} on stdout; it exits when stdin closes (the front is gone) or
+on SIGTERM. Log lines go to stderr, which the front relays into its log.
+
+A worker must never run migrations (the node did them before spawning it),
+never listen anywhere but its own socket, and never print anything else on
+stdout: that pipe is the front's control channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import stdio
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from clickpass import config as configmod
+
+log = Logger()
+
+SiteFactory = Callable[[Any, configmod.Settings, Any, bytes], Site]
+
+
+class FrontChannel(Protocol):
+    """stdin/stdout to the front: we say ready; stdin closing means stop."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        self.on_lost = on_lost
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.on_lost()
+
+
+def load_app(spec: str) -> SiteFactory:
+    """Import C{module:function}."""
+    module, _, name = spec.partition(":")
+    factory: SiteFactory = getattr(importlib.import_module(module), name)
+    return factory
+
+
+def _default_app(reactor: Any, settings: configmod.Settings, storage: Any, secret: bytes) -> Site:
+    from clickpass.web.app import build_site
+
+    return build_site(reactor, settings, storage, secret)
+
+
+async def serve(reactor: Any, args: argparse.Namespace) -> None:
+    settings = configmod.load(args.config)
+    secret = configmod.master_secret(settings, create=False)
+    from clickpass.database.storage import open_storage
+
+    storage = open_storage(reactor, settings)
+    factory = load_app(args.app) if args.app else _default_app
+    site = factory(reactor, settings, storage, secret)
+    # The front keeps these connections open and closes them itself.
+    site.timeOut = None
+    if not args.access_log:
+        # The front counts requests; a log line per request costs a worker
+        # more than the request does.
+        site.log = lambda request: None  # type: ignore[method-assign]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.socket)
+    port: IListeningPort = await UNIXServerEndpoint(
+        reactor, args.socket, backlog=1024, mode=0o600
+    ).listen(site)
+    done: Deferred[None] = Deferred()
+
+    def stop() -> None:
+        if not done.called:
+            done.callback(None)
+
+    channel = FrontChannel(stop)
+    stdio.StandardIO(channel, reactor=reactor)
+
+    def shutdown() -> Deferred[None] | None:
+        stop()
+        return None
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    assert channel.transport is not None
+    channel.transport.write(b"ready %d\n" % os.getpid())
+    log.info("worker {id} ready on {socket}", id=args.id, socket=args.socket)
+    await done
+    await maybeDeferred(port.stopListening)
+    storage.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.socket)
+
+
+def _observer(worker_id: str) -> FileLogObserver:
+    def format(event: Any) -> str | None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        return text + "\n" if text else None
+
+    return FileLogObserver(sys.stderr, format)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="clickpass.worker")
+    parser.add_argument("--socket", required=True, help="unix socket path to serve on")
+    parser.add_argument("--config", default=None, help="the node's configuration file")
+    parser.add_argument("--id", default="?", help="the worker's id, for the logs")
+    parser.add_argument("--app", default="", help="module:function building the Site")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    globalLogBeginner.beginLoggingTo([_observer(args.id)], redirectStandardIO=False)
+
+    def run(reactor: Any) -> Deferred[None]:
+        d = Deferred.fromCoroutine(serve(reactor, args))
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(configmod.ConfigError):
+                sys.stderr.write(f"worker cannot start: configuration error: {failure.value}\n")
+                raise SystemExit(1)
+            return failure
+
+        d.addErrback(failed)
+        return d
+
+    from twisted.internet.task import react
+
+    react(run)
+
+
+if __name__ == "__main__":
+    main()
