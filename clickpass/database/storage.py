@@ -14,8 +14,10 @@ idle timeout) is reopened at the first statement of the next transaction
 and that statement is sent again: nothing of that transaction had reached
 the server. A connection lost later in a transaction fails the transaction
 (the server rolls it back); one lost during COMMIT raises L{OutcomeUnknown},
-because nobody can say whether the write was applied. Nothing here retries a
-whole transaction by itself.
+because nobody can say whether the write was applied. The one whole
+transaction run again is a deadlock victim, which the server rolled back
+entirely: so a function given to L{Storage.run} must have no effects
+outside the database.
 """
 
 from __future__ import annotations
@@ -76,6 +78,24 @@ def is_connection_lost(error: BaseException) -> bool:
         isinstance(error, pymysql.err.OperationalError)
         and bool(error.args)
         and error.args[0] in CONNECTION_LOST_CODES
+    )
+
+
+# How many times a transaction is run when the server keeps choosing it as
+# a deadlock victim (MariaDB error 1213).
+DEADLOCK_ATTEMPTS = 3
+
+
+def is_deadlock(error: BaseException) -> bool:
+    """Whether C{error} says the server rolled the transaction back to break a deadlock."""
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover - pymysql is a dependency
+        return False
+    return (
+        isinstance(error, pymysql.err.OperationalError)
+        and bool(error.args)
+        and error.args[0] == 1213
     )
 
 
@@ -201,7 +221,11 @@ class Storage(Protocol):
     dialect: Dialect
 
     def run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
-        """Run C{fn(transaction, *args)} in one transaction on the pool."""
+        """
+        Run C{fn(transaction, *args)} in one transaction on the pool. C{fn}
+        may be run more than once (after a deadlock), so its only effects
+        must be in the database.
+        """
 
     def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """From a non-reactor thread: run C{fn} like L{run} and wait for it."""
@@ -219,11 +243,29 @@ class _Pool(adbapi.ConnectionPool):
     connection that fails its rollback is dropped (and reopened on next
     use) instead of logging tracebacks, and a commit cut off by a lost
     connection raises L{OutcomeUnknown}.
+
+    A transaction chosen as a deadlock victim is run again (up to
+    L{DEADLOCK_ATTEMPTS} times in all): the server rolled all of it back
+    before telling us, so the function that makes it must only have effects
+    in the database, which every function given to L{Storage.run} has.
     """
 
     log = Logger()
 
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                return self._runOnce(interaction, *args, **kw)
+            except Exception as e:
+                if attempt == DEADLOCK_ATTEMPTS or not is_deadlock(e):
+                    raise
+                self.log.info(
+                    "transaction was a deadlock victim; running it again (attempt {attempt})",
+                    attempt=attempt + 1,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _runOnce(self, interaction: Any, *args: Any, **kw: Any) -> Any:
         conn = self.connectionFactory(self)
         trans = self.transactionFactory(self, conn)
         try:
@@ -471,6 +513,7 @@ __all__ = [
     "Transaction",
     "configure_sqlite",
     "is_connection_lost",
+    "is_deadlock",
     "one_line",
     "open_mysql",
     "open_sqlite",

@@ -228,3 +228,36 @@ def test_the_module_server_runs_in_its_own_directory(own_server: MariaDBServer) 
     assert own_server.port != 3306
     assert Path(own_server.socket_path).parent == own_server.base_dir
     assert own_server.datadir.is_relative_to(own_server.base_dir)
+
+
+@async_test
+async def test_deadlock_victim_is_run_again(
+    storage: AdbapiStorage, logged: list[dict[str, Any]]
+) -> None:
+    """
+    Two transactions that lock two rows in opposite orders deadlock; the
+    victim is rolled back by the server and run again, so both succeed.
+    """
+    import threading
+
+    await storage.run(_insert, "a")
+    await storage.run(_insert, "b")
+    both_hold_one = threading.Barrier(2, timeout=10)
+    runs: list[str] = []
+
+    def lock_both(tx: Transaction, first: str, second: str) -> str:
+        runs.append(first)
+        tx.execute("UPDATE node_metadata SET value = ? WHERE name = ?", f"by-{first}", first)
+        if runs.count(first) == 1:
+            both_hold_one.wait()
+        tx.execute("UPDATE node_metadata SET value = ? WHERE name = ?", f"by-{first}", second)
+        return first
+
+    results = await DeferredList(
+        [storage.run(lock_both, "a", "b"), storage.run(lock_both, "b", "a")],
+        consumeErrors=True,
+    )
+    assert [r for ok, r in results if not ok] == []
+    assert sorted(runs) == ["a", "a", "b"] or sorted(runs) == ["a", "b", "b"]
+    retried = [e for e in logged if "deadlock victim" in str(e.get("log_format"))]
+    assert len(retried) == 1
