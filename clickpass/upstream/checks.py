@@ -23,9 +23,7 @@ def _https(where: str, url: str, error: type[Exception]) -> None:
         raise error(f"{where}: {url!r} must be an https:// URL")
 
 
-def check_provider(
-    where: str, provider: UpstreamProviderSettings, error: type[Exception]
-) -> None:
+def check_provider(where: str, provider: UpstreamProviderSettings, error: type[Exception]) -> None:
     """Raise C{error} with one line if this provider's table cannot be used."""
     if not provider.client_id:
         raise error(f"{where} client_id: the client id registered at the provider is needed")
@@ -70,8 +68,7 @@ def check_upstream_settings(settings: UpstreamSettings, error: type[Exception]) 
         where = f"[[upstream.provider]] #{i + 1}"
         if not NAME_PATTERN.match(provider.name):
             raise error(
-                f"{where} name: {provider.name!r} must be 1-32 lower-case letters, digits "
-                "or dashes"
+                f"{where} name: {provider.name!r} must be 1-32 lower-case letters, digits or dashes"
             )
         where = f"[[upstream.provider]] {provider.name}"
         if provider.name in seen:

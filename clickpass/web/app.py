@@ -222,6 +222,7 @@ def safe_next(value: str, default: str = "/account") -> str:
 def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> Site:
     """The twisted.web Site serving the whole application."""
     from clickpass.openid import web as openid_web
+    from clickpass.upstream import web as upstream_web
     from clickpass.web import pages
 
     app = WebApp(reactor, settings, storage, secret)
@@ -229,6 +230,7 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     router.error_page = app.error_page
     pages.install(app, router)
     openid_web.install(app, router)
+    upstream_web.install(app, router)
     site = Site(router)
     site.displayTracebacks = False
     site.app = app  # type: ignore[attr-defined]

@@ -1,0 +1,488 @@
+"""
+The upstream sign-in flow: start (a pending login in the database, the
+browser sent to the provider), finish (the pending login claimed once, the
+code exchanged, the identity checked, then an account found, created or
+linked in one transaction), and the linked identities of an account.
+
+Rules it keeps:
+- a pending login is bound to the browser that started it, used at most
+  once, and expires after C{pending_lifetime};
+- a new account is created only from a provider's checked claims, and its
+  email only when the provider marked it verified;
+- an identity is linked to an existing account only in a flow started by
+  that account while signed in, never because an email matches;
+- unlinking always leaves the account a way to sign in.
+
+Nothing is written when any check fails. This module must never render
+pages or read requests: the web layer does that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from clickpass.config import UpstreamSettings
+from clickpass.database.storage import IntegrityError, Storage, Transaction
+from clickpass.upstream.connectors import Connector, UpstreamIdentity
+from clickpass.upstream.http import UpstreamError
+
+log = Logger()
+
+SIGN_IN = "signin"
+LINK = "link"
+MAX_PARAM = 2048
+PLACEHOLDER_DOMAIN = "upstream.invalid"
+
+
+class FlowError(Exception):
+    """The sign-in cannot go on; the message is one sentence for the person."""
+
+    def __init__(self, message: str, reason: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Started:
+    """Where to send the browser, and the binding cookie value it must keep."""
+
+    url: str
+    browser: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    account_id: int
+    outcome: str  # "signed_in", "created", "linked", "already_linked"
+    next_url: str
+    provider: str
+
+
+@dataclass(frozen=True)
+class LinkedIdentity:
+    id: int
+    provider: str
+    email: str
+    email_verified: bool
+    display_name: str
+    created: int
+    last_used: int
+
+
+@dataclass(frozen=True)
+class _Pending:
+    provider: str
+    nonce: str
+    verifier: str
+    intent: str
+    account_id: int | None
+    next_url: str
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+# Transactions (run on the storage's pool).
+
+
+def _insert_pending(
+    tx: Transaction,
+    state_hash: str,
+    browser_hash: str,
+    provider: str,
+    nonce: str,
+    verifier: str,
+    intent: str,
+    account_id: int | None,
+    next_url: str,
+    now: int,
+    forget_before: int,
+) -> None:
+    tx.execute("DELETE FROM upstream_pending WHERE created < ?", forget_before)
+    tx.execute(
+        "INSERT INTO upstream_pending (state_hash, browser_hash, provider, nonce, verifier, "
+        "intent, account_id, next_url, created, used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        state_hash,
+        browser_hash,
+        provider,
+        nonce,
+        verifier,
+        intent,
+        account_id,
+        next_url,
+        now,
+    )
+
+
+def _claim_pending(
+    tx: Transaction, state_hash: str, browser_hash: str, provider: str, now: int, lifetime: int
+) -> _Pending:
+    row = tx.fetchone(
+        "SELECT browser_hash, provider, nonce, verifier, intent, account_id, next_url, "
+        "created, used FROM upstream_pending WHERE state_hash = ?",
+        state_hash,
+    )
+    if row is None or int(row[7]) + lifetime < now:
+        raise FlowError(
+            "This sign-in is unknown or has expired. Start again from the sign-in page.",
+            "unknown_state",
+        )
+    if int(row[8]):
+        raise FlowError(
+            "This sign-in was already used. Start again from the sign-in page.", "replayed_state"
+        )
+    if str(row[1]) != provider:
+        raise FlowError(
+            "This sign-in was started with another provider. Start again from the sign-in page.",
+            "wrong_provider",
+        )
+    if not secrets.compare_digest(str(row[0]), browser_hash):
+        raise FlowError(
+            "This sign-in was started in another browser. Start again from this browser.",
+            "wrong_browser",
+        )
+    claimed = tx.execute(
+        "UPDATE upstream_pending SET used = ? WHERE state_hash = ? AND used = 0", now, state_hash
+    )
+    if claimed != 1:
+        raise FlowError(
+            "This sign-in was already used. Start again from the sign-in page.", "replayed_state"
+        )
+    return _Pending(
+        str(row[1]),
+        str(row[2]),
+        str(row[3]),
+        str(row[4]),
+        int(row[5]) if row[5] is not None else None,
+        str(row[6]),
+    )
+
+
+def _insert_identity(
+    tx: Transaction, account_id: int, identity: UpstreamIdentity, now: int
+) -> None:
+    tx.execute(
+        "INSERT INTO upstream_identities (account_id, provider, subject, email, email_verified, "
+        "display_name, claims, created, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        account_id,
+        identity.provider,
+        identity.subject,
+        identity.email,
+        1 if identity.email_verified else 0,
+        identity.display_name,
+        json.dumps(identity.claims, sort_keys=True),
+        now,
+        now,
+    )
+
+
+def _settle(
+    tx: Transaction,
+    identity: UpstreamIdentity,
+    who: str,
+    intent: str,
+    pending_account: int | None,
+    current_account: int | None,
+    now: int,
+) -> tuple[int, str]:
+    row = tx.fetchone(
+        "SELECT account_id FROM upstream_identities WHERE provider = ? AND subject = ?",
+        identity.provider,
+        identity.subject,
+    )
+    if row is not None:
+        account_id = int(row[0])
+        if intent == LINK and account_id != pending_account:
+            raise FlowError(
+                f"This {who} account is already linked to another Clickpass account. Unlink "
+                "it there first.",
+                "linked_elsewhere",
+                409,
+            )
+        if intent == SIGN_IN and current_account is not None and current_account != account_id:
+            raise FlowError(
+                f"This {who} account belongs to another Clickpass account. Sign out first.",
+                "other_account",
+                409,
+            )
+        disabled = tx.scalar("SELECT disabled FROM accounts WHERE id = ?", account_id)
+        if disabled is None or int(disabled):
+            raise FlowError("The Clickpass account for this sign-in is disabled.", "disabled", 403)
+        tx.execute(
+            "UPDATE upstream_identities SET last_used = ?, email = ?, email_verified = ?, "
+            "display_name = ?, claims = ? WHERE provider = ? AND subject = ?",
+            now,
+            identity.email,
+            1 if identity.email_verified else 0,
+            identity.display_name,
+            json.dumps(identity.claims, sort_keys=True),
+            identity.provider,
+            identity.subject,
+        )
+        return account_id, "already_linked" if intent == LINK else "signed_in"
+    if intent == LINK:
+        assert pending_account is not None
+        _insert_identity(tx, pending_account, identity, now)
+        return pending_account, "linked"
+    if current_account is not None:
+        raise FlowError(
+            f"You are already signed in. To add your {who} account, use Link on your account page.",
+            "signed_in_already",
+            409,
+        )
+    if identity.email_verified:
+        existing = tx.scalar("SELECT id FROM accounts WHERE email = ?", identity.email)
+        if existing is not None:
+            raise FlowError(
+                f"A Clickpass account with {identity.email} already exists. Sign in to it "
+                f"first, then link your {who} account from your account page.",
+                "email_taken",
+                409,
+            )
+    uid = secrets.token_hex(16)
+    email = identity.email if identity.email_verified else f"{uid}@{PLACEHOLDER_DOMAIN}"
+    tx.execute(
+        "INSERT INTO accounts (uid, email, password_hash, display_name, created) "
+        "VALUES (?, ?, NULL, ?, ?)",
+        uid,
+        email,
+        identity.display_name,
+        now,
+    )
+    account_id = int(tx.scalar("SELECT id FROM accounts WHERE uid = ?", uid))
+    _insert_identity(tx, account_id, identity, now)
+    return account_id, "created"
+
+
+def _linked(tx: Transaction, account_id: int) -> list[LinkedIdentity]:
+    rows = tx.fetchall(
+        "SELECT id, provider, email, email_verified, display_name, created, last_used "
+        "FROM upstream_identities WHERE account_id = ? ORDER BY created, id",
+        account_id,
+    )
+    return [
+        LinkedIdentity(int(r[0]), str(r[1]), str(r[2]), bool(r[3]), str(r[4]), int(r[5]), int(r[6]))
+        for r in rows
+    ]
+
+
+def _unlink(tx: Transaction, account_id: int, identity_id: int) -> str:
+    # Lock the account row so two unlinks at once cannot both see "one left".
+    tx.execute("UPDATE accounts SET disabled = disabled WHERE id = ?", account_id)
+    has_password = tx.scalar(
+        "SELECT COUNT(*) FROM accounts WHERE id = ? AND password_hash IS NOT NULL", account_id
+    )
+    provider = tx.scalar(
+        "SELECT provider FROM upstream_identities WHERE id = ? AND account_id = ?",
+        identity_id,
+        account_id,
+    )
+    if provider is None:
+        raise FlowError("That sign-in method is not linked to your account.", "not_linked", 404)
+    count = int(
+        tx.scalar("SELECT COUNT(*) FROM upstream_identities WHERE account_id = ?", account_id)
+    )
+    if count - 1 + int(has_password) < 1:
+        raise FlowError(
+            "This is the only way to sign in to your account, so it cannot be unlinked. Link "
+            "another provider first.",
+            "last_method",
+            409,
+        )
+    tx.execute("DELETE FROM upstream_identities WHERE id = ?", identity_id)
+    return str(provider)
+
+
+def _claims(tx: Transaction, account_id: int) -> dict[str, Any]:
+    row = tx.fetchone(
+        "SELECT claims, email, email_verified FROM upstream_identities WHERE account_id = ? "
+        "ORDER BY last_used DESC, id DESC LIMIT 1",
+        account_id,
+    )
+    if row is None:
+        return {}
+    try:
+        claims = json.loads(str(row[0]))
+    except ValueError:
+        claims = {}
+    if not isinstance(claims, dict):
+        claims = {}
+    if not int(row[2]):
+        # An email the provider did not verify is never passed on.
+        claims.pop("email", None)
+        claims["email_verified"] = False
+    return claims
+
+
+class UpstreamService:
+    """The upstream sign-in operations the web layer uses."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: UpstreamSettings,
+        connectors: Mapping[str, Connector],
+        base_url: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._storage = storage
+        self._settings = settings
+        self.connectors = dict(connectors)
+        self._base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._clock = clock
+
+    def connector(self, name: str) -> Connector:
+        found = self.connectors.get(name)
+        if found is None:
+            raise FlowError("There is no such sign-in provider here.", "unknown_provider", 404)
+        return found
+
+    def redirect_uri(self, name: str) -> str:
+        return f"{self._base_url}upstream/{name}/callback"
+
+    async def start(
+        self,
+        name: str,
+        intent: str,
+        account_id: int | None,
+        next_url: str,
+        browser: str | None,
+    ) -> Started:
+        """
+        Record a pending login and return the provider URL to send the
+        browser to; C{browser} is the binding the browser already holds.
+        """
+        connector = self.connector(name)
+        if not browser or len(browser) < 32 or len(browser) > 64:
+            browser = secrets.token_urlsafe(32)
+        state = secrets.token_urlsafe(32)
+        nonce = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)
+        url = await connector.authorization_url(self.redirect_uri(name), state, nonce, verifier)
+        now = int(self._clock())
+        await self._storage.run(
+            _insert_pending,
+            _hash(state),
+            _hash(browser),
+            name,
+            nonce,
+            verifier,
+            intent,
+            account_id,
+            next_url[:MAX_PARAM],
+            now,
+            now - 2 * self._settings.pending_lifetime,
+        )
+        return Started(url, browser)
+
+    async def finish(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        browser: str,
+        current_account: int | None,
+    ) -> Finished:
+        """
+        Finish a sign-in with the query C{params} the provider sent back.
+        Raise L{FlowError} or L{UpstreamError}; nothing is written then
+        (except that the pending login is used up).
+        """
+        connector = self.connector(name)
+        who = connector.display_name
+        state = params.get("state", "")
+        if not state:
+            raise FlowError(
+                "The answer from the provider was incomplete. Start again from the sign-in page.",
+                "no_state",
+            )
+        now = int(self._clock())
+        pending: _Pending = await self._storage.run(
+            _claim_pending,
+            _hash(state),
+            _hash(browser),
+            name,
+            now,
+            self._settings.pending_lifetime,
+        )
+        if pending.intent == LINK and current_account != pending.account_id:
+            raise FlowError(
+                "Sign in again with the account you were linking to, then link again.",
+                "link_account_changed",
+                403,
+            )
+        error = params.get("error")
+        if error:
+            if error == "access_denied":
+                raise FlowError(f"You did not allow the sign-in at {who}.", "access_denied", 403)
+            raise UpstreamError(
+                f"{who} could not sign you in ({error[:64]}). Try again.", "provider_error"
+            )
+        code = params.get("code", "")
+        if not code:
+            raise UpstreamError(f"{who} sent no sign-in code; the sign-in was stopped.", "no_code")
+        identity = await connector.finish(
+            code,
+            self.redirect_uri(name),
+            pending.nonce,
+            pending.verifier,
+            params.get("iss"),
+            self._clock(),
+        )
+        try:
+            account_id, outcome = await self._storage.run(
+                _settle,
+                identity,
+                who,
+                pending.intent,
+                pending.account_id,
+                current_account,
+                int(self._clock()),
+            )
+        except IntegrityError:
+            # Two sign-ins of one new person at once: the other one won.
+            raise FlowError(
+                "This account was just created or linked by another sign-in. Sign in again.",
+                "conflict",
+                409,
+            ) from None
+        log.info(
+            "upstream {provider} {outcome} account {account}",
+            provider=name,
+            outcome=outcome,
+            account=account_id,
+        )
+        return Finished(account_id, outcome, pending.next_url, name)
+
+    async def linked(self, account_id: int) -> list[LinkedIdentity]:
+        """The provider identities linked to an account, oldest first."""
+        result: list[LinkedIdentity] = await self._storage.run(_linked, account_id)
+        return result
+
+    async def unlink(self, account_id: int, identity_id: int) -> str:
+        """Unlink one identity, unless it is the account's last way to sign in."""
+        provider: str = await self._storage.run(_unlink, account_id, identity_id)
+        log.info(
+            "upstream {provider} unlinked from account {account}",
+            provider=provider,
+            account=account_id,
+        )
+        return provider
+
+    async def claims_for(self, account_id: int) -> dict[str, Any]:
+        """
+        The upstream claims of the account's most recently used identity, for
+        SReg/AX (an unverified email is left out).
+        """
+        result: dict[str, Any] = await self._storage.run(_claims, account_id)
+        return result

@@ -1,0 +1,177 @@
+"""
+The pages of upstream sign-in: the provider buttons' targets, the callback
+the providers send people back to, and the account page section where
+people link and unlink providers.
+
+Every state-changing request is a POST with the CSRF token; the callback is
+bound to the browser by a cookie. Any failure is one clear page and
+nothing created. This module must never talk to a provider itself: the
+connectors and L{UpstreamService} do that.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from clickpass.config import ConfigError, Settings, read_secret_file
+from clickpass.upstream.connectors import Connector, make_connector, resolve
+from clickpass.upstream.http import UpstreamError, UpstreamHTTP, make_agent
+from clickpass.upstream.service import LINK, SIGN_IN, FlowError, UpstreamService
+from clickpass.web.app import WebApp, safe_next
+from clickpass.web.routing import HTTPError, Router
+
+log = Logger()
+
+BROWSER_COOKIE = b"cp_upstream"
+ACCOUNT_PAGE = "/account/upstream"
+CALLBACK_PARAMS = ("state", "code", "error", "error_description", "iss")
+
+
+def build_connectors(
+    reactor: Any, settings: Settings, now: Any = time.time
+) -> dict[str, Connector]:
+    """One connector per configured provider, sharing one verifying HTTP client."""
+    upstream = settings.upstream
+    if not upstream.provider:
+        return {}
+    ca_bundle = settings.data_path(upstream.ca_bundle) if upstream.ca_bundle else None
+    try:
+        agent = make_agent(reactor, ca_bundle, upstream.timeout)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"[upstream] ca_bundle: {e}") from None
+    http = UpstreamHTTP(agent, reactor, upstream.timeout, upstream.max_response_bytes)
+    connectors: dict[str, Connector] = {}
+    for provider in upstream.provider:
+        secret = ""
+        if provider.client_secret_file:
+            secret = read_secret_file(
+                settings.data_path(provider.client_secret_file),
+                f"[[upstream.provider]] {provider.name} client_secret_file",
+            )
+        connectors[provider.name] = make_connector(resolve(provider, secret), http, upstream, now)
+    return connectors
+
+
+def install(
+    app: WebApp, router: Router, connectors: dict[str, Connector] | None = None
+) -> UpstreamService:
+    """Register the upstream sign-in pages on C{router}."""
+    if connectors is None:
+        connectors = build_connectors(app.reactor, app.settings)
+    service = UpstreamService(app.storage, app.settings.upstream, connectors, app.settings.base_url)
+    app.upstream = service  # type: ignore[attr-defined]
+    app.templates.globals["upstream_providers"] = [
+        {"name": c.name, "display_name": c.display_name} for c in connectors.values()
+    ]
+
+    def failure(request: Request, error: FlowError | UpstreamError, next_url: str) -> bytes:
+        if isinstance(error, FlowError):
+            status = error.status
+        else:
+            status = 502
+            log.warn(
+                "upstream sign-in failed: {reason}: {message}",
+                reason=error.reason,
+                message=error.message,
+            )
+        request.setResponseCode(status)
+        return app.render(
+            request,
+            "upstream_error.html",
+            status=status,
+            message=error.message,
+            next=next_url,
+        )
+
+    def browser(request: Request) -> str:
+        raw = request.getCookie(BROWSER_COOKIE)
+        return raw.decode("ascii", "replace") if raw else ""
+
+    async def begin(request: Request, name: str, intent: str, account_id: int | None) -> bytes:
+        next_url = ACCOUNT_PAGE if intent == LINK else safe_next(app.form(request, "next"))
+        try:
+            started = await service.start(name, intent, account_id, next_url, browser(request))
+        except (FlowError, UpstreamError) as e:
+            return failure(request, e, next_url)
+        # Lax: the provider's redirect back is a top-level GET, which carries it.
+        app.set_cookie(request, BROWSER_COOKIE, started.browser, None)
+        return app.redirect(request, started.url)
+
+    async def start(request: Request, name: str) -> bytes:
+        app.check_csrf(request)
+        account = await app.current_account(request)
+        if account is not None:
+            return app.redirect(request, safe_next(app.form(request, "next")))
+        return await begin(request, name, SIGN_IN, None)
+
+    async def link(request: Request, name: str) -> bytes:
+        app.check_csrf(request)
+        account = await app.require_account(request)
+        return await begin(request, name, LINK, account.id)
+
+    async def callback(request: Request, name: str) -> bytes:
+        params: dict[str, str] = {}
+        for key in CALLBACK_PARAMS:
+            value = app.form(request, key)
+            if value:
+                params[key] = value
+        account = await app.current_account(request)
+        try:
+            finished = await service.finish(
+                name, params, browser(request), account.id if account else None
+            )
+        except (FlowError, UpstreamError) as e:
+            return failure(request, e, ACCOUNT_PAGE if account else "/account")
+        if account is None or account.id != finished.account_id:
+            found = await app.accounts.get(finished.account_id)
+            if found is None:  # pragma: no cover - just written in the same flow
+                raise HTTPError(500, "Something went wrong on our side. Please try again.")
+            await app.sign_in(request, found)
+        return app.redirect(request, safe_next(finished.next_url))
+
+    async def account_page(request: Request) -> bytes:
+        account = await app.require_account(request)
+        linked = await service.linked(account.id)
+        names = {c.name: c.display_name for c in connectors.values()}
+        return app.render(
+            request,
+            "upstream_account.html",
+            account=account,
+            linked=[
+                {
+                    "id": i.id,
+                    "provider": names.get(i.provider, i.provider),
+                    "email": i.email,
+                    "email_verified": i.email_verified,
+                    "display_name": i.display_name,
+                }
+                for i in linked
+            ],
+            message=app.form(request, "done"),
+        )
+
+    async def unlink(request: Request) -> bytes:
+        app.check_csrf(request)
+        account = await app.require_account(request)
+        raw = app.form(request, "identity")
+        if not raw.isdigit() or len(raw) > 18:
+            raise HTTPError(400, "Choose a linked sign-in method to unlink.")
+        try:
+            await service.unlink(account.id, int(raw))
+        except FlowError as e:
+            return failure(request, e, ACCOUNT_PAGE)
+        return app.redirect(request, ACCOUNT_PAGE + "?done=unlinked")
+
+    router.add("POST", "/upstream/{name}/start", start)
+    router.add("POST", "/upstream/{name}/link", link)
+    router.add("GET", "/upstream/{name}/callback", callback)
+    router.add("GET", ACCOUNT_PAGE, account_page)
+    router.add("POST", "/account/upstream/unlink", unlink)
+    return service
+
+
+__all__ = ["build_connectors", "install"]
