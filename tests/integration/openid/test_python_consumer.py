@@ -6,7 +6,7 @@ attacks that must be refused.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
 import requests
@@ -42,6 +42,15 @@ def test_directed_identity_sign_in_with_sreg_email(
     claimed = response.identity_url
     assert claimed.startswith(node.url + "id/")
     assert sreg_email(response) == person.email
+    if stateful:
+        # It associated (DH) and we signed with that association, clean handle and all.
+        assert rp.store is not None
+        assoc = rp.store.getAssociation(node.url + "openid")
+        # python3-openid asks for HMAC-SHA1/DH-SHA1 (Net::OpenID::Consumer, in
+        # the Perl tests, for HMAC-SHA256/DH-SHA256): both types are exercised.
+        assert assoc is not None and assoc.assoc_type == "HMAC-SHA1"
+        assert "b'" not in assoc.handle
+        assert answer.headers["location"].count(quote(assoc.handle, safe="")) == 1
 
     again = PythonRP(node.url, rp_site.realm, rp_site.return_to, stateful, rp.store)
     immediate = person.open(again.begin(immediate=True))
