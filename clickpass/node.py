@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorCore
 from twisted.internet.task import deferLater
@@ -117,17 +116,19 @@ class Node(MultiService):
         )
         await self._migrate(self.storage)
         await self.storage.run(check_secret, secret_fingerprint(self.secret))
-        from clickpass.web.app import build_site
+        # The front balances requests across worker processes; each worker
+        # opens the storage and serves the web application (issue 3).
+        from clickpass.balancer.service import Front, ListenError
 
-        site = build_site(self.reactor, settings, self.storage, self.secret)
-        for description in settings.web.listen:
-            endpoint = endpoints.serverFromString(self.reactor, tls_endpoint(description, settings))
-            try:
-                port = await endpoint.listen(site)
-            except Exception as e:
-                raise StartupError(f"cannot listen on {description}: {e}") from None
-            self._ports.append(port)
+        self.front = Front(self.reactor, settings, tls_endpoint=tls_endpoint)
+        self.front.register_commands(self.commands)
+        self.front.setServiceParent(self)
+        try:
+            await self.front.listen()
+        except ListenError as e:
+            raise StartupError(str(e)) from None
         self._start_housekeeping(self.storage)
+        await self.front.wait_ready()
         self.ready = True
         self.log.info(
             "clickpass node {node} ready: serving {url}",
