@@ -124,7 +124,12 @@ class Dialect:
         return " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
     def insert_ignore(self) -> str:
-        """The statement head that inserts a row unless its key exists."""
+        """
+        The statement head that inserts a row unless its key exists. Only a
+        duplicate key is ignored: on MariaDB, L{Transaction.execute} turns
+        any other problem that IGNORE downgraded to a warning back into an
+        error.
+        """
         return "INSERT OR IGNORE" if self.name == "sqlite" else "INSERT IGNORE"
 
     def translate(self, sql: str) -> str:
@@ -165,7 +170,21 @@ class Transaction:
             self._cursor.reconnect()
             self._cursor.reopen()
             self._send(statement, params)
-        return int(self._cursor.rowcount or 0)
+        changed = int(self._cursor.rowcount or 0)
+        if self.dialect.name == "mysql" and statement.lstrip()[:13].upper() == "INSERT IGNORE":
+            self._refuse_ignored_errors()
+        return changed
+
+    def _refuse_ignored_errors(self) -> None:
+        # MariaDB's INSERT IGNORE turns every error into a warning, not only
+        # the duplicate key it is meant for: a value too long is truncated,
+        # a NULL stored as ''. Only a duplicate key may be ignored.
+        if not getattr(self._cursor, "warning_count", 0):
+            return
+        self._cursor.execute("SHOW WARNINGS")
+        for _level, code, message in self._cursor.fetchall():
+            if int(code) != 1062:
+                raise DatabaseError(f"insert refused: {message}")
 
     def _send(self, statement: str, params: tuple[object, ...]) -> None:
         try:

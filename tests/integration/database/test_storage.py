@@ -243,6 +243,50 @@ async def test_insert_ignore_skips_existing_keys_only(storage_backend: AdbapiSto
     assert value == "first"
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("k" * 65, "too long a key"), ("k", None)],
+    ids=["too-long", "null"],
+)
+@async_test
+async def test_insert_ignore_does_not_hide_other_errors(
+    storage_backend: AdbapiStorage, name: str, value: str | None
+) -> None:
+    """
+    insert_ignore never stores a row that does not fit: on MariaDB, whose
+    INSERT IGNORE would truncate a too-long key or store NULL as '', it is
+    an error; SQLite skips a NULL and keeps long text whole.
+    """
+
+    def put(tx: Transaction) -> int:
+        return tx.execute(
+            tx.dialect.insert_ignore() + " INTO site_identifiers "
+            "(opaque, account_id, sector, created, last_used) VALUES (?, ?, ?, ?, ?)",
+            name,
+            1,
+            value,
+            NOW,
+            NOW,
+        )
+
+    if storage_backend.dialect.name == "sqlite" and value is not None:
+        # SQLite does not enforce VARCHAR lengths; the row is stored whole.
+        assert await storage_backend.run(put) == 1
+        stored = await storage_backend.run(
+            lambda tx: tx.scalar("SELECT opaque FROM site_identifiers")
+        )
+        assert stored == name
+        return
+    if storage_backend.dialect.name == "sqlite":
+        # SQLite's INSERT OR IGNORE skips a NOT NULL violation: nothing stored.
+        assert await storage_backend.run(put) == 0
+    else:
+        with pytest.raises(DatabaseError, match="insert refused"):
+            await storage_backend.run(put)
+    count = await storage_backend.run(lambda tx: tx.scalar("SELECT COUNT(*) FROM site_identifiers"))
+    assert count == 0
+
+
 @async_test
 async def test_run_blocking_from_another_thread(storage_backend: AdbapiStorage) -> None:
     """
