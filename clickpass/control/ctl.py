@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules whose @command registrations extend clickpass-ctl.
-COMMAND_MODULES: tuple[str, ...] = ("clickpass.cluster.ctl",)
+COMMAND_MODULES: tuple[str, ...] = ("clickpass.cluster.ctl", "clickpass.balancer.ctl")
 
 
 def _load_commands() -> None:
