@@ -59,7 +59,8 @@ def backup_main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"backup: configuration error: {e}")
     try:
         result = archive.take_backup(settings)
-    except (archive.BackupError, StoreError, configmod.ConfigError, OSError) as e:
+    except Exception as e:
+        # Whatever went wrong, cron gets one line and the watch sees the failure.
         message = _one_line(e)
         _record(settings, error=message)
         return _fail(f"backup: FAILED: {message}")
@@ -149,6 +150,8 @@ def restore_main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"restore: REFUSED, the backup is damaged: {_one_line(e)}", EXIT_REFUSED)
     except (archive.BackupError, StoreError, configmod.ConfigError, OSError) as e:
         return _fail(f"restore: {_one_line(e)}")
+    except Exception as e:
+        return _fail(f"restore: unexpected {type(e).__name__}: {_one_line(e)}")
 
 
 def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:

@@ -147,6 +147,7 @@ class S3Store:
         )
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error  # type: ignore[import-untyped]
         from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
         try:
@@ -159,7 +160,7 @@ class S3Store:
                 f"S3 {what} in bucket {self.bucket!r} at {self.endpoint or 'AWS'} failed: "
                 f"{code}: {message}"
             ) from None
-        except BotoCoreError as e:
+        except (BotoCoreError, Boto3Error) as e:
             raise StoreError(
                 f"S3 {what} in bucket {self.bucket!r} at {self.endpoint or 'AWS'} failed: {e}"
             ) from None
