@@ -260,3 +260,20 @@ def test_garbage_is_one_clear_line(node: NodeProcess) -> None:
     direct = requests.post(node.url + "openid", data={"openid.mode": "frobnicate"}, timeout=10)
     assert direct.status_code == 400
     assert requests.get(node.url + "healthz", timeout=10).status_code == 200
+
+
+def test_existing_account_signs_in_on_the_way(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """Someone with an account, signed out, signs in on the way and lands on the consent page."""
+    person.browser.sign_up(person.email, person.password)
+    signed_out = Person(node.url, person.email, person.password)
+    rp = rp_for(node, rp_site, True)
+    first = signed_out.open(rp.begin())
+    assert first.status_code == 303
+    next_url = dict(parse_qsl(urlsplit(first.headers["location"]).query))["next"]
+    consent = signed_out.browser.sign_in(person.email, person.password, next_url=next_url)
+    assert "Sign in to" in consent.text
+    result = rp.complete(signed_out.decide(consent).headers["location"])
+    assert result.status == consumer.SUCCESS
+    assert sreg_email(result) == person.email
