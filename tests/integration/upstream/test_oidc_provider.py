@@ -1,0 +1,180 @@
+"""
+Sign-in through a real, independently written OpenID Connect provider (the
+npm package oidc-provider, over TLS from a test CA), driven the way a
+browser would: Clickpass's button, the provider's login and consent pages,
+the redirect back, and a Clickpass session at the end.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from html import unescape
+from urllib.parse import urljoin
+
+import pytest
+import requests
+
+from tests.integration.upstream.conftest import UpstreamSetup
+from tests.support.browser import Browser, csrf_token
+
+pytestmark = pytest.mark.integration
+
+FORM_ACTION = re.compile(r'<form[^>]*action="([^"]+)"', re.IGNORECASE)
+
+
+def _rows(setup: UpstreamSetup, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(setup.database) as db:
+        return list(db.execute(sql))
+
+
+def _browser(setup: UpstreamSetup) -> Browser:
+    browser = Browser(setup.node.url)
+    browser.session.verify = str(setup.ca.ca_pem)
+    # A CA bundle named in the environment would override the session's own.
+    browser.session.trust_env = False
+    return browser
+
+
+def _form_action(page: requests.Response) -> str:
+    m = FORM_ACTION.search(page.text)
+    assert m is not None, page.text[:2000]
+    return urljoin(page.url, unescape(m.group(1)))
+
+
+def start_signin(browser: Browser, next_url: str = "/account") -> requests.Response:
+    """Press the provider's button on Clickpass's sign-in page."""
+    page = browser.get("/signin")
+    assert "/upstream/testop/start" in page.text
+    assert "Test OP" in page.text
+    return browser.post(
+        "/upstream/testop/start",
+        {"csrf_token": csrf_token(page.text), "next": next_url},
+    )
+
+
+def through_provider(browser: Browser, page: requests.Response, login: str) -> requests.Response:
+    """Log in and consent at oidc-provider's pages, as often as it asks."""
+    for _ in range(4):
+        if 'name="login"' in page.text:
+            page = browser.session.post(
+                _form_action(page),
+                data={"prompt": "login", "login": login, "password": "anything"},
+                timeout=30,
+            )
+        elif 'name="prompt" value="consent"' in page.text:
+            page = browser.session.post(_form_action(page), data={"prompt": "consent"}, timeout=30)
+        else:
+            return page
+    raise AssertionError("the provider kept asking:\n" + page.text[:2000])
+
+
+def callback_url(page: requests.Response) -> str:
+    for response in [*page.history, page]:
+        location = response.headers.get("location", "")
+        if "/upstream/testop/callback" in location:
+            return urljoin(response.url, location)
+    raise AssertionError("no redirect to the callback")
+
+
+def test_first_signin_creates_account_and_second_finds_it(upstream_setup: UpstreamSetup) -> None:
+    """
+    A first sign-in through the provider creates a Clickpass account with the
+    provider's verified email and starts a session; signing in again later
+    (fresh browser) finds the same account; replaying the provider's
+    redirect is refused and creates nothing.
+    """
+    browser = _browser(upstream_setup)
+    page = through_provider(browser, start_signin(browser), "alice")
+    assert page.status_code == 200, page.text[:2000]
+    assert page.url == upstream_setup.node.url + "account"
+    assert "alice@example.test" in page.text
+    accounts = _rows(upstream_setup, "SELECT id, email, password_hash FROM accounts")
+    assert len(accounts) == 1
+    assert accounts[0][1:] == ("alice@example.test", None)
+    identities = _rows(
+        upstream_setup,
+        "SELECT account_id, provider, email, email_verified FROM upstream_identities",
+    )
+    assert identities == [(accounts[0][0], "testop", "alice@example.test", 1)]
+    replay = callback_url(page)
+
+    other = _browser(upstream_setup)
+    page = through_provider(other, start_signin(other), "alice")
+    assert page.url == upstream_setup.node.url + "account"
+    assert "alice@example.test" in page.text
+    assert len(_rows(upstream_setup, "SELECT id FROM accounts")) == 1
+
+    again = browser.session.get(replay, timeout=30)
+    assert again.status_code == 400
+    assert "already used" in again.text
+    assert len(_rows(upstream_setup, "SELECT id FROM accounts")) == 1
+    assert len(_rows(upstream_setup, "SELECT id FROM upstream_identities")) == 1
+
+
+def test_unverified_email_is_not_trusted(upstream_setup: UpstreamSetup) -> None:
+    """An email the provider did not verify does not become the account's email."""
+    browser = _browser(upstream_setup)
+    page = through_provider(browser, start_signin(browser), "unverified-bob")
+    assert page.url == upstream_setup.node.url + "account"
+    (email,) = _rows(upstream_setup, "SELECT email FROM accounts")[0]
+    assert isinstance(email, str) and email.endswith("@upstream.invalid")
+    assert _rows(upstream_setup, "SELECT email, email_verified FROM upstream_identities") == [
+        ("unverified-bob@example.test", 0)
+    ]
+
+
+def test_matching_email_is_never_linked_silently(upstream_setup: UpstreamSetup) -> None:
+    """
+    A provider sign-in whose verified email belongs to an existing account
+    is refused with advice (nothing created); once signed in to that account,
+    linking the provider works, and the provider then signs in to it; an
+    account with a password may unlink the provider.
+    """
+    owner = _browser(upstream_setup)
+    owner.sign_up("carol@example.test", "a long enough password")
+
+    stranger = _browser(upstream_setup)
+    page = through_provider(stranger, start_signin(stranger), "carol")
+    assert page.status_code == 409
+    assert "Sign in to it first" in page.text
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM upstream_identities") == [(0,)]
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM accounts") == [(1,)]
+
+    manage = owner.get("/account/upstream")
+    assert "Link Test OP" in manage.text
+    start = owner.post("/upstream/testop/link", {"csrf_token": csrf_token(manage.text)})
+    page = through_provider(owner, start, "carol")
+    assert page.url == upstream_setup.node.url + "account/upstream"
+    assert "carol@example.test" in page.text
+    assert len(_rows(upstream_setup, "SELECT id FROM upstream_identities")) == 1
+
+    fresh = _browser(upstream_setup)
+    page = through_provider(fresh, start_signin(fresh), "carol")
+    assert page.url == upstream_setup.node.url + "account"
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM accounts") == [(1,)]
+
+    (identity_id,) = _rows(upstream_setup, "SELECT id FROM upstream_identities")[0]
+    manage = owner.get("/account/upstream")
+    done = owner.post(
+        "/account/upstream/unlink",
+        {"csrf_token": csrf_token(manage.text), "identity": str(identity_id)},
+    )
+    assert done.status_code == 200
+    assert "was unlinked" in done.text
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM upstream_identities") == [(0,)]
+
+
+def test_last_sign_in_method_cannot_be_unlinked(upstream_setup: UpstreamSetup) -> None:
+    """An account made through the provider (no password) keeps its only link."""
+    browser = _browser(upstream_setup)
+    through_provider(browser, start_signin(browser), "dave")
+    (identity_id,) = _rows(upstream_setup, "SELECT id FROM upstream_identities")[0]
+    manage = browser.get("/account/upstream")
+    refused = browser.post(
+        "/account/upstream/unlink",
+        {"csrf_token": csrf_token(manage.text), "identity": str(identity_id)},
+    )
+    assert refused.status_code == 409
+    assert "only way to sign in" in refused.text
+    assert len(_rows(upstream_setup, "SELECT id FROM upstream_identities")) == 1
