@@ -15,6 +15,7 @@ import pytest
 
 from twisted.enterprise.adbapi import ConnectionLost
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import ILogObserver, globalLogPublisher
 
 from clickpass.database import migrations
@@ -26,7 +27,6 @@ from clickpass.database.storage import (
     is_connection_lost,
     open_mysql,
 )
-from tests.conftest import global_reactor
 from tests.support.deferreds import async_test, block_on
 from tests.support.mariadb import MariaDBServer
 
@@ -48,7 +48,7 @@ def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServ
 
 
 @pytest.fixture
-def storage(own_server: MariaDBServer) -> Iterator[AdbapiStorage]:
+def storage(reactor: IReactorThreads, own_server: MariaDBServer) -> Iterator[AdbapiStorage]:
     """A migrated pool of up to POOL_MAX connections on a fresh database."""
     if not own_server.running:
         own_server.start()
@@ -56,7 +56,7 @@ def storage(own_server: MariaDBServer) -> Iterator[AdbapiStorage]:
     own_server.drop_database(name)
     own_server.create_database(name)
     pool = open_mysql(
-        global_reactor(),
+        reactor,
         host=own_server.host,
         port=own_server.port,
         user=own_server.user,

@@ -24,8 +24,8 @@ from clickpass.database.storage import (
     IntegrityError,
     Transaction,
 )
-from tests.conftest import DatabaseTarget
 from tests.support.deferreds import async_test
+from tests.support.storage import DatabaseTarget
 
 NOW = 1_700_000_000
 TABLES = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from argon2 import PasswordHasher
 
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import Clock
 
 from clickpass.accounts.service import (
@@ -23,8 +24,8 @@ from clickpass.accounts.service import (
 )
 from clickpass.config import AccountsSettings
 from clickpass.database.storage import AdbapiStorage, Storage
-from tests.conftest import DatabaseTarget, global_reactor
 from tests.support.deferreds import async_test
+from tests.support.storage import DatabaseTarget
 
 NOW = 1_700_000_000
 PASSWORD = "correct horse battery"
@@ -40,9 +41,10 @@ FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 def make_accounts(
-    storage: Storage, clock: Clock, settings: AccountsSettings = SETTINGS
+    target: DatabaseTarget, storage: Storage, clock: Clock, settings: AccountsSettings = SETTINGS
 ) -> Accounts:
-    return Accounts(global_reactor(), storage, settings, clock=clock.seconds, hasher=FAST_HASHER)
+    """One worker's Accounts on C{storage} (a pool on C{target}'s database)."""
+    return Accounts(target.reactor, storage, settings, clock=clock.seconds, hasher=FAST_HASHER)
 
 
 @pytest.fixture
@@ -53,8 +55,10 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def accounts(storage_backend: AdbapiStorage, clock: Clock) -> Accounts:
-    return make_accounts(storage_backend, clock)
+def accounts(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> Accounts:
+    return make_accounts(database_target, storage_backend, clock)
 
 
 async def _stored_hash(storage: Storage, email: str) -> str:
@@ -82,9 +86,11 @@ async def test_sign_up_creates_an_account_with_an_argon2id_hash(
 
 
 @async_test
-async def test_default_hasher_is_argon2id(storage_backend: AdbapiStorage, clock: Clock) -> None:
+async def test_default_hasher_is_argon2id(
+    reactor: IReactorThreads, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
     """With no hasher given, Accounts hashes with argon2id."""
-    accounts = Accounts(global_reactor(), storage_backend, SETTINGS, clock=clock.seconds)
+    accounts = Accounts(reactor, storage_backend, SETTINGS, clock=clock.seconds)
     await accounts.sign_up("ann@example.org", PASSWORD)
     assert (await _stored_hash(storage_backend, "ann@example.org")).startswith("$argon2id$v=19$")
 
@@ -176,8 +182,8 @@ async def test_account_throttle_holds_across_two_processes(
     throttle the same account in another, even with the right password and
     from another address.
     """
-    first = make_accounts(storage_backend, clock)
-    second = make_accounts(database_target.open(), clock)
+    first = make_accounts(database_target, storage_backend, clock)
+    second = make_accounts(database_target, database_target.open(), clock)
     await first.sign_up("ann@example.org", PASSWORD)
     await _fail(first, "ann@example.org", "192.0.2.1", SETTINGS.throttle_per_account)
     with pytest.raises(Throttled) as caught:
@@ -195,8 +201,8 @@ async def test_address_throttle_holds_across_two_processes(
     two workers, throttle that address everywhere; another address is not
     affected.
     """
-    first = make_accounts(storage_backend, clock)
-    second = make_accounts(database_target.open(), clock)
+    first = make_accounts(database_target, storage_backend, clock)
+    second = make_accounts(database_target, database_target.open(), clock)
     await first.sign_up("ann@example.org", PASSWORD)
     for i in range(SETTINGS.throttle_per_address):
         worker = first if i % 2 else second
@@ -324,7 +330,7 @@ async def test_disable_ends_every_session(
     bob = await accounts.sign_up("bob@example.org", PASSWORD)
     ann_tokens = [await accounts.start_session(ann, "192.0.2.1") for _ in range(2)]
     bob_token = await accounts.start_session(bob, "192.0.2.2")
-    other_worker = make_accounts(database_target.open(), clock)
+    other_worker = make_accounts(database_target, database_target.open(), clock)
     assert await other_worker.disable("ANN@example.org")
     for token in ann_tokens:
         assert await accounts.session_account(token) is None
