@@ -1,0 +1,467 @@
+"""
+The front proxy and the pool, driven in memory: client connections on
+StringTransports, worker connections handed out by a MemoryReactorClock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from clickpass.balancer.pool import Backend, Pool, PoolEvents
+from clickpass.balancer.proxy import FrontConnection, FrontFactory, UpstreamConnection
+from clickpass.balancer.static import StaticFiles
+from clickpass.config import BalancerSettings
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+
+
+class Events(PoolEvents):
+    def __init__(self) -> None:
+        self.stuck_backends: list[Backend] = []
+        self.idle_backends: list[Backend] = []
+
+    def stuck(self, backend: Backend) -> None:
+        self.stuck_backends.append(backend)
+
+    def idle(self, backend: Backend) -> None:
+        self.idle_backends.append(backend)
+
+
+class Rig:
+    """A front with N fake workers."""
+
+    def __init__(self, workers: int = 2, static_dir: Path | None = None, **limits: object) -> None:
+        self.settings = dataclasses.replace(
+            BalancerSettings(health_interval=0),
+            **limits,  # type: ignore[arg-type]
+        )
+        self.reactor = MemoryReactorClock()
+        self.events = Events()
+        self.pool = Pool(self.reactor, self.settings, self.events)
+        self.backends = [Backend(str(i + 1), f"/w{i + 1}.sock") for i in range(workers)]
+        for backend in self.backends:
+            self.pool.add(backend)
+        static = StaticFiles(static_dir, 60) if static_dir else None
+        self.factory = FrontFactory(self.reactor, self.pool, self.settings, static=static)
+        self.connected = 0
+
+    def client(self) -> tuple[FrontConnection, StringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def accept_upstream(self) -> tuple[UpstreamConnection, StringTransport, str]:
+        """Complete the oldest pending connect to a worker."""
+        path, factory, _, _ = self.reactor.unixClients[self.connected]
+        self.connected += 1
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport, path
+
+    def refuse_upstream(self) -> str:
+        path, factory, _, _ = self.reactor.unixClients[self.connected]
+        self.connected += 1
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        return str(path)
+
+
+def test_request_goes_to_a_worker_with_forwarding_headers():
+    """
+    A GET is forwarded as HTTP/1.1 with X-Forwarded-For/-Proto/-Host set from
+    the connection, client-sent X-Forwarded-For dropped, hop-by-hop headers
+    stripped; the response comes back to the client unchanged.
+    """
+    rig = Rig()
+    proto, client = rig.client()
+    proto.dataReceived(
+        b"GET /a?b=1 HTTP/1.1\r\nHost: login.example\r\nX-Forwarded-For: 6.6.6.6\r\n"
+        b"Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nAccept: */*\r\n\r\n"
+    )
+    upstream, worker, _ = rig.accept_upstream()
+    sent = worker.value()
+    assert sent.startswith(b"GET /a?b=1 HTTP/1.1\r\n")
+    assert b"X-Forwarded-For: 192.0.2.7\r\n" in sent
+    assert b"X-Forwarded-Proto: http\r\n" in sent
+    assert b"X-Forwarded-Host: login.example\r\n" in sent
+    assert b"6.6.6.6" not in sent
+    assert b"X-Secret" not in sent and b"Keep-Alive" not in sent and b"Connection" not in sent
+    assert b"Accept: */*\r\n" in sent
+    upstream.dataReceived(OK)
+    assert client.value() == OK
+    assert rig.backends[0].in_flight + rig.backends[1].in_flight == 0
+
+
+def test_trusted_forwarded_for_is_appended_to():
+    """With trust_forwarded, the client's X-Forwarded-For is kept and the peer appended."""
+    rig = Rig()
+    rig.factory.trust_forwarded = True
+    proto, _ = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n")
+    _, worker, _ = rig.accept_upstream()
+    assert b"X-Forwarded-For: 203.0.113.1, 192.0.2.7\r\n" in worker.value()
+
+
+def test_keep_alive_connection_to_the_worker_is_reused():
+    """A second request on the same client reuses the idle worker connection."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    upstream.dataReceived(OK)
+    worker.clear()
+    proto.dataReceived(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(rig.reactor.unixClients) == 1
+    assert worker.value().startswith(b"GET /2 ")
+    upstream.dataReceived(OK)
+    assert client.value() == OK + OK
+
+
+def test_least_outstanding_worker_is_chosen():
+    """Requests go to the worker with the fewest in flight."""
+    rig = Rig(workers=2)
+    for _ in range(3):
+        proto, _ = rig.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    paths = [c[0] for c in rig.reactor.unixClients]
+    assert paths == ["/w1.sock", "/w2.sock", "/w1.sock"]
+
+
+def test_queue_then_503_with_retry_after_on_timeout():
+    """
+    Above the per-worker cap a request waits in the queue; when the queue
+    timeout passes it gets a 503 with Retry-After.
+    """
+    rig = Rig(workers=1, max_in_flight=1, queue_timeout=2.0, sweep_interval=0.5)
+    rig.pool.start()
+    first, _ = rig.client()
+    first.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    second, client2 = rig.client()
+    second.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(rig.pool.queue) == 1
+    rig.reactor.advance(1.0)
+    assert client2.value() == b""
+    rig.reactor.advance(1.5)
+    assert client2.value().startswith(b"HTTP/1.1 503 ")
+    assert b"Retry-After: 2\r\n" in client2.value()
+    assert rig.pool.counters.errors["queue_timeout"] == 1
+
+
+def test_queued_request_is_sent_when_a_worker_frees_up():
+    """A queued request rides the connection the finished request frees."""
+    rig = Rig(workers=1, max_in_flight=1)
+    first, client1 = rig.client()
+    first.dataReceived(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    second, client2 = rig.client()
+    second.dataReceived(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    worker.clear()
+    upstream.dataReceived(OK)
+    assert worker.value().startswith(b"GET /2 ")
+    upstream.dataReceived(OK)
+    assert client1.value() == OK and client2.value() == OK
+
+
+def test_queue_full_gets_503_at_once():
+    """When the queue is full a request is refused at once."""
+    rig = Rig(workers=1, max_in_flight=1, queue_size=1)
+    for _ in range(2):
+        proto, _ = rig.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 503 ")
+
+
+def test_refused_connect_retries_on_another_worker_and_ejects():
+    """A worker that refuses the connection is ejected; the request goes elsewhere."""
+    rig = Rig(workers=2)
+    proto, client = rig.client()
+    proto.dataReceived(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+    assert rig.refuse_upstream() == "/w1.sock"
+    upstream, worker, path = rig.accept_upstream()
+    assert path == "/w2.sock"
+    assert worker.value().endswith(b"\r\n\r\nabc")
+    upstream.dataReceived(OK)
+    assert client.value() == OK
+    assert rig.backends[0].ejected_until > rig.reactor.seconds()
+    assert rig.pool.counters.errors["retried"] == 1
+
+
+def test_post_that_reached_a_worker_is_never_sent_twice():
+    """A POST whose worker connection dies gets a 502, not a second send."""
+    rig = Rig(workers=2)
+    proto, client = rig.client()
+    proto.dataReceived(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.connectionLost(Failure(ConnectionError("reset")))
+    assert len(rig.reactor.unixClients) == 1
+    assert client.value().startswith(b"HTTP/1.1 502 ")
+
+
+def test_get_on_a_dead_connection_without_reply_is_retried():
+    """A bodiless GET whose worker died without a byte of answer is retried elsewhere."""
+    rig = Rig(workers=2)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.connectionLost(Failure(ConnectionError("reset")))
+    upstream2, _, path = rig.accept_upstream()
+    assert path == "/w2.sock"
+    upstream2.dataReceived(OK)
+    assert client.value() == OK
+
+
+def test_request_timeout_is_504_and_the_worker_is_reported_stuck():
+    """A worker that does not answer in time: 504 to the client, stuck event."""
+    rig = Rig(workers=1, request_timeout=5.0, sweep_interval=1.0)
+    rig.pool.start()
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /hang HTTP/1.1\r\nHost: h\r\n\r\n")
+    _, worker, _ = rig.accept_upstream()
+    rig.reactor.advance(4.0)
+    assert client.value() == b""
+    rig.reactor.advance(2.0)
+    assert client.value().startswith(b"HTTP/1.1 504 ")
+    assert rig.events.stuck_backends == [rig.backends[0]]
+    assert worker.disconnecting or worker.disconnected
+    assert rig.backends[0].in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"GET http://evil/ HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ],
+    ids=[
+        "request-line",
+        "bad-length",
+        "two-lengths",
+        "cl-and-te",
+        "te-not-chunked",
+        "absolute",
+        "no-host",
+    ],
+)
+def test_malformed_requests_get_400_and_close(request_bytes):
+    """Malformed and smuggling-shaped requests: 400, closed, nothing sent to a worker."""
+    rig = Rig()
+    proto, client = rig.client()
+    proto.dataReceived(request_bytes)
+    assert client.value().startswith(b"HTTP/1.1 400 "), client.value()
+    assert b"Connection: close\r\n" in client.value()
+    assert client.disconnecting
+    assert rig.reactor.unixClients == []
+
+
+def test_oversized_headers_get_400():
+    """A request head larger than max_header_bytes is refused."""
+    rig = Rig(max_header_bytes=1024)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 2000)
+    assert client.value().startswith(b"HTTP/1.1 400 ")
+    assert client.disconnecting
+
+
+def test_body_over_the_limit_is_413():
+    """A Content-Length above max_body is refused with 413 before anything is forwarded."""
+    rig = Rig(max_body=10)
+    proto, client = rig.client()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 413 ")
+    assert rig.reactor.unixClients == []
+
+
+def test_chunked_request_is_streamed_rechunked():
+    """A chunked request body is forwarded chunked as it arrives."""
+    rig = Rig()
+    proto, client = rig.client()
+    proto.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    )
+    upstream, worker, _ = rig.accept_upstream()
+    assert b"Transfer-Encoding: chunked\r\n" in worker.value()
+    assert worker.value().endswith(b"\r\n\r\n3\r\nabc\r\n")
+    assert worker.producer is client  # the client is paced by the worker's buffer
+    proto.dataReceived(b"2\r\nde\r\n0\r\n\r\n")
+    assert worker.value().endswith(b"2\r\nde\r\n0\r\n\r\n")
+    assert worker.producer is None
+    upstream.dataReceived(OK)
+    assert client.value() == OK
+
+
+def test_chunked_response_passes_through_and_streams_with_backpressure():
+    """
+    A chunked response is re-chunked to an HTTP/1.1 client, and while it
+    streams the worker connection is registered as the client's producer.
+    """
+    rig = Rig()
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+        b"5\r\nhello\r\n"
+    )
+    assert client.producer is worker
+    upstream.dataReceived(b"0\r\n\r\n")
+    assert client.producer is None
+    out = client.value()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert out.count(b"Transfer-Encoding: chunked") == 1
+    assert b"Connection: keep-alive" not in out
+    assert out.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+
+def test_http10_client_gets_a_close_delimited_body_for_a_chunked_response():
+    """An HTTP/1.0 client never sees chunked encoding; the connection closes instead."""
+    rig = Rig()
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    out = client.value()
+    assert b"chunked" not in out
+    assert b"Connection: close\r\n" in out
+    assert out.endswith(b"\r\n\r\nhello")
+    assert client.disconnecting
+
+
+def test_head_response_ends_at_its_headers():
+    """A HEAD response with a Content-Length is complete without a body."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+    assert client.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n"
+    worker.clear()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream.dataReceived(OK)
+    assert client.value().endswith(OK)
+
+
+def test_client_leaving_mid_request_frees_the_worker():
+    """When the client goes, its worker connection is aborted and the slot freed."""
+    rig = Rig(workers=1)
+    proto, _client = rig.client()
+    proto.dataReceived(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    _, worker, _ = rig.accept_upstream()
+    proto.connectionLost(Failure(ConnectionError()))
+    assert rig.backends[0].in_flight == 0
+    assert worker.disconnecting or worker.disconnected
+    assert rig.pool.counters.errors["client_gone"] == 1
+
+
+def test_pipelined_requests_are_answered_in_order():
+    """Two pipelined requests: the second is sent only after the first is answered."""
+    rig = Rig(workers=2)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(rig.reactor.unixClients) == 1
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(OK)
+    upstream2, _, _ = (
+        rig.accept_upstream()
+        if len(rig.reactor.unixClients) > 1
+        else (
+            upstream,
+            None,
+            None,
+        )
+    )
+    upstream2.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
+    assert client.value() == OK + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"
+
+
+def test_expect_continue_is_answered_by_the_front():
+    """Expect: 100-continue gets 100 Continue from the front; the worker never sees Expect."""
+    rig = Rig()
+    proto, client = rig.client()
+    proto.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert client.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.dataReceived(b"hi")
+    _, worker, _ = rig.accept_upstream()
+    assert b"Expect" not in worker.value()
+
+
+def test_static_files_are_served_by_the_front_with_caching(tmp_path):
+    """/static/ files come from the front with ETag and Cache-Control; If-None-Match is 304."""
+    (tmp_path / "app.css").write_bytes(b"body{}")
+    rig = Rig(static_dir=tmp_path)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /static/app.css HTTP/1.1\r\nHost: h\r\n\r\n")
+    out = client.value()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Cache-Control: public, max-age=60\r\n" in out
+    assert b"Content-Type: text/css; charset=utf-8\r\n" in out
+    assert out.endswith(b"\r\n\r\nbody{}")
+    etag = out.split(b"ETag: ")[1].split(b"\r\n")[0]
+    client.clear()
+    proto.dataReceived(
+        b"GET /static/app.css HTTP/1.1\r\nHost: h\r\nIf-None-Match: " + etag + b"\r\n\r\n"
+    )
+    assert client.value().startswith(b"HTTP/1.1 304 ")
+    client.clear()
+    proto.dataReceived(b"GET /static/../secret HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 404 ")
+    assert rig.reactor.unixClients == []
+
+
+def test_redirect_to_https():
+    """With a redirect base, plain-HTTP requests are redirected to the same path over HTTPS."""
+    rig = Rig()
+    rig.factory.redirect_base = b"https://login.example"
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /signin?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 301 ")
+    assert b"Location: https://login.example/signin?x=1\r\n" in client.value()
+
+
+def test_slow_headers_time_out_with_408():
+    """A client that trickles its headers gets a 408 after header_timeout."""
+    rig = Rig(header_timeout=10.0)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHo")
+    rig.reactor.advance(5)
+    rig.factory.sweep(rig.reactor.seconds())
+    assert client.value() == b""
+    rig.reactor.advance(6)
+    rig.factory.sweep(rig.reactor.seconds())
+    assert client.value().startswith(b"HTTP/1.1 408 ")
+    assert client.disconnecting
+
+
+def test_draining_backend_reports_idle_when_its_last_request_ends():
+    """A drained worker gets no new requests and is reported idle once its requests finish."""
+    rig = Rig(workers=2)
+    proto, _client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    rig.pool.drain(rig.backends[0])
+    assert rig.events.idle_backends == []
+    proto2, _ = rig.client()
+    proto2.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert rig.reactor.unixClients[-1][0] == "/w2.sock"
+    upstream.dataReceived(OK)
+    assert rig.events.idle_backends == [rig.backends[0]]
