@@ -44,7 +44,6 @@ from openid.urinorm import urinorm
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
@@ -52,7 +51,7 @@ from clickpass.openid import approvals, discovery, extensions
 from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, SiteIdentifier
 from clickpass.openid.provider import Provider
 from clickpass.openid.rp_discovery import RPVerifier, Verdict
-from clickpass.openid.store import DatabaseOpenIDStore, cleanup
+from clickpass.openid.store import DatabaseOpenIDStore
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
 
@@ -60,7 +59,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_QUERY_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 96 * 1024
 CONSENT_LIFETIME = 3600
-CLEANUP_INTERVAL = 600.0
 
 T = TypeVar("T")
 
@@ -124,7 +122,6 @@ class OpenIDWeb:
         self.verifier = verifier
         self.base_url = app.settings.base_url
         self._consent_key = app.derive_key(b"openid consent form")
-        self._last_cleanup = app.reactor.seconds()
 
     # Plumbing.
 
@@ -134,27 +131,6 @@ class OpenIDWeb:
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
-
-    def maybe_cleanup(self) -> Deferred[Any] | None:
-        """Now and then, delete stale nonces and expired associations (in the background)."""
-        now = self.app.reactor.seconds()
-        if now - self._last_cleanup < CLEANUP_INTERVAL:
-            return None
-        self._last_cleanup = now
-        d = Deferred.fromCoroutine(cleanup(self.app.storage, int(now)))
-
-        def done(counts: tuple[int, int]) -> None:
-            log.info(
-                "openid cleanup: {nonces} nonces and {associations} associations expired",
-                nonces=counts[0],
-                associations=counts[1],
-            )
-
-        def failed(failure: Failure) -> None:
-            log.failure("openid cleanup failed", failure)
-
-        d.addCallbacks(done, failed)
-        return d
 
     def _send(self, request: Request, response: WebResponse) -> bytes:
         request.setResponseCode(response.code)
@@ -186,7 +162,6 @@ class OpenIDWeb:
     # The endpoint.
 
     async def endpoint(self, request: Request) -> bytes:
-        self.maybe_cleanup()
         query = openid_query(request)
         if "openid.mode" not in query:
             discovery.op_discovery(request, self.base_url)
