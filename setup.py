@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.11",
     packages=[*find_packages(include=["clickpass", "clickpass.*"]), "twisted.plugins"],
     package_data={
-        "clickpass": ["py.typed", "web/templates/*.html", "web/static/*"],
+        "clickpass": ["py.typed", "**/*.html", "web/static/*"],
     },
     include_package_data=True,
     install_requires=[
