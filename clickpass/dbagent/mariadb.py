@@ -1,0 +1,424 @@
+"""
+The MariaDB role operations the database agent needs, on one server: read
+its GTID, replication and semi-sync state; configure it as a replica;
+promote it; fence it; rejoin it; quarantine it.
+
+Every operation opens a fresh PyMySQL connection in a thread of the agent's
+own thread pool, with its own connect and read timeouts, and closes it
+afterwards: a watchdog must never wait on a connection left half-way by a
+server that froze or died. Nothing here runs blocking code on the reactor
+thread, and nothing here decides anything: L{clickpass.dbagent.agent}
+decides, this module does what it is told and says what it saw.
+
+This module must never turn semi-sync off while writes wait for an
+acknowledgement on a server that may still be a primary (that would
+acknowledge writes the replica never received); L{fence} kills the waiting
+clients first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pymysql
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from clickpass.dbagent.gtid import Position, errant
+
+T = TypeVar("T")
+
+# Milliseconds: long enough that MariaDB never falls back to asynchronous
+# replication by itself. The agent decides when the primary goes on alone.
+SEMISYNC_TIMEOUT_MS = 3_600_000
+
+# Error 1236 from the primary: the replica asked for a GTID the primary's
+# binlog does not hold (diverged history, or purged binlogs).
+ER_MASTER_FATAL_READING_BINLOG = 1236
+
+
+class OperationFailed(Exception):
+    """A role operation did not complete; the message is one line for operators."""
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """How to reach a MariaDB server as an administrator."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    unix_socket: str = ""
+    user: str = "root"
+    password: str = ""
+
+    def describe(self) -> str:
+        return self.unix_socket or f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ReplicaAccount:
+    """What a replica needs to reach its primary (CHANGE MASTER TO)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """One reading of a server's role state."""
+
+    server_id: int = 0
+    read_only: bool = True
+    binlog_pos: Position = field(default_factory=Position)
+    slave_pos: Position = field(default_factory=Position)
+    current_pos: Position = field(default_factory=Position)
+    replica_configured: bool = False
+    io_running: str = "No"
+    sql_running: str = "No"
+    io_pos: Position = field(default_factory=Position)
+    master_host: str = ""
+    master_port: int = 0
+    last_io_errno: int = 0
+    last_io_error: str = ""
+    last_sql_errno: int = 0
+    last_sql_error: str = ""
+    seconds_behind: int | None = None
+    semisync_master_enabled: bool = False
+    semisync_master_active: bool = False
+    semisync_master_clients: int = 0
+    semisync_slave_enabled: bool = False
+    semisync_slave_active: bool = False
+
+    @property
+    def replicating(self) -> bool:
+        return self.io_running == "Yes" and self.sql_running == "Yes"
+
+    @property
+    def applied_received(self) -> bool:
+        """Whether everything the replica received has been applied."""
+        return self.slave_pos.reached(self.io_pos)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "server_id": self.server_id,
+            "read_only": self.read_only,
+            "gtid_binlog_pos": str(self.binlog_pos),
+            "gtid_slave_pos": str(self.slave_pos),
+            "gtid_current_pos": str(self.current_pos),
+            "gtid_io_pos": str(self.io_pos),
+            "replication": {
+                "configured": self.replica_configured,
+                "primary": f"{self.master_host}:{self.master_port}" if self.master_host else "",
+                "io_running": self.io_running,
+                "sql_running": self.sql_running,
+                "seconds_behind": self.seconds_behind,
+                "transactions_behind": self.slave_pos.transactions_behind(self.io_pos),
+                "last_io_error": self.last_io_error,
+                "last_sql_error": self.last_sql_error,
+            },
+            "semi_sync": {
+                "master_enabled": self.semisync_master_enabled,
+                "master_active": self.semisync_master_active,
+                "master_clients": self.semisync_master_clients,
+                "slave_enabled": self.semisync_slave_enabled,
+                "slave_active": self.semisync_slave_active,
+            },
+        }
+
+
+Cursor = Any
+
+
+def _on(value: object) -> bool:
+    return str(value).upper() in ("1", "ON", "YES", "TRUE")
+
+
+def read_status(c: Cursor) -> ServerStatus:
+    """Read a server's role state (blocking; in a pool thread)."""
+    c.execute(
+        "SELECT @@server_id, @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, "
+        "@@gtid_current_pos, @@rpl_semi_sync_master_enabled, @@rpl_semi_sync_slave_enabled"
+    )
+    server_id, read_only, binlog, slave, current, ss_master, ss_slave = c.fetchone()
+    c.execute(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Rpl_semi_sync_master_status', "
+        "'Rpl_semi_sync_master_clients', 'Rpl_semi_sync_slave_status')"
+    )
+    counters = {str(name): value for name, value in c.fetchall()}
+    c.execute("SHOW SLAVE STATUS")
+    row = c.fetchone()
+    replica: dict[str, Any] = {}
+    if row is not None:
+        replica = {d[0]: v for d, v in zip(c.description, row, strict=False)}
+    behind = replica.get("Seconds_Behind_Master")
+    return ServerStatus(
+        server_id=int(server_id),
+        read_only=_on(read_only),
+        binlog_pos=Position.parse(binlog),
+        slave_pos=Position.parse(slave),
+        current_pos=Position.parse(current),
+        replica_configured=row is not None,
+        io_running=str(replica.get("Slave_IO_Running") or "No"),
+        sql_running=str(replica.get("Slave_SQL_Running") or "No"),
+        io_pos=Position.parse(replica.get("Gtid_IO_Pos") or ""),
+        master_host=str(replica.get("Master_Host") or ""),
+        master_port=int(replica.get("Master_Port") or 0),
+        last_io_errno=int(replica.get("Last_IO_Errno") or 0),
+        last_io_error=str(replica.get("Last_IO_Error") or ""),
+        last_sql_errno=int(replica.get("Last_SQL_Errno") or 0),
+        last_sql_error=str(replica.get("Last_SQL_Error") or ""),
+        seconds_behind=None if behind is None else int(behind),
+        semisync_master_enabled=_on(ss_master),
+        semisync_master_active=_on(counters.get("Rpl_semi_sync_master_status", "OFF")),
+        semisync_master_clients=int(counters.get("Rpl_semi_sync_master_clients", 0) or 0),
+        semisync_slave_enabled=_on(ss_slave),
+        semisync_slave_active=_on(counters.get("Rpl_semi_sync_slave_status", "OFF")),
+    )
+
+
+def ping(c: Cursor) -> bool:
+    """The fast health check: the server answers and says whether it is read-only."""
+    c.execute("SELECT @@read_only")
+    (read_only,) = c.fetchone()
+    return _on(read_only)
+
+
+def configure_replica(c: Cursor, primary: ReplicaAccount, from_own_binlog: bool) -> None:
+    """
+    Make the server a read-only, semi-sync, GTID-strict replica of
+    C{primary} and start replicating. With C{from_own_binlog}, replication
+    resumes after everything this server's binlog holds (a former primary
+    whose history was checked to be contained in the new primary's).
+    """
+    c.execute("SET GLOBAL read_only = ON")
+    c.execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+    c.execute("STOP SLAVE")
+    c.execute("SET GLOBAL gtid_strict_mode = ON")
+    c.execute("SET GLOBAL sync_relay_log = 1")
+    c.execute("SET GLOBAL rpl_semi_sync_slave_enabled = ON")
+    if from_own_binlog:
+        c.execute("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos")
+    c.execute(
+        "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
+        "MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, "
+        "MASTER_HEARTBEAT_PERIOD = 1",
+        (primary.host, primary.port, primary.user, primary.password),
+    )
+    c.execute("START SLAVE")
+
+
+def promote(c: Cursor, wait_seconds: float, semisync: bool) -> Position:
+    """
+    Turn a replica into the primary without losing what it received: stop
+    receiving, wait until the relay log is applied (MASTER_GTID_WAIT to the
+    received position), forget the old primary, make it writable. Semi-sync
+    master (AFTER_SYNC, no silent fallback) is enabled when C{semisync}.
+    Returns the GTID position it started as primary from.
+    """
+    status = read_status(c)
+    if status.replica_configured:
+        if status.sql_running != "Yes":
+            # Start the applier while the receiver still runs: in GTID mode,
+            # starting a slave whose two threads are both stopped throws the
+            # relay log away and fetches again from gtid_slave_pos, from a
+            # primary that may be gone (acknowledged writes would be lost).
+            c.execute("START SLAVE SQL_THREAD")
+        c.execute("STOP SLAVE IO_THREAD")
+        status = read_status(c)
+        target = status.io_pos
+        if target:
+            c.execute("SELECT MASTER_GTID_WAIT(%s, %s)", (str(target), wait_seconds))
+            (waited,) = c.fetchone()
+            if int(waited) != 0:
+                after = read_status(c)
+                raise OperationFailed(
+                    f"the relay log was not applied within {wait_seconds:g}s (received "
+                    f"{target}, applied {after.slave_pos}"
+                    + (f"; applier error: {after.last_sql_error}" if after.last_sql_error else "")
+                    + "); not promoting"
+                )
+        c.execute("STOP SLAVE")
+        c.execute("RESET SLAVE ALL")
+    set_semisync_master(c, semisync)
+    c.execute("SET GLOBAL read_only = OFF")
+    c.execute("SELECT @@gtid_binlog_pos")
+    (binlog,) = c.fetchone()
+    return Position.parse(binlog)
+
+
+def set_semisync_master(c: Cursor, on: bool) -> None:
+    """Enable lossless semi-sync master (AFTER_SYNC, no silent fallback), or turn it off."""
+    if on:
+        c.execute("SET GLOBAL rpl_semi_sync_master_wait_point = AFTER_SYNC")
+        c.execute("SET GLOBAL rpl_semi_sync_master_timeout = %s", (SEMISYNC_TIMEOUT_MS,))
+        c.execute("SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON")
+        c.execute("SET GLOBAL rpl_semi_sync_master_enabled = ON")
+    else:
+        c.execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+
+
+def kill_clients(c: Cursor) -> int:
+    """
+    End every client connection but this one and the replication threads,
+    so that no write waiting on this server can still be acknowledged.
+    Returns how many were killed.
+    """
+    c.execute("SELECT CONNECTION_ID()")
+    (me,) = c.fetchone()
+    c.execute(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> %s AND COMMAND NOT IN "
+        "('Daemon', 'Binlog Dump', 'Slave_IO', 'Slave_SQL', 'Slave_worker') "
+        "AND USER NOT IN ('system user', 'event_scheduler')",
+        (me,),
+    )
+    killed = 0
+    for (thread_id,) in c.fetchall():
+        try:
+            c.execute("KILL CONNECTION %s", (int(thread_id),))
+            killed += 1
+        except pymysql.err.OperationalError as e:
+            if e.args and e.args[0] == 1094:  # unknown thread: it ended by itself
+                continue
+            raise
+    return killed
+
+
+def fence(c: Cursor, attempts: int = 3, lock_wait: float = 1.0) -> int:
+    """
+    Make the server refuse writes. The clients are ended first: a write
+    waiting for a semi-sync acknowledgement holds the commit lock that
+    C{read_only = ON} needs, and ending its connection gives it an error,
+    never an OK. Then read-only (each try bounded by C{lock_wait} seconds,
+    ending the clients again between tries), then semi-sync master off.
+    Replication is left as it is. Returns how many connections were ended.
+    """
+    c.execute("SET SESSION lock_wait_timeout = %s", (max(1, round(lock_wait)),))
+    killed = 0
+    for attempt in range(attempts):
+        killed += kill_clients(c)
+        try:
+            c.execute("SET GLOBAL read_only = ON")
+            break
+        except pymysql.err.OperationalError as e:
+            # 1205: lock wait timeout; a new write slipped in. End it and retry.
+            if not e.args or e.args[0] != 1205 or attempt + 1 == attempts:
+                raise
+    c.execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+    return killed
+
+
+def quarantine(c: Cursor) -> None:
+    """Read-only and not replicating: held for an operator."""
+    c.execute("SET GLOBAL read_only = ON")
+    c.execute("STOP SLAVE")
+    c.execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+
+
+def stop_replica(c: Cursor) -> None:
+    c.execute("STOP SLAVE")
+
+
+def rejoin_problems(local: ServerStatus, primary: ServerStatus) -> list[str]:
+    """Why C{local} may not rejoin C{primary} as a replica (empty: it may)."""
+    return errant(local.binlog_pos, primary.binlog_pos)
+
+
+def diverged(status: ServerStatus) -> bool:
+    """The replication connection was refused because the primary lacks our history."""
+    return status.last_io_errno == ER_MASTER_FATAL_READING_BINLOG
+
+
+class Server:
+    """
+    Role operations on one server, each on a fresh connection in a thread
+    of C{pool}, returning Deferreds.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        pool: ThreadPool,
+        address: ServerAddress,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 5.0,
+    ) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.address = address
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    def describe(self) -> str:
+        return self.address.describe()
+
+    def _connect(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
+        a = self.address
+        options: dict[str, Any] = {
+            "user": a.user,
+            "password": a.password,
+            "charset": "utf8mb4",
+            "autocommit": True,
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": read_timeout,
+            "write_timeout": read_timeout,
+        }
+        if a.unix_socket:
+            options["unix_socket"] = a.unix_socket
+        else:
+            options["host"] = a.host
+            options["port"] = a.port
+        return pymysql.connect(**options)
+
+    def _blocking(self, fn: Callable[..., T], args: tuple[Any, ...], read_timeout: float) -> T:
+        connection = self._connect(read_timeout)
+        try:
+            with connection.cursor() as cursor:
+                return fn(cursor, *args)
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> Deferred[T]:
+        """Run C{fn(cursor, *args)} on a fresh connection in the pool."""
+        d: Deferred[T] = deferToThreadPool(
+            self.reactor,
+            self.pool,
+            self._blocking,
+            fn,
+            args,
+            self.read_timeout if timeout is None else timeout,
+        )
+        return d
+
+    def status(self) -> Deferred[ServerStatus]:
+        return self.call(read_status)
+
+    def ping(self, timeout: float) -> Deferred[bool]:
+        return self.call(ping, timeout=timeout)
+
+
+__all__ = [
+    "SEMISYNC_TIMEOUT_MS",
+    "OperationFailed",
+    "ReplicaAccount",
+    "Server",
+    "ServerAddress",
+    "ServerStatus",
+    "configure_replica",
+    "diverged",
+    "fence",
+    "kill_clients",
+    "ping",
+    "promote",
+    "quarantine",
+    "read_status",
+    "rejoin_problems",
+    "set_semisync_master",
+]

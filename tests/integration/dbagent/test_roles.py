@@ -1,0 +1,179 @@
+"""
+The MariaDB role operations on two real servers: replica set-up, lossless
+promotion, fencing, GTID containment and the errant-transaction check.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pymysql
+import pytest
+
+from clickpass.dbagent import mariadb as ops
+from tests.integration.dbagent.pair import Pair
+
+pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
+
+
+def wait_for(predicate, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def make_primary_and_replica(pair: Pair) -> None:
+    pair.run("db1", ops.promote, 5.0, True)
+    pair.run("db2", ops.configure_replica, pair.account("db1"), False)
+    wait_for(lambda: pair.status("db1").semisync_master_clients == 1, what="semi-sync replica")
+    conn = pair["db1"].connection("app", autocommit=True)
+    with conn.cursor() as c:
+        c.execute("CREATE TABLE rows_ (id INT PRIMARY KEY) ENGINE=InnoDB")
+    conn.close()
+
+
+def insert(pair: Pair, name: str, *ids: int) -> None:
+    conn = pair[name].connection("app", autocommit=True, read_timeout=10)
+    try:
+        with conn.cursor() as c:
+            for i in ids:
+                c.execute("INSERT INTO rows_ (id) VALUES (%s)", (i,))
+    finally:
+        conn.close()
+
+
+def rows(pair: Pair, name: str) -> set[int]:
+    conn = pair[name].connection("app", autocommit=True)
+    try:
+        with conn.cursor() as c:
+            c.execute("SELECT id FROM rows_")
+            return {int(r[0]) for r in c.fetchall()}
+    finally:
+        conn.close()
+
+
+def test_replica_set_up_is_strict_semisync_and_read_only(pair: Pair) -> None:
+    """A configured replica is read-only, GTID-strict, semi-sync, sync_relay_log=1, and applies."""
+    make_primary_and_replica(pair)
+    insert(pair, "db1", 1, 2, 3)
+    primary, replica = pair.status("db1"), pair.status("db2")
+    assert not primary.read_only and primary.semisync_master_enabled
+    assert primary.semisync_master_active
+    assert replica.read_only and replica.replicating and replica.semisync_slave_active
+    assert pair["db2"].admin_execute("SELECT @@gtid_strict_mode, @@sync_relay_log") == [(1, 1)]
+    wait_for(lambda: pair.status("db2").slave_pos.reached(pair.status("db1").binlog_pos))
+    assert rows(pair, "db2") == {1, 2, 3}
+
+
+def test_a_write_waits_for_the_replica_instead_of_falling_back(pair: Pair) -> None:
+    """With the replica stopped, a commit is not acknowledged (no silent async fallback)."""
+    make_primary_and_replica(pair)
+    pair.run("db2", ops.stop_replica)
+    wait_for(lambda: pair.status("db1").semisync_master_clients == 0, what="replica gone")
+    conn = pair["db1"].connection("app", autocommit=True, read_timeout=1)
+    with pytest.raises(pymysql.err.OperationalError), conn.cursor() as c:
+        c.execute("INSERT INTO rows_ (id) VALUES (7)")
+    assert pair.status("db1").semisync_master_active
+
+
+def test_promotion_applies_everything_received_first(pair: Pair) -> None:
+    """Promotion waits for the relay log: every row the primary acknowledged is on the new one."""
+    make_primary_and_replica(pair)
+    # Hold the applier so the relay log has a backlog at promotion time.
+    pair["db2"].admin_execute("STOP SLAVE SQL_THREAD")
+    insert(pair, "db1", *range(100, 160))
+    assert pair.status("db2").io_pos.reached(pair.status("db1").binlog_pos)
+    assert not pair.status("db2").applied_received
+    pair["db1"].kill()
+    position = pair.run("db2", ops.promote, 10.0, False)
+    status = pair.status("db2")
+    assert not status.read_only and not status.replica_configured
+    assert set(range(100, 160)) <= rows(pair, "db2")
+    assert status.binlog_pos == position
+
+
+def test_fence_refuses_writes_and_never_acknowledges_a_waiting_one(pair: Pair) -> None:
+    """
+    Fencing a primary whose write waits for a semi-sync ack ends that client
+    with an error (never an OK) and leaves the server read-only.
+    """
+    make_primary_and_replica(pair)
+    pair.run("db2", ops.stop_replica)
+    wait_for(lambda: pair.status("db1").semisync_master_clients == 0, what="replica gone")
+    outcome: list[str] = []
+
+    def write() -> None:
+        conn = pair["db1"].connection("app", autocommit=True, read_timeout=20)
+        try:
+            with conn.cursor() as c:
+                c.execute("INSERT INTO rows_ (id) VALUES (42)")
+            outcome.append("ok")
+        except pymysql.err.MySQLError as e:
+            outcome.append(f"error {e.args[0]}")
+        finally:
+            conn.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    wait_for(
+        lambda: pair["db1"].admin_execute(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT%'"
+        )[0][0],
+        what="the write to wait",
+    )
+    killed = pair.run("db1", ops.fence)
+    writer.join(10)
+    assert killed >= 1
+    assert outcome and outcome[0] != "ok", outcome
+    status = pair.status("db1")
+    assert status.read_only and not status.semisync_master_enabled
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        insert(pair, "db1", 43)
+    assert refused.value.args[0] == 1290  # --read-only
+
+
+def test_old_primary_with_contained_history_rejoins(pair: Pair) -> None:
+    """A former primary whose GTIDs are all on the new primary rejoins and catches up."""
+    make_primary_and_replica(pair)
+    insert(pair, "db1", 1, 2)
+    wait_for(lambda: pair.status("db2").applied_received and rows(pair, "db2") == {1, 2})
+    pair.run("db1", ops.fence)
+    pair.run("db2", ops.promote, 5.0, False)
+    insert(pair, "db2", 3, 4)
+    local, primary = pair.status("db1"), pair.status("db2")
+    assert ops.rejoin_problems(local, primary) == []
+    pair.run("db1", ops.configure_replica, pair.account("db2"), True)
+    wait_for(lambda: rows(pair, "db1") == {1, 2, 3, 4}, what="catch-up")
+    wait_for(lambda: pair.status("db1").current_pos == pair.status("db2").current_pos)
+    assert pair.status("db1").binlog_pos == pair.status("db2").binlog_pos
+
+
+def test_errant_transaction_is_detected(pair: Pair) -> None:
+    """
+    A write the new primary never saw (made on the old primary after the
+    split) is found by the position check, or, at the same sequence
+    number, refused by the primary (error 1236) when replication starts.
+    """
+    make_primary_and_replica(pair)
+    insert(pair, "db1", 1)
+    wait_for(lambda: rows(pair, "db2") == {1})
+    pair.run("db2", ops.stop_replica)
+    pair["db1"].admin_execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+    insert(pair, "db1", 2)  # errant: only on db1
+    pair.run("db1", ops.fence)
+    pair.run("db2", ops.promote, 5.0, False)
+    # Past the primary: found by position.
+    assert ops.rejoin_problems(pair.status("db1"), pair.status("db2"))
+    insert(pair, "db2", 3)  # same sequence number, other server
+    problems = ops.rejoin_problems(pair.status("db1"), pair.status("db2"))
+    assert problems and "on the primary" in problems[0]
+    insert(pair, "db2", 4)  # now the primary is ahead: positions alone cannot tell
+    assert ops.rejoin_problems(pair.status("db1"), pair.status("db2")) == []
+    pair.run("db1", ops.configure_replica, pair.account("db2"), True)
+    wait_for(lambda: ops.diverged(pair.status("db1")), what="error 1236")
+    assert rows(pair, "db1") == {1, 2}
