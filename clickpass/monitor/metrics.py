@@ -131,7 +131,8 @@ class Gauge(_Metric):
         self._function = function
 
     def value(self, **labels: object) -> float:
-        return dict((tuple(k), v) for k, v in self.samples()).get(self._key(labels), 0.0)
+        found: dict[LabelValues, float] = {tuple(k): float(v) for k, v in self.samples()}
+        return found.get(self._key(labels), 0.0)
 
     def samples(self) -> list[list[Any]]:
         if self._function is not None:
