@@ -213,6 +213,9 @@ class MariaDBServer:
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
             "--skip-name-resolve",
+            # Its own temporary directory: bootstraps running at once in a
+            # shared /tmp trip over each other's temporary tables.
+            f"--tmpdir={self.tmpdir}",
             *_user_option(),
             *_INSTALL_OPTIONS,
         ]
