@@ -135,7 +135,9 @@ class UpstreamHTTP:
                 "insecure_url",
             )
         d = Deferred.fromCoroutine(self._fetch(method, url, headers, form))
-        d.addTimeout(self._timeout, self._clock)
+        # Cancelling an Agent request fails it with ResponseNeverReceived, not
+        # CancelledError; say "timeout" whatever the cancellation turned into.
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
         try:
             status, body = await d
         except UpstreamError:
@@ -243,6 +245,10 @@ class _Discard:
 
     def connectionLost(self, reason: Failure) -> None:
         pass
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    raise TimeoutError(f"no answer within {timeout} seconds")
 
 
 def _is_tls_failure(failure: Failure) -> bool:
