@@ -1,0 +1,309 @@
+"""
+Reliability of the front and its workers, with real processes: a
+C{twistd -n clickpass} node whose workers serve either the small test
+application or the real Clickpass application, and wrk or raw sockets as
+clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+VENV_BIN = Path(sys.executable).parent
+TESTAPP = "clickpass.balancer.testapp:build_site"
+WRK = shutil.which("wrk")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Node:
+    """A running twistd clickpass node."""
+
+    def __init__(self, directory: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.directory = directory
+        self.port = port
+        self.process = process
+        self.config = directory / "node.toml"
+        self.log = directory / "node.log"
+
+    def ctl(self, *args: str) -> Any:
+        out = subprocess.run(
+            [str(VENV_BIN / "clickpass-ctl"), "--config", str(self.config), "--json", *args],
+            capture_output=True,
+            timeout=60,
+            check=True,
+            cwd=self.directory,
+        )
+        return json.loads(out.stdout)
+
+    def workers(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.ctl("workers")
+        return result
+
+    def ready_workers(self) -> list[dict[str, Any]]:
+        return [w for w in self.workers() if w["state"] == "ready"]
+
+    def request(self, raw: bytes, timeout: float = 5.0) -> bytes:
+        """Send raw bytes on a new connection; read until the server closes or times out."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(raw)
+            chunks = []
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            except TimeoutError:
+                chunks.append(b"<timeout>")
+            return b"".join(chunks)
+
+    def get(self, path: str, headers: str = "", timeout: float = 5.0) -> bytes:
+        return self.request(
+            f"GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n".encode(),
+            timeout,
+        )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def start(workers: int = 2, app: str = TESTAPP, balancer: str = "") -> Node:
+        directory = tmp_path / f"node{len(nodes)}"
+        directory.mkdir()
+        port = free_port()
+        app_line = f'app = "{app}"' if app else ""
+        (directory / "node.toml").write_text(
+            f'[node]\ndata_dir = "{directory}/data"\n'
+            f'[web]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+            f"[workers]\ncount = {workers}\n{app_line}\n"
+            f"[balancer]\n{balancer}\n"
+        )
+        log = open(directory / "node.log", "wb")  # noqa: SIM115 - closed by the finalizer
+        process = subprocess.Popen(
+            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "clickpass", "--config", "node.toml"],
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        node = Node(directory, port, process)
+        nodes.append(node)
+        wait_for(
+            lambda: b"ready: serving" in node.log.read_bytes() or process.poll() is not None,
+            60,
+            "the node to start",
+        )
+        assert process.poll() is None, node.log.read_text()
+        wait_for(lambda: len(node.ready_workers()) == workers, 30, "every worker to be ready")
+        return node
+
+    yield start
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+            try:
+                node.process.wait(30)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+
+
+def run_wrk(node: Node, path: str, seconds: int, connections: int = 8) -> dict[str, int]:
+    assert WRK is not None
+    out = subprocess.run(
+        [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{node.port}{path}"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "requests": requests,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
+    }
+
+
+def start_wrk(node: Node, path: str, seconds: int, connections: int = 8) -> Callable[[], Any]:
+    import threading
+
+    result: dict[str, Any] = {}
+
+    def go() -> None:
+        result.update(run_wrk(node, path, seconds, connections))
+
+    thread = threading.Thread(target=go)
+    thread.start()
+
+    def finish() -> dict[str, Any]:
+        thread.join()
+        return result
+
+    return finish
+
+
+needs_wrk = pytest.mark.skipif(WRK is None, reason="wrk is not installed")
+
+
+@needs_wrk
+def test_kill_9_of_a_worker_under_load_fails_no_request_and_the_worker_returns(start_node):
+    """
+    kill -9 of a worker while wrk runs: every GET still succeeds (requests
+    that never got a byte back are retried on the other worker) and the
+    slot gets a new worker.
+    """
+    node = start_node(workers=2)
+    finish = start_wrk(node, "/", seconds=4)
+    time.sleep(1.5)
+    victim = node.ready_workers()[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    result = finish()
+    assert result["requests"] > 100
+    assert result["non2xx"] == 0, result
+    assert result["socket_errors"] == 0, result
+    wait_for(
+        lambda: (
+            len(node.ready_workers()) == 2
+            and victim["pid"] not in [w["pid"] for w in node.workers()]
+        ),
+        20,
+        "the killed worker to be replaced",
+    )
+
+
+def test_hanging_worker_gets_504_within_the_timeout_and_is_replaced(start_node):
+    """A request a worker sits on is answered 504 at request_timeout; the worker is replaced."""
+    node = start_node(workers=1, balancer="request_timeout = 2.0\nsweep_interval = 0.2\n")
+    before = node.ready_workers()[0]
+    started = time.monotonic()
+    response = node.get("/hang", timeout=10)
+    elapsed = time.monotonic() - started
+    assert response.startswith(b"HTTP/1.1 504 "), response[:200]
+    assert 1.9 <= elapsed < 4.0
+    wait_for(
+        lambda: [w["id"] for w in node.ready_workers()] not in ([], [before["id"]]),
+        20,
+        "a replacement worker",
+    )
+    assert node.get("/").startswith(b"HTTP/1.1 200 ")
+
+
+def test_slowloris_and_1000_idle_connections_do_not_starve_other_clients(start_node):
+    """
+    With 1000 idle connections open and a client trickling its headers a
+    byte at a time, other clients are still served promptly; the slow
+    client is cut off with a 408 at header_timeout.
+    """
+    node = start_node(workers=2, balancer="header_timeout = 3.0\n")
+    idle = []
+    try:
+        for _ in range(1000):
+            idle.append(socket.create_connection(("127.0.0.1", node.port), timeout=5))
+        slow = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        request = b"GET / HTTP/1.1\r\nHost: t\r\n"
+        worst = 0.0
+        for i, byte in enumerate(request):
+            slow.send(bytes([byte]))
+            if i % 5 == 0:
+                started = time.monotonic()
+                assert node.get("/").startswith(b"HTTP/1.1 200 ")
+                worst = max(worst, time.monotonic() - started)
+            time.sleep(0.1)
+        assert worst < 1.0, worst
+        time.sleep(1.5)
+        answer = slow.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        slow.close()
+    finally:
+        for s in idle:
+            s.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"NOT A REQUEST LINE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 12x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    ],
+    ids=["request-line", "content-length", "cl-te-smuggling", "oversized-headers"],
+)
+def test_malformed_requests_get_400_and_close_and_the_node_goes_on(start_node, raw):
+    """Malformed requests: one 400 response, the connection closed, and the node still serves."""
+    node = start_node(workers=1)
+    response = node.request(raw)
+    assert response.startswith(b"HTTP/1.1 400 "), response[:200]
+    assert response.count(b"HTTP/1.1 ") == 1
+    assert b"<timeout>" not in response
+    assert node.get("/").startswith(b"HTTP/1.1 200 ")
+
+
+@needs_wrk
+def test_reload_under_load_fails_no_request(start_node):
+    """clickpass-ctl reload while wrk runs: every worker replaced, zero failed requests."""
+    node = start_node(workers=2)
+    before = {w["pid"] for w in node.workers()}
+    finish = start_wrk(node, "/", seconds=5)
+    time.sleep(1.0)
+    assert node.ctl("reload") == {"replaced": 2}
+    result = finish()
+    assert result["requests"] > 100
+    assert result["non2xx"] == 0, result
+    assert result["socket_errors"] == 0, result
+    after = {w["pid"] for w in node.ready_workers()}
+    assert len(after) == 2 and not after & before
+
+
+def test_the_real_application_is_served_through_the_front(start_node):
+    """
+    The embedded application behind the front: OpenID discovery at / with
+    Accept: application/xrds+xml, static files from the front, workers and
+    counters over the control port.
+    """
+    node = start_node(workers=2, app="")
+    response = node.get("/", headers="Accept: application/xrds+xml\r\n")
+    assert response.startswith(b"HTTP/1.1 200 "), response[:300]
+    assert b"http://specs.openid.net/auth/2.0/server" in response
+    css = node.get("/static/style.css")
+    assert css.startswith(b"HTTP/1.1 200 ")
+    assert b"Cache-Control: public, max-age=3600" in css
+    stats = node.ctl("balancer", "stats")
+    assert stats["front"]["counters"]["requests"] >= 1
+    assert len(stats["workers"]) == 2
