@@ -23,7 +23,6 @@ import jwt
 from jwt.exceptions import InvalidSignatureError, PyJWKError, PyJWTError
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from clickpass.upstream.http import UpstreamError
 
@@ -55,12 +54,13 @@ class KeyCache:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._unnamed: list[jwt.PyJWK] = []
         self._fetched_at: float | None = None
-        self._inflight: Deferred[None] | None = None
+        self._inflight: Deferred[BaseException | None] | None = None
         self.fetches = 0
 
     async def key_for(self, kid: str | None, alg: str) -> jwt.PyJWK:
         """The key that signed a token with header C{kid}/C{alg}."""
-        if self._fetched_at is None:
+        if self._fetched_at is None or self._inflight is not None:
+            # Nothing fetched yet, or a fetch under way: wait for it.
             await self._refresh()
         key = self._find(kid, alg)
         if key is None:
@@ -89,15 +89,27 @@ class KeyCache:
 
     async def _refresh(self) -> None:
         # Several requests may meet an unknown key at once: one fetch serves all.
-        if self._inflight is None:
-            self._inflight = Deferred.fromCoroutine(self._load())
+        inflight = self._inflight
+        if inflight is None:
+            inflight = self._inflight = Deferred.fromCoroutine(self._load_noting_failure())
 
             def clear(result: object) -> object:
                 self._inflight = None
                 return result
 
-            self._inflight.addBoth(clear)
-        await _share(self._inflight)
+            # A fetch that finished at once has cleared itself already: keep
+            # the local reference to wait on.
+            inflight.addBoth(clear)
+        await _share(inflight)
+
+    async def _load_noting_failure(self) -> BaseException | None:
+        # The shared Deferred never fails (no "unhandled error" when nobody
+        # waits any more); each waiter raises the failure itself.
+        try:
+            await self._load()
+        except Exception as e:
+            return e
+        return None
 
     async def _load(self) -> None:
         self.fetches += 1
@@ -133,19 +145,18 @@ class KeyCache:
         self._keys, self._unnamed = named, unnamed
 
 
-async def _share(d: Deferred[None]) -> None:
-    """Wait for a Deferred that other callers wait for too, leaving its result alone."""
-    waiter: Deferred[None] = Deferred()
+async def _share(d: Deferred[BaseException | None]) -> None:
+    """Wait for a Deferred others wait for too, leaving its result for them; raise its error."""
+    waiter: Deferred[BaseException | None] = Deferred()
 
-    def passed(result: object) -> object:
-        if isinstance(result, Failure):
-            waiter.errback(result)
-            return None
-        waiter.callback(None)
+    def passed(result: BaseException | None) -> BaseException | None:
+        waiter.callback(result)
         return result
 
-    d.addBoth(passed)
-    await waiter
+    d.addCallback(passed)
+    error = await waiter
+    if error is not None:
+        raise error
 
 
 @dataclass(frozen=True)
