@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.openid.harness import Person, RelyingPartySite
+from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeProcess, free_port, write_config
 
 # The relying parties of these tests live on loopback; let the provider's
@@ -20,17 +21,46 @@ rp_discovery_timeout = 5.0
 """
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    """One running node (SQLite, free port, its own data directory) for a test module."""
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)],
+)
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeProcess]:
+    """
+    One running node (free port, its own data directory) for a test module,
+    on each storage backend: SQLite, and a fresh database on the session's
+    private MariaDB server.
+    """
     tmp = tmp_path_factory.mktemp("openid-node")
     port = free_port()
-    proc = NodeProcess(tmp, write_config(tmp, port, OPENID_CONFIG), port=port)
+    extra = OPENID_CONFIG
+    database = None
+    server: MariaDBServer | None = None
+    if request.param == "mysql":
+        server = request.getfixturevalue("mariadb_server")
+        database = f"{server.database}_openid{secrets.token_hex(4)}"
+        server.create_database(database)
+        password_file = tmp / "db-password"
+        password_file.write_text(server.password + "\n")
+        extra += f"""
+[database]
+backend = "mysql"
+host = "{server.host}"
+port = {server.port}
+user = "{server.user}"
+name = "{database}"
+password_file = "{password_file}"
+"""
+    proc = NodeProcess(tmp, write_config(tmp, port, extra), port=port)
     try:
         proc.start()
         yield proc
     finally:
         proc.stop()
+        if server is not None and database is not None:
+            server.drop_database(database)
 
 
 @pytest.fixture(scope="module")
