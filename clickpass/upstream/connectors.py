@@ -104,7 +104,7 @@ def resolve(settings: UpstreamProviderSettings, client_secret: str) -> ProviderI
     s = settings
     kind = s.kind
     issuer = s.issuer.rstrip("/")
-    discovery = issuer + "/.well-known/openid-configuration"
+    discovery = ""
     alternate: tuple[str, ...] = ()
     scopes = tuple(s.scopes)
     display = s.display_name
@@ -166,7 +166,9 @@ def resolve(settings: UpstreamProviderSettings, client_secret: str) -> ProviderI
         email_verified_field=verified_field,
         name_field=name_field,
         alternate_issuers=alternate,
-        discovery_url=discovery if kind in ("oidc", "google", "microsoft") else "",
+        discovery_url=(discovery or issuer + "/.well-known/openid-configuration")
+        if kind in ("oidc", "google", "microsoft")
+        else "",
     )
 
 
