@@ -132,6 +132,87 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS upstream_pending_created ON upstream_pending (created)",
         ),
     ),
+    Migration(
+        3,
+        "partners: sites, admins, hashed API keys, links, webhook outbox, deletion requests",
+        (
+            """CREATE TABLE IF NOT EXISTS partner_sites (
+                id {pk},
+                public_id VARCHAR(32) NOT NULL UNIQUE,
+                name VARCHAR(100) NOT NULL,
+                logo_url VARCHAR(2048) NOT NULL DEFAULT '',
+                realm VARCHAR(512) NOT NULL,
+                sector VARCHAR(255) NOT NULL UNIQUE,
+                return_to_urls TEXT NOT NULL,
+                registration_url VARCHAR(2048) NOT NULL DEFAULT '',
+                connect_url VARCHAR(2048) NOT NULL DEFAULT '',
+                requested_fields VARCHAR(255) NOT NULL DEFAULT '',
+                required_fields VARCHAR(255) NOT NULL DEFAULT '',
+                webhook_url VARCHAR(2048) NOT NULL DEFAULT '',
+                webhook_secret_version INTEGER NOT NULL DEFAULT 1,
+                created BIGINT NOT NULL,
+                updated BIGINT NOT NULL
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS partner_admins (
+                site_id BIGINT NOT NULL,
+                account_id BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                PRIMARY KEY (site_id, account_id)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_admins_account ON partner_admins (account_id)",
+            """CREATE TABLE IF NOT EXISTS partner_api_keys (
+                id {pk},
+                site_id BIGINT NOT NULL,
+                key_hash VARCHAR(64) NOT NULL UNIQUE,
+                prefix VARCHAR(16) NOT NULL,
+                label VARCHAR(100) NOT NULL DEFAULT '',
+                created BIGINT NOT NULL,
+                created_by BIGINT NOT NULL,
+                last_used BIGINT NOT NULL DEFAULT 0,
+                revoked BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_api_keys_site ON partner_api_keys (site_id)",
+            """CREATE TABLE IF NOT EXISTS partner_links (
+                site_id BIGINT NOT NULL,
+                account_id BIGINT NOT NULL,
+                opaque VARCHAR(64) NOT NULL,
+                outcome VARCHAR(16) NOT NULL,
+                created BIGINT NOT NULL,
+                last_signin BIGINT NOT NULL,
+                PRIMARY KEY (site_id, account_id),
+                UNIQUE (site_id, opaque)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_links_account ON partner_links (account_id)",
+            """CREATE TABLE IF NOT EXISTS partner_events (
+                id {pk},
+                event_id VARCHAR(40) NOT NULL UNIQUE,
+                site_id BIGINT NOT NULL,
+                subject VARCHAR(64) NOT NULL,
+                event_type VARCHAR(32) NOT NULL,
+                body TEXT NOT NULL,
+                created BIGINT NOT NULL,
+                state INTEGER NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt BIGINT NOT NULL,
+                lease_until BIGINT NOT NULL DEFAULT 0,
+                delivered BIGINT NOT NULL DEFAULT 0,
+                last_error VARCHAR(255) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_events_due ON partner_events (state, next_attempt)",
+            "CREATE INDEX IF NOT EXISTS partner_events_subject "
+            "ON partner_events (site_id, subject, state)",
+            """CREATE TABLE IF NOT EXISTS partner_deletion_requests (
+                id {pk},
+                public_id VARCHAR(32) NOT NULL UNIQUE,
+                site_id BIGINT NOT NULL,
+                subject VARCHAR(64) NOT NULL,
+                requested BIGINT NOT NULL,
+                completed BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_deletion_requests_site "
+            "ON partner_deletion_requests (site_id, completed)",
+        ),
+    ),
 )
 
 
