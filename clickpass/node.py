@@ -89,6 +89,11 @@ class Node(MultiService):
         self._starting: Deferred[None] | None = None
         self._register_commands()
         ControlService(reactor, settings, self.commands).setServiceParent(self)
+        # Alerts, metrics and backups (issue 8); other parts raise alerts
+        # through self.monitoring.alerts.
+        from clickpass.monitor.service import install_monitoring
+
+        self.monitoring = install_monitoring(self, reactor, settings, self.commands)
         self.cluster: Any = None
         if settings.cluster.enabled:
             from clickpass.cluster.service import ClusterService

@@ -276,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules whose @command registrations extend clickpass-ctl.
-COMMAND_MODULES: tuple[str, ...] = ("clickpass.cluster.ctl", "clickpass.balancer.ctl")
+COMMAND_MODULES: tuple[str, ...] = (
+    "clickpass.cluster.ctl",
+    "clickpass.balancer.ctl",
+    "clickpass.monitor.ctl",
+)
 
 
 def _load_commands() -> None:

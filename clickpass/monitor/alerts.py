@@ -390,6 +390,31 @@ class Alerts(Service):
             for a in sorted(self.active.values(), key=lambda a: a.since)
         ]
 
+    async def send_test(self) -> dict[str, str]:
+        """
+        Deliver one test notification through every channel now, without
+        retries; return each channel's outcome ("ok" or the error).
+        """
+        now = self._clock.seconds()
+        event = Event(
+            "alerts.test",
+            "resolved",
+            "test notification from clickpass-ctl alerts test; nothing is wrong",
+            {},
+            now,
+            1,
+            now,
+        )
+        batch = Batch(self.node, now, (event,), tuple(sorted(self.active)))
+        outcomes: dict[str, str] = {}
+        for channel in self.channels:
+            try:
+                await channel.send(batch)
+                outcomes[channel.name] = "ok"
+            except Exception as e:
+                outcomes[channel.name] = f"FAILED: {_one_line(e)}"
+        return outcomes
+
     # Gathering and sending.
 
     def _queue(self, event: Event) -> None:

@@ -112,3 +112,9 @@ def backup_section(directory: Path, s3: S3Server, bucket: str, **extra: object) 
 def bucket(s3_server: S3Server) -> str:
     """A fresh, empty bucket."""
     return s3_server.new_bucket()
+
+
+# The loopback alert sinks, for the tests of backup alerts.
+from tests.integration.monitor.sinks import smtp_sink, webhook_receiver  # noqa: E402
+
+__all__ = ["S3Server", "backup_section", "smtp_sink", "webhook_receiver"]
