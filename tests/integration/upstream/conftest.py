@@ -135,6 +135,10 @@ def upstream_setup(tmp_path: Path, test_ca: TestCA) -> Iterator[UpstreamSetup]:
             tmp_path,
             port,
             f"""
+[openid]
+# The relying party of the end-to-end test lives on loopback.
+allow_private_rp_discovery = true
+
 [upstream]
 ca_bundle = "{test_ca.ca_pem}"
 timeout = 5.0

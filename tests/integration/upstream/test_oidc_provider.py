@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from html import unescape
-from urllib.parse import urljoin
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import pytest
 import requests
@@ -178,3 +178,44 @@ def test_last_sign_in_method_cannot_be_unlinked(upstream_setup: UpstreamSetup) -
     assert refused.status_code == 409
     assert "only way to sign in" in refused.text
     assert len(_rows(upstream_setup, "SELECT id FROM upstream_identities")) == 1
+
+
+def test_openid_assertion_for_an_upstream_identity(upstream_setup: UpstreamSetup) -> None:
+    """
+    End to end: a relying party (python3-openid) sends someone to Clickpass;
+    they sign in through the OpenID Connect provider, consent, and the
+    relying party receives a verified per-site OpenID with the provider's
+    verified email through SReg.
+    """
+    from openid.consumer import consumer
+
+    from tests.integration.openid.harness import HIDDEN, PythonRP, RelyingPartySite, sreg_email
+
+    site = RelyingPartySite("127.0.0.1").start()
+    try:
+        node = upstream_setup.node
+        rp = PythonRP(node.url, site.realm, site.return_to)
+        browser = _browser(upstream_setup)
+        first = browser.session.get(rp.begin(), allow_redirects=False, timeout=30)
+        assert first.status_code == 303, first.text[:2000]
+        location = first.headers["location"]
+        next_url = dict(parse_qsl(urlsplit(location).query))["next"]
+        assert next_url.startswith("/openid?"), location
+
+        consent = through_provider(browser, start_signin(browser, next_url), "frank")
+        assert consent.status_code == 200, consent.text[:2000]
+        fields = {name: unescape(value) for name, value in HIDDEN.findall(consent.text)}
+        assert set(fields) == {"payload", "mac"}, consent.text[:2000]
+        fields["csrf_token"] = csrf_token(consent.text)
+        fields["decision"] = "allow"
+        answer = browser.session.post(
+            node.url + "openid/decide", data=fields, allow_redirects=False, timeout=30
+        )
+        assert answer.status_code == 302, answer.text[:2000]
+        response = rp.complete(answer.headers["location"])
+        assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+        assert response.identity_url.startswith(node.url + "id/")
+        assert "frank" not in response.identity_url
+        assert sreg_email(response) == "frank@example.test"
+    finally:
+        site.stop()
