@@ -26,7 +26,7 @@ from typing import Any
 
 from twisted.internet import stdio
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
@@ -82,6 +82,9 @@ async def serve(reactor: Any, args: argparse.Namespace) -> None:
     port: IListeningPort = await UNIXServerEndpoint(
         reactor, args.socket, backlog=1024, mode=0o600
     ).listen(site)
+    if args.also_listen:
+        # Benchmarks only: the same Site on a TCP endpoint, bypassing the front.
+        await serverFromString(reactor, args.also_listen).listen(site)
     done: Deferred[None] = Deferred()
 
     def stop() -> None:
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--id", default="?", help="the worker's id, for the logs")
     parser.add_argument("--app", default="", help="module:function building the Site")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--also-listen", default="", help="benchmarks: also serve on ENDPOINT")
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([_observer(args.id)], redirectStandardIO=False)
 

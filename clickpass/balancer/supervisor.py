@@ -338,6 +338,7 @@ class WorkerProcess(ProcessProtocol):
             "served": self.backend.served,
             "restarts": self.slot.restarts,
             "age_seconds": round(now - self.spawned_at, 1),
+            "socket": self.socket_path,
         }
 
 
