@@ -395,7 +395,7 @@ class Pool:
         stuck = [
             e
             for e in self._in_progress
-            if e.backend is not None and e.dispatched and e.dispatched <= deadline
+            if e.backend is not None and e.dispatched <= deadline
         ]
         for exchange in stuck:
             backend = exchange.backend
