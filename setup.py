@@ -23,6 +23,7 @@ setup(
         "httptools>=0.6",
         "service-identity>=24.1",
         "idna>=3.6",
+        "PyJWT[crypto]>=2.8",
     ],
     extras_require={
         "dev": [

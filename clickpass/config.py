@@ -987,21 +987,59 @@ def check_files(settings: Settings) -> None:
             read_secret_file(settings.data_path(value), key)
 
 
+def _table_list_item(annotation: object) -> type[Any] | None:
+    """The dataclass of a C{list[SomeSettings]} field (an array of tables), or None."""
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
+def _example_table(header: str, name: str, cls: type[Any], lines: list[str]) -> None:
+    lines.append(header)
+    doc = (cls.__doc__ or "").strip()
+    if doc:
+        lines.append(f"# {doc}")
+    hints = typing.get_type_hints(cls)
+    nested: list[tuple[str, type[Any]]] = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        item = _table_list_item(hints[f.name])
+        if item is not None:
+            nested.append((f"{name}.{f.name}", item))
+            continue
+        lines.append(f"# {f.metadata.get('doc', '')}")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"#{f.name} = {_toml(default)}")
+    lines.append("")
+    for nested_name, item in nested:
+        # Arrays of tables are commented out whole: an example, not a default.
+        _example_table(f"#[[{nested_name}]]", nested_name, item, lines)
+
+
+EXAMPLE_HEADER = """\
+# Clickpass configuration: every key, with its default and what it does.
+#
+# Run a node with:   twistd -n clickpass --config /etc/clickpass/node.toml
+# With no --config at all, a node runs the embedded default shown here
+# (one node, SQLite under ./clickpass-data/, HTTP on 127.0.0.1:8080).
+#
+# Relative paths are resolved against [node] data_dir. Unknown keys, wrong
+# types and unreadable files stop the node with one line naming the problem.
+# Generated from clickpass/config.py by:
+#   python -m clickpass.config > conf/clickpass.example.toml
+# (tests/unit/test_config.py fails when this file is out of date).
+
+"""
+
+
 def example_document() -> str:
     """Render every section and key with its default and documentation."""
-    lines: list[str] = []
+    lines: list[str] = [EXAMPLE_HEADER]
     for name, cls in sections().items():
-        lines.append(f"[{name}]")
-        doc = (cls.__doc__ or "").strip()
-        if doc:
-            lines.append(f"# {doc}")
-        for f in dataclasses.fields(cls):
-            lines.append(f"# {f.metadata.get('doc', '')}")
-            default = (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            )
-            lines.append(f"#{f.name} = {_toml(default)}")
-        lines.append("")
+        _example_table(f"[{name}]", name, cls, lines)
     return "\n".join(lines)
 
 
@@ -1023,3 +1061,7 @@ __all__ = [
     "master_secret",
     "parse",
 ]
+
+
+if __name__ == "__main__":
+    print(example_document(), end="")
