@@ -133,6 +133,10 @@ class Node(MultiService):
         except ListenError as e:
             raise StartupError(str(e)) from None
         self._start_housekeeping(self.storage)
+        # Partner webhooks: the node (not the workers) empties the durable outbox.
+        from clickpass.partners.webhooks import delivery_service
+
+        delivery_service(self.reactor, settings, self.storage, self.secret).setServiceParent(self)
         await self.front.wait_ready()
         self.ready = True
         self.log.info(

@@ -80,6 +80,7 @@ def install(app: WebApp, router: Router) -> OpenIDWeb:
     identifiers = Identifiers(app.storage, app.derive_key(KEY_PURPOSE), settings.base_url)
     verifier = RPVerifier(app.reactor, settings.openid)
     web = OpenIDWeb(app, provider, identifiers, verifier)
+    app.openid = web  # type: ignore[attr-defined]
     router.add("GET", "/openid", web.endpoint)
     router.add("POST", "/openid", web.endpoint)
     router.add("POST", "/openid/decide", web.decide)
@@ -122,6 +123,8 @@ class OpenIDWeb:
         self.verifier = verifier
         self.base_url = app.settings.base_url
         self._consent_key = app.derive_key(b"openid consent form")
+        # Partner sites' own flow (clickpass.partners.flow); None: plain consent for all.
+        self.partners: Any = None
 
     # Plumbing.
 
@@ -229,6 +232,12 @@ class OpenIDWeb:
         if isinstance(checked, bytes):
             return checked
         site_id, select, wanted = checked
+        if self.partners is not None:
+            handled = await self.partners.checkid(
+                request, openid_request, query, account, site_id, select, wanted
+            )
+            if handled is not None:
+                return bytes(handled)
         released = extensions.release(wanted.fields, account)
         approved = await self.app.storage.run(approvals.get, account.id, realm)
         if approved is not None and set(released) <= approved:
@@ -289,6 +298,10 @@ class OpenIDWeb:
         wanted = await self._thread(extensions.requested, openid_request)
         return site_id, select, wanted
 
+    def form_payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:
+        """The request as a form field, and its MAC (bound to the person)."""
+        return self._payload(account_id, query)
+
     def _payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:
         data = json.dumps({"q": query, "t": self._now()}, sort_keys=True).encode("utf-8")
         payload = base64.urlsafe_b64encode(data).decode("ascii")
@@ -328,6 +341,49 @@ class OpenIDWeb:
         account = await self.app.current_account(request)
         if account is None:
             raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+        openid_request = await self.restore(request, account)
+        realm = str(openid_request.trust_root)
+        if self.app.form(request, "decision") != "allow":
+            log.info("openid sign-in at {realm}: the person cancelled", realm=realm)
+            return await self._answer(request, openid_request, allow=False)
+        checked = await self._check(request, openid_request, account)
+        if isinstance(checked, bytes):
+            return checked
+        site_id, select, wanted = checked
+        if self.partners is not None:
+            # A partner site's request belongs in the partner flow, not here.
+            query = openid_query_of(openid_request)
+            handled = await self.partners.checkid(
+                request, openid_request, query, account, site_id, select, wanted
+            )
+            if handled is not None:
+                return bytes(handled)
+        released = extensions.release(wanted.fields, account)
+        await self.app.storage.run(
+            approvals.remember, account.id, realm, frozenset(released), self._now()
+        )
+        log.info(
+            "openid sign-in at {realm}: approved, releasing {fields}",
+            realm=realm,
+            fields=",".join(released) or "nothing",
+        )
+        return await self._answer(request, openid_request, True, site_id, select, wanted, released)
+
+    async def check(
+        self, request: Request, openid_request: Any, account: Account
+    ) -> tuple[SiteIdentifier, bool, extensions.Requested] | bytes:
+        """What must hold before a positive answer (see L{_check}), for the partner flow."""
+        return await self._check(request, openid_request, account)
+
+    async def answer(self, request: Request, openid_request: Any, *args: Any, **kw: Any) -> bytes:
+        """Answer, sign and send (see L{_answer}), for the partner flow."""
+        return await self._answer(request, openid_request, *args, **kw)
+
+    async def restore(self, request: Request, account: Account) -> Any:
+        """
+        The checkid request a form carried (fields C{payload} and C{mac}),
+        checked to be this person's, unchanged and recent; decoded again.
+        """
         payload = _raw_field(request, "payload", MAX_PAYLOAD_BYTES)
         mac = self.app.form(request, "mac")
         if not hmac.compare_digest(self._mac(account.id, payload), mac):
@@ -352,24 +408,7 @@ class OpenIDWeb:
             raise HTTPError(400, "This sign-in request can no longer be used.") from None
         if not isinstance(openid_request, CheckIDRequest) or openid_request.immediate:
             raise HTTPError(400, "This sign-in request can no longer be used.")
-        realm = str(openid_request.trust_root)
-        if self.app.form(request, "decision") != "allow":
-            log.info("openid sign-in at {realm}: the person cancelled", realm=realm)
-            return await self._answer(request, openid_request, allow=False)
-        checked = await self._check(request, openid_request, account)
-        if isinstance(checked, bytes):
-            return checked
-        site_id, select, wanted = checked
-        released = extensions.release(wanted.fields, account)
-        await self.app.storage.run(
-            approvals.remember, account.id, realm, frozenset(released), self._now()
-        )
-        log.info(
-            "openid sign-in at {realm}: approved, releasing {fields}",
-            realm=realm,
-            fields=",".join(released) or "nothing",
-        )
-        return await self._answer(request, openid_request, True, site_id, select, wanted, released)
+        return openid_request
 
     async def _answer(
         self,
@@ -380,6 +419,8 @@ class OpenIDWeb:
         select: bool = False,
         wanted: extensions.Requested | None = None,
         released: dict[str, str] | None = None,
+        return_to: str | None = None,
+        decorate: Callable[[Any], None] | None = None,
     ) -> bytes:
         identity = self.identifiers.url(site_id.opaque) if site_id is not None else None
         response = await self._thread(
@@ -391,6 +432,8 @@ class OpenIDWeb:
             select,
             wanted,
             released,
+            return_to,
+            decorate,
         )
         return self._send(request, response)
 
@@ -429,6 +472,12 @@ class OpenIDWeb:
         )
 
 
+def openid_query_of(openid_request: Any) -> dict[str, str]:
+    """The openid.* arguments of a decoded request, as they came."""
+    args = openid_request.message.toPostArgs()
+    return {str(k): str(v) for k, v in args.items() if str(k).startswith("openid.")}
+
+
 def _same_url(a: str | None, b: str) -> bool:
     if not a:
         return False
@@ -458,10 +507,19 @@ def _build_response(
     select: bool,
     wanted: extensions.Requested | None,
     released: dict[str, str] | None,
+    return_to: str | None = None,
+    decorate: Callable[[Any], None] | None = None,
 ) -> WebResponse:
-    """In a thread: answer, add extensions, sign and encode."""
+    """
+    In a thread: answer, add extensions, sign and encode. C{return_to}
+    sends a positive answer elsewhere in the realm (a partner's
+    registration or connect URL; the caller checked it); C{decorate} adds
+    more to the response before it is signed.
+    """
     if not allow:
         return provider.encode(openid_request.answer(False))
+    if return_to is not None:
+        openid_request.return_to = return_to
     if select:
         # A request naming our OP Identifier itself is directed identity too.
         openid_request.identity = IDENTIFIER_SELECT
@@ -471,4 +529,6 @@ def _build_response(
         response = openid_request.answer(True)
     if wanted is not None:
         extensions.add_to_response(response, wanted, released or {})
+    if decorate is not None:
+        decorate(response)
     return provider.encode(response)

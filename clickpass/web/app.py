@@ -222,6 +222,7 @@ def safe_next(value: str, default: str = "/account") -> str:
 def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> Site:
     """The twisted.web Site serving the whole application."""
     from clickpass.openid import web as openid_web
+    from clickpass.partners import web as partners_web
     from clickpass.upstream import web as upstream_web
     from clickpass.web import pages
 
@@ -231,6 +232,7 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     pages.install(app, router)
     openid_web.install(app, router)
     upstream_web.install(app, router)
+    partners_web.install(app, router)
     site = Site(router)
     site.displayTracebacks = False
     site.app = app  # type: ignore[attr-defined]

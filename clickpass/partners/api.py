@@ -1,0 +1,253 @@
+"""
+The partner API: JSON over HTTPS, authenticated with a site's API key
+(C{Authorization: Bearer cpk_...}). See docs/partner-api.md and
+docs/partner-api.openapi.yaml.
+
+A key sees only its own site: anything of another site is answered 404,
+exactly as if it did not exist. Errors are JSON objects
+C{{"error": {"code": ..., "message": ...}}}; a missing, unknown or
+revoked key gets 401. Never answer with HTML or a traceback under /api/.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from clickpass.openid.identifiers import OPAQUE_PATTERN
+from clickpass.partners import sites
+from clickpass.web.app import WebApp
+from clickpass.web.routing import ErrorPage, HTTPError, Router
+
+log = Logger()
+
+PREFIX = "/api/v1"
+MAX_BODY = 64 * 1024
+MAX_PAGE = 500
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    500: "internal",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or CODES.get(status, "error")
+        self.message = message
+
+
+def send_json(request: Request, status: int, document: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    return json.dumps(document, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def send_error(request: Request, status: int, message: str, code: str | None = None) -> bytes:
+    if status == 401:
+        request.setHeader(b"www-authenticate", b'Bearer realm="clickpass partner api"')
+    return send_json(
+        request, status, {"error": {"code": code or CODES.get(status, "error"), "message": message}}
+    )
+
+
+def json_errors(previous: ErrorPage) -> ErrorPage:
+    """The router's error page, answering in JSON under /api/."""
+
+    def error_page(request: Request, status: int, message: str) -> bytes:
+        if request.path.startswith(b"/api/"):
+            return send_error(request, status, message)
+        return previous(request, status, message)
+
+    return error_page
+
+
+Handler = Callable[..., Awaitable[bytes]]
+
+
+class PartnerApi:
+    def __init__(self, app: WebApp) -> None:
+        self.app = app
+
+    def _now(self) -> int:
+        return int(self.app.reactor.seconds())
+
+    def _identifier(self, opaque: str) -> str:
+        return self.app.settings.base_url + "id/" + opaque
+
+    def _link_json(self, link: sites.Link) -> dict[str, Any]:
+        return {
+            "identifier": self._identifier(link.opaque),
+            "id": link.opaque,
+            "outcome": link.outcome,
+            "created": link.created,
+            "last_signin": link.last_signin,
+        }
+
+    async def _site(self, request: Request) -> sites.Site:
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key.startswith(sites.KEY_PREFIX) or len(key) > 200:
+            raise ApiError(401, "Send your API key as: Authorization: Bearer cpk_...")
+        site = await self.app.storage.run(sites.site_for_key, sites.key_hash(key), self._now())
+        if site is None:
+            raise ApiError(401, "This API key is not valid (unknown or revoked).")
+        return site
+
+    def _body(self, request: Request) -> dict[str, Any]:
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if content_type != b"application/json":
+            raise ApiError(415, "Send the request body as application/json.")
+        assert request.content is not None
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, "The request body is too large.")
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "The request body is not valid JSON.") from None
+        if not isinstance(document, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        return document
+
+    def wrap(self, handler: Handler) -> Handler:
+        async def run(request: Request, **params: Any) -> bytes:
+            try:
+                return await handler(request, **params)
+            except ApiError as e:
+                return send_error(request, e.status, e.message, e.code)
+            except HTTPError as e:
+                return send_error(request, e.status, e.message)
+
+        return run
+
+    # Site settings.
+
+    async def get_site(self, request: Request) -> bytes:
+        site = await self._site(request)
+        return send_json(request, 200, site.to_json())
+
+    async def patch_site(self, request: Request) -> bytes:
+        site = await self._site(request)
+        changes = self._body(request)
+        allowed = set(site.to_json()) - {"id", "created", "updated"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ApiError(
+                422,
+                f"Unknown or read-only setting {', '.join(unknown)} "
+                f"(settable: {', '.join(sorted(allowed))}).",
+            )
+        merged = {**site.to_json(), **changes}
+        try:
+            settings = sites.check_settings(merged)
+            updated = await self.app.storage.run(sites.update_site, site, settings, self._now())
+        except sites.SiteError as e:
+            raise ApiError(422, str(e)) from None
+        return send_json(request, 200, updated.to_json())
+
+    # Linked identifiers.
+
+    async def list_identifiers(self, request: Request) -> bytes:
+        site = await self._site(request)
+        after = self.app.form(request, "after")
+        try:
+            limit = int(self.app.form(request, "limit", "100"))
+        except ValueError:
+            raise ApiError(400, "limit must be a whole number.") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}.")
+        links = await self.app.storage.run(sites.list_links, site.id, after, limit + 1)
+        more = len(links) > limit
+        links = links[:limit]
+        document: dict[str, Any] = {"identifiers": [self._link_json(link) for link in links]}
+        document["next_after"] = links[-1].opaque if more and links else None
+        return send_json(request, 200, document)
+
+    async def _link(self, site: sites.Site, opaque: str) -> sites.Link:
+        link = None
+        if OPAQUE_PATTERN.match(opaque):
+            link = await self.app.storage.run(sites.link_by_opaque, site.id, opaque)
+        if link is None:
+            raise ApiError(404, "No person with this identifier is linked to your site.")
+        return link
+
+    async def get_identifier(self, request: Request, opaque: str) -> bytes:
+        site = await self._site(request)
+        return send_json(request, 200, self._link_json(await self._link(site, opaque)))
+
+    async def delete_identifier(self, request: Request, opaque: str) -> bytes:
+        site = await self._site(request)
+        link = await self._link(site, opaque)
+        identifier = self._identifier(opaque)
+        done = await self.app.storage.run(
+            sites.unlink, site, link, identifier, "partner", self._now()
+        )
+        if not done:
+            raise ApiError(404, "No person with this identifier is linked to your site.")
+        log.info("partner {site} unlinked an identifier", site=site.public_id)
+        return send_json(request, 200, {"unlinked": identifier})
+
+    # Deletion requests.
+
+    async def list_deletions(self, request: Request) -> bytes:
+        site = await self._site(request)
+        include = self.app.form(request, "include_completed") in ("1", "true", "yes")
+        found = await self.app.storage.run(sites.deletion_requests, site.id, include)
+        return send_json(
+            request,
+            200,
+            {
+                "deletion_requests": [
+                    {
+                        "id": d.public_id,
+                        "identifier": self._identifier(d.subject),
+                        "requested": d.requested,
+                        "completed": d.completed or None,
+                    }
+                    for d in found
+                ]
+            },
+        )
+
+    async def complete_deletion(self, request: Request, request_id: str) -> bytes:
+        site = await self._site(request)
+        done = await self.app.storage.run(
+            sites.complete_deletion, site.id, request_id[:40], self._now()
+        )
+        if done is None:
+            raise ApiError(404, "There is no such deletion request for your site.")
+        return send_json(request, 200, {"id": request_id, "completed": True})
+
+
+def install(app: WebApp, router: Router) -> PartnerApi:
+    api = PartnerApi(app)
+    router.error_page = json_errors(router.error_page)
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/site", api.get_site),
+        ("PATCH", "/site", api.patch_site),
+        ("GET", "/identifiers", api.list_identifiers),
+        ("GET", "/identifiers/{opaque}", api.get_identifier),
+        ("DELETE", "/identifiers/{opaque}", api.delete_identifier),
+        ("GET", "/deletion-requests", api.list_deletions),
+        ("POST", "/deletion-requests/{request_id}/complete", api.complete_deletion),
+    ]
+    for method, path, handler in routes:
+        router.add(method, PREFIX + path, api.wrap(handler))
+    return api

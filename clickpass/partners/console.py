@@ -1,0 +1,234 @@
+"""
+The partner console: signed-in people register partner sites, and the
+admins of a site change its settings, create and revoke API keys (shown
+once, stored hashed), see the webhook secret and recent deliveries, and
+add other admins.
+
+Every page checks that the signed-in person administers the site; a site
+they do not administer is answered exactly like one that does not exist.
+Never show an API key after the response that created it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from twisted.web.server import Request
+
+from clickpass.partners import fields, sites
+from clickpass.web.app import WebApp
+from clickpass.web.routing import HTTPError, Router
+
+SETTING_NAMES = (
+    "name",
+    "logo_url",
+    "realm",
+    "return_to_urls",
+    "registration_url",
+    "connect_url",
+    "webhook_url",
+)
+STATE_NAMES = {sites.PENDING: "pending", sites.DELIVERED: "delivered", sites.GIVEN_UP: "given up"}
+
+
+def _when(ts: int) -> str:
+    if not ts:
+        return "never"
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class Console:
+    def __init__(self, app: WebApp) -> None:
+        self.app = app
+
+    def _now(self) -> int:
+        return int(self.app.reactor.seconds())
+
+    def _form_settings(self, request: Request) -> dict[str, Any]:
+        form: dict[str, Any] = {name: self.app.form(request, name) for name in SETTING_NAMES}
+        for name in ("requested_fields", "required_fields"):
+            values = (request.args or {}).get(name.encode("ascii"), [])
+            form[name] = [v.decode("utf-8", "replace")[:32] for v in values[:20]]
+        return form
+
+    def _render_form(
+        self, request: Request, template: str, form: dict[str, Any], **context: Any
+    ) -> bytes:
+        return self.app.render(
+            request,
+            template,
+            form=form,
+            profile_fields=[(f.name, f.label) for f in fields.FIELDS.values()],
+            **context,
+        )
+
+    @staticmethod
+    def _site_form(site: sites.Site) -> dict[str, Any]:
+        return {
+            "name": site.name,
+            "logo_url": site.logo_url,
+            "realm": site.realm,
+            "return_to_urls": "\n".join(site.return_to_urls),
+            "registration_url": site.registration_url,
+            "connect_url": site.connect_url,
+            "webhook_url": site.webhook_url,
+            "requested_fields": list(site.requested_fields),
+            "required_fields": list(site.required_fields),
+        }
+
+    async def _site(self, request: Request, public_id: str) -> tuple[Any, sites.Site]:
+        account = await self.app.require_account(request)
+        site = await self.app.storage.run(sites.admin_site, public_id, account.id)
+        if site is None:
+            raise HTTPError(404, "There is no such site among the ones you administer.")
+        return account, site
+
+    async def index(self, request: Request) -> bytes:
+        account = await self.app.require_account(request)
+        mine = await self.app.storage.run(sites.sites_for_admin, account.id)
+        return self.app.render(request, "partner_console.html", account=account, sites=mine)
+
+    async def new_form(self, request: Request) -> bytes:
+        await self.app.require_account(request)
+        empty = {"requested_fields": ["email", "nickname"], "required_fields": ["email"]}
+        return self._render_form(request, "partner_site_new.html", empty, error=None)
+
+    async def create(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request)
+        form = self._form_settings(request)
+        try:
+            settings = sites.check_settings(form)
+            site = await self.app.storage.run(sites.create_site, settings, account.id, self._now())
+        except sites.SiteError as e:
+            request.setResponseCode(400)
+            return self._render_form(request, "partner_site_new.html", form, error=str(e))
+        return self.app.redirect(request, f"/partners/{site.public_id}")
+
+    async def show(
+        self,
+        request: Request,
+        site: str,
+        error: str | None = None,
+        form: dict[str, Any] | None = None,
+        new_key: str | None = None,
+        notice: str | None = None,
+    ) -> bytes:
+        account, found = await self._site(request, site)
+
+        def gather(tx: Any) -> tuple[Any, ...]:
+            return (
+                sites.keys_for_site(tx, found.id),
+                sites.admins(tx, found.id),
+                sites.recent_events(tx, found.id),
+                sites.deletion_requests(tx, found.id, False),
+            )
+
+        keys, admins, events, deletions = await self.app.storage.run(gather)
+        return self._render_form(
+            request,
+            "partner_site.html",
+            form or self._site_form(found),
+            account=account,
+            site=found,
+            error=error,
+            notice=notice,
+            new_key=new_key,
+            keys=[
+                {
+                    "id": k.id,
+                    "prefix": k.prefix,
+                    "label": k.label,
+                    "created": _when(k.created),
+                    "last_used": _when(k.last_used),
+                    "revoked": _when(k.revoked) if k.revoked else "",
+                }
+                for k in keys
+            ],
+            admins=admins,
+            events=[
+                {
+                    "id": e.event_id,
+                    "type": e.event_type,
+                    "created": _when(e.created),
+                    "state": STATE_NAMES.get(e.state, str(e.state)),
+                    "attempts": e.attempts,
+                    "last_error": e.last_error,
+                }
+                for e in events
+            ],
+            deletions=deletions,
+            webhook_secret=sites.webhook_secret(
+                self.app.secret, found.public_id, found.webhook_secret_version
+            ),
+            api_url=self.app.settings.base_url + "api/v1/",
+        )
+
+    async def update(self, request: Request, site: str) -> bytes:
+        self.app.check_csrf(request)
+        _account, found = await self._site(request, site)
+        form = self._form_settings(request)
+        try:
+            settings = sites.check_settings(form)
+            await self.app.storage.run(sites.update_site, found, settings, self._now())
+        except sites.SiteError as e:
+            request.setResponseCode(400)
+            return await self.show(request, site, error=str(e), form=form)
+        return self.app.redirect(request, f"/partners/{site}")
+
+    async def create_key(self, request: Request, site: str) -> bytes:
+        self.app.check_csrf(request)
+        account, found = await self._site(request, site)
+        label = self.app.form(request, "label")
+        key = await self.app.storage.run(sites.create_key, found.id, account.id, label, self._now())
+        # Shown in this response only: it is not kept anywhere.
+        return await self.show(request, site, new_key=key)
+
+    async def revoke_key(self, request: Request, site: str, key: str) -> bytes:
+        self.app.check_csrf(request)
+        _account, found = await self._site(request, site)
+        if not key.isdigit():
+            raise HTTPError(404, "There is no such key.")
+        await self.app.storage.run(sites.revoke_key, found.id, int(key), self._now())
+        return self.app.redirect(request, f"/partners/{site}")
+
+    async def add_admin(self, request: Request, site: str) -> bytes:
+        self.app.check_csrf(request)
+        _account, found = await self._site(request, site)
+        email = self.app.form(request, "email")
+        added = await self.app.storage.run(sites.add_admin, found.id, email, self._now())
+        if not added:
+            request.setResponseCode(400)
+            return await self.show(
+                request,
+                site,
+                error=f"There is no Clickpass account with the email {email}. Ask them to "
+                "create one first.",
+            )
+        return self.app.redirect(request, f"/partners/{site}")
+
+    async def rotate_secret(self, request: Request, site: str) -> bytes:
+        self.app.check_csrf(request)
+        _account, found = await self._site(request, site)
+        await self.app.storage.run(sites.rotate_webhook_secret, found.id, self._now())
+        return await self.show(
+            request,
+            site,
+            notice="The webhook secret was changed. Update your endpoint: from now on, "
+            "webhooks are signed with the new one.",
+        )
+
+
+def install(app: WebApp, router: Router) -> Console:
+    console = Console(app)
+    router.add("GET", "/partners", console.index)
+    router.add("GET", "/partners/new", console.new_form)
+    router.add("POST", "/partners/new", console.create)
+    router.add("GET", "/partners/{site}", console.show)
+    router.add("POST", "/partners/{site}/settings", console.update)
+    router.add("POST", "/partners/{site}/keys", console.create_key)
+    router.add("POST", "/partners/{site}/keys/{key}/revoke", console.revoke_key)
+    router.add("POST", "/partners/{site}/admins", console.add_admin)
+    router.add("POST", "/partners/{site}/webhook-secret", console.rotate_secret)
+    return console

@@ -1,0 +1,374 @@
+"""
+The person's side of a partner site: the partner-branded choice between
+"create a new account at PARTNER" (a form with the partner's fields,
+pre-filled and validated) and "I already have an account at PARTNER"
+(connect), the answer that carries the outcome to the partner, and the
+account pages that list connected sites with disconnect.
+
+Hooked into the OpenID provider (C{OpenIDWeb.partners}): a checkid
+request whose realm belongs to a registered site comes here after the
+provider's own checks. A linked person goes straight through (also in
+checkid_immediate); a new one sees the choice.
+
+Never ask for, show or forward a partner's password: connect only sends
+the person to the partner's connect URL with the signed assertion. Never
+send a person anywhere outside the realm the request named.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from openid.server.trustroot import TrustRoot
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from clickpass.accounts.service import Account
+from clickpass.openid import approvals
+from clickpass.openid import extensions as openid_extensions
+from clickpass.openid.identifiers import SiteIdentifier
+from clickpass.partners import extension, fields, sites
+from clickpass.web.app import WebApp, safe_next
+from clickpass.web.routing import HTTPError, Router
+
+log = Logger()
+
+
+def retarget(target: str, original: str, realm: str) -> str | None:
+    """
+    Where to send the assertion instead of the request's return_to: the
+    site's registration or connect URL, carrying the original return_to's
+    query (the partner's own state). L{None} when there is no such URL or
+    it is outside the request's realm.
+    """
+    if not target:
+        return None
+    trust_root = TrustRoot.parse(realm)
+    if trust_root is None or not trust_root.validateURL(target):
+        return None
+    parts = urlsplit(target)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {k for k, _ in query}
+    query += [
+        (k, v)
+        for k, v in parse_qsl(urlsplit(original).query, keep_blank_values=True)
+        if k not in present and not k.startswith("openid.")
+    ]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+class PartnerFlow:
+    """Request handlers of the partner flow, and the provider's hook."""
+
+    def __init__(self, app: WebApp, openid_web: Any) -> None:
+        self.app = app
+        self.web = openid_web
+
+    def _now(self) -> int:
+        return int(self.app.reactor.seconds())
+
+    def _today(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self._now(), datetime.UTC).date()
+
+    @staticmethod
+    def _asked(site: sites.Site, wanted: openid_extensions.Requested) -> tuple[list[str], set[str]]:
+        asked, required = extension.requested_fields(wanted)
+        asked |= set(site.requested_fields)
+        required |= set(site.required_fields)
+        return [f for f in fields.ORDER if f in asked], required & asked
+
+    # The provider's hook.
+
+    async def checkid(
+        self,
+        request: Request,
+        openid_request: Any,
+        query: dict[str, str],
+        account: Account,
+        site_id: SiteIdentifier,
+        select: bool,
+        wanted: openid_extensions.Requested,
+    ) -> bytes | None:
+        """The answer for a registered site's request, or L{None} if the realm is no partner's."""
+        site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
+        if site is None:
+            return None
+        if not site.allows_return_to(str(openid_request.return_to)):
+            if openid_request.immediate:
+                return bytes(await self.web.answer(request, openid_request, False))
+            return self._refuse(
+                request,
+                f"{site.name} asked to send you back to {openid_request.return_to}, which is "
+                "not one of the addresses it registered with Clickpass. Clickpass refused, to "
+                "protect you. Tell the site.",
+            )
+        link = await self.app.storage.run(sites.get_link, site.id, account.id)
+        if link is not None:
+            return await self._login(
+                request, openid_request, account, site, site_id, select, wanted
+            )
+        if openid_request.immediate:
+            return bytes(await self.web.answer(request, openid_request, False))
+        asked, required = self._asked(site, wanted)
+        return self._choice(request, site, account, query, asked, required, fields.prefill(account))
+
+    async def _login(
+        self,
+        request: Request,
+        openid_request: Any,
+        account: Account,
+        site: sites.Site,
+        site_id: SiteIdentifier,
+        select: bool,
+        wanted: openid_extensions.Requested,
+    ) -> bytes:
+        asked, _ = self._asked(site, wanted)
+        held = openid_extensions.values_for(account)
+        values = {f: held[f] for f in asked if f in held}
+        await self.app.storage.run(sites.touch_link, site.id, account.id, self._now())
+        log.info("partner sign-in at {site}: returning person", site=site.public_id)
+        return bytes(
+            await self.web.answer(
+                request,
+                openid_request,
+                True,
+                site_id,
+                select,
+                None,
+                None,
+                decorate=extension.decorator("login", site.public_id, values, wanted),
+            )
+        )
+
+    def _refuse(self, request: Request, message: str) -> bytes:
+        request.setResponseCode(400)
+        return self.app.render(request, "openid/refused.html", message=message, back_url=None)
+
+    def _choice(
+        self,
+        request: Request,
+        site: sites.Site,
+        account: Account,
+        query: dict[str, str],
+        asked: list[str],
+        required: set[str],
+        values: dict[str, str],
+        errors: dict[str, str] | None = None,
+    ) -> bytes:
+        payload, mac = self.web.form_payload(account.id, query)
+        held = openid_extensions.values_for(account)
+        return self.app.render(
+            request,
+            "partner_choice.html",
+            site=site,
+            payload=payload,
+            mac=mac,
+            form_fields=[
+                {
+                    "name": f,
+                    "label": fields.FIELDS[f].label,
+                    "input_type": fields.FIELDS[f].input_type,
+                    "autocomplete": fields.FIELDS[f].autocomplete,
+                    "hint": fields.FIELDS[f].hint,
+                    "required": f in required,
+                    "value": values.get(f, ""),
+                    "error": (errors or {}).get(f, ""),
+                }
+                for f in asked
+            ],
+            connect_shares=[(fields.FIELDS[f].label, held[f]) for f in asked if f in held],
+            errors=errors or {},
+        )
+
+    # The choice's answers.
+
+    async def _restore(
+        self, request: Request
+    ) -> tuple[Account, Any, sites.Site, SiteIdentifier, bool, openid_extensions.Requested]:
+        self.app.check_csrf(request)
+        account = await self.app.current_account(request)
+        if account is None:
+            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+        openid_request = await self.web.restore(request, account)
+        checked = await self.web.check(request, openid_request, account)
+        if isinstance(checked, bytes):
+            raise _Page(checked)
+        site_id, select, wanted = checked
+        site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
+        if site is None or not site.allows_return_to(str(openid_request.return_to)):
+            raise HTTPError(400, "This site is no longer set up for Clickpass. Tell the site.")
+        return account, openid_request, site, site_id, select, wanted
+
+    async def register(self, request: Request) -> bytes:
+        try:
+            account, openid_request, site, site_id, select, wanted = await self._restore(request)
+        except _Page as page:
+            return page.body
+        asked, required = self._asked(site, wanted)
+        given = {f: self.app.form(request, "field_" + f) for f in asked}
+        values, errors = fields.check_form(asked, required, given, self._today())
+        if errors:
+            request.setResponseCode(400)
+            query = _query_of(openid_request)
+            return self._choice(request, site, account, query, asked, required, given, errors)
+        return await self._finish(
+            request, openid_request, account, site, site_id, select, wanted, "register", values
+        )
+
+    async def connect(self, request: Request) -> bytes:
+        try:
+            account, openid_request, site, site_id, select, wanted = await self._restore(request)
+        except _Page as page:
+            return page.body
+        asked, _ = self._asked(site, wanted)
+        held = openid_extensions.values_for(account)
+        values = {f: held[f] for f in asked if f in held}
+        return await self._finish(
+            request, openid_request, account, site, site_id, select, wanted, "connect", values
+        )
+
+    async def cancel(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.current_account(request)
+        if account is None:
+            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+        openid_request = await self.web.restore(request, account)
+        log.info("partner sign-in cancelled by the person")
+        return bytes(await self.web.answer(request, openid_request, False))
+
+    async def _finish(
+        self,
+        request: Request,
+        openid_request: Any,
+        account: Account,
+        site: sites.Site,
+        site_id: SiteIdentifier,
+        select: bool,
+        wanted: openid_extensions.Requested,
+        outcome: str,
+        values: dict[str, str],
+    ) -> bytes:
+        now = self._now()
+        realm = str(openid_request.trust_root)
+        identifier = self.web.identifiers.url(site_id.opaque)
+        created = await self.app.storage.run(
+            sites.create_link, site, account.id, site_id.opaque, identifier, outcome, now
+        )
+        if not created:
+            # Linked meanwhile (a second tab): this is an ordinary sign-in.
+            outcome = "login"
+        await self.app.storage.run(approvals.remember, account.id, realm, frozenset(values), now)
+        target = site.registration_url if outcome == "register" else site.connect_url
+        return_to = (
+            retarget(target, str(openid_request.return_to), realm) if outcome != "login" else None
+        )
+        log.info(
+            "partner {outcome} at {site}: releasing {fields}",
+            outcome=outcome,
+            site=site.public_id,
+            fields=",".join(sorted(values)) or "nothing",
+        )
+        return bytes(
+            await self.web.answer(
+                request,
+                openid_request,
+                True,
+                site_id,
+                select,
+                None,
+                None,
+                return_to=return_to,
+                decorate=extension.decorator(outcome, site.public_id, values, wanted),
+            )
+        )
+
+    # The person's connected sites.
+
+    async def connected(self, account: Account) -> list[dict[str, Any]]:
+        """The sites C{account} is connected to, for the account pages."""
+        found = await self.app.storage.run(sites.links_for_account, account.id)
+        return [
+            {
+                "id": site.public_id,
+                "name": site.name,
+                "logo_url": site.logo_url,
+                "realm": site.realm,
+                "outcome": link.outcome,
+                "created": _date(link.created),
+                "last_signin": _date(link.last_signin),
+            }
+            for site, link in found
+        ]
+
+    async def sites_page(self, request: Request) -> bytes:
+        account = await self.app.require_account(request)
+        return self.app.render(
+            request,
+            "partner_account_sites_page.html",
+            account=account,
+            partner_sites=await self.connected(account),
+        )
+
+    async def disconnect(self, request: Request) -> bytes:
+        """Disconnect from a site; with C{forget}, also ask it to delete the person's data."""
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request)
+        public_id = self.app.form(request, "site")
+        forget = self.app.form(request, "forget") == "yes"
+        now = self._now()
+
+        def change(tx: Any) -> str:
+            site = sites.site_by_public_id(tx, public_id)
+            link = sites.get_link(tx, site.id, account.id) if site is not None else None
+            if site is None or link is None:
+                return ""
+            identifier = self.web.identifiers.url(link.opaque)
+            if forget:
+                sites.request_deletion(tx, site, link, identifier, now)
+            else:
+                sites.unlink(tx, site, link, identifier, "person", now)
+            return site.name
+
+        name = await self.app.storage.run(change)
+        if not name:
+            raise HTTPError(404, "You are not connected to that site.")
+        log.info(
+            "person disconnected from {site}{forget}",
+            site=public_id,
+            forget=" and asked for deletion" if forget else "",
+        )
+        return self.app.redirect(
+            request, safe_next(self.app.form(request, "next"), "/account/sites")
+        )
+
+
+class _Page(Exception):
+    """A finished page to send instead (the provider refused something)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__("page")
+        self.body = body
+
+
+def _query_of(openid_request: Any) -> dict[str, str]:
+    from clickpass.openid.web import openid_query_of
+
+    return openid_query_of(openid_request)
+
+
+def _date(ts: int) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d")
+
+
+def install(app: WebApp, router: Router, openid_web: Any) -> PartnerFlow:
+    flow = PartnerFlow(app, openid_web)
+    openid_web.partners = flow
+    router.add("POST", "/partner/register", flow.register)
+    router.add("POST", "/partner/connect", flow.connect)
+    router.add("POST", "/partner/cancel", flow.cancel)
+    router.add("GET", "/account/sites", flow.sites_page)
+    router.add("POST", "/account/sites/disconnect", flow.disconnect)
+    return flow

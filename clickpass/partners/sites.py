@@ -1,0 +1,695 @@
+"""
+Partner sites and everything the database keeps about them: their
+settings, admins, API keys (only hashes), the people linked to them, the
+webhook outbox and deletion requests.
+
+Transactions for the storage's pool (C{storage.run(fn, *args)}) plus the
+pure checks of a site's settings. A link change and the webhook event
+that announces it are written in one transaction, so an event is never
+lost or invented. Nothing here renders pages or sends anything: the web
+layer and the delivery service do.
+
+Never store an API key or a webhook secret in clear: keys are stored as
+SHA-256 hashes, webhook secrets are derived from the master secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from openid.server.trustroot import TrustRoot, returnToMatches
+
+from clickpass.database.storage import Transaction
+from clickpass.openid.identifiers import BadRealm, sector_of
+from clickpass.partners import fields
+
+OUTCOMES = ("register", "connect", "login")
+EVENT_TYPES = ("user.linked", "user.unlinked", "user.deleted")
+KEY_PREFIX = "cpk_"
+WEBHOOK_SECRET_PURPOSE = b"partner webhook secret"
+MAX_RETURN_TOS = 20
+MAX_URL = 2048
+
+# Event states in the outbox.
+PENDING, DELIVERED, GIVEN_UP = 0, 1, 2
+
+
+class SiteError(ValueError):
+    """A site's settings cannot be used; the message is one sentence for the admin."""
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """What an admin sets for a site (validated)."""
+
+    name: str
+    logo_url: str
+    realm: str
+    return_to_urls: tuple[str, ...]
+    registration_url: str
+    connect_url: str
+    requested_fields: tuple[str, ...]
+    required_fields: tuple[str, ...]
+    webhook_url: str
+
+
+@dataclass(frozen=True)
+class Site(SiteSettings):
+    id: int
+    public_id: str
+    sector: str
+    webhook_secret_version: int
+    created: int
+    updated: int
+
+    def allows_return_to(self, return_to: str) -> bool:
+        return bool(returnToMatches(list(self.return_to_urls), return_to))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.public_id,
+            "name": self.name,
+            "logo_url": self.logo_url,
+            "realm": self.realm,
+            "return_to_urls": list(self.return_to_urls),
+            "registration_url": self.registration_url,
+            "connect_url": self.connect_url,
+            "requested_fields": list(self.requested_fields),
+            "required_fields": list(self.required_fields),
+            "webhook_url": self.webhook_url,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class Link:
+    site_id: int
+    account_id: int
+    opaque: str
+    outcome: str
+    created: int
+    last_signin: int
+
+
+def _http_url(value: str, what: str) -> str:
+    value = value.strip()
+    if len(value) > MAX_URL:
+        raise SiteError(f"The {what} is too long.")
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise SiteError(f"The {what} {value!r} is not a URL.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SiteError(f"The {what} must be an http:// or https:// URL.")
+    if parts.fragment:
+        raise SiteError(f"The {what} must not have a #fragment.")
+    return value
+
+
+def check_settings(form: Mapping[str, Any]) -> SiteSettings:
+    """
+    Validate what an admin (console form or API) gives for a site. Raise
+    L{SiteError} naming the first thing that is wrong.
+    """
+    name = str(form.get("name", "")).strip()
+    if not name or len(name) > 100:
+        raise SiteError("Give the site a name of 1 to 100 characters.")
+    logo_url = str(form.get("logo_url", "")).strip()
+    if logo_url:
+        logo_url = _http_url(logo_url, "logo URL")
+    realm = _http_url(str(form.get("realm", "")), "realm")
+    trust_root = TrustRoot.parse(realm)
+    if trust_root is None or not trust_root.isSane():
+        raise SiteError(f"The realm {realm} is not a usable OpenID realm.")
+    try:
+        sector_of(realm)
+    except BadRealm as e:
+        raise SiteError(f"The realm cannot be used: {e}.") from None
+
+    def inside(url: str, what: str) -> str:
+        url = _http_url(url, what)
+        if not trust_root.validateURL(url):
+            raise SiteError(f"The {what} {url} is outside the realm {realm}.")
+        return url
+
+    raw_return_tos = form.get("return_to_urls", "")
+    if isinstance(raw_return_tos, str):
+        raw_return_tos = raw_return_tos.split()
+    if not isinstance(raw_return_tos, list | tuple):
+        raise SiteError("The return_to URLs must be a list.")
+    return_tos = tuple(dict.fromkeys(inside(str(u), "return_to URL") for u in raw_return_tos))
+    if not return_tos:
+        raise SiteError("List at least one return_to URL (where people come back to).")
+    if len(return_tos) > MAX_RETURN_TOS:
+        raise SiteError(f"List at most {MAX_RETURN_TOS} return_to URLs.")
+    registration_url = str(form.get("registration_url", "")).strip()
+    if registration_url:
+        registration_url = inside(registration_url, "registration URL")
+    connect_url = str(form.get("connect_url", "")).strip()
+    if connect_url:
+        connect_url = inside(connect_url, "connect URL")
+    try:
+        requested = fields.parse_list(_names(form.get("requested_fields", ())))
+        required = fields.parse_list(_names(form.get("required_fields", ())))
+    except ValueError as e:
+        raise SiteError(f"The profile fields cannot be used: {e}.") from None
+    requested = fields.parse_list(set(requested) | set(required))
+    webhook_url = str(form.get("webhook_url", "")).strip()
+    if webhook_url:
+        webhook_url = _http_url(webhook_url, "webhook URL")
+    return SiteSettings(
+        name,
+        logo_url,
+        realm,
+        return_tos,
+        registration_url,
+        connect_url,
+        requested,
+        required,
+        webhook_url,
+    )
+
+
+def _names(value: Any) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [str(v) for v in value]
+    raise SiteError("The profile fields must be a list of names.")
+
+
+def webhook_secret(master_secret: bytes, public_id: str, version: int) -> str:
+    """The key a site's webhooks are signed with; shown to its admins."""
+    key = hmac.new(master_secret, b"clickpass key: " + WEBHOOK_SECRET_PURPOSE, hashlib.sha256)
+    mac = hmac.new(key.digest(), f"{public_id}:{version}".encode(), hashlib.sha256)
+    return "whsec_" + mac.hexdigest()
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+# Sites.
+
+_SITE_COLUMNS = (
+    "id, public_id, name, logo_url, realm, sector, return_to_urls, registration_url, "
+    "connect_url, requested_fields, required_fields, webhook_url, webhook_secret_version, "
+    "created, updated"
+)
+
+
+def _site(row: tuple[Any, ...] | None) -> Site | None:
+    if row is None:
+        return None
+    return Site(
+        name=str(row[2]),
+        logo_url=str(row[3]),
+        realm=str(row[4]),
+        return_to_urls=tuple(str(row[6]).split()),
+        registration_url=str(row[7]),
+        connect_url=str(row[8]),
+        requested_fields=tuple(f for f in str(row[9]).split(",") if f),
+        required_fields=tuple(f for f in str(row[10]).split(",") if f),
+        webhook_url=str(row[11]),
+        id=int(row[0]),
+        public_id=str(row[1]),
+        sector=str(row[5]),
+        webhook_secret_version=int(row[12]),
+        created=int(row[13]),
+        updated=int(row[14]),
+    )
+
+
+def create_site(tx: Transaction, settings: SiteSettings, admin_id: int, now: int) -> Site:
+    """Register a site with C{admin_id} as its first admin; L{SiteError} if its realm is taken."""
+    sector = sector_of(settings.realm)
+    if tx.scalar("SELECT id FROM partner_sites WHERE sector = ?", sector) is not None:
+        raise SiteError(
+            f"Another site is already registered for {sector}. Ask its admins to add you."
+        )
+    public_id = "site_" + secrets.token_hex(8)
+    tx.execute(
+        "INSERT INTO partner_sites (public_id, name, logo_url, realm, sector, return_to_urls, "
+        "registration_url, connect_url, requested_fields, required_fields, webhook_url, "
+        "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        public_id,
+        settings.name,
+        settings.logo_url,
+        settings.realm,
+        sector,
+        "\n".join(settings.return_to_urls),
+        settings.registration_url,
+        settings.connect_url,
+        ",".join(settings.requested_fields),
+        ",".join(settings.required_fields),
+        settings.webhook_url,
+        now,
+        now,
+    )
+    site = site_by_public_id(tx, public_id)
+    assert site is not None
+    tx.execute(
+        "INSERT INTO partner_admins (site_id, account_id, created) VALUES (?, ?, ?)",
+        site.id,
+        admin_id,
+        now,
+    )
+    return site
+
+
+def update_site(tx: Transaction, site: Site, settings: SiteSettings, now: int) -> Site:
+    """Change a site's settings. Its realm's host (its sector) cannot change."""
+    if sector_of(settings.realm) != site.sector:
+        raise SiteError(
+            f"The realm must stay on {site.sector}: identifiers belong to that host. "
+            "Register a new site for another host."
+        )
+    tx.execute(
+        "UPDATE partner_sites SET name = ?, logo_url = ?, realm = ?, return_to_urls = ?, "
+        "registration_url = ?, connect_url = ?, requested_fields = ?, required_fields = ?, "
+        "webhook_url = ?, updated = ? WHERE id = ?",
+        settings.name,
+        settings.logo_url,
+        settings.realm,
+        "\n".join(settings.return_to_urls),
+        settings.registration_url,
+        settings.connect_url,
+        ",".join(settings.requested_fields),
+        ",".join(settings.required_fields),
+        settings.webhook_url,
+        now,
+        site.id,
+    )
+    updated = site_by_id(tx, site.id)
+    assert updated is not None
+    return updated
+
+
+def rotate_webhook_secret(tx: Transaction, site_id: int, now: int) -> None:
+    tx.execute(
+        "UPDATE partner_sites SET webhook_secret_version = webhook_secret_version + 1, "
+        "updated = ? WHERE id = ?",
+        now,
+        site_id,
+    )
+
+
+def site_by_id(tx: Transaction, site_id: int) -> Site | None:
+    return _site(tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM partner_sites WHERE id = ?", site_id))
+
+
+def site_by_public_id(tx: Transaction, public_id: str) -> Site | None:
+    return _site(
+        tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM partner_sites WHERE public_id = ?", public_id)
+    )
+
+
+def site_by_sector(tx: Transaction, sector: str) -> Site | None:
+    return _site(tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM partner_sites WHERE sector = ?", sector))
+
+
+# Admins.
+
+
+def is_admin(tx: Transaction, site_id: int, account_id: int) -> bool:
+    return (
+        tx.scalar(
+            "SELECT 1 FROM partner_admins WHERE site_id = ? AND account_id = ?",
+            site_id,
+            account_id,
+        )
+        is not None
+    )
+
+
+def admin_site(tx: Transaction, public_id: str, account_id: int) -> Site | None:
+    """The site C{public_id} if C{account_id} administers it (otherwise L{None}, as if absent)."""
+    site = site_by_public_id(tx, public_id)
+    if site is None or not is_admin(tx, site.id, account_id):
+        return None
+    return site
+
+
+def sites_for_admin(tx: Transaction, account_id: int) -> list[Site]:
+    cols = ", ".join("s." + c.strip() for c in _SITE_COLUMNS.split(","))
+    rows = tx.fetchall(
+        f"SELECT {cols} FROM partner_sites s JOIN partner_admins a ON a.site_id = s.id "
+        "WHERE a.account_id = ? ORDER BY s.name, s.id",
+        account_id,
+    )
+    return [s for s in (_site(r) for r in rows) if s is not None]
+
+
+def admins(tx: Transaction, site_id: int) -> list[str]:
+    rows = tx.fetchall(
+        "SELECT a.email FROM partner_admins p JOIN accounts a ON a.id = p.account_id "
+        "WHERE p.site_id = ? ORDER BY a.email",
+        site_id,
+    )
+    return [str(r[0]) for r in rows]
+
+
+def add_admin(tx: Transaction, site_id: int, email: str, now: int) -> bool:
+    """Make the account with C{email} an admin; false when there is no such account."""
+    account_id = tx.scalar("SELECT id FROM accounts WHERE email = ?", email.strip().lower())
+    if account_id is None:
+        return False
+    tx.execute(
+        tx.dialect.insert_ignore()
+        + " INTO partner_admins (site_id, account_id, created) VALUES (?, ?, ?)",
+        site_id,
+        account_id,
+        now,
+    )
+    return True
+
+
+# API keys.
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    prefix: str
+    label: str
+    created: int
+    last_used: int
+    revoked: int
+
+
+def create_key(tx: Transaction, site_id: int, account_id: int, label: str, now: int) -> str:
+    """Create an API key and return it; only its hash is kept, so this is the one chance."""
+    body = secrets.token_urlsafe(32)
+    key = f"{KEY_PREFIX}{body}"
+    tx.execute(
+        "INSERT INTO partner_api_keys (site_id, key_hash, prefix, label, created, created_by) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        site_id,
+        key_hash(key),
+        key[:12],
+        label.strip()[:100],
+        now,
+        account_id,
+    )
+    return key
+
+
+def keys_for_site(tx: Transaction, site_id: int) -> list[ApiKey]:
+    rows = tx.fetchall(
+        "SELECT id, prefix, label, created, last_used, revoked FROM partner_api_keys "
+        "WHERE site_id = ? ORDER BY id",
+        site_id,
+    )
+    return [ApiKey(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
+
+def revoke_key(tx: Transaction, site_id: int, key_id: int, now: int) -> bool:
+    return (
+        tx.execute(
+            "UPDATE partner_api_keys SET revoked = ? WHERE id = ? AND site_id = ? AND revoked = 0",
+            now,
+            key_id,
+            site_id,
+        )
+        > 0
+    )
+
+
+def site_for_key(tx: Transaction, hashed: str, now: int) -> Site | None:
+    """The site an API key (by hash) belongs to, if the key is live; notes its use."""
+    row = tx.fetchone(
+        "SELECT id, site_id, last_used FROM partner_api_keys WHERE key_hash = ? AND revoked = 0",
+        hashed,
+    )
+    if row is None:
+        return None
+    if int(row[2]) < now - 60:
+        tx.execute("UPDATE partner_api_keys SET last_used = ? WHERE id = ?", now, row[0])
+    return site_by_id(tx, int(row[1]))
+
+
+# Links between people and sites.
+
+_LINK_COLUMNS = "site_id, account_id, opaque, outcome, created, last_signin"
+
+
+def _link(row: tuple[Any, ...] | None) -> Link | None:
+    if row is None:
+        return None
+    return Link(int(row[0]), int(row[1]), str(row[2]), str(row[3]), int(row[4]), int(row[5]))
+
+
+def get_link(tx: Transaction, site_id: int, account_id: int) -> Link | None:
+    return _link(
+        tx.fetchone(
+            f"SELECT {_LINK_COLUMNS} FROM partner_links WHERE site_id = ? AND account_id = ?",
+            site_id,
+            account_id,
+        )
+    )
+
+
+def link_by_opaque(tx: Transaction, site_id: int, opaque: str) -> Link | None:
+    return _link(
+        tx.fetchone(
+            f"SELECT {_LINK_COLUMNS} FROM partner_links WHERE site_id = ? AND opaque = ?",
+            site_id,
+            opaque,
+        )
+    )
+
+
+def create_link(
+    tx: Transaction,
+    site: Site,
+    account_id: int,
+    opaque: str,
+    identifier: str,
+    outcome: str,
+    now: int,
+) -> bool:
+    """Link a person to a site (and announce it); false when they already were."""
+    assert outcome in ("register", "connect")
+    inserted = tx.execute(
+        tx.dialect.insert_ignore() + " INTO partner_links "
+        "(site_id, account_id, opaque, outcome, created, last_signin) VALUES (?, ?, ?, ?, ?, ?)",
+        site.id,
+        account_id,
+        opaque,
+        outcome,
+        now,
+        now,
+    )
+    if inserted:
+        enqueue_event(
+            tx, site, opaque, "user.linked", {"identifier": identifier, "outcome": outcome}, now
+        )
+    return inserted > 0
+
+
+def touch_link(tx: Transaction, site_id: int, account_id: int, now: int) -> None:
+    tx.execute(
+        "UPDATE partner_links SET last_signin = ? WHERE site_id = ? AND account_id = ?",
+        now,
+        site_id,
+        account_id,
+    )
+
+
+def unlink(tx: Transaction, site: Site, link: Link, identifier: str, by: str, now: int) -> bool:
+    """
+    End a link (and announce it): the site's remembered approval goes too,
+    so the next visit asks again. C{by} is "person" or "partner".
+    """
+    removed = tx.execute(
+        "DELETE FROM partner_links WHERE site_id = ? AND account_id = ?",
+        site.id,
+        link.account_id,
+    )
+    if not removed:
+        return False
+    _forget_approvals(tx, link.account_id, site.sector)
+    enqueue_event(tx, site, link.opaque, "user.unlinked", {"identifier": identifier, "by": by}, now)
+    return True
+
+
+def _forget_approvals(tx: Transaction, account_id: int, sector: str) -> None:
+    rows = tx.fetchall("SELECT realm FROM approvals WHERE account_id = ?", account_id)
+    for (realm,) in rows:
+        try:
+            same = sector_of(str(realm)) == sector
+        except BadRealm:
+            same = False
+        if same:
+            tx.execute(
+                "DELETE FROM approvals WHERE account_id = ? AND realm = ?", account_id, realm
+            )
+
+
+def request_deletion(
+    tx: Transaction, site: Site, link: Link, identifier: str, now: int
+) -> str | None:
+    """
+    The person asks the site to delete what it holds about them: the link
+    ends, and the site gets a deletion request and a C{user.deleted} event.
+    Returns the request's id (L{None} if the link was already gone).
+    """
+    if not unlink(tx, site, link, identifier, "person", now):
+        return None
+    request_id = "del_" + secrets.token_hex(8)
+    tx.execute(
+        "INSERT INTO partner_deletion_requests (public_id, site_id, subject, requested) "
+        "VALUES (?, ?, ?, ?)",
+        request_id,
+        site.id,
+        link.opaque,
+        now,
+    )
+    enqueue_event(
+        tx,
+        site,
+        link.opaque,
+        "user.deleted",
+        {"identifier": identifier, "deletion_request": request_id},
+        now,
+    )
+    return request_id
+
+
+def links_for_account(tx: Transaction, account_id: int) -> list[tuple[Site, Link]]:
+    rows = tx.fetchall(
+        f"SELECT {_LINK_COLUMNS} FROM partner_links WHERE account_id = ? ORDER BY created",
+        account_id,
+    )
+    found: list[tuple[Site, Link]] = []
+    for row in rows:
+        link = _link(row)
+        assert link is not None
+        site = site_by_id(tx, link.site_id)
+        if site is not None:
+            found.append((site, link))
+    return found
+
+
+def list_links(tx: Transaction, site_id: int, after: str, limit: int) -> list[Link]:
+    """A page of a site's links, ordered by opaque identifier, after C{after}."""
+    rows = tx.fetchall(
+        f"SELECT {_LINK_COLUMNS} FROM partner_links WHERE site_id = ? AND opaque > ? "
+        "ORDER BY opaque LIMIT ?",
+        site_id,
+        after,
+        limit,
+    )
+    return [link for link in (_link(r) for r in rows) if link is not None]
+
+
+# Deletion requests.
+
+
+@dataclass(frozen=True)
+class DeletionRequest:
+    public_id: str
+    subject: str
+    requested: int
+    completed: int
+
+
+def deletion_requests(
+    tx: Transaction, site_id: int, include_completed: bool
+) -> list[DeletionRequest]:
+    rows = tx.fetchall(
+        "SELECT public_id, subject, requested, completed FROM partner_deletion_requests "
+        "WHERE site_id = ?" + ("" if include_completed else " AND completed = 0") + " ORDER BY id",
+        site_id,
+    )
+    return [DeletionRequest(str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+
+def complete_deletion(tx: Transaction, site_id: int, public_id: str, now: int) -> bool | None:
+    """Mark a request done: true, false if it already was, L{None} if it is not this site's."""
+    row = tx.fetchone(
+        "SELECT completed FROM partner_deletion_requests WHERE site_id = ? AND public_id = ?",
+        site_id,
+        public_id,
+    )
+    if row is None:
+        return None
+    if int(row[0]):
+        return False
+    tx.execute(
+        "UPDATE partner_deletion_requests SET completed = ? WHERE site_id = ? AND public_id = ?",
+        now,
+        site_id,
+        public_id,
+    )
+    return True
+
+
+# The webhook outbox.
+
+
+def enqueue_event(
+    tx: Transaction, site: Site, subject: str, event_type: str, data: dict[str, Any], now: int
+) -> str | None:
+    """
+    Put an event in the outbox, in the caller's transaction. Sites without
+    a webhook URL get none. The body is fixed now, so every retry sends
+    the same bytes under the same idempotency id.
+    """
+    assert event_type in EVENT_TYPES
+    if not site.webhook_url:
+        return None
+    event_id = "evt_" + secrets.token_hex(16)
+    body = json.dumps(
+        {
+            "id": event_id,
+            "type": event_type,
+            "created": now,
+            "site": site.public_id,
+            "data": data,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    tx.execute(
+        "INSERT INTO partner_events (event_id, site_id, subject, event_type, body, created, "
+        "next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        event_id,
+        site.id,
+        subject,
+        event_type,
+        body,
+        now,
+        now,
+    )
+    return event_id
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    event_id: str
+    event_type: str
+    created: int
+    state: int
+    attempts: int
+    last_error: str
+
+
+def recent_events(tx: Transaction, site_id: int, limit: int = 20) -> list[EventSummary]:
+    rows = tx.fetchall(
+        "SELECT event_id, event_type, created, state, attempts, last_error FROM partner_events "
+        "WHERE site_id = ? ORDER BY id DESC LIMIT ?",
+        site_id,
+        limit,
+    )
+    return [
+        EventSummary(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), str(r[5])) for r in rows
+    ]

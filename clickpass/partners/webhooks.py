@@ -1,0 +1,385 @@
+"""
+Webhook delivery: the node's service that empties the partner webhook
+outbox (table C{partner_events}) into partners' webhook URLs.
+
+At least once, in order per person: an event is sent only when every
+earlier event for the same person at the same site was delivered (or
+given up), and it is marked delivered only after the partner answered
+2xx. A failure pushes back every pending event of that site with an
+exponential backoff (the site is down, not the event), so a partner that
+is down for an hour gets everything, in order, when it is back. Each
+attempt carries the event's idempotency id (C{Clickpass-Event-Id}) and
+an HMAC-SHA256 signature over C{timestamp + "." + body}.
+
+Several nodes may run this at once: an event is leased in the database
+before it is sent, so two nodes do not send it at the same moment.
+
+This module must never block the reactor (database through the storage,
+HTTP through treq), never drop an event it could not deliver before its
+give-up age, and never send to a non-public address unless configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clickpass.config import PartnersSettings
+from clickpass.database.storage import Storage, Transaction, one_line
+from clickpass.partners.sites import DELIVERED, GIVEN_UP, PENDING, webhook_secret
+
+SIGNATURE_HEADER = "Clickpass-Signature"
+TIMESTAMP_HEADER = "Clickpass-Timestamp"
+EVENT_ID_HEADER = "Clickpass-Event-Id"
+EVENT_TYPE_HEADER = "Clickpass-Event-Type"
+MAX_RESPONSE_BYTES = 64 * 1024
+CLEANUP_INTERVAL = 3600
+
+# (url, body, headers) -> the partner's HTTP status; raises when there was no answer.
+Poster = Callable[[str, bytes, dict[str, str]], Awaitable[int]]
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """C{sha256=} + hex HMAC-SHA256 over C{timestamp + "." + body}."""
+    mac = hmac.new(secret.encode("ascii"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(
+    secret: str, timestamp: str, body: bytes, header: str, now: float, tolerance: float = 300
+) -> bool:
+    """For receivers: the signature matches and the timestamp is recent."""
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return False
+    if abs(now - sent) > tolerance:
+        return False
+    return hmac.compare_digest(signature(secret, timestamp, body), header)
+
+
+def backoff(attempts: int, initial: float, maximum: float) -> float:
+    """Seconds to wait after the C{attempts}-th failed attempt (1, 2, ...)."""
+    return float(min(maximum, initial * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class Pending:
+    row_id: int
+    event_id: str
+    site_id: int
+    subject: str
+    event_type: str
+    body: str
+    created: int
+    attempts: int
+    url: str
+    public_id: str
+    secret_version: int
+
+
+def _claim(tx: Transaction, now: int, lease: int, limit: int) -> list[Pending]:
+    """Lease the due events that head their person's queue."""
+    rows = tx.fetchall(
+        "SELECT e.id, e.event_id, e.site_id, e.subject, e.event_type, e.body, e.created, "
+        "e.attempts, s.webhook_url, s.public_id, s.webhook_secret_version "
+        "FROM partner_events e JOIN partner_sites s ON s.id = e.site_id "
+        "WHERE e.state = ? AND e.next_attempt <= ? AND e.lease_until <= ? "
+        "AND NOT EXISTS (SELECT 1 FROM partner_events p WHERE p.site_id = e.site_id "
+        "AND p.subject = e.subject AND p.state = ? AND p.id < e.id) "
+        "ORDER BY e.id LIMIT ?",
+        PENDING,
+        now,
+        now,
+        PENDING,
+        limit,
+    )
+    claimed: list[Pending] = []
+    for r in rows:
+        if tx.execute(
+            "UPDATE partner_events SET lease_until = ? WHERE id = ? AND state = ? "
+            "AND lease_until <= ?",
+            now + lease,
+            r[0],
+            PENDING,
+            now,
+        ):
+            claimed.append(
+                Pending(
+                    int(r[0]),
+                    str(r[1]),
+                    int(r[2]),
+                    str(r[3]),
+                    str(r[4]),
+                    str(r[5]),
+                    int(r[6]),
+                    int(r[7]),
+                    str(r[8]),
+                    str(r[9]),
+                    int(r[10]),
+                )
+            )
+    return claimed
+
+
+def _delivered(tx: Transaction, row_id: int, now: int) -> None:
+    tx.execute(
+        "UPDATE partner_events SET state = ?, delivered = ?, attempts = attempts + 1, "
+        "lease_until = 0, last_error = '' WHERE id = ?",
+        DELIVERED,
+        now,
+        row_id,
+    )
+
+
+def _failed(
+    tx: Transaction, event: Pending, error: str, now: int, retry_at: int, give_up: bool
+) -> None:
+    tx.execute(
+        "UPDATE partner_events SET state = ?, attempts = attempts + 1, next_attempt = ?, "
+        "lease_until = 0, last_error = ? WHERE id = ?",
+        GIVEN_UP if give_up else PENDING,
+        retry_at,
+        error[:255],
+        event.row_id,
+    )
+    # The site is down, not the event: hold back the site's other events too.
+    tx.execute(
+        "UPDATE partner_events SET next_attempt = ?, lease_until = 0 "
+        "WHERE site_id = ? AND state = ? AND next_attempt < ?",
+        retry_at,
+        event.site_id,
+        PENDING,
+        retry_at,
+    )
+
+
+def _release(tx: Transaction, row_ids: list[int]) -> None:
+    for row_id in row_ids:
+        tx.execute("UPDATE partner_events SET lease_until = 0 WHERE id = ?", row_id)
+
+
+def _cleanup(tx: Transaction, before: int) -> int:
+    return tx.execute(
+        "DELETE FROM partner_events WHERE state <> ? AND created < ?", PENDING, before
+    )
+
+
+class DeliveryFailed(Exception):
+    """The partner did not take the event."""
+
+
+class WebhookDelivery(Service):
+    """Empties the webhook outbox: look, deliver, look again."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        storage: Storage,
+        settings: PartnersSettings,
+        master_secret: bytes,
+        post: Poster,
+    ) -> None:
+        self.setName("partner-webhooks")
+        self._clock = clock
+        self._storage = storage
+        self._settings = settings
+        self._master_secret = master_secret
+        self._post = post
+        self._call: IDelayedCall | None = None
+        self._running: Deferred[int] | None = None
+        self._next_cleanup = 0.0
+        self.rounds = 0
+        self.delivered = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule(0)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._running is not None:
+            d: Deferred[None] = Deferred()
+            self._running.addBoth(lambda _: d.callback(None))
+            return d
+        return None
+
+    def _schedule(self, delay: float) -> None:
+        if self.running:
+            self._call = self._clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        self._running = self.run_once()
+
+        def done(sent: int) -> None:
+            self._running = None
+            # Work was done: the next event of the same people may be due now.
+            self._schedule(0 if sent else self._settings.webhook_poll_interval)
+
+        def failed(failure: Any) -> None:
+            self._running = None
+            self.log.failure("webhook delivery round failed", failure)
+            self._schedule(self._settings.webhook_poll_interval)
+
+        self._running.addCallbacks(done, failed)
+
+    def run_once(self) -> Deferred[int]:
+        """One round: claim what is due, deliver it; the number delivered."""
+        return Deferred.fromCoroutine(self._round())
+
+    async def _round(self) -> int:
+        now = int(self._clock.seconds())
+        self.rounds += 1
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + CLEANUP_INTERVAL
+            removed = await self._storage.run(_cleanup, now - self._settings.delivered_retention)
+            if removed:
+                self.log.info("webhook outbox: removed {count} old events", count=removed)
+        lease = int(self._settings.webhook_timeout * 3) + 5
+        events = await self._storage.run(_claim, now, lease, self._settings.webhook_batch)
+        if not events:
+            return 0
+        by_site: dict[int, list[Pending]] = {}
+        for event in events:
+            by_site.setdefault(event.site_id, []).append(event)
+        results = await DeferredList(
+            [Deferred.fromCoroutine(self._site_round(batch)) for batch in by_site.values()],
+            consumeErrors=True,
+        )
+        sent = 0
+        for ok, value in results:
+            if ok:
+                sent += int(value)
+            else:
+                self.log.failure("webhook delivery to one site failed", cast(Failure, value))
+        self.delivered += sent
+        return sent
+
+    async def _site_round(self, events: list[Pending]) -> int:
+        """Deliver one site's claimed events, oldest first; stop at its first failure."""
+        sent = 0
+        for i, event in enumerate(events):
+            try:
+                await self._deliver(event)
+            except Exception as e:
+                await self._record_failure(event, e)
+                await self._storage.run(_release, [later.row_id for later in events[i + 1 :]])
+                return sent
+            await self._storage.run(_delivered, event.row_id, int(self._clock.seconds()))
+            sent += 1
+        return sent
+
+    async def _deliver(self, event: Pending) -> None:
+        if not event.url:
+            raise DeliveryFailed("the site has no webhook URL")
+        body = event.body.encode("utf-8")
+        timestamp = str(int(self._clock.seconds()))
+        secret = webhook_secret(self._master_secret, event.public_id, event.secret_version)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "clickpass-webhooks",
+            EVENT_ID_HEADER: event.event_id,
+            EVENT_TYPE_HEADER: event.event_type,
+            "Idempotency-Key": event.event_id,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: signature(secret, timestamp, body),
+        }
+        status = await self._post(event.url, body, headers)
+        if not 200 <= status < 300:
+            raise DeliveryFailed(f"{event.url} answered HTTP {status}")
+
+    async def _record_failure(self, event: Pending, error: Exception) -> None:
+        now = int(self._clock.seconds())
+        attempts = event.attempts + 1
+        wait = backoff(
+            attempts, self._settings.webhook_backoff_initial, self._settings.webhook_backoff_max
+        )
+        give_up = now - event.created >= self._settings.webhook_give_up_after
+        reason = one_line(error)
+        await self._storage.run(_failed, event, reason, now, now + int(wait + 0.999), give_up)
+        if give_up:
+            self.log.warn(
+                "webhook {event_id} ({event_type}) to site {site} given up after {attempts} "
+                "attempts: {reason}",
+                event_id=event.event_id,
+                event_type=event.event_type,
+                site=event.public_id,
+                attempts=attempts,
+                reason=reason,
+            )
+        else:
+            self.log.info(
+                "webhook {event_id} to site {site} failed (attempt {attempts}: {reason}); "
+                "retrying in {wait}s",
+                event_id=event.event_id,
+                site=event.public_id,
+                attempts=attempts,
+                reason=reason,
+                wait=wait,
+            )
+
+
+def treq_poster(reactor: Any, settings: PartnersSettings) -> Poster:
+    """POST through treq, reaching only public addresses unless configured otherwise."""
+    import treq
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.http_headers import Headers
+
+    from clickpass.openid.rp_discovery import CheckedEndpointFactory, system_resolver
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 2
+    factory = CheckedEndpointFactory(
+        reactor,
+        system_resolver(reactor),
+        settings.allow_private_webhooks,
+        settings.webhook_timeout,
+    )
+    client = HTTPClient(Agent.usingEndpointFactory(reactor, factory, pool=pool))
+
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        response = await client.post(
+            url,
+            data=body,
+            headers=Headers({k.encode("ascii"): [v.encode("utf-8")] for k, v in headers.items()}),
+            allow_redirects=False,
+            timeout=settings.webhook_timeout,
+        )
+        seen = 0
+
+        def collect(data: bytes) -> None:
+            nonlocal seen
+            seen += len(data)
+            if seen > MAX_RESPONSE_BYTES:
+                raise DeliveryFailed("the partner's answer is too large")
+
+        await treq.collect(response, collect)
+        return int(response.code)
+
+    return post
+
+
+def delivery_service(
+    reactor: Any, settings: Any, storage: Storage, master_secret: bytes
+) -> WebhookDelivery:
+    """The node's webhook delivery service, for C{Node} to add to its tree."""
+    partners: PartnersSettings = settings.partners
+    return WebhookDelivery(
+        reactor, storage, partners, master_secret, treq_poster(reactor, partners)
+    )
