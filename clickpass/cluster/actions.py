@@ -37,6 +37,8 @@ from clickpass.config import ClusterGroupSettings
 IP = "ip"
 MAX_OUTPUT = 4096
 _PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# What iproute2 versions say when deleting an address that is not there.
+_ABSENT = ("Cannot assign requested address", "Address not found")
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ class VipManager:
         self.counters[what] += 1
         return True
 
-    def take(self) -> None:
+    def take(self, up: Callable[[], None] = lambda: None) -> None:
         self.held = True
 
         async def step() -> None:
@@ -246,6 +248,8 @@ class VipManager:
                 # ARP goes out only once the address answers, or clients
                 # would send their next SYN into a void.
                 self.announce()
+                if self.held:
+                    up()
 
         self._serial(lambda: Deferred.fromCoroutine(step()))
 
@@ -278,7 +282,7 @@ class VipManager:
                     vip=self.settings.vip,
                     interface=self.settings.interface,
                 )
-            elif "Cannot assign requested address" in result.output or (
+            elif any(t in result.output for t in _ABSENT) or (
                 "Cannot find device" in result.output and not was_held
             ):
                 self.counters["release_absent"] += 1  # idempotent: it was not there
@@ -296,7 +300,7 @@ class VipManager:
     def announce(self) -> None:
         """A burst of gratuitous ARP: one now, the rest spaced by garp_interval."""
         self._cancel_burst()
-        if self.garp is None or not self.held:
+        if self.garp is None or not self.held or self.settings.garp_count < 1:
             return
         self.garp.send()
         for i in range(1, self.settings.garp_count):

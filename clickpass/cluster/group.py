@@ -14,6 +14,7 @@ This module must never do I/O itself or read the wall clock.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,8 +42,8 @@ class Outbox(Protocol):
 class VipControl(Protocol):
     """The virtual IP of a group on this host."""
 
-    def take(self) -> None:
-        """Add the address (with its lease), then announce it with gratuitous ARP."""
+    def take(self, up: Callable[[], None]) -> None:
+        """Add the address (with its lease), announce it with gratuitous ARP, then call C{up}."""
 
     def renew(self) -> None:
         """Extend the address's lease."""
@@ -120,6 +121,7 @@ class Group:
         self._vote: IDelayedCall | None = None
         self._handover: IDelayedCall | None = None
         self._last_garp = 0.0
+        self._vip_up = False
         self._adverts = LoopingCall(self._tick)
         self._adverts.clock = clock
         self.machine, self.core = machine.build(self)
@@ -300,6 +302,8 @@ class Group:
         if state == State.INIT:
             return
         advertised = {State.CANDIDATE: State.BACKUP, State.HANDOVER: State.MASTER}.get(state, state)
+        if state == State.MASTER and not self._vip_up:
+            advertised = State.BACKUP  # not yet answering for the VIP
         self._send(advertised)
         if state in (State.MASTER, State.HANDOVER):
             self.vip.renew()
@@ -378,8 +382,17 @@ class Group:
     def take_vip(self) -> None:
         self._last_garp = self.clock.seconds()
         self._no_preempt = False
+        self._vip_up = False
         self.counters["takeovers"] += 1
-        self.vip.take()
+        self.vip.take(self._vip_is_up)
+
+    def _vip_is_up(self) -> None:
+        # Claim MASTER to the peers only once the address answers and the
+        # ARP burst has started: a peer that steps down on our advert must
+        # not leave a moment when nobody answers (preempt, switchover).
+        if self.state == State.MASTER and not self._vip_up:
+            self._vip_up = True
+            self._send(State.MASTER)
 
     def release_vip(self) -> None:
         self.vip.release()

@@ -150,10 +150,10 @@ _mark("init", "start", "shutdown")
 
 
 def _become_master(core: GroupCore) -> None:
+    # take_vip announces MASTER to the peers once the address is up.
     core.actions.cancel_down_timer()
-    core.actions.take_vip()
-    core.actions.send_advert()
     core.enter(State.MASTER)
+    core.actions.take_vip()
 
 
 def _rearm(inputs: GroupInputs, core: GroupCore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,12 @@ class FakeVip:
     held: bool = False
     log: list[str] = field(default_factory=list)
 
-    def take(self) -> None:
+    def take(self, up: Callable[[], None]) -> None:
         self.held = True
         self.log.append("take")
         self.net.events.append((self.net.clock.seconds(), self.name, "take"))
+        # Like `ip addr replace`: the address is up a few milliseconds later.
+        self.net.clock.callLater(0.003, up)
 
     def renew(self) -> None:
         self.log.append("renew")
