@@ -127,7 +127,7 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
         logo_url = _http_url(logo_url, "logo URL")
     realm = _http_url(str(form.get("realm", "")), "realm")
     trust_root = TrustRoot.parse(realm)
-    if trust_root is None or not trust_root.isSane():
+    if trust_root is None or (trust_root.wildcard and not trust_root.isSane()):
         raise SiteError(f"The realm {realm} is not a usable OpenID realm.")
     try:
         sector_of(realm)

@@ -1,0 +1,3 @@
+from examples.partner_site.site import main
+
+main()
