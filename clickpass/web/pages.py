@@ -92,6 +92,18 @@ def install(app: WebApp, router: Router) -> None:
         request.setHeader(b"cache-control", b"no-store")
         return b"ok\n"
 
+    async def readyz(request: Request) -> bytes:
+        # Ready: the database answers and takes writes (clickpass.monitor.health).
+        from clickpass.monitor.health import readiness
+
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        problems = await readiness(app)
+        if problems:
+            request.setResponseCode(503)
+            return ("not ready: " + "; ".join(problems) + "\n").encode("utf-8")
+        return b"ready\n"
+
     statics = _load_static()
 
     async def static(request: Request, name: str) -> bytes:
@@ -115,6 +127,7 @@ def install(app: WebApp, router: Router) -> None:
     router.add("POST", "/signout", signout)
     router.add("GET", "/account", account_page)
     router.add("GET", "/healthz", healthz)
+    router.add("GET", "/readyz", readyz)
     router.add("GET", "/static/{name}", static)
 
 
