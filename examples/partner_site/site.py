@@ -190,8 +190,8 @@ class PartnerSite(Resource):
         if user is not None:
             body = (
                 f"{notice_html}<h1>Example Partner</h1>"
-                f"<p id='welcome'>Signed in as <strong id='username'>{html.escape(user.username)}"
-                f"</strong> ({html.escape(user.email)})</p>"
+                "<p id='welcome'>Signed in as <strong id='current-user'>"
+                f"{html.escape(user.username)}</strong> ({html.escape(user.email)})</p>"
                 "<form method='post' action='/signout'>"
                 "<button id='signout'>Sign out</button></form>"
             )
