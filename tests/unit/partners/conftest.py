@@ -1,0 +1,56 @@
+"""A migrated in-memory SQLite database, run synchronously (no threads, no reactor)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+
+from clickpass.database import migrations
+from clickpass.database.storage import Dialect, DirectStorage, Transaction
+from clickpass.partners import sites
+
+NOW = 1_700_000_000
+
+
+@pytest.fixture
+def storage() -> Iterator[DirectStorage]:
+    connection = sqlite3.connect(":memory:")
+    storage = DirectStorage(connection, Dialect("sqlite"), "sqlite :memory:")
+    for migration in migrations.MIGRATIONS:
+        storage.run_blocking(migrations._apply, migration, NOW)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+def add_account(tx: Transaction, email: str) -> int:
+    tx.execute(
+        "INSERT INTO accounts (uid, email, password_hash, created) VALUES (?, ?, '', ?)",
+        email,
+        email,
+        NOW,
+    )
+    return int(tx.scalar("SELECT id FROM accounts WHERE email = ?", email))
+
+
+def make_site(
+    storage: DirectStorage, realm: str = "https://partner.example/", webhook: bool = True
+) -> sites.Site:
+    settings = sites.check_settings(
+        {
+            "name": "Partner",
+            "realm": realm,
+            "return_to_urls": realm + "return",
+            "registration_url": realm + "register",
+            "connect_url": realm + "connect",
+            "requested_fields": ["email", "nickname"],
+            "required_fields": ["email"],
+            "webhook_url": realm + "hook" if webhook else "",
+        }
+    )
+    admin = storage.run_blocking(add_account, f"admin@{realm.split('/')[2]}")
+    site: sites.Site = storage.run_blocking(sites.create_site, settings, admin, NOW)
+    return site

@@ -1,0 +1,118 @@
+"""Site settings checks, API keys, links and the profile-field rules (pure and on SQLite)."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from clickpass.database.storage import DirectStorage
+from clickpass.partners import fields, sites
+from clickpass.partners.flow import retarget
+from tests.unit.partners.conftest import NOW, add_account, make_site
+
+REALM = "https://partner.example/"
+
+
+def settings(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "Partner",
+        "realm": REALM,
+        "return_to_urls": REALM + "return",
+        "requested_fields": ["email"],
+        "required_fields": ["nickname"],
+    }
+    base.update(changes)
+    return base
+
+
+def test_settings_are_checked_against_the_realm() -> None:
+    """Return, registration and connect URLs must lie inside the realm; fields must exist."""
+    ok = sites.check_settings(settings())
+    assert ok.requested_fields == ("nickname", "email")  # required fields are asked for too
+    with pytest.raises(sites.SiteError, match="outside the realm"):
+        sites.check_settings(settings(return_to_urls="https://evil.example/return"))
+    with pytest.raises(sites.SiteError, match="registration URL"):
+        sites.check_settings(settings(registration_url="https://evil.example/r"))
+    with pytest.raises(sites.SiteError, match="unknown profile field shoe_size"):
+        sites.check_settings(settings(requested_fields=["shoe_size"]))
+    with pytest.raises(sites.SiteError, match="at least one return_to"):
+        sites.check_settings(settings(return_to_urls=""))
+    with pytest.raises(sites.SiteError, match="http"):
+        sites.check_settings(settings(webhook_url="ftp://partner.example/hook"))
+
+
+def test_one_site_per_host_and_the_host_stays(storage: DirectStorage) -> None:
+    """A second registration of a host is refused; a site cannot move to another host."""
+    site = make_site(storage, REALM)
+    admin = storage.run_blocking(add_account, "other@example.com")
+    again = sites.check_settings(
+        settings(
+            realm="http://partner.example:8080/", return_to_urls="http://partner.example:8080/"
+        )
+    )
+    with pytest.raises(sites.SiteError):
+        storage.run_blocking(sites.create_site, again, admin, NOW)
+    moved = sites.check_settings(
+        settings(realm="https://elsewhere.example/", return_to_urls="https://elsewhere.example/")
+    )
+    with pytest.raises(sites.SiteError, match=r"must stay on partner\.example"):
+        storage.run_blocking(sites.update_site, site, moved, NOW)
+
+
+def test_api_keys_are_stored_hashed_and_can_be_revoked(storage: DirectStorage) -> None:
+    """Only the key's hash is in the database; a revoked key opens nothing."""
+    site = make_site(storage, REALM)
+    key = storage.run_blocking(sites.create_key, site.id, 1, "ci", NOW)
+    rows = storage.run_blocking(lambda tx: tx.fetchall("SELECT * FROM partner_api_keys"))
+    assert key not in repr(rows)
+    found = storage.run_blocking(sites.site_for_key, sites.key_hash(key), NOW)
+    assert found is not None and found.id == site.id
+    (listed,) = storage.run_blocking(sites.keys_for_site, site.id)
+    assert storage.run_blocking(sites.revoke_key, site.id, listed.id, NOW)
+    assert storage.run_blocking(sites.site_for_key, sites.key_hash(key), NOW) is None
+
+
+def test_deletion_request_belongs_to_its_site(storage: DirectStorage) -> None:
+    """A person's deletion request ends the link and only its own site can complete it."""
+    site = make_site(storage, REALM)
+    other = make_site(storage, "https://other.example/")
+    account = storage.run_blocking(add_account, "d@example.com")
+    storage.run_blocking(sites.create_link, site, account, "d" * 32, "id-d", "register", NOW)
+    link = storage.run_blocking(sites.get_link, site.id, account)
+    request_id = storage.run_blocking(sites.request_deletion, site, link, "id-d", NOW)
+    assert request_id is not None
+    assert storage.run_blocking(sites.get_link, site.id, account) is None
+    assert storage.run_blocking(sites.complete_deletion, other.id, request_id, NOW) is None
+    assert storage.run_blocking(sites.complete_deletion, site.id, request_id, NOW) is True
+    assert storage.run_blocking(sites.complete_deletion, site.id, request_id, NOW) is False
+    types = [e.event_type for e in storage.run_blocking(sites.recent_events, site.id)]
+    assert sorted(types) == ["user.deleted", "user.linked", "user.unlinked"]
+
+
+def test_registration_form_rules() -> None:
+    """Required fields must be filled; each value is checked and normalised."""
+    today = datetime.date(2024, 6, 1)
+    values, errors = fields.check_form(
+        ["email", "nickname", "dob", "country", "timezone", "gender"],
+        {"email", "nickname"},
+        {
+            "email": " A@Example.COM ",
+            "dob": "2030-01-01",
+            "country": "gb",
+            "timezone": "Europe/London",
+            "gender": "X",
+        },
+        today,
+    )
+    assert values == {"email": "a@example.com", "country": "GB", "timezone": "Europe/London"}
+    assert set(errors) == {"nickname", "dob", "gender"}
+    assert "required" in errors["nickname"]
+
+
+def test_retarget_keeps_partner_state_inside_the_realm() -> None:
+    """The assertion goes to the registration URL with the return_to's own query kept."""
+    moved = retarget(REALM + "register", REALM + "return?next=%2Fcart&x=1", REALM)
+    assert moved == REALM + "register?next=%2Fcart&x=1"
+    assert retarget("https://evil.example/register", REALM + "return", REALM) is None
+    assert retarget("", REALM + "return", REALM) is None
