@@ -24,6 +24,7 @@ setup(
         "service-identity>=24.1",
         "idna>=3.6",
         "PyJWT[crypto]>=2.8",
+        "boto3>=1.34",
     ],
     extras_require={
         "dev": [
@@ -34,6 +35,7 @@ setup(
             "mypy-zope>=1.0",
             "types-PyMySQL",
             "requests>=2.31",
+            "moto[server]>=5.0",
             "types-requests",
         ],
     },
