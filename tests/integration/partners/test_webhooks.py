@@ -1,0 +1,155 @@
+"""
+Webhooks from a real node to a partner endpoint that fails for a while
+and then recovers: every event arrives, each person's in order, signed,
+with its idempotency id; and deletion requests through the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.partners.conftest import Partner
+from tests.integration.partners.flows import Person
+from tests.support.browser import csrf_token
+from tests.support.node import NodeProcess
+
+pytestmark = pytest.mark.integration
+
+
+class FlakyReceiver:
+    """Answers 503 until C{fail_until} (monotonic), then records and answers 200."""
+
+    def __init__(self) -> None:
+        receiver = self
+        self.fail_until = 0.0
+        self.failures = 0
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    if time.monotonic() < receiver.fail_until:
+                        receiver.failures += 1
+                        self.send_response(503)
+                    else:
+                        receiver.received.append((dict(self.headers.items()), body))
+                        self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[FlakyReceiver]:
+    r = FlakyReceiver()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def test_endpoint_down_then_back_gets_everything_in_order(
+    node: NodeProcess, partner: Partner, receiver: FlakyReceiver
+) -> None:
+    api = node.url + "api/v1/"
+    auth = {"Authorization": f"Bearer {partner.site.api_key}"}
+    moved = requests.patch(
+        api + "site", headers=auth, json={"webhook_url": receiver.url}, timeout=10
+    )
+    assert moved.status_code == 200
+    receiver.fail_until = time.monotonic() + 4.0
+
+    people = []
+    for i in range(3):
+        person = Person(node, partner.process.url)
+        choice = person.sign_up_from(person.start())
+        person.choose(choice, "register", email=person.email, nickname=f"hook{i}")
+        people.append(person)
+    for person, forget in ((people[0], "no"), (people[1], "yes")):
+        page = person.session.get(node.url + "account/sites", timeout=10)
+        done = person.session.post(
+            node.url + "account/sites/disconnect",
+            data={
+                "csrf_token": csrf_token(page.text),
+                "site": partner.site.public_id,
+                "forget": forget,
+            },
+            timeout=10,
+        )
+        assert done.ok
+
+    deadline = time.monotonic() + 30
+    unique: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            for _headers, body in receiver.received:
+                event = json.loads(body)
+                unique[event["id"]] = event
+        if len(unique) >= 6:
+            break
+        time.sleep(0.2)
+    assert receiver.failures > 0, "the endpoint never failed: the test proves nothing"
+    assert sorted(e["type"] for e in unique.values()) == [
+        "user.deleted",
+        "user.linked",
+        "user.linked",
+        "user.linked",
+        "user.unlinked",
+        "user.unlinked",
+    ]
+    # In order per person, as received (duplicates of at-least-once are allowed).
+    per_person: dict[str, list[str]] = {}
+    secret = partner.site.webhook_secret.encode()
+    for headers, body in receiver.received:
+        event = json.loads(body)
+        assert headers["Clickpass-Event-Id"] == event["id"]
+        expected = hmac.new(
+            secret, headers["Clickpass-Timestamp"].encode() + b"." + body, hashlib.sha256
+        ).hexdigest()
+        assert headers["Clickpass-Signature"] == "sha256=" + expected
+        seen = per_person.setdefault(event["data"]["identifier"], [])
+        if event["type"] not in seen:
+            seen.append(event["type"])
+    orders = sorted(per_person.values(), key=len)
+    assert orders == [
+        ["user.linked"],
+        ["user.linked", "user.unlinked"],
+        ["user.linked", "user.unlinked", "user.deleted"],
+    ]
+
+    # The deletion request is listed for the partner, who marks it done.
+    listed = requests.get(api + "deletion-requests", headers=auth, timeout=10).json()
+    (request,) = listed["deletion_requests"]
+    deleted = next(e for e in unique.values() if e["type"] == "user.deleted")
+    assert request["id"] == deleted["data"]["deletion_request"]
+    assert request["identifier"] == deleted["data"]["identifier"]
+    done = requests.post(
+        api + f"deletion-requests/{request['id']}/complete", headers=auth, timeout=10
+    )
+    assert done.status_code == 200
+    assert requests.get(api + "deletion-requests", headers=auth, timeout=10).json() == {
+        "deletion_requests": []
+    }
