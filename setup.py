@@ -30,6 +30,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "pytest-timeout>=2.3",
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0",
