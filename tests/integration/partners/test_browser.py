@@ -24,6 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
@@ -70,6 +71,22 @@ def wait_for(driver: WebDriver, css: str, timeout: float = 20) -> WebElement:
         raise AssertionError(f"{css} not found at {driver.current_url}:\n{page[:3000]}") from None
 
 
+def click(driver: WebDriver, element: WebElement) -> None:
+    """Click something that loads another page, and wait until the old page is gone."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+
+    def gone(_: WebDriver) -> bool:
+        try:
+            page.is_enabled()
+        except WebDriverException:
+            # Stale, or detached while Chromium was asked about it: either way, replaced.
+            return True
+        return False
+
+    WebDriverWait(driver, 20).until(gone)
+
+
 def type_into(driver: WebDriver, css: str, text: str) -> None:
     element = driver.find_element(By.CSS_SELECTOR, css)
     element.clear()
@@ -80,18 +97,18 @@ def sign_up_at_clickpass(driver: WebDriver, email: str) -> None:
     """From Clickpass's sign-in page, follow "Create an account" and sign up."""
     wait_for(driver, "form[action='/signin']")
     # The page's own link (it keeps the way back to the partner), not the header's.
-    driver.find_element(By.CSS_SELECTOR, "main a[href^='/signup?next=']").click()
+    click(driver, driver.find_element(By.CSS_SELECTOR, "main a[href^='/signup?next=']"))
     wait_for(driver, "form[action='/signup']")
     type_into(driver, "#email", email)
     type_into(driver, "#password", PASSWORD)
     type_into(driver, "#password_again", PASSWORD)
-    driver.find_element(By.CSS_SELECTOR, "form[action='/signup'] button").click()
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signup'] button"))
 
 
 def click_clickpass_button(driver: WebDriver, partner: Partner) -> None:
     driver.get(partner.process.url)
     button = wait_for(driver, "#clickpass-login.clickpass-button")  # the snippet ran
-    button.click()
+    click(driver, button)
 
 
 def test_register_return_connect_and_disconnect(
@@ -105,41 +122,42 @@ def test_register_return_connect_and_disconnect(
     assert "Continue to Example Partner" in driver.page_source
     type_into(driver, "#field_nickname", "chromey")
     type_into(driver, "#field_fullname", "Chrome Person")
-    driver.find_element(By.ID, "register").click()
+    click(driver, driver.find_element(By.ID, "register"))
     assert wait_for(driver, "#current-user").text == "chromey"
     assert "your account was created" in driver.page_source
 
     # 2. A second visit signs in at once: no Clickpass page in between.
-    driver.find_element(By.ID, "signout").click()
+    click(driver, driver.find_element(By.ID, "signout"))
     click_clickpass_button(driver, partner)
     assert wait_for(driver, "#current-user").text == "chromey"
     assert driver.current_url.startswith(partner.process.url)
 
     # 3. Someone else, with an existing partner account: connect it.
-    driver.find_element(By.ID, "signout").click()
+    click(driver, driver.find_element(By.ID, "signout"))
     driver.get(node.url)
-    driver.find_element(By.CSS_SELECTOR, "form[action='/signout'] button").click()
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signout'] button"))
     click_clickpass_button(driver, partner)
     sign_up_at_clickpass(driver, f"c{secrets.token_hex(4)}@example.com")
-    wait_for(driver, "#connect").click()
+    click(driver, wait_for(driver, "#connect"))
     wait_for(driver, "#connect-signin")
     assert driver.current_url.startswith(partner.process.url + "connect?")
     type_into(driver, "#username", "alice")
     type_into(driver, "#password", "alice-password")
-    driver.find_element(By.ID, "connect-signin").click()
+    click(driver, driver.find_element(By.ID, "connect-signin"))
     assert wait_for(driver, "#current-user").text == "alice"
 
     # 4. Disconnect from the account page; the next visit asks again.
     driver.get(node.url + "account")
-    wait_for(driver, "#connected-sites").click()
+    click(driver, wait_for(driver, "#connected-sites"))
     wait_for(driver, f"#site-{partner.site.public_id}")
-    driver.find_element(
-        By.CSS_SELECTOR, f"#site-{partner.site.public_id} button[value='no']"
-    ).click()
+    click(
+        driver,
+        driver.find_element(By.CSS_SELECTOR, f"#site-{partner.site.public_id} button[value='no']"),
+    )
     WebDriverWait(driver, 20).until(
         lambda d: "You have not connected any site yet." in d.page_source
     )
     driver.get(partner.process.url)
-    driver.find_element(By.ID, "signout").click()
+    click(driver, driver.find_element(By.ID, "signout"))
     click_clickpass_button(driver, partner)
     wait_for(driver, "#register-form")
