@@ -37,6 +37,7 @@ setup(
             "types-PyMySQL",
             "requests>=2.31",
             "moto[server]>=5.0",
+            "selenium>=4.20",
             "types-requests",
         ],
     },

@@ -85,7 +85,9 @@ def install(app: WebApp, router: Router) -> None:
 
     async def account_page(request: Request) -> bytes:
         account = await app.require_account(request)
-        return app.render(request, "account.html", account=account)
+        partners = getattr(app, "partners", None)
+        sites = await partners.connected(account) if partners is not None else []
+        return app.render(request, "account.html", account=account, partner_sites=sites)
 
     async def healthz(request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

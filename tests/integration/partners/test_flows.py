@@ -114,6 +114,8 @@ def test_disconnect_from_account_page(node: NodeProcess, partner: Partner) -> No
     before = {i["id"] for i in requests.get(api, headers=auth, timeout=10).json()["identifiers"]}
     sites = person.session.get(node.url + "account/sites")
     assert "Example Partner" in sites.text
+    account = person.session.get(node.url + "account")
+    assert "Example Partner" in account.text, "the account page lists connected sites itself"
 
     gone = person.session.post(
         node.url + "account/sites/disconnect",
