@@ -82,12 +82,21 @@ def is_connection_lost(error: BaseException) -> bool:
 
 
 # How many times a transaction is run when the server keeps choosing it as
-# a deadlock victim (MariaDB error 1213).
+# a deadlock victim (MariaDB error 1213, or SQLite's lock-upgrade conflict).
 DEADLOCK_ATTEMPTS = 3
 
 
 def is_deadlock(error: BaseException) -> bool:
-    """Whether C{error} says the server rolled the transaction back to break a deadlock."""
+    """
+    Whether C{error} says the transaction was given up to break a deadlock,
+    so nothing of it was applied and it may simply run again. On SQLite that
+    is "database is locked" after the busy timeout: in WAL mode a
+    transaction that read first and then wants to write while another
+    process wrote gets it at once (waiting could not help), and its work was
+    not committed.
+    """
+    if isinstance(error, sqlite3.OperationalError):
+        return "database is locked" in str(error) or "database table is locked" in str(error)
     try:
         import pymysql
     except ImportError:  # pragma: no cover - pymysql is a dependency
