@@ -266,7 +266,8 @@ class ClusterSettings:
         metadata=_doc("File holding the heartbeat secret (first line, 16+ characters)."),
     )
     bind: str = dataclasses.field(
-        default="0.0.0.0", metadata=_doc("Address the heartbeat UDP socket binds to.")
+        default="0.0.0.0",  # noqa: S104 - peers' adverts may arrive on any interface
+        metadata=_doc("Address the heartbeat UDP socket binds to."),
     )
     port: int = dataclasses.field(default=5405, metadata=_doc("Heartbeat UDP port."))
     witness: str = dataclasses.field(

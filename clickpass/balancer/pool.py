@@ -392,11 +392,7 @@ class Pool:
             if not exchange.abandoned:
                 self._refuse(exchange, "queue_timeout")
         deadline = now - self.settings.request_timeout
-        stuck = [
-            e
-            for e in self._in_progress
-            if e.backend is not None and e.dispatched <= deadline
-        ]
+        stuck = [e for e in self._in_progress if e.backend is not None and e.dispatched <= deadline]
         for exchange in stuck:
             backend = exchange.backend
             assert backend is not None
