@@ -56,9 +56,14 @@ class Pair:
     def __init__(self, base: Path, semisync: bool = True) -> None:
         self.semisync = semisync
         self.repl_password = secrets.token_hex(8)
+        # The application connects through the VIP to either server.
+        self.app_password = secrets.token_hex(8)
         self.servers = {
             name: MariaDBServer(
-                base / name, extra_options=replication_options(i + 1, semisync), database="app"
+                base / name,
+                extra_options=replication_options(i + 1, semisync),
+                database="app",
+                password=self.app_password,
             )
             for i, name in enumerate(("db1", "db2"))
         }

@@ -1,0 +1,705 @@
+"""
+The database agent service: watches the local MariaDB with fast checks,
+reports its health into the C{db} heartbeat group, and turns the group's
+decisions into role changes through L{clickpass.dbagent.mariadb}.
+
+The agent decides, in this order of precedence:
+  - never two writable primaries: a host becomes writable only through a
+    promotion, and a promotion makes the old primary read-only first (over
+    the network), or, when the old primary cannot be reached, waits
+    C{fence_wait} seconds, by which time the old primary's own agent has
+    fenced it or killed its server;
+  - no acknowledged write lost: the promotion applies everything received
+    first; semi-sync never falls back by itself; the primary goes on alone
+    (DEGRADED, visible in status) only when the group says the replica is
+    gone and no replica is acknowledging;
+  - no flapping: after an automatic failover, no other one until an
+    operator runs C{db ack}, or C{flap_period} seconds have passed.
+
+Time comes from the injected clock; the SQL runs in the thread pool of the
+L{Server} objects. This module must never block the reactor, and never let
+an exception out of a timer: every failure is a log line and an input to
+the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pymysql
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clickpass.cluster.wire import State
+from clickpass.dbagent import machine
+from clickpass.dbagent import mariadb as ops
+from clickpass.dbagent.machine import Role
+
+# The failover record lives in the replicated data, so whichever host is
+# elected next knows about the last automatic failover.
+HA_SCHEMA = "clickpass_ha"
+ER_NO_SUCH_TABLE = 1146
+ER_BAD_DB = 1049
+CONNECTION_REFUSED_CODES = (2002, 2003)
+
+
+class HealthSink(Protocol):
+    def set_health(self, name: str, ok: bool) -> None:
+        """Report one health input into the heartbeat group."""
+
+
+class VipLike(Protocol):
+    """L{clickpass.cluster.group.VipControl}."""
+
+    def take(self, up: Callable[[], None]) -> None: ...
+
+    def renew(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def announce(self) -> None: ...
+
+    def refresh(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The agent's timing and behaviour; see [dbagent] in the configuration."""
+
+    node: str = "db1"
+    check_interval: float = 0.1
+    check_timeout: float = 0.3
+    check_fall: int = 2
+    fence_timeout: float = 1.0
+    fence_wait: float = 2.0
+    promote_timeout: float = 10.0
+    rejoin_interval: float = 0.5
+    flap_period: float = 3600.0
+    server_pid_file: str = ""
+    health_check: str = "database"
+
+
+def record_failover(c: Any, at: float, node: str, kind: str) -> None:
+    c.execute(f"CREATE DATABASE IF NOT EXISTS {HA_SCHEMA}")
+    c.execute(
+        f"CREATE TABLE IF NOT EXISTS {HA_SCHEMA}.failover (id BIGINT NOT NULL AUTO_INCREMENT "
+        "PRIMARY KEY, at DOUBLE NOT NULL, node VARCHAR(64) NOT NULL, kind VARCHAR(16) NOT NULL, "
+        "acked TINYINT NOT NULL DEFAULT 0) ENGINE=InnoDB"
+    )
+    c.execute(
+        f"INSERT INTO {HA_SCHEMA}.failover (at, node, kind) VALUES (%s, %s, %s)", (at, node, kind)
+    )
+
+
+def last_failover(c: Any) -> tuple[float, str, str, bool] | None:
+    try:
+        c.execute(
+            f"SELECT at, node, kind, acked FROM {HA_SCHEMA}.failover ORDER BY id DESC LIMIT 1"
+        )
+    except pymysql.err.MySQLError as e:
+        if e.args and e.args[0] in (ER_NO_SUCH_TABLE, ER_BAD_DB):
+            return None
+        raise
+    row = c.fetchone()
+    if row is None:
+        return None
+    return float(row[0]), str(row[1]), str(row[2]), bool(row[3])
+
+
+def ack_failovers(c: Any) -> int:
+    try:
+        return int(c.execute(f"UPDATE {HA_SCHEMA}.failover SET acked = 1 WHERE acked = 0"))
+    except pymysql.err.MySQLError as e:
+        if e.args and e.args[0] in (ER_NO_SUCH_TABLE, ER_BAD_DB):
+            return 0
+        raise
+
+
+def one_line(error: BaseException | Failure) -> str:
+    value = error.value if isinstance(error, Failure) else error
+    text = str(value) or type(value).__name__
+    return " ".join(text.split())
+
+
+def refused(error: BaseException) -> bool:
+    """The peer's host answered that nothing listens: its server is not running."""
+    return (
+        isinstance(error, pymysql.err.OperationalError)
+        and bool(error.args)
+        and error.args[0] in CONNECTION_REFUSED_CODES
+        and "refused" in str(error).lower()
+    )
+
+
+class VipGate:
+    """
+    The db group's VIP, held back until this host is writable: the group
+    takes the address when it becomes MASTER, but clients are sent here
+    only once the promotion has finished.
+    """
+
+    def __init__(self, inner: VipLike) -> None:
+        self.inner = inner
+        self.wanted: Callable[[], None] | None = None
+        self.open = False
+        self.held = False
+
+    def take(self, up: Callable[[], None]) -> None:
+        self.wanted = up
+        if self.open and not self.held:
+            self.held = True
+            self.inner.take(up)
+
+    def renew(self) -> None:
+        if self.held:
+            self.inner.renew()
+
+    def release(self) -> None:
+        self.wanted = None
+        if self.held:
+            self.held = False
+            self.inner.release()
+
+    def announce(self) -> None:
+        if self.held:
+            self.inner.announce()
+
+    def refresh(self) -> None:
+        if self.held:
+            self.inner.refresh()
+
+    def set_open(self, on: bool) -> None:
+        self.open = on
+        if on and self.wanted is not None and not self.held:
+            self.held = True
+            self.inner.take(self.wanted)
+        elif not on and self.held:
+            self.held = False
+            self.inner.release()
+
+
+class DbAgent(Service):
+    """The database agent of one database host."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: AgentConfig,
+        local: ops.Server,
+        peer: ops.Server,
+        peer_account: ops.ReplicaAccount,
+        health: HealthSink,
+        vip: VipGate | None = None,
+        switchover: Callable[[], str] | None = None,
+        kill_server: Callable[[], bool] | None = None,
+    ) -> None:
+        self.setName("dbagent")
+        self.clock = clock
+        self.config = config
+        self.local = local
+        self.peer = peer
+        self.peer_account = peer_account
+        self.health = health
+        self.vip = vip
+        self._switchover = switchover
+        self.kill_server = kill_server or self._kill_from_pid_file
+        self.machine, self.core = machine.build(self)
+        self.counters: Counter[str] = Counter()
+        self.group = State.INIT
+        self.peer_present = False
+        self.failures = 0
+        self.last_status: ops.ServerStatus | None = None
+        self.last_error = ""
+        self.reason = ""
+        self.problems: list[str] = []
+        self.blocked = ""
+        self.acked_locally_at = 0.0
+        self.bootstrap_ok = False
+        self.changed_at = 0.0
+        self.elected_at = 0.0
+        self._check_started: float | None = None
+        self._op: str | None = None
+        self._last_slow = -1e9
+        self._checks = LoopingCall(self._check)
+        self._checks.clock = clock
+        self._reported: bool | None = None
+
+    # Service.
+
+    def startService(self) -> None:
+        super().startService()
+        self.changed_at = self.clock.seconds()
+        self._report()
+        self._checks.start(self.config.check_interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._checks.running:
+            self._checks.stop()
+
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    # Inputs from the heartbeat group.
+
+    def group_state(self, state: State) -> None:
+        """The db group's state on this host changed (MASTER, BACKUP, FAULT...)."""
+        before, self.group = self.group, state
+        if state == State.MASTER and before != State.MASTER:
+            self.elected_at = self.clock.seconds()
+            self._spawn("election", self._consider_election())
+        elif state not in (State.MASTER, State.HANDOVER):
+            self.machine.demoted()
+
+    def notify(self, group: str, state: State) -> None:
+        """L{clickpass.cluster.group.Notifier}: feed the db group's changes in."""
+        self.group_state(state)
+
+    def set_peer_present(self, present: bool) -> None:
+        """Whether the group hears a healthy peer (BACKUP or MASTER, health not FAULT)."""
+        self.peer_present = present
+
+    # Operator commands.
+
+    async def ack(self) -> dict[str, Any]:
+        self.acked_locally_at = self.clock.seconds()
+        self.blocked = ""
+        acked = 0
+        if self.role.writable:
+            acked = await self.local.call(ack_failovers)
+        self._report()
+        return {"acknowledged": True, "records": acked, "role": self.role.value}
+
+    def release(self) -> dict[str, Any]:
+        if self.role != Role.QUARANTINED:
+            raise ValueError(f"this host is {self.role.value}, not quarantined")
+        self.machine.release()
+        return {"role": self.role.value}
+
+    async def switchover(self) -> str:
+        if not self.role.writable:
+            raise ValueError(f"this host is {self.role.value}, not the primary")
+        if self._switchover is None:
+            raise ValueError("no heartbeat group is wired to this agent")
+        await self.local.call(record_failover, self.clock.seconds(), self.config.node, "switchover")
+        return self._switchover()
+
+    # Status.
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.seconds()
+        status: dict[str, Any] = {
+            "node": self.config.node,
+            "role": self.role.value,
+            "writable": self.role.writable,
+            "degraded": self.role == Role.DEGRADED,
+            "quarantined": self.role == Role.QUARANTINED,
+            "in_role_seconds": round(now - self.changed_at, 3),
+            "group": self.group.name,
+            "peer_present": self.peer_present,
+            "healthy": bool(self._reported),
+            "failover_blocked": self.blocked,
+            "operation": self._op,
+            "reason": self.reason,
+            "problems": list(self.problems),
+            "last_error": self.last_error,
+            "counters": dict(self.counters),
+        }
+        if self.last_status is not None:
+            status["server"] = self.last_status.as_dict()
+        return status
+
+    # The checks.
+
+    def _check(self) -> None:
+        now = self.clock.seconds()
+        if self._check_started is not None:
+            if now - self._check_started > self.config.check_timeout:
+                self._check_started = None
+                self._check_failed("the local server did not answer in time")
+            return
+        self._check_started = now
+        started = now
+        d = self.local.ping(self.config.check_timeout)
+
+        def ok(read_only: bool) -> None:
+            if self._check_started != started:
+                return  # a late answer after a timeout was counted
+            self._check_started = None
+            self.failures = 0
+            if self.role in (Role.STARTING, Role.DOWN):
+                self.machine.server_up()
+            if self.role.writable and read_only:
+                self.last_error = "the primary's server is read-only"
+            if self.clock.seconds() - self._last_slow >= self.config.rejoin_interval:
+                self._last_slow = self.clock.seconds()
+                self._spawn("status", self._slow_check())
+
+        def failed(f: Failure) -> None:
+            if self._check_started != started:
+                return
+            self._check_started = None
+            self._check_failed(one_line(f))
+
+        d.addCallbacks(ok, failed)
+
+    def _check_failed(self, why: str) -> None:
+        self.failures += 1
+        self.counters["check_failures"] += 1
+        if self.failures == self.config.check_fall:
+            self.last_error = why
+            self.log.warn(
+                "dbagent {node}: local server not answering ({error})",
+                node=self.config.node,
+                error=why,
+            )
+            self.machine.server_down()
+            self._report()
+
+    async def _slow_check(self) -> None:
+        """Every rejoin_interval: the full status, and what follows from it."""
+        status = await self.local.status()
+        self.last_status = status
+        role = self.role
+        if self.group == State.MASTER and role in (Role.FENCED, Role.REPLICA) and self._op is None:
+            # Elected while busy (rejoining, fencing): the election still stands.
+            await self._consider_election()
+        elif role == Role.FENCED and self._op is None:
+            self.machine.retry()
+        elif role == Role.REPLICA:
+            if ops.diverged(status):
+                self.problems = [status.last_io_error]
+                self.machine.errant()
+            elif status.sql_running != "Yes" or not status.replica_configured:
+                self.reason = status.last_sql_error or "replication is not running"
+                self.machine.failed()
+            else:
+                await self._update_block()
+        elif role == Role.PRIMARY:
+            if not self.peer_present and status.semisync_master_clients == 0:
+                self.log.warn(
+                    "dbagent {node}: the replica is gone (group agrees); going on alone, DEGRADED",
+                    node=self.config.node,
+                )
+                self.counters["degraded"] += 1
+                self.machine.peer_gone()
+        elif role == Role.DEGRADED and self.peer_present and await self._replica_caught_up(status):
+            self.log.info(
+                "dbagent {node}: the replica is back and caught up; semi-sync on again",
+                node=self.config.node,
+            )
+            self.machine.peer_back()
+        self._report()
+
+    async def _replica_caught_up(self, status: ops.ServerStatus) -> bool:
+        try:
+            replica = await self.peer.call(ops.read_status, timeout=self.config.fence_timeout)
+        except Exception:
+            return False
+        return (
+            replica.replicating
+            and replica.semisync_slave_enabled
+            and replica.slave_pos.transactions_behind(status.binlog_pos) <= 10
+        )
+
+    async def _update_block(self) -> None:
+        record = await self.local.call(last_failover)
+        self.blocked = ""
+        if record is None:
+            return
+        at, node, kind, acked = record
+        age = self.clock.seconds() - at
+        if (
+            kind == "automatic"
+            and not acked
+            and at > self.acked_locally_at
+            and age < self.config.flap_period
+        ):
+            self.blocked = (
+                f"automatic failover to {node} {age:.0f}s ago is not acknowledged "
+                "(clickpass-ctl db ack)"
+            )
+
+    # Health.
+
+    def _healthy(self) -> bool:
+        role = self.role
+        if role in (Role.PRIMARY, Role.DEGRADED, Role.PROMOTING):
+            return True
+        if role == Role.REPLICA:
+            return not self.blocked
+        if role in (Role.FENCED, Role.REJOINING):
+            # A pair with no primary: one of the two must be electable.
+            return self.bootstrap_ok
+        return False
+
+    def _report(self) -> None:
+        ok = self._healthy()
+        if ok != self._reported:
+            self._reported = ok
+            self.health.set_health(self.config.health_check, ok)
+
+    # Elections.
+
+    async def _consider_election(self) -> None:
+        if self.role == Role.REPLICA:
+            await self._update_block()
+            if self.blocked:
+                self.counters["failover_blocked"] += 1
+                self.log.warn(
+                    "dbagent {node}: elected, but not promoting: {reason}",
+                    node=self.config.node,
+                    reason=self.blocked,
+                )
+                self._report()
+                return
+        if self.group == State.MASTER:
+            self.machine.elected()
+
+    # AgentActions: the machine's outputs.
+
+    def entered(self, role: Role) -> None:
+        self.changed_at = self.clock.seconds()
+        self.counters[f"entered_{role.value}"] += 1
+        self.log.info("dbagent {node}: {role}", node=self.config.node, role=role.value.upper())
+        self._report()
+
+    def writable(self, on: bool) -> None:
+        if self.vip is not None:
+            self.vip.set_open(on)
+
+    def fence(self) -> None:
+        self._spawn("fence", self._fence(), report=True)
+
+    def rejoin(self, force: bool) -> None:
+        self._spawn("rejoin", self._rejoin(force), report=True)
+
+    def promote(self) -> None:
+        self._spawn("promote", self._promote(), report=True)
+
+    def semisync(self, on: bool) -> None:
+        self._spawn("semisync", self._semisync(on), report=True)
+
+    def quarantine(self) -> None:
+        self._spawn("quarantine", self._quarantine(), report=False)
+
+    def _spawn(self, name: str, coroutine: Coroutine[Any, Any, Any], report: bool = False) -> None:
+        if report:
+            self._op = name
+        d = Deferred.fromCoroutine(coroutine)
+
+        def finished(result: object) -> None:
+            if report and self._op == name:
+                self._op = None
+            if isinstance(result, Failure):
+                self.last_error = one_line(result)
+                self.counters[f"{name}_failed"] += 1
+                self.log.warn(
+                    "dbagent {node}: {operation} failed: {error}",
+                    node=self.config.node,
+                    operation=name,
+                    error=self.last_error,
+                )
+                if report:
+                    self.machine.failed()
+            self._report()
+
+        d.addBoth(finished)
+
+    async def _fence(self) -> None:
+        try:
+            killed = await self.local.call(
+                ops.fence, 3, self.config.fence_timeout / 3, timeout=self.config.fence_timeout
+            )
+        except Exception as e:
+            self.last_error = f"fence failed: {one_line(e)}"
+            if self.kill_server():
+                self.counters["server_killed"] += 1
+                self.log.error(
+                    "dbagent {node}: could not fence the local server ({error}); killed it",
+                    node=self.config.node,
+                    error=one_line(e),
+                )
+            raise
+        self.counters["fenced"] += 1
+        self.log.info(
+            "dbagent {node}: fenced (read-only; {killed} client connections ended)",
+            node=self.config.node,
+            killed=killed,
+        )
+        self.machine.done()
+
+    async def _rejoin(self, force: bool) -> None:
+        try:
+            primary = await self.peer.status()
+        except Exception as e:
+            self.bootstrap_ok = False
+            self.reason = f"the peer's server does not answer ({one_line(e)})"
+            self.machine.failed()
+            return
+        local = await self.local.status()
+        self.last_status = local
+        if primary.read_only:
+            # No primary anywhere: this host may be the one to start it, if
+            # it is not behind the peer.
+            self.bootstrap_ok = local.binlog_pos.reached(primary.binlog_pos)
+            self.reason = "the peer is read-only: no primary to rejoin"
+            self.machine.failed()
+            return
+        self.bootstrap_ok = False
+        problems = [] if force else ops.rejoin_problems(local, primary)
+        if problems:
+            self._errant(problems)
+            return
+        await self.local.call(ops.configure_replica, self.peer_account, True)
+        for _ in range(int(5 / 0.1)):
+            await deferLater(self.clock, 0.1, lambda: None)
+            status = await self.local.status()
+            self.last_status = status
+            if ops.diverged(status):
+                self._errant([status.last_io_error])
+                return
+            if status.replicating and status.semisync_slave_active:
+                self.problems = []
+                self.reason = ""
+                self.counters["rejoined"] += 1
+                self.log.info(
+                    "dbagent {node}: rejoined as replica of {primary} at {position}",
+                    node=self.config.node,
+                    primary=self.peer.describe(),
+                    position=str(status.slave_pos),
+                )
+                self.machine.done()
+                return
+        self.reason = "replication did not start within 5s"
+        self.machine.failed()
+
+    def _errant(self, problems: list[str]) -> None:
+        self.problems = problems
+        self.counters["quarantined"] += 1
+        self.log.error(
+            "dbagent {node}: errant transactions, QUARANTINED: {problems}",
+            node=self.config.node,
+            problems="; ".join(problems),
+        )
+        self.machine.errant()
+
+    async def _quarantine(self) -> None:
+        await self.local.call(ops.quarantine)
+
+    async def _promote(self) -> None:
+        bootstrap = self.last_status is None or not self.last_status.replica_configured
+        peer_alive = await self._fence_peer(bootstrap)
+        if self.group != State.MASTER:
+            raise ops.OperationFailed("no longer MASTER in the db group; not promoting")
+        semisync = peer_alive and self.peer_present
+        position = await self.local.call(
+            ops.promote,
+            self.config.promote_timeout,
+            semisync,
+            timeout=self.config.promote_timeout + 5,
+        )
+        record = await self.local.call(last_failover)
+        kind = "automatic"
+        if bootstrap:
+            kind = "bootstrap"
+        elif record is not None and record[2] == "switchover" and not record[3]:
+            kind = "switchover-done"
+        await self.local.call(record_failover, self.clock.seconds(), self.config.node, kind)
+        if kind == "switchover-done":
+            await self.local.call(ack_failovers)
+        self.counters["promoted"] += 1
+        self.log.info(
+            "dbagent {node}: PROMOTED ({kind}) at {position}, semi-sync {semisync}",
+            node=self.config.node,
+            kind=kind,
+            position=str(position),
+            semisync="on" if semisync else "off",
+        )
+        self.machine.done()
+        if not semisync:
+            self.counters["degraded"] += 1
+            self.machine.peer_gone()
+
+    async def _fence_peer(self, bootstrap: bool) -> bool:
+        """
+        Make sure the old primary accepts no writes before this host does.
+        Returns whether the peer answered (and is now read-only).
+        """
+        try:
+            status = await self.peer.call(ops.read_status, timeout=self.config.fence_timeout)
+            if bootstrap:
+                local = await self.local.status()
+                if not status.read_only or not local.binlog_pos.reached(status.binlog_pos):
+                    raise ops.OperationFailed(
+                        "bootstrap refused: the peer is writable or ahead of this host"
+                    )
+            if not status.read_only:
+                await self.peer.call(
+                    ops.fence, 3, self.config.fence_timeout / 3, timeout=self.config.fence_timeout
+                )
+                self.counters["peer_fenced"] += 1
+            return True
+        except ops.OperationFailed:
+            raise
+        except Exception as e:
+            if bootstrap:
+                raise ops.OperationFailed(
+                    f"bootstrap refused: the peer does not answer ({one_line(e)})"
+                ) from None
+            if refused(e):
+                self.log.info(
+                    "dbagent {node}: the old primary's server is not running; promoting",
+                    node=self.config.node,
+                )
+                return False
+            wait = self.elected_at + self.config.fence_wait - self.clock.seconds()
+            self.log.warn(
+                "dbagent {node}: cannot reach the old primary ({error}); waiting {wait}s "
+                "for it to fence itself",
+                node=self.config.node,
+                error=one_line(e),
+                wait=round(max(0.0, wait), 3),
+            )
+            if wait > 0:
+                await deferLater(self.clock, wait, lambda: None)
+            return False
+
+    async def _semisync(self, on: bool) -> None:
+        await self.local.call(ops.set_semisync_master, on)
+        self.log.info(
+            "dbagent {node}: semi-sync master {state}",
+            node=self.config.node,
+            state="ON (lossless)" if on else "OFF (DEGRADED: writes acknowledged alone)",
+        )
+
+    def _kill_from_pid_file(self) -> bool:
+        path = self.config.server_pid_file
+        if not path:
+            return False
+        try:
+            pid = int(Path(path).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            return True
+        return False
+
+
+__all__ = ["AgentConfig", "DbAgent", "HealthSink", "VipGate"]
