@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -27,6 +27,9 @@ from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.control.service import ControlService
 from clickpass.database import migrations
 from clickpass.database.storage import AdbapiStorage, Transaction, open_storage
+
+if TYPE_CHECKING:
+    from clickpass.balancer.service import Front
 
 DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
 
@@ -84,6 +87,7 @@ class Node(MultiService):
         self.started_at = 0.0
         self.storage: AdbapiStorage | None = None
         self.ready = False
+        self.front: Front | None = None
         self.commands = CommandRegistry()
         self._ports: list[IListeningPort] = []
         self._starting: Deferred[None] | None = None
@@ -99,9 +103,16 @@ class Node(MultiService):
             from clickpass.cluster.service import ClusterService
 
             # The heartbeat holds VIPs only while the node is ready to serve.
-            self.cluster = ClusterService(reactor, settings, ready=lambda: self.ready)
+            self.cluster = ClusterService(reactor, settings, ready=self.serving)
             self.cluster.register_commands(self.commands)
             self.cluster.setServiceParent(self)
+
+    def serving(self) -> bool:
+        """
+        Whether this node can serve requests now: started, with at least one
+        worker taking requests. The heartbeat gives up the VIP when it is not.
+        """
+        return self.ready and self.front is not None and self.front.pool.routable() > 0
 
     def startService(self) -> None:
         self.started_at = self.reactor.seconds()
@@ -125,11 +136,11 @@ class Node(MultiService):
         # opens the storage and serves the web application (issue 3).
         from clickpass.balancer.service import Front, ListenError
 
-        self.front = Front(self.reactor, settings, tls_endpoint=tls_endpoint)
-        self.front.register_commands(self.commands)
-        self.front.setServiceParent(self)
+        front = self.front = Front(self.reactor, settings, tls_endpoint=tls_endpoint)
+        front.register_commands(self.commands)
+        front.setServiceParent(self)
         try:
-            await self.front.listen()
+            await front.listen()
         except ListenError as e:
             raise StartupError(str(e)) from None
         self._start_housekeeping(self.storage)
@@ -137,7 +148,7 @@ class Node(MultiService):
         from clickpass.partners.webhooks import delivery_service
 
         delivery_service(self.reactor, settings, self.storage, self.secret).setServiceParent(self)
-        await self.front.wait_ready()
+        await front.wait_ready()
         self.ready = True
         self.log.info(
             "clickpass node {node} ready: serving {url}",

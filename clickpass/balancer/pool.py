@@ -164,6 +164,11 @@ class Pool:
         for connection in idle:
             connection.close()
 
+    def routable(self) -> int:
+        """How many workers take requests now (in the pool, not ejected)."""
+        now = self.clock.seconds()
+        return sum(1 for b in self.backends if b.ejected_until <= now)
+
     # Choosing a worker.
 
     def pick(self, exclude: Backend | None = None) -> Backend | None:
