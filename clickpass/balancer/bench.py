@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,24 +24,45 @@ import subprocess
 import sys
 import tempfile
 import time
+from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+
+import requests
 
 VENV_BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
-ENDPOINTS = [
+# The relying party's realm: a loopback address, so that verifying its
+# return_to (relying-party discovery) never leaves the machine; the provider
+# refuses private addresses without connecting and answers "unverifiable".
+REALM = "http://127.0.0.1:9/"
+BENCH_EMAIL = "bench@example.com"
+BENCH_PASSWORD = secrets.token_urlsafe(16)
+
+
+def openid_path(mode: str, realm: str = REALM) -> str:
+    """An OpenID 2.0 checkid request (identifier_select) for C{realm}."""
+    select = "http://specs.openid.net/auth/2.0/identifier_select"
+    return "/openid?" + urlencode(
+        {
+            "openid.ns": "http://specs.openid.net/auth/2.0",
+            "openid.mode": mode,
+            "openid.claimed_id": select,
+            "openid.identity": select,
+            "openid.return_to": realm + "return",
+            "openid.realm": realm,
+        }
+    )
+
+
+ENDPOINTS: list[tuple[str, str, list[str]]] = [
     ("small", "/healthz", []),
     ("discovery", "/", ["-H", "Accept: application/xrds+xml"]),
-    (
-        "checkid_immediate",
-        "/openid?openid.ns=http%3A%2F%2Fspecs.openid.net%2Fauth%2F2.0"
-        "&openid.mode=checkid_immediate"
-        "&openid.claimed_id=http%3A%2F%2Fspecs.openid.net%2Fauth%2F2.0%2Fidentifier_select"
-        "&openid.identity=http%3A%2F%2Fspecs.openid.net%2Fauth%2F2.0%2Fidentifier_select"
-        "&openid.return_to=http%3A%2F%2Frp.example%2Freturn&openid.realm=http%3A%2F%2Frp.example%2F",
-        [],
-    ),
+    ("immediate_anon", openid_path("checkid_immediate"), []),
+    # The signed-in case: the session cookie is added by sign_in_and_approve().
+    ("immediate_signed", openid_path("checkid_immediate"), []),
 ]
 
 
@@ -82,6 +104,53 @@ def wrk(url: str, extra: list[str], seconds: int, connections: int) -> dict[str,
     }
 
 
+_FORM_FIELD = re.compile(r'name="(csrf_token|payload|mac)" value="([^"]*)"')
+
+
+def _form(html: str) -> dict[str, str]:
+    return {name: unescape(value) for name, value in _FORM_FIELD.findall(html)}
+
+
+def sign_in_and_approve(base: str) -> str:
+    """
+    Create an account (through the sign-up page), approve the realm once
+    (checkid_setup and the consent form), check that checkid_immediate now
+    answers a positive assertion, and return the Cookie header to send.
+    """
+    session = requests.Session()
+    page = session.get(base + "/signup", timeout=30)
+    fields = {
+        "email": BENCH_EMAIL,
+        "password": BENCH_PASSWORD,
+        "password_again": BENCH_PASSWORD,
+        "next": "/account",
+        "csrf_token": _form(page.text)["csrf_token"],
+    }
+    signed = session.post(base + "/signup", data=fields, allow_redirects=False, timeout=30)
+    if signed.status_code != 303:
+        raise RuntimeError(f"sign-up answered {signed.status_code}: {signed.text[:300]}")
+    consent = session.get(base + openid_path("checkid_setup"), allow_redirects=False, timeout=30)
+    if consent.status_code != 200:
+        raise RuntimeError(f"checkid_setup answered {consent.status_code}: {consent.text[:300]}")
+    decision = {**_form(consent.text), "decision": "allow"}
+    allowed = session.post(
+        base + "/openid/decide", data=decision, allow_redirects=False, timeout=30
+    )
+    if allowed.status_code != 302:
+        raise RuntimeError(f"the consent form answered {allowed.status_code}")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    check = requests.get(
+        base + openid_path("checkid_immediate"),
+        headers={"Cookie": cookie},
+        allow_redirects=False,
+        timeout=30,
+    )
+    location = check.headers.get("location", "")
+    if check.status_code != 302 or "openid.mode=id_res" not in location:
+        raise RuntimeError(f"checkid_immediate is not positive: {check.status_code} {location}")
+    return cookie
+
+
 def haproxy_config(port: int, sockets: list[str], maxconn: int) -> str:
     servers = "\n".join(
         f"    server w{i} unix@{path} maxconn {maxconn}" for i, path in enumerate(sockets)
@@ -111,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only this endpoint (repeatable)"
+    )
     args = parser.parse_args(argv)
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -177,9 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         assert direct.stdout is not None
         direct.stdout.readline()
         time.sleep(0.5)
+        cookie = sign_in_and_approve(f"http://127.0.0.1:{front_port}")
+        endpoints = [
+            (name, path, ["-H", f"Cookie: {cookie}"] if name == "immediate_signed" else extra)
+            for name, path, extra in ENDPOINTS
+            if not args.only or name in args.only
+        ]
         rows: list[tuple[str, str, dict[str, Any] | None]] = []
         ratios = []
-        for name, path, extra in ENDPOINTS:
+        for name, path, extra in endpoints:
             # Warm up every path once.
             for port in (front_port, haproxy_port, direct_port):
                 wrk(f"http://127.0.0.1:{port}{path}", extra, 1, 4)
