@@ -1,0 +1,455 @@
+"""
+The database agent service on a task.Clock, with fake servers that answer
+on the clock (never synchronously, as the thread pool never does): bootstrap,
+promotion behind a closed VIP gate, fencing an unreachable old primary by
+waiting, anti-flapping, a frozen local primary, errant rejoin and
+quarantine, and DEGRADED when the replica is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymysql
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from clickpass.cluster.wire import State
+from clickpass.dbagent import agent as agentmod
+from clickpass.dbagent import mariadb as ops
+from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate
+from clickpass.dbagent.gtid import Position
+from clickpass.dbagent.machine import Role
+
+CONFIG = AgentConfig(
+    node="db2",
+    check_interval=0.05,
+    check_timeout=0.2,
+    check_fall=2,
+    fence_timeout=0.6,
+    fence_wait=2.0,
+    promote_timeout=5.0,
+    rejoin_interval=0.25,
+    flap_period=3600.0,
+)
+
+
+@dataclass
+class Shared:
+    """What both fake servers replicate between them: the failover record."""
+
+    failovers: list[list[Any]] = field(default_factory=list)
+
+
+class FakeServer:
+    """
+    One MariaDB server's role state. C{mode} is "up", "refused" (nothing
+    listens) or "frozen" (never answers; the caller's timeout fires).
+    """
+
+    def __init__(self, clock: Clock, shared: Shared, name: str, **status: Any) -> None:
+        self.clock = clock
+        self.shared = shared
+        self.name = name
+        self.mode = "up"
+        self.status_ = ops.ServerStatus(**status)
+        self.calls: list[str] = []
+
+    def set(self, **changes: Any) -> None:
+        self.status_ = dataclasses.replace(self.status_, **changes)
+
+    def describe(self) -> str:
+        return self.name
+
+    def _answer(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        s = self.status_
+        if fn is ops.ping:
+            return s.read_only
+        if fn is ops.read_status:
+            return s
+        if fn is ops.fence:
+            self.set(read_only=True, semisync_master_enabled=False)
+            return 0
+        if fn is ops.configure_replica:
+            self.set(
+                read_only=True,
+                semisync_master_enabled=False,
+                replica_configured=True,
+                io_running="Yes",
+                sql_running="Yes",
+                semisync_slave_enabled=True,
+                semisync_slave_active=True,
+            )
+            return None
+        if fn is ops.promote:
+            _, semisync = args
+            self.set(
+                replica_configured=False,
+                io_running="No",
+                sql_running="No",
+                read_only=False,
+                semisync_master_enabled=semisync,
+            )
+            return s.binlog_pos
+        if fn is ops.set_semisync_master:
+            self.set(semisync_master_enabled=args[0])
+            return None
+        if fn is ops.quarantine:
+            self.set(read_only=True, io_running="No", sql_running="No")
+            return None
+        if fn is agentmod.last_failover:
+            return tuple(self.shared.failovers[-1]) if self.shared.failovers else None
+        if fn is agentmod.record_failover:
+            at, node, kind = args
+            self.shared.failovers.append([at, node, kind, False])
+            return None
+        if fn is agentmod.ack_failovers:
+            for record in self.shared.failovers:
+                record[3] = True
+            return len(self.shared.failovers)
+        raise AssertionError(f"unexpected call {fn.__name__}")
+
+    def call(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None
+    ) -> Deferred[Any]:
+        self.calls.append(fn.__name__)
+        d: Deferred[Any] = Deferred()
+        if self.mode == "frozen":
+            return d.addTimeout(timeout if timeout is not None else 5.0, self.clock)
+        mode = self.mode
+
+        def answer() -> None:
+            if mode == "refused":
+                d.errback(
+                    Failure(
+                        pymysql.err.OperationalError(2003, "Can't connect (Connection refused)")
+                    )
+                )
+                return
+            try:
+                d.callback(self._answer(fn, args))
+            except Exception:
+                d.errback(Failure())
+
+        self.clock.callLater(0.001, answer)
+        return d
+
+    def status(self) -> Deferred[ops.ServerStatus]:
+        return self.call(ops.read_status)
+
+    def ping(self, timeout: float) -> Deferred[bool]:
+        return self.call(ops.ping, timeout=timeout)
+
+
+@dataclass
+class Health:
+    reports: list[tuple[str, bool]] = field(default_factory=list)
+
+    def set_health(self, name: str, ok: bool) -> None:
+        self.reports.append((name, ok))
+
+    @property
+    def ok(self) -> bool:
+        return self.reports[-1][1]
+
+
+@dataclass
+class FakeVip:
+    log: list[str] = field(default_factory=list)
+
+    def take(self, up: Callable[[], None]) -> None:
+        self.log.append("take")
+        up()
+
+    def renew(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.log.append("release")
+
+    def announce(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+
+@dataclass
+class World:
+    clock: Clock
+    local: FakeServer
+    peer: FakeServer
+    agent: DbAgent
+    health: Health
+    vip: FakeVip
+    gate: VipGate
+    killed: list[float]
+    shared: Shared
+
+    def run(self, seconds: float, step: float = 0.01) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def until(
+        self, predicate: Callable[[], bool], limit: float = 10.0, step: float = 0.01
+    ) -> float:
+        """Advance until C{predicate} holds; returns the simulated seconds it took."""
+        start = self.clock.seconds()
+        for _ in range(round(limit / step)):
+            if predicate():
+                return self.clock.seconds() - start
+            self.clock.advance(step)
+        raise AssertionError(f"not reached in {limit}s: {self.agent.status()}")
+
+    @property
+    def role(self) -> Role:
+        return self.agent.role
+
+
+def world(
+    config: AgentConfig = CONFIG,
+    local: dict[str, Any] | None = None,
+    peer: dict[str, Any] | None = None,
+) -> World:
+    clock = Clock()
+    shared = Shared()
+    lserver = FakeServer(clock, shared, "local", server_id=2, **(local or {}))
+    pserver = FakeServer(clock, shared, "peer", server_id=1, **(peer or {}))
+    health = Health()
+    vip = FakeVip()
+    gate = VipGate(vip)
+    killed: list[float] = []
+
+    def kill() -> bool:
+        killed.append(clock.seconds())
+        return True
+
+    agent = DbAgent(
+        clock,
+        config,
+        lserver,  # type: ignore[arg-type]
+        pserver,  # type: ignore[arg-type]
+        ops.ReplicaAccount("127.0.0.1", 3306, "repl", "pw"),
+        health,
+        gate,
+        switchover=lambda: "handing over",
+        kill_server=kill,
+    )
+    return World(clock, lserver, pserver, agent, health, vip, gate, killed, shared)
+
+
+POS = Position.parse("0-1-10")
+
+
+def replica_world(**kw: Any) -> World:
+    """db2 a running replica of a writable db1 (the peer), both at 0-1-10."""
+    w = world(
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+        **kw,
+    )
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role == Role.REPLICA)
+    return w
+
+
+def test_a_new_host_is_fenced_first_and_rejoins_the_primary() -> None:
+    """A server that appears is made read-only, then replicates from the writable peer."""
+    w = replica_world()
+    assert w.local.calls[:2] == ["ping", "fence"]
+    assert "configure_replica" in w.local.calls
+    assert w.local.status_.read_only
+    assert w.health.ok  # a healthy replica is electable
+
+
+def test_bootstrap_promotes_behind_a_closed_vip_gate() -> None:
+    """With no primary anywhere, the elected host promotes; the VIP waits for writability."""
+    w = world(local={"binlog_pos": POS}, peer={"binlog_pos": POS})
+    w.agent.startService()
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.agent.bootstrap_ok)
+    assert w.role == Role.FENCED and w.health.ok
+    # The group becomes MASTER and asks for the VIP at once...
+    w.agent.group_state(State.MASTER)
+    w.gate.take(lambda: None)
+    assert w.vip.log == []
+    # ...which it gets only once the promotion is done.
+    w.until(lambda: w.role.writable)
+    assert w.vip.log == ["take"]
+    assert w.shared.failovers[-1][2] == "bootstrap"
+    assert not w.local.status_.read_only
+    # The peer is not present: promoted without semi-sync, visibly DEGRADED.
+    w.until(lambda: w.role == Role.DEGRADED)
+    assert w.agent.status()["degraded"]
+
+
+def test_bootstrap_is_refused_when_the_peer_is_ahead() -> None:
+    """A host behind its read-only peer is not electable, and refuses a promotion."""
+    w = world(local={"binlog_pos": POS}, peer={"binlog_pos": Position.parse("0-1-11")})
+    w.agent.startService()
+    w.run(1.0)
+    assert w.role == Role.FENCED
+    assert not w.agent.bootstrap_ok and not w.health.ok
+    w.agent.group_state(State.MASTER)
+    w.run(1.0)
+    assert not w.role.writable
+    assert w.local.status_.read_only
+
+
+def test_failover_when_the_old_primary_is_not_running() -> None:
+    """Connection refused from the old primary: promote at once, without semi-sync."""
+    w = replica_world()
+    w.peer.mode = "refused"
+    w.agent.set_peer_present(False)
+    w.agent.group_state(State.MASTER)
+    took = w.until(lambda: w.role.writable)
+    assert took < 0.5
+    assert w.shared.failovers[-1][1:3] == ["db2", "automatic"]
+    w.until(lambda: w.role == Role.DEGRADED)
+    assert not w.local.status_.semisync_master_enabled
+
+
+def test_failover_fences_a_reachable_old_primary_first() -> None:
+    """An old primary that answers is made read-only before this host becomes writable."""
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role.writable)
+    assert w.peer.status_.read_only
+    assert w.agent.counters["peer_fenced"] == 1
+    assert w.role == Role.PRIMARY  # the peer is present: lossless semi-sync stays on
+    assert w.local.status_.semisync_master_enabled
+
+
+def test_an_unreachable_old_primary_is_given_fence_wait_to_fence_itself() -> None:
+    """A silent old primary: no promotion before fence_wait seconds after the election."""
+    w = replica_world()
+    w.peer.mode = "frozen"
+    w.agent.set_peer_present(False)
+    elected = w.clock.seconds()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PROMOTING)
+    w.run(CONFIG.fence_wait - 0.1)
+    assert w.role == Role.PROMOTING and w.local.status_.read_only
+    w.until(lambda: w.role.writable, limit=1.0)
+    assert w.clock.seconds() - elected >= CONFIG.fence_wait
+
+
+def test_no_second_automatic_failover_until_acknowledged() -> None:
+    """After an automatic failover, an elected replica does not promote until `db ack`."""
+    w = replica_world()
+    w.shared.failovers.append([w.clock.seconds(), "db1", "automatic", False])
+    w.run(0.5)
+    assert w.agent.blocked and not w.health.ok
+    w.agent.group_state(State.MASTER)
+    w.run(1.0)
+    assert w.role == Role.REPLICA
+    assert w.agent.counters["failover_blocked"] >= 1
+    d = Deferred.fromCoroutine(w.agent.ack())
+    w.run(0.1)
+    assert d.called
+    w.until(lambda: w.role.writable)
+
+
+def test_the_flap_block_ends_after_flap_period() -> None:
+    """An unacknowledged automatic failover older than flap_period blocks nothing."""
+    config = dataclasses.replace(CONFIG, flap_period=5.0)
+    w = replica_world(config=config)
+    w.shared.failovers.append([w.clock.seconds(), "db1", "automatic", False])
+    w.run(0.5)
+    assert w.agent.blocked
+    w.run(5.0)
+    assert not w.agent.blocked and w.health.ok
+
+
+def test_a_frozen_local_primary_stops_being_writable_and_is_killed() -> None:
+    """Checks time out: the VIP goes at once, the fence times out, the server is killed."""
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.gate.take(lambda: None)
+    w.until(lambda: w.role == Role.PRIMARY)
+    assert w.vip.log == ["take"]
+    w.local.mode = "frozen"
+    frozen = w.clock.seconds()
+    w.until(lambda: w.role == Role.DEMOTING, limit=2.0)
+    assert w.vip.log == ["take", "release"]
+    detect = w.clock.seconds() - frozen
+    assert detect <= CONFIG.check_fall * (CONFIG.check_interval + CONFIG.check_timeout) + 0.1
+    w.until(lambda: bool(w.killed), limit=2.0)
+    assert w.agent.counters["server_killed"] == 1
+    assert w.killed[0] - frozen < detect + CONFIG.fence_timeout + 0.1
+
+
+def test_errant_history_is_quarantined_until_released() -> None:
+    """A returning host ahead of the primary is quarantined; rejoin --force releases it."""
+    w = world(
+        local={"binlog_pos": Position.parse("0-2-11")},
+        peer={"binlog_pos": POS, "read_only": False},
+    )
+    w.agent.startService()
+    w.until(lambda: w.role == Role.QUARANTINED)
+    assert w.agent.problems and "past the primary" in w.agent.problems[0]
+    assert "quarantine" in w.local.calls
+    assert not w.health.ok
+    w.run(2.0)
+    assert w.role == Role.QUARANTINED  # no automatic way out
+    assert w.agent.release() == {"role": "rejoining"}
+    w.until(lambda: w.role == Role.REPLICA)
+
+
+def test_release_refuses_a_host_that_is_not_quarantined() -> None:
+    """rejoin --force on a healthy replica is a one-line error, not a state change."""
+    w = replica_world()
+    try:
+        w.agent.release()
+    except ValueError as e:
+        assert "not quarantined" in str(e)
+    else:
+        raise AssertionError("release of a replica was accepted")
+    assert w.role == Role.REPLICA
+
+
+def test_primary_goes_degraded_when_the_replica_is_gone_and_back_when_it_returns() -> None:
+    """DEGRADED only when the group agrees and no replica acks; lossless again when caught up."""
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.local.set(semisync_master_clients=1)
+    w.agent.set_peer_present(False)
+    w.run(1.0)
+    assert w.role == Role.PRIMARY  # a replica still acknowledges: not alone
+    w.local.set(semisync_master_clients=0)
+    w.until(lambda: w.role == Role.DEGRADED)
+    w.run(0.05)  # the semi-sync change runs after the role change
+    assert not w.local.status_.semisync_master_enabled
+    # The replica comes back, replicating and caught up.
+    w.peer.set(
+        read_only=True,
+        replica_configured=True,
+        io_running="Yes",
+        sql_running="Yes",
+        semisync_slave_enabled=True,
+        slave_pos=POS,
+    )
+    w.agent.set_peer_present(True)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.run(0.05)
+    assert w.local.status_.semisync_master_enabled
+
+
+def test_losing_the_election_fences_the_primary() -> None:
+    """BACKUP/FAULT from the group while PRIMARY: read-only and the VIP released."""
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.gate.take(lambda: None)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.agent.group_state(State.FAULT)
+    assert w.vip.log == ["take", "release"]
+    w.until(lambda: w.role in (Role.FENCED, Role.REJOINING, Role.REPLICA))
+    assert w.local.status_.read_only
