@@ -3,8 +3,12 @@ SReg 1.1 and AX 1.0 fetch: what a relying party asked for, what we can
 release, and the extension responses that carry it.
 
 We release only three things, and only with the person's consent: email,
-nickname and full name (both from the account's display name). Anything
-else a site asks for is simply not sent.
+nickname and full name. For a person who signs in through an upstream
+provider (OpenID Connect / OAuth 2), these come from that provider's
+claims where it gave them (name; nickname or preferred_username; the email
+only when the provider verified it), else from the account. A placeholder
+email (an account whose provider gave no verified email) is never released.
+Anything else a site asks for is simply not sent.
 
 Runs in the same thread as the rest of the library work; nothing here
 touches the database.
@@ -12,6 +16,7 @@ touches the database.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,18 +67,57 @@ def requested(openid_request: Any) -> Requested:
     return Requested(sreg_request, ax_request, frozenset(fields), problem)
 
 
-def values_for(account: Account) -> dict[str, str]:
-    """What we hold for each field (fields we do not hold are absent)."""
-    values = {"email": account.email}
-    if account.display_name:
-        values["nickname"] = account.display_name
-        values["fullname"] = account.display_name
+PLACEHOLDER_EMAIL_DOMAIN = "@upstream.invalid"
+MAX_VALUE = 256
+
+
+def _claim(claims: Mapping[str, Any], *names: str) -> str:
+    """The first non-empty string claim among C{names}, one line, bounded."""
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str):
+            value = " ".join(value.split())[:MAX_VALUE]
+            if value:
+                return value
+    return ""
+
+
+def values_for(account: Account, claims: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """
+    What we hold for each field (fields we do not hold are absent).
+    C{claims} are the upstream claims of the account's sign-in provider
+    (L{clickpass.upstream.service.UpstreamService.claims_for}: an email is
+    in them only when the provider verified it); they win over the account.
+    """
+    claims = claims or {}
+    values: dict[str, str] = {}
+    email = account.email
+    if email.endswith(PLACEHOLDER_EMAIL_DOMAIN):
+        email = ""
+    verified = claims.get("email_verified") is not False
+    upstream_email = _claim(claims, "email") if verified else ""
+    if upstream_email and not email:
+        email = upstream_email
+    if email:
+        values["email"] = email
+    display = account.display_name
+    given_family = " ".join(
+        p for p in (_claim(claims, "given_name"), _claim(claims, "family_name")) if p
+    )
+    fullname = _claim(claims, "name") or given_family or display
+    nickname = _claim(claims, "nickname", "preferred_username", "given_name") or display
+    if fullname:
+        values["fullname"] = fullname
+    if nickname:
+        values["nickname"] = nickname
     return values
 
 
-def release(wanted: frozenset[str], account: Account) -> dict[str, str]:
+def release(
+    wanted: frozenset[str], account: Account, claims: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """The values that would be released for C{wanted}, by field name."""
-    held = values_for(account)
+    held = values_for(account, claims)
     return {f: held[f] for f in sorted(wanted) if f in held}
 
 

@@ -156,6 +156,27 @@ class OpenIDWeb:
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return bytes(body)
 
+    async def held(self, account: Account) -> dict[str, str]:
+        """
+        What can be released about C{account}: its upstream provider's claims
+        (the most recently used one; an unverified email is never among
+        them) over the account's own values.
+        """
+        upstream = getattr(self.app, "upstream", None)
+        claims: dict[str, Any] = {}
+        if upstream is not None:
+            try:
+                claims = await upstream.claims_for(account.id)
+            except Exception:
+                # Without the claims the account's own values still serve.
+                log.failure("upstream claims for account {account} unreadable", account=account.id)
+        return extensions.values_for(account, claims)
+
+    async def released(self, wanted: frozenset[str], account: Account) -> dict[str, str]:
+        """The values released for C{wanted} (see L{held}), by field name."""
+        held = await self.held(account)
+        return {f: held[f] for f in sorted(wanted) if f in held}
+
     def _refuse(
         self, request: Request, status: int, message: str, back_url: str | None = None
     ) -> bytes:
@@ -238,7 +259,7 @@ class OpenIDWeb:
             )
             if handled is not None:
                 return bytes(handled)
-        released = extensions.release(wanted.fields, account)
+        released = await self.released(wanted.fields, account)
         approved = await self.app.storage.run(approvals.get, account.id, realm)
         if approved is not None and set(released) <= approved:
             await self.app.storage.run(approvals.touch, account.id, realm, self._now())
@@ -358,7 +379,7 @@ class OpenIDWeb:
             )
             if handled is not None:
                 return bytes(handled)
-        released = extensions.release(wanted.fields, account)
+        released = await self.released(wanted.fields, account)
         await self.app.storage.run(
             approvals.remember, account.id, realm, frozenset(released), self._now()
         )

@@ -113,7 +113,9 @@ class PartnerFlow:
         if openid_request.immediate:
             return bytes(await self.web.answer(request, openid_request, False))
         asked, required = self._asked(site, wanted)
-        return self._choice(request, site, account, query, asked, required, fields.prefill(account))
+        return await self._choice(
+            request, site, account, query, asked, required, await self._prefill(account)
+        )
 
     async def _login(
         self,
@@ -126,7 +128,7 @@ class PartnerFlow:
         wanted: openid_extensions.Requested,
     ) -> bytes:
         asked, _ = self._asked(site, wanted)
-        held = openid_extensions.values_for(account)
+        held = await self.web.held(account)
         values = {f: held[f] for f in asked if f in held}
         await self.app.storage.run(sites.touch_link, site.id, account.id, self._now())
         log.info("partner sign-in at {site}: returning person", site=site.public_id)
@@ -147,7 +149,19 @@ class PartnerFlow:
         request.setResponseCode(400)
         return self.app.render(request, "openid/refused.html", message=message, back_url=None)
 
-    def _choice(
+    async def _prefill(self, account: Account) -> dict[str, str]:
+        """The registration form's first values: the releasable ones over the account's."""
+        values = fields.prefill(account)
+        if values.get("email", "").endswith(openid_extensions.PLACEHOLDER_EMAIL_DOMAIN):
+            del values["email"]
+        held = await self.web.held(account)
+        if held.get("nickname") == account.display_name:
+            # Not the provider's own nickname: keep the form's shorter default.
+            held.pop("nickname")
+        values.update(held)
+        return values
+
+    async def _choice(
         self,
         request: Request,
         site: sites.Site,
@@ -159,7 +173,7 @@ class PartnerFlow:
         errors: dict[str, str] | None = None,
     ) -> bytes:
         payload, mac = self.web.form_payload(account.id, query)
-        held = openid_extensions.values_for(account)
+        held = await self.web.held(account)
         return self.app.render(
             request,
             "partner_choice.html",
@@ -213,7 +227,7 @@ class PartnerFlow:
         if errors:
             request.setResponseCode(400)
             query = _query_of(openid_request)
-            return self._choice(request, site, account, query, asked, required, given, errors)
+            return await self._choice(request, site, account, query, asked, required, given, errors)
         return await self._finish(
             request, openid_request, account, site, site_id, select, wanted, "register", values
         )
@@ -224,7 +238,7 @@ class PartnerFlow:
         except _Page as page:
             return page.body
         asked, _ = self._asked(site, wanted)
-        held = openid_extensions.values_for(account)
+        held = await self.web.held(account)
         values = {f: held[f] for f in asked if f in held}
         return await self._finish(
             request, openid_request, account, site, site_id, select, wanted, "connect", values

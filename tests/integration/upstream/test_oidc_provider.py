@@ -182,21 +182,35 @@ def test_last_sign_in_method_cannot_be_unlinked(upstream_setup: UpstreamSetup) -
 
 def test_openid_assertion_for_an_upstream_identity(upstream_setup: UpstreamSetup) -> None:
     """
-    End to end: a relying party (python3-openid) sends someone to Clickpass;
-    they sign in through the OpenID Connect provider, consent, and the
-    relying party receives a verified per-site OpenID with the provider's
-    verified email through SReg.
+    End to end: a relying party (python3-openid) sends someone to Clickpass
+    asking for email, nickname and full name (SReg) and the full name (AX);
+    they sign in through the OpenID Connect provider, see the provider's
+    name and nickname on the consent page, consent, and the relying party
+    receives a verified per-site OpenID with the provider's verified email,
+    its name and its nickname.
     """
     from openid.consumer import consumer
+    from openid.extensions import ax, sreg
 
-    from tests.integration.openid.harness import HIDDEN, PythonRP, RelyingPartySite, sreg_email
+    from tests.integration.openid.harness import HIDDEN, PythonRP, RelyingPartySite
 
     site = RelyingPartySite("127.0.0.1").start()
     try:
         node = upstream_setup.node
         rp = PythonRP(node.url, site.realm, site.return_to)
+        auth_request = rp.consumer().begin(node.url)
+        auth_request.addExtension(
+            sreg.SRegRequest(required=["email"], optional=["nickname", "fullname"])
+        )
+        fetch = ax.FetchRequest()
+        fetch.add(ax.AttrInfo("http://axschema.org/namePerson", required=True))
+        auth_request.addExtension(fetch)
         browser = _browser(upstream_setup)
-        first = browser.session.get(rp.begin(), allow_redirects=False, timeout=30)
+        first = browser.session.get(
+            auth_request.redirectURL(site.realm, site.return_to),
+            allow_redirects=False,
+            timeout=30,
+        )
         assert first.status_code == 303, first.text[:2000]
         location = first.headers["location"]
         next_url = dict(parse_qsl(urlsplit(location).query))["next"]
@@ -204,6 +218,7 @@ def test_openid_assertion_for_an_upstream_identity(upstream_setup: UpstreamSetup
 
         consent = through_provider(browser, start_signin(browser, next_url), "frank")
         assert consent.status_code == 200, consent.text[:2000]
+        assert "Test frank" in consent.text and "frank-nick" in consent.text
         fields = {name: unescape(value) for name, value in HIDDEN.findall(consent.text)}
         assert set(fields) == {"payload", "mac"}, consent.text[:2000]
         fields["csrf_token"] = csrf_token(consent.text)
@@ -216,6 +231,106 @@ def test_openid_assertion_for_an_upstream_identity(upstream_setup: UpstreamSetup
         assert response.status == consumer.SUCCESS, getattr(response, "message", "")
         assert response.identity_url.startswith(node.url + "id/")
         assert "frank" not in response.identity_url
-        assert sreg_email(response) == "frank@example.test"
+        released = sreg.SRegResponse.fromSuccessResponse(response)
+        assert released is not None
+        assert dict(released.items()) == {
+            "email": "frank@example.test",
+            "nickname": "frank-nick",
+            "fullname": "Test frank",
+        }
+        fetched = ax.FetchResponse.fromSuccessResponse(response)
+        assert fetched is not None
+        assert fetched.get("http://axschema.org/namePerson") == ["Test frank"]
     finally:
         site.stop()
+
+
+def test_unverified_email_is_not_released_to_a_relying_party(
+    upstream_setup: UpstreamSetup,
+) -> None:
+    """
+    A person whose provider did not verify their email gets no email on the
+    consent page or at the relying party (neither the provider's nor the
+    placeholder), but their provider name still goes through.
+    """
+    from openid.consumer import consumer
+    from openid.extensions import sreg
+
+    from tests.integration.openid.harness import HIDDEN, PythonRP, RelyingPartySite
+
+    site = RelyingPartySite("127.0.0.1").start()
+    try:
+        node = upstream_setup.node
+        rp = PythonRP(node.url, site.realm, site.return_to)
+        auth_request = rp.consumer().begin(node.url)
+        auth_request.addExtension(sreg.SRegRequest(optional=["email", "fullname"]))
+        browser = _browser(upstream_setup)
+        first = browser.session.get(
+            auth_request.redirectURL(site.realm, site.return_to),
+            allow_redirects=False,
+            timeout=30,
+        )
+        next_url = dict(parse_qsl(urlsplit(first.headers["location"]).query))["next"]
+        consent = through_provider(browser, start_signin(browser, next_url), "unverified-gil")
+        assert consent.status_code == 200, consent.text[:2000]
+        shared = consent.text.split('class="release"', 1)[1].split("</ul>", 1)[0]
+        assert "Test unverified-gil" in shared
+        assert "@" not in shared, shared
+        fields = {name: unescape(value) for name, value in HIDDEN.findall(consent.text)}
+        fields["csrf_token"] = csrf_token(consent.text)
+        fields["decision"] = "allow"
+        answer = browser.session.post(
+            node.url + "openid/decide", data=fields, allow_redirects=False, timeout=30
+        )
+        response = rp.complete(answer.headers["location"])
+        assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+        released = sreg.SRegResponse.fromSuccessResponse(response)
+        assert released is not None
+        assert dict(released.items()) == {"fullname": "Test unverified-gil"}
+    finally:
+        site.stop()
+
+
+def test_provider_down_gives_a_502_page_and_creates_nothing(
+    upstream_setup: UpstreamSetup,
+) -> None:
+    """
+    With the provider gone, pressing its button on a real node answers a 502
+    error page with one sentence (no traceback), creates nothing, and the
+    node goes on serving.
+    """
+    from tests.integration.upstream.conftest import stop_process
+
+    stop_process(upstream_setup.provider.process)
+    browser = _browser(upstream_setup)
+    page = start_signin(browser)
+    assert page.status_code == 502, page.text[:2000]
+    assert "Sign-in did not work" in page.text
+    assert "Test OP" in page.text
+    assert "Traceback" not in page.text
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM accounts") == [(0,)]
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM upstream_pending") == [(0,)]
+    assert browser.get("/signin").status_code == 200
+
+
+def test_provider_error_answer_gives_a_502_page(upstream_setup: UpstreamSetup) -> None:
+    """
+    A provider that sends the person back with an error of its own (not a
+    refusal by the person) gets a 502 page naming the provider, and the
+    pending sign-in cannot be used again.
+    """
+    browser = _browser(upstream_setup)
+    at_provider = start_signin(browser)
+    assert at_provider.url.startswith(upstream_setup.provider.issuer), at_provider.url
+    authorize = at_provider.history[0].headers["location"]
+    state = dict(parse_qsl(urlsplit(authorize).query))["state"]
+    callback = f"{upstream_setup.node.url}upstream/testop/callback"
+    page = browser.session.get(
+        callback, params={"state": state, "error": "server_error"}, timeout=30
+    )
+    assert page.status_code == 502, page.text[:2000]
+    assert "Test OP could not sign you in (server_error)" in page.text
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM accounts") == [(0,)]
+    again = browser.session.get(callback, params={"state": state, "code": "x"}, timeout=30)
+    assert again.status_code == 400
+    assert "already used" in again.text

@@ -38,7 +38,7 @@ const provider = new Provider(issuer, {
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
-    profile: ['name'],
+    profile: ['name', 'nickname'],
   },
   async findAccount(ctx, id) {
     return {
@@ -50,6 +50,7 @@ const provider = new Provider(issuer, {
           // A login starting with "unverified" has an email the provider did not verify.
           email_verified: !id.startsWith('unverified'),
           name: `Test ${id}`,
+          nickname: `${id}-nick`,
         };
       },
     };
