@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from tests.support.browser import Browser
+from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeProcess, free_port, write_config
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -46,16 +47,46 @@ SECRET = re.compile(r'id="webhook-secret">([^<]+)<')
 SITE_URL = re.compile(r"/partners/(site_[0-9a-f]+)$")
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)],
+)
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeProcess]:
+    """
+    One running node for a test module, on each storage backend: SQLite,
+    and a fresh database on the session's private MariaDB server (the
+    partner flows, the API and the webhook outbox run on both).
+    """
     tmp = tmp_path_factory.mktemp("partners-node")
     port = free_port()
-    proc = NodeProcess(tmp, write_config(tmp, port, NODE_CONFIG), port=port)
+    extra = NODE_CONFIG
+    database = None
+    server: MariaDBServer | None = None
+    if request.param == "mysql":
+        server = request.getfixturevalue("mariadb_server")
+        database = f"{server.database}_partners{secrets.token_hex(4)}"
+        server.create_database(database)
+        password_file = tmp / "db-password"
+        password_file.write_text(server.password + "\n")
+        extra += f"""
+[database]
+backend = "mysql"
+host = "{server.host}"
+port = {server.port}
+user = "{server.user}"
+name = "{database}"
+password_file = "{password_file}"
+"""
+    proc = NodeProcess(tmp, write_config(tmp, port, extra), port=port)
     try:
         proc.start()
         yield proc
     finally:
         proc.stop()
+        if server is not None and database is not None:
+            server.drop_database(database)
 
 
 @dataclass
