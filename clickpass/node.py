@@ -106,6 +106,13 @@ class Node(MultiService):
             self.cluster = ClusterService(reactor, settings, ready=self.serving)
             self.cluster.register_commands(self.commands)
             self.cluster.setServiceParent(self)
+        self.dbagent: Any = None
+        if settings.dbagent.enabled:
+            from clickpass.dbagent.service import install_dbagent
+
+            # MariaDB role switching on a database host (issue 5), driven by
+            # the cluster's db group.
+            self.dbagent = install_dbagent(self, reactor, settings, self.commands)
 
     def serving(self) -> bool:
         """

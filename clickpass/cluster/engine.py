@@ -65,6 +65,8 @@ class Engine:
         extra_checks: Sequence[tuple[str, int]] = (),
         vip_factory: Any = None,
         notifier_factory: Any = None,
+        wrap_vip: Any = None,
+        wrap_notifier: Any = None,
     ) -> None:
         self.reactor = reactor
         self.node_id = node_id
@@ -104,6 +106,12 @@ class Engine:
                 if notifier_factory is not None
                 else HookRunner(settings.notify, settings.notify_timeout, runner)
             )
+            # Hooks for other parts of the node (the database agent gates the
+            # db group's VIP and follows its state): wrap(settings, inner).
+            if wrap_vip is not None:
+                vip = wrap_vip(settings, vip)
+            if wrap_notifier is not None:
+                hooks = wrap_notifier(settings, hooks)
             group = Group(
                 settings,
                 node_id,

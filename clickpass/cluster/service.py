@@ -96,6 +96,9 @@ class ClusterService(Service):
         self._restart: IDelayedCall | None = None
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
+        # Set before start (inline heartbeat only): see Engine(wrap_vip=, wrap_notifier=).
+        self.wrap_vip: Callable[[Any, Any], Any] | None = None
+        self.wrap_notifier: Callable[[Any, Any], Any] | None = None
 
     # Lifecycle.
 
@@ -112,6 +115,8 @@ class ClusterService(Service):
                 secret,
                 epoch,
                 extra_checks=[(NODE_CHECK, 0)],
+                wrap_vip=self.wrap_vip,
+                wrap_notifier=self.wrap_notifier,
             )
             self.engine.set_health(NODE_CHECK, False)
             self.engine.start()

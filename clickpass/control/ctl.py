@@ -280,6 +280,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "clickpass.cluster.ctl",
     "clickpass.balancer.ctl",
     "clickpass.monitor.ctl",
+    "clickpass.dbagent.ctl",
 )
 
 

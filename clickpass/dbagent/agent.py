@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import pymysql
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -167,10 +167,11 @@ class VipGate:
             self.inner.renew()
 
     def release(self) -> None:
+        # Always passed through: the group releases at start to clear a
+        # stale address left by a previous run.
         self.wanted = None
-        if self.held:
-            self.held = False
-            self.inner.release()
+        self.held = False
+        self.inner.release()
 
     def announce(self) -> None:
         if self.held:
@@ -179,6 +180,22 @@ class VipGate:
     def refresh(self) -> None:
         if self.held:
             self.inner.refresh()
+
+    # What the heartbeat engine asks of a VipManager, passed through.
+
+    def idle(self) -> Deferred[object]:
+        idle = getattr(self.inner, "idle", None)
+        return idle() if idle is not None else succeed(None)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+    def status_counters(self) -> dict[str, int]:
+        counters = getattr(self.inner, "status_counters", None)
+        result: dict[str, int] = counters() if counters is not None else {}
+        return result
 
     def set_open(self, on: bool) -> None:
         self.open = on
@@ -231,6 +248,7 @@ class DbAgent(Service):
         self.bootstrap_ok = False
         self.changed_at = 0.0
         self.elected_at = 0.0
+        self.last_promotion = ""
         self._check_started: float | None = None
         self._op: str | None = None
         self._last_slow = -1e9
@@ -624,6 +642,7 @@ class DbAgent(Service):
         if kind == "switchover-done":
             await self.local.call(ack_failovers)
         self.counters["promoted"] += 1
+        self.last_promotion = kind
         self.log.info(
             "dbagent {node}: PROMOTED ({kind}) at {position}, semi-sync {semisync}",
             node=self.config.node,
