@@ -213,6 +213,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ON partner_deletion_requests (site_id, completed)",
         ),
     ),
+    Migration(
+        4,
+        "partners: realm ownership verification (a token published on the realm's host)",
+        (
+            """CREATE TABLE IF NOT EXISTS partner_verifications (
+                site_id BIGINT NOT NULL PRIMARY KEY,
+                token VARCHAR(64) NOT NULL,
+                verified BIGINT NOT NULL DEFAULT 0,
+                checked BIGINT NOT NULL DEFAULT 0,
+                problem VARCHAR(255) NOT NULL DEFAULT ''
+            ){opts}""",
+        ),
+    ),
 )
 
 

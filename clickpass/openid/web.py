@@ -350,6 +350,7 @@ class OpenIDWeb:
             return_to=openid_request.return_to,
             verified=verdict is not None and verdict.outcome == "verified",
             verdict_reason=verdict.reason if verdict is not None else "",
+            unverified_partner=getattr(request, "_clickpass_unverified_partner", None),
             identifier=self.identifiers.url(site_id.opaque),
             fields=[(extensions.FIELD_LABELS[f], v) for f, v in released.items()],
             payload=payload,

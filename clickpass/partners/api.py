@@ -108,6 +108,13 @@ class PartnerApi:
         site = await self.app.storage.run(sites.site_for_key, sites.key_hash(key), self._now())
         if site is None:
             raise ApiError(401, "This API key is not valid (unknown or revoked).")
+        if not site.verified:
+            raise ApiError(
+                403,
+                f"The site's ownership of {site.sector} is not verified yet; verify it in the "
+                "partner console first.",
+                "site_not_verified",
+            )
         return site
 
     def _body(self, request: Request) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 The partner console: signed-in people register partner sites, and the
 admins of a site change its settings, create and revoke API keys (shown
 once, stored hashed), see the webhook secret and recent deliveries, and
-add other admins.
+add other admins. Until a site's admins prove they control its realm's host
+(L{clickpass.partners.verification}), the site page asks for that first
+and no API key can be created.
 
 Every page checks that the signed-in person administers the site; a site
 they do not administer is answered exactly like one that does not exist.
@@ -14,9 +16,10 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.server import Request
 
-from clickpass.partners import fields, sites
+from clickpass.partners import fields, sites, verification
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
 
@@ -29,6 +32,7 @@ SETTING_NAMES = (
     "connect_url",
     "webhook_url",
 )
+log = Logger()
 STATE_NAMES = {sites.PENDING: "pending", sites.DELIVERED: "delivered", sites.GIVEN_UP: "given up"}
 
 
@@ -39,8 +43,9 @@ def _when(ts: int) -> str:
 
 
 class Console:
-    def __init__(self, app: WebApp) -> None:
+    def __init__(self, app: WebApp, verifier: verification.RealmVerifier | None = None) -> None:
         self.app = app
+        self.verifier = verifier or verification.RealmVerifier(app.reactor, app.settings.openid)
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -123,9 +128,11 @@ class Console:
                 sites.admins(tx, found.id),
                 sites.recent_events(tx, found.id),
                 sites.deletion_requests(tx, found.id, False),
+                sites.verification_token(tx, found.id),
+                sites.verification_problem(tx, found.id),
             )
 
-        keys, admins, events, deletions = await self.app.storage.run(gather)
+        keys, admins, events, deletions, token, problem = await self.app.storage.run(gather)
         return self._render_form(
             request,
             "partner_site.html",
@@ -163,6 +170,9 @@ class Console:
                 self.app.secret, found.public_id, found.webhook_secret_version
             ),
             api_url=self.app.settings.base_url + "api/v1/",
+            verification_token=token,
+            verification_url=verification.verification_url(found.realm),
+            verification_problem=problem,
         )
 
     async def update(self, request: Request, site: str) -> bytes:
@@ -177,9 +187,41 @@ class Console:
             return await self.show(request, site, error=str(e), form=form)
         return self.app.redirect(request, f"/partners/{site}")
 
+    async def verify(self, request: Request, site: str) -> bytes:
+        """Fetch the realm's verification file now and record what was found."""
+        self.app.check_csrf(request)
+        _account, found = await self._site(request, site)
+        token = await self.app.storage.run(sites.verification_token, found.id)
+        problem = await self.verifier.check(found.realm, token)
+        verified = await self.app.storage.run(
+            sites.record_verification, found.id, token, problem, self._now()
+        )
+        if not verified:
+            request.setResponseCode(400)
+            return await self.show(
+                request,
+                site,
+                error=f"Clickpass could not verify {found.sector}: {problem or 'try again.'}",
+            )
+        log.info("partner site {site} verified for {sector}", site=site, sector=found.sector)
+        return await self.show(
+            request,
+            site,
+            notice=f"Verified: you control {found.sector}. API keys, webhooks and sign-ins "
+            "with your site's registration and connect pages are now on.",
+        )
+
     async def create_key(self, request: Request, site: str) -> bytes:
         self.app.check_csrf(request)
         account, found = await self._site(request, site)
+        if not found.verified:
+            request.setResponseCode(400)
+            return await self.show(
+                request,
+                site,
+                error=f"Verify that you control {found.sector} first: a site gets API keys "
+                "only once its realm is verified.",
+            )
         label = self.app.form(request, "label")
         key = await self.app.storage.run(sites.create_key, found.id, account.id, label, self._now())
         # Shown in this response only: it is not kept anywhere.
@@ -227,6 +269,7 @@ def install(app: WebApp, router: Router) -> Console:
     router.add("POST", "/partners/new", console.create)
     router.add("GET", "/partners/{site}", console.show)
     router.add("POST", "/partners/{site}/settings", console.update)
+    router.add("POST", "/partners/{site}/verify", console.verify)
     router.add("POST", "/partners/{site}/keys", console.create_key)
     router.add("POST", "/partners/{site}/keys/{key}/revoke", console.revoke_key)
     router.add("POST", "/partners/{site}/admins", console.add_admin)

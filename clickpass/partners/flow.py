@@ -96,6 +96,12 @@ class PartnerFlow:
         site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
         if site is None:
             return None
+        if not site.verified:
+            # Anyone can register a host; until its owner proves it, the site
+            # is an ordinary relying party (consent, no links), with a warning.
+            request._clickpass_unverified_partner = site.name  # type: ignore[attr-defined]
+            log.info("partner {site} not verified: plain OpenID", site=site.public_id)
+            return None
         if not site.allows_return_to(str(openid_request.return_to)):
             if openid_request.immediate:
                 return bytes(await self.web.answer(request, openid_request, False))
@@ -212,7 +218,11 @@ class PartnerFlow:
             raise _Page(checked)
         site_id, select, wanted = checked
         site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
-        if site is None or not site.allows_return_to(str(openid_request.return_to)):
+        if (
+            site is None
+            or not site.verified
+            or not site.allows_return_to(str(openid_request.return_to))
+        ):
             raise HTTPError(400, "This site is no longer set up for Clickpass. Tell the site.")
         return account, openid_request, site, site_id, select, wanted
 

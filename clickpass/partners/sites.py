@@ -28,7 +28,7 @@ from openid.server.trustroot import TrustRoot, returnToMatches
 
 from clickpass.database.storage import Transaction
 from clickpass.openid.identifiers import BadRealm, sector_of
-from clickpass.partners import fields
+from clickpass.partners import fields, verification
 
 OUTCOMES = ("register", "connect", "login")
 EVENT_TYPES = ("user.linked", "user.unlinked", "user.deleted")
@@ -68,6 +68,10 @@ class Site(SiteSettings):
     webhook_secret_version: int
     created: int
     updated: int
+    # Realm ownership (clickpass.partners.verification): when it was proven
+    # (0: not yet), and the token to publish.
+    verified: int = 0
+    verification_token: str = ""
 
     def allows_return_to(self, return_to: str) -> bool:
         return bool(returnToMatches(list(self.return_to_urls), return_to))
@@ -86,6 +90,7 @@ class Site(SiteSettings):
             "webhook_url": self.webhook_url,
             "created": self.created,
             "updated": self.updated,
+            "verified": bool(self.verified),
         }
 
 
@@ -200,10 +205,11 @@ def key_hash(key: str) -> str:
 # Sites.
 
 _SITE_COLUMNS = (
-    "id, public_id, name, logo_url, realm, sector, return_to_urls, registration_url, "
-    "connect_url, requested_fields, required_fields, webhook_url, webhook_secret_version, "
-    "created, updated"
+    "s.id, s.public_id, s.name, s.logo_url, s.realm, s.sector, s.return_to_urls, "
+    "s.registration_url, s.connect_url, s.requested_fields, s.required_fields, s.webhook_url, "
+    "s.webhook_secret_version, s.created, s.updated, v.verified, v.token"
 )
+_SITE_FROM = "partner_sites s LEFT JOIN partner_verifications v ON v.site_id = s.id"
 
 
 def _site(row: tuple[Any, ...] | None) -> Site | None:
@@ -225,6 +231,8 @@ def _site(row: tuple[Any, ...] | None) -> Site | None:
         webhook_secret_version=int(row[12]),
         created=int(row[13]),
         updated=int(row[14]),
+        verified=int(row[15] or 0),
+        verification_token=str(row[16] or ""),
     )
 
 
@@ -254,14 +262,20 @@ def create_site(tx: Transaction, settings: SiteSettings, admin_id: int, now: int
         now,
         now,
     )
-    site = site_by_public_id(tx, public_id)
-    assert site is not None
+    site_id = tx.scalar("SELECT id FROM partner_sites WHERE public_id = ?", public_id)
+    tx.execute(
+        "INSERT INTO partner_verifications (site_id, token) VALUES (?, ?)",
+        site_id,
+        verification.new_token(),
+    )
     tx.execute(
         "INSERT INTO partner_admins (site_id, account_id, created) VALUES (?, ?, ?)",
-        site.id,
+        site_id,
         admin_id,
         now,
     )
+    site = site_by_id(tx, int(site_id))
+    assert site is not None
     return site
 
 
@@ -303,17 +317,71 @@ def rotate_webhook_secret(tx: Transaction, site_id: int, now: int) -> None:
 
 
 def site_by_id(tx: Transaction, site_id: int) -> Site | None:
-    return _site(tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM partner_sites WHERE id = ?", site_id))
+    return _site(tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM {_SITE_FROM} WHERE s.id = ?", site_id))
 
 
 def site_by_public_id(tx: Transaction, public_id: str) -> Site | None:
     return _site(
-        tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM partner_sites WHERE public_id = ?", public_id)
+        tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM {_SITE_FROM} WHERE s.public_id = ?", public_id)
     )
 
 
 def site_by_sector(tx: Transaction, sector: str) -> Site | None:
-    return _site(tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM partner_sites WHERE sector = ?", sector))
+    return _site(
+        tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM {_SITE_FROM} WHERE s.sector = ?", sector)
+    )
+
+
+# Realm ownership.
+
+
+def verification_token(tx: Transaction, site_id: int) -> str:
+    """The site's verification token, made now for a site registered before there were any."""
+    token = tx.scalar("SELECT token FROM partner_verifications WHERE site_id = ?", site_id)
+    if token is None:
+        token = verification.new_token()
+        tx.execute(
+            tx.dialect.insert_ignore()
+            + " INTO partner_verifications (site_id, token) VALUES (?, ?)",
+            site_id,
+            token,
+        )
+        token = tx.scalar("SELECT token FROM partner_verifications WHERE site_id = ?", site_id)
+    return str(token)
+
+
+def record_verification(
+    tx: Transaction, site_id: int, token: str, problem: str | None, now: int
+) -> bool:
+    """
+    Note the outcome of a check of C{token}; true when the site is now
+    verified. A check of a token that is no longer the site's changes nothing.
+    """
+    if problem is None:
+        changed = tx.execute(
+            "UPDATE partner_verifications SET verified = ?, checked = ?, problem = '' "
+            "WHERE site_id = ? AND token = ?",
+            now,
+            now,
+            site_id,
+            token,
+        )
+    else:
+        changed = tx.execute(
+            "UPDATE partner_verifications SET checked = ?, problem = ? "
+            "WHERE site_id = ? AND token = ?",
+            now,
+            problem[:255],
+            site_id,
+            token,
+        )
+    return bool(changed) and problem is None
+
+
+def verification_problem(tx: Transaction, site_id: int) -> str:
+    """Why the last check failed ('' if it did not, or there was none)."""
+    value = tx.scalar("SELECT problem FROM partner_verifications WHERE site_id = ?", site_id)
+    return str(value or "")
 
 
 # Admins.
@@ -339,9 +407,8 @@ def admin_site(tx: Transaction, public_id: str, account_id: int) -> Site | None:
 
 
 def sites_for_admin(tx: Transaction, account_id: int) -> list[Site]:
-    cols = ", ".join("s." + c.strip() for c in _SITE_COLUMNS.split(","))
     rows = tx.fetchall(
-        f"SELECT {cols} FROM partner_sites s JOIN partner_admins a ON a.site_id = s.id "
+        f"SELECT {_SITE_COLUMNS} FROM {_SITE_FROM} JOIN partner_admins a ON a.site_id = s.id "
         "WHERE a.account_id = ? ORDER BY s.name, s.id",
         account_id,
     )

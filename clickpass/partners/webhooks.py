@@ -93,6 +93,8 @@ def _claim(tx: Transaction, now: int, lease: int, limit: int) -> list[Pending]:
         "SELECT e.id, e.event_id, e.site_id, e.subject, e.event_type, e.body, e.created, "
         "e.attempts, s.webhook_url, s.public_id, s.webhook_secret_version "
         "FROM partner_events e JOIN partner_sites s ON s.id = e.site_id "
+        # A site whose realm is not proven gets nothing; its events wait.
+        "JOIN partner_verifications v ON v.site_id = s.id AND v.verified > 0 "
         "WHERE e.state = ? AND e.next_attempt <= ? AND e.lease_until <= ? "
         "AND NOT EXISTS (SELECT 1 FROM partner_events p WHERE p.site_id = e.site_id "
         "AND p.subject = e.subject AND p.state = ? AND p.id < e.id) "

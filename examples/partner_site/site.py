@@ -92,6 +92,7 @@ class PartnerSite(Resource):
         self.provider = provider if provider.endswith("/") else provider + "/"
         self.webhook_secret = webhook_secret
         self.name = name
+        self.verification_token = ""
         self.state = State()
         self.store = MemoryStore()
 
@@ -153,6 +154,7 @@ class PartnerSite(Resource):
             ("POST", "/signout"): self.signout,
             ("POST", "/webhooks/clickpass"): self.webhook,
             ("GET", "/webhooks/events"): self.webhook_events,
+            ("GET", "/.well-known/clickpass-verification.txt"): self.verification,
         }
         handler = routes.get((method, path))
         if handler is None:
@@ -387,6 +389,15 @@ class PartnerSite(Resource):
         request.setHeader(b"content-type", b"application/json")
         return b'{"ok": true}\n'
 
+    def verification(self, request: Request) -> bytes:
+        """The realm-ownership token from the Clickpass partner console, if given."""
+        token = self.verification_token
+        if not token:
+            request.setResponseCode(404)
+            return b"not found\n"
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return f"{token}\n".encode()
+
     def webhook_events(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         with self.state.lock:
@@ -404,11 +415,17 @@ def main(argv: list[str] | None = None) -> None:
         "--user", action="append", default=[], help="seed an account NAME:PASSWORD[:EMAIL]"
     )
     parser.add_argument("--name", default="Example Partner")
+    parser.add_argument(
+        "--verification-token",
+        default="",
+        help="clickpass-verify-... from the console, served at /.well-known/",
+    )
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
     public_url = args.public_url or f"http://{args.host}:{args.port}/"
     site = PartnerSite(reactor, public_url, args.provider, args.webhook_secret, args.name)
+    site.verification_token = args.verification_token
     for spec in args.user:
         name, _, rest = spec.partition(":")
         password, _, email = rest.partition(":")

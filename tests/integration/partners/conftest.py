@@ -13,10 +13,12 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from html import unescape
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,7 @@ webhook_timeout = 5.0
 
 NEW_KEY = re.compile(r'id="new-key">([^<]+)<')
 SECRET = re.compile(r'id="webhook-secret">([^<]+)<')
+VERIFICATION_TOKEN = re.compile(r'id="verification-token">([^<]+)<')
 SITE_URL = re.compile(r"/partners/(site_[0-9a-f]+)$")
 
 
@@ -98,6 +101,50 @@ class RegisteredSite:
     admin: Browser
 
 
+class TokenServer:
+    """A partner's host that publishes only its Clickpass verification token."""
+
+    def __init__(self, host: str) -> None:
+        self.token = ""
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                ok = self.path == "/.well-known/clickpass-verification.txt" and server.token
+                body = (server.token + "\n").encode() if ok else b"not found\n"
+                self.send_response(200 if ok else 404)
+                self.send_header("content-type", "text/plain")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.realm = f"http://{host}:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def publish(self, token: str, _webhook_secret: str) -> None:
+        self.token = token
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def token_server() -> Iterator[TokenServer]:
+    """A second partner host on 127.0.0.3 that can prove it owns its realm."""
+    server = TokenServer("127.0.0.3")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def register_site(
     node: NodeProcess,
     realm: str,
@@ -106,8 +153,14 @@ def register_site(
     requested: tuple[str, ...] = ("email", "nickname", "fullname"),
     required: tuple[str, ...] = ("email", "nickname"),
     admin: Browser | None = None,
+    publish: Callable[[str, str], None] | None = None,
 ) -> RegisteredSite:
-    """Sign up a partner admin, register a site in the console, create an API key."""
+    """
+    Sign up a partner admin, register a site in the console, publish its
+    verification token on the realm's host (C{publish(token, webhook_secret)})
+    and verify it, then create an API key. Without C{publish} the site stays
+    unverified and gets no key (C{api_key} is empty).
+    """
     if admin is None:
         admin = Browser(node.url)
         response = admin.sign_up(f"admin-{secrets.token_hex(4)}@example.com", PASSWORD)
@@ -133,7 +186,17 @@ def register_site(
     public_id = found.group(1)
     secret = SECRET.search(response.text)
     assert secret is not None
+    verification = VERIFICATION_TOKEN.search(response.text)
+    assert verification is not None, response.text[:3000]
+    if publish is None:
+        return RegisteredSite(public_id, realm, "", secret.group(1), admin)
+    publish(verification.group(1), secret.group(1))
     token = re.search(r'name="csrf_token" value="([^"]+)"', response.text)
+    assert token is not None
+    verified = admin.post(f"/partners/{public_id}/verify", {"csrf_token": unescape(token.group(1))})
+    assert verified.status_code == 200, verified.text[:3000]
+    assert "Verified: you control" in verified.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', verified.text)
     assert token is not None
     keyed = admin.post(
         f"/partners/{public_id}/keys",
@@ -218,14 +281,22 @@ def partner(node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> Iter
     host = "127.0.0.2"
     port = free_port()
     realm = f"http://{host}:{port}/"
-    site = register_site(node, realm, webhook_url=realm + "webhooks/clickpass")
-    process = PartnerSiteProcess(
-        host, node.url, site.webhook_secret, ["alice:alice-password:alice@example.com"]
-    )
+    process = PartnerSiteProcess(host, node.url, "", ["alice:alice-password:alice@example.com"])
     process.port = port
     process.url = realm
     process.args[process.args.index("--port") + 1] = str(port)
-    process.start(tmp_path_factory.mktemp("partner-site"))
+
+    def publish(token: str, webhook_secret: str) -> None:
+        # The partner puts the console's token on its host, then asks to verify.
+        process.args[process.args.index("--webhook-secret") + 1] = webhook_secret
+        process.args += ["--verification-token", token]
+        process.start(tmp_path_factory.mktemp("partner-site"))
+
+    try:
+        site = register_site(node, realm, webhook_url=realm + "webhooks/clickpass", publish=publish)
+    except BaseException:
+        process.stop()
+        raise
     try:
         yield Partner(site, process)
     finally:

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.partners.conftest import Partner, register_site
+from tests.integration.partners.conftest import Partner, TokenServer, register_site
 from tests.integration.partners.flows import Person
 from tests.support.browser import csrf_token
 from tests.support.node import NodeProcess
@@ -133,7 +133,7 @@ def test_disconnect_from_account_page(node: NodeProcess, partner: Partner) -> No
     assert unlinked["data"] == {"identifier": identifier, "by": "person"}
 
 
-def test_partner_api(node: NodeProcess, partner: Partner) -> None:
+def test_partner_api(node: NodeProcess, partner: Partner, token_server: TokenServer) -> None:
     """
     The API answers with the key's own site and its links; a bad key is
     401; another partner's identifier is 404, as if it did not exist.
@@ -157,7 +157,7 @@ def test_partner_api(node: NodeProcess, partner: Partner) -> None:
     one = requests.get(api + "identifiers/" + first["id"], headers=auth, timeout=10)
     assert one.json()["last_signin"] >= first["created"]
 
-    other = register_site(node, "http://127.0.0.3:9/", name="Other", admin=None)
+    other = register_site(node, token_server.realm, name="Other", publish=token_server.publish)
     other_auth = {"Authorization": f"Bearer {other.api_key}"}
     theirs = requests.get(api + "identifiers/" + first["id"], headers=other_auth, timeout=10)
     assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "not_found"

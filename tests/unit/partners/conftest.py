@@ -37,7 +37,10 @@ def add_account(tx: Transaction, email: str) -> int:
 
 
 def make_site(
-    storage: DirectStorage, realm: str = "https://partner.example/", webhook: bool = True
+    storage: DirectStorage,
+    realm: str = "https://partner.example/",
+    webhook: bool = True,
+    verified: bool = True,
 ) -> sites.Site:
     settings = sites.check_settings(
         {
@@ -53,4 +56,15 @@ def make_site(
     )
     admin = storage.run_blocking(add_account, f"admin@{realm.split('/')[2]}")
     site: sites.Site = storage.run_blocking(sites.create_site, settings, admin, NOW)
+    if verified:
+        site = verify_site(storage, site)
     return site
+
+
+def verify_site(storage: DirectStorage, site: sites.Site) -> sites.Site:
+    """Record a successful realm check for C{site} (as the console does after fetching)."""
+    token = storage.run_blocking(sites.verification_token, site.id)
+    assert storage.run_blocking(sites.record_verification, site.id, token, None, NOW)
+    found: sites.Site | None = storage.run_blocking(sites.site_by_id, site.id)
+    assert found is not None and found.verified
+    return found

@@ -162,3 +162,29 @@ def test_sites_without_webhook_url_queue_nothing(storage: DirectStorage) -> None
     account = storage.run_blocking(add_account, "n@example.com")
     storage.run_blocking(sites.create_link, site, account, "n" * 32, "id-n", "register", NOW)
     assert storage.run_blocking(sites.recent_events, site.id) == []
+
+
+def test_unverified_site_gets_no_webhooks_until_verified(storage: DirectStorage) -> None:
+    """
+    Events of a site whose realm is not verified are kept, not sent; once
+    the site is verified they are all delivered, in order.
+    """
+    from tests.unit.partners.conftest import verify_site
+
+    clock = Clock()
+    clock.advance(NOW)
+    site = make_site(storage, verified=False)
+    assert not site.verified
+    partner = FakePartner(clock)
+    delivery = service(clock, storage, partner)
+    delivery.startService()
+    identifier = link_and_unlink(storage, site, "q@example.com", NOW)
+    for _ in range(30):
+        clock.advance(1)
+    assert partner.attempts == []
+    verify_site(storage, site)
+    for _ in range(30):
+        clock.advance(1)
+    delivery.stopService()
+    got = [(e["data"]["identifier"], e["type"]) for e in partner.received]
+    assert got == [(identifier, "user.linked"), (identifier, "user.unlinked")]

@@ -1,0 +1,142 @@
+"""
+Realm ownership: before a partner site gets API keys, webhooks or linked
+identifiers, its admins prove they control the realm's host by publishing
+the site's verification token at
+
+    <realm scheme>://<realm host>[:port]/.well-known/clickpass-verification.txt
+
+(for a wildcard realm, on the host without the C{*.}). The file may hold
+other lines; one of them must be the token itself.
+
+Fetched through treq on the reactor with the same rules as relying-party
+discovery (L{clickpass.openid.rp_discovery}): one overall time limit, a
+size limit, no redirects followed, and no connection to non-public
+addresses unless C{[openid] allow_private_rp_discovery} says so (checked on
+the resolved addresses at connect time).
+
+This module must never fetch anything but that one well-known URL, and must
+never raise for a failure of the partner's site: the result is a reason
+sentence for the admin, or success.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import treq
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.client import Agent
+
+from clickpass.config import OpenIDSettings
+from clickpass.openid.rp_discovery import (
+    CheckedEndpointFactory,
+    RefusedAddress,
+    Resolver,
+    system_resolver,
+)
+
+log = Logger()
+
+WELL_KNOWN_PATH = "/.well-known/clickpass-verification.txt"
+TOKEN_PREFIX = "clickpass-verify-"  # noqa: S105 - a public token's prefix, not a secret
+MAX_BYTES = 4096
+
+
+def new_token() -> str:
+    """A fresh verification token (public: it is meant to be published)."""
+    return TOKEN_PREFIX + secrets.token_hex(16)
+
+
+def verification_url(realm: str) -> str:
+    """Where the token for C{realm} must be published."""
+    parts = urlsplit(realm)
+    host = parts.hostname or ""
+    if host.startswith("*."):
+        host = host[2:]
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, WELL_KNOWN_PATH, "", ""))
+
+
+def token_published(body: bytes, token: str) -> bool:
+    """True when one line of C{body} is exactly C{token} (surrounding spaces ignored)."""
+    text = body.decode("utf-8", "replace")
+    return any(line.strip() == token for line in text.splitlines())
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RealmVerifier:
+    """Checks that a realm's host publishes a site's verification token."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: OpenIDSettings,
+        http_client: Any | None = None,
+        resolve: Resolver | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._settings = settings
+        if http_client is None:
+            factory = CheckedEndpointFactory(
+                reactor,
+                resolve or system_resolver(reactor),
+                settings.allow_private_rp_discovery,
+                settings.rp_discovery_timeout,
+            )
+            http_client = treq.client.HTTPClient(Agent.usingEndpointFactory(reactor, factory))
+        self._http: Any = http_client
+
+    async def check(self, realm: str, token: str) -> str | None:
+        """L{None} when the token is published for C{realm}; else why not, as one sentence."""
+        url = verification_url(realm)
+        d = defer.Deferred.fromCoroutine(self._fetch(url))
+        timed_out = False
+
+        def give_up() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        timer = self._reactor.callLater(self._settings.rp_discovery_timeout, give_up)
+        try:
+            status, body = await d
+        except Exception as e:
+            if timed_out:
+                return f"{url} did not answer in time."
+            if isinstance(e, RefusedAddress):
+                return f"{url} is on a private address, which Clickpass does not fetch from."
+            if isinstance(e, _TooLarge):
+                return f"{url} is larger than {MAX_BYTES} bytes."
+            log.info("realm verification fetch of {url} failed: {error}", url=url, error=str(e))
+            return f"{url} could not be reached."
+        finally:
+            if timer.active():
+                timer.cancel()
+        if status != 200:
+            return f"{url} answered with status {status} (expected 200 with the token)."
+        if not token_published(body, token):
+            return f"{url} does not contain this site's verification token."
+        return None
+
+    async def _fetch(self, url: str) -> tuple[int, bytes]:
+        response = await self._http.get(url, allow_redirects=False, unbuffered=True)
+        chunks: list[bytes] = []
+        size = 0
+
+        def collect(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > MAX_BYTES:
+                raise _TooLarge()
+            chunks.append(data)
+
+        await treq.collect(response, collect)
+        return int(response.code), b"".join(chunks)
