@@ -29,7 +29,7 @@ from twisted.web.server import Request
 from clickpass.accounts.service import Account
 from clickpass.openid import approvals
 from clickpass.openid import extensions as openid_extensions
-from clickpass.openid.identifiers import SiteIdentifier
+from clickpass.openid.identifiers import BadRealm, SiteIdentifier, sector_of
 from clickpass.partners import extension, fields, sites
 from clickpass.web.app import WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
@@ -79,6 +79,32 @@ class PartnerFlow:
         asked |= set(site.requested_fields)
         required |= set(site.required_fields)
         return [f for f in fields.ORDER if f in asked], required & asked
+
+    # Branding of the sign-in and sign-up pages.
+
+    async def branding(self, next_url: str) -> dict[str, str] | None:
+        """
+        The partner a person is signing in for, when C{next_url} is an OpenID
+        request from a verified partner site: its name, logo and realm, for
+        "to continue to PARTNER". L{None} for anything else.
+        """
+        realm, return_to = _realm_of_next(next_url)
+        if not realm or not return_to:
+            return None
+        try:
+            sector = sector_of(realm)
+        except BadRealm:
+            return None
+        site = await self.app.storage.run(sites.site_by_sector, sector)
+        # Only a request the flow would serve (verified site, registered
+        # return_to) is branded: a made-up link cannot borrow a partner's name.
+        if site is None or not site.verified or not site.allows_return_to(return_to):
+            return None
+        return {
+            "name": site.name,
+            "logo_url": site.logo_url if site.logo_url.startswith("https://") else "",
+            "realm": site.realm,
+        }
 
     # The provider's hook.
 
@@ -381,6 +407,16 @@ def _query_of(openid_request: Any) -> dict[str, str]:
     from clickpass.openid.web import openid_query_of
 
     return openid_query_of(openid_request)
+
+
+def _realm_of_next(next_url: str) -> tuple[str, str]:
+    """The realm and return_to an C{/openid?...} continuation names, else empty strings."""
+    if not next_url.startswith("/openid?") or len(next_url) > 16 * 1024:
+        return "", ""
+    query = dict(parse_qsl(next_url.split("?", 1)[1], keep_blank_values=True))
+    return_to = query.get("openid.return_to", "")
+    realm = query.get("openid.realm") or query.get("openid.trust_root") or return_to
+    return realm, return_to
 
 
 def _date(ts: int) -> str:

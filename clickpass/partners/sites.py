@@ -239,10 +239,15 @@ def _site(row: tuple[Any, ...] | None) -> Site | None:
 def create_site(tx: Transaction, settings: SiteSettings, admin_id: int, now: int) -> Site:
     """Register a site with C{admin_id} as its first admin; L{SiteError} if its realm is taken."""
     sector = sector_of(settings.realm)
-    if tx.scalar("SELECT id FROM partner_sites WHERE sector = ?", sector) is not None:
-        raise SiteError(
-            f"Another site is already registered for {sector}. Ask its admins to add you."
-        )
+    existing = site_by_sector(tx, sector)
+    if existing is not None:
+        if existing.verified or _has_links(tx, existing.id):
+            raise SiteError(
+                f"Another site is already registered for {sector}. Ask its admins to add you."
+            )
+        # An unverified registration does not hold the host: it has no keys
+        # in use, no webhooks and no people, and whoever verifies first keeps it.
+        _delete_site(tx, existing.id)
     public_id = "site_" + secrets.token_hex(8)
     tx.execute(
         "INSERT INTO partner_sites (public_id, name, logo_url, realm, sector, return_to_urls, "
@@ -330,6 +335,23 @@ def site_by_sector(tx: Transaction, sector: str) -> Site | None:
     return _site(
         tx.fetchone(f"SELECT {_SITE_COLUMNS} FROM {_SITE_FROM} WHERE s.sector = ?", sector)
     )
+
+
+def _has_links(tx: Transaction, site_id: int) -> bool:
+    return tx.scalar("SELECT 1 FROM partner_links WHERE site_id = ? LIMIT 1", site_id) is not None
+
+
+def _delete_site(tx: Transaction, site_id: int) -> None:
+    """Remove a site that nobody is linked to, and everything kept for it."""
+    for table in (
+        "partner_events",
+        "partner_deletion_requests",
+        "partner_api_keys",
+        "partner_admins",
+        "partner_verifications",
+    ):
+        tx.execute(f"DELETE FROM {table} WHERE site_id = ?", site_id)
+    tx.execute("DELETE FROM partner_sites WHERE id = ?", site_id)
 
 
 # Realm ownership.

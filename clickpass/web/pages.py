@@ -31,12 +31,28 @@ def install(app: WebApp, router: Router) -> None:
             request, "home.html", account=account, openid_head=op_head_html(app.settings.base_url)
         )
 
+    async def arriving_from(next_url: str) -> dict[str, str] | None:
+        # The partner site a person signs in for, for "to continue to PARTNER"
+        # (clickpass.partners.flow.PartnerFlow.branding); None for anything else.
+        partners = getattr(app, "partners", None)
+        if partners is None:
+            return None
+        branding: dict[str, str] | None = await partners.branding(next_url)
+        return branding
+
     async def signup_form(request: Request) -> bytes:
         account = await app.current_account(request)
         next_url = safe_next(app.form(request, "next"))
         if account is not None:
             return app.redirect(request, next_url)
-        return app.render(request, "signup.html", next=next_url, email="", error=None)
+        return app.render(
+            request,
+            "signup.html",
+            next=next_url,
+            email="",
+            error=None,
+            partner=await arriving_from(next_url),
+        )
 
     async def signup(request: Request) -> bytes:
         app.check_csrf(request)
@@ -49,7 +65,14 @@ def install(app: WebApp, router: Router) -> None:
             account = await app.accounts.sign_up(email, password)
         except AccountError as e:
             request.setResponseCode(400)
-            return app.render(request, "signup.html", next=next_url, email=email, error=str(e))
+            return app.render(
+                request,
+                "signup.html",
+                next=next_url,
+                email=email,
+                error=str(e),
+                partner=await arriving_from(next_url),
+            )
         await app.sign_in(request, account)
         return app.redirect(request, next_url)
 
@@ -58,7 +81,14 @@ def install(app: WebApp, router: Router) -> None:
         next_url = safe_next(app.form(request, "next"))
         if account is not None:
             return app.redirect(request, next_url)
-        return app.render(request, "signin.html", next=next_url, email="", error=None)
+        return app.render(
+            request,
+            "signin.html",
+            next=next_url,
+            email="",
+            error=None,
+            partner=await arriving_from(next_url),
+        )
 
     async def signin(request: Request) -> bytes:
         app.check_csrf(request)
@@ -71,10 +101,24 @@ def install(app: WebApp, router: Router) -> None:
         except Throttled as e:
             request.setResponseCode(429)
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-            return app.render(request, "signin.html", next=next_url, email=email, error=str(e))
+            return app.render(
+                request,
+                "signin.html",
+                next=next_url,
+                email=email,
+                error=str(e),
+                partner=await arriving_from(next_url),
+            )
         except AccountError as e:
             request.setResponseCode(401)
-            return app.render(request, "signin.html", next=next_url, email=email, error=str(e))
+            return app.render(
+                request,
+                "signin.html",
+                next=next_url,
+                email=email,
+                error=str(e),
+                partner=await arriving_from(next_url),
+            )
         await app.sign_in(request, account)
         return app.redirect(request, next_url)
 

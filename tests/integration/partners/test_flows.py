@@ -183,3 +183,36 @@ def test_partner_api(node: NodeProcess, partner: Partner, token_server: TokenSer
     assert unlinked.status_code == 200
     again = requests.get(api + "identifiers/" + first["id"], headers=auth, timeout=10)
     assert again.status_code == 404
+
+
+def test_signin_page_is_branded_for_a_partner(node: NodeProcess, partner: Partner) -> None:
+    """
+    A person arriving from a partner sees its name on Clickpass's sign-in
+    and sign-up pages ("to continue to PARTNER"); the same request with a
+    return_to the partner did not register, or no OpenID request at all,
+    shows no partner.
+    """
+    from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+    person = Person(node, partner.process.url)
+    signin = person.start()
+    assert "/signin" in signin.url
+    assert 'id="partner-branding"' in signin.text
+    assert "to continue to <strong>Example Partner</strong>" in signin.text
+    next_url = parse_qs(urlsplit(signin.url).query)["next"][0]
+    signup = person.session.get(node.url + "signup?next=" + quote(next_url, safe=""), timeout=30)
+    assert "to continue to <strong>Example Partner</strong>" in signup.text
+
+    made_up = "/openid?" + urlencode(
+        {
+            "openid.ns": "http://specs.openid.net/auth/2.0",
+            "openid.mode": "checkid_setup",
+            "openid.realm": partner.process.url,
+            "openid.return_to": partner.process.url + "elsewhere",
+        }
+    )
+    plain = person.session.get(node.url + "signin?next=" + quote(made_up, safe=""), timeout=30)
+    assert plain.status_code == 200
+    assert 'id="partner-branding"' not in plain.text
+    bare = requests.get(node.url + "signin", timeout=30)
+    assert 'id="partner-branding"' not in bare.text

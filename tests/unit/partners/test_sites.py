@@ -60,6 +60,49 @@ def test_one_site_per_host_and_the_host_stays(storage: DirectStorage) -> None:
         storage.run_blocking(sites.update_site, site, moved, NOW)
 
 
+def test_unverified_registration_does_not_hold_the_host(storage: DirectStorage) -> None:
+    """
+    A host registered but never verified (and with nobody linked) can be
+    registered again by someone else, which removes the first registration
+    with its admins and keys; a verified host cannot.
+    """
+    first = make_site(storage, REALM, verified=False)
+    storage.run_blocking(sites.create_key, first.id, 1, "early", NOW)
+    claimant = storage.run_blocking(add_account, "owner@partner.example")
+    again = sites.check_settings(settings())
+    second = storage.run_blocking(sites.create_site, again, claimant, NOW + 1)
+    assert second.id != first.id
+    assert storage.run_blocking(sites.site_by_id, first.id) is None
+    assert storage.run_blocking(sites.keys_for_site, first.id) == []
+    assert storage.run_blocking(sites.admins, second.id) == ["owner@partner.example"]
+    assert second.verification_token != first.verification_token
+
+    token = storage.run_blocking(sites.verification_token, second.id)
+    storage.run_blocking(sites.record_verification, second.id, token, None, NOW + 2)
+    late = storage.run_blocking(add_account, "late@example.com")
+    with pytest.raises(sites.SiteError, match="already registered"):
+        storage.run_blocking(sites.create_site, again, late, NOW + 3)
+
+
+def test_unverified_site_with_people_is_kept(storage: DirectStorage) -> None:
+    """An unverified site that people are linked to (from before verification) is never replaced."""
+    first = make_site(storage, REALM, verified=False)
+    person = storage.run_blocking(add_account, "p@example.com")
+    storage.run_blocking(
+        sites.create_link,
+        first,
+        person,
+        "a" * 32,
+        "https://c.example/id/" + "a" * 32,
+        "register",
+        NOW,
+    )
+    claimant = storage.run_blocking(add_account, "owner@partner.example")
+    with pytest.raises(sites.SiteError, match="already registered"):
+        storage.run_blocking(sites.create_site, sites.check_settings(settings()), claimant, NOW)
+    assert storage.run_blocking(sites.site_by_id, first.id) is not None
+
+
 def test_api_keys_are_stored_hashed_and_can_be_revoked(storage: DirectStorage) -> None:
     """Only the key's hash is in the database; a revoked key opens nothing."""
     site = make_site(storage, REALM)

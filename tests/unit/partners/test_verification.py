@@ -120,10 +120,11 @@ def test_new_site_is_unverified_until_its_token_is_confirmed(storage: DirectStor
     assert not storage.run_blocking(sites.record_verification, site.id, token, "nope.", NOW)
     assert storage.run_blocking(sites.verification_problem, site.id) == "nope."
     assert not storage.run_blocking(sites.record_verification, site.id, "old", None, NOW)
-    assert not storage.run_blocking(sites.site_by_id, site.id).verified
+    still = storage.run_blocking(sites.site_by_id, site.id)
+    assert still is not None and not still.verified
     assert storage.run_blocking(sites.record_verification, site.id, token, None, NOW + 5)
     found = storage.run_blocking(sites.site_by_id, site.id)
-    assert found.verified == NOW + 5
+    assert found is not None and found.verified == NOW + 5
     assert storage.run_blocking(sites.verification_problem, site.id) == ""
 
 
@@ -134,7 +135,7 @@ def test_site_from_before_verification_gets_a_token(storage: DirectStorage) -> N
         lambda tx: tx.execute("DELETE FROM partner_verifications WHERE site_id = ?", site.id)
     )
     old = storage.run_blocking(sites.site_by_id, site.id)
-    assert not old.verified and old.verification_token == ""
+    assert old is not None and not old.verified and old.verification_token == ""
     token = storage.run_blocking(sites.verification_token, site.id)
     assert token.startswith("clickpass-verify-")
     assert storage.run_blocking(sites.verification_token, site.id) == token
