@@ -159,3 +159,18 @@ def test_retarget_keeps_partner_state_inside_the_realm() -> None:
     assert moved == REALM + "register?next=%2Fcart&x=1"
     assert retarget("https://evil.example/register", REALM + "return", REALM) is None
     assert retarget("", REALM + "return", REALM) is None
+
+
+def test_branding_reads_only_openid_continuations() -> None:
+    """The sign-in page's partner comes only from an /openid?... next URL's realm and return_to."""
+    from clickpass.partners.flow import _realm_of_next
+
+    assert _realm_of_next(
+        "/openid?openid.realm=https%3A%2F%2Fp.example%2F&openid.return_to=https%3A%2F%2Fp.example%2Fr"
+    ) == ("https://p.example/", "https://p.example/r")
+    assert _realm_of_next("/openid?openid.return_to=https%3A%2F%2Fp.example%2Fr") == (
+        "https://p.example/r",
+        "https://p.example/r",
+    )
+    assert _realm_of_next("/account?openid.realm=https%3A%2F%2Fp.example%2F") == ("", "")
+    assert _realm_of_next("/openid?" + "x" * 20000) == ("", "")
