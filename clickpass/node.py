@@ -103,7 +103,9 @@ class Node(MultiService):
             from clickpass.cluster.service import ClusterService
 
             # The heartbeat holds VIPs only while the node is ready to serve.
-            self.cluster = ClusterService(reactor, settings, ready=self.serving)
+            self.cluster = ClusterService(
+                reactor, settings, ready=self.serving, alerts=self.monitoring.alerts
+            )
             self.cluster.register_commands(self.commands)
             self.cluster.setServiceParent(self)
         self.dbagent: Any = None

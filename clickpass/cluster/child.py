@@ -5,8 +5,11 @@ database is slow, still sends its adverts on time.
 
 It talks to the node over stdin/stdout, one JSON object per line. The node
 pings it; when the pings stop (the node is frozen) the groups go to FAULT,
-and when stdin closes (the node died or is stopping) it resigns every
-group, releases every VIP and exits. It asks for real-time scheduling
+and when stdin closes it resigns every group, releases every VIP and exits.
+A node that stops cleanly says "stop" first; stdin closing without it means
+the node died, so the groups resign as FAULT (their peers report a
+failover). Failovers this process makes are sent to the node as
+{"event": "failover", "details": {...}} lines, for its alerts. It asks for real-time scheduling
 (SCHED_RR, not inherited by the programs it runs) when the host allows it.
 
 This module must never import the node's application code: it stays small
@@ -51,11 +54,16 @@ class ParentLink(LineReceiver):
         self.last_ping = clock.seconds()
         self.node_ok = False
         self._ready = False
+        self._stopping = False
         self._watchdog = LoopingCall(self._watch)
         self._watchdog.clock = clock
 
     def connectionMade(self) -> None:
+        self.engine.on_failover = self._failover
         self._watchdog.start(max(0.02, self.node_timeout / 8), now=False)
+
+    def _failover(self, details: dict[str, Any]) -> None:
+        self.sendLine(json.dumps({"event": "failover", "details": details}).encode("utf-8"))
 
     def _watch(self) -> None:
         alive = self.clock.seconds() - self.last_ping <= self.node_timeout
@@ -94,6 +102,7 @@ class ParentLink(LineReceiver):
             elif op == "status":
                 reply["result"] = self.engine.status()
             elif op == "stop":
+                self._stopping = True
                 self._finish()
                 return
             else:
@@ -105,6 +114,10 @@ class ParentLink(LineReceiver):
             self.sendLine(json.dumps(reply, default=str).encode("utf-8"))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self._stopping and not self.finished.called:
+            self.log.warn("heartbeat: the node went away without stopping; resigning as FAULT")
+            self.node_ok = False
+            self.engine.set_health(NODE_CHECK, False)
         self._finish()
 
     def _finish(self) -> None:

@@ -11,7 +11,7 @@ A packet that cannot be used is counted and dropped; it never raises.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -87,6 +87,8 @@ class Engine:
         self.witness_groups: dict[str, WitnessGroup] = {}
         self.vips: dict[str, Any] = {}
         self.hooks: dict[str, Any] = {}
+        # Told the details of every failover a group of this node makes.
+        self.on_failover: Callable[[dict[str, Any]], None] | None = None
         runner = CommandRunner(reactor)
         for settings in cluster.group:
             peers = [parse_address(p, cluster.port) for p in settings.peers]
@@ -123,9 +125,14 @@ class Engine:
             )
             for name, weight in extra_checks:
                 group.checks.setdefault(name, (weight, True))
+            group.on_failover = self._failover
             self.groups[settings.name] = group
             self.vips[settings.name] = vip
             self.hooks[settings.name] = hooks
+
+    def _failover(self, details: dict[str, Any]) -> None:
+        if self.on_failover is not None:
+            self.on_failover(details)
 
     # Lifecycle.
 

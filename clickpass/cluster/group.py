@@ -122,6 +122,13 @@ class Group:
         self._handover: IDelayedCall | None = None
         self._last_garp = 0.0
         self._vip_up = False
+        # The last MASTER heard, and the master we are replacing when our
+        # down timer fires on it: a failover to report, not an election.
+        self._last_master: PeerView | None = None
+        self._failed_master: tuple[PeerView, str] | None = None
+        self.last_failover: dict[str, Any] | None = None
+        # Called with the details of every failover this node makes (alerts).
+        self.on_failover: Callable[[dict[str, Any]], None] | None = None
         self._adverts = LoopingCall(self._tick)
         self._adverts.clock = clock
         self.machine, self.core = machine.build(self)
@@ -186,6 +193,7 @@ class Group:
             "witness_last_heard_seconds": (
                 None if self.witness_heard_at is None else round(now - self.witness_heard_at, 3)
             ),
+            "last_failover": self.last_failover,
             "counters": dict(self.counters),
         }
 
@@ -232,6 +240,7 @@ class Group:
         )
         if message.state != State.MASTER:
             return
+        self._last_master = self.peers[message.node]
         self.master_interval = message.interval
         if message.priority == 0:
             self.machine.heard_resign()
@@ -333,12 +342,53 @@ class Group:
 
     def _down_fired(self) -> None:
         self._down = None
+        self._failed_master = self._failed()
         if self.maintenance:
             self.arm_down_timer(False)
         elif self.witness_required:
             self.machine.seek_vote()
         else:
             self.machine.master_down()
+
+    def _failed(self) -> tuple[PeerView, str] | None:
+        """
+        Why the master we last heard is gone, if it failed: it went silent
+        (missed adverts), or it resigned because it is unhealthy. None for a
+        first election, a clean stop or a switchover (planned, no alert).
+        """
+        last = self._last_master
+        if last is None:
+            return None
+        if last.priority > 0:
+            return last, "missed adverts"
+        if last.health == Health.FAULT:
+            return last, "master fault"
+        return None
+
+    def _report_failover(self, master: PeerView, reason: str) -> None:
+        now = self.clock.seconds()
+        details = {
+            "group": self.name,
+            "vip": self.settings.vip,
+            "node": self.node_id,
+            "from": master.node,
+            "reason": reason,
+            "last_heard_seconds": round(now - master.heard_at, 3),
+        }
+        self.last_failover = {**details, "at": now}
+        self.counters["failovers"] += 1
+        self.log.warn(
+            "cluster group {group}: failover, taking VIP {vip} over from {master} ({reason})",
+            group=self.name,
+            vip=self.settings.vip,
+            master=master.node,
+            reason=reason,
+        )
+        if self.on_failover is not None:
+            try:
+                self.on_failover(details)
+            except Exception:
+                self.log.failure("cluster group {group}: failover report failed", group=self.name)
 
     def _vote_answer(self, granted: bool) -> None:
         if self._vote is None:
@@ -362,6 +412,7 @@ class Group:
 
     def arm_down_timer(self, resign: bool) -> None:
         self.cancel_down_timer()
+        self._failed_master = None
         delay = skew(self.priority, self.master_interval)
         if not resign:
             delay += DOWN_ADVERTS * self.master_interval
@@ -384,7 +435,10 @@ class Group:
         self._no_preempt = False
         self._vip_up = False
         self.counters["takeovers"] += 1
+        failed, self._failed_master = self._failed_master, None
         self.vip.take(self._vip_is_up)
+        if failed is not None:
+            self._report_failover(*failed)
 
     def _vip_is_up(self) -> None:
         # Claim MASTER to the peers only once the address answers and the

@@ -5,7 +5,9 @@ answers the C{cluster.*} control commands.
 
 Other parts of the node report health with L{ClusterService.set_health}
 (e.g. C{"workers"}, C{"database"}); groups that list a check of that name
-lower their priority or go to FAULT.
+lower their priority or go to FAULT. A failover this node makes (it took a
+VIP over from a master that went silent or faulted) is raised as the
+C{failover.happened} alert.
 
 This module must never block the node's reactor, and a heartbeat process
 that dies is restarted, never allowed to take the node down.
@@ -36,6 +38,7 @@ from clickpass.control.protocol import CommandError, CommandRegistry
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 5.0
 CALL_TIMEOUT = 5.0
+ALERT_FAILOVER = "failover.happened"
 
 
 class _ChildProtocol(ProcessProtocol):
@@ -55,7 +58,9 @@ class _ChildProtocol(ProcessProtocol):
                 answer = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(answer, dict):
+            if isinstance(answer, dict) and "event" in answer:
+                self.service._event(answer)
+            elif isinstance(answer, dict):
                 self.service._answer(answer)
 
     def errReceived(self, data: bytes) -> None:
@@ -81,11 +86,14 @@ class ClusterService(Service):
         reactor: Any,
         settings: configmod.Settings,
         ready: Callable[[], bool] = lambda: True,
+        alerts: Any = None,
     ) -> None:
         self.setName("cluster")
         self.reactor = reactor
         self.settings = settings
         self.ready = ready
+        # clickpass.monitor.alerts.Alerts (or None): failovers are raised there.
+        self.alerts = alerts
         self.health: dict[str, bool] = {}
         self.maintenance = False
         self.engine: Engine | None = None
@@ -119,6 +127,7 @@ class ClusterService(Service):
                 wrap_notifier=self.wrap_notifier,
             )
             self.engine.set_health(NODE_CHECK, False)
+            self.engine.on_failover = self._failover
             self.engine.start()
         else:
             self._spawn()
@@ -171,7 +180,9 @@ class ClusterService(Service):
         child, self._child = self._child, None
         if child is None or child.transport is None:
             return succeed(None)
-        # Closing stdin makes the heartbeat resign, release its VIPs and exit.
+        # "stop" then closing stdin makes the heartbeat resign, release its
+        # VIPs and exit (stdin closing alone means the node died: FAULT).
+        child.transport.write(b'{"op": "stop"}\n')
         child.transport.closeStdin()
         kill = self.reactor.callLater(STOP_TIMEOUT, _kill, child)
 
@@ -193,6 +204,22 @@ class ClusterService(Service):
             self.engine.set_health(NODE_CHECK, ready)
         else:
             self._write({"op": "ping", "ready": ready})
+
+    def _event(self, event: dict[str, Any]) -> None:
+        details = event.get("details")
+        if event.get("event") == "failover" and isinstance(details, dict):
+            self._failover(details)
+
+    def _failover(self, details: dict[str, Any]) -> None:
+        """This node took a VIP over from a master that failed: raise failover.happened."""
+        summary = (
+            f"VIP failover: {details.get('node')} took {details.get('vip')} "
+            f"(group {details.get('group')}) over from {details.get('from')} "
+            f"({details.get('reason')})"
+        )
+        self.log.warn("cluster: {summary}", summary=summary)
+        if self.alerts is not None:
+            self.alerts.raise_(ALERT_FAILOVER, summary, details)
 
     def _answer(self, answer: dict[str, Any]) -> None:
         d = self._pending.pop(answer.get("id", -1), None)

@@ -59,13 +59,24 @@ class Outbox:
         self.node = node
         self.seq = 0
 
-    def _message(self, kind: Kind, group: str, state: State, priority: int) -> Message:
+    def _message(
+        self,
+        kind: Kind,
+        group: str,
+        state: State,
+        priority: int,
+        health: Health = Health.OK,
+        failing: int = 0,
+    ) -> Message:
         self.seq += 1
-        interval = self.net.interval
-        return Message(kind, group, self.node, state, priority, int(interval * 1000), 1, self.seq)
+        interval = int(self.net.interval * 1000)
+        return Message(
+            kind, group, self.node, state, priority, interval, 1, self.seq, health, failing
+        )
 
     def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
-        self.net.deliver(self.node, self._message(Kind.ADVERT, group, state, priority), None)
+        message = self._message(Kind.ADVERT, group, state, priority, health, failing)
+        self.net.deliver(self.node, message, None)
 
     def vote_request(self, group: str) -> None:
         message = self._message(Kind.VOTE_REQUEST, group, State.CANDIDATE, 0)
