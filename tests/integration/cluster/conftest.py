@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-PREFIX = "cpt-"
+# Another prefix keeps two runs on one machine apart (e.g. CLICKPASS_TEST_LAB_PREFIX=cpr-).
+PREFIX = os.environ.get("CLICKPASS_TEST_LAB_PREFIX", "cpt-")
 
 
 def load_lab() -> ModuleType:
