@@ -30,10 +30,15 @@ from httptools import (
 
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IReactorTime, IReactorUNIX
+from twisted.internet.interfaces import (
+    IProtocolNegotiationFactory,
+    IReactorTime,
+    IReactorUNIX,
+)
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from clickpass.balancer.pool import IDEMPOTENT, Backend, Pool
 from clickpass.balancer.static import STATIC_PREFIX, StaticFiles
@@ -738,10 +743,20 @@ def _drop_named(lines: list[bytes], named: list[bytes]) -> list[bytes]:
     return out
 
 
+@implementer(IProtocolNegotiationFactory)
 class FrontFactory(Factory):
     """Builds a L{FrontConnection} for each client of one listener."""
 
     noisy = False
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        ALPN on ssl: listeners: we speak HTTP/1.1. Twisted's TLS server
+        always installs an ALPN callback, and with no protocols of ours it
+        ends every handshake whose client offers ALPN (every browser, curl,
+        requests) with an "internal error" alert.
+        """
+        return [b"http/1.1"]
 
     def __init__(
         self,

@@ -1,0 +1,223 @@
+"""
+The front's ssl: listener end to end, with a real node and the real
+application: a test CA and a server certificate made by the test, HTTPS
+requests through the front to a worker, a Secure session cookie, HTTP
+keep-alive over TLS, and the plain-HTTP listener redirecting to HTTPS.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support.browser import csrf_token
+from tests.support.node import NodeProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def make_ca_and_server_cert(directory: Path) -> Path:
+    """Write ca.pem, server.pem and server.key (for 127.0.0.1); return the CA's path."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Clickpass test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory / "ca.pem"
+
+
+class TLSNode:
+    def __init__(self, process: NodeProcess, https_port: int, http_port: int, ca: Path) -> None:
+        self.process = process
+        self.https_port = https_port
+        self.http_port = http_port
+        self.ca = ca
+        self.url = f"https://127.0.0.1:{https_port}"
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path) -> Iterator[TLSNode]:
+    ca = make_ca_and_server_cert(tmp_path)
+    https_port, http_port = free_port(), free_port()
+    config = tmp_path / "node1.toml"
+    config.write_text(
+        f"""
+[node]
+name = "node1"
+data_dir = "{tmp_path / "data"}"
+public_url = "https://127.0.0.1:{https_port}/"
+
+[web]
+listen = ["ssl:{https_port}:interface=127.0.0.1", "tcp:{http_port}:interface=127.0.0.1"]
+tls_certificate = "{tmp_path / "server.pem"}"
+tls_private_key = "{tmp_path / "server.key"}"
+
+[workers]
+count = 2
+
+[balancer]
+redirect_http_to_https = true
+"""
+    )
+    process = NodeProcess(tmp_path, config, port=https_port)
+    try:
+        process.start(timeout=60)
+        yield TLSNode(process, https_port, http_port, ca)
+    finally:
+        process.stop()
+
+
+def test_https_through_the_front_to_the_application(tls_node: TLSNode) -> None:
+    """
+    The ssl: listener serves the real application over verified TLS, the
+    session cookie it sets after a sign-up is Secure (the worker learns the
+    scheme from the front's X-Forwarded-Proto), and the signed-in page works
+    over the same keep-alive TLS connection.
+    """
+    session = requests.Session()
+    # Per request: requests lets REQUESTS_CA_BUNDLE override a Session's verify.
+    ca = str(tls_node.ca)
+    health = session.get(tls_node.url + "/healthz", verify=ca, timeout=10)
+    assert health.status_code == 200 and health.text == "ok\n"
+    page = session.get(tls_node.url + "/signup", verify=ca, timeout=10)
+    assert page.status_code == 200
+    signed = session.post(
+        tls_node.url + "/signup",
+        data={
+            "email": "tls@example.com",
+            "password": "a long enough password",
+            "password_again": "a long enough password",
+            "next": "/account",
+            "csrf_token": csrf_token(page.text),
+        },
+        allow_redirects=False,
+        verify=ca,
+        timeout=10,
+    )
+    assert signed.status_code == 303, signed.text[:500]
+    set_cookies = signed.raw.headers.getlist("Set-Cookie")
+    session_cookies = [c for c in set_cookies if c.startswith("cp_session=")]
+    assert session_cookies, set_cookies
+    assert all(re.search(r";\s*Secure", c, re.I) for c in set_cookies), set_cookies
+    account = session.get(tls_node.url + "/account", allow_redirects=False, verify=ca, timeout=10)
+    assert account.status_code == 200 and "tls@example.com" in account.text
+
+
+def test_plain_tls_client_without_the_ca_is_refused(tls_node: TLSNode) -> None:
+    """A client that does not trust the test CA fails the handshake (the cert is really used)."""
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(tls_node.url + "/healthz", timeout=10)
+
+
+def test_pipelined_requests_over_tls_with_alpn(tls_node: TLSNode) -> None:
+    """
+    A client offering ALPN h2 and http/1.1, as browsers do, gets http/1.1
+    (Twisted alone would end the handshake with an internal-error alert);
+    two requests written at once on the connection get two answers, in order.
+    """
+    context = ssl.create_default_context(cafile=str(tls_node.ca))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", tls_node.https_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        assert s.selected_alpn_protocol() == "http/1.1"
+        s.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /static/nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    statuses = re.findall(rb"^HTTP/1.1 (\d{3})", data, re.M)
+    assert statuses == [b"200", b"404"], data[:500]
+
+
+def test_http_listener_redirects_to_https(tls_node: TLSNode) -> None:
+    """
+    On the tcp: listener every request is redirected to the same path under
+    the https public URL (301 for GET, 308 for POST); following it works.
+    """
+    http = f"http://127.0.0.1:{tls_node.http_port}"
+    moved = requests.get(http + "/signin?next=%2Faccount", allow_redirects=False, timeout=10)
+    assert moved.status_code == 301
+    assert moved.headers["location"] == tls_node.url + "/signin?next=%2Faccount"
+    posted = requests.post(http + "/signin", data={"a": "b"}, allow_redirects=False, timeout=10)
+    assert posted.status_code == 308
+    assert posted.headers["location"] == tls_node.url + "/signin"
+    followed = requests.get(http + "/healthz", verify=str(tls_node.ca), timeout=10)
+    assert followed.status_code == 200 and followed.url == tls_node.url + "/healthz"
+    assert [r.status_code for r in followed.history] == [301]
