@@ -479,6 +479,13 @@ class BalancerSettings:
         default=False,
         metadata=_doc("Answer requests on tcp: listeners with a redirect to the https public_url."),
     )
+    metrics_listen: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "Endpoint string for a separate /metrics listener, e.g. "
+            "tcp:9102:interface=127.0.0.1; when set, the public listeners do not serve /metrics."
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

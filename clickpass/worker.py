@@ -8,6 +8,9 @@ The front spawns it with a pipe on stdin and one on stdout. The worker
 opens the storage itself, builds the Site, listens on PATH and then writes
 C{ready PID} on stdout; it exits when stdin closes (the front is gone) or
 on SIGTERM. Log lines go to stderr, which the front relays into its log.
+When the front writes C{metrics} on stdin, the worker answers with one
+line, C{metrics JSON}: its metrics registry's snapshot (the front adds the
+workers' snapshots up for /metrics).
 
 A worker must never run migrations (the node did them before spawning it),
 never listen anywhere but its own socket, and never print anything else on
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -41,10 +45,25 @@ SiteFactory = Callable[[Any, configmod.Settings, Any, bytes], Site]
 
 
 class FrontChannel(Protocol):
-    """stdin/stdout to the front: we say ready; stdin closing means stop."""
+    """
+    stdin/stdout to the front: we say ready and answer requests for our
+    metrics; stdin closing means stop.
+    """
 
-    def __init__(self, on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_lost: Callable[[], None], metrics: Any = None) -> None:
         self.on_lost = on_lost
+        self.metrics = metrics
+        self._buf = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        *lines, self._buf = (self._buf + data).split(b"\n")
+        self._buf = self._buf[-1024:]
+        for line in lines:
+            if line.strip() == b"metrics" and self.transport is not None:
+                snapshot = self.metrics.snapshot() if self.metrics is not None else {}
+                self.transport.write(
+                    b"metrics " + json.dumps(snapshot, separators=(",", ":")).encode() + b"\n"
+                )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.on_lost()
@@ -91,7 +110,7 @@ async def serve(reactor: Any, args: argparse.Namespace) -> None:
         if not done.called:
             done.callback(None)
 
-    channel = FrontChannel(stop)
+    channel = FrontChannel(stop, getattr(site, "metrics", None))
     stdio.StandardIO(channel, reactor=reactor)
 
     def shutdown() -> Deferred[None] | None:

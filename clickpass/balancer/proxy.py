@@ -19,6 +19,7 @@ trust client-sent X-Forwarded-* headers unless configured to.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from httptools import (
@@ -45,7 +46,12 @@ from clickpass.balancer.static import STATIC_PREFIX, StaticFiles
 from clickpass.config import BalancerSettings
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
+
+# Builds the /metrics page (Prometheus text) for the front to answer itself.
+MetricsPage = Callable[[], "Deferred[bytes]"]
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 MAX_RESPONSE_HEAD = 64 * 1024
 BODY_BUFFER = 64 * 1024
@@ -80,16 +86,19 @@ _RESPONSE_HOP_MARKERS = (
 )
 
 REASONS = {
+    200: b"OK",
     301: b"Moved Permanently",
     304: b"Not Modified",
     308: b"Permanent Redirect",
     400: b"Bad Request",
     404: b"Not Found",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
     501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
+    500: b"Internal Server Error",
     504: b"Gateway Timeout",
 }
 
@@ -174,6 +183,7 @@ class Exchange:
         "chunked",
         "client",
         "close_after",
+        "deferred_local",
         "dispatched",
         "has_body",
         "head",
@@ -216,6 +226,8 @@ class Exchange:
         self.has_body = False
         self.chunked = False
         self.local: bytes | None = None
+        # A response the front makes itself but not at once (/metrics).
+        self.deferred_local: Deferred[bytes] | None = None
         self.backend: Backend | None = None
         self.upstream: UpstreamConnection | None = None
         self.dispatched = 0.0
@@ -571,6 +583,27 @@ class FrontConnection(Protocol):
             exchange.local = local_response(
                 status, "Moved to HTTPS.", has_body, location, method == b"HEAD"
             )
+        elif factory.metrics_page is not None and _is_path(url, b"/metrics"):
+            if method in (b"GET", b"HEAD"):
+                exchange.deferred_local = factory.metrics_page()
+            else:
+                exchange.local = local_response(
+                    405, "Use GET.", True, b"Allow: GET, HEAD\r\n", method == b"HEAD"
+                )
+        elif factory.metrics_only:
+            exchange.local = local_response(
+                404, "Not found.", not exchange.keep_alive, b"", method == b"HEAD"
+            )
+        elif _is_path(url, b"/readyz") and not self.pool.routable():
+            # No worker would take the request: say so at once, without
+            # queueing a probe behind the requests already waiting.
+            exchange.local = local_response(
+                503,
+                "not ready: no worker is taking requests",
+                not exchange.keep_alive,
+                b"",
+                method == b"HEAD",
+            )
         elif (
             factory.static is not None
             and url.startswith(STATIC_PREFIX)
@@ -624,6 +657,11 @@ class FrontConnection(Protocol):
 
     def _activate(self, exchange: Exchange) -> None:
         self.active = exchange
+        if exchange.deferred_local is not None:
+            d, exchange.deferred_local = exchange.deferred_local, None
+            d.addCallback(self._local_ready, exchange)
+            d.addErrback(self._local_failed, exchange)
+            return
         if exchange.local is not None:
             exchange.response_started = exchange.response_done = True
             exchange.status = int(exchange.local[9:12])
@@ -636,6 +674,30 @@ class FrontConnection(Protocol):
                 self.exchange_done(exchange)
             return
         self.pool.submit(exchange)
+
+    def _local_ready(self, body: bytes, exchange: Exchange) -> None:
+        if exchange.abandoned or self.transport is None or exchange is not self.active:
+            return
+        head_only = exchange.method == b"HEAD"
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+            METRICS_CONTENT_TYPE,
+            len(body),
+        )
+        head += b"Cache-Control: no-store\r\n"
+        if not exchange.keep_alive or exchange.close_after:
+            head += b"Connection: close\r\n"
+        exchange.local = head + b"\r\n" + (b"" if head_only else body)
+        self._activate(exchange)
+
+    def _local_failed(self, failure: Failure, exchange: Exchange) -> None:
+        self.log.failure("the front could not build a local response", failure)
+        if exchange.abandoned or self.transport is None or exchange is not self.active:
+            return
+        exchange.local = local_response(
+            500, "The front could not answer this.", True, b"", exchange.method == b"HEAD"
+        )
+        exchange.close_after = True
+        self._activate(exchange)
 
     def account(self, exchange: Exchange) -> None:
         seconds = self.clock.seconds() - exchange.started
@@ -733,6 +795,11 @@ class FrontConnection(Protocol):
             self.transport.loseConnection()
 
 
+def _is_path(url: bytes, path: bytes) -> bool:
+    """Whether the request target C{url} is C{path}, with or without a query."""
+    return url.startswith(path) and (len(url) == len(path) or url[len(path)] == 0x3F)
+
+
 def _drop_named(lines: list[bytes], named: list[bytes]) -> list[bytes]:
     """Remove the headers a client's Connection header names as hop-by-hop."""
     drop = {n for n in named if n not in (b"keep-alive", b"close", b"")}
@@ -768,6 +835,8 @@ class FrontFactory(Factory):
         trust_forwarded: bool = False,
         static: StaticFiles | None = None,
         redirect_base: bytes | None = None,
+        metrics_page: MetricsPage | None = None,
+        metrics_only: bool = False,
     ) -> None:
         self.clock = clock
         self.pool = pool
@@ -776,6 +845,10 @@ class FrontFactory(Factory):
         self.trust_forwarded = trust_forwarded
         self.static = static
         self.redirect_base = redirect_base
+        # /metrics is answered by the front (None: passed on like any path);
+        # a metrics-only listener answers 404 to everything else.
+        self.metrics_page = metrics_page
+        self.metrics_only = metrics_only
         self.connections: set[FrontConnection] = set()
 
     def buildProtocol(self, addr: object) -> FrontConnection:

@@ -4,6 +4,11 @@ pool and the public HTTP(S) listeners, plus their control commands
 (C{workers}, C{worker.drain}, C{worker.resume}, C{worker.restart},
 C{reload}, C{balancer.stats}) and SIGHUP for a rolling reload.
 
+It also answers /metrics for the whole node: the node's own registry,
+the front's counters and the workers' registries (asked over their
+stdin/stdout pipes), added up; on the public listeners, or only on
+C{[balancer] metrics_listen} when that is set.
+
 The node opens storage and migrates before it adds this service; this
 module must never run application code in the front process.
 """
@@ -26,8 +31,10 @@ from clickpass import config as configmod
 from clickpass.balancer.pool import Pool
 from clickpass.balancer.proxy import FrontFactory
 from clickpass.balancer.static import StaticFiles
+from clickpass.balancer.stats import ERROR_KINDS, LATENCY_BOUNDS
 from clickpass.balancer.supervisor import ReloadError, Supervisor, install_sighup
 from clickpass.control.protocol import CommandError, CommandRegistry
+from clickpass.monitor.metrics import Registry, Snapshot, merge, render
 
 STATIC_DIR = Path(__file__).parent.parent / "web" / "static"
 
@@ -70,9 +77,19 @@ class Front(MultiService):
         self.ports: list[IListeningPort] = []
         self._sweeper: LoopingCall | None = None
         self._uninstall_sighup: Any = None
+        # The node's registry (node.monitoring.metrics), added to /metrics.
+        self.node_metrics: Registry | None = None
 
     def startService(self) -> None:
         _raise_file_limit()
+        # The node's monitoring, when this front runs in a node: its alerts
+        # take workers.crash_loop and its registry goes into /metrics.
+        monitoring = getattr(self.parent, "monitoring", None)
+        if monitoring is not None:
+            if self.supervisor.alerts is None:
+                self.supervisor.alerts = monitoring.alerts
+            if self.node_metrics is None:
+                self.node_metrics = monitoring.metrics
         super().startService()
         self.pool.start()
         self._sweeper = LoopingCall(self._sweep)
@@ -91,6 +108,8 @@ class Front(MultiService):
         redirect = None
         if settings.balancer.redirect_http_to_https:
             redirect = settings.base_url.rstrip("/").encode("ascii")
+        separate_metrics = bool(settings.balancer.metrics_listen)
+        public_metrics = None if separate_metrics else self.metrics_page
         for description in settings.web.listen:
             tls = description.startswith("ssl:")
             factory = FrontFactory(
@@ -101,17 +120,138 @@ class Front(MultiService):
                 trust_forwarded=settings.web.trust_forwarded_headers,
                 static=self.static,
                 redirect_base=None if tls else redirect,
+                metrics_page=public_metrics,
             )
-            endpoint = endpoints.serverFromString(
-                self.reactor, self._tls_endpoint(description, settings)
+            await self._listen(description, factory)
+        if separate_metrics:
+            description = settings.balancer.metrics_listen
+            factory = FrontFactory(
+                self.reactor,
+                self.pool,
+                settings.balancer,
+                tls=description.startswith("ssl:"),
+                metrics_page=self.metrics_page,
+                metrics_only=True,
             )
-            try:
-                port = await endpoint.listen(factory)
-            except Exception as e:
-                raise ListenError(f"cannot listen on {description}: {e}") from None
-            self.factories.append(factory)
-            self.ports.append(port)
+            await self._listen(description, factory)
         return self.ports
+
+    async def _listen(self, description: str, factory: FrontFactory) -> None:
+        endpoint = endpoints.serverFromString(
+            self.reactor, self._tls_endpoint(description, self.settings)
+        )
+        try:
+            port = await endpoint.listen(factory)
+        except Exception as e:
+            raise ListenError(f"cannot listen on {description}: {e}") from None
+        self.factories.append(factory)
+        self.ports.append(port)
+
+    # /metrics.
+
+    def metrics_page(self) -> Deferred[bytes]:
+        """The node's metrics in the Prometheus text format (for the front to serve)."""
+        return Deferred.fromCoroutine(self._metrics_text())
+
+    async def _metrics_text(self) -> bytes:
+        workers = [s for s in await self.supervisor.collect_metrics() if s]
+        snapshots = [self.front_snapshot(len(workers)), *workers]
+        if self.node_metrics is not None:
+            snapshots.insert(0, self.node_metrics.snapshot())
+        return render(merge(snapshots)).encode("utf-8")
+
+    def front_snapshot(self, worker_snapshots: int = 0) -> Snapshot:
+        """The front's counters and the workers' states, as a metrics snapshot."""
+        counters = self.pool.counters
+        latency = counters.latency
+        by_state: dict[str, int] = {}
+        for worker in self.supervisor.workers():
+            state = worker.lifecycle.state()
+            by_state[state] = by_state.get(state, 0) + 1
+        slots = self.supervisor.slots
+
+        def entry(kind: str, help: str, labels: list[str], samples: list[Any]) -> dict[str, Any]:
+            found: dict[str, Any] = {
+                "type": kind,
+                "help": help,
+                "labels": labels,
+                "samples": samples,
+            }
+            if kind == "gauge":
+                found["aggregate"] = "sum"
+            return found
+
+        return {
+            "clickpass_front_requests_total": entry(
+                "counter",
+                "Requests the front received (proxied or answered itself).",
+                [],
+                [[[], counters.requests]],
+            ),
+            "clickpass_front_responses_total": entry(
+                "counter",
+                "Responses the front sent, by status class.",
+                ["code"],
+                [[[f"{i}xx"], n] for i, n in enumerate(counters.responses) if i],
+            ),
+            "clickpass_front_errors_total": entry(
+                "counter",
+                "Requests the front refused or could not complete, by kind.",
+                ["kind"],
+                [[[kind], counters.errors.get(kind, 0)] for kind in ERROR_KINDS],
+            ),
+            "clickpass_front_request_seconds": {
+                **entry(
+                    "histogram",
+                    "Time from a request's head to its complete response.",
+                    [],
+                    [[[], list(latency.buckets), latency.total, latency.count]],
+                ),
+                "buckets": list(LATENCY_BOUNDS),
+            },
+            "clickpass_front_client_connections": entry(
+                "gauge",
+                "Open client connections.",
+                [],
+                [[[], sum(len(f.connections) for f in self.factories)]],
+            ),
+            "clickpass_balancer_queued_requests": entry(
+                "gauge", "Requests waiting for a free worker.", [], [[[], len(self.pool.queue)]]
+            ),
+            "clickpass_balancer_routable_workers": entry(
+                "gauge", "Workers taking requests now.", [], [[[], self.pool.routable()]]
+            ),
+            "clickpass_workers": entry(
+                "gauge",
+                "Worker processes by lifecycle state.",
+                ["state"],
+                [[[state], n] for state, n in sorted(by_state.items())],
+            ),
+            "clickpass_worker_restarts_total": entry(
+                "counter",
+                "Workers started again in each slot (respawn, recycle, reload).",
+                ["slot"],
+                [[[str(s.index)], s.restarts] for s in slots],
+            ),
+            "clickpass_worker_in_flight": entry(
+                "gauge",
+                "Requests in flight at each slot's worker.",
+                ["slot"],
+                [[[str(s.index)], s.current.backend.in_flight if s.current else 0] for s in slots],
+            ),
+            "clickpass_workers_crash_looping": entry(
+                "gauge",
+                "Worker slots whose workers keep dying at start.",
+                [],
+                [[[], sum(1 for s in slots if s.crash_loop)]],
+            ),
+            "clickpass_metrics_worker_snapshots": entry(
+                "gauge",
+                "Workers whose metrics are in this page.",
+                [],
+                [[[], worker_snapshots]],
+            ),
+        }
 
     def wait_ready(self) -> Deferred[None]:
         return self.supervisor.wait_ready()

@@ -14,6 +14,7 @@ process. This module never parses HTTP and never touches client sockets.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -40,6 +41,21 @@ from clickpass.balancer.pool import Backend, Pool, PoolEvents
 # failure to start, and its slot waits before the next try.
 QUICK_DEATH = 10.0
 FIRST_DELAY = 1.0
+# This many failures to start in a row in one slot is a crash loop: the
+# workers.crash_loop alert fires, and is resolved once a worker of every
+# such slot has stayed up for QUICK_DEATH seconds after it became ready.
+CRASH_LOOP_DEATHS = 3
+CRASH_LOOP_ALERT = "workers.crash_loop"
+# Longest line a worker may send on its stdout (a metrics snapshot).
+MAX_CONTROL_LINE = 16 * 1024 * 1024
+
+
+class AlertSink(Protocol):
+    """What the supervisor needs of L{clickpass.monitor.alerts.Alerts}."""
+
+    def raise_(self, key: str, summary: str, details: dict[str, Any] | None = None) -> None: ...
+
+    def resolve(self, key: str) -> None: ...
 
 
 class Lifecycle(Protocol):
@@ -216,6 +232,7 @@ class WorkerProcess(ProcessProtocol):
         self._lines = {1: b"", 2: b""}
         self._timer: IDelayedCall | None = None
         self.exit_status: str = ""
+        self._metrics_waiters: list[Deferred[dict[str, Any]]] = []
 
     # Process events.
 
@@ -239,8 +256,11 @@ class WorkerProcess(ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buf = self._lines.get(childFD, b"") + data
         *lines, rest = buf.split(b"\n")
-        self._lines[childFD] = rest[-8192:]
+        self._lines[childFD] = rest[-MAX_CONTROL_LINE:] if childFD == 1 else rest[-8192:]
         for line in lines:
+            if childFD == 1 and line.startswith(b"metrics "):
+                self._metrics_received(line[8:])
+                continue
             text = line.decode("utf-8", "replace").rstrip()
             if childFD == 1:
                 if text.startswith("ready"):
@@ -252,8 +272,41 @@ class WorkerProcess(ProcessProtocol):
             elif text:
                 self.log.info("worker {worker}: {line}", worker=self.id, line=text)
 
+    def request_metrics(self) -> Deferred[dict[str, Any]]:
+        """
+        Ask the worker for its metrics snapshot (over its stdin; the answer
+        comes back as one C{metrics JSON} line on its stdout).
+        """
+        d: Deferred[dict[str, Any]] = Deferred()
+        if self.transport is None:
+            d.callback({})
+            return d
+        # Waiters that timed out are dropped; one question is in flight at a time.
+        self._metrics_waiters = [w for w in self._metrics_waiters if not w.called]
+        first = not self._metrics_waiters
+        self._metrics_waiters.append(d)
+        if first:
+            with contextlib.suppress(OSError):
+                self.transport.writeToChild(0, b"metrics\n")
+        return d
+
+    def _metrics_received(self, raw: bytes) -> None:
+        try:
+            snapshot = json.loads(raw)
+        except ValueError:
+            self.log.warn("worker {worker} sent unreadable metrics", worker=self.id)
+            snapshot = {}
+        if not isinstance(snapshot, dict):
+            snapshot = {}
+        waiters, self._metrics_waiters = self._metrics_waiters, []
+        for waiter in waiters:
+            waiter.callback(snapshot)
+
     def processEnded(self, reason: Failure) -> None:
         self._cancel_timer()
+        waiters, self._metrics_waiters = self._metrics_waiters, []
+        for waiter in waiters:
+            waiter.callback({})
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         self.exit_status = f"signal {sig}" if sig else f"exit code {code}"
@@ -351,6 +404,8 @@ class Slot:
     replacement: WorkerProcess | None = None
     restarts: int = 0
     quick_deaths: int = 0
+    crash_loop: bool = False
+    stable_check: IDelayedCall | None = None
     respawn: IDelayedCall | None = None
     retired: list[WorkerProcess] = field(default_factory=list)
 
@@ -383,6 +438,8 @@ class Supervisor(Service, PoolEvents):
         self._numbers = 0
         self._stopping = False
         self._ready_waiters: list[Deferred[None]] = []
+        # Where workers.crash_loop goes (the node's alerts); None: nowhere.
+        self.alerts: AlertSink | None = None
 
     # Service.
 
@@ -412,9 +469,10 @@ class Supervisor(Service, PoolEvents):
         self._stopping = True
         workers: list[WorkerProcess] = []
         for slot in self.slots:
-            if slot.respawn is not None and slot.respawn.active():
-                slot.respawn.cancel()
-            slot.respawn = None
+            for call in (slot.respawn, slot.stable_check):
+                if call is not None and call.active():
+                    call.cancel()
+            slot.respawn = slot.stable_check = None
             for worker in (slot.current, slot.replacement, *slot.retired):
                 if worker is not None and worker.lifecycle.state() != "gone":
                     workers.append(worker)
@@ -475,6 +533,48 @@ class Supervisor(Service, PoolEvents):
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+        if slot.crash_loop and worker is slot.current:
+            if slot.stable_check is not None and slot.stable_check.active():
+                slot.stable_check.cancel()
+            slot.stable_check = self.clock.callLater(QUICK_DEATH, self._check_stable, slot, worker)
+
+    def _check_stable(self, slot: Slot, worker: WorkerProcess) -> None:
+        """A worker of a crash-looping slot stayed up: the loop is over."""
+        slot.stable_check = None
+        if worker is not slot.current or worker.lifecycle.state() == "gone":
+            return
+        slot.quick_deaths = 0
+        slot.crash_loop = False
+        self.log.info(
+            "slot {slot}: worker {worker} is up; no crash loop", slot=slot.index, worker=worker.id
+        )
+        if self.alerts is not None and not any(s.crash_loop for s in self.slots):
+            self.alerts.resolve(CRASH_LOOP_ALERT)
+
+    def _crash_looping(self, slot: Slot, worker: WorkerProcess) -> None:
+        slot.crash_loop = True
+        if slot.stable_check is not None and slot.stable_check.active():
+            slot.stable_check.cancel()
+        slot.stable_check = None
+        looping = [s.index for s in self.slots if s.crash_loop]
+        self.log.error(
+            "slot {slot}: worker died at start {deaths} times in a row (last: {status})",
+            slot=slot.index,
+            deaths=slot.quick_deaths,
+            status=worker.exit_status,
+        )
+        if self.alerts is not None:
+            self.alerts.raise_(
+                CRASH_LOOP_ALERT,
+                f"workers keep dying at start: slot {slot.index} failed {slot.quick_deaths} "
+                f"times in a row (last: {worker.exit_status})",
+                {
+                    "slots": looping,
+                    "deaths": slot.quick_deaths,
+                    "last_exit": worker.exit_status,
+                    "routable_workers": self.pool.routable(),
+                },
+            )
 
     def worker_gone(self, worker: WorkerProcess) -> None:
         slot = worker.slot
@@ -516,6 +616,8 @@ class Supervisor(Service, PoolEvents):
             return
         if worker.ready_at is None or lived < QUICK_DEATH:
             slot.quick_deaths += 1
+            if slot.quick_deaths >= CRASH_LOOP_DEATHS:
+                self._crash_looping(slot, worker)
         else:
             slot.quick_deaths = 0
         delay = (
@@ -601,6 +703,25 @@ class Supervisor(Service, PoolEvents):
         d: Deferred[None] = Deferred()
         self._ready_waiters.append(d)
         return d
+
+    async def collect_metrics(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """
+        The metrics snapshots of the workers in service (current ones, ready
+        or draining); a worker that does not answer within C{timeout} is left
+        out rather than holding up the page.
+        """
+        asked: list[Deferred[dict[str, Any]]] = []
+        for slot in self.slots:
+            worker = slot.current
+            if worker is not None and worker.ready_at is not None:
+                d = worker.request_metrics()
+                d.addTimeout(timeout, self.clock)
+                d.addErrback(lambda f: {})
+                asked.append(d)
+        results: list[dict[str, Any]] = []
+        for d in asked:
+            results.append(await d)
+        return results
 
     def _worker_for(self, backend: Backend) -> WorkerProcess | None:
         for slot in self.slots:

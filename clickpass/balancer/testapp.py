@@ -72,6 +72,10 @@ def build_site(reactor: Any, settings: Any, storage: Any, secret: bytes) -> Site
     """The [workers] app entry point."""
     if os.environ.get("CLICKPASS_TESTAPP_FAIL"):
         raise SystemExit("the test app was told to fail at start")
+    fail_while = os.environ.get("CLICKPASS_TESTAPP_FAIL_WHILE")
+    if fail_while and os.path.exists(fail_while):
+        # Crash-loop tests: fail at start until the test removes the file.
+        raise SystemExit(f"the test app fails at start while {fail_while} exists")
     site = Site(_Root(reactor))
     site.displayTracebacks = False
     return site

@@ -248,6 +248,32 @@ class Registry:
         return render(self.snapshot())
 
 
+class RequestMetrics:
+    """
+    Requests a web process answered, by route pattern, method and status,
+    and their latency by route (C{clickpass_http_requests_total},
+    C{clickpass_http_request_seconds}). The router calls L{observe} once
+    per request; C{clock} is the reactor's C{seconds}.
+    """
+
+    def __init__(self, registry: Registry, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.requests = registry.counter(
+            "clickpass_http_requests_total",
+            "Requests the workers answered, by route, method and status.",
+            ("route", "method", "status"),
+        )
+        self.latency = registry.histogram(
+            "clickpass_http_request_seconds",
+            "Time the workers took to answer, by route.",
+            ("route",),
+        )
+
+    def observe(self, route: str, method: str, status: int, started: float) -> None:
+        self.requests.inc(route=route, method=method, status=status)
+        self.latency.observe(max(0.0, self.clock() - started), route=route)
+
+
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     """
     Combine snapshots of several processes: counters and histograms add up,
@@ -358,6 +384,7 @@ __all__ = [
     "Histogram",
     "MetricError",
     "Registry",
+    "RequestMetrics",
     "merge",
     "render",
 ]

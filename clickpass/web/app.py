@@ -233,7 +233,14 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     openid_web.install(app, router)
     upstream_web.install(app, router)
     partners_web.install(app, router)
+    # Per-route counts and latency; the worker hands this registry's
+    # snapshot to the front, which serves /metrics for the node.
+    from clickpass.monitor.metrics import Registry, RequestMetrics
+
+    registry = Registry()
+    router.observer = RequestMetrics(registry, reactor.seconds)
     site = Site(router)
     site.displayTracebacks = False
     site.app = app  # type: ignore[attr-defined]
+    site.metrics = registry  # type: ignore[attr-defined]
     return site

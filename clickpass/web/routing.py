@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -24,6 +24,15 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 Handler = Callable[..., Awaitable[bytes | None]]
 ErrorPage = Callable[[Request, int, str], bytes]
+UNMATCHED = "(unmatched)"
+
+
+class RequestObserver(Protocol):
+    """Counts answered requests (L{clickpass.monitor.metrics.RequestMetrics})."""
+
+    def clock(self) -> float: ...
+
+    def observe(self, route: str, method: str, status: int, started: float) -> None: ...
 
 
 class HTTPError(Exception):
@@ -41,6 +50,7 @@ class Route:
     method: bytes
     pattern: re.Pattern[str]
     handler: Handler
+    path: str = ""
 
 
 _PARAM = re.compile(r"\{([a-z_]+)\}")
@@ -71,12 +81,23 @@ class Router(Resource):
         super().__init__()
         self._routes: list[Route] = []
         self.error_page: ErrorPage = _plain_error
+        # Per-route request counts and latency, labelled by the route's
+        # pattern (never the raw path, so the label set stays bounded).
+        self.observer: RequestObserver | None = None
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         """Route C{method} requests for C{path} (with C{{name}} parameters) to C{handler}."""
-        self._routes.append(Route(method.upper().encode("ascii"), _compile(path), handler))
+        self._routes.append(Route(method.upper().encode("ascii"), _compile(path), handler, path))
 
     def render(self, request: Request) -> int | bytes:
+        observer = self.observer
+        started = observer.clock() if observer is not None else 0.0
+        result = self._dispatch(request, started)
+        if observer is not None and result is not NOT_DONE_YET:
+            observer.observe(UNMATCHED, "-", request.code, started)
+        return result
+
+    def _dispatch(self, request: Request, started: float) -> int | bytes:
         try:
             path = request.path.decode("utf-8")
         except UnicodeDecodeError:
@@ -94,6 +115,8 @@ class Router(Resource):
                 continue
             d = Deferred.fromCoroutine(self._run(route.handler, request, m.groupdict()))
             d.addErrback(self._unexpected, request)
+            if self.observer is not None:
+                d.addBoth(self._observe, route, request, started)
             return NOT_DONE_YET
         if allowed:
             request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
@@ -110,6 +133,11 @@ class Router(Resource):
         if body:
             request.write(body)
         request.finish()
+
+    def _observe(self, result: object, route: Route, request: Request, started: float) -> object:
+        if self.observer is not None:
+            self.observer.observe(route.path, route.method.decode("ascii"), request.code, started)
+        return result
 
     def _error(self, request: Request, error: HTTPError) -> bytes:
         request.setResponseCode(error.status)

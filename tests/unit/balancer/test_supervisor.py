@@ -21,9 +21,14 @@ class FakeProcess:
         self.proto = proto
         self.pid = pid
         self.signals: list[str] = []
+        self.stdin: list[bytes] = []
 
     def signalProcess(self, name: str) -> None:
         self.signals.append(name)
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        assert fd == 0
+        self.stdin.append(data)
 
 
 class ProcessReactor(MemoryReactorClock):
