@@ -368,6 +368,10 @@ class DbAgentSettings:
         default="",
         metadata=_doc("The local mariadbd's pid file (killed when it cannot be fenced)."),
     )
+    degrade_after: float = dataclasses.field(
+        default=3.0,
+        metadata=_doc("Seconds the replica must be gone before the primary goes on alone."),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

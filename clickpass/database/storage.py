@@ -31,7 +31,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 
@@ -529,6 +530,77 @@ def placeholders(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
+# The database failing over (issue 5): MariaDB refuses writes while read-only
+# (1290, 1836), and connections to the old primary are ended or refused.
+READ_ONLY_CODES = frozenset({1290, 1836})
+FAILOVER_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0)
+
+
+def is_failover_refusal(error: BaseException) -> bool:
+    """
+    Whether C{error} says the transaction was refused before it committed
+    because the database is changing primary: the connection was lost
+    during the transaction (the server rolled it back), or the server is
+    read-only. Nothing of it was applied, so it may run again. Never true
+    for L{OutcomeUnknown}.
+    """
+    if isinstance(error, OutcomeUnknown):
+        return False
+    if is_connection_lost(error):
+        return True
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover - pymysql is a dependency
+        return False
+    return (
+        isinstance(error, pymysql.err.MySQLError)
+        and bool(error.args)
+        and error.args[0] in READ_ONLY_CODES
+    )
+
+
+async def run_through_failover(
+    clock: IReactorTime,
+    storage: Storage,
+    fn: Callable[..., T],
+    *args: object,
+    idempotent: bool = False,
+    budget: float = 10.0,
+) -> T:
+    """
+    L{Storage.run}, carried through a database failover: a transaction
+    refused before it committed (L{is_failover_refusal}) runs again, with
+    backoff, for up to C{budget} seconds, reconnecting through the database
+    VIP. A commit whose outcome is unknown (L{OutcomeUnknown}) runs again
+    only when C{idempotent}: C{fn} must then find its own earlier write by
+    key and not apply it twice. Otherwise it is raised, never retried: the
+    caller reports the outcome as unknown.
+    """
+    waited = 0.0
+    attempt = 0
+    while True:
+        try:
+            return await storage.run(fn, *args)
+        except Exception as e:
+            again = is_failover_refusal(e) or (idempotent and isinstance(e, OutcomeUnknown))
+            delay = FAILOVER_RETRY_DELAYS[min(attempt, len(FAILOVER_RETRY_DELAYS) - 1)]
+            if not again or waited + delay > budget:
+                raise
+            attempt += 1
+            waited += delay
+            _failover_log.info(
+                "database refused a transaction during a failover ({error}); running it "
+                "again in {delay}s (attempt {attempt})",
+                error=one_line(e),
+                delay=delay,
+                attempt=attempt + 1,
+            )
+            await deferLater(clock, delay, lambda: None)
+
+
+_failover_log = Logger(namespace="clickpass.database.failover")
+
+
 __all__ = [
     "MYSQL_SQL_MODE",
     "AdbapiStorage",
@@ -542,9 +614,11 @@ __all__ = [
     "configure_sqlite",
     "is_connection_lost",
     "is_deadlock",
+    "is_failover_refusal",
     "one_line",
     "open_mysql",
     "open_sqlite",
     "open_storage",
     "placeholders",
+    "run_through_failover",
 ]

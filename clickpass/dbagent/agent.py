@@ -87,6 +87,13 @@ class AgentConfig:
     promote_timeout: float = 10.0
     rejoin_interval: float = 0.5
     flap_period: float = 3600.0
+    # A replica the group has not heard as healthy for this long is gone:
+    # the primary goes on alone (DEGRADED). A replica rejoining after a
+    # switchover or a restart is back well within it.
+    degrade_after: float = 3.0
+    # False: plain asynchronous replication (benchmark comparison only;
+    # acknowledged writes can be lost on failover).
+    semisync: bool = True
     server_pid_file: str = ""
     health_check: str = "database"
 
@@ -158,6 +165,10 @@ class VipGate:
 
     def take(self, up: Callable[[], None]) -> None:
         self.wanted = up
+        # The group may advertise MASTER at once: the promotion runs behind
+        # that claim, and a peer that heard no MASTER would take over (and
+        # fence this host mid-promotion). Nobody is writable meanwhile.
+        up()
         if self.open and not self.held:
             self.held = True
             self.inner.take(up)
@@ -238,6 +249,8 @@ class DbAgent(Service):
         self.counters: Counter[str] = Counter()
         self.group = State.INIT
         self.peer_present = False
+        self.peer_master = False
+        self.peer_absent_since = 0.0
         self.failures = 0
         self.last_status: ops.ServerStatus | None = None
         self.last_error = ""
@@ -288,9 +301,15 @@ class DbAgent(Service):
         """L{clickpass.cluster.group.Notifier}: feed the db group's changes in."""
         self.group_state(state)
 
-    def set_peer_present(self, present: bool) -> None:
-        """Whether the group hears a healthy peer (BACKUP or MASTER, health not FAULT)."""
+    def set_peer_present(self, present: bool, master: bool = False) -> None:
+        """
+        Whether the group hears a healthy peer (BACKUP or MASTER, health not
+        FAULT), and whether it hears the peer as MASTER (promoting or primary).
+        """
+        if self.peer_present and not present:
+            self.peer_absent_since = self.clock.seconds()
         self.peer_present = present
+        self.peer_master = present and master
 
     # Operator commands.
 
@@ -409,7 +428,11 @@ class DbAgent(Service):
             else:
                 await self._update_block()
         elif role == Role.PRIMARY:
-            if not self.peer_present and status.semisync_master_clients == 0:
+            if (
+                not self.peer_present
+                and status.semisync_master_clients == 0
+                and self.clock.seconds() - self.peer_absent_since >= self.config.degrade_after
+            ):
                 self.log.warn(
                     "dbagent {node}: the replica is gone (group agrees); going on alone, DEGRADED",
                     node=self.config.node,
@@ -493,6 +516,10 @@ class DbAgent(Service):
 
     def entered(self, role: Role) -> None:
         self.changed_at = self.clock.seconds()
+        if role not in (Role.FENCED, Role.REJOINING):
+            # Decided afresh by the next rejoin attempt; never carried over
+            # from before this host was primary.
+            self.bootstrap_ok = False
         self.counters[f"entered_{role.value}"] += 1
         self.log.info("dbagent {node}: {role}", node=self.config.node, role=role.value.upper())
         self._report()
@@ -575,7 +602,11 @@ class DbAgent(Service):
         if primary.read_only:
             # No primary anywhere: this host may be the one to start it, if
             # it is not behind the peer.
-            self.bootstrap_ok = local.binlog_pos.reached(primary.binlog_pos)
+            # Not while the group hears the peer as MASTER: it is promoting
+            # (a switchover, or a failover in progress), not absent.
+            self.bootstrap_ok = not self.peer_master and local.binlog_pos.reached(
+                primary.binlog_pos
+            )
             self.reason = "the peer is read-only: no primary to rejoin"
             self.machine.failed()
             return
@@ -625,11 +656,18 @@ class DbAgent(Service):
         peer_alive = await self._fence_peer(bootstrap)
         if self.group != State.MASTER:
             raise ops.OperationFailed("no longer MASTER in the db group; not promoting")
-        semisync = peer_alive and self.peer_present
+        # A peer whose server answered (and is now read-only) will rejoin:
+        # stay lossless and let the writes wait for it; the primary goes on
+        # alone only when the group agrees it is gone (degrade_after).
+        # A bootstrap has no replica yet: alone (DEGRADED) until one joins.
+        semisync = self.config.semisync and peer_alive and not bootstrap
+        # Writable without semi-sync first, so the failover record below is
+        # not held waiting for a replica; the VIP is still closed, so no
+        # client write reaches this server before semi-sync is on.
         position = await self.local.call(
             ops.promote,
             self.config.promote_timeout,
-            semisync,
+            False,
             timeout=self.config.promote_timeout + 5,
         )
         record = await self.local.call(last_failover)
@@ -641,6 +679,8 @@ class DbAgent(Service):
         await self.local.call(record_failover, self.clock.seconds(), self.config.node, kind)
         if kind == "switchover-done":
             await self.local.call(ack_failovers)
+        if semisync:
+            await self.local.call(ops.set_semisync_master, True)
         self.counters["promoted"] += 1
         self.last_promotion = kind
         self.log.info(
@@ -700,6 +740,7 @@ class DbAgent(Service):
             return False
 
     async def _semisync(self, on: bool) -> None:
+        on = on and self.config.semisync
         await self.local.call(ops.set_semisync_master, on)
         self.log.info(
             "dbagent {node}: semi-sync master {state}",

@@ -76,6 +76,7 @@ def agent_config(settings: configmod.Settings) -> AgentConfig:
         promote_timeout=db.promote_timeout,
         rejoin_interval=db.rejoin_interval,
         flap_period=db.flap_period,
+        degrade_after=db.degrade_after,
         server_pid_file=str(settings.data_path(db.server_pid_file)) if db.server_pid_file else "",
         health_check=db.health_check,
     )
@@ -220,13 +221,15 @@ class DbHost(MultiService):
         group = engine.groups.get(self.group_name) if engine is not None else None
         if group is not None:
             now = self.reactor.seconds()
+            heard = [
+                view
+                for view in group.peers.values()
+                if now - view.heard_at <= DOWN_ADVERTS * view.interval
+                and view.state in (State.BACKUP, State.MASTER)
+                and view.health != Health.FAULT
+            ]
             self.agent.set_peer_present(
-                any(
-                    now - view.heard_at <= DOWN_ADVERTS * view.interval
-                    and view.state in (State.BACKUP, State.MASTER)
-                    and view.health != Health.FAULT
-                    for view in group.peers.values()
-                )
+                bool(heard), master=any(view.state == State.MASTER for view in heard)
             )
         self._alerts()
 

@@ -224,7 +224,7 @@ class VipTarget:
 
     def take(self, up: Callable[[], None]) -> None:
         self.cluster.vip_holder = self.name
-        self.cluster.vip.point_to(self.cluster.links[self.name].port)
+        self.cluster.vip.point_to(self.cluster.access[self.name].port)
         self.cluster.events.append((time.monotonic(), self.name, "vip"))
         up()
 
@@ -254,6 +254,9 @@ class Cluster:
     interval: float = 0.1
     pair: Pair = field(init=False)
     links: dict[str, Forwarder] = field(default_factory=dict)
+    # The clients' way to each host (the VIP forwards through it): cut
+    # together with the link for a link-down, left up for a partition.
+    access: dict[str, Forwarder] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
     agents: dict[str, DbAgent] = field(default_factory=dict)
     events: list[tuple[float, str, str]] = field(default_factory=list)
@@ -273,6 +276,7 @@ class Cluster:
         self.bus = Bus(reactor, self.interval)
         for name in ("db1", "db2"):
             self.links[name] = Forwarder(reactor, self.pair[name].port)
+            self.access[name] = Forwarder(reactor, self.pair[name].port)
         for name, priority in (("db1", 200), ("db2", 100)):
             peer = "db2" if name == "db1" else "db1"
             settings = ClusterGroupSettings(
@@ -297,12 +301,13 @@ class Cluster:
                 AgentConfig(
                     node=name,
                     check_interval=0.05,
-                    check_timeout=0.25,
-                    check_fall=2,
+                    check_timeout=0.5,
+                    check_fall=3,
                     fence_timeout=0.6,
                     fence_wait=DOWN_ADVERTS * self.interval + self.interval + 0.6 + 0.3,
                     rejoin_interval=0.25,
                     flap_period=3600,
+                    semisync=self.semisync,
                 ),
                 local,
                 remote,
@@ -360,8 +365,30 @@ class Cluster:
                 view is not None
                 and now - view.heard_at <= DOWN_ADVERTS * view.interval
                 and view.state in (State.BACKUP, State.MASTER)
-                and view.health != Health.FAULT
+                and view.health != Health.FAULT,
+                master=view is not None and view.state == State.MASTER,
             )
+
+    def link_down(self, name: str) -> None:
+        """The host's link is down: peer, witness and clients hear nothing from it."""
+        for link in self.links.values():  # the only paths between the two hosts
+            link.cut()
+        self.access[name].cut()
+        self.bus.isolate(name)
+        self.events.append((time.monotonic(), name, "link down"))
+
+    def partition(self, name: str) -> None:
+        """Cut from its peer and the witness, still reachable by the clients."""
+        for link in self.links.values():
+            link.cut()
+        self.bus.isolate(name)
+        self.events.append((time.monotonic(), name, "partitioned"))
+
+    def heal(self) -> None:
+        for forwarder in [*self.links.values(), *self.access.values()]:
+            forwarder.heal()
+        self.bus.heal()
+        self.events.append((time.monotonic(), "-", "healed"))
 
     def roles(self) -> dict[str, Role]:
         return {name: agent.role for name, agent in self.agents.items()}
@@ -376,7 +403,7 @@ class Cluster:
         for node in self.bus.nodes.values() if hasattr(self, "bus") else ():
             if isinstance(node, WitnessGroup):
                 node.stop()
-        for link in self.links.values():
+        for link in [*self.links.values(), *self.access.values()]:
             link.close()
         if hasattr(self, "vip"):
             self.vip.close()
