@@ -9,7 +9,9 @@ and when stdin closes it resigns every group, releases every VIP and exits.
 A node that stops cleanly says "stop" first; stdin closing without it means
 the node died, so the groups resign as FAULT (their peers report a
 failover). Failovers this process makes are sent to the node as
-{"event": "failover", "details": {...}} lines, for its alerts. It asks for real-time scheduling
+{"event": "failover", "details": {...}} lines, for its alerts. It keeps a
+TCP process link to each peer's heartbeat process (L{clickpass.cluster.link})
+so that the death of either is known to the other at once. It asks for real-time scheduling
 (SCHED_RR, not inherited by the programs it runs) when the host allows it.
 
 This module must never import the node's application code: it stays small
@@ -35,6 +37,7 @@ from twisted.python.failure import Failure
 from clickpass import config as configmod
 from clickpass.cluster import wire
 from clickpass.cluster.engine import NODE_CHECK, Engine, load_secret
+from clickpass.cluster.link import ProcessLink
 
 REALTIME_PRIORITY = 10
 
@@ -163,11 +166,26 @@ async def run(reactor: Any, config_path: str) -> None:
     StandardIO(link, reactor=reactor)
     engine.set_health(NODE_CHECK, False)  # until the node says it is ready
     engine.start()
+    # Peers learn at once when this process dies, and we when theirs does.
+    process_link = None
+    if settings.cluster.role == "member":
+        process_link = ProcessLink(
+            reactor,
+            engine.key,
+            settings.node.name,
+            settings.cluster.bind,
+            settings.cluster.port,
+            engine.link_peers(),
+            engine.peer_process_gone,
+        )
+        process_link.start()
     log.info(
         "heartbeat process {pid} running ({scheduling})", pid=os.getpid(), scheduling=scheduling
     )
     await link.finished
     await engine.stop()
+    if process_link is not None:
+        process_link.stop()
     log.info("heartbeat process {pid} stopped", pid=os.getpid())
 
 

@@ -130,6 +130,16 @@ class Engine:
             self.vips[settings.name] = vip
             self.hooks[settings.name] = hooks
 
+    def peer_process_gone(self, node: str) -> None:
+        """A peer's heartbeat process is gone (its link closed): tell every group."""
+        for group in self.groups.values():
+            group.peer_process_gone(node)
+
+    def link_peers(self) -> list[tuple[str, int]]:
+        """The peers' heartbeat addresses (not the witness's), for the process link."""
+        peers = [a for group in self.destinations.values() for a in group if a != self.witness]
+        return list(dict.fromkeys(peers))
+
     def _failover(self, details: dict[str, Any]) -> None:
         if self.on_failover is not None:
             self.on_failover(details)

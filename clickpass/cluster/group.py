@@ -126,6 +126,7 @@ class Group:
         # down timer fires on it: a failover to report, not an election.
         self._last_master: PeerView | None = None
         self._failed_master: tuple[PeerView, str] | None = None
+        self._process_gone: str | None = None
         self.last_failover: dict[str, Any] | None = None
         # Called with the details of every failover this node makes (alerts).
         self.on_failover: Callable[[dict[str, Any]], None] | None = None
@@ -241,6 +242,7 @@ class Group:
         if message.state != State.MASTER:
             return
         self._last_master = self.peers[message.node]
+        self._process_gone = None
         self.master_interval = message.interval
         if message.priority == 0:
             self.machine.heard_resign()
@@ -250,6 +252,34 @@ class Group:
             self.machine.preempt()
         else:
             self.machine.heard_weaker_master()
+
+    def peer_process_gone(self, node: str) -> None:
+        """
+        The peer's kernel closed our authenticated link to its heartbeat
+        process (L{clickpass.cluster.link}): that process no longer exists
+        and can neither advertise nor renew its VIP lease. If it is our live
+        master, treat it as that master's resign (RFC 5798: Skew_Time);
+        with a witness, the takeover still waits for the witness's vote.
+        """
+        last = self._last_master
+        view = self.peers.get(node)
+        if (
+            self.state != State.BACKUP
+            or last is None
+            or last.node != node
+            or view is None
+            or view.state != State.MASTER
+            or view.priority == 0
+        ):
+            return
+        self.counters["master_process_gone"] += 1
+        self._process_gone = node
+        if self.witness_required:
+            # The witness grants a vote only once it too misses the master's
+            # adverts; asking earlier would be refused and re-arm the full
+            # down timer, so wait for it as usual.
+            return
+        self.machine.heard_resign()
 
     def set_health(self, name: str, ok: bool) -> None:
         """Record a health input; unknown names are ignored (not tracked by this group)."""
@@ -360,6 +390,8 @@ class Group:
         if last is None:
             return None
         if last.priority > 0:
+            if self._process_gone == last.node:
+                return last, "heartbeat process gone"
             return last, "missed adverts"
         if last.health == Health.FAULT:
             return last, "master fault"

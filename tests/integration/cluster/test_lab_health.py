@@ -65,17 +65,40 @@ def test_master_whose_workers_all_stop_gives_the_vip_to_the_backup(make_lab: Any
 
 
 def test_kill9_master_raises_failover_happened_on_the_new_master(make_lab: Any) -> None:
-    """kill -9 of the master's whole node: the backup takes over and raises failover.happened
-    naming the dead master and missed adverts; the dead master had raised nothing."""
+    """kill -9 of the master's whole node, host up: its kernel closes the process link, so
+    the backup takes over at once and raises failover.happened naming the dead master and
+    "heartbeat process gone"; the first election had raised nothing."""
     lab = make_lab()
     settle(lab, ["app1"])
-    assert "failover.happened" not in alerts(lab, "app2")  # the first election is no failover
+    assert "failover.happened" not in alerts(lab, "app2")
     lab.signal_node("app1", signal.SIGKILL, whole_group=True)
     lab.wait_for(lambda: state(lab, "app2") == "MASTER", 5.0, "app2 to take over")
     lab.wait_for(lambda: "failover.happened" in alerts(lab, "app2"), 5.0, "the alert")
     alert = alerts(lab, "app2")["failover.happened"]
-    assert (alert["details"]["from"], alert["details"]["reason"]) == ("app1", "missed adverts")
+    assert (alert["details"]["from"], alert["details"]["reason"]) == (
+        "app1",
+        "heartbeat process gone",
+    )
     assert "app2" in alert["summary"]
+    counters = lab.cluster_status("app2")["groups"][0]["counters"]
+    assert counters["master_process_gone"] == 1
+
+
+def test_frozen_master_is_missed_adverts_not_a_closed_link(make_lab: Any) -> None:
+    """SIGSTOP of the master's whole node closes nothing: the backup waits for the missed
+    adverts (3 intervals + skew) and says so in failover.happened."""
+    lab = make_lab()
+    settle(lab, ["app1"])
+    lab.signal_node("app1", signal.SIGSTOP, whole_group=True)
+    try:
+        lab.wait_for(lambda: state(lab, "app2") == "MASTER", 5.0, "app2 to take over")
+        lab.wait_for(lambda: "failover.happened" in alerts(lab, "app2"), 5.0, "the alert")
+        details = alerts(lab, "app2")["failover.happened"]["details"]
+        assert (details["from"], details["reason"]) == ("app1", "missed adverts")
+        counters = lab.cluster_status("app2")["groups"][0]["counters"]
+        assert counters.get("master_process_gone", 0) == 0
+    finally:
+        lab.signal_node("app1", signal.SIGCONT, whole_group=True)
 
 
 def _client_mac(lab: Any) -> str | None:
