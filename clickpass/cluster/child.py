@@ -178,6 +178,7 @@ async def run(reactor: Any, config_path: str) -> None:
             engine.link_peers(),
             engine.peer_process_gone,
         )
+        engine.on_peer_restart = process_link.peer_restarted
         process_link.start()
     log.info(
         "heartbeat process {pid} running ({scheduling})", pid=os.getpid(), scheduling=scheduling

@@ -89,6 +89,10 @@ class Engine:
         self.hooks: dict[str, Any] = {}
         # Told the details of every failover a group of this node makes.
         self.on_failover: Callable[[dict[str, Any]], None] | None = None
+        # Told the node id of a peer that restarted (a new epoch), for the
+        # process link; and the epoch last heard from each peer.
+        self.on_peer_restart: Callable[[str], None] | None = None
+        self.epochs: dict[str, int] = {}
         runner = CommandRunner(reactor)
         for settings in cluster.group:
             peers = [parse_address(p, cluster.port) for p in settings.peers]
@@ -230,6 +234,10 @@ class Engine:
         message = self.receiver.accept(data)
         if message is None:
             return
+        before = self.epochs.get(message.node)
+        self.epochs[message.node] = message.epoch
+        if before is not None and before != message.epoch and self.on_peer_restart is not None:
+            self.on_peer_restart(message.node)
         if message.group in self.groups:
             self.groups[message.group].receive(message, str(addr[0]))
         elif message.group in self.witness_groups:

@@ -20,7 +20,9 @@ holder of the key (no replay: the nonce is fresh). Nothing else is sent.
 
 This module must never decide a takeover (it only reports which peer's
 process went away), never close an authenticated connection except when it
-stops, and never take the heartbeat down: a port it cannot listen on or a
+stops or the peer restarted (a new epoch in its adverts: our old
+connection may be half-open on a rebooted host), and never take the
+heartbeat down: a port it cannot listen on or a
 peer it cannot reach only leaves the adverts to do the work.
 """
 
@@ -65,6 +67,7 @@ class LinkProtocol(LineReceiver):
         self.peer: str | None = None
         self.nonce = os.urandom(NONCE_SIZE)
         self._answered = False
+        self.superseded = False
         self._timeout: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -122,7 +125,7 @@ class LinkProtocol(LineReceiver):
         self.link.connections.discard(self)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
-        if self.outgoing and self.peer is not None and not self.link.stopping:
+        if self.outgoing and self.peer is not None and not (self.link.stopping or self.superseded):
             self.link.peer_gone(self.peer)
 
 
@@ -226,6 +229,18 @@ class ProcessLink:
             self.on_gone(node)
         except Exception:
             self.log.failure("cluster: handling {peer}'s link closing failed", peer=node)
+
+    def peer_restarted(self, node: str) -> None:
+        """
+        C{node} advertises a new epoch: it restarted, maybe with its host,
+        whose new kernel knows nothing of our old connection and would never
+        close it. Replace our link to it (closing it ourselves reports nothing).
+        """
+        for protocol in list(self.connections):
+            if protocol.outgoing and protocol.peer == node and protocol.transport is not None:
+                protocol.superseded = True
+                self.counters["superseded"] += 1
+                protocol.transport.loseConnection()
 
     def stop(self) -> None:
         self.stopping = True

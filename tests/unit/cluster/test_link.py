@@ -177,3 +177,55 @@ def test_with_a_witness_process_gone_only_names_the_reason() -> None:
     assert took and took[0] - gone_at > 0.2
     assert b.counters.get("votes_refused", 0) == 0
     assert [r["reason"] for r in reports] == ["heartbeat process gone"]
+
+
+def test_a_restarted_peer_gets_a_new_link_and_the_old_one_reports_nothing() -> None:
+    """A peer that comes back with a new epoch may sit on a rebooted host that would never
+    close our old connection: we close it ourselves (no "gone") and connect again."""
+    a, ta, link_a, gone, _, _ = connected()
+    link_a.peer_restarted("app1")
+    assert ta.disconnecting
+    assert link_a.counters["superseded"] == 1
+    a.connectionLost(closed())
+    assert gone == []
+
+
+def test_engine_tells_the_link_when_a_peer_advertises_a_new_epoch() -> None:
+    """The engine notices a peer's new epoch (a restart) and says so, once per change."""
+    from clickpass import config as configmod
+    from clickpass.cluster import wire
+    from clickpass.cluster.engine import Engine
+    from clickpass.cluster.wire import Kind, Message
+
+    settings = configmod.parse(
+        {
+            "node": {"name": "app2"},
+            "cluster": {
+                "enabled": True,
+                "secret_file": "cluster.key",
+                "bind": "127.0.0.1",
+                "group": [
+                    {
+                        "name": "app",
+                        "vip": "10.77.0.100/24",
+                        "interface": "eth0",
+                        "peers": ["127.0.0.2"],
+                    }
+                ],
+            },
+        }
+    )
+    secret = b"s" * 32
+    engine = Engine(Clock(), "app2", settings.cluster, secret, epoch=1)
+    restarted: list[str] = []
+    engine.on_peer_restart = restarted.append
+    key = wire.derive_key(secret)
+
+    def advert(epoch: int, seq: int) -> bytes:
+        message = Message(Kind.ADVERT, "app", "app1", State.BACKUP, 150, 100, epoch, seq)
+        return wire.encode(message, key)
+
+    for epoch, seq in ((5, 1), (5, 2), (6, 1), (6, 2)):
+        engine.packet(advert(epoch, seq), ("127.0.0.2", 5405))
+    assert restarted == ["app1"]
+    assert engine.epochs == {"app1": 6}
