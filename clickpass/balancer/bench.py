@@ -151,6 +151,11 @@ def sign_in_and_approve(base: str) -> str:
     return cookie
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (of several rounds)."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
 def haproxy_config(port: int, sockets: list[str], maxconn: int) -> str:
     servers = "\n".join(
         f"    server w{i} unix@{path} maxconn {maxconn}" for i, path in enumerate(sockets)
@@ -180,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate clickpass and haproxy runs this many times; report the medians",
+    )
     parser.add_argument(
         "--only", action="append", default=[], help="run only this endpoint (repeatable)"
     )
@@ -221,13 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         sockets = [w["socket"] for w in workers]
         (work / "haproxy.cfg").write_text(haproxy_config(haproxy_port, sockets, 32))
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        processes.append(
-            subprocess.Popen(
-                [haproxy, "-db", "-f", str(work / "haproxy.cfg")],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        haproxy_process = subprocess.Popen(
+            [haproxy, "-db", "-f", str(work / "haproxy.cfg")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        processes.append(haproxy_process)
         direct = subprocess.Popen(
             [
                 sys.executable,
@@ -261,23 +271,55 @@ def main(argv: list[str] | None = None) -> int:
             # Warm up every path once.
             for port in (front_port, haproxy_port, direct_port):
                 wrk(f"http://127.0.0.1:{port}{path}", extra, 1, 4)
-            before = cpu_seconds(node.pid)
-            ours = wrk(
-                f"http://127.0.0.1:{front_port}{path}", extra, args.seconds, args.connections
-            )
-            front_cpu = cpu_seconds(node.pid) - before
-            theirs = wrk(
-                f"http://127.0.0.1:{haproxy_port}{path}", extra, args.seconds, args.connections
-            )
+            ours_runs: list[dict[str, Any]] = []
+            theirs_runs: list[dict[str, Any]] = []
+            front_cpu = haproxy_cpu = 0.0
+            for round_ in range(args.rounds):
+                # Alternate who goes first: on a shared machine the load
+                # drifts, and a fixed order would favour one side.
+                order = ("ours", "theirs") if round_ % 2 == 0 else ("theirs", "ours")
+                for side in order:
+                    pid = node.pid if side == "ours" else haproxy_process.pid
+                    port = front_port if side == "ours" else haproxy_port
+                    before = cpu_seconds(pid)
+                    result = wrk(
+                        f"http://127.0.0.1:{port}{path}", extra, args.seconds, args.connections
+                    )
+                    spent = cpu_seconds(pid) - before
+                    if side == "ours":
+                        ours_runs.append(result)
+                        front_cpu += spent
+                    else:
+                        theirs_runs.append(result)
+                        haproxy_cpu += spent
             straight = wrk(
                 f"http://127.0.0.1:{direct_port}{path}", extra, args.seconds, args.connections
             )
-            us = 1e6 * front_cpu / ours["requests"] if ours["requests"] else float("nan")
+            ours, theirs = _median_run(ours_runs), _median_run(theirs_runs)
+            ours_requests = sum(r["requests"] for r in ours_runs)
+            theirs_requests = sum(r["requests"] for r in theirs_runs)
+            us = 1e6 * front_cpu / ours_requests if ours_requests else float("nan")
             for label, r in (("clickpass", ours), ("haproxy", theirs), ("one worker", straight)):
                 rows.append((name, label, r))
             ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("nan")
             ratios.append(f"{name} {ratio:.2f}x")
-            rows.append((name, f"front CPU {us:.1f} us/request", None))
+            theirs_us = 1e6 * haproxy_cpu / theirs_requests if theirs_requests else float("nan")
+            per_round = [
+                a["rps"] / b["rps"] for a, b in zip(ours_runs, theirs_runs, strict=True) if b["rps"]
+            ]
+            spread = (
+                f"; ratio per round {min(per_round):.2f}-{max(per_round):.2f}"
+                if len(per_round) > 1
+                else ""
+            )
+            rows.append(
+                (
+                    name,
+                    f"CPU per request: clickpass front {us:.1f} us, haproxy {theirs_us:.1f} us"
+                    + spread,
+                    None,
+                )
+            )
         print(
             f"{'endpoint':<18} {'via':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
         )

@@ -611,7 +611,7 @@ class FrontConnection(Protocol):
             and method in (b"GET", b"HEAD")
         ):
             exchange.local = self._static(url, method, exchange.keep_alive)
-        if exchange.local is not None and has_body:
+        if (exchange.local is not None or exchange.deferred_local is not None) and has_body:
             exchange.close_after = True
         elif expect_continue and exchange.local is None:
             self.transport.write(CONTINUE)
@@ -645,7 +645,7 @@ class FrontConnection(Protocol):
         self.body_bytes += len(data)
         if self.body_bytes > self.settings.max_body:
             raise _Reject(413, "too_large", "The request body is too large.")
-        if exchange.local is None:
+        if exchange.local is None and exchange.deferred_local is None:
             exchange.request_body(data)
 
     def on_message_complete(self) -> None:
@@ -657,8 +657,8 @@ class FrontConnection(Protocol):
 
     def _activate(self, exchange: Exchange) -> None:
         self.active = exchange
-        if exchange.deferred_local is not None:
-            d, exchange.deferred_local = exchange.deferred_local, None
+        if exchange.local is None and exchange.deferred_local is not None:
+            d = exchange.deferred_local
             d.addCallback(self._local_ready, exchange)
             d.addErrback(self._local_failed, exchange)
             return

@@ -145,3 +145,17 @@ def test_public_listener_without_metrics_passes_metrics_on() -> None:
     proto.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n")
     _, worker, _ = rig.accept_upstream()
     assert worker.value().startswith(b"GET /metrics ")
+
+
+def test_metrics_request_with_a_body_is_answered_and_closed() -> None:
+    """A body sent with GET /metrics is not buffered for a worker; the connection closes."""
+    rig = Rig(workers=1)
+    page: Deferred[bytes] = Deferred()
+    metrics_factory(rig, page)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody")
+    page.callback(b"x 1\n")
+    assert client.value().startswith(b"HTTP/1.1 200 ")
+    assert b"Connection: close\r\n" in client.value()
+    assert client.disconnecting
+    assert rig.reactor.unixClients == []
