@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -71,9 +72,13 @@ class _Metric:
         self._lock = threading.Lock()
 
     def _key(self, values: Mapping[str, object]) -> LabelValues:
-        if set(values) != set(self.labels):
-            raise MetricError(f"{self.name} takes labels {list(self.labels)}, got {sorted(values)}")
-        return tuple(str(values[label]) for label in self.labels)
+        # Called on every observation (per request in the workers): no sets.
+        try:
+            if len(values) == len(self.labels):
+                return tuple([str(values[label]) for label in self.labels])
+        except KeyError:
+            pass
+        raise MetricError(f"{self.name} takes labels {list(self.labels)}, got {sorted(values)}")
 
 
 class Counter(_Metric):
@@ -170,12 +175,8 @@ class Histogram(_Metric):
             counts, totals = self._values.setdefault(
                 key, ([0] * (len(self.buckets) + 1), [0.0, 0.0])
             )
-            index = len(self.buckets)
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    index = i
-                    break
-            counts[index] += 1
+            # The first bucket whose bound is >= value (len(buckets): overflow).
+            counts[bisect_left(self.buckets, value)] += 1
             totals[0] += value
             totals[1] += 1
 
