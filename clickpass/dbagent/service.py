@@ -135,7 +135,7 @@ class DbHost(MultiService):
             ops.ServerAddress(
                 host=db.local_host,
                 port=db.local_port,
-                unix_socket=db.local_socket,
+                unix_socket=str(settings.data_path(db.local_socket)) if db.local_socket else "",
                 user=db.admin_user,
                 password=admin_password,
             ),
@@ -147,7 +147,7 @@ class DbHost(MultiService):
             ops.ServerAddress(
                 host=db.peer_host or "127.0.0.1",
                 port=db.peer_port,
-                unix_socket=db.peer_socket,
+                unix_socket=str(settings.data_path(db.peer_socket)) if db.peer_socket else "",
                 user=db.admin_user,
                 password=admin_password,
             ),
