@@ -130,6 +130,8 @@ class LinkProtocol(LineReceiver):
 
 
 class _Outgoing(ClientFactory):
+    noisy = False
+
     def __init__(self, link: ProcessLink, address: tuple[str, int]) -> None:
         self.link = link
         self.address = address
@@ -147,6 +149,8 @@ class _Outgoing(ClientFactory):
 
 
 class _Incoming(Factory):
+    noisy = False
+
     def __init__(self, link: ProcessLink) -> None:
         self.link = link
 
