@@ -368,6 +368,13 @@ class DbAgent(Service):
         if self._check_started is not None:
             if now - self._check_started > self.config.check_timeout:
                 self._check_started = None
+                if self._op == "promote":
+                    # A promoting server is busy (STOP SLAVE waits for a
+                    # receiver stuck on a frozen old primary): slow is not
+                    # down. The promotion has its own timeout; a refused
+                    # connection still counts.
+                    self.counters["slow_checks_while_promoting"] += 1
+                    return
                 self._check_failed("the local server did not answer in time")
             return
         self._check_started = now
@@ -391,6 +398,9 @@ class DbAgent(Service):
             if self._check_started != started:
                 return
             self._check_started = None
+            if self._op == "promote" and not (f.value is not None and refused(f.value)):
+                self.counters["slow_checks_while_promoting"] += 1
+                return  # slow, not down: see above
             self._check_failed(one_line(f))
 
         d.addCallbacks(ok, failed)

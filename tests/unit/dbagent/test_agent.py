@@ -59,6 +59,7 @@ class FakeServer:
         self.mode = "up"
         self.status_ = ops.ServerStatus(**status)
         self.calls: list[str] = []
+        self.hanging: set[str] = set()  # these calls never answer
 
     def set(self, **changes: Any) -> None:
         self.status_ = dataclasses.replace(self.status_, **changes)
@@ -119,7 +120,7 @@ class FakeServer:
     ) -> Deferred[Any]:
         self.calls.append(fn.__name__)
         d: Deferred[Any] = Deferred()
-        if self.mode == "frozen":
+        if self.mode == "frozen" or fn.__name__ in self.hanging:
             return d.addTimeout(timeout if timeout is not None else 5.0, self.clock)
         mode = self.mode
 
@@ -453,3 +454,17 @@ def test_losing_the_election_fences_the_primary() -> None:
     assert w.vip.log == ["take", "release"]
     w.until(lambda: w.role in (Role.FENCED, Role.REJOINING, Role.REPLICA))
     assert w.local.status_.read_only
+
+
+def test_a_slow_server_is_not_down_while_it_promotes() -> None:
+    """Checks timing out during a promotion do not abort it; its own timeout does."""
+    w = replica_world()
+    w.peer.mode = "refused"
+    w.local.hanging = {"ping", "promote"}
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PROMOTING)
+    w.run(3.0)
+    assert w.role == Role.PROMOTING
+    assert w.agent.counters["slow_checks_while_promoting"] > 0
+    w.until(lambda: w.role in (Role.FENCING, Role.DOWN), limit=CONFIG.promote_timeout + 6)
+    assert not w.role.writable
