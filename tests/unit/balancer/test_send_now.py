@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 
 from twisted.internet import tcp
+from twisted.internet.testing import StringTransport
 
 from clickpass.balancer.proxy import send_now
+from tests.unit.balancer.test_proxy import OK, Rig
 
 
 class FakeSocket:
@@ -92,3 +94,24 @@ def test_disconnecting_and_other_transports_use_write() -> None:
     other = Other()
     send_now(other, b"y")
     assert other.written == [b"y"]
+
+
+def test_a_response_that_arrives_in_one_read_is_written_once() -> None:
+    """A worker's response head and body from one read go to the client in one write."""
+
+    class CountingTransport(StringTransport):
+        writes = 0
+
+        def write(self, data: bytes) -> None:
+            self.writes += 1
+            super().write(data)
+
+    rig = Rig(workers=1)
+    proto = rig.factory.buildProtocol(None)
+    client = CountingTransport()
+    proto.makeConnection(client)
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(OK)
+    assert client.value() == OK
+    assert client.writes == 1
