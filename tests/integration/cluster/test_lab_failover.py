@@ -124,6 +124,9 @@ def test_gratuitous_arp_is_what_updates_the_client(make_lab: Any) -> None:
     for garp_count, expected in ((0, "app1"), (5, "app2")):
         lab = make_lab(overrides={"garp_count": str(garp_count)})
         settle(lab, ["app1"])
+        # If app2 won the first election (app1 slow to start) and app1 then
+        # preempted without ARP, the client still has app2's MAC: start clean.
+        lab.exec("client", "ip", "neigh", "flush", "dev", "eth0")
         lab.wait_for(lab.http_ok, 3.0, "the client to succeed")
         assert labmod.neighbour_mac(lab, "client", labmod.APP_VIP) == labmod.interface_mac(
             lab, "app1"
