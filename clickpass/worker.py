@@ -33,7 +33,16 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import FileLogObserver, Logger, eventAsText, globalLogBeginner
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsText,
+    globalLogBeginner,
+)
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -128,12 +137,18 @@ async def serve(reactor: Any, args: argparse.Namespace) -> None:
         os.unlink(args.socket)
 
 
-def _observer(worker_id: str) -> FileLogObserver:
+def _observer(worker_id: str, verbose: bool) -> ILogObserver:
     def format(event: Any) -> str | None:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
         return text + "\n" if text else None
 
-    return FileLogObserver(sys.stderr, format)
+    # Per-request events are logged at debug: kept only with --access-log,
+    # since every line a worker writes is relayed by the front.
+    level = LogLevel.debug if verbose else LogLevel.info
+    return FilteringLogObserver(
+        FileLogObserver(sys.stderr, format),
+        [LogLevelFilterPredicate(defaultLogLevel=level)],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,10 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None, help="the node's configuration file")
     parser.add_argument("--id", default="?", help="the worker's id, for the logs")
     parser.add_argument("--app", default="", help="module:function building the Site")
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request and per-request events"
+    )
     parser.add_argument("--also-listen", default="", help="benchmarks: also serve on ENDPOINT")
     args = parser.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([_observer(args.id)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo(
+        [_observer(args.id, args.access_log)], redirectStandardIO=False
+    )
 
     def run(reactor: Any) -> Deferred[None]:
         d = Deferred.fromCoroutine(serve(reactor, args))

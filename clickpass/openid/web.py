@@ -223,7 +223,7 @@ class OpenIDWeb:
         if isinstance(openid_request, CheckIDRequest):
             return await self._checkid(request, openid_request, query)
         response = await self._thread(self.provider.handle_direct, openid_request)
-        log.info("openid {mode}: answered {code}", mode=openid_request.mode, code=response.code)
+        log.debug("openid {mode}: answered {code}", mode=openid_request.mode, code=response.code)
         return self._send(request, response)
 
     async def _protocol_error(self, request: Request, error: ProtocolError) -> bytes:
@@ -263,7 +263,9 @@ class OpenIDWeb:
         approved = await self.app.storage.run(approvals.get, account.id, realm)
         if approved is not None and set(released) <= approved:
             await self.app.storage.run(approvals.touch, account.id, realm, self._now())
-            log.info("openid sign-in at {realm}: remembered approval", realm=realm)
+            # Per-request events are debug: workers log info and up unless
+            # started with --access-log, and every line costs the front a relay.
+            log.debug("openid sign-in at {realm}: remembered approval", realm=realm)
             return await self._answer(
                 request, openid_request, True, site_id, select, wanted, released
             )

@@ -163,7 +163,7 @@ class PartnerFlow:
         held = await self.web.held(account)
         values = {f: held[f] for f in asked if f in held}
         await self.app.storage.run(sites.touch_link, site.id, account.id, self._now())
-        log.info("partner sign-in at {site}: returning person", site=site.public_id)
+        log.debug("partner sign-in at {site}: returning person", site=site.public_id)
         return bytes(
             await self.web.answer(
                 request,
