@@ -27,7 +27,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from clickpass.config import AccountsSettings
-from clickpass.database.storage import IntegrityError, Storage, Transaction
+from clickpass.database.storage import (
+    IntegrityError,
+    Storage,
+    Transaction,
+    run_through_failover,
+)
 
 MAX_PASSWORD_LENGTH = 1024
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
@@ -98,6 +103,16 @@ def session_hash(token: str) -> str:
 
 
 def _insert_account(tx: Transaction, uid: str, email: str, pw_hash: str, now: int) -> Account:
+    # Idempotent by key, so a sign-up whose commit outcome was lost in a
+    # database failover can run again: finding the row this very call
+    # created (same uid) is success; the email taken by anyone else is not.
+    existing = _account(
+        tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", email)
+    )
+    if existing is not None:
+        if existing.uid == uid:
+            return existing
+        raise IntegrityError(f"an account with email {email} exists")
     tx.execute(
         "INSERT INTO accounts (uid, email, password_hash, created) VALUES (?, ?, ?, ?)",
         uid,
@@ -248,8 +263,15 @@ class Accounts:
         pw_hash = await self._in_thread(self._hasher.hash, password)
         uid = secrets.token_hex(16)
         try:
-            account: Account = await self._storage.run(
-                _insert_account, uid, address, pw_hash, self._now()
+            account: Account = await run_through_failover(
+                self._reactor,
+                self._storage,
+                _insert_account,
+                uid,
+                address,
+                pw_hash,
+                self._now(),
+                idempotent=True,
             )
         except IntegrityError:
             raise AccountError(

@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 
 import idna
 
-from clickpass.database.storage import Storage, Transaction
+from twisted.internet.interfaces import IReactorTime
+
+from clickpass.database.storage import Storage, Transaction, run_through_failover
 
 KEY_PURPOSE = b"openid per-site identifier"
 OPAQUE_PATTERN = re.compile(r"^[a-z2-7]{32}$")
@@ -136,8 +138,11 @@ class IdentifierConflict(Exception):
 class Identifiers:
     """Derives, persists and resolves per-site identifiers."""
 
-    def __init__(self, storage: Storage, key: bytes, base_url: str) -> None:
+    def __init__(
+        self, storage: Storage, key: bytes, base_url: str, clock: IReactorTime | None = None
+    ) -> None:
         self._storage = storage
+        self._clock = clock
         self._key = key
         self.base_url = base_url
 
@@ -154,8 +159,16 @@ class Identifiers:
         """
         sector = sector_of(realm)
         opaque = self.opaque(uid, sector)
-        result: SiteIdentifier = await self._storage.run(_ensure, opaque, account_id, sector, now)
-        return result
+        if self._clock is None:
+            result: SiteIdentifier = await self._storage.run(
+                _ensure, opaque, account_id, sector, now
+            )
+            return result
+        # Deterministic and recorded with INSERT IGNORE: idempotent by key, so
+        # a write whose outcome a database failover hid simply runs again.
+        return await run_through_failover(
+            self._clock, self._storage, _ensure, opaque, account_id, sector, now, idempotent=True
+        )
 
     async def resolve(self, opaque: str) -> SiteIdentifier | None:
         """The recorded identifier for C{opaque}, or L{None}."""

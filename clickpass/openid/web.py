@@ -77,7 +77,9 @@ def install(app: WebApp, router: Router) -> OpenIDWeb:
         settings.served_over_tls,
         settings.openid.association_lifetime,
     )
-    identifiers = Identifiers(app.storage, app.derive_key(KEY_PURPOSE), settings.base_url)
+    identifiers = Identifiers(
+        app.storage, app.derive_key(KEY_PURPOSE), settings.base_url, clock=app.reactor
+    )
     verifier = RPVerifier(app.reactor, settings.openid)
     web = OpenIDWeb(app, provider, identifiers, verifier)
     app.openid = web  # type: ignore[attr-defined]

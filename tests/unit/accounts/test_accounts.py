@@ -8,9 +8,12 @@ Time comes from a task.Clock; nothing here sleeps.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from argon2 import PasswordHasher
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import Clock
 
@@ -23,7 +26,7 @@ from clickpass.accounts.service import (
     session_hash,
 )
 from clickpass.config import AccountsSettings
-from clickpass.database.storage import AdbapiStorage, Storage
+from clickpass.database.storage import AdbapiStorage, OutcomeUnknown, Storage
 from tests.support.deferreds import async_test
 from tests.support.storage import DatabaseTarget
 
@@ -367,3 +370,57 @@ async def test_concurrent_failures_are_all_counted(
         )
     )
     assert failures == attempts
+
+
+class _CommitOutcomeLostOnce:
+    """
+    A storage whose first transaction commits and then reports the outcome
+    as unknown, as when the connection drops during COMMIT in a failover.
+    """
+
+    def __init__(self, storage: AdbapiStorage) -> None:
+        self._storage = storage
+        self.dialect = storage.dialect
+        self.runs = 0
+
+    def run(self, fn: Any, *args: object) -> Deferred[Any]:
+        self.runs += 1
+        d = self._storage.run(fn, *args)
+        if self.runs == 1:
+
+            def lost(_: object) -> object:
+                raise OutcomeUnknown("connection lost during COMMIT")
+
+            d.addCallback(lost)
+        return d
+
+    def run_blocking(self, fn: Any, *args: object) -> Any:
+        return self._storage.run_blocking(fn, *args)
+
+    def describe(self) -> str:
+        return self._storage.describe()
+
+    def close(self) -> None:
+        self._storage.close()
+
+
+@async_test
+async def test_sign_up_is_idempotent_through_an_unknown_commit_outcome(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    A sign-up whose commit succeeded but whose answer was lost runs again
+    and finds its own row: one account, and the person is told it worked.
+    Another sign-up for the same email is still refused.
+    """
+    flaky = _CommitOutcomeLostOnce(storage_backend)
+    accounts = Accounts(
+        database_target.reactor, flaky, SETTINGS, clock=clock.seconds, hasher=FAST_HASHER
+    )
+    account = await accounts.sign_up("ann@example.org", PASSWORD)
+    assert flaky.runs == 2
+    count = await storage_backend.run(lambda tx: tx.scalar("SELECT COUNT(*) FROM accounts"))
+    assert count == 1
+    assert account.email == "ann@example.org"
+    with pytest.raises(AccountError, match="already exists"):
+        await accounts.sign_up("ann@example.org", PASSWORD)
