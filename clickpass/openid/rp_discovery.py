@@ -308,33 +308,43 @@ class RPVerifier:
         return _Discovered(return_tos, "")
 
     async def _get(self, url: str) -> tuple[int, dict[str, str], bytes]:
-        limit = self._settings.rp_discovery_max_bytes
-        response = await self._http.get(
+        return await bounded_get(
+            self._http,
             url,
-            headers={"Accept": [f"{XRDS_TYPE}, text/html;q=0.3"]},
-            allow_redirects=False,
-            unbuffered=True,
+            self._settings.rp_discovery_max_bytes,
+            {"Accept": [f"{XRDS_TYPE}, text/html;q=0.3"]},
         )
-        headers = {
-            k.decode("latin-1").lower(): v[-1].decode("latin-1")
-            for k, v in response.headers.getAllRawHeaders()
-        }
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            response.deliverBody(_Discard())
+
+
+async def bounded_get(
+    http: Any, url: str, limit: int, headers: dict[str, list[str]] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """
+    GET C{url} with treq client C{http}, following no redirect, and read at
+    most C{limit} bytes of its body; raise L{TooLarge} past that. Returns the
+    status, the headers (lowercase names, last value) and the body.
+    """
+    response = await http.get(url, headers=headers or {}, allow_redirects=False, unbuffered=True)
+    found = {
+        k.decode("latin-1").lower(): v[-1].decode("latin-1")
+        for k, v in response.headers.getAllRawHeaders()
+    }
+    length = found.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        response.deliverBody(_Discard())
+        raise TooLarge()
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
             raise TooLarge()
-        chunks: list[bytes] = []
-        size = 0
+        chunks.append(data)
 
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > limit:
-                raise TooLarge()
-            chunks.append(data)
-
-        await treq.collect(response, collect)
-        return int(response.code), headers, b"".join(chunks)
+    await treq.collect(response, collect)
+    return int(response.code), found, b"".join(chunks)
 
 
 def _reason(error: Exception, timed_out: bool) -> str:

@@ -35,6 +35,8 @@ from clickpass.openid.rp_discovery import (
     CheckedEndpointFactory,
     RefusedAddress,
     Resolver,
+    TooLarge,
+    bounded_get,
     system_resolver,
 )
 
@@ -66,10 +68,6 @@ def token_published(body: bytes, token: str) -> bool:
     """True when one line of C{body} is exactly C{token} (surrounding spaces ignored)."""
     text = body.decode("utf-8", "replace")
     return any(line.strip() == token for line in text.splitlines())
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class RealmVerifier:
@@ -113,7 +111,7 @@ class RealmVerifier:
                 return f"{url} did not answer in time."
             if isinstance(e, RefusedAddress):
                 return f"{url} is on a private address, which Clickpass does not fetch from."
-            if isinstance(e, _TooLarge):
+            if isinstance(e, TooLarge):
                 return f"{url} is larger than {MAX_BYTES} bytes."
             log.info("realm verification fetch of {url} failed: {error}", url=url, error=str(e))
             return f"{url} could not be reached."
@@ -127,16 +125,5 @@ class RealmVerifier:
         return None
 
     async def _fetch(self, url: str) -> tuple[int, bytes]:
-        response = await self._http.get(url, allow_redirects=False, unbuffered=True)
-        chunks: list[bytes] = []
-        size = 0
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > MAX_BYTES:
-                raise _TooLarge()
-            chunks.append(data)
-
-        await treq.collect(response, collect)
-        return int(response.code), b"".join(chunks)
+        status, _headers, body = await bounded_get(self._http, url, MAX_BYTES)
+        return status, body
