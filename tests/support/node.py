@@ -8,14 +8,20 @@ watched, and a node that exits early fails the test with its log's tail.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.support.mariadb import MariaDBServer
 
 BIN = Path(sys.executable).parent
 READY_LINE = "ready: serving"
@@ -158,3 +164,43 @@ def run_twistd(
         text=True,
         timeout=timeout,
     )
+
+
+def mariadb_config(directory: Path, server: MariaDBServer, database: str) -> str:
+    """A [database] section for a node on C{database} of C{server} (password in a file)."""
+    password_file = directory / "db-password"
+    password_file.write_text(server.password + "\n")
+    password_file.chmod(0o600)
+    return f"""
+[database]
+backend = "mysql"
+host = "{server.host}"
+port = {server.port}
+user = "{server.user}"
+name = "{database}"
+password_file = "{password_file}"
+"""
+
+
+@contextlib.contextmanager
+def running_node(
+    directory: Path, extra: str, server: MariaDBServer | None, label: str
+) -> Iterator[NodeProcess]:
+    """
+    A started node with its data under C{directory}: on SQLite, or (given
+    C{server}) on a fresh database of that MariaDB server, dropped afterwards.
+    """
+    port = free_port()
+    database = None
+    if server is not None:
+        database = f"{server.database}_{label}{secrets.token_hex(4)}"
+        server.create_database(database)
+        extra += mariadb_config(directory, server, database)
+    proc = NodeProcess(directory, write_config(directory, port, extra), port=port)
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.stop()
+        if server is not None and database is not None:
+            server.drop_database(database)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.openid.harness import Person, RelyingPartySite
 from tests.support.mariadb import MariaDBServer
-from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.node import NodeProcess, running_node
 
 # The relying parties of these tests live on loopback; let the provider's
 # relying-party discovery reach them.
@@ -34,33 +34,11 @@ def node(
     private MariaDB server.
     """
     tmp = tmp_path_factory.mktemp("openid-node")
-    port = free_port()
-    extra = OPENID_CONFIG
-    database = None
     server: MariaDBServer | None = None
     if request.param == "mysql":
         server = request.getfixturevalue("mariadb_server")
-        database = f"{server.database}_openid{secrets.token_hex(4)}"
-        server.create_database(database)
-        password_file = tmp / "db-password"
-        password_file.write_text(server.password + "\n")
-        extra += f"""
-[database]
-backend = "mysql"
-host = "{server.host}"
-port = {server.port}
-user = "{server.user}"
-name = "{database}"
-password_file = "{password_file}"
-"""
-    proc = NodeProcess(tmp, write_config(tmp, port, extra), port=port)
-    try:
-        proc.start()
+    with running_node(tmp, OPENID_CONFIG, server, "openid") as proc:
         yield proc
-    finally:
-        proc.stop()
-        if server is not None and database is not None:
-            server.drop_database(database)
 
 
 @pytest.fixture(scope="module")

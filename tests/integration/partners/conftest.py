@@ -26,7 +26,7 @@ import requests
 
 from tests.support.browser import Browser
 from tests.support.mariadb import MariaDBServer
-from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.node import NodeProcess, free_port, running_node
 
 ROOT = Path(__file__).resolve().parents[3]
 PASSWORD = "correct horse battery"
@@ -63,33 +63,11 @@ def node(
     partner flows, the API and the webhook outbox run on both).
     """
     tmp = tmp_path_factory.mktemp("partners-node")
-    port = free_port()
-    extra = NODE_CONFIG
-    database = None
     server: MariaDBServer | None = None
     if request.param == "mysql":
         server = request.getfixturevalue("mariadb_server")
-        database = f"{server.database}_partners{secrets.token_hex(4)}"
-        server.create_database(database)
-        password_file = tmp / "db-password"
-        password_file.write_text(server.password + "\n")
-        extra += f"""
-[database]
-backend = "mysql"
-host = "{server.host}"
-port = {server.port}
-user = "{server.user}"
-name = "{database}"
-password_file = "{password_file}"
-"""
-    proc = NodeProcess(tmp, write_config(tmp, port, extra), port=port)
-    try:
-        proc.start()
+    with running_node(tmp, NODE_CONFIG, server, "partners") as proc:
         yield proc
-    finally:
-        proc.stop()
-        if server is not None and database is not None:
-            server.drop_database(database)
 
 
 @dataclass
