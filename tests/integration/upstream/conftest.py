@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.upstream.tlsca import TestCA, make_ca
 from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.tlsca import TestCA, make_ca
 
 OIDC_DIR = Path(__file__).parent / "oidc"
 CLIENT_ID = "clickpass-test"

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from tests.integration.upstream.tlsca import TestCA
+from tests.support.tlsca import TestCA
 
 CLIENT_ID = "fake-client"
 

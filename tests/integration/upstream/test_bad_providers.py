@@ -29,8 +29,8 @@ from clickpass.upstream.service import Finished, FlowError, UpstreamService
 from clickpass.upstream.web import build_connectors
 from tests.conftest import global_reactor
 from tests.integration.upstream.fakeop import CLIENT_ID, FakeProvider, listen, new_key
-from tests.integration.upstream.tlsca import TestCA, make_ca
 from tests.support.deferreds import async_test, block_on
+from tests.support.tlsca import TestCA, make_ca
 
 
 @dataclass
