@@ -26,6 +26,7 @@ from clickpass._version import __version__
 from clickpass.accounts.service import Account, Accounts
 from clickpass.config import Settings
 from clickpass.database.storage import Storage
+from clickpass.monitor.metrics import Registry
 from clickpass.web.routing import HTTPError, Router
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -53,6 +54,13 @@ class WebApp:
         self.storage = storage
         self.secret = secret
         self.accounts = Accounts(reactor, storage, settings.accounts)
+        # This worker's metrics; the front adds up every worker's on /metrics.
+        self.metrics = Registry()
+        self.signins = self.metrics.counter(
+            "clickpass_signins_total",
+            "Password sign-ins at Clickpass, by outcome (success, refused, throttled).",
+            ("outcome",),
+        )
         self._csrf_key = self.derive_key(b"csrf")
         self.templates = Environment(
             loader=FileSystemLoader(str(TEMPLATES)),
@@ -235,9 +243,9 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     partners_web.install(app, router)
     # Per-route counts and latency; the worker hands this registry's
     # snapshot to the front, which serves /metrics for the node.
-    from clickpass.monitor.metrics import Registry, RequestMetrics
+    from clickpass.monitor.metrics import RequestMetrics
 
-    registry = Registry()
+    registry = app.metrics
     router.observer = RequestMetrics(registry, reactor.seconds)
     site = Site(router)
     site.displayTracebacks = False

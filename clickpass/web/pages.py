@@ -99,6 +99,7 @@ def install(app: WebApp, router: Router) -> None:
                 email, app.form(request, "password"), app.client_address(request)
             )
         except Throttled as e:
+            app.signins.inc(outcome="throttled")
             request.setResponseCode(429)
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
             return app.render(
@@ -110,6 +111,7 @@ def install(app: WebApp, router: Router) -> None:
                 partner=await arriving_from(next_url),
             )
         except AccountError as e:
+            app.signins.inc(outcome="refused")
             request.setResponseCode(401)
             return app.render(
                 request,
@@ -119,6 +121,7 @@ def install(app: WebApp, router: Router) -> None:
                 error=str(e),
                 partner=await arriving_from(next_url),
             )
+        app.signins.inc(outcome="success")
         await app.sign_in(request, account)
         return app.redirect(request, next_url)
 

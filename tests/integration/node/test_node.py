@@ -282,6 +282,10 @@ def test_failed_sign_ins_are_throttled_per_account(node: NodeProcess) -> None:
     assert right.status_code == 429
     assert int(right.headers["retry-after"]) > 0
     assert "Too many failed sign-in attempts" in right.text
+    # /metrics adds up every worker's sign-in counts.
+    metrics = Browser(node.url).get("/metrics").text
+    assert 'clickpass_signins_total{outcome="refused"} 5' in metrics
+    assert 'clickpass_signins_total{outcome="throttled"} 1' in metrics
 
 
 def test_open_redirects_are_refused(node: NodeProcess) -> None:
