@@ -156,7 +156,9 @@ class Node(MultiService):
         # Partner webhooks: the node (not the workers) empties the durable outbox.
         from clickpass.partners.webhooks import delivery_service
 
-        delivery_service(self.reactor, settings, self.storage, self.secret).setServiceParent(self)
+        delivery_service(
+            self.reactor, settings, self.storage, self.secret, self.monitoring.metrics
+        ).setServiceParent(self)
         await front.wait_ready()
         self.ready = True
         self.log.info(

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from clickpass.config import PartnersSettings
 from clickpass.database.storage import Storage, Transaction, one_line
+from clickpass.monitor.metrics import Gauge, Registry
 from clickpass.partners.sites import DELIVERED, GIVEN_UP, PENDING, webhook_secret
 
 SIGNATURE_HEADER = "Clickpass-Signature"
@@ -85,6 +86,11 @@ class Pending:
     url: str
     public_id: str
     secret_version: int
+
+
+def _waiting(tx: Transaction) -> int:
+    """How many events wait to be delivered (the outbox depth)."""
+    return int(tx.scalar("SELECT COUNT(*) FROM partner_events WHERE state = ?", PENDING) or 0)
 
 
 def _claim(tx: Transaction, now: int, lease: int, limit: int) -> list[Pending]:
@@ -204,6 +210,7 @@ class WebhookDelivery(Service):
         self._next_cleanup = 0.0
         self.rounds = 0
         self.delivered = 0
+        self.depth: Gauge | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -252,6 +259,8 @@ class WebhookDelivery(Service):
             removed = await self._storage.run(_cleanup, now - self._settings.delivered_retention)
             if removed:
                 self.log.info("webhook outbox: removed {count} old events", count=removed)
+        if self.depth is not None:
+            self.depth.set(await self._storage.run(_waiting))
         lease = int(self._settings.webhook_timeout * 3) + 5
         events = await self._storage.run(_claim, now, lease, self._settings.webhook_batch)
         if not events:
@@ -378,10 +387,21 @@ def treq_poster(reactor: Any, settings: PartnersSettings) -> Poster:
 
 
 def delivery_service(
-    reactor: Any, settings: Any, storage: Storage, master_secret: bytes
+    reactor: Any,
+    settings: Any,
+    storage: Storage,
+    master_secret: bytes,
+    metrics: Registry | None = None,
 ) -> WebhookDelivery:
     """The node's webhook delivery service, for C{Node} to add to its tree."""
     partners: PartnersSettings = settings.partners
-    return WebhookDelivery(
+    delivery = WebhookDelivery(
         reactor, storage, partners, master_secret, treq_poster(reactor, partners)
     )
+    if metrics is not None:
+        delivery.depth = metrics.gauge(
+            "clickpass_webhook_outbox_depth",
+            "Partner webhook events waiting to be delivered.",
+            aggregate="max",
+        )
+    return delivery

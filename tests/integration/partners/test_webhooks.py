@@ -101,6 +101,18 @@ def test_endpoint_down_then_back_gets_everything_in_order(
         )
         assert done.ok
 
+    def outbox_depth() -> float:
+        page = requests.get(node.url + "metrics", timeout=10).text
+        (line,) = [x for x in page.splitlines() if x.startswith("clickpass_webhook_outbox_depth ")]
+        return float(line.split()[1])
+
+    # While the endpoint fails, the events wait in the outbox, and /metrics says so.
+    waiting = 0.0
+    while time.monotonic() < receiver.fail_until and not waiting:
+        waiting = outbox_depth()
+        time.sleep(0.2)
+    assert waiting > 0
+
     deadline = time.monotonic() + 30
     unique: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
@@ -112,6 +124,10 @@ def test_endpoint_down_then_back_gets_everything_in_order(
             break
         time.sleep(0.2)
     assert receiver.failures > 0, "the endpoint never failed: the test proves nothing"
+    drained = time.monotonic() + 15
+    while outbox_depth() and time.monotonic() < drained:
+        time.sleep(0.2)
+    assert outbox_depth() == 0
     assert sorted(e["type"] for e in unique.values()) == [
         "user.deleted",
         "user.linked",
