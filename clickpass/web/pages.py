@@ -40,19 +40,25 @@ def install(app: WebApp, router: Router) -> None:
         branding: dict[str, str] | None = await partners.branding(next_url)
         return branding
 
+    async def form_page(
+        request: Request, template: str, next_url: str, email: str = "", error: str | None = None
+    ) -> bytes:
+        # The sign-in and sign-up pages, fresh or with the one error to show.
+        return app.render(
+            request,
+            template,
+            next=next_url,
+            email=email,
+            error=error,
+            partner=await arriving_from(next_url),
+        )
+
     async def signup_form(request: Request) -> bytes:
         account = await app.current_account(request)
         next_url = safe_next(app.form(request, "next"))
         if account is not None:
             return app.redirect(request, next_url)
-        return app.render(
-            request,
-            "signup.html",
-            next=next_url,
-            email="",
-            error=None,
-            partner=await arriving_from(next_url),
-        )
+        return await form_page(request, "signup.html", next_url)
 
     async def signup(request: Request) -> bytes:
         app.check_csrf(request)
@@ -65,14 +71,7 @@ def install(app: WebApp, router: Router) -> None:
             account = await app.accounts.sign_up(email, password)
         except AccountError as e:
             request.setResponseCode(400)
-            return app.render(
-                request,
-                "signup.html",
-                next=next_url,
-                email=email,
-                error=str(e),
-                partner=await arriving_from(next_url),
-            )
+            return await form_page(request, "signup.html", next_url, email, str(e))
         await app.sign_in(request, account)
         return app.redirect(request, next_url)
 
@@ -81,14 +80,7 @@ def install(app: WebApp, router: Router) -> None:
         next_url = safe_next(app.form(request, "next"))
         if account is not None:
             return app.redirect(request, next_url)
-        return app.render(
-            request,
-            "signin.html",
-            next=next_url,
-            email="",
-            error=None,
-            partner=await arriving_from(next_url),
-        )
+        return await form_page(request, "signin.html", next_url)
 
     async def signin(request: Request) -> bytes:
         app.check_csrf(request)
@@ -102,25 +94,11 @@ def install(app: WebApp, router: Router) -> None:
             app.signins.inc(outcome="throttled")
             request.setResponseCode(429)
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-            return app.render(
-                request,
-                "signin.html",
-                next=next_url,
-                email=email,
-                error=str(e),
-                partner=await arriving_from(next_url),
-            )
+            return await form_page(request, "signin.html", next_url, email, str(e))
         except AccountError as e:
             app.signins.inc(outcome="refused")
             request.setResponseCode(401)
-            return app.render(
-                request,
-                "signin.html",
-                next=next_url,
-                email=email,
-                error=str(e),
-                partner=await arriving_from(next_url),
-            )
+            return await form_page(request, "signin.html", next_url, email, str(e))
         app.signins.inc(outcome="success")
         await app.sign_in(request, account)
         return app.redirect(request, next_url)
