@@ -135,10 +135,18 @@ def test_periodic_garp_refresh_corrects_a_wrong_neighbour_entry(make_lab: Any) -
         time.sleep(0.5)  # past the takeover's burst of gratuitous ARP
         _poison_client(lab)
         assert _client_mac(lab) == BOGUS_MAC
+        before = _garps_sent(lab)
         time.sleep(1.5)  # three refresh periods
         mac = _client_mac(lab)
         expected = labmod.interface_mac(lab, "app1") if corrected else BOGUS_MAC
         assert mac == expected, f"garp_refresh={refresh}"
-        garps = lab.cluster_status("app1")["groups"][0]["counters"].get("garp_sent", 0)
-        assert (garps > 5) is corrected  # the burst of 5, then the refreshes
+        # Counted over the quiet window only: how many the takeover sent
+        # before it (a burst, maybe a re-announcement) does not matter.
+        sent = _garps_sent(lab) - before
+        assert sent >= 2 if corrected else sent == 0, f"garp_refresh={refresh}: {sent} sent"
         lab.down()
+
+
+def _garps_sent(lab: Any) -> int:
+    counters = lab.cluster_status("app1")["groups"][0]["counters"]
+    return int(counters.get("garp_sent", 0))
