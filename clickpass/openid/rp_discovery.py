@@ -20,9 +20,9 @@ from __future__ import annotations
 import io
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from openid.server.trustroot import TrustRoot, _extractReturnURL, returnToMatches
 from openid.yadis.etxrd import XRDSError
@@ -260,24 +260,16 @@ class RPVerifier:
         cached = self._cache.get(url)
         if cached is not None and cached[0] > now:
             return cached[1]
-        d = defer.Deferred.fromCoroutine(self._fetch_and_parse(url))
-        timed_out = False
-
-        def give_up() -> None:
-            nonlocal timed_out
-            timed_out = True
-            d.cancel()
-
-        timer = self._reactor.callLater(self._settings.rp_discovery_timeout, give_up)
         try:
-            found = await d
+            found = await within(
+                self._reactor, self._settings.rp_discovery_timeout, self._fetch_and_parse(url)
+            )
+        except TimedOut:
+            found = _Discovered(None, _reason(TimedOut(), True))
         except Exception as e:
-            found = _Discovered(None, _reason(e, timed_out))
-            if not timed_out and not isinstance(e, RefusedAddress | TooLarge):
+            found = _Discovered(None, _reason(e, False))
+            if not isinstance(e, RefusedAddress | TooLarge):
                 log.info("relying-party discovery of {url} failed: {error}", url=url, error=str(e))
-        finally:
-            if timer.active():
-                timer.cancel()
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
         self._cache[url] = (now + CACHE_SECONDS, found)
@@ -314,6 +306,39 @@ class RPVerifier:
             self._settings.rp_discovery_max_bytes,
             {"Accept": [f"{XRDS_TYPE}, text/html;q=0.3"]},
         )
+
+
+T = TypeVar("T")
+
+
+class TimedOut(Exception):
+    """The work given to L{within} did not finish in time (and was cancelled)."""
+
+
+async def within(reactor: Any, seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """
+    Await C{work}, cancelling it after C{seconds}. A cancelled fetch fails
+    with whatever its transport says (not always CancelledError), so any
+    failure after the deadline is reported as L{TimedOut}.
+    """
+    d = defer.Deferred.fromCoroutine(work)
+    timed_out = False
+
+    def give_up() -> None:
+        nonlocal timed_out
+        timed_out = True
+        d.cancel()
+
+    timer = reactor.callLater(seconds, give_up)
+    try:
+        return await d
+    except Exception:
+        if timed_out:
+            raise TimedOut() from None
+        raise
+    finally:
+        if timer.active():
+            timer.cancel()
 
 
 async def bounded_get(

@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import treq
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
@@ -35,9 +34,11 @@ from clickpass.openid.rp_discovery import (
     CheckedEndpointFactory,
     RefusedAddress,
     Resolver,
+    TimedOut,
     TooLarge,
     bounded_get,
     system_resolver,
+    within,
 )
 
 log = Logger()
@@ -95,29 +96,19 @@ class RealmVerifier:
     async def check(self, realm: str, token: str) -> str | None:
         """L{None} when the token is published for C{realm}; else why not, as one sentence."""
         url = verification_url(realm)
-        d = defer.Deferred.fromCoroutine(self._fetch(url))
-        timed_out = False
-
-        def give_up() -> None:
-            nonlocal timed_out
-            timed_out = True
-            d.cancel()
-
-        timer = self._reactor.callLater(self._settings.rp_discovery_timeout, give_up)
         try:
-            status, body = await d
+            status, body = await within(
+                self._reactor, self._settings.rp_discovery_timeout, self._fetch(url)
+            )
+        except TimedOut:
+            return f"{url} did not answer in time."
         except Exception as e:
-            if timed_out:
-                return f"{url} did not answer in time."
             if isinstance(e, RefusedAddress):
                 return f"{url} is on a private address, which Clickpass does not fetch from."
             if isinstance(e, TooLarge):
                 return f"{url} is larger than {MAX_BYTES} bytes."
             log.info("realm verification fetch of {url} failed: {error}", url=url, error=str(e))
             return f"{url} could not be reached."
-        finally:
-            if timer.active():
-                timer.cancel()
         if status != 200:
             return f"{url} answered with status {status} (expected 200 with the token)."
         if not token_published(body, token):
