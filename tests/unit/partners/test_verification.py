@@ -14,7 +14,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from clickpass.config import OpenIDSettings
 from clickpass.database.storage import DirectStorage
@@ -105,6 +105,36 @@ def test_failures_are_one_sentence(status: int, body: bytes, expected: str) -> N
     problem = _check(WellKnown(status, body), new_token())
     assert problem is not None and expected in problem
     assert problem.startswith("https://shop.example/.well-known/clickpass-verification.txt")
+
+
+class Hang(Resource):
+    """A partner's host that accepts the request and never answers."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> Any:
+        return NOT_DONE_YET
+
+
+def test_a_host_that_never_answers_is_given_up_on_in_time() -> None:
+    """The fetch is cancelled at the discovery time limit, with a one-sentence reason."""
+    clock = Clock()
+    stub = StubTreq(Hang())
+    settings = OpenIDSettings(rp_discovery_timeout=2.0)
+    verifier = RealmVerifier(clock, settings, http_client=stub)
+    result: list[Any] = []
+    Deferred.fromCoroutine(verifier.check("https://shop.example/", new_token())).addBoth(
+        result.append
+    )
+    stub.flush()
+    clock.advance(1.9)
+    stub.flush()
+    assert result == [], "given up on before the time limit"
+    clock.advance(0.2)
+    stub.flush()
+    assert result == [
+        "https://shop.example/.well-known/clickpass-verification.txt did not answer in time."
+    ]
 
 
 def test_new_site_is_unverified_until_its_token_is_confirmed(storage: DirectStorage) -> None:
