@@ -164,6 +164,23 @@ class PartnerFlow:
         values = {f: held[f] for f in asked if f in held}
         await self.app.storage.run(sites.touch_link, site.id, account.id, self._now())
         log.debug("partner sign-in at {site}: returning person", site=site.public_id)
+        return await self._assert(
+            request, openid_request, site_id, select, "login", site, values, wanted
+        )
+
+    async def _assert(
+        self,
+        request: Request,
+        openid_request: Any,
+        site_id: SiteIdentifier,
+        select: bool,
+        outcome: str,
+        site: sites.Site,
+        values: dict[str, str],
+        wanted: openid_extensions.Requested,
+        return_to: str | None = None,
+    ) -> bytes:
+        """The positive assertion, carrying the partner extension for C{outcome}."""
         return bytes(
             await self.web.answer(
                 request,
@@ -173,7 +190,8 @@ class PartnerFlow:
                 select,
                 None,
                 None,
-                decorate=extension.decorator("login", site.public_id, values, wanted),
+                return_to=return_to,
+                decorate=extension.decorator(outcome, site.public_id, values, wanted),
             )
         )
 
@@ -321,18 +339,8 @@ class PartnerFlow:
             site=site.public_id,
             fields=",".join(sorted(values)) or "nothing",
         )
-        return bytes(
-            await self.web.answer(
-                request,
-                openid_request,
-                True,
-                site_id,
-                select,
-                None,
-                None,
-                return_to=return_to,
-                decorate=extension.decorator(outcome, site.public_id, values, wanted),
-            )
+        return await self._assert(
+            request, openid_request, site_id, select, outcome, site, values, wanted, return_to
         )
 
     # The person's connected sites.
