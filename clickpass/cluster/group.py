@@ -116,6 +116,9 @@ class Group:
         self.master_interval = self.interval
         self.started_at = 0.0
         self.changed_at = 0.0
+        # State changes (from, to) since the start, for /metrics.
+        self.transitions: Counter[tuple[str, str]] = Counter()
+        self._entered_last = State.INIT
         self._no_preempt = False
         self._down: IDelayedCall | None = None
         self._vote: IDelayedCall | None = None
@@ -196,6 +199,9 @@ class Group:
             ),
             "last_failover": self.last_failover,
             "counters": dict(self.counters),
+            "transitions": [
+                {"from": a, "to": b, "count": n} for (a, b), n in sorted(self.transitions.items())
+            ],
         }
 
     # Driving the group.
@@ -509,6 +515,9 @@ class Group:
 
     def entered(self, state: State) -> None:
         self.changed_at = self.clock.seconds()
+        if state != self._entered_last:
+            self.transitions[(self._entered_last.name, state.name)] += 1
+            self._entered_last = state
         self.counters[f"entered_{state.name.lower()}"] += 1
         self.log.info(
             "cluster group {group}: {state} (priority {priority})",

@@ -89,6 +89,7 @@ class Counter(_Metric):
     def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help, labels)
         self._values: dict[LabelValues, float] = {}
+        self._function: Callable[[], Mapping[LabelValues, float]] | None = None
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
         if amount < 0:
@@ -97,10 +98,20 @@ class Counter(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
+    def set_function(self, function: Callable[[], Mapping[LabelValues, float]]) -> None:
+        """
+        Read the counts at collection time from a count kept elsewhere
+        ({label values: count}), e.g. another service's counters.
+        """
+        self._function = function
+
     def value(self, **labels: object) -> float:
-        return self._values.get(self._key(labels), 0.0)
+        found: dict[LabelValues, float] = {tuple(k): float(v) for k, v in self.samples()}
+        return found.get(self._key(labels), 0.0)
 
     def samples(self) -> list[list[Any]]:
+        if self._function is not None:
+            return [[list(k), float(v)] for k, v in sorted(self._function().items())]
         with self._lock:
             return [[list(k), v] for k, v in sorted(self._values.items())]
 

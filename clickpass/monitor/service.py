@@ -1,7 +1,8 @@
 """
-The node's monitoring part: the alerts service, the metrics registry, and
-(when [backup] is enabled) the backup service, put into the node's tree
-with their control commands.
+The node's monitoring part: the alerts service, the metrics registry (with
+the heartbeat's and the database agent's metrics when those run here, see
+L{clickpass.monitor.sources}), and (when [backup] is enabled) the backup
+service, put into the node's tree with their control commands.
 
 Other subsystems reach them through the node: C{node.monitoring.alerts}
 (L{clickpass.monitor.alerts.Alerts}) and C{node.monitoring.metrics}
@@ -31,6 +32,8 @@ class Monitoring:
     alerts: Alerts
     metrics: Registry
     backup: Any = None
+    # clickpass.monitor.sources.HeartbeatStatus, when [cluster] is enabled.
+    heartbeat: Any = None
 
 
 def install_monitoring(
@@ -48,6 +51,22 @@ def install_monitoring(
     )
     firing.set_function(lambda: {(key,): 1.0 for key in alerts.active})
     monitoring = Monitoring(alerts=alerts, metrics=metrics)
+    # The heartbeat and the database agent are built after this (the node
+    # adds them next), so their metrics find them through the node when read.
+    if settings.cluster.enabled:
+        from clickpass.monitor.sources import HeartbeatStatus, install_heartbeat_metrics
+
+        heartbeat = HeartbeatStatus(reactor, lambda: getattr(parent, "cluster", None))
+        install_heartbeat_metrics(metrics, heartbeat)
+        if settings.cluster.process == "child":
+            heartbeat.setServiceParent(parent)
+        monitoring.heartbeat = heartbeat
+    if settings.dbagent.enabled:
+        from clickpass.monitor.sources import install_dbagent_metrics
+
+        install_dbagent_metrics(
+            metrics, lambda: getattr(getattr(parent, "dbagent", None), "agent", None)
+        )
 
     def list_alerts(args: Any) -> list[dict[str, Any]]:
         return alerts.describe()
