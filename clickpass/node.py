@@ -50,12 +50,18 @@ def check_secret(tx: Transaction, fingerprint: str) -> None:
     """
     stored = tx.scalar("SELECT value FROM node_metadata WHERE name = ?", "secret_fingerprint")
     if stored is None:
-        tx.execute(
+        inserted = tx.execute(
             tx.dialect.insert_ignore() + " INTO node_metadata (name, value) VALUES (?, ?)",
             "secret_fingerprint",
             fingerprint,
         )
-        stored = tx.scalar("SELECT value FROM node_metadata WHERE name = ?", "secret_fingerprint")
+        # When another node recorded its fingerprint at the same moment, a
+        # plain read on MariaDB still sees this transaction's snapshot (taken
+        # before that row existed); a locking read sees the committed row.
+        lock = " FOR UPDATE" if tx.dialect.name == "mysql" and not inserted else ""
+        stored = tx.scalar(
+            "SELECT value FROM node_metadata WHERE name = ?" + lock, "secret_fingerprint"
+        )
     if stored != fingerprint:
         raise StartupError(
             "the master secret ([secrets] secret_file) is not the one this database was "
