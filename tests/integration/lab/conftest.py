@@ -1,0 +1,126 @@
+"""
+The whole lab (scripts/lab up with its database hosts) as a pytest fixture,
+under a namespace prefix of its own, and the pieces the lab's database tests
+share: the two lab servers seen as a L{Pair}, and a writer that runs in the
+client namespace and writes through the real database VIP.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tests.integration.cluster.conftest import load_lab
+from tests.integration.dbagent.cluster import Writer
+from tests.integration.dbagent.pair import Pair
+from tests.support.mariadb import MariaDBServer, MariaDBUnavailable, check_binaries
+
+labmod = load_lab()
+
+# Apart from the app-only lab tests (cpt-) and anyone's own lab (no prefix).
+PREFIX = os.environ.get("CLICKPASS_TEST_DBLAB_PREFIX", "cpd-")
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def enter_namespace(namespace: str) -> None:
+    """Move the calling thread (only it) into a network namespace made by `ip netns`."""
+    fd = os.open(f"/var/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {namespace} failed")
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class ClientWriter(Writer):
+    """The loopback tests' writer, run in the client namespace against the database VIP."""
+
+    namespace: str = ""
+    host: str = ""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._in_namespace, daemon=True)
+        self._thread.start()
+
+    def _in_namespace(self) -> None:
+        enter_namespace(self.namespace)
+        self._run()
+
+    def _connect(self) -> Any:
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=self.database,
+            autocommit=True,
+            connect_timeout=1.0,
+            read_timeout=self.timeout,
+            write_timeout=self.timeout,
+        )
+
+
+class LabPair(Pair):
+    """The lab's db1 and db2 servers, opened over their unix sockets (as the loopback Pair)."""
+
+    def __init__(self, lab: Any) -> None:
+        self.semisync = True
+        self.repl_password = (lab.dir / "db1" / "data" / "repl.pw").read_text().strip()
+        self.app_password = lab.password()
+        self.servers = {
+            host: MariaDBServer(
+                Path(lab.mariadb_dir(host)),
+                host=labmod.HOSTS[host],
+                port=labmod.DB_PORT,
+                user=labmod.DB_USER,
+                password=self.app_password,
+                database="app",
+            )
+            for host in labmod.DB_NODES
+        }
+
+
+def _check_possible() -> None:
+    # Marked root+mariadb: a run that cannot give them deselects these tests
+    # (-m "not root"); here they fail with the reason rather than pass unseen.
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root to create network namespaces", pytrace=False)
+    for tool in ("ip", "curl"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"the lab needs {tool} (iproute2, curl)", pytrace=False)
+    try:
+        check_binaries()
+    except MariaDBUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def make_db_lab() -> Iterator[Any]:
+    """Build a lab with its database hosts (options as Lab.up); always torn down afterwards."""
+    _check_possible()
+    labs: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        lab = labmod.Lab(prefix=PREFIX)
+        lab.down()  # a lab a crashed run left behind
+        labs.append(lab)
+        options.setdefault("db", True)
+        options.setdefault("timeout", 120.0)
+        lab.up(**options)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.down()
