@@ -3,14 +3,19 @@ Loopback receivers for alert tests: an SMTP sink and a webhook receiver,
 each serving in its own thread (so tests that block, waiting for a node
 process, still receive), recording what arrives.
 
-They listen on 127.0.0.1 only, on free ports, and stop when the fixture ends.
+They listen on 127.0.0.1 only, on free ports, and stop when the fixture ends;
+L{sinks_in_netns} starts them inside a network namespace the test created
+(for nodes that run in one), on an address of that namespace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import email
 import email.policy
 import json
+import os
 import socketserver
 import threading
 import time
@@ -108,6 +113,7 @@ class _SMTPServer(socketserver.ThreadingTCPServer):
 class SMTPSink:
     port: int
     received: Received
+    host: str = "127.0.0.1"
 
     def messages(self) -> list[EmailMessage]:
         return [m for _, _, m in self.received.snapshot()]
@@ -146,10 +152,11 @@ class WebhookReceiver:
     port: int
     received: Received
     server: _WebhookServer
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://{self.host}:{self.port}/hook"
 
     def payloads(self) -> list[dict[str, Any]]:
         return [item["json"] for item in self.received.snapshot()]
@@ -166,32 +173,88 @@ def _serve(server: socketserver.BaseServer) -> threading.Thread:
     return thread
 
 
-@pytest.fixture
-def smtp_sink() -> Iterator[SMTPSink]:
-    """An SMTP server on 127.0.0.1 that accepts and records every message."""
-    server = _SMTPServer(("127.0.0.1", 0), _SMTPHandler)
+@contextlib.contextmanager
+def running_smtp_sink(host: str = "127.0.0.1") -> Iterator[SMTPSink]:
+    """An SMTP server on C{host} that accepts and records every message."""
+    server = _SMTPServer((host, 0), _SMTPHandler)
     server.received = Received()
     thread = _serve(server)
     try:
-        yield SMTPSink(server.server_address[1], server.received)
+        yield SMTPSink(server.server_address[1], server.received, host)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextlib.contextmanager
+def running_webhook_receiver(host: str = "127.0.0.1") -> Iterator[WebhookReceiver]:
+    """An HTTP server on C{host} that records every webhook and checks its signature."""
+    server = _WebhookServer((host, 0), _WebhookHandler)
+    server.received = Received()
+    thread = _serve(server)
+    try:
+        yield WebhookReceiver(server.server_address[1], server.received, server, host)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SMTPSink]:
+    """An SMTP server on 127.0.0.1 that accepts and records every message."""
+    with running_smtp_sink() as sink:
+        yield sink
 
 
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
     """An HTTP server on 127.0.0.1 that records every webhook and checks its signature."""
-    server = _WebhookServer(("127.0.0.1", 0), _WebhookHandler)
-    server.received = Received()
-    thread = _serve(server)
+    with running_webhook_receiver() as receiver:
+        yield receiver
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def _in_netns(namespace: str) -> Iterator[None]:
+    """
+    Run the block with this thread in network namespace C{namespace} (made
+    by C{ip netns add}): sockets created here belong to it for good. Only
+    the calling thread moves, and it moves back before the block returns.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        yield WebhookReceiver(server.server_address[1], server.received, server)
+        target = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        try:
+            if libc.setns(target, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {namespace} failed")
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            if libc.setns(own, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to our own namespace failed")
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        os.close(own)
+
+
+@contextlib.contextmanager
+def sinks_in_netns(namespace: str, host: str) -> Iterator[tuple[SMTPSink, WebhookReceiver]]:
+    """
+    The SMTP sink and the webhook receiver listening on C{host} inside
+    network namespace C{namespace}, served by threads of this process
+    (a listening socket stays in the namespace it was created in).
+    """
+    with contextlib.ExitStack() as stack:
+        with _in_netns(namespace):
+            smtp = stack.enter_context(running_smtp_sink(host))
+            webhook = stack.enter_context(running_webhook_receiver(host))
+        yield smtp, webhook
 
 
 def alerts_section(directory: Any, smtp: SMTPSink, webhook: WebhookReceiver, **extra: Any) -> str:
@@ -202,7 +265,7 @@ def alerts_section(directory: Any, smtp: SMTPSink, webhook: WebhookReceiver, **e
         "[alerts]",
         f'webhook_urls = ["{webhook.url}"]',
         f'webhook_secret_file = "{secret}"',
-        'smtp_host = "127.0.0.1"',
+        f'smtp_host = "{smtp.host}"',
         f"smtp_port = {smtp.port}",
         'mail_from = "clickpass@example.test"',
         'mail_to = ["oncall@example.test"]',
