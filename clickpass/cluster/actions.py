@@ -1,11 +1,18 @@
 """
-The heartbeat's side effects on the host: the VIP (iproute2), gratuitous ARP
-(an AF_PACKET socket) and notify hooks (programs run in order).
+The heartbeat's side effects on the host: the VIP (rtnetlink, in this
+process), gratuitous ARP (an AF_PACKET socket) and notify hooks (programs
+run in order).
 
-Every program runs through C{spawnProcess} with a timeout, and every
-failure is logged and counted; nothing here blocks the reactor or raises
-into the state machine. Actions are idempotent: taking a held address
-renews it, releasing an absent one is not an error.
+The VIP is added, renewed and removed with rtnetlink messages sent from this
+process, not by running C{ip}: the heartbeat process runs with real-time
+priority, and starting a program from it (posix_spawn, a vfork) stops it
+until the new program, at normal priority, gets a CPU to exec on; on a
+loaded host that took up to 1.9 s, so adverts went out late and the peer
+took over (and the renewing C{ip}, starved, let the lease lapse). Hooks
+are programs, started with fork (which does not wait for the child), each
+with a timeout. Every failure is logged and counted; nothing here blocks the
+reactor or raises into the state machine. Actions are idempotent: taking a
+held address renews it, releasing an absent one is not an error.
 
 This module must never decide anything: it does what L{clickpass.cluster.group}
 asks, in the order asked.
@@ -22,7 +29,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone
@@ -94,6 +101,10 @@ class CommandRunner:
                 argv[0],
                 list(argv),
                 env=env,
+                # A working directory makes Twisted fork instead of
+                # posix_spawn, whose vfork would stop this (real-time)
+                # process until the child, at normal priority, has exec'd.
+                path="/",
                 childFDs={0: "w", 1: "r", 2: "r"},
             )
         except Exception as e:
@@ -174,11 +185,156 @@ class GarpSender:
             self._socket = None
 
 
+class Addresses(Protocol):
+    """Adds (with a lease) and removes one address on one interface."""
+
+    def replace(self, lease: int) -> Deferred[Result]:
+        """Add the address, or renew it, valid for C{lease} seconds."""
+
+    def delete(self) -> Deferred[Result]:
+        """Remove the address."""
+
+
+class IpCommand:
+    """L{Addresses} through iproute2's C{ip} (where rtnetlink cannot be used)."""
+
+    def __init__(self, settings: ClusterGroupSettings, runner: CommandRunner) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.family = "-6" if ipaddress.ip_interface(settings.vip).version == 6 else "-4"
+
+    def _ip(self, *args: str) -> list[str]:
+        return [IP, self.family, "addr", *args]
+
+    def replace(self, lease: int) -> Deferred[Result]:
+        return self.runner.run(
+            self._ip(
+                "replace",
+                self.settings.vip,
+                "dev",
+                self.settings.interface,
+                "valid_lft",
+                str(lease),
+                "preferred_lft",
+                str(lease),
+            ),
+            timeout=2.0,
+        )
+
+    def delete(self) -> Deferred[Result]:
+        return self.runner.run(
+            self._ip("del", self.settings.vip, "dev", self.settings.interface), timeout=2.0
+        )
+
+
+# rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h).
+NETLINK_ROUTE = 0
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFA_CACHEINFO = 6
+RT_SCOPE_UNIVERSE = 0
+
+
+def _attribute(kind: int, value: bytes) -> bytes:
+    length = 4 + len(value)
+    return struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
+
+
+def address_message(
+    kind: int, flags: int, seq: int, index: int, vip: str, lease: int | None
+) -> bytes:
+    """An RTM_NEWADDR/RTM_DELADDR request for C{vip} (address/prefix) on interface C{index}."""
+    iface = ipaddress.ip_interface(vip)
+    family = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
+    packed = iface.ip.packed
+    body = struct.pack("=BBBBI", family, iface.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index)
+    body += _attribute(IFA_LOCAL, packed) + _attribute(IFA_ADDRESS, packed)
+    if lease is not None:
+        # struct ifa_cacheinfo: preferred and valid lifetimes, then two stamps.
+        body += _attribute(IFA_CACHEINFO, struct.pack("=IIII", lease, lease, 0, 0))
+    header = struct.pack("=IHHII", 16 + len(body), kind, flags | NLM_F_REQUEST, seq, 0)
+    return header + body
+
+
+def ack_error(data: bytes, seq: int) -> int | None:
+    """The errno (0 = success) of the NLMSG_ERROR answering C{seq} in C{data}, if there."""
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind, _, answered, _ = struct.unpack_from("=IHHII", data, offset)
+        if length < 16:
+            return None
+        if kind == NLMSG_ERROR and answered == seq and length >= 20:
+            return -int(struct.unpack_from("=i", data, offset + 16)[0])
+        offset += (length + 3) & ~3
+    return None
+
+
+class NetlinkAddresses:
+    """
+    L{Addresses} through an rtnetlink socket of this process: no program is
+    started, so the real-time heartbeat neither waits for one nor depends on
+    one getting a CPU. The kernel handles a request while it is sent, so its
+    acknowledgement is read at once, without waiting.
+    """
+
+    def __init__(self, settings: ClusterGroupSettings) -> None:
+        self.settings = settings
+        self._socket: socket.socket | None = None
+        self._seq = 0
+
+    def _request(self, kind: int, flags: int, lease: int | None) -> Result:
+        try:
+            index = socket.if_nametoindex(self.settings.interface)
+        except OSError:
+            return Result(1, f'Cannot find device "{self.settings.interface}"')
+        try:
+            if self._socket is None:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+                sock.setblocking(False)
+                sock.bind((0, 0))
+                self._socket = sock
+            self._seq += 1
+            seq = self._seq
+            message = address_message(kind, flags | NLM_F_ACK, seq, index, self.settings.vip, lease)
+            self._socket.send(message)
+            while True:
+                error = ack_error(self._socket.recv(65536), seq)
+                if error is not None:
+                    break
+        except BlockingIOError:
+            self.close()
+            return Result(None, "no answer from rtnetlink")
+        except OSError as e:
+            self.close()
+            return Result(None, f"rtnetlink: {e.strerror or e}")
+        if error == 0:
+            return Result(0, "")
+        return Result(error, f"RTNETLINK answers: {os.strerror(error)}")
+
+    def replace(self, lease: int) -> Deferred[Result]:
+        return succeed(self._request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, lease))
+
+    def delete(self) -> Deferred[Result]:
+        return succeed(self._request(RTM_DELADDR, 0, None))
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
 class VipManager:
     """
-    The VIP of one group on this host, held as a lease: C{ip addr replace
-    ... valid_lft N preferred_lft N} on take and on every renewal, so the
-    kernel drops the address by itself if this process stops renewing.
+    The VIP of one group on this host, held as a lease: added with valid and
+    preferred lifetimes on take and on every renewal, so the kernel drops the
+    address by itself if this process stops renewing.
     """
 
     log = Logger()
@@ -186,15 +342,14 @@ class VipManager:
     def __init__(
         self,
         settings: ClusterGroupSettings,
-        runner: CommandRunner,
+        addresses: Addresses,
         clock: Any,
         garp: GarpSender | None = None,
     ) -> None:
         self.settings = settings
-        self.runner = runner
+        self.addresses = addresses
         self.clock = clock
         iface = ipaddress.ip_interface(settings.vip)
-        self.family = "-6" if iface.version == 6 else "-4"
         self.garp = garp
         if garp is None and iface.version == 4:
             self.garp = GarpSender(settings.interface, str(iface.ip))
@@ -204,24 +359,8 @@ class VipManager:
         self._renewing = False
         self._burst: list[IDelayedCall] = []
 
-    def _ip(self, *args: str) -> list[str]:
-        return [IP, self.family, "addr", *args]
-
-    def _add_command(self) -> list[str]:
-        lease = str(self.settings.lease)
-        return self._ip(
-            "replace",
-            self.settings.vip,
-            "dev",
-            self.settings.interface,
-            "valid_lft",
-            lease,
-            "preferred_lft",
-            lease,
-        )
-
     async def _add(self, what: str) -> bool:
-        result = await self.runner.run(self._add_command(), timeout=2.0)
+        result = await self.addresses.replace(self.settings.lease)
         if not result.ok:
             self.counters[f"{what}_failed"] += 1
             self.log.error(
@@ -272,9 +411,7 @@ class VipManager:
         self._cancel_burst()
 
         async def step() -> None:
-            result = await self.runner.run(
-                self._ip("del", self.settings.vip, "dev", self.settings.interface), timeout=2.0
-            )
+            result = await self.addresses.delete()
             if result.ok:
                 self.counters["release"] += 1
                 self.log.info(
@@ -336,6 +473,9 @@ class VipManager:
         self._cancel_burst()
         if self.garp is not None:
             self.garp.close()
+        close = getattr(self.addresses, "close", None)
+        if close is not None:
+            close()
 
 
 class HookRunner:
@@ -384,4 +524,15 @@ class HookRunner:
         return self._serial(lambda: None)
 
 
-__all__ = ["CommandRunner", "GarpSender", "HookRunner", "Result", "VipManager", "garp_frame"]
+__all__ = [
+    "Addresses",
+    "CommandRunner",
+    "GarpSender",
+    "HookRunner",
+    "IpCommand",
+    "NetlinkAddresses",
+    "Result",
+    "VipManager",
+    "address_message",
+    "garp_frame",
+]

@@ -10,6 +10,7 @@ A packet that cannot be used is counted and dropped; it never raises.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,7 +21,13 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from clickpass.cluster import wire
-from clickpass.cluster.actions import CommandRunner, HookRunner, VipManager
+from clickpass.cluster.actions import (
+    CommandRunner,
+    HookRunner,
+    IpCommand,
+    NetlinkAddresses,
+    VipManager,
+)
 from clickpass.cluster.checks import parse_address
 from clickpass.cluster.group import Group, WitnessGroup
 from clickpass.cluster.wire import Health, Kind, Message, State
@@ -38,6 +45,13 @@ def load_secret(settings: Settings) -> bytes:
     if len(text) < MIN_SECRET:
         raise ConfigError(f"{key}: {path} holds {len(text)} characters; at least 16 are needed")
     return text.encode("utf-8")
+
+
+def _addresses(settings: Any, runner: CommandRunner) -> NetlinkAddresses | IpCommand:
+    """rtnetlink where there is one (Linux), else iproute2's ip."""
+    if hasattr(socket, "AF_NETLINK"):
+        return NetlinkAddresses(settings)
+    return IpCommand(settings, runner)
 
 
 class HeartbeatProtocol(DatagramProtocol):
@@ -105,7 +119,7 @@ class Engine:
             vip = (
                 vip_factory(settings)
                 if vip_factory is not None
-                else VipManager(settings, runner, reactor)
+                else VipManager(settings, _addresses(settings, runner), reactor)
             )
             hooks = (
                 notifier_factory(settings)
@@ -130,6 +144,7 @@ class Engine:
             for name, weight in extra_checks:
                 group.checks.setdefault(name, (weight, True))
             group.on_failover = self._failover
+            group.drain = self.drain
             self.groups[settings.name] = group
             self.vips[settings.name] = vip
             self.hooks[settings.name] = hooks
@@ -244,6 +259,15 @@ class Engine:
             self.witness_groups[message.group].receive(message, addr)
         else:
             self.counters["unknown_group"] += 1
+
+    def drain(self) -> None:
+        """Read (and handle) every datagram already waiting in the socket, without waiting."""
+        if self.port is None:
+            return
+        try:
+            self.port.doRead()  # type: ignore[attr-defined]
+        except Exception:
+            self.log.failure("cluster: reading waiting heartbeat packets failed")
 
     def _send(self, message: Message, addresses: Sequence[tuple[str, int]]) -> None:
         if self.port is None:

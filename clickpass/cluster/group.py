@@ -133,6 +133,9 @@ class Group:
         self.last_failover: dict[str, Any] | None = None
         # Called with the details of every failover this node makes (alerts).
         self.on_failover: Callable[[dict[str, Any]], None] | None = None
+        # Reads every datagram already waiting for this process (the engine's
+        # socket), handing each to receive(); see _down_fired.
+        self.drain: Callable[[], None] | None = None
         self._adverts = LoopingCall(self._tick)
         self._adverts.clock = clock
         self.machine, self.core = machine.build(self)
@@ -378,6 +381,20 @@ class Group:
 
     def _down_fired(self) -> None:
         self._down = None
+        if self.drain is not None:
+            # A timer that fires late (this process was not scheduled, or was
+            # busy) runs before the datagrams that arrived meanwhile are read:
+            # read them first, or the master's adverts waiting in our socket
+            # would count as missed. One of them re-arms the timer.
+            self.drain()
+            if self._down is not None or self.state != State.BACKUP:
+                self.counters["down_timer_saved_by_waiting_adverts"] += 1
+                self.log.info(
+                    "cluster group {group}: master-down timer fired late; "
+                    "adverts were waiting to be read, no takeover",
+                    group=self.name,
+                )
+                return
         self._failed_master = self._failed()
         if self.maintenance:
             self.arm_down_timer(False)

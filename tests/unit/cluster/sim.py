@@ -99,6 +99,10 @@ class Net:
         self.cut: set[frozenset[str]] = set()
         self.dead: set[str] = set()
         self.events: list[tuple[float, str, str]] = []
+        # Nodes whose process is not scheduled: what arrives for them waits
+        # in their socket (inbox) until they read it (Group.drain).
+        self.stalled: set[str] = set()
+        self.inbox: dict[str, list[tuple[Message, str]]] = {}
 
     def add(
         self,
@@ -131,8 +135,15 @@ class Net:
             self.notifiers[name],
             witness_required=witness,
         )
+        group.drain = lambda: self.drain(name)
         self.nodes[name] = group
         return group
+
+    def drain(self, name: str) -> None:
+        """Hand node C{name} every message waiting in its socket, in order."""
+        waiting, self.inbox[name] = self.inbox.get(name, []), []
+        for message, sender in waiting:
+            self.nodes[name].receive(message, sender)
 
     def add_witness(self) -> WitnessGroup:
         settings = ClusterGroupSettings(
@@ -155,6 +166,9 @@ class Net:
 
     def _arrive(self, name: str, message: Message, sender: str) -> None:
         if name not in self.dead and frozenset((sender, name)) not in self.cut:
+            if name in self.stalled:
+                self.inbox.setdefault(name, []).append((message, sender))
+                return
             self.nodes[name].receive(message, sender)
 
     def partition(self, a: str, b: str) -> None:

@@ -1,4 +1,5 @@
-"""Tests for the VIP, gratuitous ARP and notify hook actions, with a fake program runner."""
+"""Tests for the VIP, gratuitous ARP and notify hook actions, with a fake program runner
+and the rtnetlink messages the heartbeat sends itself."""
 
 from __future__ import annotations
 
@@ -8,7 +9,20 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from clickpass.cluster.actions import HookRunner, Result, VipManager, garp_frame
+from clickpass.cluster.actions import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_REPLACE,
+    RTM_DELADDR,
+    RTM_NEWADDR,
+    HookRunner,
+    IpCommand,
+    Result,
+    VipManager,
+    ack_error,
+    address_message,
+    garp_frame,
+)
 from clickpass.cluster.wire import State
 from clickpass.config import ClusterGroupSettings
 
@@ -52,7 +66,7 @@ class FakeGarp:
 
 def manager() -> tuple[VipManager, FakeRunner, FakeGarp, Clock]:
     runner, garp, clock = FakeRunner(), FakeGarp(), Clock()
-    vip = VipManager(SETTINGS, runner, clock, garp)  # type: ignore[arg-type]
+    vip = VipManager(SETTINGS, IpCommand(SETTINGS, runner), clock, garp)  # type: ignore[arg-type]
     return vip, runner, garp, clock
 
 
@@ -146,6 +160,47 @@ def test_garp_frame_layout() -> None:
     assert (htype, ptype, hlen, plen, op) == (1, 0x0800, 6, 4, 1)
     assert frame[22:28] == mac
     assert frame[28:32] == frame[38:42] == bytes([10, 77, 0, 100])
+
+
+def test_netlink_replace_carries_the_address_and_its_lease() -> None:
+    """RTM_NEWADDR asks for an ack, creates or replaces, and carries the address (local and
+    address attributes), its prefix, the interface and the lease as both lifetimes."""
+    message = address_message(
+        RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, 7, 3, "10.77.0.100/24", 2
+    )
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", message)
+    assert (length, kind, seq) == (len(message), RTM_NEWADDR, 7)
+    assert flags == 0x1 | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK
+    family, prefix, _, scope, index = struct.unpack_from("=BBBBI", message, 16)
+    assert (family, prefix, scope, index) == (2, 24, 0, 3)
+    attributes = {}
+    offset = 24
+    while offset < len(message):
+        size, kind = struct.unpack_from("=HH", message, offset)
+        attributes[kind] = message[offset + 4 : offset + size]
+        offset += (size + 3) & ~3
+    assert attributes[1] == attributes[2] == bytes([10, 77, 0, 100])
+    assert struct.unpack("=IIII", attributes[6]) == (2, 2, 0, 0)
+
+
+def test_netlink_delete_has_no_lease() -> None:
+    """RTM_DELADDR names the address and carries no lifetimes."""
+    message = address_message(RTM_DELADDR, NLM_F_ACK, 8, 3, "fd00::100/64", None)
+    assert struct.unpack_from("=H", message, 4)[0] == RTM_DELADDR
+    assert struct.unpack_from("=BB", message, 16) == (10, 64)
+    assert len(message) == 16 + 8 + 2 * (4 + 16)
+
+
+def test_netlink_ack_is_matched_by_sequence_number() -> None:
+    """The errno of the NLMSG_ERROR answering our request; others are skipped."""
+
+    def error(seq: int, errno: int) -> bytes:
+        return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", -errno) + b"\0" * 16
+
+    assert ack_error(error(4, 99) + error(5, 0), 5) == 0
+    assert ack_error(error(4, 99) + error(5, 0), 4) == 99
+    assert ack_error(error(4, 99), 6) is None
+    assert ack_error(b"\0" * 8, 1) is None
 
 
 def test_hooks_run_in_order_and_skip_repeats() -> None:

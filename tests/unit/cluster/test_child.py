@@ -58,6 +58,40 @@ def test_silence_longer_than_node_timeout_faults() -> None:
     assert engine.health[-1] == (NODE_CHECK, True)
 
 
+def test_late_watchdog_reads_the_waiting_ping_before_judging_the_node() -> None:
+    """This process was not scheduled for 3 s while the node kept pinging (its pings wait
+    unread in our stdin): the late watchdog does not fault the node; reading the pings
+    keeps it ok. With nothing waiting, the same silence faults."""
+    for waiting in (40, 0):
+        engine, clock, transport = FakeEngine(), Clock(), StringTransport()
+        parent = ParentLink(
+            engine,  # type: ignore[arg-type]
+            clock,
+            node_timeout=2.0,
+            pending=(lambda: 40) if waiting else (lambda: 0),
+        )
+        parent.makeConnection(transport)
+        parent.dataReceived(b'{"op": "ping", "ready": true}\n')
+        clock.advance(3.0)  # one late watchdog run, before the waiting bytes are read
+        if waiting:
+            assert engine.health == [(NODE_CHECK, True)]
+            parent.dataReceived(b'{"op": "ping", "ready": true}\n')
+            clock.advance(1.0)
+            assert engine.health == [(NODE_CHECK, True)]
+        else:
+            assert engine.health == [(NODE_CHECK, True), (NODE_CHECK, False)]
+
+
+def test_part_of_a_line_from_the_node_shows_it_is_alive() -> None:
+    """Bytes from the node count as word from it, even before a whole line has come."""
+    parent, engine, clock, _ = link()
+    parent.dataReceived(b'{"op": "ping", "ready": true}\n')
+    clock.advance(1.5)
+    parent.dataReceived(b'{"op": "pi')
+    clock.advance(1.5)
+    assert engine.health == [(NODE_CHECK, True)]
+
+
 def test_not_ready_node_keeps_the_check_failing() -> None:
     """A node that pings but is not ready yet does not let the groups take a VIP."""
     parent, engine, clock, _ = link()

@@ -77,6 +77,48 @@ def test_backup_takes_over_when_master_goes_silent() -> None:
     assert 3 * 0.1 + skew(100, 0.1) - 0.1 <= elapsed <= 3 * 0.1 + skew(100, 0.1) + 0.01
 
 
+def test_late_down_timer_reads_waiting_adverts_before_declaring_the_master_down() -> None:
+    """The backup's process is not scheduled for a second while the master keeps
+    advertising (its adverts wait in the backup's socket): when its master-down timer
+    finally runs, it reads them first and does not take over. Without reading them
+    (no drain) the same stall is a false takeover."""
+    for drain in (True, False):
+        net = Net(0.1)
+        net.add("app1", 200)
+        b = net.add("app2", 100)
+        started(net, "app1", "app2")
+        net.run(2)
+        if not drain:
+            b.drain = None
+        net.stalled.add("app2")
+        net.run(1.0)
+        net.stalled.discard("app2")
+        net.drain("app2")
+        net.run(2)
+        takeovers = b.counters["takeovers"]
+        if drain:
+            assert takeovers == 0 and net.holders() == ["app1"]
+            assert b.counters["down_timer_saved_by_waiting_adverts"] >= 1
+            assert state(b) == State.BACKUP
+        else:
+            assert takeovers == 1
+
+
+def test_late_down_timer_with_nothing_waiting_still_takes_over() -> None:
+    """Reading waiting adverts does not hide a dead master: with nothing waiting, the
+    backup takes over as usual."""
+    net = Net(0.1)
+    net.add("app1", 200)
+    b = net.add("app2", 100)
+    started(net, "app1", "app2")
+    net.run(2)
+    net.dead.add("app1")
+    net.stalled.add("app2")
+    net.run(1.0)
+    assert state(b) == State.MASTER
+    assert b.counters["down_timer_saved_by_waiting_adverts"] == 0
+
+
 def test_fifty_millisecond_adverts() -> None:
     """The timers follow an advert interval of 50 ms."""
     net = Net(0.05)
