@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 
 from clickpass.control.protocol import CommandError
 from clickpass.dbagent.gtid import Position
+from clickpass.dbagent.machine import Role
 from clickpass.dbagent.mariadb import ServerStatus
 from clickpass.monitor.metrics import Registry
 from clickpass.monitor.sources import (
@@ -286,7 +287,9 @@ def test_replica_role_lag_and_semisync() -> None:
     result = page(registry)
     assert result.get("clickpass_db_role", role="replica") == 1
     assert result.get("clickpass_db_role", role="primary") == 0
-    assert len(result.series("clickpass_db_role")) == 11
+    assert {dict(labels)["role"] for labels in result.series("clickpass_db_role")} == {
+        role.value for role in Role
+    }
     assert result.get("clickpass_db_replication_lag_seconds") == 4
     assert result.get("clickpass_db_replication_lag_transactions") == 12
     assert result.get("clickpass_db_replication_running") == 1
