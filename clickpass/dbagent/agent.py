@@ -6,9 +6,15 @@ decisions into role changes through L{clickpass.dbagent.mariadb}.
 The agent decides, in this order of precedence:
   - never two writable primaries: a host becomes writable only through a
     promotion, and a promotion makes the old primary read-only first (over
-    the network), or, when the old primary cannot be reached, waits
-    C{fence_wait} seconds, by which time the old primary's own agent has
-    fenced it or killed its server;
+    the network). When the old primary cannot be reached, it promotes only
+    once the old primary is known to take no writes: its server is gone
+    (the connection is refused, or reset before the greeting) *and* its
+    VIP is off it (the group hears it as not MASTER, so it released the
+    address, or its last MASTER advert is older than the VIP's lease); or
+    else C{fence_wait} seconds after the election, by which time the old
+    primary's own agent has fenced it or killed its server. A refused port
+    alone proves nothing about the VIP (a firewall, a wrong port), so it
+    never suffices by itself;
   - no acknowledged write lost: the promotion applies everything received
     first; semi-sync never falls back by itself; the primary goes on alone
     (DEGRADED, visible in status) only when the group says the replica is
@@ -27,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +48,11 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from clickpass.cluster.group import PeerView
 from clickpass.cluster.wire import State
 from clickpass.dbagent import machine
 from clickpass.dbagent import mariadb as ops
+from clickpass.dbagent.gtid import Position
 from clickpass.dbagent.machine import Role
 
 # The failover record lives in the replicated data, so whichever host is
@@ -96,15 +104,20 @@ class AgentConfig:
     semisync: bool = True
     server_pid_file: str = ""
     health_check: str = "database"
+    # Seconds a re-clone (dump of the primary and load here) may take.
+    reclone_timeout: float = 3600.0
 
 
-def record_failover(c: Any, at: float, node: str, kind: str) -> None:
-    c.execute(f"CREATE DATABASE IF NOT EXISTS {HA_SCHEMA}")
-    c.execute(
-        f"CREATE TABLE IF NOT EXISTS {HA_SCHEMA}.failover (id BIGINT NOT NULL AUTO_INCREMENT "
-        "PRIMARY KEY, at DOUBLE NOT NULL, node VARCHAR(64) NOT NULL, kind VARCHAR(16) NOT NULL, "
-        "acked TINYINT NOT NULL DEFAULT 0) ENGINE=InnoDB"
-    )
+def record_failover(c: Any, at: float, node: str, kind: str, table_exists: bool = False) -> None:
+    # CREATE ... IF NOT EXISTS is binlogged (and synced) even when there is
+    # nothing to create: skipped when the table is known to exist.
+    if not table_exists:
+        c.execute(f"CREATE DATABASE IF NOT EXISTS {HA_SCHEMA}")
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS {HA_SCHEMA}.failover (id BIGINT NOT NULL "
+            "AUTO_INCREMENT PRIMARY KEY, at DOUBLE NOT NULL, node VARCHAR(64) NOT NULL, "
+            "kind VARCHAR(16) NOT NULL, acked TINYINT NOT NULL DEFAULT 0) ENGINE=InnoDB"
+        )
     c.execute(
         f"INSERT INTO {HA_SCHEMA}.failover (at, node, kind) VALUES (%s, %s, %s)", (at, node, kind)
     )
@@ -134,6 +147,38 @@ def ack_failovers(c: Any) -> int:
         raise
 
 
+def promote_and_record(
+    c: Any,
+    wait_seconds: float,
+    semisync: bool,
+    bootstrap: bool,
+    at: float,
+    node: str,
+    mark: ops.Mark,
+) -> tuple[Position, str]:
+    """
+    The promotion on one connection: L{ops.promote} (writable, semi-sync
+    off), the failover record (what kind it was: bootstrap, a switchover
+    completed, or automatic), then semi-sync master on when C{semisync}.
+    Returns the starting position and the kind.
+    """
+    position = ops.promote(c, wait_seconds, False, mark)
+    record = last_failover(c)
+    kind = "automatic"
+    if bootstrap:
+        kind = "bootstrap"
+    elif record is not None and record[2] == "switchover" and not record[3]:
+        kind = "switchover-done"
+    record_failover(c, at, node, kind, table_exists=record is not None)
+    if kind == "switchover-done":
+        ack_failovers(c)
+    mark("failover recorded")
+    if semisync:
+        ops.set_semisync_master(c, True)
+        mark("semi-sync on")
+    return position, kind
+
+
 def one_line(error: BaseException | Failure) -> str:
     value = error.value if isinstance(error, Failure) else error
     text = str(value) or type(value).__name__
@@ -141,13 +186,38 @@ def one_line(error: BaseException | Failure) -> str:
 
 
 def refused(error: BaseException) -> bool:
-    """The peer's host answered that nothing listens: its server is not running."""
+    """
+    The server's host answered that nothing listens (the connection was
+    refused): its server is not running there. A timeout is never this.
+    """
+    if isinstance(error, ops.ServerGone):
+        return error.certain
     return (
         isinstance(error, pymysql.err.OperationalError)
         and bool(error.args)
         and error.args[0] in CONNECTION_REFUSED_CODES
         and "refused" in str(error).lower()
     )
+
+
+def reset(error: BaseException) -> bool:
+    """Reset before the server's greeting: nothing listens, or our connection was killed."""
+    return isinstance(error, ops.ServerGone) and not error.certain
+
+
+def peer_vip_off(view: PeerView | None, now: float, lease: float) -> bool:
+    """
+    Whether the peer holds the database VIP no longer, from what the group
+    heard: its latest advert is not MASTER (a group leaving MASTER releases
+    the address first; a HANDOVER still advertises MASTER), or its last
+    MASTER advert is older than the address's lease plus one advert (it
+    stopped renewing, so the address lapsed). Never heard: not known.
+    """
+    if view is None:
+        return False
+    if view.state != State.MASTER:
+        return True
+    return now - view.heard_at >= lease + view.interval
 
 
 class VipGate:
@@ -262,6 +332,13 @@ class DbAgent(Service):
         self.changed_at = 0.0
         self.elected_at = 0.0
         self.last_promotion = ""
+        # The peer holds no VIP (L{peer_vip_off}), as the group last heard it.
+        self.peer_vip_off = False
+        # The steps of the last promotion (or reclone) with their times:
+        # the failover timeline. events: the recent notable events.
+        self.timeline: list[tuple[str, float]] = []
+        self.events: deque[tuple[float, str]] = deque(maxlen=200)
+        self._receiver_stopping: Deferred[None] | None = None
         self._check_started: float | None = None
         self._op: str | None = None
         self._last_slow = -1e9
@@ -293,6 +370,8 @@ class DbAgent(Service):
         before, self.group = self.group, state
         if state == State.MASTER and before != State.MASTER:
             self.elected_at = self.clock.seconds()
+            self.timeline = []
+            self._step("elected")
             self._spawn("election", self._consider_election())
         elif state not in (State.MASTER, State.HANDOVER):
             self.machine.demoted()
@@ -301,15 +380,17 @@ class DbAgent(Service):
         """L{clickpass.cluster.group.Notifier}: feed the db group's changes in."""
         self.group_state(state)
 
-    def set_peer_present(self, present: bool, master: bool = False) -> None:
+    def set_peer_present(self, present: bool, master: bool = False, vip_off: bool = False) -> None:
         """
         Whether the group hears a healthy peer (BACKUP or MASTER, health not
-        FAULT), and whether it hears the peer as MASTER (promoting or primary).
+        FAULT), whether it hears the peer as MASTER (promoting or primary),
+        and whether the peer certainly holds no VIP (L{peer_vip_off}).
         """
         if self.peer_present and not present:
             self.peer_absent_since = self.clock.seconds()
         self.peer_present = present
         self.peer_master = present and master
+        self.peer_vip_off = vip_off
 
     # Operator commands.
 
@@ -327,6 +408,33 @@ class DbAgent(Service):
             raise ValueError(f"this host is {self.role.value}, not quarantined")
         self.machine.release()
         return {"role": self.role.value}
+
+    async def reclone(self) -> dict[str, Any]:
+        """
+        Replace the local data with a consistent copy of the primary's, then
+        rejoin as its replica. Refused on the primary (or a host becoming
+        it), and when the peer is not a writable primary to copy from.
+        """
+        role = self.role
+        if role.writable or role in (Role.PROMOTING, Role.DEMOTING):
+            raise ValueError(
+                f"this host is {role.value}: reclone runs on a replica or a quarantined host, "
+                "never on the primary"
+            )
+        if role not in (Role.QUARANTINED, Role.REPLICA, Role.FENCED):
+            raise ValueError(f"this host is {role.value}; wait until it is fenced or quarantined")
+        try:
+            primary = await self.peer.call(ops.read_status, timeout=self.config.fence_timeout)
+        except Exception as e:
+            raise ValueError(
+                f"the primary does not answer ({one_line(e)}); nothing to copy"
+            ) from None
+        if primary.read_only:
+            raise ValueError("the peer is read-only: there is no primary to copy from")
+        if self.role != role:
+            raise ValueError(f"this host became {self.role.value} meanwhile; try again")
+        self.machine.reclone()
+        return {"role": self.role.value, "from": self.peer.describe()}
 
     async def switchover(self) -> str:
         if not self.role.writable:
@@ -356,10 +464,24 @@ class DbAgent(Service):
             "problems": list(self.problems),
             "last_error": self.last_error,
             "counters": dict(self.counters),
+            "timeline": self.timeline_offsets(),
         }
         if self.last_status is not None:
             status["server"] = self.last_status.as_dict()
         return status
+
+    def timeline_offsets(self) -> list[list[Any]]:
+        """The last promotion's steps, in milliseconds from the first."""
+        if not self.timeline:
+            return []
+        start = self.timeline[0][1]
+        return [[step, round((at - start) * 1000)] for step, at in self.timeline]
+
+    def _step(self, name: str) -> None:
+        """One step of the timeline (called from the operation's thread as well)."""
+        at = self.clock.seconds()
+        self.timeline.append((name, at))
+        self.events.append((at, name))
 
     # The checks.
 
@@ -398,17 +520,22 @@ class DbAgent(Service):
             if self._check_started != started:
                 return
             self._check_started = None
-            if self._op == "promote" and not (f.value is not None and refused(f.value)):
+            gone = f.value is not None and refused(f.value)
+            if self._op == "promote" and not gone:
                 self.counters["slow_checks_while_promoting"] += 1
                 return  # slow, not down: see above
-            self._check_failed(one_line(f))
+            # Nothing listens on the local socket: the server is not
+            # running, which a second try cannot change.
+            self._check_failed(one_line(f), certain=gone)
 
         d.addCallbacks(ok, failed)
 
-    def _check_failed(self, why: str) -> None:
-        self.failures += 1
+    def _check_failed(self, why: str, certain: bool = False) -> None:
+        before = self.failures
+        self.failures = max(self.failures + 1, self.config.check_fall if certain else 0)
         self.counters["check_failures"] += 1
-        if self.failures == self.config.check_fall:
+        if before < self.config.check_fall <= self.failures:
+            self.events.append((self.clock.seconds(), "local server down"))
             self.last_error = why
             self.log.warn(
                 "dbagent {node}: local server not answering ({error})",
@@ -531,6 +658,7 @@ class DbAgent(Service):
             # from before this host was primary.
             self.bootstrap_ok = False
         self.counters[f"entered_{role.value}"] += 1
+        self.events.append((self.changed_at, role.value.upper()))
         self.log.info("dbagent {node}: {role}", node=self.config.node, role=role.value.upper())
         self._report()
 
@@ -552,6 +680,9 @@ class DbAgent(Service):
 
     def quarantine(self) -> None:
         self._spawn("quarantine", self._quarantine(), report=False)
+
+    def copy_primary(self) -> None:
+        self._spawn("reclone", self._reclone(), report=True)
 
     def _spawn(self, name: str, coroutine: Coroutine[Any, Any, Any], report: bool = False) -> None:
         if report:
@@ -598,6 +729,11 @@ class DbAgent(Service):
             killed=killed,
         )
         self.machine.done()
+        if self.role == Role.FENCED and self.peer_master and self.group != State.MASTER:
+            # The peer is taking over (a switchover, a failover): rejoin it
+            # now rather than at the next slow check, so that its first
+            # semi-sync write is acknowledged sooner.
+            self.machine.retry()
 
     async def _rejoin(self, force: bool) -> None:
         try:
@@ -609,6 +745,11 @@ class DbAgent(Service):
             return
         local = await self.local.status()
         self.last_status = local
+        if primary.read_only and self.peer_master:
+            # The peer is promoting (a switchover, or a failover): it is
+            # writable within moments, and the sooner this host replicates
+            # from it, the sooner its first semi-sync write is acknowledged.
+            primary = await self._wait_peer_writable(primary)
         if primary.read_only:
             # No primary anywhere: this host may be the one to start it, if
             # it is not behind the peer.
@@ -626,27 +767,38 @@ class DbAgent(Service):
             self._errant(problems)
             return
         await self.local.call(ops.configure_replica, self.peer_account, True)
-        for _ in range(int(5 / 0.1)):
-            await deferLater(self.clock, 0.1, lambda: None)
-            status = await self.local.status()
-            self.last_status = status
-            if ops.diverged(status):
-                self._errant([status.last_io_error])
-                return
-            if status.replicating and status.semisync_slave_active:
-                self.problems = []
-                self.reason = ""
-                self.counters["rejoined"] += 1
-                self.log.info(
-                    "dbagent {node}: rejoined as replica of {primary} at {position}",
-                    node=self.config.node,
-                    primary=self.peer.describe(),
-                    position=str(status.slave_pos),
-                )
-                self.machine.done()
-                return
+        # One connection reads the replica's state every 20 ms until it
+        # replicates (or 5 s pass): no coarse polling between round trips.
+        status = await self.local.call(ops.wait_replicating, 5.0, timeout=10.0)
+        self.last_status = status
+        if ops.diverged(status):
+            self._errant([status.last_io_error])
+            return
+        if status.replicating and status.semisync_slave_active:
+            self.problems = []
+            self.reason = ""
+            self.counters["rejoined"] += 1
+            self.log.info(
+                "dbagent {node}: rejoined as replica of {primary} at {position}",
+                node=self.config.node,
+                primary=self.peer.describe(),
+                position=str(status.slave_pos),
+            )
+            self.machine.done()
+            return
         self.reason = "replication did not start within 5s"
         self.machine.failed()
+
+    async def _wait_peer_writable(self, primary: ops.ServerStatus) -> ops.ServerStatus:
+        """Ask the promoting peer every 20 ms, for up to promote_timeout, until it is writable."""
+        deadline = self.clock.seconds() + self.config.promote_timeout
+        while primary.read_only and self.peer_master and self.clock.seconds() < deadline:
+            await deferLater(self.clock, 0.02, lambda: None)
+            try:
+                primary = await self.peer.call(ops.read_status, timeout=self.config.fence_timeout)
+            except Exception as e:
+                self.reason = f"the promoting peer does not answer ({one_line(e)})"
+        return primary
 
     def _errant(self, problems: list[str]) -> None:
         self.problems = problems
@@ -663,7 +815,21 @@ class DbAgent(Service):
 
     async def _promote(self) -> None:
         bootstrap = self.last_status is None or not self.last_status.replica_configured
-        peer_alive = await self._fence_peer(bootstrap)
+        self._receiver_stopping = None
+        if not bootstrap and not self.peer_present:
+            self._stop_receiving()
+        try:
+            peer_alive = await self._fence_peer(bootstrap)
+        except BaseException:
+            # Not promoting: the rejoin that follows starts the receiver again.
+            if self._receiver_stopping is not None:
+                self._receiver_stopping.addErrback(lambda f: None)
+            self._receiver_stopping = None
+            raise
+        stopping, self._receiver_stopping = self._receiver_stopping, None
+        if stopping is not None:
+            await stopping
+            self._step("receiver stopped")
         if self.group != State.MASTER:
             raise ops.OperationFailed("no longer MASTER in the db group; not promoting")
         # A peer whose server answered (and is now read-only) will rejoin:
@@ -671,34 +837,32 @@ class DbAgent(Service):
         # alone only when the group agrees it is gone (degrade_after).
         # A bootstrap has no replica yet: alone (DEGRADED) until one joins.
         semisync = self.config.semisync and peer_alive and not bootstrap
-        # Writable without semi-sync first, so the failover record below is
-        # not held waiting for a replica; the VIP is still closed, so no
-        # client write reaches this server before semi-sync is on.
-        position = await self.local.call(
-            ops.promote,
+        # Every step on one connection: writable without semi-sync first,
+        # so the failover record is not held waiting for a replica; the
+        # VIP is still closed, so no client write reaches this server
+        # before semi-sync is on.
+        self._step("promotion starts")
+        position, kind = await self.local.call(
+            promote_and_record,
             self.config.promote_timeout,
-            False,
+            semisync,
+            bootstrap,
+            self.clock.seconds(),
+            self.config.node,
+            self._step,
             timeout=self.config.promote_timeout + 5,
         )
-        record = await self.local.call(last_failover)
-        kind = "automatic"
-        if bootstrap:
-            kind = "bootstrap"
-        elif record is not None and record[2] == "switchover" and not record[3]:
-            kind = "switchover-done"
-        await self.local.call(record_failover, self.clock.seconds(), self.config.node, kind)
-        if kind == "switchover-done":
-            await self.local.call(ack_failovers)
-        if semisync:
-            await self.local.call(ops.set_semisync_master, True)
         self.counters["promoted"] += 1
         self.last_promotion = kind
+        self._step("writable, VIP open")
         self.log.info(
-            "dbagent {node}: PROMOTED ({kind}) at {position}, semi-sync {semisync}",
+            "dbagent {node}: PROMOTED ({kind}) at {position}, semi-sync {semisync}; "
+            "timeline {timeline}",
             node=self.config.node,
             kind=kind,
             position=str(position),
             semisync="on" if semisync else "off",
+            timeline=", ".join(f"{step} +{ms}ms" for step, ms in self.timeline_offsets()),
         )
         self.machine.done()
         if not semisync:
@@ -709,49 +873,134 @@ class DbAgent(Service):
         """
         Make sure the old primary accepts no writes before this host does.
         Returns whether the peer answered (and is now read-only).
+
+        An unreachable peer is asked again until C{fence_wait} after the
+        election: a frozen server killed by its own agent turns from a
+        timeout into a refused connection, and a server gone whose VIP is
+        off it (L{peer_vip_off}) takes no writes, so the wait ends there.
         """
-        try:
-            status = await self.peer.call(ops.read_status, timeout=self.config.fence_timeout)
-            if bootstrap:
-                local = await self.local.status()
-                if not status.read_only or not local.binlog_pos.reached(status.binlog_pos):
+        deadline = self.elected_at + self.config.fence_wait
+        warned = False
+        resets = 0
+        while True:
+            if self.group != State.MASTER:
+                raise ops.OperationFailed("no longer MASTER in the db group; not promoting")
+            try:
+                # One connection reads the old primary's state and, if it
+                # is writable (and this is no bootstrap), fences it.
+                status, fenced = await self.peer.call(
+                    ops.fence_if_writable,
+                    not bootstrap,
+                    3,
+                    self.config.fence_timeout / 3,
+                    timeout=self.config.fence_timeout,
+                )
+                if bootstrap:
+                    local = await self.local.status()
+                    if not status.read_only or not local.binlog_pos.reached(status.binlog_pos):
+                        raise ops.OperationFailed(
+                            "bootstrap refused: the peer is writable or ahead of this host"
+                        )
+                if fenced:
+                    self.counters["peer_fenced"] += 1
+                    self._step("old primary fenced")
+                else:
+                    self._step("old primary read-only")
+                return True
+            except ops.OperationFailed:
+                raise
+            except Exception as e:
+                if bootstrap:
                     raise ops.OperationFailed(
-                        "bootstrap refused: the peer is writable or ahead of this host"
+                        f"bootstrap refused: the peer does not answer ({one_line(e)})"
+                    ) from None
+                # A reset may be our connection killed by the old primary
+                # fencing itself, so it counts only when it happens twice
+                # in a row; a refusal counts at once.
+                resets = resets + 1 if reset(e) else 0
+                gone = refused(e) or resets >= 2
+                if gone and self.peer_vip_off:
+                    self.counters["peer_gone"] += 1
+                    self._step("old primary gone (no server listens, VIP off it)")
+                    self.log.info(
+                        "dbagent {node}: the old primary's server is not running and its VIP "
+                        "is off it; promoting",
+                        node=self.config.node,
                     )
-            if not status.read_only:
-                await self.peer.call(
-                    ops.fence, 3, self.config.fence_timeout / 3, timeout=self.config.fence_timeout
-                )
-                self.counters["peer_fenced"] += 1
-            return True
-        except ops.OperationFailed:
-            raise
-        except Exception as e:
-            if bootstrap:
-                raise ops.OperationFailed(
-                    f"bootstrap refused: the peer does not answer ({one_line(e)})"
-                ) from None
-            if refused(e):
-                self.log.info(
-                    "dbagent {node}: the old primary's server is not running; promoting",
-                    node=self.config.node,
-                )
-                return False
-            wait = self.elected_at + self.config.fence_wait - self.clock.seconds()
-            self.log.warn(
-                "dbagent {node}: cannot reach the old primary ({error}); waiting {wait}s "
-                "for it to fence itself",
-                node=self.config.node,
-                error=one_line(e),
-                wait=round(max(0.0, wait), 3),
+                    return False
+                now = self.clock.seconds()
+                if now >= deadline:
+                    self.counters["fence_wait_over"] += 1
+                    self._step("fence_wait over")
+                    return False
+                if not warned:
+                    warned = True
+                    self._step("old primary unreachable")
+                    self._stop_receiving()
+                    self.log.warn(
+                        "dbagent {node}: cannot reach the old primary ({error}); asking again "
+                        "for up to {wait}s while it fences itself",
+                        node=self.config.node,
+                        error=one_line(e),
+                        wait=round(deadline - now, 3),
+                    )
+                # A timeout has already waited; a quick refusal or error
+                # waits a little (a first reset is asked again at once).
+                pause = 0.0 if resets == 1 else min(0.05, deadline - now)
+                await deferLater(self.clock, pause, lambda: None)
+
+    def _stop_receiving(self) -> None:
+        """
+        Start stopping the receiver while the old primary is fenced or
+        waited for: one reading from a cut link stops only when its read
+        times out (slave_net_timeout). Started when the group does not hear
+        the peer (a failover, not a switchover) or the peer is unreachable.
+        Nothing acknowledged is lost: every write acknowledged to a client
+        was in this relay log before its acknowledgement was sent. A live
+        old primary's unacknowledged writes may then never reach this host
+        (it rejoins quarantined, as after any loss of its link).
+        """
+        if self._receiver_stopping is None:
+            self._step("stopping the receiver")
+            self._receiver_stopping = self.local.call(
+                ops.stop_receiving, timeout=self.config.promote_timeout
             )
-            if wait > 0:
-                await deferLater(self.clock, wait, lambda: None)
-            return False
+
+    async def _reclone(self) -> None:
+        self.timeline = []
+        self._step("reclone starts")
+        self.problems = []
+        await self.local.call(ops.forget_primary)
+        schemas = await self.peer.call(ops.application_schemas)
+        self._step("local server read-only, not replicating")
+        dropped = await self.local.call(ops.drop_schemas, timeout=self.config.reclone_timeout)
+        self._step("local schemas dropped")
+        position = await self.local.in_thread(
+            ops.copy_schemas,
+            self.peer.address,
+            self.local.address,
+            schemas,
+            self.config.reclone_timeout,
+        )
+        self._step("primary copied")
+        binlog = await self.local.call(ops.reset_gtid_state, position)
+        self._step("GTID state set")
+        self.counters["recloned"] += 1
+        self.log.info(
+            "dbagent {node}: recloned from {primary} at {position} ({schemas}; dropped "
+            "{dropped}); rejoining",
+            node=self.config.node,
+            primary=self.peer.describe(),
+            position=str(binlog),
+            schemas=", ".join(schemas) or "no schemas",
+            dropped=", ".join(dropped) or "nothing",
+        )
+        self.machine.done()
 
     async def _semisync(self, on: bool) -> None:
         on = on and self.config.semisync
         await self.local.call(ops.set_semisync_master, on)
+        self.counters["semisync_on" if on else "semisync_off"] += 1
         self.log.info(
             "dbagent {node}: semi-sync master {state}",
             node=self.config.node,

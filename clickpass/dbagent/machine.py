@@ -4,8 +4,9 @@ The database agent's state machine, one per database host.
 States: STARTING, DOWN (the local server does not answer), FENCING,
 FENCED (read-only, not replicating, waiting to rejoin), REJOINING, REPLICA,
 PROMOTING, PRIMARY (writable, lossless semi-sync), DEGRADED (writable alone:
-the group agreed the replica is gone), DEMOTING (a primary leaving its role)
-and QUARANTINED (errant transactions; an operator decides).
+the group agreed the replica is gone), DEMOTING (a primary leaving its role),
+QUARANTINED (errant transactions; an operator decides) and RECLONING (an
+operator had the local data replaced by a copy of the primary's).
 
 The inputs are decisions already taken by L{clickpass.dbagent.agent}
 ("elected", "the fence is done", "the replica is back"); the outputs call
@@ -39,6 +40,7 @@ class Role(enum.Enum):
     DEGRADED = "degraded"
     DEMOTING = "demoting"
     QUARANTINED = "quarantined"
+    RECLONING = "recloning"
 
     @property
     def writable(self) -> bool:
@@ -77,7 +79,10 @@ class AgentInputs(Protocol):
         "A periodic nudge: try the pending step again (rejoin from FENCED)."
 
     def release(self) -> None:
-        "The operator released a quarantine (rejoin --force, or after a reclone)."
+        "The operator released a quarantine (rejoin --force)."
+
+    def reclone(self) -> None:
+        "The operator asked for the local data to be replaced by a copy of the primary's."
 
 
 class AgentActions(Protocol):
@@ -90,6 +95,8 @@ class AgentActions(Protocol):
     def semisync(self, on: bool) -> None: ...
 
     def quarantine(self) -> None: ...
+
+    def copy_primary(self) -> None: ...
 
     def writable(self, on: bool) -> None: ...
 
@@ -119,6 +126,7 @@ primary = builder.state("primary")
 degraded = builder.state("degraded")
 demoting = builder.state("demoting")
 quarantined = builder.state("quarantined")
+recloning = builder.state("recloning")
 
 _defined: set[tuple[str, str]] = set()
 
@@ -270,6 +278,28 @@ quarantined.upon(AgentInputs.server_down).to(down)(_to_down)
 _mark("quarantined", "release", "server_down")
 
 
+# RECLONING: from a host that is not (and is not becoming) writable. Done:
+# the copy holds the primary's history, so the ordinary rejoin follows.
+# Failed: the data may be half-copied, so it is held for the operator.
+
+
+def _start_reclone(inputs: AgentInputs, core: AgentCore) -> None:
+    core.enter(Role.RECLONING)
+    core.actions.copy_primary()
+
+
+quarantined.upon(AgentInputs.reclone).to(recloning)(_start_reclone)
+replica.upon(AgentInputs.reclone).to(recloning)(_start_reclone)
+fenced.upon(AgentInputs.reclone).to(recloning)(_start_reclone)
+_mark("quarantined", "reclone")
+_mark("replica", "reclone")
+_mark("fenced", "reclone")
+recloning.upon(AgentInputs.done).to(rejoining)(_start_rejoin)
+recloning.upon(AgentInputs.failed).to(quarantined)(_quarantine)
+recloning.upon(AgentInputs.server_down).to(down)(_to_down)
+_mark("recloning", "done", "failed", "server_down")
+
+
 # Everything else is ignored: a late "done", an election while fencing, and so on.
 _STATES = {
     "starting": starting,
@@ -283,6 +313,7 @@ _STATES = {
     "degraded": degraded,
     "demoting": demoting,
     "quarantined": quarantined,
+    "recloning": recloning,
 }
 _INPUT_NAMES = (
     "server_up",
@@ -296,6 +327,7 @@ _INPUT_NAMES = (
     "peer_back",
     "retry",
     "release",
+    "reclone",
 )
 for _state_name, _state in _STATES.items():
     for _input_name in _INPUT_NAMES:

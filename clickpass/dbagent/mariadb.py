@@ -6,7 +6,8 @@ promote it; fence it; rejoin it; quarantine it.
 Every operation opens a fresh PyMySQL connection in a thread of the agent's
 own thread pool, with its own connect and read timeouts, and closes it
 afterwards: a watchdog must never wait on a connection left half-way by a
-server that froze or died. Nothing here runs blocking code on the reactor
+server that froze or died. An operation of several steps (a promotion, a
+rejoin's wait) runs them all on its one connection. Nothing here runs blocking code on the reactor
 thread, and nothing here decides anything: L{clickpass.dbagent.agent}
 decides, this module does what it is told and says what it saw.
 
@@ -19,6 +20,12 @@ clients first.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -42,8 +49,54 @@ SEMISYNC_TIMEOUT_MS = 3_600_000
 ER_MASTER_FATAL_READING_BINLOG = 1236
 
 
+# Schemas of the server itself, never copied by a re-clone.
+SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "mysql", "sys")
+
+# Called from the operation's thread with the name of the step just done.
+Mark = Callable[[str], None]
+
+
 class OperationFailed(Exception):
     """A role operation did not complete; the message is one line for operators."""
+
+
+class ServerGone(Exception):
+    """
+    Nothing answered at the server's address. C{certain}: the connection
+    was refused (nothing listens: the server is not running there).
+    Otherwise it was reset before the server's greeting, which is what a
+    forwarder or proxy whose target is closed does, but also what a
+    connection ended by the server's own KILL can look like: worth asking
+    again. Never a timeout: a frozen server or a cut link times out, and is
+    not known to be gone.
+    """
+
+    def __init__(self, message: str, certain: bool) -> None:
+        super().__init__(message)
+        self.certain = certain
+
+
+def nothing_listens(error: BaseException) -> bool | None:
+    """
+    Whether a failed connect says no server listens: True when refused
+    (or the unix socket is missing), False when reset before the greeting,
+    None when it says nothing of the kind (a timeout, a refusal by the
+    server itself, a clean close).
+    """
+    if not isinstance(error, pymysql.err.OperationalError) or not error.args:
+        return None
+    code, text = error.args[0], str(error).lower()
+    if code not in (2002, 2003, 2013) or "timed out" in text:
+        return None
+    if "refused" in text or "no such file" in text:
+        return True
+    if "reset by peer" in text:
+        return False
+    return None
+
+
+def _noop(step: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -208,34 +261,31 @@ def configure_replica(c: Cursor, primary: ReplicaAccount, from_own_binlog: bool)
     c.execute(
         "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
         "MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, "
-        "MASTER_HEARTBEAT_PERIOD = 1",
+        "MASTER_HEARTBEAT_PERIOD = 0.5",
         (primary.host, primary.port, primary.user, primary.password),
     )
     c.execute("START SLAVE")
 
 
-def promote(c: Cursor, wait_seconds: float, semisync: bool) -> Position:
+def promote(c: Cursor, wait_seconds: float, semisync: bool, mark: Mark = _noop) -> Position:
     """
     Turn a replica into the primary without losing what it received: stop
     receiving, wait until the relay log is applied (MASTER_GTID_WAIT to the
     received position), forget the old primary, make it writable. Semi-sync
     master (AFTER_SYNC, no silent fallback) is enabled when C{semisync}.
-    Returns the GTID position it started as primary from.
+    Returns the GTID position it started as primary from. C{mark} hears
+    each step's name as it is done (the failover timeline).
     """
     status = read_status(c)
     if status.replica_configured:
-        if status.sql_running != "Yes":
-            # Start the applier while the receiver still runs: in GTID mode,
-            # starting a slave whose two threads are both stopped throws the
-            # relay log away and fetches again from gtid_slave_pos, from a
-            # primary that may be gone (acknowledged writes would be lost).
-            c.execute("START SLAVE SQL_THREAD")
-        c.execute("STOP SLAVE IO_THREAD")
+        stop_receiving(c, status)
+        mark("STOP SLAVE IO_THREAD")
         status = read_status(c)
         target = status.io_pos
         if target:
             c.execute("SELECT MASTER_GTID_WAIT(%s, %s)", (str(target), wait_seconds))
             (waited,) = c.fetchone()
+            mark("MASTER_GTID_WAIT")
             if int(waited) != 0:
                 after = read_status(c)
                 raise OperationFailed(
@@ -245,12 +295,34 @@ def promote(c: Cursor, wait_seconds: float, semisync: bool) -> Position:
                     + "); not promoting"
                 )
         c.execute("STOP SLAVE")
+        mark("STOP SLAVE")
         c.execute("RESET SLAVE ALL")
+        mark("RESET SLAVE ALL")
     set_semisync_master(c, semisync)
     c.execute("SET GLOBAL read_only = OFF")
+    mark("read_only OFF")
     c.execute("SELECT @@gtid_binlog_pos")
     (binlog,) = c.fetchone()
     return Position.parse(binlog)
+
+
+def stop_receiving(c: Cursor, status: ServerStatus | None = None) -> None:
+    """
+    Stop the replica's receiver, keeping its applier running. The receiver
+    of a primary that vanished (a cut link) stops only when its read times
+    out (slave_net_timeout), so a promotion starts this as soon as it finds
+    the old primary unreachable, while it waits for the fence.
+    """
+    status = status or read_status(c)
+    if not status.replica_configured:
+        return
+    if status.sql_running != "Yes":
+        # Start the applier while the receiver still runs: in GTID mode,
+        # starting a slave whose two threads are both stopped throws the
+        # relay log away and fetches again from gtid_slave_pos, from a
+        # primary that may be gone (acknowledged writes would be lost).
+        c.execute("START SLAVE SQL_THREAD")
+    c.execute("STOP SLAVE IO_THREAD")
 
 
 def set_semisync_master(c: Cursor, on: bool) -> None:
@@ -314,6 +386,21 @@ def fence(c: Cursor, attempts: int = 3, lock_wait: float = 1.0) -> int:
     return killed
 
 
+def fence_if_writable(
+    c: Cursor, fence_it: bool, attempts: int = 3, lock_wait: float = 1.0
+) -> tuple[ServerStatus, bool]:
+    """
+    Read the server's state and, when it is writable and C{fence_it}, fence
+    it (L{fence}) on the same connection. Returns the state read first and
+    whether it was fenced.
+    """
+    status = read_status(c)
+    if status.read_only or not fence_it:
+        return status, False
+    fence(c, attempts, lock_wait)
+    return status, True
+
+
 def quarantine(c: Cursor) -> None:
     """Read-only and not replicating: held for an operator."""
     c.execute("SET GLOBAL read_only = ON")
@@ -323,6 +410,166 @@ def quarantine(c: Cursor) -> None:
 
 def stop_replica(c: Cursor) -> None:
     c.execute("STOP SLAVE")
+
+
+def wait_replicating(c: Cursor, seconds: float, every: float = 0.02) -> ServerStatus:
+    """
+    Read the replica's status every C{every} seconds, on this one
+    connection, until it replicates with semi-sync acknowledging, its
+    primary refuses our history (L{diverged}), or C{seconds} pass; returns
+    the last reading (the caller decides which it was).
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        status = read_status(c)
+        if (status.replicating and status.semisync_slave_active) or diverged(status):
+            return status
+        if time.monotonic() >= deadline:
+            return status
+        time.sleep(every)
+
+
+def application_schemas(c: Cursor) -> list[str]:
+    """The server's schemas that hold data (every one but the server's own)."""
+    c.execute("SHOW DATABASES")
+    return sorted(str(name) for (name,) in c.fetchall() if str(name) not in SYSTEM_SCHEMAS)
+
+
+def drop_schemas(c: Cursor) -> list[str]:
+    """Drop every application schema, outside the binlog (a re-clone's first step)."""
+    c.execute("SET SESSION sql_log_bin = 0")
+    schemas = application_schemas(c)
+    for name in schemas:
+        c.execute(f"DROP DATABASE `{name}`")
+    return schemas
+
+
+def reset_gtid_state(c: Cursor, position: str) -> Position:
+    """
+    After a re-clone: an empty binlog whose GTID state is the copy's
+    position, and the replica position there too, so the server holds
+    exactly the primary's history up to the copy and resumes after it.
+    """
+    target = Position.parse(position)
+    c.execute("RESET MASTER")
+    c.execute("SET GLOBAL gtid_binlog_state = %s", (str(target),))
+    c.execute("SET GLOBAL gtid_slave_pos = %s", (str(target),))
+    c.execute("SELECT @@gtid_binlog_pos")
+    (binlog,) = c.fetchone()
+    return Position.parse(binlog)
+
+
+def forget_primary(c: Cursor) -> None:
+    """Read-only, not replicating, no primary configured (a re-clone starts here)."""
+    c.execute("SET GLOBAL read_only = ON")
+    c.execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+    c.execute("STOP SLAVE")
+    c.execute("RESET SLAVE ALL")
+
+
+_DUMP_POSITION = re.compile(r"SET GLOBAL gtid_slave_pos\s*=\s*'([0-9,\-\s]*)'")
+
+
+def dump_position(head: str) -> str:
+    """The GTID position a C{mariadb-dump --gtid --master-data=2} copy was taken at."""
+    found = _DUMP_POSITION.search(head)
+    if found is None:
+        raise OperationFailed("the primary's dump names no GTID position (--gtid --master-data)")
+    return str(Position.parse(found.group(1)))
+
+
+def _client_options(address: ServerAddress) -> list[str]:
+    if address.unix_socket:
+        return [f"--socket={address.unix_socket}"]
+    return [f"--host={address.host}", f"--port={address.port}", "--protocol=TCP"]
+
+
+def _defaults_file(directory: str, address: ServerAddress) -> str:
+    """Credentials for the client programs in a private file, never on a command line."""
+    path = os.path.join(directory, f"client-{os.getpid()}-{time.monotonic_ns()}.cnf")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("[client]\n")
+        f.write(f"user={address.user}\n")
+        if address.password:
+            f.write(f"password={address.password}\n")
+    return path
+
+
+def _tool(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise OperationFailed(f"{names[0]} is not installed on this host (package mariadb-client)")
+
+
+def copy_schemas(
+    source: ServerAddress, target: ServerAddress, schemas: list[str], timeout: float
+) -> str:
+    """
+    Copy C{schemas} from C{source} (the primary) into C{target} (read-only,
+    not replicating, those schemas dropped): one consistent snapshot
+    (C{mariadb-dump --single-transaction --gtid --master-data=2}) loaded
+    outside the target's binlog. Blocking; returns the GTID position the
+    snapshot was taken at.
+    """
+    dump = _tool("mariadb-dump", "mysqldump")
+    client = _tool("mariadb", "mysql")
+    with tempfile.TemporaryDirectory(prefix="clickpass-reclone-") as work:
+        source_cnf = _defaults_file(work, source)
+        target_cnf = _defaults_file(work, target)
+        copy = os.path.join(work, "copy.sql")
+        started = time.monotonic()
+        with open(copy, "wb") as out:
+            done = subprocess.run(
+                [
+                    dump,
+                    f"--defaults-extra-file={source_cnf}",
+                    *_client_options(source),
+                    "--single-transaction",
+                    "--gtid",
+                    "--master-data=2",
+                    "--routines",
+                    "--events",
+                    "--triggers",
+                    "--databases",
+                    *schemas,
+                ],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise OperationFailed(
+                "dumping the primary failed: "
+                + (" ".join(done.stderr.decode(errors="replace").split()) or "no message")
+            )
+        with open(copy, encoding="utf-8", errors="replace") as f:
+            position = dump_position(f.read(64 * 1024))
+        left = max(1.0, timeout - (time.monotonic() - started))
+        with open(copy, "rb") as source_sql:
+            done = subprocess.run(
+                [
+                    client,
+                    f"--defaults-extra-file={target_cnf}",
+                    *_client_options(target),
+                    "--init-command=SET SESSION sql_log_bin = 0",
+                    "--batch",
+                ],
+                stdin=source_sql,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=left,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise OperationFailed(
+                "loading the copy failed: "
+                + (" ".join(done.stderr.decode(errors="replace").split()) or "no message")
+            )
+    return position
 
 
 def rejoin_problems(local: ServerStatus, primary: ServerStatus) -> list[str]:
@@ -374,7 +621,15 @@ class Server:
         else:
             options["host"] = a.host
             options["port"] = a.port
-        return pymysql.connect(**options)
+        try:
+            return pymysql.connect(**options)
+        except pymysql.err.OperationalError as e:
+            certain = nothing_listens(e)
+            if certain is not None:
+                raise ServerGone(
+                    f"no server at {a.describe()} ({' '.join(str(e).split())})", certain
+                ) from e
+            raise
 
     def _blocking(self, fn: Callable[..., T], args: tuple[Any, ...], read_timeout: float) -> T:
         connection = self._connect(read_timeout)
@@ -397,6 +652,11 @@ class Server:
         )
         return d
 
+    def in_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run blocking C{fn(*args)} (no connection of ours) in the pool."""
+        d: Deferred[T] = deferToThreadPool(self.reactor, self.pool, fn, *args)
+        return d
+
     def status(self) -> Deferred[ServerStatus]:
         return self.call(read_status)
 
@@ -406,19 +666,32 @@ class Server:
 
 __all__ = [
     "SEMISYNC_TIMEOUT_MS",
+    "SYSTEM_SCHEMAS",
+    "Mark",
     "OperationFailed",
     "ReplicaAccount",
     "Server",
     "ServerAddress",
+    "ServerGone",
     "ServerStatus",
+    "application_schemas",
     "configure_replica",
+    "copy_schemas",
     "diverged",
+    "drop_schemas",
+    "dump_position",
     "fence",
+    "fence_if_writable",
+    "forget_primary",
     "kill_clients",
+    "nothing_listens",
     "ping",
     "promote",
     "quarantine",
     "read_status",
     "rejoin_problems",
+    "reset_gtid_state",
     "set_semisync_master",
+    "stop_receiving",
+    "wait_replicating",
 ]

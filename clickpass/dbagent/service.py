@@ -27,7 +27,7 @@ from clickpass.cluster.group import DOWN_ADVERTS
 from clickpass.cluster.wire import Health, State
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.dbagent import mariadb as ops
-from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate, one_line
+from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate, one_line, peer_vip_off
 from clickpass.dbagent.machine import Role
 
 ALERT_FAILOVER = "failover.happened"
@@ -228,8 +228,12 @@ class DbHost(MultiService):
                 and view.state in (State.BACKUP, State.MASTER)
                 and view.health != Health.FAULT
             ]
+            lease = float(group.settings.lease)
             self.agent.set_peer_present(
-                bool(heard), master=any(view.state == State.MASTER for view in heard)
+                bool(heard),
+                master=any(view.state == State.MASTER for view in heard),
+                vip_off=bool(group.peers)
+                and all(peer_vip_off(view, now, lease) for view in group.peers.values()),
             )
         self._alerts()
 
@@ -311,10 +315,12 @@ class DbHost(MultiService):
         raise CommandError(f"this host is {role.value}; only a fenced or quarantined host rejoins")
 
     async def _cmd_reclone(self, args: Any) -> Any:
-        raise CommandError(
-            "db reclone is not implemented yet: re-clone by hand (mariadb-dump --gtid from the "
-            "primary, load here, then 'db rejoin --force')"
-        )
+        try:
+            return await self.agent.reclone()
+        except ValueError as e:
+            raise CommandError(f"db reclone: {e}") from None
+        except Exception as e:
+            raise CommandError(f"db reclone failed: {one_line(e)}") from None
 
 
 def install_dbagent(

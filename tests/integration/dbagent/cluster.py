@@ -31,7 +31,7 @@ from clickpass.cluster.group import DOWN_ADVERTS, Group, WitnessGroup
 from clickpass.cluster.wire import Health, Kind, Message, State
 from clickpass.config import ClusterGroupSettings, HealthCheckSettings
 from clickpass.dbagent import mariadb as ops
-from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate
+from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate, peer_vip_off
 from clickpass.dbagent.machine import Role
 from tests.integration.dbagent.pair import Pair
 
@@ -367,6 +367,7 @@ class Cluster:
                 and view.state in (State.BACKUP, State.MASTER)
                 and view.health != Health.FAULT,
                 master=view is not None and view.state == State.MASTER,
+                vip_off=peer_vip_off(view, now, float(self.groups[name].settings.lease)),
             )
 
     def link_down(self, name: str) -> None:

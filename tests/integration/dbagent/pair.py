@@ -37,7 +37,7 @@ def replication_options(server_id: int, semisync: bool = True) -> list[str]:
         "--sync-master-info=1",
         "--relay-log-recovery=ON",
         "--read-only=ON",
-        "--slave-net-timeout=2",
+        "--slave-net-timeout=1",
         "--skip-slave-start",
     ]
     if semisync:

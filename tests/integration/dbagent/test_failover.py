@@ -291,6 +291,8 @@ async def test_replica_dies_primary_goes_degraded_then_lossless_again(cluster: C
     result = check_history(writer, present)
     print(result, f"first write alone {(writer.first_ok_after(killed) or 0) - killed:.3f}s")
     assert result["lost"] == [] and result["unexpected"] == []
+    # PRIMARY is entered first, then semi-sync is turned on (one more round trip).
+    assert await wait_until(c.reactor, lambda: c.agents["db1"].counters["semisync_on"] >= 1, 10)
     status = await deferToThread(c.pair.status, "db1")
     assert status.semisync_master_enabled
     assert await same_gtids(c)

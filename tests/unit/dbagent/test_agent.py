@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from clickpass.cluster.group import PeerView
+from clickpass.cluster.wire import Health as Advertised
 from clickpass.cluster.wire import State
 from clickpass.dbagent import agent as agentmod
 from clickpass.dbagent import mariadb as ops
@@ -73,6 +75,12 @@ class FakeServer:
             return s.read_only
         if fn is ops.read_status:
             return s
+        if fn is ops.fence_if_writable:
+            fence_it = args[0]
+            if s.read_only or not fence_it:
+                return s, False
+            self.set(read_only=True, semisync_master_enabled=False)
+            return s, True
         if fn is ops.fence:
             self.set(read_only=True, semisync_master_enabled=False)
             return 0
@@ -87,8 +95,13 @@ class FakeServer:
                 semisync_slave_active=True,
             )
             return None
-        if fn is ops.promote:
-            _, semisync = args
+        if fn is ops.wait_replicating:
+            return s
+        if fn is ops.stop_receiving:
+            self.set(io_running="No")
+            return None
+        if fn is agentmod.promote_and_record:
+            _, semisync, bootstrap, at, node, mark = args
             self.set(
                 replica_configured=False,
                 io_running="No",
@@ -96,7 +109,15 @@ class FakeServer:
                 read_only=False,
                 semisync_master_enabled=semisync,
             )
-            return s.binlog_pos
+            record = self.shared.failovers[-1] if self.shared.failovers else None
+            kind = "automatic"
+            if bootstrap:
+                kind = "bootstrap"
+            elif record is not None and record[2] == "switchover" and not record[3]:
+                kind = "switchover-done"
+            self.shared.failovers.append([at, node, kind, kind == "switchover-done"])
+            mark("read_only OFF")
+            return s.binlog_pos, kind
         if fn is ops.set_semisync_master:
             self.set(semisync_master_enabled=args[0])
             return None
@@ -305,16 +326,59 @@ def test_bootstrap_is_refused_when_the_peer_is_ahead() -> None:
 
 
 def test_failover_when_the_old_primary_is_not_running() -> None:
-    """Connection refused from the old primary: promote at once, without semi-sync."""
+    """Refused by the old primary whose VIP is off it: promote at once, without semi-sync."""
     w = replica_world()
     w.peer.mode = "refused"
-    w.agent.set_peer_present(False)
+    w.agent.set_peer_present(False, vip_off=True)
     w.agent.group_state(State.MASTER)
     took = w.until(lambda: w.role.writable)
     assert took < 0.5
     assert w.shared.failovers[-1][1:3] == ["db2", "automatic"]
+    assert w.agent.counters["peer_gone"] == 1
+    steps = [step for step, _ in w.agent.status()["timeline"]]
+    assert steps[0] == "elected" and steps[-1] == "writable, VIP open"
     w.until(lambda: w.role == Role.DEGRADED)
     assert not w.local.status_.semisync_master_enabled
+
+
+def test_a_refused_port_alone_does_not_skip_fence_wait() -> None:
+    """Refused, but the group still hears the old primary as MASTER: wait out fence_wait."""
+    w = replica_world()
+    w.peer.mode = "refused"
+    w.agent.set_peer_present(False, vip_off=False)
+    elected = w.clock.seconds()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role.writable, limit=CONFIG.fence_wait + 1)
+    assert w.clock.seconds() - elected >= CONFIG.fence_wait
+    assert w.agent.counters["fence_wait_over"] == 1
+
+
+def test_a_frozen_old_primary_killed_by_its_agent_ends_the_wait() -> None:
+    """Timeouts, then refused once its agent killed it and its VIP is off: no full fence_wait."""
+    w = replica_world()
+    w.peer.mode = "frozen"
+    w.agent.set_peer_present(False)
+    elected = w.clock.seconds()
+    w.agent.group_state(State.MASTER)
+    w.run(0.7)
+    assert w.role == Role.PROMOTING
+    w.peer.mode = "refused"
+    w.agent.set_peer_present(False, vip_off=True)
+    w.until(lambda: w.role.writable, limit=CONFIG.fence_wait)
+    assert w.clock.seconds() - elected < CONFIG.fence_wait
+    assert w.agent.counters["peer_gone"] == 1
+
+
+def test_peer_vip_off_follows_the_group_and_the_lease() -> None:
+    """A non-MASTER advert, or a MASTER silent past the lease, means the VIP is off the peer."""
+    master = PeerView("db1", State.MASTER, 200, Advertised.OK, 0, 0.1, 10.0, "")
+    assert not agentmod.peer_vip_off(None, 10.0, 2.0)
+    assert not agentmod.peer_vip_off(master, 11.0, 2.0)
+    assert agentmod.peer_vip_off(master, 12.2, 2.0)
+    resigned = dataclasses.replace(master, priority=0)  # a handover still holds it
+    assert not agentmod.peer_vip_off(resigned, 10.5, 2.0)
+    faulted = dataclasses.replace(master, state=State.FAULT, health=Advertised.FAULT)
+    assert agentmod.peer_vip_off(faulted, 10.0, 2.0)
 
 
 def test_failover_fences_a_reachable_old_primary_first() -> None:
@@ -460,7 +524,7 @@ def test_a_slow_server_is_not_down_while_it_promotes() -> None:
     """Checks timing out during a promotion do not abort it; its own timeout does."""
     w = replica_world()
     w.peer.mode = "refused"
-    w.local.hanging = {"ping", "promote"}
+    w.local.hanging = {"ping", "promote_and_record"}
     w.agent.group_state(State.MASTER)
     w.until(lambda: w.role == Role.PROMOTING)
     w.run(3.0)
@@ -468,3 +532,22 @@ def test_a_slow_server_is_not_down_while_it_promotes() -> None:
     assert w.agent.counters["slow_checks_while_promoting"] > 0
     w.until(lambda: w.role in (Role.FENCING, Role.DOWN), limit=CONFIG.promote_timeout + 6)
     assert not w.role.writable
+
+
+def test_only_a_refusal_or_a_reset_says_nothing_listens() -> None:
+    """Refused: certain; reset before the greeting: ask again; a timeout or a close: nothing."""
+    error = pymysql.err.OperationalError
+    assert ops.nothing_listens(error(2003, "Can't connect ([Errno 111] Connection refused)"))
+    assert ops.nothing_listens(error(2002, "Can't connect ([Errno 2] No such file or directory)"))
+    reset = ops.nothing_listens(error(2003, "Can't connect ([Errno 104] Connection reset by peer)"))
+    assert reset is False
+    for vague in (
+        error(2013, "Lost connection to MySQL server during query (timed out)"),
+        error(2003, "Can't connect to MySQL server on '10.0.0.1' (timed out)"),
+        error(2013, "Lost connection to MySQL server during query"),  # killed: a clean close
+        error(1045, "Access denied"),
+    ):
+        assert ops.nothing_listens(vague) is None
+    assert agentmod.refused(ops.ServerGone("refused", certain=True))
+    assert not agentmod.refused(ops.ServerGone("reset", certain=False))
+    assert agentmod.reset(ops.ServerGone("reset", certain=False))

@@ -26,6 +26,7 @@ INPUTS = (
     "peer_back",
     "retry",
     "release",
+    "reclone",
 )
 
 
@@ -49,6 +50,9 @@ class Recorder:
 
     def quarantine(self) -> None:
         self.calls.append(("quarantine", None))
+
+    def copy_primary(self) -> None:
+        self.calls.append(("copy_primary", None))
 
     def writable(self, on: bool) -> None:
         self.calls.append(("writable", on))
@@ -88,6 +92,7 @@ PATHS: dict[Role, tuple[str, ...]] = {
     Role.DEGRADED: ("server_up", "done", "retry", "done", "elected", "done", "peer_gone"),
     Role.DEMOTING: ("server_up", "done", "retry", "done", "elected", "done", "demoted"),
     Role.QUARANTINED: ("server_up", "done", "retry", "errant"),
+    Role.RECLONING: ("server_up", "done", "retry", "errant", "reclone"),
 }
 
 
@@ -203,3 +208,31 @@ def test_late_inputs_are_ignored() -> None:
     feed(inputs, "elected", "peer_gone", "release")
     assert role(core) == Role.FENCING
     assert len(recorder.calls) == calls
+
+
+def test_reclone_from_quarantine_rejoins_when_done_and_is_held_when_it_fails() -> None:
+    """reclone: RECLONING; done: an ordinary rejoin (no force); failed: quarantined again."""
+    inputs, core, recorder = new()
+    feed(inputs, *PATHS[Role.QUARANTINED], "reclone")
+    assert role(core) == Role.RECLONING
+    assert recorder.actions()[-1] == ("copy_primary", None)
+    feed(inputs, "retry", "elected", "release", "reclone")
+    assert role(core) == Role.RECLONING  # deaf to everything but its own outcome
+    feed(inputs, "done")
+    assert role(core) == Role.REJOINING
+    assert recorder.actions()[-1] == ("rejoin", False)
+    inputs, core, recorder = new()
+    feed(inputs, *PATHS[Role.REPLICA], "reclone", "failed")
+    assert role(core) == Role.QUARANTINED
+    assert recorder.actions()[-1] == ("quarantine", None)
+
+
+def test_a_writable_or_promoting_host_is_never_recloned() -> None:
+    """reclone in PROMOTING, PRIMARY or DEGRADED changes nothing."""
+    for start in (Role.PROMOTING, Role.PRIMARY, Role.DEGRADED):
+        inputs, core, recorder = new()
+        feed(inputs, *PATHS[start])
+        calls = len(recorder.calls)
+        feed(inputs, "reclone")
+        assert role(core) == start
+        assert len(recorder.calls) == calls
