@@ -334,6 +334,8 @@ class DbAgent(Service):
         self.last_promotion = ""
         # The peer holds no VIP (L{peer_vip_off}), as the group last heard it.
         self.peer_vip_off = False
+        self.peer_server_down = False
+        self._block_checked_at = -1e9
         # The steps of the last promotion (or reclone) with their times:
         # the failover timeline. events: the recent notable events.
         self.timeline: list[tuple[str, float]] = []
@@ -380,17 +382,26 @@ class DbAgent(Service):
         """L{clickpass.cluster.group.Notifier}: feed the db group's changes in."""
         self.group_state(state)
 
-    def set_peer_present(self, present: bool, master: bool = False, vip_off: bool = False) -> None:
+    def set_peer_present(
+        self,
+        present: bool,
+        master: bool = False,
+        vip_off: bool = False,
+        server_down: bool = False,
+    ) -> None:
         """
         Whether the group hears a healthy peer (BACKUP or MASTER, health not
         FAULT), whether it hears the peer as MASTER (promoting or primary),
-        and whether the peer certainly holds no VIP (L{peer_vip_off}).
+        whether the peer certainly holds no VIP (L{peer_vip_off}), and
+        whether the peer's own agent reports its server down (it
+        advertises FAULT).
         """
         if self.peer_present and not present:
             self.peer_absent_since = self.clock.seconds()
         self.peer_present = present
         self.peer_master = present and master
         self.peer_vip_off = vip_off
+        self.peer_server_down = server_down
 
     # Operator commands.
 
@@ -597,6 +608,7 @@ class DbAgent(Service):
 
     async def _update_block(self) -> None:
         record = await self.local.call(last_failover)
+        self._block_checked_at = self.clock.seconds()
         self.blocked = ""
         if record is None:
             return
@@ -636,7 +648,11 @@ class DbAgent(Service):
 
     async def _consider_election(self) -> None:
         if self.role == Role.REPLICA:
-            await self._update_block()
+            # The slow checks read the flap block every rejoin_interval:
+            # read it again only when that reading is stale (under load a
+            # round trip is a good part of the failover).
+            if self.clock.seconds() - self._block_checked_at > 2 * self.config.rejoin_interval:
+                await self._update_block()
             if self.blocked:
                 self.counters["failover_blocked"] += 1
                 self.log.warn(
@@ -917,8 +933,10 @@ class DbAgent(Service):
                 # A reset may be our connection killed by the old primary
                 # fencing itself, so it counts only when it happens twice
                 # in a row; a refusal counts at once.
+                # Its own agent reporting the server down (FAULT) makes one
+                # reset enough.
                 resets = resets + 1 if reset(e) else 0
-                gone = refused(e) or resets >= 2
+                gone = refused(e) or resets >= (1 if self.peer_server_down else 2)
                 if gone and self.peer_vip_off:
                     self.counters["peer_gone"] += 1
                     self._step("old primary gone (no server listens, VIP off it)")

@@ -234,6 +234,8 @@ class DbHost(MultiService):
                 master=any(view.state == State.MASTER for view in heard),
                 vip_off=bool(group.peers)
                 and all(peer_vip_off(view, now, lease) for view in group.peers.values()),
+                server_down=bool(group.peers)
+                and all(view.health == Health.FAULT for view in group.peers.values()),
             )
         self._alerts()
 

@@ -368,6 +368,7 @@ class Cluster:
                 and view.health != Health.FAULT,
                 master=view is not None and view.state == State.MASTER,
                 vip_off=peer_vip_off(view, now, float(self.groups[name].settings.lease)),
+                server_down=view is not None and view.health == Health.FAULT,
             )
 
     def link_down(self, name: str) -> None:

@@ -146,6 +146,9 @@ class FakeServer:
         mode = self.mode
 
         def answer() -> None:
+            if mode == "reset":
+                d.errback(Failure(ops.ServerGone("reset by peer", certain=False)))
+                return
             if mode == "refused":
                 d.errback(
                     Failure(
@@ -551,3 +554,16 @@ def test_only_a_refusal_or_a_reset_says_nothing_listens() -> None:
     assert agentmod.refused(ops.ServerGone("refused", certain=True))
     assert not agentmod.refused(ops.ServerGone("reset", certain=False))
     assert agentmod.reset(ops.ServerGone("reset", certain=False))
+
+
+def test_a_reset_counts_once_when_the_peer_reports_its_server_down() -> None:
+    """Reset before the greeting: gone at once if the peer advertises FAULT, else on a second."""
+    for server_down, probes in ((True, 1), (False, 2)):
+        w = replica_world()
+        w.peer.mode = "reset"
+        w.agent.set_peer_present(False, vip_off=True, server_down=server_down)
+        before = w.peer.calls.count("fence_if_writable")
+        w.agent.group_state(State.MASTER)
+        w.until(lambda w=w: w.role.writable, limit=1.0)  # type: ignore[misc]
+        assert w.peer.calls.count("fence_if_writable") - before == probes
+        assert w.agent.counters["peer_gone"] == 1
