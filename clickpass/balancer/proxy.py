@@ -29,7 +29,7 @@ from httptools import (
     HttpResponseParser,
 )
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
@@ -298,7 +298,9 @@ class Exchange:
             send_now(transport, self.head)
         self.buffered = 0
         client = self.client
-        if not self.request_done and client.transport is not None:
+        if self.has_body and not self.request_done and client.transport is not None:
+            # Only a body needs pacing: a bodiless request is complete as
+            # soon as its head is (its message end is parsed right after).
             transport.registerProducer(client.transport, True)
             self.producing = True
             if client.resume_on_attach:
@@ -541,7 +543,9 @@ class FrontConnection(Protocol):
                         raise _Reject(400, "bad_request", "Unsupported Transfer-Encoding.")
                     chunked = True
                 elif lname == b"connection":
-                    named.extend(t.strip().lower() for t in value.split(b","))
+                    tokens = value.lower()
+                    if tokens not in (b"keep-alive", b"close"):
+                        named += [t.strip() for t in tokens.split(b",")]
                 elif lname == b"expect":
                     if value.strip().lower() != b"100-continue":
                         raise _Reject(400, "bad_request", "Unsupported Expect header.")
@@ -865,6 +869,34 @@ class FrontFactory(Factory):
                 connection.close_now()
 
 
+# Twisted's connected UNIX client transport (typed loosely: we replace its doRead).
+_UNIX_CLIENT: Any = unix.Client
+
+
+def _read_with_recv(transport: Any) -> Callable[[], object]:
+    """
+    A doRead for a connected UNIX transport that reads with plain recv().
+    Twisted's UNIX transports read with recvmsg() and an ancillary buffer in
+    case file descriptors are passed; workers never pass any, and that path
+    cost the front a few microseconds on every response. Twisted's own
+    abortConnection() and connection loss still replace it as usual.
+    """
+    recv = transport.socket.recv
+    size = transport.bufferSize
+    received = transport._dataReceived
+
+    def doRead() -> object:
+        try:
+            data = recv(size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        return received(data)
+
+    return doRead
+
+
 class UpstreamConnection(Protocol):
     """A persistent connection from the front to one worker."""
 
@@ -883,6 +915,11 @@ class UpstreamConnection(Protocol):
         self._complete = False
         self._reusable = True
         self._rechunk = False
+        # The response is relayed as the worker sent it (head and framing
+        # untouched but for an added Connection: close), not re-serialised.
+        self._raw = False
+        # Bytes of a further message arrived after this response ended.
+        self._overrun = False
         self._close_delimited = False
         self._bodiless = False
         self._streaming = False
@@ -894,6 +931,9 @@ class UpstreamConnection(Protocol):
         self._out: list[bytes] = []
 
     def connectionMade(self) -> None:
+        transport = self.transport
+        if transport.__class__ is _UNIX_CLIENT:
+            transport.doRead = _read_with_recv(transport)
         self.pool.connected(self)
 
     def attach(self, exchange: Exchange) -> None:
@@ -916,7 +956,8 @@ class UpstreamConnection(Protocol):
             self.abort()
             return
         self._got_bytes = True
-        if self._in_head:
+        in_head = self._in_head
+        if in_head:
             self._buf = self._buf + data if self._buf else data
         try:
             self._parser.feed_data(data)
@@ -924,8 +965,19 @@ class UpstreamConnection(Protocol):
             if not self._complete:
                 self._bad_response(exchange, "malformed response")
                 return
+            if self._raw:
+                self._bad_response(exchange, "bytes after the end of the response")
+                return
             # A HEAD response ends at its headers; start a fresh parser.
             self._parser = HttpResponseParser(self)
+        if self._raw:
+            if self._overrun:
+                # Where this response ends inside the read is not known.
+                self._bad_response(exchange, "bytes after the end of the response")
+                return
+            if not in_head and exchange.out is not None:
+                # The head was relayed from an earlier read: this read is body.
+                self._out.append(data)
         if self._complete:
             self._finish(exchange)
             return
@@ -964,6 +1016,7 @@ class UpstreamConnection(Protocol):
     def on_message_begin(self) -> None:
         if self._complete:
             self._reusable = False
+            self._overrun = True
 
     def on_headers_complete(self) -> None:
         buf = self._buf
@@ -983,6 +1036,30 @@ class UpstreamConnection(Protocol):
         lower = head.lower()
         keep = exchange.keep_alive and not exchange.close_after
         self._bodiless = exchange.method == b"HEAD" or status in (204, 304)
+        if (
+            not self._bodiless
+            and not exchange.http10
+            and (
+                b"\ncontent-length:" in lower
+                if b"\ntransfer-encoding:" not in lower
+                else b"\ntransfer-encoding: chunked\r\n" in lower
+            )
+            and b"\nconnection:" not in lower
+            and b"\nkeep-alive:" not in lower
+            and b"\nupgrade:" not in lower
+            and b"\nproxy-" not in lower
+            and b"\ntrailer:" not in lower
+        ):
+            # The common case: the worker's bytes go to the client as they
+            # are, head, framing and all of the body this read holds; the
+            # parser only finds where the response ends.
+            self._raw = True
+            if keep:
+                self._out.append(buf)
+            else:
+                exchange.close_after = True
+                self._out.append(buf[: end + 2] + b"Connection: close\r\n" + buf[end + 2 :])
+            return
         if (
             exchange.http10
             or b"\ncontent-length:" not in lower
@@ -1034,7 +1111,7 @@ class UpstreamConnection(Protocol):
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
-        if exchange is None or exchange.out is None:
+        if self._raw or exchange is None or exchange.out is None:
             return
         if self._rechunk:
             self._out.append(b"%x\r\n%s\r\n" % (len(body), body))
@@ -1072,6 +1149,8 @@ class UpstreamConnection(Protocol):
         self._in_head = True
         self._complete = False
         self._rechunk = False
+        self._raw = False
+        self._overrun = False
         self._bodiless = False
         self._buf = b""
 

@@ -1,0 +1,190 @@
+"""
+How the front relays a worker's response: as the worker's own bytes (head,
+chunked framing and body untouched) to an HTTP/1.1 client, re-serialised
+only when a hop-by-hop header or an HTTP/1.0 client asks for it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import main, unix
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from clickpass.balancer.pool import Backend, Pool
+from clickpass.balancer.proxy import UpstreamConnection
+from clickpass.config import BalancerSettings
+from tests.unit.balancer.test_proxy import Rig
+
+CHUNKED = (
+    b"HTTP/1.1 302 Found\r\nServer: TwistedWeb/26.10.0\r\nCache-Control: no-store\r\n"
+    b"Location: http://rp.example/return?openid.mode=id_res&openid.sig=abc%2F%3D\r\n"
+    b"Set-Cookie: a=b; Path=/; HttpOnly\r\nContent-Type: text/html\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+BODY = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+
+
+def test_chunked_response_reaches_the_client_byte_for_byte():
+    """Head, Set-Cookie, long Location and chunk framing arrive exactly as the worker sent them."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /openid HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(CHUNKED + BODY)
+    assert client.value() == CHUNKED + BODY
+    assert not client.disconnecting
+    # The worker connection is idle again and serves the next request.
+    assert rig.backends[0].in_flight == 0
+    assert rig.backends[0].idle == [upstream]
+    client.clear()
+    proto.dataReceived(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream.dataReceived(CHUNKED + BODY)
+    assert client.value() == CHUNKED + BODY
+
+
+def test_response_split_over_many_reads_is_relayed_exactly():
+    """A head cut in the middle and a body in pieces still reach the client unchanged, in order."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    whole = CHUNKED + BODY
+    pieces = [whole[:17], whole[17 : len(CHUNKED) + 3], whole[len(CHUNKED) + 3 : -4], whole[-4:]]
+    for piece in pieces[:-1]:
+        upstream.dataReceived(piece)
+    # Mid-body, the client's buffer paces the worker.
+    assert client.producer is worker
+    upstream.dataReceived(pieces[-1])
+    assert client.value() == whole
+    assert client.producer is None
+    assert rig.backends[0].idle == [upstream]
+
+
+def test_content_length_response_is_relayed_exactly():
+    """A response framed by Content-Length is relayed as is too."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world"
+    )
+    upstream.dataReceived(response[:50])
+    upstream.dataReceived(response[50:])
+    assert client.value() == response
+
+
+def test_client_that_asked_to_close_gets_connection_close_added():
+    """Connection: close from the client: the relayed head says so and the connection closes."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(CHUNKED + BODY)
+    assert client.value() == CHUNKED[:-2] + b"Connection: close\r\n\r\n" + BODY
+    assert client.disconnecting
+    # The worker connection is still good for someone else.
+    assert rig.backends[0].idle == [upstream]
+
+
+def test_hop_by_hop_headers_of_the_worker_are_still_stripped():
+    """A worker's Connection/Keep-Alive headers never reach the client."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+    )
+    assert client.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+
+
+def test_bytes_after_the_end_of_a_response_are_never_relayed():
+    """
+    A worker that sends more than one response's worth of bytes: the client
+    never sees the extra bytes, its connection is cut (the response cannot
+    be trusted), and the worker connection is not reused.
+    """
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    upstream.dataReceived(CHUNKED + BODY + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+    assert b"evil" not in client.value()
+    assert client.disconnected
+    assert worker.disconnected
+    assert rig.backends[0].idle == []
+    assert rig.backends[0].in_flight == 0
+    assert rig.pool.counters.errors["upstream_failed"] == 1
+
+
+def test_a_bodiless_request_does_not_make_the_client_a_producer():
+    """
+    Only a request with a body is paced by the worker connection; a GET sets
+    up no producer (and so has nothing to undo when it is answered).
+    """
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    _, factory, _, _ = rig.reactor.unixClients[0]
+    upstream = factory.buildProtocol(None)
+    worker = CountingTransport()
+    upstream.makeConnection(worker)
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    # The next GET goes out on the idle connection while its head is parsed.
+    worker.clear()
+    proto.dataReceived(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert worker.value().startswith(b"GET /2 HTTP/1.1\r\n")
+    assert worker.registered == 0
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+    assert worker.registered == 1
+    assert worker.producer is client
+
+
+class CountingTransport(StringTransport):
+    """A StringTransport that counts producer registrations."""
+
+    registered = 0
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.registered += 1
+        super().registerProducer(producer, streaming)
+
+
+def test_worker_connections_read_with_plain_recv():
+    """
+    A connected worker socket reads with recv() (no ancillary buffer): data
+    goes to the protocol, nothing to read is no event, the worker closing is
+    a clean end and a broken socket a lost connection.
+    """
+    ours, worker_side = socket.socketpair(socket.AF_UNIX)
+    ours.setblocking(False)
+    transport = unix.Client.__new__(unix.Client)
+    transport.socket = ours
+    transport.bufferSize = 65536
+    transport.protocol = received = Recorder()
+    pool = Pool(MemoryReactorClock(), BalancerSettings())
+    upstream = UpstreamConnection(pool, Backend("1", "/s"))
+    upstream.transport = transport
+    upstream.connectionMade()
+    assert "doRead" in vars(transport)
+    do_read = transport.doRead
+    assert do_read() is None
+    worker_side.sendall(b"HTTP/1.1 200 OK\r\n")
+    assert do_read() is None
+    assert received.data == [b"HTTP/1.1 200 OK\r\n"]
+    worker_side.close()
+    assert do_read() is main.CONNECTION_DONE
+    ours.close()
+    assert do_read() is main.CONNECTION_LOST
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
