@@ -155,6 +155,7 @@ def promote_and_record(
     at: float,
     node: str,
     mark: ops.Mark,
+    proceed: Callable[[], bool] = lambda: True,
 ) -> tuple[Position, str]:
     """
     The promotion on one connection: L{ops.promote} (writable, semi-sync
@@ -162,7 +163,7 @@ def promote_and_record(
     completed, or automatic), then semi-sync master on when C{semisync}.
     Returns the starting position and the kind.
     """
-    position = ops.promote(c, wait_seconds, False, mark)
+    position = ops.promote(c, wait_seconds, False, mark, proceed)
     record = last_failover(c)
     kind = "automatic"
     if bootstrap:
@@ -866,6 +867,7 @@ class DbAgent(Service):
             self.clock.seconds(),
             self.config.node,
             self._step,
+            self._still_promoting,
             timeout=self.config.promote_timeout + 5,
         )
         self.counters["promoted"] += 1
@@ -966,6 +968,10 @@ class DbAgent(Service):
                 # waits a little (a first reset is asked again at once).
                 pause = 0.0 if resets == 1 else min(0.05, deadline - now)
                 await deferLater(self.clock, pause, lambda: None)
+
+    def _still_promoting(self) -> bool:
+        """Asked from the promotion's thread before read_only OFF (attribute reads only)."""
+        return self.role == Role.PROMOTING and self.group == State.MASTER
 
     def _stop_receiving(self) -> None:
         """

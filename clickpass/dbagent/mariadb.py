@@ -267,14 +267,25 @@ def configure_replica(c: Cursor, primary: ReplicaAccount, from_own_binlog: bool)
     c.execute("START SLAVE")
 
 
-def promote(c: Cursor, wait_seconds: float, semisync: bool, mark: Mark = _noop) -> Position:
+def _always() -> bool:
+    return True
+
+
+def promote(
+    c: Cursor,
+    wait_seconds: float,
+    semisync: bool,
+    mark: Mark = _noop,
+    proceed: Callable[[], bool] = _always,
+) -> Position:
     """
     Turn a replica into the primary without losing what it received: stop
     receiving, wait until the relay log is applied (MASTER_GTID_WAIT to the
     received position), forget the old primary, make it writable. Semi-sync
     master (AFTER_SYNC, no silent fallback) is enabled when C{semisync}.
     Returns the GTID position it started as primary from. C{mark} hears
-    each step's name as it is done (the failover timeline).
+    each step's name as it is done (the failover timeline); C{proceed} is
+    asked (from this thread) right before the server is made writable.
     """
     status = read_status(c)
     if status.replica_configured:
@@ -299,6 +310,10 @@ def promote(c: Cursor, wait_seconds: float, semisync: bool, mark: Mark = _noop) 
         c.execute("RESET SLAVE ALL")
         mark("RESET SLAVE ALL")
     set_semisync_master(c, semisync)
+    if not proceed():
+        # The agent gave the promotion up meanwhile (demoted, server down):
+        # its fence follows, and this connection is one it ends first.
+        raise OperationFailed("the promotion was given up; staying read-only")
     c.execute("SET GLOBAL read_only = OFF")
     mark("read_only OFF")
     c.execute("SELECT @@gtid_binlog_pos")

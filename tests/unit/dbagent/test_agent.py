@@ -101,7 +101,9 @@ class FakeServer:
             self.set(io_running="No")
             return None
         if fn is agentmod.promote_and_record:
-            _, semisync, bootstrap, at, node, mark = args
+            _, semisync, bootstrap, at, node, mark, proceed = args
+            if not proceed():
+                raise ops.OperationFailed("the promotion was given up")
             self.set(
                 replica_configured=False,
                 io_running="No",
