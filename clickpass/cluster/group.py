@@ -360,13 +360,25 @@ class Group:
             if refresh and now - self._last_garp >= refresh:
                 self._last_garp = now
                 self.vip.refresh()
-            if state == State.MASTER and self.witness_required and self._lost_quorum(now):
+            if (
+                state == State.MASTER
+                and self.witness_required
+                and self._lost_quorum(now)
+                and not self._heard_after_drain(now)
+            ):
                 self.log.warn(
                     "cluster group {group}: hears neither peer nor witness; stepping down",
                     group=self.name,
                 )
                 self.counters["lost_quorum"] += 1
                 self.machine.step_down()
+
+    def _heard_after_drain(self, now: float) -> bool:
+        """Whether reading the datagrams waiting for us (a late tick) brings quorum back."""
+        if self.drain is None:
+            return False
+        self.drain()
+        return self.state == State.MASTER and not self._lost_quorum(now)
 
     def _lost_quorum(self, now: float) -> bool:
         limit = DOWN_ADVERTS * self.interval + self.interval

@@ -377,6 +377,27 @@ def test_isolated_master_with_witness_steps_down() -> None:
     assert a.counters["lost_quorum"] >= 1
 
 
+def test_late_master_reads_waiting_adverts_before_stepping_down_for_lost_quorum() -> None:
+    """A master with a witness that does not read its socket for a second while its peer
+    and the witness keep advertising (their adverts wait there) reads them before judging
+    quorum lost, and stays MASTER; without reading them it steps down."""
+    for drain in (True, False):
+        net = Net(0.1)
+        net.add_witness()
+        a = net.add("app1", 200, witness=True)
+        b = net.add("app2", 100, witness=True)
+        started(net, "witness", "app1", "app2")
+        net.run(2)
+        if not drain:
+            a.drain = None
+        net.stalled.add("app1")
+        net.run(1.0)
+        net.stalled.discard("app1")
+        assert (b.counters["takeovers"] == 0) is drain
+        assert (a.counters["lost_quorum"] == 0) is drain
+        assert (state(a) == State.MASTER) is drain
+
+
 def test_no_witness_answer_means_no_takeover() -> None:
     """When the witness does not answer, a vote times out and the node stays BACKUP."""
     net = Net(0.1)
