@@ -100,6 +100,7 @@ async def test_reclone_is_refused_on_the_primary(cluster: Cluster) -> None:
     before = await deferToThread(c.pair.status, "db1")
     with pytest.raises(ValueError, match="never on the primary"):
         await c.agents["db1"].reclone()
-    assert c.agents["db1"].role == Role.PRIMARY
+    # PRIMARY, or DEGRADED if a loaded machine delayed the replica's adverts.
+    assert c.agents["db1"].role.writable
     after = await deferToThread(c.pair.status, "db1")
     assert not after.read_only and after.binlog_pos == before.binlog_pos
