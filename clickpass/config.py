@@ -286,6 +286,13 @@ class ClusterSettings:
         default=2.0,
         metadata=_doc("Seconds the heartbeat process waits for word from the node before FAULT."),
     )
+    node_slow_factor: float = dataclasses.field(
+        default=3.0,
+        metadata=_doc(
+            "node_timeout x this: how long a silent node that is runnable or using CPU"
+            " (slow on a busy host, not frozen) keeps its groups before FAULT; 1 to 10."
+        ),
+    )
     group: list[ClusterGroupSettings] = dataclasses.field(
         default_factory=list, metadata=_doc("The groups ([[cluster.group]] tables).")
     )

@@ -59,6 +59,8 @@ def check_cluster_settings(cluster: ClusterSettings, error: type[Exception]) -> 
             ) from None
     if cluster.node_timeout <= 0:
         raise error("[cluster] node_timeout: must be more than 0 seconds")
+    if not 1.0 <= cluster.node_slow_factor <= 10.0:
+        raise error("[cluster] node_slow_factor: must be 1 to 10")
     if not cluster.group:
         raise error("[cluster] group: at least one [[cluster.group]] is needed")
     seen: set[str] = set()

@@ -4,8 +4,12 @@ engine on its own reactor, so a node whose front is saturated, or whose
 database is slow, still sends its adverts on time.
 
 It talks to the node over stdin/stdout, one JSON object per line. The node
-pings it; when the pings stop (the node is frozen) the groups go to FAULT,
-and when stdin closes it resigns every group, releases every VIP and exits.
+pings it; when the pings stop the watchdog reads the node's state in
+/proc/<pid>/stat to tell a frozen node from a slow one: stopped (SIGSTOP),
+or neither runnable nor using CPU (hung), puts the groups in FAULT at once;
+a node that is runnable (waiting for a CPU on a busy host) or still using
+CPU is given up to node_timeout x node_slow_factor. When stdin closes it
+resigns every group, releases every VIP and exits.
 A node that stops cleanly says "stop" first; stdin closing without it means
 the node died, so the groups resign as FAULT (their peers report a
 failover). Failovers this process makes are sent to the node as
@@ -28,6 +32,7 @@ import struct
 import sys
 import termios
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -45,6 +50,26 @@ from clickpass.cluster.link import ProcessLink
 REALTIME_PRIORITY = 10
 
 
+@dataclass(frozen=True)
+class ProcStat:
+    """What /proc/<pid>/stat tells about a process: its state letter and CPU time."""
+
+    state: str  # R running or runnable, S sleeping, D disk wait, T/t stopped, Z zombie...
+    cpu: int  # utime + stime, in clock ticks
+
+
+def read_proc_stat(pid: int) -> ProcStat | None:
+    """The state and CPU time of process C{pid} (None if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = data[data.rindex(b")") + 2 :].split()
+        return ProcStat(fields[0].decode("ascii"), int(fields[11]) + int(fields[12]))
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
 class ParentLink(LineReceiver):
     """The node's end of the conversation, seen from the heartbeat process."""
 
@@ -58,12 +83,23 @@ class ParentLink(LineReceiver):
         clock: Any,
         node_timeout: float,
         pending: Callable[[], int] = lambda: 0,
+        node_pid: int | None = None,
+        slow_factor: float = 3.0,
+        read_stat: Callable[[int], ProcStat | None] = read_proc_stat,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.node_timeout = node_timeout
         # How many bytes from the node wait in our stdin, unread.
         self.pending = pending
+        # The node's process, whose /proc state tells slow from frozen (None: not read).
+        self.node_pid = node_pid
+        self.slow_timeout = node_timeout * max(1.0, slow_factor)
+        self.read_stat = read_stat
+        # (time, CPU ticks) of the node: at its last word, then at each check while silent.
+        self._cpu_samples: list[tuple[float, int]] = []
+        self._slow_since: float | None = None
+        self.slow_spells = 0
         self.finished: Deferred[None] = Deferred()
         self.last_ping = clock.seconds()
         self.node_ok = False
@@ -80,26 +116,79 @@ class ParentLink(LineReceiver):
         self.sendLine(json.dumps({"event": "failover", "details": details}).encode("utf-8"))
 
     def _watch(self) -> None:
-        alive = self.clock.seconds() - self.last_ping <= self.node_timeout
-        if not alive and self.node_ok and self.pending() > 0:
-            # This timer ran late (this process was not scheduled or was
-            # busy) and the node's words wait unread: they are read in this
-            # reactor turn. Silence is judged on what the node sent, not on
-            # when we got round to reading it.
-            return
+        now = self.clock.seconds()
+        silent = now - self.last_ping
+        alive = silent <= self.node_timeout
+        why = f"no word from the node for {silent:.1f}s"
+        if not alive and self.node_ok:
+            if self.pending() > 0:
+                # This timer ran late (this process was not scheduled or was
+                # busy) and the node's words wait unread: they are read in this
+                # reactor turn. Silence is judged on what the node sent, not on
+                # when we got round to reading it.
+                return
+            verdict = self._judge_silence(now, silent)
+            if verdict is None:
+                return  # slow, not frozen: it keeps its groups a while longer
+            why += f" ({verdict})"
         ok = alive and self._ready
         if ok != self.node_ok:
             self.node_ok = ok
             if not alive:
-                self.log.warn(
-                    "heartbeat: no word from the node for {timeout}s; groups go to FAULT",
-                    timeout=self.node_timeout,
-                )
+                self.log.warn("heartbeat: {why}; groups go to FAULT", why=why)
             self.engine.set_health(NODE_CHECK, ok)
+
+    def _judge_silence(self, now: float, silent: float) -> str | None:
+        """The node has been silent past node_timeout: a reason to fault it, or None to wait.
+
+        Stopped (SIGSTOP, a debugger) faults at once. Runnable (waiting for a
+        CPU on a busy host) or having used CPU over the last node_timeout / 2
+        means it is working: wait, up to node_timeout x node_slow_factor in
+        all. Neither (asleep or blocked while its pings are due: hung or
+        deadlocked) faults.
+        """
+        stat = self.read_stat(self.node_pid) if self.node_pid is not None else None
+        if stat is None:
+            return f"no state for node process {self.node_pid}"
+        if stat.state in ("T", "t"):
+            return f"node process {self.node_pid} is stopped"
+        if silent > self.slow_timeout:
+            return f"still silent after {self.slow_timeout:.1f}s though state {stat.state}"
+        # CPU used since the latest sample at least node_timeout / 2 old.
+        older = [cpu for at, cpu in self._cpu_samples if at <= now - self.node_timeout / 2]
+        used_cpu = bool(older) and stat.cpu > older[-1]
+        self._cpu_samples = [*self._cpu_samples[max(0, len(older) - 1) :], (now, stat.cpu)]
+        if stat.state != "R" and not used_cpu:
+            return f"node process {self.node_pid} is {stat.state} and used no CPU: hung"
+        if self._slow_since is None:
+            self._slow_since = self.last_ping
+            self.slow_spells += 1
+            self.log.warn(
+                "heartbeat: the node is slow, not frozen: silent for {silent:.1f}s but "
+                "working (state {state}{cpu}); waiting up to {limit:.1f}s before FAULT",
+                silent=silent,
+                state=stat.state,
+                cpu=", using CPU" if used_cpu else "",
+                limit=self.slow_timeout,
+            )
+        return None
+
+    def _heard(self) -> None:
+        """Word from the node: remember when, and how much CPU it had used by then."""
+        now = self.clock.seconds()
+        self.last_ping = now
+        if self._slow_since is not None:
+            self.log.info(
+                "heartbeat: the node spoke again after {silent:.1f}s of silence",
+                silent=now - self._slow_since,
+            )
+            self._slow_since = None
+        stat = self.read_stat(self.node_pid) if self.node_pid is not None else None
+        self._cpu_samples = [(now, stat.cpu)] if stat is not None else []
 
     def dataReceived(self, data: bytes) -> None:
         # Any bytes (even part of a line) show the node is alive.
-        self.last_ping = self.clock.seconds()
+        self._heard()
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -193,7 +282,14 @@ async def run(reactor: Any, config_path: str) -> None:
         epoch,
         extra_checks=[(NODE_CHECK, 0)],
     )
-    link = ParentLink(engine, reactor, settings.cluster.node_timeout, pending=_stdin_pending)
+    link = ParentLink(
+        engine,
+        reactor,
+        settings.cluster.node_timeout,
+        pending=_stdin_pending,
+        node_pid=os.getppid(),
+        slow_factor=settings.cluster.node_slow_factor,
+    )
     StandardIO(link, reactor=reactor)
     engine.set_health(NODE_CHECK, False)  # until the node says it is ready
     engine.start()

@@ -74,6 +74,8 @@ def test_default_has_the_cluster_disabled() -> None:
         (lambda d: d["cluster"].update(secret_file=""), "needs a shared secret file"),
         (lambda d: d["cluster"].update(group=[]), "at least one [[cluster.group]]"),
         (lambda d: d["cluster"].update(process="thread"), '"child" or "inline"'),
+        (lambda d: d["cluster"].update(node_slow_factor=20), "node_slow_factor: must be 1 to 10"),
+        (lambda d: d["cluster"].update(node_slow_factor=0.5), "node_slow_factor: must be 1 to 10"),
     ],
 )
 def test_bad_values_give_one_line(change: Any, message: str) -> None:
