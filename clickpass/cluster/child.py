@@ -100,6 +100,9 @@ class ParentLink(LineReceiver):
         self._cpu_samples: list[tuple[float, int]] = []
         self._slow_since: float | None = None
         self.slow_spells = 0
+        # The longest time between two words from the node (seconds), for status.
+        self.longest_silence = 0.0
+        self._heard_before = False
         self.finished: Deferred[None] = Deferred()
         self.last_ping = clock.seconds()
         self.node_ok = False
@@ -176,6 +179,9 @@ class ParentLink(LineReceiver):
     def _heard(self) -> None:
         """Word from the node: remember when, and how much CPU it had used by then."""
         now = self.clock.seconds()
+        if self._heard_before:
+            self.longest_silence = max(self.longest_silence, now - self.last_ping)
+        self._heard_before = True
         self.last_ping = now
         if self._slow_since is not None:
             self.log.info(
@@ -214,7 +220,13 @@ class ParentLink(LineReceiver):
             elif op == "switchover":
                 reply["result"] = self.engine.switchover(str(request["group"]))
             elif op == "status":
-                reply["result"] = self.engine.status()
+                reply["result"] = {
+                    **self.engine.status(),
+                    "node_watch": {
+                        "longest_silence": round(self.longest_silence, 3),
+                        "slow_spells": self.slow_spells,
+                    },
+                }
             elif op == "stop":
                 self._stopping = True
                 self._finish()

@@ -40,6 +40,12 @@ def format_status(result: Any) -> str:
         + (f", {result['restarts']} restarts" if result.get("restarts") else ""),
         "",
     ]
+    watch = result.get("node_watch")
+    if isinstance(watch, dict):
+        lines[-1:-1] = [
+            f"node watchdog: longest silence {watch.get('longest_silence', 0):.2f}s, "
+            f"{watch.get('slow_spells', 0)} slow spells (kept the groups)"
+        ]
     rows = [
         {
             "group": g["group"],

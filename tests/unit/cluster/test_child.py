@@ -264,3 +264,18 @@ def test_read_proc_stat_reads_real_processes() -> None:
             process.kill()
             process.wait()
     assert read_proc_stat(sleeper.pid) is None
+
+
+def test_status_reports_the_longest_silence_and_slow_spells() -> None:
+    """The status answer tells how long the node was silent at worst and how often it was
+    kept as slow (the startup wait before the first word does not count)."""
+    proc = FakeProc(state="R")
+    parent, _, clock = watched(proc)
+    advance(clock, 0.5)
+    parent.dataReceived(b'{"op": "ping", "ready": true}\n')
+    advance(clock, 3.0)
+    parent.dataReceived(b'{"op": "status", "id": 1}\n')
+    transport = parent.transport
+    assert isinstance(transport, StringTransport)
+    answer = json.loads(transport.value().splitlines()[-1])
+    assert answer["result"]["node_watch"] == {"longest_silence": 3.0, "slow_spells": 1}
