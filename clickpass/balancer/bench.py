@@ -31,6 +31,8 @@ from urllib.parse import urlencode
 
 import requests
 
+from clickpass.config import BalancerSettings
+
 VENV_BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -157,6 +159,12 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def haproxy_config(port: int, sockets: list[str], maxconn: int) -> str:
+    """
+    HAProxy set up as the front is: leastconn over the same worker sockets,
+    keep-alive both ways, C{maxconn} (the front's max_in_flight) requests
+    per worker, and the same X-Forwarded-For/-Proto/-Host headers added to
+    each request, so that the workers do the same work behind either.
+    """
     servers = "\n".join(
         f"    server w{i} unix@{path} maxconn {maxconn}" for i, path in enumerate(sockets)
     )
@@ -172,6 +180,9 @@ defaults
     http-reuse always
 frontend front
     bind 127.0.0.1:{port}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
     default_backend workers
 backend workers
     balance leastconn
@@ -230,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             print("bench-balancer: the node did not start; see " + str(work / "node.log"))
             return 1
         sockets = [w["socket"] for w in workers]
-        (work / "haproxy.cfg").write_text(haproxy_config(haproxy_port, sockets, 32))
+        per_worker = BalancerSettings().max_in_flight
+        (work / "haproxy.cfg").write_text(haproxy_config(haproxy_port, sockets, per_worker))
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         haproxy_process = subprocess.Popen(
             [haproxy, "-db", "-f", str(work / "haproxy.cfg")],
