@@ -738,7 +738,9 @@ class Supervisor(Service, PoolEvents):
             worker.lifecycle.idle()
 
     def served(self, backend: Backend) -> None:
-        if not self.settings.max_requests:
+        if not self.settings.max_requests or backend.served < self.settings.max_requests:
+            # Called on every request: decide without looking for the worker
+            # (each worker's own limit is the setting plus its jitter).
             return
         worker = self._worker_for(backend)
         if worker is None or worker.slot.current is not worker or worker.slot.replacement:
