@@ -344,6 +344,11 @@ class DbAgent(Service):
         self._receiver_stopping: Deferred[None] | None = None
         self._check_started: float | None = None
         self._op: str | None = None
+        # Counts the roles entered. An operation started in a role that is
+        # no longer current was overtaken (demoted, the server restarted,
+        # ...) and feeds nothing more into the machine.
+        self._serial = 0
+        self._op_token: object = None
         self._last_slow = -1e9
         self._checks = LoopingCall(self._check)
         self._checks.clock = clock
@@ -559,18 +564,26 @@ class DbAgent(Service):
 
     async def _slow_check(self) -> None:
         """Every rejoin_interval: the full status, and what follows from it."""
+        role, serial = self.role, self._serial
         status = await self.local.status()
         self.last_status = status
-        role = self.role
+        if self.role != role or self._serial != serial:
+            # The role changed while the status was read (a rejoin
+            # finished, a restart): judged at the next check, never on a
+            # reading from before the change.
+            self._report()
+            return
         if self.group == State.MASTER and role in (Role.FENCED, Role.REPLICA) and self._op is None:
             # Elected while busy (rejoining, fencing): the election still stands.
             await self._consider_election()
         elif role == Role.FENCED and self._op is None:
             self.machine.retry()
         elif role == Role.REPLICA:
-            if ops.diverged(status):
-                self.problems = [status.last_io_error]
-                self.machine.errant()
+            divergence = ops.divergence(status)
+            if divergence:
+                # Not a broken replica to restart: its history cannot go on
+                # from the primary's (a GTID error), so an operator decides.
+                self._errant([divergence])
             elif status.sql_running != "Yes" or not status.replica_configured:
                 self.reason = status.last_sql_error or "replication is not running"
                 self.machine.failed()
@@ -670,6 +683,8 @@ class DbAgent(Service):
 
     def entered(self, role: Role) -> None:
         self.changed_at = self.clock.seconds()
+        # Whatever was running for the role left behind is overtaken.
+        self._serial += 1
         if role not in (Role.FENCED, Role.REJOINING):
             # Decided afresh by the next rejoin attempt; never carried over
             # from before this host was primary.
@@ -701,14 +716,33 @@ class DbAgent(Service):
     def copy_primary(self) -> None:
         self._spawn("reclone", self._reclone(), report=True)
 
+    def _current(self, serial: int, name: str) -> bool:
+        """
+        Whether the operation started with C{serial} is still the one the
+        machine waits for; logs it when it was overtaken.
+        """
+        if serial == self._serial:
+            return True
+        self.counters[f"{name}_overtaken"] += 1
+        self.log.info(
+            "dbagent {node}: {operation} overtaken (now {role}); its outcome is ignored",
+            node=self.config.node,
+            operation=name,
+            role=self.role.value.upper(),
+        )
+        return False
+
     def _spawn(self, name: str, coroutine: Coroutine[Any, Any, Any], report: bool = False) -> None:
+        token = object()
         if report:
-            self._op = name
+            self._op, self._op_token = name, token
+        serial = self._serial
         d = Deferred.fromCoroutine(coroutine)
 
         def finished(result: object) -> None:
-            if report and self._op == name:
+            if report and self._op_token is token:
                 self._op = None
+            current = serial == self._serial
             if isinstance(result, Failure):
                 self.last_error = one_line(result)
                 self.counters[f"{name}_failed"] += 1
@@ -718,13 +752,14 @@ class DbAgent(Service):
                     operation=name,
                     error=self.last_error,
                 )
-                if report:
+                if report and current:
                     self.machine.failed()
             self._report()
 
         d.addBoth(finished)
 
     async def _fence(self) -> None:
+        serial = self._serial
         try:
             killed = await self.local.call(
                 ops.fence, 3, self.config.fence_timeout / 3, timeout=self.config.fence_timeout
@@ -745,6 +780,8 @@ class DbAgent(Service):
             node=self.config.node,
             killed=killed,
         )
+        if not self._current(serial, "fence"):
+            return
         self.machine.done()
         if self.role == Role.FENCED and self.peer_master and self.group != State.MASTER:
             # The peer is taking over (a switchover, a failover): rejoin it
@@ -753,25 +790,32 @@ class DbAgent(Service):
             self.machine.retry()
 
     async def _rejoin(self, force: bool) -> None:
+        serial = self._serial
         try:
             primary = await self.peer.status()
         except Exception as e:
+            if not self._current(serial, "rejoin"):
+                return
             self.bootstrap_ok = False
             self.reason = f"the peer's server does not answer ({one_line(e)})"
             self.machine.failed()
             return
-        local = await self.local.status()
-        self.last_status = local
         if primary.read_only and self.peer_master:
             # The peer is promoting (a switchover, or a failover): it is
             # writable within moments, and the sooner this host replicates
             # from it, the sooner its first semi-sync write is acknowledged.
             primary = await self._wait_peer_writable(primary)
+        if not self._current(serial, "rejoin"):
+            return
         if primary.read_only:
             # No primary anywhere: this host may be the one to start it, if
             # it is not behind the peer.
             # Not while the group hears the peer as MASTER: it is promoting
             # (a switchover, or a failover in progress), not absent.
+            local = await self.local.status()
+            self.last_status = local
+            if not self._current(serial, "rejoin"):
+                return
             self.bootstrap_ok = not self.peer_master and local.binlog_pos.reached(
                 primary.binlog_pos
             )
@@ -779,27 +823,40 @@ class DbAgent(Service):
             self.machine.failed()
             return
         self.bootstrap_ok = False
-        problems = [] if force else ops.rejoin_problems(local, primary)
+        # The local history is read and checked against the primary's on
+        # the connection that then starts replication, after read-only: a
+        # reading taken earlier (before the wait above, before a restart's
+        # recovery, before the fence's last commits) is never what decides.
+        # One connection reads the replica's state every 20 ms until the
+        # primary streams to it (or 5 s pass): no coarse polling.
+        problems, status = await self.local.call(
+            ops.rejoin,
+            self.peer_account,
+            None if force else primary.binlog_pos,
+            5.0,
+            lambda: self._serial == serial and self.role == Role.REJOINING,
+            timeout=10.0,
+        )
+        self.last_status = status
+        if not self._current(serial, "rejoin"):
+            return
         if problems:
             self._errant(problems)
             return
-        await self.local.call(ops.configure_replica, self.peer_account, True)
-        # One connection reads the replica's state every 20 ms until it
-        # replicates (or 5 s pass): no coarse polling between round trips.
-        status = await self.local.call(ops.wait_replicating, 5.0, timeout=10.0)
-        self.last_status = status
-        if ops.diverged(status):
-            self._errant([status.last_io_error])
+        divergence = ops.divergence(status)
+        if divergence:
+            self._errant([divergence])
             return
-        if status.replicating and status.semisync_slave_active:
+        if status.streaming and status.semisync_slave_active:
             self.problems = []
             self.reason = ""
             self.counters["rejoined"] += 1
             self.log.info(
-                "dbagent {node}: rejoined as replica of {primary} at {position}",
+                "dbagent {node}: rejoined as replica of {primary} at {position} (binlog {binlog})",
                 node=self.config.node,
                 primary=self.peer.describe(),
                 position=str(status.slave_pos),
+                binlog=str(status.binlog_pos),
             )
             self.machine.done()
             return
@@ -819,6 +876,7 @@ class DbAgent(Service):
 
     def _errant(self, problems: list[str]) -> None:
         self.problems = problems
+        self.reason = ""
         self.counters["quarantined"] += 1
         self.log.error(
             "dbagent {node}: errant transactions, QUARANTINED: {problems}",
@@ -831,6 +889,7 @@ class DbAgent(Service):
         await self.local.call(ops.quarantine)
 
     async def _promote(self) -> None:
+        serial = self._serial
         bootstrap = self.last_status is None or not self.last_status.replica_configured
         self._receiver_stopping = None
         if not bootstrap and not self.peer_present:
@@ -870,6 +929,10 @@ class DbAgent(Service):
             self._still_promoting,
             timeout=self.config.promote_timeout + 5,
         )
+        if not self._current(serial, "promote"):
+            # Given up meanwhile (demoted, server down): the fence now
+            # running makes the server read-only again.
+            return
         self.counters["promoted"] += 1
         self.last_promotion = kind
         self._step("writable, VIP open")
@@ -991,6 +1054,7 @@ class DbAgent(Service):
             )
 
     async def _reclone(self) -> None:
+        serial = self._serial
         self.timeline = []
         self._step("reclone starts")
         self.problems = []
@@ -1019,7 +1083,8 @@ class DbAgent(Service):
             schemas=", ".join(schemas) or "no schemas",
             dropped=", ".join(dropped) or "nothing",
         )
-        self.machine.done()
+        if self._current(serial, "reclone"):
+            self.machine.done()
 
     async def _semisync(self, on: bool) -> None:
         on = on and self.config.semisync

@@ -201,7 +201,8 @@ def _promote(inputs: AgentInputs, core: AgentCore) -> None:
 fenced.upon(AgentInputs.elected).to(promoting)(_promote)
 replica.upon(AgentInputs.server_down).to(down)(_to_down)
 # A replica whose replication broke (the check says so) goes back to FENCED
-# and rejoins; diverged history shows up there as errant.
+# and rejoins; one whose history cannot go on from the primary's (a GTID
+# error: 1236 from the primary, 1950 out-of-order in the applier) is errant.
 replica.upon(AgentInputs.failed).to(fenced)(lambda i, core: core.enter(Role.FENCED))
 replica.upon(AgentInputs.errant).to(quarantined)(_quarantine)
 _mark("replica", "elected", "server_down", "failed", "errant")

@@ -48,6 +48,13 @@ SEMISYNC_TIMEOUT_MS = 3_600_000
 # binlog does not hold (diverged history, or purged binlogs).
 ER_MASTER_FATAL_READING_BINLOG = 1236
 
+# The applier's GTID errors: a history that cannot continue from this
+# primary, which another rejoin cannot mend (an operator decides).
+# 1945: start GTID not in the binlog; 1947/1948: gtid_slave_pos conflicts
+# with the local binlog; 1950: out-of-order GTID in strict mode (a local
+# transaction the primary lacks); 1951: the primary's binlog has a hole.
+GTID_APPLIER_ERRORS = (1945, 1947, 1948, 1950, 1951)
+
 
 # Schemas of the server itself, never copied by a re-clone.
 SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "mysql", "sys")
@@ -136,6 +143,9 @@ class ServerStatus:
     io_running: str = "No"
     sql_running: str = "No"
     io_pos: Position = field(default_factory=Position)
+    # Set from the primary's first event (its binlog's name): it accepted
+    # the position asked for. Empty after CHANGE MASTER until then.
+    master_log_file: str = ""
     master_host: str = ""
     master_port: int = 0
     last_io_errno: int = 0
@@ -152,6 +162,15 @@ class ServerStatus:
     @property
     def replicating(self) -> bool:
         return self.io_running == "Yes" and self.sql_running == "Yes"
+
+    @property
+    def streaming(self) -> bool:
+        """
+        Replicating, and the primary has started sending its binlog: both
+        threads run for a moment before a primary refuses our position
+        (error 1236), so running alone does not say the rejoin worked.
+        """
+        return self.replicating and bool(self.master_log_file)
 
     @property
     def applied_received(self) -> bool:
@@ -221,6 +240,7 @@ def read_status(c: Cursor) -> ServerStatus:
         io_running=str(replica.get("Slave_IO_Running") or "No"),
         sql_running=str(replica.get("Slave_SQL_Running") or "No"),
         io_pos=Position.parse(replica.get("Gtid_IO_Pos") or ""),
+        master_log_file=str(replica.get("Master_Log_File") or ""),
         master_host=str(replica.get("Master_Host") or ""),
         master_port=int(replica.get("Master_Port") or 0),
         last_io_errno=int(replica.get("Last_IO_Errno") or 0),
@@ -243,12 +263,16 @@ def ping(c: Cursor) -> bool:
     return _on(read_only)
 
 
-def configure_replica(c: Cursor, primary: ReplicaAccount, from_own_binlog: bool) -> None:
+def configure_replica(
+    c: Cursor, primary: ReplicaAccount, from_own_binlog: bool, checked: Position | None = None
+) -> None:
     """
     Make the server a read-only, semi-sync, GTID-strict replica of
     C{primary} and start replicating. With C{from_own_binlog}, replication
     resumes after everything this server's binlog holds (a former primary
     whose history was checked to be contained in the new primary's).
+    C{checked}: the binlog position that check was made on; if the binlog
+    holds anything else by now, nothing is started (L{OperationFailed}).
     """
     c.execute("SET GLOBAL read_only = ON")
     c.execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
@@ -256,7 +280,16 @@ def configure_replica(c: Cursor, primary: ReplicaAccount, from_own_binlog: bool)
     c.execute("SET GLOBAL gtid_strict_mode = ON")
     c.execute("SET GLOBAL sync_relay_log = 1")
     c.execute("SET GLOBAL rpl_semi_sync_slave_enabled = ON")
-    if from_own_binlog:
+    if checked is not None:
+        c.execute("SET GLOBAL gtid_slave_pos = %s", (str(checked),))
+        c.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        (binlog,) = c.fetchone()
+        if Position.parse(binlog) != checked:
+            raise OperationFailed(
+                f"the local binlog moved to {Position.parse(binlog)} after it was checked at "
+                f"{checked}; not replicating"
+            )
+    elif from_own_binlog:
         c.execute("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_binlog_pos")
     c.execute(
         "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
@@ -430,14 +463,15 @@ def stop_replica(c: Cursor) -> None:
 def wait_replicating(c: Cursor, seconds: float, every: float = 0.02) -> ServerStatus:
     """
     Read the replica's status every C{every} seconds, on this one
-    connection, until it replicates with semi-sync acknowledging, its
-    primary refuses our history (L{diverged}), or C{seconds} pass; returns
-    the last reading (the caller decides which it was).
+    connection, until the primary streams to it (L{ServerStatus.streaming})
+    with semi-sync acknowledging, its history cannot continue from the
+    primary's (L{divergence}), or C{seconds} pass; returns the last
+    reading (the caller decides which it was).
     """
     deadline = time.monotonic() + seconds
     while True:
         status = read_status(c)
-        if (status.replicating and status.semisync_slave_active) or diverged(status):
+        if (status.streaming and status.semisync_slave_active) or diverged(status):
             return status
         if time.monotonic() >= deadline:
             return status
@@ -592,9 +626,58 @@ def rejoin_problems(local: ServerStatus, primary: ServerStatus) -> list[str]:
     return errant(local.binlog_pos, primary.binlog_pos)
 
 
+def rejoin(
+    c: Cursor,
+    primary: ReplicaAccount,
+    primary_pos: Position | None,
+    seconds: float,
+    proceed: Callable[[], bool] = _always,
+) -> tuple[list[str], ServerStatus]:
+    """
+    Rejoin C{primary} as its replica, on this one connection: read-only
+    and not replicating first (so nothing but an administrator commits
+    here any more, and a commit in flight has reached the binlog), then
+    the local GTID state read now, never earlier, and checked against
+    C{primary_pos} (None: not checked, an operator's rejoin --force), then
+    replication from exactly the position checked. Returns the problems
+    (nothing was started) or the replica's state after L{wait_replicating}.
+    C{proceed} is asked (from this thread) before replication starts.
+    """
+    c.execute("SET GLOBAL read_only = ON")
+    c.execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+    c.execute("STOP SLAVE")
+    local = read_status(c)
+    if primary_pos is not None:
+        problems = errant(local.binlog_pos, primary_pos)
+        if problems:
+            return problems, local
+    if not proceed():
+        raise OperationFailed("the rejoin was given up; not replicating")
+    configure_replica(c, primary, True, local.binlog_pos)
+    return [], wait_replicating(c, seconds)
+
+
+def divergence(status: ServerStatus) -> str:
+    """
+    Why the replica's history cannot continue from its primary's, from
+    its replication errors (empty: no such error): the primary refused our
+    position (1236 on connect), or the applier stopped on a GTID error
+    (1950 out-of-order: a local transaction the primary lacks, and the
+    like). Another rejoin cannot mend these.
+    """
+    if status.last_io_errno == ER_MASTER_FATAL_READING_BINLOG:
+        return f"replication refused by the primary: {status.last_io_error}"
+    sql_error = status.last_sql_error
+    if status.last_sql_errno in GTID_APPLIER_ERRORS or (
+        status.sql_running != "Yes" and "gtid" in sql_error.lower()
+    ):
+        return f"the applier stopped: error {status.last_sql_errno}: {sql_error}"
+    return ""
+
+
 def diverged(status: ServerStatus) -> bool:
-    """The replication connection was refused because the primary lacks our history."""
-    return status.last_io_errno == ER_MASTER_FATAL_READING_BINLOG
+    """The history cannot continue from the primary's (L{divergence})."""
+    return bool(divergence(status))
 
 
 class Server:
@@ -693,6 +776,7 @@ __all__ = [
     "configure_replica",
     "copy_schemas",
     "diverged",
+    "divergence",
     "drop_schemas",
     "dump_position",
     "fence",
@@ -704,6 +788,7 @@ __all__ = [
     "promote",
     "quarantine",
     "read_status",
+    "rejoin",
     "rejoin_problems",
     "reset_gtid_state",
     "set_semisync_master",

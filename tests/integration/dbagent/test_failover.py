@@ -22,6 +22,7 @@ import pytest_twisted
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
+from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.machine import Role
 from tests.conftest import global_reactor
 from tests.integration.dbagent.cluster import (
@@ -94,6 +95,7 @@ async def sleep(seconds: float) -> None:
 
 
 async def run_fault(c: Cluster, inject: Any, restore: Any, settle: float = 8.0) -> dict[str, Any]:
+    rejoined_before = c.agents["db1"].counters["rejoined"]
     writer = Writer(c.vip.port, c.pair["db1"].user, c.pair["db1"].password)
     watch = WritableWatch(c.pair)
     writer.start()
@@ -121,6 +123,8 @@ async def run_fault(c: Cluster, inject: Any, restore: Any, settle: float = 8.0) 
         both_writable=len(watch.both),
         samples=watch.samples,
         old_primary=c.agents["db1"].role,
+        # Rejoins the old primary's agent reported after the fault.
+        old_primary_rejoins=c.agents["db1"].counters["rejoined"] - rejoined_before,
         writer_errors=writer.errors[-5:],
         connect_errors=writer.connect_errors[-3:],
         attempted=len(writer.attempted),
@@ -179,7 +183,22 @@ async def test_primary_frozen(cluster: Cluster) -> None:
     assert await same_gtids(cluster)
 
 
-def check_after_network_fault(c: Cluster, result: dict[str, Any]) -> None:
+async def check_replica_sound(c: Cluster, name: str = "db1") -> None:
+    """
+    A host the agent calls a replica really is one: after a moment, still a
+    replica, its server streaming from the primary with no replication
+    error (a rejoin from a diverged history breaks within milliseconds:
+    the primary refuses the position, or the applier stops on the first
+    event with out-of-order GTID), and it holds the primary's GTID set.
+    """
+    await sleep(1.0)
+    status = await deferToThread(c.pair.status, name)
+    assert c.agents[name].role == Role.REPLICA, c.agents[name].status()
+    assert status.streaming and not ops.divergence(status), status
+    assert await same_gtids(c)
+
+
+async def check_after_network_fault(c: Cluster, result: dict[str, Any]) -> None:
     assert result["moved"]
     assert result["lost"] == [] and result["unexpected"] == []
     assert result["both_writable"] == 0
@@ -188,6 +207,11 @@ def check_after_network_fault(c: Cluster, result: dict[str, Any]) -> None:
     assert result["old_primary"] in (Role.REPLICA, Role.QUARANTINED)
     if result["old_primary"] == Role.QUARANTINED:
         assert c.agents["db1"].problems
+        # Quarantined by the rejoin's own checks, not after it had
+        # declared a replica whose replication then broke.
+        assert result["old_primary_rejoins"] == 0, c.agents["db1"].status()
+    else:
+        await check_replica_sound(c)
 
 
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
@@ -199,9 +223,7 @@ async def test_primary_link_down(witnessed: Cluster) -> None:
         c, lambda: c.link_down("db1"), lambda: c.reactor.callFromThread(c.heal)
     )
     print(result)
-    check_after_network_fault(c, result)
-    if result["old_primary"] == Role.REPLICA:
-        assert await same_gtids(c)
+    await check_after_network_fault(c, result)
 
 
 @pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
@@ -217,9 +239,7 @@ async def test_primary_partitioned_from_its_peer(witnessed: Cluster) -> None:
         c, lambda: c.partition("db1"), lambda: c.reactor.callFromThread(c.heal)
     )
     print(result)
-    check_after_network_fault(c, result)
-    if result["old_primary"] == Role.REPLICA:
-        assert await same_gtids(c)
+    await check_after_network_fault(c, result)
 
 
 def max_gap(writer: Writer, after: float) -> float:
@@ -325,3 +345,72 @@ async def test_errant_old_primary_is_quarantined_through_the_agent(cluster: Clus
     assert server.read_only and not server.replicating
     await sleep(1.0)
     assert c.agents["db1"].role == Role.QUARANTINED  # stays until an operator decides
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_old_primary_contained_by_position_but_diverged_is_quarantined(
+    cluster: Cluster,
+) -> None:
+    """
+    An old primary at 0-1-N returning to a new primary at 0-2-M, M > N: the
+    position check cannot tell (it may be contained), so replication is
+    tried; the primary refuses the position (1236) and the agent
+    quarantines the host, never reporting it rejoined, its rows untouched.
+    """
+    c = cluster
+    await bring_up(c)
+    await deferToThread(c.pair["db1"].admin_execute, "INSERT INTO app.rows_ VALUES (1)")
+    c.pair["db1"].kill()
+    assert await wait_until(c.reactor, lambda: c.agents["db2"].role == Role.DEGRADED, 30)
+    c.agents["db1"].stopService()
+    await deferToThread(c.pair["db1"].restart)
+    for row in range(1000, 1004):
+        await deferToThread(c.pair["db1"].admin_execute, f"INSERT INTO app.rows_ VALUES ({row})")
+    local = await deferToThread(c.pair.status, "db1")
+    row = 2000
+    while (await deferToThread(c.pair.status, "db2")).binlog_pos.seq(0) <= local.binlog_pos.seq(0):
+        row += 1
+        await deferToThread(c.pair["db2"].admin_execute, f"INSERT INTO app.rows_ VALUES ({row})")
+    primary = await deferToThread(c.pair.status, "db2")
+    assert ops.rejoin_problems(local, primary) == []  # positions alone: "maybe contained"
+    db1_rows = await deferToThread(rows_on, c.pair, "db1")
+    c.agents["db1"].startService()
+    quarantined = await wait_until(c.reactor, lambda: c.agents["db1"].role == Role.QUARANTINED, 30)
+    status = c.agents["db1"].status()
+    print(status)
+    assert quarantined, status
+    assert "1236" in " ".join(status["problems"])
+    assert status["counters"].get("rejoined", 0) == 0
+    server = await deferToThread(c.pair.status, "db1")
+    assert server.read_only and not server.replicating
+    assert await deferToThread(rows_on, c.pair, "db1") == db1_rows
+    await sleep(1.0)
+    assert c.agents["db1"].role == Role.QUARANTINED
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_replica_whose_applier_stops_on_a_gtid_error_is_quarantined(
+    cluster: Cluster,
+) -> None:
+    """
+    A transaction committed on the replica itself (an administrator past
+    read_only) stops its applier at the primary's next one with
+    out-of-order GTID (1950): the agent quarantines the replica instead of
+    leaving it broken or restarting it, and the primary stays writable.
+    """
+    c = cluster
+    await bring_up(c)
+    await deferToThread(c.pair["db1"].admin_execute, "INSERT INTO app.rows_ VALUES (1)")
+    await deferToThread(c.pair["db2"].admin_execute, "INSERT INTO app.rows_ VALUES (500)")
+    # Acknowledged by db2's receiver (semi-sync); its applier then stops.
+    await deferToThread(c.pair["db1"].admin_execute, "INSERT INTO app.rows_ VALUES (2)")
+    quarantined = await wait_until(c.reactor, lambda: c.agents["db2"].role == Role.QUARANTINED, 15)
+    status = c.agents["db2"].status()
+    print(status)
+    assert quarantined, status
+    assert "1950" in " ".join(status["problems"]), status["problems"]
+    server = await deferToThread(c.pair.status, "db2")
+    assert server.read_only and not server.replicating
+    assert c.agents["db1"].role.writable
+    await sleep(1.0)
+    assert c.agents["db2"].role == Role.QUARANTINED

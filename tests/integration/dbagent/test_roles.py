@@ -177,3 +177,85 @@ def test_errant_transaction_is_detected(pair: Pair) -> None:
     pair.run("db1", ops.configure_replica, pair.account("db2"), True)
     wait_for(lambda: ops.diverged(pair.status("db1")), what="error 1236")
     assert rows(pair, "db1") == {1, 2}
+
+
+def split_with_errant_writes(pair: Pair, errant_rows: int, primary_rows: int) -> None:
+    """
+    db1 primary, db2 its replica; then db1 binlogs C{errant_rows} writes
+    db2 never receives, is fenced, db2 is promoted and takes
+    C{primary_rows} writes of its own.
+    """
+    make_primary_and_replica(pair)
+    insert(pair, "db1", 1)
+    wait_for(lambda: rows(pair, "db2") == {1})
+    pair.run("db2", ops.stop_replica)
+    pair["db1"].admin_execute("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+    insert(pair, "db1", *range(2, 2 + errant_rows))
+    pair.run("db1", ops.fence)
+    pair.run("db2", ops.promote, 5.0, False)
+    insert(pair, "db2", *range(100, 100 + primary_rows))
+
+
+def test_rejoin_of_a_history_positions_cannot_judge_ends_in_the_primarys_refusal(
+    pair: Pair,
+) -> None:
+    """
+    Local 0-1-N against a primary at 0-2-M, M > N, passes the position
+    check; the rejoin reads and checks the history on its own connection,
+    and the primary refuses the position (1236): divergence, never
+    streaming, the local rows untouched.
+    """
+    split_with_errant_writes(pair, 5, 10)
+    local, primary = pair.status("db1"), pair.status("db2")
+    assert primary.binlog_pos.seq(0) > local.binlog_pos.seq(0)
+    assert ops.rejoin_problems(local, primary) == []  # "maybe contained"
+    problems, status = pair.run("db1", ops.rejoin, pair.account("db2"), primary.binlog_pos, 10.0)
+    assert problems == []
+    assert ops.divergence(status) and "1236" in ops.divergence(status), status
+    assert not status.streaming
+    assert rows(pair, "db1") == {1, 2, 3, 4, 5, 6}
+
+
+def test_rejoin_refuses_a_history_past_the_primary_on_its_own_connection(pair: Pair) -> None:
+    """The check made by the rejoin itself finds a local history past the primary's."""
+    split_with_errant_writes(pair, 5, 1)
+    primary = pair.status("db2")
+    problems, status = pair.run("db1", ops.rejoin, pair.account("db2"), primary.binlog_pos, 10.0)
+    assert problems and "past the primary" in problems[0]
+    assert not status.replica_configured and status.read_only
+
+
+def test_rejoin_of_a_contained_history_streams_from_the_position_checked(pair: Pair) -> None:
+    """A contained old primary rejoins: streaming, replica position = its own binlog's."""
+    make_primary_and_replica(pair)
+    insert(pair, "db1", 1, 2)
+    wait_for(lambda: pair.status("db2").applied_received and rows(pair, "db2") == {1, 2})
+    pair.run("db1", ops.fence)
+    pair.run("db2", ops.promote, 5.0, False)
+    insert(pair, "db2", 3)
+    before = pair.status("db1").binlog_pos
+    problems, status = pair.run(
+        "db1", ops.rejoin, pair.account("db2"), pair.status("db2").binlog_pos, 10.0
+    )
+    assert problems == [] and status.streaming and status.semisync_slave_active, status
+    assert status.slave_pos.reached(before)
+    wait_for(lambda: rows(pair, "db1") == {1, 2, 3}, what="catch-up")
+
+
+def test_a_replica_applier_stopped_by_a_local_transaction_is_diverged(pair: Pair) -> None:
+    """
+    A transaction committed on the replica itself (an administrator past
+    read_only) makes the applier stop on the primary's next one with
+    out-of-order GTID (1950): L{ops.divergence} says so.
+    """
+    make_primary_and_replica(pair)
+    insert(pair, "db1", 1)
+    wait_for(lambda: rows(pair, "db2") == {1})
+    pair["db2"].admin_execute("INSERT INTO app.rows_ (id) VALUES (500)")  # root: past read_only
+    insert(pair, "db1", 2)
+    status = wait_for(
+        lambda: (lambda s: s if s.sql_running != "Yes" else None)(pair.status("db2")),
+        what="the applier to stop",
+    )
+    assert status.last_sql_errno == 1950, (status.last_sql_errno, status.last_sql_error)
+    assert "1950" in ops.divergence(status)

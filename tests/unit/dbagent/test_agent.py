@@ -25,7 +25,7 @@ from clickpass.cluster.wire import State
 from clickpass.dbagent import agent as agentmod
 from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate
-from clickpass.dbagent.gtid import Position
+from clickpass.dbagent.gtid import Position, errant
 from clickpass.dbagent.machine import Role
 
 CONFIG = AgentConfig(
@@ -62,6 +62,10 @@ class FakeServer:
         self.status_ = ops.ServerStatus(**status)
         self.calls: list[str] = []
         self.hanging: set[str] = set()  # these calls never answer
+        # Run inside a rejoin, after read-only (a late commit reaching the binlog).
+        self.before_rejoin: Callable[[], None] | None = None
+        # What the replica's state says once replication starts (errors).
+        self.join_result: dict[str, Any] = {}
 
     def set(self, **changes: Any) -> None:
         self.status_ = dataclasses.replace(self.status_, **changes)
@@ -97,6 +101,30 @@ class FakeServer:
             return None
         if fn is ops.wait_replicating:
             return s
+        if fn is ops.rejoin:
+            # As the real one: read-only first, then the local history read
+            # now (whatever changed since the agent last looked) and checked.
+            _, primary_pos, _, proceed = args
+            self.set(read_only=True, semisync_master_enabled=False)
+            if self.before_rejoin is not None:
+                self.before_rejoin()
+            if primary_pos is not None:
+                problems = errant(self.status_.binlog_pos, primary_pos)
+                if problems:
+                    return problems, self.status_
+            if not proceed():
+                raise ops.OperationFailed("the rejoin was given up")
+            joined: dict[str, Any] = {
+                "replica_configured": True,
+                "io_running": "Yes",
+                "sql_running": "Yes",
+                "master_log_file": "bin.000001",
+                "slave_pos": self.status_.binlog_pos,
+                "semisync_slave_enabled": True,
+                "semisync_slave_active": True,
+            }
+            self.set(**{**joined, **self.join_result})
+            return [], self.status_
         if fn is ops.stop_receiving:
             self.set(io_running="No")
             return None
@@ -291,7 +319,7 @@ def test_a_new_host_is_fenced_first_and_rejoins_the_primary() -> None:
     """A server that appears is made read-only, then replicates from the writable peer."""
     w = replica_world()
     assert w.local.calls[:2] == ["ping", "fence"]
-    assert "configure_replica" in w.local.calls
+    assert "rejoin" in w.local.calls
     assert w.local.status_.read_only
     assert w.health.ok  # a healthy replica is electable
 
@@ -569,3 +597,118 @@ def test_a_reset_counts_once_when_the_peer_reports_its_server_down() -> None:
         w.until(lambda w=w: w.role.writable, limit=1.0)  # type: ignore[misc]
         assert w.peer.calls.count("fence_if_writable") - before == probes
         assert w.agent.counters["peer_gone"] == 1
+
+
+def test_a_rejoin_checks_the_history_the_server_holds_when_replication_starts() -> None:
+    """
+    A commit that reaches the local binlog after the agent last read it (a
+    fenced server's last commit, a restart's recovery) is seen by the check
+    made on the rejoining connection: quarantined, never replicating.
+    """
+    w = world(
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+    w.local.before_rejoin = lambda: w.local.set(binlog_pos=Position.parse("0-2-11"))
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role == Role.QUARANTINED)
+    assert "past the primary" in w.agent.problems[0]
+    assert w.agent.counters["rejoined"] == 0
+    assert not w.local.status_.replica_configured
+
+
+def test_a_rejoin_the_primary_refuses_is_quarantined_not_rejoined() -> None:
+    """
+    0-2-8 here and 0-1-10 on the primary may be contained by position; the
+    primary's refusal (1236) when replication starts quarantines the host.
+    """
+    w = world(
+        local={"binlog_pos": Position.parse("0-2-8")},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+    w.local.join_result = {
+        "io_running": "No",
+        "master_log_file": "",
+        "last_io_errno": 1236,
+        "last_io_error": "Got fatal error 1236 from master: GTID 0-2-8 not in the master's binlog",
+    }
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role == Role.QUARANTINED)
+    assert "1236" in w.agent.problems[0]
+    assert w.agent.counters["rejoined"] == 0
+
+
+def test_a_replica_whose_applier_stops_on_a_gtid_error_is_quarantined() -> None:
+    """
+    A replica whose applier stops with out-of-order GTID (1950: a local
+    transaction the primary lacks) is quarantined, not left broken and not
+    restarted; it stays so until an operator decides.
+    """
+    w = replica_world()
+    error = (
+        "An attempt was made to binlog GTID 0-1-11 which would create an out-of-order "
+        "sequence number with existing GTID 0-2-11, and gtid strict mode is enabled"
+    )
+    w.local.set(sql_running="No", last_sql_errno=1950, last_sql_error=error)
+    w.until(lambda: w.role == Role.QUARANTINED, limit=2.0)
+    assert "1950" in w.agent.problems[0] and "out-of-order" in w.agent.problems[0]
+    assert w.agent.counters["quarantined"] == 1
+    assert "quarantine" in w.local.calls
+    w.run(2.0)
+    assert w.role == Role.QUARANTINED
+    assert not w.health.ok
+
+
+def test_a_replica_refused_by_its_primary_on_reconnect_is_quarantined() -> None:
+    """The receiver stopped by 1236 (the primary lacks our GTID) quarantines a replica."""
+    w = replica_world()
+    w.local.set(io_running="No", last_io_errno=1236, last_io_error="Got fatal error 1236")
+    w.until(lambda: w.role == Role.QUARANTINED, limit=2.0)
+    assert "refused by the primary" in w.agent.problems[0]
+
+
+def test_a_replica_whose_applier_stops_on_another_error_rejoins() -> None:
+    """An applier stopped by an error that is no GTID divergence is restarted by a rejoin."""
+    w = replica_world()
+    rejoins = w.agent.counters["rejoined"]
+    w.local.set(sql_running="No", last_sql_errno=1205, last_sql_error="Lock wait timeout")
+    w.until(lambda: w.agent.counters["rejoined"] > rejoins, limit=3.0)
+    assert w.role == Role.REPLICA and w.agent.counters["quarantined"] == 0
+
+
+def test_divergence_names_gtid_errors_only() -> None:
+    """The replication errors that mean diverged history, and only those."""
+    assert ops.divergence(ops.ServerStatus()) == ""
+    assert ops.divergence(ops.ServerStatus(last_io_errno=2003, last_io_error="can't connect")) == ""
+    assert ops.divergence(ops.ServerStatus(last_io_errno=1236, last_io_error="x"))
+    for code in (1945, 1947, 1948, 1950, 1951):
+        assert ops.divergence(ops.ServerStatus(last_sql_errno=code, last_sql_error="x"))
+    stopped = ops.ServerStatus(last_sql_errno=1594, last_sql_error="GTID 0-2-8 out of order")
+    assert ops.divergence(stopped)
+    assert not ops.divergence(ops.ServerStatus(last_sql_errno=1062, last_sql_error="Duplicate"))
+
+
+def test_an_overtaken_promotion_feeds_nothing_into_the_machine() -> None:
+    """
+    A promotion that completes after the host was demoted does not end the
+    fence that followed it (its late "done" is not the fence's).
+    """
+    w = replica_world()
+    w.peer.mode = "refused"
+    w.agent.set_peer_present(False, vip_off=True)
+    w.local.hanging.add("fence")
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PROMOTING)
+    w.agent.group_state(State.BACKUP)
+    assert w.role == Role.FENCING
+    w.run(0.3)
+    # The promotion gave up after the demotion (its failure is late): the
+    # fence started for the demotion is still what the machine waits for,
+    # not taken for failed (DOWN, and a second fence).
+    assert w.agent.counters["promote_failed"] == 1
+    assert w.role == Role.FENCING and w.agent.counters["entered_down"] == 0
+    assert w.local.calls.count("fence") == 2
