@@ -664,8 +664,12 @@ class DbAgent(Service):
         if self.role == Role.REPLICA:
             # The slow checks read the flap block every rejoin_interval:
             # read it again only when that reading is stale (under load a
-            # round trip is a good part of the failover).
-            if self.clock.seconds() - self._block_checked_at > 2 * self.config.rejoin_interval:
+            # round trip is a good part of the failover), or when it blocks:
+            # a planned switchover's record, written on the primary just
+            # before it hands over, lifts a block a reading from moments
+            # ago still shows.
+            stale = self.clock.seconds() - self._block_checked_at > 2 * self.config.rejoin_interval
+            if stale or self.blocked:
                 await self._update_block()
             if self.blocked:
                 self.counters["failover_blocked"] += 1

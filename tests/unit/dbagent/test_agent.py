@@ -455,6 +455,25 @@ def test_no_second_automatic_failover_until_acknowledged() -> None:
     w.until(lambda: w.role.writable)
 
 
+def test_a_switchover_after_an_automatic_failover_is_not_held_by_an_old_block_reading() -> None:
+    """
+    The switchover's record lifts the block at once: an election right after
+    it reads the block again rather than trusting the reading from moments ago.
+    """
+    w = replica_world()
+    w.shared.failovers.append([w.clock.seconds(), "db1", "automatic", False])
+    w.run(0.5)
+    assert w.agent.blocked
+    w.run(0.01)
+    w.shared.failovers.append([w.clock.seconds(), "db1", "switchover", False])
+    w.agent.group_state(State.MASTER)
+    w.run(0.05)
+    assert w.role in (Role.PROMOTING, Role.PRIMARY)
+    assert w.agent.counters["failover_blocked"] == 0
+    w.until(lambda: w.role.writable)
+    assert w.agent.last_promotion == "switchover-done"
+
+
 def test_the_flap_block_ends_after_flap_period() -> None:
     """An unacknowledged automatic failover older than flap_period blocks nothing."""
     config = dataclasses.replace(CONFIG, flap_period=5.0)
