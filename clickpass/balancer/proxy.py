@@ -35,6 +35,7 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
     IReactorTime,
     IReactorUNIX,
+    ITCPTransport,
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -463,6 +464,11 @@ class FrontConnection(Protocol):
         peer = self.transport.getPeer()
         if isinstance(peer, IPv4Address | IPv6Address):
             self.peer = peer.host.encode("ascii")
+        if ITCPTransport.providedBy(self.transport):
+            # A response that reaches the front in several reads goes out in
+            # several writes; Nagle would hold a short last one back until
+            # the client's (delayed) ACK of the one before.
+            self.transport.setTcpNoDelay(True)
         self.idle_since = self.clock.seconds()
         self.factory.connections.add(self)
 

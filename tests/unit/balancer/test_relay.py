@@ -9,8 +9,11 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import main, unix
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from zope.interface import implementer
 
 from clickpass.balancer.pool import Backend, Pool
 from clickpass.balancer.proxy import UpstreamConnection
@@ -188,3 +191,41 @@ class Recorder(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.data.append(data)
+
+
+@implementer(ITCPTransport)
+class TCPTransport(StringTransport):
+    """A StringTransport that says it is TCP and records TCP_NODELAY."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+    def getTcpNoDelay(self) -> bool:
+        return self.no_delay
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    def getTcpKeepAlive(self) -> bool:
+        return False
+
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+
+def test_client_tcp_connections_send_without_nagle_delay():
+    """
+    The front turns Nagle off on client TCP connections: the last short
+    write of a response relayed in pieces is not held for an ACK.
+    """
+    rig = Rig(workers=1)
+    proto = rig.factory.buildProtocol(None)
+    transport = TCPTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+    proto.makeConnection(transport)
+    assert transport.no_delay
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(CHUNKED + BODY)
+    assert transport.value() == CHUNKED + BODY
