@@ -11,6 +11,7 @@ import ctypes
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,36 @@ def _check_possible() -> None:
         pytest.fail(str(e), pytrace=False)
 
 
+def settle_db(lab: Any, timeout: float = 120.0, steady: float = 2.0) -> None:
+    """
+    Wait until db1 is the primary and db2 its replica, and both have stayed
+    so for C{steady} seconds: the tests fault db1 and write their table there.
+    Under load db1 may be taken for down after the lab came up and the pair
+    swap: it is switched back with a planned switchover (lossless), as an
+    operator would, and waited for again.
+    """
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    roles: tuple[str, str] = ("", "")
+    while time.monotonic() < deadline:
+        roles = (lab.db_role("db1"), lab.db_role("db2"))
+        now = time.monotonic()
+        if roles == ("primary", "replica"):
+            since = since if since is not None else now
+            if now - since >= steady:
+                return
+        else:
+            since = None
+            if roles == ("replica", "primary"):
+                try:
+                    lab.ctl("db2", "db", "switchover", timeout=10.0)
+                except Exception as e:  # refused while roles change: asked again later
+                    print(f"switchover back to db1 refused: {e}")
+                time.sleep(2.0)
+        time.sleep(0.2)
+    raise AssertionError(f"the database pair did not settle (db1, db2: {roles})")
+
+
 @pytest.fixture
 def make_db_lab() -> Iterator[Any]:
     """Build a lab with its database hosts (options as Lab.up); always torn down afterwards."""
@@ -119,6 +150,8 @@ def make_db_lab() -> Iterator[Any]:
         options.setdefault("db", True)
         options.setdefault("timeout", 120.0)
         lab.up(**options)
+        if options["db"]:
+            settle_db(lab)
         return lab
 
     yield make

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from clickpass.dbagent import mariadb as ops
 from tests.integration.dbagent.cluster import WritableWatch, check_history, rows_on
 
 from .conftest import ClientWriter, LabPair, labmod
@@ -74,10 +75,17 @@ def client_sql(lab: Any, address: str, sql: str, timeout: float = 3.0) -> str | 
 
 def make_rows_table(lab: Any, pair: LabPair) -> None:
     """The writer's table, created on the primary and replicated to db2."""
+    # As root, past read_only: on a replica this would be an errant write.
+    assert lab.db_status("db1").get("writable") is True, db_state(lab)
     pair["db1"].admin_execute("CREATE DATABASE app")
     pair["db1"].admin_execute("CREATE TABLE app.rows_ (id BIGINT PRIMARY KEY) ENGINE=InnoDB")
     pair["db1"].admin_execute(f"GRANT ALL PRIVILEGES ON app.* TO '{labmod.DB_USER}'@'%'")
     assert poll(lambda: client_sql(lab, DB_VIP, "SELECT COUNT(*) FROM app.rows_") == "0", 30)
+
+
+def rejoins(lab: Any, host: str) -> int:
+    counters: Any = lab.db_status(host).get("counters") or {}
+    return int(counters.get("rejoined", 0))
 
 
 def db_state(lab: Any) -> str:
@@ -95,6 +103,7 @@ def run_fault(
     """
     pair = LabPair(lab)
     make_rows_table(lab, pair)
+    rejoined_before = rejoins(lab, "db1")
     writer = ClientWriter(
         port=labmod.DB_PORT,
         user=labmod.DB_USER,
@@ -141,6 +150,8 @@ def run_fault(
         samples=watch.samples,
         old_primary=lab.db_role("db1"),
         old_primary_problems=lab.db_status("db1").get("problems"),
+        # Rejoins db1's agent reported after the fault (its node runs on).
+        old_primary_rejoins=rejoins(lab, "db1") - rejoined_before,
         writer_errors=writer.errors[-3:],
         attempted=len(writer.attempted),
     )
@@ -166,8 +177,18 @@ def check_common(result: dict[str, Any]) -> None:
 
 
 def check_rejoined(lab: Any, result: dict[str, Any]) -> None:
-    """A replica again: both servers hold the same GTID set and the same rows."""
+    """
+    A replica again, and really one: after a moment its agent still says
+    so, its server streams from db2 with no replication error (a rejoin
+    from a diverged history breaks within milliseconds: the primary
+    refuses the position, or the applier stops with out-of-order GTID),
+    and both servers hold the same GTID set and the same rows.
+    """
     pair = LabPair(lab)
+    time.sleep(1.0)
+    assert lab.db_role("db1") == "replica", db_state(lab)
+    status = pair.status("db1")
+    assert status.streaming and not ops.divergence(status), status
     assert same_gtids(pair), f"{pair.status('db1')} / {pair.status('db2')}"
     assert rows_on(pair, "db1") == rows_on(pair, "db2")
 
@@ -179,6 +200,9 @@ def check_after_network_fault(lab: Any, result: dict[str, Any]) -> None:
     assert result["old_primary"] in ("replica", "quarantined")
     if result["old_primary"] == "quarantined":
         assert result["old_primary_problems"]
+        # Quarantined by the rejoin's own checks, not after it had declared
+        # a replica whose replication then broke.
+        assert result["old_primary_rejoins"] == 0, result
     else:
         check_rejoined(lab, result)
 
