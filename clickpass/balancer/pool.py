@@ -419,6 +419,16 @@ class Pool:
         for backend in list(self.backends):
             HealthCheck.run(self, backend)
 
+    def health_busy(self, backend: Backend) -> None:
+        """
+        C{backend}'s health check timed out while it went on answering
+        proxied requests: it is saturated, not dead, and stays in the pool
+        (ejecting every busy worker would make a loaded node look unready
+        and hand its virtual IP away). Its failure count is left as it is.
+        """
+        self.counters.error("health_busy")
+        self.log.debug("worker {worker} too busy for its health check", worker=backend.id)
+
     def health_result(self, backend: Backend, ok: bool, why: str) -> None:
         if ok:
             if backend.health_failures or backend.ejected_until:

@@ -1190,6 +1190,9 @@ class HealthCheck(Protocol):
         self.buf = b""
         self.decided = False
         self.timer: IDelayedCall | None = None
+        # Requests the worker had finished when the check started: one that
+        # goes on finishing requests while its check waits is busy, not dead.
+        self.served_at_start = backend.served
 
     @classmethod
     def run(cls, pool: Pool, backend: Backend) -> HealthCheck:
@@ -1220,7 +1223,11 @@ class HealthCheck(Protocol):
 
     def timed_out(self) -> None:
         self.timer = None
-        self.decide(False, "no answer in time")
+        if self.backend.served > self.served_at_start:
+            self.decided = True
+            self.pool.health_busy(self.backend)
+        else:
+            self.decide(False, "no answer in time")
         if self.transport is not None:
             self.transport.abortConnection()
 

@@ -42,6 +42,7 @@ ERROR_KINDS = (
     "timeout",  # 504: the worker did not answer in time
     "retried",  # a request moved to another worker before reaching one
     "client_gone",  # the client left before its response was complete
+    "health_busy",  # a health check timed out while its worker answered requests (kept)
 )
 
 

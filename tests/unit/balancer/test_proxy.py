@@ -465,3 +465,25 @@ def test_draining_backend_reports_idle_when_its_last_request_ends():
     assert rig.reactor.unixClients[-1][0] == "/w2.sock"
     upstream.dataReceived(OK)
     assert rig.events.idle_backends == [rig.backends[0]]
+
+
+def test_a_health_check_timing_out_on_a_busy_worker_does_not_eject_it():
+    """
+    A worker that goes on answering proxied requests while its health check
+    waits is saturated, not dead: it stays routable. A silent one is ejected.
+    (Ejecting every busy worker made a loaded node unready: a takeover.)
+    """
+    rig = Rig(workers=2)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, path = rig.accept_upstream()
+    assert path == "/w1.sock"
+    rig.pool.check_health()  # both checks connect and are never answered
+    upstream.dataReceived(OK)
+    assert client.value() == OK
+    rig.reactor.advance(rig.settings.health_timeout + 0.1)
+    now = rig.reactor.seconds()
+    assert rig.backends[0].ejected_until <= now
+    assert rig.backends[1].ejected_until > now
+    assert rig.pool.routable() == 1
+    assert rig.pool.counters.errors["health_busy"] == 1
