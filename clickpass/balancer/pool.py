@@ -196,7 +196,11 @@ class Pool:
         """Send C{exchange} to a worker now, or queue it."""
         self.counters.requests += 1
         self._in_progress.add(exchange)
-        self._route(exchange)
+        backend = self.pick()
+        if backend is not None:
+            self._assign(exchange, backend)
+        else:
+            self._route(exchange)
 
     def _route(self, exchange: Exchange, exclude: Backend | None = None) -> None:
         backend = self.pick(exclude)

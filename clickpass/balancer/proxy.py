@@ -324,7 +324,8 @@ class Exchange:
 
     def response_complete(self, upstream: UpstreamConnection | None, reusable: bool) -> None:
         self.response_done = True
-        self._stop_producing()
+        if self.producing:
+            self._stop_producing()
         if not self.request_done:
             # The worker answered before reading the whole request: neither
             # connection can be trusted to be at a message boundary.
@@ -456,11 +457,16 @@ class FrontConnection(Protocol):
         self.body_bytes = 0
         self.began = 0.0
         self.idle_since = 0.0
+        self.answered_at = 0.0
         self.fatal: bytes | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        # The X-Forwarded-For and -Proto lines for this client (untrusted).
+        self._forwarding: bytes | None = None
 
     def connectionMade(self) -> None:
+        if self.transport.__class__ is _TCP_SERVER:
+            self.transport.doRead = _read_with_recv(self.transport, self)
         peer = self.transport.getPeer()
         if isinstance(peer, IPv4Address | IPv6Address):
             self.peer = peer.host.encode("ascii")
@@ -529,8 +535,7 @@ class FrontConnection(Protocol):
         url = self._url
         if not url.startswith(b"/"):
             raise _Reject(400, "bad_request", "Only origin-form request targets are accepted.")
-        http10 = parser.get_http_version() == "1.0"
-        exchange = Exchange(self, method, url, parser.should_keep_alive(), http10, self.began)
+        keep_alive = parser.should_keep_alive()
         factory = self.factory
         trust = factory.trust_forwarded
         lines = [method, b" ", url, b" HTTP/1.1\r\n"]
@@ -540,6 +545,7 @@ class FrontConnection(Protocol):
         chunked = False
         expect_continue = False
         named: list[bytes] = []
+        connection_header = False
         drop = HOP_BY_HOP if trust else _DROP_UNTRUSTED
         for name, value in self._headers:
             lname = name.lower()
@@ -549,6 +555,7 @@ class FrontConnection(Protocol):
                         raise _Reject(400, "bad_request", "Unsupported Transfer-Encoding.")
                     chunked = True
                 elif lname == b"connection":
+                    connection_header = True
                     tokens = value.lower()
                     if tokens not in (b"keep-alive", b"close"):
                         named += [t.strip() for t in tokens.split(b",")]
@@ -556,6 +563,8 @@ class FrontConnection(Protocol):
                     if value.strip().lower() != b"100-continue":
                         raise _Reject(400, "bad_request", "Unsupported Expect header.")
                     expect_continue = True
+                elif lname == b"proxy-connection":
+                    connection_header = True
                 continue
             if lname == b"host":
                 host = value
@@ -567,23 +576,45 @@ class FrontConnection(Protocol):
             lines += (name, b": ", value, b"\r\n")
         if chunked and length >= 0:
             raise _Reject(400, "bad_request", "Content-Length together with Transfer-Encoding.")
+        # llhttp keeps a request alive without a Connection (or
+        # Proxy-Connection) header only for HTTP/1.1; asking the parser for
+        # the version (it formats a string) is needed only otherwise.
+        if keep_alive and not connection_header:
+            http10 = False
+        else:
+            http10 = parser.get_http_version() == "1.0"
         if named and any(t not in (b"keep-alive", b"close", b"") for t in named):
             lines = _drop_named(lines, named)
         if length > self.settings.max_body:
             raise _Reject(413, "too_large", "The request body is too large.")
         if not host and not http10:
             raise _Reject(400, "bad_request", "HTTP/1.1 requests need a Host header.")
-        if forwarded_for:
-            lines += (b"X-Forwarded-For: ", forwarded_for, b", ", self.peer, b"\r\n")
+        if trust:
+            if forwarded_for:
+                lines += (b"X-Forwarded-For: ", forwarded_for, b", ", self.peer, b"\r\n")
+            else:
+                lines += (b"X-Forwarded-For: ", self.peer, b"\r\n")
         else:
-            lines += (b"X-Forwarded-For: ", self.peer, b"\r\n")
-        if not trust:
-            lines += (b"X-Forwarded-Proto: ", factory.scheme, b"\r\n")
+            # X-Forwarded-For and -Proto are the same for every request on
+            # this connection.
+            forwarding = self._forwarding
+            if forwarding is None:
+                forwarding = self._forwarding = b"".join(
+                    (
+                        b"X-Forwarded-For: ",
+                        self.peer,
+                        b"\r\nX-Forwarded-Proto: ",
+                        factory.scheme,
+                        b"\r\n",
+                    )
+                )
+            lines.append(forwarding)
             if host:
                 lines += (b"X-Forwarded-Host: ", host, b"\r\n")
         if chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         lines.append(b"\r\n")
+        exchange = Exchange(self, method, url, keep_alive, http10, self.began)
         exchange.head = b"".join(lines)
         exchange.chunked = chunked
         has_body = exchange.has_body = chunked or length > 0
@@ -604,7 +635,7 @@ class FrontConnection(Protocol):
             exchange.local = local_response(
                 404, "Not found.", not exchange.keep_alive, b"", method == b"HEAD"
             )
-        elif _is_path(url, b"/readyz") and not self.pool.routable():
+        elif url.startswith(b"/readyz") and _is_path(url, b"/readyz") and not self.pool.routable():
             # No worker would take the request: say so at once, without
             # queueing a probe behind the requests already waiting.
             exchange.local = local_response(
@@ -710,7 +741,10 @@ class FrontConnection(Protocol):
         self._activate(exchange)
 
     def account(self, exchange: Exchange) -> None:
-        seconds = self.clock.seconds() - exchange.started
+        # The time a response ended is also when the connection went idle
+        # (exchange_done, which always follows, uses it).
+        now = self.answered_at = self.clock.seconds()
+        seconds = now - exchange.started
         self.counters.response(exchange.status, seconds)
         backend = exchange.backend
         if backend is not None:
@@ -727,7 +761,7 @@ class FrontConnection(Protocol):
         if self.fatal is not None:
             self.close_now()
             return
-        self.idle_since = self.clock.seconds()
+        self.idle_since = self.answered_at
         if self.waiting:
             self._activate(self.waiting.popleft())
             if self.active is not None:
@@ -875,21 +909,25 @@ class FrontFactory(Factory):
                 connection.close_now()
 
 
-# Twisted's connected UNIX client transport (typed loosely: we replace its doRead).
+# Twisted's connected UNIX client and TCP server transports (typed loosely:
+# we replace their doRead).
 _UNIX_CLIENT: Any = unix.Client
+_TCP_SERVER: Any = tcp.Server
 
 
-def _read_with_recv(transport: Any) -> Callable[[], object]:
+def _read_with_recv(transport: Any, protocol: Protocol) -> Callable[[], object]:
     """
-    A doRead for a connected UNIX transport that reads with plain recv().
-    Twisted's UNIX transports read with recvmsg() and an ancillary buffer in
-    case file descriptors are passed; workers never pass any, and that path
-    cost the front a few microseconds on every response. Twisted's own
-    abortConnection() and connection loss still replace it as usual.
+    A doRead for a connected plain socket transport (TCP from clients, UNIX
+    to workers) that reads with recv() and hands the bytes straight to the
+    protocol. Twisted's UNIX transports read with recvmsg() and an
+    ancillary buffer in case file descriptors are passed; workers never pass
+    any, and that path cost the front a few microseconds on every response.
+    Twisted's own abortConnection() and connection loss still replace it as
+    usual; an empty read is the peer closing, as in Twisted's.
     """
     recv = transport.socket.recv
     size = transport.bufferSize
-    received = transport._dataReceived
+    received = protocol.dataReceived
 
     def doRead() -> object:
         try:
@@ -898,7 +936,10 @@ def _read_with_recv(transport: Any) -> Callable[[], object]:
             return None
         except OSError:
             return main.CONNECTION_LOST
-        return received(data)
+        if not data:
+            return main.CONNECTION_DONE
+        received(data)
+        return None
 
     return doRead
 
@@ -939,7 +980,7 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         if transport.__class__ is _UNIX_CLIENT:
-            transport.doRead = _read_with_recv(transport)
+            transport.doRead = _read_with_recv(transport, self)
         self.pool.connected(self)
 
     def attach(self, exchange: Exchange) -> None:

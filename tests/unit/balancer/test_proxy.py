@@ -345,6 +345,41 @@ def test_http10_client_gets_a_close_delimited_body_for_a_chunked_response():
     assert client.disconnecting
 
 
+@pytest.mark.parametrize("connection", [b"Connection", b"Proxy-Connection"])
+def test_http10_keep_alive_client_is_answered_as_http10(connection):
+    """
+    An HTTP/1.0 client asking for keep-alive (llhttp honours Proxy-Connection
+    too) is still HTTP/1.0: no Host needed, its response says keep-alive,
+    and its connection takes a second request.
+    """
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    request = b"GET / HTTP/1.0\r\n" + connection + b": keep-alive\r\n\r\n"
+    proto.dataReceived(request)
+    upstream, worker, _ = rig.accept_upstream()
+    assert worker.value().startswith(b"GET / HTTP/1.1\r\n")
+    assert connection + b":" not in worker.value()
+    upstream.dataReceived(OK)
+    out = client.value()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection: keep-alive\r\n" in out and out.endswith(b"\r\n\r\nok")
+    assert not client.disconnecting
+    client.clear()
+    worker.clear()
+    proto.dataReceived(request)
+    upstream.dataReceived(OK)
+    assert b"Connection: keep-alive\r\n" in client.value()
+
+
+def test_http11_client_asking_to_close_still_needs_a_host():
+    """Connection: close does not make an HTTP/1.1 request an HTTP/1.0 one."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 400 ")
+    assert not rig.reactor.unixClients
+
+
 def test_head_response_ends_at_its_headers():
     """A HEAD response with a Content-Length is complete without a body."""
     rig = Rig(workers=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import main, unix
+from twisted.internet import main, tcp, unix
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
@@ -16,7 +16,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from clickpass.balancer.pool import Backend, Pool
-from clickpass.balancer.proxy import UpstreamConnection
+from clickpass.balancer.proxy import FrontFactory, UpstreamConnection, _read_with_recv
 from clickpass.config import BalancerSettings
 from tests.unit.balancer.test_proxy import Rig
 
@@ -168,13 +168,14 @@ def test_worker_connections_read_with_plain_recv():
     transport = unix.Client.__new__(unix.Client)
     transport.socket = ours
     transport.bufferSize = 65536
-    transport.protocol = received = Recorder()
     pool = Pool(MemoryReactorClock(), BalancerSettings())
     upstream = UpstreamConnection(pool, Backend("1", "/s"))
     upstream.transport = transport
     upstream.connectionMade()
     assert "doRead" in vars(transport)
-    do_read = transport.doRead
+    assert transport.doRead.__qualname__ == "_read_with_recv.<locals>.doRead"
+    received = Recorder()
+    do_read = _read_with_recv(transport, received)
     assert do_read() is None
     worker_side.sendall(b"HTTP/1.1 200 OK\r\n")
     assert do_read() is None
@@ -183,6 +184,38 @@ def test_worker_connections_read_with_plain_recv():
     assert do_read() is main.CONNECTION_DONE
     ours.close()
     assert do_read() is main.CONNECTION_LOST
+
+
+def test_client_tcp_connections_read_with_plain_recv():
+    """
+    A plain TCP client connection reads the same way, straight into the
+    front's protocol: a request that arrives is parsed and sent to a worker.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client_side = socket.create_connection(listener.getsockname())
+        ours, address = listener.accept()
+    ours.setblocking(False)
+    transport = tcp.Server.__new__(tcp.Server)
+    transport.socket = ours
+    transport.bufferSize = 65536
+    transport.client = address
+    transport._addressType = IPv4Address
+    reactor = MemoryReactorClock()
+    settings = BalancerSettings(health_interval=0)
+    pool = Pool(reactor, settings)
+    pool.add(Backend("1", "/w1.sock"))
+    front = FrontFactory(reactor, pool, settings).buildProtocol(None)
+    front.makeConnection(transport)
+    assert transport.doRead.__qualname__ == "_read_with_recv.<locals>.doRead"
+    assert transport.doRead() is None
+    client_side.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert transport.doRead() is None
+    assert front.active is not None and front.active.url == b"/x"
+    assert len(reactor.unixClients) == 1
+    client_side.close()
+    assert transport.doRead() is main.CONNECTION_DONE
+    ours.close()
+    assert transport.doRead() is main.CONNECTION_LOST
 
 
 class Recorder(Protocol):
