@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(global_reactor(), tmp_path)
+    c = Cluster(global_reactor(), tmp_path, check_timeout=1.0)
     c.start_servers()
     try:
         yield c

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
 
 def make_cluster(base: Path, witness: bool = False) -> Cluster:
-    cluster = Cluster(global_reactor(), base, witness=witness)
+    cluster = Cluster(global_reactor(), base, witness=witness, check_timeout=1.0)
     cluster.start_servers()
     return cluster
 
@@ -137,6 +137,7 @@ async def run_fault(c: Cluster, inject: Any, restore: Any, settle: float = 8.0) 
     watch.start()
     await sleep(1.0)
     fault_at = time.monotonic()
+    fault_wall = c.reactor.seconds()
     inject()
     moved = await wait_until(c.reactor, lambda: c.agents["db2"].role.writable, 20)
     await wait_until(c.reactor, lambda: writer.first_ok_after(fault_at) is not None, 10)
@@ -164,6 +165,19 @@ async def run_fault(c: Cluster, inject: Any, restore: Any, settle: float = 8.0) 
         connect_errors=writer.connect_errors[-3:],
         attempted=len(writer.attempted),
     )
+    if not moved:
+        # What each agent did, for the failure message.
+        result["agents"] = {
+            name: {
+                "role": agent.role.value,
+                "group": agent.group.name,
+                "counters": dict(agent.counters),
+                "events": [f"{at - fault_wall:+.3f} {what}" for at, what in agent.events][-25:],
+                "last_error": agent.last_error,
+                "reason": agent.reason,
+            }
+            for name, agent in c.agents.items()
+        }
     return result
 
 
