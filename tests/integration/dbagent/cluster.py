@@ -257,6 +257,7 @@ class Cluster:
     # server sometimes times out, and an elected replica that takes itself
     # for down never promotes. The benchmark keeps 0.5 s.
     check_timeout: float = 0.5
+    check_fall: int = 3
     pair: Pair = field(init=False)
     links: dict[str, Forwarder] = field(default_factory=dict)
     # The clients' way to each host (the VIP forwards through it): cut
@@ -307,7 +308,7 @@ class Cluster:
                     node=name,
                     check_interval=0.05,
                     check_timeout=self.check_timeout,
-                    check_fall=3,
+                    check_fall=self.check_fall,
                     fence_timeout=0.6,
                     fence_wait=DOWN_ADVERTS * self.interval + self.interval + 0.6 + 0.3,
                     rejoin_interval=0.25,
