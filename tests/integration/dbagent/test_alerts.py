@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.dbagent.test_nodes import ADDRESSES, DbPair, NsNode, node_config
+from tests.integration.dbagent.test_nodes import ADDRESSES, DbPair, node_config
 from tests.integration.monitor.promtext import Page, parse
 from tests.integration.monitor.sinks import (
     SMTPSink,
@@ -33,6 +33,7 @@ from tests.integration.monitor.sinks import (
     sinks_in_netns,
 )
 from tests.support.mariadb import MariaDBUnavailable
+from tests.support.netns import NsNode
 from tests.support.node import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]

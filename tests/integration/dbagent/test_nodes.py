@@ -11,9 +11,6 @@ C{clickpass-ctl db status} says so; the old primary comes back as replica.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,8 @@ import pytest
 
 from tests.integration.dbagent.pair import Pair
 from tests.support.mariadb import MariaDBUnavailable
-from tests.support.node import NodeProcess, free_port
+from tests.support.netns import NsNode, VethPair
+from tests.support.node import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
@@ -32,45 +30,14 @@ VIP = f"{SUBNET}.100"
 ADDRESSES = {"db1": f"{SUBNET}.1", "db2": f"{SUBNET}.2"}
 
 
-def ip(*args: str) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-class Namespaces:
+class Namespaces(VethPair):
     """db1 and db2 network namespaces (unique names), joined by a veth pair."""
 
     def __init__(self) -> None:
-        tag = f"cpdb{os.getpid() % 100000}{secrets.token_hex(2)}"
-        self.names = {"db1": f"{tag}a", "db2": f"{tag}b"}
-
-    def create(self) -> None:
-        a, b = self.names["db1"], self.names["db2"]
-        ip("netns", "add", a)
-        ip("netns", "add", b)
-        ip("link", "add", "eth0", "netns", a, "type", "veth", "peer", "name", "eth0", "netns", b)
-        for host, ns in self.names.items():
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "addr", "add", f"{ADDRESSES[host]}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up")
-
-    def delete(self) -> None:
-        for ns in self.names.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        super().__init__("cpdb", ADDRESSES)
 
     def holds_vip(self, host: str) -> bool:
-        return f"{VIP}/" in ip("-n", self.names[host], "-4", "addr", "show", "dev", "eth0")
-
-
-class NsNode(NodeProcess):
-    """A node run inside a network namespace."""
-
-    namespace = ""
-
-    def command(self) -> list[str]:
-        return ["ip", "netns", "exec", self.namespace, *super().command()]
+        return self.holds(host, VIP)
 
 
 def node_config(directory: Path, host: str, pair: Pair, port: int) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -23,7 +22,8 @@ from typing import Any
 import pytest
 
 from tests.integration.monitor.promtext import Page, parse
-from tests.support.node import NodeProcess, free_port
+from tests.support.netns import NsNode, VethPair
+from tests.support.node import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -32,41 +32,13 @@ ADDRESSES = {"app1": f"{SUBNET}.1", "app2": f"{SUBNET}.2"}
 VIP = f"{SUBNET}.100"
 
 
-def ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise AssertionError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-
-
-class NsNode(NodeProcess):
-    namespace = ""
-
-    def command(self) -> list[str]:
-        return ["ip", "netns", "exec", self.namespace, *super().command()]
-
-
-class AppPair:
+class AppPair(VethPair):
     """app1 and app2, each in its own namespace (unique names), joined by a veth pair."""
 
     def __init__(self, base: Path) -> None:
-        tag = f"cpm{os.getpid() % 100000}{secrets.token_hex(2)}"
+        super().__init__("cpm", ADDRESSES)
         self.base = base
-        self.names = {"app1": f"{tag}a", "app2": f"{tag}b"}
         self.nodes: dict[str, NsNode] = {}
-
-    def create(self) -> None:
-        a, b = self.names["app1"], self.names["app2"]
-        ip("netns", "add", a)
-        ip("netns", "add", b)
-        ip("link", "add", "eth0", "netns", a, "type", "veth", "peer", "name", "eth0", "netns", b)
-        for host, ns in self.names.items():
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "addr", "add", f"{ADDRESSES[host]}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up")
-
-    def delete(self) -> None:
-        for ns in self.names.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
     def start(self, host: str) -> NsNode:
         peer = "app2" if host == "app1" else "app1"
