@@ -56,11 +56,11 @@ from clickpass.backup.store import (
     new_backup_id,
     to_delete,
 )
+from clickpass.database.client_programs import dump_gtid_position, option_file
 
 READ_SIZE = 1 << 20
 FORMAT = 1
 STATUS_FILE = "backup-status.json"
-_GTID = re.compile(rb"SET GLOBAL gtid_slave_pos\s*=\s*'([0-9,\-]*)'")
 _BINLOG = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)',\s*MASTER_LOG_POS=(\d+)")
 
 
@@ -229,26 +229,10 @@ class MySQLSource:
     @contextlib.contextmanager
     def defaults_file(self, directory: Path) -> Iterator[Path]:
         """A private option file for the client programs, so no password is on a command line."""
-        path = directory / f"client-{secrets.token_hex(4)}.cnf"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        lines = ["[client]", f"user={_option_value(self.user)}"]
-        lines.append(f"password={_option_value(self.password)}")
-        if self.socket:
-            lines.append(f"socket={_option_value(self.socket)}")
-        else:
-            lines += [f"host={_option_value(self.host)}", f"port={self.port}", "protocol=TCP"]
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        try:
+        with option_file(
+            directory, self.user, self.password, self.socket, self.host, self.port
+        ) as path:
             yield path
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-def _option_value(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 def mysql_source(settings: configmod.Settings) -> MySQLSource:
@@ -371,8 +355,7 @@ def dump_mysql(
             raise BackupError(f"{program} failed (exit {code}): {message or 'no message'}")
     if b"-- Dump completed" not in bytes(tail):
         raise BackupError(f"{program} output ends early (no completion line); backup refused")
-    if m := _GTID.search(head):
-        info.gtid_pos = m.group(1).decode("ascii")
+    info.gtid_pos = dump_gtid_position(bytes(head))
     if m := _BINLOG.search(head):
         info.binlog_file = m.group(1).decode("ascii")
         info.binlog_pos = int(m.group(2))

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pymysql
@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from clickpass.database.client_programs import dump_gtid_position, option_file
 from clickpass.dbagent.gtid import Position, errant
 
 T = TypeVar("T")
@@ -516,33 +517,20 @@ def forget_primary(c: Cursor) -> None:
     c.execute("RESET SLAVE ALL")
 
 
-_DUMP_POSITION = re.compile(r"SET GLOBAL gtid_slave_pos\s*=\s*'([0-9,\-\s]*)'")
-
-
-def dump_position(head: str) -> str:
+def dump_position(head: bytes) -> str:
     """The GTID position a C{mariadb-dump --gtid --master-data=2} copy was taken at."""
-    found = _DUMP_POSITION.search(head)
-    if found is None:
+    found = dump_gtid_position(head)
+    if not found:
         raise OperationFailed("the primary's dump names no GTID position (--gtid --master-data)")
-    return str(Position.parse(found.group(1)))
+    return str(Position.parse(found))
 
 
-def _client_options(address: ServerAddress) -> list[str]:
-    if address.unix_socket:
-        return [f"--socket={address.unix_socket}"]
-    return [f"--host={address.host}", f"--port={address.port}", "--protocol=TCP"]
-
-
-def _defaults_file(directory: str, address: ServerAddress) -> str:
-    """Credentials for the client programs in a private file, never on a command line."""
-    path = os.path.join(directory, f"client-{os.getpid()}-{time.monotonic_ns()}.cnf")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("[client]\n")
-        f.write(f"user={address.user}\n")
-        if address.password:
-            f.write(f"password={address.password}\n")
-    return path
+def _option_file(
+    directory: Path, address: ServerAddress
+) -> contextlib.AbstractContextManager[Path]:
+    return option_file(
+        directory, address.user, address.password, address.unix_socket, address.host, address.port
+    )
 
 
 def _tool(*names: str) -> str:
@@ -565,17 +553,18 @@ def copy_schemas(
     """
     dump = _tool("mariadb-dump", "mysqldump")
     client = _tool("mariadb", "mysql")
-    with tempfile.TemporaryDirectory(prefix="clickpass-reclone-") as work:
-        source_cnf = _defaults_file(work, source)
-        target_cnf = _defaults_file(work, target)
-        copy = os.path.join(work, "copy.sql")
+    with (
+        tempfile.TemporaryDirectory(prefix="clickpass-reclone-") as scratch,
+        _option_file(Path(scratch), source) as source_cnf,
+        _option_file(Path(scratch), target) as target_cnf,
+    ):
+        copy = os.path.join(scratch, "copy.sql")
         started = time.monotonic()
         with open(copy, "wb") as out:
             done = subprocess.run(
                 [
                     dump,
                     f"--defaults-extra-file={source_cnf}",
-                    *_client_options(source),
                     "--single-transaction",
                     "--gtid",
                     "--master-data=2",
@@ -595,7 +584,7 @@ def copy_schemas(
                 "dumping the primary failed: "
                 + (" ".join(done.stderr.decode(errors="replace").split()) or "no message")
             )
-        with open(copy, encoding="utf-8", errors="replace") as f:
+        with open(copy, "rb") as f:
             position = dump_position(f.read(64 * 1024))
         left = max(1.0, timeout - (time.monotonic() - started))
         with open(copy, "rb") as source_sql:
@@ -603,7 +592,6 @@ def copy_schemas(
                 [
                     client,
                     f"--defaults-extra-file={target_cnf}",
-                    *_client_options(target),
                     "--init-command=SET SESSION sql_log_bin = 0",
                     "--batch",
                 ],
