@@ -1,4 +1,7 @@
-"""Fixtures for the database agent's integration tests: a replicating pair."""
+"""
+Fixtures for the database agent's integration tests: a replicating pair of
+servers, and the loopback harness (both agents, groups, links and VIP).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import global_reactor
+from tests.integration.dbagent.cluster import Cluster
 from tests.integration.dbagent.pair import Pair
 from tests.support.mariadb import MariaDBUnavailable
 
@@ -23,3 +28,31 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         yield servers
     finally:
         servers.stop()
+
+
+def make_cluster(base: Path, witness: bool = False) -> Cluster:
+    """The loopback harness with both servers started (its agents not yet)."""
+    cluster = Cluster(global_reactor(), base, witness=witness, check_timeout=1.0)
+    cluster.start_servers()
+    return cluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = make_cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+        c.stop_servers()
+
+
+@pytest.fixture
+def witnessed(tmp_path: Path) -> Iterator[Cluster]:
+    """The harness with a witness voting in the db group."""
+    c = make_cluster(tmp_path, witness=True)
+    try:
+        yield c
+    finally:
+        c.stop()
+        c.stop_servers()

@@ -9,8 +9,6 @@ outcome and is applied once; every acknowledged write is on the new primary.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -23,22 +21,10 @@ from clickpass.database.storage import (
     open_mysql,
     run_through_failover,
 )
-from tests.conftest import global_reactor
 from tests.integration.dbagent.cluster import Cluster, rows_on, wait_until
 from tests.integration.dbagent.test_failover import bring_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(global_reactor(), tmp_path, check_timeout=1.0)
-    c.start_servers()
-    try:
-        yield c
-    finally:
-        c.stop()
-        c.stop_servers()
 
 
 def insert_once(tx: Transaction, row: int) -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,32 +33,6 @@ from tests.integration.dbagent.cluster import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
-
-
-def make_cluster(base: Path, witness: bool = False) -> Cluster:
-    cluster = Cluster(global_reactor(), base, witness=witness, check_timeout=1.0)
-    cluster.start_servers()
-    return cluster
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = make_cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop()
-        c.stop_servers()
-
-
-@pytest.fixture
-def witnessed(tmp_path: Path) -> Iterator[Cluster]:
-    c = make_cluster(tmp_path, witness=True)
-    try:
-        yield c
-    finally:
-        c.stop()
-        c.stop_servers()
 
 
 SETTLED = {"db1": Role.PRIMARY, "db2": Role.REPLICA}

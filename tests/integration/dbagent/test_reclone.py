@@ -8,8 +8,6 @@ of its errant ones. On the primary itself, reclone is refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,19 +17,9 @@ from twisted.internet.threads import deferToThread
 
 from clickpass.dbagent.machine import Role
 from tests.integration.dbagent.cluster import Cluster, rows_on, wait_until
-from tests.integration.dbagent.test_failover import bring_up, make_cluster, same_gtids
+from tests.integration.dbagent.test_failover import bring_up, same_gtids
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = make_cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop()
-        c.stop_servers()
 
 
 async def quarantined_old_primary(c: Cluster) -> None:
