@@ -70,6 +70,15 @@ def test_kill9_master_raises_failover_happened_on_the_new_master(make_lab: Any) 
     "heartbeat process gone"; the first election had raised nothing."""
     lab = make_lab()
     settle(lab, ["app1"])
+    # The VIP can settle before app2's heartbeat has its link to app1 (it
+    # connects after its process starts): without the link, a kill is seen
+    # only as missed adverts, which is the other path.
+    log = lab.dir / "app2" / "node.log"
+    lab.wait_for(
+        lambda: "process link to app1 up" in log.read_text(errors="replace"),
+        10.0,
+        "app2's process link to app1",
+    )
     assert "failover.happened" not in alerts(lab, "app2")
     lab.signal_node("app1", signal.SIGKILL, whole_group=True)
     lab.wait_for(lambda: state(lab, "app2") == "MASTER", 5.0, "app2 to take over")
