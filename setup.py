@@ -31,6 +31,8 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.3",
+            # Twisted's own reactor tests, run against clickpass.reactor, need it.
+            "PyHamcrest>=2.0",
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0",

@@ -49,6 +49,9 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the node's service tree from its configuration."""
+    from clickpass.reactor import install_unless_chosen
+
+    install_unless_chosen()
     from twisted.internet import reactor
 
     from clickpass.node import Node

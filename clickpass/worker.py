@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         d.addErrback(failed)
         return d
 
+    from clickpass.reactor import install_unless_chosen
+
+    install_unless_chosen()
     from twisted.internet.task import react
 
     react(run)

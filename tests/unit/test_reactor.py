@@ -1,0 +1,128 @@
+"""
+L{clickpass.reactor.ClickpassReactor}: Twisted's own reactor tests (TCP,
+UNIX sockets, TLS, file descriptor sets, system events) pass against it,
+a failing C{dataReceived} on its lean read path is logged and loses its
+connection as Twisted's dispatch does, and a node and its workers run on it
+unless another reactor was chosen.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from clickpass.reactor import ClickpassReactor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_twisted_reactor_suites_pass(tmp_path: Path) -> None:
+    """
+    Every test of Twisted's TCP, UNIX, TLS, descriptor-set and system-event
+    suites passes for our reactor, none skipped (C{tests/support/reactor_suite.py},
+    run in its own process: those tests swap the global reactor's class).
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.reactor_suite"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    ran = int(last.split()[1].rstrip(","))
+    assert last == f"ran {ran}, skipped 0"
+    assert ran > 100
+
+
+class _Explodes(Protocol):
+    lost: list[Failure]
+
+    def __init__(self) -> None:
+        self.lost = []
+
+    def dataReceived(self, data: bytes) -> None:
+        raise RuntimeError("boom in dataReceived")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        assert reason is not None
+        self.lost.append(reason)
+
+
+def test_a_failing_data_received_is_logged_and_loses_its_connection() -> None:
+    """
+    An exception from C{dataReceived} on the lean read path is logged as an
+    error, in the connection's log context, and the connection is lost with
+    that exception, as Twisted's own dispatch does.
+    """
+    reactor = ClickpassReactor()
+    events: list[dict[str, Any]] = []
+    observer: Any = events.append
+    globalLogPublisher.addObserver(observer)
+    ours, theirs = socket.socketpair()
+    protocols: list[_Explodes] = []
+
+    def build() -> _Explodes:
+        protocols.append(_Explodes())
+        return protocols[-1]
+
+    try:
+        reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(build))
+        [protocol] = protocols
+        theirs.sendall(b"hello")
+        for _ in range(40):
+            reactor.iterate(0.05)
+            if protocol.lost:
+                break
+        assert protocol.lost, "the connection was not lost"
+        assert protocol.lost[0].check(RuntimeError)
+        failures = [e for e in events if e.get("isError")]
+        assert [str(e["failure"].value) for e in failures] == ["boom in dataReceived"]
+        transport: Any = protocol.transport
+        assert failures[0]["log_system"] == transport.logPrefix() != "-"
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        ours.close()
+        theirs.close()
+        reactor.disconnectAll()
+        reactor._poller.close()
+
+
+def test_a_node_and_its_workers_run_on_the_clickpass_reactor() -> None:
+    """The global reactor, as C{twistd clickpass} and the workers install it."""
+    code = (
+        "import sys\n"
+        "from clickpass.reactor import install_unless_chosen\n"
+        "install_unless_chosen()\n"
+        "from twisted.internet import reactor\n"
+        "print(type(reactor).__module__ + '.' + type(reactor).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "clickpass.reactor.ClickpassReactor"
+
+
+def test_a_reactor_chosen_already_is_respected() -> None:
+    """C{twistd --reactor=poll clickpass}: the chosen reactor stays."""
+    code = (
+        "from twisted.internet import pollreactor\n"
+        "pollreactor.install()\n"
+        "from clickpass.reactor import install_unless_chosen\n"
+        "install_unless_chosen()\n"
+        "from twisted.internet import reactor\n"
+        "print(type(reactor).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "PollReactor"
