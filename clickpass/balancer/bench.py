@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             print("bench-balancer: the node did not start; see " + str(work / "node.log"))
             return 1
         sockets = [w["socket"] for w in workers]
+        worker_pids = [int(w["pid"]) for w in workers]
         per_worker = BalancerSettings().max_in_flight
         (work / "haproxy.cfg").write_text(haproxy_config(haproxy_port, sockets, per_worker))
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             ours_runs: list[dict[str, Any]] = []
             theirs_runs: list[dict[str, Any]] = []
             front_cpu = haproxy_cpu = 0.0
+            # The workers' CPU behind each side: the same processes serve
+            # both, so a difference is what the balancer makes them do.
+            workers_cpu = {"ours": 0.0, "theirs": 0.0}
             for round_ in range(args.rounds):
                 # Alternate who goes first: on a shared machine the load
                 # drifts, and a fixed order would favour one side.
@@ -294,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                     pid = node.pid if side == "ours" else haproxy_process.pid
                     port = front_port if side == "ours" else haproxy_port
                     before = cpu_seconds(pid)
+                    workers_before = sum(cpu_seconds(p) for p in worker_pids)
                     result = wrk(
                         f"http://127.0.0.1:{port}{path}", extra, args.seconds, args.connections
                     )
                     spent = cpu_seconds(pid) - before
+                    workers_cpu[side] += sum(cpu_seconds(p) for p in worker_pids) - workers_before
                     if side == "ours":
                         ours_runs.append(result)
                         front_cpu += spent
@@ -316,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("nan")
             ratios.append(f"{name} {ratio:.2f}x")
             theirs_us = 1e6 * haproxy_cpu / theirs_requests if theirs_requests else float("nan")
+            ours_workers_us = (
+                1e6 * workers_cpu["ours"] / ours_requests if ours_requests else float("nan")
+            )
+            theirs_workers_us = (
+                1e6 * workers_cpu["theirs"] / theirs_requests if theirs_requests else float("nan")
+            )
             per_round = [
                 a["rps"] / b["rps"] for a, b in zip(ours_runs, theirs_runs, strict=True) if b["rps"]
             ]
@@ -327,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 (
                     name,
-                    f"CPU per request: clickpass front {us:.1f} us, haproxy {theirs_us:.1f} us"
+                    f"CPU per request: clickpass front {us:.1f} us, haproxy {theirs_us:.1f} us;"
+                    f" workers behind them {ours_workers_us:.1f} us, {theirs_workers_us:.1f} us"
                     + spread,
                     None,
                 )
