@@ -41,7 +41,11 @@ class PoolEvents:
         """A draining worker has no request in flight any more."""
 
     def served(self, backend: Backend) -> None:
-        """A worker finished a request (for max-requests recycling)."""
+        """
+        A worker finished a request (for max-requests recycling): told only
+        once it has served L{Pool.served_from} requests, and never when that
+        is 0.
+        """
 
     def stuck(self, backend: Backend) -> None:
         """A worker did not answer a request within the request timeout."""
@@ -129,6 +133,7 @@ class Pool:
         self._sweeper: LoopingCall | None = None
         self._checker: LoopingCall | None = None
         self._cap = settings.max_in_flight
+        self.served_from = 0
 
     # Membership.
 
@@ -325,8 +330,21 @@ class Pool:
             return
         exchange.backend = None
         backend.served += 1
-        self._release(exchange, backend, connection if reusable else None)
-        self.events.served(backend)
+        if (
+            reusable
+            and connection is not None
+            and not self.queue
+            and not backend.draining
+            and connection.transport is not None
+        ):
+            # The common case, as _release would do it: the connection goes
+            # back to the worker's idle list.
+            backend.in_flight -= 1
+            backend.idle.append(connection)
+        else:
+            self._release(exchange, backend, connection if reusable else None)
+        if self.served_from and backend.served >= self.served_from:
+            self.events.served(backend)
 
     def _release(
         self,

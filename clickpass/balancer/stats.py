@@ -99,8 +99,7 @@ class Counters:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def response(self, status: int, seconds: float) -> None:
-        self.responses[min(status // 100, 5)] += 1
-        self.latency.observe(seconds)
+        responded(self, None, status, seconds)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -109,3 +108,24 @@ class Counters:
             "errors": {k: v for k, v in self.errors.items() if v},
             "latency": self.latency.snapshot(),
         }
+
+
+def responded(front: Counters, worker: Counters | None, status: int, seconds: float) -> None:
+    """
+    Count one response, for the front and for the worker that gave it: the
+    same as C{front.response(...)} and C{worker.response(...)}, in one call
+    (this runs on every proxied request).
+    """
+    kind = status // 100 if status < 600 else 5
+    bucket = bisect_left(LATENCY_BOUNDS, seconds)
+    front.responses[kind] += 1
+    latency = front.latency
+    latency.buckets[bucket] += 1
+    latency.count += 1
+    latency.total += seconds
+    if worker is not None:
+        worker.responses[kind] += 1
+        latency = worker.latency
+        latency.buckets[bucket] += 1
+        latency.count += 1
+        latency.total += seconds

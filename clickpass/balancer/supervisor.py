@@ -431,6 +431,8 @@ class Supervisor(Service, PoolEvents):
         self.settings = settings.workers
         self.pool = pool
         pool.events = self
+        # The pool tells served() only from this many requests on.
+        pool.served_from = settings.workers.max_requests
         self.count = count or settings.workers.count or os.cpu_count() or 1
         self._socket_dir = socket_dir
         self.executable = executable
