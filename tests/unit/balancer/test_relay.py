@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from twisted.internet import main, tcp, unix
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
@@ -102,6 +104,39 @@ def test_hop_by_hop_headers_of_the_worker_are_still_stripped():
         b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
     )
     assert client.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok"
+
+
+@pytest.mark.parametrize(
+    "hop",
+    [
+        b"Connection: keep-alive",
+        b"Keep-Alive: timeout=5",
+        b"Proxy-Authenticate: Basic",
+        b"Trailer: X-Checksum",
+        b"Upgrade: h2c",
+    ],
+)
+@pytest.mark.parametrize("framing", [b"Transfer-Encoding: chunked", b"Content-Length: 7"])
+@pytest.mark.parametrize("hop_first", [True, False])
+def test_each_hop_by_hop_header_is_stripped_wherever_it_stands(hop, framing, hop_first):
+    """
+    A hop-by-hop header of the worker's is found and stripped right after
+    the framing header as well as before it (the header scan must not lose
+    a line that follows a matched one).
+    """
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, _, _ = rig.accept_upstream()
+    lines = [hop, framing] if hop_first else [framing, hop]
+    body = b"7\r\nhello!!\r\n0\r\n\r\n" if b"chunked" in framing else b"hello!!"
+    upstream.dataReceived(
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n" + b"\r\n".join(lines) + b"\r\n\r\n" + body
+    )
+    out = client.value()
+    assert hop.split(b":")[0] not in out
+    assert out.startswith(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n")
+    assert out.endswith(body)
 
 
 def test_bytes_after_the_end_of_a_response_are_never_relayed():
