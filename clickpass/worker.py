@@ -6,8 +6,15 @@ the node's front to balance requests to.
 
 The front spawns it with a pipe on stdin and one on stdout. The worker
 opens the storage itself, builds the Site, listens on PATH and then writes
-C{ready PID} on stdout; it exits when stdin closes (the front is gone) or
-on SIGTERM. Log lines go to stderr, which the front relays into its log.
+C{ready PID} on stdout. When stdin closes (the front is gone) or on SIGTERM
+it stops: it stops listening at once, waits for the requests already inside
+the application to finish and closes its connections once their answers are
+sent (all within 0.8 x C{[workers] kill_timeout}, so that it exits by itself
+before the front's SIGKILL), then closes the storage and lets the reactor
+stop. The reactor and its thread pool keep running until then: a handler in
+a pool thread may still call back into the reactor
+(C{blockingCallFromThread}), and joining the pool under it would deadlock.
+Log lines go to stderr, which the front relays into its log.
 When the front writes C{metrics} on stdin, the worker answers with one
 line, C{metrics JSON}: its metrics registry's snapshot (the front adds the
 workers' snapshots up for /metrics).
@@ -28,11 +35,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import stdio
+from twisted.internet import defer, stdio
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -51,6 +59,12 @@ from clickpass import config as configmod
 log = Logger()
 
 SiteFactory = Callable[[Any, configmod.Settings, Any, bytes], Site]
+
+# The share of [workers] kill_timeout a stopping worker gives its requests;
+# the rest is for closing the storage before the front's SIGKILL.
+FINISH_SHARE = 0.8
+# Seconds between looks at the connections a stopping worker is closing.
+CLOSE_POLL = 0.01
 
 
 class FrontChannel(Protocol):
@@ -110,9 +124,10 @@ async def serve(reactor: Any, args: argparse.Namespace) -> None:
     port: IListeningPort = await UNIXServerEndpoint(
         reactor, args.socket, backlog=1024, mode=0o600
     ).listen(site)
+    ports = [port]
     if args.also_listen:
         # Benchmarks only: the same Site on a TCP endpoint, bypassing the front.
-        await serverFromString(reactor, args.also_listen).listen(site)
+        ports.append(await serverFromString(reactor, args.also_listen).listen(site))
     done: Deferred[None] = Deferred()
 
     def stop() -> None:
@@ -122,19 +137,70 @@ async def serve(reactor: Any, args: argparse.Namespace) -> None:
     channel = FrontChannel(stop, getattr(site, "metrics", None))
     stdio.StandardIO(channel, reactor=reactor)
 
-    def shutdown() -> Deferred[None] | None:
+    stopped: Deferred[None] = Deferred()
+
+    def shutdown() -> Deferred[None]:
+        # SIGTERM stops the reactor: hold its shutdown (and the join of its
+        # thread pool) until the requests in flight have finished.
         stop()
-        return None
+        waiter: Deferred[None] = Deferred()
+        stopped.addBoth(lambda _: waiter.callback(None))
+        return waiter
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     assert channel.transport is not None
     channel.transport.write(b"ready %d\n" % os.getpid())
     log.info("worker {id} ready on {socket}", id=args.id, socket=args.socket)
     await done
-    await maybeDeferred(port.stopListening)
-    storage.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(args.socket)
+    try:
+        deadline = reactor.seconds() + settings.workers.kill_timeout * FINISH_SHARE
+        for listening in ports:
+            await maybeDeferred(listening.stopListening)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.socket)
+        await finish_requests(reactor, site, deadline)
+        storage.close()
+    finally:
+        stopped.callback(None)
+
+
+async def finish_requests(reactor: Any, site: Site, deadline: float) -> None:
+    """
+    Let the requests already inside the application finish, until
+    C{deadline} at the latest: wait for the handlers still running, then
+    close the site's connections once what they have to send is sent (the
+    reactor's shutdown would drop it). Sites whose root resource does not
+    keep its handlers (no C{when_idle}, like the balancer's test
+    application) only get the second step.
+    """
+    resource = site.resource
+    when_idle = getattr(resource, "when_idle", None)
+    if when_idle is not None:
+        timeout = max(0.0, deadline - reactor.seconds())
+        try:
+            await when_idle().addTimeout(timeout, reactor)
+        except defer.TimeoutError:
+            log.info(
+                "stopping with {count} requests still running after {timeout:.1f}s",
+                count=getattr(resource, "in_flight", "?"),
+                timeout=timeout,
+            )
+    connections = _connections(reactor, site)
+    for connection in connections:
+        # Sends what is queued first, then closes.
+        connection.loseConnection()
+    # Only while stopping: a transport says nothing when it is gone.
+    while any(not c.disconnected for c in connections) and reactor.seconds() < deadline:
+        await deferLater(reactor, CLOSE_POLL, lambda: None)
+
+
+def _connections(reactor: Any, site: Site) -> list[Any]:
+    """The open connections of C{site}, from the reactor's own lists."""
+    return [
+        selectable
+        for selectable in {*reactor.getReaders(), *reactor.getWriters()}
+        if getattr(getattr(selectable, "protocol", None), "factory", None) is site
+    ]
 
 
 def _observer(worker_id: str, verbose: bool) -> ILogObserver:

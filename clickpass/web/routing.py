@@ -4,7 +4,9 @@ A small router for twisted.web: method + path pattern -> async handler.
 Handlers are C{async def handler(request, **params) -> bytes}; the router
 runs them, finishes the request with what they return, and turns
 L{HTTPError} into a plain error page. An unexpected exception is logged and
-answered with a 500 page: it never takes the process down.
+answered with a 500 page: it never takes the process down. It keeps the
+handlers still running, so a stopping worker can wait for them
+(L{Router.when_idle}) before it closes the storage they use.
 
 This module must never know about any particular page.
 """
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -84,6 +86,25 @@ class Router(Resource):
         # Per-route request counts and latency, labelled by the route's
         # pattern (never the raw path, so the label set stays bounded).
         self.observer: RequestObserver | None = None
+        # Handlers that have not finished yet, and who waits for there to be none.
+        self._running: set[Deferred[None]] = set()
+        self._idle_waiters: list[Deferred[None]] = []
+
+    @property
+    def in_flight(self) -> int:
+        """How many handlers are still running."""
+        return len(self._running)
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no handler is running (at once if none
+        is). Cancelling it only stops the wait.
+        """
+        if not self._running:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(self._idle_waiters.remove)
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         """Route C{method} requests for C{path} (with C{{name}} parameters) to C{handler}."""
@@ -117,6 +138,9 @@ class Router(Resource):
             d.addErrback(self._unexpected, request)
             if self.observer is not None:
                 d.addBoth(self._observe, route, request, started)
+            if not d.called:
+                self._running.add(d)
+                d.addBoth(self._handler_done, d)
             return NOT_DONE_YET
         if allowed:
             request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
@@ -133,6 +157,14 @@ class Router(Resource):
         if body:
             request.write(body)
         request.finish()
+
+    def _handler_done(self, result: object, d: Deferred[None]) -> object:
+        self._running.discard(d)
+        if not self._running and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
 
     def _observe(self, result: object, route: Route, request: Request, started: float) -> object:
         if self.observer is not None:
