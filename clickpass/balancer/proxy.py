@@ -697,7 +697,12 @@ class FrontConnection(Protocol):
     def on_message_complete(self) -> None:
         exchange, self.current = self.current, None
         if exchange is not None:
-            exchange.request_complete()
+            if exchange.chunked or exchange.producing or exchange.response_done:
+                exchange.request_complete()
+            else:
+                # What request_complete() comes to for a bodiless request
+                # still waiting for its response, the common case.
+                exchange.request_done = True
 
     # Moving through the exchanges of the connection.
 
