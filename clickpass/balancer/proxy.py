@@ -629,7 +629,11 @@ class FrontConnection(Protocol):
             exchange.local = local_response(
                 status, "Moved to HTTPS.", has_body, location, method == b"HEAD"
             )
-        elif factory.metrics_page is not None and _is_path(url, b"/metrics"):
+        elif (
+            factory.metrics_page is not None
+            and url.startswith(b"/metrics")
+            and _is_path(url, b"/metrics")
+        ):
             if method in (b"GET", b"HEAD"):
                 exchange.deferred_local = factory.metrics_page()
             else:
