@@ -97,32 +97,25 @@ def test_a_failing_data_received_is_logged_and_loses_its_connection() -> None:
         reactor._poller.close()
 
 
-def test_a_node_and_its_workers_run_on_the_clickpass_reactor() -> None:
-    """The global reactor, as C{twistd clickpass} and the workers install it."""
+def _reactor_after_install(prelude: str) -> str:
+    """The global reactor's class after C{prelude} and install_unless_chosen()."""
     code = (
-        "import sys\n"
+        f"{prelude}\n"
         "from clickpass.reactor import install_unless_chosen\n"
         "install_unless_chosen()\n"
         "from twisted.internet import reactor\n"
         "print(type(reactor).__module__ + '.' + type(reactor).__name__)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "clickpass.reactor.ClickpassReactor"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_workers_install_the_clickpass_reactor() -> None:
+    """What a worker (and makeService) does first, with no reactor chosen yet."""
+    assert _reactor_after_install("") == "clickpass.reactor.ClickpassReactor"
 
 
 def test_a_reactor_chosen_already_is_respected() -> None:
     """C{twistd --reactor=poll clickpass}: the chosen reactor stays."""
-    code = (
-        "from twisted.internet import pollreactor\n"
-        "pollreactor.install()\n"
-        "from clickpass.reactor import install_unless_chosen\n"
-        "install_unless_chosen()\n"
-        "from twisted.internet import reactor\n"
-        "print(type(reactor).__name__)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "PollReactor"
+    prelude = "from twisted.internet import pollreactor; pollreactor.install()"
+    assert _reactor_after_install(prelude) == "twisted.internet.pollreactor.PollReactor"

@@ -153,6 +153,11 @@ def test_ctl_user_add_and_disable(node: NodeProcess) -> None:
     assert missing.stderr.strip() == "clickpass-ctl: no account with email nobody@example.com"
 
 
+def test_the_node_runs_on_the_clickpass_reactor(node: NodeProcess) -> None:
+    """twistd logs the reactor it runs: the one makeService installs."""
+    assert "reactor class: clickpass.reactor.ClickpassReactor" in node.log()
+
+
 def test_ctl_without_a_node_says_so(tmp_path: Path) -> None:
     """clickpass-ctl against a node that is not running prints one line and exits 1."""
     config = write_config(tmp_path, free_port())
