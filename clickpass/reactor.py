@@ -36,7 +36,7 @@ from twisted.python.log import ILogContext
 
 
 class ClickpassReactor(EPollReactor):
-    """An epoll reactor that dispatches plain read events without a log context."""
+    """An epoll reactor that dispatches plain read events in three calls."""
 
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:

@@ -1183,32 +1183,24 @@ class UpstreamConnection(Protocol):
             if exchange.out is not None:
                 send_now(exchange.out, out[0] if len(out) == 1 else b"".join(out))
         if self._streaming:
-            self._reset()
-        else:
-            # _reset() without a producer to unregister.
-            self._in_head = True
-            self._complete = self._rechunk = self._raw = self._overrun = self._bodiless = False
-            self._buf = b""
+            self._stop_streaming()
+        # Ready for the next response on this connection.
+        self._in_head = True
+        self._complete = self._rechunk = self._raw = self._overrun = self._bodiless = False
+        self._buf = b""
         reusable = self._reusable
         exchange.response_complete(self, reusable)
         if not reusable:
             self.close()
 
-    def _reset(self) -> None:
-        if self._streaming:
-            self._streaming = False
-            target, self._producer_target = self._producer_target, None
-            if target is not None:
-                target.unregisterProducer()
-            if self.transport is not None:
-                self.transport.resumeProducing()
-        self._in_head = True
-        self._complete = False
-        self._rechunk = False
-        self._raw = False
-        self._overrun = False
-        self._bodiless = False
-        self._buf = b""
+    def _stop_streaming(self) -> None:
+        """The response streamed over several reads is over: stop pacing the worker."""
+        self._streaming = False
+        target, self._producer_target = self._producer_target, None
+        if target is not None:
+            target.unregisterProducer()
+        if self.transport is not None:
+            self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.pool.connection_closed(self)
