@@ -161,6 +161,32 @@ def test_max_requests_recycles_after_the_minimum_lifetime(tmp_path):
     assert len(reactor.processes) == 2
 
 
+class _Finished:
+    """What the pool needs of an exchange to finish it."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+
+def test_requests_finished_through_the_pool_recycle_at_max_requests(tmp_path):
+    """
+    The pool itself tells the supervisor when a worker has served
+    max_requests (not before), and the worker is replaced then.
+    """
+    reactor, pool, _supervisor = make(1, tmp_path, max_requests=3, min_lifetime=0.0)
+    process = reactor.processes[0]
+    ready(process)
+    backend = process.proto.backend
+    for _ in range(2):
+        backend.in_flight += 1
+        pool.finished(_Finished(backend), None, False)
+    assert len(reactor.processes) == 1
+    backend.in_flight += 1
+    pool.finished(_Finished(backend), None, False)  # type: ignore[arg-type]
+    assert backend.served == 3
+    assert len(reactor.processes) == 2
+
+
 def test_jitter_spreads_max_requests(tmp_path):
     """Each worker's max_requests is the setting plus up to the jitter."""
     reactor, _, _supervisor = make(8, tmp_path, max_requests=100, max_requests_jitter=50)
