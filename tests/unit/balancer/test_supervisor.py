@@ -182,7 +182,7 @@ def test_requests_finished_through_the_pool_recycle_at_max_requests(tmp_path):
         pool.finished(_Finished(backend), None, False)
     assert len(reactor.processes) == 1
     backend.in_flight += 1
-    pool.finished(_Finished(backend), None, False)  # type: ignore[arg-type]
+    pool.finished(_Finished(backend), None, False)
     assert backend.served == 3
     assert len(reactor.processes) == 2
 
