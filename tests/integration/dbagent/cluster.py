@@ -258,16 +258,6 @@ class Cluster:
     # for down never promotes. The benchmark keeps 0.5 s.
     check_timeout: float = 0.5
     check_fall: int = 3
-    # How long an agent has to fence its server before it kills it (the new
-    # primary's fence_wait follows from it). The tests give it 3 s: the fence
-    # tries read_only up to 3 times, each bounded by lock_wait_timeout, which
-    # MariaDB takes in whole seconds (at least 1), so with 0.6 s (or the
-    # shipped 1.0 s) one try blocked by a write waiting for its semi-sync
-    # acknowledgement used up the budget, and the agent killed its server, as
-    # designed, instead of retrying: a planned switchover under a steady
-    # writer failed that way in 3 runs of 30 on 2026-11-26 (one a clean-clone
-    # CI run). The benchmark keeps 0.6 s, as measured. See the session note.
-    fence_timeout: float = 0.6
     pair: Pair = field(init=False)
     links: dict[str, Forwarder] = field(default_factory=dict)
     # The clients' way to each host (the VIP forwards through it): cut
@@ -319,11 +309,8 @@ class Cluster:
                     check_interval=0.05,
                     check_timeout=self.check_timeout,
                     check_fall=self.check_fall,
-                    fence_timeout=self.fence_timeout,
-                    fence_wait=DOWN_ADVERTS * self.interval
-                    + self.interval
-                    + self.fence_timeout
-                    + 0.3,
+                    fence_timeout=0.6,
+                    fence_wait=DOWN_ADVERTS * self.interval + self.interval + 0.6 + 0.3,
                     rejoin_interval=0.25,
                     flap_period=3600,
                     semisync=self.semisync,

@@ -32,7 +32,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
 def make_cluster(base: Path, witness: bool = False) -> Cluster:
     """The loopback harness with both servers started (its agents not yet)."""
-    cluster = Cluster(global_reactor(), base, witness=witness, check_timeout=1.0, fence_timeout=3.0)
+    cluster = Cluster(global_reactor(), base, witness=witness, check_timeout=1.0)
     cluster.start_servers()
     return cluster
 
