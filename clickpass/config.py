@@ -379,6 +379,12 @@ class DbAgentSettings:
         default=3.0,
         metadata=_doc("Seconds the replica must be gone before the primary goes on alone."),
     )
+    catchup_wait: float = dataclasses.field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a returning replica may stream before semi-sync is on again, caught up or not."
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

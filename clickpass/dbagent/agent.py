@@ -61,6 +61,8 @@ HA_SCHEMA = "clickpass_ha"
 ER_NO_SUCH_TABLE = 1146
 ER_BAD_DB = 1049
 CONNECTION_REFUSED_CODES = (2002, 2003)
+# Tries of the local fence when the server ends its connection (see _fence).
+FENCE_ATTEMPTS = 3
 
 
 class HealthSink(Protocol):
@@ -99,6 +101,12 @@ class AgentConfig:
     # the primary goes on alone (DEGRADED). A replica rejoining after a
     # switchover or a restart is back well within it.
     degrade_after: float = 3.0
+    # A DEGRADED primary turns semi-sync on again when its returning
+    # replica has received all but a few transactions, or, under a write
+    # load the replica cannot outrun, after it has streamed for this long:
+    # writes then wait for the replica as it catches up (semi-sync paces
+    # them) instead of going on unprotected for as long as the load lasts.
+    catchup_wait: float = 10.0
     # False: plain asynchronous replication (benchmark comparison only;
     # acknowledged writes can be lost on failover).
     semisync: bool = True
@@ -199,6 +207,30 @@ def refused(error: BaseException) -> bool:
         and error.args[0] in CONNECTION_REFUSED_CODES
         and "refused" in str(error).lower()
     )
+
+
+# MariaDB: the connection was killed; the statement was interrupted.
+ER_CONNECTION_KILLED = 1927
+ER_QUERY_INTERRUPTED = 1317
+# Client: the server closed the connection (or lost it mid-query).
+CR_SERVER_GONE = 2006
+CR_SERVER_LOST = 2013
+
+
+def connection_ended(error: BaseException) -> bool:
+    """
+    The server answered by ending our connection (a KILL: the peer's agent
+    fencing this server ends every client connection, ours included), as
+    opposed to a timeout, which says the server may be frozen.
+    """
+    if isinstance(error, pymysql.err.InterfaceError):
+        return True  # the connection was already closed under us
+    if not isinstance(error, pymysql.err.OperationalError) or not error.args:
+        return False
+    code = error.args[0]
+    if code in (ER_CONNECTION_KILLED, ER_QUERY_INTERRUPTED):
+        return True
+    return code in (CR_SERVER_GONE, CR_SERVER_LOST) and "timed out" not in str(error).lower()
 
 
 def reset(error: BaseException) -> bool:
@@ -350,6 +382,9 @@ class DbAgent(Service):
         self._serial = 0
         self._op_token: object = None
         self._last_slow = -1e9
+        self._slow_running = False
+        # When the DEGRADED primary first saw its replica back and streaming.
+        self._replica_back_since: float | None = None
         self._checks = LoopingCall(self._check)
         self._checks.clock = clock
         self._reported: bool | None = None
@@ -529,7 +564,10 @@ class DbAgent(Service):
                 self.machine.server_up()
             if self.role.writable and read_only:
                 self.last_error = "the primary's server is read-only"
-            if self.clock.seconds() - self._last_slow >= self.config.rejoin_interval:
+            if (
+                not self._slow_running
+                and self.clock.seconds() - self._last_slow >= self.config.rejoin_interval
+            ):
                 self._last_slow = self.clock.seconds()
                 self._spawn("status", self._slow_check())
 
@@ -564,6 +602,15 @@ class DbAgent(Service):
 
     async def _slow_check(self) -> None:
         """Every rejoin_interval: the full status, and what follows from it."""
+        # One at a time: a reading that takes longer than the interval (a
+        # busy server) is not overtaken by the next one.
+        self._slow_running = True
+        try:
+            await self._slow_check_once()
+        finally:
+            self._slow_running = False
+
+    async def _slow_check_once(self) -> None:
         role, serial = self.role, self._serial
         status = await self.local.status()
         self.last_status = status
@@ -601,24 +648,59 @@ class DbAgent(Service):
                 )
                 self.counters["degraded"] += 1
                 self.machine.peer_gone()
-        elif role == Role.DEGRADED and self.peer_present and await self._replica_caught_up(status):
-            self.log.info(
-                "dbagent {node}: the replica is back and caught up; semi-sync on again",
-                node=self.config.node,
-            )
-            self.machine.peer_back()
+        elif role == Role.DEGRADED:
+            await self._consider_lossless(status, serial)
         self._report()
 
-    async def _replica_caught_up(self, status: ops.ServerStatus) -> bool:
+    async def _consider_lossless(self, status: ops.ServerStatus, serial: int) -> None:
+        """
+        DEGRADED: semi-sync on again once the replica is back, streaming
+        from this server with semi-sync, and has received all but a few
+        transactions (what an acknowledgement covers is receipt, so writes
+        barely wait when it goes on); or once it has streamed for
+        C{catchup_wait} without getting there, as under a write load it
+        cannot outrun: the writes then wait for it as it catches up.
+        """
+        if not self.peer_present:
+            self.reason = "the replica is gone"
+            self._replica_back_since = None
+            return
         try:
-            replica = await self.peer.call(ops.read_status, timeout=self.config.fence_timeout)
-        except Exception:
-            return False
-        return (
-            replica.replicating
-            and replica.semisync_slave_enabled
-            and replica.slave_pos.transactions_behind(status.binlog_pos) <= 10
+            replica = await self.peer.status()
+        except Exception as e:
+            self.reason = f"the replica's status could not be read: {one_line(e)}"
+            self._replica_back_since = None
+            return
+        if self._serial != serial:
+            return
+        if not (replica.streaming and replica.semisync_slave_enabled):
+            self.reason = "the replica is back but not streaming with semi-sync"
+            self._replica_back_since = None
+            return
+        now = self.clock.seconds()
+        if self._replica_back_since is None:
+            self._replica_back_since = now
+        behind = replica.received_pos.transactions_behind(status.binlog_pos)
+        streamed = now - self._replica_back_since
+        if behind <= 10:
+            why = f"{behind} transactions behind"
+        elif streamed >= self.config.catchup_wait:
+            why = (
+                f"still {behind} transactions behind after {streamed:.1f}s of streaming; "
+                "writes wait for it as it catches up"
+            )
+        else:
+            self.reason = f"the replica is back, {behind} transactions behind"
+            return
+        self._replica_back_since = None
+        self.reason = ""
+        self.counters["replica_back"] += 1
+        self.log.info(
+            "dbagent {node}: the replica is back ({why}); semi-sync on again",
+            node=self.config.node,
+            why=why,
         )
+        self.machine.peer_back()
 
     async def _update_block(self) -> None:
         record = await self.local.call(last_failover)
@@ -689,6 +771,7 @@ class DbAgent(Service):
         self.changed_at = self.clock.seconds()
         # Whatever was running for the role left behind is overtaken.
         self._serial += 1
+        self._replica_back_since = None
         if role not in (Role.FENCED, Role.REJOINING):
             # Decided afresh by the next rejoin attempt; never carried over
             # from before this host was primary.
@@ -764,20 +847,30 @@ class DbAgent(Service):
 
     async def _fence(self) -> None:
         serial = self._serial
-        try:
-            killed = await self.local.call(
-                ops.fence, 3, self.config.fence_timeout / 3, timeout=self.config.fence_timeout
-            )
-        except Exception as e:
-            self.last_error = f"fence failed: {one_line(e)}"
-            if self.kill_server():
-                self.counters["server_killed"] += 1
-                self.log.error(
-                    "dbagent {node}: could not fence the local server ({error}); killed it",
-                    node=self.config.node,
-                    error=one_line(e),
+        attempt = 1
+        while True:
+            try:
+                killed = await self.local.call(
+                    ops.fence, 3, self.config.fence_timeout / 3, timeout=self.config.fence_timeout
                 )
-            raise
+                break
+            except Exception as e:
+                # The peer taking over fences this server at the same time
+                # (a switchover, an election it wins while this server still
+                # answers), and each fence ends the other's connection: a
+                # fence whose connection the server ended is tried again on
+                # a new one. A timeout is not: the server may be frozen.
+                if attempt < FENCE_ATTEMPTS and connection_ended(e):
+                    attempt += 1
+                    self.counters["fence_connection_ended"] += 1
+                    self.log.info(
+                        "dbagent {node}: the fence's connection was ended ({error}); fencing again",
+                        node=self.config.node,
+                        error=one_line(e),
+                    )
+                    continue
+                self._fence_failed(e)
+                raise
         self.counters["fenced"] += 1
         self.log.info(
             "dbagent {node}: fenced (read-only; {killed} client connections ended)",
@@ -792,6 +885,16 @@ class DbAgent(Service):
             # now rather than at the next slow check, so that its first
             # semi-sync write is acknowledged sooner.
             self.machine.retry()
+
+    def _fence_failed(self, e: BaseException) -> None:
+        self.last_error = f"fence failed: {one_line(e)}"
+        if self.kill_server():
+            self.counters["server_killed"] += 1
+            self.log.error(
+                "dbagent {node}: could not fence the local server ({error}); killed it",
+                node=self.config.node,
+                error=one_line(e),
+            )
 
     async def _rejoin(self, force: bool) -> None:
         serial = self._serial

@@ -75,6 +75,14 @@ class Position:
         """Whether this position is at or past C{target} in every domain of C{target}."""
         return all(self.seq(d) >= g.seq for d, g in target.by_domain)
 
+    def union(self, other: Position) -> Position:
+        """The further of the two in every domain either holds."""
+        domains = dict(self.by_domain)
+        for d, g in other.by_domain:
+            if d not in domains or g.seq > domains[d].seq:
+                domains[d] = g
+        return Position(tuple(sorted(domains.items())))
+
     def transactions_behind(self, target: Position) -> int:
         """How many transactions this position lacks to reach C{target} (0 when there)."""
         return sum(max(0, g.seq - self.seq(d)) for d, g in target.by_domain)

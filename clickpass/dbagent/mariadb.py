@@ -174,6 +174,15 @@ class ServerStatus:
         return self.replicating and bool(self.master_log_file)
 
     @property
+    def received_pos(self) -> Position:
+        """
+        What the replica holds in its relay log or has applied: what a
+        semi-sync acknowledgement covers (C{Gtid_IO_Pos}, or the applied
+        position where it is further, as right after a restart).
+        """
+        return self.io_pos.union(self.slave_pos)
+
+    @property
     def applied_received(self) -> bool:
         """Whether everything the replica received has been applied."""
         return self.slave_pos.reached(self.io_pos)

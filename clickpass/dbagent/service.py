@@ -77,6 +77,7 @@ def agent_config(settings: configmod.Settings) -> AgentConfig:
         rejoin_interval=db.rejoin_interval,
         flap_period=db.flap_period,
         degrade_after=db.degrade_after,
+        catchup_wait=db.catchup_wait,
         server_pid_file=str(settings.data_path(db.server_pid_file)) if db.server_pid_file else "",
         health_check=db.health_check,
     )

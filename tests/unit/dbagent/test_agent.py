@@ -62,6 +62,8 @@ class FakeServer:
         self.status_ = ops.ServerStatus(**status)
         self.calls: list[str] = []
         self.hanging: set[str] = set()  # these calls never answer
+        # The next calls of a name fail with these, in order.
+        self.failing: dict[str, list[BaseException]] = {}
         # Run inside a rejoin, after read-only (a late commit reaching the binlog).
         self.before_rejoin: Callable[[], None] | None = None
         # What the replica's state says once replication starts (errors).
@@ -174,8 +176,13 @@ class FakeServer:
         if self.mode == "frozen" or fn.__name__ in self.hanging:
             return d.addTimeout(timeout if timeout is not None else 5.0, self.clock)
         mode = self.mode
+        failures = self.failing.get(fn.__name__)
+        failure = failures.pop(0) if failures else None
 
         def answer() -> None:
+            if failure is not None:
+                d.errback(Failure(failure))
+                return
             if mode == "reset":
                 d.errback(Failure(ops.ServerGone("reset by peer", certain=False)))
                 return
@@ -545,19 +552,89 @@ def test_primary_goes_degraded_when_the_replica_is_gone_and_back_when_it_returns
     w.until(lambda: w.role == Role.DEGRADED)
     w.run(0.05)  # the semi-sync change runs after the role change
     assert not w.local.status_.semisync_master_enabled
-    # The replica comes back, replicating and caught up.
-    w.peer.set(
-        read_only=True,
-        replica_configured=True,
-        io_running="Yes",
-        sql_running="Yes",
-        semisync_slave_enabled=True,
-        slave_pos=POS,
-    )
+    # The replica comes back, streaming with semi-sync and caught up.
+    w.peer.set(**STREAMING, slave_pos=POS)
     w.agent.set_peer_present(True)
     w.until(lambda: w.role == Role.PRIMARY)
     w.run(0.05)
     assert w.local.status_.semisync_master_enabled
+
+
+STREAMING: dict[str, Any] = {
+    "read_only": True,
+    "replica_configured": True,
+    "io_running": "Yes",
+    "sql_running": "Yes",
+    "master_log_file": "bin.000001",
+    "semisync_slave_enabled": True,
+}
+
+
+def degraded_world() -> World:
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.agent.set_peer_present(False)
+    w.until(lambda: w.role == Role.DEGRADED)
+    return w
+
+
+def test_a_returning_replica_counts_as_caught_up_on_what_it_received() -> None:
+    """A semi-sync acknowledgement covers receipt: an applier still behind does not keep it off."""
+    w = degraded_world()
+    w.local.set(binlog_pos=Position.parse("0-1-500"))
+    w.peer.set(**STREAMING, slave_pos=POS, io_pos=Position.parse("0-1-495"))
+    w.agent.set_peer_present(True)
+    took = w.until(lambda: w.role == Role.PRIMARY)
+    assert took < CONFIG.catchup_wait / 2
+    assert w.agent.counters["replica_back"] == 1
+
+
+def test_a_replica_that_cannot_catch_up_gets_semi_sync_after_catchup_wait() -> None:
+    """
+    Under a write load the returning replica cannot outrun, the primary does
+    not stay unprotected for as long as the load lasts: after catchup_wait
+    of streaming, semi-sync goes on and writes wait for the replica.
+    """
+    w = degraded_world()
+    w.local.set(binlog_pos=Position.parse("0-1-5000"))
+    w.peer.set(**STREAMING, slave_pos=POS, io_pos=Position.parse("0-1-3000"))
+    w.agent.set_peer_present(True)
+    w.run(CONFIG.catchup_wait - 1.0)
+    assert w.role == Role.DEGRADED
+    assert w.agent.status()["reason"] == "the replica is back, 2000 transactions behind"
+    w.until(lambda: w.role == Role.PRIMARY, limit=2.0)
+    w.run(0.05)
+    assert w.local.status_.semisync_master_enabled
+
+
+def test_the_catch_up_wait_starts_again_when_the_replica_stops_streaming() -> None:
+    """Only time spent streaming counts; a replica that stops and starts again waits afresh."""
+    w = degraded_world()
+    w.local.set(binlog_pos=Position.parse("0-1-5000"))
+    w.peer.set(**STREAMING, io_pos=Position.parse("0-1-3000"))
+    w.agent.set_peer_present(True)
+    w.run(CONFIG.catchup_wait - 1.0)
+    w.peer.set(io_running="Connecting")
+    w.run(1.0)
+    assert w.agent.status()["reason"] == "the replica is back but not streaming with semi-sync"
+    w.peer.set(io_running="Yes")
+    w.run(CONFIG.catchup_wait - 1.0)
+    assert w.role == Role.DEGRADED
+    w.until(lambda: w.role == Role.PRIMARY, limit=2.0)
+
+
+def test_an_unreadable_replica_keeps_the_primary_degraded() -> None:
+    """A replica whose status cannot be read is not counted as back."""
+    w = degraded_world()
+    w.peer.set(**STREAMING, slave_pos=POS)
+    w.peer.mode = "refused"
+    w.agent.set_peer_present(True)
+    w.run(CONFIG.catchup_wait + 2.0)
+    assert w.role == Role.DEGRADED
+    assert "could not be read" in w.agent.status()["reason"]
+    w.peer.mode = "up"
+    w.until(lambda: w.role == Role.PRIMARY)
 
 
 def test_losing_the_election_fences_the_primary() -> None:
@@ -570,6 +647,56 @@ def test_losing_the_election_fences_the_primary() -> None:
     assert w.vip.log == ["take", "release"]
     w.until(lambda: w.role in (Role.FENCED, Role.REJOINING, Role.REPLICA))
     assert w.local.status_.read_only
+
+
+ENDED = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+TIMED_OUT = pymysql.err.OperationalError(
+    2013, "Lost connection to MySQL server during query (timed out)"
+)
+
+
+def test_a_fence_whose_connection_is_ended_is_tried_again() -> None:
+    """
+    The peer taking over fences this server too, and its fence ends every
+    client connection, the local fence's included: the fence is tried again
+    on a new connection, and the server is not killed.
+    """
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.local.failing["fence"] = [ENDED, pymysql.err.OperationalError(1927, "Connection was killed")]
+    before = w.local.calls.count("fence")
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role in (Role.FENCED, Role.REJOINING, Role.REPLICA))
+    assert w.local.status_.read_only
+    assert w.killed == []
+    assert w.agent.counters["fence_connection_ended"] == 2
+    assert w.local.calls.count("fence") - before == 3
+
+
+def test_a_fence_that_times_out_kills_the_server_at_once() -> None:
+    """A timeout says the server may be frozen: no second try, the server is killed."""
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.local.failing["fence"] = [TIMED_OUT]
+    before = w.local.calls.count("fence")
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: bool(w.killed))
+    assert w.local.calls.count("fence") - before == 1
+    assert w.agent.counters["fence_connection_ended"] == 0
+
+
+def test_a_fence_ended_every_time_kills_the_server() -> None:
+    """Ended on every try: the fence failed, and the server is killed."""
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.local.failing["fence"] = [ENDED, ENDED, ENDED]
+    before = w.local.calls.count("fence")
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: bool(w.killed))
+    assert w.local.calls.count("fence") - before == agentmod.FENCE_ATTEMPTS
 
 
 def test_a_slow_server_is_not_down_while_it_promotes() -> None:

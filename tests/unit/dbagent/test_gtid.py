@@ -31,6 +31,15 @@ def test_reached_and_behind() -> None:
     assert applied.transactions_behind(Position.parse("0-1-15,1-1-3")) == 5
 
 
+def test_union_is_the_further_position_in_every_domain() -> None:
+    """A replica's received position: its relay log's, or its applied one where further."""
+    received = Position.parse("0-1-12")
+    applied = Position.parse("0-1-10,1-2-4")
+    assert received.union(applied) == Position.parse("0-1-12,1-2-4")
+    assert applied.union(received) == Position.parse("0-1-12,1-2-4")
+    assert Position().union(applied) == applied
+
+
 def test_contained_history_has_no_errant_transactions() -> None:
     """A former primary behind or equal to the new primary in every domain may rejoin."""
     assert errant(Position.parse("0-1-10"), Position.parse("0-2-12")) == []
