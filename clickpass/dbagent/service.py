@@ -62,6 +62,9 @@ def check_dbagent_settings(settings: configmod.Settings, error: type[Exception])
             raise error(f"[dbagent] {key}: must be positive")
     if db.check_fall < 1:
         raise error("[dbagent] check_fall: must be at least 1")
+    for key in ("degrade_after", "catchup_wait"):
+        if getattr(db, key) < 0:
+            raise error(f"[dbagent] {key}: must not be negative")
 
 
 def agent_config(settings: configmod.Settings) -> AgentConfig:

@@ -23,6 +23,7 @@ from clickpass.dbagent.service import (
     ALERT_FAILOVER,
     ALERT_QUARANTINED,
     DbHost,
+    agent_config,
 )
 
 DOCUMENT: dict[str, Any] = {
@@ -58,6 +59,7 @@ def test_a_working_dbagent_section_parses() -> None:
     """The documented shape is accepted."""
     settings = config.parse(document())
     assert settings.dbagent.enabled and settings.dbagent.group == "db"
+    assert agent_config(settings).catchup_wait == settings.dbagent.catchup_wait == 10.0
 
 
 @pytest.mark.parametrize(
@@ -69,6 +71,7 @@ def test_a_working_dbagent_section_parses() -> None:
         ({"dbagent__health_check": "mariadb"}, "check named 'mariadb' with weight 0"),
         ({"dbagent__peer_host": ""}, "[dbagent] peer_host"),
         ({"dbagent__check_fall": 0}, "[dbagent] check_fall"),
+        ({"dbagent__catchup_wait": -1.0}, "[dbagent] catchup_wait: must not be negative"),
     ],
 )
 def test_settings_that_cannot_work_are_one_line_errors(
