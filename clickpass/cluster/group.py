@@ -269,7 +269,15 @@ class Group:
         and can neither advertise nor renew its VIP lease. If it is our live
         master, treat it as that master's resign (RFC 5798: Skew_Time);
         with a witness, the takeover still waits for the witness's vote.
+
+        The adverts already waiting in our socket are read first: the
+        master's last one, sent just before it died, can be read after the
+        link's close (the two arrive on different sockets), and read later
+        it would count as the master alive again (the takeover would then
+        wait for the missed adverts).
         """
+        if self.drain is not None:
+            self.drain()
         last = self._last_master
         view = self.peers.get(node)
         if (

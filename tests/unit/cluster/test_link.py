@@ -143,6 +143,30 @@ def test_masters_process_gone_is_a_resign_takeover_after_skew_only() -> None:
     assert [r["reason"] for r in reports] == ["heartbeat process gone"]
 
 
+def test_the_masters_last_advert_read_after_its_link_closed_does_not_undo_it() -> None:
+    """
+    The master's last advert, sent just before it died, is still waiting in
+    the backup's socket when the backup reads the link's close (two sockets,
+    no order between them): it is read first, so the takeover still comes
+    after the skew alone and names the process gone, not missed adverts.
+    """
+    net = Net(0.1)
+    _, b = _pair(net)
+    reports: list[dict[str, Any]] = []
+    b.on_failover = reports.append
+    net.stalled.add("app2")
+    net.run(0.1, step=0.001)  # an advert from app1 waits in app2's socket
+    assert net.inbox["app2"]
+    net.dead.add("app1")
+    net.stalled.discard("app2")  # app2 runs again and reads the link's close first
+    gone_at = net.clock.seconds()
+    b.peer_process_gone("app1")
+    net.run(0.5, step=0.001)
+    took = [t for t, who, what in net.events if who == "app2" and what == "take"]
+    assert took and took[0] - gone_at == pytest.approx(skew(100, 0.1), abs=0.002)
+    assert [r["reason"] for r in reports] == ["heartbeat process gone"]
+
+
 def test_process_gone_of_a_non_master_or_seen_as_master_is_ignored() -> None:
     """The link closing for a peer that is not our live master changes nothing."""
     net = Net(0.1)
