@@ -692,7 +692,7 @@ class DbAgent(Service):
         else:
             self.reason = f"the replica is back, {behind} transactions behind"
             return
-        self._replica_back_since = None
+        # (_replica_back_since is cleared by entering PRIMARY.)
         self.reason = ""
         self.counters["replica_back"] += 1
         self.log.info(

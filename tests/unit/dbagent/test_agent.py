@@ -322,6 +322,14 @@ def replica_world(**kw: Any) -> World:
     return w
 
 
+def primary_world() -> World:
+    """db2 elected and promoted: PRIMARY, db1 its replica."""
+    w = replica_world()
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role == Role.PRIMARY)
+    return w
+
+
 def test_a_new_host_is_fenced_first_and_rejoins_the_primary() -> None:
     """A server that appears is made read-only, then replicates from the writable peer."""
     w = replica_world()
@@ -541,9 +549,7 @@ def test_release_refuses_a_host_that_is_not_quarantined() -> None:
 
 def test_primary_goes_degraded_when_the_replica_is_gone_and_back_when_it_returns() -> None:
     """DEGRADED only when the group agrees and no replica acks; lossless again when caught up."""
-    w = replica_world()
-    w.agent.group_state(State.MASTER)
-    w.until(lambda: w.role == Role.PRIMARY)
+    w = primary_world()
     w.local.set(semisync_master_clients=1)
     w.agent.set_peer_present(False)
     w.run(1.0)
@@ -571,9 +577,7 @@ STREAMING: dict[str, Any] = {
 
 
 def degraded_world() -> World:
-    w = replica_world()
-    w.agent.group_state(State.MASTER)
-    w.until(lambda: w.role == Role.PRIMARY)
+    w = primary_world()
     w.agent.set_peer_present(False)
     w.until(lambda: w.role == Role.DEGRADED)
     return w
@@ -661,9 +665,7 @@ def test_a_fence_whose_connection_is_ended_is_tried_again() -> None:
     client connection, the local fence's included: the fence is tried again
     on a new connection, and the server is not killed.
     """
-    w = replica_world()
-    w.agent.group_state(State.MASTER)
-    w.until(lambda: w.role == Role.PRIMARY)
+    w = primary_world()
     w.local.failing["fence"] = [ENDED, pymysql.err.OperationalError(1927, "Connection was killed")]
     before = w.local.calls.count("fence")
     w.agent.group_state(State.BACKUP)
@@ -676,9 +678,7 @@ def test_a_fence_whose_connection_is_ended_is_tried_again() -> None:
 
 def test_a_fence_that_times_out_kills_the_server_at_once() -> None:
     """A timeout says the server may be frozen: no second try, the server is killed."""
-    w = replica_world()
-    w.agent.group_state(State.MASTER)
-    w.until(lambda: w.role == Role.PRIMARY)
+    w = primary_world()
     w.local.failing["fence"] = [TIMED_OUT]
     before = w.local.calls.count("fence")
     w.agent.group_state(State.BACKUP)
@@ -689,9 +689,7 @@ def test_a_fence_that_times_out_kills_the_server_at_once() -> None:
 
 def test_a_fence_ended_every_time_kills_the_server() -> None:
     """Ended on every try: the fence failed, and the server is killed."""
-    w = replica_world()
-    w.agent.group_state(State.MASTER)
-    w.until(lambda: w.role == Role.PRIMARY)
+    w = primary_world()
     w.local.failing["fence"] = [ENDED, ENDED, ENDED]
     before = w.local.calls.count("fence")
     w.agent.group_state(State.BACKUP)
