@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
+from twisted.python.threadable import isInIOThread
 
 from clickpass.config import ConfigError, Settings, read_secret_file
 
@@ -366,6 +367,9 @@ class AdbapiStorage:
         return d
 
     def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
+        if isInIOThread():
+            # blockingCallFromThread would wait forever for the reactor it blocks.
+            raise RuntimeError("run_blocking was called on the reactor thread; it would deadlock")
         result: T = blockingCallFromThread(self._reactor, self.run, fn, *args)  # type: ignore[arg-type]
         return result
 

@@ -13,15 +13,9 @@ from clickpass.database.storage import Transaction
 MAX_REALM = 512
 MAX_FIELDS = 1024
 
-
-def get(tx: Transaction, account_id: int, realm: str) -> frozenset[str] | None:
-    """The fields approved for C{realm}, or L{None} when it was never approved."""
-    row = tx.fetchone(
-        "SELECT fields FROM approvals WHERE account_id = ? AND realm = ?", account_id, realm
-    )
-    if row is None:
-        return None
-    return frozenset(f for f in str(row[0]).split(",") if f)
+# C{last_used} is kept to this resolution: a sign-in that an approval covers
+# writes it only when the stored value is older, so repeated sign-ins are reads.
+LAST_USED_RESOLUTION = 3600
 
 
 def remember(
@@ -51,13 +45,30 @@ def remember(
     return True
 
 
-def touch(tx: Transaction, account_id: int, realm: str, now: int) -> None:
-    tx.execute(
-        "UPDATE approvals SET last_used = ? WHERE account_id = ? AND realm = ?",
-        now,
+def use(
+    tx: Transaction, account_id: int, realm: str, fields: frozenset[str], now: int
+) -> frozenset[str] | None:
+    """
+    The fields approved for C{realm} (L{None}: never approved); when they
+    cover C{fields}, the approval is used, and its C{last_used} is brought
+    up to date (to L{LAST_USED_RESOLUTION}).
+    """
+    row = tx.fetchone(
+        "SELECT fields, last_used FROM approvals WHERE account_id = ? AND realm = ?",
         account_id,
         realm,
     )
+    if row is None:
+        return None
+    approved = frozenset(f for f in str(row[0]).split(",") if f)
+    if fields <= approved and int(row[1]) <= now - LAST_USED_RESOLUTION:
+        tx.execute(
+            "UPDATE approvals SET last_used = ? WHERE account_id = ? AND realm = ?",
+            now,
+            account_id,
+            realm,
+        )
+    return approved
 
 
 def forget(tx: Transaction, account_id: int, realm: str) -> bool:

@@ -88,7 +88,23 @@ class SiteIdentifier:
     sector: str
 
 
+# C{last_used} is kept to this resolution: a sign-in writes it only when the
+# stored value is older, so a person signing in again and again costs reads.
+LAST_USED_RESOLUTION = 3600
+
+
+def _recorded(tx: Transaction, account_id: int, sector: str) -> tuple[str, int] | None:
+    row = tx.fetchone(
+        "SELECT opaque, last_used FROM site_identifiers WHERE account_id = ? AND sector = ?",
+        account_id,
+        sector,
+    )
+    return (str(row[0]), int(row[1])) if row is not None else None
+
+
 def _ensure(tx: Transaction, opaque: str, account_id: int, sector: str, now: int) -> SiteIdentifier:
+    # The INSERT comes first: on MariaDB the transaction's snapshot is taken
+    # at its first read, which must see a row another worker just inserted.
     tx.execute(
         tx.dialect.insert_ignore() + " INTO site_identifiers "
         "(opaque, account_id, sector, created, last_used) VALUES (?, ?, ?, ?, ?)",
@@ -98,13 +114,19 @@ def _ensure(tx: Transaction, opaque: str, account_id: int, sector: str, now: int
         now,
         now,
     )
-    row = tx.fetchone(
-        "SELECT opaque, account_id, sector FROM site_identifiers "
-        "WHERE account_id = ? AND sector = ?",
-        account_id,
-        sector,
-    )
-    if row is None or str(row[0]) != opaque:
+    last_used = _checked(_recorded(tx, account_id, sector), opaque, account_id, sector)
+    if last_used <= now - LAST_USED_RESOLUTION:
+        tx.execute(
+            "UPDATE site_identifiers SET last_used = ? WHERE opaque = ?",
+            now,
+            opaque,
+        )
+    return SiteIdentifier(opaque, account_id, sector)
+
+
+def _checked(found: tuple[str, int] | None, opaque: str, account_id: int, sector: str) -> int:
+    """The recorded row's C{last_used}, once it holds C{opaque}."""
+    if found is None or found[0] != opaque:
         # Either the opaque value belongs to another (account, sector) pair,
         # which a 160-bit HMAC makes practically impossible, or the row for
         # this pair holds a different value: the master secret changed.
@@ -112,12 +134,7 @@ def _ensure(tx: Transaction, opaque: str, account_id: int, sector: str, now: int
             f"site identifier for account {account_id} at {sector} does not match the "
             "derived value; was the master secret changed?"
         )
-    tx.execute(
-        "UPDATE site_identifiers SET last_used = ? WHERE opaque = ?",
-        now,
-        opaque,
-    )
-    return SiteIdentifier(opaque, account_id, sector)
+    return found[1]
 
 
 def _lookup(tx: Transaction, opaque: str) -> SiteIdentifier | None:
@@ -159,6 +176,12 @@ class Identifiers:
         """
         sector = sector_of(realm)
         opaque = self.opaque(uid, sector)
+        # The usual case, a site the person signed in to before (within
+        # LAST_USED_RESOLUTION), is one read; anything else writes.
+        found = await self._storage.run(_recorded, account_id, sector)
+        if found is not None and found[1] > now - LAST_USED_RESOLUTION:
+            _checked(found, opaque, account_id, sector)
+            return SiteIdentifier(opaque, account_id, sector)
         if self._clock is None:
             result: SiteIdentifier = await self._storage.run(
                 _ensure, opaque, account_id, sector, now

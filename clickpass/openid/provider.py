@@ -12,9 +12,12 @@ known 3.2.0 pitfalls.
   response nonce is claimed in the store), so a replayed assertion is
   refused even if two workers see it at the same moment.
 
-Every method of L{Provider} that touches the library is synchronous and
-must run in a thread, never on the reactor: the store it uses blocks on
-the database.
+L{Provider.decode}, and L{Provider.encode} of a response that needs no
+signature, are pure computation and run on the reactor thread. So does
+L{Provider.sign}, against a store staged around it (its one read made
+before, its writes after). The direct requests (associate,
+check_authentication) use the library's store, which blocks on the
+database: they must run in a thread, never on the reactor.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from openid.server.server import (
     OpenIDResponse,
     Server,
     Signatory,
+    SigningEncoder,
     WebResponse,
 )
 from openid.store.nonce import split as split_nonce
 
-from clickpass.openid.store import DatabaseOpenIDStore
+from clickpass.openid.store import DatabaseOpenIDStore, StagedStore
 
 # Strongest first: the negotiator offers its first pair to a relying party
 # that asked for something we do not allow.
@@ -124,8 +128,9 @@ def _claim_assertion(store: DatabaseOpenIDStore, request: CheckAuthRequest) -> b
 
 class Provider:
     """
-    The library's server on our store. All methods block: call them only
-    from a thread.
+    The library's server on our store. L{handle_direct}, and L{encode} of
+    a response that needs signing, block on the store: call them only from
+    a thread.
     """
 
     def __init__(
@@ -142,7 +147,10 @@ class Provider:
         self.server.negotiator = negotiator_for(served_over_tls)
 
     def decode(self, query: Mapping[str, str]) -> Any:
-        """Decode a request (raises the library's C{ProtocolError} family)."""
+        """
+        Decode a request (raises the library's C{ProtocolError} family).
+        Pure parsing, without the store: safe on the reactor thread.
+        """
         return self.server.decodeRequest(dict(query))
 
     def handle_direct(self, request: Any) -> WebResponse:
@@ -153,6 +161,27 @@ class Provider:
             response = self.server.handleRequest(request)
         return self.server.encodeResponse(response)
 
+    async def sign(self, response: OpenIDResponse) -> WebResponse:
+        """
+        On the reactor thread: sign and encode a response that needs it.
+        The association the relying party named is read first; the library
+        signs against a L{StagedStore}; the associations it made or retired
+        are written before this returns, so they exist before the relying
+        party can see the assertion.
+        """
+        key = ClickpassSignatory._normal_key
+        handle = response.request.assoc_handle
+        staged = await self.store.read(key, handle) if handle else StagedStore(key, None)
+        signatory = ClickpassSignatory(staged)
+        signatory.lifetime = self.server.signatory.lifetime
+        encoded: WebResponse = SigningEncoder(signatory).encode(response)
+        await self.store.apply(staged)
+        return encoded
+
     def encode(self, response: Any) -> WebResponse:
-        """Sign (if needed) and encode a response or a C{ProtocolError}."""
+        """
+        Sign (if needed) and encode a response or a C{ProtocolError}. Only
+        signing touches the store: errors, and responses whose
+        C{needsSigning()} is false, are safe on the reactor thread.
+        """
         return self.server.encodeResponse(response)

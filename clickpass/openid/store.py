@@ -2,12 +2,18 @@
 An OpenID store (associations and nonces) in the shared database, so that an
 association made by one worker or node verifies on any other.
 
-The methods are python3-openid's synchronous interface and are called by
-the library from worker threads. Each one goes through
+L{DatabaseOpenIDStore}'s methods are python3-openid's synchronous interface
+and are called by the library from worker threads. Each one goes through
 L{Storage.run_blocking}, which hands the query to the storage's pool and
 waits: they must never be called on the reactor thread (that would
-deadlock), and nothing here may import C{openid.store.sqlstore}, which fails
-to import without psycopg2.
+deadlock). Nothing here may import C{openid.store.sqlstore}, which fails to
+import without psycopg2.
+
+Signing an assertion needs at most one association read and makes at most
+two writes, so the provider signs on the reactor thread instead, against a
+L{StagedStore}: the read is made before (L{DatabaseOpenIDStore.read}), and
+the writes after, in one transaction (L{DatabaseOpenIDStore.apply}), before
+the assertion is sent.
 """
 
 from __future__ import annotations
@@ -100,6 +106,46 @@ def _cleanup_associations(tx: Transaction, now: int) -> int:
     return tx.execute("DELETE FROM openid_associations WHERE expires <= ?", now)
 
 
+def _apply(tx: Transaction, writes: list[tuple[str, str, Association | str]]) -> None:
+    for op, server_url, what in writes:
+        if op == "store":
+            assert isinstance(what, Association)
+            _store_association(tx, server_url, what)
+        else:
+            assert isinstance(what, str)
+            _remove_association(tx, server_url, what)
+
+
+class StagedStore(OpenIDStore):  # type: ignore[misc]
+    """
+    The store that python3-openid's C{Signatory} sees while it signs one
+    response on the reactor thread: it answers from the association read
+    beforehand and records the writes, for L{DatabaseOpenIDStore.apply}.
+    Anything else the library might ask of a store is refused.
+    """
+
+    def __init__(self, server_url: str, known: Association | None) -> None:
+        self._server_url = server_url
+        self._known = known
+        self.writes: list[tuple[str, str, Association | str]] = []
+
+    def getAssociation(self, server_url: str, handle: str | None = None) -> Association | None:
+        known = self._known
+        if known is not None and server_url == self._server_url and handle == known.handle:
+            return known
+        return None
+
+    def storeAssociation(self, server_url: str, association: Association) -> None:
+        self.writes.append(("store", server_url, association))
+
+    def removeAssociation(self, server_url: str, handle: str) -> bool:
+        self.writes.append(("remove", server_url, handle))
+        return True
+
+    def useNonce(self, server_url: str, timestamp: int, salt: str) -> bool:
+        raise NotImplementedError("a staged store signs; it does not check nonces")
+
+
 class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
     """
     python3-openid's C{OpenIDStore} on our L{Storage}. Call only from a
@@ -119,13 +165,34 @@ class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
     def _now(self) -> int:
         return int(self._clock())
 
+    def _fits(self, server_url: str, handle: str | None) -> bool:
+        if len(server_url) > self.MAX_URL:
+            return False
+        return handle is None or len(handle) <= self.MAX_HANDLE
+
+    async def read(self, server_url: str, handle: str) -> StagedStore:
+        """From the reactor thread: a L{StagedStore} holding C{handle}'s association."""
+        known: Association | None = None
+        if self._fits(server_url, handle):
+            known = await self._storage.run(_get_association, server_url, handle, self._now())
+        return StagedStore(server_url, known)
+
+    async def apply(self, staged: StagedStore) -> None:
+        """From the reactor thread: make C{staged}'s writes, in one transaction."""
+        for _op, server_url, what in staged.writes:
+            handle = what.handle if isinstance(what, Association) else what
+            if not self._fits(server_url, handle):
+                raise ValueError("association key too long for the store")
+        if staged.writes:
+            await self._storage.run(_apply, staged.writes)
+
     def storeAssociation(self, server_url: str, association: Association) -> None:
-        if len(server_url) > self.MAX_URL or len(association.handle) > self.MAX_HANDLE:
+        if not self._fits(server_url, association.handle):
             raise ValueError("association key too long for the store")
         self._storage.run_blocking(_store_association, server_url, association)
 
     def getAssociation(self, server_url: str, handle: str | None = None) -> Association | None:
-        if len(server_url) > self.MAX_URL or (handle is not None and len(handle) > self.MAX_HANDLE):
+        if not self._fits(server_url, handle):
             return None
         assoc: Association | None = self._storage.run_blocking(
             _get_association, server_url, handle, self._now()
@@ -135,7 +202,7 @@ class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
         return assoc
 
     def removeAssociation(self, server_url: str, handle: str) -> bool:
-        if len(server_url) > self.MAX_URL or len(handle) > self.MAX_HANDLE:
+        if not self._fits(server_url, handle):
             return False
         removed: bool = self._storage.run_blocking(_remove_association, server_url, handle)
         return removed

@@ -4,16 +4,20 @@ decision (/openid/decide), and discovery for the OP Identifier
 (/openid/xrds) and for every claimed identifier (/id/<opaque>).
 
 The flow of a checkid request, on the reactor thread:
-decode (thread) -> who is signed in -> this site's identifier for them
-(database) -> what the site asks for -> relying-party discovery (treq) ->
-remembered approval (database) -> answer, sign and encode (thread).
+decode -> who is signed in -> this site's identifier for them (database)
+-> what the site asks for -> relying-party discovery (treq) -> remembered
+approval (database) -> answer, sign and encode (thread, when it signs).
 A person who must act (sign in, consent) is sent to a page; the original
 request travels in the URL or, on the consent form, in a field MACed with
 a key derived from the master secret, so any worker can finish it.
 
-Never call python3-openid or its store on the reactor thread, and never
-redirect a browser to a return_to that failed verification: such requests
-get an error page.
+python3-openid's parsing and its unsigned answers are pure computation on
+bounded input (L{MAX_QUERY_BYTES}) and run on the reactor thread: handing
+them to a thread buys no parallelism (they hold the GIL) and costs two
+thread switches each. Anything that signs or touches the library's store
+(which blocks on the database) runs in a thread, never on the reactor.
+Never redirect a browser to a return_to that failed verification: such
+requests get an error page.
 """
 
 from __future__ import annotations
@@ -176,6 +180,8 @@ class OpenIDWeb:
 
     async def released(self, wanted: frozenset[str], account: Account) -> dict[str, str]:
         """The values released for C{wanted} (see L{held}), by field name."""
+        if not wanted:
+            return {}
         held = await self.held(account)
         return {f: held[f] for f in sorted(wanted) if f in held}
 
@@ -198,7 +204,7 @@ class OpenIDWeb:
                 endpoint=discovery.endpoint_url(self.base_url),
             )
         try:
-            openid_request = await self._thread(self.provider.decode, query)
+            openid_request = self.provider.decode(query)
         except UntrustedReturnURL as e:
             log.info(
                 "openid request refused: return_to {return_to} outside realm {realm}",
@@ -230,8 +236,8 @@ class OpenIDWeb:
 
     async def _protocol_error(self, request: Request, error: ProtocolError) -> bytes:
         if error.whichEncoding() == ENCODE_KVFORM:
-            response = await self._thread(self.provider.encode, error)
-            return self._send(request, response)
+            # An error is never signed: encoding it touches no store.
+            return self._send(request, self.provider.encode(error))
         # A broken browser request is shown to the person, never redirected to
         # its (unverified) return_to: that would make us an open redirector.
         reason = " ".join(str(error).split())[:200]
@@ -262,9 +268,10 @@ class OpenIDWeb:
             if handled is not None:
                 return bytes(handled)
         released = await self.released(wanted.fields, account)
-        approved = await self.app.storage.run(approvals.get, account.id, realm)
+        approved = await self.app.storage.run(
+            approvals.use, account.id, realm, frozenset(released), self._now()
+        )
         if approved is not None and set(released) <= approved:
-            await self.app.storage.run(approvals.touch, account.id, realm, self._now())
             # Per-request events are debug: workers log info and up unless
             # started with --access-log, and every line costs the front a relay.
             log.debug("openid sign-in at {realm}: remembered approval", realm=realm)
@@ -320,7 +327,7 @@ class OpenIDWeb:
                 f"does not confirm that address ({verdict.reason}). Clickpass refused.",
             )
         request._clickpass_rp_verdict = verdict  # type: ignore[attr-defined]
-        wanted = await self._thread(extensions.requested, openid_request)
+        wanted = extensions.requested(openid_request)
         return site_id, select, wanted
 
     def form_payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:
@@ -429,7 +436,7 @@ class OpenIDWeb:
                 400, "This sign-in form has expired. Go back to the site and sign in again."
             )
         try:
-            openid_request = await self._thread(self.provider.decode, query)
+            openid_request = self.provider.decode(query)
         except ProtocolError:
             raise HTTPError(400, "This sign-in request can no longer be used.") from None
         if not isinstance(openid_request, CheckIDRequest) or openid_request.immediate:
@@ -448,20 +455,18 @@ class OpenIDWeb:
         return_to: str | None = None,
         decorate: Callable[[Any], None] | None = None,
     ) -> bytes:
-        identity = self.identifiers.url(site_id.opaque) if site_id is not None else None
-        response = await self._thread(
-            _build_response,
-            self.provider,
-            openid_request,
-            allow,
-            identity,
-            select,
-            wanted,
-            released,
-            return_to,
-            decorate,
-        )
-        return self._send(request, response)
+        if allow:
+            identity = self.identifiers.url(site_id.opaque) if site_id is not None else None
+            answer = _positive(
+                openid_request, identity, select, wanted, released, return_to, decorate
+            )
+        else:
+            answer = openid_request.answer(False)
+        if answer.needsSigning():
+            # Every positive answer, and OpenID 1's negative checkid_immediate.
+            return self._send(request, await self.provider.sign(answer))
+        # OpenID 2's cancel and setup_needed are not signed.
+        return self._send(request, self.provider.encode(answer))
 
     # Discovery.
 
@@ -525,25 +530,20 @@ def _raw_field(request: Request, name: str, limit: int) -> str:
         raise HTTPError(400, f"The field {name!r} is not valid.") from None
 
 
-def _build_response(
-    provider: Provider,
+def _positive(
     openid_request: Any,
-    allow: bool,
     identity: str | None,
     select: bool,
     wanted: extensions.Requested | None,
     released: dict[str, str] | None,
     return_to: str | None = None,
     decorate: Callable[[Any], None] | None = None,
-) -> WebResponse:
+) -> Any:
     """
-    In a thread: answer, add extensions, sign and encode. C{return_to}
-    sends a positive answer elsewhere in the realm (a partner's
-    registration or connect URL; the caller checked it); C{decorate} adds
-    more to the response before it is signed.
+    A positive answer, with its extensions, not yet signed. C{return_to}
+    sends it elsewhere in the realm (a partner's registration or connect
+    URL; the caller checked it); C{decorate} adds more to it.
     """
-    if not allow:
-        return provider.encode(openid_request.answer(False))
     if return_to is not None:
         openid_request.return_to = return_to
     if select:
@@ -557,4 +557,4 @@ def _build_response(
         extensions.add_to_response(response, wanted, released or {})
     if decorate is not None:
         decorate(response)
-    return provider.encode(response)
+    return response

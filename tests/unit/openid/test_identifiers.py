@@ -6,6 +6,7 @@ import pytest
 
 from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.openid.identifiers import (
+    LAST_USED_RESOLUTION,
     OPAQUE_PATTERN,
     BadRealm,
     IdentifierConflict,
@@ -149,3 +150,37 @@ async def test_changed_secret_is_detected(storage_backend: AdbapiStorage) -> Non
     other_key = Identifiers(storage_backend, b"z" * 32, BASE)
     with pytest.raises(IdentifierConflict):
         await other_key.for_site(account_id, "uid-1", "http://a.example/", NOW)
+
+
+def _last_used(tx: Transaction, opaque: str) -> int:
+    return int(tx.scalar("SELECT last_used FROM site_identifiers WHERE opaque = ?", opaque))
+
+
+@async_test
+async def test_last_used_is_written_at_its_resolution(storage_backend: AdbapiStorage) -> None:
+    """A sign-in moves last_used forward only when it is LAST_USED_RESOLUTION old."""
+    ids = Identifiers(storage_backend, KEY, BASE)
+    account_id = await storage_backend.run(_add_account, "uid-1", "a@example.com")
+    site = await ids.for_site(account_id, "uid-1", "https://shop.example/", NOW)
+    assert await storage_backend.run(_last_used, site.opaque) == NOW
+    later = NOW + LAST_USED_RESOLUTION - 1
+    assert await ids.for_site(account_id, "uid-1", "https://shop.example/", later) == site
+    assert await storage_backend.run(_last_used, site.opaque) == NOW
+    later = NOW + LAST_USED_RESOLUTION
+    assert await ids.for_site(account_id, "uid-1", "https://shop.example/", later) == site
+    assert await storage_backend.run(_last_used, site.opaque) == later
+
+
+@async_test
+async def test_changed_secret_is_detected_on_a_stale_row(storage_backend: AdbapiStorage) -> None:
+    """The conflict is found on the writing path too, and the row is left as it was."""
+    account_id = await storage_backend.run(_add_account, "uid-1", "a@example.com")
+    site = await Identifiers(storage_backend, KEY, BASE).for_site(
+        account_id, "uid-1", "http://a.example/", NOW
+    )
+    other_key = Identifiers(storage_backend, b"z" * 32, BASE)
+    with pytest.raises(IdentifierConflict):
+        await other_key.for_site(
+            account_id, "uid-1", "http://a.example/", NOW + 2 * LAST_USED_RESOLUTION
+        )
+    assert await storage_backend.run(_last_used, site.opaque) == NOW

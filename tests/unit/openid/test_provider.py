@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from openid.association import Association
 from openid.message import OPENID2_NS, Message
 from openid.server.server import CheckAuthRequest, Signatory
 from openid.store.memstore import MemoryStore
 from openid.store.nonce import mkNonce
 
+from clickpass.database.storage import AdbapiStorage
 from clickpass.openid.provider import (
     STATELESS_LIFETIME,
     ClickpassSignatory,
+    Provider,
     check_authentication,
     make_handle,
     negotiator_for,
 )
+from clickpass.openid.store import (
+    DatabaseOpenIDStore,
+    StagedStore,
+    _get_association,
+    _store_association,
+)
+from tests.support.deferreds import async_test
 
 HANDLE = re.compile(r"^\{HMAC-SHA(1|256)\}\{[0-9a-f]+\}\{[A-Za-z0-9_-]+\}$")
 
@@ -129,3 +141,107 @@ def test_shared_association_assertions_are_not_checked() -> None:
         }
     )
     assert _check(store, signatory, assoc.signMessage(message)) == "false"
+
+
+# Provider.sign: on the reactor thread, against a store staged around it.
+
+ENDPOINT = "http://op.example/openid"
+
+
+def _provider(storage: AdbapiStorage) -> Provider:
+    return Provider(DatabaseOpenIDStore(storage), ENDPOINT, False, 7 * 24 * 3600)
+
+
+def _positive_answer(provider: Provider, assoc_handle: str | None) -> Any:
+    args = {
+        "openid.ns": OPENID2_NS,
+        "openid.mode": "checkid_immediate",
+        "openid.claimed_id": "http://op.example/id/abc",
+        "openid.identity": "http://op.example/id/abc",
+        "openid.return_to": "http://rp.example/return",
+        "openid.realm": "http://rp.example/",
+    }
+    if assoc_handle is not None:
+        args["openid.assoc_handle"] = assoc_handle
+    return provider.decode(args).answer(True)
+
+
+def _signed_fields(web: Any) -> dict[str, str]:
+    query = parse_qs(urlsplit(web.headers["location"]).query)
+    return {k: v[0] for k, v in query.items()}
+
+
+async def _stored(storage: AdbapiStorage, key: str, handle: str) -> Association | None:
+    found: Association | None = await storage.run(_get_association, key, handle, 0)
+    return found
+
+
+def _verifies(assoc: Association, fields: dict[str, str]) -> bool:
+    return bool(assoc.checkMessageSignature(Message.fromPostArgs(fields)))
+
+
+@async_test
+async def test_sign_stateless_stores_a_private_association(storage_backend: AdbapiStorage) -> None:
+    """Without an association, the answer is signed with a new private one, stored first."""
+    provider = _provider(storage_backend)
+    fields = _signed_fields(await provider.sign(_positive_answer(provider, None)))
+    handle = fields["openid.assoc_handle"]
+    assoc = await _stored(storage_backend, Signatory._dumb_key, handle)
+    assert assoc is not None and assoc.lifetime == STATELESS_LIFETIME
+    assert _verifies(assoc, fields)
+    assert "openid.invalidate_handle" not in fields
+
+
+@async_test
+async def test_sign_with_a_shared_association(storage_backend: AdbapiStorage) -> None:
+    """A live shared association the relying party names signs the answer; nothing is written."""
+    provider = _provider(storage_backend)
+    shared = Association.fromExpiresIn(
+        3600, make_handle("HMAC-SHA256", 1), b"s" * 32, "HMAC-SHA256"
+    )
+    await storage_backend.run(_store_association, Signatory._normal_key, shared)
+    fields = _signed_fields(await provider.sign(_positive_answer(provider, shared.handle)))
+    assert fields["openid.assoc_handle"] == shared.handle
+    assert _verifies(shared, fields)
+    count = await storage_backend.run(
+        lambda tx: tx.scalar("SELECT COUNT(*) FROM openid_associations")
+    )
+    assert count == 1
+
+
+@async_test
+async def test_sign_with_an_unknown_handle(storage_backend: AdbapiStorage) -> None:
+    """An unknown handle is invalidated and the answer signed with a new private association."""
+    provider = _provider(storage_backend)
+    fields = _signed_fields(await provider.sign(_positive_answer(provider, "{HMAC-SHA1}{1}{x}")))
+    assert fields["openid.invalidate_handle"] == "{HMAC-SHA1}{1}{x}"
+    assoc = await _stored(storage_backend, Signatory._dumb_key, fields["openid.assoc_handle"])
+    assert assoc is not None and _verifies(assoc, fields)
+
+
+@async_test
+async def test_sign_with_an_expired_handle(storage_backend: AdbapiStorage) -> None:
+    """An expired shared association is removed and replaced by a private one of its type."""
+    provider = _provider(storage_backend)
+    old = Association(make_handle("HMAC-SHA256", 1), b"s" * 32, 1_000, 60, "HMAC-SHA256")
+    await storage_backend.run(_store_association, Signatory._normal_key, old)
+    fields = _signed_fields(await provider.sign(_positive_answer(provider, old.handle)))
+    assert fields["openid.invalidate_handle"] == old.handle
+    assert await _stored(storage_backend, Signatory._normal_key, old.handle) is None
+    assoc = await _stored(storage_backend, Signatory._dumb_key, fields["openid.assoc_handle"])
+    assert assoc is not None and assoc.assoc_type == "HMAC-SHA256"
+    assert _verifies(assoc, fields)
+
+
+def test_a_staged_store_checks_no_nonces() -> None:
+    """The staged store only serves signing; a nonce check on it is a bug, refused loudly."""
+    with pytest.raises(NotImplementedError):
+        StagedStore(Signatory._normal_key, None).useNonce("x", 1, "salt")
+
+
+@async_test
+async def test_run_blocking_on_the_reactor_thread_raises(storage_backend: AdbapiStorage) -> None:
+    """The library's blocking store called on the reactor thread fails at once, not deadlocks."""
+    store = DatabaseOpenIDStore(storage_backend)
+    with pytest.raises(RuntimeError, match="reactor thread"):
+        store.getAssociation(Signatory._normal_key, "{HMAC-SHA1}{1}{x}")
