@@ -13,11 +13,11 @@ known 3.2.0 pitfalls.
   refused even if two workers see it at the same moment.
 
 L{Provider.decode}, and L{Provider.encode} of a response that needs no
-signature, are pure computation and run on the reactor thread. So does
-L{Provider.sign}, against a store staged around it (its one read made
-before, its writes after). The direct requests (associate,
-check_authentication) use the library's store, which blocks on the
-database: they must run in a thread, never on the reactor.
+signature, are pure computation and run on the reactor thread. So do
+L{Provider.sign} and L{Provider.check_authentication}, against a store
+staged around them (their reads made before, their writes after). Only
+C{associate} (L{Provider.associate}) uses the library's store, which
+blocks on the database: it must run in a thread, never on the reactor.
 """
 
 from __future__ import annotations
@@ -88,49 +88,27 @@ class ClickpassSignatory(Signatory):  # type: ignore[misc]
         return assoc
 
 
-def check_authentication(
-    signatory: Signatory, store: DatabaseOpenIDStore, request: CheckAuthRequest
-) -> OpenIDResponse:
+def assertion_claim(request: CheckAuthRequest) -> tuple[int, str] | None:
     """
-    Answer a stateless relying party's check_authentication: valid only if
-    the signature verifies with a stateless association AND this assertion
-    (its association handle and response nonce) was never verified before.
-    A good answer uses up the association, as the library does; a bad one
-    (a tampered copy) does not, so it cannot spoil the genuine assertion.
+    The nonce timestamp and the key under which an assertion is claimed
+    when it is checked: the whole assertion's identity (its association
+    handle and response nonce), hashed to fit the column. L{None} when the
+    assertion has no usable nonce: such an assertion is never valid.
     """
-    valid = bool(signatory.verify(request.assoc_handle, request.signed))
-    if valid:
-        valid = _claim_assertion(store, request)
-    if valid:
-        signatory.invalidate(request.assoc_handle, dumb=True)
-    response = OpenIDResponse(request)
-    response.fields.setArg(OPENID_NS, "is_valid", "true" if valid else "false")
-    if request.invalidate_handle:
-        assoc = signatory.getAssociation(request.invalidate_handle, dumb=False)
-        if not assoc:
-            response.fields.setArg(OPENID_NS, "invalidate_handle", request.invalidate_handle)
-    return response
-
-
-def _claim_assertion(store: DatabaseOpenIDStore, request: CheckAuthRequest) -> bool:
     nonce = request.signed.getArg(OPENID_NS, "response_nonce")
     if not nonce:
-        return False
+        return None
     try:
         timestamp, _salt = split_nonce(nonce)
     except ValueError:
-        return False
-    # The nonce's own salt is short; the key is the whole assertion's
-    # identity, hashed to fit the column.
-    key = hashlib.sha256(f"{request.assoc_handle}\n{nonce}".encode()).hexdigest()
-    return bool(store.useNonce(CHECK_AUTH_NONCE_URL, timestamp, key))
+        return None
+    return timestamp, hashlib.sha256(f"{request.assoc_handle}\n{nonce}".encode()).hexdigest()
 
 
 class Provider:
     """
-    The library's server on our store. L{handle_direct}, and L{encode} of
-    a response that needs signing, block on the store: call them only from
-    a thread.
+    The library's server on our store. L{associate} blocks on the store:
+    call it only from a thread.
     """
 
     def __init__(
@@ -153,13 +131,52 @@ class Provider:
         """
         return self.server.decodeRequest(dict(query))
 
-    def handle_direct(self, request: Any) -> WebResponse:
-        """Answer associate and check_authentication, encoded for the wire."""
-        if isinstance(request, CheckAuthRequest):
-            response = check_authentication(self.server.signatory, self.store, request)
+    def associate(self, request: Any) -> WebResponse:
+        """In a thread: answer an associate request, encoded for the wire."""
+        return self.server.encodeResponse(self.server.handleRequest(request))
+
+    def _staged_signatory(self, staged: StagedStore) -> ClickpassSignatory:
+        signatory = ClickpassSignatory(staged)
+        signatory.lifetime = self.server.signatory.lifetime
+        return signatory
+
+    async def check_authentication(self, request: CheckAuthRequest) -> WebResponse:
+        """
+        On the reactor thread: answer a stateless relying party's
+        check_authentication. Valid only if the signature verifies with a
+        stateless association AND this assertion was never verified
+        before: its claim (L{assertion_claim}) and the retiring of its
+        association are one transaction, so a replayed assertion is refused
+        even if two workers see it at the same moment. A tampered copy
+        (bad signature) claims nothing and retires nothing, so it cannot
+        spoil the genuine assertion.
+        """
+        dumb, normal = ClickpassSignatory._dumb_key, ClickpassSignatory._normal_key
+        keys = [(dumb, request.assoc_handle)]
+        if request.invalidate_handle:
+            keys.append((normal, request.invalidate_handle))
+        staged = await self.store.read(*keys)
+        signatory = self._staged_signatory(staged)
+        # The library's checks, on what was read: an expired association
+        # verifies nothing (and its removal is staged).
+        valid = bool(signatory.verify(request.assoc_handle, request.signed))
+        still_shared = bool(
+            request.invalidate_handle
+            and signatory.getAssociation(request.invalidate_handle, dumb=False)
+        )
+        claim = assertion_claim(request) if valid else None
+        if claim is None:
+            valid = False
+            await self.store.apply(staged)
         else:
-            response = self.server.handleRequest(request)
-        return self.server.encodeResponse(response)
+            valid = await self.store.apply_and_claim(
+                staged, CHECK_AUTH_NONCE_URL, *claim, retire=(dumb, request.assoc_handle)
+            )
+        response = OpenIDResponse(request)
+        response.fields.setArg(OPENID_NS, "is_valid", "true" if valid else "false")
+        if request.invalidate_handle and not still_shared:
+            response.fields.setArg(OPENID_NS, "invalidate_handle", request.invalidate_handle)
+        return self.encode(response)
 
     async def sign(self, response: OpenIDResponse) -> WebResponse:
         """
@@ -169,11 +186,13 @@ class Provider:
         are written before this returns, so they exist before the relying
         party can see the assertion.
         """
-        key = ClickpassSignatory._normal_key
         handle = response.request.assoc_handle
-        staged = await self.store.read(key, handle) if handle else StagedStore(key, None)
-        signatory = ClickpassSignatory(staged)
-        signatory.lifetime = self.server.signatory.lifetime
+        staged = (
+            await self.store.read((ClickpassSignatory._normal_key, handle))
+            if handle
+            else StagedStore()
+        )
+        signatory = self._staged_signatory(staged)
         encoded: WebResponse = SigningEncoder(signatory).encode(response)
         await self.store.apply(staged)
         return encoded

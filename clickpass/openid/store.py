@@ -9,11 +9,13 @@ waits: they must never be called on the reactor thread (that would
 deadlock). Nothing here may import C{openid.store.sqlstore}, which fails to
 import without psycopg2.
 
-Signing an assertion needs at most one association read and makes at most
-two writes, so the provider signs on the reactor thread instead, against a
-L{StagedStore}: the read is made before (L{DatabaseOpenIDStore.read}), and
-the writes after, in one transaction (L{DatabaseOpenIDStore.apply}), before
-the assertion is sent.
+Signing an assertion, or checking one for a stateless relying party, needs
+at most two association reads and a few writes, known in advance. So the
+provider does both on the reactor thread instead, against a L{StagedStore}:
+the reads are made before (L{DatabaseOpenIDStore.read}), and the writes
+after, in one transaction (L{DatabaseOpenIDStore.apply}, or
+L{DatabaseOpenIDStore.apply_and_claim} with the nonce claim of a check),
+before the answer is sent.
 """
 
 from __future__ import annotations
@@ -106,7 +108,10 @@ def _cleanup_associations(tx: Transaction, now: int) -> int:
     return tx.execute("DELETE FROM openid_associations WHERE expires <= ?", now)
 
 
-def _apply(tx: Transaction, writes: list[tuple[str, str, Association | str]]) -> None:
+Write = tuple[str, str, Association | str]
+
+
+def _apply(tx: Transaction, writes: list[Write]) -> None:
     for op, server_url, what in writes:
         if op == "store":
             assert isinstance(what, Association)
@@ -116,34 +121,52 @@ def _apply(tx: Transaction, writes: list[tuple[str, str, Association | str]]) ->
             _remove_association(tx, server_url, what)
 
 
+def _read(
+    tx: Transaction, keys: list[tuple[str, str]], now: int
+) -> dict[tuple[str, str], Association]:
+    found = {key: _get_association(tx, *key, now) for key in keys}
+    return {key: assoc for key, assoc in found.items() if assoc is not None}
+
+
+def _apply_and_claim(
+    tx: Transaction, writes: list[Write], nonce: tuple[str, int, str], retire: tuple[str, str]
+) -> bool:
+    _apply(tx, writes)
+    if not _use_nonce(tx, *nonce):
+        return False
+    _remove_association(tx, *retire)
+    return True
+
+
 class StagedStore(OpenIDStore):  # type: ignore[misc]
     """
-    The store that python3-openid's C{Signatory} sees while it signs one
-    response on the reactor thread: it answers from the association read
-    beforehand and records the writes, for L{DatabaseOpenIDStore.apply}.
-    Anything else the library might ask of a store is refused.
+    The store that python3-openid's C{Signatory} sees while it signs or
+    verifies on the reactor thread: it answers from the associations read
+    beforehand (L{DatabaseOpenIDStore.read}) and records the writes, for
+    L{DatabaseOpenIDStore.apply}. Nonces are refused: they are claimed in
+    the writing transaction (L{DatabaseOpenIDStore.apply_and_claim}).
     """
 
-    def __init__(self, server_url: str, known: Association | None) -> None:
-        self._server_url = server_url
-        self._known = known
-        self.writes: list[tuple[str, str, Association | str]] = []
+    def __init__(self, known: dict[tuple[str, str], Association] | None = None) -> None:
+        self._known = dict(known or {})
+        self.writes: list[Write] = []
 
     def getAssociation(self, server_url: str, handle: str | None = None) -> Association | None:
-        known = self._known
-        if known is not None and server_url == self._server_url and handle == known.handle:
-            return known
-        return None
+        if handle is None:
+            return None
+        return self._known.get((server_url, handle))
 
     def storeAssociation(self, server_url: str, association: Association) -> None:
+        self._known[(server_url, association.handle)] = association
         self.writes.append(("store", server_url, association))
 
     def removeAssociation(self, server_url: str, handle: str) -> bool:
+        removed = self._known.pop((server_url, handle), None) is not None
         self.writes.append(("remove", server_url, handle))
-        return True
+        return removed
 
     def useNonce(self, server_url: str, timestamp: int, salt: str) -> bool:
-        raise NotImplementedError("a staged store signs; it does not check nonces")
+        raise NotImplementedError("a staged store does not check nonces")
 
 
 class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
@@ -170,21 +193,60 @@ class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
             return False
         return handle is None or len(handle) <= self.MAX_HANDLE
 
-    async def read(self, server_url: str, handle: str) -> StagedStore:
-        """From the reactor thread: a L{StagedStore} holding C{handle}'s association."""
-        known: Association | None = None
-        if self._fits(server_url, handle):
-            known = await self._storage.run(_get_association, server_url, handle, self._now())
-        return StagedStore(server_url, known)
+    async def read(self, *keys: tuple[str, str]) -> StagedStore:
+        """
+        From the reactor thread: a L{StagedStore} holding the associations
+        of C{keys} (server URL and handle) that exist, read in one transaction.
+        """
+        wanted = [key for key in keys if self._fits(*key)]
+        if not wanted:
+            return StagedStore()
+        found: dict[tuple[str, str], Association] = await self._storage.run(
+            _read, wanted, self._now()
+        )
+        return StagedStore(found)
 
-    async def apply(self, staged: StagedStore) -> None:
-        """From the reactor thread: make C{staged}'s writes, in one transaction."""
+    def _checked_writes(self, staged: StagedStore) -> list[Write]:
         for _op, server_url, what in staged.writes:
             handle = what.handle if isinstance(what, Association) else what
             if not self._fits(server_url, handle):
                 raise ValueError("association key too long for the store")
-        if staged.writes:
-            await self._storage.run(_apply, staged.writes)
+        return list(staged.writes)
+
+    async def apply(self, staged: StagedStore) -> None:
+        """From the reactor thread: make C{staged}'s writes, in one transaction."""
+        writes = self._checked_writes(staged)
+        if writes:
+            await self._storage.run(_apply, writes)
+
+    async def apply_and_claim(
+        self,
+        staged: StagedStore,
+        nonce_url: str,
+        timestamp: int,
+        salt: str,
+        retire: tuple[str, str],
+    ) -> bool:
+        """
+        From the reactor thread, in one transaction: make C{staged}'s writes,
+        claim the nonce (as L{useNonce}), and when the claim succeeds,
+        remove the association C{retire}. True if the nonce was claimed.
+        """
+        writes = self._checked_writes(staged)
+        claimable = (
+            abs(int(timestamp) - self._now()) <= SKEW
+            and len(salt) <= self.MAX_SALT
+            and self._fits(nonce_url, None)
+            and self._fits(*retire)
+        )
+        if not claimable:
+            if writes:
+                await self._storage.run(_apply, writes)
+            return False
+        claimed: bool = await self._storage.run(
+            _apply_and_claim, writes, (nonce_url, int(timestamp), salt), retire
+        )
+        return claimed
 
     def storeAssociation(self, server_url: str, association: Association) -> None:
         if not self._fits(server_url, association.handle):

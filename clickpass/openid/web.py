@@ -35,6 +35,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from openid.message import IDENTIFIER_SELECT
 from openid.server.server import (
     ENCODE_KVFORM,
+    CheckAuthRequest,
     CheckIDRequest,
     MalformedReturnURL,
     MalformedTrustRoot,
@@ -230,7 +231,10 @@ class OpenIDWeb:
             return self._refuse(request, 400, "This is not an OpenID request Clickpass can use.")
         if isinstance(openid_request, CheckIDRequest):
             return await self._checkid(request, openid_request, query)
-        response = await self._thread(self.provider.handle_direct, openid_request)
+        if isinstance(openid_request, CheckAuthRequest):
+            response = await self.provider.check_authentication(openid_request)
+        else:
+            response = await self._thread(self.provider.associate, openid_request)
         log.debug("openid {mode}: answered {code}", mode=openid_request.mode, code=response.code)
         return self._send(request, response)
 

@@ -1,8 +1,9 @@
-"""The python3-openid server as we configure it: handles, negotiator, check_authentication."""
+"""python3-openid as we configure it: handles, negotiator, signing, check_authentication."""
 
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,7 +19,6 @@ from clickpass.openid.provider import (
     STATELESS_LIFETIME,
     ClickpassSignatory,
     Provider,
-    check_authentication,
     make_handle,
     negotiator_for,
 )
@@ -67,89 +67,128 @@ def test_no_encryption_only_over_https() -> None:
     assert negotiator_for(served_over_tls=True).isAllowed("HMAC-SHA256", "no-encryption")
 
 
-def _assertion(signatory: ClickpassSignatory) -> tuple[Message, Association]:
-    assoc = signatory.createAssociation(dumb=True, assoc_type="HMAC-SHA256")
-    message = Message.fromOpenIDArgs(
-        {
-            "ns": OPENID2_NS,
-            "mode": "id_res",
-            "op_endpoint": "http://op.example/openid",
-            "claimed_id": "http://op.example/id/abc",
-            "identity": "http://op.example/id/abc",
-            "return_to": "http://rp.example/return",
-            "response_nonce": mkNonce(),
-            "assoc_handle": assoc.handle,
-        }
-    )
-    signed = assoc.signMessage(message)
-    return signed, assoc
-
-
-def _check(store: MemoryStore, signatory: ClickpassSignatory, message: Message) -> str:
-    query = message.toPostArgs()
-    query["openid.mode"] = "check_authentication"
-    request = CheckAuthRequest.fromMessage(Message.fromPostArgs(query))
-    response = check_authentication(signatory, store, request)
-    return str(response.fields.getArg(OPENID2_NS, "is_valid"))
-
-
-def test_check_authentication_once() -> None:
-    """A genuine assertion checks out once; a second check of it is refused."""
-    store = MemoryStore()
-    signatory = ClickpassSignatory(store)
-    assertion, _ = _assertion(signatory)
-    assert _check(store, signatory, assertion) == "true"
-    assert _check(store, signatory, assertion) == "false"
-
-
-def test_tampered_assertion_is_refused_and_spoils_nothing() -> None:
-    """A tampered copy is refused, and the genuine assertion still checks out after it."""
-    store = MemoryStore()
-    signatory = ClickpassSignatory(store)
-    assertion, _ = _assertion(signatory)
-    tampered = assertion.copy()
-    tampered.setArg(OPENID2_NS, "claimed_id", "http://op.example/id/someone-else")
-    tampered.setArg(OPENID2_NS, "identity", "http://op.example/id/someone-else")
-    assert _check(store, signatory, tampered) == "false"
-    assert _check(store, signatory, assertion) == "true"
-
-
-def test_replay_refused_even_if_the_association_survives() -> None:
-    """The nonce claim alone refuses a replay (two workers racing past the library's delete)."""
-    store = MemoryStore()
-    signatory = ClickpassSignatory(store)
-    assertion, assoc = _assertion(signatory)
-    assert _check(store, signatory, assertion) == "true"
-    store.storeAssociation(Signatory._dumb_key, assoc)  # as if the delete had not happened yet
-    assert _check(store, signatory, assertion) == "false"
-
-
-def test_shared_association_assertions_are_not_checked() -> None:
-    """An assertion signed with a shared (stateful) association is never confirmed."""
-    store = MemoryStore()
-    signatory = ClickpassSignatory(store)
-    assoc = signatory.createAssociation(dumb=False, assoc_type="HMAC-SHA256")
-    message = Message.fromOpenIDArgs(
-        {
-            "ns": OPENID2_NS,
-            "mode": "id_res",
-            "return_to": "http://rp.example/return",
-            "identity": "http://op.example/id/abc",
-            "claimed_id": "http://op.example/id/abc",
-            "response_nonce": mkNonce(),
-            "assoc_handle": assoc.handle,
-        }
-    )
-    assert _check(store, signatory, assoc.signMessage(message)) == "false"
-
-
-# Provider.sign: on the reactor thread, against a store staged around it.
+# Provider.check_authentication: on the reactor thread, against a staged store.
 
 ENDPOINT = "http://op.example/openid"
 
 
 def _provider(storage: AdbapiStorage) -> Provider:
     return Provider(DatabaseOpenIDStore(storage), ENDPOINT, False, 7 * 24 * 3600)
+
+
+async def _assertion(
+    storage: AdbapiStorage, key: str = Signatory._dumb_key, nonce: str | None = None
+) -> tuple[Message, Association]:
+    assoc = Association.fromExpiresIn(
+        600, make_handle("HMAC-SHA256", 1), secrets.token_bytes(32), "HMAC-SHA256"
+    )
+    await storage.run(_store_association, key, assoc)
+    message = Message.fromOpenIDArgs(
+        {
+            "ns": OPENID2_NS,
+            "mode": "id_res",
+            "op_endpoint": ENDPOINT,
+            "claimed_id": "http://op.example/id/abc",
+            "identity": "http://op.example/id/abc",
+            "return_to": "http://rp.example/return",
+            "response_nonce": nonce or mkNonce(),
+            "assoc_handle": assoc.handle,
+        }
+    )
+    return assoc.signMessage(message), assoc
+
+
+async def _check(
+    provider: Provider, message: Message, invalidate_handle: str | None = None
+) -> dict[str, str]:
+    query = message.toPostArgs()
+    query["openid.mode"] = "check_authentication"
+    if invalidate_handle is not None:
+        query["openid.invalidate_handle"] = invalidate_handle
+    request = provider.decode(query)
+    assert isinstance(request, CheckAuthRequest)
+    web = await provider.check_authentication(request)
+    body = web.body.decode() if isinstance(web.body, bytes) else web.body
+    return dict(line.split(":", 1) for line in body.splitlines())
+
+
+@async_test
+async def test_check_authentication_once(storage_backend: AdbapiStorage) -> None:
+    """A genuine assertion checks out once, using up its association; a second check is refused."""
+    provider = _provider(storage_backend)
+    assertion, assoc = await _assertion(storage_backend)
+    assert (await _check(provider, assertion))["is_valid"] == "true"
+    assert await _stored(storage_backend, Signatory._dumb_key, assoc.handle) is None
+    assert (await _check(provider, assertion))["is_valid"] == "false"
+
+
+@async_test
+async def test_tampered_assertion_is_refused_and_spoils_nothing(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """A tampered copy is refused, and the genuine assertion still checks out after it."""
+    provider = _provider(storage_backend)
+    assertion, _ = await _assertion(storage_backend)
+    tampered = assertion.copy()
+    tampered.setArg(OPENID2_NS, "claimed_id", "http://op.example/id/someone-else")
+    tampered.setArg(OPENID2_NS, "identity", "http://op.example/id/someone-else")
+    assert (await _check(provider, tampered))["is_valid"] == "false"
+    assert (await _check(provider, assertion))["is_valid"] == "true"
+
+
+@async_test
+async def test_replay_refused_even_if_the_association_survives(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """The nonce claim alone refuses a replay (two workers racing past the association's delete)."""
+    provider = _provider(storage_backend)
+    assertion, assoc = await _assertion(storage_backend)
+    assert (await _check(provider, assertion))["is_valid"] == "true"
+    await storage_backend.run(_store_association, Signatory._dumb_key, assoc)  # not deleted yet
+    assert (await _check(provider, assertion))["is_valid"] == "false"
+
+
+@async_test
+async def test_stale_or_missing_nonce_is_refused(storage_backend: AdbapiStorage) -> None:
+    """An assertion whose nonce is outside the allowed skew, or unreadable, is never valid."""
+    provider = _provider(storage_backend)
+    stale, _ = await _assertion(storage_backend, nonce=mkNonce(1_000_000))
+    assert (await _check(provider, stale))["is_valid"] == "false"
+    bad, assoc = await _assertion(storage_backend, nonce="not a nonce")
+    assert (await _check(provider, bad))["is_valid"] == "false"
+    # Refused before the claim: the association is not used up.
+    assert await _stored(storage_backend, Signatory._dumb_key, assoc.handle) is not None
+
+
+@async_test
+async def test_shared_association_assertions_are_not_checked(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """An assertion signed with a shared (stateful) association is never confirmed."""
+    provider = _provider(storage_backend)
+    assertion, assoc = await _assertion(storage_backend, key=Signatory._normal_key)
+    assert (await _check(provider, assertion))["is_valid"] == "false"
+    assert await _stored(storage_backend, Signatory._normal_key, assoc.handle) is not None
+
+
+@async_test
+async def test_invalidate_handle(storage_backend: AdbapiStorage) -> None:
+    """A live shared handle is kept quiet; an unknown or expired one is named back, and removed."""
+    provider = _provider(storage_backend)
+    live = Association.fromExpiresIn(600, make_handle("HMAC-SHA1", 1), b"l" * 20, "HMAC-SHA1")
+    old = Association(make_handle("HMAC-SHA1", 1), b"o" * 20, 1_000, 60, "HMAC-SHA1")
+    for assoc in (live, old):
+        await storage_backend.run(_store_association, Signatory._normal_key, assoc)
+    for handle, named in ((live.handle, False), ("{HMAC-SHA1}{1}{gone}", True), (old.handle, True)):
+        assertion, _ = await _assertion(storage_backend)
+        answer = await _check(provider, assertion, invalidate_handle=handle)
+        assert answer["is_valid"] == "true"
+        assert ("invalidate_handle" in answer) == named
+    assert await _stored(storage_backend, Signatory._normal_key, live.handle) is not None
+    assert await _stored(storage_backend, Signatory._normal_key, old.handle) is None
+
+
+# Provider.sign: on the reactor thread, against a store staged around it.
 
 
 def _positive_answer(provider: Provider, assoc_handle: str | None) -> Any:
@@ -234,9 +273,9 @@ async def test_sign_with_an_expired_handle(storage_backend: AdbapiStorage) -> No
 
 
 def test_a_staged_store_checks_no_nonces() -> None:
-    """The staged store only serves signing; a nonce check on it is a bug, refused loudly."""
+    """Nonces are claimed in the writing transaction; a nonce check on a staged store is a bug."""
     with pytest.raises(NotImplementedError):
-        StagedStore(Signatory._normal_key, None).useNonce("x", 1, "salt")
+        StagedStore().useNonce("x", 1, "salt")
 
 
 @async_test
