@@ -6,16 +6,19 @@ decision (/openid/decide), and discovery for the OP Identifier
 The flow of a checkid request, on the reactor thread:
 decode -> who is signed in -> this site's identifier for them (database)
 -> what the site asks for -> relying-party discovery (treq) -> remembered
-approval (database) -> answer, sign and encode (thread, when it signs).
+approval (database) -> answer, sign (its association read and written in
+the database) and encode.
 A person who must act (sign in, consent) is sent to a page; the original
 request travels in the URL or, on the consent form, in a field MACed with
 a key derived from the master secret, so any worker can finish it.
 
-python3-openid's parsing and its unsigned answers are pure computation on
-bounded input (L{MAX_QUERY_BYTES}) and run on the reactor thread: handing
-them to a thread buys no parallelism (they hold the GIL) and costs two
-thread switches each. Anything that signs or touches the library's store
-(which blocks on the database) runs in a thread, never on the reactor.
+python3-openid's parsing, its answers and its signatures are pure
+computation on bounded input (L{MAX_QUERY_BYTES}) and run on the reactor
+thread: handing them to a thread buys no parallelism (they hold the GIL)
+and costs two thread switches each. Signing and check_authentication see
+a store staged around them (L{Provider.sign}); only associate uses the
+library's own store, which blocks on the database, and so runs in a
+thread, never on the reactor.
 Never redirect a browser to a return_to that failed verification: such
 requests get an error page.
 """
