@@ -171,8 +171,9 @@ class StagedStore(OpenIDStore):  # type: ignore[misc]
 
 class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
     """
-    python3-openid's C{OpenIDStore} on our L{Storage}. Call only from a
-    thread that is not the reactor's.
+    python3-openid's C{OpenIDStore} on our L{Storage}. Its library methods
+    block: call them only from a thread that is not the reactor's. L{read},
+    L{apply} and L{apply_and_claim} are for the reactor thread.
     """
 
     # Column limits of the schema; longer values are refused, not truncated,
