@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -36,6 +36,8 @@ from clickpass.database.storage import (
 
 MAX_PASSWORD_LENGTH = 1024
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
+
+T = TypeVar("T")
 
 
 class AccountError(Exception):
@@ -220,6 +222,13 @@ def _session_account(tx: Transaction, token_hash: str, now: int) -> Account | No
     )
 
 
+def _session_account_with(
+    tx: Transaction, token_hash: str, now: int, fn: Callable[..., T], *args: object
+) -> tuple[Account | None, T | None]:
+    account = _session_account(tx, token_hash, now)
+    return account, (fn(tx, account, *args) if account is not None else None)
+
+
 class Accounts:
     """The operations on accounts and sessions that the web and control port use."""
 
@@ -381,6 +390,21 @@ class Accounts:
             return None
         result: Account | None = await self._storage.run(
             _session_account, session_hash(token), self._now()
+        )
+        return result
+
+    async def session_account_with(
+        self, token: str, fn: Callable[..., T], *args: object
+    ) -> tuple[Account | None, T | None]:
+        """
+        The signed-in account for a session token and, when there is one,
+        C{fn(tx, account, *args)} read in the same transaction (one trip to
+        the database for what a request needs first).
+        """
+        if not token or len(token) > 128:
+            return None, None
+        result: tuple[Account | None, T | None] = await self._storage.run(
+            _session_account_with, session_hash(token), self._now(), fn, *args
         )
         return result
 

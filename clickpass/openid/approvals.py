@@ -8,6 +8,8 @@ Transactions for the storage's pool; nothing here renders or decides.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from clickpass.database.storage import Transaction
 
 MAX_REALM = 512
@@ -45,14 +47,23 @@ def remember(
     return True
 
 
-def use(
-    tx: Transaction, account_id: int, realm: str, fields: frozenset[str], now: int
-) -> frozenset[str] | None:
-    """
-    The fields approved for C{realm} (L{None}: never approved); when they
-    cover C{fields}, the approval is used, and its C{last_used} is brought
-    up to date (to L{LAST_USED_RESOLUTION}).
-    """
+@dataclass(frozen=True)
+class Approval:
+    """What a person allowed a realm to receive, and when the approval was last used."""
+
+    fields: frozenset[str]
+    last_used: int
+
+    def covers(self, fields: frozenset[str]) -> bool:
+        return fields <= self.fields
+
+    def stale(self, now: int) -> bool:
+        """Whether using it now must record the use (see L{LAST_USED_RESOLUTION})."""
+        return self.last_used <= now - LAST_USED_RESOLUTION
+
+
+def read(tx: Transaction, account_id: int, realm: str) -> Approval | None:
+    """The approval of C{realm}, or L{None} when it was never approved."""
     row = tx.fetchone(
         "SELECT fields, last_used FROM approvals WHERE account_id = ? AND realm = ?",
         account_id,
@@ -60,15 +71,17 @@ def use(
     )
     if row is None:
         return None
-    approved = frozenset(f for f in str(row[0]).split(",") if f)
-    if fields <= approved and int(row[1]) <= now - LAST_USED_RESOLUTION:
-        tx.execute(
-            "UPDATE approvals SET last_used = ? WHERE account_id = ? AND realm = ?",
-            now,
-            account_id,
-            realm,
-        )
-    return approved
+    return Approval(frozenset(f for f in str(row[0]).split(",") if f), int(row[1]))
+
+
+def touch(tx: Transaction, account_id: int, realm: str, now: int) -> None:
+    """Record a use of the approval (when L{Approval.stale} says so)."""
+    tx.execute(
+        "UPDATE approvals SET last_used = ? WHERE account_id = ? AND realm = ?",
+        now,
+        account_id,
+        realm,
+    )
 
 
 def forget(tx: Transaction, account_id: int, realm: str) -> bool:

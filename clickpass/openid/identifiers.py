@@ -93,7 +93,8 @@ class SiteIdentifier:
 LAST_USED_RESOLUTION = 3600
 
 
-def _recorded(tx: Transaction, account_id: int, sector: str) -> tuple[str, int] | None:
+def recorded(tx: Transaction, account_id: int, sector: str) -> tuple[str, int] | None:
+    """The recorded identifier of an account at a sector, and its C{last_used}."""
     row = tx.fetchone(
         "SELECT opaque, last_used FROM site_identifiers WHERE account_id = ? AND sector = ?",
         account_id,
@@ -114,7 +115,7 @@ def _ensure(tx: Transaction, opaque: str, account_id: int, sector: str, now: int
         now,
         now,
     )
-    last_used = _checked(_recorded(tx, account_id, sector), opaque, account_id, sector)
+    last_used = _checked(recorded(tx, account_id, sector), opaque, account_id, sector)
     if last_used <= now - LAST_USED_RESOLUTION:
         tx.execute(
             "UPDATE site_identifiers SET last_used = ? WHERE opaque = ?",
@@ -174,11 +175,20 @@ class Identifiers:
         The identifier of an account at the site of C{realm}, recorded (or
         re-recorded after a loss) in the database. Raises L{BadRealm}.
         """
+        found = await self._storage.run(recorded, account_id, sector_of(realm))
+        return await self.for_site_seen(account_id, uid, realm, now, found)
+
+    async def for_site_seen(
+        self, account_id: int, uid: str, realm: str, now: int, found: tuple[str, int] | None
+    ) -> SiteIdentifier:
+        """
+        L{for_site}, given what L{recorded} read for the site's sector (in
+        the caller's transaction). The usual case, a site the person signed
+        in to within L{LAST_USED_RESOLUTION}, needs nothing more; anything
+        else writes.
+        """
         sector = sector_of(realm)
         opaque = self.opaque(uid, sector)
-        # The usual case, a site the person signed in to before (within
-        # LAST_USED_RESOLUTION), is one read; anything else writes.
-        found = await self._storage.run(_recorded, account_id, sector)
         if found is not None and found[1] > now - LAST_USED_RESOLUTION:
             _checked(found, opaque, account_id, sector)
             return SiteIdentifier(opaque, account_id, sector)

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -55,8 +56,16 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
+from clickpass.database.storage import Transaction
 from clickpass.openid import approvals, discovery, extensions
-from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, SiteIdentifier
+from clickpass.openid.identifiers import (
+    KEY_PURPOSE,
+    BadRealm,
+    Identifiers,
+    SiteIdentifier,
+    recorded,
+    sector_of,
+)
 from clickpass.openid.provider import Provider
 from clickpass.openid.rp_discovery import RPVerifier, Verdict
 from clickpass.openid.store import DatabaseOpenIDStore
@@ -259,26 +268,32 @@ class OpenIDWeb:
             return self._refuse(
                 request, 400, f"The site's realm {realm} is too broad to sign in to."
             )
-        account = await self.app.current_account(request)
+        account, look = await self._first_look(request, realm)
         if account is None:
             if openid_request.immediate:
                 return await self._answer(request, openid_request, allow=False)
             return self.app.redirect(request, self.app.signin_url("/openid?" + urlencode(query)))
-        checked = await self._check(request, openid_request, account)
+        checked = await self._check(request, openid_request, account, look)
         if isinstance(checked, bytes):
             return checked
         site_id, select, wanted = checked
         if self.partners is not None:
+            read_ahead = {"site": look.partner_site} if look is not None else {}
             handled = await self.partners.checkid(
-                request, openid_request, query, account, site_id, select, wanted
+                request, openid_request, query, account, site_id, select, wanted, **read_ahead
             )
             if handled is not None:
                 return bytes(handled)
         released = await self.released(wanted.fields, account)
-        approved = await self.app.storage.run(
-            approvals.use, account.id, realm, frozenset(released), self._now()
+        approval = (
+            look.approval
+            if look is not None
+            else await self.app.storage.run(approvals.read, account.id, realm)
         )
-        if approved is not None and set(released) <= approved:
+        if approval is not None and approval.covers(frozenset(released)):
+            now = self._now()
+            if approval.stale(now):
+                await self.app.storage.run(approvals.touch, account.id, realm, now)
             # Per-request events are debug: workers log info and up unless
             # started with --access-log, and every line costs the front a relay.
             log.debug("openid sign-in at {realm}: remembered approval", realm=realm)
@@ -289,8 +304,30 @@ class OpenIDWeb:
             return await self._answer(request, openid_request, allow=False)
         return self._consent_page(request, openid_request, query, account, site_id, released)
 
+    async def _first_look(
+        self, request: Request, realm: str
+    ) -> tuple[Account | None, FirstLook | None]:
+        """
+        Who is signed in and, for a signed-in person, what the rest of the
+        checkid reads first: one transaction (L{FirstLook}). Without a usable
+        realm there is nothing to read ahead (L{_check} refuses it).
+        """
+        try:
+            sector = sector_of(realm)
+        except BadRealm:
+            return await self.app.current_account(request), None
+        lookup = self.partners.site_lookup if self.partners is not None else None
+        account, look = await self.app.current_account_with(
+            request, _read_first_look, sector, realm, lookup
+        )
+        return account, look
+
     async def _check(
-        self, request: Request, openid_request: Any, account: Account
+        self,
+        request: Request,
+        openid_request: Any,
+        account: Account,
+        look: FirstLook | None = None,
     ) -> tuple[SiteIdentifier, bool, extensions.Requested] | bytes:
         """
         Everything that must hold before a positive answer, for both the
@@ -300,8 +337,14 @@ class OpenIDWeb:
         """
         realm = str(openid_request.trust_root)
         cancel_url = openid_request.getCancelURL() if not openid_request.immediate else None
+        now = self._now()
         try:
-            site_id = await self.identifiers.for_site(account.id, account.uid, realm, self._now())
+            if look is not None:
+                site_id = await self.identifiers.for_site_seen(
+                    account.id, account.uid, realm, now, look.identifier
+                )
+            else:
+                site_id = await self.identifiers.for_site(account.id, account.uid, realm, now)
         except BadRealm as e:
             return self._refuse(request, 400, f"The site's realm cannot be used: {e}.")
         select = bool(openid_request.idSelect()) or _same_url(
@@ -508,6 +551,34 @@ class OpenIDWeb:
         return discovery.serve_xrds(
             request, discovery.identifier_xrds(self.base_url, self.identifiers.url(opaque))
         )
+
+
+@dataclass(frozen=True)
+class FirstLook:
+    """
+    What a signed-in person's checkid reads first, in the transaction that
+    finds their session: this site's recorded identifier for them, the
+    partner site of the realm's sector (when partners are installed), and
+    their approval of the realm.
+    """
+
+    identifier: tuple[str, int] | None
+    partner_site: Any
+    approval: approvals.Approval | None
+
+
+def _read_first_look(
+    tx: Transaction,
+    account: Account,
+    sector: str,
+    realm: str,
+    partner_lookup: Callable[[Transaction, str], Any] | None,
+) -> FirstLook:
+    return FirstLook(
+        recorded(tx, account.id, sector),
+        partner_lookup(tx, sector) if partner_lookup is not None else None,
+        approvals.read(tx, account.id, realm),
+    )
 
 
 def openid_query_of(openid_request: Any) -> dict[str, str]:

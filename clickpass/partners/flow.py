@@ -37,6 +37,13 @@ from clickpass.web.routing import HTTPError, Router
 log = Logger()
 
 
+class Unread:
+    """A value not read yet (as opposed to one read and found missing)."""
+
+
+UNREAD = Unread()
+
+
 def retarget(target: str, original: str, realm: str) -> str | None:
     """
     Where to send the assertion instead of the request's return_to: the
@@ -108,6 +115,9 @@ class PartnerFlow:
 
     # The provider's hook.
 
+    # How the provider reads a sector's partner site ahead, in its own transaction.
+    site_lookup = staticmethod(sites.site_by_sector)
+
     async def checkid(
         self,
         request: Request,
@@ -117,9 +127,15 @@ class PartnerFlow:
         site_id: SiteIdentifier,
         select: bool,
         wanted: openid_extensions.Requested,
+        site: sites.Site | Unread | None = UNREAD,
     ) -> bytes | None:
-        """The answer for a registered site's request, or L{None} if the realm is no partner's."""
-        site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
+        """
+        The answer for a registered site's request, or L{None} if the realm
+        is no partner's. C{site}: the realm's partner site when the provider
+        read it already (with L{site_lookup}, in its first transaction).
+        """
+        if isinstance(site, Unread):
+            site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
         if site is None:
             return None
         if not site.verified:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -43,6 +44,8 @@ SECURITY_HEADERS = {
     b"content-security-policy": b"default-src 'self'; img-src 'self' https: data:; "
     b"frame-ancestors 'none'; form-action 'self' http: https:",
 }
+
+T = TypeVar("T")
 
 
 class WebApp:
@@ -135,6 +138,25 @@ class WebApp:
         account = await self.accounts.session_account(token) if token else None
         request._clickpass_account = account  # type: ignore[attr-defined]
         return account
+
+    async def current_account_with(
+        self, request: Request, fn: Callable[..., T], *args: object
+    ) -> tuple[Account | None, T | None]:
+        """
+        L{current_account}, and C{fn(tx, account, *args)} when someone is
+        signed in: both in one transaction when the account was not looked up
+        yet (L{Accounts.session_account_with}).
+        """
+        if hasattr(request, "_clickpass_account"):
+            account: Account | None = request._clickpass_account
+            if account is None:
+                return None, None
+            extra: T = await self.storage.run(fn, account, *args)
+            return account, extra
+        token = self.session_token(request)
+        found, seen = await self.accounts.session_account_with(token, fn, *args)
+        request._clickpass_account = found  # type: ignore[attr-defined]
+        return found, seen
 
     async def require_account(self, request: Request) -> Account:
         """The signed-in person; otherwise a redirect to sign in and come back."""

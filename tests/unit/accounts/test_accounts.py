@@ -286,6 +286,31 @@ async def test_session_lookup_and_expiry(accounts: Accounts, clock: Clock) -> No
 
 
 @async_test
+async def test_session_account_with_reads_more_in_the_same_transaction(
+    accounts: Accounts, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    session_account_with gives the account and what the function read for it;
+    without a session it gives nothing and does not call the function.
+    """
+    account = await accounts.sign_up("ann@example.org", PASSWORD)
+    token = await accounts.start_session(account, "192.0.2.1")
+    calls: list[int] = []
+
+    def sessions_of(tx: Any, found: Account, suffix: str) -> str:
+        calls.append(found.id)
+        count = tx.scalar("SELECT COUNT(*) FROM sessions WHERE account_id = ?", found.id)
+        return f"{count}{suffix}"
+
+    assert await accounts.session_account_with(token, sessions_of, "!") == (account, "1!")
+    assert await accounts.session_account_with("not-a-token", sessions_of, "!") == (None, None)
+    assert await accounts.session_account_with("", sessions_of, "!") == (None, None)
+    clock.advance(SETTINGS.session_lifetime)
+    assert await accounts.session_account_with(token, sessions_of, "!") == (None, None)
+    assert calls == [account.id]
+
+
+@async_test
 async def test_only_the_token_hash_is_stored(
     accounts: Accounts, storage_backend: AdbapiStorage
 ) -> None:

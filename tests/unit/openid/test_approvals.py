@@ -1,10 +1,10 @@
-"""Remembered approvals: recorded, widened, used, and their last use kept coarsely."""
+"""Remembered approvals: recorded, widened, read, and their last use kept coarsely."""
 
 from __future__ import annotations
 
 from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.openid import approvals
-from clickpass.openid.approvals import LAST_USED_RESOLUTION
+from clickpass.openid.approvals import LAST_USED_RESOLUTION, Approval
 from tests.support.deferreds import async_test
 
 NOW = 1_700_000_000
@@ -34,47 +34,40 @@ def _last_used(tx: Transaction, account_id: int) -> int:
 
 @async_test
 async def test_never_approved(storage_backend: AdbapiStorage) -> None:
-    """A realm never approved gives None, and nothing is written."""
+    """A realm never approved reads as None."""
     account_id = await storage_backend.run(_add_account)
-    assert await storage_backend.run(approvals.use, account_id, REALM, frozenset(), NOW) is None
-    count = await storage_backend.run(lambda tx: tx.scalar("SELECT COUNT(*) FROM approvals"))
-    assert count == 0
+    assert await storage_backend.run(approvals.read, account_id, REALM) is None
 
 
 @async_test
-async def test_use_covers_and_widens(storage_backend: AdbapiStorage) -> None:
-    """use() gives what was approved; remember() widens it."""
+async def test_read_covers_and_widens(storage_backend: AdbapiStorage) -> None:
+    """read() gives what was approved and when; remember() widens it."""
     account_id = await storage_backend.run(_add_account)
     email = frozenset({"email"})
     await storage_backend.run(approvals.remember, account_id, REALM, email, NOW)
-    assert await storage_backend.run(approvals.use, account_id, REALM, frozenset(), NOW) == email
+    approval = await storage_backend.run(approvals.read, account_id, REALM)
+    assert approval == Approval(email, NOW)
+    assert approval.covers(frozenset()) and approval.covers(email)
     both = frozenset({"email", "nickname"})
-    await storage_backend.run(approvals.remember, account_id, REALM, both, NOW)
-    assert await storage_backend.run(approvals.use, account_id, REALM, email, NOW) == both
+    assert not approval.covers(both)
+    await storage_backend.run(approvals.remember, account_id, REALM, both, NOW + 5)
+    assert await storage_backend.run(approvals.read, account_id, REALM) == Approval(both, NOW + 5)
+
+
+def test_stale_at_the_resolution() -> None:
+    """A use is recorded only when the last one is LAST_USED_RESOLUTION old."""
+    approval = Approval(frozenset(), NOW)
+    assert not approval.stale(NOW + LAST_USED_RESOLUTION - 1)
+    assert approval.stale(NOW + LAST_USED_RESOLUTION)
 
 
 @async_test
-async def test_last_used_is_written_at_its_resolution(storage_backend: AdbapiStorage) -> None:
-    """A covered sign-in moves last_used forward only when it is LAST_USED_RESOLUTION old."""
+async def test_touch_records_the_use(storage_backend: AdbapiStorage) -> None:
+    """touch() moves last_used and leaves the fields alone."""
     account_id = await storage_backend.run(_add_account)
     email = frozenset({"email"})
     await storage_backend.run(approvals.remember, account_id, REALM, email, NOW)
-    soon = NOW + LAST_USED_RESOLUTION - 1
-    await storage_backend.run(approvals.use, account_id, REALM, email, soon)
-    assert await storage_backend.run(_last_used, account_id) == NOW
-    later = NOW + LAST_USED_RESOLUTION
-    await storage_backend.run(approvals.use, account_id, REALM, email, later)
-    assert await storage_backend.run(_last_used, account_id) == later
-
-
-@async_test
-async def test_an_approval_that_does_not_cover_is_not_used(storage_backend: AdbapiStorage) -> None:
-    """Asking for more than was approved leaves last_used alone (the person is asked again)."""
-    account_id = await storage_backend.run(_add_account)
-    await storage_backend.run(approvals.remember, account_id, REALM, frozenset({"email"}), NOW)
-    later = NOW + 2 * LAST_USED_RESOLUTION
-    more = frozenset({"email", "fullname"})
-    assert await storage_backend.run(approvals.use, account_id, REALM, more, later) == frozenset(
-        {"email"}
-    )
-    assert await storage_backend.run(_last_used, account_id) == NOW
+    await storage_backend.run(approvals.touch, account_id, REALM, NOW + LAST_USED_RESOLUTION)
+    assert await storage_backend.run(_last_used, account_id) == NOW + LAST_USED_RESOLUTION
+    approval = await storage_backend.run(approvals.read, account_id, REALM)
+    assert approval is not None and approval.fields == email

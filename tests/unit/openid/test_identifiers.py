@@ -13,6 +13,7 @@ from clickpass.openid.identifiers import (
     Identifiers,
     derive_opaque,
     opaque_from_url,
+    recorded,
     sector_of,
 )
 from tests.support.deferreds import async_test
@@ -184,3 +185,19 @@ async def test_changed_secret_is_detected_on_a_stale_row(storage_backend: Adbapi
             account_id, "uid-1", "http://a.example/", NOW + 2 * LAST_USED_RESOLUTION
         )
     assert await storage_backend.run(_last_used, site.opaque) == NOW
+
+
+@async_test
+async def test_for_site_seen_uses_what_the_caller_read(storage_backend: AdbapiStorage) -> None:
+    """Given a fresh recorded row, for_site_seen trusts it; given none, it records one."""
+    ids = Identifiers(storage_backend, KEY, BASE)
+    account_id = await storage_backend.run(_add_account, "uid-1", "a@example.com")
+    realm = "https://shop.example/"
+    assert await storage_backend.run(recorded, account_id, "shop.example") is None
+    site = await ids.for_site_seen(account_id, "uid-1", realm, NOW, None)
+    found = await storage_backend.run(recorded, account_id, "shop.example")
+    assert found == (site.opaque, NOW)
+    assert await ids.for_site_seen(account_id, "uid-1", realm, NOW + 1, found) == site
+    # A row that disagrees is refused, as on the reading path.
+    with pytest.raises(IdentifierConflict):
+        await ids.for_site_seen(account_id, "uid-1", realm, NOW + 1, ("a" * 32, NOW))
