@@ -22,20 +22,26 @@ blocks on the database: it must run in a thread, never on the reactor.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from openid import kvform
 from openid.association import Association, SessionNegotiator, getSecretSize
-from openid.message import OPENID_NS
+from openid.message import OPENID1_URL_LIMIT, OPENID2_NS, OPENID_NS
 from openid.server.server import (
+    BROWSER_REQUEST_MODES,
+    HTTP_OK,
+    HTTP_REDIRECT,
+    AlreadySigned,
     CheckAuthRequest,
+    EncodingError,
     OpenIDResponse,
     Server,
     Signatory,
-    SigningEncoder,
     WebResponse,
 )
 from openid.store.nonce import split as split_nonce
@@ -78,6 +84,38 @@ class ClickpassSignatory(Signatory):  # type: ignore[misc]
 
     lifetime = Signatory.SECRET_LIFETIME
 
+    def sign(self, response: OpenIDResponse) -> OpenIDResponse:
+        """
+        The library's C{Signatory.sign}, without its C{deepcopy} of the whole
+        response (the request and its message too), which cost a tenth of a
+        worker's CPU per sign-in. The caller's response is left as it was all
+        the same: C{Association.signMessage} signs a copy of the fields, and
+        the signed response shares only the (unchanged) request.
+        """
+        fields = response.fields
+        assoc_handle = response.request.assoc_handle
+        if assoc_handle:
+            # Normal mode. Expiry is checked here, not in getAssociation: an
+            # expired association's type is kept for its replacement.
+            assoc = self.getAssociation(assoc_handle, dumb=False, checkExpiration=False)
+            if not assoc or assoc.expiresIn <= 0:
+                # Fall back to a private association, and tell the relying party.
+                fields = fields.copy()
+                fields.setArg(OPENID_NS, "invalidate_handle", assoc_handle)
+                assoc_type = assoc.assoc_type if assoc else "HMAC-SHA1"
+                if assoc:
+                    self.invalidate(assoc_handle, dumb=False)
+                assoc = self.createAssociation(dumb=True, assoc_type=assoc_type)
+        else:
+            # Stateless mode.
+            assoc = self.createAssociation(dumb=True)
+        signed = copy.copy(response)
+        try:
+            signed.fields = assoc.signMessage(fields)
+        except kvform.KVFormError as err:
+            raise EncodingError(response, explanation=str(err)) from err
+        return signed
+
     def createAssociation(self, dumb: bool = True, assoc_type: str = "HMAC-SHA1") -> Association:
         secret = secrets.token_bytes(getSecretSize(assoc_type))
         now = time.time()
@@ -86,6 +124,21 @@ class ClickpassSignatory(Signatory):  # type: ignore[misc]
         assoc = Association.fromExpiresIn(lifetime, handle, secret, assoc_type)
         self.store.storeAssociation(self._dumb_key if dumb else self._normal_key, assoc)
         return assoc
+
+
+def web_response(response: OpenIDResponse) -> WebResponse:
+    """
+    The library's C{Encoder.encode}, building a browser response's URL once:
+    the library builds it twice, once only to measure it (C{whichEncoding}).
+    A redirect, or the self-submitting form when an OpenID 2 URL would be too
+    long; a direct response in key-value form.
+    """
+    if response.request.mode not in BROWSER_REQUEST_MODES:
+        return WebResponse(body=response.encodeToKVForm())
+    url = response.encodeToURL()
+    if response.fields.getOpenIDNamespace() == OPENID2_NS and len(url) > OPENID1_URL_LIMIT:
+        return WebResponse(code=HTTP_OK, body=response.toHTML())
+    return WebResponse(code=HTTP_REDIRECT, headers={"location": url})
 
 
 def assertion_claim(request: CheckAuthRequest) -> tuple[int, str] | None:
@@ -192,10 +245,11 @@ class Provider:
             if handle
             else StagedStore()
         )
-        signatory = self._staged_signatory(staged)
-        encoded: WebResponse = SigningEncoder(signatory).encode(response)
+        if response.fields.hasKey(OPENID_NS, "sig"):
+            raise AlreadySigned(response)
+        signed = self._staged_signatory(staged).sign(response)
         await self.store.apply(staged)
-        return encoded
+        return web_response(signed)
 
     def encode(self, response: Any) -> WebResponse:
         """
@@ -203,4 +257,6 @@ class Provider:
         signing touches the store: errors, and responses whose
         C{needsSigning()} is false, are safe on the reactor thread.
         """
+        if isinstance(response, OpenIDResponse) and not response.needsSigning():
+            return web_response(response)
         return self.server.encodeResponse(response)

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from openid.association import Association
 from openid.message import OPENID2_NS, Message
-from openid.server.server import CheckAuthRequest, Signatory
+from openid.server.server import CheckAuthRequest, Encoder, Signatory
 from openid.store.memstore import MemoryStore
 from openid.store.nonce import mkNonce
 
@@ -21,6 +21,7 @@ from clickpass.openid.provider import (
     Provider,
     make_handle,
     negotiator_for,
+    web_response,
 )
 from clickpass.openid.store import (
     DatabaseOpenIDStore,
@@ -284,3 +285,51 @@ async def test_run_blocking_on_the_reactor_thread_raises(storage_backend: Adbapi
     store = DatabaseOpenIDStore(storage_backend)
     with pytest.raises(RuntimeError, match="reactor thread"):
         store.getAssociation(Signatory._normal_key, "{HMAC-SHA1}{1}{x}")
+
+
+# Our shortcuts around the library's signing and encoding give its answers.
+
+
+def _answer_with(provider: Provider, assoc_handle: str | None, return_to: str) -> Any:
+    answer = _positive_answer(provider, assoc_handle)
+    answer.request.return_to = return_to
+    answer.fields.setArg(OPENID2_NS, "return_to", return_to)
+    return answer
+
+
+def test_sign_matches_the_library_and_leaves_the_response_alone() -> None:
+    """ClickpassSignatory.sign gives the library's signed fields, without changing its input."""
+    store = MemoryStore()
+    shared = Association.fromExpiresIn(
+        3600, make_handle("HMAC-SHA256", 1), b"k" * 32, "HMAC-SHA256"
+    )
+    store.storeAssociation(Signatory._normal_key, shared)
+    provider = Provider(DatabaseOpenIDStore(None), ENDPOINT, False, 3600)  # type: ignore[arg-type]
+    for handle in (shared.handle, "{HMAC-SHA1}{1}{unknown}"):
+        answer = _answer_with(provider, handle, "http://rp.example/return")
+        before = answer.fields.toPostArgs()
+        ours = ClickpassSignatory(store).sign(answer)
+        theirs = Signatory(store).sign(answer)
+        assert answer.fields.toPostArgs() == before
+        ours_args, theirs_args = ours.fields.toPostArgs(), theirs.fields.toPostArgs()
+        if handle == shared.handle:
+            assert ours_args == theirs_args
+        else:
+            # A new private association each: the same fields but for its handle and signature.
+            for args in (ours_args, theirs_args):
+                assert args["openid.invalidate_handle"] == handle
+                del args["openid.assoc_handle"], args["openid.sig"]
+            assert ours_args == theirs_args
+        assert ours.request is answer.request
+
+
+@pytest.mark.parametrize(
+    "return_to", ["http://rp.example/return", "http://rp.example/" + "x" * 3000]
+)
+def test_web_response_matches_the_library(return_to: str) -> None:
+    """One URL build gives the library's redirect, or its form for a URL too long for one."""
+    provider = Provider(DatabaseOpenIDStore(None), ENDPOINT, False, 3600)  # type: ignore[arg-type]
+    answer = _answer_with(provider, None, return_to)
+    ours, theirs = web_response(answer), Encoder().encode(answer)
+    assert (ours.code, ours.headers, ours.body) == (theirs.code, theirs.headers, theirs.body)
+    assert ours.code == (302 if len(return_to) < 100 else 200)
