@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clickpass.database.storage import Transaction
+from clickpass.openid.identifiers import LAST_USED_RESOLUTION
 
 MAX_REALM = 512
 MAX_FIELDS = 1024
 
-# C{last_used} is kept to this resolution: a sign-in that an approval covers
-# writes it only when the stored value is older, so repeated sign-ins are reads.
-LAST_USED_RESOLUTION = 3600
+# An approval's C{last_used} is kept to the same resolution as a site
+# identifier's: a sign-in that it covers writes it only when the stored
+# value is older, so repeated sign-ins are reads.
 
 
 def remember(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.openid import approvals
-from clickpass.openid.approvals import LAST_USED_RESOLUTION, Approval
+from clickpass.openid.approvals import Approval
+from clickpass.openid.identifiers import LAST_USED_RESOLUTION
 from tests.support.deferreds import async_test
 
 NOW = 1_700_000_000
