@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clickpass.database.storage import Transaction
-from clickpass.openid.identifiers import LAST_USED_RESOLUTION
+from clickpass.openid.identifiers import last_use_due
 
 MAX_REALM = 512
 MAX_FIELDS = 1024
@@ -59,8 +59,8 @@ class Approval:
         return fields <= self.fields
 
     def stale(self, now: int) -> bool:
-        """Whether using it now must record the use (see L{LAST_USED_RESOLUTION})."""
-        return self.last_used <= now - LAST_USED_RESOLUTION
+        """Whether using it now must record the use (L{last_use_due})."""
+        return last_use_due(self.last_used, now)
 
 
 def read(tx: Transaction, account_id: int, realm: str) -> Approval | None:

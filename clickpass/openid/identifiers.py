@@ -93,6 +93,11 @@ class SiteIdentifier:
 LAST_USED_RESOLUTION = 3600
 
 
+def last_use_due(last_used: int, now: int) -> bool:
+    """Whether a use now must be written (the stored one is L{LAST_USED_RESOLUTION} old)."""
+    return last_used <= now - LAST_USED_RESOLUTION
+
+
 def recorded(tx: Transaction, account_id: int, sector: str) -> tuple[str, int] | None:
     """The recorded identifier of an account at a sector, and its C{last_used}."""
     row = tx.fetchone(
@@ -116,7 +121,7 @@ def _ensure(tx: Transaction, opaque: str, account_id: int, sector: str, now: int
         now,
     )
     last_used = _checked(recorded(tx, account_id, sector), opaque, account_id, sector)
-    if last_used <= now - LAST_USED_RESOLUTION:
+    if last_use_due(last_used, now):
         tx.execute(
             "UPDATE site_identifiers SET last_used = ? WHERE opaque = ?",
             now,
@@ -189,7 +194,7 @@ class Identifiers:
         """
         sector = sector_of(realm)
         opaque = self.opaque(uid, sector)
-        if found is not None and found[1] > now - LAST_USED_RESOLUTION:
+        if found is not None and not last_use_due(found[1], now):
             _checked(found, opaque, account_id, sector)
             return SiteIdentifier(opaque, account_id, sector)
         if self._clock is None:

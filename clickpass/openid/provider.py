@@ -88,9 +88,10 @@ class ClickpassSignatory(Signatory):  # type: ignore[misc]
         """
         The library's C{Signatory.sign}, without its C{deepcopy} of the whole
         response (the request and its message too), which was 8% of a
-        worker's Python time per sign-in (py-spy). The caller's response is left as it was all
-        the same: C{Association.signMessage} signs a copy of the fields, and
-        the signed response shares only the (unchanged) request.
+        worker's Python time per sign-in (py-spy). The caller's response is
+        left as it was all the same: C{Association.signMessage} signs a copy
+        of the fields, and the signed response shares only the (unchanged)
+        request.
         """
         fields = response.fields
         assoc_handle = response.request.assoc_handle
@@ -239,14 +240,14 @@ class Provider:
         are written before this returns, so they exist before the relying
         party can see the assertion.
         """
+        if response.fields.hasKey(OPENID_NS, "sig"):
+            raise AlreadySigned(response)
         handle = response.request.assoc_handle
         staged = (
             await self.store.read((ClickpassSignatory._normal_key, handle))
             if handle
             else StagedStore()
         )
-        if response.fields.hasKey(OPENID_NS, "sig"):
-            raise AlreadySigned(response)
         signed = self._staged_signatory(staged).sign(response)
         await self.store.apply(staged)
         return web_response(signed)

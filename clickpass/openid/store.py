@@ -194,6 +194,12 @@ class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
             return False
         return handle is None or len(handle) <= self.MAX_HANDLE
 
+    def _nonce_usable(self, server_url: str, timestamp: int, salt: str) -> bool:
+        """A nonce within the allowed clock skew, whose key fits the columns."""
+        if abs(int(timestamp) - self._now()) > SKEW:
+            return False
+        return len(salt) <= self.MAX_SALT and self._fits(server_url, None)
+
     async def read(self, *keys: tuple[str, str]) -> StagedStore:
         """
         From the reactor thread: a L{StagedStore} holding the associations
@@ -233,19 +239,14 @@ class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
         claim the nonce (as L{useNonce}), and when the claim succeeds,
         remove the association C{retire}. True if the nonce was claimed.
         """
-        writes = self._checked_writes(staged)
-        claimable = (
-            abs(int(timestamp) - self._now()) <= SKEW
-            and len(salt) <= self.MAX_SALT
-            and self._fits(nonce_url, None)
-            and self._fits(*retire)
-        )
-        if not claimable:
-            if writes:
-                await self._storage.run(_apply, writes)
+        if not (self._nonce_usable(nonce_url, timestamp, salt) and self._fits(*retire)):
+            await self.apply(staged)
             return False
         claimed: bool = await self._storage.run(
-            _apply_and_claim, writes, (nonce_url, int(timestamp), salt), retire
+            _apply_and_claim,
+            self._checked_writes(staged),
+            (nonce_url, int(timestamp), salt),
+            retire,
         )
         return claimed
 
@@ -275,9 +276,7 @@ class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
         True the first time a (server, timestamp, salt) is seen within the
         allowed clock skew; false for a replay or a stale timestamp.
         """
-        if abs(int(timestamp) - self._now()) > SKEW:
-            return False
-        if len(server_url) > self.MAX_URL or len(salt) > self.MAX_SALT:
+        if not self._nonce_usable(server_url, timestamp, salt):
             return False
         used: bool = self._storage.run_blocking(_use_nonce, server_url, int(timestamp), salt)
         return used
