@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openid.extensions import ax, sreg
+from openid.message import BARE_NS
 
 from clickpass.accounts.service import Account
 
@@ -46,11 +47,32 @@ class Requested:
     problem: str = ""
 
 
+NOTHING_REQUESTED = Requested(None, None, frozenset())
+
+
 def requested(openid_request: Any) -> Requested:
-    """Parse SReg and AX fetch requests; a malformed one is ignored, with a note."""
+    """
+    Parse SReg and AX fetch requests; a malformed one is ignored, with a note.
+
+    A request whose message holds nothing outside the OpenID namespace (most
+    sign-ins) asks for nothing, and is answered without the library's
+    parsing: that parsing was 5% of a worker's Python time per sign-in.
+    """
+    if not _has_extension_arguments(openid_request.message):
+        return NOTHING_REQUESTED
+    return parse(openid_request)
+
+
+def parse(openid_request: Any) -> Requested:
+    """L{requested}, always through the library's parsing."""
     fields: set[str] = set()
-    problem = ""
-    sreg_request = sreg.SRegRequest.fromOpenIDRequest(openid_request)
+    problems = []
+    try:
+        sreg_request = sreg.SRegRequest.fromOpenIDRequest(openid_request)
+    except ValueError as e:
+        # For one, the request mapped the "sreg" alias to another namespace.
+        sreg_request = None
+        problems.append(f"the site's simple registration request was malformed ({e})")
     if sreg_request is not None and not sreg_request.wereFieldsRequested():
         sreg_request = None
     if sreg_request is not None:
@@ -59,12 +81,26 @@ def requested(openid_request: Any) -> Requested:
         ax_request = ax.FetchRequest.fromOpenIDRequest(openid_request)
     except (ax.AXError, KeyError, ValueError) as e:
         ax_request = None
-        problem = f"the site's attribute exchange request was malformed ({e})"
+        problems.append(f"the site's attribute exchange request was malformed ({e})")
     if ax_request is not None:
         for type_uri in ax_request.requested_attributes:
             if type_uri in AX_TYPES:
                 fields.add(AX_TYPES[type_uri])
-    return Requested(sreg_request, ax_request, frozenset(fields), problem)
+    return Requested(sreg_request, ax_request, frozenset(fields), "; ".join(problems))
+
+
+def _has_extension_arguments(message: Any) -> bool:
+    """
+    Whether C{message} holds an argument, or declares a namespace, other than
+    its OpenID namespace's. python-openid files every extension argument
+    under its extension's namespace, declared or (OpenID 1) implied; an
+    undeclared alias in an OpenID 2 message stays in the OpenID namespace,
+    where no extension reads it.
+    """
+    openid_ns = message.getOpenIDNamespace()
+    if any(uri != openid_ns for uri in message.namespaces.iterNamespaceURIs()):
+        return True
+    return any(ns != openid_ns and ns is not BARE_NS for ns, _key in message.args)
 
 
 PLACEHOLDER_EMAIL_DOMAIN = "@upstream.invalid"

@@ -17,6 +17,7 @@ of ours: failures are a verdict ("could not verify"), not an exception.
 
 from __future__ import annotations
 
+import functools
 import io
 import ipaddress
 import socket
@@ -48,6 +49,11 @@ log = Logger()
 XRDS_TYPE = "application/xrds+xml"
 CACHE_SECONDS = 300.0
 CACHE_ENTRIES = 1000
+
+# Realms parsed, kept: a sign-in parses its realm twice, and the same few
+# realms come back all day. Bounded in count and in the length of a realm.
+REALM_CACHE_ENTRIES = 1024
+REALM_CACHE_MAX_LENGTH = 512
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -216,6 +222,21 @@ class _Discovered:
     reason: str
 
 
+@functools.lru_cache(maxsize=REALM_CACHE_ENTRIES)
+def _parse_realm_cached(realm: str) -> TrustRoot | None:
+    return TrustRoot.parse(realm)
+
+
+def parse_realm(realm: str) -> TrustRoot | None:
+    """
+    C{TrustRoot.parse(realm)}: the realm as a URL pattern, or L{None} when it
+    is not one. What it returns is shared between calls: do not change it.
+    """
+    if len(realm) > REALM_CACHE_MAX_LENGTH:
+        return TrustRoot.parse(realm)
+    return _parse_realm_cached(realm)
+
+
 class RPVerifier:
     """Verifies return_to URLs by relying-party discovery, with a short cache."""
 
@@ -245,7 +266,7 @@ class RPVerifier:
 
     async def verify(self, realm: str, return_to: str) -> Verdict:
         """Check C{return_to} against what C{realm} publishes; never raises."""
-        tr = TrustRoot.parse(realm)
+        tr = parse_realm(realm)
         if tr is None:
             return Verdict("mismatch", "the realm is not a valid URL pattern")
         found = await self._discover(tr.buildDiscoveryURL())

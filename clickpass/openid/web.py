@@ -47,7 +47,6 @@ from openid.server.server import (
     UntrustedReturnURL,
     WebResponse,
 )
-from openid.server.trustroot import TrustRoot
 from openid.urinorm import urinorm
 
 from twisted.internet.defer import Deferred
@@ -67,7 +66,7 @@ from clickpass.openid.identifiers import (
     sector_of,
 )
 from clickpass.openid.provider import Provider
-from clickpass.openid.rp_discovery import RPVerifier, Verdict
+from clickpass.openid.rp_discovery import RPVerifier, Verdict, parse_realm
 from clickpass.openid.store import DatabaseOpenIDStore
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
@@ -263,7 +262,7 @@ class OpenIDWeb:
 
     async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
         realm = str(openid_request.trust_root)
-        trust_root = TrustRoot.parse(realm)
+        trust_root = parse_realm(realm)
         if trust_root is None or (trust_root.wildcard and not trust_root.isSane()):
             return self._refuse(
                 request, 400, f"The site's realm {realm} is too broad to sign in to."

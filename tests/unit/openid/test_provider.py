@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from openid.association import Association
-from openid.message import OPENID2_NS, Message
+from openid.message import BARE_NS, OPENID2_NS, Message
 from openid.server.server import CheckAuthRequest, Encoder, Signatory
 from openid.store.memstore import MemoryStore
 from openid.store.nonce import mkNonce
@@ -19,8 +19,11 @@ from clickpass.openid.provider import (
     STATELESS_LIFETIME,
     ClickpassSignatory,
     Provider,
+    copy_message,
     make_handle,
+    message_url,
     negotiator_for,
+    sign_message,
     web_response,
 )
 from clickpass.openid.store import (
@@ -333,3 +336,77 @@ def test_web_response_matches_the_library(return_to: str) -> None:
     ours, theirs = web_response(answer), Encoder().encode(answer)
     assert (ours.code, ours.headers, ours.body) == (theirs.code, theirs.headers, theirs.body)
     assert ours.code == (302 if len(return_to) < 100 else 200)
+
+
+def _messages() -> list[Message]:
+    """Answers to sign and encode: OpenID 2 and 1, with extension fields and odd values."""
+    provider = Provider(DatabaseOpenIDStore(None), ENDPOINT, False, 3600)  # type: ignore[arg-type]
+    plain = _positive_answer(provider, None).fields
+    with_sreg = copy_message(plain)
+    with_sreg.namespaces.addAlias("http://openid.net/extensions/sreg/1.1", "sreg")
+    for key, value in (("fullname", "Zoë Ünïcode + & = ? #"), ("nickname", "a b%20c")):
+        with_sreg.setArg("http://openid.net/extensions/sreg/1.1", key, value)
+    openid1 = Message.fromPostArgs(
+        {
+            "openid.mode": "id_res",
+            "openid.identity": "http://op.example/id/x",
+            "openid.return_to": "http://rp.example/r?x=1&y=é",
+        }
+    )
+    with_bare = copy_message(plain)
+    with_bare.setArg(BARE_NS, "bare", "not signed")
+    return [plain, with_sreg, openid1, with_bare]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_sign_message_matches_the_library(index: int) -> None:
+    """Fields, signed list and signature as Association.signMessage gives them; input unchanged."""
+    message = _messages()[index]
+    before = message.toPostArgs()
+    for assoc_type, size in (("HMAC-SHA1", 20), ("HMAC-SHA256", 32)):
+        assoc = Association.fromExpiresIn(3600, make_handle(assoc_type, 1), b"s" * size, assoc_type)
+        ours, theirs = sign_message(assoc, message), assoc.signMessage(message)
+        assert ours.toPostArgs() == theirs.toPostArgs()
+        assert assoc.checkMessageSignature(ours)
+        assert message.toPostArgs() == before
+
+
+def test_sign_message_refuses_what_the_library_refuses() -> None:
+    """A message already signed, or naming another association, is refused."""
+    assoc = Association.fromExpiresIn(3600, make_handle("HMAC-SHA1", 1), b"s" * 20, "HMAC-SHA1")
+    signed = sign_message(assoc, _messages()[0])
+    with pytest.raises(ValueError, match="already has signed list"):
+        sign_message(assoc, signed)
+    other = copy_message(_messages()[0])
+    other.setArg(OPENID2_NS, "assoc_handle", "{HMAC-SHA1}{1}{other}")
+    with pytest.raises(ValueError, match="different association handle"):
+        sign_message(assoc, other)
+
+
+def test_copy_message_shares_nothing_changeable() -> None:
+    """A change to the copy, arguments or namespaces, leaves the original as it was."""
+    original = _messages()[1]
+    before = (original.toPostArgs(), dict(original.namespaces.namespace_to_alias))
+    copied = copy_message(original)
+    assert copied.toPostArgs() == original.toPostArgs()
+    copied.setArg("http://example.com/ext", "key", "value")
+    copied.setArg(OPENID2_NS, "mode", "cancel")
+    copied.namespaces.addAlias("http://example.com/other", "other")
+    assert (original.toPostArgs(), dict(original.namespaces.namespace_to_alias)) == before
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://rp.example/return",
+        "http://rp.example/return?already=1&é=ü",
+        "http://rp.example/" + "x" * 600 + "?q=" + "y" * 600,
+    ],
+)
+def test_message_url_matches_the_library(base_url: str) -> None:
+    """The same URL as Message.toURL, twice (the second time from the quoting kept)."""
+    for message in _messages():
+        message.setArg(OPENID2_NS, "long", "v a/l?u&e=" * 80)
+        assert message_url(message, base_url) == message.toURL(base_url)
+        assert message_url(message, base_url) == message.toURL(base_url)
+    assert message_url(Message(), base_url) == Message().toURL(base_url) == base_url

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openid.server.trustroot import TrustRoot
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
@@ -23,6 +24,7 @@ from clickpass.openid.rp_discovery import (
     Verdict,
     allowed_addresses,
     is_public_address,
+    parse_realm,
 )
 
 
@@ -262,3 +264,26 @@ def test_a_bad_realm_is_refused() -> None:
     results: list[Verdict] = []
     Deferred.fromCoroutine(verifier.verify("not a realm", RETURN_TO)).addCallback(results.append)
     assert results[0].outcome == "mismatch"
+
+
+@pytest.mark.parametrize(
+    "realm",
+    [
+        "http://rp.example/",
+        "https://*.rp.example:8443/path/",
+        "http://*.com/",
+        "not a url",
+        "http://rp.example/" + "x" * 600,
+    ],
+)
+def test_parse_realm_is_the_library_parse(realm: str) -> None:
+    """The same pattern as TrustRoot.parse, kept for short realms only."""
+    ours, theirs = parse_realm(realm), TrustRoot.parse(realm)
+    if theirs is None:
+        assert ours is None
+        return
+    assert ours is not None
+    fields = ("proto", "host", "port", "path", "wildcard", "unparsed")
+    assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    assert ours.isSane() == theirs.isSane()
+    assert (parse_realm(realm) is ours) == (len(realm) <= 512)
