@@ -65,7 +65,7 @@ from clickpass.openid.identifiers import (
     recorded,
     sector_of,
 )
-from clickpass.openid.provider import Provider
+from clickpass.openid.provider import Provider, negative_answer
 from clickpass.openid.rp_discovery import RPVerifier, Verdict, parse_realm
 from clickpass.openid.store import DatabaseOpenIDStore
 from clickpass.web.app import WebApp
@@ -266,6 +266,25 @@ class OpenIDWeb:
         if trust_root is None or (trust_root.wildcard and not trust_root.isSane()):
             return self._refuse(
                 request, 400, f"The site's realm {realm} is too broad to sign in to."
+            )
+        if not openid_request.return_to:
+            return self._refuse(
+                request,
+                400,
+                "The site's OpenID request has no return address, so there is no way back "
+                "to the site. Tell the site.",
+            )
+        if not openid_request.identity:
+            # OpenID 2 allows a request for no identifier (extensions only);
+            # Clickpass signs people in, so it has nothing to answer one.
+            if openid_request.immediate:
+                return await self._answer(request, openid_request, allow=False)
+            return self._refuse(
+                request,
+                400,
+                "The site's OpenID request asks for no identifier; Clickpass only signs "
+                "people in. Tell the site.",
+                openid_request.getCancelURL(),
             )
         account, look = await self._first_look(request, realm)
         if account is None:
@@ -510,7 +529,7 @@ class OpenIDWeb:
                 openid_request, identity, select, wanted, released, return_to, decorate
             )
         else:
-            answer = openid_request.answer(False)
+            answer = negative_answer(openid_request)
         if answer.needsSigning():
             # Every positive answer, and OpenID 1's negative checkid_immediate.
             return self._send(request, await self.provider.sign(answer))

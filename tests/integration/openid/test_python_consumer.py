@@ -277,3 +277,83 @@ def test_existing_account_signs_in_on_the_way(
     result = rp.complete(signed_out.decide(consent).headers["location"])
     assert result.status == consumer.SUCCESS
     assert sreg_email(result) == person.email
+
+
+def _raw_checkid(node: NodeProcess, site: RelyingPartySite, mode: str, **fields: str) -> str:
+    """A checkid request built by hand, for what the consumer library never sends."""
+    query = {
+        "openid.ns": "http://specs.openid.net/auth/2.0",
+        "openid.mode": mode,
+        "openid.return_to": site.return_to,
+        "openid.realm": site.realm,
+        **{"openid." + key: value for key, value in fields.items()},
+    }
+    return node.url + "openid?" + urlencode(query)
+
+
+def test_request_for_no_identifier(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """
+    OpenID 2 allows a checkid with no identifier (extensions only). Signed
+    out or in, checkid_immediate answers setup_needed, with a setup URL that
+    names no identifier; checkid_setup is refused with a page that says why.
+    Neither is an internal error (python-openid asserts on the first).
+    """
+    for signed_in in (False, True):
+        if signed_in:
+            person.browser.sign_up(person.email, person.password)
+        immediate = person.open(_raw_checkid(node, rp_site, "checkid_immediate"))
+        assert immediate.status_code == 302, immediate.text[:300]
+        answer = dict(parse_qsl(urlsplit(immediate.headers["location"]).query))
+        assert answer["openid.mode"] == "setup_needed"
+        setup = dict(parse_qsl(urlsplit(answer["openid.user_setup_url"]).query))
+        assert setup == {
+            "openid.ns": "http://specs.openid.net/auth/2.0",
+            "openid.mode": "checkid_setup",
+            "openid.return_to": rp_site.return_to,
+            "openid.realm": rp_site.realm,
+        }
+        page = person.open(_raw_checkid(node, rp_site, "checkid_setup"))
+        assert page.status_code == 400 and "location" not in page.headers
+        assert "asks for no identifier" in page.text
+
+
+def test_request_with_no_return_address(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """
+    A checkid with a realm but no return_to is refused with a page, signed
+    out or in, not an internal error (python-openid cannot answer it).
+    """
+    select = "http://specs.openid.net/auth/2.0/identifier_select"
+    for signed_in in (False, True):
+        if signed_in:
+            person.browser.sign_up(person.email, person.password)
+        for mode in ("checkid_immediate", "checkid_setup"):
+            url = _raw_checkid(node, rp_site, mode, identity=select, claimed_id=select)
+            url = url.replace("openid.return_to=" + quote(rp_site.return_to, safe=""), "x=1")
+            assert "return_to" not in url
+            page = person.open(url)
+            assert page.status_code == 400 and "location" not in page.headers
+            assert "no return address" in page.text
+
+
+def test_sreg_alias_mapped_to_another_namespace_is_ignored(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """A request that maps "sreg" to a namespace of its own gets an answer, not an error page."""
+    select = "http://specs.openid.net/auth/2.0/identifier_select"
+    person.browser.sign_up(person.email, person.password)
+    url = _raw_checkid(
+        node,
+        rp_site,
+        "checkid_immediate",
+        identity=select,
+        claimed_id=select,
+        **{"ns.sreg": "http://other.example/", "sreg.required": "email"},
+    )
+    answer = person.open(url)
+    assert answer.status_code == 302, answer.text[:300]
+    fields = dict(parse_qsl(urlsplit(answer.headers["location"]).query))
+    assert fields["openid.mode"] == "setup_needed"

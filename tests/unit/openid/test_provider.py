@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
 from openid.association import Association
@@ -22,6 +22,7 @@ from clickpass.openid.provider import (
     copy_message,
     make_handle,
     message_url,
+    negative_answer,
     negotiator_for,
     sign_message,
     web_response,
@@ -410,3 +411,73 @@ def test_message_url_matches_the_library(base_url: str) -> None:
         assert message_url(message, base_url) == message.toURL(base_url)
         assert message_url(message, base_url) == message.toURL(base_url)
     assert message_url(Message(), base_url) == Message().toURL(base_url) == base_url
+
+
+NEGATIVE_CASES = {
+    "openid2 immediate, identifier select": {
+        "openid.ns": OPENID2_NS,
+        "openid.mode": "checkid_immediate",
+        "openid.claimed_id": "http://specs.openid.net/auth/2.0/identifier_select",
+        "openid.identity": "http://specs.openid.net/auth/2.0/identifier_select",
+    },
+    "openid2 immediate, delegated, with a handle": {
+        "openid.ns": OPENID2_NS,
+        "openid.mode": "checkid_immediate",
+        "openid.claimed_id": "http://claimed.example/",
+        "openid.identity": "http://op.example/id/abc",
+        "openid.assoc_handle": "{HMAC-SHA1}{1}{abc}",
+    },
+    "openid2 setup": {
+        "openid.ns": OPENID2_NS,
+        "openid.mode": "checkid_setup",
+        "openid.claimed_id": "http://op.example/id/abc",
+        "openid.identity": "http://op.example/id/abc",
+    },
+    "openid1 immediate": {
+        "openid.mode": "checkid_immediate",
+        "openid.identity": "http://op.example/id/abc",
+        "openid.trust_root": "http://rp.example/",
+    },
+}
+
+
+@pytest.mark.parametrize("name", NEGATIVE_CASES)
+def test_negative_answer_matches_the_library(name: str) -> None:
+    """setup_needed (with its setup URL) and cancel, field for field as the library answers."""
+    provider = Provider(DatabaseOpenIDStore(None), ENDPOINT, False, 3600)  # type: ignore[arg-type]
+    query = {
+        "openid.return_to": "http://rp.example/return?x=1&é=ü",
+        "openid.realm": "http://rp.example/",
+        **NEGATIVE_CASES[name],
+    }
+    if "openid.ns" not in query:
+        del query["openid.realm"]
+    ours = negative_answer(provider.decode(query))
+    theirs = provider.decode(query).answer(False)
+    assert ours.fields.toPostArgs() == theirs.fields.toPostArgs()
+    assert ours.needsSigning() == theirs.needsSigning()
+
+
+def test_negative_answer_to_a_request_for_no_identifier() -> None:
+    """OpenID 2 allows no identifier; the setup URL then names none (the library asserts)."""
+    provider = Provider(DatabaseOpenIDStore(None), ENDPOINT, False, 3600)  # type: ignore[arg-type]
+    request = provider.decode(
+        {
+            "openid.ns": OPENID2_NS,
+            "openid.mode": "checkid_immediate",
+            "openid.return_to": "http://rp.example/return",
+            "openid.realm": "http://rp.example/",
+        }
+    )
+    with pytest.raises(AssertionError):
+        request.answer(False)
+    answer = negative_answer(request).fields.toPostArgs()
+    assert answer["openid.mode"] == "setup_needed"
+    setup = dict(parse_qsl(urlsplit(answer["openid.user_setup_url"]).query))
+    assert urlsplit(answer["openid.user_setup_url"]).path == "/openid"
+    assert setup == {
+        "openid.ns": OPENID2_NS,
+        "openid.mode": "checkid_setup",
+        "openid.return_to": "http://rp.example/return",
+        "openid.realm": "http://rp.example/",
+    }
