@@ -75,8 +75,13 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(user_and_system_seconds(pid))
+
+
+def user_and_system_seconds(pid: int) -> tuple[float, float]:
+    """The CPU time C{pid} has used so far, in user space and in the kernel."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def wrk(url: str, extra: list[str], seconds: int, connections: int) -> dict[str, Any]:
@@ -287,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             ours_runs: list[dict[str, Any]] = []
             theirs_runs: list[dict[str, Any]] = []
             front_cpu = haproxy_cpu = 0.0
+            # Of which in the kernel (system time), per side.
+            kernel = {"ours": 0.0, "theirs": 0.0}
             # The workers' CPU behind each side: the same processes serve
             # both, so a difference is what the balancer makes them do.
             workers_cpu = {"ours": 0.0, "theirs": 0.0}
@@ -297,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
                 for side in order:
                     pid = node.pid if side == "ours" else haproxy_process.pid
                     port = front_port if side == "ours" else haproxy_port
-                    before = cpu_seconds(pid)
+                    before_user, before_system = user_and_system_seconds(pid)
                     workers_before = sum(cpu_seconds(p) for p in worker_pids)
                     result = wrk(
                         f"http://127.0.0.1:{port}{path}", extra, args.seconds, args.connections
                     )
-                    spent = cpu_seconds(pid) - before
+                    after_user, after_system = user_and_system_seconds(pid)
+                    spent = after_user + after_system - before_user - before_system
+                    kernel[side] += after_system - before_system
                     workers_cpu[side] += sum(cpu_seconds(p) for p in worker_pids) - workers_before
                     if side == "ours":
                         ours_runs.append(result)
@@ -322,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("nan")
             ratios.append(f"{name} {ratio:.2f}x")
             theirs_us = 1e6 * haproxy_cpu / theirs_requests if theirs_requests else float("nan")
+            ours_kernel_us = 1e6 * kernel["ours"] / ours_requests if ours_requests else float("nan")
+            theirs_kernel_us = (
+                1e6 * kernel["theirs"] / theirs_requests if theirs_requests else float("nan")
+            )
             ours_workers_us = (
                 1e6 * workers_cpu["ours"] / ours_requests if ours_requests else float("nan")
             )
@@ -339,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 (
                     name,
-                    f"CPU per request: clickpass front {us:.1f} us, haproxy {theirs_us:.1f} us;"
+                    f"CPU per request: clickpass front {us:.1f} us ({ours_kernel_us:.1f} in the"
+                    f" kernel), haproxy {theirs_us:.1f} us ({theirs_kernel_us:.1f});"
                     f" workers behind them {ours_workers_us:.1f} us, {theirs_workers_us:.1f} us"
                     + spread,
                     None,
