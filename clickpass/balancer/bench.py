@@ -84,6 +84,34 @@ def user_and_system_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def write_node_config(work: Path, port: int, workers: int) -> None:
+    """A node's configuration in C{work}: its data there, HTTP on loopback C{port}."""
+    (work / "node.toml").write_text(
+        f'[node]\ndata_dir = "{work}/data"\n'
+        f'[web]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+        f"[workers]\ncount = {workers}\n"
+    )
+
+
+def extra_worker(work: Path, socket_path: Path, port: int) -> list[str]:
+    """
+    The command line of one more worker of the node configured in C{work},
+    outside its front: on C{socket_path}, and on TCP C{port} for wrk. It
+    prints C{ready PID} when it serves.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "clickpass.worker",
+        "--config",
+        str(work / "node.toml"),
+        "--socket",
+        str(socket_path),
+        "--also-listen",
+        f"tcp:{port}:interface=127.0.0.1",
+    ]
+
+
 def wrk(url: str, extra: list[str], seconds: int, connections: int) -> dict[str, Any]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
@@ -217,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     work = Path(tempfile.mkdtemp(prefix="clickpass-bench-"))
     front_port, haproxy_port, direct_port = free_port(), free_port(), free_port()
-    (work / "node.toml").write_text(
-        f'[node]\ndata_dir = "{work}/data"\n'
-        f'[web]\nlisten = ["tcp:{front_port}:interface=127.0.0.1"]\n'
-        f"[workers]\ncount = {args.workers}\n"
-    )
+    write_node_config(work, front_port, args.workers)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         log = open(work / "node.log", "wb")  # noqa: SIM115
@@ -257,17 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         processes.append(haproxy_process)
         direct = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clickpass.worker",
-                "--config",
-                str(work / "node.toml"),
-                "--socket",
-                str(work / "direct.sock"),
-                "--also-listen",
-                f"tcp:{direct_port}:interface=127.0.0.1",
-            ],
+            extra_worker(work, work / "direct.sock", direct_port),
             cwd=work,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

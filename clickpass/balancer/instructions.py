@@ -71,11 +71,7 @@ def measure(source: Path, endpoints: list[str], count: int) -> dict[str, float]:
     """Instructions per request, per endpoint, for the tree at C{source}."""
     work = Path(tempfile.mkdtemp(prefix="clickpass-bench-worker-"))
     front_port, worker_port = bench.free_port(), bench.free_port()
-    (work / "node.toml").write_text(
-        f'[node]\ndata_dir = "{work}/data"\n'
-        f'[web]\nlisten = ["tcp:{front_port}:interface=127.0.0.1"]\n'
-        "[workers]\ncount = 1\n"
-    )
+    bench.write_node_config(work, front_port, 1)
     env = {**os.environ, "PYTHONPATH": str(source)}
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -99,15 +95,7 @@ def measure(source: Path, endpoints: list[str], count: int) -> dict[str, float]:
                     "--tool=callgrind",
                     "--instr-atstart=no",
                     f"--callgrind-out-file={work}/callgrind.out.%p",
-                    sys.executable,
-                    "-m",
-                    "clickpass.worker",
-                    "--config",
-                    str(work / "node.toml"),
-                    "--socket",
-                    str(work / "measured.sock"),
-                    "--also-listen",
-                    f"tcp:{worker_port}:interface=127.0.0.1",
+                    *bench.extra_worker(work, work / "measured.sock", worker_port),
                 ],
                 cwd=work,
                 stdin=subprocess.PIPE,
