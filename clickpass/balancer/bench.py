@@ -112,6 +112,17 @@ def extra_worker(work: Path, socket_path: Path, port: int) -> list[str]:
     ]
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]], seconds: float) -> None:
+    """SIGTERM each process still running, last started first; SIGKILL after C{seconds}."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def wrk(url: str, extra: list[str], seconds: int, connections: int) -> dict[str, Any]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
@@ -387,13 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clickpass/haproxy throughput: {', '.join(ratios)}")
         return 0
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_all(processes, 20)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -24,7 +24,6 @@ import argparse
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -133,13 +132,8 @@ def measure(source: Path, endpoints: list[str], count: int) -> dict[str, float]:
             results[name] = _last_dump_total(work, worker.pid) / count
         return results
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        # A worker under valgrind takes longer to stop.
+        bench.stop_all(processes, 60)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -177,7 +177,7 @@ class ClickpassSignatory(Signatory):  # type: ignore[misc]
             assoc = self.getAssociation(assoc_handle, dumb=False, checkExpiration=False)
             if not assoc or assoc.expiresIn <= 0:
                 # Fall back to a private association, and tell the relying party.
-                fields = fields.copy()
+                fields = copy_message(fields)
                 fields.setArg(OPENID_NS, "invalidate_handle", assoc_handle)
                 assoc_type = assoc.assoc_type if assoc else "HMAC-SHA1"
                 if assoc:
