@@ -1,6 +1,14 @@
 """Packaging for Clickpass: the ``clickpass`` library and its twistd plugin."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# The front's request parser (docs/balancer.md): C, one call per request head.
+HTTP1 = Extension(
+    "clickpass.balancer._http1",
+    sources=["clickpass/balancer/csrc/_http1module.c", "clickpass/balancer/csrc/http1.c"],
+    depends=["clickpass/balancer/csrc/http1.h"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+)
 
 setup(
     name="clickpass",
@@ -9,9 +17,10 @@ setup(
     python_requires=">=3.11",
     packages=[*find_packages(include=["clickpass", "clickpass.*"]), "twisted.plugins"],
     package_data={
-        "clickpass": ["py.typed", "**/*.html", "web/static/*"],
+        "clickpass": ["py.typed", "**/*.html", "web/static/*", "balancer/*.pyi"],
     },
     include_package_data=True,
+    ext_modules=[HTTP1],
     install_requires=[
         "twisted[tls]>=24.7",
         "automat>=24.8",

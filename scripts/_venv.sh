@@ -33,7 +33,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.clickpass-installed"
-want="$(cat "$ROOT/setup.py" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) ${extras}"
+want="$(cat "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT"/clickpass/balancer/csrc/* | sha256sum | cut -d' ' -f1) ${extras}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "clickpass: installing into $VENV ..." >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true

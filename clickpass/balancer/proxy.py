@@ -23,12 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from httptools import (
-    HttpParserError,
-    HttpParserUpgrade,
-    HttpRequestParser,
-    HttpResponseParser,
-)
+from httptools import HttpParserError, HttpResponseParser
 
 from twisted.internet import main, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -43,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from clickpass.balancer._http1 import ChunkedBody, RequestError, parse_request
 from clickpass.balancer.pool import IDEMPOTENT, Backend, Pool
 from clickpass.balancer.static import STATIC_PREFIX, StaticFiles
 from clickpass.balancer.stats import responded
@@ -51,6 +47,8 @@ from clickpass.config import BalancerSettings
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
+
+    from clickpass.balancer._http1 import RequestHead
 
 # Builds the /metrics page (Prometheus text) for the front to answer itself.
 MetricsPage = Callable[[], "Deferred[bytes]"]
@@ -109,6 +107,7 @@ REASONS = {
 }
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINE_ENDS = (13, 10)
 
 
 def send_now(transport: Any, data: bytes) -> None:
@@ -449,7 +448,6 @@ class FrontConnection(Protocol):
         self.counters = factory.pool.counters
         self.clock = factory.clock
         self.settings = factory.settings
-        self.parser = HttpRequestParser(self)
         self.peer = b"unknown"
         self.active: Exchange | None = None
         self.current: Exchange | None = None
@@ -457,15 +455,18 @@ class FrontConnection(Protocol):
         self.closing = False
         self.resume_later = False
         self.resume_on_attach = False
+        # A request head is being read (its first bytes are in _buf).
         self.in_head = False
-        self.head_bytes = 0
+        self._buf = b""
+        # The request body being read: bytes still to come (Content-Length),
+        # or its chunked framing and the bytes it held so far.
+        self._body_left = 0
+        self._chunks: ChunkedBody | None = None
         self.body_bytes = 0
         self.began = 0.0
         self.idle_since = 0.0
         self.answered_at = 0.0
         self.fatal: bytes | None = None
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
         # The X-Forwarded-For and -Proto lines for this client (untrusted).
         self._forwarding: bytes | None = None
 
@@ -495,110 +496,102 @@ class FrontConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        if not self.current or self.in_head:
-            self.head_bytes += len(data)
         try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            self.reject(501, "bad_request", "Protocol upgrades are not supported here.")
-            return
-        except HttpParserError as e:
-            cause = e.__context__
-            if isinstance(cause, _Reject):
-                self.reject(cause.status, cause.kind, cause.text)
-            else:
-                self.reject(400, "bad_request", "The request is not valid HTTP/1.1.")
-            return
-        if self.in_head and self.head_bytes > self.settings.max_header_bytes:
-            self.reject(400, "bad_request", "The request headers are too large.")
+            while data and not self.closing:
+                # The exchange whose request is being read is current until
+                # its body has been read.
+                read = self._read_body if self.current is not None else self._read_head
+                data = read(data)
+        except RequestError as e:
+            status, kind, text = e.args
+            self.reject(status, kind, text)
+        except _Reject as e:
+            self.reject(e.status, e.kind, e.text)
 
-    # httptools callbacks.
-
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self._url = b""
-        self._headers = []
-        self.began = self.clock.seconds()
-        if self.active is not None:
-            # A pipelined request: read no further until the one before it
-            # is answered, so a client cannot queue unbounded work.
-            self.transport.pauseProducing()
-            self.resume_later = True
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        self.head_bytes = 0
-        self.body_bytes = 0
-        parser = self.parser
-        method = parser.get_method()
-        url = self._url
-        if not url.startswith(b"/"):
-            raise _Reject(400, "bad_request", "Only origin-form request targets are accepted.")
-        keep_alive = parser.should_keep_alive()
-        factory = self.factory
-        trust = factory.trust_forwarded
-        lines = [method, b" ", url, b" HTTP/1.1\r\n"]
-        host = b""
-        forwarded_for = b""
-        length = -1
-        chunked = False
-        expect_continue = False
-        named: list[bytes] = []
-        connection_header = False
-        drop = HOP_BY_HOP if trust else _DROP_UNTRUSTED
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname in drop:
-                if lname == b"transfer-encoding":
-                    if value.strip().lower() != b"chunked":
-                        raise _Reject(400, "bad_request", "Unsupported Transfer-Encoding.")
-                    chunked = True
-                elif lname == b"connection":
-                    connection_header = True
-                    tokens = value.lower()
-                    if tokens not in (b"keep-alive", b"close"):
-                        named += [t.strip() for t in tokens.split(b",")]
-                elif lname == b"expect":
-                    if value.strip().lower() != b"100-continue":
-                        raise _Reject(400, "bad_request", "Unsupported Expect header.")
-                    expect_continue = True
-                elif lname == b"proxy-connection":
-                    connection_header = True
-                continue
-            if lname == b"host":
-                host = value
-            elif lname == b"content-length":
-                length = int(value)
-            elif lname == b"x-forwarded-for":
-                forwarded_for = value
-                continue
-            lines += (name, b": ", value, b"\r\n")
-        if chunked and length >= 0:
-            raise _Reject(400, "bad_request", "Content-Length together with Transfer-Encoding.")
-        # llhttp keeps a request alive without a Connection (or
-        # Proxy-Connection) header only for HTTP/1.1; asking the parser for
-        # the version (it formats a string) is needed only otherwise.
-        if keep_alive and not connection_header:
-            http10 = False
+    def _read_head(self, data: bytes) -> bytes:
+        """Read a request head; returns the bytes after it (b"" until it is whole)."""
+        if self.in_head:
+            buf = self._buf + data
         else:
-            http10 = parser.get_http_version() == "1.0"
-        if named and any(t not in (b"keep-alive", b"close", b"") for t in named):
-            lines = _drop_named(lines, named)
-        if length > self.settings.max_body:
-            raise _Reject(413, "too_large", "The request body is too large.")
-        if not host and not http10:
-            raise _Reject(400, "bad_request", "HTTP/1.1 requests need a Host header.")
-        if trust:
-            if forwarded_for:
-                lines += (b"X-Forwarded-For: ", forwarded_for, b", ", self.peer, b"\r\n")
+            if data[0] in _LINE_ENDS:
+                # Empty lines between requests are ignored (RFC 9112 2.2),
+                # also when a CRLF is split over two reads.
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return data
+            buf = data
+            self.in_head = True
+            self.began = self.clock.seconds()
+            if self.active is not None:
+                # A pipelined request: read no further until the one before it
+                # is answered, so a client cannot queue unbounded work.
+                self.transport.pauseProducing()
+                self.resume_later = True
+        settings = self.settings
+        parsed = parse_request(
+            buf, settings.max_header_bytes, settings.max_body, self.factory.trust_forwarded
+        )
+        if parsed is None:
+            self._buf = buf
+            return b""
+        self._buf = b""
+        self.in_head = False
+        head_len = parsed[0]
+        self._request(parsed)
+        return buf[head_len:] if head_len < len(buf) else b""
+
+    def _read_body(self, data: bytes) -> bytes:
+        """Read request body bytes; returns the bytes after the body's end."""
+        chunks = self._chunks
+        if chunks is None:
+            left = self._body_left
+            if len(data) > left:
+                data, rest = data[:left], data[left:]
             else:
-                lines += (b"X-Forwarded-For: ", self.peer, b"\r\n")
+                rest = b""
+            self._body_left = left - len(data)
+            self._body(data)
+            if not self._body_left:
+                self._message_complete()
+            return rest
+        try:
+            piece, used, done = chunks.feed(data)
+        except ValueError:
+            raise _Reject(400, "bad_request", "The request is not valid HTTP/1.1.") from None
+        self.body_bytes += len(piece)
+        if self.body_bytes > self.settings.max_body:
+            raise _Reject(413, "too_large", "The request body is too large.")
+        if piece:
+            self._body(piece)
+        if not done:
+            return b""
+        self._chunks = None
+        self._message_complete()
+        return data[used:]
+
+    def _request(self, parsed: RequestHead) -> None:
+        """A whole request head was read: decide where it goes."""
+        (
+            _,
+            method,
+            url,
+            upstream_head,
+            http10,
+            keep_alive,
+            length,
+            chunked,
+            expect_continue,
+            host,
+            forwarded_for,
+            if_none_match,
+        ) = parsed
+        factory = self.factory
+        if factory.trust_forwarded:
+            if forwarded_for:
+                forwarded_for += b", " + self.peer
+            else:
+                forwarded_for = self.peer
+            head = b"".join((upstream_head, b"X-Forwarded-For: ", forwarded_for, b"\r\n"))
         else:
             # X-Forwarded-For and -Proto are the same for every request on
             # this connection.
@@ -613,16 +606,20 @@ class FrontConnection(Protocol):
                         b"\r\n",
                     )
                 )
-            lines.append(forwarding)
             if host:
-                lines += (b"X-Forwarded-Host: ", host, b"\r\n")
-        if chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        lines.append(b"\r\n")
+                head = b"".join((upstream_head, forwarding, b"X-Forwarded-Host: ", host, b"\r\n"))
+            else:
+                head = upstream_head + forwarding
         exchange = Exchange(self, method, url, keep_alive, http10, self.began)
-        exchange.head = b"".join(lines)
         exchange.chunked = chunked
         has_body = exchange.has_body = chunked or length > 0
+        if chunked:
+            exchange.head = head + b"Transfer-Encoding: chunked\r\n\r\n"
+            self._chunks = ChunkedBody()
+            self.body_bytes = 0
+        else:
+            exchange.head = head + b"\r\n"
+            self._body_left = length if length > 0 else 0
         if factory.redirect_base is not None:
             status = 301 if method in (b"GET", b"HEAD") else 308
             location = b"Location: " + factory.redirect_base + url + b"\r\n"
@@ -660,7 +657,7 @@ class FrontConnection(Protocol):
             and not has_body
             and method in (b"GET", b"HEAD")
         ):
-            exchange.local = self._static(url, method, exchange.keep_alive)
+            exchange.local = self._static(url, method, exchange.keep_alive, if_none_match)
         if (exchange.local is not None or exchange.deferred_local is not None) and has_body:
             exchange.close_after = True
         elif expect_continue and exchange.local is None:
@@ -670,8 +667,12 @@ class FrontConnection(Protocol):
             self._activate(exchange)
         else:
             self.waiting.append(exchange)
+        if not has_body:
+            self._message_complete()
 
-    def _static(self, url: bytes, method: bytes, keep_alive: bool) -> bytes:
+    def _static(
+        self, url: bytes, method: bytes, keep_alive: bool, if_none_match: bytes | None
+    ) -> bytes:
         static = self.factory.static
         assert static is not None
         found = static.lookup(url)
@@ -681,24 +682,18 @@ class FrontConnection(Protocol):
         etag: bytes = found[0]
         head: bytes = found[1]
         body: bytes = found[2]
-        for name, value in self._headers:
-            if name.lower() == b"if-none-match" and etag in value:
-                return b"".join((b"HTTP/1.1 304 Not Modified\r\n", head, connection, b"\r\n"))
+        if if_none_match is not None and etag in if_none_match:
+            return b"".join((b"HTTP/1.1 304 Not Modified\r\n", head, connection, b"\r\n"))
         length = b"Content-Length: %d\r\n" % len(body)
         payload = b"" if method == b"HEAD" else body
         return b"".join((b"HTTP/1.1 200 OK\r\n", head, length, connection, b"\r\n", payload))
 
-    def on_body(self, data: bytes) -> None:
+    def _body(self, data: bytes) -> None:
         exchange = self.current
-        if exchange is None:
-            return
-        self.body_bytes += len(data)
-        if self.body_bytes > self.settings.max_body:
-            raise _Reject(413, "too_large", "The request body is too large.")
-        if exchange.local is None and exchange.deferred_local is None:
+        if exchange is not None and exchange.local is None and exchange.deferred_local is None:
             exchange.request_body(data)
 
-    def on_message_complete(self) -> None:
+    def _message_complete(self) -> None:
         exchange, self.current = self.current, None
         if exchange is not None:
             if exchange.chunked or exchange.producing or exchange.response_done:

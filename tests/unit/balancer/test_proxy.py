@@ -427,6 +427,71 @@ def test_pipelined_requests_are_answered_in_order():
     assert client.value() == OK + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"
 
 
+def test_a_request_split_anywhere_is_forwarded_the_same():
+    """
+    A POST with a body, then a pipelined GET, reaching the front in two
+    reads split at every byte: the worker gets the same head and body, and
+    the second request follows once the first is answered.
+    """
+    stream = (
+        b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+        b"\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    for cut in range(1, len(stream)):
+        rig = Rig(workers=1)
+        proto, client = rig.client()
+        proto.dataReceived(stream[:cut])
+        proto.dataReceived(stream[cut:])
+        upstream, worker, _ = rig.accept_upstream()
+        assert worker.value() == (
+            b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
+            b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
+            b"X-Forwarded-Host: h\r\n\r\nhello"
+        ), cut
+        worker.clear()
+        upstream.dataReceived(OK)
+        assert worker.value().startswith(b"GET /2 HTTP/1.1\r\n"), cut
+        upstream.dataReceived(OK)
+        assert client.value() == OK + OK, cut
+        assert not client.disconnecting
+
+
+def test_empty_lines_between_requests_do_not_start_a_head():
+    """A CRLF after a request (split over reads) is ignored: no 400, no 408 later."""
+    rig = Rig(workers=1, header_timeout=10.0)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\r")
+    upstream, _, _ = rig.accept_upstream()
+    upstream.dataReceived(OK)
+    proto.dataReceived(b"\n")
+    rig.reactor.advance(11)
+    rig.factory.sweep(rig.reactor.seconds())
+    assert client.value() == OK
+    assert not client.disconnecting
+
+
+def test_chunked_request_body_over_the_limit_is_413():
+    """A chunked body that grows past max_body is refused while it arrives."""
+    rig = Rig(max_body=10)
+    proto, client = rig.client()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    proto.dataReceived(b"6\r\nabcdef\r\n")
+    assert client.value() == b""
+    proto.dataReceived(b"6\r\nabcdef\r\n")
+    assert client.value().startswith(b"HTTP/1.1 413 ")
+    assert client.disconnecting
+
+
+def test_bad_chunked_framing_is_400():
+    rig = Rig()
+    proto, client = rig.client()
+    proto.dataReceived(
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    )
+    assert client.value().startswith(b"HTTP/1.1 400 ")
+    assert client.disconnecting
+
+
 def test_expect_continue_is_answered_by_the_front():
     """Expect: 100-continue gets 100 Continue from the front; the worker never sees Expect."""
     rig = Rig()

@@ -1,0 +1,30 @@
+"""Types of the front's C request parser (csrc/_http1module.c)."""
+
+MAX_HEADERS: int
+
+class RequestError(ValueError):
+    """A request the front refuses: args are (status, kind, text)."""
+
+RequestHead = tuple[
+    int,  # head_len: bytes of the head, through its empty line
+    bytes,  # method
+    bytes,  # target (origin-form)
+    bytes,  # upstream_head: request line and the headers passed on, no empty line
+    bool,  # http10
+    bool,  # keep_alive
+    int,  # content_length, -1 when absent
+    bool,  # chunked
+    bool,  # expect_continue
+    bytes,  # host, b"" when absent
+    bytes,  # forwarded_for: the client's X-Forwarded-For values, b"" when none
+    bytes | None,  # if_none_match
+]
+
+def parse_request(
+    data: bytes, max_head: int, max_body: int, trust_forwarded: bool
+) -> RequestHead | None: ...
+
+class ChunkedBody:
+    """A chunked message body, decoded incrementally (strict framing)."""
+
+    def feed(self, data: bytes) -> tuple[bytes, int, bool]: ...

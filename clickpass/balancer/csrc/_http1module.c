@@ -1,0 +1,306 @@
+/*
+ * clickpass.balancer._http1: the front's request parser (http1.c) for
+ * Python. One call per request head instead of httptools' callback per
+ * URL piece and per header: each callback into Python cost the front about
+ * 4,300 instructions (docs/balancer.md), more than the rest of its header
+ * work.
+ *
+ * parse_request() returns what the front needs of a complete head, with the
+ * head to send the worker already built (request line and the headers that
+ * are not hop-by-hop); the front appends its forwarding headers. It never
+ * keeps a reference to its input and holds no state between calls.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "http1.h"
+
+static PyObject *RequestError;
+static PyObject *method_get, *method_head, *method_post;
+
+static PyObject *request_error(const http1_request *req)
+{
+    PyObject *args = Py_BuildValue("(iss)", req->status,
+                                   req->too_large ? "too_large" : "bad_request", req->why);
+    if (args != NULL) {
+        PyErr_SetObject(RequestError, args);
+        Py_DECREF(args);
+    }
+    return NULL;
+}
+
+static PyObject *bytes_of(span s)
+{
+    return PyBytes_FromStringAndSize(s.p, (Py_ssize_t)s.n);
+}
+
+static PyObject *method_of(span m)
+{
+    PyObject *known = NULL;
+    if (m.n == 3 && memcmp(m.p, "GET", 3) == 0)
+        known = method_get;
+    else if (m.n == 4 && memcmp(m.p, "HEAD", 4) == 0)
+        known = method_head;
+    else if (m.n == 4 && memcmp(m.p, "POST", 4) == 0)
+        known = method_post;
+    if (known != NULL) {
+        Py_INCREF(known);
+        return known;
+    }
+    return bytes_of(m);
+}
+
+/* Whether a header of the client's request goes on to the worker as it is. */
+static int forwarded_as_is(const http1_header *h, int trust)
+{
+    if (h->named)
+        return 0;
+    switch (h->kind) {
+    case H_OTHER:
+    case H_HOST:
+    case H_CONTENT_LENGTH:
+    case H_IF_NONE_MATCH:
+        return 1;
+    case H_FORWARDED:
+        return trust;
+    default: /* framing, Connection, Expect, Upgrade, hop-by-hop, X-Forwarded-For */
+        return 0;
+    }
+}
+
+PyDoc_STRVAR(parse_request_doc,
+             "parse_request(data, max_head, max_body, trust_forwarded)\n--\n\n"
+             "Parse the request head at the start of data. None while it is incomplete;\n"
+             "otherwise (head_len, method, target, upstream_head, http10, keep_alive,\n"
+             "content_length, chunked, expect_continue, host, forwarded_for, if_none_match).\n"
+             "upstream_head is the request line (always HTTP/1.1) and the headers to pass\n"
+             "on, without the empty line; forwarded_for is the client's X-Forwarded-For\n"
+             "values (joined), b'' when none. Raises RequestError(status, kind, text).");
+
+static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "parse_request takes 4 arguments");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_request: data must be bytes");
+        return NULL;
+    }
+    Py_ssize_t max_head = PyLong_AsSsize_t(args[1]);
+    if (max_head < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "parse_request: max_head must not be negative");
+        return NULL;
+    }
+    long long max_body = PyLong_AsLongLong(args[2]);
+    if (max_body == -1 && PyErr_Occurred())
+        return NULL;
+    int trust = PyObject_IsTrue(args[3]);
+    if (trust < 0)
+        return NULL;
+
+    const char *buf = PyBytes_AS_STRING(args[0]);
+    size_t len = (size_t)PyBytes_GET_SIZE(args[0]);
+    http1_request req;
+    int r = http1_parse_request(buf, len, (size_t)max_head, (int64_t)max_body, &req);
+    if (r == HTTP1_INCOMPLETE)
+        Py_RETURN_NONE;
+    if (r == HTTP1_ERROR)
+        return request_error(&req);
+
+    /* The head for the worker: "METHOD SP target SP HTTP/1.1\r\n", then
+     * each header passed on as "Name: value\r\n". */
+    size_t size = req.method.n + 1 + req.target.n + 11;
+    size_t xff = 0, xff_count = 0;
+    for (unsigned i = 0; i < req.nheaders; i++) {
+        const http1_header *h = &req.headers[i];
+        if (forwarded_as_is(h, trust))
+            size += h->name.n + 2 + h->value.n + 2;
+        else if (h->kind == H_XFF && !h->named && h->value.n) {
+            xff += h->value.n;
+            xff_count++;
+        }
+    }
+    PyObject *head = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (head == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(head);
+    memcpy(out, req.method.p, req.method.n);
+    out += req.method.n;
+    *out++ = ' ';
+    memcpy(out, req.target.p, req.target.n);
+    out += req.target.n;
+    memcpy(out, " HTTP/1.1\r\n", 11);
+    out += 11;
+    for (unsigned i = 0; i < req.nheaders; i++) {
+        const http1_header *h = &req.headers[i];
+        if (!forwarded_as_is(h, trust))
+            continue;
+        memcpy(out, h->name.p, h->name.n);
+        out += h->name.n;
+        *out++ = ':';
+        *out++ = ' ';
+        memcpy(out, h->value.p, h->value.n);
+        out += h->value.n;
+        *out++ = '\r';
+        *out++ = '\n';
+    }
+
+    PyObject *forwarded_for;
+    if (xff_count == 0) {
+        forwarded_for = PyBytes_FromStringAndSize(NULL, 0);
+    } else {
+        forwarded_for = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(xff + 2 * (xff_count - 1)));
+        if (forwarded_for != NULL) {
+            char *f = PyBytes_AS_STRING(forwarded_for);
+            size_t seen = 0;
+            for (unsigned i = 0; i < req.nheaders; i++) {
+                const http1_header *h = &req.headers[i];
+                if (h->kind != H_XFF || h->named || h->value.n == 0)
+                    continue;
+                if (seen++) {
+                    *f++ = ',';
+                    *f++ = ' ';
+                }
+                memcpy(f, h->value.p, h->value.n);
+                f += h->value.n;
+            }
+        }
+    }
+    if (forwarded_for == NULL) {
+        Py_DECREF(head);
+        return NULL;
+    }
+    PyObject *if_none_match;
+    if (req.if_none_match.p != NULL) {
+        if_none_match = bytes_of(req.if_none_match);
+    } else {
+        if_none_match = Py_None;
+        Py_INCREF(Py_None);
+    }
+    return Py_BuildValue("(nNNNOOLOONNN)", (Py_ssize_t)req.head_len, method_of(req.method),
+                         bytes_of(req.target), head, req.http10 ? Py_True : Py_False,
+                         req.keep_alive ? Py_True : Py_False, (long long)req.content_length,
+                         req.chunked ? Py_True : Py_False,
+                         req.expect_continue ? Py_True : Py_False, bytes_of(req.host),
+                         forwarded_for, if_none_match);
+}
+
+/* ChunkedBody: a chunked request body, decoded as it arrives. */
+
+typedef struct {
+    PyObject_HEAD
+    http1_chunks chunks;
+} ChunkedBody;
+
+typedef struct {
+    char *out;
+    size_t n;
+} decoded;
+
+static void collect(void *ctx, const char *p, size_t n)
+{
+    decoded *d = ctx;
+    memcpy(d->out + d->n, p, n);
+    d->n += n;
+}
+
+static int chunked_init(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    if (!PyArg_ParseTuple(args, ":ChunkedBody") || (kwargs && PyDict_Size(kwargs))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "ChunkedBody takes no arguments");
+        return -1;
+    }
+    http1_chunks_init(&((ChunkedBody *)self)->chunks);
+    return 0;
+}
+
+PyDoc_STRVAR(feed_doc, "feed(data)\n--\n\n"
+                       "Read bytes of the body: (data, consumed, done). data is the chunk\n"
+                       "data they held; consumed is less than len(data) only when the body\n"
+                       "ended inside them (done). Raises ValueError on invalid framing.");
+
+static PyObject *chunked_feed(PyObject *self, PyObject *arg)
+{
+    ChunkedBody *c = (ChunkedBody *)self;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "feed: data must be bytes");
+        return NULL;
+    }
+    if (c->chunks.done) {
+        PyErr_SetString(PyExc_ValueError, "the chunked body has already ended");
+        return NULL;
+    }
+    size_t n = (size_t)PyBytes_GET_SIZE(arg);
+    /* Chunk data is never longer than the bytes that carry it. */
+    PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (data == NULL)
+        return NULL;
+    decoded d = {PyBytes_AS_STRING(data), 0};
+    long used = http1_chunks_feed(&c->chunks, PyBytes_AS_STRING(arg), n, collect, &d);
+    if (used < 0) {
+        Py_DECREF(data);
+        PyErr_SetString(PyExc_ValueError, "invalid chunked framing");
+        return NULL;
+    }
+    if (d.n != n && _PyBytes_Resize(&data, (Py_ssize_t)d.n) < 0)
+        return NULL;
+    return Py_BuildValue("(NlO)", data, used, c->chunks.done ? Py_True : Py_False);
+}
+
+static PyMethodDef chunked_methods[] = {
+    {"feed", chunked_feed, METH_O, feed_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ChunkedBodyType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "clickpass.balancer._http1.ChunkedBody",
+    .tp_basicsize = sizeof(ChunkedBody),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A chunked message body, decoded incrementally (strict framing).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = chunked_init,
+    .tp_methods = chunked_methods,
+};
+
+static PyMethodDef module_methods[] = {
+    {"parse_request", (PyCFunction)(void (*)(void))parse_request, METH_FASTCALL,
+     parse_request_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "clickpass.balancer._http1",
+    .m_doc = "Strict HTTP/1.1 request parsing for the front (csrc/http1.c).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__http1(void)
+{
+    if (PyType_Ready(&ChunkedBodyType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    RequestError = PyErr_NewExceptionWithDoc(
+        "clickpass.balancer._http1.RequestError",
+        "A request the front refuses: args are (status, kind, text), text one sentence "
+        "for the client.",
+        PyExc_ValueError, NULL);
+    method_get = PyBytes_FromString("GET");
+    method_head = PyBytes_FromString("HEAD");
+    method_post = PyBytes_FromString("POST");
+    if (RequestError == NULL || method_get == NULL || method_head == NULL ||
+        method_post == NULL || PyModule_AddObjectRef(m, "RequestError", RequestError) < 0 ||
+        PyModule_AddObjectRef(m, "ChunkedBody", (PyObject *)&ChunkedBodyType) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_HEADERS", HTTP1_MAX_HEADERS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

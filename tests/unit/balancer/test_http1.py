@@ -1,0 +1,378 @@
+"""
+The front's C request parser (clickpass.balancer._http1), through its Python
+binding: what it accepts, what it refuses and with which answer, which
+headers it passes on, and chunked bodies split at every byte.
+"""
+
+import random
+
+import pytest
+
+from clickpass.balancer._http1 import MAX_HEADERS, ChunkedBody, RequestError, parse_request
+
+MAX_HEAD = 8192
+MAX_BODY = 1000
+
+
+def parse(data: bytes, trust: bool = False, max_head: int = MAX_HEAD, max_body: int = MAX_BODY):
+    return parse_request(data, max_head, max_body, trust)
+
+
+def refusal(data: bytes, **kwargs) -> tuple[int, str, str]:
+    with pytest.raises(RequestError) as caught:
+        parse(data, **kwargs)
+    status, kind, text = caught.value.args
+    return status, kind, text
+
+
+def test_a_plain_request():
+    """Every field of a simple keep-alive GET, and the head for the worker."""
+    data = b"GET /a?b=1 HTTP/1.1\r\nHost: example.org\r\nAccept: */*\r\n\r\n"
+    assert parse(data + b"next") == (
+        len(data),
+        b"GET",
+        b"/a?b=1",
+        b"GET /a?b=1 HTTP/1.1\r\nHost: example.org\r\nAccept: */*\r\n",
+        False,
+        True,
+        -1,
+        False,
+        False,
+        b"example.org",
+        b"",
+        None,
+    )
+
+
+INCOMPLETE = b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"
+
+
+@pytest.mark.parametrize("cut", range(1, len(INCOMPLETE)))
+def test_an_incomplete_head_is_none(cut):
+    """Until the empty line arrives there is nothing to act on."""
+    data = INCOMPLETE
+    assert parse(data[:cut]) is None
+    assert parse(data) is not None
+
+
+def test_empty_lines_before_the_request_line_are_skipped():
+    data = b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    parsed = parse(data)
+    assert parsed is not None
+    assert parsed[0] == len(data)
+    assert parsed[3] == b"GET / HTTP/1.1\r\nHost: h\r\n"
+
+
+def test_header_values_lose_surrounding_whitespace_and_names_keep_their_case():
+    parsed = parse(b"GET / HTTP/1.1\r\nHost:h\r\nX-MiXed: \t a b \t\r\n\r\n")
+    assert parsed is not None
+    assert parsed[3] == b"GET / HTTP/1.1\r\nHost: h\r\nX-MiXed: a b\r\n"
+
+
+def test_any_request_goes_to_the_worker_as_http11():
+    parsed = parse(b"GET / HTTP/1.0\r\n\r\n")
+    assert parsed is not None
+    assert parsed[3] == b"GET / HTTP/1.1\r\n"
+    assert parsed[4] is True  # http10
+    assert parsed[5] is False  # no keep-alive without asking for it
+
+
+@pytest.mark.parametrize(
+    ("request_head", "keep_alive"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive, CLOSE\r\n\r\n", False),
+        (b"GET / HTTP/1.0\r\n\r\n", False),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+        (b"GET / HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n", True),
+    ],
+)
+def test_keep_alive(request_head, keep_alive):
+    parsed = parse(request_head)
+    assert parsed is not None
+    assert parsed[5] is keep_alive
+
+
+def test_hop_by_hop_headers_and_those_connection_names_are_not_passed_on():
+    parsed = parse(
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\n"
+        b"Keep-Alive: 5\r\nTE: trailers\r\nTrailer: X-T\r\nProxy-Authorization: x\r\n"
+        b"Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nExpect: 100-continue\r\n"
+        b"X-Secret: 1\r\nx-secret: 2\r\nContent-Length: 3\r\nX-Kept: 1\r\n\r\n"
+    )
+    assert parsed is not None
+    assert parsed[3] == b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX-Kept: 1\r\n"
+    assert parsed[6] == 3
+    assert parsed[8] is True  # expect_continue
+
+
+def test_connection_cannot_name_the_framing_or_the_host_away():
+    parsed = parse(
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: host, content-length\r\n"
+        b"Content-Length: 2\r\n\r\n"
+    )
+    assert parsed is not None
+    assert parsed[3] == b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n"
+
+
+FORWARDING = (
+    b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n"
+    b"X-Forwarded-Host: evil\r\nForwarded: for=x\r\nX-Real-IP: 2.2.2.2\r\n"
+    b"X-Forwarded-For: 3.3.3.3\r\n\r\n"
+)
+
+
+def test_client_forwarding_headers_are_dropped_unless_trusted():
+    """Untrusted, none pass; their X-Forwarded-For values are still reported."""
+    parsed = parse(FORWARDING)
+    assert parsed is not None
+    assert parsed[3] == b"GET / HTTP/1.1\r\nHost: h\r\n"
+    assert parsed[10] == b"1.1.1.1, 3.3.3.3"
+
+
+def test_trusted_forwarding_headers_pass_but_for_x_forwarded_for():
+    """Trusted, they pass on; X-Forwarded-For is the front's to extend."""
+    parsed = parse(FORWARDING, trust=True)
+    assert parsed is not None
+    assert parsed[3] == (
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: evil\r\nForwarded: for=x\r\nX-Real-IP: 2.2.2.2\r\n"
+    )
+    assert parsed[10] == b"1.1.1.1, 3.3.3.3"
+
+
+def test_framing_fields():
+    chunked = parse(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n")
+    assert chunked is not None
+    assert chunked[6:8] == (-1, True)
+    assert b"Transfer-Encoding" not in chunked[3]
+    length = parse(b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 0010\r\n\r\n")
+    assert length is not None
+    assert length[6:8] == (10, False)
+
+
+def test_if_none_match_and_common_methods():
+    parsed = parse(b'HEAD /s HTTP/1.1\r\nHost: h\r\nIf-None-Match: "abc"\r\n\r\n')
+    assert parsed is not None
+    assert parsed[1] == b"HEAD"
+    assert parsed[11] == b'"abc"'
+    other = parse(b"PROPFIND / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert other is not None
+    assert other[1] == b"PROPFIND"
+
+
+NOT_HTTP = (400, "bad_request", "The request is not valid HTTP/1.1.")
+
+
+@pytest.mark.parametrize(
+    ("data", "answer"),
+    [
+        (b"GARBAGE\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", NOT_HTTP),
+        (b"GET  / HTTP/1.1\r\nHost: h\r\n\r\n", NOT_HTTP),
+        (b"GET /\x7f HTTP/1.1\r\nHost: h\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\nHost: h\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\rX: 1\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1 2\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", NOT_HTTP),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: a b\r\n\r\n", NOT_HTTP),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            (400, "bad_request", "Content-Length together with Transfer-Encoding."),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            (400, "bad_request", "Unsupported Transfer-Encoding."),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            (400, "bad_request", "Unsupported Transfer-Encoding."),
+        ),
+        (
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            (400, "bad_request", "Unsupported Transfer-Encoding."),
+        ),
+        (
+            b"GET http://evil/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            (400, "bad_request", "Only origin-form request targets are accepted."),
+        ),
+        (
+            b"CONNECT evil:443 HTTP/1.1\r\nHost: evil\r\n\r\n",
+            (400, "bad_request", "Only origin-form request targets are accepted."),
+        ),
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            (400, "bad_request", "HTTP/1.1 requests need a Host header."),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            (400, "bad_request", "HTTP/1.1 requests need a Host header."),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nExpect: something\r\n\r\n",
+            (400, "bad_request", "Unsupported Expect header."),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            (501, "bad_request", "Protocol upgrades are not supported here."),
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n",
+            (413, "too_large", "The request body is too large."),
+        ),
+    ],
+)
+def test_refusals(data, answer):
+    """Malformed or smuggling-shaped heads: the status and sentence the client gets."""
+    assert refusal(data) == answer
+
+
+def test_a_bare_line_feed_before_the_request_line_is_refused_at_once():
+    assert refusal(b"\nGET / HTTP/1.1\r\n") == NOT_HTTP
+
+
+def test_control_bytes_are_refused_before_the_head_is_complete():
+    """A stream that can never become a request is refused without waiting for more."""
+    assert refusal(b"GET / HTTP/1.1\r\nHost: \x01") == NOT_HTTP
+
+
+def test_oversized_heads_are_refused_complete_or_not():
+    big = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 2000
+    too_large = (400, "bad_request", "The request headers are too large.")
+    assert refusal(big, max_head=1024) == too_large
+    assert refusal(big + b"\r\n\r\n", max_head=1024) == too_large
+    assert parse(big + b"\r\n\r\n", max_head=4096) is not None
+
+
+def test_too_many_headers():
+    data = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: 1\r\n" * MAX_HEADERS + b"\r\n"
+    too_many = (400, "bad_request", "The request has too many headers.")
+    assert refusal(data, max_head=65536) == too_many
+
+
+def test_the_body_limit_is_inclusive():
+    parsed = parse(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n")
+    assert parsed is not None
+    assert parsed[6] == 1000
+
+
+def test_arguments_are_checked():
+    with pytest.raises(TypeError):
+        parse_request("GET / HTTP/1.1\r\n\r\n", 10, 10, False)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        parse_request(b"", 10, 10)  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        parse_request(b"", -1, 10, False)
+
+
+CHUNKED = b"3\r\nabc\r\n10;ext=1\r\n0123456789abcdef\r\n0\r\nX-Trailer: 1\r\n\r\n"
+
+
+def feed_in_pieces(body: bytes, sizes: list[int]) -> tuple[bytes, int, bool]:
+    decoder = ChunkedBody()
+    data, used, offset = b"", 0, 0
+    for size in sizes:
+        piece = body[offset : offset + size]
+        offset += size
+        got, n, done = decoder.feed(piece)
+        data += got
+        used += n
+        if done:
+            return data, used, True
+        assert n == len(piece)
+    return data, used, False
+
+
+def test_chunked_body_in_one_piece_stops_at_its_end():
+    decoder = ChunkedBody()
+    assert decoder.feed(CHUNKED + b"GET") == (b"abc0123456789abcdef", len(CHUNKED), True)
+    with pytest.raises(ValueError):
+        decoder.feed(b"more")
+
+
+@pytest.mark.parametrize("cut", range(1, len(CHUNKED)))
+def test_chunked_body_split_anywhere(cut):
+    assert feed_in_pieces(CHUNKED, [cut, len(CHUNKED)]) == (
+        b"abc0123456789abcdef",
+        len(CHUNKED),
+        True,
+    )
+
+
+def test_chunked_body_a_byte_at_a_time():
+    assert feed_in_pieces(CHUNKED, [1] * len(CHUNKED)) == (
+        b"abc0123456789abcdef",
+        len(CHUNKED),
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"x\r\n",
+        b"3\r\nabcd\r\n",
+        b"3\nabc\r\n",
+        b"3\r\nabc\n",
+        b"-1\r\n",
+        b"1000000000000000\r\n",
+        b"3;\x01\r\n",
+        b"0\r\nbad trailer\r\n",
+        b"0\r\n: no name\r\n",
+        b"0\r\nX-T: \x01\r\n",
+    ],
+)
+def test_invalid_chunked_framing(body):
+    with pytest.raises(ValueError):
+        ChunkedBody().feed(body)
+
+
+def test_random_bytes_never_break_the_parser():
+    """
+    Mutations of valid requests (a seeded, repeatable walk): every answer
+    is None, a parsed head that starts the buffer, or a RequestError, and
+    the parsed head's length never runs past the input.
+    """
+    rng = random.Random(20261206)
+    seeds = [
+        b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close, x\r\nX: y\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"GET / HTTP/1.0\r\nProxy-Connection: keep-alive\r\nContent-Length: 5\r\n\r\n",
+    ]
+    alphabet = b"\r\n :,;\t\x00\x7f\x80GETPOSTHTTP/1.01chunkedContent-LengthHost"
+    for _ in range(20000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data) + 1)
+            action = rng.randrange(3)
+            if action == 0 and at < len(data):
+                del data[at]
+            elif action == 1:
+                data.insert(at, rng.choice(alphabet))
+            elif at < len(data):
+                data[at] = rng.randrange(256)
+        sample = bytes(data)
+        try:
+            parsed = parse(sample, trust=rng.random() < 0.5, max_head=rng.choice([16, 64, 8192]))
+        except RequestError as e:
+            status, kind, text = e.args
+            assert status in (400, 413, 501) and kind in ("bad_request", "too_large") and text
+            continue
+        if parsed is not None:
+            assert 0 < parsed[0] <= len(sample)
+            assert parsed[3].endswith(b"\r\n")
+        decoder = ChunkedBody()
+        try:
+            got, used, _done = decoder.feed(sample)
+        except ValueError:
+            continue
+        assert 0 <= used <= len(sample) and len(got) <= used
