@@ -29,7 +29,6 @@ setup(
         "argon2-cffi>=23.1",
         "treq>=24.9",
         "jinja2>=3.1",
-        "httptools>=0.6",
         "service-identity>=24.1",
         "idna>=3.6",
         "PyJWT[crypto]>=2.8",

@@ -1,4 +1,4 @@
-"""Types of the front's C request parser (csrc/_http1module.c)."""
+"""Types of the front's C HTTP/1.1 parser (csrc/_http1module.c)."""
 
 MAX_HEADERS: int
 
@@ -24,7 +24,20 @@ def parse_request(
     data: bytes, max_head: int, max_body: int, trust_forwarded: bool
 ) -> RequestHead | None: ...
 
+ResponseHead = tuple[
+    int,  # head_len
+    int,  # status
+    int,  # content_length, -1 when absent
+    bool,  # chunked
+    bool,  # close: the worker ends the connection after this response
+    bool,  # hop: hop-by-hop headers (or HTTP/1.0): not relayed as it is
+]
+
+def parse_response(data: bytes, max_head: int) -> ResponseHead | None: ...
+def strip_response_head(data: bytes, head_len: int, keep_length: bool) -> bytes: ...
+
 class ChunkedBody:
     """A chunked message body, decoded incrementally (strict framing)."""
 
     def feed(self, data: bytes) -> tuple[bytes, int, bool]: ...
+    def scan(self, data: bytes, offset: int) -> tuple[int, bool]: ...

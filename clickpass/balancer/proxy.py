@@ -2,11 +2,13 @@
 The front's HTTP/1.1 reverse proxy: client connections in, persistent
 keep-alive connections to the workers out.
 
-HTTP is framed with httptools (llhttp) on plain Protocols rather than with
-twisted.web, whose request machinery costs about 200 us per request; the
-front's per-request work is kept to parsing, one header pass and two
-writes. Request and response bodies are streamed both ways with Twisted's
-producer/consumer backpressure; nothing buffers a whole body.
+HTTP is framed on plain Protocols rather than with twisted.web, whose
+request machinery costs about 200 us per request. Request and response
+heads are parsed, checked and rewritten in C (clickpass.balancer._http1),
+one call per head; the front's per-request work is kept to that, the
+choice of a worker and two writes. Request and response bodies are
+streamed both ways with Twisted's producer/consumer backpressure; nothing
+buffers a whole body.
 
 Malformed or smuggling-shaped requests (bad request line, bad or duplicate
 Content-Length, Content-Length with Transfer-Encoding, oversized headers)
@@ -18,12 +20,9 @@ trust client-sent X-Forwarded-* headers unless configured to.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-from httptools import HttpParserError, HttpResponseParser
 
 from twisted.internet import main, tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -38,7 +37,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from clickpass.balancer._http1 import ChunkedBody, RequestError, parse_request
+from clickpass.balancer._http1 import (
+    ChunkedBody,
+    RequestError,
+    parse_request,
+    parse_response,
+    strip_response_head,
+)
 from clickpass.balancer.pool import IDEMPOTENT, Backend, Pool
 from clickpass.balancer.static import STATIC_PREFIX, StaticFiles
 from clickpass.balancer.stats import responded
@@ -48,7 +53,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
 
-    from clickpass.balancer._http1 import RequestHead
+    from clickpass.balancer._http1 import RequestHead, ResponseHead
 
 # Builds the /metrics page (Prometheus text) for the front to answer itself.
 MetricsPage = Callable[[], "Deferred[bytes]"]
@@ -57,37 +62,15 @@ METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 MAX_RESPONSE_HEAD = 64 * 1024
 BODY_BUFFER = 64 * 1024
 
-# Headers that describe one connection, not the message (RFC 9110 7.6.1),
-# plus Expect, which the front answers itself.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"expect",
-    }
-)
-FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
-)
-_DROP_UNTRUSTED = HOP_BY_HOP | FORWARDED
-# The response headers (in a lowercased head) that decide whether a worker's
-# head can be relayed as it is: its framing, and the hop-by-hop ones. One
-# findall, instead of a test per header: for bytes, "marker in head" first
-# tries the marker as an integer and formats a TypeError (about 1,700
-# instructions) every time.
-_RESPONSE_MARKERS = re.compile(
-    rb"\n(content-length:|transfer-encoding: chunked(?=\r\n)|transfer-encoding:"
-    rb"|connection:|keep-alive:|upgrade:|proxy-|trailer:)"
-)
-_CHUNKED_ONLY = [b"transfer-encoding: chunked"]
-_LENGTH_ONLY = [b"content-length:"]
+# How a worker's response ends (UpstreamConnection._framing) ...
+_LENGTH = "length"
+_CHUNKED = "chunked"
+_CLOSE = "close"
+_BODILESS = "bodiless"
+# ... and how its body reaches the client (UpstreamConnection._body_mode).
+_AS_IS = "pass"
+_DECODE = "decode"
+_RECHUNK = "rechunk"
 
 REASONS = {
     200: b"OK",
@@ -170,10 +153,6 @@ class _Reject(Exception):
         self.status = status
         self.kind = kind
         self.text = text
-
-
-class _HeadResponseDone(Exception):
-    """Raised inside the response parser: a HEAD response has no body."""
 
 
 class Exchange:
@@ -966,20 +945,17 @@ class UpstreamConnection(Protocol):
         self.backend = backend
         self.exchange: Exchange | None = None
         self.pending: Exchange | None = None
-        self._parser = HttpResponseParser(self)
         self._buf = b""
         self._in_head = True
-        self._interim = False
-        self._complete = False
         self._reusable = True
-        self._rechunk = False
-        # The response is relayed as the worker sent it (head and framing
-        # untouched but for an added Connection: close), not re-serialised.
-        self._raw = False
-        # Bytes of a further message arrived after this response ended.
-        self._overrun = False
-        self._close_delimited = False
-        self._bodiless = False
+        # How the response's end is found (_LENGTH, _CHUNKED, _CLOSE or
+        # _BODILESS), and how its body bytes reach the client (_AS_IS as they
+        # are, _DECODE from chunks for an HTTP/1.0 client, _RECHUNK a body the
+        # worker delimits by closing, for an HTTP/1.1 client).
+        self._framing = _LENGTH
+        self._body_mode = _AS_IS
+        self._left = 0
+        self._chunks: ChunkedBody | None = None
         self._streaming = False
         self._producer_target: Any = None
         self._got_bytes = False
@@ -1014,42 +990,146 @@ class UpstreamConnection(Protocol):
             self.abort()
             return
         self._got_bytes = True
-        in_head = self._in_head
-        if in_head:
-            self._buf = self._buf + data if self._buf else data
-        try:
-            self._parser.feed_data(data)
-        except HttpParserError:
-            if not self._complete:
-                self._bad_response(exchange, "malformed response")
+        if self._in_head:
+            buf = self._buf + data if self._buf else data
+            try:
+                parsed = parse_response(buf, MAX_RESPONSE_HEAD)
+            except ValueError as e:
+                self._bad_response(exchange, str(e))
                 return
-            if self._raw:
-                self._bad_response(exchange, "bytes after the end of the response")
+            if parsed is None:
+                self._buf = buf
                 return
-            # A HEAD response ends at its headers; start a fresh parser.
-            self._parser = HttpResponseParser(self)
-        if self._raw:
-            if self._overrun:
-                # Where this response ends inside the read is not known.
-                self._bad_response(exchange, "bytes after the end of the response")
+            self._buf = b""
+            head_len = parsed[0]
+            if parsed[1] < 200:
+                # An interim response (the front answered Expect itself).
+                if head_len < len(buf):
+                    self.dataReceived(buf[head_len:])
                 return
-            if not in_head and exchange.out is not None:
-                # The head was relayed from an earlier read: this read is body.
+            self._in_head = False
+            data = buf
+            offset = self._start(exchange, buf, parsed)
+        else:
+            offset = 0
+            if self._body_mode is _AS_IS and exchange.out is not None:
                 self._out.append(data)
-        if self._complete:
+        try:
+            end = self._find_end(data, offset)
+        except ValueError:
+            self._bad_response(exchange, "malformed response body")
+            return
+        if end >= 0:
+            if end < len(data):
+                # Bytes of a further message came after this response.
+                self._reusable = False
+                if self._body_mode is _AS_IS:
+                    # They were gathered for the client with the rest.
+                    self._bad_response(exchange, "bytes after the end of the response")
+                    return
             self._finish(exchange)
             return
         if self._out:
             self._flush(exchange)
-        if self._in_head:
-            if len(self._buf) > MAX_RESPONSE_HEAD:
-                self._bad_response(exchange, "response headers too large")
-        elif not self._streaming and exchange.out is not None:
+        if not self._streaming and exchange.out is not None:
             # The response did not fit in one read: let the client's
             # buffer pace the worker.
             exchange.out.registerProducer(self.transport, True)
             self._producer_target = exchange.out
             self._streaming = True
+
+    def _start(self, exchange: Exchange, buf: bytes, parsed: ResponseHead) -> int:
+        """
+        A response head was read: gather it for the client (with what the
+        read holds of the body, when that goes as it is), and set up how its
+        end is found. Returns where its body starts in C{buf}.
+        """
+        head_len, status, length, chunked, close, hop = parsed
+        exchange.status = status
+        exchange.response_started = True
+        if close:
+            self._reusable = False
+        keep = exchange.keep_alive and not exchange.close_after
+        bodiless = exchange.method == b"HEAD" or status in (204, 304)
+        if bodiless:
+            framing = _BODILESS
+        elif chunked:
+            framing = _CHUNKED
+            self._chunks = ChunkedBody()
+        elif length >= 0:
+            framing = _LENGTH
+            self._left = length
+        else:
+            framing = _CLOSE
+            self._reusable = False
+        self._framing = framing
+        http10 = exchange.http10
+        out = self._out
+        if not hop and not http10 and framing is not _CLOSE:
+            # The common case: the worker's bytes go to the client as they
+            # are, head, framing and all of the body this read holds.
+            self._body_mode = _AS_IS
+            if keep:
+                out.append(buf)
+            else:
+                exchange.close_after = True
+                out.append(buf[: head_len - 2] + b"Connection: close\r\n" + buf[head_len - 2 :])
+            return head_len
+        head = strip_response_head(buf, head_len, framing is _LENGTH or bodiless)
+        mode = _AS_IS
+        if http10:
+            if framing is _CHUNKED:
+                # An HTTP/1.0 client cannot read chunks: the body is decoded
+                # and ends with the connection.
+                mode = _DECODE
+                keep = False
+            elif framing is _CLOSE:
+                keep = False
+        elif chunked:
+            head += b"Transfer-Encoding: chunked\r\n"
+        elif framing is _CLOSE:
+            head += b"Transfer-Encoding: chunked\r\n"
+            mode = _RECHUNK
+        self._body_mode = mode
+        if not keep:
+            exchange.close_after = True
+            head += b"Connection: close\r\n\r\n"
+        elif http10:
+            head += b"Connection: keep-alive\r\n\r\n"
+        else:
+            head += b"\r\n"
+        out.append(head)
+        if mode is _AS_IS and head_len < len(buf) and framing is not _BODILESS:
+            out.append(buf[head_len:])
+        return head_len
+
+    def _find_end(self, data: bytes, offset: int) -> int:
+        """Where in C{data} the response ends (-1: not in it), from C{offset} on."""
+        framing = self._framing
+        if framing is _LENGTH:
+            left = self._left
+            if len(data) - offset >= left:
+                self._left = 0
+                return offset + left
+            self._left = left - (len(data) - offset)
+            return -1
+        if framing is _CHUNKED:
+            chunks = self._chunks
+            assert chunks is not None
+            if self._body_mode is _DECODE:
+                piece, used, done = chunks.feed(data[offset:] if offset else data)
+                if piece:
+                    self._out.append(piece)
+            else:
+                used, done = chunks.scan(data, offset)
+            return offset + used if done else -1
+        if framing is _BODILESS:
+            return offset
+        # Delimited by the worker closing the connection (connectionLost).
+        if self._body_mode is _RECHUNK and len(data) > offset:
+            piece = data[offset:] if offset else data
+            self._out.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+        return -1
 
     def _flush(self, exchange: Exchange) -> None:
         out, self._out = self._out, []
@@ -1069,109 +1149,10 @@ class UpstreamConnection(Protocol):
         else:
             exchange.fail(502, "upstream_failed")
 
-    # httptools callbacks.
-
-    def on_message_begin(self) -> None:
-        if self._complete:
-            self._reusable = False
-            self._overrun = True
-
-    def on_headers_complete(self) -> None:
-        buf = self._buf
-        end = buf.find(b"\r\n\r\n")
-        head = buf[: end + 2]
-        status = self._parser.get_status_code()
-        if status < 200:
-            self._interim = True
-            self._buf = buf[end + 4 :]
-            return
-        self._in_head = False
-        self._buf = b""
-        exchange = self.exchange
-        assert exchange is not None
-        exchange.status = status
-        exchange.response_started = True
-        lower = head.lower()
-        keep = exchange.keep_alive and not exchange.close_after
-        self._bodiless = exchange.method == b"HEAD" or status in (204, 304)
-        found = _RESPONSE_MARKERS.findall(lower)
-        if not self._bodiless and not exchange.http10 and found in (_CHUNKED_ONLY, _LENGTH_ONLY):
-            # The common case: the worker's bytes go to the client as they
-            # are, head, framing and all of the body this read holds; the
-            # parser only finds where the response ends.
-            self._raw = True
-            if keep:
-                self._out.append(buf)
-            else:
-                exchange.close_after = True
-                self._out.append(buf[: end + 2] + b"Connection: close\r\n" + buf[end + 2 :])
-            return
-        if exchange.http10 or found != _LENGTH_ONLY:
-            head, keep = self._rewrite_head(head, lower, exchange, keep)
-        if not keep:
-            exchange.close_after = True
-            self._out.append(head + b"Connection: close\r\n\r\n")
-        elif exchange.http10:
-            self._out.append(head + b"Connection: keep-alive\r\n\r\n")
-        else:
-            self._out.append(head + b"\r\n")
-        if exchange.method == b"HEAD":
-            self._complete = True
-            raise _HeadResponseDone()
-
-    def _rewrite_head(
-        self, head: bytes, lower: bytes, exchange: Exchange, keep: bool
-    ) -> tuple[bytes, bool]:
-        lines = head.split(b"\r\n")[:-1]
-        out = [lines[0]]
-        named: set[bytes] = set()
-        chunked = has_length = False
-        for line in lines[1:]:
-            name = line.split(b":", 1)[0].strip().lower()
-            if name == b"connection":
-                named.update(t.strip().lower() for t in line.split(b":", 1)[1].split(b","))
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"content-length":
-                has_length = True
-        for line in lines[1:]:
-            name = line.split(b":", 1)[0].strip().lower()
-            if name in HOP_BY_HOP or name in named:
-                continue
-            out.append(line)
-        if chunked or not (has_length or self._bodiless):
-            if not chunked:
-                # Delimited by the worker closing the connection.
-                self._close_delimited = True
-                self._reusable = False
-            if exchange.http10:
-                keep = False
-            else:
-                out.append(b"Transfer-Encoding: chunked")
-                self._rechunk = not self._bodiless
-        return b"\r\n".join(out) + b"\r\n", keep
-
-    def on_body(self, body: bytes) -> None:
-        exchange = self.exchange
-        if self._raw or exchange is None or exchange.out is None:
-            return
-        if self._rechunk:
-            self._out.append(b"%x\r\n%s\r\n" % (len(body), body))
-        else:
-            self._out.append(body)
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
-        self._complete = True
-        if not self._parser.should_keep_alive():
-            self._reusable = False
-
     def _finish(self, exchange: Exchange) -> None:
         self.exchange = None
         out = self._out
-        if self._rechunk:
+        if self._body_mode is _RECHUNK:
             out.append(b"0\r\n\r\n")
         if out:
             self._out = []
@@ -1181,7 +1162,8 @@ class UpstreamConnection(Protocol):
             self._stop_streaming()
         # Ready for the next response on this connection.
         self._in_head = True
-        self._complete = self._rechunk = self._raw = self._overrun = self._bodiless = False
+        self._body_mode = _AS_IS
+        self._chunks = None
         self._buf = b""
         reusable = self._reusable
         exchange.response_complete(self, reusable)
@@ -1202,8 +1184,7 @@ class UpstreamConnection(Protocol):
         exchange, self.exchange = self.exchange, None
         if exchange is None:
             return
-        if self._close_delimited and not self._in_head:
-            self._complete = True
+        if self._framing is _CLOSE and not self._in_head:
             self._reusable = False
             self._finish(exchange)
             return

@@ -1,9 +1,9 @@
 /*
- * clickpass.balancer._http1: the front's request parser (http1.c) for
- * Python. One call per request head instead of httptools' callback per
- * URL piece and per header: each callback into Python cost the front about
- * 4,300 instructions (docs/balancer.md), more than the rest of its header
- * work.
+ * clickpass.balancer._http1: the front's HTTP/1.1 parser (http1.c) for
+ * Python. One call per request head and one per response head instead of
+ * httptools' callback per URL piece, per header and per body piece: each
+ * callback into Python cost the front about 4,300 instructions
+ * (docs/balancer.md), more than the rest of its header work.
  *
  * parse_request() returns what the front needs of a complete head, with the
  * head to send the worker already built (request line and the headers that
@@ -188,6 +188,79 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
                          forwarded_for, if_none_match);
 }
 
+PyDoc_STRVAR(parse_response_doc,
+             "parse_response(data, max_head)\n--\n\n"
+             "Parse a worker's response head at the start of data. None while it is\n"
+             "incomplete; otherwise (head_len, status, content_length, chunked, close, hop):\n"
+             "content_length -1 when absent; close when the worker ends the connection\n"
+             "after it; hop when it has hop-by-hop headers (or is HTTP/1.0), so that it\n"
+             "cannot be relayed as it is. Raises ValueError saying what is wrong.");
+
+static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "parse_response takes data (bytes) and max_head");
+        return NULL;
+    }
+    Py_ssize_t max_head = PyLong_AsSsize_t(args[1]);
+    if (max_head < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "parse_response: max_head must not be negative");
+        return NULL;
+    }
+    const char *buf = PyBytes_AS_STRING(args[0]);
+    size_t len = (size_t)PyBytes_GET_SIZE(args[0]);
+    http1_response res;
+    int r = http1_parse_response(buf, len, (size_t)max_head, &res);
+    if (r == HTTP1_INCOMPLETE)
+        Py_RETURN_NONE;
+    if (r == HTTP1_ERROR) {
+        size_t end = http1_head_end(buf, len, 0);
+        PyErr_SetString(PyExc_ValueError, (end == 0 || end > (size_t)max_head)
+                                              ? "response headers too large"
+                                              : "malformed response");
+        return NULL;
+    }
+    return Py_BuildValue("(niLOOO)", (Py_ssize_t)res.head_len, res.status,
+                         (long long)res.content_length, res.chunked ? Py_True : Py_False,
+                         res.close ? Py_True : Py_False, res.hop ? Py_True : Py_False);
+}
+
+PyDoc_STRVAR(strip_response_head_doc,
+             "strip_response_head(data, head_len, keep_length)\n--\n\n"
+             "The response head data[:head_len] without its hop-by-hop headers (and\n"
+             "those its Connection header names), Transfer-Encoding and, unless\n"
+             "keep_length, Content-Length; without its final empty line.");
+
+static PyObject *strip_response_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "strip_response_head takes data (bytes), head_len and keep_length");
+        return NULL;
+    }
+    Py_ssize_t head_len = PyLong_AsSsize_t(args[1]);
+    if (head_len == -1 && PyErr_Occurred())
+        return NULL;
+    if (head_len < 0 || head_len > PyBytes_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "strip_response_head: head_len is out of range");
+        return NULL;
+    }
+    int keep_length = PyObject_IsTrue(args[2]);
+    if (keep_length < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, head_len);
+    if (out == NULL)
+        return NULL;
+    size_t n = http1_strip_response_head(PyBytes_AS_STRING(args[0]), (size_t)head_len,
+                                         keep_length, PyBytes_AS_STRING(out));
+    if (_PyBytes_Resize(&out, (Py_ssize_t)n) < 0)
+        return NULL;
+    return out;
+}
+
 /* ChunkedBody: a chunked request body, decoded as it arrives. */
 
 typedef struct {
@@ -251,8 +324,40 @@ static PyObject *chunked_feed(PyObject *self, PyObject *arg)
     return Py_BuildValue("(NlO)", data, used, c->chunks.done ? Py_True : Py_False);
 }
 
+PyDoc_STRVAR(scan_doc, "scan(data, offset)\n--\n\n"
+                       "Read the bytes of data from offset on without decoding them:\n"
+                       "(consumed, done), as feed. For relaying a body as it is.");
+
+static PyObject *chunked_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    ChunkedBody *c = (ChunkedBody *)self;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "scan takes data (bytes) and offset");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    if (offset < 0 || offset > PyBytes_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "scan: offset is out of range");
+        return NULL;
+    }
+    if (c->chunks.done) {
+        PyErr_SetString(PyExc_ValueError, "the chunked body has already ended");
+        return NULL;
+    }
+    long used = http1_chunks_feed(&c->chunks, PyBytes_AS_STRING(args[0]) + offset,
+                                  (size_t)(PyBytes_GET_SIZE(args[0]) - offset), NULL, NULL);
+    if (used < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid chunked framing");
+        return NULL;
+    }
+    return Py_BuildValue("(lO)", used, c->chunks.done ? Py_True : Py_False);
+}
+
 static PyMethodDef chunked_methods[] = {
     {"feed", chunked_feed, METH_O, feed_doc},
+    {"scan", (PyCFunction)(void (*)(void))chunked_scan, METH_FASTCALL, scan_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -269,13 +374,17 @@ static PyTypeObject ChunkedBodyType = {
 static PyMethodDef module_methods[] = {
     {"parse_request", (PyCFunction)(void (*)(void))parse_request, METH_FASTCALL,
      parse_request_doc},
+    {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
+     parse_response_doc},
+    {"strip_response_head", (PyCFunction)(void (*)(void))strip_response_head, METH_FASTCALL,
+     strip_response_head_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "clickpass.balancer._http1",
-    .m_doc = "Strict HTTP/1.1 request parsing for the front (csrc/http1.c).",
+    .m_doc = "Strict HTTP/1.1 parsing for the front (csrc/http1.c).",
     .m_size = -1,
     .m_methods = module_methods,
 };

@@ -348,7 +348,7 @@ def test_http10_client_gets_a_close_delimited_body_for_a_chunked_response():
 @pytest.mark.parametrize("connection", [b"Connection", b"Proxy-Connection"])
 def test_http10_keep_alive_client_is_answered_as_http10(connection):
     """
-    An HTTP/1.0 client asking for keep-alive (llhttp honours Proxy-Connection
+    An HTTP/1.0 client asking for keep-alive (the front honours Proxy-Connection, as llhttp did
     too) is still HTTP/1.0: no Host needed, its response says keep-alive,
     and its connection takes a second request.
     """
@@ -485,9 +485,7 @@ def test_chunked_request_body_over_the_limit_is_413():
 def test_bad_chunked_framing_is_400():
     rig = Rig()
     proto, client = rig.client()
-    proto.dataReceived(
-        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
-    )
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
     assert client.value().startswith(b"HTTP/1.1 400 ")
     assert client.disconnecting
 

@@ -12,9 +12,11 @@ import pytest
 
 from twisted.internet import main, tcp, unix
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from clickpass.balancer.pool import Backend, Pool
@@ -155,6 +157,108 @@ def test_bytes_after_the_end_of_a_response_are_never_relayed():
     assert worker.disconnected
     assert rig.backends[0].idle == []
     assert rig.backends[0].in_flight == 0
+    assert rig.pool.counters.errors["upstream_failed"] == 1
+
+
+def one_request(
+    http10: bool = False,
+) -> tuple[Rig, StringTransport, UpstreamConnection, StringTransport]:
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    if http10:
+        proto.dataReceived(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    else:
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    return rig, client, upstream, worker
+
+
+HOP_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("cut", range(1, len(HOP_CHUNKED + BODY)))
+def test_a_rewritten_response_split_anywhere_reaches_the_client_the_same(cut):
+    """A head that needs rewriting, cut at every byte: same bytes out, connection reused."""
+    rig, client, upstream, _ = one_request()
+    whole = HOP_CHUNKED + BODY
+    upstream.dataReceived(whole[:cut])
+    upstream.dataReceived(whole[cut:])
+    assert client.value() == (
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n" + BODY
+    )
+    assert rig.backends[0].idle == [upstream]
+
+
+@pytest.mark.parametrize("cut", range(1, len(CHUNKED + BODY)))
+def test_a_chunked_response_to_an_http10_client_is_decoded_wherever_it_is_cut(cut):
+    rig, client, upstream, _ = one_request(http10=True)
+    whole = CHUNKED + BODY
+    upstream.dataReceived(whole[:cut])
+    upstream.dataReceived(whole[cut:])
+    out = client.value()
+    assert out.endswith(b"\r\nConnection: close\r\n\r\nhello world")
+    assert b"Transfer-Encoding" not in out
+    assert client.disconnecting
+    # The worker's side of it was a whole response: its connection is kept.
+    assert rig.backends[0].idle == [upstream]
+
+
+def test_a_response_the_worker_ends_by_closing_is_rechunked_for_http11():
+    rig, client, upstream, _ = one_request()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nhello")
+    upstream.dataReceived(b" world")
+    assert not client.disconnecting
+    upstream.connectionLost(Failure(ConnectionDone()))
+    assert client.value() == (
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    assert not client.disconnecting
+    assert rig.backends[0].idle == []
+    assert rig.backends[0].in_flight == 0
+
+
+def test_a_response_the_worker_ends_by_closing_goes_as_it_is_to_http10():
+    _, client, upstream, _ = one_request(http10=True)
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nhello")
+    upstream.dataReceived(b" world")
+    upstream.connectionLost(Failure(ConnectionDone()))
+    assert client.value() == b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\nhello world"
+    assert client.disconnecting
+
+
+def test_an_interim_response_from_the_worker_is_not_relayed():
+    rig, client, upstream, _ = one_request()
+    upstream.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-")
+    upstream.dataReceived(b"Length: 2\r\n\r\nok")
+    assert client.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert rig.backends[0].idle == [upstream]
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (65 * 1024),
+    ],
+    ids=["status", "two-lengths", "length-and-chunked", "bad-chunk", "head-too-large"],
+)
+def test_a_malformed_worker_response_is_a_502(response):
+    """
+    The client gets a 502, or, when the head was good and the body is not,
+    a cut connection; the worker connection is closed, not reused.
+    """
+    rig, client, upstream, worker = one_request()
+    upstream.dataReceived(response)
+    out = client.value()
+    assert out.startswith(b"HTTP/1.1 502 ") or (out == b"" and client.disconnected)
+    assert worker.disconnected
+    assert rig.backends[0].idle == []
     assert rig.pool.counters.errors["upstream_failed"] == 1
 
 
