@@ -38,6 +38,25 @@ def test_bench_worker_counts_instructions_per_request() -> None:
     assert signed > 2 * small, last
 
 
+def test_bench_worker_counts_the_front_per_proxied_request() -> None:
+    """
+    With --front the node itself runs under callgrind (its worker natively):
+    a request proxied through it has a count, and the last line says whose.
+    """
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench-worker"), "--front", "--requests", "10", "--only", "small"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("front instructions per request: "), last
+    found = dict(re.findall(r"(\w+) ([\d.]+) M", last))
+    assert set(found) == {"small"}, last
+    assert float(found["small"]) > 0, last
+
+
 def test_bench_worker_refuses_an_unknown_endpoint() -> None:
     """A misspelt endpoint is one line and exit status 2, before anything starts."""
     done = subprocess.run(
