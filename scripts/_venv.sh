@@ -41,9 +41,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   [ -n "$extras" ] && target="$ROOT[$extras]"
   # compat mode puts the checkout itself on sys.path, so twistd finds the
   # plugin in ./twisted/plugins/ and edits take effect without reinstalling.
-  "$VENV/bin/python" -m pip install -q -e "$target" --config-settings editable_mode=compat \
-    2>&1 | grep -v '^WARNING: Location' >&2 || true
-  "$VENV/bin/python" -c 'import clickpass.tap, openid, pymysql, argon2' ||
+  # It also compiles the front's C parser (clickpass/balancer/csrc/) in
+  # place. A failed build must stop here: the import check below would
+  # otherwise pass on the extension an earlier build left behind.
+  log="$VENV/.clickpass-install.log"
+  if ! "$VENV/bin/python" -m pip install -q -e "$target" --config-settings editable_mode=compat \
+    >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" >&2 || true
+    echo "clickpass: installation failed (pip's output is above and in $log)" >&2
+    exit 1
+  fi
+  "$VENV/bin/python" -c 'import clickpass.tap, clickpass.balancer._http1, openid, pymysql, argon2' ||
     { echo "clickpass: installation failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

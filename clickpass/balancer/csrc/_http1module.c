@@ -29,6 +29,36 @@ static PyObject *request_error(const http1_request *req)
     return NULL;
 }
 
+static PyObject *boolean(int b)
+{
+    PyObject *o = b ? Py_True : Py_False;
+    Py_INCREF(o);
+    return o;
+}
+
+/*
+ * A tuple of n new references (any of them NULL after a failed allocation:
+ * then all are released and NULL returned). Cheaper than Py_BuildValue,
+ * which parses its format on every call.
+ */
+static PyObject *tuple_of(PyObject **items, Py_ssize_t n)
+{
+    PyObject *t = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL)
+            goto fail;
+    t = PyTuple_New(n);
+    if (t == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(t, i, items[i]);
+    return t;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
 static PyObject *bytes_of(span s)
 {
     return PyBytes_FromStringAndSize(s.p, (Py_ssize_t)s.n);
@@ -180,12 +210,21 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
         if_none_match = Py_None;
         Py_INCREF(Py_None);
     }
-    return Py_BuildValue("(nNNNOOLOONNN)", (Py_ssize_t)req.head_len, method_of(req.method),
-                         bytes_of(req.target), head, req.http10 ? Py_True : Py_False,
-                         req.keep_alive ? Py_True : Py_False, (long long)req.content_length,
-                         req.chunked ? Py_True : Py_False,
-                         req.expect_continue ? Py_True : Py_False, bytes_of(req.host),
-                         forwarded_for, if_none_match);
+    PyObject *items[12] = {
+        PyLong_FromSsize_t((Py_ssize_t)req.head_len),
+        method_of(req.method),
+        bytes_of(req.target),
+        head,
+        boolean(req.http10),
+        boolean(req.keep_alive),
+        PyLong_FromLongLong((long long)req.content_length),
+        boolean(req.chunked),
+        boolean(req.expect_continue),
+        bytes_of(req.host),
+        forwarded_for,
+        if_none_match,
+    };
+    return tuple_of(items, 12);
 }
 
 PyDoc_STRVAR(parse_response_doc,
@@ -222,9 +261,15 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
                                               : "malformed response");
         return NULL;
     }
-    return Py_BuildValue("(niLOOO)", (Py_ssize_t)res.head_len, res.status,
-                         (long long)res.content_length, res.chunked ? Py_True : Py_False,
-                         res.close ? Py_True : Py_False, res.hop ? Py_True : Py_False);
+    PyObject *items[6] = {
+        PyLong_FromSsize_t((Py_ssize_t)res.head_len),
+        PyLong_FromLong(res.status),
+        PyLong_FromLongLong((long long)res.content_length),
+        boolean(res.chunked),
+        boolean(res.close),
+        boolean(res.hop),
+    };
+    return tuple_of(items, 6);
 }
 
 PyDoc_STRVAR(strip_response_head_doc,
@@ -352,7 +397,8 @@ static PyObject *chunked_scan(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_ValueError, "invalid chunked framing");
         return NULL;
     }
-    return Py_BuildValue("(lO)", used, c->chunks.done ? Py_True : Py_False);
+    PyObject *items[2] = {PyLong_FromLong(used), boolean(c->chunks.done)};
+    return tuple_of(items, 2);
 }
 
 static PyMethodDef chunked_methods[] = {

@@ -41,6 +41,62 @@ static inline unsigned char lower(unsigned char c)
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
 }
 
+/*
+ * Word-at-a-time scans for the long runs of a head (request targets, header
+ * values such as cookies and redirect URLs): eight bytes are tested in a few
+ * instructions, and the byte loop takes over at the first word that may hold
+ * a byte the class does not allow, so the result is exactly the byte loop's.
+ * (x - n) & ~x & 0x80.. is non-zero exactly when a byte of x is below n.
+ */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static inline uint64_t load8(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+static inline uint64_t below(uint64_t w, unsigned n)
+{
+    return (w - ONES * n) & ~w & HIGHS;
+}
+
+static inline uint64_t has_del(uint64_t w)
+{
+    uint64_t x = w ^ (ONES * 0x7f);
+    return (x - ONES) & ~x & HIGHS;
+}
+
+/* The end of a run of field-value bytes (VCHAR, obs-text, SP, HTAB) from pos. */
+static size_t scan_field(const char *buf, size_t pos, size_t end)
+{
+    while (end - pos >= 8) {
+        uint64_t w = load8(buf + pos);
+        if (below(w, 0x20) | has_del(w))
+            break;
+        pos += 8;
+    }
+    while (pos < end && IS(buf[pos], C_FIELD))
+        pos++;
+    return pos;
+}
+
+/* The end of a run of VCHAR (request-target) bytes from pos. */
+static size_t scan_vchar(const char *buf, size_t pos, size_t end)
+{
+    while (end - pos >= 8) {
+        uint64_t w = load8(buf + pos);
+        if (below(w, 0x21) | has_del(w) | (w & HIGHS))
+            break;
+        pos += 8;
+    }
+    while (pos < end && IS(buf[pos], C_VCHAR))
+        pos++;
+    return pos;
+}
+
 int http1_ieq(span s, const char *low, size_t n)
 {
     if (s.n != n)
@@ -248,8 +304,7 @@ static int each_header(const char *buf, size_t pos, size_t end, header_cb cb, vo
         while (pos < end && (buf[pos] == ' ' || buf[pos] == '\t'))
             pos++;
         size_t value_start = pos;
-        while (pos < end && IS(buf[pos], C_FIELD))
-            pos++;
+        pos = scan_field(buf, pos, end);
         if (pos + 1 >= end || buf[pos] != '\r' || buf[pos + 1] != '\n')
             return -1; /* a control byte, a bare CR or LF */
         size_t value_end = pos;
@@ -326,6 +381,7 @@ int http1_parse_request(const char *buf, size_t len, size_t max_head, int64_t ma
                         http1_request *req)
 {
     init_classes();
+    req->too_large = 0;
     size_t pos = 0;
     /* Empty lines before the request line are ignored (RFC 9112 2.2). */
     while (pos + 1 < len && buf[pos] == '\r' && buf[pos + 1] == '\n')
@@ -340,10 +396,8 @@ int http1_parse_request(const char *buf, size_t len, size_t max_head, int64_t ma
             if (c < 0x20 && c != '\r' && c != '\n' && c != '\t')
                 return fail(req, 400, NOT_HTTP);
         }
-        if (len > max_head) {
-            req->too_large = 0;
+        if (len > max_head)
             return fail(req, 400, "The request headers are too large.");
-        }
         return HTTP1_INCOMPLETE;
     }
     if (end - pos > max_head)
@@ -369,8 +423,7 @@ int http1_parse_request(const char *buf, size_t len, size_t max_head, int64_t ma
     req->method.n = pos - m0;
     pos++;
     size_t t0 = pos;
-    while (pos < end && IS(buf[pos], C_VCHAR))
-        pos++;
+    pos = scan_vchar(buf, pos, end);
     if (pos == t0 || buf[pos] != ' ')
         return fail(req, 400, NOT_HTTP);
     req->target.p = buf + t0;

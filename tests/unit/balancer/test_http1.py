@@ -376,3 +376,48 @@ def test_random_bytes_never_break_the_parser():
         except ValueError:
             continue
         assert 0 <= used <= len(sample) and len(got) <= used
+
+
+FIELD_REFUSED = [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]
+FIELD_ALLOWED = [0x09, 0x20, 0x21, 0x7E, 0x80, 0xFF]
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 15, 16, 17, 64])
+def test_every_byte_of_a_long_header_value_is_checked(length):
+    """
+    Header values are scanned eight bytes at a time: a byte no field value
+    may hold is refused wherever it stands, and every allowed byte passes.
+    """
+    for at in range(length):
+        for byte in FIELD_REFUSED:
+            value = bytearray(b"v" * length)
+            value[at] = byte
+            data = b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: " + bytes(value) + b"x\r\n\r\n"
+            if byte in (0x0D, 0x0A):
+                # A bare CR or LF inside a value is not a line end either.
+                with pytest.raises(RequestError):
+                    parse(data)
+                continue
+            assert refusal(data) == NOT_HTTP, (at, byte)
+        for byte in FIELD_ALLOWED:
+            value = bytearray(b"v" * length)
+            value[at] = byte
+            parsed = parse(b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: " + bytes(value) + b"x\r\n\r\n")
+            assert parsed is not None, (at, byte)
+            assert bytes(value).lstrip(b" \t") + b"x\r\n" in parsed[3]
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 16, 17, 64])
+def test_every_byte_of_a_long_target_is_checked(length):
+    """The target is scanned eight bytes at a time too: only VCHAR passes."""
+    for at in range(length):
+        for byte in [*range(0x00, 0x21), 0x7F, 0x80, 0xFF]:
+            target = bytearray(b"/" + b"a" * length)
+            target[1 + at] = byte
+            with pytest.raises(RequestError):
+                parse(b"GET " + bytes(target) + b"x HTTP/1.1\r\nHost: h\r\n\r\n")
+        for byte in (0x21, 0x7E, ord("%")):
+            target = bytearray(b"/" + b"a" * length)
+            target[1 + at] = byte
+            parsed = parse(b"GET " + bytes(target) + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert parsed is not None and parsed[2] == bytes(target), (at, byte)
