@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from twisted.internet.test import test_core, test_fdset, test_tcp, test_tls, test_unix
+from twisted.internet.test import test_core, test_fdset, test_tcp, test_time, test_tls, test_unix
 from twisted.internet.test.reactormixins import ReactorBuilder
 from twisted.trial.reporter import VerboseTextReporter
 from twisted.trial.runner import TestLoader, TrialRunner
@@ -39,6 +39,7 @@ BUILDERS: list[type[ReactorBuilder]] = [
     test_tls.AbortSSLConnectionTests,
     test_fdset.ReactorFDSetTestsBuilder,
     test_core.SystemEventTestsBuilder,
+    test_time.TimeTestsBuilder,
 ]
 
 # Twisted skips this one for its epoll reactor by class name ("cannot detect

@@ -1,6 +1,6 @@
 """
 L{clickpass.reactor.ClickpassReactor}: Twisted's own reactor tests (TCP,
-UNIX sockets, TLS, file descriptor sets, system events) pass against it,
+UNIX sockets, TLS, file descriptor sets, system events, time) pass against it,
 a failing C{dataReceived} on its lean read path is logged and loses its
 connection as Twisted's dispatch does, and a node and its workers run on it
 unless another reactor was chosen.
@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -25,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_twisted_reactor_suites_pass(tmp_path: Path) -> None:
     """
-    Every test of Twisted's TCP, UNIX, TLS, descriptor-set and system-event
-    suites passes for our reactor, none skipped (C{tests/support/reactor_suite.py},
+    Every test of Twisted's TCP, UNIX, TLS, descriptor-set, system-event and
+    time suites passes for our reactor, none skipped (C{tests/support/reactor_suite.py},
     run in its own process: those tests swap the global reactor's class).
     """
     done = subprocess.run(
@@ -119,3 +122,23 @@ def test_a_reactor_chosen_already_is_respected() -> None:
     """C{twistd --reactor=poll clickpass}: the chosen reactor stays."""
     prelude = "from twisted.internet import pollreactor; pollreactor.install()"
     assert _reactor_after_install(prelude) == "twisted.internet.pollreactor.PollReactor"
+
+
+@pytest.mark.parametrize("offset", [-5.0, -0.001, 0.0, 0.25, 3.0, 10_000_000.0])
+def test_timeout_is_twisteds(offset: float) -> None:
+    """How long the loop may sleep is what Twisted's own timeout() says, timers or none."""
+    reactor = ClickpassReactor()
+    try:
+        assert reactor.timeout() is None
+        call = reactor.callLater(1.0, lambda: None)
+        # A timer already due, or due later, than the reactor's own clock.
+        call.time = reactor.seconds() + offset
+        ours = reactor.timeout()
+        theirs = EPollReactor.timeout(reactor)
+        assert ours is not None and theirs is not None
+        assert abs(ours - theirs) < 0.01
+        assert ours == 0 if offset <= 0 else ours > 0
+        call.cancel()
+    finally:
+        reactor.disconnectAll()
+        reactor._poller.close()
