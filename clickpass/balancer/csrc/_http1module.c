@@ -296,7 +296,7 @@ static PyObject *strip_response_head(PyObject *self, PyObject *const *args, Py_s
     int keep_length = PyObject_IsTrue(args[2]);
     if (keep_length < 0)
         return NULL;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, head_len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, HTTP1_STRIP_ROOM(head_len));
     if (out == NULL)
         return NULL;
     size_t n = http1_strip_response_head(PyBytes_AS_STRING(args[0]), (size_t)head_len,

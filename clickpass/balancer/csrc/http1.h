@@ -105,9 +105,13 @@ int http1_parse_response(const char *buf, size_t len, size_t max_head, http1_res
 /*
  * Write the response head buf[0:head_len] without its hop-by-hop lines (and
  * those its Connection header names), without its final empty line, to out
- * (room for head_len bytes). Returns the bytes written. Content-Length is
- * kept when keep_length; Transfer-Encoding never is.
+ * (room for HTTP1_STRIP_ROOM(head_len) bytes). Returns the bytes written.
+ * Content-Length is kept when keep_length; Transfer-Encoding never is.
+ *
+ * Each header goes out as "Name: value": a line sent as "Name:value" grows
+ * by one byte, and a header line is at least four ("N:" CRLF).
  */
+#define HTTP1_STRIP_ROOM(head_len) ((head_len) + (head_len) / 4 + 1)
 size_t http1_strip_response_head(const char *head, size_t head_len, int keep_length, char *out);
 
 /* A chunked body, parsed incrementally (request or response). */

@@ -8,7 +8,14 @@ import random
 
 import pytest
 
-from clickpass.balancer._http1 import MAX_HEADERS, ChunkedBody, RequestError, parse_request
+from clickpass.balancer._http1 import (
+    MAX_HEADERS,
+    ChunkedBody,
+    RequestError,
+    parse_request,
+    parse_response,
+    strip_response_head,
+)
 
 MAX_HEAD = 8192
 MAX_BODY = 1000
@@ -421,3 +428,49 @@ def test_every_byte_of_a_long_target_is_checked(length):
             target[1 + at] = byte
             parsed = parse(b"GET " + bytes(target) + b" HTTP/1.1\r\nHost: h\r\n\r\n")
             assert parsed is not None and parsed[2] == bytes(target), (at, byte)
+
+
+def test_a_stripped_head_may_be_longer_than_the_worker_sent_it():
+    """
+    Headers go out as "Name: value"; a worker that wrote "Name:value" on
+    hundreds of short lines gets a longer head back, whole.
+    """
+    head = b"HTTP/1.1 200 OK\r\n" + b"A:b\r\n" * 500 + b"Connection: x\r\nX:\r\n\r\n"
+    parsed = parse_response(head, 65536)
+    assert parsed is not None
+    stripped = strip_response_head(head, parsed[0], True)
+    assert stripped == b"HTTP/1.1 200 OK\r\n" + b"A: b\r\n" * 500
+
+
+def test_response_heads():
+    head = (
+        b"HTTP/1.1 302 Found\r\nLocation: /x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close, X-A\r\nX-A: 1\r\nKeep-Alive: 5\r\nX-B:  2 \r\n\r\n5\r\n"
+    )
+    parsed = parse_response(head, 65536)
+    assert parsed == (len(head) - 3, 302, -1, True, True, True)
+    assert strip_response_head(head, parsed[0], False) == (
+        b"HTTP/1.1 302 Found\r\nLocation: /x\r\nX-B: 2\r\n"
+    )
+    assert parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", 65536) is None
+    assert parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 65536) == (
+        27,
+        204,
+        -1,
+        False,
+        False,
+        False,
+    )
+    # HTTP/1.0 answers are never relayed as they are, and close unless kept alive.
+    assert parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", 65536) == (
+        38,
+        200,
+        0,
+        False,
+        True,
+        True,
+    )
+    with pytest.raises(ValueError, match="response headers too large"):
+        parse_response(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 100, 64)
+    with pytest.raises(ValueError, match="malformed response"):
+        parse_response(b"HTTP/1.1 200 OK\r\nX : 1\r\n\r\n", 64)
