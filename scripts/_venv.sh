@@ -32,6 +32,23 @@ if [ ! -x "$VENV/bin/python" ]; then
   }
 fi
 
+# The front's HTTP parser is C (clickpass/balancer/csrc/): building it needs
+# a C compiler and the headers of the Python the virtualenv runs on.
+has_headers() {
+  "$VENV/bin/python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+}
+if ! command -v cc >/dev/null 2>&1 || ! has_headers; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev >/dev/null
+  fi
+  if ! command -v cc >/dev/null 2>&1 || ! has_headers; then
+    echo "clickpass: building the front's parser needs a C compiler and Python's headers" \
+      "(install gcc and python3-dev)" >&2
+    exit 1
+  fi
+fi
+
 stamp="$VENV/.clickpass-installed"
 want="$(cat "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT"/clickpass/balancer/csrc/* | sha256sum | cut -d' ' -f1) ${extras}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
