@@ -21,7 +21,11 @@ RequestHead = tuple[
 ]
 
 def parse_request(
-    data: bytes, max_head: int, max_body: int, trust_forwarded: bool
+    data: bytes | bytearray,
+    max_head: int,
+    max_body: int,
+    trust_forwarded: bool,
+    scanned: int = 0,
 ) -> RequestHead | None: ...
 
 ResponseHead = tuple[

@@ -436,7 +436,7 @@ class FrontConnection(Protocol):
         self.resume_on_attach = False
         # A request head is being read (its first bytes are in _buf).
         self.in_head = False
-        self._buf = b""
+        self._buf: bytes | bytearray = b""
         # The request body being read: bytes still to come (Content-Length),
         # or its chunked framing and the bytes it held so far.
         self._body_left = 0
@@ -489,8 +489,14 @@ class FrontConnection(Protocol):
 
     def _read_head(self, data: bytes) -> bytes:
         """Read a request head; returns the bytes after it (b"" until it is whole)."""
+        buf: bytes | bytearray
         if self.in_head:
-            buf = self._buf + data
+            # A head that came in several reads is gathered in a bytearray,
+            # and only its new bytes are searched: a head trickled in byte
+            # by byte costs linear time, not quadratic.
+            buf = self._buf
+            scanned = len(buf)
+            buf += data
         else:
             if data[0] in _LINE_ENDS:
                 # Empty lines between requests are ignored (RFC 9112 2.2),
@@ -499,6 +505,7 @@ class FrontConnection(Protocol):
                 if not data:
                     return data
             buf = data
+            scanned = 0
             self.in_head = True
             self.began = self.clock.seconds()
             if self.active is not None:
@@ -508,16 +515,20 @@ class FrontConnection(Protocol):
                 self.resume_later = True
         settings = self.settings
         parsed = parse_request(
-            buf, settings.max_header_bytes, settings.max_body, self.factory.trust_forwarded
+            buf,
+            settings.max_header_bytes,
+            settings.max_body,
+            self.factory.trust_forwarded,
+            scanned,
         )
         if parsed is None:
-            self._buf = buf
+            self._buf = buf if scanned else bytearray(buf)
             return b""
         self._buf = b""
         self.in_head = False
         head_len = parsed[0]
         self._request(parsed)
-        return buf[head_len:] if head_len < len(buf) else b""
+        return bytes(buf[head_len:]) if head_len < len(buf) else b""
 
     def _read_body(self, data: bytes) -> bytes:
         """Read request body bytes; returns the bytes after the body's end."""

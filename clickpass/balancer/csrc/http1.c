@@ -377,8 +377,8 @@ static int method_is(span m, const char *s)
     return m.n == n && memcmp(m.p, s, n) == 0;
 }
 
-int http1_parse_request(const char *buf, size_t len, size_t max_head, int64_t max_body,
-                        http1_request *req)
+int http1_parse_request(const char *buf, size_t len, size_t scanned, size_t max_head,
+                        int64_t max_body, http1_request *req)
 {
     init_classes();
     req->too_large = 0;
@@ -388,10 +388,14 @@ int http1_parse_request(const char *buf, size_t len, size_t max_head, int64_t ma
         pos += 2;
     if (pos < len && buf[pos] == '\n')
         return fail(req, 400, NOT_HTTP);
-    size_t end = http1_head_end(buf, len, pos);
+    /* The first `scanned` bytes were seen incomplete before: only the new
+     * ones are searched (the empty line may begin up to three bytes back)
+     * and checked, so a head trickled in byte by byte costs linear time. */
+    size_t from = scanned > pos + 3 ? scanned - 3 : pos;
+    size_t end = http1_head_end(buf, len, from);
     if (end == 0) {
         /* Not complete: refuse early what can never become a request. */
-        for (size_t i = pos; i < len; i++) {
+        for (size_t i = scanned > pos ? scanned : pos; i < len; i++) {
             unsigned char c = (unsigned char)buf[i];
             if (c < 0x20 && c != '\r' && c != '\n' && c != '\t')
                 return fail(req, 400, NOT_HTTP);

@@ -81,9 +81,11 @@ typedef struct {
  * (req filled, head_len set), HTTP1_INCOMPLETE (no empty line yet, and
  * len <= max_head) or HTTP1_ERROR (req->status and req->why set).
  * max_body is the largest Content-Length accepted (a larger one is 413).
+ * scanned: how many bytes at the start of buf an earlier call found
+ * incomplete (0 for new bytes); only the rest is searched and checked.
  */
-int http1_parse_request(const char *buf, size_t len, size_t max_head, int64_t max_body,
-                        http1_request *req);
+int http1_parse_request(const char *buf, size_t len, size_t scanned, size_t max_head,
+                        int64_t max_body, http1_request *req);
 
 /* Where the head ends: the offset just past "\r\n\r\n", or 0. */
 size_t http1_head_end(const char *buf, size_t len, size_t from);

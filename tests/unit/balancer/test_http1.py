@@ -474,3 +474,19 @@ def test_response_heads():
         parse_response(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 100, 64)
     with pytest.raises(ValueError, match="malformed response"):
         parse_response(b"HTTP/1.1 200 OK\r\nX : 1\r\n\r\n", 64)
+
+
+@pytest.mark.parametrize("cut", range(1, len(INCOMPLETE)))
+def test_scanned_bytes_are_not_searched_again_but_the_answer_is_the_same(cut):
+    """Marking the first bytes as already scanned changes nothing in the answer."""
+    assert parse(INCOMPLETE[:cut]) is None
+    assert parse_request(bytearray(INCOMPLETE), MAX_HEAD, MAX_BODY, False, cut) == parse(INCOMPLETE)
+
+
+def test_an_error_in_the_new_bytes_is_still_found():
+    data = b"GET / HTTP/1.1\r\nHost: h\r\nX: a"
+    assert parse(data) is None
+    with pytest.raises(RequestError):
+        parse_request(data + b"\x01", MAX_HEAD, MAX_BODY, False, len(data))
+    with pytest.raises(ValueError):
+        parse_request(data, MAX_HEAD, MAX_BODY, False, len(data) + 1)

@@ -585,3 +585,30 @@ def test_a_health_check_timing_out_on_a_busy_worker_does_not_eject_it():
     assert rig.backends[1].ejected_until > now
     assert rig.pool.routable() == 1
     assert rig.pool.counters.errors["health_busy"] == 1
+
+
+def test_a_head_trickled_byte_by_byte_is_gathered_in_linear_time(monkeypatch):
+    """
+    A 30 KB head sent a byte per read: the front parses it with what is new
+    each time, never all of it again (a quadratic cost a slow client could
+    make the front pay), and forwards it whole.
+    """
+    import clickpass.balancer.proxy as proxy
+    from clickpass.balancer._http1 import parse_request as real
+
+    searched = []
+
+    def counting(buf, max_head, max_body, trust, scanned=0):
+        searched.append(len(buf) - scanned)
+        return real(buf, max_head, max_body, trust, scanned)
+
+    monkeypatch.setattr(proxy, "parse_request", counting)
+    rig = Rig(max_header_bytes=32 * 1024)
+    proto, client = rig.client()
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 30_000 + b"\r\n\r\n"
+    for i in range(len(head)):
+        proto.dataReceived(head[i : i + 1])
+    assert sum(searched) == len(head)
+    _, worker, _ = rig.accept_upstream()
+    assert worker.value().startswith(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 30_000)
+    assert client.value() == b""
