@@ -232,7 +232,7 @@ def checkout(revision: str, into: Path) -> Path:
     """
     root = Path(__file__).resolve().parents[2]
     tree = into / "tree"
-    tree.mkdir()
+    tree.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "-C", str(root), "archive", revision], capture_output=True, check=True
     ).stdout
@@ -249,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--against", metavar="REV", help="also measure this git revision")
     parser.add_argument(
+        "--revision",
+        metavar="REV",
+        help="measure this git revision instead of the work tree (built as --against's is)",
+    )
+    parser.add_argument(
         "--front",
         action="store_true",
         help="count the node's front per proxied request, not one worker",
@@ -262,16 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench-worker: unknown endpoint {sorted(unknown)[0]}", file=sys.stderr)
         return 2
-    here = Path(__file__).resolve().parents[2]
-    ours = measure(here, endpoints, args.requests, args.front)
-    theirs: dict[str, float] = {}
-    if args.against:
-        with tempfile.TemporaryDirectory(prefix="clickpass-bench-worker-rev-") as scratch:
-            tree = checkout(args.against, Path(scratch))
+    with tempfile.TemporaryDirectory(prefix="clickpass-bench-worker-rev-") as scratch:
+        if args.revision:
+            here = checkout(args.revision, Path(scratch) / "revision")
+        else:
+            here = Path(__file__).resolve().parents[2]
+        ours = measure(here, endpoints, args.requests, args.front)
+        theirs: dict[str, float] = {}
+        if args.against:
+            tree = checkout(args.against, Path(scratch) / "against")
             theirs = measure(tree, endpoints, args.requests, args.front)
+    name_ours = args.revision or "this tree"
     # Millions to four places in the table, three on the last line: a front's
     # count is about 0.1 M, and runs of it agree within 0.1%.
-    print(f"{'endpoint':<18} {'this tree':>14}" + (f" {args.against:>14}" if theirs else ""))
+    print(f"{'endpoint':<18} {name_ours:>14}" + (f" {args.against:>14}" if theirs else ""))
     for name in endpoints:
         line = f"{name:<18} {ours[name] / 1e6:>12.4f} M"
         if theirs:
@@ -282,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in endpoints
     )
     what = "front instructions per request" if args.front else "instructions per request"
-    label = f"this tree/{args.against} {what}" if theirs else what
+    label = f"{name_ours}/{args.against} {what}" if theirs else what
     print(f"{label}: {summary}")
     return 0
 
