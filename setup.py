@@ -2,7 +2,7 @@
 
 from setuptools import Extension, find_packages, setup
 
-# The front's request parser (docs/balancer.md): C, one call per request head.
+# The front's HTTP/1.1 parser (docs/balancer.md): C, one call per request or response head.
 HTTP1 = Extension(
     "clickpass.balancer._http1",
     sources=["clickpass/balancer/csrc/_http1module.c", "clickpass/balancer/csrc/http1.c"],
