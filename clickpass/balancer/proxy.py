@@ -145,16 +145,6 @@ def local_response(
     return head + b"\r\n" + (b"" if head_only else body)
 
 
-class _Reject(Exception):
-    """A request the front refuses before it reaches a worker."""
-
-    def __init__(self, status: int, kind: str, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.kind = kind
-        self.text = text
-
-
 class Exchange:
     """One request and its response, from the client to a worker and back."""
 
@@ -482,10 +472,9 @@ class FrontConnection(Protocol):
                 read = self._read_body if self.current is not None else self._read_head
                 data = read(data)
         except RequestError as e:
+            # The parser's refusals, and the body's (raised below).
             status, kind, text = e.args
             self.reject(status, kind, text)
-        except _Reject as e:
-            self.reject(e.status, e.kind, e.text)
 
     def _read_head(self, data: bytes) -> bytes:
         """Read a request head; returns the bytes after it (b"" until it is whole)."""
@@ -547,10 +536,10 @@ class FrontConnection(Protocol):
         try:
             piece, used, done = chunks.feed(data)
         except ValueError:
-            raise _Reject(400, "bad_request", "The request is not valid HTTP/1.1.") from None
+            raise RequestError(400, "bad_request", "The request is not valid HTTP/1.1.") from None
         self.body_bytes += len(piece)
         if self.body_bytes > self.settings.max_body:
-            raise _Reject(413, "too_large", "The request body is too large.")
+            raise RequestError(413, "too_large", "The request body is too large.")
         if piece:
             self._body(piece)
         if not done:
@@ -843,16 +832,6 @@ class FrontConnection(Protocol):
 def _is_path(url: bytes, path: bytes) -> bool:
     """Whether the request target C{url} is C{path}, with or without a query."""
     return url.startswith(path) and (len(url) == len(path) or url[len(path)] == 0x3F)
-
-
-def _drop_named(lines: list[bytes], named: list[bytes]) -> list[bytes]:
-    """Remove the headers a client's Connection header names as hop-by-hop."""
-    drop = {n for n in named if n not in (b"keep-alive", b"close", b"")}
-    out = lines[:4]
-    for i in range(4, len(lines), 4):
-        if lines[i].lower() not in drop:
-            out += lines[i : i + 4]
-    return out
 
 
 @implementer(IProtocolNegotiationFactory)
