@@ -236,7 +236,8 @@ def measure_seeds(
     L{measure} with hash seeds 0 to C{seeds} - 1, the median per endpoint.
     One seed can be unlucky: the front of 8e0be8a counted 102.3 k
     instructions per request on small with seed 0, 100.1-100.3 k with
-    seeds 1 to 4 (which names collide in the interpreter's method cache).
+    seeds 1 to 4 (the difference is in the interpreter's dictionary lookups
+    and method-cache misses; docs/balancer.md).
     """
     runs = [measure(source, endpoints, count, front, seed) for seed in range(seeds)]
     return {name: statistics.median(run[name] for run in runs) for name in endpoints}

@@ -98,69 +98,7 @@ static int forwarded_as_is(const http1_header *h, int trust)
     }
 }
 
-static PyObject *request_head(const char *buf, size_t len, size_t scanned, size_t max_head,
-                              int64_t max_body, int trust);
-
-PyDoc_STRVAR(parse_request_doc,
-             "parse_request(data, max_head, max_body, trust_forwarded, scanned=0)\n--\n\n"
-             "Parse the request head at the start of data (bytes or bytearray). None while\n"
-             "it is incomplete; scanned says how many of its first bytes an earlier call\n"
-             "found incomplete, so that only the rest is searched. Otherwise\n"
-             "(head_len, method, target, upstream_head, http10, keep_alive,\n"
-             "content_length, chunked, expect_continue, host, forwarded_for, if_none_match).\n"
-             "upstream_head is the request line (always HTTP/1.1) and the headers to pass\n"
-             "on, without the empty line; forwarded_for is the client's X-Forwarded-For\n"
-             "values (joined), b'' when none. Raises RequestError(status, kind, text).");
-
-static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    if (nargs != 4 && nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "parse_request takes 4 or 5 arguments");
-        return NULL;
-    }
-    Py_ssize_t max_head = PyLong_AsSsize_t(args[1]);
-    if (max_head < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "parse_request: max_head must not be negative");
-        return NULL;
-    }
-    long long max_body = PyLong_AsLongLong(args[2]);
-    if (max_body == -1 && PyErr_Occurred())
-        return NULL;
-    int trust = PyObject_IsTrue(args[3]);
-    if (trust < 0)
-        return NULL;
-    Py_ssize_t scanned = 0;
-    if (nargs == 5) {
-        scanned = PyLong_AsSsize_t(args[4]);
-        if (scanned == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    if (PyBytes_CheckExact(args[0])) {
-        /* The common case: a head that came in one read. */
-        if (scanned < 0 || scanned > PyBytes_GET_SIZE(args[0])) {
-            PyErr_SetString(PyExc_ValueError, "parse_request: scanned is out of range");
-            return NULL;
-        }
-        return request_head(PyBytes_AS_STRING(args[0]), (size_t)PyBytes_GET_SIZE(args[0]),
-                            (size_t)scanned, (size_t)max_head, (int64_t)max_body, trust);
-    }
-    /* The bytearray a head that came in several reads is gathered in. */
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (scanned < 0 || scanned > view.len) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "parse_request: scanned is out of range");
-        return NULL;
-    }
-    PyObject *result = request_head((const char *)view.buf, (size_t)view.len, (size_t)scanned,
-                                    (size_t)max_head, (int64_t)max_body, trust);
-    PyBuffer_Release(&view);
-    return result;
-}
-
+/* The answer to parse_request for the head at the start of buf[0:len]. */
 static PyObject *request_head(const char *buf, size_t len, size_t scanned, size_t max_head,
                               int64_t max_body, int trust)
 {
@@ -258,6 +196,57 @@ static PyObject *request_head(const char *buf, size_t len, size_t scanned, size_
     return tuple_of(items, 12);
 }
 
+PyDoc_STRVAR(parse_request_doc,
+             "parse_request(data, max_head, max_body, trust_forwarded, scanned=0)\n--\n\n"
+             "Parse the request head at the start of data (bytes or bytearray). None while\n"
+             "it is incomplete; scanned says how many of its first bytes an earlier call\n"
+             "found incomplete, so that only the rest is searched. Otherwise\n"
+             "(head_len, method, target, upstream_head, http10, keep_alive,\n"
+             "content_length, chunked, expect_continue, host, forwarded_for, if_none_match).\n"
+             "upstream_head is the request line (always HTTP/1.1) and the headers to pass\n"
+             "on, without the empty line; forwarded_for is the client's X-Forwarded-For\n"
+             "values (joined), b'' when none. Raises RequestError(status, kind, text).");
+
+static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "parse_request takes 4 or 5 arguments");
+        return NULL;
+    }
+    Py_ssize_t max_head = PyLong_AsSsize_t(args[1]);
+    if (max_head < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "parse_request: max_head must not be negative");
+        return NULL;
+    }
+    long long max_body = PyLong_AsLongLong(args[2]);
+    if (max_body == -1 && PyErr_Occurred())
+        return NULL;
+    int trust = PyObject_IsTrue(args[3]);
+    if (trust < 0)
+        return NULL;
+    Py_ssize_t scanned = 0;
+    if (nargs == 5) {
+        scanned = PyLong_AsSsize_t(args[4]);
+        if (scanned == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    /* bytes, or the bytearray a head that came in several reads is gathered in. */
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (scanned < 0 || scanned > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "parse_request: scanned is out of range");
+        return NULL;
+    }
+    PyObject *result = request_head((const char *)view.buf, (size_t)view.len, (size_t)scanned,
+                                    (size_t)max_head, (int64_t)max_body, trust);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 PyDoc_STRVAR(parse_response_doc,
              "parse_response(data, max_head)\n--\n\n"
              "Parse a worker's response head at the start of data. None while it is\n"
@@ -337,7 +326,7 @@ static PyObject *strip_response_head(PyObject *self, PyObject *const *args, Py_s
     return out;
 }
 
-/* ChunkedBody: a chunked request body, decoded as it arrives. */
+/* ChunkedBody: a chunked body (a request's, or a response's), read as it arrives. */
 
 typedef struct {
     PyObject_HEAD
