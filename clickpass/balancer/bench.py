@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,62 @@ def extra_worker(work: Path, socket_path: Path, port: int) -> list[str]:
         "--also-listen",
         f"tcp:{port}:interface=127.0.0.1",
     ]
+
+
+def context_switches(pid: int) -> tuple[int, int]:
+    """
+    How often C{pid} has gone to sleep (voluntary context switches: each
+    time it waited in epoll with nothing to do) and been preempted while it
+    could run (involuntary ones), counting all its threads.
+    """
+    sleeps = preempted = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                sleeps += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                preempted += int(line.split()[1])
+    return sleeps, preempted
+
+
+class Side:
+    """
+    What one balancer (the front, or HAProxy) cost over the runs through it:
+    its CPU time (and how much of it in the kernel), its sleeps and
+    preemptions, and the CPU of the workers behind it, per request.
+
+    Its cost per request depends on the rate: at a few thousand requests a
+    second each request wakes it on its own, on caches the workers have just
+    used, where under heavier load one wake-up serves several.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.runs: list[dict[str, Any]] = []
+        self.totals = {"cpu": 0.0, "kernel": 0.0, "workers": 0.0, "sleeps": 0.0, "preempted": 0.0}
+
+    def run(self, worker_pids: list[int], load: Callable[[], dict[str, Any]]) -> None:
+        """Run C{load} (one wrk run through this side) and count what it cost."""
+        user, system = user_and_system_seconds(self.pid)
+        sleeps, preempted = context_switches(self.pid)
+        workers = sum(cpu_seconds(p) for p in worker_pids)
+        self.runs.append(load())
+        user_after, system_after = user_and_system_seconds(self.pid)
+        sleeps_after, preempted_after = context_switches(self.pid)
+        totals = self.totals
+        totals["cpu"] += user_after + system_after - user - system
+        totals["kernel"] += system_after - system
+        totals["sleeps"] += sleeps_after - sleeps
+        totals["preempted"] += preempted_after - preempted
+        totals["workers"] += sum(cpu_seconds(p) for p in worker_pids) - workers
+
+    def per_request(self, what: str) -> float:
+        requests = sum(r["requests"] for r in self.runs)
+        return self.totals[what] / requests if requests else float("nan")
+
+    def us(self, what: str) -> float:
+        """A CPU total per request, in microseconds."""
+        return 1e6 * self.per_request(what)
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]], seconds: float) -> None:
@@ -314,60 +372,29 @@ def main(argv: list[str] | None = None) -> int:
             # Warm up every path once.
             for port in (front_port, haproxy_port, direct_port):
                 wrk(f"http://127.0.0.1:{port}{path}", extra, 1, 4)
-            ours_runs: list[dict[str, Any]] = []
-            theirs_runs: list[dict[str, Any]] = []
-            front_cpu = haproxy_cpu = 0.0
-            # Of which in the kernel (system time), per side.
-            kernel = {"ours": 0.0, "theirs": 0.0}
-            # The workers' CPU behind each side: the same processes serve
-            # both, so a difference is what the balancer makes them do.
-            workers_cpu = {"ours": 0.0, "theirs": 0.0}
+            sides = {"ours": Side(node.pid), "theirs": Side(haproxy_process.pid)}
             for round_ in range(args.rounds):
                 # Alternate who goes first: on a shared machine the load
                 # drifts, and a fixed order would favour one side.
                 order = ("ours", "theirs") if round_ % 2 == 0 else ("theirs", "ours")
                 for side in order:
-                    pid = node.pid if side == "ours" else haproxy_process.pid
-                    port = front_port if side == "ours" else haproxy_port
-                    before_user, before_system = user_and_system_seconds(pid)
-                    workers_before = sum(cpu_seconds(p) for p in worker_pids)
-                    result = wrk(
-                        f"http://127.0.0.1:{port}{path}", extra, args.seconds, args.connections
+                    url = f"http://127.0.0.1:{front_port if side == 'ours' else haproxy_port}{path}"
+                    sides[side].run(
+                        worker_pids, partial(wrk, url, extra, args.seconds, args.connections)
                     )
-                    after_user, after_system = user_and_system_seconds(pid)
-                    spent = after_user + after_system - before_user - before_system
-                    kernel[side] += after_system - before_system
-                    workers_cpu[side] += sum(cpu_seconds(p) for p in worker_pids) - workers_before
-                    if side == "ours":
-                        ours_runs.append(result)
-                        front_cpu += spent
-                    else:
-                        theirs_runs.append(result)
-                        haproxy_cpu += spent
             straight = wrk(
                 f"http://127.0.0.1:{direct_port}{path}", extra, args.seconds, args.connections
             )
-            ours, theirs = _median_run(ours_runs), _median_run(theirs_runs)
-            ours_requests = sum(r["requests"] for r in ours_runs)
-            theirs_requests = sum(r["requests"] for r in theirs_runs)
-            us = 1e6 * front_cpu / ours_requests if ours_requests else float("nan")
+            ours_side, theirs_side = sides["ours"], sides["theirs"]
+            ours, theirs = _median_run(ours_side.runs), _median_run(theirs_side.runs)
             for label, r in (("clickpass", ours), ("haproxy", theirs), ("one worker", straight)):
                 rows.append((name, label, r))
             ratio = ours["rps"] / theirs["rps"] if theirs["rps"] else float("nan")
             ratios.append(f"{name} {ratio:.2f}x")
-            theirs_us = 1e6 * haproxy_cpu / theirs_requests if theirs_requests else float("nan")
-            ours_kernel_us = 1e6 * kernel["ours"] / ours_requests if ours_requests else float("nan")
-            theirs_kernel_us = (
-                1e6 * kernel["theirs"] / theirs_requests if theirs_requests else float("nan")
-            )
-            ours_workers_us = (
-                1e6 * workers_cpu["ours"] / ours_requests if ours_requests else float("nan")
-            )
-            theirs_workers_us = (
-                1e6 * workers_cpu["theirs"] / theirs_requests if theirs_requests else float("nan")
-            )
             per_round = [
-                a["rps"] / b["rps"] for a, b in zip(ours_runs, theirs_runs, strict=True) if b["rps"]
+                a["rps"] / b["rps"]
+                for a, b in zip(ours_side.runs, theirs_side.runs, strict=True)
+                if b["rps"]
             ]
             spread = (
                 f"; ratio per round {min(per_round):.2f}-{max(per_round):.2f}"
@@ -377,10 +404,22 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 (
                     name,
-                    f"CPU per request: clickpass front {us:.1f} us ({ours_kernel_us:.1f} in the"
-                    f" kernel), haproxy {theirs_us:.1f} us ({theirs_kernel_us:.1f});"
-                    f" workers behind them {ours_workers_us:.1f} us, {theirs_workers_us:.1f} us"
-                    + spread,
+                    f"CPU per request: clickpass front {ours_side.us('cpu'):.1f} us"
+                    f" ({ours_side.us('kernel'):.1f} in the kernel),"
+                    f" haproxy {theirs_side.us('cpu'):.1f} us ({theirs_side.us('kernel'):.1f});"
+                    f" workers behind them {ours_side.us('workers'):.1f} us,"
+                    f" {theirs_side.us('workers'):.1f} us" + spread,
+                    None,
+                )
+            )
+            rows.append(
+                (
+                    name,
+                    "sleeps/preemptions per request: clickpass front"
+                    f" {ours_side.per_request('sleeps'):.2f}/"
+                    f"{ours_side.per_request('preempted'):.2f},"
+                    f" haproxy {theirs_side.per_request('sleeps'):.2f}/"
+                    f"{theirs_side.per_request('preempted'):.2f}",
                     None,
                 )
             )
