@@ -134,7 +134,9 @@ class Side:
     """
     What one balancer (the front, or HAProxy) cost over the runs through it:
     its CPU time (and how much of it in the kernel), its sleeps and
-    preemptions, and the CPU of the workers behind it, per request.
+    preemptions, and the CPU of the workers behind it, per request. The
+    workers are the same processes behind either side, so a difference in
+    theirs is what the balancer makes them do.
 
     Its cost per request depends on the rate: at a few thousand requests a
     second each request wakes it on its own, on caches the workers have just
