@@ -85,7 +85,36 @@ def touch(tx: Transaction, account_id: int, realm: str, now: int) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Remembered:
+    """One approval as its person sees it on their account page."""
+
+    realm: str
+    fields: tuple[str, ...]
+    created: int
+    last_used: int
+
+
+def remembered(tx: Transaction, account_id: int) -> list[Remembered]:
+    """Every approval C{account_id} gave, the most recently used first."""
+    rows = tx.fetchall(
+        "SELECT realm, fields, created, last_used FROM approvals WHERE account_id = ?"
+        " ORDER BY last_used DESC, realm",
+        account_id,
+    )
+    return [
+        Remembered(
+            str(realm),
+            tuple(f for f in str(fields).split(",") if f),
+            int(created),
+            int(last_used),
+        )
+        for realm, fields, created, last_used in rows
+    ]
+
+
 def forget(tx: Transaction, account_id: int, realm: str) -> bool:
+    """Forget C{account_id}'s approval of C{realm}: the next sign-in there asks again."""
     return (
         tx.execute("DELETE FROM approvals WHERE account_id = ? AND realm = ?", account_id, realm)
         > 0

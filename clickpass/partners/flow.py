@@ -31,7 +31,7 @@ from clickpass.openid import approvals
 from clickpass.openid import extensions as openid_extensions
 from clickpass.openid.identifiers import BadRealm, SiteIdentifier, sector_of
 from clickpass.partners import extension, fields, sites
-from clickpass.web.app import WebApp, safe_next
+from clickpass.web.app import WebApp, day, safe_next
 from clickpass.web.routing import HTTPError, Router
 
 log = Logger()
@@ -371,8 +371,8 @@ class PartnerFlow:
                 "logo_url": site.logo_url,
                 "realm": site.realm,
                 "outcome": link.outcome,
-                "created": _date(link.created),
-                "last_signin": _date(link.last_signin),
+                "created": day(link.created),
+                "last_signin": day(link.last_signin),
             }
             for site, link in found
         ]
@@ -441,10 +441,6 @@ def _realm_of_next(next_url: str) -> tuple[str, str]:
     return_to = query.get("openid.return_to", "")
     realm = query.get("openid.realm") or query.get("openid.trust_root") or return_to
     return realm, return_to
-
-
-def _date(ts: int) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d")
 
 
 def install(app: WebApp, router: Router, openid_web: Any) -> PartnerFlow:

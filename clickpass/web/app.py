@@ -10,6 +10,7 @@ pool, password hashing through threads.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import secrets
@@ -235,6 +236,11 @@ class WebApp:
         if status in (301, 302, 303, 307):
             return b""
         return self.render(request, "error.html", status=status, message=message)
+
+
+def day(ts: int) -> str:
+    """A Unix time as the UTC date the account pages show (2026-12-06)."""
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d")
 
 
 def safe_next(value: str, default: str = "/account") -> str:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 
+from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import AccountError, Throttled
+from clickpass.openid import approvals
 from clickpass.openid.discovery import op_discovery, op_head_html
-from clickpass.web.app import STATIC, WebApp, safe_next
+from clickpass.web.app import STATIC, WebApp, day, safe_next
 from clickpass.web.routing import HTTPError, Router
+
+log = Logger()
 
 
 def install(app: WebApp, router: Router) -> None:
@@ -112,7 +116,35 @@ def install(app: WebApp, router: Router) -> None:
         account = await app.require_account(request)
         partners = getattr(app, "partners", None)
         sites = await partners.connected(account) if partners is not None else []
-        return app.render(request, "account.html", account=account, partner_sites=sites)
+        allowed = await app.storage.run(approvals.remembered, account.id)
+        return app.render(
+            request,
+            "account.html",
+            account=account,
+            partner_sites=sites,
+            approvals=[
+                {
+                    "realm": a.realm,
+                    "fields": ", ".join(a.fields),
+                    "created": day(a.created),
+                    "last_used": day(a.last_used),
+                }
+                for a in allowed
+            ],
+        )
+
+    async def forget_approval(request: Request) -> bytes:
+        # The next sign-in at that site asks again (the consent page).
+        app.check_csrf(request)
+        account = await app.current_account(request)
+        if account is None:
+            # Signed out meanwhile: sign in and come back to the account page.
+            return app.redirect(request, app.signin_url("/account"))
+        realm = app.form(request, "realm")
+        if not await app.storage.run(approvals.forget, account.id, realm):
+            raise HTTPError(404, "You had not allowed that site to sign you in.")
+        log.info("person forgot their approval of {realm}", realm=realm)
+        return app.redirect(request, "/account")
 
     async def healthz(request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -153,6 +185,7 @@ def install(app: WebApp, router: Router) -> None:
     router.add("POST", "/signin", signin)
     router.add("POST", "/signout", signout)
     router.add("GET", "/account", account_page)
+    router.add("POST", "/account/approvals/forget", forget_approval)
     router.add("GET", "/healthz", healthz)
     router.add("GET", "/readyz", readyz)
     router.add("GET", "/static/{name}", static)

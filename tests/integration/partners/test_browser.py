@@ -146,7 +146,26 @@ def test_register_return_connect_and_disconnect(
     click(driver, driver.find_element(By.ID, "connect-signin"))
     assert wait_for(driver, "#current-user").text == "alice"
 
-    # 4. Disconnect from the account page; the next visit asks again.
+    # 4. The connect remembered an approval of the partner's realm: the
+    # account page lists it, fits a 390 px phone screen, and forgets it.
+    driver.get(node.url + "account")
+    approval = wait_for(driver, "ul.approvals li")
+    assert partner.site.realm in approval.text
+    width = driver.get_window_size()["width"]
+    try:
+        driver.set_window_size(390, 844)
+        overflow = driver.execute_script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow == 0, f"the account page is {overflow} px wider than a 390 px screen"
+    finally:
+        driver.set_window_size(width, 900)
+    click(driver, approval.find_element(By.CSS_SELECTOR, "button"))
+    WebDriverWait(driver, 20).until(
+        lambda d: "No site signs you in without asking." in d.page_source
+    )
+
+    # 5. Disconnect from the account page; the next visit asks again.
     driver.get(node.url + "account")
     wait_for(driver, f"#site-{partner.site.public_id}")
     click(
