@@ -23,6 +23,8 @@ outside the database.
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,10 +146,44 @@ class Dialect:
         return "INSERT OR IGNORE" if self.name == "sqlite" else "INSERT IGNORE"
 
     def translate(self, sql: str) -> str:
-        """Turn C{?} placeholders into the driver's own."""
+        """
+        Turn C{?} placeholders into the driver's own. A C{?} inside a quoted
+        string, a quoted name or a comment is text, not a placeholder, and
+        stays; every C{%} is doubled, since PyMySQL formats the whole
+        statement with C{%}.
+        """
         if self.name == "sqlite":
             return sql
-        return sql.replace("%", "%%").replace("?", "%s")
+        return _mysql_statement(sql)
+
+
+# What a MariaDB statement holds besides placeholders: strings ('' and \'
+# escape a quote), quoted names, comments; each taken whole, so that a ? in
+# them is not a placeholder.
+_MYSQL_TOKENS = re.compile(
+    r"""
+      '(?:[^'\\]|\\.|'')*'
+    | "(?:[^"\\]|\\.|"")*"
+    | `(?:[^`]|``)*`
+    | /\*.*?\*/
+    | (?:--[ \t]|\#)[^\n]*
+    | [?%]
+    """,
+    re.DOTALL | re.VERBOSE,
+)
+
+
+def _mysql_token(match: re.Match[str]) -> str:
+    text = match.group()
+    if text == "?":
+        return "%s"
+    return text.replace("%", "%%")
+
+
+@functools.lru_cache(maxsize=2048)
+def _mysql_statement(sql: str) -> str:
+    # Statements are mostly constants, and this runs for each one executed.
+    return _MYSQL_TOKENS.sub(_mysql_token, sql)
 
 
 class Transaction:

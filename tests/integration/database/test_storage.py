@@ -177,6 +177,16 @@ async def test_execute_fetch_and_scalar(storage_backend: AdbapiStorage) -> None:
 
 
 @async_test
+async def test_question_marks_in_strings_are_text(storage_backend: AdbapiStorage) -> None:
+    """A ? inside a string literal is text on both backends; only the bare ? is a placeholder."""
+
+    def work(tx: Transaction) -> object:
+        return tx.fetchone("SELECT 'who? 100%', ?, 'it''s ?'", "me")
+
+    assert await storage_backend.run(work) == ("who? 100%", "me", "it's ?")
+
+
+@async_test
 async def test_duplicate_key_raises_integrity_error(storage_backend: AdbapiStorage) -> None:
     """A duplicate unique key surfaces as IntegrityError (a DatabaseError) on both backends."""
     await storage_backend.run(_add_account, "u1", "a@example.org")

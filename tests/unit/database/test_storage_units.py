@@ -28,6 +28,31 @@ def test_translate_turns_placeholders_into_the_drivers_own() -> None:
     assert Dialect("mysql").translate(sql) == "SELECT a FROM t WHERE b = %s AND c LIKE '%%x'"
 
 
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT '?', ?", "SELECT '?', %s"),
+        ("SELECT 'it''s ?', ? FROM t", "SELECT 'it''s ?', %s FROM t"),
+        ("SELECT 'a\\\\', ?", "SELECT 'a\\\\', %s"),
+        ("SELECT 'a\\'?', ?", "SELECT 'a\\'?', %s"),
+        ('SELECT "q?%", ?', 'SELECT "q?%%", %s'),
+        ("SELECT `a?b` FROM t WHERE x = ?", "SELECT `a?b` FROM t WHERE x = %s"),
+        ("SELECT ? /* why? 100% */", "SELECT %s /* why? 100%% */"),
+        ("SELECT ? -- why?\nFROM t WHERE y = ?", "SELECT %s -- why?\nFROM t WHERE y = %s"),
+        ("SELECT ? # why?\n, ?", "SELECT %s # why?\n, %s"),
+        ("SELECT 1--?", "SELECT 1--%s"),
+    ],
+)
+def test_translate_leaves_a_question_mark_in_text_alone(sql: str, expected: str) -> None:
+    """
+    A ? inside a string, a quoted name or a comment is not a placeholder
+    (before, every ? was rewritten, and such a statement failed on MariaDB
+    alone); a % anywhere is doubled, since PyMySQL formats the whole text.
+    """
+    assert Dialect("mysql").translate(sql) == expected
+    assert Dialect("sqlite").translate(sql) == sql
+
+
 def test_placeholders_for_an_in_clause() -> None:
     """One ? per value, comma separated."""
     assert placeholders([1, 2, 3]) == "?, ?, ?"
