@@ -27,6 +27,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 Handler = Callable[..., Awaitable[bytes | None]]
 ErrorPage = Callable[[Request, int, str], bytes]
 UNMATCHED = "(unmatched)"
+# The Server header of every answer: no software name or version to fingerprint.
+SERVER = b"Clickpass"
 
 
 class RequestObserver(Protocol):
@@ -111,6 +113,8 @@ class Router(Resource):
         self._routes.append(Route(method.upper().encode("ascii"), _compile(path), handler, path))
 
     def render(self, request: Request) -> int | bytes:
+        # twisted.web names itself and its version in Server; say only who answers.
+        request.setHeader(b"server", SERVER)
         observer = self.observer
         started = observer.clock() if observer is not None else 0.0
         result = self._dispatch(request, started)

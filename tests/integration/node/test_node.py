@@ -309,6 +309,13 @@ def test_unknown_pages_and_methods(node: NodeProcess) -> None:
     assert "POST" in response.headers["allow"]
 
 
+def test_answers_do_not_name_the_server_software(node: NodeProcess) -> None:
+    """Pages, errors and probes say Server: Clickpass, with no Twisted version to fingerprint."""
+    browser = Browser(node.url)
+    for path in ("/", "/signin", "/no/such/page", "/healthz"):
+        assert browser.get(path).headers["server"] == "Clickpass", path
+
+
 def test_status_over_tcp_needs_the_token(tmp_path: Path) -> None:
     """
     The optional loopback TCP control port answers only requests carrying
