@@ -396,6 +396,13 @@ class OpenIDWeb:
             )
         request._clickpass_rp_verdict = verdict  # type: ignore[attr-defined]
         wanted = extensions.requested(openid_request)
+        if wanted.problem:
+            # The sign-in goes on without it; this says why the site got nothing.
+            log.info(
+                "openid request from {realm}: {problem}; ignored",
+                realm=realm,
+                problem=wanted.problem,
+            )
         return site_id, select, wanted
 
     def form_payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:

@@ -353,7 +353,14 @@ def test_sreg_alias_mapped_to_another_namespace_is_ignored(
         claimed_id=select,
         **{"ns.sreg": "http://other.example/", "sreg.required": "email"},
     )
+    logged = len(node.log())
     answer = person.open(url)
     assert answer.status_code == 302, answer.text[:300]
     fields = dict(parse_qsl(urlsplit(answer.headers["location"]).query))
     assert fields["openid.mode"] == "setup_needed"
+    # The operator can see why that site got no registration data.
+    node.wait_for_log(
+        f"openid request from {rp_site.realm}: the site's simple registration request was"
+        " malformed",
+        after=logged,
+    )
