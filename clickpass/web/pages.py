@@ -16,6 +16,7 @@ from twisted.web.server import Request
 from clickpass.accounts.service import AccountError, Throttled
 from clickpass.openid import approvals
 from clickpass.openid.discovery import op_discovery, op_head_html
+from clickpass.openid.extensions import FIELD_LABELS
 from clickpass.web.app import STATIC, WebApp, day, safe_next
 from clickpass.web.routing import HTTPError, Router
 
@@ -125,7 +126,7 @@ def install(app: WebApp, router: Router) -> None:
             approvals=[
                 {
                     "realm": a.realm,
-                    "fields": ", ".join(a.fields),
+                    "fields": ", ".join(FIELD_LABELS.get(f, f) for f in a.fields),
                     "created": day(a.created),
                     "last_used": day(a.last_used),
                 }

@@ -53,7 +53,8 @@ def test_forgetting_an_approval_makes_that_site_ask_again(
     person.decide(person.sign_up_and_continue(rp.begin()))
     person.through_consent(other.begin())
     assert sorted(listed(person)) == sorted([rp_site.realm, other_site.realm])
-    assert "Shared: email" in person.browser.get("/account").text
+    # The relying party asked for the email address (SReg); the page says so in words.
+    assert "Shared: Email address;" in person.browser.get("/account").text
 
     # A form that did not come from our page is refused, and nothing is forgotten.
     forged = person.browser.post(FORGET, {"realm": rp_site.realm}, allow_redirects=False)
