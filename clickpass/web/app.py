@@ -159,11 +159,15 @@ class WebApp:
         request._clickpass_account = found  # type: ignore[attr-defined]
         return found, seen
 
-    async def require_account(self, request: Request) -> Account:
-        """The signed-in person; otherwise a redirect to sign in and come back."""
+    async def require_account(self, request: Request, back: str | None = None) -> Account:
+        """
+        The signed-in person; otherwise a redirect to sign in and come back to
+        C{back} (by default this request's address; a form's handler names
+        the page the form was on, since its own address only takes a POST).
+        """
         account = await self.current_account(request)
         if account is None:
-            target = request.uri.decode("latin-1")
+            target = back if back is not None else request.uri.decode("latin-1")
             raise HTTPError(303, "Sign in first.", {"location": self.signin_url(target)})
         return account
 

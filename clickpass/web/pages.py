@@ -137,10 +137,7 @@ def install(app: WebApp, router: Router) -> None:
     async def forget_approval(request: Request) -> bytes:
         # The next sign-in at that site asks again (the consent page).
         app.check_csrf(request)
-        account = await app.current_account(request)
-        if account is None:
-            # Signed out meanwhile: sign in and come back to the account page.
-            return app.redirect(request, app.signin_url("/account"))
+        account = await app.require_account(request, back="/account")
         realm = app.form(request, "realm")
         if not await app.storage.run(approvals.forget, account.id, realm):
             raise HTTPError(404, "You had not allowed that site to sign you in.")
