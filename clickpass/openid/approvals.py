@@ -72,7 +72,7 @@ def read(tx: Transaction, account_id: int, realm: str) -> Approval | None:
     )
     if row is None:
         return None
-    return Approval(frozenset(f for f in str(row[0]).split(",") if f), int(row[1]))
+    return Approval(frozenset(_fields(row[0])), int(row[1]))
 
 
 def touch(tx: Transaction, account_id: int, realm: str, now: int) -> None:
@@ -105,12 +105,17 @@ def remembered(tx: Transaction, account_id: int) -> list[Remembered]:
     return [
         Remembered(
             str(realm),
-            tuple(f for f in str(fields).split(",") if f),
+            _fields(fields),
             int(created),
             int(last_used),
         )
         for realm, fields, created, last_used in rows
     ]
+
+
+def _fields(stored: object) -> tuple[str, ...]:
+    """The field names of an approval's C{fields} column, as L{remember} wrote them."""
+    return tuple(f for f in str(stored).split(",") if f)
 
 
 def forget(tx: Transaction, account_id: int, realm: str) -> bool:
