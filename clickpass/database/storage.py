@@ -14,16 +14,22 @@ idle timeout) is reopened at the first statement of the next transaction
 and that statement is sent again: nothing of that transaction had reached
 the server. A connection lost later in a transaction fails the transaction
 (the server rolls it back); one lost during COMMIT raises L{OutcomeUnknown},
-because nobody can say whether the write was applied. The one whole
-transaction run again is a deadlock victim, which the server rolled back
-entirely: so a function given to L{Storage.run} must have no effects
-outside the database.
+because nobody can say whether the write was applied. A transaction that
+lost a lock conflict (a deadlock victim, a lock wait that timed out) is
+rolled back and run again whole, a few times, after a short jittered wait
+(L{LockRetryPolicy}): so a function given to L{Storage.run} must have no
+effects outside the database.
+
+An upsert is written as the dialect's upsert (L{Dialect.upsert}), never as
+delete-then-insert or update-then-insert, whose gap locks deadlock on
+MariaDB under concurrent load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import random
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -37,6 +43,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
 from clickpass.config import ConfigError, Settings, read_secret_file
@@ -85,11 +92,6 @@ def is_connection_lost(error: BaseException) -> bool:
     )
 
 
-# How many times a transaction is run when the server keeps choosing it as
-# a deadlock victim (MariaDB error 1213, or SQLite's lock-upgrade conflict).
-DEADLOCK_ATTEMPTS = 3
-
-
 def is_deadlock(error: BaseException) -> bool:
     """
     Whether C{error} says the transaction was given up to break a deadlock,
@@ -99,17 +101,57 @@ def is_deadlock(error: BaseException) -> bool:
     process wrote gets it at once (waiting could not help), and its work was
     not committed.
     """
+    return lock_conflict(error) in ("deadlock", "database is locked")
+
+
+# MariaDB's answers to a transaction that lost a lock conflict: chosen as a
+# deadlock victim (1213; the server rolled all of it back), or its wait for
+# a lock timed out (1205; the server undid that statement, and the runner
+# rolls back the rest). Either way nothing of it is applied once it is
+# rolled back, and running it again may well succeed.
+LOCK_CONFLICT_CODES = {1213: "deadlock", 1205: "lock wait timeout"}
+
+
+def lock_conflict(error: BaseException) -> str | None:
+    """
+    What lock conflict C{error} reports ("deadlock", "lock wait timeout",
+    or SQLite's "database is locked"), or L{None} when it reports none.
+    """
     if isinstance(error, sqlite3.OperationalError):
-        return "database is locked" in str(error) or "database table is locked" in str(error)
+        text = str(error)
+        if "database is locked" in text or "database table is locked" in text:
+            return "database is locked"
+        return None
     try:
         import pymysql
     except ImportError:  # pragma: no cover - pymysql is a dependency
-        return False
-    return (
-        isinstance(error, pymysql.err.OperationalError)
-        and bool(error.args)
-        and error.args[0] == 1213
-    )
+        return None
+    if isinstance(error, pymysql.err.OperationalError) and error.args:
+        return LOCK_CONFLICT_CODES.get(error.args[0])
+    return None
+
+
+@dataclass(frozen=True)
+class LockRetryPolicy:
+    """
+    How often, and after how long, a transaction that lost a lock conflict
+    runs again. The waits double from C{first_delay} up to C{max_delay};
+    each is drawn between half and all of that, so that transactions which
+    collided once do not collide again in step. With the defaults a
+    transaction runs at most 5 times and waits at most 0.15 s in all.
+    """
+
+    attempts: int = 5
+    first_delay: float = 0.01
+    max_delay: float = 0.2
+
+    def delay(self, retry: int, draw: float) -> float:
+        """
+        The wait before running again for the C{retry}-th time (1 for the
+        first), given C{draw}, uniform in [0, 1).
+        """
+        ceiling = min(self.max_delay, self.first_delay * 2.0 ** (retry - 1))
+        return ceiling * (0.5 + draw / 2)
 
 
 def one_line(error: BaseException) -> str:
@@ -145,6 +187,25 @@ class Dialect:
         """
         return "INSERT OR IGNORE" if self.name == "sqlite" else "INSERT IGNORE"
 
+    def upsert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        key: Sequence[str],
+        update: Sequence[str] | None = None,
+    ) -> str:
+        """
+        One statement that inserts a row of C{columns} (one C{?} each) or,
+        when a row with the same unique C{key} exists, sets its C{update}
+        columns (by default every column not in C{key}) to the new values.
+        Never delete-then-insert (or update-then-insert) instead: on MariaDB
+        their gap locks deadlock with another transaction doing the same.
+        C{key} must be a primary key or a unique index on exactly those
+        columns, and on MariaDB it must be the table's only unique key with
+        no prefix length: C{ON DUPLICATE KEY} fires on any unique key.
+        """
+        return _upsert(self.name, table, tuple(columns), tuple(key), tuple(update or ()))
+
     def translate(self, sql: str) -> str:
         """
         Turn C{?} placeholders into the driver's own. A C{?} inside a quoted
@@ -155,6 +216,25 @@ class Dialect:
         if self.name == "sqlite":
             return sql
         return _mysql_statement(sql)
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert(
+    dialect: str,
+    table: str,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    update: tuple[str, ...],
+) -> str:
+    changed = update or tuple(c for c in columns if c not in key)
+    if not changed:
+        raise ValueError(f"an upsert into {table} has no column to update")
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders(columns)}) "
+    if dialect == "sqlite":
+        sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
+        return head + f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+    sets = ", ".join(f"{c} = VALUES({c})" for c in changed)
+    return head + f"ON DUPLICATE KEY UPDATE {sets}"
 
 
 # What a MariaDB statement holds besides placeholders: strings ('' and \'
@@ -310,28 +390,14 @@ class _Pool(adbapi.ConnectionPool):
     use) instead of logging tracebacks, and a commit cut off by a lost
     connection raises L{OutcomeUnknown}.
 
-    A transaction chosen as a deadlock victim is run again (up to
-    L{DEADLOCK_ATTEMPTS} times in all): the server rolled all of it back
-    before telling us, so the function that makes it must only have effects
-    in the database, which every function given to L{Storage.run} has.
+    A transaction that fails is rolled back here; whether it runs again
+    is L{AdbapiStorage}'s decision, taken on the reactor thread so that no
+    pool thread sleeps through the wait.
     """
 
     log = Logger()
 
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
-        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
-            try:
-                return self._runOnce(interaction, *args, **kw)
-            except Exception as e:
-                if attempt == DEADLOCK_ATTEMPTS or not is_deadlock(e):
-                    raise
-                self.log.info(
-                    "transaction was a deadlock victim; running it again (attempt {attempt})",
-                    attempt=attempt + 1,
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _runOnce(self, interaction: Any, *args: Any, **kw: Any) -> Any:
         conn = self.connectionFactory(self)
         trans = self.transactionFactory(self, conn)
         try:
@@ -377,7 +443,11 @@ class _Pool(adbapi.ConnectionPool):
 
 
 class AdbapiStorage:
-    """L{Storage} on an adbapi connection pool."""
+    """
+    L{Storage} on an adbapi connection pool. A transaction that lost a lock
+    conflict (L{lock_conflict}) runs again as L{LockRetryPolicy} says, each
+    time logged; the last failure reaches the caller.
+    """
 
     log = Logger()
 
@@ -387,11 +457,18 @@ class AdbapiStorage:
         dialect: Dialect,
         pool: adbapi.ConnectionPool,
         description: str,
+        *,
+        clock: IReactorTime | None = None,
+        retry: LockRetryPolicy = LockRetryPolicy(),
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self._reactor = reactor
         self.dialect = dialect
         self._pool = pool
         self._description = description
+        self._clock = clock if clock is not None else IReactorTime(reactor)
+        self._retry = retry
+        self._draw = draw
 
     def run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         dialect = self.dialect
@@ -399,8 +476,42 @@ class AdbapiStorage:
         def interaction(cursor: Any) -> T:
             return fn(Transaction(cursor, dialect), *args)
 
+        return self._attempt(interaction, 1, fn)
+
+    def _attempt(self, interaction: Callable[[Any], T], attempt: int, fn: object) -> Deferred[T]:
         d: Deferred[T] = self._pool.runInteraction(interaction)
+        # Only a failure pays for the retry: success goes straight through.
+        d.addErrback(self._after_failure, interaction, attempt, fn)
         return d
+
+    def _after_failure(
+        self, failure: Failure, interaction: Callable[[Any], T], attempt: int, fn: object
+    ) -> Failure | Deferred[T]:
+        conflict = lock_conflict(failure.value) if failure.value is not None else None
+        if conflict is None:
+            return failure
+        name = getattr(fn, "__qualname__", repr(fn))
+        if attempt >= self._retry.attempts:
+            self.log.warn(
+                "transaction {transaction} lost a lock conflict ({conflict}) {attempt} times; "
+                "giving up",
+                transaction=name,
+                conflict=conflict,
+                attempt=attempt,
+            )
+            return failure
+        delay = self._retry.delay(attempt, self._draw())
+        self.log.info(
+            "transaction {transaction} lost a lock conflict ({conflict}); running it again "
+            "in {delay:.3f}s (attempt {next} of {attempts})",
+            transaction=name,
+            conflict=conflict,
+            delay=delay,
+            next=attempt + 1,
+            attempts=self._retry.attempts,
+        )
+        waited: Deferred[None] = deferLater(self._clock, delay)
+        return waited.addCallback(lambda _: self._attempt(interaction, attempt + 1, fn))
 
     def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         if isInIOThread():
@@ -648,6 +759,7 @@ __all__ = [
     "DatabaseError",
     "Dialect",
     "IntegrityError",
+    "LockRetryPolicy",
     "OutcomeUnknown",
     "Storage",
     "Transaction",
@@ -655,6 +767,7 @@ __all__ = [
     "is_connection_lost",
     "is_deadlock",
     "is_failover_refusal",
+    "lock_conflict",
     "one_line",
     "open_mysql",
     "open_sqlite",

@@ -259,5 +259,6 @@ async def test_deadlock_victim_is_run_again(
     )
     assert [r for ok, r in results if not ok] == []
     assert sorted(runs) == ["a", "a", "b"] or sorted(runs) == ["a", "b", "b"]
-    retried = [e for e in logged if "deadlock victim" in str(e.get("log_format"))]
+    retried = [e for e in logged if e.get("conflict") == "deadlock"]
     assert len(retried) == 1
+    assert retried[0]["transaction"].endswith("lock_both")

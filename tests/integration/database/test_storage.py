@@ -253,6 +253,51 @@ async def test_insert_ignore_skips_existing_keys_only(storage_backend: AdbapiSto
     assert value == "first"
 
 
+@async_test
+async def test_upsert_inserts_a_new_key_and_updates_an_existing_one(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """
+    Dialect.upsert inserts a row whose key is new and, for a key that
+    exists, sets the other columns to the new values (one row per key);
+    C{update} limits what is set.
+    """
+
+    def put(tx: Transaction, handle: str, secret: bytes, issued: int) -> None:
+        tx.execute(
+            tx.dialect.upsert(
+                "openid_associations",
+                ("server_url", "handle", "secret", "issued", "lifetime", "assoc_type", "expires"),
+                key=("server_url", "handle"),
+                update=update,
+            ),
+            "http://rp.example/",
+            handle,
+            secret,
+            issued,
+            60,
+            "HMAC-SHA256",
+            issued + 60,
+        )
+
+    def rows(tx: Transaction) -> list[tuple[object, ...]]:
+        return [
+            (str(h), bytes(s), int(i))
+            for h, s, i in tx.fetchall(
+                "SELECT handle, secret, issued FROM openid_associations ORDER BY handle"
+            )
+        ]
+
+    update: tuple[str, ...] | None = None
+    await storage_backend.run(put, "h1", b"first", 1)
+    await storage_backend.run(put, "h2", b"other", 2)
+    await storage_backend.run(put, "h1", b"second", 3)
+    assert await storage_backend.run(rows) == [("h1", b"second", 3), ("h2", b"other", 2)]
+    update = ("issued",)
+    await storage_backend.run(put, "h1", b"third", 4)
+    assert await storage_backend.run(rows) == [("h1", b"second", 4), ("h2", b"other", 2)]
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("k" * 65, "too long a key"), ("k", None)],
