@@ -103,7 +103,34 @@ class DatabaseSettings:
     pool_min: int = dataclasses.field(default=2, metadata=_doc("Connections kept open."))
     pool_max: int = dataclasses.field(default=8, metadata=_doc("Most connections at once."))
     connect_timeout: float = dataclasses.field(
-        default=5.0, metadata=_doc("Seconds to wait for a database connection.")
+        default=1.0,
+        metadata=_doc(
+            "Seconds to wait for MariaDB to accept a TCP connection; a connection refused "
+            "or timed out during a failover is tried again through the VIP "
+            "(docs/database-failover.md)."
+        ),
+    )
+    read_timeout: float = dataclasses.field(
+        default=5.0,
+        metadata=_doc(
+            "Seconds to wait for MariaDB's answer (also its greeting on a new connection) "
+            "before the connection counts as lost: how long a statement waits on a primary "
+            "that froze or became unreachable. Must be more than lock_wait_timeout and than "
+            "the longest a commit may wait for the replica's acknowledgement (the database "
+            "agent's degrade_after)."
+        ),
+    )
+    write_timeout: float = dataclasses.field(
+        default=5.0,
+        metadata=_doc("Seconds to wait for MariaDB to take a statement being sent."),
+    )
+    lock_wait_timeout: int = dataclasses.field(
+        default=3,
+        metadata=_doc(
+            "Seconds a statement waits for a row lock (innodb_lock_wait_timeout, set per "
+            "connection) before it fails and its transaction runs again; less than "
+            "read_timeout."
+        ),
     )
 
 
@@ -950,6 +977,15 @@ def _check_semantics(settings: Settings) -> None:
         raise ConfigError(f"[database] port: {db.port} is not a TCP port")
     if db.pool_min < 1 or db.pool_max < db.pool_min:
         raise ConfigError("[database] pool_min/pool_max: need 1 <= pool_min <= pool_max")
+    for key in ("connect_timeout", "read_timeout", "write_timeout"):
+        if getattr(db, key) <= 0:
+            raise ConfigError(f"[database] {key}: must be more than 0 seconds")
+    if not 1 <= db.lock_wait_timeout < db.read_timeout:
+        raise ConfigError(
+            "[database] lock_wait_timeout: must be at least 1 second and less than "
+            "read_timeout, so that a lock wait ends in an error the transaction is run again "
+            "for, not in a connection given up for lost"
+        )
     if settings.control.tcp:
         if not settings.control.token_file:
             raise ConfigError("[control] tcp: a TCP control port needs [control] token_file")

@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
-from clickpass.config import ConfigError, Settings, read_secret_file
+from clickpass.config import ConfigError, DatabaseSettings, Settings, read_secret_file
 
 T = TypeVar("T")
 
@@ -599,6 +599,8 @@ def open_sqlite(reactor: IReactorThreads, path: Path) -> AdbapiStorage:
     return AdbapiStorage(reactor, Dialect("sqlite"), pool, f"sqlite {path}")
 
 
+_DEFAULTS = DatabaseSettings()
+
 # Strict on every connection, whatever the server's own configuration says:
 # a value that does not fit is an error, never silently truncated.
 MYSQL_SQL_MODE = (
@@ -618,9 +620,17 @@ def open_mysql(
     database: str,
     pool_min: int = 2,
     pool_max: int = 8,
-    connect_timeout: float = 5.0,
+    connect_timeout: float = _DEFAULTS.connect_timeout,
+    read_timeout: float = _DEFAULTS.read_timeout,
+    write_timeout: float = _DEFAULTS.write_timeout,
+    lock_wait_timeout: int = _DEFAULTS.lock_wait_timeout,
 ) -> AdbapiStorage:
-    """Open a connection pool to a MariaDB/MySQL server through PyMySQL."""
+    """
+    Open a connection pool to a MariaDB/MySQL server through PyMySQL. The
+    timeouts are C{[database]}'s (L{DatabaseSettings}); they bound how long
+    a statement waits on a primary that froze or became unreachable, so
+    that the application rides a failover (C{docs/database-failover.md}).
+    """
     kwargs: dict[str, Any] = {
         "user": user,
         "password": password,
@@ -628,9 +638,13 @@ def open_mysql(
         "charset": "utf8mb4",
         "autocommit": False,
         "connect_timeout": connect_timeout,
-        "read_timeout": 30,
-        "write_timeout": 30,
+        "read_timeout": read_timeout,
+        "write_timeout": write_timeout,
         "sql_mode": MYSQL_SQL_MODE,
+        # A statement waiting for a lock must fail (1205, and its transaction
+        # runs again) before the read timeout gives its connection up for
+        # lost; the server's own default is 50 s.
+        "init_command": f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait_timeout)}",
     }
     if unix_socket:
         kwargs["unix_socket"] = unix_socket
@@ -673,6 +687,9 @@ def open_storage(reactor: IReactorThreads, settings: Settings) -> AdbapiStorage:
         pool_min=db.pool_min,
         pool_max=db.pool_max,
         connect_timeout=db.connect_timeout,
+        read_timeout=db.read_timeout,
+        write_timeout=db.write_timeout,
+        lock_wait_timeout=db.lock_wait_timeout,
     )
 
 

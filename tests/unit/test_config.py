@@ -59,6 +59,13 @@ def test_values_are_typed() -> None:
         ),
         ({"accounts": {"throttle_window": 0}}, "[accounts] throttle_window: must be at least 1"),
         ({"database": {"pool_min": 5, "pool_max": 2}}, "need 1 <= pool_min <= pool_max"),
+        ({"database": {"read_timeout": 0}}, "[database] read_timeout: must be more than 0"),
+        ({"database": {"write_timeout": -1}}, "[database] write_timeout: must be more than 0"),
+        (
+            {"database": {"lock_wait_timeout": 5, "read_timeout": 5}},
+            "[database] lock_wait_timeout: must be at least 1 second and less than read_timeout",
+        ),
+        ({"database": {"lock_wait_timeout": 0}}, "[database] lock_wait_timeout: must be at least"),
     ],
 )
 def test_bad_values_name_the_key(document: dict[str, object], message: str) -> None:

@@ -7,6 +7,8 @@ never a traceback.
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -15,7 +17,7 @@ import pytest
 
 from twisted.enterprise.adbapi import ConnectionLost
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import ILogObserver, globalLogPublisher
 
 from clickpass.database import migrations
@@ -262,3 +264,78 @@ async def test_deadlock_victim_is_run_again(
     retried = [e for e in logged if e.get("conflict") == "deadlock"]
     assert len(retried) == 1
     assert retried[0]["transaction"].endswith("lock_both")
+
+
+def _pool(reactor: IReactorThreads, server: MariaDBServer, **timeouts: Any) -> AdbapiStorage:
+    """Another pool on the storage fixture's database, with the given timeouts."""
+    return open_mysql(
+        reactor,
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        database=f"{server.database}_loss",
+        pool_min=1,
+        pool_max=2,
+        **timeouts,
+    )
+
+
+@async_test
+async def test_a_frozen_server_fails_a_transaction_within_the_read_timeout(
+    reactor: IReactorThreads, storage: AdbapiStorage, own_server: MariaDBServer
+) -> None:
+    """
+    With read_timeout 1 s, a transaction on a server that stopped answering
+    (SIGSTOP) fails as a lost connection within two read timeouts (its
+    statement, then the one reconnection a first statement gets), instead
+    of waiting on it; once the server answers again, so does the pool.
+    """
+    pool = _pool(reactor, own_server, read_timeout=1.0, write_timeout=1.0, lock_wait_timeout=1)
+    try:
+        await pool.run(_names)
+        own_server.kill(signal.SIGSTOP)
+        began = time.monotonic()
+        try:
+            with pytest.raises(Exception) as raised:
+                await pool.run(_names)
+            waited = time.monotonic() - began
+        finally:
+            own_server.kill(signal.SIGCONT)
+        assert is_connection_lost(raised.value)
+        assert 0.9 < waited < 3.0
+        assert await pool.run(_names) == []
+    finally:
+        pool.close()
+
+
+@async_test
+async def test_a_lock_wait_timeout_runs_the_transaction_again(
+    reactor: IReactorThreads,
+    storage: AdbapiStorage,
+    own_server: MariaDBServer,
+    logged: list[dict[str, Any]],
+) -> None:
+    """
+    A row held by another client for 1.5 s: with lock_wait_timeout 1 s the
+    waiting update fails with 1205 after 1 s, runs again (logged), and
+    succeeds once the lock is released; nobody sees the error.
+    """
+    await storage.run(_insert, "held")
+    holder = own_server.connection(f"{own_server.database}_loss")
+    pool = _pool(reactor, own_server, read_timeout=3.0, lock_wait_timeout=1)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT value FROM node_metadata WHERE name = 'held' FOR UPDATE")
+        IReactorTime(reactor).callLater(1.5, holder.commit)
+
+        def update(tx: Transaction) -> int:
+            return tx.execute("UPDATE node_metadata SET value = ? WHERE name = ?", "new", "held")
+
+        assert await pool.run(update) == 1
+    finally:
+        pool.close()
+        holder.close()
+    retried = [e for e in logged if e.get("conflict") == "lock wait timeout"]
+    assert len(retried) == 1
+    assert retried[0]["transaction"].endswith("update")
