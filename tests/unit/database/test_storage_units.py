@@ -9,6 +9,7 @@ import pytest
 
 from twisted.enterprise.adbapi import ConnectionLost
 
+from clickpass.database import private_server
 from clickpass.database.storage import (
     Dialect,
     OutcomeUnknown,
@@ -17,7 +18,6 @@ from clickpass.database.storage import (
     one_line,
     placeholders,
 )
-from tests.support import mariadb
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable
 
 
@@ -101,7 +101,7 @@ def test_missing_binaries_fail_with_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Without mariadbd, starting a server names the missing binary and the Debian package."""
-    monkeypatch.setattr(mariadb, "MARIADBD", str(tmp_path / "no-such-mariadbd"))
+    monkeypatch.setattr(private_server, "MARIADBD", str(tmp_path / "no-such-mariadbd"))
     with pytest.raises(
         MariaDBUnavailable, match=r"no-such-mariadbd.*apt-get install mariadb-server"
     ):
