@@ -4,7 +4,11 @@ C{twistd clickpass}, real application), measured with wrk (a) through the
 Clickpass front, (b) through HAProxy (leastconn, keep-alive, to the same
 worker unix sockets) and (c) straight to one extra worker on TCP; on a
 small response and on SSO endpoints. Prints req/s, p50 and p99 for each,
-the front's CPU per proxied request, and the ratios against HAProxy last.
+the answers that were not 2xx or 3xx and wrk's socket errors, the front's
+CPU per proxied request, and the ratios against HAProxy last. The node
+runs on SQLite, or with C{--database mariadb} on a private MariaDB server
+(L{clickpass.database.private_server}, as the tests start them) in the
+temporary directory.
 
 A benchmark, not a test: it asserts nothing. It must never touch anything
 but loopback and the temporary directory it creates.
@@ -34,6 +38,7 @@ from urllib.parse import urlencode
 import requests
 
 from clickpass.config import BalancerSettings
+from clickpass.database.private_server import MariaDBServer, MariaDBUnavailable
 
 VENV_BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -86,12 +91,27 @@ def user_and_system_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
-def write_node_config(work: Path, port: int, workers: int) -> None:
-    """A node's configuration in C{work}: its data there, HTTP on loopback C{port}."""
+def write_node_config(
+    work: Path, port: int, workers: int, server: MariaDBServer | None = None
+) -> None:
+    """
+    A node's configuration in C{work}: its data there, HTTP on loopback
+    C{port}; on SQLite, or on C{server}'s database (password in a file).
+    """
+    database = ""
+    if server is not None:
+        password_file = work / "db-password"
+        password_file.write_text(server.password + "\n")
+        password_file.chmod(0o600)
+        database = (
+            f'[database]\nbackend = "mysql"\nhost = "{server.host}"\nport = {server.port}\n'
+            f'user = "{server.user}"\nname = "{server.database}"\n'
+            f'password_file = "{password_file}"\n'
+        )
     (work / "node.toml").write_text(
         f'[node]\ndata_dir = "{work}/data"\n'
         f'[web]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
-        f"[workers]\ncount = {workers}\n"
+        f"[workers]\ncount = {workers}\n" + database
     )
 
 
@@ -201,12 +221,16 @@ def wrk(url: str, extra: list[str], seconds: int, connections: int) -> dict[str,
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     return {
         "rps": float(rps.group(1)) if rps else 0.0,
         "requests": int(total.group(1)) if total else 0,
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "non2xx": int(bad.group(1)) if bad else 0,
+        "errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0,
     }
 
 
@@ -309,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", default=[], help="run only this endpoint (repeatable)"
     )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "mariadb"),
+        default="sqlite",
+        help="the node's database: SQLite, or a private MariaDB server started for the run",
+    )
     args = parser.parse_args(argv)
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -316,9 +346,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     work = Path(tempfile.mkdtemp(prefix="clickpass-bench-"))
     front_port, haproxy_port, direct_port = free_port(), free_port(), free_port()
-    write_node_config(work, front_port, args.workers)
     processes: list[subprocess.Popen[bytes]] = []
+    server: MariaDBServer | None = None
     try:
+        if args.database == "mariadb":
+            server = MariaDBServer(work / "mariadb")
+            try:
+                server.start()
+            except MariaDBUnavailable as e:
+                print(f"bench-balancer: {e}", file=sys.stderr)
+                return 1
+        write_node_config(work, front_port, args.workers, server)
         log = open(work / "node.log", "wb")  # noqa: SIM115
         node = subprocess.Popen(
             [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "clickpass", "--config", "node.toml"],
@@ -425,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
                     None,
                 )
             )
+        print(f"database: {args.database}")
         print(
-            f"{'endpoint':<18} {'via':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+            f"{'endpoint':<18} {'via':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'non-2xx':>8} {'errors':>7}"
         )
         for name, label, row in rows:
             if row is None:
@@ -434,12 +474,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(
                 f"{name:<18} {label:<12} {row['rps']:>9.0f} {row['p50_ms']:>8.2f} "
-                f"{row['p99_ms']:>8.2f} {row['non2xx']:>8}"
+                f"{row['p99_ms']:>8.2f} {row['non2xx']:>8} {row['errors']:>7}"
             )
+        bad = sum(row["non2xx"] + row["errors"] for _, _, row in rows if row is not None)
+        conflicts = (work / "node.log").read_text(errors="replace").count("lost a lock conflict")
+        print(
+            f"non-2xx answers and socket errors in all: {bad}; transactions run again "
+            f"after a lock conflict (node log): {conflicts}"
+        )
         print(f"clickpass/haproxy throughput: {', '.join(ratios)}")
         return 0
     finally:
         stop_all(processes, 20)
+        if server is not None:
+            server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
