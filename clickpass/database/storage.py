@@ -369,8 +369,8 @@ class Storage(Protocol):
     def run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         """
         Run C{fn(transaction, *args)} in one transaction on the pool. C{fn}
-        may be run more than once (after a deadlock), so its only effects
-        must be in the database.
+        may be run more than once (after a lost lock conflict: a deadlock, a
+        lock wait timeout), so its only effects must be in the database.
         """
 
     def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
