@@ -12,6 +12,7 @@ revoked key gets 401. Never answer with HTML or a traceback under /api/.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,75 @@ CODES = {
     422: "invalid",
     500: "internal",
 }
+
+
+# The settings PATCH /site may change, and the JSON type each must have
+# (SiteChanges in docs/partner-api.openapi.yaml).
+SETTING_TYPES: dict[str, type] = {
+    "name": str,
+    "logo_url": str,
+    "realm": str,
+    "return_to_urls": list,
+    "registration_url": str,
+    "connect_url": str,
+    "requested_fields": list,
+    "required_fields": list,
+    "webhook_url": str,
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def check_types(changes: dict[str, Any]) -> None:
+    """
+    Refuse (L{ApiError} 422, naming the setting) a value whose JSON type is
+    not the one the OpenAPI document gives: a string, or an array of strings.
+    Nothing is ever converted: C{["a"]} for a name is an error, not C{"['a']"}.
+    """
+    for name in sorted(changes):
+        value = changes[name]
+        if SETTING_TYPES[name] is str:
+            if not isinstance(value, str):
+                raise ApiError(422, f"{name} must be a string, not {_json_type(value)}.")
+        elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ApiError(422, f"{name} must be an array of strings.")
+        try:
+            for text in [value] if isinstance(value, str) else value:
+                sites.plain_text(text, name)
+        except sites.SiteError as e:
+            raise ApiError(422, str(e)) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """
+    Standard JSON only: Python's own extensions (NaN, Infinity) and numbers
+    too large for a float (1e999, read as infinity) are refused with
+    L{ValueError}.
+    """
+    return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
 
 
 class ApiError(Exception):
@@ -126,9 +196,13 @@ class PartnerApi:
         if len(raw) > MAX_BODY:
             raise ApiError(413, "The request body is too large.")
         try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "The request body is not valid JSON.") from None
+            document = parse_json(raw)
+        except RecursionError:
+            raise ApiError(400, "The request body is not valid JSON: nested too deeply.") from None
+        except ValueError as e:
+            # UnicodeDecodeError is a ValueError too; the reason stays on one line.
+            reason = " ".join(str(e).split())[:200]
+            raise ApiError(400, f"The request body is not valid JSON: {reason}.") from None
         if not isinstance(document, dict):
             raise ApiError(400, "The request body must be a JSON object.")
         return document
@@ -153,14 +227,15 @@ class PartnerApi:
     async def patch_site(self, request: Request) -> bytes:
         site = await self._site(request)
         changes = self._body(request)
-        allowed = set(site.to_json()) - {"id", "created", "updated"}
-        unknown = sorted(set(changes) - allowed)
+        unknown = sorted(set(changes) - set(SETTING_TYPES))
         if unknown:
+            shown = ", ".join(ascii(u)[1:-1] for u in unknown)[:200]
             raise ApiError(
                 422,
-                f"Unknown or read-only setting {', '.join(unknown)} "
-                f"(settable: {', '.join(sorted(allowed))}).",
+                f"Unknown or read-only setting {shown} "
+                f"(settable: {', '.join(sorted(SETTING_TYPES))}).",
             )
+        check_types(changes)
         merged = {**site.to_json(), **changes}
         try:
             settings = sites.check_settings(merged)

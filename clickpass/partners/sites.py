@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,10 @@ KEY_PREFIX = "cpk_"
 WEBHOOK_SECRET_PURPOSE = b"partner webhook secret"
 MAX_RETURN_TOS = 20
 MAX_URL = 2048
+# Characters refused in every setting: C0/C1 controls (NUL included), lone
+# surrogates (they cannot be stored as UTF-8), and the bidirectional
+# overrides and isolates that make a name read differently from its bytes.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 # Event states in the outbox.
 PENDING, DELIVERED, GIVEN_UP = 0, 1, 2
@@ -104,12 +109,22 @@ class Link:
     last_signin: int
 
 
+def plain_text(value: str, what: str) -> str:
+    """C{value}, or L{SiteError} when it holds a control character (NUL included)."""
+    for c in value:
+        if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs"):
+            raise SiteError(f"The {what} must not contain control characters ({c!a}).")
+    return value
+
+
 def _http_url(value: str, what: str) -> str:
     value = value.strip()
     if len(value) > MAX_URL:
         raise SiteError(f"The {what} is too long.")
+    plain_text(value, what)
     try:
         parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsed here so that a bad port is refused now
     except ValueError:
         raise SiteError(f"The {what} {value!r} is not a URL.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -124,7 +139,7 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
     Validate what an admin (console form or API) gives for a site. Raise
     L{SiteError} naming the first thing that is wrong.
     """
-    name = str(form.get("name", "")).strip()
+    name = plain_text(str(form.get("name", "")).strip(), "name")
     if not name or len(name) > 100:
         raise SiteError("Give the site a name of 1 to 100 characters.")
     logo_url = str(form.get("logo_url", "")).strip()
@@ -170,6 +185,13 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
     webhook_url = str(form.get("webhook_url", "")).strip()
     if webhook_url:
         webhook_url = _http_url(webhook_url, "webhook URL")
+        if ":" in (urlsplit(webhook_url).hostname or ""):
+            # Delivery connects to a host name or an IPv4 address only; an
+            # address literal like [2001:db8::1] could never be delivered to.
+            raise SiteError(
+                "The webhook URL cannot use an IPv6 address literal: give a host name "
+                "(or an IPv4 address)."
+            )
     return SiteSettings(
         name,
         logo_url,
@@ -185,9 +207,9 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
 
 def _names(value: Any) -> str | list[str]:
     if isinstance(value, str):
-        return value
+        return plain_text(value, "profile field list")
     if isinstance(value, list | tuple | set | frozenset):
-        return [str(v) for v in value]
+        return [plain_text(str(v), "profile field name") for v in value]
     raise SiteError("The profile fields must be a list of names.")
 
 

@@ -174,3 +174,29 @@ def test_branding_reads_only_openid_continuations() -> None:
     )
     assert _realm_of_next("/account?openid.realm=https%3A%2F%2Fp.example%2F") == ("", "")
     assert _realm_of_next("/openid?" + "x" * 20000) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "Shop\x00"}, r"name must not contain control characters \('\\x00'\)"),
+        ({"name": "Shop\u202ekcab"}, "name must not contain control characters"),
+        ({"name": "a\ud800"}, "name must not contain control characters"),
+        ({"logo_url": "https://partner.example/\x7flogo"}, "logo URL must not contain control"),
+        ({"return_to_urls": [REALM + "r\x00"]}, "return_to URL must not contain control"),
+        ({"requested_fields": ["email\x00"]}, "profile field name must not contain control"),
+        ({"webhook_url": "https://partner.example:99999/hook"}, "webhook URL .* is not a URL"),
+        ({"webhook_url": "https://[2001:db8::1]/hook"}, "IPv6 address literal"),
+        ({"webhook_url": "http://[::ffff:127.0.0.1]:8080/hook"}, "IPv6 address literal"),
+    ],
+)
+def test_settings_refuse_unusable_text(changes: dict[str, object], message: str) -> None:
+    """Control characters anywhere, bad ports and IPv6-literal webhook URLs are refused."""
+    with pytest.raises(sites.SiteError, match=message):
+        sites.check_settings(settings(**changes))
+
+
+def test_webhook_url_may_name_an_ipv4_address() -> None:
+    """Only IPv6 literals are refused: an IPv4 address can be delivered to."""
+    ok = sites.check_settings(settings(webhook_url="http://192.0.2.7:8080/hook"))
+    assert ok.webhook_url == "http://192.0.2.7:8080/hook"

@@ -1,0 +1,76 @@
+"""
+What a malicious partner, or an outsider with a partner's link, must not
+be able to do, on a real node over HTTP: borrow a registered return_to by
+its prefix, put words of its own on Clickpass's consent page for a host it
+has not proven, make someone an admin without their consent (or learn
+whether an email has an account), or store values the partner API does not
+promise to accept.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.integration.partners.conftest import Partner
+from tests.support.node import NodeProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_partner_api_refuses_values_its_schema_does_not_allow(
+    node: NodeProcess, partner: Partner
+) -> None:
+    """
+    PATCH /site takes each setting only in the JSON type the OpenAPI
+    document gives (a string, or an array of strings): anything else is a
+    422 naming the setting, in one line. Non-finite numbers are refused
+    as not JSON, control characters and IPv6-literal webhook URLs as
+    unusable; nothing is stored, and the site is unchanged.
+    """
+    api = node.url + "api/v1/site"
+    auth = {"Authorization": f"Bearer {partner.site.api_key}"}
+    before = requests.get(api, headers=auth, timeout=10).json()
+
+    def patch(body: str) -> requests.Response:
+        return requests.patch(
+            api,
+            headers={**auth, "Content-Type": "application/json"},
+            data=body.encode("utf-8"),
+            timeout=10,
+        )
+
+    cases = [
+        ('{"name": ["a"]}', 422, "name must be a string, not an array"),
+        ('{"name": {"a": 1}}', 422, "name must be a string, not an object"),
+        ('{"name": 5}', 422, "name must be a string, not a number"),
+        ('{"name": null}', 422, "name must be a string, not null"),
+        ('{"return_to_urls": "http://x/"}', 422, "return_to_urls must be an array of strings"),
+        ('{"requested_fields": [1]}', 422, "requested_fields must be an array of strings"),
+        ('{"name": 1e999}', 400, "not valid JSON"),
+        ('{"name": NaN}', 400, "not valid JSON"),
+        ('{"name": -Infinity}', 400, "not valid JSON"),
+        ('{"name": "a\\u0000b"}', 422, "name must not contain control characters"),
+        ('{"name": "a\\u202eb"}', 422, "name must not contain control characters"),
+        ('{"name": "\\ud800"}', 422, "name must not contain control characters"),
+        ('{"verified": false}', 422, "Unknown or read-only setting verified"),
+        (
+            json.dumps({"webhook_url": "http://[::1]:8080/hook"}),
+            422,
+            "cannot use an IPv6 address literal",
+        ),
+        (
+            json.dumps({"webhook_url": "https://[2001:db8::1]/hook"}),
+            422,
+            "cannot use an IPv6 address literal",
+        ),
+    ]
+    for body, status, message in cases:
+        answer = patch(body)
+        assert answer.status_code == status, (body, answer.status_code, answer.text)
+        error = answer.json()["error"]
+        assert message in error["message"], (body, error)
+        assert "\n" not in error["message"]
+    assert requests.get(api, headers=auth, timeout=10).json() == before
