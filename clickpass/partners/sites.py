@@ -20,12 +20,12 @@ import hmac
 import json
 import secrets
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from openid.server.trustroot import TrustRoot, returnToMatches
+from openid.server.trustroot import TrustRoot
 
 from clickpass.database.storage import Transaction
 from clickpass.openid.identifiers import BadRealm, sector_of
@@ -37,6 +37,8 @@ KEY_PREFIX = "cpk_"
 WEBHOOK_SECRET_PURPOSE = b"partner webhook secret"
 MAX_RETURN_TOS = 20
 MAX_URL = 2048
+# A registered return_to ending in this accepts any query string on its path.
+ANY_QUERY = "?*"
 # Characters refused in every setting: C0/C1 controls (NUL included), lone
 # surrogates (they cannot be stored as UTF-8), and the bidirectional
 # overrides and isolates that make a name read differently from its bytes.
@@ -79,7 +81,7 @@ class Site(SiteSettings):
     verification_token: str = ""
 
     def allows_return_to(self, return_to: str) -> bool:
-        return bool(returnToMatches(list(self.return_to_urls), return_to))
+        return return_to_allowed(self.return_to_urls, return_to)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +109,56 @@ class Link:
     outcome: str
     created: int
     last_signin: int
+
+
+def _url_key(url: str) -> tuple[str, str, int, str | None, str | None, str] | None:
+    """
+    What two return_to URLs must share to match: scheme and host (as URL
+    parsing lowercases them), port (the scheme's default written or not),
+    user information, and the path exactly as written ("" is "/").
+    L{None} for anything that is not an http(s) URL with a host.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = 443 if scheme == "https" else 80
+    return (
+        scheme,
+        parts.hostname,
+        port or default,
+        parts.username,
+        parts.password,
+        parts.path or "/",
+    )
+
+
+def return_to_allowed(registered: Iterable[str], return_to: str) -> bool:
+    """
+    Whether C{return_to} is one of the C{registered} URLs: the same scheme,
+    host, port and path (no prefix: C{/return} does not allow
+    C{/return/more}), no fragment, and the same query string, unless the
+    registered URL ends in C{?*}, which allows any query (or none) on that
+    path.
+    """
+    if "#" in return_to:
+        return False
+    key = _url_key(return_to)
+    if key is None:
+        return False
+    query = urlsplit(return_to).query
+    for entry in registered:
+        any_query = entry.endswith(ANY_QUERY)
+        base = entry[: -len(ANY_QUERY)] if any_query else entry
+        if _url_key(base) != key:
+            continue
+        if any_query or urlsplit(base).query == query:
+            return True
+    return False
 
 
 def plain_text(value: str, what: str) -> str:
@@ -165,7 +217,20 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
         raw_return_tos = raw_return_tos.split()
     if not isinstance(raw_return_tos, list | tuple):
         raise SiteError("The return_to URLs must be a list.")
-    return_tos = tuple(dict.fromkeys(inside(str(u), "return_to URL") for u in raw_return_tos))
+
+    def return_to(url: str) -> str:
+        url = url.strip()
+        if url.endswith(ANY_QUERY):
+            base = inside(url[: -len(ANY_QUERY)], "return_to URL")
+            if "?" in base:
+                raise SiteError(
+                    f"The return_to URL {url} has a query before ?*: register either one "
+                    "exact query or ?* for any query."
+                )
+            return base + ANY_QUERY
+        return inside(url, "return_to URL")
+
+    return_tos = tuple(dict.fromkeys(return_to(str(u)) for u in raw_return_tos))
     if not return_tos:
         raise SiteError("List at least one return_to URL (where people come back to).")
     if len(return_tos) > MAX_RETURN_TOS:

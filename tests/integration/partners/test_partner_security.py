@@ -10,14 +10,93 @@ promise to accept.
 from __future__ import annotations
 
 import json
+import secrets
+from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 import requests
 
-from tests.integration.partners.conftest import Partner
+from tests.integration.partners.conftest import PASSWORD, Partner, TokenServer, register_site
+from tests.support.browser import Browser
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
+
+OPENID2 = "http://specs.openid.net/auth/2.0"
+SELECT = OPENID2 + "/identifier_select"
+
+
+def checkid_setup(realm: str, return_to: str) -> str:
+    """The path of a directed-identity checkid_setup request, as a relying party sends it."""
+    return "/openid?" + urlencode(
+        {
+            "openid.ns": OPENID2,
+            "openid.mode": "checkid_setup",
+            "openid.identity": SELECT,
+            "openid.claimed_id": SELECT,
+            "openid.realm": realm,
+            "openid.return_to": return_to,
+        }
+    )
+
+
+def signed_up(node: NodeProcess, email: str = "") -> Browser:
+    browser = Browser(node.url)
+    response = browser.sign_up(email or f"s{secrets.token_hex(4)}@example.com", PASSWORD)
+    assert response.ok, response.text[:2000]
+    return browser
+
+
+@pytest.fixture
+def exact_server() -> Iterator[TokenServer]:
+    """A partner host of its own (127.0.0.4) that proves it owns its realm."""
+    server = TokenServer("127.0.0.4")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_return_to_must_match_a_registered_url_exactly(
+    node: NodeProcess, exact_server: TokenServer
+) -> None:
+    """
+    A verified partner's registered return_to URLs match exactly: same
+    scheme, host, port and path, and the same query, except that a URL
+    registered with ?* allows any query on its path. A longer path, an
+    unregistered query or another path is refused with the one-line page,
+    and nobody is sent there.
+    """
+    realm = exact_server.realm
+    register_site(
+        node,
+        realm,
+        name="Exact Shop",
+        publish=exact_server.publish,
+        return_tos=("return", "any?*", "fixed?a=1"),
+    )
+    person = signed_up(node)
+    refused = [
+        "return/anything",
+        "return?x=1",
+        "returnx",
+        "return/",
+        "any/more",
+        "anyx?x=1",
+        "fixed",
+        "fixed?a=1&b=2",
+        "fixed?a=2",
+    ]
+    for path in refused:
+        page = person.get(checkid_setup(realm, realm + path), allow_redirects=False)
+        assert page.status_code == 400, (path, page.status_code, page.text[:1500])
+        assert "not one of the addresses it registered" in page.text, path
+        assert "location" not in page.headers
+    for path in ("return", "any", "any?x=1&janrain_nonce=2", "fixed?a=1"):
+        page = person.get(checkid_setup(realm, realm + path), allow_redirects=False)
+        assert page.status_code == 200, (path, page.status_code, page.text[:1500])
+        assert "Continue to Exact Shop" in page.text, path
 
 
 def test_partner_api_refuses_values_its_schema_does_not_allow(

@@ -177,6 +177,52 @@ def test_branding_reads_only_openid_continuations() -> None:
 
 
 @pytest.mark.parametrize(
+    ("return_to", "allowed"),
+    [
+        (REALM + "return", True),
+        ("HTTPS://Partner.Example:443/return", True),  # scheme, host case, default port
+        (REALM + "return/", False),
+        (REALM + "return/anything", False),
+        (REALM + "returned", False),
+        (REALM + "return?x=1", False),
+        (REALM + "return#top", False),
+        ("http://partner.example/return", False),
+        ("https://partner.example:8443/return", False),
+        ("https://user@partner.example/return", False),
+        (REALM + "Return", False),
+        (REALM + "any", True),
+        (REALM + "any?", True),
+        (REALM + "any?janrain_nonce=2026-12-06T00%3A00%3A00Zabc&next=%2F", True),
+        (REALM + "any/more?x=1", False),
+        (REALM + "fixed?a=1", True),
+        (REALM + "fixed", False),
+        (REALM + "fixed?a=1&b=2", False),
+        (REALM + "fixed?b=2&a=1", False),
+        ("https://partner.example:99999/return", False),
+        ("javascript:alert(1)//partner.example/return", False),
+    ],
+)
+def test_return_to_matches_a_registered_url_exactly(return_to: str, allowed: bool) -> None:
+    """
+    Scheme, host, port and path must be those of a registered URL, and the
+    query the registered one, unless the URL was registered with ?*; no
+    prefix of a registered URL, and no fragment, ever matches.
+    """
+    registered = (REALM + "return", REALM + "any?*", REALM + "fixed?a=1")
+    assert sites.return_to_allowed(registered, return_to) is allowed
+
+
+def test_return_to_registration_syntax() -> None:
+    """?* is kept as registered; a query before it is refused, as is a URL outside the realm."""
+    checked = sites.check_settings(settings(return_to_urls=f"{REALM}return?*\n{REALM}done?x=1"))
+    assert checked.return_to_urls == (REALM + "return?*", REALM + "done?x=1")
+    with pytest.raises(sites.SiteError, match=r"query before \?\*"):
+        sites.check_settings(settings(return_to_urls=REALM + "return?x=1?*"))
+    with pytest.raises(sites.SiteError, match="outside the realm"):
+        sites.check_settings(settings(return_to_urls="https://evil.example/return?*"))
+
+
+@pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"name": "Shop\x00"}, r"name must not contain control characters \('\\x00'\)"),
