@@ -140,8 +140,10 @@ class PartnerFlow:
             return None
         if not site.verified:
             # Anyone can register a host; until its owner proves it, the site
-            # is an ordinary relying party (consent, no links), with a warning.
-            request._clickpass_unverified_partner = site.name  # type: ignore[attr-defined]
+            # is an ordinary relying party (consent, no links), with a warning
+            # that names its host: the name it was registered with is
+            # whatever its registrant typed, and never appears on our pages.
+            request._clickpass_unverified_partner = site.display_name  # type: ignore[attr-defined]
             log.info("partner {site} not verified: plain OpenID", site=site.public_id)
             return None
         if not site.allows_return_to(str(openid_request.return_to)):
@@ -367,8 +369,8 @@ class PartnerFlow:
         return [
             {
                 "id": site.public_id,
-                "name": site.name,
-                "logo_url": site.logo_url,
+                "name": site.display_name,
+                "logo_url": site.logo_url if site.verified else "",
                 "realm": site.realm,
                 "outcome": link.outcome,
                 "created": day(link.created),

@@ -83,6 +83,15 @@ class Site(SiteSettings):
     def allows_return_to(self, return_to: str) -> bool:
         return return_to_allowed(self.return_to_urls, return_to)
 
+    @property
+    def display_name(self) -> str:
+        """
+        What pages show people for this site: its name once its realm is
+        verified, else its host, since anyone may type any name for a host
+        they do not own.
+        """
+        return self.name if self.verified else self.sector
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.public_id,

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
+from tests.integration.openid.harness import Person, PythonRP
 from tests.integration.partners.conftest import PASSWORD, Partner, TokenServer, register_site
 from tests.support.browser import Browser
 from tests.support.node import NodeProcess
@@ -97,6 +98,30 @@ def test_return_to_must_match_a_registered_url_exactly(
         page = person.get(checkid_setup(realm, realm + path), allow_redirects=False)
         assert page.status_code == 200, (path, page.status_code, page.text[:1500])
         assert "Continue to Exact Shop" in page.text, path
+
+
+def test_unverified_site_is_shown_by_its_host(node: NodeProcess, token_server: TokenServer) -> None:
+    """
+    A site registered for a host but not verified is named on Clickpass's
+    consent page by that host only: the name its registrant typed (which
+    could impersonate anyone) appears on no page the person sees.
+    """
+    impostor = "Your Bank Security Team"
+    register_site(node, token_server.realm, name=impostor)
+    rp = PythonRP(node.url, token_server.realm, token_server.realm + "return")
+    person = Person(node.url, f"u{secrets.token_hex(4)}@example.com", PASSWORD)
+    signin = person.open(rp.begin())
+    assert signin.status_code == 303
+    signin_page = person.browser.get(signin.headers["location"])
+    assert impostor not in signin_page.text
+    consent = person.sign_up_and_continue(rp.begin())
+    assert consent.status_code == 200, consent.text[:2000]
+    assert 'id="unverified-partner"' in consent.text
+    assert impostor not in consent.text
+    assert "<strong>127.0.0.3</strong>" in consent.text
+    answer = person.decide(consent)
+    assert answer.status_code == 302, answer.text[:2000]
+    assert impostor not in person.browser.get("/account").text
 
 
 def test_partner_api_refuses_values_its_schema_does_not_allow(

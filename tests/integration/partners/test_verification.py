@@ -2,7 +2,8 @@
 Realm ownership on a real node: a site registered for a host gets no API
 key, no partner flow and no linked people until its admins publish the
 console's token at /.well-known/clickpass-verification.txt on that host;
-until then people signing in to it see a warning and plain OpenID consent.
+until then people signing in to it see a warning (naming its host, not the
+name it was registered with) and plain OpenID consent.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def test_unverified_site_until_token_is_published(
     consent = person.sign_up_and_continue(rp.begin())
     assert consent.status_code == 200, consent.text[:2000]
     assert 'id="unverified-partner"' in consent.text
-    assert "Claimed Shop" in consent.text
+    # Named by its host: the name was typed by whoever registered it.
+    assert "<strong>127.0.0.3</strong>" in consent.text
+    assert "Claimed Shop" not in consent.text
     assert "/partner/register" not in consent.text
     answer = person.decide(consent)
     assert answer.status_code == 302, answer.text[:2000]

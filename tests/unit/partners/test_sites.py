@@ -9,7 +9,7 @@ import pytest
 from clickpass.database.storage import DirectStorage
 from clickpass.partners import fields, sites
 from clickpass.partners.flow import retarget
-from tests.unit.partners.conftest import NOW, add_account, make_site
+from tests.unit.partners.conftest import NOW, add_account, make_site, verify_site
 
 REALM = "https://partner.example/"
 
@@ -246,3 +246,10 @@ def test_webhook_url_may_name_an_ipv4_address() -> None:
     """Only IPv6 literals are refused: an IPv4 address can be delivered to."""
     ok = sites.check_settings(settings(webhook_url="http://192.0.2.7:8080/hook"))
     assert ok.webhook_url == "http://192.0.2.7:8080/hook"
+
+
+def test_unverified_site_is_displayed_by_its_host(storage: DirectStorage) -> None:
+    """A site's name is what people see only once its realm is verified."""
+    site = make_site(storage, REALM, verified=False)
+    assert site.display_name == "partner.example"
+    assert verify_site(storage, site).display_name == "Partner"
