@@ -226,6 +226,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             ){opts}""",
         ),
     ),
+    Migration(
+        5,
+        "partners: admin invitations (single-use, expiring; only the token's hash is kept)",
+        (
+            """CREATE TABLE IF NOT EXISTS partner_invitations (
+                id {pk},
+                site_id BIGINT NOT NULL,
+                token_hash VARCHAR(64) NOT NULL UNIQUE,
+                email VARCHAR(254) NOT NULL,
+                invited_by BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                UNIQUE (site_id, email)
+            ){opts}""",
+        ),
+    ),
 )
 
 

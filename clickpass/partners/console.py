@@ -1,14 +1,17 @@
 """
 The partner console: signed-in people register partner sites, and the
 admins of a site change its settings, create and revoke API keys (shown
-once, stored hashed), see the webhook secret and recent deliveries, and
-add other admins. Until a site's admins prove they control its realm's host
+once, stored hashed), see the webhook secret and recent deliveries,
+invite other admins and remove admins (never the last one). An invited
+person becomes an admin only by accepting the invitation, signed in with
+the account that has the invited email. Until a site's admins prove they control its realm's host
 (L{clickpass.partners.verification}), the site page asks for that first
 and no API key can be created.
 
 Every page checks that the signed-in person administers the site; a site
 they do not administer is answered exactly like one that does not exist.
-Never show an API key after the response that created it.
+Never show an API key or an invitation link after the response that
+created it, and never tell an admin whether an email has an account.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.accounts.service import AccountError, check_email
 from clickpass.partners import fields, sites, verification
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
@@ -119,6 +123,7 @@ class Console:
         form: dict[str, Any] | None = None,
         new_key: str | None = None,
         notice: str | None = None,
+        invitation: dict[str, str] | None = None,
     ) -> bytes:
         account, found = await self._site(request, site)
 
@@ -130,9 +135,12 @@ class Console:
                 sites.deletion_requests(tx, found.id, False),
                 sites.verification_token(tx, found.id),
                 sites.verification_problem(tx, found.id),
+                sites.pending_invitations(tx, found.id, self._now()),
             )
 
-        keys, admins, events, deletions, token, problem = await self.app.storage.run(gather)
+        keys, admins, events, deletions, token, problem, invitations = await self.app.storage.run(
+            gather
+        )
         return self._render_form(
             request,
             "partner_site.html",
@@ -154,6 +162,10 @@ class Console:
                 for k in keys
             ],
             admins=admins,
+            invitations=[
+                {"id": i.id, "email": i.email, "expires": _when(i.expires)} for i in invitations
+            ],
+            invitation=invitation,
             events=[
                 {
                     "id": e.event_id,
@@ -235,20 +247,113 @@ class Console:
         await self.app.storage.run(sites.revoke_key, found.id, int(key), self._now())
         return self.app.redirect(request, f"/partners/{site}")
 
-    async def add_admin(self, request: Request, site: str) -> bytes:
+    async def invite_admin(self, request: Request, site: str) -> bytes:
+        """
+        Invite an email to administer the site. The answer is the same
+        whether or not a Clickpass account has that email: the invitation
+        link, shown once, for the admin to pass on (Clickpass sends no mail).
+        """
+        self.app.check_csrf(request)
+        account, found = await self._site(request, site)
+        try:
+            email = check_email(self.app.form(request, "email"))
+        except AccountError as e:
+            request.setResponseCode(400)
+            return await self.show(request, site, error=f"Invitation not created: {e}")
+        now = self._now()
+
+        def invite(tx: Any) -> str | None:
+            # The admins' emails are on this page already: saying that one
+            # is an admin tells nothing new.
+            if any(a.email == email for a in sites.admins(tx, found.id)):
+                return None
+            return sites.invite_admin(tx, found.id, email, account.id, now)
+
+        token = await self.app.storage.run(invite)
+        if token is None:
+            request.setResponseCode(400)
+            return await self.show(request, site, error=f"{email} is already an admin.")
+        log.info("partner site {site}: admin invitation created", site=site)
+        # Shown in this response only: the database keeps the token's hash.
+        return await self.show(
+            request,
+            site,
+            invitation={
+                "email": email,
+                "url": self.app.settings.base_url + "partners/invitations/" + token,
+                "expires": _when(now + sites.INVITATION_LIFETIME),
+            },
+        )
+
+    async def withdraw_invitation(self, request: Request, site: str, invitation: str) -> bytes:
         self.app.check_csrf(request)
         _account, found = await self._site(request, site)
-        email = self.app.form(request, "email")
-        added = await self.app.storage.run(sites.add_admin, found.id, email, self._now())
-        if not added:
+        if not invitation.isdigit():
+            raise HTTPError(404, "There is no such invitation.")
+        await self.app.storage.run(sites.withdraw_invitation, found.id, int(invitation))
+        return self.app.redirect(request, f"/partners/{site}")
+
+    async def remove_admin(self, request: Request, site: str, admin: str) -> bytes:
+        """Remove an admin (oneself included), unless they are the site's last."""
+        self.app.check_csrf(request)
+        account, found = await self._site(request, site)
+        if not admin.isdigit():
+            raise HTTPError(404, "There is no such admin of this site.")
+        outcome = await self.app.storage.run(sites.remove_admin, found.id, int(admin), self._now())
+        if outcome == "absent":
+            raise HTTPError(404, "There is no such admin of this site.")
+        if outcome == "last":
             request.setResponseCode(400)
             return await self.show(
                 request,
                 site,
-                error=f"There is no Clickpass account with the email {email}. Ask them to "
-                "create one first.",
+                error="A site needs at least one admin: invite another before removing the "
+                "last one.",
             )
+        log.info("partner site {site}: an admin was removed", site=site)
+        if int(admin) == account.id:
+            return self.app.redirect(request, "/partners")
         return self.app.redirect(request, f"/partners/{site}")
+
+    async def _invitation(self, request: Request, token: str) -> tuple[Any, str, sites.Site]:
+        account = await self.app.require_account(request, f"/partners/invitations/{token}")
+        found = await self.app.storage.run(sites.invitation_by_token, token, self._now())
+        if found is None:
+            raise HTTPError(
+                404,
+                "This invitation cannot be used: it was accepted or withdrawn, or it expired. "
+                "Ask the site's admins for a new one.",
+            )
+        invitation, site = found
+        if invitation.email != account.email:
+            raise HTTPError(
+                403,
+                "This invitation is for another email address: sign in with the Clickpass "
+                "account that has the address it was made for.",
+            )
+        return account, token, site
+
+    async def invitation_page(self, request: Request, token: str) -> bytes:
+        """What the invited person sees: which site, and a button to accept."""
+        account, token, site = await self._invitation(request, token)
+        return self.app.render(
+            request, "partner_invitation.html", account=account, site=site, token=token
+        )
+
+    async def accept_invitation(self, request: Request, token: str) -> bytes:
+        self.app.check_csrf(request)
+        account, token, _site = await self._invitation(request, token)
+        outcome, site = await self.app.storage.run(
+            sites.accept_invitation, token, account.id, account.email, self._now()
+        )
+        if outcome != "accepted" or site is None:
+            raise HTTPError(
+                404,
+                "This invitation cannot be used: it was accepted or withdrawn, or it expired. "
+                "Ask the site's admins for a new one.",
+            )
+        log.info("partner site {site}: invitation accepted", site=site.public_id)
+        return self.app.redirect(request, f"/partners/{site.public_id}")
 
     async def rotate_secret(self, request: Request, site: str) -> bytes:
         self.app.check_csrf(request)
@@ -267,11 +372,17 @@ def install(app: WebApp, router: Router) -> Console:
     router.add("GET", "/partners", console.index)
     router.add("GET", "/partners/new", console.new_form)
     router.add("POST", "/partners/new", console.create)
+    router.add("GET", "/partners/invitations/{token}", console.invitation_page)
+    router.add("POST", "/partners/invitations/{token}", console.accept_invitation)
     router.add("GET", "/partners/{site}", console.show)
     router.add("POST", "/partners/{site}/settings", console.update)
     router.add("POST", "/partners/{site}/verify", console.verify)
     router.add("POST", "/partners/{site}/keys", console.create_key)
     router.add("POST", "/partners/{site}/keys/{key}/revoke", console.revoke_key)
-    router.add("POST", "/partners/{site}/admins", console.add_admin)
+    router.add("POST", "/partners/{site}/admins", console.invite_admin)
+    router.add("POST", "/partners/{site}/admins/{admin}/remove", console.remove_admin)
+    router.add(
+        "POST", "/partners/{site}/invitations/{invitation}/withdraw", console.withdraw_invitation
+    )
     router.add("POST", "/partners/{site}/webhook-secret", console.rotate_secret)
     return console

@@ -1,7 +1,7 @@
 """
 Partner sites and everything the database keeps about them: their
-settings, admins, API keys (only hashes), the people linked to them, the
-webhook outbox and deletion requests.
+settings, admins and admin invitations, API keys (only hashes), the people
+linked to them, the webhook outbox and deletion requests.
 
 Transactions for the storage's pool (C{storage.run(fn, *args)}) plus the
 pure checks of a site's settings. A link change and the webhook event
@@ -9,8 +9,9 @@ that announces it are written in one transaction, so an event is never
 lost or invented. Nothing here renders pages or sends anything: the web
 layer and the delivery service do.
 
-Never store an API key or a webhook secret in clear: keys are stored as
-SHA-256 hashes, webhook secrets are derived from the master secret.
+Never store an API key, an admin invitation's token or a webhook secret in
+clear: keys and tokens are stored as SHA-256 hashes, webhook secrets are
+derived from the master secret.
 """
 
 from __future__ import annotations
@@ -444,6 +445,7 @@ def _delete_site(tx: Transaction, site_id: int) -> None:
         "partner_deletion_requests",
         "partner_api_keys",
         "partner_admins",
+        "partner_invitations",
         "partner_verifications",
     ):
         tx.execute(f"DELETE FROM {table} WHERE site_id = ?", site_id)
@@ -533,28 +535,166 @@ def sites_for_admin(tx: Transaction, account_id: int) -> list[Site]:
     return [s for s in (_site(r) for r in rows) if s is not None]
 
 
-def admins(tx: Transaction, site_id: int) -> list[str]:
+@dataclass(frozen=True)
+class Admin:
+    account_id: int
+    email: str
+
+
+def admins(tx: Transaction, site_id: int) -> list[Admin]:
     rows = tx.fetchall(
-        "SELECT a.email FROM partner_admins p JOIN accounts a ON a.id = p.account_id "
+        "SELECT a.id, a.email FROM partner_admins p JOIN accounts a ON a.id = p.account_id "
         "WHERE p.site_id = ? ORDER BY a.email",
         site_id,
     )
-    return [str(r[0]) for r in rows]
+    return [Admin(int(r[0]), str(r[1])) for r in rows]
 
 
-def add_admin(tx: Transaction, site_id: int, email: str, now: int) -> bool:
-    """Make the account with C{email} an admin; false when there is no such account."""
-    account_id = tx.scalar("SELECT id FROM accounts WHERE email = ?", email.strip().lower())
-    if account_id is None:
-        return False
+def remove_admin(tx: Transaction, site_id: int, account_id: int, now: int) -> str:
+    """
+    End C{account_id}'s admin rights on the site: "removed", "absent" (not
+    an admin of it), or "last" (refused: a site always keeps one admin).
+    """
+    # Take the site's row lock first, so that two admins removing each other
+    # at the same moment are counted one after the other, never both as two.
+    tx.execute("UPDATE partner_sites SET updated = ? WHERE id = ?", now, site_id)
+    locking = " FOR UPDATE" if tx.dialect.name == "mysql" else ""
+    current = {
+        int(r[0])
+        for r in tx.fetchall(
+            "SELECT account_id FROM partner_admins WHERE site_id = ?" + locking, site_id
+        )
+    }
+    if account_id not in current:
+        return "absent"
+    if len(current) == 1:
+        return "last"
+    tx.execute(
+        "DELETE FROM partner_admins WHERE site_id = ? AND account_id = ?", site_id, account_id
+    )
+    return "removed"
+
+
+# Admin invitations: an admin invites an email address; the person who
+# holds that address's Clickpass account accepts with the invitation's
+# token. Nothing here says whether an account has the address.
+
+INVITATION_PREFIX = "cpi_"
+INVITATION_LIFETIME = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Invitation:
+    id: int
+    site_id: int
+    email: str
+    invited_by: int
+    created: int
+    expires: int
+
+
+_INVITATION_COLUMNS = "id, site_id, email, invited_by, created, expires"
+
+
+def _invitation(row: tuple[Any, ...] | None) -> Invitation | None:
+    if row is None:
+        return None
+    return Invitation(int(row[0]), int(row[1]), str(row[2]), int(row[3]), int(row[4]), int(row[5]))
+
+
+def invite_admin(tx: Transaction, site_id: int, email: str, invited_by: int, now: int) -> str:
+    """
+    Invite C{email} (already normalised) to administer the site and return
+    the invitation's token: only its hash is kept, so this is the one
+    chance to pass it on. A new invitation for the same email replaces
+    the old one, whose token stops working.
+    """
+    tx.execute(
+        "DELETE FROM partner_invitations WHERE site_id = ? AND (email = ? OR expires <= ?)",
+        site_id,
+        email,
+        now,
+    )
+    token = INVITATION_PREFIX + secrets.token_urlsafe(32)
+    tx.execute(
+        "INSERT INTO partner_invitations (site_id, token_hash, email, invited_by, created, "
+        "expires) VALUES (?, ?, ?, ?, ?, ?)",
+        site_id,
+        key_hash(token),
+        email,
+        invited_by,
+        now,
+        now + INVITATION_LIFETIME,
+    )
+    return token
+
+
+def pending_invitations(tx: Transaction, site_id: int, now: int) -> list[Invitation]:
+    rows = tx.fetchall(
+        f"SELECT {_INVITATION_COLUMNS} FROM partner_invitations "
+        "WHERE site_id = ? AND expires > ? ORDER BY email",
+        site_id,
+        now,
+    )
+    return [i for i in (_invitation(r) for r in rows) if i is not None]
+
+
+def withdraw_invitation(tx: Transaction, site_id: int, invitation_id: int) -> bool:
+    return (
+        tx.execute(
+            "DELETE FROM partner_invitations WHERE id = ? AND site_id = ?",
+            invitation_id,
+            site_id,
+        )
+        > 0
+    )
+
+
+def invitation_by_token(tx: Transaction, token: str, now: int) -> tuple[Invitation, Site] | None:
+    """The live invitation with C{token}, and its site; L{None} if used, withdrawn or expired."""
+    if not token.startswith(INVITATION_PREFIX) or len(token) > 100:
+        return None
+    invitation = _invitation(
+        tx.fetchone(
+            f"SELECT {_INVITATION_COLUMNS} FROM partner_invitations "
+            "WHERE token_hash = ? AND expires > ?",
+            key_hash(token),
+            now,
+        )
+    )
+    site = site_by_id(tx, invitation.site_id) if invitation is not None else None
+    if invitation is None or site is None:
+        return None
+    return invitation, site
+
+
+def accept_invitation(
+    tx: Transaction, token: str, account_id: int, account_email: str, now: int
+) -> tuple[str, Site | None]:
+    """
+    Use an invitation: ("accepted", site) once, for the account whose
+    email it names; ("other_account", site) for anyone else, leaving it
+    for its addressee; ("invalid", None) when it is used, withdrawn or
+    expired.
+    """
+    found = invitation_by_token(tx, token, now)
+    if found is None:
+        return "invalid", None
+    invitation, site = found
+    if invitation.email != account_email.strip().lower():
+        return "other_account", site
+    # Deleting first makes the token single-use even when two requests
+    # accept it at once: only the one that deleted the row goes on.
+    if not tx.execute("DELETE FROM partner_invitations WHERE id = ?", invitation.id):
+        return "invalid", None
     tx.execute(
         tx.dialect.insert_ignore()
         + " INTO partner_admins (site_id, account_id, created) VALUES (?, ?, ?)",
-        site_id,
+        site.id,
         account_id,
         now,
     )
-    return True
+    return "accepted", site
 
 
 # API keys.

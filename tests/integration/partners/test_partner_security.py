@@ -10,8 +10,10 @@ promise to accept.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
+from html import unescape
 from urllib.parse import urlencode
 
 import pytest
@@ -19,13 +21,15 @@ import requests
 
 from tests.integration.openid.harness import Person, PythonRP
 from tests.integration.partners.conftest import PASSWORD, Partner, TokenServer, register_site
-from tests.support.browser import Browser
+from tests.support.browser import Browser, csrf_token
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
 
 OPENID2 = "http://specs.openid.net/auth/2.0"
 SELECT = OPENID2 + "/identifier_select"
+INVITATION_URL = re.compile(r'id="invitation-url">([^<]+)<')
+INVITATION_SECTION = re.compile(r'<section[^>]*id="invitation">.*?</section>', re.DOTALL)
 
 
 def checkid_setup(realm: str, return_to: str) -> str:
@@ -122,6 +126,102 @@ def test_unverified_site_is_shown_by_its_host(node: NodeProcess, token_server: T
     answer = person.decide(consent)
     assert answer.status_code == 302, answer.text[:2000]
     assert impostor not in person.browser.get("/account").text
+
+
+def test_admins_are_invited_and_accept_and_can_be_removed(node: NodeProcess) -> None:
+    """
+    Inviting an admin answers the same whether or not the email has an
+    account, and shows a link for the inviting admin to pass on. Only the
+    signed-in person whose account has the invited email can accept it,
+    once; nobody becomes an admin before accepting. An admin can remove
+    another, but never the last one; a withdrawn invitation stops working.
+    """
+    realm = f"http://invite-{secrets.token_hex(4)}.example/"
+    first = signed_up(node)
+    site = register_site(node, realm, name="Team Site", admin=first)
+    site_page = f"/partners/{site.public_id}"
+
+    invitee_email = f"i{secrets.token_hex(4)}@example.com"
+    invitee = signed_up(node, invitee_email)
+    stranger = signed_up(node)
+    nobody_email = f"n{secrets.token_hex(4)}@example.com"
+
+    def invite(email: str) -> requests.Response:
+        page = first.get(site_page)
+        return first.post(
+            site_page + "/admins", {"email": email, "csrf_token": csrf_token(page.text)}
+        )
+
+    def section(response: requests.Response, email: str) -> str:
+        found = INVITATION_SECTION.search(response.text)
+        assert found is not None, response.text[:3000]
+        url = INVITATION_URL.search(found.group(0))
+        assert url is not None
+        return found.group(0).replace(email, "EMAIL").replace(url.group(1), "URL")
+
+    with_account = invite(invitee_email)
+    without_account = invite(nobody_email)
+    # No enumeration: both answers are the same page, but for the email and the link.
+    assert with_account.status_code == without_account.status_code == 200
+    assert section(with_account, invitee_email) == section(without_account, nobody_email)
+    assert "no Clickpass account" not in without_account.text
+    link = INVITATION_URL.search(with_account.text)
+    assert link is not None
+    invitation = unescape(link.group(1))
+    assert invitation.startswith(node.url + "partners/invitations/cpi_")
+
+    # Invited is not admitted: the site is not the invitee's until they accept.
+    assert invitee.get(site_page).status_code == 404
+    # Someone else holding the link cannot use it, and it still works afterwards.
+    other = stranger.get(invitation)
+    assert other.status_code == 403
+    assert "for another email address" in other.text
+    assert stranger.get(site_page).status_code == 404
+    # Signed out: sign in first, and come back to the invitation.
+    away = requests.get(invitation, allow_redirects=False, timeout=30)
+    assert away.status_code == 303 and away.headers["location"].startswith("/signin?next=")
+
+    offer = invitee.get(invitation)
+    assert offer.status_code == 200, offer.text[:2000]
+    assert "Become an admin of" in offer.text and 'id="accept-invitation"' in offer.text
+    accepted = invitee.post(
+        invitation, {"csrf_token": csrf_token(offer.text)}, allow_redirects=False
+    )
+    assert accepted.status_code == 303, accepted.text[:2000]
+    assert accepted.headers["location"] == site_page
+    assert invitee.get(site_page).status_code == 200
+    again = invitee.post(invitation, {"csrf_token": csrf_token(offer.text)})
+    assert again.status_code == 404 and "cannot be used" in again.text
+
+    # A withdrawn invitation's link stops working.
+    page = first.get(site_page)
+    pending = re.search(r"/partners/site_[0-9a-f]+/invitations/(\d+)/withdraw", page.text)
+    assert pending is not None and nobody_email in page.text
+    nobody = signed_up(node, nobody_email)
+    withdrawn_link = INVITATION_URL.search(without_account.text)
+    assert withdrawn_link is not None
+    first.post(pending.group(0), {"csrf_token": csrf_token(page.text)})
+    assert nobody.get(unescape(withdrawn_link.group(1))).status_code == 404
+
+    # Removal: the first admin removes the invitee; the last admin stays.
+    admin_ids = dict(
+        (email, int(account_id))
+        for account_id, email in re.findall(r'<li id="admin-(\d+)">([^\s<]+)', page.text)
+    )
+    assert set(admin_ids) >= {invitee_email}, page.text[:3000]
+    removed = first.post(
+        f"{site_page}/admins/{admin_ids[invitee_email]}/remove",
+        {"csrf_token": csrf_token(page.text)},
+        allow_redirects=False,
+    )
+    assert removed.status_code == 303
+    assert invitee.get(site_page).status_code == 404
+    page = first.get(site_page)
+    (me,) = re.findall(r'<li id="admin-(\d+)">', page.text)
+    last = first.post(f"{site_page}/admins/{me}/remove", {"csrf_token": csrf_token(page.text)})
+    assert last.status_code == 400
+    assert "at least one admin" in last.text
+    assert first.get(site_page).status_code == 200
 
 
 def test_partner_api_refuses_values_its_schema_does_not_allow(

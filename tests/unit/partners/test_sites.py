@@ -74,7 +74,9 @@ def test_unverified_registration_does_not_hold_the_host(storage: DirectStorage) 
     assert second.id != first.id
     assert storage.run_blocking(sites.site_by_id, first.id) is None
     assert storage.run_blocking(sites.keys_for_site, first.id) == []
-    assert storage.run_blocking(sites.admins, second.id) == ["owner@partner.example"]
+    assert [a.email for a in storage.run_blocking(sites.admins, second.id)] == [
+        "owner@partner.example"
+    ]
     assert second.verification_token != first.verification_token
 
     token = storage.run_blocking(sites.verification_token, second.id)
@@ -253,3 +255,57 @@ def test_unverified_site_is_displayed_by_its_host(storage: DirectStorage) -> Non
     site = make_site(storage, REALM, verified=False)
     assert site.display_name == "partner.example"
     assert verify_site(storage, site).display_name == "Partner"
+
+
+def test_invitations_are_single_use_hashed_and_expire(storage: DirectStorage) -> None:
+    """
+    Only the token's hash is stored; the account with another email cannot
+    use it (and it stays usable); the addressee accepts it once; it expires;
+    a new invitation for the same email replaces the old one.
+    """
+    site = make_site(storage, REALM)
+    inviter = storage.run_blocking(sites.admins, site.id)[0].account_id
+    invitee = storage.run_blocking(add_account, "invitee@example.com")
+    other = storage.run_blocking(add_account, "other@example.com")
+    token = storage.run_blocking(sites.invite_admin, site.id, "invitee@example.com", inviter, NOW)
+    rows = storage.run_blocking(lambda tx: tx.fetchall("SELECT * FROM partner_invitations"))
+    assert token not in repr(rows) and sites.key_hash(token) in repr(rows)
+
+    accept = sites.accept_invitation
+    assert storage.run_blocking(accept, token, other, "other@example.com", NOW)[0] == (
+        "other_account"
+    )
+    assert not storage.run_blocking(sites.is_admin, site.id, other)
+    assert storage.run_blocking(accept, token, invitee, "invitee@example.com", NOW)[0] == (
+        "accepted"
+    )
+    assert storage.run_blocking(sites.is_admin, site.id, invitee)
+    assert storage.run_blocking(accept, token, invitee, "invitee@example.com", NOW)[0] == (
+        "invalid"
+    )
+
+    late = storage.run_blocking(sites.invite_admin, site.id, "late@example.com", inviter, NOW)
+    expiry = NOW + sites.INVITATION_LIFETIME
+    assert storage.run_blocking(sites.invitation_by_token, late, expiry - 1) is not None
+    assert storage.run_blocking(sites.invitation_by_token, late, expiry) is None
+
+    old = storage.run_blocking(sites.invite_admin, site.id, "again@example.com", inviter, NOW)
+    new = storage.run_blocking(sites.invite_admin, site.id, "again@example.com", inviter, NOW)
+    assert storage.run_blocking(sites.invitation_by_token, old, NOW) is None
+    found = storage.run_blocking(sites.invitation_by_token, new, NOW)
+    assert found is not None and found[0].email == "again@example.com"
+    assert storage.run_blocking(sites.withdraw_invitation, site.id, found[0].id)
+    assert storage.run_blocking(sites.invitation_by_token, new, NOW) is None
+
+
+def test_the_last_admin_is_never_removed(storage: DirectStorage) -> None:
+    """Removing an admin works until one is left; an account that is not an admin is 'absent'."""
+    site = make_site(storage, REALM)
+    first = storage.run_blocking(sites.admins, site.id)[0].account_id
+    second = storage.run_blocking(add_account, "second@example.com")
+    token = storage.run_blocking(sites.invite_admin, site.id, "second@example.com", first, NOW)
+    storage.run_blocking(sites.accept_invitation, token, second, "second@example.com", NOW)
+    assert storage.run_blocking(sites.remove_admin, site.id, 999, NOW) == "absent"
+    assert storage.run_blocking(sites.remove_admin, site.id, first, NOW) == "removed"
+    assert storage.run_blocking(sites.remove_admin, site.id, second, NOW) == "last"
+    assert [a.account_id for a in storage.run_blocking(sites.admins, site.id)] == [second]
