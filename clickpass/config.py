@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from clickpass.mail.settings import MailSettings
+
 DEFAULT_DATA_DIR = "./clickpass-data"
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 SECRET_BYTES = 32
@@ -808,6 +810,7 @@ class Settings:
     alerts: AlertsSettings = dataclasses.field(default_factory=AlertsSettings)
     partners: PartnersSettings = dataclasses.field(default_factory=PartnersSettings)
     dbagent: DbAgentSettings = dataclasses.field(default_factory=DbAgentSettings)
+    mail: MailSettings = dataclasses.field(default_factory=MailSettings)
     source: str = dataclasses.field(default="(embedded default)", metadata={"internal": "true"})
 
     # Derived paths, resolved against data_dir.
@@ -1123,6 +1126,8 @@ def check_files(settings: Settings) -> None:
         ("[alerts] webhook_secret_file", settings.alerts.webhook_secret_file),
         ("[alerts] smtp_password_file", settings.alerts.smtp_password_file),
         ("[upstream] ca_bundle", settings.upstream.ca_bundle),
+        ("[mail] password_file", settings.mail.password_file),
+        ("[mail] ca_bundle", settings.mail.ca_bundle),
         *(
             (f"[[upstream.provider]] {p.name} client_secret_file", p.client_secret_file)
             for p in settings.upstream.provider

@@ -165,6 +165,16 @@ class Node(MultiService):
         delivery_service(
             self.reactor, settings, self.storage, self.secret, self.monitoring.metrics
         ).setServiceParent(self)
+        # Mail: the node (not the workers) empties the durable mail outbox.
+        from clickpass.mail.service import install_mail
+
+        try:
+            install_mail(
+                self, self.reactor, settings, self.storage, self.commands,
+                self.monitoring.metrics, self.monitoring.alerts,
+            )  # fmt: skip
+        except configmod.ConfigError as e:
+            raise StartupError(str(e)) from None
         await front.wait_ready()
         self.ready = True
         self.log.info(

@@ -281,6 +281,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "clickpass.balancer.ctl",
     "clickpass.monitor.ctl",
     "clickpass.dbagent.ctl",
+    "clickpass.mail.ctl",
 )
 
 

@@ -242,6 +242,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             ){opts}""",
         ),
     ),
+    Migration(
+        6,
+        "mail: the outbox of messages waiting to be sent, with leases and retries",
+        (
+            """CREATE TABLE IF NOT EXISTS mail_outbox (
+                id {pk},
+                message_id VARCHAR(255) NOT NULL UNIQUE,
+                recipient VARCHAR(254) NOT NULL,
+                kind VARCHAR(64) NOT NULL,
+                subject VARCHAR(255) NOT NULL,
+                message MEDIUMTEXT NOT NULL,
+                created BIGINT NOT NULL,
+                state INTEGER NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt BIGINT NOT NULL,
+                give_up_at BIGINT NOT NULL,
+                lease_until BIGINT NOT NULL DEFAULT 0,
+                lease_owner VARCHAR(64) NOT NULL DEFAULT '',
+                sent BIGINT NOT NULL DEFAULT 0,
+                last_error VARCHAR(255) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox (state, next_attempt)",
+            "CREATE INDEX IF NOT EXISTS mail_outbox_created ON mail_outbox (created)",
+        ),
+    ),
 )
 
 
