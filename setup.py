@@ -17,7 +17,13 @@ setup(
     python_requires=">=3.11",
     packages=[*find_packages(include=["clickpass", "clickpass.*"]), "twisted.plugins"],
     package_data={
-        "clickpass": ["py.typed", "**/*.html", "web/static/*", "balancer/*.pyi"],
+        "clickpass": [
+            "py.typed",
+            "**/*.html",
+            "mail/templates/mail/*.txt",
+            "web/static/*",
+            "balancer/*.pyi",
+        ],
     },
     include_package_data=True,
     ext_modules=[HTTP1],
@@ -49,6 +55,8 @@ setup(
             "moto[server]>=5.0",
             "selenium>=4.20",
             "types-requests",
+            # A real SMTP server (STARTTLS, AUTH, refusals) for the mail tests.
+            "aiosmtpd>=1.4",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},
