@@ -21,7 +21,7 @@ import mailbox
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
@@ -155,11 +155,20 @@ class TemporaryFailure(Exception):
 
 
 def _smtp_reason(error: smtp.SMTPClientError) -> str:
-    # The exception's str() carries the whole session log; one line is enough.
-    resp = error.resp
+    # The exception's str() carries the whole session log; one line is enough:
+    # the refused recipient's answer when there is one, else the last answer.
+    if isinstance(error, smtp.SMTPDeliveryError):
+        # Twisted types addresses as object; it is [(address, code, answer), ...].
+        addresses = cast(list[tuple[bytes, int, bytes]], error.addresses or [])
+        for _address, code, resp in addresses:
+            if int(code) >= 400:
+                return _reply(int(code), resp)
+    return _reply(int(error.code), error.resp)
+
+
+def _reply(code: int, resp: object) -> str:
     text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
     text = " ".join(text.split())
-    code = int(error.code)
     return f"{code} {text}" if code > 0 else text
 
 
