@@ -162,11 +162,12 @@ def running_smtp(
     security: str = "starttls",
     auth: bool = False,
     plan: Callable[[int], str] = lambda attempt: ACCEPT,
+    port: int = 0,
 ) -> Iterator[SMTPServer]:
     """
     An SMTP server on 127.0.0.1: C{security} "starttls" (required before
     MAIL), "tls" (implicit) or "none"; with C{auth}, AUTH (PLAIN, LOGIN)
-    required, offered only under TLS.
+    required, offered only under TLS. C{port} 0: a free one.
     """
     handler = Handler(plan=plan)
     kwargs: dict[str, Any] = {
@@ -186,10 +187,10 @@ def running_smtp(
             authenticator=_authenticate, auth_required=True, auth_require_tls=security != "tls"
         )
     controller: Controller | None = None
-    for _ in range(3):
+    for _ in range(1 if port else 3):
         # The port is probed free, then bound by the server; another process
         # may take it in between: try another.
-        controller = Controller(handler, port=free_port(), **kwargs)
+        controller = Controller(handler, port=port or free_port(), **kwargs)
         try:
             controller.start()
             break

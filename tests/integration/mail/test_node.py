@@ -1,0 +1,148 @@
+"""
+Mail through a real node (twistd), driven with clickpass-ctl: the
+embedded default writes to a maildir under the data directory and says
+where; a node configured for SMTP (STARTTLS, AUTH, a private CA) keeps a
+message it could not send across a kill and a restart, and sends it once
+the server is there, on SQLite and on MariaDB.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.mail.smtpd import PASSWORD, USER, running_smtp
+from tests.support.mariadb import MariaDBServer
+from tests.support.node import NodeProcess, free_port, mariadb_config, write_config
+from tests.support.tlsca import TestCA
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(check: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s")
+        time.sleep(0.1)
+
+
+def status(node: NodeProcess) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(node.ctl("--json", "mail", "status").stdout)
+    return found
+
+
+def test_without_mail_settings_messages_go_to_a_maildir(tmp_path: Path) -> None:
+    """
+    No [mail]: the node logs the maildir it writes to; clickpass-ctl mail
+    test queues a message that appears there, whole (text and HTML), and
+    mail status and mail show tell what happened.
+    """
+    port = free_port()
+    node = NodeProcess(tmp_path, write_config(tmp_path, port), port=port)
+    node.start()
+    try:
+        maildir = tmp_path / "data" / "mail"
+        assert f"mail delivery: maildir {maildir}" in node.log()
+        queued = node.ctl("mail", "test", "person@example.org").stdout
+        match = re.search(r"test message (\d+) queued", queued)
+        assert match is not None, queued
+        row_id = int(match.group(1))
+        wait_for(lambda: list((maildir / "new").glob("*")))
+        (path,) = (maildir / "new").glob("*")
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert message["To"] == "person@example.org"
+        assert message["Delivered-To"] == "person@example.org"
+        assert message.get_content_type() == "multipart/alternative"
+        text = message.get_body(("plain",))
+        assert text is not None and f"http://127.0.0.1:{port}/" in text.get_content()
+        wait_for(lambda: status(node)["counts"] == {"pending": 0, "sent": 1, "failed": 0})
+        text_status = node.ctl("mail", "status").stdout
+        assert f"transport: maildir {maildir}" in text_status
+        assert "sent:      1" in text_status
+        shown = node.ctl("mail", "show", str(row_id)).stdout
+        assert "state:      sent" in shown and "to:         person@example.org" in shown
+        assert "(the body is not kept once a message is sent)" in shown
+        refused = node.ctl("mail", "retry", str(row_id), check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == (
+            f"clickpass-ctl: message {row_id} was already sent; it is never sent twice"
+        )
+        bad = node.ctl("mail", "test", "not an address", check=False)
+        assert bad.returncode == 1 and "is not an email address" in bad.stderr
+    finally:
+        node.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)])
+def test_a_message_waits_out_a_down_server_and_a_node_restart(
+    tmp_path: Path, ca: TestCA, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """
+    The SMTP server is down: the message waits, with the error in mail
+    status. The node is killed (SIGKILL) and started again; the server
+    comes up; the message arrives once, over STARTTLS with AUTH, and
+    mail status says sent.
+    """
+    extra = ""
+    database = ""
+    server: MariaDBServer | None = None
+    if backend == "mysql":
+        server = request.getfixturevalue("mariadb_server")
+        assert server is not None
+        database = f"{server.database}_mail{secrets.token_hex(4)}"
+        server.create_database(database)
+        extra = mariadb_config(tmp_path, server, database)
+    smtp_port = free_port()
+    password_file = tmp_path / "smtp-password"
+    password_file.write_text(PASSWORD + "\n")
+    extra += f"""
+[mail]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+ca_bundle = "{ca.ca_pem}"
+username = "{USER}"
+password_file = "{password_file}"
+from_address = "Clickpass <login@example.com>"
+poll_interval = 0.2
+backoff_initial = 0.5
+backoff_max = 1.0
+timeout = 5.0
+"""
+    port = free_port()
+    config = write_config(tmp_path, port, extra)
+    node = NodeProcess(tmp_path, config, port=port)
+    try:
+        node.start()
+        assert f"mail delivery: smtp 127.0.0.1:{smtp_port} (starttls, AUTH as {USER})" in node.log()
+        node.ctl("mail", "test", "person@example.org")
+        wait_for(lambda: status(node)["unsent"][0]["attempts"] >= 2)
+        waiting = status(node)["unsent"][0]
+        assert waiting["state"] == "pending"
+        assert "Connection refused" in waiting["last_error"]
+        assert node.process is not None
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait(10)
+        with running_smtp(ca, auth=True, port=smtp_port) as smtp:
+            node.start()
+            (got,) = smtp.wait_for(1)
+            wait_for(lambda: status(node)["counts"] == {"pending": 0, "sent": 1, "failed": 0})
+            time.sleep(1)
+            assert len(smtp.messages()) == 1
+        assert got.tls and got.user == USER
+        assert got.mail_from == "login@example.com"
+        assert got.message["From"] == "Clickpass <login@example.com>"
+    finally:
+        node.stop()
+        if server is not None:
+            server.drop_database(database)
