@@ -54,10 +54,24 @@ class Rendered:
 
 
 def check_address(address: str) -> str:
-    """The address, trimmed, or L{MessageError} when it is not one plain mailbox."""
+    """
+    The address, trimmed, its domain in ASCII (IDNA), or L{MessageError}
+    when it is not one plain mailbox. The local part must be ASCII: an
+    internationalised one needs SMTPUTF8, which this sender does not speak.
+    """
     value = address.strip()
-    if len(value) > 254 or not _ADDRESS.match(value):
+    if not _ADDRESS.match(value):
         raise MessageError(f"{address!r} is not an email address")
+    local, _, domain = value.rpartition("@")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise MessageError(f"{address!r} has a domain that is not a valid name") from None
+    if not local.isascii():
+        raise MessageError(f"{address!r} has non-ASCII characters before the @")
+    value = f"{local}@{domain}"
+    if len(value) > 254:
+        raise MessageError(f"{address!r} is longer than an email address can be")
     return value
 
 

@@ -23,18 +23,23 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import IServiceCollection, Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.database.storage import Storage, one_line, run_through_failover
 from clickpass.mail import outbox
 from clickpass.mail.message import envelope_sender, public_host
 from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, Transport
+from clickpass.monitor.metrics import Registry
+
+if TYPE_CHECKING:
+    from clickpass.config import Settings
 
 CLEANUP_INTERVAL = 3600
 ALERT_KEY = "mail.delayed"
@@ -98,12 +103,14 @@ class MailDelivery(Service):
         self._running: Deferred[int] | None = None
         self._next_cleanup = 0.0
         self._limit = DeferredSemaphore(settings.parallel)
+        self._stopping = False
         self.counts = Counts()
 
     # Life cycle.
 
     def startService(self) -> None:
         super().startService()
+        self._stopping = False
         self.log.info(
             "mail delivery: {transport}; outbox checked every {interval}s",
             transport=self.transport.describe(),
@@ -113,6 +120,7 @@ class MailDelivery(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        self._stopping = True
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
@@ -197,6 +205,11 @@ class MailDelivery(Service):
         return Deferred.fromCoroutine(self._send(message))
 
     async def _send(self, message: outbox.Queued) -> None:
+        if self._stopping:
+            # Stopping: what has not started yet goes back for the next node
+            # (or this one, restarted) instead of holding up the stop.
+            await self._storage.run(outbox.release, [message.row_id], self.owner)
+            return
         envelope = Envelope(
             self._sender,
             message.recipient,
@@ -268,7 +281,7 @@ class MailDelivery(Service):
             )
 
 
-def build_transport(reactor: Any, settings: Any) -> Transport:
+def build_transport(reactor: Any, settings: Settings) -> Transport:
     """
     The transport C{[mail]} configures: SMTP when smtp_host is set, else the
     maildir under the data directory. Reads the password and CA files
@@ -303,10 +316,10 @@ def build_transport(reactor: Any, settings: Any) -> Transport:
 def install_mail(
     parent: IServiceCollection,
     reactor: Any,
-    settings: Any,
+    settings: Settings,
     storage: Storage,
-    commands: Any,
-    metrics: Any = None,
+    commands: CommandRegistry,
+    metrics: Registry | None = None,
     alerts: AlertSink | None = None,
     transport: Transport | None = None,
 ) -> MailDelivery:
@@ -336,7 +349,7 @@ def install_mail(
     return delivery
 
 
-def _install_metrics(metrics: Any, counts: Counts) -> None:
+def _install_metrics(metrics: Registry, counts: Counts) -> None:
     def gauge(name: str, help: str, read: Callable[[], float]) -> None:
         metrics.gauge(name, help, aggregate="max").set_function(read)
 
@@ -367,16 +380,15 @@ def _install_metrics(metrics: Any, counts: Counts) -> None:
 
 
 def register_commands(
-    commands: Any,
+    commands: CommandRegistry,
     clock: IReactorTime,
     storage: Storage,
     mail: MailSettings,
     queue: outbox.Outbox,
     delivery: MailDelivery,
-    settings: Any,
+    settings: Settings,
 ) -> None:
     """C{mail.status}, C{mail.show}, C{mail.retry}, C{mail.test} on the control port."""
-    from clickpass.control.protocol import CommandError
 
     def message_id(args: Any) -> int:
         value = args.get("id")

@@ -143,7 +143,7 @@ class MailSettings:
             )
         if self.from_address:
             _, address = parseaddr(self.from_address)
-            if "@" not in address or any(c.isspace() for c in address):
+            if "@" not in address or not address.isascii() or any(c.isspace() for c in address):
                 raise _error(
                     f"[mail] from_address: {self.from_address!r} is not an email address "
                     '(e.g. "Clickpass <no-reply@login.example.com>")'

@@ -10,7 +10,9 @@ one database (two nodes) never send the same message twice.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +39,7 @@ from tests.integration.mail.smtpd import (
     running_smtp,
 )
 from tests.support.deferreds import async_test
+from tests.support.mariadb import MariaDBServer
 from tests.support.storage import DatabaseTarget
 from tests.support.tlsca import TestCA
 
@@ -231,3 +234,40 @@ async def test_a_message_claimed_by_a_node_that_died_is_sent_by_another(
             await maybeDeferred(service.stopService)
         assert len(server.messages()) == 1
     assert found["state"] == "sent" and found["lease_owner"] == "survivor"
+
+
+@pytest.mark.mariadb
+@async_test
+async def test_on_mariadb_a_claim_passes_over_rows_another_node_has_locked(
+    reactor: Any, mariadb_server: MariaDBServer, tmp_path: Path
+) -> None:
+    """
+    While another node's transaction holds a message's row lock (it is
+    claiming it), a claim takes the next message at once instead of
+    waiting for that lock (SKIP LOCKED), and never the locked one.
+    """
+    target = DatabaseTarget(
+        "mysql",
+        tmp_path,
+        reactor,
+        mariadb_server,
+        f"{mariadb_server.database}_t{secrets.token_hex(6)}",
+    )
+    mariadb_server.create_database(target.database)
+    try:
+        storage = await migrated(target)
+        first, second = await enqueue(reactor, storage, mail_settings(25), count=2)
+        other = mariadb_server.connection(target.database, autocommit=False)
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT id FROM mail_outbox WHERE id = %s FOR UPDATE", (first,))
+                began = time.monotonic()
+                claimed = await storage.run(outbox.claim, int(reactor.seconds()), 60, 10, "me")
+                took = time.monotonic() - began
+            other.rollback()
+        finally:
+            other.close()
+    finally:
+        target.close()
+    assert [c.row_id for c in claimed] == [second]
+    assert took < 2.0, took

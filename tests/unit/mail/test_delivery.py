@@ -383,3 +383,29 @@ def test_control_commands_status_show_retry_and_test(clock: Clock, storage: Dire
         call(registry, "mail.show", id="1")
     with pytest.raises(CommandError, match="not an email address"):
         call(registry, "mail.test", to="nobody")
+
+
+def test_stopping_gives_back_what_has_not_started(clock: Clock, storage: DirectStorage) -> None:
+    """
+    A node stopping mid-round finishes the send in flight and gives the
+    messages it had not started back at once (no lease to wait out), for
+    the next node to send.
+    """
+    server = FakeServer(clock, "hold")
+    service = delivery(clock, storage, server, parallel=1)
+    row_ids = [enqueue(storage, clock.seconds()) for _ in range(3)]
+    service.startService()
+    clock.advance(0)
+    assert len(server.attempts) == 1
+    stopped = service.stopService()
+    assert stopped is not None and not stopped.called
+    server.held[0].callback(None)
+    assert stopped.called
+    assert len(server.attempts) == 1
+    found = [row(storage, r) for r in row_ids]
+    assert [f["state"] for f in found] == ["sent", "pending", "pending"]
+    assert [f["leased_until"] for f in found[1:]] == [0, 0]
+    other = FakeServer(clock)
+    delivery(clock, storage, other, owner="node2").run_once()
+    clock.advance(1)
+    assert len(other.delivered) == 2

@@ -173,3 +173,10 @@ def test_html_templates_escape_what_they_are_given(tmp_path: Path) -> None:
         templates.render("nope", "s", {})
     with pytest.raises(mailmsg.MessageError):
         templates.render("../hi", "s", {})
+
+
+def test_international_domains_become_ascii_and_local_parts_must_be() -> None:
+    """An IDN domain is sent in its ASCII form; a non-ASCII local part (SMTPUTF8) is refused."""
+    assert mailmsg.check_address(" anna@bücher.example ") == "anna@xn--bcher-kva.example"
+    with pytest.raises(mailmsg.MessageError, match="non-ASCII characters before the @"):
+        mailmsg.check_address("jösé@example.com")
