@@ -82,7 +82,10 @@ class MailSettings:
     )
     maildir: str = dataclasses.field(
         default="mail",
-        metadata=_doc("Maildir that receives every message when smtp_host is empty."),
+        metadata=_doc(
+            "Maildir (relative to [node] data_dir) that receives every message when "
+            "smtp_host is empty."
+        ),
     )
     timeout: float = dataclasses.field(
         default=30.0, metadata=_doc("Seconds one delivery attempt may take, end to end.")
