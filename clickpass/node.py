@@ -170,9 +170,14 @@ class Node(MultiService):
 
         try:
             install_mail(
-                self, self.reactor, settings, self.storage, self.commands,
-                self.monitoring.metrics, self.monitoring.alerts,
-            )  # fmt: skip
+                self,
+                self.reactor,
+                settings,
+                self.storage,
+                self.commands,
+                self.monitoring.metrics,
+                self.monitoring.alerts,
+            )
         except configmod.ConfigError as e:
             raise StartupError(str(e)) from None
         await front.wait_ready()

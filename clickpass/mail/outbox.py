@@ -12,6 +12,14 @@ update. Either way a row is claimed only when its lease has run out, so a
 node that died while sending leaves its rows to be claimed again once the
 lease expires.
 
+Use, from the code that makes a change (the composition root builds one
+L{Outbox} and hands it over)::
+
+    def sign_up(tx: Transaction, email: str, token: str, now: int) -> None:
+        ...  # the change itself, in the same transaction
+        outbox.enqueue(tx, email, "Confirm your address", "verify",
+                       {"link": outbox.url("verify", token=token)}, now=now)
+
 The states: pending (waiting or being sent), sent, failed (given up). A
 sent message's body is cleared (a verification or reset link in it must
 not outlive its delivery in the database); its headers stay for C{mail

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from clickpass import config
@@ -55,7 +57,7 @@ def test_mistakes_are_one_line_naming_the_key(table: dict[str, object], message:
     assert "\n" not in text
 
 
-def test_password_and_ca_files_are_checked_before_start(tmp_path: object) -> None:
+def test_password_and_ca_files_are_checked_before_start(tmp_path: Path) -> None:
     """An unreadable [mail] password_file is reported by the loader's file check, by key."""
     settings = config.parse(
         {
@@ -65,3 +67,37 @@ def test_password_and_ca_files_are_checked_before_start(tmp_path: object) -> Non
     )
     with pytest.raises(ConfigError, match=r"^\[mail\] password_file: file .*nope not found$"):
         config.check_files(settings)
+
+
+def test_transport_follows_the_settings_and_names_a_bad_ca_bundle(tmp_path: Path) -> None:
+    """
+    No smtp_host: the maildir under data_dir. With one: SMTP, the password
+    read from its file. A CA bundle that holds no certificate is one line
+    naming the key (the node turns it into its start-up refusal).
+    """
+    from twisted.internet.task import Clock
+
+    from clickpass.mail.service import build_transport
+
+    clock = Clock()
+    default = build_transport(clock, config.parse({"node": {"data_dir": str(tmp_path)}}))
+    assert default.describe() == f"maildir {tmp_path / 'mail'}"
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    smtp = {
+        "smtp_host": "smtp.example.com",
+        "username": "u",
+        "password_file": "pw",
+        "security": "tls",
+    }
+    found = build_transport(
+        clock, config.parse({"node": {"data_dir": str(tmp_path)}, "mail": smtp})
+    )
+    assert found.describe() == "smtp smtp.example.com:465 (tls, AUTH as u)"
+    bad = config.parse(
+        {"node": {"data_dir": str(tmp_path)}, "mail": {**smtp, "ca_bundle": "ca.pem"}}
+    )
+    with pytest.raises(
+        ConfigError, match=r"^\[mail\] ca_bundle: .*ca.pem holds no PEM certificate$"
+    ):
+        build_transport(clock, bad)
