@@ -3,7 +3,8 @@ Mail through a real node (twistd), driven with clickpass-ctl: the
 embedded default writes to a maildir under the data directory and says
 where; a node configured for SMTP (STARTTLS, AUTH, a private CA) keeps a
 message it could not send across a kill and a restart, and sends it once
-the server is there, on SQLite and on MariaDB.
+the server is there, on SQLite and on MariaDB; and two nodes on one MariaDB
+send each message once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 
 import pytest
 
+from clickpass.config import load
+from clickpass.database.offline import open_direct
+from clickpass.mail.outbox import Outbox
 from tests.integration.mail.smtpd import PASSWORD, USER, running_smtp
 from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeProcess, free_port, mariadb_config, write_config
@@ -146,3 +150,70 @@ timeout = 5.0
         node.stop()
         if server is not None:
             server.drop_database(database)
+
+
+@pytest.mark.mariadb
+def test_two_nodes_on_one_mariadb_send_each_message_once(
+    tmp_path: Path, ca: TestCA, mariadb_server: MariaDBServer
+) -> None:
+    """
+    Two real nodes (twistd) share one MariaDB database and one SMTP
+    server; 40 messages queued at once arrive once each, and both nodes
+    sent some of them.
+    """
+    database = f"{mariadb_server.database}_mail2{secrets.token_hex(4)}"
+    mariadb_server.create_database(database)
+    password_file = tmp_path / "smtp-password"
+    password_file.write_text(PASSWORD + "\n")
+    nodes: list[NodeProcess] = []
+    # One cluster: one master secret.
+    (tmp_path / "secret.key").write_text("ab" * 32 + "\n")
+    try:
+        with running_smtp(ca, auth=True) as smtp:
+            for name in ("node1", "node2"):
+                directory = tmp_path / name
+                directory.mkdir()
+                extra = (
+                    mariadb_config(directory, mariadb_server, database)
+                    + f"""
+[secrets]
+secret_file = "{tmp_path / "secret.key"}"
+
+[mail]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp.port}
+ca_bundle = "{ca.ca_pem}"
+username = "{USER}"
+password_file = "{password_file}"
+poll_interval = 0.2
+batch = 4
+"""
+                )
+                port = free_port()
+                node = NodeProcess(directory, write_config(directory, port, extra, name), port=port)
+                nodes.append(node)
+                node.start()
+            settings = load(nodes[0].config)
+            storage = open_direct(settings)
+            now = int(time.time())
+            try:
+                box = Outbox(settings.mail, settings.base_url)
+                storage.run_blocking(
+                    lambda tx: [
+                        box.enqueue(tx, f"p{i}@example.org", "Hi", "test", {"node": "-"}, now=now)
+                        for i in range(40)
+                    ]
+                )
+            finally:
+                storage.close()
+            got = smtp.wait_for(40, timeout=60)
+            time.sleep(1)
+            got = smtp.messages()
+        ids = [m.message["Message-ID"] for m in got]
+        assert len(ids) == 40 and len(set(ids)) == 40
+        sent_by = [node.log().count(") sent to p") for node in nodes]
+        assert sum(sent_by) == 40 and all(sent_by), sent_by
+    finally:
+        for node in nodes:
+            node.stop()
+        mariadb_server.drop_database(database)
