@@ -57,6 +57,19 @@ def next_attempt(now: int, attempts: int, settings: MailSettings) -> int:
     return now + max(1, int(wait + 0.999))
 
 
+def lease_seconds(settings: MailSettings) -> int:
+    """
+    How long a node holds the messages it claimed: a batch is sent
+    C{parallel} at a time, each attempt cut off at C{timeout}, so the last
+    message of a batch may start C{ceil(batch / parallel) - 1} timeouts
+    after the claim. The lease outlives all of that (and recording the
+    outcome through a database failover), so no other node takes a message
+    this one may still send.
+    """
+    rounds = -(-settings.batch // settings.parallel)
+    return int(settings.timeout * (rounds + 1)) + 20
+
+
 class AlertSink(Protocol):
     """What the delivery service needs of the node's alerts."""
 
@@ -168,11 +181,8 @@ class MailDelivery(Service):
             if removed:
                 self.log.info("mail outbox: removed {count} old messages", count=removed)
         await self._watch(now)
-        # An attempt is cut off at the timeout; the lease outlives it, so no
-        # other node takes the message while this one may still send it.
-        lease = int(self._settings.timeout * 2) + 10
         claimed = await self._storage.run(
-            outbox.claim, now, lease, self._settings.batch, self.owner
+            outbox.claim, now, lease_seconds(self._settings), self._settings.batch, self.owner
         )
         if not claimed:
             return 0
@@ -459,5 +469,6 @@ __all__ = [
     "backoff",
     "build_transport",
     "install_mail",
+    "lease_seconds",
     "next_attempt",
 ]

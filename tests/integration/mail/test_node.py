@@ -121,7 +121,9 @@ from_address = "Clickpass <login@example.com>"
 poll_interval = 0.2
 backoff_initial = 0.5
 backoff_max = 1.0
-timeout = 5.0
+timeout = 2.0
+batch = 4
+parallel = 4
 """
     port = free_port()
     config = write_config(tmp_path, port, extra)
@@ -139,7 +141,8 @@ timeout = 5.0
         node.process.wait(10)
         with running_smtp(ca, auth=True, port=smtp_port) as smtp:
             node.start()
-            (got,) = smtp.wait_for(1)
+            # Were the node killed mid-attempt, its lease (24 s here) would run out first.
+            (got,) = smtp.wait_for(1, timeout=60)
             wait_for(lambda: status(node)["counts"] == {"pending": 0, "sent": 1, "failed": 0})
             time.sleep(1)
             assert len(smtp.messages()) == 1

@@ -409,3 +409,25 @@ def test_stopping_gives_back_what_has_not_started(clock: Clock, storage: DirectS
     delivery(clock, storage, other, owner="node2").run_once()
     clock.advance(1)
     assert len(other.delivered) == 2
+
+
+def test_the_lease_covers_a_whole_batch_sent_a_few_at_a_time(
+    clock: Clock, storage: DirectStorage
+) -> None:
+    """
+    A node that claimed a batch and sends it one at a time (parallel 1),
+    each attempt taking nearly the timeout, still holds the last message
+    when it gets to it: another node polling all along sends none of them.
+    """
+    slow = FakeServer(clock, latency=9.5)
+    other = FakeServer(clock)
+    first = delivery(clock, storage, slow, owner="node1", batch=4, parallel=1, timeout=10.0)
+    second = delivery(clock, storage, other, owner="node2", batch=4, parallel=1, timeout=10.0)
+    for _ in range(4):
+        enqueue(storage, clock.seconds())
+    first.run_once()
+    for _ in range(50):
+        second.run_once()
+        clock.advance(1)
+    assert len(slow.delivered) == 4
+    assert other.attempts == []
