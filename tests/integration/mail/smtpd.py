@@ -4,8 +4,8 @@ thread, with STARTTLS or implicit TLS (certificates from
 L{tests.support.tlsca}) and AUTH when asked, recording every message it
 accepts. Its C{plan} says how it answers each delivery attempt (one MAIL
 command each): accept it, refuse it for good (550 to RCPT), refuse it for
-now (451), hang before answering the data, or drop the connection once
-the data has arrived and before answering it.
+now (451), hang before answering the data, or drop the connection in the
+middle of the data or once the data has arrived and before answering it.
 
 It listens on 127.0.0.1 only and stops when its fixture ends.
 """
@@ -34,7 +34,10 @@ USER = "clickpass"
 PASSWORD = "smtp password for tests"
 
 # What the server does with one attempt.
-ACCEPT, REFUSE, TEMPFAIL, HANG, DROP = "accept", "refuse", "tempfail", "hang", "drop"
+ACCEPT, REFUSE, TEMPFAIL, HANG = "accept", "refuse", "tempfail", "hang"
+# Drop the connection after one line of the message's data, or once all of
+# it has arrived (before answering it).
+MID_DATA, DROP = "mid-data", "drop"
 
 
 @dataclass
@@ -112,6 +115,27 @@ class Handler:
         return "250 2.0.0 queued"
 
 
+class _SMTP(SMTP):
+    """aiosmtpd's server, able to drop the connection in the middle of DATA."""
+
+    async def smtp_DATA(self, arg: str) -> None:
+        handler = self.event_handler
+        assert isinstance(handler, Handler)
+        if handler._current() == MID_DATA and self.envelope and self.envelope.rcpt_tos:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            await self._reader.readuntil(b"\r\n")
+            transport = self.transport
+            assert isinstance(transport, asyncio.Transport)
+            transport.abort()
+            return
+        await super().smtp_DATA(arg)
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _SMTP(self.handler, **self.SMTP_kwargs)
+
+
 def _authenticate(
     server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
 ) -> AuthResult:
@@ -186,11 +210,11 @@ def running_smtp(
         kwargs.update(
             authenticator=_authenticate, auth_required=True, auth_require_tls=security != "tls"
         )
-    controller: Controller | None = None
+    controller: _Controller | None = None
     for _ in range(1 if port else 3):
         # The port is probed free, then bound by the server; another process
         # may take it in between: try another.
-        controller = Controller(handler, port=port or free_port(), **kwargs)
+        controller = _Controller(handler, port=port or free_port(), **kwargs)
         try:
             controller.start()
             break

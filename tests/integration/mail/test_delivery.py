@@ -32,6 +32,7 @@ from tests.integration.mail.smtpd import (
     ACCEPT,
     DROP,
     HANG,
+    MID_DATA,
     PASSWORD,
     REFUSE,
     TEMPFAIL,
@@ -118,15 +119,16 @@ async def settled(reactor: Any, storage: AdbapiStorage, row_ids: list[int]) -> l
     return await states(storage, row_ids)
 
 
-@pytest.mark.parametrize("failure", [TEMPFAIL, HANG, DROP])
+@pytest.mark.parametrize("failure", [TEMPFAIL, HANG, MID_DATA, DROP])
 @async_test
 async def test_failed_attempts_are_retried_until_delivered_once(
     reactor: Any, database_target: DatabaseTarget, ca: TestCA, failure: str
 ) -> None:
     """
-    A server that fails the first two attempts (451, no answer, or the
-    connection dropped once it has the data) gets the message on the
-    third: one message delivered, the row sent after three attempts.
+    A server that fails the first two attempts (451, no answer, the
+    connection dropped in the middle of the data or once it has all of it)
+    gets the message on the third: one message delivered, the row sent
+    after three attempts.
     """
     storage = await migrated(database_target)
     with running_smtp(ca, auth=True, plan=lambda n: failure if n <= 2 else ACCEPT) as server:

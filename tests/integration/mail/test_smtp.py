@@ -22,6 +22,7 @@ from clickpass.upstream.http import load_trust_root
 from tests.integration.mail.smtpd import (
     DROP,
     HANG,
+    MID_DATA,
     PASSWORD,
     REFUSE,
     TEMPFAIL,
@@ -188,10 +189,16 @@ async def test_a_server_that_hangs_is_cut_off_at_the_timeout(reactor: Any, ca: T
         assert server.messages() == []
 
 
+@pytest.mark.parametrize("when", [MID_DATA, DROP])
 @async_test
-async def test_a_connection_dropped_after_the_data_is_tried_again(reactor: Any, ca: TestCA) -> None:
-    """The server took the data and dropped the connection unanswered: not sent, try again."""
-    with running_smtp(ca, plan=lambda n: DROP) as server:
+async def test_a_connection_dropped_during_or_after_the_data_is_tried_again(
+    reactor: Any, ca: TestCA, when: str
+) -> None:
+    """
+    The server dropped the connection in the middle of the message's data,
+    or once it had all of it, unanswered: not sent, try again.
+    """
+    with running_smtp(ca, plan=lambda n: when) as server:
         smtp = transport(reactor, server.port, ca, timeout=10.0)
         began = time.monotonic()
         failed = await outcome(smtp.send(envelope()))
