@@ -476,7 +476,10 @@ class BalancerSettings:
     )
     request_timeout: float = dataclasses.field(
         default=30.0,
-        metadata=_doc("Seconds a worker has to answer; then a 504 and the worker is replaced."),
+        metadata=_doc(
+            "Seconds a worker has to start answering a request, counted once the whole "
+            "request is read; then a 504 and the worker is replaced."
+        ),
     )
     max_body: int = dataclasses.field(
         default=1024 * 1024, metadata=_doc("Largest request body in bytes; above it a 413.")
@@ -486,6 +489,13 @@ class BalancerSettings:
     )
     header_timeout: float = dataclasses.field(
         default=10.0, metadata=_doc("Seconds a client has to send a request's headers.")
+    )
+    body_timeout: float = dataclasses.field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a client has to send a request's body once its headers are in; then a 408. "
+            "The front reads the whole body before the request goes to a worker."
+        ),
     )
     idle_timeout: float = dataclasses.field(
         default=60.0, metadata=_doc("Seconds an idle keep-alive client connection stays open.")
@@ -1027,7 +1037,13 @@ def _check_balancer(settings: Settings) -> None:
     for key in ("max_in_flight", "queue_size", "max_body", "max_header_bytes", "health_fall"):
         if getattr(balancer, key) < 1:
             raise ConfigError(f"[balancer] {key}: must be at least 1")
-    for key in ("queue_timeout", "request_timeout", "header_timeout", "connect_timeout"):
+    for key in (
+        "queue_timeout",
+        "request_timeout",
+        "header_timeout",
+        "body_timeout",
+        "connect_timeout",
+    ):
         if getattr(balancer, key) <= 0:
             raise ConfigError(f"[balancer] {key}: must be more than 0 seconds")
     if not balancer.health_path.startswith("/"):

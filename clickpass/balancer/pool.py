@@ -425,6 +425,20 @@ class Pool:
             assert backend is not None
             self.counters.error("timeout")
             backend.counters.error("timeout")
+            if exchange.response_started:
+                # The worker answered; what is left of its response waits for
+                # a client that does not read it. The exchange is cut, but a
+                # client's stall never gets a worker replaced.
+                self.log.info(
+                    "{method} {path}: the client did not take worker {worker}'s answer "
+                    "within {timeout}s",
+                    worker=backend.id,
+                    method=exchange.method.decode("latin-1"),
+                    path=exchange.path_for_log(),
+                    timeout=self.settings.request_timeout,
+                )
+                exchange.time_out()
+                continue
             self.log.warn(
                 "worker {worker} did not answer {method} {path} within {timeout}s",
                 worker=backend.id,

@@ -6,9 +6,11 @@ HTTP is framed on plain Protocols rather than with twisted.web, whose
 request machinery costs about 200 us per request. Request and response
 heads are parsed, checked and rewritten in C (clickpass.balancer._http1),
 one call per head; the front's per-request work is kept to that, the
-choice of a worker and two writes. Request and response bodies are
-streamed both ways with Twisted's producer/consumer backpressure; nothing
-buffers a whole body.
+choice of a worker and two writes. A request body is read whole (at most
+C{max_body} bytes, within C{body_timeout}) before the request goes to a
+worker, so a client that sends its body slowly holds a connection to the
+front, never a worker's slot; response bodies are streamed with Twisted's
+producer/consumer backpressure.
 
 Malformed or smuggling-shaped requests (bad request line, bad or duplicate
 Content-Length, Content-Length with Transfer-Encoding, oversized headers)
@@ -60,7 +62,6 @@ MetricsPage = Callable[[], "Deferred[bytes]"]
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 MAX_RESPONSE_HEAD = 64 * 1024
-BODY_BUFFER = 64 * 1024
 
 # How a worker's response ends (UpstreamConnection._framing) ...
 _LENGTH = "length"
@@ -166,7 +167,6 @@ class Exchange:
         "local",
         "method",
         "out",
-        "producing",
         "queued_at",
         "request_done",
         "response_done",
@@ -214,7 +214,6 @@ class Exchange:
         self.close_after = False
         self.abandoned = False
         self.sent = False
-        self.producing = False
 
     def path_for_log(self) -> str:
         return self.url.split(b"?", 1)[0][:200].decode("latin-1")
@@ -222,45 +221,15 @@ class Exchange:
     # The request side.
 
     def request_body(self, data: bytes) -> None:
-        if self.chunked:
-            data = b"%x\r\n%s\r\n" % (len(data), data)
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            send_now(upstream.transport, data)
+        """Body bytes (decoded from chunks): kept until the whole body is in."""
+        if self.body is None:
+            self.body = [data]
         else:
-            if self.body is None:
-                self.body = [data]
-            else:
-                self.body.append(data)
-            self.buffered += len(data)
-            if self.buffered > BODY_BUFFER and self.client.transport is not None:
-                # No worker is reading yet: stop reading the client too.
-                self.client.transport.pauseProducing()
-                self.client.resume_on_attach = True
-
-    def request_complete(self) -> None:
-        self.request_done = True
-        if self.chunked:
-            self.request_body_end()
-        upstream = self.upstream
-        if self.producing and upstream is not None and upstream.transport is not None:
-            upstream.transport.unregisterProducer()
-            self.client.resume_later = True
-        self.producing = False
-        if self.response_done:
-            self.client.exchange_done(self)
-
-    def request_body_end(self) -> None:
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None:
-            upstream.transport.write(b"0\r\n\r\n")
-        elif self.body is None:
-            self.body = [b"0\r\n\r\n"]
-        else:
-            self.body.append(b"0\r\n\r\n")
+            self.body.append(data)
+        self.buffered += len(data)
 
     def attached(self, upstream: UpstreamConnection) -> None:
-        """A connection to the chosen worker is ready: send the request."""
+        """A connection to the chosen worker is ready: send the whole request."""
         self.upstream = upstream
         self.sent = True
         transport = upstream.transport
@@ -270,23 +239,6 @@ class Exchange:
             self.body = None
         else:
             send_now(transport, self.head)
-        self.buffered = 0
-        client = self.client
-        if self.has_body and not self.request_done and client.transport is not None:
-            # Only a body needs pacing: a bodiless request is complete as
-            # soon as its head is (its message end is parsed right after).
-            transport.registerProducer(client.transport, True)
-            self.producing = True
-            if client.resume_on_attach:
-                client.resume_on_attach = False
-                client.transport.resumeProducing()
-
-    def _stop_producing(self) -> None:
-        upstream = self.upstream
-        if self.producing and upstream is not None and upstream.transport is not None:
-            upstream.transport.unregisterProducer()
-            self.client.resume_later = True
-        self.producing = False
 
     # The response side.
 
@@ -297,8 +249,6 @@ class Exchange:
 
     def response_complete(self, upstream: UpstreamConnection | None, reusable: bool) -> None:
         self.response_done = True
-        if self.producing:
-            self._stop_producing()
         if not self.request_done:
             # The worker answered before reading the whole request: neither
             # connection can be trusted to be at a message boundary.
@@ -315,7 +265,6 @@ class Exchange:
 
     def fail(self, status: int, kind: str, retry_after: int | None = None) -> None:
         """Answer with an error from the front (no worker answered)."""
-        self._stop_producing()
         self.upstream = None
         if self.abandoned:
             return
@@ -345,7 +294,6 @@ class Exchange:
         client = self.client
         pool = client.pool
         pool.connection_failed(upstream, why)
-        self._stop_producing()
         self.upstream = None
         if (
             not self.response_started
@@ -370,18 +318,11 @@ class Exchange:
     def time_out(self) -> None:
         """The worker did not answer in time: 504, and forget the worker side."""
         upstream, self.upstream = self.upstream, None
-        self._stop_producing_on(upstream)
         if upstream is not None:
             upstream.exchange = None
             upstream.abort()
         self.client.pool.finished(self, None, False)
         self.fail(504, "timeout")
-
-    def _stop_producing_on(self, upstream: UpstreamConnection | None) -> None:
-        if self.producing and upstream is not None and upstream.transport is not None:
-            upstream.transport.unregisterProducer()
-            self.client.resume_later = True
-        self.producing = False
 
     def abandon(self) -> None:
         """The client went away: stop everything this exchange started."""
@@ -390,9 +331,6 @@ class Exchange:
         self.abandoned = True
         self.out = None
         upstream, self.upstream = self.upstream, None
-        if self.producing and upstream is not None and upstream.transport is not None:
-            upstream.transport.unregisterProducer()
-        self.producing = False
         pool = self.client.pool
         if self.backend is not None:
             if not self.response_done:
@@ -423,7 +361,6 @@ class FrontConnection(Protocol):
         self.waiting: deque[Exchange] = deque()
         self.closing = False
         self.resume_later = False
-        self.resume_on_attach = False
         # A request head is being read (its first bytes are in _buf).
         self.in_head = False
         self._buf: bytes | bytearray = b""
@@ -433,6 +370,8 @@ class FrontConnection(Protocol):
         self._chunks: ChunkedBody | None = None
         self.body_bytes = 0
         self.began = 0.0
+        # When the head of the request whose body is being read was complete.
+        self.body_began = 0.0
         self.idle_since = 0.0
         self.answered_at = 0.0
         self.fatal: bytes | None = None
@@ -593,7 +532,8 @@ class FrontConnection(Protocol):
         exchange.chunked = chunked
         has_body = exchange.has_body = chunked or length > 0
         if chunked:
-            exchange.head = head + b"Transfer-Encoding: chunked\r\n\r\n"
+            # Ended with its Content-Length once the body is read whole.
+            exchange.head = head
             self._chunks = ChunkedBody()
             self.body_bytes = 0
         else:
@@ -642,6 +582,14 @@ class FrontConnection(Protocol):
         elif expect_continue and exchange.local is None:
             self.transport.write(CONTINUE)
         self.current = exchange
+        if has_body and exchange.local is None and exchange.deferred_local is None:
+            # A request with a body goes to a worker only once the front has
+            # read all of it (_message_complete): a client that trickles or
+            # withholds its body would otherwise hold a worker's slot and run
+            # out that worker's request timeout. The body is bounded by
+            # max_body (413) and its time by body_timeout (408).
+            self.body_began = self.clock.seconds()
+            return
         if self.active is None:
             self._activate(exchange)
         else:
@@ -674,13 +622,22 @@ class FrontConnection(Protocol):
 
     def _message_complete(self) -> None:
         exchange, self.current = self.current, None
-        if exchange is not None:
-            if exchange.chunked or exchange.producing or exchange.response_done:
-                exchange.request_complete()
+        if exchange is None:
+            return
+        exchange.request_done = True
+        if exchange.response_done:
+            # Answered by the front before its body was read.
+            self.exchange_done(exchange)
+        elif exchange.has_body and not exchange.sent and exchange.backend is None:
+            if exchange.local is not None or exchange.deferred_local is not None:
+                return
+            # The whole body is in: now the request may take a worker.
+            if exchange.chunked:
+                exchange.head += b"Content-Length: %d\r\n\r\n" % exchange.buffered
+            if self.active is None:
+                self._activate(exchange)
             else:
-                # What request_complete() comes to for a bodiless request
-                # still waiting for its response, the common case.
-                exchange.request_done = True
+                self.waiting.append(exchange)
 
     # Moving through the exchanges of the connection.
 
@@ -777,7 +734,6 @@ class FrontConnection(Protocol):
                 return
             exchange.abandoned = True
             upstream, exchange.upstream = exchange.upstream, None
-            exchange._stop_producing_on(upstream)
             if upstream is not None:
                 upstream.exchange = None
                 upstream.abort()
@@ -820,11 +776,16 @@ class FrontConnection(Protocol):
                     local_response(408, "The request took too long to arrive.", True)
                 )
                 self.transport.loseConnection()
-        elif (
-            self.active is None
-            and self.current is None
-            and now - self.idle_since > self.settings.idle_timeout
-        ):
+        elif self.current is not None:
+            # A body being read; while an earlier request on this connection
+            # is answered, the front reads nothing more and the client is
+            # not waited for, so its time starts again once that answer is out.
+            if (
+                self.active is None
+                and now - max(self.body_began, self.answered_at) > self.settings.body_timeout
+            ):
+                self.reject(408, "body_timeout", "The request body took too long to arrive.")
+        elif self.active is None and now - self.idle_since > self.settings.idle_timeout:
             self.closing = True
             self.transport.loseConnection()
 

@@ -35,6 +35,7 @@ ERROR_KINDS = (
     "bad_request",  # 400: malformed or smuggling-shaped request
     "too_large",  # 413: request body above the limit
     "header_timeout",  # 408: headers not complete in time (slowloris)
+    "body_timeout",  # 408: a request body not complete in time
     "queue_timeout",  # 503: no worker free before the queue timeout
     "queue_full",  # 503: the wait queue is full
     "no_workers",  # 503: no worker is ready at all

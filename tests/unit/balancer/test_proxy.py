@@ -288,22 +288,85 @@ def test_body_over_the_limit_is_413():
     assert rig.reactor.unixClients == []
 
 
-def test_chunked_request_is_streamed_rechunked():
-    """A chunked request body is forwarded chunked as it arrives."""
+def test_chunked_request_is_read_whole_then_sent_with_its_length():
+    """
+    A chunked request body is read whole before the request takes a worker,
+    and goes to the worker decoded, with a Content-Length.
+    """
     rig = Rig()
     proto, client = rig.client()
     proto.dataReceived(
         b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
     )
-    upstream, worker, _ = rig.accept_upstream()
-    assert b"Transfer-Encoding: chunked\r\n" in worker.value()
-    assert worker.value().endswith(b"\r\n\r\n3\r\nabc\r\n")
-    assert worker.producer is client  # the client is paced by the worker's buffer
+    assert rig.reactor.unixClients == []
+    assert rig.backends[0].in_flight == rig.backends[1].in_flight == 0
     proto.dataReceived(b"2\r\nde\r\n0\r\n\r\n")
-    assert worker.value().endswith(b"2\r\nde\r\n0\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    assert b"Transfer-Encoding" not in worker.value()
+    assert worker.value().endswith(b"Content-Length: 5\r\n\r\nabcde")
     assert worker.producer is None
     upstream.dataReceived(OK)
     assert client.value() == OK
+
+
+def test_a_body_is_read_whole_before_it_takes_a_worker():
+    """
+    A request whose body comes slowly takes no worker slot until its last
+    byte is in; the worker then gets head and body in one write.
+    """
+    rig = Rig(workers=1, max_in_flight=1)
+    slow, slow_client = rig.client()
+    slow.dataReceived(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n1234567")
+    assert rig.backends[0].in_flight == 0
+    other, other_client = rig.client()
+    other.dataReceived(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    assert worker.value().startswith(b"GET /b ")
+    upstream.dataReceived(OK)
+    assert other_client.value() == OK
+    slow.dataReceived(b"890")
+    assert worker.value().endswith(
+        b"Content-Length: 10\r\nX-Forwarded-For: 192.0.2.7\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
+        b"\r\n1234567890"
+    )
+    upstream.dataReceived(OK)
+    assert slow_client.value() == OK
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_no_worker_is_stuck():
+    """body_timeout after its head, a body still incomplete gets a 408 and a close."""
+    rig = Rig(body_timeout=5.0)
+    proto, client = rig.client()
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabcdefg")
+    rig.reactor.advance(4.9)
+    rig.factory.sweep(rig.reactor.seconds())
+    assert client.value() == b""
+    rig.reactor.advance(0.2)
+    rig.factory.sweep(rig.reactor.seconds())
+    assert client.value().startswith(b"HTTP/1.1 408 ")
+    assert client.disconnecting
+    assert rig.reactor.unixClients == []
+    assert rig.events.stuck_backends == []
+    assert rig.pool.counters.errors["body_timeout"] == 1
+
+
+def test_a_client_that_does_not_read_its_answer_gets_no_worker_replaced():
+    """
+    At request_timeout, an exchange whose worker had started answering is
+    cut, but the worker is not reported stuck (the client stalled, not it).
+    """
+    rig = Rig(request_timeout=10.0)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    upstream, worker, _ = rig.accept_upstream()
+    upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nxx")
+    rig.reactor.advance(11)
+    rig.pool.sweep()
+    assert rig.events.stuck_backends == []
+    assert client.disconnecting or client.disconnected
+    assert worker.disconnecting or worker.disconnected
+    assert rig.backends[0].in_flight == 0
 
 
 def test_chunked_response_passes_through_and_streams_with_backpressure():

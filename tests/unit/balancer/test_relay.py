@@ -263,13 +263,14 @@ def test_a_malformed_worker_response_is_a_502(response):
     assert rig.pool.counters.errors["upstream_failed"] == 1
 
 
-def test_a_bodiless_request_does_not_make_the_client_a_producer():
+def test_no_request_makes_the_client_a_producer():
     """
-    Only a request with a body is paced by the worker connection; a GET sets
-    up no producer (and so has nothing to undo when it is answered).
+    The client is never paced by a worker connection: a GET goes out whole
+    with its head, and a request with a body only once the front has read
+    all of it (so there is no producer to undo when it is answered).
     """
     rig = Rig(workers=1)
-    proto, client = rig.client()
+    proto, _ = rig.client()
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     _, factory, _, _ = rig.reactor.unixClients[0]
     upstream = factory.buildProtocol(None)
@@ -282,9 +283,12 @@ def test_a_bodiless_request_does_not_make_the_client_a_producer():
     assert worker.value().startswith(b"GET /2 HTTP/1.1\r\n")
     assert worker.registered == 0
     upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    worker.clear()
     proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
-    assert worker.registered == 1
-    assert worker.producer is client
+    assert worker.value() == b""
+    proto.dataReceived(b"cd")
+    assert worker.value().endswith(b"\r\n\r\nabcd")
+    assert worker.registered == 0
 
 
 class CountingTransport(StringTransport):

@@ -1,0 +1,134 @@
+"""
+A real node for the front's integration tests: C{twistd -n clickpass} with
+its workers serving the small test application (or the real Clickpass
+application), driven over raw sockets and clickpass-ctl.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+TESTAPP = "clickpass.balancer.testapp:build_site"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Node:
+    """A running twistd clickpass node."""
+
+    def __init__(self, directory: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.directory = directory
+        self.port = port
+        self.process = process
+        self.config = directory / "node.toml"
+        self.log = directory / "node.log"
+
+    def ctl(self, *args: str) -> Any:
+        out = subprocess.run(
+            [str(VENV_BIN / "clickpass-ctl"), "--config", str(self.config), "--json", *args],
+            capture_output=True,
+            timeout=60,
+            check=True,
+            cwd=self.directory,
+        )
+        return json.loads(out.stdout)
+
+    def workers(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.ctl("workers")
+        return result
+
+    def ready_workers(self) -> list[dict[str, Any]]:
+        return [w for w in self.workers() if w["state"] == "ready"]
+
+    def request(self, raw: bytes, timeout: float = 5.0) -> bytes:
+        """Send raw bytes on a new connection; read until the server closes or times out."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(raw)
+            chunks = []
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            except TimeoutError:
+                chunks.append(b"<timeout>")
+            return b"".join(chunks)
+
+    def get(self, path: str, headers: str = "", timeout: float = 5.0) -> bytes:
+        return self.request(
+            f"GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n".encode(),
+            timeout,
+        )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def start(workers: int = 2, app: str = TESTAPP, balancer: str = "", web: str = "") -> Node:
+        directory = tmp_path / f"node{len(nodes)}"
+        directory.mkdir()
+        port = free_port()
+        app_line = f'app = "{app}"' if app else ""
+        (directory / "node.toml").write_text(
+            f'[node]\ndata_dir = "{directory}/data"\n'
+            f'[web]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n{web}\n'
+            f"[workers]\ncount = {workers}\n{app_line}\n"
+            f"[balancer]\n{balancer}\n"
+        )
+        log = open(directory / "node.log", "wb")  # noqa: SIM115 - closed by the finalizer
+        process = subprocess.Popen(
+            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "clickpass", "--config", "node.toml"],
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        node = Node(directory, port, process)
+        nodes.append(node)
+        wait_for(
+            lambda: b"ready: serving" in node.log.read_bytes() or process.poll() is not None,
+            60,
+            "the node to start",
+        )
+        assert process.poll() is None, node.log.read_text()
+        wait_for(lambda: len(node.ready_workers()) == workers, 30, "every worker to be ready")
+        return node
+
+    yield start
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+            try:
+                node.process.wait(30)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
