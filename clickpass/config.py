@@ -18,6 +18,7 @@ import secrets
 import tomllib
 import typing
 from collections.abc import Mapping
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,10 +74,13 @@ class WebSettings:
     tls_private_key: str = dataclasses.field(
         default="", metadata=_doc("PEM private key for ssl: listeners.")
     )
-    trust_forwarded_headers: bool = dataclasses.field(
-        default=False,
+    trusted_proxies: list[str] = dataclasses.field(
+        default_factory=list,
         metadata=_doc(
-            "Believe X-Forwarded-For/-Proto/-Host sent by the client; only behind a trusted proxy."
+            "Address ranges of the reverse proxies in front of this node, e.g. "
+            '["10.0.0.0/24", "192.0.2.7"]. Only from these are X-Forwarded-For/-Proto/-Host '
+            "believed; the client is the rightmost X-Forwarded-For hop outside them. Empty: "
+            "the client is whoever connected, and forwarding headers sent to the node are dropped."
         ),
     )
 
@@ -958,6 +962,7 @@ def parse(document: Mapping[str, object], source: str = "(string)") -> Settings:
     """Turn a parsed TOML document into L{Settings}, or raise L{ConfigError}."""
     known = sections()
     built: dict[str, object] = {}
+    document = _retire_keys(document)
     for name, table in document.items():
         if name not in known:
             names = ", ".join(f"[{n}]" for n in known)
@@ -968,9 +973,35 @@ def parse(document: Mapping[str, object], source: str = "(string)") -> Settings:
     return settings
 
 
+def _retire_keys(document: Mapping[str, object]) -> Mapping[str, object]:
+    """
+    Keys that were replaced: one that no longer means what it said is an
+    error saying what to write instead; one that still does is dropped.
+    """
+    web = document.get("web")
+    if not isinstance(web, dict) or "trust_forwarded_headers" not in web:
+        return document
+    if web["trust_forwarded_headers"] is not False:
+        raise ConfigError(
+            "[web] trust_forwarded_headers: no longer used; list the address ranges of "
+            'your reverse proxies in [web] trusted_proxies instead (e.g. ["10.0.0.0/24"])'
+        )
+    # false, the old default: nothing is trusted, as with no trusted_proxies.
+    web = {k: v for k, v in web.items() if k != "trust_forwarded_headers"}
+    return {**document, "web": web}
+
+
 def _check_semantics(settings: Settings) -> None:
     if not settings.web.listen:
         raise ConfigError("[web] listen: at least one endpoint is needed")
+    for i, text in enumerate(settings.web.trusted_proxies):
+        try:
+            ip_network(text.strip())
+        except ValueError:
+            raise ConfigError(
+                f"[web] trusted_proxies[{i}]: {text!r} is not an address range "
+                "(write 10.0.0.0/24, or one address such as 192.0.2.7)"
+            ) from None
     for i, endpoint in enumerate(settings.web.listen):
         kind = endpoint.split(":", 1)[0]
         if kind not in ("tcp", "ssl", "unix", "tcp6"):

@@ -290,8 +290,9 @@ def haproxy_config(port: int, sockets: list[str], maxconn: int) -> str:
     """
     HAProxy set up as the front is: leastconn over the same worker sockets,
     keep-alive both ways, C{maxconn} (the front's max_in_flight) requests
-    per worker, and the same X-Forwarded-For/-Proto/-Host headers added to
-    each request, so that the workers do the same work behind either.
+    per worker, and the same X-Forwarded-For/-Proto/-Host and
+    X-Clickpass-Client headers added to each request, so that the workers do
+    the same work behind either.
     """
     servers = "\n".join(
         f"    server w{i} unix@{path} maxconn {maxconn}" for i, path in enumerate(sockets)
@@ -311,6 +312,7 @@ frontend front
     option forwardfor
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Clickpass-Client %[src]
     default_backend workers
 backend workers
     balance leastconn

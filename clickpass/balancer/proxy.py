@@ -16,8 +16,13 @@ Malformed or smuggling-shaped requests (bad request line, bad or duplicate
 Content-Length, Content-Length with Transfer-Encoding, oversized headers)
 get a 400 and the connection is closed; the front goes on.
 
+Each request tells its worker who the client is in the front's own header
+(clickpass.balancer.forwarding): the peer, or behind a configured trusted
+proxy the rightmost untrusted X-Forwarded-For hop.
+
 This module must never run application code, never block, and never
-trust client-sent X-Forwarded-* headers unless configured to.
+trust client-sent X-Forwarded-* headers except from a configured trusted
+proxy.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from clickpass.balancer._http1 import (
     parse_response,
     strip_response_head,
 )
+from clickpass.balancer.forwarding import CLIENT_HEADER, TrustedProxies
 from clickpass.balancer.pool import IDEMPOTENT, Backend, Pool
 from clickpass.balancer.static import STATIC_PREFIX, StaticFiles
 from clickpass.balancer.stats import responded
@@ -375,7 +381,9 @@ class FrontConnection(Protocol):
         self.idle_since = 0.0
         self.answered_at = 0.0
         self.fatal: bytes | None = None
-        # The X-Forwarded-For and -Proto lines for this client (untrusted).
+        # The peer is a trusted proxy: its X-Forwarded-* headers are believed.
+        self.trusted = False
+        # The X-Forwarded-For, -Proto and client lines for this client (untrusted).
         self._forwarding: bytes | None = None
 
     def connectionMade(self) -> None:
@@ -384,6 +392,8 @@ class FrontConnection(Protocol):
         peer = self.transport.getPeer()
         if isinstance(peer, IPv4Address | IPv6Address):
             self.peer = peer.host.encode("ascii")
+            if self.factory.trusted_proxies:
+                self.trusted = self.factory.trusted_proxies.trusts(peer.host)
         if ITCPTransport.providedBy(self.transport):
             # A response that reaches the front in several reads goes out in
             # several writes; Nagle would hold a short last one back until
@@ -446,7 +456,7 @@ class FrontConnection(Protocol):
             buf,
             settings.max_header_bytes,
             settings.max_body,
-            self.factory.trust_forwarded,
+            self.trusted,
             scanned,
         )
         if parsed is None:
@@ -504,15 +514,29 @@ class FrontConnection(Protocol):
             if_none_match,
         ) = parsed
         factory = self.factory
-        if factory.trust_forwarded:
+        if self.trusted:
+            # From a trusted proxy: its X-Forwarded-Proto/-Host pass as they
+            # are, and the client is the rightmost hop it does not vouch for.
+            client = factory.trusted_proxies.client(forwarded_for, self.peer)
             if forwarded_for:
                 forwarded_for += b", " + self.peer
             else:
                 forwarded_for = self.peer
-            head = b"".join((upstream_head, b"X-Forwarded-For: ", forwarded_for, b"\r\n"))
+            head = b"".join(
+                (
+                    upstream_head,
+                    b"X-Forwarded-For: ",
+                    forwarded_for,
+                    b"\r\n",
+                    CLIENT_HEADER,
+                    b": ",
+                    client,
+                    b"\r\n",
+                )
+            )
         else:
-            # X-Forwarded-For and -Proto are the same for every request on
-            # this connection.
+            # X-Forwarded-For, -Proto and the client are the same for every
+            # request on this connection.
             forwarding = self._forwarding
             if forwarding is None:
                 forwarding = self._forwarding = b"".join(
@@ -521,6 +545,10 @@ class FrontConnection(Protocol):
                         self.peer,
                         b"\r\nX-Forwarded-Proto: ",
                         factory.scheme,
+                        b"\r\n",
+                        CLIENT_HEADER,
+                        b": ",
+                        self.peer,
                         b"\r\n",
                     )
                 )
@@ -817,7 +845,7 @@ class FrontFactory(Factory):
         settings: BalancerSettings,
         *,
         tls: bool = False,
-        trust_forwarded: bool = False,
+        trusted_proxies: TrustedProxies | None = None,
         static: StaticFiles | None = None,
         redirect_base: bytes | None = None,
         metrics_page: MetricsPage | None = None,
@@ -827,7 +855,8 @@ class FrontFactory(Factory):
         self.pool = pool
         self.settings = settings
         self.scheme = b"https" if tls else b"http"
-        self.trust_forwarded = trust_forwarded
+        # Peers whose X-Forwarded-* headers are believed.
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.static = static
         self.redirect_base = redirect_base
         # /metrics is answered by the front (None: passed on like any path);

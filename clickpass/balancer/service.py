@@ -28,6 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from clickpass import config as configmod
+from clickpass.balancer.forwarding import TrustedProxies, parse_ranges
 from clickpass.balancer.pool import Pool
 from clickpass.balancer.proxy import FrontFactory
 from clickpass.balancer.static import StaticFiles
@@ -110,6 +111,7 @@ class Front(MultiService):
             redirect = settings.base_url.rstrip("/").encode("ascii")
         separate_metrics = bool(settings.balancer.metrics_listen)
         public_metrics = None if separate_metrics else self.metrics_page
+        trusted = TrustedProxies(parse_ranges(settings.web.trusted_proxies))
         for description in settings.web.listen:
             tls = description.startswith("ssl:")
             factory = FrontFactory(
@@ -117,7 +119,7 @@ class Front(MultiService):
                 self.pool,
                 settings.balancer,
                 tls=tls,
-                trust_forwarded=settings.web.trust_forwarded_headers,
+                trusted_proxies=trusted,
                 static=self.static,
                 redirect_base=None if tls else redirect,
                 metrics_page=public_metrics,

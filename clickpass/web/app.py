@@ -26,6 +26,7 @@ from twisted.web.server import Request, Site
 
 from clickpass._version import __version__
 from clickpass.accounts.service import Account, Accounts
+from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.config import Settings
 from clickpass.database.storage import Storage
 from clickpass.monitor.metrics import Registry
@@ -82,21 +83,22 @@ class WebApp:
 
     def client_address(self, request: Request) -> str:
         """
-        The client's address. Behind our own front (a unix socket) or a
-        configured trusted proxy, X-Forwarded-For's last hop is the client.
+        The client's address. Behind our own front (a unix socket, which
+        only the front reaches) it is the front's X-Clickpass-Client: the
+        front works it out (from [web] trusted_proxies) and drops any copy a
+        client sent. X-Forwarded-For is never believed here.
         """
         peer = request.getClientAddress()
-        if isinstance(peer, UNIXAddress) or self.settings.web.trust_forwarded_headers:
-            forwarded = request.getHeader(b"x-forwarded-for")
-            if forwarded:
-                return forwarded.decode("latin-1").split(",")[-1].strip()[:64]
+        if isinstance(peer, UNIXAddress):
+            client = request.getHeader(CLIENT_HEADER)
+            return client.decode("ascii", "replace")[:64] if client else "unknown"
         return str(getattr(peer, "host", "unknown"))
 
     def is_secure(self, request: Request) -> bool:
         if request.isSecure() or self.settings.served_over_tls:
             return True
-        peer = request.getClientAddress()
-        if isinstance(peer, UNIXAddress) or self.settings.web.trust_forwarded_headers:
+        if isinstance(request.getClientAddress(), UNIXAddress):
+            # Set by the front (or passed on from a trusted proxy).
             return request.getHeader(b"x-forwarded-proto") == b"https"
         return False
 

@@ -46,7 +46,15 @@ def test_values_are_typed() -> None:
         ({"database": {"port": True}}, "[database] port: expected an integer, got true"),
         ({"database": {"port": 70000}}, "[database] port: 70000 is not a TCP port"),
         ({"database": {"connect_timeout": "5"}}, "[database] connect_timeout: expected a number"),
-        ({"web": {"trust_forwarded_headers": 1}}, "[web] trust_forwarded_headers: expected true"),
+        (
+            {"web": {"trust_forwarded_headers": True}},
+            "[web] trust_forwarded_headers: no longer used; list the address ranges",
+        ),
+        ({"web": {"trusted_proxies": "10.0.0.0/8"}}, "[web] trusted_proxies: expected a list"),
+        (
+            {"web": {"trusted_proxies": ["10.0.0.0/8", "10.0.0.1/8"]}},
+            "[web] trusted_proxies[1]: '10.0.0.1/8' is not an address range",
+        ),
         ({"web": "x"}, "[web]: expected a table"),
         ({"web": {"listen": []}}, "[web] listen: at least one endpoint is needed"),
         ({"web": {"listen": ["http:80"]}}, "is not a tcp:, tcp6:, ssl: or unix: endpoint"),
@@ -165,3 +173,9 @@ def test_shipped_configurations_load(name: str) -> None:
     path = ROOT / "conf" / name
     tomllib.loads(path.read_text())
     config.load(path)
+
+
+def test_trust_forwarded_headers_false_is_still_accepted() -> None:
+    """The old key at its old default (trust nothing) still loads, and trusts nothing."""
+    settings = config.parse({"web": {"trust_forwarded_headers": False}})
+    assert settings.web.trusted_proxies == []

@@ -93,7 +93,8 @@ static int forwarded_as_is(const http1_header *h, int trust)
         return 1;
     case H_FORWARDED:
         return trust;
-    default: /* framing, Connection, Expect, Upgrade, hop-by-hop, X-Forwarded-For */
+    default: /* framing, Connection, Expect, Upgrade, hop-by-hop, X-Forwarded-For,
+                and the front's own X-Clickpass-Client, whoever sent it */
         return 0;
     }
 }

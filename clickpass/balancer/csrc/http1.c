@@ -184,6 +184,8 @@ static int classify(span name)
     case 18:
         if (IEQ(name, "proxy-authenticate"))
             return H_HOP;
+        if (IEQ(name, "x-clickpass-client"))
+            return H_OWN;
         break;
     case 19:
         if (IEQ(name, "proxy-authorization"))

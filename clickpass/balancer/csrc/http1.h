@@ -38,6 +38,7 @@ enum header_kind {
     H_XFF,           /* x-forwarded-for */
     H_IF_NONE_MATCH,
     H_PROXY_CONNECTION, /* dropped; its keep-alive/close count, as in llhttp */
+    H_OWN,           /* x-clickpass-client: the front's own, never a client's */
 };
 
 typedef struct {

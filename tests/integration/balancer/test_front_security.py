@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
+from requests.adapters import HTTPAdapter
 
 from tests.integration.balancer.conftest import Node
+from tests.support.browser import Browser
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +92,73 @@ def test_slow_request_bodies_take_no_worker_slot_and_get_no_worker_replaced(star
         b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
     )
     assert posted.startswith(b"HTTP/1.1 200 ") and posted.endswith(b"got 5 bytes: hello"), posted
+
+
+class SourceAddress(HTTPAdapter):
+    """Connections from a given local address (127.0.0.2 is loopback too, but not 127.0.0.1)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.host, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def browser(node: Node, forwarded_for: str = "", source: str = "") -> Browser:
+    person = Browser(f"http://127.0.0.1:{node.port}/")
+    if forwarded_for:
+        person.session.headers["X-Forwarded-For"] = forwarded_for
+    if source:
+        person.session.mount("http://", SourceAddress(source))
+    return person
+
+
+PASSWORD = "the owner's long password"
+
+
+def fail_twenty_times(attacker: Browser) -> None:
+    """20 failed sign-ins (the per-address limit), each naming another account
+    and claiming another address in the front's own client header."""
+    for i in range(20):
+        attacker.session.headers["X-Clickpass-Client"] = f"198.51.100.{100 + i}"
+        refused = attacker.sign_in(f"nobody{i}@example.com", "not the password")
+        assert refused.status_code == 401, (i, refused.status_code)
+
+
+def test_behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_another(start_node):
+    """
+    Behind a trusted proxy (127.0.0.1/32), the client is the rightmost
+    X-Forwarded-For hop the proxy does not vouch for: 20 failed sign-ins from
+    one forwarded client lock that client out, while another forwarded
+    client signs in. Sending the front's own client header changes nothing.
+    """
+    node: Node = start_node(workers=1, app="", web='trusted_proxies = ["127.0.0.1/32"]\n')
+    assert browser(node).sign_up("owner@example.com", PASSWORD).status_code == 200
+    # What the attacker wrote itself sits left of what the proxy appended.
+    attacker = browser(node, forwarded_for="203.0.113.50, 198.51.100.1")
+    fail_twenty_times(attacker)
+    attacker.session.headers["X-Forwarded-For"] = "203.0.113.51, 198.51.100.1"
+    assert attacker.sign_in("owner@example.com", PASSWORD).status_code == 429
+    owner = browser(node, forwarded_for="198.51.100.2")
+    signed_in = owner.sign_in("owner@example.com", PASSWORD, "/account")
+    assert signed_in.status_code == 200 and "owner@example.com" in signed_in.text
+
+
+def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(start_node):
+    """
+    A client connecting from outside the trusted ranges (127.0.0.2) is its own
+    address whatever X-Forwarded-For or X-Clickpass-Client it sends: after 20
+    failures it is throttled under a new X-Forwarded-For too, while a client
+    forwarded by the trusted proxy still signs in.
+    """
+    node: Node = start_node(workers=1, app="", web='trusted_proxies = ["127.0.0.1/32"]\n')
+    assert browser(node).sign_up("owner@example.com", PASSWORD).status_code == 200
+    attacker = browser(node, forwarded_for="198.51.100.1", source="127.0.0.2")
+    fail_twenty_times(attacker)
+    attacker.session.headers["X-Forwarded-For"] = "198.51.100.99"
+    attacker.session.headers["X-Clickpass-Client"] = "198.51.100.98"
+    assert attacker.sign_in("owner@example.com", PASSWORD).status_code == 429
+    owner = browser(node, forwarded_for="198.51.100.1")
+    assert owner.sign_in("owner@example.com", PASSWORD, "/account").status_code == 200

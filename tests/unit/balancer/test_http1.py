@@ -149,6 +149,15 @@ def test_trusted_forwarding_headers_pass_but_for_x_forwarded_for():
     assert parsed[10] == b"1.1.1.1, 3.3.3.3"
 
 
+def test_the_fronts_own_client_header_never_passes_from_a_client():
+    """X-Clickpass-Client is the front's to set: a client's copy is dropped, trusted or not."""
+    data = b"GET / HTTP/1.1\r\nHost: h\r\nx-CLICKPASS-client: 6.6.6.6\r\nA: b\r\n\r\n"
+    for trust in (False, True):
+        parsed = parse(data, trust=trust)
+        assert parsed is not None
+        assert parsed[3] == b"GET / HTTP/1.1\r\nHost: h\r\nA: b\r\n"
+
+
 def test_framing_fields():
     chunked = parse(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n")
     assert chunked is not None

@@ -15,6 +15,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from clickpass.balancer.forwarding import TrustedProxies, parse_ranges
 from clickpass.balancer.pool import Backend, Pool, PoolEvents
 from clickpass.balancer.proxy import FrontConnection, FrontFactory, UpstreamConnection
 from clickpass.balancer.static import StaticFiles
@@ -85,12 +86,15 @@ def test_request_goes_to_a_worker_with_forwarding_headers():
     proto, client = rig.client()
     proto.dataReceived(
         b"GET /a?b=1 HTTP/1.1\r\nHost: login.example\r\nX-Forwarded-For: 6.6.6.6\r\n"
+        b"X-Clickpass-Client: 6.6.6.6\r\n"
         b"Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nAccept: */*\r\n\r\n"
     )
     upstream, worker, _ = rig.accept_upstream()
     sent = worker.value()
     assert sent.startswith(b"GET /a?b=1 HTTP/1.1\r\n")
     assert b"X-Forwarded-For: 192.0.2.7\r\n" in sent
+    assert sent.count(b"X-Clickpass-Client") == 1
+    assert b"X-Clickpass-Client: 192.0.2.7\r\n" in sent
     assert b"X-Forwarded-Proto: http\r\n" in sent
     assert b"X-Forwarded-Host: login.example\r\n" in sent
     assert b"6.6.6.6" not in sent
@@ -102,13 +106,40 @@ def test_request_goes_to_a_worker_with_forwarding_headers():
 
 
 def test_trusted_forwarded_for_is_appended_to():
-    """With trust_forwarded, the client's X-Forwarded-For is kept and the peer appended."""
+    """
+    From a trusted proxy, the client's X-Forwarded-For is kept and the peer
+    appended, and the client is its rightmost hop outside the trusted ranges.
+    """
     rig = Rig()
-    rig.factory.trust_forwarded = True
+    rig.factory.trusted_proxies = TrustedProxies(parse_ranges(["192.0.2.0/24", "10.0.0.0/8"]))
     proto, _ = rig.client()
-    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n")
+    proto.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.1\r\n"
+        b"X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Clickpass-Client: 6.6.6.6\r\n\r\n"
+    )
     _, worker, _ = rig.accept_upstream()
-    assert b"X-Forwarded-For: 203.0.113.1, 192.0.2.7\r\n" in worker.value()
+    sent = worker.value()
+    assert b"X-Forwarded-For: 6.6.6.6, 203.0.113.1, 10.1.2.3, 192.0.2.7\r\n" in sent
+    assert b"X-Forwarded-Proto: https\r\n" in sent
+    assert sent.count(b"X-Clickpass-Client") == 1
+    assert b"X-Clickpass-Client: 203.0.113.1\r\n" in sent
+
+
+def test_forwarding_headers_from_an_untrusted_peer_are_dropped():
+    """With trusted proxies configured, a peer outside them is its own client."""
+    rig = Rig()
+    rig.factory.trusted_proxies = TrustedProxies(parse_ranges(["10.0.0.0/8"]))
+    proto, _ = rig.client()
+    proto.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.1\r\n"
+        b"X-Forwarded-Proto: https\r\n\r\n"
+    )
+    _, worker, _ = rig.accept_upstream()
+    sent = worker.value()
+    assert b"203.0.113.1" not in sent
+    assert b"X-Forwarded-Proto: http\r\n" in sent
+    assert b"X-Clickpass-Client: 192.0.2.7\r\n" in sent
 
 
 def test_keep_alive_connection_to_the_worker_is_reused():
@@ -327,7 +358,7 @@ def test_a_body_is_read_whole_before_it_takes_a_worker():
     slow.dataReceived(b"890")
     assert worker.value().endswith(
         b"Content-Length: 10\r\nX-Forwarded-For: 192.0.2.7\r\n"
-        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Clickpass-Client: 192.0.2.7\r\nX-Forwarded-Host: h\r\n"
         b"\r\n1234567890"
     )
     upstream.dataReceived(OK)
@@ -509,7 +540,7 @@ def test_a_request_split_anywhere_is_forwarded_the_same():
         assert worker.value() == (
             b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n"
             b"X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
-            b"X-Forwarded-Host: h\r\n\r\nhello"
+            b"X-Clickpass-Client: 192.0.2.7\r\nX-Forwarded-Host: h\r\n\r\nhello"
         ), cut
         worker.clear()
         upstream.dataReceived(OK)
