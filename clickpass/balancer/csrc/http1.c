@@ -396,11 +396,24 @@ int http1_parse_request(const char *buf, size_t len, size_t scanned, size_t max_
     size_t from = scanned > pos + 3 ? scanned - 3 : pos;
     size_t end = http1_head_end(buf, len, from);
     if (end == 0) {
-        /* Not complete: refuse early what can never become a request. */
-        for (size_t i = scanned > pos ? scanned : pos; i < len; i++) {
+        /* Not complete: refuse early what can never become a request: a
+         * control byte, or a line that ends in a bare LF or CR (a head
+         * written with bare LFs never holds the CRLF CRLF that ends it,
+         * and would otherwise wait for header_timeout). The last byte seen
+         * before is looked at again: it may be a CR whose LF is new. */
+        for (size_t i = scanned > pos ? scanned - 1 : pos; i < len; i++) {
             unsigned char c = (unsigned char)buf[i];
-            if (c < 0x20 && c != '\r' && c != '\n' && c != '\t')
+            if (c >= 0x20 || c == '\t')
+                continue;
+            if (c == '\n') {
+                if (i == 0 || buf[i - 1] != '\r')
+                    return fail(req, 400, NOT_HTTP);
+            } else if (c == '\r') {
+                if (i + 1 < len && buf[i + 1] != '\n')
+                    return fail(req, 400, NOT_HTTP);
+            } else {
                 return fail(req, 400, NOT_HTTP);
+            }
         }
         if (len > max_head)
             return fail(req, 400, "The request headers are too large.");

@@ -162,3 +162,24 @@ def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(start_no
     assert attacker.sign_in("owner@example.com", PASSWORD).status_code == 429
     owner = browser(node, forwarded_for="198.51.100.1")
     assert owner.sign_in("owner@example.com", PASSWORD, "/account").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"GET / HTTP/1.1\nHost: t\n\n", b"GET / HTTP/1.1\r\nHost: t\n\n", b"GET / HTTP/1.1\rHost: t"],
+    ids=["bare-lf", "bare-lf-in-headers", "bare-cr"],
+)
+def test_a_head_with_bare_line_ends_is_refused_at_once(start_node, raw):
+    """
+    A request head whose lines end in a bare LF (or CR) gets one 400 at once
+    and the connection closes, instead of a 408 at header_timeout.
+    """
+    node: Node = start_node(workers=1)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+        s.sendall(raw)
+        answer = read_answer(s, timeout=5)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert time.monotonic() - started < 3
+    assert node.get("/").startswith(b"HTTP/1.1 200 ")

@@ -158,6 +158,32 @@ def test_the_fronts_own_client_header_never_passes_from_a_client():
         assert parsed[3] == b"GET / HTTP/1.1\r\nHost: h\r\nA: b\r\n"
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\nHost: h\n\n",
+        b"GET / HTTP/1.1\nHost: h\n",
+        b"GET / HTTP/1.1\r\nHost: h\n",
+        b"GET / HTTP/1.1\r\nHost: h\rX",
+        b"GET / HTTP/1.1\n",
+    ],
+)
+def test_a_bare_lf_or_cr_is_refused_before_the_head_is_complete(head):
+    """
+    A head whose lines end in a bare LF (or CR) never holds the CRLF CRLF that
+    ends a head: it is refused at once rather than left to time out.
+    """
+    assert refusal(head)[0] == 400
+
+
+def test_a_bare_lf_after_a_cr_that_came_in_an_earlier_read_is_refused():
+    """The byte after a CR is checked when it arrives in a later read."""
+    first = b"GET / HTTP/1.1\r\nHost: h\r"
+    assert parse_request(bytearray(first), MAX_HEAD, MAX_BODY, False, 0) is None
+    with pytest.raises(RequestError):
+        parse_request(bytearray(first + b"X"), MAX_HEAD, MAX_BODY, False, len(first))
+
+
 def test_framing_fields():
     chunked = parse(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n")
     assert chunked is not None
