@@ -231,6 +231,7 @@ class WebApp:
 
     def redirect(self, request: Request, url: str, status: int = 303) -> bytes:
         request.setResponseCode(status)
+        # The router percent-encodes what is not visible ASCII (safe_location).
         request.setHeader(b"location", url.encode("utf-8"))
         request.setHeader(b"cache-control", b"no-store")
         return b""

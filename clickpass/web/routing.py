@@ -3,7 +3,9 @@ A small router for twisted.web: method + path pattern -> async handler.
 
 Handlers are C{async def handler(request, **params) -> bytes}; the router
 runs them, finishes the request with what they return, and turns
-L{HTTPError} into a plain error page. An unexpected exception is logged and
+L{HTTPError} into a plain error page. Every redirect target a handler sets
+goes out percent-encoded where it holds control or non-ASCII bytes
+(L{safe_location}), whoever built it. An unexpected exception is logged and
 answered with a 500 page: it never takes the process down. It keeps the
 handlers still running, so a stopping worker can wait for them
 (L{Router.when_idle}) before it closes the storage they use.
@@ -29,6 +31,23 @@ ErrorPage = Callable[[Request, int, str], bytes]
 UNMATCHED = "(unmatched)"
 # The Server header of every answer: no software name or version to fingerprint.
 SERVER = b"Clickpass"
+# Bytes a Location value may not hold as they are: controls, space, DEL, non-ASCII.
+_NOT_IN_LOCATION = re.compile(rb"[^\x21-\x7e]")
+
+
+def safe_location(value: bytes) -> bytes:
+    """
+    C{value} (a redirect target, UTF-8) with every byte outside visible ASCII
+    percent-encoded. A target such as C{/\x7f/x} (from a C{next} parameter)
+    would otherwise go out raw: an invalid header that the front refuses
+    (502, and the session cookie of the same answer lost) and that browsers
+    read each in their own way. Escapes already there are left as they are.
+    """
+    return _NOT_IN_LOCATION.sub(_percent, value)
+
+
+def _percent(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match.group()[0]
 
 
 class RequestObserver(Protocol):
@@ -158,6 +177,10 @@ class Router(Resource):
             body = self._error(request, e)
         if request.finished or request._disconnected:
             return
+        headers = request.responseHeaders
+        location = headers.getRawHeaders(b"location")
+        if location is not None:
+            headers.setRawHeaders(b"location", [safe_location(v) for v in location])
         if body:
             request.write(body)
         request.finish()

@@ -183,3 +183,35 @@ def test_a_head_with_bare_line_ends_is_refused_at_once(start_node, raw):
     assert answer.count(b"HTTP/1.1 ") == 1
     assert time.monotonic() - started < 3
     assert node.get("/").startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    ("next_url", "location"),
+    [("/\x7f/x", "/%7F/x"), ("/café", "/caf%C3%A9")],
+    ids=["del", "non-ascii"],
+)
+def test_redirect_targets_with_control_or_non_ascii_bytes_are_percent_encoded(
+    start_node, next_url, location
+):
+    """
+    A sign-in whose next= holds DEL or non-ASCII characters is answered 303
+    with the target percent-encoded, and the session cookie of that answer
+    arrives (a raw byte made the answer invalid: 502, cookie lost); so is
+    the signed-in GET /signin?next=... that redirects at once.
+    """
+    node: Node = start_node(workers=1, app="")
+    person = browser(node)
+    assert person.sign_up("owner@example.com", PASSWORD).status_code == 200
+    person.session.cookies.clear()
+    signed_in = person.submit(
+        "/signin",
+        "/signin",
+        {"email": "owner@example.com", "password": PASSWORD, "next": next_url},
+        allow_redirects=False,
+    )
+    assert signed_in.status_code == 303, signed_in.text[:300]
+    assert signed_in.headers["location"] == location
+    assert "cp_session" in person.session.cookies
+    again = person.get("/signin", params={"next": next_url}, allow_redirects=False)
+    assert again.status_code == 303, again.text[:300]
+    assert again.headers["location"] == location
