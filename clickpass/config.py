@@ -74,6 +74,14 @@ class WebSettings:
     tls_private_key: str = dataclasses.field(
         default="", metadata=_doc("PEM private key for ssl: listeners.")
     )
+    hsts_max_age: int = dataclasses.field(
+        default=365 * 24 * 3600,
+        metadata=_doc(
+            "Seconds browsers are told to reach this service over https only "
+            "(Strict-Transport-Security on every answer of the application), sent when "
+            "[node] public_url is https://; 0: not sent."
+        ),
+    )
     trusted_proxies: list[str] = dataclasses.field(
         default_factory=list,
         metadata=_doc(
@@ -994,6 +1002,8 @@ def _retire_keys(document: Mapping[str, object]) -> Mapping[str, object]:
 def _check_semantics(settings: Settings) -> None:
     if not settings.web.listen:
         raise ConfigError("[web] listen: at least one endpoint is needed")
+    if settings.web.hsts_max_age < 0:
+        raise ConfigError("[web] hsts_max_age: must be 0 (not sent) or more seconds")
     for i, text in enumerate(settings.web.trusted_proxies):
         try:
             ip_network(text.strip())

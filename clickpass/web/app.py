@@ -272,6 +272,12 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     app = WebApp(reactor, settings, storage, secret)
     router = Router()
     router.error_page = app.error_page
+    if settings.served_over_tls and settings.web.hsts_max_age:
+        # People reach this node at an https:// address: tell browsers to
+        # use nothing else (they ignore the header on plain http answers).
+        router.headers.append(
+            (b"strict-transport-security", b"max-age=%d" % settings.web.hsts_max_age)
+        )
     pages.install(app, router)
     openid_web.install(app, router)
     upstream_web.install(app, router)

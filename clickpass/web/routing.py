@@ -107,6 +107,8 @@ class Router(Resource):
         # Per-route request counts and latency, labelled by the route's
         # pattern (never the raw path, so the label set stays bounded).
         self.observer: RequestObserver | None = None
+        # Headers every answer carries (Strict-Transport-Security behind https).
+        self.headers: list[tuple[bytes, bytes]] = []
         # Handlers that have not finished yet, and who waits for there to be none.
         self._running: set[Deferred[None]] = set()
         self._idle_waiters: list[Deferred[None]] = []
@@ -134,6 +136,8 @@ class Router(Resource):
     def render(self, request: Request) -> int | bytes:
         # twisted.web names itself and its version in Server; say only who answers.
         request.setHeader(b"server", SERVER)
+        for name, value in self.headers:
+            request.setHeader(name, value)
         observer = self.observer
         started = observer.clock() if observer is not None else 0.0
         result = self._dispatch(request, started)

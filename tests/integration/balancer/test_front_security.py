@@ -215,3 +215,5 @@ def test_redirect_targets_with_control_or_non_ascii_bytes_are_percent_encoded(
     again = person.get("/signin", params={"next": next_url}, allow_redirects=False)
     assert again.status_code == 303, again.text[:300]
     assert again.headers["location"] == location
+    # An http:// public URL: no Strict-Transport-Security.
+    assert "strict-transport-security" not in again.headers

@@ -148,3 +148,15 @@ def test_http_listener_redirects_to_https(tls_node: TLSNode) -> None:
     followed = requests.get(http + "/healthz", verify=str(tls_node.ca), timeout=10)
     assert followed.status_code == 200 and followed.url == tls_node.url + "/healthz"
     assert [r.status_code for r in followed.history] == [301]
+
+
+def test_https_answers_tell_browsers_to_stay_on_https(tls_node: TLSNode) -> None:
+    """
+    With an https:// public URL, the application's answers (pages, errors,
+    redirects, probes) carry Strict-Transport-Security for a year.
+    """
+    ca = str(tls_node.ca)
+    for path in ("/healthz", "/signin", "/nothing-here", "/account"):
+        answer = requests.get(tls_node.url + path, allow_redirects=False, verify=ca, timeout=10)
+        assert answer.status_code in (200, 303, 404), (path, answer.status_code)
+        assert answer.headers.get("strict-transport-security") == "max-age=31536000", path
