@@ -27,6 +27,7 @@ from clickpass.mail.settings import MailSettings
 DEFAULT_DATA_DIR = "./clickpass-data"
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 SECRET_BYTES = 32
+METRICS_TOKEN_MIN = 32
 
 
 class ConfigError(Exception):
@@ -73,6 +74,15 @@ class WebSettings:
     )
     tls_private_key: str = dataclasses.field(
         default="", metadata=_doc("PEM private key for ssl: listeners.")
+    )
+    metrics_token_file: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "File holding a bearer token (at least 32 characters, e.g. from "
+            "`openssl rand -hex 32`). With it the public listeners serve /metrics to requests "
+            "sending Authorization: Bearer TOKEN (others get a 401); without it, or with "
+            "[balancer] metrics_listen set, they do not serve /metrics at all."
+        ),
     )
     hsts_max_age: int = dataclasses.field(
         default=365 * 24 * 3600,
@@ -551,7 +561,8 @@ class BalancerSettings:
         default="",
         metadata=_doc(
             "Endpoint string for a separate /metrics listener, e.g. "
-            "tcp:9102:interface=127.0.0.1; when set, the public listeners do not serve /metrics."
+            "tcp:9102:interface=127.0.0.1 (loopback, or a network only monitoring reaches); it "
+            "serves /metrics without a token and answers 404 to anything else."
         ),
     )
 
@@ -1174,6 +1185,7 @@ def check_files(settings: Settings) -> None:
     for key, value in (
         ("[web] tls_certificate", settings.web.tls_certificate),
         ("[web] tls_private_key", settings.web.tls_private_key),
+        ("[web] metrics_token_file", settings.web.metrics_token_file),
         ("[database] password_file", settings.database.password_file),
         ("[control] token_file", settings.control.token_file),
         ("[cluster] secret_file", settings.cluster.secret_file),
@@ -1192,6 +1204,23 @@ def check_files(settings: Settings) -> None:
     ):
         if value:
             read_secret_file(settings.data_path(value), key)
+    if settings.web.metrics_token_file:
+        metrics_token(settings)
+
+
+def metrics_token(settings: Settings) -> bytes:
+    """The bearer token /metrics needs on the public listeners ([web] metrics_token_file)."""
+    key = "[web] metrics_token_file"
+    path = settings.data_path(settings.web.metrics_token_file)
+    token = read_secret_file(path, key)
+    if len(token) < METRICS_TOKEN_MIN:
+        raise ConfigError(
+            f"{key}: the token in {path} has {len(token)} characters; use at least "
+            f"{METRICS_TOKEN_MIN} (e.g. openssl rand -hex 32)"
+        )
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(f"{key}: the token in {path} must be printable ASCII without spaces")
+    return token.encode("ascii")
 
 
 def _table_list_item(annotation: object) -> type[Any] | None:
@@ -1266,6 +1295,7 @@ __all__ = [
     "check_files",
     "load",
     "master_secret",
+    "metrics_token",
     "parse",
 ]
 

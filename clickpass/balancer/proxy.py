@@ -27,6 +27,8 @@ proxy.
 
 from __future__ import annotations
 
+import hmac
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -85,6 +87,7 @@ REASONS = {
     304: b"Not Modified",
     308: b"Permanent Redirect",
     400: b"Bad Request",
+    401: b"Unauthorized",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
@@ -97,6 +100,8 @@ REASONS = {
 }
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The Authorization values of a /metrics request, in the head built for the worker.
+_AUTHORIZATION = re.compile(rb"\r\nauthorization:[ \t]*([^\r]*)(?=\r\n)", re.IGNORECASE)
 _LINE_ENDS = (13, 10)
 
 
@@ -578,7 +583,17 @@ class FrontConnection(Protocol):
             and url.startswith(b"/metrics")
             and _is_path(url, b"/metrics")
         ):
-            if method in (b"GET", b"HEAD"):
+            if factory.metrics_token is not None and not _bearer_is(
+                upstream_head, factory.metrics_token
+            ):
+                exchange.local = local_response(
+                    401,
+                    "The metrics need the bearer token.",
+                    has_body or not exchange.keep_alive,
+                    b'WWW-Authenticate: Bearer realm="metrics"\r\n',
+                    method == b"HEAD",
+                )
+            elif method in (b"GET", b"HEAD"):
                 exchange.deferred_local = factory.metrics_page()
             else:
                 exchange.local = local_response(
@@ -818,6 +833,15 @@ class FrontConnection(Protocol):
             self.transport.loseConnection()
 
 
+def _bearer_is(head: bytes, token: bytes) -> bool:
+    """Whether the request head C{head} holds one Authorization: Bearer C{token}."""
+    found = _AUTHORIZATION.findall(head)
+    if len(found) != 1:
+        return False
+    scheme, _, given = found[0].partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+
+
 def _is_path(url: bytes, path: bytes) -> bool:
     """Whether the request target C{url} is C{path}, with or without a query."""
     return url.startswith(path) and (len(url) == len(path) or url[len(path)] == 0x3F)
@@ -849,6 +873,7 @@ class FrontFactory(Factory):
         static: StaticFiles | None = None,
         redirect_base: bytes | None = None,
         metrics_page: MetricsPage | None = None,
+        metrics_token: bytes | None = None,
         metrics_only: bool = False,
     ) -> None:
         self.clock = clock
@@ -862,6 +887,8 @@ class FrontFactory(Factory):
         # /metrics is answered by the front (None: passed on like any path);
         # a metrics-only listener answers 404 to everything else.
         self.metrics_page = metrics_page
+        # When set, /metrics needs "Authorization: Bearer <token>" (else 401).
+        self.metrics_token = metrics_token
         self.metrics_only = metrics_only
         self.connections: set[FrontConnection] = set()
 

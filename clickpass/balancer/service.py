@@ -110,7 +110,11 @@ class Front(MultiService):
         if settings.balancer.redirect_http_to_https:
             redirect = settings.base_url.rstrip("/").encode("ascii")
         separate_metrics = bool(settings.balancer.metrics_listen)
-        public_metrics = None if separate_metrics else self.metrics_page
+        # On the public listeners /metrics needs the bearer token; without
+        # one, or with a listener of its own, they pass the path on like any
+        # other (404).
+        token = configmod.metrics_token(settings) if settings.web.metrics_token_file else None
+        public_metrics = self.metrics_page if token is not None and not separate_metrics else None
         trusted = TrustedProxies(parse_ranges(settings.web.trusted_proxies))
         for description in settings.web.listen:
             tls = description.startswith("ssl:")
@@ -123,6 +127,7 @@ class Front(MultiService):
                 static=self.static,
                 redirect_base=None if tls else redirect,
                 metrics_page=public_metrics,
+                metrics_token=token,
             )
             await self._listen(description, factory)
         if separate_metrics:

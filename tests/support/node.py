@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 
 BIN = Path(sys.executable).parent
 READY_LINE = "ready: serving"
+# The bearer token /metrics needs on a test node's public listener
+# ([web] metrics_token_file, written by write_config).
+METRICS_TOKEN = "test-metrics-token-" + "0" * 32
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+def metrics_token_file(directory: Path) -> Path:
+    """Write the test nodes' metrics token under C{directory}; return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "metrics-token"
+    path.write_text(METRICS_TOKEN + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def free_port() -> int:
@@ -38,6 +51,7 @@ def write_config(directory: Path, port: int, extra: str = "", name: str = "node1
     """A node configuration serving on 127.0.0.1:C{port} with its data under C{directory}."""
     data = directory / "data"
     path = directory / f"{name}.toml"
+    token = metrics_token_file(directory)
     path.write_text(
         f"""
 [node]
@@ -47,6 +61,7 @@ public_url = "http://127.0.0.1:{port}/"
 
 [web]
 listen = ["tcp:{port}:interface=127.0.0.1"]
+metrics_token_file = "{token}"
 """
         + extra
     )

@@ -179,3 +179,15 @@ def test_trust_forwarded_headers_false_is_still_accepted() -> None:
     """The old key at its old default (trust nothing) still loads, and trusts nothing."""
     settings = config.parse({"web": {"trust_forwarded_headers": False}})
     assert settings.web.trusted_proxies == []
+
+
+def test_a_short_metrics_token_is_refused(tmp_path: Path) -> None:
+    """A metrics token under 32 characters is a configuration error naming the key."""
+    token = tmp_path / "metrics-token"
+    token.write_text("short\n")
+    settings = config.parse({"web": {"metrics_token_file": str(token)}})
+    with pytest.raises(config.ConfigError, match=r"\[web\] metrics_token_file: the token in"):
+        config.check_files(settings)
+    token.write_text("x" * 32 + "\n")
+    config.check_files(settings)
+    assert config.metrics_token(settings) == b"x" * 32

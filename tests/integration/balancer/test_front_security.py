@@ -217,3 +217,28 @@ def test_redirect_targets_with_control_or_non_ascii_bytes_are_percent_encoded(
     assert again.headers["location"] == location
     # An http:// public URL: no Strict-Transport-Security.
     assert "strict-transport-security" not in again.headers
+
+
+def test_metrics_are_not_on_the_public_listener_without_the_token(start_node, tmp_path):
+    """
+    By default the public listener does not serve /metrics (the path goes to
+    the application like any other); with [web] metrics_token_file it serves the page
+    only to requests that send that bearer token (401 otherwise).
+    """
+    plain: Node = start_node(workers=1)
+    answer = plain.get("/metrics")
+    # The test application's answer to any path, not the front's page.
+    assert answer.endswith(b"hello from a worker\n"), answer[:300]
+    assert b"clickpass_" not in answer
+    token = "t" * 40
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(token + "\n")
+    guarded: Node = start_node(workers=1, web=f'metrics_token_file = "{token_file}"\n')
+    refused = guarded.get("/metrics")
+    assert refused.startswith(b"HTTP/1.1 401 "), refused[:200]
+    assert b"clickpass_" not in refused
+    wrong = guarded.get("/metrics", headers="Authorization: Bearer " + "u" * 40 + "\r\n")
+    assert wrong.startswith(b"HTTP/1.1 401 "), wrong[:200]
+    page = guarded.get("/metrics", headers=f"Authorization: Bearer {token}\r\n")
+    assert page.startswith(b"HTTP/1.1 200 "), page[:200]
+    assert b"clickpass_front_requests_total" in page

@@ -23,7 +23,7 @@ from tests.integration.monitor.sinks import (
     smtp_sink,
     webhook_receiver,
 )
-from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.node import METRICS_AUTH, NodeProcess, free_port, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +32,12 @@ __all__ = ["smtp_sink", "webhook_receiver"]
 TESTAPP = "clickpass.balancer.testapp:build_site"
 
 
-def fetch(url: str, timeout: float = 10.0) -> tuple[int, str, dict[str, str]]:
+def fetch(
+    url: str, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> tuple[int, str, dict[str, str]]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode(), dict(response.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(), dict(e.headers)
@@ -149,7 +152,7 @@ def test_a_crash_loop_alerts_and_readyz_says_so(
         assert "slot 0" in event["summary"] and event["details"]["slots"] == [0]
         (message,) = smtp_sink.received.wait_for(lambda items: len(items) >= 1)
         assert "FIRING workers.crash_loop" in message[2]["subject"]
-        _, page, _ = fetch(node.url + "metrics")
+        _, page, _ = fetch(node.url + "metrics", headers=METRICS_AUTH)
         assert sample(page, "clickpass_workers_crash_looping") == 1
         restarts = sample(page, "clickpass_worker_restarts_total", slot="0")
         assert restarts is not None and restarts >= 2
@@ -159,7 +162,7 @@ def test_a_crash_loop_alerts_and_readyz_says_so(
         assert fetch(node.url + "readyz")[0] == 200  # the test app's answer
         webhook_receiver.received.wait_for(lambda items: len(items) >= 2, timeout=30)
         assert webhook_receiver.events()[-1] == ("resolved", "workers.crash_loop")
-        _, page, _ = fetch(node.url + "metrics")
+        _, page, _ = fetch(node.url + "metrics", headers=METRICS_AUTH)
         assert sample(page, "clickpass_workers_crash_looping") == 0
         assert (
             re.search(r'^clickpass_alerts_firing\{key="workers.crash_loop"\}', page, re.M) is None

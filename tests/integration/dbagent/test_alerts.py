@@ -34,7 +34,7 @@ from tests.integration.monitor.sinks import (
 )
 from tests.support.mariadb import MariaDBUnavailable
 from tests.support.netns import NsNode
-from tests.support.node import free_port
+from tests.support.node import METRICS_TOKEN, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
@@ -74,7 +74,16 @@ class AlertingDbPair(DbPair):
     def metrics(self, host: str) -> Page:
         node = self.nodes[host]
         done = subprocess.run(
-            [*self.ns_exec(host), "curl", "-sS", "--max-time", "10", f"{node.url}metrics"],
+            [
+                *self.ns_exec(host),
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                f"Authorization: Bearer {METRICS_TOKEN}",
+                f"{node.url}metrics",
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -21,7 +21,7 @@ import pytest
 from tests.integration.dbagent.pair import Pair
 from tests.support.mariadb import MariaDBUnavailable
 from tests.support.netns import NsNode, VethPair
-from tests.support.node import free_port
+from tests.support.node import free_port, metrics_token_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
@@ -55,6 +55,7 @@ public_url = "http://127.0.0.1:{port}/"
 
 [web]
 listen = ["tcp:{port}:interface=127.0.0.1"]
+metrics_token_file = "{metrics_token_file(directory)}"
 
 [database]
 backend = "sqlite"

@@ -23,7 +23,7 @@ import pytest
 
 from tests.integration.monitor.promtext import Page, parse
 from tests.support.netns import NsNode, VethPair
-from tests.support.node import free_port
+from tests.support.node import METRICS_TOKEN, free_port, metrics_token_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -56,6 +56,7 @@ public_url = "http://127.0.0.1:{port}/"
 
 [web]
 listen = ["tcp:{port}:interface=127.0.0.1"]
+metrics_token_file = "{metrics_token_file(directory)}"
 
 [workers]
 count = 1
@@ -97,6 +98,8 @@ preempt = false
                 "-sS",
                 "--max-time",
                 "10",
+                "-H",
+                f"Authorization: Bearer {METRICS_TOKEN}",
                 node.url + "metrics",
             ],
             capture_output=True,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import Browser, csrf_token
-from tests.support.node import NodeProcess, free_port, run_twistd, write_config
+from tests.support.node import METRICS_AUTH, NodeProcess, free_port, run_twistd, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +288,7 @@ def test_failed_sign_ins_are_throttled_per_account(node: NodeProcess) -> None:
     assert int(right.headers["retry-after"]) > 0
     assert "Too many failed sign-in attempts" in right.text
     # /metrics adds up every worker's sign-in counts.
-    metrics = Browser(node.url).get("/metrics").text
+    metrics = Browser(node.url).get("/metrics", headers=METRICS_AUTH).text
     assert 'clickpass_signins_total{outcome="refused"} 5' in metrics
     assert 'clickpass_signins_total{outcome="throttled"} 1' in metrics
 

@@ -21,7 +21,7 @@ import requests
 from tests.integration.partners.conftest import Partner
 from tests.integration.partners.flows import Person
 from tests.support.browser import csrf_token
-from tests.support.node import NodeProcess
+from tests.support.node import METRICS_AUTH, NodeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ def test_endpoint_down_then_back_gets_everything_in_order(
         assert done.ok
 
     def outbox_depth() -> float:
-        page = requests.get(node.url + "metrics", timeout=10).text
+        page = requests.get(node.url + "metrics", headers=METRICS_AUTH, timeout=10).text
         (line,) = [x for x in page.splitlines() if x.startswith("clickpass_webhook_outbox_depth ")]
         return float(line.split()[1])
 

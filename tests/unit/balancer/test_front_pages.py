@@ -6,6 +6,8 @@ listeners or only on a separate metrics listener).
 
 from __future__ import annotations
 
+import pytest
+
 from twisted.internet.defer import Deferred, succeed
 
 from clickpass.balancer.proxy import FrontFactory
@@ -53,12 +55,15 @@ def test_readyz_prefix_paths_are_not_the_probe() -> None:
     assert client.value() == b""  # queued, not answered by the front
 
 
-def metrics_factory(rig: Rig, page: Deferred[bytes] | None, only: bool = False) -> FrontFactory:
+def metrics_factory(
+    rig: Rig, page: Deferred[bytes] | None, only: bool = False, token: bytes | None = None
+) -> FrontFactory:
     factory = FrontFactory(
         rig.reactor,
         rig.pool,
         rig.settings,
         metrics_page=(lambda: page) if page is not None else None,
+        metrics_token=token,
         metrics_only=only,
     )
     rig.factory = factory
@@ -159,3 +164,40 @@ def test_metrics_request_with_a_body_is_answered_and_closed() -> None:
     assert b"Connection: close\r\n" in client.value()
     assert client.disconnecting
     assert rig.reactor.unixClients == []
+
+
+TOKEN = b"0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        b"",
+        b"Authorization: Bearer wrong\r\n",
+        b"Authorization: Basic " + TOKEN + b"\r\n",
+        b"Authorization: Bearer " + TOKEN[:-1] + b"\r\n",
+        b"Authorization: Bearer " + TOKEN + b"\r\nAuthorization: Bearer " + TOKEN + b"\r\n",
+    ],
+    ids=["none", "wrong", "basic", "prefix", "twice"],
+)
+def test_metrics_with_a_token_need_it(authorization: bytes) -> None:
+    """With a metrics token, /metrics without exactly that bearer token is a 401."""
+    rig = Rig(workers=1)
+    metrics_factory(rig, succeed(b"x 1\n"), token=TOKEN)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: h\r\n" + authorization + b"\r\n")
+    assert client.value().startswith(b"HTTP/1.1 401 ")
+    assert b'WWW-Authenticate: Bearer realm="metrics"\r\n' in client.value()
+    assert b"x 1" not in client.value()
+    assert rig.reactor.unixClients == []
+
+
+def test_metrics_with_the_token_are_served() -> None:
+    """The right bearer token (any case of the scheme) gets the page."""
+    rig = Rig(workers=1)
+    metrics_factory(rig, succeed(b"x 1\n"), token=TOKEN)
+    proto, client = rig.client()
+    proto.dataReceived(
+        b"GET /metrics HTTP/1.1\r\nHost: h\r\nauthorization: bearer " + TOKEN + b"\r\n\r\n"
+    )
+    assert client.value().startswith(b"HTTP/1.1 200 ") and client.value().endswith(b"x 1\n")
