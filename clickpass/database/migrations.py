@@ -267,6 +267,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS mail_outbox_created ON mail_outbox (created)",
         ),
     ),
+    Migration(
+        7,
+        "oidc: signing keys (private keys sealed under the master secret)",
+        (
+            # current_for and next_for hold the algorithm while the key is
+            # current (or next), NULL otherwise: unique, so that two nodes
+            # generating or rotating at once leave one key in each role.
+            """CREATE TABLE IF NOT EXISTS oidc_signing_keys (
+                kid VARCHAR(64) NOT NULL PRIMARY KEY,
+                alg VARCHAR(16) NOT NULL,
+                state VARCHAR(16) NOT NULL,
+                current_for VARCHAR(16) NULL UNIQUE,
+                next_for VARCHAR(16) NULL UNIQUE,
+                public_jwk VARCHAR(2048) NOT NULL,
+                private_key BLOB NOT NULL,
+                created BIGINT NOT NULL,
+                signs_from BIGINT NOT NULL,
+                retired BIGINT NOT NULL DEFAULT 0,
+                retire_after BIGINT NOT NULL DEFAULT 0,
+                removed BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+        ),
+    ),
 )
 
 
