@@ -30,6 +30,7 @@ from clickpass.database.storage import AdbapiStorage, Transaction, open_storage
 
 if TYPE_CHECKING:
     from clickpass.balancer.service import Front
+    from clickpass.oidc.keys import SigningKeys
 
 DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
 
@@ -158,7 +159,14 @@ class Node(MultiService):
             await front.listen()
         except ListenError as e:
             raise StartupError(str(e)) from None
-        self._start_housekeeping(self.storage)
+        # OpenID Connect signing keys: shared by every node through the
+        # database, listed and rotated on the control port.
+        from clickpass.oidc.keys import SigningKeys
+        from clickpass.oidc.service import register_commands as register_oidc_commands
+
+        signing_keys = SigningKeys(self.reactor, self.reactor, self.storage, self.secret)
+        register_oidc_commands(self.commands, signing_keys)
+        self._start_housekeeping(self.storage, signing_keys)
         # Partner webhooks: the node (not the workers) empties the durable outbox.
         from clickpass.partners.webhooks import delivery_service
 
@@ -188,7 +196,7 @@ class Node(MultiService):
             url=settings.base_url,
         )
 
-    def _start_housekeeping(self, storage: AdbapiStorage) -> None:
+    def _start_housekeeping(self, storage: AdbapiStorage, signing_keys: SigningKeys) -> None:
         from clickpass.accounts.service import Accounts
         from clickpass.housekeeping import Housekeeping
         from clickpass.openid import store as openid_store
@@ -204,6 +212,7 @@ class Node(MultiService):
                 ("expired sessions", accounts.expire_sessions),
                 ("old sign-in failure counts", accounts.prune_failures),
                 ("expired OpenID nonces and associations", openid_expired),
+                ("expired OpenID Connect signing keys", signing_keys.housekeeping),
             ],
         ).setServiceParent(self)
 

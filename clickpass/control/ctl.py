@@ -259,17 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    # A command's words before the last name nested groups (oidc keys list).
+    groups: dict[tuple[str, ...], argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for cmd in COMMANDS:
-        if len(cmd.words) == 1:
-            p = sub.add_parser(cmd.words[0], help=cmd.help)
-        else:
-            head = cmd.words[0]
-            if head not in groups:
-                gp = sub.add_parser(head, help=f"{head} commands")
-                groups[head] = gp.add_subparsers(dest=f"{head}_command", metavar="SUBCOMMAND")
+        parent = sub
+        for depth in range(1, len(cmd.words)):
+            prefix = cmd.words[:depth]
+            if prefix not in groups:
+                gp = parent.add_parser(prefix[-1], help=f"{' '.join(prefix)} commands")
+                groups[prefix] = gp.add_subparsers(
+                    dest="_".join(prefix) + "_command", metavar="SUBCOMMAND"
+                )
                 gp.set_defaults(_group=gp)
-            p = groups[head].add_parser(" ".join(cmd.words[1:]), help=cmd.help)
+            parent = groups[prefix]
+        p = parent.add_parser(cmd.words[-1], help=cmd.help)
         cmd.arguments(p)
         p.set_defaults(_command=cmd)
     return parser
@@ -282,6 +285,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "clickpass.monitor.ctl",
     "clickpass.dbagent.ctl",
     "clickpass.mail.ctl",
+    "clickpass.oidc.ctl",
 )
 
 

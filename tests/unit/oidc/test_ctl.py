@@ -1,0 +1,75 @@
+"""clickpass-ctl oidc keys: the nested command words, and what an operator reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from clickpass.control import ctl as base
+from clickpass.oidc import ctl
+
+NOW = 1_700_000_000
+
+
+def test_oidc_keys_list_and_rotate_parse_as_three_words() -> None:
+    """oidc keys list and oidc keys rotate --alg reach their commands; two-word ones still do."""
+    base._load_commands()
+    parser = base.build_parser()
+    listed = parser.parse_args(["oidc", "keys", "list"])
+    assert listed._command.words == ("oidc", "keys", "list")
+    rotated = parser.parse_args(["oidc", "keys", "rotate", "--alg", "ES256"])
+    assert rotated._command.words == ("oidc", "keys", "rotate") and rotated.alg == "ES256"
+    assert parser.parse_args(["mail", "status"])._command.words == ("mail", "status")
+
+
+def test_oidc_keys_without_a_subcommand_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """clickpass-ctl oidc keys alone prints the group's usage and exits 2."""
+    assert base.main(["oidc", "keys"]) == base.EXIT_USAGE
+    assert "list" in capsys.readouterr().err
+
+
+def test_rotate_says_which_key_and_when_it_signs() -> None:
+    """Each rotated key by algorithm and kid, with the time it starts signing (UTC)."""
+    text = ctl._format_rotate(
+        {
+            "rotated": [
+                {"kid": "abc", "alg": "RS256", "signs_from": NOW, "created": True},
+                {"kid": "def", "alg": "ES256", "signs_from": NOW + 60, "created": False},
+            ]
+        }
+    )
+    assert text.splitlines() == [
+        "new RS256 key abc published; it starts signing at 2023-11-14 22:13:20 UTC",
+        "ES256 key def was already waiting; it starts signing at 2023-11-14 22:14:20 UTC",
+    ]
+
+
+def test_list_shows_each_key_state_and_times() -> None:
+    """The policy on the first line, then one row per key."""
+    key = {
+        "kid": "abc",
+        "alg": "RS256",
+        "state": "retired",
+        "created": NOW,
+        "signs_from": NOW,
+        "retired": NOW + 10,
+        "retire_after": NOW + 70,
+        "removed": 0,
+    }
+    text = ctl._format_list(
+        {"publication_delay": 86400, "longest_token_lifetime": 3600, "keys": [key]}
+    )
+    lines = text.splitlines()
+    assert lines[0] == "new keys sign 86400s after rotate; retired keys stay published 3600s"
+    assert lines[2].split() == [
+        "kid",
+        "alg",
+        "state",
+        "created",
+        "signs",
+        "from",
+        "retire",
+        "after",
+    ]
+    assert "retired" in lines[3] and "2023-11-14 22:14:30 UTC" in lines[3]
