@@ -57,6 +57,8 @@ setup(
             "types-requests",
             # A real SMTP server (STARTTLS, AUTH, refusals) for the mail tests.
             "aiosmtpd>=1.4",
+            # A second, independent JOSE library verifies the OpenID Connect tokens.
+            "joserfc>=1.0",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},
