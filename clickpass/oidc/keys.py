@@ -473,9 +473,13 @@ class SigningKeys:
     async def rotate(self, algorithms: Sequence[str] = ALGORITHMS) -> list[Rotation]:
         """Publish a next key for each of C{algorithms} (or keep the one that waits)."""
         checked = [check_algorithm(alg) for alg in algorithms]
-        await self.ensure()
+        keys = await self.ensure()
         done = []
         for alg in checked:
+            waiting = next_key(keys, alg)
+            if waiting is not None:
+                done.append(Rotation(waiting, False))
+                continue
             new = await self._blocking(generate, alg, self._box)
             key, created = await self._storage.run(insert_next, new, self._now(), self.policy)
             done.append(Rotation(key, created))

@@ -182,8 +182,8 @@ async def test_rotation_publishes_first_then_signs_then_retires(
 ) -> None:
     """
     On a clock: a rotated key is in the JWKS document while the old key
-    still signs; after the publication delay it signs and the old one is
-    still published; after the longest token lifetime the old one is gone,
+    still signs (rotating again keeps it); after the publication delay it
+    signs and the old one is still published; after the longest token lifetime the old one is gone,
     and a token it signed no longer verifies.
     """
     storage = await migrated(database_target)
@@ -195,9 +195,12 @@ async def test_rotation_publishes_first_then_signs_then_retires(
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     (rotated,) = await signer.rotate(["RS256"])
     assert rotated.created and rotated.key.signs_from == 1_800_000_100
+    clock.advance(10)
+    (again,) = await signer.rotate(["RS256"])
+    assert not again.created and again.key == rotated.key
     assert rotated.key.kid in [k["kid"] for k in (await signer.jwks())["keys"]]
     assert jwt.get_unverified_header(await signer.sign(CLAIMS))["kid"] == old_kid
-    clock.advance(100)
+    clock.advance(90)
     new_token = await signer.sign(CLAIMS)
     assert jwt.get_unverified_header(new_token)["kid"] == rotated.key.kid
     document = await signer.jwks()
