@@ -269,18 +269,23 @@ class Engine:
         except Exception:
             self.log.failure("cluster: reading waiting heartbeat packets failed")
 
-    def _send(self, message: Message, addresses: Sequence[tuple[str, int]]) -> None:
+    def _send(self, message: Message, addresses: Sequence[tuple[str, int]]) -> int:
+        """Send to each address; how many sends the kernel took."""
         if self.port is None:
-            return
+            return 0
         data = wire.encode(message, self.key)
+        sent = 0
         for address in addresses:
             try:
                 self.port.write(data, address)  # type: ignore[attr-defined]
                 self.counters["sent"] += 1
+                sent += 1
             except OSError:
                 # Unreachable peer or link down: adverts are periodic, so
-                # the next one is the retry.
+                # the next one is the retry (the group steps down when none
+                # goes out for long).
                 self.counters["send_failed"] += 1
+        return sent
 
     def _message(self, kind: Kind, group: str, state: State, priority: int, **kw: Any) -> Message:
         epoch, seq = self.sequencer.next()
@@ -304,9 +309,19 @@ class Engine:
 
     # Outbox, for the groups.
 
-    def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
-        message = self._message(Kind.ADVERT, group, state, priority, health=health, failing=failing)
-        self._send(message, self.destinations[group])
+    def advert(
+        self,
+        group: str,
+        state: State,
+        priority: int,
+        health: Health,
+        failing: int,
+        hears: tuple[str, ...] | None = None,
+    ) -> bool:
+        message = self._message(
+            Kind.ADVERT, group, state, priority, health=health, failing=failing, hears=hears
+        )
+        return self._send(message, self.destinations[group]) > 0
 
     def vote_request(self, group: str) -> None:
         if self.witness is not None:

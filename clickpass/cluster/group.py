@@ -14,7 +14,7 @@ This module must never do I/O itself or read the wall clock.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,17 +23,34 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from clickpass.cluster import machine
-from clickpass.cluster.wire import Health, Kind, Message, State
+from clickpass.cluster.wire import MAX_HEARS, Health, Kind, Message, State
 from clickpass.config import ClusterGroupSettings
 
 DOWN_ADVERTS = 3
+# A node counts as heard (and is listed in our adverts' hears) while its
+# adverts come at most this many of its intervals apart: the witness's rule
+# for a live master, so a backup that is granted a takeover is by then no
+# longer listed as hearing the old master, nor the witness as hearing it.
+HEARD_ADVERTS = DOWN_ADVERTS - 0.5
 
 
 class Outbox(Protocol):
     """Sends this node's messages for a group."""
 
-    def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
-        """Send an advert to the group's peers (and the witness)."""
+    def advert(
+        self,
+        group: str,
+        state: State,
+        priority: int,
+        health: Health,
+        failing: int,
+        hears: tuple[str, ...] | None = None,
+    ) -> bool:
+        """
+        Send an advert to the group's peers (and the witness), saying which
+        nodes we hear. False when it could not be sent to any of them (the
+        kernel refused every send: no route, a blackhole, a firewall).
+        """
 
     def vote_request(self, group: str) -> None:
         """Ask the witness for its vote."""
@@ -75,6 +92,14 @@ class PeerView:
     interval: float
     heard_at: float
     address: str = ""
+    # The nodes it says it hears; None when its adverts do not say.
+    hears: tuple[str, ...] | None = None
+
+
+def heard(peers: Iterable[PeerView], now: float) -> tuple[str, ...]:
+    """The nodes among C{peers} that we hear, for our adverts' hears list."""
+    live = [p.node for p in peers if now - p.heard_at <= HEARD_ADVERTS * p.interval]
+    return tuple(sorted(live)[:MAX_HEARS])
 
 
 def skew(priority: int, interval: float) -> float:
@@ -108,6 +133,16 @@ class Group:
         self.interval = settings.advert_interval
         self.peers: dict[str, PeerView] = {}
         self.witness_heard_at: float | None = None
+        # The witness's last advert: whom it hears, and when it came.
+        self.witness_hears: tuple[str, ...] | None = None
+        self._witness_advert_at: float | None = None
+        # When each peer (or the witness) last said it hears us (a sender
+        # that does not say counts as hearing us), and since when a peer's
+        # adverts have said it does not.
+        self._heard_us_at: dict[str, float] = {}
+        self._unheard_since: dict[str, float] = {}
+        # When an advert of ours last went out to at least one destination.
+        self._sent_at = 0.0
         self.checks: dict[str, tuple[int, bool]] = {
             c.name: (c.weight, True) for c in settings.check
         }
@@ -194,9 +229,11 @@ class Group:
                     "health": p.health.name,
                     "address": p.address,
                     "last_heard_seconds": round(now - p.heard_at, 3),
+                    "hears": None if p.hears is None else list(p.hears),
                 }
                 for p in sorted(self.peers.values(), key=lambda p: p.node)
             ],
+            "witness_hears": None if self.witness_hears is None else list(self.witness_hears),
             "witness_last_heard_seconds": (
                 None if self.witness_heard_at is None else round(now - self.witness_heard_at, 3)
             ),
@@ -210,7 +247,7 @@ class Group:
     # Driving the group.
 
     def start(self) -> None:
-        self.started_at = self.changed_at = self.clock.seconds()
+        self.started_at = self.changed_at = self._sent_at = self.clock.seconds()
         self.machine.start()
         if self.faulted:
             self.machine.fault()
@@ -230,6 +267,13 @@ class Group:
         now = self.clock.seconds()
         if message.state == State.WITNESS:
             self.witness_heard_at = now
+            if message.kind == Kind.ADVERT:
+                self.witness_hears = message.hears
+                self._witness_advert_at = now
+                self._note_hears(message.node, message.hears, now, None)
+            else:
+                # A vote answer: the witness heard our request.
+                self._heard_us_at[message.node] = now
             if message.kind == Kind.VOTE_GRANT:
                 self._vote_answer(True)
             elif message.kind == Kind.VOTE_DENY:
@@ -238,7 +282,8 @@ class Group:
         if message.kind != Kind.ADVERT:
             self.counters["unexpected_kind"] += 1
             return
-        self.peers[message.node] = PeerView(
+        before = self.peers.get(message.node)
+        view = self.peers[message.node] = PeerView(
             node=message.node,
             state=message.state,
             priority=message.priority,
@@ -247,20 +292,81 @@ class Group:
             interval=message.interval,
             heard_at=now,
             address=address,
+            hears=message.hears,
         )
+        self._note_hears(message.node, message.hears, now, before)
         if message.state != State.MASTER:
             return
-        self._last_master = self.peers[message.node]
+        self._last_master = view
         self._process_gone = None
         self.master_interval = message.interval
         if message.priority == 0:
             self.machine.heard_resign()
-        elif (message.priority, message.node) > (self.priority, self.node_id):
+        elif self._outranked_by(view, now):
             self.machine.heard_stronger_master()
-        elif self.state in (State.BACKUP, State.CANDIDATE) and self._may_preempt(now):
+        elif self.state in (State.BACKUP, State.CANDIDATE) and self._may_preempt(now, view):
             self.machine.preempt()
         else:
             self.machine.heard_weaker_master()
+
+    def _note_hears(
+        self, source: str, hears: tuple[str, ...] | None, now: float, before: PeerView | None
+    ) -> None:
+        if hears is None or self.node_id in hears:
+            self._heard_us_at[source] = now
+            self._unheard_since.pop(source, None)
+            return
+        # Unheard since this advert, unless its adverts already said so and
+        # kept coming (after a silence, as when a partition heals, the
+        # count starts again: the peer may not have had our advert yet).
+        if (
+            source not in self._unheard_since
+            or before is None
+            or now - before.heard_at > self._quorum_limit()
+        ):
+            self._unheard_since[source] = now
+
+    def _witness_backs(self, node: str, now: float) -> bool | None:
+        """Whether the witness's last advert (if recent and saying) lists C{node} as heard."""
+        if (
+            self.witness_hears is None
+            or self._witness_advert_at is None
+            or now - self._witness_advert_at > self._quorum_limit()
+        ):
+            return None
+        return node in self.witness_hears
+
+    def _outranked_by(self, master: PeerView, now: float) -> bool:
+        """
+        Whether C{master}'s claim beats ours. The witness decides first: of
+        two masters, the one it hears wins whatever the priorities (the
+        other is not heard, so its claim reaches nobody). Then a master we
+        hold MASTER against, whose adverts have said for the quorum limit
+        that it does not hear us, wins (it cannot learn that we outrank it,
+        so one of us must yield, and only we can know it). Then priority,
+        then node id.
+        """
+        ours = self._witness_backs(self.node_id, now)
+        theirs = self._witness_backs(master.node, now)
+        if ours is not None and theirs is not None and ours != theirs:
+            if theirs and self.state == State.MASTER:
+                self._yield_unheard(master, "the witness hears it and not us")
+            return theirs
+        if self.state == State.MASTER:
+            since = self._unheard_since.get(master.node)
+            if since is not None and now - since >= self._quorum_limit():
+                self._yield_unheard(master, "its adverts say it does not hear us")
+                return True
+        return (master.priority, master.node) > (self.priority, self.node_id)
+
+    def _yield_unheard(self, master: PeerView, why: str) -> None:
+        self.counters["yielded_unheard"] += 1
+        self.log.warn(
+            "cluster group {group}: {master} is MASTER too and {why}; stepping down",
+            group=self.name,
+            master=master.node,
+            why=why,
+        )
 
     def peer_process_gone(self, node: str) -> None:
         """
@@ -345,12 +451,15 @@ class Group:
 
     # Decisions.
 
-    def _may_preempt(self, now: float) -> bool:
+    def _may_preempt(self, now: float, master: PeerView) -> bool:
+        # Never preempt a master that does not hear us: it would not step
+        # down, and both would hold the VIP.
         return (
             self.settings.preempt
             and not self.maintenance
             and not self._no_preempt
             and now - self.started_at >= self.settings.preempt_delay
+            and (master.hears is None or self.node_id in master.hears)
         )
 
     def _tick(self) -> None:
@@ -368,17 +477,25 @@ class Group:
             if refresh and now - self._last_garp >= refresh:
                 self._last_garp = now
                 self.vip.refresh()
-            if (
-                state == State.MASTER
-                and self.witness_required
-                and self._lost_quorum(now)
-                and not self._heard_after_drain(now)
-            ):
+            if state != State.MASTER or not self.witness_required:
+                return
+            if self._lost_quorum(now) and not self._heard_after_drain(now):
                 self.log.warn(
-                    "cluster group {group}: hears neither peer nor witness; stepping down",
+                    "cluster group {group}: neither peer nor witness hears us; stepping down",
                     group=self.name,
                 )
                 self.counters["lost_quorum"] += 1
+                self.machine.step_down()
+            elif self.state == State.MASTER and now - self._sent_at > self._quorum_limit():
+                # Every send refused for that long (a blackhole route, a
+                # firewall): nobody hears us, whatever we hear.
+                self.log.warn(
+                    "cluster group {group}: our adverts have not gone out for {seconds} s;"
+                    " stepping down",
+                    group=self.name,
+                    seconds=round(now - self._sent_at, 3),
+                )
+                self.counters["adverts_unsent"] += 1
                 self.machine.step_down()
 
     def _heard_after_drain(self, now: float) -> bool:
@@ -388,16 +505,30 @@ class Group:
         self.drain()
         return self.state == State.MASTER and not self._lost_quorum(now)
 
-    def _lost_quorum(self, now: float) -> bool:
-        limit = DOWN_ADVERTS * self.interval + self.interval
-        heard = [p.heard_at for p in self.peers.values()]
-        if self.witness_heard_at is not None:
-            heard.append(self.witness_heard_at)
-        return not heard or now - max(heard) > limit
+    def _quorum_limit(self) -> float:
+        return DOWN_ADVERTS * self.interval + self.interval
 
-    def _send(self, state: State) -> None:
-        self.outbox.advert(self.name, state, self.priority, self.health, self.failing)
-        self.counters["adverts_sent"] += 1
+    def _lost_quorum(self, now: float) -> bool:
+        """Whether neither a peer nor the witness has said it hears us within the limit."""
+        heard = self._heard_us_at.values()
+        return not heard or now - max(heard) > self._quorum_limit()
+
+    def _send(self, state: State, priority: int | None = None) -> None:
+        now = self.clock.seconds()
+        sent = self.outbox.advert(
+            self.name,
+            state,
+            self.priority if priority is None else priority,
+            self.health,
+            self.failing,
+            heard(self.peers.values(), now),
+        )
+        if sent:
+            self._sent_at = now
+        else:
+            self.counters["adverts_refused"] += 1
+        if priority is None:
+            self.counters["adverts_sent"] += 1
 
     def _down_fired(self) -> None:
         self._down = None
@@ -502,7 +633,7 @@ class Group:
         self._send(State.MASTER)
 
     def send_resign(self) -> None:
-        self.outbox.advert(self.name, State.MASTER, 0, self.health, self.failing)
+        self._send(State.MASTER, 0)
         self.counters["resigns_sent"] += 1
 
     def take_vip(self) -> None:
@@ -594,7 +725,10 @@ class WitnessGroup:
             self._adverts.stop()
 
     def _tick(self) -> None:
-        self.outbox.advert(self.name, State.WITNESS, 0, Health.OK, 0)
+        now = self.clock.seconds()
+        self.outbox.advert(
+            self.name, State.WITNESS, 0, Health.OK, 0, heard(self.peers.values(), now)
+        )
 
     def live_masters(self, now: float, excluding: str) -> list[str]:
         # A master is alive while its adverts keep coming, with half an
@@ -642,6 +776,10 @@ class WitnessGroup:
             alive=",".join(alive) or "none",
         )
         self.outbox.vote_answer(self.name, address, granted)
+        if granted:
+            # Tell every member at once whom we hear: a master we no longer
+            # hear learns it before the new master's first advert reaches it.
+            self._tick()
 
     def status(self) -> dict[str, Any]:
         now = self.clock.seconds()

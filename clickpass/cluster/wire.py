@@ -6,6 +6,14 @@ Layout (network byte order), then a 32-byte HMAC-SHA256 over all of it::
     magic "CPHB" | version u8 | kind u8 | state u8 | priority u8
     interval_ms u16 | health u8 | failing u8 | epoch u32 | seq u64
     group_len u8 | group | node_len u8 | node
+    [hears_count u8 | (name_len u8 | name) x hears_count]
+
+The last part is optional: the nodes the sender hears (adverts it received
+lately), so that a node learns whether it is heard. A message without it
+(from a node that predates it) decodes with C{hears=None}, "not said",
+which receivers must treat as "hears you"; the version stays 1. A node
+that predates the field drops a message that carries it (malformed), so
+upgrade the members before the witness.
 
 C{epoch} grows on every start of a node (persisted under its data
 directory, floored by the wall clock) and C{seq} grows with every message a
@@ -33,9 +41,12 @@ MAGIC = b"CPHB"
 VERSION = 1
 MAC_SIZE = 32
 MAX_NAME = 64
+# Names in the hears list at most: a group has a few peers, the witness
+# hears the members of one group.
+MAX_HEARS = 8
 _HEADER = struct.Struct("!4sBBBBHBBIQ")
 MIN_SIZE = _HEADER.size + 2 + 2 + MAC_SIZE
-MAX_SIZE = _HEADER.size + 2 + 2 * MAX_NAME + MAC_SIZE
+MAX_SIZE = _HEADER.size + 2 + 2 * MAX_NAME + 1 + MAX_HEARS * (1 + MAX_NAME) + MAC_SIZE
 # What a receiver reads at most; anything longer is oversized.
 RECEIVE_LIMIT = 2048
 _KEY_LABEL = b"clickpass heartbeat v1"
@@ -82,6 +93,8 @@ class Message:
     seq: int
     health: Health = Health.OK
     failing: int = 0
+    # The nodes the sender hears; None when the message does not say.
+    hears: tuple[str, ...] | None = None
 
     @property
     def interval(self) -> float:
@@ -121,7 +134,30 @@ def encode(message: Message, key: bytes) -> bytes:
     group = _name(message.group, "group")
     node = _name(message.node, "node")
     body += bytes([len(group)]) + group + bytes([len(node)]) + node
+    if message.hears is not None:
+        if len(message.hears) > MAX_HEARS:
+            raise ValueError(f"hears lists at most {MAX_HEARS} nodes")
+        body += bytes([len(message.hears)])
+        for name in message.hears:
+            raw = _name(name, "heard node")
+            body += bytes([len(raw)]) + raw
     return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def _read_name(body: bytes, offset: int, into: list[str]) -> int:
+    """Read one length-prefixed name at C{offset} into C{into}; the offset after it."""
+    if offset >= len(body):
+        raise WireError("malformed")
+    length = body[offset]
+    offset += 1
+    raw = body[offset : offset + length]
+    if not 1 <= length <= MAX_NAME or len(raw) != length:
+        raise WireError("malformed")
+    try:
+        into.append(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise WireError("malformed") from None
+    return offset + length
 
 
 def decode(data: bytes, key: bytes) -> Message:
@@ -144,18 +180,17 @@ def decode(data: bytes, key: bytes) -> Message:
     offset = _HEADER.size
     names: list[str] = []
     for _ in range(2):
-        if offset >= len(body):
-            raise WireError("malformed")
-        length = body[offset]
+        offset = _read_name(body, offset, names)
+    hears: tuple[str, ...] | None = None
+    if offset < len(body):
+        count = body[offset]
         offset += 1
-        raw = body[offset : offset + length]
-        if not 1 <= length <= MAX_NAME or len(raw) != length:
+        if count > MAX_HEARS:
             raise WireError("malformed")
-        try:
-            names.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise WireError("malformed") from None
-        offset += length
+        heard: list[str] = []
+        for _ in range(count):
+            offset = _read_name(body, offset, heard)
+        hears = tuple(heard)
     if offset != len(body):
         raise WireError("malformed")
     try:
@@ -170,6 +205,7 @@ def decode(data: bytes, key: bytes) -> Message:
             seq=seq,
             health=Health(health),
             failing=failing,
+            hears=hears,
         )
     except ValueError:
         raise WireError("malformed") from None

@@ -199,10 +199,19 @@ class BusOutbox:
             health,
         )
 
-    def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
+    def advert(
+        self,
+        group: str,
+        state: State,
+        priority: int,
+        health: Health,
+        failing: int,
+        hears: tuple[str, ...] | None = None,
+    ) -> bool:
         self.bus.deliver(
             self.node, self._message(Kind.ADVERT, group, state, priority, health), None
         )
+        return True
 
     def vote_request(self, group: str) -> None:
         message = self._message(Kind.VOTE_REQUEST, group, State.CANDIDATE, 0, Health.OK)

@@ -67,16 +67,25 @@ class Outbox:
         priority: int,
         health: Health = Health.OK,
         failing: int = 0,
+        hears: tuple[str, ...] | None = None,
     ) -> Message:
         self.seq += 1
         interval = int(self.net.interval * 1000)
         return Message(
-            kind, group, self.node, state, priority, interval, 1, self.seq, health, failing
+            kind, group, self.node, state, priority, interval, 1, self.seq, health, failing, hears
         )
 
-    def advert(self, group: str, state: State, priority: int, health: Health, failing: int) -> None:
-        message = self._message(Kind.ADVERT, group, state, priority, health, failing)
-        self.net.deliver(self.node, message, None)
+    def advert(
+        self,
+        group: str,
+        state: State,
+        priority: int,
+        health: Health,
+        failing: int,
+        hears: tuple[str, ...] | None = None,
+    ) -> bool:
+        message = self._message(Kind.ADVERT, group, state, priority, health, failing, hears)
+        return self.net.deliver(self.node, message, None)
 
     def vote_request(self, group: str) -> None:
         message = self._message(Kind.VOTE_REQUEST, group, State.CANDIDATE, 0)
@@ -97,6 +106,11 @@ class Net:
         self.vips: dict[str, FakeVip] = {}
         self.notifiers: dict[str, FakeNotifier] = {}
         self.cut: set[frozenset[str]] = set()
+        # One-way loss: (sender, receiver) pairs whose packets vanish on
+        # the way, and pairs whose sends the sender's kernel refuses (a
+        # blackhole route: the sender is told, the receiver hears nothing).
+        self.lost: set[tuple[str, str]] = set()
+        self.refused: set[tuple[str, str]] = set()
         self.dead: set[str] = set()
         self.events: list[tuple[float, str, str]] = []
         # Nodes whose process is not scheduled: what arrives for them waits
@@ -153,19 +167,31 @@ class Net:
         self.nodes["witness"] = witness
         return witness
 
-    def deliver(self, sender: str, message: Message, to: str | None) -> None:
+    def deliver(self, sender: str, message: Message, to: str | None) -> bool:
+        """Send to every other node (or C{to}); False if the kernel refused every send."""
         if sender in self.dead:
-            return
-        for name in list(self.nodes):
-            if name == sender or name in self.dead or (to is not None and name != to):
+            return False
+        taken = 0
+        destinations = [n for n in self.nodes if n != sender and (to is None or n == to)]
+        for name in destinations:
+            if (sender, name) in self.refused:
                 continue
-            if frozenset((sender, name)) in self.cut:
+            taken += 1
+            if name in self.dead or frozenset((sender, name)) in self.cut:
                 continue
             # Half a millisecond on the wire, like a LAN; never re-entrant.
             self.clock.callLater(0.0005, self._arrive, name, message, sender)
+        return taken > 0 or not destinations
+
+    def _passes(self, sender: str, name: str) -> bool:
+        return (
+            frozenset((sender, name)) not in self.cut
+            and (sender, name) not in self.lost
+            and (sender, name) not in self.refused
+        )
 
     def _arrive(self, name: str, message: Message, sender: str) -> None:
-        if name not in self.dead and frozenset((sender, name)) not in self.cut:
+        if name not in self.dead and self._passes(sender, name):
             if name in self.stalled:
                 self.inbox.setdefault(name, []).append((message, sender))
                 return
@@ -174,8 +200,16 @@ class Net:
     def partition(self, a: str, b: str) -> None:
         self.cut.add(frozenset((a, b)))
 
+    def lose(self, sender: str, receivers: tuple[str, ...], refused: bool = False) -> None:
+        """One-way loss: what C{sender} sends to C{receivers} never arrives; with
+        C{refused}, the sender's kernel also refuses the send (a blackhole route)."""
+        for receiver in receivers:
+            (self.refused if refused else self.lost).add((sender, receiver))
+
     def heal(self) -> None:
         self.cut.clear()
+        self.lost.clear()
+        self.refused.clear()
 
     def run(self, seconds: float, step: float = 0.005) -> None:
         steps = round(seconds / step)

@@ -38,10 +38,60 @@ def test_round_trip_keeps_every_field() -> None:
 
 def test_size_is_bounded() -> None:
     """The largest legal message fits the declared maximum and long names are refused."""
-    big = advert(node="n" * wire.MAX_NAME, group="g" * wire.MAX_NAME)
+    name = "n" * wire.MAX_NAME
+    big = advert(node=name, group="g" * wire.MAX_NAME, hears=(name,) * wire.MAX_HEARS)
     assert len(wire.encode(big, KEY)) == wire.MAX_SIZE
     with pytest.raises(ValueError):
         wire.encode(advert(node="n" * (wire.MAX_NAME + 1)), KEY)
+    with pytest.raises(ValueError):
+        wire.encode(advert(hears=("db1",) * (wire.MAX_HEARS + 1)), KEY)
+    with pytest.raises(ValueError):
+        wire.encode(advert(hears=("",)), KEY)
+
+
+def test_hears_round_trips_and_old_messages_say_nothing() -> None:
+    """The list of nodes the sender hears comes back as sent (empty included); a message
+    without it (the format before the field, which is still accepted) decodes as None."""
+    for hears in (("db1", "db2"), (), ("wïtness",), None):
+        message = advert(hears=hears)
+        assert wire.decode(wire.encode(message, KEY), KEY).hears == hears
+    # The format before the field is byte for byte what encode writes without it.
+    old = wire.encode(advert(), KEY)
+    assert len(old) == wire.MIN_SIZE - 2 + len("app") + len("app2")
+    assert wire.decode(old, KEY).hears is None
+
+
+def _signed(body: bytes) -> bytes:
+    import hashlib
+    import hmac
+
+    return body + hmac.new(KEY, body, hashlib.sha256).digest()
+
+
+def test_malformed_hears_lists_are_counted_never_raised() -> None:
+    """Correctly signed packets whose hears list is cut short, too long, holds an empty or
+    oversized or non-UTF-8 name, or has bytes after it, are counted as malformed."""
+    base = wire.encode(advert(hears=None), KEY)[: -wire.MAC_SIZE]
+    bodies = [
+        base + b"\x01",  # one name announced, none there
+        base + b"\x02\x03db1",  # two announced, one there
+        base + b"\x01\x05db1",  # name shorter than its length
+        base + b"\x01\x00",  # empty name
+        base + bytes([wire.MAX_HEARS + 1]) + b"\x03db1" * (wire.MAX_HEARS + 1),
+        base + b"\x01\x02\xff\xfe",  # not UTF-8
+        base + b"\x01\x03db1" + b"x",  # trailing byte
+        base + b"\x00\x00",  # empty list, then a stray byte
+        base + b"\x01\x41" + b"n" * 0x41,  # a name over MAX_NAME
+    ]
+    receiver = Receiver(KEY, "app1")
+    for seq, body in enumerate(bodies):
+        packet = _signed(body)
+        with pytest.raises(wire.WireError, match=r"malformed|oversized"):
+            wire.decode(packet, KEY)
+        assert receiver.accept(packet) is None, seq
+    counted = receiver.counters["malformed"] + receiver.counters["oversized"]
+    assert counted == len(bodies)
+    assert receiver.counters["accepted"] == 0
 
 
 def test_wrong_key_is_rejected() -> None:
@@ -106,7 +156,7 @@ def test_random_bytes_never_raise() -> None:
     """Random packets of any length are dropped and counted, never raised."""
     rng = random.Random(4)
     receiver = Receiver(KEY, "app1")
-    packet = wire.encode(advert(), KEY)
+    packet = wire.encode(advert(hears=("db1", "witness")), KEY)
     for _ in range(3000):
         n = rng.randrange(0, 400)
         data = bytes(rng.randrange(256) for _ in range(n))
