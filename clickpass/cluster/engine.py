@@ -114,7 +114,7 @@ class Engine:
                 peers.append(self.witness)
             self.destinations[settings.name] = peers
             if cluster.role == "witness":
-                self.witness_groups[settings.name] = WitnessGroup(settings, reactor, self)
+                self.witness_groups[settings.name] = WitnessGroup(settings, reactor, self, node_id)
                 continue
             vip = (
                 vip_factory(settings)

@@ -133,7 +133,9 @@ class Group:
         self.interval = settings.advert_interval
         self.peers: dict[str, PeerView] = {}
         self.witness_heard_at: float | None = None
-        # The witness's last advert: whom it hears, and when it came.
+        # The witness as we hear it (for our hears list), its last
+        # advert's hears list, and when that advert came.
+        self._witness: PeerView | None = None
         self.witness_hears: tuple[str, ...] | None = None
         self._witness_advert_at: float | None = None
         # When each peer (or the witness) last said it hears us (a sender
@@ -267,6 +269,9 @@ class Group:
         now = self.clock.seconds()
         if message.state == State.WITNESS:
             self.witness_heard_at = now
+            self._witness = PeerView(
+                message.node, State.WITNESS, 0, Health.OK, 0, message.interval, now, address
+            )
             if message.kind == Kind.ADVERT:
                 self.witness_hears = message.hears
                 self._witness_advert_at = now
@@ -505,6 +510,13 @@ class Group:
         self.drain()
         return self.state == State.MASTER and not self._lost_quorum(now)
 
+    def _hears(self, now: float) -> tuple[str, ...]:
+        """The peers and the witness we hear, for our adverts."""
+        views = list(self.peers.values())
+        if self._witness is not None:
+            views.append(self._witness)
+        return heard(views, now)
+
     def _quorum_limit(self) -> float:
         return DOWN_ADVERTS * self.interval + self.interval
 
@@ -521,7 +533,7 @@ class Group:
             self.priority if priority is None else priority,
             self.health,
             self.failing,
-            heard(self.peers.values(), now),
+            self._hears(now),
         )
         if sent:
             self._sent_at = now
@@ -705,8 +717,16 @@ class WitnessGroup:
 
     log = Logger()
 
-    def __init__(self, settings: ClusterGroupSettings, clock: IReactorTime, outbox: Any) -> None:
+    def __init__(
+        self,
+        settings: ClusterGroupSettings,
+        clock: IReactorTime,
+        outbox: Any,
+        node_id: str | None = None,
+    ) -> None:
         self.settings = settings
+        # Our node id, to tell whether a node that asks for a vote hears us.
+        self.node_id = node_id
         self.name = settings.name
         self.clock = clock
         self.outbox = outbox
@@ -755,6 +775,7 @@ class WitnessGroup:
                 interval=message.interval,
                 heard_at=now,
                 address=str(address),
+                hears=message.hears,
             )
             return
         if message.kind != Kind.VOTE_REQUEST:
@@ -764,7 +785,18 @@ class WitnessGroup:
         granted_to_other = (
             self.grant is not None and self.grant[0] != message.node and now < self.grant[1]
         )
-        granted = not alive and not granted_to_other
+        # A node whose adverts say it does not hear us would never read our
+        # grant, and granting it would make the others wait for it.
+        asker = self.peers.get(message.node)
+        deaf = (
+            self.node_id is not None
+            and asker is not None
+            and asker.hears is not None
+            and self.node_id not in asker.hears
+        )
+        if deaf:
+            self.counters["refused_deaf"] += 1
+        granted = not alive and not granted_to_other and not deaf
         if granted:
             self.grant = (message.node, now + DOWN_ADVERTS * message.interval)
         self.counters["granted" if granted else "refused"] += 1

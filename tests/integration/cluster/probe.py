@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import os
 import re
 import signal
@@ -145,6 +146,9 @@ class VipWatch:
     namespace, which has an id for every host's namespace, so events from
     all hosts arrive in one queue, in the order they happened, however late
     they are read. A gap is a moment when no host holds the address.
+
+    Each event also keeps the wall-clock time the monitor saw it (C{ip -ts}),
+    so that L{holders_over_time} tells how long two hosts held the address.
     """
 
     def __init__(self, lab: Any, vip: str) -> None:
@@ -158,16 +162,18 @@ class VipWatch:
             for nsid, name in re.findall(r"nsid (\d+) \(iproute2 netns name: (\S+)\)", listing)
         }
         self.process = subprocess.Popen(
-            ["ip", "-n", lab.switch, "monitor", "address", "all-nsid"],
+            ["ip", "-ts", "-n", lab.switch, "monitor", "address", "all-nsid"],
             stdout=subprocess.PIPE,
             text=True,
         )
         self.events: list[tuple[str, str]] = []
+        self.times: list[float] = []
 
     def stop(self) -> list[tuple[str, str]]:
         self.process.terminate()
         out, _ = self.process.communicate(timeout=10)
         pattern = re.compile(rf"\[nsid (\d+)\].*\binet6? {re.escape(self.vip)}/")
+        stamp = re.compile(r"^\[(\d{4}-\d\d-\d\dT[\d:.]+)\]")
         for line in out.splitlines():
             match = pattern.search(line)
             if match is None:
@@ -175,7 +181,26 @@ class VipWatch:
             nsid = str(match.group(1))
             host = self.hosts.get(nsid, nsid)
             self.events.append((host, "del" if "Deleted" in line else "add"))
+            when = stamp.match(line)
+            # ip prints local time; the lab's machines and CI run in UTC or local alike.
+            self.times.append(
+                datetime.datetime.fromisoformat(when.group(1)).timestamp() if when else 0.0
+            )
         return self.events
+
+    def holders_over_time(self, holders: list[str]) -> list[tuple[float, list[str]]]:
+        """(wall-clock time, hosts holding the VIP) at each change, from C{holders}."""
+        held = set(holders)
+        changes: list[tuple[float, list[str]]] = []
+        for (host, what), when in zip(self.events, self.times, strict=True):
+            before = set(held)
+            if what == "add":
+                held.add(host)
+            else:
+                held.discard(host)
+            if held != before:
+                changes.append((when, sorted(held)))
+        return changes
 
     def moments_without_holder(self, holders: list[str]) -> list[int]:
         """Indexes of the events after which nobody held the VIP (starting from C{holders})."""
@@ -189,6 +214,31 @@ class VipWatch:
                 if not held:
                     empty.append(i)
         return empty
+
+
+@dataclass(frozen=True)
+class Holding:
+    """How the VIP's holders changed after a fault (times in seconds from it)."""
+
+    changes: list[tuple[float, list[str]]]
+    single_after: float | None  # one holder from then on (None: not at the end)
+    longest_shared: float  # the longest time two or more hosts held it at once
+
+    @classmethod
+    def after(cls, changes: list[tuple[float, list[str]]], fault_at: float) -> Holding:
+        relative = [(round(t - fault_at, 3), h) for t, h in changes if t >= fault_at]
+        single: float | None = None
+        if changes and len(changes[-1][1]) == 1:
+            single = max(0.0, relative[-1][0]) if relative else 0.0
+        longest, since = 0.0, None
+        for t, holders in relative:
+            if len(holders) > 1 and since is None:
+                since = t
+            elif len(holders) <= 1 and since is not None:
+                longest, since = max(longest, t - since), None
+        if since is not None:
+            longest = float("inf")
+        return cls(relative, single, round(longest, 3))
 
 
 def main() -> None:

@@ -163,7 +163,7 @@ class Net:
         settings = ClusterGroupSettings(
             name="app", peers=["10.77.0.1"], advert_interval=self.interval
         )
-        witness = WitnessGroup(settings, self.clock, Outbox(self, "witness"))
+        witness = WitnessGroup(settings, self.clock, Outbox(self, "witness"), "witness")
         self.nodes["witness"] = witness
         return witness
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from clickpass.cluster.group import Group, skew
-from clickpass.cluster.wire import State
+from clickpass.cluster.wire import Kind, Message, State
 
 from .sim import Net
 
@@ -97,6 +97,30 @@ def test_master_that_hears_nobody_steps_down_and_backup_takes_over() -> None:
     net.run(10)
     assert net.masters() == ["db2"] and len(net.events) == events
     assert a.state in (State.BACKUP, State.CANDIDATE)
+    # db1 keeps asking for the witness's vote; its adverts say it does not hear the
+    # witness, so it is refused (a grant would only hold db2 back).
+    assert net.nodes["witness"].counters["refused_deaf"] >= 5
+
+
+def test_witness_refuses_a_node_that_does_not_hear_it() -> None:
+    """The witness grants a vote to a node whose adverts list the witness, or say nothing
+    (older nodes), and refuses one whose adverts say it does not hear the witness."""
+    net = Net(INTERVAL)
+    witness = net.add_witness()
+    answers: list[tuple[str, bool]] = []
+    witness.outbox.vote_answer = lambda group, address, granted: answers.append((address, granted))
+    for seq, (node, hears) in enumerate(
+        [("db1", ("db2",)), ("db2", ("witness",)), ("db3", None)], start=1
+    ):
+        witness.receive(
+            Message(Kind.ADVERT, "app", node, State.BACKUP, 100, 100, 1, seq, hears=hears), node
+        )
+        witness.grant = None
+        witness.receive(
+            Message(Kind.VOTE_REQUEST, "app", node, State.CANDIDATE, 0, 100, 1, seq + 10), node
+        )
+    assert answers == [("db1", False), ("db2", True), ("db3", True)]
+    assert witness.counters["refused_deaf"] == 1
 
 
 def test_backup_that_is_not_heard_stays_backup() -> None:
