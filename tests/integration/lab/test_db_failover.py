@@ -15,6 +15,7 @@ tests/integration/dbagent/test_failover.py; the checks are the same ones.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -141,10 +142,13 @@ def run_fault(
         watch.stop()
     present = rows_on(pair, "db2")
     result = check_history(writer, present)
+    acks = [fault_at, *sorted(t for t in writer.ok.values() if t > fault_at)]
     result.update(
         # From the fault to the first acknowledgement of a write attempted after it
         # (under a partition the old primary may still acknowledge one in flight).
         failover_seconds=round(first_ok - fault_at, 3),
+        # The longest time without an acknowledged write from the fault on.
+        write_gap_seconds=round(max(b - a for a, b in itertools.pairwise(acks)), 3),
         writable_seen_seconds=round(moved_at - fault_at, 3),
         both_writable=len(watch.both),
         samples=watch.samples,
