@@ -10,6 +10,7 @@ A packet that cannot be used is counted and dropped; it never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -107,6 +108,11 @@ class Engine:
         # process link; and the epoch last heard from each peer.
         self.on_peer_restart: Callable[[str], None] | None = None
         self.epochs: dict[str, int] = {}
+        # Addresses whose last advert carried no hears list: a node from
+        # before that field, which drops a message that has it. Our adverts
+        # go to them without it (so mixed versions still hear each other
+        # during a rolling upgrade); to everyone else, with it.
+        self.without_hears: set[str] = set()
         runner = CommandRunner(reactor)
         for settings in cluster.group:
             peers = [parse_address(p, cluster.port) for p in settings.peers]
@@ -249,6 +255,11 @@ class Engine:
         message = self.receiver.accept(data)
         if message is None:
             return
+        if message.kind == Kind.ADVERT:
+            if message.hears is None:
+                self.without_hears.add(str(addr[0]))
+            else:
+                self.without_hears.discard(str(addr[0]))
         before = self.epochs.get(message.node)
         self.epochs[message.node] = message.epoch
         if before is not None and before != message.epoch and self.on_peer_restart is not None:
@@ -274,10 +285,16 @@ class Engine:
         if self.port is None:
             return 0
         data = wire.encode(message, self.key)
+        legacy: bytes | None = None
         sent = 0
         for address in addresses:
+            payload = data
+            if message.hears is not None and address[0] in self.without_hears:
+                if legacy is None:
+                    legacy = wire.encode(dataclasses.replace(message, hears=None), self.key)
+                payload = legacy
             try:
-                self.port.write(data, address)  # type: ignore[attr-defined]
+                self.port.write(payload, address)  # type: ignore[attr-defined]
                 self.counters["sent"] += 1
                 sent += 1
             except OSError:

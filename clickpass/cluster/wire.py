@@ -12,8 +12,8 @@ The last part is optional: the nodes the sender hears (adverts it received
 lately), so that a node learns whether it is heard. A message without it
 (from a node that predates it) decodes with C{hears=None}, "not said",
 which receivers must treat as "hears you"; the version stays 1. A node
-that predates the field drops a message that carries it (malformed), so
-upgrade the members before the witness.
+that predates the field drops a message that carries it (malformed): the
+engine sends such a node its adverts without it.
 
 C{epoch} grows on every start of a node (persisted under its data
 directory, floored by the wall clock) and C{seq} grows with every message a

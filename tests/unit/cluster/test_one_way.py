@@ -187,3 +187,66 @@ def test_split_brain_heal_still_goes_to_the_higher_priority() -> None:
     net.run(2)
     assert net.masters() == ["db1"]
     assert a.counters["yielded_unheard"] == 0
+
+
+class CapturingPort:
+    """A UDP port that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        self.written.append((data, address))
+
+
+def test_engine_sends_hears_only_to_nodes_that_read_it() -> None:
+    """Adverts carry the hears list, except to an address whose own last advert had none
+    (a node from before the field would drop ours as malformed): so during a rolling
+    upgrade old and new nodes still hear each other. An advert with the list switches back."""
+    from clickpass import config as configmod
+    from clickpass.cluster import wire
+    from clickpass.cluster.engine import Engine
+    from clickpass.cluster.wire import Health
+
+    settings = configmod.parse(
+        {
+            "node": {"name": "app2"},
+            "cluster": {
+                "enabled": True,
+                "secret_file": "cluster.key",
+                "bind": "127.0.0.1",
+                "witness": "127.0.0.3",
+                "group": [
+                    {
+                        "name": "app",
+                        "vip": "10.77.0.100/24",
+                        "interface": "eth0",
+                        "peers": ["127.0.0.2"],
+                    }
+                ],
+            },
+        }
+    )
+    secret = b"s" * 32
+    key = wire.derive_key(secret)
+    engine = Engine(Net().clock, "app2", settings.cluster, secret, epoch=1)
+    port = CapturingPort()
+    engine.port = port  # type: ignore[assignment]  # only write() is used here
+
+    def sent() -> dict[str, tuple[str, ...] | None]:
+        decoded = {a[0]: wire.decode(d, key).hears for d, a in port.written}
+        port.written.clear()
+        return decoded
+
+    def advert_from(address: str, seq: int, hears: tuple[str, ...] | None) -> None:
+        message = Message(Kind.ADVERT, "app", "app1", State.BACKUP, 150, 100, 1, seq, hears=hears)
+        engine.packet(wire.encode(message, key), (address, 5405))
+
+    assert engine.advert("app", State.MASTER, 100, Health.OK, 0, ("app1",))
+    assert sent() == {"127.0.0.2": ("app1",), "127.0.0.3": ("app1",)}
+    advert_from("127.0.0.2", 1, None)  # an older peer
+    engine.advert("app", State.MASTER, 100, Health.OK, 0, ("app1",))
+    assert sent() == {"127.0.0.2": None, "127.0.0.3": ("app1",)}
+    advert_from("127.0.0.2", 2, ("app2",))  # upgraded
+    engine.advert("app", State.MASTER, 100, Health.OK, 0, ("app1",))
+    assert sent() == {"127.0.0.2": ("app1",), "127.0.0.3": ("app1",)}
