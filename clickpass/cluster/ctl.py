@@ -66,15 +66,16 @@ def format_status(result: Any) -> str:
             "priority": p["priority"],
             "health": p["health"],
             "last heard": f"{p['last_heard_seconds'] * 1000:.0f} ms ago",
+            # From the peer's own adverts: one-way loss shows as "no" here.
+            "hears us": _hears_us(p.get("hears"), result.get("node")),
         }
         for g in result["groups"]
         for p in g.get("peers", [])
     ]
     lines.append("")
     if peers:
-        lines.append(
-            format_table(peers, ["group", "peer", "state", "priority", "health", "last heard"])
-        )
+        columns = ["group", "peer", "state", "priority", "health", "last heard", "hears us"]
+        lines.append(format_table(peers, columns))
     else:
         lines.append("no peer heard yet")
     packets = result.get("packets") or {}
@@ -86,6 +87,12 @@ def format_status(result: Any) -> str:
         + ("".join(f", {k} {v}" for k, v in sorted(dropped.items())) if dropped else "")
     )
     return "\n".join(lines)
+
+
+def _hears_us(hears: Any, node: Any) -> str:
+    if not isinstance(hears, list):
+        return "-"  # a peer from before adverts said whom they hear
+    return "yes" if node in hears else "no"
 
 
 @command(

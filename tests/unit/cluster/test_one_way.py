@@ -250,3 +250,33 @@ def test_engine_sends_hears_only_to_nodes_that_read_it() -> None:
     advert_from("127.0.0.2", 2, ("app2",))  # upgraded
     engine.advert("app", State.MASTER, 100, Health.OK, 0, ("app1",))
     assert sent() == {"127.0.0.2": ("app1",), "127.0.0.3": ("app1",)}
+
+
+def test_ctl_cluster_shows_whether_each_peer_hears_us() -> None:
+    """clickpass-ctl cluster has a "hears us" column from the peers' own adverts: yes, no
+    (one-way loss), or - for a peer whose adverts do not say."""
+    from clickpass.cluster.ctl import format_status
+
+    net = Net(INTERVAL)
+    a = net.add("app1", 200)
+    b = net.add("app2", 100)
+    a.start()
+    b.start()
+    net.run(1)
+    net.lose("app1", ("app2",))
+    net.run(0.3)  # app2 stops listing app1 after 2.5 intervals
+    group = a.status()
+    group["peers"].append({**group["peers"][0], "node": "old", "hears": None})
+    status = {"node": "app1", "role": "member", "epoch": 1, "groups": [group]}
+    table = format_status(status)
+    assert "hears us" in table
+    rows = {
+        line.split()[1]: line.split()[-1]
+        for line in table.splitlines()
+        if line.startswith("app ") and "ago" in line
+    }
+    assert rows == {"app2": "no", "old": "-"}
+    net.heal()
+    net.run(0.3)
+    table = format_status({**status, "groups": [a.status()]})
+    assert [line.split()[-1] for line in table.splitlines() if "app2" in line] == ["yes"]
