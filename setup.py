@@ -37,6 +37,9 @@ setup(
         "jinja2>=3.1",
         "service-identity>=24.1",
         "idna>=3.6",
+        # Wildcard realms are judged against the Public Suffix List it ships
+        # (no download at run time).
+        "publicsuffixlist>=1.0",
         "PyJWT[crypto]>=2.8",
         "boto3>=1.34",
     ],
@@ -59,6 +62,8 @@ setup(
             "aiosmtpd>=1.4",
             # A second, independent JOSE library verifies the OpenID Connect tokens.
             "joserfc>=1.0",
+            # Property-based fuzzing of the OpenID endpoint through a real node.
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},

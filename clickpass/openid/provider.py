@@ -40,17 +40,24 @@ from openid.server.server import (
     HTTP_OK,
     HTTP_REDIRECT,
     AlreadySigned,
+    AssociateRequest,
     CheckAuthRequest,
     CheckIDRequest,
     EncodingError,
+    MalformedReturnURL,
+    MalformedTrustRoot,
     NoReturnToError,
     OpenIDResponse,
+    ProtocolError,
     Server,
     Signatory,
+    UntrustedReturnURL,
     WebResponse,
 )
+from openid.server.trustroot import TrustRoot
 from openid.store.nonce import split as split_nonce
 
+from clickpass.openid.hardening import BadURL, dh_problem, normalised_url
 from clickpass.openid.store import DatabaseOpenIDStore, StagedStore
 
 # Strongest first: the negotiator offers its first pair to a relying party
@@ -253,6 +260,52 @@ def negative_answer(request: CheckIDRequest) -> OpenIDResponse:
     return response
 
 
+def _message_or_none(query: Mapping[str, str]) -> Message | None:
+    # When the arguments are no message at all, the library's own decoding
+    # refuses them (before any arithmetic) with its own error.
+    try:
+        return Message.fromPostArgs(dict(query))
+    except Exception:
+        return None
+
+
+def normalise_checkid(request: CheckIDRequest) -> None:
+    """
+    Put a checkid's realm and return_to in the one form every part of
+    Clickpass reads (L{normalised_url}: host percent-decoded, IDNA,
+    lowercase), in the request and in its message, so a request carried
+    on (sign-in, consent form) carries that form too. The library decoded
+    them another way (Latin-1 hosts), so a changed return_to is checked
+    against the changed realm again. Raises the library's errors for a
+    realm or return_to that cannot be read as one host.
+    """
+    message = request.message
+    return_to, realm = request.return_to, request.trust_root
+    try:
+        if return_to:
+            return_to = normalised_url(return_to)
+    except BadURL:
+        raise MalformedReturnURL(message, request.return_to) from None
+    try:
+        if realm:
+            realm = normalised_url(realm)
+    except BadURL as e:
+        raise MalformedTrustRoot(message, f"the realm cannot be used: {e}") from None
+    if (return_to, realm) == (request.return_to, request.trust_root):
+        return
+    if realm and return_to:
+        parsed = TrustRoot.parse(realm)
+        if parsed is None:
+            raise MalformedTrustRoot(message, "the realm is not a URL pattern")
+        if not parsed.validateURL(return_to):
+            raise UntrustedReturnURL(message, return_to, realm)
+    realm_key = "trust_root" if message.isOpenID1() else "realm"
+    for key, value in ((realm_key, realm), ("return_to", return_to)):
+        if message.hasKey(OPENID_NS, key):
+            message.setArg(OPENID_NS, key, value)
+    request.return_to, request.trust_root = return_to, realm
+
+
 def assertion_claim(request: CheckAuthRequest) -> tuple[int, str] | None:
     """
     The nonce timestamp and the key under which an assertion is claimed
@@ -293,8 +346,32 @@ class Provider:
         """
         Decode a request (raises the library's C{ProtocolError} family).
         Pure parsing, without the store: safe on the reactor thread.
+
+        Restricted first: the library computes with an associate request's
+        Diffie-Hellman values as it decodes them, so those are checked
+        before it sees them (L{dh_problem}), and an OpenID 1 associate for a
+        session type we do not allow gets an error here (the library raises
+        one with no text from inside its answer). A checkid's realm and
+        return_to are normalised (L{normalise_checkid}).
         """
-        return self.server.decodeRequest(dict(query))
+        if query.get("openid.mode") == "associate":
+            problem = dh_problem(query)
+            message = _message_or_none(query) if problem is not None else None
+            if message is not None:
+                raise ProtocolError(message, problem)
+        request = self.server.decodeRequest(dict(query))
+        if isinstance(request, CheckIDRequest):
+            normalise_checkid(request)
+        elif isinstance(request, AssociateRequest) and request.message.isOpenID1():
+            session_type = request.session.session_type
+            if not self.server.negotiator.isAllowed(request.assoc_type, session_type):
+                # OpenID 1 has no unsupported-type answer: a plain error.
+                raise ProtocolError(
+                    request.message,
+                    f"session type {session_type} (the default when session_type is left "
+                    "out) is not allowed here; ask for DH-SHA1",
+                )
+        return request
 
     def associate(self, request: Any) -> WebResponse:
         """In a thread: answer an associate request, encoded for the wire."""

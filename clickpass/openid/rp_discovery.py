@@ -43,6 +43,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from clickpass.config import OpenIDSettings
+from clickpass.openid.hardening import for_log
 
 log = Logger()
 
@@ -290,7 +291,11 @@ class RPVerifier:
         except Exception as e:
             found = _Discovered(None, _reason(e, False))
             if not isinstance(e, RefusedAddress | TooLarge):
-                log.info("relying-party discovery of {url} failed: {error}", url=url, error=str(e))
+                log.info(
+                    "relying-party discovery of {url} failed: {error}",
+                    url=for_log(url),
+                    error=for_log(e),
+                )
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
         self._cache[url] = (now + CACHE_SECONDS, found)

@@ -57,6 +57,7 @@ from twisted.web.server import Request
 from clickpass.accounts.service import Account
 from clickpass.database.storage import Transaction
 from clickpass.openid import approvals, discovery, extensions
+from clickpass.openid.hardening import for_log, harden_library, wildcard_too_broad
 from clickpass.openid.identifiers import (
     KEY_PURPOSE,
     BadRealm,
@@ -87,6 +88,8 @@ def install(app: WebApp, router: Router) -> OpenIDWeb:
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
     settings = app.settings
+    # Before the provider exists, so before any request in this worker.
+    harden_library()
     provider = Provider(
         DatabaseOpenIDStore(app.storage),
         discovery.endpoint_url(settings.base_url),
@@ -220,8 +223,8 @@ class OpenIDWeb:
         except UntrustedReturnURL as e:
             log.info(
                 "openid request refused: return_to {return_to} outside realm {realm}",
-                return_to=e.return_to,
-                realm=e.trust_root,
+                return_to=for_log(e.return_to),
+                realm=for_log(e.trust_root),
             )
             return self._refuse(
                 request,
@@ -241,7 +244,9 @@ class OpenIDWeb:
             log.failure("python3-openid could not decode a request")
             return self._refuse(request, 400, "This is not an OpenID request Clickpass can use.")
         if isinstance(openid_request, CheckIDRequest):
-            return await self._checkid(request, openid_request, query)
+            # The request as decoded and normalised (its realm and return_to),
+            # to carry on through sign-in and the consent form.
+            return await self._checkid(request, openid_request, openid_query_of(openid_request))
         if isinstance(openid_request, CheckAuthRequest):
             response = await self.provider.check_authentication(openid_request)
         else:
@@ -263,7 +268,9 @@ class OpenIDWeb:
     async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
         realm = str(openid_request.trust_root)
         trust_root = parse_realm(realm)
-        if trust_root is None or (trust_root.wildcard and not trust_root.isSane()):
+        if trust_root is None or (
+            trust_root.wildcard and wildcard_too_broad(trust_root.host.lstrip("."))
+        ):
             return self._refuse(
                 request, 400, f"The site's realm {realm} is too broad to sign in to."
             )
@@ -291,6 +298,12 @@ class OpenIDWeb:
             if openid_request.immediate:
                 return await self._answer(request, openid_request, allow=False)
             return self.app.redirect(request, self.app.signin_url("/openid?" + urlencode(query)))
+        if openid_request.immediate and not await self._may_answer_at_once(
+            openid_request, account, look
+        ):
+            # Before relying-party discovery: a fetch of the realm would tell
+            # a per-visitor realm that its visitor is signed in here.
+            return await self._answer(request, openid_request, allow=False)
         checked = await self._check(request, openid_request, account, look)
         if isinstance(checked, bytes):
             return checked
@@ -314,13 +327,31 @@ class OpenIDWeb:
                 await self.app.storage.run(approvals.touch, account.id, realm, now)
             # Per-request events are debug: workers log info and up unless
             # started with --access-log, and every line costs the front a relay.
-            log.debug("openid sign-in at {realm}: remembered approval", realm=realm)
+            log.debug("openid sign-in at {realm}: remembered approval", realm=for_log(realm))
             return await self._answer(
                 request, openid_request, True, site_id, select, wanted, released
             )
         if openid_request.immediate:
             return await self._answer(request, openid_request, allow=False)
         return self._consent_page(request, openid_request, query, account, site_id, released)
+
+    async def _may_answer_at_once(
+        self, openid_request: Any, account: Account, look: FirstLook | None
+    ) -> bool:
+        """
+        Whether a checkid_immediate can get a positive answer, judged
+        without fetching anything: the person approved the realm for what it
+        asks, or the realm is a verified partner site's (whose flow decides).
+        Otherwise the answer is setup_needed, whatever discovery would say.
+        """
+        if look is None:
+            return True  # no usable realm: L{_check} refuses it
+        if look.partner_site is not None and getattr(look.partner_site, "verified", False):
+            return True
+        if look.approval is None:
+            return False
+        wanted = extensions.requested(openid_request)
+        return look.approval.covers(frozenset(await self.released(wanted.fields, account)))
 
     async def _first_look(
         self, request: Request, realm: str
@@ -365,11 +396,16 @@ class OpenIDWeb:
                 site_id = await self.identifiers.for_site(account.id, account.uid, realm, now)
         except BadRealm as e:
             return self._refuse(request, 400, f"The site's realm cannot be used: {e}.")
-        select = bool(openid_request.idSelect()) or _same_url(
-            openid_request.identity, self.base_url
+        own = self.identifiers.url(site_id.opaque)
+        # OpenID 1 has no directed identity (no claimed_id to answer with; the
+        # library raises if given one): there the OP Identifier, or
+        # identifier_select, is just an identity that is not this person's.
+        select = openid_request.message.isOpenID2() and (
+            bool(openid_request.idSelect()) or _same_url(openid_request.identity, self.base_url)
         )
-        if not select and not _same_url(
-            openid_request.identity, self.identifiers.url(site_id.opaque)
+        if not select and (
+            not _same_url(openid_request.identity, own)
+            or self._claims_another(openid_request.claimed_id, own)
         ):
             if openid_request.immediate:
                 return await self._answer(request, openid_request, allow=False)
@@ -385,8 +421,8 @@ class OpenIDWeb:
         if verdict.refused:
             log.info(
                 "openid request refused: return_to {return_to} not published by {realm}",
-                return_to=openid_request.return_to,
-                realm=realm,
+                return_to=for_log(openid_request.return_to),
+                realm=for_log(realm),
             )
             return self._refuse(
                 request,
@@ -400,10 +436,25 @@ class OpenIDWeb:
             # The sign-in goes on without it; this says why the site got nothing.
             log.info(
                 "openid request from {realm}: {problem}; ignored",
-                realm=realm,
-                problem=wanted.problem,
+                realm=for_log(realm),
+                problem=for_log(wanted.problem),
             )
         return site_id, select, wanted
+
+    def _claims_another(self, claimed_id: str | None, own: str) -> bool:
+        """
+        Whether C{claimed_id} is on this provider but is not C{own}: the
+        library would sign it into the assertion beside the person's
+        identity. A claimed_id elsewhere (delegation from the person's own
+        URL) is the relying party's to verify by discovery.
+        """
+        if not claimed_id or claimed_id == own:
+            return False
+        try:
+            claimed = urinorm(claimed_id)
+        except ValueError:
+            return True
+        return bool(claimed != urinorm(own) and claimed.startswith(urinorm(self.base_url)))
 
     def form_payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:
         """The request as a form field, and its MAC (bound to the person)."""
@@ -452,7 +503,7 @@ class OpenIDWeb:
         openid_request = await self.restore(request, account)
         realm = str(openid_request.trust_root)
         if self.app.form(request, "decision") != "allow":
-            log.info("openid sign-in at {realm}: the person cancelled", realm=realm)
+            log.info("openid sign-in at {realm}: the person cancelled", realm=for_log(realm))
             return await self._answer(request, openid_request, allow=False)
         checked = await self._check(request, openid_request, account)
         if isinstance(checked, bytes):
@@ -472,7 +523,7 @@ class OpenIDWeb:
         )
         log.info(
             "openid sign-in at {realm}: approved, releasing {fields}",
-            realm=realm,
+            realm=for_log(realm),
             fields=",".join(released) or "nothing",
         )
         return await self._answer(request, openid_request, True, site_id, select, wanted, released)

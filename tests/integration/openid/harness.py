@@ -39,6 +39,7 @@ class RelyingPartySite:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                site.fetches += 1
                 body = site.xrds().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/xrds+xml")
@@ -51,6 +52,8 @@ class RelyingPartySite:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = host
+        # How many times the provider fetched the realm (discovery).
+        self.fetches = 0
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
