@@ -51,10 +51,8 @@ from openid.server.server import (
     ProtocolError,
     Server,
     Signatory,
-    UntrustedReturnURL,
     WebResponse,
 )
-from openid.server.trustroot import TrustRoot
 from openid.store.nonce import split as split_nonce
 
 from clickpass.openid.hardening import BadURL, dh_problem, normalised_url
@@ -269,41 +267,37 @@ def _message_or_none(query: Mapping[str, str]) -> Message | None:
         return None
 
 
-def normalise_checkid(request: CheckIDRequest) -> None:
+CHECKID_MODES = ("checkid_setup", "checkid_immediate")
+URL_ARGUMENTS = ("openid.return_to", "openid.realm", "openid.trust_root")
+
+
+def normalised_checkid(query: Mapping[str, str]) -> dict[str, str]:
     """
-    Put a checkid's realm and return_to in the one form every part of
-    Clickpass reads (L{normalised_url}: host percent-decoded, IDNA,
-    lowercase), in the request and in its message, so a request carried
-    on (sign-in, consent form) carries that form too. The library decoded
-    them another way (Latin-1 hosts), so a changed return_to is checked
-    against the changed realm again. Raises the library's errors for a
-    realm or return_to that cannot be read as one host.
+    A checkid's arguments with its return_to and realm (OpenID 1's
+    trust_root) in the one form every part of Clickpass reads
+    (L{normalised_url}: host percent-decoded, IDNA, lowercase), before the
+    library sees them: it would read a non-ASCII host as Latin-1 (another
+    host) and compare percent-escaped hosts decoded while Clickpass derived
+    the sector from them as written. Raises the library's
+    C{MalformedReturnURL} or C{MalformedTrustRoot} for one that cannot be
+    read as one host.
     """
-    message = request.message
-    return_to, realm = request.return_to, request.trust_root
-    try:
-        if return_to:
-            return_to = normalised_url(return_to)
-    except BadURL:
-        raise MalformedReturnURL(message, request.return_to) from None
-    try:
-        if realm:
-            realm = normalised_url(realm)
-    except BadURL as e:
-        raise MalformedTrustRoot(message, f"the realm cannot be used: {e}") from None
-    if (return_to, realm) == (request.return_to, request.trust_root):
-        return
-    if realm and return_to:
-        parsed = TrustRoot.parse(realm)
-        if parsed is None:
-            raise MalformedTrustRoot(message, "the realm is not a URL pattern")
-        if not parsed.validateURL(return_to):
-            raise UntrustedReturnURL(message, return_to, realm)
-    realm_key = "trust_root" if message.isOpenID1() else "realm"
-    for key, value in ((realm_key, realm), ("return_to", return_to)):
-        if message.hasKey(OPENID_NS, key):
-            message.setArg(OPENID_NS, key, value)
-    request.return_to, request.trust_root = return_to, realm
+    normal = dict(query)
+    for key in URL_ARGUMENTS:
+        value = normal.get(key)
+        if not value:
+            continue
+        try:
+            normal[key] = normalised_url(value)
+        except BadURL as e:
+            message = _message_or_none(query)
+            if message is None:
+                # Not a message at all: the library refuses it on its own.
+                return dict(query)
+            if key == "openid.return_to":
+                raise MalformedReturnURL(message, value) from None
+            raise MalformedTrustRoot(message, f"the realm cannot be used: {e}") from None
+    return normal
 
 
 def assertion_claim(request: CheckAuthRequest) -> tuple[int, str] | None:
@@ -352,17 +346,17 @@ class Provider:
         before it sees them (L{dh_problem}), and an OpenID 1 associate for a
         session type we do not allow gets an error here (the library raises
         one with no text from inside its answer). A checkid's realm and
-        return_to are normalised (L{normalise_checkid}).
+        return_to are normalised (L{normalised_checkid}).
         """
         if query.get("openid.mode") == "associate":
             problem = dh_problem(query)
             message = _message_or_none(query) if problem is not None else None
             if message is not None:
                 raise ProtocolError(message, problem)
+        if query.get("openid.mode") in CHECKID_MODES:
+            query = normalised_checkid(query)
         request = self.server.decodeRequest(dict(query))
-        if isinstance(request, CheckIDRequest):
-            normalise_checkid(request)
-        elif isinstance(request, AssociateRequest) and request.message.isOpenID1():
+        if isinstance(request, AssociateRequest) and request.message.isOpenID1():
             session_type = request.session.session_type
             if not self.server.negotiator.isAllowed(request.assoc_type, session_type):
                 # OpenID 1 has no unsupported-type answer: a plain error.

@@ -9,6 +9,7 @@ logged of a request.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -367,3 +368,119 @@ def test_a_huge_signed_list_is_not_logged_in_full(node: NodeProcess) -> None:
     assert answer.status_code == 200, answer.text
     assert kv(answer.text)["is_valid"] == "false"
     assert len(new_log(node, offset)) < 4096
+
+
+# Randomness.
+
+
+def test_every_worker_draws_the_librarys_randomness_from_the_os(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """
+    In each worker of a real node, once the application is built as every
+    worker builds it (tests/integration/openid/randomness_app.py adds only
+    a look afterwards), python3-openid's DH private keys and nonces come
+    from the OS's CSPRNG: the library's randrange is the patched one, and
+    making a key and a nonce leaves Python's Mersenne Twister untouched.
+    """
+    config = (
+        OPENID_CONFIG
+        + """
+[workers]
+count = 2
+app = "tests.integration.openid.randomness_app:build"
+"""
+    )
+    with running_node(
+        tmp_path_factory.mktemp("openid-randomness"), config, None, "randomness"
+    ) as proc:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = re.findall(r"randomness in worker (\d+): (.*)", proc.log())
+            if len(lines) >= 2:
+                break
+            time.sleep(0.1)
+        assert len({pid for pid, _ in lines}) == 2, proc.log()[-2000:]
+        assert all(found == "os=True random_untouched=True" for _, found in lines), lines
+        assert requests.get(proc.url + "healthz", timeout=10).status_code == 200
+
+
+# Realms written in unusual ways.
+
+
+def checkid(site_realm: str, return_to: str, mode: str = "checkid_setup") -> dict[str, str]:
+    return {
+        "openid.ns": OPENID2_NS,
+        "openid.mode": mode,
+        "openid.identity": IDENTIFIER_SELECT,
+        "openid.claimed_id": IDENTIFIER_SELECT,
+        "openid.return_to": return_to,
+        "openid.realm": site_realm,
+    }
+
+
+def test_a_percent_escaped_realm_is_the_same_site(
+    node: NodeProcess, other_site: RelyingPartySite, person: Person
+) -> None:
+    """
+    A realm whose host is written with percent-escapes
+    (http://%6Cocalhost:port/ for http://localhost:port/) is the site it
+    names: the person's approval of it holds, and the assertion carries the
+    same per-site identifier (one sector), for the realm's own return_to.
+    """
+    own = signed_in(node, other_site, person)
+    escaped = other_site.realm.replace("//localhost", "//%6Cocalhost")
+    answer = person.browser.session.get(
+        endpoint(node),
+        params=checkid(escaped, other_site.return_to),
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 302, answer.text
+    args = answer_args(answer.headers["location"])
+    assert args["openid.mode"] == "id_res"
+    assert args["openid.claimed_id"] == own
+    assert answer.headers["location"].startswith(other_site.return_to + "?")
+
+
+def test_a_non_ascii_realm_host_is_read_as_its_idna_name(node: NodeProcess) -> None:
+    """
+    A realm with a non-ASCII host is the host its IDNA name says: a
+    return_to written with that punycode name is inside the realm (the
+    library alone read the host as Latin-1, another host, and refused it);
+    a signed-out visitor is sent to sign in.
+    """
+    answer = requests.get(
+        endpoint(node),
+        params=checkid("http://bücher.example/", "http://xn--bcher-kva.example/return"),
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 303, answer.text
+    next_url = answer_args(answer.headers["location"])["next"]
+    assert "xn--bcher-kva.example" in next_url and "b%C3%BCcher" not in next_url
+
+
+def test_a_wildcard_over_a_public_suffix_is_refused(node: NodeProcess) -> None:
+    """
+    http://*.github.io/ covers every GitHub Pages site: the Public Suffix
+    List says github.io is a suffix anyone registers under, so the realm is
+    refused as too broad, as http://*.com/ is. A wildcard over a registrable
+    domain is accepted (a signed-out visitor is sent to sign in).
+    """
+    for realm, return_to in [
+        ("http://*.github.io/", "http://someone.github.io/return"),
+        ("http://*.co.uk/", "http://example.co.uk/return"),
+    ]:
+        answer = requests.get(
+            endpoint(node), params=checkid(realm, return_to), allow_redirects=False, timeout=10
+        )
+        assert answer.status_code == 400, (realm, answer.status_code)
+        assert "too broad" in answer.text
+    fine = requests.get(
+        endpoint(node),
+        params=checkid("http://*.example.com/", "http://www.example.com/return"),
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert fine.status_code == 303, fine.text

@@ -342,22 +342,26 @@ def test_request_with_no_return_address(
 def test_sreg_alias_mapped_to_another_namespace_is_ignored(
     node: NodeProcess, rp_site: RelyingPartySite, person: Person
 ) -> None:
-    """A request that maps "sreg" to a namespace of its own gets an answer, not an error page."""
+    """
+    A request that maps "sreg" to a namespace of its own gets the consent
+    page, not an error page, and nothing is asked for through it. (A
+    checkid_immediate from a realm the person never approved is answered
+    setup_needed before its extensions are read.)
+    """
     select = "http://specs.openid.net/auth/2.0/identifier_select"
     person.browser.sign_up(person.email, person.password)
     url = _raw_checkid(
         node,
         rp_site,
-        "checkid_immediate",
+        "checkid_setup",
         identity=select,
         claimed_id=select,
         **{"ns.sreg": "http://other.example/", "sreg.required": "email"},
     )
     logged = len(node.log())
     answer = person.open(url)
-    assert answer.status_code == 302, answer.text[:300]
-    fields = dict(parse_qsl(urlsplit(answer.headers["location"]).query))
-    assert fields["openid.mode"] == "setup_needed"
+    assert answer.status_code == 200, answer.text[:300]
+    assert "Sign in to" in answer.text and "Nothing else about you is shared." in answer.text
     # The operator can see why that site got no registration data.
     node.wait_for_log(
         f"openid request from {rp_site.realm}: the site's simple registration request was"
