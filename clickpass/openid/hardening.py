@@ -29,8 +29,8 @@ them all, with those in C{provider.py} and C{web.py}).
   request's 64 KiB included) and tracebacks for input it refuses; its
   records become one bounded line each.
 
-This module must never do I/O, and must never raise anything but
-L{BadURL} on network input.
+This module must never do I/O (other than logging), and must never raise
+anything but L{BadURL} on network input.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def normalised_url(url: str) -> str:
     library's own checks see those). Raises L{BadURL}.
     """
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
     except ValueError:
         raise BadURL("it is not a URL") from None
     scheme = parts.scheme.lower()

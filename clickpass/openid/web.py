@@ -346,12 +346,17 @@ class OpenIDWeb:
         """
         if look is None:
             return True  # no usable realm: L{_check} refuses it
-        if look.partner_site is not None and getattr(look.partner_site, "verified", False):
+        if look.partner_site is not None and look.partner_site.verified:
             return True
         if look.approval is None:
             return False
         wanted = extensions.requested(openid_request)
-        return look.approval.covers(frozenset(await self.released(wanted.fields, account)))
+        # What is released is part of what is asked for: an approval of all
+        # that was asked for needs no look at the person's values (the usual
+        # repeated sign-in reads nothing more here).
+        return look.approval.covers(wanted.fields) or look.approval.covers(
+            frozenset(await self.released(wanted.fields, account))
+        )
 
     async def _first_look(
         self, request: Request, realm: str
