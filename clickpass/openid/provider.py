@@ -33,7 +33,7 @@ from urllib.parse import quote_plus
 
 from openid import kvform
 from openid.association import Association, SessionNegotiator, getSecretSize
-from openid.message import OPENID1_URL_LIMIT, OPENID2_NS, OPENID_NS, Message
+from openid.message import OPENID1_NS, OPENID1_URL_LIMIT, OPENID2_NS, OPENID_NS, Message
 from openid.oidutil import toBase64
 from openid.server.server import (
     BROWSER_REQUEST_MODES,
@@ -258,6 +258,19 @@ def negative_answer(request: CheckIDRequest) -> OpenIDResponse:
     return response
 
 
+def _bare_message(query: Mapping[str, str]) -> Message:
+    """
+    A message with only the request's OpenID version and mode, for an error
+    about arguments the library could not make a message of: a direct
+    request's error is answered in key-value form, a browser's on a page.
+    """
+    message = Message(OPENID2_NS if query.get("openid.ns") == OPENID2_NS else OPENID1_NS)
+    mode = query.get("openid.mode")
+    if mode:
+        message.setArg(OPENID_NS, "mode", mode)
+    return message
+
+
 def _message_or_none(query: Mapping[str, str]) -> Message | None:
     # When the arguments are no message at all, the library's own decoding
     # refuses them (before any arithmetic) with its own error.
@@ -355,7 +368,14 @@ class Provider:
                 raise ProtocolError(message, problem)
         if query.get("openid.mode") in CHECKID_MODES:
             query = normalised_checkid(query)
-        request = self.server.decodeRequest(dict(query))
+        try:
+            request = self.server.decodeRequest(dict(query))
+        except KeyError as e:
+            # Message.fromPostArgs raises KeyError, not a ProtocolError, when
+            # two namespace aliases name one URI (openid.ns.a and openid.ns.b).
+            raise ProtocolError(
+                _bare_message(query), f"the request's namespace aliases conflict: {e}"
+            ) from None
         if isinstance(request, AssociateRequest) and request.message.isOpenID1():
             session_type = request.session.session_type
             if not self.server.negotiator.isAllowed(request.assoc_type, session_type):

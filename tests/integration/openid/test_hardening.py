@@ -484,3 +484,21 @@ def test_a_wildcard_over_a_public_suffix_is_refused(node: NodeProcess) -> None:
         timeout=10,
     )
     assert fine.status_code == 303, fine.text
+
+
+def test_conflicting_namespace_aliases_get_an_error_answer(node: NodeProcess) -> None:
+    """
+    Two namespace aliases for one URI (the library raises KeyError making a
+    message of them) get OpenID's direct error response for a direct
+    request and an error page for a browser's; no traceback is logged.
+    """
+    offset = len(node.log())
+    aliases = {"openid.ns.sreg": "http://x.example/", "openid.ns.ax": "http://x.example/"}
+    direct = requests.post(endpoint(node), data={"openid.mode": "associate", **aliases}, timeout=10)
+    assert direct.status_code == 400, direct.text
+    assert "namespace aliases conflict" in kv(direct.text)["error"]
+    browser = requests.get(
+        endpoint(node), params={"openid.mode": "checkid_setup", **aliases}, timeout=10
+    )
+    assert browser.status_code == 400 and "Clickpass cannot use" in browser.text
+    assert "Traceback" not in new_log(node, offset)
