@@ -74,6 +74,12 @@ from clickpass.web.routing import HTTPError, Router
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_QUERY_BYTES = 64 * 1024
+# Longest URL we send a browser to. The request it makes must fit the front's
+# request head (32 KiB by default), and our answer's head its 64 KiB limit for a
+# worker's response head (a longer one became a 502). A request can be up to
+# MAX_QUERY_BYTES, and carrying it through sign-in quotes it twice.
+MAX_REDIRECT_URL = 16 * 1024
+TOO_LONG = "The site's OpenID request is too long to carry on in a browser address. Tell the site."
 MAX_PAYLOAD_BYTES = 96 * 1024
 CONSENT_LIFETIME = 3600
 
@@ -157,6 +163,11 @@ class OpenIDWeb:
         return int(self.app.reactor.seconds())
 
     def _send(self, request: Request, response: WebResponse) -> bytes:
+        if len(response.headers.get("location", "")) > MAX_REDIRECT_URL:
+            # OpenID 2 answers that long as a form already; OpenID 1 has only
+            # redirects.
+            log.info("openid answer not sent: its redirect is too long")
+            return self._refuse(request, 400, TOO_LONG)
         request.setResponseCode(response.code)
         request.setHeader(b"cache-control", b"no-store")
         for name, value in response.headers.items():
@@ -297,7 +308,10 @@ class OpenIDWeb:
         if account is None:
             if openid_request.immediate:
                 return await self._answer(request, openid_request, allow=False)
-            return self.app.redirect(request, self.app.signin_url("/openid?" + urlencode(query)))
+            signin = self.app.signin_url("/openid?" + urlencode(query))
+            if len(signin) > MAX_REDIRECT_URL:
+                return self._refuse(request, 400, TOO_LONG)
+            return self.app.redirect(request, signin)
         if openid_request.immediate and not await self._may_answer_at_once(
             openid_request, account, look
         ):

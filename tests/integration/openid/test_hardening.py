@@ -502,3 +502,42 @@ def test_conflicting_namespace_aliases_get_an_error_answer(node: NodeProcess) ->
     )
     assert browser.status_code == 400 and "Clickpass cannot use" in browser.text
     assert "Traceback" not in new_log(node, offset)
+
+
+# Sizes.
+
+
+def test_a_request_too_long_for_a_browser_address_gets_a_page(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """
+    A request whose answer would be a redirect longer than a browser
+    address can be (a 60 KB identity carried through sign-in; OpenID 1's
+    answers to a 30 KB return_to, which OpenID 1 can only redirect) gets a
+    page saying so, not a 502 from the front.
+    """
+    long_identity = {
+        "openid.ns": OPENID2_NS,
+        "openid.mode": "checkid_setup",
+        "openid.identity": "x," * 30_000,
+        "openid.claimed_id": IDENTIFIER_SELECT,
+        "openid.return_to": rp_site.return_to,
+        "openid.realm": rp_site.realm,
+    }
+    signed_out = requests.post(
+        endpoint(node), data=long_identity, allow_redirects=False, timeout=10
+    )
+    assert signed_out.status_code == 400, (signed_out.status_code, signed_out.text[:300])
+    assert "too long" in signed_out.text
+    signed_in(node, rp_site, person)
+    openid1 = {
+        "openid.mode": "checkid_immediate",
+        "openid.identity": node.url + "id/" + "a" * 32,
+        "openid.return_to": rp_site.return_to + "?" + "y" * 30_000,
+        "openid.trust_root": rp_site.realm,
+    }
+    answer = person.browser.session.post(
+        endpoint(node), data=openid1, allow_redirects=False, timeout=10
+    )
+    assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+    assert "too long" in answer.text
