@@ -125,6 +125,21 @@ def dh_problem(query: Mapping[str, str]) -> str | None:
     return None
 
 
+# Association handles: printable ASCII (33-126), at most 255 characters
+# (OpenID 2.0, 8.2.1). The library takes any text, and a newline in one made
+# its signing raise (key-value form cannot hold it).
+HANDLE = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def handle_problem(query: Mapping[str, str]) -> str | None:
+    """Why a request's association handle (or the one to invalidate) is refused, or L{None}."""
+    for key in ("openid.assoc_handle", "openid.invalidate_handle"):
+        value = query.get(key)
+        if value is not None and not HANDLE.match(value):
+            return f"{key[7:]} must be 1 to 255 printable ASCII characters"
+    return None
+
+
 # Realms and return_to URLs.
 
 

@@ -55,7 +55,7 @@ from openid.server.server import (
 )
 from openid.store.nonce import split as split_nonce
 
-from clickpass.openid.hardening import BadURL, dh_problem, normalised_url
+from clickpass.openid.hardening import BadURL, dh_problem, handle_problem, normalised_url
 from clickpass.openid.store import DatabaseOpenIDStore, StagedStore
 
 # Strongest first: the negotiator offers its first pair to a relying party
@@ -354,18 +354,20 @@ class Provider:
         Decode a request (raises the library's C{ProtocolError} family).
         Pure parsing, without the store: safe on the reactor thread.
 
-        Restricted first: the library computes with an associate request's
+        Restricted first: association handles must be printable ASCII
+        (L{handle_problem}); the library computes with an associate request's
         Diffie-Hellman values as it decodes them, so those are checked
         before it sees them (L{dh_problem}), and an OpenID 1 associate for a
         session type we do not allow gets an error here (the library raises
         one with no text from inside its answer). A checkid's realm and
         return_to are normalised (L{normalised_checkid}).
         """
-        if query.get("openid.mode") == "associate":
+        problem = handle_problem(query)
+        if problem is None and query.get("openid.mode") == "associate":
             problem = dh_problem(query)
-            message = _message_or_none(query) if problem is not None else None
-            if message is not None:
-                raise ProtocolError(message, problem)
+        message = _message_or_none(query) if problem is not None else None
+        if message is not None:
+            raise ProtocolError(message, problem)
         if query.get("openid.mode") in CHECKID_MODES:
             query = normalised_checkid(query)
         try:

@@ -8,6 +8,9 @@ decode -> who is signed in -> this site's identifier for them (database)
 -> what the site asks for -> relying-party discovery (treq) -> remembered
 approval (database) -> answer, sign (its association read and written in
 the database) and encode.
+A checkid_immediate that could only get setup_needed (a realm the person has
+not approved) gets it before discovery: a fetch would tell the realm that its
+visitor is signed in here.
 A person who must act (sign in, consent) is sent to a page; the original
 request travels in the URL or, on the consent form, in a field MACed with
 a key derived from the master secret, so any worker can finish it.
@@ -41,6 +44,7 @@ from openid.server.server import (
     ENCODE_KVFORM,
     CheckAuthRequest,
     CheckIDRequest,
+    EncodingError,
     MalformedReturnURL,
     MalformedTrustRoot,
     ProtocolError,
@@ -607,11 +611,21 @@ class OpenIDWeb:
             )
         else:
             answer = negative_answer(openid_request)
-        if answer.needsSigning():
-            # Every positive answer, and OpenID 1's negative checkid_immediate.
-            return self._send(request, await self.provider.sign(answer))
-        # OpenID 2's cancel and setup_needed are not signed.
-        return self._send(request, self.provider.encode(answer))
+        try:
+            if answer.needsSigning():
+                # Every positive answer, and OpenID 1's negative checkid_immediate.
+                return self._send(request, await self.provider.sign(answer))
+            # OpenID 2's cancel and setup_needed are not signed.
+            return self._send(request, self.provider.encode(answer))
+        except EncodingError as e:
+            # A value the request brought (an extension's) that key-value form
+            # cannot hold (a newline): the library refuses to sign it.
+            log.info("openid answer not sent: {error}", error=for_log(e.explanation))
+            return self._refuse(
+                request,
+                400,
+                "The site's OpenID request holds a value that cannot be signed. Tell the site.",
+            )
 
     # Discovery.
 

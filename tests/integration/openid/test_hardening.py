@@ -541,3 +541,31 @@ def test_a_request_too_long_for_a_browser_address_gets_a_page(
     )
     assert answer.status_code == 400, (answer.status_code, answer.text[:300])
     assert "too long" in answer.text
+
+
+def test_values_that_cannot_be_signed_get_a_page(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """
+    From a realm the person approved: an assoc_handle with a newline, and
+    an AX alias with one (echoed into the answer's keys), cannot be put in
+    key-value form, which the library signs; each gets a page, not a 500,
+    and no traceback is logged.
+    """
+    signed_in(node, rp_site, person)
+    offset = len(node.log())
+    checkid = immediate_query(rp_site) | {"openid.mode": "checkid_setup"}
+    bad_handle = checkid | {"openid.assoc_handle": "\n"}
+    bad_alias = checkid | {
+        "openid.ns.ax": "http://openid.net/srv/ax/1.0",
+        "openid.ax.mode": "fetch_request",
+        "openid.ax.type.e\nmail": "http://axschema.org/contact/email",
+        "openid.ax.required": "e\nmail",
+    }
+    for query in (bad_handle, bad_alias):
+        answer = person.browser.session.get(
+            endpoint(node), params=query, allow_redirects=False, timeout=10
+        )
+        assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+        assert "location" not in answer.headers
+    assert "Traceback" not in new_log(node, offset)

@@ -210,3 +210,20 @@ def test_library_log_records_become_one_bounded_line() -> None:
     assert all(len(m) < 300 and "\n" not in m for m in messages)
     assert messages[1] == "Error in verifying (ValueError)"
     assert all(e["log_level"] == LogLevel.info for e in seen if "message" in e)
+
+
+@pytest.mark.parametrize(
+    ("query", "refused"),
+    [
+        ({}, False),
+        ({"openid.assoc_handle": "{HMAC-SHA1}{6b156f30}{r5VhbL_TE7lKFIgy}"}, False),
+        ({"openid.assoc_handle": "\n"}, True),
+        ({"openid.assoc_handle": ""}, True),
+        ({"openid.assoc_handle": "a b"}, True),
+        ({"openid.assoc_handle": "é"}, True),
+        ({"openid.assoc_handle": "x" * 256}, True),
+        ({"openid.invalidate_handle": "ok\x7f"}, True),
+    ],
+)
+def test_association_handles_are_printable_ascii(query: dict[str, str], refused: bool) -> None:
+    assert (hardening.handle_problem(query) is not None) is refused
