@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from openid.server.trustroot import TrustRoot
 
 from clickpass.database.storage import Transaction
+from clickpass.openid.hardening import BadURL, normalised_url, wildcard_too_broad
 from clickpass.openid.identifiers import BadRealm, sector_of
 from clickpass.partners import fields, verification
 
@@ -193,7 +194,20 @@ def _http_url(value: str, what: str) -> str:
         raise SiteError(f"The {what} must be an http:// or https:// URL.")
     if parts.fragment:
         raise SiteError(f"The {what} must not have a #fragment.")
-    return value
+    if ":" in parts.hostname:
+        # Webhook delivery connects to a host name or an IPv4 address only,
+        # and the OpenID provider's realm checks read no address literal like
+        # [2001:db8::1]: such a URL could never be used.
+        raise SiteError(
+            f"The {what} cannot use an IPv6 address literal: give a host name (or an IPv4 address)."
+        )
+    # Stored in the one form the OpenID provider compares against (host
+    # percent-decoded, IDNA, lowercase): otherwise a realm written as
+    # %76ictim.com would be registered as one host and matched as another.
+    try:
+        return normalised_url(value)
+    except BadURL as e:
+        raise SiteError(f"The {what} {value!r} cannot be used: {e}.") from None
 
 
 def check_settings(form: Mapping[str, Any]) -> SiteSettings:
@@ -209,7 +223,10 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
         logo_url = _http_url(logo_url, "logo URL")
     realm = _http_url(str(form.get("realm", "")), "realm")
     trust_root = TrustRoot.parse(realm)
-    if trust_root is None or (trust_root.wildcard and not trust_root.isSane()):
+    if trust_root is None or (
+        trust_root.wildcard
+        and (not trust_root.isSane() or wildcard_too_broad(trust_root.host.lstrip(".")))
+    ):
         raise SiteError(f"The realm {realm} is not a usable OpenID realm.")
     try:
         sector_of(realm)
@@ -260,13 +277,6 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
     webhook_url = str(form.get("webhook_url", "")).strip()
     if webhook_url:
         webhook_url = _http_url(webhook_url, "webhook URL")
-        if ":" in (urlsplit(webhook_url).hostname or ""):
-            # Delivery connects to a host name or an IPv4 address only; an
-            # address literal like [2001:db8::1] could never be delivered to.
-            raise SiteError(
-                "The webhook URL cannot use an IPv6 address literal: give a host name "
-                "(or an IPv4 address)."
-            )
     return SiteSettings(
         name,
         logo_url,

@@ -309,3 +309,37 @@ def test_the_last_admin_is_never_removed(storage: DirectStorage) -> None:
     assert storage.run_blocking(sites.remove_admin, site.id, first, NOW) == "removed"
     assert storage.run_blocking(sites.remove_admin, site.id, second, NOW) == "last"
     assert [a.account_id for a in storage.run_blocking(sites.admins, site.id)] == [second]
+
+
+@pytest.mark.parametrize(
+    ("realm", "stored"),
+    [
+        ("https://%70artner.example/", "https://partner.example/"),
+        ("https://PARTNER.Example/", "https://partner.example/"),
+        ("https://bücher.example/", "https://xn--bcher-kva.example/"),
+    ],
+)
+def test_a_realm_is_registered_in_the_form_the_provider_matches(realm: str, stored: str) -> None:
+    """
+    A realm written with percent-escapes, capitals or an international name is
+    stored as the OpenID provider normalises it, so registration and sign-in
+    agree on which host it names.
+    """
+    ok = sites.check_settings(settings(realm=realm, return_to_urls=realm + "return"))
+    assert ok.realm == stored
+    assert ok.return_to_urls == (stored + "return",)
+
+
+@pytest.mark.parametrize("realm", ["https://*.github.io/", "https://*.co.uk/", "https://*.com/"])
+def test_a_wildcard_realm_over_a_public_suffix_is_refused(realm: str) -> None:
+    """A wildcard realm must not cover every site under a public suffix."""
+    with pytest.raises(sites.SiteError, match="not a usable OpenID realm"):
+        sites.check_settings(settings(realm=realm, return_to_urls="https://a.github.io/return"))
+
+
+def test_a_wildcard_realm_under_a_registrable_name_is_accepted() -> None:
+    """*.partner.co.uk covers only the partner's own hosts."""
+    ok = sites.check_settings(
+        settings(realm="https://*.partner.co.uk/", return_to_urls="https://www.partner.co.uk/r")
+    )
+    assert ok.realm == "https://*.partner.co.uk/"
