@@ -17,10 +17,11 @@ import os
 import secrets
 import tomllib
 import typing
-from collections.abc import Mapping
-from ipaddress import ip_network
+from collections.abc import Mapping, Sequence
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from clickpass.mail.settings import MailSettings
 
@@ -899,6 +900,56 @@ def url_for_endpoint(endpoint: str) -> str:
     default_port = "443" if scheme == "https" else "80"
     netloc = host if port == default_port else f"{host}:{port}"
     return f"{scheme}://{netloc}/"
+
+
+def public_url_problem(public_url: str, listeners: Sequence[str]) -> str | None:
+    """
+    A one-line warning when no listener serves C{public_url}'s scheme and
+    port (on its address, when the URL names an address): people would be
+    sent where this node does not answer. A unix: listener means a proxy in
+    front, which may serve any URL, so it never warns.
+    """
+    if not public_url:
+        return None
+    wanted = urlsplit(public_url)
+    try:
+        port = wanted.port or (443 if wanted.scheme == "https" else 80)
+    except ValueError:
+        return None
+    host = (wanted.hostname or "").lower()
+    for endpoint in listeners:
+        parts = [p.replace("\x00", ":") for p in endpoint.replace("\\:", "\x00").split(":")]
+        if parts[0] == "unix":
+            return None
+        scheme = "https" if parts[0] == "ssl" else "http"
+        interface = next((p[10:].lower() for p in parts[2:] if p.startswith("interface=")), "")
+        anywhere = interface in ("", "0.0.0.0", "::") or not _is_address(host)  # noqa: S104
+        if (
+            scheme == wanted.scheme
+            and parts[1:2] == [str(port)]
+            and (anywhere or _same_address(interface, host))
+        ):
+            return None
+    return (
+        f"[node] public_url {public_url} is served by none of this node's listeners "
+        f"({', '.join(listeners)}): check its scheme and port, unless a proxy in front "
+        "forwards to them"
+    )
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ip_address(a) == ip_address(b)
+    except ValueError:
+        return False
 
 
 # Parsing and validation.

@@ -195,6 +195,8 @@ class Node(MultiService):
             node=settings.node.name,
             url=settings.base_url,
         )
+        if problem := configmod.public_url_problem(settings.node.public_url, settings.web.listen):
+            self.log.warn("{problem}", problem=problem)
 
     def _start_housekeeping(self, storage: AdbapiStorage, signing_keys: SigningKeys) -> None:
         from clickpass.accounts.service import Accounts

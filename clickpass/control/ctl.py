@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -313,10 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(cmd.format(result))
+    text = json.dumps(result, indent=2, default=str) if args.json else cmd.format(result)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # The reader stopped early (`clickpass-ctl ... | head`): it has what
+        # it wanted. Point stdout at /dev/null so that Python's own flush at
+        # exit does not raise again, and end as quietly as `git log | head`.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
