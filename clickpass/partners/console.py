@@ -10,14 +10,27 @@ and no API key can be created.
 
 Every page checks that the signed-in person administers the site; a site
 they do not administer is answered exactly like one that does not exist.
-Never show an API key or an invitation link after the response that
-created it, and never tell an admin whether an email has an account.
+Every form that changes something answers with a redirect (POST, redirect,
+GET), so reloading a page never repeats an action; what the action has to
+say (a new API key, an invitation link, a notice or an error) travels to
+that one next page in a short-lived cookie sealed with a key derived from
+the node's secret and bound to the person's session, and is gone after it
+(L{Flash}). Never show an API key or an invitation link after the page
+that follows its creation, never keep one on the server, and never tell an
+admin whether an email has an account.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
+import json
+import os
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -40,6 +53,80 @@ log = Logger()
 STATE_NAMES = {sites.PENDING: "pending", sites.DELIVERED: "delivered", sites.GIVEN_UP: "given up"}
 
 
+FLASH_COOKIE = b"cp_console_flash"
+FLASH_PATH = b"/partners"
+# Long enough for a slow redirect, short enough that a key sealed in a
+# cookie nobody followed does not linger in the browser.
+FLASH_LIFETIME = 120
+# What a flash may carry, and each value's type: anything else is dropped.
+FLASH_FIELDS: dict[str, type] = {
+    "site": str,
+    "notice": str,
+    "error": str,
+    "new_key": str,
+    "verify_failed": bool,
+    "invitation": dict,
+}
+
+
+class Flash:
+    """
+    What one console action says to the page shown after its redirect:
+    sealed (AES-GCM) into a cookie for the console's paths, bound to the
+    session token, read once and cleared by that page. The browser holds
+    only ciphertext; a cookie from another session, a forged or a stale
+    one reads as nothing.
+    """
+
+    def __init__(self, app: WebApp) -> None:
+        self.app = app
+        self._aead = AESGCM(app.derive_key(b"partner console flash"))
+
+    def _bound_to(self, request: Request) -> bytes:
+        return b"console flash: " + self.app.session_token(request).encode("utf-8")
+
+    def put(self, request: Request, **values: Any) -> None:
+        body = json.dumps(
+            {"at": int(self.app.reactor.seconds()), **values}, separators=(",", ":")
+        ).encode("utf-8")
+        nonce = os.urandom(12)
+        sealed = nonce + self._aead.encrypt(nonce, body, self._bound_to(request))
+        self._cookie(request, base64.urlsafe_b64encode(sealed).rstrip(b"="), FLASH_LIFETIME)
+
+    def take(self, request: Request) -> dict[str, Any]:
+        raw = request.getCookie(FLASH_COOKIE)
+        if not raw:
+            return {}
+        self._cookie(request, b"", 0)
+        try:
+            sealed = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+            body = self._aead.decrypt(sealed[:12], sealed[12:], self._bound_to(request))
+            found = json.loads(body)
+        except (binascii.Error, ValueError, InvalidTag):
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        at = found.get("at")
+        if not isinstance(at, int) or not 0 <= self.app.reactor.seconds() - at <= FLASH_LIFETIME:
+            return {}
+        return {
+            name: value
+            for name, value in found.items()
+            if name in FLASH_FIELDS and isinstance(value, FLASH_FIELDS[name])
+        }
+
+    def _cookie(self, request: Request, value: bytes, max_age: int) -> None:
+        request.addCookie(
+            FLASH_COOKIE,
+            value,
+            path=FLASH_PATH,
+            max_age=str(max_age).encode("ascii"),
+            httpOnly=True,
+            secure=self.app.is_secure(request),
+            sameSite="lax",
+        )
+
+
 def _when(ts: int) -> str:
     if not ts:
         return "never"
@@ -50,6 +137,7 @@ class Console:
     def __init__(self, app: WebApp, verifier: verification.RealmVerifier | None = None) -> None:
         self.app = app
         self.verifier = verifier or verification.RealmVerifier(app.reactor, app.settings.openid)
+        self.flash = Flash(app)
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -93,10 +181,23 @@ class Console:
             raise HTTPError(404, "There is no such site among the ones you administer.")
         return account, site
 
+    def _done(self, request: Request, site: str, anchor: str = "", **said: Any) -> bytes:
+        """Answer a console form: what it has to say goes to the next page only."""
+        if said:
+            self.flash.put(request, site=site, **said)
+        return self.app.redirect(request, f"/partners/{site}" + (f"#{anchor}" if anchor else ""))
+
     async def index(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
+        said = self.flash.take(request)
         mine = await self.app.storage.run(sites.sites_for_admin, account.id)
-        return self.app.render(request, "partner_console.html", account=account, sites=mine)
+        return self.app.render(
+            request,
+            "partner_console.html",
+            account=account,
+            sites=mine,
+            notice=said.get("notice") if said.get("site") == "" else None,
+        )
 
     async def new_form(self, request: Request) -> bytes:
         await self.app.require_account(request)
@@ -115,7 +216,26 @@ class Console:
             return self._render_form(request, "partner_site_new.html", form, error=str(e))
         return self.app.redirect(request, f"/partners/{site.public_id}")
 
-    async def show(
+    async def show(self, request: Request, site: str) -> bytes:
+        said = self.flash.take(request)
+        if said.get("site") != site:
+            said = {}
+        invitation = said.get("invitation")
+        if invitation is not None and not all(
+            isinstance(invitation.get(k), str) for k in ("email", "url", "expires")
+        ):
+            invitation = None
+        return await self._page(
+            request,
+            site,
+            error=said.get("error"),
+            notice=said.get("notice"),
+            new_key=said.get("new_key"),
+            invitation=invitation,
+            verify_failed=said.get("verify_failed", False),
+        )
+
+    async def _page(
         self,
         request: Request,
         site: str,
@@ -124,6 +244,7 @@ class Console:
         new_key: str | None = None,
         notice: str | None = None,
         invitation: dict[str, str] | None = None,
+        verify_failed: bool = False,
     ) -> bytes:
         account, found = await self._site(request, site)
 
@@ -185,6 +306,7 @@ class Console:
             verification_token=token,
             verification_url=verification.verification_url(found.realm),
             verification_problem=problem,
+            verify_failed=verify_failed and not found.verified,
         )
 
     async def update(self, request: Request, site: str) -> bytes:
@@ -196,8 +318,10 @@ class Console:
             await self.app.storage.run(sites.update_site, found, settings, self._now())
         except sites.SiteError as e:
             request.setResponseCode(400)
-            return await self.show(request, site, error=str(e), form=form)
-        return self.app.redirect(request, f"/partners/{site}")
+            # The form comes back with what was typed: nothing was changed,
+            # so submitting it again on reload repeats nothing.
+            return await self._page(request, site, error=str(e), form=form)
+        return self._done(request, site, notice="Settings saved.")
 
     async def verify(self, request: Request, site: str) -> bytes:
         """Fetch the realm's verification file now and record what was found."""
@@ -209,14 +333,10 @@ class Console:
             sites.record_verification, found.id, token, problem, self._now()
         )
         if not verified:
-            request.setResponseCode(400)
-            return await self.show(
-                request,
-                site,
-                error=f"Clickpass could not verify {found.sector}: {problem or 'try again.'}",
-            )
+            # The page says why in its verification section, once.
+            return self._done(request, site, "verification", verify_failed=True)
         log.info("partner site {site} verified for {sector}", site=site, sector=found.sector)
-        return await self.show(
+        return self._done(
             request,
             site,
             notice=f"Verified: you control {found.sector}. API keys, webhooks and sign-ins "
@@ -227,8 +347,7 @@ class Console:
         self.app.check_csrf(request)
         account, found = await self._site(request, site)
         if not found.verified:
-            request.setResponseCode(400)
-            return await self.show(
+            return self._done(
                 request,
                 site,
                 error=f"Verify that you control {found.sector} first: a site gets API keys "
@@ -236,8 +355,9 @@ class Console:
             )
         label = self.app.form(request, "label")
         key = await self.app.storage.run(sites.create_key, found.id, account.id, label, self._now())
-        # Shown in this response only: it is not kept anywhere.
-        return await self.show(request, site, new_key=key)
+        # Shown on the next page only: the database keeps its hash, the
+        # browser the sealed flash until that page clears it.
+        return self._done(request, site, "new-key-heading", new_key=key)
 
     async def revoke_key(self, request: Request, site: str, key: str) -> bytes:
         self.app.check_csrf(request)
@@ -245,7 +365,7 @@ class Console:
         if not key.isdigit():
             raise HTTPError(404, "There is no such key.")
         await self.app.storage.run(sites.revoke_key, found.id, int(key), self._now())
-        return self.app.redirect(request, f"/partners/{site}")
+        return self._done(request, site, "keys")
 
     async def invite_admin(self, request: Request, site: str) -> bytes:
         """
@@ -258,8 +378,7 @@ class Console:
         try:
             email = check_email(self.app.form(request, "email"))
         except AccountError as e:
-            request.setResponseCode(400)
-            return await self.show(request, site, error=f"Invitation not created: {e}")
+            return self._done(request, site, error=f"Invitation not created: {e}")
         now = self._now()
 
         def invite(tx: Any) -> str | None:
@@ -271,13 +390,13 @@ class Console:
 
         token = await self.app.storage.run(invite)
         if token is None:
-            request.setResponseCode(400)
-            return await self.show(request, site, error=f"{email} is already an admin.")
+            return self._done(request, site, error=f"{email} is already an admin.")
         log.info("partner site {site}: admin invitation created", site=site)
-        # Shown in this response only: the database keeps the token's hash.
-        return await self.show(
+        # Shown on the next page only: the database keeps the token's hash.
+        return self._done(
             request,
             site,
+            "invitation",
             invitation={
                 "email": email,
                 "url": self.app.settings.base_url + "partners/invitations/" + token,
@@ -291,7 +410,7 @@ class Console:
         if not invitation.isdigit():
             raise HTTPError(404, "There is no such invitation.")
         await self.app.storage.run(sites.withdraw_invitation, found.id, int(invitation))
-        return self.app.redirect(request, f"/partners/{site}")
+        return self._done(request, site, "admins")
 
     async def remove_admin(self, request: Request, site: str, admin: str) -> bytes:
         """Remove an admin (oneself included), unless they are the site's last."""
@@ -303,8 +422,7 @@ class Console:
         if outcome == "absent":
             raise HTTPError(404, "There is no such admin of this site.")
         if outcome == "last":
-            request.setResponseCode(400)
-            return await self.show(
+            return self._done(
                 request,
                 site,
                 error="A site needs at least one admin: invite another before removing the "
@@ -313,7 +431,7 @@ class Console:
         log.info("partner site {site}: an admin was removed", site=site)
         if int(admin) == account.id:
             return self.app.redirect(request, "/partners")
-        return self.app.redirect(request, f"/partners/{site}")
+        return self._done(request, site, "admins")
 
     async def _invitation(self, request: Request, token: str) -> tuple[Any, str, sites.Site]:
         account = await self.app.require_account(request, f"/partners/invitations/{token}")
@@ -359,12 +477,63 @@ class Console:
         self.app.check_csrf(request)
         _account, found = await self._site(request, site)
         await self.app.storage.run(sites.rotate_webhook_secret, found.id, self._now())
-        return await self.show(
+        return self._done(
             request,
             site,
             notice="The webhook secret was changed. Update your endpoint: from now on, "
             "webhooks are signed with the new one.",
         )
+
+    async def complete_deletion(self, request: Request, site: str, deletion: str) -> bytes:
+        """Mark a person's deletion request done, as the partner API's C{complete} does."""
+        self.app.check_csrf(request)
+        _account, found = await self._site(request, site)
+        done = await self.app.storage.run(
+            sites.complete_deletion, found.id, deletion[:40], self._now()
+        )
+        if done is None:
+            raise HTTPError(404, "There is no such deletion request for this site.")
+        if done:
+            log.info("partner site {site}: a deletion request was marked done", site=site)
+        return self._done(
+            request, site, "deletions", notice=f"Deletion request {deletion} marked done."
+        )
+
+    async def delete_form(self, request: Request, site: str) -> bytes:
+        """The second step of deleting a site: what goes, and the host to type."""
+        account, found = await self._site(request, site)
+        linked = await self.app.storage.run(sites.linked_people, found.id)
+        return self.app.render(
+            request,
+            "partner_site_delete.html",
+            account=account,
+            site=found,
+            linked=linked,
+            error=None,
+        )
+
+    async def delete(self, request: Request, site: str) -> bytes:
+        """Delete the site, once its admin has typed its host to confirm."""
+        self.app.check_csrf(request)
+        account, found = await self._site(request, site)
+        typed = self.app.form(request, "confirm").strip().lower().rstrip(".")
+        if typed != found.sector:
+            request.setResponseCode(400)
+            linked = await self.app.storage.run(sites.linked_people, found.id)
+            return self.app.render(
+                request,
+                "partner_site_delete.html",
+                account=account,
+                site=found,
+                linked=linked,
+                error=f"Nothing was deleted: type {found.sector} to confirm.",
+            )
+        await self.app.storage.run(sites.delete_site, found.id)
+        log.info("partner site {site} for {sector} deleted", site=site, sector=found.sector)
+        self.flash.put(
+            request, site="", notice=f"The site {found.name} ({found.sector}) was deleted."
+        )
+        return self.app.redirect(request, "/partners")
 
 
 def install(app: WebApp, router: Router) -> Console:
@@ -385,4 +554,9 @@ def install(app: WebApp, router: Router) -> Console:
         "POST", "/partners/{site}/invitations/{invitation}/withdraw", console.withdraw_invitation
     )
     router.add("POST", "/partners/{site}/webhook-secret", console.rotate_secret)
+    router.add(
+        "POST", "/partners/{site}/deletion-requests/{deletion}/complete", console.complete_deletion
+    )
+    router.add("GET", "/partners/{site}/delete", console.delete_form)
+    router.add("POST", "/partners/{site}/delete", console.delete)
     return console

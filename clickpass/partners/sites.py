@@ -462,6 +462,21 @@ def _delete_site(tx: Transaction, site_id: int) -> None:
     tx.execute("DELETE FROM partner_sites WHERE id = ?", site_id)
 
 
+def linked_people(tx: Transaction, site_id: int) -> int:
+    """How many people have an account at the site linked to Clickpass."""
+    return int(tx.scalar("SELECT COUNT(*) FROM partner_links WHERE site_id = ?", site_id) or 0)
+
+
+def delete_site(tx: Transaction, site_id: int) -> None:
+    """
+    Delete a site at its admins' request: its links to people go with it
+    (their accounts stay, and their account pages no longer list the
+    site), then its keys, events, requests, admins and registration.
+    """
+    tx.execute("DELETE FROM partner_links WHERE site_id = ?", site_id)
+    _delete_site(tx, site_id)
+
+
 # Realm ownership.
 
 

@@ -55,17 +55,19 @@ def test_unverified_site_until_token_is_published(
     assert token is not None
     assert token_server.realm + ".well-known/clickpass-verification.txt" in page.text
 
+    # Each refusal is said on the page the form redirects to (POST, redirect, GET).
     refused = admin.post(f"/partners/{site.public_id}/keys", {"csrf_token": _csrf(page)})
-    assert refused.status_code == 400
+    assert [r.status_code for r in refused.history] == [303]
     assert "Verify that you control 127.0.0.3" in refused.text
     assert 'id="new-key"' not in refused.text
 
     failed = admin.post(f"/partners/{site.public_id}/verify", {"csrf_token": _csrf(page)})
-    assert failed.status_code == 400
-    assert "answered with status 404" in failed.text
+    assert [r.status_code for r in failed.history] == [303]
+    assert failed.text.count("could not verify 127.0.0.3: ") == 1
+    assert failed.text.count("answered with status 404") == 1
     token_server.token = "clickpass-verify-" + "0" * 32
     failed = admin.post(f"/partners/{site.public_id}/verify", {"csrf_token": _csrf(page)})
-    assert failed.status_code == 400
+    assert [r.status_code for r in failed.history] == [303]
     assert "does not contain this site" in failed.text
 
     # A person arriving from the unverified site: a warning and plain consent.
