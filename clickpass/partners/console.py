@@ -27,7 +27,7 @@ import binascii
 import datetime
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -69,6 +69,18 @@ FLASH_FIELDS: dict[str, type] = {
 }
 
 
+class FlashHost(Protocol):
+    """What L{Flash} needs of the web application."""
+
+    reactor: Any
+
+    def derive_key(self, purpose: bytes) -> bytes: ...
+
+    def session_token(self, request: Request) -> str: ...
+
+    def is_secure(self, request: Request) -> bool: ...
+
+
 class Flash:
     """
     What one console action says to the page shown after its redirect:
@@ -78,7 +90,7 @@ class Flash:
     one reads as nothing.
     """
 
-    def __init__(self, app: WebApp) -> None:
+    def __init__(self, app: FlashHost) -> None:
         self.app = app
         self._aead = AESGCM(app.derive_key(b"partner console flash"))
 
