@@ -3,9 +3,13 @@
 (function () {
   "use strict";
   function copied(button, text) {
-    var label = button.textContent;
+    var label = button.textContent, name = button.getAttribute("aria-label");
     button.textContent = text;
-    setTimeout(function () { button.textContent = label; }, 2000);
+    button.setAttribute("aria-label", text);  // what a screen reader says now
+    setTimeout(function () {
+      button.textContent = label;
+      button.setAttribute("aria-label", name);
+    }, 2000);
   }
   function selectText(node) {
     var range = document.createRange();
