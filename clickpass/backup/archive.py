@@ -45,15 +45,18 @@ from typing import IO, Any, BinaryIO
 from clickpass import config as configmod
 from clickpass._version import __version__
 from clickpass.backup import crypto
-from clickpass.backup.crypto import BackupCorrupt
+from clickpass.backup.crypto import BackupCorrupt, BackupUnauthentic
 from clickpass.backup.store import (
+    KEY_ID,
     MANIFEST,
     ObjectStore,
     S3Store,
     StoredBackup,
+    StoreError,
     delete_backup,
     list_backups,
     new_backup_id,
+    stale_uploads,
     to_delete,
 )
 from clickpass.database.client_programs import dump_gtid_position, option_file
@@ -66,6 +69,14 @@ _BINLOG = re.compile(rb"CHANGE MASTER TO MASTER_LOG_FILE='([^']+)',\s*MASTER_LOG
 
 class BackupError(Exception):
     """A backup or restore cannot go on; the message is one line for the operator."""
+
+
+class WrongKey(BackupError):
+    """The backup was encrypted with another key than the one configured (its key id says so)."""
+
+
+class DamagedBackup(BackupCorrupt):
+    """A backup object fails its checks although the key is the right one."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class BackupResult:
     id: str
     manifest: dict[str, Any]
     deleted: list[str] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -102,6 +114,7 @@ class BackupResult:
             "stored_bytes": sum(f["stored_size"] for f in self.manifest["files"]),
             "seconds": round(self.seconds, 3),
             "deleted_by_retention": self.deleted,
+            "unfinished_uploads_aborted": self.aborted,
         }
 
 
@@ -419,6 +432,8 @@ def take_backup(
     began = time.monotonic()
     key = backup_key(settings)
     store = store if store is not None else open_store(settings)
+    # Before the dump: a missing bucket or an unreachable S3 fails in seconds.
+    store.check_bucket()
     node = settings.node.name
     created = dt.datetime.fromtimestamp(now(), dt.UTC)
     backup_id = new_backup_id(created, secrets.token_hex(3))
@@ -474,28 +489,59 @@ def take_backup(
             "database": database,
             "files": [e.to_json() for e in entries],
         }
-        for entry in entries:
-            store.put_file(base + entry.object, work / entry.object)
         manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-        store.put_bytes(
-            base + MANIFEST,
-            crypto.encrypt_bytes(key, f"{node}/{backup_id}/{MANIFEST}", manifest_bytes),
-        )
+        try:
+            store.put_bytes(base + KEY_ID, (crypto.key_id(key) + "\n").encode("ascii"))
+            for entry in entries:
+                store.put_file(base + entry.object, work / entry.object)
+            store.put_bytes(
+                base + MANIFEST,
+                crypto.encrypt_bytes(key, f"{node}/{backup_id}/{MANIFEST}", manifest_bytes),
+            )
+        except BaseException:
+            abort_uploads(store, base)
+            raise
     result = BackupResult(node=node, id=backup_id, manifest=manifest)
-    result.deleted = apply_retention(settings, store, created)
+    result.deleted, result.aborted = apply_retention(settings, store, created)
     result.seconds = time.monotonic() - began
     return result
 
 
+def abort_uploads(store: ObjectStore, base: str) -> list[str]:
+    """
+    Abort every unfinished multipart upload under C{base} (a backup cut
+    short), so its parts do not stay billed and invisible. Best effort: the
+    upload's own error is the one that matters, so a failure here is only
+    left to retention and the bucket's lifecycle rule.
+    """
+    aborted = []
+    try:
+        for upload in store.list_uploads(base):
+            store.abort_upload(upload)
+            aborted.append(upload.key)
+    except StoreError:
+        pass
+    return aborted
+
+
 def apply_retention(
     settings: configmod.Settings, store: ObjectStore, now: dt.datetime
-) -> list[str]:
-    """Delete this node's backups that retention no longer keeps; return their names."""
-    backups = list_backups(store, settings.backup.prefix, settings.node.name)
+) -> tuple[list[str], list[str]]:
+    """
+    Delete this node's backups that retention no longer keeps and abort its
+    unfinished uploads left by backups cut short; return the backups' names
+    and the aborted uploads' keys.
+    """
+    prefix, node = settings.backup.prefix, settings.node.name
+    backups = list_backups(store, prefix, node)
     doomed = to_delete(backups, now, settings.backup.keep_daily, settings.backup.keep_weekly)
     for backup in doomed:
-        delete_backup(store, settings.backup.prefix, backup)
-    return [b.name for b in doomed]
+        delete_backup(store, prefix, backup)
+    aborted = []
+    for upload in stale_uploads(store, prefix, node, now):
+        store.abort_upload(upload)
+        aborted.append(upload.key)
+    return [b.name for b in doomed], aborted
 
 
 # Status, for the node's watch and for operators.
@@ -562,12 +608,42 @@ def find_backup(store: ObjectStore, prefix: str, node: str | None, name: str) ->
     return matches[0]
 
 
+def check_key(store: ObjectStore, key: bytes, prefix: str, backup: StoredBackup) -> bool:
+    """
+    Compare the key id stored with C{backup} with C{key}'s: L{WrongKey} when
+    they differ, True when they match, False when the backup has none (taken
+    before key ids were stored: a failure to decrypt is then either cause).
+    """
+    if KEY_ID not in backup.objects:
+        return False
+    stored = store.get_bytes(f"{prefix}{backup.name}/{KEY_ID}").decode("ascii", "replace").strip()
+    mine = crypto.key_id(key)
+    if stored != mine:
+        raise WrongKey(
+            f"backup {backup.name} was encrypted with the key whose id is {stored}; "
+            f"[backup] key_file holds the key whose id is {mine}: use the right key"
+        )
+    return True
+
+
+@contextlib.contextmanager
+def _diagnosed(key_checked: bool) -> Iterator[None]:
+    # With the key known right, an object that fails authentication is damaged.
+    try:
+        yield
+    except BackupUnauthentic as e:
+        if not key_checked:
+            raise
+        raise DamagedBackup(f"{e.where} (damaged: the key is the right one)") from None
+
+
 def read_manifest(
     store: ObjectStore, key: bytes, prefix: str, backup: StoredBackup
 ) -> dict[str, Any]:
-    """Download and authenticate a backup's manifest."""
+    """Check the key, then download and authenticate a backup's manifest."""
     name = f"{backup.node}/{backup.id}/{MANIFEST}"
-    data = crypto.decrypt_bytes(key, name, store.get_bytes(prefix + name))
+    with _diagnosed(check_key(store, key, prefix, backup)):
+        data = crypto.decrypt_bytes(key, name, store.get_bytes(prefix + name))
     try:
         manifest = json.loads(data)
     except ValueError:
@@ -587,6 +663,8 @@ def fetch_and_verify(
     one against the manifest. Raise L{BackupCorrupt} at the first problem.
     """
     manifest = read_manifest(store, key, prefix, backup)
+    # read_manifest refused a wrong key; a later failure is damage.
+    key_checked = KEY_ID in backup.objects
     files: dict[str, Path] = {}
     for entry in manifest["files"]:
         object_name = f"{backup.node}/{backup.id}/{entry['object']}"
@@ -595,7 +673,8 @@ def fetch_and_verify(
         stored = work / (entry["object"])
         store.get_file(prefix + object_name, stored)
         plain = work / f"{entry['role']}.plain"
-        unseal(key, object_name, entry, stored, plain)
+        with _diagnosed(key_checked):
+            unseal(key, object_name, entry, stored, plain)
         stored.unlink()
         files[entry["role"]] = plain
     if "database" not in files:
@@ -603,18 +682,61 @@ def fetch_and_verify(
     return VerifiedBackup(manifest=manifest, files=files)
 
 
+def check_new_file(path: Path, what: str) -> None:
+    """L{BackupError} when C{path} exists: a restore never overwrites the C{what}."""
+    if path.exists() or path.is_symlink():
+        raise BackupError(f"{path} already exists; will not overwrite the {what}")
+
+
+def check_sqlite_target(target: Path, force: bool = False) -> None:
+    """L{BackupError} when C{target} exists (unless C{force}) or is no file."""
+    if target.is_dir():
+        raise BackupError(f"{target} is a directory; --sqlite-path names the database file")
+    if target.exists() and not force:
+        raise BackupError(f"{target} already exists; restore into a new path (or use --force)")
+
+
+def make_private_dirs(directory: Path) -> None:
+    """
+    Create C{directory} and any missing parents 0700: a restored data
+    directory holds password hashes and must not be readable by other users.
+    Directories that already exist keep their modes.
+    """
+    missing = []
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    for path in reversed(missing):
+        path.mkdir(mode=0o700)
+        # mkdir's mode passes through the umask; say it exactly.
+        path.chmod(0o700)
+
+
+def copy_private(source: Path, target: Path) -> None:
+    """Copy C{source} to the new file C{target}, created 0600 (never wider, whatever the umask)."""
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "wb") as sink, open(source, "rb") as f:
+        os.fchmod(sink.fileno(), 0o600)
+        shutil.copyfileobj(f, sink, READ_SIZE)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
 def restore_sqlite(verified: VerifiedBackup, target: Path, force: bool = False) -> int:
     """
-    Put the verified SQLite database at C{target} (atomically). Refuse an
-    existing target unless C{force}. Return the number of tables restored.
+    Put the verified SQLite database at C{target} (atomically, 0600, in a
+    directory created 0700 when missing). Refuse an existing target unless
+    C{force}. Return the number of tables restored.
     """
     if verified.manifest["database"]["backend"] != "sqlite":
         raise BackupError("this backup holds a MariaDB dump, not a SQLite database")
-    if target.exists() and not force:
-        raise BackupError(f"{target} already exists; restore into a new path (or use --force)")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_sqlite_target(target, force)
+    make_private_dirs(target.parent)
     staged = target.with_name(f".{target.name}.restoring")
-    shutil.copyfile(verified.files["database"], staged)
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    copy_private(verified.files["database"], staged)
     connection = sqlite3.connect(staged)
     try:
         check = connection.execute("PRAGMA integrity_check").fetchone()
@@ -729,14 +851,22 @@ def restore_mysql(
 __all__ = [
     "BackupError",
     "BackupResult",
+    "DamagedBackup",
     "FileEntry",
     "MySQLSource",
     "Primary",
     "VerifiedBackup",
+    "WrongKey",
+    "abort_uploads",
     "apply_retention",
     "backup_key",
+    "check_key",
+    "check_new_file",
+    "check_sqlite_target",
+    "copy_private",
     "fetch_and_verify",
     "find_backup",
+    "make_private_dirs",
     "mysql_source",
     "open_store",
     "read_manifest",

@@ -11,13 +11,16 @@ file or an empty MariaDB server (optionally made a replica of the current
 primary from the backup's GTID position).
 
 Errors are one line, never a traceback. This module must never restore a
-backup it has not verified completely first.
+backup it has not verified completely first, and never write any target
+before it has checked every target it was given (a refused restore leaves
+nothing behind to refuse the next attempt).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -74,6 +77,7 @@ def backup_main(argv: Sequence[str] | None = None) -> int:
             f"{summary['seconds']}s"
             + (f", GTID {summary['gtid']}" if summary["gtid"] else "")
             + (f"; retention removed {len(result.deleted)}" if result.deleted else "")
+            + (f"; aborted {len(result.aborted)} unfinished uploads" if result.aborted else "")
             + ")"
         )
     return EXIT_OK
@@ -133,8 +137,13 @@ def restore_main(argv: Sequence[str] | None = None) -> int:
     restore.add_argument("--config-to", help="also write the backed-up configuration here")
     restore.add_argument("--secret-to", help="also write the backed-up master secret here")
     args = parser.parse_args(argv)
+    # Whatever a restore writes (database, directories, configuration,
+    # master secret) is private to the user running it.
+    os.umask(0o077)
     try:
         settings = _settings(args.config)
+        if args.action == "restore":
+            _check_targets_before_download(args)
         key = archive.backup_key(settings)
         store = archive.open_store(settings)
         prefix = settings.backup.prefix
@@ -146,8 +155,17 @@ def restore_main(argv: Sequence[str] | None = None) -> int:
             if args.action == "verify":
                 return _print(args, _described(backup, verified, "verified"))
             return _restore(settings, args, backup, verified, work)
-    except BackupCorrupt as e:
+    except archive.WrongKey as e:
+        return _fail(f"restore: REFUSED, wrong key: {_one_line(e)}", EXIT_REFUSED)
+    except archive.DamagedBackup as e:
         return _fail(f"restore: REFUSED, the backup is damaged: {_one_line(e)}", EXIT_REFUSED)
+    except BackupCorrupt as e:
+        # A backup with no stored key id: a failed authentication is either cause.
+        return _fail(
+            f"restore: REFUSED, the backup is damaged or was encrypted with another key: "
+            f"{_one_line(e)}",
+            EXIT_REFUSED,
+        )
     except (archive.BackupError, StoreError, configmod.ConfigError, OSError) as e:
         return _fail(f"restore: {_one_line(e)}")
     except Exception as e:
@@ -192,12 +210,33 @@ def _list(store: Any, prefix: str, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_new(path: str, source: Path, what: str) -> None:
+def _check_targets_before_download(args: argparse.Namespace) -> None:
+    # Every file target, before anything is downloaded or written.
+    if args.sqlite_path:
+        archive.check_sqlite_target(Path(args.sqlite_path), force=args.force)
+    if args.config_to:
+        archive.check_new_file(Path(args.config_to), "configuration")
+    if args.secret_to:
+        archive.check_new_file(Path(args.secret_to), "master secret")
+
+
+def _check_targets_against_backup(
+    args: argparse.Namespace, verified: archive.VerifiedBackup
+) -> None:
+    # What the verified backup holds decides what else can be asked of it.
+    if args.config_to and "config" not in verified.files:
+        raise archive.BackupError("--config-to: this backup holds no configuration file")
+    if args.secret_to and "secret" not in verified.files:
+        raise archive.BackupError(
+            "--secret-to: this backup holds no master secret (taken with include_secret = false)"
+        )
+    _check_targets_before_download(args)
+
+
+def _write_new(path: str, source: Path) -> None:
     target = Path(path)
-    if target.exists():
-        raise archive.BackupError(f"{target} already exists; will not overwrite the {what}")
-    target.write_bytes(source.read_bytes())
-    target.chmod(0o600)
+    archive.make_private_dirs(target.parent)
+    archive.copy_private(source, target)
 
 
 def _restore(
@@ -207,6 +246,7 @@ def _restore(
     verified: archive.VerifiedBackup,
     work: Path,
 ) -> int:
+    _check_targets_against_backup(args, verified)
     backend = verified.manifest["database"]["backend"]
     if backend == "sqlite":
         if not args.sqlite_path:
@@ -243,10 +283,10 @@ def _restore(
             primary=primary,
             scratch_dir=work,
         )
-    if args.config_to and "config" in verified.files:
-        _write_new(args.config_to, verified.files["config"], "configuration")
-    if args.secret_to and "secret" in verified.files:
-        _write_new(args.secret_to, verified.files["secret"], "master secret")
+    if args.config_to:
+        _write_new(args.config_to, verified.files["config"])
+    if args.secret_to:
+        _write_new(args.secret_to, verified.files["secret"])
     result = _described(backup, verified, "restored")
     result["tables"] = tables
     return _print(args, result)

@@ -52,6 +52,18 @@ class BackupCorrupt(Exception):
     """A stored backup object is damaged, truncated or not ours; the message says which."""
 
 
+class BackupUnauthentic(BackupCorrupt):
+    """
+    A chunk failed authentication: the object is damaged or was encrypted
+    with another key, which this module cannot tell apart; C{where} names the
+    place without guessing which (a caller that checked the key id knows).
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"{where} (damaged, or encrypted with another key)")
+        self.where = where
+
+
 class BackupKeyError(Exception):
     """The backup key file cannot be used; the message names the file."""
 
@@ -76,6 +88,19 @@ def load_key(path: Path) -> bytes:
             f"backup key file {path} holds {len(key)} bytes; it must hold 64 hex digits (32 bytes)"
         )
     return key
+
+
+def key_id(key: bytes) -> str:
+    """
+    A public fingerprint of a backup key (16 hex digits, HKDF-SHA256 with
+    its own label, so it reveals nothing of the key and of the file keys).
+    Stored next to each backup, it tells "wrong key" apart from "damaged".
+    """
+    return (
+        HKDF(algorithm=hashes.SHA256(), length=8, salt=None, info=b"clickpass backup key id v1")
+        .derive(key)
+        .hex()
+    )
 
 
 def _derive(key: bytes, salt: bytes) -> AESGCM:
@@ -171,10 +196,7 @@ def decrypt_stream(key: bytes, name: str, source: BinaryIO) -> Iterator[bytes]:
         try:
             plain = aead.decrypt(_nonce(index, last), sealed, aad)
         except InvalidTag:
-            raise BackupCorrupt(
-                f"{name}: chunk {index} fails authentication "
-                "(damaged, or encrypted with another key)"
-            ) from None
+            raise BackupUnauthentic(f"{name}: chunk {index} fails authentication") from None
         yield plain
         index += 1
         if last:
@@ -202,9 +224,11 @@ def decrypt_bytes(key: bytes, name: str, data: bytes) -> bytes:
 __all__ = [
     "BackupCorrupt",
     "BackupKeyError",
+    "BackupUnauthentic",
     "decrypt_bytes",
     "decrypt_stream",
     "encrypt_bytes",
     "encrypt_stream",
+    "key_id",
     "load_key",
 ]

@@ -5,7 +5,10 @@ decides which backups to keep.
 Layout in the bucket: C{<prefix><node>/<backup id>/<object>}; a backup is
 complete once its C{manifest.enc} is there (it is uploaded last), so an
 upload cut short leaves a backup that listing marks incomplete and that
-retention removes.
+retention removes. A big file goes up as a multipart upload; one cut short
+leaves parts that are no object (listing never shows them, the bucket bills
+them): the backup aborts its own on failure, and retention aborts any
+left under this node's backups once they are past the grace period.
 
 The S3 client is boto3 (blocking): backups are blocking work anyway (a dump
 program, compression, encryption of files on disk), so the whole pipeline
@@ -28,8 +31,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 MANIFEST = "manifest.enc"
+KEY_ID = "key-id"
 BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 INCOMPLETE_GRACE = dt.timedelta(hours=12)
+# Every complete backup younger than this is kept whatever the daily rule
+# says: a backup taken (or restored from) this morning must survive the
+# "backup now" an operator runs this afternoon.
+KEEP_RECENT = dt.timedelta(hours=24)
+# Bounds on each S3 request: a hung endpoint (answers TCP, never HTTP) fails
+# a request after about CONNECT + READ x ATTEMPTS seconds (~45 s), not after
+# the minutes boto3's defaults allow; a healthy S3 answers well within them.
+S3_CONNECT_TIMEOUT = 10.0
+S3_READ_TIMEOUT = 20.0
+S3_ATTEMPTS = 2
 
 
 class StoreError(Exception):
@@ -72,13 +86,15 @@ def to_delete(
     The backups retention removes: keep the newest complete backup of each
     of the C{keep_daily} most recent days that have one, and of each of the
     C{keep_weekly} most recent ISO weeks that have one; always keep the
-    newest complete backup; drop incomplete backups once they are older
-    than a grace period (an upload might still be running).
+    newest complete backup and every one younger than L{KEEP_RECENT};
+    drop incomplete backups once they are older than a grace period (an
+    upload might still be running).
     """
     complete = sorted((b for b in backups if b.complete), key=lambda b: b.id, reverse=True)
     keep: set[str] = set()
     if complete:
         keep.add(complete[0].id)
+    keep.update(b.id for b in complete if now - b.created < KEEP_RECENT)
     days: list[dt.date] = []
     weeks: list[tuple[int, int]] = []
     for backup in complete:
@@ -98,8 +114,19 @@ def to_delete(
     return sorted(doomed, key=lambda b: b.id)
 
 
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload begun and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+
+
 class ObjectStore(Protocol):
     """What backups need of a bucket."""
+
+    def check_bucket(self) -> None:
+        """L{StoreError} saying so when the bucket does not exist or cannot be reached."""
 
     def put_file(self, key: str, path: Path) -> None: ...
 
@@ -113,6 +140,10 @@ class ObjectStore(Protocol):
 
     def delete_keys(self, keys: Iterable[str]) -> None: ...
 
+    def list_uploads(self, prefix: str) -> list[PendingUpload]: ...
+
+    def abort_upload(self, upload: PendingUpload) -> None: ...
+
 
 class S3Store:
     """L{ObjectStore} on an S3-compatible bucket, through boto3 (blocking)."""
@@ -125,7 +156,9 @@ class S3Store:
         bucket: str,
         access_key_id: str,
         secret_access_key: str,
-        timeout: float = 60.0,
+        connect_timeout: float = S3_CONNECT_TIMEOUT,
+        read_timeout: float = S3_READ_TIMEOUT,
+        attempts: int = S3_ATTEMPTS,
     ) -> None:
         import boto3  # type: ignore[import-untyped]
         from botocore.config import Config  # type: ignore[import-untyped]
@@ -139,9 +172,9 @@ class S3Store:
             aws_access_key_id=access_key_id or None,
             aws_secret_access_key=secret_access_key or None,
             config=Config(
-                connect_timeout=timeout,
-                read_timeout=timeout,
-                retries={"max_attempts": 4, "mode": "standard"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"total_max_attempts": attempts, "mode": "standard"},
                 s3={"addressing_style": "path"},
             ),
         )
@@ -156,6 +189,9 @@ class S3Store:
             error = e.response.get("Error", {})
             code = error.get("Code", "?")
             message = error.get("Message", "") or code
+            # HEAD answers a missing bucket with a bare 404 (no body, no code).
+            if code == "NoSuchBucket" or (code == "404" and what == "check"):
+                raise StoreError(self._missing_bucket()) from None
             raise StoreError(
                 f"S3 {what} in bucket {self.bucket!r} at {self.endpoint or 'AWS'} failed: "
                 f"{code}: {message}"
@@ -164,6 +200,15 @@ class S3Store:
             raise StoreError(
                 f"S3 {what} in bucket {self.bucket!r} at {self.endpoint or 'AWS'} failed: {e}"
             ) from None
+
+    def _missing_bucket(self) -> str:
+        return (
+            f"S3 bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'}; "
+            "create it first (docs/backup.md)"
+        )
+
+    def check_bucket(self) -> None:
+        self._call("check", self._client.head_bucket, Bucket=self.bucket)
 
     def put_file(self, key: str, path: Path) -> None:
         self._call(f"upload of {key}", self._client.upload_file, str(path), self.bucket, key)
@@ -205,6 +250,29 @@ class S3Store:
                 Delete={"Objects": batch[start : start + 1000], "Quiet": True},
             )
 
+    def list_uploads(self, prefix: str) -> list[PendingUpload]:
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        found: list[PendingUpload] = []
+
+        def collect() -> None:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Uploads", []):
+                    # Filtered here too: not every S3-compatible server honours Prefix.
+                    if item["Key"].startswith(prefix):
+                        found.append(PendingUpload(item["Key"], item["UploadId"]))
+
+        self._call(f"listing of unfinished uploads under {prefix}", collect)
+        return found
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        self._call(
+            f"abort of the unfinished upload of {upload.key}",
+            self._client.abort_multipart_upload,
+            Bucket=self.bucket,
+            Key=upload.key,
+            UploadId=upload.upload_id,
+        )
+
 
 def list_backups(store: ObjectStore, prefix: str, node: str | None = None) -> list[StoredBackup]:
     """Every backup under C{prefix} (of one node, or of all), oldest first."""
@@ -228,6 +296,24 @@ def list_backups(store: ObjectStore, prefix: str, node: str | None = None) -> li
     return sorted(backups, key=lambda b: (b.id, b.node))
 
 
+def stale_uploads(
+    store: ObjectStore, prefix: str, node: str, now: dt.datetime
+) -> list[PendingUpload]:
+    """
+    This node's unfinished multipart uploads that belong to a backup older
+    than the grace period (no upload of it can still be running). Uploads
+    under keys that are not a backup's are never touched.
+    """
+    stale = []
+    for upload in store.list_uploads(f"{prefix}{node}/"):
+        rest = upload.key[len(prefix) :].split("/")
+        if len(rest) != 3 or not BACKUP_ID.match(rest[1]):
+            continue
+        if now - backup_time(rest[1]) > INCOMPLETE_GRACE:
+            stale.append(upload)
+    return stale
+
+
 def delete_backup(store: ObjectStore, prefix: str, backup: StoredBackup) -> None:
     """Remove every object of C{backup}, the manifest first (so it is never half-listed)."""
     base = f"{prefix}{backup.node}/{backup.id}/"
@@ -238,8 +324,10 @@ def delete_backup(store: ObjectStore, prefix: str, backup: StoredBackup) -> None
 
 
 __all__ = [
+    "KEY_ID",
     "MANIFEST",
     "ObjectStore",
+    "PendingUpload",
     "S3Store",
     "StoreError",
     "StoredBackup",
@@ -247,5 +335,6 @@ __all__ = [
     "delete_backup",
     "list_backups",
     "new_backup_id",
+    "stale_uploads",
     "to_delete",
 ]

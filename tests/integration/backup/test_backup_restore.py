@@ -208,7 +208,7 @@ def test_wrong_key_is_refused(tmp_path: Path, sqlite_backup: tuple[Path, str]) -
     key_file = tmp_path / "keys" / "backup.key"
     key_file.write_text(os.urandom(32).hex() + "\n")
     verify = cli("restore", config, "verify", "latest")
-    assert verify.returncode == 3 and "another key" in verify.stderr
+    assert verify.returncode == 3 and "wrong key" in verify.stderr
 
 
 def test_failed_backup_exits_nonzero_and_records_it(tmp_path: Path, s3_server: S3Server) -> None:
@@ -216,11 +216,11 @@ def test_failed_backup_exits_nonzero_and_records_it(tmp_path: Path, s3_server: S
     config = sqlite_node(tmp_path, s3_server, "no-such-bucket")
     result = cli("backup", config)
     assert result.returncode == 1
-    assert result.stderr.startswith("backup: FAILED:") and "NoSuchBucket" in result.stderr
+    assert result.stderr.startswith("backup: FAILED:") and "does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     data = Path(configmod.load(config).node.data_dir)
     status = json.loads((data / "backup-status.json").read_text())
-    assert "NoSuchBucket" in status["last_error"] and "last_success" not in status
+    assert "does not exist" in status["last_error"] and "last_success" not in status
 
 
 # ---------------------------------------------------------------------------

