@@ -1,10 +1,52 @@
-# Shared by scripts/run and scripts/test: make sure .venv exists and holds
-# Clickpass (and, with "dev", the test tools) as pinned by setup.py.
-# Re-installs only when setup.py changed since the last install.
+# Shared by the scripts: make sure .venv exists and holds Clickpass (and,
+# with "dev", the test tools) as pinned by setup.py.
+#
+#   source scripts/_venv.sh EXTRAS [POLICY]     (or: bash scripts/_venv.sh [EXTRAS])
+#
+# EXTRAS: comma-separated setup.py extras the caller needs ("" or "dev").
+# An environment installed from this setup.py with at least those extras is
+# used as it is (the one scripts/test installs, with "dev", serves every script).
+# POLICY, when the environment does not match:
+#   install      (scripts/run, scripts/test) install or re-install it
+#   if-missing   (scripts/restore) install only when there is none; never
+#                rewrite an installed one, warn and use it as it is
+#   never        (scripts/backup, scripts/monitor: cron and services) never
+#                reach for the network nor rewrite anything: warn and use it
+#                as it is, or fail with one line when there is none
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CLICKPASS_VENV:-$ROOT/.venv}
 extras=${1:-}
+policy=${2:-install}
+stamp="$VENV/.clickpass-installed"
+want_hash="$(cat "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT"/clickpass/balancer/csrc/* | sha256sum | cut -d' ' -f1)"
+
+# True when the stamp says: installed from this setup.py with every extra in $extras.
+installed_as_wanted() {
+  local have_hash="" have_extras="" need
+  [ -f "$stamp" ] || return 1
+  read -r have_hash have_extras <"$stamp" || true
+  [ "$have_hash" = "$want_hash" ] || return 1
+  IFS=, read -ra need <<<"$extras"
+  for extra in "${need[@]}"; do
+    [ -z "$extra" ] && continue
+    case ",$have_extras," in *",$extra,"*) ;; *) return 1 ;; esac
+  done
+  return 0
+}
+
+if [ "$policy" != install ] && [ -x "$VENV/bin/python" ] && [ -f "$stamp" ]; then
+  if ! installed_as_wanted; then
+    echo "clickpass: warning: $VENV was installed from another setup.py or without" \
+      "the extras \"$extras\"; using it as it is (bash scripts/_venv.sh updates it)" >&2
+  fi
+  return 0 2>/dev/null || exit 0
+fi
+if [ "$policy" = never ]; then
+  echo "clickpass: no installed environment at $VENV; install it first with:" \
+    "bash $ROOT/scripts/_venv.sh" >&2
+  exit 1
+fi
 
 find_python() {
   for candidate in python3.13 python3.12 python3.11 python3; do
@@ -49,9 +91,7 @@ if ! command -v cc >/dev/null 2>&1 || ! has_headers; then
   fi
 fi
 
-stamp="$VENV/.clickpass-installed"
-want="$(cat "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT"/clickpass/balancer/csrc/* | sha256sum | cut -d' ' -f1) ${extras}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+if ! installed_as_wanted; then
   echo "clickpass: installing into $VENV ..." >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
   target="$ROOT"
@@ -70,5 +110,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   "$VENV/bin/python" -c 'import clickpass.tap, clickpass.balancer._http1, openid, pymysql, argon2' ||
     { echo "clickpass: installation failed" >&2; exit 1; }
-  echo "$want" > "$stamp"
+  echo "$want_hash ${extras}" >"$stamp"
 fi
