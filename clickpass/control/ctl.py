@@ -7,7 +7,7 @@ answer as text or, with C{--json}, as JSON. Errors are one line on stderr
 and a non-zero exit status.
 
 Commands that need no running node (C{db migrate}) open the configured
-storage themselves.
+storage themselves; C{help} lists the commands without one.
 """
 
 from __future__ import annotations
@@ -227,6 +227,41 @@ def _db_migrate(args: argparse.Namespace, conn: Connection) -> Any:
     if applied:
         return f"applied migrations {', '.join(map(str, applied))}; schema is at version {version}"
     return f"schema already at version {version}"
+
+
+def _help_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--node",
+        action="store_true",
+        help="also list the control-protocol commands the running node answers",
+    )
+
+
+def _format_help(result: dict[str, Any]) -> str:
+    rows = result["commands"]
+    width = max(len(name) for name in rows)
+    lines = ["clickpass-ctl commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in rows.items()]
+    if result.get("node") is not None:
+        node_rows = result["node"]
+        node_width = max((len(name) for name in node_rows), default=0)
+        lines.append("the node's control-protocol commands:")
+        lines += [f"  {name:<{node_width}}  {text}" for name, text in node_rows.items()]
+    return "\n".join(lines)
+
+
+@command(
+    "help",
+    help="list these commands (--node: and those the running node answers)",
+    format=_format_help,
+    arguments=_help_arguments,
+    needs_node=False,
+)
+def _help(args: argparse.Namespace, conn: Connection) -> Any:
+    # The listing itself needs no node, so it works when the node is down.
+    commands = {" ".join(c.words): c.help for c in sorted(COMMANDS, key=lambda c: c.words)}
+    node = _connection(args).call("help") if args.node else None
+    return {"commands": commands, "node": node}
 
 
 def _settings(args: argparse.Namespace) -> configmod.Settings:
