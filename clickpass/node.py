@@ -99,6 +99,12 @@ class Node(MultiService):
         self._ports: list[IListeningPort] = []
         self._starting: Deferred[None] | None = None
         self._register_commands()
+        # systemd's notify protocol (Type=notify units): READY, watchdog, STOPPING.
+        # It does nothing when systemd did not start the node.
+        from clickpass.sdnotify import notifier_for_this_process
+
+        self.systemd = notifier_for_this_process(reactor)
+        self.systemd.setServiceParent(self)
         ControlService(reactor, settings, self.commands).setServiceParent(self)
         # Alerts, metrics and backups (issue 8); other parts raise alerts
         # through self.monitoring.alerts.
@@ -197,6 +203,7 @@ class Node(MultiService):
         )
         if problem := configmod.public_url_problem(settings.node.public_url, settings.web.listen):
             self.log.warn("{problem}", problem=problem)
+        self.systemd.ready(f"node {settings.node.name} serving {settings.base_url}")
 
     def _start_housekeeping(self, storage: AdbapiStorage, signing_keys: SigningKeys) -> None:
         from clickpass.accounts.service import Accounts
