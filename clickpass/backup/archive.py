@@ -103,6 +103,7 @@ class BackupResult:
     manifest: dict[str, Any]
     deleted: list[str] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    warning: str = ""
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -115,6 +116,7 @@ class BackupResult:
             "seconds": round(self.seconds, 3),
             "deleted_by_retention": self.deleted,
             "unfinished_uploads_aborted": self.aborted,
+            "warning": self.warning,
         }
 
 
@@ -502,7 +504,7 @@ def take_backup(
             abort_uploads(store, base)
             raise
     result = BackupResult(node=node, id=backup_id, manifest=manifest)
-    result.deleted, result.aborted = apply_retention(settings, store, created)
+    result.deleted, result.aborted, result.warning = apply_retention(settings, store, created)
     result.seconds = time.monotonic() - began
     return result
 
@@ -526,22 +528,28 @@ def abort_uploads(store: ObjectStore, base: str) -> list[str]:
 
 def apply_retention(
     settings: configmod.Settings, store: ObjectStore, now: dt.datetime
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], str]:
     """
     Delete this node's backups that retention no longer keeps and abort its
-    unfinished uploads left by backups cut short; return the backups' names
-    and the aborted uploads' keys.
+    unfinished uploads left by backups cut short; return the backups' names,
+    the aborted uploads' keys, and a warning when the uploads could not be
+    looked at (the backup itself stands: credentials without
+    ListBucketMultipartUploads, or a server without it, must not fail it).
     """
     prefix, node = settings.backup.prefix, settings.node.name
     backups = list_backups(store, prefix, node)
     doomed = to_delete(backups, now, settings.backup.keep_daily, settings.backup.keep_weekly)
     for backup in doomed:
         delete_backup(store, prefix, backup)
-    aborted = []
-    for upload in stale_uploads(store, prefix, node, now):
-        store.abort_upload(upload)
-        aborted.append(upload.key)
-    return [b.name for b in doomed], aborted
+    aborted: list[str] = []
+    warning = ""
+    try:
+        for upload in stale_uploads(store, prefix, node, now):
+            store.abort_upload(upload)
+            aborted.append(upload.key)
+    except StoreError as e:
+        warning = f"unfinished uploads not cleaned up (the bucket's lifecycle rule must): {e}"
+    return [b.name for b in doomed], aborted, warning
 
 
 # Status, for the node's watch and for operators.

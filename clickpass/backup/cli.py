@@ -78,6 +78,7 @@ def backup_main(argv: Sequence[str] | None = None) -> int:
             + (f", GTID {summary['gtid']}" if summary["gtid"] else "")
             + (f"; retention removed {len(result.deleted)}" if result.deleted else "")
             + (f"; aborted {len(result.aborted)} unfinished uploads" if result.aborted else "")
+            + (f"; WARNING: {result.warning}" if result.warning else "")
             + ")"
         )
     return EXIT_OK

@@ -179,6 +179,10 @@ class BackupService(Service):
             size=summary["stored_bytes"],
             seconds=summary["seconds"],
         )
+        if result.warning:
+            self.log.warn(
+                "backup {backup}: {warning}", backup=summary["backup"], warning=result.warning
+            )
         await self._record(backup=summary["backup"])
         self.check()
         return summary

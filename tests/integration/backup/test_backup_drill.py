@@ -24,7 +24,7 @@ import pytest
 
 from clickpass import config as configmod
 from clickpass.backup import archive
-from clickpass.backup.store import S3Store, StoreError
+from clickpass.backup.store import PendingUpload, S3Store, StoreError
 from clickpass.database.offline import migrate_offline
 from tests.integration.backup.conftest import S3Server
 from tests.integration.backup.test_backup_restore import (
@@ -250,6 +250,33 @@ def test_a_backup_cut_mid_upload_aborts_its_upload(
     with pytest.raises(StoreError, match="connection reset"):
         archive.take_backup(settings, store=store)
     assert uploads(s3_server, bucket) == []
+
+
+class NoUploadListing(S3Store):
+    """The real S3 store with credentials that may not list multipart uploads."""
+
+    def list_uploads(self, prefix: str) -> list[PendingUpload]:
+        raise StoreError("S3 listing of unfinished uploads failed: AccessDenied: Access Denied")
+
+
+def test_a_backup_stands_when_uploads_cannot_be_listed(
+    tmp_path: Path, s3_server: S3Server, bucket: str
+) -> None:
+    """
+    Credentials without ListBucketMultipartUploads: the backup is complete
+    and reported with a warning, not failed.
+    """
+    settings = configmod.load(sqlite_node(tmp_path, s3_server, bucket))
+    store = NoUploadListing(
+        endpoint=s3_server.endpoint,
+        region="us-east-1",
+        bucket=bucket,
+        access_key_id="test",
+        secret_access_key="test",
+    )
+    result = archive.take_backup(settings, store=store)
+    assert "AccessDenied" in result.warning and result.aborted == []
+    assert any(k.endswith(f"{result.id}/manifest.enc") for k in objects(s3_server, bucket))
 
 
 def test_missing_bucket_is_one_clear_line(tmp_path: Path, s3_server: S3Server) -> None:
