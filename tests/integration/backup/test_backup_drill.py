@@ -124,17 +124,27 @@ def test_restored_directory_and_files_are_private(
         cli(
             "restore", config, "restore", "latest",
             "--sqlite-path", str(data / "clickpass.sqlite3"),
-            "--config-to", str(tmp_path / "etc" / "node.toml"),
+            "--config-to", str(tmp_path / "node.toml.restored"),
             "--secret-to", str(data / "secret.key"),
         )
     )  # fmt: skip
     assert mode(tmp_path / "new") == 0o700
     assert mode(data) == 0o700
-    assert mode(tmp_path / "etc") == 0o700
     assert mode(data / "clickpass.sqlite3") == 0o600
     assert mode(data / "secret.key") == 0o600
-    assert mode(tmp_path / "etc" / "node.toml") == 0o600
+    assert mode(tmp_path / "node.toml.restored") == 0o600
     assert sorted(p.name for p in data.iterdir()) == ["clickpass.sqlite3", "secret.key"]
+
+    # A --config-to in a directory that does not exist yet: created 0700 too.
+    ok(
+        cli(
+            "restore", config, "restore", "latest",
+            "--sqlite-path", str(tmp_path / "other" / "clickpass.sqlite3"),
+            "--config-to", str(tmp_path / "etc" / "node.toml"),
+        )
+    )  # fmt: skip
+    assert mode(tmp_path / "etc") == 0o700
+    assert mode(tmp_path / "etc" / "node.toml") == 0o600
 
 
 @pytest.fixture
