@@ -5,7 +5,9 @@ Passwords are hashed with argon2id in a thread, never on the reactor.
 Session tokens are random; only their SHA-256 is stored, so a copy of the
 database does not let anyone sign in. Failed sign-ins are counted in the
 database per account and per client address, so the limit holds across
-worker processes and nodes.
+worker processes and nodes; each attempt is counted before its password is
+checked (and given back when it succeeds), so parallel attempts cannot get
+more checks than the limit.
 
 Nothing here renders pages or reads requests: the web layer does that.
 """
@@ -138,62 +140,89 @@ def _account_and_hash(tx: Transaction, email: str) -> tuple[Account, str | None]
     return account, row[6]
 
 
-def _throttle_state(
+def _reserve_attempt(
     tx: Transaction, subjects: list[tuple[str, str, int]], now: int, window: int
 ) -> int:
-    """Seconds until the first over-limit subject may try again; 0 if none is."""
-    wait = 0
-    for scope, subject, limit in subjects:
-        row = tx.fetchone(
-            "SELECT window_start, failures FROM signin_failures WHERE scope = ? AND subject = ?",
-            scope,
-            subject,
-        )
-        if row is None:
-            continue
-        start, failures = int(row[0]), int(row[1])
-        if start + window > now and failures >= limit:
-            wait = max(wait, start + window - now)
-    return wait
+    """
+    Count one sign-in attempt against every subject, before its password is
+    checked, and return 0; or, when a subject has reached its limit, count
+    nothing and return the seconds until it may try again.
 
-
-def _record_failure(
-    tx: Transaction, subjects: list[tuple[str, str, int]], now: int, window: int
-) -> None:
-    # One atomic upsert per subject: a count that is started and added to
-    # by several workers at once loses no failure and takes no gap locks
-    # that could deadlock (as UPDATE-then-INSERT does on MariaDB).
-    cutoff = now - window
+    The attempt counts as a failure until it is known to have succeeded
+    (L{_signed_in} gives it back), so attempts still in flight count: a
+    burst of parallel guesses gets no more password checks than the limit.
+    Each subject's row is locked by its first statement (a no-op upsert,
+    never a locking read of a row that may not exist, which would take gap
+    locks on MariaDB), always in the same order, so concurrent reservations
+    queue on the row rather than deadlock; the rows are read only once all
+    of them are held.
+    """
     if tx.dialect.name == "sqlite":
-        # SQLite evaluates every SET expression against the old row.
-        tail = (
-            "ON CONFLICT (scope, subject) DO UPDATE SET "
-            "failures = CASE WHEN window_start > ? THEN failures + 1 ELSE 1 END, "
-            "window_start = CASE WHEN window_start > ? THEN window_start ELSE ? END"
-        )
+        # The first write takes SQLite's one write lock for the transaction.
+        touch = "ON CONFLICT (scope, subject) DO NOTHING"
+        read = "SELECT window_start, failures FROM signin_failures WHERE scope = ? AND subject = ?"
     else:
-        # MariaDB assigns left to right, so failures (which reads the old
-        # window_start) must come before window_start.
-        tail = (
-            "ON DUPLICATE KEY UPDATE "
-            "failures = IF(window_start > ?, failures + 1, 1), "
-            "window_start = IF(window_start > ?, window_start, ?)"
+        # An upsert that finds the row locks it exclusively, even when the
+        # update changes nothing; FOR UPDATE reads the latest committed
+        # values, not the transaction's snapshot.
+        touch = "ON DUPLICATE KEY UPDATE failures = failures"
+        read = (
+            "SELECT window_start, failures FROM signin_failures "
+            "WHERE scope = ? AND subject = ? FOR UPDATE"
         )
     for scope, subject, _limit in subjects:
         tx.execute(
             "INSERT INTO signin_failures (scope, subject, window_start, failures) "
-            "VALUES (?, ?, ?, 1) " + tail,
+            "VALUES (?, ?, ?, 0) " + touch,
             scope,
             subject,
             now,
-            cutoff,
-            cutoff,
-            now,
         )
+    counts: list[tuple[str, str, int, int]] = []
+    wait = 0
+    for scope, subject, limit in subjects:
+        row = tx.fetchone(read, scope, subject)
+        assert row is not None  # the upsert above made or found it, and holds it
+        start, failures = int(row[0]), int(row[1])
+        if start + window <= now:
+            start, failures = now, 0
+        elif failures >= limit:
+            wait = max(wait, start + window - now)
+        counts.append((scope, subject, start, failures + 1))
+    if wait:
+        return wait
+    for scope, subject, start, failures in counts:
+        tx.execute(
+            "UPDATE signin_failures SET window_start = ?, failures = ? "
+            "WHERE scope = ? AND subject = ?",
+            start,
+            failures,
+            scope,
+            subject,
+        )
+    return 0
 
 
-def _clear_failures(tx: Transaction, scope: str, subject: str) -> None:
-    tx.execute("DELETE FROM signin_failures WHERE scope = ? AND subject = ?", scope, subject)
+def _signed_in(tx: Transaction, subjects: list[tuple[str, str, int]]) -> None:
+    """
+    A reserved attempt succeeded: the account's count starts afresh, and
+    the address gets back the attempt it was charged. Rows are updated in
+    place, in the order L{_reserve_attempt} locks them.
+    """
+    for scope, subject, _limit in subjects:
+        if scope == "account":
+            tx.execute(
+                "UPDATE signin_failures SET failures = 0 WHERE scope = ? AND subject = ?",
+                scope,
+                subject,
+            )
+        else:
+            tx.execute(
+                "UPDATE signin_failures SET failures = failures - 1 "
+                "WHERE scope = ? AND subject = ? AND failures > 0",
+                scope,
+                subject,
+            )
 
 
 def _create_session(
@@ -301,9 +330,11 @@ class Accounts:
             ("account", address, self._settings.throttle_per_account),
             ("address", client_address[:255], self._settings.throttle_per_address),
         ]
-        wait = await self._storage.run(_throttle_state, subjects, now, window)
+        wait = await self._storage.run(_reserve_attempt, subjects, now, window)
         if wait:
             raise Throttled(wait)
+        # From here the attempt counts as a failure (so parallel attempts
+        # in flight count against the limit) until it proves to be right.
         found = await self._storage.run(_account_and_hash, address)
         if found is None or found[1] is None:
             await self._in_thread(self._verify, self._dummy(), password)
@@ -311,10 +342,9 @@ class Accounts:
         else:
             ok = await self._in_thread(self._verify, found[1], password)
         if not ok or found is None or found[0].disabled:
-            await self._storage.run(_record_failure, subjects, now, window)
             raise SignInRefused()
         account, pw_hash = found
-        await self._storage.run(_clear_failures, "account", address)
+        await self._storage.run(_signed_in, subjects)
         if pw_hash is not None and self._hasher.check_needs_rehash(pw_hash):
             new_hash = await self._in_thread(self._hasher.hash, password)
             await self._storage.run(

@@ -8,7 +8,7 @@ Time comes from a task.Clock; nothing here sleeps.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import pytest
 from argon2 import PasswordHasher
@@ -16,6 +16,7 @@ from argon2 import PasswordHasher
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from clickpass.accounts.service import (
     Account,
@@ -369,32 +370,35 @@ async def test_disable_ends_every_session(
 
 
 @async_test
-async def test_concurrent_failures_are_all_counted(
+async def test_concurrent_reservations_are_all_counted_up_to_the_limit(
     database_target: DatabaseTarget, storage_backend: AdbapiStorage
 ) -> None:
     """
-    Failures recorded at the same moment by several workers for a subject
-    never seen before are all counted: none is lost to the race between
-    starting the count and adding to it.
+    Attempts reserved at the same moment by several workers for a subject
+    never seen before are all counted, none lost to the race between
+    starting the count and adding to it, and none past the limit: those
+    over it are refused and leave the count as it was.
     """
     from twisted.internet.defer import DeferredList
 
-    from clickpass.accounts.service import _record_failure
+    from clickpass.accounts.service import _reserve_attempt
 
     pools = [storage_backend] + [database_target.open() for _ in range(3)]
-    subjects = [("address", "203.0.113.50", 100)]
+    subjects = [("address", "203.0.113.50", 8)]
     attempts = 12
     results = await DeferredList(
-        [pools[i % len(pools)].run(_record_failure, subjects, NOW, 900) for i in range(attempts)],
+        [pools[i % len(pools)].run(_reserve_attempt, subjects, NOW, 900) for i in range(attempts)],
         consumeErrors=True,
     )
     assert [r for ok, r in results if not ok] == []
+    waits = sorted(r for _ok, r in results)
+    assert waits == [0] * 8 + [900] * 4
     failures = await storage_backend.run(
         lambda tx: tx.scalar(
             "SELECT failures FROM signin_failures WHERE subject = ?", "203.0.113.50"
         )
     )
-    assert failures == attempts
+    assert failures == 8
 
 
 class _CommitOutcomeLostOnce:
@@ -449,3 +453,95 @@ async def test_sign_up_is_idempotent_through_an_unknown_commit_outcome(
     assert account.email == "ann@example.org"
     with pytest.raises(AccountError, match="already exists"):
         await accounts.sign_up("ann@example.org", PASSWORD)
+
+
+class _CountingHasher(PasswordHasher):
+    """The fast argon2id hasher, counting the passwords it was asked to check."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.verified: list[str] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verified.append(str(password))
+        return super().verify(hash, password)
+
+
+async def _parallel_sign_ins(
+    database_target: DatabaseTarget,
+    storage_backend: AdbapiStorage,
+    clock: Clock,
+    attempts: list[tuple[str, str, str]],
+) -> tuple[_CountingHasher, list[object]]:
+    # Four workers (each its own Accounts, hasher and pool), all started
+    # before any answer: what parallel requests through the front do.
+    from twisted.internet.defer import DeferredList
+
+    hasher = _CountingHasher()
+    pools = [storage_backend] + [database_target.open() for _ in range(3)]
+    workers = [
+        Accounts(database_target.reactor, pool, SETTINGS, clock=clock.seconds, hasher=hasher)
+        for pool in pools
+    ]
+    await workers[0].sign_up("ann@example.org", PASSWORD)
+    hasher.verified.clear()
+    results = await DeferredList(
+        [
+            Deferred.fromCoroutine(workers[i % len(workers)].authenticate(*attempt))
+            for i, attempt in enumerate(attempts)
+        ],
+        consumeErrors=True,
+    )
+    return hasher, [r if ok else cast(Failure, r).value for ok, r in results]
+
+
+@async_test
+async def test_parallel_guesses_for_one_account_are_held_to_its_limit(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    Thirty sign-ins for one account, from thirty addresses, sent together
+    to four workers: only as many passwords as the account's limit are
+    checked (each attempt is counted before its password is), the rest are
+    throttled without a check, and the right password among the last is
+    refused like the rest.
+    """
+    limit = SETTINGS.throttle_per_account
+    attempts = [("ann@example.org", f"wrong guess {i:02d}", f"192.0.2.{i}") for i in range(29)]
+    attempts.append(("ann@example.org", PASSWORD, "192.0.2.200"))
+    hasher, outcomes = await _parallel_sign_ins(database_target, storage_backend, clock, attempts)
+    assert len(hasher.verified) <= limit, hasher.verified
+    checked = [o for o in outcomes if not isinstance(o, Throttled)]
+    assert len(checked) <= limit
+    assert all(isinstance(o, SignInRefused | Throttled | Account) for o in outcomes), outcomes
+    failures = await storage_backend.run(
+        lambda tx: tx.scalar(
+            "SELECT failures FROM signin_failures WHERE scope = 'account' AND subject = ?",
+            "ann@example.org",
+        )
+    )
+    assert failures <= limit
+
+
+@async_test
+async def test_parallel_guesses_from_one_address_are_held_to_its_limit(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    Thirty sign-ins from one address, each for another email, sent
+    together to four workers: no more than the address's limit are checked,
+    and its failure count never passes the limit.
+    """
+    limit = SETTINGS.throttle_per_address
+    attempts = [(f"user{i}@example.org", "wrong guess!", "203.0.113.9") for i in range(30)]
+    hasher, outcomes = await _parallel_sign_ins(database_target, storage_backend, clock, attempts)
+    assert len(hasher.verified) <= limit
+    assert len([o for o in outcomes if isinstance(o, SignInRefused)]) <= limit
+    assert all(isinstance(o, SignInRefused | Throttled) for o in outcomes), outcomes
+    failures = await storage_backend.run(
+        lambda tx: tx.scalar(
+            "SELECT failures FROM signin_failures WHERE scope = 'address' AND subject = ?",
+            "203.0.113.9",
+        )
+    )
+    assert failures <= limit
