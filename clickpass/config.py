@@ -184,10 +184,17 @@ class ControlSettings:
     )
     tcp: str = dataclasses.field(
         default="",
-        metadata=_doc("Optional loopback TCP endpoint, e.g. tcp:9101:interface=127.0.0.1."),
+        metadata=_doc(
+            "Optional loopback TCP endpoint, e.g. tcp:9101:interface=127.0.0.1 (the interface "
+            "must be a loopback address, each option given once)."
+        ),
     )
     token_file: str = dataclasses.field(
-        default="", metadata=_doc("File holding the token required on the TCP control port.")
+        default="",
+        metadata=_doc(
+            "File holding the token required on the TCP control port (first line, at least "
+            "32 bytes: openssl rand -hex 32)."
+        ),
     )
 
 
@@ -1105,13 +1112,12 @@ def _check_semantics(settings: Settings) -> None:
     if settings.control.tcp:
         if not settings.control.token_file:
             raise ConfigError("[control] tcp: a TCP control port needs [control] token_file")
-        if not any(
-            f"interface={host}" in settings.control.tcp for host in ("127.", "localhost", "\\:\\:1")
-        ):
-            raise ConfigError(
-                "[control] tcp: the control port listens on loopback only "
-                "(add :interface=127.0.0.1)"
-            )
+        from clickpass.control.endpoint import EndpointError, parse_control_tcp
+
+        try:
+            parse_control_tcp(settings.control.tcp)
+        except EndpointError as e:
+            raise ConfigError(f"[control] tcp: {e}") from None
     for key in ("throttle_window", "throttle_per_account", "throttle_per_address"):
         if getattr(settings.accounts, key) < 1:
             raise ConfigError(f"[accounts] {key}: must be at least 1")
@@ -1257,6 +1263,8 @@ def check_files(settings: Settings) -> None:
             read_secret_file(settings.data_path(value), key)
     if settings.web.metrics_token_file:
         metrics_token(settings)
+    if settings.control.tcp:
+        control_token(settings)
 
 
 def metrics_token(settings: Settings) -> bytes:
@@ -1272,6 +1280,26 @@ def metrics_token(settings: Settings) -> bytes:
     if not token.isascii() or not token.isprintable() or " " in token:
         raise ConfigError(f"{key}: the token in {path} must be printable ASCII without spaces")
     return token.encode("ascii")
+
+
+# A guessable token would open every operator command to any local user.
+CONTROL_TOKEN_MIN_BYTES = 32
+
+
+def control_token(settings: Settings) -> bytes:
+    """
+    The token the TCP control port requires, from C{[control] token_file};
+    L{ConfigError} when it cannot be read or is shorter than
+    L{CONTROL_TOKEN_MIN_BYTES}.
+    """
+    path = settings.data_path(settings.control.token_file)
+    token = read_secret_file(path, "[control] token_file").encode("utf-8")
+    if len(token) < CONTROL_TOKEN_MIN_BYTES:
+        raise ConfigError(
+            f"[control] token_file: the token in {path} is {len(token)} bytes; at least "
+            f"{CONTROL_TOKEN_MIN_BYTES} are needed (make one with: openssl rand -hex 32 > {path})"
+        )
+    return token
 
 
 def _table_list_item(annotation: object) -> type[Any] | None:
@@ -1344,6 +1372,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "check_files",
+    "control_token",
     "load",
     "master_secret",
     "metrics_token",

@@ -3,9 +3,10 @@ The control protocol: one JSON object per line, each way.
 
 A request is C{{"command": NAME, "args": {...}}} (plus C{"token"} on the
 TCP port); the answer is C{{"ok": true, "result": ...}} or
-C{{"ok": false, "error": ONE LINE}}. A malformed, unknown or
-unauthenticated request gets one error line and the connection (and the
-node) goes on.
+C{{"ok": false, "error": ONE LINE}}. A malformed or unknown request
+gets one error line and the connection (and the node) goes on; a request
+with a bad or missing token (on the TCP port) gets one error line and the
+connection is closed, so guesses cannot be pipelined on one connection.
 
 Subsystems add commands to a L{CommandRegistry}; this module must never
 know what the commands do.
@@ -97,8 +98,18 @@ class ControlProtocol(LineReceiver):
             if not isinstance(given, str) or not hmac.compare_digest(
                 given.encode("utf-8"), self._token
             ):
-                self.log.warn("control: refused a request with a bad token")
+                # One answer and the connection ends: a client that does not
+                # know the token gets no second guess on this connection, and
+                # the log one line per connection, not one per guess.
+                peer = self.transport.getPeer() if self.transport is not None else None
+                self.log.warn(
+                    "control: refused a request with a bad token from {peer}; "
+                    "closing the connection",
+                    peer=str(getattr(peer, "host", peer)),
+                )
                 self._send({"ok": False, "error": "not authorised: bad or missing token"})
+                if self.transport is not None:
+                    self.transport.loseConnection()
                 return
         args = request.get("args", {})
         if not isinstance(args, dict):

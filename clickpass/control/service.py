@@ -1,6 +1,6 @@
 """
 The control port as a service: a unix socket (mode 0600) and, optionally,
-a loopback TCP port that requires a token.
+a loopback TCP port that requires a token of at least 32 bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from clickpass import config as configmod
+from clickpass.control.endpoint import parse_control_tcp
 from clickpass.control.protocol import CommandRegistry, ControlFactory
 
 
@@ -48,15 +49,19 @@ class ControlService(Service):
         self.log.info("control port listening on {path}", path=str(path))
         tcp = self._settings.control.tcp
         if tcp:
-            token = configmod.read_secret_file(
-                self._settings.data_path(self._settings.control.token_file),
-                "[control] token_file",
-            )
-            endpoint = endpoints.serverFromString(self._reactor, tcp)
+            # Both were checked at start; read again here so that the port
+            # listens on exactly the address that was checked (never a
+            # second parse of the string) and never with a short token.
+            token = configmod.control_token(self._settings)
+            where = parse_control_tcp(tcp)
             self._ports.append(
-                await endpoint.listen(ControlFactory(self._registry, token.encode("utf-8")))
+                await where.endpoint(self._reactor).listen(ControlFactory(self._registry, token))
             )
-            self.log.info("control port listening on {endpoint} (token required)", endpoint=tcp)
+            self.log.info(
+                "control port listening on {interface} port {port} (token required)",
+                interface=where.interface,
+                port=where.port,
+            )
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

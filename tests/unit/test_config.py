@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from twisted.internet.protocol import Factory
+
 from clickpass import config
 from clickpass.config import ConfigError
 
@@ -63,7 +65,36 @@ def test_values_are_typed() -> None:
         ({"control": {"tcp": "tcp:9000"}}, "[control] tcp: a TCP control port needs"),
         (
             {"control": {"tcp": "tcp:9000:interface=0.0.0.0", "token_file": "t"}},
-            "[control] tcp: the control port listens on loopback only",
+            "[control] tcp: the control port listens on a loopback address only, not 0.0.0.0",
+        ),
+        (
+            {
+                "control": {
+                    "tcp": "tcp:9000:interface=127.0.0.1:interface=0.0.0.0",
+                    "token_file": "t",
+                }
+            },
+            "[control] tcp: the option 'interface' is given more than once",
+        ),
+        (
+            {"control": {"tcp": "tcp:9000:0.0.0.0:interface=127.0.0.1", "token_file": "t"}},
+            "[control] tcp: give the port once and every other option as name=value",
+        ),
+        (
+            {"control": {"tcp": "tcp:9000:interface=localhost", "token_file": "t"}},
+            "[control] tcp: the control port listens on a loopback address only",
+        ),
+        (
+            {"control": {"tcp": "tcp:9000:interface=127.0.0.1:reuse=1", "token_file": "t"}},
+            "[control] tcp: unknown option 'reuse'",
+        ),
+        (
+            {"control": {"tcp": "unix:/tmp/x:interface=127.0.0.1", "token_file": "t"}},
+            "is not a tcp: or tcp6: endpoint",
+        ),
+        (
+            {"control": {"tcp": "tcp6:9000:interface=::1", "token_file": "t"}},
+            "[control] tcp: an empty option (write each ':' inside an address as '\\:')",
         ),
         ({"accounts": {"throttle_window": 0}}, "[accounts] throttle_window: must be at least 1"),
         ({"database": {"pool_min": 5, "pool_max": 2}}, "need 1 <= pool_min <= pool_max"),
@@ -100,6 +131,54 @@ def test_files_that_cannot_be_read(tmp_path: Path) -> None:
     settings = config.parse({"database": {"password_file": str(empty)}})
     with pytest.raises(ConfigError, match="is empty"):
         config.check_files(settings)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kind", "interface", "port"),
+    [
+        ("tcp:9101:interface=127.0.0.1", "tcp", "127.0.0.1", 9101),
+        ("tcp:port=9101:interface=127.0.0.2:backlog=5", "tcp", "127.0.0.2", 9101),
+        ("tcp6:9101:interface=\\:\\:1", "tcp6", "::1", 9101),
+    ],
+)
+def test_a_loopback_control_endpoint_is_listened_on_as_parsed(
+    endpoint: str, kind: str, interface: str, port: int
+) -> None:
+    """A loopback [control] tcp is accepted, and its endpoint binds that very address."""
+    from twisted.internet.testing import MemoryReactor
+
+    from clickpass.control.endpoint import parse_control_tcp
+
+    config.parse({"control": {"tcp": endpoint, "token_file": "t"}})
+    where = parse_control_tcp(endpoint)
+    assert (where.kind, where.interface, where.port) == (kind, interface, port)
+    reactor = MemoryReactor()
+    where.endpoint(reactor).listen(Factory())
+    (listened,) = reactor.tcpServers
+    assert (listened[0], listened[3]) == (port, interface)
+
+
+@pytest.mark.parametrize(("token", "ok"), [("x", False), ("a" * 31, False), ("a" * 32, True)])
+def test_the_control_token_is_at_least_32_bytes(tmp_path: Path, token: str, ok: bool) -> None:
+    """
+    A TCP control port with a token shorter than 32 bytes is a configuration
+    error naming [control] token_file and saying how to make a good one.
+    """
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    settings = config.parse(
+        {"control": {"tcp": "tcp:9101:interface=127.0.0.1", "token_file": str(path)}}
+    )
+    if ok:
+        config.check_files(settings)
+        assert config.control_token(settings) == token.encode()
+        return
+    with pytest.raises(ConfigError) as caught:
+        config.check_files(settings)
+    assert str(caught.value) == (
+        f"[control] token_file: the token in {path} is {len(token)} bytes; at least 32 are "
+        f"needed (make one with: openssl rand -hex 32 > {path})"
+    )
 
 
 def test_master_secret_is_created_once_and_kept(tmp_path: Path) -> None:

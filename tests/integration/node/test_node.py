@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -319,11 +320,13 @@ def test_answers_do_not_name_the_server_software(node: NodeProcess) -> None:
 def test_status_over_tcp_needs_the_token(tmp_path: Path) -> None:
     """
     The optional loopback TCP control port answers only requests carrying
-    the token from [control] token_file.
+    the token from [control] token_file. A wrong token gets one answer and
+    the connection is closed: 300 guesses sent on one connection get one
+    answer and one log line, not 300.
     """
     port, ctl_port = free_port(), free_port()
     token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
+    token.write_text(secrets.token_hex(32) + "\n")
     config = write_config(
         tmp_path,
         port,
@@ -334,11 +337,59 @@ def test_status_over_tcp_needs_the_token(tmp_path: Path) -> None:
         ok = node.ctl("--tcp", f"127.0.0.1:{ctl_port}", "--json", "status")
         assert json.loads(ok.stdout)["database"]["answers"] is True
         with socket.create_connection(("127.0.0.1", ctl_port), timeout=10) as s:
-            s.sendall(b'{"command": "status", "token": "guess"}\n')
-            answer = json.loads(s.makefile("rb").readline())
-        assert answer == {"ok": False, "error": "not authorised: bad or missing token"}
+            s.sendall(b'{"command": "status", "token": "guess"}\n' * 300)
+            received = b""
+            while chunk := s.recv(65536):
+                received += chunk
+        answers = [json.loads(line) for line in received.splitlines()]
+        assert answers == [{"ok": False, "error": "not authorised: bad or missing token"}]
+        assert node.log().count("refused a request with a bad token") == 1
+        again = node.ctl("--tcp", f"127.0.0.1:{ctl_port}", "--json", "status")
+        assert json.loads(again.stdout)["database"]["answers"] is True
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize(
+    ("control", "token", "expected"),
+    [
+        (
+            "tcp:{port}:interface=127.0.0.1:interface=0.0.0.0",
+            "0123456789abcdef" * 4,
+            "[control] tcp: the option 'interface' is given more than once",
+        ),
+        (
+            "tcp:{port}:0.0.0.0",
+            "0123456789abcdef" * 4,
+            "[control] tcp: give the port once and every other option as name=value",
+        ),
+        ("tcp:{port}:interface=127.0.0.1", "x", "[control] token_file: the token in"),
+    ],
+)
+def test_an_unsafe_tcp_control_port_is_refused(
+    tmp_path: Path, control: str, token: str, expected: str
+) -> None:
+    """
+    A node whose TCP control port would listen beyond loopback (an
+    interface given twice, or positionally) or take a token shorter than 32
+    bytes refuses to start with one line naming the key, and listens on
+    nothing.
+    """
+    ctl_port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    config = write_config(
+        tmp_path,
+        free_port(),
+        f'[control]\ntcp = "{control.format(port=ctl_port)}"\ntoken_file = "{token_file}"\n',
+    )
+    result = run_twistd(tmp_path, config)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", ctl_port)) != 0
 
 
 def test_db_migrate_offline(tmp_path: Path) -> None:

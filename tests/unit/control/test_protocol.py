@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 
@@ -68,15 +70,29 @@ def test_bad_requests_get_one_error_line_and_the_connection_goes_on() -> None:
 
 
 def test_token_is_required_when_configured() -> None:
-    """With a token, requests without it or with a wrong one are refused."""
+    """With a token, a request with the right one is answered."""
     protocol, transport = _connect(_registry(), token=b"tok")
     protocol.dataReceived(
-        b'{"command": "echo"}\n{"command": "echo", "token": "bad"}\n'
-        b'{"command": "echo", "token": 5}\n{"command": "echo", "token": "tok"}\n'
+        b'{"command": "echo", "token": "tok"}\n{"command": "echo", "token": "tok"}\n'
     )
-    answers = _answers(transport)
-    assert [a["ok"] for a in answers] == [False, False, False, True]
-    assert answers[0]["error"] == "not authorised: bad or missing token"
+    assert [a["ok"] for a in _answers(transport)] == [True, True]
+    assert not transport.disconnecting
+
+
+@pytest.mark.parametrize("given", [b"", b', "token": "bad"', b', "token": 5', b', "token": "to"'])
+def test_a_bad_or_missing_token_ends_the_connection(given: bytes) -> None:
+    """
+    A request without the token or with a wrong one gets one error line and
+    the connection is closed: the requests pipelined after it on the same
+    connection (here 300 more guesses and then the right token) get no answer.
+    """
+    protocol, transport = _connect(_registry(), token=b"tok")
+    guesses = b'{"command": "echo", "token": "guess"}\n' * 300
+    protocol.dataReceived(
+        b'{"command": "echo"' + given + b"}\n" + guesses + b'{"command": "echo", "token": "tok"}\n'
+    )
+    assert _answers(transport) == [{"ok": False, "error": "not authorised: bad or missing token"}]
+    assert transport.disconnecting
 
 
 def test_oversized_request_closes_the_connection() -> None:
