@@ -51,7 +51,10 @@ class NodeSettings:
     )
     data_dir: str = dataclasses.field(
         default=DEFAULT_DATA_DIR,
-        metadata=_doc("Directory for local files (SQLite database, secret, control socket)."),
+        metadata=_doc(
+            "Directory for local files (SQLite database, secret, control socket), for Clickpass "
+            "alone: the node makes it private (0700) at every start."
+        ),
     )
     public_url: str = dataclasses.field(
         default="",

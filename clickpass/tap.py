@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from clickpass import config as configmod
 from clickpass._version import __version__
+from clickpass.datadir import secure_data_dir
 
 
 class Options(usage.Options):
@@ -36,6 +37,8 @@ class Options(usage.Options):
         try:
             settings = configmod.load(self["config"])
             configmod.check_files(settings)
+            # Before the node creates anything: everything it makes is private.
+            secure_data_dir(settings)
             secret = configmod.master_secret(settings, create=True)
         except configmod.ConfigError as e:
             sys.stderr.write(f"clickpass: configuration error: {e}\n")

@@ -21,6 +21,7 @@ from clickpass.database.storage import (
     DirectStorage,
     configure_sqlite,
 )
+from clickpass.datadir import create_private_file
 
 
 def open_direct(settings: Settings) -> DirectStorage:
@@ -28,7 +29,7 @@ def open_direct(settings: Settings) -> DirectStorage:
     db = settings.database
     if db.backend == "sqlite":
         path = settings.sqlite_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(path)
         connection = sqlite3.connect(str(path), timeout=10.0)
         configure_sqlite(connection)
         return DirectStorage(connection, Dialect("sqlite"), f"sqlite {path}")

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
 from clickpass.config import ConfigError, DatabaseSettings, Settings, read_secret_file
+from clickpass.datadir import create_private_file
 
 T = TypeVar("T")
 
@@ -583,8 +584,10 @@ def configure_sqlite(connection: sqlite3.Connection) -> None:
 
 
 def open_sqlite(reactor: IReactorThreads, path: Path) -> AdbapiStorage:
-    """Open (creating if needed) the SQLite database at C{path}."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open (creating if needed, mode 0600) the SQLite database at C{path}."""
+    # SQLite would create the file with the process's umask, and its -wal
+    # and -shm files with the database file's mode: make it private first.
+    create_private_file(path)
     pool = _Pool(
         "sqlite3",
         str(path),

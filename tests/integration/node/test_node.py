@@ -393,11 +393,20 @@ def test_an_unsafe_tcp_control_port_is_refused(
 
 
 def test_db_migrate_offline(tmp_path: Path) -> None:
-    """clickpass-ctl db migrate brings a new database to the current schema without a node."""
+    """
+    clickpass-ctl db migrate brings a new database to the current schema
+    without a node, and creates it readable by its owner only (under umask 022).
+    """
     config = write_config(tmp_path, free_port())
     node = NodeProcess(tmp_path, config)
-    first = node.ctl("db", "migrate").stdout
+    old_umask = os.umask(0o022)
+    try:
+        first = node.ctl("db", "migrate").stdout
+    finally:
+        os.umask(old_umask)
     assert "applied migrations 1" in first
     again = node.ctl("db", "migrate").stdout
     assert "schema already at version" in again
-    assert os.path.exists(tmp_path / "data" / "clickpass.sqlite3")
+    # Created by clickpass-ctl, under whatever umask it ran with: private.
+    database = tmp_path / "data" / "clickpass.sqlite3"
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
