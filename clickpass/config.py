@@ -242,6 +242,20 @@ class AccountsSettings:
     throttle_per_address: int = dataclasses.field(
         default=20, metadata=_doc("Failed sign-ins allowed per client address within the window.")
     )
+    hash_threads: int = dataclasses.field(
+        default=1,
+        metadata=_doc(
+            "Threads per worker that hash and check passwords (argon2id: 64 MiB and up to "
+            "4 cores each)."
+        ),
+    )
+    hash_queue: int = dataclasses.field(
+        default=4,
+        metadata=_doc(
+            "Sign-ins and sign-ups a worker lets wait for a hashing thread; past that they "
+            "are answered 503 with Retry-After at once."
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1121,9 +1135,11 @@ def _check_semantics(settings: Settings) -> None:
             parse_control_tcp(settings.control.tcp)
         except EndpointError as e:
             raise ConfigError(f"[control] tcp: {e}") from None
-    for key in ("throttle_window", "throttle_per_account", "throttle_per_address"):
+    for key in ("throttle_window", "throttle_per_account", "throttle_per_address", "hash_threads"):
         if getattr(settings.accounts, key) < 1:
             raise ConfigError(f"[accounts] {key}: must be at least 1")
+    if settings.accounts.hash_queue < 0:
+        raise ConfigError("[accounts] hash_queue: must be 0 or more")
     if settings.cluster.enabled:
         from clickpass.cluster.checks import check_cluster_settings
 

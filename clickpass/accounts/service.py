@@ -1,7 +1,10 @@
 """
 Accounts: people, their passwords, browser sessions and sign-in throttling.
 
-Passwords are hashed with argon2id in a thread, never on the reactor.
+Passwords are hashed with argon2id on a few threads of the worker's own,
+never on the reactor, and a worker admits only so many sign-ins and
+sign-ups at once (L{PasswordWork}): a storm of them is answered "busy"
+at once instead of queueing hashes that would starve everything else.
 Session tokens are random; only their SHA-256 is stored, so a copy of the
 database does not let anyone sign in. Failed sign-ins are counted in the
 database per account and per client address, so the limit holds across
@@ -25,6 +28,7 @@ from typing import Any, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -61,6 +65,20 @@ class Throttled(AccountError):
         super().__init__(
             f"Too many failed sign-in attempts. Try again in {minutes} minute"
             f"{'' if minutes == 1 else 's'}."
+        )
+        self.retry_after = retry_after
+
+
+class HashingBusy(AccountError):
+    """
+    This worker already has as many passwords to check as it lets wait:
+    the person is asked to try again shortly, and nothing was counted.
+    """
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "Clickpass is very busy checking passwords right now. "
+            f"Try again in {retry_after} seconds."
         )
         self.retry_after = retry_after
 
@@ -258,6 +276,54 @@ def _session_account_with(
     return account, (fn(tx, account, *args) if account is not None else None)
 
 
+# What a person refused for a full hashing queue is told to wait: a few
+# hashes' time, long enough for a burst to drain.
+HASHING_RETRY_AFTER = 5
+
+
+class PasswordWork:
+    """
+    The password hashing of one process (one worker), bounded: it runs on a
+    few threads of its own, so a storm of sign-ins never fills the reactor's
+    thread pool (which the OpenID provider and name lookups need), and it
+    admits at most C{threads + queue} sign-ins or sign-ups at once; the
+    next is refused at once with L{HashingBusy} rather than waiting behind
+    all the others. The pool is started at first use and stopped with the
+    reactor.
+    """
+
+    def __init__(
+        self, reactor: Any, threads: int, queue: int, pool: ThreadPool | None = None
+    ) -> None:
+        self._reactor = reactor
+        self._capacity = threads + queue
+        self._threads = threads
+        self._pool = pool
+        self._started = pool is not None
+        self.admitted = 0
+
+    def admit(self) -> None:
+        """Take a place for one sign-in or sign-up, or raise L{HashingBusy}."""
+        if self.admitted >= self._capacity:
+            raise HashingBusy(HASHING_RETRY_AFTER)
+        self.admitted += 1
+
+    def release(self) -> None:
+        """Give back the place L{admit} took."""
+        self.admitted -= 1
+
+    def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run C{fn(*args)} on a hashing thread."""
+        if not self._started:
+            self._started = True
+            self._pool = ThreadPool(0, self._threads, name="clickpass-password-hashing")
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+        assert self._pool is not None
+        result: Deferred[T] = deferToThreadPool(self._reactor, self._pool, fn, *args)
+        return result
+
+
 class Accounts:
     """The operations on accounts and sessions that the web and control port use."""
 
@@ -275,7 +341,9 @@ class Accounts:
         self._settings = settings
         self._clock = clock
         self._hasher = hasher or PasswordHasher()
-        self._threadpool = threadpool
+        self._work = PasswordWork(
+            reactor, settings.hash_threads, settings.hash_queue, pool=threadpool
+        )
         # Verified against when the email is unknown, so a wrong email costs
         # as long as a wrong password and timing reveals nothing.
         self._dummy_hash: str | None = None
@@ -284,8 +352,7 @@ class Accounts:
         return int(self._clock())
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        pool = self._threadpool or self._reactor.getThreadPool()
-        return deferToThreadPool(self._reactor, pool, fn, *args)
+        return self._work.run(fn, *args)
 
     def check_password_rules(self, password: str) -> None:
         minimum = self._settings.min_password_length
@@ -298,7 +365,11 @@ class Accounts:
         """Create an account; L{AccountError} says why not."""
         address = check_email(email)
         self.check_password_rules(password)
-        pw_hash = await self._in_thread(self._hasher.hash, password)
+        self._work.admit()
+        try:
+            pw_hash = await self._in_thread(self._hasher.hash, password)
+        finally:
+            self._work.release()
         uid = secrets.token_hex(16)
         try:
             account: Account = await run_through_failover(
@@ -319,10 +390,19 @@ class Accounts:
 
     async def authenticate(self, email: str, password: str, client_address: str) -> Account:
         """
-        Check an email and password. Raise L{Throttled} when this account or
-        this address has failed too often lately, L{SignInRefused} for any
-        mismatch (unknown email, wrong password, disabled account).
+        Check an email and password. Raise L{HashingBusy} when this worker
+        has too many passwords to check already (nothing is counted then),
+        L{Throttled} when this account or this address has failed too often
+        lately, L{SignInRefused} for any mismatch (unknown email, wrong
+        password, disabled account).
         """
+        self._work.admit()
+        try:
+            return await self._authenticate(email, password, client_address)
+        finally:
+            self._work.release()
+
+    async def _authenticate(self, email: str, password: str, client_address: str) -> Account:
         address = normalise_email(email)[:254]
         now = self._now()
         window = self._settings.throttle_window
@@ -337,7 +417,7 @@ class Accounts:
         # in flight count against the limit) until it proves to be right.
         found = await self._storage.run(_account_and_hash, address)
         if found is None or found[1] is None:
-            await self._in_thread(self._verify, self._dummy(), password)
+            await self._in_thread(self._verify_dummy, password)
             ok = False
         else:
             ok = await self._in_thread(self._verify, found[1], password)
@@ -354,10 +434,12 @@ class Accounts:
             )
         return account
 
-    def _dummy(self) -> str:
+    def _verify_dummy(self, password: str) -> bool:
+        # In a hashing thread, as the hash is made the first time: never on
+        # the reactor. Two threads making it at once is harmless.
         if self._dummy_hash is None:
             self._dummy_hash = self._hasher.hash(secrets.token_hex(16))
-        return self._dummy_hash
+        return self._verify(self._dummy_hash, password)
 
     def _verify(self, pw_hash: str, password: str) -> bool:
         try:

@@ -63,7 +63,7 @@ class WebApp:
         self.metrics = Registry()
         self.signins = self.metrics.counter(
             "clickpass_signins_total",
-            "Password sign-ins at Clickpass, by outcome (success, refused, throttled).",
+            "Password sign-ins at Clickpass, by outcome (success, refused, throttled, busy).",
             ("outcome",),
         )
         self._csrf_key = self.derive_key(b"csrf")

@@ -13,7 +13,7 @@ import mimetypes
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from clickpass.accounts.service import AccountError, Throttled
+from clickpass.accounts.service import AccountError, HashingBusy, Throttled
 from clickpass.openid import approvals
 from clickpass.openid.discovery import op_discovery, op_head_html
 from clickpass.openid.extensions import FIELD_LABELS
@@ -58,6 +58,14 @@ def install(app: WebApp, router: Router) -> None:
             partner=await arriving_from(next_url),
         )
 
+    async def busy(
+        request: Request, template: str, next_url: str, email: str, e: HashingBusy
+    ) -> bytes:
+        # Too many passwords to check at this worker: try again shortly.
+        request.setResponseCode(503)
+        request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+        return await form_page(request, template, next_url, email, str(e))
+
     async def signup_form(request: Request) -> bytes:
         account = await app.current_account(request)
         next_url = safe_next(app.form(request, "next"))
@@ -74,6 +82,8 @@ def install(app: WebApp, router: Router) -> None:
             if password != app.form(request, "password_again"):
                 raise AccountError("The two passwords differ. Type the same password twice.")
             account = await app.accounts.sign_up(email, password)
+        except HashingBusy as e:
+            return await busy(request, "signup.html", next_url, email, e)
         except AccountError as e:
             request.setResponseCode(400)
             return await form_page(request, "signup.html", next_url, email, str(e))
@@ -95,6 +105,9 @@ def install(app: WebApp, router: Router) -> None:
             account = await app.accounts.authenticate(
                 email, app.form(request, "password"), app.client_address(request)
             )
+        except HashingBusy as e:
+            app.signins.inc(outcome="busy")
+            return await busy(request, "signin.html", next_url, email, e)
         except Throttled as e:
             app.signins.inc(outcome="throttled")
             request.setResponseCode(429)

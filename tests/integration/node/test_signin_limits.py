@@ -1,13 +1,19 @@
 """
-The sign-in limits against a burst of parallel guesses, through a real node
-(front, workers, database) on SQLite and on MariaDB: every attempt is
-counted before its password is checked, so sending guesses in parallel
-gets no more checks than sending them one by one.
+The sign-in limits, through a real node (front, workers, database):
+
+- against a burst of parallel guesses, on SQLite and on MariaDB: every
+  attempt is counted before its password is checked, so sending guesses in
+  parallel gets no more checks than sending them one by one;
+- against a flood of sign-ins from everywhere: each worker checks only so
+  many passwords at once and answers the rest 503 with Retry-After at
+  once, so the flood neither waits nor takes the node down for people
+  already signed in.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,11 +34,12 @@ PER_ADDRESS = 20
     params=["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)],
 )
 def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeProcess]:
-    """A node with the default limits (5 per account, 20 per address), on either backend."""
+    """A node with the default throttle limits (5 per account, 20 per address), either backend."""
     server = request.getfixturevalue("mariadb_server") if request.param == "mysql" else None
+    # Room in the hashing queues for every attempt: only the throttle decides.
     extra = (
         f"\n[accounts]\nthrottle_per_account = {PER_ACCOUNT}\n"
-        f"throttle_per_address = {PER_ADDRESS}\n"
+        f"throttle_per_address = {PER_ADDRESS}\nhash_queue = 64\n"
     )
     with running_node(tmp_path, extra, server, "limits") as proc:
         yield proc
@@ -95,3 +102,78 @@ def test_parallel_guesses_get_no_more_checks_than_the_limits(node: NodeProcess) 
         if line.startswith('clickpass_signins_total{outcome="refused"}')
     ]
     assert refused and int(float(refused[0].split()[-1])) <= PER_ADDRESS, refused
+
+
+FLOOD_SECONDS = 10.0
+FLOOD_CLIENTS = 40
+
+
+def test_a_flood_of_sign_ins_is_answered_busy_and_signed_in_pages_still_answer(
+    tmp_path: Path,
+) -> None:
+    """
+    Forty clients sending bad-password sign-ins without pause for ten
+    seconds (throttling set out of the way, as for a flood from many
+    addresses) against workers that check one password at a time and hold
+    two more: every sign-in is answered promptly, 401 or 503 with
+    Retry-After (none waits behind the whole flood, none fails otherwise),
+    a signed-in person's account page answers 200 all along, no worker is
+    replaced, and the person can sign in once the flood stops.
+    """
+    extra = (
+        "\n[accounts]\nthrottle_per_account = 100000\nthrottle_per_address = 100000\n"
+        "hash_threads = 1\nhash_queue = 2\n"
+    )
+    with running_node(tmp_path, extra, None, "flood") as node:
+        person = Browser(node.url)
+        assert person.sign_up("ada@example.com", PASSWORD).status_code == 200
+        deadline = time.monotonic() + FLOOD_SECONDS
+        answers: list[tuple[object, float, str | None]] = []
+        lock = threading.Lock()
+
+        def flood(i: int) -> None:
+            browser = Browser(node.url)
+            token = csrf_token(browser.get("/signin").text)
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    response = browser.post(
+                        "/signin",
+                        {
+                            "email": f"flood{i}@example.com",
+                            "password": "wrong guess!",
+                            "csrf_token": token,
+                        },
+                        allow_redirects=False,
+                        timeout=60,
+                    )
+                    outcome: object = response.status_code
+                    retry_after = response.headers.get("retry-after")
+                except Exception as e:  # a timeout or a dropped connection is the finding
+                    outcome, retry_after = type(e).__name__, None
+                with lock:
+                    answers.append((outcome, time.monotonic() - started, retry_after))
+
+        pages: list[tuple[int, float]] = []
+        with ThreadPoolExecutor(FLOOD_CLIENTS) as pool:
+            flooding = [pool.submit(flood, i) for i in range(FLOOD_CLIENTS)]
+            time.sleep(1.0)
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                page = person.get("/account", timeout=60)
+                pages.append((page.status_code, time.monotonic() - started))
+                time.sleep(0.2)
+            for done in flooding:
+                done.result()
+
+        outcomes = sorted({str(outcome) for outcome, _, _ in answers})
+        assert set(outcomes) <= {"401", "503"}, outcomes
+        slowest = max(seconds for _, seconds, _ in answers)
+        assert slowest < 15.0, f"a sign-in waited {slowest:.1f}s behind the flood"
+        assert pages and all(status == 200 for status, _ in pages), pages
+        busy = [a for a in answers if a[0] == 503]
+        assert busy, "no sign-in was answered 503: the hashing queue is unbounded or never filled"
+        assert all(retry_after and int(retry_after) > 0 for _, _, retry_after in busy)
+        assert "replacing worker" not in node.log() and "died after" not in node.log()
+        back = Browser(node.url).sign_in("ada@example.com", PASSWORD)
+        assert back.status_code == 200 and back.url == node.url + "account"

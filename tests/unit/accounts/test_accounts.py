@@ -8,6 +8,8 @@ Time comes from a task.Clock; nothing here sleeps.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from typing import Any, Literal, cast
 
 import pytest
@@ -22,12 +24,14 @@ from clickpass.accounts.service import (
     Account,
     AccountError,
     Accounts,
+    HashingBusy,
     SignInRefused,
     Throttled,
     session_hash,
 )
 from clickpass.config import AccountsSettings
 from clickpass.database.storage import AdbapiStorage, OutcomeUnknown, Storage
+from tests.conftest import global_reactor
 from tests.support.deferreds import async_test
 from tests.support.storage import DatabaseTarget
 
@@ -479,8 +483,10 @@ async def _parallel_sign_ins(
 
     hasher = _CountingHasher()
     pools = [storage_backend] + [database_target.open() for _ in range(3)]
+    # Room for every attempt in the hashing queues: only the throttle decides.
+    settings = dataclasses.replace(SETTINGS, hash_threads=4, hash_queue=len(attempts))
     workers = [
-        Accounts(database_target.reactor, pool, SETTINGS, clock=clock.seconds, hasher=hasher)
+        Accounts(database_target.reactor, pool, settings, clock=clock.seconds, hasher=hasher)
         for pool in pools
     ]
     await workers[0].sign_up("ann@example.org", PASSWORD)
@@ -545,3 +551,96 @@ async def test_parallel_guesses_from_one_address_are_held_to_its_limit(
         )
     )
     assert failures <= limit
+
+
+class _GatedHasher(PasswordHasher):
+    """The fast hasher, whose checks wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.gate = threading.Event()
+        self.running = 0
+        self.most_running = 0
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.threads.add(threading.current_thread().name)
+        try:
+            self.gate.wait(30)
+            return super().verify(hash, password)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@async_test
+async def test_a_worker_admits_only_so_many_password_checks(
+    storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    With one hashing thread and a queue of two, a worker checks one password
+    at a time (on its own hashing thread, not the reactor's pool) and holds
+    two more; the next sign-in is answered HashingBusy at once, with a
+    Retry-After and nothing counted against the account or the address.
+    Once the checks finish, sign-ins are admitted again.
+    """
+    from twisted.internet.defer import DeferredList
+
+    settings = dataclasses.replace(
+        SETTINGS, throttle_per_account=100, throttle_per_address=100, hash_threads=1, hash_queue=2
+    )
+    hasher = _GatedHasher()
+    hasher.gate.set()
+    accounts = Accounts(
+        global_reactor(), storage_backend, settings, clock=clock.seconds, hasher=hasher
+    )
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    hasher.gate.clear()
+    admitted = [
+        Deferred.fromCoroutine(
+            accounts.authenticate("ann@example.org", "wrong guess!", "192.0.2.1")
+        )
+        for _ in range(3)
+    ]
+    with pytest.raises(HashingBusy) as caught:
+        await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.2")
+    assert caught.value.retry_after > 0
+    assert "Try again in" in str(caught.value)
+    counted = await storage_backend.run(
+        lambda tx: tx.fetchall("SELECT subject FROM signin_failures WHERE failures > 0")
+    )
+    assert ("192.0.2.2",) not in counted
+    hasher.gate.set()
+    results = await DeferredList(admitted, consumeErrors=True)
+    assert [cast(Failure, r).type for _ok, r in results] == [SignInRefused] * 3
+    assert hasher.most_running == 1
+    assert all(name.startswith("PoolThread-clickpass-password-hashing") for name in hasher.threads)
+    assert (await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.2")).email == (
+        "ann@example.org"
+    )
+
+
+@async_test
+async def test_sign_up_waits_its_turn_too(storage_backend: AdbapiStorage, clock: Clock) -> None:
+    """A sign-up past a full hashing queue is refused at once with HashingBusy; nothing is made."""
+    settings = dataclasses.replace(SETTINGS, hash_threads=1, hash_queue=0)
+    hasher = _GatedHasher()
+    accounts = Accounts(
+        global_reactor(), storage_backend, settings, clock=clock.seconds, hasher=hasher
+    )
+    hasher.gate.set()
+    first = await accounts.sign_up("ann@example.org", PASSWORD)
+    hasher.gate.clear()
+    pending = Deferred.fromCoroutine(accounts.authenticate("ann@example.org", "wrong!!!!!!", "x"))
+    with pytest.raises(HashingBusy):
+        await accounts.sign_up("bob@example.org", PASSWORD)
+    hasher.gate.set()
+    with pytest.raises(SignInRefused):
+        await pending
+    assert first.email == "ann@example.org"
+    emails = await storage_backend.run(lambda tx: tx.fetchall("SELECT email FROM accounts"))
+    assert emails == [("ann@example.org",)]
