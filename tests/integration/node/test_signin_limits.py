@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import Browser, csrf_token
-from tests.support.node import NodeProcess, running_node
+from tests.support.node import METRICS_AUTH, NodeProcess, running_node
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def test_parallel_guesses_get_no_more_checks_than_the_limits(node: NodeProcess) 
     # A sign-in that succeeded is not a failure: it gives its address back
     # the attempt it was charged.
     assert (first + second).count(401) <= PER_ADDRESS, (first, second)
-    metrics = Browser(node.url).get("/metrics").text
+    metrics = Browser(node.url).get("/metrics", headers=METRICS_AUTH).text
     refused = [
         line
         for line in metrics.splitlines()
