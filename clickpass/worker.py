@@ -100,7 +100,7 @@ def load_app(spec: str) -> SiteFactory:
 
 
 def _default_app(reactor: Any, settings: configmod.Settings, storage: Any, secret: bytes) -> Site:
-    from clickpass.web.app import build_site
+    from clickpass.application import build_site
 
     return build_site(reactor, settings, storage, secret)
 

@@ -24,6 +24,13 @@ library's own store, which blocks on the database, and so runs in a
 thread, never on the reactor.
 Never redirect a browser to a return_to that failed verification: such
 requests get an error page.
+
+Two classes: L{Assertions}, what every sign-in flow needs to check a
+request and answer it (the partner flow uses it too), and L{OpenIDWeb},
+the provider's own endpoint and pages. The seams this module calls are its
+own Protocols, implemented by whoever the application passes in:
+L{ClaimsSource} (upstream sign-in's claims) and L{PartnerHook} (partner
+sites' own flow). It must never import the features behind them.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from jinja2 import ChoiceLoader, FileSystemLoader
@@ -92,11 +99,69 @@ T = TypeVar("T")
 log = Logger()
 
 
-def install(app: WebApp, router: Router) -> OpenIDWeb:
-    """Register the provider's routes on C{router}; called by C{build_site}."""
-    loader = app.templates.loader
-    assert loader is not None
-    app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
+class ClaimsSource(Protocol):
+    """What an account's upstream sign-in provider said about it (clickpass.upstream)."""
+
+    async def claims_for(self, account_id: int) -> dict[str, Any]: ...
+
+
+class NotRead:
+    """The partner site of a realm, not read ahead (as opposed to read and found missing)."""
+
+
+NOT_READ = NotRead()
+
+
+@dataclass(frozen=True)
+class Checked:
+    """
+    What L{Assertions.check} found to hold for a checkid request: the site's
+    identifier for the person, whether the site asked for directed identity,
+    what it asks for, and how its return_to was verified.
+    """
+
+    site_id: SiteIdentifier
+    select: bool
+    wanted: extensions.Requested
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class PlainOpenID:
+    """
+    The partner hook's answer for a request it leaves to the provider: plain
+    OpenID with consent. C{unverified_partner} names a partner site whose
+    realm is not verified yet, for the consent page's warning.
+    """
+
+    unverified_partner: str | None = None
+
+
+PLAIN_OPENID = PlainOpenID()
+
+
+class PartnerHook(Protocol):
+    """Partner sites' own flow (clickpass.partners.flow), after the provider's checks."""
+
+    def site_lookup(self, tx: Transaction, sector: str) -> object:
+        """The partner site of C{sector}, read in the provider's first transaction."""
+        ...
+
+    async def checkid(
+        self,
+        request: Request,
+        openid_request: Any,
+        query: dict[str, str],
+        account: Account,
+        checked: Checked,
+        read_ahead: object = NOT_READ,
+    ) -> bytes | PlainOpenID:
+        """The page or answer for a partner site's request, or L{PlainOpenID}."""
+        ...
+
+
+def build_assertions(app: WebApp, claims: ClaimsSource | None) -> Assertions:
+    """The provider's checks and answers, on the application's storage and secret."""
     settings = app.settings
     # Before the provider exists, so before any request in this worker.
     harden_library()
@@ -110,8 +175,17 @@ def install(app: WebApp, router: Router) -> OpenIDWeb:
         app.storage, app.derive_key(KEY_PURPOSE), settings.base_url, clock=app.reactor
     )
     verifier = RPVerifier(app.reactor, settings.openid)
-    web = OpenIDWeb(app, provider, identifiers, verifier)
-    app.openid = web  # type: ignore[attr-defined]
+    return Assertions(app, provider, identifiers, verifier, claims)
+
+
+def install(
+    app: WebApp, router: Router, assertions: Assertions, partners: PartnerHook | None
+) -> OpenIDWeb:
+    """Register the provider's routes on C{router}, with its templates."""
+    loader = app.templates.loader
+    assert loader is not None
+    app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
+    web = OpenIDWeb(app, assertions, partners)
     router.add("GET", "/openid", web.endpoint)
     router.add("POST", "/openid", web.endpoint)
     router.add("POST", "/openid/decide", web.decide)
@@ -138,8 +212,13 @@ def openid_query(request: Request) -> dict[str, str]:
     return query
 
 
-class OpenIDWeb:
-    """The provider's request handlers."""
+class Assertions:
+    """
+    What every sign-in flow does with a checkid request: check it, carry it
+    through a form, know what can be released, answer and sign it. The
+    provider's endpoint and the partner flow (clickpass.partners.flow) both
+    use it.
+    """
 
     def __init__(
         self,
@@ -147,31 +226,32 @@ class OpenIDWeb:
         provider: Provider,
         identifiers: Identifiers,
         verifier: RPVerifier,
+        claims: ClaimsSource | None = None,
     ) -> None:
         self.app = app
         self.provider = provider
         self.identifiers = identifiers
         self.verifier = verifier
+        # Upstream sign-in's claims; None: only the account's own values.
+        self.claims = claims
         self.base_url = app.settings.base_url
         self._consent_key = app.derive_key(b"openid consent form")
-        # Partner sites' own flow (clickpass.partners.flow); None: plain consent for all.
-        self.partners: Any = None
 
     # Plumbing.
 
-    def _thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+    def thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         reactor = self.app.reactor
         return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
-    def _now(self) -> int:
+    def now(self) -> int:
         return int(self.app.reactor.seconds())
 
-    def _send(self, request: Request, response: WebResponse) -> bytes:
+    def send(self, request: Request, response: WebResponse) -> bytes:
         if len(response.headers.get("location", "")) > MAX_REDIRECT_URL:
             # OpenID 2 answers that long as a form already; OpenID 1 has only
             # redirects.
             log.info("openid answer not sent: its redirect is too long")
-            return self._refuse(request, 400, TOO_LONG)
+            return self.refuse(request, 400, TOO_LONG)
         request.setResponseCode(response.code)
         request.setHeader(b"cache-control", b"no-store")
         for name, value in response.headers.items():
@@ -198,11 +278,10 @@ class OpenIDWeb:
         (the most recently used one; an unverified email is never among
         them) over the account's own values.
         """
-        upstream = getattr(self.app, "upstream", None)
         claims: dict[str, Any] = {}
-        if upstream is not None:
+        if self.claims is not None:
             try:
-                claims = await upstream.claims_for(account.id)
+                claims = await self.claims.claims_for(account.id)
             except Exception:
                 # Without the claims the account's own values still serve.
                 log.failure("upstream claims for account {account} unreadable", account=account.id)
@@ -215,192 +294,19 @@ class OpenIDWeb:
         held = await self.held(account)
         return {f: held[f] for f in sorted(wanted) if f in held}
 
-    def _refuse(
+    def refuse(
         self, request: Request, status: int, message: str, back_url: str | None = None
     ) -> bytes:
         request.setResponseCode(status)
         return self.app.render(request, "openid/refused.html", message=message, back_url=back_url)
 
-    # The endpoint.
-
-    async def endpoint(self, request: Request) -> bytes:
-        query = openid_query(request)
-        if "openid.mode" not in query:
-            discovery.op_discovery(request, self.base_url)
-            return self.app.render(
-                request,
-                "openid/endpoint.html",
-                openid_head=discovery.op_head_html(self.base_url),
-                endpoint=discovery.endpoint_url(self.base_url),
-            )
-        try:
-            openid_request = self.provider.decode(query)
-        except UntrustedReturnURL as e:
-            log.info(
-                "openid request refused: return_to {return_to} outside realm {realm}",
-                return_to=for_log(e.return_to),
-                realm=for_log(e.trust_root),
-            )
-            return self._refuse(
-                request,
-                400,
-                f"The site asked to send you back to {e.return_to}, which is outside its own "
-                f"realm {e.trust_root}. Clickpass refused, to protect you. Tell the site.",
-            )
-        except (MalformedReturnURL, MalformedTrustRoot):
-            return self._refuse(
-                request, 400, "The site sent a malformed return address or realm. Tell the site."
-            )
-        except ProtocolError as e:
-            return await self._protocol_error(request, e)
-        except Exception:
-            # The library raising something else on odd input is its bug, not
-            # the person's: log it once, answer one line.
-            log.failure("python3-openid could not decode a request")
-            return self._refuse(request, 400, "This is not an OpenID request Clickpass can use.")
-        if isinstance(openid_request, CheckIDRequest):
-            # The request as decoded and normalised (its realm and return_to),
-            # to carry on through sign-in and the consent form.
-            return await self._checkid(request, openid_request, openid_query_of(openid_request))
-        if isinstance(openid_request, CheckAuthRequest):
-            response = await self.provider.check_authentication(openid_request)
-        else:
-            response = await self._thread(self.provider.associate, openid_request)
-        log.debug("openid {mode}: answered {code}", mode=openid_request.mode, code=response.code)
-        return self._send(request, response)
-
-    async def _protocol_error(self, request: Request, error: ProtocolError) -> bytes:
-        if error.whichEncoding() == ENCODE_KVFORM:
-            # An error is never signed: encoding it touches no store.
-            return self._send(request, self.provider.encode(error))
-        # A broken browser request is shown to the person, never redirected to
-        # its (unverified) return_to: that would make us an open redirector.
-        reason = " ".join(str(error).split())[:200]
-        return self._refuse(
-            request, 400, f"The site sent an OpenID request Clickpass cannot use: {reason}"
-        )
-
-    async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
-        realm = str(openid_request.trust_root)
-        trust_root = parse_realm(realm)
-        if trust_root is None or (
-            trust_root.wildcard and wildcard_too_broad(trust_root.host.lstrip("."))
-        ):
-            return self._refuse(
-                request, 400, f"The site's realm {realm} is too broad to sign in to."
-            )
-        if not openid_request.return_to:
-            return self._refuse(
-                request,
-                400,
-                "The site's OpenID request has no return address, so there is no way back "
-                "to the site. Tell the site.",
-            )
-        if not openid_request.identity:
-            # OpenID 2 allows a request for no identifier (extensions only);
-            # Clickpass signs people in, so it has nothing to answer one.
-            if openid_request.immediate:
-                return await self._answer(request, openid_request, allow=False)
-            return self._refuse(
-                request,
-                400,
-                "The site's OpenID request asks for no identifier; Clickpass only signs "
-                "people in. Tell the site.",
-                openid_request.getCancelURL(),
-            )
-        account, look = await self._first_look(request, realm)
-        if account is None:
-            if openid_request.immediate:
-                return await self._answer(request, openid_request, allow=False)
-            signin = self.app.signin_url("/openid?" + urlencode(query))
-            if len(signin) > MAX_REDIRECT_URL:
-                return self._refuse(request, 400, TOO_LONG)
-            return self.app.redirect(request, signin)
-        if openid_request.immediate and not await self._may_answer_at_once(
-            openid_request, account, look
-        ):
-            # Before relying-party discovery: a fetch of the realm would tell
-            # a per-visitor realm that its visitor is signed in here.
-            return await self._answer(request, openid_request, allow=False)
-        checked = await self._check(request, openid_request, account, look)
-        if isinstance(checked, bytes):
-            return checked
-        site_id, select, wanted = checked
-        if self.partners is not None:
-            read_ahead = {"site": look.partner_site} if look is not None else {}
-            handled = await self.partners.checkid(
-                request, openid_request, query, account, site_id, select, wanted, **read_ahead
-            )
-            if handled is not None:
-                return bytes(handled)
-        released = await self.released(wanted.fields, account)
-        approval = (
-            look.approval
-            if look is not None
-            else await self.app.storage.run(approvals.read, account.id, realm)
-        )
-        if approval is not None and approval.covers(frozenset(released)):
-            now = self._now()
-            if approval.stale(now):
-                await self.app.storage.run(approvals.touch, account.id, realm, now)
-            # Per-request events are debug: workers log info and up unless
-            # started with --access-log, and every line costs the front a relay.
-            log.debug("openid sign-in at {realm}: remembered approval", realm=for_log(realm))
-            return await self._answer(
-                request, openid_request, True, site_id, select, wanted, released
-            )
-        if openid_request.immediate:
-            return await self._answer(request, openid_request, allow=False)
-        return self._consent_page(request, openid_request, query, account, site_id, released)
-
-    async def _may_answer_at_once(
-        self, openid_request: Any, account: Account, look: FirstLook | None
-    ) -> bool:
-        """
-        Whether a checkid_immediate can get a positive answer, judged
-        without fetching anything: the person approved the realm for what it
-        asks, or the realm is a verified partner site's (whose flow decides).
-        Otherwise the answer is setup_needed, whatever discovery would say.
-        """
-        if look is None:
-            return True  # no usable realm: L{_check} refuses it
-        if look.partner_site is not None and look.partner_site.verified:
-            return True
-        if look.approval is None:
-            return False
-        wanted = extensions.requested(openid_request)
-        # What is released is part of what is asked for: an approval of all
-        # that was asked for needs no look at the person's values (the usual
-        # repeated sign-in reads nothing more here).
-        return look.approval.covers(wanted.fields) or look.approval.covers(
-            frozenset(await self.released(wanted.fields, account))
-        )
-
-    async def _first_look(
-        self, request: Request, realm: str
-    ) -> tuple[Account | None, FirstLook | None]:
-        """
-        Who is signed in and, for a signed-in person, what the rest of the
-        checkid reads first: one transaction (L{FirstLook}). Without a usable
-        realm there is nothing to read ahead (L{_check} refuses it).
-        """
-        try:
-            sector = sector_of(realm)
-        except BadRealm:
-            return await self.app.current_account(request), None
-        lookup = self.partners.site_lookup if self.partners is not None else None
-        account, look = await self.app.current_account_with(
-            request, _read_first_look, sector, realm, lookup
-        )
-        return account, look
-
-    async def _check(
+    async def check(
         self,
         request: Request,
         openid_request: Any,
         account: Account,
         look: FirstLook | None = None,
-    ) -> tuple[SiteIdentifier, bool, extensions.Requested] | bytes:
+    ) -> Checked | bytes:
         """
         Everything that must hold before a positive answer, for both the
         first look and the consent decision: the site's identifier, the
@@ -409,7 +315,7 @@ class OpenIDWeb:
         """
         realm = str(openid_request.trust_root)
         cancel_url = openid_request.getCancelURL() if not openid_request.immediate else None
-        now = self._now()
+        now = self.now()
         try:
             if look is not None:
                 site_id = await self.identifiers.for_site_seen(
@@ -418,7 +324,7 @@ class OpenIDWeb:
             else:
                 site_id = await self.identifiers.for_site(account.id, account.uid, realm, now)
         except BadRealm as e:
-            return self._refuse(request, 400, f"The site's realm cannot be used: {e}.")
+            return self.refuse(request, 400, f"The site's realm cannot be used: {e}.")
         own = self.identifiers.url(site_id.opaque)
         # OpenID 1 has no directed identity (no claimed_id to answer with; the
         # library raises if given one): there the OP Identifier, or
@@ -431,8 +337,8 @@ class OpenIDWeb:
             or self._claims_another(openid_request.claimed_id, own)
         ):
             if openid_request.immediate:
-                return await self._answer(request, openid_request, allow=False)
-            return self._refuse(
+                return await self.answer(request, openid_request, allow=False)
+            return self.refuse(
                 request,
                 403,
                 "The site asked Clickpass to confirm an identity that is not yours at this "
@@ -447,13 +353,12 @@ class OpenIDWeb:
                 return_to=for_log(openid_request.return_to),
                 realm=for_log(realm),
             )
-            return self._refuse(
+            return self.refuse(
                 request,
                 400,
                 f"The site asked to send you back to {openid_request.return_to}, but {realm} "
                 f"does not confirm that address ({verdict.reason}). Clickpass refused.",
             )
-        request._clickpass_rp_verdict = verdict  # type: ignore[attr-defined]
         wanted = extensions.requested(openid_request)
         if wanted.problem:
             # The sign-in goes on without it; this says why the site got nothing.
@@ -462,7 +367,7 @@ class OpenIDWeb:
                 realm=for_log(realm),
                 problem=for_log(wanted.problem),
             )
-        return site_id, select, wanted
+        return Checked(site_id, select, wanted, verdict)
 
     def _claims_another(self, claimed_id: str | None, own: str) -> bool:
         """
@@ -481,85 +386,13 @@ class OpenIDWeb:
 
     def form_payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:
         """The request as a form field, and its MAC (bound to the person)."""
-        return self._payload(account_id, query)
-
-    def _payload(self, account_id: int, query: dict[str, str]) -> tuple[str, str]:
-        data = json.dumps({"q": query, "t": self._now()}, sort_keys=True).encode("utf-8")
+        data = json.dumps({"q": query, "t": self.now()}, sort_keys=True).encode("utf-8")
         payload = base64.urlsafe_b64encode(data).decode("ascii")
         return payload, self._mac(account_id, payload)
 
     def _mac(self, account_id: int, payload: str) -> str:
         message = f"{account_id}\n{payload}".encode()
         return hmac.new(self._consent_key, message, hashlib.sha256).hexdigest()
-
-    def _consent_page(
-        self,
-        request: Request,
-        openid_request: Any,
-        query: dict[str, str],
-        account: Account,
-        site_id: SiteIdentifier,
-        released: dict[str, str],
-    ) -> bytes:
-        payload, mac = self._payload(account.id, query)
-        verdict = getattr(request, "_clickpass_rp_verdict", None)
-        return self.app.render(
-            request,
-            "openid/consent.html",
-            realm=openid_request.trust_root,
-            return_to=openid_request.return_to,
-            verified=verdict is not None and verdict.outcome == "verified",
-            verdict_reason=verdict.reason if verdict is not None else "",
-            unverified_partner=getattr(request, "_clickpass_unverified_partner", None),
-            identifier=self.identifiers.url(site_id.opaque),
-            fields=[(extensions.FIELD_LABELS[f], v) for f, v in released.items()],
-            payload=payload,
-            mac=mac,
-        )
-
-    async def decide(self, request: Request) -> bytes:
-        """The consent form's answer: allow (and remember) or cancel."""
-        self.app.check_csrf(request)
-        account = await self.app.current_account(request)
-        if account is None:
-            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
-        openid_request = await self.restore(request, account)
-        realm = str(openid_request.trust_root)
-        if self.app.form(request, "decision") != "allow":
-            log.info("openid sign-in at {realm}: the person cancelled", realm=for_log(realm))
-            return await self._answer(request, openid_request, allow=False)
-        checked = await self._check(request, openid_request, account)
-        if isinstance(checked, bytes):
-            return checked
-        site_id, select, wanted = checked
-        if self.partners is not None:
-            # A partner site's request belongs in the partner flow, not here.
-            query = openid_query_of(openid_request)
-            handled = await self.partners.checkid(
-                request, openid_request, query, account, site_id, select, wanted
-            )
-            if handled is not None:
-                return bytes(handled)
-        released = await self.released(wanted.fields, account)
-        await self.app.storage.run(
-            approvals.remember, account.id, realm, frozenset(released), self._now()
-        )
-        log.info(
-            "openid sign-in at {realm}: approved, releasing {fields}",
-            realm=for_log(realm),
-            fields=",".join(released) or "nothing",
-        )
-        return await self._answer(request, openid_request, True, site_id, select, wanted, released)
-
-    async def check(
-        self, request: Request, openid_request: Any, account: Account
-    ) -> tuple[SiteIdentifier, bool, extensions.Requested] | bytes:
-        """What must hold before a positive answer (see L{_check}), for the partner flow."""
-        return await self._check(request, openid_request, account)
-
-    async def answer(self, request: Request, openid_request: Any, *args: Any, **kw: Any) -> bytes:
-        """Answer, sign and send (see L{_answer}), for the partner flow."""
-        return await self._answer(request, openid_request, *args, **kw)
 
     async def restore(self, request: Request, account: Account) -> Any:
         """
@@ -580,7 +413,7 @@ class OpenIDWeb:
             query = {str(k): str(v) for k, v in data["q"].items()}
         except (ValueError, KeyError, TypeError, AttributeError):
             raise HTTPError(400, "This sign-in form cannot be read.") from None
-        if self._now() - issued > CONSENT_LIFETIME:
+        if self.now() - issued > CONSENT_LIFETIME:
             raise HTTPError(
                 400, "This sign-in form has expired. Go back to the site and sign in again."
             )
@@ -592,7 +425,7 @@ class OpenIDWeb:
             raise HTTPError(400, "This sign-in request can no longer be used.")
         return openid_request
 
-    async def _answer(
+    async def answer(
         self,
         request: Request,
         openid_request: Any,
@@ -614,18 +447,271 @@ class OpenIDWeb:
         try:
             if answer.needsSigning():
                 # Every positive answer, and OpenID 1's negative checkid_immediate.
-                return self._send(request, await self.provider.sign(answer))
+                return self.send(request, await self.provider.sign(answer))
             # OpenID 2's cancel and setup_needed are not signed.
-            return self._send(request, self.provider.encode(answer))
+            return self.send(request, self.provider.encode(answer))
         except EncodingError as e:
             # A value the request brought (an extension's) that key-value form
             # cannot hold (a newline): the library refuses to sign it.
             log.info("openid answer not sent: {error}", error=for_log(e.explanation))
-            return self._refuse(
+            return self.refuse(
                 request,
                 400,
                 "The site's OpenID request holds a value that cannot be signed. Tell the site.",
             )
+
+
+class OpenIDWeb:
+    """The provider's request handlers: the endpoint, consent and discovery."""
+
+    def __init__(
+        self, app: WebApp, assertions: Assertions, partners: PartnerHook | None = None
+    ) -> None:
+        self.app = app
+        self.assertions = assertions
+        self.identifiers = assertions.identifiers
+        self.base_url = assertions.base_url
+        # Partner sites' own flow; None: plain consent for all.
+        self.partners = partners
+
+    # The endpoint.
+
+    async def endpoint(self, request: Request) -> bytes:
+        query = openid_query(request)
+        if "openid.mode" not in query:
+            discovery.op_discovery(request, self.base_url)
+            return self.app.render(
+                request,
+                "openid/endpoint.html",
+                openid_head=discovery.op_head_html(self.base_url),
+                endpoint=discovery.endpoint_url(self.base_url),
+            )
+        try:
+            openid_request = self.assertions.provider.decode(query)
+        except UntrustedReturnURL as e:
+            log.info(
+                "openid request refused: return_to {return_to} outside realm {realm}",
+                return_to=for_log(e.return_to),
+                realm=for_log(e.trust_root),
+            )
+            return self.assertions.refuse(
+                request,
+                400,
+                f"The site asked to send you back to {e.return_to}, which is outside its own "
+                f"realm {e.trust_root}. Clickpass refused, to protect you. Tell the site.",
+            )
+        except (MalformedReturnURL, MalformedTrustRoot):
+            return self.assertions.refuse(
+                request, 400, "The site sent a malformed return address or realm. Tell the site."
+            )
+        except ProtocolError as e:
+            return await self._protocol_error(request, e)
+        except Exception:
+            # The library raising something else on odd input is its bug, not
+            # the person's: log it once, answer one line.
+            log.failure("python3-openid could not decode a request")
+            return self.assertions.refuse(
+                request, 400, "This is not an OpenID request Clickpass can use."
+            )
+        if isinstance(openid_request, CheckIDRequest):
+            # The request as decoded and normalised (its realm and return_to),
+            # to carry on through sign-in and the consent form.
+            return await self._checkid(request, openid_request, openid_query_of(openid_request))
+        if isinstance(openid_request, CheckAuthRequest):
+            response = await self.assertions.provider.check_authentication(openid_request)
+        else:
+            response = await self.assertions.thread(
+                self.assertions.provider.associate, openid_request
+            )
+        log.debug("openid {mode}: answered {code}", mode=openid_request.mode, code=response.code)
+        return self.assertions.send(request, response)
+
+    async def _protocol_error(self, request: Request, error: ProtocolError) -> bytes:
+        if error.whichEncoding() == ENCODE_KVFORM:
+            # An error is never signed: encoding it touches no store.
+            return self.assertions.send(request, self.assertions.provider.encode(error))
+        # A broken browser request is shown to the person, never redirected to
+        # its (unverified) return_to: that would make us an open redirector.
+        reason = " ".join(str(error).split())[:200]
+        return self.assertions.refuse(
+            request, 400, f"The site sent an OpenID request Clickpass cannot use: {reason}"
+        )
+
+    async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
+        realm = str(openid_request.trust_root)
+        trust_root = parse_realm(realm)
+        if trust_root is None or (
+            trust_root.wildcard and wildcard_too_broad(trust_root.host.lstrip("."))
+        ):
+            return self.assertions.refuse(
+                request, 400, f"The site's realm {realm} is too broad to sign in to."
+            )
+        if not openid_request.return_to:
+            return self.assertions.refuse(
+                request,
+                400,
+                "The site's OpenID request has no return address, so there is no way back "
+                "to the site. Tell the site.",
+            )
+        if not openid_request.identity:
+            # OpenID 2 allows a request for no identifier (extensions only);
+            # Clickpass signs people in, so it has nothing to answer one.
+            if openid_request.immediate:
+                return await self.assertions.answer(request, openid_request, allow=False)
+            return self.assertions.refuse(
+                request,
+                400,
+                "The site's OpenID request asks for no identifier; Clickpass only signs "
+                "people in. Tell the site.",
+                openid_request.getCancelURL(),
+            )
+        account, look = await self._first_look(request, realm)
+        if account is None:
+            if openid_request.immediate:
+                return await self.assertions.answer(request, openid_request, allow=False)
+            signin = self.app.signin_url("/openid?" + urlencode(query))
+            if len(signin) > MAX_REDIRECT_URL:
+                return self.assertions.refuse(request, 400, TOO_LONG)
+            return self.app.redirect(request, signin)
+        if openid_request.immediate and not await self._may_answer_at_once(
+            openid_request, account, look
+        ):
+            # Before relying-party discovery: a fetch of the realm would tell
+            # a per-visitor realm that its visitor is signed in here.
+            return await self.assertions.answer(request, openid_request, allow=False)
+        checked = await self.assertions.check(request, openid_request, account, look)
+        if isinstance(checked, bytes):
+            return checked
+        plain = PLAIN_OPENID
+        if self.partners is not None:
+            site = look.partner_site if look is not None else NOT_READ
+            handled = await self.partners.checkid(
+                request, openid_request, query, account, checked, site
+            )
+            if not isinstance(handled, PlainOpenID):
+                return handled
+            plain = handled
+        site_id, select, wanted = checked.site_id, checked.select, checked.wanted
+        released = await self.assertions.released(wanted.fields, account)
+        approval = (
+            look.approval
+            if look is not None
+            else await self.app.storage.run(approvals.read, account.id, realm)
+        )
+        if approval is not None and approval.covers(frozenset(released)):
+            now = self.assertions.now()
+            if approval.stale(now):
+                await self.app.storage.run(approvals.touch, account.id, realm, now)
+            # Per-request events are debug: workers log info and up unless
+            # started with --access-log, and every line costs the front a relay.
+            log.debug("openid sign-in at {realm}: remembered approval", realm=for_log(realm))
+            return await self.assertions.answer(
+                request, openid_request, True, site_id, select, wanted, released
+            )
+        if openid_request.immediate:
+            return await self.assertions.answer(request, openid_request, allow=False)
+        return self._consent_page(request, openid_request, query, account, checked, released, plain)
+
+    async def _may_answer_at_once(
+        self, openid_request: Any, account: Account, look: FirstLook | None
+    ) -> bool:
+        """
+        Whether a checkid_immediate can get a positive answer, judged
+        without fetching anything: the person approved the realm for what it
+        asks, or the realm is a verified partner site's (whose flow decides).
+        Otherwise the answer is setup_needed, whatever discovery would say.
+        """
+        if look is None:
+            return True  # no usable realm: L{Assertions.check} refuses it
+        if look.partner_site is not None and look.partner_site.verified:
+            return True
+        if look.approval is None:
+            return False
+        wanted = extensions.requested(openid_request)
+        # What is released is part of what is asked for: an approval of all
+        # that was asked for needs no look at the person's values (the usual
+        # repeated sign-in reads nothing more here).
+        return look.approval.covers(wanted.fields) or look.approval.covers(
+            frozenset(await self.assertions.released(wanted.fields, account))
+        )
+
+    async def _first_look(
+        self, request: Request, realm: str
+    ) -> tuple[Account | None, FirstLook | None]:
+        """
+        Who is signed in and, for a signed-in person, what the rest of the
+        checkid reads first: one transaction (L{FirstLook}). Without a usable
+        realm there is nothing to read ahead (L{Assertions.check} refuses it).
+        """
+        try:
+            sector = sector_of(realm)
+        except BadRealm:
+            return await self.app.current_account(request), None
+        lookup = self.partners.site_lookup if self.partners is not None else None
+        account, look = await self.app.current_account_with(
+            request, _read_first_look, sector, realm, lookup
+        )
+        return account, look
+
+    def _consent_page(
+        self,
+        request: Request,
+        openid_request: Any,
+        query: dict[str, str],
+        account: Account,
+        checked: Checked,
+        released: dict[str, str],
+        plain: PlainOpenID,
+    ) -> bytes:
+        payload, mac = self.assertions.form_payload(account.id, query)
+        verdict = checked.verdict
+        return self.app.render(
+            request,
+            "openid/consent.html",
+            realm=openid_request.trust_root,
+            return_to=openid_request.return_to,
+            verified=verdict.outcome == "verified",
+            verdict_reason=verdict.reason,
+            unverified_partner=plain.unverified_partner,
+            identifier=self.identifiers.url(checked.site_id.opaque),
+            fields=[(extensions.FIELD_LABELS[f], v) for f, v in released.items()],
+            payload=payload,
+            mac=mac,
+        )
+
+    async def decide(self, request: Request) -> bytes:
+        """The consent form's answer: allow (and remember) or cancel."""
+        self.app.check_csrf(request)
+        account = await self.app.current_account(request)
+        if account is None:
+            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+        openid_request = await self.assertions.restore(request, account)
+        realm = str(openid_request.trust_root)
+        if self.app.form(request, "decision") != "allow":
+            log.info("openid sign-in at {realm}: the person cancelled", realm=for_log(realm))
+            return await self.assertions.answer(request, openid_request, allow=False)
+        checked = await self.assertions.check(request, openid_request, account)
+        if isinstance(checked, bytes):
+            return checked
+        if self.partners is not None:
+            # A partner site's request belongs in the partner flow, not here.
+            query = openid_query_of(openid_request)
+            handled = await self.partners.checkid(request, openid_request, query, account, checked)
+            if not isinstance(handled, PlainOpenID):
+                return handled
+        site_id, select, wanted = checked.site_id, checked.select, checked.wanted
+        released = await self.assertions.released(wanted.fields, account)
+        await self.app.storage.run(
+            approvals.remember, account.id, realm, frozenset(released), self.assertions.now()
+        )
+        log.info(
+            "openid sign-in at {realm}: approved, releasing {fields}",
+            realm=for_log(realm),
+            fields=",".join(released) or "nothing",
+        )
+        return await self.assertions.answer(
+            request, openid_request, True, site_id, select, wanted, released
+        )
 
     # Discovery.
 

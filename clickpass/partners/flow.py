@@ -5,9 +5,10 @@ pre-filled and validated) and "I already have an account at PARTNER"
 (connect), the answer that carries the outcome to the partner, and the
 account pages that list connected sites with disconnect.
 
-Hooked into the OpenID provider (C{OpenIDWeb.partners}): a checkid
-request whose realm belongs to a registered site comes here after the
-provider's own checks. A linked person goes straight through (also in
+The OpenID provider's partner hook (L{clickpass.openid.web.PartnerHook},
+given to the provider by the application): a checkid request whose realm
+belongs to a registered site comes here after the provider's own checks,
+and it answers through the provider's L{Assertions}. A linked person goes straight through (also in
 checkid_immediate); a new one sees the choice.
 
 Never ask for, show or forward a partner's password: connect only sends
@@ -30,18 +31,21 @@ from clickpass.accounts.service import Account
 from clickpass.openid import approvals
 from clickpass.openid import extensions as openid_extensions
 from clickpass.openid.identifiers import BadRealm, SiteIdentifier, sector_of
+from clickpass.openid.web import (
+    NOT_READ,
+    PLAIN_OPENID,
+    Assertions,
+    Checked,
+    NotRead,
+    PlainOpenID,
+    openid_query_of,
+)
 from clickpass.partners import extension, fields, sites
 from clickpass.web.app import WebApp, day, safe_next
+from clickpass.web.pages import AccountSection
 from clickpass.web.routing import HTTPError, Router
 
 log = Logger()
-
-
-class Unread:
-    """A value not read yet (as opposed to one read and found missing)."""
-
-
-UNREAD = Unread()
 
 
 def retarget(target: str, original: str, realm: str) -> str | None:
@@ -70,9 +74,9 @@ def retarget(target: str, original: str, realm: str) -> str | None:
 class PartnerFlow:
     """Request handlers of the partner flow, and the provider's hook."""
 
-    def __init__(self, app: WebApp, openid_web: Any) -> None:
+    def __init__(self, app: WebApp, assertions: Assertions) -> None:
         self.app = app
-        self.web = openid_web
+        self.web = assertions
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -115,8 +119,9 @@ class PartnerFlow:
 
     # The provider's hook.
 
-    # How the provider reads a sector's partner site ahead, in its own transaction.
-    site_lookup = staticmethod(sites.site_by_sector)
+    def site_lookup(self, tx: Any, sector: str) -> sites.Site | None:
+        """How the provider reads a sector's partner site ahead, in its own transaction."""
+        return sites.site_by_sector(tx, sector)
 
     async def checkid(
         self,
@@ -124,31 +129,33 @@ class PartnerFlow:
         openid_request: Any,
         query: dict[str, str],
         account: Account,
-        site_id: SiteIdentifier,
-        select: bool,
-        wanted: openid_extensions.Requested,
-        site: sites.Site | Unread | None = UNREAD,
-    ) -> bytes | None:
+        checked: Checked,
+        read_ahead: object = NOT_READ,
+    ) -> bytes | PlainOpenID:
         """
-        The answer for a registered site's request, or L{None} if the realm
-        is no partner's. C{site}: the realm's partner site when the provider
-        read it already (with L{site_lookup}, in its first transaction).
+        The answer for a registered site's request, or L{PlainOpenID} if the
+        realm is no verified partner's. C{read_ahead}: the realm's partner
+        site when the provider read it already (with L{site_lookup}, in its
+        first transaction).
         """
-        if isinstance(site, Unread):
+        site_id, select, wanted = checked.site_id, checked.select, checked.wanted
+        site: sites.Site | None
+        if isinstance(read_ahead, NotRead):
             site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
+        else:
+            site = read_ahead if isinstance(read_ahead, sites.Site) else None
         if site is None:
-            return None
+            return PLAIN_OPENID
         if not site.verified:
             # Anyone can register a host; until its owner proves it, the site
             # is an ordinary relying party (consent, no links), with a warning
             # that names its host: the name it was registered with is
             # whatever its registrant typed, and never appears on our pages.
-            request._clickpass_unverified_partner = site.display_name  # type: ignore[attr-defined]
             log.info("partner {site} not verified: plain OpenID", site=site.public_id)
-            return None
+            return PlainOpenID(unverified_partner=site.display_name)
         if not site.allows_return_to(str(openid_request.return_to)):
             if openid_request.immediate:
-                return bytes(await self.web.answer(request, openid_request, False))
+                return await self.web.answer(request, openid_request, False)
             return self._refuse(
                 request,
                 f"{site.name} asked to send you back to {openid_request.return_to}, which is "
@@ -161,7 +168,7 @@ class PartnerFlow:
                 request, openid_request, account, site, site_id, select, wanted
             )
         if openid_request.immediate:
-            return bytes(await self.web.answer(request, openid_request, False))
+            return await self.web.answer(request, openid_request, False)
         asked, required = self._asked(site, wanted)
         return await self._choice(
             request, site, account, query, asked, required, await self._prefill(account)
@@ -199,18 +206,16 @@ class PartnerFlow:
         return_to: str | None = None,
     ) -> bytes:
         """The positive assertion, carrying the partner extension for C{outcome}."""
-        return bytes(
-            await self.web.answer(
-                request,
-                openid_request,
-                True,
-                site_id,
-                select,
-                None,
-                None,
-                return_to=return_to,
-                decorate=extension.decorator(outcome, site.public_id, values, wanted),
-            )
+        return await self.web.answer(
+            request,
+            openid_request,
+            True,
+            site_id,
+            select,
+            None,
+            None,
+            return_to=return_to,
+            decorate=extension.decorator(outcome, site.public_id, values, wanted),
         )
 
     def _refuse(self, request: Request, message: str) -> bytes:
@@ -278,7 +283,7 @@ class PartnerFlow:
         checked = await self.web.check(request, openid_request, account)
         if isinstance(checked, bytes):
             raise _Page(checked)
-        site_id, select, wanted = checked
+        site_id, select, wanted = checked.site_id, checked.select, checked.wanted
         site = await self.app.storage.run(sites.site_by_sector, site_id.sector)
         if (
             site is None
@@ -298,7 +303,7 @@ class PartnerFlow:
         values, errors = fields.check_form(asked, required, given, self._today())
         if errors:
             request.setResponseCode(400)
-            query = _query_of(openid_request)
+            query = openid_query_of(openid_request)
             return await self._choice(request, site, account, query, asked, required, given, errors)
         return await self._finish(
             request, openid_request, account, site, site_id, select, wanted, "register", values
@@ -323,7 +328,7 @@ class PartnerFlow:
             raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
         openid_request = await self.web.restore(request, account)
         log.info("partner sign-in cancelled by the person")
-        return bytes(await self.web.answer(request, openid_request, False))
+        return await self.web.answer(request, openid_request, False)
 
     async def _finish(
         self,
@@ -379,6 +384,14 @@ class PartnerFlow:
             for site, link in found
         ]
 
+    def account_section(self) -> AccountSection:
+        """The connected sites on the account page."""
+
+        async def context(account: Account) -> dict[str, Any]:
+            return {"partner_sites": await self.connected(account)}
+
+        return AccountSection("partner_account_sites.html", context)
+
     async def sites_page(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
         return self.app.render(
@@ -429,12 +442,6 @@ class _Page(Exception):
         self.body = body
 
 
-def _query_of(openid_request: Any) -> dict[str, str]:
-    from clickpass.openid.web import openid_query_of
-
-    return openid_query_of(openid_request)
-
-
 def _realm_of_next(next_url: str) -> tuple[str, str]:
     """The realm and return_to an C{/openid?...} continuation names, else empty strings."""
     if not next_url.startswith("/openid?") or len(next_url) > 16 * 1024:
@@ -445,9 +452,9 @@ def _realm_of_next(next_url: str) -> tuple[str, str]:
     return realm, return_to
 
 
-def install(app: WebApp, router: Router, openid_web: Any) -> PartnerFlow:
-    flow = PartnerFlow(app, openid_web)
-    openid_web.partners = flow
+def install(app: WebApp, router: Router, assertions: Assertions) -> PartnerFlow:
+    """Register the person's side of partner sites; the caller hooks the flow into the provider."""
+    flow = PartnerFlow(app, assertions)
     router.add("POST", "/partner/register", flow.register)
     router.add("POST", "/partner/connect", flow.connect)
     router.add("POST", "/partner/cancel", flow.cancel)

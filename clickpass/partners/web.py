@@ -1,26 +1,22 @@
 """
 Installs the partner features into the web application: the console,
-the person's flow (hooked into the OpenID provider) and the partner API.
-Called once by C{build_site}; it must never start services (the webhook
+the person's flow and the partner API. Called once by the application's
+composition root (clickpass.application), which hooks the returned flow
+into the OpenID provider; it must never start services (the webhook
 delivery runs in the node, not in workers).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from clickpass.openid.web import Assertions
 from clickpass.partners import api, console, flow
 from clickpass.web.app import WebApp
 from clickpass.web.routing import Router
 
 
-def install(app: WebApp, router: Router) -> Any:
-    """Register every partner route; needs the OpenID provider installed first."""
-    openid_web = getattr(app, "openid", None)
-    if openid_web is None:
-        raise RuntimeError("install the OpenID provider before the partner features")
-    partner_flow = flow.install(app, router, openid_web)
-    app.partners = partner_flow  # type: ignore[attr-defined]
+def install(app: WebApp, router: Router, assertions: Assertions) -> flow.PartnerFlow:
+    """Register every partner route; the flow answers through the provider's C{assertions}."""
+    partner_flow = flow.install(app, router, assertions)
     console.install(app, router)
     api.install(app, router)
     return partner_flow

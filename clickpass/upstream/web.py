@@ -17,11 +17,13 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.accounts.service import Account
 from clickpass.config import ConfigError, Settings, read_secret_file
 from clickpass.upstream.connectors import Connector, make_connector, resolve
 from clickpass.upstream.http import UpstreamError, UpstreamHTTP, make_agent
 from clickpass.upstream.service import LINK, SIGN_IN, FlowError, UpstreamService
 from clickpass.web.app import WebApp, safe_next
+from clickpass.web.pages import AccountSection
 from clickpass.web.routing import HTTPError, Router
 
 log = Logger()
@@ -56,14 +58,21 @@ def build_connectors(
     return connectors
 
 
-def install(
-    app: WebApp, router: Router, connectors: dict[str, Connector] | None = None
-) -> UpstreamService:
-    """Register the upstream sign-in pages on C{router}."""
-    if connectors is None:
-        connectors = build_connectors(app.reactor, app.settings)
+async def _no_values(account: Account) -> dict[str, Any]:
+    return {}
+
+
+# The account page's line naming the providers, linking to ACCOUNT_PAGE.
+ACCOUNT_SECTION = AccountSection("upstream_account_summary.html", _no_values)
+
+
+def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> UpstreamService:
+    """
+    Register the upstream sign-in pages on C{router}; the service returned
+    is the OpenID provider's source of claims.
+    """
     service = UpstreamService(app.storage, app.settings.upstream, connectors, app.settings.base_url)
-    app.upstream = service  # type: ignore[attr-defined]
+    # The sign-in and sign-up pages show a button per provider.
     app.templates.globals["upstream_providers"] = [
         {"name": c.name, "display_name": c.display_name} for c in connectors.values()
     ]
@@ -174,4 +183,4 @@ def install(
     return service
 
 
-__all__ = ["build_connectors", "install"]
+__all__ = ["ACCOUNT_SECTION", "build_connectors", "install"]

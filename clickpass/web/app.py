@@ -1,9 +1,9 @@
 """
-The web application a worker serves: pages for people, the OpenID
-provider, and the pieces every page shares (templates, sessions, CSRF).
-
-L{build_site} assembles the L{Router} and its routes; each feature module
-registers its own routes through an C{install(app, router)} function.
+The kernel of the web application a worker serves: what every page
+shares. The kernel every feature builds on: L{WebApp} (sessions, CSRF, forms,
+rendering), the per-request L{RequestState}, and L{AppSite}. The
+application is assembled in clickpass.application; this module must never
+import a feature (OpenID, partners, upstream sign-in).
 Nothing here blocks the reactor: database work goes through the storage's
 pool, password hashing through threads.
 """
@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -23,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from twisted.internet.address import UNIXAddress
 from twisted.web.server import Request, Site
+from zope.interface import Interface
 
 from clickpass._version import __version__
 from clickpass.accounts.service import Account, Accounts
@@ -48,6 +50,39 @@ SECURITY_HEADERS = {
 }
 
 T = TypeVar("T")
+
+
+class IRequestState(Interface):
+    """The key under which a request carries its L{RequestState}."""
+
+
+class Unread:
+    """A value not looked up yet (as opposed to one looked up and found missing)."""
+
+
+UNREAD = Unread()
+
+
+@dataclass
+class RequestState:
+    """
+    What the kernel learns about one request while serving it, kept on the
+    request as a component (Twisted's C{Request} is C{Componentized}) so
+    that each is looked up at most once: the signed-in person and the CSRF
+    cookie.
+    """
+
+    account: Account | Unread | None = UNREAD
+    csrf_cookie: str | None = None
+
+
+def request_state(request: Request) -> RequestState:
+    """The request's L{RequestState}, made on first use."""
+    state = request.getComponent(IRequestState)
+    if not isinstance(state, RequestState):
+        state = RequestState()
+        request.setComponent(IRequestState, state)
+    return state
 
 
 class WebApp:
@@ -134,12 +169,12 @@ class WebApp:
 
     async def current_account(self, request: Request) -> Account | None:
         """The signed-in person, or L{None}; looked up once per request."""
-        if hasattr(request, "_clickpass_account"):
-            cached: Account | None = request._clickpass_account
-            return cached
+        state = request_state(request)
+        if not isinstance(state.account, Unread):
+            return state.account
         token = self.session_token(request)
         account = await self.accounts.session_account(token) if token else None
-        request._clickpass_account = account  # type: ignore[attr-defined]
+        state.account = account
         return account
 
     async def current_account_with(
@@ -150,15 +185,16 @@ class WebApp:
         signed in: both in one transaction when the account was not looked up
         yet (L{Accounts.session_account_with}).
         """
-        if hasattr(request, "_clickpass_account"):
-            account: Account | None = request._clickpass_account
+        state = request_state(request)
+        if not isinstance(state.account, Unread):
+            account = state.account
             if account is None:
                 return None, None
             extra: T = await self.storage.run(fn, account, *args)
             return account, extra
         token = self.session_token(request)
         found, seen = await self.accounts.session_account_with(token, fn, *args)
-        request._clickpass_account = found  # type: ignore[attr-defined]
+        state.account = found
         return found, seen
 
     async def require_account(self, request: Request, back: str | None = None) -> Account:
@@ -179,19 +215,20 @@ class WebApp:
             account, self.client_address(request), self.session_token(request) or None
         )
         self.set_cookie(request, SESSION_COOKIE, token, self.settings.accounts.session_lifetime)
-        request._clickpass_account = account  # type: ignore[attr-defined]
+        request_state(request).account = account
 
     async def sign_out(self, request: Request) -> None:
         token = self.session_token(request)
         if token:
             await self.accounts.end_session(token)
         self.set_cookie(request, SESSION_COOKIE, "", 0)
-        request._clickpass_account = None  # type: ignore[attr-defined]
+        request_state(request).account = None
 
     # CSRF: a random cookie, and in every form an HMAC of it.
 
     def csrf_token(self, request: Request) -> str:
-        cookie = getattr(request, "_clickpass_csrf", None)
+        state = request_state(request)
+        cookie = state.csrf_cookie
         if cookie is None:
             raw = request.getCookie(CSRF_COOKIE)
             cookie = raw.decode("ascii", "replace") if raw else ""
@@ -201,7 +238,7 @@ class WebApp:
             ):
                 cookie = secrets.token_urlsafe(24)
                 self.set_cookie(request, CSRF_COOKIE, cookie, None)
-            request._clickpass_csrf = cookie  # type: ignore[attr-defined]
+            state.csrf_cookie = cookie
         return hmac.new(self._csrf_key, cookie.encode("ascii"), hashlib.sha256).hexdigest()
 
     def check_csrf(self, request: Request) -> None:
@@ -226,7 +263,8 @@ class WebApp:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         context.setdefault("csrf_token", self.csrf_token(request))
-        context.setdefault("account", getattr(request, "_clickpass_account", None))
+        known = request_state(request).account
+        context.setdefault("account", None if isinstance(known, Unread) else known)
         return self.templates.get_template(template).render(**context).encode("utf-8")
 
     def redirect(self, request: Request, url: str, status: int = 303) -> bytes:
@@ -262,34 +300,13 @@ def safe_next(value: str, default: str = "/account") -> str:
     return value
 
 
-def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> Site:
-    """The twisted.web Site serving the whole application."""
-    from clickpass.openid import web as openid_web
-    from clickpass.partners import web as partners_web
-    from clickpass.upstream import web as upstream_web
-    from clickpass.web import pages
+class AppSite(Site):
+    """The Site a worker serves: the router, with the application and its metrics."""
 
-    app = WebApp(reactor, settings, storage, secret)
-    router = Router()
-    router.error_page = app.error_page
-    if settings.served_over_tls and settings.web.hsts_max_age:
-        # People reach this node at an https:// address: tell browsers to
-        # use nothing else (they ignore the header on plain http answers).
-        router.headers.append(
-            (b"strict-transport-security", b"max-age=%d" % settings.web.hsts_max_age)
-        )
-    pages.install(app, router)
-    openid_web.install(app, router)
-    upstream_web.install(app, router)
-    partners_web.install(app, router)
-    # Per-route counts and latency; the worker hands this registry's
-    # snapshot to the front, which serves /metrics for the node.
-    from clickpass.monitor.metrics import RequestMetrics
-
-    registry = app.metrics
-    router.observer = RequestMetrics(registry, reactor.seconds)
-    site = Site(router)
-    site.displayTracebacks = False
-    site.app = app  # type: ignore[attr-defined]
-    site.metrics = registry  # type: ignore[attr-defined]
-    return site
+    def __init__(self, root: Router, app: WebApp) -> None:
+        super().__init__(root)
+        self.displayTracebacks = False
+        self.app = app
+        # The worker hands this registry's snapshot to the front, which
+        # serves /metrics for the node.
+        self.metrics = app.metrics

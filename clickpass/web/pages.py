@@ -3,47 +3,81 @@ The pages people use for their Clickpass account: home, sign-up, sign-in,
 sign-out, account, plus static files and the liveness probe.
 
 Every form carries a CSRF token; bad credentials get one generic message.
+
+Features add to these pages through the seams below (L{HomeDiscovery},
+L{SigninBranding}, L{AccountSection}), given by the application's
+composition root; this module must never import a feature.
 """
 
 from __future__ import annotations
 
 import hashlib
 import mimetypes
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from twisted.logger import Logger
 from twisted.web.server import Request
 
-from clickpass.accounts.service import AccountError, HashingBusy, Throttled
-from clickpass.openid import approvals
-from clickpass.openid.discovery import op_discovery, op_head_html
-from clickpass.openid.extensions import FIELD_LABELS
-from clickpass.web.app import STATIC, WebApp, day, safe_next
+from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
+from clickpass.web.app import STATIC, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
 
-log = Logger()
+
+@dataclass(frozen=True)
+class HomeDiscovery:
+    """
+    What a feature serves at the site root besides the home page (the OpenID
+    provider: discovery of its OP Identifier): C{answer} gives the response
+    instead of the page, or L{None}; C{head_html} goes into the page's head.
+    """
+
+    answer: Callable[[Request], bytes | None]
+    head_html: str
 
 
-def install(app: WebApp, router: Router) -> None:
-    """Register the account pages on C{router}."""
+class SigninBranding(Protocol):
+    """Who a person signs in for (a partner site), for "to continue to PARTNER"."""
+
+    async def branding(self, next_url: str) -> dict[str, str] | None: ...
+
+
+@dataclass(frozen=True)
+class AccountSection:
+    """
+    A feature's part of the account page: the C{template} included there,
+    and the values it needs for a signed-in C{Account}.
+    """
+
+    template: str
+    context: Callable[[Account], Awaitable[dict[str, Any]]]
+
+
+def install(
+    app: WebApp,
+    router: Router,
+    *,
+    home_discovery: HomeDiscovery | None = None,
+    branding: SigninBranding | None = None,
+    account_sections: Sequence[AccountSection] = (),
+) -> None:
+    """Register the account pages on C{router}, with the features' parts of them."""
 
     async def home(request: Request) -> bytes:
-        # The site root is the OpenID OP Identifier: Yadis and HTML discovery.
-        xrds = op_discovery(request, app.settings.base_url)
-        if xrds is not None:
-            return xrds
+        head = ""
+        if home_discovery is not None:
+            answer = home_discovery.answer(request)
+            if answer is not None:
+                return answer
+            head = home_discovery.head_html
         account = await app.current_account(request)
-        return app.render(
-            request, "home.html", account=account, openid_head=op_head_html(app.settings.base_url)
-        )
+        return app.render(request, "home.html", account=account, openid_head=head)
 
     async def arriving_from(next_url: str) -> dict[str, str] | None:
-        # The partner site a person signs in for, for "to continue to PARTNER"
-        # (clickpass.partners.flow.PartnerFlow.branding); None for anything else.
-        partners = getattr(app, "partners", None)
-        if partners is None:
+        # The partner site a person signs in for; None for anything else.
+        if branding is None:
             return None
-        branding: dict[str, str] | None = await partners.branding(next_url)
-        return branding
+        return await branding.branding(next_url)
 
     async def form_page(
         request: Request, template: str, next_url: str, email: str = "", error: str | None = None
@@ -128,34 +162,16 @@ def install(app: WebApp, router: Router) -> None:
 
     async def account_page(request: Request) -> bytes:
         account = await app.require_account(request)
-        partners = getattr(app, "partners", None)
-        sites = await partners.connected(account) if partners is not None else []
-        allowed = await app.storage.run(approvals.remembered, account.id)
+        context: dict[str, Any] = {}
+        for section in account_sections:
+            context.update(await section.context(account))
         return app.render(
             request,
             "account.html",
             account=account,
-            partner_sites=sites,
-            approvals=[
-                {
-                    "realm": a.realm,
-                    "fields": ", ".join(FIELD_LABELS.get(f, f) for f in a.fields),
-                    "created": day(a.created),
-                    "last_used": day(a.last_used),
-                }
-                for a in allowed
-            ],
+            account_sections=[section.template for section in account_sections],
+            **context,
         )
-
-    async def forget_approval(request: Request) -> bytes:
-        # The next sign-in at that site asks again (the consent page).
-        app.check_csrf(request)
-        account = await app.require_account(request, back="/account")
-        realm = app.form(request, "realm")
-        if not await app.storage.run(approvals.forget, account.id, realm):
-            raise HTTPError(404, "You had not allowed that site to sign you in.")
-        log.info("person forgot their approval of {realm}", realm=realm)
-        return app.redirect(request, "/account")
 
     async def healthz(request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -196,7 +212,6 @@ def install(app: WebApp, router: Router) -> None:
     router.add("POST", "/signin", signin)
     router.add("POST", "/signout", signout)
     router.add("GET", "/account", account_page)
-    router.add("POST", "/account/approvals/forget", forget_approval)
     router.add("GET", "/healthz", healthz)
     router.add("GET", "/readyz", readyz)
     router.add("GET", "/static/{name}", static)

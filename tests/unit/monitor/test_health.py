@@ -11,9 +11,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from clickpass import config as configmod
+from clickpass.application import build_site
 from clickpass.database.storage import AdbapiStorage
 from clickpass.monitor.health import database_problem
-from clickpass.web.app import build_site
 from tests.support.deferreds import async_test
 
 

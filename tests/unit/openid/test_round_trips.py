@@ -15,9 +15,9 @@ import treq
 from twisted.internet.defer import Deferred
 
 from clickpass import config as configmod
+from clickpass.application import build_site
 from clickpass.database.storage import AdbapiStorage
 from clickpass.openid import approvals
-from clickpass.web.app import build_site
 from tests.support.deferreds import async_test
 
 REALM = "http://127.0.0.1:9/"
@@ -69,7 +69,7 @@ async def test_a_repeated_sign_in_is_one_read_and_the_association(
     settings = configmod.parse({"node": {"data_dir": str(tmp_path)}})
     storage = CountingStorage(storage_backend)
     site = build_site(reactor, settings, storage, b"s" * 32)
-    app: Any = site.app  # type: ignore[attr-defined]
+    app = site.app
     account = await app.accounts.sign_up("ann@example.org", PASSWORD)
     token = await app.accounts.start_session(account, "192.0.2.1")
     now = int(reactor.seconds())

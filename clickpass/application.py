@@ -1,0 +1,81 @@
+"""
+The worker's web application, assembled in one place in plain order: the
+kernel (clickpass.web.app), then each feature, given what it needs, then
+the account pages with each feature's part of them.
+
+The seams are Protocols (or small dataclasses) owned by the part that
+calls them: the OpenID provider's source of claims
+(L{clickpass.openid.web.ClaimsSource}) and its partner hook
+(L{clickpass.openid.web.PartnerHook}); the account pages' parts
+(L{clickpass.web.pages.HomeDiscovery}, L{clickpass.web.pages.SigninBranding},
+L{clickpass.web.pages.AccountSection}).
+
+This module only builds: it must never open the storage, listen, or start
+anything (the worker does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.server import Request
+
+from clickpass.config import Settings
+from clickpass.database.storage import Storage
+from clickpass.monitor.metrics import RequestMetrics
+from clickpass.openid import account as openid_account
+from clickpass.openid import discovery
+from clickpass.openid import web as openid_web
+from clickpass.partners import web as partners_web
+from clickpass.upstream import web as upstream_web
+from clickpass.web import pages
+from clickpass.web.app import AppSite, WebApp
+from clickpass.web.routing import Router
+
+
+def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> AppSite:
+    """The twisted.web Site serving the whole application."""
+    app = WebApp(reactor, settings, storage, secret)
+    router = Router()
+    router.error_page = app.error_page
+    if settings.served_over_tls and settings.web.hsts_max_age:
+        # People reach this node at an https:// address: tell browsers to
+        # use nothing else (they ignore the header on plain http answers).
+        router.headers.append(
+            (b"strict-transport-security", b"max-age=%d" % settings.web.hsts_max_age)
+        )
+
+    # Upstream sign-in: its pages, and the claims the provider may release.
+    connectors = upstream_web.build_connectors(reactor, settings)
+    upstream = upstream_web.install(app, router, connectors)
+
+    # The OpenID provider's checks and answers, shared by its endpoint and
+    # the partner flow; the partner flow is the endpoint's hook.
+    assertions = openid_web.build_assertions(app, claims=upstream)
+    partner_flow = partners_web.install(app, router, assertions)
+    openid_web.install(app, router, assertions, partners=partner_flow)
+    approvals_section = openid_account.install(app, router)
+
+    base_url = settings.base_url
+
+    def op_discovery(request: Request) -> bytes | None:
+        # The site root is the OpenID OP Identifier: Yadis and HTML discovery.
+        return discovery.op_discovery(request, base_url)
+
+    pages.install(
+        app,
+        router,
+        home_discovery=pages.HomeDiscovery(op_discovery, discovery.op_head_html(base_url)),
+        branding=partner_flow,
+        account_sections=[
+            partner_flow.account_section(),
+            approvals_section,
+            upstream_web.ACCOUNT_SECTION,
+        ],
+    )
+    # Per-route counts and latency, for the front's /metrics.
+    router.observer = RequestMetrics(app.metrics, reactor.seconds)
+    return AppSite(router, app)
+
+
+__all__ = ["build_site"]

@@ -1,0 +1,55 @@
+"""
+The OpenID provider's part of the person's account page: the sites they
+allowed to sign them in without asking (remembered approvals), and the
+form that forgets one, so that site asks again next time.
+
+It reads and forgets approvals only; it must never create one (only the
+consent decision does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from clickpass.accounts.service import Account
+from clickpass.openid import approvals
+from clickpass.openid.extensions import FIELD_LABELS
+from clickpass.web.app import WebApp, day
+from clickpass.web.pages import AccountSection
+from clickpass.web.routing import HTTPError, Router
+
+log = Logger()
+
+
+def install(app: WebApp, router: Router) -> AccountSection:
+    """Register the form that forgets an approval; the section lists them."""
+
+    async def context(account: Account) -> dict[str, Any]:
+        allowed = await app.storage.run(approvals.remembered, account.id)
+        return {
+            "approvals": [
+                {
+                    "realm": a.realm,
+                    "fields": ", ".join(FIELD_LABELS.get(f, f) for f in a.fields),
+                    "created": day(a.created),
+                    "last_used": day(a.last_used),
+                }
+                for a in allowed
+            ]
+        }
+
+    async def forget_approval(request: Request) -> bytes:
+        # The next sign-in at that site asks again (the consent page).
+        app.check_csrf(request)
+        account = await app.require_account(request, back="/account")
+        realm = app.form(request, "realm")
+        if not await app.storage.run(approvals.forget, account.id, realm):
+            raise HTTPError(404, "You had not allowed that site to sign you in.")
+        log.info("person forgot their approval of {realm}", realm=realm)
+        return app.redirect(request, "/account")
+
+    router.add("POST", "/account/approvals/forget", forget_approval)
+    return AccountSection("openid/account_approvals.html", context)
