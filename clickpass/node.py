@@ -1,10 +1,17 @@
 """
-The node: the root of one Clickpass process's service tree.
+The node: the root of one Clickpass process's service tree, built whole
+in L{Node.__init__} in plain order, each service given its collaborators:
+the control port, the monitoring (alerts, metrics, backups), the heartbeat
+and the database agent when configured, and the services that need the
+schema (the front, housekeeping, webhook and mail delivery) in one group.
 
-It opens the storage, brings the schema up to date, checks the master
-secret against the database, then starts the public listeners and the
-control port. A node that cannot start logs one line saying why and exits
+At start it brings the schema up to date and checks the master secret
+against the database, then starts that group and opens the public
+listeners. A node that cannot start logs one line saying why and exits
 non-zero; a database that is not there yet is waited for.
+
+No service joins the tree after construction, and no service finds
+another by probing the tree: this module passes them in.
 """
 
 from __future__ import annotations
@@ -14,23 +21,32 @@ import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorCore
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clickpass import config as configmod
 from clickpass._version import __version__
+from clickpass.accounts.service import AccountError, Accounts
+from clickpass.balancer.service import Front, ListenError
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.control.service import ControlService
 from clickpass.database import migrations
-from clickpass.database.storage import AdbapiStorage, Transaction, open_storage
+from clickpass.database.storage import AdbapiStorage, Transaction
+from clickpass.housekeeping import Housekeeping
+from clickpass.mail.service import install_mail
+from clickpass.monitor.service import build_monitoring, dbagent_metrics, heartbeat_metrics
+from clickpass.oidc.keys import SigningKeys
+from clickpass.oidc.service import register_commands as register_oidc_commands
+from clickpass.openid import store as openid_store
+from clickpass.partners.webhooks import delivery_service
 
 if TYPE_CHECKING:
-    from clickpass.balancer.service import Front
-    from clickpass.oidc.keys import SigningKeys
+    from clickpass.cluster.service import ClusterService
+    from clickpass.dbagent.service import DbHost
 
 DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
 
@@ -79,24 +95,42 @@ def tls_endpoint(description: str, settings: configmod.Settings) -> str:
     return f"{description}:privateKey={key}:certKey={cert}"
 
 
+class AfterMigration(MultiService):
+    """
+    The services that need the schema up to date: part of the node's tree
+    from the start, started by the node once it has migrated (never by its
+    parent starting), and stopped only if they were started.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setName("serving")
+
+    def stopService(self) -> Deferred[Any]:
+        if not self.running:
+            return succeed(None)
+        d: Deferred[Any] = maybeDeferred(super().stopService)
+        return d
+
+
 class Node(MultiService):
     """One Clickpass node."""
 
     log = Logger()
 
-    def __init__(self, reactor: Any, settings: configmod.Settings, secret: bytes) -> None:
+    def __init__(
+        self, reactor: Any, settings: configmod.Settings, secret: bytes, storage: AdbapiStorage
+    ) -> None:
         super().__init__()
         self.setName("node")
         self.reactor = reactor
         self.settings = settings
         self.secret = secret
+        self.storage = storage
         self.exit_code = 0
         self.started_at = 0.0
-        self.storage: AdbapiStorage | None = None
         self.ready = False
-        self.front: Front | None = None
         self.commands = CommandRegistry()
-        self._ports: list[IListeningPort] = []
         self._starting: Deferred[None] | None = None
         self._register_commands()
         # systemd's notify protocol (Type=notify units): READY, watchdog, STOPPING.
@@ -106,45 +140,96 @@ class Node(MultiService):
         self.systemd = notifier_for_this_process(reactor)
         self.systemd.setServiceParent(self)
         ControlService(reactor, settings, self.commands).setServiceParent(self)
-        # Alerts, metrics and backups (issue 8); other parts raise alerts
-        # through self.monitoring.alerts.
-        from clickpass.monitor.service import install_monitoring
 
-        self.monitoring = install_monitoring(self, reactor, settings, self.commands)
-        self.cluster: Any = None
+        # Alerts, metrics and backups; every part below that raises alerts
+        # or adds metrics is given them.
+        self.monitoring = monitoring = build_monitoring(reactor, settings, self.commands)
+        monitoring.alerts.setServiceParent(self)
+        self.cluster: ClusterService | None = None
         if settings.cluster.enabled:
             from clickpass.cluster.service import ClusterService
 
             # The heartbeat holds VIPs only while the node is ready to serve.
             self.cluster = ClusterService(
-                reactor, settings, ready=self.serving, alerts=self.monitoring.alerts
+                reactor, settings, ready=self.serving, alerts=monitoring.alerts
             )
             self.cluster.register_commands(self.commands)
+            status = heartbeat_metrics(monitoring, reactor, settings, self.cluster)
+            if settings.cluster.process == "child":
+                # Asks the heartbeat process for its status, for /metrics.
+                status.setServiceParent(self)
+        if monitoring.backup is not None:
+            monitoring.backup.setServiceParent(self)
+        if self.cluster is not None:
             self.cluster.setServiceParent(self)
-        self.dbagent: Any = None
+        self.dbagent: DbHost | None = None
         if settings.dbagent.enabled:
-            from clickpass.dbagent.service import install_dbagent
+            from clickpass.dbagent.service import DbHost
 
-            # MariaDB role switching on a database host (issue 5), driven by
-            # the cluster's db group.
-            self.dbagent = install_dbagent(self, reactor, settings, self.commands)
+            # MariaDB role switching on a database host, driven by the
+            # cluster's db group (the configuration checked that the
+            # heartbeat runs inline here).
+            assert self.cluster is not None
+            self.dbagent = DbHost(reactor, settings, self.cluster, monitoring.alerts)
+            self.cluster.follow(self.dbagent.wrap_vip, self.dbagent.wrap_notifier)
+            self.dbagent.register_commands(self.commands)
+            dbagent_metrics(monitoring, self.dbagent.agent)
+            self.dbagent.setServiceParent(self)
+
+        self.after_migration = AfterMigration()
+        self.after_migration.setServiceParent(self)
+        # The front balances requests across worker processes; each worker
+        # opens the storage and serves the web application.
+        self.front = Front(
+            reactor,
+            settings,
+            tls_endpoint=tls_endpoint,
+            alerts=monitoring.alerts,
+            node_metrics=monitoring.metrics,
+        )
+        self.front.register_commands(self.commands)
+        self.front.setServiceParent(self.after_migration)
+        # OpenID Connect signing keys: shared by every node through the
+        # database, listed and rotated on the control port.
+        signing_keys = SigningKeys(reactor, reactor, storage, secret)
+        register_oidc_commands(self.commands, signing_keys)
+        self._housekeeping(storage, signing_keys).setServiceParent(self.after_migration)
+        # Partner webhooks: the node (not the workers) empties the durable outbox.
+        delivery_service(reactor, settings, storage, secret, monitoring.metrics).setServiceParent(
+            self.after_migration
+        )
+        # Mail: the node (not the workers) empties the durable mail outbox.
+        # Its transport reads its files here: a ConfigError stops the node
+        # before it starts, with one line.
+        install_mail(
+            self.after_migration,
+            reactor,
+            settings,
+            storage,
+            self.commands,
+            monitoring.metrics,
+            monitoring.alerts,
+        )
 
     def serving(self) -> bool:
         """
         Whether this node can serve requests now: started, with at least one
         worker taking requests. The heartbeat gives up the VIP when it is not.
         """
-        return self.ready and self.front is not None and self.front.pool.routable() > 0
+        return self.ready and self.front.pool.routable() > 0
 
     def startService(self) -> None:
         self.started_at = self.reactor.seconds()
-        super().startService()
+        # Everything but the services that wait for the schema (see _start).
+        Service.startService(self)
+        for service in self:
+            if service is not self.after_migration:
+                service.startService()
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addErrback(self._failed_to_start)
 
     async def _start(self) -> None:
         settings = self.settings
-        self.storage = open_storage(self.reactor, settings)
         self.log.info(
             "clickpass {version} node {node} starting: {config}, database {database}",
             version=__version__,
@@ -154,47 +239,12 @@ class Node(MultiService):
         )
         await self._migrate(self.storage)
         await self.storage.run(check_secret, secret_fingerprint(self.secret))
-        # The front balances requests across worker processes; each worker
-        # opens the storage and serves the web application (issue 3).
-        from clickpass.balancer.service import Front, ListenError
-
-        front = self.front = Front(self.reactor, settings, tls_endpoint=tls_endpoint)
-        front.register_commands(self.commands)
-        front.setServiceParent(self)
+        self.after_migration.startService()
         try:
-            await front.listen()
+            await self.front.listen()
         except ListenError as e:
             raise StartupError(str(e)) from None
-        # OpenID Connect signing keys: shared by every node through the
-        # database, listed and rotated on the control port.
-        from clickpass.oidc.keys import SigningKeys
-        from clickpass.oidc.service import register_commands as register_oidc_commands
-
-        signing_keys = SigningKeys(self.reactor, self.reactor, self.storage, self.secret)
-        register_oidc_commands(self.commands, signing_keys)
-        self._start_housekeeping(self.storage, signing_keys)
-        # Partner webhooks: the node (not the workers) empties the durable outbox.
-        from clickpass.partners.webhooks import delivery_service
-
-        delivery_service(
-            self.reactor, settings, self.storage, self.secret, self.monitoring.metrics
-        ).setServiceParent(self)
-        # Mail: the node (not the workers) empties the durable mail outbox.
-        from clickpass.mail.service import install_mail
-
-        try:
-            install_mail(
-                self,
-                self.reactor,
-                settings,
-                self.storage,
-                self.commands,
-                self.monitoring.metrics,
-                self.monitoring.alerts,
-            )
-        except configmod.ConfigError as e:
-            raise StartupError(str(e)) from None
-        await front.wait_ready()
+        await self.front.wait_ready()
         self.ready = True
         self.log.info(
             "clickpass node {node} ready: serving {url}",
@@ -205,17 +255,13 @@ class Node(MultiService):
             self.log.warn("{problem}", problem=problem)
         self.systemd.ready(f"node {settings.node.name} serving {settings.base_url}")
 
-    def _start_housekeeping(self, storage: AdbapiStorage, signing_keys: SigningKeys) -> None:
-        from clickpass.accounts.service import Accounts
-        from clickpass.housekeeping import Housekeeping
-        from clickpass.openid import store as openid_store
-
+    def _housekeeping(self, storage: AdbapiStorage, signing_keys: SigningKeys) -> Housekeeping:
         accounts = Accounts(self.reactor, storage, self.settings.accounts)
 
         async def openid_expired(now: int) -> int:
             return sum(await openid_store.cleanup(storage, now))
 
-        Housekeeping(
+        return Housekeeping(
             self.reactor,
             [
                 ("expired sessions", accounts.expire_sessions),
@@ -223,7 +269,7 @@ class Node(MultiService):
                 ("expired OpenID nonces and associations", openid_expired),
                 ("expired OpenID Connect signing keys", signing_keys.housekeeping),
             ],
-        ).setServiceParent(self)
+        )
 
     async def _migrate(self, storage: AdbapiStorage) -> None:
         attempt = 0
@@ -258,19 +304,12 @@ class Node(MultiService):
 
     def stopService(self) -> Deferred[Any]:
         self.ready = False
-        ports, self._ports = self._ports, []
-        stopping = [maybeDeferred(port.stopListening) for port in ports]
-
-        def children(_: object) -> Deferred[Any]:
-            return maybeDeferred(MultiService.stopService, self)
 
         def close_storage(result: object) -> object:
-            if self.storage is not None:
-                self.storage.close()
-                self.storage = None
+            self.storage.close()
             return result
 
-        d: Deferred[Any] = DeferredList(stopping).addCallback(children)
+        d: Deferred[Any] = maybeDeferred(MultiService.stopService, self)
         d.addBoth(close_storage)
         return d
 
@@ -284,15 +323,12 @@ class Node(MultiService):
 
     async def _cmd_status(self, args: Any) -> dict[str, Any]:
         database: dict[str, Any] = {"backend": self.settings.database.backend, "answers": False}
-        if self.storage is not None:
-            database["description"] = self.storage.describe()
-            try:
-                database["schema_version"] = await self.storage.run(migrations.current_version)
-                database["answers"] = True
-            except Exception as e:
-                database["error"] = _one_line(e)
-        else:
-            database["error"] = "not opened yet"
+        database["description"] = self.storage.describe()
+        try:
+            database["schema_version"] = await self.storage.run(migrations.current_version)
+            database["answers"] = True
+        except Exception as e:
+            database["error"] = _one_line(e)
         return {
             "version": __version__,
             "node": self.settings.node.name,
@@ -304,16 +340,10 @@ class Node(MultiService):
             "database": database,
         }
 
-    def _accounts(self) -> Any:
-        from clickpass.accounts.service import Accounts
-
-        if self.storage is None:
-            raise CommandError("the node is still starting; try again shortly")
+    def _accounts(self) -> Accounts:
         return Accounts(self.reactor, self.storage, self.settings.accounts)
 
     async def _cmd_user_add(self, args: Any) -> dict[str, Any]:
-        from clickpass.accounts.service import AccountError
-
         email, password = args.get("email"), args.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise CommandError("user.add needs email and password strings")

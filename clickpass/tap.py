@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorThreads
 from twisted.python import usage
 
 from clickpass import config as configmod
@@ -57,9 +58,19 @@ def makeService(options: Options) -> IService:
     install_unless_chosen()
     from twisted.internet import reactor
 
+    from clickpass.database.storage import open_storage
     from clickpass.node import Node
 
-    node = Node(reactor, options["settings"], options["secret"])
+    settings = options["settings"]
+    # Opening makes the data directory's database file and reads the
+    # password file (connections are made once the reactor runs); building
+    # the node reads the files its services name (the mail transport's).
+    try:
+        storage = open_storage(cast(IReactorThreads, reactor), settings)
+        node = Node(reactor, settings, options["secret"], storage)
+    except configmod.ConfigError as e:
+        sys.stderr.write(f"clickpass: configuration error: {e}\n")
+        raise SystemExit(1) from None
 
     def exit_if_failed(*_: Any) -> None:
         # twistd exits 0 whenever the reactor stops; a node that could not

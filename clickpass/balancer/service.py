@@ -33,7 +33,7 @@ from clickpass.balancer.pool import Pool
 from clickpass.balancer.proxy import FrontFactory
 from clickpass.balancer.static import StaticFiles
 from clickpass.balancer.stats import ERROR_KINDS, LATENCY_BOUNDS
-from clickpass.balancer.supervisor import ReloadError, Supervisor, install_sighup
+from clickpass.balancer.supervisor import AlertSink, ReloadError, Supervisor, install_sighup
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.monitor.metrics import Registry, Snapshot, merge, render
 
@@ -58,6 +58,8 @@ class Front(MultiService):
         socket_dir: Path | None = None,
         static_dir: Path = STATIC_DIR,
         tls_endpoint: Any = None,
+        alerts: AlertSink | None = None,
+        node_metrics: Registry | None = None,
     ) -> None:
         super().__init__()
         self.setName("front")
@@ -67,6 +69,8 @@ class Front(MultiService):
         self.supervisor = Supervisor(
             reactor, settings, self.pool, count=worker_count, socket_dir=socket_dir
         )
+        # The node's alerts take workers.crash_loop.
+        self.supervisor.alerts = alerts
         self.supervisor.setServiceParent(self)
         self.static = (
             StaticFiles(static_dir, settings.balancer.static_max_age)
@@ -78,19 +82,11 @@ class Front(MultiService):
         self.ports: list[IListeningPort] = []
         self._sweeper: LoopingCall | None = None
         self._uninstall_sighup: Any = None
-        # The node's registry (node.monitoring.metrics), added to /metrics.
-        self.node_metrics: Registry | None = None
+        # The node's registry, added to /metrics.
+        self.node_metrics = node_metrics
 
     def startService(self) -> None:
         _raise_file_limit()
-        # The node's monitoring, when this front runs in a node: its alerts
-        # take workers.crash_loop and its registry goes into /metrics.
-        monitoring = getattr(self.parent, "monitoring", None)
-        if monitoring is not None:
-            if self.supervisor.alerts is None:
-                self.supervisor.alerts = monitoring.alerts
-            if self.node_metrics is None:
-                self.node_metrics = monitoring.metrics
         super().startService()
         self.pool.start()
         self._sweeper = LoopingCall(self._sweep)

@@ -104,9 +104,23 @@ class ClusterService(Service):
         self._restart: IDelayedCall | None = None
         self._pinger = LoopingCall(self._ping)
         self._pinger.clock = reactor
-        # Set before start (inline heartbeat only): see Engine(wrap_vip=, wrap_notifier=).
+        # Given by the node before start (inline heartbeat only): see
+        # Engine(wrap_vip=, wrap_notifier=) and follow().
         self.wrap_vip: Callable[[Any, Any], Any] | None = None
         self.wrap_notifier: Callable[[Any, Any], Any] | None = None
+
+    def follow(
+        self, wrap_vip: Callable[[Any, Any], Any], wrap_notifier: Callable[[Any, Any], Any]
+    ) -> None:
+        """
+        Have the heartbeat engine's VIPs and notifiers wrapped (the database
+        agent follows the db group). Called by the node that builds both,
+        before start: the agent reports its health to this service, and this
+        service's engine acts through the agent, so neither can be built
+        with the other.
+        """
+        self.wrap_vip = wrap_vip
+        self.wrap_notifier = wrap_notifier
 
     # Lifecycle.
 

@@ -175,21 +175,22 @@ class DbHost(MultiService):
             switchover=self._switchover,
         )
         self.agent.setServiceParent(self)
-        cluster.wrap_vip = self._wrap_vip
-        cluster.wrap_notifier = self._wrap_notifier
         self._alerted_promotions = 0
         self._watch = LoopingCall(self._tick)
         self._watch.clock = reactor
 
-    # Hooks into the heartbeat engine.
+    # Hooks into the heartbeat engine (the node gives them to the cluster
+    # service: see Engine(wrap_vip=, wrap_notifier=)).
 
-    def _wrap_vip(self, group: Any, inner: Any) -> Any:
+    def wrap_vip(self, group: Any, inner: Any) -> Any:
+        """The db group's VIP goes through the agent's gate; other groups' as they are."""
         if group.name != self.group_name:
             return inner
         self.gate = self.agent.vip = VipGate(inner)
         return self.gate
 
-    def _wrap_notifier(self, group: Any, inner: Any) -> Any:
+    def wrap_notifier(self, group: Any, inner: Any) -> Any:
+        """The db group's state changes also reach the agent."""
         if group.name != self.group_name:
             return inner
         return _Follow(inner, self.agent)
@@ -329,16 +330,4 @@ class DbHost(MultiService):
             raise CommandError(f"db reclone failed: {one_line(e)}") from None
 
 
-def install_dbagent(
-    node: Any, reactor: Any, settings: configmod.Settings, commands: CommandRegistry
-) -> DbHost:
-    """Build the database agent into C{node}; its cluster service must exist, not yet started."""
-    monitoring = getattr(node, "monitoring", None)
-    alerts = getattr(monitoring, "alerts", None)
-    host = DbHost(reactor, settings, node.cluster, alerts)
-    host.register_commands(commands)
-    host.setServiceParent(node)
-    return host
-
-
-__all__ = ["DbHost", "agent_config", "check_dbagent_settings", "install_dbagent"]
+__all__ = ["DbHost", "agent_config", "check_dbagent_settings"]

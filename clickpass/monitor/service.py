@@ -2,14 +2,15 @@
 The node's monitoring part: the alerts service, the metrics registry (with
 the heartbeat's and the database agent's metrics when those run here, see
 L{clickpass.monitor.sources}), and (when [backup] is enabled) the backup
-service, put into the node's tree with their control commands.
+service, with their control commands.
 
-Other subsystems reach them through the node: C{node.monitoring.alerts}
-(L{clickpass.monitor.alerts.Alerts}) and C{node.monitoring.metrics}
-(L{clickpass.monitor.metrics.Registry}).
+The node builds them first and passes C{monitoring.alerts}
+(L{clickpass.monitor.alerts.Alerts}) and C{monitoring.metrics}
+(L{clickpass.monitor.metrics.Registry}) to the parts that raise alerts or
+add metrics.
 
-This module must never start anything itself: it only builds services for
-the node to start.
+This module must never start anything itself, nor put services into a
+tree: it only builds them for the node.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import IServiceCollection
-
 from clickpass import config as configmod
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.monitor.alerts import Alerts
 from clickpass.monitor.metrics import Registry
+from clickpass.monitor.sources import (
+    HeartbeatStatus,
+    install_dbagent_metrics,
+    install_heartbeat_metrics,
+)
 
 
 @dataclass
@@ -32,41 +36,25 @@ class Monitoring:
     alerts: Alerts
     metrics: Registry
     backup: Any = None
-    # clickpass.monitor.sources.HeartbeatStatus, when [cluster] is enabled.
-    heartbeat: Any = None
+    # When [cluster] is enabled.
+    heartbeat: HeartbeatStatus | None = None
 
 
-def install_monitoring(
-    parent: IServiceCollection,
-    reactor: Any,
-    settings: configmod.Settings,
-    commands: CommandRegistry,
+def build_monitoring(
+    reactor: Any, settings: configmod.Settings, commands: CommandRegistry
 ) -> Monitoring:
-    """Build the alerts (and backup) services under C{parent}; register their commands."""
+    """
+    The alerts service, the node's metrics registry and (when [backup] is
+    enabled) the backup service, with their commands; the caller puts the
+    services into its tree.
+    """
     metrics = Registry()
     alerts = Alerts.from_settings(reactor, settings)
-    alerts.setServiceParent(parent)
     firing = metrics.gauge(
         "clickpass_alerts_firing", "Alerts firing on this node.", ("key",), aggregate="max"
     )
     firing.set_function(lambda: {(key,): 1.0 for key in alerts.active})
     monitoring = Monitoring(alerts=alerts, metrics=metrics)
-    # The heartbeat and the database agent are built after this (the node
-    # adds them next), so their metrics find them through the node when read.
-    if settings.cluster.enabled:
-        from clickpass.monitor.sources import HeartbeatStatus, install_heartbeat_metrics
-
-        heartbeat = HeartbeatStatus(reactor, lambda: getattr(parent, "cluster", None))
-        install_heartbeat_metrics(metrics, heartbeat)
-        if settings.cluster.process == "child":
-            heartbeat.setServiceParent(parent)
-        monitoring.heartbeat = heartbeat
-    if settings.dbagent.enabled:
-        from clickpass.monitor.sources import install_dbagent_metrics
-
-        install_dbagent_metrics(
-            metrics, lambda: getattr(getattr(parent, "dbagent", None), "agent", None)
-        )
 
     def list_alerts(args: Any) -> list[dict[str, Any]]:
         return alerts.describe()
@@ -83,9 +71,27 @@ def install_monitoring(
 
         backup = BackupService(reactor, settings, alerts, metrics)
         backup.register_commands(commands)
-        backup.setServiceParent(parent)
         monitoring.backup = backup
     return monitoring
 
 
-__all__ = ["Monitoring", "install_monitoring"]
+def heartbeat_metrics(
+    monitoring: Monitoring, reactor: Any, settings: configmod.Settings, cluster: Any
+) -> HeartbeatStatus:
+    """
+    The heartbeat's metrics in the node's registry, read from C{cluster}
+    (the node's ClusterService); the L{HeartbeatStatus} returned is a
+    service for the node's tree when the heartbeat runs in its own process.
+    """
+    heartbeat = HeartbeatStatus(reactor, lambda: cluster)
+    install_heartbeat_metrics(monitoring.metrics, heartbeat)
+    monitoring.heartbeat = heartbeat
+    return heartbeat
+
+
+def dbagent_metrics(monitoring: Monitoring, agent: Any) -> None:
+    """The database agent's metrics in the node's registry, read from C{agent} (a DbAgent)."""
+    install_dbagent_metrics(monitoring.metrics, lambda: agent)
+
+
+__all__ = ["Monitoring", "build_monitoring", "dbagent_metrics", "heartbeat_metrics"]

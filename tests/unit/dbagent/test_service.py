@@ -87,8 +87,6 @@ def test_settings_that_cannot_work_are_one_line_errors(
 @dataclass
 class FakeCluster:
     engine: Any = None
-    wrap_vip: Any = None
-    wrap_notifier: Any = None
     health: list[tuple[str, bool]] = field(default_factory=list)
 
     def set_health(self, name: str, ok: bool) -> None:
@@ -125,15 +123,15 @@ def host() -> tuple[DbHost, FakeCluster, FakeAlerts]:
 
 def test_only_the_db_group_is_wrapped() -> None:
     """The db group's VIP goes through the agent's gate and its changes reach the agent."""
-    h, cluster, _ = host()
+    h, _, _ = host()
     groups = {g.name: g for g in h.settings.cluster.group}
     inner_vip = object()
-    assert cluster.wrap_vip(groups["app"], inner_vip) is inner_vip
-    gate = cluster.wrap_vip(groups["db"], inner_vip)
+    assert h.wrap_vip(groups["app"], inner_vip) is inner_vip
+    gate = h.wrap_vip(groups["db"], inner_vip)
     assert isinstance(gate, VipGate) and h.agent.vip is gate
     hooks = Inner()
-    assert cluster.wrap_notifier(groups["app"], hooks) is hooks
-    follow = cluster.wrap_notifier(groups["db"], hooks)
+    assert h.wrap_notifier(groups["app"], hooks) is hooks
+    follow = h.wrap_notifier(groups["db"], hooks)
     follow.notify("db", State.BACKUP)
     assert hooks.calls == ["db BACKUP"] and h.agent.group == State.BACKUP
 
