@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from clickpass.config import AccountsSettings
+from clickpass.accounts.settings import AccountsSettings
 from clickpass.database.storage import (
     IntegrityError,
     Storage,

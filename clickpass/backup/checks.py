@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from clickpass.config import AlertsSettings, Settings
+    from clickpass.config import Settings
+    from clickpass.monitor.settings import AlertsSettings
 
 
 def check_backup_settings(settings: Settings, error: type[Exception]) -> None:

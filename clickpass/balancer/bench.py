@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from clickpass.config import BalancerSettings
+from clickpass.balancer.settings import BalancerSettings
 from clickpass.database.private_server import MariaDBServer, MariaDBUnavailable
 
 VENV_BIN = Path(sys.executable).parent

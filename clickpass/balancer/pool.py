@@ -25,8 +25,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from clickpass.balancer.settings import BalancerSettings
 from clickpass.balancer.stats import Counters
-from clickpass.config import BalancerSettings
 
 if TYPE_CHECKING:
     from clickpass.balancer.proxy import Exchange, UpstreamConnection

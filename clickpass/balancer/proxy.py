@@ -55,9 +55,9 @@ from clickpass.balancer._http1 import (
 )
 from clickpass.balancer.forwarding import CLIENT_HEADER, TrustedProxies
 from clickpass.balancer.pool import IDEMPOTENT, Backend, Pool
+from clickpass.balancer.settings import BalancerSettings
 from clickpass.balancer.static import STATIC_PREFIX, StaticFiles
 from clickpass.balancer.stats import responded
-from clickpass.config import BalancerSettings
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred

@@ -38,8 +38,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from clickpass.cluster.settings import ClusterGroupSettings
 from clickpass.cluster.wire import State
-from clickpass.config import ClusterGroupSettings
 
 IP = "ip"
 MAX_OUTPUT = 4096

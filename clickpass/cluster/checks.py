@@ -11,7 +11,7 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from clickpass.config import ClusterSettings
+    from clickpass.cluster.settings import ClusterSettings
 
 MIN_INTERVAL = 0.05
 MAX_INTERVAL = 40.0

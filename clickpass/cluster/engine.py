@@ -31,8 +31,9 @@ from clickpass.cluster.actions import (
 )
 from clickpass.cluster.checks import parse_address
 from clickpass.cluster.group import Group, WitnessGroup
+from clickpass.cluster.settings import ClusterSettings
 from clickpass.cluster.wire import Health, Kind, Message, State
-from clickpass.config import ClusterSettings, ConfigError, Settings, read_secret_file
+from clickpass.config import ConfigError, Settings, read_secret_file
 
 NODE_CHECK = "node"
 MIN_SECRET = 16

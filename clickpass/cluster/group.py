@@ -23,8 +23,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from clickpass.cluster import machine
+from clickpass.cluster.settings import ClusterGroupSettings
 from clickpass.cluster.wire import MAX_HEARS, Health, Kind, Message, State
-from clickpass.config import ClusterGroupSettings
 
 DOWN_ADVERTS = 3
 # A node counts as heard (and is listed in our adverts' hears) while its

@@ -42,8 +42,8 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from clickpass.config import OpenIDSettings
 from clickpass.openid.hardening import for_log
+from clickpass.openid.settings import OpenIDSettings
 
 log = Logger()
 

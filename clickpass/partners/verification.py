@@ -29,7 +29,6 @@ import treq
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
-from clickpass.config import OpenIDSettings
 from clickpass.openid.rp_discovery import (
     CheckedEndpointFactory,
     RefusedAddress,
@@ -40,6 +39,7 @@ from clickpass.openid.rp_discovery import (
     system_resolver,
     within,
 )
+from clickpass.openid.settings import OpenIDSettings
 
 log = Logger()
 

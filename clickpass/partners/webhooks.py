@@ -33,9 +33,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clickpass.config import PartnersSettings
 from clickpass.database.storage import Storage, Transaction, one_line
 from clickpass.monitor.metrics import Gauge, Registry
+from clickpass.partners.settings import PartnersSettings
 from clickpass.partners.sites import DELIVERED, GIVEN_UP, PENDING, webhook_secret
 
 SIGNATURE_HEADER = "Clickpass-Signature"

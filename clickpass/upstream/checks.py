@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from clickpass.config import UpstreamProviderSettings, UpstreamSettings
+from clickpass.upstream.settings import UpstreamProviderSettings, UpstreamSettings
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 MICROSOFT_TENANT = re.compile(r"^[A-Za-z0-9.-]{1,128}$")

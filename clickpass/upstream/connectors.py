@@ -27,8 +27,8 @@ from urllib.parse import urlencode, urlsplit
 
 from twisted.logger import Logger
 
-from clickpass.config import UpstreamProviderSettings, UpstreamSettings
 from clickpass.upstream.http import UpstreamError, UpstreamHTTP
+from clickpass.upstream.settings import UpstreamProviderSettings, UpstreamSettings
 from clickpass.upstream.tokens import (
     ALLOWED_ALGORITHMS,
     MICROSOFT_CONSUMERS_TENANT,

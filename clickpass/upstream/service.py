@@ -29,10 +29,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from clickpass.config import UpstreamSettings
 from clickpass.database.storage import IntegrityError, Storage, Transaction
 from clickpass.upstream.connectors import Connector, UpstreamIdentity
 from clickpass.upstream.http import UpstreamError
+from clickpass.upstream.settings import UpstreamSettings
 
 log = Logger()
 

@@ -28,8 +28,8 @@ from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
 from clickpass.cluster.group import DOWN_ADVERTS, Group, WitnessGroup
+from clickpass.cluster.settings import ClusterGroupSettings, HealthCheckSettings
 from clickpass.cluster.wire import Health, Kind, Message, State
-from clickpass.config import ClusterGroupSettings, HealthCheckSettings
 from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate, peer_vip_off
 from clickpass.dbagent.machine import Role

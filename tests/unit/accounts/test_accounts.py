@@ -29,7 +29,7 @@ from clickpass.accounts.service import (
     Throttled,
     session_hash,
 )
-from clickpass.config import AccountsSettings
+from clickpass.accounts.settings import AccountsSettings
 from clickpass.database.storage import AdbapiStorage, OutcomeUnknown, Storage
 from tests.conftest import global_reactor
 from tests.support.deferreds import async_test

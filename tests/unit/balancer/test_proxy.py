@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from clickpass.balancer.forwarding import TrustedProxies, parse_ranges
 from clickpass.balancer.pool import Backend, Pool, PoolEvents
 from clickpass.balancer.proxy import FrontConnection, FrontFactory, UpstreamConnection
+from clickpass.balancer.settings import BalancerSettings
 from clickpass.balancer.static import StaticFiles
-from clickpass.config import BalancerSettings
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from clickpass.balancer.pool import Backend, Pool
 from clickpass.balancer.proxy import FrontFactory, UpstreamConnection, _read_with_recv
-from clickpass.config import BalancerSettings
+from clickpass.balancer.settings import BalancerSettings
 from tests.unit.balancer.test_proxy import Rig
 
 CHUNKED = (

@@ -9,8 +9,8 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from clickpass.cluster.group import Group, WitnessGroup
+from clickpass.cluster.settings import ClusterGroupSettings, HealthCheckSettings
 from clickpass.cluster.wire import Health, Kind, Message, State
-from clickpass.config import ClusterGroupSettings, HealthCheckSettings
 
 
 @dataclass

@@ -23,8 +23,8 @@ from clickpass.cluster.actions import (
     address_message,
     garp_frame,
 )
+from clickpass.cluster.settings import ClusterGroupSettings
 from clickpass.cluster.wire import State
-from clickpass.config import ClusterGroupSettings
 
 SETTINGS = ClusterGroupSettings(
     name="app",

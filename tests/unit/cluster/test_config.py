@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from clickpass import config
+from clickpass.cluster.settings import HealthCheckSettings
 
 DOCUMENT: dict[str, Any] = {
     "cluster": {
@@ -42,7 +43,7 @@ def test_groups_and_checks_are_built_as_dataclasses() -> None:
     settings = parse()
     app, db = settings.cluster.group
     assert app.priority == 150 and app.advert_interval == 0.1
-    assert app.check[1] == config.HealthCheckSettings(name="db", weight=-50)
+    assert app.check[1] == HealthCheckSettings(name="db", weight=-50)
     assert db.priority == 100 and db.preempt is True
 
 

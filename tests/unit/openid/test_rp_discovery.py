@@ -16,7 +16,6 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from clickpass.config import OpenIDSettings
 from clickpass.openid.rp_discovery import (
     CheckedEndpoint,
     RefusedAddress,
@@ -26,6 +25,7 @@ from clickpass.openid.rp_discovery import (
     is_public_address,
     parse_realm,
 )
+from clickpass.openid.settings import OpenIDSettings
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from clickpass.config import OpenIDSettings
 from clickpass.database.storage import DirectStorage
+from clickpass.openid.settings import OpenIDSettings
 from clickpass.partners import sites
 from clickpass.partners.verification import (
     MAX_BYTES,

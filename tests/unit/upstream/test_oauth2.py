@@ -17,9 +17,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from clickpass.config import UpstreamProviderSettings, UpstreamSettings
 from clickpass.upstream.connectors import OAuth2Connector, make_connector, resolve
 from clickpass.upstream.http import UpstreamError, UpstreamHTTP
+from clickpass.upstream.settings import UpstreamProviderSettings, UpstreamSettings
 
 
 class Graph(Resource):

@@ -1,0 +1,50 @@
+"""
+The accounts' section, [accounts]: its keys, their defaults and their documentation.
+
+It imports only clickpass.settings_base; it must never read files or
+touch the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from clickpass.settings_base import doc as _doc
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountsSettings:
+    """[accounts]: people, passwords, sessions and sign-in throttling."""
+
+    min_password_length: int = dataclasses.field(
+        default=10, metadata=_doc("Shortest password accepted at sign-up.")
+    )
+    session_lifetime: int = dataclasses.field(
+        default=14 * 24 * 3600, metadata=_doc("Seconds a browser session lasts.")
+    )
+    throttle_window: int = dataclasses.field(
+        default=900, metadata=_doc("Seconds over which failed sign-ins are counted.")
+    )
+    throttle_per_account: int = dataclasses.field(
+        default=5, metadata=_doc("Failed sign-ins allowed per account within the window.")
+    )
+    throttle_per_address: int = dataclasses.field(
+        default=20, metadata=_doc("Failed sign-ins allowed per client address within the window.")
+    )
+    hash_threads: int = dataclasses.field(
+        default=1,
+        metadata=_doc(
+            "Threads per worker that hash and check passwords (argon2id: 64 MiB and up to "
+            "4 cores each)."
+        ),
+    )
+    hash_queue: int = dataclasses.field(
+        default=4,
+        metadata=_doc(
+            "Sign-ins and sign-ups a worker lets wait for a hashing thread; past that they "
+            "are answered 503 with Retry-After at once."
+        ),
+    )
+
+
+__all__ = ["AccountsSettings"]
