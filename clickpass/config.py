@@ -488,53 +488,44 @@ def _check_semantics(settings: Settings) -> None:
             parse_control_tcp(settings.control.tcp)
         except EndpointError as e:
             raise ConfigError(f"[control] tcp: {e}") from None
-    for key in ("throttle_window", "throttle_per_account", "throttle_per_address", "hash_threads"):
-        if getattr(settings.accounts, key) < 1:
-            raise ConfigError(f"[accounts] {key}: must be at least 1")
-    if settings.accounts.hash_queue < 0:
-        raise ConfigError("[accounts] hash_queue: must be 0 or more")
-    if settings.cluster.enabled:
-        from clickpass.cluster.checks import check_cluster_settings
-
-        check_cluster_settings(settings.cluster, ConfigError)
+    # Each feature's section checks itself; then the rules that join sections.
+    settings.accounts.check()
+    settings.cluster.check()
     if settings.dbagent.enabled:
-        from clickpass.dbagent.service import check_dbagent_settings
-
-        check_dbagent_settings(settings, ConfigError)
-    _check_balancer(settings)
-    from clickpass.backup.checks import check_alerts_settings, check_backup_settings
-
-    check_backup_settings(settings, ConfigError)
-    check_alerts_settings(settings.alerts, ConfigError)
-    from clickpass.upstream.checks import check_upstream_settings
-
-    check_upstream_settings(settings.upstream, ConfigError)
-
-
-def _check_balancer(settings: Settings) -> None:
-    workers, balancer = settings.workers, settings.balancer
-    if workers.count < 0:
-        raise ConfigError("[workers] count: must be 0 (one per CPU) or more")
-    for key in ("max_in_flight", "queue_size", "max_body", "max_header_bytes", "health_fall"):
-        if getattr(balancer, key) < 1:
-            raise ConfigError(f"[balancer] {key}: must be at least 1")
-    for key in (
-        "queue_timeout",
-        "request_timeout",
-        "header_timeout",
-        "body_timeout",
-        "connect_timeout",
+        _check_dbagent_host(settings)
+    for section in (
+        settings.dbagent,
+        settings.workers,
+        settings.balancer,
+        settings.backup,
+        settings.alerts,
+        settings.upstream,
+        settings.partners,
     ):
-        if getattr(balancer, key) <= 0:
-            raise ConfigError(f"[balancer] {key}: must be more than 0 seconds")
-    if not balancer.health_path.startswith("/"):
-        raise ConfigError("[balancer] health_path: must start with /")
-    if balancer.redirect_http_to_https and not settings.base_url.startswith("https://"):
+        section.check()
+    if settings.balancer.redirect_http_to_https and not settings.base_url.startswith("https://"):
         raise ConfigError(
             "[balancer] redirect_http_to_https: needs an https:// [node] public_url to redirect to"
         )
-    if workers.app and ":" not in workers.app:
-        raise ConfigError("[workers] app: must be module:function")
+
+
+def _check_dbagent_host(settings: Settings) -> None:
+    """What the database agent needs of the heartbeat: an inline member with its db group."""
+    db = settings.dbagent
+    cluster = settings.cluster
+    if not cluster.enabled or cluster.role != "member":
+        raise ConfigError("[dbagent] enabled: needs [cluster] enabled = true (role member)")
+    if cluster.process != "inline":
+        raise ConfigError('[dbagent] enabled: needs [cluster] process = "inline"')
+    groups = {g.name: g for g in cluster.group}
+    if db.group not in groups:
+        raise ConfigError(f"[dbagent] group: no [[cluster.group]] named {db.group!r}")
+    checks = {c.name: c.weight for c in groups[db.group].check}
+    if checks.get(db.health_check) != 0:
+        raise ConfigError(
+            f"[dbagent] health_check: group {db.group!r} needs a check named "
+            f"{db.health_check!r} with weight 0 ([[cluster.group.check]])"
+        )
 
 
 def load(path: str | os.PathLike[str] | None) -> Settings:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from clickpass.settings_base import ConfigError
 from clickpass.settings_base import doc as _doc
 
 
@@ -45,6 +46,19 @@ class AccountsSettings:
             "are answered 503 with Retry-After at once."
         ),
     )
+
+    def check(self) -> None:
+        """Raise L{ConfigError} with one line for the first problem in this section."""
+        for key in (
+            "throttle_window",
+            "throttle_per_account",
+            "throttle_per_address",
+            "hash_threads",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"[accounts] {key}: must be at least 1")
+        if self.hash_queue < 0:
+            raise ConfigError("[accounts] hash_queue: must be 0 or more")
 
 
 __all__ = ["AccountsSettings"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from clickpass.settings_base import ConfigError
 from clickpass.settings_base import doc as _doc
 
 
@@ -82,6 +83,31 @@ class BackupSettings:
         default="backup-work",
         metadata=_doc("Scratch directory for backups and restores, relative to data_dir."),
     )
+
+    def check(self) -> None:
+        """Raise L{ConfigError} when an enabled [backup] section cannot work."""
+        backup = self
+        if backup.keep_daily < 1:
+            raise ConfigError("[backup] keep_daily: must be at least 1")
+        if backup.keep_weekly < 0:
+            raise ConfigError("[backup] keep_weekly: must be 0 or more")
+        if backup.max_age < 60:
+            raise ConfigError("[backup] max_age: must be at least 60 seconds")
+        if backup.check_interval <= 0:
+            raise ConfigError("[backup] check_interval: must be more than 0 seconds")
+        if not 0 <= backup.source_port <= 65535:
+            raise ConfigError(f"[backup] source_port: {backup.source_port} is not a TCP port")
+        if backup.endpoint and not backup.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"[backup] endpoint: {backup.endpoint!r} must start with http:// or https://"
+            )
+        if not backup.enabled:
+            return
+        for key in ("key_file", "bucket"):
+            if not getattr(backup, key):
+                raise ConfigError(f"[backup] {key}: needed when [backup] enabled = true")
+        if backup.access_key_id and not backup.secret_access_key_file:
+            raise ConfigError("[backup] secret_access_key_file: needed with access_key_id")
 
 
 __all__ = ["BackupSettings"]

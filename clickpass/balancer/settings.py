@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from clickpass.settings_base import ConfigError
 from clickpass.settings_base import doc as _doc
 
 
@@ -55,6 +56,13 @@ class WorkersSettings:
             "and benchmarks. Default: the Clickpass web application."
         ),
     )
+
+    def check(self) -> None:
+        """Raise L{ConfigError} with one line for the first problem in this section."""
+        if self.count < 0:
+            raise ConfigError("[workers] count: must be 0 (one per CPU) or more")
+        if self.app and ":" not in self.app:
+            raise ConfigError("[workers] app: must be module:function")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +147,23 @@ class BalancerSettings:
             "serves /metrics without a token and answers 404 to anything else."
         ),
     )
+
+    def check(self) -> None:
+        """Raise L{ConfigError} with one line for the first problem in this section."""
+        for key in ("max_in_flight", "queue_size", "max_body", "max_header_bytes", "health_fall"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"[balancer] {key}: must be at least 1")
+        for key in (
+            "queue_timeout",
+            "request_timeout",
+            "header_timeout",
+            "body_timeout",
+            "connect_timeout",
+        ):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"[balancer] {key}: must be more than 0 seconds")
+        if not self.health_path.startswith("/"):
+            raise ConfigError("[balancer] health_path: must start with /")
 
 
 __all__ = ["BalancerSettings", "WorkersSettings"]

@@ -29,9 +29,8 @@ from clickpass.cluster.actions import (
     NetlinkAddresses,
     VipManager,
 )
-from clickpass.cluster.checks import parse_address
 from clickpass.cluster.group import Group, WitnessGroup
-from clickpass.cluster.settings import ClusterSettings
+from clickpass.cluster.settings import ClusterSettings, parse_address
 from clickpass.cluster.wire import Health, Kind, Message, State
 from clickpass.config import ConfigError, Settings, read_secret_file
 

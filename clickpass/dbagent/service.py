@@ -35,38 +35,6 @@ ALERT_DEGRADED = "semisync.degraded"
 ALERT_QUARANTINED = "db.quarantined"
 
 
-def check_dbagent_settings(settings: configmod.Settings, error: type[Exception]) -> None:
-    """One-line errors for a [dbagent] section that cannot work."""
-    db = settings.dbagent
-    cluster = settings.cluster
-    if not cluster.enabled or cluster.role != "member":
-        raise error("[dbagent] enabled: needs [cluster] enabled = true (role member)")
-    if cluster.process != "inline":
-        raise error('[dbagent] enabled: needs [cluster] process = "inline"')
-    groups = {g.name: g for g in cluster.group}
-    if db.group not in groups:
-        raise error(f"[dbagent] group: no [[cluster.group]] named {db.group!r}")
-    checks = {c.name: c.weight for c in groups[db.group].check}
-    if checks.get(db.health_check) != 0:
-        raise error(
-            f"[dbagent] health_check: group {db.group!r} needs a check named "
-            f"{db.health_check!r} with weight 0 ([[cluster.group.check]])"
-        )
-    if not (db.peer_host or db.peer_socket):
-        raise error("[dbagent] peer_host: the other database host's address is needed")
-    for key in ("local_port", "peer_port"):
-        if not 1 <= getattr(db, key) <= 65535:
-            raise error(f"[dbagent] {key}: {getattr(db, key)} is not a TCP port")
-    for key in ("check_interval", "check_timeout", "fence_timeout", "promote_timeout"):
-        if getattr(db, key) <= 0:
-            raise error(f"[dbagent] {key}: must be positive")
-    if db.check_fall < 1:
-        raise error("[dbagent] check_fall: must be at least 1")
-    for key in ("degrade_after", "catchup_wait"):
-        if getattr(db, key) < 0:
-            raise error(f"[dbagent] {key}: must not be negative")
-
-
 def agent_config(settings: configmod.Settings) -> AgentConfig:
     db = settings.dbagent
     return AgentConfig(
@@ -330,4 +298,4 @@ class DbHost(MultiService):
             raise CommandError(f"db reclone failed: {one_line(e)}") from None
 
 
-__all__ = ["DbHost", "agent_config", "check_dbagent_settings"]
+__all__ = ["DbHost", "agent_config"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from clickpass.settings_base import ConfigError
 from clickpass.settings_base import doc as _doc
 
 
@@ -99,6 +100,27 @@ class DbAgentSettings:
             "Seconds a returning replica may stream before semi-sync is on again, caught up or not."
         ),
     )
+
+    def check(self) -> None:
+        """
+        Raise L{ConfigError} with one line for the first problem in this
+        section (what it needs of [cluster] is checked by the loader).
+        """
+        if not self.enabled:
+            return
+        if not (self.peer_host or self.peer_socket):
+            raise ConfigError("[dbagent] peer_host: the other database host's address is needed")
+        for key in ("local_port", "peer_port"):
+            if not 1 <= getattr(self, key) <= 65535:
+                raise ConfigError(f"[dbagent] {key}: {getattr(self, key)} is not a TCP port")
+        for key in ("check_interval", "check_timeout", "fence_timeout", "promote_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"[dbagent] {key}: must be positive")
+        if self.check_fall < 1:
+            raise ConfigError("[dbagent] check_fall: must be at least 1")
+        for key in ("degrade_after", "catchup_wait"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"[dbagent] {key}: must not be negative")
 
 
 __all__ = ["DbAgentSettings"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from clickpass.settings_base import ConfigError
 from clickpass.settings_base import doc as _doc
 
 
@@ -51,6 +52,30 @@ class AlertsSettings:
     timeout: float = dataclasses.field(
         default=10.0, metadata=_doc("Seconds allowed for one delivery attempt.")
     )
+
+    def check(self) -> None:
+        """Raise L{ConfigError} when the [alerts] section cannot work."""
+        alerts = self
+        for i, url in enumerate(alerts.webhook_urls):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"[alerts] webhook_urls[{i}]: {url!r} must start with http:// or https://"
+                )
+        if alerts.webhook_urls and not alerts.webhook_secret_file:
+            raise ConfigError("[alerts] webhook_secret_file: needed to sign webhook alerts")
+        if alerts.smtp_host:
+            if not alerts.mail_from or not alerts.mail_to:
+                raise ConfigError("[alerts] mail_from and mail_to: needed with smtp_host")
+            if not 1 <= alerts.smtp_port <= 65535:
+                raise ConfigError(f"[alerts] smtp_port: {alerts.smtp_port} is not a TCP port")
+            if alerts.smtp_user and not alerts.smtp_password_file:
+                raise ConfigError("[alerts] smtp_password_file: needed with smtp_user")
+        if alerts.group_wait < 0:
+            raise ConfigError("[alerts] group_wait: must be 0 or more seconds")
+        if alerts.repeat_interval <= 0:
+            raise ConfigError("[alerts] repeat_interval: must be more than 0 seconds")
+        if alerts.timeout <= 0:
+            raise ConfigError("[alerts] timeout: must be more than 0 seconds")
 
 
 __all__ = ["AlertsSettings"]

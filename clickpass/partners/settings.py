@@ -46,7 +46,8 @@ class PartnersSettings:
         ),
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise L{ConfigError} with one line for the first problem in this section."""
         for name in (
             "webhook_poll_interval",
             "webhook_timeout",

@@ -9,9 +9,15 @@ touch the network.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
+from urllib.parse import urlsplit
 
+from clickpass.settings_base import ConfigError
 from clickpass.settings_base import doc as _doc
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+MICROSOFT_TENANT = re.compile(r"^[A-Za-z0-9.-]{1,128}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +112,67 @@ class UpstreamSettings:
     provider: list[UpstreamProviderSettings] = dataclasses.field(
         default_factory=list, metadata=_doc("The providers ([[upstream.provider]] tables).")
     )
+
+    def check(self) -> None:
+        """Raise L{ConfigError} with one line if the C{[upstream]} section cannot be used."""
+        settings = self
+        if settings.timeout <= 0:
+            raise ConfigError("[upstream] timeout: must be more than 0")
+        if settings.max_response_bytes < 1024:
+            raise ConfigError("[upstream] max_response_bytes: must be at least 1024")
+        if settings.clock_skew < 0 or settings.clock_skew > 600:
+            raise ConfigError("[upstream] clock_skew: must be between 0 and 600 seconds")
+        if settings.jwks_refetch_interval < 0:
+            raise ConfigError("[upstream] jwks_refetch_interval: must be 0 or more")
+        if settings.pending_lifetime < 60:
+            raise ConfigError("[upstream] pending_lifetime: must be at least 60 seconds")
+        seen: set[str] = set()
+        for i, provider in enumerate(settings.provider):
+            where = f"[[upstream.provider]] #{i + 1}"
+            if not NAME_PATTERN.match(provider.name):
+                raise ConfigError(
+                    f"{where} name: {provider.name!r} must be 1-32 lower-case letters, "
+                    "digits or dashes"
+                )
+            where = f"[[upstream.provider]] {provider.name}"
+            if provider.name in seen:
+                raise ConfigError(f"{where}: the name is used by two providers")
+            seen.add(provider.name)
+            _check_provider(where, provider)
+
+
+def _https(where: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} must be an https:// URL")
+
+
+def _check_provider(where: str, provider: UpstreamProviderSettings) -> None:
+    """Raise L{ConfigError} with one line if this provider's table cannot be used."""
+    if not provider.client_id:
+        raise ConfigError(f"{where} client_id: the client id registered at the provider is needed")
+    for key in ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
+        value = getattr(provider, key)
+        if value:
+            _https(f"{where} {key}", value)
+    if provider.kind == "oidc" and not provider.issuer:
+        raise ConfigError(f"{where} issuer: an oidc provider needs its issuer URL")
+    if provider.kind == "oauth2":
+        for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
+            if not getattr(provider, key):
+                raise ConfigError(f"{where} {key}: an oauth2 provider needs it")
+        if not provider.subject_field:
+            raise ConfigError(
+                f"{where} subject_field: an oauth2 provider needs the profile field "
+                "holding the stable user id (e.g. id)"
+            )
+    if provider.kind == "microsoft" and not MICROSOFT_TENANT.match(provider.tenant):
+        raise ConfigError(
+            f"{where} tenant: {provider.tenant!r} must be common, organizations, consumers "
+            "or a tenant id"
+        )
+    if provider.kind in ("google", "microsoft", "facebook") and provider.issuer:
+        raise ConfigError(f"{where} issuer: the {provider.kind} preset sets its own issuer")
 
 
 __all__ = ["UpstreamProviderSettings", "UpstreamSettings"]
