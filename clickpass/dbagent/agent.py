@@ -54,6 +54,7 @@ from clickpass.dbagent import machine
 from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.gtid import Position
 from clickpass.dbagent.machine import Role
+from clickpass.dbagent.settings import DbAgentSettings
 
 # The failover record lives in the replicated data, so whichever host is
 # elected next knows about the last automatic failover.
@@ -85,33 +86,26 @@ class VipLike(Protocol):
 
 
 @dataclass(frozen=True)
-class AgentConfig:
-    """The agent's timing and behaviour; see [dbagent] in the configuration."""
+class AgentConfig(DbAgentSettings):
+    """
+    What the agent runs by: the [dbagent] section (its timing: see
+    L{DbAgentSettings}, with server_pid_file resolved against the data
+    directory), and what the node or a test adds to it.
+
+    A replica the group has not heard as healthy for degrade_after is gone:
+    the primary goes on alone (DEGRADED); a replica rejoining after a
+    switchover or a restart is back well within it. A DEGRADED primary turns
+    semi-sync on again when its returning replica has received all but a few
+    transactions, or, under a write load the replica cannot outrun, after it
+    has streamed for catchup_wait: writes then wait for the replica as it
+    catches up (semi-sync paces them) instead of going on unprotected for as
+    long as the load lasts.
+    """
 
     node: str = "db1"
-    check_interval: float = 0.1
-    check_timeout: float = 0.3
-    check_fall: int = 2
-    fence_timeout: float = 1.0
-    fence_wait: float = 2.0
-    promote_timeout: float = 10.0
-    rejoin_interval: float = 0.5
-    flap_period: float = 3600.0
-    # A replica the group has not heard as healthy for this long is gone:
-    # the primary goes on alone (DEGRADED). A replica rejoining after a
-    # switchover or a restart is back well within it.
-    degrade_after: float = 3.0
-    # A DEGRADED primary turns semi-sync on again when its returning
-    # replica has received all but a few transactions, or, under a write
-    # load the replica cannot outrun, after it has streamed for this long:
-    # writes then wait for the replica as it catches up (semi-sync paces
-    # them) instead of going on unprotected for as long as the load lasts.
-    catchup_wait: float = 10.0
     # False: plain asynchronous replication (benchmark comparison only;
     # acknowledged writes can be lost on failover).
     semisync: bool = True
-    server_pid_file: str = ""
-    health_check: str = "database"
     # Seconds a re-clone (dump of the primary and load here) may take.
     reclone_timeout: float = 3600.0
 

@@ -14,6 +14,7 @@ take the node down: a bad command is a one-line error.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -36,22 +37,12 @@ ALERT_QUARANTINED = "db.quarantined"
 
 
 def agent_config(settings: configmod.Settings) -> AgentConfig:
+    """The [dbagent] section as the agent runs by it, for this node."""
     db = settings.dbagent
-    return AgentConfig(
-        node=settings.node.name,
-        check_interval=db.check_interval,
-        check_timeout=db.check_timeout,
-        check_fall=db.check_fall,
-        fence_timeout=db.fence_timeout,
-        fence_wait=db.fence_wait,
-        promote_timeout=db.promote_timeout,
-        rejoin_interval=db.rejoin_interval,
-        flap_period=db.flap_period,
-        degrade_after=db.degrade_after,
-        catchup_wait=db.catchup_wait,
-        server_pid_file=str(settings.data_path(db.server_pid_file)) if db.server_pid_file else "",
-        health_check=db.health_check,
-    )
+    section = {f.name: getattr(db, f.name) for f in dataclasses.fields(db)}
+    if db.server_pid_file:
+        section["server_pid_file"] = str(settings.data_path(db.server_pid_file))
+    return AgentConfig(node=settings.node.name, **section)
 
 
 def _password(settings: configmod.Settings, value: str, key: str) -> str:

@@ -7,6 +7,7 @@ wrapped (other groups are not), and the alerts follow the agent's role.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,39 @@ def test_a_working_dbagent_section_parses() -> None:
     settings = config.parse(document())
     assert settings.dbagent.enabled and settings.dbagent.group == "db"
     assert agent_config(settings).catchup_wait == settings.dbagent.catchup_wait == 10.0
+
+
+def test_every_dbagent_key_reaches_the_agent() -> None:
+    """
+    The agent runs by the [dbagent] section itself: every key, set to a
+    value other than its default, arrives unchanged (the pid file resolved
+    against data_dir), with the node's name.
+    """
+    values: dict[str, Any] = {
+        "check_interval": 0.2,
+        "check_timeout": 0.4,
+        "check_fall": 3,
+        "fence_timeout": 1.5,
+        "fence_wait": 2.5,
+        "promote_timeout": 11.0,
+        "rejoin_interval": 0.6,
+        "flap_period": 1800.0,
+        "degrade_after": 4.0,
+        "catchup_wait": 12.0,
+        "server_pid_file": "mariadb.pid",
+    }
+    doc = document(**{f"dbagent__{key}": value for key, value in values.items()})
+    doc["node"] = {"name": "db7", "data_dir": "/srv/clickpass"}
+    settings = config.parse(doc)
+    agent = agent_config(settings)
+    assert agent.node == "db7"
+    assert agent.server_pid_file == "/srv/clickpass/mariadb.pid"
+    for key, value in values.items():
+        if key != "server_pid_file":
+            assert getattr(agent, key) == value, key
+    for f in dataclasses.fields(settings.dbagent):
+        if f.name != "server_pid_file":
+            assert getattr(agent, f.name) == getattr(settings.dbagent, f.name), f.name
 
 
 @pytest.mark.parametrize(
