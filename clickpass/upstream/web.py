@@ -66,18 +66,17 @@ async def _no_values(account: Account) -> dict[str, Any]:
 ACCOUNT_SECTION = AccountSection("upstream_account_summary.html", _no_values)
 
 
-def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> UpstreamService:
-    """
-    Register the upstream sign-in pages on C{router}; the service returned
-    is the OpenID provider's source of claims.
-    """
-    service = UpstreamService(app.storage, app.settings.upstream, connectors, app.settings.base_url)
-    # The sign-in and sign-up pages show a button per provider.
-    app.templates.globals["upstream_providers"] = [
-        {"name": c.name, "display_name": c.display_name} for c in connectors.values()
-    ]
+class UpstreamPages:
+    """The handlers of upstream sign-in's pages."""
 
-    def failure(request: Request, error: FlowError | UpstreamError, next_url: str) -> bytes:
+    def __init__(
+        self, app: WebApp, service: UpstreamService, connectors: dict[str, Connector]
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.connectors = connectors
+
+    def failure(self, request: Request, error: FlowError | UpstreamError, next_url: str) -> bytes:
         if isinstance(error, FlowError):
             status = error.status
         else:
@@ -88,7 +87,7 @@ def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> Up
                 message=error.message,
             )
         request.setResponseCode(status)
-        return app.render(
+        return self.app.render(
             request,
             "upstream_error.html",
             status=status,
@@ -96,57 +95,61 @@ def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> Up
             next=next_url,
         )
 
-    def browser(request: Request) -> str:
+    def browser(self, request: Request) -> str:
         raw = request.getCookie(BROWSER_COOKIE)
         return raw.decode("ascii", "replace") if raw else ""
 
-    async def begin(request: Request, name: str, intent: str, account_id: int | None) -> bytes:
-        next_url = ACCOUNT_PAGE if intent == LINK else safe_next(app.form(request, "next"))
+    async def begin(
+        self, request: Request, name: str, intent: str, account_id: int | None
+    ) -> bytes:
+        next_url = ACCOUNT_PAGE if intent == LINK else safe_next(self.app.form(request, "next"))
         try:
-            started = await service.start(name, intent, account_id, next_url, browser(request))
-        except (FlowError, UpstreamError) as e:
-            return failure(request, e, next_url)
-        # Lax: the provider's redirect back is a top-level GET, which carries it.
-        app.set_cookie(request, BROWSER_COOKIE, started.browser, None)
-        return app.redirect(request, started.url)
-
-    async def start(request: Request, name: str) -> bytes:
-        app.check_csrf(request)
-        account = await app.current_account(request)
-        if account is not None:
-            return app.redirect(request, safe_next(app.form(request, "next")))
-        return await begin(request, name, SIGN_IN, None)
-
-    async def link(request: Request, name: str) -> bytes:
-        app.check_csrf(request)
-        account = await app.require_account(request)
-        return await begin(request, name, LINK, account.id)
-
-    async def callback(request: Request, name: str) -> bytes:
-        params: dict[str, str] = {}
-        for key in CALLBACK_PARAMS:
-            value = app.form(request, key)
-            if value:
-                params[key] = value
-        account = await app.current_account(request)
-        try:
-            finished = await service.finish(
-                name, params, browser(request), account.id if account else None
+            started = await self.service.start(
+                name, intent, account_id, next_url, self.browser(request)
             )
         except (FlowError, UpstreamError) as e:
-            return failure(request, e, ACCOUNT_PAGE if account else "/account")
+            return self.failure(request, e, next_url)
+        # Lax: the provider's redirect back is a top-level GET, which carries it.
+        self.app.set_cookie(request, BROWSER_COOKIE, started.browser, None)
+        return self.app.redirect(request, started.url)
+
+    async def start(self, request: Request, name: str) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.current_account(request)
+        if account is not None:
+            return self.app.redirect(request, safe_next(self.app.form(request, "next")))
+        return await self.begin(request, name, SIGN_IN, None)
+
+    async def link(self, request: Request, name: str) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request)
+        return await self.begin(request, name, LINK, account.id)
+
+    async def callback(self, request: Request, name: str) -> bytes:
+        params: dict[str, str] = {}
+        for key in CALLBACK_PARAMS:
+            value = self.app.form(request, key)
+            if value:
+                params[key] = value
+        account = await self.app.current_account(request)
+        try:
+            finished = await self.service.finish(
+                name, params, self.browser(request), account.id if account else None
+            )
+        except (FlowError, UpstreamError) as e:
+            return self.failure(request, e, ACCOUNT_PAGE if account else "/account")
         if account is None or account.id != finished.account_id:
-            found = await app.accounts.get(finished.account_id)
+            found = await self.app.accounts.get(finished.account_id)
             if found is None:  # pragma: no cover - just written in the same flow
                 raise HTTPError(500, "Something went wrong on our side. Please try again.")
-            await app.sign_in(request, found)
-        return app.redirect(request, safe_next(finished.next_url))
+            await self.app.sign_in(request, found)
+        return self.app.redirect(request, safe_next(finished.next_url))
 
-    async def account_page(request: Request) -> bytes:
-        account = await app.require_account(request)
-        linked = await service.linked(account.id)
-        names = {c.name: c.display_name for c in connectors.values()}
-        return app.render(
+    async def account_page(self, request: Request) -> bytes:
+        account = await self.app.require_account(request)
+        linked = await self.service.linked(account.id)
+        names = {c.name: c.display_name for c in self.connectors.values()}
+        return self.app.render(
             request,
             "upstream_account.html",
             account=account,
@@ -160,26 +163,38 @@ def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> Up
                 }
                 for i in linked
             ],
-            message=app.form(request, "done"),
+            message=self.app.form(request, "done"),
         )
 
-    async def unlink(request: Request) -> bytes:
-        app.check_csrf(request)
-        account = await app.require_account(request)
-        raw = app.form(request, "identity")
+    async def unlink(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request)
+        raw = self.app.form(request, "identity")
         if not raw.isdigit() or len(raw) > 18:
             raise HTTPError(400, "Choose a linked sign-in method to unlink.")
         try:
-            await service.unlink(account.id, int(raw))
+            await self.service.unlink(account.id, int(raw))
         except FlowError as e:
-            return failure(request, e, ACCOUNT_PAGE)
-        return app.redirect(request, ACCOUNT_PAGE + "?done=unlinked")
+            return self.failure(request, e, ACCOUNT_PAGE)
+        return self.app.redirect(request, ACCOUNT_PAGE + "?done=unlinked")
 
-    router.add("POST", "/upstream/{name}/start", start)
-    router.add("POST", "/upstream/{name}/link", link)
-    router.add("GET", "/upstream/{name}/callback", callback)
-    router.add("GET", ACCOUNT_PAGE, account_page)
-    router.add("POST", "/account/upstream/unlink", unlink)
+
+def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> UpstreamService:
+    """
+    Register the upstream sign-in pages on C{router}; the service returned
+    is the OpenID provider's source of claims.
+    """
+    service = UpstreamService(app.storage, app.settings.upstream, connectors, app.settings.base_url)
+    # The sign-in and sign-up pages show a button per provider.
+    app.templates.globals["upstream_providers"] = [
+        {"name": c.name, "display_name": c.display_name} for c in connectors.values()
+    ]
+    pages = UpstreamPages(app, service, connectors)
+    router.add("POST", "/upstream/{name}/start", pages.start)
+    router.add("POST", "/upstream/{name}/link", pages.link)
+    router.add("GET", "/upstream/{name}/callback", pages.callback)
+    router.add("GET", ACCOUNT_PAGE, pages.account_page)
+    router.add("POST", "/account/upstream/unlink", pages.unlink)
     return service
 
 

@@ -53,147 +53,156 @@ class AccountSection:
     context: Callable[[Account], Awaitable[dict[str, Any]]]
 
 
-def install(
-    app: WebApp,
-    router: Router,
-    *,
-    home_discovery: HomeDiscovery | None = None,
-    branding: SigninBranding | None = None,
-    account_sections: Sequence[AccountSection] = (),
-) -> None:
-    """Register the account pages on C{router}, with the features' parts of them."""
+class AccountPages:
+    """The handlers of the account pages, with the features' parts of them."""
 
-    async def home(request: Request) -> bytes:
+    def __init__(
+        self,
+        app: WebApp,
+        home_discovery: HomeDiscovery | None,
+        branding: SigninBranding | None,
+        account_sections: Sequence[AccountSection],
+    ) -> None:
+        self.app = app
+        self.home_discovery = home_discovery
+        self.branding = branding
+        self.account_sections = account_sections
+        self.statics = _load_static()
+
+    async def home(self, request: Request) -> bytes:
         head = ""
-        if home_discovery is not None:
-            answer = home_discovery.answer(request)
+        if self.home_discovery is not None:
+            answer = self.home_discovery.answer(request)
             if answer is not None:
                 return answer
-            head = home_discovery.head_html
-        account = await app.current_account(request)
-        return app.render(request, "home.html", account=account, openid_head=head)
+            head = self.home_discovery.head_html
+        account = await self.app.current_account(request)
+        return self.app.render(request, "home.html", account=account, openid_head=head)
 
-    async def arriving_from(next_url: str) -> dict[str, str] | None:
+    async def arriving_from(self, next_url: str) -> dict[str, str] | None:
         # The partner site a person signs in for; None for anything else.
-        if branding is None:
+        if self.branding is None:
             return None
-        return await branding.branding(next_url)
+        return await self.branding.branding(next_url)
 
     async def form_page(
-        request: Request, template: str, next_url: str, email: str = "", error: str | None = None
+        self,
+        request: Request,
+        template: str,
+        next_url: str,
+        email: str = "",
+        error: str | None = None,
     ) -> bytes:
         # The sign-in and sign-up pages, fresh or with the one error to show.
-        return app.render(
+        return self.app.render(
             request,
             template,
             next=next_url,
             email=email,
             error=error,
-            partner=await arriving_from(next_url),
+            partner=await self.arriving_from(next_url),
         )
 
     async def busy(
-        request: Request, template: str, next_url: str, email: str, e: HashingBusy
+        self, request: Request, template: str, next_url: str, email: str, e: HashingBusy
     ) -> bytes:
         # Too many passwords to check at this worker: try again shortly.
         request.setResponseCode(503)
         request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-        return await form_page(request, template, next_url, email, str(e))
+        return await self.form_page(request, template, next_url, email, str(e))
 
-    async def signup_form(request: Request) -> bytes:
-        account = await app.current_account(request)
-        next_url = safe_next(app.form(request, "next"))
+    async def signup_form(self, request: Request) -> bytes:
+        account = await self.app.current_account(request)
+        next_url = safe_next(self.app.form(request, "next"))
         if account is not None:
-            return app.redirect(request, next_url)
-        return await form_page(request, "signup.html", next_url)
+            return self.app.redirect(request, next_url)
+        return await self.form_page(request, "signup.html", next_url)
 
-    async def signup(request: Request) -> bytes:
-        app.check_csrf(request)
-        email = app.form(request, "email")
-        password = app.form(request, "password")
-        next_url = safe_next(app.form(request, "next"))
+    async def signup(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        email = self.app.form(request, "email")
+        password = self.app.form(request, "password")
+        next_url = safe_next(self.app.form(request, "next"))
         try:
-            if password != app.form(request, "password_again"):
+            if password != self.app.form(request, "password_again"):
                 raise AccountError("The two passwords differ. Type the same password twice.")
-            account = await app.accounts.sign_up(email, password)
+            account = await self.app.accounts.sign_up(email, password)
         except HashingBusy as e:
-            return await busy(request, "signup.html", next_url, email, e)
+            return await self.busy(request, "signup.html", next_url, email, e)
         except AccountError as e:
             request.setResponseCode(400)
-            return await form_page(request, "signup.html", next_url, email, str(e))
-        await app.sign_in(request, account)
-        return app.redirect(request, next_url)
+            return await self.form_page(request, "signup.html", next_url, email, str(e))
+        await self.app.sign_in(request, account)
+        return self.app.redirect(request, next_url)
 
-    async def signin_form(request: Request) -> bytes:
-        account = await app.current_account(request)
-        next_url = safe_next(app.form(request, "next"))
+    async def signin_form(self, request: Request) -> bytes:
+        account = await self.app.current_account(request)
+        next_url = safe_next(self.app.form(request, "next"))
         if account is not None:
-            return app.redirect(request, next_url)
-        return await form_page(request, "signin.html", next_url)
+            return self.app.redirect(request, next_url)
+        return await self.form_page(request, "signin.html", next_url)
 
-    async def signin(request: Request) -> bytes:
-        app.check_csrf(request)
-        email = app.form(request, "email")
-        next_url = safe_next(app.form(request, "next"))
+    async def signin(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        email = self.app.form(request, "email")
+        next_url = safe_next(self.app.form(request, "next"))
         try:
-            account = await app.accounts.authenticate(
-                email, app.form(request, "password"), app.client_address(request)
+            account = await self.app.accounts.authenticate(
+                email, self.app.form(request, "password"), self.app.client_address(request)
             )
         except HashingBusy as e:
-            app.signins.inc(outcome="busy")
-            return await busy(request, "signin.html", next_url, email, e)
+            self.app.signins.inc(outcome="busy")
+            return await self.busy(request, "signin.html", next_url, email, e)
         except Throttled as e:
-            app.signins.inc(outcome="throttled")
+            self.app.signins.inc(outcome="throttled")
             request.setResponseCode(429)
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-            return await form_page(request, "signin.html", next_url, email, str(e))
+            return await self.form_page(request, "signin.html", next_url, email, str(e))
         except AccountError as e:
-            app.signins.inc(outcome="refused")
+            self.app.signins.inc(outcome="refused")
             request.setResponseCode(401)
-            return await form_page(request, "signin.html", next_url, email, str(e))
-        app.signins.inc(outcome="success")
-        await app.sign_in(request, account)
-        return app.redirect(request, next_url)
+            return await self.form_page(request, "signin.html", next_url, email, str(e))
+        self.app.signins.inc(outcome="success")
+        await self.app.sign_in(request, account)
+        return self.app.redirect(request, next_url)
 
-    async def signout(request: Request) -> bytes:
-        app.check_csrf(request)
-        await app.sign_out(request)
-        return app.redirect(request, "/")
+    async def signout(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        await self.app.sign_out(request)
+        return self.app.redirect(request, "/")
 
-    async def account_page(request: Request) -> bytes:
-        account = await app.require_account(request)
+    async def account_page(self, request: Request) -> bytes:
+        account = await self.app.require_account(request)
         context: dict[str, Any] = {}
-        for section in account_sections:
+        for section in self.account_sections:
             context.update(await section.context(account))
-        return app.render(
+        return self.app.render(
             request,
             "account.html",
             account=account,
-            account_sections=[section.template for section in account_sections],
+            account_sections=[section.template for section in self.account_sections],
             **context,
         )
 
-    async def healthz(request: Request) -> bytes:
+    async def healthz(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         return b"ok\n"
 
-    async def readyz(request: Request) -> bytes:
+    async def readyz(self, request: Request) -> bytes:
         # Ready: the database answers and takes writes (clickpass.monitor.health).
         from clickpass.monitor.health import readiness
 
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        problems = await readiness(app)
+        problems = await readiness(self.app)
         if problems:
             request.setResponseCode(503)
             return ("not ready: " + "; ".join(problems) + "\n").encode("utf-8")
         return b"ready\n"
 
-    statics = _load_static()
-
-    async def static(request: Request, name: str) -> bytes:
-        found = statics.get(name)
+    async def static(self, request: Request, name: str) -> bytes:
+        found = self.statics.get(name)
         if found is None:
             raise HTTPError(404, "There is nothing at this address.")
         body, content_type, etag = found
@@ -205,16 +214,27 @@ def install(
             return b""
         return body
 
-    router.add("GET", "/", home)
-    router.add("GET", "/signup", signup_form)
-    router.add("POST", "/signup", signup)
-    router.add("GET", "/signin", signin_form)
-    router.add("POST", "/signin", signin)
-    router.add("POST", "/signout", signout)
-    router.add("GET", "/account", account_page)
-    router.add("GET", "/healthz", healthz)
-    router.add("GET", "/readyz", readyz)
-    router.add("GET", "/static/{name}", static)
+
+def install(
+    app: WebApp,
+    router: Router,
+    *,
+    home_discovery: HomeDiscovery | None = None,
+    branding: SigninBranding | None = None,
+    account_sections: Sequence[AccountSection] = (),
+) -> None:
+    """Register the account pages on C{router}, with the features' parts of them."""
+    pages = AccountPages(app, home_discovery, branding, account_sections)
+    router.add("GET", "/", pages.home)
+    router.add("GET", "/signup", pages.signup_form)
+    router.add("POST", "/signup", pages.signup)
+    router.add("GET", "/signin", pages.signin_form)
+    router.add("POST", "/signin", pages.signin)
+    router.add("POST", "/signout", pages.signout)
+    router.add("GET", "/account", pages.account_page)
+    router.add("GET", "/healthz", pages.healthz)
+    router.add("GET", "/readyz", pages.readyz)
+    router.add("GET", "/static/{name}", pages.static)
 
 
 def _load_static() -> dict[str, tuple[bytes, bytes, bytes]]:
