@@ -64,6 +64,8 @@ setup(
             "joserfc>=1.0",
             # Property-based fuzzing of the OpenID endpoint through a real node.
             "hypothesis>=6.100",
+            # The architecture's import rules (pyproject.toml [tool.importlinter]).
+            "import-linter>=2.1",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},

@@ -141,7 +141,7 @@ class Node(MultiService):
         self.systemd.setServiceParent(self)
         ControlService(reactor, settings, self.commands).setServiceParent(self)
 
-        # Alerts, metrics and backups; every part below that raises alerts
+        # Alerts and metrics; every part below that raises alerts
         # or adds metrics is given them.
         self.monitoring = monitoring = build_monitoring(reactor, settings, self.commands)
         monitoring.alerts.setServiceParent(self)
@@ -158,8 +158,12 @@ class Node(MultiService):
             if settings.cluster.process == "child":
                 # Asks the heartbeat process for its status, for /metrics.
                 status.setServiceParent(self)
-        if monitoring.backup is not None:
-            monitoring.backup.setServiceParent(self)
+        if settings.backup.enabled:
+            from clickpass.backup.service import BackupService
+
+            backup = BackupService(reactor, settings, monitoring.alerts, monitoring.metrics)
+            backup.register_commands(self.commands)
+            backup.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.setServiceParent(self)
         self.dbagent: DbHost | None = None

@@ -1,8 +1,8 @@
 """
 The node's monitoring part: the alerts service, the metrics registry (with
 the heartbeat's and the database agent's metrics when those run here, see
-L{clickpass.monitor.sources}), and (when [backup] is enabled) the backup
-service, with their control commands.
+L{clickpass.monitor.sources}), with their control commands. (Backups,
+which report here, are built by the node.)
 
 The node builds them first and passes C{monitoring.alerts}
 (L{clickpass.monitor.alerts.Alerts}) and C{monitoring.metrics}
@@ -35,7 +35,6 @@ class Monitoring:
 
     alerts: Alerts
     metrics: Registry
-    backup: Any = None
     # When [cluster] is enabled.
     heartbeat: HeartbeatStatus | None = None
 
@@ -44,9 +43,8 @@ def build_monitoring(
     reactor: Any, settings: configmod.Settings, commands: CommandRegistry
 ) -> Monitoring:
     """
-    The alerts service, the node's metrics registry and (when [backup] is
-    enabled) the backup service, with their commands; the caller puts the
-    services into its tree.
+    The alerts service and the node's metrics registry, with the alerts'
+    commands; the caller puts the service into its tree.
     """
     metrics = Registry()
     alerts = Alerts.from_settings(reactor, settings)
@@ -66,12 +64,6 @@ def build_monitoring(
 
     commands.register("alerts.list", list_alerts, "the alerts firing on this node")
     commands.register("alerts.test", test_alerts, "send a test notification through every channel")
-    if settings.backup.enabled:
-        from clickpass.backup.service import BackupService
-
-        backup = BackupService(reactor, settings, alerts, metrics)
-        backup.register_commands(commands)
-        monitoring.backup = backup
     return monitoring
 
 
