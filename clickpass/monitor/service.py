@@ -24,6 +24,7 @@ from clickpass.monitor.alerts import Alerts
 from clickpass.monitor.metrics import Registry
 from clickpass.monitor.sources import (
     HeartbeatStatus,
+    HeartbeatView,
     install_dbagent_metrics,
     install_heartbeat_metrics,
 )
@@ -68,14 +69,14 @@ def build_monitoring(
 
 
 def heartbeat_metrics(
-    monitoring: Monitoring, reactor: Any, settings: configmod.Settings, cluster: Any
+    monitoring: Monitoring, reactor: Any, settings: configmod.Settings, cluster: HeartbeatView
 ) -> HeartbeatStatus:
     """
     The heartbeat's metrics in the node's registry, read from C{cluster}
     (the node's ClusterService); the L{HeartbeatStatus} returned is a
     service for the node's tree when the heartbeat runs in its own process.
     """
-    heartbeat = HeartbeatStatus(reactor, lambda: cluster)
+    heartbeat = HeartbeatStatus(reactor, cluster)
     install_heartbeat_metrics(monitoring.metrics, heartbeat)
     monitoring.heartbeat = heartbeat
     return heartbeat

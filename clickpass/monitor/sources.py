@@ -20,7 +20,7 @@ status it cannot read break /metrics: a missing or odd field is skipped.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -43,11 +43,24 @@ _SERVER_UNKNOWN_ROLES = frozenset({"starting", "down"})
 Samples = dict[LabelValues, float]
 
 
+class HeartbeatView(Protocol):
+    """What /metrics reads of the node's ClusterService (clickpass.cluster.service)."""
+
+    # The inline heartbeat's engine (with status()); None when it runs in
+    # its own process.
+    engine: Any
+    # How many times the heartbeat process was restarted.
+    restarts: int
+
+    async def call(self, op: str, **args: Any) -> Any:
+        """Ask the heartbeat process (C{op} "status": its groups' status)."""
+        ...
+
+
 class HeartbeatStatus(Service):
     """
     The heartbeat's last status, for /metrics: read at once from an inline
     engine, or asked of the heartbeat process every C{interval} seconds.
-    C{cluster} returns the node's ClusterService (or None) when called.
     """
 
     log = Logger()
@@ -55,7 +68,7 @@ class HeartbeatStatus(Service):
     def __init__(
         self,
         clock: Any,
-        cluster: Callable[[], Any],
+        cluster: HeartbeatView,
         interval: float = HEARTBEAT_STATUS_INTERVAL,
         stale_after: float = HEARTBEAT_STALE_AFTER,
     ) -> None:
@@ -82,14 +95,13 @@ class HeartbeatStatus(Service):
             self._loop.stop()
 
     def _engine(self) -> Any:
-        return getattr(self.cluster(), "engine", None)
+        return self.cluster.engine
 
     def refresh(self) -> None:
         """Ask the heartbeat process for its status (no-op when inline or still asking)."""
-        cluster = self.cluster()
-        if cluster is None or self._engine() is not None or self._asking is not None:
+        if self._engine() is not None or self._asking is not None:
             return
-        self._asking = d = Deferred.fromCoroutine(cluster.call("status"))
+        self._asking = d = Deferred.fromCoroutine(self.cluster.call("status"))
 
         def answered(status: object) -> None:
             if isinstance(status, dict):
@@ -117,7 +129,7 @@ class HeartbeatStatus(Service):
         return self.last, max(0.0, age)
 
     def restarts(self) -> int:
-        return int(getattr(self.cluster(), "restarts", 0) or 0)
+        return self.cluster.restarts
 
 
 def _number(value: object) -> float | None:

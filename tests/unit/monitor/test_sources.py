@@ -43,6 +43,9 @@ class InlineCluster:
         self.engine: Any = InlineEngine(net)
         self.restarts = 0
 
+    async def call(self, op: str, **args: Any) -> Any:
+        raise AssertionError("an inline heartbeat is read, never asked")
+
 
 class ChildCluster:
     """A ClusterService whose heartbeat runs in a process: status only by call()."""
@@ -75,7 +78,7 @@ def test_lone_group_state_and_transitions_on_metrics() -> None:
     group = net.add("app1", 200)
     cluster = InlineCluster(net)
     registry = Registry()
-    install_heartbeat_metrics(registry, HeartbeatStatus(net.clock, lambda: cluster))
+    install_heartbeat_metrics(registry, HeartbeatStatus(net.clock, cluster))
     group.start()
     before = page(registry)
     assert before.get("clickpass_cluster_state", group="app", state="BACKUP") == 1
@@ -131,7 +134,7 @@ def test_peers_last_heard_and_a_failover_transition() -> None:
     only_app2.nodes["app2"] = backup
     cluster = InlineCluster(only_app2)
     registry = Registry()
-    install_heartbeat_metrics(registry, HeartbeatStatus(net.clock, lambda: cluster))
+    install_heartbeat_metrics(registry, HeartbeatStatus(net.clock, cluster))
     heard = page(registry).get(
         "clickpass_cluster_peer_last_heard_seconds", group="app", peer="app1"
     )
@@ -156,7 +159,7 @@ def test_heartbeat_process_status_is_asked_and_aged() -> None:
     include the time since the answer; no answer for stale_after: up 0 and no states."""
     clock = Clock()
     cluster = ChildCluster()
-    source = HeartbeatStatus(clock, lambda: cluster, interval=1.0, stale_after=5.0)
+    source = HeartbeatStatus(clock, cluster, interval=1.0, stale_after=5.0)
     registry = Registry()
     install_heartbeat_metrics(registry, source)
     source.startService()
@@ -227,7 +230,7 @@ def test_unreadable_heartbeat_status_is_skipped() -> None:
         ],
         "packets": ["received"],
     }
-    source = HeartbeatStatus(clock, lambda: cluster)
+    source = HeartbeatStatus(clock, cluster)
     registry = Registry()
     install_heartbeat_metrics(registry, source)
     source.refresh()
