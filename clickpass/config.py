@@ -501,6 +501,7 @@ def _check_semantics(settings: Settings) -> None:
         settings.alerts,
         settings.upstream,
         settings.partners,
+        settings.mail,
     ):
         section.check()
     if settings.balancer.redirect_http_to_https and not settings.base_url.startswith("https://"):

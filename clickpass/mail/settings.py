@@ -3,8 +3,8 @@ The C{[mail]} configuration section: where outgoing mail goes (an SMTP
 server, or a maildir under the data directory when no server is named),
 and how the outbox retries.
 
-The section's checks live here, next to its fields, and run when the
-configuration is parsed: each problem is one line naming the key. This
+The section's checks live here, next to its fields (check()), and run when
+the configuration is parsed: each problem is one line naming the key. This
 module must never read the files it names or touch the network (the
 configuration loader checks files; the delivery service connects).
 """
@@ -15,19 +15,10 @@ import dataclasses
 from email.utils import parseaddr
 from typing import Literal
 
+from clickpass.settings_base import ConfigError
+from clickpass.settings_base import doc as _doc
+
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
-
-
-def _error(message: str) -> Exception:
-    # clickpass.config imports this module to build its aggregate, so its
-    # error class is looked up only when a check fails.
-    from clickpass.config import ConfigError
-
-    return ConfigError(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,37 +113,40 @@ class MailSettings:
         metadata=_doc("Seconds sent and given-up messages stay in the outbox (for mail status)."),
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise L{ConfigError} with one line for the first problem in this section."""
         for name in ("timeout", "poll_interval", "backoff_initial", "backoff_max"):
             if getattr(self, name) <= 0:
-                raise _error(f"[mail] {name}: must be more than 0")
+                raise ConfigError(f"[mail] {name}: must be more than 0")
         if self.backoff_max < self.backoff_initial:
-            raise _error("[mail] backoff_max: must be at least backoff_initial")
+            raise ConfigError("[mail] backoff_max: must be at least backoff_initial")
         for name in ("batch", "parallel", "give_up_after", "alert_after", "retention"):
             if getattr(self, name) < 1:
-                raise _error(f"[mail] {name}: must be at least 1")
+                raise ConfigError(f"[mail] {name}: must be at least 1")
         if not 0 <= self.smtp_port <= 65535:
-            raise _error(f"[mail] smtp_port: {self.smtp_port} is not a TCP port")
+            raise ConfigError(f"[mail] smtp_port: {self.smtp_port} is not a TCP port")
         if self.smtp_host and any(c.isspace() or c in "/:" for c in self.smtp_host):
-            raise _error(f"[mail] smtp_host: {self.smtp_host!r} must be a host name or address")
+            raise ConfigError(
+                f"[mail] smtp_host: {self.smtp_host!r} must be a host name or address"
+            )
         if self.username and not self.password_file:
-            raise _error("[mail] password_file: needed with username")
+            raise ConfigError("[mail] password_file: needed with username")
         if self.password_file and not self.username:
-            raise _error("[mail] username: needed with password_file")
+            raise ConfigError("[mail] username: needed with password_file")
         if self.username and self.security == "none":
-            raise _error(
+            raise ConfigError(
                 '[mail] security: AUTH needs "starttls" or "tls" (with "none" the password '
                 "would cross the network in clear text)"
             )
         if self.from_address:
             _, address = parseaddr(self.from_address)
             if "@" not in address or not address.isascii() or any(c.isspace() for c in address):
-                raise _error(
+                raise ConfigError(
                     f"[mail] from_address: {self.from_address!r} is not an email address "
                     '(e.g. "Clickpass <no-reply@login.example.com>")'
                 )
         if not self.maildir:
-            raise _error("[mail] maildir: a directory is needed")
+            raise ConfigError("[mail] maildir: a directory is needed")
 
     @property
     def port(self) -> int:
