@@ -182,31 +182,37 @@ class Node(MultiService):
 
         self.after_migration = AfterMigration()
         self.after_migration.setServiceParent(self)
+        self.front = self._serving(self.after_migration)
+
+    def _serving(self, group: MultiService) -> Front:
+        """The services that need the schema, into C{group}; the front is returned."""
+        reactor, settings, storage = self.reactor, self.settings, self.storage
+        monitoring = self.monitoring
         # The front balances requests across worker processes; each worker
         # opens the storage and serves the web application.
-        self.front = Front(
+        front = Front(
             reactor,
             settings,
             tls_endpoint=tls_endpoint,
             alerts=monitoring.alerts,
             node_metrics=monitoring.metrics,
         )
-        self.front.register_commands(self.commands)
-        self.front.setServiceParent(self.after_migration)
+        front.register_commands(self.commands)
+        front.setServiceParent(group)
         # OpenID Connect signing keys: shared by every node through the
         # database, listed and rotated on the control port.
-        signing_keys = SigningKeys(reactor, reactor, storage, secret)
+        signing_keys = SigningKeys(reactor, reactor, storage, self.secret)
         register_oidc_commands(self.commands, signing_keys)
-        self._housekeeping(storage, signing_keys).setServiceParent(self.after_migration)
+        self._housekeeping(storage, signing_keys).setServiceParent(group)
         # Partner webhooks: the node (not the workers) empties the durable outbox.
-        delivery_service(reactor, settings, storage, secret, monitoring.metrics).setServiceParent(
-            self.after_migration
-        )
+        delivery_service(
+            reactor, settings, storage, self.secret, monitoring.metrics
+        ).setServiceParent(group)
         # Mail: the node (not the workers) empties the durable mail outbox.
         # Its transport reads its files here: a ConfigError stops the node
         # before it starts, with one line.
         install_mail(
-            self.after_migration,
+            group,
             reactor,
             settings,
             storage,
@@ -214,6 +220,7 @@ class Node(MultiService):
             monitoring.metrics,
             monitoring.alerts,
         )
+        return front
 
     def serving(self) -> bool:
         """
