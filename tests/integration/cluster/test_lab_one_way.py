@@ -57,7 +57,11 @@ def test_one_way_loss_leaves_one_app_vip_holder(
         )
         time.sleep(STEADY)
         assert lab.vip_holders() == ["app2"]
-        assert [state(lab, h) for h in ("app1", "app2")] == ["BACKUP", "MASTER"]
+        # A deaf app1 hears no master, so it keeps asking the witness for a
+        # vote it never hears: BACKUP and CANDIDATE (waiting for the vote)
+        # take turns. Neither holds the VIP; MASTER would.
+        assert state(lab, "app1") in ("BACKUP", "CANDIDATE")
+        assert state(lab, "app2") == "MASTER"
         lab.wait_for(lab.http_ok, 3.0, "the client to succeed through app2")
         counters = lab.cluster_status("app1")["groups"][0]["counters"]
     finally:
