@@ -167,8 +167,15 @@ def test_two_db_nodes_bootstrap_fail_over_and_rejoin(dbpair: DbPair) -> None:
     p.wait_role("db2", ("replica",), 30)
     p.wait_role("db1", ("primary",), 10)  # the replica acknowledges: lossless again
     assert p.ns.holds_vip("db1") and not p.ns.holds_vip("db2")
+    # The role turns PRIMARY when the replica is back, and semi-sync master is
+    # switched on just after; the server line is the agent's last probe, so
+    # it may still say off for a moment.
+    deadline = time.monotonic() + 5
     text = p.nodes["db1"].ctl("db", "status").stdout
-    assert "db1: PRIMARY" in text and "semi-sync master on" in text
+    while "semi-sync master on" not in text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = p.nodes["db1"].ctl("db", "status").stdout
+    assert "db1: PRIMARY" in text and "semi-sync master on" in text, text
 
     p.pair["db1"].admin_execute("CREATE TABLE app.t (id INT PRIMARY KEY) ENGINE=InnoDB")
     for i in range(20):
