@@ -48,7 +48,7 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.3",
-            # Twisted's own reactor tests, run against clickpass.reactor, need it.
+            # Twisted's own reactor tests, run against clickpass.epoll_reactor, need it.
             "PyHamcrest>=2.0",
             "ruff>=0.6",
             "mypy>=1.11",

@@ -21,12 +21,12 @@ from typing import Any
 from twisted.web.server import Request
 
 from clickpass.config import Settings
-from clickpass.database.storage import Storage
 from clickpass.monitor.metrics import RequestMetrics
 from clickpass.openid import account as openid_account
 from clickpass.openid import discovery
 from clickpass.openid import web as openid_web
 from clickpass.partners import web as partners_web
+from clickpass.storage.sql import Storage
 from clickpass.upstream import web as upstream_web
 from clickpass.web import pages
 from clickpass.web.app import AppSite, WebApp

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 from clickpass.accounts.settings import AccountsSettings
 from clickpass.backup.settings import BackupSettings
 from clickpass.balancer.settings import BalancerSettings, WorkersSettings
-from clickpass.cluster.settings import ClusterSettings
 from clickpass.dbagent.settings import DbAgentSettings
+from clickpass.heartbeat.settings import ClusterSettings
 from clickpass.mail.settings import MailSettings
 from clickpass.monitor.settings import AlertsSettings
 from clickpass.openid.settings import OpenIDSettings

@@ -34,8 +34,6 @@ from clickpass.accounts.service import AccountError, Accounts
 from clickpass.balancer.service import Front, ListenError
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.control.service import ControlService
-from clickpass.database import migrations
-from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.housekeeping import Housekeeping
 from clickpass.mail.service import install_mail
 from clickpass.monitor.service import build_monitoring, dbagent_metrics, heartbeat_metrics
@@ -43,10 +41,12 @@ from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.service import register_commands as register_oidc_commands
 from clickpass.openid import store as openid_store
 from clickpass.partners.webhooks import delivery_service
+from clickpass.storage import migrations
+from clickpass.storage.sql import AdbapiStorage, Transaction
 
 if TYPE_CHECKING:
-    from clickpass.cluster.service import ClusterService
     from clickpass.dbagent.service import DbHost
+    from clickpass.heartbeat.service import ClusterService
 
 DB_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15)
 
@@ -147,7 +147,7 @@ class Node(MultiService):
         monitoring.alerts.setServiceParent(self)
         self.cluster: ClusterService | None = None
         if settings.cluster.enabled:
-            from clickpass.cluster.service import ClusterService
+            from clickpass.heartbeat.service import ClusterService
 
             # The heartbeat holds VIPs only while the node is ready to serve.
             self.cluster = ClusterService(

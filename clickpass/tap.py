@@ -53,13 +53,13 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the node's service tree from its configuration."""
-    from clickpass.reactor import install_unless_chosen
+    from clickpass.epoll_reactor import install_unless_chosen
 
     install_unless_chosen()
     from twisted.internet import reactor
 
-    from clickpass.database.storage import open_storage
     from clickpass.node import Node
+    from clickpass.storage.sql import open_storage
 
     settings = options["settings"]
     # Opening makes the data directory's database file and reads the

@@ -108,7 +108,7 @@ def _default_app(reactor: Any, settings: configmod.Settings, storage: Any, secre
 async def serve(reactor: Any, args: argparse.Namespace) -> None:
     settings = configmod.load(args.config)
     secret = configmod.master_secret(settings, create=False)
-    from clickpass.database.storage import open_storage
+    from clickpass.storage.sql import open_storage
 
     storage = open_storage(reactor, settings)
     factory = load_app(args.app) if args.app else _default_app
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         d.addErrback(failed)
         return d
 
-    from clickpass.reactor import install_unless_chosen
+    from clickpass.epoll_reactor import install_unless_chosen
 
     install_unless_chosen()
     from twisted.internet.task import react

@@ -17,8 +17,8 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 
-from clickpass.database import migrations
-from clickpass.database.storage import AdbapiStorage
+from clickpass.storage import migrations
+from clickpass.storage.sql import AdbapiStorage
 from tests.support.deferreds import block_on
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable
 from tests.support.storage import DatabaseTarget

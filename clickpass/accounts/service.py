@@ -33,7 +33,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from clickpass.accounts.settings import AccountsSettings
-from clickpass.database.storage import (
+from clickpass.storage.sql import (
     IntegrityError,
     Storage,
     Transaction,

@@ -59,7 +59,7 @@ from clickpass.backup.store import (
     stale_uploads,
     to_delete,
 )
-from clickpass.database.client_programs import dump_gtid_position, option_file
+from clickpass.storage.client_programs import dump_gtid_position, option_file
 
 READ_SIZE = 1 << 20
 FORMAT = 1

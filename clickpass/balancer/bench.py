@@ -7,7 +7,7 @@ small response and on SSO endpoints. Prints req/s, p50 and p99 for each,
 the answers that were not 2xx or 3xx and wrk's socket errors, the front's
 CPU per proxied request, and the ratios against HAProxy last. The node
 runs on SQLite, or with C{--database mariadb} on a private MariaDB server
-(L{clickpass.database.private_server}, as the tests start them) in the
+(L{clickpass.storage.private_server}, as the tests start them) in the
 temporary directory.
 
 A benchmark, not a test: it asserts nothing. It must never touch anything
@@ -38,7 +38,7 @@ from urllib.parse import urlencode
 import requests
 
 from clickpass.balancer.settings import BalancerSettings
-from clickpass.database.private_server import MariaDBServer, MariaDBUnavailable
+from clickpass.storage.private_server import MariaDBServer, MariaDBUnavailable
 
 VENV_BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")

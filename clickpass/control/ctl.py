@@ -220,7 +220,7 @@ def _user_disable(args: argparse.Namespace, conn: Connection) -> Any:
 
 @command("db", "migrate", help="bring the database schema up to date", needs_node=False)
 def _db_migrate(args: argparse.Namespace, conn: Connection) -> Any:
-    from clickpass.database.offline import migrate_offline
+    from clickpass.storage.offline import migrate_offline
 
     settings = _settings(args)
     applied, version = migrate_offline(settings)
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules whose @command registrations extend clickpass-ctl.
 COMMAND_MODULES: tuple[str, ...] = (
-    "clickpass.cluster.ctl",
+    "clickpass.heartbeat.ctl",
     "clickpass.balancer.ctl",
     "clickpass.monitor.ctl",
     "clickpass.dbagent.ctl",

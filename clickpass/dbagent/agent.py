@@ -48,13 +48,13 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clickpass.cluster.group import PeerView
-from clickpass.cluster.wire import State
 from clickpass.dbagent import machine
 from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.gtid import Position
 from clickpass.dbagent.machine import Role
 from clickpass.dbagent.settings import DbAgentSettings
+from clickpass.heartbeat.group import PeerView
+from clickpass.heartbeat.wire import State
 
 # The failover record lives in the replicated data, so whichever host is
 # elected next knows about the last automatic failover.
@@ -72,7 +72,7 @@ class HealthSink(Protocol):
 
 
 class VipLike(Protocol):
-    """L{clickpass.cluster.group.VipControl}."""
+    """L{clickpass.heartbeat.group.VipControl}."""
 
     def take(self, up: Callable[[], None]) -> None: ...
 
@@ -414,7 +414,7 @@ class DbAgent(Service):
             self.machine.demoted()
 
     def notify(self, group: str, state: State) -> None:
-        """L{clickpass.cluster.group.Notifier}: feed the db group's changes in."""
+        """L{clickpass.heartbeat.group.Notifier}: feed the db group's changes in."""
         self.group_state(state)
 
     def set_peer_present(

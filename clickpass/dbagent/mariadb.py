@@ -36,8 +36,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from clickpass.database.client_programs import dump_gtid_position, option_file
 from clickpass.dbagent.gtid import Position, errant
+from clickpass.storage.client_programs import dump_gtid_position, option_file
 
 T = TypeVar("T")
 

@@ -24,12 +24,12 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from clickpass import config as configmod
-from clickpass.cluster.group import DOWN_ADVERTS
-from clickpass.cluster.wire import Health, State
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate, one_line, peer_vip_off
 from clickpass.dbagent.machine import Role
+from clickpass.heartbeat.group import DOWN_ADVERTS
+from clickpass.heartbeat.wire import Health, State
 
 ALERT_FAILOVER = "failover.happened"
 ALERT_DEGRADED = "semisync.degraded"

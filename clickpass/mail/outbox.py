@@ -37,9 +37,9 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from typing import Any
 
-from clickpass.database.storage import Transaction, placeholders
 from clickpass.mail import message as mailmsg
 from clickpass.mail.settings import MailSettings
+from clickpass.storage.sql import Transaction, placeholders
 
 PENDING = 0
 SENT = 1

@@ -31,12 +31,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from clickpass.control.protocol import CommandError, CommandRegistry
-from clickpass.database.storage import Storage, one_line, run_through_failover
 from clickpass.mail import outbox
 from clickpass.mail.message import envelope_sender, public_host
 from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, Transport
 from clickpass.monitor.metrics import Registry
+from clickpass.storage.sql import Storage, one_line, run_through_failover
 
 if TYPE_CHECKING:
     from clickpass.config import Settings

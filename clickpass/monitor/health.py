@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 
-from clickpass.database.storage import Storage, Transaction
+from clickpass.storage.sql import Storage, Transaction
 
 DEFAULT_TIMEOUT = 2.0
 

@@ -32,7 +32,7 @@ from clickpass.monitor.metrics import LabelValues, Registry
 HEARTBEAT_STATUS_INTERVAL = 1.0
 HEARTBEAT_STALE_AFTER = 5.0
 
-# Every state a group can be in (clickpass.cluster.wire.State), so a state
+# Every state a group can be in (clickpass.heartbeat.wire.State), so a state
 # gauge shows 0 for the others and a query never finds a gap.
 CLUSTER_STATES = ("INIT", "BACKUP", "CANDIDATE", "MASTER", "HANDOVER", "FAULT", "WITNESS")
 # Packet counters of the heartbeat that are not drops.
@@ -44,7 +44,7 @@ Samples = dict[LabelValues, float]
 
 
 class HeartbeatView(Protocol):
-    """What /metrics reads of the node's ClusterService (clickpass.cluster.service)."""
+    """What /metrics reads of the node's ClusterService (clickpass.heartbeat.service)."""
 
     # The inline heartbeat's engine (with status()); None when it runs in
     # its own process.

@@ -49,7 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 
-from clickpass.database.storage import Row, Storage, Transaction
+from clickpass.storage.sql import Row, Storage, Transaction
 
 if TYPE_CHECKING:
     from jwt.types import Options

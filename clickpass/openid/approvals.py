@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clickpass.database.storage import Transaction
 from clickpass.openid.identifiers import last_use_due
+from clickpass.storage.sql import Transaction
 
 MAX_REALM = 512
 MAX_FIELDS = 1024

@@ -25,7 +25,7 @@ import idna
 
 from twisted.internet.interfaces import IReactorTime
 
-from clickpass.database.storage import Storage, Transaction, run_through_failover
+from clickpass.storage.sql import Storage, Transaction, run_through_failover
 
 KEY_PURPOSE = b"openid per-site identifier"
 OPAQUE_PATTERN = re.compile(r"^[a-z2-7]{32}$")

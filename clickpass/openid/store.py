@@ -28,7 +28,7 @@ from openid.association import Association
 from openid.store.interface import OpenIDStore
 from openid.store.nonce import SKEW
 
-from clickpass.database.storage import Storage, Transaction
+from clickpass.storage.sql import Storage, Transaction
 
 _ASSOC_COLUMNS = "handle, secret, issued, lifetime, assoc_type"
 

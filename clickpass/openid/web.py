@@ -66,7 +66,6 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
-from clickpass.database.storage import Transaction
 from clickpass.openid import approvals, discovery, extensions
 from clickpass.openid.hardening import for_log, harden_library, wildcard_too_broad
 from clickpass.openid.identifiers import (
@@ -80,6 +79,7 @@ from clickpass.openid.identifiers import (
 from clickpass.openid.provider import Provider, negative_answer
 from clickpass.openid.rp_discovery import RPVerifier, Verdict, parse_realm
 from clickpass.openid.store import DatabaseOpenIDStore
+from clickpass.storage.sql import Transaction
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
 

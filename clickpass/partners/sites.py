@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 
 from openid.server.trustroot import TrustRoot
 
-from clickpass.database.storage import Transaction
 from clickpass.openid.hardening import BadURL, normalised_url, wildcard_too_broad
 from clickpass.openid.identifiers import BadRealm, sector_of
 from clickpass.partners import fields, verification
+from clickpass.storage.sql import Transaction
 
 OUTCOMES = ("register", "connect", "login")
 EVENT_TYPES = ("user.linked", "user.unlinked", "user.deleted")

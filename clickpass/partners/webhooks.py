@@ -33,10 +33,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clickpass.database.storage import Storage, Transaction, one_line
 from clickpass.monitor.metrics import Gauge, Registry
 from clickpass.partners.settings import PartnersSettings
 from clickpass.partners.sites import DELIVERED, GIVEN_UP, PENDING, webhook_secret
+from clickpass.storage.sql import Storage, Transaction, one_line
 
 SIGNATURE_HEADER = "Clickpass-Signature"
 TIMESTAMP_HEADER = "Clickpass-Timestamp"

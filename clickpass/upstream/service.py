@@ -29,7 +29,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from clickpass.database.storage import IntegrityError, Storage, Transaction
+from clickpass.storage.sql import IntegrityError, Storage, Transaction
 from clickpass.upstream.connectors import Connector, UpstreamIdentity
 from clickpass.upstream.http import UpstreamError
 from clickpass.upstream.settings import UpstreamSettings

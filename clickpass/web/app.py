@@ -30,8 +30,8 @@ from clickpass._version import __version__
 from clickpass.accounts.service import Account, Accounts
 from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.config import Settings
-from clickpass.database.storage import Storage
 from clickpass.monitor.metrics import Registry
+from clickpass.storage.sql import Storage
 from clickpass.web.routing import HTTPError, Router
 
 TEMPLATES = Path(__file__).parent / "templates"

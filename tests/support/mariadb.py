@@ -1,12 +1,12 @@
 """
 Private MariaDB servers for tests: the tests' name for
-L{clickpass.database.private_server}, which C{scripts/bench-balancer} uses
+L{clickpass.storage.private_server}, which C{scripts/bench-balancer} uses
 too. Never the machine's own MariaDB.
 """
 
 from __future__ import annotations
 
-from clickpass.database.private_server import (
+from clickpass.storage.private_server import (
     FAST_OPTIONS,
     INSTALL_DB,
     MARIADBD,

@@ -1,11 +1,11 @@
 """
 Twisted's own reactor tests (TCP, UNIX sockets, TLS, file descriptor sets,
-system events), built for L{clickpass.reactor.ClickpassReactor}: the suites
+system events), built for L{clickpass.epoll_reactor.LeanEpollReactor}: the suites
 Twisted runs against its epoll reactor.
 
 C{python -m tests.support.reactor_suite} runs them with trial's runner and
 exits 0 only when every one passed and none was skipped. It runs in a
-process of its own (C{tests/unit/test_reactor.py}) because these tests swap
+process of its own (C{tests/unit/test_epoll_reactor.py}) because these tests swap
 the global reactor's class and state while they run. C{REACTOR_UNDER_TEST}
 names another reactor class to run them against, for comparison.
 """
@@ -23,7 +23,7 @@ from twisted.trial.reporter import VerboseTextReporter
 from twisted.trial.runner import TestLoader, TrialRunner
 from twisted.trial.unittest import TestSuite
 
-REACTOR = os.environ.get("REACTOR_UNDER_TEST", "clickpass.reactor.ClickpassReactor")
+REACTOR = os.environ.get("REACTOR_UNDER_TEST", "clickpass.epoll_reactor.LeanEpollReactor")
 
 BUILDERS: list[type[ReactorBuilder]] = [
     test_tcp.TCP4ClientTestsBuilder,

@@ -13,8 +13,8 @@ from pathlib import Path
 from twisted.internet.interfaces import IReactorThreads
 
 from clickpass.config import Settings, load
-from clickpass.database.offline import open_direct
-from clickpass.database.storage import AdbapiStorage, DirectStorage, open_mysql, open_sqlite
+from clickpass.storage.offline import open_direct
+from clickpass.storage.sql import AdbapiStorage, DirectStorage, open_mysql, open_sqlite
 from tests.support.mariadb import MariaDBServer
 
 

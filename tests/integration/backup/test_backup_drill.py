@@ -25,7 +25,7 @@ import pytest
 from clickpass import config as configmod
 from clickpass.backup import archive
 from clickpass.backup.store import PendingUpload, S3Store, StoreError
-from clickpass.database.offline import migrate_offline
+from clickpass.storage.offline import migrate_offline
 from tests.integration.backup.conftest import S3Server
 from tests.integration.backup.test_backup_restore import (
     flip_middle,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from clickpass import config as configmod
-from clickpass.database.offline import migrate_offline
+from clickpass.storage.offline import migrate_offline
 from tests.integration.backup.conftest import S3Server, backup_section
 from tests.support.mariadb import MariaDBServer
 

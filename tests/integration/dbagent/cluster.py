@@ -27,12 +27,12 @@ from twisted.internet import protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
-from clickpass.cluster.group import DOWN_ADVERTS, Group, WitnessGroup
-from clickpass.cluster.settings import ClusterGroupSettings, HealthCheckSettings
-from clickpass.cluster.wire import Health, Kind, Message, State
 from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate, peer_vip_off
 from clickpass.dbagent.machine import Role
+from clickpass.heartbeat.group import DOWN_ADVERTS, Group, WitnessGroup
+from clickpass.heartbeat.settings import ClusterGroupSettings, HealthCheckSettings
+from clickpass.heartbeat.wire import Health, Kind, Message, State
 from tests.integration.dbagent.pair import Pair
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest_twisted
 
 from twisted.internet.threads import deferToThread
 
-from clickpass.database.storage import (
+from clickpass.storage.sql import (
     OutcomeUnknown,
     Transaction,
     open_mysql,

@@ -20,9 +20,9 @@ from typing import Any
 import pymysql
 import pytest
 
-from tests.integration.cluster.conftest import load_lab
 from tests.integration.dbagent.cluster import Writer
 from tests.integration.dbagent.pair import Pair
+from tests.integration.heartbeat.conftest import load_lab
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable, check_binaries
 
 labmod = load_lab()

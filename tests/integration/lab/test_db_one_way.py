@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster.probe import Holding, VipWatch
+from tests.integration.heartbeat.probe import Holding, VipWatch
 
 from .conftest import labmod
 from .test_db_failover import check_after_network_fault, run_fault

@@ -20,13 +20,13 @@ import pytest
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import deferLater
 
-from clickpass.database import migrations
-from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.mail import outbox
 from clickpass.mail.outbox import Outbox
 from clickpass.mail.service import MailDelivery
 from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import SMTPTransport
+from clickpass.storage import migrations
+from clickpass.storage.sql import AdbapiStorage, Transaction
 from clickpass.upstream.http import load_trust_root
 from tests.integration.mail.smtpd import (
     ACCEPT,

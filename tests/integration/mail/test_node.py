@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from clickpass.config import load
-from clickpass.database.offline import open_direct
 from clickpass.mail.outbox import Outbox
+from clickpass.storage.offline import open_direct
 from tests.integration.mail.smtpd import PASSWORD, USER, running_smtp
 from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeProcess, free_port, mariadb_config, write_config

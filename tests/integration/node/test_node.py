@@ -156,7 +156,7 @@ def test_ctl_user_add_and_disable(node: NodeProcess) -> None:
 
 def test_the_node_runs_on_the_clickpass_reactor(node: NodeProcess) -> None:
     """twistd logs the reactor it runs: the one makeService installs."""
-    assert "reactor class: clickpass.reactor.ClickpassReactor" in node.log()
+    assert "reactor class: clickpass.epoll_reactor.LeanEpollReactor" in node.log()
 
 
 def test_ctl_without_a_node_says_so(tmp_path: Path) -> None:

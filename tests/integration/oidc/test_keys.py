@@ -28,10 +28,10 @@ from joserfc.jwk import KeySet
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
-from clickpass.database import migrations
-from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.oidc import keys
 from clickpass.oidc.keys import KeyBox, KeyPolicy, SigningKeys
+from clickpass.storage import migrations
+from clickpass.storage.sql import AdbapiStorage, Transaction
 from tests.support.deferreds import async_test
 from tests.support.mariadb import MariaDBServer
 from tests.support.node import READY_LINE, running_node

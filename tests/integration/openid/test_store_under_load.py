@@ -17,9 +17,9 @@ from openid.association import Association
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import ILogObserver, globalLogPublisher
 
-from clickpass.database import migrations
 from clickpass.openid.provider import ClickpassSignatory
 from clickpass.openid.store import DatabaseOpenIDStore, StagedStore
+from clickpass.storage import migrations
 from tests.support.deferreds import async_test
 from tests.support.storage import DatabaseTarget
 

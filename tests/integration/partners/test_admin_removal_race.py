@@ -16,9 +16,9 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from clickpass.database.offline import migrate_offline
-from clickpass.database.storage import Dialect, Transaction
 from clickpass.partners import sites
+from clickpass.storage.offline import migrate_offline
+from clickpass.storage.sql import Dialect, Transaction
 from tests.conftest import global_reactor
 from tests.support.mariadb import MariaDBServer
 from tests.support.storage import DatabaseTarget

@@ -22,8 +22,8 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from clickpass.config import parse
-from clickpass.database import migrations
-from clickpass.database.storage import AdbapiStorage, open_sqlite
+from clickpass.storage import migrations
+from clickpass.storage.sql import AdbapiStorage, open_sqlite
 from clickpass.upstream.http import UpstreamError
 from clickpass.upstream.service import Finished, FlowError, UpstreamService
 from clickpass.upstream.web import build_connectors

@@ -30,7 +30,7 @@ from clickpass.accounts.service import (
     session_hash,
 )
 from clickpass.accounts.settings import AccountsSettings
-from clickpass.database.storage import AdbapiStorage, OutcomeUnknown, Storage
+from clickpass.storage.sql import AdbapiStorage, OutcomeUnknown, Storage
 from tests.conftest import global_reactor
 from tests.support.deferreds import async_test
 from tests.support.storage import DatabaseTarget

@@ -19,14 +19,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from clickpass.cluster.group import PeerView
-from clickpass.cluster.wire import Health as Advertised
-from clickpass.cluster.wire import State
 from clickpass.dbagent import agent as agentmod
 from clickpass.dbagent import mariadb as ops
 from clickpass.dbagent.agent import AgentConfig, DbAgent, VipGate
 from clickpass.dbagent.gtid import Position, errant
 from clickpass.dbagent.machine import Role
+from clickpass.heartbeat.group import PeerView
+from clickpass.heartbeat.wire import Health as Advertised
+from clickpass.heartbeat.wire import State
 
 CONFIG = AgentConfig(
     node="db2",

@@ -16,7 +16,6 @@ import pytest
 from twisted.internet.task import Clock
 
 from clickpass import config
-from clickpass.cluster.wire import State
 from clickpass.dbagent.agent import VipGate
 from clickpass.dbagent.machine import Role
 from clickpass.dbagent.service import (
@@ -26,6 +25,7 @@ from clickpass.dbagent.service import (
     DbHost,
     agent_config,
 )
+from clickpass.heartbeat.wire import State
 
 DOCUMENT: dict[str, Any] = {
     "cluster": {

@@ -16,7 +16,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from clickpass.database.storage import (
+from clickpass.storage.sql import (
     IntegrityError,
     OutcomeUnknown,
     is_failover_refusal,

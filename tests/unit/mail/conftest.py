@@ -9,8 +9,8 @@ import pytest
 
 from twisted.internet.task import Clock
 
-from clickpass.database import migrations
-from clickpass.database.storage import Dialect, DirectStorage
+from clickpass.storage import migrations
+from clickpass.storage.sql import Dialect, DirectStorage
 
 NOW = 1_700_000_000
 BASE_URL = "https://login.example.com/"

@@ -19,13 +19,13 @@ from twisted.internet.task import Clock
 
 from clickpass import config
 from clickpass.control.protocol import CommandError, CommandRegistry
-from clickpass.database.storage import DirectStorage, Transaction
 from clickpass.mail import outbox
 from clickpass.mail.outbox import Outbox
 from clickpass.mail.service import MailDelivery, backoff, install_mail, next_attempt
 from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, TemporaryFailure
 from clickpass.monitor.metrics import Registry
+from clickpass.storage.sql import DirectStorage, Transaction
 from tests.unit.mail.conftest import BASE_URL, NOW
 
 FAST = {"poll_interval": 1.0, "backoff_initial": 30.0, "backoff_max": 480.0}

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from clickpass.database.storage import DirectStorage, Transaction
 from clickpass.mail import message as mailmsg
 from clickpass.mail.outbox import Outbox, claim
 from clickpass.mail.settings import MailSettings
+from clickpass.storage.sql import DirectStorage, Transaction
 from tests.unit.mail.conftest import BASE_URL, NOW
 
 

@@ -12,8 +12,8 @@ from twisted.internet.task import Clock
 
 from clickpass import config as configmod
 from clickpass.application import build_site
-from clickpass.database.storage import AdbapiStorage
 from clickpass.monitor.health import database_problem
+from clickpass.storage.sql import AdbapiStorage
 from tests.support.deferreds import async_test
 
 

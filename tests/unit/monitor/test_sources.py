@@ -23,7 +23,7 @@ from clickpass.monitor.sources import (
     install_heartbeat_metrics,
 )
 from tests.integration.monitor.promtext import Page, parse
-from tests.unit.cluster.sim import Net
+from tests.unit.heartbeat.sim import Net
 
 
 class InlineEngine:

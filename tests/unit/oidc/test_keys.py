@@ -17,10 +17,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from clickpass.database import migrations
-from clickpass.database.storage import Dialect, DirectStorage, Transaction
 from clickpass.oidc import keys
 from clickpass.oidc.keys import KeyBox, KeyPolicy, NewKey, SigningKey
+from clickpass.storage import migrations
+from clickpass.storage.sql import Dialect, DirectStorage, Transaction
 
 NOW = 1_700_000_000
 SECRET = bytes(range(32))

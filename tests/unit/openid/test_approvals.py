@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.openid import approvals
 from clickpass.openid.approvals import Approval
 from clickpass.openid.identifiers import LAST_USED_RESOLUTION
+from clickpass.storage.sql import AdbapiStorage, Transaction
 from tests.support.deferreds import async_test
 
 NOW = 1_700_000_000

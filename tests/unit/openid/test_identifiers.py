@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from clickpass.database.storage import AdbapiStorage, Transaction
 from clickpass.openid.identifiers import (
     LAST_USED_RESOLUTION,
     OPAQUE_PATTERN,
@@ -16,6 +15,7 @@ from clickpass.openid.identifiers import (
     recorded,
     sector_of,
 )
+from clickpass.storage.sql import AdbapiStorage, Transaction
 from tests.support.deferreds import async_test
 
 KEY = b"k" * 32

@@ -14,7 +14,6 @@ from openid.server.server import CheckAuthRequest, Encoder, Signatory
 from openid.store.memstore import MemoryStore
 from openid.store.nonce import mkNonce
 
-from clickpass.database.storage import AdbapiStorage
 from clickpass.openid.provider import (
     STATELESS_LIFETIME,
     ClickpassSignatory,
@@ -33,6 +32,7 @@ from clickpass.openid.store import (
     _get_association,
     _store_association,
 )
+from clickpass.storage.sql import AdbapiStorage
 from tests.support.deferreds import async_test
 
 HANDLE = re.compile(r"^\{HMAC-SHA(1|256)\}\{[0-9a-f]+\}\{[A-Za-z0-9_-]+\}$")

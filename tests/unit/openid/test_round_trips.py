@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 
 from clickpass import config as configmod
 from clickpass.application import build_site
-from clickpass.database.storage import AdbapiStorage
 from clickpass.openid import approvals
+from clickpass.storage.sql import AdbapiStorage
 from tests.support.deferreds import async_test
 
 REALM = "http://127.0.0.1:9/"

@@ -7,8 +7,8 @@ from openid.store.nonce import SKEW
 
 from twisted.internet.threads import deferToThread
 
-from clickpass.database.storage import AdbapiStorage
 from clickpass.openid.store import DatabaseOpenIDStore, cleanup
+from clickpass.storage.sql import AdbapiStorage
 from tests.support.deferreds import async_test
 
 NOW = 1_700_000_000

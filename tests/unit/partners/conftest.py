@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from clickpass.database import migrations
-from clickpass.database.storage import Dialect, DirectStorage, Transaction
 from clickpass.partners import sites
+from clickpass.storage import migrations
+from clickpass.storage.sql import Dialect, DirectStorage, Transaction
 
 NOW = 1_700_000_000
 

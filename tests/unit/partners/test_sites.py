@@ -6,9 +6,9 @@ import datetime
 
 import pytest
 
-from clickpass.database.storage import DirectStorage
 from clickpass.partners import fields, sites
 from clickpass.partners.flow import retarget
+from clickpass.storage.sql import DirectStorage
 from tests.unit.partners.conftest import NOW, add_account, make_site, verify_site
 
 REALM = "https://partner.example/"

@@ -16,7 +16,6 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from clickpass.database.storage import DirectStorage
 from clickpass.openid.settings import OpenIDSettings
 from clickpass.partners import sites
 from clickpass.partners.verification import (
@@ -26,6 +25,7 @@ from clickpass.partners.verification import (
     token_published,
     verification_url,
 )
+from clickpass.storage.sql import DirectStorage
 from tests.unit.partners.conftest import NOW, make_site
 
 

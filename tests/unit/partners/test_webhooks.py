@@ -12,10 +12,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from clickpass.database.storage import DirectStorage
 from clickpass.partners import sites
 from clickpass.partners.settings import PartnersSettings
 from clickpass.partners.webhooks import WebhookDelivery, backoff, signature, verify
+from clickpass.storage.sql import DirectStorage
 from tests.unit.partners.conftest import NOW, add_account, make_site
 
 SECRET = b"m" * 32

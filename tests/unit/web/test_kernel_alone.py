@@ -15,7 +15,7 @@ import treq
 
 from clickpass import config as configmod
 from clickpass.accounts.service import Account
-from clickpass.database.storage import AdbapiStorage
+from clickpass.storage.sql import AdbapiStorage
 from clickpass.web import pages
 from clickpass.web.app import AppSite, WebApp
 from clickpass.web.routing import Router

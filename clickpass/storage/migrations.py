@@ -1,0 +1,368 @@
+"""
+Versioned schema migrations, run at start and by C{clickpass-ctl db migrate}.
+
+Each migration is a numbered list of statements written once for both
+backends; C{{pk}} and C{{opts}} expand to the dialect's auto-increment key
+and table options. A migration, once released, is never edited: a change is
+a new migration with the next number.
+
+Timestamps are integer seconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from clickpass.storage.sql import Storage, Transaction
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "accounts, sessions, per-site identifiers, OpenID store, approvals, throttling",
+        (
+            """CREATE TABLE IF NOT EXISTS accounts (
+                id {pk},
+                uid VARCHAR(64) NOT NULL UNIQUE,
+                email VARCHAR(254) NOT NULL UNIQUE,
+                password_hash VARCHAR(255),
+                display_name VARCHAR(255) NOT NULL DEFAULT '',
+                created BIGINT NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS sessions (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                client_address VARCHAR(64) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS sessions_account ON sessions (account_id)",
+            "CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires)",
+            """CREATE TABLE IF NOT EXISTS site_identifiers (
+                opaque VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                sector VARCHAR(255) NOT NULL,
+                created BIGINT NOT NULL,
+                last_used BIGINT NOT NULL,
+                UNIQUE (account_id, sector)
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS approvals (
+                account_id BIGINT NOT NULL,
+                realm VARCHAR(512) NOT NULL,
+                fields VARCHAR(1024) NOT NULL DEFAULT '',
+                created BIGINT NOT NULL,
+                last_used BIGINT NOT NULL,
+                PRIMARY KEY (account_id, realm(255))
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS openid_associations (
+                server_url VARCHAR(255) NOT NULL,
+                handle VARCHAR(255) NOT NULL,
+                secret BLOB NOT NULL,
+                issued BIGINT NOT NULL,
+                lifetime BIGINT NOT NULL,
+                assoc_type VARCHAR(64) NOT NULL,
+                expires BIGINT NOT NULL,
+                PRIMARY KEY (server_url, handle)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS openid_associations_expires "
+            "ON openid_associations (expires)",
+            """CREATE TABLE IF NOT EXISTS openid_nonces (
+                server_url VARCHAR(255) NOT NULL,
+                timestamp BIGINT NOT NULL,
+                salt VARCHAR(64) NOT NULL,
+                PRIMARY KEY (server_url, timestamp, salt)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS openid_nonces_timestamp ON openid_nonces (timestamp)",
+            """CREATE TABLE IF NOT EXISTS signin_failures (
+                scope VARCHAR(16) NOT NULL,
+                subject VARCHAR(255) NOT NULL,
+                window_start BIGINT NOT NULL,
+                failures INTEGER NOT NULL,
+                PRIMARY KEY (scope, subject)
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS node_metadata (
+                name VARCHAR(64) NOT NULL PRIMARY KEY,
+                value VARCHAR(255) NOT NULL
+            ){opts}""",
+        ),
+    ),
+    Migration(
+        2,
+        "upstream sign-in: linked provider identities, pending provider logins",
+        (
+            """CREATE TABLE IF NOT EXISTS upstream_identities (
+                id {pk},
+                account_id BIGINT NOT NULL,
+                provider VARCHAR(64) NOT NULL,
+                subject VARCHAR(255) NOT NULL,
+                email VARCHAR(254) NOT NULL DEFAULT '',
+                email_verified INTEGER NOT NULL DEFAULT 0,
+                display_name VARCHAR(255) NOT NULL DEFAULT '',
+                claims TEXT NOT NULL,
+                created BIGINT NOT NULL,
+                last_used BIGINT NOT NULL,
+                UNIQUE (provider, subject)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS upstream_identities_account "
+            "ON upstream_identities (account_id)",
+            """CREATE TABLE IF NOT EXISTS upstream_pending (
+                state_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                browser_hash VARCHAR(64) NOT NULL,
+                provider VARCHAR(64) NOT NULL,
+                nonce VARCHAR(128) NOT NULL,
+                verifier VARCHAR(128) NOT NULL,
+                intent VARCHAR(16) NOT NULL,
+                account_id BIGINT,
+                next_url VARCHAR(2048) NOT NULL,
+                created BIGINT NOT NULL,
+                used BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS upstream_pending_created ON upstream_pending (created)",
+        ),
+    ),
+    Migration(
+        3,
+        "partners: sites, admins, hashed API keys, links, webhook outbox, deletion requests",
+        (
+            """CREATE TABLE IF NOT EXISTS partner_sites (
+                id {pk},
+                public_id VARCHAR(32) NOT NULL UNIQUE,
+                name VARCHAR(100) NOT NULL,
+                logo_url VARCHAR(2048) NOT NULL DEFAULT '',
+                realm VARCHAR(512) NOT NULL,
+                sector VARCHAR(255) NOT NULL UNIQUE,
+                return_to_urls TEXT NOT NULL,
+                registration_url VARCHAR(2048) NOT NULL DEFAULT '',
+                connect_url VARCHAR(2048) NOT NULL DEFAULT '',
+                requested_fields VARCHAR(255) NOT NULL DEFAULT '',
+                required_fields VARCHAR(255) NOT NULL DEFAULT '',
+                webhook_url VARCHAR(2048) NOT NULL DEFAULT '',
+                webhook_secret_version INTEGER NOT NULL DEFAULT 1,
+                created BIGINT NOT NULL,
+                updated BIGINT NOT NULL
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS partner_admins (
+                site_id BIGINT NOT NULL,
+                account_id BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                PRIMARY KEY (site_id, account_id)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_admins_account ON partner_admins (account_id)",
+            """CREATE TABLE IF NOT EXISTS partner_api_keys (
+                id {pk},
+                site_id BIGINT NOT NULL,
+                key_hash VARCHAR(64) NOT NULL UNIQUE,
+                prefix VARCHAR(16) NOT NULL,
+                label VARCHAR(100) NOT NULL DEFAULT '',
+                created BIGINT NOT NULL,
+                created_by BIGINT NOT NULL,
+                last_used BIGINT NOT NULL DEFAULT 0,
+                revoked BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_api_keys_site ON partner_api_keys (site_id)",
+            """CREATE TABLE IF NOT EXISTS partner_links (
+                site_id BIGINT NOT NULL,
+                account_id BIGINT NOT NULL,
+                opaque VARCHAR(64) NOT NULL,
+                outcome VARCHAR(16) NOT NULL,
+                created BIGINT NOT NULL,
+                last_signin BIGINT NOT NULL,
+                PRIMARY KEY (site_id, account_id),
+                UNIQUE (site_id, opaque)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_links_account ON partner_links (account_id)",
+            """CREATE TABLE IF NOT EXISTS partner_events (
+                id {pk},
+                event_id VARCHAR(40) NOT NULL UNIQUE,
+                site_id BIGINT NOT NULL,
+                subject VARCHAR(64) NOT NULL,
+                event_type VARCHAR(32) NOT NULL,
+                body TEXT NOT NULL,
+                created BIGINT NOT NULL,
+                state INTEGER NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt BIGINT NOT NULL,
+                lease_until BIGINT NOT NULL DEFAULT 0,
+                delivered BIGINT NOT NULL DEFAULT 0,
+                last_error VARCHAR(255) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_events_due ON partner_events (state, next_attempt)",
+            "CREATE INDEX IF NOT EXISTS partner_events_subject "
+            "ON partner_events (site_id, subject, state)",
+            """CREATE TABLE IF NOT EXISTS partner_deletion_requests (
+                id {pk},
+                public_id VARCHAR(32) NOT NULL UNIQUE,
+                site_id BIGINT NOT NULL,
+                subject VARCHAR(64) NOT NULL,
+                requested BIGINT NOT NULL,
+                completed BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS partner_deletion_requests_site "
+            "ON partner_deletion_requests (site_id, completed)",
+        ),
+    ),
+    Migration(
+        4,
+        "partners: realm ownership verification (a token published on the realm's host)",
+        (
+            """CREATE TABLE IF NOT EXISTS partner_verifications (
+                site_id BIGINT NOT NULL PRIMARY KEY,
+                token VARCHAR(64) NOT NULL,
+                verified BIGINT NOT NULL DEFAULT 0,
+                checked BIGINT NOT NULL DEFAULT 0,
+                problem VARCHAR(255) NOT NULL DEFAULT ''
+            ){opts}""",
+        ),
+    ),
+    Migration(
+        5,
+        "partners: admin invitations (single-use, expiring; only the token's hash is kept)",
+        (
+            """CREATE TABLE IF NOT EXISTS partner_invitations (
+                id {pk},
+                site_id BIGINT NOT NULL,
+                token_hash VARCHAR(64) NOT NULL UNIQUE,
+                email VARCHAR(254) NOT NULL,
+                invited_by BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                UNIQUE (site_id, email)
+            ){opts}""",
+        ),
+    ),
+    Migration(
+        6,
+        "mail: the outbox of messages waiting to be sent, with leases and retries",
+        (
+            """CREATE TABLE IF NOT EXISTS mail_outbox (
+                id {pk},
+                message_id VARCHAR(255) NOT NULL UNIQUE,
+                recipient VARCHAR(254) NOT NULL,
+                kind VARCHAR(64) NOT NULL,
+                subject VARCHAR(255) NOT NULL,
+                message MEDIUMTEXT NOT NULL,
+                created BIGINT NOT NULL,
+                state INTEGER NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt BIGINT NOT NULL,
+                give_up_at BIGINT NOT NULL,
+                lease_until BIGINT NOT NULL DEFAULT 0,
+                lease_owner VARCHAR(64) NOT NULL DEFAULT '',
+                sent BIGINT NOT NULL DEFAULT 0,
+                last_error VARCHAR(255) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox (state, next_attempt)",
+            "CREATE INDEX IF NOT EXISTS mail_outbox_created ON mail_outbox (created)",
+        ),
+    ),
+    Migration(
+        7,
+        "oidc: signing keys (private keys sealed under the master secret)",
+        (
+            # current_for and next_for hold the algorithm while the key is
+            # current (or next), NULL otherwise: unique, so that two nodes
+            # generating or rotating at once leave one key in each role.
+            """CREATE TABLE IF NOT EXISTS oidc_signing_keys (
+                kid VARCHAR(64) NOT NULL PRIMARY KEY,
+                alg VARCHAR(16) NOT NULL,
+                state VARCHAR(16) NOT NULL,
+                current_for VARCHAR(16) NULL UNIQUE,
+                next_for VARCHAR(16) NULL UNIQUE,
+                public_jwk VARCHAR(2048) NOT NULL,
+                private_key BLOB NOT NULL,
+                created BIGINT NOT NULL,
+                signs_from BIGINT NOT NULL,
+                retired BIGINT NOT NULL DEFAULT 0,
+                retire_after BIGINT NOT NULL DEFAULT 0,
+                removed BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+        ),
+    ),
+)
+
+
+def _expand(statement: str, tx: Transaction) -> str:
+    text = statement.replace("{pk}", tx.dialect.autoincrement_pk).replace(
+        "{opts}", tx.dialect.table_options
+    )
+    if tx.dialect.name == "sqlite":
+        # SQLite has no index prefix lengths.
+        text = text.replace("realm(255)", "realm")
+    return text
+
+
+def current_version(tx: Transaction) -> int:
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version INTEGER NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, "
+        "applied BIGINT NOT NULL)" + tx.dialect.table_options
+    )
+    version = tx.scalar("SELECT MAX(version) FROM schema_version")
+    return int(version or 0)
+
+
+def _apply(tx: Transaction, migration: Migration, now: int) -> bool:
+    # MariaDB commits DDL implicitly, so a migration cannot be one
+    # transaction there. Every statement is idempotent (IF NOT EXISTS) and
+    # the version row is written last: a migration cut off part-way is
+    # simply run again, and two processes starting at once both succeed
+    # (the loser's version insert is ignored).
+    if current_version(tx) >= migration.version:
+        return False
+    for statement in migration.statements:
+        tx.execute(_expand(statement, tx))
+    inserted = tx.execute(
+        tx.dialect.insert_ignore()
+        + " INTO schema_version (version, name, applied) VALUES (?, ?, ?)",
+        migration.version,
+        migration.name,
+        now,
+    )
+    return inserted > 0
+
+
+async def migrate(storage: Storage, now: int) -> list[int]:
+    """
+    Bring the schema up to date and return the versions this call applied
+    (none when it already was). Refuse a database whose schema is newer
+    than this release knows.
+    """
+    applied: list[int] = []
+    latest = await storage.run(current_version)
+    if latest > latest_version():
+        raise SchemaTooNew(
+            f"the database schema is version {latest}, newer than this release knows "
+            f"({latest_version()}); upgrade clickpass on this node"
+        )
+    for migration in MIGRATIONS:
+        if migration.version <= latest:
+            continue
+        if await storage.run(_apply, migration, now):
+            log.info(
+                "applied schema migration {version}: {name}",
+                version=migration.version,
+                name=migration.name,
+            )
+            applied.append(migration.version)
+    return applied
+
+
+def latest_version() -> int:
+    """The schema version this release brings a database to."""
+    return MIGRATIONS[-1].version
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer release than this one."""

@@ -1,0 +1,221 @@
+"""Tests for the VIP, gratuitous ARP and notify hook actions, with a fake program runner
+and the rtnetlink messages the heartbeat sends itself."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from clickpass.heartbeat.actions import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_REPLACE,
+    RTM_DELADDR,
+    RTM_NEWADDR,
+    HookRunner,
+    IpCommand,
+    Result,
+    VipManager,
+    ack_error,
+    address_message,
+    garp_frame,
+)
+from clickpass.heartbeat.settings import ClusterGroupSettings
+from clickpass.heartbeat.wire import State
+
+SETTINGS = ClusterGroupSettings(
+    name="app",
+    vip="10.77.0.100/24",
+    interface="eth0",
+    peers=["10.77.0.12"],
+    lease=3,
+    garp_count=3,
+    garp_interval=0.05,
+)
+
+
+class FakeRunner:
+    """Records every program started; the test ends each one by hand."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[list[str], Deferred[Result]]] = []
+
+    def run(self, argv: Any, timeout: float) -> Deferred[Result]:
+        d: Deferred[Result] = Deferred()
+        self.started.append((list(argv), d))
+        return d
+
+    def finish(self, index: int, code: int = 0, output: str = "") -> None:
+        self.started[index][1].callback(Result(code, output))
+
+
+class FakeGarp:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.counters: dict[str, int] = {}
+
+    def send(self) -> None:
+        self.sent += 1
+
+    def close(self) -> None:
+        pass
+
+
+def manager() -> tuple[VipManager, FakeRunner, FakeGarp, Clock]:
+    runner, garp, clock = FakeRunner(), FakeGarp(), Clock()
+    vip = VipManager(SETTINGS, IpCommand(SETTINGS, runner), clock, garp)  # type: ignore[arg-type]
+    return vip, runner, garp, clock
+
+
+def test_take_adds_a_lease_then_sends_garp_after_the_address_is_up() -> None:
+    """Taking the VIP runs ip addr replace with lifetimes; ARP only once that succeeded."""
+    vip, runner, garp, clock = manager()
+    vip.take()
+    assert runner.started[0][0] == [
+        "ip",
+        "-4",
+        "addr",
+        "replace",
+        "10.77.0.100/24",
+        "dev",
+        "eth0",
+        "valid_lft",
+        "3",
+        "preferred_lft",
+        "3",
+    ]
+    assert garp.sent == 0
+    runner.finish(0)
+    assert garp.sent == 1
+    clock.advance(0.05)
+    clock.advance(0.05)
+    clock.advance(1)
+    assert garp.sent == 3  # garp_count
+
+
+def test_failed_take_sends_no_arp_and_is_counted() -> None:
+    """When ip fails, no ARP announces an address we do not have; the failure is counted."""
+    vip, runner, garp, _ = manager()
+    vip.take()
+    runner.finish(0, code=2, output="RTNETLINK answers: Operation not permitted")
+    assert garp.sent == 0
+    assert vip.counters["take_failed"] == 1
+
+
+def test_actions_run_in_order() -> None:
+    """A release queued behind a take waits for it; each program starts after the previous ends."""
+    vip, runner, _, _ = manager()
+    vip.take()
+    vip.release()
+    assert len(runner.started) == 1
+    runner.finish(0)
+    assert runner.started[1][0][3] == "del"
+
+
+def test_renewals_do_not_pile_up() -> None:
+    """Only one renewal is queued at a time, and none when the VIP is not held."""
+    vip, runner, _, _ = manager()
+    vip.renew()
+    assert runner.started == []
+    vip.take()
+    runner.finish(0)
+    vip.renew()
+    vip.renew()
+    vip.renew()
+    assert len(runner.started) == 2
+    runner.finish(1)
+    vip.renew()
+    assert len(runner.started) == 3
+
+
+def test_release_of_an_absent_address_is_not_an_error() -> None:
+    """Releasing a VIP that is not there is counted as absent, not as a failure."""
+    vip, runner, _, _ = manager()
+    vip.release()
+    runner.finish(0, code=2, output="RTNETLINK answers: Cannot assign requested address")
+    assert vip.counters["release_absent"] == 1
+    assert vip.counters["release_failed"] == 0
+
+
+def test_release_stops_a_garp_burst() -> None:
+    """No gratuitous ARP goes out for an address after it was released."""
+    vip, runner, garp, clock = manager()
+    vip.take()
+    runner.finish(0)
+    vip.release()
+    clock.advance(1)
+    assert garp.sent == 1
+
+
+def test_garp_frame_layout() -> None:
+    """The frame is a broadcast ARP request whose sender and target IP are both the VIP."""
+    mac = bytes.fromhex("020000000001")
+    frame = garp_frame(mac, "10.77.0.100")
+    assert frame[:6] == b"\xff" * 6 and frame[6:12] == mac
+    assert struct.unpack("!H", frame[12:14])[0] == 0x0806
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+    assert (htype, ptype, hlen, plen, op) == (1, 0x0800, 6, 4, 1)
+    assert frame[22:28] == mac
+    assert frame[28:32] == frame[38:42] == bytes([10, 77, 0, 100])
+
+
+def test_netlink_replace_carries_the_address_and_its_lease() -> None:
+    """RTM_NEWADDR asks for an ack, creates or replaces, and carries the address (local and
+    address attributes), its prefix, the interface and the lease as both lifetimes."""
+    message = address_message(
+        RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, 7, 3, "10.77.0.100/24", 2
+    )
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", message)
+    assert (length, kind, seq) == (len(message), RTM_NEWADDR, 7)
+    assert flags == 0x1 | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK
+    family, prefix, _, scope, index = struct.unpack_from("=BBBBI", message, 16)
+    assert (family, prefix, scope, index) == (2, 24, 0, 3)
+    attributes = {}
+    offset = 24
+    while offset < len(message):
+        size, kind = struct.unpack_from("=HH", message, offset)
+        attributes[kind] = message[offset + 4 : offset + size]
+        offset += (size + 3) & ~3
+    assert attributes[1] == attributes[2] == bytes([10, 77, 0, 100])
+    assert struct.unpack("=IIII", attributes[6]) == (2, 2, 0, 0)
+
+
+def test_netlink_delete_has_no_lease() -> None:
+    """RTM_DELADDR names the address and carries no lifetimes."""
+    message = address_message(RTM_DELADDR, NLM_F_ACK, 8, 3, "fd00::100/64", None)
+    assert struct.unpack_from("=H", message, 4)[0] == RTM_DELADDR
+    assert struct.unpack_from("=BB", message, 16) == (10, 64)
+    assert len(message) == 16 + 8 + 2 * (4 + 16)
+
+
+def test_netlink_ack_is_matched_by_sequence_number() -> None:
+    """The errno of the NLMSG_ERROR answering our request; others are skipped."""
+
+    def error(seq: int, errno: int) -> bytes:
+        return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", -errno) + b"\0" * 16
+
+    assert ack_error(error(4, 99) + error(5, 0), 5) == 0
+    assert ack_error(error(4, 99) + error(5, 0), 4) == 99
+    assert ack_error(error(4, 99), 6) is None
+    assert ack_error(b"\0" * 8, 1) is None
+
+
+def test_hooks_run_in_order_and_skip_repeats() -> None:
+    """Each change runs every program in order; a repeated state is not re-notified."""
+    runner = FakeRunner()
+    hooks = HookRunner(["/bin/first --x", "/bin/second"], 5.0, runner)  # type: ignore[arg-type]
+    hooks.notify("app", State.MASTER)
+    hooks.notify("app", State.MASTER)
+    hooks.notify("app", State.BACKUP)
+    assert [argv for argv, _ in runner.started] == [["/bin/first", "--x", "app", "MASTER"]]
+    runner.finish(0, code=1, output="boom")
+    assert runner.started[1][0] == ["/bin/second", "app", "MASTER"]
+    runner.finish(1)
+    runner.finish(2)
+    runner.finish(3)
+    assert [argv[-1] for argv, _ in runner.started] == ["MASTER", "MASTER", "BACKUP", "BACKUP"]
+    assert hooks.counters["hooks_failed"] == 1
+    assert hooks.counters["hooks_ok"] == 3
