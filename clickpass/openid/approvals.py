@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from clickpass.openid.identifiers import last_use_due
 from clickpass.storage.sql import Transaction
 
-MAX_REALM = 512
+# The table's key on MariaDB is (account_id, realm(255)): a longer realm would
+# share its key with every realm of the same first 255 characters, and the
+# second approval would be dropped while reported kept. Such a realm is not
+# remembered: the person is asked each time.
+MAX_REALM = 255
 MAX_FIELDS = 1024
 
 # An approval's C{last_used} is kept to the same resolution as a site

@@ -72,3 +72,23 @@ async def test_touch_records_the_use(storage_backend: AdbapiStorage) -> None:
     assert await storage_backend.run(_last_used, account_id) == NOW + LAST_USED_RESOLUTION
     approval = await storage_backend.run(approvals.read, account_id, REALM)
     assert approval is not None and approval.fields == email
+
+
+@async_test
+async def test_an_approval_reported_kept_is_read_back(storage_backend: AdbapiStorage) -> None:
+    """
+    Realms that share their first 255 characters are kept apart (or, when
+    too long to key, refused): never reported kept and then not found.
+    """
+    account_id = await storage_backend.run(_add_account)
+    prefix = "https://shop.example/" + "p" * (255 - len("https://shop.example/") - 1)
+    realms = [prefix + "a", prefix + "b", prefix + "a/longer", prefix + "b/longer"]
+    kept = {}
+    for index, realm in enumerate(realms):
+        fields = frozenset({f"field{index}"})
+        if await storage_backend.run(approvals.remember, account_id, realm, fields, NOW):
+            kept[realm] = fields
+    assert set(kept) == set(realms[:2])
+    for realm, fields in kept.items():
+        found = await storage_backend.run(approvals.read, account_id, realm)
+        assert found is not None and found.fields == fields
