@@ -44,6 +44,10 @@ EVENT_ID_HEADER = "Clickpass-Event-Id"
 EVENT_TYPE_HEADER = "Clickpass-Event-Type"
 MAX_RESPONSE_BYTES = 64 * 1024
 CLEANUP_INTERVAL = 3600
+# Seconds kept in hand at the end of a lease for recording an outcome: an
+# attempt starts only if it can end (cut off at the timeout) this long before
+# the lease does.
+LEASE_MARGIN = 5
 
 # (url, body, headers) -> the partner's HTTP status; raises when there was no answer.
 Poster = Callable[[str, bytes, dict[str, str]], Awaitable[int]]
@@ -269,7 +273,10 @@ class WebhookDelivery(Service):
         for event in events:
             by_site.setdefault(event.site_id, []).append(event)
         results = await DeferredList(
-            [Deferred.fromCoroutine(self._site_round(batch)) for batch in by_site.values()],
+            [
+                Deferred.fromCoroutine(self._site_round(batch, now + lease))
+                for batch in by_site.values()
+            ],
             consumeErrors=True,
         )
         sent = 0
@@ -281,10 +288,18 @@ class WebhookDelivery(Service):
         self.delivered += sent
         return sent
 
-    async def _site_round(self, events: list[Pending]) -> int:
-        """Deliver one site's claimed events, oldest first; stop at its first failure."""
+    async def _site_round(self, events: list[Pending], lease_ends: int) -> int:
+        """
+        Deliver one site's claimed events, oldest first; stop at its first
+        failure, or when the next attempt could outlast the lease (another
+        node may then claim the events, and must not find one still being
+        sent): the rest are released for the next round, in order.
+        """
         sent = 0
         for i, event in enumerate(events):
+            if self._clock.seconds() + self._settings.webhook_timeout + LEASE_MARGIN > lease_ends:
+                await self._storage.run(_release, [later.row_id for later in events[i:]])
+                return sent
             try:
                 await self._deliver(event)
             except Exception as e:

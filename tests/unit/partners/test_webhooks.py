@@ -156,6 +156,45 @@ def test_a_leased_event_is_not_sent_by_a_second_node(storage: DirectStorage) -> 
     assert second.run_once().result == 0
 
 
+def test_a_long_batch_never_outlives_its_lease(storage: DirectStorage) -> None:
+    """
+    A site whose endpoint takes nearly the whole timeout for every event
+    gets no attempt that could end after the node's lease on it: the rest
+    of its batch goes back to the outbox, and a second node polling all the
+    while sends no event twice; everything arrives, in order per person.
+    """
+    clock = Clock()
+    clock.advance(NOW)
+    site = make_site(storage)
+    people = [link_and_unlink(storage, site, f"s{i}@example.com", NOW) for i in range(6)]
+    timeout = 10.0
+
+    class SlowPartner(FakePartner):
+        async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+            self.attempts.append((self.clock.seconds(), headers, body))
+            waited: Deferred[None] = Deferred()
+            self.clock.callLater(timeout - 0.5, waited.callback, None)
+            await waited
+            self.received.append(json.loads(body))
+            return 200
+
+    partner = SlowPartner(clock)
+    nodes = [service(clock, storage, partner, webhook_timeout=timeout) for _ in range(2)]
+    for node in nodes:
+        node.startService()
+    for _ in range(300):
+        clock.advance(1)
+    for node in nodes:
+        node.stopService()
+    # The batch (6 events of 9.5 s) is longer than one lease (35 s): the case under test.
+    ids = [event["id"] for event in partner.received]
+    assert len(ids) == 12 and len(set(ids)) == 12
+    assert len(partner.attempts) == 12
+    for identifier in people:
+        mine = [e["type"] for e in partner.received if e["data"]["identifier"] == identifier]
+        assert mine == ["user.linked", "user.unlinked"]
+
+
 def test_sites_without_webhook_url_queue_nothing(storage: DirectStorage) -> None:
     """No webhook URL, no outbox rows: nothing piles up for a site that does not listen."""
     site = make_site(storage, webhook=False)
