@@ -277,6 +277,7 @@ class Node(MultiService):
             [
                 ("expired sessions", accounts.expire_sessions),
                 ("old sign-in failure counts", accounts.prune_failures),
+                ("old security events", accounts.expire_events),
                 ("expired OpenID nonces and associations", openid_expired),
                 ("expired OpenID Connect signing keys", signing_keys.housekeeping),
             ],

@@ -17,6 +17,7 @@ Nothing here renders pages or reads requests: the web layer does that.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -32,6 +33,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from clickpass.accounts import events
 from clickpass.accounts.settings import AccountsSettings
 from clickpass.storage.sql import (
     IntegrityError,
@@ -64,6 +66,18 @@ class Throttled(AccountError):
         minutes = max(1, (retry_after + 59) // 60)
         super().__init__(
             f"Too many failed sign-in attempts. Try again in {minutes} minute"
+            f"{'' if minutes == 1 else 's'}."
+        )
+        self.retry_after = retry_after
+
+
+class SignUpThrottled(AccountError):
+    """Too many sign-ups lately, from this client address or from everywhere."""
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, (retry_after + 59) // 60)
+        super().__init__(
+            f"Too many accounts were created from here recently. Try again in {minutes} minute"
             f"{'' if minutes == 1 else 's'}."
         )
         self.retry_after = retry_after
@@ -121,6 +135,35 @@ def session_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def session_handle(token_hash: str) -> str:
+    """
+    The name by which the account page refers to a session: derived from
+    its stored hash, so a page never shows the hash itself, and knowing the
+    name opens nothing.
+    """
+    return hashlib.sha256(b"clickpass session handle:" + token_hash.encode("ascii")).hexdigest()[
+        :24
+    ]
+
+
+# How stale a session's "last seen" may get before a request updates it:
+# a write per request would cost every page a trip to the primary.
+LAST_SEEN_GRANULARITY = 300
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One of a person's browser sessions, as the account page lists it."""
+
+    handle: str
+    browser: str
+    client_address: str
+    created: int
+    last_seen: int
+    expires: int
+    current: bool = False
+
+
 # Transactions (run on the storage's pool).
 
 
@@ -144,6 +187,7 @@ def _insert_account(tx: Transaction, uid: str, email: str, pw_hash: str, now: in
     )
     account = _account(tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE uid = ?", uid))
     assert account is not None
+    events.record(tx, account.id, "signup", now)
     return account
 
 
@@ -244,7 +288,13 @@ def _signed_in(tx: Transaction, subjects: list[tuple[str, str, int]]) -> None:
 
 
 def _create_session(
-    tx: Transaction, token_hash: str, account_id: int, now: int, expires: int, address: str
+    tx: Transaction,
+    token_hash: str,
+    account_id: int,
+    now: int,
+    expires: int,
+    address: str,
+    browser: str = "",
 ) -> None:
     tx.execute(
         "INSERT INTO sessions (token_hash, account_id, created, expires, client_address) "
@@ -255,18 +305,129 @@ def _create_session(
         expires,
         address[:64],
     )
+    tx.execute(
+        "INSERT INTO session_details (token_hash, account_id, browser, last_seen) "
+        "VALUES (?, ?, ?, ?)",
+        token_hash,
+        account_id,
+        browser[: events.BROWSER_LENGTH],
+        now,
+    )
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """How a session begins, for the security log."""
+
+    client_address: str
+    browser: str = ""
+    browser_hash: str = ""
+    method: str = "password"
+
+
+def _start_session(
+    tx: Transaction,
+    token_hash: str,
+    previous_hash: str | None,
+    account_id: int,
+    now: int,
+    expires: int,
+    how: SignIn,
+) -> None:
+    # Sign-in rotates the token: the browser's previous session ends.
+    if previous_hash:
+        _delete_sessions(tx, "token_hash = ?", previous_hash)
+    _create_session(tx, token_hash, account_id, now, expires, how.client_address, how.browser)
+    where = {"client_address": how.client_address, "browser": how.browser}
+    events.record(tx, account_id, "signin", now, detail=how.method, **where)
+    if how.browser_hash and events.note_browser(tx, account_id, how.browser_hash, now):
+        events.record(tx, account_id, "new_browser", now, **where)
+
+
+def _delete_sessions(tx: Transaction, where: str, *args: object) -> int:
+    """Delete the sessions C{where} selects, with their details; return how many."""
+    tx.execute(
+        f"DELETE FROM session_details WHERE token_hash IN (SELECT token_hash FROM sessions "
+        f"WHERE {where})",
+        *args,
+    )
+    return tx.execute(f"DELETE FROM sessions WHERE {where}", *args)
 
 
 def _session_account(tx: Transaction, token_hash: str, now: int) -> Account | None:
     cols = ", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLUMNS.split(","))
-    return _account(
-        tx.fetchone(
-            f"SELECT {cols} FROM sessions s JOIN accounts a ON a.id = s.account_id "
-            "WHERE s.token_hash = ? AND s.expires > ? AND a.disabled = 0",
-            token_hash,
-            now,
-        )
+    row = tx.fetchone(
+        f"SELECT {cols}, d.last_seen FROM sessions s JOIN accounts a ON a.id = s.account_id "
+        "LEFT JOIN session_details d ON d.token_hash = s.token_hash "
+        "WHERE s.token_hash = ? AND s.expires > ? AND a.disabled = 0",
+        token_hash,
+        now,
     )
+    if row is None:
+        return None
+    if row[6] is not None and int(row[6]) + LAST_SEEN_GRANULARITY <= now:
+        tx.execute("UPDATE session_details SET last_seen = ? WHERE token_hash = ?", now, token_hash)
+    return _account(row[:6])
+
+
+def _sessions_of(tx: Transaction, account_id: int, now: int) -> list[tuple[str, SessionInfo]]:
+    rows = tx.fetchall(
+        "SELECT s.token_hash, d.browser, s.client_address, s.created, d.last_seen, s.expires "
+        "FROM sessions s LEFT JOIN session_details d ON d.token_hash = s.token_hash "
+        "WHERE s.account_id = ? AND s.expires > ? ORDER BY s.created DESC",
+        account_id,
+        now,
+    )
+    return [
+        (
+            str(r[0]),
+            SessionInfo(
+                session_handle(str(r[0])),
+                str(r[1] or "") or "unknown browser",
+                str(r[2]),
+                int(r[3]),
+                int(r[4] if r[4] is not None else r[3]),
+                int(r[5]),
+            ),
+        )
+        for r in rows
+    ]
+
+
+def _end_session_by_handle(
+    tx: Transaction, account_id: int, handle: str, now: int, how: SignIn
+) -> bool:
+    for token_hash, info in _sessions_of(tx, account_id, 0):
+        if info.handle == handle:
+            _delete_sessions(tx, "token_hash = ?", token_hash)
+            events.record(
+                tx,
+                account_id,
+                "session_ended",
+                now,
+                client_address=how.client_address,
+                browser=how.browser,
+                detail=f"{info.browser}, {info.client_address}",
+            )
+            return True
+    return False
+
+
+def _end_other_sessions(
+    tx: Transaction, account_id: int, keep_hash: str, now: int, how: SignIn
+) -> int:
+    ended = _delete_sessions(tx, "account_id = ? AND token_hash <> ?", account_id, keep_hash)
+    if ended:
+        events.record(
+            tx,
+            account_id,
+            "other_sessions_ended",
+            now,
+            client_address=how.client_address,
+            browser=how.browser,
+            detail=f"{ended} session{'' if ended == 1 else 's'}",
+        )
+    return ended
 
 
 def _session_account_with(
@@ -361,10 +522,19 @@ class Accounts:
         if len(password) > MAX_PASSWORD_LENGTH:
             raise AccountError(f"Choose a password of at most {MAX_PASSWORD_LENGTH} characters.")
 
-    async def sign_up(self, email: str, password: str) -> Account:
-        """Create an account; L{AccountError} says why not."""
+    async def sign_up(
+        self, email: str, password: str, client_address: str | None = None
+    ) -> Account:
+        """
+        Create an account; L{AccountError} says why not. A sign-up from the
+        web gives its C{client_address}: it is counted against the limits
+        per address and overall (L{SignUpThrottled} once they are spent),
+        before any password is hashed. An operator's (no address) is not.
+        """
         address = check_email(email)
         self.check_password_rules(password)
+        if client_address is not None:
+            await self._count_signup(client_address)
         self._work.admit()
         try:
             pw_hash = await self._in_thread(self._hasher.hash, password)
@@ -388,7 +558,21 @@ class Accounts:
             ) from None
         return account
 
-    async def authenticate(self, email: str, password: str, client_address: str) -> Account:
+    async def _count_signup(self, client_address: str) -> None:
+        settings = self._settings
+        subjects = [
+            ("signup-address", client_address[:255], settings.signup_per_address),
+            ("signup", "all", settings.signup_overall),
+        ]
+        wait = await self._storage.run(
+            _reserve_attempt, subjects, self._now(), settings.signup_window
+        )
+        if wait:
+            raise SignUpThrottled(wait)
+
+    async def authenticate(
+        self, email: str, password: str, client_address: str, browser: str = ""
+    ) -> Account:
         """
         Check an email and password. Raise L{HashingBusy} when this worker
         has too many passwords to check already (nothing is counted then),
@@ -398,11 +582,13 @@ class Accounts:
         """
         self._work.admit()
         try:
-            return await self._authenticate(email, password, client_address)
+            return await self._authenticate(email, password, client_address, browser)
         finally:
             self._work.release()
 
-    async def _authenticate(self, email: str, password: str, client_address: str) -> Account:
+    async def _authenticate(
+        self, email: str, password: str, client_address: str, browser: str
+    ) -> Account:
         address = normalise_email(email)[:254]
         now = self._now()
         window = self._settings.throttle_window
@@ -421,6 +607,19 @@ class Accounts:
             ok = False
         else:
             ok = await self._in_thread(self._verify, found[1], password)
+        if not ok and found is not None and not found[0].disabled:
+            # The owner should know someone tried their password.
+            account_id = found[0].id
+            await self._storage.run(
+                lambda tx: events.record(
+                    tx,
+                    account_id,
+                    "signin_failed",
+                    now,
+                    client_address=client_address,
+                    browser=browser,
+                )
+            )
         if not ok or found is None or found[0].disabled:
             raise SignInRefused()
         account, pw_hash = found
@@ -449,16 +648,42 @@ class Accounts:
 
     async def disable(self, email: str) -> bool:
         """Disable an account and end its sessions; false when there is none."""
+        return await self._set_disabled(email, True)
 
-        def disable(tx: Transaction) -> bool:
+    async def enable(self, email: str) -> bool:
+        """Enable a disabled account again; false when there is none."""
+        return await self._set_disabled(email, False)
+
+    async def _set_disabled(self, email: str, disabled: bool) -> bool:
+        now = self._now()
+
+        def change(tx: Transaction) -> bool:
             row = tx.fetchone("SELECT id FROM accounts WHERE email = ?", normalise_email(email))
             if row is None:
                 return False
-            tx.execute("UPDATE accounts SET disabled = 1 WHERE id = ?", row[0])
-            tx.execute("DELETE FROM sessions WHERE account_id = ?", row[0])
+            account_id = int(row[0])
+            tx.execute(
+                "UPDATE accounts SET disabled = ? WHERE id = ?", 1 if disabled else 0, account_id
+            )
+            if disabled:
+                _delete_sessions(tx, "account_id = ?", account_id)
+            kind = "account_disabled" if disabled else "account_enabled"
+            events.record(tx, account_id, kind, now)
             return True
 
-        result: bool = await self._storage.run(disable)
+        result: bool = await self._storage.run(change)
+        return result
+
+    async def by_email(self, email: str) -> Account | None:
+        """The account with C{email} (disabled or not), or L{None}."""
+        result: Account | None = await self._storage.run(
+            lambda tx: _account(
+                tx.fetchone(
+                    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?",
+                    normalise_email(email),
+                )
+            )
+        )
         return result
 
     async def get(self, account_id: int) -> Account | None:
@@ -470,31 +695,50 @@ class Accounts:
         return result
 
     async def start_session(
-        self, account: Account, client_address: str, previous_token: str | None = None
+        self,
+        account: Account,
+        client_address: str,
+        previous_token: str | None = None,
+        how: SignIn | None = None,
     ) -> str:
         """
         Open a session for C{account} and return its new token. The token
-        the browser had before (if any) is ended: sign-in rotates it.
+        the browser had before (if any) is ended: sign-in rotates it. The
+        sign-in is logged (L{clickpass.accounts.events}), with C{how} it
+        happened, and a browser the account never used before is noted.
         """
         token = secrets.token_urlsafe(32)
         now = self._now()
-
-        def start(tx: Transaction) -> None:
-            if previous_token:
-                tx.execute(
-                    "DELETE FROM sessions WHERE token_hash = ?", session_hash(previous_token)
-                )
-            _create_session(
-                tx,
-                session_hash(token),
-                account.id,
-                now,
-                now + self._settings.session_lifetime,
-                client_address,
-            )
-
-        await self._storage.run(start)
+        await self._storage.run(
+            _start_session,
+            session_hash(token),
+            session_hash(previous_token) if previous_token else None,
+            account.id,
+            now,
+            now + self._settings.session_lifetime,
+            how or SignIn(client_address),
+        )
         return token
+
+    async def sessions(self, account_id: int, current_token: str = "") -> list[SessionInfo]:
+        """C{account_id}'s unexpired sessions, newest first (without their tokens)."""
+        current = session_hash(current_token) if current_token else ""
+        found = await self._storage.run(_sessions_of, account_id, self._now())
+        return [replace_current(info, token_hash == current) for token_hash, info in found]
+
+    async def end_session_by_handle(self, account_id: int, handle: str, how: SignIn) -> bool:
+        """End C{account_id}'s session named C{handle}; false when it has none such."""
+        result: bool = await self._storage.run(
+            _end_session_by_handle, account_id, handle, self._now(), how
+        )
+        return result
+
+    async def end_other_sessions(self, account_id: int, current_token: str, how: SignIn) -> int:
+        """End every session of C{account_id} but the current one; return how many."""
+        result: int = await self._storage.run(
+            _end_other_sessions, account_id, session_hash(current_token), self._now(), how
+        )
+        return result
 
     async def session_account(self, token: str) -> Account | None:
         """The signed-in account for a session token, or L{None}."""
@@ -521,23 +765,43 @@ class Accounts:
         return result
 
     async def end_session(self, token: str) -> None:
-        await self._storage.run(
-            lambda tx: tx.execute("DELETE FROM sessions WHERE token_hash = ?", session_hash(token))
-        )
+        await self._storage.run(_delete_sessions, "token_hash = ?", session_hash(token))
 
     async def expire_sessions(self, now: int | None = None) -> int:
-        """Delete expired sessions; return how many."""
+        """Delete expired sessions (and their details); return how many."""
         when = self._now() if now is None else now
-        count: int = await self._storage.run(
-            lambda tx: tx.execute("DELETE FROM sessions WHERE expires <= ?", when)
-        )
+
+        def expire(tx: Transaction) -> int:
+            count = _delete_sessions(tx, "expires <= ?", when)
+            # Details whose session an older node ended without them.
+            tx.execute(
+                "DELETE FROM session_details WHERE last_seen <= ? AND token_hash NOT IN "
+                "(SELECT token_hash FROM sessions)",
+                when - self._settings.session_lifetime,
+            )
+            return count
+
+        count: int = await self._storage.run(expire)
+        return count
+
+    async def expire_events(self, now: int | None = None) -> int:
+        """Delete security events older than they are kept; return how many."""
+        when = self._now() if now is None else now
+        oldest = when - self._settings.security_events_days * 86400
+        count: int = await self._storage.run(events.expire, oldest)
         return count
 
     async def prune_failures(self, now: int | None = None) -> int:
         """Forget failed sign-in counts whose window has passed; return how many."""
         when = self._now() if now is None else now
-        oldest = when - self._settings.throttle_window
+        # The sign-up counts share the table, with their own window.
+        oldest = when - max(self._settings.throttle_window, self._settings.signup_window)
         count: int = await self._storage.run(
             lambda tx: tx.execute("DELETE FROM signin_failures WHERE window_start <= ?", oldest)
         )
         return count
+
+
+def replace_current(info: SessionInfo, current: bool) -> SessionInfo:
+    """C{info}, marked as the session of the browser asking (or not)."""
+    return dataclasses.replace(info, current=current)

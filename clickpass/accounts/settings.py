@@ -46,6 +46,20 @@ class AccountsSettings:
             "are answered 503 with Retry-After at once."
         ),
     )
+    security_events_days: int = dataclasses.field(
+        default=90,
+        metadata=_doc("Days each person's security events (sign-ins, changes) are kept."),
+    )
+    signup_window: int = dataclasses.field(
+        default=3600, metadata=_doc("Seconds over which sign-ups are counted.")
+    )
+    signup_per_address: int = dataclasses.field(
+        default=10, metadata=_doc("Sign-ups allowed per client address within the window.")
+    )
+    signup_overall: int = dataclasses.field(
+        default=500,
+        metadata=_doc("Sign-ups allowed from all addresses together within the window."),
+    )
 
     def check(self) -> None:
         """Raise L{ConfigError} with one line for the first problem in this section."""
@@ -54,6 +68,10 @@ class AccountsSettings:
             "throttle_per_account",
             "throttle_per_address",
             "hash_threads",
+            "security_events_days",
+            "signup_window",
+            "signup_per_address",
+            "signup_overall",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[accounts] {key}: must be at least 1")

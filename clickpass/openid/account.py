@@ -14,9 +14,11 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.accounts import events
 from clickpass.accounts.service import Account
 from clickpass.openid import approvals
 from clickpass.openid.extensions import FIELD_LABELS
+from clickpass.storage.sql import Transaction
 from clickpass.web.app import WebApp, day
 from clickpass.web.pages import AccountSection
 from clickpass.web.routing import HTTPError, Router
@@ -46,7 +48,24 @@ def install(app: WebApp, router: Router) -> AccountSection:
         app.check_csrf(request)
         account = await app.require_account(request, back="/account")
         realm = app.form(request, "realm")
-        if not await app.storage.run(approvals.forget, account.id, realm):
+        how = app.how(request)
+        now = int(app.reactor.seconds())
+
+        def forget(tx: Transaction) -> bool:
+            if not approvals.forget(tx, account.id, realm):
+                return False
+            events.record(
+                tx,
+                account.id,
+                "approval_forgotten",
+                now,
+                client_address=how.client_address,
+                browser=how.browser,
+                detail=realm,
+            )
+            return True
+
+        if not await app.storage.run(forget):
             raise HTTPError(404, "You had not allowed that site to sign you in.")
         log.info("person forgot their approval of {realm}", realm=realm)
         return app.redirect(request, "/account")

@@ -27,6 +27,7 @@ from openid.server.trustroot import TrustRoot
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.accounts import events
 from clickpass.accounts.service import Account
 from clickpass.openid import approvals
 from clickpass.openid import extensions as openid_extensions
@@ -408,6 +409,7 @@ class PartnerFlow:
         public_id = self.app.form(request, "site")
         forget = self.app.form(request, "forget") == "yes"
         now = self._now()
+        how = self.app.how(request)
 
         def change(tx: Any) -> str:
             site = sites.site_by_public_id(tx, public_id)
@@ -419,6 +421,15 @@ class PartnerFlow:
                 sites.request_deletion(tx, site, link, identifier, now)
             else:
                 sites.unlink(tx, site, link, identifier, "person", now)
+            events.record(
+                tx,
+                account.id,
+                "site_disconnected",
+                now,
+                client_address=how.client_address,
+                browser=how.browser,
+                detail=site.display_name + (" (asked to delete your data)" if forget else ""),
+            )
             return site.name
 
         name = await self.app.storage.run(change)

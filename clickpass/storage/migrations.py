@@ -290,6 +290,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             ){opts}""",
         ),
     ),
+    Migration(
+        9,
+        "accounts: security events, known browsers, session details",
+        (
+            """CREATE TABLE IF NOT EXISTS security_events (
+                id {pk},
+                account_id BIGINT NOT NULL,
+                kind VARCHAR(32) NOT NULL,
+                created BIGINT NOT NULL,
+                client_address VARCHAR(64) NOT NULL DEFAULT '',
+                browser VARCHAR(128) NOT NULL DEFAULT '',
+                detail VARCHAR(255) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS security_events_account "
+            "ON security_events (account_id, created)",
+            "CREATE INDEX IF NOT EXISTS security_events_created ON security_events (created)",
+            """CREATE TABLE IF NOT EXISTS known_browsers (
+                account_id BIGINT NOT NULL,
+                browser_hash VARCHAR(64) NOT NULL,
+                first_seen BIGINT NOT NULL,
+                last_seen BIGINT NOT NULL,
+                PRIMARY KEY (account_id, browser_hash)
+            ){opts}""",
+            # Beside sessions rather than new columns of it: a session an
+            # older node starts simply has no details (shown as unknown).
+            """CREATE TABLE IF NOT EXISTS session_details (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                browser VARCHAR(128) NOT NULL DEFAULT '',
+                last_seen BIGINT NOT NULL
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS session_details_account ON session_details (account_id)",
+        ),
+    ),
 )
 
 

@@ -142,7 +142,7 @@ class UpstreamPages:
             found = await self.app.accounts.get(finished.account_id)
             if found is None:  # pragma: no cover - just written in the same flow
                 raise HTTPError(500, "Something went wrong on our side. Please try again.")
-            await self.app.sign_in(request, found)
+            await self.app.sign_in(request, found, method=name)
         return self.app.redirect(request, safe_next(finished.next_url))
 
     async def account_page(self, request: Request) -> bytes:

@@ -10,6 +10,7 @@ pool, password hashing through threads.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -27,7 +28,8 @@ from twisted.web.server import Request, Site
 from zope.interface import Interface
 
 from clickpass._version import __version__
-from clickpass.accounts.service import Account, Accounts
+from clickpass.accounts.events import describe_browser
+from clickpass.accounts.service import Account, Accounts, SignIn
 from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.config import Settings
 from clickpass.monitor.metrics import Registry
@@ -39,6 +41,10 @@ STATIC = Path(__file__).parent / "static"
 
 SESSION_COOKIE = b"cp_session"
 CSRF_COOKIE = b"cp_csrf"
+# A long-lived random name for the browser, so that a sign-in from a
+# browser the account never used is noticed (only its hash is stored).
+BROWSER_COOKIE = b"cp_browser"
+BROWSER_COOKIE_AGE = 2 * 365 * 24 * 3600
 MAX_FIELD = 4096
 
 SECURITY_HEADERS = {
@@ -209,10 +215,35 @@ class WebApp:
             raise HTTPError(303, "Sign in first.", {"location": self.signin_url(target)})
         return account
 
-    async def sign_in(self, request: Request, account: Account) -> None:
-        """Start a session for C{account}, rotating any token the browser had."""
+    def browser(self, request: Request) -> str:
+        """The asking browser's short name ("Firefox on Linux"), for the security log."""
+        agent = request.getHeader(b"user-agent") or b""
+        return describe_browser(agent.decode("utf-8", "replace")[:512])
+
+    def how(self, request: Request, method: str = "password") -> SignIn:
+        """Who is signing in (or changing their account), as the security log says it."""
+        return SignIn(self.client_address(request), self.browser(request), method=method)
+
+    def _browser_hash(self, request: Request) -> str:
+        raw = request.getCookie(BROWSER_COOKIE)
+        name = raw.decode("ascii", "replace") if raw else ""
+        if not (16 <= len(name) <= 64) or not name.replace("-", "").replace("_", "").isalnum():
+            name = secrets.token_urlsafe(24)
+        # Renewed at every sign-in, so a browser in use keeps its name.
+        self.set_cookie(request, BROWSER_COOKIE, name, BROWSER_COOKIE_AGE)
+        return hashlib.sha256(name.encode("ascii")).hexdigest()
+
+    async def sign_in(self, request: Request, account: Account, method: str = "password") -> None:
+        """
+        Start a session for C{account}, rotating any token the browser had,
+        and log the sign-in (C{method}: "password", "signup", or the
+        upstream provider's name).
+        """
+        how = dataclasses.replace(
+            self.how(request, method), browser_hash=self._browser_hash(request)
+        )
         token = await self.accounts.start_session(
-            account, self.client_address(request), self.session_token(request) or None
+            account, how.client_address, self.session_token(request) or None, how
         )
         self.set_cookie(request, SESSION_COOKIE, token, self.settings.accounts.session_lifetime)
         request_state(request).account = account

@@ -19,7 +19,13 @@ from typing import Any, Protocol
 
 from twisted.web.server import Request
 
-from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
+from clickpass.accounts.service import (
+    Account,
+    AccountError,
+    HashingBusy,
+    SignUpThrottled,
+    Throttled,
+)
 from clickpass.web.app import STATIC, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
 
@@ -51,6 +57,8 @@ class AccountSection:
 
     template: str
     context: Callable[[Account], Awaitable[dict[str, Any]]]
+    # For a part that depends on the browser asking (its own session).
+    request_context: Callable[[Account, Request], Awaitable[dict[str, Any]]] | None = None
 
 
 class AccountPages:
@@ -126,13 +134,19 @@ class AccountPages:
         try:
             if password != self.app.form(request, "password_again"):
                 raise AccountError("The two passwords differ. Type the same password twice.")
-            account = await self.app.accounts.sign_up(email, password)
+            account = await self.app.accounts.sign_up(
+                email, password, self.app.client_address(request)
+            )
         except HashingBusy as e:
             return await self.busy(request, "signup.html", next_url, email, e)
+        except SignUpThrottled as e:
+            request.setResponseCode(429)
+            request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+            return await self.form_page(request, "signup.html", next_url, email, str(e))
         except AccountError as e:
             request.setResponseCode(400)
             return await self.form_page(request, "signup.html", next_url, email, str(e))
-        await self.app.sign_in(request, account)
+        await self.app.sign_in(request, account, method="signup")
         return self.app.redirect(request, next_url)
 
     async def signin_form(self, request: Request) -> bytes:
@@ -148,7 +162,10 @@ class AccountPages:
         next_url = safe_next(self.app.form(request, "next"))
         try:
             account = await self.app.accounts.authenticate(
-                email, self.app.form(request, "password"), self.app.client_address(request)
+                email,
+                self.app.form(request, "password"),
+                self.app.client_address(request),
+                self.app.browser(request),
             )
         except HashingBusy as e:
             self.app.signins.inc(outcome="busy")
@@ -176,6 +193,8 @@ class AccountPages:
         context: dict[str, Any] = {}
         for section in self.account_sections:
             context.update(await section.context(account))
+            if section.request_context is not None:
+                context.update(await section.request_context(account, request))
         return self.app.render(
             request,
             "account.html",
