@@ -26,6 +26,7 @@ from clickpass.openid import account as openid_account
 from clickpass.openid import discovery
 from clickpass.openid import web as openid_web
 from clickpass.partners import web as partners_web
+from clickpass.selfservice import web as selfservice_web
 from clickpass.storage.sql import Storage
 from clickpass.upstream import web as upstream_web
 from clickpass.web import pages
@@ -55,6 +56,8 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     partner_flow = partners_web.install(app, router, assertions)
     openid_web.install(app, router, assertions, partners=partner_flow)
     approvals_section = openid_account.install(app, router)
+    # The person's own controls: sessions, security log, export, deletion.
+    self_service_section = selfservice_web.install(app, router)
 
     base_url = settings.base_url
 
@@ -71,6 +74,7 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
             partner_flow.account_section(),
             approvals_section,
             upstream_web.ACCOUNT_SECTION,
+            self_service_section,
         ],
     )
     # Per-route counts and latency, for the front's /metrics.

@@ -1,0 +1,5 @@
+"""The partners' migrated in-memory SQLite database, shared here."""
+
+from tests.unit.partners.conftest import storage
+
+__all__ = ["storage"]
