@@ -41,6 +41,7 @@ from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.service import register_commands as register_oidc_commands
 from clickpass.openid import store as openid_store
 from clickpass.partners.webhooks import delivery_service
+from clickpass.selfservice.service import register_commands as register_user_commands
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage, Transaction
 
@@ -203,6 +204,8 @@ class Node(MultiService):
         # database, listed and rotated on the control port.
         signing_keys = SigningKeys(reactor, reactor, storage, self.secret)
         register_oidc_commands(self.commands, signing_keys)
+        # The operators' user commands beyond add and disable.
+        register_user_commands(self.commands, reactor, storage, self._accounts(), settings.base_url)
         self._housekeeping(storage, signing_keys).setServiceParent(group)
         # Partner webhooks: the node (not the workers) empties the durable outbox.
         delivery_service(

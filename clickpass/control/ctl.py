@@ -322,6 +322,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "clickpass.dbagent.ctl",
     "clickpass.mail.ctl",
     "clickpass.oidc.ctl",
+    "clickpass.selfservice.ctl",
 )
 
 

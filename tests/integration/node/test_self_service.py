@@ -8,6 +8,7 @@ clickpass-ctl user commands.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,66 @@ def test_sign_ups_from_one_address_are_limited(node: NodeProcess) -> None:
     assert 0 < int(refused.headers["retry-after"]) <= 3600
     assert "Too many accounts were created from here recently" in refused.text
     assert browser(node, FIREFOX).sign_in("p3@example.com", PASSWORD).status_code == 401
+
+
+def test_operators_list_show_sessions_enable_and_delete(node: NodeProcess) -> None:
+    """
+    clickpass-ctl user list/show/sessions/disable/enable/delete against the
+    running node: what a person did is visible, a disabled account is
+    enabled again, and deletion needs --yes and frees the address.
+    """
+    laptop = browser(node, FIREFOX)
+    laptop.sign_up("a@example.com", PASSWORD)
+    browser(node, SAFARI).sign_up("b@example.org", PASSWORD)
+
+    listed = node.ctl("user", "list").stdout
+    assert "a@example.com" in listed and "b@example.org" in listed
+    only = json.loads(node.ctl("--json", "user", "list", "--match", "example.org").stdout)
+    assert [a["email"] for a in only["accounts"]] == ["b@example.org"]
+    paged = json.loads(node.ctl("--json", "user", "list", "--limit", "1").stdout)
+    assert [a["email"] for a in paged["accounts"]] == ["a@example.com"] and paged["more"]
+
+    shown = node.ctl("user", "show", "A@Example.com").stdout
+    assert "a@example.com" in shown and "active" in shown
+    assert "Account created" in shown and "Signed in" in shown
+    sessions = node.ctl("user", "sessions", "a@example.com").stdout
+    assert "Firefox on Linux" in sessions and "127.0.0.1" in sessions
+
+    node.ctl("user", "disable", "a@example.com")
+    assert not signed_in(laptop)
+    assert "disabled" in node.ctl("user", "show", "a@example.com").stdout
+    assert "has no sessions" in node.ctl("user", "sessions", "a@example.com").stdout
+    node.ctl("user", "enable", "a@example.com")
+    assert browser(node, FIREFOX).sign_in("a@example.com", PASSWORD).status_code == 200
+    assert "Account enabled by an operator" in node.ctl("user", "show", "a@example.com").stdout
+
+    unconfirmed = node.ctl("user", "delete", "a@example.com", check=False)
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
+    assert "a@example.com" in node.ctl("user", "list").stdout
+    deleted = node.ctl("user", "delete", "a@example.com", "--yes").stdout
+    assert deleted.strip() == "deleted a@example.com; partner sites told: none"
+    assert "a@example.com" not in node.ctl("user", "list").stdout
+    assert browser(node, FIREFOX).sign_up("a@example.com", PASSWORD).status_code == 200
+
+
+BAD_INPUT = [
+    (("user", "show", "nobody@example.com"), "no account with email nobody@example.com"),
+    (("user", "enable", "nobody@example.com"), "no account with email nobody@example.com"),
+    (("user", "sessions", "not-an-address"), "does not look like an email address"),
+    (("user", "delete", "nobody@example.com", "--yes"), "no account with email"),
+    (("user", "list", "--limit", "0"), "limit must be a whole number from 1 to"),
+]
+
+
+def test_bad_operator_input_is_one_line(node: NodeProcess) -> None:
+    """
+    Unknown or malformed addresses and bad limits get one error line and
+    exit status 1, and the node goes on answering.
+    """
+    for args, error in BAD_INPUT:
+        result = node.ctl(*args, check=False)
+        assert result.returncode == 1, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("clickpass-ctl: "), result.stderr
+        assert error in lines[0], (args, lines[0])
+    assert node.ctl("status").returncode == 0
