@@ -54,10 +54,10 @@ class AccountsSettings:
         default=3600, metadata=_doc("Seconds over which sign-ups are counted.")
     )
     signup_per_address: int = dataclasses.field(
-        default=10, metadata=_doc("Sign-ups allowed per client address within the window.")
+        default=50, metadata=_doc("Sign-ups allowed per client address within the window.")
     )
     signup_overall: int = dataclasses.field(
-        default=500,
+        default=1000,
         metadata=_doc("Sign-ups allowed from all addresses together within the window."),
     )
 

@@ -63,6 +63,11 @@ def test_forgetting_an_approval_makes_that_site_ask_again(
 
     assert forget(person, rp_site.realm) == 303
     assert listed(person) == [other_site.realm]
+    # The person's security log says so, naming the site.
+    log = person.browser.get("/account").text
+    assert re.search(
+        r"Forgot a site&#39;s approval <span class=\"muted\">\(" + re.escape(rp_site.realm), log
+    )
     assert immediate(person, rp) == consumer.SETUP_NEEDED
     assert immediate(person, other) == consumer.SUCCESS
     # The next sign-in there shows the consent page again; allowing remembers anew.

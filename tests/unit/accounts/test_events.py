@@ -84,6 +84,11 @@ async def _kinds(storage: Storage, account: Account) -> list[str]:
             "(KHTML, like Gecko) Version/18.1 Safari/605.1.15",
             "Safari on macOS",
         ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "HeadlessChrome/131.0.0.0 Safari/537.36",
+            "Chrome on Linux",
+        ),
         ("curl/8.5.0", "curl/8.5.0"),
         ("python-requests/2.32.3", "python-requests/2.32.3"),
         ("", "unknown browser"),
