@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "other_sessions_ended": "Signed out every other session",
     "approval_forgotten": "Forgot a site's approval",
     "site_disconnected": "Disconnected a site",
+    "site_unlinked": "A site disconnected you (its approval was forgotten)",
     "account_disabled": "Account disabled by an operator",
     "account_enabled": "Account enabled by an operator",
     # Recorded by other flows.

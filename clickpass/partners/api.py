@@ -19,8 +19,10 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.accounts import events
 from clickpass.openid.identifiers import OPAQUE_PATTERN
 from clickpass.partners import sites
+from clickpass.storage.sql import Transaction
 from clickpass.web.app import WebApp
 from clickpass.web.routing import ErrorPage, HTTPError, Router
 
@@ -278,9 +280,16 @@ class PartnerApi:
         site = await self._site(request)
         link = await self._link(site, opaque)
         identifier = self._identifier(opaque)
-        done = await self.app.storage.run(
-            sites.unlink, site, link, identifier, "partner", self._now()
-        )
+        now = self._now()
+
+        def unlink(tx: Transaction) -> bool:
+            if not sites.unlink(tx, site, link, identifier, "partner", now):
+                return False
+            # The site's approval went too: the person's log says why it asks again.
+            events.record(tx, link.account_id, "site_unlinked", now, detail=site.display_name)
+            return True
+
+        done = await self.app.storage.run(unlink)
         if not done:
             raise ApiError(404, "No person with this identifier is linked to your site.")
         log.info("partner {site} unlinked an identifier", site=site.public_id)

@@ -86,3 +86,21 @@ def test_disconnecting_a_site_is_in_the_security_log(node: NodeProcess, partner:
     account = person.session.get(node.url + "account", timeout=30).text
     assert "Disconnected a site" in account
     assert "(asked to delete your data)" in account
+
+
+def test_a_partner_unlinking_the_person_is_in_their_log(
+    node: NodeProcess, partner: Partner
+) -> None:
+    """When the partner unlinks the person through its API, the person's log says so."""
+    person = Person(node, partner.process.url)
+    before = _identifiers(node, partner)
+    person.choose(
+        person.sign_up_from(person.start()), "register", email=person.email, nickname="ul"
+    )
+    (opaque,) = _identifiers(node, partner) - before
+    auth = {"Authorization": f"Bearer {partner.site.api_key}"}
+    answer = requests.delete(node.url + "api/v1/identifiers/" + opaque, headers=auth, timeout=10)
+    assert answer.status_code == 200
+    account = person.session.get(node.url + "account", timeout=30).text
+    assert "A site disconnected you (its approval was forgotten)" in account
+    assert "Example Partner" in account.split("Recent security events")[1]
