@@ -1,0 +1,219 @@
+"""
+Active-active app nodes in the lab, as conf/production/ configures them:
+app1 and app2 each MASTER of its own VIP and BACKUP of the other's, a client
+loading both VIPs, and app1's node killed and brought back.
+
+The app nodes run on SQLite here (C{db=False}): what is tested is the app
+VIPs, and the database pair's failover has its own lab tests
+(test_db_failover.py); leaving MariaDB out keeps this test quick and its
+timings clean on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.heartbeat.conftest import load_lab
+from tests.integration.heartbeat.probe import Attempt, GapProbe, Holding, VipWatch
+
+labmod = load_lab()
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+# Apart from the other lab tests' namespaces (cpt-, cpd-) and anyone's own lab.
+PREFIX = os.environ.get("CLICKPASS_TEST_AALAB_PREFIX", "cpa-")
+VIP1 = labmod.APP_VIPS["app1"]
+VIP2 = labmod.APP_VIPS["app2"]
+
+# A keep-alive HTTP/1.1 client: GET /healthz every 50 ms on one connection
+# until SIGTERM; prints the count, or why the connection failed (exit 1).
+KEEPALIVE = """
+import http.client, signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
+conn.connect()
+local = conn.sock.getsockname()
+count = 0
+try:
+    while not stop:
+        conn.request("GET", "/healthz")
+        answer = conn.getresponse()
+        answer.read()
+        if answer.status != 200 or conn.sock is None or conn.sock.getsockname() != local:
+            print(f"answer {answer.status} after {count}, connection kept: {conn.sock is not None}")
+            sys.exit(1)
+        count += 1
+        time.sleep(0.05)
+except OSError as e:
+    print(f"connection lost after {count} requests: {e}")
+    sys.exit(1)
+print(f"{count} requests on one connection")
+"""
+
+
+@pytest.fixture
+def production_lab() -> Iterator[Any]:
+    """The production shape (scripts/lab up's default), app nodes on SQLite."""
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root to create network namespaces", pytrace=False)
+    for tool in ("ip", "curl"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"the lab needs {tool} (iproute2, curl)", pytrace=False)
+    lab = labmod.Lab(prefix=PREFIX)
+    lab.down()  # a lab a crashed run left behind
+    try:
+        lab.up(shape="production", db=False, timeout=120.0)
+        yield lab
+    finally:
+        lab.down()
+
+
+def group_state(lab: Any, host: str, group: str) -> str:
+    """The state of C{group} on C{host}'s node ("" while it does not answer)."""
+    try:
+        status = lab.cluster_status(host)
+    except labmod.LabError:
+        return ""
+    return next((str(g["state"]) for g in status["groups"] if g["group"] == group), "")
+
+
+def settle(lab: Any, vip: str, holders: list[str], timeout: float) -> None:
+    lab.wait_for(lambda: lab.vip_holders(vip) == holders, timeout, f"{vip} held by {holders}")
+
+
+def recovered_at(attempts: list[Attempt], fault_at: float) -> float | None:
+    """When the first request started after the fault that succeeded had its answer."""
+    done = [a.finished for a in attempts if a.ok and a.started >= fault_at]
+    return min(done) if done else None
+
+
+def failed(attempts: list[Attempt]) -> list[Attempt]:
+    return [a for a in attempts if not a.ok]
+
+
+def start_keepalive(lab: Any, vip: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns("client"),
+            sys.executable,
+            "-c",
+            KEEPALIVE,
+            vip,
+            str(labmod.HTTP_PORT),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_each_app_node_serves_its_own_vip(production_lab: Any) -> None:
+    """Both app nodes serve at once: each holds its own VIP, is MASTER of its group and
+    BACKUP of the other's, and both VIPs answer the client."""
+    lab = production_lab
+    settle(lab, VIP1, ["app1"], 10.0)
+    settle(lab, VIP2, ["app2"], 10.0)
+    for host, other in (("app1", "app2"), ("app2", "app1")):
+        lab.wait_for(
+            lambda h=host, o=other: (
+                (group_state(lab, h, h), group_state(lab, h, o)) == ("MASTER", "BACKUP")
+            ),
+            10.0,
+            f"{host} MASTER of its own group and BACKUP of {other}'s",
+        )
+    assert lab.http_ok(lab.healthz(VIP1)) and lab.http_ok(lab.healthz(VIP2))
+    assert labmod.neighbour_mac(lab, "client", VIP1) == labmod.interface_mac(lab, "app1")
+    assert labmod.neighbour_mac(lab, "client", VIP2) == labmod.interface_mac(lab, "app2")
+
+
+def test_kill9_of_app1_moves_only_its_vip_and_it_comes_back(production_lab: Any) -> None:
+    """
+    kill -9 of app1's node (node and heartbeat): requests to app1's VIP fail only
+    until app2 has taken it over (measured and printed), none to app2's VIP fail,
+    and app2 then serves both. When app1 is started again it takes its own VIP back
+    with no moment when nobody holds it, while a keep-alive connection to app2's VIP
+    carries on untouched.
+    """
+    lab = production_lab
+    settle(lab, VIP1, ["app1"], 10.0)
+    settle(lab, VIP2, ["app2"], 10.0)
+    probe1 = GapProbe(lab, VIP1, labmod.HTTP_PORT)
+    probe2 = GapProbe(lab, VIP2, labmod.HTTP_PORT)
+    time.sleep(1.0)
+    killed_at = time.monotonic()
+    lab.signal_node("app1", signal.SIGKILL, whole_group=True)
+    # app1's lease (2 s) lapses in its namespace: app2 alone holds both.
+    settle(lab, VIP1, ["app2"], 10.0)
+    lab.wait_for(lambda: lab.http_ok(lab.healthz(VIP1)), 10.0, "app1's VIP to answer")
+    time.sleep(1.0)
+    down_until = time.monotonic()
+    lab.stop_node("app1")  # reap it
+
+    # app1 comes back; a keep-alive client holds one connection to app2's VIP meanwhile.
+    watch = VipWatch(lab, VIP1)
+    keepalive = start_keepalive(lab, VIP2)
+    time.sleep(0.5)
+    restarted_at, restarted_wall = time.monotonic(), time.time()
+    lab.start_node("app1")
+    settle(lab, VIP1, ["app1"], 60.0)
+    time.sleep(1.0)
+    ended = time.monotonic()
+    probe1.stop()
+    probe2.stop()
+    events = watch.stop()
+    keepalive.terminate()
+    kept, _ = keepalive.communicate(timeout=10)
+
+    during1 = probe1.between(killed_at, down_until)
+    moved = recovered_at(during1, killed_at)
+    assert moved is not None, "app1's VIP never answered again"
+    fails1 = failed(during1)
+    print(
+        f"\napp1 killed: {len(fails1)} of {len(during1)} requests to app1's VIP failed;"
+        f" the first request started after the kill that succeeded was answered"
+        f" {moved - killed_at:.3f} s after it"
+        + (
+            f"; the last failure started {fails1[-1].started - killed_at:.3f} s after it"
+            if fails1
+            else ""
+        )
+    )
+    assert [a for a in fails1 if a.started > moved] == [], "app1's VIP failed after it moved"
+    assert moved - killed_at < 5.0
+    assert sum(a.ok for a in during1) >= 10
+
+    back1 = probe1.between(restarted_at, ended)
+    cut = [a for a in back1 if a.cut]
+    holding = Holding.after(watch.holders_over_time(["app2"]), restarted_wall)
+    print(
+        f"app1 back: {len(back1)} requests to app1's VIP, {len(failed(back1))} failed"
+        f" ({len(cut)} in flight when the client's ARP entry moved); holders of app1's VIP"
+        f" {[h for _, h in holding.changes]}, both for at most {holding.longest_shared:.3f} s"
+    )
+    assert [a for a in back1 if a.gap] == [], "nobody answered app1's VIP for a new connection"
+    assert watch.moments_without_holder(["app2"]) == [], f"app1's VIP unheld: {events}"
+    assert ("app1", "add") in events and ("app2", "del") in events
+
+    all2 = probe2.between(killed_at, ended)
+    print(f"app2's VIP: {len(all2)} requests, {len(failed(all2))} failed")
+    assert failed(all2) == [], f"requests to app2's VIP failed: {failed(all2)[:5]}"
+    assert len(all2) >= 50
+    print(f"keep-alive connection to app2's VIP: {kept.strip()}")
+    assert keepalive.returncode == 0, kept
+    assert lab.vip_holders(VIP2) == ["app2"]
+    assert group_state(lab, "app2", "app2") == "MASTER"
+    lab.wait_for(
+        lambda: group_state(lab, "app2", "app1") == "BACKUP", 5.0, "app2 BACKUP of app1's VIP"
+    )
