@@ -1,0 +1,359 @@
+"""
+A rolling upgrade in the lab, as docs/operations.md describes it: the whole
+production shape (MariaDB pair, witness, two app nodes) starts on the
+previous release (the tag 0.1.0, or CLICKPASS_UPGRADE_FROM), and every node is
+moved to this checkout one at a time (witness, database replica's host,
+switchover, old primary's host, then each app node drained by a VIP
+switchover) while a relying party in the client namespace signs people in
+through both app VIPs without pause. No sign-in may fail and every account
+signed up during the roll must be on both database servers at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import pytest
+from openid.consumer import consumer
+from openid.store.memstore import MemoryStore
+
+from clickpass.dbagent.gtid import Position
+from tests.integration.openid.harness import Person
+
+from .conftest import _check_possible, enter_namespace, labmod, settle_db
+
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.mariadb]
+
+ROOT = Path(__file__).resolve().parents[3]
+PREFIX = os.environ.get("CLICKPASS_TEST_UPGRADE_PREFIX", "cpu-")
+FROM = os.environ.get("CLICKPASS_UPGRADE_FROM", "0.1.0")
+VIP1 = labmod.APP_VIPS["app1"]
+VIP2 = labmod.APP_VIPS["app2"]
+CLIENT = labmod.HOSTS["client"]
+# A new person signs up every this many sign-ins (the writes that must not be lost).
+SIGNUP_EVERY = 5
+
+
+def previous_release(directory: Path) -> Path:
+    """The release to upgrade from, exported from git and its C parser built."""
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{FROM}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"no release {FROM!r} in this repository to upgrade from: fetch the tags, or set "
+            "CLICKPASS_UPGRADE_FROM to a commit",
+            pytrace=False,
+        )
+    tree = directory / f"clickpass-{FROM}"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", done.stdout.strip()],
+        capture_output=True,
+        check=True,
+    ).stdout
+    (directory / "release.tar").write_bytes(archive)
+    with tarfile.open(directory / "release.tar") as tar:
+        tar.extractall(tree, filter="data")
+    subprocess.run(
+        [str(labmod.VENV / "bin" / "python"), "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tree,
+        capture_output=True,
+        check=True,
+    )
+    return tree
+
+
+class RelyingPartySite:
+    """The relying party's realm on the client's own address (its XRDS lists /return)."""
+
+    def __init__(self) -> None:
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = site.xrds().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/xrds+xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        # Made (bound) by a thread inside the client namespace.
+        self.server = ThreadingHTTPServer((CLIENT, 0), Handler)
+        self.realm = f"http://{CLIENT}:{self.server.server_address[1]}/"
+        self.return_to = self.realm + "return"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def xrds(self) -> str:
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<xrds:XRDS xmlns:xrds="xri://$xrds" xmlns="xri://$xrd*($v*2.0)"><XRD>'
+            "<Service><Type>http://specs.openid.net/auth/2.0/return_to</Type>"
+            f"<URI>{self.return_to}</URI></Service></XRD></xrds:XRDS>\n"
+        )
+
+
+def through(vip: str, url: str) -> str:
+    """C{url} with its host:port made C{vip}'s (the person's browser resolved the name so)."""
+    parts = urlsplit(url)
+    if parts.hostname not in (VIP1, VIP2):
+        return url
+    return urlunsplit(parts._replace(netloc=f"{vip}:{labmod.HTTP_PORT}"))
+
+
+class LabPerson(Person):
+    """A person whose browser reaches the provider through one VIP, a connection a request."""
+
+    def __init__(self, vip: str, email: str) -> None:
+        super().__init__(f"http://{vip}:{labmod.HTTP_PORT}/", email)
+        self.vip = vip
+        self.browser.session.headers["Connection"] = "close"
+
+    def open(self, url: str) -> Any:
+        return super().open(through(self.vip, url))
+
+
+@dataclass
+class SignIns:
+    """A relying party signing people in through both VIPs, in the client namespace."""
+
+    namespace: str
+    ok: list[tuple[float, str]] = field(default_factory=list)
+    failures: list[tuple[float, str, str]] = field(default_factory=list)
+    identities: dict[str, str] = field(default_factory=dict)
+    ready: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(60)
+
+    def _run(self) -> None:
+        enter_namespace(self.namespace)
+        self.site = RelyingPartySite()
+        self.store = MemoryStore()
+        people = [self._new_person(VIP1), self._new_person(VIP2)]
+        self.ready.set()
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            vip = (VIP1, VIP2)[n % 2]
+            if n % SIGNUP_EVERY == 0:
+                self._attempt(vip, lambda v=vip: self._new_person(v))
+            else:
+                person = people[n % 2]
+                self._attempt(vip, lambda p=person: self._sign_in(p))
+
+    def _attempt(self, vip: str, action: Any) -> None:
+        try:
+            action()
+        except Exception as e:  # any failure of the sign-in is what is counted
+            self.failures.append((time.monotonic(), vip, f"{type(e).__name__}: {e}"))
+        else:
+            self.ok.append((time.monotonic(), vip))
+
+    def _begin(self) -> tuple[consumer.Consumer, str]:
+        rp = consumer.Consumer({}, self.store)
+        request = rp.begin(f"http://{VIP1}:{labmod.HTTP_PORT}/")
+        return rp, str(request.redirectURL(self.site.realm, self.site.return_to))
+
+    def _complete(self, rp: consumer.Consumer, location: str) -> str:
+        query = dict(parse_qsl(urlsplit(location).query, keep_blank_values=True))
+        response = rp.complete(query, location.split("?")[0])
+        if response.status != consumer.SUCCESS:
+            raise AssertionError(f"the relying party got {response.status}: {response.message}")
+        return str(response.identity_url)
+
+    def _new_person(self, vip: str) -> LabPerson:
+        person = LabPerson(vip, f"roll-{secrets.token_hex(5)}@example.com")
+        rp, url = self._begin()
+        answer = person.decide(person.sign_up_and_continue(url))
+        if answer.status_code != 302:
+            raise AssertionError(f"consent answered {answer.status_code}")
+        self.identities[person.email] = self._complete(rp, answer.headers["location"])
+        return person
+
+    def _sign_in(self, person: LabPerson) -> None:
+        rp, url = self._begin()
+        identity = self._complete(rp, person.through_consent(url))
+        if identity != self.identities[person.email]:
+            raise AssertionError(f"{person.email} came back as {identity}")
+
+
+@pytest.fixture
+def old_lab(tmp_path: Path) -> Iterator[Any]:
+    """The production shape on MariaDB, every node on the previous release."""
+    _check_possible()
+    release = previous_release(tmp_path)
+    lab = labmod.Lab(prefix=PREFIX)
+    lab.down()
+    lab.releases = {host: release for host in (*labmod.NODES, *labmod.DB_NODES)}
+    try:
+        lab.up(shape="production", db=True, timeout=180.0)
+        settle_db(lab)
+        yield lab
+    finally:
+        lab.down()
+
+
+def runs_release(lab: Any, host: str, tree: Path | None) -> bool:
+    """Whether the host's node loaded its C parser from C{tree} (None: from this checkout)."""
+    maps = Path(f"/proc/{lab.pid(host)}/maps").read_text()
+    loaded = re.findall(r"(\S+)/clickpass/balancer/_http1\S*\.so", maps)
+    return bool(loaded) and all(
+        (Path(p) == tree) if tree is not None else (Path(p) == ROOT) for p in loaded
+    )
+
+
+def upgrade(lab: Any, host: str) -> None:
+    """Stop the host's node and start it from this checkout."""
+    lab.stop_node(host)
+    lab.releases.pop(host, None)
+    lab.start_node(host)
+
+
+def answers(lab: Any, host: str) -> bool:
+    """Whether the host's node answers on its control socket."""
+    try:
+        lab.cluster_status(host)
+    except labmod.LabError:
+        return False
+    return True
+
+
+def retry(command: Any, what: str, timeout: float = 60.0) -> str:
+    """
+    Run a planned move until it is accepted: it is refused while the peer that
+    just restarted is not yet heard as a healthy BACKUP.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(command())
+        except labmod.LabError as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} refused for {timeout:g} s: {e}") from None
+            time.sleep(1.0)
+
+
+def wait_db(lab: Any, primary: str, replica: str, false_alarms: list[str]) -> None:
+    """
+    Wait until C{primary} is primary and C{replica} its replica. A replica's
+    agent that restarts while writes flow may quarantine its host for
+    "errant" transactions the primary has too: it compares the primary's
+    position read before its own, and the replica went on applying in
+    between. Such a host is put back as an operator would once they checked
+    that the primary holds every transaction it has (`db rejoin --force`),
+    and the false alarm is recorded for the end of the test.
+    """
+    deadline = time.monotonic() + 120.0
+    while (lab.db_role(primary), lab.db_role(replica)) != ("primary", "replica"):
+        assert time.monotonic() < deadline, f"{primary} primary, {replica} replica: not so"
+        if lab.db_role(replica) == "quarantined":
+            local = Position.parse(lab.sql(replica, "SELECT @@gtid_current_pos").strip())
+            theirs = Position.parse(lab.sql(primary, "SELECT @@gtid_binlog_pos").strip())
+            problems = lab.db_status(replica).get("problems")
+            assert theirs.reached(local), (
+                f"{replica} holds transactions {primary} lacks: {problems}"
+            )
+            false_alarms.append(f"{replica}: {problems}")
+            lab.ctl(replica, "db", "rejoin", "--force", timeout=30.0)
+        time.sleep(0.5)
+
+
+def roll_app(lab: Any, host: str, other: str) -> None:
+    """Drain an app node (its VIP to the other), upgrade it, let it take its VIP back."""
+    vip = labmod.APP_VIPS[host]
+    answer = retry(lambda: lab.ctl(host, "cluster", "switchover", host), f"{host}'s switchover")
+    assert "handing the VIP" in answer
+    lab.wait_for(lambda: lab.vip_holders(vip) == [other], 20.0, f"{other} to hold {vip}")
+    upgrade(lab, host)
+    lab.wait_for(lambda: lab.vip_holders(vip) == [host], 120.0, f"{host} to take {vip} back")
+
+
+@pytest.mark.timeout(1500)
+def test_rolling_upgrade_with_sign_ins_flowing(old_lab: Any) -> None:
+    """
+    From the previous release to this checkout, one node at a time, with sign-ins of
+    signed-in people (checkid_setup through a real relying party) and sign-ups going on
+    through both app VIPs: none fails, and every account made is on both servers.
+    """
+    lab = old_lab
+    release = lab.releases["app1"]
+    assert runs_release(lab, "app1", release), "app1 does not run the previous release"
+    signins = SignIns(lab.ns("client"))
+    signins.start()
+    assert signins.ready.wait(120), f"the first sign-ins failed: {signins.failures[:3]}"
+    lab.wait_for(lambda: len(signins.ok) >= 10, 120.0, "sign-ins before the roll")
+    started = time.monotonic()
+    steps: list[tuple[str, float]] = []
+    false_alarms: list[str] = []
+
+    def step(name: str) -> None:
+        steps.append((name, round(time.monotonic() - started, 1)))
+
+    upgrade(lab, "witness")
+    lab.wait_for(lambda: answers(lab, "witness"), 60.0, "the witness to answer")
+    step("witness")
+    upgrade(lab, "db2")
+    wait_db(lab, "db1", "db2", false_alarms)
+    step("db2 (replica)")
+    retry(lambda: lab.ctl("db1", "db", "switchover", timeout=30.0), "db switchover")
+    wait_db(lab, "db2", "db1", false_alarms)
+    step("switchover to db2")
+    upgrade(lab, "db1")
+    wait_db(lab, "db2", "db1", false_alarms)
+    step("db1 (replica)")
+    roll_app(lab, "app1", "app2")
+    step("app1")
+    roll_app(lab, "app2", "app1")
+    step("app2")
+    count = len(signins.ok)
+    lab.wait_for(lambda: len(signins.ok) >= count + 10, 120.0, "sign-ins after the roll")
+    signins.stop()
+
+    for host in (*labmod.NODES, *labmod.DB_NODES):
+        assert runs_release(lab, host, None), f"{host} does not run this checkout"
+    during = [t for t, _ in signins.ok if started <= t]
+    per_vip = {v: sum(1 for _, vip in signins.ok if vip == v) for v in (VIP1, VIP2)}
+    print(
+        f"\nrolling upgrade {FROM} -> HEAD: steps (s from start) {steps}; sign-ins ok"
+        f" {len(signins.ok)} ({len(during)} during the roll; per VIP {per_vip}),"
+        f" failed {len(signins.failures)}; people signed up {len(signins.identities)}"
+    )
+    assert signins.failures == [], signins.failures[:5]
+    assert len(during) >= 50
+    emails = set(signins.identities)
+    for host in labmod.DB_NODES:
+        present = set(lab.sql(host, "SELECT email FROM clickpass.accounts").split())
+        assert emails <= present, f"accounts missing on {host}: {sorted(emails - present)[:5]}"
+    if false_alarms:
+        pytest.xfail(
+            "the roll went through, but a database agent restarted under writes quarantined"
+            f" its replica for transactions the primary has (a race in its rejoin): {false_alarms}"
+        )
