@@ -179,18 +179,21 @@ def test_kill9_of_app1_moves_only_its_vip_and_it_comes_back(production_lab: Any)
     during1 = probe1.between(killed_at, down_until)
     moved = recovered_at(during1, killed_at)
     assert moved is not None, "app1's VIP never answered again"
-    fails1 = failed(during1)
+    # Not answered at once: failed, or the client's SYN had to be sent again
+    # (nobody held the address for a moment): see probe.py.
+    hit1 = [a for a in during1 if not a.ok or a.gap]
     print(
-        f"\napp1 killed: {len(fails1)} of {len(during1)} requests to app1's VIP failed;"
+        f"\napp1 killed: {len(failed(during1))} of {len(during1)} requests to app1's VIP"
+        f" failed and {len(hit1) - len(failed(during1))} more waited for a SYN retransmit;"
         f" the first request started after the kill that succeeded was answered"
         f" {moved - killed_at:.3f} s after it"
         + (
-            f"; the last failure started {fails1[-1].started - killed_at:.3f} s after it"
-            if fails1
+            f"; the last of those started {hit1[-1].started - killed_at:.3f} s after it"
+            if hit1
             else ""
         )
     )
-    assert [a for a in fails1 if a.started > moved] == [], "app1's VIP failed after it moved"
+    assert [a for a in hit1 if a.started > moved] == [], "app1's VIP failed after it moved"
     assert moved - killed_at < 5.0
     assert sum(a.ok for a in during1) >= 10
 
@@ -207,8 +210,9 @@ def test_kill9_of_app1_moves_only_its_vip_and_it_comes_back(production_lab: Any)
     assert ("app1", "add") in events and ("app2", "del") in events
 
     all2 = probe2.between(killed_at, ended)
-    print(f"app2's VIP: {len(all2)} requests, {len(failed(all2))} failed")
-    assert failed(all2) == [], f"requests to app2's VIP failed: {failed(all2)[:5]}"
+    hit2 = [a for a in all2 if not a.ok or a.gap]
+    print(f"app2's VIP: {len(all2)} requests, {len(hit2)} failed or not answered at once")
+    assert hit2 == [], f"requests to app2's VIP failed or waited: {hit2[:5]}"
     assert len(all2) >= 50
     print(f"keep-alive connection to app2's VIP: {kept.strip()}")
     assert keepalive.returncode == 0, kept
