@@ -46,6 +46,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.mariadb]
 ROOT = Path(__file__).resolve().parents[3]
 PREFIX = os.environ.get("CLICKPASS_TEST_UPGRADE_PREFIX", "cpu-")
 FROM = os.environ.get("CLICKPASS_UPGRADE_FROM", "0.1.0")
+# The commit tagged 0.1.0, for a clone made without tags.
+RELEASE_0_1_0 = "8cd83c3fcf3577650e43fd207abc71671e670340"
 VIP1 = labmod.APP_VIPS["app1"]
 VIP2 = labmod.APP_VIPS["app2"]
 CLIENT = labmod.HOSTS["client"]
@@ -55,13 +57,17 @@ SIGNUP_EVERY = 5
 
 def previous_release(directory: Path) -> Path:
     """The release to upgrade from, exported from git and its C parser built."""
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{FROM}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
+    candidates = [FROM, RELEASE_0_1_0] if FROM == "0.1.0" else [FROM]
+    for candidate in candidates:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            break
+    else:
         pytest.fail(
             f"no release {FROM!r} in this repository to upgrade from: fetch the tags, or set "
             "CLICKPASS_UPGRADE_FROM to a commit",
