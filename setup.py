@@ -42,6 +42,8 @@ setup(
         "publicsuffixlist>=1.0",
         "PyJWT[crypto]>=2.8",
         "boto3>=1.34",
+        # Second factors: the TOTP enrolment QR code, as SVG.
+        "segno>=1.6",
     ],
     extras_require={
         "dev": [
@@ -58,6 +60,8 @@ setup(
             "moto[server]>=5.0",
             "selenium>=4.20",
             "types-requests",
+            # An independent TOTP implementation the tests check ours against.
+            "pyotp>=2.9",
             # A real SMTP server (STARTTLS, AUTH, refusals) for the mail tests.
             "aiosmtpd>=1.4",
             # A second, independent JOSE library verifies the OpenID Connect tokens.

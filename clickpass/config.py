@@ -29,6 +29,7 @@ from clickpass.balancer.settings import BalancerSettings, WorkersSettings
 from clickpass.dbagent.settings import DbAgentSettings
 from clickpass.heartbeat.settings import ClusterSettings
 from clickpass.mail.settings import MailSettings
+from clickpass.mfa.settings import MfaSettings
 from clickpass.monitor.settings import AlertsSettings
 from clickpass.openid.settings import OpenIDSettings
 from clickpass.partners.settings import PartnersSettings
@@ -222,6 +223,7 @@ class Settings:
     partners: PartnersSettings = dataclasses.field(default_factory=PartnersSettings)
     dbagent: DbAgentSettings = dataclasses.field(default_factory=DbAgentSettings)
     mail: MailSettings = dataclasses.field(default_factory=MailSettings)
+    mfa: MfaSettings = dataclasses.field(default_factory=MfaSettings)
     source: str = dataclasses.field(default="(embedded default)", metadata={"internal": "true"})
 
     # Derived paths, resolved against data_dir.
@@ -502,6 +504,7 @@ def _check_semantics(settings: Settings) -> None:
         settings.upstream,
         settings.partners,
         settings.mail,
+        settings.mfa,
     ):
         section.check()
     if settings.balancer.redirect_http_to_https and not settings.base_url.startswith("https://"):

@@ -324,6 +324,53 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS session_details_account ON session_details (account_id)",
         ),
     ),
+    Migration(
+        11,
+        "mfa: TOTP secrets (sealed), recovery codes (hashed), second steps, "
+        "how each session was signed in, trusted browsers",
+        (
+            # last_step: the TOTP time step last accepted, so no code is good twice.
+            """CREATE TABLE IF NOT EXISTS mfa_totp (
+                account_id BIGINT NOT NULL PRIMARY KEY,
+                secret BLOB NOT NULL,
+                confirmed BIGINT NOT NULL DEFAULT 0,
+                created BIGINT NOT NULL,
+                last_step BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
+                id {pk},
+                account_id BIGINT NOT NULL,
+                code_hash VARCHAR(64) NOT NULL,
+                created BIGINT NOT NULL,
+                used BIGINT NOT NULL DEFAULT 0,
+                UNIQUE (account_id, code_hash)
+            ){opts}""",
+            """CREATE TABLE IF NOT EXISTS mfa_pending (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS mfa_pending_expires ON mfa_pending (expires)",
+            """CREATE TABLE IF NOT EXISTS mfa_session_auth (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                methods VARCHAR(64) NOT NULL,
+                password_time BIGINT NOT NULL,
+                factor_time BIGINT NOT NULL DEFAULT 0,
+                expires BIGINT NOT NULL
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS mfa_session_auth_expires ON mfa_session_auth (expires)",
+            """CREATE TABLE IF NOT EXISTS mfa_trusted_browsers (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                client_address VARCHAR(64) NOT NULL DEFAULT ''
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS mfa_trusted_account ON mfa_trusted_browsers (account_id)",
+        ),
+    ),
 )
 
 

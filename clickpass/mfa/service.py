@@ -1,0 +1,348 @@
+"""
+The second factors' operations, for the web pages, the OpenID provider
+and the control port: set up and remove a TOTP authenticator, check a
+code (throttled, each code good once), recovery codes, second steps,
+how each session was signed in, trusted browsers.
+
+The time comes from the injected clock. Each check of a code is one
+transaction: the attempt is counted, the code judged, the code's time
+step (or the recovery code) spent, so two requests racing with one code
+cannot both succeed. Nothing here renders pages or reads requests.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+from clickpass.accounts.service import AccountError, Throttled, _reserve_attempt, session_hash
+from clickpass.mfa import store, totp
+from clickpass.mfa.sealing import (
+    SecretBox,
+    new_recovery_codes,
+    normalise_recovery_code,
+)
+from clickpass.mfa.settings import MfaSettings
+from clickpass.storage.sql import Storage, Transaction
+
+log = Logger()
+
+# The strongest method a session can show, and how PAPE and OpenID
+# Connect name what a sign-in was (RFC 8176 amr values).
+METHOD_PASSWORD = "pwd"  # noqa: S105 (a method name, RFC 8176, not a password)
+METHOD_TOTP = "otp"
+METHOD_RECOVERY_CODE = "rc"
+METHOD_TRUSTED_BROWSER = "trusted"
+
+
+class MfaError(AccountError):
+    """A second-factor request cannot be met; the message is for the person."""
+
+
+class CodeRefused(MfaError):
+    """A wrong, reused or out-of-window code (one message: nothing leaks)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "That code is not right, or was used already. Enter the code your app shows now, "
+            "or one of your unused recovery codes."
+        )
+
+
+class Outcome(enum.Enum):
+    """What became of a code given at the second step or a step-up."""
+
+    TOTP = METHOD_TOTP
+    RECOVERY_CODE = METHOD_RECOVERY_CODE
+
+
+class MailQueue(Protocol):
+    """The mail outbox (L{clickpass.mail.outbox.Outbox}): queue in the caller's transaction."""
+
+    def enqueue(
+        self,
+        tx: Transaction,
+        to: str,
+        subject: str,
+        template: str,
+        context: dict[str, Any] | None = None,
+        *,
+        now: int,
+        kind: str = "",
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class FactorStatus:
+    """What a person has set up, for their account page and C{user mfa}."""
+
+    totp: bool
+    recovery_codes_left: int
+    trusted_browsers: list[store.TrustedBrowser]
+
+
+class SecondFactors:
+    """The second factors of every account, on one storage."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: MfaSettings,
+        master_secret: bytes,
+        mail: MailQueue | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.box = SecretBox(master_secret)
+        self.mail = mail
+        self.clock = clock
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    async def status(self, account_id: int) -> FactorStatus:
+        now = self.now()
+
+        def read(tx: Transaction) -> FactorStatus:
+            return FactorStatus(
+                store.has_factor(tx, account_id),
+                store.recovery_codes_left(tx, account_id),
+                store.trusted_browsers(tx, account_id, now),
+            )
+
+        result: FactorStatus = await self.storage.run(read)
+        return result
+
+    async def has_factor(self, account_id: int) -> bool:
+        result: bool = await self.storage.run(store.has_factor, account_id)
+        return result
+
+    # Setting TOTP up and removing it.
+
+    async def begin_totp(self, account_id: int) -> str:
+        """A new secret to show the person, kept until confirmed with a code."""
+        secret = totp.new_secret()
+        sealed = self.box.seal(account_id, secret)
+        if not await self.storage.run(store.begin_totp, account_id, sealed, self.now()):
+            raise MfaError("An authenticator app is set up already. Remove it first.")
+        return secret
+
+    async def pending_totp(self, account_id: int) -> str | None:
+        """The secret being set up (shown again on the same page), or L{None}."""
+        row: store.TotpRow | None = await self.storage.run(store.totp, account_id)
+        if row is None or row.confirmed:
+            return None
+        return self.box.unseal(account_id, row.sealed)
+
+    async def confirm_totp(self, account_id: int, typed: str) -> list[str]:
+        """
+        Finish setting up TOTP with a first code from the app. Return ten new
+        recovery codes (to show once). L{CodeRefused} when the code is
+        wrong; nothing changes then.
+        """
+        code = totp.normalise_code(typed)
+        secret = await self.pending_totp(account_id)
+        if secret is None:
+            raise MfaError("Start again: there is no authenticator app being set up.")
+        now = self.now()
+        step = totp.matching_step(secret, code, now, 0) if code else None
+        if step is None:
+            raise CodeRefused()
+        codes = new_recovery_codes()
+        hashes = [self.box.code_hash(c) for c in codes]
+
+        def confirm(tx: Transaction) -> bool:
+            if not store.confirm_totp(tx, account_id, step, now):
+                return False
+            store.replace_recovery_codes(tx, account_id, hashes, now)
+            return True
+
+        if not await self.storage.run(confirm):
+            raise MfaError("That authenticator app is set up already.")
+        log.info("account {account_id} set up a TOTP authenticator", account_id=account_id)
+        return codes
+
+    async def remove(self, account_id: int) -> bool:
+        """Remove every second factor; false when there was none."""
+        removed: bool = await self.storage.run(store.remove_all, account_id)
+        log.info("account {account_id} removed its second factors", account_id=account_id)
+        return removed
+
+    async def new_recovery_codes(self, account_id: int) -> list[str]:
+        """Ten new recovery codes replacing the old ones (to show once)."""
+        codes = new_recovery_codes()
+        hashes = [self.box.code_hash(c) for c in codes]
+        now = self.now()
+
+        def replace(tx: Transaction) -> bool:
+            if not store.has_factor(tx, account_id):
+                return False
+            store.replace_recovery_codes(tx, account_id, hashes, now)
+            return True
+
+        if not await self.storage.run(replace):
+            raise MfaError("Set up an authenticator app first; recovery codes stand in for it.")
+        log.info("account {account_id} made new recovery codes", account_id=account_id)
+        return codes
+
+    # Checking a code.
+
+    async def check_code(self, account_id: int, email: str, typed: str) -> Outcome:
+        """
+        Check a TOTP code or a recovery code, as one throttled attempt.
+        Raise L{Throttled} after too many wrong ones, L{CodeRefused} for a
+        wrong, reused or out-of-window code (nothing spent then).
+        """
+        code = totp.normalise_code(typed)
+        recovery = None if code else normalise_recovery_code(typed)
+        recovery_hash = self.box.code_hash(recovery) if recovery else None
+        result: Outcome | int | None = await self.storage.run(
+            self._check, account_id, email, code, recovery_hash, self.now()
+        )
+        if isinstance(result, Outcome):
+            return result
+        if result:
+            raise Throttled(result)
+        log.info("account {account_id}: second-factor code refused", account_id=account_id)
+        raise CodeRefused()
+
+    def _check(
+        self,
+        tx: Transaction,
+        account_id: int,
+        email: str,
+        code: str | None,
+        recovery_hash: str | None,
+        now: int,
+    ) -> Outcome | int | None:
+        # The outcome, or the seconds to wait (throttled), or None (refused).
+        # A refusal must commit (the attempt counts), so it is a value, not
+        # an exception.
+        subjects = [(store.THROTTLE_SCOPE, str(account_id), self.settings.throttle_per_account)]
+        wait = _reserve_attempt(tx, subjects, now, self.settings.throttle_window)
+        if wait:
+            return wait
+        outcome: Outcome | None = None
+        if code is not None:
+            row = store.totp(tx, account_id)
+            if row is not None and row.confirmed:
+                secret = self.box.unseal(account_id, row.sealed)
+                step = totp.matching_step(secret, code, now, row.last_step)
+                if step is not None and store.use_step(tx, account_id, step):
+                    outcome = Outcome.TOTP
+        elif recovery_hash is not None and store.use_recovery_code(
+            tx, account_id, recovery_hash, now
+        ):
+            outcome = Outcome.RECOVERY_CODE
+            self._recovery_code_used(tx, email, store.recovery_codes_left(tx, account_id), now)
+        if outcome is not None:
+            store.reset_failures(tx, account_id)
+        return outcome
+
+    def _recovery_code_used(self, tx: Transaction, email: str, left: int, now: int) -> None:
+        # A security event: the person learns of it even if it was not them.
+        if self.mail is None:
+            return
+        self.mail.enqueue(
+            tx,
+            email,
+            "A recovery code was used to sign in to your account",
+            "mfa_recovery_code_used",
+            {"email": email, "left": left},
+            now=now,
+            kind="security",
+        )
+
+    # Second steps.
+
+    async def start_second_step(self, account_id: int) -> str:
+        """A token for the browser that gave the right password, until its code."""
+        token = secrets.token_urlsafe(32)
+        now = self.now()
+        await self.storage.run(
+            store.start_pending,
+            session_hash(token),
+            account_id,
+            now,
+            now + self.settings.second_step_lifetime,
+        )
+        return token
+
+    async def second_step(self, token: str) -> tuple[int, int] | None:
+        """The account and password time of an open second step, or L{None}."""
+        if not token or len(token) > 128:
+            return None
+        result: tuple[int, int] | None = await self.storage.run(
+            store.pending, session_hash(token), self.now()
+        )
+        return result
+
+    async def end_second_step(self, token: str) -> None:
+        await self.storage.run(store.end_pending, session_hash(token))
+
+    # Sessions.
+
+    async def record_session(
+        self,
+        session_token: str,
+        account_id: int,
+        methods: frozenset[str],
+        password_time: int,
+        factor_time: int,
+        expires: int,
+    ) -> None:
+        await self.storage.run(
+            store.record_session,
+            session_hash(session_token),
+            account_id,
+            methods,
+            password_time,
+            factor_time,
+            expires,
+        )
+
+    async def session_auth(self, session_token: str) -> store.SessionAuth | None:
+        if not session_token or len(session_token) > 128:
+            return None
+        result: store.SessionAuth | None = await self.storage.run(
+            store.session_auth, session_hash(session_token), self.now()
+        )
+        return result
+
+    # Trusted browsers.
+
+    async def trust_browser(self, account_id: int, client_address: str) -> str:
+        token = secrets.token_urlsafe(32)
+        now = self.now()
+        await self.storage.run(
+            store.trust_browser,
+            session_hash(token),
+            account_id,
+            now,
+            now + self.settings.trusted_browser_lifetime,
+            client_address,
+        )
+        return token
+
+    async def is_trusted(self, token: str, account_id: int) -> bool:
+        if not token or len(token) > 128:
+            return False
+        result: bool = await self.storage.run(
+            store.is_trusted, session_hash(token), account_id, self.now()
+        )
+        return result
+
+    async def revoke_browser(self, account_id: int, ref: str) -> bool:
+        result: bool = await self.storage.run(store.revoke_browser, account_id, ref)
+        return result
+
+    async def expire(self) -> int:
+        result: int = await self.storage.run(store.expire, self.now())
+        return result

@@ -1,0 +1,300 @@
+"""
+The second factors' tables, read and written inside transactions the
+caller runs (L{clickpass.storage.sql.Storage.run}): TOTP secrets (sealed),
+recovery codes (hashed), second steps waiting for a code, how each
+session was signed in, and trusted browsers.
+
+Plain blocking code on the storage's threads: nothing here decides
+anything, hashes anything or sends mail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clickpass.storage.sql import Transaction
+
+# The scope of second-factor attempts in the sign-in throttle's table.
+THROTTLE_SCOPE = "second-factor"
+
+
+@dataclass(frozen=True)
+class TotpRow:
+    """A person's TOTP secret (sealed), and whether it is set up yet."""
+
+    sealed: bytes
+    confirmed: int
+    last_step: int
+
+
+@dataclass(frozen=True)
+class SessionAuth:
+    """
+    How the session of a browser was signed in: C{methods} (C{pwd}, then
+    C{otp} or C{rc} for a recovery code, or C{trusted} for a trusted
+    browser), when the password was checked, and when the second factor
+    was (0: never in this session).
+    """
+
+    account_id: int
+    methods: frozenset[str]
+    password_time: int
+    factor_time: int
+
+
+@dataclass(frozen=True)
+class TrustedBrowser:
+    """A browser a person chose to trust, listed on their account page."""
+
+    ref: str
+    created: int
+    expires: int
+    client_address: str
+
+
+def totp(tx: Transaction, account_id: int) -> TotpRow | None:
+    row = tx.fetchone(
+        "SELECT secret, confirmed, last_step FROM mfa_totp WHERE account_id = ?", account_id
+    )
+    if row is None:
+        return None
+    return TotpRow(bytes(row[0]), int(row[1]), int(row[2]))
+
+
+def has_factor(tx: Transaction, account_id: int) -> bool:
+    """Whether the person has a second factor set up (asked for at sign-in)."""
+    return (
+        tx.fetchone("SELECT 1 FROM mfa_totp WHERE account_id = ? AND confirmed > 0", account_id)
+        is not None
+    )
+
+
+def begin_totp(tx: Transaction, account_id: int, sealed: bytes, now: int) -> bool:
+    """
+    Keep a new secret for C{account_id} until it is confirmed with a code
+    (replacing one not confirmed yet); false when one is set up already.
+    """
+    existing = totp(tx, account_id)
+    if existing is not None and existing.confirmed:
+        return False
+    tx.execute(
+        tx.dialect.upsert("mfa_totp", ("account_id", "secret", "created"), ("account_id",)),
+        account_id,
+        sealed,
+        now,
+    )
+    return True
+
+
+def confirm_totp(tx: Transaction, account_id: int, step: int, now: int) -> bool:
+    """Mark the secret set up, its confirming code's C{step} used; false if it already was."""
+    changed = tx.execute(
+        "UPDATE mfa_totp SET confirmed = ?, last_step = ? WHERE account_id = ? AND confirmed = 0",
+        now,
+        step,
+        account_id,
+    )
+    return changed == 1
+
+
+def use_step(tx: Transaction, account_id: int, step: int) -> bool:
+    """Record C{step} as used; false when it (or a later one) already was: a replay."""
+    changed = tx.execute(
+        "UPDATE mfa_totp SET last_step = ? WHERE account_id = ? AND confirmed > 0 "
+        "AND last_step < ?",
+        step,
+        account_id,
+        step,
+    )
+    return changed == 1
+
+
+def remove_all(tx: Transaction, account_id: int) -> bool:
+    """
+    Remove every second factor of C{account_id}: its TOTP secret, recovery
+    codes and trusted browsers. True when there was a TOTP secret set up.
+    """
+    had = has_factor(tx, account_id)
+    tx.execute("DELETE FROM mfa_totp WHERE account_id = ?", account_id)
+    tx.execute("DELETE FROM mfa_recovery_codes WHERE account_id = ?", account_id)
+    tx.execute("DELETE FROM mfa_trusted_browsers WHERE account_id = ?", account_id)
+    return had
+
+
+def replace_recovery_codes(
+    tx: Transaction, account_id: int, code_hashes: list[str], now: int
+) -> None:
+    tx.execute("DELETE FROM mfa_recovery_codes WHERE account_id = ?", account_id)
+    for code_hash in code_hashes:
+        tx.execute(
+            "INSERT INTO mfa_recovery_codes (account_id, code_hash, created) VALUES (?, ?, ?)",
+            account_id,
+            code_hash,
+            now,
+        )
+
+
+def recovery_codes_left(tx: Transaction, account_id: int) -> int:
+    return int(
+        tx.scalar(
+            "SELECT COUNT(*) FROM mfa_recovery_codes WHERE account_id = ? AND used = 0",
+            account_id,
+        )
+        or 0
+    )
+
+
+def use_recovery_code(tx: Transaction, account_id: int, code_hash: str, now: int) -> bool:
+    """Spend one recovery code; false when it is not one of theirs or was used."""
+    changed = tx.execute(
+        "UPDATE mfa_recovery_codes SET used = ? WHERE account_id = ? AND code_hash = ? "
+        "AND used = 0",
+        now,
+        account_id,
+        code_hash,
+    )
+    return changed == 1
+
+
+def reset_failures(tx: Transaction, account_id: int) -> None:
+    tx.execute(
+        "UPDATE signin_failures SET failures = 0 WHERE scope = ? AND subject = ?",
+        THROTTLE_SCOPE,
+        str(account_id),
+    )
+
+
+# Second steps: a correct password, waiting for a code.
+
+
+def start_pending(
+    tx: Transaction, token_hash: str, account_id: int, now: int, expires: int
+) -> None:
+    tx.execute(
+        "INSERT INTO mfa_pending (token_hash, account_id, created, expires) VALUES (?, ?, ?, ?)",
+        token_hash,
+        account_id,
+        now,
+        expires,
+    )
+
+
+def pending(tx: Transaction, token_hash: str, now: int) -> tuple[int, int] | None:
+    """The account and password time of a second step still open, or L{None}."""
+    row = tx.fetchone(
+        "SELECT account_id, created FROM mfa_pending WHERE token_hash = ? AND expires > ?",
+        token_hash,
+        now,
+    )
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def end_pending(tx: Transaction, token_hash: str) -> None:
+    tx.execute("DELETE FROM mfa_pending WHERE token_hash = ?", token_hash)
+
+
+# How sessions were signed in.
+
+
+def record_session(
+    tx: Transaction,
+    token_hash: str,
+    account_id: int,
+    methods: frozenset[str],
+    password_time: int,
+    factor_time: int,
+    expires: int,
+) -> None:
+    tx.execute(
+        tx.dialect.upsert(
+            "mfa_session_auth",
+            ("token_hash", "account_id", "methods", "password_time", "factor_time", "expires"),
+            ("token_hash",),
+        ),
+        token_hash,
+        account_id,
+        " ".join(sorted(methods)),
+        password_time,
+        factor_time,
+        expires,
+    )
+
+
+def session_auth(tx: Transaction, token_hash: str, now: int) -> SessionAuth | None:
+    """
+    How a live session was signed in. A session with no record of ours was
+    signed in with a password alone, when it started (sign-in rotates the
+    token, so the session's creation is the password's time).
+    """
+    row = tx.fetchone(
+        "SELECT s.account_id, s.created, m.methods, m.password_time, m.factor_time "
+        "FROM sessions s LEFT JOIN mfa_session_auth m ON m.token_hash = s.token_hash "
+        "WHERE s.token_hash = ? AND s.expires > ?",
+        token_hash,
+        now,
+    )
+    if row is None:
+        return None
+    if row[2] is None:
+        return SessionAuth(int(row[0]), frozenset({"pwd"}), int(row[1]), 0)
+    return SessionAuth(int(row[0]), frozenset(str(row[2]).split()), int(row[3]), int(row[4]))
+
+
+# Trusted browsers.
+
+
+def trust_browser(
+    tx: Transaction, token_hash: str, account_id: int, now: int, expires: int, address: str
+) -> None:
+    tx.execute(
+        "INSERT INTO mfa_trusted_browsers (token_hash, account_id, created, expires, "
+        "client_address) VALUES (?, ?, ?, ?, ?)",
+        token_hash,
+        account_id,
+        now,
+        expires,
+        address[:64],
+    )
+
+
+def is_trusted(tx: Transaction, token_hash: str, account_id: int, now: int) -> bool:
+    return (
+        tx.fetchone(
+            "SELECT 1 FROM mfa_trusted_browsers WHERE token_hash = ? AND account_id = ? "
+            "AND expires > ?",
+            token_hash,
+            account_id,
+            now,
+        )
+        is not None
+    )
+
+
+def trusted_browsers(tx: Transaction, account_id: int, now: int) -> list[TrustedBrowser]:
+    rows = tx.fetchall(
+        "SELECT token_hash, created, expires, client_address FROM mfa_trusted_browsers "
+        "WHERE account_id = ? AND expires > ? ORDER BY created",
+        account_id,
+        now,
+    )
+    # The reference a revoke form names: a prefix of the hash, never the token.
+    return [TrustedBrowser(str(r[0])[:16], int(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+
+def revoke_browser(tx: Transaction, account_id: int, ref: str) -> bool:
+    if len(ref) != 16 or not all(c in "0123456789abcdef" for c in ref):
+        return False
+    changed = tx.execute(
+        "DELETE FROM mfa_trusted_browsers WHERE account_id = ? AND token_hash LIKE ?",
+        account_id,
+        ref + "%",
+    )
+    return changed > 0
+
+
+def expire(tx: Transaction, now: int) -> int:
+    """Delete second steps, session records and trusted browsers past their time."""
+    count = 0
+    for table in ("mfa_pending", "mfa_session_auth", "mfa_trusted_browsers"):
+        count += tx.execute(f"DELETE FROM {table} WHERE expires <= ?", now)
+    return count
