@@ -21,6 +21,9 @@ from typing import Any
 from twisted.web.server import Request
 
 from clickpass.config import Settings
+from clickpass.mail.outbox import Outbox
+from clickpass.mfa import web as mfa_web
+from clickpass.mfa.service import SecondFactors
 from clickpass.monitor.metrics import RequestMetrics
 from clickpass.openid import account as openid_account
 from clickpass.openid import discovery
@@ -59,6 +62,12 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     # The person's own controls: sessions, security log, export, deletion.
     self_service_section = selfservice_web.install(app, router)
 
+    # Second factors: the second sign-in step, step-up, their account pages.
+    # They mail the person on security events through the outbox.
+    outbox = Outbox(settings.mail, settings.base_url)
+    factors = SecondFactors(storage, settings.mfa, secret, outbox, clock=reactor.seconds)
+    second_factors = mfa_web.install(app, router, factors)
+
     base_url = settings.base_url
 
     def op_discovery(request: Request) -> bytes | None:
@@ -75,7 +84,9 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
             approvals_section,
             upstream_web.ACCOUNT_SECTION,
             self_service_section,
+            second_factors.account_section(),
         ],
+        second_step=second_factors,
     )
     # Per-route counts and latency, for the front's /metrics.
     router.observer = RequestMetrics(app.metrics, reactor.seconds)

@@ -233,11 +233,12 @@ class WebApp:
         self.set_cookie(request, BROWSER_COOKIE, name, BROWSER_COOKIE_AGE)
         return hashlib.sha256(name.encode("ascii")).hexdigest()
 
-    async def sign_in(self, request: Request, account: Account, method: str = "password") -> None:
+    async def sign_in(self, request: Request, account: Account, method: str = "password") -> str:
         """
         Start a session for C{account}, rotating any token the browser had,
         and log the sign-in (C{method}: "password", "signup", or the
-        upstream provider's name).
+        upstream provider's name); return the new token (for a feature that
+        records how it was signed in).
         """
         how = dataclasses.replace(
             self.how(request, method), browser_hash=self._browser_hash(request)
@@ -247,6 +248,7 @@ class WebApp:
         )
         self.set_cookie(request, SESSION_COOKIE, token, self.settings.accounts.session_lifetime)
         request_state(request).account = account
+        return token
 
     async def sign_out(self, request: Request) -> None:
         token = self.session_token(request)

@@ -5,7 +5,7 @@ sign-out, account, plus static files and the liveness probe.
 Every form carries a CSRF token; bad credentials get one generic message.
 
 Features add to these pages through the seams below (L{HomeDiscovery},
-L{SigninBranding}, L{AccountSection}), given by the application's
+L{SigninBranding}, L{AccountSection}, L{SecondStep}), given by the application's
 composition root; this module must never import a feature.
 """
 
@@ -61,6 +61,17 @@ class AccountSection:
     request_context: Callable[[Account, Request], Awaitable[dict[str, Any]]] | None = None
 
 
+class SecondStep(Protocol):
+    """
+    What follows a correct password (second factors): the answer that asks
+    for more before the session starts, or L{None} to sign the person in.
+    """
+
+    async def after_password(
+        self, request: Request, account: Account, next_url: str
+    ) -> bytes | None: ...
+
+
 class AccountPages:
     """The handlers of the account pages, with the features' parts of them."""
 
@@ -70,11 +81,13 @@ class AccountPages:
         home_discovery: HomeDiscovery | None,
         branding: SigninBranding | None,
         account_sections: Sequence[AccountSection],
+        second_step: SecondStep | None = None,
     ) -> None:
         self.app = app
         self.home_discovery = home_discovery
         self.branding = branding
         self.account_sections = account_sections
+        self.second_step = second_step
         self.statics = _load_static()
 
     async def home(self, request: Request) -> bytes:
@@ -180,6 +193,10 @@ class AccountPages:
             request.setResponseCode(401)
             return await self.form_page(request, "signin.html", next_url, email, str(e))
         self.app.signins.inc(outcome="success")
+        if self.second_step is not None:
+            answer = await self.second_step.after_password(request, account, next_url)
+            if answer is not None:
+                return answer
         await self.app.sign_in(request, account)
         return self.app.redirect(request, next_url)
 
@@ -241,9 +258,10 @@ def install(
     home_discovery: HomeDiscovery | None = None,
     branding: SigninBranding | None = None,
     account_sections: Sequence[AccountSection] = (),
+    second_step: SecondStep | None = None,
 ) -> None:
     """Register the account pages on C{router}, with the features' parts of them."""
-    pages = AccountPages(app, home_discovery, branding, account_sections)
+    pages = AccountPages(app, home_discovery, branding, account_sections, second_step)
     router.add("GET", "/", pages.home)
     router.add("GET", "/signup", pages.signup_form)
     router.add("POST", "/signup", pages.signup)

@@ -1,0 +1,355 @@
+"""
+The second factors' pages: the second sign-in step (a correct password,
+then a code before the session starts), setting up and removing an
+authenticator app, recovery codes, trusted browsers, and step-up (a fresh
+sign-in with the strongest factor before a sensitive action).
+
+The kernel calls L{MfaWeb.after_password} through its
+L{clickpass.web.pages.SecondStep} seam; other features call
+L{MfaWeb.require_step_up} through a Protocol of their own. Codes are
+judged by L{clickpass.mfa.service.SecondFactors}; nothing here touches
+the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import ChoiceLoader, FileSystemLoader
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from clickpass.accounts.service import Account, AccountError, Throttled
+from clickpass.mfa import totp
+from clickpass.mfa.service import (
+    METHOD_PASSWORD,
+    METHOD_TRUSTED_BROWSER,
+    Outcome,
+    SecondFactors,
+)
+from clickpass.mfa.store import SessionAuth
+from clickpass.web.app import WebApp, day, safe_next
+from clickpass.web.pages import AccountSection
+from clickpass.web.routing import HTTPError, Router
+
+log = Logger()
+
+TEMPLATES = Path(__file__).parent / "templates"
+SECOND_STEP_COOKIE = b"cp_second_step"
+TRUSTED_COOKIE = b"cp_trusted"
+MANAGE = "/account/mfa"
+
+
+class MfaWeb:
+    """The handlers of the second factors' pages."""
+
+    def __init__(self, app: WebApp, factors: SecondFactors) -> None:
+        self.app = app
+        self.factors = factors
+        self.settings = factors.settings
+
+    def cookie(self, request: Request, name: bytes) -> str:
+        raw = request.getCookie(name)
+        return raw.decode("ascii", "replace") if raw else ""
+
+    # The second sign-in step.
+
+    async def after_password(
+        self, request: Request, account: Account, next_url: str
+    ) -> bytes | None:
+        """
+        After a correct password: L{None} for a person with no second factor
+        (the kernel signs them in); a trusted browser is signed in here;
+        anyone else is sent to give a code, with a second step that expires.
+        """
+        if not await self.factors.has_factor(account.id):
+            return None
+        now = self.factors.now()
+        if await self.factors.is_trusted(self.cookie(request, TRUSTED_COOKIE), account.id):
+            methods = frozenset({METHOD_PASSWORD, METHOD_TRUSTED_BROWSER})
+            await self.start_session(request, account, methods, now, 0)
+            return self.app.redirect(request, next_url)
+        token = await self.factors.start_second_step(account.id)
+        self.app.set_cookie(request, SECOND_STEP_COOKIE, token, self.settings.second_step_lifetime)
+        return self.app.redirect(request, "/signin/code?next=" + quote(next_url, safe=""))
+
+    async def start_session(
+        self,
+        request: Request,
+        account: Account,
+        methods: frozenset[str],
+        password_time: int,
+        factor_time: int,
+    ) -> None:
+        token = await self.app.sign_in(request, account)
+        lifetime = self.app.settings.accounts.session_lifetime
+        await self.factors.record_session(
+            token, account.id, methods, password_time, factor_time, password_time + lifetime
+        )
+
+    def code_page(
+        self, request: Request, next_url: str, error: str | None = None, status: int = 200
+    ) -> bytes:
+        request.setResponseCode(status)
+        return self.app.render(request, "mfa/second_step.html", next=next_url, error=error)
+
+    async def code_form(self, request: Request) -> bytes:
+        next_url = safe_next(self.app.form(request, "next"))
+        if await self.factors.second_step(self.cookie(request, SECOND_STEP_COOKIE)) is None:
+            return self.app.redirect(request, self.app.signin_url(next_url))
+        return self.code_page(request, next_url)
+
+    async def code(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        next_url = safe_next(self.app.form(request, "next"))
+        token = self.cookie(request, SECOND_STEP_COOKIE)
+        found = await self.factors.second_step(token)
+        account = await self.app.accounts.get(found[0]) if found is not None else None
+        if found is None or account is None or account.disabled:
+            raise HTTPError(
+                400, "Your sign-in took too long and has expired. Sign in again from the start."
+            )
+        try:
+            outcome = await self.factors.check_code(
+                account.id, account.email, self.app.form(request, "code")
+            )
+        except Throttled as e:
+            request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+            return self.code_page(request, next_url, str(e), 429)
+        except AccountError as e:
+            return self.code_page(request, next_url, str(e), 401)
+        await self.factors.end_second_step(token)
+        self.app.set_cookie(request, SECOND_STEP_COOKIE, "", 0)
+        methods = frozenset({METHOD_PASSWORD, outcome.value})
+        await self.start_session(request, account, methods, found[1], self.factors.now())
+        if self.app.form(request, "trust") == "yes":
+            await self.trust(request, account)
+        if outcome is Outcome.RECOVERY_CODE:
+            log.info("account {account_id} signed in with a recovery code", account_id=account.id)
+        return self.app.redirect(request, next_url)
+
+    async def trust(self, request: Request, account: Account) -> None:
+        trusted = await self.factors.trust_browser(account.id, self.app.client_address(request))
+        self.app.set_cookie(
+            request, TRUSTED_COOKIE, trusted, self.settings.trusted_browser_lifetime
+        )
+
+    # Step-up.
+
+    async def auth_of(self, request: Request) -> SessionAuth | None:
+        """How this request's session was signed in, or L{None} when signed out."""
+        return await self.factors.session_auth(self.app.session_token(request))
+
+    async def is_fresh(self, request: Request, account: Account) -> bool:
+        """
+        Whether this session signed in with the person's strongest factor
+        within the step-up window: their second factor if they have one
+        (a trusted browser does not count), otherwise their password.
+        """
+        auth = await self.auth_of(request)
+        if auth is None or auth.account_id != account.id:
+            return False
+        since = self.factors.now() - self.settings.step_up_window
+        if await self.factors.has_factor(account.id):
+            return auth.factor_time >= since
+        return auth.password_time >= since
+
+    async def require_step_up(self, request: Request, account: Account, back: str) -> None:
+        """
+        Go on only after a fresh sign-in with the strongest factor (see
+        L{is_fresh}); otherwise answer with a redirect to confirm it is
+        them and come back to C{back}. Every sensitive action calls this.
+        """
+        if await self.is_fresh(request, account):
+            return
+        target = "/account/confirm?next=" + quote(safe_next(back), safe="")
+        raise HTTPError(303, "Confirm it is you first.", {"location": target})
+
+    async def confirm_page(
+        self, request: Request, account: Account, error: str | None = None, status: int = 200
+    ) -> bytes:
+        request.setResponseCode(status)
+        return self.app.render(
+            request,
+            "mfa/confirm.html",
+            next=safe_next(self.app.form(request, "next"), MANAGE),
+            with_code=await self.factors.has_factor(account.id),
+            error=error,
+        )
+
+    async def confirm_form(self, request: Request) -> bytes:
+        account = await self.app.require_account(request)
+        return await self.confirm_page(request, account)
+
+    async def confirm(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request, back="/account/confirm")
+        auth = await self.auth_of(request)
+        now = self.factors.now()
+        try:
+            if await self.factors.has_factor(account.id):
+                outcome = await self.factors.check_code(
+                    account.id, account.email, self.app.form(request, "code")
+                )
+                methods = (auth.methods if auth else frozenset()) | {outcome.value}
+                password_time, factor_time = (auth.password_time if auth else now), now
+            else:
+                await self.app.accounts.authenticate(
+                    account.email,
+                    self.app.form(request, "password"),
+                    self.app.client_address(request),
+                )
+                methods, password_time, factor_time = frozenset({METHOD_PASSWORD}), now, 0
+        except Throttled as e:
+            request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+            return await self.confirm_page(request, account, str(e), 429)
+        except AccountError as e:
+            return await self.confirm_page(request, account, str(e), 401)
+        lifetime = self.app.settings.accounts.session_lifetime
+        await self.factors.record_session(
+            self.app.session_token(request),
+            account.id,
+            methods,
+            password_time,
+            factor_time,
+            now + lifetime,
+        )
+        return self.app.redirect(request, safe_next(self.app.form(request, "next"), MANAGE))
+
+    # Managing the factors.
+
+    async def manage(self, request: Request) -> bytes:
+        account = await self.app.require_account(request)
+        status = await self.factors.status(account.id)
+        return self.app.render(
+            request,
+            "mfa/manage.html",
+            status=status,
+            browsers=[
+                {
+                    "ref": b.ref,
+                    "created": day(b.created),
+                    "expires": day(b.expires),
+                    "address": b.client_address,
+                }
+                for b in status.trusted_browsers
+            ],
+            done=self.app.form(request, "done"),
+        )
+
+    async def begin_totp(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request, back=MANAGE)
+        await self.require_step_up(request, account, MANAGE)
+        await self.refusing(self.factors.begin_totp(account.id))
+        return self.app.redirect(request, MANAGE + "/totp")
+
+    async def totp_page(
+        self, request: Request, account: Account, error: str | None = None, status: int = 200
+    ) -> bytes:
+        secret = await self.factors.pending_totp(account.id)
+        if secret is None:
+            return self.app.redirect(request, MANAGE)
+        uri = totp.provisioning_uri(secret, account.email, self.settings.issuer)
+        request.setResponseCode(status)
+        return self.app.render(
+            request,
+            "mfa/totp_setup.html",
+            qr_svg=totp.qr_svg(uri),
+            secret=totp.grouped(secret),
+            uri=uri,
+            error=error,
+        )
+
+    async def totp_form(self, request: Request) -> bytes:
+        account = await self.app.require_account(request)
+        await self.require_step_up(request, account, MANAGE)
+        return await self.totp_page(request, account)
+
+    async def confirm_totp(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request, back=MANAGE)
+        await self.require_step_up(request, account, MANAGE)
+        try:
+            codes = await self.factors.confirm_totp(account.id, self.app.form(request, "code"))
+        except AccountError as e:
+            return await self.totp_page(request, account, str(e), 400)
+        # The code just given proves the factor: this session has it now.
+        await self.note_factor(request, account, "otp")
+        return self.app.render(request, "mfa/recovery_codes.html", codes=codes, first=True)
+
+    async def note_factor(self, request: Request, account: Account, method: str) -> None:
+        auth = await self.auth_of(request)
+        now = self.factors.now()
+        await self.factors.record_session(
+            self.app.session_token(request),
+            account.id,
+            (auth.methods if auth else frozenset({METHOD_PASSWORD})) | {method},
+            auth.password_time if auth else now,
+            now,
+            now + self.app.settings.accounts.session_lifetime,
+        )
+
+    async def remove(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request, back=MANAGE)
+        await self.require_step_up(request, account, MANAGE)
+        if not await self.factors.remove(account.id):
+            raise HTTPError(404, "You have no second factor to remove.")
+        return self.app.redirect(request, MANAGE + "?done=removed")
+
+    async def recovery_codes(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request, back=MANAGE)
+        await self.require_step_up(request, account, MANAGE)
+        codes = await self.refusing(self.factors.new_recovery_codes(account.id))
+        return self.app.render(request, "mfa/recovery_codes.html", codes=codes, first=False)
+
+    async def revoke_browser(self, request: Request) -> bytes:
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request, back=MANAGE)
+        if not await self.factors.revoke_browser(account.id, self.app.form(request, "browser")):
+            raise HTTPError(404, "That browser is not one you trust.")
+        return self.app.redirect(request, MANAGE + "?done=revoked")
+
+    async def refusing(self, work: Awaitable[Any]) -> Any:
+        # A request that cannot be met: one line, as a 400 page.
+        try:
+            return await work
+        except AccountError as e:
+            raise HTTPError(400, str(e)) from None
+
+    def account_section(self) -> AccountSection:
+        async def context(account: Account) -> dict[str, Any]:
+            status = await self.factors.status(account.id)
+            return {"mfa": status}
+
+        return AccountSection("mfa/account_mfa.html", context)
+
+
+def install(app: WebApp, router: Router, factors: SecondFactors) -> MfaWeb:
+    """Register the second factors' pages; the result is the kernel's second step."""
+    loader = app.templates.loader
+    assert loader is not None
+    app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
+    web = MfaWeb(app, factors)
+    routes: list[tuple[str, str, Callable[..., Awaitable[bytes]]]] = [
+        ("GET", "/signin/code", web.code_form),
+        ("POST", "/signin/code", web.code),
+        ("GET", "/account/confirm", web.confirm_form),
+        ("POST", "/account/confirm", web.confirm),
+        ("GET", MANAGE, web.manage),
+        ("POST", MANAGE + "/totp/begin", web.begin_totp),
+        ("GET", MANAGE + "/totp", web.totp_form),
+        ("POST", MANAGE + "/totp/confirm", web.confirm_totp),
+        ("POST", MANAGE + "/remove", web.remove),
+        ("POST", MANAGE + "/recovery-codes", web.recovery_codes),
+        ("POST", MANAGE + "/browsers/revoke", web.revoke_browser),
+    ]
+    for method, path, handler in routes:
+        router.add(method, path, handler)
+    return web
