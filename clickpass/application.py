@@ -24,6 +24,7 @@ from clickpass.config import Settings
 from clickpass.mail.outbox import Outbox
 from clickpass.mfa import web as mfa_web
 from clickpass.mfa.service import SecondFactors
+from clickpass.mfa.strength import PapeStrength
 from clickpass.monitor.metrics import RequestMetrics
 from clickpass.openid import account as openid_account
 from clickpass.openid import discovery
@@ -53,20 +54,23 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     connectors = upstream_web.build_connectors(reactor, settings)
     upstream = upstream_web.install(app, router, connectors)
 
-    # The OpenID provider's checks and answers, shared by its endpoint and
-    # the partner flow; the partner flow is the endpoint's hook.
-    assertions = openid_web.build_assertions(app, claims=upstream)
-    partner_flow = partners_web.install(app, router, assertions)
-    openid_web.install(app, router, assertions, partners=partner_flow)
-    approvals_section = openid_account.install(app, router)
-    # The person's own controls: sessions, security log, export, deletion.
-    self_service_section = selfservice_web.install(app, router)
-
     # Second factors: the second sign-in step, step-up, their account pages.
     # They mail the person on security events through the outbox.
     outbox = Outbox(settings.mail, settings.base_url)
     factors = SecondFactors(storage, settings.mfa, secret, outbox, clock=reactor.seconds)
     second_factors = mfa_web.install(app, router, factors)
+
+    # The OpenID provider's checks and answers, shared by its endpoint and
+    # the partner flow; the partner flow is the endpoint's hook. Second
+    # factors judge and tell partners how strongly a person signed in (PAPE).
+    assertions = openid_web.build_assertions(
+        app, claims=upstream, strength=PapeStrength(second_factors)
+    )
+    partner_flow = partners_web.install(app, router, assertions)
+    openid_web.install(app, router, assertions, partners=partner_flow)
+    approvals_section = openid_account.install(app, router)
+    # The person's own controls: sessions, security log, export, deletion.
+    self_service_section = selfservice_web.install(app, router)
 
     base_url = settings.base_url
 

@@ -166,8 +166,11 @@ class MfaWeb:
         """
         if await self.is_fresh(request, account):
             return
-        target = "/account/confirm?next=" + quote(safe_next(back), safe="")
-        raise HTTPError(303, "Confirm it is you first.", {"location": target})
+        raise HTTPError(303, "Confirm it is you first.", {"location": self.step_up_url(back)})
+
+    def step_up_url(self, back: str) -> str:
+        """The page that confirms it is the person, then goes back to C{back}."""
+        return "/account/confirm?next=" + quote(safe_next(back), safe="")
 
     async def confirm_page(
         self, request: Request, account: Account, error: str | None = None, status: int = 200

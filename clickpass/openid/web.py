@@ -160,7 +160,30 @@ class PartnerHook(Protocol):
         ...
 
 
-def build_assertions(app: WebApp, claims: ClaimsSource | None) -> Assertions:
+class SignInStrength(Protocol):
+    """
+    How strongly the person is signed in (clickpass.mfa, for PAPE): judged
+    before a checkid is answered, and told in the positive answer.
+    """
+
+    async def needs_step_up(self, request: Request, openid_request: Any, account: Account) -> bool:
+        """Whether the site asks for a stronger or fresher sign-in than this session's."""
+        ...
+
+    def step_up_url(self, back: str) -> str:
+        """Where the person signs in more strongly, then comes back to C{back}."""
+        ...
+
+    async def decorator(
+        self, request: Request, openid_request: Any
+    ) -> Callable[[Any], None] | None:
+        """What a positive answer says about how the person signed in, if anything."""
+        ...
+
+
+def build_assertions(
+    app: WebApp, claims: ClaimsSource | None, strength: SignInStrength | None = None
+) -> Assertions:
     """The provider's checks and answers, on the application's storage and secret."""
     settings = app.settings
     # Before the provider exists, so before any request in this worker.
@@ -175,7 +198,7 @@ def build_assertions(app: WebApp, claims: ClaimsSource | None) -> Assertions:
         app.storage, app.derive_key(KEY_PURPOSE), settings.base_url, clock=app.reactor
     )
     verifier = RPVerifier(app.reactor, settings.openid)
-    return Assertions(app, provider, identifiers, verifier, claims)
+    return Assertions(app, provider, identifiers, verifier, claims, strength)
 
 
 def install(
@@ -227,6 +250,7 @@ class Assertions:
         identifiers: Identifiers,
         verifier: RPVerifier,
         claims: ClaimsSource | None = None,
+        strength: SignInStrength | None = None,
     ) -> None:
         self.app = app
         self.provider = provider
@@ -234,6 +258,8 @@ class Assertions:
         self.verifier = verifier
         # Upstream sign-in's claims; None: only the account's own values.
         self.claims = claims
+        # Second factors' judgement of the sign-in (PAPE); None: nothing said.
+        self.strength = strength
         self.base_url = app.settings.base_url
         self._consent_key = app.derive_key(b"openid consent form")
 
@@ -438,6 +464,8 @@ class Assertions:
         decorate: Callable[[Any], None] | None = None,
     ) -> bytes:
         if allow:
+            if self.strength is not None:
+                decorate = _both(decorate, await self.strength.decorator(request, openid_request))
             identity = self.identifiers.url(site_id.opaque) if site_id is not None else None
             answer = _positive(
                 openid_request, identity, select, wanted, released, return_to, decorate
@@ -573,6 +601,9 @@ class OpenIDWeb:
             if len(signin) > MAX_REDIRECT_URL:
                 return self.assertions.refuse(request, 400, TOO_LONG)
             return self.app.redirect(request, signin)
+        stepped = await self._step_up(request, openid_request, query, account)
+        if stepped is not None:
+            return stepped
         if openid_request.immediate and not await self._may_answer_at_once(
             openid_request, account, look
         ):
@@ -611,6 +642,24 @@ class OpenIDWeb:
         if openid_request.immediate:
             return await self.assertions.answer(request, openid_request, allow=False)
         return self._consent_page(request, openid_request, query, account, checked, released, plain)
+
+    async def _step_up(
+        self, request: Request, openid_request: Any, query: dict[str, str], account: Account
+    ) -> bytes | None:
+        """
+        The answer when the site asks for a stronger or fresher sign-in than
+        the person's (PAPE): sign in more strongly and come back, or, for
+        checkid_immediate, setup_needed. L{None}: go on.
+        """
+        strength = self.assertions.strength
+        if strength is None or not await strength.needs_step_up(request, openid_request, account):
+            return None
+        if openid_request.immediate:
+            return await self.assertions.answer(request, openid_request, allow=False)
+        target = strength.step_up_url("/openid?" + urlencode(query))
+        if len(target) > MAX_REDIRECT_URL:
+            return self.assertions.refuse(request, 400, TOO_LONG)
+        return self.app.redirect(request, target)
 
     async def _may_answer_at_once(
         self, openid_request: Any, account: Account, look: FirstLook | None
@@ -801,6 +850,20 @@ def _raw_field(request: Request, name: str, limit: int) -> str:
         return str(values[0].decode("ascii"))
     except UnicodeDecodeError:
         raise HTTPError(400, f"The field {name!r} is not valid.") from None
+
+
+def _both(
+    first: Callable[[Any], None] | None, second: Callable[[Any], None] | None
+) -> Callable[[Any], None] | None:
+    """One decorator doing C{first} then C{second} (either may be L{None})."""
+    if first is None or second is None:
+        return first or second
+
+    def both(response: Any) -> None:
+        first(response)
+        second(response)
+
+    return both
 
 
 def _positive(

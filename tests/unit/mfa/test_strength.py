@@ -1,0 +1,64 @@
+"""What partners are told of a sign-in (PAPE, OpenID Connect), and when to step up."""
+
+from __future__ import annotations
+
+from openid.extensions.draft import pape5 as pape
+
+from clickpass.mfa.store import SessionAuth
+from clickpass.mfa.strength import ACR_NONE, assess, needs_step_up, rfc3339
+
+NOW = 1_700_000_000
+MF = frozenset({pape.AUTH_MULTI_FACTOR})
+
+
+def auth(*methods: str, password_time: int = NOW - 600, factor_time: int = 0) -> SessionAuth:
+    return SessionAuth(1, frozenset(methods), password_time, factor_time)
+
+
+def test_password_and_code_is_multi_factor_at_the_codes_time() -> None:
+    """Password then app code: multi-factor, auth_time the code's, amr pwd otp mfa."""
+    context = assess(auth("pwd", "otp", factor_time=NOW - 5))
+    assert context.policies == MF
+    assert context.auth_time == NOW - 5
+    assert context.amr == ("pwd", "otp", "mfa")
+    assert context.acr == pape.AUTH_MULTI_FACTOR
+
+
+def test_recovery_code_counts_as_a_second_factor() -> None:
+    """A recovery code is a look-up secret the person holds: multi-factor too."""
+    assert assess(auth("pwd", "rc", factor_time=NOW)).policies == MF
+
+
+def test_trusted_browser_and_password_alone_claim_nothing() -> None:
+    """A trusted browser skipped the code: no policy claimed; nor for a password alone."""
+    for context in (assess(auth("pwd", "trusted")), assess(auth("pwd"))):
+        assert context.policies == frozenset()
+        assert context.auth_time == NOW - 600
+        assert context.amr == ("pwd",)
+        assert context.acr == ACR_NONE
+
+
+def test_step_up_for_multi_factor_only_when_there_is_a_factor() -> None:
+    """Multi-factor asked and not met: step up if the person has a factor, else answer."""
+    weak = assess(auth("pwd", "trusted"))
+    assert needs_step_up(MF, None, True, weak, NOW)
+    assert not needs_step_up(MF, None, False, weak, NOW)
+    strong = assess(auth("pwd", "otp", factor_time=NOW - 900))
+    assert not needs_step_up(MF, None, True, strong, NOW)
+    # Phishing-resistant cannot be met by any factor here: no step-up for it.
+    assert not needs_step_up(frozenset({pape.AUTH_PHISHING_RESISTANT}), None, True, weak, NOW)
+
+
+def test_step_up_for_max_auth_age() -> None:
+    """Older than max_auth_age: step up; 0 asks for no fresher than a moment ago."""
+    context = assess(auth("pwd", password_time=NOW - 600))
+    assert needs_step_up(frozenset(), 300, False, context, NOW)
+    assert not needs_step_up(frozenset(), 3600, False, context, NOW)
+    just_now = assess(auth("pwd", password_time=NOW - 3))
+    assert not needs_step_up(frozenset(), 0, False, just_now, NOW)
+    assert needs_step_up(frozenset(), 0, False, context, NOW)
+
+
+def test_auth_time_format() -> None:
+    """auth_time as PAPE wants it: RFC 3339, UTC, seconds."""
+    assert rfc3339(NOW) == "2023-11-14T22:13:20Z"
