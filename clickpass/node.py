@@ -35,7 +35,10 @@ from clickpass.balancer.service import Front, ListenError
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.control.service import ControlService
 from clickpass.housekeeping import Housekeeping
+from clickpass.mail.outbox import Outbox
 from clickpass.mail.service import install_mail
+from clickpass.mfa.control import register_commands as register_mfa_commands
+from clickpass.mfa.service import SecondFactors
 from clickpass.monitor.service import build_monitoring, dbagent_metrics, heartbeat_metrics
 from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.service import register_commands as register_oidc_commands
@@ -206,6 +209,13 @@ class Node(MultiService):
         register_oidc_commands(self.commands, signing_keys)
         # The operators' user commands beyond add and disable.
         register_user_commands(self.commands, reactor, storage, self._accounts(), settings.base_url)
+        # Second factors: listed and reset by operators on the control port.
+        register_mfa_commands(
+            self.commands,
+            SecondFactors(
+                storage, settings.mfa, self.secret, Outbox(settings.mail, settings.base_url)
+            ),
+        )
         self._housekeeping(storage, signing_keys).setServiceParent(group)
         # Partner webhooks: the node (not the workers) empties the durable outbox.
         delivery_service(

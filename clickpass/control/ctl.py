@@ -323,6 +323,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "clickpass.mail.ctl",
     "clickpass.oidc.ctl",
     "clickpass.selfservice.ctl",
+    "clickpass.mfa.ctl",
 )
 
 

@@ -21,7 +21,13 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from clickpass.accounts.service import AccountError, Throttled, _reserve_attempt, session_hash
+from clickpass.accounts.service import (
+    AccountError,
+    Throttled,
+    _reserve_attempt,
+    normalise_email,
+    session_hash,
+)
 from clickpass.mfa import store, totp
 from clickpass.mfa.sealing import (
     SecretBox,
@@ -174,6 +180,64 @@ class SecondFactors:
         removed: bool = await self.storage.run(store.remove_all, account_id)
         log.info("account {account_id} removed its second factors", account_id=account_id)
         return removed
+
+    async def operator_reset(self, email: str) -> bool | None:
+        """
+        An operator removes every second factor of the account with C{email}
+        (the person lost them all); the person is mailed in the same
+        transaction. L{None} when there is no such account; otherwise
+        whether it had a factor.
+        """
+        now = self.now()
+
+        def reset(tx: Transaction) -> bool | None:
+            found = store.account_by_email(tx, normalise_email(email))
+            if found is None:
+                return None
+            account_id, address = found
+            had = store.remove_all(tx, account_id)
+            if self.mail is not None:
+                self.mail.enqueue(
+                    tx,
+                    address,
+                    "The second factor of your account was removed",
+                    "mfa_reset",
+                    {"email": address},
+                    now=now,
+                    kind="security",
+                )
+            return had
+
+        result: bool | None = await self.storage.run(reset)
+        if result is not None:
+            log.info(
+                "operator reset the second factors of {email} (had one: {had})",
+                email=normalise_email(email),
+                had=result,
+            )
+        return result
+
+    async def describe(self, email: str) -> dict[str, Any] | None:
+        """What C{user mfa} lists for the account with C{email}, or L{None}."""
+        now = self.now()
+
+        def read(tx: Transaction) -> dict[str, Any] | None:
+            found = store.account_by_email(tx, normalise_email(email))
+            if found is None:
+                return None
+            account_id, address = found
+            return {
+                "email": address,
+                "totp_since": store.confirmed_since(tx, account_id),
+                "recovery_codes_left": store.recovery_codes_left(tx, account_id),
+                "trusted_browsers": [
+                    {"created": b.created, "expires": b.expires, "address": b.client_address}
+                    for b in store.trusted_browsers(tx, account_id, now)
+                ],
+            }
+
+        result: dict[str, Any] | None = await self.storage.run(read)
+        return result
 
     async def new_recovery_codes(self, account_id: int) -> list[str]:
         """Ten new recovery codes replacing the old ones (to show once)."""

@@ -298,3 +298,14 @@ def expire(tx: Transaction, now: int) -> int:
     for table in ("mfa_pending", "mfa_session_auth", "mfa_trusted_browsers"):
         count += tx.execute(f"DELETE FROM {table} WHERE expires <= ?", now)
     return count
+
+
+def account_by_email(tx: Transaction, email: str) -> tuple[int, str] | None:
+    """The id and stored email of the account with C{email} (normalised), or L{None}."""
+    row = tx.fetchone("SELECT id, email FROM accounts WHERE email = ?", email)
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def confirmed_since(tx: Transaction, account_id: int) -> int:
+    """When the person's TOTP secret was set up (0: it is not)."""
+    return int(tx.scalar("SELECT confirmed FROM mfa_totp WHERE account_id = ?", account_id) or 0)

@@ -178,3 +178,30 @@ def test_second_step_without_a_password_is_refused(node: NodeProcess, person: Mf
     assert answer.status_code == 400 and "expired" in answer.text
     assert not person.signed_in()
     assert person.get("/signin/code").headers["location"].startswith("/signin?next=")
+
+
+def test_operator_lists_and_resets(node: NodeProcess, person: MfaPerson) -> None:
+    """
+    clickpass-ctl user mfa lists what a person has; user mfa-reset removes
+    it all, is logged and mailed to the person, and a password alone signs
+    in again. An unknown email is one line and changes nothing.
+    """
+    enrolled(person)
+    listed = node.ctl("user", "mfa", person.email).stdout
+    assert "authenticator:    set up" in listed
+    assert "recovery codes:   10 unused" in listed
+    unknown = node.ctl("user", "mfa-reset", "nobody@example.com", check=False)
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().endswith("no account with email nobody@example.com")
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    reset = node.ctl("user", "mfa-reset", person.email.upper()).stdout
+    assert f"removed the second factors of {person.email.upper()}" in reset
+    assert "authenticator:    none" in node.ctl("user", "mfa", person.email).stdout
+    maildir = Path(node.workdir) / "data" / "mail"
+    wait_for(lambda: mails_to(maildir, person.email))
+    (message,) = mails_to(maildir, person.email)
+    assert message["Subject"] == "The second factor of your account was removed"
+    wait_for(lambda: f"operator reset the second factors of {person.email}" in node.log())
+    person.sign_out()
+    plain = person.sign_in_password("/account")
+    assert plain.status_code == 303 and plain.headers["location"] == "/account"
