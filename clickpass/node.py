@@ -210,13 +210,11 @@ class Node(MultiService):
         # The operators' user commands beyond add and disable.
         register_user_commands(self.commands, reactor, storage, self._accounts(), settings.base_url)
         # Second factors: listed and reset by operators on the control port.
-        register_mfa_commands(
-            self.commands,
-            SecondFactors(
-                storage, settings.mfa, self.secret, Outbox(settings.mail, settings.base_url)
-            ),
+        factors = SecondFactors(
+            storage, settings.mfa, self.secret, Outbox(settings.mail, settings.base_url)
         )
-        self._housekeeping(storage, signing_keys).setServiceParent(group)
+        register_mfa_commands(self.commands, factors)
+        self._housekeeping(storage, signing_keys, factors).setServiceParent(group)
         # Partner webhooks: the node (not the workers) empties the durable outbox.
         delivery_service(
             reactor, settings, storage, self.secret, monitoring.metrics
@@ -279,7 +277,9 @@ class Node(MultiService):
             self.log.warn("{problem}", problem=problem)
         self.systemd.ready(f"node {settings.node.name} serving {settings.base_url}")
 
-    def _housekeeping(self, storage: AdbapiStorage, signing_keys: SigningKeys) -> Housekeeping:
+    def _housekeeping(
+        self, storage: AdbapiStorage, signing_keys: SigningKeys, factors: SecondFactors
+    ) -> Housekeeping:
         accounts = Accounts(self.reactor, storage, self.settings.accounts)
 
         async def openid_expired(now: int) -> int:
@@ -293,6 +293,7 @@ class Node(MultiService):
                 ("old security events", accounts.expire_events),
                 ("expired OpenID nonces and associations", openid_expired),
                 ("expired OpenID Connect signing keys", signing_keys.housekeeping),
+                ("expired second steps and trusted browsers", factors.expire),
             ],
         )
 

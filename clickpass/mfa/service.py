@@ -407,6 +407,7 @@ class SecondFactors:
         result: bool = await self.storage.run(store.revoke_browser, account_id, ref)
         return result
 
-    async def expire(self) -> int:
-        result: int = await self.storage.run(store.expire, self.now())
+    async def expire(self, now: int) -> int:
+        """Forget second steps, session records and trusted browsers past their time."""
+        result: int = await self.storage.run(store.expire, now)
         return result

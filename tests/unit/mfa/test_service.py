@@ -223,3 +223,19 @@ def test_recovery_code_forms() -> None:
     assert normalise_recovery_code("abcdefghjk") == "abcde-fghjk"
     assert normalise_recovery_code("abcde-fghj0") is None
     assert normalise_recovery_code("123456") is None
+
+
+@async_test
+async def test_expiry_forgets_what_has_run_out(storage_backend: AdbapiStorage) -> None:
+    """Housekeeping deletes second steps and trusted browsers past their time, no others."""
+    clock = FakeClock()
+    factors, account_id, _, _ = await _enrolled(storage_backend, clock)
+    step = await factors.start_second_step(account_id)
+    trusted = await factors.trust_browser(account_id, "127.0.0.1")
+    assert await factors.expire(NOW + 10) == 0
+    assert await factors.expire(NOW + MfaSettings().second_step_lifetime) == 1
+    clock.now = NOW + 20
+    assert await factors.second_step(step) is None
+    assert await factors.is_trusted(trusted, account_id)
+    assert await factors.expire(NOW + MfaSettings().trusted_browser_lifetime) == 1
+    assert not await factors.is_trusted(trusted, account_id)
