@@ -1,0 +1,96 @@
+"""
+Step-up on an injected clock: a sensitive action goes on only within the
+step-up window of a sign-in with the person's strongest factor (their
+password when they have no second factor; their code when they have one,
+a trusted browser not counting); otherwise it is sent to confirm.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
+
+from clickpass import config as configmod
+from clickpass.mfa import totp
+from clickpass.mfa.service import SecondFactors
+from clickpass.mfa.settings import MfaSettings
+from clickpass.mfa.web import MfaWeb
+from clickpass.storage.sql import AdbapiStorage
+from clickpass.web.app import SESSION_COOKIE, WebApp
+from clickpass.web.routing import HTTPError
+from tests.support.deferreds import async_test
+
+PASSWORD = "correct horse battery"
+WINDOW = MfaSettings().step_up_window
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request_with(token: str) -> Request:
+    """A request (never sent anywhere) carrying the session cookie C{token}."""
+    request = Request(DummyChannel())
+    request.received_cookies = {SESSION_COOKIE: token.encode("ascii")}
+    return request
+
+
+async def setup(tmp_path: Path, storage: AdbapiStorage, reactor: Any) -> tuple[MfaWeb, Clock]:
+    settings = configmod.parse({"node": {"data_dir": str(tmp_path)}})
+    app = WebApp(reactor, settings, storage, b"s" * 32)
+    clock = Clock()
+    return MfaWeb(app, SecondFactors(storage, settings.mfa, b"s" * 32, None, clock)), clock
+
+
+@async_test
+async def test_password_only_person_fresh_for_the_window(
+    tmp_path: Path, storage_backend: AdbapiStorage, reactor: Any
+) -> None:
+    """Without a second factor, the password sign-in is fresh for the window only."""
+    web, clock = await setup(tmp_path, storage_backend, reactor)
+    account = await web.app.accounts.sign_up("ann@example.org", PASSWORD)
+    token = await web.app.accounts.start_session(account, "192.0.2.1")
+    request = request_with(token)
+    await web.require_step_up(request, account, "/account/mfa")
+    clock.now += WINDOW + 30
+    with pytest.raises(HTTPError) as refused:
+        await web.require_step_up(request, account, "/account/mfa")
+    assert refused.value.status == 303
+    assert refused.value.headers == {"location": "/account/confirm?next=%2Faccount%2Fmfa"}
+
+
+@async_test
+async def test_with_a_factor_only_a_recent_code_counts(
+    tmp_path: Path, storage_backend: AdbapiStorage, reactor: Any
+) -> None:
+    """
+    With a second factor, a fresh password is not enough, nor a trusted
+    browser; a code within the window is, and not after it.
+    """
+    web, clock = await setup(tmp_path, storage_backend, reactor)
+    account = await web.app.accounts.sign_up("bob@example.org", PASSWORD)
+    secret = await web.factors.begin_totp(account.id)
+    await web.factors.confirm_totp(account.id, totp.code_at(secret, clock.now))
+    token = await web.app.accounts.start_session(account, "192.0.2.1")
+    request = request_with(token)
+    now = int(clock.now)
+    assert not await web.is_fresh(request, account)
+    trusted = frozenset({"pwd", "trusted"})
+    await web.factors.record_session(token, account.id, trusted, now, 0, now + 3600)
+    assert not await web.is_fresh(request, account)
+    coded = frozenset({"pwd", "otp"})
+    await web.factors.record_session(token, account.id, coded, now, now, now + 3600)
+    assert await web.is_fresh(request, account)
+    clock.now += WINDOW + 30
+    assert not await web.is_fresh(request, account)
+    assert not await web.is_fresh(request_with("another"), account)
