@@ -23,7 +23,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from clickpass.accounts.service import Account, AccountError, Throttled
+from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
 from clickpass.mfa import totp
 from clickpass.mfa.service import (
     METHOD_PASSWORD,
@@ -207,9 +207,11 @@ class MfaWeb:
                     self.app.client_address(request),
                 )
                 methods, password_time, factor_time = frozenset({METHOD_PASSWORD}), now, 0
-        except Throttled as e:
+        except (Throttled, HashingBusy) as e:
+            # Too many tries (429), or too many passwords to check at once here (503).
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-            return await self.confirm_page(request, account, str(e), 429)
+            status = 429 if isinstance(e, Throttled) else 503
+            return await self.confirm_page(request, account, str(e), status)
         except AccountError as e:
             return await self.confirm_page(request, account, str(e), 401)
         lifetime = self.app.settings.accounts.session_lifetime
