@@ -50,15 +50,16 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
             (b"strict-transport-security", b"max-age=%d" % settings.web.hsts_max_age)
         )
 
-    # Upstream sign-in: its pages, and the claims the provider may release.
-    connectors = upstream_web.build_connectors(reactor, settings)
-    upstream = upstream_web.install(app, router, connectors)
-
     # Second factors: the second sign-in step, step-up, their account pages.
     # They mail the person on security events through the outbox.
     outbox = Outbox(settings.mail, settings.base_url)
     factors = SecondFactors(storage, settings.mfa, secret, outbox, clock=reactor.seconds)
     second_factors = mfa_web.install(app, router, factors)
+
+    # Upstream sign-in: its pages, and the claims the provider may release.
+    # A provider's sign-in is a first factor: the second step follows it.
+    connectors = upstream_web.build_connectors(reactor, settings)
+    upstream = upstream_web.install(app, router, connectors, second_step=second_factors)
 
     # The OpenID provider's checks and answers, shared by its endpoint and
     # the partner flow; the partner flow is the endpoint's hook. Second

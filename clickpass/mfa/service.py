@@ -45,6 +45,8 @@ METHOD_PASSWORD = "pwd"  # noqa: S105 (a method name, RFC 8176, not a password)
 METHOD_TOTP = "otp"
 METHOD_RECOVERY_CODE = "rc"
 METHOD_TRUSTED_BROWSER = "trusted"
+# Signed in through an upstream provider (Google and others) instead of a password.
+METHOD_FEDERATED = "fed"
 
 
 class MfaError(AccountError):
@@ -326,8 +328,11 @@ class SecondFactors:
 
     # Second steps.
 
-    async def start_second_step(self, account_id: int) -> str:
-        """A token for the browser that gave the right password, until its code."""
+    async def start_second_step(self, account_id: int, first_method: str = "pwd") -> str:
+        """
+        A token for the browser that gave the first factor (C{first_method}:
+        C{pwd}, or C{fed} through an upstream provider), until its code.
+        """
         token = secrets.token_urlsafe(32)
         now = self.now()
         await self.storage.run(
@@ -336,14 +341,15 @@ class SecondFactors:
             account_id,
             now,
             now + self.settings.second_step_lifetime,
+            first_method,
         )
         return token
 
-    async def second_step(self, token: str) -> tuple[int, int] | None:
-        """The account and password time of an open second step, or L{None}."""
+    async def second_step(self, token: str) -> store.PendingStep | None:
+        """The open second step of C{token}, or L{None}."""
         if not token or len(token) > 128:
             return None
-        result: tuple[int, int] | None = await self.storage.run(
+        result: store.PendingStep | None = await self.storage.run(
             store.pending, session_hash(token), self.now()
         )
         return result

@@ -168,25 +168,37 @@ def reset_failures(tx: Transaction, account_id: int) -> None:
 
 
 def start_pending(
-    tx: Transaction, token_hash: str, account_id: int, now: int, expires: int
+    tx: Transaction, token_hash: str, account_id: int, now: int, expires: int, first_method: str
 ) -> None:
     tx.execute(
-        "INSERT INTO mfa_pending (token_hash, account_id, created, expires) VALUES (?, ?, ?, ?)",
+        "INSERT INTO mfa_pending (token_hash, account_id, created, expires, first_method) "
+        "VALUES (?, ?, ?, ?, ?)",
         token_hash,
         account_id,
         now,
         expires,
+        first_method,
     )
 
 
-def pending(tx: Transaction, token_hash: str, now: int) -> tuple[int, int] | None:
-    """The account and password time of a second step still open, or L{None}."""
+@dataclass(frozen=True)
+class PendingStep:
+    """A second step still open: whose, when and how the first factor was given."""
+
+    account_id: int
+    first_time: int
+    first_method: str
+
+
+def pending(tx: Transaction, token_hash: str, now: int) -> PendingStep | None:
+    """The second step of C{token_hash} if it is still open, or L{None}."""
     row = tx.fetchone(
-        "SELECT account_id, created FROM mfa_pending WHERE token_hash = ? AND expires > ?",
+        "SELECT account_id, created, first_method FROM mfa_pending "
+        "WHERE token_hash = ? AND expires > ?",
         token_hash,
         now,
     )
-    return None if row is None else (int(row[0]), int(row[1]))
+    return None if row is None else PendingStep(int(row[0]), int(row[1]), str(row[2]))
 
 
 def end_pending(tx: Transaction, token_hash: str) -> None:

@@ -4,7 +4,8 @@ for OpenID 2.0 (policies met and C{auth_time}), and the values OpenID
 Connect puts in an ID token (C{amr}, C{acr}, C{auth_time}).
 
 The rule everywhere: never claim a policy not met. A session meets
-C{multi-factor} once the person gave their password and a second factor
+C{multi-factor} once the person gave a first factor (their password, or a
+sign-in through an upstream provider) and a second factor
 (an app code, or a recovery code: a look-up secret they hold) in it; a
 trusted browser skips the code but is not claimed as a factor. Nothing is
 claimed as C{multi-factor-physical} or C{phishing-resistant}: an app code
@@ -26,12 +27,20 @@ from openid.extensions.draft import pape5 as pape
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
-from clickpass.mfa.service import METHOD_RECOVERY_CODE, METHOD_TOTP
+from clickpass.mfa.service import (
+    METHOD_FEDERATED,
+    METHOD_PASSWORD,
+    METHOD_RECOVERY_CODE,
+    METHOD_TOTP,
+)
 from clickpass.mfa.store import SessionAuth
 from clickpass.mfa.web import MfaWeb
 
 MULTI_FACTOR = pape.AUTH_MULTI_FACTOR
-# The methods that are a second factor when given with the password.
+# The first factors: the password, or an upstream provider's sign-in (Google
+# and others). "fed" is no RFC 8176 value: it is never put in an amr.
+FIRST_FACTORS = frozenset({METHOD_PASSWORD, METHOD_FEDERATED})
+# The methods that are a second factor when given with a first.
 SECOND_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE})
 # A site asking for a sign-in younger than this (max_auth_age 0, say) gets
 # one this fresh: the person signed in again a moment ago, and is told the
@@ -64,10 +73,12 @@ def assess(auth: SessionAuth) -> SignInContext:
     session, otherwise the latest of password and code.
     """
     factors = sorted(auth.methods & SECOND_FACTORS)
-    if "pwd" in auth.methods and factors and auth.factor_time:
-        amr = ("pwd", *factors, "mfa")
+    first = auth.methods & FIRST_FACTORS
+    said = sorted(first - {METHOD_FEDERATED})
+    if first and factors and auth.factor_time:
+        amr = (*said, *factors, "mfa")
         return SignInContext(frozenset({MULTI_FACTOR}), auth.factor_time, amr)
-    amr = tuple(sorted(auth.methods & ({"pwd"} | SECOND_FACTORS)))
+    amr = tuple(sorted({*said, *factors}))
     return SignInContext(frozenset(), max(auth.password_time, auth.factor_time), amr)
 
 

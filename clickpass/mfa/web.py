@@ -26,6 +26,7 @@ from twisted.web.server import Request
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
 from clickpass.mfa import totp
 from clickpass.mfa.service import (
+    METHOD_FEDERATED,
     METHOD_PASSWORD,
     METHOD_TRUSTED_BROWSER,
     Outcome,
@@ -63,17 +64,39 @@ class MfaWeb:
     ) -> bytes | None:
         """
         After a correct password: L{None} for a person with no second factor
-        (the kernel signs them in); a trusted browser is signed in here;
-        anyone else is sent to give a code, with a second step that expires.
+        (the kernel signs them in); otherwise L{after_first_factor}.
         """
         if not await self.factors.has_factor(account.id):
             return None
+        return await self.after_first_factor(request, account, next_url, METHOD_PASSWORD)
+
+    async def after_federated(self, request: Request, account: Account, next_url: str) -> bytes:
+        """
+        After a sign-in through an upstream provider (Google and others):
+        the same second step as after a password, for a person who has a
+        second factor; anyone else is signed in here, the session recorded
+        as federated (never claimed to partners as a password).
+        """
+        if await self.factors.has_factor(account.id):
+            return await self.after_first_factor(request, account, next_url, METHOD_FEDERATED)
+        methods = frozenset({METHOD_FEDERATED})
+        await self.start_session(request, account, methods, self.factors.now(), 0)
+        return self.app.redirect(request, next_url)
+
+    async def after_first_factor(
+        self, request: Request, account: Account, next_url: str, first_method: str
+    ) -> bytes:
+        """
+        A person with a second factor gave the first: a trusted browser is
+        signed in here; anyone else is sent to give a code, with a second
+        step that expires.
+        """
         now = self.factors.now()
         if await self.factors.is_trusted(self.cookie(request, TRUSTED_COOKIE), account.id):
-            methods = frozenset({METHOD_PASSWORD, METHOD_TRUSTED_BROWSER})
+            methods = frozenset({first_method, METHOD_TRUSTED_BROWSER})
             await self.start_session(request, account, methods, now, 0)
             return self.app.redirect(request, next_url)
-        token = await self.factors.start_second_step(account.id)
+        token = await self.factors.start_second_step(account.id, first_method)
         self.app.set_cookie(request, SECOND_STEP_COOKIE, token, self.settings.second_step_lifetime)
         return self.app.redirect(request, "/signin/code?next=" + quote(next_url, safe=""))
 
@@ -108,7 +131,7 @@ class MfaWeb:
         next_url = safe_next(self.app.form(request, "next"))
         token = self.cookie(request, SECOND_STEP_COOKIE)
         found = await self.factors.second_step(token)
-        account = await self.app.accounts.get(found[0]) if found is not None else None
+        account = await self.app.accounts.get(found.account_id) if found is not None else None
         if found is None or account is None or account.disabled:
             raise HTTPError(
                 400, "Your sign-in took too long and has expired. Sign in again from the start."
@@ -124,8 +147,8 @@ class MfaWeb:
             return self.code_page(request, next_url, str(e), 401)
         await self.factors.end_second_step(token)
         self.app.set_cookie(request, SECOND_STEP_COOKIE, "", 0)
-        methods = frozenset({METHOD_PASSWORD, outcome.value})
-        await self.start_session(request, account, methods, found[1], self.factors.now())
+        methods = frozenset({found.first_method, outcome.value})
+        await self.start_session(request, account, methods, found.first_time, self.factors.now())
         if self.app.form(request, "trust") == "yes":
             await self.trust(request, account)
         if outcome is Outcome.RECOVERY_CODE:

@@ -345,11 +345,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 used BIGINT NOT NULL DEFAULT 0,
                 UNIQUE (account_id, code_hash)
             ){opts}""",
+            # first_method: how the person proved the first factor (pwd, or
+            # fed for a sign-in through an upstream provider).
             """CREATE TABLE IF NOT EXISTS mfa_pending (
                 token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
                 account_id BIGINT NOT NULL,
                 created BIGINT NOT NULL,
-                expires BIGINT NOT NULL
+                expires BIGINT NOT NULL,
+                first_method VARCHAR(16) NOT NULL DEFAULT 'pwd'
             ){opts}""",
             "CREATE INDEX IF NOT EXISTS mfa_pending_expires ON mfa_pending (expires)",
             """CREATE TABLE IF NOT EXISTS mfa_session_auth (

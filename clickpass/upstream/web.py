@@ -12,7 +12,7 @@ connectors and L{UpstreamService} do that.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -66,15 +66,29 @@ async def _no_values(account: Account) -> dict[str, Any]:
 ACCOUNT_SECTION = AccountSection("upstream_account_summary.html", _no_values)
 
 
+class SecondStep(Protocol):
+    """
+    What follows a sign-in through a provider (clickpass.mfa): the answer
+    that signs the person in, or first asks for their second factor.
+    """
+
+    async def after_federated(self, request: Request, account: Account, next_url: str) -> bytes: ...
+
+
 class UpstreamPages:
     """The handlers of upstream sign-in's pages."""
 
     def __init__(
-        self, app: WebApp, service: UpstreamService, connectors: dict[str, Connector]
+        self,
+        app: WebApp,
+        service: UpstreamService,
+        connectors: dict[str, Connector],
+        second_step: SecondStep | None = None,
     ) -> None:
         self.app = app
         self.service = service
         self.connectors = connectors
+        self.second_step = second_step
 
     def failure(self, request: Request, error: FlowError | UpstreamError, next_url: str) -> bytes:
         if isinstance(error, FlowError):
@@ -142,6 +156,12 @@ class UpstreamPages:
             found = await self.app.accounts.get(finished.account_id)
             if found is None:  # pragma: no cover - just written in the same flow
                 raise HTTPError(500, "Something went wrong on our side. Please try again.")
+            if self.second_step is not None:
+                # A provider's sign-in is a first factor only: a person with
+                # a second factor gives it too.
+                return await self.second_step.after_federated(
+                    request, found, safe_next(finished.next_url)
+                )
             await self.app.sign_in(request, found, method=name)
         return self.app.redirect(request, safe_next(finished.next_url))
 
@@ -179,7 +199,12 @@ class UpstreamPages:
         return self.app.redirect(request, ACCOUNT_PAGE + "?done=unlinked")
 
 
-def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> UpstreamService:
+def install(
+    app: WebApp,
+    router: Router,
+    connectors: dict[str, Connector],
+    second_step: SecondStep | None = None,
+) -> UpstreamService:
     """
     Register the upstream sign-in pages on C{router}; the service returned
     is the OpenID provider's source of claims.
@@ -189,7 +214,7 @@ def install(app: WebApp, router: Router, connectors: dict[str, Connector]) -> Up
     app.templates.globals["upstream_providers"] = [
         {"name": c.name, "display_name": c.display_name} for c in connectors.values()
     ]
-    pages = UpstreamPages(app, service, connectors)
+    pages = UpstreamPages(app, service, connectors, second_step)
     router.add("POST", "/upstream/{name}/start", pages.start)
     router.add("POST", "/upstream/{name}/link", pages.link)
     router.add("GET", "/upstream/{name}/callback", pages.callback)

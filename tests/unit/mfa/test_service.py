@@ -15,6 +15,7 @@ from clickpass.mfa import totp
 from clickpass.mfa.sealing import SealError, SecretBox, normalise_recovery_code
 from clickpass.mfa.service import CodeRefused, MfaError, Outcome, SecondFactors
 from clickpass.mfa.settings import MfaSettings
+from clickpass.mfa.store import PendingStep
 from clickpass.storage.sql import AdbapiStorage, Transaction
 from tests.support.deferreds import async_test
 
@@ -183,7 +184,9 @@ async def test_second_step_expires(storage_backend: AdbapiStorage) -> None:
     clock = FakeClock()
     factors, account_id, _, _ = await _enrolled(storage_backend, clock)
     token = await factors.start_second_step(account_id)
-    assert await factors.second_step(token) == (account_id, NOW)
+    assert await factors.second_step(token) == PendingStep(account_id, NOW, "pwd")
+    federated = await factors.start_second_step(account_id, "fed")
+    assert await factors.second_step(federated) == PendingStep(account_id, NOW, "fed")
     assert await factors.second_step("nope") is None
     clock.now = NOW + MfaSettings().second_step_lifetime
     assert await factors.second_step(token) is None
@@ -233,7 +236,7 @@ async def test_expiry_forgets_what_has_run_out(storage_backend: AdbapiStorage) -
     step = await factors.start_second_step(account_id)
     trusted = await factors.trust_browser(account_id, "127.0.0.1")
     assert await factors.expire(NOW + 10) == 0
-    assert await factors.expire(NOW + MfaSettings().second_step_lifetime) == 1
+    assert await factors.expire(NOW + MfaSettings().second_step_lifetime) == 1  # the step
     clock.now = NOW + 20
     assert await factors.second_step(step) is None
     assert await factors.is_trusted(trusted, account_id)

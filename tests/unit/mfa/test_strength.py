@@ -62,3 +62,14 @@ def test_step_up_for_max_auth_age() -> None:
 def test_auth_time_format() -> None:
     """auth_time as PAPE wants it: RFC 3339, UTC, seconds."""
     assert rfc3339(NOW) == "2023-11-14T22:13:20Z"
+
+
+def test_upstream_sign_in_and_code_is_multi_factor_without_a_made_up_amr() -> None:
+    """
+    A sign-in through an upstream provider then a code: multi-factor;
+    "fed" (no RFC 8176 value) is never put in the amr, nor claimed as pwd.
+    """
+    context = assess(auth("fed", "otp", factor_time=NOW))
+    assert context.policies == MF and context.amr == ("otp", "mfa")
+    alone = assess(auth("fed"))
+    assert alone.policies == frozenset() and alone.amr == ()
