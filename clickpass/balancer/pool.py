@@ -9,18 +9,22 @@ times out. A worker that refuses or resets connections is ejected for a
 while (passive ejection) and probed by active health checks. A request is
 moved to another worker only when it never reached one.
 
-This module never parses HTTP (that is L{clickpass.balancer.proxy}) and
-never starts or stops processes (that is the supervisor): it is told which
-workers exist and tells its L{PoolEvents} what it notices.
+This module never parses HTTP (that is the front's client side and its
+worker connections) and never starts or stops processes (that is the
+supervisor): it is told which workers exist and tells its L{PoolEvents}
+what it notices. It is given how to dial a worker (L{Dial}) and how to
+probe one (L{Probe}); what it needs of a request and of a connection to a
+worker are the Protocols L{Dispatch} and L{WorkerLink}, so that it imports
+none of the modules that use it.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from twisted.internet.interfaces import IReactorTime, IReactorUNIX
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,10 +32,56 @@ from twisted.python.failure import Failure
 from clickpass.balancer.settings import BalancerSettings
 from clickpass.balancer.stats import Counters
 
-if TYPE_CHECKING:
-    from clickpass.balancer.proxy import Exchange, UpstreamConnection
-
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class Dispatch(Protocol):
+    """What the pool needs of a request it routes (the front's exchange)."""
+
+    backend: Backend | None
+    dispatched: float
+    queued_at: float
+    attempts: int
+    abandoned: bool
+    response_started: bool
+    method: bytes
+
+    def path_for_log(self) -> str:
+        """The request's path, for a log line."""
+
+    def fail(self, status: int, kind: str, retry_after: int | None = None) -> None:
+        """Answer with an error of the front's (no worker answered)."""
+
+    def time_out(self) -> None:
+        """The worker did not answer in time."""
+
+
+class WorkerLink(Protocol):
+    """What the pool needs of one connection to a worker."""
+
+    backend: Backend
+    # Set while the connection is open (Twisted's Protocol.transport).
+    transport: Any
+
+    def attach(self, exchange: Any) -> None:
+        """
+        Carry C{exchange} (a L{Dispatch}; typed loosely so that the link's
+        own class can name its concrete exchange) to the worker.
+        """
+
+    def close(self) -> None:
+        """Close once what is queued is sent."""
+
+    def abort(self) -> None:
+        """Close at once."""
+
+
+# Starts connecting to a worker's socket: the link reports back with
+# Pool.connected or Pool.connect_failed.
+Dial = Callable[["Pool", "Backend"], WorkerLink]
+# Starts one active health check of a worker: it reports back with
+# Pool.health_result or Pool.health_busy.
+Probe = Callable[["Pool", "Backend"], object]
 
 
 class PoolEvents:
@@ -79,8 +129,8 @@ class Backend:
         self.draining = False
         self.ejected_until = 0.0
         self.health_failures = 0
-        self.idle: list[UpstreamConnection] = []
-        self.open_connections: set[UpstreamConnection] = set()
+        self.idle: list[WorkerLink] = []
+        self.open_connections: set[WorkerLink] = set()
         self.connecting = 0
         self.counters = Counters()
 
@@ -95,22 +145,6 @@ class Backend:
         }
 
 
-class _ConnectFactory(ClientFactory):
-    """Hands one pre-built connection to connectUNIX and reports failure."""
-
-    noisy = False
-
-    def __init__(self, pool: Pool, connection: UpstreamConnection) -> None:
-        self.pool = pool
-        self.connection = connection
-
-    def buildProtocol(self, addr: object) -> Protocol:
-        return self.connection
-
-    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
-        self.pool.connect_failed(self.connection, reason)
-
-
 class Pool:
     """Least-outstanding balancing over the routable workers."""
 
@@ -121,15 +155,22 @@ class Pool:
         reactor: Any,
         settings: BalancerSettings,
         events: PoolEvents | None = None,
+        *,
+        dial: Dial,
+        probe: Probe,
     ) -> None:
         self.reactor = reactor
+        self._dial = dial
+        self._probe = probe
+        # The request each connection being dialled will carry first.
+        self._pending: dict[WorkerLink, Dispatch] = {}
         self.clock: IReactorTime = reactor
         self.settings = settings
         self.events = events or PoolEvents()
         self.backends: list[Backend] = []
-        self.queue: deque[Exchange] = deque()
+        self.queue: deque[Dispatch] = deque()
         self.counters = Counters()
-        self._in_progress: set[Exchange] = set()
+        self._in_progress: set[Dispatch] = set()
         self._sweeper: LoopingCall | None = None
         self._checker: LoopingCall | None = None
         self._cap = settings.max_in_flight
@@ -197,7 +238,7 @@ class Pool:
         candidates = [b for b in self.backends if b is not exclude and b.in_flight < self._cap]
         return min(candidates, key=lambda b: b.ejected_until, default=None)
 
-    def submit(self, exchange: Exchange) -> None:
+    def submit(self, exchange: Dispatch) -> None:
         """Send C{exchange} to a worker now, or queue it."""
         self.counters.requests += 1
         self._in_progress.add(exchange)
@@ -207,7 +248,7 @@ class Pool:
         else:
             self._route(exchange)
 
-    def _route(self, exchange: Exchange, exclude: Backend | None = None) -> None:
+    def _route(self, exchange: Dispatch, exclude: Backend | None = None) -> None:
         backend = self.pick(exclude)
         if backend is None and all(b.ejected_until for b in self.backends):
             backend = self._pick_ejected(exclude)
@@ -220,13 +261,13 @@ class Pool:
         exchange.queued_at = self.clock.seconds()
         self.queue.append(exchange)
 
-    def _refuse(self, exchange: Exchange, kind: str) -> None:
+    def _refuse(self, exchange: Dispatch, kind: str) -> None:
         self._in_progress.discard(exchange)
         self.counters.error(kind)
         retry_after = max(1, int(self.settings.queue_timeout))
         exchange.fail(503, kind, retry_after)
 
-    def _assign(self, exchange: Exchange, backend: Backend) -> None:
+    def _assign(self, exchange: Dispatch, backend: Backend) -> None:
         backend.in_flight += 1
         backend.counters.requests += 1
         exchange.backend = backend
@@ -234,15 +275,8 @@ class Pool:
         if backend.idle:
             backend.idle.pop().attach(exchange)
             return
-        from clickpass.balancer.proxy import UpstreamConnection
-
-        connection = UpstreamConnection(self, backend)
-        connection.pending = exchange
         backend.connecting += 1
-        reactor: IReactorUNIX = self.reactor
-        reactor.connectUNIX(
-            backend.path, _ConnectFactory(self, connection), timeout=self.settings.connect_timeout
-        )
+        self._pending[self._dial(self, backend)] = exchange
 
     def _drain_queue(self) -> None:
         queue = self.queue
@@ -257,27 +291,27 @@ class Pool:
 
     # What connections report.
 
-    def connected(self, connection: UpstreamConnection) -> None:
+    def connected(self, connection: WorkerLink) -> None:
         backend = connection.backend
         backend.connecting -= 1
         backend.open_connections.add(connection)
-        exchange, connection.pending = connection.pending, None
+        exchange = self._pending.pop(connection, None)
         if exchange is None or exchange.backend is not backend:
             # Timed out or abandoned meanwhile (and already accounted for).
             self._release(None, backend, connection)
             return
         connection.attach(exchange)
 
-    def connect_failed(self, connection: UpstreamConnection, reason: Failure) -> None:
+    def connect_failed(self, connection: WorkerLink, reason: Failure) -> None:
         """The worker's socket refused us: the request never reached it."""
         backend = connection.backend
         backend.connecting -= 1
         self._eject(backend, "connect failed: " + _one_line(reason))
-        exchange, connection.pending = connection.pending, None
+        exchange = self._pending.pop(connection, None)
         if exchange is not None and exchange.backend is backend:
             self.unreached(exchange)
 
-    def unreached(self, exchange: Exchange) -> None:
+    def unreached(self, exchange: Dispatch) -> None:
         """C{exchange} did not reach its worker: give the slot back and retry."""
         backend = exchange.backend
         if backend is not None:
@@ -289,7 +323,7 @@ class Pool:
         if backend.draining and backend.in_flight == 0:
             self.events.idle(backend)
 
-    def retry(self, exchange: Exchange, failed: Backend) -> None:
+    def retry(self, exchange: Dispatch, failed: Backend) -> None:
         """Move C{exchange}, which never reached a worker, to another one."""
         exchange.backend = None
         if exchange.abandoned:
@@ -316,13 +350,11 @@ class Pool:
         backend.ejected_until = self.clock.seconds() + self.settings.eject_seconds
         self._close_idle(backend)
 
-    def connection_failed(self, connection: UpstreamConnection, why: str) -> None:
+    def connection_failed(self, connection: WorkerLink, why: str) -> None:
         """A connection to a worker was reset or closed while in use."""
         self._eject(connection.backend, why)
 
-    def finished(
-        self, exchange: Exchange, connection: UpstreamConnection | None, reusable: bool
-    ) -> None:
+    def finished(self, exchange: Dispatch, connection: WorkerLink | None, reusable: bool) -> None:
         """C{exchange} is over as far as its worker is concerned."""
         backend = exchange.backend
         self._in_progress.discard(exchange)
@@ -348,9 +380,9 @@ class Pool:
 
     def _release(
         self,
-        exchange: Exchange | None,
+        exchange: Dispatch | None,
         backend: Backend,
-        connection: UpstreamConnection | None,
+        connection: WorkerLink | None,
     ) -> None:
         if exchange is not None:
             backend.in_flight -= 1
@@ -378,13 +410,13 @@ class Pool:
         elif self.queue:
             self._drain_queue()
 
-    def connection_closed(self, connection: UpstreamConnection) -> None:
+    def connection_closed(self, connection: WorkerLink) -> None:
         backend = connection.backend
         backend.open_connections.discard(connection)
         if connection in backend.idle:
             backend.idle.remove(connection)
 
-    def abandoned(self, exchange: Exchange) -> None:
+    def abandoned(self, exchange: Dispatch) -> None:
         """The client of a queued request went away."""
         self._in_progress.discard(exchange)
 
@@ -450,10 +482,8 @@ class Pool:
             self.events.stuck(backend)
 
     def check_health(self) -> None:
-        from clickpass.balancer.proxy import HealthCheck
-
         for backend in list(self.backends):
-            HealthCheck.run(self, backend)
+            self._probe(self, backend)
 
     def health_busy(self, backend: Backend) -> None:
         """

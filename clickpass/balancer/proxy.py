@@ -951,7 +951,6 @@ class UpstreamConnection(Protocol):
         self.pool = pool
         self.backend = backend
         self.exchange: Exchange | None = None
-        self.pending: Exchange | None = None
         self._buf = b""
         self._in_head = True
         self._reusable = True
@@ -1202,6 +1201,37 @@ class UpstreamConnection(Protocol):
                 target.unregisterProducer()
         why = " ".join((str(reason.value) or type(reason.value).__name__).split())
         exchange.upstream_lost(self, why, self._got_bytes)
+
+
+class _ConnectFactory(ClientFactory):
+    """Hands one pre-built connection to connectUNIX and reports failure."""
+
+    noisy = False
+
+    def __init__(self, pool: Pool, connection: UpstreamConnection) -> None:
+        self.pool = pool
+        self.connection = connection
+
+    def buildProtocol(self, addr: object) -> UpstreamConnection:
+        return self.connection
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self.pool.connect_failed(self.connection, reason)
+
+
+def dial(pool: Pool, backend: Backend) -> UpstreamConnection:
+    """Start connecting to C{backend}'s socket (the pool's L{Dial})."""
+    connection = UpstreamConnection(pool, backend)
+    reactor: IReactorUNIX = pool.reactor
+    reactor.connectUNIX(
+        backend.path, _ConnectFactory(pool, connection), timeout=pool.settings.connect_timeout
+    )
+    return connection
+
+
+def probe(pool: Pool, backend: Backend) -> None:
+    """Start one active health check of C{backend} (the pool's L{Probe})."""
+    HealthCheck.run(pool, backend)
 
 
 class HealthCheck(Protocol):

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from clickpass import config as configmod
 from clickpass.balancer.forwarding import TrustedProxies, parse_ranges
 from clickpass.balancer.pool import Pool
-from clickpass.balancer.proxy import FrontFactory
+from clickpass.balancer.proxy import FrontFactory, dial, probe
 from clickpass.balancer.static import StaticFiles
 from clickpass.balancer.stats import ERROR_KINDS, LATENCY_BOUNDS
 from clickpass.balancer.supervisor import AlertSink, ReloadError, Supervisor, install_sighup
@@ -65,7 +65,7 @@ class Front(MultiService):
         self.setName("front")
         self.reactor = reactor
         self.settings = settings
-        self.pool = Pool(reactor, settings.balancer)
+        self.pool = Pool(reactor, settings.balancer, dial=dial, probe=probe)
         self.supervisor = Supervisor(
             reactor, settings, self.pool, count=worker_count, socket_dir=socket_dir
         )

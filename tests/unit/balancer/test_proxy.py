@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from clickpass.balancer.forwarding import TrustedProxies, parse_ranges
 from clickpass.balancer.pool import Backend, Pool, PoolEvents
-from clickpass.balancer.proxy import FrontConnection, FrontFactory, UpstreamConnection
+from clickpass.balancer.proxy import FrontConnection, FrontFactory, UpstreamConnection, dial, probe
 from clickpass.balancer.settings import BalancerSettings
 from clickpass.balancer.static import StaticFiles
 
@@ -46,7 +46,7 @@ class Rig:
         )
         self.reactor = MemoryReactorClock()
         self.events = Events()
-        self.pool = Pool(self.reactor, self.settings, self.events)
+        self.pool = Pool(self.reactor, self.settings, self.events, dial=dial, probe=probe)
         self.backends = [Backend(str(i + 1), f"/w{i + 1}.sock") for i in range(workers)]
         for backend in self.backends:
             self.pool.add(backend)

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from clickpass.balancer.pool import Backend, Pool
-from clickpass.balancer.proxy import FrontFactory, UpstreamConnection, _read_with_recv
+from clickpass.balancer.proxy import FrontFactory, UpstreamConnection, _read_with_recv, dial, probe
 from clickpass.balancer.settings import BalancerSettings
 from tests.unit.balancer.test_proxy import Rig
 
@@ -312,7 +312,7 @@ def test_worker_connections_read_with_plain_recv():
     transport = unix.Client.__new__(unix.Client)
     transport.socket = ours
     transport.bufferSize = 65536
-    pool = Pool(MemoryReactorClock(), BalancerSettings())
+    pool = Pool(MemoryReactorClock(), BalancerSettings(), dial=dial, probe=probe)
     upstream = UpstreamConnection(pool, Backend("1", "/s"))
     upstream.transport = transport
     upstream.connectionMade()
@@ -346,7 +346,7 @@ def test_client_tcp_connections_read_with_plain_recv():
     transport._addressType = IPv4Address
     reactor = MemoryReactorClock()
     settings = BalancerSettings(health_interval=0)
-    pool = Pool(reactor, settings)
+    pool = Pool(reactor, settings, dial=dial, probe=probe)
     pool.add(Backend("1", "/w1.sock"))
     front = FrontFactory(reactor, pool, settings).buildProtocol(None)
     front.makeConnection(transport)

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from clickpass import config
 from clickpass.balancer.pool import Pool
+from clickpass.balancer.proxy import dial, probe
 from clickpass.balancer.supervisor import Supervisor, WorkerProcess
 
 
@@ -48,7 +49,7 @@ def make(count: int = 2, tmp_path: Any = None, **workers: Any):
         {"workers": {"count": count, **workers}, "balancer": {"health_interval": 0}}
     )
     reactor = ProcessReactor()
-    pool = Pool(reactor, settings.balancer)
+    pool = Pool(reactor, settings.balancer, dial=dial, probe=probe)
     supervisor = Supervisor(reactor, settings, pool, socket_dir=tmp_path)
     supervisor.startService()
     return reactor, pool, supervisor
