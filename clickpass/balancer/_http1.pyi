@@ -1,24 +1,64 @@
-"""Types of the front's C HTTP/1.1 parser (csrc/_http1module.c)."""
+"""
+Types of the front's C HTTP/1.1 parser (csrc/_http1module.c). The heads are
+PyStructSequences: tuples whose fields have names; the properties below
+name them in their order, which tests/unit/balancer/test_http1.py checks
+against the module's own field list.
+"""
+
+from typing import Any, final
 
 MAX_HEADERS: int
 
 class RequestError(ValueError):
     """A request the front refuses: args are (status, kind, text)."""
 
-RequestHead = tuple[
-    int,  # head_len: bytes of the head, through its empty line
-    bytes,  # method
-    bytes,  # target (origin-form)
-    bytes,  # upstream_head: request line and the headers passed on, no empty line
-    bool,  # http10
-    bool,  # keep_alive
-    int,  # content_length, -1 when absent
-    bool,  # chunked
-    bool,  # expect_continue
-    bytes,  # host, b"" when absent
-    bytes,  # forwarded_for: the client's X-Forwarded-For values, b"" when none
-    bytes | None,  # if_none_match
-]
+@final
+class RequestHead(tuple[Any, ...]):
+    """A complete request head, as parse_request found it."""
+
+    n_fields: int
+    @property
+    def head_len(self) -> int: ...
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def worker_head(self) -> bytes: ...
+    @property
+    def http10(self) -> bool: ...
+    @property
+    def keep_alive(self) -> bool: ...
+    @property
+    def content_length(self) -> int: ...
+    @property
+    def chunked(self) -> bool: ...
+    @property
+    def expect_continue(self) -> bool: ...
+    @property
+    def host(self) -> bytes: ...
+    @property
+    def forwarded_for(self) -> bytes: ...
+    @property
+    def if_none_match(self) -> bytes | None: ...
+
+@final
+class ResponseHead(tuple[Any, ...]):
+    """A complete response head, as parse_response found it."""
+
+    n_fields: int
+    @property
+    def head_len(self) -> int: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def content_length(self) -> int: ...
+    @property
+    def chunked(self) -> bool: ...
+    @property
+    def close(self) -> bool: ...
+    @property
+    def hop(self) -> bool: ...
 
 def parse_request(
     data: bytes | bytearray,
@@ -27,16 +67,6 @@ def parse_request(
     trust_forwarded: bool,
     scanned: int = 0,
 ) -> RequestHead | None: ...
-
-ResponseHead = tuple[
-    int,  # head_len
-    int,  # status
-    int,  # content_length, -1 when absent
-    bool,  # chunked
-    bool,  # close: the worker ends the connection after this response
-    bool,  # hop: hop-by-hop headers (or HTTP/1.0): not relayed as it is
-]
-
 def parse_response(data: bytes, max_head: int) -> ResponseHead | None: ...
 def strip_response_head(data: bytes, head_len: int, keep_length: bool) -> bytes: ...
 

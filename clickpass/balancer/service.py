@@ -28,12 +28,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from clickpass import config as configmod
+from clickpass.balancer.client import FrontFactory
 from clickpass.balancer.forwarding import TrustedProxies, parse_ranges
+from clickpass.balancer.health import probe
 from clickpass.balancer.pool import Pool
-from clickpass.balancer.proxy import FrontFactory, dial, probe
 from clickpass.balancer.static import StaticFiles
 from clickpass.balancer.stats import ERROR_KINDS, LATENCY_BOUNDS
 from clickpass.balancer.supervisor import AlertSink, ReloadError, Supervisor, install_sighup
+from clickpass.balancer.worker_connection import dial
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.monitor.metrics import Registry, Snapshot, merge, render
 

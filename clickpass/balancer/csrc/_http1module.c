@@ -5,10 +5,12 @@
  * callback into Python cost the front about 4,300 instructions
  * (docs/balancer.md), more than the rest of its header work.
  *
- * parse_request() returns what the front needs of a complete head, with the
- * head to send the worker already built (request line and the headers that
- * are not hop-by-hop); the front appends its forwarding headers. It never
- * keeps a reference to its input and holds no state between calls.
+ * parse_request() returns what the front needs of a complete head as a
+ * named structure (RequestHead, a PyStructSequence: a tuple whose fields
+ * also have names), with the head to send the worker already built (request
+ * line and the headers that are not hop-by-hop); the front appends its
+ * forwarding headers. parse_response() returns a ResponseHead. Neither keeps
+ * a reference to its input or holds state between calls.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -17,6 +19,48 @@
 
 static PyObject *RequestError;
 static PyObject *method_get, *method_head, *method_post;
+static PyTypeObject *RequestHeadType, *ResponseHeadType;
+
+static PyStructSequence_Field request_head_fields[] = {
+    {"head_len", "bytes of the head, through its empty line"},
+    {"method", "the request method"},
+    {"target", "the request target (origin-form)"},
+    {"worker_head", "the request line (always HTTP/1.1) and the headers to pass on to the "
+                    "worker, without the empty line"},
+    {"http10", "the request is HTTP/1.0"},
+    {"keep_alive", "the client keeps the connection open after this request"},
+    {"content_length", "the Content-Length, -1 when absent"},
+    {"chunked", "the body is chunked"},
+    {"expect_continue", "the client sent Expect: 100-continue"},
+    {"host", "the Host, b'' when absent"},
+    {"forwarded_for", "the client's X-Forwarded-For values (joined), b'' when none"},
+    {"if_none_match", "the If-None-Match value, None when absent"},
+    {NULL, NULL},
+};
+
+static PyStructSequence_Desc request_head_desc = {
+    "clickpass.balancer._http1.RequestHead",
+    "A complete request head, as parse_request found it.",
+    request_head_fields,
+    12,
+};
+
+static PyStructSequence_Field response_head_fields[] = {
+    {"head_len", "bytes of the head, through its empty line"},
+    {"status", "the status code"},
+    {"content_length", "the Content-Length, -1 when absent"},
+    {"chunked", "the body is chunked"},
+    {"close", "the worker ends the connection after this response"},
+    {"hop", "hop-by-hop headers (or HTTP/1.0): not relayed as it is"},
+    {NULL, NULL},
+};
+
+static PyStructSequence_Desc response_head_desc = {
+    "clickpass.balancer._http1.ResponseHead",
+    "A complete response head, as parse_response found it.",
+    response_head_fields,
+    6,
+};
 
 static PyObject *request_error(const http1_request *req)
 {
@@ -38,20 +82,25 @@ static PyObject *boolean(int b)
 
 /*
  * A tuple of n new references (any of them NULL after a failed allocation:
- * then all are released and NULL returned). Cheaper than Py_BuildValue,
- * which parses its format on every call.
+ * then all are released and NULL returned), or with a type, a structure of
+ * that PyStructSequence type. Cheaper than Py_BuildValue, which parses its
+ * format on every call.
  */
-static PyObject *tuple_of(PyObject **items, Py_ssize_t n)
+static PyObject *tuple_of(PyTypeObject *type, PyObject **items, Py_ssize_t n)
 {
     PyObject *t = NULL;
     for (Py_ssize_t i = 0; i < n; i++)
         if (items[i] == NULL)
             goto fail;
-    t = PyTuple_New(n);
+    t = type != NULL ? PyStructSequence_New(type) : PyTuple_New(n);
     if (t == NULL)
         goto fail;
-    for (Py_ssize_t i = 0; i < n; i++)
-        PyTuple_SET_ITEM(t, i, items[i]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (type != NULL)
+            PyStructSequence_SET_ITEM(t, i, items[i]);
+        else
+            PyTuple_SET_ITEM(t, i, items[i]);
+    }
     return t;
 fail:
     for (Py_ssize_t i = 0; i < n; i++)
@@ -194,19 +243,15 @@ static PyObject *request_head(const char *buf, size_t len, size_t scanned, size_
         forwarded_for,
         if_none_match,
     };
-    return tuple_of(items, 12);
+    return tuple_of(RequestHeadType, items, 12);
 }
 
 PyDoc_STRVAR(parse_request_doc,
              "parse_request(data, max_head, max_body, trust_forwarded, scanned=0)\n--\n\n"
              "Parse the request head at the start of data (bytes or bytearray). None while\n"
              "it is incomplete; scanned says how many of its first bytes an earlier call\n"
-             "found incomplete, so that only the rest is searched. Otherwise\n"
-             "(head_len, method, target, upstream_head, http10, keep_alive,\n"
-             "content_length, chunked, expect_continue, host, forwarded_for, if_none_match).\n"
-             "upstream_head is the request line (always HTTP/1.1) and the headers to pass\n"
-             "on, without the empty line; forwarded_for is the client's X-Forwarded-For\n"
-             "values (joined), b'' when none. Raises RequestError(status, kind, text).");
+             "found incomplete, so that only the rest is searched. Otherwise a\n"
+             "RequestHead (named fields). Raises RequestError(status, kind, text).");
 
 static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -251,10 +296,8 @@ static PyObject *parse_request(PyObject *self, PyObject *const *args, Py_ssize_t
 PyDoc_STRVAR(parse_response_doc,
              "parse_response(data, max_head)\n--\n\n"
              "Parse a worker's response head at the start of data. None while it is\n"
-             "incomplete; otherwise (head_len, status, content_length, chunked, close, hop):\n"
-             "content_length -1 when absent; close when the worker ends the connection\n"
-             "after it; hop when it has hop-by-hop headers (or is HTTP/1.0), so that it\n"
-             "cannot be relayed as it is. Raises ValueError saying what is wrong.");
+             "incomplete; otherwise a ResponseHead (named fields). Raises ValueError\n"
+             "saying what is wrong.");
 
 static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -290,7 +333,7 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
         boolean(res.close),
         boolean(res.hop),
     };
-    return tuple_of(items, 6);
+    return tuple_of(ResponseHeadType, items, 6);
 }
 
 PyDoc_STRVAR(strip_response_head_doc,
@@ -419,7 +462,7 @@ static PyObject *chunked_scan(PyObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     PyObject *items[2] = {PyLong_FromLong(used), boolean(c->chunks.done)};
-    return tuple_of(items, 2);
+    return tuple_of(NULL, items, 2);
 }
 
 static PyMethodDef chunked_methods[] = {
@@ -460,6 +503,12 @@ PyMODINIT_FUNC PyInit__http1(void)
 {
     if (PyType_Ready(&ChunkedBodyType) < 0)
         return NULL;
+    if (RequestHeadType == NULL)
+        RequestHeadType = PyStructSequence_NewType(&request_head_desc);
+    if (ResponseHeadType == NULL)
+        ResponseHeadType = PyStructSequence_NewType(&response_head_desc);
+    if (RequestHeadType == NULL || ResponseHeadType == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
@@ -474,6 +523,8 @@ PyMODINIT_FUNC PyInit__http1(void)
     if (RequestError == NULL || method_get == NULL || method_head == NULL ||
         method_post == NULL || PyModule_AddObjectRef(m, "RequestError", RequestError) < 0 ||
         PyModule_AddObjectRef(m, "ChunkedBody", (PyObject *)&ChunkedBodyType) < 0 ||
+        PyModule_AddObjectRef(m, "RequestHead", (PyObject *)RequestHeadType) < 0 ||
+        PyModule_AddObjectRef(m, "ResponseHead", (PyObject *)ResponseHeadType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_HEADERS", HTTP1_MAX_HEADERS) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -10,7 +10,7 @@ import pytest
 
 from twisted.internet.defer import Deferred, succeed
 
-from clickpass.balancer.proxy import FrontFactory
+from clickpass.balancer.client import FrontFactory
 from tests.unit.balancer.test_proxy import OK, Rig
 
 

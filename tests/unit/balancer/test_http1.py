@@ -525,3 +525,57 @@ def test_an_error_in_the_new_bytes_is_still_found():
         parse_request(data + b"\x01", MAX_HEAD, MAX_BODY, False, len(data))
     with pytest.raises(ValueError):
         parse_request(data, MAX_HEAD, MAX_BODY, False, len(data) + 1)
+
+
+def _stub_fields(class_name: str) -> list[str]:
+    """The properties the type stub (_http1.pyi) declares on C{class_name}, in order."""
+    import ast
+    from pathlib import Path
+
+    import clickpass.balancer
+
+    stub = Path(clickpass.balancer.__file__).parent / "_http1.pyi"
+    for node in ast.parse(stub.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return [item.name for item in node.body if isinstance(item, ast.FunctionDef)]
+    raise AssertionError(f"_http1.pyi declares no {class_name}")
+
+
+@pytest.mark.parametrize("name", ["RequestHead", "ResponseHead"])
+def test_the_heads_fields_are_named_as_the_stub_says(name: str) -> None:
+    """
+    The parser's answers are named structures whose fields, in order, are
+    the properties the type stub declares: the stub cannot drift from the C.
+    """
+    import clickpass.balancer._http1 as http1
+
+    kind = getattr(http1, name)
+    assert list(kind.__match_args__) == _stub_fields(name)
+    assert kind.n_fields == len(kind.__match_args__)
+
+
+def test_a_request_head_is_read_by_name() -> None:
+    """Each field of a parsed request head has its name."""
+    parsed = parse(
+        b"POST /a?b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX-Forwarded-For: 1.1.1.1\r\n"
+        b'If-None-Match: "e"\r\nExpect: 100-continue\r\n\r\n',
+        trust=True,
+    )
+    assert parsed is not None
+    assert (parsed.method, parsed.target, parsed.host) == (b"POST", b"/a?b", b"h")
+    assert parsed.worker_head.startswith(b"POST /a?b HTTP/1.1\r\nHost: h\r\n")
+    assert (parsed.http10, parsed.keep_alive, parsed.chunked) == (False, True, False)
+    assert (parsed.content_length, parsed.expect_continue) == (3, True)
+    assert (parsed.forwarded_for, parsed.if_none_match) == (b"1.1.1.1", b'"e"')
+    assert parsed.head_len == len(parsed.worker_head) + len(b"X-Forwarded-For: 1.1.1.1\r\n") + (
+        len(b"Expect: 100-continue\r\n\r\n")
+    )
+
+
+def test_a_response_head_is_read_by_name() -> None:
+    """Each field of a parsed response head has its name."""
+    head = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    parsed = parse_response(head + b"0\r\n\r\n", MAX_HEAD)
+    assert parsed is not None
+    assert (parsed.head_len, parsed.status, parsed.content_length) == (len(head), 404, -1)
+    assert (parsed.chunked, parsed.close, parsed.hop) == (True, True, True)

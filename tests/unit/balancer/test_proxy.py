@@ -15,11 +15,13 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from clickpass.balancer.client import FrontConnection, FrontFactory
 from clickpass.balancer.forwarding import TrustedProxies, parse_ranges
+from clickpass.balancer.health import probe
 from clickpass.balancer.pool import Backend, Pool, PoolEvents
-from clickpass.balancer.proxy import FrontConnection, FrontFactory, UpstreamConnection, dial, probe
 from clickpass.balancer.settings import BalancerSettings
 from clickpass.balancer.static import StaticFiles
+from clickpass.balancer.worker_connection import WorkerConnection, dial
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -60,7 +62,7 @@ class Rig:
         proto.makeConnection(transport)
         return proto, transport
 
-    def accept_upstream(self) -> tuple[UpstreamConnection, StringTransport, str]:
+    def accept_upstream(self) -> tuple[WorkerConnection, StringTransport, str]:
         """Complete the oldest pending connect to a worker."""
         path, factory, _, _ = self.reactor.unixClients[self.connected]
         self.connected += 1
@@ -687,7 +689,7 @@ def test_a_head_trickled_byte_by_byte_is_gathered_in_linear_time(monkeypatch):
     each time, never all of it again (a quadratic cost a slow client could
     make the front pay), and forwards it whole.
     """
-    import clickpass.balancer.proxy as proxy
+    import clickpass.balancer.client as client_side
     from clickpass.balancer._http1 import parse_request as real
 
     searched = []
@@ -696,7 +698,7 @@ def test_a_head_trickled_byte_by_byte_is_gathered_in_linear_time(monkeypatch):
         searched.append(len(buf) - scanned)
         return real(buf, max_head, max_body, trust, scanned)
 
-    monkeypatch.setattr(proxy, "parse_request", counting)
+    monkeypatch.setattr(client_side, "parse_request", counting)
     rig = Rig(max_header_bytes=32 * 1024)
     proto, client = rig.client()
     head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 30_000 + b"\r\n\r\n"

@@ -20,9 +20,12 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from clickpass.balancer.client import FrontFactory
+from clickpass.balancer.health import probe
 from clickpass.balancer.pool import Backend, Pool
-from clickpass.balancer.proxy import FrontFactory, UpstreamConnection, _read_with_recv, dial, probe
 from clickpass.balancer.settings import BalancerSettings
+from clickpass.balancer.twisted_internals import read_with_recv
+from clickpass.balancer.worker_connection import WorkerConnection, dial
 from tests.unit.balancer.test_proxy import Rig
 
 CHUNKED = (
@@ -163,7 +166,7 @@ def test_bytes_after_the_end_of_a_response_are_never_relayed():
 
 def one_request(
     http10: bool = False,
-) -> tuple[Rig, StringTransport, UpstreamConnection, StringTransport]:
+) -> tuple[Rig, StringTransport, WorkerConnection, StringTransport]:
     rig = Rig(workers=1)
     proto, client = rig.client()
     if http10:
@@ -313,13 +316,13 @@ def test_worker_connections_read_with_plain_recv():
     transport.socket = ours
     transport.bufferSize = 65536
     pool = Pool(MemoryReactorClock(), BalancerSettings(), dial=dial, probe=probe)
-    upstream = UpstreamConnection(pool, Backend("1", "/s"))
+    upstream = WorkerConnection(pool, Backend("1", "/s"))
     upstream.transport = transport
     upstream.connectionMade()
     assert "doRead" in vars(transport)
-    assert transport.doRead.__qualname__ == "_read_with_recv.<locals>.doRead"
+    assert transport.doRead.__qualname__ == "read_with_recv.<locals>.doRead"
     received = Recorder()
-    do_read = _read_with_recv(transport, received)
+    do_read = read_with_recv(transport, received)
     assert do_read() is None
     worker_side.sendall(b"HTTP/1.1 200 OK\r\n")
     assert do_read() is None
@@ -350,7 +353,7 @@ def test_client_tcp_connections_read_with_plain_recv():
     pool.add(Backend("1", "/w1.sock"))
     front = FrontFactory(reactor, pool, settings).buildProtocol(None)
     front.makeConnection(transport)
-    assert transport.doRead.__qualname__ == "_read_with_recv.<locals>.doRead"
+    assert transport.doRead.__qualname__ == "read_with_recv.<locals>.doRead"
     assert transport.doRead() is None
     client_side.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
     assert transport.doRead() is None

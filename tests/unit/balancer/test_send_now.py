@@ -11,7 +11,7 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.testing import StringTransport
 
-from clickpass.balancer.proxy import send_now
+from clickpass.balancer.twisted_internals import send_now
 from tests.unit.balancer.test_proxy import OK, Rig
 
 

@@ -12,9 +12,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from clickpass import config
+from clickpass.balancer.health import probe
 from clickpass.balancer.pool import Pool
-from clickpass.balancer.proxy import dial, probe
 from clickpass.balancer.supervisor import Supervisor, WorkerProcess
+from clickpass.balancer.worker_connection import dial
 
 
 class FakeProcess:
