@@ -1,6 +1,11 @@
 """
-The answers the front makes itself, as bytes: its errors, the /metrics
-page's head and static files. Pure functions; no Twisted.
+The answers the front makes itself, as bytes: its errors, /healthz, the
+/metrics page's head and static files. Pure functions; no Twisted.
+
+C{/healthz} is the node's liveness probe and is answered here, by the front,
+never by a worker: an answer proves the front's reactor is turning, and a
+worker that is frozen or busy cannot delay it (C{/readyz} says whether the
+node can serve).
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import re
 from clickpass.balancer.static import StaticFiles
 
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# The path of the liveness probe, and its answer's body.
+HEALTHZ = b"/healthz"
+ALIVE = b"ok\n"
 
 REASONS = {
     200: b"OK",
@@ -52,6 +60,22 @@ def local_response(
     if close:
         head += b"Connection: close\r\n"
     return head + b"\r\n" + (b"" if head_only else body)
+
+
+def alive(close: bool, head_only: bool, extra: bytes = b"") -> bytes:
+    """
+    The answer to C{GET /healthz}: the front is alive. Its headers are those
+    of the application's own answers (C{Server: Clickpass}, C{extra}: the
+    node's C{Strict-Transport-Security} when it is served over HTTPS).
+    """
+    head = (
+        b"HTTP/1.1 200 OK\r\nServer: Clickpass\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
+        % (extra)
+    )
+    head += b"Content-Length: %d\r\nCache-Control: no-store\r\n" % len(ALIVE)
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + (b"" if head_only else ALIVE)
 
 
 def static_answer(
@@ -100,7 +124,9 @@ def is_path(url: bytes, path: bytes) -> bool:
 
 __all__ = [
     "CONTINUE",
+    "HEALTHZ",
     "METRICS_CONTENT_TYPE",
+    "alive",
     "bearer_is",
     "is_path",
     "local_response",

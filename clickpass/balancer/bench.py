@@ -67,7 +67,9 @@ def openid_path(mode: str, realm: str = REALM) -> str:
 
 
 ENDPOINTS: list[tuple[str, str, list[str]]] = [
-    ("small", "/healthz", []),
+    # A small answer of the application with no database work (the OP's
+    # XRDS document). Not /healthz: the front answers that itself.
+    ("small", "/openid/xrds", []),
     ("discovery", "/", ["-H", "Accept: application/xrds+xml"]),
     ("immediate_anon", openid_path("checkid_immediate"), []),
     # The signed-in case: the session cookie is added by sign_in_and_approve().

@@ -1,9 +1,9 @@
 """
 The client side of the front's HTTP/1.1 reverse proxy: one
 L{FrontConnection} per client connection, which reads requests, answers
-what the front answers itself (L{clickpass.balancer.answers}: /metrics,
-/readyz when no worker can serve, static files, redirects to HTTPS,
-refusals) and hands the rest to the pool as
+what the front answers itself (L{clickpass.balancer.answers}: /healthz,
+/metrics, /readyz when no worker can serve, static files, redirects to
+HTTPS, refusals) and hands the rest to the pool as
 L{clickpass.balancer.exchange.Exchange}s, one at a time per connection.
 
 HTTP is framed on plain Protocols rather than with twisted.web, whose
@@ -44,6 +44,8 @@ from zope.interface import implementer
 from clickpass.balancer._http1 import ChunkedBody, RequestError, parse_request
 from clickpass.balancer.answers import (
     CONTINUE,
+    HEALTHZ,
+    alive,
     bearer_is,
     is_path,
     local_response,
@@ -308,7 +310,7 @@ class FrontConnection(Protocol):
     def _answer_locally(self, exchange: Exchange, parsed: RequestHead) -> None:
         """
         Set C{exchange}'s answer when the front makes it itself (a redirect
-        to HTTPS, /metrics, /readyz with no worker to ask, a
+        to HTTPS, /metrics, /healthz, /readyz with no worker to ask, a
         static file); leave it unset for a worker to answer.
         """
         factory = self.factory
@@ -330,6 +332,15 @@ class FrontConnection(Protocol):
             self._metrics(exchange, parsed.worker_head)
         elif factory.metrics_only:
             exchange.local = local_response(404, "Not found.", not keep_alive, b"", head_only)
+        elif url.startswith(HEALTHZ) and is_path(url, HEALTHZ):
+            # Liveness: answered by this reactor, whatever the workers do.
+            if method in (b"GET", b"HEAD"):
+                close = exchange.has_body or not keep_alive
+                exchange.local = alive(close, head_only, factory.healthz_headers)
+            else:
+                exchange.local = local_response(
+                    405, "Use GET.", True, b"Allow: GET, HEAD\r\n", head_only
+                )
         elif url.startswith(b"/readyz") and is_path(url, b"/readyz") and not self.pool.routable():
             # No worker would take the request: say so at once, without
             # queueing a probe behind the requests already waiting.
@@ -562,6 +573,7 @@ class FrontFactory(Factory):
         metrics_page: MetricsPage | None = None,
         metrics_token: bytes | None = None,
         metrics_only: bool = False,
+        healthz_headers: bytes = b"",
     ) -> None:
         self.clock = clock
         self.pool = pool
@@ -577,6 +589,8 @@ class FrontFactory(Factory):
         # When set, /metrics needs "Authorization: Bearer <token>" (else 401).
         self.metrics_token = metrics_token
         self.metrics_only = metrics_only
+        # Lines added to the /healthz answer (the node's HSTS header).
+        self.healthz_headers = healthz_headers
         self.connections: set[FrontConnection] = set()
 
     def buildProtocol(self, addr: object) -> FrontConnection:

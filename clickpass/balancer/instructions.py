@@ -195,7 +195,12 @@ def measure(
         processes.append(node)
         base = f"http://127.0.0.1:{front_port}"
         _wait_until_serving(
-            node, work / "node.log", base + "/healthz", FRONT_START if front else NODE_START
+            # /readyz: a worker answers it (once one is ready) and the
+            # database with it; the front answers /healthz by itself.
+            node,
+            work / "node.log",
+            base + "/readyz",
+            FRONT_START if front else NODE_START,
         )
         cookie = bench.sign_in_and_approve(base)
         if front:

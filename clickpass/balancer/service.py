@@ -114,6 +114,12 @@ class Front(MultiService):
         token = configmod.metrics_token(settings) if settings.web.metrics_token_file else None
         public_metrics = self.metrics_page if token is not None and not separate_metrics else None
         trusted = TrustedProxies(parse_ranges(settings.web.trusted_proxies))
+        healthz_headers = b""
+        if settings.served_over_tls and settings.web.hsts_max_age:
+            # As on the application's answers (clickpass.application).
+            healthz_headers = b"Strict-Transport-Security: max-age=%d\r\n" % (
+                settings.web.hsts_max_age
+            )
         for description in settings.web.listen:
             tls = description.startswith("ssl:")
             factory = FrontFactory(
@@ -126,6 +132,7 @@ class Front(MultiService):
                 redirect_base=None if tls else redirect,
                 metrics_page=public_metrics,
                 metrics_token=token,
+                healthz_headers=healthz_headers,
             )
             await self._listen(description, factory)
         if separate_metrics:

@@ -108,6 +108,34 @@ def test_hanging_worker_gets_504_within_the_timeout_and_is_replaced(start_node):
     assert node.get("/").startswith(b"HTTP/1.1 200 ")
 
 
+def test_healthz_answers_at_once_while_the_only_worker_is_frozen(start_node):
+    """
+    /healthz is the front's liveness and the front answers it: with its one
+    worker stopped (SIGSTOP) and a request stuck in it, /healthz still
+    answers 200 within a second, again and again, while /readyz (which asks
+    a worker) does not; once the worker runs again, so does /readyz.
+    """
+    node = start_node(workers=1, balancer="health_interval = 0\n")
+    worker = node.ready_workers()[0]
+    pid = int(worker["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stuck = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        stuck.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(5):
+            started = time.monotonic()
+            response = node.get("/healthz", timeout=10)
+            assert time.monotonic() - started < 1.0
+            assert response.startswith(b"HTTP/1.1 200 OK\r\n"), response[:200]
+            assert response.endswith(b"\r\n\r\nok\n"), response
+        assert node.get("/readyz", timeout=1.0).endswith(b"<timeout>")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert stuck.recv(65536).startswith(b"HTTP/1.1 200 ")
+    stuck.close()
+    assert node.get("/readyz", timeout=10).startswith(b"HTTP/1.1 200 ")
+
+
 def test_slowloris_and_1000_idle_connections_do_not_starve_other_clients(start_node):
     """
     With 1000 idle connections open and a client trickling its headers a

@@ -1,7 +1,8 @@
 """
-The pages the front answers itself for monitoring: /readyz when no worker
-can take a request, and /metrics (built asynchronously, on the public
-listeners or only on a separate metrics listener).
+The pages the front answers itself for monitoring: /healthz always (the
+front's liveness), /readyz when no worker can take a request, and /metrics
+(built asynchronously, on the public listeners or only on a separate
+metrics listener).
 """
 
 from __future__ import annotations
@@ -9,9 +10,82 @@ from __future__ import annotations
 import pytest
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import StringTransport
 
 from clickpass.balancer.client import FrontFactory
 from tests.unit.balancer.test_proxy import OK, Rig
+
+ALIVE = (
+    b"HTTP/1.1 200 OK\r\nServer: Clickpass\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 3\r\nCache-Control: no-store\r\n\r\nok\n"
+)
+
+
+def test_healthz_is_answered_by_the_front_without_asking_a_worker() -> None:
+    """
+    /healthz is the front's own 200 (its reactor is turning), even with a
+    worker free to ask: no connection to a worker is made, and the client's
+    connection stays open for the next request.
+    """
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value() == ALIVE
+    assert rig.reactor.unixClients == []
+    assert not client.disconnecting
+    # Counted as the front's request and 2xx, and no worker's.
+    assert rig.pool.counters.requests == 1 and rig.pool.counters.responses[2] == 1
+    assert rig.backends[0].counters.requests == 0
+
+
+def test_healthz_answers_while_every_worker_is_stuck_or_gone() -> None:
+    """
+    With the only worker sitting on requests (and then gone, and the queue
+    full), /healthz still answers at once: liveness is the front's, not the
+    workers'.
+    """
+    rig = Rig(workers=1, max_in_flight=1, queue_size=1)
+    busy, _ = rig.client()
+    busy.dataReceived(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    rig.accept_upstream()  # the worker never answers
+    waiting, _ = rig.client()
+    waiting.dataReceived(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(rig.pool.queue) == 1
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value() == ALIVE
+    rig.pool.remove(rig.backends[0])
+    client.clear()
+    proto.dataReceived(b"HEAD /healthz?x=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert client.value() == ALIVE[: -len(b"\r\nok\n")] + b"Connection: close\r\n\r\n"
+    assert client.disconnecting
+
+
+def test_healthz_other_methods_are_refused_and_near_names_proxied() -> None:
+    """POST /healthz is a 405 naming GET and HEAD; /healthzz is an ordinary path."""
+    rig = Rig(workers=1)
+    proto, client = rig.client()
+    proto.dataReceived(b"POST /healthz HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab")
+    assert client.value().startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert b"Allow: GET, HEAD\r\n" in client.value()
+    assert client.disconnecting
+    proto, client = rig.client()
+    proto.dataReceived(b"GET /healthzz HTTP/1.1\r\nHost: h\r\n\r\n")
+    _, worker, _ = rig.accept_upstream()
+    assert worker.value().startswith(b"GET /healthzz HTTP/1.1\r\n")
+
+
+def test_healthz_carries_the_nodes_hsts_header() -> None:
+    """Served over HTTPS, the front's /healthz says so as the application's answers do."""
+    rig = Rig(workers=1)
+    hsts = b"Strict-Transport-Security: max-age=31536000\r\n"
+    factory = FrontFactory(rig.reactor, rig.pool, rig.settings, tls=True, healthz_headers=hsts)
+    proto = factory.buildProtocol(None)
+    client = StringTransport()
+    proto.makeConnection(client)
+    proto.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert client.value().startswith(b"HTTP/1.1 200 OK\r\nServer: Clickpass\r\n" + hsts)
+    assert client.value().endswith(b"\r\n\r\nok\n")
 
 
 def test_readyz_is_503_at_once_when_no_worker_is_routable() -> None:
