@@ -32,12 +32,12 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer, stdio
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
@@ -59,6 +59,11 @@ from clickpass import config as configmod
 log = Logger()
 
 SiteFactory = Callable[[Any, configmod.Settings, Any, bytes], Site]
+# More listening ports for the worker's Site, opened once it listens on its
+# socket and stopped with it: for tools that run a worker outside a front
+# (devtools.worker serves it on TCP for the benchmarks); the node never
+# passes any.
+AlsoServe = Callable[[Any, Site], Awaitable[list[IListeningPort]]]
 
 # The share of [workers] kill_timeout a stopping worker gives its requests;
 # the rest is for closing the storage before the front's SIGKILL.
@@ -105,7 +110,9 @@ def _default_app(reactor: Any, settings: configmod.Settings, storage: Any, secre
     return build_site(reactor, settings, storage, secret)
 
 
-async def serve(reactor: Any, args: argparse.Namespace) -> None:
+async def serve(
+    reactor: Any, args: argparse.Namespace, also_serve: AlsoServe | None = None
+) -> None:
     settings = configmod.load(args.config)
     secret = configmod.master_secret(settings, create=False)
     from clickpass.storage.sql import open_storage
@@ -125,9 +132,8 @@ async def serve(reactor: Any, args: argparse.Namespace) -> None:
         reactor, args.socket, backlog=1024, mode=0o600
     ).listen(site)
     ports = [port]
-    if args.also_listen:
-        # Benchmarks only: the same Site on a TCP endpoint, bypassing the front.
-        ports.append(await serverFromString(reactor, args.also_listen).listen(site))
+    if also_serve is not None:
+        ports.extend(await also_serve(reactor, site))
     done: Deferred[None] = Deferred()
 
     def stop() -> None:
@@ -170,7 +176,7 @@ async def finish_requests(reactor: Any, site: Site, deadline: float) -> None:
     C{deadline} at the latest: wait for the handlers still running, then
     close the site's connections once what they have to send is sent (the
     reactor's shutdown would drop it). Sites whose root resource does not
-    keep its handlers (no C{when_idle}, like the balancer's test
+    keep its handlers (no C{when_idle}, like devtools.testapp, the balancer's test
     application) only get the second step.
     """
     resource = site.resource
@@ -217,7 +223,7 @@ def _observer(worker_id: str, verbose: bool) -> ILogObserver:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, also_serve: AlsoServe | None = None) -> None:
     parser = argparse.ArgumentParser(prog="clickpass.worker")
     parser.add_argument("--socket", required=True, help="unix socket path to serve on")
     parser.add_argument("--config", default=None, help="the node's configuration file")
@@ -226,14 +232,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--access-log", action="store_true", help="log every request and per-request events"
     )
-    parser.add_argument("--also-listen", default="", help="benchmarks: also serve on ENDPOINT")
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo(
         [_observer(args.id, args.access_log)], redirectStandardIO=False
     )
 
     def run(reactor: Any) -> Deferred[None]:
-        d = Deferred.fromCoroutine(serve(reactor, args))
+        d = Deferred.fromCoroutine(serve(reactor, args, also_serve))
 
         def failed(failure: Failure) -> Failure:
             if failure.check(configmod.ConfigError):

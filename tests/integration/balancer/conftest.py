@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
-TESTAPP = "clickpass.balancer.testapp:build_site"
+TESTAPP = "devtools.testapp:build_site"
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 __all__ = ["smtp_sink", "webhook_receiver"]
 
-TESTAPP = "clickpass.balancer.testapp:build_site"
+TESTAPP = "devtools.testapp:build_site"
 
 
 def fetch(

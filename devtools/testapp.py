@@ -1,7 +1,7 @@
 """
 A tiny web application for the balancer's tests and benchmark, served by
 real workers in place of the Clickpass application
-(C{[workers] app = "clickpass.balancer.testapp:build_site"}).
+(C{[workers] app = "devtools.testapp:build_site"}).
 
 It must never be used in production: C{/hang} never answers and
 C{/exit} ends the worker.

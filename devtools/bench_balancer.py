@@ -5,7 +5,10 @@ Clickpass front, (b) through HAProxy (leastconn, keep-alive, to the same
 worker unix sockets) and (c) straight to one extra worker on TCP; on a
 small response and on SSO endpoints. Prints req/s, p50 and p99 for each,
 the answers that were not 2xx or 3xx and wrk's socket errors, the front's
-CPU per proxied request, and the ratios against HAProxy last. The node
+CPU per proxied request, and the ratios against HAProxy last. With
+C{--revision REV} the node and its workers run another revision of this
+repository (checked out and built as C{scripts/bench-worker}'s), so that
+the ratios of two revisions can be put side by side. The node
 runs on SQLite, or with C{--database mariadb} on a private MariaDB server
 (L{clickpass.storage.private_server}, as the tests start them) in the
 temporary directory.
@@ -39,6 +42,7 @@ import requests
 
 from clickpass.balancer.settings import BalancerSettings
 from clickpass.storage.private_server import MariaDBServer, MariaDBUnavailable
+from devtools.revision import ROOT, checkout
 
 VENV_BIN = Path(sys.executable).parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -117,16 +121,21 @@ def write_node_config(
     )
 
 
-def extra_worker(work: Path, socket_path: Path, port: int) -> list[str]:
+def extra_worker(tree: Path, work: Path, socket_path: Path, port: int) -> list[str]:
     """
     The command line of one more worker of the node configured in C{work},
-    outside its front: on C{socket_path}, and on TCP C{port} for wrk. It
-    prints C{ready PID} when it serves.
+    outside its front, for the tree at C{tree} (run with it on
+    C{PYTHONPATH}): on C{socket_path}, and on TCP C{port} for wrk. It
+    prints C{ready PID} when it serves. Revisions before devtools/ had the
+    TCP listener as an option of clickpass.worker itself.
     """
+    module = (
+        "devtools.worker" if (tree / "devtools" / "worker.py").is_file() else "clickpass.worker"
+    )
     return [
         sys.executable,
         "-m",
-        "clickpass.worker",
+        module,
         "--config",
         str(work / "node.toml"),
         "--socket",
@@ -343,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="the node's database: SQLite, or a private MariaDB server started for the run",
     )
+    parser.add_argument(
+        "--revision",
+        metavar="REV",
+        help="run the node and its workers from this git revision instead of the work tree "
+        "(checked out and built as bench-worker's --against)",
+    )
     args = parser.parse_args(argv)
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -360,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
             except MariaDBUnavailable as e:
                 print(f"bench-balancer: {e}", file=sys.stderr)
                 return 1
+        tree = checkout(args.revision, work / "revision") if args.revision else ROOT
+        # The revision's code first on the path of the node, its workers and clickpass-ctl.
+        env = {**os.environ, "PYTHONPATH": str(tree)} if args.revision else None
         write_node_config(work, front_port, args.workers, server)
         log = open(work / "node.log", "wb")  # noqa: SIM115
         node = subprocess.Popen(
@@ -367,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             cwd=work,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         processes.append(node)
         ctl = [str(VENV_BIN / "clickpass-ctl"), "--config", str(work / "node.toml"), "--json"]
@@ -374,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         workers: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             time.sleep(0.3)
-            done = subprocess.run([*ctl, "workers"], capture_output=True, cwd=work)
+            done = subprocess.run([*ctl, "workers"], capture_output=True, cwd=work, env=env)
             if done.returncode == 0:
                 workers = [w for w in json.loads(done.stdout) if w["state"] == "ready"]
                 if len(workers) == args.workers:
@@ -394,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         processes.append(haproxy_process)
         direct = subprocess.Popen(
-            extra_worker(work, work / "direct.sock", direct_port),
+            extra_worker(tree, work, work / "direct.sock", direct_port),
             cwd=work,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -468,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         print(f"database: {args.database}")
+        print(f"revision: {args.revision or 'this tree'}")
         print(
             f"{'endpoint':<18} {'via':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'non-2xx':>8} {'errors':>7}"

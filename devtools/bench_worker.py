@@ -34,7 +34,8 @@ from pathlib import Path
 
 import requests
 
-from clickpass.balancer import bench
+from devtools import bench_balancer as bench
+from devtools.revision import ROOT, checkout
 
 WARM_UP = 30
 CONFIG = ["--config", "node.toml"]
@@ -146,11 +147,16 @@ def _count_per_request(
     return results
 
 
-def _start_worker(work: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """One more worker of the node in C{work}, under callgrind, on TCP C{port}."""
+def _start_worker(
+    work: Path, source: Path, env: dict[str, str], port: int
+) -> subprocess.Popen[bytes]:
+    """
+    One more worker of the node in C{work}, of the tree at C{source}, under
+    callgrind, on TCP C{port}.
+    """
     with open(work / "valgrind.log", "wb") as log:
         worker = subprocess.Popen(
-            [*_callgrind(work), *bench.extra_worker(work, work / "measured.sock", port)],
+            [*_callgrind(work), *bench.extra_worker(source, work, work / "measured.sock", port)],
             cwd=work,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -205,33 +211,13 @@ def measure(
         cookie = bench.sign_in_and_approve(base)
         if front:
             return _count_per_request(work, node.pid, front_port, endpoints, cookie, count)
-        worker = _start_worker(work, env, worker_port)
+        worker = _start_worker(work, source, env, worker_port)
         processes.append(worker)
         return _count_per_request(work, worker.pid, worker_port, endpoints, cookie, count)
     finally:
         # A process under valgrind takes longer to stop.
         bench.stop_all(processes, 60)
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _build_extensions(tree: Path) -> None:
-    """
-    Build C{tree}'s C extensions in place, if its C{setup.py} declares any:
-    a revision run from C{PYTHONPATH} is not installed, so nothing else
-    compiles them, and later revisions import them (the front's
-    C{clickpass.balancer._http1}). Older revisions have none.
-    """
-    setup = tree / "setup.py"
-    if not setup.is_file() or "ext_modules" not in setup.read_text():
-        return
-    built = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"building the C extensions in {tree} failed:\n{built.stderr[-2000:]}")
 
 
 def measure_seeds(
@@ -246,22 +232,6 @@ def measure_seeds(
     """
     runs = [measure(source, endpoints, count, front, seed) for seed in range(seeds)]
     return {name: statistics.median(run[name] for run in runs) for name in endpoints}
-
-
-def checkout(revision: str, into: Path) -> Path:
-    """
-    This repository's C{revision}, checked out (without history) under
-    C{into}, with its C extensions built.
-    """
-    root = Path(__file__).resolve().parents[2]
-    tree = into / "tree"
-    tree.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(root), "archive", revision], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    _build_extensions(tree)
-    return tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,10 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-worker: unknown endpoint {sorted(unknown)[0]}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="clickpass-bench-worker-rev-") as scratch:
-        if args.revision:
-            here = checkout(args.revision, Path(scratch) / "revision")
-        else:
-            here = Path(__file__).resolve().parents[2]
+        here = checkout(args.revision, Path(scratch) / "revision") if args.revision else ROOT
         ours = measure_seeds(here, endpoints, args.requests, args.front, seeds)
         theirs: dict[str, float] = {}
         if args.against:
