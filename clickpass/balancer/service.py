@@ -174,46 +174,42 @@ class Front(MultiService):
 
     def front_snapshot(self, worker_snapshots: int = 0) -> Snapshot:
         """The front's counters and the workers' states, as a metrics snapshot."""
+        return {
+            **self._request_metrics(),
+            **self._worker_metrics(),
+            "clickpass_metrics_worker_snapshots": _entry(
+                "gauge",
+                "Workers whose metrics are in this page.",
+                [],
+                [[[], worker_snapshots]],
+            ),
+        }
+
+    def _request_metrics(self) -> Snapshot:
+        """The front's requests, answers, errors, latency and connections."""
         counters = self.pool.counters
         latency = counters.latency
-        by_state: dict[str, int] = {}
-        for worker in self.supervisor.workers():
-            state = worker.lifecycle.state()
-            by_state[state] = by_state.get(state, 0) + 1
-        slots = self.supervisor.slots
-
-        def entry(kind: str, help: str, labels: list[str], samples: list[Any]) -> dict[str, Any]:
-            found: dict[str, Any] = {
-                "type": kind,
-                "help": help,
-                "labels": labels,
-                "samples": samples,
-            }
-            if kind == "gauge":
-                found["aggregate"] = "sum"
-            return found
-
         return {
-            "clickpass_front_requests_total": entry(
+            "clickpass_front_requests_total": _entry(
                 "counter",
                 "Requests the front received (proxied or answered itself).",
                 [],
                 [[[], counters.requests]],
             ),
-            "clickpass_front_responses_total": entry(
+            "clickpass_front_responses_total": _entry(
                 "counter",
                 "Responses the front sent, by status class.",
                 ["code"],
                 [[[f"{i}xx"], n] for i, n in enumerate(counters.responses) if i],
             ),
-            "clickpass_front_errors_total": entry(
+            "clickpass_front_errors_total": _entry(
                 "counter",
                 "Requests the front refused or could not complete, by kind.",
                 ["kind"],
                 [[[kind], counters.errors.get(kind, 0)] for kind in ERROR_KINDS],
             ),
             "clickpass_front_request_seconds": {
-                **entry(
+                **_entry(
                     "histogram",
                     "Time from a request's head to its complete response.",
                     [],
@@ -221,47 +217,51 @@ class Front(MultiService):
                 ),
                 "buckets": list(LATENCY_BOUNDS),
             },
-            "clickpass_front_client_connections": entry(
+            "clickpass_front_client_connections": _entry(
                 "gauge",
                 "Open client connections.",
                 [],
                 [[[], sum(len(f.connections) for f in self.factories)]],
             ),
-            "clickpass_balancer_queued_requests": entry(
+            "clickpass_balancer_queued_requests": _entry(
                 "gauge", "Requests waiting for a free worker.", [], [[[], len(self.pool.queue)]]
             ),
-            "clickpass_balancer_routable_workers": entry(
+        }
+
+    def _worker_metrics(self) -> Snapshot:
+        """The workers as the front sees them: routable, by state, restarts, load."""
+        by_state: dict[str, int] = {}
+        for worker in self.supervisor.workers():
+            state = worker.lifecycle.state()
+            by_state[state] = by_state.get(state, 0) + 1
+        slots = self.supervisor.slots
+        return {
+            "clickpass_balancer_routable_workers": _entry(
                 "gauge", "Workers taking requests now.", [], [[[], self.pool.routable()]]
             ),
-            "clickpass_workers": entry(
+            "clickpass_workers": _entry(
                 "gauge",
                 "Worker processes by lifecycle state.",
                 ["state"],
                 [[[state], n] for state, n in sorted(by_state.items())],
             ),
-            "clickpass_worker_restarts_total": entry(
+            "clickpass_worker_restarts_total": _entry(
                 "counter",
                 "Workers started again in each slot (respawn, recycle, reload).",
                 ["slot"],
                 [[[str(s.index)], s.restarts] for s in slots],
             ),
-            "clickpass_worker_in_flight": entry(
+            "clickpass_worker_in_flight": _entry(
                 "gauge",
                 "Requests in flight at each slot's worker.",
                 ["slot"],
                 [[[str(s.index)], s.current.backend.in_flight if s.current else 0] for s in slots],
             ),
-            "clickpass_workers_crash_looping": entry(
+            "clickpass_workers_crash_looping": _entry(
                 "gauge",
                 "Worker slots whose workers keep dying at start.",
                 [],
                 [[[], sum(1 for s in slots if s.crash_loop)]],
-            ),
-            "clickpass_metrics_worker_snapshots": entry(
-                "gauge",
-                "Workers whose metrics are in this page.",
-                [],
-                [[[], worker_snapshots]],
             ),
         }
 
@@ -368,6 +368,14 @@ class Front(MultiService):
                 for w in self.supervisor.workers()
             },
         }
+
+
+def _entry(kind: str, help: str, labels: list[str], samples: list[Any]) -> dict[str, Any]:
+    """One metric of a snapshot (L{clickpass.monitor.metrics.Snapshot})."""
+    found: dict[str, Any] = {"type": kind, "help": help, "labels": labels, "samples": samples}
+    if kind == "gauge":
+        found["aggregate"] = "sum"
+    return found
 
 
 def _raise_file_limit() -> None:
