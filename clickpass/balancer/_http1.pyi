@@ -1,11 +1,11 @@
 """
 Types of the front's C HTTP/1.1 parser (csrc/_http1module.c). The heads are
-PyStructSequences: tuples whose fields have names; the properties below
-name them in their order, which tests/unit/balancer/test_http1.py checks
-against the module's own field list.
+named structures with read-only fields; the properties below name them in
+their order, which tests/unit/balancer/test_http1.py checks against the
+module's own members.
 """
 
-from typing import Any, final
+from typing import final
 
 MAX_HEADERS: int
 
@@ -13,10 +13,9 @@ class RequestError(ValueError):
     """A request the front refuses: args are (status, kind, text)."""
 
 @final
-class RequestHead(tuple[Any, ...]):
+class RequestHead:
     """A complete request head, as parse_request found it."""
 
-    n_fields: int
     @property
     def head_len(self) -> int: ...
     @property
@@ -43,10 +42,9 @@ class RequestHead(tuple[Any, ...]):
     def if_none_match(self) -> bytes | None: ...
 
 @final
-class ResponseHead(tuple[Any, ...]):
+class ResponseHead:
     """A complete response head, as parse_response found it."""
 
-    n_fields: int
     @property
     def head_len(self) -> int: ...
     @property

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 MetricsPage = Callable[[], "Deferred[bytes]"]
 
 _LINE_ENDS = (13, 10)
+# The paths the front may answer itself on any listener (_answer_locally).
+_MAYBE_LOCAL = (HEALTHZ, b"/readyz", b"/metrics", STATIC_PREFIX)
 
 
 class FrontConnection(Protocol):
@@ -236,7 +238,14 @@ class FrontConnection(Protocol):
         else:
             exchange.head = head + b"\r\n"
             self._body_left = length if length > 0 else 0
-        self._answer_locally(exchange, parsed)
+        factory = self.factory
+        if (
+            factory.redirect_base is not None
+            or factory.metrics_only
+            or parsed.target.startswith(_MAYBE_LOCAL)
+        ):
+            # Most requests go to a worker: these tests say so at once.
+            self._answer_locally(exchange, parsed)
         if (exchange.local is not None or exchange.deferred_local is not None) and has_body:
             exchange.close_after = True
         elif parsed.expect_continue and exchange.local is None:

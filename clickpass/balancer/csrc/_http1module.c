@@ -6,60 +6,133 @@
  * (docs/balancer.md), more than the rest of its header work.
  *
  * parse_request() returns what the front needs of a complete head as a
- * named structure (RequestHead, a PyStructSequence: a tuple whose fields
- * also have names), with the head to send the worker already built (request
+ * named structure (RequestHead: read-only named fields), with the head to send the worker already built (request
  * line and the headers that are not hop-by-hop); the front appends its
  * forwarding headers. parse_response() returns a ResponseHead. Neither keeps
  * a reference to its input or holds state between calls.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include "http1.h"
 
 static PyObject *RequestError;
 static PyObject *method_get, *method_head, *method_post;
-static PyTypeObject *RequestHeadType, *ResponseHeadType;
+/*
+ * RequestHead and ResponseHead: named structures, read-only objects whose
+ * fields are slots (PyObject_HEAD, then one PyObject * per field, in the
+ * order of their PyMemberDef). Not PyStructSequences: in Python 3.11 a
+ * structure sequence looks its size up in its type's dict on every
+ * creation and deletion (about 1,200 instructions, against a tuple's
+ * 100), and its fields are T_OBJECT members, which the interpreter does not
+ * specialise; T_OBJECT_EX fields read like __slots__ (LOAD_ATTR_SLOT), and
+ * nothing in these objects can form a cycle, so the garbage collector does
+ * not track them. That keeps the front's instructions per request where the
+ * 12-tuple had them (docs/balancer.md).
+ */
+#define HEAD_FIELD(index, name, doc)                                                        \
+    {                                                                                       \
+        name, T_OBJECT_EX, (Py_ssize_t)(sizeof(PyObject) + (index) * sizeof(PyObject *)), \
+            READONLY, doc                                                                   \
+    }
 
-static PyStructSequence_Field request_head_fields[] = {
-    {"head_len", "bytes of the head, through its empty line"},
-    {"method", "the request method"},
-    {"target", "the request target (origin-form)"},
-    {"worker_head", "the request line (always HTTP/1.1) and the headers to pass on to the "
-                    "worker, without the empty line"},
-    {"http10", "the request is HTTP/1.0"},
-    {"keep_alive", "the client keeps the connection open after this request"},
-    {"content_length", "the Content-Length, -1 when absent"},
-    {"chunked", "the body is chunked"},
-    {"expect_continue", "the client sent Expect: 100-continue"},
-    {"host", "the Host, b'' when absent"},
-    {"forwarded_for", "the client's X-Forwarded-For values (joined), b'' when none"},
-    {"if_none_match", "the If-None-Match value, None when absent"},
-    {NULL, NULL},
+enum { REQUEST_FIELDS = 12, RESPONSE_FIELDS = 6 };
+
+static PyMemberDef request_head_members[] = {
+    HEAD_FIELD(0, "head_len", "bytes of the head, through its empty line"),
+    HEAD_FIELD(1, "method", "the request method"),
+    HEAD_FIELD(2, "target", "the request target (origin-form)"),
+    HEAD_FIELD(3, "worker_head",
+               "the request line (always HTTP/1.1) and the headers to pass on to the worker, "
+               "without the empty line"),
+    HEAD_FIELD(4, "http10", "the request is HTTP/1.0"),
+    HEAD_FIELD(5, "keep_alive", "the client keeps the connection open after this request"),
+    HEAD_FIELD(6, "content_length", "the Content-Length, -1 when absent"),
+    HEAD_FIELD(7, "chunked", "the body is chunked"),
+    HEAD_FIELD(8, "expect_continue", "the client sent Expect: 100-continue"),
+    HEAD_FIELD(9, "host", "the Host, b'' when absent"),
+    HEAD_FIELD(10, "forwarded_for", "the client's X-Forwarded-For values (joined), b'' when none"),
+    HEAD_FIELD(11, "if_none_match", "the If-None-Match value, None when absent"),
+    {NULL, 0, 0, 0, NULL},
 };
 
-static PyStructSequence_Desc request_head_desc = {
-    "clickpass.balancer._http1.RequestHead",
-    "A complete request head, as parse_request found it.",
-    request_head_fields,
-    12,
+static PyMemberDef response_head_members[] = {
+    HEAD_FIELD(0, "head_len", "bytes of the head, through its empty line"),
+    HEAD_FIELD(1, "status", "the status code"),
+    HEAD_FIELD(2, "content_length", "the Content-Length, -1 when absent"),
+    HEAD_FIELD(3, "chunked", "the body is chunked"),
+    HEAD_FIELD(4, "close", "the worker ends the connection after this response"),
+    HEAD_FIELD(5, "hop", "hop-by-hop headers (or HTTP/1.0): not relayed as it is"),
+    {NULL, 0, 0, 0, NULL},
 };
 
-static PyStructSequence_Field response_head_fields[] = {
-    {"head_len", "bytes of the head, through its empty line"},
-    {"status", "the status code"},
-    {"content_length", "the Content-Length, -1 when absent"},
-    {"chunked", "the body is chunked"},
-    {"close", "the worker ends the connection after this response"},
-    {"hop", "hop-by-hop headers (or HTTP/1.0): not relayed as it is"},
-    {NULL, NULL},
+static PyObject **head_fields(PyObject *self)
+{
+    return (PyObject **)((char *)self + sizeof(PyObject));
+}
+
+static void head_dealloc(PyObject *self)
+{
+    PyObject **fields = head_fields(self);
+    Py_ssize_t n = (Py_TYPE(self)->tp_basicsize - (Py_ssize_t)sizeof(PyObject)) /
+                   (Py_ssize_t)sizeof(PyObject *);
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(fields[i]);
+    Py_TYPE(self)->tp_free(self);
+}
+
+/* RequestHead(head_len=..., method=..., ...), for logs and test failures. */
+static PyObject *head_repr(PyObject *self)
+{
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL)
+        return NULL;
+    PyObject **fields = head_fields(self);
+    PyMemberDef *member = Py_TYPE(self)->tp_members;
+    for (Py_ssize_t i = 0; member[i].name != NULL; i++) {
+        PyObject *part = PyUnicode_FromFormat("%s=%R", member[i].name, fields[i]);
+        if (part == NULL || PyList_Append(parts, part) < 0) {
+            Py_XDECREF(part);
+            Py_DECREF(parts);
+            return NULL;
+        }
+        Py_DECREF(part);
+    }
+    PyObject *sep = PyUnicode_FromString(", ");
+    PyObject *joined = sep != NULL ? PyUnicode_Join(sep, parts) : NULL;
+    Py_XDECREF(sep);
+    Py_DECREF(parts);
+    if (joined == NULL)
+        return NULL;
+    const char *name = strrchr(Py_TYPE(self)->tp_name, '.') + 1;
+    PyObject *repr = PyUnicode_FromFormat("%s(%U)", name, joined);
+    Py_DECREF(joined);
+    return repr;
+}
+
+static PyTypeObject RequestHeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "clickpass.balancer._http1.RequestHead",
+    .tp_basicsize = sizeof(PyObject) + REQUEST_FIELDS * sizeof(PyObject *),
+    .tp_dealloc = head_dealloc,
+    .tp_repr = head_repr,
+    .tp_getattro = PyObject_GenericGetAttr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A complete request head, as parse_request found it (read-only fields).",
+    .tp_members = request_head_members,
+    .tp_free = PyObject_Free,
 };
 
-static PyStructSequence_Desc response_head_desc = {
-    "clickpass.balancer._http1.ResponseHead",
-    "A complete response head, as parse_response found it.",
-    response_head_fields,
-    6,
+static PyTypeObject ResponseHeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "clickpass.balancer._http1.ResponseHead",
+    .tp_basicsize = sizeof(PyObject) + RESPONSE_FIELDS * sizeof(PyObject *),
+    .tp_dealloc = head_dealloc,
+    .tp_repr = head_repr,
+    .tp_getattro = PyObject_GenericGetAttr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A complete response head, as parse_response found it (read-only fields).",
+    .tp_members = response_head_members,
+    .tp_free = PyObject_Free,
 };
 
 static PyObject *request_error(const http1_request *req)
@@ -82,8 +155,8 @@ static PyObject *boolean(int b)
 
 /*
  * A tuple of n new references (any of them NULL after a failed allocation:
- * then all are released and NULL returned), or with a type, a structure of
- * that PyStructSequence type. Cheaper than Py_BuildValue, which parses its
+ * then all are released and NULL returned), or with a type, a RequestHead
+ * or ResponseHead of them. Cheaper than Py_BuildValue, which parses its
  * format on every call.
  */
 static PyObject *tuple_of(PyTypeObject *type, PyObject **items, Py_ssize_t n)
@@ -92,15 +165,18 @@ static PyObject *tuple_of(PyTypeObject *type, PyObject **items, Py_ssize_t n)
     for (Py_ssize_t i = 0; i < n; i++)
         if (items[i] == NULL)
             goto fail;
-    t = type != NULL ? PyStructSequence_New(type) : PyTuple_New(n);
+    if (type != NULL) {
+        t = PyObject_New(PyObject, type);
+        if (t == NULL)
+            goto fail;
+        memcpy(head_fields(t), items, (size_t)n * sizeof(PyObject *));
+        return t;
+    }
+    t = PyTuple_New(n);
     if (t == NULL)
         goto fail;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (type != NULL)
-            PyStructSequence_SET_ITEM(t, i, items[i]);
-        else
-            PyTuple_SET_ITEM(t, i, items[i]);
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(t, i, items[i]);
     return t;
 fail:
     for (Py_ssize_t i = 0; i < n; i++)
@@ -243,7 +319,7 @@ static PyObject *request_head(const char *buf, size_t len, size_t scanned, size_
         forwarded_for,
         if_none_match,
     };
-    return tuple_of(RequestHeadType, items, 12);
+    return tuple_of(&RequestHeadType, items, REQUEST_FIELDS);
 }
 
 PyDoc_STRVAR(parse_request_doc,
@@ -333,7 +409,7 @@ static PyObject *parse_response(PyObject *self, PyObject *const *args, Py_ssize_
         boolean(res.close),
         boolean(res.hop),
     };
-    return tuple_of(ResponseHeadType, items, 6);
+    return tuple_of(&ResponseHeadType, items, RESPONSE_FIELDS);
 }
 
 PyDoc_STRVAR(strip_response_head_doc,
@@ -503,11 +579,7 @@ PyMODINIT_FUNC PyInit__http1(void)
 {
     if (PyType_Ready(&ChunkedBodyType) < 0)
         return NULL;
-    if (RequestHeadType == NULL)
-        RequestHeadType = PyStructSequence_NewType(&request_head_desc);
-    if (ResponseHeadType == NULL)
-        ResponseHeadType = PyStructSequence_NewType(&response_head_desc);
-    if (RequestHeadType == NULL || ResponseHeadType == NULL)
+    if (PyType_Ready(&RequestHeadType) < 0 || PyType_Ready(&ResponseHeadType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -523,8 +595,8 @@ PyMODINIT_FUNC PyInit__http1(void)
     if (RequestError == NULL || method_get == NULL || method_head == NULL ||
         method_post == NULL || PyModule_AddObjectRef(m, "RequestError", RequestError) < 0 ||
         PyModule_AddObjectRef(m, "ChunkedBody", (PyObject *)&ChunkedBodyType) < 0 ||
-        PyModule_AddObjectRef(m, "RequestHead", (PyObject *)RequestHeadType) < 0 ||
-        PyModule_AddObjectRef(m, "ResponseHead", (PyObject *)ResponseHeadType) < 0 ||
+        PyModule_AddObjectRef(m, "RequestHead", (PyObject *)&RequestHeadType) < 0 ||
+        PyModule_AddObjectRef(m, "ResponseHead", (PyObject *)&ResponseHeadType) < 0 ||
         PyModule_AddIntConstant(m, "MAX_HEADERS", HTTP1_MAX_HEADERS) < 0) {
         Py_DECREF(m);
         return NULL;
