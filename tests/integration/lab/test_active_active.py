@@ -156,7 +156,7 @@ def test_kill9_of_app1_moves_only_its_vip_and_it_comes_back(production_lab: Any)
     lab.signal_node("app1", signal.SIGKILL, whole_group=True)
     # app1's lease (2 s) lapses in its namespace: app2 alone holds both.
     settle(lab, VIP1, ["app2"], 10.0)
-    lab.wait_for(lambda: lab.http_ok(lab.healthz(VIP1)), 10.0, "app1's VIP to answer")
+    lab.wait_for(lambda: lab.http_ok(lab.readyz(VIP1)), 10.0, "app1's VIP to answer")
     time.sleep(1.0)
     down_until = time.monotonic()
     lab.stop_node("app1")  # reap it

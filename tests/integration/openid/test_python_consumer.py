@@ -259,7 +259,7 @@ def test_garbage_is_one_clear_line(node: NodeProcess) -> None:
     assert "Traceback" not in page.text
     direct = requests.post(node.url + "openid", data={"openid.mode": "frobnicate"}, timeout=10)
     assert direct.status_code == 400
-    assert requests.get(node.url + "healthz", timeout=10).status_code == 200
+    assert requests.get(node.url + "readyz", timeout=10).status_code == 200
 
 
 def test_existing_account_signs_in_on_the_way(
