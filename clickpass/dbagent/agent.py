@@ -62,6 +62,14 @@ HA_SCHEMA = "clickpass_ha"
 ER_NO_SUCH_TABLE = 1146
 ER_BAD_DB = 1049
 CONNECTION_REFUSED_CODES = (2002, 2003)
+# The longest a held database VIP is kept, once released, while the local
+# server's client connections are ended (see VipGate.drain).
+DRAIN_LIMIT = 0.5
+
+# The shortest try at fencing the peer, however close the deadline: a
+# reachable peer answers well within it.
+MIN_FENCE_TRY = 0.1
+
 # Tries of the local fence when the server ends its connection (see _fence).
 FENCE_ATTEMPTS = 3
 
@@ -103,9 +111,6 @@ class AgentConfig(DbAgentSettings):
     """
 
     node: str = "db1"
-    # False: plain asynchronous replication (benchmark comparison only;
-    # acknowledged writes can be lost on failover).
-    semisync: bool = True
     # Seconds a re-clone (dump of the primary and load here) may take.
     reclone_timeout: float = 3600.0
 
@@ -232,6 +237,35 @@ def reset(error: BaseException) -> bool:
     return isinstance(error, ops.ServerGone) and not error.certain
 
 
+def process_state(pid: int) -> str:
+    """
+    Process C{pid}'s state letter in /proc (T or t: stopped by a signal or
+    a tracer; Z or X: exited); "" where there is no /proc or no such process.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The state follows the command name, which is in parentheses and may
+    # hold any character: read it after the last ")".
+    fields = stat[stat.rfind(")") + 1 :].split()
+    return fields[0] if fields else ""
+
+
+def process_exited(pid: int) -> bool:
+    """
+    Whether process C{pid} has exited with all its threads (gone, or a
+    zombie whose other threads are gone too): only then are its files, and
+    so its connections, closed. A zombie leader alone is not enough.
+    """
+    if process_state(pid) not in ("", "Z", "X"):
+        return False
+    try:
+        return os.listdir(f"/proc/{pid}/task") == [str(pid)]
+    except OSError:
+        return True
+
+
 def peer_vip_off(view: PeerView | None, now: float, lease: float) -> bool:
     """
     Whether the peer holds the database VIP no longer, from what the group
@@ -259,6 +293,12 @@ class VipGate:
         self.wanted: Callable[[], None] | None = None
         self.open = False
         self.held = False
+        # Ends the local server's client connections before a held address
+        # goes (L{DbAgent.drain_clients}): once it is gone this host can no
+        # longer tell them (a FIN or RST from the VIP needs the VIP), and a
+        # client waiting for an answer would wait out its read timeout.
+        self.drain: Callable[[], Deferred[object]] | None = None
+        self.draining = False
 
     def take(self, up: Callable[[], None]) -> None:
         self.wanted = up
@@ -278,8 +318,24 @@ class VipGate:
         # Always passed through: the group releases at start to clear a
         # stale address left by a previous run.
         self.wanted = None
-        self.held = False
-        self.inner.release()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Release the address, the clients' connections ended first when it was held."""
+        was_held, self.held = self.held, False
+        if self.draining:
+            return  # released when the drain under way ends
+        if not was_held or self.drain is None:
+            self.inner.release()
+            return
+
+        def release(result: object) -> None:
+            self.draining = False
+            if not self.held:  # not taken again meanwhile
+                self.inner.release()
+
+        self.draining = True
+        self.drain().addBoth(release)
 
     def announce(self) -> None:
         if self.held:
@@ -311,8 +367,7 @@ class VipGate:
             self.held = True
             self.inner.take(self.wanted)
         elif not on and self.held:
-            self.held = False
-            self.inner.release()
+            self._let_go()
 
 
 class DbAgent(Service):
@@ -331,6 +386,7 @@ class DbAgent(Service):
         vip: VipGate | None = None,
         switchover: Callable[[], str] | None = None,
         kill_server: Callable[[], bool] | None = None,
+        server_stopped: Callable[[], bool] | None = None,
     ) -> None:
         self.setName("dbagent")
         self.clock = clock
@@ -342,6 +398,7 @@ class DbAgent(Service):
         self.vip = vip
         self._switchover = switchover
         self.kill_server = kill_server or self._kill_from_pid_file
+        self.server_stopped = server_stopped or self._stopped_from_pid_file
         self.machine, self.core = machine.build(self)
         self.counters: Counter[str] = Counter()
         self.group = State.INIT
@@ -511,6 +568,9 @@ class DbAgent(Service):
             "last_error": self.last_error,
             "counters": dict(self.counters),
             "timeline": self.timeline_offsets(),
+            # Wall-clock times (the injected clock): a benchmark lines them
+            # up with the fault it injected from another process.
+            "events": [[round(at, 3), what] for at, what in list(self.events)[-40:]],
         }
         if self.last_status is not None:
             status["server"] = self.last_status.as_dict()
@@ -580,6 +640,11 @@ class DbAgent(Service):
         d.addCallbacks(ok, failed)
 
     def _check_failed(self, why: str, certain: bool = False) -> None:
+        if not certain and self.server_stopped():
+            # Stopped by a signal (SIGSTOP, a debugger): it cannot answer
+            # until someone resumes it, which a second check cannot tell.
+            certain = True
+            why = f"{why}; its process is stopped"
         before = self.failures
         self.failures = max(self.failures + 1, self.config.check_fall if certain else 0)
         self.counters["check_failures"] += 1
@@ -779,6 +844,31 @@ class DbAgent(Service):
         if self.vip is not None:
             self.vip.set_open(on)
 
+    async def _until_server_exited(self) -> None:
+        """Every 10 ms until the killed server's process has exited (the caller bounds it)."""
+        while not self._server_exited():
+            await deferLater(self.clock, 0.01, lambda: None)
+
+    def drain_clients(self) -> Deferred[object]:
+        """
+        End the local server's client connections while this host still
+        holds the VIP, so they learn of it at once (L{VipGate.drain}): a
+        stopped server is killed (and waited for until its process is
+        gone), a running one has its clients' connections ended. Bounded
+        by C{DRAIN_LIMIT}; whatever happens, the address goes afterwards.
+        """
+        if self.server_stopped() and self.kill_server():
+            self.counters["server_killed"] += 1
+            self.counters["stopped_killed"] += 1
+            self.last_error = "the local server's process is stopped; killed it"
+            self.log.error("dbagent {node}: {error}", node=self.config.node, error=self.last_error)
+            d: Deferred[object] = Deferred.fromCoroutine(self._until_server_exited())
+        else:
+            d = self.local.call(ops.end_clients, DRAIN_LIMIT, timeout=DRAIN_LIMIT)
+        d.addTimeout(DRAIN_LIMIT, self.clock).addErrback(lambda f: None)
+        d.addCallback(lambda _: self.events.append((self.clock.seconds(), "VIP let go")))
+        return d
+
     def fence(self) -> None:
         self._spawn("fence", self._fence(), report=True)
 
@@ -841,6 +931,18 @@ class DbAgent(Service):
 
     async def _fence(self) -> None:
         serial = self._serial
+        if self.role == Role.DEMOTING and self.server_stopped() and self.kill_server():
+            # A primary whose server process is stopped (SIGSTOP, a
+            # debugger): a fence would wait fence_timeout on it while no
+            # write is acknowledged anywhere, and the peer promotes only
+            # once it is gone. Killed at once; the restarted server
+            # recovers every commit (sync_binlog, flush at commit) and
+            # rejoins.
+            self.counters["server_killed"] += 1
+            self.counters["stopped_killed"] += 1
+            self.last_error = "the local server's process is stopped; killed it"
+            self.log.error("dbagent {node}: {error}", node=self.config.node, error=self.last_error)
+            raise ops.OperationFailed(self.last_error)
         attempt = 1
         while True:
             try:
@@ -1070,12 +1172,18 @@ class DbAgent(Service):
             try:
                 # One connection reads the old primary's state and, if it
                 # is writable (and this is no bootstrap), fences it.
+                # Never past the deadline: a peer that cannot be reached
+                # within fence_wait is taken for fenced by its own agent
+                # then, whether the attempt ended or not.
+                budget = self.config.fence_timeout
+                if not bootstrap:
+                    budget = min(budget, max(deadline - self.clock.seconds(), MIN_FENCE_TRY))
                 status, fenced = await self.peer.call(
                     ops.fence_if_writable,
                     not bootstrap,
                     3,
-                    self.config.fence_timeout / 3,
-                    timeout=self.config.fence_timeout,
+                    budget / 3,
+                    timeout=budget,
                 )
                 if bootstrap:
                     local = await self.local.status()
@@ -1197,13 +1305,27 @@ class DbAgent(Service):
             state="ON (lossless)" if on else "OFF (DEGRADED: writes acknowledged alone)",
         )
 
-    def _kill_from_pid_file(self) -> bool:
+    def _server_pid(self) -> int | None:
         path = self.config.server_pid_file
         if not path:
-            return False
+            return None
         try:
-            pid = int(Path(path).read_text().split()[0])
+            return int(Path(path).read_text().split()[0])
         except (OSError, ValueError, IndexError):
+            return None
+
+    def _stopped_from_pid_file(self) -> bool:
+        pid = self._server_pid()
+        return pid is not None and process_state(pid) in ("T", "t")
+
+    def _server_exited(self) -> bool:
+        """Whether the server of the pid file has exited (its connections are closed)."""
+        pid = self._server_pid()
+        return pid is None or process_exited(pid)
+
+    def _kill_from_pid_file(self) -> bool:
+        pid = self._server_pid()
+        if pid is None:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -368,8 +368,9 @@ def stop_receiving(c: Cursor, status: ServerStatus | None = None) -> None:
     """
     Stop the replica's receiver, keeping its applier running. The receiver
     of a primary that vanished (a cut link) stops only when its read times
-    out (slave_net_timeout), so a promotion starts this as soon as it finds
-    the old primary unreachable, while it waits for the fence.
+    out (slave_net_timeout) unless its thread is killed, as here; a
+    promotion starts this as soon as it finds the old primary unreachable,
+    while it waits for the fence.
     """
     status = status or read_status(c)
     if not status.replica_configured:
@@ -380,6 +381,17 @@ def stop_receiving(c: Cursor, status: ServerStatus | None = None) -> None:
         # relay log away and fetches again from gtid_slave_pos, from a
         # primary that may be gone (acknowledged writes would be lost).
         c.execute("START SLAVE SQL_THREAD")
+    # STOP SLAVE IO_THREAD alone waits for the receiver's read to time out
+    # on a cut link (measured 2 s with slave_net_timeout 1); KILL of the
+    # receiver's thread ends that read at once, and the STOP that follows
+    # only confirms it. What it had written to the relay log stays.
+    c.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'")
+    for (thread_id,) in c.fetchall():
+        try:
+            c.execute("KILL %s", (int(thread_id),))
+        except pymysql.err.OperationalError as e:
+            if not e.args or e.args[0] != 1094:  # unknown thread: it ended by itself
+                raise
     c.execute("STOP SLAVE IO_THREAD")
 
 
@@ -417,6 +429,24 @@ def kill_clients(c: Cursor) -> int:
             if e.args and e.args[0] == 1094:  # unknown thread: it ended by itself
                 continue
             raise
+    return killed
+
+
+def end_clients(c: Cursor, wait: float) -> int:
+    """
+    L{kill_clients}, then wait up to C{wait} seconds (every 10 ms) until
+    the killed connections are gone: a KILL returns at once, and the
+    connection closes only when its thread notices (a commit waiting for a
+    semi-sync acknowledgement, a busy server). Returns how many were killed.
+    """
+    killed = kill_clients(c)
+    deadline = time.monotonic() + wait
+    while killed and time.monotonic() < deadline:
+        c.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Killed'")
+        (left,) = c.fetchone()
+        if not left:
+            break
+        time.sleep(0.01)
     return killed
 
 
@@ -707,7 +737,9 @@ class Server:
             "password": a.password,
             "charset": "utf8mb4",
             "autocommit": True,
-            "connect_timeout": self.connect_timeout,
+            # A call given less time than a connection may take (a fence
+            # near its deadline) has no more for connecting either.
+            "connect_timeout": min(self.connect_timeout, read_timeout),
             "read_timeout": read_timeout,
             "write_timeout": read_timeout,
         }
@@ -776,6 +808,7 @@ __all__ = [
     "divergence",
     "drop_schemas",
     "dump_position",
+    "end_clients",
     "fence",
     "fence_if_writable",
     "forget_primary",

@@ -146,6 +146,7 @@ class DbHost(MultiService):
         if group.name != self.group_name:
             return inner
         self.gate = self.agent.vip = VipGate(inner)
+        self.gate.drain = self.agent.drain_clients
         return self.gate
 
     def wrap_notifier(self, group: Any, inner: Any) -> Any:

@@ -86,6 +86,13 @@ class DbAgentSettings:
         default=3600.0,
         metadata=_doc("Seconds after an automatic failover with no other one unless acknowledged."),
     )
+    semisync: bool = dataclasses.field(
+        default=True,
+        metadata=_doc(
+            "Lossless semi-sync replication (false: asynchronous, for benchmark comparison "
+            "only: acknowledged writes can be lost on failover)."
+        ),
+    )
     server_pid_file: str = dataclasses.field(
         default="",
         metadata=_doc("The local mariadbd's pid file (killed when it cannot be fenced)."),
