@@ -133,11 +133,12 @@ class DatabaseSettings:
     pool_min: int = dataclasses.field(default=2, metadata=_doc("Connections kept open."))
     pool_max: int = dataclasses.field(default=8, metadata=_doc("Most connections at once."))
     connect_timeout: float = dataclasses.field(
-        default=1.0,
+        default=0.3,
         metadata=_doc(
-            "Seconds to wait for MariaDB to accept a TCP connection; a connection refused "
-            "or timed out during a failover is tried again through the VIP "
-            "(docs/database-failover.md)."
+            "Seconds to wait for MariaDB to accept a TCP connection (its kernel does, in "
+            "milliseconds on a LAN); a connection refused or timed out during a failover is "
+            "tried again through the VIP, so this bounds how long a client keeps knocking "
+            "at an address that moved (docs/database-failover.md)."
         ),
     )
     read_timeout: float = dataclasses.field(

@@ -64,10 +64,10 @@ ER_BAD_DB = 1049
 CONNECTION_REFUSED_CODES = (2002, 2003)
 # The longest a held database VIP is kept, once released, while the local
 # server's client connections are ended (see VipGate.drain).
-DRAIN_LIMIT = 0.5
+DRAIN_LIMIT = 0.8
 
-# The shortest try at fencing the peer, however close the deadline: a
-# reachable peer answers well within it.
+# The shortest connection attempt when fencing the peer, however close the
+# deadline: a reachable peer's server accepts well within it.
 MIN_FENCE_TRY = 0.1
 
 # Tries of the local fence when the server ends its connection (see _fence).
@@ -849,6 +849,21 @@ class DbAgent(Service):
         while not self._server_exited():
             await deferLater(self.clock, 0.01, lambda: None)
 
+    async def _end_clients(self) -> None:
+        """
+        Wait for the fence that follows (the gate closes just before it
+        starts), then end whatever client connections are left. A write
+        waiting for a semi-sync acknowledgement outlives its KILL until the
+        fence turns semi-sync off (and then gets an error, never an OK):
+        only then does its connection close.
+        """
+        started = self.clock.seconds()
+        await deferLater(self.clock, 0, lambda: None)
+        while self.role in (Role.PRIMARY, Role.DEGRADED, Role.DEMOTING, Role.FENCING):
+            await deferLater(self.clock, 0.01, lambda: None)
+        left = max(DRAIN_LIMIT - (self.clock.seconds() - started), 0.05)
+        await self.local.call(ops.end_clients, left, timeout=left)
+
     def drain_clients(self) -> Deferred[object]:
         """
         End the local server's client connections while this host still
@@ -864,7 +879,7 @@ class DbAgent(Service):
             self.log.error("dbagent {node}: {error}", node=self.config.node, error=self.last_error)
             d: Deferred[object] = Deferred.fromCoroutine(self._until_server_exited())
         else:
-            d = self.local.call(ops.end_clients, DRAIN_LIMIT, timeout=DRAIN_LIMIT)
+            d = Deferred.fromCoroutine(self._end_clients())
         d.addTimeout(DRAIN_LIMIT, self.clock).addErrback(lambda f: None)
         d.addCallback(lambda _: self.events.append((self.clock.seconds(), "VIP let go")))
         return d
@@ -1172,18 +1187,20 @@ class DbAgent(Service):
             try:
                 # One connection reads the old primary's state and, if it
                 # is writable (and this is no bootstrap), fences it.
-                # Never past the deadline: a peer that cannot be reached
-                # within fence_wait is taken for fenced by its own agent
-                # then, whether the attempt ended or not.
-                budget = self.config.fence_timeout
+                # A peer that does not take a connection before the
+                # deadline is unreachable: by then its own agent has fenced
+                # it. One that does (a live server, its node frozen or
+                # slow) is given the whole fence_timeout to be fenced.
+                reach = self.config.fence_timeout
                 if not bootstrap:
-                    budget = min(budget, max(deadline - self.clock.seconds(), MIN_FENCE_TRY))
+                    reach = min(reach, max(deadline - self.clock.seconds(), MIN_FENCE_TRY))
                 status, fenced = await self.peer.call(
                     ops.fence_if_writable,
                     not bootstrap,
                     3,
-                    budget / 3,
-                    timeout=budget,
+                    self.config.fence_timeout / 3,
+                    timeout=self.config.fence_timeout,
+                    connect_timeout=reach,
                 )
                 if bootstrap:
                     local = await self.local.status()

@@ -730,16 +730,16 @@ class Server:
     def describe(self) -> str:
         return self.address.describe()
 
-    def _connect(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
+    def _connect(
+        self, read_timeout: float, connect_timeout: float | None = None
+    ) -> pymysql.connections.Connection[Any]:
         a = self.address
         options: dict[str, Any] = {
             "user": a.user,
             "password": a.password,
             "charset": "utf8mb4",
             "autocommit": True,
-            # A call given less time than a connection may take (a fence
-            # near its deadline) has no more for connecting either.
-            "connect_timeout": min(self.connect_timeout, read_timeout),
+            "connect_timeout": min(self.connect_timeout, connect_timeout or read_timeout),
             "read_timeout": read_timeout,
             "write_timeout": read_timeout,
         }
@@ -758,8 +758,14 @@ class Server:
                 ) from e
             raise
 
-    def _blocking(self, fn: Callable[..., T], args: tuple[Any, ...], read_timeout: float) -> T:
-        connection = self._connect(read_timeout)
+    def _blocking(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        read_timeout: float,
+        connect_timeout: float | None = None,
+    ) -> T:
+        connection = self._connect(read_timeout, connect_timeout)
         try:
             with connection.cursor() as cursor:
                 return fn(cursor, *args)
@@ -767,8 +773,18 @@ class Server:
             with contextlib.suppress(Exception):
                 connection.close()
 
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> Deferred[T]:
-        """Run C{fn(cursor, *args)} on a fresh connection in the pool."""
+    def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+    ) -> Deferred[T]:
+        """
+        Run C{fn(cursor, *args)} on a fresh connection in the pool, within
+        C{timeout} per read; connecting takes at most C{connect_timeout}
+        (default: the server's, never more than C{timeout}).
+        """
         d: Deferred[T] = deferToThreadPool(
             self.reactor,
             self.pool,
@@ -776,6 +792,7 @@ class Server:
             fn,
             args,
             self.read_timeout if timeout is None else timeout,
+            connect_timeout,
         )
         return d
 

@@ -9,6 +9,7 @@ quarantine, and DEGRADED when the replica is gone.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,7 +170,11 @@ class FakeServer:
         raise AssertionError(f"unexpected call {fn.__name__}")
 
     def call(
-        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> Deferred[Any]:
         self.calls.append(fn.__name__)
         d: Deferred[Any] = Deferred()
@@ -277,6 +282,7 @@ def world(
     config: AgentConfig = CONFIG,
     local: dict[str, Any] | None = None,
     peer: dict[str, Any] | None = None,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> World:
     clock = Clock()
     shared = Shared()
@@ -301,6 +307,7 @@ def world(
         gate,
         switchover=lambda: "handing over",
         kill_server=kill,
+        server_stopped=stopped,
     )
     return World(clock, lserver, pserver, agent, health, vip, gate, killed, shared)
 
@@ -516,6 +523,98 @@ def test_a_frozen_local_primary_stops_being_writable_and_is_killed() -> None:
     w.until(lambda: bool(w.killed), limit=2.0)
     assert w.agent.counters["server_killed"] == 1
     assert w.killed[0] - frozen < detect + CONFIG.fence_timeout + 0.1
+
+
+def test_a_stopped_local_primary_is_killed_before_its_vip_goes() -> None:
+    """
+    Its process stopped (SIGSTOP): down at the first unanswered check, and
+    killed while the VIP is still here, so that its clients' connections end
+    with a reset they can hear (sent from the VIP, which must still be there).
+    """
+    stopped = [False]
+    w = replica_world(stopped=lambda: stopped[0])
+    w.gate.drain = w.agent.drain_clients
+
+    def kill() -> bool:
+        w.vip.log.append("kill")
+        stopped[0] = False  # killed: no longer a stopped process
+        return True
+
+    w.agent.kill_server = kill
+    w.agent.group_state(State.MASTER)
+    w.gate.take(lambda: None)
+    w.until(lambda: w.role == Role.PRIMARY)
+    w.local.mode = "frozen"
+    stopped[0] = True
+    frozen = w.clock.seconds()
+    w.until(lambda: "release" in w.vip.log, limit=2.0)
+    assert w.clock.seconds() - frozen <= CONFIG.check_interval + CONFIG.check_timeout + 0.1
+    assert w.vip.log == ["take", "kill", "release"]
+    assert w.agent.counters["stopped_killed"] == 1
+
+
+def test_the_vip_gate_ends_the_clients_before_it_lets_the_address_go() -> None:
+    """Released (by the group or the agent) while held: the drain first, then one release."""
+    vip = FakeVip()
+    gate = VipGate(vip)
+    drained: list[Deferred[object]] = []
+
+    def drain() -> Deferred[object]:
+        drained.append(Deferred())
+        return drained[-1]
+
+    gate.drain = drain
+    gate.take(lambda: None)
+    gate.set_open(True)
+    gate.set_open(False)
+    gate.release()  # the group's own release, while the drain runs
+    assert vip.log == ["take"] and len(drained) == 1
+    drained[0].callback(None)
+    assert vip.log == ["take", "release"]
+    gate.release()  # not held: passed through, no drain
+    assert vip.log == ["take", "release", "release"] and len(drained) == 1
+
+
+def test_an_address_taken_again_while_draining_is_kept() -> None:
+    vip = FakeVip()
+    gate = VipGate(vip)
+    pending: Deferred[object] = Deferred()
+    gate.drain = lambda: pending
+    gate.take(lambda: None)
+    gate.set_open(True)
+    gate.set_open(False)
+    gate.set_open(True)
+    pending.callback(None)
+    assert vip.log == ["take", "take"] and gate.held
+
+
+def test_process_states_are_read_from_proc() -> None:
+    """Running, stopped (T), and exited with its threads (a zombie alone)."""
+    import os
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert agentmod.process_state(child.pid) in ("R", "S")
+        assert not agentmod.process_exited(child.pid)
+        os.kill(child.pid, signal.SIGSTOP)
+        for _ in range(200):
+            if agentmod.process_state(child.pid) == "T":
+                break
+            time.sleep(0.01)
+        assert agentmod.process_state(child.pid) == "T"
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in range(200):
+            if agentmod.process_exited(child.pid):
+                break
+            time.sleep(0.01)
+        assert agentmod.process_exited(child.pid)  # a zombie until reaped
+    finally:
+        child.kill()
+        child.wait()
+    assert agentmod.process_state(child.pid) == ""
+    assert agentmod.process_exited(child.pid)
 
 
 def test_errant_history_is_quarantined_until_released() -> None:
