@@ -1185,29 +1185,7 @@ class DbAgent(Service):
             if self.group != State.MASTER:
                 raise ops.OperationFailed("no longer MASTER in the db group; not promoting")
             try:
-                # One connection reads the old primary's state and, if it
-                # is writable (and this is no bootstrap), fences it.
-                # A peer that does not take a connection before the
-                # deadline is unreachable: by then its own agent has fenced
-                # it. One that does (a live server, its node frozen or
-                # slow) is given the whole fence_timeout to be fenced.
-                reach = self.config.fence_timeout
-                if not bootstrap:
-                    reach = min(reach, max(deadline - self.clock.seconds(), MIN_FENCE_TRY))
-                status, fenced = await self.peer.call(
-                    ops.fence_if_writable,
-                    not bootstrap,
-                    3,
-                    self.config.fence_timeout / 3,
-                    timeout=self.config.fence_timeout,
-                    connect_timeout=reach,
-                )
-                if bootstrap:
-                    local = await self.local.status()
-                    if not status.read_only or not local.binlog_pos.reached(status.binlog_pos):
-                        raise ops.OperationFailed(
-                            "bootstrap refused: the peer is writable or ahead of this host"
-                        )
+                fenced = await self._fence_peer_once(bootstrap, deadline)
                 if fenced:
                     self.counters["peer_fenced"] += 1
                     self._step("old primary fenced")
@@ -1257,6 +1235,34 @@ class DbAgent(Service):
                 # waits a little (a first reset is asked again at once).
                 pause = 0.0 if resets == 1 else min(0.05, deadline - now)
                 await deferLater(self.clock, pause, lambda: None)
+
+    async def _fence_peer_once(self, bootstrap: bool, deadline: float) -> bool:
+        """
+        One connection reads the old primary's state and, if it is writable
+        (and this is no bootstrap), fences it. Returns whether it fenced.
+        """
+        # A peer that does not take a connection before the deadline is
+        # unreachable: by then its own agent has fenced it. One that does (a
+        # live server, its node frozen or slow) is given the whole
+        # fence_timeout to be fenced.
+        reach = self.config.fence_timeout
+        if not bootstrap:
+            reach = min(reach, max(deadline - self.clock.seconds(), MIN_FENCE_TRY))
+        status, fenced = await self.peer.call(
+            ops.fence_if_writable,
+            not bootstrap,
+            3,
+            self.config.fence_timeout / 3,
+            timeout=self.config.fence_timeout,
+            connect_timeout=reach,
+        )
+        if bootstrap:
+            local = await self.local.status()
+            if not status.read_only or not local.binlog_pos.reached(status.binlog_pos):
+                raise ops.OperationFailed(
+                    "bootstrap refused: the peer is writable or ahead of this host"
+                )
+        return fenced
 
     def _still_promoting(self) -> bool:
         """Asked from the promotion's thread before read_only OFF (attribute reads only)."""
