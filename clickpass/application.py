@@ -26,6 +26,7 @@ from clickpass.mfa import web as mfa_web
 from clickpass.mfa.service import SecondFactors
 from clickpass.mfa.strength import PapeStrength
 from clickpass.monitor.metrics import RequestMetrics
+from clickpass.oidc import web as oidc_web
 from clickpass.openid import account as openid_account
 from clickpass.openid import discovery
 from clickpass.openid import web as openid_web
@@ -72,6 +73,9 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     approvals_section = openid_account.install(app, router)
     # The person's own controls: sessions, security log, export, deletion.
     self_service_section = selfservice_web.install(app, router)
+    # OpenID Connect on the same accounts, identifiers and consent: what it
+    # may release is what the OpenID provider holds for a person.
+    oidc_web.install(app, router, held=assertions)
 
     base_url = settings.base_url
 

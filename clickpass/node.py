@@ -41,6 +41,7 @@ from clickpass.mfa.control import register_commands as register_mfa_commands
 from clickpass.mfa.service import SecondFactors
 from clickpass.monitor.service import build_monitoring, dbagent_metrics, heartbeat_metrics
 from clickpass.oidc.keys import SigningKeys
+from clickpass.oidc.service import register_client_commands as register_oidc_client_commands
 from clickpass.oidc.service import register_commands as register_oidc_commands
 from clickpass.openid import store as openid_store
 from clickpass.partners.webhooks import delivery_service
@@ -207,6 +208,7 @@ class Node(MultiService):
         # database, listed and rotated on the control port.
         signing_keys = SigningKeys(reactor, reactor, storage, self.secret)
         register_oidc_commands(self.commands, signing_keys)
+        register_oidc_client_commands(self.commands, storage, reactor)
         # The operators' user commands beyond add and disable.
         register_user_commands(self.commands, reactor, storage, self._accounts(), settings.base_url)
         # Second factors: listed and reset by operators on the control port.

@@ -1,7 +1,8 @@
 """
-clickpass-ctl commands for the OpenID Connect signing keys:
-C{oidc keys list} and C{oidc keys rotate [--alg ALG]}. They ask the
-running node, which reads and writes the keys in the database.
+clickpass-ctl commands for the OpenID Connect provider: its signing keys,
+C{oidc keys list} and C{oidc keys rotate [--alg ALG]}, and its clients,
+C{oidc clients add|list|remove}. They ask the running node, which reads
+and writes the keys and clients in the database.
 
 This module must never open the database or handle key material itself.
 """
@@ -76,3 +77,96 @@ def _alg_argument(p: argparse.ArgumentParser) -> None:
 )
 def _keys_rotate(args: argparse.Namespace, conn: Connection) -> Any:
     return conn.call("oidc.keys.rotate", {} if args.alg is None else {"alg": args.alg})
+
+
+def _client_add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("site", help="the partner site's id (site_...)")
+    p.add_argument(
+        "--redirect-uri",
+        action="append",
+        required=True,
+        dest="redirect_uris",
+        help="a redirect URI, matched exactly (repeat for more; all on one host)",
+    )
+    p.add_argument(
+        "--public",
+        action="store_true",
+        help="a public client (no secret; PKCE required); default: confidential",
+    )
+    p.add_argument("--alg", default="RS256", help="ID token algorithm: RS256 (default) or ES256")
+    p.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        help="a scope the client may ask for (repeat; default: openid, email, profile)",
+    )
+
+
+def _format_client_add(result: dict[str, Any]) -> str:
+    lines = [
+        f"client {result['client_id']} ({result['type']}) of site {result['site']}",
+        f"redirect URIs: {', '.join(result['redirect_uris'])}",
+        f"ID tokens: {result['id_token_alg']}; scopes: {' '.join(result['scopes'])}",
+    ]
+    if result.get("client_secret"):
+        lines.append(f"client secret: {result['client_secret']}")
+        lines.append("the secret is shown only now: Clickpass keeps only its hash")
+    return "\n".join(lines)
+
+
+@command(
+    "oidc",
+    "clients",
+    "add",
+    help="register an OpenID Connect client of a partner site (its secret is shown once)",
+    arguments=_client_add_arguments,
+    format=_format_client_add,
+)
+def _clients_add(args: argparse.Namespace, conn: Connection) -> Any:
+    params: dict[str, Any] = {
+        "site": args.site,
+        "redirect_uris": args.redirect_uris,
+        "public": args.public,
+        "id_token_alg": args.alg,
+    }
+    if args.scopes:
+        params["scopes"] = args.scopes
+    return conn.call("oidc.clients.add", params)
+
+
+def _format_client_list(result: dict[str, Any]) -> str:
+    rows = [
+        {
+            "client id": c["client_id"],
+            "site": c["site"],
+            "type": c["type"],
+            "alg": c["id_token_alg"],
+            "scopes": " ".join(c["scopes"]),
+            "redirect uris": " ".join(c["redirect_uris"]),
+        }
+        for c in result["clients"]
+    ]
+    if not rows:
+        return "no OpenID Connect clients"
+    return format_table(rows, ["client id", "site", "type", "alg", "scopes", "redirect uris"])
+
+
+@command("oidc", "clients", "list", help="the OpenID Connect clients", format=_format_client_list)
+def _clients_list(args: argparse.Namespace, conn: Connection) -> Any:
+    return conn.call("oidc.clients.list")
+
+
+def _client_id_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("client_id")
+
+
+@command(
+    "oidc",
+    "clients",
+    "remove",
+    help="remove an OpenID Connect client and revoke its tokens",
+    arguments=_client_id_argument,
+    format=lambda r: f"removed client {r['removed']}; its tokens are revoked",
+)
+def _clients_remove(args: argparse.Namespace, conn: Connection) -> Any:
+    return conn.call("oidc.clients.remove", {"client_id": args.client_id})

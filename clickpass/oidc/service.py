@@ -1,17 +1,23 @@
 """
-The node's part of the OpenID Connect signing keys: the C{oidc.keys.list}
-and C{oidc.keys.rotate} control commands and the housekeeping task that
-removes expired retired keys.
+The node's part of the OpenID Connect provider: the C{oidc.keys.list}
+and C{oidc.keys.rotate} control commands, the housekeeping task that
+removes expired retired keys, and the C{oidc.clients.add|list|remove}
+commands (a new client's secret is returned once, by C{add}).
 
-This module must never return a private key, nor serve HTTP.
+This module must never return a private key or a stored secret's hash,
+nor serve HTTP.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+
 from clickpass.control.protocol import CommandError, CommandRegistry
+from clickpass.oidc import clients
 from clickpass.oidc.keys import ALGORITHMS, SigningKeys, UnknownAlgorithm
+from clickpass.storage.sql import Storage
 
 
 def register_commands(commands: CommandRegistry, keys: SigningKeys) -> None:
@@ -51,3 +57,52 @@ def register_commands(commands: CommandRegistry, keys: SigningKeys) -> None:
     commands.register(
         "oidc.keys.rotate", rotate, "publish a new OpenID Connect signing key that signs later"
     )
+
+
+def register_client_commands(
+    commands: CommandRegistry, storage: Storage, clock: IReactorTime
+) -> None:
+    """C{oidc.clients.add}, C{oidc.clients.list} and C{oidc.clients.remove} on the control port."""
+
+    async def add(args: Any) -> dict[str, Any]:
+        site = args.get("site")
+        uris = args.get("redirect_uris")
+        scopes = args.get("scopes")
+        if not isinstance(site, str) or not _strings(uris):
+            raise CommandError("oidc.clients.add needs site and redirect_uris (strings)")
+        if scopes is not None and not _strings(scopes):
+            raise CommandError("oidc.clients.add: scopes must be a list of strings")
+        try:
+            checked = clients.check_settings(
+                uris,
+                public=bool(args.get("public", False)),
+                id_token_alg=str(args.get("id_token_alg") or "RS256"),
+                scopes=scopes,
+            )
+            client, secret = await storage.run(
+                clients.create_client, site, checked, int(clock.seconds())
+            )
+        except clients.ClientError as e:
+            raise CommandError(str(e)) from None
+        return {**client.describe(), "client_secret": secret}
+
+    async def list_clients(args: Any) -> dict[str, Any]:
+        found = await storage.run(clients.list_clients)
+        return {"clients": [c.describe() for c in found]}
+
+    async def remove(args: Any) -> dict[str, Any]:
+        client_id = args.get("client_id")
+        if not isinstance(client_id, str):
+            raise CommandError("oidc.clients.remove needs client_id")
+        removed = await storage.run(clients.remove_client, client_id, int(clock.seconds()))
+        if not removed:
+            raise CommandError(f"there is no OpenID Connect client {client_id!r}")
+        return {"removed": client_id}
+
+    commands.register("oidc.clients.add", add, "register an OpenID Connect client of a site")
+    commands.register("oidc.clients.list", list_clients, "the OpenID Connect clients")
+    commands.register("oidc.clients.remove", remove, "remove an OpenID Connect client")
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -325,6 +325,62 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        10,
+        "oidc: clients per partner site, grants, codes and tokens (only their hashes)",
+        (
+            """CREATE TABLE IF NOT EXISTS oidc_clients (
+                client_id VARCHAR(64) NOT NULL PRIMARY KEY,
+                site_id BIGINT NOT NULL,
+                secret_hash VARCHAR(64) NOT NULL DEFAULT '',
+                is_public INTEGER NOT NULL DEFAULT 0,
+                redirect_uris TEXT NOT NULL,
+                sector VARCHAR(255) NOT NULL,
+                id_token_alg VARCHAR(16) NOT NULL DEFAULT 'RS256',
+                scopes VARCHAR(255) NOT NULL DEFAULT 'openid',
+                created BIGINT NOT NULL
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS oidc_clients_site ON oidc_clients (site_id)",
+            # A grant: one consented authorization of a client, and everything
+            # issued from it (its code, access and refresh tokens), which a
+            # reused code or refresh token revokes at once.
+            """CREATE TABLE IF NOT EXISTS oidc_grants (
+                grant_id VARCHAR(64) NOT NULL PRIMARY KEY,
+                client_id VARCHAR(64) NOT NULL,
+                account_id BIGINT NOT NULL,
+                subject VARCHAR(64) NOT NULL,
+                scopes VARCHAR(255) NOT NULL,
+                fields VARCHAR(255) NOT NULL DEFAULT '',
+                nonce VARCHAR(512) NOT NULL DEFAULT '',
+                auth_time BIGINT NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                revoked BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS oidc_grants_account ON oidc_grants (account_id)",
+            "CREATE INDEX IF NOT EXISTS oidc_grants_expires ON oidc_grants (expires)",
+            """CREATE TABLE IF NOT EXISTS oidc_codes (
+                code_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                grant_id VARCHAR(64) NOT NULL,
+                redirect_uri VARCHAR(2048) NOT NULL,
+                code_challenge VARCHAR(128) NOT NULL DEFAULT '',
+                expires BIGINT NOT NULL,
+                used BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS oidc_codes_expires ON oidc_codes (expires)",
+            """CREATE TABLE IF NOT EXISTS oidc_tokens (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                kind VARCHAR(16) NOT NULL,
+                grant_id VARCHAR(64) NOT NULL,
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                used BIGINT NOT NULL DEFAULT 0,
+                revoked BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS oidc_tokens_grant ON oidc_tokens (grant_id)",
+            "CREATE INDEX IF NOT EXISTS oidc_tokens_expires ON oidc_tokens (expires)",
+        ),
+    ),
+    Migration(
         11,
         "mfa: TOTP secrets (sealed), recovery codes (hashed), second steps, "
         "how each session was signed in, trusted browsers",

@@ -167,7 +167,9 @@ class AccountPages:
         next_url = safe_next(self.app.form(request, "next"))
         if account is not None:
             return self.app.redirect(request, next_url)
-        return await self.form_page(request, "signin.html", next_url)
+        # An OpenID Connect login_hint fills in the address.
+        hint = self.app.form(request, "login_hint")[:254]
+        return await self.form_page(request, "signin.html", next_url, hint)
 
     async def signin(self, request: Request) -> bytes:
         self.app.check_csrf(request)

@@ -1,0 +1,304 @@
+"""
+The authorization request of OpenID Connect Core 1.0's code flow, read
+and checked: pure functions on the request's parameters and its client.
+
+Two kinds of refusal, and the difference matters: L{NotForClient} when
+the request names no known client or a redirect URI the client did not
+register (the person gets an error page: sending them there would make
+Clickpass an open redirector), and L{AuthorizeError} for everything else,
+which goes back to the client's redirect URI as the spec says.
+
+What a scope releases is the same field of the OpenID 2.0 consent store
+(L{clickpass.openid.approvals}): C{email} is the field C{email},
+C{profile} the fields C{fullname} and C{nickname}.
+
+This module must never do I/O, and never let a redirect URI through that
+is not one of the client's, character for character.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from clickpass.oidc.clients import Client
+
+# Every parameter is bounded; a request beyond these is refused, not cut.
+MAX_PARAMETER = 2048
+MAX_STATE = 1024
+MAX_NONCE = 512
+MAX_PARAMETERS_TOTAL = 16 * 1024
+PKCE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
+PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+SCOPE_FIELDS: Mapping[str, frozenset[str]] = {
+    "openid": frozenset(),
+    "email": frozenset({"email"}),
+    "profile": frozenset({"fullname", "nickname"}),
+}
+# Carried on the way back from the sign-in page that prompt=login or
+# max_age sent the person to: the time from which a sign-in counts.
+REAUTH_PARAMETER = "cp_signed_in_after"
+KNOWN = frozenset(
+    {
+        "client_id", "redirect_uri", "response_type", "response_mode", "scope", "state",
+        "nonce", "prompt", "max_age", "login_hint", "code_challenge",
+        "code_challenge_method", "request", "request_uri", "registration", "display",
+        "ui_locales", "claims_locales", "id_token_hint", "acr_values", "claims",
+        REAUTH_PARAMETER,
+    }
+)  # fmt: skip
+
+
+class NotForClient(Exception):
+    """The request cannot go back to a client: shown to the person, never redirected."""
+
+
+class AuthorizeError(Exception):
+    """An error for the client, at its redirect URI (RFC 6749 4.1.2.1)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the answer goes: the client's checked redirect URI, how, and the state."""
+
+    client: Client
+    redirect_uri: str
+    response_mode: str
+    state: str | None
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    """A checked authorization request."""
+
+    destination: Destination
+    scopes: tuple[str, ...]
+    nonce: str | None
+    prompt: frozenset[str]
+    max_age: int | None
+    login_hint: str
+    code_challenge: str
+    signed_in_after: int | None
+
+    @property
+    def client(self) -> Client:
+        return self.destination.client
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The consent store's fields the scopes ask for."""
+        found: frozenset[str] = frozenset()
+        for scope in self.scopes:
+            found |= SCOPE_FIELDS.get(scope, frozenset())
+        return found
+
+    def query(self, drop_prompt_login: bool = False, signed_in_after: int | None = None) -> str:
+        """The request again as a query string (to carry through the sign-in page)."""
+        d = self.destination
+        params: dict[str, str] = {
+            "client_id": d.client.client_id,
+            "redirect_uri": d.redirect_uri,
+            "response_type": "code",
+            "response_mode": d.response_mode,
+            "scope": " ".join(self.scopes),
+        }
+        optional = {
+            "state": d.state,
+            "nonce": self.nonce,
+            "max_age": None if self.max_age is None else str(self.max_age),
+            "login_hint": self.login_hint or None,
+            "code_challenge": self.code_challenge or None,
+            "code_challenge_method": "S256" if self.code_challenge else None,
+        }
+        params.update({k: v for k, v in optional.items() if v is not None})
+        prompt = self.prompt - {"login"} if drop_prompt_login else self.prompt
+        if prompt:
+            params["prompt"] = " ".join(sorted(prompt))
+        after = signed_in_after if signed_in_after is not None else self.signed_in_after
+        if after is not None:
+            params[REAUTH_PARAMETER] = str(after)
+        return urlencode(params)
+
+
+def single_values(args: Mapping[bytes, list[bytes]]) -> dict[str, list[str]]:
+    """
+    The request's parameters as text. Oversized or undecodable input is
+    refused before anything else is read (L{NotForClient}: nothing about
+    the request can be trusted yet).
+    """
+    params: dict[str, list[str]] = {}
+    total = 0
+    for key, values in args.items():
+        for value in values:
+            total += len(key) + len(value)
+            if total > MAX_PARAMETERS_TOTAL:
+                raise NotForClient("The sign-in request is too large.")
+        try:
+            params[key.decode("utf-8")] = [v.decode("utf-8") for v in values]
+        except UnicodeDecodeError:
+            raise NotForClient("The sign-in request is not valid UTF-8.") from None
+    return params
+
+
+def _one(params: Mapping[str, list[str]], name: str, limit: int = MAX_PARAMETER) -> str | None:
+    values = params.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthorizeError("invalid_request", f"the parameter {name} is given more than once")
+    if len(values[0]) > limit:
+        raise AuthorizeError("invalid_request", f"the parameter {name} is too long")
+    return values[0] or None
+
+
+def destination(params: Mapping[str, list[str]], client: Client | None) -> Destination:
+    """
+    Where errors and the answer go, once the client is known: its redirect
+    URI (exact match), the response mode and the state. L{NotForClient}
+    when there is no such place.
+    """
+    try:
+        client_id = _one(params, "client_id", 64)
+        redirect_uri = _one(params, "redirect_uri")
+    except AuthorizeError as e:
+        raise NotForClient(f"The sign-in request is malformed: {e.description}.") from None
+    if not client_id:
+        raise NotForClient("The sign-in request names no client (client_id).")
+    if client is None or client.client_id != client_id:
+        raise NotForClient("The sign-in request names a client that Clickpass does not know.")
+    if not redirect_uri:
+        raise NotForClient("The sign-in request has no redirect_uri.")
+    if redirect_uri not in client.redirect_uris:
+        raise NotForClient(
+            "The sign-in request asks to send you to an address its site did not register."
+        )
+    mode_values = params.get("response_mode") or ["query"]
+    mode = mode_values[0] if len(mode_values) == 1 else ""
+    state_values = params.get("state") or []
+    state = state_values[0] if len(state_values) == 1 else None
+    if state is not None and len(state) > MAX_STATE:
+        state = None
+    dest = Destination(
+        client, redirect_uri, mode if mode in ("query", "form_post") else "query", state
+    )
+    if mode not in ("query", "form_post"):
+        raise AuthorizeErrorAt(dest, "invalid_request", "response_mode must be query or form_post")
+    if len(state_values) > 1 or (state_values and state is None):
+        raise AuthorizeErrorAt(dest, "invalid_request", "state is repeated or too long")
+    return dest
+
+
+class AuthorizeErrorAt(AuthorizeError):
+    """An L{AuthorizeError} that knows its L{Destination}."""
+
+    def __init__(self, dest: Destination, error: str, description: str) -> None:
+        super().__init__(error, description)
+        self.destination = dest
+
+
+def check(params: Mapping[str, list[str]], dest: Destination) -> AuthorizationRequest:
+    """The checked request, or L{AuthorizeErrorAt} for the client."""
+    try:
+        return _check(params, dest)
+    except AuthorizeErrorAt:
+        raise
+    except AuthorizeError as e:
+        raise AuthorizeErrorAt(dest, e.error, e.description) from None
+
+
+def _check(params: Mapping[str, list[str]], dest: Destination) -> AuthorizationRequest:
+    client = dest.client
+    for name in ("request", "request_uri", "registration"):
+        if params.get(name):
+            raise AuthorizeError(f"{name}_not_supported", f"the {name} parameter is not supported")
+    response_type = _one(params, "response_type")
+    if response_type != "code":
+        raise AuthorizeError(
+            "unsupported_response_type", "Clickpass answers only response_type=code"
+        )
+    scopes = _scopes(_one(params, "scope") or "", client)
+    prompt = _prompt(_one(params, "prompt") or "")
+    return AuthorizationRequest(
+        destination=dest,
+        scopes=scopes,
+        nonce=_one(params, "nonce", MAX_NONCE),
+        prompt=prompt,
+        max_age=_non_negative(_one(params, "max_age", 12), "max_age"),
+        login_hint=_one(params, "login_hint", 254) or "",
+        code_challenge=_pkce(params, client),
+        signed_in_after=_non_negative(_one(params, REAUTH_PARAMETER, 12), REAUTH_PARAMETER),
+    )
+
+
+def _scopes(text: str, client: Client) -> tuple[str, ...]:
+    asked = text.split(" ") if text else []
+    if "openid" not in asked:
+        raise AuthorizeError("invalid_scope", "the scope must include openid")
+    # Scopes Clickpass does not know, or the client may not ask for, are
+    # ignored (OpenID Connect Core 3.1.2.1), not refused.
+    return tuple(dict.fromkeys(s for s in asked if s in client.scopes))
+
+
+def _prompt(text: str) -> frozenset[str]:
+    values = frozenset(p for p in text.split(" ") if p)
+    unknown = values - PROMPTS
+    if unknown:
+        raise AuthorizeError("invalid_request", f"unknown prompt value {sorted(unknown)[0]!r}")
+    if "none" in values and len(values) > 1:
+        raise AuthorizeError("invalid_request", "prompt=none cannot be combined with another")
+    return values
+
+
+def _non_negative(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or not text.isascii():
+        raise AuthorizeError("invalid_request", f"{name} must be a number of seconds")
+    return int(text)
+
+
+def _pkce(params: Mapping[str, list[str]], client: Client) -> str:
+    challenge = _one(params, "code_challenge", 128) or ""
+    method = _one(params, "code_challenge_method", 16)
+    if challenge:
+        if method != "S256":
+            raise AuthorizeError("invalid_request", "code_challenge_method must be S256")
+        if not PKCE_PATTERN.match(challenge):
+            raise AuthorizeError("invalid_request", "code_challenge is malformed")
+        return challenge
+    if method is not None:
+        raise AuthorizeError("invalid_request", "code_challenge_method without code_challenge")
+    if client.public:
+        raise AuthorizeError("invalid_request", "a public client must use PKCE (S256)")
+    return ""
+
+
+def error_parameters(error: AuthorizeErrorAt, issuer: str) -> dict[str, str]:
+    """The parameters of an error response (with RFC 9207's C{iss})."""
+    params = {"error": error.error, "error_description": error.description}
+    if error.destination.state is not None:
+        params["state"] = error.destination.state
+    params["iss"] = issuer
+    return params
+
+
+def success_parameters(code: str, dest: Destination, issuer: str) -> dict[str, str]:
+    """The parameters of a successful answer (with RFC 9207's C{iss})."""
+    params = {"code": code}
+    if dest.state is not None:
+        params["state"] = dest.state
+    params["iss"] = issuer
+    return params
+
+
+def redirect_url(redirect_uri: str, params: Mapping[str, str]) -> str:
+    """C{redirect_uri} with C{params} added to its query."""
+    joiner = "&" if "?" in redirect_uri else "?"
+    return redirect_uri + joiner + urlencode(params)
