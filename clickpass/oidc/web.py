@@ -241,7 +241,8 @@ class OIDCWeb:
             return auth_time < auth.signed_in_after
         if "login" in auth.prompt:
             return True
-        return auth.max_age is not None and now - auth_time > auth.max_age
+        # max_age=0 asks for a sign-in now, however recent the last one.
+        return auth.max_age is not None and (auth.max_age == 0 or now - auth_time > auth.max_age)
 
     async def _authorize(self, request: Request, auth: AuthorizationRequest) -> bytes:
         account = await self.app.current_account(request)
