@@ -74,6 +74,8 @@ setup(
             "hypothesis>=6.100",
             # The architecture's import rules (pyproject.toml [tool.importlinter]).
             "import-linter>=2.1",
+            # A relying-party library that signs in through the OpenID Connect provider.
+            "Authlib>=1.3",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},
