@@ -40,6 +40,7 @@ from clickpass.mail.service import install_mail
 from clickpass.mfa.control import register_commands as register_mfa_commands
 from clickpass.mfa.service import SecondFactors
 from clickpass.monitor.service import build_monitoring, dbagent_metrics, heartbeat_metrics
+from clickpass.oidc import tokens as oidc_tokens
 from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.service import register_client_commands as register_oidc_client_commands
 from clickpass.oidc.service import register_commands as register_oidc_commands
@@ -287,6 +288,9 @@ class Node(MultiService):
         async def openid_expired(now: int) -> int:
             return sum(await openid_store.cleanup(storage, now))
 
+        async def oidc_expired(now: int) -> int:
+            return await storage.run(oidc_tokens.remove_expired, now)
+
         return Housekeeping(
             self.reactor,
             [
@@ -296,6 +300,7 @@ class Node(MultiService):
                 ("expired OpenID nonces and associations", openid_expired),
                 ("expired OpenID Connect signing keys", signing_keys.housekeeping),
                 ("expired second steps and trusted browsers", factors.expire),
+                ("expired OpenID Connect codes, tokens and grants", oidc_expired),
             ],
         )
 

@@ -50,9 +50,11 @@ def install_openid_client() -> None:
 
 
 def discovery(provider: Provider) -> dict[str, Any]:
-    document: dict[str, Any] = OAuth2Session().get(
-        provider.url + ".well-known/openid-configuration", timeout=30, withhold_token=True
-    ).json()
+    document: dict[str, Any] = (
+        OAuth2Session()
+        .get(provider.url + ".well-known/openid-configuration", timeout=30, withhold_token=True)
+        .json()
+    )
     return document
 
 
