@@ -281,15 +281,11 @@ class OIDCWeb:
         return self.app.redirect(request, url)
 
     async def _released(self, fields: frozenset[str], account: Account) -> dict[str, str]:
-        """What would be released for C{fields}: held values, an email only if verified."""
+        """What would be released for C{fields} (L{releasable})."""
         if not fields:
             return {}
         held = await self.held_values.held(account)
-        released = {f: held[f] for f in sorted(fields) if f in held}
-        email = released.get("email")
-        if email is not None and email == account.email and not self.email_verified(account):
-            del released["email"]
-        return released
+        return releasable(fields, held, account, self.email_verified)
 
     async def _consent_page(
         self,
@@ -554,17 +550,39 @@ class OIDCWeb:
         return _json(request, 200, await self._userinfo_claims(info.grant, account))
 
     async def _userinfo_claims(self, grant: tokens.Grant, account: Account) -> dict[str, Any]:
-        released = await self._released(grant.fields, account)
-        claims: dict[str, Any] = {"sub": grant.subject}
-        if "email" in released:
-            claims["email"] = released["email"]
-            claims["email_verified"] = True
-        if "fullname" in released:
-            claims["name"] = released["fullname"]
-        if "nickname" in released:
-            claims["nickname"] = released["nickname"]
-            claims["preferred_username"] = released["nickname"]
-        return claims
+        return userinfo_claims(grant.subject, await self._released(grant.fields, account))
+
+
+def releasable(
+    fields: frozenset[str],
+    held: Mapping[str, str],
+    account: Account,
+    email_verified: EmailVerified,
+) -> dict[str, str]:
+    """
+    The held values of C{fields}; the account's own address only when
+    C{email_verified} says it is proven (an address from an upstream
+    provider is in C{held} only when that provider verified it).
+    """
+    released = {f: held[f] for f in sorted(fields) if f in held}
+    email = released.get("email")
+    if email is not None and email == account.email and not email_verified(account):
+        del released["email"]
+    return released
+
+
+def userinfo_claims(subject: str, released: Mapping[str, str]) -> dict[str, Any]:
+    """The UserInfo claims of the released fields (C{email} is released only verified)."""
+    claims: dict[str, Any] = {"sub": subject}
+    if "email" in released:
+        claims["email"] = released["email"]
+        claims["email_verified"] = True
+    if "fullname" in released:
+        claims["name"] = released["fullname"]
+    if "nickname" in released:
+        claims["nickname"] = released["nickname"]
+        claims["preferred_username"] = released["nickname"]
+    return claims
 
 
 def _required(params: Mapping[str, str], name: str) -> str:

@@ -14,6 +14,14 @@ from tests.integration.oidc.harness import Provider
 from tests.support.mariadb import MariaDBServer
 from tests.support.node import running_node
 
+# The OpenID 2.0 relying parties of the tests that compare both protocols
+# live on loopback: let the provider's relying-party discovery reach them.
+OPENID_CONFIG = """
+[openid]
+allow_private_rp_discovery = true
+rp_discovery_timeout = 5.0
+"""
+
 
 @pytest.fixture(
     scope="module",
@@ -27,5 +35,5 @@ def provider(
     server: MariaDBServer | None = None
     if request.param == "mysql":
         server = request.getfixturevalue("mariadb_server")
-    with running_node(tmp, "", server, "oidcop") as node:
+    with running_node(tmp, OPENID_CONFIG, server, "oidcop") as node:
         yield Provider(node)

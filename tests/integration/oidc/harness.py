@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import requests
 
 from clickpass import config as configmod
+from clickpass.openid.identifiers import sector_of
 from clickpass.partners import sites
 from clickpass.storage.offline import open_direct
 from clickpass.storage.sql import Transaction
@@ -78,7 +79,7 @@ class Provider:
         return self._admin
 
     def site(self, realm: str) -> sites.Site:
-        """A partner site whose realm is C{realm}."""
+        """A partner site whose realm is C{realm} (the one already on its host, if any)."""
         settings = sites.SiteSettings(
             name="Test Partner", logo_url="", realm=realm, return_to_urls=(realm,),
             registration_url="", connect_url="", requested_fields=(), required_fields=(),
@@ -87,6 +88,10 @@ class Provider:
         admin = self.admin()
 
         def create(tx: Transaction) -> sites.Site:
+            # One site per host: a second registration would replace the first.
+            found = sites.site_by_sector(tx, sector_of(realm))
+            if found is not None:
+                return found
             return sites.create_site(tx, settings, admin, int(time.time()))
 
         made: sites.Site = self.run(create)

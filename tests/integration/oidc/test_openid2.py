@@ -1,0 +1,93 @@
+"""
+OpenID Connect and OpenID 2.0 on the same accounts, through a real node
+(SQLite and MariaDB): a partner's OpenID 2.0 realm and its OpenID Connect
+client on the same host see the same identifier for a person, and a
+consent given to one is the consent of the other.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from clickpass.oidc import keys
+from tests.integration.oidc.harness import HIDDEN, Person, Provider, query_of
+from tests.integration.openid.harness import PythonRP, RelyingPartySite
+from tests.support.browser import csrf_token
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def rp_site() -> Iterator[RelyingPartySite]:
+    site = RelyingPartySite("127.0.0.1").start()
+    try:
+        yield site
+    finally:
+        site.stop()
+
+
+def openid2_sign_in(person: Person, provider: Provider, rp: PythonRP) -> str:
+    """Sign in at an OpenID 2.0 relying party, consenting; return the identifier asserted."""
+    response = person.open(rp.begin(email=False))
+    for _ in range(5):
+        location = response.headers.get("location", "")
+        if response.status_code == 303 and location.startswith("/signin?"):
+            response = person.sign_in_from(response)
+        elif response.status_code == 303 and location.startswith("/"):
+            response = person.open(provider.url + location[1:])
+        elif response.status_code == 200 and 'action="/openid/decide"' in response.text:
+            fields = {n: html.unescape(v) for n, v in HIDDEN.findall(response.text)}
+            fields["csrf_token"] = csrf_token(response.text)
+            fields["decision"] = "allow"
+            response = person.browser.session.post(
+                provider.url + "openid/decide", data=fields, allow_redirects=False, timeout=30
+            )
+        else:
+            break
+    assert response.status_code == 302, response.text[:2000]
+    result = rp.complete(response.headers["location"])
+    assert result.status == "success", result
+    return str(result.identity_url)
+
+
+def test_openid2_and_oidc_see_the_same_person(
+    provider: Provider, rp_site: RelyingPartySite
+) -> None:
+    """
+    A person approves the partner's OpenID 2.0 realm; its OpenID Connect
+    client on the same host then gets a code at once (prompt=none: the same
+    consent), and the ID token's sub is the OpenID 2.0 identifier's opaque
+    part, which resolves at /id/<sub>.
+    """
+    client = provider.client(rp_site.realm + "oidc/callback")
+    person = Person(provider)
+    identity = openid2_sign_in(
+        person, provider, PythonRP(provider.url, rp_site.realm, rp_site.return_to)
+    )
+    response = person.open(provider.authorize_url(client, prompt="none"))
+    assert response.status_code == 302, response.text
+    code = query_of(response.headers["location"])["code"]
+    tokens = provider.token(
+        client, grant_type="authorization_code", code=code, redirect_uri=client.redirect_uri
+    ).json()
+    sub = keys.verify(tokens["id_token"], provider.jwks(), audience=client.client_id)["sub"]
+    assert identity == provider.url + "id/" + sub
+    assert requests.get(identity, timeout=30).status_code == 200
+
+
+def test_other_hosts_see_other_identifiers(provider: Provider) -> None:
+    """Two clients on two hosts get two different subjects for one person (pairwise)."""
+    person = Person(provider)
+    subs = []
+    for uri in ("https://a.example.org/cb", "https://b.example.org/cb"):
+        client = provider.client(uri)
+        code = query_of(person.authorize(provider.authorize_url(client)))["code"]
+        tokens = provider.token(
+            client, grant_type="authorization_code", code=code, redirect_uri=uri
+        ).json()
+        subs.append(keys.verify(tokens["id_token"], provider.jwks())["sub"])
+    assert subs[0] != subs[1]
