@@ -40,6 +40,7 @@ from clickpass.mail.service import install_mail
 from clickpass.mfa.control import register_commands as register_mfa_commands
 from clickpass.mfa.service import SecondFactors
 from clickpass.monitor.service import build_monitoring, dbagent_metrics, heartbeat_metrics
+from clickpass.oidc import assertions as oidc_assertions
 from clickpass.oidc import tokens as oidc_tokens
 from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.service import register_client_commands as register_oidc_client_commands
@@ -289,7 +290,8 @@ class Node(MultiService):
             return sum(await openid_store.cleanup(storage, now))
 
         async def oidc_expired(now: int) -> int:
-            return await storage.run(oidc_tokens.remove_expired, now)
+            removed = await storage.run(oidc_tokens.remove_expired, now)
+            return removed + await storage.run(oidc_assertions.remove_expired, now)
 
         return Housekeeping(
             self.reactor,
@@ -300,7 +302,7 @@ class Node(MultiService):
                 ("expired OpenID nonces and associations", openid_expired),
                 ("expired OpenID Connect signing keys", signing_keys.housekeeping),
                 ("expired second steps and trusted browsers", factors.expire),
-                ("expired OpenID Connect codes, tokens and grants", oidc_expired),
+                ("expired OpenID Connect codes, tokens, grants, assertions", oidc_expired),
             ],
         )
 

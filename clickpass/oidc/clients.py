@@ -5,8 +5,10 @@ whether it is public (no secret; PKCE required) or confidential, the
 algorithm its ID tokens are signed with (RS256 by default, ES256 allowed),
 and the scopes it may ask for.
 
-A confidential client's secret is shown once, when it is made, and only
-its SHA-256 is stored (a 256-bit random secret needs no slow hash). The
+A confidential client either authenticates with a secret or, given its
+public keys (a JWKS document), with private_key_jwt. A secret is shown
+once, when it is made, and only its SHA-256 is stored (a 256-bit random
+secret needs no slow hash). The
 client's sector, the host of its redirect URIs, is what its pairwise
 subject identifiers are derived from: the sector of the partner's OpenID
 2.0 realm on the same host, so both protocols see the same person.
@@ -20,11 +22,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import jwt
 
 from clickpass.oidc.keys import ALGORITHMS, Algorithm, UnknownAlgorithm, check_algorithm
 from clickpass.openid.identifiers import BadRealm, sector_of
@@ -36,6 +41,9 @@ MAX_REDIRECT_URIS = 20
 SCOPES: tuple[str, ...] = ("openid", "email", "profile")
 LOOPBACK_HOSTS = ("localhost",)
 DEFAULT_ALG: Algorithm = "RS256"
+MAX_JWKS = 8192
+MAX_CLIENT_KEYS = 10
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 class ClientError(ValueError):
@@ -50,6 +58,9 @@ class ClientSettings:
     public: bool = False
     id_token_alg: Algorithm = DEFAULT_ALG
     scopes: frozenset[str] = frozenset(SCOPES)
+    # The client's public keys (a JWKS document): it authenticates with
+    # private_key_jwt, and has no secret.
+    jwks: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,14 @@ class Client:
     scopes: frozenset[str]
     created: int
     secret_hash: str = ""
+    jwks: Mapping[str, Any] | None = None
+
+    @property
+    def auth_method(self) -> str:
+        """How it authenticates at the token endpoint: none, private_key_jwt or client_secret."""
+        if self.public:
+            return "none"
+        return "private_key_jwt" if self.jwks else "client_secret"
 
     def authenticates(self, secret: str) -> bool:
         """Whether C{secret} is this confidential client's secret."""
@@ -84,6 +103,7 @@ class Client:
             "sector": self.sector,
             "redirect_uris": list(self.redirect_uris),
             "type": "public" if self.public else "confidential",
+            "auth_method": self.auth_method,
             "id_token_alg": self.id_token_alg,
             "scopes": sorted(self.scopes),
             "created": self.created,
@@ -149,6 +169,7 @@ def check_settings(
     public: bool = False,
     id_token_alg: str = DEFAULT_ALG,
     scopes: Iterable[str] | None = None,
+    jwks: object = None,
 ) -> ClientSettings:
     """Checked client settings, or L{ClientError} naming what is wrong."""
     uris = tuple(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
@@ -169,7 +190,39 @@ def check_settings(
         raise ClientError(
             f"unknown scope {sorted(unknown)[0]!r}; Clickpass knows {', '.join(SCOPES)}"
         )
-    return ClientSettings(uris, public, alg, allowed)
+    if jwks is not None and public:
+        raise ClientError("a public client has no keys; give --jwks to a confidential one")
+    return ClientSettings(uris, public, alg, allowed, None if jwks is None else check_jwks(jwks))
+
+
+def check_jwks(document: object) -> dict[str, Any]:
+    """
+    A client's public keys if they can verify its private_key_jwt
+    assertions: a JWKS document of 1 to L{MAX_CLIENT_KEYS} RSA or P-256
+    keys, no private member; else L{ClientError}.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ClientError('the client\'s keys must be a JWKS document: {"keys": [...]}')
+    found = document["keys"]
+    if not 1 <= len(found) <= MAX_CLIENT_KEYS:
+        raise ClientError(f"the client's JWKS document must hold 1 to {MAX_CLIENT_KEYS} keys")
+    if len(json.dumps(document)) > MAX_JWKS:
+        raise ClientError(f"the client's JWKS document is longer than {MAX_JWKS} characters")
+    for key in found:
+        if not isinstance(key, dict) or PRIVATE_MEMBERS & set(key):
+            raise ClientError("the client's JWKS document holds a private key; give public keys")
+        rsa_key = key.get("kty") == "RSA" and key.get("alg", "RS256") == "RS256"
+        ec_key = key.get("kty") == "EC" and key.get("crv") == "P-256"
+        if (
+            not (rsa_key or ec_key)
+            or key.get("alg", "ES256" if ec_key else "RS256") not in ALGORITHMS
+        ):
+            raise ClientError("the client's keys must be RSA (RS256) or P-256 (ES256) keys")
+        try:
+            jwt.PyJWK(key)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as e:
+            raise ClientError(f"a key of the client's JWKS document cannot be used: {e}") from None
+    return {"keys": [dict(k) for k in found]}
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +231,7 @@ def check_settings(
 
 _COLUMNS = (
     "c.client_id, c.site_id, s.public_id, s.name, s.realm, c.sector, c.redirect_uris, "
-    "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified"
+    "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified, c.jwks"
 )
 _FROM = (
     "oidc_clients c JOIN partner_sites s ON s.id = c.site_id "
@@ -204,6 +257,7 @@ def _client(row: Row) -> Client:
         scopes=frozenset(s for s in str(row[9]).split() if s),
         created=int(row[10]),
         secret_hash=str(row[11]),
+        jwks=json.loads(row[13]) if row[13] else None,
     )
 
 
@@ -233,10 +287,10 @@ def create_client(
     if site_id is None:
         raise ClientError(f"there is no partner site {site_public_id!r}")
     client_id = "oidc_" + secrets.token_hex(12)
-    secret = "" if settings.public else secrets.token_urlsafe(32)
+    secret = "" if settings.public or settings.jwks else secrets.token_urlsafe(32)
     tx.execute(
         "INSERT INTO oidc_clients (client_id, site_id, secret_hash, is_public, redirect_uris, "
-        "sector, id_token_alg, scopes, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "sector, id_token_alg, scopes, jwks, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         client_id,
         int(site_id),
         secret_hash(secret) if secret else "",
@@ -245,6 +299,7 @@ def create_client(
         sector_of_uris(settings.redirect_uris),
         settings.id_token_alg,
         " ".join(sorted(settings.scopes)),
+        json.dumps(settings.jwks) if settings.jwks else None,
         now,
     )
     client = client_by_id(tx, client_id)

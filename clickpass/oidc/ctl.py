@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 from typing import Any
 
-from clickpass.control.ctl import Connection, command, format_table
+from clickpass.control.ctl import Connection, CtlError, command, format_table
 
 
 def _when(value: Any) -> str:
@@ -95,6 +96,11 @@ def _client_add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--alg", default="RS256", help="ID token algorithm: RS256 (default) or ES256")
     p.add_argument(
+        "--jwks",
+        help="a file with the client's public keys (JWKS): it authenticates with "
+        "private_key_jwt instead of a secret",
+    )
+    p.add_argument(
         "--scope",
         action="append",
         dest="scopes",
@@ -104,7 +110,8 @@ def _client_add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _format_client_add(result: dict[str, Any]) -> str:
     lines = [
-        f"client {result['client_id']} ({result['type']}) of site {result['site']}",
+        f"client {result['client_id']} ({result['type']}, {result['auth_method']}) "
+        f"of site {result['site']}",
         f"redirect URIs: {', '.join(result['redirect_uris'])}",
         f"ID tokens: {result['id_token_alg']}; scopes: {' '.join(result['scopes'])}",
     ]
@@ -131,7 +138,17 @@ def _clients_add(args: argparse.Namespace, conn: Connection) -> Any:
     }
     if args.scopes:
         params["scopes"] = args.scopes
+    if args.jwks:
+        params["jwks"] = _read_jwks(args.jwks)
     return conn.call("oidc.clients.add", params)
+
+
+def _read_jwks(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CtlError(f"cannot read the client's keys from {path}: {e}") from None
 
 
 def _format_client_list(result: dict[str, Any]) -> str:

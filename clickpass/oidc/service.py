@@ -78,6 +78,7 @@ def register_client_commands(
                 public=bool(args.get("public", False)),
                 id_token_alg=str(args.get("id_token_alg") or "RS256"),
                 scopes=scopes,
+                jwks=args.get("jwks"),
             )
             client, secret = await storage.run(
                 clients.create_client, site, checked, int(clock.seconds())

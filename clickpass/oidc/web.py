@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account, session_hash
-from clickpass.oidc import authorize, clients, tokens
+from clickpass.oidc import assertions, authorize, clients, tokens
 from clickpass.oidc.authorize import (
     AuthorizationRequest,
     AuthorizeErrorAt,
@@ -61,6 +61,9 @@ FORM_POST_SCRIPT = "document.forms[0].submit();"
 FORM_POST_SCRIPT_HASH = base64.b64encode(
     hashlib.sha256(FORM_POST_SCRIPT.encode("ascii")).digest()
 ).decode("ascii")
+
+# A client assertion's audience: the issuer or the endpoint it is sent to.
+AUDIENCE_PATHS = ("/oidc/token", "/oidc/introspect", "/oidc/revoke")
 
 log = Logger()
 
@@ -127,7 +130,7 @@ def issuer_of(base_url: str) -> str:
 def discovery_document(base_url: str) -> dict[str, Any]:
     """The provider's metadata (OpenID Connect Discovery 1.0, RFC 8414)."""
     issuer = issuer_of(base_url)
-    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
     return {
         "issuer": issuer,
         "authorization_endpoint": issuer + "/oidc/authorize",
@@ -145,6 +148,7 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": sorted(authorize.PROMPTS),
         "claims_supported": [
@@ -471,9 +475,13 @@ class OIDCWeb:
     async def _client_auth(self, request: Request, params: Mapping[str, str]) -> Client:
         """The client that authenticated this request, or L{TokenError} (invalid_client)."""
         basic = _basic_credentials(request)
-        secret: str | None
-        if basic is not None and ("client_secret" in params or "client_assertion" in params):
+        assertion = params.get("client_assertion")
+        given = (basic is not None, "client_secret" in params, assertion is not None)
+        if sum(given) > 1:
             raise TokenError("invalid_request", "more than one client authentication method")
+        if assertion is not None:
+            return await self._assertion_auth(params, assertion)
+        secret: str | None
         if basic is not None:
             client_id, secret = basic
             if params.get("client_id", client_id) != client_id:
@@ -488,6 +496,29 @@ class OIDCWeb:
                 raise TokenError("invalid_client", "this client must authenticate", 401)
         elif not client.authenticates(secret):
             raise TokenError("invalid_client", "client authentication failed", 401)
+        return client
+
+    async def _assertion_auth(self, params: Mapping[str, str], assertion: str) -> Client:
+        """private_key_jwt: the client whose registered key signed C{assertion}."""
+        if params.get("client_assertion_type") != assertions.JWT_BEARER:
+            raise TokenError(
+                "invalid_request", f"client_assertion_type must be {assertions.JWT_BEARER}"
+            )
+        client_id = assertions.claimed_client(assertion)
+        if params.get("client_id", client_id) != client_id:
+            raise TokenError("invalid_client", "client_id is not the assertion's subject", 401)
+        client = await self.app.storage.run(clients.client_by_id, client_id)
+        if client is None or client.jwks is None:
+            raise TokenError("invalid_client", "client authentication failed", 401)
+        now = self.now()
+        audiences = [self.issuer, *(self.issuer + path for path in AUDIENCE_PATHS)]
+        try:
+            jti, expires = assertions.verify(assertion, client_id, client.jwks, audiences, now)
+        except assertions.AssertionRefused as e:
+            log.info("oidc client {client}: assertion refused: {why}", client=client_id, why=str(e))
+            raise TokenError("invalid_client", "client authentication failed", 401) from None
+        if not await self.app.storage.run(assertions.record_jti, client_id, jti, expires):
+            raise TokenError("invalid_client", "the client assertion was already used", 401)
         return client
 
     async def introspect(self, request: Request) -> bytes:

@@ -337,6 +337,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 sector VARCHAR(255) NOT NULL,
                 id_token_alg VARCHAR(16) NOT NULL DEFAULT 'RS256',
                 scopes VARCHAR(255) NOT NULL DEFAULT 'openid',
+                jwks TEXT NULL,
                 created BIGINT NOT NULL
             ){opts}""",
             "CREATE INDEX IF NOT EXISTS oidc_clients_site ON oidc_clients (site_id)",
@@ -378,6 +379,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             ){opts}""",
             "CREATE INDEX IF NOT EXISTS oidc_tokens_grant ON oidc_tokens (grant_id)",
             "CREATE INDEX IF NOT EXISTS oidc_tokens_expires ON oidc_tokens (expires)",
+            # The jti of every private_key_jwt client assertion until it
+            # expires: each is accepted once.
+            """CREATE TABLE IF NOT EXISTS oidc_client_assertions (
+                client_id VARCHAR(64) NOT NULL,
+                jti VARCHAR(255) NOT NULL,
+                expires BIGINT NOT NULL,
+                PRIMARY KEY (client_id, jti)
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS oidc_client_assertions_expires "
+            "ON oidc_client_assertions (expires)",
         ),
     ),
     Migration(

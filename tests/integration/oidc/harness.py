@@ -104,6 +104,7 @@ class Provider:
         alg: str = "RS256",
         site: str | None = None,
         more_uris: tuple[str, ...] = (),
+        jwks: dict[str, Any] | None = None,
     ) -> Client:
         """A client registered with clickpass-ctl (a new site for it unless given one)."""
         if site is None:
@@ -114,6 +115,10 @@ class Provider:
             args += ["--redirect-uri", uri]
         if public:
             args.append("--public")
+        if jwks is not None:
+            path = self.node.workdir / f"jwks-{secrets.token_hex(4)}.json"
+            path.write_text(json.dumps(jwks))
+            args += ["--jwks", str(path)]
         made = json.loads(self.node.ctl(*args).stdout)
         return Client(made["client_id"], made["client_secret"], redirect_uri, site, public)
 
