@@ -23,12 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from openid.server.trustroot import TrustRoot
+
 from clickpass.oidc.clients import Client
+from clickpass.openid.hardening import wildcard_too_broad
 
 # Every parameter is bounded; a request beyond these is refused, not cut.
 MAX_PARAMETER = 2048
 MAX_STATE = 1024
 MAX_NONCE = 512
+MAX_REALM = 512
 MAX_PARAMETERS_TOTAL = 16 * 1024
 PKCE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
@@ -46,7 +50,7 @@ KNOWN = frozenset(
         "nonce", "prompt", "max_age", "login_hint", "code_challenge",
         "code_challenge_method", "request", "request_uri", "registration", "display",
         "ui_locales", "claims_locales", "id_token_hint", "acr_values", "claims",
-        REAUTH_PARAMETER,
+        "openid2_realm", REAUTH_PARAMETER,
     }
 )  # fmt: skip
 
@@ -86,6 +90,9 @@ class AuthorizationRequest:
     login_hint: str
     code_challenge: str
     signed_in_after: int | None
+    # OpenID Connect Migration 1.0: the OpenID 2.0 realm whose identifier
+    # the client wants (checked to cover the redirect URI), or empty.
+    openid2_realm: str = ""
 
     @property
     def client(self) -> Client:
@@ -116,6 +123,7 @@ class AuthorizationRequest:
             "login_hint": self.login_hint or None,
             "code_challenge": self.code_challenge or None,
             "code_challenge_method": "S256" if self.code_challenge else None,
+            "openid2_realm": self.openid2_realm or None,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         prompt = self.prompt - {"login"} if drop_prompt_login else self.prompt
@@ -234,7 +242,24 @@ def _check(params: Mapping[str, list[str]], dest: Destination) -> AuthorizationR
         login_hint=_one(params, "login_hint", 254) or "",
         code_challenge=_pkce(params, client),
         signed_in_after=_non_negative(_one(params, REAUTH_PARAMETER, 12), REAUTH_PARAMETER),
+        openid2_realm=_openid2_realm(_one(params, "openid2_realm", MAX_REALM), dest.redirect_uri),
     )
+
+
+def _openid2_realm(realm: str | None, redirect_uri: str) -> str:
+    """
+    The C{openid2_realm} if the redirect URI lies in it by OpenID 2.0's
+    rules (so the client may learn the identifiers it was given there),
+    and it is not a wildcard over a public suffix.
+    """
+    if realm is None:
+        return ""
+    parsed = TrustRoot.parse(realm)
+    if parsed is None or not parsed.validateURL(redirect_uri):
+        raise AuthorizeError("invalid_request", "openid2_realm does not cover the redirect_uri")
+    if parsed.wildcard and wildcard_too_broad(str(parsed.host).lstrip(".").lower()):
+        raise AuthorizeError("invalid_request", "openid2_realm is too broad")
+    return realm
 
 
 def _scopes(text: str, client: Client) -> tuple[str, ...]:

@@ -66,6 +66,9 @@ class Grant:
     created: int
     expires: int
     revoked: int = 0
+    # The person's OpenID 2.0 identifier at the request's openid2_realm
+    # (OpenID Connect Migration 1.0), or empty.
+    openid2_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Issued:
 
 _GRANT = (
     "g.grant_id, g.client_id, g.account_id, g.subject, g.scopes, g.fields, g.nonce, "
-    "g.auth_time, g.created, g.expires, g.revoked"
+    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id"
 )
 
 
@@ -105,6 +108,7 @@ def _grant(row: Row, offset: int = 0) -> Grant:
         created=int(r[8]),
         expires=int(r[9]),
         revoked=int(r[10]),
+        openid2_id=str(r[11]),
     )
 
 
@@ -114,7 +118,7 @@ def start_grant(
     """Record C{grant} and its authorization C{code}."""
     tx.execute(
         "INSERT INTO oidc_grants (grant_id, client_id, account_id, subject, scopes, fields, "
-        "nonce, auth_time, created, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "nonce, auth_time, created, expires, openid2_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         grant.grant_id,
         grant.client_id,
         grant.account_id,
@@ -125,6 +129,7 @@ def start_grant(
         grant.auth_time,
         grant.created,
         grant.expires,
+        grant.openid2_id,
     )
     tx.execute(
         "INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires) "

@@ -48,7 +48,7 @@ from clickpass.oidc.clients import Client
 from clickpass.oidc.keys import SigningKeys
 from clickpass.openid import approvals
 from clickpass.openid.extensions import FIELD_LABELS
-from clickpass.openid.identifiers import KEY_PURPOSE, Identifiers
+from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, recorded, sector_of
 from clickpass.storage.sql import Transaction
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
@@ -153,7 +153,7 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "prompt_values_supported": sorted(authorize.PROMPTS),
         "claims_supported": [
             "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "email",
-            "email_verified", "name", "nickname", "preferred_username",
+            "email_verified", "name", "nickname", "preferred_username", "openid2_id",
         ],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
@@ -370,6 +370,9 @@ class OIDCWeb:
         now = self.now()
         dest = auth.destination
         site_id = await self.identifiers.for_site(account.id, account.uid, dest.redirect_uri, now)
+        openid2_id = ""
+        if auth.openid2_realm:
+            openid2_id = await self._openid2_id(account, auth.openid2_realm)
         code = tokens.new_secret()
         grant = tokens.Grant(
             grant_id=tokens.new_secret(),
@@ -382,12 +385,28 @@ class OIDCWeb:
             auth_time=auth_time,
             created=now,
             expires=now + 2 * tokens.CODE_LIFETIME,
+            openid2_id=openid2_id,
         )
         await self.app.storage.run(
             tokens.start_grant, grant, code, dest.redirect_uri, auth.code_challenge
         )
         log.debug("oidc code issued to {client}", client=auth.client.client_id)
         return self._answer(request, dest, authorize.success_parameters(code, dest, self.issuer))
+
+    async def _openid2_id(self, account: Account, realm: str) -> str:
+        """
+        The person's OpenID 2.0 identifier at C{realm} if they have one (they
+        signed in there), else empty: a site learns only identifiers it was
+        given.
+        """
+        try:
+            sector = sector_of(realm)
+        except BadRealm:
+            return ""
+        found = await self.app.storage.run(recorded, account.id, sector)
+        if found is None or found[0] != self.identifiers.opaque(account.uid, sector):
+            return ""
+        return self.identifiers.url(found[0])
 
     def _answer(self, request: Request, dest: Destination, params: dict[str, str]) -> bytes:
         """Send C{params} to the client's redirect URI, as its response mode says."""
@@ -462,6 +481,8 @@ class OIDCWeb:
         }
         if grant.nonce and not refreshed:
             claims["nonce"] = grant.nonce
+        if grant.openid2_id:
+            claims["openid2_id"] = grant.openid2_id
         id_token = await self.keys.sign(claims, client.id_token_alg)
         return {
             "access_token": issued.access_token,

@@ -352,6 +352,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 scopes VARCHAR(255) NOT NULL,
                 fields VARCHAR(255) NOT NULL DEFAULT '',
                 nonce VARCHAR(512) NOT NULL DEFAULT '',
+                openid2_id VARCHAR(255) NOT NULL DEFAULT '',
                 auth_time BIGINT NOT NULL,
                 created BIGINT NOT NULL,
                 expires BIGINT NOT NULL,

@@ -1,8 +1,9 @@
 """
 OpenID Connect and OpenID 2.0 on the same accounts, through a real node
 (SQLite and MariaDB): a partner's OpenID 2.0 realm and its OpenID Connect
-client on the same host see the same identifier for a person, and a
-consent given to one is the consent of the other.
+client on the same host see the same identifier for a person, a consent
+given to one is the consent of the other, and openid2_realm gives a
+client the OpenID 2.0 identifier it knows a person by.
 """
 
 from __future__ import annotations
@@ -91,3 +92,36 @@ def test_other_hosts_see_other_identifiers(provider: Provider) -> None:
         ).json()
         subs.append(keys.verify(tokens["id_token"], provider.jwks())["sub"])
     assert subs[0] != subs[1]
+
+
+def test_openid2_id_for_the_realm_the_person_used(
+    provider: Provider, rp_site: RelyingPartySite
+) -> None:
+    """
+    OpenID Connect Migration 1.0: with openid2_realm, the ID token carries
+    the identifier the person has at that realm through OpenID 2.0; without
+    it, no openid2_id.
+    """
+    client = provider.client(rp_site.realm + "migrate/cb")
+    person = Person(provider)
+    rp = PythonRP(provider.url, rp_site.realm, rp_site.return_to)
+    identity = openid2_sign_in(person, provider, rp)
+    for params in ({"openid2_realm": rp_site.realm}, {}):
+        back = person.authorize(provider.authorize_url(client, **params))
+        tokens = provider.token(
+            client, grant_type="authorization_code", code=query_of(back)["code"],
+            redirect_uri=client.redirect_uri,
+        ).json()  # fmt: skip
+        claims = keys.verify(tokens["id_token"], provider.jwks(), audience=client.client_id)
+        assert claims.get("openid2_id") == (identity if params else None)
+
+
+def test_openid2_realm_must_cover_the_redirect_uri(
+    provider: Provider, rp_site: RelyingPartySite
+) -> None:
+    """A realm that does not cover the redirect URI: invalid_request at the client."""
+    client = provider.client(rp_site.realm + "migrate/cb2")
+    for realm in ("https://other.example/", rp_site.realm + "elsewhere/", "not a realm"):
+        response = Person(provider).open(provider.authorize_url(client, openid2_realm=realm))
+        assert response.status_code == 302
+        assert query_of(response.headers["location"])["error"] == "invalid_request", realm

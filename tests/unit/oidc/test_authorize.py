@@ -6,6 +6,7 @@ the client as the spec's error, and what a valid request holds.
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import parse_qs
 
 import pytest
@@ -151,3 +152,25 @@ def test_query_carries_the_request_and_drops_prompt_login() -> None:
 def test_redirect_url_keeps_the_registered_query() -> None:
     assert authorize.redirect_url("https://a/cb?x=1", {"code": "c"}) == "https://a/cb?x=1&code=c"
     assert authorize.redirect_url("https://a/cb", {"code": "c d"}) == "https://a/cb?code=c+d"
+
+
+def test_openid2_realm_must_cover_the_redirect_uri() -> None:
+    """openid2_realm: a realm (wildcards too) that covers the redirect URI, not a public suffix."""
+    uri = "https://app.shop.example.com/cb"
+    shop = dataclasses.replace(client(), redirect_uris=(uri,))
+
+    def realm_of(realm: str) -> str:
+        p = params(redirect_uri=uri, openid2_realm=realm)
+        return authorize.check(p, authorize.destination(p, shop)).openid2_realm
+
+    assert realm_of("https://app.shop.example.com/") == "https://app.shop.example.com/"
+    assert realm_of("https://*.shop.example.com/") == "https://*.shop.example.com/"
+    for realm in (
+        "https://other.example.com/",
+        "https://app.shop.example.com/elsewhere/",
+        "https://*.com/",
+        "https://*.co.uk/",
+        "not a realm",
+    ):
+        with pytest.raises(AuthorizeErrorAt, match="openid2_realm"):
+            realm_of(realm)
