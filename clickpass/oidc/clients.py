@@ -61,6 +61,8 @@ class ClientSettings:
     # The client's public keys (a JWKS document): it authenticates with
     # private_key_jwt, and has no secret.
     jwks: Mapping[str, Any] | None = None
+    # Where RP-initiated logout may send the person back to (exact match).
+    post_logout_uris: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Client:
     created: int
     secret_hash: str = ""
     jwks: Mapping[str, Any] | None = None
+    post_logout_uris: tuple[str, ...] = ()
 
     @property
     def auth_method(self) -> str:
@@ -106,6 +109,7 @@ class Client:
             "auth_method": self.auth_method,
             "id_token_alg": self.id_token_alg,
             "scopes": sorted(self.scopes),
+            "post_logout_uris": list(self.post_logout_uris),
             "created": self.created,
         }
 
@@ -170,6 +174,7 @@ def check_settings(
     id_token_alg: str = DEFAULT_ALG,
     scopes: Iterable[str] | None = None,
     jwks: object = None,
+    post_logout_uris: Iterable[str] = (),
 ) -> ClientSettings:
     """Checked client settings, or L{ClientError} naming what is wrong."""
     uris = tuple(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
@@ -192,7 +197,11 @@ def check_settings(
         )
     if jwks is not None and public:
         raise ClientError("a public client has no keys; give --jwks to a confidential one")
-    return ClientSettings(uris, public, alg, allowed, None if jwks is None else check_jwks(jwks))
+    logout = tuple(dict.fromkeys(check_redirect_uri(u) for u in post_logout_uris))
+    if len(logout) > MAX_REDIRECT_URIS:
+        raise ClientError(f"a client has at most {MAX_REDIRECT_URIS} post-logout URIs")
+    keys = None if jwks is None else check_jwks(jwks)
+    return ClientSettings(uris, public, alg, allowed, keys, logout)
 
 
 def check_jwks(document: object) -> dict[str, Any]:
@@ -231,7 +240,8 @@ def check_jwks(document: object) -> dict[str, Any]:
 
 _COLUMNS = (
     "c.client_id, c.site_id, s.public_id, s.name, s.realm, c.sector, c.redirect_uris, "
-    "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified, c.jwks"
+    "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified, c.jwks, "
+    "c.post_logout_uris"
 )
 _FROM = (
     "oidc_clients c JOIN partner_sites s ON s.id = c.site_id "
@@ -258,6 +268,7 @@ def _client(row: Row) -> Client:
         created=int(row[10]),
         secret_hash=str(row[11]),
         jwks=json.loads(row[13]) if row[13] else None,
+        post_logout_uris=tuple(u for u in str(row[14] or "").split("\n") if u),
     )
 
 
@@ -290,7 +301,8 @@ def create_client(
     secret = "" if settings.public or settings.jwks else secrets.token_urlsafe(32)
     tx.execute(
         "INSERT INTO oidc_clients (client_id, site_id, secret_hash, is_public, redirect_uris, "
-        "sector, id_token_alg, scopes, jwks, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "sector, id_token_alg, scopes, jwks, post_logout_uris, created) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         client_id,
         int(site_id),
         secret_hash(secret) if secret else "",
@@ -300,6 +312,7 @@ def create_client(
         settings.id_token_alg,
         " ".join(sorted(settings.scopes)),
         json.dumps(settings.jwks) if settings.jwks else None,
+        "\n".join(settings.post_logout_uris),
         now,
     )
     client = client_by_id(tx, client_id)

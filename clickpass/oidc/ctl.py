@@ -96,6 +96,13 @@ def _client_add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--alg", default="RS256", help="ID token algorithm: RS256 (default) or ES256")
     p.add_argument(
+        "--post-logout-uri",
+        action="append",
+        dest="post_logout_uris",
+        default=[],
+        help="where RP-initiated logout may send the person back to (repeat for more)",
+    )
+    p.add_argument(
         "--jwks",
         help="a file with the client's public keys (JWKS): it authenticates with "
         "private_key_jwt instead of a secret",
@@ -135,6 +142,7 @@ def _clients_add(args: argparse.Namespace, conn: Connection) -> Any:
         "redirect_uris": args.redirect_uris,
         "public": args.public,
         "id_token_alg": args.alg,
+        "post_logout_uris": args.post_logout_uris,
     }
     if args.scopes:
         params["scopes"] = args.scopes

@@ -72,6 +72,9 @@ def register_client_commands(
             raise CommandError("oidc.clients.add needs site and redirect_uris (strings)")
         if scopes is not None and not _strings(scopes):
             raise CommandError("oidc.clients.add: scopes must be a list of strings")
+        logout_uris = args.get("post_logout_uris", [])
+        if not _strings(logout_uris):
+            raise CommandError("oidc.clients.add: post_logout_uris must be a list of strings")
         try:
             checked = clients.check_settings(
                 uris,
@@ -79,6 +82,7 @@ def register_client_commands(
                 id_token_alg=str(args.get("id_token_alg") or "RS256"),
                 scopes=scopes,
                 jwks=args.get("jwks"),
+                post_logout_uris=logout_uris,
             )
             client, secret = await storage.run(
                 clients.create_client, site, checked, int(clock.seconds())

@@ -1,7 +1,8 @@
 """
 The OpenID Connect provider's web glue: discovery
 (C{/.well-known/openid-configuration}), the JWKS document
-(C{/oidc/jwks}), the authorization endpoint (C{/oidc/authorize}) and its
+(C{/oidc/jwks}), RP-initiated logout (C{/oidc/logout}, in
+L{clickpass.oidc.logout}), the authorization endpoint (C{/oidc/authorize}) and its
 consent decision (C{/oidc/decide}), the token endpoint (C{/oidc/token}),
 UserInfo (C{/oidc/userinfo}), introspection (C{/oidc/introspect}, RFC
 7662) and revocation (C{/oidc/revoke}, RFC 7009).
@@ -46,6 +47,7 @@ from clickpass.oidc.authorize import (
 )
 from clickpass.oidc.clients import Client
 from clickpass.oidc.keys import SigningKeys
+from clickpass.oidc.logout import Logout
 from clickpass.openid import approvals
 from clickpass.openid.extensions import FIELD_LABELS
 from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, recorded, sector_of
@@ -109,6 +111,7 @@ def install(
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
     keys = SigningKeys(app.reactor, app.reactor, app.storage, app.secret)
     web = OIDCWeb(app, keys, held, email_verified)
+    logout = Logout(app, keys, web.issuer, app.derive_key(KEY_PURPOSE))
     router.add("GET", "/.well-known/openid-configuration", web.discovery)
     router.add("GET", "/oidc/jwks", web.jwks)
     router.add("GET", "/oidc/authorize", web.authorize)
@@ -119,6 +122,8 @@ def install(
     router.add("POST", "/oidc/userinfo", web.userinfo)
     router.add("POST", "/oidc/introspect", web.introspect)
     router.add("POST", "/oidc/revoke", web.revoke)
+    router.add("GET", "/oidc/logout", logout.end_session)
+    router.add("POST", "/oidc/logout", logout.end_session)
     return web
 
 
@@ -139,6 +144,7 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "jwks_uri": issuer + "/oidc/jwks",
         "introspection_endpoint": issuer + "/oidc/introspect",
         "revocation_endpoint": issuer + "/oidc/revoke",
+        "end_session_endpoint": issuer + "/oidc/logout",
         "scopes_supported": list(clients.SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],

@@ -338,6 +338,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 id_token_alg VARCHAR(16) NOT NULL DEFAULT 'RS256',
                 scopes VARCHAR(255) NOT NULL DEFAULT 'openid',
                 jwks TEXT NULL,
+                post_logout_uris TEXT NULL,
                 created BIGINT NOT NULL
             ){opts}""",
             "CREATE INDEX IF NOT EXISTS oidc_clients_site ON oidc_clients (site_id)",

@@ -105,6 +105,7 @@ class Provider:
         site: str | None = None,
         more_uris: tuple[str, ...] = (),
         jwks: dict[str, Any] | None = None,
+        post_logout_uris: tuple[str, ...] = (),
     ) -> Client:
         """A client registered with clickpass-ctl (a new site for it unless given one)."""
         if site is None:
@@ -115,6 +116,8 @@ class Provider:
             args += ["--redirect-uri", uri]
         if public:
             args.append("--public")
+        for uri in post_logout_uris:
+            args += ["--post-logout-uri", uri]
         if jwks is not None:
             path = self.node.workdir / f"jwks-{secrets.token_hex(4)}.json"
             path.write_text(json.dumps(jwks))
