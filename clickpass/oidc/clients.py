@@ -320,6 +320,25 @@ def create_client(
     return client, secret
 
 
+def set_registration_token(tx: Transaction, client_id: str, token_hash: str) -> None:
+    """Keep the hash of the token that manages a dynamically registered client (RFC 7592)."""
+    tx.execute(
+        "UPDATE oidc_clients SET registration_token_hash = ? WHERE client_id = ?",
+        token_hash,
+        client_id,
+    )
+
+
+def client_by_registration(tx: Transaction, client_id: str, token_hash: str) -> Client | None:
+    """The client C{client_id} if C{token_hash} is its registration token's hash."""
+    stored = tx.scalar(
+        "SELECT registration_token_hash FROM oidc_clients WHERE client_id = ?", client_id
+    )
+    if not stored or not hmac.compare_digest(str(stored), token_hash):
+        return None
+    return client_by_id(tx, client_id)
+
+
 def remove_client(tx: Transaction, client_id: str, now: int) -> bool:
     """Remove a client and revoke every grant it holds; false if there was none."""
     removed = tx.execute("DELETE FROM oidc_clients WHERE client_id = ?", client_id)

@@ -2,7 +2,8 @@
 The OpenID Connect provider's web glue: discovery
 (C{/.well-known/openid-configuration}), the JWKS document
 (C{/oidc/jwks}), RP-initiated logout (C{/oidc/logout}, in
-L{clickpass.oidc.logout}), the authorization endpoint (C{/oidc/authorize}) and its
+L{clickpass.oidc.logout}), dynamic registration (C{/oidc/register}, in
+L{clickpass.oidc.registration}), the authorization endpoint (C{/oidc/authorize}) and its
 consent decision (C{/oidc/decide}), the token endpoint (C{/oidc/token}),
 UserInfo (C{/oidc/userinfo}), introspection (C{/oidc/introspect}, RFC
 7662) and revocation (C{/oidc/revoke}, RFC 7009).
@@ -48,6 +49,7 @@ from clickpass.oidc.authorize import (
 from clickpass.oidc.clients import Client
 from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.logout import Logout
+from clickpass.oidc.registration import Registration
 from clickpass.openid import approvals
 from clickpass.openid.extensions import FIELD_LABELS
 from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, recorded, sector_of
@@ -112,6 +114,7 @@ def install(
     keys = SigningKeys(app.reactor, app.reactor, app.storage, app.secret)
     web = OIDCWeb(app, keys, held, email_verified)
     logout = Logout(app, keys, web.issuer, app.derive_key(KEY_PURPOSE))
+    registration = Registration(app, web.issuer)
     router.add("GET", "/.well-known/openid-configuration", web.discovery)
     router.add("GET", "/oidc/jwks", web.jwks)
     router.add("GET", "/oidc/authorize", web.authorize)
@@ -124,6 +127,9 @@ def install(
     router.add("POST", "/oidc/revoke", web.revoke)
     router.add("GET", "/oidc/logout", logout.end_session)
     router.add("POST", "/oidc/logout", logout.end_session)
+    router.add("POST", "/oidc/register", registration.register)
+    router.add("GET", "/oidc/register/{client_id}", registration.read)
+    router.add("DELETE", "/oidc/register/{client_id}", registration.delete)
     return web
 
 
@@ -145,6 +151,7 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "introspection_endpoint": issuer + "/oidc/introspect",
         "revocation_endpoint": issuer + "/oidc/revoke",
         "end_session_endpoint": issuer + "/oidc/logout",
+        "registration_endpoint": issuer + "/oidc/register",
         "scopes_supported": list(clients.SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],

@@ -339,6 +339,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 scopes VARCHAR(255) NOT NULL DEFAULT 'openid',
                 jwks TEXT NULL,
                 post_logout_uris TEXT NULL,
+                registration_token_hash VARCHAR(64) NOT NULL DEFAULT '',
                 created BIGINT NOT NULL
             ){opts}""",
             "CREATE INDEX IF NOT EXISTS oidc_clients_site ON oidc_clients (site_id)",

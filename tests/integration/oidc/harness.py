@@ -97,6 +97,21 @@ class Provider:
         made: sites.Site = self.run(create)
         return made
 
+    def verified_site_with_key(self, realm: str) -> tuple[sites.Site, str]:
+        """A partner site with a verified realm, and an API key of it."""
+        site = self.site(realm)
+        admin = self.admin()
+
+        def verify_and_key(tx: Transaction) -> str:
+            now = int(time.time())
+            tx.execute(
+                "UPDATE partner_verifications SET verified = ? WHERE site_id = ?", now, site.id
+            )
+            return sites.create_key(tx, site.id, admin, "oidc registration", now)
+
+        key: str = self.run(verify_and_key)
+        return site, key
+
     def client(
         self,
         redirect_uri: str,

@@ -1,0 +1,119 @@
+"""
+Dynamic client registration (RFC 7591, RFC 7592 read and delete) through
+a real node (SQLite and MariaDB), with a partner site's API key as the
+initial access token: a registered client signs people in; redirect URIs
+outside the site's verified realm, an unverified site, a bad key and bad
+metadata are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+from clickpass.oidc import keys
+from tests.integration.oidc.harness import Client, Person, Provider, query_of
+
+pytestmark = pytest.mark.integration
+
+REALM = "https://*.registered.example.com/"
+
+
+def register(provider: Provider, key: str, metadata: Any) -> requests.Response:
+    return requests.post(
+        provider.url + "oidc/register",
+        json=metadata,
+        headers={"Authorization": "Bearer " + key},
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def api_key(provider: Provider) -> str:
+    return provider.verified_site_with_key(REALM)[1]
+
+
+def test_a_registered_client_signs_people_in_and_is_managed(
+    provider: Provider, api_key: str
+) -> None:
+    uri = "https://app.registered.example.com/cb"
+    response = register(
+        provider, api_key, {"redirect_uris": [uri], "id_token_signed_response_alg": "ES256"}
+    )
+    assert response.status_code == 201, response.text
+    made = response.json()
+    assert made["token_endpoint_auth_method"] == "client_secret_basic"
+    assert made["subject_type"] == "pairwise" and made["client_secret"]
+    client = Client(made["client_id"], made["client_secret"], uri, "", False)
+    code = query_of(Person(provider).authorize(provider.authorize_url(client)))["code"]
+    tokens = provider.token(
+        client, grant_type="authorization_code", code=code, redirect_uri=uri
+    ).json()
+    assert keys.verify(tokens["id_token"], provider.jwks(), audience=client.client_id)
+    manage = {"Authorization": "Bearer " + made["registration_access_token"]}
+    read = requests.get(made["registration_client_uri"], headers=manage, timeout=30)
+    assert read.status_code == 200 and read.json()["redirect_uris"] == [uri]
+    assert "client_secret" not in read.json()
+    wrong = requests.get(
+        made["registration_client_uri"], headers={"Authorization": "Bearer " + api_key},
+        timeout=30,
+    )  # fmt: skip
+    assert wrong.status_code == 401
+    deleted = requests.delete(made["registration_client_uri"], headers=manage, timeout=30)
+    assert deleted.status_code == 204
+    assert provider.token(client, grant_type="refresh_token", refresh_token="x").status_code == 401
+
+
+def test_public_client_registration(provider: Provider, api_key: str) -> None:
+    response = register(
+        provider, api_key, {"redirect_uris": ["https://spa.registered.example.com/"],
+                            "token_endpoint_auth_method": "none"},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    assert "client_secret" not in response.json()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "error"),
+    [
+        ({"redirect_uris": ["https://elsewhere.example.com/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://app.registered.example.com/cb"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": []}, "invalid_redirect_uri"),
+        ({"redirect_uris": "https://app.registered.example.com/"}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "token_endpoint_auth_method": "client_secret_jwt"}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "response_types": ["token"]}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "id_token_signed_response_alg": "none"}, "invalid_client_metadata"),
+        (["not", "an", "object"], "invalid_client_metadata"),
+    ],
+)  # fmt: skip
+def test_bad_metadata_is_refused(
+    provider: Provider, api_key: str, metadata: Any, error: str
+) -> None:
+    response = register(provider, api_key, metadata)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == error
+
+
+def test_bad_keys_and_unverified_sites_are_refused(provider: Provider) -> None:
+    metadata = {"redirect_uris": ["https://app.registered.example.com/cb"]}
+    assert register(provider, "cpk_nosuchkey", metadata).status_code == 401
+    no_auth = requests.post(provider.url + "oidc/register", json=metadata, timeout=30)
+    assert no_auth.status_code == 401
+    site = provider.site("https://unverified.example.com/")
+    admin = provider.admin()
+
+    def key_of(tx: Any) -> str:
+        from clickpass.partners import sites
+
+        return sites.create_key(tx, site.id, admin, "x", 0)
+
+    unverified_key = provider.run(key_of)
+    response = register(
+        provider, unverified_key, {"redirect_uris": ["https://unverified.example.com/cb"]}
+    )
+    assert response.status_code == 403
