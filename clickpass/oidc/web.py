@@ -473,10 +473,18 @@ class OIDCWeb:
                 raise TokenError("unsupported_grant_type", "grant_type is not supported")
             if isinstance(result, tokens.Refusal):
                 raise TokenError(result.error, result.description)
+            await self._check_account(result.grant, now)
             body = await self._token_response(client, result, grant_type == "refresh_token")
             return _json(request, 200, body)
         except TokenError as e:
             return self._token_error(request, e)
+
+    async def _check_account(self, grant: tokens.Grant, now: int) -> None:
+        """A disabled (or deleted) account's grant is revoked, whatever it holds."""
+        account = await self.app.accounts.get(grant.account_id)
+        if account is None or account.disabled:
+            await self.app.storage.run(tokens.revoke_grant, grant.grant_id, now)
+            raise TokenError("invalid_grant", "the account is disabled")
 
     async def _token_response(
         self, client: Client, issued: tokens.Issued, refreshed: bool

@@ -378,3 +378,15 @@ def test_introspection_and_revocation(provider: Provider, confidential: Client) 
     assert userinfo(provider, tokens["access_token"]).status_code == 401
     gone = provider.post("oidc/introspect", confidential, token=tokens["access_token"]).json()
     assert gone == {"active": False}
+
+
+def test_a_disabled_account_gets_no_more_tokens(provider: Provider, confidential: Client) -> None:
+    """A disabled account: its refresh token is invalid_grant, its access token dead."""
+    person, code = signed_in_code(provider, confidential)
+    tokens = exchange(provider, confidential, code).json()
+    provider.node.ctl("user", "disable", person.email)
+    refreshed = provider.token(
+        confidential, grant_type="refresh_token", refresh_token=tokens["refresh_token"]
+    )
+    assert error_of(refreshed) == "invalid_grant"
+    assert userinfo(provider, tokens["access_token"]).status_code == 401
