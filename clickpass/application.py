@@ -70,12 +70,13 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     )
     partner_flow = partners_web.install(app, router, assertions)
     openid_web.install(app, router, assertions, partners=partner_flow)
-    approvals_section = openid_account.install(app, router)
+    # OpenID Connect on the same accounts, identifiers and consent: what it
+    # may release is what the OpenID provider holds for a person, and a
+    # forgotten approval revokes its grants.
+    oidc = oidc_web.install(app, router, held=assertions)
+    approvals_section = openid_account.install(app, router, forgotten=oidc)
     # The person's own controls: sessions, security log, export, deletion.
     self_service_section = selfservice_web.install(app, router)
-    # OpenID Connect on the same accounts, identifiers and consent: what it
-    # may release is what the OpenID provider holds for a person.
-    oidc_web.install(app, router, held=assertions)
 
     base_url = settings.base_url
 

@@ -142,6 +142,21 @@ def start_grant(
     )
 
 
+def revoke_for_realm(tx: Transaction, account_id: int, realm: str, now: int) -> int:
+    """
+    Revoke every grant C{account_id} gave the clients of the partner site
+    whose realm is C{realm} (its approval was forgotten); return how many.
+    """
+    return tx.execute(
+        "UPDATE oidc_grants SET revoked = ? WHERE account_id = ? AND revoked = 0 AND client_id IN "
+        "(SELECT c.client_id FROM oidc_clients c JOIN partner_sites s ON s.id = c.site_id "
+        "WHERE s.realm = ?)",
+        now,
+        account_id,
+        realm,
+    )
+
+
 def revoke_grant(tx: Transaction, grant_id: str, now: int) -> None:
     """Revoke a grant: every token issued from it stops working."""
     tx.execute(

@@ -214,6 +214,11 @@ class OIDCWeb:
     def now(self) -> int:
         return int(self.app.reactor.seconds())
 
+    async def approval_forgotten(self, account_id: int, realm: str) -> None:
+        """The person forgot their approval of C{realm}: its clients lose their grants."""
+        revoked = await self.app.storage.run(tokens.revoke_for_realm, account_id, realm, self.now())
+        log.info("oidc grants revoked with an approval: {count}", count=revoked)
+
     # Discovery and keys.
 
     async def discovery(self, request: Request) -> bytes:

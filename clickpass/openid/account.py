@@ -1,7 +1,8 @@
 """
 The OpenID provider's part of the person's account page: the sites they
 allowed to sign them in without asking (remembered approvals), and the
-form that forgets one, so that site asks again next time.
+form that forgets one, so that site asks again next time (and, through
+L{ApprovalForgotten}, loses the OpenID Connect tokens it holds).
 
 It reads and forgets approvals only; it must never create one (only the
 consent decision does).
@@ -9,7 +10,7 @@ consent decision does).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -26,7 +27,15 @@ from clickpass.web.routing import HTTPError, Router
 log = Logger()
 
 
-def install(app: WebApp, router: Router) -> AccountSection:
+class ApprovalForgotten(Protocol):
+    """Told when a person forgets an approval (the OpenID Connect provider revokes its grants)."""
+
+    async def approval_forgotten(self, account_id: int, realm: str) -> None: ...
+
+
+def install(
+    app: WebApp, router: Router, forgotten: ApprovalForgotten | None = None
+) -> AccountSection:
     """Register the form that forgets an approval; the section lists them."""
 
     async def context(account: Account) -> dict[str, Any]:
@@ -67,6 +76,8 @@ def install(app: WebApp, router: Router) -> AccountSection:
 
         if not await app.storage.run(forget):
             raise HTTPError(404, "You had not allowed that site to sign you in.")
+        if forgotten is not None:
+            await forgotten.approval_forgotten(account.id, realm)
         log.info("person forgot their approval of {realm}", realm=realm)
         return app.redirect(request, "/account")
 

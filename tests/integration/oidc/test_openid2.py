@@ -125,3 +125,32 @@ def test_openid2_realm_must_cover_the_redirect_uri(
         response = Person(provider).open(provider.authorize_url(client, openid2_realm=realm))
         assert response.status_code == 302
         assert query_of(response.headers["location"])["error"] == "invalid_request", realm
+
+
+def test_forgetting_the_approval_on_the_account_page_revokes_the_clients_tokens(
+    provider: Provider,
+) -> None:
+    """
+    The consent is listed on /account with the OpenID 2.0 ones; forgetting
+    it ends the client's tokens and makes the next sign-in ask again.
+    """
+    client = provider.client("https://forget.example.com/cb")
+    person = Person(provider)
+    code = query_of(person.authorize(provider.authorize_url(client)))["code"]
+    tokens = provider.token(
+        client, grant_type="authorization_code", code=code, redirect_uri=client.redirect_uri
+    ).json()
+    page = person.browser.get("/account")
+    assert "https://forget.example.com/" in page.text
+    forgot = person.browser.post(
+        "/account/approvals/forget",
+        {"realm": "https://forget.example.com/", "csrf_token": csrf_token(page.text)},
+        allow_redirects=False,
+    )
+    assert forgot.status_code == 303, forgot.text
+    refreshed = provider.token(
+        client, grant_type="refresh_token", refresh_token=tokens["refresh_token"]
+    )
+    assert refreshed.json()["error"] == "invalid_grant"
+    again = person.open(provider.authorize_url(client, prompt="none"))
+    assert query_of(again.headers["location"])["error"] == "consent_required"
