@@ -125,6 +125,10 @@ def install(
     router.add("POST", "/oidc/userinfo", web.userinfo)
     router.add("POST", "/oidc/introspect", web.introspect)
     router.add("POST", "/oidc/revoke", web.revoke)
+    # Browser-based public clients call these from their own origin (CORS;
+    # no cookies are involved, so any origin may).
+    for path in ("/oidc/token", "/oidc/userinfo", "/oidc/revoke", "/oidc/introspect"):
+        router.add("OPTIONS", path, preflight)
     router.add("GET", "/oidc/logout", logout.end_session)
     router.add("POST", "/oidc/logout", logout.end_session)
     router.add("POST", "/oidc/register", registration.register)
@@ -186,8 +190,19 @@ def _session_created(tx: Transaction, account: Account, token: str) -> int:
     return int(created or 0)
 
 
+async def preflight(request: Request) -> bytes:
+    """A CORS preflight for the endpoints clients call from a browser."""
+    request.setResponseCode(204)
+    request.setHeader(b"access-control-allow-origin", b"*")
+    request.setHeader(b"access-control-allow-methods", b"GET, POST")
+    request.setHeader(b"access-control-allow-headers", b"authorization, content-type")
+    request.setHeader(b"access-control-max-age", b"600")
+    return b""
+
+
 def _json(request: Request, status: int, body: Mapping[str, Any]) -> bytes:
     request.setResponseCode(status)
+    request.setHeader(b"access-control-allow-origin", b"*")
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"pragma", b"no-cache")

@@ -99,3 +99,22 @@ def test_public_client_with_pkce_and_es256(provider: Provider) -> None:
     import jwt
 
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
+
+
+def test_browser_clients_may_call_the_token_and_userinfo_endpoints(provider: Provider) -> None:
+    """CORS: a preflight is answered, and JSON answers allow any origin (no cookies involved)."""
+    for path in ("oidc/token", "oidc/userinfo"):
+        response = requests.options(
+            provider.url + path,
+            headers={
+                "Origin": "https://spa.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+            timeout=30,
+        )
+        assert response.status_code == 204
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "authorization" in response.headers["access-control-allow-headers"]
+    refused = requests.post(provider.url + "oidc/token", data={"grant_type": "x"}, timeout=30)
+    assert refused.headers["access-control-allow-origin"] == "*"
