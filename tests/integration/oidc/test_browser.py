@@ -7,6 +7,7 @@ hash, posts the code, state and iss to the client's redirect URI.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -95,7 +96,8 @@ def callback() -> Iterator[Callback]:
 
 def wait_for(driver: WebDriver, css: str) -> Any:
     try:
-        return WebDriverWait(driver, 20).until(
+        # Generous: the first page of a fresh node on a loaded machine.
+        return WebDriverWait(driver, 60).until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
         )
     except Exception:
@@ -106,7 +108,7 @@ def wait_for(driver: WebDriver, css: str) -> Any:
 
 def test_form_post_in_chromium(provider: Provider, chrome: WebDriver, callback: Callback) -> None:
     """Sign in, consent, and the form_post page submits itself to the redirect URI."""
-    email = "chromium-person@example.com"
+    email = f"chromium-{secrets.token_hex(4)}@example.com"
     provider.node.ctl("user", "add", email, "--password-stdin", input=PASSWORD + "\n")
     client = provider.client(callback.url)
     chrome.get(
