@@ -76,6 +76,10 @@ setup(
             "import-linter>=2.1",
             # A relying-party library that signs in through the OpenID Connect provider.
             "Authlib>=1.3",
+            # scripts/test runs the suite on as many workers as the machine has cores.
+            "pytest-xdist>=3.6",
+            # Line coverage of the suite (scripts/test --coverage).
+            "coverage>=7.4",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},

@@ -23,6 +23,49 @@ from tests.support.deferreds import block_on
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable
 from tests.support.storage import DatabaseTarget
 
+# ---------------------------------------------------------------------------
+# Tiers: every test gets exactly one of unit, integration, lab, bench.
+# ---------------------------------------------------------------------------
+
+TIERS = ("unit", "integration", "lab", "bench")
+# Markers that say a test starts real processes or servers.
+STARTS_PROCESSES = ("integration", "mariadb", "perl")
+
+
+def tier_of(item: pytest.Item) -> str:
+    """
+    The tier of C{item}, from where it lives and what it is marked with:
+    C{bench} for the benchmark smoke tests (C{test_bench_*.py}), C{lab} for
+    tests that build network namespaces (marked C{root}), C{integration} for
+    the rest of C{tests/integration} and for any test that starts a process
+    or a server (a MariaDB parameter of a unit test, say), C{unit} otherwise.
+    """
+    path = item.path
+    if path.name.startswith("test_bench_"):
+        return "bench"
+    if item.get_closest_marker("root") is not None:
+        return "lab"
+    if "integration" in path.parts or any(
+        item.get_closest_marker(name) is not None for name in STARTS_PROCESSES
+    ):
+        return "integration"
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Mark each test with its tier (before C{-m} selects), so that
+    C{pytest -m unit} (C{scripts/test --quick}) runs the fast tier alone.
+    Lab tests share the machine's namespaces and fixed lab names: under
+    pytest-xdist they all go to one worker (C{--dist loadgroup}), one at a time.
+    """
+    for item in items:
+        tier = tier_of(item)
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier == "lab":
+            item.add_marker(pytest.mark.xdist_group("lab"))
+
 
 def global_reactor() -> IReactorThreads:
     """The reactor pytest-twisted runs (tests may name it; the library never does)."""

@@ -36,7 +36,7 @@ from tests.support.mariadb import MariaDBUnavailable
 from tests.support.netns import NsNode
 from tests.support.node import METRICS_TOKEN, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
+pytestmark = [pytest.mark.integration, pytest.mark.mariadb, pytest.mark.root]
 
 DB_KEYS = ("semisync.degraded", "db.quarantined")
 

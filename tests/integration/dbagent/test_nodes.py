@@ -23,7 +23,7 @@ from tests.support.mariadb import MariaDBUnavailable
 from tests.support.netns import NsNode, VethPair
 from tests.support.node import free_port, metrics_token_file
 
-pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
+pytestmark = [pytest.mark.integration, pytest.mark.mariadb, pytest.mark.root]
 
 SUBNET = "10.98.5"
 VIP = f"{SUBNET}.100"
