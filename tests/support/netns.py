@@ -7,9 +7,11 @@ to the machine's own namespace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
+from collections.abc import Iterator
 
 from tests.support.node import NodeProcess
 
@@ -60,3 +62,19 @@ class VethPair:
     def holds(self, host: str, address: str) -> bool:
         """Whether C{host}'s eth0 has C{address} now."""
         return f"{address}/" in ip("-n", self.names[host], "-4", "addr", "show", "dev", "eth0")
+
+
+@contextlib.contextmanager
+def loopback_only(tag: str) -> Iterator[str]:
+    """
+    A namespace of its own (unique name, C{tag} first) with nothing but its
+    loopback up: every port is free in it, so a test of a fixed port (the
+    default 8080) does not depend on what the machine runs. Deleted afterwards.
+    """
+    name = f"{tag}{os.getpid() % 100000}{secrets.token_hex(2)}"
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)

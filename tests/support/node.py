@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -40,15 +41,46 @@ def metrics_token_file(directory: Path) -> Path:
     return path
 
 
+# What a node logs when a port in its configuration is taken.
+PORT_TAKEN = "Address already in use"
+# How many ports a node tries before a taken port fails its test.
+PORT_ATTEMPTS = 5
+
+
+class PortTaken(AssertionError):
+    """A node could not listen: the port free_port chose was taken meanwhile."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """
+    A TCP port on 127.0.0.1 that nothing listens on right now. Another
+    process may take it before the caller listens on it: for a server in the
+    test's own process, listen on port 0 and read the port back instead; a
+    L{NodeProcess} told its port retries on another one (L{NodeProcess.start}).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def write_config(directory: Path, port: int, extra: str = "", name: str = "node1") -> Path:
-    """A node configuration serving on 127.0.0.1:C{port} with its data under C{directory}."""
+def move_port(config: Path, old: int, new: int) -> None:
+    """Rewrite every C{:old} port (listener, public URL) in C{config} as C{:new}."""
+    text = re.sub(rf"(?<=:){old}(?!\d)", str(new), config.read_text())
+    config.write_text(text)
+
+
+def write_config(
+    directory: Path, port: int, extra: str = "", name: str = "node1", workers: int = 1
+) -> Path:
+    """
+    A node configuration serving on 127.0.0.1:C{port} with its data under
+    C{directory}, with C{workers} worker processes (one: a test not about
+    workers starts one; 0 is the product's default, one per CPU) unless
+    C{extra} has a [workers] section of its own.
+    """
+    if "[workers]" not in extra:
+        # Last, so that keys C{extra} adds to [web] stay in [web].
+        extra += f"\n[workers]\ncount = {workers}\n"
     data = directory / "data"
     path = directory / f"{name}.toml"
     token = metrics_token_file(directory)
@@ -100,7 +132,25 @@ class NodeProcess:
         return cmd + list(self.args)
 
     def start(self, timeout: float = 30.0, wait_for: str = READY_LINE) -> NodeProcess:
+        """
+        Start the node and wait for C{wait_for} in its log. When the node
+        was told its port (C{port}, from L{free_port}) and finds it taken,
+        it is started again on another port (its configuration rewritten).
+        """
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start_once(timeout, wait_for)
+            except PortTaken:
+                if self.port is None or self.config is None:
+                    raise
+                new = free_port()
+                move_port(self.config, self.port, new)
+                self.port = new
+        return self._start_once(timeout, wait_for)
+
+    def _start_once(self, timeout: float, wait_for: str) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        after = len(self.log())
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -110,7 +160,7 @@ class NodeProcess:
                 env=self.env,
                 start_new_session=True,
             )
-        self.wait_for_log(wait_for, timeout)
+        self.wait_for_log(wait_for, timeout, after)
         return self
 
     def log(self) -> str:
@@ -126,7 +176,8 @@ class NodeProcess:
             if text in self.log()[after:]:
                 return
             if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(
+                error = PortTaken if PORT_TAKEN in self.log()[after:] else AssertionError
+                raise error(
                     f"node exited with {self.process.returncode} before {text!r}:\n"
                     + self.log()[-4000:]
                 )
@@ -199,11 +250,12 @@ password_file = "{password_file}"
 
 @contextlib.contextmanager
 def running_node(
-    directory: Path, extra: str, server: MariaDBServer | None, label: str
+    directory: Path, extra: str, server: MariaDBServer | None, label: str, workers: int = 1
 ) -> Iterator[NodeProcess]:
     """
     A started node with its data under C{directory}: on SQLite, or (given
-    C{server}) on a fresh database of that MariaDB server, dropped afterwards.
+    C{server}) on a fresh database of that MariaDB server, dropped afterwards;
+    with C{workers} worker processes (see L{write_config}).
     """
     port = free_port()
     database = None
@@ -211,7 +263,7 @@ def running_node(
         database = f"{server.database}_{label}{secrets.token_hex(4)}"
         server.create_database(database)
         extra += mariadb_config(directory, server, database)
-    proc = NodeProcess(directory, write_config(directory, port, extra), port=port)
+    proc = NodeProcess(directory, write_config(directory, port, extra, workers=workers), port=port)
     try:
         proc.start()
         yield proc

@@ -11,21 +11,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import waiting
+from tests.support.node import PORT_ATTEMPTS, PORT_TAKEN, free_port
+
 VENV_BIN = Path(sys.executable).parent
 TESTAPP = "devtools.testapp:build_site"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Node:
@@ -78,15 +74,29 @@ class Node:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    """L{waiting.wait_for}; a node still starting or stopping counts as "not yet"."""
+    waiting.wait_for(
+        predicate, timeout, what, ignore=(OSError, subprocess.SubprocessError, ValueError)
+    )
+
+
+def launch(directory: Path, config: str, port: int) -> Node:
+    """Write C{config} (listening on C{port}) and start a node on it; wait for its log."""
+    (directory / "node.toml").write_text(config)
+    with open(directory / "node.log", "ab") as log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "clickpass", "--config", "node.toml"],
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    node = Node(directory, port, process)
+    wait_for(
+        lambda: b"ready: serving" in node.log.read_bytes() or process.poll() is not None,
+        60,
+        "the node to start",
+    )
+    return node
 
 
 @pytest.fixture
@@ -96,30 +106,21 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     def start(workers: int = 2, app: str = TESTAPP, balancer: str = "", web: str = "") -> Node:
         directory = tmp_path / f"node{len(nodes)}"
         directory.mkdir()
-        port = free_port()
         app_line = f'app = "{app}"' if app else ""
-        (directory / "node.toml").write_text(
-            f'[node]\ndata_dir = "{directory}/data"\n'
-            f'[web]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n{web}\n'
-            f"[workers]\ncount = {workers}\n{app_line}\n"
-            f"[balancer]\n{balancer}\n"
-        )
-        log = open(directory / "node.log", "wb")  # noqa: SIM115 - closed by the finalizer
-        process = subprocess.Popen(
-            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "clickpass", "--config", "node.toml"],
-            cwd=directory,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        node = Node(directory, port, process)
-        nodes.append(node)
-        wait_for(
-            lambda: b"ready: serving" in node.log.read_bytes() or process.poll() is not None,
-            60,
-            "the node to start",
-        )
-        assert process.poll() is None, node.log.read_text()
+        for _ in range(PORT_ATTEMPTS):
+            # free_port races with every other process: a taken port is tried again.
+            port = free_port()
+            config = (
+                f'[node]\ndata_dir = "{directory}/data"\n'
+                f'[web]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n{web}\n'
+                f"[workers]\ncount = {workers}\n{app_line}\n"
+                f"[balancer]\n{balancer}\n"
+            )
+            node = launch(directory, config, port)
+            nodes.append(node)
+            if node.process.poll() is None or PORT_TAKEN not in node.log.read_text():
+                break
+        assert node.process.poll() is None, node.log.read_text()
         wait_for(lambda: len(node.ready_workers()) == workers, 30, "every worker to be ready")
         return node
 

@@ -34,6 +34,7 @@ from clickpass.heartbeat.group import DOWN_ADVERTS, Group, WitnessGroup
 from clickpass.heartbeat.settings import ClusterGroupSettings, HealthCheckSettings
 from clickpass.heartbeat.wire import Health, Kind, Message, State
 from tests.integration.dbagent.pair import Pair
+from tests.support.waiting import eventually_on
 
 # ---------------------------------------------------------------------------
 # TCP forwarders.
@@ -612,18 +613,4 @@ def check_history(writer: Writer, present: set[int]) -> dict[str, Any]:
 
 def wait_until(reactor: Any, predicate: Callable[[], bool], timeout: float) -> Any:
     """A Deferred that fires True when C{predicate} holds, False after C{timeout}."""
-    from twisted.internet.defer import Deferred
-
-    d: Deferred[bool] = Deferred()
-    deadline = reactor.seconds() + timeout
-
-    def poll() -> None:
-        if predicate():
-            d.callback(True)
-        elif reactor.seconds() > deadline:
-            d.callback(False)
-        else:
-            reactor.callLater(0.02, poll)
-
-    poll()
-    return d
+    return eventually_on(reactor, predicate, timeout)

@@ -6,25 +6,19 @@ promotion, fencing, GTID containment and the errant-transaction check.
 from __future__ import annotations
 
 import threading
-import time
 
 import pymysql
 import pytest
 
 from clickpass.dbagent import mariadb as ops
 from tests.integration.dbagent.pair import Pair
+from tests.support import waiting
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
 
 def wait_for(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return waiting.wait_for(predicate, timeout, what, interval=0.02)
 
 
 def make_primary_and_replica(pair: Pair) -> None:

@@ -27,6 +27,7 @@ import pytest
 
 from clickpass.dbagent import mariadb as ops
 from tests.integration.dbagent.cluster import WritableWatch, check_history, rows_on
+from tests.support.waiting import eventually
 
 from .conftest import ClientWriter, LabPair, labmod
 
@@ -37,13 +38,7 @@ DB_VIP = labmod.DB_VIP
 
 def poll(predicate: Callable[[], object], timeout: float) -> bool:
     """True as soon as C{predicate} holds, False after C{timeout} seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
+    return eventually(predicate, timeout, interval=0.1)
 
 
 def client_sql(lab: Any, address: str, sql: str, timeout: float = 3.0) -> str | None:

@@ -43,6 +43,7 @@ from tests.support.deferreds import async_test
 from tests.support.mariadb import MariaDBServer
 from tests.support.storage import DatabaseTarget
 from tests.support.tlsca import TestCA
+from tests.support.waiting import wait_for_on
 
 pytestmark = pytest.mark.integration
 
@@ -94,12 +95,7 @@ async def enqueue(
 async def wait_until(
     reactor: Any, check: Callable[[], Deferred[bool]], timeout: float = 30.0
 ) -> None:
-    waited = 0.0
-    while not await check():
-        if waited > timeout:
-            raise AssertionError(f"not done within {timeout}s")
-        await deferLater(reactor, 0.1, lambda: None)
-        waited += 0.1
+    await wait_for_on(reactor, check, timeout)
 
 
 def states(storage: AdbapiStorage, row_ids: list[int]) -> Deferred[list[dict[str, Any]]]:

@@ -16,7 +16,6 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,9 @@ from tests.integration.mail.smtpd import PASSWORD, USER, running_smtp
 from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeProcess, free_port, mariadb_config, write_config
 from tests.support.tlsca import TestCA
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s")
-        time.sleep(0.1)
 
 
 def status(node: NodeProcess) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.integration.monitor.promtext import Page, parse
+from tests.support import waiting
 from tests.support.netns import NsNode, VethPair
 from tests.support.node import METRICS_TOKEN, free_port, metrics_token_file
 
@@ -124,14 +124,7 @@ preempt = false
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     """Poll C{check} until it returns something true; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last!r})")
+    return waiting.wait_for(check, timeout, what)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import Browser, csrf_token
+from tests.support.netns import NsNode, loopback_only
 from tests.support.node import METRICS_AUTH, NodeProcess, free_port, run_twistd, write_config
 
 pytestmark = pytest.mark.integration
@@ -24,17 +25,23 @@ pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery"
 
 
+@pytest.mark.root
 def test_embedded_default_starts_with_no_configuration(tmp_path: Path) -> None:
     """
     With no --config, a node creates ./clickpass-data/ (private), serves on
     127.0.0.1:8080, logs that URL and answers clickpass-ctl status on
-    ./clickpass-data/control.sock.
+    ./clickpass-data/control.sock. It runs in a namespace of its own, where
+    8080 is free whatever the machine runs.
     """
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 8080)) == 0:
-            pytest.fail("something already listens on 127.0.0.1:8080; the default node needs it")
-    node = NodeProcess(tmp_path, None)
-    node.start()
+    with loopback_only("cpd8080-") as namespace:
+        node = NsNode(tmp_path, None)
+        node.namespace = namespace
+        node.start()
+        check_default_node(tmp_path, node, namespace)
+
+
+def check_default_node(tmp_path: Path, node: NsNode, namespace: str) -> None:
+    """What the default node shows: its data, its status, its health on 127.0.0.1:8080."""
     try:
         assert "ready: serving http://127.0.0.1:8080/" in node.log()
         data = tmp_path / "clickpass-data"
@@ -51,7 +58,13 @@ def test_embedded_default_starts_with_no_configuration(tmp_path: Path) -> None:
         assert status["listeners"] == ["tcp:8080:interface=127.0.0.1"]
         text = node.ctl("status").stdout
         assert "database:  sqlite (answers)" in text
-        assert Browser("http://127.0.0.1:8080/").get("/healthz").text == "ok\n"
+        health = subprocess.run(
+            ["ip", "netns", "exec", namespace, "curl", "-sS", "http://127.0.0.1:8080/healthz"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert health.stdout == "ok\n", health.stderr
     finally:
         # twistd re-raises SIGTERM on its way out after a clean shutdown.
         assert node.stop() == -signal.SIGTERM

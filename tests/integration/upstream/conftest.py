@@ -9,6 +9,7 @@ command up front).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -35,7 +36,16 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 
 def install_oidc_provider() -> None:
-    """Install oidc-provider from package-lock.json unless it is there already."""
+    """
+    Install oidc-provider from package-lock.json unless it is there already;
+    under a lock, so that parallel test workers install it once.
+    """
+    with open(OIDC_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _install_oidc_provider()
+
+
+def _install_oidc_provider() -> None:
     if (OIDC_DIR / "node_modules" / "oidc-provider" / "package.json").exists():
         return
     npm = shutil.which("npm")
