@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorThreads
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
 from tests.support.deferreds import block_on
+from tests.support.logged_errors import ErrorCollector, collecting_errors
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable
 from tests.support.storage import DatabaseTarget
 
@@ -65,6 +66,50 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(getattr(pytest.mark, tier))
         if tier == "lab":
             item.add_marker(pytest.mark.xdist_group("lab"))
+
+
+# ---------------------------------------------------------------------------
+# Errors logged by the code under test fail the test, unless it expects them.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logged_errors() -> Iterator[ErrorCollector]:
+    """
+    The errors (failures, tracebacks) logged while the test runs, for a test
+    that provokes them and checks them itself; asking for it is the opt-out.
+    """
+    with collecting_errors() as collector:
+        yield collector
+
+
+@pytest.fixture(autouse=True)
+def fail_on_logged_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """
+    Fail a unit test whose code logged a failure through Twisted's global
+    log publisher (C{log.failure}, C{log.err}, an unhandled error in a
+    Deferred) that it did not expect. Opt out with
+    C{@pytest.mark.logs_errors("why")} or by asking for the L{logged_errors}
+    fixture. Integration tests are left out: their code under test runs in
+    child processes (whose logs they read), and what runs in-process there
+    (database agents, outboxes) is driven through faults that log on purpose.
+    """
+    if (
+        request.node.get_closest_marker("unit") is None
+        or request.node.get_closest_marker("logs_errors") is not None
+        or "logged_errors" in request.fixturenames
+    ):
+        yield
+        return
+    with collecting_errors() as collector:
+        yield
+    if collector.events:
+        pytest.fail(
+            "the code under test logged an error it was not expected to (if the test"
+            " provokes it, mark it @pytest.mark.logs_errors or use the logged_errors"
+            " fixture):\n" + collector.report(),
+            pytrace=False,
+        )
 
 
 def global_reactor() -> IReactorThreads:

@@ -61,6 +61,7 @@ class _Explodes(Protocol):
         self.lost.append(reason)
 
 
+@pytest.mark.logs_errors("the failure is logged")
 def test_a_failing_data_received_is_logged_and_loses_its_connection() -> None:
     """
     An exception from C{dataReceived} on the lean read path is logged as an

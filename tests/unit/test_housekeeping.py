@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from twisted.internet.task import Clock
 
 from clickpass.housekeeping import Housekeeping
@@ -34,6 +36,7 @@ def test_tasks_run_at_start_and_every_interval() -> None:
     assert service.runs == 2
 
 
+@pytest.mark.logs_errors("a failing task is logged")
 def test_a_failing_task_does_not_stop_the_others() -> None:
     """A task that raises is logged; the next task and the next round still run."""
     clock = Clock()

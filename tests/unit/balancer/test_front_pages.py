@@ -170,6 +170,7 @@ def test_metrics_page_is_answered_when_it_is_ready_and_in_order() -> None:
     assert client.value().endswith(OK)
 
 
+@pytest.mark.logs_errors("a failing metrics page is logged")
 def test_metrics_page_failure_is_a_500_and_a_close() -> None:
     """If the page cannot be built the client gets one 500 and the connection closes."""
     rig = Rig(workers=1)

@@ -50,6 +50,7 @@ def test_commands_answer_one_line_each() -> None:
     ]
 
 
+@pytest.mark.logs_errors("a command that crashes is logged with its traceback")
 def test_bad_requests_get_one_error_line_and_the_connection_goes_on() -> None:
     """Malformed, unknown, refused and crashing commands each answer one error line."""
     protocol, transport = _connect(_registry())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 
@@ -70,6 +72,7 @@ def test_when_idle_fires_once_every_running_handler_has_finished() -> None:
     assert body.result == b"two\n"
 
 
+@pytest.mark.logs_errors("a failing handler is logged")
 def test_handlers_that_fail_count_as_finished() -> None:
     """An HTTPError or an unexpected exception ends the handler's run too."""
     router, gates = router_with_gates()
