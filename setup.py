@@ -78,7 +78,7 @@ setup(
             "Authlib>=1.3",
             # scripts/test runs the suite on as many workers as the machine has cores.
             "pytest-xdist>=3.6",
-            # Line coverage of the suite (scripts/test --coverage).
+            # Line coverage: .venv/bin/coverage run -m pytest tests/unit (README).
             "coverage>=7.4",
         ],
     },
