@@ -96,6 +96,19 @@ async def bring_up(c: Cluster) -> None:
     await c.agents["db1"].ack()
 
 
+async def writes_after(c: Cluster, writer: Writer, when: float, count: int = 20) -> bool:
+    """
+    Wait until C{count} of C{writer}'s writes were acknowledged after
+    C{when} (monotonic): writes flow, instead of a fixed pause to let them.
+    """
+
+    def enough() -> bool:
+        return sum(1 for t in list(writer.ok.values()) if t > when) >= count
+
+    result: bool = await wait_until(c.reactor, enough, 20)
+    return result
+
+
 async def sleep(seconds: float) -> None:
     clock: Any = global_reactor()
     await deferLater(clock, seconds, lambda: None)
@@ -107,13 +120,13 @@ async def run_fault(c: Cluster, inject: Any, restore: Any, settle: float = 8.0) 
     watch = WritableWatch(c.pair)
     writer.start()
     watch.start()
-    await sleep(1.0)
+    assert await writes_after(c, writer, 0.0), "no write went through before the fault"
     fault_at = time.monotonic()
     fault_wall = c.reactor.seconds()
     inject()
     moved = await wait_until(c.reactor, lambda: c.agents["db2"].role.writable, 20)
     await wait_until(c.reactor, lambda: writer.first_ok_after(fault_at) is not None, 10)
-    await sleep(1.0)
+    await writes_after(c, writer, fault_at)
     await deferToThread(restore)
     await wait_until(
         c.reactor,
@@ -277,13 +290,13 @@ async def test_planned_switchover(cluster: Cluster) -> None:
     watch = WritableWatch(c.pair)
     writer.start()
     watch.start()
-    await sleep(1.0)
+    assert await writes_after(c, writer, 0.0), "no write went through before the switchover"
     started = time.monotonic()
     answer = await c.agents["db1"].switchover()
     assert answer
     moved = await wait_until(c.reactor, lambda: c.agents["db2"].role.writable, 15)
     back = await wait_until(c.reactor, lambda: c.agents["db1"].role == Role.REPLICA, 20)
-    await sleep(1.0)
+    await writes_after(c, writer, time.monotonic())
     # Joined off the reactor thread: the heartbeat keeps running meanwhile.
     await deferToThread(writer.stop)
     await deferToThread(watch.stop)
@@ -317,7 +330,7 @@ async def test_replica_dies_primary_goes_degraded_then_lossless_again(cluster: C
     await bring_up(c)
     writer = Writer(c.vip.port, c.pair["db1"].user, c.pair["db1"].password)
     writer.start()
-    await sleep(0.5)
+    assert await writes_after(c, writer, 0.0, count=10), "no write went through before the kill"
     killed = time.monotonic()
     c.pair["db2"].kill()
     degraded = await wait_until(c.reactor, lambda: c.agents["db1"].role == Role.DEGRADED, 15)

@@ -41,7 +41,8 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NodeProcess
         f"\n[accounts]\nthrottle_per_account = {PER_ACCOUNT}\n"
         f"throttle_per_address = {PER_ADDRESS}\nhash_queue = 64\n"
     )
-    with running_node(tmp_path, extra, server, "limits") as proc:
+    # Two workers: the limits hold across workers, not only within one.
+    with running_node(tmp_path, extra, server, "limits", workers=2) as proc:
         yield proc
 
 
@@ -124,7 +125,7 @@ def test_a_flood_of_sign_ins_is_answered_busy_and_signed_in_pages_still_answer(
         "\n[accounts]\nthrottle_per_account = 100000\nthrottle_per_address = 100000\n"
         "hash_threads = 1\nhash_queue = 2\n"
     )
-    with running_node(tmp_path, extra, None, "flood") as node:
+    with running_node(tmp_path, extra, None, "flood", workers=2) as node:
         person = Browser(node.url)
         assert person.sign_up("ada@example.com", PASSWORD).status_code == 200
         deadline = time.monotonic() + FLOOD_SECONDS
