@@ -28,14 +28,15 @@ INTERVAL = 0.05
 
 
 def wait_for(
-    check: Callable[[], T],
+    check: Callable[[], T | None],
     timeout: float = 30.0,
     what: str = "the condition",
     interval: float = INTERVAL,
     ignore: tuple[type[BaseException], ...] = (),
 ) -> T:
     """
-    Call C{check} until it returns something true, and return that.
+    Call C{check} until it returns something true (not None, False, 0 or
+    empty), and return that.
 
     @param ignore: exceptions that count as "not yet" (a server still
         starting refuses connections, say) instead of failing at once.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.integration.monitor.sinks import SMTPSink, WebhookReceiver, alerts_section
 from tests.support.node import NodeProcess, free_port, write_config
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +89,7 @@ def prober(
 
 
 def wait_for_lines(log: Path, text: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while log.read_text().count(text) < count:
-        assert time.monotonic() < deadline, f"{count}x {text!r} not logged:\n{log.read_text()}"
-        time.sleep(0.1)
+    wait_for(lambda: log.read_text().count(text) >= count, timeout, f"{count}x {text!r} logged")
 
 
 def test_prober_alerts_when_node_stops_and_recovers(

@@ -6,8 +6,6 @@ with a cookie-keeping client.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import requests
 
@@ -15,21 +13,23 @@ from tests.integration.partners.conftest import Partner, TokenServer, register_s
 from tests.integration.partners.flows import Person
 from tests.support.browser import csrf_token
 from tests.support.node import NodeProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def wait_for_event(partner: Partner, event_type: str, identifier: str = "") -> dict[str, object]:
     """The first webhook event of C{event_type} (for C{identifier}) the partner received."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def found() -> dict[str, object] | None:
         for event in partner.process.events():
             data = event["data"]
             assert isinstance(data, dict)
             if event["type"] == event_type and identifier in (data["identifier"], ""):
                 return event
-        time.sleep(0.2)
-    raise AssertionError(f"no {event_type} event; got {partner.process.events()}")
+        return None
+
+    return wait_for(found, 20, f"a {event_type} event")
 
 
 def test_register_then_return(node: NodeProcess, partner: Partner) -> None:
