@@ -138,12 +138,13 @@ def test_a_different_secret_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in out
 
 
-def test_ctl_user_add_and_disable(node: NodeProcess) -> None:
+def test_ctl_user_add_and_disable(shared_node: NodeProcess) -> None:
     """
     clickpass-ctl user add creates an account from a password on stdin, and
     the person can sign in; user disable ends their sessions and refuses
     their next sign-in with the generic message.
     """
+    node = shared_node
     node.ctl("user", "add", "ops@example.com", "--password-stdin", input=PASSWORD + "\n")
     browser = Browser(node.url)
     response = browser.sign_in("ops@example.com", PASSWORD)
@@ -167,8 +168,9 @@ def test_ctl_user_add_and_disable(node: NodeProcess) -> None:
     assert missing.stderr.strip() == "clickpass-ctl: no account with email nobody@example.com"
 
 
-def test_the_node_runs_on_the_clickpass_reactor(node: NodeProcess) -> None:
+def test_the_node_runs_on_the_clickpass_reactor(shared_node: NodeProcess) -> None:
     """twistd logs the reactor it runs: the one makeService installs."""
+    node = shared_node
     assert "reactor class: clickpass.epoll_reactor.LeanEpollReactor" in node.log()
 
 
@@ -181,11 +183,12 @@ def test_ctl_without_a_node_says_so(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_control_port_survives_garbage(node: NodeProcess) -> None:
+def test_control_port_survives_garbage(shared_node: NodeProcess) -> None:
     """
     Malformed requests on the control socket each get one error line and the
     node goes on answering.
     """
+    node = shared_node
     path = node.workdir / "data" / "control.sock"
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
@@ -203,12 +206,13 @@ def test_control_port_survives_garbage(node: NodeProcess) -> None:
     assert json.loads(node.ctl("--json", "status").stdout)["database"]["answers"] is True
 
 
-def test_sign_up_sign_out_sign_in(node: NodeProcess) -> None:
+def test_sign_up_sign_out_sign_in(shared_node: NodeProcess) -> None:
     """
     A person signs up (landing on their account page, signed in with an
     HttpOnly SameSite=Lax session cookie), signs out, and signs in again
     with a new session token.
     """
+    node = shared_node
     browser = Browser(node.url)
     response = browser.sign_up("ada@example.com", PASSWORD)
     assert response.status_code == 200
@@ -231,8 +235,9 @@ def test_sign_up_sign_out_sign_in(node: NodeProcess) -> None:
     assert browser.session.cookies.get("cp_session") not in (None, first_token)
 
 
-def test_session_token_rotates_at_sign_in(node: NodeProcess) -> None:
+def test_session_token_rotates_at_sign_in(shared_node: NodeProcess) -> None:
     """A session token a browser held before signing in is ended at sign-in."""
+    node = shared_node
     node.ctl("user", "add", "rot@example.com", "--password-stdin", input=PASSWORD + "\n")
     browser = Browser(node.url)
     browser.sign_in("rot@example.com", PASSWORD)
@@ -245,8 +250,9 @@ def test_session_token_rotates_at_sign_in(node: NodeProcess) -> None:
     assert stale.get("/account").url.startswith(node.url + "signin")
 
 
-def test_forms_without_csrf_token_are_refused(node: NodeProcess) -> None:
+def test_forms_without_csrf_token_are_refused(shared_node: NodeProcess) -> None:
     """A form post without a valid CSRF token is refused with 403 and changes nothing."""
+    node = shared_node
     browser = Browser(node.url)
     browser.get("/signup")
     response = browser.post(
@@ -268,8 +274,9 @@ def test_forms_without_csrf_token_are_refused(node: NodeProcess) -> None:
     assert browser.sign_in("x@example.com", PASSWORD).status_code == 401
 
 
-def test_bad_sign_up_input_is_explained(node: NodeProcess) -> None:
+def test_bad_sign_up_input_is_explained(shared_node: NodeProcess) -> None:
     """Sign-up explains a bad email, a short password and mismatched passwords in one line."""
+    node = shared_node
     browser = Browser(node.url)
     bad_email = browser.sign_up("not-an-email", PASSWORD)
     assert bad_email.status_code == 400
@@ -307,15 +314,17 @@ def test_failed_sign_ins_are_throttled_per_account(node: NodeProcess) -> None:
     assert 'clickpass_signins_total{outcome="throttled"} 1' in metrics
 
 
-def test_open_redirects_are_refused(node: NodeProcess) -> None:
+def test_open_redirects_are_refused(shared_node: NodeProcess) -> None:
     """After sign-in, a `next` pointing at another site lands on the account page instead."""
+    node = shared_node
     browser = Browser(node.url)
     response = browser.sign_up("nx@example.com", PASSWORD, next_url="//evil.example/")
     assert response.url == node.url + "account"
 
 
-def test_unknown_pages_and_methods(node: NodeProcess) -> None:
+def test_unknown_pages_and_methods(shared_node: NodeProcess) -> None:
     """Unknown paths get a 404 page and wrong methods a 405 with Allow."""
+    node = shared_node
     browser = Browser(node.url)
     assert browser.get("/no/such/page").status_code == 404
     response = browser.session.delete(node.url + "signin", timeout=10)
@@ -323,8 +332,9 @@ def test_unknown_pages_and_methods(node: NodeProcess) -> None:
     assert "POST" in response.headers["allow"]
 
 
-def test_answers_do_not_name_the_server_software(node: NodeProcess) -> None:
+def test_answers_do_not_name_the_server_software(shared_node: NodeProcess) -> None:
     """Pages, errors and probes say Server: Clickpass, with no Twisted version to fingerprint."""
+    node = shared_node
     browser = Browser(node.url)
     for path in ("/", "/signin", "/no/such/page", "/healthz"):
         assert browser.get(path).headers["server"] == "Clickpass", path
