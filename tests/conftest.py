@@ -58,14 +58,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
     Mark each test with its tier (before C{-m} selects), so that
     C{pytest -m unit} (C{scripts/test --quick}) runs the fast tier alone.
-    Lab tests share the machine's namespaces and fixed lab names: under
-    pytest-xdist they all go to one worker (C{--dist loadgroup}), one at a time.
+
+    Under pytest-xdist (C{--dist loadgroup}): lab tests share the machine's
+    namespaces and fixed lab names, so they all go to one worker, one at a
+    time; the tests of one integration module go to one worker together, so
+    that a node or server the module shares is started once, not once per
+    worker; unit tests go wherever a worker is free.
     """
     for item in items:
         tier = tier_of(item)
         item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
         if tier == "lab":
             item.add_marker(pytest.mark.xdist_group("lab"))
+        elif tier != "unit":
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 # ---------------------------------------------------------------------------
