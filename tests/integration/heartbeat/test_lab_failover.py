@@ -248,11 +248,15 @@ def test_partition_with_witness_leaves_exactly_one_master(make_lab: Any) -> None
     lab = make_lab()
     settle(lab, ["app1"])
     lab.partition("app1", "app2")
-    time.sleep(3.0)
+    # app2 misses app1's adverts and asks the witness, which refuses: wait
+    # for two refusals (what a fixed pause of three seconds waited for).
+    lab.wait_for(
+        lambda: lab.cluster_status("witness")["groups"][0]["counters"].get("refused", 0) >= 2,
+        15.0,
+        "the witness to refuse app2's takeover twice",
+    )
     assert lab.vip_holders() == ["app1"]
     assert [state(lab, h) for h in ("app1", "app2")] == ["MASTER", "BACKUP"]
-    witness = lab.cluster_status("witness")["groups"][0]["counters"]
-    assert witness.get("refused", 0) >= 2
     lab.partition("app1", "app2", on=False)
     time.sleep(1.0)
     assert lab.vip_holders() == ["app1"]
