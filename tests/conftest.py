@@ -53,6 +53,10 @@ def tier_of(item: pytest.Item) -> str:
     return "unit"
 
 
+# Integration tests that measure failover timings (see pytest_collection_modifyitems).
+ALONE_DIRECTORY = "dbagent"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """
@@ -68,6 +72,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = tier_of(item)
         item.add_marker(getattr(pytest.mark, tier))
+        if tier == "integration" and ALONE_DIRECTORY in item.path.parts:
+            # The database agent's failover tests time sub-second role
+            # changes on loopback: scripts/test runs them with the lab tier.
+            item.add_marker(pytest.mark.alone)
         if item.get_closest_marker("xdist_group") is not None:
             continue
         if tier == "lab":
