@@ -25,6 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
@@ -79,7 +80,19 @@ def submit(driver: WebDriver, form: str, fields: dict[str, str]) -> None:
         element.clear()
         element.send_keys(value)
     old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.CSS_SELECTOR, f"{form} button").click()
+    for attempt in range(3):
+        # Chromium may still be settling the page it just loaded: a button
+        # found a moment before can "not belong to the document" when
+        # clicked. Find it again and retry; a third failure is real.
+        try:
+            driver.find_element(By.CSS_SELECTOR, f"{form} button").click()
+            break
+        except WebDriverException:
+            if expected_conditions.staleness_of(old)(driver):
+                break  # the click went through: the next page is loading
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
     WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
 
 
