@@ -33,7 +33,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from clickpass.accounts import events
+from clickpass.accounts import events, tokens
 from clickpass.accounts.settings import AccountsSettings
 from clickpass.storage.sql import (
     IntegrityError,
@@ -105,15 +105,40 @@ class Account:
     display_name: str
     created: int
     disabled: bool
+    # Whether the account's owner proved the address (a link mailed to it,
+    # an upstream provider's verified claim, an operator). Until then the
+    # address is never released to a partner.
+    email_verified: bool = False
 
 
-_ACCOUNT_COLUMNS = "id, uid, email, display_name, created, disabled"
+_ACCOUNT_COLUMNS = "id, uid, email, display_name, created, disabled, email_verified"
+_ACCOUNT_WIDTH = 7
 
 
 def _account(row: tuple[Any, ...] | None) -> Account | None:
     if row is None:
         return None
-    return Account(int(row[0]), str(row[1]), str(row[2]), str(row[3]), int(row[4]), bool(row[5]))
+    return Account(
+        int(row[0]),
+        str(row[1]),
+        str(row[2]),
+        str(row[3]),
+        int(row[4]),
+        bool(row[5]),
+        bool(row[6]),
+    )
+
+
+def account_by_email(tx: Transaction, email: str) -> Account | None:
+    """The account holding C{email} (normalised), or L{None}."""
+    return _account(tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE email = ?", email))
+
+
+def account_by_id(tx: Transaction, account_id: int) -> Account | None:
+    """The account with id C{account_id}, or L{None}."""
+    return _account(
+        tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", account_id)
+    )
 
 
 def normalise_email(email: str) -> str:
@@ -167,7 +192,9 @@ class SessionInfo:
 # Transactions (run on the storage's pool).
 
 
-def _insert_account(tx: Transaction, uid: str, email: str, pw_hash: str, now: int) -> Account:
+def _insert_account(
+    tx: Transaction, uid: str, email: str, pw_hash: str, now: int, verified: bool = False
+) -> Account:
     # Idempotent by key, so a sign-up whose commit outcome was lost in a
     # database failover can run again: finding the row this very call
     # created (same uid) is success; the email taken by anyone else is not.
@@ -179,11 +206,13 @@ def _insert_account(tx: Transaction, uid: str, email: str, pw_hash: str, now: in
             return existing
         raise IntegrityError(f"an account with email {email} exists")
     tx.execute(
-        "INSERT INTO accounts (uid, email, password_hash, created) VALUES (?, ?, ?, ?)",
+        "INSERT INTO accounts (uid, email, password_hash, created, email_verified) "
+        "VALUES (?, ?, ?, ?, ?)",
         uid,
         email,
         pw_hash,
         now,
+        1 if verified else 0,
     )
     account = _account(tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE uid = ?", uid))
     assert account is not None
@@ -197,9 +226,9 @@ def _account_and_hash(tx: Transaction, email: str) -> tuple[Account, str | None]
     )
     if row is None:
         return None
-    account = _account(row[:6])
+    account = _account(row[:_ACCOUNT_WIDTH])
     assert account is not None
-    return account, row[6]
+    return account, row[_ACCOUNT_WIDTH]
 
 
 def _reserve_attempt(
@@ -263,6 +292,17 @@ def _reserve_attempt(
             subject,
         )
     return 0
+
+
+def count_attempt(
+    tx: Transaction, subjects: list[tuple[str, str, int]], now: int, window: int
+) -> int:
+    """
+    Count one attempt of something limited (C{(scope, subject, limit)} per
+    subject, counted over C{window} seconds) and return 0; or count nothing
+    and return the seconds until it may be tried again.
+    """
+    return _reserve_attempt(tx, subjects, now, window)
 
 
 def _signed_in(tx: Transaction, subjects: list[tuple[str, str, int]]) -> None:
@@ -515,6 +555,18 @@ class Accounts:
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self._work.run(fn, *args)
 
+    async def hash_password(self, password: str) -> str:
+        """
+        The argon2id hash of C{password}, made on a hashing thread; raise
+        L{HashingBusy} when this worker has too many to make already.
+        """
+        self._work.admit()
+        try:
+            result: str = await self._in_thread(self._hasher.hash, password)
+        finally:
+            self._work.release()
+        return result
+
     def check_password_rules(self, password: str) -> None:
         minimum = self._settings.min_password_length
         if len(password) < minimum:
@@ -523,13 +575,21 @@ class Accounts:
             raise AccountError(f"Choose a password of at most {MAX_PASSWORD_LENGTH} characters.")
 
     async def sign_up(
-        self, email: str, password: str, client_address: str | None = None
+        self,
+        email: str,
+        password: str,
+        client_address: str | None = None,
+        verified: bool = False,
     ) -> Account:
         """
-        Create an account; L{AccountError} says why not. A sign-up from the
-        web gives its C{client_address}: it is counted against the limits
-        per address and overall (L{SignUpThrottled} once they are spent),
-        before any password is hashed. An operator's (no address) is not.
+        Create an account, its address unverified unless C{verified} (an
+        operator vouches for it); L{AccountError} says why not, including
+        that the address is taken: for operators and tests. People sign up
+        through L{clickpass.accounts.flows.AccountFlows.sign_up}, which
+        answers the same either way. A sign-up from the web gives its
+        C{client_address}: it is counted against the limits per address and
+        overall (L{SignUpThrottled} once they are spent), before any
+        password is hashed. An operator's (no address) is not.
         """
         address = check_email(email)
         self.check_password_rules(password)
@@ -550,6 +610,7 @@ class Accounts:
                 address,
                 pw_hash,
                 self._now(),
+                verified,
                 idempotent=True,
             )
         except IntegrityError:
@@ -794,11 +855,22 @@ class Accounts:
     async def prune_failures(self, now: int | None = None) -> int:
         """Forget failed sign-in counts whose window has passed; return how many."""
         when = self._now() if now is None else now
-        # The sign-up counts share the table, with their own window.
-        oldest = when - max(self._settings.throttle_window, self._settings.signup_window)
+        # The longest window any count is kept for (sign-ins, sign-ups,
+        # mailed links).
+        oldest = when - max(
+            self._settings.throttle_window,
+            self._settings.signup_window,
+            self._settings.link_mail_window,
+        )
         count: int = await self._storage.run(
             lambda tx: tx.execute("DELETE FROM signin_failures WHERE window_start <= ?", oldest)
         )
+        return count
+
+    async def expire_tokens(self, now: int | None = None) -> int:
+        """Forget mailed-link tokens long expired (L{tokens.cleanup}); return how many."""
+        when = self._now() if now is None else now
+        count: int = await self._storage.run(tokens.cleanup, when)
         return count
 
 

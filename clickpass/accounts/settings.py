@@ -61,6 +61,37 @@ class AccountsSettings:
         metadata=_doc("Sign-ups allowed from all addresses together within the window."),
     )
 
+    verify_lifetime: int = dataclasses.field(
+        default=24 * 3600,
+        metadata=_doc("Seconds a link to verify an email address (or a new one) stays valid."),
+    )
+    reset_lifetime: int = dataclasses.field(
+        default=3600, metadata=_doc("Seconds a password reset link stays valid.")
+    )
+    revert_lifetime: int = dataclasses.field(
+        default=7 * 24 * 3600,
+        metadata=_doc(
+            "Seconds the link sent to the old address after an email change can undo it."
+        ),
+    )
+    link_mail_window: int = dataclasses.field(
+        default=3600,
+        metadata=_doc("Seconds over which mails with a link (verify, reset) are counted."),
+    )
+    link_mails_per_address: int = dataclasses.field(
+        default=3,
+        metadata=_doc(
+            "Mails with a link sent to one address within the window; past that the "
+            "answer is the same but nothing is sent."
+        ),
+    )
+    link_mails_per_client: int = dataclasses.field(
+        default=20,
+        metadata=_doc(
+            "Sign-ups, resends and reset requests one client address may make within the window."
+        ),
+    )
+
     def check(self) -> None:
         """Raise L{ConfigError} with one line for the first problem in this section."""
         for key in (
@@ -72,6 +103,12 @@ class AccountsSettings:
             "signup_window",
             "signup_per_address",
             "signup_overall",
+            "verify_lifetime",
+            "reset_lifetime",
+            "revert_lifetime",
+            "link_mail_window",
+            "link_mails_per_address",
+            "link_mails_per_client",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[accounts] {key}: must be at least 1")

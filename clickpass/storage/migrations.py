@@ -291,6 +291,35 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        8,
+        "accounts: verified email (existing accounts start unverified), single-use tokens",
+        (
+            # Every account starts unverified, so no address stays released
+            # to partners until its owner proves it; the one exception is an
+            # address an upstream provider verified for the account itself.
+            "ALTER TABLE accounts ADD COLUMN IF NOT EXISTS "
+            "email_verified INTEGER NOT NULL DEFAULT 0",
+            "UPDATE accounts SET email_verified = 1 WHERE email_verified = 0 AND EXISTS ("
+            "SELECT 1 FROM upstream_identities u WHERE u.account_id = accounts.id "
+            "AND u.email = accounts.email AND u.email_verified = 1)",
+            # Only a token's SHA-256 is kept; a used one stays until it
+            # expires, so a second use is told "already used".
+            """CREATE TABLE IF NOT EXISTS account_tokens (
+                token_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                purpose VARCHAR(16) NOT NULL,
+                email VARCHAR(254) NOT NULL DEFAULT '',
+                next_url VARCHAR(2048) NOT NULL DEFAULT '',
+                created BIGINT NOT NULL,
+                expires BIGINT NOT NULL,
+                used BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS account_tokens_account ON account_tokens "
+            "(account_id, purpose)",
+            "CREATE INDEX IF NOT EXISTS account_tokens_expires ON account_tokens (expires)",
+        ),
+    ),
+    Migration(
         9,
         "accounts: security events, known browsers, session details",
         (
@@ -454,6 +483,9 @@ def _expand(statement: str, tx: Transaction) -> str:
     if tx.dialect.name == "sqlite":
         # SQLite has no index prefix lengths.
         text = text.replace("realm(255)", "realm")
+        # SQLite has no ADD COLUMN IF NOT EXISTS; there a migration is one
+        # transaction, so the statement never runs twice.
+        text = text.replace("ADD COLUMN IF NOT EXISTS", "ADD COLUMN")
     return text
 
 
