@@ -30,6 +30,7 @@ from clickpass.oidc import web as oidc_web
 from clickpass.openid import account as openid_account
 from clickpass.openid import discovery
 from clickpass.openid import web as openid_web
+from clickpass.ownership import web as ownership_web
 from clickpass.partners import web as partners_web
 from clickpass.selfservice import web as selfservice_web
 from clickpass.storage.sql import Storage
@@ -51,11 +52,17 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
             (b"strict-transport-security", b"max-age=%d" % settings.web.hsts_max_age)
         )
 
+    # The one mail outbox of this worker: a message is queued in the
+    # transaction of the change that causes it; the node sends it.
+    outbox = Outbox(settings.mail, settings.base_url)
+
     # Second factors: the second sign-in step, step-up, their account pages.
     # They mail the person on security events through the outbox.
-    outbox = Outbox(settings.mail, settings.base_url)
     factors = SecondFactors(storage, settings.mfa, secret, outbox, clock=reactor.seconds)
     second_factors = mfa_web.install(app, router, factors)
+
+    # The flows through mailed links: verify, reset, change password or email.
+    ownership = ownership_web.install(app, router, outbox)
 
     # Upstream sign-in: its pages, and the claims the provider may release.
     # A provider's sign-in is a first factor: the second step follows it.
@@ -95,8 +102,10 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
             upstream_web.ACCOUNT_SECTION,
             self_service_section,
             second_factors.account_section(),
+            ownership.account_section(),
         ],
         second_step=second_factors,
+        signup_flow=ownership,
     )
     # Per-route counts and latency, for the front's /metrics.
     router.observer = RequestMetrics(app.metrics, reactor.seconds)

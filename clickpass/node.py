@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from clickpass import config as configmod
 from clickpass._version import __version__
+from clickpass.accounts.flows import AccountFlows
 from clickpass.accounts.service import AccountError, Accounts
 from clickpass.balancer.service import Front, ListenError
 from clickpass.control.protocol import CommandError, CommandRegistry
@@ -299,6 +300,7 @@ class Node(MultiService):
                 ("expired sessions", accounts.expire_sessions),
                 ("old sign-in failure counts", accounts.prune_failures),
                 ("old security events", accounts.expire_events),
+                ("expired account links", accounts.expire_tokens),
                 ("expired OpenID nonces and associations", openid_expired),
                 ("expired OpenID Connect signing keys", signing_keys.housekeeping),
                 ("expired second steps and trusted browsers", factors.expire),
@@ -355,6 +357,12 @@ class Node(MultiService):
         self.commands.register("help", lambda args: self.commands.help(), "list the commands")
         self.commands.register("user.add", self._cmd_user_add, "create an account")
         self.commands.register("user.disable", self._cmd_user_disable, "disable an account")
+        self.commands.register(
+            "user.verify", self._cmd_user_verify, "mark an account's email address verified"
+        )
+        self.commands.register(
+            "user.reset_link", self._cmd_user_reset_link, "make a password reset link"
+        )
 
     async def _cmd_status(self, args: Any) -> dict[str, Any]:
         database: dict[str, Any] = {"backend": self.settings.database.backend, "answers": False}
@@ -382,11 +390,45 @@ class Node(MultiService):
         email, password = args.get("email"), args.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise CommandError("user.add needs email and password strings")
+        verified = args.get("verified", False)
+        if not isinstance(verified, bool):
+            raise CommandError("user.add: verified must be true or false")
         try:
-            account = await self._accounts().sign_up(email, password)
+            account = await self._accounts().sign_up(email, password, verified=verified)
         except AccountError as e:
             raise CommandError(str(e)) from None
-        return {"created": account.email, "id": account.id}
+        return {"created": account.email, "id": account.id, "verified": account.email_verified}
+
+    def _account_flows(self) -> AccountFlows:
+        return AccountFlows(
+            self.reactor,
+            self.storage,
+            self._accounts(),
+            self.settings.accounts,
+            Outbox(self.settings.mail, self.settings.base_url),
+        )
+
+    async def _cmd_user_verify(self, args: Any) -> dict[str, Any]:
+        email = args.get("email")
+        if not isinstance(email, str):
+            raise CommandError("user.verify needs an email string")
+        try:
+            found = await self._account_flows().operator_verify(email)
+        except AccountError as e:
+            raise CommandError(str(e)) from None
+        if not found:
+            raise CommandError(f"no account with email {email}")
+        return {"verified": email}
+
+    async def _cmd_user_reset_link(self, args: Any) -> dict[str, Any]:
+        email = args.get("email")
+        if not isinstance(email, str):
+            raise CommandError("user.reset_link needs an email string")
+        try:
+            link = await self._account_flows().operator_reset_link(email)
+        except AccountError as e:
+            raise CommandError(str(e)) from None
+        return {"email": email, "link": link, "expires_in": self.settings.accounts.reset_lifetime}
 
     async def _cmd_user_disable(self, args: Any) -> dict[str, Any]:
         email = args.get("email")

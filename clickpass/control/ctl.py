@@ -198,6 +198,12 @@ def _user_add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="read the password from the first line of standard input",
     )
+    p.add_argument(
+        "--verified",
+        action="store_true",
+        help="mark the address verified (you know it is the person's); otherwise it is "
+        "released to no site until its owner confirms it",
+    )
 
 
 @command("user", "add", help="create an account", arguments=_user_add_arguments)
@@ -205,7 +211,29 @@ def _user_add(args: argparse.Namespace, conn: Connection) -> Any:
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise CtlError("no password on standard input")
-    return conn.call("user.add", {"email": args.email, "password": password})
+    return conn.call(
+        "user.add", {"email": args.email, "password": password, "verified": args.verified}
+    )
+
+
+@command(
+    "user",
+    "verify",
+    help="mark an account's email address verified (you know it is the person's)",
+    arguments=lambda p: _email_argument(p),
+)
+def _user_verify(args: argparse.Namespace, conn: Connection) -> Any:
+    return conn.call("user.verify", {"email": args.email})
+
+
+@command(
+    "user",
+    "reset-link",
+    help="print a single-use password reset link for an account (nothing is mailed)",
+    arguments=lambda p: _email_argument(p),
+)
+def _user_reset_link(args: argparse.Namespace, conn: Connection) -> Any:
+    return conn.call("user.reset_link", {"email": args.email})
 
 
 @command(

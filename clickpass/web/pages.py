@@ -48,6 +48,17 @@ class SigninBranding(Protocol):
     async def branding(self, next_url: str) -> dict[str, str] | None: ...
 
 
+class SignUpFlow(Protocol):
+    """
+    What a valid sign-up form leads to (the accounts' mailed verification):
+    the page to answer with, the same whether or not the address is taken.
+    """
+
+    async def signed_up(
+        self, request: Request, email: str, password: str, next_url: str
+    ) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class AccountSection:
     """
@@ -82,8 +93,10 @@ class AccountPages:
         branding: SigninBranding | None,
         account_sections: Sequence[AccountSection],
         second_step: SecondStep | None = None,
+        signup_flow: SignUpFlow | None = None,
     ) -> None:
         self.app = app
+        self.signup_flow = signup_flow
         self.home_discovery = home_discovery
         self.branding = branding
         self.account_sections = account_sections
@@ -147,6 +160,8 @@ class AccountPages:
         try:
             if password != self.app.form(request, "password_again"):
                 raise AccountError("The two passwords differ. Type the same password twice.")
+            if self.signup_flow is not None:
+                return await self.signup_flow.signed_up(request, email, password, next_url)
             account = await self.app.accounts.sign_up(
                 email, password, self.app.client_address(request)
             )
@@ -261,9 +276,10 @@ def install(
     branding: SigninBranding | None = None,
     account_sections: Sequence[AccountSection] = (),
     second_step: SecondStep | None = None,
+    signup_flow: SignUpFlow | None = None,
 ) -> None:
     """Register the account pages on C{router}, with the features' parts of them."""
-    pages = AccountPages(app, home_discovery, branding, account_sections, second_step)
+    pages = AccountPages(app, home_discovery, branding, account_sections, second_step, signup_flow)
     router.add("GET", "/", pages.home)
     router.add("GET", "/signup", pages.signup_form)
     router.add("POST", "/signup", pages.signup)
