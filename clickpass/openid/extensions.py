@@ -5,9 +5,11 @@ release, and the extension responses that carry it.
 We release only three things, and only with the person's consent: email,
 nickname and full name. For a person who signs in through an upstream
 provider (OpenID Connect / OAuth 2), these come from that provider's
-claims where it gave them (name; nickname or preferred_username; the email
-only when the provider verified it), else from the account. A placeholder
-email (an account whose provider gave no verified email) is never released.
+claims where it gave them (name; nickname or preferred_username), else from
+the account. The email is always the account's own, and only once verified
+(by a link mailed to it, an upstream provider's verified claim for that
+account, or an operator): an unverified or placeholder address is never
+released.
 Anything else a site asks for is simply not sent.
 
 Runs in the same thread as the rest of the library work; nothing here
@@ -122,18 +124,17 @@ def values_for(account: Account, claims: Mapping[str, Any] | None = None) -> dic
     """
     What we hold for each field (fields we do not hold are absent).
     C{claims} are the upstream claims of the account's sign-in provider
-    (L{clickpass.upstream.service.UpstreamService.claims_for}: an email is
-    in them only when the provider verified it); they win over the account.
+    (L{clickpass.upstream.service.UpstreamService.claims_for}); they win
+    over the account's names. The email is the account's, when verified.
     """
     claims = claims or {}
     values: dict[str, str] = {}
-    email = account.email
-    if email.endswith(PLACEHOLDER_EMAIL_DOMAIN):
+    # An address is released only as the account's own, once verified: the
+    # account that proved it owns it. A provider's claim never stands in for
+    # it (another account may own that address).
+    email = account.email if account.email_verified else ""
+    if email.endswith(PLACEHOLDER_EMAIL_DOMAIN) or email.endswith(".invalid"):
         email = ""
-    verified = claims.get("email_verified") is not False
-    upstream_email = _claim(claims, "email") if verified else ""
-    if upstream_email and not email:
-        email = upstream_email
     if email:
         values["email"] = email
     display = account.display_name

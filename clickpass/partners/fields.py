@@ -102,8 +102,8 @@ def parse_list(text: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def prefill(account: Account) -> dict[str, str]:
-    """What a Clickpass account already says for each field."""
-    values = {"email": account.email}
+    """What a Clickpass account already says for each field (its email only once verified)."""
+    values = {"email": account.email} if account.email_verified else {}
     if account.display_name:
         values["fullname"] = account.display_name
         values["nickname"] = account.display_name.split()[0][:64]

@@ -171,8 +171,35 @@ class PartnerFlow:
         if openid_request.immediate:
             return await self.web.answer(request, openid_request, False)
         asked, required = self._asked(site, wanted)
+        unverified = await self._verify_first(request, site, account, query, required)
+        if unverified is not None:
+            return unverified
         return await self._choice(
             request, site, account, query, asked, required, await self._prefill(account)
+        )
+
+    async def _verify_first(
+        self,
+        request: Request,
+        site: sites.Site,
+        account: Account,
+        query: dict[str, str],
+        required: set[str],
+    ) -> bytes | None:
+        """
+        The page asking the person to verify their address first, when the
+        site requires an email and the account has no verified one (an
+        unverified address is never released); L{None} otherwise. The link
+        they are sent brings them back to this same sign-in.
+        """
+        if "email" not in required or "email" in await self.web.held(account):
+            return None
+        log.info("partner sign-in at {site}: email required, not verified", site=site.public_id)
+        return self.app.render(
+            request,
+            "partner_verify_first.html",
+            site=site,
+            continuation="/openid?" + urlencode(sorted(query.items())),
         )
 
     async def _login(
@@ -300,11 +327,17 @@ class PartnerFlow:
         except _Page as page:
             return page.body
         asked, required = self._asked(site, wanted)
+        query = openid_query_of(openid_request)
+        unverified = await self._verify_first(request, site, account, query, required)
+        if unverified is not None:
+            return unverified
         given = {f: self.app.form(request, "field_" + f) for f in asked}
+        if "email" in asked:
+            # The address sent is the account's verified one, never what was typed.
+            given["email"] = (await self.web.held(account)).get("email", "")
         values, errors = fields.check_form(asked, required, given, self._today())
         if errors:
             request.setResponseCode(400)
-            query = openid_query_of(openid_request)
             return await self._choice(request, site, account, query, asked, required, given, errors)
         return await self._finish(
             request, openid_request, account, site, site_id, select, wanted, "register", values
@@ -315,7 +348,11 @@ class PartnerFlow:
             account, openid_request, site, site_id, select, wanted = await self._restore(request)
         except _Page as page:
             return page.body
-        asked, _ = self._asked(site, wanted)
+        asked, required = self._asked(site, wanted)
+        query = openid_query_of(openid_request)
+        unverified = await self._verify_first(request, site, account, query, required)
+        if unverified is not None:
+            return unverified
         held = await self.web.held(account)
         values = {f: held[f] for f in asked if f in held}
         return await self._finish(

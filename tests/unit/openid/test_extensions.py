@@ -18,8 +18,10 @@ from clickpass.openid.extensions import (
 )
 
 
-def _account(email: str = "ann@example.com", display_name: str = "") -> Account:
-    return Account(1, "u" * 32, email, display_name, 0, False)
+def _account(
+    email: str = "ann@example.com", display_name: str = "", verified: bool = True
+) -> Account:
+    return Account(1, "u" * 32, email, display_name, 0, False, verified)
 
 
 def test_account_values_without_upstream_claims() -> None:
@@ -57,13 +59,24 @@ def test_placeholder_email_is_never_released() -> None:
     }
 
 
-def test_unverified_upstream_email_is_not_used() -> None:
-    """An upstream email marked unverified never fills in a missing email."""
+def test_upstream_email_never_stands_in_for_the_account() -> None:
+    """
+    An upstream email, verified by its provider or not, never fills in a
+    missing email: only the account's own verified address is released.
+    """
     account = _account(email="abc@upstream.invalid")
     claims = {"email": "bo@example.com", "email_verified": False}
     assert "email" not in values_for(account, claims)
     verified = {"email": "bo@example.com", "email_verified": True}
-    assert values_for(account, verified)["email"] == "bo@example.com"
+    assert "email" not in values_for(account, verified)
+
+
+def test_unverified_address_is_never_released() -> None:
+    """An account whose address is not verified releases no email, asked or not."""
+    account = _account(verified=False)
+    assert "email" not in values_for(account)
+    assert release(frozenset({"email"}), account, {"email_verified": True}) == {}
+    assert values_for(_account())["email"] == "ann@example.com"
 
 
 def test_non_string_claims_are_ignored() -> None:
