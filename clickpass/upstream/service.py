@@ -11,7 +11,11 @@ Rules it keeps:
   email only when the provider marked it verified;
 - an identity is linked to an existing account only in a flow started by
   that account while signed in, never because an email matches;
-- unlinking always leaves the account a way to sign in.
+- unlinking always leaves the account a way to sign in;
+- a provider's verified address goes to the new account even when an
+  account holds it unverified (that account loses it); an account that
+  verified it keeps it;
+- an identity is never linked into an account whose address is unverified.
 
 Nothing is written when any check fails. This module must never render
 pages or read requests: the web layer does that.
@@ -37,6 +41,8 @@ from clickpass.upstream.settings import UpstreamSettings
 log = Logger()
 
 SIGN_IN = "signin"
+# Where an unverified account's address goes when its verified owner takes it.
+RELEASED_DOMAIN = "released.invalid"
 LINK = "link"
 MAX_PARAM = 2048
 PLACEHOLDER_DOMAIN = "upstream.invalid"
@@ -230,9 +236,17 @@ def _settle(
             identity.provider,
             identity.subject,
         )
+        if identity.email_verified:
+            # The provider vouches for the address this account holds.
+            tx.execute(
+                "UPDATE accounts SET email_verified = 1 WHERE id = ? AND email = ?",
+                account_id,
+                identity.email,
+            )
         return account_id, "already_linked" if intent == LINK else "signed_in"
     if intent == LINK:
         assert pending_account is not None
+        _refuse_unverified_link(tx, pending_account, who)
         _insert_identity(tx, pending_account, identity, now)
         return pending_account, "linked"
     if current_account is not None:
@@ -242,27 +256,66 @@ def _settle(
             409,
         )
     if identity.email_verified:
-        existing = tx.scalar("SELECT id FROM accounts WHERE email = ?", identity.email)
-        if existing is not None:
-            raise FlowError(
-                f"A Clickpass account with {identity.email} already exists. Sign in to it "
-                f"first, then link your {who} account from your account page.",
-                "email_taken",
-                409,
-            )
+        _claim_address(tx, identity.email, who)
     uid = secrets.token_hex(16)
     email = identity.email if identity.email_verified else f"{uid}@{PLACEHOLDER_DOMAIN}"
     tx.execute(
-        "INSERT INTO accounts (uid, email, password_hash, display_name, created) "
-        "VALUES (?, ?, NULL, ?, ?)",
+        "INSERT INTO accounts (uid, email, password_hash, display_name, created, email_verified) "
+        "VALUES (?, ?, NULL, ?, ?, ?)",
         uid,
         email,
         identity.display_name,
         now,
+        1 if identity.email_verified else 0,
     )
     account_id = int(tx.scalar("SELECT id FROM accounts WHERE uid = ?", uid))
     _insert_identity(tx, account_id, identity, now)
     return account_id, "created"
+
+
+def _claim_address(tx: Transaction, email: str, who: str) -> None:
+    """
+    Make way for a new account with C{email}, which the provider verified:
+    an account that holds the address without having verified it loses it
+    (the verified owner wins; its sessions end, it keeps its other ways in
+    under a placeholder address). An account that verified it keeps it.
+    """
+    row = tx.fetchone("SELECT id, uid, email_verified FROM accounts WHERE email = ?", email)
+    if row is None:
+        return
+    if int(row[2]):
+        raise FlowError(
+            f"A Clickpass account with {email} already exists. Sign in to it "
+            f"first, then link your {who} account from your account page.",
+            "email_taken",
+            409,
+        )
+    tx.execute(
+        "UPDATE accounts SET email = ? WHERE id = ?", f"{row[1]}@{RELEASED_DOMAIN}", int(row[0])
+    )
+    tx.execute("DELETE FROM sessions WHERE account_id = ?", int(row[0]))
+    log.info(
+        "unverified account {account} lost its address to a verified upstream sign-in",
+        account=int(row[0]),
+    )
+
+
+def _refuse_unverified_link(tx: Transaction, account_id: int, who: str) -> None:
+    """
+    Refuse to link an upstream identity into an account whose address is
+    unverified: whoever made such an account may not own the address, and
+    a link would hand them the provider's sign-in (pre-account takeover).
+    An upstream-only account's placeholder address is no one's to take.
+    """
+    row = tx.fetchone("SELECT email, email_verified FROM accounts WHERE id = ?", account_id)
+    if row is None or int(row[1]) or str(row[0]).endswith(".invalid"):
+        return
+    raise FlowError(
+        f"Confirm your Clickpass address first (open the link we mailed to it), then link "
+        f"your {who} account.",
+        "email_unverified",
+        403,
+    )
 
 
 def _linked(tx: Transaction, account_id: int) -> list[LinkedIdentity]:
