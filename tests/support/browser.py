@@ -12,6 +12,9 @@ from urllib.parse import urljoin
 
 import requests
 
+from tests.support.mailbox import link_in, wait_for_message
+from tests.support.node import maildir_for
+
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -48,13 +51,44 @@ class Browser:
         page = self.get(page_path)
         return self.post(form_path, {**fields, "csrf_token": csrf_token(page.text)}, **kwargs)
 
-    def sign_up(self, email: str, password: str, next_url: str = "") -> requests.Response:
+    def sign_up(
+        self, email: str, password: str, next_url: str = "", verify: bool = True
+    ) -> requests.Response:
+        """
+        Sign up, then (with C{verify}) confirm the address with the link the
+        node mailed (when its maildir is known) and end signed in, at
+        C{next_url}; without a maildir, just sign in. A refused sign-up's
+        page is returned as it is.
+        """
         query = f"?next={next_url}" if next_url else ""
-        return self.submit(
+        response = self.submit(
             "/signup" + query,
             "/signup",
             {"email": email, "password": password, "password_again": password, "next": next_url},
         )
+        if not verify or 'id="signup-sent"' not in response.text:
+            return response
+        maildir = maildir_for(self.base_url)
+        if maildir is None:
+            return self.sign_in(email, password, next_url)
+        message = wait_for_message(maildir, email.strip().lower(), "Confirm your email address")
+        return self.verify(link_in(message, "verify"), email, password)
+
+    def verify(self, link: str, email: str, password: str) -> requests.Response:
+        """Open a verification link, signing in if asked, and confirm; return where it leads."""
+        page = self.get(link)
+        if 'action="/signin"' in page.text and "/signin" in page.url:
+            page = self.post(
+                "/signin",
+                {
+                    "email": email,
+                    "password": password,
+                    "next": link,
+                    "csrf_token": csrf_token(page.text),
+                },
+            )
+        token = link.split("t=", 1)[1]
+        return self.post("/verify", {"t": token, "csrf_token": csrf_token(page.text)})
 
     def sign_in(self, email: str, password: str, next_url: str = "") -> requests.Response:
         return self.submit(

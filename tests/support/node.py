@@ -100,6 +100,17 @@ metrics_token_file = "{token}"
     return path
 
 
+# The maildir of each node started here, by base URL: where a test's
+# browser finds the links the node mailed (the embedded default writes
+# mail to a maildir under the data directory).
+MAILDIRS: dict[str, Path] = {}
+
+
+def maildir_for(base_url: str) -> Path | None:
+    """The maildir of the node serving C{base_url}, when it was started here."""
+    return MAILDIRS.get(base_url.rstrip("/") + "/")
+
+
 class NodeProcess:
     """One twistd process running a Clickpass node."""
 
@@ -161,6 +172,8 @@ class NodeProcess:
                 start_new_session=True,
             )
         self.wait_for_log(wait_for, timeout, after)
+        if self.port is not None and self.config is not None:
+            MAILDIRS[self.url] = self.workdir / "data" / "mail"
         return self
 
     def log(self) -> str:

@@ -11,6 +11,7 @@ import requests
 
 from tests.integration.partners.conftest import PASSWORD
 from tests.support.browser import csrf_token
+from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
 HIDDEN = re.compile(r'name="(payload|mac)" value="([^"]*)"')
@@ -33,7 +34,7 @@ class Person:
         """On Clickpass's sign-in page: create an account instead, and continue."""
         assert "/signin" in signin_page.url, signin_page.url
         next_url = parse_qs(urlsplit(signin_page.url).query)["next"][0]
-        return self.session.post(
+        sent = self.session.post(
             self.node.url + "signup",
             data={
                 "email": self.email,
@@ -42,6 +43,36 @@ class Person:
                 "next": next_url,
                 "csrf_token": csrf_token(signin_page.text),
             },
+            timeout=30,
+        )
+        assert 'id="signup-sent"' in sent.text, sent.text[:2000]
+        return self.verify_by_mail()
+
+    def verify_by_mail(self, count: int = 1) -> requests.Response:
+        """
+        Open the C{count}-th verification link mailed to this person (signing
+        in when asked) and confirm: the link leads back to the sign-in it
+        was sent from.
+        """
+        message = wait_for_message(
+            maildir_of(self.node), self.email, "Confirm your email address", count
+        )
+        link = link_in(message, "verify")
+        page = self.session.get(self.node.url.rstrip("/") + link, timeout=30)
+        if "/signin" in page.url:
+            page = self.session.post(
+                self.node.url + "signin",
+                data={
+                    "email": self.email,
+                    "password": PASSWORD,
+                    "next": link,
+                    "csrf_token": csrf_token(page.text),
+                },
+                timeout=30,
+            )
+        return self.session.post(
+            self.node.url + "verify",
+            data={"t": link.split("t=", 1)[1], "csrf_token": csrf_token(page.text)},
             timeout=30,
         )
 
