@@ -11,8 +11,10 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import pytest
 import requests
 from openid.consumer import consumer
+from openid.extensions import ax, sreg
 
 from tests.integration.openid.harness import Person, PythonRP, RelyingPartySite, sreg_email
+from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -368,3 +370,43 @@ def test_sreg_alias_mapped_to_another_namespace_is_ignored(
         " malformed",
         after=logged,
     )
+
+
+def test_unverified_email_is_released_by_neither_sreg_nor_ax(
+    node: NodeProcess, rp_site: RelyingPartySite, person: Person
+) -> None:
+    """
+    Someone signed in with an address they have not verified: the consent
+    page shows no email, and the relying party gets none by SReg or AX;
+    once the address is verified through the mailed link, it is released.
+    """
+    person.browser.sign_up(person.email, person.password, verify=False)
+    person.browser.sign_in(person.email, person.password)
+
+    def ask() -> tuple[PythonRP, str]:
+        rp = rp_for(node, rp_site, stateful=False)
+        request = rp.consumer().begin(node.url)
+        request.addExtension(sreg.SRegRequest(required=["email"], optional=["fullname"]))
+        fetch = ax.FetchRequest()
+        fetch.add(ax.AttrInfo("http://axschema.org/contact/email", required=True))
+        request.addExtension(fetch)
+        return rp, request.redirectURL(rp_site.realm, rp_site.return_to)
+
+    rp, url = ask()
+    consent = person.open(url)
+    assert consent.status_code == 200, consent.text[:2000]
+    assert person.email not in consent.text.split("<main", 1)[1].split("</main>", 1)[0]
+    response = rp.complete(person.decide(consent).headers["location"])
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    assert sreg_email(response) is None
+    fetched = ax.FetchResponse.fromSuccessResponse(response)
+    assert fetched is None or not fetched.get("http://axschema.org/contact/email")
+
+    message = wait_for_message(maildir_of(node), person.email, "Confirm your email address")
+    person.browser.verify(link_in(message, "verify"), person.email, person.password)
+    rp, url = ask()
+    page = person.open(url)
+    location = person.decide(page).headers["location"] if page.status_code == 200 else ""
+    response = rp.complete(location or page.headers["location"])
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    assert sreg_email(response) == person.email

@@ -334,3 +334,56 @@ def test_provider_error_answer_gives_a_502_page(upstream_setup: UpstreamSetup) -
     again = browser.session.get(callback, params={"state": state, "code": "x"}, timeout=30)
     assert again.status_code == 400
     assert "already used" in again.text
+
+
+def test_verified_owner_takes_the_address_from_an_unverified_account(
+    upstream_setup: UpstreamSetup,
+) -> None:
+    """
+    Someone signs up with an address they do not own and never verifies
+    it; the owner arrives through the provider, which verified the address:
+    they get a new account holding it (verified), and the squatting account
+    loses it and is signed out.
+    """
+    squatter = _browser(upstream_setup)
+    squatter.sign_up("hana@example.test", "a long enough password", verify=False)
+    squatter.sign_in("hana@example.test", "a long enough password")
+    assert squatter.get("/account").url.endswith("/account")
+
+    owner = _browser(upstream_setup)
+    page = through_provider(owner, start_signin(owner), "hana")
+    assert page.url == upstream_setup.node.url + "account", page.text[:2000]
+    assert 'data-verified="yes"' in page.text and "hana@example.test" in page.text
+    rows = _rows(
+        upstream_setup, "SELECT email, email_verified, password_hash IS NULL FROM accounts"
+    )
+    assert ("hana@example.test", 1, 1) in rows
+    (lost,) = [r for r in rows if r[2] == 0]
+    assert str(lost[0]).endswith("@released.invalid") and lost[1] == 0
+    assert "/signin" in squatter.get("/account").url, "the squatter was signed out"
+    refused = _browser(upstream_setup).sign_in("hana@example.test", "a long enough password")
+    assert refused.status_code == 401
+
+
+def test_no_identity_is_linked_into_an_unverified_account(
+    upstream_setup: UpstreamSetup,
+) -> None:
+    """
+    Linking the provider into an account whose address is unverified is
+    refused with advice, and links nothing; once verified, it links.
+    """
+    person = _browser(upstream_setup)
+    person.sign_up("ivan@example.test", "a long enough password", verify=False)
+    person.sign_in("ivan@example.test", "a long enough password")
+    manage = person.get("/account/upstream")
+    start = person.post("/upstream/testop/link", {"csrf_token": csrf_token(manage.text)})
+    page = through_provider(person, start, "ivan")
+    assert page.status_code == 403, page.text[:2000]
+    assert "Confirm your Clickpass address first" in page.text
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM upstream_identities") == [(0,)]
+    upstream_setup.node.ctl("user", "verify", "ivan@example.test")
+    manage = person.get("/account/upstream")
+    start = person.post("/upstream/testop/link", {"csrf_token": csrf_token(manage.text)})
+    page = through_provider(person, start, "ivan")
+    assert page.url == upstream_setup.node.url + "account/upstream", page.text[:2000]
+    assert _rows(upstream_setup, "SELECT COUNT(*) FROM upstream_identities") == [(1,)]
