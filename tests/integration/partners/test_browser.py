@@ -2,7 +2,8 @@
 The partner flows in a real headless Chromium (Debian's chromium, driven
 through chromedriver by Selenium): the example partner site's "Sign in
 with Clickpass" button (with the snippet's JavaScript), sign-up at
-Clickpass, registration at the partner, a second visit, the connect flow
+Clickpass and the mailed verification link back to the same sign-in,
+registration at the partner, forgot password -> reset -> signed in, a second visit, the connect flow
 with an existing partner account, and disconnect from the account pages.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.partners.conftest import PASSWORD, Partner
+from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -93,8 +95,12 @@ def type_into(driver: WebDriver, css: str, text: str) -> None:
     element.send_keys(text)
 
 
-def sign_up_at_clickpass(driver: WebDriver, email: str) -> None:
-    """From Clickpass's sign-in page, follow "Create an account" and sign up."""
+def sign_up_at_clickpass(driver: WebDriver, node: NodeProcess, email: str) -> None:
+    """
+    From Clickpass's sign-in page, follow "Create an account" and sign up;
+    then open the link mailed to the address, sign in when asked and
+    confirm the address, which continues to where the sign-up was going.
+    """
     wait_for(driver, "form[action='/signin']")
     # The page's own link (it keeps the way back to the partner), not the header's.
     click(driver, driver.find_element(By.CSS_SELECTOR, "main a[href^='/signup?next=']"))
@@ -103,6 +109,14 @@ def sign_up_at_clickpass(driver: WebDriver, email: str) -> None:
     type_into(driver, "#password", PASSWORD)
     type_into(driver, "#password_again", PASSWORD)
     click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signup'] button"))
+    wait_for(driver, "#signup-sent")
+    message = wait_for_message(maildir_of(node), email, "Confirm your email address")
+    driver.get(node.url.rstrip("/") + link_in(message, "verify"))
+    wait_for(driver, "form[action='/signin']")
+    type_into(driver, "#email", email)
+    type_into(driver, "#password", PASSWORD)
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    click(driver, wait_for(driver, "#confirm"))
 
 
 def click_clickpass_button(driver: WebDriver, partner: Partner) -> None:
@@ -117,7 +131,7 @@ def test_register_return_connect_and_disconnect(
     driver = chrome
     # 1. Click the button, sign up at Clickpass, register at the partner.
     click_clickpass_button(driver, partner)
-    sign_up_at_clickpass(driver, f"b{secrets.token_hex(4)}@example.com")
+    sign_up_at_clickpass(driver, node, f"b{secrets.token_hex(4)}@example.com")
     wait_for(driver, "#register-form")
     assert "Continue to Example Partner" in driver.page_source
     type_into(driver, "#field_nickname", "chromey")
@@ -137,7 +151,7 @@ def test_register_return_connect_and_disconnect(
     driver.get(node.url)
     click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signout'] button"))
     click_clickpass_button(driver, partner)
-    sign_up_at_clickpass(driver, f"c{secrets.token_hex(4)}@example.com")
+    sign_up_at_clickpass(driver, node, f"c{secrets.token_hex(4)}@example.com")
     click(driver, wait_for(driver, "#connect"))
     wait_for(driver, "#connect-signin")
     assert driver.current_url.startswith(partner.process.url + "connect?")
@@ -179,3 +193,32 @@ def test_register_return_connect_and_disconnect(
     click(driver, driver.find_element(By.ID, "signout"))
     click_clickpass_button(driver, partner)
     wait_for(driver, "#register-form")
+
+
+def test_forgot_password_reset_and_sign_in(chrome: WebDriver, node: NodeProcess) -> None:
+    """
+    "Forgot your password?" on the sign-in page, the mailed link, a new
+    password: the person is signed in, and the new password signs in again.
+    """
+    driver = chrome
+    email = f"f{secrets.token_hex(4)}@example.com"
+    node.ctl("user", "add", email, "--password-stdin", input="an old forgotten one\n")
+    driver.delete_all_cookies()
+    driver.get(node.url + "signin")
+    click(driver, wait_for(driver, "#forgot"))
+    type_into(driver, "#email", email)
+    click(driver, driver.find_element(By.ID, "send-reset"))
+    wait_for(driver, "#forgot-sent")
+    message = wait_for_message(maildir_of(node), email, "Reset your Clickpass password")
+    driver.get(node.url.rstrip("/") + link_in(message, "reset"))
+    type_into(driver, "#password", PASSWORD)
+    type_into(driver, "#password_again", PASSWORD)
+    click(driver, driver.find_element(By.ID, "reset"))
+    assert wait_for(driver, "#email-state").get_attribute("data-verified") == "yes"
+    assert driver.current_url.startswith(node.url + "account")
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signout'] button"))
+    driver.get(node.url + "signin")
+    type_into(driver, "#email", email)
+    type_into(driver, "#password", PASSWORD)
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    assert wait_for(driver, "#email-state") is not None
