@@ -80,14 +80,12 @@ def test_endpoint_down_then_back_gets_everything_in_order(
         api + "site", headers=auth, json={"webhook_url": receiver.url}, timeout=10
     )
     assert moved.status_code == 200
+    # Sign up (and confirm the mailed links) first: the events come from the choices.
+    people = [Person(node, partner.process.url) for _ in range(3)]
+    choices = [person.sign_up_from(person.start()) for person in people]
     receiver.fail_until = time.monotonic() + 4.0
-
-    people = []
-    for i in range(3):
-        person = Person(node, partner.process.url)
-        choice = person.sign_up_from(person.start())
+    for i, (person, choice) in enumerate(zip(people, choices, strict=True)):
         person.choose(choice, "register", email=person.email, nickname=f"hook{i}")
-        people.append(person)
     for person, forget in ((people[0], "no"), (people[1], "yes")):
         page = person.session.get(node.url + "account/sites", timeout=10)
         done = person.session.post(
