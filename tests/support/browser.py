@@ -68,10 +68,10 @@ class Browser:
         )
         if not verify or 'id="signup-sent"' not in response.text:
             return response
-        maildir = maildir_for(self.base_url)
-        if maildir is None:
+        maildirs = maildir_for(self.base_url)
+        if not maildirs:
             return self.sign_in(email, password, next_url)
-        message = wait_for_message(maildir, email.strip().lower(), "Confirm your email address")
+        message = wait_for_message(maildirs, email.strip().lower(), "Confirm your email address")
         return self.verify(link_in(message, "verify"), email, password)
 
     def verify(self, link: str, email: str, password: str) -> requests.Response:

@@ -14,14 +14,15 @@ import time
 from email.message import Message
 from pathlib import Path
 
-from tests.support.node import NodeProcess
+from tests.support.node import NodeProcess, data_dir_of
 
 LINK = re.compile(r"(https?://[^\s<>\"']+)")
 
 
 def maildir_of(node: NodeProcess) -> Path:
-    """The maildir a node started from L{tests.support.node.write_config} writes to."""
-    return node.workdir / "data" / "mail"
+    """The maildir a node writes to (under the data directory its configuration names)."""
+    data_dir = data_dir_of(node.config) if node.config is not None else None
+    return (data_dir or node.workdir / "data") / "mail"
 
 
 def text_of(message: Message) -> str:
@@ -45,18 +46,24 @@ def messages_to(maildir: Path, to: str) -> list[Message]:
 
 
 def wait_for_message(
-    maildir: Path, to: str, subject: str, count: int = 1, timeout: float = 60.0
+    maildir: Path | list[Path], to: str, subject: str, count: int = 1, timeout: float = 60.0
 ) -> Message:
     """
     Wait for the C{count}-th message to C{to} whose subject holds
-    C{subject}; return it.
+    C{subject}, in C{maildir} (or any of several); return it.
     """
+    maildirs = maildir if isinstance(maildir, list) else [maildir]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (maildir / "new").is_dir():
-            matching = [m for m in messages_to(maildir, to) if subject in str(m["Subject"])]
-            if len(matching) >= count:
-                return matching[count - 1]
+        matching = [
+            m
+            for directory in maildirs
+            if (directory / "new").is_dir()
+            for m in messages_to(directory, to)
+            if subject in str(m["Subject"])
+        ]
+        if len(matching) >= count:
+            return matching[count - 1]
         time.sleep(0.1)
     raise AssertionError(f"no message {count} to {to} about {subject!r} within {timeout}s")
 

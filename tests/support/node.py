@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,9 +107,26 @@ metrics_token_file = "{token}"
 MAILDIRS: dict[str, Path] = {}
 
 
-def maildir_for(base_url: str) -> Path | None:
-    """The maildir of the node serving C{base_url}, when it was started here."""
-    return MAILDIRS.get(base_url.rstrip("/") + "/")
+def maildir_for(base_url: str) -> list[Path]:
+    """
+    Where mail from the node serving C{base_url} may be: every maildir of
+    a node started here, that one first (nodes sharing a database share
+    its outbox, and any of them may send a message).
+    """
+    own = MAILDIRS.get(base_url.rstrip("/") + "/")
+    if own is None:
+        return []
+    return [own, *(m for m in MAILDIRS.values() if m != own)]
+
+
+def data_dir_of(config: Path) -> Path | None:
+    """The [node] data_dir a configuration file names, if it names one."""
+    try:
+        data = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    value = data.get("node", {}).get("data_dir")
+    return Path(value) if isinstance(value, str) else None
 
 
 class NodeProcess:
@@ -172,8 +190,9 @@ class NodeProcess:
                 start_new_session=True,
             )
         self.wait_for_log(wait_for, timeout, after)
-        if self.port is not None and self.config is not None:
-            MAILDIRS[self.url] = self.workdir / "data" / "mail"
+        data_dir = data_dir_of(self.config) if self.config is not None else None
+        if self.port is not None and data_dir is not None:
+            MAILDIRS[self.url] = data_dir / "mail"
         return self
 
     def log(self) -> str:
