@@ -42,7 +42,7 @@ from clickpass.accounts.service import (
     session_hash,
 )
 from clickpass.accounts.settings import AccountsSettings
-from clickpass.storage.sql import Storage, Transaction, run_through_failover
+from clickpass.storage.sql import IntegrityError, Storage, Transaction, run_through_failover
 
 # Addresses that are placeholders, never mailboxes (an upstream account
 # whose provider gave no verified address; an address taken away).
@@ -166,17 +166,25 @@ class AccountFlows:
         # must not tell.
         pw_hash = await self._accounts.hash_password(password)
         uid = secrets.token_hex(16)
-        await run_through_failover(
-            self._reactor,
-            self._storage,
-            self._sign_up,
-            uid,
-            address,
-            pw_hash,
-            next_url,
-            self._now(),
-            idempotent=True,
-        )
+        for attempt in range(2):
+            try:
+                await run_through_failover(
+                    self._reactor,
+                    self._storage,
+                    self._sign_up,
+                    uid,
+                    address,
+                    pw_hash,
+                    next_url,
+                    self._now(),
+                    idempotent=True,
+                )
+                break
+            except IntegrityError:
+                # Another sign-up took the address between our look and our
+                # insert: once more, and this one finds it taken.
+                if attempt:
+                    raise
         return address
 
     def _sign_up(

@@ -16,6 +16,7 @@ from email.message import Message
 
 import pytest
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
 from clickpass.accounts import tokens
@@ -386,3 +387,21 @@ async def test_operators_verify_and_make_reset_links(
     await flows.reset(link.split("?t=", 1)[1], NEW_PASSWORD)
     with pytest.raises(AccountError):
         await flows.operator_reset_link("nobody@example.org")
+
+
+@async_test
+async def test_sign_ups_of_one_address_at_once_make_one_account(
+    storage_backend: AdbapiStorage, flows: AccountFlows
+) -> None:
+    """Parallel sign-ups with one new address: one account, every caller the same answer."""
+    addresses = await gatherResults(
+        [
+            Deferred.fromCoroutine(flows.sign_up("race@example.org", PASSWORD, f"192.0.2.{i}"))
+            for i in range(4)
+        ]
+    )
+    assert addresses == ["race@example.org"] * 4
+    count = await storage_backend.run(
+        lambda tx: tx.scalar("SELECT COUNT(*) FROM accounts WHERE email = 'race@example.org'")
+    )
+    assert count == 1
