@@ -3,7 +3,8 @@ The partner flows in a real headless Chromium (Debian's chromium, driven
 through chromedriver by Selenium): the example partner site's "Sign in
 with Clickpass" button (with the snippet's JavaScript), sign-up at
 Clickpass and the mailed verification link back to the same sign-in,
-registration at the partner, forgot password -> reset -> signed in, a second visit, the connect flow
+registration at the partner, forgot password -> reset -> signed in,
+change email -> confirm -> undo, a second visit, the connect flow
 with an existing partner account, and disconnect from the account pages.
 """
 
@@ -222,3 +223,34 @@ def test_forgot_password_reset_and_sign_in(chrome: WebDriver, node: NodeProcess)
     type_into(driver, "#password", PASSWORD)
     click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
     assert wait_for(driver, "#email-state") is not None
+
+
+def test_change_email_then_undo(chrome: WebDriver, node: NodeProcess) -> None:
+    """
+    Change email from the account page, confirm it with the link mailed to
+    the new address, then undo it with the link mailed to the old one:
+    the old address is the account's again and the browser is signed out.
+    """
+    driver = chrome
+    old, new = f"o{secrets.token_hex(4)}@example.com", f"n{secrets.token_hex(4)}@example.com"
+    node.ctl("user", "add", old, "--password-stdin", "--verified", input=PASSWORD + "\n")
+    driver.delete_all_cookies()
+    driver.get(node.url + "signin")
+    type_into(driver, "#email", old)
+    type_into(driver, "#password", PASSWORD)
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    click(driver, wait_for(driver, "a[href='/account/email']"))
+    type_into(driver, "#email", new)
+    type_into(driver, "#current_password", PASSWORD)
+    click(driver, driver.find_element(By.ID, "change-email"))
+    wait_for(driver, "#email-sent")
+    confirm = wait_for_message(maildir_of(node), new, "Confirm your new email address")
+    driver.get(node.url.rstrip("/") + link_in(confirm, "email/confirm"))
+    click(driver, wait_for(driver, "#confirm"))
+    assert new in wait_for(driver, "#email-state").text
+    notice = wait_for_message(maildir_of(node), old, "address was changed")
+    driver.get(node.url.rstrip("/") + link_in(notice, "email/revert"))
+    click(driver, wait_for(driver, "#revert"))
+    assert old in wait_for(driver, "#reverted").text
+    driver.get(node.url + "account")
+    wait_for(driver, "form[action='/signin']")
