@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from clickpass.accounts import tokens
+from clickpass.accounts import events, tokens
 from clickpass.accounts.service import (
     Account,
     AccountError,
@@ -157,10 +157,12 @@ class AccountFlows:
         not the address is taken (a verification link to a new account, a
         warning to the holder of a taken one). Return the normalised
         address; L{AccountError} for a bad address or password (which says
-        nothing about accounts), L{TooManyRequests}, or L{HashingBusy}.
+        nothing about accounts), L{SignUpThrottled} (the sign-up limits per
+        client address and overall), L{TooManyRequests}, or L{HashingBusy}.
         """
         address = check_email(email)
         self._accounts.check_password_rules(password)
+        await self._accounts.count_signup(client_address)
         await self._client_allowed(client_address)
         # Hashed whether or not the address is taken: the time it takes
         # must not tell.
@@ -214,6 +216,7 @@ class AccountFlows:
         )
         account = account_by_email(tx, address)
         assert account is not None
+        events.record(tx, account.id, "signup", now)
         self._address_allowed(tx, address, now)
         self._send_verification(tx, account, next_url, now)
 

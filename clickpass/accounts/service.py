@@ -405,9 +405,10 @@ def _session_account(tx: Transaction, token_hash: str, now: int) -> Account | No
     )
     if row is None:
         return None
-    if row[6] is not None and int(row[6]) + LAST_SEEN_GRANULARITY <= now:
+    last_seen = row[_ACCOUNT_WIDTH]
+    if last_seen is not None and int(last_seen) + LAST_SEEN_GRANULARITY <= now:
         tx.execute("UPDATE session_details SET last_seen = ? WHERE token_hash = ?", now, token_hash)
-    return _account(row[:6])
+    return _account(row[:_ACCOUNT_WIDTH])
 
 
 def _sessions_of(tx: Transaction, account_id: int, now: int) -> list[tuple[str, SessionInfo]]:
@@ -594,7 +595,7 @@ class Accounts:
         address = check_email(email)
         self.check_password_rules(password)
         if client_address is not None:
-            await self._count_signup(client_address)
+            await self.count_signup(client_address)
         self._work.admit()
         try:
             pw_hash = await self._in_thread(self._hasher.hash, password)
@@ -619,7 +620,12 @@ class Accounts:
             ) from None
         return account
 
-    async def _count_signup(self, client_address: str) -> None:
+    async def count_signup(self, client_address: str) -> None:
+        """
+        Count one sign-up from C{client_address} against the limits per
+        address and overall; L{SignUpThrottled} once they are spent. Every
+        web sign-up calls this before any password is hashed.
+        """
         settings = self._settings
         subjects = [
             ("signup-address", client_address[:255], settings.signup_per_address),

@@ -10,22 +10,25 @@ Time comes from a task.Clock; nothing here sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import re
 from email.message import Message
 
 import pytest
+from argon2 import PasswordHasher
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
-from clickpass.accounts import tokens
+from clickpass.accounts import events, tokens
 from clickpass.accounts.flows import AccountFlows, TooManyRequests, releasable_email
 from clickpass.accounts.service import (
     Account,
     AccountError,
     Accounts,
     SignInRefused,
+    SignUpThrottled,
     Throttled,
     account_by_email,
 )
@@ -405,3 +408,41 @@ async def test_sign_ups_of_one_address_at_once_make_one_account(
         lambda tx: tx.scalar("SELECT COUNT(*) FROM accounts WHERE email = 'race@example.org'")
     )
     assert count == 1
+
+
+@async_test
+async def test_sign_up_counts_against_the_sign_up_limits_before_hashing(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    The flow's sign-up spends the limits of L{Accounts.sign_up} (per client
+    address, overall) before any password is hashed, taken address or not;
+    a new account's log starts with its creation.
+    """
+    settings = dataclasses.replace(SETTINGS, signup_per_address=2, signup_window=600)
+    hashed: list[str] = []
+
+    class CountingHasher(PasswordHasher):
+        def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+            hashed.append(str(password))
+            return super().hash(password, salt=salt)
+
+    hasher = CountingHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    accounts = Accounts(
+        database_target.reactor, storage_backend, settings, clock=clock.seconds, hasher=hasher
+    )
+    outbox = Outbox(MailSettings(), BASE)
+    flows = AccountFlows(
+        database_target.reactor, storage_backend, accounts, settings, outbox, clock=clock.seconds
+    )
+    await flows.sign_up("ann@example.org", PASSWORD, "192.0.2.1")
+    await flows.sign_up("ann@example.org", PASSWORD, "192.0.2.1")
+    with pytest.raises(SignUpThrottled) as refused:
+        await flows.sign_up("bob@example.org", PASSWORD, "192.0.2.1")
+    assert refused.value.retry_after == 600
+    assert len(hashed) == 2
+    assert await storage_backend.run(account_by_email, "bob@example.org") is None
+    await flows.sign_up("bob@example.org", PASSWORD, "192.0.2.2")
+    ann = await account(storage_backend, "ann@example.org")
+    logged = await storage_backend.run(events.recent, ann.id)
+    assert [e.kind for e in logged] == ["signup"]
