@@ -35,6 +35,7 @@ from clickpass.accounts.service import (
     Account,
     AccountError,
     Accounts,
+    SignIn,
     account_by_email,
     account_by_id,
     check_email,
@@ -90,6 +91,29 @@ class Reset:
 def is_mailbox(email: str) -> bool:
     """Whether C{email} is a real address rather than a placeholder."""
     return not email.endswith(PLACEHOLDER_SUFFIX)
+
+
+def log_event(
+    tx: Transaction,
+    account_id: int,
+    kind: str,
+    now: int,
+    how: SignIn | None,
+    detail: str = "",
+) -> None:
+    """
+    Add C{kind} to C{account_id}'s security log in C{tx}, saying from where
+    and which browser (C{how}, from the web; L{None} for an operator).
+    """
+    events.record(
+        tx,
+        account_id,
+        kind,
+        now,
+        client_address=how.client_address if how else "",
+        browser=how.browser if how else "",
+        detail=detail,
+    )
 
 
 def releasable_email(account: Account) -> str:
@@ -150,7 +174,12 @@ class AccountFlows:
     # Sign-up and verification.
 
     async def sign_up(
-        self, email: str, password: str, client_address: str, next_url: str = ""
+        self,
+        email: str,
+        password: str,
+        client_address: str,
+        next_url: str = "",
+        how: SignIn | None = None,
     ) -> str:
         """
         Sign up with C{email}: the same outcome for the person whether or
@@ -179,6 +208,7 @@ class AccountFlows:
                     pw_hash,
                     next_url,
                     self._now(),
+                    how or SignIn(client_address),
                     idempotent=True,
                 )
                 break
@@ -190,12 +220,21 @@ class AccountFlows:
         return address
 
     def _sign_up(
-        self, tx: Transaction, uid: str, address: str, pw_hash: str, next_url: str, now: int
+        self,
+        tx: Transaction,
+        uid: str,
+        address: str,
+        pw_hash: str,
+        next_url: str,
+        now: int,
+        how: SignIn,
     ) -> None:
         existing = account_by_email(tx, address)
         if existing is not None:
             if existing.uid == uid:
                 return  # this very sign-up, run again after a lost commit
+            # The holder sees the attempt in their log, mailed or not.
+            log_event(tx, existing.id, "signup_attempt_taken", now, how)
             if self._address_allowed(tx, address, now):
                 self._mailer.enqueue(
                     tx,
@@ -216,7 +255,7 @@ class AccountFlows:
         )
         account = account_by_email(tx, address)
         assert account is not None
-        events.record(tx, account.id, "signup", now)
+        log_event(tx, account.id, "signup", now, how)
         self._address_allowed(tx, address, now)
         self._send_verification(tx, account, next_url, now)
 
@@ -276,7 +315,7 @@ class AccountFlows:
         )
         return found
 
-    async def verify(self, token: str, account: Account) -> str:
+    async def verify(self, token: str, account: Account, how: SignIn | None = None) -> str:
         """
         Verify C{account}'s address with C{token} (L{tokens.TokenRefused}
         otherwise); return the path to continue to.
@@ -289,6 +328,7 @@ class AccountFlows:
                 # The account's address changed since the link was sent.
                 raise tokens.TokenRefused("expired", tokens.VERIFY)
             tx.execute("UPDATE accounts SET email_verified = 1 WHERE id = ?", account.id)
+            log_event(tx, account.id, "email_verified", now, how, current.email)
             return found.next_url
 
         next_url: str = await self._storage.run(verify, self._now())
@@ -296,7 +336,9 @@ class AccountFlows:
 
     # Password reset.
 
-    async def request_reset(self, email: str, client_address: str) -> None:
+    async def request_reset(
+        self, email: str, client_address: str, how: SignIn | None = None
+    ) -> None:
         """
         Mail a reset link to the account holding C{email}, if there is one
         and its address has not had too many lately: the caller answers the
@@ -316,7 +358,11 @@ class AccountFlows:
             if account is None or account.disabled or not is_mailbox(address):
                 return
             if not self._address_allowed(tx, address, now):
+                log_event(
+                    tx, account.id, "password_reset_requested", now, who, "no mail: too many lately"
+                )
                 return
+            log_event(tx, account.id, "password_reset_requested", now, who)
             token = tokens.issue(tx, account.id, tokens.RESET, self._settings.reset_lifetime, now)
             self._mailer.enqueue(
                 tx,
@@ -327,6 +373,7 @@ class AccountFlows:
                 now=now,
             )
 
+        who = how or SignIn(client_address)
         await self._storage.run(request, self._now())
 
     async def check_reset(self, token: str) -> tokens.Token:
@@ -334,7 +381,7 @@ class AccountFlows:
         found: tokens.Token = await self._storage.run(tokens.peek, token, tokens.RESET, self._now())
         return found
 
-    async def reset(self, token: str, password: str) -> Reset:
+    async def reset(self, token: str, password: str, how: SignIn | None = None) -> Reset:
         """
         Set a new password with a reset C{token}: the address is verified
         (the link reached it), every session ends, the account's failed
@@ -362,6 +409,7 @@ class AccountFlows:
                 account.email,
             )
             self._password_changed(tx, account, now)
+            log_event(tx, account.id, "password_reset", now, how)
             verified = account_by_id(tx, account.id)
             assert verified is not None
             return verified
@@ -389,6 +437,7 @@ class AccountFlows:
         new: str,
         client_address: str,
         keep_session: str,
+        how: SignIn | None = None,
     ) -> None:
         """
         Change the password of C{account}, given its C{current} one (checked
@@ -407,11 +456,17 @@ class AccountFlows:
                 session_hash(keep_session),
             )
             self._password_changed(tx, account, now)
+            log_event(tx, account.id, "password_changed", now, how or SignIn(client_address))
 
         await self._storage.run(change, self._now())
 
     async def request_email_change(
-        self, account: Account, password: str, new_email: str, client_address: str
+        self,
+        account: Account,
+        password: str,
+        new_email: str,
+        client_address: str,
+        how: SignIn | None = None,
     ) -> str:
         """
         Send a link to C{new_email} that makes it C{account}'s address once
@@ -426,6 +481,14 @@ class AccountFlows:
         await self._client_allowed(client_address)
 
         def request(tx: Transaction, now: int) -> None:
+            log_event(
+                tx,
+                account.id,
+                "email_change_requested",
+                now,
+                how or SignIn(client_address),
+                address,
+            )
             if not self._address_allowed(tx, address, now):
                 return
             if account_by_email(tx, address) is not None:
@@ -467,7 +530,9 @@ class AccountFlows:
         )
         return found
 
-    async def confirm_email_change(self, token: str, account: Account) -> str:
+    async def confirm_email_change(
+        self, token: str, account: Account, how: SignIn | None = None
+    ) -> str:
         """
         Make the token's new address C{account}'s (verified), and send the
         old address a link that undoes it. Return the new address.
@@ -486,6 +551,9 @@ class AccountFlows:
                 "UPDATE accounts SET email = ?, email_verified = 1 WHERE id = ?",
                 found.email,
                 account.id,
+            )
+            log_event(
+                tx, account.id, "email_changed", now, how, f"{current.email} -> {found.email}"
             )
             if is_mailbox(current.email):
                 revert = tokens.issue(
@@ -519,7 +587,7 @@ class AccountFlows:
         )
         return found
 
-    async def revert_email(self, token: str) -> str:
+    async def revert_email(self, token: str, how: SignIn | None = None) -> str:
         """
         Undo an address change with the link sent to the old address: the
         old address is the account's again (verified), every session ends
@@ -541,6 +609,7 @@ class AccountFlows:
             )
             tx.execute("DELETE FROM sessions WHERE account_id = ?", found.account_id)
             tokens.use_up(tx, found.account_id, tokens.CHANGE_EMAIL, now)
+            log_event(tx, found.account_id, "email_change_reverted", now, how, found.email)
             return found.email
 
         old: str = await self._storage.run(revert, self._now())
@@ -552,13 +621,15 @@ class AccountFlows:
         """Mark the address verified (an operator vouches); false when no account has it."""
         address = check_email(email)
 
-        def verify(tx: Transaction) -> bool:
-            if account_by_email(tx, address) is None:
+        def verify(tx: Transaction, now: int) -> bool:
+            account = account_by_email(tx, address)
+            if account is None:
                 return False
-            tx.execute("UPDATE accounts SET email_verified = 1 WHERE email = ?", address)
+            tx.execute("UPDATE accounts SET email_verified = 1 WHERE id = ?", account.id)
+            log_event(tx, account.id, "email_verified", now, None, f"{address}, by an operator")
             return True
 
-        found: bool = await self._storage.run(verify)
+        found: bool = await self._storage.run(verify, self._now())
         return found
 
     async def operator_reset_link(self, email: str) -> str:
@@ -572,6 +643,7 @@ class AccountFlows:
             account = account_by_email(tx, check_email(email))
             if account is None:
                 raise AccountError(f"no account with email {email}")
+            log_event(tx, account.id, "reset_link_by_operator", now, None)
             return tokens.issue(tx, account.id, tokens.RESET, self._settings.reset_lifetime, now)
 
         token: str = await self._storage.run(make, self._now())
@@ -584,5 +656,6 @@ __all__ = [
     "Reset",
     "TooManyRequests",
     "is_mailbox",
+    "log_event",
     "releasable_email",
 ]

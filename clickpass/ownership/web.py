@@ -77,7 +77,7 @@ class OwnershipPages:
     async def signed_up(self, request: Request, email: str, password: str, next_url: str) -> bytes:
         try:
             address = await self.flows.sign_up(
-                email, password, self.app.client_address(request), next_url
+                email, password, self.app.client_address(request), next_url, self.app.how(request)
             )
         except TooManyRequests as e:
             self._limited(request, e)
@@ -99,7 +99,7 @@ class OwnershipPages:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, "/account")
         try:
-            next_url = await self.flows.verify(self._token(request), account)
+            next_url = await self.flows.verify(self._token(request), account, self.app.how(request))
         except TokenRefused as e:
             return self._refused(request, e)
         log.info("account {account} verified its email address", account=account.id)
@@ -127,7 +127,9 @@ class OwnershipPages:
         self.app.check_csrf(request)
         email = self.app.form(request, "email")
         try:
-            await self.flows.request_reset(email, self.app.client_address(request))
+            await self.flows.request_reset(
+                email, self.app.client_address(request), self.app.how(request)
+            )
         except TooManyRequests as e:
             self._limited(request, e)
             return self._page(request, "forgot.html", email=email, error=str(e))
@@ -148,7 +150,7 @@ class OwnershipPages:
         try:
             if password != self.app.form(request, "password_again"):
                 raise AccountError("The two passwords differ. Type the same password twice.")
-            done = await self.flows.reset(token, password)
+            done = await self.flows.reset(token, password, self.app.how(request))
         except TokenRefused as e:
             return self._refused(request, e)
         except HashingBusy as e:
@@ -181,6 +183,7 @@ class OwnershipPages:
                 new,
                 self.app.client_address(request),
                 self.app.session_token(request),
+                self.app.how(request),
             )
         except (Throttled, HashingBusy) as e:
             self._limited(request, e)
@@ -203,6 +206,7 @@ class OwnershipPages:
                 self.app.form(request, "current_password"),
                 new_email,
                 self.app.client_address(request),
+                self.app.how(request),
             )
         except (Throttled, HashingBusy, TooManyRequests) as e:
             self._limited(request, e)
@@ -226,7 +230,9 @@ class OwnershipPages:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, "/account")
         try:
-            await self.flows.confirm_email_change(self._token(request), account)
+            await self.flows.confirm_email_change(
+                self._token(request), account, self.app.how(request)
+            )
         except TokenRefused as e:
             return self._refused(request, e)
         except AccountError as e:
@@ -245,7 +251,7 @@ class OwnershipPages:
     async def revert(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         try:
-            old = await self.flows.revert_email(self._token(request))
+            old = await self.flows.revert_email(self._token(request), self.app.how(request))
         except TokenRefused as e:
             return self._refused(request, e)
         except AccountError as e:

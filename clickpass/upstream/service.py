@@ -33,6 +33,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from clickpass.accounts import events
 from clickpass.storage.sql import IntegrityError, Storage, Transaction
 from clickpass.upstream.connectors import Connector, UpstreamIdentity
 from clickpass.upstream.http import UpstreamError
@@ -46,6 +47,8 @@ RELEASED_DOMAIN = "released.invalid"
 LINK = "link"
 MAX_PARAM = 2048
 PLACEHOLDER_DOMAIN = "upstream.invalid"
+# The reason of the refusal to link into an account whose address is unverified.
+UNVERIFIED = "email_unverified"
 
 
 class FlowError(Exception):
@@ -256,7 +259,7 @@ def _settle(
             409,
         )
     if identity.email_verified:
-        _claim_address(tx, identity.email, who)
+        _claim_address(tx, identity.email, who, now)
     uid = secrets.token_hex(16)
     email = identity.email if identity.email_verified else f"{uid}@{PLACEHOLDER_DOMAIN}"
     tx.execute(
@@ -273,7 +276,7 @@ def _settle(
     return account_id, "created"
 
 
-def _claim_address(tx: Transaction, email: str, who: str) -> None:
+def _claim_address(tx: Transaction, email: str, who: str, now: int) -> None:
     """
     Make way for a new account with C{email}, which the provider verified:
     an account that holds the address without having verified it loses it
@@ -294,6 +297,7 @@ def _claim_address(tx: Transaction, email: str, who: str) -> None:
         "UPDATE accounts SET email = ? WHERE id = ?", f"{row[1]}@{RELEASED_DOMAIN}", int(row[0])
     )
     tx.execute("DELETE FROM sessions WHERE account_id = ?", int(row[0]))
+    events.record(tx, int(row[0]), "email_lost", now, detail=f"{email}, verified at {who}")
     log.info(
         "unverified account {account} lost its address to a verified upstream sign-in",
         account=int(row[0]),
@@ -313,9 +317,14 @@ def _refuse_unverified_link(tx: Transaction, account_id: int, who: str) -> None:
     raise FlowError(
         f"Confirm your Clickpass address first (open the link we mailed to it), then link "
         f"your {who} account.",
-        "email_unverified",
+        UNVERIFIED,
         403,
     )
+
+
+def _refused_link(tx: Transaction, account_id: int, who: str, now: int) -> None:
+    """Log a link refused by L{_refuse_unverified_link} (its own transaction was undone)."""
+    events.record(tx, account_id, "link_refused_unverified", now, detail=who)
 
 
 def _linked(tx: Transaction, account_id: int) -> list[LinkedIdentity]:
@@ -502,6 +511,11 @@ class UpstreamService:
                 current_account,
                 int(self._clock()),
             )
+        except FlowError as e:
+            if e.reason == UNVERIFIED and pending.account_id is not None:
+                # Nothing was written; the refusal is still the owner's to see.
+                await self._storage.run(_refused_link, pending.account_id, who, int(self._clock()))
+            raise
         except IntegrityError:
             # Two sign-ins of one new person at once: the other one won.
             raise FlowError(

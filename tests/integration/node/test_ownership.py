@@ -265,3 +265,64 @@ def test_operators_add_verified_verify_and_make_reset_links(node: NodeProcess) -
     assert missing.returncode != 0 and "no account with email" in missing.stderr
     missing = node.ctl("user", "reset-link", "nobody@example.org", check=False)
     assert missing.returncode != 0 and "no account with email" in missing.stderr
+
+
+def test_the_flows_are_lines_of_the_security_log(node: NodeProcess) -> None:
+    """
+    A sign-up and another on the taken address, verification, a reset
+    asked for and done, a password change, an email change and its undo,
+    an operator's verification and reset link: each is a line of the
+    person's log on /account and in clickpass-ctl user show.
+    """
+    email, new = fresh_email(), fresh_email()
+    owner = Browser(node.url)
+    assert owner.sign_up(email, PASSWORD).ok
+    sign_up_page(node, email, "someone else's password")
+    owner.submit("/forgot", "/forgot", {"email": email})
+    link = link_in(wait_for_message(maildir_of(node), email, "Reset your Clickpass"), "reset")
+    form = owner.get(link)
+    fields = {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
+    token = {"t": link.split("t=", 1)[1], "csrf_token": csrf_token(form.text)}
+    assert "/account" in owner.post("/reset", {**fields, **token}).url
+    changed = owner.submit(
+        "/account/password",
+        "/account/password",
+        {"password": PASSWORD, "password_again": PASSWORD, "current_password": NEW_PASSWORD},
+    )
+    assert "/account" in changed.url, changed.text[:2000]
+    sent = owner.submit(
+        "/account/email", "/account/email", {"email": new, "current_password": PASSWORD}
+    )
+    assert 'id="email-sent"' in sent.text, sent.text[:2000]
+    confirm = link_in(wait_for_message(maildir_of(node), new, "Confirm your new"), "email/confirm")
+    page = owner.get(confirm)
+    owner.post(
+        "/email/confirm", {"t": confirm.split("t=", 1)[1], "csrf_token": csrf_token(page.text)}
+    )
+    revert = link_in(
+        wait_for_message(maildir_of(node), email, "address was changed"), "email/revert"
+    )
+    page = owner.get(revert)
+    owner.post(
+        "/email/revert", {"t": revert.split("t=", 1)[1], "csrf_token": csrf_token(page.text)}
+    )
+    node.ctl("user", "verify", email)
+    node.ctl("user", "reset-link", email)
+    labels = [
+        "Account created",
+        "Someone tried to create an account with your address",
+        "Email address verified",
+        "Password reset link requested",
+        "Password reset with an emailed link",
+        "Password changed",
+        "Email change requested",
+        "Email address changed",
+        "Email change reverted",
+        "An operator made a password reset link",
+    ]
+    account_page = signed_in_browser(node, email).get("/account").text
+    shown = node.ctl("user", "show", email).stdout
+    for label in labels:
+        assert label in account_page, (label, account_page)
+        assert label in shown, (label, shown)
+    assert "by an operator" in shown

@@ -363,6 +363,12 @@ def test_verified_owner_takes_the_address_from_an_unverified_account(
     assert "/signin" in squatter.get("/account").url, "the squatter was signed out"
     refused = _browser(upstream_setup).sign_in("hana@example.test", "a long enough password")
     assert refused.status_code == 401
+    logged = _rows(
+        upstream_setup,
+        "SELECT e.kind, e.detail FROM security_events e JOIN accounts a ON a.id = e.account_id "
+        "WHERE a.email LIKE '%@released.invalid'",
+    )
+    assert ("email_lost", "hana@example.test, verified at Test OP") in logged, logged
 
 
 def test_no_identity_is_linked_into_an_unverified_account(
@@ -381,6 +387,7 @@ def test_no_identity_is_linked_into_an_unverified_account(
     assert page.status_code == 403, page.text[:2000]
     assert "Confirm your Clickpass address first" in page.text
     assert _rows(upstream_setup, "SELECT COUNT(*) FROM upstream_identities") == [(0,)]
+    assert "A sign-in provider was not linked" in person.get("/account").text
     upstream_setup.node.ctl("user", "verify", "ivan@example.test")
     manage = person.get("/account/upstream")
     start = person.post("/upstream/testop/link", {"csrf_token": csrf_token(manage.text)})

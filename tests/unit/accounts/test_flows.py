@@ -27,6 +27,7 @@ from clickpass.accounts.service import (
     Account,
     AccountError,
     Accounts,
+    SignIn,
     SignInRefused,
     SignUpThrottled,
     Throttled,
@@ -445,4 +446,75 @@ async def test_sign_up_counts_against_the_sign_up_limits_before_hashing(
     await flows.sign_up("bob@example.org", PASSWORD, "192.0.2.2")
     ann = await account(storage_backend, "ann@example.org")
     logged = await storage_backend.run(events.recent, ann.id)
-    assert [e.kind for e in logged] == ["signup"]
+    assert [e.kind for e in logged] == ["signup_attempt_taken", "signup"]
+
+
+# The security log.
+
+
+async def logged(storage: AdbapiStorage, account_id: int) -> list[tuple[str, str, str, str]]:
+    """C{account_id}'s security log, oldest first: kind, address, browser, detail."""
+    found = await storage.run(events.recent, account_id, 100)
+    return [(e.kind, e.client_address, e.browser, e.detail) for e in reversed(found)]
+
+
+@async_test
+async def test_every_flow_writes_the_owners_security_log(
+    storage_backend: AdbapiStorage, accounts: Accounts, flows: AccountFlows, clock: Clock
+) -> None:
+    """
+    Each change through a mailed link (and each attempt on a taken address,
+    each operator's hand) is a line of the owner's log, with where and
+    which browser it came from when a person made it.
+    """
+    web = SignIn("192.0.2.9", "Firefox on Linux")
+    await flows.sign_up("ann@example.org", PASSWORD, "192.0.2.1", how=web)
+    ann = await account(storage_backend, "ann@example.org")
+    await flows.sign_up("ann@example.org", PASSWORD, "192.0.2.2", how=web)
+    (verify,) = [m for m in await mails(storage_backend, ann.email) if "Confirm" in m["Subject"]]
+    await flows.verify(token_in(verify, "verify"), ann, web)
+    await flows.request_reset("ann@example.org", "192.0.2.1", web)
+    (reset,) = [m for m in await mails(storage_backend, ann.email) if "Reset" in m["Subject"]]
+    await flows.reset(token_in(reset, "reset"), NEW_PASSWORD, web)
+    await flows.change_password(ann, NEW_PASSWORD, PASSWORD, "192.0.2.1", "", web)
+    await flows.request_email_change(ann, PASSWORD, "ann@new.example", "192.0.2.1", web)
+    (confirm,) = await mails(storage_backend, "ann@new.example")
+    await flows.confirm_email_change(token_in(confirm, "email/confirm"), ann, web)
+    notice = [m for m in await mails(storage_backend, ann.email) if "address" in m["Subject"]][-1]
+    await flows.revert_email(token_in(notice, "email/revert"), web)
+    await flows.operator_verify("ann@example.org")
+    await flows.operator_reset_link("ann@example.org")
+    here = ("192.0.2.9", "Firefox on Linux")
+    assert await logged(storage_backend, ann.id) == [
+        ("signup", *here, ""),
+        ("signup_attempt_taken", *here, ""),
+        ("email_verified", *here, "ann@example.org"),
+        ("password_reset_requested", *here, ""),
+        ("password_reset", *here, ""),
+        ("password_changed", *here, ""),
+        ("email_change_requested", *here, "ann@new.example"),
+        ("email_changed", *here, "ann@example.org -> ann@new.example"),
+        ("email_change_reverted", *here, "ann@example.org"),
+        ("email_verified", "", "", "ann@example.org, by an operator"),
+        ("reset_link_by_operator", "", "", ""),
+    ]
+
+
+@async_test
+async def test_a_change_that_fails_logs_nothing(
+    storage_backend: AdbapiStorage, accounts: Accounts, flows: AccountFlows
+) -> None:
+    """A refused change (a wrong current password, a used link) leaves the log as it was."""
+    ann = await accounts.sign_up("ann@example.org", PASSWORD, verified=True)
+    before = await logged(storage_backend, ann.id)
+    with pytest.raises(AccountError):
+        await flows.change_password(ann, "not my password", NEW_PASSWORD, "192.0.2.1", "")
+    await flows.request_reset("ann@example.org", "192.0.2.1")
+    (reset,) = await mails(storage_backend, ann.email)
+    await flows.reset(token_in(reset, "reset"), NEW_PASSWORD)
+    after_reset = await logged(storage_backend, ann.id)
+    with pytest.raises(tokens.TokenRefused):
+        await flows.reset(token_in(reset, "reset"), PASSWORD)
+    assert await logged(storage_backend, ann.id) == after_reset
+    kinds = [k for k, *_ in after_reset[len(before) :]]
+    assert kinds == ["signin_failed", "password_reset_requested", "password_reset"]
