@@ -135,6 +135,9 @@ class Node(MultiService):
         self.settings = settings
         self.secret = secret
         self.storage = storage
+        # The node's one mail outbox: its operator commands and second
+        # factors queue mail through it; the mail service sends it.
+        self.outbox = Outbox(settings.mail, settings.base_url)
         self.exit_code = 0
         self.started_at = 0.0
         self.ready = False
@@ -215,9 +218,7 @@ class Node(MultiService):
         # The operators' user commands beyond add and disable.
         register_user_commands(self.commands, reactor, storage, self._accounts(), settings.base_url)
         # Second factors: listed and reset by operators on the control port.
-        factors = SecondFactors(
-            storage, settings.mfa, self.secret, Outbox(settings.mail, settings.base_url)
-        )
+        factors = SecondFactors(storage, settings.mfa, self.secret, self.outbox)
         register_mfa_commands(self.commands, factors)
         self._housekeeping(storage, signing_keys, factors).setServiceParent(group)
         # Partner webhooks: the node (not the workers) empties the durable outbox.
@@ -405,7 +406,7 @@ class Node(MultiService):
             self.storage,
             self._accounts(),
             self.settings.accounts,
-            Outbox(self.settings.mail, self.settings.base_url),
+            self.outbox,
         )
 
     async def _cmd_user_verify(self, args: Any) -> dict[str, Any]:
