@@ -62,7 +62,8 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     second_factors = mfa_web.install(app, router, factors)
 
     # The flows through mailed links: verify, reset, change password or email.
-    ownership = ownership_web.install(app, router, outbox)
+    # A reset is a first factor: the second step follows it.
+    ownership = ownership_web.install(app, router, outbox, second_factors)
 
     # Upstream sign-in: its pages, and the claims the provider may release.
     # A provider's sign-in is a first factor: the second step follows it.

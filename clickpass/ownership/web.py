@@ -16,7 +16,7 @@ change an account but through L{clickpass.accounts.flows.AccountFlows}.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import ChoiceLoader, FileSystemLoader
 
@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.flows import AccountFlows, Mailer, TooManyRequests
-from clickpass.accounts.service import AccountError, HashingBusy, Throttled
+from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
 from clickpass.accounts.tokens import TokenRefused
 from clickpass.web.app import WebApp, safe_next
 from clickpass.web.pages import AccountSection
@@ -36,12 +36,27 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_TOKEN = 128
 
 
-class OwnershipPages:
-    """The handlers; given the web app and the flows."""
+class SecondFactors(Protocol):
+    """
+    What second factors (clickpass.mfa) do for these pages: a password set
+    with a reset link is a first factor only, so the second sign-in step
+    follows it, as it follows a password typed at sign-in.
+    """
 
-    def __init__(self, app: WebApp, flows: AccountFlows) -> None:
+    async def after_password(
+        self, request: Request, account: Account, next_url: str
+    ) -> bytes | None: ...
+
+
+class OwnershipPages:
+    """The handlers; given the web app, the flows and the second factors."""
+
+    def __init__(
+        self, app: WebApp, flows: AccountFlows, second_factors: SecondFactors | None = None
+    ) -> None:
         self.app = app
         self.flows = flows
+        self.second_factors = second_factors
 
     # Helpers.
 
@@ -159,10 +174,16 @@ class OwnershipPages:
         except AccountError as e:
             return self._page(request, "reset.html", 400, token=token, error=str(e))
         log.info("account {account} reset its password", account=done.account.id)
-        # The link and a new password are proof enough: no sign-in throttle
-        # stands between the owner and their account.
+        # The link and a new password are proof enough to pass the sign-in
+        # throttle, but only of the mailbox: a person with a second factor
+        # gives it before a session starts.
+        next_url = "/account?reset=1"
+        if self.second_factors is not None:
+            answer = await self.second_factors.after_password(request, done.account, next_url)
+            if answer is not None:
+                return answer
         await self.app.sign_in(request, done.account)
-        return self.app.redirect(request, "/account?reset=1")
+        return self.app.redirect(request, next_url)
 
     # Changes by the signed-in owner.
 
@@ -277,17 +298,20 @@ def _current_password_error(e: AccountError) -> str:
     return text
 
 
-def install(app: WebApp, router: Router, mailer: Mailer) -> OwnershipPages:
+def install(
+    app: WebApp, router: Router, mailer: Mailer, second_factors: SecondFactors | None = None
+) -> OwnershipPages:
     """
     Register the flows' pages on C{router}, with their templates; return
     the pages, whose C{signed_up} is the kernel's sign-up flow and whose
-    C{account_section} goes on the account page.
+    C{account_section} goes on the account page. With C{second_factors},
+    a reset signs in only through the second step.
     """
     loader = app.templates.loader
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
     flows = AccountFlows(app.reactor, app.storage, app.accounts, app.settings.accounts, mailer)
-    pages = OwnershipPages(app, flows)
+    pages = OwnershipPages(app, flows, second_factors)
     router.add("GET", "/verify", pages.verify_page)
     router.add("POST", "/verify", pages.verify)
     router.add("POST", "/verify/resend", pages.resend)
