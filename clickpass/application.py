@@ -84,7 +84,7 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     oidc = oidc_web.install(app, router, held=assertions)
     approvals_section = openid_account.install(app, router, forgotten=oidc)
     # The person's own controls: sessions, security log, export, deletion.
-    self_service_section = selfservice_web.install(app, router)
+    self_service_section = selfservice_web.install(app, router, second_factors)
 
     base_url = settings.base_url
 

@@ -31,7 +31,8 @@ class MfaSettings:
         default=600,
         metadata=_doc(
             "Seconds a sign-in with the strongest factor counts as fresh for sensitive "
-            "actions (adding or removing a factor, new recovery codes)."
+            "actions (adding or removing a factor, new recovery codes, changing the "
+            "password or email address, the account's export, deleting the account)."
         ),
     )
     trusted_browser_lifetime: int = dataclasses.field(

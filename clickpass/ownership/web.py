@@ -40,12 +40,16 @@ class SecondFactors(Protocol):
     """
     What second factors (clickpass.mfa) do for these pages: a password set
     with a reset link is a first factor only, so the second sign-in step
-    follows it, as it follows a password typed at sign-in.
+    follows it, as it follows a password typed at sign-in; and changing the
+    password or the address needs a fresh sign-in with the strongest
+    factor (step-up: return, or raise the redirect that asks for it).
     """
 
     async def after_password(
         self, request: Request, account: Account, next_url: str
     ) -> bytes | None: ...
+
+    async def require_step_up(self, request: Request, account: Account, back: str) -> None: ...
 
 
 class OwnershipPages:
@@ -82,6 +86,11 @@ class OwnershipPages:
     def _limited(self, request: Request, e: TooManyRequests | Throttled | HashingBusy) -> None:
         request.setResponseCode(503 if isinstance(e, HashingBusy) else 429)
         request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
+
+    async def _stepped_up(self, request: Request, account: Account, back: str) -> None:
+        """Go on only after a fresh sign-in with the strongest factor (with second factors)."""
+        if self.second_factors is not None:
+            await self.second_factors.require_step_up(request, account, back)
 
     async def _signed_in_for(self, request: Request) -> Any:
         """The signed-in person, or a redirect to sign in and come back to this link."""
@@ -188,12 +197,14 @@ class OwnershipPages:
     # Changes by the signed-in owner.
 
     async def password_form(self, request: Request) -> bytes:
-        await self.app.require_account(request)
+        account = await self.app.require_account(request)
+        await self._stepped_up(request, account, "/account/password")
         return self._page(request, "password.html", error=None)
 
     async def change_password(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, "/account/password")
+        await self._stepped_up(request, account, "/account/password")
         new = self.app.form(request, "password")
         try:
             if new != self.app.form(request, "password_again"):
@@ -214,12 +225,14 @@ class OwnershipPages:
         return self.app.redirect(request, "/account?password=1")
 
     async def email_form(self, request: Request) -> bytes:
-        await self.app.require_account(request)
+        account = await self.app.require_account(request)
+        await self._stepped_up(request, account, "/account/email")
         return self._page(request, "email.html", error=None, new_email="")
 
     async def change_email(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, "/account/email")
+        await self._stepped_up(request, account, "/account/email")
         new_email = self.app.form(request, "email")
         try:
             address = await self.flows.request_email_change(
@@ -305,7 +318,8 @@ def install(
     Register the flows' pages on C{router}, with their templates; return
     the pages, whose C{signed_up} is the kernel's sign-up flow and whose
     C{account_section} goes on the account page. With C{second_factors},
-    a reset signs in only through the second step.
+    a reset signs in only through the second step, and changing the
+    password or the address needs step-up.
     """
     loader = app.templates.loader
     assert loader is not None

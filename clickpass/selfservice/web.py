@@ -4,8 +4,10 @@ other), their security log, a download of everything Clickpass holds
 about them, and deleting the account.
 
 Every change is a CSRF-checked POST answered with a redirect, so
-reloading never repeats it. Deleting asks for the password again (or,
-for an account with no password, the email address typed out).
+reloading never repeats it. The export and deleting need a fresh sign-in
+with the person's strongest factor (step-up, through the L{StepUp} seam);
+deleting also asks for the password again (or, for an account with no
+password, the email address typed out).
 
 It reads and changes only the signed-in person's own account.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import ChoiceLoader, FileSystemLoader
 
@@ -52,11 +54,27 @@ def _has_password(tx: Transaction, account_id: int) -> bool:
     return row is not None and row[0] is not None
 
 
+class StepUp(Protocol):
+    """
+    Step-up (clickpass.mfa): return when this session signed in with the
+    person's strongest factor lately; otherwise raise the redirect that
+    asks for it and comes back to C{back}.
+    """
+
+    async def require_step_up(self, request: Request, account: Account, back: str) -> None: ...
+
+
 class SelfService:
     """The handlers of the person's own account controls."""
 
-    def __init__(self, app: WebApp) -> None:
+    def __init__(self, app: WebApp, step_up: StepUp | None = None) -> None:
         self.app = app
+        self.step_up = step_up
+
+    async def _stepped_up(self, request: Request, account: Account, back: str) -> None:
+        """Go on only after a fresh sign-in with the strongest factor (when there is step-up)."""
+        if self.step_up is not None:
+            await self.step_up.require_step_up(request, account, back)
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -121,6 +139,7 @@ class SelfService:
 
     async def export(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
+        await self._stepped_up(request, account, "/account/export")
         found = await self.app.storage.run(data.export, account.id, self.app.settings.base_url)
         if found is None:
             raise HTTPError(404, "There is no such account any more.")
@@ -132,6 +151,7 @@ class SelfService:
 
     async def delete_form(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
+        await self._stepped_up(request, account, "/account/delete")
         return await self._delete_page(request, account)
 
     async def _delete_page(self, request: Request, account: Account, error: str = "") -> bytes:
@@ -150,6 +170,7 @@ class SelfService:
     async def delete(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, back="/account/delete")
+        await self._stepped_up(request, account, "/account/delete")
         try:
             await self._confirm(request, account)
             erased = await self.app.storage.run(
@@ -193,12 +214,15 @@ class SelfService:
         return self.app.render(request, "selfservice/deleted.html")
 
 
-def install(app: WebApp, router: Router) -> AccountSection:
-    """Register the account controls' routes; return their part of the account page."""
+def install(app: WebApp, router: Router, step_up: StepUp | None = None) -> AccountSection:
+    """
+    Register the account controls' routes; return their part of the account
+    page. With C{step_up}, the export and deleting need a fresh sign-in.
+    """
     loader = app.templates.loader
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
-    pages = SelfService(app)
+    pages = SelfService(app, step_up)
     router.add("POST", "/account/sessions/end", pages.end_session)
     router.add("POST", "/account/sessions/end-others", pages.end_other_sessions)
     router.add("GET", "/account/export", pages.export)
@@ -214,4 +238,4 @@ def install(app: WebApp, router: Router) -> AccountSection:
     )
 
 
-__all__ = ["SelfService", "install"]
+__all__ = ["SelfService", "StepUp", "install"]
