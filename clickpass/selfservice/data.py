@@ -1,10 +1,10 @@
 """
 Everything Clickpass holds about one person, read out (L{export}) or
 removed (L{erase}), across the features that keep a part of it: the
-account and its sessions and security log (accounts), per-site
-identifiers and approvals (OpenID), connected partner sites and site
-administration (partners), upstream identities (upstream sign-in), and
-mail waiting to be sent to the address.
+account and its sessions, security log and mailed links (accounts),
+per-site identifiers and approvals (OpenID), connected partner sites and
+site administration (partners), upstream identities (upstream sign-in),
+second factors (mfa), and mail waiting to be sent to the address.
 
 Both are storage functions run in one transaction, so an export is one
 consistent picture and an erasure happens whole or not at all. Erasing
@@ -50,15 +50,71 @@ def _rows(tx: Transaction, sql: str, names: tuple[str, ...], *args: object) -> l
 def _account_row(tx: Transaction, account_id: int) -> dict[str, Any] | None:
     found = _rows(
         tx,
-        "SELECT id, uid, email, display_name, created, disabled FROM accounts WHERE id = ?",
-        ("id", "uid", "email", "display_name", "created", "disabled"),
+        "SELECT id, uid, email, display_name, created, disabled, email_verified "
+        "FROM accounts WHERE id = ?",
+        ("id", "uid", "email", "display_name", "created", "disabled", "email_verified"),
         account_id,
     )
     if not found:
         return None
     account = found[0]
     account["disabled"] = bool(account["disabled"])
+    account["email_verified"] = bool(account["email_verified"])
     return account
+
+
+def _mailed_links(tx: Transaction, account_id: int) -> list[dict[str, Any]]:
+    # What each link was for and when; never the token (only its hash is
+    # kept, and that opens the link to whoever has it).
+    return _rows(
+        tx,
+        "SELECT purpose, email, created, expires, used FROM account_tokens "
+        "WHERE account_id = ? ORDER BY created",
+        ("purpose", "email", "created", "expires", "used"),
+        account_id,
+    )
+
+
+def _second_factors(tx: Transaction, account_id: int) -> dict[str, Any]:
+    # That an app is set up and when, never its secret; the recovery codes'
+    # dates, never their hashes; trusted browsers and how each session
+    # signed in, never the cookies' hashes.
+    app = _rows(
+        tx,
+        "SELECT created, confirmed FROM mfa_totp WHERE account_id = ?",
+        ("created", "confirmed"),
+        account_id,
+    )
+    return {
+        "authenticator_app": app[0] if app else None,
+        "recovery_codes": _rows(
+            tx,
+            "SELECT created, used FROM mfa_recovery_codes WHERE account_id = ? ORDER BY id",
+            ("created", "used"),
+            account_id,
+        ),
+        "trusted_browsers": _rows(
+            tx,
+            "SELECT created, expires, client_address FROM mfa_trusted_browsers "
+            "WHERE account_id = ? ORDER BY created",
+            ("created", "expires", "client_address"),
+            account_id,
+        ),
+        "session_sign_ins": _rows(
+            tx,
+            "SELECT methods, password_time, factor_time, expires FROM mfa_session_auth "
+            "WHERE account_id = ? ORDER BY password_time",
+            ("methods", "password_time", "factor_time", "expires"),
+            account_id,
+        ),
+        "second_steps_waiting": _rows(
+            tx,
+            "SELECT created, expires, first_method FROM mfa_pending "
+            "WHERE account_id = ? ORDER BY created",
+            ("created", "expires", "first_method"),
+            account_id,
+        ),
+    }
 
 
 def _upstream(tx: Transaction, account_id: int) -> list[dict[str, Any]]:
@@ -88,8 +144,9 @@ def _upstream(tx: Transaction, account_id: int) -> list[dict[str, Any]]:
 def export(tx: Transaction, account_id: int, base_url: str) -> dict[str, Any] | None:
     """
     Everything held about C{account_id}, as JSON-ready values (L{None}
-    when there is no such account). Password hash and session tokens are
-    left out: they are secrets, not information about the person.
+    when there is no such account). Password hash, session tokens, mailed
+    links' tokens, the second factor's secret and recovery codes are left
+    out: they are secrets, not information about the person.
     """
     account = _account_row(tx, account_id)
     if account is None:
@@ -152,7 +209,23 @@ def export(tx: Transaction, account_id: int, base_url: str) -> dict[str, Any] | 
             }
             for e in events.recent(tx, account_id, limit=100_000)
         ],
+        "mailed_links": _mailed_links(tx, account_id),
+        "second_factors": _second_factors(tx, account_id),
     }
+
+
+# The tables whose rows are one person's, found by account_id.
+_TABLES_BY_ACCOUNT = (
+    "approvals",
+    "site_identifiers",
+    "upstream_identities",
+    "upstream_pending",
+    "account_tokens",
+    "mfa_totp",
+    "mfa_recovery_codes",
+    "mfa_pending",
+    "mfa_trusted_browsers",
+)
 
 
 def _leave_partner_admin(tx: Transaction, account_id: int, now: int) -> None:
@@ -179,18 +252,24 @@ def erase(tx: Transaction, account_id: int, base_url: str, now: int) -> Erased |
     for site, link in sites.links_for_account(tx, account_id):
         sites.request_deletion(tx, site, link, identifier_url(base_url, link.opaque), now)
         told.append(site.public_id)
-    for table in ("approvals", "site_identifiers", "upstream_identities", "upstream_pending"):
+    for table in _TABLES_BY_ACCOUNT:
         tx.execute(f"DELETE FROM {table} WHERE account_id = ?", account_id)
-    tx.execute(
-        "DELETE FROM session_details WHERE account_id = ? OR token_hash IN "
-        "(SELECT token_hash FROM sessions WHERE account_id = ?)",
-        account_id,
-        account_id,
-    )
+    for table in ("session_details", "mfa_session_auth"):
+        tx.execute(
+            f"DELETE FROM {table} WHERE account_id = ? OR token_hash IN "
+            "(SELECT token_hash FROM sessions WHERE account_id = ?)",
+            account_id,
+            account_id,
+        )
     tx.execute("DELETE FROM sessions WHERE account_id = ?", account_id)
     events.forget_account(tx, account_id)
     email = str(account["email"])
-    tx.execute("DELETE FROM signin_failures WHERE scope = 'account' AND subject = ?", email)
+    tx.execute(
+        "DELETE FROM signin_failures WHERE (scope IN ('account', 'link-address') AND subject = ?) "
+        "OR (scope = 'second-factor' AND subject = ?)",
+        email,
+        str(account_id),
+    )
     tx.execute("DELETE FROM mail_outbox WHERE recipient = ?", email)
     tx.execute("DELETE FROM accounts WHERE id = ?", account_id)
     return Erased(email, tuple(told))

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from clickpass.accounts import events
+from clickpass.accounts import events, tokens
 from clickpass.openid import approvals
 from clickpass.openid.identifiers import identifier_url
 from clickpass.partners import sites
@@ -21,6 +21,7 @@ from tests.unit.partners.conftest import NOW, add_account, make_site
 
 BASE = "https://login.example/"
 OPAQUE = "o" * 32
+SEALED_SECRET = b"sealed-totp-secret-bytes"
 
 
 def _person(tx: Transaction, site: sites.Site) -> int:
@@ -65,7 +66,56 @@ def _person(tx: Transaction, site: sites.Site) -> int:
         "VALUES ('account', 'p@example.com', ?, 2)",
         NOW,
     )
+    _mailed_links_and_second_factors(tx, account_id)
     return account_id
+
+
+def _mailed_links_and_second_factors(tx: Transaction, account_id: int) -> None:
+    """A mailed link, an app, recovery codes, a trusted browser, a second step."""
+    tokens.issue(tx, account_id, tokens.CHANGE_EMAIL, 3600, NOW, "new@example.com")
+    tx.execute(
+        "INSERT INTO mfa_totp (account_id, secret, confirmed, created) VALUES (?, ?, ?, ?)",
+        account_id,
+        SEALED_SECRET,
+        NOW,
+        NOW,
+    )
+    tx.execute(
+        "INSERT INTO mfa_recovery_codes (account_id, code_hash, created) VALUES (?, ?, ?)",
+        account_id,
+        "r" * 64,
+        NOW,
+    )
+    tx.execute(
+        "INSERT INTO mfa_trusted_browsers (token_hash, account_id, created, expires, "
+        "client_address) VALUES (?, ?, ?, ?, '192.0.2.1')",
+        "t" * 64,
+        account_id,
+        NOW,
+        NOW + 86400,
+    )
+    tx.execute(
+        "INSERT INTO mfa_pending (token_hash, account_id, created, expires) VALUES (?, ?, ?, ?)",
+        "q" * 64,
+        account_id,
+        NOW,
+        NOW + 300,
+    )
+    tx.execute(
+        "INSERT INTO mfa_session_auth (token_hash, account_id, methods, password_time, "
+        "factor_time, expires) VALUES ('h1', ?, 'pwd otp', ?, ?, ?)",
+        account_id,
+        NOW,
+        NOW,
+        NOW + 3600,
+    )
+    tx.execute(
+        "INSERT INTO signin_failures (scope, subject, window_start, failures) "
+        "VALUES ('second-factor', ?, ?, 1), ('link-address', 'p@example.com', ?, 1)",
+        str(account_id),
+        NOW,
+        NOW,
+    )
 
 
 def _left(tx: Transaction, account_id: int) -> dict[str, int]:
@@ -81,11 +131,20 @@ def _left(tx: Transaction, account_id: int) -> dict[str, int]:
             "upstream_identities",
             "security_events",
             "known_browsers",
+            "account_tokens",
+            "mfa_totp",
+            "mfa_recovery_codes",
+            "mfa_trusted_browsers",
+            "mfa_pending",
+            "mfa_session_auth",
         )
     }
     counts["accounts"] = int(tx.scalar("SELECT COUNT(*) FROM accounts WHERE id = ?", account_id))
     counts["signin_failures"] = int(
-        tx.scalar("SELECT COUNT(*) FROM signin_failures WHERE subject = 'p@example.com'")
+        tx.scalar(
+            "SELECT COUNT(*) FROM signin_failures WHERE subject IN ('p@example.com', ?)",
+            str(account_id),
+        )
     )
     return {table: n for table, n in counts.items() if n}
 
@@ -104,6 +163,27 @@ def test_export_holds_every_part_of_the_person(storage: DirectStorage) -> None:
     assert found["sessions"][0]["browser"] == "Firefox on Linux"
     assert found["security_events"][0]["kind"] == "signin"
     assert "h1" not in json.dumps(found)  # no session token hash
+    assert found["account"]["email_verified"] is False
+    [link] = found["mailed_links"]
+    assert (link["purpose"], link["email"], link["used"]) == (
+        tokens.CHANGE_EMAIL,
+        "new@example.com",
+        0,
+    )
+    factors = found["second_factors"]
+    assert factors["authenticator_app"] == {"created": NOW, "confirmed": NOW}
+    assert factors["recovery_codes"] == [{"created": NOW, "used": 0}]
+    assert factors["trusted_browsers"][0]["client_address"] == "192.0.2.1"
+    assert factors["session_sign_ins"][0]["methods"] == "pwd otp"
+    assert factors["second_steps_waiting"][0]["first_method"] == "pwd"
+    # No secret: not the app's key, not a hash of a code, token or cookie.
+    text = json.dumps(found)
+    for secret in ("r" * 64, "t" * 64, "q" * 64, SEALED_SECRET.decode("latin-1")):
+        assert secret not in text
+    token_hashes = storage.run_blocking(
+        lambda tx: [r[0] for r in tx.fetchall("SELECT token_hash FROM account_tokens")]
+    )
+    assert token_hashes and not any(h in text for h in token_hashes)
     assert storage.run_blocking(data.export, account_id + 100, BASE) is None
 
 
