@@ -6,13 +6,16 @@ client that fills in forms (CSRF token included) and follows redirects.
 from __future__ import annotations
 
 import re
+import time
+from email.message import Message
 from html import unescape
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import requests
 
-from tests.support.mailbox import link_in, wait_for_message
+from tests.support.mailbox import link_in, messages_to
 from tests.support.node import maildir_for
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -24,6 +27,33 @@ def csrf_token(html: str) -> str:
     if m is None:
         raise AssertionError("no CSRF token on the page:\n" + html[:2000])
     return unescape(m.group(1))
+
+
+CONFIRM_SUBJECT = "Confirm your email address"
+
+
+def confirmations(maildirs: list[Path], address: str) -> list[Message]:
+    """The verification mails delivered to C{address} so far."""
+    return [
+        m
+        for directory in maildirs
+        if (directory / "new").is_dir()
+        for m in messages_to(directory, address)
+        if CONFIRM_SUBJECT in str(m["Subject"])
+    ]
+
+
+def new_confirmation(
+    maildirs: list[Path], address: str, earlier: set[str], timeout: float = 60.0
+) -> Message:
+    """Wait for a verification mail to C{address} other than the C{earlier} ones (Message-IDs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in confirmations(maildirs, address):
+            if str(message["Message-ID"]) not in earlier:
+                return message
+        time.sleep(0.1)
+    raise AssertionError(f"no new verification mail to {address} within {timeout}s")
 
 
 class Browser:
@@ -61,6 +91,11 @@ class Browser:
         page is returned as it is.
         """
         query = f"?next={next_url}" if next_url else ""
+        address = email.strip().lower()
+        maildirs = maildir_for(self.base_url)
+        # An address signed up before (its account since deleted) has older
+        # links in the maildir: this sign-up's is the next one.
+        earlier = {str(m["Message-ID"]) for m in confirmations(maildirs, address)}
         response = self.submit(
             "/signup" + query,
             "/signup",
@@ -68,10 +103,9 @@ class Browser:
         )
         if not verify or 'id="signup-sent"' not in response.text:
             return response
-        maildirs = maildir_for(self.base_url)
         if not maildirs:
             return self.sign_in(email, password, next_url)
-        message = wait_for_message(maildirs, email.strip().lower(), "Confirm your email address")
+        message = new_confirmation(maildirs, address, earlier)
         return self.verify(link_in(message, "verify"), email, password)
 
     def verify(self, link: str, email: str, password: str) -> requests.Response:

@@ -17,6 +17,7 @@ import pyotp
 import pytest
 
 from tests.integration.mfa.person import PASSWORD
+from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,12 @@ def test_set_up_and_sign_in_with_the_app(chrome: WebDriver, node: NodeProcess) -
         "form[action='/signup']",
         {"email": email, "password": PASSWORD, "password_again": PASSWORD},
     )
+    # Sign-up signs nobody in: the mailed link, a sign-in, and confirming do.
+    wait_for(driver, "#signup-sent")
+    message = wait_for_message(maildir_of(node), email, "Confirm your email address")
+    driver.get(node.url.rstrip("/") + link_in(message, "verify"))
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    submit(driver, "form[action='/verify']", {})
     driver.get(node.url + "account/mfa")
     submit(driver, "form[action='/account/mfa/totp/begin']", {})
     qr = wait_for(driver, "figure.qr svg")
