@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.node.test_self_service import SAFARI, browser, signed_in
 from tests.integration.partners.test_browser import chrome, click, type_into, wait_for
+from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,15 @@ def test_sessions_and_deletion_in_chromium(chrome: WebDriver, node: NodeProcess)
     type_into(driver, "#password", PASSWORD)
     type_into(driver, "#password_again", PASSWORD)
     click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signup'] button"))
+    # Sign-up signs nobody in: the mailed link, a sign-in and confirming do.
+    wait_for(driver, "#signup-sent")
+    message = wait_for_message(maildir_of(node), "chromium@example.com", "Confirm your email")
+    driver.get(node.url.rstrip("/") + link_in(message, "verify"))
+    wait_for(driver, "form[action='/signin']")
+    type_into(driver, "#email", "chromium@example.com")
+    type_into(driver, "#password", PASSWORD)
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    click(driver, wait_for(driver, "#confirm"))
     wait_for(driver, "#sessions-heading")
 
     phone = browser(node, SAFARI)
