@@ -190,11 +190,12 @@ class Person:
         assert location.startswith("/signin?"), location
         next_url = query_of(location)["next"]
         fields = {"email": self.email, "password": PASSWORD, "next": next_url}
-        if self.signed_up:
-            return self.browser.submit("/signin", "/signin", fields, allow_redirects=False)
-        self.signed_up = True
-        fields["password_again"] = PASSWORD
-        return self.browser.submit("/signup", "/signup", fields, allow_redirects=False)
+        if not self.signed_up:
+            # Sign-up signs nobody in: it confirms the mailed link, then signs in.
+            self.signed_up = True
+            done = self.browser.sign_up(self.email, PASSWORD)
+            assert done.ok, done.text[:2000]
+        return self.browser.submit("/signin", "/signin", fields, allow_redirects=False)
 
     def consent(self, page: requests.Response, decision: str = "allow") -> requests.Response:
         """Answer a consent page; return the provider's response (not followed)."""
