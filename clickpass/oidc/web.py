@@ -38,6 +38,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.accounts.flows import releasable_email
 from clickpass.accounts.service import Account, session_hash
 from clickpass.oidc import assertions, authorize, clients, tokens
 from clickpass.oidc.authorize import (
@@ -83,12 +84,12 @@ EmailVerified = Callable[[Account], bool]
 
 def account_email_verified(account: Account) -> bool:
     """
-    Whether C{account}'s own address is proven. This release keeps no
-    record of that, so it is never released as verified: the accounts'
-    verified flag is what this answers from once it exists. (An address an
-    upstream provider verified is released without asking this.)
+    Whether C{account}'s own address is proven: the accounts' rule for
+    every release to a partner (L{releasable_email}: verified, and a real
+    mailbox). (An address an upstream provider verified is released
+    without asking this.)
     """
-    return False
+    return bool(releasable_email(account))
 
 
 class TokenError(Exception):

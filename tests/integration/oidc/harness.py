@@ -175,11 +175,13 @@ class Provider:
 class Person:
     """Someone with a browser and a Clickpass account."""
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, verify: bool = True) -> None:
         self.provider = provider
         self.email = f"p{secrets.token_hex(4)}@example.com"
         self.browser = Browser(provider.url)
         self.signed_up = False
+        # Whether the person confirms the mailed link after signing up.
+        self.verify = verify
 
     def open(self, url: str) -> requests.Response:
         return self.browser.session.get(url, allow_redirects=False, timeout=30)
@@ -193,7 +195,7 @@ class Person:
         if not self.signed_up:
             # Sign-up signs nobody in: it confirms the mailed link, then signs in.
             self.signed_up = True
-            done = self.browser.sign_up(self.email, PASSWORD)
+            done = self.browser.sign_up(self.email, PASSWORD, verify=self.verify)
             assert done.ok, done.text[:2000]
         return self.browser.submit("/signin", "/signin", fields, allow_redirects=False)
 

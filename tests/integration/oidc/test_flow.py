@@ -118,3 +118,33 @@ def test_browser_clients_may_call_the_token_and_userinfo_endpoints(provider: Pro
         assert "authorization" in response.headers["access-control-allow-headers"]
     refused = requests.post(provider.url + "oidc/token", data={"grant_type": "x"}, timeout=30)
     assert refused.headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.parametrize("verified", [True, False], ids=["verified", "unverified"])
+def test_the_account_address_is_released_only_once_verified(
+    provider: Provider, verified: bool
+) -> None:
+    """
+    Asked for the email scope and allowed, UserInfo carries the account's
+    address with email_verified true once the person confirmed the mailed
+    link, and no address at all before.
+    """
+    client = provider.client("http://127.0.0.1:9/cb")
+    person = Person(provider, verify=verified)
+    back = person.authorize(
+        provider.authorize_url(client, state="s", nonce="n", scope="openid email")
+    )
+    code = query_of(back)["code"]
+    response = provider.token(
+        client, grant_type="authorization_code", code=code, redirect_uri=client.redirect_uri
+    )
+    assert response.status_code == 200, response.text
+    info = requests.get(
+        provider.url + "oidc/userinfo",
+        headers={"Authorization": "Bearer " + response.json()["access_token"]},
+        timeout=30,
+    ).json()
+    if verified:
+        assert info["email"] == person.email and info["email_verified"] is True
+    else:
+        assert "email" not in info and "email_verified" not in info
