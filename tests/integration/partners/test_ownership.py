@@ -23,6 +23,7 @@ from tests.integration.partners.conftest import PASSWORD, Partner
 from tests.integration.partners.flows import HIDDEN, Person
 from tests.support.browser import csrf_token
 from tests.support.node import NodeProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +148,8 @@ def test_partner_api_and_webhooks_carry_no_address(node: NodeProcess, partner: P
     listed = requests.get(node.url + "api/v1/identifiers", headers=auth, timeout=10)
     assert listed.ok
     assert "@" not in listed.text
-    events = partner.process.events()
-    assert events, "the registration's user.linked event was delivered"
+    # Webhooks go out from the node's outbox, a moment after the change.
+    events = wait_for(
+        partner.process.events, 30.0, "the registration's user.linked event to be delivered"
+    )
     assert "@" not in json.dumps([e["data"] for e in events])
