@@ -268,6 +268,17 @@ def sign_in_and_approve(base: str) -> str:
         "csrf_token": _form(page.text)["csrf_token"],
     }
     signed = session.post(base + "/signup", data=fields, allow_redirects=False, timeout=30)
+    if signed.status_code == 200:
+        # Sign-up mails a link and signs nobody in (a revision before that
+        # answered 303, signed in): sign in with the new password.
+        page = session.get(base + "/signin", timeout=30)
+        fields = {
+            "email": BENCH_EMAIL,
+            "password": BENCH_PASSWORD,
+            "next": "/account",
+            "csrf_token": _form(page.text)["csrf_token"],
+        }
+        signed = session.post(base + "/signin", data=fields, allow_redirects=False, timeout=30)
     if signed.status_code != 303:
         raise RuntimeError(f"sign-up answered {signed.status_code}: {signed.text[:300]}")
     consent = session.get(base + openid_path("checkid_setup"), allow_redirects=False, timeout=30)
