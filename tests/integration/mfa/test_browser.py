@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyotp
@@ -26,7 +26,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
@@ -89,12 +92,32 @@ def submit(driver: WebDriver, form: str, fields: dict[str, str]) -> None:
             driver.find_element(By.CSS_SELECTOR, f"{form} button").click()
             break
         except WebDriverException:
-            if expected_conditions.staleness_of(old)(driver):
+            if gone(old)(driver):
                 break  # the click went through: the next page is loading
             if attempt == 2:
                 raise
             time.sleep(0.2)
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 20).until(gone(old))
+
+
+def gone(old: WebElement) -> Callable[[WebDriver], bool]:
+    """
+    A wait condition: C{old} has left the page. Chromium says so as a stale
+    element, or as a node that "does not belong to the document".
+    """
+
+    def check(driver: WebDriver) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+        return False
+
+    return check
 
 
 def later_code(secret: str, after_step: int) -> tuple[str, int]:
