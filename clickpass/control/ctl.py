@@ -13,6 +13,7 @@ storage themselves; C{help} lists the commands without one.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import socket
@@ -150,6 +151,13 @@ def _scalar(value: Any) -> str:
     if value is None:
         return "-"
     return str(value)
+
+
+def when(value: Any) -> str:
+    """A UTC time to the second, for an operator ("-" when there is none)."""
+    if not isinstance(value, int | float) or value <= 0:
+        return "-"
+    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -10,16 +10,10 @@ This module must never open the database itself.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from typing import Any
 
 from clickpass.control.ctl import Connection, command
-
-
-def _when(value: Any) -> str:
-    if not isinstance(value, int | float) or value <= 0:
-        return "-"
-    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+from clickpass.control.ctl import when as _when
 
 
 def _email_argument(p: argparse.ArgumentParser) -> None:

@@ -10,17 +10,11 @@ This module must never open the database or handle key material itself.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 from typing import Any
 
 from clickpass.control.ctl import Connection, CtlError, command, format_table
-
-
-def _when(value: Any) -> str:
-    if not isinstance(value, int | float) or value <= 0:
-        return "-"
-    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+from clickpass.control.ctl import when as _when
 
 
 def _format_list(result: dict[str, Any]) -> str:
