@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
@@ -23,6 +23,9 @@ from tests.support.deferreds import block_on
 from tests.support.logged_errors import ErrorCollector, collecting_errors
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable
 from tests.support.storage import DatabaseTarget
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 # ---------------------------------------------------------------------------
 # Tiers: every test gets exactly one of unit, integration, lab, bench.
@@ -144,6 +147,15 @@ def reactor() -> IReactorThreads:
 # ---------------------------------------------------------------------------
 # Storage: a private MariaDB server, and a fresh database on either backend.
 # ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """A real headless Chromium, one per test module (tests/support/chromium.py)."""
+    from tests.support.chromium import chromium
+
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver
 
 
 @pytest.fixture(scope="session")

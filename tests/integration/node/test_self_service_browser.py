@@ -10,19 +10,14 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.node.test_self_service import SAFARI, browser, signed_in
-from tests.integration.partners.test_browser import chrome, click, type_into, wait_for
+from tests.support.chromium import By, WebDriver, click, type_into, wait_for
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 
 PASSWORD = "correct horse battery"
-
-__all__ = ["chrome"]
 
 
 def test_sessions_and_deletion_in_chromium(chrome: WebDriver, node: NodeProcess) -> None:
@@ -32,7 +27,7 @@ def test_sessions_and_deletion_in_chromium(chrome: WebDriver, node: NodeProcess)
     type_into(driver, "#email", "chromium@example.com")
     type_into(driver, "#password", PASSWORD)
     type_into(driver, "#password_again", PASSWORD)
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signup'] button"))
+    click(driver, "form[action='/signup'] button")
     # Sign-up signs nobody in: the mailed link, a sign-in and confirming do.
     wait_for(driver, "#signup-sent")
     message = wait_for_message(maildir_of(node), "chromium@example.com", "Confirm your email")
@@ -40,7 +35,7 @@ def test_sessions_and_deletion_in_chromium(chrome: WebDriver, node: NodeProcess)
     wait_for(driver, "form[action='/signin']")
     type_into(driver, "#email", "chromium@example.com")
     type_into(driver, "#password", PASSWORD)
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    click(driver, "form[action='/signin'] button")
     click(driver, wait_for(driver, "#confirm"))
     wait_for(driver, "#sessions-heading")
 
@@ -53,19 +48,19 @@ def test_sessions_and_deletion_in_chromium(chrome: WebDriver, node: NodeProcess)
     assert any("Chrome on Linux" in t and "(this browser)" in t for t in texts), texts
     assert any("Safari on iOS" in t for t in texts), texts
 
-    click(driver, driver.find_element(By.ID, "end-other-sessions"))
+    click(driver, "#end-other-sessions")
     wait_for(driver, "#sessions-heading")
     assert len(driver.find_elements(By.CSS_SELECTOR, "table.sessions tbody tr")) == 1
     assert "Signed out every other session" in driver.page_source
     assert not signed_in(phone)
 
-    click(driver, driver.find_element(By.ID, "delete-link"))
+    click(driver, "#delete-link")
     wait_for(driver, "#delete-account")
     type_into(driver, "#password", "not the password")
-    click(driver, driver.find_element(By.ID, "delete-account"))
+    click(driver, "#delete-account")
     assert "That is not your password." in wait_for(driver, "p.error").text
     type_into(driver, "#password", PASSWORD)
-    click(driver, driver.find_element(By.ID, "delete-account"))
+    click(driver, "#delete-account")
     assert "Your account is deleted" in wait_for(driver, "h1").text
     driver.get(node.url + "account")
     wait_for(driver, "form[action='/signin']")

@@ -8,11 +8,9 @@ hash, posts the code, state and iss to the client's redirect URI.
 from __future__ import annotations
 
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,17 +18,9 @@ import pytest
 
 from clickpass.oidc import keys
 from tests.integration.oidc.harness import PASSWORD, Provider
+from tests.support.chromium import By, WebDriver, wait_for
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 class Callback:
@@ -64,46 +54,12 @@ class Callback:
 
 
 @pytest.fixture
-def chrome(tmp_path: Path) -> Iterator[WebDriver]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("chromium and chromium-driver are needed (Debian packages)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(
-        service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options
-    )
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-@pytest.fixture
 def callback() -> Iterator[Callback]:
     server = Callback()
     try:
         yield server
     finally:
         server.stop()
-
-
-def wait_for(driver: WebDriver, css: str) -> Any:
-    try:
-        # Generous: the first page of a fresh node on a loaded machine.
-        return WebDriverWait(driver, 60).until(
-            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
-        )
-    except Exception:
-        raise AssertionError(
-            f"{css} not found at {driver.current_url}:\n{driver.page_source[:3000]}"
-        ) from None
 
 
 def test_form_post_in_chromium(provider: Provider, chrome: WebDriver, callback: Callback) -> None:
@@ -116,7 +72,7 @@ def test_form_post_in_chromium(provider: Provider, chrome: WebDriver, callback: 
             client, response_mode="form_post", state="st", nonce="nn", login_hint=email
         )
     )
-    field = wait_for(chrome, "input#email")
+    field = wait_for(chrome, "input#email", timeout=60)  # a fresh node's first page, loaded machine
     assert field.get_attribute("value") == email
     chrome.find_element(By.CSS_SELECTOR, "input#password").send_keys(PASSWORD)
     chrome.find_element(By.CSS_SELECTOR, "form[action='/signin'] button").click()

@@ -11,89 +11,22 @@ with an existing partner account, and disconnect from the account pages.
 from __future__ import annotations
 
 import secrets
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.integration.partners.conftest import PASSWORD, Partner
+from tests.support.chromium import (
+    By,
+    WebDriver,
+    WebDriverWait,
+    click,
+    type_into,
+    wait_for,
+)
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail("chromium and chromium-driver are needed (Debian packages)")
-    profile: Path = tmp_path_factory.mktemp("chromium-profile")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(driver: WebDriver, css: str, timeout: float = 20) -> WebElement:
-    try:
-        return WebDriverWait(driver, timeout).until(
-            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
-        )
-    except Exception:
-        page = driver.page_source
-        raise AssertionError(f"{css} not found at {driver.current_url}:\n{page[:3000]}") from None
-
-
-def click(driver: WebDriver, element: WebElement) -> None:
-    """Click something that loads another page, and wait until the old page is gone."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    element.click()
-
-    def gone(_: WebDriver) -> bool:
-        try:
-            page.is_enabled()
-        except WebDriverException:
-            # Stale, or detached while Chromium was asked about it: either way, replaced.
-            return True
-        return False
-
-    WebDriverWait(driver, 20).until(gone)
-
-
-def type_into(driver: WebDriver, css: str, text: str) -> None:
-    element = driver.find_element(By.CSS_SELECTOR, css)
-    element.clear()
-    element.send_keys(text)
 
 
 def sign_up_at_clickpass(driver: WebDriver, node: NodeProcess, email: str) -> None:
@@ -104,19 +37,19 @@ def sign_up_at_clickpass(driver: WebDriver, node: NodeProcess, email: str) -> No
     """
     wait_for(driver, "form[action='/signin']")
     # The page's own link (it keeps the way back to the partner), not the header's.
-    click(driver, driver.find_element(By.CSS_SELECTOR, "main a[href^='/signup?next=']"))
+    click(driver, "main a[href^='/signup?next=']")
     wait_for(driver, "form[action='/signup']")
     type_into(driver, "#email", email)
     type_into(driver, "#password", PASSWORD)
     type_into(driver, "#password_again", PASSWORD)
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signup'] button"))
+    click(driver, "form[action='/signup'] button")
     wait_for(driver, "#signup-sent")
     message = wait_for_message(maildir_of(node), email, "Confirm your email address")
     driver.get(node.url.rstrip("/") + link_in(message, "verify"))
     wait_for(driver, "form[action='/signin']")
     type_into(driver, "#email", email)
     type_into(driver, "#password", PASSWORD)
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    click(driver, "form[action='/signin'] button")
     click(driver, wait_for(driver, "#confirm"))
 
 
@@ -137,20 +70,20 @@ def test_register_return_connect_and_disconnect(
     assert "Continue to Example Partner" in driver.page_source
     type_into(driver, "#field_nickname", "chromey")
     type_into(driver, "#field_fullname", "Chrome Person")
-    click(driver, driver.find_element(By.ID, "register"))
+    click(driver, "#register")
     assert wait_for(driver, "#current-user").text == "chromey"
     assert "your account was created" in driver.page_source
 
     # 2. A second visit signs in at once: no Clickpass page in between.
-    click(driver, driver.find_element(By.ID, "signout"))
+    click(driver, "#signout")
     click_clickpass_button(driver, partner)
     assert wait_for(driver, "#current-user").text == "chromey"
     assert driver.current_url.startswith(partner.process.url)
 
     # 3. Someone else, with an existing partner account: connect it.
-    click(driver, driver.find_element(By.ID, "signout"))
+    click(driver, "#signout")
     driver.get(node.url)
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signout'] button"))
+    click(driver, "form[action='/signout'] button")
     click_clickpass_button(driver, partner)
     sign_up_at_clickpass(driver, node, f"c{secrets.token_hex(4)}@example.com")
     click(driver, wait_for(driver, "#connect"))
@@ -158,7 +91,7 @@ def test_register_return_connect_and_disconnect(
     assert driver.current_url.startswith(partner.process.url + "connect?")
     type_into(driver, "#username", "alice")
     type_into(driver, "#password", "alice-password")
-    click(driver, driver.find_element(By.ID, "connect-signin"))
+    click(driver, "#connect-signin")
     assert wait_for(driver, "#current-user").text == "alice"
 
     # 4. The connect remembered an approval of the partner's realm: the
@@ -191,7 +124,7 @@ def test_register_return_connect_and_disconnect(
         lambda d: "You have not connected any site yet." in d.page_source
     )
     driver.get(partner.process.url)
-    click(driver, driver.find_element(By.ID, "signout"))
+    click(driver, "#signout")
     click_clickpass_button(driver, partner)
     wait_for(driver, "#register-form")
 
@@ -208,20 +141,20 @@ def test_forgot_password_reset_and_sign_in(chrome: WebDriver, node: NodeProcess)
     driver.get(node.url + "signin")
     click(driver, wait_for(driver, "#forgot"))
     type_into(driver, "#email", email)
-    click(driver, driver.find_element(By.ID, "send-reset"))
+    click(driver, "#send-reset")
     wait_for(driver, "#forgot-sent")
     message = wait_for_message(maildir_of(node), email, "Reset your Clickpass password")
     driver.get(node.url.rstrip("/") + link_in(message, "reset"))
     type_into(driver, "#password", PASSWORD)
     type_into(driver, "#password_again", PASSWORD)
-    click(driver, driver.find_element(By.ID, "reset"))
+    click(driver, "#reset")
     assert wait_for(driver, "#email-state").get_attribute("data-verified") == "yes"
     assert driver.current_url.startswith(node.url + "account")
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signout'] button"))
+    click(driver, "form[action='/signout'] button")
     driver.get(node.url + "signin")
     type_into(driver, "#email", email)
     type_into(driver, "#password", PASSWORD)
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    click(driver, "form[action='/signin'] button")
     assert wait_for(driver, "#email-state") is not None
 
 
@@ -238,11 +171,11 @@ def test_change_email_then_undo(chrome: WebDriver, node: NodeProcess) -> None:
     driver.get(node.url + "signin")
     type_into(driver, "#email", old)
     type_into(driver, "#password", PASSWORD)
-    click(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button"))
+    click(driver, "form[action='/signin'] button")
     click(driver, wait_for(driver, "a[href='/account/email']"))
     type_into(driver, "#email", new)
     type_into(driver, "#current_password", PASSWORD)
-    click(driver, driver.find_element(By.ID, "change-email"))
+    click(driver, "#change-email")
     wait_for(driver, "#email-sent")
     confirm = wait_for_message(maildir_of(node), new, "Confirm your new email address")
     driver.get(node.url.rstrip("/") + link_in(confirm, "email/confirm"))
