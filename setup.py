@@ -48,6 +48,9 @@ setup(
         "boto3>=1.34",
         # Second factors: the TOTP enrolment QR code, as SVG.
         "segno>=1.6",
+        # The partner guides served at /docs/partners: CommonMark to HTML with
+        # raw HTML refused (clickpass/partners/guides.py).
+        "markdown-it-py>=3.0",
     ],
     extras_require={
         "dev": [

@@ -1,6 +1,6 @@
 """
 Installs the partner features into the web application: the console,
-the person's flow and the partner API. Called once by the application's
+the person's flow, the partner API and the partner guides. Called once by the application's
 composition root (clickpass.application), which hooks the returned flow
 into the OpenID provider; it must never start services (the webhook
 delivery runs in the node, not in workers).
@@ -9,7 +9,7 @@ delivery runs in the node, not in workers).
 from __future__ import annotations
 
 from clickpass.openid.web import Assertions
-from clickpass.partners import api, console, flow
+from clickpass.partners import api, console, flow, guides
 from clickpass.web.app import WebApp
 from clickpass.web.routing import Router
 
@@ -19,4 +19,5 @@ def install(app: WebApp, router: Router, assertions: Assertions) -> flow.Partner
     partner_flow = flow.install(app, router, assertions)
     console.install(app, router)
     api.install(app, router)
+    guides.install(app, router)
     return partner_flow

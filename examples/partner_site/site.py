@@ -145,7 +145,7 @@ class PartnerSite(Resource):
         routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("GET", "/"): self.home,
             ("GET", "/xrds"): self.xrds,
-            ("GET", "/login"): self.login,
+            ("GET", "/login/clickpass"): self.login,
             ("GET", "/return"): self.openid_return,
             ("GET", "/register"): self.openid_return,
             ("GET", "/connect"): self.openid_return,
@@ -200,7 +200,7 @@ class PartnerSite(Resource):
         else:
             body = (
                 f"{notice_html}<h1>Example Partner</h1>"
-                "<p><a href='/login' id='clickpass-login' data-clickpass-button "
+                "<p><a href='/login/clickpass' id='clickpass-login' data-clickpass-button "
                 "data-clickpass-next>Sign in with Clickpass</a></p>"
                 f"<script src='{html.escape(self.provider)}static/clickpass-button.js' async>"
                 "</script>"
@@ -258,7 +258,9 @@ class PartnerSite(Resource):
     def _completed(self, request: Request, response: Any) -> bytes:
         session = self.session(request)
         if response.status == consumer.SETUP_NEEDED:
-            return self.redirect(request, "/login?" + urlencode({"next": session.get("next", "/")}))
+            return self.redirect(
+                request, "/login/clickpass?" + urlencode({"next": session.get("next", "/")})
+            )
         if response.status == consumer.CANCEL:
             session["notice"] = "You cancelled signing in with Clickpass."
             return self.redirect(request, "/")

@@ -29,7 +29,7 @@ class Person:
     def start(self, immediate: bool = False) -> requests.Response:
         """Click "Sign in with Clickpass" on the partner site."""
         return self.session.get(
-            self.partner_url + "login" + ("?immediate=1" if immediate else ""), timeout=30
+            self.partner_url + "login/clickpass" + ("?immediate=1" if immediate else ""), timeout=30
         )
 
     def sign_up_from(self, signin_page: requests.Response) -> requests.Response:
