@@ -159,6 +159,14 @@ class PartnerHook(Protocol):
         """The page or answer for a partner site's request, or L{PlainOpenID}."""
         ...
 
+    async def refusal(self, request: Request, openid_request: Any, sector: str) -> bytes | None:
+        """
+        The page refusing a request that the partner site of C{sector} would
+        refuse whoever signs in (a return_to it did not register), shown
+        before anyone is asked to sign in; L{None} when it would not.
+        """
+        ...
+
 
 class SignInStrength(Protocol):
     """
@@ -326,6 +334,21 @@ class Assertions:
         request.setResponseCode(status)
         return self.app.render(request, "openid/refused.html", message=message, back_url=back_url)
 
+    def refuse_unpublished(self, request: Request, openid_request: Any, verdict: Verdict) -> bytes:
+        """The page refusing a return_to that the realm's published list does not hold."""
+        realm = str(openid_request.trust_root)
+        log.info(
+            "openid request refused: return_to {return_to} not published by {realm}",
+            return_to=for_log(openid_request.return_to),
+            realm=for_log(realm),
+        )
+        return self.refuse(
+            request,
+            400,
+            f"The site asked to send you back to {openid_request.return_to}, but {realm} "
+            f"does not confirm that address ({verdict.reason}). Clickpass refused.",
+        )
+
     async def check(
         self,
         request: Request,
@@ -374,17 +397,7 @@ class Assertions:
             )
         verdict: Verdict = await self.verifier.verify(realm, str(openid_request.return_to))
         if verdict.refused:
-            log.info(
-                "openid request refused: return_to {return_to} not published by {realm}",
-                return_to=for_log(openid_request.return_to),
-                realm=for_log(realm),
-            )
-            return self.refuse(
-                request,
-                400,
-                f"The site asked to send you back to {openid_request.return_to}, but {realm} "
-                f"does not confirm that address ({verdict.reason}). Clickpass refused.",
-            )
+            return self.refuse_unpublished(request, openid_request, verdict)
         wanted = extensions.requested(openid_request)
         if wanted.problem:
             # The sign-in goes on without it; this says why the site got nothing.
@@ -597,6 +610,9 @@ class OpenIDWeb:
         if account is None:
             if openid_request.immediate:
                 return await self.assertions.answer(request, openid_request, allow=False)
+            refused = await self._refused_whoever_signs_in(request, openid_request)
+            if refused is not None:
+                return refused
             signin = self.app.signin_url("/openid?" + urlencode(query))
             if len(signin) > MAX_REDIRECT_URL:
                 return self.assertions.refuse(request, 400, TOO_LONG)
@@ -656,10 +672,40 @@ class OpenIDWeb:
             return None
         if openid_request.immediate:
             return await self.assertions.answer(request, openid_request, allow=False)
+        refused = await self._refused_whoever_signs_in(request, openid_request)
+        if refused is not None:
+            return refused
         target = strength.step_up_url("/openid?" + urlencode(query))
         if len(target) > MAX_REDIRECT_URL:
             return self.assertions.refuse(request, 400, TOO_LONG)
         return self.app.redirect(request, target)
+
+    async def _refused_whoever_signs_in(
+        self, request: Request, openid_request: Any
+    ) -> bytes | None:
+        """
+        The refusal a checkid_setup would get after the person signs in,
+        given before they are asked for a password: a realm Clickpass cannot
+        use, a return_to the realm's partner site did not register, or one
+        its published list (relying-party discovery) does not hold. A person
+        must not type a password only to learn that the site is
+        misconfigured. L{None}: nothing known to refuse. (Discovery is cached:
+        the checks after sign-in fetch nothing again. checkid_immediate never
+        comes here: it gets setup_needed without a fetch.)
+        """
+        realm = str(openid_request.trust_root)
+        try:
+            sector = sector_of(realm)
+        except BadRealm as e:
+            return self.assertions.refuse(request, 400, f"The site's realm cannot be used: {e}.")
+        if self.partners is not None:
+            refused = await self.partners.refusal(request, openid_request, sector)
+            if refused is not None:
+                return refused
+        verdict = await self.assertions.verifier.verify(realm, str(openid_request.return_to))
+        if verdict.refused:
+            return self.assertions.refuse_unpublished(request, openid_request, verdict)
+        return None
 
     async def _may_answer_at_once(
         self, openid_request: Any, account: Account, look: FirstLook | None

@@ -31,6 +31,7 @@ from clickpass.accounts import events
 from clickpass.accounts.service import Account
 from clickpass.openid import approvals
 from clickpass.openid import extensions as openid_extensions
+from clickpass.openid.hardening import for_log
 from clickpass.openid.identifiers import BadRealm, SiteIdentifier, sector_of
 from clickpass.openid.web import (
     NOT_READ,
@@ -157,12 +158,7 @@ class PartnerFlow:
         if not site.allows_return_to(str(openid_request.return_to)):
             if openid_request.immediate:
                 return await self.web.answer(request, openid_request, False)
-            return self._refuse(
-                request,
-                f"{site.name} asked to send you back to {openid_request.return_to}, which is "
-                "not one of the addresses it registered with Clickpass. Clickpass refused, to "
-                "protect you. Tell the site.",
-            )
+            return self._refuse_return_to(request, site, openid_request)
         link = await self.app.storage.run(sites.get_link, site.id, account.id)
         if link is not None:
             return await self._login(
@@ -244,6 +240,33 @@ class PartnerFlow:
             None,
             return_to=return_to,
             decorate=extension.decorator(outcome, site.public_id, values, wanted),
+        )
+
+    async def refusal(self, request: Request, openid_request: Any, sector: str) -> bytes | None:
+        """
+        The refusal of a verified site's request for a return_to it did not
+        register, before the person is asked to sign in (L{checkid} would
+        refuse it after); L{None} for anything else. An unverified site's
+        request is plain OpenID: relying-party discovery judges its return_to.
+        """
+        site = await self.app.storage.run(sites.site_by_sector, sector)
+        if site is None or not site.verified:
+            return None
+        if site.allows_return_to(str(openid_request.return_to)):
+            return None
+        return self._refuse_return_to(request, site, openid_request)
+
+    def _refuse_return_to(self, request: Request, site: sites.Site, openid_request: Any) -> bytes:
+        log.info(
+            "partner {site}: return_to {return_to} not registered; refused",
+            site=site.public_id,
+            return_to=for_log(openid_request.return_to),
+        )
+        return self._refuse(
+            request,
+            f"{site.name} asked to send you back to {openid_request.return_to}, which is "
+            "not one of the addresses it registered with Clickpass. Clickpass refused, to "
+            "protect you. Tell the site.",
         )
 
     def _refuse(self, request: Request, message: str) -> bytes:
