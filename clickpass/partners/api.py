@@ -297,9 +297,18 @@ class PartnerApi:
 
     # Deletion requests.
 
+    def _boolean(self, request: Request, name: str) -> bool:
+        """A boolean query parameter (absent: false); any other text is a 400 naming it."""
+        value = self.app.form(request, name).lower()
+        if value in ("", "false", "0"):
+            return False
+        if value in ("true", "1"):
+            return True
+        raise ApiError(400, f"{name} must be true or false.")
+
     async def list_deletions(self, request: Request) -> bytes:
         site = await self._site(request)
-        include = self.app.form(request, "include_completed") in ("1", "true", "yes")
+        include = self._boolean(request, "include_completed")
         found = await self.app.storage.run(sites.deletion_requests, site.id, include)
         return send_json(
             request,

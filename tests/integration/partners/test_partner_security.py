@@ -279,3 +279,76 @@ def test_partner_api_refuses_values_its_schema_does_not_allow(
         assert message in error["message"], (body, error)
         assert "\n" not in error["message"]
     assert requests.get(api, headers=auth, timeout=10).json() == before
+
+
+# A value of another JSON type for each setting PATCH /site takes, as
+# SiteChanges in docs/partner-api.openapi.yaml gives them.
+WRONG_TYPES = {
+    "name": (5, "a number"),
+    "logo_url": (True, "a boolean"),
+    "realm": (["https://x.example/"], "an array"),
+    "registration_url": ({"url": "https://x.example/"}, "an object"),
+    "connect_url": (None, "null"),
+    "webhook_url": (1.5, "a number"),
+}
+WRONG_ARRAYS = {
+    "return_to_urls": "https://x.example/return",
+    "requested_fields": "email",
+    "required_fields": ["email", 7],
+}
+
+
+def test_every_writable_endpoint_refuses_wrong_types(node: NodeProcess, partner: Partner) -> None:
+    """
+    Every setting PATCH /site takes, given another JSON type, is a 422
+    naming that setting in one line, and changes nothing; the endpoints
+    that change something through their path (DELETE an identifier, POST
+    a deletion request complete) answer an id that is not one of the site's
+    with a JSON 404; the query parameters that are not text (limit,
+    include_completed) are a 400 naming them.
+    """
+    api = node.url + "api/v1/"
+    auth = {"Authorization": f"Bearer {partner.site.api_key}"}
+    before = requests.get(api + "site", headers=auth, timeout=10).json()
+    cases: list[tuple[str, object, str]] = [
+        (name, value, f"{name} must be a string, not {kind}.")
+        for name, (value, kind) in WRONG_TYPES.items()
+    ] + [
+        (name, value, f"{name} must be an array of strings.")
+        for name, value in WRONG_ARRAYS.items()
+    ]
+    assert {name for name, _, _ in cases} == set(before) - {"id", "created", "updated", "verified"}
+    for name, value, message in cases:
+        answer = requests.patch(
+            api + "site",
+            headers={**auth, "Content-Type": "application/json"},
+            data=json.dumps({name: value}),
+            timeout=10,
+        )
+        assert answer.status_code == 422, (name, answer.text)
+        assert answer.json() == {"error": {"code": "invalid", "message": message}}
+    assert requests.get(api + "site", headers=auth, timeout=10).json() == before
+
+    for method, path in (
+        ("DELETE", "identifiers/12345"),
+        ("DELETE", "identifiers/" + "A" * 32),
+        ("POST", "deletion-requests/12345/complete"),
+        ("POST", "deletion-requests/%7B%7D/complete"),
+    ):
+        answer = requests.request(method, api + path, headers=auth, timeout=10)
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.json()["error"]["code"] == "not_found"
+
+    for path, message in (
+        ("identifiers?limit=ten", "limit must be a whole number."),
+        ("identifiers?limit=1.5", "limit must be a whole number."),
+        ("deletion-requests?include_completed=maybe", "include_completed must be true or false."),
+    ):
+        answer = requests.get(api + path, headers=auth, timeout=10)
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json() == {"error": {"code": "bad_request", "message": message}}
+    for flag in ("true", "false", "1", "0"):
+        listed = requests.get(
+            api + "deletion-requests?include_completed=" + flag, headers=auth, timeout=10
+        )
+        assert listed.status_code == 200, listed.text
