@@ -207,6 +207,9 @@ def test_the_guide_commands_run_as_written(
         person = Person(node, partner)
         choice = person.sign_up_from(person.start())
         assert "Continue to Example Partner" in choice.text, choice.text[:3000]
+        # The words the guide tells the reader to look for.
+        assert "I'm new to Example Partner" in unescape(choice.text)
+        assert "Create my Example Partner account" in choice.text
         done = person.choose(choice, "register", email=person.email, nickname="guided")
         assert done.ok, done.text[:3000]
         assert done.url.startswith(partner) and "Signed in as" in done.text, done.text[:3000]
