@@ -55,8 +55,11 @@ class Guide:
 
 
 def _slug(text: str) -> str:
-    """A heading's anchor: lower case words joined by hyphens."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+    """
+    A heading's anchor, as GitHub makes it (lower case, punctuation dropped,
+    spaces as hyphens), so a link to a section works on both.
+    """
+    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-") or "section"
 
 
 def _served() -> dict[str, str]:

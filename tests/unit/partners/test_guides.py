@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from clickpass.partners import guides
 
 BASE = "http://127.0.0.1:8080/"
@@ -40,6 +43,15 @@ def test_tables_scroll_in_their_own_box_and_headings_have_anchors() -> None:
     assert '<h2 id="a-b">' in body.body and '<h2 id="a-b-1">' in body.body
 
 
+def test_anchors_are_githubs() -> None:
+    """Section links work on the served page as on GitHub."""
+    body = guides.render(
+        "## 3. Start the sign-in (your `/login/clickpass`)\n\n## Realm's host\n", BASE
+    )
+    assert '<h2 id="3-start-the-sign-in-your-loginclickpass">' in body.body
+    assert '<h2 id="realms-host">' in body.body
+
+
 def test_the_partner_guide_names_this_clickpass() -> None:
     """The real guide renders, its example provider replaced by this node's address."""
     source = (guides.DOCS_DIR / "partner-guide.md").read_text()
@@ -47,3 +59,16 @@ def test_the_partner_guide_names_this_clickpass() -> None:
     guide = guides.render(source, BASE)
     assert guides.EXAMPLE_PROVIDER not in guide.body
     assert BASE + "static/clickpass-button.js" in guide.body
+
+
+def test_console_links_to_sections_that_exist() -> None:
+    """Every C{/docs/partners#section} link in the console's templates names a heading."""
+    templates = Path(guides.__file__).parents[1] / "web" / "templates"
+    body = guides.render((guides.DOCS_DIR / "partner-guide.md").read_text(), BASE).body
+    anchors = set(re.findall(r'<h\d id="([^"]+)"', body))
+    linked = {
+        anchor
+        for template in templates.glob("partner_*.html")
+        for anchor in re.findall(r'href="/docs/partners#([^"]+)"', template.read_text())
+    }
+    assert linked and linked <= anchors, linked - anchors
