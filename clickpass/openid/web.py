@@ -11,6 +11,10 @@ the database) and encode.
 A checkid_immediate that could only get setup_needed (a realm the person has
 not approved) gets it before discovery: a fetch would tell the realm that its
 visitor is signed in here.
+A checkid_setup that would be refused whoever signs in (an unusable realm,
+a return_to its partner site did not register or its realm does not
+publish) is refused before the sign-in page: nobody types a password to
+learn that a site is misconfigured.
 A person who must act (sign in, consent) is sent to a page; the original
 request travels in the URL or, on the consent form, in a field MACed with
 a key derived from the master secret, so any worker can finish it.
@@ -689,9 +693,10 @@ class OpenIDWeb:
         use, a return_to the realm's partner site did not register, or one
         its published list (relying-party discovery) does not hold. A person
         must not type a password only to learn that the site is
-        misconfigured. L{None}: nothing known to refuse. (Discovery is cached:
-        the checks after sign-in fetch nothing again. checkid_immediate never
-        comes here: it gets setup_needed without a fetch.)
+        misconfigured. L{None}: nothing known to refuse. (Discovery is cached
+        for a few minutes in each worker, so the check after sign-in seldom
+        fetches again. checkid_immediate never comes here: it gets
+        setup_needed without a fetch.)
         """
         realm = str(openid_request.trust_root)
         try:
