@@ -437,4 +437,16 @@ def main(argv: list[str] | None = None) -> None:
 
     TCP4ServerEndpoint(reactor, args.port, interface=args.host).listen(Site(site))
     log.info("example partner site ready at {url}", url=public_url)
+    # What to enter in the partner console (docs/partner-guide.md, the local trial).
+    log.info(
+        "register it in the Clickpass partner console ({provider}partners) with realm {url}, "
+        "return_to {url}return?*, registration URL {url}register, connect URL {url}connect, "
+        "webhook URL {url}webhooks/clickpass",
+        provider=site.provider,
+        url=public_url,
+    )
+    if not args.verification_token:
+        log.warn("no --verification-token: the console's Verify cannot succeed for this realm")
+    if not args.webhook_secret:
+        log.warn("no --webhook-secret: webhooks are accepted without checking their signature")
     reactor.run()

@@ -194,6 +194,11 @@ def test_the_guide_commands_run_as_written(
                 return False
 
         wait_for(started, 30, "the example partner site")
+        # The example says what to register: the very values the guide lists.
+        said = log_path.read_text()
+        for label in ("Realm", "Allowed return_to URLs", "Registration URL", "Connect URL"):
+            assert console[label] in said, (label, said)
+        assert console["Webhook URL"] in said and "no --webhook-secret" not in said
         # The button the guide's snippet describes, where the guide says.
         home = requests.get(partner, timeout=10).text
         assert "href='/login/clickpass'" in home and "data-clickpass-button" in home
