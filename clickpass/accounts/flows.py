@@ -428,6 +428,29 @@ class AccountFlows:
                 now=now,
             )
 
+    def tell_address_lost(self, tx: Transaction, address: str, provider: str, now: int) -> None:
+        """
+        Tell C{address}, in C{tx}, that the account which held it without
+        verifying it no longer does: its owner proved it through a sign-in
+        at C{provider}. The mailbox is the one place that reaches whoever
+        made that account (they gave this address) as well as the owner;
+        the mail names no account and holds no link that changes anything.
+        """
+        if not is_mailbox(address):
+            return
+        self._mailer.enqueue(
+            tx,
+            address,
+            "Your address left an unconfirmed Clickpass account",
+            "address_lost",
+            {
+                "provider": provider,
+                "signin": self._mailer.url("signin"),
+                "forgot": self._mailer.url("forgot"),
+            },
+            now=now,
+        )
+
     # Changes by the signed-in owner.
 
     async def change_password(
