@@ -23,7 +23,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from clickpass.accounts.flows import AccountFlows, Mailer, TooManyRequests
+from clickpass.accounts.flows import AccountFlows, AddressTaken, Mailer, TooManyRequests
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
 from clickpass.accounts.tokens import TokenRefused
 from clickpass.web.app import WebApp, safe_next
@@ -258,7 +258,13 @@ class OwnershipPages:
             found = await self.flows.check_email_change(token, account)
         except TokenRefused as e:
             return self._refused(request, e)
+        if await self.flows.address_taken(found.email, account):
+            # Say so now, rather than offer a button that can only fail.
+            return self._taken(request, AddressTaken(found.email))
         return self._page(request, "email_confirm.html", token=token, new_email=found.email)
+
+    def _taken(self, request: Request, e: AddressTaken) -> bytes:
+        return self._page(request, "email_taken.html", 409, message=str(e), new_email=e.address)
 
     async def confirm_email(self, request: Request) -> bytes:
         self.app.check_csrf(request)
@@ -269,6 +275,8 @@ class OwnershipPages:
             )
         except TokenRefused as e:
             return self._refused(request, e)
+        except AddressTaken as e:
+            return self._taken(request, e)
         except AccountError as e:
             raise HTTPError(409, str(e)) from None
         log.info("account {account} changed its email address", account=account.id)
