@@ -17,9 +17,10 @@ between the flood and the node.
 
 It prints, for each phase, checkid's req/s, p50 and p99 latency and its
 errors (any answer that is not a 302 carrying a signed positive assertion,
-and socket errors), the ratios flood/baseline, and what the flood's
-sign-ins were answered: 503 with Retry-After (refused at once, the
-hashing queue full), 401 (hashed and refused), 200, and anything else.
+and socket errors), what the flood's sign-ins were answered: 503 with
+Retry-After (refused at once, the hashing queue full), 401 (hashed and
+refused), 200, and anything else; and on its last line the ratios
+flood/baseline.
 
 A benchmark, not a test: it asserts nothing. It must never touch anything
 but loopback and the temporary directory it creates.
@@ -322,8 +323,6 @@ def main(argv: list[str] | None = None) -> int:
         flood_out, _ = flooding.communicate(timeout=flood_seconds + 60)
         flood = flood_result(flood_out)
         _report(args, baseline, during, flood, flood_seconds)
-        if during["last_bad"]:
-            print(f"last bad checkid answer during the flood: {during['last_bad']}")
         return 0
     finally:
         bench.stop_all(processes, 20)
@@ -332,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            print(f"kept {work}")
+            print(f"bench-signin-flood: kept {work}", file=sys.stderr)
 
 
 def _report(
@@ -359,13 +358,6 @@ def _report(
             f"{row['good']:>8} {row['errors']:>7}"
         )
 
-    def ratio(key: str) -> str:
-        return f"{during[key] / baseline[key]:.2f}" if baseline[key] else "nan"
-
-    print(
-        f"checkid flood/baseline: req/s {ratio('rps')}, p50 {ratio('p50_ms')}, "
-        f"p99 {ratio('p99_ms')}"
-    )
     answers = dict(flood["answers"])
     busy = answers.pop("503-retry-after", 0)
     refused = answers.pop("401", 0)
@@ -378,6 +370,18 @@ def _report(
         f"200 {signed_in}, other {other}; socket errors {flood['socket_errors']}"
     )
     print(f"checkid errors: {baseline['errors'] + during['errors']}")
+    for name, row in (("baseline", baseline), ("flood", during)):
+        if row["last_bad"]:
+            print(f"last bad checkid answer ({name}): {row['last_bad']}")
+
+    def ratio(key: str) -> str:
+        return f"{during[key] / baseline[key]:.2f}" if baseline[key] else "nan"
+
+    # The ratios against the baseline measured in the same run, last.
+    print(
+        f"checkid flood/baseline: req/s {ratio('rps')}, p50 {ratio('p50_ms')}, "
+        f"p99 {ratio('p99_ms')}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def test_bench_signin_flood_shows_checkid_served_through_a_flood() -> None:
     Two-second phases: checkid_immediate answered a signed positive
     assertion in both, the flood phase included (no error, no 5xx, no
     socket error); the flood's sign-ins were answered 503 with Retry-After
-    (the hashing queue bounded) or 401, nothing else; the ratios are
-    printed. It asserts no speed: that is what the benchmark is for.
+    (the hashing queue bounded) or 401, nothing else; the ratios against
+    the baseline are on the last line. It asserts no speed: that is what
+    the benchmark is for.
     """
     done = subprocess.run(
         [
@@ -48,10 +49,10 @@ def test_bench_signin_flood_shows_checkid_served_through_a_flood() -> None:
         assert float(rps) > 0 and int(answers) > 0, (phase, done.stdout)
         assert 0 < float(p50) <= float(p99), (phase, done.stdout)
         assert int(errors) == 0, (phase, done.stdout)
-    assert any(RATIOS.match(line) for line in lines), done.stdout
+    assert RATIOS.match(lines[-1]), done.stdout
     (flood,) = [m.groups() for m in map(FLOOD.match, lines) if m]
     total, _, rate, _, busy, refused, signed_in, other, socket_errors = flood
     assert int(busy) > 0, "no sign-in was refused 503 with Retry-After: " + done.stdout
     assert int(total) == int(busy) + int(refused) and float(rate) > 0, done.stdout
     assert int(signed_in) == 0 and other == "none" and int(socket_errors) == 0, done.stdout
-    assert lines[-1] == "checkid errors: 0", done.stdout
+    assert "checkid errors: 0" in lines, done.stdout
