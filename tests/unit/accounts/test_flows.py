@@ -436,6 +436,41 @@ async def test_two_confirmations_racing_to_one_address_give_one_address_taken(
     assert (await account(storage_backend, "bob@example.org")).id == bob.id
 
 
+@async_test
+async def test_an_undo_racing_a_move_to_the_old_address_changes_nothing(
+    storage_backend: AdbapiStorage,
+    accounts: Accounts,
+    flows: AccountFlows,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Ann moves away from her address and Bob moves to it; Ann's undo link
+    then finds it held, or (its holder check missing Bob's commit, as under
+    repeatable read) is refused by the unique index: either way an
+    AccountError that says so, not a database error, and nothing changes.
+    """
+    ann = await accounts.sign_up("ann@example.org", PASSWORD, verified=True)
+    bob = await accounts.sign_up("bob@example.org", PASSWORD, verified=True)
+    await flows.request_email_change(ann, PASSWORD, "ann@new.example", "192.0.2.1")
+    (confirm,) = await mails(storage_backend, "ann@new.example")
+    await flows.confirm_email_change(token_in(confirm, "email/confirm"), ann)
+    (notice,) = await mails(storage_backend, "ann@example.org")
+    revert = token_in(notice, "email/revert")
+    await flows.request_email_change(bob, PASSWORD, "ann@example.org", "192.0.2.1")
+    *_, moving = await mails(storage_backend, "ann@example.org")
+    await flows.confirm_email_change(token_in(moving, "email/confirm"), bob)
+    with pytest.raises(AccountError, match="belongs to another account now"):
+        await flows.revert_email(revert)
+    from clickpass.accounts import flows as flows_module
+
+    monkeypatch.setattr(flows_module, "account_by_email", lambda tx, address: None)
+    with pytest.raises(AccountError, match="belongs to another account now"):
+        await flows.revert_email(revert)
+    monkeypatch.undo()
+    assert (await account(storage_backend, "ann@example.org")).id == bob.id
+    assert (await account(storage_backend, "ann@new.example")).id == ann.id
+
+
 # Operators.
 
 
