@@ -17,7 +17,8 @@ between the flood and the node.
 
 It prints, for each phase, checkid's req/s, p50 and p99 latency and its
 errors (any answer that is not a 302 carrying a signed positive assertion,
-and socket errors), what the flood's sign-ins were answered: 503 with
+and socket errors), whether one assertion of each phase was confirmed by
+the provider's check_authentication, what the flood's sign-ins were answered: 503 with
 Retry-After (refused at once, the hashing queue full), 401 (hashed and
 refused), 200, and anything else; and on its last line the ratios
 flood/baseline.
@@ -38,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
@@ -222,6 +224,28 @@ def _flood_delay_ms(args: argparse.Namespace) -> int:
     return max(1, round(1000 * connections / rate))
 
 
+def assertion_confirmed(base: str, cookie: str) -> bool:
+    """
+    One signed-in checkid_immediate whose positive assertion the provider
+    then confirms, as a relying party in stateless mode would ask it
+    (check_authentication answers C{is_valid:true}): the assertions counted
+    good are really signed, not only shaped like it.
+    """
+    answer = requests.get(
+        base + bench.openid_path("checkid_immediate"),
+        headers={"Cookie": cookie},
+        allow_redirects=False,
+        timeout=60,
+    )
+    fields = dict(parse_qsl(urlsplit(answer.headers.get("location", "")).query))
+    if answer.status_code != 302 or fields.get("openid.mode") != "id_res":
+        return False
+    check = requests.post(
+        base + "/openid", data={**fields, "openid.mode": "check_authentication"}, timeout=60
+    )
+    return "is_valid:true" in check.text.splitlines()
+
+
 def _run_checkid(command: list[str], seconds: int) -> dict[str, Any]:
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     return checkid_result(done.stdout)
@@ -308,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         # Warm up, then the baseline: checkid alone.
         subprocess.run([*checkid[:2], "-c1", "-d1s", *checkid[4:]], capture_output=True)
         baseline = _run_checkid(checkid, args.seconds)
+        baseline["confirmed"] = assertion_confirmed(base, cookie)
         # The flood, and checkid once the flood has filled the queues.
         flood_seconds = args.seconds + 2 * FLOOD_LEAD
         flooding = subprocess.Popen(
@@ -320,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         time.sleep(FLOOD_LEAD)
         during = _run_checkid(checkid, args.seconds)
+        # While the flood still runs (it outlasts checkid by FLOOD_LEAD).
+        during["confirmed"] = assertion_confirmed(base, cookie)
         flood_out, _ = flooding.communicate(timeout=flood_seconds + 60)
         flood = flood_result(flood_out)
         _report(args, baseline, during, flood, flood_seconds)
@@ -370,6 +397,11 @@ def _report(
         f"200 {signed_in}, other {other}; socket errors {flood['socket_errors']}"
     )
     print(f"checkid errors: {baseline['errors'] + during['errors']}")
+    print(
+        "an assertion of each phase confirmed by check_authentication: "
+        f"baseline {'yes' if baseline['confirmed'] else 'NO'}, "
+        f"flood {'yes' if during['confirmed'] else 'NO'}"
+    )
     for name, row in (("baseline", baseline), ("flood", during)):
         if row["last_bad"]:
             print(f"last bad checkid answer ({name}): {row['last_bad']}")

@@ -23,10 +23,11 @@ def test_bench_signin_flood_shows_checkid_served_through_a_flood() -> None:
     """
     Two-second phases: checkid_immediate answered a signed positive
     assertion in both, the flood phase included (no error, no 5xx, no
-    socket error); the flood's sign-ins were answered 503 with Retry-After
-    (the hashing queue bounded) or 401, nothing else; the ratios against
-    the baseline are on the last line. It asserts no speed: that is what
-    the benchmark is for.
+    socket error), and the provider confirmed one of each phase; the
+    flood's sign-ins were answered 503 with Retry-After (the hashing
+    queue bounded) or 401, nothing else; the ratios against the baseline
+    are on the last line. It asserts no speed: that is what the benchmark
+    is for.
     """
     done = subprocess.run(
         [
@@ -56,3 +57,5 @@ def test_bench_signin_flood_shows_checkid_served_through_a_flood() -> None:
     assert int(total) == int(busy) + int(refused) and float(rate) > 0, done.stdout
     assert int(signed_in) == 0 and other == "none" and int(socket_errors) == 0, done.stdout
     assert "checkid errors: 0" in lines, done.stdout
+    confirmed = "an assertion of each phase confirmed by check_authentication: "
+    assert confirmed + "baseline yes, flood yes" in lines, done.stdout
