@@ -68,7 +68,14 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     # Upstream sign-in: its pages, and the claims the provider may release.
     # A provider's sign-in is a first factor: the second step follows it.
     connectors = upstream_web.build_connectors(reactor, settings)
-    upstream = upstream_web.install(app, router, connectors, second_step=second_factors)
+    # An address it takes from an unverified account is told, by mail.
+    upstream = upstream_web.install(
+        app,
+        router,
+        connectors,
+        second_step=second_factors,
+        address_lost=ownership.flows.tell_address_lost,
+    )
 
     # The OpenID provider's checks and answers, shared by its endpoint and
     # the partner flow; the partner flow is the endpoint's hook. Second

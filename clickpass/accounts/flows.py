@@ -81,6 +81,23 @@ class TooManyRequests(AccountError):
         self.retry_after = retry_after
 
 
+class AddressTaken(AccountError):
+    """
+    The new address went to another account between the request to move
+    to it and its confirmation (or while two confirmations raced). Only
+    the mailbox's owner gets this far (the link was mailed there), so the
+    page may say what to do about the other account.
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            f"{address} became the address of another Clickpass account after you asked "
+            "for it, so your address is unchanged. If that account is yours, get into it "
+            "with Forgot password on the sign-in page; otherwise choose another address."
+        )
+        self.address = address
+
+
 @dataclass(frozen=True)
 class Reset:
     """A password reset done: the account, signed out everywhere."""
@@ -428,6 +445,29 @@ class AccountFlows:
                 now=now,
             )
 
+    def tell_address_lost(self, tx: Transaction, address: str, provider: str, now: int) -> None:
+        """
+        Tell C{address}, in C{tx}, that the account which held it without
+        verifying it no longer does: its owner proved it through a sign-in
+        at C{provider}. The mailbox is the one place that reaches whoever
+        made that account (they gave this address) as well as the owner;
+        the mail names no account and holds no link that changes anything.
+        """
+        if not is_mailbox(address):
+            return
+        self._mailer.enqueue(
+            tx,
+            address,
+            "Your address left an unconfirmed Clickpass account",
+            "address_lost",
+            {
+                "provider": provider,
+                "signin": self._mailer.url("signin"),
+                "forgot": self._mailer.url("forgot"),
+            },
+            now=now,
+        )
+
     # Changes by the signed-in owner.
 
     async def change_password(
@@ -544,9 +584,7 @@ class AccountFlows:
             current = account_by_id(tx, account.id)
             assert current is not None
             if account_by_email(tx, found.email) is not None:
-                raise AccountError(
-                    f"{found.email} now belongs to another account, so it cannot be yours."
-                )
+                raise AddressTaken(found.email)
             tx.execute(
                 "UPDATE accounts SET email = ?, email_verified = 1 WHERE id = ?",
                 found.email,
@@ -578,8 +616,19 @@ class AccountFlows:
                 )
             return found.email
 
-        new: str = await self._storage.run(confirm, self._now())
+        try:
+            new: str = await self._storage.run(confirm, self._now())
+        except IntegrityError:
+            # Another account took the address after the check above (two
+            # confirmations at once): the unique index said no, nothing changed.
+            found = await self.check_email_change(token, account)
+            raise AddressTaken(found.email) from None
         return new
+
+    async def address_taken(self, address: str, account: Account) -> bool:
+        """Whether an account other than C{account} holds C{address} now."""
+        holder: Account | None = await self._storage.run(account_by_email, address)
+        return holder is not None and holder.id != account.id
 
     async def check_revert(self, token: str) -> tokens.Token:
         found: tokens.Token = await self._storage.run(
@@ -612,7 +661,14 @@ class AccountFlows:
             log_event(tx, found.account_id, "email_change_reverted", now, how, found.email)
             return found.email
 
-        old: str = await self._storage.run(revert, self._now())
+        try:
+            old: str = await self._storage.run(revert, self._now())
+        except IntegrityError:
+            # Another account took the old address while this ran: nothing changed.
+            raise AccountError(
+                "That address belongs to another account now; ask the operator of this "
+                "Clickpass for help."
+            ) from None
         return old
 
     # Operators.
@@ -652,6 +708,7 @@ class AccountFlows:
 
 __all__ = [
     "AccountFlows",
+    "AddressTaken",
     "Mailer",
     "Reset",
     "TooManyRequests",

@@ -4,7 +4,9 @@ Accounts: people, their passwords, browser sessions and sign-in throttling.
 Passwords are hashed with argon2id on a few threads of the worker's own,
 never on the reactor, and a worker admits only so many sign-ins and
 sign-ups at once (L{PasswordWork}): a storm of them is answered "busy"
-at once instead of queueing hashes that would starve everything else.
+at once instead of queueing hashes that would starve everything else,
+and the hashing threads run at a lower scheduling priority, so the hashes
+that are made take only the CPU that serving pages leaves.
 Session tokens are random; only their SHA-256 is stored, so a copy of the
 database does not let anyone sign in. Failed sign-ins are counted in the
 database per account and per client address, so the limit holds across
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -490,14 +494,21 @@ class PasswordWork:
     thread pool (which the OpenID provider and name lookups need), and it
     admits at most C{threads + queue} sign-ins or sign-ups at once; the
     next is refused at once with L{HashingBusy} rather than waiting behind
-    all the others. The pool is started at first use and stopped with the
-    reactor.
+    all the others. Its threads run at niceness C{nice}, so that the hashes
+    they make take only the CPU the rest of the node leaves. The pool is
+    started at first use and stopped with the reactor.
     """
 
     def __init__(
-        self, reactor: Any, threads: int, queue: int, pool: ThreadPool | None = None
+        self,
+        reactor: Any,
+        threads: int,
+        queue: int,
+        pool: ThreadPool | None = None,
+        nice: int = 0,
     ) -> None:
         self._reactor = reactor
+        self._nice = nice
         self._capacity = threads + queue
         self._threads = threads
         self._pool = pool
@@ -522,8 +533,31 @@ class PasswordWork:
             self._pool.start()
             self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
         assert self._pool is not None
-        result: Deferred[T] = deferToThreadPool(self._reactor, self._pool, fn, *args)
+        result: Deferred[T] = deferToThreadPool(
+            self._reactor, self._pool, _at_nice, self._nice, fn, *args
+        )
         return result
+
+
+_niced = threading.local()
+
+
+def _at_nice(nice: int, fn: Callable[..., T], *args: Any) -> T:
+    """
+    Run C{fn(*args)} on this thread once it is at niceness C{nice} or
+    more. At nice 10 the kernel gives a thread about a tenth of a contended
+    core against one at 0 (Linux nice is per thread), so a storm of hashes
+    takes the CPU that nothing else wants and the reactor keeps the rest.
+    """
+    if getattr(_niced, "nice", 0) < nice:
+        _niced.nice = nice
+        try:
+            tid = threading.get_native_id()
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, max(current, nice))
+        except OSError:
+            pass  # not allowed here: hash at the worker's own priority
+    return fn(*args)
 
 
 class Accounts:
@@ -544,7 +578,11 @@ class Accounts:
         self._clock = clock
         self._hasher = hasher or PasswordHasher()
         self._work = PasswordWork(
-            reactor, settings.hash_threads, settings.hash_queue, pool=threadpool
+            reactor,
+            settings.hash_threads,
+            settings.hash_queue,
+            pool=threadpool,
+            nice=settings.hash_nice,
         )
         # Verified against when the email is unknown, so a wrong email costs
         # as long as a wrong password and timing reveals nothing.

@@ -46,6 +46,14 @@ class AccountsSettings:
             "are answered 503 with Retry-After at once."
         ),
     )
+    hash_nice: int = dataclasses.field(
+        default=10,
+        metadata=_doc(
+            "Scheduling niceness (0-19) of the hashing threads: above 0 a storm of "
+            "sign-ins hashes on the CPU that serving pages leaves, instead of taking it "
+            "from them (Linux; elsewhere ignored)."
+        ),
+    )
     security_events_days: int = dataclasses.field(
         default=90,
         metadata=_doc("Days each person's security events (sign-ins, changes) are kept."),
@@ -114,6 +122,8 @@ class AccountsSettings:
                 raise ConfigError(f"[accounts] {key}: must be at least 1")
         if self.hash_queue < 0:
             raise ConfigError("[accounts] hash_queue: must be 0 or more")
+        if not 0 <= self.hash_nice <= 19:
+            raise ConfigError("[accounts] hash_nice: must be from 0 to 19")
 
 
 __all__ = ["AccountsSettings"]

@@ -23,7 +23,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from clickpass.accounts.flows import AccountFlows, Mailer, TooManyRequests
+from clickpass.accounts.flows import AccountFlows, AddressTaken, Mailer, TooManyRequests
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
 from clickpass.accounts.tokens import TokenRefused
 from clickpass.web.app import WebApp, safe_next
@@ -36,14 +36,24 @@ TEMPLATES = Path(__file__).parent / "templates"
 MAX_TOKEN = 128
 
 
+class FactorCheck(Protocol):
+    """Whether a person has a second factor (clickpass.mfa's service)."""
+
+    async def has_factor(self, account_id: int) -> bool: ...
+
+
 class SecondFactors(Protocol):
     """
     What second factors (clickpass.mfa) do for these pages: a password set
     with a reset link is a first factor only, so the second sign-in step
     follows it, as it follows a password typed at sign-in; and changing the
     password or the address needs a fresh sign-in with the strongest
-    factor (step-up: return, or raise the redirect that asks for it).
+    factor (step-up: return, or raise the redirect that asks for it),
+    which for a person with a second factor is that factor.
     """
+
+    @property
+    def factors(self) -> FactorCheck: ...
 
     async def after_password(
         self, request: Request, account: Account, next_url: str
@@ -88,8 +98,18 @@ class OwnershipPages:
         request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
 
     async def _stepped_up(self, request: Request, account: Account, back: str) -> None:
-        """Go on only after a fresh sign-in with the strongest factor (with second factors)."""
-        if self.second_factors is not None:
+        """
+        Go on only after a fresh sign-in with the strongest factor (with
+        second factors), for the forms here, which ask for the current
+        password themselves and check it when the change is made: that is
+        as fresh a proof of the password as step-up asks for, so step-up
+        is asked first only of a person with a second factor (their code).
+        Without one, step-up would ask for the password and the form for
+        it again, twice in a row for nothing.
+        """
+        if self.second_factors is not None and await self.second_factors.factors.has_factor(
+            account.id
+        ):
             await self.second_factors.require_step_up(request, account, back)
 
     async def _signed_in_for(self, request: Request) -> Any:
@@ -258,7 +278,13 @@ class OwnershipPages:
             found = await self.flows.check_email_change(token, account)
         except TokenRefused as e:
             return self._refused(request, e)
+        if await self.flows.address_taken(found.email, account):
+            # Say so now, rather than offer a button that can only fail.
+            return self._taken(request, AddressTaken(found.email))
         return self._page(request, "email_confirm.html", token=token, new_email=found.email)
+
+    def _taken(self, request: Request, e: AddressTaken) -> bytes:
+        return self._page(request, "email_taken.html", 409, message=str(e), new_email=e.address)
 
     async def confirm_email(self, request: Request) -> bytes:
         self.app.check_csrf(request)
@@ -269,6 +295,8 @@ class OwnershipPages:
             )
         except TokenRefused as e:
             return self._refused(request, e)
+        except AddressTaken as e:
+            return self._taken(request, e)
         except AccountError as e:
             raise HTTPError(409, str(e)) from None
         log.info("account {account} changed its email address", account=account.id)
@@ -319,7 +347,8 @@ def install(
     the pages, whose C{signed_up} is the kernel's sign-up flow and whose
     C{account_section} goes on the account page. With C{second_factors},
     a reset signs in only through the second step, and changing the
-    password or the address needs step-up.
+    password or the address needs step-up with the second factor of a
+    person who has one (the forms ask for the password themselves).
     """
     loader = app.templates.loader
     assert loader is not None

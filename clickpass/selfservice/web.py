@@ -4,10 +4,12 @@ other), their security log, a download of everything Clickpass holds
 about them, and deleting the account.
 
 Every change is a CSRF-checked POST answered with a redirect, so
-reloading never repeats it. The export and deleting need a fresh sign-in
-with the person's strongest factor (step-up, through the L{StepUp} seam);
-deleting also asks for the password again (or, for an account with no
-password, the email address typed out).
+reloading never repeats it. The export needs a fresh sign-in with the
+person's strongest factor (step-up, through the L{StepUp} seam).
+Deleting asks for the password again, checked when the account goes (or,
+for an account with no password, the address typed out); step-up comes
+first only for a second factor or an account with no password, so nobody
+is asked for their password twice in a row.
 
 It reads and changes only the signed-in person's own account.
 """
@@ -54,12 +56,22 @@ def _has_password(tx: Transaction, account_id: int) -> bool:
     return row is not None and row[0] is not None
 
 
+class FactorCheck(Protocol):
+    """Whether a person has a second factor (clickpass.mfa's service)."""
+
+    async def has_factor(self, account_id: int) -> bool: ...
+
+
 class StepUp(Protocol):
     """
     Step-up (clickpass.mfa): return when this session signed in with the
     person's strongest factor lately; otherwise raise the redirect that
-    asks for it and comes back to C{back}.
+    asks for it and comes back to C{back}. Its C{factors} say who has a
+    second factor.
     """
+
+    @property
+    def factors(self) -> FactorCheck: ...
 
     async def require_step_up(self, request: Request, account: Account, back: str) -> None: ...
 
@@ -149,9 +161,25 @@ class SelfService:
         request.setHeader(b"content-disposition", b'attachment; filename="clickpass-account.json"')
         return json.dumps(found, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
+    async def _stepped_up_for_deleting(self, request: Request, account: Account) -> None:
+        """
+        Step-up before deleting, whose form asks for the password itself and
+        checks it when the account is deleted: as fresh a proof of the
+        password as step-up asks for. So step-up is asked first only of a
+        person with a second factor (their code) or with no password (the
+        address typed out proves nothing); otherwise it would ask for the
+        password and the form for it again, twice in a row for nothing.
+        """
+        if self.step_up is None:
+            return
+        if await self.step_up.factors.has_factor(account.id) or not await self.app.storage.run(
+            _has_password, account.id
+        ):
+            await self.step_up.require_step_up(request, account, "/account/delete")
+
     async def delete_form(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
-        await self._stepped_up(request, account, "/account/delete")
+        await self._stepped_up_for_deleting(request, account)
         return await self._delete_page(request, account)
 
     async def _delete_page(self, request: Request, account: Account, error: str = "") -> bytes:
@@ -170,7 +198,7 @@ class SelfService:
     async def delete(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, back="/account/delete")
-        await self._stepped_up(request, account, "/account/delete")
+        await self._stepped_up_for_deleting(request, account)
         try:
             await self._confirm(request, account)
             erased = await self.app.storage.run(

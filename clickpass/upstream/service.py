@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
@@ -59,6 +59,16 @@ class FlowError(Exception):
         self.message = message
         self.reason = reason
         self.status = status
+
+
+class AddressLost(Protocol):
+    """
+    Tells the address an unverified account lost to its verified owner, in
+    the transaction that takes it (the mail outbox, through the accounts'
+    flows): C{(tx, address, provider's display name, now)}.
+    """
+
+    def __call__(self, tx: Transaction, address: str, provider: str, now: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -204,6 +214,7 @@ def _settle(
     pending_account: int | None,
     current_account: int | None,
     now: int,
+    address_lost: AddressLost | None = None,
 ) -> tuple[int, str]:
     row = tx.fetchone(
         "SELECT account_id FROM upstream_identities WHERE provider = ? AND subject = ?",
@@ -259,7 +270,7 @@ def _settle(
             409,
         )
     if identity.email_verified:
-        _claim_address(tx, identity.email, who, now)
+        _claim_address(tx, identity.email, who, now, address_lost)
     uid = secrets.token_hex(16)
     email = identity.email if identity.email_verified else f"{uid}@{PLACEHOLDER_DOMAIN}"
     tx.execute(
@@ -276,12 +287,15 @@ def _settle(
     return account_id, "created"
 
 
-def _claim_address(tx: Transaction, email: str, who: str, now: int) -> None:
+def _claim_address(
+    tx: Transaction, email: str, who: str, now: int, address_lost: AddressLost | None = None
+) -> None:
     """
     Make way for a new account with C{email}, which the provider verified:
     an account that holds the address without having verified it loses it
     (the verified owner wins; its sessions end, it keeps its other ways in
-    under a placeholder address). An account that verified it keeps it.
+    under a placeholder address, and the address is told, by
+    C{address_lost}). An account that verified it keeps it.
     """
     row = tx.fetchone("SELECT id, uid, email_verified FROM accounts WHERE email = ?", email)
     if row is None:
@@ -298,6 +312,8 @@ def _claim_address(tx: Transaction, email: str, who: str, now: int) -> None:
     )
     tx.execute("DELETE FROM sessions WHERE account_id = ?", int(row[0]))
     events.record(tx, int(row[0]), "email_lost", now, detail=f"{email}, verified at {who}")
+    if address_lost is not None:
+        address_lost(tx, email, who, now)
     log.info(
         "unverified account {account} lost its address to a verified upstream sign-in",
         account=int(row[0]),
@@ -397,8 +413,10 @@ class UpstreamService:
         connectors: Mapping[str, Connector],
         base_url: str,
         clock: Callable[[], float] = time.time,
+        address_lost: AddressLost | None = None,
     ) -> None:
         self._storage = storage
+        self._address_lost = address_lost
         self._settings = settings
         self.connectors = dict(connectors)
         self._base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -510,6 +528,7 @@ class UpstreamService:
                 pending.account_id,
                 current_account,
                 int(self._clock()),
+                self._address_lost,
             )
         except FlowError as e:
             if e.reason == UNVERIFIED and pending.account_id is not None:

@@ -21,7 +21,7 @@ from clickpass.accounts.service import Account
 from clickpass.config import ConfigError, Settings, read_secret_file
 from clickpass.upstream.connectors import Connector, make_connector, resolve
 from clickpass.upstream.http import UpstreamError, UpstreamHTTP, make_agent
-from clickpass.upstream.service import LINK, SIGN_IN, FlowError, UpstreamService
+from clickpass.upstream.service import LINK, SIGN_IN, AddressLost, FlowError, UpstreamService
 from clickpass.web.app import WebApp, safe_next
 from clickpass.web.pages import AccountSection
 from clickpass.web.routing import HTTPError, Router
@@ -204,12 +204,20 @@ def install(
     router: Router,
     connectors: dict[str, Connector],
     second_step: SecondStep | None = None,
+    address_lost: AddressLost | None = None,
 ) -> UpstreamService:
     """
     Register the upstream sign-in pages on C{router}; the service returned
-    is the OpenID provider's source of claims.
+    is the OpenID provider's source of claims. C{address_lost} tells an
+    address taken from an unverified account by its verified owner.
     """
-    service = UpstreamService(app.storage, app.settings.upstream, connectors, app.settings.base_url)
+    service = UpstreamService(
+        app.storage,
+        app.settings.upstream,
+        connectors,
+        app.settings.base_url,
+        address_lost=address_lost,
+    )
     # The sign-in and sign-up pages show a button per provider.
     app.templates.globals["upstream_providers"] = [
         {"name": c.name, "display_name": c.display_name} for c in connectors.values()

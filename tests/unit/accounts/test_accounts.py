@@ -9,6 +9,7 @@ Time comes from a task.Clock; nothing here sleeps.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from typing import Any, Literal, cast
 
@@ -30,6 +31,7 @@ from clickpass.accounts.service import (
     session_hash,
 )
 from clickpass.accounts.settings import AccountsSettings
+from clickpass.settings_base import ConfigError
 from clickpass.storage.sql import AdbapiStorage, OutcomeUnknown, Storage
 from tests.conftest import global_reactor
 from tests.support.deferreds import async_test
@@ -644,3 +646,46 @@ async def test_sign_up_waits_its_turn_too(storage_backend: AdbapiStorage, clock:
     assert first.email == "ann@example.org"
     emails = await storage_backend.run(lambda tx: tx.fetchall("SELECT email FROM accounts"))
     assert emails == [("ann@example.org",)]
+
+
+class _PriorityHasher(PasswordHasher):
+    """The fast hasher, noting the niceness of the thread each hash is made on."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.nice: list[int] = []
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        self.nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().hash(password, salt=salt)
+
+
+@pytest.mark.parametrize("nice", [0, 10, 19])
+@async_test
+async def test_passwords_are_hashed_at_the_configured_niceness(
+    storage_backend: AdbapiStorage, clock: Clock, nice: int
+) -> None:
+    """
+    The hashing threads run at [accounts] hash_nice (or the worker's own
+    niceness, if that is higher), every hash of them, so a storm of
+    sign-ins takes only the CPU serving pages leaves; the reactor's thread
+    keeps the worker's niceness.
+    """
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    settings = dataclasses.replace(SETTINGS, hash_threads=2, hash_queue=4, hash_nice=nice)
+    hasher = _PriorityHasher()
+    accounts = Accounts(
+        global_reactor(), storage_backend, settings, clock=clock.seconds, hasher=hasher
+    )
+    await accounts.sign_up("ann@example.org", PASSWORD)
+    for _ in range(3):
+        await accounts.hash_password(PASSWORD)
+    assert hasher.nice == [max(base, nice)] * 4
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+@pytest.mark.parametrize("nice", [-1, 20])
+def test_a_niceness_out_of_range_is_refused(nice: int) -> None:
+    """hash_nice outside 0-19 is a configuration error naming the key."""
+    with pytest.raises(ConfigError, match=r"\[accounts\] hash_nice: must be from 0 to 19"):
+        dataclasses.replace(SETTINGS, hash_nice=nice).check()

@@ -22,7 +22,12 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
 from clickpass.accounts import events, tokens
-from clickpass.accounts.flows import AccountFlows, TooManyRequests, releasable_email
+from clickpass.accounts.flows import (
+    AccountFlows,
+    AddressTaken,
+    TooManyRequests,
+    releasable_email,
+)
 from clickpass.accounts.service import (
     Account,
     AccountError,
@@ -372,6 +377,98 @@ async def test_change_email_to_a_taken_address_changes_nothing(
     (message,) = await mails(storage_backend, "bob@example.org")
     assert "/email/confirm" not in text_of(message)
     assert (await account(storage_backend, "ann@example.org")).id == ann.id
+
+
+@async_test
+async def test_an_address_taken_before_the_confirmation_changes_nothing(
+    storage_backend: AdbapiStorage, accounts: Accounts, flows: AccountFlows
+) -> None:
+    """
+    The new address is taken by a sign-up between the request and the
+    confirmation: confirming says so (AddressTaken, naming the address),
+    the account keeps its address, and the link is not used up.
+    """
+    ann = await accounts.sign_up("ann@example.org", PASSWORD, verified=True)
+    await flows.request_email_change(ann, PASSWORD, "new@example.org", "192.0.2.1")
+    (confirm,) = await mails(storage_backend, "new@example.org")
+    token = token_in(confirm, "email/confirm")
+    await accounts.sign_up("new@example.org", PASSWORD)
+    assert await flows.address_taken("new@example.org", ann)
+    with pytest.raises(AddressTaken) as taken:
+        await flows.confirm_email_change(token, ann)
+    assert taken.value.address == "new@example.org"
+    assert "new@example.org became the address of another" in str(taken.value)
+    assert (await account(storage_backend, "ann@example.org")).id == ann.id
+    assert (await flows.check_email_change(token, ann)).email == "new@example.org"
+
+
+@async_test
+async def test_two_confirmations_racing_to_one_address_give_one_address_taken(
+    storage_backend: AdbapiStorage,
+    accounts: Accounts,
+    flows: AccountFlows,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Two accounts confirm a move to the same address at once, and the
+    check for a holder misses the other's commit (as it does under
+    MariaDB's repeatable read when both check before either writes): the
+    unique index refuses the second, which is answered AddressTaken, not
+    a database error; the first keeps the address. The interleaving cannot
+    be forced through the database, so the check is made to miss.
+    """
+    ann = await accounts.sign_up("ann@example.org", PASSWORD, verified=True)
+    bob = await accounts.sign_up("bob@example.org", PASSWORD, verified=True)
+    for who in (ann, bob):
+        await flows.request_email_change(who, PASSWORD, "both@example.org", "192.0.2.1")
+    first, second = await mails(storage_backend, "both@example.org")
+    assert await flows.confirm_email_change(token_in(first, "email/confirm"), ann) == (
+        "both@example.org"
+    )
+    from clickpass.accounts import flows as flows_module
+
+    monkeypatch.setattr(flows_module, "account_by_email", lambda tx, address: None)
+    with pytest.raises(AddressTaken) as taken:
+        await flows.confirm_email_change(token_in(second, "email/confirm"), bob)
+    monkeypatch.undo()
+    assert taken.value.address == "both@example.org"
+    assert (await account(storage_backend, "both@example.org")).id == ann.id
+    assert (await account(storage_backend, "bob@example.org")).id == bob.id
+
+
+@async_test
+async def test_an_undo_racing_a_move_to_the_old_address_changes_nothing(
+    storage_backend: AdbapiStorage,
+    accounts: Accounts,
+    flows: AccountFlows,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Ann moves away from her address and Bob moves to it; Ann's undo link
+    then finds it held, or (its holder check missing Bob's commit, as under
+    repeatable read) is refused by the unique index: either way an
+    AccountError that says so, not a database error, and nothing changes.
+    """
+    ann = await accounts.sign_up("ann@example.org", PASSWORD, verified=True)
+    bob = await accounts.sign_up("bob@example.org", PASSWORD, verified=True)
+    await flows.request_email_change(ann, PASSWORD, "ann@new.example", "192.0.2.1")
+    (confirm,) = await mails(storage_backend, "ann@new.example")
+    await flows.confirm_email_change(token_in(confirm, "email/confirm"), ann)
+    (notice,) = await mails(storage_backend, "ann@example.org")
+    revert = token_in(notice, "email/revert")
+    await flows.request_email_change(bob, PASSWORD, "ann@example.org", "192.0.2.1")
+    *_, moving = await mails(storage_backend, "ann@example.org")
+    await flows.confirm_email_change(token_in(moving, "email/confirm"), bob)
+    with pytest.raises(AccountError, match="belongs to another account now"):
+        await flows.revert_email(revert)
+    from clickpass.accounts import flows as flows_module
+
+    monkeypatch.setattr(flows_module, "account_by_email", lambda tx, address: None)
+    with pytest.raises(AccountError, match="belongs to another account now"):
+        await flows.revert_email(revert)
+    monkeypatch.undo()
+    assert (await account(storage_backend, "ann@example.org")).id == bob.id
+    assert (await account(storage_backend, "ann@new.example")).id == ann.id
 
 
 # Operators.
