@@ -63,6 +63,9 @@ class ClientSettings:
     jwks: Mapping[str, Any] | None = None
     # Where RP-initiated logout may send the person back to (exact match).
     post_logout_uris: tuple[str, ...] = ()
+    # Where logout tokens are POSTed (Back-Channel Logout 1.0), or empty.
+    backchannel_logout_uri: str = ""
+    backchannel_logout_session_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Client:
     secret_hash: str = ""
     jwks: Mapping[str, Any] | None = None
     post_logout_uris: tuple[str, ...] = ()
+    backchannel_logout_uri: str = ""
+    backchannel_logout_session_required: bool = False
 
     @property
     def auth_method(self) -> str:
@@ -110,6 +115,8 @@ class Client:
             "id_token_alg": self.id_token_alg,
             "scopes": sorted(self.scopes),
             "post_logout_uris": list(self.post_logout_uris),
+            "backchannel_logout_uri": self.backchannel_logout_uri,
+            "backchannel_logout_session_required": self.backchannel_logout_session_required,
             "created": self.created,
         }
 
@@ -175,6 +182,8 @@ def check_settings(
     scopes: Iterable[str] | None = None,
     jwks: object = None,
     post_logout_uris: Iterable[str] = (),
+    backchannel_logout_uri: str = "",
+    backchannel_logout_session_required: bool = False,
 ) -> ClientSettings:
     """Checked client settings, or L{ClientError} naming what is wrong."""
     uris = tuple(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
@@ -201,7 +210,25 @@ def check_settings(
     if len(logout) > MAX_REDIRECT_URIS:
         raise ClientError(f"a client has at most {MAX_REDIRECT_URIS} post-logout URIs")
     keys = None if jwks is None else check_jwks(jwks)
-    return ClientSettings(uris, public, alg, allowed, keys, logout)
+    backchannel = check_backchannel_uri(backchannel_logout_uri) if backchannel_logout_uri else ""
+    if backchannel_logout_session_required and not backchannel:
+        raise ClientError("backchannel_logout_session_required needs a back-channel logout URI")
+    return ClientSettings(
+        uris, public, alg, allowed, keys, logout, backchannel,
+        bool(backchannel_logout_session_required),
+    )  # fmt: skip
+
+
+def check_backchannel_uri(uri: str) -> str:
+    """
+    C{uri} if logout tokens can be POSTed to it (Back-Channel Logout 1.0
+    2.2): absolute, https (or http on a loopback address), no fragment; a
+    query is allowed. Else L{ClientError}.
+    """
+    try:
+        return check_redirect_uri(uri)
+    except ClientError as e:
+        raise ClientError(str(e).replace("redirect URI", "back-channel logout URI", 1)) from None
 
 
 def check_jwks(document: object) -> dict[str, Any]:
@@ -241,7 +268,7 @@ def check_jwks(document: object) -> dict[str, Any]:
 _COLUMNS = (
     "c.client_id, c.site_id, s.public_id, s.name, s.realm, c.sector, c.redirect_uris, "
     "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified, c.jwks, "
-    "c.post_logout_uris"
+    "c.post_logout_uris, c.backchannel_logout_uri, c.backchannel_logout_session_required"
 )
 _FROM = (
     "oidc_clients c JOIN partner_sites s ON s.id = c.site_id "
@@ -269,6 +296,8 @@ def _client(row: Row) -> Client:
         secret_hash=str(row[11]),
         jwks=json.loads(row[13]) if row[13] else None,
         post_logout_uris=tuple(u for u in str(row[14] or "").split("\n") if u),
+        backchannel_logout_uri=str(row[15] or ""),
+        backchannel_logout_session_required=bool(row[16]),
     )
 
 
@@ -301,8 +330,9 @@ def create_client(
     secret = "" if settings.public or settings.jwks else secrets.token_urlsafe(32)
     tx.execute(
         "INSERT INTO oidc_clients (client_id, site_id, secret_hash, is_public, redirect_uris, "
-        "sector, id_token_alg, scopes, jwks, post_logout_uris, created) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "sector, id_token_alg, scopes, jwks, post_logout_uris, backchannel_logout_uri, "
+        "backchannel_logout_session_required, created) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         client_id,
         int(site_id),
         secret_hash(secret) if secret else "",
@@ -313,6 +343,8 @@ def create_client(
         " ".join(sorted(settings.scopes)),
         json.dumps(settings.jwks) if settings.jwks else None,
         "\n".join(settings.post_logout_uris),
+        settings.backchannel_logout_uri or None,
+        int(settings.backchannel_logout_session_required),
         now,
     )
     client = client_by_id(tx, client_id)

@@ -97,6 +97,16 @@ def _client_add_arguments(p: argparse.ArgumentParser) -> None:
         help="where RP-initiated logout may send the person back to (repeat for more)",
     )
     p.add_argument(
+        "--backchannel-logout-uri",
+        help="where Clickpass POSTs a logout token when a session that signed into the "
+        "client ends (Back-Channel Logout 1.0)",
+    )
+    p.add_argument(
+        "--backchannel-logout-session-required",
+        action="store_true",
+        help="the client needs the session id (sid) in logout tokens (they always carry it)",
+    )
+    p.add_argument(
         "--jwks",
         help="a file with the client's public keys (JWKS): it authenticates with "
         "private_key_jwt instead of a secret",
@@ -116,6 +126,8 @@ def _format_client_add(result: dict[str, Any]) -> str:
         f"redirect URIs: {', '.join(result['redirect_uris'])}",
         f"ID tokens: {result['id_token_alg']}; scopes: {' '.join(result['scopes'])}",
     ]
+    if result.get("backchannel_logout_uri"):
+        lines.append(f"back-channel logout: {result['backchannel_logout_uri']}")
     if result.get("client_secret"):
         lines.append(f"client secret: {result['client_secret']}")
         lines.append("the secret is shown only now: Clickpass keeps only its hash")
@@ -138,6 +150,10 @@ def _clients_add(args: argparse.Namespace, conn: Connection) -> Any:
         "id_token_alg": args.alg,
         "post_logout_uris": args.post_logout_uris,
     }
+    if args.backchannel_logout_uri:
+        params["backchannel_logout_uri"] = args.backchannel_logout_uri
+    if args.backchannel_logout_session_required:
+        params["backchannel_logout_session_required"] = True
     if args.scopes:
         params["scopes"] = args.scopes
     if args.jwks:

@@ -107,6 +107,15 @@ def settings_of(body: Mapping[str, Any], realm: str) -> clients.ClientSettings:
     scope = body.get("scope", "openid email profile")
     if not isinstance(scope, str):
         raise RegistrationError(400, "invalid_client_metadata", "scope must be a string")
+    backchannel = body.get("backchannel_logout_uri", "")
+    session_required = body.get("backchannel_logout_session_required", False)
+    if not isinstance(backchannel, str) or not isinstance(session_required, bool):
+        raise RegistrationError(
+            400,
+            "invalid_client_metadata",
+            "backchannel_logout_uri must be a string, backchannel_logout_session_required "
+            "a boolean",
+        )
     try:
         return clients.check_settings(
             uris,
@@ -115,6 +124,8 @@ def settings_of(body: Mapping[str, Any], realm: str) -> clients.ClientSettings:
             scopes=[s for s in scope.split(" ") if s in clients.SCOPES],
             jwks=body.get("jwks") if method == "private_key_jwt" else None,
             post_logout_uris=_strings(body, "post_logout_redirect_uris"),
+            backchannel_logout_uri=backchannel,
+            backchannel_logout_session_required=session_required,
         )
     except ClientError as e:
         error = "invalid_redirect_uri" if "redirect URI" in str(e) else "invalid_client_metadata"
@@ -141,6 +152,9 @@ def client_metadata(client: Client, issuer: str) -> dict[str, Any]:
     }
     if client.jwks:
         metadata["jwks"] = client.jwks
+    if client.backchannel_logout_uri:
+        metadata["backchannel_logout_uri"] = client.backchannel_logout_uri
+        metadata["backchannel_logout_session_required"] = client.backchannel_logout_session_required
     return metadata
 
 

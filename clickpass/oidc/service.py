@@ -75,6 +75,9 @@ def register_client_commands(
         logout_uris = args.get("post_logout_uris", [])
         if not _strings(logout_uris):
             raise CommandError("oidc.clients.add: post_logout_uris must be a list of strings")
+        backchannel = args.get("backchannel_logout_uri") or ""
+        if not isinstance(backchannel, str):
+            raise CommandError("oidc.clients.add: backchannel_logout_uri must be a string")
         try:
             checked = clients.check_settings(
                 uris,
@@ -83,6 +86,10 @@ def register_client_commands(
                 scopes=scopes,
                 jwks=args.get("jwks"),
                 post_logout_uris=logout_uris,
+                backchannel_logout_uri=backchannel,
+                backchannel_logout_session_required=bool(
+                    args.get("backchannel_logout_session_required", False)
+                ),
             )
             client, secret = await storage.run(
                 clients.create_client, site, checked, int(clock.seconds())

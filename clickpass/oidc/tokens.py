@@ -69,6 +69,9 @@ class Grant:
     # The person's OpenID 2.0 identifier at the request's openid2_realm
     # (OpenID Connect Migration 1.0), or empty.
     openid2_id: str = ""
+    # The OpenID Connect session id of the Clickpass session the grant was
+    # given in (Back-Channel Logout 1.0), or empty.
+    sid: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class Issued:
 
 _GRANT = (
     "g.grant_id, g.client_id, g.account_id, g.subject, g.scopes, g.fields, g.nonce, "
-    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id"
+    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id, g.sid"
 )
 
 
@@ -109,6 +112,7 @@ def _grant(row: Row, offset: int = 0) -> Grant:
         expires=int(r[9]),
         revoked=int(r[10]),
         openid2_id=str(r[11]),
+        sid=str(r[12] or ""),
     )
 
 
@@ -118,7 +122,8 @@ def start_grant(
     """Record C{grant} and its authorization C{code}."""
     tx.execute(
         "INSERT INTO oidc_grants (grant_id, client_id, account_id, subject, scopes, fields, "
-        "nonce, auth_time, created, expires, openid2_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "nonce, auth_time, created, expires, openid2_id, sid) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         grant.grant_id,
         grant.client_id,
         grant.account_id,
@@ -130,6 +135,7 @@ def start_grant(
         grant.created,
         grant.expires,
         grant.openid2_id,
+        grant.sid,
     )
     tx.execute(
         "INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires) "

@@ -40,7 +40,7 @@ from twisted.web.server import Request
 
 from clickpass.accounts.flows import releasable_email
 from clickpass.accounts.service import Account, session_hash
-from clickpass.oidc import assertions, authorize, clients, tokens
+from clickpass.oidc import assertions, authorize, backchannel, clients, tokens
 from clickpass.oidc.authorize import (
     AuthorizationRequest,
     AuthorizeErrorAt,
@@ -171,12 +171,14 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "prompt_values_supported": sorted(authorize.PROMPTS),
         "claims_supported": [
             "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "email",
-            "email_verified", "name", "nickname", "preferred_username", "openid2_id",
+            "email_verified", "name", "nickname", "preferred_username", "openid2_id", "sid",
         ],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
     }  # fmt: skip
 
 
@@ -226,6 +228,7 @@ class OIDCWeb:
             app.storage, app.derive_key(KEY_PURPOSE), self.base_url, clock=app.reactor
         )
         self._consent_key = app.derive_key(b"oidc consent form")
+        self._sid_key = app.derive_key(b"oidc session id")
 
     def now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -408,6 +411,8 @@ class OIDCWeb:
         if auth.openid2_realm:
             openid2_id = await self._openid2_id(account, auth.openid2_realm)
         code = tokens.new_secret()
+        session = session_hash(self.app.session_token(request))
+        sid = backchannel.session_sid(self._sid_key, session)
         grant = tokens.Grant(
             grant_id=tokens.new_secret(),
             client_id=auth.client.client_id,
@@ -420,10 +425,17 @@ class OIDCWeb:
             created=now,
             expires=now + 2 * tokens.CODE_LIFETIME,
             openid2_id=openid2_id,
+            sid=sid,
         )
-        await self.app.storage.run(
-            tokens.start_grant, grant, code, dest.redirect_uri, auth.code_challenge
-        )
+        # A client that takes logout tokens hears when this session ends.
+        logout_uri = auth.client.backchannel_logout_uri
+
+        def start(tx: Transaction) -> None:
+            tokens.start_grant(tx, grant, code, dest.redirect_uri, auth.code_challenge)
+            if logout_uri:
+                backchannel.record_session(tx, session, grant.client_id, sid, grant.subject, now)
+
+        await self.app.storage.run(start)
         log.debug("oidc code issued to {client}", client=auth.client.client_id)
         return self._answer(request, dest, authorize.success_parameters(code, dest, self.issuer))
 
@@ -525,6 +537,8 @@ class OIDCWeb:
             claims["nonce"] = grant.nonce
         if grant.openid2_id:
             claims["openid2_id"] = grant.openid2_id
+        if grant.sid:
+            claims["sid"] = grant.sid
         id_token = await self.keys.sign(claims, client.id_token_alg)
         return {
             "access_token": issued.access_token,
