@@ -75,6 +75,23 @@ def test_public_client_registration(provider: Provider, api_key: str) -> None:
     assert "client_secret" not in response.json()
 
 
+def test_backchannel_logout_metadata_is_kept(provider: Provider, api_key: str) -> None:
+    """A registered back-channel logout URI is stored and read back (RFC 7592)."""
+    uri = "https://bc.registered.example.com/backchannel?from=clickpass"
+    response = register(
+        provider, api_key, {"redirect_uris": ["https://bc.registered.example.com/cb"],
+                            "backchannel_logout_uri": uri,
+                            "backchannel_logout_session_required": True},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    made = response.json()
+    assert made["backchannel_logout_uri"] == uri
+    assert made["backchannel_logout_session_required"] is True
+    manage = {"Authorization": "Bearer " + made["registration_access_token"]}
+    read = requests.get(made["registration_client_uri"], headers=manage, timeout=30).json()
+    assert read["backchannel_logout_uri"] == uri
+
+
 @pytest.mark.parametrize(
     ("metadata", "error"),
     [
@@ -89,6 +106,14 @@ def test_public_client_registration(provider: Provider, api_key: str) -> None:
         ({"redirect_uris": ["https://app.registered.example.com/"],
           "id_token_signed_response_alg": "none"}, "invalid_client_metadata"),
         (["not", "an", "object"], "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "backchannel_logout_uri": "http://app.registered.example.com/bc"},
+         "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "backchannel_logout_uri": "https://app.registered.example.com/bc",
+          "backchannel_logout_session_required": "yes"}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "backchannel_logout_session_required": True}, "invalid_client_metadata"),
     ],
 )  # fmt: skip
 def test_bad_metadata_is_refused(
