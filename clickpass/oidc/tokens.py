@@ -72,6 +72,9 @@ class Grant:
     # The OpenID Connect session id of the Clickpass session the grant was
     # given in (Back-Channel Logout 1.0), or empty.
     sid: str = ""
+    # How the person had signed in (OpenID Connect acr; RFC 8176 amr values).
+    acr: str = ""
+    amr: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class Issued:
 
 _GRANT = (
     "g.grant_id, g.client_id, g.account_id, g.subject, g.scopes, g.fields, g.nonce, "
-    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id, g.sid"
+    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id, g.sid, g.acr, g.amr"
 )
 
 
@@ -113,6 +116,8 @@ def _grant(row: Row, offset: int = 0) -> Grant:
         revoked=int(r[10]),
         openid2_id=str(r[11]),
         sid=str(r[12] or ""),
+        acr=str(r[13] or ""),
+        amr=tuple(m for m in str(r[14] or "").split() if m),
     )
 
 
@@ -122,8 +127,8 @@ def start_grant(
     """Record C{grant} and its authorization C{code}."""
     tx.execute(
         "INSERT INTO oidc_grants (grant_id, client_id, account_id, subject, scopes, fields, "
-        "nonce, auth_time, created, expires, openid2_id, sid) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "nonce, auth_time, created, expires, openid2_id, sid, acr, amr) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         grant.grant_id,
         grant.client_id,
         grant.account_id,
@@ -136,6 +141,8 @@ def start_grant(
         grant.expires,
         grant.openid2_id,
         grant.sid,
+        grant.acr,
+        " ".join(grant.amr),
     )
     tx.execute(
         "INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires) "

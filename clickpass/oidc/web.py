@@ -28,7 +28,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlencode
@@ -81,6 +81,42 @@ class HeldValues(Protocol):
 
 EmailVerified = Callable[[Account], bool]
 
+# OpenID Connect acr values (Core 1.0 2): "0", no assurance claimed, and
+# the PAPE multi-factor policy URI, a registered acr value; what the
+# second factors' judge (clickpass.mfa.strength) says a session meets.
+ACR_NONE = "0"
+ACR_MULTI_FACTOR = "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
+ACR_VALUES = (ACR_NONE, ACR_MULTI_FACTOR)
+
+
+class SignInContext(Protocol):
+    """How a session was signed in, as partners may be told it."""
+
+    @property
+    def acr(self) -> str: ...
+
+    @property
+    def amr(self) -> tuple[str, ...]: ...
+
+
+class SignInStrength(Protocol):
+    """
+    How strongly the person is signed in (clickpass.mfa's PapeStrength):
+    for C{acr} and C{amr}, and the step-up that C{acr_values} may ask for.
+    """
+
+    async def context(self, request: Request) -> SignInContext | None:
+        """How this request's session was signed in, or L{None} when signed out."""
+        ...
+
+    def step_up_url(self, back: str) -> str:
+        """Where the person signs in more strongly, then comes back to C{back}."""
+        ...
+
+
+# Whether an account has a second factor to give (a step-up can succeed).
+HasFactor = Callable[[int], Awaitable[bool]]
+
 
 def account_email_verified(account: Account) -> bool:
     """
@@ -107,13 +143,19 @@ def install(
     router: Router,
     held: HeldValues,
     email_verified: EmailVerified = account_email_verified,
+    strength: SignInStrength | None = None,
+    has_factor: HasFactor | None = None,
 ) -> OIDCWeb:
-    """Register the provider's routes on C{router}, with its templates."""
+    """
+    Register the provider's routes on C{router}, with its templates.
+    Without C{strength}, ID tokens carry no C{acr} or C{amr} and
+    C{acr_values} is ignored.
+    """
     loader = app.templates.loader
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
     keys = SigningKeys(app.reactor, app.reactor, app.storage, app.secret)
-    web = OIDCWeb(app, keys, held, email_verified)
+    web = OIDCWeb(app, keys, held, email_verified, strength, has_factor)
     logout = Logout(app, keys, web.issuer, app.derive_key(KEY_PURPOSE))
     registration = Registration(app, web.issuer)
     router.add("GET", "/.well-known/openid-configuration", web.discovery)
@@ -172,11 +214,13 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "claims_supported": [
             "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "email",
             "email_verified", "name", "nickname", "preferred_username", "openid2_id", "sid",
+            "acr", "amr",
         ],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        "acr_values_supported": list(ACR_VALUES),
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
     }  # fmt: skip
@@ -216,9 +260,17 @@ class OIDCWeb:
     """The provider's endpoints."""
 
     def __init__(
-        self, app: WebApp, keys: SigningKeys, held: HeldValues, email_verified: EmailVerified
+        self,
+        app: WebApp,
+        keys: SigningKeys,
+        held: HeldValues,
+        email_verified: EmailVerified,
+        strength: SignInStrength | None = None,
+        has_factor: HasFactor | None = None,
     ) -> None:
         self.app = app
+        self.strength = strength
+        self.has_factor = has_factor
         self.keys = keys
         self.held_values = held
         self.email_verified = email_verified
@@ -296,6 +348,9 @@ class OIDCWeb:
             if "none" in auth.prompt:
                 raise AuthorizeErrorAt(auth.destination, "login_required", "no one is signed in")
             return await self._to_signin(request, auth, account, now)
+        stepping_up = await self._step_up(request, auth, account)
+        if stepping_up is not None:
+            return stepping_up
         released = await self._released(auth.fields, account)
         approval = await self.app.storage.run(approvals.read, account.id, auth.client.realm)
         if "consent" in auth.prompt or approval is None or not approval.covers(frozenset(released)):
@@ -307,6 +362,30 @@ class OIDCWeb:
         if approval.stale(now):
             await self.app.storage.run(approvals.touch, account.id, auth.client.realm, now)
         return await self._issue_code(request, auth, account, frozenset(released), auth_time)
+
+    async def _step_up(
+        self, request: Request, auth: AuthorizationRequest, account: Account
+    ) -> bytes | None:
+        """
+        When the client asks for a multi-factor sign-in (C{acr_values}) that
+        this session has not made and the person has a second factor: send
+        them to give it and come back (once), or, with C{prompt=none},
+        C{interaction_required}. L{None}: go on (acr_values are voluntary;
+        the ID token's C{acr} says what was met).
+        """
+        if self.strength is None or ACR_MULTI_FACTOR not in auth.acr_values or auth.stepped_up:
+            return None
+        context = await self.strength.context(request)
+        if context is not None and context.acr == ACR_MULTI_FACTOR:
+            return None
+        if self.has_factor is None or not await self.has_factor(account.id):
+            return None
+        if "none" in auth.prompt:
+            raise AuthorizeErrorAt(
+                auth.destination, "interaction_required", "a second factor is needed"
+            )
+        back = "/oidc/authorize?" + auth.query(stepped_up=True)
+        return self.app.redirect(request, self.strength.step_up_url(back))
 
     async def _to_signin(
         self, request: Request, auth: AuthorizationRequest, account: Account | None, now: int
@@ -413,6 +492,7 @@ class OIDCWeb:
         code = tokens.new_secret()
         session = session_hash(self.app.session_token(request))
         sid = backchannel.session_sid(self._sid_key, session)
+        context = await self.strength.context(request) if self.strength is not None else None
         grant = tokens.Grant(
             grant_id=tokens.new_secret(),
             client_id=auth.client.client_id,
@@ -426,6 +506,8 @@ class OIDCWeb:
             expires=now + 2 * tokens.CODE_LIFETIME,
             openid2_id=openid2_id,
             sid=sid,
+            acr=context.acr if context is not None else "",
+            amr=tuple(context.amr) if context is not None else (),
         )
         # A client that takes logout tokens hears when this session ends.
         logout_uri = auth.client.backchannel_logout_uri
@@ -539,6 +621,10 @@ class OIDCWeb:
             claims["openid2_id"] = grant.openid2_id
         if grant.sid:
             claims["sid"] = grant.sid
+        if grant.acr:
+            claims["acr"] = grant.acr
+        if grant.amr:
+            claims["amr"] = list(grant.amr)
         id_token = await self.keys.sign(claims, client.id_token_alg)
         return {
             "access_token": issued.access_token,

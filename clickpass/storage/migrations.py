@@ -476,7 +476,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         13,
         "oidc: back-channel logout (client URIs, the sessions clients signed into, "
-        "the logout token outbox)",
+        "the logout token outbox); acr and amr of grants",
         (
             "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS backchannel_logout_uri "
             "VARCHAR(2048) NULL",
@@ -484,6 +484,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             "backchannel_logout_session_required INTEGER NOT NULL DEFAULT 0",
             # The OpenID Connect session id (sid) the grant's ID tokens carry.
             "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS sid VARCHAR(64) NOT NULL DEFAULT ''",
+            # How the person had signed in when the grant was given (acr, and
+            # amr space-separated), for every ID token issued from it.
+            "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS acr VARCHAR(255) NOT NULL DEFAULT ''",
+            "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS amr VARCHAR(64) NOT NULL DEFAULT ''",
             # Each session a client with a back-channel logout URI signed
             # into: when the session row is gone (signed out, ended
             # elsewhere, expired, the account deleted), a logout token is
