@@ -1,7 +1,7 @@
 """
 Dynamic client registration: OpenID Connect Dynamic Client Registration
 1.0 / RFC 7591 at C{POST /oidc/register}, and the RFC 7592 management
-endpoint C{/oidc/register/<client_id>} (read and delete).
+endpoint C{/oidc/register/<client_id>} (read, update and delete).
 
 The initial access token is a partner site's API key
 (C{Authorization: Bearer cpk_...}): the client belongs to that site, whose
@@ -215,6 +215,36 @@ class Registration:
         except RegistrationError as e:
             return self._error(request, e)
         return _json(request, 200, client_metadata(client, self.issuer))
+
+    async def update(self, request: Request, client_id: str) -> bytes:
+        """
+        RFC 7592 2.2: the client's metadata replaced by the body's (what it
+        omits goes back to its default). Its id, type, way of
+        authenticating and host cannot change; a C{client_secret} given
+        must be its secret.
+        """
+        try:
+            client = await self._managed(request, client_id)
+            body = _metadata(request)
+            if body.get("client_id") != client.client_id:
+                raise RegistrationError(
+                    400, "invalid_client_metadata", "client_id must be the client's own"
+                )
+            given = body.get("client_secret")
+            if given is not None and (
+                not isinstance(given, str) or not client.authenticates(given, self._now())
+            ):
+                raise RegistrationError(
+                    400, "invalid_client_metadata", "client_secret is not the client's"
+                )
+            settings = settings_of(body, client.realm)
+            updated = await self.app.storage.run(clients.update_client, client_id, settings)
+        except RegistrationError as e:
+            return self._error(request, e)
+        except ClientError as e:
+            return self._error(request, RegistrationError(400, "invalid_client_metadata", str(e)))
+        log.info("oidc client {client} updated", client=client_id)
+        return _json(request, 200, client_metadata(updated, self.issuer))
 
     async def delete(self, request: Request, client_id: str) -> bytes:
         try:

@@ -1,8 +1,9 @@
 """
 The node's part of the OpenID Connect provider: the C{oidc.keys.list}
 and C{oidc.keys.rotate} control commands, the housekeeping task that
-removes expired retired keys, and the C{oidc.clients.add|list|remove}
-commands (a new client's secret is returned once, by C{add}).
+removes expired retired keys, and the
+C{oidc.clients.add|list|show|set|rotate_secret|remove} commands (a new
+secret is returned once, by C{add} or C{rotate_secret}).
 
 This module must never return a private key or a stored secret's hash,
 nor serve HTTP.
@@ -15,7 +16,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from clickpass.control.protocol import CommandError, CommandRegistry
-from clickpass.oidc import clients
+from clickpass.oidc import backchannel, clients
 from clickpass.oidc.keys import ALGORITHMS, SigningKeys, UnknownAlgorithm
 from clickpass.storage.sql import Storage
 
@@ -90,6 +91,7 @@ def register_client_commands(
                 backchannel_logout_session_required=bool(
                     args.get("backchannel_logout_session_required", False)
                 ),
+                lifetimes=_lifetimes(args),
             )
             client, secret = await storage.run(
                 clients.create_client, site, checked, int(clock.seconds())
@@ -111,9 +113,69 @@ def register_client_commands(
             raise CommandError(f"there is no OpenID Connect client {client_id!r}")
         return {"removed": client_id}
 
+    async def show(args: Any) -> dict[str, Any]:
+        client_id = _client_id(args, "oidc.clients.show")
+        client = await storage.run(clients.client_by_id, client_id)
+        if client is None:
+            raise CommandError(f"there is no OpenID Connect client {client_id!r}")
+        logouts = await storage.run(backchannel.recent_logouts, client_id, 10)
+        return {**client.describe(), "logouts": [r.describe() for r in logouts]}
+
+    async def set_lifetimes(args: Any) -> dict[str, Any]:
+        client_id = _client_id(args, "oidc.clients.set")
+        client = await storage.run(clients.client_by_id, client_id)
+        if client is None:
+            raise CommandError(f"there is no OpenID Connect client {client_id!r}")
+        try:
+            lifetimes = clients.check_lifetimes(_lifetimes(args), client.lifetimes)
+        except clients.ClientError as e:
+            raise CommandError(str(e)) from None
+        changed = await storage.run(clients.set_lifetimes, client_id, lifetimes)
+        assert changed is not None
+        return changed.describe()
+
+    async def rotate_secret(args: Any) -> dict[str, Any]:
+        client_id = _client_id(args, "oidc.clients.rotate_secret")
+        grace = args.get("grace", clients.DEFAULT_SECRET_GRACE)
+        if isinstance(grace, bool) or not isinstance(grace, int):
+            raise CommandError("oidc.clients.rotate_secret: grace must be whole seconds")
+        now = int(clock.seconds())
+        try:
+            client, secret = await storage.run(clients.rotate_secret, client_id, grace, now)
+        except clients.ClientError as e:
+            raise CommandError(str(e)) from None
+        return {
+            "client_id": client.client_id,
+            "client_secret": secret,
+            "previous_secret_expires": client.previous_secret_expires,
+        }
+
     commands.register("oidc.clients.add", add, "register an OpenID Connect client of a site")
+    commands.register("oidc.clients.show", show, "one OpenID Connect client and its logouts")
+    commands.register(
+        "oidc.clients.set", set_lifetimes, "set an OpenID Connect client's token lifetimes"
+    )
+    commands.register(
+        "oidc.clients.rotate_secret",
+        rotate_secret,
+        "give an OpenID Connect client a new secret; the old one works for a grace period",
+    )
     commands.register("oidc.clients.list", list_clients, "the OpenID Connect clients")
     commands.register("oidc.clients.remove", remove, "remove an OpenID Connect client")
+
+
+def _client_id(args: Any, command: str) -> str:
+    client_id = args.get("client_id")
+    if not isinstance(client_id, str):
+        raise CommandError(f"{command} needs client_id")
+    return client_id
+
+
+def _lifetimes(args: Any) -> dict[str, object]:
+    lifetimes = args.get("lifetimes") or {}
+    if not isinstance(lifetimes, dict):
+        raise CommandError("lifetimes must be an object of seconds by token kind")
+    return lifetimes
 
 
 def _strings(value: object) -> bool:

@@ -177,11 +177,13 @@ def revoke_grant(tx: Transaction, grant_id: str, now: int) -> None:
     )
 
 
-def _issue(tx: Transaction, grant: Grant, now: int) -> Issued:
+def _issue(
+    tx: Transaction, grant: Grant, now: int, access_lifetime: int, refresh_lifetime: int
+) -> Issued:
     access, refresh = new_secret(), new_secret()
     for kind, secret, lifetime in (
-        ("access", access, ACCESS_TOKEN_LIFETIME),
-        ("refresh", refresh, REFRESH_TOKEN_LIFETIME),
+        ("access", access, access_lifetime),
+        ("refresh", refresh, refresh_lifetime),
     ):
         tx.execute(
             "INSERT INTO oidc_tokens (token_hash, kind, grant_id, created, expires) "
@@ -194,18 +196,26 @@ def _issue(tx: Transaction, grant: Grant, now: int) -> Issued:
         )
     tx.execute(
         "UPDATE oidc_grants SET expires = ? WHERE grant_id = ?",
-        now + REFRESH_TOKEN_LIFETIME,
+        now + refresh_lifetime,
         grant.grant_id,
     )
     return Issued(grant, access, refresh)
 
 
 def redeem_code(
-    tx: Transaction, code: str, client_id: str, redirect_uri: str, verifier: str, now: int
+    tx: Transaction,
+    code: str,
+    client_id: str,
+    redirect_uri: str,
+    verifier: str,
+    now: int,
+    access_lifetime: int = ACCESS_TOKEN_LIFETIME,
+    refresh_lifetime: int = REFRESH_TOKEN_LIFETIME,
 ) -> Issued | Refusal:
     """
-    Exchange an authorization code for tokens. The code is used up by the
-    first attempt, right or wrong; a second attempt revokes the grant.
+    Exchange an authorization code for tokens (living as long as the
+    client's lifetimes say). The code is used up by the first attempt,
+    right or wrong; a second attempt revokes the grant.
     """
     row = tx.fetchone(
         f"SELECT c.redirect_uri, c.code_challenge, c.expires, c.used, {_GRANT} "
@@ -226,7 +236,7 @@ def redeem_code(
     refusal = _code_refusal(row, grant, client_id, redirect_uri, verifier, now)
     if refusal is not None:
         return refusal
-    return _issue(tx, grant, now)
+    return _issue(tx, grant, now, access_lifetime, refresh_lifetime)
 
 
 def _code_refusal(
@@ -250,7 +260,14 @@ def _code_refusal(
     return None
 
 
-def refresh(tx: Transaction, token: str, client_id: str, now: int) -> Issued | Refusal:
+def refresh(
+    tx: Transaction,
+    token: str,
+    client_id: str,
+    now: int,
+    access_lifetime: int = ACCESS_TOKEN_LIFETIME,
+    refresh_lifetime: int = REFRESH_TOKEN_LIFETIME,
+) -> Issued | Refusal:
     """
     Exchange a refresh token for new tokens (it rotates). A rotated refresh
     token presented again revokes its grant.
@@ -278,7 +295,7 @@ def refresh(tx: Transaction, token: str, client_id: str, now: int) -> Issued | R
             "invalid_grant", "the refresh token was already used; every token of its grant "
             "is revoked"
         )  # fmt: skip
-    return _issue(tx, grant, now)
+    return _issue(tx, grant, now, access_lifetime, refresh_lifetime)
 
 
 @dataclass(frozen=True)

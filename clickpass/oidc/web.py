@@ -176,6 +176,7 @@ def install(
     router.add("POST", "/oidc/logout", logout.end_session)
     router.add("POST", "/oidc/register", registration.register)
     router.add("GET", "/oidc/register/{client_id}", registration.read)
+    router.add("PUT", "/oidc/register/{client_id}", registration.update)
     router.add("DELETE", "/oidc/register/{client_id}", registration.delete)
     return web
 
@@ -577,10 +578,17 @@ class OIDCWeb:
                     params.get("redirect_uri", ""),
                     params.get("code_verifier", ""),
                     now,
+                    client.lifetimes.access_token,
+                    client.lifetimes.refresh_token,
                 )
             elif grant_type == "refresh_token":
                 result = await self.app.storage.run(
-                    tokens.refresh, _required(params, "refresh_token"), client.client_id, now
+                    tokens.refresh,
+                    _required(params, "refresh_token"),
+                    client.client_id,
+                    now,
+                    client.lifetimes.access_token,
+                    client.lifetimes.refresh_token,
                 )
             elif grant_type is None:
                 raise TokenError("invalid_request", "grant_type is missing")
@@ -611,7 +619,7 @@ class OIDCWeb:
             "aud": client.client_id,
             "azp": client.client_id,
             "iat": now,
-            "exp": now + tokens.ID_TOKEN_LIFETIME,
+            "exp": now + client.lifetimes.id_token,
             "auth_time": grant.auth_time,
             "at_hash": at_hash(issued.access_token),
         }
@@ -629,7 +637,7 @@ class OIDCWeb:
         return {
             "access_token": issued.access_token,
             "token_type": "Bearer",
-            "expires_in": tokens.ACCESS_TOKEN_LIFETIME,
+            "expires_in": client.lifetimes.access_token,
             "refresh_token": issued.refresh_token,
             "id_token": id_token,
             "scope": " ".join(grant.scopes),
@@ -657,7 +665,7 @@ class OIDCWeb:
         if secret is None:
             if not client.public:
                 raise TokenError("invalid_client", "this client must authenticate", 401)
-        elif not client.authenticates(secret):
+        elif not client.authenticates(secret, self.now()):
             raise TokenError("invalid_client", "client authentication failed", 401)
         return client
 

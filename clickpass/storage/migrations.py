@@ -476,12 +476,25 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         13,
         "oidc: back-channel logout (client URIs, the sessions clients signed into, "
-        "the logout token outbox); acr and amr of grants",
+        "the logout token outbox); acr and amr of grants; per-client token lifetimes; "
+        "the previous secret during a rotation",
         (
             "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS backchannel_logout_uri "
             "VARCHAR(2048) NULL",
             "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
             "backchannel_logout_session_required INTEGER NOT NULL DEFAULT 0",
+            # Per-client token lifetimes in seconds (0: the provider's default).
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "access_token_lifetime INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "refresh_token_lifetime INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "id_token_lifetime INTEGER NOT NULL DEFAULT 0",
+            # The secret before the last rotation, good until it expires.
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "previous_secret_hash VARCHAR(64) NOT NULL DEFAULT ''",
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "previous_secret_expires BIGINT NOT NULL DEFAULT 0",
             # The OpenID Connect session id (sid) the grant's ID tokens carry.
             "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS sid VARCHAR(64) NOT NULL DEFAULT ''",
             # How the person had signed in when the grant was given (acr, and

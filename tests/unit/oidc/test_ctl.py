@@ -73,3 +73,35 @@ def test_list_shows_each_key_state_and_times() -> None:
         "after",
     ]
     assert "retired" in lines[3] and "2023-11-14 22:14:30 UTC" in lines[3]
+
+
+def test_client_management_words_parse() -> None:
+    """show, set, rotate-secret and delete reach their commands with their options."""
+    base._load_commands()
+    parser = base.build_parser()
+    rotated = parser.parse_args(["oidc", "clients", "rotate-secret", "oidc_1", "--grace", "0"])
+    assert rotated._command.words == ("oidc", "clients", "rotate-secret") and rotated.grace == 0
+    assert parser.parse_args(["oidc", "clients", "rotate-secret", "oidc_1"]).grace == 86400
+    changed = parser.parse_args(
+        ["oidc", "clients", "set", "oidc_1", "--access-token-lifetime", "300"]
+    )
+    assert changed.access_token_lifetime == 300 and changed.id_token_lifetime is None
+    for word in ("show", "delete"):
+        parsed = parser.parse_args(["oidc", "clients", word, "oidc_1"])
+        assert parsed._command.words == ("oidc", "clients", word)
+
+
+def test_rotate_secret_says_the_secret_once_and_the_overlap() -> None:
+    """The new secret, that it is shown only now, and until when the old one works."""
+    text = ctl._format_rotate_secret(
+        {"client_id": "oidc_1", "client_secret": "s3", "previous_secret_expires": NOW}
+    )
+    assert text.splitlines() == [
+        "client oidc_1: new client secret: s3",
+        "the secret is shown only now: Clickpass keeps only its hash",
+        "the previous secret works until 2023-11-14 22:13:20 UTC",
+    ]
+    ended = ctl._format_rotate_secret(
+        {"client_id": "oidc_1", "client_secret": "s4", "previous_secret_expires": 0}
+    )
+    assert ended.splitlines()[-1] == "the previous secret no longer works"
