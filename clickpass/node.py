@@ -45,6 +45,7 @@ from clickpass.oidc import assertions as oidc_assertions
 from clickpass.oidc import backchannel as oidc_backchannel
 from clickpass.oidc import tokens as oidc_tokens
 from clickpass.oidc.keys import SigningKeys
+from clickpass.oidc.sector import SectorFetcher
 from clickpass.oidc.service import register_client_commands as register_oidc_client_commands
 from clickpass.oidc.service import register_commands as register_oidc_commands
 from clickpass.openid import store as openid_store
@@ -215,7 +216,9 @@ class Node(MultiService):
         # database, listed and rotated on the control port.
         signing_keys = SigningKeys(reactor, reactor, storage, self.secret)
         register_oidc_commands(self.commands, signing_keys)
-        register_oidc_client_commands(self.commands, storage, reactor)
+        register_oidc_client_commands(
+            self.commands, storage, reactor, SectorFetcher(reactor, settings.openid)
+        )
         # The operators' user commands beyond add and disable.
         register_user_commands(self.commands, reactor, storage, self._accounts(), settings.base_url)
         # Second factors: listed and reset by operators on the control port.

@@ -120,6 +120,17 @@ class ClientSettings:
     backchannel_logout_uri: str = ""
     backchannel_logout_session_required: bool = False
     lifetimes: Lifetimes = DEFAULT_LIFETIMES
+    # A JSON list of the redirect URIs, on the host that is the client's
+    # sector (OpenID Connect Core 8.1): the redirect URIs may then lie on
+    # several hosts. Fetched and checked before the client is stored.
+    sector_identifier_uri: str = ""
+
+    @property
+    def sector(self) -> str:
+        """The host the client's pairwise subjects are derived for."""
+        if self.sector_identifier_uri:
+            return sector_of(self.sector_identifier_uri)
+        return sector_of_uris(self.redirect_uris)
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,7 @@ class Client:
     # The secret before the last rotation, good until C{previous_secret_expires}.
     previous_secret_hash: str = ""
     previous_secret_expires: int = 0
+    sector_identifier_uri: str = ""
 
     @property
     def auth_method(self) -> str:
@@ -183,6 +195,7 @@ class Client:
             "post_logout_uris": list(self.post_logout_uris),
             "backchannel_logout_uri": self.backchannel_logout_uri,
             "backchannel_logout_session_required": self.backchannel_logout_session_required,
+            "sector_identifier_uri": self.sector_identifier_uri,
             "lifetimes": self.lifetimes.describe(),
             "previous_secret_expires": self.previous_secret_expires,
             "created": self.created,
@@ -253,14 +266,22 @@ def check_settings(
     backchannel_logout_uri: str = "",
     backchannel_logout_session_required: bool = False,
     lifetimes: Mapping[str, object] | None = None,
+    sector_identifier_uri: str = "",
 ) -> ClientSettings:
-    """Checked client settings, or L{ClientError} naming what is wrong."""
+    """
+    Checked client settings, or L{ClientError} naming what is wrong. (A
+    sector identifier URI's document is checked by the caller, who may
+    fetch: L{check_sector_document}.)
+    """
     uris = tuple(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
     if not uris:
         raise ClientError("a client needs at least one redirect URI")
     if len(uris) > MAX_REDIRECT_URIS:
         raise ClientError(f"a client has at most {MAX_REDIRECT_URIS} redirect URIs")
-    sector_of_uris(uris)
+    if sector_identifier_uri:
+        sector_identifier_uri = check_sector_identifier_uri(sector_identifier_uri)
+    else:
+        sector_of_uris(uris)
     try:
         alg = check_algorithm(id_token_alg)
     except UnknownAlgorithm:
@@ -285,7 +306,42 @@ def check_settings(
     return ClientSettings(
         uris, public, alg, allowed, keys, logout, backchannel,
         bool(backchannel_logout_session_required), check_lifetimes(lifetimes or {}),
+        sector_identifier_uri,
     )  # fmt: skip
+
+
+def check_sector_identifier_uri(uri: str) -> str:
+    """
+    C{uri} if it can be a sector identifier URI: https (or http on a
+    loopback address, for trials), no fragment; else L{ClientError}.
+    """
+    try:
+        checked = check_redirect_uri(uri)
+        sector_of(checked)
+    except (ClientError, BadRealm) as e:
+        raise ClientError(str(e).replace("redirect URI", "sector identifier URI", 1)) from None
+    return checked
+
+
+MAX_SECTOR_DOCUMENT = 64 * 1024
+
+
+def check_sector_document(uri: str, body: bytes, redirect_uris: Iterable[str]) -> None:
+    """
+    The document at the sector identifier URI C{uri} must be a JSON array
+    of strings holding every one of C{redirect_uris}; else L{ClientError}.
+    """
+    try:
+        listed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ClientError(f"the sector identifier URI {uri} does not serve JSON") from None
+    if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+        raise ClientError(f"the sector identifier URI {uri} must serve a JSON array of URIs")
+    missing = [u for u in redirect_uris if u not in listed]
+    if missing:
+        raise ClientError(
+            f"the sector identifier URI {uri} does not list the redirect URI {missing[0]}"
+        )
 
 
 def check_backchannel_uri(uri: str) -> str:
@@ -339,7 +395,7 @@ _COLUMNS = (
     "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified, c.jwks, "
     "c.post_logout_uris, c.backchannel_logout_uri, c.backchannel_logout_session_required, "
     "c.access_token_lifetime, c.refresh_token_lifetime, c.id_token_lifetime, "
-    "c.previous_secret_hash, c.previous_secret_expires"
+    "c.previous_secret_hash, c.previous_secret_expires, c.sector_identifier_uri"
 )
 _FROM = (
     "oidc_clients c JOIN partner_sites s ON s.id = c.site_id "
@@ -376,6 +432,7 @@ def _client(row: Row) -> Client:
         ),
         previous_secret_hash=str(row[20] or ""),
         previous_secret_expires=int(row[21] or 0),
+        sector_identifier_uri=str(row[22] or ""),
     )
 
 
@@ -410,13 +467,14 @@ def create_client(
         "INSERT INTO oidc_clients (client_id, site_id, secret_hash, is_public, redirect_uris, "
         "sector, id_token_alg, scopes, jwks, post_logout_uris, backchannel_logout_uri, "
         "backchannel_logout_session_required, access_token_lifetime, refresh_token_lifetime, "
-        "id_token_lifetime, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "id_token_lifetime, sector_identifier_uri, created) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         client_id,
         int(site_id),
         secret_hash(secret) if secret else "",
         int(settings.public),
         "\n".join(settings.redirect_uris),
-        sector_of_uris(settings.redirect_uris),
+        settings.sector,
         settings.id_token_alg,
         " ".join(sorted(settings.scopes)),
         json.dumps(settings.jwks) if settings.jwks else None,
@@ -424,6 +482,7 @@ def create_client(
         settings.backchannel_logout_uri or None,
         int(settings.backchannel_logout_session_required),
         *_stored_lifetimes(settings.lifetimes),
+        settings.sector_identifier_uri or None,
         now,
     )
     client = client_by_id(tx, client_id)
@@ -494,7 +553,7 @@ def update_client(tx: Transaction, client_id: str, settings: ClientSettings) -> 
     client = client_by_id(tx, client_id)
     if client is None:
         raise ClientError(f"there is no OpenID Connect client {client_id!r}")
-    sector = sector_of_uris(settings.redirect_uris)
+    sector = settings.sector
     if sector != client.sector:
         raise ClientError(
             f"the redirect URIs must stay on {client.sector}: the client's subject "
@@ -509,7 +568,7 @@ def update_client(tx: Transaction, client_id: str, settings: ClientSettings) -> 
     tx.execute(
         "UPDATE oidc_clients SET redirect_uris = ?, id_token_alg = ?, scopes = ?, jwks = ?, "
         "post_logout_uris = ?, backchannel_logout_uri = ?, "
-        "backchannel_logout_session_required = ? WHERE client_id = ?",
+        "backchannel_logout_session_required = ?, sector_identifier_uri = ? WHERE client_id = ?",
         "\n".join(settings.redirect_uris),
         settings.id_token_alg,
         " ".join(sorted(settings.scopes)),
@@ -517,6 +576,7 @@ def update_client(tx: Transaction, client_id: str, settings: ClientSettings) -> 
         "\n".join(settings.post_logout_uris),
         settings.backchannel_logout_uri or None,
         int(settings.backchannel_logout_session_required),
+        settings.sector_identifier_uri or None,
         client_id,
     )
     updated = client_by_id(tx, client_id)

@@ -98,6 +98,11 @@ def _client_add_arguments(p: argparse.ArgumentParser) -> None:
         help="where RP-initiated logout may send the person back to (repeat for more)",
     )
     p.add_argument(
+        "--sector-identifier-uri",
+        help="a JSON list of the redirect URIs, fetched and checked now; its host is the "
+        "client's sector, so the redirect URIs may lie on several hosts",
+    )
+    p.add_argument(
         "--backchannel-logout-uri",
         help="where Clickpass POSTs a logout token when a session that signed into the "
         "client ends (Back-Channel Logout 1.0)",
@@ -175,6 +180,8 @@ def _clients_add(args: argparse.Namespace, conn: Connection) -> Any:
         "id_token_alg": args.alg,
         "post_logout_uris": args.post_logout_uris,
     }
+    if args.sector_identifier_uri:
+        params["sector_identifier_uri"] = args.sector_identifier_uri
     if args.backchannel_logout_uri:
         params["backchannel_logout_uri"] = args.backchannel_logout_uri
     if args.backchannel_logout_session_required:

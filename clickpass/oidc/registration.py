@@ -26,6 +26,7 @@ from twisted.web.server import Request
 
 from clickpass.oidc import clients, tokens
 from clickpass.oidc.clients import Client, ClientError
+from clickpass.oidc.sector import SectorCheck
 from clickpass.partners import sites
 from clickpass.web.app import WebApp
 
@@ -107,6 +108,11 @@ def settings_of(body: Mapping[str, Any], realm: str) -> clients.ClientSettings:
     scope = body.get("scope", "openid email profile")
     if not isinstance(scope, str):
         raise RegistrationError(400, "invalid_client_metadata", "scope must be a string")
+    sector_uri = body.get("sector_identifier_uri", "")
+    if not isinstance(sector_uri, str):
+        raise RegistrationError(
+            400, "invalid_client_metadata", "sector_identifier_uri must be a string"
+        )
     backchannel = body.get("backchannel_logout_uri", "")
     session_required = body.get("backchannel_logout_session_required", False)
     if not isinstance(backchannel, str) or not isinstance(session_required, bool):
@@ -126,6 +132,7 @@ def settings_of(body: Mapping[str, Any], realm: str) -> clients.ClientSettings:
             post_logout_uris=_strings(body, "post_logout_redirect_uris"),
             backchannel_logout_uri=backchannel,
             backchannel_logout_session_required=session_required,
+            sector_identifier_uri=sector_uri,
         )
     except ClientError as e:
         error = "invalid_redirect_uri" if "redirect URI" in str(e) else "invalid_client_metadata"
@@ -152,6 +159,8 @@ def client_metadata(client: Client, issuer: str) -> dict[str, Any]:
     }
     if client.jwks:
         metadata["jwks"] = client.jwks
+    if client.sector_identifier_uri:
+        metadata["sector_identifier_uri"] = client.sector_identifier_uri
     if client.backchannel_logout_uri:
         metadata["backchannel_logout_uri"] = client.backchannel_logout_uri
         metadata["backchannel_logout_session_required"] = client.backchannel_logout_session_required
@@ -161,9 +170,16 @@ def client_metadata(client: Client, issuer: str) -> dict[str, Any]:
 class Registration:
     """The registration endpoint and its management endpoint."""
 
-    def __init__(self, app: WebApp, issuer: str) -> None:
+    def __init__(self, app: WebApp, issuer: str, sector: SectorCheck) -> None:
         self.app = app
         self.issuer = issuer
+        self.sector = sector
+
+    async def _check_sector(self, settings: clients.ClientSettings) -> None:
+        try:
+            await self.sector.check(settings)
+        except ClientError as e:
+            raise RegistrationError(400, "invalid_client_metadata", str(e)) from None
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -184,6 +200,7 @@ class Registration:
                     403, "access_denied", "the site's realm is not verified yet"
                 )
             settings = settings_of(_metadata(request), site.realm)
+            await self._check_sector(settings)
         except RegistrationError as e:
             return self._error(request, e)
         client, secret = await self.app.storage.run(
@@ -238,6 +255,7 @@ class Registration:
                     400, "invalid_client_metadata", "client_secret is not the client's"
                 )
             settings = settings_of(body, client.realm)
+            await self._check_sector(settings)
             updated = await self.app.storage.run(clients.update_client, client_id, settings)
         except RegistrationError as e:
             return self._error(request, e)

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.oidc import backchannel, clients
 from clickpass.oidc.keys import ALGORITHMS, SigningKeys, UnknownAlgorithm
+from clickpass.oidc.sector import SectorCheck
 from clickpass.storage.sql import Storage
 
 
@@ -61,7 +62,10 @@ def register_commands(commands: CommandRegistry, keys: SigningKeys) -> None:
 
 
 def register_client_commands(
-    commands: CommandRegistry, storage: Storage, clock: IReactorTime
+    commands: CommandRegistry,
+    storage: Storage,
+    clock: IReactorTime,
+    sector: SectorCheck | None = None,
 ) -> None:
     """C{oidc.clients.add}, C{oidc.clients.list} and C{oidc.clients.remove} on the control port."""
 
@@ -79,6 +83,9 @@ def register_client_commands(
         backchannel = args.get("backchannel_logout_uri") or ""
         if not isinstance(backchannel, str):
             raise CommandError("oidc.clients.add: backchannel_logout_uri must be a string")
+        sector_uri = args.get("sector_identifier_uri") or ""
+        if not isinstance(sector_uri, str):
+            raise CommandError("oidc.clients.add: sector_identifier_uri must be a string")
         try:
             checked = clients.check_settings(
                 uris,
@@ -92,7 +99,12 @@ def register_client_commands(
                     args.get("backchannel_logout_session_required", False)
                 ),
                 lifetimes=_lifetimes(args),
+                sector_identifier_uri=sector_uri,
             )
+            if checked.sector_identifier_uri:
+                if sector is None:
+                    raise CommandError("this node cannot fetch sector identifier URIs")
+                await sector.check(checked)
             client, secret = await storage.run(
                 clients.create_client, site, checked, int(clock.seconds())
             )

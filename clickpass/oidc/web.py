@@ -51,6 +51,7 @@ from clickpass.oidc.clients import Client
 from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.logout import Logout
 from clickpass.oidc.registration import Registration
+from clickpass.oidc.sector import SectorFetcher
 from clickpass.openid import approvals
 from clickpass.openid.extensions import FIELD_LABELS
 from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, recorded, sector_of
@@ -157,7 +158,7 @@ def install(
     keys = SigningKeys(app.reactor, app.reactor, app.storage, app.secret)
     web = OIDCWeb(app, keys, held, email_verified, strength, has_factor)
     logout = Logout(app, keys, web.issuer, app.derive_key(KEY_PURPOSE))
-    registration = Registration(app, web.issuer)
+    registration = Registration(app, web.issuer, SectorFetcher(app.reactor, app.settings.openid))
     router.add("GET", "/.well-known/openid-configuration", web.discovery)
     router.add("GET", "/oidc/jwks", web.jwks)
     router.add("GET", "/oidc/authorize", web.authorize)
@@ -486,7 +487,10 @@ class OIDCWeb:
     ) -> bytes:
         now = self.now()
         dest = auth.destination
-        site_id = await self.identifiers.for_site(account.id, account.uid, dest.redirect_uri, now)
+        # The client's sector: its redirect URIs' host, or its sector
+        # identifier URI's when it has one.
+        where = auth.client.sector_identifier_uri or dest.redirect_uri
+        site_id = await self.identifiers.for_site(account.id, account.uid, where, now)
         openid2_id = ""
         if auth.openid2_realm:
             openid2_id = await self._openid2_id(account, auth.openid2_realm)

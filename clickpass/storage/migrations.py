@@ -477,7 +477,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         13,
         "oidc: back-channel logout (client URIs, the sessions clients signed into, "
         "the logout token outbox); acr and amr of grants; per-client token lifetimes; "
-        "the previous secret during a rotation",
+        "the previous secret during a rotation; sector identifier URIs",
         (
             "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS backchannel_logout_uri "
             "VARCHAR(2048) NULL",
@@ -490,6 +490,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             "refresh_token_lifetime INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
             "id_token_lifetime INTEGER NOT NULL DEFAULT 0",
+            # The URL of the JSON list of the client's redirect URIs whose host
+            # is its sector (OpenID Connect Core 8.1), or NULL.
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "sector_identifier_uri VARCHAR(2048) NULL",
             # The secret before the last rotation, good until it expires.
             "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
             "previous_secret_hash VARCHAR(64) NOT NULL DEFAULT ''",
