@@ -80,15 +80,19 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     # The OpenID provider's checks and answers, shared by its endpoint and
     # the partner flow; the partner flow is the endpoint's hook. Second
     # factors judge and tell partners how strongly a person signed in (PAPE).
-    assertions = openid_web.build_assertions(
-        app, claims=upstream, strength=PapeStrength(second_factors)
-    )
+    strength = PapeStrength(second_factors)
+    assertions = openid_web.build_assertions(app, claims=upstream, strength=strength)
     partner_flow = partners_web.install(app, router, assertions)
     openid_web.install(app, router, assertions, partners=partner_flow)
     # OpenID Connect on the same accounts, identifiers and consent: what it
     # may release is what the OpenID provider holds for a person, and a
     # forgotten approval revokes its grants.
-    oidc = oidc_web.install(app, router, held=assertions)
+    # Second factors say how strongly the person signed in (acr, amr) and
+    # step them up when a client's acr_values ask for more.
+    oidc = oidc_web.install(
+        app, router, held=assertions, strength=strength,
+        has_factor=second_factors.factors.has_factor,
+    )  # fmt: skip
     approvals_section = openid_account.install(app, router, forgotten=oidc)
     # The person's own controls: sessions, security log, export, deletion.
     self_service_section = selfservice_web.install(app, router, second_factors)

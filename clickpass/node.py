@@ -42,8 +42,10 @@ from clickpass.mfa.control import register_commands as register_mfa_commands
 from clickpass.mfa.service import SecondFactors
 from clickpass.monitor.service import build_monitoring, dbagent_metrics, heartbeat_metrics
 from clickpass.oidc import assertions as oidc_assertions
+from clickpass.oidc import backchannel as oidc_backchannel
 from clickpass.oidc import tokens as oidc_tokens
 from clickpass.oidc.keys import SigningKeys
+from clickpass.oidc.sector import SectorFetcher
 from clickpass.oidc.service import register_client_commands as register_oidc_client_commands
 from clickpass.oidc.service import register_commands as register_oidc_commands
 from clickpass.openid import store as openid_store
@@ -214,7 +216,9 @@ class Node(MultiService):
         # database, listed and rotated on the control port.
         signing_keys = SigningKeys(reactor, reactor, storage, self.secret)
         register_oidc_commands(self.commands, signing_keys)
-        register_oidc_client_commands(self.commands, storage, reactor)
+        register_oidc_client_commands(
+            self.commands, storage, reactor, SectorFetcher(reactor, settings.openid)
+        )
         # The operators' user commands beyond add and disable.
         register_user_commands(self.commands, reactor, storage, self._accounts(), settings.base_url)
         # Second factors: listed and reset by operators on the control port.
@@ -224,6 +228,11 @@ class Node(MultiService):
         # Partner webhooks: the node (not the workers) empties the durable outbox.
         delivery_service(
             reactor, settings, storage, self.secret, monitoring.metrics
+        ).setServiceParent(group)
+        # OpenID Connect back-channel logout: the node notices ended sessions
+        # and empties the durable logout outbox, like the webhooks'.
+        oidc_backchannel.delivery_service(
+            reactor, settings, storage, signing_keys, monitoring.metrics
         ).setServiceParent(group)
         # Mail: the node (not the workers) empties the durable mail outbox.
         # Its transport reads its files here: a ConfigError stops the node

@@ -44,13 +44,17 @@ SCOPE_FIELDS: Mapping[str, frozenset[str]] = {
 # Carried on the way back from the sign-in page that prompt=login or
 # max_age sent the person to: the time from which a sign-in counts.
 REAUTH_PARAMETER = "cp_signed_in_after"
+# Carried on the way back from the step-up page that acr_values sent the
+# person to: it was offered once, and is not offered again.
+STEP_UP_PARAMETER = "cp_stepped_up"
+MAX_ACR_VALUES = 1024
 KNOWN = frozenset(
     {
         "client_id", "redirect_uri", "response_type", "response_mode", "scope", "state",
         "nonce", "prompt", "max_age", "login_hint", "code_challenge",
         "code_challenge_method", "request", "request_uri", "registration", "display",
         "ui_locales", "claims_locales", "id_token_hint", "acr_values", "claims",
-        "openid2_realm", REAUTH_PARAMETER,
+        "openid2_realm", REAUTH_PARAMETER, STEP_UP_PARAMETER,
     }
 )  # fmt: skip
 
@@ -93,6 +97,11 @@ class AuthorizationRequest:
     # OpenID Connect Migration 1.0: the OpenID 2.0 realm whose identifier
     # the client wants (checked to cover the redirect URI), or empty.
     openid2_realm: str = ""
+    # The authentication context classes the client asks for, most wanted
+    # first (voluntary: OpenID Connect Core 1.0 3.1.2.1).
+    acr_values: tuple[str, ...] = ()
+    # Back from the step-up page that acr_values sent the person to.
+    stepped_up: bool = False
 
     @property
     def client(self) -> Client:
@@ -106,7 +115,12 @@ class AuthorizationRequest:
             found |= SCOPE_FIELDS.get(scope, frozenset())
         return found
 
-    def query(self, drop_prompt_login: bool = False, signed_in_after: int | None = None) -> str:
+    def query(
+        self,
+        drop_prompt_login: bool = False,
+        signed_in_after: int | None = None,
+        stepped_up: bool = False,
+    ) -> str:
         """The request again as a query string (to carry through the sign-in page)."""
         d = self.destination
         params: dict[str, str] = {
@@ -124,6 +138,7 @@ class AuthorizationRequest:
             "code_challenge": self.code_challenge or None,
             "code_challenge_method": "S256" if self.code_challenge else None,
             "openid2_realm": self.openid2_realm or None,
+            "acr_values": " ".join(self.acr_values) or None,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         prompt = self.prompt - {"login"} if drop_prompt_login else self.prompt
@@ -132,6 +147,8 @@ class AuthorizationRequest:
         after = signed_in_after if signed_in_after is not None else self.signed_in_after
         if after is not None:
             params[REAUTH_PARAMETER] = str(after)
+        if stepped_up or self.stepped_up:
+            params[STEP_UP_PARAMETER] = "1"
         return urlencode(params)
 
 
@@ -243,6 +260,8 @@ def _check(params: Mapping[str, list[str]], dest: Destination) -> AuthorizationR
         code_challenge=_pkce(params, client),
         signed_in_after=_non_negative(_one(params, REAUTH_PARAMETER, 12), REAUTH_PARAMETER),
         openid2_realm=_openid2_realm(_one(params, "openid2_realm", MAX_REALM), dest.redirect_uri),
+        acr_values=tuple(dict.fromkeys((_one(params, "acr_values", MAX_ACR_VALUES) or "").split())),
+        stepped_up=_one(params, STEP_UP_PARAMETER, 1) == "1",
     )
 
 

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from clickpass.oidc import tokens
 from clickpass.oidc.keys import ALGORITHMS, Algorithm, UnknownAlgorithm, check_algorithm
 from clickpass.openid.identifiers import BadRealm, sector_of
 from clickpass.storage.sql import Row, Transaction
@@ -44,6 +45,58 @@ DEFAULT_ALG: Algorithm = "RS256"
 MAX_JWKS = 8192
 MAX_CLIENT_KEYS = 10
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+# Bounds of per-client token lifetimes, in seconds. An ID token lives at
+# most a day: retired signing keys stay published that long (keys.py's
+# longest token lifetime), so every ID token can be verified until it expires.
+LIFETIME_BOUNDS = {
+    "access_token": (60, 86400),
+    "refresh_token": (600, 90 * 86400),
+    "id_token": (60, 86400),
+}
+# How long a rotated-away secret keeps working unless told otherwise, and
+# at most.
+DEFAULT_SECRET_GRACE = 86400
+MAX_SECRET_GRACE = 30 * 86400
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long a client's tokens live, in seconds."""
+
+    access_token: int = tokens.ACCESS_TOKEN_LIFETIME
+    refresh_token: int = tokens.REFRESH_TOKEN_LIFETIME
+    id_token: int = tokens.ID_TOKEN_LIFETIME
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "id_token": self.id_token,
+        }
+
+
+DEFAULT_LIFETIMES = Lifetimes()
+
+
+def check_lifetimes(given: Mapping[str, object], base: Lifetimes = DEFAULT_LIFETIMES) -> Lifetimes:
+    """
+    C{base} with the lifetimes in C{given} (C{access_token},
+    C{refresh_token}, C{id_token}: whole seconds within L{LIFETIME_BOUNDS};
+    a refresh token outliving the access token); else L{ClientError}.
+    """
+    values = base.describe()
+    for name, value in given.items():
+        if name not in LIFETIME_BOUNDS:
+            raise ClientError(f"unknown token lifetime {name!r}; use {', '.join(LIFETIME_BOUNDS)}")
+        low, high = LIFETIME_BOUNDS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ClientError(
+                f"the {name.replace('_', ' ')} lifetime must be whole seconds from {low} to {high}"
+            )
+        values[name] = value
+    if values["refresh_token"] < values["access_token"]:
+        raise ClientError("the refresh token lifetime must be at least the access token's")
+    return Lifetimes(**values)
 
 
 class ClientError(ValueError):
@@ -63,6 +116,21 @@ class ClientSettings:
     jwks: Mapping[str, Any] | None = None
     # Where RP-initiated logout may send the person back to (exact match).
     post_logout_uris: tuple[str, ...] = ()
+    # Where logout tokens are POSTed (Back-Channel Logout 1.0), or empty.
+    backchannel_logout_uri: str = ""
+    backchannel_logout_session_required: bool = False
+    lifetimes: Lifetimes = DEFAULT_LIFETIMES
+    # A JSON list of the redirect URIs, on the host that is the client's
+    # sector (OpenID Connect Core 8.1): the redirect URIs may then lie on
+    # several hosts. Fetched and checked before the client is stored.
+    sector_identifier_uri: str = ""
+
+    @property
+    def sector(self) -> str:
+        """The host the client's pairwise subjects are derived for."""
+        if self.sector_identifier_uri:
+            return sector_of(self.sector_identifier_uri)
+        return sector_of_uris(self.redirect_uris)
 
 
 @dataclass(frozen=True)
@@ -83,6 +151,13 @@ class Client:
     secret_hash: str = ""
     jwks: Mapping[str, Any] | None = None
     post_logout_uris: tuple[str, ...] = ()
+    backchannel_logout_uri: str = ""
+    backchannel_logout_session_required: bool = False
+    lifetimes: Lifetimes = DEFAULT_LIFETIMES
+    # The secret before the last rotation, good until C{previous_secret_expires}.
+    previous_secret_hash: str = ""
+    previous_secret_expires: int = 0
+    sector_identifier_uri: str = ""
 
     @property
     def auth_method(self) -> str:
@@ -91,11 +166,19 @@ class Client:
             return "none"
         return "private_key_jwt" if self.jwks else "client_secret"
 
-    def authenticates(self, secret: str) -> bool:
-        """Whether C{secret} is this confidential client's secret."""
+    def authenticates(self, secret: str, now: int) -> bool:
+        """
+        Whether C{secret} is this confidential client's secret, or (until
+        the grace period after a rotation ends) its previous one.
+        """
         if self.public or not self.secret_hash:
             return False
-        return hmac.compare_digest(secret_hash(secret), self.secret_hash)
+        given = secret_hash(secret)
+        current = hmac.compare_digest(given, self.secret_hash)
+        previous = bool(self.previous_secret_hash) and hmac.compare_digest(
+            given, self.previous_secret_hash
+        )
+        return current or (previous and now < self.previous_secret_expires)
 
     def describe(self) -> dict[str, Any]:
         """For operators: everything but the secret's hash."""
@@ -110,6 +193,11 @@ class Client:
             "id_token_alg": self.id_token_alg,
             "scopes": sorted(self.scopes),
             "post_logout_uris": list(self.post_logout_uris),
+            "backchannel_logout_uri": self.backchannel_logout_uri,
+            "backchannel_logout_session_required": self.backchannel_logout_session_required,
+            "sector_identifier_uri": self.sector_identifier_uri,
+            "lifetimes": self.lifetimes.describe(),
+            "previous_secret_expires": self.previous_secret_expires,
             "created": self.created,
         }
 
@@ -175,14 +263,25 @@ def check_settings(
     scopes: Iterable[str] | None = None,
     jwks: object = None,
     post_logout_uris: Iterable[str] = (),
+    backchannel_logout_uri: str = "",
+    backchannel_logout_session_required: bool = False,
+    lifetimes: Mapping[str, object] | None = None,
+    sector_identifier_uri: str = "",
 ) -> ClientSettings:
-    """Checked client settings, or L{ClientError} naming what is wrong."""
+    """
+    Checked client settings, or L{ClientError} naming what is wrong. (A
+    sector identifier URI's document is checked by the caller, who may
+    fetch: L{check_sector_document}.)
+    """
     uris = tuple(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
     if not uris:
         raise ClientError("a client needs at least one redirect URI")
     if len(uris) > MAX_REDIRECT_URIS:
         raise ClientError(f"a client has at most {MAX_REDIRECT_URIS} redirect URIs")
-    sector_of_uris(uris)
+    if sector_identifier_uri:
+        sector_identifier_uri = check_sector_identifier_uri(sector_identifier_uri)
+    else:
+        sector_of_uris(uris)
     try:
         alg = check_algorithm(id_token_alg)
     except UnknownAlgorithm:
@@ -201,7 +300,60 @@ def check_settings(
     if len(logout) > MAX_REDIRECT_URIS:
         raise ClientError(f"a client has at most {MAX_REDIRECT_URIS} post-logout URIs")
     keys = None if jwks is None else check_jwks(jwks)
-    return ClientSettings(uris, public, alg, allowed, keys, logout)
+    backchannel = check_backchannel_uri(backchannel_logout_uri) if backchannel_logout_uri else ""
+    if backchannel_logout_session_required and not backchannel:
+        raise ClientError("backchannel_logout_session_required needs a back-channel logout URI")
+    return ClientSettings(
+        uris, public, alg, allowed, keys, logout, backchannel,
+        bool(backchannel_logout_session_required), check_lifetimes(lifetimes or {}),
+        sector_identifier_uri,
+    )  # fmt: skip
+
+
+def check_sector_identifier_uri(uri: str) -> str:
+    """
+    C{uri} if it can be a sector identifier URI: https (or http on a
+    loopback address, for trials), no fragment; else L{ClientError}.
+    """
+    try:
+        checked = check_redirect_uri(uri)
+        sector_of(checked)
+    except (ClientError, BadRealm) as e:
+        raise ClientError(str(e).replace("redirect URI", "sector identifier URI", 1)) from None
+    return checked
+
+
+MAX_SECTOR_DOCUMENT = 64 * 1024
+
+
+def check_sector_document(uri: str, body: bytes, redirect_uris: Iterable[str]) -> None:
+    """
+    The document at the sector identifier URI C{uri} must be a JSON array
+    of strings holding every one of C{redirect_uris}; else L{ClientError}.
+    """
+    try:
+        listed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ClientError(f"the sector identifier URI {uri} does not serve JSON") from None
+    if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+        raise ClientError(f"the sector identifier URI {uri} must serve a JSON array of URIs")
+    missing = [u for u in redirect_uris if u not in listed]
+    if missing:
+        raise ClientError(
+            f"the sector identifier URI {uri} does not list the redirect URI {missing[0]}"
+        )
+
+
+def check_backchannel_uri(uri: str) -> str:
+    """
+    C{uri} if logout tokens can be POSTed to it (Back-Channel Logout 1.0
+    2.2): absolute, https (or http on a loopback address), no fragment; a
+    query is allowed. Else L{ClientError}.
+    """
+    try:
+        return check_redirect_uri(uri)
+    except ClientError as e:
+        raise ClientError(str(e).replace("redirect URI", "back-channel logout URI", 1)) from None
 
 
 def check_jwks(document: object) -> dict[str, Any]:
@@ -241,7 +393,9 @@ def check_jwks(document: object) -> dict[str, Any]:
 _COLUMNS = (
     "c.client_id, c.site_id, s.public_id, s.name, s.realm, c.sector, c.redirect_uris, "
     "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified, c.jwks, "
-    "c.post_logout_uris"
+    "c.post_logout_uris, c.backchannel_logout_uri, c.backchannel_logout_session_required, "
+    "c.access_token_lifetime, c.refresh_token_lifetime, c.id_token_lifetime, "
+    "c.previous_secret_hash, c.previous_secret_expires, c.sector_identifier_uri"
 )
 _FROM = (
     "oidc_clients c JOIN partner_sites s ON s.id = c.site_id "
@@ -269,6 +423,16 @@ def _client(row: Row) -> Client:
         secret_hash=str(row[11]),
         jwks=json.loads(row[13]) if row[13] else None,
         post_logout_uris=tuple(u for u in str(row[14] or "").split("\n") if u),
+        backchannel_logout_uri=str(row[15] or ""),
+        backchannel_logout_session_required=bool(row[16]),
+        lifetimes=Lifetimes(
+            int(row[17] or 0) or tokens.ACCESS_TOKEN_LIFETIME,
+            int(row[18] or 0) or tokens.REFRESH_TOKEN_LIFETIME,
+            int(row[19] or 0) or tokens.ID_TOKEN_LIFETIME,
+        ),
+        previous_secret_hash=str(row[20] or ""),
+        previous_secret_expires=int(row[21] or 0),
+        sector_identifier_uri=str(row[22] or ""),
     )
 
 
@@ -301,23 +465,123 @@ def create_client(
     secret = "" if settings.public or settings.jwks else secrets.token_urlsafe(32)
     tx.execute(
         "INSERT INTO oidc_clients (client_id, site_id, secret_hash, is_public, redirect_uris, "
-        "sector, id_token_alg, scopes, jwks, post_logout_uris, created) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "sector, id_token_alg, scopes, jwks, post_logout_uris, backchannel_logout_uri, "
+        "backchannel_logout_session_required, access_token_lifetime, refresh_token_lifetime, "
+        "id_token_lifetime, sector_identifier_uri, created) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         client_id,
         int(site_id),
         secret_hash(secret) if secret else "",
         int(settings.public),
         "\n".join(settings.redirect_uris),
-        sector_of_uris(settings.redirect_uris),
+        settings.sector,
         settings.id_token_alg,
         " ".join(sorted(settings.scopes)),
         json.dumps(settings.jwks) if settings.jwks else None,
         "\n".join(settings.post_logout_uris),
+        settings.backchannel_logout_uri or None,
+        int(settings.backchannel_logout_session_required),
+        *_stored_lifetimes(settings.lifetimes),
+        settings.sector_identifier_uri or None,
         now,
     )
     client = client_by_id(tx, client_id)
     assert client is not None
     return client, secret
+
+
+def _stored_lifetimes(lifetimes: Lifetimes) -> tuple[int, int, int]:
+    """What the columns keep: 0 for a default, so a changed default reaches the client."""
+    return (
+        0 if lifetimes.access_token == tokens.ACCESS_TOKEN_LIFETIME else lifetimes.access_token,
+        0 if lifetimes.refresh_token == tokens.REFRESH_TOKEN_LIFETIME else lifetimes.refresh_token,
+        0 if lifetimes.id_token == tokens.ID_TOKEN_LIFETIME else lifetimes.id_token,
+    )
+
+
+def set_lifetimes(tx: Transaction, client_id: str, lifetimes: Lifetimes) -> Client | None:
+    """Set C{client_id}'s token lifetimes (for tokens issued from now on); the client."""
+    tx.execute(
+        "UPDATE oidc_clients SET access_token_lifetime = ?, refresh_token_lifetime = ?, "
+        "id_token_lifetime = ? WHERE client_id = ?",
+        *_stored_lifetimes(lifetimes),
+        client_id,
+    )
+    return client_by_id(tx, client_id)
+
+
+def rotate_secret(tx: Transaction, client_id: str, grace: int, now: int) -> tuple[Client, str]:
+    """
+    Give a confidential client a new secret, returned once; the current one
+    stays good for C{grace} seconds (0: no longer), so the partner can deploy
+    the new one without a gap. L{ClientError} for a client without a secret.
+    """
+    client = client_by_id(tx, client_id)
+    if client is None:
+        raise ClientError(f"there is no OpenID Connect client {client_id!r}")
+    if client.auth_method != "client_secret":
+        raise ClientError(
+            f"the client {client_id} has no secret to rotate (it authenticates with "
+            f"{client.auth_method})"
+        )
+    if not 0 <= grace <= MAX_SECRET_GRACE:
+        raise ClientError(f"the grace period must be 0 to {MAX_SECRET_GRACE} seconds")
+    secret = secrets.token_urlsafe(32)
+    tx.execute(
+        "UPDATE oidc_clients SET secret_hash = ?, previous_secret_hash = ?, "
+        "previous_secret_expires = ? WHERE client_id = ? AND secret_hash = ?",
+        secret_hash(secret),
+        client.secret_hash if grace else "",
+        now + grace if grace else 0,
+        client_id,
+        client.secret_hash,
+    )
+    rotated = client_by_id(tx, client_id)
+    assert rotated is not None
+    if rotated.secret_hash != secret_hash(secret):
+        raise ClientError(f"the client {client_id}'s secret was rotated at the same moment; retry")
+    return rotated, secret
+
+
+def update_client(tx: Transaction, client_id: str, settings: ClientSettings) -> Client:
+    """
+    Replace C{client_id}'s settings (RFC 7592 update) but its type, way of
+    authenticating, token lifetimes and sector: its redirect URIs must stay
+    on the host its pairwise subjects are derived from. L{ClientError}
+    otherwise.
+    """
+    client = client_by_id(tx, client_id)
+    if client is None:
+        raise ClientError(f"there is no OpenID Connect client {client_id!r}")
+    sector = settings.sector
+    if sector != client.sector:
+        raise ClientError(
+            f"the redirect URIs must stay on {client.sector}: the client's subject "
+            "identifiers are derived from that host"
+        )
+    method = "none" if settings.public else "private_key_jwt" if settings.jwks else "client_secret"
+    if method != client.auth_method:
+        raise ClientError(
+            f"the client authenticates with {client.auth_method}; register a new client "
+            "to change that"
+        )
+    tx.execute(
+        "UPDATE oidc_clients SET redirect_uris = ?, id_token_alg = ?, scopes = ?, jwks = ?, "
+        "post_logout_uris = ?, backchannel_logout_uri = ?, "
+        "backchannel_logout_session_required = ?, sector_identifier_uri = ? WHERE client_id = ?",
+        "\n".join(settings.redirect_uris),
+        settings.id_token_alg,
+        " ".join(sorted(settings.scopes)),
+        json.dumps(settings.jwks) if settings.jwks else None,
+        "\n".join(settings.post_logout_uris),
+        settings.backchannel_logout_uri or None,
+        int(settings.backchannel_logout_session_required),
+        settings.sector_identifier_uri or None,
+        client_id,
+    )
+    updated = client_by_id(tx, client_id)
+    assert updated is not None
+    return updated
 
 
 def set_registration_token(tx: Transaction, client_id: str, token_hash: str) -> None:

@@ -494,8 +494,13 @@ class SigningKeys:
         """Remove the retired keys whose time is over (a housekeeping task)."""
         return await self._storage.run(remove_expired, now)
 
-    async def sign(self, claims: Mapping[str, Any], alg: str = "RS256") -> str:
-        """A compact JWS of C{claims}, signed by C{alg}'s current key, C{kid} in its header."""
+    async def sign(
+        self, claims: Mapping[str, Any], alg: str = "RS256", typ: str | None = None
+    ) -> str:
+        """
+        A compact JWS of C{claims}, signed by C{alg}'s current key, C{kid}
+        (and C{typ}, when given: C{logout+jwt} for logout tokens) in its header.
+        """
         algorithm = check_algorithm(alg)
         key = current_key(await self.ensure(), algorithm)
         if key is None:  # pragma: no cover - ensure made one
@@ -504,7 +509,8 @@ class SigningKeys:
         if private is None:
             private = await self._blocking(load_private_key, key, self._box)
             self._private[key.kid] = private
-        return jwt.encode(dict(claims), private, algorithm=algorithm, headers={"kid": key.kid})
+        headers = {"kid": key.kid} if typ is None else {"kid": key.kid, "typ": typ}
+        return jwt.encode(dict(claims), private, algorithm=algorithm, headers=headers)
 
 
 def verify(

@@ -1,7 +1,7 @@
 """
 Dynamic client registration: OpenID Connect Dynamic Client Registration
 1.0 / RFC 7591 at C{POST /oidc/register}, and the RFC 7592 management
-endpoint C{/oidc/register/<client_id>} (read and delete).
+endpoint C{/oidc/register/<client_id>} (read, update and delete).
 
 The initial access token is a partner site's API key
 (C{Authorization: Bearer cpk_...}): the client belongs to that site, whose
@@ -26,6 +26,7 @@ from twisted.web.server import Request
 
 from clickpass.oidc import clients, tokens
 from clickpass.oidc.clients import Client, ClientError
+from clickpass.oidc.sector import SectorCheck
 from clickpass.partners import sites
 from clickpass.web.app import WebApp
 
@@ -107,6 +108,20 @@ def settings_of(body: Mapping[str, Any], realm: str) -> clients.ClientSettings:
     scope = body.get("scope", "openid email profile")
     if not isinstance(scope, str):
         raise RegistrationError(400, "invalid_client_metadata", "scope must be a string")
+    sector_uri = body.get("sector_identifier_uri", "")
+    if not isinstance(sector_uri, str):
+        raise RegistrationError(
+            400, "invalid_client_metadata", "sector_identifier_uri must be a string"
+        )
+    backchannel = body.get("backchannel_logout_uri", "")
+    session_required = body.get("backchannel_logout_session_required", False)
+    if not isinstance(backchannel, str) or not isinstance(session_required, bool):
+        raise RegistrationError(
+            400,
+            "invalid_client_metadata",
+            "backchannel_logout_uri must be a string, backchannel_logout_session_required "
+            "a boolean",
+        )
     try:
         return clients.check_settings(
             uris,
@@ -115,6 +130,9 @@ def settings_of(body: Mapping[str, Any], realm: str) -> clients.ClientSettings:
             scopes=[s for s in scope.split(" ") if s in clients.SCOPES],
             jwks=body.get("jwks") if method == "private_key_jwt" else None,
             post_logout_uris=_strings(body, "post_logout_redirect_uris"),
+            backchannel_logout_uri=backchannel,
+            backchannel_logout_session_required=session_required,
+            sector_identifier_uri=sector_uri,
         )
     except ClientError as e:
         error = "invalid_redirect_uri" if "redirect URI" in str(e) else "invalid_client_metadata"
@@ -141,15 +159,27 @@ def client_metadata(client: Client, issuer: str) -> dict[str, Any]:
     }
     if client.jwks:
         metadata["jwks"] = client.jwks
+    if client.sector_identifier_uri:
+        metadata["sector_identifier_uri"] = client.sector_identifier_uri
+    if client.backchannel_logout_uri:
+        metadata["backchannel_logout_uri"] = client.backchannel_logout_uri
+        metadata["backchannel_logout_session_required"] = client.backchannel_logout_session_required
     return metadata
 
 
 class Registration:
     """The registration endpoint and its management endpoint."""
 
-    def __init__(self, app: WebApp, issuer: str) -> None:
+    def __init__(self, app: WebApp, issuer: str, sector: SectorCheck) -> None:
         self.app = app
         self.issuer = issuer
+        self.sector = sector
+
+    async def _check_sector(self, settings: clients.ClientSettings) -> None:
+        try:
+            await self.sector.check(settings)
+        except ClientError as e:
+            raise RegistrationError(400, "invalid_client_metadata", str(e)) from None
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -170,6 +200,7 @@ class Registration:
                     403, "access_denied", "the site's realm is not verified yet"
                 )
             settings = settings_of(_metadata(request), site.realm)
+            await self._check_sector(settings)
         except RegistrationError as e:
             return self._error(request, e)
         client, secret = await self.app.storage.run(
@@ -201,6 +232,37 @@ class Registration:
         except RegistrationError as e:
             return self._error(request, e)
         return _json(request, 200, client_metadata(client, self.issuer))
+
+    async def update(self, request: Request, client_id: str) -> bytes:
+        """
+        RFC 7592 2.2: the client's metadata replaced by the body's (what it
+        omits goes back to its default). Its id, type, way of
+        authenticating and host cannot change; a C{client_secret} given
+        must be its secret.
+        """
+        try:
+            client = await self._managed(request, client_id)
+            body = _metadata(request)
+            if body.get("client_id") != client.client_id:
+                raise RegistrationError(
+                    400, "invalid_client_metadata", "client_id must be the client's own"
+                )
+            given = body.get("client_secret")
+            if given is not None and (
+                not isinstance(given, str) or not client.authenticates(given, self._now())
+            ):
+                raise RegistrationError(
+                    400, "invalid_client_metadata", "client_secret is not the client's"
+                )
+            settings = settings_of(body, client.realm)
+            await self._check_sector(settings)
+            updated = await self.app.storage.run(clients.update_client, client_id, settings)
+        except RegistrationError as e:
+            return self._error(request, e)
+        except ClientError as e:
+            return self._error(request, RegistrationError(400, "invalid_client_metadata", str(e)))
+        log.info("oidc client {client} updated", client=client_id)
+        return _json(request, 200, client_metadata(updated, self.issuer))
 
     async def delete(self, request: Request, client_id: str) -> bytes:
         try:

@@ -1,8 +1,9 @@
 """
 The node's part of the OpenID Connect provider: the C{oidc.keys.list}
 and C{oidc.keys.rotate} control commands, the housekeeping task that
-removes expired retired keys, and the C{oidc.clients.add|list|remove}
-commands (a new client's secret is returned once, by C{add}).
+removes expired retired keys, and the
+C{oidc.clients.add|list|show|set|rotate_secret|remove} commands (a new
+secret is returned once, by C{add} or C{rotate_secret}).
 
 This module must never return a private key or a stored secret's hash,
 nor serve HTTP.
@@ -15,8 +16,9 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from clickpass.control.protocol import CommandError, CommandRegistry
-from clickpass.oidc import clients
+from clickpass.oidc import backchannel, clients
 from clickpass.oidc.keys import ALGORITHMS, SigningKeys, UnknownAlgorithm
+from clickpass.oidc.sector import SectorCheck
 from clickpass.storage.sql import Storage
 
 
@@ -60,7 +62,10 @@ def register_commands(commands: CommandRegistry, keys: SigningKeys) -> None:
 
 
 def register_client_commands(
-    commands: CommandRegistry, storage: Storage, clock: IReactorTime
+    commands: CommandRegistry,
+    storage: Storage,
+    clock: IReactorTime,
+    sector: SectorCheck | None = None,
 ) -> None:
     """C{oidc.clients.add}, C{oidc.clients.list} and C{oidc.clients.remove} on the control port."""
 
@@ -75,6 +80,12 @@ def register_client_commands(
         logout_uris = args.get("post_logout_uris", [])
         if not _strings(logout_uris):
             raise CommandError("oidc.clients.add: post_logout_uris must be a list of strings")
+        backchannel = args.get("backchannel_logout_uri") or ""
+        if not isinstance(backchannel, str):
+            raise CommandError("oidc.clients.add: backchannel_logout_uri must be a string")
+        sector_uri = args.get("sector_identifier_uri") or ""
+        if not isinstance(sector_uri, str):
+            raise CommandError("oidc.clients.add: sector_identifier_uri must be a string")
         try:
             checked = clients.check_settings(
                 uris,
@@ -83,7 +94,17 @@ def register_client_commands(
                 scopes=scopes,
                 jwks=args.get("jwks"),
                 post_logout_uris=logout_uris,
+                backchannel_logout_uri=backchannel,
+                backchannel_logout_session_required=bool(
+                    args.get("backchannel_logout_session_required", False)
+                ),
+                lifetimes=_lifetimes(args),
+                sector_identifier_uri=sector_uri,
             )
+            if checked.sector_identifier_uri:
+                if sector is None:
+                    raise CommandError("this node cannot fetch sector identifier URIs")
+                await sector.check(checked)
             client, secret = await storage.run(
                 clients.create_client, site, checked, int(clock.seconds())
             )
@@ -104,9 +125,69 @@ def register_client_commands(
             raise CommandError(f"there is no OpenID Connect client {client_id!r}")
         return {"removed": client_id}
 
+    async def show(args: Any) -> dict[str, Any]:
+        client_id = _client_id(args, "oidc.clients.show")
+        client = await storage.run(clients.client_by_id, client_id)
+        if client is None:
+            raise CommandError(f"there is no OpenID Connect client {client_id!r}")
+        logouts = await storage.run(backchannel.recent_logouts, client_id, 10)
+        return {**client.describe(), "logouts": [r.describe() for r in logouts]}
+
+    async def set_lifetimes(args: Any) -> dict[str, Any]:
+        client_id = _client_id(args, "oidc.clients.set")
+        client = await storage.run(clients.client_by_id, client_id)
+        if client is None:
+            raise CommandError(f"there is no OpenID Connect client {client_id!r}")
+        try:
+            lifetimes = clients.check_lifetimes(_lifetimes(args), client.lifetimes)
+        except clients.ClientError as e:
+            raise CommandError(str(e)) from None
+        changed = await storage.run(clients.set_lifetimes, client_id, lifetimes)
+        assert changed is not None
+        return changed.describe()
+
+    async def rotate_secret(args: Any) -> dict[str, Any]:
+        client_id = _client_id(args, "oidc.clients.rotate_secret")
+        grace = args.get("grace", clients.DEFAULT_SECRET_GRACE)
+        if isinstance(grace, bool) or not isinstance(grace, int):
+            raise CommandError("oidc.clients.rotate_secret: grace must be whole seconds")
+        now = int(clock.seconds())
+        try:
+            client, secret = await storage.run(clients.rotate_secret, client_id, grace, now)
+        except clients.ClientError as e:
+            raise CommandError(str(e)) from None
+        return {
+            "client_id": client.client_id,
+            "client_secret": secret,
+            "previous_secret_expires": client.previous_secret_expires,
+        }
+
     commands.register("oidc.clients.add", add, "register an OpenID Connect client of a site")
+    commands.register("oidc.clients.show", show, "one OpenID Connect client and its logouts")
+    commands.register(
+        "oidc.clients.set", set_lifetimes, "set an OpenID Connect client's token lifetimes"
+    )
+    commands.register(
+        "oidc.clients.rotate_secret",
+        rotate_secret,
+        "give an OpenID Connect client a new secret; the old one works for a grace period",
+    )
     commands.register("oidc.clients.list", list_clients, "the OpenID Connect clients")
     commands.register("oidc.clients.remove", remove, "remove an OpenID Connect client")
+
+
+def _client_id(args: Any, command: str) -> str:
+    client_id = args.get("client_id")
+    if not isinstance(client_id, str):
+        raise CommandError(f"{command} needs client_id")
+    return client_id
+
+
+def _lifetimes(args: Any) -> dict[str, object]:
+    lifetimes = args.get("lifetimes") or {}
+    if not isinstance(lifetimes, dict):
+        raise CommandError("lifetimes must be an object of seconds by token kind")
+    return lifetimes
 
 
 def _strings(value: object) -> bool:

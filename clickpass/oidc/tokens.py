@@ -69,6 +69,12 @@ class Grant:
     # The person's OpenID 2.0 identifier at the request's openid2_realm
     # (OpenID Connect Migration 1.0), or empty.
     openid2_id: str = ""
+    # The OpenID Connect session id of the Clickpass session the grant was
+    # given in (Back-Channel Logout 1.0), or empty.
+    sid: str = ""
+    # How the person had signed in (OpenID Connect acr; RFC 8176 amr values).
+    acr: str = ""
+    amr: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class Issued:
 
 _GRANT = (
     "g.grant_id, g.client_id, g.account_id, g.subject, g.scopes, g.fields, g.nonce, "
-    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id"
+    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id, g.sid, g.acr, g.amr"
 )
 
 
@@ -109,6 +115,9 @@ def _grant(row: Row, offset: int = 0) -> Grant:
         expires=int(r[9]),
         revoked=int(r[10]),
         openid2_id=str(r[11]),
+        sid=str(r[12] or ""),
+        acr=str(r[13] or ""),
+        amr=tuple(m for m in str(r[14] or "").split() if m),
     )
 
 
@@ -118,7 +127,8 @@ def start_grant(
     """Record C{grant} and its authorization C{code}."""
     tx.execute(
         "INSERT INTO oidc_grants (grant_id, client_id, account_id, subject, scopes, fields, "
-        "nonce, auth_time, created, expires, openid2_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "nonce, auth_time, created, expires, openid2_id, sid, acr, amr) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         grant.grant_id,
         grant.client_id,
         grant.account_id,
@@ -130,6 +140,9 @@ def start_grant(
         grant.created,
         grant.expires,
         grant.openid2_id,
+        grant.sid,
+        grant.acr,
+        " ".join(grant.amr),
     )
     tx.execute(
         "INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires) "
@@ -164,11 +177,13 @@ def revoke_grant(tx: Transaction, grant_id: str, now: int) -> None:
     )
 
 
-def _issue(tx: Transaction, grant: Grant, now: int) -> Issued:
+def _issue(
+    tx: Transaction, grant: Grant, now: int, access_lifetime: int, refresh_lifetime: int
+) -> Issued:
     access, refresh = new_secret(), new_secret()
     for kind, secret, lifetime in (
-        ("access", access, ACCESS_TOKEN_LIFETIME),
-        ("refresh", refresh, REFRESH_TOKEN_LIFETIME),
+        ("access", access, access_lifetime),
+        ("refresh", refresh, refresh_lifetime),
     ):
         tx.execute(
             "INSERT INTO oidc_tokens (token_hash, kind, grant_id, created, expires) "
@@ -181,18 +196,26 @@ def _issue(tx: Transaction, grant: Grant, now: int) -> Issued:
         )
     tx.execute(
         "UPDATE oidc_grants SET expires = ? WHERE grant_id = ?",
-        now + REFRESH_TOKEN_LIFETIME,
+        now + refresh_lifetime,
         grant.grant_id,
     )
     return Issued(grant, access, refresh)
 
 
 def redeem_code(
-    tx: Transaction, code: str, client_id: str, redirect_uri: str, verifier: str, now: int
+    tx: Transaction,
+    code: str,
+    client_id: str,
+    redirect_uri: str,
+    verifier: str,
+    now: int,
+    access_lifetime: int = ACCESS_TOKEN_LIFETIME,
+    refresh_lifetime: int = REFRESH_TOKEN_LIFETIME,
 ) -> Issued | Refusal:
     """
-    Exchange an authorization code for tokens. The code is used up by the
-    first attempt, right or wrong; a second attempt revokes the grant.
+    Exchange an authorization code for tokens (living as long as the
+    client's lifetimes say). The code is used up by the first attempt,
+    right or wrong; a second attempt revokes the grant.
     """
     row = tx.fetchone(
         f"SELECT c.redirect_uri, c.code_challenge, c.expires, c.used, {_GRANT} "
@@ -213,7 +236,7 @@ def redeem_code(
     refusal = _code_refusal(row, grant, client_id, redirect_uri, verifier, now)
     if refusal is not None:
         return refusal
-    return _issue(tx, grant, now)
+    return _issue(tx, grant, now, access_lifetime, refresh_lifetime)
 
 
 def _code_refusal(
@@ -237,7 +260,14 @@ def _code_refusal(
     return None
 
 
-def refresh(tx: Transaction, token: str, client_id: str, now: int) -> Issued | Refusal:
+def refresh(
+    tx: Transaction,
+    token: str,
+    client_id: str,
+    now: int,
+    access_lifetime: int = ACCESS_TOKEN_LIFETIME,
+    refresh_lifetime: int = REFRESH_TOKEN_LIFETIME,
+) -> Issued | Refusal:
     """
     Exchange a refresh token for new tokens (it rotates). A rotated refresh
     token presented again revokes its grant.
@@ -265,7 +295,7 @@ def refresh(tx: Transaction, token: str, client_id: str, now: int) -> Issued | R
             "invalid_grant", "the refresh token was already used; every token of its grant "
             "is revoked"
         )  # fmt: skip
-    return _issue(tx, grant, now)
+    return _issue(tx, grant, now, access_lifetime, refresh_lifetime)
 
 
 @dataclass(frozen=True)

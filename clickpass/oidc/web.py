@@ -28,7 +28,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlencode
@@ -40,7 +40,7 @@ from twisted.web.server import Request
 
 from clickpass.accounts.flows import releasable_email
 from clickpass.accounts.service import Account, session_hash
-from clickpass.oidc import assertions, authorize, clients, tokens
+from clickpass.oidc import assertions, authorize, backchannel, clients, tokens
 from clickpass.oidc.authorize import (
     AuthorizationRequest,
     AuthorizeErrorAt,
@@ -51,6 +51,7 @@ from clickpass.oidc.clients import Client
 from clickpass.oidc.keys import SigningKeys
 from clickpass.oidc.logout import Logout
 from clickpass.oidc.registration import Registration
+from clickpass.oidc.sector import SectorFetcher
 from clickpass.openid import approvals
 from clickpass.openid.extensions import FIELD_LABELS
 from clickpass.openid.identifiers import KEY_PURPOSE, BadRealm, Identifiers, recorded, sector_of
@@ -81,6 +82,42 @@ class HeldValues(Protocol):
 
 EmailVerified = Callable[[Account], bool]
 
+# OpenID Connect acr values (Core 1.0 2): "0", no assurance claimed, and
+# the PAPE multi-factor policy URI, a registered acr value; what the
+# second factors' judge (clickpass.mfa.strength) says a session meets.
+ACR_NONE = "0"
+ACR_MULTI_FACTOR = "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
+ACR_VALUES = (ACR_NONE, ACR_MULTI_FACTOR)
+
+
+class SignInContext(Protocol):
+    """How a session was signed in, as partners may be told it."""
+
+    @property
+    def acr(self) -> str: ...
+
+    @property
+    def amr(self) -> tuple[str, ...]: ...
+
+
+class SignInStrength(Protocol):
+    """
+    How strongly the person is signed in (clickpass.mfa's PapeStrength):
+    for C{acr} and C{amr}, and the step-up that C{acr_values} may ask for.
+    """
+
+    async def context(self, request: Request) -> SignInContext | None:
+        """How this request's session was signed in, or L{None} when signed out."""
+        ...
+
+    def step_up_url(self, back: str) -> str:
+        """Where the person signs in more strongly, then comes back to C{back}."""
+        ...
+
+
+# Whether an account has a second factor to give (a step-up can succeed).
+HasFactor = Callable[[int], Awaitable[bool]]
+
 
 def account_email_verified(account: Account) -> bool:
     """
@@ -107,15 +144,21 @@ def install(
     router: Router,
     held: HeldValues,
     email_verified: EmailVerified = account_email_verified,
+    strength: SignInStrength | None = None,
+    has_factor: HasFactor | None = None,
 ) -> OIDCWeb:
-    """Register the provider's routes on C{router}, with its templates."""
+    """
+    Register the provider's routes on C{router}, with its templates.
+    Without C{strength}, ID tokens carry no C{acr} or C{amr} and
+    C{acr_values} is ignored.
+    """
     loader = app.templates.loader
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
     keys = SigningKeys(app.reactor, app.reactor, app.storage, app.secret)
-    web = OIDCWeb(app, keys, held, email_verified)
+    web = OIDCWeb(app, keys, held, email_verified, strength, has_factor)
     logout = Logout(app, keys, web.issuer, app.derive_key(KEY_PURPOSE))
-    registration = Registration(app, web.issuer)
+    registration = Registration(app, web.issuer, SectorFetcher(app.reactor, app.settings.openid))
     router.add("GET", "/.well-known/openid-configuration", web.discovery)
     router.add("GET", "/oidc/jwks", web.jwks)
     router.add("GET", "/oidc/authorize", web.authorize)
@@ -134,6 +177,7 @@ def install(
     router.add("POST", "/oidc/logout", logout.end_session)
     router.add("POST", "/oidc/register", registration.register)
     router.add("GET", "/oidc/register/{client_id}", registration.read)
+    router.add("PUT", "/oidc/register/{client_id}", registration.update)
     router.add("DELETE", "/oidc/register/{client_id}", registration.delete)
     return web
 
@@ -171,12 +215,16 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "prompt_values_supported": sorted(authorize.PROMPTS),
         "claims_supported": [
             "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "email",
-            "email_verified", "name", "nickname", "preferred_username", "openid2_id",
+            "email_verified", "name", "nickname", "preferred_username", "openid2_id", "sid",
+            "acr", "amr",
         ],
         "authorization_response_iss_parameter_supported": True,
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
+        "acr_values_supported": list(ACR_VALUES),
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
     }  # fmt: skip
 
 
@@ -214,9 +262,17 @@ class OIDCWeb:
     """The provider's endpoints."""
 
     def __init__(
-        self, app: WebApp, keys: SigningKeys, held: HeldValues, email_verified: EmailVerified
+        self,
+        app: WebApp,
+        keys: SigningKeys,
+        held: HeldValues,
+        email_verified: EmailVerified,
+        strength: SignInStrength | None = None,
+        has_factor: HasFactor | None = None,
     ) -> None:
         self.app = app
+        self.strength = strength
+        self.has_factor = has_factor
         self.keys = keys
         self.held_values = held
         self.email_verified = email_verified
@@ -226,6 +282,7 @@ class OIDCWeb:
             app.storage, app.derive_key(KEY_PURPOSE), self.base_url, clock=app.reactor
         )
         self._consent_key = app.derive_key(b"oidc consent form")
+        self._sid_key = app.derive_key(b"oidc session id")
 
     def now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -293,6 +350,9 @@ class OIDCWeb:
             if "none" in auth.prompt:
                 raise AuthorizeErrorAt(auth.destination, "login_required", "no one is signed in")
             return await self._to_signin(request, auth, account, now)
+        stepping_up = await self._step_up(request, auth, account)
+        if stepping_up is not None:
+            return stepping_up
         released = await self._released(auth.fields, account)
         approval = await self.app.storage.run(approvals.read, account.id, auth.client.realm)
         if "consent" in auth.prompt or approval is None or not approval.covers(frozenset(released)):
@@ -304,6 +364,30 @@ class OIDCWeb:
         if approval.stale(now):
             await self.app.storage.run(approvals.touch, account.id, auth.client.realm, now)
         return await self._issue_code(request, auth, account, frozenset(released), auth_time)
+
+    async def _step_up(
+        self, request: Request, auth: AuthorizationRequest, account: Account
+    ) -> bytes | None:
+        """
+        When the client asks for a multi-factor sign-in (C{acr_values}) that
+        this session has not made and the person has a second factor: send
+        them to give it and come back (once), or, with C{prompt=none},
+        C{interaction_required}. L{None}: go on (acr_values are voluntary;
+        the ID token's C{acr} says what was met).
+        """
+        if self.strength is None or ACR_MULTI_FACTOR not in auth.acr_values or auth.stepped_up:
+            return None
+        context = await self.strength.context(request)
+        if context is not None and context.acr == ACR_MULTI_FACTOR:
+            return None
+        if self.has_factor is None or not await self.has_factor(account.id):
+            return None
+        if "none" in auth.prompt:
+            raise AuthorizeErrorAt(
+                auth.destination, "interaction_required", "a second factor is needed"
+            )
+        back = "/oidc/authorize?" + auth.query(stepped_up=True)
+        return self.app.redirect(request, self.strength.step_up_url(back))
 
     async def _to_signin(
         self, request: Request, auth: AuthorizationRequest, account: Account | None, now: int
@@ -403,11 +487,17 @@ class OIDCWeb:
     ) -> bytes:
         now = self.now()
         dest = auth.destination
-        site_id = await self.identifiers.for_site(account.id, account.uid, dest.redirect_uri, now)
+        # The client's sector: its redirect URIs' host, or its sector
+        # identifier URI's when it has one.
+        where = auth.client.sector_identifier_uri or dest.redirect_uri
+        site_id = await self.identifiers.for_site(account.id, account.uid, where, now)
         openid2_id = ""
         if auth.openid2_realm:
             openid2_id = await self._openid2_id(account, auth.openid2_realm)
         code = tokens.new_secret()
+        session = session_hash(self.app.session_token(request))
+        sid = backchannel.session_sid(self._sid_key, session)
+        context = await self.strength.context(request) if self.strength is not None else None
         grant = tokens.Grant(
             grant_id=tokens.new_secret(),
             client_id=auth.client.client_id,
@@ -420,10 +510,19 @@ class OIDCWeb:
             created=now,
             expires=now + 2 * tokens.CODE_LIFETIME,
             openid2_id=openid2_id,
+            sid=sid,
+            acr=context.acr if context is not None else "",
+            amr=tuple(context.amr) if context is not None else (),
         )
-        await self.app.storage.run(
-            tokens.start_grant, grant, code, dest.redirect_uri, auth.code_challenge
-        )
+        # A client that takes logout tokens hears when this session ends.
+        logout_uri = auth.client.backchannel_logout_uri
+
+        def start(tx: Transaction) -> None:
+            tokens.start_grant(tx, grant, code, dest.redirect_uri, auth.code_challenge)
+            if logout_uri:
+                backchannel.record_session(tx, session, grant.client_id, sid, grant.subject, now)
+
+        await self.app.storage.run(start)
         log.debug("oidc code issued to {client}", client=auth.client.client_id)
         return self._answer(request, dest, authorize.success_parameters(code, dest, self.issuer))
 
@@ -483,10 +582,17 @@ class OIDCWeb:
                     params.get("redirect_uri", ""),
                     params.get("code_verifier", ""),
                     now,
+                    client.lifetimes.access_token,
+                    client.lifetimes.refresh_token,
                 )
             elif grant_type == "refresh_token":
                 result = await self.app.storage.run(
-                    tokens.refresh, _required(params, "refresh_token"), client.client_id, now
+                    tokens.refresh,
+                    _required(params, "refresh_token"),
+                    client.client_id,
+                    now,
+                    client.lifetimes.access_token,
+                    client.lifetimes.refresh_token,
                 )
             elif grant_type is None:
                 raise TokenError("invalid_request", "grant_type is missing")
@@ -517,7 +623,7 @@ class OIDCWeb:
             "aud": client.client_id,
             "azp": client.client_id,
             "iat": now,
-            "exp": now + tokens.ID_TOKEN_LIFETIME,
+            "exp": now + client.lifetimes.id_token,
             "auth_time": grant.auth_time,
             "at_hash": at_hash(issued.access_token),
         }
@@ -525,11 +631,17 @@ class OIDCWeb:
             claims["nonce"] = grant.nonce
         if grant.openid2_id:
             claims["openid2_id"] = grant.openid2_id
+        if grant.sid:
+            claims["sid"] = grant.sid
+        if grant.acr:
+            claims["acr"] = grant.acr
+        if grant.amr:
+            claims["amr"] = list(grant.amr)
         id_token = await self.keys.sign(claims, client.id_token_alg)
         return {
             "access_token": issued.access_token,
             "token_type": "Bearer",
-            "expires_in": tokens.ACCESS_TOKEN_LIFETIME,
+            "expires_in": client.lifetimes.access_token,
             "refresh_token": issued.refresh_token,
             "id_token": id_token,
             "scope": " ".join(grant.scopes),
@@ -557,7 +669,7 @@ class OIDCWeb:
         if secret is None:
             if not client.public:
                 raise TokenError("invalid_client", "this client must authenticate", 401)
-        elif not client.authenticates(secret):
+        elif not client.authenticates(secret, self.now()):
             raise TokenError("invalid_client", "client authentication failed", 401)
         return client
 

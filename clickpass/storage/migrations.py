@@ -473,6 +473,69 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS mfa_trusted_account ON mfa_trusted_browsers (account_id)",
         ),
     ),
+    Migration(
+        13,
+        "oidc: back-channel logout (client URIs, the sessions clients signed into, "
+        "the logout token outbox); acr and amr of grants; per-client token lifetimes; "
+        "the previous secret during a rotation; sector identifier URIs",
+        (
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS backchannel_logout_uri "
+            "VARCHAR(2048) NULL",
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "backchannel_logout_session_required INTEGER NOT NULL DEFAULT 0",
+            # Per-client token lifetimes in seconds (0: the provider's default).
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "access_token_lifetime INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "refresh_token_lifetime INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "id_token_lifetime INTEGER NOT NULL DEFAULT 0",
+            # The URL of the JSON list of the client's redirect URIs whose host
+            # is its sector (OpenID Connect Core 8.1), or NULL.
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "sector_identifier_uri VARCHAR(2048) NULL",
+            # The secret before the last rotation, good until it expires.
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "previous_secret_hash VARCHAR(64) NOT NULL DEFAULT ''",
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "previous_secret_expires BIGINT NOT NULL DEFAULT 0",
+            # The OpenID Connect session id (sid) the grant's ID tokens carry.
+            "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS sid VARCHAR(64) NOT NULL DEFAULT ''",
+            # How the person had signed in when the grant was given (acr, and
+            # amr space-separated), for every ID token issued from it.
+            "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS acr VARCHAR(255) NOT NULL DEFAULT ''",
+            "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS amr VARCHAR(64) NOT NULL DEFAULT ''",
+            # Each session a client with a back-channel logout URI signed
+            # into: when the session row is gone (signed out, ended
+            # elsewhere, expired, the account deleted), a logout token is
+            # queued for the client. No account id: nothing here outlives
+            # the session but the notice owed to the partner.
+            """CREATE TABLE IF NOT EXISTS oidc_session_clients (
+                token_hash VARCHAR(64) NOT NULL,
+                client_id VARCHAR(64) NOT NULL,
+                sid VARCHAR(64) NOT NULL,
+                subject VARCHAR(64) NOT NULL,
+                created BIGINT NOT NULL,
+                PRIMARY KEY (token_hash, client_id)
+            ){opts}""",
+            # The durable outbox of logout tokens, leased like partner_events.
+            """CREATE TABLE IF NOT EXISTS oidc_logouts (
+                id {pk},
+                client_id VARCHAR(64) NOT NULL,
+                sid VARCHAR(64) NOT NULL,
+                subject VARCHAR(64) NOT NULL,
+                created BIGINT NOT NULL,
+                state INTEGER NOT NULL DEFAULT 0,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt BIGINT NOT NULL DEFAULT 0,
+                lease_until BIGINT NOT NULL DEFAULT 0,
+                last_error VARCHAR(255) NOT NULL DEFAULT '',
+                delivered BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS oidc_logouts_due ON oidc_logouts (state, next_attempt)",
+            "CREATE INDEX IF NOT EXISTS oidc_logouts_client ON oidc_logouts (client_id)",
+        ),
+    ),
 )
 
 

@@ -121,6 +121,7 @@ class Provider:
         more_uris: tuple[str, ...] = (),
         jwks: dict[str, Any] | None = None,
         post_logout_uris: tuple[str, ...] = (),
+        backchannel_logout_uri: str = "",
     ) -> Client:
         """A client registered with clickpass-ctl (a new site for it unless given one)."""
         if site is None:
@@ -133,6 +134,8 @@ class Provider:
             args.append("--public")
         for uri in post_logout_uris:
             args += ["--post-logout-uri", uri]
+        if backchannel_logout_uri:
+            args += ["--backchannel-logout-uri", backchannel_logout_uri]
         if jwks is not None:
             path = self.node.workdir / f"jwks-{secrets.token_hex(4)}.json"
             path.write_text(json.dumps(jwks))

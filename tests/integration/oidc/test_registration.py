@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jwt
 import pytest
 import requests
 
@@ -75,6 +76,73 @@ def test_public_client_registration(provider: Provider, api_key: str) -> None:
     assert "client_secret" not in response.json()
 
 
+def test_backchannel_logout_metadata_is_kept(provider: Provider, api_key: str) -> None:
+    """A registered back-channel logout URI is stored and read back (RFC 7592)."""
+    uri = "https://bc.registered.example.com/backchannel?from=clickpass"
+    response = register(
+        provider, api_key, {"redirect_uris": ["https://bc.registered.example.com/cb"],
+                            "backchannel_logout_uri": uri,
+                            "backchannel_logout_session_required": True},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    made = response.json()
+    assert made["backchannel_logout_uri"] == uri
+    assert made["backchannel_logout_session_required"] is True
+    manage = {"Authorization": "Bearer " + made["registration_access_token"]}
+    read = requests.get(made["registration_client_uri"], headers=manage, timeout=30).json()
+    assert read["backchannel_logout_uri"] == uri
+
+
+def test_a_registered_client_is_updated_with_put(provider: Provider, api_key: str) -> None:
+    """
+    RFC 7592 update: new redirect URIs on the same host and another ID token
+    algorithm are taken and used; another host, another client_id or a
+    wrong secret are refused; the client is unchanged by a refusal.
+    """
+    uri = "https://put.registered.example.com/cb"
+    made = register(provider, api_key, {"redirect_uris": [uri]}).json()
+    manage = {"Authorization": "Bearer " + made["registration_access_token"]}
+    later = "https://put.registered.example.com/callback"
+    changed = {
+        "client_id": made["client_id"],
+        "redirect_uris": [later],
+        "id_token_signed_response_alg": "ES256",
+        "client_secret": made["client_secret"],
+    }
+    for bad in (
+        {**changed, "redirect_uris": ["https://other.registered.example.com/cb"]},
+        {**changed, "client_id": "oidc_someone_else"},
+        {**changed, "client_secret": "not the secret"},
+        {**changed, "token_endpoint_auth_method": "none"},
+    ):
+        refused = requests.put(
+            made["registration_client_uri"], json=bad, headers=manage, timeout=30
+        )
+        assert refused.status_code == 400, refused.text
+    assert requests.get(made["registration_client_uri"], headers=manage, timeout=30).json()[
+        "redirect_uris"
+    ] == [uri]
+    answer = requests.put(made["registration_client_uri"], json=changed, headers=manage, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["redirect_uris"] == [later]
+    assert answer.json()["id_token_signed_response_alg"] == "ES256"
+    assert "client_secret" not in answer.json()
+    client = Client(made["client_id"], made["client_secret"], later, "", False)
+    code = query_of(Person(provider).authorize(provider.authorize_url(client)))["code"]
+    tokens = provider.token(
+        client, grant_type="authorization_code", code=code, redirect_uri=later
+    ).json()
+    assert keys.verify(tokens["id_token"], provider.jwks(), audience=client.client_id)
+    assert jwt.get_unverified_header(tokens["id_token"])["alg"] == "ES256"
+    wrong = requests.put(
+        made["registration_client_uri"],
+        json=changed,
+        headers={"Authorization": "Bearer " + api_key},
+        timeout=30,
+    )
+    assert wrong.status_code == 401
+
+
 @pytest.mark.parametrize(
     ("metadata", "error"),
     [
@@ -89,6 +157,14 @@ def test_public_client_registration(provider: Provider, api_key: str) -> None:
         ({"redirect_uris": ["https://app.registered.example.com/"],
           "id_token_signed_response_alg": "none"}, "invalid_client_metadata"),
         (["not", "an", "object"], "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "backchannel_logout_uri": "http://app.registered.example.com/bc"},
+         "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "backchannel_logout_uri": "https://app.registered.example.com/bc",
+          "backchannel_logout_session_required": "yes"}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://app.registered.example.com/"],
+          "backchannel_logout_session_required": True}, "invalid_client_metadata"),
     ],
 )  # fmt: skip
 def test_bad_metadata_is_refused(

@@ -174,3 +174,31 @@ def test_openid2_realm_must_cover_the_redirect_uri() -> None:
     ):
         with pytest.raises(AuthorizeErrorAt, match="openid2_realm"):
             realm_of(realm)
+
+
+def test_acr_values_are_read_and_carried_through_the_step_up() -> None:
+    """acr_values keep their order (duplicates dropped); the step-up mark comes back once."""
+    multi = "http://schemas.openid.net/pape/policies/2007/06/multi-factor"
+    auth = checked(acr_values=f"{multi} 0 {multi}")
+    assert auth.acr_values == (multi, "0") and not auth.stepped_up
+    back = parse_qs(auth.query(stepped_up=True))
+    assert back["acr_values"] == [f"{multi} 0"] and back[authorize.STEP_UP_PARAMETER] == ["1"]
+    carried: dict[str, str | list[str]] = {k: v[0] for k, v in back.items() if k not in params()}
+    again = checked(None, **carried)
+    assert again.stepped_up and again.acr_values == (multi, "0")
+    assert authorize.STEP_UP_PARAMETER not in parse_qs(checked().query())
+
+
+def test_overlong_or_repeated_acr_values_are_invalid_request() -> None:
+    """acr_values longer than 1024 characters, or given twice: invalid_request."""
+    assert refused(None, {"acr_values": "0" * 1025}).error == "invalid_request"
+    assert refused(None, {"acr_values": ["0", "0"]}).error == "invalid_request"
+
+
+def test_the_acr_values_are_the_second_factors_judges() -> None:
+    """The values discovery lists are the ones clickpass.mfa.strength puts in a context."""
+    from clickpass.mfa import strength
+    from clickpass.oidc import web
+
+    assert web.ACR_MULTI_FACTOR == strength.MULTI_FACTOR
+    assert web.ACR_NONE == strength.ACR_NONE

@@ -67,11 +67,11 @@ def test_a_public_client_never_authenticates_with_a_secret() -> None:
         "oidc_1", 1, "site_1", "Shop", "https://a/", "a", ("https://a/cb",), True, "RS256",
         frozenset({"openid"}), 0, secret_hash="",
     )  # fmt: skip
-    assert not client.authenticates("")
+    assert not client.authenticates("", 0)
     confidential = clients.Client(
         "oidc_2", 1, "site_1", "Shop", "https://a/", "a", ("https://a/cb",), False, "RS256",
         frozenset({"openid"}), 0, secret_hash=clients.secret_hash("s3cret"),
     )  # fmt: skip
-    assert confidential.authenticates("s3cret")
-    assert not confidential.authenticates("s3cret ")
+    assert confidential.authenticates("s3cret", 0)
+    assert not confidential.authenticates("s3cret ", 0)
     assert "s3cret" not in repr(confidential.describe())

@@ -73,3 +73,60 @@ def test_list_shows_each_key_state_and_times() -> None:
         "after",
     ]
     assert "retired" in lines[3] and "2023-11-14 22:14:30 UTC" in lines[3]
+
+
+def test_client_management_words_parse() -> None:
+    """show, set, rotate-secret and delete reach their commands with their options."""
+    base._load_commands()
+    parser = base.build_parser()
+    rotated = parser.parse_args(["oidc", "clients", "rotate-secret", "oidc_1", "--grace", "0"])
+    assert rotated._command.words == ("oidc", "clients", "rotate-secret") and rotated.grace == 0
+    assert parser.parse_args(["oidc", "clients", "rotate-secret", "oidc_1"]).grace == 86400
+    changed = parser.parse_args(
+        ["oidc", "clients", "set", "oidc_1", "--access-token-lifetime", "300"]
+    )
+    assert changed.access_token_lifetime == 300 and changed.id_token_lifetime is None
+    for word in ("show", "delete"):
+        parsed = parser.parse_args(["oidc", "clients", word, "oidc_1"])
+        assert parsed._command.words == ("oidc", "clients", word)
+
+
+def test_rotate_secret_says_the_secret_once_and_the_overlap() -> None:
+    """The new secret, that it is shown only now, and until when the old one works."""
+    text = ctl._format_rotate_secret(
+        {"client_id": "oidc_1", "client_secret": "s3", "previous_secret_expires": NOW}
+    )
+    assert text.splitlines() == [
+        "client oidc_1: new client secret: s3",
+        "the secret is shown only now: Clickpass keeps only its hash",
+        "the previous secret works until 2023-11-14 22:13:20 UTC",
+    ]
+    ended = ctl._format_rotate_secret(
+        {"client_id": "oidc_1", "client_secret": "s4", "previous_secret_expires": 0}
+    )
+    assert ended.splitlines()[-1] == "the previous secret no longer works"
+
+
+def test_show_lists_the_settings_and_the_latest_logouts() -> None:
+    """Settings one per line, the grace of a rotated secret, then the logouts as a table."""
+    text = ctl._format_client_show(
+        {
+            "client_id": "oidc_1", "type": "confidential", "auth_method": "client_secret",
+            "site": "site_1", "site_name": "Shop", "created": NOW,
+            "redirect_uris": ["https://shop.example/cb"], "post_logout_uris": [],
+            "backchannel_logout_uri": "https://shop.example/bc", "id_token_alg": "RS256",
+            "scopes": ["email", "openid"],
+            "lifetimes": {"access_token": 300, "refresh_token": 86400, "id_token": 120},
+            "previous_secret_expires": NOW + 60,
+            "logouts": [{"created": NOW, "state": "pending", "attempts": 2,
+                         "last_error": "https://shop.example/bc answered HTTP 503"}],
+        }
+    )  # fmt: skip
+    lines = text.splitlines()
+    assert lines[0] == "client oidc_1 (confidential, client_secret) of site site_1 (Shop)"
+    assert "back-channel logout: https://shop.example/bc" in lines
+    assert "post-logout URIs: none" in lines
+    assert "lifetimes: access token 300s, refresh token 86400s, ID token 120s" in lines
+    assert "previous secret good until 2023-11-14 22:14:20 UTC" in lines
+    assert lines[-2].split() == ["queued", "state", "attempts", "last", "error"]
+    assert lines[-1].split()[:5] == ["2023-11-14", "22:13:20", "UTC", "pending", "2"]
