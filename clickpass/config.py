@@ -411,14 +411,17 @@ def sections() -> Mapping[str, type[Any]]:
 def parse(document: Mapping[str, object], source: str = "(string)") -> Settings:
     """Turn a parsed TOML document into L{Settings}, or raise L{ConfigError}."""
     known = sections()
-    built: dict[str, object] = {}
+    # Each value is an instance of its section's class, checked against the
+    # field's type by _build_table; the mapping from name to class is known
+    # only at run time (sections()), so the values are Any to mypy.
+    built: dict[str, Any] = {}
     document = _retire_keys(document)
     for name, table in document.items():
         if name not in known:
             names = ", ".join(f"[{n}]" for n in known)
             raise ConfigError(f"[{name}]: unknown section (known sections: {names})")
         built[name] = _build_section(known[name], name, table)
-    settings = Settings(**built, source=source)  # type: ignore[arg-type]
+    settings = Settings(**built, source=source)
     _check_semantics(settings)
     return settings
 
