@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from clickpass.accounts.settings import AccountsSettings
 from clickpass.backup.settings import BackupSettings
 from clickpass.balancer.settings import BalancerSettings, WorkersSettings
+from clickpass.control.settings import ControlSettings as ControlSettings
 from clickpass.dbagent.settings import DbAgentSettings
 from clickpass.heartbeat.settings import ClusterSettings
 from clickpass.mail.settings import MailSettings
@@ -176,30 +177,6 @@ class SecretsSettings:
             "cluster must use the same one, and it must never change: per-site "
             "identifiers derive from it. Default: <data_dir>/secret.key, created on "
             "first start."
-        ),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class ControlSettings:
-    """[control]: the operators' control port, driven by clickpass-ctl."""
-
-    socket: str = dataclasses.field(
-        default="",
-        metadata=_doc("Unix socket path (mode 0600). Default: <data_dir>/control.sock."),
-    )
-    tcp: str = dataclasses.field(
-        default="",
-        metadata=_doc(
-            "Optional loopback TCP endpoint, e.g. tcp:9101:interface=127.0.0.1 (the interface "
-            "must be a loopback address, each option given once)."
-        ),
-    )
-    token_file: str = dataclasses.field(
-        default="",
-        metadata=_doc(
-            "File holding the token required on the TCP control port (first line, at least "
-            "32 bytes: openssl rand -hex 32)."
         ),
     )
 
@@ -485,15 +462,7 @@ def _check_semantics(settings: Settings) -> None:
             "read_timeout, so that a lock wait ends in an error the transaction is run again "
             "for, not in a connection given up for lost"
         )
-    if settings.control.tcp:
-        if not settings.control.token_file:
-            raise ConfigError("[control] tcp: a TCP control port needs [control] token_file")
-        from clickpass.control.endpoint import EndpointError, parse_control_tcp
-
-        try:
-            parse_control_tcp(settings.control.tcp)
-        except EndpointError as e:
-            raise ConfigError(f"[control] tcp: {e}") from None
+    settings.control.check()
     # Each feature's section checks itself; then the rules that join sections.
     settings.accounts.check()
     settings.cluster.check()
