@@ -80,3 +80,32 @@ def test_ignores_need_a_reason_and_stay_within_the_allowance(
     found = metrics.breaches(tmp_path)
     assert len(found) == 2
     assert found[0].startswith("6 `type: ignore`s in product code, over the allowance of 5")
+
+
+def test_the_architecture_picture_is_the_import_graph(metrics: ModuleType) -> None:
+    """
+    The layers in docs/architecture.md are what the import graph says now
+    (regenerate them with scripts/house-metrics --layers when this fails).
+    """
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    begin = doc.index("<!-- layers: begin")
+    block = doc[begin : doc.index("<!-- layers: end -->")]
+    drawn = block[block.index("```\n") + 4 : block.rindex("```")]
+    assert drawn == metrics.layers(ROOT)
+
+
+def test_the_layers_follow_the_imports(metrics: ModuleType) -> None:
+    """A part that imports others sits one layer above the highest of them; a leaf is 0."""
+    graph = {"top": {"low", "mid"}, "mid": {"low"}, "low": set(), "side": {"low"}}
+    assert metrics.layers_of(graph) == (
+        " 2  top            -> low, mid\n"
+        " 1  mid            -> low\n"
+        " 1  side           -> low\n"
+        " 0  low\n"
+    )
+
+
+def test_a_circle_has_no_layers(metrics: ModuleType) -> None:
+    """An import circle is named, not drawn."""
+    with pytest.raises(SystemExit, match="import circle: a -> b -> a"):
+        metrics.layers_of({"a": {"b"}, "b": {"a"}})
