@@ -83,6 +83,8 @@ setup(
             "pytest-xdist>=3.6",
             # Line coverage: .venv/bin/coverage run -m pytest tests/unit (README).
             "coverage>=7.4",
+            # Types for boto3's S3 client (clickpass/backup/store.py): boto3 ships none.
+            "boto3-stubs[s3]",
         ],
     },
     entry_points={"console_scripts": ["clickpass-ctl = clickpass.control.ctl:main"]},

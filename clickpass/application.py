@@ -20,6 +20,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.config import Settings
 from clickpass.mail.outbox import Outbox
 from clickpass.mfa import web as mfa_web
@@ -42,7 +43,7 @@ from clickpass.web.routing import Router
 
 def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> AppSite:
     """The twisted.web Site serving the whole application."""
-    app = WebApp(reactor, settings, storage, secret)
+    app = WebApp(reactor, settings, storage, secret, client_header=CLIENT_HEADER)
     router = Router()
     router.error_page = app.error_page
     if settings.served_over_tls and settings.web.hsts_max_age:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from clickpass.accounts.settings import AccountsSettings
 from clickpass.backup.settings import BackupSettings
 from clickpass.balancer.settings import BalancerSettings, WorkersSettings
+from clickpass.control.settings import ControlSettings as ControlSettings
 from clickpass.dbagent.settings import DbAgentSettings
 from clickpass.heartbeat.settings import ClusterSettings
 from clickpass.mail.settings import MailSettings
@@ -176,30 +177,6 @@ class SecretsSettings:
             "cluster must use the same one, and it must never change: per-site "
             "identifiers derive from it. Default: <data_dir>/secret.key, created on "
             "first start."
-        ),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class ControlSettings:
-    """[control]: the operators' control port, driven by clickpass-ctl."""
-
-    socket: str = dataclasses.field(
-        default="",
-        metadata=_doc("Unix socket path (mode 0600). Default: <data_dir>/control.sock."),
-    )
-    tcp: str = dataclasses.field(
-        default="",
-        metadata=_doc(
-            "Optional loopback TCP endpoint, e.g. tcp:9101:interface=127.0.0.1 (the interface "
-            "must be a loopback address, each option given once)."
-        ),
-    )
-    token_file: str = dataclasses.field(
-        default="",
-        metadata=_doc(
-            "File holding the token required on the TCP control port (first line, at least "
-            "32 bytes: openssl rand -hex 32)."
         ),
     )
 
@@ -411,14 +388,17 @@ def sections() -> Mapping[str, type[Any]]:
 def parse(document: Mapping[str, object], source: str = "(string)") -> Settings:
     """Turn a parsed TOML document into L{Settings}, or raise L{ConfigError}."""
     known = sections()
-    built: dict[str, object] = {}
+    # Each value is an instance of its section's class, checked against the
+    # field's type by _build_table; the mapping from name to class is known
+    # only at run time (sections()), so the values are Any to mypy.
+    built: dict[str, Any] = {}
     document = _retire_keys(document)
     for name, table in document.items():
         if name not in known:
             names = ", ".join(f"[{n}]" for n in known)
             raise ConfigError(f"[{name}]: unknown section (known sections: {names})")
         built[name] = _build_section(known[name], name, table)
-    settings = Settings(**built, source=source)  # type: ignore[arg-type]
+    settings = Settings(**built, source=source)
     _check_semantics(settings)
     return settings
 
@@ -482,15 +462,7 @@ def _check_semantics(settings: Settings) -> None:
             "read_timeout, so that a lock wait ends in an error the transaction is run again "
             "for, not in a connection given up for lost"
         )
-    if settings.control.tcp:
-        if not settings.control.token_file:
-            raise ConfigError("[control] tcp: a TCP control port needs [control] token_file")
-        from clickpass.control.endpoint import EndpointError, parse_control_tcp
-
-        try:
-            parse_control_tcp(settings.control.tcp)
-        except EndpointError as e:
-            raise ConfigError(f"[control] tcp: {e}") from None
+    settings.control.check()
     # Each feature's section checks itself; then the rules that join sections.
     settings.accounts.check()
     settings.cluster.check()

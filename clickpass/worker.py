@@ -124,7 +124,9 @@ async def serve(
     site.timeOut = None
     if not args.access_log:
         # The front counts requests; a log line per request costs a worker
-        # more than the request does.
+        # more than the request does. Twisted's Site has no switch for its
+        # access log, and the Site may be any application's ([workers] app),
+        # so this instance's log is replaced.
         site.log = lambda request: None  # type: ignore[method-assign]
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.socket)

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorThreads
 
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
+from tests.support.bytecode import compile_product
 from tests.support.deferreds import block_on
 from tests.support.logged_errors import ErrorCollector, collecting_errors
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable
@@ -26,6 +27,20 @@ from tests.support.storage import DatabaseTarget
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
+
+# ---------------------------------------------------------------------------
+# Bytecode: compiled once here, not by every process a test starts.
+# ---------------------------------------------------------------------------
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """
+    Compile the product before any test starts a process that imports it
+    (L{tests.support.bytecode}); on the controller only, under pytest-xdist.
+    """
+    if not hasattr(session.config, "workerinput"):
+        compile_product()
+
 
 # ---------------------------------------------------------------------------
 # Tiers: every test gets exactly one of unit, integration, lab, bench.

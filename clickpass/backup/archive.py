@@ -439,48 +439,9 @@ def take_backup(
     node = settings.node.name
     created = dt.datetime.fromtimestamp(now(), dt.UTC)
     backup_id = new_backup_id(created, secrets.token_hex(3))
-    prefix = settings.backup.prefix
-    base = f"{prefix}{node}/{backup_id}/"
-    entries: list[FileEntry] = []
-    database: dict[str, Any] = {"backend": settings.database.backend}
+    base = f"{settings.backup.prefix}{node}/{backup_id}/"
     with scratch(settings, "backup") as work:
-
-        def sealer(role: str, name: str) -> Callable[[Iterator[bytes]], FileEntry]:
-            def run(chunks: Iterator[bytes]) -> FileEntry:
-                return seal(key, f"{node}/{backup_id}/{name}", role, chunks, work / name)
-
-            return run
-
-        if settings.database.backend == "sqlite":
-            snapshot = work / "snapshot.sqlite3"
-            snapshot_sqlite(settings.sqlite_path, snapshot)
-            with open(snapshot, "rb") as f:
-                entries.append(sealer("database", "database.sqlite3.gz.enc")(_read_chunks(f)))
-            snapshot.unlink()
-            database["source"] = str(settings.sqlite_path)
-        else:
-            source = mysql_source(settings)
-            entry, info = dump_mysql(
-                source,
-                settings.backup.dump_program,
-                work,
-                sealer("database", "database.sql.gz.enc"),
-            )
-            entries.append(entry)
-            database.update(
-                source=source.describe(),
-                source_read_only=info.server_read_only,
-                gtid_pos=info.gtid_pos,
-                binlog_file=info.binlog_file,
-                binlog_pos=info.binlog_pos,
-            )
-        config_path = Path(settings.source)
-        if config_path.is_file():
-            with open(config_path, "rb") as f:
-                entries.append(sealer("config", "config.toml.gz.enc")(_read_chunks(f)))
-        if settings.backup.include_secret and settings.secret_path.is_file():
-            with open(settings.secret_path, "rb") as f:
-                entries.append(sealer("secret", "secret.key.gz.enc")(_read_chunks(f)))
+        entries, database = _seal_files(settings, key, f"{node}/{backup_id}/", work)
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "node": node,
@@ -491,22 +452,90 @@ def take_backup(
             "database": database,
             "files": [e.to_json() for e in entries],
         }
-        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-        try:
-            store.put_bytes(base + KEY_ID, (crypto.key_id(key) + "\n").encode("ascii"))
-            for entry in entries:
-                store.put_file(base + entry.object, work / entry.object)
-            store.put_bytes(
-                base + MANIFEST,
-                crypto.encrypt_bytes(key, f"{node}/{backup_id}/{MANIFEST}", manifest_bytes),
-            )
-        except BaseException:
-            abort_uploads(store, base)
-            raise
+        _upload(store, key, base, f"{node}/{backup_id}/", entries, manifest, work)
     result = BackupResult(node=node, id=backup_id, manifest=manifest)
     result.deleted, result.aborted, result.warning = apply_retention(settings, store, created)
     result.seconds = time.monotonic() - began
     return result
+
+
+def _seal_files(
+    settings: configmod.Settings, key: bytes, object_base: str, work: Path
+) -> tuple[list[FileEntry], dict[str, Any]]:
+    """
+    Dump or snapshot the database, and seal it with the configuration (and
+    the master secret when asked) into C{work}, each sealed under its object
+    name below C{object_base}; return the sealed files and what the manifest
+    says of the database.
+    """
+    entries: list[FileEntry] = []
+    database: dict[str, Any] = {"backend": settings.database.backend}
+
+    def sealer(role: str, name: str) -> Callable[[Iterator[bytes]], FileEntry]:
+        def run(chunks: Iterator[bytes]) -> FileEntry:
+            return seal(key, object_base + name, role, chunks, work / name)
+
+        return run
+
+    if settings.database.backend == "sqlite":
+        snapshot = work / "snapshot.sqlite3"
+        snapshot_sqlite(settings.sqlite_path, snapshot)
+        with open(snapshot, "rb") as f:
+            entries.append(sealer("database", "database.sqlite3.gz.enc")(_read_chunks(f)))
+        snapshot.unlink()
+        database["source"] = str(settings.sqlite_path)
+    else:
+        source = mysql_source(settings)
+        entry, info = dump_mysql(
+            source,
+            settings.backup.dump_program,
+            work,
+            sealer("database", "database.sql.gz.enc"),
+        )
+        entries.append(entry)
+        database.update(
+            source=source.describe(),
+            source_read_only=info.server_read_only,
+            gtid_pos=info.gtid_pos,
+            binlog_file=info.binlog_file,
+            binlog_pos=info.binlog_pos,
+        )
+    config_path = Path(settings.source)
+    if config_path.is_file():
+        with open(config_path, "rb") as f:
+            entries.append(sealer("config", "config.toml.gz.enc")(_read_chunks(f)))
+    if settings.backup.include_secret and settings.secret_path.is_file():
+        with open(settings.secret_path, "rb") as f:
+            entries.append(sealer("secret", "secret.key.gz.enc")(_read_chunks(f)))
+    return entries, database
+
+
+def _upload(
+    store: ObjectStore,
+    key: bytes,
+    base: str,
+    object_base: str,
+    entries: list[FileEntry],
+    manifest: dict[str, Any],
+    work: Path,
+) -> None:
+    """
+    Upload the key's id, the sealed files, then the sealed manifest last (a
+    backup without its manifest is not one); on any failure, remove what
+    was uploaded.
+    """
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
+    try:
+        store.put_bytes(base + KEY_ID, (crypto.key_id(key) + "\n").encode("ascii"))
+        for entry in entries:
+            store.put_file(base + entry.object, work / entry.object)
+        store.put_bytes(
+            base + MANIFEST,
+            crypto.encrypt_bytes(key, object_base + MANIFEST, manifest_bytes),
+        )
+    except BaseException:
+        abort_uploads(store, base)
+        raise
 
 
 def abort_uploads(store: ObjectStore, base: str) -> list[str]:
@@ -787,8 +816,6 @@ def restore_mysql(
     server a replica of it from the backup's GTID position. Return the
     number of tables restored.
     """
-    import pymysql
-
     manifest = verified.manifest
     if manifest["database"]["backend"] != "mysql":
         raise BackupError("this backup holds a SQLite database, not a MariaDB dump")
@@ -800,6 +827,16 @@ def restore_mysql(
         )
     if shutil.which(client_program) is None:
         raise BackupError(f"the client program {client_program!r} is not installed")
+    _create_empty_database(target, force)
+    work = scratch_dir or verified.files["database"].parent
+    _load_dump(target, verified.files["database"], client_program, work)
+    return _count_and_follow(target, primary, gtid)
+
+
+def _create_empty_database(target: MySQLSource, force: bool) -> None:
+    """Create C{target}'s database unless it exists and holds tables (unless C{force})."""
+    import pymysql
+
     name = target.database
     try:
         connection = target.connect()
@@ -823,10 +860,13 @@ def restore_mysql(
             )
     finally:
         connection.close()
-    work = scratch_dir or verified.files["database"].parent
-    with target.defaults_file(work) as options, open(verified.files["database"], "rb") as dump:
+
+
+def _load_dump(target: MySQLSource, dump_path: Path, client_program: str, work: Path) -> None:
+    """Feed the dump to the client program, connected to C{target}'s database."""
+    with target.defaults_file(work) as options, open(dump_path, "rb") as dump:
         result = subprocess.run(
-            [client_program, f"--defaults-extra-file={options}", "--binary-mode", name],
+            [client_program, f"--defaults-extra-file={options}", "--binary-mode", target.database],
             stdin=dump,
             capture_output=True,
             check=False,
@@ -834,11 +874,19 @@ def restore_mysql(
     if result.returncode != 0:
         message = " ".join(result.stderr.decode(errors="replace").split())[-400:]
         raise BackupError(f"{client_program} failed loading the dump: {message}")
+
+
+def _count_and_follow(target: MySQLSource, primary: Primary | None, gtid: str) -> int:
+    """
+    Count the restored tables; with C{primary}, make the server its replica
+    from the backup's GTID position.
+    """
     connection = target.connect()
     try:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (name,)
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s",
+                (target.database,),
             )
             (tables,) = cursor.fetchone()
             if primary is not None:

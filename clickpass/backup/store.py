@@ -28,7 +28,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    # Types only (boto3-stubs, a dev dependency): boto3 itself ships none.
+    from mypy_boto3_s3 import S3Client
 
 MANIFEST = "manifest.enc"
 KEY_ID = "key-id"
@@ -160,12 +164,12 @@ class S3Store:
         read_timeout: float = S3_READ_TIMEOUT,
         attempts: int = S3_ATTEMPTS,
     ) -> None:
-        import boto3  # type: ignore[import-untyped]
-        from botocore.config import Config  # type: ignore[import-untyped]
+        import boto3
+        from botocore.config import Config
 
         self.bucket = bucket
         self.endpoint = endpoint
-        self._client: Any = boto3.session.Session().client(
+        self._client: S3Client = boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint or None,
             region_name=region,
@@ -180,8 +184,8 @@ class S3Store:
         )
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from boto3.exceptions import Boto3Error  # type: ignore[import-untyped]
-        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)

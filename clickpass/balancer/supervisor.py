@@ -29,7 +29,7 @@ from automat import TypeMachineBuilder
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -104,94 +104,124 @@ class Actions(Protocol):
     def forget(self) -> None: ...
 
 
-def _build_lifecycle() -> Callable[[Actions], Lifecycle]:
-    builder = TypeMachineBuilder(Lifecycle, Actions)  # type: ignore[type-abstract]
-    starting = builder.state("starting")
-    ready = builder.state("ready")
-    held = builder.state("held")
-    draining = builder.state("draining")
-    stopping = builder.state("stopping")
-    gone = builder.state("gone")
+@dataclass
+class LifecycleCore:
+    """
+    The machine's core: the actions its outputs call. C{TypeMachineBuilder}
+    takes the core's class, and mypy accepts no Protocol where a class is
+    expected (it could be instantiated), so the L{Actions} are held in one.
+    """
 
-    for state, name in (
-        (starting, "starting"),
-        (ready, "ready"),
-        (held, "drained"),
-        (draining, "draining"),
-        (stopping, "stopping"),
-        (gone, "gone"),
-    ):
-        state.upon(Lifecycle.state).loop().returns(name)
+    actions: Actions
 
-    @starting.upon(Lifecycle.reported_ready).to(ready)
-    def _became_ready(lc: Lifecycle, actions: Actions) -> None:
-        actions.route()
 
-    @starting.upon(Lifecycle.retire).to(stopping)
-    @starting.upon(Lifecycle.start_expired).to(stopping)
-    @draining.upon(Lifecycle.idle).to(stopping)
-    @draining.upon(Lifecycle.drain_expired).to(stopping)
-    def _terminate(lc: Lifecycle, actions: Actions) -> None:
-        actions.terminate()
+# The lifecycle machine, built at import like the heartbeat's and the
+# database agent's: its states, the moves that do something, then the inputs
+# each state ignores.
+_builder = TypeMachineBuilder(Lifecycle, LifecycleCore)
+_starting = _builder.state("starting")
+_ready = _builder.state("ready")
+_held = _builder.state("held")
+_draining = _builder.state("draining")
+_stopping = _builder.state("stopping")
+_gone = _builder.state("gone")
 
-    @ready.upon(Lifecycle.hold).to(held)
-    def _hold(lc: Lifecycle, actions: Actions) -> None:
-        actions.unroute()
+for _state, _name in (
+    (_starting, "starting"),
+    (_ready, "ready"),
+    (_held, "drained"),
+    (_draining, "draining"),
+    (_stopping, "stopping"),
+    (_gone, "gone"),
+):
+    _state.upon(Lifecycle.state).loop().returns(_name)
 
-    @held.upon(Lifecycle.resume).to(ready)
-    def _resume(lc: Lifecycle, actions: Actions) -> None:
-        actions.route()
 
-    @ready.upon(Lifecycle.retire).to(draining)
-    @held.upon(Lifecycle.retire).to(draining)
-    def _drain(lc: Lifecycle, actions: Actions) -> None:
-        actions.start_drain_timer()
-        actions.unroute()
+@_starting.upon(Lifecycle.reported_ready).to(_ready)
+def _became_ready(lc: Lifecycle, core: LifecycleCore) -> None:
+    core.actions.route()
 
-    @stopping.upon(Lifecycle.kill_expired).loop()
-    def _kill(lc: Lifecycle, actions: Actions) -> None:
-        actions.kill()
 
-    for state in (starting, ready, held, draining, stopping):
+@_starting.upon(Lifecycle.retire).to(_stopping)
+@_starting.upon(Lifecycle.start_expired).to(_stopping)
+@_draining.upon(Lifecycle.idle).to(_stopping)
+@_draining.upon(Lifecycle.drain_expired).to(_stopping)
+def _terminate(lc: Lifecycle, core: LifecycleCore) -> None:
+    core.actions.terminate()
 
-        @state.upon(Lifecycle.exited).to(gone)
-        def _gone(lc: Lifecycle, actions: Actions) -> None:
-            actions.forget()
 
-    # Inputs that mean nothing in a state are ignored there.
-    ignored: list[tuple[Any, Callable[..., None]]] = [
-        (starting, Lifecycle.idle),
-        (starting, Lifecycle.hold),
-        (starting, Lifecycle.resume),
-        (starting, Lifecycle.drain_expired),
-        (starting, Lifecycle.kill_expired),
-        (ready, Lifecycle.reported_ready),
-        (ready, Lifecycle.idle),
-        (ready, Lifecycle.resume),
-        (ready, Lifecycle.start_expired),
-        (ready, Lifecycle.drain_expired),
-        (ready, Lifecycle.kill_expired),
-        (held, Lifecycle.reported_ready),
-        (held, Lifecycle.idle),
-        (held, Lifecycle.hold),
-        (held, Lifecycle.start_expired),
-        (held, Lifecycle.drain_expired),
-        (held, Lifecycle.kill_expired),
-        (draining, Lifecycle.reported_ready),
-        (draining, Lifecycle.retire),
-        (draining, Lifecycle.hold),
-        (draining, Lifecycle.resume),
-        (draining, Lifecycle.start_expired),
-        (draining, Lifecycle.kill_expired),
-        (stopping, Lifecycle.reported_ready),
-        (stopping, Lifecycle.retire),
-        (stopping, Lifecycle.hold),
-        (stopping, Lifecycle.resume),
-        (stopping, Lifecycle.idle),
-        (stopping, Lifecycle.start_expired),
-        (stopping, Lifecycle.drain_expired),
-    ]
-    for method in (
+@_ready.upon(Lifecycle.hold).to(_held)
+def _hold(lc: Lifecycle, core: LifecycleCore) -> None:
+    core.actions.unroute()
+
+
+@_held.upon(Lifecycle.resume).to(_ready)
+def _resume(lc: Lifecycle, core: LifecycleCore) -> None:
+    core.actions.route()
+
+
+@_ready.upon(Lifecycle.retire).to(_draining)
+@_held.upon(Lifecycle.retire).to(_draining)
+def _drain(lc: Lifecycle, core: LifecycleCore) -> None:
+    core.actions.start_drain_timer()
+    core.actions.unroute()
+
+
+@_stopping.upon(Lifecycle.kill_expired).loop()
+def _kill(lc: Lifecycle, core: LifecycleCore) -> None:
+    core.actions.kill()
+
+
+for _state in (_starting, _ready, _held, _draining, _stopping):
+
+    @_state.upon(Lifecycle.exited).to(_gone)
+    def _forget(lc: Lifecycle, core: LifecycleCore) -> None:
+        core.actions.forget()
+
+
+# Inputs that mean nothing in a state are ignored there.
+_IGNORED: dict[object, tuple[Callable[..., None], ...]] = {
+    _starting: (
+        Lifecycle.idle,
+        Lifecycle.hold,
+        Lifecycle.resume,
+        Lifecycle.drain_expired,
+        Lifecycle.kill_expired,
+    ),
+    _ready: (
+        Lifecycle.reported_ready,
+        Lifecycle.idle,
+        Lifecycle.resume,
+        Lifecycle.start_expired,
+        Lifecycle.drain_expired,
+        Lifecycle.kill_expired,
+    ),
+    _held: (
+        Lifecycle.reported_ready,
+        Lifecycle.idle,
+        Lifecycle.hold,
+        Lifecycle.start_expired,
+        Lifecycle.drain_expired,
+        Lifecycle.kill_expired,
+    ),
+    _draining: (
+        Lifecycle.reported_ready,
+        Lifecycle.retire,
+        Lifecycle.hold,
+        Lifecycle.resume,
+        Lifecycle.start_expired,
+        Lifecycle.kill_expired,
+    ),
+    _stopping: (
+        Lifecycle.reported_ready,
+        Lifecycle.retire,
+        Lifecycle.hold,
+        Lifecycle.resume,
+        Lifecycle.idle,
+        Lifecycle.start_expired,
+        Lifecycle.drain_expired,
+    ),
+    _gone: (
         Lifecycle.reported_ready,
         Lifecycle.retire,
         Lifecycle.hold,
@@ -201,14 +231,13 @@ def _build_lifecycle() -> Callable[[Actions], Lifecycle]:
         Lifecycle.kill_expired,
         Lifecycle.start_expired,
         Lifecycle.exited,
-    ):
-        ignored.append((gone, method))
-    for state, method in ignored:
-        state.upon(method).loop().returns(None)
-    return builder.build()
+    ),
+}
+for _state in (_starting, _ready, _held, _draining, _stopping, _gone):
+    for _method in _IGNORED[_state]:
+        _state.upon(_method).loop().returns(None)
 
-
-new_lifecycle = _build_lifecycle()
+new_lifecycle: Callable[[LifecycleCore], Lifecycle] = _builder.build()
 
 
 class WorkerProcess(ProcessProtocol):
@@ -226,7 +255,7 @@ class WorkerProcess(ProcessProtocol):
         self.spawned_at = supervisor.clock.seconds()
         self.ready_at: float | None = None
         self.max_requests = 0
-        self.lifecycle = new_lifecycle(self)
+        self.lifecycle = new_lifecycle(LifecycleCore(self))
         self.ended: Deferred[None] = Deferred()
         self.ready: Deferred[bool] = Deferred()
         self._lines = {1: b"", 2: b""}
@@ -237,8 +266,9 @@ class WorkerProcess(ProcessProtocol):
     # Process events.
 
     def connectionMade(self) -> None:
-        transport: IProcessTransport = self.transport  # type: ignore[assignment]
-        self.pid = transport.pid
+        # makeConnection sets the transport before it calls connectionMade.
+        assert self.transport is not None
+        self.pid = self.transport.pid
         self._timer = self.supervisor.clock.callLater(
             self.supervisor.settings.start_timeout, self._start_expired
         )

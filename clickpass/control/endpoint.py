@@ -7,19 +7,18 @@ parser lets a later C{interface=} override an earlier one, and takes the
 interface as a positional value too. So the string is split here with the
 same escaping rules (C{\\:} is a colon inside a value), anything ambiguous or
 unknown is refused, and the node listens on exactly the port and interface
-this parse found (L{ControlTCP.endpoint}), never on a second parse by
-C{serverFromString}.
+this parse found (L{clickpass.control.service.tcp_endpoint}), never on a
+second parse by C{serverFromString}.
 
 This module must never resolve names: an interface is an IP address literal.
+It imports nothing of Twisted, so that the [control] section's checks
+(clickpass.control.settings) can use it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
-
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
 KINDS = ("tcp", "tcp6")
 OPTIONS = ("port", "interface", "backlog")
@@ -37,12 +36,6 @@ class ControlTCP:
     port: int
     interface: str
     backlog: int = 50
-
-    def endpoint(self, reactor: Any) -> TCP4ServerEndpoint | TCP6ServerEndpoint:
-        """The server endpoint that listens on exactly this address."""
-        if self.kind == "tcp6":
-            return TCP6ServerEndpoint(reactor, self.port, self.backlog, self.interface)
-        return TCP4ServerEndpoint(reactor, self.port, self.backlog, self.interface)
 
 
 def split(text: str) -> list[list[str]]:

@@ -82,7 +82,8 @@ class ControlProtocol(LineReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._send({"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     async def _answer(self, line: bytes) -> None:
         try:

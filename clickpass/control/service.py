@@ -15,8 +15,17 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from clickpass import config as configmod
-from clickpass.control.endpoint import parse_control_tcp
+from clickpass.control.endpoint import ControlTCP, parse_control_tcp
 from clickpass.control.protocol import CommandRegistry, ControlFactory
+
+
+def tcp_endpoint(
+    reactor: Any, where: ControlTCP
+) -> endpoints.TCP4ServerEndpoint | endpoints.TCP6ServerEndpoint:
+    """The server endpoint that listens on exactly the address C{where} says."""
+    if where.kind == "tcp6":
+        return endpoints.TCP6ServerEndpoint(reactor, where.port, where.backlog, where.interface)
+    return endpoints.TCP4ServerEndpoint(reactor, where.port, where.backlog, where.interface)
 
 
 class ControlService(Service):
@@ -55,7 +64,9 @@ class ControlService(Service):
             token = configmod.control_token(self._settings)
             where = parse_control_tcp(tcp)
             self._ports.append(
-                await where.endpoint(self._reactor).listen(ControlFactory(self._registry, token))
+                await tcp_endpoint(self._reactor, where).listen(
+                    ControlFactory(self._registry, token)
+                )
             )
             self.log.info(
                 "control port listening on {interface} port {port} (token required)",

@@ -147,23 +147,29 @@ def _groups(status: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
     return [g for g in groups if isinstance(g, Mapping) and isinstance(g.get("group"), str)]
 
 
-def install_heartbeat_metrics(registry: Registry, source: HeartbeatStatus) -> None:
-    """Declare the clickpass_cluster_* metrics, read from C{source} at collection."""
+class _HeartbeatReadings:
+    """The clickpass_cluster_* samples, read from a L{HeartbeatStatus} when collected."""
 
-    def up() -> Samples:
-        status, _ = source.current()
+    def __init__(self, source: HeartbeatStatus) -> None:
+        self._source = source
+
+    def up(self) -> Samples:
+        status, _ = self._source.current()
         return {(): 1.0 if status is not None else 0.0}
 
-    def states() -> Samples:
+    def restarts(self) -> Samples:
+        return {(): float(self._source.restarts())}
+
+    def states(self) -> Samples:
         out: Samples = {}
-        for group in _groups(source.current()[0]):
+        for group in _groups(self._source.current()[0]):
             for state in CLUSTER_STATES:
                 out[(group["group"], state)] = 1.0 if group.get("state") == state else 0.0
         return out
 
-    def per_group(field: str, adds_age: bool = False) -> Callable[[], Samples]:
+    def per_group(self, field: str, adds_age: bool = False) -> Callable[[], Samples]:
         def read() -> Samples:
-            status, age = source.current()
+            status, age = self._source.current()
             out: Samples = {}
             for group in _groups(status):
                 value = _number(group.get(field))
@@ -173,17 +179,17 @@ def install_heartbeat_metrics(registry: Registry, source: HeartbeatStatus) -> No
 
         return read
 
-    def transitions() -> Samples:
+    def transitions(self) -> Samples:
         out: Samples = {}
-        for group in _groups(source.current()[0]):
+        for group in _groups(self._source.current()[0]):
             for t in group.get("transitions") or []:
                 count = _number(t.get("count")) if isinstance(t, Mapping) else None
                 if count is not None:
                     out[(group["group"], str(t.get("from")), str(t.get("to")))] = count
         return out
 
-    def peers() -> Samples:
-        status, age = source.current()
+    def peers(self) -> Samples:
+        status, age = self._source.current()
         out: Samples = {}
         for group in _groups(status):
             for peer in group.get("peers") or []:
@@ -194,9 +200,9 @@ def install_heartbeat_metrics(registry: Registry, source: HeartbeatStatus) -> No
                     out[(group["group"], str(peer.get("node")))] = heard + age
         return out
 
-    def group_events() -> Samples:
+    def group_events(self) -> Samples:
         out: Samples = {}
-        for group in _groups(source.current()[0]):
+        for group in _groups(self._source.current()[0]):
             counters = group.get("counters")
             if not isinstance(counters, Mapping):
                 continue
@@ -207,9 +213,9 @@ def install_heartbeat_metrics(registry: Registry, source: HeartbeatStatus) -> No
                     out[(group["group"], str(event))] = value
         return out
 
-    def packets(select: Callable[[str], bool]) -> Callable[[], Samples]:
+    def packets(self, select: Callable[[str], bool]) -> Callable[[], Samples]:
         def read() -> Samples:
-            status = source.current()[0]
+            status = self._source.current()[0]
             counters = status.get("packets") if status is not None else None
             if not isinstance(counters, Mapping):
                 return {}
@@ -222,8 +228,8 @@ def install_heartbeat_metrics(registry: Registry, source: HeartbeatStatus) -> No
 
         return read
 
-    def one_packet_counter(name: str) -> Callable[[], Samples]:
-        read = packets(lambda n: n == name)
+    def one_packet_counter(self, name: str) -> Callable[[], Samples]:
+        read = self.packets(lambda n: n == name)
 
         def one() -> Samples:
             found = read().get((name,))
@@ -231,114 +237,126 @@ def install_heartbeat_metrics(registry: Registry, source: HeartbeatStatus) -> No
 
         return one
 
+
+def install_heartbeat_metrics(registry: Registry, source: HeartbeatStatus) -> None:
+    """Declare the clickpass_cluster_* metrics, read from C{source} at collection."""
+    read = _HeartbeatReadings(source)
+    _declare_heartbeat_groups(registry, read)
+    _declare_heartbeat_packets(registry, read)
+
+
+def _declare_heartbeat_groups(registry: Registry, read: _HeartbeatReadings) -> None:
+    """The heartbeat's liveness and each group's state, priority, peers and events."""
     gauge = registry.gauge
     counter = registry.counter
     gauge(
         "clickpass_cluster_heartbeat_up",
         "1 when the heartbeat answered recently (its status below is current), else 0.",
         aggregate="max",
-    ).set_function(up)
+    ).set_function(read.up)
     counter(
         "clickpass_cluster_heartbeat_restarts_total",
         "Times the node restarted its heartbeat process.",
-    ).set_function(lambda: {(): float(source.restarts())})
+    ).set_function(read.restarts)
     gauge(
         "clickpass_cluster_state",
         "1 for the state each heartbeat group is in on this node, 0 for the others.",
         ("group", "state"),
         aggregate="max",
-    ).set_function(states)
+    ).set_function(read.states)
     gauge(
         "clickpass_cluster_state_seconds",
         "Seconds each group has been in its current state.",
         ("group",),
         aggregate="max",
-    ).set_function(per_group("in_state_seconds", adds_age=True))
+    ).set_function(read.per_group("in_state_seconds", adds_age=True))
     gauge(
         "clickpass_cluster_priority",
         "The priority each group advertises (lowered by failing health checks).",
         ("group",),
         aggregate="max",
-    ).set_function(per_group("priority"))
+    ).set_function(read.per_group("priority"))
     counter(
         "clickpass_cluster_transitions_total",
         "State changes of each group since its heartbeat started, by from and to state.",
         ("group", "from", "to"),
-    ).set_function(transitions)
+    ).set_function(read.transitions)
     gauge(
         "clickpass_cluster_peer_last_heard_seconds",
         "Seconds since each peer's last advert was accepted, per group.",
         ("group", "peer"),
         aggregate="max",
-    ).set_function(peers)
+    ).set_function(read.peers)
     gauge(
         "clickpass_cluster_witness_last_heard_seconds",
         "Seconds since the witness was last heard, per group (absent: never heard).",
         ("group",),
         aggregate="max",
-    ).set_function(per_group("witness_last_heard_seconds", adds_age=True))
+    ).set_function(read.per_group("witness_last_heard_seconds", adds_age=True))
     counter(
         "clickpass_cluster_group_events_total",
         "Events of each group: failovers, takeovers, adverts, votes, VIP and hook actions.",
         ("group", "event"),
-    ).set_function(group_events)
+    ).set_function(read.group_events)
+
+
+def _declare_heartbeat_packets(registry: Registry, read: _HeartbeatReadings) -> None:
+    """The heartbeat's packet counters: received, sent, refused, dropped by reason."""
+    counter = registry.counter
     counter(
         "clickpass_cluster_packets_received_total",
         "Heartbeat packets received.",
-    ).set_function(one_packet_counter("received"))
+    ).set_function(read.one_packet_counter("received"))
     counter(
         "clickpass_cluster_packets_sent_total",
         "Heartbeat packets sent.",
-    ).set_function(one_packet_counter("sent"))
+    ).set_function(read.one_packet_counter("sent"))
     counter(
         "clickpass_cluster_packet_send_failures_total",
         "Heartbeat packets the kernel refused to send (peer unreachable, link down).",
-    ).set_function(one_packet_counter("send_failed"))
+    ).set_function(read.one_packet_counter("send_failed"))
     counter(
         "clickpass_cluster_packets_dropped_total",
         "Heartbeat packets received and dropped, by reason (bad signature, replayed...).",
         ("reason",),
-    ).set_function(packets(lambda name: name not in _PACKETS_NOT_DROPPED))
+    ).set_function(read.packets(lambda name: name not in _PACKETS_NOT_DROPPED))
 
 
-def install_dbagent_metrics(registry: Registry, agent: Callable[[], Any]) -> None:
-    """
-    Declare the clickpass_db_* metrics, read from the database agent's
-    status at collection; C{agent} returns the L{clickpass.dbagent.agent.DbAgent}
-    (or None before the node built it).
-    """
-    from clickpass.dbagent.machine import Role
+class _DbAgentReadings:
+    """The clickpass_db_* samples, read from the database agent's status when collected."""
 
-    roles = tuple(role.value for role in Role)
+    def __init__(self, agent: Callable[[], Any], roles: tuple[str, ...]) -> None:
+        self._agent = agent
+        self._roles = roles
 
-    def status() -> dict[str, Any] | None:
-        current = agent()
+    def status(self) -> dict[str, Any] | None:
+        current = self._agent()
         if current is None:
             return None
         result: dict[str, Any] = current.status()
         return result
 
-    def flag(field: str) -> Callable[[], Samples]:
+    def flag(self, field: str) -> Callable[[], Samples]:
         def read() -> Samples:
-            s = status()
+            s = self.status()
             value = _number(s.get(field)) if s is not None else None
             return {} if value is None else {(): value}
 
         return read
 
-    def role() -> Samples:
-        s = status()
+    def role(self) -> Samples:
+        s = self.status()
         if s is None:
             return {}
-        return {(r,): 1.0 if s.get("role") == r else 0.0 for r in roles}
+        return {(r,): 1.0 if s.get("role") == r else 0.0 for r in self._roles}
 
-    def blocked() -> Samples:
-        s = status()
+    def blocked(self) -> Samples:
+        s = self.status()
         return {} if s is None else {(): 1.0 if s.get("failover_blocked") else 0.0}
 
-    def server(section: str, field: str, replica_only: bool = False) -> Callable[[], Samples]:
+    def server(self, section: str, field: str, replica_only: bool = False) -> Callable[[], Samples]:
         def read() -> Samples:
-            s = status()
+            s = self.status()
             if s is None or s.get("role") in _SERVER_UNKNOWN_ROLES:
                 return {}
             reading = s.get("server")
@@ -356,8 +374,8 @@ def install_dbagent_metrics(registry: Registry, agent: Callable[[], Any]) -> Non
 
         return read
 
-    def replication_running() -> Samples:
-        s = status()
+    def replication_running(self) -> Samples:
+        s = self.status()
         if s is None or s.get("role") in _SERVER_UNKNOWN_ROLES:
             return {}
         reading = s.get("server")
@@ -367,8 +385,8 @@ def install_dbagent_metrics(registry: Registry, agent: Callable[[], Any]) -> Non
         running = replication.get("io_running") == "Yes" and replication.get("sql_running") == "Yes"
         return {(): 1.0 if running else 0.0}
 
-    def events() -> Samples:
-        s = status()
+    def events(self) -> Samples:
+        s = self.status()
         counters = s.get("counters") if s is not None else None
         if not isinstance(counters, Mapping):
             return {}
@@ -379,88 +397,109 @@ def install_dbagent_metrics(registry: Registry, agent: Callable[[], Any]) -> Non
                 out[(str(name),)] = value
         return out
 
+
+def install_dbagent_metrics(registry: Registry, agent: Callable[[], Any]) -> None:
+    """
+    Declare the clickpass_db_* metrics, read from the database agent's
+    status at collection; C{agent} returns the L{clickpass.dbagent.agent.DbAgent}
+    (or None before the node built it).
+    """
+    from clickpass.dbagent.machine import Role
+
+    read = _DbAgentReadings(agent, tuple(role.value for role in Role))
+    _declare_db_role(registry, read)
+    _declare_db_server(registry, read)
+    registry.counter(
+        "clickpass_db_agent_events_total",
+        "Events of the database agent: promotions, degradations, failed checks...",
+        ("event",),
+    ).set_function(read.events)
+
+
+def _declare_db_role(registry: Registry, read: _DbAgentReadings) -> None:
+    """What the agent says of this host: its role, writability, health, the peer."""
     gauge = registry.gauge
     gauge(
         "clickpass_db_role",
         "1 for the database agent's role here (primary, replica, degraded...), 0 for the others.",
         ("role",),
         aggregate="max",
-    ).set_function(role)
+    ).set_function(read.role)
     gauge(
         "clickpass_db_writable",
         "1 when this host's database is the writable primary (primary or degraded).",
         aggregate="max",
-    ).set_function(flag("writable"))
+    ).set_function(read.flag("writable"))
     gauge(
         "clickpass_db_semisync_degraded",
         "1 when this host is primary without a semi-sync replica: writes are not replicated.",
         aggregate="max",
-    ).set_function(flag("degraded"))
+    ).set_function(read.flag("degraded"))
     gauge(
         "clickpass_db_quarantined",
         "1 when this host's server is quarantined (errant transactions; an operator decides).",
         aggregate="max",
-    ).set_function(flag("quarantined"))
+    ).set_function(read.flag("quarantined"))
     gauge(
         "clickpass_db_healthy",
         "1 when the agent reports this host healthy to the db heartbeat group.",
         aggregate="max",
-    ).set_function(flag("healthy"))
+    ).set_function(read.flag("healthy"))
     gauge(
         "clickpass_db_peer_present",
         "1 when the db group hears the other database host as healthy.",
         aggregate="max",
-    ).set_function(flag("peer_present"))
+    ).set_function(read.flag("peer_present"))
     gauge(
         "clickpass_db_failover_blocked",
         "1 when an unacknowledged automatic failover blocks the next one (clickpass-ctl db ack).",
         aggregate="max",
-    ).set_function(blocked)
+    ).set_function(read.blocked)
+
+
+def _declare_db_server(registry: Registry, read: _DbAgentReadings) -> None:
+    """The local server's last readings: read-only, semi-sync, replication."""
+    gauge = registry.gauge
     gauge(
         "clickpass_db_read_only",
         "The local server's read_only (last reading).",
         aggregate="max",
-    ).set_function(server("", "read_only"))
+    ).set_function(read.server("", "read_only"))
     gauge(
         "clickpass_db_semisync_master_enabled",
         "rpl_semi_sync_master_enabled on the local server (last reading).",
         aggregate="max",
-    ).set_function(server("semi_sync", "master_enabled"))
+    ).set_function(read.server("semi_sync", "master_enabled"))
     gauge(
         "clickpass_db_semisync_master_status",
         "Rpl_semi_sync_master_status: 1 while commits wait for a replica's acknowledgement.",
         aggregate="max",
-    ).set_function(server("semi_sync", "master_active"))
+    ).set_function(read.server("semi_sync", "master_active"))
     gauge(
         "clickpass_db_semisync_master_clients",
         "Rpl_semi_sync_master_clients: semi-sync replicas connected to the local server.",
         aggregate="max",
-    ).set_function(server("semi_sync", "master_clients"))
+    ).set_function(read.server("semi_sync", "master_clients"))
     gauge(
         "clickpass_db_semisync_slave_status",
         "Rpl_semi_sync_slave_status: 1 while the local replica acknowledges semi-sync.",
         aggregate="max",
-    ).set_function(server("semi_sync", "slave_active"))
+    ).set_function(read.server("semi_sync", "slave_active"))
     gauge(
         "clickpass_db_replication_running",
         "1 when the local replica's IO and SQL threads both run (absent: not a replica).",
         aggregate="max",
-    ).set_function(replication_running)
+    ).set_function(read.replication_running)
     gauge(
         "clickpass_db_replication_lag_seconds",
         "Seconds_Behind_Master of the local replica (absent: not a replica or not running).",
         aggregate="max",
-    ).set_function(server("replication", "seconds_behind", replica_only=True))
+    ).set_function(read.server("replication", "seconds_behind", replica_only=True))
     gauge(
         "clickpass_db_replication_lag_transactions",
         "Transactions the local replica received but has not applied yet (by GTID).",
         aggregate="max",
-    ).set_function(server("replication", "transactions_behind", replica_only=True))
-    registry.counter(
-        "clickpass_db_agent_events_total",
-        "Events of the database agent: promotions, degradations, failed checks...",
-        ("event",),
-    ).set_function(events)
+    ).set_function(read.server("replication", "transactions_behind", replica_only=True))
 
 
 __all__ = [

@@ -161,7 +161,7 @@ def message_url(message: Message, base_url: str) -> str:
     return base_url + sep + "&".join(_quoted(k) + "=" + _quoted(v) for k, v in args)
 
 
-class ClickpassSignatory(Signatory):  # type: ignore[misc]
+class ClickpassSignatory(Signatory):
     """A C{Signatory} with clean handles, our association lifetimes, and a cheaper L{sign}."""
 
     lifetime = Signatory.SECRET_LIFETIME

@@ -34,7 +34,7 @@ import treq
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -430,5 +430,6 @@ class _Discard(Protocol):
     """Drops a body we will not read, closing the connection."""
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.stopProducing()  # type: ignore[attr-defined]
+        # IResponse.deliverBody connects the body's protocol to a transport
+        # that provides IPushProducer; adapting says so, and fails loudly if not.
+        IPushProducer(self.transport).stopProducing()

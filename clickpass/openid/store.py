@@ -136,7 +136,7 @@ def _apply_and_claim(
     return True
 
 
-class StagedStore(OpenIDStore):  # type: ignore[misc]
+class StagedStore(OpenIDStore):
     """
     The store that python3-openid's C{Signatory} sees while it signs or
     verifies on the reactor thread: it answers from the associations read
@@ -167,7 +167,7 @@ class StagedStore(OpenIDStore):  # type: ignore[misc]
         raise NotImplementedError("a staged store does not check nonces")
 
 
-class DatabaseOpenIDStore(OpenIDStore):  # type: ignore[misc]
+class DatabaseOpenIDStore(OpenIDStore):
     """
     python3-openid's C{OpenIDStore} on our L{Storage}. Its library methods
     block: call them only from a thread that is not the reactor's. L{read},

@@ -23,7 +23,7 @@ NS_URI = "http://clickpass.com/ns/partner/1.0"
 NS_ALIAS = "clickpass"
 
 
-class PartnerOutcome(Extension):  # type: ignore[misc]
+class PartnerOutcome(Extension):
     """C{openid.clickpass.outcome} and C{openid.clickpass.site}, signed with the rest."""
 
     ns_uri = NS_URI

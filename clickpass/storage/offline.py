@@ -40,28 +40,27 @@ def open_direct(settings: Settings) -> DirectStorage:
         password = read_secret_file(
             settings.data_path(db.password_file), "[database] password_file"
         )
-    kwargs: dict[str, object] = {
-        "user": db.user,
-        "password": password,
-        "database": db.name,
-        "charset": "utf8mb4",
-        "autocommit": False,
-        "connect_timeout": db.connect_timeout,
-        "sql_mode": MYSQL_SQL_MODE,
-    }
-    if db.unix_socket:
-        kwargs["unix_socket"] = db.unix_socket
-    else:
-        kwargs.update(host=db.host, port=db.port)
+    # Through a unix socket when one is configured (pymysql then ignores the
+    # host and port), else over TCP to the host and port.
+    over_tcp = not db.unix_socket
     try:
-        connection = pymysql.connect(**kwargs)  # type: ignore[call-overload]
+        server = pymysql.connect(
+            user=db.user,
+            password=password,
+            database=db.name,
+            charset="utf8mb4",
+            autocommit=False,
+            connect_timeout=db.connect_timeout,
+            sql_mode=MYSQL_SQL_MODE,
+            unix_socket=db.unix_socket or None,
+            host=db.host if over_tcp else None,
+            port=db.port if over_tcp else 0,
+        )
     except pymysql.err.MySQLError as e:
         raise DatabaseError(
             f"cannot connect to MariaDB at {db.host}:{db.port}: {e.args[-1]}"
         ) from None
-    return DirectStorage(
-        connection, Dialect("mysql"), f"mysql {db.user}@{db.host}:{db.port}/{db.name}"
-    )
+    return DirectStorage(server, Dialect("mysql"), f"mysql {db.user}@{db.host}:{db.port}/{db.name}")
 
 
 def migrate_offline(settings: Settings) -> tuple[list[int], int]:

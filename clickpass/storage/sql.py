@@ -518,7 +518,15 @@ class AdbapiStorage:
         if isInIOThread():
             # blockingCallFromThread would wait forever for the reactor it blocks.
             raise RuntimeError("run_blocking was called on the reactor thread; it would deadlock")
-        result: T = blockingCallFromThread(self._reactor, self.run, fn, *args)  # type: ignore[arg-type]
+
+        def run_here() -> Deferred[T]:
+            return self.run(fn, *args)
+
+        # Typed for this one use: from a function returning Deferred[T] alone,
+        # mypy cannot tell whether blockingCallFromThread answers T or
+        # Deferred[T] (its parameter is a union of both callables).
+        wait_for: Callable[[IReactorThreads, Callable[[], Deferred[T]]], T] = blockingCallFromThread
+        result = wait_for(self._reactor, run_here)
         return result
 
     def describe(self) -> str:

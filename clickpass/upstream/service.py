@@ -480,6 +480,36 @@ class UpstreamService:
         """
         connector = self.connector(name)
         who = connector.display_name
+        pending = await self._claim(name, params, browser, current_account)
+        code = _answered_code(who, params)
+        identity = await connector.finish(
+            code,
+            self.redirect_uri(name),
+            pending.nonce,
+            pending.verifier,
+            params.get("iss"),
+            self._clock(),
+        )
+        account_id, outcome = await self._sign_in_as(identity, who, pending, current_account)
+        log.info(
+            "upstream {provider} {outcome} account {account}",
+            provider=name,
+            outcome=outcome,
+            account=account_id,
+        )
+        return Finished(account_id, outcome, pending.next_url, name)
+
+    async def _claim(
+        self,
+        name: str,
+        params: Mapping[str, str],
+        browser: str,
+        current_account: int | None,
+    ) -> _Pending:
+        """
+        Use up the pending login the answer's C{state} names (bound to this
+        C{browser}); a link must come back to the account that started it.
+        """
         state = params.get("state", "")
         if not state:
             raise FlowError(
@@ -501,26 +531,21 @@ class UpstreamService:
                 "link_account_changed",
                 403,
             )
-        error = params.get("error")
-        if error:
-            if error == "access_denied":
-                raise FlowError(f"You did not allow the sign-in at {who}.", "access_denied", 403)
-            raise UpstreamError(
-                f"{who} could not sign you in ({error[:64]}). Try again.", "provider_error"
-            )
-        code = params.get("code", "")
-        if not code:
-            raise UpstreamError(f"{who} sent no sign-in code; the sign-in was stopped.", "no_code")
-        identity = await connector.finish(
-            code,
-            self.redirect_uri(name),
-            pending.nonce,
-            pending.verifier,
-            params.get("iss"),
-            self._clock(),
-        )
+        return pending
+
+    async def _sign_in_as(
+        self,
+        identity: UpstreamIdentity,
+        who: str,
+        pending: _Pending,
+        current_account: int | None,
+    ) -> tuple[int, str]:
+        """
+        Sign in, sign up or link with the provider's C{identity}: the account
+        and what was done to it.
+        """
         try:
-            account_id, outcome = await self._storage.run(
+            settled: tuple[int, str] = await self._storage.run(
                 _settle,
                 identity,
                 who,
@@ -542,13 +567,7 @@ class UpstreamService:
                 "conflict",
                 409,
             ) from None
-        log.info(
-            "upstream {provider} {outcome} account {account}",
-            provider=name,
-            outcome=outcome,
-            account=account_id,
-        )
-        return Finished(account_id, outcome, pending.next_url, name)
+        return settled
 
     async def linked(self, account_id: int) -> list[LinkedIdentity]:
         """The provider identities linked to an account, oldest first."""
@@ -572,3 +591,21 @@ class UpstreamService:
         """
         result: dict[str, Any] = await self._storage.run(_claims, account_id)
         return result
+
+
+def _answered_code(who: str, params: Mapping[str, str]) -> str:
+    """
+    The sign-in code in the provider's answer, or the error it answered
+    instead (a refusal by the person is theirs to see as such).
+    """
+    error = params.get("error")
+    if error:
+        if error == "access_denied":
+            raise FlowError(f"You did not allow the sign-in at {who}.", "access_denied", 403)
+        raise UpstreamError(
+            f"{who} could not sign you in ({error[:64]}). Try again.", "provider_error"
+        )
+    code = params.get("code", "")
+    if not code:
+        raise UpstreamError(f"{who} sent no sign-in code; the sign-in was stopped.", "no_code")
+    return code

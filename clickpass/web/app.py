@@ -30,7 +30,6 @@ from zope.interface import Interface
 from clickpass._version import __version__
 from clickpass.accounts.events import describe_browser
 from clickpass.accounts.service import Account, Accounts, SignIn
-from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.config import Settings
 from clickpass.monitor.metrics import Registry
 from clickpass.storage.sql import Storage
@@ -94,8 +93,20 @@ def request_state(request: Request) -> RequestState:
 class WebApp:
     """What every page handler shares."""
 
-    def __init__(self, reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: Settings,
+        storage: Storage,
+        secret: bytes,
+        *,
+        client_header: bytes,
+    ) -> None:
         self.reactor = reactor
+        # The header in which the front names the client (its own; it drops
+        # any copy a client sent): given by the application, which knows the
+        # front, so that the kernel imports nothing of it.
+        self.client_header = client_header
         self.settings = settings
         self.storage = storage
         self.secret = secret
@@ -131,7 +142,7 @@ class WebApp:
         """
         peer = request.getClientAddress()
         if isinstance(peer, UNIXAddress):
-            client = request.getHeader(CLIENT_HEADER)
+            client = request.getHeader(self.client_header)
             return client.decode("ascii", "replace")[:64] if client else "unknown"
         return str(getattr(peer, "host", "unknown"))
 

@@ -148,12 +148,13 @@ def test_a_loopback_control_endpoint_is_listened_on_as_parsed(
     from twisted.internet.testing import MemoryReactor
 
     from clickpass.control.endpoint import parse_control_tcp
+    from clickpass.control.service import tcp_endpoint
 
     config.parse({"control": {"tcp": endpoint, "token_file": "t"}})
     where = parse_control_tcp(endpoint)
     assert (where.kind, where.interface, where.port) == (kind, interface, port)
     reactor = MemoryReactor()
-    where.endpoint(reactor).listen(Factory())
+    tcp_endpoint(reactor, where).listen(Factory())
     (listened,) = reactor.tcpServers
     assert (listened[0], listened[3]) == (port, interface)
 

@@ -29,7 +29,7 @@ class S3Server:
     process: subprocess.Popen[bytes]
 
     def client(self) -> object:
-        import boto3  # type: ignore[import-untyped]
+        import boto3
 
         return boto3.session.Session().client(
             "s3",

@@ -99,12 +99,14 @@ def launch(directory: Path, config: str, port: int) -> Node:
     return node
 
 
-@pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    nodes: list[Node] = []
+def node_starter(base: Path, nodes: list[Node]) -> Callable[..., Node]:
+    """
+    A function that starts a node in a new directory under C{base} (each
+    one appended to C{nodes}, for L{stop_nodes}) and waits for its workers.
+    """
 
     def start(workers: int = 2, app: str = TESTAPP, balancer: str = "", web: str = "") -> Node:
-        directory = tmp_path / f"node{len(nodes)}"
+        directory = base / f"node{len(nodes)}"
         directory.mkdir()
         app_line = f'app = "{app}"' if app else ""
         for _ in range(PORT_ATTEMPTS):
@@ -124,7 +126,11 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         wait_for(lambda: len(node.ready_workers()) == workers, 30, "every worker to be ready")
         return node
 
-    yield start
+    return start
+
+
+def stop_nodes(nodes: list[Node]) -> None:
+    """SIGTERM each node still running, SIGKILL one that does not stop within 30 s."""
     for node in nodes:
         if node.process.poll() is None:
             node.process.send_signal(signal.SIGTERM)
@@ -133,3 +139,24 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             except subprocess.TimeoutExpired:
                 node.process.kill()
                 node.process.wait()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start nodes for one test (L{node_starter}); they are stopped after it."""
+    nodes: list[Node] = []
+    yield node_starter(tmp_path, nodes)
+    stop_nodes(nodes)
+
+
+@pytest.fixture(scope="module")
+def start_shared_node(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Node]]:
+    """
+    L{start_node} for a test module: for nodes that several of its tests
+    only send requests to, started once and stopped after the module.
+    """
+    nodes: list[Node] = []
+    yield node_starter(tmp_path_factory.mktemp("shared-nodes"), nodes)
+    stop_nodes(nodes)

@@ -7,8 +7,10 @@ forged client addresses, redirect targets a worker would send malformed,
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +20,21 @@ from tests.integration.balancer.conftest import Node
 from tests.support.browser import Browser
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def testapp_node(start_shared_node: Callable[..., Node]) -> Node:
+    """
+    One worker serving the test application, for the tests that only send it
+    requests that leave nothing behind (a refused head, a GET).
+    """
+    return start_shared_node(workers=1)
+
+
+@pytest.fixture(scope="module")
+def app_node(start_shared_node: Callable[..., Node]) -> Node:
+    """One worker serving Clickpass, for tests that each sign up an address of their own."""
+    return start_shared_node(workers=1, app="")
 
 
 def read_answer(s: socket.socket, timeout: float) -> bytes:
@@ -169,12 +186,12 @@ def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(start_no
     [b"GET / HTTP/1.1\nHost: t\n\n", b"GET / HTTP/1.1\r\nHost: t\n\n", b"GET / HTTP/1.1\rHost: t"],
     ids=["bare-lf", "bare-lf-in-headers", "bare-cr"],
 )
-def test_a_head_with_bare_line_ends_is_refused_at_once(start_node, raw):
+def test_a_head_with_bare_line_ends_is_refused_at_once(testapp_node, raw):
     """
     A request head whose lines end in a bare LF (or CR) gets one 400 at once
     and the connection closes, instead of a 408 at header_timeout.
     """
-    node: Node = start_node(workers=1)
+    node: Node = testapp_node
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
         s.sendall(raw)
@@ -191,7 +208,7 @@ def test_a_head_with_bare_line_ends_is_refused_at_once(start_node, raw):
     ids=["del", "non-ascii"],
 )
 def test_redirect_targets_with_control_or_non_ascii_bytes_are_percent_encoded(
-    start_node, next_url, location
+    app_node, next_url, location
 ):
     """
     A sign-in whose next= holds DEL or non-ASCII characters is answered 303
@@ -199,14 +216,15 @@ def test_redirect_targets_with_control_or_non_ascii_bytes_are_percent_encoded(
     arrives (a raw byte made the answer invalid: 502, cookie lost); so is
     the signed-in GET /signin?next=... that redirects at once.
     """
-    node: Node = start_node(workers=1, app="")
+    node: Node = app_node
     person = browser(node)
-    assert person.sign_up("owner@example.com", PASSWORD).status_code == 200
+    email = f"owner-{secrets.token_hex(4)}@example.com"
+    assert person.sign_up(email, PASSWORD).status_code == 200
     person.session.cookies.clear()
     signed_in = person.submit(
         "/signin",
         "/signin",
-        {"email": "owner@example.com", "password": PASSWORD, "next": next_url},
+        {"email": email, "password": PASSWORD, "next": next_url},
         allow_redirects=False,
     )
     assert signed_in.status_code == 303, signed_in.text[:300]
@@ -219,13 +237,15 @@ def test_redirect_targets_with_control_or_non_ascii_bytes_are_percent_encoded(
     assert "strict-transport-security" not in again.headers
 
 
-def test_metrics_are_not_on_the_public_listener_without_the_token(start_node, tmp_path):
+def test_metrics_are_not_on_the_public_listener_without_the_token(
+    start_node, testapp_node, tmp_path
+):
     """
     By default the public listener does not serve /metrics (the path goes to
     the application like any other); with [web] metrics_token_file it serves the page
     only to requests that send that bearer token (401 otherwise).
     """
-    plain: Node = start_node(workers=1)
+    plain: Node = testapp_node
     answer = plain.get("/metrics")
     # The test application's answer to any path, not the front's page.
     assert answer.endswith(b"hello from a worker\n"), answer[:300]

@@ -174,6 +174,12 @@ def test_slowloris_and_1000_idle_connections_do_not_starve_other_clients(start_n
             s.close()
 
 
+@pytest.fixture(scope="module")
+def testapp_node(start_shared_node: Callable[..., Node]) -> Node:
+    """One worker serving the test application, for tests that only send it requests."""
+    return start_shared_node(workers=1)
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -185,9 +191,9 @@ def test_slowloris_and_1000_idle_connections_do_not_starve_other_clients(start_n
     ],
     ids=["request-line", "content-length", "cl-te-smuggling", "oversized-headers"],
 )
-def test_malformed_requests_get_400_and_close_and_the_node_goes_on(start_node, raw):
+def test_malformed_requests_get_400_and_close_and_the_node_goes_on(testapp_node, raw):
     """Malformed requests: one 400 response, the connection closed, and the node still serves."""
-    node = start_node(workers=1)
+    node = testapp_node
     response = node.request(raw)
     assert response.startswith(b"HTTP/1.1 400 "), response[:200]
     assert response.count(b"HTTP/1.1 ") == 1

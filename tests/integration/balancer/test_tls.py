@@ -32,8 +32,13 @@ class TLSNode:
         self.url = f"https://127.0.0.1:{https_port}"
 
 
-@pytest.fixture
-def tls_node(tmp_path: Path) -> Iterator[TLSNode]:
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSNode]:
+    """
+    One node for the module: its tests only send it requests (one of them
+    signs up an address no other test uses).
+    """
+    tmp_path = tmp_path_factory.mktemp("tls-node")
     ca = make_ca(tmp_path).ca_pem
     https_port, http_port = free_port(), free_port()
     config = tmp_path / "node1.toml"

@@ -17,6 +17,7 @@ from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
 from clickpass import config as configmod
+from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.mfa import totp
 from clickpass.mfa.service import SecondFactors
 from clickpass.mfa.settings import MfaSettings
@@ -47,7 +48,7 @@ def request_with(token: str) -> Request:
 
 async def setup(tmp_path: Path, storage: AdbapiStorage, reactor: Any) -> tuple[MfaWeb, Clock]:
     settings = configmod.parse({"node": {"data_dir": str(tmp_path)}})
-    app = WebApp(reactor, settings, storage, b"s" * 32)
+    app = WebApp(reactor, settings, storage, b"s" * 32, client_header=CLIENT_HEADER)
     clock = Clock()
     return MfaWeb(app, SecondFactors(storage, settings.mfa, b"s" * 32, None, clock)), clock
 

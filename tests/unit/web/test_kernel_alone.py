@@ -15,6 +15,7 @@ import treq
 
 from clickpass import config as configmod
 from clickpass.accounts.service import Account
+from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.storage.sql import AdbapiStorage
 from clickpass.web import pages
 from clickpass.web.app import AppSite, WebApp
@@ -34,7 +35,7 @@ async def test_account_pages_serve_with_only_the_sections_given(
     account page also shows that section, filled for the signed-in person.
     """
     settings = configmod.parse({"node": {"data_dir": str(tmp_path)}})
-    app = WebApp(reactor, settings, storage_backend, b"s" * 32)
+    app = WebApp(reactor, settings, storage_backend, b"s" * 32, client_header=CLIENT_HEADER)
     loader = app.templates.loader
     assert loader is not None
     app.templates.loader = ChoiceLoader(
