@@ -42,7 +42,12 @@ from clickpass.web.routing import Router
 
 
 def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes) -> AppSite:
-    """The twisted.web Site serving the whole application."""
+    """
+    The twisted.web Site serving the whole application.
+
+    Long on purpose: this is the worker's composition root, read top to
+    bottom in the order the parts are built, each given what it needs.
+    """
     app = WebApp(reactor, settings, storage, secret, client_header=CLIENT_HEADER)
     router = Router()
     router.error_page = app.error_page

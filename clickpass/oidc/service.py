@@ -61,15 +61,15 @@ def register_commands(commands: CommandRegistry, keys: SigningKeys) -> None:
     )
 
 
-def register_client_commands(
-    commands: CommandRegistry,
-    storage: Storage,
-    clock: IReactorTime,
-    sector: SectorCheck | None = None,
-) -> None:
-    """C{oidc.clients.add}, C{oidc.clients.list} and C{oidc.clients.remove} on the control port."""
+class _ClientCommands:
+    """The handlers of the C{oidc.clients.*} control commands."""
 
-    async def add(args: Any) -> dict[str, Any]:
+    def __init__(self, storage: Storage, clock: IReactorTime, sector: SectorCheck | None) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.sector = sector
+
+    async def add(self, args: Any) -> dict[str, Any]:
         site = args.get("site")
         uris = args.get("redirect_uris")
         scopes = args.get("scopes")
@@ -102,58 +102,60 @@ def register_client_commands(
                 sector_identifier_uri=sector_uri,
             )
             if checked.sector_identifier_uri:
-                if sector is None:
+                if self.sector is None:
                     raise CommandError("this node cannot fetch sector identifier URIs")
-                await sector.check(checked)
-            client, secret = await storage.run(
-                clients.create_client, site, checked, int(clock.seconds())
+                await self.sector.check(checked)
+            client, secret = await self.storage.run(
+                clients.create_client, site, checked, int(self.clock.seconds())
             )
         except clients.ClientError as e:
             raise CommandError(str(e)) from None
         return {**client.describe(), "client_secret": secret}
 
-    async def list_clients(args: Any) -> dict[str, Any]:
-        found = await storage.run(clients.list_clients)
+    async def list_clients(self, args: Any) -> dict[str, Any]:
+        found = await self.storage.run(clients.list_clients)
         return {"clients": [c.describe() for c in found]}
 
-    async def remove(args: Any) -> dict[str, Any]:
+    async def remove(self, args: Any) -> dict[str, Any]:
         client_id = args.get("client_id")
         if not isinstance(client_id, str):
             raise CommandError("oidc.clients.remove needs client_id")
-        removed = await storage.run(clients.remove_client, client_id, int(clock.seconds()))
+        removed = await self.storage.run(
+            clients.remove_client, client_id, int(self.clock.seconds())
+        )
         if not removed:
             raise CommandError(f"there is no OpenID Connect client {client_id!r}")
         return {"removed": client_id}
 
-    async def show(args: Any) -> dict[str, Any]:
+    async def show(self, args: Any) -> dict[str, Any]:
         client_id = _client_id(args, "oidc.clients.show")
-        client = await storage.run(clients.client_by_id, client_id)
+        client = await self.storage.run(clients.client_by_id, client_id)
         if client is None:
             raise CommandError(f"there is no OpenID Connect client {client_id!r}")
-        logouts = await storage.run(backchannel.recent_logouts, client_id, 10)
+        logouts = await self.storage.run(backchannel.recent_logouts, client_id, 10)
         return {**client.describe(), "logouts": [r.describe() for r in logouts]}
 
-    async def set_lifetimes(args: Any) -> dict[str, Any]:
+    async def set_lifetimes(self, args: Any) -> dict[str, Any]:
         client_id = _client_id(args, "oidc.clients.set")
-        client = await storage.run(clients.client_by_id, client_id)
+        client = await self.storage.run(clients.client_by_id, client_id)
         if client is None:
             raise CommandError(f"there is no OpenID Connect client {client_id!r}")
         try:
             lifetimes = clients.check_lifetimes(_lifetimes(args), client.lifetimes)
         except clients.ClientError as e:
             raise CommandError(str(e)) from None
-        changed = await storage.run(clients.set_lifetimes, client_id, lifetimes)
+        changed = await self.storage.run(clients.set_lifetimes, client_id, lifetimes)
         assert changed is not None
         return changed.describe()
 
-    async def rotate_secret(args: Any) -> dict[str, Any]:
+    async def rotate_secret(self, args: Any) -> dict[str, Any]:
         client_id = _client_id(args, "oidc.clients.rotate_secret")
         grace = args.get("grace", clients.DEFAULT_SECRET_GRACE)
         if isinstance(grace, bool) or not isinstance(grace, int):
             raise CommandError("oidc.clients.rotate_secret: grace must be whole seconds")
-        now = int(clock.seconds())
+        now = int(self.clock.seconds())
         try:
-            client, secret = await storage.run(clients.rotate_secret, client_id, grace, now)
+            client, secret = await self.storage.run(clients.rotate_secret, client_id, grace, now)
         except clients.ClientError as e:
             raise CommandError(str(e)) from None
         return {
@@ -162,18 +164,31 @@ def register_client_commands(
             "previous_secret_expires": client.previous_secret_expires,
         }
 
-    commands.register("oidc.clients.add", add, "register an OpenID Connect client of a site")
-    commands.register("oidc.clients.show", show, "one OpenID Connect client and its logouts")
+
+def register_client_commands(
+    commands: CommandRegistry,
+    storage: Storage,
+    clock: IReactorTime,
+    sector: SectorCheck | None = None,
+) -> None:
+    """The C{oidc.clients.*} commands (add, list, show, set, rotate_secret, remove)."""
+    handlers = _ClientCommands(storage, clock, sector)
     commands.register(
-        "oidc.clients.set", set_lifetimes, "set an OpenID Connect client's token lifetimes"
+        "oidc.clients.add", handlers.add, "register an OpenID Connect client of a site"
+    )
+    commands.register(
+        "oidc.clients.show", handlers.show, "one OpenID Connect client and its logouts"
+    )
+    commands.register(
+        "oidc.clients.set", handlers.set_lifetimes, "set an OpenID Connect client's token lifetimes"
     )
     commands.register(
         "oidc.clients.rotate_secret",
-        rotate_secret,
+        handlers.rotate_secret,
         "give an OpenID Connect client a new secret; the old one works for a grace period",
     )
-    commands.register("oidc.clients.list", list_clients, "the OpenID Connect clients")
-    commands.register("oidc.clients.remove", remove, "remove an OpenID Connect client")
+    commands.register("oidc.clients.list", handlers.list_clients, "the OpenID Connect clients")
+    commands.register("oidc.clients.remove", handlers.remove, "remove an OpenID Connect client")
 
 
 def _client_id(args: Any, command: str) -> str:

@@ -92,7 +92,9 @@ def provider(
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
+def receiver(provider: Provider) -> Iterator[Receiver]:
+    # One per provider (backend): the paths' tokens of one node's run are
+    # not the next one's.
     state = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
