@@ -22,6 +22,7 @@ setup(
             "**/*.html",
             "mail/templates/mail/*.txt",
             "web/static/*",
+            "mfa/static/*",
             "balancer/*.pyi",
         ],
     },
@@ -48,6 +49,9 @@ setup(
         "boto3>=1.34",
         # Second factors: the TOTP enrolment QR code, as SVG.
         "segno>=1.6",
+        # Second factors: WebAuthn security keys and passkeys (registration and
+        # assertion checks: CBOR, COSE keys, attestation, signatures).
+        "webauthn>=3.0,<4",
     ],
     extras_require={
         "dev": [

@@ -24,7 +24,9 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
-from clickpass.mfa import totp
+from clickpass.mfa import keys_web, totp
+from clickpass.mfa.ceremony import RelyingParty
+from clickpass.mfa.keys import SecurityKeys
 from clickpass.mfa.service import (
     METHOD_FEDERATED,
     METHOD_PASSWORD,
@@ -107,24 +109,42 @@ class MfaWeb:
         methods: frozenset[str],
         password_time: int,
         factor_time: int,
+        method: str = "password",
     ) -> None:
-        token = await self.app.sign_in(request, account)
+        """
+        Sign the person in (the security log says how: C{method}) and record
+        how this session was signed in.
+        """
+        token = await self.app.sign_in(request, account, method=method)
         lifetime = self.app.settings.accounts.session_lifetime
         await self.factors.record_session(
-            token, account.id, methods, password_time, factor_time, password_time + lifetime
+            token, account.id, methods, password_time, factor_time, self.factors.now() + lifetime
         )
 
-    def code_page(
-        self, request: Request, next_url: str, error: str | None = None, status: int = 200
+    async def code_page(
+        self,
+        request: Request,
+        account_id: int,
+        next_url: str,
+        error: str | None = None,
+        status: int = 200,
     ) -> bytes:
         request.setResponseCode(status)
-        return self.app.render(request, "mfa/second_step.html", next=next_url, error=error)
+        return self.app.render(
+            request,
+            "mfa/second_step.html",
+            next=next_url,
+            error=error,
+            with_key=await self.factors.has_keys(account_id),
+            with_app=await self.factors.has_totp(account_id),
+        )
 
     async def code_form(self, request: Request) -> bytes:
         next_url = safe_next(self.app.form(request, "next"))
-        if await self.factors.second_step(self.cookie(request, SECOND_STEP_COOKIE)) is None:
+        found = await self.factors.second_step(self.cookie(request, SECOND_STEP_COOKIE))
+        if found is None:
             return self.app.redirect(request, self.app.signin_url(next_url))
-        return self.code_page(request, next_url)
+        return await self.code_page(request, found.account_id, next_url)
 
     async def code(self, request: Request) -> bytes:
         self.app.check_csrf(request)
@@ -142,9 +162,9 @@ class MfaWeb:
             )
         except Throttled as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-            return self.code_page(request, next_url, str(e), 429)
+            return await self.code_page(request, account.id, next_url, str(e), 429)
         except AccountError as e:
-            return self.code_page(request, next_url, str(e), 401)
+            return await self.code_page(request, account.id, next_url, str(e), 401)
         await self.factors.end_second_step(token)
         self.app.set_cookie(request, SECOND_STEP_COOKIE, "", 0)
         methods = frozenset({found.first_method, outcome.value})
@@ -204,6 +224,8 @@ class MfaWeb:
             "mfa/confirm.html",
             next=safe_next(self.app.form(request, "next"), MANAGE),
             with_code=await self.factors.has_factor(account.id),
+            with_key=await self.factors.has_keys(account.id),
+            with_app=await self.factors.has_totp(account.id),
             error=error,
         )
 
@@ -257,6 +279,17 @@ class MfaWeb:
             request,
             "mfa/manage.html",
             status=status,
+            keys=[
+                {
+                    "ref": k.ref,
+                    "name": k.name,
+                    "passkey": k.passkey,
+                    "backed_up": k.backed_up,
+                    "created": day(k.created),
+                    "last_used": day(k.last_used) if k.last_used else "",
+                }
+                for k in status.keys
+            ],
             browsers=[
                 {
                     "ref": b.ref,
@@ -327,7 +360,7 @@ class MfaWeb:
         account = await self.app.require_account(request, back=MANAGE)
         await self.require_step_up(request, account, MANAGE)
         if not await self.factors.remove(account.id):
-            raise HTTPError(404, "You have no second factor to remove.")
+            raise HTTPError(404, "You have no authenticator app to remove.")
         return self.app.redirect(request, MANAGE + "?done=removed")
 
     async def recovery_codes(self, request: Request) -> bytes:
@@ -365,6 +398,15 @@ def install(app: WebApp, router: Router, factors: SecondFactors) -> MfaWeb:
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
     web = MfaWeb(app, factors)
+    # Passkeys and security keys: the relying party is this node's public URL.
+    keys = SecurityKeys(
+        factors.storage,
+        factors.settings,
+        RelyingParty.from_base_url(app.settings.base_url, factors.settings.issuer),
+        app.secret,
+        clock=factors.clock,
+    )
+    keys_web.install(web, keys, router)
     routes: list[tuple[str, str, Callable[..., Awaitable[bytes]]]] = [
         ("GET", "/signin/code", web.code_form),
         ("POST", "/signin/code", web.code),
