@@ -22,7 +22,6 @@ setup(
             "**/*.html",
             "mail/templates/mail/*.txt",
             "web/static/*",
-            "mfa/static/*",
             "balancer/*.pyi",
         ],
     },

@@ -240,8 +240,8 @@ def read_registration(text: str) -> tuple[bytes, dict[str, Any]]:
     raw = _answer(text)
     try:
         parsed = parse_registration_credential_json(raw)
-    except (WebAuthnException, ValueError, TypeError, KeyError):
-        raise CeremonyRefused(UNREADABLE, "registration answer malformed") from None
+    except (WebAuthnException, ValueError, TypeError, KeyError) as e:
+        raise CeremonyRefused(UNREADABLE, f"registration answer malformed: {e}") from None
     return _client_challenge(bytes(parsed.response.client_data_json)), raw
 
 
@@ -287,8 +287,8 @@ def read_assertion(text: str) -> Assertion:
     raw = _answer(text)
     try:
         parsed = parse_authentication_credential_json(raw)
-    except (WebAuthnException, ValueError, TypeError, KeyError):
-        raise CeremonyRefused(UNREADABLE, "assertion malformed") from None
+    except (WebAuthnException, ValueError, TypeError, KeyError) as e:
+        raise CeremonyRefused(UNREADABLE, f"assertion malformed: {e}") from None
     credential_id = bytes(parsed.raw_id)
     if not credential_id or len(credential_id) > MAX_CREDENTIAL_ID:
         raise CeremonyRefused(UNREADABLE, "assertion credential id empty or too long")

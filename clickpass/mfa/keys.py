@@ -182,7 +182,15 @@ class SecurityKeys:
                 f"Give the key a name of 1 to {NAME_LENGTH} characters, such as "
                 '"Blue key" or "Laptop".'
             )
-        challenge, raw = ceremony.read_registration(answer)
+        try:
+            challenge, raw = ceremony.read_registration(answer)
+        except CeremonyRefused as e:
+            log.info(
+                "account {account_id}: new key refused ({reason})",
+                account_id=account_id,
+                reason=e.reason,
+            )
+            raise
         now = self.now()
 
         def add(tx: Transaction) -> store.Credential | CeremonyRefused:
@@ -295,7 +303,11 @@ class SecurityKeys:
         account) any registered passkey, which must then have verified
         the person and carry its user handle. L{CeremonyRefused} otherwise.
         """
-        assertion = ceremony.read_assertion(answer)
+        try:
+            assertion = ceremony.read_assertion(answer)
+        except CeremonyRefused as e:
+            log.warn("{purpose} with a key refused: {reason}", purpose=purpose, reason=e.reason)
+            raise
         now = self.now()
         passwordless = account_id is None
 

@@ -5,18 +5,17 @@ one as the second step after a password or to confirm it is the person
 
 Each ceremony is two requests: a POST for its options (JSON, with a
 challenge given to this browser session), then the form carrying the
-browser's answer. The browser's side is C{static/webauthn.js}, served
-here under the pages' Content-Security-Policy (no inline script). The
+browser's answer. The browser's side is C{/static/webauthn.js}
+(clickpass/web/static, served by the front like every static file), run
+under the pages' Content-Security-Policy (no inline script). The
 checks are L{clickpass.mfa.keys.SecurityKeys}'; nothing here touches the
 tables.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
-from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.web.server import Request
@@ -32,7 +31,6 @@ from clickpass.mfa.service import (
 from clickpass.web.app import SECURITY_HEADERS, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
 
-SCRIPT = Path(__file__).parent / "static" / "webauthn.js"
 # The browser session a passkey sign-in's challenge is given to (nobody is
 # signed in yet, so no session cookie can bind it).
 PASSKEY_COOKIE = b"cp_passkey"
@@ -84,9 +82,6 @@ class KeyPages:
         self.web = web
         self.app = web.app
         self.keys = keys
-        body = SCRIPT.read_bytes()
-        self.script = body
-        self.script_etag = b'"' + hashlib.sha256(body).hexdigest()[:16].encode("ascii") + b'"'
 
     def where(self, request: Request) -> Where:
         return Where(self.app.client_address(request), self.app.browser(request))
@@ -106,15 +101,6 @@ class KeyPages:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(value).encode("utf-8")
-
-    async def script_file(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/javascript; charset=utf-8")
-        request.setHeader(b"cache-control", b"public, max-age=3600")
-        request.setHeader(b"etag", self.script_etag)
-        if request.getHeader(b"if-none-match") == self.script_etag:
-            request.setResponseCode(304)
-            return b""
-        return self.script
 
     # Adding and removing keys.
 
@@ -305,9 +291,8 @@ class KeyPages:
 
 
 def install(web: FactorPages, keys: SecurityKeys, router: Router) -> KeyPages:
-    """Register the passkey and security key pages (before the kernel's static files)."""
+    """Register the passkey and security key pages."""
     pages = KeyPages(web, keys)
-    router.add("GET", "/static/webauthn.js", pages.script_file)
     router.add("GET", MANAGE + "/keys/new", pages.new_form)
     router.add("POST", MANAGE + "/keys/options", pages.options_for_new)
     router.add("POST", MANAGE + "/keys/add", pages.add)

@@ -1,7 +1,8 @@
 // Clickpass: passkeys and security keys (WebAuthn) on the pages that use them.
 //
-// Served as /static/webauthn.js under the pages' Content-Security-Policy
-// (no inline script). A form marked data-webauthn="create" or "get" asks the
+// Served as /static/webauthn.js (by the front, like every static file) and
+// run under the pages' Content-Security-Policy (no inline script); the pages
+// are clickpass/mfa's. A form marked data-webauthn="create" or "get" asks the
 // address in its data-options for the ceremony's options (a POST with its
 // CSRF token), calls navigator.credentials, puts the answer (JSON, binary
 // parts in base64url) in its "credential" field and submits itself. A form

@@ -1,0 +1,178 @@
+"""
+Passkeys and security keys end to end in a real headless Chromium with
+its virtual authenticator (WebDriver's virtual authenticator commands):
+the page's script (static/webauthn.js, under the pages'
+Content-Security-Policy) calls navigator.credentials, the authenticator
+answers, the node checks it with py_webauthn.
+
+WebAuthn needs a secure context and an RP ID that is a domain, so the
+node's public URL is http://localhost:PORT/ (a browser's potentially
+trustworthy origin), its listener 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.mfa.person import PASSWORD
+from tests.integration.openid.conftest import OPENID_CONFIG
+from tests.support.chromium import By, WebDriver, click, submit, wait_for
+from tests.support.mailbox import link_in, maildir_of, wait_for_message
+from tests.support.mariadb import MariaDBServer
+from tests.support.node import NodeProcess, free_port, mariadb_config, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)],
+)
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+    NodeProcess
+]:
+    """A node whose public URL is http://localhost:PORT/, on SQLite and on MariaDB."""
+    tmp: Path = tmp_path_factory.mktemp("webauthn-node")
+    server: MariaDBServer | None = None
+    database = None
+    extra = OPENID_CONFIG
+    if request.param == "mysql":
+        server = request.getfixturevalue("mariadb_server")
+        database = f"{server.database}_webauthn{secrets.token_hex(4)}"
+        server.create_database(database)
+        extra += mariadb_config(tmp, server, database)
+    port = free_port()
+    config = write_config(tmp, port, extra)
+    config.write_text(
+        config.read_text().replace(
+            f'public_url = "http://127.0.0.1:{port}/"', f'public_url = "http://localhost:{port}/"'
+        )
+    )
+    proc = NodeProcess(tmp, config, port=port)
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.stop()
+        if server is not None and database is not None:
+            server.drop_database(database)
+
+
+def base(node: NodeProcess) -> str:
+    # The port may have moved if the first one was taken (NodeProcess.start).
+    return f"http://localhost:{node.port}/"
+
+
+@pytest.fixture
+def authenticator(chrome: WebDriver) -> Iterator[WebDriver]:
+    """A fresh virtual authenticator (CTAP2, built in, passkeys, verifies its user)."""
+    chrome.add_virtual_authenticator(
+        VirtualAuthenticatorOptions(
+            protocol=VirtualAuthenticatorOptions.Protocol.CTAP2,
+            transport=VirtualAuthenticatorOptions.Transport.INTERNAL,
+            has_resident_key=True,
+            has_user_verification=True,
+            is_user_verified=True,
+        )
+    )
+    try:
+        yield chrome
+    finally:
+        chrome.remove_virtual_authenticator()
+
+
+def signed_up(driver: WebDriver, node: NodeProcess) -> str:
+    """A new person, signed up, their address confirmed, signed in with their password."""
+    url = base(node)
+    driver.get(url + "signout-nothing")  # on the node's origin, to clear its cookies
+    driver.delete_all_cookies()
+    email = f"k{secrets.token_hex(4)}@example.com"
+    driver.get(url + "signup")
+    submit(
+        driver,
+        "form[action='/signup']",
+        {"email": email, "password": PASSWORD, "password_again": PASSWORD},
+    )
+    wait_for(driver, "#signup-sent")
+    message = wait_for_message(maildir_of(node), email, "Confirm your email address")
+    driver.get(url.rstrip("/") + link_in(message, "verify"))
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    submit(driver, "form[action='/verify']", {})
+    return email
+
+
+def add_key(driver: WebDriver, node: NodeProcess, kind: str, name: str) -> None:
+    driver.get(base(node) + f"account/mfa/keys/new?kind={kind}")
+    form = wait_for(driver, "form#key-new")
+    WebDriverWait(driver, 10).until(lambda d: form.is_displayed())
+    submit(driver, "form#key-new", {"name": name})
+
+
+def sign_out(driver: WebDriver, node: NodeProcess) -> None:
+    driver.get(base(node) + "account")
+    submit(driver, "form[action='/signout']", {})
+    driver.get(base(node) + "account")
+    assert "/signin" in driver.current_url
+
+
+def test_register_a_passkey_then_sign_in_with_it_and_no_password(
+    authenticator: WebDriver, node: NodeProcess
+) -> None:
+    """
+    A person adds a passkey (the first factor: ten recovery codes shown);
+    the authenticator holds it as a discoverable credential; signed out,
+    they sign in with the passkey alone, no address, no password; their
+    key shows as used and the operator's listing names it.
+    """
+    driver = authenticator
+    email = signed_up(driver, node)
+    add_key(driver, node, "passkey", "Laptop passkey")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    assert len(driver.find_elements(By.CSS_SELECTOR, "ul.recovery-codes code")) == 10
+    held = driver.get_credentials()
+    assert len(held) == 1 and held[0].is_resident_credential
+    assert held[0].rp_id == "localhost"
+
+    sign_out(driver, node)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    button = wait_for(driver, "form#passkey-signin button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    email_field = driver.find_element(By.ID, "email")
+    assert "webauthn" in (email_field.get_attribute("autocomplete") or "")
+    click(driver, "form#passkey-signin button")
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == base(node) + "account/mfa")
+    page = driver.page_source
+    assert "Laptop passkey" in page and "last used" in page, page[:3000]
+    assert driver.get_credentials()[0].sign_count >= 1
+
+    listed = node.ctl("user", "mfa", email).stdout
+    assert "Laptop passkey (passkey" in listed and "used " in listed, listed
+
+
+def test_a_security_key_as_the_second_step_after_the_password(
+    authenticator: WebDriver, node: NodeProcess
+) -> None:
+    """
+    A person adds a security key; signing in again, the password is not
+    enough: the second step asks for the key, and the key lets them in.
+    """
+    driver = authenticator
+    email = signed_up(driver, node)
+    add_key(driver, node, "key", "Blue key")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+
+    sign_out(driver, node)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    assert driver.current_url.startswith(base(node) + "signin/code"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    click(driver, "form#key-use button")
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == base(node) + "account/mfa")
+    assert "Blue key" in driver.page_source
