@@ -12,11 +12,13 @@ trustworthy origin), its listener 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -34,9 +36,9 @@ pytestmark = pytest.mark.integration
     scope="module",
     params=["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)],
 )
-def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    NodeProcess
-]:
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeProcess]:
     """A node whose public URL is http://localhost:PORT/, on SQLite and on MariaDB."""
     tmp: Path = tmp_path_factory.mktemp("webauthn-node")
     server: MariaDBServer | None = None
@@ -114,6 +116,14 @@ def add_key(driver: WebDriver, node: NodeProcess, kind: str, name: str) -> None:
     submit(driver, "form#key-new", {"name": name})
 
 
+def passkey_button_shown(driver: WebDriver) -> bool:
+    found = driver.find_elements(By.CSS_SELECTOR, "form#passkey-signin button")
+    try:
+        return bool(found) and found[0].is_displayed()
+    except WebDriverException:
+        return False
+
+
 def sign_out(driver: WebDriver, node: NodeProcess) -> None:
     driver.get(base(node) + "account")
     submit(driver, "form[action='/signout']", {})
@@ -141,12 +151,18 @@ def test_register_a_passkey_then_sign_in_with_it_and_no_password(
 
     sign_out(driver, node)
     driver.get(base(node) + "signin?next=/account/mfa")
-    button = wait_for(driver, "form#passkey-signin button")
-    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
-    email_field = driver.find_element(By.ID, "email")
-    assert "webauthn" in (email_field.get_attribute("autocomplete") or "")
-    click(driver, "form#passkey-signin button")
-    WebDriverWait(driver, 20).until(lambda d: d.current_url == base(node) + "account/mfa")
+    signed_in = base(node) + "account/mfa"
+    # Chromium offers the passkey to the page's autofill request (the email
+    # field says "username webauthn"), and its virtual authenticator may
+    # accept it at once; otherwise the button asks.
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == signed_in or passkey_button_shown(d))
+    if driver.current_url != signed_in:
+        email_field = driver.find_element(By.ID, "email")
+        assert "webauthn" in (email_field.get_attribute("autocomplete") or "")
+        # The autofill request may sign in first, taking the button away.
+        with contextlib.suppress(WebDriverException):
+            click(driver, "form#passkey-signin button")
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == signed_in)
     page = driver.page_source
     assert "Laptop passkey" in page and "last used" in page, page[:3000]
     assert driver.get_credentials()[0].sign_count >= 1
