@@ -151,8 +151,8 @@ class KeyPages:
             )
         except CeremonyRefused as e:
             return self.new_page(request, passkey, e.message, name)
-        # Registering proves the key (its signature over our challenge).
-        await self.web.note_factor(request, account, METHOD_SECURITY_KEY)
+        # Registering is not a use of the key: a "none" attestation carries no
+        # signature, so this session is not noted as having given it.
         if not had_codes:
             # The first factor of the account: recovery codes for when it is lost.
             codes = await self.web.factors.new_recovery_codes(account.id)

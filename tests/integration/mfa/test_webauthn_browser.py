@@ -18,12 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openid.consumer import consumer
+from openid.extensions.draft import pape5 as pape
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.mfa.person import PASSWORD
 from tests.integration.openid.conftest import OPENID_CONFIG
+from tests.integration.openid.harness import PythonRP, RelyingPartySite
 from tests.support.chromium import By, WebDriver, click, submit, wait_for
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.mariadb import MariaDBServer
@@ -64,6 +67,16 @@ def node(
         proc.stop()
         if server is not None and database is not None:
             server.drop_database(database)
+
+
+@pytest.fixture(scope="module")
+def rp_site() -> Iterator[RelyingPartySite]:
+    """A relying party's realm on loopback (python3-openid's consumer checks the answers)."""
+    site = RelyingPartySite("127.0.0.1").start()
+    try:
+        yield site
+    finally:
+        site.stop()
 
 
 def base(node: NodeProcess) -> str:
@@ -132,13 +145,15 @@ def sign_out(driver: WebDriver, node: NodeProcess) -> None:
 
 
 def test_register_a_passkey_then_sign_in_with_it_and_no_password(
-    authenticator: WebDriver, node: NodeProcess
+    authenticator: WebDriver, node: NodeProcess, rp_site: RelyingPartySite
 ) -> None:
     """
     A person adds a passkey (the first factor: ten recovery codes shown);
     the authenticator holds it as a discoverable credential; signed out,
     they sign in with the passkey alone, no address, no password; their
-    key shows as used and the operator's listing names it.
+    key shows as used and the operator's listing names it. A partner site
+    (python3-openid's consumer) asking PAPE phishing-resistant then gets
+    the person's assertion, signed, claiming that policy.
     """
     driver = authenticator
     email = signed_up(driver, node)
@@ -169,6 +184,19 @@ def test_register_a_passkey_then_sign_in_with_it_and_no_password(
 
     listed = node.ctl("user", "mfa", email).stdout
     assert "Laptop passkey (passkey" in listed and "used " in listed, listed
+
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_PHISHING_RESISTANT]))
+    driver.get(str(asking.redirectURL(rp.realm, rp.return_to)))
+    click(driver, "form[action='/openid/decide'] button[value='allow']")
+    WebDriverWait(driver, 20).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None
+    assert pape.AUTH_PHISHING_RESISTANT in answer.auth_policies
+    assert pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
 
 
 def test_a_security_key_as_the_second_step_after_the_password(
