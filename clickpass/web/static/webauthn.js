@@ -106,11 +106,11 @@
     }
   }
 
-  function explain(error) {
+  function explain(form, error) {
     if (error && error.name === "NotAllowedError") {
       return "The request was cancelled or timed out. Try again.";
     }
-    if (error && error.name === "InvalidStateError") {
+    if (error && error.name === "InvalidStateError" && form.dataset.webauthn === "create") {
       return "That key is registered already.";
     }
     return (error && error.message) || "Something went wrong. Try again.";
@@ -136,8 +136,18 @@
     form.submit();
   }
 
-  // The pending autofill request, stopped when a button asks instead.
+  // The pending autofill request: stopped, and waited for, before a button
+  // asks instead (a browser runs one WebAuthn request at a time).
   let pending = null;
+
+  async function stopAutofill() {
+    if (pending) {
+      const stopping = pending;
+      pending = null;
+      stopping.controller.abort();
+      await stopping.done;
+    }
+  }
 
   for (const form of document.querySelectorAll("form[data-webauthn]")) {
     if (!window.PublicKeyCredential || !navigator.credentials) {
@@ -146,20 +156,18 @@
     form.hidden = false;
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      if (pending) {
-        pending.abort();
-        pending = null;
-      }
       const button = form.querySelector("button");
       if (button) {
         button.disabled = true;
       }
-      run(form, null).catch((error) => {
-        if (button) {
-          button.disabled = false;
-        }
-        say(form, explain(error));
-      });
+      stopAutofill()
+        .then(() => run(form, null))
+        .catch((error) => {
+          if (button) {
+            button.disabled = false;
+          }
+          say(form, explain(form, error));
+        });
     });
     const canAutofill = PublicKeyCredential.isConditionalMediationAvailable;
     if (form.dataset.webauthnConditional !== undefined && canAutofill) {
@@ -167,9 +175,9 @@
         if (!available || pending) {
           return;
         }
-        pending = new AbortController();
+        const controller = new AbortController();
         // Dismissed or stopped: nothing to tell; the button still works.
-        run(form, pending).catch(() => {});
+        pending = { controller: controller, done: run(form, controller).catch(() => {}) };
       });
     }
   }

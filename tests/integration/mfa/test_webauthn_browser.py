@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from openid.consumer import consumer
 from openid.extensions.draft import pape5 as pape
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.mfa.person import PASSWORD
 from tests.integration.openid.conftest import OPENID_CONFIG
-from tests.integration.openid.harness import PythonRP, RelyingPartySite
+from tests.integration.openid.harness import PythonRP
 from tests.support.chromium import By, WebDriver, click, submit, wait_for
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.mariadb import MariaDBServer
@@ -69,14 +71,59 @@ def node(
             server.drop_database(database)
 
 
+class BrowserRelyingParty:
+    """
+    A relying party's site on loopback that a browser can come back to:
+    its realm publishes its return_to in XRDS (relying-party discovery),
+    and the return_to is an HTML page (python3-openid's consumer checks
+    the answer in its address).
+    """
+
+    def __init__(self) -> None:
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/return"):
+                    body = b"<!doctype html><title>Back</title><p id='back'>Back at the site.</p>"
+                    kind = "text/html; charset=utf-8"
+                else:
+                    body = site.xrds().encode()
+                    kind = "application/xrds+xml"
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.return_to = self.realm + "return"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def xrds(self) -> str:
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<xrds:XRDS xmlns:xrds="xri://$xrds" xmlns="xri://$xrd*($v*2.0)"><XRD>'
+            "<Service><Type>http://specs.openid.net/auth/2.0/return_to</Type>"
+            f"<URI>{self.return_to}</URI></Service></XRD></xrds:XRDS>\n"
+        )
+
+
 @pytest.fixture(scope="module")
-def rp_site() -> Iterator[RelyingPartySite]:
-    """A relying party's realm on loopback (python3-openid's consumer checks the answers)."""
-    site = RelyingPartySite("127.0.0.1").start()
+def rp_site() -> Iterator[BrowserRelyingParty]:
+    """A relying party's site on loopback for the browser to come back to."""
+    site = BrowserRelyingParty()
+    site.thread.start()
     try:
         yield site
     finally:
-        site.stop()
+        site.server.shutdown()
+        site.server.server_close()
+        site.thread.join(10)
 
 
 def base(node: NodeProcess) -> str:
@@ -129,6 +176,16 @@ def add_key(driver: WebDriver, node: NodeProcess, kind: str, name: str) -> None:
     submit(driver, "form#key-new", {"name": name})
 
 
+def arrive(driver: WebDriver, url: str, timeout: float = 30) -> None:
+    """Wait until the browser is at C{url}; fail with the page it is on instead."""
+    try:
+        WebDriverWait(driver, timeout).until(lambda d: d.current_url == url)
+    except TimeoutException:
+        raise AssertionError(
+            f"not at {url} but {driver.current_url}:\n{driver.page_source[:3000]}"
+        ) from None
+
+
 def passkey_button_shown(driver: WebDriver) -> bool:
     found = driver.find_elements(By.CSS_SELECTOR, "form#passkey-signin button")
     try:
@@ -145,7 +202,7 @@ def sign_out(driver: WebDriver, node: NodeProcess) -> None:
 
 
 def test_register_a_passkey_then_sign_in_with_it_and_no_password(
-    authenticator: WebDriver, node: NodeProcess, rp_site: RelyingPartySite
+    authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
 ) -> None:
     """
     A person adds a passkey (the first factor: ten recovery codes shown);
@@ -177,7 +234,7 @@ def test_register_a_passkey_then_sign_in_with_it_and_no_password(
         # The autofill request may sign in first, taking the button away.
         with contextlib.suppress(WebDriverException):
             click(driver, "form#passkey-signin button")
-    WebDriverWait(driver, 20).until(lambda d: d.current_url == signed_in)
+    arrive(driver, signed_in)
     page = driver.page_source
     assert "Laptop passkey" in page and "last used" in page, page[:3000]
     assert driver.get_credentials()[0].sign_count >= 1
@@ -218,5 +275,5 @@ def test_a_security_key_as_the_second_step_after_the_password(
     button = wait_for(driver, "form#key-use button")
     WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
     click(driver, "form#key-use button")
-    WebDriverWait(driver, 20).until(lambda d: d.current_url == base(node) + "account/mfa")
+    arrive(driver, base(node) + "account/mfa")
     assert "Blue key" in driver.page_source
