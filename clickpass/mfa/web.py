@@ -30,6 +30,9 @@ from clickpass.mfa.keys import SecurityKeys
 from clickpass.mfa.service import (
     METHOD_FEDERATED,
     METHOD_PASSWORD,
+    METHOD_RECOVERY_CODE,
+    METHOD_SECURITY_KEY,
+    METHOD_TOTP,
     METHOD_TRUSTED_BROWSER,
     Outcome,
     SecondFactors,
@@ -45,6 +48,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 SECOND_STEP_COOKIE = b"cp_second_step"
 TRUSTED_COOKIE = b"cp_trusted"
 MANAGE = "/account/mfa"
+# The methods that are a second factor given in a session.
+GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KEY})
 
 
 class MfaWeb:
@@ -211,6 +216,27 @@ class MfaWeb:
             return
         raise HTTPError(303, "Confirm it is you first.", {"location": self.step_up_url(back)})
 
+    async def second_factor_needed(
+        self, request: Request, account: Account, back: str
+    ) -> str | None:
+        """
+        For a partner site that requires a second factor: L{None} when this
+        session had one (a trusted browser is none); otherwise where the
+        person gives theirs (step-up), or first sets one up, then comes
+        back to C{back}.
+        """
+        auth = await self.auth_of(request)
+        if (
+            auth is not None
+            and auth.account_id == account.id
+            and auth.methods & GIVEN_FACTORS
+            and auth.factor_time
+        ):
+            return None
+        if await self.factors.has_factor(account.id):
+            return self.step_up_url(back)
+        return MANAGE + "?next=" + quote(safe_next(back), safe="")
+
     def step_up_url(self, back: str) -> str:
         """The page that confirms it is the person, then goes back to C{back}."""
         return "/account/confirm?next=" + quote(safe_next(back), safe="")
@@ -300,6 +326,8 @@ class MfaWeb:
                 for b in status.trusted_browsers
             ],
             done=self.app.form(request, "done"),
+            # A partner site that requires a second factor sent the person here.
+            back=safe_next(self.app.form(request, "next"), ""),
         )
 
     async def begin_totp(self, request: Request) -> bytes:

@@ -475,7 +475,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         12,
-        "mfa: WebAuthn security keys and passkeys, their single-use challenges",
+        "mfa: WebAuthn security keys and passkeys, their single-use challenges; "
+        "partner sites that require a second factor",
         (
             # id_hash: SHA-256 of the credential ID (up to 1023 bytes, too
             # long for a key); passkey: registered as a discoverable
@@ -508,6 +509,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             ){opts}""",
             "CREATE INDEX IF NOT EXISTS mfa_webauthn_challenges_expires "
             "ON mfa_webauthn_challenges (expires)",
+            # A partner site may require a second factor of everyone who
+            # signs in to it.
+            "ALTER TABLE partner_sites ADD COLUMN IF NOT EXISTS "
+            "require_second_factor INTEGER NOT NULL DEFAULT 0",
         ),
     ),
 )

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticator
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.mfa.person import PASSWORD
+from tests.integration.mfa.relying_party import BrowserRelyingParty
 from tests.integration.openid.conftest import OPENID_CONFIG
 from tests.integration.openid.harness import PythonRP
 from tests.support.chromium import By, WebDriver, click, submit, wait_for
@@ -71,59 +70,14 @@ def node(
             server.drop_database(database)
 
 
-class BrowserRelyingParty:
-    """
-    A relying party's site on loopback that a browser can come back to:
-    its realm publishes its return_to in XRDS (relying-party discovery),
-    and the return_to is an HTML page (python3-openid's consumer checks
-    the answer in its address).
-    """
-
-    def __init__(self) -> None:
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/return"):
-                    body = b"<!doctype html><title>Back</title><p id='back'>Back at the site.</p>"
-                    kind = "text/html; charset=utf-8"
-                else:
-                    body = site.xrds().encode()
-                    kind = "application/xrds+xml"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.return_to = self.realm + "return"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def xrds(self) -> str:
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<xrds:XRDS xmlns:xrds="xri://$xrds" xmlns="xri://$xrd*($v*2.0)"><XRD>'
-            "<Service><Type>http://specs.openid.net/auth/2.0/return_to</Type>"
-            f"<URI>{self.return_to}</URI></Service></XRD></xrds:XRDS>\n"
-        )
-
-
 @pytest.fixture(scope="module")
 def rp_site() -> Iterator[BrowserRelyingParty]:
     """A relying party's site on loopback for the browser to come back to."""
     site = BrowserRelyingParty()
-    site.thread.start()
     try:
         yield site
     finally:
-        site.server.shutdown()
-        site.server.server_close()
-        site.thread.join(10)
+        site.stop()
 
 
 def base(node: NodeProcess) -> str:
