@@ -332,3 +332,21 @@ async def test_a_bad_name_is_refused(storage_backend: AdbapiStorage) -> None:
     await security_keys.register(account_id, SESSION, answer, "  Second   key ", True, HERE)
     names = [c.name for c in await security_keys.credentials(account_id)]
     assert sorted(names) == ["Blue key", "Second key"]
+
+
+@async_test
+async def test_operators_list_and_reset_keys(storage_backend: AdbapiStorage) -> None:
+    """
+    What C{user mfa} lists names each key; C{user mfa-reset} removes them
+    with every other factor.
+    """
+    clock = FakeClock()
+    security_keys, account_id, _ = await _registered(storage_backend, clock)
+    factors = SecondFactors(storage_backend, MfaSettings(), MASTER, None, clock=clock)
+    described = await factors.describe("kim@example.com")
+    assert described is not None
+    [key] = described["keys"]
+    assert key["name"] == "Blue key" and key["passkey"] and key["last_used"] == 0
+    assert await factors.operator_reset("kim@example.com") is True
+    assert await security_keys.credentials(account_id) == []
+    assert not await factors.has_factor(account_id)
