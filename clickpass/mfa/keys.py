@@ -138,6 +138,21 @@ class SecurityKeys:
         )
         return challenge
 
+    def _log_refusal(
+        self, tx: Transaction, account_id: int, refused: CeremonyRefused, where: Where, now: int
+    ) -> None:
+        # A security event in the person's log: someone tried a key on
+        # their account and it was refused (why, in the detail).
+        events.record(
+            tx,
+            account_id,
+            "passkey_refused",
+            now,
+            client_address=where.client_address,
+            browser=where.browser,
+            detail=refused.reason,
+        )
+
     # Registering.
 
     async def registration_options(
@@ -190,6 +205,7 @@ class SecurityKeys:
                 account_id=account_id,
                 reason=e.reason,
             )
+            await self.storage.run(self._log_refusal, account_id, e, where, self.now())
             raise
         now = self.now()
 
@@ -198,10 +214,13 @@ class SecurityKeys:
                 tx, _sha256(challenge), REGISTER, _sha256(binding.encode("utf-8")), now
             )
             if owner != account_id:
-                return KeyRefused(EXPIRED)
+                refused: CeremonyRefused = KeyRefused(EXPIRED)
+                self._log_refusal(tx, account_id, refused, where, now)
+                return refused
             try:
                 new = ceremony.verify_registration(self.rp, raw, challenge, passkey)
             except CeremonyRefused as e:
+                self._log_refusal(tx, account_id, e, where, now)
                 return e
             id_hash = _sha256(new.credential_id)
             if not store.add_credential(
@@ -307,30 +326,35 @@ class SecurityKeys:
             assertion = ceremony.read_assertion(answer)
         except CeremonyRefused as e:
             log.warn("{purpose} with a key refused: {reason}", purpose=purpose, reason=e.reason)
+            if account_id is not None:
+                await self.storage.run(self._log_refusal, account_id, e, where, self.now())
             raise
         now = self.now()
         passwordless = account_id is None
 
-        def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:
+        def decide(tx: Transaction) -> tuple[KeyUsed | CeremonyRefused, int | None]:
+            # The outcome, and whose security log a refusal goes to (None:
+            # nobody's is known).
             owner = store.spend_challenge(
                 tx, _sha256(assertion.challenge), purpose, _sha256(binding.encode("utf-8")), now
             )
             if owner is None or owner != (account_id or 0):
-                return KeyRefused(EXPIRED)
+                return KeyRefused(EXPIRED), account_id
             id_hash = _sha256(assertion.credential_id)
             found = store.credential(tx, id_hash)
             if found is None:
-                return CeremonyRefused(UNKNOWN_KEY, "unknown credential")
+                return CeremonyRefused(UNKNOWN_KEY, "unknown credential"), account_id
             if account_id is not None and found.account_id != account_id:
-                return CeremonyRefused(UNKNOWN_KEY, "another account's credential")
+                return CeremonyRefused(UNKNOWN_KEY, "another account's credential"), account_id
             if passwordless and assertion.user_handle != self.user_handle(found.account_id):
-                return CeremonyRefused(UNKNOWN_KEY, "user handle not the credential's account")
+                refused = CeremonyRefused(UNKNOWN_KEY, "user handle not the credential's account")
+                return refused, found.account_id
             try:
                 verified = ceremony.verify_assertion(
                     self.rp, assertion, found.public_key, require_user_verification=passwordless
                 )
             except CeremonyRefused as e:
-                return e
+                return e, found.account_id
             moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
                 store.use_credential(
                     tx, id_hash, found.sign_count, verified.sign_count, verified.backed_up, now
@@ -339,21 +363,19 @@ class SecurityKeys:
                 or verified.sign_count == 0
             )
             if not moved:
-                events.record(
-                    tx,
-                    found.account_id,
-                    "passkey_refused",
-                    now,
-                    client_address=where.client_address,
-                    browser=where.browser,
-                    detail=f"{found.name}: counter {verified.sign_count} after {found.sign_count}",
-                )
-                return CeremonyRefused(
+                refused = CeremonyRefused(
                     COPIED,
-                    f"signature counter went back ({verified.sign_count} after "
-                    f"{found.sign_count}) for account {found.account_id}",
+                    f"{found.name}: signature counter {verified.sign_count} after "
+                    f"{found.sign_count} (a copied key?)",
                 )
-            return KeyUsed(found.account_id, found.name, verified.user_verified)
+                return refused, found.account_id
+            return KeyUsed(found.account_id, found.name, verified.user_verified), None
+
+        def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:
+            result, subject = decide(tx)
+            if isinstance(result, CeremonyRefused) and subject is not None:
+                self._log_refusal(tx, subject, result, where, now)
+            return result
 
         result: KeyUsed | CeremonyRefused = await self.storage.run(judge)
         if isinstance(result, CeremonyRefused):

@@ -176,6 +176,8 @@ async def test_another_origin_or_rp_id_is_refused(storage_backend: AdbapiStorage
                 account_id, SESSION, device.create(options), "Other", False, HERE
             )
     assert len(await security_keys.credentials(account_id)) == 1
+    # Each refusal is a security event in the person's log.
+    assert (await _events(storage_backend, account_id)).count("passkey_refused") == 8
 
 
 @async_test
@@ -299,6 +301,7 @@ async def test_malformed_cbor_and_client_data_are_refused(storage_backend: Adbap
         await security_keys.register(account_id, SESSION, json.dumps(bad_client), "M", True, HERE)
     assert refused.value.message == ceremony.UNREADABLE
     assert await security_keys.credentials(account_id) == []
+    assert (await _events(storage_backend, account_id)).count("passkey_refused") == 2
 
 
 @async_test
