@@ -50,6 +50,8 @@ TRUSTED_COOKIE = b"cp_trusted"
 MANAGE = "/account/mfa"
 # The methods that are a second factor given in a session.
 GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KEY})
+# What step-up takes of a person who has a security key or passkey.
+KEY_OR_RECOVERY = frozenset({METHOD_SECURITY_KEY, METHOD_RECOVERY_CODE})
 
 
 class MfaWeb:
@@ -202,6 +204,10 @@ class MfaWeb:
         if auth is None or auth.account_id != account.id:
             return False
         since = self.factors.now() - self.settings.step_up_window
+        if await self.factors.has_keys(account.id):
+            # The strongest factor is a key: an app code does not do, a
+            # recovery code (the key lost) does.
+            return auth.factor_time >= since and bool(auth.methods & KEY_OR_RECOVERY)
         if await self.factors.has_factor(account.id):
             return auth.factor_time >= since
         return auth.password_time >= since
@@ -269,6 +275,11 @@ class MfaWeb:
                 outcome = await self.factors.check_code(
                     account.id, account.email, self.app.form(request, "code")
                 )
+                if outcome is Outcome.TOTP and await self.factors.has_keys(account.id):
+                    raise AccountError(
+                        "This needs your security key or passkey (or, if you lost it, one of "
+                        "your recovery codes), not an app code."
+                    )
                 methods = (auth.methods if auth else frozenset()) | {outcome.value}
                 password_time, factor_time = (auth.password_time if auth else now), now
             else:
