@@ -223,7 +223,8 @@ def test_a_security_key_as_the_second_step_after_the_password(
 ) -> None:
     """
     A person adds a security key; signing in again, the password is not
-    enough: the second step asks for the key, and the key lets them in.
+    enough: the second step asks for the key, and the key lets them in;
+    then they remove it.
     """
     driver = authenticator
     email = signed_up(driver, node)
@@ -239,3 +240,9 @@ def test_a_security_key_as_the_second_step_after_the_password(
     click(driver, "form#key-use button")
     arrive(driver, base(node) + "account/mfa")
     assert "Blue key" in driver.page_source
+
+    # Just signed in with the key: fresh enough to remove it.
+    click(driver, "form[action='/account/mfa/keys/remove'] button")
+    assert "That key was removed." in driver.page_source, driver.page_source[:2000]
+    assert "Blue key" not in driver.page_source
+    assert "None yet." in driver.page_source
