@@ -219,17 +219,21 @@ def test_register_a_passkey_then_sign_in_with_it_and_no_password(
 
 
 def test_a_security_key_as_the_second_step_after_the_password(
-    authenticator: WebDriver, node: NodeProcess
+    authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
 ) -> None:
     """
     A person adds a security key; signing in again, the password is not
-    enough: the second step asks for the key, and the key lets them in;
-    then they remove it.
+    enough: the second step asks for the key, and the key lets them in.
+    Signed in another time with a recovery code instead, a partner site
+    asking PAPE phishing-resistant has them confirm with the key first
+    (step-up), then receives the policy. Last, they remove the key.
     """
     driver = authenticator
     email = signed_up(driver, node)
     add_key(driver, node, "key", "Blue key")
     assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    codes = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "ul.recovery-codes code")]
+    assert len(codes) == 10
 
     sign_out(driver, node)
     driver.get(base(node) + "signin?next=/account/mfa")
@@ -241,7 +245,28 @@ def test_a_security_key_as_the_second_step_after_the_password(
     arrive(driver, base(node) + "account/mfa")
     assert "Blue key" in driver.page_source
 
-    # Just signed in with the key: fresh enough to remove it.
+    sign_out(driver, node)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    submit(driver, "form[action='/signin/code']", {"code": codes[0]})
+    arrive(driver, base(node) + "account/mfa")
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_PHISHING_RESISTANT]))
+    driver.get(str(asking.redirectURL(rp.realm, rp.return_to)))
+    assert driver.current_url.startswith(base(node) + "account/confirm"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    click(driver, "form#key-use button")
+    click(driver, "form[action='/openid/decide'] button[value='allow']")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None and pape.AUTH_PHISHING_RESISTANT in answer.auth_policies
+
+    # Just confirmed with the key: fresh enough to remove it.
+    driver.get(base(node) + "account/mfa")
     click(driver, "form[action='/account/mfa/keys/remove'] button")
     assert "That key was removed." in driver.page_source, driver.page_source[:2000]
     assert "Blue key" not in driver.page_source
