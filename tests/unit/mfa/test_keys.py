@@ -353,3 +353,38 @@ async def test_operators_list_and_reset_keys(storage_backend: AdbapiStorage) -> 
     assert await factors.operator_reset("kim@example.com") is True
     assert await security_keys.credentials(account_id) == []
     assert not await factors.has_factor(account_id)
+
+
+def test_creation_options_for_a_passkey_and_a_security_key() -> None:
+    """
+    A passkey is asked as a discoverable credential with user verification;
+    a security key as neither; both for this RP ID, with the person's
+    opaque handle, excluding the keys they have.
+    """
+    handle = b"h" * 32
+    passkey = ceremony.registration_options(
+        RP,
+        user_handle=handle,
+        user_name="kim@example.com",
+        challenge=b"c" * 32,
+        existing=[b"old-key"],
+        passkey=True,
+        timeout_ms=300_000,
+    )
+    assert passkey["rp"] == {"id": "login.example.com", "name": "Clickpass"}
+    assert passkey["user"]["id"] == b64url(handle)
+    assert passkey["challenge"] == b64url(b"c" * 32)
+    assert passkey["authenticatorSelection"]["residentKey"] == "required"
+    assert passkey["authenticatorSelection"]["userVerification"] == "required"
+    assert [c["id"] for c in passkey["excludeCredentials"]] == [b64url(b"old-key")]
+    key = ceremony.registration_options(
+        RP,
+        user_handle=handle,
+        user_name="kim@example.com",
+        challenge=b"c" * 32,
+        existing=[],
+        passkey=False,
+        timeout_ms=300_000,
+    )
+    assert key["authenticatorSelection"]["residentKey"] == "discouraged"
+    assert key["authenticatorSelection"]["userVerification"] == "discouraged"
