@@ -51,6 +51,9 @@ setup(
         # The partner guides served at /docs/partners: CommonMark to HTML with
         # raw HTML refused (clickpass/partners/guides.py).
         "markdown-it-py>=3.0",
+        # Second factors: WebAuthn security keys and passkeys (registration and
+        # assertion checks: CBOR, COSE keys, attestation, signatures).
+        "webauthn>=3.0,<4",
     ],
     extras_require={
         "dev": [

@@ -88,7 +88,8 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     # factors judge and tell partners how strongly a person signed in (PAPE).
     strength = PapeStrength(second_factors)
     assertions = openid_web.build_assertions(app, claims=upstream, strength=strength)
-    partner_flow = partners_web.install(app, router, assertions)
+    # Partner sites may require a second factor of everyone signing in to them.
+    partner_flow = partners_web.install(app, router, assertions, second_factors)
     openid_web.install(app, router, assertions, partners=partner_flow)
     # OpenID Connect on the same accounts, identifiers and consent: what it
     # may release is what the OpenID provider holds for a person, and a

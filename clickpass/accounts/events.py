@@ -52,6 +52,7 @@ KINDS: dict[str, str] = {
     "mfa_disabled": "Second factor turned off",
     "passkey_added": "Passkey added",
     "passkey_removed": "Passkey removed",
+    "passkey_refused": "A passkey or security key was refused",
     "recovery_code_used": "Recovery code used",
 }
 

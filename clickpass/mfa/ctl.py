@@ -12,12 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from clickpass.control.ctl import Connection, command
+from clickpass.control.ctl import Connection, _email_argument, command
 from clickpass.control.ctl import when as _when
-
-
-def _email_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("email")
 
 
 def _format_mfa(result: dict[str, Any]) -> str:
@@ -25,6 +21,14 @@ def _format_mfa(result: dict[str, Any]) -> str:
     lines = [
         f"account:          {result['email']}",
         f"authenticator:    {'set up ' + _when(since) if since else 'none'}",
+        f"keys:             {len(result.get('keys', []))}",
+    ]
+    for k in result.get("keys", []):
+        kind = "passkey" if k["passkey"] else "security key"
+        used = "used " + _when(k["last_used"]) if k["last_used"] else "never used"
+        synced = ", synced" if k.get("backed_up") else ""
+        lines.append(f"  {k['name']} ({kind}{synced}), added {_when(k['created'])}, {used}")
+    lines += [
         f"recovery codes:   {result['recovery_codes_left']} unused",
         f"trusted browsers: {len(result['trusted_browsers'])}",
     ]

@@ -12,6 +12,7 @@ cannot both succeed. Nothing here renders pages or reads requests.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import secrets
 import time
@@ -47,6 +48,11 @@ METHOD_RECOVERY_CODE = "rc"
 METHOD_TRUSTED_BROWSER = "trusted"
 # Signed in through an upstream provider (Google and others) instead of a password.
 METHOD_FEDERATED = "fed"
+# A security key or passkey (RFC 8176 "hwk": proof of possession of a key
+# held in hardware), and, never put in an amr, that the authenticator
+# verified the person (PIN or biometrics): a passkey sign-in with no password.
+METHOD_SECURITY_KEY = "hwk"
+METHOD_USER_VERIFIED = "uv"
 
 
 class MfaError(AccountError):
@@ -68,6 +74,7 @@ class Outcome(enum.Enum):
 
     TOTP = METHOD_TOTP
     RECOVERY_CODE = METHOD_RECOVERY_CODE
+    SECURITY_KEY = METHOD_SECURITY_KEY
 
 
 class MailQueue(Protocol):
@@ -93,6 +100,7 @@ class FactorStatus:
     totp: bool
     recovery_codes_left: int
     trusted_browsers: list[store.TrustedBrowser]
+    keys: list[store.Credential] = dataclasses.field(default_factory=list)
 
 
 class SecondFactors:
@@ -120,9 +128,10 @@ class SecondFactors:
 
         def read(tx: Transaction) -> FactorStatus:
             return FactorStatus(
-                store.has_factor(tx, account_id),
+                store.has_totp(tx, account_id),
                 store.recovery_codes_left(tx, account_id),
                 store.trusted_browsers(tx, account_id, now),
+                store.credentials(tx, account_id),
             )
 
         result: FactorStatus = await self.storage.run(read)
@@ -130,6 +139,14 @@ class SecondFactors:
 
     async def has_factor(self, account_id: int) -> bool:
         result: bool = await self.storage.run(store.has_factor, account_id)
+        return result
+
+    async def has_totp(self, account_id: int) -> bool:
+        result: bool = await self.storage.run(store.has_totp, account_id)
+        return result
+
+    async def has_keys(self, account_id: int) -> bool:
+        result: bool = await self.storage.run(store.has_keys, account_id)
         return result
 
     # Setting TOTP up and removing it.
@@ -178,9 +195,13 @@ class SecondFactors:
         return codes
 
     async def remove(self, account_id: int) -> bool:
-        """Remove every second factor; false when there was none."""
-        removed: bool = await self.storage.run(store.remove_all, account_id)
-        log.info("account {account_id} removed its second factors", account_id=account_id)
+        """
+        Remove the authenticator app (with the recovery codes and trusted
+        browsers when no security key or passkey is left); false when
+        there was none.
+        """
+        removed: bool = await self.storage.run(store.remove_totp, account_id)
+        log.info("account {account_id} removed its authenticator app", account_id=account_id)
         return removed
 
     async def operator_reset(self, email: str) -> bool | None:
@@ -231,6 +252,16 @@ class SecondFactors:
             return {
                 "email": address,
                 "totp_since": store.confirmed_since(tx, account_id),
+                "keys": [
+                    {
+                        "name": k.name,
+                        "passkey": k.passkey,
+                        "created": k.created,
+                        "last_used": k.last_used,
+                        "backed_up": k.backed_up,
+                    }
+                    for k in store.credentials(tx, account_id)
+                ],
                 "recovery_codes_left": store.recovery_codes_left(tx, account_id),
                 "trusted_browsers": [
                     {"created": b.created, "expires": b.expires, "address": b.client_address}
@@ -254,7 +285,9 @@ class SecondFactors:
             return True
 
         if not await self.storage.run(replace):
-            raise MfaError("Set up an authenticator app first; recovery codes stand in for it.")
+            raise MfaError(
+                "Set up a second factor first; recovery codes stand in for it when it is lost."
+            )
         log.info("account {account_id} made new recovery codes", account_id=account_id)
         return codes
 

@@ -46,6 +46,14 @@ class MfaSettings:
         default=5, metadata=_doc("Wrong second-factor codes allowed per account within the window.")
     )
 
+    webauthn_timeout: int = dataclasses.field(
+        default=300,
+        metadata=_doc(
+            "Seconds a passkey or security key challenge stays good (each is good once, "
+            "in the browser session it was given to)."
+        ),
+    )
+
     def check(self) -> None:
         """Raise L{ConfigError} with one line for the first problem in this section."""
         for key in (
@@ -54,6 +62,7 @@ class MfaSettings:
             "trusted_browser_lifetime",
             "throttle_window",
             "throttle_per_account",
+            "webauthn_timeout",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[mfa] {key}: must be at least 1")

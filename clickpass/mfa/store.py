@@ -1,8 +1,9 @@
 """
 The second factors' tables, read and written inside transactions the
 caller runs (L{clickpass.storage.sql.Storage.run}): TOTP secrets (sealed),
-recovery codes (hashed), second steps waiting for a code, how each
-session was signed in, and trusted browsers.
+recovery codes (hashed), WebAuthn credentials and their single-use
+challenges, second steps waiting for a code, how each session was signed
+in, and trusted browsers.
 
 Plain blocking code on the storage's threads: nothing here decides
 anything, hashes anything or sends mail.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clickpass.storage.sql import Transaction
+from clickpass.storage.sql import Row, Transaction
 
 # The scope of second-factor attempts in the sign-in throttle's table.
 THROTTLE_SCOPE = "second-factor"
@@ -62,7 +63,15 @@ def totp(tx: Transaction, account_id: int) -> TotpRow | None:
 
 
 def has_factor(tx: Transaction, account_id: int) -> bool:
-    """Whether the person has a second factor set up (asked for at sign-in)."""
+    """
+    Whether the person has a second factor set up (asked for at sign-in):
+    an authenticator app, or a security key or passkey.
+    """
+    return has_totp(tx, account_id) or has_keys(tx, account_id)
+
+
+def has_totp(tx: Transaction, account_id: int) -> bool:
+    """Whether the person has an authenticator app set up."""
     return (
         tx.fetchone("SELECT 1 FROM mfa_totp WHERE account_id = ? AND confirmed > 0", account_id)
         is not None
@@ -111,14 +120,34 @@ def use_step(tx: Transaction, account_id: int, step: int) -> bool:
 
 def remove_all(tx: Transaction, account_id: int) -> bool:
     """
-    Remove every second factor of C{account_id}: its TOTP secret, recovery
-    codes and trusted browsers. True when there was a TOTP secret set up.
+    Remove every second factor of C{account_id}: its TOTP secret, security
+    keys and passkeys, recovery codes and trusted browsers. True when there
+    was a factor set up.
     """
     had = has_factor(tx, account_id)
     tx.execute("DELETE FROM mfa_totp WHERE account_id = ?", account_id)
+    tx.execute("DELETE FROM mfa_webauthn_credentials WHERE account_id = ?", account_id)
     tx.execute("DELETE FROM mfa_recovery_codes WHERE account_id = ?", account_id)
     tx.execute("DELETE FROM mfa_trusted_browsers WHERE account_id = ?", account_id)
     return had
+
+
+def remove_totp(tx: Transaction, account_id: int) -> bool:
+    """
+    Remove C{account_id}'s TOTP secret; with no security key left either,
+    its recovery codes and trusted browsers too. True when one was set up.
+    """
+    had = has_totp(tx, account_id)
+    tx.execute("DELETE FROM mfa_totp WHERE account_id = ?", account_id)
+    if not has_keys(tx, account_id):
+        forget_factorless(tx, account_id)
+    return had
+
+
+def forget_factorless(tx: Transaction, account_id: int) -> None:
+    """Drop the recovery codes and trusted browsers of an account with no factor left."""
+    tx.execute("DELETE FROM mfa_recovery_codes WHERE account_id = ?", account_id)
+    tx.execute("DELETE FROM mfa_trusted_browsers WHERE account_id = ?", account_id)
 
 
 def replace_recovery_codes(
@@ -305,9 +334,14 @@ def revoke_browser(tx: Transaction, account_id: int, ref: str) -> bool:
 
 
 def expire(tx: Transaction, now: int) -> int:
-    """Delete second steps, session records and trusted browsers past their time."""
+    """Delete second steps, session records, trusted browsers and challenges past their time."""
     count = 0
-    for table in ("mfa_pending", "mfa_session_auth", "mfa_trusted_browsers"):
+    for table in (
+        "mfa_pending",
+        "mfa_session_auth",
+        "mfa_trusted_browsers",
+        "mfa_webauthn_challenges",
+    ):
         count += tx.execute(f"DELETE FROM {table} WHERE expires <= ?", now)
     return count
 
@@ -321,3 +355,192 @@ def account_by_email(tx: Transaction, email: str) -> tuple[int, str] | None:
 def confirmed_since(tx: Transaction, account_id: int) -> int:
     """When the person's TOTP secret was set up (0: it is not)."""
     return int(tx.scalar("SELECT confirmed FROM mfa_totp WHERE account_id = ?", account_id) or 0)
+
+
+# WebAuthn: security keys and passkeys, and their challenges.
+
+
+@dataclass(frozen=True)
+class Credential:
+    """
+    A person's security key or passkey: C{ref} (a prefix of its ID's hash)
+    names it in forms; C{passkey} when it was registered to sign in
+    without a password.
+    """
+
+    ref: str
+    credential_id: bytes
+    account_id: int
+    public_key: bytes
+    sign_count: int
+    transports: tuple[str, ...]
+    name: str
+    passkey: bool
+    backup_eligible: bool
+    backed_up: bool
+    created: int
+    last_used: int
+
+
+_CREDENTIAL_COLUMNS = (
+    "id_hash, credential_id, account_id, public_key, sign_count, transports, name, passkey, "
+    "backup_eligible, backed_up, created, last_used"
+)
+
+
+def _credential(row: Row) -> Credential:
+    return Credential(
+        str(row[0])[:16],
+        bytes(row[1]),
+        int(row[2]),
+        bytes(row[3]),
+        int(row[4]),
+        tuple(str(row[5]).split()),
+        str(row[6]),
+        bool(row[7]),
+        bool(row[8]),
+        bool(row[9]),
+        int(row[10]),
+        int(row[11]),
+    )
+
+
+def has_keys(tx: Transaction, account_id: int) -> bool:
+    return (
+        tx.fetchone("SELECT 1 FROM mfa_webauthn_credentials WHERE account_id = ?", account_id)
+        is not None
+    )
+
+
+def credentials(tx: Transaction, account_id: int) -> list[Credential]:
+    rows = tx.fetchall(
+        f"SELECT {_CREDENTIAL_COLUMNS} FROM mfa_webauthn_credentials "
+        "WHERE account_id = ? ORDER BY created, id_hash",
+        account_id,
+    )
+    return [_credential(r) for r in rows]
+
+
+def credential(tx: Transaction, id_hash: str) -> Credential | None:
+    row = tx.fetchone(
+        f"SELECT {_CREDENTIAL_COLUMNS} FROM mfa_webauthn_credentials WHERE id_hash = ?", id_hash
+    )
+    return None if row is None else _credential(row)
+
+
+def add_credential(
+    tx: Transaction,
+    id_hash: str,
+    credential_id: bytes,
+    account_id: int,
+    public_key: bytes,
+    sign_count: int,
+    transports: tuple[str, ...],
+    name: str,
+    passkey: bool,
+    backup_eligible: bool,
+    backed_up: bool,
+    now: int,
+) -> bool:
+    """Store a new credential; false when its ID is registered already (to anyone)."""
+    if credential(tx, id_hash) is not None:
+        return False
+    tx.execute(
+        "INSERT INTO mfa_webauthn_credentials (id_hash, credential_id, account_id, public_key, "
+        "sign_count, transports, name, passkey, backup_eligible, backed_up, created, last_used) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        id_hash,
+        credential_id,
+        account_id,
+        public_key,
+        sign_count,
+        " ".join(transports),
+        name,
+        int(passkey),
+        int(backup_eligible),
+        int(backed_up),
+        now,
+    )
+    return True
+
+
+def use_credential(
+    tx: Transaction, id_hash: str, stored_count: int, sign_count: int, backed_up: bool, now: int
+) -> bool:
+    """
+    Record a use: the new counter, backup state and time; false when the
+    counter moved meanwhile (another sign-in with the same key won a race).
+    """
+    changed = tx.execute(
+        "UPDATE mfa_webauthn_credentials SET sign_count = ?, backed_up = ?, last_used = ? "
+        "WHERE id_hash = ? AND sign_count = ?",
+        sign_count,
+        int(backed_up),
+        now,
+        id_hash,
+        stored_count,
+    )
+    return changed == 1
+
+
+def remove_credential(tx: Transaction, account_id: int, ref: str) -> str | None:
+    """Remove the credential C{ref} of C{account_id}; its name, or L{None} if none such."""
+    if len(ref) != 16 or not all(c in "0123456789abcdef" for c in ref):
+        return None
+    row = tx.fetchone(
+        "SELECT id_hash, name FROM mfa_webauthn_credentials "
+        "WHERE account_id = ? AND id_hash LIKE ?",
+        account_id,
+        ref + "%",
+    )
+    if row is None:
+        return None
+    tx.execute("DELETE FROM mfa_webauthn_credentials WHERE id_hash = ?", str(row[0]))
+    if not has_factor(tx, account_id):
+        forget_factorless(tx, account_id)
+    return str(row[1])
+
+
+def start_challenge(
+    tx: Transaction,
+    challenge_hash: str,
+    purpose: str,
+    binding_hash: str,
+    account_id: int,
+    expires: int,
+) -> None:
+    tx.execute(
+        "INSERT INTO mfa_webauthn_challenges (challenge_hash, purpose, binding_hash, "
+        "account_id, expires) VALUES (?, ?, ?, ?, ?)",
+        challenge_hash,
+        purpose,
+        binding_hash,
+        account_id,
+        expires,
+    )
+
+
+def spend_challenge(
+    tx: Transaction, challenge_hash: str, purpose: str, binding_hash: str, now: int
+) -> int | None:
+    """
+    Spend a challenge given for C{purpose} to the browser session
+    C{binding_hash}: the account it was given for (0: anyone's passkey),
+    or L{None} when there is no such live challenge (unknown, used,
+    expired, another purpose or another session's). Spent either way.
+    """
+    row = tx.fetchone(
+        "SELECT purpose, binding_hash, account_id, expires FROM mfa_webauthn_challenges "
+        "WHERE challenge_hash = ?",
+        challenge_hash,
+    )
+    if row is None:
+        return None
+    if (
+        tx.execute("DELETE FROM mfa_webauthn_challenges WHERE challenge_hash = ?", challenge_hash)
+        != 1
+    ):
+        return None
+    if str(row[0]) != purpose or str(row[1]) != binding_hash or int(row[3]) <= now:
+        return None
+    return int(row[2])

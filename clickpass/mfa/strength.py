@@ -6,10 +6,14 @@ Connect puts in an ID token (C{amr}, C{acr}, C{auth_time}).
 The rule everywhere: never claim a policy not met. A session meets
 C{multi-factor} once the person gave a first factor (their password, or a
 sign-in through an upstream provider) and a second factor
-(an app code, or a recovery code: a look-up secret they hold) in it; a
-trusted browser skips the code but is not claimed as a factor. Nothing is
-claimed as C{multi-factor-physical} or C{phishing-resistant}: an app code
-is neither.
+(an app code, a recovery code: a look-up secret they hold, or a security
+key) in it, or signed in with a passkey that verified them (PIN or
+biometrics: something they have and something they know or are); a
+trusted browser skips the code but is not claimed as a factor. A
+multi-factor sign-in with a security key or passkey also meets
+C{multi-factor-physical} (the key is a device) and C{phishing-resistant}
+(the key signs only for this origin, so nothing a phishing site learns
+lets it sign in); an app code or recovery code meets neither.
 
 L{assess} and L{needs_step_up} are pure; L{PapeStrength} is the OpenID
 provider's L{clickpass.openid.web.SignInStrength}.
@@ -31,17 +35,25 @@ from clickpass.mfa.service import (
     METHOD_FEDERATED,
     METHOD_PASSWORD,
     METHOD_RECOVERY_CODE,
+    METHOD_SECURITY_KEY,
     METHOD_TOTP,
+    METHOD_USER_VERIFIED,
 )
 from clickpass.mfa.store import SessionAuth
 from clickpass.mfa.web import MfaWeb
 
 MULTI_FACTOR = pape.AUTH_MULTI_FACTOR
+MULTI_FACTOR_PHYSICAL = pape.AUTH_MULTI_FACTOR_PHYSICAL
+PHISHING_RESISTANT = pape.AUTH_PHISHING_RESISTANT
+# What only a security key or passkey meets.
+KEY_POLICIES = frozenset({MULTI_FACTOR_PHYSICAL, PHISHING_RESISTANT})
+# Every policy a sign-in here can meet (advertised in OpenID discovery).
+POLICIES = frozenset({MULTI_FACTOR}) | KEY_POLICIES
 # The first factors: the password, or an upstream provider's sign-in (Google
 # and others). "fed" is no RFC 8176 value: it is never put in an amr.
 FIRST_FACTORS = frozenset({METHOD_PASSWORD, METHOD_FEDERATED})
 # The methods that are a second factor when given with a first.
-SECOND_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE})
+SECOND_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KEY})
 # A site asking for a sign-in younger than this (max_auth_age 0, say) gets
 # one this fresh: the person signed in again a moment ago, and is told the
 # exact auth_time, not sent round again for ever.
@@ -75,9 +87,12 @@ def assess(auth: SessionAuth) -> SignInContext:
     factors = sorted(auth.methods & SECOND_FACTORS)
     first = auth.methods & FIRST_FACTORS
     said = sorted(first - {METHOD_FEDERATED})
-    if first and factors and auth.factor_time:
+    key = METHOD_SECURITY_KEY in auth.methods
+    passkey = key and METHOD_USER_VERIFIED in auth.methods
+    if ((first and factors) or passkey) and auth.factor_time:
         amr = (*said, *factors, "mfa")
-        return SignInContext(frozenset({MULTI_FACTOR}), auth.factor_time, amr)
+        policies = frozenset({MULTI_FACTOR}) | (KEY_POLICIES if key else frozenset())
+        return SignInContext(policies, auth.factor_time, amr)
     amr = tuple(sorted({*said, *factors}))
     return SignInContext(frozenset(), max(auth.password_time, auth.factor_time), amr)
 
@@ -88,13 +103,18 @@ def needs_step_up(
     has_factor: bool,
     context: SignInContext,
     now: int,
+    has_key: bool = False,
 ) -> bool:
     """
     Whether to have the person sign in again before answering: the site
     wants C{multi-factor} not met yet and the person has a factor to give;
+    or it wants C{multi-factor-physical} or C{phishing-resistant} not met
+    yet and the person has a security key or passkey (C{has_key}) to give;
     or the site wants a sign-in younger than C{max_auth_age}.
     """
     if MULTI_FACTOR in wanted and has_factor and MULTI_FACTOR not in context.policies:
+        return True
+    if wanted & KEY_POLICIES and has_key and not (wanted & KEY_POLICIES) <= context.policies:
         return True
     if max_auth_age is not None:
         return now - context.auth_time > max(max_auth_age, FRESH_ENOUGH)
@@ -141,6 +161,7 @@ class PapeStrength:
             await self.web.factors.has_factor(account.id),
             context,
             self.web.factors.now(),
+            has_key=await self.web.factors.has_keys(account.id),
         )
 
     def step_up_url(self, back: str) -> str:

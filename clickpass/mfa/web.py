@@ -24,10 +24,15 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
-from clickpass.mfa import totp
+from clickpass.mfa import keys_web, totp
+from clickpass.mfa.ceremony import RelyingParty
+from clickpass.mfa.keys import SecurityKeys
 from clickpass.mfa.service import (
     METHOD_FEDERATED,
     METHOD_PASSWORD,
+    METHOD_RECOVERY_CODE,
+    METHOD_SECURITY_KEY,
+    METHOD_TOTP,
     METHOD_TRUSTED_BROWSER,
     Outcome,
     SecondFactors,
@@ -43,6 +48,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 SECOND_STEP_COOKIE = b"cp_second_step"
 TRUSTED_COOKIE = b"cp_trusted"
 MANAGE = "/account/mfa"
+# The methods that are a second factor given in a session.
+GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KEY})
+# What step-up takes of a person who has a security key or passkey.
+KEY_OR_RECOVERY = frozenset({METHOD_SECURITY_KEY, METHOD_RECOVERY_CODE})
 
 
 class MfaWeb:
@@ -107,24 +116,42 @@ class MfaWeb:
         methods: frozenset[str],
         password_time: int,
         factor_time: int,
+        method: str = "password",
     ) -> None:
-        token = await self.app.sign_in(request, account)
+        """
+        Sign the person in (the security log says how: C{method}) and record
+        how this session was signed in.
+        """
+        token = await self.app.sign_in(request, account, method=method)
         lifetime = self.app.settings.accounts.session_lifetime
         await self.factors.record_session(
-            token, account.id, methods, password_time, factor_time, password_time + lifetime
+            token, account.id, methods, password_time, factor_time, self.factors.now() + lifetime
         )
 
-    def code_page(
-        self, request: Request, next_url: str, error: str | None = None, status: int = 200
+    async def code_page(
+        self,
+        request: Request,
+        account_id: int,
+        next_url: str,
+        error: str | None = None,
+        status: int = 200,
     ) -> bytes:
         request.setResponseCode(status)
-        return self.app.render(request, "mfa/second_step.html", next=next_url, error=error)
+        return self.app.render(
+            request,
+            "mfa/second_step.html",
+            next=next_url,
+            error=error,
+            with_key=await self.factors.has_keys(account_id),
+            with_app=await self.factors.has_totp(account_id),
+        )
 
     async def code_form(self, request: Request) -> bytes:
         next_url = safe_next(self.app.form(request, "next"))
-        if await self.factors.second_step(self.cookie(request, SECOND_STEP_COOKIE)) is None:
+        found = await self.factors.second_step(self.cookie(request, SECOND_STEP_COOKIE))
+        if found is None:
             return self.app.redirect(request, self.app.signin_url(next_url))
-        return self.code_page(request, next_url)
+        return await self.code_page(request, found.account_id, next_url)
 
     async def code(self, request: Request) -> bytes:
         self.app.check_csrf(request)
@@ -142,9 +169,9 @@ class MfaWeb:
             )
         except Throttled as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
-            return self.code_page(request, next_url, str(e), 429)
+            return await self.code_page(request, account.id, next_url, str(e), 429)
         except AccountError as e:
-            return self.code_page(request, next_url, str(e), 401)
+            return await self.code_page(request, account.id, next_url, str(e), 401)
         await self.factors.end_second_step(token)
         self.app.set_cookie(request, SECOND_STEP_COOKIE, "", 0)
         methods = frozenset({found.first_method, outcome.value})
@@ -177,6 +204,10 @@ class MfaWeb:
         if auth is None or auth.account_id != account.id:
             return False
         since = self.factors.now() - self.settings.step_up_window
+        if await self.factors.has_keys(account.id):
+            # The strongest factor is a key: an app code does not do, a
+            # recovery code (the key lost) does.
+            return auth.factor_time >= since and bool(auth.methods & KEY_OR_RECOVERY)
         if await self.factors.has_factor(account.id):
             return auth.factor_time >= since
         return auth.password_time >= since
@@ -191,6 +222,27 @@ class MfaWeb:
             return
         raise HTTPError(303, "Confirm it is you first.", {"location": self.step_up_url(back)})
 
+    async def second_factor_needed(
+        self, request: Request, account: Account, back: str
+    ) -> str | None:
+        """
+        For a partner site that requires a second factor: L{None} when this
+        session had one (a trusted browser is none); otherwise where the
+        person gives theirs (step-up), or first sets one up, then comes
+        back to C{back}.
+        """
+        auth = await self.auth_of(request)
+        if (
+            auth is not None
+            and auth.account_id == account.id
+            and auth.methods & GIVEN_FACTORS
+            and auth.factor_time
+        ):
+            return None
+        if await self.factors.has_factor(account.id):
+            return self.step_up_url(back)
+        return MANAGE + "?next=" + quote(safe_next(back), safe="")
+
     def step_up_url(self, back: str) -> str:
         """The page that confirms it is the person, then goes back to C{back}."""
         return "/account/confirm?next=" + quote(safe_next(back), safe="")
@@ -204,6 +256,8 @@ class MfaWeb:
             "mfa/confirm.html",
             next=safe_next(self.app.form(request, "next"), MANAGE),
             with_code=await self.factors.has_factor(account.id),
+            with_key=await self.factors.has_keys(account.id),
+            with_app=await self.factors.has_totp(account.id),
             error=error,
         )
 
@@ -221,6 +275,11 @@ class MfaWeb:
                 outcome = await self.factors.check_code(
                     account.id, account.email, self.app.form(request, "code")
                 )
+                if outcome is Outcome.TOTP and await self.factors.has_keys(account.id):
+                    raise AccountError(
+                        "This needs your security key or passkey (or, if you lost it, one of "
+                        "your recovery codes), not an app code."
+                    )
                 methods = (auth.methods if auth else frozenset()) | {outcome.value}
                 password_time, factor_time = (auth.password_time if auth else now), now
             else:
@@ -257,6 +316,17 @@ class MfaWeb:
             request,
             "mfa/manage.html",
             status=status,
+            keys=[
+                {
+                    "ref": k.ref,
+                    "name": k.name,
+                    "passkey": k.passkey,
+                    "backed_up": k.backed_up,
+                    "created": day(k.created),
+                    "last_used": day(k.last_used) if k.last_used else "",
+                }
+                for k in status.keys
+            ],
             browsers=[
                 {
                     "ref": b.ref,
@@ -267,6 +337,8 @@ class MfaWeb:
                 for b in status.trusted_browsers
             ],
             done=self.app.form(request, "done"),
+            # A partner site that requires a second factor sent the person here.
+            back=safe_next(self.app.form(request, "next"), ""),
         )
 
     async def begin_totp(self, request: Request) -> bytes:
@@ -327,7 +399,7 @@ class MfaWeb:
         account = await self.app.require_account(request, back=MANAGE)
         await self.require_step_up(request, account, MANAGE)
         if not await self.factors.remove(account.id):
-            raise HTTPError(404, "You have no second factor to remove.")
+            raise HTTPError(404, "You have no authenticator app to remove.")
         return self.app.redirect(request, MANAGE + "?done=removed")
 
     async def recovery_codes(self, request: Request) -> bytes:
@@ -365,6 +437,15 @@ def install(app: WebApp, router: Router, factors: SecondFactors) -> MfaWeb:
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
     web = MfaWeb(app, factors)
+    # Passkeys and security keys: the relying party is this node's public URL.
+    keys = SecurityKeys(
+        factors.storage,
+        factors.settings,
+        RelyingParty.from_base_url(app.settings.base_url, factors.settings.issuer),
+        app.secret,
+        clock=factors.clock,
+    )
+    keys_web.install(web, keys, router)
     routes: list[tuple[str, str, Callable[..., Awaitable[bytes]]]] = [
         ("GET", "/signin/code", web.code_form),
         ("POST", "/signin/code", web.code),

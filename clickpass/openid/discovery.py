@@ -24,6 +24,14 @@ OPENID2_SERVER = "http://specs.openid.net/auth/2.0/server"
 OPENID2_SIGNON = "http://specs.openid.net/auth/2.0/signon"
 SREG_11 = "http://openid.net/extensions/sreg/1.1"
 AX_10 = "http://openid.net/srv/ax/1.0"
+# PAPE 1.0, and the policies a sign-in here can meet (section 4 of the
+# extension: an OP advertises the policies it supports as service types).
+PAPE_10 = "http://specs.openid.net/extensions/pape/1.0"
+PAPE_POLICIES = (
+    "http://schemas.openid.net/pape/policies/2007/06/multi-factor",
+    "http://schemas.openid.net/pape/policies/2007/06/multi-factor-physical",
+    "http://schemas.openid.net/pape/policies/2007/06/phishing-resistant",
+)
 
 
 def endpoint_url(base_url: str) -> str:
@@ -48,7 +56,9 @@ def _xrds(service_type: str, endpoint: str, local_id: str | None) -> bytes:
         f"      <Type>{service_type}</Type>\n"
         f"      <Type>{SREG_11}</Type>\n"
         f"      <Type>{AX_10}</Type>\n"
-        f"      <URI>{escape(endpoint)}</URI>{local}\n"
+        f"      <Type>{PAPE_10}</Type>\n"
+        + "".join(f"      <Type>{policy}</Type>\n" for policy in PAPE_POLICIES)
+        + f"      <URI>{escape(endpoint)}</URI>{local}\n"
         "    </Service>\n"
         "  </XRD>\n"
         "</xrds:XRDS>\n"

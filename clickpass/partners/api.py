@@ -45,6 +45,8 @@ CODES = {
 }
 
 
+# PATCH /site's one boolean setting: everyone signing in must give a second factor.
+REQUIRE_SECOND_FACTOR = "require_second_factor"
 # The settings PATCH /site may change, and the JSON type each must have
 # (SiteChanges in docs/partner-api.openapi.yaml).
 SETTING_TYPES: dict[str, type] = {
@@ -229,19 +231,32 @@ class PartnerApi:
     async def patch_site(self, request: Request) -> bytes:
         site = await self._site(request)
         changes = self._body(request)
-        unknown = sorted(set(changes) - set(SETTING_TYPES))
+        unknown = sorted(set(changes) - set(SETTING_TYPES) - {REQUIRE_SECOND_FACTOR})
         if unknown:
             shown = ", ".join(ascii(u)[1:-1] for u in unknown)[:200]
+            settable = sorted({*SETTING_TYPES, REQUIRE_SECOND_FACTOR})
             raise ApiError(
                 422,
-                f"Unknown or read-only setting {shown} "
-                f"(settable: {', '.join(sorted(SETTING_TYPES))}).",
+                f"Unknown or read-only setting {shown} (settable: {', '.join(settable)}).",
+            )
+        # A boolean, apart from the settings checked together below.
+        required = changes.pop(REQUIRE_SECOND_FACTOR, None)
+        if required is not None and not isinstance(required, bool):
+            raise ApiError(
+                422, f"{REQUIRE_SECOND_FACTOR} must be true or false, not {_json_type(required)}."
             )
         check_types(changes)
         merged = {**site.to_json(), **changes}
+        now = self._now()
+
+        def update(tx: Transaction) -> sites.Site:
+            if required is not None:
+                sites.set_require_second_factor(tx, site.id, required, now)
+            return sites.update_site(tx, site, settings, now)
+
         try:
             settings = sites.check_settings(merged)
-            updated = await self.app.storage.run(sites.update_site, site, settings, self._now())
+            updated = await self.app.storage.run(update)
         except sites.SiteError as e:
             raise ApiError(422, str(e)) from None
         return send_json(request, 200, updated.to_json())

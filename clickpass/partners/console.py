@@ -485,6 +485,19 @@ class Console:
         log.info("partner site {site}: invitation accepted", site=site.public_id)
         return self.app.redirect(request, f"/partners/{site.public_id}")
 
+    async def second_factor(self, request: Request, site: str) -> bytes:
+        self.app.check_csrf(request)
+        _account, found = await self._site(request, site)
+        required = self.app.form(request, "required") == "yes"
+        await self.app.storage.run(sites.set_require_second_factor, found.id, required, self._now())
+        said = "now requires" if required else "no longer requires"
+        return self._done(
+            request,
+            site,
+            "second-factor",
+            notice=f"Signing in to this site {said} a second factor.",
+        )
+
     async def rotate_secret(self, request: Request, site: str) -> bytes:
         self.app.check_csrf(request)
         _account, found = await self._site(request, site)
@@ -557,6 +570,7 @@ def install(app: WebApp, router: Router) -> Console:
     router.add("POST", "/partners/invitations/{token}", console.accept_invitation)
     router.add("GET", "/partners/{site}", console.show)
     router.add("POST", "/partners/{site}/settings", console.update)
+    router.add("POST", "/partners/{site}/second-factor", console.second_factor)
     router.add("POST", "/partners/{site}/verify", console.verify)
     router.add("POST", "/partners/{site}/keys", console.create_key)
     router.add("POST", "/partners/{site}/keys/{key}/revoke", console.revoke_key)

@@ -19,7 +19,7 @@ send a person anywhere outside the realm the request named.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from openid.server.trustroot import TrustRoot
@@ -73,12 +73,28 @@ def retarget(target: str, original: str, realm: str) -> str | None:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
 
+class SecondFactorGate(Protocol):
+    """Second factors (clickpass.mfa), for sites that require one of everyone."""
+
+    async def second_factor_needed(
+        self, request: Request, account: Account, back: str
+    ) -> str | None:
+        """
+        Where the person gives (or first sets up) a second factor before
+        coming back to C{back}; L{None} when this session had one.
+        """
+        ...
+
+
 class PartnerFlow:
     """Request handlers of the partner flow, and the provider's hook."""
 
-    def __init__(self, app: WebApp, assertions: Assertions) -> None:
+    def __init__(
+        self, app: WebApp, assertions: Assertions, second_factors: SecondFactorGate | None = None
+    ) -> None:
         self.app = app
         self.web = assertions
+        self.second_factors = second_factors
 
     def _now(self) -> int:
         return int(self.app.reactor.seconds())
@@ -159,6 +175,14 @@ class PartnerFlow:
             if openid_request.immediate:
                 return await self.web.answer(request, openid_request, False)
             return self._refuse_return_to(request, site, openid_request)
+        if site.require_second_factor and self.second_factors is not None:
+            back = "/openid?" + urlencode(sorted(query.items()))
+            target = await self.second_factors.second_factor_needed(request, account, back)
+            if target is not None:
+                log.info("partner {site}: a second factor first", site=site.public_id)
+                if openid_request.immediate:
+                    return await self.web.answer(request, openid_request, False)
+                return self.app.redirect(request, target)
         link = await self.app.storage.run(sites.get_link, site.id, account.id)
         if link is not None:
             return await self._login(
@@ -230,6 +254,14 @@ class PartnerFlow:
         return_to: str | None = None,
     ) -> bytes:
         """The positive assertion, carrying the partner extension for C{outcome}."""
+        if site.require_second_factor and self.second_factors is not None:
+            # Checked at checkid; checked again here, where every positive
+            # answer to a partner site goes out.
+            account = await self.app.current_account(request)
+            if account is None or await self.second_factors.second_factor_needed(
+                request, account, "/"
+            ):
+                return await self.web.answer(request, openid_request, False)
         return await self.web.answer(
             request,
             openid_request,
@@ -523,9 +555,14 @@ def _realm_of_next(next_url: str) -> tuple[str, str]:
     return realm, return_to
 
 
-def install(app: WebApp, router: Router, assertions: Assertions) -> PartnerFlow:
+def install(
+    app: WebApp,
+    router: Router,
+    assertions: Assertions,
+    second_factors: SecondFactorGate | None = None,
+) -> PartnerFlow:
     """Register the person's side of partner sites; the caller hooks the flow into the provider."""
-    flow = PartnerFlow(app, assertions)
+    flow = PartnerFlow(app, assertions, second_factors)
     router.add("POST", "/partner/register", flow.register)
     router.add("POST", "/partner/connect", flow.connect)
     router.add("POST", "/partner/cancel", flow.cancel)

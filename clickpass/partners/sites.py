@@ -81,6 +81,8 @@ class Site(SiteSettings):
     # (0: not yet), and the token to publish.
     verified: int = 0
     verification_token: str = ""
+    # Whether everyone signing in to this site must give a second factor.
+    require_second_factor: bool = False
 
     def allows_return_to(self, return_to: str) -> bool:
         return return_to_allowed(self.return_to_urls, return_to)
@@ -109,6 +111,7 @@ class Site(SiteSettings):
             "created": self.created,
             "updated": self.updated,
             "verified": bool(self.verified),
+            "require_second_factor": self.require_second_factor,
         }
 
 
@@ -314,7 +317,8 @@ def key_hash(key: str) -> str:
 _SITE_COLUMNS = (
     "s.id, s.public_id, s.name, s.logo_url, s.realm, s.sector, s.return_to_urls, "
     "s.registration_url, s.connect_url, s.requested_fields, s.required_fields, s.webhook_url, "
-    "s.webhook_secret_version, s.created, s.updated, v.verified, v.token"
+    "s.webhook_secret_version, s.created, s.updated, v.verified, v.token, "
+    "s.require_second_factor"
 )
 _SITE_FROM = "partner_sites s LEFT JOIN partner_verifications v ON v.site_id = s.id"
 
@@ -340,6 +344,7 @@ def _site(row: tuple[Any, ...] | None) -> Site | None:
         updated=int(row[14]),
         verified=int(row[15] or 0),
         verification_token=str(row[16] or ""),
+        require_second_factor=bool(row[17]),
     )
 
 
@@ -417,6 +422,16 @@ def update_site(tx: Transaction, site: Site, settings: SiteSettings, now: int) -
     updated = site_by_id(tx, site.id)
     assert updated is not None
     return updated
+
+
+def set_require_second_factor(tx: Transaction, site_id: int, required: bool, now: int) -> None:
+    """Whether everyone signing in to the site must give a second factor."""
+    tx.execute(
+        "UPDATE partner_sites SET require_second_factor = ?, updated = ? WHERE id = ?",
+        int(required),
+        now,
+        site_id,
+    )
 
 
 def rotate_webhook_secret(tx: Transaction, site_id: int, now: int) -> None:

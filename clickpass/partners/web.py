@@ -14,9 +14,17 @@ from clickpass.web.app import WebApp
 from clickpass.web.routing import Router
 
 
-def install(app: WebApp, router: Router, assertions: Assertions) -> flow.PartnerFlow:
-    """Register every partner route; the flow answers through the provider's C{assertions}."""
-    partner_flow = flow.install(app, router, assertions)
+def install(
+    app: WebApp,
+    router: Router,
+    assertions: Assertions,
+    second_factors: flow.SecondFactorGate | None = None,
+) -> flow.PartnerFlow:
+    """
+    Register every partner route; the flow answers through the provider's
+    C{assertions}, and asks C{second_factors} of sites that require one.
+    """
+    partner_flow = flow.install(app, router, assertions, second_factors)
     console.install(app, router)
     api.install(app, router)
     guides.install(app, router)

@@ -114,6 +114,14 @@ def _second_factors(tx: Transaction, account_id: int) -> dict[str, Any]:
             ("created", "expires", "first_method"),
             account_id,
         ),
+        # Passkeys and security keys: their names and dates, never their keys.
+        "security_keys": _rows(
+            tx,
+            "SELECT name, passkey, backed_up, created, last_used FROM mfa_webauthn_credentials "
+            "WHERE account_id = ? ORDER BY created",
+            ("name", "passkey", "backed_up", "created", "last_used"),
+            account_id,
+        ),
     }
 
 
@@ -225,6 +233,8 @@ _TABLES_BY_ACCOUNT = (
     "mfa_recovery_codes",
     "mfa_pending",
     "mfa_trusted_browsers",
+    "mfa_webauthn_credentials",
+    "mfa_webauthn_challenges",
 )
 
 

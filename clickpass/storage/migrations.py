@@ -474,6 +474,48 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        12,
+        "mfa: WebAuthn security keys and passkeys, their single-use challenges; "
+        "partner sites that require a second factor",
+        (
+            # id_hash: SHA-256 of the credential ID (up to 1023 bytes, too
+            # long for a key); passkey: registered as a discoverable
+            # credential with user verification; sign_count: the
+            # authenticator's counter last seen (one going back is refused).
+            """CREATE TABLE IF NOT EXISTS mfa_webauthn_credentials (
+                id_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                credential_id BLOB NOT NULL,
+                account_id BIGINT NOT NULL,
+                public_key BLOB NOT NULL,
+                sign_count BIGINT NOT NULL DEFAULT 0,
+                transports VARCHAR(255) NOT NULL DEFAULT '',
+                name VARCHAR(64) NOT NULL,
+                passkey INTEGER NOT NULL DEFAULT 0,
+                backup_eligible INTEGER NOT NULL DEFAULT 0,
+                backed_up INTEGER NOT NULL DEFAULT 0,
+                created BIGINT NOT NULL,
+                last_used BIGINT NOT NULL DEFAULT 0
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS mfa_webauthn_account "
+            "ON mfa_webauthn_credentials (account_id)",
+            # A challenge is good once, for one purpose, in the browser
+            # session (binding_hash) it was given to, until it expires.
+            """CREATE TABLE IF NOT EXISTS mfa_webauthn_challenges (
+                challenge_hash VARCHAR(64) NOT NULL PRIMARY KEY,
+                purpose VARCHAR(16) NOT NULL,
+                binding_hash VARCHAR(64) NOT NULL,
+                account_id BIGINT NOT NULL DEFAULT 0,
+                expires BIGINT NOT NULL
+            ){opts}""",
+            "CREATE INDEX IF NOT EXISTS mfa_webauthn_challenges_expires "
+            "ON mfa_webauthn_challenges (expires)",
+            # A partner site may require a second factor of everyone who
+            # signs in to it.
+            "ALTER TABLE partner_sites ADD COLUMN IF NOT EXISTS "
+            "require_second_factor INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
+    Migration(
         13,
         "oidc: back-channel logout (client URIs, the sessions clients signed into, "
         "the logout token outbox); acr and amr of grants; per-client token lifetimes; "

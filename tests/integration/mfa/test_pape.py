@@ -152,3 +152,23 @@ def test_immediate_needing_a_step_up_is_setup_needed(
     assert answer.status_code == 302, answer.text
     response = rp.complete(answer.headers["location"])
     assert response.status == consumer.SETUP_NEEDED
+
+
+def test_discovery_advertises_the_pape_policies(node: NodeProcess) -> None:
+    """
+    python3-openid's discovery of the OP Identifier (Yadis XRDS) finds an
+    OpenID 2.0 server that supports PAPE and each policy a sign-in here can
+    meet: multi-factor, multi-factor-physical and phishing-resistant.
+    """
+    from openid.consumer.discover import OPENID_IDP_2_0_TYPE, discover
+
+    claimed, endpoints = discover(node.url)
+    assert endpoints, claimed
+    [server] = [e for e in endpoints if OPENID_IDP_2_0_TYPE in e.type_uris]
+    assert server.supportsType(pape.ns_uri)
+    for policy in (
+        pape.AUTH_MULTI_FACTOR,
+        pape.AUTH_MULTI_FACTOR_PHYSICAL,
+        pape.AUTH_PHISHING_RESISTANT,
+    ):
+        assert policy in server.type_uris, server.type_uris

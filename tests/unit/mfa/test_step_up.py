@@ -95,3 +95,43 @@ async def test_with_a_factor_only_a_recent_code_counts(
     clock.now += WINDOW + 30
     assert not await web.is_fresh(request, account)
     assert not await web.is_fresh(request_with("another"), account)
+
+
+@async_test
+async def test_with_a_key_only_the_key_or_a_recovery_code_counts(
+    tmp_path: Path, storage_backend: AdbapiStorage, reactor: Any
+) -> None:
+    """
+    A person with a security key (and an app): step-up takes the key, the
+    strongest factor, or a recovery code (the key lost), within the
+    window; a fresh app code does not do.
+    """
+    web, clock = await setup(tmp_path, storage_backend, reactor)
+    account = await web.app.accounts.sign_up("cy@example.org", PASSWORD)
+    secret = await web.factors.begin_totp(account.id)
+    await web.factors.confirm_totp(account.id, totp.code_at(secret, clock.now))
+    await web.factors.storage.run(
+        lambda tx: tx.execute(
+            "INSERT INTO mfa_webauthn_credentials (id_hash, credential_id, account_id, "
+            "public_key, name, created) VALUES ('k', ?, ?, ?, 'Key', ?)",
+            b"id",
+            account.id,
+            b"key",
+            int(clock.now),
+        )
+    )
+    token = await web.app.accounts.start_session(account, "192.0.2.1")
+    request = request_with(token)
+    now = int(clock.now)
+    for methods, fresh in (
+        ({"pwd", "otp"}, False),
+        ({"pwd", "hwk"}, True),
+        ({"pwd", "rc"}, True),
+        ({"hwk", "uv"}, True),
+    ):
+        await web.factors.record_session(
+            token, account.id, frozenset(methods), now, now, now + 3600
+        )
+        assert await web.is_fresh(request, account) is fresh, methods
+    clock.now += WINDOW + 30
+    assert not await web.is_fresh(request, account)

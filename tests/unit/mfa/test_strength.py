@@ -73,3 +73,50 @@ def test_upstream_sign_in_and_code_is_multi_factor_without_a_made_up_amr() -> No
     assert context.policies == MF and context.amr == ("otp", "mfa")
     alone = assess(auth("fed"))
     assert alone.policies == frozenset() and alone.amr == ()
+
+
+KEY_POLICIES = frozenset(
+    {pape.AUTH_MULTI_FACTOR, pape.AUTH_MULTI_FACTOR_PHYSICAL, pape.AUTH_PHISHING_RESISTANT}
+)
+
+
+def test_a_security_key_after_the_password_meets_every_policy() -> None:
+    """Password then a security key: multi-factor, physical and phishing-resistant."""
+    context = assess(auth("pwd", "hwk", factor_time=NOW - 5))
+    assert context.policies == KEY_POLICIES
+    assert context.auth_time == NOW - 5
+    assert context.amr == ("pwd", "hwk", "mfa")
+    assert context.acr == pape.AUTH_MULTI_FACTOR
+
+
+def test_a_passkey_with_user_verification_meets_every_policy() -> None:
+    """
+    A passkey that verified the person, with no password: multi-factor (a
+    device and a PIN or biometric), physical and phishing-resistant; "uv"
+    is never put in the amr.
+    """
+    context = assess(auth("hwk", "uv", password_time=0, factor_time=NOW))
+    assert context.policies == KEY_POLICIES
+    assert context.auth_time == NOW and context.amr == ("hwk", "mfa")
+    # A key alone that verified no one is one factor: nothing claimed.
+    alone = assess(auth("hwk", password_time=0, factor_time=NOW))
+    assert alone.policies == frozenset()
+
+
+def test_an_app_code_never_meets_the_key_policies() -> None:
+    """Password then an app code: multi-factor only."""
+    assert assess(auth("pwd", "otp", factor_time=NOW)).policies == MF
+
+
+def test_step_up_for_phishing_resistant_only_with_a_key() -> None:
+    """
+    Phishing-resistant asked of an app-code session: step up when the
+    person has a key; answer at once when they have none; no step-up once a
+    key was used.
+    """
+    wanted = frozenset({pape.AUTH_PHISHING_RESISTANT})
+    app = assess(auth("pwd", "otp", factor_time=NOW))
+    assert needs_step_up(wanted, None, True, app, NOW, has_key=True)
+    assert not needs_step_up(wanted, None, True, app, NOW, has_key=False)
+    keyed = assess(auth("pwd", "hwk", factor_time=NOW))
+    assert not needs_step_up(wanted, None, True, keyed, NOW, has_key=True)

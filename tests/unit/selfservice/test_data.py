@@ -71,7 +71,7 @@ def _person(tx: Transaction, site: sites.Site) -> int:
 
 
 def _mailed_links_and_second_factors(tx: Transaction, account_id: int) -> None:
-    """A mailed link, an app, recovery codes, a trusted browser, a second step."""
+    """A mailed link, an app, recovery codes, a key, a trusted browser, a second step."""
     tokens.issue(tx, account_id, tokens.CHANGE_EMAIL, 3600, NOW, "new@example.com")
     tx.execute(
         "INSERT INTO mfa_totp (account_id, secret, confirmed, created) VALUES (?, ?, ?, ?)",
@@ -110,6 +110,22 @@ def _mailed_links_and_second_factors(tx: Transaction, account_id: int) -> None:
         NOW + 3600,
     )
     tx.execute(
+        "INSERT INTO mfa_webauthn_credentials (id_hash, credential_id, account_id, public_key, "
+        "name, passkey, created) VALUES (?, ?, ?, ?, 'Blue key', 1, ?)",
+        f"k{account_id}",
+        b"credential-id",
+        account_id,
+        b"cose-public-key",
+        NOW,
+    )
+    tx.execute(
+        "INSERT INTO mfa_webauthn_challenges (challenge_hash, purpose, binding_hash, "
+        "account_id, expires) VALUES (?, 'confirm', 'b1', ?, ?)",
+        f"c{account_id}",
+        account_id,
+        NOW + 300,
+    )
+    tx.execute(
         "INSERT INTO signin_failures (scope, subject, window_start, failures) "
         "VALUES ('second-factor', ?, ?, 1), ('link-address', 'p@example.com', ?, 1)",
         str(account_id),
@@ -137,6 +153,8 @@ def _left(tx: Transaction, account_id: int) -> dict[str, int]:
             "mfa_trusted_browsers",
             "mfa_pending",
             "mfa_session_auth",
+            "mfa_webauthn_credentials",
+            "mfa_webauthn_challenges",
         )
     }
     counts["accounts"] = int(tx.scalar("SELECT COUNT(*) FROM accounts WHERE id = ?", account_id))
@@ -173,6 +191,10 @@ def test_export_holds_every_part_of_the_person(storage: DirectStorage) -> None:
     factors = found["second_factors"]
     assert factors["authenticator_app"] == {"created": NOW, "confirmed": NOW}
     assert factors["recovery_codes"] == [{"created": NOW, "used": 0}]
+    assert factors["security_keys"] == [
+        {"name": "Blue key", "passkey": 1, "backed_up": 0, "created": NOW, "last_used": 0}
+    ]
+    assert "cose-public-key" not in json.dumps(found)
     assert factors["trusted_browsers"][0]["client_address"] == "192.0.2.1"
     assert factors["session_sign_ins"][0]["methods"] == "pwd otp"
     assert factors["second_steps_waiting"][0]["first_method"] == "pwd"

@@ -1,0 +1,386 @@
+"""
+Security keys and passkeys (WebAuthn): register several, name them,
+remove them, and use one as a second factor after the password or, a
+passkey, to sign in with no password at all.
+
+Every ceremony starts with a challenge given to one browser session for
+one purpose (L{PURPOSES}); it is stored (hashed) until it expires, and
+spending it is part of the transaction that judges the answer, so a
+challenge is good once even when two answers race. A refusal commits too
+(the challenge is spent, the event logged) and so is a value, not an
+exception, inside the transaction.
+
+The checks themselves are L{clickpass.mfa.ceremony}'s; the time comes
+from the injected clock. Nothing here renders pages or reads requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.logger import Logger
+
+from clickpass.accounts import events
+from clickpass.mfa import ceremony, store
+from clickpass.mfa.ceremony import CeremonyRefused, RelyingParty
+from clickpass.mfa.settings import MfaSettings
+from clickpass.storage.sql import Storage, Transaction
+
+log = Logger()
+
+# What a challenge is for: adding a credential, the second step after a
+# password, a passkey sign-in with no password, and step-up.
+REGISTER = "register"
+SECOND_STEP = "second-step"
+PASSKEY = "passkey"
+CONFIRM = "confirm"
+PURPOSES = frozenset({REGISTER, SECOND_STEP, PASSKEY, CONFIRM})
+
+NAME_LENGTH = 64
+MAX_KEYS = 20
+
+EXPIRED = "That request has expired or was used already. Reload the page and try again."
+UNKNOWN_KEY = (
+    "That passkey or security key is not registered here. Use another one, or sign in "
+    "with your password."
+)
+COPIED = (
+    "That security key was refused: it looks like a copy of the one you registered. Use "
+    "another way to sign in, and remove that key from your account."
+)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyUsed:
+    """A credential that proved its holder: whose, which, with user verification or not."""
+
+    account_id: int
+    name: str
+    user_verified: bool
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a change comes from, for the security log."""
+
+    client_address: str = ""
+    browser: str = ""
+
+
+class KeyRefused(CeremonyRefused):
+    """A request about keys that cannot be met; the message is for the person."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, message)
+
+
+class SecurityKeys:
+    """The WebAuthn credentials of every account, on one storage, for one relying party."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: MfaSettings,
+        relying_party: RelyingParty,
+        master_secret: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.rp = relying_party
+        self._handle_key = hmac.new(
+            master_secret, b"clickpass key: webauthn user handle", hashlib.sha256
+        ).digest()
+        self.clock = clock
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def user_handle(self, account_id: int) -> bytes:
+        """
+        The opaque user ID a passkey stores for C{account_id}: the same
+        every time, naming neither the address nor the row.
+        """
+        return hmac.new(self._handle_key, str(account_id).encode("ascii"), hashlib.sha256).digest()
+
+    @property
+    def timeout_ms(self) -> int:
+        return self.settings.webauthn_timeout * 1000
+
+    async def credentials(self, account_id: int) -> list[store.Credential]:
+        result: list[store.Credential] = await self.storage.run(store.credentials, account_id)
+        return result
+
+    async def has_keys(self, account_id: int) -> bool:
+        result: bool = await self.storage.run(store.has_keys, account_id)
+        return result
+
+    async def _challenge(self, purpose: str, binding: str, account_id: int) -> bytes:
+        assert purpose in PURPOSES
+        challenge = secrets.token_bytes(32)
+        await self.storage.run(
+            store.start_challenge,
+            _sha256(challenge),
+            purpose,
+            _sha256(binding.encode("utf-8")),
+            account_id,
+            self.now() + self.settings.webauthn_timeout,
+        )
+        return challenge
+
+    def _log_refusal(
+        self, tx: Transaction, account_id: int, refused: CeremonyRefused, where: Where, now: int
+    ) -> None:
+        # A security event in the person's log: someone tried a key on
+        # their account and it was refused (why, in the detail).
+        events.record(
+            tx,
+            account_id,
+            "passkey_refused",
+            now,
+            client_address=where.client_address,
+            browser=where.browser,
+            detail=refused.reason,
+        )
+
+    # Registering.
+
+    async def registration_options(
+        self, account_id: int, email: str, binding: str, passkey: bool
+    ) -> dict[str, Any]:
+        """
+        The C{create()} options for a new passkey or security key of
+        C{account_id}, its challenge given to the browser session C{binding}.
+        """
+        existing = await self.credentials(account_id)
+        if len(existing) >= MAX_KEYS:
+            raise KeyRefused(
+                f"You have {MAX_KEYS} passkeys and security keys already. Remove one first."
+            )
+        challenge = await self._challenge(REGISTER, binding, account_id)
+        return ceremony.registration_options(
+            self.rp,
+            user_handle=self.user_handle(account_id),
+            user_name=email,
+            challenge=challenge,
+            existing=[c.credential_id for c in existing],
+            passkey=passkey,
+            timeout_ms=self.timeout_ms,
+        )
+
+    async def register(
+        self,
+        account_id: int,
+        binding: str,
+        answer: str,
+        name: str,
+        passkey: bool,
+        where: Where,
+    ) -> store.Credential:
+        """
+        Check a C{create()} answer and keep the credential under C{name}.
+        L{CeremonyRefused} for anything wrong (nothing is added then).
+        """
+        name = " ".join(name.split())
+        if not name or len(name) > NAME_LENGTH or not name.isprintable():
+            raise KeyRefused(
+                f"Give the key a name of 1 to {NAME_LENGTH} characters, such as "
+                '"Blue key" or "Laptop".'
+            )
+        try:
+            challenge, raw = ceremony.read_registration(answer)
+        except CeremonyRefused as e:
+            log.info(
+                "account {account_id}: new key refused ({reason})",
+                account_id=account_id,
+                reason=e.reason,
+            )
+            await self.storage.run(self._log_refusal, account_id, e, where, self.now())
+            raise
+        now = self.now()
+
+        def add(tx: Transaction) -> store.Credential | CeremonyRefused:
+            owner = store.spend_challenge(
+                tx, _sha256(challenge), REGISTER, _sha256(binding.encode("utf-8")), now
+            )
+            if owner != account_id:
+                refused: CeremonyRefused = KeyRefused(EXPIRED)
+                self._log_refusal(tx, account_id, refused, where, now)
+                return refused
+            try:
+                new = ceremony.verify_registration(self.rp, raw, challenge, passkey)
+            except CeremonyRefused as e:
+                self._log_refusal(tx, account_id, e, where, now)
+                return e
+            id_hash = _sha256(new.credential_id)
+            if not store.add_credential(
+                tx,
+                id_hash,
+                new.credential_id,
+                account_id,
+                new.public_key,
+                new.sign_count,
+                new.transports,
+                name,
+                passkey,
+                new.backup_eligible,
+                new.backed_up,
+                now,
+            ):
+                return KeyRefused("That key is registered already.")
+            events.record(
+                tx,
+                account_id,
+                "passkey_added",
+                now,
+                client_address=where.client_address,
+                browser=where.browser,
+                detail=name,
+            )
+            found = store.credential(tx, id_hash)
+            assert found is not None
+            return found
+
+        result: store.Credential | CeremonyRefused = await self.storage.run(add)
+        if isinstance(result, CeremonyRefused):
+            log.info(
+                "account {account_id}: new key refused ({reason})",
+                account_id=account_id,
+                reason=result.reason,
+            )
+            raise result
+        log.info(
+            "account {account_id} added a {kind}",
+            account_id=account_id,
+            kind="passkey" if passkey else "security key",
+        )
+        return result
+
+    async def remove(self, account_id: int, ref: str, where: Where) -> str | None:
+        """Remove the credential C{ref}; its name, or L{None} when it is not theirs."""
+        now = self.now()
+
+        def remove(tx: Transaction) -> str | None:
+            name = store.remove_credential(tx, account_id, ref)
+            if name is not None:
+                events.record(
+                    tx,
+                    account_id,
+                    "passkey_removed",
+                    now,
+                    client_address=where.client_address,
+                    browser=where.browser,
+                    detail=name,
+                )
+            return name
+
+        result: str | None = await self.storage.run(remove)
+        if result is not None:
+            log.info("account {account_id} removed a key", account_id=account_id)
+        return result
+
+    # Signing in with a key.
+
+    async def assertion_options(
+        self, purpose: str, binding: str, account_id: int | None
+    ) -> dict[str, Any]:
+        """
+        The C{get()} options: for C{account_id}'s own keys (second step,
+        step-up), or, with no account, for any discoverable passkey with
+        user verification (a sign-in with no password).
+        """
+        allow: list[tuple[bytes, tuple[str, ...]]] = []
+        if account_id is not None:
+            allow = [(c.credential_id, c.transports) for c in await self.credentials(account_id)]
+            if not allow:
+                raise KeyRefused("You have no passkey or security key.")
+        challenge = await self._challenge(purpose, binding, account_id or 0)
+        return ceremony.authentication_options(
+            self.rp,
+            challenge=challenge,
+            allow=allow,
+            user_verification=account_id is None,
+            timeout_ms=self.timeout_ms,
+        )
+
+    async def check(
+        self, purpose: str, binding: str, answer: str, account_id: int | None, where: Where
+    ) -> KeyUsed:
+        """
+        Judge a C{get()} answer given for a challenge of C{purpose} in the
+        browser session C{binding}: from C{account_id}'s own key, or (no
+        account) any registered passkey, which must then have verified
+        the person and carry its user handle. L{CeremonyRefused} otherwise.
+        """
+        try:
+            assertion = ceremony.read_assertion(answer)
+        except CeremonyRefused as e:
+            log.warn("{purpose} with a key refused: {reason}", purpose=purpose, reason=e.reason)
+            if account_id is not None:
+                await self.storage.run(self._log_refusal, account_id, e, where, self.now())
+            raise
+        now = self.now()
+        passwordless = account_id is None
+
+        def decide(tx: Transaction) -> tuple[KeyUsed | CeremonyRefused, int | None]:
+            # The outcome, and whose security log a refusal goes to (None:
+            # nobody's is known).
+            owner = store.spend_challenge(
+                tx, _sha256(assertion.challenge), purpose, _sha256(binding.encode("utf-8")), now
+            )
+            if owner is None or owner != (account_id or 0):
+                return KeyRefused(EXPIRED), account_id
+            id_hash = _sha256(assertion.credential_id)
+            found = store.credential(tx, id_hash)
+            if found is None:
+                return CeremonyRefused(UNKNOWN_KEY, "unknown credential"), account_id
+            if account_id is not None and found.account_id != account_id:
+                return CeremonyRefused(UNKNOWN_KEY, "another account's credential"), account_id
+            if passwordless and assertion.user_handle != self.user_handle(found.account_id):
+                refused = CeremonyRefused(UNKNOWN_KEY, "user handle not the credential's account")
+                return refused, found.account_id
+            try:
+                verified = ceremony.verify_assertion(
+                    self.rp, assertion, found.public_key, require_user_verification=passwordless
+                )
+            except CeremonyRefused as e:
+                return e, found.account_id
+            moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
+                store.use_credential(
+                    tx, id_hash, found.sign_count, verified.sign_count, verified.backed_up, now
+                )
+                # With no counter (both 0) the row may be left as it was.
+                or verified.sign_count == 0
+            )
+            if not moved:
+                refused = CeremonyRefused(
+                    COPIED,
+                    f"{found.name}: signature counter {verified.sign_count} after "
+                    f"{found.sign_count} (a copied key?)",
+                )
+                return refused, found.account_id
+            return KeyUsed(found.account_id, found.name, verified.user_verified), None
+
+        def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:
+            result, subject = decide(tx)
+            if isinstance(result, CeremonyRefused) and subject is not None:
+                self._log_refusal(tx, subject, result, where, now)
+            return result
+
+        result: KeyUsed | CeremonyRefused = await self.storage.run(judge)
+        if isinstance(result, CeremonyRefused):
+            log.warn(
+                "{purpose} with a key refused: {reason}", purpose=purpose, reason=result.reason
+            )
+            raise result
+        return result

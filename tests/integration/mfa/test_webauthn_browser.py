@@ -1,0 +1,273 @@
+"""
+Passkeys and security keys end to end in a real headless Chromium with
+its virtual authenticator (WebDriver's virtual authenticator commands):
+the page's script (static/webauthn.js, under the pages'
+Content-Security-Policy) calls navigator.credentials, the authenticator
+answers, the node checks it with py_webauthn.
+
+WebAuthn needs a secure context and an RP ID that is a domain, so the
+node's public URL is http://localhost:PORT/ (a browser's potentially
+trustworthy origin), its listener 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from openid.consumer import consumer
+from openid.extensions.draft import pape5 as pape
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.mfa.person import PASSWORD
+from tests.integration.mfa.relying_party import BrowserRelyingParty
+from tests.integration.openid.conftest import OPENID_CONFIG
+from tests.integration.openid.harness import PythonRP
+from tests.support.chromium import By, WebDriver, click, submit, wait_for
+from tests.support.mailbox import link_in, maildir_of, wait_for_message
+from tests.support.mariadb import MariaDBServer
+from tests.support.node import NodeProcess, free_port, mariadb_config, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)],
+)
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeProcess]:
+    """A node whose public URL is http://localhost:PORT/, on SQLite and on MariaDB."""
+    tmp: Path = tmp_path_factory.mktemp("webauthn-node")
+    server: MariaDBServer | None = None
+    database = None
+    extra = OPENID_CONFIG
+    if request.param == "mysql":
+        server = request.getfixturevalue("mariadb_server")
+        database = f"{server.database}_webauthn{secrets.token_hex(4)}"
+        server.create_database(database)
+        extra += mariadb_config(tmp, server, database)
+    port = free_port()
+    config = write_config(tmp, port, extra)
+    config.write_text(
+        config.read_text().replace(
+            f'public_url = "http://127.0.0.1:{port}/"', f'public_url = "http://localhost:{port}/"'
+        )
+    )
+    proc = NodeProcess(tmp, config, port=port)
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.stop()
+        if server is not None and database is not None:
+            server.drop_database(database)
+
+
+@pytest.fixture(scope="module")
+def rp_site() -> Iterator[BrowserRelyingParty]:
+    """A relying party's site on loopback for the browser to come back to."""
+    site = BrowserRelyingParty()
+    try:
+        yield site
+    finally:
+        site.stop()
+
+
+def base(node: NodeProcess) -> str:
+    # The port may have moved if the first one was taken (NodeProcess.start).
+    return f"http://localhost:{node.port}/"
+
+
+@pytest.fixture
+def authenticator(chrome: WebDriver) -> Iterator[WebDriver]:
+    """A fresh virtual authenticator (CTAP2, built in, passkeys, verifies its user)."""
+    chrome.add_virtual_authenticator(
+        VirtualAuthenticatorOptions(
+            protocol=VirtualAuthenticatorOptions.Protocol.CTAP2,
+            transport=VirtualAuthenticatorOptions.Transport.INTERNAL,
+            has_resident_key=True,
+            has_user_verification=True,
+            is_user_verified=True,
+        )
+    )
+    try:
+        yield chrome
+    finally:
+        chrome.remove_virtual_authenticator()
+
+
+def signed_up(driver: WebDriver, node: NodeProcess) -> str:
+    """A new person, signed up, their address confirmed, signed in with their password."""
+    url = base(node)
+    driver.get(url + "signout-nothing")  # on the node's origin, to clear its cookies
+    driver.delete_all_cookies()
+    email = f"k{secrets.token_hex(4)}@example.com"
+    driver.get(url + "signup")
+    submit(
+        driver,
+        "form[action='/signup']",
+        {"email": email, "password": PASSWORD, "password_again": PASSWORD},
+    )
+    wait_for(driver, "#signup-sent")
+    message = wait_for_message(maildir_of(node), email, "Confirm your email address")
+    driver.get(url.rstrip("/") + link_in(message, "verify"))
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    submit(driver, "form[action='/verify']", {})
+    return email
+
+
+def add_key(driver: WebDriver, node: NodeProcess, kind: str, name: str) -> None:
+    driver.get(base(node) + f"account/mfa/keys/new?kind={kind}")
+    form = wait_for(driver, "form#key-new")
+    WebDriverWait(driver, 10).until(lambda d: form.is_displayed())
+    submit(driver, "form#key-new", {"name": name})
+
+
+def arrive(driver: WebDriver, url: str, timeout: float = 30) -> None:
+    """Wait until the browser is at C{url}; fail with the page it is on instead."""
+    try:
+        WebDriverWait(driver, timeout).until(lambda d: d.current_url == url)
+    except TimeoutException:
+        raise AssertionError(
+            f"not at {url} but {driver.current_url}:\n{driver.page_source[:3000]}"
+        ) from None
+
+
+def passkey_button_shown(driver: WebDriver) -> bool:
+    found = driver.find_elements(By.CSS_SELECTOR, "form#passkey-signin button")
+    try:
+        return bool(found) and found[0].is_displayed()
+    except WebDriverException:
+        return False
+
+
+def sign_out(driver: WebDriver, node: NodeProcess) -> None:
+    """
+    Sign out, and see it on the page signing out leads to. Not by opening
+    a page that needs a session: it would lead to the sign-in page, whose
+    autofill request Chromium's virtual authenticator answers at once with
+    a passkey, signing the person in again.
+    """
+    driver.get(base(node) + "account")
+    submit(driver, "form[action='/signout']", {})
+    assert driver.current_url == base(node)
+    assert not driver.find_elements(By.CSS_SELECTOR, "form[action='/signout']")
+
+
+def test_register_a_passkey_then_sign_in_with_it_and_no_password(
+    authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
+) -> None:
+    """
+    A person adds a passkey (the first factor: ten recovery codes shown);
+    the authenticator holds it as a discoverable credential; signed out,
+    they sign in with the passkey alone, no address, no password; their
+    key shows as used and the operator's listing names it. A partner site
+    (python3-openid's consumer) asking PAPE phishing-resistant then gets
+    the person's assertion, signed, claiming that policy.
+    """
+    driver = authenticator
+    email = signed_up(driver, node)
+    add_key(driver, node, "passkey", "Laptop passkey")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    assert len(driver.find_elements(By.CSS_SELECTOR, "ul.recovery-codes code")) == 10
+    held = driver.get_credentials()
+    assert len(held) == 1 and held[0].is_resident_credential
+    assert held[0].rp_id == "localhost"
+
+    sign_out(driver, node)
+    # The email field offers passkeys in the browser's autofill.
+    page = requests.get(base(node) + "signin", timeout=30).text
+    assert 'autocomplete="username webauthn"' in page
+    driver.get(base(node) + "signin?next=/account/mfa")
+    signed_in = base(node) + "account/mfa"
+    # Chromium offers the passkey to the page's autofill request (the email
+    # field says "username webauthn"), and its virtual authenticator may
+    # accept it at once; otherwise the button asks.
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == signed_in or passkey_button_shown(d))
+    if driver.current_url != signed_in:
+        # The autofill request may sign in first, taking the button away.
+        with contextlib.suppress(WebDriverException):
+            click(driver, "form#passkey-signin button")
+    arrive(driver, signed_in)
+    page = driver.page_source
+    assert "Laptop passkey" in page and "last used" in page, page[:3000]
+    assert driver.get_credentials()[0].sign_count >= 1
+
+    listed = node.ctl("user", "mfa", email).stdout
+    assert "Laptop passkey (passkey" in listed and "used " in listed, listed
+
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_PHISHING_RESISTANT]))
+    driver.get(str(asking.redirectURL(rp.realm, rp.return_to)))
+    click(driver, "form[action='/openid/decide'] button[value='allow']")
+    WebDriverWait(driver, 20).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None
+    assert pape.AUTH_PHISHING_RESISTANT in answer.auth_policies
+    assert pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
+
+
+def test_a_security_key_as_the_second_step_after_the_password(
+    authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
+) -> None:
+    """
+    A person adds a security key; signing in again, the password is not
+    enough: the second step asks for the key, and the key lets them in.
+    Signed in another time with a recovery code instead, a partner site
+    asking PAPE phishing-resistant has them confirm with the key first
+    (step-up), then receives the policy. Last, they remove the key.
+    """
+    driver = authenticator
+    email = signed_up(driver, node)
+    add_key(driver, node, "key", "Blue key")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    codes = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "ul.recovery-codes code")]
+    assert len(codes) == 10
+
+    sign_out(driver, node)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    assert driver.current_url.startswith(base(node) + "signin/code"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    click(driver, "form#key-use button")
+    arrive(driver, base(node) + "account/mfa")
+    assert "Blue key" in driver.page_source
+
+    sign_out(driver, node)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    submit(driver, "form[action='/signin/code']", {"code": codes[0]})
+    arrive(driver, base(node) + "account/mfa")
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_PHISHING_RESISTANT]))
+    driver.get(str(asking.redirectURL(rp.realm, rp.return_to)))
+    assert driver.current_url.startswith(base(node) + "account/confirm"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    click(driver, "form#key-use button")
+    click(driver, "form[action='/openid/decide'] button[value='allow']")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None and pape.AUTH_PHISHING_RESISTANT in answer.auth_policies
+
+    # Just confirmed with the key: fresh enough to remove it.
+    driver.get(base(node) + "account/mfa")
+    click(driver, "form[action='/account/mfa/keys/remove'] button")
+    assert "That key was removed." in driver.page_source, driver.page_source[:2000]
+    assert "Blue key" not in driver.page_source
+    assert "None yet." in driver.page_source
