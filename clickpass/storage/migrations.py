@@ -473,6 +473,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS mfa_trusted_account ON mfa_trusted_browsers (account_id)",
         ),
     ),
+    Migration(
+        16,
+        "approvals: the fields a person chose not to share, and 'always ask me for this site'",
+        (
+            # declined: fields the site asked for and the person left unticked
+            # (comma-separated, as fields); always_ask: 1 when the person wants
+            # the consent page every time, the approval kept for their records.
+            "ALTER TABLE approvals ADD COLUMN IF NOT EXISTS "
+            "declined VARCHAR(1024) NOT NULL DEFAULT ''",
+            "ALTER TABLE approvals ADD COLUMN IF NOT EXISTS always_ask INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 
