@@ -834,22 +834,24 @@ def explain_protocol_error(error: ProtocolError) -> str:
     """
     text = str(error).lower()
     mode = error.openid_message.getArg(OPENID_NS, "mode") if error.openid_message else None
-    if "namespace" in text:
-        why = "The site asked in a version of OpenID that Clickpass does not know."
+    if "alias" in text:
+        why = "its parts are labelled inconsistently."
+    elif "namespace" in text:
+        why = "it asks in a version of OpenID that Clickpass does not know."
     elif "no mode" in text or "unrecognized openid mode" in text:
-        why = "The site sent a request that is not an OpenID sign-in Clickpass knows."
+        why = "it is not a kind of OpenID request that Clickpass knows."
     elif mode in ("associate", "check_authentication"):
         why = (
-            "This address is for the site's own server to talk to Clickpass, not for a "
-            "browser: there is nothing to sign in to here."
+            "this address is for the site's own server to talk to Clickpass, not for a "
+            "browser, so there is nothing to sign in to here."
         )
     elif "return_to" in text or "realm" in text or "trust_root" in text:
-        why = "The site's request does not say where to send you back after signing in."
+        why = "it does not say where to send you back after signing in."
     elif "identity" in text or "claimed_id" in text:
-        why = "The site's request does not say clearly whom to sign in."
+        why = "it does not say clearly whom to sign in."
     else:
-        why = "The site sent a sign-in request that Clickpass cannot use."
-    return why + TELL_THE_SITE
+        why = "it is not complete or not well formed."
+    return "The site sent a sign-in request that Clickpass cannot use: " + why + TELL_THE_SITE
 
 
 @dataclass(frozen=True)
