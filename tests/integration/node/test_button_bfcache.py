@@ -74,8 +74,10 @@ def test_back_from_clickpass_leaves_the_button_ready(chrome: WebDriver, partner_
     restored = driver.execute_script("return window.__sameDocument === true")
     assert restored, "Chromium did not restore the partner's page from its back/forward cache"
     WebDriverWait(driver, 10).until(
-        lambda d: d.execute_script(
-            "return document.getElementById('clickpass-login').getAttribute('aria-busy')"
+        lambda d: (
+            d.execute_script(
+                "return document.getElementById('clickpass-login').getAttribute('aria-busy')"
+            )
+            is None
         )
-        is None
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from openid.consumer import consumer
 from openid.extensions import sreg
+from pyotp import TOTP
 
 from tests.integration.node.a11y import PageChecker, checker
 from tests.integration.openid.harness import PythonRP, RelyingPartySite
@@ -265,3 +266,58 @@ def sign_up_and_verify_quietly(driver: WebDriver, node: NodeProcess, email: str)
     click(driver, "form[action='/signin'] button[type=submit]")
     click(driver, wait_for(driver, "#confirm"))
     wait_for(driver, "#sessions-heading")
+
+
+def test_second_factor_and_console_pages(
+    chrome: WebDriver, node: NodeProcess, tmp_path: Path
+) -> None:
+    """
+    The second factors' pages (set-up, recovery codes, the code asked after
+    the password) and the partner console's (list, new site, a site) pass
+    the same checks on the shared layout. Signing in without "Keep me signed
+    in" through the second step gives a browser-session cookie too.
+    """
+    driver = chrome
+    driver.delete_all_cookies()
+    pages = checker(driver, tmp_path)
+    email = f"mfa{secrets.token_hex(4)}@example.com"
+    sign_up_and_verify_quietly(driver, node, email)
+    driver.get(node.url + "account/mfa")
+    wait_for(driver, "form[action='/account/mfa/totp/begin']")
+    pages.check("second factors")
+    click(driver, "form[action='/account/mfa/totp/begin'] button")
+    wait_for(driver, "figure.qr svg")
+    pages.check("authenticator set-up")
+    secret = driver.find_element(By.ID, "totp-secret").text.replace(" ", "")
+    type_into(driver, "form[action='/account/mfa/totp/confirm'] [name='code']", TOTP(secret).now())
+    click(driver, "form[action='/account/mfa/totp/confirm'] button")
+    recovery = wait_for(driver, "ul.recovery-codes code").text
+    pages.check("recovery codes")
+
+    driver.get(node.url)
+    click(driver, "header form[action='/signout'] button")
+    driver.get(node.url + "signin")
+    type_into(driver, "#email", email)
+    type_into(driver, "#password", PASSWORD)
+    click(driver, "form[action='/signin'] button[type=submit]")
+    wait_for(driver, "form[action='/signin/code']")
+    pages.check("code after the password")
+    type_into(driver, "form[action='/signin/code'] [name='code']", recovery)
+    click(driver, "form[action='/signin/code'] button")
+    wait_for(driver, "#sessions-heading")
+    cookie = driver.get_cookie("cp_session")
+    assert cookie is not None and "expiry" not in cookie, cookie
+
+    driver.get(node.url + "partners")
+    wait_for(driver, "h1")
+    pages.check("console")
+    driver.get(node.url + "partners/new")
+    wait_for(driver, "#name")
+    pages.check("console new site")
+    type_into(driver, "#name", "Axe Shop")
+    type_into(driver, "#realm", "https://axe-shop.example/")
+    type_into(driver, "#return_to_urls", "https://axe-shop.example/openid/return")
+    click(driver, "form[action='/partners/new'] button[type=submit]")
+    wait_for(driver, "h1")
+    pages.check("console site")
+    assert not pages.problems, "\n".join(pages.problems)
