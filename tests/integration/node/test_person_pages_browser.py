@@ -11,6 +11,7 @@ axe-core finds; a screenshot of each is kept (the path is printed).
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pyotp import TOTP
 
 from tests.integration.node.a11y import PageChecker, checker
 from tests.integration.openid.harness import PythonRP, RelyingPartySite
-from tests.support.chromium import By, WebDriver, click, type_into, wait_for
+from tests.support.chromium import By, WebDriver, WebDriverWait, click, type_into, wait_for
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess, free_port, write_config
 
@@ -75,8 +76,9 @@ class BrowsableSite(RelyingPartySite):
 
 
 @pytest.fixture(scope="module")
-def rp_site() -> Iterator[RelyingPartySite]:
-    site = BrowsableSite().start()
+def rp_site() -> Iterator[BrowsableSite]:
+    site = BrowsableSite()
+    site.start()
     try:
         yield site
     finally:
@@ -85,6 +87,13 @@ def rp_site() -> Iterator[RelyingPartySite]:
 
 def rp_for(node: NodeProcess, site: RelyingPartySite) -> PythonRP:
     return PythonRP(node.url, site.realm, site.return_to + "?session=abc123")
+
+
+def sreg_of(rp: PythonRP, return_url: str) -> dict[str, str]:
+    """The relying party's check of the answer the browser brought back, and its SReg fields."""
+    response = rp.complete(return_url)
+    assert response.status == consumer.SUCCESS, response
+    return dict(sreg.SRegResponse.fromSuccessResponse(response) or {})
 
 
 def begin_with_fields(rp: PythonRP) -> str:
@@ -135,13 +144,16 @@ def sign_up_and_verify(
 
 
 def test_person_pages_accessible_at_both_sizes(
-    chrome: WebDriver, node: NodeProcess, rp_site: RelyingPartySite, tmp_path: Path
+    chrome: WebDriver, node: NodeProcess, rp_site: BrowsableSite, tmp_path: Path
 ) -> None:
     driver = chrome
     driver.delete_all_cookies()
     pages = checker(driver, tmp_path)
     email = f"a11y{secrets.token_hex(4)}@example.com"
     sign_up_and_verify(driver, node, pages, email)
+    # A name to offer the site (set by an upstream provider's claims in life).
+    with sqlite3.connect(node.workdir / "data" / "clickpass.sqlite3") as db:
+        db.execute("UPDATE accounts SET display_name = 'Ann A11y' WHERE email = ?", (email,))
     driver.get(node.url)
     pages.check("home signed in")
 
@@ -159,28 +171,35 @@ def test_person_pages_accessible_at_both_sizes(
     type_into(driver, "#password", PASSWORD)
     click(driver, "form[action='/signin'] button[type=submit]")
 
-    # Consent: the heading names the site; the return address shows no query.
+    # Consent: the heading names the site; the return address shows no query;
+    # what the site requires is ticked, what it only asks for is not.
     heading = wait_for(driver, "#consent-heading").text
     assert heading == "Sign in to 127.0.0.1?", heading
     assert driver.find_element(By.ID, "return-to").text == rp_site.return_to
-    assert driver.find_element(By.ID, "share-email").is_selected()  # required: ticked
+    assert driver.find_element(By.ID, "share-email").is_selected()
+    assert not driver.find_element(By.ID, "share-nickname").is_selected()
+    assert not driver.find_element(By.ID, "share-fullname").is_selected()
     assert not driver.find_element(By.ID, "always-ask").is_selected()
     pages.check("consent")
     driver.find_element(By.ID, "always-ask").click()
     click(driver, "#allow")
-    response = rp.complete(driver.current_url)
-    assert response.status == consumer.SUCCESS, response
-    assert sreg.SRegResponse.fromSuccessResponse(response).get("email") == email
+    released = sreg_of(rp, driver.current_url)
+    assert released == {"email": email}, released
 
-    # "Always ask": the next sign-in at that site shows the consent page again.
+    # "Always ask": the next sign-in there asks again. Unticking everything,
+    # the site gets the identifier and nothing else.
     driver.get(begin_with_fields(rp))
     wait_for(driver, "#consent-heading")
-    # Unticking the email: the site gets the identifier and nothing else.
     driver.find_element(By.ID, "share-email").click()
     click(driver, "#allow")
-    response = rp.complete(driver.current_url)
-    assert response.status == consumer.SUCCESS, response
-    assert not sreg.SRegResponse.fromSuccessResponse(response), response.message
+    assert sreg_of(rp, driver.current_url) == {}
+
+    # Remembered without "always ask": the next sign-in comes straight back,
+    # still sending nothing the person left unticked.
+    landings = rp_site.landings
+    driver.get(begin_with_fields(rp))
+    WebDriverWait(driver, 20).until(lambda d: rp_site.landings > landings)
+    assert sreg_of(rp, driver.current_url) == {}
 
     # The footer's pages, and pages for what went wrong.
     for name in ("privacy", "terms", "help"):
