@@ -142,6 +142,8 @@ class AccountPages:
             error=error,
             partner=await self.arriving_from(next_url),
             destination=destination_host(next_url),
+            # The sign-in form shown again keeps the person's choice.
+            keep=self.app.form(request, "keep") == "yes",
         )
 
     async def busy(

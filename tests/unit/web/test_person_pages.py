@@ -126,3 +126,35 @@ async def test_signed_out_page_and_notices(
     assert out[0] == 200 and "You are signed out" in out[2]
     assert 'id="notice"' in known[2] and "Disconnected." in known[2]
     assert 'id="notice"' not in unknown[2] and "prize" not in unknown[2]
+
+
+@async_test
+async def test_a_refused_sign_in_keeps_the_keep_choice(
+    tmp_path: Path, storage_backend: AdbapiStorage, reactor: Any
+) -> None:
+    """The sign-in form shown again after a wrong password keeps "Keep me signed in" as it was."""
+    settings = configmod.parse({"node": {"data_dir": str(tmp_path)}})
+    app = WebApp(reactor, settings, storage_backend, b"s" * 32)
+    router = Router()
+    pages.install(app, router)
+    port = reactor.listenTCP(0, AppSite(router, app), interface="127.0.0.1")
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        form = await treq.get(base + "/signin")
+        body = (await form.content()).decode()
+        csrf = body.split('name="csrf_token" value="')[1].split('"')[0]
+        cookies = form.cookies()
+        answers = []
+        for keep in ("yes", ""):
+            response = await treq.post(
+                base + "/signin",
+                data={"csrf_token": csrf, "email": "no@example.org", "password": "x", "keep": keep},
+                cookies=cookies,
+            )
+            answers.append((response.code, (await response.content()).decode()))
+    finally:
+        await port.stopListening()
+    (code_kept, kept), (code_not, not_kept) = answers
+    assert code_kept == code_not == 401
+    assert 'name="keep" value="yes" checked' in kept
+    assert 'name="keep" value="yes" checked' not in not_kept and 'name="keep"' in not_kept
