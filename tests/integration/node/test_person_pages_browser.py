@@ -201,6 +201,16 @@ def test_person_pages_accessible_at_both_sizes(
     WebDriverWait(driver, 20).until(lambda d: rp_site.landings > landings)
     assert sreg_of(rp, driver.current_url) == {}
 
+    # The account page lists the site once; forgetting it asks first, then says so.
+    driver.get(node.url + "account")
+    approval = wait_for(driver, "ul.approvals li")
+    assert rp_site.realm in approval.text and "Shares only your identifier" in approval.text
+    approval.find_element(By.CSS_SELECTOR, "summary").click()
+    pages.check("account with a site, forgetting it")
+    click(driver, approval.find_element(By.CSS_SELECTOR, "button.danger"))
+    assert "Forgotten." in wait_for(driver, "#notice").text
+    assert "No site signs you in without asking." in driver.page_source
+
     # The footer's pages, and pages for what went wrong.
     for name in ("privacy", "terms", "help"):
         driver.get(node.url)
