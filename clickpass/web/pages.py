@@ -1,6 +1,8 @@
 """
 The pages people use for their Clickpass account: home, sign-up, sign-in,
-sign-out, account, plus static files and the liveness probe.
+sign-out (and the page saying it happened), account, the footer's privacy,
+terms and help pages (shipped, or the operator's: [web] *_page), plus static
+files and the liveness probe.
 
 Every form carries a CSRF token; bad credentials get one generic message.
 
