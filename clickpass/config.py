@@ -108,6 +108,28 @@ class WebSettings:
             "the client is whoever connected, and forwarding headers sent to the node are dropped."
         ),
     )
+    privacy_page: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "The privacy page the footer of every page links to: an http(s) URL (linked as "
+            "it is), or the path of a file holding the page's HTML body, served at /privacy "
+            "inside Clickpass's layout. Empty: the page shipped with Clickpass."
+        ),
+    )
+    terms_page: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "The terms of use page, as privacy_page (served at /terms). Empty: the page "
+            "shipped with Clickpass."
+        ),
+    )
+    help_page: str = dataclasses.field(
+        default="",
+        metadata=_doc(
+            "The help page, as privacy_page (served at /help). Empty: the page shipped "
+            "with Clickpass."
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,6 +604,11 @@ def check_files(settings: Settings) -> None:
     ):
         if value:
             read_secret_file(settings.data_path(value), key)
+    for name in ("privacy", "terms", "help"):
+        # A page given as a file (not a URL) is read at every start.
+        page = getattr(settings.web, f"{name}_page")
+        if page and not page.startswith(("http://", "https://")):
+            read_secret_file(settings.data_path(page), f"[web] {name}_page")
     if settings.web.metrics_token_file:
         metrics_token(settings)
     if settings.control.tcp:

@@ -21,7 +21,11 @@ class AccountsSettings:
         default=10, metadata=_doc("Shortest password accepted at sign-up.")
     )
     session_lifetime: int = dataclasses.field(
-        default=14 * 24 * 3600, metadata=_doc("Seconds a browser session lasts.")
+        default=14 * 24 * 3600,
+        metadata=_doc(
+            "Seconds a browser session lasts. Its cookie lasts as long when the person "
+            'ticks "Keep me signed in"; otherwise the cookie ends when the browser closes.'
+        ),
     )
     throttle_window: int = dataclasses.field(
         default=900, metadata=_doc("Seconds over which failed sign-ins are counted.")

@@ -44,6 +44,9 @@ def install(
             "approvals": [
                 {
                     "realm": a.realm,
+                    # To match a partner site's realm (listed with its own controls).
+                    "realm_key": a.realm.strip("/"),
+                    "always_ask": a.always_ask,
                     "fields": ", ".join(FIELD_LABELS.get(f, f) for f in a.fields),
                     "created": day(a.created),
                     "last_used": day(a.last_used),
@@ -79,7 +82,7 @@ def install(
         if forgotten is not None:
             await forgotten.approval_forgotten(account.id, realm)
         log.info("person forgot their approval of {realm}", realm=realm)
-        return app.redirect(request, "/account")
+        return app.redirect(request, "/account?done=approval-forgotten")
 
     router.add("POST", "/account/approvals/forget", forget_approval)
     return AccountSection("openid/account_approvals.html", context)

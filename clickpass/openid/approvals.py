@@ -26,15 +26,30 @@ MAX_FIELDS = 1024
 
 
 def remember(
-    tx: Transaction, account_id: int, realm: str, fields: frozenset[str], now: int
+    tx: Transaction,
+    account_id: int,
+    realm: str,
+    fields: frozenset[str],
+    now: int,
+    declined: frozenset[str] = frozenset(),
+    always_ask: bool = False,
 ) -> bool:
-    """Record (or widen) an approval; false when the realm is too long to keep."""
+    """
+    Record (or replace) an approval; false when the realm is too long to
+    keep. C{declined}: what the site asked for and the person chose not to
+    share; C{always_ask}: the person wants to be asked every time (the
+    approval is kept for their account page, and never answers at once).
+    """
     text = ",".join(sorted(fields))
-    if len(realm) > MAX_REALM or len(text) > MAX_FIELDS:
+    declined_text = ",".join(sorted(declined - fields))
+    if len(realm) > MAX_REALM or len(text) > MAX_FIELDS or len(declined_text) > MAX_FIELDS:
         return False
     changed = tx.execute(
-        "UPDATE approvals SET fields = ?, last_used = ? WHERE account_id = ? AND realm = ?",
+        "UPDATE approvals SET fields = ?, declined = ?, always_ask = ?, last_used = ?"
+        " WHERE account_id = ? AND realm = ?",
         text,
+        declined_text,
+        int(always_ask),
         now,
         account_id,
         realm,
@@ -42,10 +57,13 @@ def remember(
     if not changed:
         tx.execute(
             tx.dialect.insert_ignore() + " INTO approvals "
-            "(account_id, realm, fields, created, last_used) VALUES (?, ?, ?, ?, ?)",
+            "(account_id, realm, fields, declined, always_ask, created, last_used)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             account_id,
             realm,
             text,
+            declined_text,
+            int(always_ask),
             now,
             now,
         )
@@ -54,13 +72,30 @@ def remember(
 
 @dataclass(frozen=True)
 class Approval:
-    """What a person allowed a realm to receive, and when the approval was last used."""
+    """
+    What a person allowed a realm to receive (and chose not to share), whether
+    they want to be asked every time, and when the approval was last used.
+    """
 
     fields: frozenset[str]
     last_used: int
+    declined: frozenset[str] = frozenset()
+    always_ask: bool = False
 
     def covers(self, fields: frozenset[str]) -> bool:
-        return fields <= self.fields
+        """Whether a sign-in releasing C{fields} may go ahead without asking."""
+        return not self.always_ask and fields <= self.fields
+
+    def answers(self, fields: frozenset[str]) -> bool:
+        """
+        Whether a request for C{fields} may go ahead without asking, releasing
+        only what was allowed (L{shared}): each was allowed or declined before.
+        """
+        return not self.always_ask and fields <= self.fields | self.declined
+
+    def shared(self, values: dict[str, str]) -> dict[str, str]:
+        """The part of C{values} the person allowed (declined fields left out)."""
+        return {f: v for f, v in values.items() if f in self.fields}
 
     def stale(self, now: int) -> bool:
         """Whether using it now must record the use (L{last_use_due})."""
@@ -70,13 +105,16 @@ class Approval:
 def read(tx: Transaction, account_id: int, realm: str) -> Approval | None:
     """The approval of C{realm}, or L{None} when it was never approved."""
     row = tx.fetchone(
-        "SELECT fields, last_used FROM approvals WHERE account_id = ? AND realm = ?",
+        "SELECT fields, last_used, declined, always_ask FROM approvals"
+        " WHERE account_id = ? AND realm = ?",
         account_id,
         realm,
     )
     if row is None:
         return None
-    return Approval(frozenset(_fields(row[0])), int(row[1]))
+    return Approval(
+        frozenset(_fields(row[0])), int(row[1]), frozenset(_fields(row[2])), bool(row[3])
+    )
 
 
 def touch(tx: Transaction, account_id: int, realm: str, now: int) -> None:
@@ -97,13 +135,14 @@ class Remembered:
     fields: tuple[str, ...]
     created: int
     last_used: int
+    always_ask: bool = False
 
 
 def remembered(tx: Transaction, account_id: int) -> list[Remembered]:
     """Every approval C{account_id} gave, the most recently used first."""
     rows = tx.fetchall(
-        "SELECT realm, fields, created, last_used FROM approvals WHERE account_id = ?"
-        " ORDER BY last_used DESC, realm",
+        "SELECT realm, fields, created, last_used, always_ask FROM approvals"
+        " WHERE account_id = ? ORDER BY last_used DESC, realm",
         account_id,
     )
     return [
@@ -112,8 +151,9 @@ def remembered(tx: Transaction, account_id: int) -> list[Remembered]:
             _fields(fields),
             int(created),
             int(last_used),
+            bool(always_ask),
         )
-        for realm, fields, created, last_used in rows
+        for realm, fields, created, last_used, always_ask in rows
     ]
 
 

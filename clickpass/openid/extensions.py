@@ -91,6 +91,21 @@ def parse(openid_request: Any) -> Requested:
     return Requested(sreg_request, ax_request, frozenset(fields), "; ".join(problems))
 
 
+def required(req: Requested) -> frozenset[str]:
+    """
+    Which of C{req}'s fields the site marked required (SReg C{required}, AX
+    C{required="true"}); the rest it asked for as optional.
+    """
+    fields: set[str] = set()
+    if req.sreg is not None:
+        fields.update(f for f in req.sreg.required if f in FIELD_LABELS)
+    if req.ax is not None:
+        for type_uri, info in req.ax.requested_attributes.items():
+            if type_uri in AX_TYPES and info.required:
+                fields.add(AX_TYPES[type_uri])
+    return frozenset(fields)
+
+
 def _has_extension_arguments(message: Any) -> bool:
     """
     Whether C{message} holds an argument, or declares a namespace, other than

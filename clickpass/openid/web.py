@@ -47,10 +47,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from jinja2 import ChoiceLoader, FileSystemLoader
-from openid.message import IDENTIFIER_SELECT
+from openid.message import IDENTIFIER_SELECT, OPENID_NS
 from openid.server.server import (
     ENCODE_KVFORM,
     CheckAuthRequest,
@@ -572,15 +572,16 @@ class OpenIDWeb:
         return self.assertions.send(request, response)
 
     async def _protocol_error(self, request: Request, error: ProtocolError) -> bytes:
-        if error.whichEncoding() == ENCODE_KVFORM:
-            # An error is never signed: encoding it touches no store.
+        if error.whichEncoding() == ENCODE_KVFORM and request.method == b"POST":
+            # A relying party's direct request (always a POST): the spec's
+            # key-value answer. An error is never signed: encoding it touches
+            # no store.
             return self.assertions.send(request, self.assertions.provider.encode(error))
-        # A broken browser request is shown to the person, never redirected to
-        # its (unverified) return_to: that would make us an open redirector.
-        reason = " ".join(str(error).split())[:200]
-        return self.assertions.refuse(
-            request, 400, f"The site sent an OpenID request Clickpass cannot use: {reason}"
-        )
+        # A browser's request is shown to the person in words, never
+        # redirected to its (unverified) return_to: that would make us an open
+        # redirector. The library's own text is for the log.
+        log.info("openid request refused: {reason}", reason=for_log(" ".join(str(error).split())))
+        return self.assertions.refuse(request, 400, explain_protocol_error(error))
 
     async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
         realm = str(openid_request.trust_root)
@@ -649,7 +650,9 @@ class OpenIDWeb:
             if look is not None
             else await self.app.storage.run(approvals.read, account.id, realm)
         )
-        if approval is not None and approval.covers(frozenset(released)):
+        if approval is not None and approval.answers(frozenset(released)):
+            # Only what the person allowed: fields they declined stay unsent.
+            released = approval.shared(released)
             now = self.assertions.now()
             if approval.stale(now):
                 await self.app.storage.run(approvals.touch, account.id, realm, now)
@@ -731,7 +734,7 @@ class OpenIDWeb:
         # What is released is part of what is asked for: an approval of all
         # that was asked for needs no look at the person's values (the usual
         # repeated sign-in reads nothing more here).
-        return look.approval.covers(wanted.fields) or look.approval.covers(
+        return look.approval.answers(wanted.fields) or look.approval.answers(
             frozenset(await self.assertions.released(wanted.fields, account))
         )
 
@@ -765,16 +768,23 @@ class OpenIDWeb:
     ) -> bytes:
         payload, mac = self.assertions.form_payload(account.id, query)
         verdict = checked.verdict
+        required = extensions.required(checked.wanted)
         return self.app.render(
             request,
             "openid/consent.html",
             realm=openid_request.trust_root,
-            return_to=openid_request.return_to,
+            site=site_name(str(openid_request.trust_root)),
+            return_to=without_query(str(openid_request.return_to)),
             verified=verdict.outcome == "verified",
             verdict_reason=verdict.reason,
             unverified_partner=plain.unverified_partner,
             identifier=self.identifiers.url(checked.site_id.opaque),
-            fields=[(extensions.FIELD_LABELS[f], v) for f, v in released.items()],
+            # Each field a checkbox: what the site requires ticked, what it
+            # only asks for left unticked (not sent unless the person ticks it).
+            fields=[
+                ConsentField(f, extensions.FIELD_LABELS[f], v, f in required)
+                for f, v in released.items()
+            ],
             payload=payload,
             mac=mac,
         )
@@ -800,9 +810,23 @@ class OpenIDWeb:
             if not isinstance(handled, PlainOpenID):
                 return handled
         site_id, select, wanted = checked.site_id, checked.select, checked.wanted
-        released = await self.assertions.released(wanted.fields, account)
+        offered = await self.assertions.released(wanted.fields, account)
+        released = offered
+        if self.app.form(request, "choosing") == "yes":
+            # The fields the person left ticked; the others are not sent. A
+            # form without the choice (rendered by the previous release during
+            # a rolling upgrade) allowed all it listed.
+            chosen = {v.decode("utf-8", "replace") for v in (request.args or {}).get(b"share", [])}
+            released = {f: v for f, v in offered.items() if f in chosen}
+        always_ask = self.app.form(request, "always_ask") == "yes"
         await self.app.storage.run(
-            approvals.remember, account.id, realm, frozenset(released), self.assertions.now()
+            approvals.remember,
+            account.id,
+            realm,
+            frozenset(released),
+            self.assertions.now(),
+            frozenset(offered) - frozenset(released),
+            always_ask,
         )
         log.info(
             "openid sign-in at {realm}: approved, releasing {fields}",
@@ -846,6 +870,70 @@ class OpenIDWeb:
         return discovery.serve_xrds(
             request, discovery.identifier_xrds(self.base_url, self.identifiers.url(opaque))
         )
+
+
+TELL_THE_SITE = (
+    " Go back to the site and try again; if it happens again, tell the site: the problem is "
+    "in its request, not in anything you did."
+)
+
+
+def explain_protocol_error(error: ProtocolError) -> str:
+    """
+    What went wrong with a request python3-openid could not decode, in words
+    a person understands (the library's text names fields and modes).
+    """
+    text = str(error).lower()
+    mode = error.openid_message.getArg(OPENID_NS, "mode") if error.openid_message else None
+    if "alias" in text:
+        why = "its parts are labelled inconsistently."
+    elif "namespace" in text:
+        why = "it asks in a version of OpenID that Clickpass does not know."
+    elif "no mode" in text or "unrecognized openid mode" in text:
+        why = "it is not a kind of OpenID request that Clickpass knows."
+    elif mode in ("associate", "check_authentication"):
+        why = (
+            "this address is for the site's own server to talk to Clickpass, not for a "
+            "browser, so there is nothing to sign in to here."
+        )
+    elif "return_to" in text or "realm" in text or "trust_root" in text:
+        why = "it does not say where to send you back after signing in."
+    elif "identity" in text or "claimed_id" in text:
+        why = "it does not say clearly whom to sign in."
+    else:
+        why = "it is not complete or not well formed."
+    return "The site sent a sign-in request that Clickpass cannot use: " + why + TELL_THE_SITE
+
+
+@dataclass(frozen=True)
+class ConsentField:
+    """One thing the consent page offers to share: its name, label, value, and whether required."""
+
+    name: str
+    label: str
+    value: str
+    required: bool
+
+
+def site_name(realm: str) -> str:
+    """
+    What the consent page calls the site of C{realm}: its host name (a
+    wildcard realm's domain), or the realm itself when it has none.
+    """
+    try:
+        host = urlsplit(realm).hostname
+    except ValueError:
+        host = None
+    return host.removeprefix("*.") if host else realm
+
+
+def without_query(url: str) -> str:
+    """C{url} without its query and fragment, as the consent page shows a return address."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("?")[0].split("#")[0]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)

@@ -578,6 +578,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS oidc_logouts_client ON oidc_logouts (client_id)",
         ),
     ),
+    Migration(
+        14,
+        "approvals: the fields a person chose not to share, and 'always ask me for this site'",
+        (
+            # declined: fields the site asked for and the person left unticked
+            # (comma-separated, as fields); always_ask: 1 when the person wants
+            # the consent page every time, the approval kept for their records.
+            "ALTER TABLE approvals ADD COLUMN IF NOT EXISTS "
+            "declined VARCHAR(1024) NOT NULL DEFAULT ''",
+            "ALTER TABLE approvals ADD COLUMN IF NOT EXISTS always_ask INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 

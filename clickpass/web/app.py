@@ -44,6 +44,10 @@ CSRF_COOKIE = b"cp_csrf"
 # browser the account never used is noticed (only its hash is stored).
 BROWSER_COOKIE = b"cp_browser"
 BROWSER_COOKIE_AGE = 2 * 365 * 24 * 3600
+# Whether the person asked to stay signed in ("1") or not ("0"), for the
+# length of this browser session: it carries the choice made on the password
+# form through any second step to where the session starts.
+KEEP_COOKIE = b"cp_keep"
 MAX_FIELD = 4096
 
 SECURITY_HEADERS = {
@@ -55,6 +59,15 @@ SECURITY_HEADERS = {
 }
 
 T = TypeVar("T")
+
+# What a page says at its top after an action redirected to it with
+# ?done=NAME: a fixed list, so that a link cannot make a page say anything else.
+NOTICES = {
+    "site-disconnected": "Disconnected. That site will not sign you in with Clickpass until "
+    "you connect it again.",
+    "site-forget-asked": "Disconnected, and the site was asked to delete what it holds about you.",
+    "approval-forgotten": "Forgotten. That site will ask you again before it signs you in.",
+}
 
 
 class IRequestState(Interface):
@@ -79,6 +92,8 @@ class RequestState:
 
     account: Account | Unread | None = UNREAD
     csrf_cookie: str | None = None
+    # The "keep me signed in" choice made in this request (L{WebApp.choose_keep}).
+    keep: bool | None = None
 
 
 def request_state(request: Request) -> RequestState:
@@ -125,7 +140,12 @@ class WebApp:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.templates.globals.update(version=__version__, base_url=settings.base_url)
+        self.templates.globals.update(
+            version=__version__,
+            base_url=settings.base_url,
+            min_password_length=settings.accounts.min_password_length,
+            footer_links=footer_links(settings),
+        )
 
     def derive_key(self, purpose: bytes) -> bytes:
         """A key for one purpose, derived from the master secret."""
@@ -244,12 +264,32 @@ class WebApp:
         self.set_cookie(request, BROWSER_COOKIE, name, BROWSER_COOKIE_AGE)
         return hashlib.sha256(name.encode("ascii")).hexdigest()
 
+    def choose_keep(self, request: Request, keep: bool) -> None:
+        """
+        Record the person's "keep me signed in" choice for the session that
+        L{sign_in} starts next in this browser (after a second step, too).
+        """
+        self.set_cookie(request, KEEP_COOKIE, "1" if keep else "0", None)
+        request_state(request).keep = keep
+
+    def keeps_session(self, request: Request) -> bool:
+        """
+        Whether the session cookie outlives the browser session: unless the
+        person chose otherwise on the password form (L{choose_keep}).
+        """
+        chosen = request_state(request).keep
+        if chosen is not None:
+            return chosen
+        return bool(request.getCookie(KEEP_COOKIE) != b"0")
+
     async def sign_in(self, request: Request, account: Account, method: str = "password") -> str:
         """
         Start a session for C{account}, rotating any token the browser had,
         and log the sign-in (C{method}: "password", "signup", or the
         upstream provider's name); return the new token (for a feature that
-        records how it was signed in).
+        records how it was signed in). The cookie lasts the configured
+        session lifetime, or only until the browser closes when the person
+        did not ask to stay signed in (L{keeps_session}).
         """
         how = dataclasses.replace(
             self.how(request, method), browser_hash=self._browser_hash(request)
@@ -257,7 +297,8 @@ class WebApp:
         token = await self.accounts.start_session(
             account, how.client_address, self.session_token(request) or None, how
         )
-        self.set_cookie(request, SESSION_COOKIE, token, self.settings.accounts.session_lifetime)
+        lifetime = self.settings.accounts.session_lifetime if self.keeps_session(request) else None
+        self.set_cookie(request, SESSION_COOKIE, token, lifetime)
         request_state(request).account = account
         return token
 
@@ -307,6 +348,8 @@ class WebApp:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         context.setdefault("csrf_token", self.csrf_token(request))
+        done = (request.args or {}).get(b"done", [b""])[0]
+        context.setdefault("notice", NOTICES.get(done.decode("ascii", "replace")))
         known = request_state(request).account
         context.setdefault("account", None if isinstance(known, Unread) else known)
         return self.templates.get_template(template).render(**context).encode("utf-8")
@@ -325,6 +368,28 @@ class WebApp:
         if status in (301, 302, 303, 307):
             return b""
         return self.render(request, "error.html", status=status, message=message)
+
+
+@dataclass(frozen=True)
+class FooterLink:
+    """One of the footer's links to the pages an operator can replace ([web] *_page)."""
+
+    name: str
+    label: str
+    url: str
+
+
+FOOTER_PAGES = (("privacy", "Privacy"), ("terms", "Terms of use"), ("help", "Help"))
+
+
+def footer_links(settings: Settings) -> list[FooterLink]:
+    """The footer's links: the operator's URL for a page, or our own address for it."""
+    links = []
+    for name, label in FOOTER_PAGES:
+        page = str(getattr(settings.web, f"{name}_page"))
+        url = page if page.startswith(("http://", "https://")) else "/" + name
+        links.append(FooterLink(name, label, url))
+    return links
 
 
 def day(ts: int) -> str:

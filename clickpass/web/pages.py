@@ -1,6 +1,8 @@
 """
 The pages people use for their Clickpass account: home, sign-up, sign-in,
-sign-out, account, plus static files and the liveness probe.
+sign-out (and the page saying it happened), account, the footer's privacy,
+terms and help pages (shipped, or the operator's: [web] *_page), plus static
+files and the liveness probe.
 
 Every form carries a CSRF token; bad credentials get one generic message.
 
@@ -15,7 +17,11 @@ import hashlib
 import mimetypes
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from markupsafe import Markup
 
 from twisted.web.server import Request
 
@@ -26,7 +32,8 @@ from clickpass.accounts.service import (
     SignUpThrottled,
     Throttled,
 )
-from clickpass.web.app import STATIC, WebApp, safe_next
+from clickpass.config import Settings
+from clickpass.web.app import FOOTER_PAGES, STATIC, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
 
 
@@ -102,6 +109,7 @@ class AccountPages:
         self.account_sections = account_sections
         self.second_step = second_step
         self.statics = _load_static()
+        self.info_pages = _load_info_pages(app.settings)
 
     async def home(self, request: Request) -> bytes:
         head = ""
@@ -135,6 +143,9 @@ class AccountPages:
             email=email,
             error=error,
             partner=await self.arriving_from(next_url),
+            destination=destination_host(next_url),
+            # The sign-in form shown again keeps the person's choice.
+            keep=self.app.form(request, "keep") == "yes",
         )
 
     async def busy(
@@ -210,6 +221,8 @@ class AccountPages:
             request.setResponseCode(401)
             return await self.form_page(request, "signin.html", next_url, email, str(e))
         self.app.signins.inc(outcome="success")
+        # Unticked, the session ends when the browser closes.
+        self.app.choose_keep(request, self.app.form(request, "keep") == "yes")
         if self.second_step is not None:
             answer = await self.second_step.after_password(request, account, next_url)
             if answer is not None:
@@ -220,7 +233,24 @@ class AccountPages:
     async def signout(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         await self.app.sign_out(request)
-        return self.app.redirect(request, "/")
+        return self.app.redirect(request, "/signed-out")
+
+    async def signed_out(self, request: Request) -> bytes:
+        # Says that signing out worked; someone still signed in is not told so.
+        account = await self.app.current_account(request)
+        return self.app.render(request, "signed_out.html", still_signed_in=account is not None)
+
+    async def info_page(self, request: Request, name: str) -> bytes:
+        # The privacy, terms and help pages: an operator's file, or ours.
+        page = self.info_pages[name]
+        if page.startswith(("http://", "https://")):
+            return self.app.redirect(request, page, 302)
+        await self.app.current_account(request)
+        if page:
+            # The operator's own file, named in the configuration: trusted as a template is.
+            body = Markup(page)  # noqa: S704 - the operator's page, not anyone's input
+            return self.app.render(request, "info_page.html", name=name, body=body)
+        return self.app.render(request, f"info_{name}.html", name=name)
 
     async def account_page(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
@@ -287,9 +317,52 @@ def install(
     router.add("POST", "/signin", pages.signin)
     router.add("POST", "/signout", pages.signout)
     router.add("GET", "/account", pages.account_page)
+    router.add("GET", "/signed-out", pages.signed_out)
+    for name in pages.info_pages:
+        router.add("GET", "/" + name, partial(pages.info_page, name=name))
     router.add("GET", "/healthz", pages.healthz)
     router.add("GET", "/readyz", pages.readyz)
     router.add("GET", "/static/{name}", pages.static)
+
+
+# Where a sign-in request names the site that asked for it: an OpenID 2
+# realm (or its OpenID 1 name, or failing both the return address), or an
+# OpenID Connect redirect_uri. Read as text from the address the person
+# goes on to, so this module stays ignorant of the features behind it.
+DESTINATION_FIELDS = ("openid.realm", "openid.trust_root", "openid.return_to", "redirect_uri")
+
+
+def destination_host(next_url: str) -> str | None:
+    """
+    The host name of the site a sign-in continues to, for "to continue to
+    HOST", when C{next_url} is a sign-in request of a site; L{None} otherwise.
+    """
+    query = parse_qs(urlsplit(next_url).query)
+    for name in DESTINATION_FIELDS:
+        for value in query.get(name, ()):
+            try:
+                host = urlsplit(value).hostname
+            except ValueError:
+                continue
+            if host:
+                # A realm's wildcard ("*.example.com") names the domain.
+                return host.removeprefix("*.")
+    return None
+
+
+def _load_info_pages(settings: Settings) -> dict[str, str]:
+    """
+    Each footer page's source ([web] *_page): its URL, the HTML of the
+    operator's file (checked readable at start, L{clickpass.config.check_files}),
+    or "" for the page shipped here.
+    """
+    pages: dict[str, str] = {}
+    for name, _label in FOOTER_PAGES:
+        page = str(getattr(settings.web, f"{name}_page"))
+        if page and not page.startswith(("http://", "https://")):
+            page = settings.data_path(page).read_text(encoding="utf-8")
+        pages[name] = page
+    return pages
 
 
 def _load_static() -> dict[str, tuple[bytes, bytes, bytes]]:

@@ -36,6 +36,13 @@
     var links = document.querySelectorAll("[data-clickpass-button]");
     for (var i = 0; i < links.length; i++) { enhance(links[i]); }
   }
+  // A page restored from the back/forward cache keeps the busy state of the
+  // click that left it: the person came back, so sign-in is not under way.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) { return; }
+    var busy = document.querySelectorAll("[data-clickpass-button][aria-busy]");
+    for (var i = 0; i < busy.length; i++) { busy[i].removeAttribute("aria-busy"); }
+  });
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", run);
   } else {

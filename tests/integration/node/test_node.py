@@ -233,7 +233,7 @@ def test_sign_up_sign_out_sign_in(shared_node: NodeProcess) -> None:
 
     page = browser.get("/account")
     out = browser.post("/signout", {"csrf_token": csrf_token(page.text)})
-    assert out.url == node.url
+    assert out.url == node.url + "signed-out" and "You are signed out" in out.text
     assert browser.get("/account").url.startswith(node.url + "signin?next=")
 
     back = browser.sign_in("ADA@example.com", PASSWORD, next_url="/account")

@@ -34,7 +34,7 @@ def forget(person: Person, realm: str) -> int:
     """Press "Forget" for C{realm} on the account page; the answer's status."""
     answer = person.browser.submit("/account", FORGET, {"realm": realm}, allow_redirects=False)
     if answer.status_code == 303:
-        assert answer.headers["location"] == "/account"
+        assert answer.headers["location"] == "/account?done=approval-forgotten"
     return answer.status_code
 
 

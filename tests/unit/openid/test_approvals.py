@@ -92,3 +92,30 @@ async def test_an_approval_reported_kept_is_read_back(storage_backend: AdbapiSto
     for realm, fields in kept.items():
         found = await storage_backend.run(approvals.read, account_id, realm)
         assert found is not None and found.fields == fields
+
+
+@async_test
+async def test_declined_fields_and_always_ask(storage_backend: AdbapiStorage) -> None:
+    """
+    An approval with a field declined answers a request for it without
+    asking, and shares only what was allowed; "always ask" keeps the
+    approval but never answers at once.
+    """
+    account_id = await storage_backend.run(_add_account)
+    email, nickname = frozenset({"email"}), frozenset({"nickname"})
+    await storage_backend.run(approvals.remember, account_id, REALM, email, NOW, email | nickname)
+    approval = await storage_backend.run(approvals.read, account_id, REALM)
+    assert approval == Approval(email, NOW, nickname, False)
+    assert approval.answers(email | nickname) and not approval.covers(email | nickname)
+    assert not approval.answers(frozenset({"fullname"}))
+    assert approval.shared({"email": "a@example.com", "nickname": "ann"}) == {
+        "email": "a@example.com"
+    }
+    await storage_backend.run(
+        approvals.remember, account_id, REALM, email, NOW + 5, frozenset(), True
+    )
+    approval = await storage_backend.run(approvals.read, account_id, REALM)
+    assert approval == Approval(email, NOW + 5, frozenset(), True)
+    assert not approval.answers(frozenset()) and not approval.covers(frozenset())
+    listed = await storage_backend.run(approvals.remembered, account_id)
+    assert [(r.realm, r.always_ask) for r in listed] == [(REALM, True)]

@@ -1,0 +1,42 @@
+"""
+The OpenID Connect pages a person sees, in a real Chromium at a desktop's
+and a phone's size: the sign-in page names the site the person continues
+to (its redirect URI's host), and it and the consent page scroll no wider
+than the screen, have no WCAG 2.x A/AA violation axe-core finds, and keep
+a visible focus ring in document order (tests/integration/node/a11y.py).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.integration.node.a11y import checker
+from tests.integration.oidc.harness import PASSWORD, Provider
+from tests.integration.oidc.test_browser import Callback
+from tests.support.chromium import By, WebDriver, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_sign_in_and_consent_pages(provider: Provider, chrome: WebDriver, tmp_path: Path) -> None:
+    callback = Callback()
+    try:
+        pages = checker(chrome, tmp_path)
+        email = f"axe-{secrets.token_hex(4)}@example.com"
+        provider.node.ctl("user", "add", email, "--password-stdin", input=PASSWORD + "\n")
+        client = provider.client(callback.url)
+        chrome.delete_all_cookies()
+        chrome.get(provider.authorize_url(client, state="st", nonce="nn", login_hint=email))
+        wait_for(chrome, "input#email", timeout=60)  # a fresh node's first page
+        assert wait_for(chrome, "#destination").text == "to continue to 127.0.0.1"
+        pages.check("OpenID Connect sign-in")
+        chrome.find_element(By.CSS_SELECTOR, "input#password").send_keys(PASSWORD)
+        chrome.find_element(By.CSS_SELECTOR, "form[action='/signin'] button").click()
+        wait_for(chrome, "button[value=allow]")
+        pages.check("OpenID Connect consent")
+        assert not pages.problems, "\n".join(pages.problems)
+    finally:
+        callback.stop()
