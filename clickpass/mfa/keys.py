@@ -209,49 +209,9 @@ class SecurityKeys:
             raise
         now = self.now()
 
-        def add(tx: Transaction) -> store.Credential | CeremonyRefused:
-            owner = store.spend_challenge(
-                tx, _sha256(challenge), REGISTER, _sha256(binding.encode("utf-8")), now
-            )
-            if owner != account_id:
-                refused: CeremonyRefused = KeyRefused(EXPIRED)
-                self._log_refusal(tx, account_id, refused, where, now)
-                return refused
-            try:
-                new = ceremony.verify_registration(self.rp, raw, challenge, passkey)
-            except CeremonyRefused as e:
-                self._log_refusal(tx, account_id, e, where, now)
-                return e
-            id_hash = _sha256(new.credential_id)
-            if not store.add_credential(
-                tx,
-                id_hash,
-                new.credential_id,
-                account_id,
-                new.public_key,
-                new.sign_count,
-                new.transports,
-                name,
-                passkey,
-                new.backup_eligible,
-                new.backed_up,
-                now,
-            ):
-                return KeyRefused("That key is registered already.")
-            events.record(
-                tx,
-                account_id,
-                "passkey_added",
-                now,
-                client_address=where.client_address,
-                browser=where.browser,
-                detail=name,
-            )
-            found = store.credential(tx, id_hash)
-            assert found is not None
-            return found
-
-        result: store.Credential | CeremonyRefused = await self.storage.run(add)
+        result: store.Credential | CeremonyRefused = await self.storage.run(
+            self._keep, account_id, binding, challenge, raw, name, passkey, where, now
+        )
         if isinstance(result, CeremonyRefused):
             log.info(
                 "account {account_id}: new key refused ({reason})",
@@ -265,6 +225,60 @@ class SecurityKeys:
             kind="passkey" if passkey else "security key",
         )
         return result
+
+    def _keep(
+        self,
+        tx: Transaction,
+        account_id: int,
+        binding: str,
+        challenge: bytes,
+        raw: dict[str, Any],
+        name: str,
+        passkey: bool,
+        where: Where,
+        now: int,
+    ) -> store.Credential | CeremonyRefused:
+        """In one transaction: spend the challenge, check the answer, keep the key."""
+        owner = store.spend_challenge(
+            tx, _sha256(challenge), REGISTER, _sha256(binding.encode("utf-8")), now
+        )
+        if owner != account_id:
+            refused: CeremonyRefused = KeyRefused(EXPIRED)
+            self._log_refusal(tx, account_id, refused, where, now)
+            return refused
+        try:
+            new = ceremony.verify_registration(self.rp, raw, challenge, passkey)
+        except CeremonyRefused as e:
+            self._log_refusal(tx, account_id, e, where, now)
+            return e
+        id_hash = _sha256(new.credential_id)
+        if not store.add_credential(
+            tx,
+            id_hash,
+            new.credential_id,
+            account_id,
+            new.public_key,
+            new.sign_count,
+            new.transports,
+            name,
+            passkey,
+            new.backup_eligible,
+            new.backed_up,
+            now,
+        ):
+            return KeyRefused("That key is registered already.")
+        events.record(
+            tx,
+            account_id,
+            "passkey_added",
+            now,
+            client_address=where.client_address,
+            browser=where.browser,
+            detail=name,
+        )
+        found = store.credential(tx, id_hash)
+        assert found is not None
+        return found
 
     async def remove(self, account_id: int, ref: str, where: Where) -> str | None:
         """Remove the credential C{ref}; its name, or L{None} when it is not theirs."""

@@ -583,8 +583,10 @@ class OpenIDWeb:
         log.info("openid request refused: {reason}", reason=for_log(" ".join(str(error).split())))
         return self.assertions.refuse(request, 400, explain_protocol_error(error))
 
-    async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
-        realm = str(openid_request.trust_root)
+    async def _refuse_malformed(
+        self, request: Request, openid_request: Any, realm: str
+    ) -> bytes | None:
+        """The answer to a checkid request Clickpass cannot use (realm, return_to, identity)."""
         trust_root = parse_realm(realm)
         if trust_root is None or (
             trust_root.wildcard and wildcard_too_broad(trust_root.host.lstrip("."))
@@ -611,6 +613,13 @@ class OpenIDWeb:
                 "people in. Tell the site.",
                 openid_request.getCancelURL(),
             )
+        return None
+
+    async def _checkid(self, request: Request, openid_request: Any, query: dict[str, str]) -> bytes:
+        realm = str(openid_request.trust_root)
+        malformed = await self._refuse_malformed(request, openid_request, realm)
+        if malformed is not None:
+            return malformed
         account, look = await self._first_look(request, realm)
         if account is None:
             if openid_request.immediate:

@@ -16,6 +16,7 @@ import pytest
 import treq
 
 from clickpass import config as configmod
+from clickpass.balancer.forwarding import CLIENT_HEADER
 from clickpass.storage.sql import AdbapiStorage
 from clickpass.web import pages
 from clickpass.web.app import AppSite, WebApp, footer_links
@@ -102,7 +103,7 @@ async def test_shipped_operator_file_and_url_pages(
             "web": {"terms_page": "terms.html", "help_page": "https://corp.example/help"},
         }
     )
-    app = WebApp(reactor, settings, storage_backend, b"s" * 32)
+    app = WebApp(reactor, settings, storage_backend, b"s" * 32, client_header=CLIENT_HEADER)
     privacy, terms, help_page = await _get(reactor, app, "/privacy", "/terms", "/help")
     assert privacy[0] == 200 and 'id="info-privacy"' in privacy[2]
     assert terms[0] == 200 and '<h1 id="corp-terms">Corp terms</h1>' in terms[2]
@@ -119,7 +120,7 @@ async def test_signed_out_page_and_notices(
     never text from the address.
     """
     settings = configmod.parse({"node": {"data_dir": str(tmp_path)}})
-    app = WebApp(reactor, settings, storage_backend, b"s" * 32)
+    app = WebApp(reactor, settings, storage_backend, b"s" * 32, client_header=CLIENT_HEADER)
     out, known, unknown = await _get(
         reactor, app, "/signed-out", "/?done=site-disconnected", "/?done=You+won+a+prize"
     )
@@ -134,7 +135,7 @@ async def test_a_refused_sign_in_keeps_the_keep_choice(
 ) -> None:
     """The sign-in form shown again after a wrong password keeps "Keep me signed in" as it was."""
     settings = configmod.parse({"node": {"data_dir": str(tmp_path)}})
-    app = WebApp(reactor, settings, storage_backend, b"s" * 32)
+    app = WebApp(reactor, settings, storage_backend, b"s" * 32, client_header=CLIENT_HEADER)
     router = Router()
     pages.install(app, router)
     port = reactor.listenTCP(0, AppSite(router, app), interface="127.0.0.1")
