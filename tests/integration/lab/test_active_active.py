@@ -69,8 +69,7 @@ def production_lab() -> Iterator[Any]:
     for tool in ("ip", "curl"):
         if shutil.which(tool) is None:
             pytest.fail(f"the lab needs {tool} (iproute2, curl)", pytrace=False)
-    lab = labmod.Lab(prefix=PREFIX)
-    lab.down()  # a lab a crashed run left behind
+    lab = labmod.Lab.for_run(PREFIX)
     try:
         lab.up(shape="production", db=False, timeout=120.0)
         yield lab

@@ -226,8 +226,7 @@ def old_lab(tmp_path: Path) -> Iterator[Any]:
     """The production shape on MariaDB, every node on the previous release."""
     _check_possible()
     release = previous_release(tmp_path)
-    lab = labmod.Lab(prefix=PREFIX)
-    lab.down()
+    lab = labmod.Lab.for_run(PREFIX)
     lab.releases = {host: release for host in (*labmod.NODES, *labmod.DB_NODES)}
     try:
         lab.up(shape="production", db=True, timeout=180.0)
