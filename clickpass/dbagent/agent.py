@@ -320,6 +320,11 @@ class VipGate:
         self.wanted = None
         self._let_go()
 
+    def hand_off(self) -> None:
+        # A database client must learn that its server is no longer the
+        # primary, not finish on it: the same as a release (clients ended first).
+        self.release()
+
     def _let_go(self) -> None:
         """Release the address, the clients' connections ended first when it was held."""
         was_held, self.held = self.held, False

@@ -29,6 +29,7 @@ from clickpass.heartbeat.actions import (
     IpCommand,
     NetlinkAddresses,
     VipManager,
+    parked_settings,
 )
 from clickpass.heartbeat.group import Group, WitnessGroup
 from clickpass.heartbeat.settings import ClusterSettings, parse_address
@@ -125,7 +126,12 @@ class Engine:
             vip = (
                 vip_factory(settings)
                 if vip_factory is not None
-                else VipManager(settings, _addresses(settings, runner), reactor)
+                else VipManager(
+                    settings,
+                    _addresses(settings, runner),
+                    reactor,
+                    parking=_addresses(parked_settings(settings), runner),
+                )
             )
             hooks = (
                 notifier_factory(settings)
