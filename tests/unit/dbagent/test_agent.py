@@ -862,6 +862,58 @@ def test_a_rejoin_checks_the_history_the_server_holds_when_replication_starts() 
     assert not w.local.status_.replica_configured
 
 
+def test_a_replica_that_applied_past_an_earlier_reading_of_the_primary_rejoins() -> None:
+    """
+    A replica restarted under writes goes on applying after its agent read the
+    primary's position: the rejoin's check finds it "past" that reading. The
+    primary is read again (nothing moves here any more) and, as it holds every
+    transaction this host has, the host rejoins instead of being quarantined.
+    """
+    w = world(
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+
+    def applied_meanwhile() -> None:
+        w.local.set(binlog_pos=Position.parse("0-1-12"))
+        w.peer.set(binlog_pos=Position.parse("0-1-14"))
+
+    w.local.before_rejoin = applied_meanwhile
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role in (Role.REPLICA, Role.QUARANTINED))
+    assert w.role == Role.REPLICA, w.agent.problems
+    assert w.agent.counters["quarantined"] == 0
+    assert w.agent.counters["rejoin_rechecked"] == 1
+    assert w.local.calls.count("rejoin") == 2
+
+
+def test_a_rejoin_still_errant_against_the_primary_read_again_is_quarantined() -> None:
+    """
+    Read again, a primary whose history still lacks a transaction this host has
+    (0-2-11, ours alone) leaves the host quarantined: the second reading saves
+    only a host whose transactions the primary holds.
+    """
+    w = world(
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+
+    def diverged() -> None:
+        w.local.set(binlog_pos=Position.parse("0-2-11"))
+        w.peer.set(binlog_pos=Position.parse("0-1-11"))
+
+    w.local.before_rejoin = diverged
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role == Role.QUARANTINED)
+    assert "0-2-11 here" in w.agent.problems[0]
+    assert w.agent.counters["rejoin_rechecked"] == 1
+    assert not w.local.status_.replica_configured
+
+
 def test_a_rejoin_the_primary_refuses_is_quarantined_not_rejoined() -> None:
     """
     0-2-8 here and 0-1-10 on the primary may be contained by position; the
