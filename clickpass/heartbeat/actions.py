@@ -74,8 +74,10 @@ class _Collect(ProcessProtocol):
 
     def _kill(self) -> None:
         self.timed_out = True
+        if self.transport is None:  # not started: nothing to kill
+            return
         with contextlib.suppress(Exception):  # it may have just exited
-            self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            self.transport.signalProcess("KILL")
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if len(self.output) < MAX_OUTPUT:
@@ -114,7 +116,8 @@ class CommandRunner:
         except Exception as e:
             protocol._timer.cancel()
             return succeed(Result(None, f"cannot start {argv[0]}: {e}"))
-        protocol.transport.closeStdin()  # type: ignore[union-attr]
+        if protocol.transport is not None:  # spawnProcess connected it
+            protocol.transport.closeStdin()
         return done
 
 

@@ -14,10 +14,9 @@ import dataclasses
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -56,6 +55,19 @@ def _addresses(settings: Any, runner: CommandRunner) -> NetlinkAddresses | IpCom
     return IpCommand(settings, runner)
 
 
+class UdpPort(Protocol):
+    """What the engine uses of the UDP port C{listenUDP} gives (L{twisted.internet.udp.Port})."""
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram; raises OSError when the kernel refuses it."""
+
+    def doRead(self) -> None:
+        """Read and hand on every datagram waiting in the socket, without waiting."""
+
+    def stopListening(self) -> object:
+        """Close the socket."""
+
+
 class HeartbeatProtocol(DatagramProtocol):
     """Hands every datagram to the engine."""
 
@@ -91,7 +103,7 @@ class Engine:
         self.sequencer = wire.Sequencer(epoch)
         self.receiver = wire.Receiver(self.key, node_id)
         self.counters: Counter[str] = Counter()
-        self.port: IListeningPort | None = None
+        self.port: UdpPort | None = None
         self.maintenance = False
         self.witness = (
             parse_address(cluster.witness, cluster.port)
@@ -282,7 +294,7 @@ class Engine:
         if self.port is None:
             return
         try:
-            self.port.doRead()  # type: ignore[attr-defined]
+            self.port.doRead()
         except Exception:
             self.log.failure("cluster: reading waiting heartbeat packets failed")
 
@@ -300,7 +312,7 @@ class Engine:
                     legacy = wire.encode(dataclasses.replace(message, hears=None), self.key)
                 payload = legacy
             try:
-                self.port.write(payload, address)  # type: ignore[attr-defined]
+                self.port.write(payload, address)
                 self.counters["sent"] += 1
                 sent += 1
             except OSError:
