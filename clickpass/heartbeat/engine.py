@@ -31,7 +31,7 @@ from clickpass.heartbeat.actions import (
     parked_settings,
 )
 from clickpass.heartbeat.group import Group, WitnessGroup
-from clickpass.heartbeat.settings import ClusterSettings, parse_address
+from clickpass.heartbeat.settings import ClusterGroupSettings, ClusterSettings, parse_address
 from clickpass.heartbeat.wire import Health, Kind, Message, State
 
 NODE_CHECK = "node"
@@ -128,50 +128,77 @@ class Engine:
         self.without_hears: set[str] = set()
         runner = CommandRunner(reactor)
         for settings in cluster.group:
-            peers = [parse_address(p, cluster.port) for p in settings.peers]
-            if self.witness is not None:
-                peers.append(self.witness)
-            self.destinations[settings.name] = peers
-            if cluster.role == "witness":
-                self.witness_groups[settings.name] = WitnessGroup(settings, reactor, self, node_id)
-                continue
-            vip = (
-                vip_factory(settings)
-                if vip_factory is not None
-                else VipManager(
-                    settings,
-                    _addresses(settings, runner),
-                    reactor,
-                    parking=_addresses(parked_settings(settings), runner),
-                )
-            )
-            hooks = (
-                notifier_factory(settings)
-                if notifier_factory is not None
-                else HookRunner(settings.notify, settings.notify_timeout, runner)
-            )
-            # Hooks for other parts of the node (the database agent gates the
-            # db group's VIP and follows its state): wrap(settings, inner).
-            if wrap_vip is not None:
-                vip = wrap_vip(settings, vip)
-            if wrap_notifier is not None:
-                hooks = wrap_notifier(settings, hooks)
-            group = Group(
+            self._add_group(
                 settings,
-                node_id,
-                reactor,
-                self,
-                vip,
-                hooks,
-                witness_required=self.witness is not None,
+                runner,
+                extra_checks,
+                vip_factory,
+                notifier_factory,
+                wrap_vip,
+                wrap_notifier,
             )
-            for name, weight in extra_checks:
-                group.checks.setdefault(name, (weight, True))
-            group.on_failover = self._failover
-            group.drain = self.drain
-            self.groups[settings.name] = group
-            self.vips[settings.name] = vip
-            self.hooks[settings.name] = hooks
+
+    def _add_group(
+        self,
+        settings: ClusterGroupSettings,
+        runner: CommandRunner,
+        extra_checks: Sequence[tuple[str, int]],
+        vip_factory: Any,
+        notifier_factory: Any,
+        wrap_vip: Any,
+        wrap_notifier: Any,
+    ) -> None:
+        """
+        One group: its destinations, and (on a member) its L{Group} with its
+        VIP and hooks (from the factories given, or the real ones), wrapped
+        by the other parts of the node that follow it.
+        """
+        peers = [parse_address(p, self.cluster.port) for p in settings.peers]
+        if self.witness is not None:
+            peers.append(self.witness)
+        self.destinations[settings.name] = peers
+        if self.cluster.role == "witness":
+            self.witness_groups[settings.name] = WitnessGroup(
+                settings, self.reactor, self, self.node_id
+            )
+            return
+        vip = (
+            vip_factory(settings)
+            if vip_factory is not None
+            else VipManager(
+                settings,
+                _addresses(settings, runner),
+                self.reactor,
+                parking=_addresses(parked_settings(settings), runner),
+            )
+        )
+        hooks = (
+            notifier_factory(settings)
+            if notifier_factory is not None
+            else HookRunner(settings.notify, settings.notify_timeout, runner)
+        )
+        # Hooks for other parts of the node (the database agent gates the
+        # db group's VIP and follows its state): wrap(settings, inner).
+        if wrap_vip is not None:
+            vip = wrap_vip(settings, vip)
+        if wrap_notifier is not None:
+            hooks = wrap_notifier(settings, hooks)
+        group = Group(
+            settings,
+            self.node_id,
+            self.reactor,
+            self,
+            vip,
+            hooks,
+            witness_required=self.witness is not None,
+        )
+        for name, weight in extra_checks:
+            group.checks.setdefault(name, (weight, True))
+        group.on_failover = self._failover
+        group.drain = self.drain
+        self.groups[settings.name] = group
+        self.vips[settings.name] = vip
+        self.hooks[settings.name] = hooks
 
     def peer_process_gone(self, node: str) -> None:
         """A peer's heartbeat process is gone (its link closed): tell every group."""
