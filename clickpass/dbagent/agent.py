@@ -1259,6 +1259,10 @@ class DbAgent(Service):
                 if now >= deadline:
                     self.counters["fence_wait_over"] += 1
                     self._step("fence_wait over")
+                    # Unreachable to the end (a first attempt may take the
+                    # whole wait): its receiver's read from the cut link is
+                    # killed, not waited out by the promotion's STOP SLAVE.
+                    self._stop_receiving()
                     return False
                 if not warned:
                     warned = True

@@ -424,6 +424,34 @@ def test_a_frozen_old_primary_killed_by_its_agent_ends_the_wait() -> None:
     assert w.agent.counters["peer_gone"] == 1
 
 
+def test_an_old_primary_unreachable_to_the_end_of_fence_wait_has_its_receiver_killed() -> None:
+    """
+    A first fence attempt that takes the whole fence_wait (its connect timeout
+    ends with it) leaves no moment for the unreachable branch: the receiver is
+    still stopped by killing its read (ops.stop_receiving) before the promotion,
+    not by the promotion's STOP SLAVE waiting for the cut link's read to time out.
+    """
+    config = dataclasses.replace(CONFIG, fence_wait=0.5, fence_timeout=0.6)
+    w = world(
+        config,
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role == Role.REPLICA)
+    w.peer.mode = "frozen"
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role.writable, limit=3.0)
+    calls = w.local.calls
+    assert "stop_receiving" in calls
+    assert calls.index("stop_receiving") < calls.index("promote_and_record")
+    steps = [step for step, _ in w.agent.status()["timeline"]]
+    assert steps.index("fence_wait over") < steps.index("receiver stopped")
+    assert w.agent.counters["fence_wait_over"] == 1
+
+
 def test_peer_vip_off_follows_the_group_and_the_lease() -> None:
     """A non-MASTER advert, or a MASTER silent past the lease, means the VIP is off the peer."""
     master = PeerView("db1", State.MASTER, 200, Advertised.OK, 0, 0.1, 10.0, "")
