@@ -320,6 +320,11 @@ class VipGate:
         self.wanted = None
         self._let_go()
 
+    def hand_off(self) -> None:
+        # A database client must learn that its server is no longer the
+        # primary, not finish on it: the same as a release (clients ended first).
+        self.release()
+
     def _let_go(self) -> None:
         """Release the address, the clients' connections ended first when it was held."""
         was_held, self.held = self.held, False
@@ -1047,17 +1052,39 @@ class DbAgent(Service):
         # recovery, before the fence's last commits) is never what decides.
         # One connection reads the replica's state every 20 ms until the
         # primary streams to it (or 5 s pass): no coarse polling.
+
+        def proceed() -> bool:
+            return self._serial == serial and self.role == Role.REJOINING
+
         problems, status = await self.local.call(
             ops.rejoin,
             self.peer_account,
             None if force else primary.binlog_pos,
             5.0,
-            lambda: self._serial == serial and self.role == Role.REJOINING,
+            proceed,
             timeout=10.0,
         )
         self.last_status = status
         if not self._current(serial, "rejoin"):
             return
+        if problems:
+            # The primary's position was read before this server stopped
+            # applying: a replica that went on applying meanwhile (its
+            # agent restarted under writes) is "past" that reading with
+            # transactions the primary has too. Nothing moves here now
+            # (read-only, not replicating): read the primary again, and
+            # only if its history still lacks ours is it errant.
+            fresh = await self._fresh_primary_position()
+            if not self._current(serial, "rejoin"):
+                return
+            if fresh is not None and fresh != primary.binlog_pos:
+                self.counters["rejoin_rechecked"] += 1
+                problems, status = await self.local.call(
+                    ops.rejoin, self.peer_account, fresh, 5.0, proceed, timeout=10.0
+                )
+                self.last_status = status
+                if not self._current(serial, "rejoin"):
+                    return
         if problems:
             self._errant(problems)
             return
@@ -1080,6 +1107,19 @@ class DbAgent(Service):
             return
         self.reason = "replication did not start within 5s"
         self.machine.failed()
+
+    async def _fresh_primary_position(self) -> Position | None:
+        """The primary's binlog position read now (None when it does not answer)."""
+        try:
+            status = await self.peer.call(ops.read_status, timeout=self.config.fence_timeout)
+        except Exception as e:
+            self.log.warn(
+                "dbagent {node}: cannot read the primary's position again ({error})",
+                node=self.config.node,
+                error=one_line(e),
+            )
+            return None
+        return status.binlog_pos
 
     async def _wait_peer_writable(self, primary: ops.ServerStatus) -> ops.ServerStatus:
         """Ask the promoting peer every 20 ms, for up to promote_timeout, until it is writable."""
@@ -1219,6 +1259,10 @@ class DbAgent(Service):
                 if now >= deadline:
                     self.counters["fence_wait_over"] += 1
                     self._step("fence_wait over")
+                    # Unreachable to the end (a first attempt may take the
+                    # whole wait): its receiver's read from the cut link is
+                    # killed, not waited out by the promotion's STOP SLAVE.
+                    self._stop_receiving()
                     return False
                 if not warned:
                     warned = True

@@ -21,7 +21,9 @@ asks, in the order asked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
+import math
 import os
 import shlex
 import socket
@@ -46,6 +48,8 @@ MAX_OUTPUT = 4096
 _PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # What iproute2 versions say when deleting an address that is not there.
 _ABSENT = ("Cannot assign requested address", "Address not found")
+# Where a handed-off VIP stays while the connections in flight finish.
+PARK_INTERFACE = "lo"
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,10 @@ class _Collect(ProcessProtocol):
 
     def _kill(self) -> None:
         self.timed_out = True
+        if self.transport is None:  # not started: nothing to kill
+            return
         with contextlib.suppress(Exception):  # it may have just exited
-            self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            self.transport.signalProcess("KILL")
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if len(self.output) < MAX_OUTPUT:
@@ -110,7 +116,8 @@ class CommandRunner:
         except Exception as e:
             protocol._timer.cancel()
             return succeed(Result(None, f"cannot start {argv[0]}: {e}"))
-        protocol.transport.closeStdin()  # type: ignore[union-attr]
+        if protocol.transport is not None:  # spawnProcess connected it
+            protocol.transport.closeStdin()
         return done
 
 
@@ -330,11 +337,48 @@ class NetlinkAddresses:
             self._socket = None
 
 
+def parked_settings(settings: ClusterGroupSettings) -> ClusterGroupSettings:
+    """The group's VIP as a host address on C{lo}: where L{VipManager.hand_off} parks it."""
+    iface = ipaddress.ip_interface(settings.vip)
+    return dataclasses.replace(
+        settings, vip=f"{iface.ip}/{iface.max_prefixlen}", interface=PARK_INTERFACE
+    )
+
+
+def read_sysctl(name: str) -> int | None:
+    """An integer sysctl of this network namespace (net.ipv4.conf.eth0.arp_ignore), or None."""
+    try:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def arp_quiet(interface: str, sysctl: Callable[[str], int | None] = read_sysctl) -> bool:
+    """
+    Whether this host answers ARP on C{interface} only for the addresses it
+    has on that interface (arp_ignore 1 or more), and names only those as the
+    sender of its own ARP requests there (arp_announce 2); the kernel takes
+    the larger of the interface's value and C{all}'s. Only then may an
+    address sit on C{lo} without this host claiming it on the network.
+    """
+    values = {}
+    for key in ("arp_ignore", "arp_announce"):
+        found = [sysctl(f"net.ipv4.conf.{where}.{key}") for where in ("all", interface)]
+        values[key] = max((v for v in found if v is not None), default=0)
+    return 1 <= values["arp_ignore"] <= 2 and values["arp_announce"] == 2
+
+
 class VipManager:
     """
     The VIP of one group on this host, held as a lease: added with valid and
     preferred lifetimes on take and on every renewal, so the kernel drops the
     address by itself if this process stops renewing.
+
+    A planned move (L{hand_off}: a switchover, or a peer taking its VIP
+    back) keeps the address on C{lo} for C{vip_drain} seconds: the kernel
+    sends only from an address the host has, so without it a request in
+    flight here would never get its answer out.
     """
 
     log = Logger()
@@ -345,6 +389,8 @@ class VipManager:
         addresses: Addresses,
         clock: Any,
         garp: GarpSender | None = None,
+        parking: Addresses | None = None,
+        sysctl: Callable[[str], int | None] = read_sysctl,
     ) -> None:
         self.settings = settings
         self.addresses = addresses
@@ -353,8 +399,15 @@ class VipManager:
         self.garp = garp
         if garp is None and iface.version == 4:
             self.garp = GarpSender(settings.interface, str(iface.ip))
+        # The address as a host address on lo, for hand_off (IPv4 only: ARP's
+        # sysctls say whether this host would still claim it; IPv6 has none).
+        self.parking = parking if iface.version == 4 else None
+        self.sysctl = sysctl
         self.counters: Counter[str] = Counter()
         self.held = False
+        self.parked = False
+        self._unpark: IDelayedCall | None = None
+        self._warned_arp = False
         self._serial = Serial()
         self._renewing = False
         self._burst: list[IDelayedCall] = []
@@ -389,7 +442,10 @@ class VipManager:
                 self.announce()
                 if self.held:
                     up()
+                if self.parked:  # ours again before the drain ended
+                    await self._remove_parked()
 
+        self._cancel_unpark()
         self._serial(lambda: Deferred.fromCoroutine(step()))
 
     def renew(self) -> None:
@@ -409,30 +465,114 @@ class VipManager:
     def release(self) -> None:
         was_held, self.held = self.held, False
         self._cancel_burst()
+        self._serial(lambda: Deferred.fromCoroutine(self._delete(was_held)))
+
+    def hand_off(self) -> None:
+        """
+        Release the address to a peer that now holds it (it claimed MASTER
+        once the address answered there and its ARP burst started), letting
+        the connections in flight here finish: the address moves to C{lo}
+        as a host address for C{vip_drain} seconds (with that lease, so the
+        kernel drops it even if this process dies), then goes. The kernel
+        can then still send from it, while ARP on the interface no longer
+        names this host for it (see L{arp_quiet}: without those settings,
+        or with C{vip_drain} 0, it is released at once).
+        """
+        if not self.held or self.parking is None or self.settings.vip_drain <= 0:
+            self.release()
+            return
+        if not arp_quiet(self.settings.interface, self.sysctl):
+            self.counters["hand_off_unparked"] += 1
+            if not self._warned_arp:
+                self._warned_arp = True
+                self.log.warn(
+                    "VIP {vip} released at once, not kept on lo for connections in flight:"
+                    " {interface} would still answer ARP for it (set net.ipv4.conf.{interface}"
+                    ".arp_ignore=1 and .arp_announce=2)",
+                    vip=self.settings.vip,
+                    interface=self.settings.interface,
+                )
+            self.release()
+            return
+        self.held = False
+        self._cancel_burst()
+        self._cancel_unpark()
+        self.parked = True
+        drain = self.settings.vip_drain
+        parking = self.parking
 
         async def step() -> None:
-            result = await self.addresses.delete()
+            # On lo first, so there is no moment the host cannot send from it.
+            result = await parking.replace(math.ceil(drain) + 1)
             if result.ok:
-                self.counters["release"] += 1
+                self.counters["parked"] += 1
                 self.log.info(
-                    "VIP {vip} released from {interface}",
+                    "VIP {vip} handed off; kept on lo for {seconds} s for connections in flight",
                     vip=self.settings.vip,
-                    interface=self.settings.interface,
+                    seconds=drain,
                 )
-            elif any(t in result.output for t in _ABSENT) or (
-                "Cannot find device" in result.output and not was_held
-            ):
-                self.counters["release_absent"] += 1  # idempotent: it was not there
             else:
-                self.counters["release_failed"] += 1
+                self.parked = False
+                self.counters["park_failed"] += 1
                 self.log.error(
-                    "cannot release VIP {vip} from {interface}: {error}",
+                    "cannot keep VIP {vip} on lo: {error}",
                     vip=self.settings.vip,
-                    interface=self.settings.interface,
                     error=result.output or f"exit {result.code}",
                 )
+            await self._delete(True)
+            if self.parked and not self.held:
+                self._unpark = self.clock.callLater(drain, self._drained)
 
         self._serial(lambda: Deferred.fromCoroutine(step()))
+
+    def _drained(self) -> None:
+        self._unpark = None
+        if not self.held:
+            self._serial(lambda: Deferred.fromCoroutine(self._remove_parked()))
+
+    async def _remove_parked(self) -> None:
+        if not self.parked or self.parking is None:
+            return
+        self.parked = False
+        result = await self.parking.delete()
+        if result.ok or any(t in result.output for t in _ABSENT):
+            self.counters["unparked"] += 1
+        else:
+            # Its lease ends it anyway, a second after the drain.
+            self.counters["unpark_failed"] += 1
+            self.log.error(
+                "cannot remove VIP {vip} from lo: {error}",
+                vip=self.settings.vip,
+                error=result.output or f"exit {result.code}",
+            )
+
+    def _cancel_unpark(self) -> None:
+        if self._unpark is not None and self._unpark.active():
+            self._unpark.cancel()
+        self._unpark = None
+
+    async def _delete(self, was_held: bool) -> None:
+        """Remove the address from the interface (absent is no error)."""
+        result = await self.addresses.delete()
+        if result.ok:
+            self.counters["release"] += 1
+            self.log.info(
+                "VIP {vip} released from {interface}",
+                vip=self.settings.vip,
+                interface=self.settings.interface,
+            )
+        elif any(t in result.output for t in _ABSENT) or (
+            "Cannot find device" in result.output and not was_held
+        ):
+            self.counters["release_absent"] += 1  # idempotent: it was not there
+        else:
+            self.counters["release_failed"] += 1
+            self.log.error(
+                "cannot release VIP {vip} from {interface}: {error}",
+                vip=self.settings.vip,
+                interface=self.settings.interface,
+                error=result.output or f"exit {result.code}",
+            )
 
     def announce(self) -> None:
         """A burst of gratuitous ARP: one now, the rest spaced by garp_interval."""
@@ -471,11 +611,13 @@ class VipManager:
 
     def close(self) -> None:
         self._cancel_burst()
+        self._cancel_unpark()  # a parked address goes with its lease
         if self.garp is not None:
             self.garp.close()
-        close = getattr(self.addresses, "close", None)
-        if close is not None:
-            close()
+        for addresses in (self.addresses, self.parking):
+            close = getattr(addresses, "close", None)
+            if close is not None:
+                close()
 
 
 class HookRunner:
@@ -534,5 +676,7 @@ __all__ = [
     "Result",
     "VipManager",
     "address_message",
+    "arp_quiet",
     "garp_frame",
+    "parked_settings",
 ]

@@ -14,10 +14,9 @@ import dataclasses
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -29,9 +28,10 @@ from clickpass.heartbeat.actions import (
     IpCommand,
     NetlinkAddresses,
     VipManager,
+    parked_settings,
 )
 from clickpass.heartbeat.group import Group, WitnessGroup
-from clickpass.heartbeat.settings import ClusterSettings, parse_address
+from clickpass.heartbeat.settings import ClusterGroupSettings, ClusterSettings, parse_address
 from clickpass.heartbeat.wire import Health, Kind, Message, State
 
 NODE_CHECK = "node"
@@ -53,6 +53,19 @@ def _addresses(settings: Any, runner: CommandRunner) -> NetlinkAddresses | IpCom
     if hasattr(socket, "AF_NETLINK"):
         return NetlinkAddresses(settings)
     return IpCommand(settings, runner)
+
+
+class UdpPort(Protocol):
+    """What the engine uses of the UDP port C{listenUDP} gives (L{twisted.internet.udp.Port})."""
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram; raises OSError when the kernel refuses it."""
+
+    def doRead(self) -> None:
+        """Read and hand on every datagram waiting in the socket, without waiting."""
+
+    def stopListening(self) -> object:
+        """Close the socket."""
 
 
 class HeartbeatProtocol(DatagramProtocol):
@@ -90,7 +103,7 @@ class Engine:
         self.sequencer = wire.Sequencer(epoch)
         self.receiver = wire.Receiver(self.key, node_id)
         self.counters: Counter[str] = Counter()
-        self.port: IListeningPort | None = None
+        self.port: UdpPort | None = None
         self.maintenance = False
         self.witness = (
             parse_address(cluster.witness, cluster.port)
@@ -115,45 +128,77 @@ class Engine:
         self.without_hears: set[str] = set()
         runner = CommandRunner(reactor)
         for settings in cluster.group:
-            peers = [parse_address(p, cluster.port) for p in settings.peers]
-            if self.witness is not None:
-                peers.append(self.witness)
-            self.destinations[settings.name] = peers
-            if cluster.role == "witness":
-                self.witness_groups[settings.name] = WitnessGroup(settings, reactor, self, node_id)
-                continue
-            vip = (
-                vip_factory(settings)
-                if vip_factory is not None
-                else VipManager(settings, _addresses(settings, runner), reactor)
-            )
-            hooks = (
-                notifier_factory(settings)
-                if notifier_factory is not None
-                else HookRunner(settings.notify, settings.notify_timeout, runner)
-            )
-            # Hooks for other parts of the node (the database agent gates the
-            # db group's VIP and follows its state): wrap(settings, inner).
-            if wrap_vip is not None:
-                vip = wrap_vip(settings, vip)
-            if wrap_notifier is not None:
-                hooks = wrap_notifier(settings, hooks)
-            group = Group(
+            self._add_group(
                 settings,
-                node_id,
-                reactor,
-                self,
-                vip,
-                hooks,
-                witness_required=self.witness is not None,
+                runner,
+                extra_checks,
+                vip_factory,
+                notifier_factory,
+                wrap_vip,
+                wrap_notifier,
             )
-            for name, weight in extra_checks:
-                group.checks.setdefault(name, (weight, True))
-            group.on_failover = self._failover
-            group.drain = self.drain
-            self.groups[settings.name] = group
-            self.vips[settings.name] = vip
-            self.hooks[settings.name] = hooks
+
+    def _add_group(
+        self,
+        settings: ClusterGroupSettings,
+        runner: CommandRunner,
+        extra_checks: Sequence[tuple[str, int]],
+        vip_factory: Any,
+        notifier_factory: Any,
+        wrap_vip: Any,
+        wrap_notifier: Any,
+    ) -> None:
+        """
+        One group: its destinations, and (on a member) its L{Group} with its
+        VIP and hooks (from the factories given, or the real ones), wrapped
+        by the other parts of the node that follow it.
+        """
+        peers = [parse_address(p, self.cluster.port) for p in settings.peers]
+        if self.witness is not None:
+            peers.append(self.witness)
+        self.destinations[settings.name] = peers
+        if self.cluster.role == "witness":
+            self.witness_groups[settings.name] = WitnessGroup(
+                settings, self.reactor, self, self.node_id
+            )
+            return
+        vip = (
+            vip_factory(settings)
+            if vip_factory is not None
+            else VipManager(
+                settings,
+                _addresses(settings, runner),
+                self.reactor,
+                parking=_addresses(parked_settings(settings), runner),
+            )
+        )
+        hooks = (
+            notifier_factory(settings)
+            if notifier_factory is not None
+            else HookRunner(settings.notify, settings.notify_timeout, runner)
+        )
+        # Hooks for other parts of the node (the database agent gates the
+        # db group's VIP and follows its state): wrap(settings, inner).
+        if wrap_vip is not None:
+            vip = wrap_vip(settings, vip)
+        if wrap_notifier is not None:
+            hooks = wrap_notifier(settings, hooks)
+        group = Group(
+            settings,
+            self.node_id,
+            self.reactor,
+            self,
+            vip,
+            hooks,
+            witness_required=self.witness is not None,
+        )
+        for name, weight in extra_checks:
+            group.checks.setdefault(name, (weight, True))
+        group.on_failover = self._failover
+        group.drain = self.drain
+        self.groups[settings.name] = group
+        self.vips[settings.name] = vip
+        self.hooks[settings.name] = hooks
 
     def peer_process_gone(self, node: str) -> None:
         """A peer's heartbeat process is gone (its link closed): tell every group."""
@@ -276,7 +321,7 @@ class Engine:
         if self.port is None:
             return
         try:
-            self.port.doRead()  # type: ignore[attr-defined]
+            self.port.doRead()
         except Exception:
             self.log.failure("cluster: reading waiting heartbeat packets failed")
 
@@ -294,7 +339,7 @@ class Engine:
                     legacy = wire.encode(dataclasses.replace(message, hears=None), self.key)
                 payload = legacy
             try:
-                self.port.write(payload, address)  # type: ignore[attr-defined]
+                self.port.write(payload, address)
                 self.counters["sent"] += 1
                 sent += 1
             except OSError:

@@ -68,6 +68,12 @@ class VipControl(Protocol):
     def release(self) -> None:
         """Remove the address (no error when it is not there)."""
 
+    def hand_off(self) -> None:
+        """
+        Remove the address for a peer that now answers for it, letting this
+        host's connections in flight finish (or remove it at once).
+        """
+
     def announce(self) -> None:
         """Send a burst of gratuitous ARP."""
 
@@ -668,6 +674,10 @@ class Group:
 
     def release_vip(self) -> None:
         self.vip.release()
+
+    def hand_off_vip(self) -> None:
+        self.counters["hand_offs"] += 1
+        self.vip.hand_off()
 
     def announce(self) -> None:
         self.counters["split_brain_won"] += 1

@@ -87,6 +87,8 @@ class GroupActions(Protocol):
 
     def release_vip(self) -> None: ...
 
+    def hand_off_vip(self) -> None: ...
+
     def announce(self) -> None: ...
 
     def request_vote(self) -> None: ...
@@ -259,7 +261,15 @@ def _master_to_backup(inputs: GroupInputs, core: GroupCore) -> None:
     core.enter(State.BACKUP)
 
 
-master.upon(GroupInputs.heard_stronger_master).to(backup)(_master_to_backup)
+def _master_yields(inputs: GroupInputs, core: GroupCore) -> None:
+    # A peer claims MASTER (and claims it only once the address answers
+    # there): a planned move, so the requests in flight here may finish.
+    core.actions.hand_off_vip()
+    core.actions.arm_down_timer(False)
+    core.enter(State.BACKUP)
+
+
+master.upon(GroupInputs.heard_stronger_master).to(backup)(_master_yields)
 
 
 @master.upon(GroupInputs.step_down).to(backup)
@@ -322,12 +332,17 @@ _mark(
 
 def _handover_done(inputs: GroupInputs, core: GroupCore) -> None:
     core.actions.cancel_handover_timer()
+    _master_yields(inputs, core)
+
+
+def _handover_steps_down(inputs: GroupInputs, core: GroupCore) -> None:
+    core.actions.cancel_handover_timer()
     _master_to_backup(inputs, core)
 
 
 handover.upon(GroupInputs.heard_stronger_master).to(backup)(_handover_done)
 handover.upon(GroupInputs.heard_weaker_master).to(backup)(_handover_done)
-handover.upon(GroupInputs.step_down).to(backup)(_handover_done)
+handover.upon(GroupInputs.step_down).to(backup)(_handover_steps_down)
 
 
 @handover.upon(GroupInputs.handover_timeout).to(master)

@@ -151,14 +151,11 @@ class ClusterService(Service):
         self._restart = None
         protocol = _ChildProtocol(self)
         args = [sys.executable, "-m", "clickpass.heartbeat.child", "--config", self.settings.source]
-        self.reactor.spawnProcess(
+        transport = self.reactor.spawnProcess(
             protocol, sys.executable, args, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
         )
         self._child = protocol
-        self.log.info(
-            "cluster: heartbeat process {pid} started",
-            pid=protocol.transport.pid,  # type: ignore[union-attr]
-        )
+        self.log.info("cluster: heartbeat process {pid} started", pid=transport.pid)
         # Tell a (re)started heartbeat everything it must know at once.
         for name, ok in self.health.items():
             self._write({"op": "health", "name": name, "ok": ok})

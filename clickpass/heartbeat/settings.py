@@ -107,6 +107,14 @@ class ClusterGroupSettings:
     notify_timeout: float = dataclasses.field(
         default=5.0, metadata=_doc("Seconds a notify program may run before it is killed.")
     )
+    vip_drain: float = dataclasses.field(
+        default=5.0,
+        metadata=_doc(
+            "Seconds the VIP stays on lo after a planned move (switchover, preempt), so "
+            "requests in flight here still get their answers out; needs arp_ignore=1 and "
+            "arp_announce=2 on the interface (else released at once). 0: released at once."
+        ),
+    )
     check: list[HealthCheckSettings] = dataclasses.field(
         default_factory=list, metadata=_doc("Health inputs ([[cluster.group.check]] tables).")
     )
@@ -227,6 +235,8 @@ class ClusterSettings:
                 raise ConfigError(f"{where} garp_*: must not be negative")
             if group.notify_timeout <= 0:
                 raise ConfigError(f"{where} notify_timeout: must be more than 0 seconds")
+            if not 0 <= group.vip_drain <= 300:
+                raise ConfigError(f"{where} vip_drain: must be 0 to 300 seconds")
             names: set[str] = set()
             for check in group.check:
                 if not check.name:

@@ -7,6 +7,15 @@ and table options. A migration, once released, is never edited: a change is
 a new migration with the next number.
 
 Timestamps are integer seconds since the epoch (UTC).
+
+Each applied migration also records the oldest schema version whose code
+can run on the database it leaves (C{schema_compatibility}): an
+expand-only migration (the rule of tests/unit/storage/
+test_migrations_expand_only.py) keeps the previous one's, so the release
+before it still runs there; a contract step names its own version, or the
+version since which no code uses what it removes. A node whose release is
+older than the database starts when every newer migration admits it (the
+way back of a rolling upgrade), and is refused otherwise.
 """
 
 from __future__ import annotations
@@ -22,9 +31,16 @@ log = Logger()
 
 @dataclass(frozen=True)
 class Migration:
+    """
+    One numbered migration. C{compatible_from}: the oldest schema version
+    whose code runs on a database this migration has been applied to; None
+    (every expand-only migration) keeps the previous migration's value.
+    """
+
     version: int
     name: str
     statements: tuple[str, ...]
+    compatible_from: int | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -606,6 +622,46 @@ def _expand(statement: str, tx: Transaction) -> str:
     return text
 
 
+def compatible_from(migration: Migration, history: tuple[Migration, ...] | None = None) -> int:
+    """
+    The oldest schema version whose code runs on a database at
+    C{migration}'s version: its own C{compatible_from}, or (expand-only)
+    the previous migration's, down to 0 before the first.
+    """
+    value = 0
+    for m in MIGRATIONS if history is None else history:
+        if m.compatible_from is not None:
+            value = m.compatible_from
+        if m.version == migration.version:
+            return value
+    raise ValueError(f"migration {migration.version} is not in the history given")
+
+
+def _compatibility_table(tx: Transaction) -> None:
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_compatibility ("
+        "version INTEGER NOT NULL PRIMARY KEY, compatible_from INTEGER NOT NULL)"
+        + tx.dialect.table_options
+    )
+
+
+def oldest_compatible(tx: Transaction, newer_than: int) -> int | None:
+    """
+    The oldest schema version whose code runs on this database, as the
+    migrations past C{newer_than} recorded it (the largest of theirs); None
+    when one of them recorded nothing (a release that kept no such record).
+    """
+    _compatibility_table(tx)
+    versions = tx.fetchall("SELECT version FROM schema_version WHERE version > ?", newer_than)
+    rows = tx.fetchall(
+        "SELECT version, compatible_from FROM schema_compatibility WHERE version > ?", newer_than
+    )
+    recorded = {int(v): int(c) for v, c in rows}
+    if any(int(v) not in recorded for (v,) in versions):
+        return None
+    return max(recorded.values(), default=0)
+
+
 def current_version(tx: Transaction) -> int:
     tx.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
@@ -626,6 +682,14 @@ def _apply(tx: Transaction, migration: Migration, now: int) -> bool:
         return False
     for statement in migration.statements:
         tx.execute(_expand(statement, tx))
+    # Before the version row, which makes the migration count as applied.
+    _compatibility_table(tx)
+    tx.execute(
+        tx.dialect.insert_ignore()
+        + " INTO schema_compatibility (version, compatible_from) VALUES (?, ?)",
+        migration.version,
+        compatible_from(migration),
+    )
     inserted = tx.execute(
         tx.dialect.insert_ignore()
         + " INTO schema_version (version, name, applied) VALUES (?, ?, ?)",
@@ -644,11 +708,26 @@ async def migrate(storage: Storage, now: int) -> list[int]:
     """
     applied: list[int] = []
     latest = await storage.run(current_version)
-    if latest > latest_version():
-        raise SchemaTooNew(
-            f"the database schema is version {latest}, newer than this release knows "
-            f"({latest_version()}); upgrade clickpass on this node"
+    ours = latest_version()
+    if latest > ours:
+        oldest = await storage.run(oldest_compatible, ours)
+        if oldest is None or oldest > ours:
+            why = (
+                "and a newer migration recorded no compatibility"
+                if oldest is None
+                else f"and needs code of version {oldest} or later"
+            )
+            raise SchemaTooNew(
+                f"the database schema is version {latest}, newer than this release knows "
+                f"({ours}), {why}; upgrade clickpass on this node"
+            )
+        log.info(
+            "the database schema is version {latest}, newer than this release's {ours};"
+            " every newer migration admits this release (expand-only): running on it",
+            latest=latest,
+            ours=ours,
         )
+        return applied
     for migration in MIGRATIONS:
         if migration.version <= latest:
             continue

@@ -342,6 +342,10 @@ class Cluster:
                 agent,
                 witness_required=self.witness,
             )
+            # As the node wires it (clickpass.dbagent.service): the clients
+            # of a server whose VIP goes are ended first, so they learn of
+            # it at once rather than wait out their read timeout.
+            gate.drain = agent.drain_clients
             group_ref.append(group)
             self.groups[name] = group
             self.agents[name] = agent

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-# Another prefix keeps two runs on one machine apart (e.g. CLICKPASS_TEST_LAB_PREFIX=cpr-).
+# The base of each lab's prefix: Lab.for_run makes every run's names its own.
 PREFIX = os.environ.get("CLICKPASS_TEST_LAB_PREFIX", "cpt-")
 
 
@@ -45,8 +45,7 @@ def make_lab() -> Iterator[Any]:
     labs: list[Any] = []
 
     def make(**options: Any) -> Any:
-        lab = labmod.Lab(prefix=PREFIX)
-        lab.down()  # a lab a crashed run left behind
+        lab = labmod.Lab.for_run(PREFIX)
         labs.append(lab)
         lab.up(**options)
         return lab

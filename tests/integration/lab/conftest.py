@@ -27,7 +27,8 @@ from tests.support.mariadb import MariaDBServer, MariaDBUnavailable, check_binar
 
 labmod = load_lab()
 
-# Apart from the app-only lab tests (cpt-) and anyone's own lab (no prefix).
+# The base of each lab's prefix (Lab.for_run adds 4 hex digits of its own per run,
+# so concurrent runs never touch each other's labs, nor anyone's own lab).
 PREFIX = os.environ.get("CLICKPASS_TEST_DBLAB_PREFIX", "cpd-")
 
 CLONE_NEWNET = 0x40000000
@@ -144,8 +145,7 @@ def make_db_lab() -> Iterator[Any]:
     labs: list[Any] = []
 
     def make(**options: Any) -> Any:
-        lab = labmod.Lab(prefix=PREFIX)
-        lab.down()  # a lab a crashed run left behind
+        lab = labmod.Lab.for_run(PREFIX)
         labs.append(lab)
         options.setdefault("db", True)
         options.setdefault("timeout", 120.0)

@@ -69,13 +69,35 @@ def production_lab() -> Iterator[Any]:
     for tool in ("ip", "curl"):
         if shutil.which(tool) is None:
             pytest.fail(f"the lab needs {tool} (iproute2, curl)", pytrace=False)
-    lab = labmod.Lab(prefix=PREFIX)
-    lab.down()  # a lab a crashed run left behind
+    lab = labmod.Lab.for_run(PREFIX)
     try:
         lab.up(shape="production", db=False, timeout=120.0)
         yield lab
     finally:
         lab.down()
+
+
+# One request sent whole on its own connection; then its answer's status line
+# (or why none came) once the server answers.
+IN_FLIGHT = """
+import socket, sys
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+sock.settimeout(15)
+path = b"/.well-known/openid-configuration"
+sock.sendall(b"GET " + path + b" HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+print("sent", flush=True)
+data = b""
+try:
+    while b"\\r\\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+except OSError as e:
+    print(f"no answer: {e}", flush=True)
+    sys.exit(1)
+print(data.split(b"\\r\\n")[0].decode() or "no answer: closed", flush=True)
+"""
 
 
 def group_state(lab: Any, host: str, group: str) -> str:
@@ -221,3 +243,71 @@ def test_kill9_of_app1_moves_only_its_vip_and_it_comes_back(production_lab: Any)
     lab.wait_for(
         lambda: group_state(lab, "app2", "app1") == "BACKUP", 5.0, "app2 BACKUP of app1's VIP"
     )
+
+
+def answer_in_flight_across_a_switchover(lab: Any, holder: str, other: str) -> str:
+    """
+    Send a request to app1's VIP while C{holder} holds it and its workers are
+    stopped (so it is still being served), switch the VIP over to C{other},
+    let the workers go on: the status line the client got, or why none came.
+    """
+    settle(lab, VIP1, [holder], 20.0)
+    lab.wait_for(
+        lambda: group_state(lab, other, "app1") == "BACKUP", 30.0, f"{other} BACKUP of app1's VIP"
+    )
+    time.sleep(0.5)  # and heard so by the holder
+    workers = lab.worker_pids(holder)
+    assert workers, f"no workers on {holder}"
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", lab.ns("client"), sys.executable, "-c", IN_FLIGHT, VIP1,
+         str(labmod.HTTP_PORT)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        assert client.stdout is not None and client.stdout.readline().strip() == "sent"
+        time.sleep(0.2)  # the front has handed it to a (stopped) worker
+        lab.ctl(holder, "cluster", "switchover", "app1")
+        settle(lab, VIP1, [other], 10.0)
+        time.sleep(0.3)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    out, _ = client.communicate(timeout=30)
+    return out.strip()
+
+
+def test_a_request_in_flight_when_the_vip_is_switched_over_gets_its_answer(
+    production_lab: Any,
+) -> None:
+    """
+    A request already sent to app1 when its VIP is switched over to app2 is
+    answered by app1: the handed-off address stays on app1's lo for the drain
+    (app1 no longer answers ARP for it). Without the ARP settings that make
+    that safe (arp_ignore 0 on app1) the address goes at once, and the same
+    request gets no answer: app1 cannot send from an address it lost.
+    """
+    lab = production_lab
+    answered = answer_in_flight_across_a_switchover(lab, "app1", "app2")
+    print(f"\nin flight across a hand-off with the VIP kept on lo: {answered}")
+    assert answered == "HTTP/1.1 200 OK", answered
+    assert vip1_counters(lab, "app1").get("parked") == 1
+    assert labmod.neighbour_mac(lab, "client", VIP1) == labmod.interface_mac(lab, "app2")
+
+    # Back to app1 (its planned move, from app2), then app1 no longer ARP-quiet.
+    lab.ctl("app2", "cluster", "switchover", "app1")
+    settle(lab, VIP1, ["app1"], 20.0)
+    lab.exec("app1", "sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=0")
+    lost = answer_in_flight_across_a_switchover(lab, "app1", "app2")
+    print(f"in flight across a hand-off released at once: {lost}")
+    assert not lost.startswith("HTTP/"), lost
+    counters = vip1_counters(lab, "app1")
+    assert (counters.get("parked"), counters.get("hand_off_unparked")) == (1, 1), counters
+
+
+def vip1_counters(lab: Any, host: str) -> dict[str, int]:
+    """The counters of app1's VIP group on C{host}."""
+    groups = lab.cluster_status(host)["groups"]
+    return dict(next(g for g in groups if g["group"] == "app1")["counters"])

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.mariadb]
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# A prefix of its own: never the lab someone is using, nor the other tests'.
+# The base of the lab's prefix (the benchmark makes each run's names its own).
 PREFIX = "cpf-"
 
 # Loose: a failover that takes this long on a loaded test machine is broken,

@@ -424,6 +424,34 @@ def test_a_frozen_old_primary_killed_by_its_agent_ends_the_wait() -> None:
     assert w.agent.counters["peer_gone"] == 1
 
 
+def test_an_old_primary_unreachable_to_the_end_of_fence_wait_has_its_receiver_killed() -> None:
+    """
+    A first fence attempt that takes the whole fence_wait (its connect timeout
+    ends with it) leaves no moment for the unreachable branch: the receiver is
+    still stopped by killing its read (ops.stop_receiving) before the promotion,
+    not by the promotion's STOP SLAVE waiting for the cut link's read to time out.
+    """
+    config = dataclasses.replace(CONFIG, fence_wait=0.5, fence_timeout=0.6)
+    w = world(
+        config,
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role == Role.REPLICA)
+    w.peer.mode = "frozen"
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role.writable, limit=3.0)
+    calls = w.local.calls
+    assert "stop_receiving" in calls
+    assert calls.index("stop_receiving") < calls.index("promote_and_record")
+    steps = [step for step, _ in w.agent.status()["timeline"]]
+    assert steps.index("fence_wait over") < steps.index("receiver stopped")
+    assert w.agent.counters["fence_wait_over"] == 1
+
+
 def test_peer_vip_off_follows_the_group_and_the_lease() -> None:
     """A non-MASTER advert, or a MASTER silent past the lease, means the VIP is off the peer."""
     master = PeerView("db1", State.MASTER, 200, Advertised.OK, 0, 0.1, 10.0, "")
@@ -859,6 +887,58 @@ def test_a_rejoin_checks_the_history_the_server_holds_when_replication_starts() 
     w.until(lambda: w.role == Role.QUARANTINED)
     assert "past the primary" in w.agent.problems[0]
     assert w.agent.counters["rejoined"] == 0
+    assert not w.local.status_.replica_configured
+
+
+def test_a_replica_that_applied_past_an_earlier_reading_of_the_primary_rejoins() -> None:
+    """
+    A replica restarted under writes goes on applying after its agent read the
+    primary's position: the rejoin's check finds it "past" that reading. The
+    primary is read again (nothing moves here any more) and, as it holds every
+    transaction this host has, the host rejoins instead of being quarantined.
+    """
+    w = world(
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+
+    def applied_meanwhile() -> None:
+        w.local.set(binlog_pos=Position.parse("0-1-12"))
+        w.peer.set(binlog_pos=Position.parse("0-1-14"))
+
+    w.local.before_rejoin = applied_meanwhile
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role in (Role.REPLICA, Role.QUARANTINED))
+    assert w.role == Role.REPLICA, w.agent.problems
+    assert w.agent.counters["quarantined"] == 0
+    assert w.agent.counters["rejoin_rechecked"] == 1
+    assert w.local.calls.count("rejoin") == 2
+
+
+def test_a_rejoin_still_errant_against_the_primary_read_again_is_quarantined() -> None:
+    """
+    Read again, a primary whose history still lacks a transaction this host has
+    (0-2-11, ours alone) leaves the host quarantined: the second reading saves
+    only a host whose transactions the primary holds.
+    """
+    w = world(
+        local={"binlog_pos": POS},
+        peer={"binlog_pos": POS, "read_only": False, "semisync_master_enabled": True},
+    )
+
+    def diverged() -> None:
+        w.local.set(binlog_pos=Position.parse("0-2-11"))
+        w.peer.set(binlog_pos=Position.parse("0-1-11"))
+
+    w.local.before_rejoin = diverged
+    w.agent.startService()
+    w.agent.set_peer_present(True)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.role == Role.QUARANTINED)
+    assert "0-2-11 here" in w.agent.problems[0]
+    assert w.agent.counters["rejoin_rechecked"] == 1
     assert not w.local.status_.replica_configured
 
 

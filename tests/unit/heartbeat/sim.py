@@ -38,6 +38,12 @@ class FakeVip:
         self.held = False
         self.log.append("release")
 
+    def hand_off(self) -> None:
+        if self.held:
+            self.net.events.append((self.net.clock.seconds(), self.name, "hand_off"))
+        self.held = False
+        self.log.append("hand_off")
+
     def announce(self) -> None:
         self.log.append("announce")
 

@@ -3,6 +3,7 @@ and the rtnetlink messages the heartbeat sends itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
@@ -21,7 +22,9 @@ from clickpass.heartbeat.actions import (
     VipManager,
     ack_error,
     address_message,
+    arp_quiet,
     garp_frame,
+    parked_settings,
 )
 from clickpass.heartbeat.settings import ClusterGroupSettings
 from clickpass.heartbeat.wire import State
@@ -148,6 +151,102 @@ def test_release_stops_a_garp_burst() -> None:
     vip.release()
     clock.advance(1)
     assert garp.sent == 1
+
+
+QUIET = {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2}
+
+
+def parking_manager(
+    sysctls: dict[str, int], drain: float = 5.0
+) -> tuple[VipManager, FakeRunner, FakeRunner, Clock]:
+    """A manager whose eth0 and lo addresses are changed by two fake runners."""
+    settings = dataclasses.replace(SETTINGS, vip_drain=drain)
+    runner, parking, clock = FakeRunner(), FakeRunner(), Clock()
+    vip = VipManager(
+        settings,
+        IpCommand(settings, runner),  # type: ignore[arg-type]
+        clock,
+        FakeGarp(),  # type: ignore[arg-type]
+        parking=IpCommand(parked_settings(settings), parking),  # type: ignore[arg-type]
+        sysctl=sysctls.get,
+    )
+    vip.take()
+    runner.finish(0)
+    return vip, runner, parking, clock
+
+
+def test_hand_off_keeps_the_address_on_lo_for_the_drain_then_removes_it() -> None:
+    """A planned move puts the VIP on lo as a /32 (with a lease past the drain) before
+    it leaves eth0, so replies in flight can still be sent; after vip_drain it goes."""
+    vip, runner, parking, clock = parking_manager(QUIET, drain=2.5)
+    vip.hand_off()
+    assert parking.started[0][0] == [
+        "ip", "-4", "addr", "replace", "10.77.0.100/32", "dev", "lo",
+        "valid_lft", "4", "preferred_lft", "4",
+    ]  # fmt: skip
+    assert len(runner.started) == 1  # eth0 not touched until lo has it
+    parking.finish(0)
+    assert runner.started[1][0] == ["ip", "-4", "addr", "del", "10.77.0.100/24", "dev", "eth0"]
+    runner.finish(1)
+    clock.advance(2.4)
+    assert len(parking.started) == 1
+    clock.advance(0.1)
+    assert parking.started[1][0] == ["ip", "-4", "addr", "del", "10.77.0.100/32", "dev", "lo"]
+    parking.finish(1)
+    assert (vip.counters["parked"], vip.counters["release"], vip.counters["unparked"]) == (1, 1, 1)
+
+
+def test_hand_off_releases_at_once_when_the_host_would_still_answer_arp() -> None:
+    """Without arp_ignore/arp_announce the address on lo would still be claimed on the
+    network: it is released at once, and that is counted."""
+    for sysctls in (
+        {},
+        {"net.ipv4.conf.eth0.arp_ignore": 1},
+        {**QUIET, "net.ipv4.conf.all.arp_ignore": 8},
+    ):
+        vip, runner, parking, _ = parking_manager(sysctls)
+        vip.hand_off()
+        assert parking.started == [], sysctls
+        assert runner.started[1][0][3] == "del"
+        assert vip.counters["hand_off_unparked"] == 1
+
+
+def test_hand_off_with_no_drain_or_not_held_is_a_release() -> None:
+    """vip_drain 0, or an address not held, hands off as a plain release."""
+    vip, runner, parking, _ = parking_manager(QUIET, drain=0.0)
+    vip.hand_off()
+    assert parking.started == [] and runner.started[1][0][3] == "del"
+    vip, runner, parking, _ = parking_manager(QUIET)
+    vip.release()
+    runner.finish(1)
+    vip.hand_off()
+    assert parking.started == [] and runner.started[2][0][3] == "del"
+
+
+def test_taking_back_during_the_drain_removes_the_parked_copy_after_eth0_has_it() -> None:
+    """Taken back before the drain ends: eth0 gets the address first, then lo loses it,
+    and no timer removes anything later."""
+    vip, runner, parking, clock = parking_manager(QUIET)
+    vip.hand_off()
+    parking.finish(0)
+    runner.finish(1)
+    vip.take()
+    runner.finish(2)
+    assert runner.started[2][0][3] == "replace"
+    assert parking.started[1][0][3] == "del"
+    parking.finish(1)
+    clock.advance(10)
+    assert len(parking.started) == 2 and vip.held
+
+
+def test_arp_quiet_takes_the_larger_of_all_and_the_interface() -> None:
+    """The kernel uses the larger of conf.all and conf.IFACE for both settings."""
+    assert arp_quiet("eth0", QUIET.get)
+    assert arp_quiet(
+        "eth0", {"net.ipv4.conf.eth0.arp_ignore": 2, "net.ipv4.conf.eth0.arp_announce": 2}.get
+    )
+    assert not arp_quiet("eth0", {"net.ipv4.conf.eth0.arp_announce": 2}.get)
+    assert not arp_quiet("eth0", {"net.ipv4.conf.all.arp_ignore": 1}.get)
 
 
 def test_garp_frame_layout() -> None:

@@ -169,7 +169,8 @@ def test_preempt_takes_the_vip_back_with_no_gap() -> None:
     a.start()
     net.run(1)
     assert net.masters() == ["app1"]
-    assert [(who, what) for _, who, what in net.events] == [("app1", "take"), ("app2", "release")]
+    # A planned move: the preempted node hands the address off (see hand_off).
+    assert [(who, what) for _, who, what in net.events] == [("app1", "take"), ("app2", "hand_off")]
     # Preempted at the first advert heard, well before a down timer would fire.
     assert net.events[0][0] - net.clock.seconds() + 1 < 0.15
 
@@ -273,7 +274,7 @@ def test_split_brain_equal_priority_lower_id_steps_down() -> None:
 
 
 def test_switchover_moves_the_vip_with_no_gap_and_does_not_preempt_back() -> None:
-    """Switchover: the peer takes the VIP before the old master releases it, and it stays."""
+    """Switchover: the peer takes the VIP before the old master hands it off, and it stays."""
     net = Net(0.1)
     a = net.add("app1", 200)
     net.add("app2", 100)
@@ -283,7 +284,7 @@ def test_switchover_moves_the_vip_with_no_gap_and_does_not_preempt_back() -> Non
     a.switchover()
     net.run(1)
     assert net.masters() == ["app2"]
-    assert [(who, what) for _, who, what in net.events] == [("app2", "take"), ("app1", "release")]
+    assert [(who, what) for _, who, what in net.events] == [("app2", "take"), ("app1", "hand_off")]
     net.run(3)
     assert net.masters() == ["app2"]
 
