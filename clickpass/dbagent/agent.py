@@ -1031,19 +1031,7 @@ class DbAgent(Service):
         if not self._current(serial, "rejoin"):
             return
         if primary.read_only:
-            # No primary anywhere: this host may be the one to start it, if
-            # it is not behind the peer.
-            # Not while the group hears the peer as MASTER: it is promoting
-            # (a switchover, or a failover in progress), not absent.
-            local = await self.local.status()
-            self.last_status = local
-            if not self._current(serial, "rejoin"):
-                return
-            self.bootstrap_ok = not self.peer_master and local.binlog_pos.reached(
-                primary.binlog_pos
-            )
-            self.reason = "the peer is read-only: no primary to rejoin"
-            self.machine.failed()
+            await self._no_primary_to_rejoin(serial, primary)
             return
         self.bootstrap_ok = False
         # The local history is read and checked against the primary's on
@@ -1068,23 +1056,11 @@ class DbAgent(Service):
         if not self._current(serial, "rejoin"):
             return
         if problems:
-            # The primary's position was read before this server stopped
-            # applying: a replica that went on applying meanwhile (its
-            # agent restarted under writes) is "past" that reading with
-            # transactions the primary has too. Nothing moves here now
-            # (read-only, not replicating): read the primary again, and
-            # only if its history still lacks ours is it errant.
-            fresh = await self._fresh_primary_position()
+            problems, status = await self._recheck_errant(
+                serial, primary, problems, status, proceed
+            )
             if not self._current(serial, "rejoin"):
                 return
-            if fresh is not None and fresh != primary.binlog_pos:
-                self.counters["rejoin_rechecked"] += 1
-                problems, status = await self.local.call(
-                    ops.rejoin, self.peer_account, fresh, 5.0, proceed, timeout=10.0
-                )
-                self.last_status = status
-                if not self._current(serial, "rejoin"):
-                    return
         if problems:
             self._errant(problems)
             return
@@ -1107,6 +1083,47 @@ class DbAgent(Service):
             return
         self.reason = "replication did not start within 5s"
         self.machine.failed()
+
+    async def _no_primary_to_rejoin(self, serial: int, primary: ops.ServerStatus) -> None:
+        """
+        No primary anywhere: this host may be the one to start it, if it is
+        not behind the peer. Not while the group hears the peer as MASTER:
+        it is promoting (a switchover, or a failover in progress), not absent.
+        """
+        local = await self.local.status()
+        self.last_status = local
+        if not self._current(serial, "rejoin"):
+            return
+        self.bootstrap_ok = not self.peer_master and local.binlog_pos.reached(primary.binlog_pos)
+        self.reason = "the peer is read-only: no primary to rejoin"
+        self.machine.failed()
+
+    async def _recheck_errant(
+        self,
+        serial: int,
+        primary: ops.ServerStatus,
+        problems: list[str],
+        status: ops.ServerStatus,
+        proceed: Callable[[], bool],
+    ) -> tuple[list[str], ops.ServerStatus]:
+        """
+        The rejoin's problems judged again against the primary's position
+        read now. The first reading was taken before this server stopped
+        applying: a replica that went on applying meanwhile (its agent
+        restarted under writes) is "past" that reading with transactions the
+        primary has too. Nothing moves here now (read-only, not
+        replicating): read the primary again, and only if its history still
+        lacks ours is it errant.
+        """
+        fresh = await self._fresh_primary_position()
+        if not self._current(serial, "rejoin") or fresh is None or fresh == primary.binlog_pos:
+            return problems, status
+        self.counters["rejoin_rechecked"] += 1
+        problems, status = await self.local.call(
+            ops.rejoin, self.peer_account, fresh, 5.0, proceed, timeout=10.0
+        )
+        self.last_status = status
+        return problems, status
 
     async def _fresh_primary_position(self) -> Position | None:
         """The primary's binlog position read now (None when it does not answer)."""

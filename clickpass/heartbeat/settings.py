@@ -119,6 +119,43 @@ class ClusterGroupSettings:
         default_factory=list, metadata=_doc("Health inputs ([[cluster.group.check]] tables).")
     )
 
+    def check_holder(self, where: str) -> None:
+        """
+        Raise L{ConfigError} with one line for the first problem in what a
+        node that may hold this group's VIP needs (a witness needs none of it).
+        """
+        try:
+            ipaddress.ip_interface(self.vip)
+        except ValueError:
+            raise ConfigError(f"{where} vip: {self.vip!r} is not ADDRESS/PREFIX") from None
+        if "/" not in self.vip:
+            raise ConfigError(f"{where} vip: give the prefix length too, e.g. {self.vip}/24")
+        if not self.interface:
+            raise ConfigError(f"{where} interface: the interface that carries the VIP is needed")
+        if not 1 <= self.priority <= 254:
+            raise ConfigError(f"{where} priority: must be 1 to 254")
+        if self.preempt_delay < 0:
+            raise ConfigError(f"{where} preempt_delay: must not be negative")
+        if self.lease < 1:
+            raise ConfigError(f"{where} lease: must be at least 1 second")
+        if self.lease < 2 * self.advert_interval:
+            raise ConfigError(f"{where} lease: must be at least two advert intervals")
+        if self.garp_count < 0 or self.garp_interval < 0 or self.garp_refresh < 0:
+            raise ConfigError(f"{where} garp_*: must not be negative")
+        if self.notify_timeout <= 0:
+            raise ConfigError(f"{where} notify_timeout: must be more than 0 seconds")
+        if not 0 <= self.vip_drain <= 300:
+            raise ConfigError(f"{where} vip_drain: must be 0 to 300 seconds")
+        names: set[str] = set()
+        for check in self.check:
+            if not check.name:
+                raise ConfigError(f"{where} check: every check needs a name")
+            if check.name in names:
+                raise ConfigError(f"{where} check: {check.name!r} is listed twice")
+            names.add(check.name)
+            if not -253 <= check.weight <= 0:
+                raise ConfigError(f"{where} check {check.name!r} weight: must be -253 to 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class ClusterSettings:
@@ -213,39 +250,7 @@ class ClusterSettings:
                 )
             if cluster.role == "witness":
                 continue
-            try:
-                ipaddress.ip_interface(group.vip)
-            except ValueError:
-                raise ConfigError(f"{where} vip: {group.vip!r} is not ADDRESS/PREFIX") from None
-            if "/" not in group.vip:
-                raise ConfigError(f"{where} vip: give the prefix length too, e.g. {group.vip}/24")
-            if not group.interface:
-                raise ConfigError(
-                    f"{where} interface: the interface that carries the VIP is needed"
-                )
-            if not 1 <= group.priority <= 254:
-                raise ConfigError(f"{where} priority: must be 1 to 254")
-            if group.preempt_delay < 0:
-                raise ConfigError(f"{where} preempt_delay: must not be negative")
-            if group.lease < 1:
-                raise ConfigError(f"{where} lease: must be at least 1 second")
-            if group.lease < 2 * group.advert_interval:
-                raise ConfigError(f"{where} lease: must be at least two advert intervals")
-            if group.garp_count < 0 or group.garp_interval < 0 or group.garp_refresh < 0:
-                raise ConfigError(f"{where} garp_*: must not be negative")
-            if group.notify_timeout <= 0:
-                raise ConfigError(f"{where} notify_timeout: must be more than 0 seconds")
-            if not 0 <= group.vip_drain <= 300:
-                raise ConfigError(f"{where} vip_drain: must be 0 to 300 seconds")
-            names: set[str] = set()
-            for check in group.check:
-                if not check.name:
-                    raise ConfigError(f"{where} check: every check needs a name")
-                if check.name in names:
-                    raise ConfigError(f"{where} check: {check.name!r} is listed twice")
-                names.add(check.name)
-                if not -253 <= check.weight <= 0:
-                    raise ConfigError(f"{where} check {check.name!r} weight: must be -253 to 0")
+            group.check_holder(where)
 
 
 __all__ = ["ClusterGroupSettings", "ClusterSettings", "HealthCheckSettings", "parse_address"]
