@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 from urllib.parse import urlencode
 
 import pytest
 import requests
 
-from tests.integration.oidc.harness import Client, Person, Provider, query_of
+from tests.integration.oidc.harness import PASSWORD, Client, Person, Provider, query_of
+from tests.integration.oidc.test_browser import Callback
+from tests.support.chromium import By, WebDriver, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +156,53 @@ def test_an_unverified_site_is_named_by_its_host(provider: Provider) -> None:
     assert "Test Partner" in warning and "127.0.0.1" in warning
     # The return address is shown without its query.
     assert '<code id="return-to">http://127.0.0.1:9/cb</code>' in page.text
+
+
+def test_unticking_in_chromium(provider: Provider, chrome: WebDriver) -> None:
+    """
+    In a real browser: the address's box starts ticked; unticked, with
+    "always ask" ticked, the client gets a code whose UserInfo has no
+    address, and the approval keeps both choices.
+    """
+    callback = Callback()
+    try:
+        email = f"untick-{secrets.token_hex(4)}@example.com"
+        provider.node.ctl(
+            "user", "add", email, "--verified", "--password-stdin", input=PASSWORD + "\n"
+        )
+        client = provider.client(callback.url)
+        chrome.delete_all_cookies()
+        chrome.get(
+            provider.authorize_url(
+                client, response_mode="form_post", state="st", scope="openid email",
+                login_hint=email,
+            )
+        )  # fmt: skip
+        wait_for(chrome, "input#password", timeout=60).send_keys(PASSWORD)
+        chrome.find_element(By.CSS_SELECTOR, "form[action='/signin'] button").click()
+        box = wait_for(chrome, "input#share-email")
+        assert box.is_selected()
+        box.click()
+        chrome.find_element(By.CSS_SELECTOR, "input#always-ask").click()
+        chrome.find_element(By.CSS_SELECTOR, "button#allow").click()
+        wait_for(chrome, "#done")
+        assert len(callback.received) == 1
+        code = callback.received[0]["code"]
+        response = provider.token(
+            client, grant_type="authorization_code", code=code, redirect_uri=callback.url
+        )
+        assert response.status_code == 200, response.text
+        info = _userinfo(provider, response.json()["access_token"])
+        assert "email" not in info, info
+
+        def approval(tx: object) -> tuple[str, str, int]:
+            row = tx.fetchone(  # type: ignore[attr-defined]
+                "SELECT a.fields, a.declined, a.always_ask FROM approvals a"
+                " JOIN accounts p ON p.id = a.account_id WHERE p.email = ?",
+                email,
+            )
+            return str(row[0]), str(row[1]), int(row[2])
+
+        assert provider.run(approval) == ("", "email", 1)
+    finally:
+        callback.stop()
