@@ -114,7 +114,8 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
         app,
         router,
         home_discovery=pages.HomeDiscovery(op_discovery, discovery.op_head_html(base_url)),
-        branding=partner_flow,
+        # An OpenID Connect client's name, else a partner site's.
+        branding=oidc_web.ClientBranding(oidc, partner_flow),
         account_sections=[
             partner_flow.account_section(),
             approvals_section,

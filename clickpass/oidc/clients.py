@@ -158,6 +158,10 @@ class Client:
     previous_secret_hash: str = ""
     previous_secret_expires: int = 0
     sector_identifier_uri: str = ""
+    # The name the site's owner gave it, whether or not its realm is
+    # verified; C{site_name} is this name only once it is.
+    registered_name: str = ""
+    site_verified: bool = False
 
     @property
     def auth_method(self) -> str:
@@ -433,6 +437,8 @@ def _client(row: Row) -> Client:
         previous_secret_hash=str(row[20] or ""),
         previous_secret_expires=int(row[21] or 0),
         sector_identifier_uri=str(row[22] or ""),
+        registered_name=str(row[3]),
+        site_verified=bool(row[12]),
     )
 
 

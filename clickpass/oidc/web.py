@@ -29,9 +29,10 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlencode
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from jinja2 import ChoiceLoader, FileSystemLoader
 
@@ -129,6 +130,55 @@ def account_email_verified(account: Account) -> bool:
     return bool(releasable_email(account))
 
 
+@dataclass(frozen=True)
+class ConsentField:
+    """
+    One value the consent page offers to share, as a checkbox: C{name} in
+    the consent store, its label, its value and the scope that asked for
+    it. OpenID Connect has no optional scope (and this provider takes no
+    C{claims} parameter), so each is ticked; the person may untick it.
+    """
+
+    name: str
+    label: str
+    value: str
+    scope: str
+
+
+def scope_of(field: str, scopes: tuple[str, ...]) -> str:
+    """The first of C{scopes} that asks for C{field} (L{authorize.SCOPE_FIELDS})."""
+    for scope in scopes:
+        if field in authorize.SCOPE_FIELDS.get(scope, frozenset()):
+            return scope
+    return ""
+
+
+def granted_scopes(scopes: tuple[str, ...], declined: frozenset[str]) -> tuple[str, ...]:
+    """
+    C{scopes} without those whose every field the person declined: the
+    token response's C{scope} says what the client was given.
+    """
+    return tuple(
+        s
+        for s in scopes
+        if not (authorize.SCOPE_FIELDS.get(s) and authorize.SCOPE_FIELDS[s] <= declined)
+    )
+
+
+def client_label(client: Client, redirect_uri: str) -> dict[str, str]:
+    """
+    How the pages name C{client} for a person going back to
+    C{redirect_uri}: C{name} (its verified partner site's name; else the
+    name its owner typed, which anyone may type), C{host} (the redirect
+    URI's), and C{unverified} ("yes" when the name is not verified, else
+    empty).
+    """
+    host = urlsplit(redirect_uri).hostname or client.sector
+    if client.site_verified:
+        return {"name": client.site_name, "host": host, "unverified": ""}
+    return {"name": client.registered_name or host, "host": host, "unverified": "yes"}
+
+
 class TokenError(Exception):
     """An error answer of the token, introspection or revocation endpoint (RFC 6749 5.2)."""
 
@@ -180,6 +230,30 @@ def install(
     router.add("PUT", "/oidc/register/{client_id}", registration.update)
     router.add("DELETE", "/oidc/register/{client_id}", registration.delete)
     return web
+
+
+class SigninBranding(Protocol):
+    """Who a person signs in for, for the sign-in page (clickpass.web.pages)."""
+
+    async def branding(self, next_url: str) -> dict[str, str] | None: ...
+
+
+class ClientBranding:
+    """
+    The sign-in page's "to continue to": the OpenID Connect client an
+    authorization request names, else what C{others} (the partner
+    sites' OpenID 2.0 branding) say.
+    """
+
+    def __init__(self, web: OIDCWeb, others: SigninBranding) -> None:
+        self.web = web
+        self.others = others
+
+    async def branding(self, next_url: str) -> dict[str, str] | None:
+        found = await self.web.branding(next_url)
+        if found is not None:
+            return found
+        return await self.others.branding(next_url)
 
 
 def issuer_of(base_url: str) -> str:
@@ -292,6 +366,34 @@ class OIDCWeb:
         revoked = await self.app.storage.run(tokens.revoke_for_realm, account_id, realm, self.now())
         log.info("oidc grants revoked with an approval: {count}", count=revoked)
 
+    # The sign-in page's "to continue to".
+
+    async def branding(self, next_url: str) -> dict[str, str] | None:
+        """
+        The client a person signs in for, when C{next_url} is an
+        authorization request naming a client and one of its registered
+        redirect URIs (a made-up link cannot borrow a client's name): its
+        name (L{client_label}), the redirect URI's host as C{realm}, and
+        C{unverified}. L{None} for anything else.
+        """
+        parts = urlsplit(next_url)
+        if parts.path != "/oidc/authorize":
+            return None
+        query = parse_qs(parts.query)
+        client_ids, redirect_uris = query.get("client_id", []), query.get("redirect_uri", [])
+        if len(client_ids) != 1 or len(redirect_uris) != 1:
+            return None
+        client = await self.app.storage.run(clients.client_by_id, client_ids[0])
+        if client is None or redirect_uris[0] not in client.redirect_uris:
+            return None
+        label = client_label(client, redirect_uris[0])
+        return {
+            "name": label["name"],
+            "logo_url": "",
+            "realm": label["host"],
+            "unverified": label["unverified"],
+        }
+
     # Discovery and keys.
 
     async def discovery(self, request: Request) -> bytes:
@@ -355,7 +457,11 @@ class OIDCWeb:
             return stepping_up
         released = await self._released(auth.fields, account)
         approval = await self.app.storage.run(approvals.read, account.id, auth.client.realm)
-        if "consent" in auth.prompt or approval is None or not approval.covers(frozenset(released)):
+        # A remembered approval answers when each field asked for was
+        # allowed or declined before (and the person did not ask to be
+        # asked every time): only the allowed ones are released.
+        asked = "consent" in auth.prompt
+        if asked or approval is None or not approval.answers(frozenset(released)):
             if "none" in auth.prompt:
                 raise AuthorizeErrorAt(
                     auth.destination, "consent_required", "the person has not consented"
@@ -363,7 +469,9 @@ class OIDCWeb:
             return await self._consent_page(request, auth, account, released, auth_time)
         if approval.stale(now):
             await self.app.storage.run(approvals.touch, account.id, auth.client.realm, now)
-        return await self._issue_code(request, auth, account, frozenset(released), auth_time)
+        shared = frozenset(approval.shared(released))
+        declined = frozenset(released) - shared
+        return await self._issue_code(request, auth, account, shared, auth_time, declined)
 
     async def _step_up(
         self, request: Request, auth: AuthorizationRequest, account: Account
@@ -418,13 +526,22 @@ class OIDCWeb:
         auth_time: int,
     ) -> bytes:
         payload, mac = self._form_payload(account.id, auth.query(), auth_time)
+        redirect_uri = auth.destination.redirect_uri
+        label = client_label(auth.client, redirect_uri)
         return self.app.render(
             request,
             "oidc/consent.html",
-            site_name=auth.client.site_name,
-            redirect_uri=auth.destination.redirect_uri,
+            # The heading names a verified site by its name, else by the
+            # host the person goes back to (the typed name shown as such).
+            site=label["host"] if label["unverified"] else label["name"],
+            unverified_name=label["name"] if label["unverified"] else "",
+            host=label["host"],
+            redirect_uri=redirect_uri.split("?", 1)[0],
             subject=self.identifiers.opaque(account.uid, auth.client.sector),
-            fields=[(FIELD_LABELS[f], v) for f, v in released.items()],
+            fields=[
+                ConsentField(f, FIELD_LABELS[f], v, scope_of(f, auth.scopes))
+                for f, v in released.items()
+            ],
             payload=payload,
             mac=mac,
         )
@@ -450,11 +567,31 @@ class OIDCWeb:
             if self.app.form(request, "decision") != "allow":
                 log.info("oidc sign-in at {client}: denied", client=auth.client.client_id)
                 raise AuthorizeErrorAt(auth.destination, "access_denied", "the person said no")
-            released = await self._released(auth.fields, account)
+            offered = await self._released(auth.fields, account)
+            shared = frozenset(offered)
+            if self.app.form(request, "choosing") == "yes":
+                # The values the person left ticked; the others are not
+                # released. A form without the choice (rendered by the
+                # previous release during a rolling upgrade) allowed all.
+                args = (request.args or {}).get(b"share", [])
+                shared = frozenset(offered) & {v.decode("utf-8", "replace") for v in args}
+            declined = frozenset(offered) - shared
+            always_ask = self.app.form(request, "always_ask") == "yes"
             await self.app.storage.run(
-                approvals.remember, account.id, auth.client.realm, frozenset(released), self.now()
+                approvals.remember,
+                account.id,
+                auth.client.realm,
+                shared,
+                self.now(),
+                declined,
+                always_ask,
             )
-            return await self._issue_code(request, auth, account, frozenset(released), auth_time)
+            log.info(
+                "oidc sign-in at {client}: approved, releasing {fields}",
+                client=auth.client.client_id,
+                fields=",".join(sorted(shared)) or "nothing",
+            )
+            return await self._issue_code(request, auth, account, shared, auth_time, declined)
         except NotForClient as e:
             raise HTTPError(400, str(e)) from None
         except AuthorizeErrorAt as e:
@@ -484,6 +621,7 @@ class OIDCWeb:
         account: Account,
         fields: frozenset[str],
         auth_time: int,
+        declined: frozenset[str] = frozenset(),
     ) -> bytes:
         now = self.now()
         dest = auth.destination
@@ -503,7 +641,7 @@ class OIDCWeb:
             client_id=auth.client.client_id,
             account_id=account.id,
             subject=site_id.opaque,
-            scopes=auth.scopes,
+            scopes=granted_scopes(auth.scopes, declined),
             fields=fields,
             nonce=auth.nonce or "",
             auth_time=auth_time,

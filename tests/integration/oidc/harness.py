@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -29,6 +30,8 @@ from tests.support.node import NodeProcess
 
 PASSWORD = "correct horse battery"
 HIDDEN = re.compile(r'name="(payload|mac)" value="([^"]*)"')
+# The consent page's ticked boxes: what a browser sends unless the person unticks them.
+SHARE = re.compile(r'name="share" value="([^"]*)" checked')
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -202,18 +205,41 @@ class Person:
             assert done.ok, done.text[:2000]
         return self.browser.submit("/signin", "/signin", fields, allow_redirects=False)
 
-    def consent(self, page: requests.Response, decision: str = "allow") -> requests.Response:
-        """Answer a consent page; return the provider's response (not followed)."""
+    def consent(
+        self,
+        page: requests.Response,
+        decision: str = "allow",
+        share: Iterable[str] | None = None,
+        always_ask: bool = False,
+    ) -> requests.Response:
+        """
+        Answer a consent page as a browser would: the boxes ticked are
+        C{share} (every box the page ticked, when L{None}); return the
+        provider's response (not followed).
+        """
         assert page.status_code == 200, page.text
-        fields = {name: html.unescape(value) for name, value in HIDDEN.findall(page.text)}
+        fields: dict[str, Any] = {
+            name: html.unescape(value) for name, value in HIDDEN.findall(page.text)
+        }
         assert set(fields) == {"payload", "mac"}, page.text
+        assert 'name="choosing" value="yes"' in page.text, page.text
+        fields["choosing"] = "yes"
         fields["csrf_token"] = csrf_token(page.text)
         fields["decision"] = decision
+        fields["share"] = list(SHARE.findall(page.text) if share is None else share)
+        if always_ask:
+            fields["always_ask"] = "yes"
         return self.browser.session.post(
             self.provider.url + "oidc/decide", data=fields, allow_redirects=False, timeout=30
         )
 
-    def authorize(self, url: str, decision: str = "allow") -> str:
+    def authorize(
+        self,
+        url: str,
+        decision: str = "allow",
+        share: Iterable[str] | None = None,
+        always_ask: bool = False,
+    ) -> str:
         """Open an authorization URL, sign in and consent as asked; return where it sends back."""
         response = self.open(url)
         for _ in range(5):
@@ -226,7 +252,7 @@ class Person:
                 response = self.open(self.provider.url + response.headers["location"][1:])
                 continue
             if response.status_code == 200 and 'action="/oidc/decide"' in response.text:
-                response = self.consent(response, decision)
+                response = self.consent(response, decision, share, always_ask)
                 continue
             break
         assert response.status_code == 302, (response.status_code, response.text[:2000])
