@@ -128,6 +128,7 @@ def test_deleting_a_site_removes_its_clients_grants_tokens_and_their_approvals(
 
     page = admin.get(f"/partners/{site.public_id}/delete")
     assert page.status_code == 200
+    assert "its OpenID Connect clients are removed" in page.text
     deleted = admin.post(
         f"/partners/{site.public_id}/delete",
         {"csrf_token": csrf_token(page.text), "confirm": "doomed.example.org"},
