@@ -354,6 +354,18 @@ def read_sysctl(name: str) -> int | None:
         return None
 
 
+# What L{arp_quiet} accepts: arp_ignore in this range and arp_announce this
+# value, on the interface or on C{all} (the kernel takes the larger).
+ARP_IGNORE_QUIET = range(1, 3)
+ARP_ANNOUNCE_QUIET = 2
+# The sysctls a host that carries a VIP sets so that L{arp_quiet} holds on
+# every interface: shipped as conf/systemd/clickpass-arp.conf (sysctl.d).
+ARP_QUIET_SYSCTLS: dict[str, int] = {
+    "net.ipv4.conf.all.arp_ignore": ARP_IGNORE_QUIET[0],
+    "net.ipv4.conf.all.arp_announce": ARP_ANNOUNCE_QUIET,
+}
+
+
 def arp_quiet(interface: str, sysctl: Callable[[str], int | None] = read_sysctl) -> bool:
     """
     Whether this host answers ARP on C{interface} only for the addresses it
@@ -366,7 +378,7 @@ def arp_quiet(interface: str, sysctl: Callable[[str], int | None] = read_sysctl)
     for key in ("arp_ignore", "arp_announce"):
         found = [sysctl(f"net.ipv4.conf.{where}.{key}") for where in ("all", interface)]
         values[key] = max((v for v in found if v is not None), default=0)
-    return 1 <= values["arp_ignore"] <= 2 and values["arp_announce"] == 2
+    return values["arp_ignore"] in ARP_IGNORE_QUIET and values["arp_announce"] == ARP_ANNOUNCE_QUIET
 
 
 class VipManager:

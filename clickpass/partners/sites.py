@@ -1,7 +1,8 @@
 """
 Partner sites and everything the database keeps about them: their
 settings, admins and admin invitations, API keys (only hashes), the people
-linked to them, the webhook outbox and deletion requests.
+linked to them, the webhook outbox and deletion requests (and, when a site
+is deleted, its OpenID Connect clients' rows).
 
 Transactions for the storage's pool (C{storage.run(fn, *args)}) plus the
 pure checks of a site's settings. A link change and the webhook event
@@ -463,8 +464,31 @@ def _has_links(tx: Transaction, site_id: int) -> bool:
     return tx.scalar("SELECT 1 FROM partner_links WHERE site_id = ? LIMIT 1", site_id) is not None
 
 
+# The site's OpenID Connect clients, as a subquery. The rows are deleted
+# here, not through clickpass.oidc.clients: the OpenID Connect provider
+# builds on partner sites (it imports this module), never the other way.
+_SITE_CLIENTS = "SELECT client_id FROM oidc_clients WHERE site_id = ?"
+_SITE_GRANTS = f"SELECT grant_id FROM oidc_grants WHERE client_id IN ({_SITE_CLIENTS})"
+
+
+def _delete_oidc_clients(tx: Transaction, site_id: int) -> None:
+    """
+    Remove the site's OpenID Connect clients and everything issued to them:
+    their grants with those grants' codes and tokens (so no token of theirs
+    is accepted again), the private_key_jwt assertions seen, the sessions
+    they signed into and the back-channel logouts still owed to them (there
+    is nobody left to tell).
+    """
+    for table in ("oidc_tokens", "oidc_codes"):
+        tx.execute(f"DELETE FROM {table} WHERE grant_id IN ({_SITE_GRANTS})", site_id)
+    for table in ("oidc_grants", "oidc_session_clients", "oidc_client_assertions", "oidc_logouts"):
+        tx.execute(f"DELETE FROM {table} WHERE client_id IN ({_SITE_CLIENTS})", site_id)
+    tx.execute("DELETE FROM oidc_clients WHERE site_id = ?", site_id)
+
+
 def _delete_site(tx: Transaction, site_id: int) -> None:
     """Remove a site that nobody is linked to, and everything kept for it."""
+    _delete_oidc_clients(tx, site_id)
     for table in (
         "partner_events",
         "partner_deletion_requests",
@@ -484,10 +508,39 @@ def linked_people(tx: Transaction, site_id: int) -> int:
 
 def delete_site(tx: Transaction, site_id: int) -> None:
     """
-    Delete a site at its admins' request: its links to people go with it
-    (their accounts stay, and their account pages no longer list the
-    site), then its keys, events, requests, admins and registration.
+    Delete a site at its admins' request, in one transaction: its links to
+    people go with it (their accounts stay, and their account pages no
+    longer list the site), its OpenID Connect clients with their grants,
+    codes, tokens and sessions, then its keys, events, requests, admins and
+    registration.
+
+    Approvals are keyed by realm alone, so which ones the site's existence
+    made is read from who used it. The people linked to it gave theirs on
+    the partner flow's page, and the people its clients hold grants for gave
+    theirs on the OpenID Connect consent page: those approvals of the site's
+    host go, as ending one link forgets them (L{unlink}), so nobody is
+    signed in to whoever uses the host next without being asked. Anyone
+    else's approval of a realm on the host stays: it was given on the
+    OpenID 2.0 consent page while the realm was a plain relying party
+    (before the site was registered, or while it was unverified), which is
+    what the realm is again once the site is gone; the person can forget it
+    on their account page. Per-site identifiers stay too: a person's
+    identifier at a host never changes.
     """
+    site = site_by_id(tx, site_id)
+    if site is None:
+        return
+    accounts = {
+        int(account_id)
+        for (account_id,) in tx.fetchall(
+            "SELECT account_id FROM partner_links WHERE site_id = ? UNION "
+            f"SELECT account_id FROM oidc_grants WHERE client_id IN ({_SITE_CLIENTS})",
+            site_id,
+            site_id,
+        )
+    }
+    for account_id in sorted(accounts):
+        _forget_approvals(tx, account_id, site.sector)
     tx.execute("DELETE FROM partner_links WHERE site_id = ?", site_id)
     _delete_site(tx, site_id)
 

@@ -4,6 +4,8 @@ The systemd units in conf/systemd/: checked by systemd's own
 the programs they start exist), and read for the properties the
 operations guide promises: Type=notify with a watchdog, restart on
 failure, its own user, the hardening and only the heartbeat's capabilities.
+The sysctl.d drop-in beside them is read as sysctl does, for exactly the
+ARP settings the heartbeat checks before parking a VIP on lo.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from clickpass.heartbeat.actions import ARP_QUIET_SYSCTLS, arp_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +94,43 @@ def test_backup_units() -> None:
     )
     assert service["User"] == "clickpass" and service["CapabilityBoundingSet"] == ""
     assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
+
+
+def sysctl_drop_in(text: str) -> dict[str, str]:
+    """
+    A sysctl.d file as sysctl(8) reads it: blank lines and comments (C{#} or
+    C{;}) skipped, every other line C{key = value}; anything else fails.
+    """
+    settings: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        key, equals, value = stripped.partition("=")
+        key, value = key.strip(), value.strip()
+        assert equals and key and value, f"line {number} is not KEY = VALUE: {line!r}"
+        assert " " not in key and key not in settings, f"line {number}: bad or repeated {key!r}"
+        settings[key] = value
+    return settings
+
+
+def test_arp_drop_in_sets_what_the_heartbeat_checks() -> None:
+    """
+    clickpass-arp.conf parses as a sysctl.d file and sets exactly the
+    settings the heartbeat's ARP check names, with values it accepts: a
+    host with it may park a handed-off VIP on lo.
+    """
+    settings = sysctl_drop_in((UNITS / "clickpass-arp.conf").read_text())
+    assert settings == {key: str(value) for key, value in ARP_QUIET_SYSCTLS.items()}
+    values = {key: int(value) for key, value in settings.items()}
+    assert arp_quiet("eth0", values.get)
+    # The check reads these very names: without the drop-in's values it refuses.
+    assert not arp_quiet("eth0", {key: 0 for key in values}.get)
+
+
+def test_a_broken_drop_in_is_caught() -> None:
+    """The parse above can fail: a line with no value, a repeated key."""
+    with pytest.raises(AssertionError, match="line 2 is not KEY = VALUE"):
+        sysctl_drop_in("# comment\nnet.ipv4.conf.all.arp_ignore\n")
+    with pytest.raises(AssertionError, match="repeated"):
+        sysctl_drop_in("a.b = 1\na.b = 2\n")

@@ -14,10 +14,13 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from clickpass import config as configmod
+from clickpass.storage.offline import open_direct
 from tests.integration.partners.conftest import (
     NEW_KEY,
     PASSWORD,
     Partner,
+    PartnerSiteProcess,
     TokenServer,
     register_site,
 )
@@ -224,3 +227,66 @@ def test_site_is_deleted_after_its_host_is_typed(
     assert "Doomed Shop" not in admin.get("/partners").text
     assert admin.get(page_path).status_code == 404
     assert requests.get(node.url + "api/v1/site", headers=auth, timeout=10).status_code == 401
+
+
+@pytest.fixture
+def linked_shop(node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Partner]:
+    """The example partner site on a host of its own (127.0.0.7), registered and verified."""
+    process = PartnerSiteProcess("127.0.0.7", node.url, "", [])
+
+    def publish(token: str, webhook_secret: str) -> None:
+        process.args[process.args.index("--webhook-secret") + 1] = webhook_secret
+        process.args += ["--verification-token", token]
+        process.start(tmp_path_factory.mktemp("linked-shop"))
+
+    try:
+        site = register_site(node, process.url, name="Linked Shop", publish=publish)
+        yield Partner(site, process)
+    finally:
+        process.stop()
+
+
+def approved_realms(node: NodeProcess, email: str) -> set[str]:
+    """The realms C{email}'s account has a remembered approval for, read from the database."""
+    assert node.config is not None
+    storage = open_direct(configmod.load(node.config))
+    try:
+        rows = storage.run_blocking(
+            lambda tx: tx.fetchall(
+                "SELECT a.realm FROM approvals a JOIN accounts u ON u.id = a.account_id "
+                "WHERE u.email = ?",
+                email,
+            )
+        )
+    finally:
+        storage.close()
+    return {str(realm) for (realm,) in rows}
+
+
+def test_deleting_a_site_forgets_the_approvals_its_links_made(
+    node: NodeProcess, linked_shop: Partner
+) -> None:
+    """
+    A person who registered at a partner site through Clickpass holds an
+    approval of its realm; deleting the site ends the link and forgets that
+    approval with it, so whoever holds the host next asks them again.
+    """
+    realm = linked_shop.site.realm
+    person = Person(node, linked_shop.process.url)
+    done = person.choose(
+        person.sign_up_from(person.start()), "register", email=person.email, nickname="linked"
+    )
+    assert done.ok, done.text[:2000]
+    assert realm in approved_realms(node, person.email)
+
+    admin = linked_shop.site.admin
+    page_path = f"/partners/{linked_shop.site.public_id}"
+    confirm = admin.get(page_path + "/delete")
+    assert "the one person connected to" in confirm.text, confirm.text[:3000]
+    deleted = admin.post(
+        page_path + "/delete", {"csrf_token": csrf_token(confirm.text), "confirm": "127.0.0.7"}
+    )
+    assert "The site Linked Shop (127.0.0.7) was deleted." in deleted.text
+    assert realm not in approved_realms(node, person.email)
+    sites_page = person.session.get(node.url + "account", timeout=30).text
+    assert "Linked Shop" not in sites_page
