@@ -158,7 +158,7 @@ def sign_out(driver: WebDriver, node: NodeProcess) -> None:
     """
     driver.get(base(node) + "account")
     submit(driver, "form[action='/signout']", {})
-    assert driver.current_url == base(node)
+    assert driver.current_url == base(node) + "signed-out"
     assert not driver.find_elements(By.CSS_SELECTOR, "form[action='/signout']")
 
 
