@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from twisted.web.server import Request
 
@@ -35,6 +36,13 @@ from clickpass.web.routing import HTTPError, Router
 # signed in yet, so no session cookie can bind it).
 PASSKEY_COOKIE = b"cp_passkey"
 MANAGE = "/account/mfa"
+
+
+def with_next(path: str, back: str) -> str:
+    """C{path} carrying the way back C{back} (a local path) as C{next}, if any."""
+    if not back:
+        return path
+    return path + ("&" if "?" in path else "?") + "next=" + quote(back, safe="")
 
 
 class FactorPages(Protocol):
@@ -74,6 +82,8 @@ class FactorPages(Protocol):
 
     async def note_factor(self, request: Request, account: Account, method: str) -> None: ...
 
+    def way_back(self, request: Request) -> str: ...
+
 
 class KeyPages:
     """The handlers of the passkey and security key pages."""
@@ -110,7 +120,10 @@ class KeyPages:
 
     async def new_form(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
-        back = MANAGE + "/keys/new?kind=" + ("passkey" if self.kind(request) else "key")
+        back = with_next(
+            MANAGE + "/keys/new?kind=" + ("passkey" if self.kind(request) else "key"),
+            self.web.way_back(request),
+        )
         await self.web.require_step_up(request, account, back)
         return self.new_page(request, self.kind(request))
 
@@ -118,7 +131,14 @@ class KeyPages:
         self, request: Request, passkey: bool, error: str | None = None, name: str = ""
     ) -> bytes:
         request.setResponseCode(400 if error else 200)
-        return self.app.render(request, "mfa/key_new.html", passkey=passkey, error=error, name=name)
+        return self.app.render(
+            request,
+            "mfa/key_new.html",
+            passkey=passkey,
+            error=error,
+            name=name,
+            next=self.web.way_back(request),
+        )
 
     async def options_for_new(self, request: Request) -> bytes:
         self.app.check_csrf(request)
@@ -135,9 +155,10 @@ class KeyPages:
 
     async def add(self, request: Request) -> bytes:
         self.app.check_csrf(request)
-        account = await self.app.require_account(request, back=MANAGE)
+        back = self.web.way_back(request)
+        account = await self.app.require_account(request, back=with_next(MANAGE, back))
         passkey = self.kind(request)
-        await self.web.require_step_up(request, account, MANAGE)
+        await self.web.require_step_up(request, account, with_next(MANAGE, back))
         name = self.app.form(request, "name")
         had_codes = (await self.web.factors.status(account.id)).recovery_codes_left > 0
         try:
@@ -157,9 +178,10 @@ class KeyPages:
             # The first factor of the account: recovery codes for when it is lost.
             codes = await self.web.factors.new_recovery_codes(account.id)
             return self.app.render(
-                request, "mfa/recovery_codes.html", codes=codes, first=True, key=True
+                request, "mfa/recovery_codes.html", codes=codes, first=True, key=True, next=back
             )
-        return self.app.redirect(request, MANAGE + "?done=key-added")
+        # A way back carried through the set-up: on to the request waiting.
+        return self.app.redirect(request, back or MANAGE + "?done=key-added")
 
     async def remove(self, request: Request) -> bytes:
         self.app.check_csrf(request)

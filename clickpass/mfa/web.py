@@ -243,9 +243,28 @@ class MfaWeb:
             return self.step_up_url(back)
         return MANAGE + "?next=" + quote(safe_next(back), safe="")
 
+    def way_back(self, request: Request) -> str:
+        """
+        Where the set-up pages go on to once a factor is set up: the
+        request's C{next} when it is a path on this site (a partner site
+        that requires a second factor sent the person here), else C{""}.
+        Another host, or a protocol-relative C{//host}, is ignored: an open
+        redirect would let anyone phish with our name.
+        """
+        return safe_next(self.app.form(request, "next"), "")
+
     def step_up_url(self, back: str) -> str:
         """The page that confirms it is the person, then goes back to C{back}."""
         return "/account/confirm?next=" + quote(safe_next(back), safe="")
+
+    async def go_on(self, request: Request) -> bytes:
+        """
+        The recovery codes acknowledged: on to the way back the set-up
+        carried (the request that was waiting), or back to the factors.
+        """
+        self.app.check_csrf(request)
+        await self.app.require_account(request, back=MANAGE)
+        return self.app.redirect(request, safe_next(self.app.form(request, "next"), MANAGE))
 
     async def confirm_page(
         self, request: Request, account: Account, error: str | None = None, status: int = 200
@@ -338,15 +357,16 @@ class MfaWeb:
             ],
             done=self.app.form(request, "done"),
             # A partner site that requires a second factor sent the person here.
-            back=safe_next(self.app.form(request, "next"), ""),
+            back=self.way_back(request),
         )
 
     async def begin_totp(self, request: Request) -> bytes:
         self.app.check_csrf(request)
-        account = await self.app.require_account(request, back=MANAGE)
-        await self.require_step_up(request, account, MANAGE)
+        back = self.way_back(request)
+        account = await self.app.require_account(request, back=keys_web.with_next(MANAGE, back))
+        await self.require_step_up(request, account, keys_web.with_next(MANAGE, back))
         await self.refusing(self.factors.begin_totp(account.id))
-        return self.app.redirect(request, MANAGE + "/totp")
+        return self.app.redirect(request, keys_web.with_next(MANAGE + "/totp", back))
 
     async def totp_page(
         self, request: Request, account: Account, error: str | None = None, status: int = 200
@@ -363,24 +383,29 @@ class MfaWeb:
             secret=totp.grouped(secret),
             uri=uri,
             error=error,
+            next=self.way_back(request),
         )
 
     async def totp_form(self, request: Request) -> bytes:
+        back = self.way_back(request)
         account = await self.app.require_account(request)
-        await self.require_step_up(request, account, MANAGE)
+        await self.require_step_up(request, account, keys_web.with_next(MANAGE, back))
         return await self.totp_page(request, account)
 
     async def confirm_totp(self, request: Request) -> bytes:
         self.app.check_csrf(request)
-        account = await self.app.require_account(request, back=MANAGE)
-        await self.require_step_up(request, account, MANAGE)
+        back = self.way_back(request)
+        account = await self.app.require_account(request, back=keys_web.with_next(MANAGE, back))
+        await self.require_step_up(request, account, keys_web.with_next(MANAGE, back))
         try:
             codes = await self.factors.confirm_totp(account.id, self.app.form(request, "code"))
         except AccountError as e:
             return await self.totp_page(request, account, str(e), 400)
         # The code just given proves the factor: this session has it now.
         await self.note_factor(request, account, "otp")
-        return self.app.render(request, "mfa/recovery_codes.html", codes=codes, first=True)
+        return self.app.render(
+            request, "mfa/recovery_codes.html", codes=codes, first=True, next=back
+        )
 
     async def note_factor(self, request: Request, account: Account, method: str) -> None:
         auth = await self.auth_of(request)
@@ -458,6 +483,7 @@ def install(app: WebApp, router: Router, factors: SecondFactors) -> MfaWeb:
         ("POST", MANAGE + "/remove", web.remove),
         ("POST", MANAGE + "/recovery-codes", web.recovery_codes),
         ("POST", MANAGE + "/browsers/revoke", web.revoke_browser),
+        ("POST", MANAGE + "/continue", web.go_on),
     ]
     for method, path, handler in routes:
         router.add(method, path, handler)

@@ -23,7 +23,9 @@ class BrowserRelyingParty:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.startswith("/return"):
+                # The partner flow's registration and connect pages too:
+                # a page to land on, not the XRDS (which a browser downloads).
+                if self.path.startswith(("/return", "/register", "/connect")):
                     body = b"<!doctype html><title>Back</title><p id='back'>Back at the site.</p>"
                     kind = "text/html; charset=utf-8"
                 elif self.path == VERIFICATION_PATH:

@@ -27,8 +27,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.integration.mfa.person import PASSWORD
 from tests.integration.mfa.relying_party import BrowserRelyingParty
+from tests.integration.mfa.test_site_requires_factor import set_required
 from tests.integration.openid.conftest import OPENID_CONFIG
 from tests.integration.openid.harness import PythonRP
+from tests.integration.partners.conftest import register_site
 from tests.support.chromium import By, WebDriver, click, submit, wait_for
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.mariadb import MariaDBServer
@@ -271,3 +273,49 @@ def test_a_security_key_as_the_second_step_after_the_password(
     assert "That key was removed." in driver.page_source, driver.page_source[:2000]
     assert "Blue key" not in driver.page_source
     assert "None yet." in driver.page_source
+
+
+def test_adding_a_key_goes_on_to_the_site_that_required_it(
+    authenticator: WebDriver, node: NodeProcess
+) -> None:
+    """
+    A partner site requires a second factor of a person with none: sent to
+    set one up, they add a security key; the recovery codes acknowledged,
+    they go on to the waiting request, confirm with the key just added (a
+    key added is not yet a key used), and the site's consumer receives the
+    assertion: no link followed by hand.
+    """
+    driver = authenticator
+    site_rp = BrowserRelyingParty()
+    try:
+        site = register_site(node, site_rp.realm, publish=site_rp.publish, required=())
+        assert set_required(node, site, True).status_code == 200
+        signed_up(driver, node)
+        rp = PythonRP(base(node), site_rp.realm, site_rp.return_to)
+        driver.get(rp.begin(email=False))
+        assert driver.current_url.startswith(base(node) + "account/mfa?next=%2Fopenid%3F")
+        wait_for(driver, "#second-factor-required")
+        click(driver, "#add-key")
+        form = wait_for(driver, "form#key-new")
+        WebDriverWait(driver, 10).until(lambda d: form.is_displayed())
+        submit(driver, "form#key-new", {"name": "Blue key"})
+        assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+        assert len(driver.find_elements(By.CSS_SELECTOR, "ul.recovery-codes code")) == 10
+        click(driver, "form#codes-saved button")
+        assert driver.current_url.startswith(base(node) + "account/confirm?next=%2Fopenid%3F")
+        button = wait_for(driver, "form#key-use button")
+        WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+        click(driver, "form#key-use button")
+        try:
+            WebDriverWait(driver, 20).until(lambda d: "/account/confirm" not in d.current_url)
+        except TimeoutException:
+            raise AssertionError(driver.current_url + "\n" + driver.page_source[:3000]) from None
+        assert driver.find_elements(By.CSS_SELECTOR, "#register"), (
+            driver.current_url + "\n" + driver.page_source[:3000]
+        )
+        click(driver, "#register")
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(site_rp.realm))
+        response = rp.complete(driver.current_url)
+        assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    finally:
+        site_rp.stop()
