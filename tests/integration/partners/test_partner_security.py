@@ -310,13 +310,23 @@ def test_every_writable_endpoint_refuses_wrong_types(node: NodeProcess, partner:
     api = node.url + "api/v1/"
     auth = {"Authorization": f"Bearer {partner.site.api_key}"}
     before = requests.get(api + "site", headers=auth, timeout=10).json()
-    cases: list[tuple[str, object, str]] = [
-        (name, value, f"{name} must be a string, not {kind}.")
-        for name, (value, kind) in WRONG_TYPES.items()
-    ] + [
-        (name, value, f"{name} must be an array of strings.")
-        for name, value in WRONG_ARRAYS.items()
-    ]
+    cases: list[tuple[str, object, str]] = (
+        [
+            (name, value, f"{name} must be a string, not {kind}.")
+            for name, (value, kind) in WRONG_TYPES.items()
+        ]
+        + [
+            (name, value, f"{name} must be an array of strings.")
+            for name, value in WRONG_ARRAYS.items()
+        ]
+        + [
+            (
+                "require_second_factor",
+                "yes",
+                "require_second_factor must be true or false, not a string.",
+            ),
+        ]
+    )
     assert {name for name, _, _ in cases} == set(before) - {"id", "created", "updated", "verified"}
     for name, value, message in cases:
         answer = requests.patch(
