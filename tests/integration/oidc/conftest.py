@@ -30,10 +30,14 @@ rp_discovery_timeout = 5.0
 def provider(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Provider]:
-    """One running node for a test module, on SQLite and on MariaDB."""
+    """
+    One running node for a test module, on SQLite and on MariaDB, with the
+    module's C{NODE_CONFIG} when it has one (else L{OPENID_CONFIG}).
+    """
+    config = getattr(request.module, "NODE_CONFIG", OPENID_CONFIG)
     tmp = tmp_path_factory.mktemp("oidc-node")
     server: MariaDBServer | None = None
     if request.param == "mysql":
         server = request.getfixturevalue("mariadb_server")
-    with running_node(tmp, OPENID_CONFIG, server, "oidcop") as node:
+    with running_node(tmp, config, server, "oidcop") as node:
         yield Provider(node)

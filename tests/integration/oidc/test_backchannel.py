@@ -24,15 +24,14 @@ from joserfc.jwk import KeySet
 from tests.integration.oidc.conftest import OPENID_CONFIG
 from tests.integration.oidc.harness import Client, Person, Provider, query_of
 from tests.support.browser import Browser, csrf_token
-from tests.support.mariadb import MariaDBServer
-from tests.support.node import running_node
 
 pytestmark = pytest.mark.integration
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
-# Deliveries may go to loopback here; retries come quickly, an attempt
-# is cut off after two seconds.
-CONFIG = (
+# The provider fixture (conftest.py) starts its node with this: deliveries
+# may go to loopback here; retries come quickly, an attempt is cut off
+# after two seconds.
+NODE_CONFIG = (
     OPENID_CONFIG
     + """
 [partners]
@@ -73,22 +72,6 @@ class Receiver:
                 return found
             time.sleep(0.1)
         raise AssertionError(f"{path}: {len(found)} logout tokens arrived, expected {count}")
-
-
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("mysql", marks=pytest.mark.mariadb)],
-)
-def provider(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Provider]:
-    """A node whose outbox may deliver to loopback, on SQLite and on MariaDB."""
-    tmp = tmp_path_factory.mktemp("oidc-bcl")
-    server: MariaDBServer | None = None
-    if request.param == "mysql":
-        server = request.getfixturevalue("mariadb_server")
-    with running_node(tmp, CONFIG, server, "oidcbcl") as node:
-        yield Provider(node)
 
 
 @pytest.fixture(scope="module")
