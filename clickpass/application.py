@@ -62,10 +62,16 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     # transaction of the change that causes it; the node sends it.
     outbox = Outbox(settings.mail, settings.base_url)
 
+    # The upstream providers (Google and others) this node signs in through.
+    connectors = upstream_web.build_connectors(reactor, settings)
+
     # Second factors: the second sign-in step, step-up, their account pages.
-    # They mail the person on security events through the outbox.
+    # They mail the person on security events through the outbox. Step-up
+    # offers a person with no second factor the providers linked to them.
     factors = SecondFactors(storage, settings.mfa, secret, outbox, clock=reactor.seconds)
-    second_factors = mfa_web.install(app, router, factors)
+    second_factors = mfa_web.install(
+        app, router, factors, reauth=upstream_web.ReauthChoices(storage, connectors)
+    )
 
     # The flows through mailed links: verify, reset, change password or email.
     # A reset is a first factor: the second step follows it.
@@ -73,7 +79,6 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
 
     # Upstream sign-in: its pages, and the claims the provider may release.
     # A provider's sign-in is a first factor: the second step follows it.
-    connectors = upstream_web.build_connectors(reactor, settings)
     # An address it takes from an unverified account is told, by mail.
     upstream = upstream_web.install(
         app,

@@ -48,6 +48,7 @@ KINDS: dict[str, str] = {
     "reset_link_by_operator": "An operator made a password reset link",
     "email_lost": "Your unconfirmed address went to the account that verified it",
     "link_refused_unverified": "A sign-in provider was not linked: your address is unconfirmed",
+    "reauth_refused": "Confirming it was you with a sign-in provider was refused",
     "mfa_enabled": "Second factor turned on",
     "mfa_disabled": "Second factor turned off",
     "passkey_added": "Passkey added",

@@ -230,7 +230,12 @@ class KeyPages:
         self.app.set_cookie(request, b"cp_second_step", "", 0)
         methods = frozenset({found.first_method, METHOD_SECURITY_KEY})
         await self.web.start_session(
-            request, account, methods, found.first_time, self.web.factors.now()
+            request,
+            account,
+            methods,
+            found.first_time,
+            self.web.factors.now(),
+            found.signin_method,
         )
         return self.app.redirect(request, next_url)
 

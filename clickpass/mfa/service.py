@@ -361,10 +361,14 @@ class SecondFactors:
 
     # Second steps.
 
-    async def start_second_step(self, account_id: int, first_method: str = "pwd") -> str:
+    async def start_second_step(
+        self, account_id: int, first_method: str = "pwd", signin_method: str = "password"
+    ) -> str:
         """
         A token for the browser that gave the first factor (C{first_method}:
-        C{pwd}, or C{fed} through an upstream provider), until its code.
+        C{pwd}, or C{fed} through an upstream provider; C{signin_method}:
+        how the security log names it, "password" or the provider's name),
+        until its code.
         """
         token = secrets.token_urlsafe(32)
         now = self.now()
@@ -375,6 +379,7 @@ class SecondFactors:
             now,
             now + self.settings.second_step_lifetime,
             first_method,
+            signin_method,
         )
         return token
 

@@ -197,16 +197,23 @@ def reset_failures(tx: Transaction, account_id: int) -> None:
 
 
 def start_pending(
-    tx: Transaction, token_hash: str, account_id: int, now: int, expires: int, first_method: str
+    tx: Transaction,
+    token_hash: str,
+    account_id: int,
+    now: int,
+    expires: int,
+    first_method: str,
+    signin_method: str = "password",
 ) -> None:
     tx.execute(
-        "INSERT INTO mfa_pending (token_hash, account_id, created, expires, first_method) "
-        "VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO mfa_pending (token_hash, account_id, created, expires, first_method, "
+        "signin_method) VALUES (?, ?, ?, ?, ?, ?)",
         token_hash,
         account_id,
         now,
         expires,
         first_method,
+        signin_method[:64],
     )
 
 
@@ -217,21 +224,34 @@ class PendingStep:
     account_id: int
     first_time: int
     first_method: str
+    # How the security log names the first factor: "password", or the
+    # upstream provider's name.
+    signin_method: str = "password"
 
 
 def pending(tx: Transaction, token_hash: str, now: int) -> PendingStep | None:
     """The second step of C{token_hash} if it is still open, or L{None}."""
     row = tx.fetchone(
-        "SELECT account_id, created, first_method FROM mfa_pending "
+        "SELECT account_id, created, first_method, signin_method FROM mfa_pending "
         "WHERE token_hash = ? AND expires > ?",
         token_hash,
         now,
     )
-    return None if row is None else PendingStep(int(row[0]), int(row[1]), str(row[2]))
+    if row is None:
+        return None
+    # A step an older node started has no name for the log: say what it knows.
+    named = str(row[3]) or ("password" if str(row[2]) == "pwd" else "upstream provider")
+    return PendingStep(int(row[0]), int(row[1]), str(row[2]), named)
 
 
 def end_pending(tx: Transaction, token_hash: str) -> None:
     tx.execute("DELETE FROM mfa_pending WHERE token_hash = ?", token_hash)
+
+
+def has_password(tx: Transaction, account_id: int) -> bool:
+    """Whether the account has a password (one made through a provider may have none)."""
+    row = tx.fetchone("SELECT password_hash FROM accounts WHERE id = ?", account_id)
+    return row is not None and row[0] is not None
 
 
 # How sessions were signed in.

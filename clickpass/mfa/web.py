@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from jinja2 import ChoiceLoader, FileSystemLoader
@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
-from clickpass.mfa import keys_web, totp
+from clickpass.mfa import keys_web, store, totp
 from clickpass.mfa.ceremony import RelyingParty
 from clickpass.mfa.keys import SecurityKeys
 from clickpass.mfa.service import (
@@ -54,13 +54,34 @@ GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KE
 KEY_OR_RECOVERY = frozenset({METHOD_SECURITY_KEY, METHOD_RECOVERY_CODE})
 
 
+# The security log's name for a password sign-in (a provider's sign-in is
+# logged by the provider's name).
+SIGNED_IN_WITH_PASSWORD = "password"  # noqa: S105 (a method's name, not a password)
+NOT_WITH_A_PROVIDER = (
+    "You have a second factor, so confirm it is you with it, not with a sign-in provider."
+)
+
+
+class ReauthProviders(Protocol):
+    """
+    The upstream providers (clickpass.upstream) through which a person may
+    confirm it is them at step-up: (name, display name) of each linked to
+    their account. Their button posts to /upstream/NAME/reauth.
+    """
+
+    async def providers_of(self, account_id: int) -> list[tuple[str, str]]: ...
+
+
 class MfaWeb:
     """The handlers of the second factors' pages."""
 
-    def __init__(self, app: WebApp, factors: SecondFactors) -> None:
+    def __init__(
+        self, app: WebApp, factors: SecondFactors, reauth: ReauthProviders | None = None
+    ) -> None:
         self.app = app
         self.factors = factors
         self.settings = factors.settings
+        self.reauth = reauth
 
     def cookie(self, request: Request, name: bytes) -> str:
         raw = request.getCookie(name)
@@ -77,35 +98,48 @@ class MfaWeb:
         """
         if not await self.factors.has_factor(account.id):
             return None
-        return await self.after_first_factor(request, account, next_url, METHOD_PASSWORD)
+        return await self.after_first_factor(
+            request, account, next_url, METHOD_PASSWORD, SIGNED_IN_WITH_PASSWORD
+        )
 
-    async def after_federated(self, request: Request, account: Account, next_url: str) -> bytes:
+    async def after_federated(
+        self, request: Request, account: Account, next_url: str, provider: str
+    ) -> bytes:
         """
-        After a sign-in through an upstream provider (Google and others):
-        the same second step as after a password, for a person who has a
-        second factor; anyone else is signed in here, the session recorded
-        as federated (never claimed to partners as a password).
+        After a sign-in through the upstream C{provider} (Google and
+        others): the same second step as after a password, for a person who
+        has a second factor; anyone else is signed in here, the session
+        recorded as federated (never claimed to partners as a password) and
+        the security log naming the provider.
         """
         if await self.factors.has_factor(account.id):
-            return await self.after_first_factor(request, account, next_url, METHOD_FEDERATED)
+            return await self.after_first_factor(
+                request, account, next_url, METHOD_FEDERATED, provider
+            )
         methods = frozenset({METHOD_FEDERATED})
-        await self.start_session(request, account, methods, self.factors.now(), 0)
+        await self.start_session(request, account, methods, self.factors.now(), 0, provider)
         return self.app.redirect(request, next_url)
 
     async def after_first_factor(
-        self, request: Request, account: Account, next_url: str, first_method: str
+        self,
+        request: Request,
+        account: Account,
+        next_url: str,
+        first_method: str,
+        signin_method: str,
     ) -> bytes:
         """
-        A person with a second factor gave the first: a trusted browser is
-        signed in here; anyone else is sent to give a code, with a second
-        step that expires.
+        A person with a second factor gave the first (C{first_method}, as
+        partners are told; C{signin_method}, as the security log names it):
+        a trusted browser is signed in here; anyone else is sent to give a
+        code, with a second step that expires.
         """
         now = self.factors.now()
         if await self.factors.is_trusted(self.cookie(request, TRUSTED_COOKIE), account.id):
             methods = frozenset({first_method, METHOD_TRUSTED_BROWSER})
-            await self.start_session(request, account, methods, now, 0)
+            await self.start_session(request, account, methods, now, 0, signin_method)
             return self.app.redirect(request, next_url)
-        token = await self.factors.start_second_step(account.id, first_method)
+        token = await self.factors.start_second_step(account.id, first_method, signin_method)
         self.app.set_cookie(request, SECOND_STEP_COOKIE, token, self.settings.second_step_lifetime)
         return self.app.redirect(request, "/signin/code?next=" + quote(next_url, safe=""))
 
@@ -116,7 +150,7 @@ class MfaWeb:
         methods: frozenset[str],
         password_time: int,
         factor_time: int,
-        method: str = "password",
+        method: str = SIGNED_IN_WITH_PASSWORD,
     ) -> None:
         """
         Sign the person in (the security log says how: C{method}) and record
@@ -175,7 +209,9 @@ class MfaWeb:
         await self.factors.end_second_step(token)
         self.app.set_cookie(request, SECOND_STEP_COOKIE, "", 0)
         methods = frozenset({found.first_method, outcome.value})
-        await self.start_session(request, account, methods, found.first_time, self.factors.now())
+        await self.start_session(
+            request, account, methods, found.first_time, self.factors.now(), found.signin_method
+        )
         if self.app.form(request, "trust") == "yes":
             await self.trust(request, account)
         if outcome is Outcome.RECOVERY_CODE:
@@ -269,14 +305,29 @@ class MfaWeb:
     async def confirm_page(
         self, request: Request, account: Account, error: str | None = None, status: int = 200
     ) -> bytes:
+        """
+        Confirm it is you: with the second factor for a person who has one;
+        otherwise with the password, or through a provider linked to the
+        account (an account that signs in only through providers has no
+        password to give).
+        """
+        with_code = await self.factors.has_factor(account.id)
+        providers: list[tuple[str, str]] = []
+        if not with_code and self.reauth is not None:
+            providers = await self.reauth.providers_of(account.id)
+        with_password = not with_code and (
+            not providers or await self.factors.storage.run(store.has_password, account.id)
+        )
         request.setResponseCode(status)
         return self.app.render(
             request,
             "mfa/confirm.html",
             next=safe_next(self.app.form(request, "next"), MANAGE),
-            with_code=await self.factors.has_factor(account.id),
+            with_code=with_code,
             with_key=await self.factors.has_keys(account.id),
             with_app=await self.factors.has_totp(account.id),
+            with_password=with_password,
+            reauth_providers=[{"name": n, "display_name": d} for n, d in providers],
             error=error,
         )
 
@@ -325,6 +376,43 @@ class MfaWeb:
             now + lifetime,
         )
         return self.app.redirect(request, safe_next(self.app.form(request, "next"), MANAGE))
+
+    async def reauth_refusal(self, account: Account) -> str | None:
+        """
+        Why this person may not confirm it is them through an upstream
+        provider (they have a second factor: step-up takes the strongest),
+        or L{None}.
+        """
+        if await self.factors.has_factor(account.id):
+            return NOT_WITH_A_PROVIDER
+        return None
+
+    async def after_reauth(
+        self, request: Request, account: Account, next_url: str, provider: str
+    ) -> bytes:
+        """
+        The person confirmed it is them through C{provider} (a linked
+        identity, freshly signed in there): this session is fresh, as after
+        a password at the confirm page, and on to C{next_url}. A second
+        factor set up meanwhile is still asked for; nothing is marked then.
+        """
+        if await self.factors.has_factor(account.id):
+            raise HTTPError(403, NOT_WITH_A_PROVIDER)
+        now = self.factors.now()
+        await self.factors.record_session(
+            self.app.session_token(request),
+            account.id,
+            frozenset({METHOD_FEDERATED}),
+            now,
+            0,
+            now + self.app.settings.accounts.session_lifetime,
+        )
+        log.info(
+            "account {account_id} confirmed it was them through {provider}",
+            account_id=account.id,
+            provider=provider,
+        )
+        return self.app.redirect(request, safe_next(next_url, MANAGE))
 
     # Managing the factors.
 
@@ -456,12 +544,18 @@ class MfaWeb:
         return AccountSection("mfa/account_mfa.html", context)
 
 
-def install(app: WebApp, router: Router, factors: SecondFactors) -> MfaWeb:
-    """Register the second factors' pages; the result is the kernel's second step."""
+def install(
+    app: WebApp, router: Router, factors: SecondFactors, reauth: ReauthProviders | None = None
+) -> MfaWeb:
+    """
+    Register the second factors' pages; the result is the kernel's second
+    step. C{reauth}: the upstream providers the step-up page offers to a
+    person with no second factor.
+    """
     loader = app.templates.loader
     assert loader is not None
     app.templates.loader = ChoiceLoader([loader, FileSystemLoader(str(TEMPLATES))])
-    web = MfaWeb(app, factors)
+    web = MfaWeb(app, factors, reauth)
     # Passkeys and security keys: the relying party is this node's public URL.
     keys = SecurityKeys(
         factors.storage,

@@ -606,6 +606,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE approvals ADD COLUMN IF NOT EXISTS always_ask INTEGER NOT NULL DEFAULT 0",
         ),
     ),
+    Migration(
+        17,
+        "mfa: how the security log names the first factor of a second step",
+        (
+            # signin_method: "password", or the upstream provider's name, so
+            # the sign-in the second step ends is logged as what it was ('':
+            # a step an older node started, with a password).
+            "ALTER TABLE mfa_pending ADD COLUMN IF NOT EXISTS "
+            "signin_method VARCHAR(64) NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 
 

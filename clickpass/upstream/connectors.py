@@ -22,7 +22,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode, urlsplit
 
 from twisted.logger import Logger
@@ -73,6 +73,9 @@ class UpstreamIdentity:
     email_verified: bool
     display_name: str
     claims: dict[str, Any] = field(default_factory=dict)
+    # When the provider last made the person sign in (an ID token's
+    # auth_time), where it says; never stored.
+    auth_time: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class ProviderInfo:
     name_field: str
     alternate_issuers: tuple[str, ...] = ()
     discovery_url: str = ""
+    # What the authorization URL adds to make the provider ask the person
+    # to sign in again (re-authentication), beyond OpenID Connect's max_age=0.
+    reauth_params: tuple[tuple[str, str], ...] = ()
 
 
 def resolve(settings: UpstreamProviderSettings, client_secret: str) -> ProviderInfo:
@@ -114,12 +120,16 @@ def resolve(settings: UpstreamProviderSettings, client_secret: str) -> ProviderI
     email_field = s.email_field or "email"
     verified_field = s.email_verified_field
     name_field = s.name_field or "name"
+    # OpenID Connect's way to make the provider ask again; Google does not
+    # take prompt=login (it honours max_age=0), Facebook has its own.
+    reauth: tuple[tuple[str, str], ...] = (("prompt", "login"),)
     if kind == "google":
         issuer = "https://accounts.google.com"
         # Google's documentation: ID tokens may name the issuer without the scheme.
         alternate = ("accounts.google.com",)
         display = display or "Google"
         token_auth = token_auth or "client_secret_post"
+        reauth = ()
     elif kind == "microsoft":
         discovery = f"{MICROSOFT_LOGIN}/{s.tenant}/v2.0/.well-known/openid-configuration"
         # The multi-tenant endpoints publish an issuer template; consumers
@@ -141,6 +151,7 @@ def resolve(settings: UpstreamProviderSettings, client_secret: str) -> ProviderI
         scopes = scopes or ("email", "public_profile")
         display = display or "Facebook"
         token_auth = token_auth or "client_secret_post"
+        reauth = (("auth_type", "reauthenticate"),)
     if not client_secret and not s.token_auth:
         token_auth = "none"  # noqa: S105 - the method name, not a secret
     if kind in ("oidc", "google", "microsoft"):
@@ -169,6 +180,7 @@ def resolve(settings: UpstreamProviderSettings, client_secret: str) -> ProviderI
         discovery_url=(discovery or issuer + "/.well-known/openid-configuration")
         if kind in ("oidc", "google", "microsoft")
         else "",
+        reauth_params=reauth if kind != "oauth2" else (),
     )
 
 
@@ -180,6 +192,10 @@ def pkce_challenge(verifier: str) -> str:
 
 def _text(value: object, limit: int = 254) -> str:
     return value[:limit] if isinstance(value, str) else ""
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _truthy(value: object) -> bool:
@@ -213,9 +229,14 @@ class Connector:
         return self.info.display_name
 
     async def authorization_url(
-        self, redirect_uri: str, state: str, nonce: str, verifier: str
+        self, redirect_uri: str, state: str, nonce: str, verifier: str, reauth: bool = False
     ) -> str:
-        """Where to send the browser to sign in at the provider."""
+        """
+        Where to send the browser to sign in at the provider; with
+        C{reauth}, asking the provider to make the person sign in again
+        even when it has a session for them (OpenID Connect's max_age=0 and
+        prompt=login where the provider takes them).
+        """
         endpoint = await self._authorization_endpoint()
         params = {
             "response_type": "code",
@@ -228,6 +249,8 @@ class Connector:
         }
         if self.info.kind == "oidc":
             params["nonce"] = nonce
+        if reauth:
+            params.update(await self._reauth_params())
         separator = "&" if urlsplit(endpoint).query else "?"
         return endpoint + separator + urlencode(params)
 
@@ -245,6 +268,9 @@ class Connector:
 
     async def _authorization_endpoint(self) -> str:
         raise NotImplementedError
+
+    async def _reauth_params(self) -> dict[str, str]:
+        return dict(self.info.reauth_params)
 
     async def _exchange(self, endpoint: str, code: str, redirect_uri: str, verifier: str) -> Any:
         who = self.display_name
@@ -365,6 +391,15 @@ class OIDCConnector(Connector):
     async def _authorization_endpoint(self) -> str:
         return self._endpoint(await self.metadata(), "authorization_endpoint")
 
+    async def _reauth_params(self) -> dict[str, str]:
+        params = {"max_age": "0"}
+        prompts = (await self.metadata()).get("prompt_values_supported")
+        for key, value in self.info.reauth_params:
+            # A provider that lists its prompts and not this one would refuse it.
+            if key != "prompt" or not isinstance(prompts, list) or value in prompts:
+                params[key] = value
+        return params
+
     async def _fetch_jwks(self) -> Mapping[str, Any]:
         metadata = await self.metadata()
         return await self.http.get_json(self.display_name, str(metadata["jwks_uri"]))
@@ -434,9 +469,10 @@ class OIDCConnector(Connector):
                 merged.setdefault(key, value)
             if "email" in info and "email" not in claims:
                 merged["email_verified"] = info.get("email_verified", False)
-        return self._identity(merged)
+        return self._identity(merged, claims.get("auth_time"))
 
-    def _identity(self, claims: Mapping[str, Any]) -> UpstreamIdentity:
+    def _identity(self, claims: Mapping[str, Any], auth_time: object = None) -> UpstreamIdentity:
+        """The identity in C{claims}; C{auth_time} from the signed ID token only."""
         email = _text(claims.get("email")).strip().lower()
         verified = bool(email) and _truthy(claims.get("email_verified"))
         if self.info.tenant and not verified:
@@ -449,7 +485,15 @@ class OIDCConnector(Connector):
             tid = claims.get("tid")
             if isinstance(tid, str) and tid:
                 subject = f"{tid}:{subject}"[:255]
-        return UpstreamIdentity(self.name, subject, email, verified, name, _keep(claims))
+        return UpstreamIdentity(
+            self.name,
+            subject,
+            email,
+            verified,
+            name,
+            _keep(claims),
+            int(auth_time) if _is_number(auth_time) else None,
+        )
 
 
 class OAuth2Connector(Connector):

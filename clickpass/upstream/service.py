@@ -15,7 +15,11 @@ Rules it keeps:
 - a provider's verified address goes to the new account even when an
   account holds it unverified (that account loses it); an account that
   verified it keeps it;
-- an identity is never linked into an account whose address is unverified.
+- an identity is never linked into an account whose address is unverified;
+- a re-authentication (a signed-in person confirming it is them before a
+  sensitive change) is bound to the browser and the session that started
+  it, and passes only with an identity already linked to that account,
+  signed in at the provider after it started (its auth_time, where given).
 
 Nothing is written when any check fails. This module must never render
 pages or read requests: the web layer does that.
@@ -45,6 +49,8 @@ SIGN_IN = "signin"
 # Where an unverified account's address goes when its verified owner takes it.
 RELEASED_DOMAIN = "released.invalid"
 LINK = "link"
+# A signed-in person confirming it is them (step-up) through a linked provider.
+REAUTH = "reauth"
 MAX_PARAM = 2048
 PLACEHOLDER_DOMAIN = "upstream.invalid"
 # The reason of the refusal to link into an account whose address is unverified.
@@ -82,7 +88,7 @@ class Started:
 @dataclass(frozen=True)
 class Finished:
     account_id: int
-    outcome: str  # "signed_in", "created", "linked", "already_linked"
+    outcome: str  # "signed_in", "created", "linked", "already_linked", "reauthenticated"
     next_url: str
     provider: str
 
@@ -106,10 +112,20 @@ class _Pending:
     intent: str
     account_id: int | None
     next_url: str
+    created: int
 
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _binding(browser: str, session: str) -> str:
+    """
+    The stored binding of a pending login: the browser's cookie, and for a
+    re-authentication the session's token too (so another session in the
+    same browser cannot finish it).
+    """
+    return _hash(browser) if not session else _hash(browser + "\n" + session)
 
 
 # Transactions (run on the storage's pool).
@@ -145,8 +161,17 @@ def _insert_pending(
 
 
 def _claim_pending(
-    tx: Transaction, state_hash: str, browser_hash: str, provider: str, now: int, lifetime: int
+    tx: Transaction,
+    state_hash: str,
+    bindings: tuple[str, str],
+    provider: str,
+    now: int,
+    lifetime: int,
 ) -> _Pending:
+    """
+    Use up the pending login of C{state_hash}; C{bindings}: what its
+    binding must be, for a sign-in or link and for a re-authentication.
+    """
     row = tx.fetchone(
         "SELECT browser_hash, provider, nonce, verifier, intent, account_id, next_url, "
         "created, used FROM upstream_pending WHERE state_hash = ?",
@@ -166,7 +191,8 @@ def _claim_pending(
             "This sign-in was started with another provider. Start again from the sign-in page.",
             "wrong_provider",
         )
-    if not secrets.compare_digest(str(row[0]), browser_hash):
+    expected = bindings[1] if str(row[4]) == REAUTH else bindings[0]
+    if not secrets.compare_digest(str(row[0]), expected):
         raise FlowError(
             "This sign-in was started in another browser. Start again from this browser.",
             "wrong_browser",
@@ -185,6 +211,7 @@ def _claim_pending(
         str(row[4]),
         int(row[5]) if row[5] is not None else None,
         str(row[6]),
+        int(row[7]),
     )
 
 
@@ -343,6 +370,33 @@ def _refused_link(tx: Transaction, account_id: int, who: str, now: int) -> None:
     events.record(tx, account_id, "link_refused_unverified", now, detail=who)
 
 
+def _reauthenticated(
+    tx: Transaction, identity: UpstreamIdentity, account_id: int, now: int
+) -> bool:
+    """
+    Whether C{identity} is one already linked to C{account_id} (then its
+    last use is noted); nothing else is written.
+    """
+    row = tx.fetchone(
+        "SELECT account_id FROM upstream_identities WHERE provider = ? AND subject = ?",
+        identity.provider,
+        identity.subject,
+    )
+    if row is None or int(row[0]) != account_id:
+        return False
+    tx.execute(
+        "UPDATE upstream_identities SET last_used = ? WHERE provider = ? AND subject = ?",
+        now,
+        identity.provider,
+        identity.subject,
+    )
+    return True
+
+
+def _reauth_refused(tx: Transaction, account_id: int, detail: str, now: int) -> None:
+    events.record(tx, account_id, "reauth_refused", now, detail=detail)
+
+
 def _linked(tx: Transaction, account_id: int) -> list[LinkedIdentity]:
     rows = tx.fetchall(
         "SELECT id, provider, email, email_verified, display_name, created, last_used "
@@ -438,23 +492,30 @@ class UpstreamService:
         account_id: int | None,
         next_url: str,
         browser: str | None,
+        session: str = "",
     ) -> Started:
         """
         Record a pending login and return the provider URL to send the
         browser to; C{browser} is the binding the browser already holds.
+        A re-authentication (L{REAUTH}) is bound to the C{session} too, and
+        asks the provider to make the person sign in again.
         """
         connector = self.connector(name)
+        if intent == REAUTH and (account_id is None or not session):
+            raise FlowError("Sign in first.", "signed_out", 403)
         if not browser or len(browser) < 32 or len(browser) > 64:
             browser = secrets.token_urlsafe(32)
         state = secrets.token_urlsafe(32)
         nonce = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
-        url = await connector.authorization_url(self.redirect_uri(name), state, nonce, verifier)
+        url = await connector.authorization_url(
+            self.redirect_uri(name), state, nonce, verifier, reauth=intent == REAUTH
+        )
         now = int(self._clock())
         await self._storage.run(
             _insert_pending,
             _hash(state),
-            _hash(browser),
+            _binding(browser, session if intent == REAUTH else ""),
             name,
             nonce,
             verifier,
@@ -472,15 +533,18 @@ class UpstreamService:
         params: Mapping[str, str],
         browser: str,
         current_account: int | None,
+        session: str = "",
     ) -> Finished:
         """
-        Finish a sign-in with the query C{params} the provider sent back.
-        Raise L{FlowError} or L{UpstreamError}; nothing is written then
-        (except that the pending login is used up).
+        Finish a sign-in with the query C{params} the provider sent back
+        (C{session}: the browser's session token, which a re-authentication
+        is bound to). Raise L{FlowError} or L{UpstreamError}; nothing is
+        written then (except that the pending login is used up, and a
+        refused re-authentication is logged for the account's owner).
         """
         connector = self.connector(name)
         who = connector.display_name
-        pending = await self._claim(name, params, browser, current_account)
+        pending = await self._claim(name, params, browser, current_account, session)
         code = _answered_code(who, params)
         identity = await connector.finish(
             code,
@@ -490,6 +554,15 @@ class UpstreamService:
             params.get("iss"),
             self._clock(),
         )
+        if pending.intent == REAUTH:
+            assert pending.account_id is not None
+            await self._reauthenticate(identity, who, pending.account_id, pending.created)
+            log.info(
+                "upstream {provider} re-authenticated account {account}",
+                provider=name,
+                account=pending.account_id,
+            )
+            return Finished(pending.account_id, "reauthenticated", pending.next_url, name)
         account_id, outcome = await self._sign_in_as(identity, who, pending, current_account)
         log.info(
             "upstream {provider} {outcome} account {account}",
@@ -505,10 +578,12 @@ class UpstreamService:
         params: Mapping[str, str],
         browser: str,
         current_account: int | None,
+        session: str = "",
     ) -> _Pending:
         """
         Use up the pending login the answer's C{state} names (bound to this
-        C{browser}); a link must come back to the account that started it.
+        C{browser}; a re-authentication, to this C{session} too); a link or
+        a re-authentication must come back to the account that started it.
         """
         state = params.get("state", "")
         if not state:
@@ -520,11 +595,18 @@ class UpstreamService:
         pending: _Pending = await self._storage.run(
             _claim_pending,
             _hash(state),
-            _hash(browser),
+            (_binding(browser, ""), _binding(browser, session)),
             name,
             now,
             self._settings.pending_lifetime,
         )
+        if pending.intent == REAUTH and current_account != pending.account_id:
+            raise FlowError(
+                "You signed out or changed accounts while confirming it was you. Sign in "
+                "again, then confirm again.",
+                "reauth_account_changed",
+                403,
+            )
         if pending.intent == LINK and current_account != pending.account_id:
             raise FlowError(
                 "Sign in again with the account you were linking to, then link again.",
@@ -568,6 +650,40 @@ class UpstreamService:
                 409,
             ) from None
         return settled
+
+    async def _reauthenticate(
+        self, identity: UpstreamIdentity, who: str, account_id: int, started: int
+    ) -> None:
+        """
+        Pass a re-authentication of C{account_id} only with an identity
+        already linked to it, signed in at the provider after the flow
+        started (C{auth_time}, give or take the clock skew, where the
+        provider gives it); otherwise log the refusal for the owner and
+        raise L{FlowError}, nothing else written.
+        """
+        now = int(self._clock())
+        if identity.auth_time is not None and (
+            identity.auth_time + self._settings.clock_skew < started
+        ):
+            await self._storage.run(
+                _reauth_refused, account_id, f"{who}: no fresh sign-in there", now
+            )
+            raise FlowError(
+                f"{who} did not ask you to sign in again, so this did not confirm it is you. "
+                f"Try again, and sign in at {who} when it asks.",
+                "stale_auth_time",
+                403,
+            )
+        if not await self._storage.run(_reauthenticated, identity, account_id, now):
+            await self._storage.run(
+                _reauth_refused, account_id, f"{who}: an account not linked to yours", now
+            )
+            raise FlowError(
+                f"That {who} account is not the one linked to your Clickpass account; nothing "
+                "was changed. Confirm with the one you linked.",
+                "reauth_other_identity",
+                403,
+            )
 
     async def linked(self, account_id: int) -> list[LinkedIdentity]:
         """The provider identities linked to an account, oldest first."""

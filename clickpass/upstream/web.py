@@ -19,9 +19,17 @@ from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
 from clickpass.config import ConfigError, Settings, read_secret_file
+from clickpass.storage.sql import Storage, Transaction
 from clickpass.upstream.connectors import Connector, make_connector, resolve
 from clickpass.upstream.http import UpstreamError, UpstreamHTTP, make_agent
-from clickpass.upstream.service import LINK, SIGN_IN, AddressLost, FlowError, UpstreamService
+from clickpass.upstream.service import (
+    LINK,
+    REAUTH,
+    SIGN_IN,
+    AddressLost,
+    FlowError,
+    UpstreamService,
+)
 from clickpass.web.app import WebApp, safe_next
 from clickpass.web.pages import AccountSection
 from clickpass.web.routing import HTTPError, Router
@@ -69,10 +77,54 @@ ACCOUNT_SECTION = AccountSection("upstream_account_summary.html", _no_values)
 class SecondStep(Protocol):
     """
     What follows a sign-in through a provider (clickpass.mfa): the answer
-    that signs the person in, or first asks for their second factor.
+    that signs the person in (the security log naming C{provider}), or
+    first asks for their second factor. And step-up through a provider:
+    whether the person may confirm it is them that way (the refusal, one
+    sentence, or L{None}: a person with a second factor must give it), and
+    the answer once they have (the session marked fresh).
     """
 
-    async def after_federated(self, request: Request, account: Account, next_url: str) -> bytes: ...
+    async def after_federated(
+        self, request: Request, account: Account, next_url: str, provider: str
+    ) -> bytes: ...
+
+    async def reauth_refusal(self, account: Account) -> str | None: ...
+
+    async def after_reauth(
+        self, request: Request, account: Account, next_url: str, provider: str
+    ) -> bytes: ...
+
+
+def _linked_providers(tx: Transaction, account_id: int) -> list[str]:
+    rows = tx.fetchall(
+        "SELECT provider FROM upstream_identities WHERE account_id = ? ORDER BY created, id",
+        account_id,
+    )
+    return [str(r[0]) for r in rows]
+
+
+class ReauthChoices:
+    """
+    The providers through which a signed-in person may confirm it is them
+    (step-up): those configured here with an identity linked to their
+    account. Built before the second factors, whose step-up page offers them.
+    """
+
+    def __init__(self, storage: Storage, connectors: dict[str, Connector]) -> None:
+        self._storage = storage
+        self._connectors = connectors
+
+    async def providers_of(self, account_id: int) -> list[tuple[str, str]]:
+        """(name, display name) of each provider linked to C{account_id}, once each."""
+        if not self._connectors:
+            return []
+        names: list[str] = await self._storage.run(_linked_providers, account_id)
+        seen: dict[str, str] = {}
+        for name in names:
+            connector = self._connectors.get(name)
+            if connector is not None and name not in seen:
+                seen[name] = connector.display_name
+        return list(seen.items())
 
 
 class UpstreamPages:
@@ -117,9 +169,10 @@ class UpstreamPages:
         self, request: Request, name: str, intent: str, account_id: int | None
     ) -> bytes:
         next_url = ACCOUNT_PAGE if intent == LINK else safe_next(self.app.form(request, "next"))
+        session = self.app.session_token(request) if intent == REAUTH else ""
         try:
             started = await self.service.start(
-                name, intent, account_id, next_url, self.browser(request)
+                name, intent, account_id, next_url, self.browser(request), session
             )
         except (FlowError, UpstreamError) as e:
             return self.failure(request, e, next_url)
@@ -139,6 +192,24 @@ class UpstreamPages:
         account = await self.app.require_account(request)
         return await self.begin(request, name, LINK, account.id)
 
+    async def reauth(self, request: Request, name: str) -> bytes:
+        """
+        Step-up through a provider linked to the signed-in person's account:
+        off to the provider, which is asked to make them sign in again.
+        """
+        self.app.check_csrf(request)
+        account = await self.app.require_account(request, back="/account/confirm")
+        if self.second_step is not None:
+            refusal = await self.second_step.reauth_refusal(account)
+            if refusal is not None:
+                raise HTTPError(403, refusal)
+        linked = {i.provider for i in await self.service.linked(account.id)}
+        if name not in linked or name not in self.connectors:
+            raise HTTPError(
+                400, "That sign-in provider is not linked to your account; confirm another way."
+            )
+        return await self.begin(request, name, REAUTH, account.id)
+
     async def callback(self, request: Request, name: str) -> bytes:
         params: dict[str, str] = {}
         for key in CALLBACK_PARAMS:
@@ -148,10 +219,21 @@ class UpstreamPages:
         account = await self.app.current_account(request)
         try:
             finished = await self.service.finish(
-                name, params, self.browser(request), account.id if account else None
+                name,
+                params,
+                self.browser(request),
+                account.id if account else None,
+                self.app.session_token(request),
             )
         except (FlowError, UpstreamError) as e:
             return self.failure(request, e, ACCOUNT_PAGE if account else "/account")
+        if finished.outcome == "reauthenticated":
+            assert account is not None  # the flow is bound to this signed-in session
+            if self.second_step is None:
+                return self.app.redirect(request, safe_next(finished.next_url))
+            return await self.second_step.after_reauth(
+                request, account, safe_next(finished.next_url), name
+            )
         if account is None or account.id != finished.account_id:
             found = await self.app.accounts.get(finished.account_id)
             if found is None:  # pragma: no cover - just written in the same flow
@@ -160,7 +242,7 @@ class UpstreamPages:
                 # A provider's sign-in is a first factor only: a person with
                 # a second factor gives it too.
                 return await self.second_step.after_federated(
-                    request, found, safe_next(finished.next_url)
+                    request, found, safe_next(finished.next_url), name
                 )
             await self.app.sign_in(request, found, method=name)
         return self.app.redirect(request, safe_next(finished.next_url))
@@ -225,10 +307,11 @@ def install(
     pages = UpstreamPages(app, service, connectors, second_step)
     router.add("POST", "/upstream/{name}/start", pages.start)
     router.add("POST", "/upstream/{name}/link", pages.link)
+    router.add("POST", "/upstream/{name}/reauth", pages.reauth)
     router.add("GET", "/upstream/{name}/callback", pages.callback)
     router.add("GET", ACCOUNT_PAGE, pages.account_page)
     router.add("POST", "/account/upstream/unlink", pages.unlink)
     return service
 
 
-__all__ = ["ACCOUNT_SECTION", "build_connectors", "install"]
+__all__ = ["ACCOUNT_SECTION", "ReauthChoices", "build_connectors", "install"]
