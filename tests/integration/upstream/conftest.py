@@ -85,13 +85,20 @@ class UpstreamSetup:
         return self.data_dir / "clickpass.sqlite3"
 
 
-def start_oidc_provider(directory: Path, ca: TestCA, redirect_uri: str) -> OIDCProvider:
+def start_oidc_provider(
+    directory: Path, ca: TestCA, redirect_uri: str, ignore_reauth: bool = False
+) -> OIDCProvider:
+    """
+    oidc-provider on a free port; with C{ignore_reauth}, one that ignores
+    prompt=login and max_age (a provider that does not make a person with
+    a session there sign in again).
+    """
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is needed to run oidc-provider (apt-get install nodejs)", pytrace=False)
     install_oidc_provider()
     port = free_port()
-    log_path = directory / "oidc-provider.log"
+    log_path = directory / f"oidc-provider-{port}.log"
     env = {
         **os.environ,
         "OIDC_PORT": str(port),
@@ -100,6 +107,7 @@ def start_oidc_provider(directory: Path, ca: TestCA, redirect_uri: str) -> OIDCP
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": CLIENT_SECRET,
         "OIDC_REDIRECT_URI": redirect_uri,
+        "OIDC_IGNORE_REAUTH": "1" if ignore_reauth else "0",
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

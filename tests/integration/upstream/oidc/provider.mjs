@@ -4,12 +4,15 @@
 // in anyone with any login on its development interaction pages.
 //
 // Environment: OIDC_PORT, OIDC_CERT, OIDC_KEY, OIDC_CLIENT_ID,
-// OIDC_CLIENT_SECRET, OIDC_REDIRECT_URI. Prints "oidc-provider ready" once
-// it listens. Test-only: never run this anywhere else.
+// OIDC_CLIENT_SECRET, OIDC_REDIRECT_URI; OIDC_IGNORE_REAUTH=1 makes it a
+// provider that ignores prompt=login and max_age (it signs a person with a
+// session in again without asking, and says when they last signed in).
+// Prints "oidc-provider ready" once it listens. Test-only: never run this
+// anywhere else.
 import fs from 'node:fs';
 import https from 'node:https';
 
-import Provider from 'oidc-provider';
+import Provider, { interactionPolicy } from 'oidc-provider';
 
 const env = (name) => {
   const value = process.env[name];
@@ -23,7 +26,15 @@ const env = (name) => {
 const port = Number(env('OIDC_PORT'));
 const issuer = `https://127.0.0.1:${port}`;
 
+const policy = interactionPolicy.base();
+if (process.env.OIDC_IGNORE_REAUTH === '1') {
+  const login = policy.get('login');
+  login.checks.remove('login_prompt');
+  login.checks.remove('max_age');
+}
+
 const provider = new Provider(issuer, {
+  interactions: { policy },
   clients: [
     {
       client_id: env('OIDC_CLIENT_ID'),
