@@ -81,6 +81,12 @@ class TooManyRequests(AccountError):
         self.retry_after = retry_after
 
 
+def has_password(tx: Transaction, account_id: int) -> bool:
+    """Whether the account has a password (one made through a provider may have none)."""
+    row = tx.fetchone("SELECT password_hash FROM accounts WHERE id = ?", account_id)
+    return row is not None and row[0] is not None
+
+
 class AddressTaken(AccountError):
     """
     The new address went to another account between the request to move
@@ -507,17 +513,24 @@ class AccountFlows:
         new_email: str,
         client_address: str,
         how: SignIn | None = None,
+        stepped_up: bool = False,
     ) -> str:
         """
         Send a link to C{new_email} that makes it C{account}'s address once
         opened by the signed-in owner. Nothing changes before then. The
         answer is the same whether or not the new address is taken (its
         holder is told instead). Return the normalised new address.
+        C{password} is checked; an account with none (made through an
+        upstream provider) needs C{stepped_up}: the caller saw a fresh
+        sign-in (step-up) instead.
         """
         address = check_email(new_email)
         if address == account.email:
             raise AccountError("That is your address already.")
-        await self._accounts.authenticate(account.email, password, client_address)
+        if await self._storage.run(has_password, account.id):
+            await self._accounts.authenticate(account.email, password, client_address)
+        elif not stepped_up:
+            raise AccountError("Confirm it is you first, then change your address.")
         await self._client_allowed(client_address)
 
         def request(tx: Transaction, now: int) -> None:

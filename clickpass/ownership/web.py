@@ -23,7 +23,13 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from clickpass.accounts.flows import AccountFlows, AddressTaken, Mailer, TooManyRequests
+from clickpass.accounts.flows import (
+    AccountFlows,
+    AddressTaken,
+    Mailer,
+    TooManyRequests,
+    has_password,
+)
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
 from clickpass.accounts.tokens import TokenRefused
 from clickpass.web.app import WebApp, safe_next
@@ -111,6 +117,19 @@ class OwnershipPages:
             account.id
         ):
             await self.second_factors.require_step_up(request, account, back)
+
+    async def _stepped_up_for_email(self, request: Request, account: Account) -> bool:
+        """
+        L{_stepped_up} for the address form; an account with no password (made
+        through an upstream provider) has none to type there, so it is asked
+        for step-up (through its provider) instead. Whether it has a password.
+        """
+        with_password: bool = await self.app.storage.run(has_password, account.id)
+        if with_password or self.second_factors is None:
+            await self._stepped_up(request, account, "/account/email")
+        else:
+            await self.second_factors.require_step_up(request, account, "/account/email")
+        return with_password
 
     async def _signed_in_for(self, request: Request) -> Any:
         """The signed-in person, or a redirect to sign in and come back to this link."""
@@ -246,13 +265,15 @@ class OwnershipPages:
 
     async def email_form(self, request: Request) -> bytes:
         account = await self.app.require_account(request)
-        await self._stepped_up(request, account, "/account/email")
-        return self._page(request, "email.html", error=None, new_email="")
+        with_password = await self._stepped_up_for_email(request, account)
+        return self._page(
+            request, "email.html", error=None, new_email="", with_password=with_password
+        )
 
     async def change_email(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, "/account/email")
-        await self._stepped_up(request, account, "/account/email")
+        with_password = await self._stepped_up_for_email(request, account)
         new_email = self.app.form(request, "email")
         try:
             address = await self.flows.request_email_change(
@@ -261,14 +282,20 @@ class OwnershipPages:
                 new_email,
                 self.app.client_address(request),
                 self.app.how(request),
+                # Without a password, step-up (just above) proved it is them.
+                stepped_up=self.second_factors is not None,
             )
         except (Throttled, HashingBusy, TooManyRequests) as e:
             self._limited(request, e)
-            return self._page(request, "email.html", error=str(e), new_email=new_email)
+            return self._page(
+                request, "email.html", error=str(e), new_email=new_email,
+                with_password=with_password,
+            )  # fmt: skip
         except AccountError as e:
             return self._page(
-                request, "email.html", 400, error=_current_password_error(e), new_email=new_email
-            )
+                request, "email.html", 400, error=_current_password_error(e),
+                new_email=new_email, with_password=with_password,
+            )  # fmt: skip
         return self._page(request, "email_sent.html", new_email=address)
 
     async def confirm_email_page(self, request: Request) -> bytes:

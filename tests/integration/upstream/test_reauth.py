@@ -228,8 +228,48 @@ def test_an_upstream_only_account_confirms_through_its_provider(setup: ReauthSet
     assert data["account"]["email"] == f"{login}@example.test"
     assert sign_ins(data) == ["testop"]
     assert refusals(data) == []
-    # Fresh now: the delete page opens without asking again.
+    # Fresh now: the delete page opens without asking again, and the address
+    # form asks for no password the account does not have; the new address
+    # is mailed its link.
     assert browser.get("/account/delete", allow_redirects=False).status_code == 200
+    form = browser.get("/account/email", allow_redirects=False)
+    assert form.status_code == 200 and 'name="current_password"' not in form.text
+    new = f"n{secrets.token_hex(4)}@example.org"
+    sent = browser.post("/account/email", {"email": new, "csrf_token": csrf_token(form.text)})
+    assert sent.ok and 'id="email-sent"' in sent.text, ERROR.findall(sent.text)
+    assert new in sent.text
+
+
+def test_an_upstream_only_account_changes_its_address_after_confirming(
+    setup: ReauthSetup,
+) -> None:
+    """
+    The address form of an account with no password asks for step-up once
+    the sign-in is stale (a form posted then changes nothing); through the
+    provider it opens, and the change is asked for with no password.
+    """
+    login = f"e{secrets.token_hex(4)}"
+    browser = sign_up_through(setup, "testop", login)
+    stale(browser)
+    back = "/account/confirm?next=" + quote("/account/email", safe="")
+    asked = browser.get("/account/email", allow_redirects=False)
+    assert asked.status_code == 303 and asked.headers["location"] == back
+    page = browser.get("/account")
+    refused = browser.post(
+        "/account/email",
+        {"email": f"z{secrets.token_hex(4)}@example.org", "csrf_token": csrf_token(page.text)},
+        allow_redirects=False,
+    )
+    assert refused.status_code == 303 and refused.headers["location"] == back
+    done, _ = confirm_through(browser, "testop", login, "/account/email")
+    assert done.url == setup.node.url + "account/email", done.url
+    new = f"n{secrets.token_hex(4)}@example.org"
+    sent = browser.post("/account/email", {"email": new, "csrf_token": csrf_token(done.text)})
+    assert sent.ok and 'id="email-sent"' in sent.text, ERROR.findall(sent.text)
+    data = export(browser)
+    assert [
+        e["detail"] for e in data["security_events"] if e["kind"] == "email_change_requested"
+    ] == [new]
 
 
 def test_another_identity_at_the_provider_is_refused(setup: ReauthSetup) -> None:

@@ -367,6 +367,29 @@ async def test_change_email_takes_effect_once_verified_and_can_be_undone(
 
 
 @async_test
+async def test_an_account_with_no_password_changes_its_address_only_after_step_up(
+    storage_backend: AdbapiStorage, accounts: Accounts, flows: AccountFlows
+) -> None:
+    """
+    An account made through an upstream provider has no password: asking
+    for a new address is refused (nothing mailed) unless the caller saw a
+    fresh sign-in (step-up); then no password is asked for.
+    """
+    bea = await accounts.sign_up("bea@example.org", PASSWORD, verified=True)
+    await storage_backend.run(
+        lambda tx: tx.execute("UPDATE accounts SET password_hash = NULL WHERE id = ?", bea.id)
+    )
+    with pytest.raises(AccountError, match="Confirm it is you first"):
+        await flows.request_email_change(bea, "", "bea@new.example", "192.0.2.1")
+    assert await mails(storage_backend, "bea@new.example") == []
+    await flows.request_email_change(bea, "", "bea@new.example", "192.0.2.1", stepped_up=True)
+    (confirm,) = await mails(storage_backend, "bea@new.example")
+    assert await flows.confirm_email_change(token_in(confirm, "email/confirm"), bea) == (
+        "bea@new.example"
+    )
+
+
+@async_test
 async def test_change_email_to_a_taken_address_changes_nothing(
     storage_backend: AdbapiStorage, accounts: Accounts, flows: AccountFlows
 ) -> None:
