@@ -135,3 +135,34 @@ async def test_with_a_key_only_the_key_or_a_recovery_code_counts(
         assert await web.is_fresh(request, account) is fresh, methods
     clock.now += WINDOW + 30
     assert not await web.is_fresh(request, account)
+
+
+@async_test
+async def test_a_provider_reauth_marks_fresh_only_without_a_second_factor(
+    tmp_path: Path, storage_backend: AdbapiStorage, reactor: Any
+) -> None:
+    """
+    A re-authentication through an upstream provider makes a stale session
+    of a person with no second factor fresh (as federated, never as a
+    password); for a person with one (set up while they were at the
+    provider) it is refused and marks nothing.
+    """
+    web, clock = await setup(tmp_path, storage_backend, reactor)
+    account = await web.app.accounts.sign_up("dee@example.org", PASSWORD)
+    token = await web.app.accounts.start_session(account, "192.0.2.1")
+    request = request_with(token)
+    clock.now += WINDOW + 30
+    assert await web.reauth_refusal(account) is None
+    await web.after_reauth(request, account, "/account/export", "google")
+    assert await web.is_fresh(request, account)
+    auth = await web.auth_of(request)
+    assert auth is not None and auth.methods == frozenset({"fed"})
+
+    clock.now += WINDOW + 30
+    secret = await web.factors.begin_totp(account.id)
+    await web.factors.confirm_totp(account.id, totp.code_at(secret, clock.now))
+    assert await web.reauth_refusal(account) is not None
+    with pytest.raises(HTTPError) as refused:
+        await web.after_reauth(request_with(token), account, "/account/export", "google")
+    assert refused.value.status == 403
+    assert not await web.is_fresh(request_with(token), account)
