@@ -106,6 +106,68 @@ def test_authorization_url_carries_state_and_pkce() -> None:
     assert "scope=email+public_profile" in url
 
 
+def test_reauthentication_asks_facebook_to_sign_the_person_in_again() -> None:
+    """
+    A re-authentication's URL carries Facebook's auth_type=reauthenticate
+    (it has no prompt=login or max_age); a sign-in's does not.
+    """
+    connector, agent = facebook(Graph(), Clock())
+    again = settled(
+        agent, connector.authorization_url("https://cp/cb", "st", "no", "v", reauth=True)
+    )
+    assert "auth_type=reauthenticate" in again and "prompt=" not in again
+    plain = settled(agent, connector.authorization_url("https://cp/cb", "st", "no", "v"))
+    assert "auth_type" not in plain
+
+
+def test_reauthentication_asks_an_oidc_provider_with_max_age_and_prompt() -> None:
+    """
+    An OpenID Connect provider is asked max_age=0 and prompt=login, unless
+    its discovery lists prompts without login; Google (which refuses
+    prompt=login) is asked max_age=0 only.
+    """
+
+    class Discovery(Resource):
+        isLeaf = True
+
+        def __init__(self, issuer: str, prompts: list[str] | None) -> None:
+            super().__init__()
+            self.document: dict[str, Any] = {
+                "issuer": issuer,
+                "authorization_endpoint": issuer + "/auth",
+                "token_endpoint": issuer + "/token",
+                "jwks_uri": issuer + "/jwks",
+            }
+            if prompts is not None:
+                self.document["prompt_values_supported"] = prompts
+
+        def render(self, request: Request) -> bytes:
+            return json.dumps(self.document).encode()
+
+    def url_of(kind: str, issuer: str, prompts: list[str] | None) -> str:
+        agent = RequestTraversalAgent(Discovery(issuer, prompts))
+        settings = UpstreamSettings(timeout=5.0, max_response_bytes=64 * 1024)
+        info = resolve(
+            UpstreamProviderSettings(name="op", kind=kind, client_id="c", issuer=issuer), ""
+        )
+        clock = Clock()
+        http = UpstreamHTTP(agent, clock, settings.timeout, settings.max_response_bytes)
+        connector = make_connector(info, http, settings, clock.seconds)
+        url: str = settled(
+            agent, connector.authorization_url("https://cp/cb", "st", "no", "v", reauth=True)
+        )
+        return url
+
+    op = url_of("oidc", "https://op.example", None)
+    assert "max_age=0" in op and "prompt=login" in op
+    listed = url_of("oidc", "https://op.example", ["none", "login", "consent"])
+    assert "prompt=login" in listed
+    unlisted = url_of("oidc", "https://op.example", ["none", "consent"])
+    assert "max_age=0" in unlisted and "prompt=" not in unlisted
+    google = url_of("google", "https://accounts.google.com", None)
+    assert "max_age=0" in google and "prompt=" not in google
+
+
 def test_profile_without_id_is_refused() -> None:
     """A profile that names no account stops the sign-in."""
     graph, clock = Graph(), Clock()
