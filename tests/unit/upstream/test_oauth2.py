@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet.defer import Deferred
@@ -144,7 +144,7 @@ def test_reauthentication_asks_an_oidc_provider_with_max_age_and_prompt() -> Non
         def render(self, request: Request) -> bytes:
             return json.dumps(self.document).encode()
 
-    def url_of(kind: str, issuer: str, prompts: list[str] | None) -> str:
+    def url_of(kind: Literal["oidc", "google"], issuer: str, prompts: list[str] | None) -> str:
         agent = RequestTraversalAgent(Discovery(issuer, prompts))
         settings = UpstreamSettings(timeout=5.0, max_response_bytes=64 * 1024)
         info = resolve(
