@@ -610,12 +610,19 @@ def client_by_registration(tx: Transaction, client_id: str, token_hash: str) -> 
 
 
 def remove_client(tx: Transaction, client_id: str, now: int) -> bool:
-    """Remove a client and revoke every grant it holds; false if there was none."""
+    """
+    Remove a client and everything issued to it, in the caller's one
+    transaction: its grants with their codes, access and refresh tokens, and
+    the client assertions it made; false if there was no such client. The
+    person's approval of the site stays: it is keyed by the site's realm and
+    answers for its OpenID 2.0 relying party and its other clients too.
+    """
     removed = tx.execute("DELETE FROM oidc_clients WHERE client_id = ?", client_id)
-    if removed:
-        tx.execute(
-            "UPDATE oidc_grants SET revoked = ? WHERE client_id = ? AND revoked = 0",
-            now,
-            client_id,
-        )
-    return removed > 0
+    if not removed:
+        return False
+    granted = "SELECT grant_id FROM oidc_grants WHERE client_id = ?"
+    tx.execute(f"DELETE FROM oidc_tokens WHERE grant_id IN ({granted})", client_id)
+    tx.execute(f"DELETE FROM oidc_codes WHERE grant_id IN ({granted})", client_id)
+    tx.execute("DELETE FROM oidc_grants WHERE client_id = ?", client_id)
+    tx.execute("DELETE FROM oidc_client_assertions WHERE client_id = ?", client_id)
+    return True
