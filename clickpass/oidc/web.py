@@ -651,6 +651,7 @@ class OIDCWeb:
             sid=sid,
             acr=context.acr if context is not None else "",
             amr=tuple(context.amr) if context is not None else (),
+            session_hash=session,
         )
         # A client that takes logout tokens hears when this session ends.
         logout_uri = auth.client.backchannel_logout_uri
