@@ -27,6 +27,7 @@ A benchmark, not a test: it asserts nothing but that every answer was
 the right one. It must never touch anything but loopback and the
 temporary directory it creates.
 """
+
 from __future__ import annotations
 
 import argparse

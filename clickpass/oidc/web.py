@@ -536,6 +536,7 @@ class OIDCWeb:
             site=label["host"] if label["unverified"] else label["name"],
             unverified_name=label["name"] if label["unverified"] else "",
             host=label["host"],
+            client_name=auth.client.client_name,
             redirect_uri=redirect_uri.split("?", 1)[0],
             subject=self.identifiers.opaque(account.uid, auth.client.sector),
             fields=[
