@@ -27,6 +27,7 @@ from clickpass.mfa import web as mfa_web
 from clickpass.mfa.service import SecondFactors
 from clickpass.mfa.strength import PapeStrength
 from clickpass.monitor.metrics import RequestMetrics
+from clickpass.oidc import console as oidc_console
 from clickpass.oidc import web as oidc_web
 from clickpass.openid import account as openid_account
 from clickpass.openid import discovery
@@ -94,7 +95,11 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     strength = PapeStrength(second_factors)
     assertions = openid_web.build_assertions(app, claims=upstream, strength=strength)
     # Partner sites may require a second factor of everyone signing in to them.
-    partner_flow = partners_web.install(app, router, assertions, second_factors)
+    # The console lists each site's OpenID Connect clients and their
+    # back-channel logouts.
+    partner_flow = partners_web.install(
+        app, router, assertions, second_factors, oidc_console.SiteClients(app.storage)
+    )
     openid_web.install(app, router, assertions, partners=partner_flow)
     # OpenID Connect on the same accounts, identifiers and consent: what it
     # may release is what the OpenID provider holds for a person, and a

@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 import json
 import secrets
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ from clickpass.storage.sql import Row, Transaction
 
 MAX_REDIRECT_URI = 2048
 MAX_REDIRECT_URIS = 20
+# RFC 7591 sets no limit; one line a page can show.
+MAX_CLIENT_NAME = 100
 # The scopes Clickpass knows; a client may be allowed a subset.
 SCOPES: tuple[str, ...] = ("openid", "email", "profile")
 LOOPBACK_HOSTS = ("localhost",)
@@ -124,6 +127,9 @@ class ClientSettings:
     # sector (OpenID Connect Core 8.1): the redirect URIs may then lie on
     # several hosts. Fetched and checked before the client is stored.
     sector_identifier_uri: str = ""
+    # The client's own name (RFC 7591 client_name), as its site gave it:
+    # shown beside the site's name, never instead of it.
+    client_name: str = ""
 
     @property
     def sector(self) -> str:
@@ -162,6 +168,7 @@ class Client:
     # verified; C{site_name} is this name only once it is.
     registered_name: str = ""
     site_verified: bool = False
+    client_name: str = ""
 
     @property
     def auth_method(self) -> str:
@@ -200,6 +207,7 @@ class Client:
             "backchannel_logout_uri": self.backchannel_logout_uri,
             "backchannel_logout_session_required": self.backchannel_logout_session_required,
             "sector_identifier_uri": self.sector_identifier_uri,
+            "client_name": self.client_name,
             "lifetimes": self.lifetimes.describe(),
             "previous_secret_expires": self.previous_secret_expires,
             "created": self.created,
@@ -271,12 +279,14 @@ def check_settings(
     backchannel_logout_session_required: bool = False,
     lifetimes: Mapping[str, object] | None = None,
     sector_identifier_uri: str = "",
+    client_name: str = "",
 ) -> ClientSettings:
     """
     Checked client settings, or L{ClientError} naming what is wrong. (A
     sector identifier URI's document is checked by the caller, who may
     fetch: L{check_sector_document}.)
     """
+    client_name = check_client_name(client_name)
     uris = tuple(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
     if not uris:
         raise ClientError("a client needs at least one redirect URI")
@@ -310,8 +320,20 @@ def check_settings(
     return ClientSettings(
         uris, public, alg, allowed, keys, logout, backchannel,
         bool(backchannel_logout_session_required), check_lifetimes(lifetimes or {}),
-        sector_identifier_uri,
+        sector_identifier_uri, client_name,
     )  # fmt: skip
+
+
+def check_client_name(name: object) -> str:
+    """A client's name: a string of one line, at most L{MAX_CLIENT_NAME} characters."""
+    if not isinstance(name, str):
+        raise ClientError("client_name must be a string")
+    name = name.strip()
+    if len(name) > MAX_CLIENT_NAME:
+        raise ClientError(f"client_name is longer than {MAX_CLIENT_NAME} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise ClientError("client_name must be one line of printable characters")
+    return name
 
 
 def check_sector_identifier_uri(uri: str) -> str:
@@ -399,7 +421,7 @@ _COLUMNS = (
     "c.is_public, c.id_token_alg, c.scopes, c.created, c.secret_hash, v.verified, c.jwks, "
     "c.post_logout_uris, c.backchannel_logout_uri, c.backchannel_logout_session_required, "
     "c.access_token_lifetime, c.refresh_token_lifetime, c.id_token_lifetime, "
-    "c.previous_secret_hash, c.previous_secret_expires, c.sector_identifier_uri"
+    "c.previous_secret_hash, c.previous_secret_expires, c.sector_identifier_uri, c.client_name"
 )
 _FROM = (
     "oidc_clients c JOIN partner_sites s ON s.id = c.site_id "
@@ -439,6 +461,7 @@ def _client(row: Row) -> Client:
         sector_identifier_uri=str(row[22] or ""),
         registered_name=str(row[3]),
         site_verified=bool(row[12]),
+        client_name=str(row[23] or ""),
     )
 
 
@@ -473,8 +496,8 @@ def create_client(
         "INSERT INTO oidc_clients (client_id, site_id, secret_hash, is_public, redirect_uris, "
         "sector, id_token_alg, scopes, jwks, post_logout_uris, backchannel_logout_uri, "
         "backchannel_logout_session_required, access_token_lifetime, refresh_token_lifetime, "
-        "id_token_lifetime, sector_identifier_uri, created) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "id_token_lifetime, sector_identifier_uri, client_name, created) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         client_id,
         int(site_id),
         secret_hash(secret) if secret else "",
@@ -489,6 +512,7 @@ def create_client(
         int(settings.backchannel_logout_session_required),
         *_stored_lifetimes(settings.lifetimes),
         settings.sector_identifier_uri or None,
+        settings.client_name,
         now,
     )
     client = client_by_id(tx, client_id)
@@ -574,7 +598,8 @@ def update_client(tx: Transaction, client_id: str, settings: ClientSettings) -> 
     tx.execute(
         "UPDATE oidc_clients SET redirect_uris = ?, id_token_alg = ?, scopes = ?, jwks = ?, "
         "post_logout_uris = ?, backchannel_logout_uri = ?, "
-        "backchannel_logout_session_required = ?, sector_identifier_uri = ? WHERE client_id = ?",
+        "backchannel_logout_session_required = ?, sector_identifier_uri = ?, client_name = ? "
+        "WHERE client_id = ?",
         "\n".join(settings.redirect_uris),
         settings.id_token_alg,
         " ".join(sorted(settings.scopes)),
@@ -583,6 +608,7 @@ def update_client(tx: Transaction, client_id: str, settings: ClientSettings) -> 
         settings.backchannel_logout_uri or None,
         int(settings.backchannel_logout_session_required),
         settings.sector_identifier_uri or None,
+        settings.client_name,
         client_id,
     )
     updated = client_by_id(tx, client_id)
@@ -610,12 +636,19 @@ def client_by_registration(tx: Transaction, client_id: str, token_hash: str) -> 
 
 
 def remove_client(tx: Transaction, client_id: str, now: int) -> bool:
-    """Remove a client and revoke every grant it holds; false if there was none."""
+    """
+    Remove a client and everything issued to it, in the caller's one
+    transaction: its grants with their codes, access and refresh tokens, and
+    the client assertions it made; false if there was no such client. The
+    person's approval of the site stays: it is keyed by the site's realm and
+    answers for its OpenID 2.0 relying party and its other clients too.
+    """
     removed = tx.execute("DELETE FROM oidc_clients WHERE client_id = ?", client_id)
-    if removed:
-        tx.execute(
-            "UPDATE oidc_grants SET revoked = ? WHERE client_id = ? AND revoked = 0",
-            now,
-            client_id,
-        )
-    return removed > 0
+    if not removed:
+        return False
+    granted = "SELECT grant_id FROM oidc_grants WHERE client_id = ?"
+    tx.execute(f"DELETE FROM oidc_tokens WHERE grant_id IN ({granted})", client_id)
+    tx.execute(f"DELETE FROM oidc_codes WHERE grant_id IN ({granted})", client_id)
+    tx.execute("DELETE FROM oidc_grants WHERE client_id = ?", client_id)
+    tx.execute("DELETE FROM oidc_client_assertions WHERE client_id = ?", client_id)
+    return True

@@ -133,6 +133,7 @@ def settings_of(body: Mapping[str, Any], realm: str) -> clients.ClientSettings:
             backchannel_logout_uri=backchannel,
             backchannel_logout_session_required=session_required,
             sector_identifier_uri=sector_uri,
+            client_name=body.get("client_name", ""),
         )
     except ClientError as e:
         error = "invalid_redirect_uri" if "redirect URI" in str(e) else "invalid_client_metadata"
@@ -157,6 +158,8 @@ def client_metadata(client: Client, issuer: str) -> dict[str, Any]:
         "post_logout_redirect_uris": list(client.post_logout_uris),
         "registration_client_uri": f"{issuer}/oidc/register/{client.client_id}",
     }
+    if client.client_name:
+        metadata["client_name"] = client.client_name
     if client.jwks:
         metadata["jwks"] = client.jwks
     if client.sector_identifier_uri:

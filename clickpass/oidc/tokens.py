@@ -75,6 +75,11 @@ class Grant:
     # How the person had signed in (OpenID Connect acr; RFC 8176 amr values).
     acr: str = ""
     amr: tuple[str, ...] = ()
+    # The hash of the Clickpass session's token the grant was given in, or
+    # empty (a grant from before schema migration 15). Its refresh tokens
+    # live only as long as that session (OpenID Connect Core 11: Clickpass
+    # offers no offline_access).
+    session_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ class Issued:
 
 _GRANT = (
     "g.grant_id, g.client_id, g.account_id, g.subject, g.scopes, g.fields, g.nonce, "
-    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id, g.sid, g.acr, g.amr"
+    "g.auth_time, g.created, g.expires, g.revoked, g.openid2_id, g.sid, g.acr, g.amr, "
+    "g.session_hash"
 )
 
 
@@ -118,6 +124,7 @@ def _grant(row: Row, offset: int = 0) -> Grant:
         sid=str(r[12] or ""),
         acr=str(r[13] or ""),
         amr=tuple(m for m in str(r[14] or "").split() if m),
+        session_hash=str(r[15] or ""),
     )
 
 
@@ -127,8 +134,8 @@ def start_grant(
     """Record C{grant} and its authorization C{code}."""
     tx.execute(
         "INSERT INTO oidc_grants (grant_id, client_id, account_id, subject, scopes, fields, "
-        "nonce, auth_time, created, expires, openid2_id, sid, acr, amr) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "nonce, auth_time, created, expires, openid2_id, sid, acr, amr, session_hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         grant.grant_id,
         grant.client_id,
         grant.account_id,
@@ -143,6 +150,7 @@ def start_grant(
         grant.sid,
         grant.acr,
         " ".join(grant.amr),
+        grant.session_hash,
     )
     tx.execute(
         "INSERT INTO oidc_codes (code_hash, grant_id, redirect_uri, code_challenge, expires) "
@@ -168,6 +176,19 @@ def revoke_for_realm(tx: Transaction, account_id: int, realm: str, now: int) -> 
         account_id,
         realm,
     )
+
+
+def session_ended(tx: Transaction, grant: Grant, now: int) -> bool:
+    """
+    Whether the Clickpass session C{grant} was given in has ended: signed
+    out, ended from another session or by a password change or reset,
+    the account deleted, or expired. Its refresh tokens end with it
+    (Back-Channel Logout 1.0 2.7, for tokens without offline_access).
+    """
+    if not grant.session_hash:
+        return False
+    expires = tx.scalar("SELECT expires FROM sessions WHERE token_hash = ?", grant.session_hash)
+    return expires is None or int(expires) <= now
 
 
 def revoke_grant(tx: Transaction, grant_id: str, now: int) -> None:
@@ -286,6 +307,9 @@ def refresh(
         return Refusal("invalid_grant", "the refresh token was revoked")
     if int(row[1]) <= now:
         return Refusal("invalid_grant", "the refresh token has expired")
+    if session_ended(tx, grant, now):
+        revoke_grant(tx, grant.grant_id, now)
+        return Refusal("invalid_grant", "the session the refresh token was issued in has ended")
     claimed = tx.execute(
         "UPDATE oidc_tokens SET used = ? WHERE token_hash = ? AND used = 0", now, hashed(token)
     )
@@ -325,6 +349,8 @@ def live_token(tx: Transaction, token: str, now: int) -> TokenInfo | None:
     kind, created, expires, used, revoked = str(row[0]), int(row[1]), int(row[2]), row[3], row[4]
     grant = _grant(row, 5)
     if expires <= now or int(revoked) or grant.revoked or (kind == "refresh" and int(used)):
+        return None
+    if kind == "refresh" and session_ended(tx, grant, now):
         return None
     return TokenInfo(kind, grant, created, expires)
 

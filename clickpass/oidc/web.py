@@ -536,6 +536,7 @@ class OIDCWeb:
             site=label["host"] if label["unverified"] else label["name"],
             unverified_name=label["name"] if label["unverified"] else "",
             host=label["host"],
+            client_name=auth.client.client_name,
             redirect_uri=redirect_uri.split("?", 1)[0],
             subject=self.identifiers.opaque(account.uid, auth.client.sector),
             fields=[
@@ -651,6 +652,7 @@ class OIDCWeb:
             sid=sid,
             acr=context.acr if context is not None else "",
             amr=tuple(context.amr) if context is not None else (),
+            session_hash=session,
         )
         # A client that takes logout tokens hears when this session ends.
         logout_uri = auth.client.backchannel_logout_uri

@@ -145,9 +145,26 @@ def _when(ts: int) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+class SiteClients(Protocol):
+    """
+    A site's OpenID Connect clients as the console lists them (read-only):
+    dicts of C{client_id}, C{client_name}, C{backchannel} (whether it takes
+    logout tokens), and its back-channel logouts C{delivered}, C{pending},
+    C{given_up}, C{last_error}. The OpenID Connect provider supplies it.
+    """
+
+    async def for_site(self, site_id: int) -> list[dict[str, Any]]: ...
+
+
 class Console:
-    def __init__(self, app: WebApp, verifier: verification.RealmVerifier | None = None) -> None:
+    def __init__(
+        self,
+        app: WebApp,
+        verifier: verification.RealmVerifier | None = None,
+        site_clients: SiteClients | None = None,
+    ) -> None:
         self.app = app
+        self.site_clients = site_clients
         self.verifier = verifier or verification.RealmVerifier(app.reactor, app.settings.openid)
         self.flash = Flash(app)
 
@@ -274,6 +291,9 @@ class Console:
         keys, admins, events, deletions, token, problem, invitations = await self.app.storage.run(
             gather
         )
+        oidc_clients = (
+            await self.site_clients.for_site(found.id) if self.site_clients is not None else []
+        )
         return self._render_form(
             request,
             "partner_site.html",
@@ -311,6 +331,7 @@ class Console:
                 for e in events
             ],
             deletions=deletions,
+            oidc_clients=oidc_clients,
             webhook_secret=sites.webhook_secret(
                 self.app.secret, found.public_id, found.webhook_secret_version
             ),
@@ -561,8 +582,8 @@ class Console:
         return self.app.redirect(request, "/partners")
 
 
-def install(app: WebApp, router: Router) -> Console:
-    console = Console(app)
+def install(app: WebApp, router: Router, site_clients: SiteClients | None = None) -> Console:
+    console = Console(app, site_clients=site_clients)
     router.add("GET", "/partners", console.index)
     router.add("GET", "/partners/new", console.new_form)
     router.add("POST", "/partners/new", console.create)

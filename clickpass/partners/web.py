@@ -19,13 +19,15 @@ def install(
     router: Router,
     assertions: Assertions,
     second_factors: flow.SecondFactorGate | None = None,
+    site_clients: console.SiteClients | None = None,
 ) -> flow.PartnerFlow:
     """
     Register every partner route; the flow answers through the provider's
-    C{assertions}, and asks C{second_factors} of sites that require one.
+    C{assertions}, and asks C{second_factors} of sites that require one;
+    the console lists a site's OpenID Connect clients from C{site_clients}.
     """
     partner_flow = flow.install(app, router, assertions, second_factors)
-    console.install(app, router)
+    console.install(app, router, site_clients)
     api.install(app, router)
     guides.install(app, router)
     return partner_flow

@@ -607,6 +607,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        15,
+        "oidc: the session a grant was given in (its refresh tokens end with it); "
+        "client names from dynamic registration",
+        (
+            # The hash of the session token (sessions.token_hash); '' for a
+            # grant from before this migration, whose refresh tokens go on.
+            "ALTER TABLE oidc_grants ADD COLUMN IF NOT EXISTS "
+            "session_hash VARCHAR(64) NOT NULL DEFAULT ''",
+            # RFC 7591 client_name, shown on the consent page and the console.
+            "ALTER TABLE oidc_clients ADD COLUMN IF NOT EXISTS "
+            "client_name VARCHAR(255) NOT NULL DEFAULT ''",
+        ),
+    ),
+    Migration(
         17,
         "mfa: how the security log names the first factor of a second step",
         (

@@ -8,6 +8,7 @@ metadata are refused.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jwt
@@ -193,3 +194,67 @@ def test_bad_keys_and_unverified_sites_are_refused(provider: Provider) -> None:
         provider, unverified_key, {"redirect_uris": ["https://unverified.example.com/cb"]}
     )
     assert response.status_code == 403
+
+
+def consent_page(person: Person, url: str) -> requests.Response:
+    """Open an authorization URL and sign in, up to the consent page."""
+    response = person.open(url)
+    for _ in range(5):
+        location = response.headers.get("location", "")
+        if response.status_code in (302, 303) and location.startswith("/signin?"):
+            response = person.sign_in_from(response)
+        elif response.status_code == 303 and location.startswith("/oidc/"):
+            response = person.open(person.provider.url + location[1:])
+        else:
+            break
+    assert response.status_code == 200 and 'action="/oidc/decide"' in response.text
+    return response
+
+
+def test_the_client_name_is_kept_read_back_updated_and_shown(
+    provider: Provider, api_key: str
+) -> None:
+    """
+    client_name is returned on registration and RFC 7592 reads, replaced by
+    an update, shown on the consent page and by clickpass-ctl.
+    """
+    uri = "https://named.registered.example.com/cb"
+    made = register(provider, api_key, {"redirect_uris": [uri], "client_name": " Named App "})
+    assert made.status_code == 201, made.text
+    assert made.json()["client_name"] == "Named App"
+    manage = {"Authorization": "Bearer " + made.json()["registration_access_token"]}
+    read = requests.get(made.json()["registration_client_uri"], headers=manage, timeout=30)
+    assert read.json()["client_name"] == "Named App"
+    client = Client(made.json()["client_id"], made.json()["client_secret"], uri, "", False)
+    page = consent_page(Person(provider), provider.authorize_url(client))
+    assert 'id="client-name"' in page.text and "<strong>Named App</strong>" in page.text
+    updated = requests.put(
+        made.json()["registration_client_uri"],
+        json={"client_id": client.client_id, "redirect_uris": [uri], "client_name": "Renamed"},
+        headers=manage,
+        timeout=30,
+    )
+    assert updated.status_code == 200 and updated.json()["client_name"] == "Renamed", updated.text
+    shown = json.loads(
+        provider.node.ctl("--json", "oidc", "clients", "show", client.client_id).stdout
+    )
+    assert shown["client_name"] == "Renamed"
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        (42, "client_name must be a string"),
+        (["Named"], "client_name must be a string"),
+        ("x" * 101, "client_name is longer than 100 characters"),
+        ("two\nlines", "client_name must be one line of printable characters"),
+    ],
+)
+def test_a_bad_client_name_is_refused_in_one_line(
+    provider: Provider, api_key: str, name: Any, says: str
+) -> None:
+    """A client_name that is not a short one-line string: 400 invalid_client_metadata."""
+    metadata = {"redirect_uris": ["https://named.registered.example.com/cb"], "client_name": name}
+    response = register(provider, api_key, metadata)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": "invalid_client_metadata", "error_description": says}

@@ -14,7 +14,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from twisted.internet.defer import gatherResults
 
-from clickpass.oidc import tokens
+from clickpass.oidc import clients, tokens
 from clickpass.oidc.tokens import Grant, Issued, Refusal
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
@@ -124,3 +124,58 @@ def test_pkce_s256_agrees_with_authlib() -> None:
         assert tokens.pkce_matches(verifier, challenge)
         assert not tokens.pkce_matches(verifier + "x", challenge)
         assert not tokens.pkce_matches(verifier, verifier)
+
+
+def _rows_of(tx: Any, client_id: str) -> dict[str, int]:
+    """How many grant, code, token and client assertion rows C{client_id} has."""
+    granted = "SELECT grant_id FROM oidc_grants WHERE client_id = ?"
+    return {
+        "grants": int(tx.scalar("SELECT COUNT(*) FROM oidc_grants WHERE client_id = ?", client_id)),
+        "codes": int(
+            tx.scalar(f"SELECT COUNT(*) FROM oidc_codes WHERE grant_id IN ({granted})", client_id)
+        ),
+        "tokens": int(
+            tx.scalar(f"SELECT COUNT(*) FROM oidc_tokens WHERE grant_id IN ({granted})", client_id)
+        ),
+        "assertions": int(
+            tx.scalar("SELECT COUNT(*) FROM oidc_client_assertions WHERE client_id = ?", client_id)
+        ),
+    }
+
+
+def _add_client(tx: Any, client_id: str) -> None:
+    tx.execute(
+        "INSERT INTO oidc_clients (client_id, site_id, redirect_uris, sector, created) "
+        "VALUES (?, 1, ?, 'rp.example.com', ?)",
+        client_id,
+        REDIRECT,
+        NOW,
+    )
+    tx.execute(
+        "INSERT INTO oidc_client_assertions (client_id, jti, expires) VALUES (?, 'j', ?)",
+        client_id,
+        NOW + 60,
+    )
+
+
+@async_test
+async def test_removing_a_client_removes_its_grants_codes_and_tokens(
+    database_target: DatabaseTarget,
+) -> None:
+    """
+    A removed client leaves no grant, code, access or refresh token nor
+    client assertion behind; another client's rows are untouched.
+    """
+    storage = await migrated(database_target)
+    for client_id in ("oidc_a", "oidc_b"):
+        await storage.run(_add_client, client_id)
+        g, code = grant(client_id=client_id), tokens.new_secret()
+        await storage.run(tokens.start_grant, g, code, REDIRECT, "")
+        await storage.run(tokens.redeem_code, code, client_id, REDIRECT, "", NOW + 1)
+        await storage.run(tokens.start_grant, grant(client_id=client_id), "c2" + code, REDIRECT, "")
+    before = {"grants": 2, "codes": 2, "tokens": 2, "assertions": 1}
+    assert await storage.run(_rows_of, "oidc_a") == before
+    assert await storage.run(clients.remove_client, "oidc_a", NOW + 2)
+    assert await storage.run(_rows_of, "oidc_a") == dict.fromkeys(before, 0)
+    assert await storage.run(_rows_of, "oidc_b") == before
+    assert not await storage.run(clients.remove_client, "oidc_a", NOW + 3)
