@@ -60,13 +60,28 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def synced(backup_eligible: bool, backed_up: bool) -> bool:
+    """
+    Whether a credential is a synced passkey: its authenticator says it may
+    be backed up (WebAuthn's BE flag) or is (BS). Such a key is copied to
+    the person's cloud account and their other devices, so it is bound to
+    no one physical device; once eligible, always eligible (the flag is
+    fixed when the key is made), so either flag, ever seen, decides.
+    """
+    return backup_eligible or backed_up
+
+
 @dataclass(frozen=True)
 class KeyUsed:
-    """A credential that proved its holder: whose, which, with user verification or not."""
+    """
+    A credential that proved its holder: whose, which, with user
+    verification or not, and whether it is a synced passkey (L{synced}).
+    """
 
     account_id: int
     name: str
     user_verified: bool
+    synced: bool
 
 
 @dataclass(frozen=True)
@@ -383,7 +398,11 @@ class SecurityKeys:
                     f"{found.sign_count} (a copied key?)",
                 )
                 return refused, found.account_id
-            return KeyUsed(found.account_id, found.name, verified.user_verified), None
+            kind = synced(
+                found.backup_eligible or verified.backup_eligible,
+                found.backed_up or verified.backed_up,
+            )
+            return KeyUsed(found.account_id, found.name, verified.user_verified, kind), None
 
         def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:
             result, subject = decide(tx)

@@ -25,9 +25,9 @@ from clickpass.accounts.service import Account
 from clickpass.mfa.ceremony import MAX_ANSWER, CeremonyRefused
 from clickpass.mfa.keys import CONFIRM, PASSKEY, SECOND_STEP, SecurityKeys, Where
 from clickpass.mfa.service import (
-    METHOD_SECURITY_KEY,
     METHOD_USER_VERIFIED,
     SecondFactors,
+    key_method,
 )
 from clickpass.web.app import SECURITY_HEADERS, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
@@ -221,14 +221,14 @@ class KeyPages:
                 400, "Your sign-in took too long and has expired. Sign in again from the start."
             )
         try:
-            await self.keys.check(
+            used = await self.keys.check(
                 SECOND_STEP, token, self.answer(request), account.id, self.where(request)
             )
         except CeremonyRefused as e:
             return await self.web.code_page(request, account.id, next_url, e.message, 401)
         await self.web.factors.end_second_step(token)
         self.app.set_cookie(request, b"cp_second_step", "", 0)
-        methods = frozenset({found.first_method, METHOD_SECURITY_KEY})
+        methods = frozenset({found.first_method, key_method(used.synced)})
         await self.web.start_session(
             request, account, methods, found.first_time, self.web.factors.now()
         )
@@ -272,7 +272,7 @@ class KeyPages:
         await self.web.start_session(
             request,
             account,
-            frozenset({METHOD_SECURITY_KEY, METHOD_USER_VERIFIED}),
+            frozenset({key_method(used.synced), METHOD_USER_VERIFIED}),
             0,
             now,
             method="passkey",
@@ -299,7 +299,7 @@ class KeyPages:
         self.app.check_csrf(request)
         account: Account = await self.app.require_account(request, back="/account/confirm")
         try:
-            await self.keys.check(
+            used = await self.keys.check(
                 CONFIRM,
                 self.app.session_token(request),
                 self.answer(request),
@@ -308,7 +308,7 @@ class KeyPages:
             )
         except CeremonyRefused as e:
             return await self.web.confirm_page(request, account, e.message, 401)
-        await self.web.note_factor(request, account, METHOD_SECURITY_KEY)
+        await self.web.note_factor(request, account, key_method(used.synced))
         return self.app.redirect(request, safe_next(self.app.form(request, "next"), MANAGE))
 
 

@@ -48,11 +48,23 @@ METHOD_RECOVERY_CODE = "rc"
 METHOD_TRUSTED_BROWSER = "trusted"
 # Signed in through an upstream provider (Google and others) instead of a password.
 METHOD_FEDERATED = "fed"
-# A security key or passkey (RFC 8176 "hwk": proof of possession of a key
-# held in hardware), and, never put in an amr, that the authenticator
-# verified the person (PIN or biometrics): a passkey sign-in with no password.
+# A security key or passkey bound to one device (RFC 8176 "hwk": proof of
+# possession of a key held in hardware); a synced passkey, one the
+# authenticator says may be backed up (WebAuthn's backup eligible or backed
+# up flag: a copy lives in a cloud account and on the person's other
+# devices), is RFC 8176 "swk" (a key held in software), never "hwk"; and,
+# never put in an amr, that the authenticator verified the person (PIN or
+# biometrics): a passkey sign-in with no password.
 METHOD_SECURITY_KEY = "hwk"
+METHOD_SYNCED_KEY = "swk"
 METHOD_USER_VERIFIED = "uv"
+# Either kind of key: what the origin-bound WebAuthn signature proves.
+KEY_METHODS = frozenset({METHOD_SECURITY_KEY, METHOD_SYNCED_KEY})
+
+
+def key_method(synced: bool) -> str:
+    """The method a key's use is recorded as: L{METHOD_SYNCED_KEY} for a synced passkey."""
+    return METHOD_SYNCED_KEY if synced else METHOD_SECURITY_KEY
 
 
 class MfaError(AccountError):
@@ -147,6 +159,11 @@ class SecondFactors:
 
     async def has_keys(self, account_id: int) -> bool:
         result: bool = await self.storage.run(store.has_keys, account_id)
+        return result
+
+    async def has_device_keys(self, account_id: int) -> bool:
+        """Whether the person has a security key or passkey that is not synced."""
+        result: bool = await self.storage.run(store.has_device_keys, account_id)
         return result
 
     # Setting TOTP up and removing it.

@@ -412,6 +412,18 @@ def has_keys(tx: Transaction, account_id: int) -> bool:
     )
 
 
+def has_device_keys(tx: Transaction, account_id: int) -> bool:
+    """Whether C{account_id} has a key bound to one device (neither backup flag ever set)."""
+    return (
+        tx.fetchone(
+            "SELECT 1 FROM mfa_webauthn_credentials "
+            "WHERE account_id = ? AND backup_eligible = 0 AND backed_up = 0",
+            account_id,
+        )
+        is not None
+    )
+
+
 def credentials(tx: Transaction, account_id: int) -> list[Credential]:
     rows = tx.fetchall(
         f"SELECT {_CREDENTIAL_COLUMNS} FROM mfa_webauthn_credentials "

@@ -28,10 +28,10 @@ from clickpass.mfa import keys_web, totp
 from clickpass.mfa.ceremony import RelyingParty
 from clickpass.mfa.keys import SecurityKeys
 from clickpass.mfa.service import (
+    KEY_METHODS,
     METHOD_FEDERATED,
     METHOD_PASSWORD,
     METHOD_RECOVERY_CODE,
-    METHOD_SECURITY_KEY,
     METHOD_TOTP,
     METHOD_TRUSTED_BROWSER,
     Outcome,
@@ -49,9 +49,9 @@ SECOND_STEP_COOKIE = b"cp_second_step"
 TRUSTED_COOKIE = b"cp_trusted"
 MANAGE = "/account/mfa"
 # The methods that are a second factor given in a session.
-GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KEY})
+GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE}) | KEY_METHODS
 # What step-up takes of a person who has a security key or passkey.
-KEY_OR_RECOVERY = frozenset({METHOD_SECURITY_KEY, METHOD_RECOVERY_CODE})
+KEY_OR_RECOVERY = frozenset({METHOD_RECOVERY_CODE}) | KEY_METHODS
 
 
 class MfaWeb:

@@ -106,6 +106,39 @@ def authenticator(chrome: WebDriver) -> Iterator[WebDriver]:
         chrome.remove_virtual_authenticator()
 
 
+@pytest.fixture
+def synced_authenticator(chrome: WebDriver) -> Iterator[WebDriver]:
+    """
+    A virtual authenticator whose passkeys are synced ones: DevTools'
+    WebAuthn domain (WebDriver's commands have no such option) with
+    defaultBackupEligibility and defaultBackupState, so every credential it
+    makes sets the backup eligible and backed up flags, as a phone's
+    passkey kept in a cloud account does.
+    """
+    chrome.execute_cdp_cmd("WebAuthn.enable", {"enableUI": False})
+    added = chrome.execute_cdp_cmd(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "defaultBackupEligibility": True,
+                "defaultBackupState": True,
+            }
+        },
+    )
+    try:
+        yield chrome
+    finally:
+        chrome.execute_cdp_cmd(
+            "WebAuthn.removeVirtualAuthenticator", {"authenticatorId": added["authenticatorId"]}
+        )
+        chrome.execute_cdp_cmd("WebAuthn.disable", {})
+
+
 def signed_up(driver: WebDriver, node: NodeProcess) -> str:
     """A new person, signed up, their address confirmed, signed in with their password."""
     url = base(node)
@@ -319,3 +352,47 @@ def test_adding_a_key_goes_on_to_the_site_that_required_it(
         assert response.status == consumer.SUCCESS, getattr(response, "message", "")
     finally:
         site_rp.stop()
+
+
+def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
+    synced_authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
+) -> None:
+    """
+    A person adds a passkey their authenticator syncs (backup flags set):
+    the page lists it as synced. Signed out, they sign in with it and no
+    password; a partner site asking PAPE phishing-resistant and
+    multi-factor-physical gets an assertion, with no second round of
+    step-up, that claims multi-factor and phishing-resistant and not
+    multi-factor-physical: the key lives in a cloud account, on no one
+    device the person holds.
+    """
+    driver = synced_authenticator
+    signed_up(driver, node)
+    add_key(driver, node, "passkey", "Phone passkey")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    driver.get(base(node) + "account/mfa")
+    assert "Phone passkey</strong>: passkey (synced)" in driver.page_source
+
+    sign_out(driver, node)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    signed_in = base(node) + "account/mfa"
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == signed_in or passkey_button_shown(d))
+    if driver.current_url != signed_in:
+        with contextlib.suppress(WebDriverException):
+            click(driver, "form#passkey-signin button")
+    arrive(driver, signed_in)
+
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(
+        pape.Request([pape.AUTH_PHISHING_RESISTANT, pape.AUTH_MULTI_FACTOR_PHYSICAL])
+    )
+    driver.get(str(asking.redirectURL(rp.realm, rp.return_to)))
+    assert "/account/confirm" not in driver.current_url, driver.current_url
+    click(driver, "form[action='/openid/decide'] button[value='allow']")
+    WebDriverWait(driver, 20).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None
+    assert set(answer.auth_policies) == {pape.AUTH_MULTI_FACTOR, pape.AUTH_PHISHING_RESISTANT}

@@ -388,3 +388,40 @@ def test_creation_options_for_a_passkey_and_a_security_key() -> None:
     )
     assert key["authenticatorSelection"]["residentKey"] == "discouraged"
     assert key["authenticatorSelection"]["userVerification"] == "discouraged"
+
+
+@async_test
+async def test_a_synced_passkey_is_told_apart_from_a_device_bound_key(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """
+    A passkey whose authenticator sets the backup flags (BE, BS: a synced
+    passkey) is stored as backup eligible and backed up, and its use says
+    synced; a key without them is device-bound, its use not synced; only
+    the second counts as a key bound to one device.
+    """
+    clock = FakeClock()
+    security_keys = SecurityKeys(storage_backend, MfaSettings(), RP, MASTER, clock=clock)
+    factors = SecondFactors(storage_backend, MfaSettings(), MASTER, None)
+    account_id = await storage_backend.run(_add, "uid-s", "sam@example.com")
+    phone = SoftAuthenticator(RP.origin, RP.rp_id, synced=True)
+    options = await security_keys.registration_options(account_id, "sam@example.com", SESSION, True)
+    await security_keys.register(account_id, SESSION, phone.create(options), "Phone", True, HERE)
+    [stored] = await security_keys.credentials(account_id)
+    assert stored.backup_eligible and stored.backed_up
+    assert not await factors.has_device_keys(account_id)
+    options = await security_keys.assertion_options(PASSKEY, "browser-cookie", None)
+    used = await security_keys.check(PASSKEY, "browser-cookie", phone.get(options), None, HERE)
+    assert used.account_id == account_id and used.synced
+
+    key = SoftAuthenticator(RP.origin, RP.rp_id)
+    options = await security_keys.registration_options(
+        account_id, "sam@example.com", SESSION, False
+    )
+    await security_keys.register(account_id, SESSION, key.create(options), "Blue", False, HERE)
+    assert await factors.has_device_keys(account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id)
+    used = await security_keys.check(
+        SECOND_STEP, "step", key.get(options, key.keys[0]), account_id, HERE
+    )
+    assert not used.synced
