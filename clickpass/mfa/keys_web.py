@@ -23,7 +23,14 @@ from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
 from clickpass.mfa.ceremony import MAX_ANSWER, CeremonyRefused
-from clickpass.mfa.keys import CONFIRM, PASSKEY, SECOND_STEP, SecurityKeys, Where
+from clickpass.mfa.keys import (
+    CONFIRM,
+    PASSKEY,
+    SECOND_STEP,
+    ChallengesThrottled,
+    SecurityKeys,
+    Where,
+)
 from clickpass.mfa.service import (
     METHOD_USER_VERIFIED,
     SecondFactors,
@@ -112,6 +119,13 @@ class KeyPages:
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(value).encode("utf-8")
 
+    def refused(self, request: Request, refused: CeremonyRefused) -> bytes:
+        """A ceremony's options refused, as JSON: 429 with Retry-After when throttled."""
+        if isinstance(refused, ChallengesThrottled):
+            request.setHeader(b"retry-after", str(refused.retry_after).encode("ascii"))
+            return self.json(request, {"error": refused.message}, 429)
+        return self.json(request, {"error": refused.message}, 400)
+
     # Adding and removing keys.
 
     def kind(self, request: Request) -> bool:
@@ -147,10 +161,14 @@ class KeyPages:
             return self.json(request, {"error": "Confirm it is you first: reload the page."}, 403)
         try:
             options = await self.keys.registration_options(
-                account.id, account.email, self.app.session_token(request), self.kind(request)
+                account.id,
+                account.email,
+                self.app.session_token(request),
+                self.kind(request),
+                self.app.client_address(request),
             )
         except CeremonyRefused as e:
-            return self.json(request, {"error": e.message}, 400)
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def add(self, request: Request) -> bytes:
@@ -205,9 +223,11 @@ class KeyPages:
                 request, {"error": "Your sign-in has expired. Sign in again from the start."}, 400
             )
         try:
-            options = await self.keys.assertion_options(SECOND_STEP, token, found.account_id)
+            options = await self.keys.assertion_options(
+                SECOND_STEP, token, found.account_id, self.app.client_address(request)
+            )
         except CeremonyRefused as e:
-            return self.json(request, {"error": e.message}, 400)
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def second_step(self, request: Request) -> bytes:
@@ -248,9 +268,15 @@ class KeyPages:
 
     async def passkey_options(self, request: Request) -> bytes:
         self.app.check_csrf(request)
-        options = await self.keys.assertion_options(
-            PASSKEY, self.passkey_binding(request, make=True), None
-        )
+        try:
+            options = await self.keys.assertion_options(
+                PASSKEY,
+                self.passkey_binding(request, make=True),
+                None,
+                self.app.client_address(request),
+            )
+        except CeremonyRefused as e:
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def passkey_signin(self, request: Request) -> bytes:
@@ -289,10 +315,13 @@ class KeyPages:
             return self.json(request, {"error": "Sign in first."}, 403)
         try:
             options = await self.keys.assertion_options(
-                CONFIRM, self.app.session_token(request), account.id
+                CONFIRM,
+                self.app.session_token(request),
+                account.id,
+                self.app.client_address(request),
             )
         except CeremonyRefused as e:
-            return self.json(request, {"error": e.message}, 400)
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def confirm(self, request: Request) -> bytes:

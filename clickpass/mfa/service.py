@@ -464,6 +464,6 @@ class SecondFactors:
         return result
 
     async def expire(self, now: int) -> int:
-        """Forget second steps, session records and trusted browsers past their time."""
+        """Forget second steps, session records, trusted browsers and challenges past their time."""
         result: int = await self.storage.run(store.expire, now)
         return result

@@ -520,16 +520,35 @@ def start_challenge(
     binding_hash: str,
     account_id: int,
     expires: int,
-) -> None:
+    issued_ms: int,
+    keep: int,
+) -> int:
+    """
+    Keep a new challenge given to the browser session C{binding_hash}, and
+    forget that session's oldest ones past the newest C{keep}: however
+    often its pages ask, a session holds at most C{keep}. How many were
+    forgotten.
+    """
     tx.execute(
         "INSERT INTO mfa_webauthn_challenges (challenge_hash, purpose, binding_hash, "
-        "account_id, expires) VALUES (?, ?, ?, ?, ?)",
+        "account_id, expires, issued) VALUES (?, ?, ?, ?, ?, ?)",
         challenge_hash,
         purpose,
         binding_hash,
         account_id,
         expires,
+        issued_ms,
     )
+    # LIMIT with OFFSET, then a DELETE by key: SQLite has no DELETE ... LIMIT.
+    older = tx.fetchall(
+        "SELECT challenge_hash FROM mfa_webauthn_challenges WHERE binding_hash = ? "
+        "ORDER BY issued DESC, challenge_hash DESC LIMIT 1000 OFFSET ?",
+        binding_hash,
+        keep,
+    )
+    for (old,) in older:
+        tx.execute("DELETE FROM mfa_webauthn_challenges WHERE challenge_hash = ?", str(old))
+    return len(older)
 
 
 def spend_challenge(
