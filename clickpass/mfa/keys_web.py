@@ -30,6 +30,7 @@ from clickpass.mfa.keys import (
     ChallengesThrottled,
     SecurityKeys,
     Where,
+    synced,
 )
 from clickpass.mfa.service import (
     METHOD_USER_VERIFIED,
@@ -180,7 +181,7 @@ class KeyPages:
         name = self.app.form(request, "name")
         had_codes = (await self.web.factors.status(account.id)).recovery_codes_left > 0
         try:
-            await self.keys.register(
+            added = await self.keys.register(
                 account.id,
                 self.app.session_token(request),
                 self.answer(request),
@@ -190,8 +191,16 @@ class KeyPages:
             )
         except CeremonyRefused as e:
             return self.new_page(request, passkey, e.message, name)
-        # Registering is not a use of the key: a "none" attestation carries no
-        # signature, so this session is not noted as having given it.
+        # The ceremony just made counts as this session's use of the key, as
+        # a first app code does for the app: its challenge was fresh, given
+        # to this session alone and spent; the browser bound its answer to
+        # this origin and RP ID; the authenticator showed the person present
+        # (and, for a passkey, verified them). A "none" attestation is signed
+        # by nobody, but an assertion asked for now would prove no more: who
+        # can forge this answer holds the key they forged it with. What is
+        # claimed follows the key's own flags, as for any use (synced or not).
+        kind = key_method(synced(added.backup_eligible, added.backed_up))
+        await self.web.note_factor(request, account, kind)
         if not had_codes:
             # The first factor of the account: recovery codes for when it is lost.
             codes = await self.web.factors.new_recovery_codes(account.id)
