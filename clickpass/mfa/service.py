@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from clickpass.accounts import events
 from clickpass.accounts.service import (
     AccountError,
     Throttled,
@@ -113,6 +114,23 @@ class FactorStatus:
     recovery_codes_left: int
     trusted_browsers: list[store.TrustedBrowser]
     keys: list[store.Credential] = dataclasses.field(default_factory=list)
+
+
+def _code_detail(
+    tx: Transaction,
+    account_id: int,
+    outcome: Outcome | None,
+    code: str | None,
+    recovery_hash: str | None,
+) -> str:
+    """The security event's detail: the recovery codes left, or what was refused."""
+    if outcome is Outcome.RECOVERY_CODE:
+        return f"{store.recovery_codes_left(tx, account_id)} recovery codes left"
+    if code is not None:
+        return "app code: wrong, used already or out of its time window"
+    if recovery_hash is not None:
+        return "recovery code: wrong or used already"
+    return "not a code"
 
 
 class SecondFactors:
@@ -310,17 +328,28 @@ class SecondFactors:
 
     # Checking a code.
 
-    async def check_code(self, account_id: int, email: str, typed: str) -> Outcome:
+    async def check_code(
+        self,
+        account_id: int,
+        email: str,
+        typed: str,
+        *,
+        client_address: str = "",
+        browser: str = "",
+    ) -> Outcome:
         """
         Check a TOTP code or a recovery code, as one throttled attempt.
         Raise L{Throttled} after too many wrong ones, L{CodeRefused} for a
-        wrong, reused or out-of-window code (nothing spent then).
+        wrong, reused or out-of-window code (nothing spent then). A refusal
+        and a recovery code used are security events in the person's log
+        (from C{client_address} with C{browser}, when known).
         """
         code = totp.normalise_code(typed)
         recovery = None if code else normalise_recovery_code(typed)
         recovery_hash = self.box.code_hash(recovery) if recovery else None
+        where = (client_address, browser)
         result: Outcome | int | None = await self.storage.run(
-            self._check, account_id, email, code, recovery_hash, self.now()
+            self._check, account_id, email, code, recovery_hash, self.now(), where
         )
         if isinstance(result, Outcome):
             return result
@@ -337,6 +366,7 @@ class SecondFactors:
         code: str | None,
         recovery_hash: str | None,
         now: int,
+        where: tuple[str, str] = ("", ""),
     ) -> Outcome | int | None:
         # The outcome, or the seconds to wait (throttled), or None (refused).
         # A refusal must commit (the attempt counts), so it is a value, not
@@ -358,8 +388,22 @@ class SecondFactors:
         ):
             outcome = Outcome.RECOVERY_CODE
             self._recovery_code_used(tx, email, store.recovery_codes_left(tx, account_id), now)
+        address, browser = where
         if outcome is not None:
             store.reset_failures(tx, account_id)
+        if outcome is not Outcome.TOTP:
+            # Someone gave a code for this account and it was refused (wrong,
+            # reused, out of its window, or no code at all), or a recovery
+            # code was spent: the person sees either in their security log.
+            events.record(
+                tx,
+                account_id,
+                "code_refused" if outcome is None else "recovery_code_used",
+                now,
+                client_address=address,
+                browser=browser,
+                detail=_code_detail(tx, account_id, outcome, code, recovery_hash),
+            )
         return outcome
 
     def _recovery_code_used(self, tx: Transaction, email: str, left: int, now: int) -> None:

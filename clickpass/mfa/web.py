@@ -165,7 +165,11 @@ class MfaWeb:
             )
         try:
             outcome = await self.factors.check_code(
-                account.id, account.email, self.app.form(request, "code")
+                account.id,
+                account.email,
+                self.app.form(request, "code"),
+                client_address=self.app.client_address(request),
+                browser=self.app.browser(request),
             )
         except Throttled as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
