@@ -455,7 +455,17 @@ class MfaWeb:
     def account_section(self) -> AccountSection:
         async def context(account: Account) -> dict[str, Any]:
             status = await self.factors.status(account.id)
-            return {"mfa": status}
+            # Listed here too, with the sessions, each one revocable.
+            browsers = [
+                {
+                    "ref": b.ref,
+                    "created": day(b.created),
+                    "expires": day(b.expires),
+                    "address": b.client_address,
+                }
+                for b in status.trusted_browsers
+            ]
+            return {"mfa": status, "mfa_browsers": browsers}
 
         return AccountSection("mfa/account_mfa.html", context)
 
