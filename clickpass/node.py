@@ -313,7 +313,7 @@ class Node(MultiService):
                 ("expired account links", accounts.expire_tokens),
                 ("expired OpenID nonces and associations", openid_expired),
                 ("expired OpenID Connect signing keys", signing_keys.housekeeping),
-                ("expired second steps and trusted browsers", factors.expire),
+                ("expired second steps, trusted browsers and WebAuthn challenges", factors.expire),
                 ("expired OpenID Connect codes, tokens, grants, assertions", oidc_expired),
             ],
         )

@@ -55,6 +55,7 @@ KINDS: dict[str, str] = {
     "passkey_removed": "Passkey removed",
     "passkey_refused": "A passkey or security key was refused",
     "recovery_code_used": "Recovery code used",
+    "code_refused": "A second-factor code was refused",
 }
 
 DETAIL_LENGTH = 255

@@ -120,6 +120,7 @@ class VerifiedAssertion:
 
     sign_count: int
     user_verified: bool
+    backup_eligible: bool
     backed_up: bool
 
 
@@ -326,6 +327,7 @@ def verify_assertion(
     return VerifiedAssertion(
         int(verified.new_sign_count),
         bool(verified.user_verified),
+        verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE,
         bool(verified.credential_backed_up),
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from clickpass.accounts import events
+from clickpass.accounts.service import _reserve_attempt
 from clickpass.mfa import ceremony, store
 from clickpass.mfa.ceremony import CeremonyRefused, RelyingParty
 from clickpass.mfa.settings import MfaSettings
@@ -44,8 +45,16 @@ PURPOSES = frozenset({REGISTER, SECOND_STEP, PASSKEY, CONFIRM})
 
 NAME_LENGTH = 64
 MAX_KEYS = 20
+# The open challenges one browser session may hold: a new one replaces its
+# oldest (a page shown again, another tab), so no session fills the table.
+CHALLENGES_PER_SESSION = 5
+# The throttle's scope in signin_failures: challenges given per address.
+THROTTLE_SCOPE = "webauthn-address"
 
-EXPIRED = "That request has expired or was used already. Reload the page and try again."
+EXPIRED = (
+    "That request has expired, was used already, or was replaced by a newer one (from "
+    "another tab or a page shown again). Reload the page and try again."
+)
 UNKNOWN_KEY = (
     "That passkey or security key is not registered here. Use another one, or sign in "
     "with your password."
@@ -60,13 +69,28 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def synced(backup_eligible: bool, backed_up: bool) -> bool:
+    """
+    Whether a credential is a synced passkey: its authenticator says it may
+    be backed up (WebAuthn's BE flag) or is (BS). Such a key is copied to
+    the person's cloud account and their other devices, so it is bound to
+    no one physical device; once eligible, always eligible (the flag is
+    fixed when the key is made), so either flag, ever seen, decides.
+    """
+    return backup_eligible or backed_up
+
+
 @dataclass(frozen=True)
 class KeyUsed:
-    """A credential that proved its holder: whose, which, with user verification or not."""
+    """
+    A credential that proved its holder: whose, which, with user
+    verification or not, and whether it is a synced passkey (L{synced}).
+    """
 
     account_id: int
     name: str
     user_verified: bool
+    synced: bool
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,19 @@ class KeyRefused(CeremonyRefused):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, message)
+
+
+class ChallengesThrottled(KeyRefused):
+    """Too many challenges asked from one address lately: wait C{retry_after} seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, (retry_after + 59) // 60)
+        super().__init__(
+            "Too many passkey requests from your network. Wait "
+            + ("a minute" if minutes == 1 else f"{minutes} minutes")
+            + " and try again, or sign in with your password."
+        )
+        self.retry_after = retry_after
 
 
 class SecurityKeys:
@@ -125,17 +162,44 @@ class SecurityKeys:
         result: bool = await self.storage.run(store.has_keys, account_id)
         return result
 
-    async def _challenge(self, purpose: str, binding: str, account_id: int) -> bytes:
+    async def _challenge(self, purpose: str, binding: str, account_id: int, address: str) -> bytes:
+        """
+        A new challenge for C{purpose}, given to the browser session
+        C{binding}: counted against C{address} (L{ChallengesThrottled} past
+        [mfa] webauthn_challenges_per_address within webauthn_timeout), and
+        replacing the session's oldest past L{CHALLENGES_PER_SESSION}.
+        Expired ones are removed by housekeeping (L{store.expire}).
+        """
         assert purpose in PURPOSES
         challenge = secrets.token_bytes(32)
-        await self.storage.run(
-            store.start_challenge,
-            _sha256(challenge),
-            purpose,
-            _sha256(binding.encode("utf-8")),
-            account_id,
-            self.now() + self.settings.webauthn_timeout,
-        )
+        now = self.clock()
+        settings = self.settings
+
+        def start(tx: Transaction) -> int:
+            subjects = [(THROTTLE_SCOPE, address[:255], settings.webauthn_challenges_per_address)]
+            wait = _reserve_attempt(tx, subjects, int(now), settings.webauthn_timeout)
+            if wait:
+                return wait
+            store.start_challenge(
+                tx,
+                _sha256(challenge),
+                purpose,
+                _sha256(binding.encode("utf-8")),
+                account_id,
+                int(now) + settings.webauthn_timeout,
+                int(now * 1000),
+                CHALLENGES_PER_SESSION,
+            )
+            return 0
+
+        wait: int = await self.storage.run(start)
+        if wait:
+            log.warn(
+                "{purpose} challenge refused: too many from {address}",
+                purpose=purpose,
+                address=address,
+            )
+            raise ChallengesThrottled(wait)
         return challenge
 
     def _log_refusal(
@@ -156,18 +220,19 @@ class SecurityKeys:
     # Registering.
 
     async def registration_options(
-        self, account_id: int, email: str, binding: str, passkey: bool
+        self, account_id: int, email: str, binding: str, passkey: bool, address: str
     ) -> dict[str, Any]:
         """
         The C{create()} options for a new passkey or security key of
-        C{account_id}, its challenge given to the browser session C{binding}.
+        C{account_id}, its challenge given to the browser session C{binding}
+        at the client C{address}.
         """
         existing = await self.credentials(account_id)
         if len(existing) >= MAX_KEYS:
             raise KeyRefused(
                 f"You have {MAX_KEYS} passkeys and security keys already. Remove one first."
             )
-        challenge = await self._challenge(REGISTER, binding, account_id)
+        challenge = await self._challenge(REGISTER, binding, account_id, address)
         return ceremony.registration_options(
             self.rp,
             user_handle=self.user_handle(account_id),
@@ -306,19 +371,20 @@ class SecurityKeys:
     # Signing in with a key.
 
     async def assertion_options(
-        self, purpose: str, binding: str, account_id: int | None
+        self, purpose: str, binding: str, account_id: int | None, address: str
     ) -> dict[str, Any]:
         """
         The C{get()} options: for C{account_id}'s own keys (second step,
         step-up), or, with no account, for any discoverable passkey with
-        user verification (a sign-in with no password).
+        user verification (a sign-in with no password); the challenge given
+        to the browser session C{binding} at the client C{address}.
         """
         allow: list[tuple[bytes, tuple[str, ...]]] = []
         if account_id is not None:
             allow = [(c.credential_id, c.transports) for c in await self.credentials(account_id)]
             if not allow:
                 raise KeyRefused("You have no passkey or security key.")
-        challenge = await self._challenge(purpose, binding, account_id or 0)
+        challenge = await self._challenge(purpose, binding, account_id or 0, address)
         return ceremony.authentication_options(
             self.rp,
             challenge=challenge,
@@ -383,7 +449,11 @@ class SecurityKeys:
                     f"{found.sign_count} (a copied key?)",
                 )
                 return refused, found.account_id
-            return KeyUsed(found.account_id, found.name, verified.user_verified), None
+            kind = synced(
+                found.backup_eligible or verified.backup_eligible,
+                found.backed_up or verified.backed_up,
+            )
+            return KeyUsed(found.account_id, found.name, verified.user_verified, kind), None
 
         def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:
             result, subject = decide(tx)

@@ -23,11 +23,19 @@ from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
 from clickpass.mfa.ceremony import MAX_ANSWER, CeremonyRefused
-from clickpass.mfa.keys import CONFIRM, PASSKEY, SECOND_STEP, SecurityKeys, Where
+from clickpass.mfa.keys import (
+    CONFIRM,
+    PASSKEY,
+    SECOND_STEP,
+    ChallengesThrottled,
+    SecurityKeys,
+    Where,
+    synced,
+)
 from clickpass.mfa.service import (
-    METHOD_SECURITY_KEY,
     METHOD_USER_VERIFIED,
     SecondFactors,
+    key_method,
 )
 from clickpass.web.app import SECURITY_HEADERS, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
@@ -112,6 +120,13 @@ class KeyPages:
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(value).encode("utf-8")
 
+    def refused(self, request: Request, refused: CeremonyRefused) -> bytes:
+        """A ceremony's options refused, as JSON: 429 with Retry-After when throttled."""
+        if isinstance(refused, ChallengesThrottled):
+            request.setHeader(b"retry-after", str(refused.retry_after).encode("ascii"))
+            return self.json(request, {"error": refused.message}, 429)
+        return self.json(request, {"error": refused.message}, 400)
+
     # Adding and removing keys.
 
     def kind(self, request: Request) -> bool:
@@ -147,10 +162,14 @@ class KeyPages:
             return self.json(request, {"error": "Confirm it is you first: reload the page."}, 403)
         try:
             options = await self.keys.registration_options(
-                account.id, account.email, self.app.session_token(request), self.kind(request)
+                account.id,
+                account.email,
+                self.app.session_token(request),
+                self.kind(request),
+                self.app.client_address(request),
             )
         except CeremonyRefused as e:
-            return self.json(request, {"error": e.message}, 400)
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def add(self, request: Request) -> bytes:
@@ -162,7 +181,7 @@ class KeyPages:
         name = self.app.form(request, "name")
         had_codes = (await self.web.factors.status(account.id)).recovery_codes_left > 0
         try:
-            await self.keys.register(
+            added = await self.keys.register(
                 account.id,
                 self.app.session_token(request),
                 self.answer(request),
@@ -172,8 +191,16 @@ class KeyPages:
             )
         except CeremonyRefused as e:
             return self.new_page(request, passkey, e.message, name)
-        # Registering is not a use of the key: a "none" attestation carries no
-        # signature, so this session is not noted as having given it.
+        # The ceremony just made counts as this session's use of the key, as
+        # a first app code does for the app: its challenge was fresh, given
+        # to this session alone and spent; the browser bound its answer to
+        # this origin and RP ID; the authenticator showed the person present
+        # (and, for a passkey, verified them). A "none" attestation is signed
+        # by nobody, but an assertion asked for now would prove no more: who
+        # can forge this answer holds the key they forged it with. What is
+        # claimed follows the key's own flags, as for any use (synced or not).
+        kind = key_method(synced(added.backup_eligible, added.backed_up))
+        await self.web.note_factor(request, account, kind)
         if not had_codes:
             # The first factor of the account: recovery codes for when it is lost.
             codes = await self.web.factors.new_recovery_codes(account.id)
@@ -205,9 +232,11 @@ class KeyPages:
                 request, {"error": "Your sign-in has expired. Sign in again from the start."}, 400
             )
         try:
-            options = await self.keys.assertion_options(SECOND_STEP, token, found.account_id)
+            options = await self.keys.assertion_options(
+                SECOND_STEP, token, found.account_id, self.app.client_address(request)
+            )
         except CeremonyRefused as e:
-            return self.json(request, {"error": e.message}, 400)
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def second_step(self, request: Request) -> bytes:
@@ -221,14 +250,14 @@ class KeyPages:
                 400, "Your sign-in took too long and has expired. Sign in again from the start."
             )
         try:
-            await self.keys.check(
+            used = await self.keys.check(
                 SECOND_STEP, token, self.answer(request), account.id, self.where(request)
             )
         except CeremonyRefused as e:
             return await self.web.code_page(request, account.id, next_url, e.message, 401)
         await self.web.factors.end_second_step(token)
         self.app.set_cookie(request, b"cp_second_step", "", 0)
-        methods = frozenset({found.first_method, METHOD_SECURITY_KEY})
+        methods = frozenset({found.first_method, key_method(used.synced)})
         await self.web.start_session(
             request,
             account,
@@ -253,9 +282,15 @@ class KeyPages:
 
     async def passkey_options(self, request: Request) -> bytes:
         self.app.check_csrf(request)
-        options = await self.keys.assertion_options(
-            PASSKEY, self.passkey_binding(request, make=True), None
-        )
+        try:
+            options = await self.keys.assertion_options(
+                PASSKEY,
+                self.passkey_binding(request, make=True),
+                None,
+                self.app.client_address(request),
+            )
+        except CeremonyRefused as e:
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def passkey_signin(self, request: Request) -> bytes:
@@ -277,7 +312,7 @@ class KeyPages:
         await self.web.start_session(
             request,
             account,
-            frozenset({METHOD_SECURITY_KEY, METHOD_USER_VERIFIED}),
+            frozenset({key_method(used.synced), METHOD_USER_VERIFIED}),
             0,
             now,
             method="passkey",
@@ -294,17 +329,20 @@ class KeyPages:
             return self.json(request, {"error": "Sign in first."}, 403)
         try:
             options = await self.keys.assertion_options(
-                CONFIRM, self.app.session_token(request), account.id
+                CONFIRM,
+                self.app.session_token(request),
+                account.id,
+                self.app.client_address(request),
             )
         except CeremonyRefused as e:
-            return self.json(request, {"error": e.message}, 400)
+            return self.refused(request, e)
         return self.json(request, options)
 
     async def confirm(self, request: Request) -> bytes:
         self.app.check_csrf(request)
         account: Account = await self.app.require_account(request, back="/account/confirm")
         try:
-            await self.keys.check(
+            used = await self.keys.check(
                 CONFIRM,
                 self.app.session_token(request),
                 self.answer(request),
@@ -313,7 +351,7 @@ class KeyPages:
             )
         except CeremonyRefused as e:
             return await self.web.confirm_page(request, account, e.message, 401)
-        await self.web.note_factor(request, account, METHOD_SECURITY_KEY)
+        await self.web.note_factor(request, account, key_method(used.synced))
         return self.app.redirect(request, safe_next(self.app.form(request, "next"), MANAGE))
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from clickpass.accounts import events
 from clickpass.accounts.service import (
     AccountError,
     Throttled,
@@ -48,11 +49,23 @@ METHOD_RECOVERY_CODE = "rc"
 METHOD_TRUSTED_BROWSER = "trusted"
 # Signed in through an upstream provider (Google and others) instead of a password.
 METHOD_FEDERATED = "fed"
-# A security key or passkey (RFC 8176 "hwk": proof of possession of a key
-# held in hardware), and, never put in an amr, that the authenticator
-# verified the person (PIN or biometrics): a passkey sign-in with no password.
+# A security key or passkey bound to one device (RFC 8176 "hwk": proof of
+# possession of a key held in hardware); a synced passkey, one the
+# authenticator says may be backed up (WebAuthn's backup eligible or backed
+# up flag: a copy lives in a cloud account and on the person's other
+# devices), is RFC 8176 "swk" (a key held in software), never "hwk"; and,
+# never put in an amr, that the authenticator verified the person (PIN or
+# biometrics): a passkey sign-in with no password.
 METHOD_SECURITY_KEY = "hwk"
+METHOD_SYNCED_KEY = "swk"
 METHOD_USER_VERIFIED = "uv"
+# Either kind of key: what the origin-bound WebAuthn signature proves.
+KEY_METHODS = frozenset({METHOD_SECURITY_KEY, METHOD_SYNCED_KEY})
+
+
+def key_method(synced: bool) -> str:
+    """The method a key's use is recorded as: L{METHOD_SYNCED_KEY} for a synced passkey."""
+    return METHOD_SYNCED_KEY if synced else METHOD_SECURITY_KEY
 
 
 class MfaError(AccountError):
@@ -103,6 +116,23 @@ class FactorStatus:
     keys: list[store.Credential] = dataclasses.field(default_factory=list)
 
 
+def _code_detail(
+    tx: Transaction,
+    account_id: int,
+    outcome: Outcome | None,
+    code: str | None,
+    recovery_hash: str | None,
+) -> str:
+    """The security event's detail: the recovery codes left, or what was refused."""
+    if outcome is Outcome.RECOVERY_CODE:
+        return f"{store.recovery_codes_left(tx, account_id)} recovery codes left"
+    if code is not None:
+        return "app code: wrong, used already or out of its time window"
+    if recovery_hash is not None:
+        return "recovery code: wrong or used already"
+    return "not a code"
+
+
 class SecondFactors:
     """The second factors of every account, on one storage."""
 
@@ -147,6 +177,11 @@ class SecondFactors:
 
     async def has_keys(self, account_id: int) -> bool:
         result: bool = await self.storage.run(store.has_keys, account_id)
+        return result
+
+    async def has_device_keys(self, account_id: int) -> bool:
+        """Whether the person has a security key or passkey that is not synced."""
+        result: bool = await self.storage.run(store.has_device_keys, account_id)
         return result
 
     # Setting TOTP up and removing it.
@@ -293,17 +328,28 @@ class SecondFactors:
 
     # Checking a code.
 
-    async def check_code(self, account_id: int, email: str, typed: str) -> Outcome:
+    async def check_code(
+        self,
+        account_id: int,
+        email: str,
+        typed: str,
+        *,
+        client_address: str = "",
+        browser: str = "",
+    ) -> Outcome:
         """
         Check a TOTP code or a recovery code, as one throttled attempt.
         Raise L{Throttled} after too many wrong ones, L{CodeRefused} for a
-        wrong, reused or out-of-window code (nothing spent then).
+        wrong, reused or out-of-window code (nothing spent then). A refusal
+        and a recovery code used are security events in the person's log
+        (from C{client_address} with C{browser}, when known).
         """
         code = totp.normalise_code(typed)
         recovery = None if code else normalise_recovery_code(typed)
         recovery_hash = self.box.code_hash(recovery) if recovery else None
+        where = (client_address, browser)
         result: Outcome | int | None = await self.storage.run(
-            self._check, account_id, email, code, recovery_hash, self.now()
+            self._check, account_id, email, code, recovery_hash, self.now(), where
         )
         if isinstance(result, Outcome):
             return result
@@ -320,6 +366,7 @@ class SecondFactors:
         code: str | None,
         recovery_hash: str | None,
         now: int,
+        where: tuple[str, str] = ("", ""),
     ) -> Outcome | int | None:
         # The outcome, or the seconds to wait (throttled), or None (refused).
         # A refusal must commit (the attempt counts), so it is a value, not
@@ -341,8 +388,22 @@ class SecondFactors:
         ):
             outcome = Outcome.RECOVERY_CODE
             self._recovery_code_used(tx, email, store.recovery_codes_left(tx, account_id), now)
+        address, browser = where
         if outcome is not None:
             store.reset_failures(tx, account_id)
+        if outcome is not Outcome.TOTP:
+            # Someone gave a code for this account and it was refused (wrong,
+            # reused, out of its window, or no code at all), or a recovery
+            # code was spent: the person sees either in their security log.
+            events.record(
+                tx,
+                account_id,
+                "code_refused" if outcome is None else "recovery_code_used",
+                now,
+                client_address=address,
+                browser=browser,
+                detail=_code_detail(tx, account_id, outcome, code, recovery_hash),
+            )
         return outcome
 
     def _recovery_code_used(self, tx: Transaction, email: str, left: int, now: int) -> None:
@@ -452,6 +513,6 @@ class SecondFactors:
         return result
 
     async def expire(self, now: int) -> int:
-        """Forget second steps, session records and trusted browsers past their time."""
+        """Forget second steps, session records, trusted browsers and challenges past their time."""
         result: int = await self.storage.run(store.expire, now)
         return result

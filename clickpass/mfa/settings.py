@@ -54,6 +54,15 @@ class MfaSettings:
         ),
     )
 
+    webauthn_challenges_per_address: int = dataclasses.field(
+        default=200,
+        metadata=_doc(
+            "Passkey and security key challenges given to one client address within "
+            "webauthn_timeout seconds (each sign-in page a browser shows asks for one); "
+            "more are refused until the window passes, so nobody can fill the table."
+        ),
+    )
+
     def check(self) -> None:
         """Raise L{ConfigError} with one line for the first problem in this section."""
         for key in (
@@ -63,6 +72,7 @@ class MfaSettings:
             "throttle_window",
             "throttle_per_account",
             "webauthn_timeout",
+            "webauthn_challenges_per_address",
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[mfa] {key}: must be at least 1")

@@ -432,6 +432,18 @@ def has_keys(tx: Transaction, account_id: int) -> bool:
     )
 
 
+def has_device_keys(tx: Transaction, account_id: int) -> bool:
+    """Whether C{account_id} has a key bound to one device (neither backup flag ever set)."""
+    return (
+        tx.fetchone(
+            "SELECT 1 FROM mfa_webauthn_credentials "
+            "WHERE account_id = ? AND backup_eligible = 0 AND backed_up = 0",
+            account_id,
+        )
+        is not None
+    )
+
+
 def credentials(tx: Transaction, account_id: int) -> list[Credential]:
     rows = tx.fetchall(
         f"SELECT {_CREDENTIAL_COLUMNS} FROM mfa_webauthn_credentials "
@@ -528,16 +540,35 @@ def start_challenge(
     binding_hash: str,
     account_id: int,
     expires: int,
-) -> None:
+    issued_ms: int,
+    keep: int,
+) -> int:
+    """
+    Keep a new challenge given to the browser session C{binding_hash}, and
+    forget that session's oldest ones past the newest C{keep}: however
+    often its pages ask, a session holds at most C{keep}. How many were
+    forgotten.
+    """
     tx.execute(
         "INSERT INTO mfa_webauthn_challenges (challenge_hash, purpose, binding_hash, "
-        "account_id, expires) VALUES (?, ?, ?, ?, ?)",
+        "account_id, expires, issued) VALUES (?, ?, ?, ?, ?, ?)",
         challenge_hash,
         purpose,
         binding_hash,
         account_id,
         expires,
+        issued_ms,
     )
+    # LIMIT with OFFSET, then a DELETE by key: SQLite has no DELETE ... LIMIT.
+    older = tx.fetchall(
+        "SELECT challenge_hash FROM mfa_webauthn_challenges WHERE binding_hash = ? "
+        "ORDER BY issued DESC, challenge_hash DESC LIMIT 1000 OFFSET ?",
+        binding_hash,
+        keep,
+    )
+    for (old,) in older:
+        tx.execute("DELETE FROM mfa_webauthn_challenges WHERE challenge_hash = ?", str(old))
+    return len(older)
 
 
 def spend_challenge(

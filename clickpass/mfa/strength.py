@@ -9,11 +9,20 @@ sign-in through an upstream provider) and a second factor
 (an app code, a recovery code: a look-up secret they hold, or a security
 key) in it, or signed in with a passkey that verified them (PIN or
 biometrics: something they have and something they know or are); a
-trusted browser skips the code but is not claimed as a factor. A
-multi-factor sign-in with a security key or passkey also meets
-C{multi-factor-physical} (the key is a device) and C{phishing-resistant}
-(the key signs only for this origin, so nothing a phishing site learns
-lets it sign in); an app code or recovery code meets neither.
+trusted browser skips the code but is not claimed as a factor.
+
+A multi-factor sign-in with any security key or passkey also meets
+C{phishing-resistant}: the key signs only for this origin, so nothing a
+phishing site learns lets it sign in, and that holds for a synced passkey
+too (NIST SP 800-63B's supplement on syncable authenticators keeps them
+phishing resistant). C{multi-factor-physical} (PAPE 1.0: a factor that is
+a physical device the person holds) is met only by a key bound to one
+device (C{hwk}): a synced passkey (C{swk}: its authenticator set
+WebAuthn's backup eligible or backed up flag) lives in a cloud account
+and on every device signed in to it, so it is no one device the person
+holds (the same supplement: synced keys are exportable, so they reach
+AAL2, never AAL3, which asks for a hardware-bound key). An app code or a
+recovery code meets neither.
 
 L{assess} and L{needs_step_up} are pure; L{PapeStrength} is the OpenID
 provider's L{clickpass.openid.web.SignInStrength}.
@@ -32,6 +41,7 @@ from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
 from clickpass.mfa.service import (
+    KEY_METHODS,
     METHOD_FEDERATED,
     METHOD_PASSWORD,
     METHOD_RECOVERY_CODE,
@@ -53,7 +63,7 @@ POLICIES = frozenset({MULTI_FACTOR}) | KEY_POLICIES
 # and others). "fed" is no RFC 8176 value: it is never put in an amr.
 FIRST_FACTORS = frozenset({METHOD_PASSWORD, METHOD_FEDERATED})
 # The methods that are a second factor when given with a first.
-SECOND_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KEY})
+SECOND_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE}) | KEY_METHODS
 # A site asking for a sign-in younger than this (max_auth_age 0, say) gets
 # one this fresh: the person signed in again a moment ago, and is told the
 # exact auth_time, not sent round again for ever.
@@ -87,12 +97,17 @@ def assess(auth: SessionAuth) -> SignInContext:
     factors = sorted(auth.methods & SECOND_FACTORS)
     first = auth.methods & FIRST_FACTORS
     said = sorted(first - {METHOD_FEDERATED})
-    key = METHOD_SECURITY_KEY in auth.methods
+    key = bool(auth.methods & KEY_METHODS)
     passkey = key and METHOD_USER_VERIFIED in auth.methods
     if ((first and factors) or passkey) and auth.factor_time:
         amr = (*said, *factors, "mfa")
-        policies = frozenset({MULTI_FACTOR}) | (KEY_POLICIES if key else frozenset())
-        return SignInContext(policies, auth.factor_time, amr)
+        policies = {MULTI_FACTOR}
+        if key:
+            policies.add(PHISHING_RESISTANT)
+        if METHOD_SECURITY_KEY in auth.methods:
+            # A key bound to one device, never a synced passkey alone.
+            policies.add(MULTI_FACTOR_PHYSICAL)
+        return SignInContext(frozenset(policies), auth.factor_time, amr)
     amr = tuple(sorted({*said, *factors}))
     return SignInContext(frozenset(), max(auth.password_time, auth.factor_time), amr)
 
@@ -104,17 +119,24 @@ def needs_step_up(
     context: SignInContext,
     now: int,
     has_key: bool = False,
+    has_device_key: bool = False,
 ) -> bool:
     """
     Whether to have the person sign in again before answering: the site
     wants C{multi-factor} not met yet and the person has a factor to give;
-    or it wants C{multi-factor-physical} or C{phishing-resistant} not met
-    yet and the person has a security key or passkey (C{has_key}) to give;
-    or the site wants a sign-in younger than C{max_auth_age}.
+    or it wants C{phishing-resistant} not met yet and the person has a
+    security key or passkey (C{has_key}) to give; or it wants
+    C{multi-factor-physical} not met yet and the person has a key bound to
+    one device (C{has_device_key}; a synced passkey never meets it, and
+    asking for it again and again would send them round for ever); or the
+    site wants a sign-in younger than C{max_auth_age}.
     """
     if MULTI_FACTOR in wanted and has_factor and MULTI_FACTOR not in context.policies:
         return True
-    if wanted & KEY_POLICIES and has_key and not (wanted & KEY_POLICIES) <= context.policies:
+    can_meet = (frozenset({PHISHING_RESISTANT}) if has_key else frozenset()) | (
+        frozenset({MULTI_FACTOR_PHYSICAL}) if has_device_key else frozenset()
+    )
+    if not (wanted & can_meet) <= context.policies:
         return True
     if max_auth_age is not None:
         return now - context.auth_time > max(max_auth_age, FRESH_ENOUGH)
@@ -162,6 +184,7 @@ class PapeStrength:
             context,
             self.web.factors.now(),
             has_key=await self.web.factors.has_keys(account.id),
+            has_device_key=await self.web.factors.has_device_keys(account.id),
         )
 
     def step_up_url(self, back: str) -> str:

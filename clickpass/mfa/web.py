@@ -28,10 +28,10 @@ from clickpass.mfa import keys_web, store, totp
 from clickpass.mfa.ceremony import RelyingParty
 from clickpass.mfa.keys import SecurityKeys
 from clickpass.mfa.service import (
+    KEY_METHODS,
     METHOD_FEDERATED,
     METHOD_PASSWORD,
     METHOD_RECOVERY_CODE,
-    METHOD_SECURITY_KEY,
     METHOD_TOTP,
     METHOD_TRUSTED_BROWSER,
     Outcome,
@@ -49,9 +49,9 @@ SECOND_STEP_COOKIE = b"cp_second_step"
 TRUSTED_COOKIE = b"cp_trusted"
 MANAGE = "/account/mfa"
 # The methods that are a second factor given in a session.
-GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE, METHOD_SECURITY_KEY})
+GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE}) | KEY_METHODS
 # What step-up takes of a person who has a security key or passkey.
-KEY_OR_RECOVERY = frozenset({METHOD_SECURITY_KEY, METHOD_RECOVERY_CODE})
+KEY_OR_RECOVERY = frozenset({METHOD_RECOVERY_CODE}) | KEY_METHODS
 
 
 # The security log's name for a password sign-in (a provider's sign-in is
@@ -199,7 +199,11 @@ class MfaWeb:
             )
         try:
             outcome = await self.factors.check_code(
-                account.id, account.email, self.app.form(request, "code")
+                account.id,
+                account.email,
+                self.app.form(request, "code"),
+                client_address=self.app.client_address(request),
+                browser=self.app.browser(request),
             )
         except Throttled as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode("ascii"))
@@ -539,7 +543,17 @@ class MfaWeb:
     def account_section(self) -> AccountSection:
         async def context(account: Account) -> dict[str, Any]:
             status = await self.factors.status(account.id)
-            return {"mfa": status}
+            # Listed here too, with the sessions, each one revocable.
+            browsers = [
+                {
+                    "ref": b.ref,
+                    "created": day(b.created),
+                    "expires": day(b.expires),
+                    "address": b.client_address,
+                }
+                for b in status.trusted_browsers
+            ]
+            return {"mfa": status, "mfa_browsers": browsers}
 
         return AccountSection("mfa/account_mfa.html", context)
 

@@ -621,6 +621,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        16,
+        "mfa: WebAuthn challenges in the order they were given, per browser session",
+        (
+            # issued: when the challenge was given, in milliseconds, so a
+            # session's oldest challenge is the one a new one replaces
+            # (several come within a second). 0 for the rows before it:
+            # the oldest, as they are.
+            "ALTER TABLE mfa_webauthn_challenges ADD COLUMN IF NOT EXISTS "
+            "issued BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX IF NOT EXISTS mfa_webauthn_challenges_binding "
+            "ON mfa_webauthn_challenges (binding_hash, issued)",
+        ),
+    ),
+    Migration(
         17,
         "mfa: how the security log names the first factor of a second step",
         (

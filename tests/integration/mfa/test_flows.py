@@ -170,6 +170,33 @@ def test_revoking_a_trusted_browser(node: NodeProcess, person: MfaPerson) -> Non
     second_step_next(person.sign_in_password())
 
 
+def test_trusted_browsers_are_listed_with_the_sessions(
+    node: NodeProcess, person: MfaPerson
+) -> None:
+    """
+    The account page, where the sessions are, lists each trusted browser
+    with when it was trusted, from where and until when (30 days), and
+    stops trusting it from there.
+    """
+    enrolled(person)
+    person.sign_out()
+    second_step_next(person.sign_in_password())
+    assert person.give_code(person.recovery_codes[0], trust=True).status_code == 303
+    page = person.get("/account").text
+    assert 'id="sessions-heading"' in page and 'id="trusted-browsers-heading"' in page
+    listed = page.split('id="trusted-browsers-heading"')[1]
+    today = time.gmtime()
+    until = time.gmtime(time.time() + 30 * 86400)
+    assert f"Trusted {time.strftime('%Y-%m-%d', today)} from 127.0.0.1" in listed, listed[:800]
+    assert f"until {time.strftime('%Y-%m-%d', until)}" in listed, listed[:800]
+    ref = listed.split('name="browser" value="')[1].split('"')[0]
+    revoked = person.post("/account", "/account/mfa/browsers/revoke", {"browser": ref})
+    assert revoked.status_code == 303
+    assert 'id="trusted-browsers-heading"' not in person.get("/account").text
+    person.sign_out()
+    second_step_next(person.sign_in_password())
+
+
 def test_second_step_without_a_password_is_refused(node: NodeProcess, person: MfaPerson) -> None:
     """A code posted with no second step open (no password given) signs no one in."""
     person.sign_up()

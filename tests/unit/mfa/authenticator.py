@@ -21,7 +21,7 @@ import cbor2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-UP, UV, AT = 0x01, 0x04, 0x40
+UP, UV, BE, BS, AT = 0x01, 0x04, 0x08, 0x10, 0x40
 
 
 def b64url(data: bytes) -> str:
@@ -52,9 +52,12 @@ class SoftAuthenticator:
     user_verified: bool = True
     # An authenticator with no counter keeps 0.
     counts: bool = True
+    # A synced passkey's authenticator: backup eligible (BE) and backed up (BS).
+    synced: bool = False
 
     def _auth_data(self, key: SoftKey, attested: bool) -> bytes:
         flags = UP | (UV if self.user_verified else 0) | (AT if attested else 0)
+        flags |= (BE | BS) if self.synced else 0
         if self.counts:
             key.counter += 1
         data = hashlib.sha256(self.rp_id.encode()).digest() + bytes([flags])

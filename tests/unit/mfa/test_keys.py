@@ -28,6 +28,7 @@ from tests.unit.mfa.test_service import MASTER, NOW, FakeClock
 RP = RelyingParty.from_base_url("https://login.example.com/", "Clickpass")
 SESSION = "session-token-of-the-browser"
 HERE = Where("192.0.2.1", "Firefox on Linux")
+ADDR = HERE.client_address
 
 
 def _add(tx: Transaction, uid: str, email: str) -> int:
@@ -53,7 +54,7 @@ async def _registered(
     account_id = await storage.run(_add, "uid-k", "kim@example.com")
     device = SoftAuthenticator(RP.origin, RP.rp_id)
     options = await security_keys.registration_options(
-        account_id, "kim@example.com", SESSION, passkey
+        account_id, "kim@example.com", SESSION, passkey, ADDR
     )
     await security_keys.register(
         account_id, SESSION, device.create(options), "Blue key", passkey, HERE
@@ -94,7 +95,7 @@ async def test_register_then_sign_in_with_a_passkey(storage_backend: AdbapiStora
     assert "passkey_added" in await _events(storage_backend, account_id)
 
     clock.now += 5
-    options = await security_keys.assertion_options(PASSKEY, "browser-cookie", None)
+    options = await security_keys.assertion_options(PASSKEY, "browser-cookie", None, ADDR)
     assert options["userVerification"] == "required" and options["allowCredentials"] == []
     used = await security_keys.check(PASSKEY, "browser-cookie", device.get(options), None, HERE)
     assert used.account_id == account_id and used.user_verified
@@ -106,7 +107,7 @@ async def test_register_then_sign_in_with_a_passkey(storage_backend: AdbapiStora
 async def test_a_challenge_is_good_once(storage_backend: AdbapiStorage) -> None:
     """The same answer twice: the second is refused, the challenge being spent."""
     security_keys, account_id, device = await _registered(storage_backend, FakeClock())
-    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id, ADDR)
     answer = device.get(options)
     await security_keys.check(SECOND_STEP, "step", answer, account_id, HERE)
     with pytest.raises(CeremonyRefused) as refused:
@@ -119,7 +120,7 @@ async def test_a_challenge_expires(storage_backend: AdbapiStorage) -> None:
     """An answer after [mfa] webauthn_timeout is refused; so is a spent registration."""
     clock = FakeClock()
     security_keys, account_id, device = await _registered(storage_backend, clock)
-    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id, ADDR)
     clock.now += MfaSettings().webauthn_timeout
     with pytest.raises(CeremonyRefused) as refused:
         await security_keys.check(SECOND_STEP, "step", device.get(options), account_id, HERE)
@@ -137,14 +138,14 @@ async def test_a_challenge_is_bound_to_its_session_and_purpose(
     another purpose, is refused (and spends it).
     """
     security_keys, account_id, device = await _registered(storage_backend, FakeClock())
-    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id, ADDR)
     with pytest.raises(CeremonyRefused):
         await security_keys.check(SECOND_STEP, "other", device.get(options), account_id, HERE)
-    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id, ADDR)
     with pytest.raises(CeremonyRefused):
         await security_keys.check(keys.CONFIRM, "step", device.get(options), account_id, HERE)
     # A registration challenge of another session adds nothing.
-    options = await security_keys.registration_options(account_id, "k@x", SESSION, True)
+    options = await security_keys.registration_options(account_id, "k@x", SESSION, True, ADDR)
     with pytest.raises(CeremonyRefused):
         await security_keys.register(
             account_id, "other", device.create(options), "Second", True, HERE
@@ -166,11 +167,11 @@ async def test_another_origin_or_rp_id_is_refused(storage_backend: AdbapiStorage
         (RP.origin, "evil.example"),
     ):
         device.origin, device.rp_id = origin, rp_id
-        options = await security_keys.assertion_options(SECOND_STEP, "s", account_id)
+        options = await security_keys.assertion_options(SECOND_STEP, "s", account_id, ADDR)
         with pytest.raises(CeremonyRefused) as refused:
             await security_keys.check(SECOND_STEP, "s", device.get(options), account_id, HERE)
         assert refused.value.message == ceremony.NOT_VERIFIED
-        options = await security_keys.registration_options(account_id, "k@x", SESSION, False)
+        options = await security_keys.registration_options(account_id, "k@x", SESSION, False, ADDR)
         with pytest.raises(CeremonyRefused):
             await security_keys.register(
                 account_id, SESSION, device.create(options), "Other", False, HERE
@@ -190,10 +191,10 @@ async def test_a_counter_going_back_is_refused_and_logged(
     counter stays.
     """
     security_keys, account_id, device = await _registered(storage_backend, FakeClock())
-    options = await security_keys.assertion_options(SECOND_STEP, "s", account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "s", account_id, ADDR)
     await security_keys.check(SECOND_STEP, "s", device.get(options), account_id, HERE)
     device.keys[0].counter = 0  # the clone's counter: behind
-    options = await security_keys.assertion_options(SECOND_STEP, "s", account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "s", account_id, ADDR)
     with pytest.raises(CeremonyRefused) as refused:
         await security_keys.check(SECOND_STEP, "s", device.get(options), account_id, HERE)
     assert refused.value.message == keys.COPIED
@@ -211,10 +212,10 @@ async def test_an_authenticator_without_a_counter_is_accepted(
     security_keys = SecurityKeys(storage_backend, MfaSettings(), RP, MASTER, clock=clock)
     account_id = await storage_backend.run(_add, "uid-z", "zed@example.com")
     device = SoftAuthenticator(RP.origin, RP.rp_id, counts=False)
-    options = await security_keys.registration_options(account_id, "z", SESSION, True)
+    options = await security_keys.registration_options(account_id, "z", SESSION, True, ADDR)
     await security_keys.register(account_id, SESSION, device.create(options), "Z", True, HERE)
     for _ in range(2):
-        options = await security_keys.assertion_options(PASSKEY, "c", None)
+        options = await security_keys.assertion_options(PASSKEY, "c", None, ADDR)
         used = await security_keys.check(PASSKEY, "c", device.get(options), None, HERE)
         assert used.account_id == account_id
 
@@ -225,9 +226,9 @@ async def test_another_accounts_key_is_refused(storage_backend: AdbapiStorage) -
     security_keys, _, device = await _registered(storage_backend, FakeClock())
     other = await storage_backend.run(_add, "uid-o", "olga@example.com")
     other_device = SoftAuthenticator(RP.origin, RP.rp_id)
-    options = await security_keys.registration_options(other, "o", SESSION, False)
+    options = await security_keys.registration_options(other, "o", SESSION, False, ADDR)
     await security_keys.register(other, SESSION, other_device.create(options), "O", False, HERE)
-    options = await security_keys.assertion_options(SECOND_STEP, "s", other)
+    options = await security_keys.assertion_options(SECOND_STEP, "s", other, ADDR)
     # The owner's device answers the other account's challenge with its own key.
     with pytest.raises(CeremonyRefused) as refused:
         await security_keys.check(
@@ -246,19 +247,19 @@ async def test_passwordless_needs_user_verification_and_the_users_handle(
     """
     security_keys, account_id, device = await _registered(storage_backend, FakeClock())
     device.user_verified = False
-    options = await security_keys.assertion_options(PASSKEY, "c", None)
+    options = await security_keys.assertion_options(PASSKEY, "c", None, ADDR)
     with pytest.raises(CeremonyRefused) as refused:
         await security_keys.check(PASSKEY, "c", device.get(options), None, HERE)
     assert refused.value.message == ceremony.NOT_VERIFIED
     device.user_verified = True
     device.keys[0].user_handle = security_keys.user_handle(account_id + 1)
-    options = await security_keys.assertion_options(PASSKEY, "c", None)
+    options = await security_keys.assertion_options(PASSKEY, "c", None, ADDR)
     with pytest.raises(CeremonyRefused) as refused:
         await security_keys.check(PASSKEY, "c", device.get(options), None, HERE)
     assert refused.value.message == keys.UNKNOWN_KEY
     # A security key as a second factor needs no user verification.
     device.user_verified = False
-    options = await security_keys.assertion_options(SECOND_STEP, "s", account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "s", account_id, ADDR)
     await security_keys.check(SECOND_STEP, "s", device.get(options), account_id, HERE)
 
 
@@ -291,7 +292,7 @@ async def test_malformed_cbor_and_client_data_are_refused(storage_backend: Adbap
     security_keys = SecurityKeys(storage_backend, MfaSettings(), RP, MASTER, clock=clock)
     account_id = await storage_backend.run(_add, "uid-m", "mo@example.com")
     device = SoftAuthenticator(RP.origin, RP.rp_id)
-    options = await security_keys.registration_options(account_id, "m", SESSION, True)
+    options = await security_keys.registration_options(account_id, "m", SESSION, True, ADDR)
     good = json.loads(device.create(options))
     bad_cbor = dict(good, response=dict(good["response"], attestationObject=b64url(b"\xff\x00")))
     with pytest.raises(CeremonyRefused):
@@ -327,7 +328,7 @@ async def test_remove_a_key(storage_backend: AdbapiStorage) -> None:
 async def test_a_bad_name_is_refused(storage_backend: AdbapiStorage) -> None:
     """A key needs a printable name of 1 to 64 characters; nothing is spent for a bad one."""
     security_keys, account_id, device = await _registered(storage_backend, FakeClock())
-    options = await security_keys.registration_options(account_id, "k", SESSION, True)
+    options = await security_keys.registration_options(account_id, "k", SESSION, True, ADDR)
     answer = device.create(options)
     for name in ("", "   ", "x" * 65, "bad\x00name"):
         with pytest.raises(CeremonyRefused):
@@ -388,3 +389,115 @@ def test_creation_options_for_a_passkey_and_a_security_key() -> None:
     )
     assert key["authenticatorSelection"]["residentKey"] == "discouraged"
     assert key["authenticatorSelection"]["userVerification"] == "discouraged"
+
+
+@async_test
+async def test_a_synced_passkey_is_told_apart_from_a_device_bound_key(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """
+    A passkey whose authenticator sets the backup flags (BE, BS: a synced
+    passkey) is stored as backup eligible and backed up, and its use says
+    synced; a key without them is device-bound, its use not synced; only
+    the second counts as a key bound to one device.
+    """
+    clock = FakeClock()
+    security_keys = SecurityKeys(storage_backend, MfaSettings(), RP, MASTER, clock=clock)
+    factors = SecondFactors(storage_backend, MfaSettings(), MASTER, None)
+    account_id = await storage_backend.run(_add, "uid-s", "sam@example.com")
+    phone = SoftAuthenticator(RP.origin, RP.rp_id, synced=True)
+    options = await security_keys.registration_options(
+        account_id, "sam@example.com", SESSION, True, ADDR
+    )
+    await security_keys.register(account_id, SESSION, phone.create(options), "Phone", True, HERE)
+    [stored] = await security_keys.credentials(account_id)
+    assert stored.backup_eligible and stored.backed_up
+    assert not await factors.has_device_keys(account_id)
+    options = await security_keys.assertion_options(PASSKEY, "browser-cookie", None, ADDR)
+    used = await security_keys.check(PASSKEY, "browser-cookie", phone.get(options), None, HERE)
+    assert used.account_id == account_id and used.synced
+
+    key = SoftAuthenticator(RP.origin, RP.rp_id)
+    options = await security_keys.registration_options(
+        account_id, "sam@example.com", SESSION, False, ADDR
+    )
+    await security_keys.register(account_id, SESSION, key.create(options), "Blue", False, HERE)
+    assert await factors.has_device_keys(account_id)
+    options = await security_keys.assertion_options(SECOND_STEP, "step", account_id, ADDR)
+    used = await security_keys.check(
+        SECOND_STEP, "step", key.get(options, key.keys[0]), account_id, HERE
+    )
+    assert not used.synced
+
+
+async def _challenges(storage: AdbapiStorage) -> int:
+    count: int = await storage.run(
+        lambda tx: int(tx.scalar("SELECT COUNT(*) FROM mfa_webauthn_challenges"))
+    )
+    return count
+
+
+@async_test
+async def test_ten_thousand_page_views_leave_a_bounded_number_of_challenges(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """
+    An anonymous client shows the sign-in page (whose script asks for a
+    passkey challenge) 10,000 times, with no cookie kept, so each view is
+    a new browser session: the address's limit stops it, each refusal one
+    clear sentence, and the table holds no more than the limit; in one
+    session, views past the limit per session replace its oldest
+    challenge. Past the timeout, housekeeping removes them all.
+    """
+    clock = FakeClock()
+    settings = MfaSettings(webauthn_challenges_per_address=200)
+    security_keys = SecurityKeys(storage_backend, settings, RP, MASTER, clock=clock)
+    refused = 0
+    for view in range(10_000):
+        clock.now += 0.001
+        try:
+            await security_keys.assertion_options(PASSKEY, f"cookie-{view}", None, "198.51.100.7")
+        except keys.ChallengesThrottled as e:
+            refused += 1
+            assert e.message.startswith("Too many passkey requests from your network. Wait ")
+            assert 0 < e.retry_after <= settings.webauthn_timeout
+    assert refused == 10_000 - 200
+    assert await _challenges(storage_backend) == 200
+
+    # Another address, one session (its cookie kept): the session's newest only.
+    for _view in range(50):
+        clock.now += 0.001
+        await security_keys.assertion_options(PASSKEY, "one-cookie", None, "203.0.113.9")
+    assert await _challenges(storage_backend) == 200 + keys.CHALLENGES_PER_SESSION
+
+    clock.now += settings.webauthn_timeout
+    factors = SecondFactors(storage_backend, settings, MASTER, None)
+    assert await factors.expire(int(clock.now)) == 200 + keys.CHALLENGES_PER_SESSION
+    assert await _challenges(storage_backend) == 0
+    # The window passed: the address may ask again.
+    await security_keys.assertion_options(PASSKEY, "cookie-again", None, "198.51.100.7")
+
+
+@async_test
+async def test_a_replaced_challenge_is_refused_with_a_clear_message(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """
+    A session that asked for more challenges than it may hold (pages shown
+    again, other tabs): an answer to its oldest, replaced, is refused as
+    expired or replaced, and logged; its newest still works.
+    """
+    clock = FakeClock()
+    security_keys, account_id, device = await _registered(storage_backend, clock)
+    first = await security_keys.assertion_options(SECOND_STEP, "step", account_id, ADDR)
+    later = []
+    for _ in range(keys.CHALLENGES_PER_SESSION):
+        clock.now += 0.01
+        later.append(await security_keys.assertion_options(SECOND_STEP, "step", account_id, ADDR))
+    with pytest.raises(CeremonyRefused) as refused:
+        await security_keys.check(SECOND_STEP, "step", device.get(first), account_id, HERE)
+    assert refused.value.message == keys.EXPIRED
+    assert "replaced by a newer one" in keys.EXPIRED
+    assert "passkey_refused" in await _events(storage_backend, account_id)
+    used = await security_keys.check(SECOND_STEP, "step", device.get(later[-1]), account_id, HERE)
+    assert used.account_id == account_id

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from clickpass.accounts import events
 from clickpass.accounts.service import Throttled
 from clickpass.mfa import totp
 from clickpass.mfa.sealing import SealError, SecretBox, normalise_recovery_code
@@ -242,3 +243,37 @@ async def test_expiry_forgets_what_has_run_out(storage_backend: AdbapiStorage) -
     assert await factors.is_trusted(trusted, account_id)
     assert await factors.expire(NOW + MfaSettings().trusted_browser_lifetime) == 1
     assert not await factors.is_trusted(trusted, account_id)
+
+
+@async_test
+async def test_refused_codes_and_recovery_codes_are_security_events(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """
+    A wrong app code, a reused one, one out of its window and a wrong
+    recovery code are each refused and recorded in the person's security
+    log (with the address and browser given), nothing else changed; a
+    recovery code used is recorded too.
+    """
+    clock = FakeClock()
+    factors, account_id, secret, codes = await _enrolled(storage_backend, clock, Mailbag())
+    email = "ann@example.com"
+    here = {"client_address": "192.0.2.7", "browser": "Firefox on Linux"}
+    clock.now = NOW + 30
+    good = totp.code_at(secret, clock.now)
+    assert await factors.check_code(account_id, email, good, **here) is Outcome.TOTP
+    clock.now = NOW + 200
+    for typed in ("000000", good, totp.code_at(secret, NOW - 60), "zzzzz-zzzzz"):
+        with pytest.raises(CodeRefused):
+            await factors.check_code(account_id, email, typed, **here)
+    assert await factors.check_code(account_id, email, codes[0], **here) is Outcome.RECOVERY_CODE
+
+    def read(tx: Transaction) -> list[tuple[str, str, str]]:
+        return [(e.kind, e.client_address, e.detail) for e in events.recent(tx, account_id)]
+
+    logged = await storage_backend.run(read)
+    refused = [e for e in logged if e[0] == "code_refused"]
+    assert len(refused) == 4 and {e[1] for e in refused} == {"192.0.2.7"}
+    assert sum(1 for e in refused if e[2].startswith("app code")) == 3
+    assert ("recovery_code_used", "192.0.2.7", "9 recovery codes left") in logged
+    assert (await factors.status(account_id)).recovery_codes_left == 9

@@ -120,3 +120,44 @@ def test_step_up_for_phishing_resistant_only_with_a_key() -> None:
     assert not needs_step_up(wanted, None, True, app, NOW, has_key=False)
     keyed = assess(auth("pwd", "hwk", factor_time=NOW))
     assert not needs_step_up(wanted, None, True, keyed, NOW, has_key=True)
+
+
+PHISHING_RESISTANT_MF = frozenset({pape.AUTH_MULTI_FACTOR, pape.AUTH_PHISHING_RESISTANT})
+
+
+def test_a_synced_passkey_is_phishing_resistant_but_not_physical() -> None:
+    """
+    A synced passkey ("swk": its authenticator set the backup flags) that
+    verified the person: multi-factor and phishing-resistant (it signs for
+    this origin only), never multi-factor-physical (it lives in a cloud
+    account, on no one device the person holds); the amr says swk, not hwk.
+    After a password the same.
+    """
+    context = assess(auth("swk", "uv", password_time=0, factor_time=NOW))
+    assert context.policies == PHISHING_RESISTANT_MF
+    assert context.amr == ("swk", "mfa")
+    assert context.acr == pape.AUTH_MULTI_FACTOR
+    after_password = assess(auth("pwd", "swk", factor_time=NOW))
+    assert after_password.policies == PHISHING_RESISTANT_MF
+    assert after_password.amr == ("pwd", "swk", "mfa")
+    # A device-bound key used in the same session too: physical then.
+    both = assess(auth("pwd", "swk", "hwk", factor_time=NOW))
+    assert both.policies == KEY_POLICIES
+
+
+def test_step_up_for_physical_only_with_a_key_bound_to_a_device() -> None:
+    """
+    Multi-factor-physical asked of a synced passkey's session: step up when
+    the person also has a device-bound key; answer at once (without the
+    policy) when all their keys are synced, rather than send them round for
+    ever; no step-up once a device-bound key was used.
+    """
+    wanted = frozenset({pape.AUTH_MULTI_FACTOR_PHYSICAL})
+    synced = assess(auth("swk", "uv", password_time=0, factor_time=NOW))
+    assert needs_step_up(wanted, None, True, synced, NOW, has_key=True, has_device_key=True)
+    assert not needs_step_up(wanted, None, True, synced, NOW, has_key=True, has_device_key=False)
+    keyed = assess(auth("pwd", "hwk", factor_time=NOW))
+    assert not needs_step_up(wanted, None, True, keyed, NOW, has_key=True, has_device_key=True)
+    # Phishing-resistant is met by the synced passkey: no step-up for it.
+    resistant = frozenset({pape.AUTH_PHISHING_RESISTANT})
+    assert not needs_step_up(resistant, None, True, synced, NOW, has_key=True)
