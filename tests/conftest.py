@@ -19,8 +19,8 @@ from twisted.internet.interfaces import IReactorThreads
 
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
-from tests.support.bytecode import compile_product
 from tests.support import interrupt
+from tests.support.bytecode import compile_product
 from tests.support.deferreds import block_on
 from tests.support.logged_errors import ErrorCollector, collecting_errors
 from tests.support.mariadb import MariaDBServer, MariaDBUnavailable

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 
-WAITING_TEST = '''
+WAITING_TEST = """
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -34,7 +34,7 @@ from tests.support.deferreds import async_test
 async def test_waits_on_the_reactor() -> None:
     Path({ready!r}).write_text("waiting")
     await deferLater(reactor, 120, lambda: None)
-'''
+"""
 
 
 def test_sigint_stops_a_test_waiting_on_the_reactor(tmp_path: Path) -> None:
