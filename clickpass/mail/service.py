@@ -37,6 +37,7 @@ from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, Transport
 from clickpass.monitor.metrics import Registry
 from clickpass.storage.sql import Storage, one_line, run_through_failover
+from clickpass.tls import load_trust_root
 
 if TYPE_CHECKING:
     from clickpass.config import Settings
@@ -308,8 +309,6 @@ def build_transport(reactor: Any, settings: Settings) -> Transport:
         password = read_secret_file(settings.data_path(mail.password_file), "[mail] password_file")
     trust = None
     if mail.ca_bundle and mail.verify_certificate:
-        from clickpass.upstream.http import load_trust_root
-
         try:
             trust = load_trust_root(settings.data_path(mail.ca_bundle))
         except (OSError, ValueError) as e:
