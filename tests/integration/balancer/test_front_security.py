@@ -212,8 +212,16 @@ LARGE_HEAD = (
 
 @pytest.mark.parametrize(
     ("raw", "status", "kind"),
-    [(LONG_LINE, 414, "target_too_long"), (LARGE_HEAD, 431, "head_too_large")],
-    ids=["request-line-over-16-KiB", "head-over-max_header_bytes"],
+    [
+        (LONG_LINE, 414, "target_too_long"),
+        (LARGE_HEAD, 431, "head_too_large"),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+            431,
+            "head_too_large",
+        ),
+    ],
+    ids=["request-line-over-16-KiB", "head-over-max_header_bytes", "one-100-KB-header"],
 )
 def test_a_request_line_or_head_too_large_is_refused_by_the_front(testapp_node, raw, status, kind):
     """
