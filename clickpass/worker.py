@@ -52,9 +52,11 @@ from twisted.logger import (
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from clickpass import config as configmod
+from clickpass.balancer._http1 import MAX_REQUEST_LINE
 
 log = Logger()
 
@@ -97,6 +99,31 @@ class FrontChannel(Protocol):
         self.on_lost()
 
 
+# Room above [balancer] max_header_bytes for what the front adds to a head it
+# passes on (X-Forwarded-For, -Proto, -Host and the client's address).
+FORWARDING_ROOM = 4096
+
+
+def take_what_the_front_passes(site: Site, max_header_bytes: int) -> None:
+    """
+    Let C{site} read every request head the front passes on. Twisted's
+    HTTPChannel refuses a line, or a head, above 16 KiB (a 400 and a closed
+    connection, which the front would answer as a failed worker); the front
+    takes request lines up to L{MAX_REQUEST_LINE} and heads up to
+    C{max_header_bytes}, and refuses longer ones itself (414, 431).
+    """
+    limit = max(max_header_bytes, MAX_REQUEST_LINE) + FORWARDING_ROOM
+
+    class FrontsChannel(HTTPChannel):
+        MAX_LENGTH = limit
+        totalHeadersSize = limit
+
+    # Twisted types HTTPFactory.protocol as its HTTP/2-negotiating factory
+    # (a function); it is the class attribute ServerFactory.buildProtocol
+    # calls, meant to be set, and a worker speaks HTTP/1.1 to the front only.
+    site.protocol = FrontsChannel  # type: ignore[method-assign,assignment]
+
+
 def load_app(spec: str) -> SiteFactory:
     """Import C{module:function}."""
     module, _, name = spec.partition(":")
@@ -120,6 +147,7 @@ async def serve(
     storage = open_storage(reactor, settings)
     factory = load_app(args.app) if args.app else _default_app
     site = factory(reactor, settings, storage, secret)
+    take_what_the_front_passes(site, settings.balancer.max_header_bytes)
     # The front keeps these connections open and closes them itself.
     site.timeOut = None
     if not args.access_log:

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorThreads
 
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
+from tests.support import interrupt
 from tests.support.bytecode import compile_product
 from tests.support.deferreds import block_on
 from tests.support.logged_errors import ErrorCollector, collecting_errors
@@ -40,6 +41,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """
     if not hasattr(session.config, "workerinput"):
         compile_product()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """
+    Let Ctrl-C stop the run even while a test waits on the reactor (after
+    pytest-twisted has set its own SIGINT handler: L{tests.support.interrupt}).
+    """
+    interrupt.install()
 
 
 # ---------------------------------------------------------------------------

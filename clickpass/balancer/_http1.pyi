@@ -8,6 +8,8 @@ module's own members.
 from typing import final
 
 MAX_HEADERS: int
+# The longest request line the front takes, its CRLF included (longer: 414).
+MAX_REQUEST_LINE: int
 
 class RequestError(ValueError):
     """A request the front refuses: args are (status, kind, text)."""

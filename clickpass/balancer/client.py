@@ -486,6 +486,16 @@ class FrontConnection(Protocol):
         self.counters.error(kind)
         if self.closing:
             return
+        if status in (414, 431):
+            # Legitimate clients meet these (a huge redirect URL, a cookie
+            # jar grown too large): say so once, for the operator.
+            self.log.info(
+                "front: refused a request from {peer} with {status} ({kind}): {text}",
+                peer=self.peer.decode("ascii", "replace"),
+                status=status,
+                kind=kind,
+                text=text,
+            )
         self.closing = True
         self.transport.pauseProducing()
         response = local_response(status, text, True)

@@ -89,7 +89,7 @@ class BalancerSettings:
         default=1024 * 1024, metadata=_doc("Largest request body in bytes; above it a 413.")
     )
     max_header_bytes: int = dataclasses.field(
-        default=32 * 1024, metadata=_doc("Largest request head in bytes; above it a 400.")
+        default=32 * 1024, metadata=_doc("Largest request head in bytes; above it a 431.")
     )
     header_timeout: float = dataclasses.field(
         default=10.0, metadata=_doc("Seconds a client has to send a request's headers.")

@@ -34,6 +34,8 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 ERROR_KINDS = (
     "bad_request",  # 400: malformed or smuggling-shaped request
     "too_large",  # 413: request body above the limit
+    "target_too_long",  # 414: a request line above 16 KiB
+    "head_too_large",  # 431: a request head above max_header_bytes
     "header_timeout",  # 408: headers not complete in time (slowloris)
     "body_timeout",  # 408: a request body not complete in time
     "queue_timeout",  # 503: no worker free before the queue timeout

@@ -4,13 +4,13 @@ The mail outbox: table C{mail_outbox}, one row per message.
 A message is queued by L{Outbox.enqueue} inside the transaction of the
 change that causes it, so it is committed with that change or not at all.
 The node's delivery service (L{clickpass.mail.service}) claims due rows
-with a lease, sends them and records the outcome. Claiming takes row locks
-with C{SELECT ... FOR UPDATE SKIP LOCKED} on MariaDB (10.6 or newer), so
-nodes sharing a database pass over each other's rows instead of queueing
-behind them; on SQLite, one writer at a time, the claim is a conditional
-update. Either way a row is claimed only when its lease has run out, so a
-node that died while sending leaves its rows to be claimed again once the
-lease expires.
+with a lease, sends them and records the outcome, as every leased outbox
+does (L{clickpass.storage.outbox}): claiming takes row locks with C{SELECT
+... FOR UPDATE SKIP LOCKED} on MariaDB (10.6 or newer), so nodes sharing a
+database pass over each other's rows instead of queueing behind them; on
+SQLite, one writer at a time, the claim is a conditional update. Either way
+a row is claimed only when its lease has run out, so a node that died while
+sending leaves its rows to be claimed again once the lease expires.
 
 Use, from the code that makes a change (the composition root builds one
 L{Outbox} and hands it over)::
@@ -39,7 +39,8 @@ from typing import Any
 
 from clickpass.mail import message as mailmsg
 from clickpass.mail.settings import MailSettings
-from clickpass.storage.sql import Transaction, placeholders
+from clickpass.storage.outbox import claim_rows, release_rows
+from clickpass.storage.sql import Transaction
 
 PENDING = 0
 SENT = 1
@@ -130,42 +131,25 @@ class Outbox:
 
 def claim(tx: Transaction, now: int, lease: int, limit: int, owner: str) -> list[Queued]:
     """Lease up to C{limit} due messages to C{owner} until C{now + lease}, oldest first."""
-    lock = " FOR UPDATE SKIP LOCKED" if tx.dialect.name == "mysql" else ""
-    rows = tx.fetchall(
+    rows = claim_rows(
+        tx,
+        "mail_outbox",
         "SELECT id, message_id, recipient, kind, message, created, attempts, give_up_at "
         "FROM mail_outbox WHERE state = ? AND next_attempt <= ? AND lease_until <= ? "
-        "ORDER BY next_attempt, id LIMIT ?" + lock,
-        PENDING,
+        "ORDER BY next_attempt, id LIMIT ?",
+        (PENDING, now, now, limit),
         now,
-        now,
-        limit,
+        lease,
+        pending=PENDING,
+        owner=owner,
     )
-    claimed: list[Queued] = []
-    for r in rows:
-        # Conditional: on SQLite another node may have claimed the row since
-        # the SELECT; only the update that still finds the lease free wins.
-        if tx.execute(
-            "UPDATE mail_outbox SET lease_until = ?, lease_owner = ? "
-            "WHERE id = ? AND state = ? AND lease_until <= ?",
-            now + lease,
-            owner,
-            r[0],
-            PENDING,
-            now,
-        ):
-            claimed.append(
-                Queued(
-                    int(r[0]),
-                    str(r[1]),
-                    str(r[2]),
-                    str(r[3]),
-                    str(r[4]),
-                    int(r[5]),
-                    int(r[6]),
-                    int(r[7]),
-                )
-            )
-    return claimed
+    return [
+        Queued(
+            int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]), int(r[6]),
+            int(r[7]),
+        )
+        for r in rows
+    ]  # fmt: skip
 
 
 def mark_sent(tx: Transaction, row_id: int, now: int) -> None:
@@ -203,14 +187,7 @@ def mark_failed(
 
 def release(tx: Transaction, row_ids: list[int], owner: str) -> None:
     """Give claimed rows back unsent (the service is stopping)."""
-    if row_ids:
-        tx.execute(
-            f"UPDATE mail_outbox SET lease_until = 0 WHERE id IN ({placeholders(row_ids)}) "
-            "AND state = ? AND lease_owner = ?",
-            *row_ids,
-            PENDING,
-            owner,
-        )
+    release_rows(tx, "mail_outbox", row_ids, pending=PENDING, owner=owner)
 
 
 def cleanup(tx: Transaction, before: int) -> int:

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from twisted.application.service import IServiceCollection, Service
+from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from clickpass.control.protocol import CommandError, CommandRegistry
 from clickpass.mail import outbox
@@ -36,25 +37,27 @@ from clickpass.mail.message import envelope_sender, public_host
 from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, Transport
 from clickpass.monitor.metrics import Registry
+from clickpass.storage.outbox import Backoff, LeasedOutboxService
 from clickpass.storage.sql import Storage, one_line, run_through_failover
+from clickpass.tls import load_trust_root
 
 if TYPE_CHECKING:
     from clickpass.config import Settings
 
-CLEANUP_INTERVAL = 3600
 ALERT_KEY = "mail.delayed"
 STATUS_LIMIT = 20
 
 
 def backoff(attempts: int, initial: float, maximum: float) -> float:
     """Seconds to wait after the C{attempts}-th failed attempt (1, 2, ...): doubling, capped."""
-    return float(min(maximum, initial * 2 ** max(0, attempts - 1)))
+    return Backoff(initial, maximum).wait(attempts)
 
 
 def next_attempt(now: int, attempts: int, settings: MailSettings) -> int:
     """When to try again after the C{attempts}-th failure (whole seconds, never sooner)."""
-    wait = backoff(attempts, settings.backoff_initial, settings.backoff_max)
-    return now + max(1, int(wait + 0.999))
+    return Backoff(settings.backoff_initial, settings.backoff_max, minimum=1).retry_at(
+        now, attempts
+    )
 
 
 def lease_seconds(settings: MailSettings) -> int:
@@ -89,7 +92,7 @@ class Counts:
         self.oldest_age = 0.0
 
 
-class MailDelivery(Service):
+class MailDelivery(LeasedOutboxService):
     """Empties the mail outbox: look, send, look again."""
 
     log = Logger()
@@ -104,82 +107,45 @@ class MailDelivery(Service):
         owner: str,
         alerts: AlertSink | None = None,
     ) -> None:
-        self.setName("mail")
-        self._clock = clock
+        super().__init__("mail", clock, settings.poll_interval)
         self._storage = storage
         self._settings = settings
         self.transport = transport
         self._sender = sender
         self.owner = owner
         self._alerts = alerts
-        self._call: IDelayedCall | None = None
-        self._running: Deferred[int] | None = None
-        self._next_cleanup = 0.0
         self._limit = DeferredSemaphore(settings.parallel)
-        self._stopping = False
+        self._backoff = Backoff(settings.backoff_initial, settings.backoff_max, minimum=1)
         self.counts = Counts()
 
-    # Life cycle.
-
     def startService(self) -> None:
-        super().startService()
-        self._stopping = False
         self.log.info(
             "mail delivery: {transport}; outbox checked every {interval}s",
             transport=self.transport.describe(),
             interval=self._settings.poll_interval,
         )
-        self._schedule(0)
+        super().startService()
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        self._stopping = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._running is not None:
-            d: Deferred[None] = Deferred()
-            self._running.addBoth(lambda _: d.callback(None))
-            return d
-        return None
+    def look_again_now(self, done: int) -> bool:
+        # A full batch was taken: there may be more due right now.
+        return done >= self._settings.batch
 
-    def _schedule(self, delay: float) -> None:
-        if self.running:
-            self._call = self._clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        self._running = self.run_once()
-
-        def done(sent: int) -> None:
-            self._running = None
-            # A full batch was taken: there may be more due right now.
-            self._schedule(0 if sent >= self._settings.batch else self._settings.poll_interval)
-
-        def failed(failure: Any) -> None:
-            self._running = None
-            self.log.warn(
-                "mail delivery round failed ({error}); trying again in {delay}s",
-                error=one_line(failure.value),
-                delay=self._settings.poll_interval,
-            )
-            self._schedule(self._settings.poll_interval)
-
-        self._running.addCallbacks(done, failed)
+    def round_failed(self, failure: Failure) -> None:
+        self.log.warn(
+            "mail delivery round failed ({error}); trying again in {delay}s",
+            error=one_line(cast(BaseException, failure.value)),
+            delay=self._settings.poll_interval,
+        )
 
     # One round.
 
-    def run_once(self) -> Deferred[int]:
-        """Claim what is due, send it; the number of messages claimed."""
-        return Deferred.fromCoroutine(self._round())
+    async def clean(self, now: int) -> None:
+        removed = await self._storage.run(outbox.cleanup, now - self._settings.retention)
+        if removed:
+            self.log.info("mail outbox: removed {count} old messages", count=removed)
 
-    async def _round(self) -> int:
-        now = int(self._clock.seconds())
-        if now >= self._next_cleanup:
-            self._next_cleanup = now + CLEANUP_INTERVAL
-            removed = await self._storage.run(outbox.cleanup, now - self._settings.retention)
-            if removed:
-                self.log.info("mail outbox: removed {count} old messages", count=removed)
+    async def deliver_due(self, now: int) -> int:
+        """Claim what is due, send it; the number of messages claimed."""
         await self._watch(now)
         claimed = await self._storage.run(
             outbox.claim, now, lease_seconds(self._settings), self._settings.batch, self.owner
@@ -215,7 +181,7 @@ class MailDelivery(Service):
         return Deferred.fromCoroutine(self._send(message))
 
     async def _send(self, message: outbox.Queued) -> None:
-        if self._stopping:
+        if self.stopping:
             # Stopping: what has not started yet goes back for the next node
             # (or this one, restarted) instead of holding up the stop.
             await self._storage.run(outbox.release, [message.row_id], self.owner)
@@ -255,8 +221,11 @@ class MailDelivery(Service):
         attempts = message.attempts + 1
         reason = one_line(error)
         # The last try comes at the give-up time itself, not a backoff before it.
-        retry_at = min(next_attempt(now, attempts, self._settings), message.give_up_at)
-        give_up = isinstance(error, PermanentFailure) or now >= message.give_up_at
+        retry = self._backoff.after_failure(
+            now, attempts, message.give_up_at, last_try_at_give_up=True
+        )
+        retry_at = retry.at
+        give_up = isinstance(error, PermanentFailure) or retry.give_up
         await run_through_failover(
             self._clock,
             self._storage,
@@ -308,8 +277,6 @@ def build_transport(reactor: Any, settings: Settings) -> Transport:
         password = read_secret_file(settings.data_path(mail.password_file), "[mail] password_file")
     trust = None
     if mail.ca_bundle and mail.verify_certificate:
-        from clickpass.upstream.http import load_trust_root
-
         try:
             trust = load_trust_root(settings.data_path(mail.ca_bundle))
         except (OSError, ValueError) as e:

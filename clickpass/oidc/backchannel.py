@@ -34,18 +34,17 @@ import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clickpass.monitor.metrics import Gauge, Registry
 from clickpass.partners.settings import PartnersSettings
 from clickpass.partners.webhooks import LEASE_MARGIN, Poster, backoff, treq_poster
+from clickpass.storage.outbox import LeasedOutboxService
 from clickpass.storage.sql import Storage, Transaction, one_line
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
@@ -308,7 +307,7 @@ class DeliveryFailed(Exception):
     """The client's back-channel logout URI did not take the logout token."""
 
 
-class BackchannelDelivery(Service):
+class BackchannelDelivery(LeasedOutboxService):
     """Turns ended sessions into logouts and empties the logout outbox."""
 
     log = Logger()
@@ -322,64 +321,25 @@ class BackchannelDelivery(Service):
         issuer: str,
         post: Poster,
     ) -> None:
-        self.setName("oidc-backchannel-logout")
-        self._clock = clock
+        super().__init__("oidc-backchannel-logout", clock, settings.webhook_poll_interval)
         self._storage = storage
         self._settings = settings
         self._signer = signer
         self._issuer = issuer
         self._post = post
-        self._call: IDelayedCall | None = None
-        self._running: Deferred[int] | None = None
-        self._next_cleanup = 0.0
         self.delivered = 0
         self.depth: Gauge | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._schedule(0)
+    def round_failed(self, failure: Failure) -> None:
+        self.log.failure("back-channel logout round failed", failure)
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._running is not None:
-            d: Deferred[None] = Deferred()
-            self._running.addBoth(lambda _: d.callback(None))
-            return d
-        return None
+    async def clean(self, now: int) -> None:
+        removed = await self._storage.run(cleanup, now - self._settings.delivered_retention)
+        if removed:
+            self.log.info("logout outbox: removed {count} old rows", count=removed)
 
-    def _schedule(self, delay: float) -> None:
-        if self.running:
-            self._call = self._clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        self._running = self.run_once()
-
-        def done(sent: int) -> None:
-            self._running = None
-            self._schedule(0 if sent else self._settings.webhook_poll_interval)
-
-        def failed(failure: Failure) -> None:
-            self._running = None
-            self.log.failure("back-channel logout round failed", failure)
-            self._schedule(self._settings.webhook_poll_interval)
-
-        self._running.addCallbacks(done, failed)
-
-    def run_once(self) -> Deferred[int]:
-        """One round: queue the ended sessions' logouts, deliver what is due; how many went."""
-        return Deferred.fromCoroutine(self._round())
-
-    async def _round(self) -> int:
-        now = int(self._clock.seconds())
-        if now >= self._next_cleanup:
-            self._next_cleanup = now + CLEANUP_INTERVAL
-            removed = await self._storage.run(cleanup, now - self._settings.delivered_retention)
-            if removed:
-                self.log.info("logout outbox: removed {count} old rows", count=removed)
+    async def deliver_due(self, now: int) -> int:
+        """Queue the ended sessions' logouts, deliver what is due; how many went."""
         queued = await self._storage.run(queue_ended_sessions, now)
         if queued:
             self.log.info("logout outbox: {count} logouts queued", count=queued)
@@ -389,50 +349,30 @@ class BackchannelDelivery(Service):
         due = await self._storage.run(claim, now, lease, self._settings.webhook_batch)
         if not due:
             return 0
-        by_client: dict[str, list[PendingLogout]] = {}
-        for logout in due:
-            by_client.setdefault(logout.client_id, []).append(logout)
-        results = await DeferredList(
-            [
-                Deferred.fromCoroutine(self._client_round(batch, now + lease))
-                for batch in by_client.values()
-            ],
-            consumeErrors=True,
+        sent = await self.deliver_in_order(
+            due,
+            lambda logout: logout.client_id,
+            now + lease,
+            self._settings.webhook_timeout + LEASE_MARGIN,
+            self._deliver,
+            self._record_delivered,
+            self._record_failure,
+            self._release,
+            "back-channel logout to one client failed",
         )
-        sent = 0
-        for ok, value in results:
-            if ok:
-                sent += int(value)
-            else:
-                self.log.failure("back-channel logout to one client failed", cast(Failure, value))
         self.delivered += sent
         return sent
 
-    async def _client_round(self, logouts: list[PendingLogout], lease_ends: int) -> int:
-        """
-        Deliver one client's claimed logouts, oldest first; stop at the first
-        failure, or when an attempt could outlast the lease: the rest are
-        released for the next round.
-        """
-        sent = 0
-        for i, logout in enumerate(logouts):
-            if self._clock.seconds() + self._settings.webhook_timeout + LEASE_MARGIN > lease_ends:
-                await self._storage.run(release, [later.row_id for later in logouts[i:]])
-                return sent
-            try:
-                await self._deliver(logout)
-            except Exception as e:
-                await self._record_failure(logout, e)
-                await self._storage.run(release, [later.row_id for later in logouts[i + 1 :]])
-                return sent
-            await self._storage.run(mark_delivered, logout.row_id, int(self._clock.seconds()))
-            self.log.info(
-                "logout token delivered to {client} (attempt {attempts})",
-                client=logout.client_id,
-                attempts=logout.attempts + 1,
-            )
-            sent += 1
-        return sent
+    async def _record_delivered(self, logout: PendingLogout) -> None:
+        await self._storage.run(mark_delivered, logout.row_id, int(self._clock.seconds()))
+        self.log.info(
+            "logout token delivered to {client} (attempt {attempts})",
+            client=logout.client_id,
+            attempts=logout.attempts + 1,
+        )
+
+    async def _release(self, logouts: list[PendingLogout]) -> None:
+        await self._storage.run(release, [later.row_id for later in logouts])
 
     async def _deliver(self, logout: PendingLogout) -> None:
         if not logout.url:

@@ -25,17 +25,16 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from clickpass.monitor.metrics import Gauge, Registry
 from clickpass.partners.settings import PartnersSettings
 from clickpass.partners.sites import DELIVERED, GIVEN_UP, PENDING, webhook_secret
+from clickpass.storage.outbox import Backoff, LeasedOutboxService, claim_rows, release_rows
 from clickpass.storage.sql import Storage, Transaction, one_line
 
 SIGNATURE_HEADER = "Clickpass-Signature"
@@ -74,7 +73,7 @@ def verify(
 
 def backoff(attempts: int, initial: float, maximum: float) -> float:
     """Seconds to wait after the C{attempts}-th failed attempt (1, 2, ...)."""
-    return float(min(maximum, initial * 2 ** max(0, attempts - 1)))
+    return Backoff(initial, maximum).wait(attempts)
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,9 @@ def _waiting(tx: Transaction) -> int:
 
 def _claim(tx: Transaction, now: int, lease: int, limit: int) -> list[Pending]:
     """Lease the due events that head their person's queue."""
-    rows = tx.fetchall(
+    rows = claim_rows(
+        tx,
+        "partner_events",
         "SELECT e.id, e.event_id, e.site_id, e.subject, e.event_type, e.body, e.created, "
         "e.attempts, s.webhook_url, s.public_id, s.webhook_secret_version "
         "FROM partner_events e JOIN partner_sites s ON s.id = e.site_id "
@@ -109,38 +110,20 @@ def _claim(tx: Transaction, now: int, lease: int, limit: int) -> list[Pending]:
         "AND NOT EXISTS (SELECT 1 FROM partner_events p WHERE p.site_id = e.site_id "
         "AND p.subject = e.subject AND p.state = ? AND p.id < e.id) "
         "ORDER BY e.id LIMIT ?",
-        PENDING,
+        (PENDING, now, now, PENDING, limit),
         now,
-        now,
-        PENDING,
-        limit,
+        lease,
+        pending=PENDING,
+        # The query joins the site's rows: locking would hold them too.
+        lock=False,
     )
-    claimed: list[Pending] = []
-    for r in rows:
-        if tx.execute(
-            "UPDATE partner_events SET lease_until = ? WHERE id = ? AND state = ? "
-            "AND lease_until <= ?",
-            now + lease,
-            r[0],
-            PENDING,
-            now,
-        ):
-            claimed.append(
-                Pending(
-                    int(r[0]),
-                    str(r[1]),
-                    int(r[2]),
-                    str(r[3]),
-                    str(r[4]),
-                    str(r[5]),
-                    int(r[6]),
-                    int(r[7]),
-                    str(r[8]),
-                    str(r[9]),
-                    int(r[10]),
-                )
-            )
-    return claimed
+    return [
+        Pending(
+            int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]),
+            int(r[7]), str(r[8]), str(r[9]), int(r[10]),
+        )
+        for r in rows
+    ]  # fmt: skip
 
 
 def _delivered(tx: Transaction, row_id: int, now: int) -> None:
@@ -176,8 +159,7 @@ def _failed(
 
 
 def _release(tx: Transaction, row_ids: list[int]) -> None:
-    for row_id in row_ids:
-        tx.execute("UPDATE partner_events SET lease_until = 0 WHERE id = ?", row_id)
+    release_rows(tx, "partner_events", row_ids, pending=PENDING)
 
 
 def _cleanup(tx: Transaction, before: int) -> int:
@@ -190,7 +172,7 @@ class DeliveryFailed(Exception):
     """The partner did not take the event."""
 
 
-class WebhookDelivery(Service):
+class WebhookDelivery(LeasedOutboxService):
     """Empties the webhook outbox: look, deliver, look again."""
 
     log = Logger()
@@ -203,112 +185,52 @@ class WebhookDelivery(Service):
         master_secret: bytes,
         post: Poster,
     ) -> None:
-        self.setName("partner-webhooks")
-        self._clock = clock
+        super().__init__("partner-webhooks", clock, settings.webhook_poll_interval)
         self._storage = storage
         self._settings = settings
         self._master_secret = master_secret
         self._post = post
-        self._call: IDelayedCall | None = None
-        self._running: Deferred[int] | None = None
-        self._next_cleanup = 0.0
+        self._backoff = Backoff(settings.webhook_backoff_initial, settings.webhook_backoff_max)
         self.rounds = 0
         self.delivered = 0
         self.depth: Gauge | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        self._schedule(0)
+    def round_failed(self, failure: Failure) -> None:
+        self.log.failure("webhook delivery round failed", failure)
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        if self._running is not None:
-            d: Deferred[None] = Deferred()
-            self._running.addBoth(lambda _: d.callback(None))
-            return d
-        return None
+    async def clean(self, now: int) -> None:
+        removed = await self._storage.run(_cleanup, now - self._settings.delivered_retention)
+        if removed:
+            self.log.info("webhook outbox: removed {count} old events", count=removed)
 
-    def _schedule(self, delay: float) -> None:
-        if self.running:
-            self._call = self._clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        self._running = self.run_once()
-
-        def done(sent: int) -> None:
-            self._running = None
-            # Work was done: the next event of the same people may be due now.
-            self._schedule(0 if sent else self._settings.webhook_poll_interval)
-
-        def failed(failure: Any) -> None:
-            self._running = None
-            self.log.failure("webhook delivery round failed", failure)
-            self._schedule(self._settings.webhook_poll_interval)
-
-        self._running.addCallbacks(done, failed)
-
-    def run_once(self) -> Deferred[int]:
-        """One round: claim what is due, deliver it; the number delivered."""
-        return Deferred.fromCoroutine(self._round())
-
-    async def _round(self) -> int:
-        now = int(self._clock.seconds())
+    async def deliver_due(self, now: int) -> int:
+        """Claim what is due, deliver it; the number delivered."""
         self.rounds += 1
-        if now >= self._next_cleanup:
-            self._next_cleanup = now + CLEANUP_INTERVAL
-            removed = await self._storage.run(_cleanup, now - self._settings.delivered_retention)
-            if removed:
-                self.log.info("webhook outbox: removed {count} old events", count=removed)
         if self.depth is not None:
             self.depth.set(await self._storage.run(_waiting))
         lease = int(self._settings.webhook_timeout * 3) + 5
         events = await self._storage.run(_claim, now, lease, self._settings.webhook_batch)
         if not events:
             return 0
-        by_site: dict[int, list[Pending]] = {}
-        for event in events:
-            by_site.setdefault(event.site_id, []).append(event)
-        results = await DeferredList(
-            [
-                Deferred.fromCoroutine(self._site_round(batch, now + lease))
-                for batch in by_site.values()
-            ],
-            consumeErrors=True,
+        sent = await self.deliver_in_order(
+            events,
+            lambda event: event.site_id,
+            now + lease,
+            self._settings.webhook_timeout + LEASE_MARGIN,
+            self._deliver,
+            self._record_delivered,
+            self._record_failure,
+            self._release,
+            "webhook delivery to one site failed",
         )
-        sent = 0
-        for ok, value in results:
-            if ok:
-                sent += int(value)
-            else:
-                self.log.failure("webhook delivery to one site failed", cast(Failure, value))
         self.delivered += sent
         return sent
 
-    async def _site_round(self, events: list[Pending], lease_ends: int) -> int:
-        """
-        Deliver one site's claimed events, oldest first; stop at its first
-        failure, or when the next attempt could outlast the lease (another
-        node may then claim the events, and must not find one still being
-        sent): the rest are released for the next round, in order.
-        """
-        sent = 0
-        for i, event in enumerate(events):
-            if self._clock.seconds() + self._settings.webhook_timeout + LEASE_MARGIN > lease_ends:
-                await self._storage.run(_release, [later.row_id for later in events[i:]])
-                return sent
-            try:
-                await self._deliver(event)
-            except Exception as e:
-                await self._record_failure(event, e)
-                await self._storage.run(_release, [later.row_id for later in events[i + 1 :]])
-                return sent
-            await self._storage.run(_delivered, event.row_id, int(self._clock.seconds()))
-            sent += 1
-        return sent
+    async def _record_delivered(self, event: Pending) -> None:
+        await self._storage.run(_delivered, event.row_id, int(self._clock.seconds()))
+
+    async def _release(self, events: list[Pending]) -> None:
+        await self._storage.run(_release, [event.row_id for event in events])
 
     async def _deliver(self, event: Pending) -> None:
         if not event.url:
@@ -332,12 +254,13 @@ class WebhookDelivery(Service):
     async def _record_failure(self, event: Pending, error: Exception) -> None:
         now = int(self._clock.seconds())
         attempts = event.attempts + 1
-        wait = backoff(
-            attempts, self._settings.webhook_backoff_initial, self._settings.webhook_backoff_max
+        wait = self._backoff.wait(attempts)
+        retry = self._backoff.after_failure(
+            now, attempts, event.created + self._settings.webhook_give_up_after
         )
-        give_up = now - event.created >= self._settings.webhook_give_up_after
+        give_up = retry.give_up
         reason = one_line(error)
-        await self._storage.run(_failed, event, reason, now, now + int(wait + 0.999), give_up)
+        await self._storage.run(_failed, event, reason, now, retry.at, give_up)
         if give_up:
             self.log.warn(
                 "webhook {event_id} ({event_type}) to site {site} given up after {attempts} "

@@ -34,6 +34,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from clickpass.tls import load_trust_root
+
 USER_AGENT = b"Clickpass upstream connector"
 
 
@@ -52,19 +54,6 @@ class UpstreamError(Exception):
 
 class _TooLarge(Exception):
     pass
-
-
-def load_trust_root(path: Path) -> Any:
-    """A trust root made of every certificate in the PEM file at C{path}."""
-    text = path.read_text(encoding="ascii", errors="replace")
-    marker = "-----BEGIN CERTIFICATE-----"
-    certificates = [
-        ssl.Certificate.loadPEM((marker + chunk).encode("ascii"))
-        for chunk in text.split(marker)[1:]
-    ]
-    if not certificates:
-        raise ValueError(f"{path} holds no PEM certificate")
-    return ssl.trustRootFromCertificates(certificates)
 
 
 def make_agent(reactor: Any, ca_bundle: Path | None, connect_timeout: float) -> IAgent:

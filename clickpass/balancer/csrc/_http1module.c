@@ -137,8 +137,11 @@ static PyTypeObject ResponseHeadType = {
 
 static PyObject *request_error(const http1_request *req)
 {
-    PyObject *args = Py_BuildValue("(iss)", req->status,
-                                   req->too_large ? "too_large" : "bad_request", req->why);
+    const char *kind = req->too_large            ? "too_large"
+                       : req->status == 414      ? "target_too_long"
+                       : req->status == 431      ? "head_too_large"
+                                                 : "bad_request";
+    PyObject *args = Py_BuildValue("(iss)", req->status, kind, req->why);
     if (args != NULL) {
         PyErr_SetObject(RequestError, args);
         Py_DECREF(args);
@@ -597,7 +600,8 @@ PyMODINIT_FUNC PyInit__http1(void)
         PyModule_AddObjectRef(m, "ChunkedBody", (PyObject *)&ChunkedBodyType) < 0 ||
         PyModule_AddObjectRef(m, "RequestHead", (PyObject *)&RequestHeadType) < 0 ||
         PyModule_AddObjectRef(m, "ResponseHead", (PyObject *)&ResponseHeadType) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_HEADERS", HTTP1_MAX_HEADERS) < 0) {
+        PyModule_AddIntConstant(m, "MAX_HEADERS", HTTP1_MAX_HEADERS) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_REQUEST_LINE", HTTP1_MAX_REQUEST_LINE) < 0) {
         Py_DECREF(m);
         return NULL;
     }

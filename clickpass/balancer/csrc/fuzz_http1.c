@@ -57,7 +57,8 @@ static void requests(const char *buf, size_t len, size_t cut)
             check(again.status == req.status && again.why == req.why);
     }
     if (r == HTTP1_ERROR) {
-        check(req.status == 400 || req.status == 413 || req.status == 501);
+        check(req.status == 400 || req.status == 413 || req.status == 414 || req.status == 431 ||
+              req.status == 501);
         check(req.why != NULL && req.why[0] != '\0');
         check(req.too_large == 0 || req.status == 413);
         return;

@@ -395,6 +395,15 @@ int http1_parse_request(const char *buf, size_t len, size_t scanned, size_t max_
      * and checked, so a head trickled in byte by byte costs linear time. */
     size_t from = scanned > pos + 3 ? scanned - 3 : pos;
     size_t end = http1_head_end(buf, len, from);
+    /* The request line, LF included, at most line_max bytes (RFC 9112 3:
+     * 414): it is not when line_max bytes are in and none is its LF. That
+     * is looked at once, when they are first in (or the head is whole),
+     * not again on each new read. */
+    size_t line_max = max_head < HTTP1_MAX_REQUEST_LINE ? max_head : HTTP1_MAX_REQUEST_LINE;
+    size_t have = (end ? end : len) - pos;
+    if (have >= line_max && (end || scanned < pos + line_max) &&
+        memchr(buf + pos, '\n', line_max) == NULL)
+        return fail(req, 414, "The request target is too long.");
     if (end == 0) {
         /* Not complete: refuse early what can never become a request: a
          * control byte, or a line that ends in a bare LF or CR (a head
@@ -416,11 +425,11 @@ int http1_parse_request(const char *buf, size_t len, size_t scanned, size_t max_
             }
         }
         if (len > max_head)
-            return fail(req, 400, "The request headers are too large.");
+            return fail(req, 431, "The request headers are too large.");
         return HTTP1_INCOMPLETE;
     }
     if (end - pos > max_head)
-        return fail(req, 400, "The request headers are too large.");
+        return fail(req, 431, "The request headers are too large.");
     req->skipped = pos;
     req->head_len = end;
     req->nheaders = 0;

@@ -17,6 +17,9 @@
 #include <stdint.h>
 
 #define HTTP1_MAX_HEADERS 128
+/* The longest request line the front takes (with its CRLF); longer: 414.
+ * A worker (Twisted's HTTPChannel) refuses longer lines as well. */
+#define HTTP1_MAX_REQUEST_LINE (16 * 1024)
 #define HTTP1_MAX_NAMED 32
 
 typedef struct {

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from requests.adapters import HTTPAdapter
 
-from tests.integration.balancer.conftest import Node
+from tests.integration.balancer.conftest import Node, wait_for
 from tests.support.browser import Browser
 
 pytestmark = pytest.mark.integration
@@ -200,6 +200,76 @@ def test_a_head_with_bare_line_ends_is_refused_at_once(testapp_node, raw):
     assert answer.count(b"HTTP/1.1 ") == 1
     assert time.monotonic() - started < 3
     assert node.get("/").startswith(b"HTTP/1.1 200 ")
+
+
+LONG_LINE = b"GET /?" + b"a" * (17 * 1024) + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+LARGE_HEAD = (
+    b"GET / HTTP/1.1\r\nHost: t\r\n"
+    + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 400) for i in range(100))
+    + b"\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "kind"),
+    [
+        (LONG_LINE, 414, "target_too_long"),
+        (LARGE_HEAD, 431, "head_too_large"),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+            431,
+            "head_too_large",
+        ),
+    ],
+    ids=["request-line-over-16-KiB", "head-over-max_header_bytes", "one-100-KB-header"],
+)
+def test_a_request_line_or_head_too_large_is_refused_by_the_front(testapp_node, raw, status, kind):
+    """
+    A request line above 16 KiB gets a 414, a head above max_header_bytes
+    (32 KiB) a 431: at once, one answer, one log line, the connection
+    closed; the worker never sees it, stays, and serves the next request.
+    """
+    node: Node = testapp_node
+    workers = sorted(w["pid"] for w in node.ready_workers())
+    logged = node.log.read_text().count("front: refused a request")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+        s.sendall(raw)
+        answer = read_answer(s, timeout=10)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1 and not answer.endswith((b"<timeout>", b"<reset>"))
+    assert time.monotonic() - started < 5
+    assert node.get("/").startswith(b"HTTP/1.1 200 ")
+    wait_for(
+        lambda: node.log.read_text().count("front: refused a request") == logged + 1,
+        10,
+        "the refusal's log line",
+    )
+    line = [x for x in node.log.read_text().splitlines() if "front: refused a request" in x][-1]
+    assert f"{status} ({kind})" in line
+    assert sorted(w["pid"] for w in node.ready_workers()) == workers
+
+
+def test_heads_the_front_takes_reach_the_worker_whole(testapp_node):
+    """
+    A request line of exactly 16 KiB and a head of 30 KiB (under 32 KiB
+    max_header_bytes) are served by the worker, not refused by it (which
+    the front would answer as a failed worker).
+    """
+    node: Node = testapp_node
+    room = 16 * 1024 - len(b"GET /? HTTP/1.1\r\n")
+    line = b"GET /?" + b"a" * room + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    assert line.index(b"\r\n") + 2 == 16 * 1024
+    head = (
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        + b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 280) for i in range(40))
+        + b"X-One-Long: "
+        + b"x" * 17000
+        + b"\r\n\r\n"
+    )
+    for raw in (line, head):
+        answer = node.request(raw, timeout=10)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import SMTPTransport
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage, Transaction
-from clickpass.upstream.http import load_trust_root
+from clickpass.tls import load_trust_root
 from tests.integration.mail.smtpd import (
     ACCEPT,
     DROP,

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from clickpass.mail.message import Rendered, as_text, compose
 from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, SMTPTransport, TemporaryFailure
-from clickpass.upstream.http import load_trust_root
+from clickpass.tls import load_trust_root
 from tests.integration.mail.smtpd import (
     DROP,
     HANG,

@@ -303,12 +303,12 @@ def test_malformed_requests_get_400_and_close(request_bytes):
     assert rig.reactor.unixClients == []
 
 
-def test_oversized_headers_get_400():
-    """A request head larger than max_header_bytes is refused."""
+def test_oversized_headers_get_431():
+    """A request head larger than max_header_bytes is refused with a 431."""
     rig = Rig(max_header_bytes=1024)
     proto, client = rig.client()
     proto.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 2000)
-    assert client.value().startswith(b"HTTP/1.1 400 ")
+    assert client.value().startswith(b"HTTP/1.1 431 ")
     assert client.disconnecting
 
 

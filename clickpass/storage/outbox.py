@@ -1,0 +1,325 @@
+"""
+Leased outboxes: what the node's durable outboxes (mail, partner webhooks,
+back-channel logout tokens) have in common, so that each feature gives
+only what is its own (its table and queries, how to send one row, its
+backoff settings, its logs and metrics).
+
+A row is committed in the transaction of the change that causes it. A
+node's delivery service then, in a loop on the reactor:
+
+  - claims due rows with a lease (L{claim_rows}): on MariaDB the rows are
+    read C{FOR UPDATE SKIP LOCKED}, so nodes sharing a database pass over
+    each other's rows instead of queueing behind them; on SQLite (one
+    writer at a time) and on MariaDB alike, a row is taken only by the
+    conditional update that still finds its lease free, so two claimers
+    never get the same row, and a node that died while sending leaves its
+    rows to be claimed again once their lease has run out;
+  - sends them, then marks each sent, or failed with a retry time from
+    L{Backoff}, or given up;
+  - looks again at once when it found work (or was woken, L{wake}), else
+    after the poll interval.
+
+This module must never import a feature (storage sits below them), never
+send anything itself, and never block the reactor (the database through
+L{Storage}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from clickpass.storage.sql import Dialect, Transaction, placeholders
+
+T = TypeVar("T")
+
+# Seconds an hour: how often a service forgets old rows.
+CLEANUP_INTERVAL = 3600
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """
+    When to try again after a failed attempt: C{initial} seconds after the
+    first failure, doubling with each one, at most C{maximum}; rounded up to
+    whole seconds, and never fewer than C{minimum}.
+    """
+
+    initial: float
+    maximum: float
+    minimum: int = 0
+
+    def wait(self, attempts: int) -> float:
+        """Seconds to wait after the C{attempts}-th failed attempt (1, 2, ...)."""
+        return float(min(self.maximum, self.initial * 2 ** max(0, attempts - 1)))
+
+    def retry_at(self, now: int, attempts: int) -> int:
+        """The time of the next attempt after the C{attempts}-th failure, at C{now}."""
+        return now + max(self.minimum, int(self.wait(attempts) + 0.999))
+
+    def after_failure(
+        self, now: int, attempts: int, give_up_at: int, *, last_try_at_give_up: bool = False
+    ) -> Retry:
+        """
+        What follows the C{attempts}-th failure, at C{now}, of a row given up
+        from C{give_up_at} on: the next attempt, or giving up. With
+        C{last_try_at_give_up}, a backoff that would jump past C{give_up_at}
+        is cut short, so the last try comes at that time itself.
+        """
+        at = self.retry_at(now, attempts)
+        if last_try_at_give_up:
+            at = min(at, give_up_at)
+        return Retry(at, now >= give_up_at)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """After a failed attempt: when to try again, unless the row is given up."""
+
+    at: int
+    give_up: bool
+
+
+def skip_locked(dialect: Dialect) -> str:
+    """What ends a claiming C{SELECT}: row locks that others pass over, where there are any."""
+    return " FOR UPDATE SKIP LOCKED" if dialect.name == "mysql" else ""
+
+
+def claim_rows(
+    tx: Transaction,
+    table: str,
+    select: str,
+    args: Sequence[object],
+    now: int,
+    lease: int,
+    *,
+    pending: int = 0,
+    owner: str | None = None,
+    lock: bool = True,
+) -> list[tuple[Any, ...]]:
+    """
+    Lease the rows C{select} finds (their id first; it should ask only for
+    pending rows due at C{now} whose lease has run out) until C{now +
+    lease}, to C{owner} when the table records one (C{lease_owner}). A row
+    is leased only by the update that still finds its lease free: of two
+    claimers, only one gets it. With C{lock}, MariaDB reads the rows C{FOR
+    UPDATE SKIP LOCKED} (leave it off where the query joins other tables,
+    whose rows it would lock too). Return the leased rows, in C{select}'s
+    order.
+    """
+    rows = tx.fetchall(select + (skip_locked(tx.dialect) if lock else ""), *args)
+    owned = ", lease_owner = ?" if owner is not None else ""
+    claimed = []
+    for row in rows:
+        values: list[object] = [now + lease]
+        if owner is not None:
+            values.append(owner)
+        if tx.execute(
+            f"UPDATE {table} SET lease_until = ?{owned} "
+            "WHERE id = ? AND state = ? AND lease_until <= ?",
+            *values,
+            row[0],
+            pending,
+            now,
+        ):
+            claimed.append(tuple(row))
+    return claimed
+
+
+def release_rows(
+    tx: Transaction,
+    table: str,
+    row_ids: Sequence[int],
+    *,
+    pending: int = 0,
+    owner: str | None = None,
+) -> None:
+    """Give claimed rows back unsent (their lease ends now), only C{owner}'s when given."""
+    if not row_ids:
+        return
+    owned = " AND lease_owner = ?" if owner is not None else ""
+    tx.execute(
+        f"UPDATE {table} SET lease_until = 0 WHERE id IN ({placeholders(row_ids)}) "
+        f"AND state = ?{owned}",
+        *row_ids,
+        pending,
+        *([owner] if owner is not None else []),
+    )
+
+
+class LeasedOutboxService(Service):
+    """
+    The loop of a node's outbox delivery: look, deliver, look again. A
+    feature subclasses it with L{deliver_due} (claim and send what is due;
+    return how much work was done) and, when it keeps old rows, L{clean}.
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, clock: IReactorTime, poll_interval: float) -> None:
+        self.setName(name)
+        self._clock = clock
+        self._poll_interval = poll_interval
+        self._call: IDelayedCall | None = None
+        self._running: Deferred[int] | None = None
+        self._woken = False
+        self._next_cleanup = 0.0
+        # Set while the service stops: what has not started yet goes back.
+        self.stopping = False
+
+    # What a feature gives.
+
+    async def deliver_due(self, now: int) -> int:
+        """Claim what is due at C{now} and deliver it; how much was done (0: nothing)."""
+        raise NotImplementedError
+
+    async def clean(self, now: int) -> None:
+        """Forget rows kept long enough (called at most once per C{CLEANUP_INTERVAL})."""
+
+    def look_again_now(self, done: int) -> bool:
+        """Whether a round that did C{done} leaves work due right away."""
+        return done > 0
+
+    def round_failed(self, failure: Failure) -> None:
+        """A round failed as a whole (the database, say); the next comes after the poll."""
+        self.log.failure("{service} round failed", failure, service=self.name)
+
+    # Life cycle.
+
+    def startService(self) -> None:
+        super().startService()
+        self.stopping = False
+        self._schedule(0)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.stopping = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._running is not None:
+            d: Deferred[None] = Deferred()
+            self._running.addBoth(lambda _: d.callback(None))
+            return d
+        return None
+
+    def wake(self) -> None:
+        """
+        New rows were committed: look now rather than at the next poll (at
+        the end of the round under way, if one is).
+        """
+        if not self.running:
+            return
+        if self._running is not None:
+            self._woken = True
+        elif self._call is not None and self._call.active():
+            self._call.reset(0)
+
+    def _schedule(self, delay: float) -> None:
+        if self.running:
+            self._call = self._clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        self._woken = False
+        self._running = self.run_once()
+
+        def done(work: int) -> None:
+            self._running = None
+            again = self._woken or self.look_again_now(work)
+            self._schedule(0 if again else self._poll_interval)
+
+        def failed(failure: Failure) -> None:
+            self._running = None
+            self.round_failed(failure)
+            self._schedule(self._poll_interval)
+
+        self._running.addCallbacks(done, failed)
+
+    # One round.
+
+    def run_once(self) -> Deferred[int]:
+        """One round: forget old rows when it is time, deliver what is due."""
+        return Deferred.fromCoroutine(self._round())
+
+    async def _round(self) -> int:
+        now = int(self._clock.seconds())
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + CLEANUP_INTERVAL
+            await self.clean(now)
+        return await self.deliver_due(now)
+
+    # Delivery in order, for outboxes whose rows go to one receiver each.
+
+    async def deliver_in_order(
+        self,
+        due: Sequence[T],
+        receiver: Callable[[T], Hashable],
+        lease_ends: int,
+        attempt_time: float,
+        deliver: Callable[[T], Awaitable[None]],
+        delivered: Callable[[T], Awaitable[None]],
+        failed: Callable[[T, Exception], Awaitable[None]],
+        release: Callable[[list[T]], Awaitable[None]],
+        what: str,
+    ) -> int:
+        """
+        Deliver claimed rows, each receiver's one at a time in order and the
+        receivers side by side; return how many went. C{deliver} sends a
+        row (raising when it did not go), C{delivered} records that it went.
+        A receiver's rows stop at its first failure (C{failed} records it), or when the next attempt
+        could outlast the lease (C{attempt_time}: the longest an attempt and
+        its record may take), since another node may then claim the rows
+        and must not find one still being sent: the rest are released for
+        the next round, in order. C{what} names a receiver's delivery in the
+        log when it fails as a whole.
+        """
+        by_receiver: dict[Hashable, list[T]] = {}
+        for row in due:
+            by_receiver.setdefault(receiver(row), []).append(row)
+
+        async def one_receiver(rows: list[T]) -> int:
+            sent = 0
+            for i, row in enumerate(rows):
+                if self._clock.seconds() + attempt_time > lease_ends:
+                    await release(rows[i:])
+                    return sent
+                try:
+                    await deliver(row)
+                except Exception as e:
+                    await failed(row, e)
+                    await release(rows[i + 1 :])
+                    return sent
+                await delivered(row)
+                sent += 1
+            return sent
+
+        results = await DeferredList(
+            [Deferred.fromCoroutine(one_receiver(rows)) for rows in by_receiver.values()],
+            consumeErrors=True,
+        )
+        sent = 0
+        for ok, value in results:
+            if ok:
+                sent += int(value)
+            else:
+                self.log.failure(what, cast(Failure, value))
+        return sent
+
+
+__all__ = [
+    "CLEANUP_INTERVAL",
+    "Backoff",
+    "LeasedOutboxService",
+    "Retry",
+    "claim_rows",
+    "release_rows",
+    "skip_locked",
+]
