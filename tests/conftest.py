@@ -28,6 +28,9 @@ from tests.support.storage import DatabaseTarget
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
+# pytest-xdist's --dist loadgroup, done so that it holds with pytest 9.2.
+pytest_plugins = ["tests.support.scheduling"]
+
 # ---------------------------------------------------------------------------
 # Bytecode: compiled once here, not by every process a test starts.
 # ---------------------------------------------------------------------------
