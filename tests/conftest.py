@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorThreads
 
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
+from tests.support.artifacts import screenshot_dir
 from tests.support.bytecode import compile_product
 from tests.support.deferreds import block_on
 from tests.support.logged_errors import ErrorCollector, collecting_errors
@@ -174,6 +175,17 @@ def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
     with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest) -> Path:
+    """
+    An empty directory for the test's screenshots, kept after the run under
+    test-artifacts/screenshots/ (tests/support/artifacts.py); its path is printed.
+    """
+    directory = screenshot_dir(request.node.nodeid)
+    print(f"screenshots: {directory}")
+    return directory
 
 
 @pytest.fixture(scope="session")
