@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorThreads
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
 from tests.support import interrupt
+from tests.support.artifacts import screenshot_dir
 from tests.support.bytecode import compile_product
 from tests.support.deferreds import block_on
 from tests.support.logged_errors import ErrorCollector, collecting_errors
@@ -28,6 +29,9 @@ from tests.support.storage import DatabaseTarget
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
+
+# pytest-xdist's --dist loadgroup, done so that it holds with pytest 9.2.
+pytest_plugins = ["tests.support.scheduling"]
 
 # ---------------------------------------------------------------------------
 # Bytecode: compiled once here, not by every process a test starts.
@@ -181,6 +185,17 @@ def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
     with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest) -> Path:
+    """
+    An empty directory for the test's screenshots, kept after the run under
+    test-artifacts/screenshots/ (tests/support/artifacts.py); its path is printed.
+    """
+    directory = screenshot_dir(request.node.nodeid)
+    print(f"screenshots: {directory}")
+    return directory
 
 
 @pytest.fixture(scope="session")

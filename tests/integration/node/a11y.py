@@ -2,8 +2,8 @@
 Checks a person-facing page must pass in a real Chromium, at a desktop's
 and a phone's size: no horizontal scrolling, and no WCAG 2.x A/AA
 violation that axe-core (npm, installed from axe/package-lock.json the
-first time it is needed) finds. Each page's screenshots are kept under the
-test's temporary directory.
+first time it is needed) finds. Each page's screenshots are kept under
+test-artifacts/screenshots/ (the screenshots fixture, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -208,10 +208,7 @@ class PageChecker:
         return json.dumps(self.problems, indent=1)
 
 
-def checker(driver: WebDriver, tmp_path: Path) -> PageChecker:
-    """A L{PageChecker} whose screenshots go under C{tmp_path} (the path printed)."""
-    screenshots = tmp_path / "screenshots"
-    screenshots.mkdir(parents=True, exist_ok=True)
-    print(f"screenshots: {screenshots}")
+def checker(driver: WebDriver, screenshots: Path) -> PageChecker:
+    """A L{PageChecker} whose screenshots go in C{screenshots} (the fixture of that name)."""
     driver.set_script_timeout(60)
     return PageChecker(driver, screenshots, axe_source())

@@ -144,11 +144,11 @@ def sign_up_and_verify(
 
 
 def test_person_pages_accessible_at_both_sizes(
-    chrome: WebDriver, node: NodeProcess, rp_site: BrowsableSite, tmp_path: Path
+    chrome: WebDriver, node: NodeProcess, rp_site: BrowsableSite, screenshots: Path
 ) -> None:
     driver = chrome
     driver.delete_all_cookies()
-    pages = checker(driver, tmp_path)
+    pages = checker(driver, screenshots)
     email = f"a11y{secrets.token_hex(4)}@example.com"
     sign_up_and_verify(driver, node, pages, email)
     # A name to offer the site (set by an upstream provider's claims in life).
@@ -298,7 +298,7 @@ def sign_up_and_verify_quietly(driver: WebDriver, node: NodeProcess, email: str)
 
 
 def test_second_factor_and_console_pages(
-    chrome: WebDriver, node: NodeProcess, tmp_path: Path
+    chrome: WebDriver, node: NodeProcess, screenshots: Path
 ) -> None:
     """
     The second factors' pages (set-up, recovery codes, the code asked after
@@ -308,7 +308,7 @@ def test_second_factor_and_console_pages(
     """
     driver = chrome
     driver.delete_all_cookies()
-    pages = checker(driver, tmp_path)
+    pages = checker(driver, screenshots)
     email = f"mfa{secrets.token_hex(4)}@example.com"
     sign_up_and_verify_quietly(driver, node, email)
     driver.get(node.url + "account/mfa")

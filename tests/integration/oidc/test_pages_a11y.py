@@ -22,10 +22,12 @@ from tests.support.chromium import By, WebDriver, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_sign_in_and_consent_pages(provider: Provider, chrome: WebDriver, tmp_path: Path) -> None:
+def test_sign_in_and_consent_pages(
+    provider: Provider, chrome: WebDriver, screenshots: Path
+) -> None:
     callback = Callback()
     try:
-        pages = checker(chrome, tmp_path)
+        pages = checker(chrome, screenshots)
         email = f"axe-{secrets.token_hex(4)}@example.com"
         provider.node.ctl("user", "add", email, "--password-stdin", input=PASSWORD + "\n")
         client = provider.client(callback.url)

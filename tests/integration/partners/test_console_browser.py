@@ -6,8 +6,8 @@ copy button puts a new API key on the clipboard. Every console page is
 covered: the list of sites, a site (with its events and keys tables, a
 new key, an invitation link, a failed verify), registering a site,
 deleting one, accepting an invitation, and the guides it links to.
-Screenshots of every page at both sizes are kept under the test's
-temporary directory.
+Screenshots of every page at both sizes are kept under
+test-artifacts/screenshots/ (the screenshots fixture, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -47,16 +47,17 @@ def fits(driver: WebDriver, width: int, height: int, shot: Path) -> None:
     )
 
 
-def check_page(driver: WebDriver, url: str, name: str, tmp_path: Path) -> None:
+def check_page(driver: WebDriver, url: str, name: str, screenshots: Path) -> None:
     """Open C{url} and check it at both sizes, keeping screenshots of its tables too."""
     for width, height in SIZES:
         driver.set_window_size(width, height)
         driver.get(url)
         wait_for(driver, "main h1")
-        fits(driver, width, height, tmp_path / f"{name}-{width}x{height}.png")
+        fits(driver, width, height, screenshots / f"{name}-{width}x{height}.png")
         for table in driver.find_elements(By.CSS_SELECTOR, ".table-wrap table"):
             driver.execute_script("arguments[0].scrollIntoView()", table)
-            shot = tmp_path / f"{name}-{table.get_attribute('id') or 'table'}-{width}x{height}.png"
+            label = table.get_attribute("id") or "table"
+            shot = screenshots / f"{name}-{label}-{width}x{height}.png"
             driver.save_screenshot(str(shot))
 
 
@@ -69,7 +70,7 @@ def use_session(driver: WebDriver, node: NodeProcess, who: Browser) -> None:
 
 
 def test_console_pages_fit_desktop_and_phone(
-    chrome: WebDriver, node: NodeProcess, partner: Partner, tmp_path: Path
+    chrome: WebDriver, node: NodeProcess, partner: Partner, screenshots: Path
 ) -> None:
     driver = chrome
     admin = partner.site.admin
@@ -106,7 +107,7 @@ def test_console_pages_fit_desktop_and_phone(
     assert copied == key
     assert copy.text == "Copied"
     for width, height in SIZES:
-        fits(driver, width, height, tmp_path / f"new-key-{width}x{height}.png")
+        fits(driver, width, height, screenshots / f"new-key-{width}x{height}.png")
     # On the phone, the keys table is wider than its box: it scrolls in there.
     driver.set_window_size(*SIZES[1])
     table, box = driver.execute_script(
@@ -124,7 +125,7 @@ def test_console_pages_fit_desktop_and_phone(
     click(driver, driver.find_element(By.ID, "invite-admin"))
     invitation_url = wait_for(driver, "#invitation-url").text
     for width, height in SIZES:
-        fits(driver, width, height, tmp_path / f"invitation-link-{width}x{height}.png")
+        fits(driver, width, height, screenshots / f"invitation-link-{width}x{height}.png")
 
     # A site whose verify fails: its error, shown once.
     unverified = register_site(
@@ -135,7 +136,7 @@ def test_console_pages_fit_desktop_and_phone(
     click(driver, driver.find_element(By.ID, "verify"))
     assert "could not verify" in wait_for(driver, "#verify-error").text
     for width, height in SIZES:
-        fits(driver, width, height, tmp_path / f"verify-failed-{width}x{height}.png")
+        fits(driver, width, height, screenshots / f"verify-failed-{width}x{height}.png")
 
     pages = {
         "console": "partners",
@@ -147,13 +148,13 @@ def test_console_pages_fit_desktop_and_phone(
         "api-guide": "docs/partners/api",
     }
     for name, path in pages.items():
-        check_page(driver, node.url + path, name, tmp_path)
+        check_page(driver, node.url + path, name, screenshots)
 
     # The invited person's page, in their own session.
     invitee = Browser(node.url)
     assert invitee.sign_up(invitee_email, PASSWORD).ok
     use_session(driver, node, invitee)
-    check_page(driver, invitation_url, "invitation", tmp_path)
+    check_page(driver, invitation_url, "invitation", screenshots)
     assert driver.find_elements(By.CSS_SELECTOR, "form[action^='/partners/invitations/']")
     # The invitation is still there to accept: nothing above used it.
     page = invitee.get(invitation_url)
