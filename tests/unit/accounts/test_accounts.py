@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Collection
 from typing import Any, Literal, cast
 
 import pymysql
@@ -471,7 +472,7 @@ class _SwitchingOver:
     """
 
     def __init__(
-        self, storage: AdbapiStorage, cut: set[str], commit_lost: set[str] = frozenset()
+        self, storage: AdbapiStorage, cut: set[str], commit_lost: Collection[str] = ()
     ) -> None:
         self._storage = storage
         self.dialect = storage.dialect
