@@ -378,6 +378,10 @@ def _start_session(
     expires: int,
     how: SignIn,
 ) -> None:
+    if tx.scalar("SELECT 1 FROM sessions WHERE token_hash = ?", token_hash) is not None:
+        # This very session (its token is new and random): an earlier run
+        # committed and its answer was lost. Everything below was done then.
+        return
     # Sign-in rotates the token: the browser's previous session ends.
     if previous_hash:
         _delete_sessions(tx, "token_hash = ?", previous_hash)
@@ -701,12 +705,18 @@ class Accounts:
             ("account", address, self._settings.throttle_per_account),
             ("address", client_address[:255], self._settings.throttle_per_address),
         ]
-        wait = await self._storage.run(_reserve_attempt, subjects, now, window)
+        # The sign-in rides a database switchover or failover: a transaction
+        # refused before it committed runs again (run_through_failover).
+        wait = await run_through_failover(
+            self._reactor, self._storage, _reserve_attempt, subjects, now, window
+        )
         if wait:
             raise Throttled(wait)
         # From here the attempt counts as a failure (so parallel attempts
         # in flight count against the limit) until it proves to be right.
-        found = await self._storage.run(_account_and_hash, address)
+        found = await run_through_failover(
+            self._reactor, self._storage, _account_and_hash, address, idempotent=True
+        )
         if found is None or found[1] is None:
             await self._in_thread(self._verify_dummy, password)
             ok = False
@@ -728,7 +738,7 @@ class Accounts:
         if not ok or found is None or found[0].disabled:
             raise SignInRefused()
         account, pw_hash = found
-        await self._storage.run(_signed_in, subjects)
+        await run_through_failover(self._reactor, self._storage, _signed_in, subjects)
         if pw_hash is not None and self._hasher.check_needs_rehash(pw_hash):
             new_hash = await self._in_thread(self._hasher.hash, password)
             await self._storage.run(
@@ -814,7 +824,11 @@ class Accounts:
         """
         token = secrets.token_urlsafe(32)
         now = self._now()
-        await self._storage.run(
+        # Idempotent by its token (L{_start_session}): a commit whose answer
+        # was lost in a database switchover runs again and finds its session.
+        await run_through_failover(
+            self._reactor,
+            self._storage,
             _start_session,
             session_hash(token),
             session_hash(previous_token) if previous_token else None,
@@ -822,6 +836,7 @@ class Accounts:
             now,
             now + self._settings.session_lifetime,
             how or SignIn(client_address),
+            idempotent=True,
         )
         return token
 

@@ -11,6 +11,7 @@ timings clean on a loaded machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,20 +63,91 @@ print(f"{count} requests on one connection")
 """
 
 
+def _build_production_lab() -> Any:
+    lab = labmod.Lab.for_run(PREFIX)
+    try:
+        lab.up(shape="production", db=False, timeout=120.0)
+    except BaseException:
+        lab.down()
+        raise
+    return lab
+
+
+def as_built(lab: Any) -> list[str]:
+    """
+    What differs in C{lab} from the lab as L{_build_production_lab} left it,
+    in what these tests rely on (empty: a test may start on it): each node
+    running and not stopped, each app node holding its own VIP alone, MASTER
+    of its group and BACKUP of the other's, the app hosts with the lab's ARP
+    settings, and app1's VIP never parked nor handed off unparked by app1's
+    node. A few commands only: each one costs on a loaded machine.
+    """
+    wrong = []
+    for host in ("app1", "app2", "witness"):
+        pid = lab.pid(host)
+        if pid is None:
+            wrong.append(f"{host} not running")
+            continue
+        for child in [pid, *lab.worker_pids(host)]:
+            with contextlib.suppress(OSError):
+                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state == "T":
+                    wrong.append(f"{host} process {child} stopped")
+    if wrong:
+        return wrong
+    names = [s.split("=")[0] for s in labmod.ARP_SYSCTLS]
+    values = [s.split("=")[1] for s in labmod.ARP_SYSCTLS]
+    for host, other in (("app1", "app2"), ("app2", "app1")):
+        vip = labmod.APP_VIPS[host]
+        if lab.vip_holders(vip) != [host]:
+            wrong.append(f"{vip} held by {lab.vip_holders(vip)}")
+        groups = {str(g["group"]): g for g in lab.cluster_status(host)["groups"]}
+        states = (groups[host]["state"], groups[other]["state"])
+        if states != ("MASTER", "BACKUP"):
+            wrong.append(f"{host}: groups {host}, {other} {states}")
+        if host == "app1":
+            counters = dict(groups["app1"]["counters"])
+            moved = {k: counters.get(k, 0) for k in ("parked", "hand_off_unparked")}
+            if any(moved.values()):
+                wrong.append(f"app1's VIP moved by app1 already: {moved}")
+        settings = lab.exec(host, "sysctl", "-n", *names).split()
+        if settings != values:
+            wrong.append(f"{host}: ARP settings {settings}")
+    return wrong
+
+
+@pytest.fixture(scope="module")
+def shared_lab() -> Iterator[list[Any]]:
+    """The module's lab (built when first needed; replaced when a test changed it)."""
+    holder: list[Any] = []
+    yield holder
+    for lab in holder:
+        lab.down()
+
+
 @pytest.fixture
-def production_lab() -> Iterator[Any]:
-    """The production shape (scripts/lab up's default), app nodes on SQLite."""
+def production_lab(shared_lab: list[Any]) -> Any:
+    """
+    The production shape (scripts/lab up's default), app nodes on SQLite: the
+    module's lab when it is still as built (L{as_built}, checked before each
+    test), else a new one; each bring-up costs about 10 s on a loaded machine.
+    """
     if os.geteuid() != 0:
         pytest.fail("the lab needs root to create network namespaces", pytrace=False)
     for tool in ("ip", "curl"):
         if shutil.which(tool) is None:
             pytest.fail(f"the lab needs {tool} (iproute2, curl)", pytrace=False)
-    lab = labmod.Lab.for_run(PREFIX)
-    try:
-        lab.up(shape="production", db=False, timeout=120.0)
-        yield lab
-    finally:
-        lab.down()
+    if shared_lab:
+        try:
+            changed = as_built(shared_lab[0])
+        except labmod.LabError as e:
+            changed = [str(e)]
+        if not changed:
+            return shared_lab[0]
+        print(f"\nthe module's lab was changed ({'; '.join(changed)}): building a new one")
+        shared_lab.pop().down()
+    shared_lab.append(_build_production_lab())
+    return shared_lab[0]
 
 
 # One request sent whole on its own connection; then its answer's status line

@@ -5,8 +5,10 @@ previous release (the tag 0.1.0, or CLICKPASS_UPGRADE_FROM), and every node is
 moved to this checkout one at a time (witness, database replica's host,
 switchover, old primary's host, then each app node drained by a VIP
 switchover) while a relying party in the client namespace signs people in
-through both app VIPs without pause. No sign-in may fail and every account
-signed up during the roll must be on both database servers at the end.
+through both app VIPs without pause; then, every node on this checkout, the
+database is switched over again (CLICKPASS_UPGRADE_SWITCHOVERS times, back
+and forth) with the sign-ins still flowing. No sign-in may fail and every
+account signed up must be on both database servers at the end.
 
 A sign-in in flight on an app node when its VIP moves away still gets its
 answer: this release hands the address off (it stays on the node's lo for
@@ -55,6 +57,9 @@ CLIENT = labmod.HOSTS["client"]
 SIGNUP_EVERY = 5
 # Seconds a VIP parked by hand on an old release's lo stays there (its lease).
 PARK_SECONDS = 120
+# Planned database switchovers once every node runs this checkout, sign-ins
+# flowing (more, to look for a rare failure: CLICKPASS_UPGRADE_SWITCHOVERS=5).
+SWITCHOVERS = int(os.environ.get("CLICKPASS_UPGRADE_SWITCHOVERS", "1"))
 
 
 def previous_release(directory: Path) -> Path:
@@ -153,6 +158,8 @@ class SignIns:
 
     namespace: str
     ok: list[tuple[float, str]] = field(default_factory=list)
+    # (started, finished) of each sign-in that succeeded, CLOCK_MONOTONIC.
+    ok_spans: list[tuple[float, float]] = field(default_factory=list)
     # (started, finished, VIP, what went wrong), CLOCK_MONOTONIC.
     failures: list[tuple[float, float, str, str]] = field(default_factory=list)
     identities: dict[str, str] = field(default_factory=dict)
@@ -193,7 +200,9 @@ class SignIns:
             failure = (started, time.monotonic(), vip, f"{type(e).__name__}: {e}")
             self.failures.append(failure)
         else:
-            self.ok.append((time.monotonic(), vip))
+            finished = time.monotonic()
+            self.ok.append((finished, vip))
+            self.ok_spans.append((started, finished))
 
     def _begin(self) -> tuple[consumer.Consumer, str]:
         rp = consumer.Consumer({}, self.store)
@@ -340,6 +349,50 @@ def in_flight_at_a_move(failure: tuple[float, float, str, str], moves: list[floa
     return any(started <= moved + 0.5 and finished >= moved - 2.0 for moved in moves)
 
 
+def settled_roles(lab: Any) -> tuple[str, str]:
+    """The database hosts as (primary, its replica), once one is each."""
+    deadline = time.monotonic() + 120.0
+    while True:
+        roles = {host: lab.db_role(host) for host in labmod.DB_NODES}
+        if sorted(roles.values()) == ["primary", "replica"]:
+            primary = next(h for h, r in roles.items() if r == "primary")
+            return primary, next(h for h in labmod.DB_NODES if h != primary)
+        assert time.monotonic() < deadline, f"the database roles did not settle: {roles}"
+        time.sleep(0.5)
+
+
+def switch_over_on_this_release(
+    lab: Any, signins: SignIns, step: Any
+) -> list[tuple[float, float, int]]:
+    """
+    Once every node runs this checkout: planned database switchovers back and
+    forth (L{SWITCHOVERS}), sign-ins flowing. Returns, for each, when it was
+    asked for, when both roles had settled, and how many sign-ins that
+    succeeded were under way across that span (some must have been: else
+    the switchover proved nothing).
+    """
+    done = []
+    for n in range(SWITCHOVERS):
+        # db2 should be the primary after the roll, but a loaded machine may
+        # have failed it over meanwhile (missed adverts): start from what is.
+        primary, replica = settled_roles(lab)
+        began = time.monotonic()
+        retry(lambda p=primary: lab.ctl(p, "db", "switchover", timeout=30.0), "db switchover")
+        primary, replica = replica, primary
+        wait_db(lab, primary, replica)
+        ended = time.monotonic()
+        step(f"switchover {n + 1} to {primary} (every node on this checkout)")
+        lab.wait_for(
+            lambda e=ended: any(f > e for _, f in signins.ok_spans) or signins.failures,
+            60.0,
+            "a sign-in after the switchover",
+        )
+        spanning = sum(1 for s, f in signins.ok_spans if s < ended and f > began)
+        assert spanning > 0, "no sign-in was under way during the switchover"
+        done.append((began, ended, spanning))
+    return done
+
+
 @pytest.mark.timeout(1500)
 def test_rolling_upgrade_with_sign_ins_flowing(old_lab: Any) -> None:
     """
@@ -361,25 +414,34 @@ def test_rolling_upgrade_with_sign_ins_flowing(old_lab: Any) -> None:
     def step(name: str) -> None:
         steps.append((name, round(time.monotonic() - started, 1)))
 
-    upgrade(lab, "witness")
-    lab.wait_for(lambda: answers(lab, "witness"), 60.0, "the witness to answer")
-    step("witness")
-    upgrade(lab, "db2")
-    wait_db(lab, "db1", "db2")
-    step("db2 (replica)")
-    retry(lambda: lab.ctl("db1", "db", "switchover", timeout=30.0), "db switchover")
-    wait_db(lab, "db2", "db1")
-    step("switchover to db2")
-    upgrade(lab, "db1")
-    wait_db(lab, "db2", "db1")
-    step("db1 (replica)")
-    roll_app(lab, "app1", "app2", moves)
-    step("app1")
-    roll_app(lab, "app2", "app1", moves)
-    step("app2")
-    count = len(signins.ok)
-    lab.wait_for(lambda: len(signins.ok) >= count + 10, 120.0, "sign-ins after the roll")
-    signins.stop()
+    try:
+        upgrade(lab, "witness")
+        lab.wait_for(lambda: answers(lab, "witness"), 60.0, "the witness to answer")
+        step("witness")
+        upgrade(lab, "db2")
+        wait_db(lab, "db1", "db2")
+        step("db2 (replica)")
+        retry(lambda: lab.ctl("db1", "db", "switchover", timeout=30.0), "db switchover")
+        wait_db(lab, "db2", "db1")
+        step("switchover to db2")
+        upgrade(lab, "db1")
+        wait_db(lab, "db2", "db1")
+        step("db1 (replica)")
+        roll_app(lab, "app1", "app2", moves)
+        step("app1")
+        roll_app(lab, "app2", "app1", moves)
+        step("app2")
+        switched = switch_over_on_this_release(lab, signins, step)
+        count = len(signins.ok)
+        lab.wait_for(lambda: len(signins.ok) >= count + 10, 120.0, "sign-ins after the roll")
+        signins.stop()
+    except BaseException:
+        signins.stop()
+        print(
+            f"\nthe roll stopped after steps {steps}; sign-ins ok {len(signins.ok)}, failed"
+            f" {[(round(a - started, 1), v, e) for a, _, v, e in signins.failures]}"
+        )
+        raise
 
     for host in (*labmod.NODES, *labmod.DB_NODES):
         assert runs_release(lab, host, None), f"{host} does not run this checkout"
@@ -393,6 +455,16 @@ def test_rolling_upgrade_with_sign_ins_flowing(old_lab: Any) -> None:
         f" app VIPs moved at {[round(m - started, 1) for m in moves]} s; failures"
         f" {[(round(a - started, 1), round(b - started, 1), v, e) for a, b, v, e in failures]}"
     )
+    automatic = sum(
+        (lab.dir / host / "node.log").read_text(errors="replace").count("PROMOTED (automatic)")
+        for host in labmod.DB_NODES
+    )
+    print(f"unplanned (automatic) database failovers during the test: {automatic}")
+    for n, (began, ended, spanning) in enumerate(switched, 1):
+        print(
+            f"database switchover {n} on this release: {ended - began:.1f} s from the request"
+            f" to both roles settled; {spanning} sign-ins in flight across it succeeded"
+        )
     at_moves = [f[2:] for f in signins.failures if in_flight_at_a_move(f, moves)]
     assert signins.failures == [], f"{len(at_moves)} in flight at a VIP move: {at_moves[:5]}"
     assert len(during) >= 50

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Collection
 from typing import Any, Literal, cast
 
+import pymysql
 import pytest
 from argon2 import PasswordHasher
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -459,6 +461,88 @@ async def test_sign_up_is_idempotent_through_an_unknown_commit_outcome(
     assert account.email == "ann@example.org"
     with pytest.raises(AccountError, match="already exists"):
         await accounts.sign_up("ann@example.org", PASSWORD)
+
+
+class _SwitchingOver:
+    """
+    A storage in a database switchover, for the transactions whose function is
+    named in C{cut}: each one's first run is refused before it reaches the
+    server (the database VIP is moving: a connection that cannot be made), or,
+    for those in C{commit_lost}, commits and then loses its answer.
+    """
+
+    def __init__(
+        self, storage: AdbapiStorage, cut: set[str], commit_lost: Collection[str] = ()
+    ) -> None:
+        self._storage = storage
+        self.dialect = storage.dialect
+        self._cut = set(cut)
+        self._commit_lost = set(commit_lost)
+        self.hit: list[str] = []
+
+    def run(self, fn: Any, *args: object) -> Deferred[Any]:
+        name = getattr(fn, "__name__", "")
+        if name in self._commit_lost:
+            self._commit_lost.discard(name)
+            self.hit.append(name)
+
+            def lost(_: object) -> object:
+                raise OutcomeUnknown("connection lost during COMMIT")
+
+            return self._storage.run(fn, *args).addCallback(lost)
+        if name in self._cut:
+            self._cut.discard(name)
+            self.hit.append(name)
+            refused = pymysql.err.OperationalError(
+                2003, "Can't connect to MySQL server on '10.0.0.200' (timed out)"
+            )
+            return fail(refused)
+        return self._storage.run(fn, *args)
+
+    def run_blocking(self, fn: Any, *args: object) -> Any:
+        return self._storage.run_blocking(fn, *args)
+
+    def describe(self) -> str:
+        return self._storage.describe()
+
+    def close(self) -> None:
+        self._storage.close()
+
+
+@async_test
+async def test_sign_in_rides_a_database_switchover(
+    database_target: DatabaseTarget, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    Each transaction of a sign-in refused once before it reached the server
+    (the database VIP moving) runs again, and the session whose commit's
+    answer was lost is found by its token, not made twice: the person is
+    signed in with one session, one sign-in event, the failure count reset.
+    """
+    plain = Accounts(
+        database_target.reactor, storage_backend, SETTINGS, clock=clock.seconds, hasher=FAST_HASHER
+    )
+    account = await plain.sign_up("ann@example.org", PASSWORD)
+    steps = {"_reserve_attempt", "_account_and_hash", "_signed_in"}
+    switching = _SwitchingOver(storage_backend, cut=steps, commit_lost={"_start_session"})
+    accounts = Accounts(
+        database_target.reactor, switching, SETTINGS, clock=clock.seconds, hasher=FAST_HASHER
+    )
+    signed_in = await accounts.authenticate("ann@example.org", PASSWORD, "192.0.2.1")
+    token = await accounts.start_session(signed_in, "192.0.2.1")
+    assert sorted(switching.hit) == sorted([*steps, "_start_session"])
+    assert await plain.session_account(token) == account
+    counts = await storage_backend.run(
+        lambda tx: (
+            tx.scalar("SELECT COUNT(*) FROM sessions WHERE account_id = ?", account.id),
+            tx.scalar(
+                "SELECT COUNT(*) FROM security_events WHERE account_id = ? AND kind = 'signin'",
+                account.id,
+            ),
+            tx.scalar("SELECT MAX(failures) FROM signin_failures"),
+        )
+    )
+    assert counts == (1, 1, 0)
 
 
 class _CountingHasher(PasswordHasher):
