@@ -86,7 +86,7 @@ class Text(str):
     template: str
     params: dict[str, Any]
     plural: str | None = None
-    count: int = 1
+    number: int = 1
 
     def __new__(cls, template: str, **params: Any) -> Text:
         text = super().__new__(cls, template % params)
@@ -99,7 +99,7 @@ def n_text(singular: str, plural: str, count: int, **params: Any) -> Text:
     """A L{Text} with a singular and a plural, chosen by C{count} (given as C{%(count)d})."""
     params["count"] = count
     english = Text(singular if count == 1 else plural, **params)
-    english.template, english.plural, english.count = singular, plural, count
+    english.template, english.plural, english.number = singular, plural, count
     return english
 
 
@@ -113,7 +113,7 @@ def translate(message: str, **params: Any) -> str:
         # A parameter that is itself a message (a field's label) is translated too.
         values = {k: translate(v) if isinstance(v, Text) else v for k, v in message.params.items()}
         if message.plural is not None:
-            return ngettext(message.template, message.plural, message.count) % values
+            return ngettext(message.template, message.plural, message.number) % values
         return gettext(message.template) % values
     text = gettext(message)
     return text % params if params else text
@@ -138,6 +138,18 @@ def pick(tags: Iterable[str]) -> str | None:
         if language in LANGUAGES:
             return language
     return None
+
+
+def wishes(value: str | None) -> list[str] | None:
+    """
+    A partner's list of languages (OpenID Connect's space-separated
+    C{ui_locales}, the OpenID UI extension's C{lang}, which may use commas),
+    read only as far as L{MAX_HEADER} characters; L{None} when empty.
+    """
+    if not value:
+        return None
+    tags = value[:MAX_HEADER].replace(",", " ").split()[:MAX_PREFERENCES]
+    return tags or None
 
 
 def negotiate(header: str | None) -> str | None:

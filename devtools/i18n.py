@@ -122,7 +122,7 @@ def _ids(message: Message) -> tuple[str, ...]:
 def _strings(message: Message) -> tuple[str, ...]:
     if isinstance(message.string, (list, tuple)):
         return tuple(message.string)
-    return (message.string,)
+    return (message.string or "",)
 
 
 def problems() -> Iterator[str]:

@@ -39,6 +39,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass import i18n
 from clickpass.accounts.flows import releasable_email
 from clickpass.accounts.service import Account, session_hash
 from clickpass.i18n import N_
@@ -411,6 +412,12 @@ class OIDCWeb:
     # Authorization.
 
     async def authorize(self, request: Request) -> bytes:
+        # ui_locales (OpenID Connect Core 3.1.2.1): the pages of this flow,
+        # from the sign-in page on, follow the first language we speak.
+        ui_locales = (request.args or {}).get(b"ui_locales") or [b""]
+        self.app.follow_partner_language(
+            request, i18n.wishes(ui_locales[0].decode("utf-8", "replace"))
+        )
         try:
             auth = await self._read_request(authorize.single_values(request.args or {}))
             return await self._authorize(request, auth)

@@ -69,6 +69,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass import i18n
 from clickpass.accounts.service import Account
 from clickpass.i18n import N_, Text
 from clickpass.openid import approvals, discovery, extensions
@@ -536,6 +537,10 @@ class OpenIDWeb:
                 openid_head=discovery.op_head_html(self.base_url),
                 endpoint=discovery.endpoint_url(self.base_url),
             )
+        if query.get("openid.mode") in ("checkid_setup", "checkid_immediate"):
+            # The OpenID User Interface extension's language: the pages of
+            # this sign-in, from the sign-in page on, follow it.
+            self.app.follow_partner_language(request, i18n.wishes(ui_language(query)))
         try:
             openid_request = self.assertions.provider.decode(query)
         except UntrustedReturnURL as e:
@@ -997,6 +1002,20 @@ def _same_url(a: str | None, b: str) -> bool:
         return bool(urinorm(a) == urinorm(b))
     except ValueError:
         return False
+
+
+UI_EXTENSION = "http://specs.openid.net/extensions/ui/1.0"
+
+
+def ui_language(query: dict[str, str]) -> str | None:
+    """
+    The C{lang} of the OpenID User Interface extension in a request, under
+    whatever alias the site declared for it (C{openid.ns.ui} usually).
+    """
+    for key, value in query.items():
+        if key.startswith("openid.ns.") and value == UI_EXTENSION:
+            return query.get("openid." + key[len("openid.ns.") :] + ".lang")
+    return None
 
 
 def _raw_field(request: Request, name: str, limit: int) -> str:

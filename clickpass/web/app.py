@@ -373,11 +373,8 @@ class WebApp:
         """
         state = request_state(request)
         if state.language is None:
-            state.language = (
-                i18n.known(_cookie(request, FLOW_LANGUAGE_COOKIE))
-                or i18n.known(_cookie(request, LANGUAGE_COOKIE))
-                or i18n.negotiate(_header(request, b"accept-language"))
-                or i18n.DEFAULT
+            state.language = i18n.known(_cookie(request, FLOW_LANGUAGE_COOKIE)) or _chosen_language(
+                request
             )
         i18n.current.set(state.language)
         return state.language
@@ -401,6 +398,10 @@ class WebApp:
         if language is None:
             if request.getCookie(FLOW_LANGUAGE_COOKIE):
                 self.set_cookie(request, FLOW_LANGUAGE_COOKIE, "", 0)
+                # This request no longer follows the earlier flow's language.
+                language = _chosen_language(request)
+                request_state(request).language = language
+                i18n.current.set(language)
             return
         self.set_cookie(request, FLOW_LANGUAGE_COOKIE, language, None)
         request_state(request).language = language
@@ -484,6 +485,15 @@ def _here(request: Request) -> str:
     path, _, query = request.uri.decode("utf-8", "replace").partition("?")
     kept = [p for p in query.split("&") if p and not p.startswith("done=")]
     return safe_next(path + ("?" + "&".join(kept) if kept else ""), "/")
+
+
+def _chosen_language(request: Request) -> str:
+    """The person's own language: the switcher's choice, else the browser's, else English."""
+    return (
+        i18n.known(_cookie(request, LANGUAGE_COOKIE))
+        or i18n.negotiate(_header(request, b"accept-language"))
+        or i18n.DEFAULT
+    )
 
 
 def _cookie(request: Request, name: bytes) -> str | None:

@@ -109,7 +109,7 @@ class Router(Resource):
         # Called first in each handler's own context (a handler runs in a
         # copy of the context, so what this sets there stays with the
         # request): the application picks the request's language here.
-        self.on_request: Callable[[Request], None] | None = None
+        self.on_request: Callable[[Request], object] | None = None
         # Per-route request counts and latency, labelled by the route's
         # pattern (never the raw path, so the label set stays bounded).
         self.observer: RequestObserver | None = None
