@@ -159,15 +159,18 @@ def problems() -> Iterator[str]:
             if not all(strings):
                 yield f"{language}: untranslated {first!r}"
                 continue
-            wanted_places = sorted(_PLACEHOLDER.findall(_ids(message)[-1]))
+            # Each translation uses the message's placeholders (a singular
+            # may leave out the count, as "one" often is).
+            wanted_places = set(_PLACEHOLDER.findall(_ids(message)[-1]))
             for string in strings:
-                if sorted(_PLACEHOLDER.findall(string)) != wanted_places and wanted_places:
-                    if set(_PLACEHOLDER.findall(string)) != set(wanted_places):
-                        yield f"{language}: placeholders differ in {first!r}: {string!r}"
-                        break
+                if set(_PLACEHOLDER.findall(string)) - wanted_places or (
+                    len(strings) == 1 and set(_PLACEHOLDER.findall(string)) != wanted_places
+                ):
+                    yield f"{language}: placeholders differ in {first!r}: {string!r}"
+                    break
         try:
             write_mo(io.BytesIO(), catalog, use_fuzzy=False)
-        except Exception as e:  # noqa: BLE001 - reported, one line
+        except Exception as e:  # reported, one line
             yield f"{language}: does not compile: {e}"
 
 

@@ -299,6 +299,7 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "acr_values_supported": list(ACR_VALUES),
+        "ui_locales_supported": list(i18n.LANGUAGES),
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
     }  # fmt: skip

@@ -72,6 +72,11 @@ def test_ui_locales_gives_the_flow_in_spanish(provider: Provider) -> None:
     assert '<html lang="es">' in back.text and "Qué recibirá" in back.text
 
 
+def test_discovery_lists_the_languages(provider: Provider) -> None:
+    document = requests.get(provider.url + ".well-known/openid-configuration", timeout=30).json()
+    assert document["ui_locales_supported"] == ["en", "de", "es"]
+
+
 def test_a_huge_or_unknown_ui_locales_is_english(provider: Provider) -> None:
     """Thousands of tags, or none we speak: the English sign-in page, never an error."""
     client = provider.client("https://huge.example.com/cb")

@@ -27,7 +27,7 @@ async def _ask(
     app: WebApp,
     method: str,
     path: str,
-    headers: dict[str, str] | None = None,
+    headers: dict[bytes | str, bytes | str] | None = None,
     data: dict[str, str] | None = None,
 ) -> Answer:
     router = Router()
@@ -39,7 +39,7 @@ async def _ask(
         response = await treq.request(
             method,
             f"http://127.0.0.1:{port.getHost().port}{path}",
-            headers=headers or {},
+            headers=dict(headers or {}),
             data=data,
             allow_redirects=False,
         )
@@ -86,12 +86,13 @@ async def test_bad_input_falls_back_to_english(
 ) -> None:
     """Garbage Accept-Language, an unknown or odd cookie value: the English page, status 200."""
     app = _app(reactor, storage_backend, tmp_path)
-    for headers in (
+    bad: tuple[dict[bytes | str, bytes | str], ...] = (
         {"Accept-Language": ";;q=zz,,*;q=-1, fr-CA" + ", x" * 5000},
         {"Cookie": "cp_lang=fr"},
         {"Cookie": "cp_lang=../../etc"},
         {"Cookie": "cp_flow_lang=klingon; cp_lang=DE"},
-    ):
+    )
+    for headers in bad:
         code, _, body = await _ask(reactor, app, "GET", "/signin", headers)
         assert code == 200 and '<html lang="en">' in body and "Sign in to Clickpass" in body
 
