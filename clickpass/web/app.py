@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -387,6 +387,19 @@ class WebApp:
         request_state(request).language = language
         i18n.current.set(language)
 
+    def page_before(self, request: Request) -> str:
+        """
+        The path and query of the page a form was posted from (its
+        Referer), without a notice's C{done} (said once); C{/} when the
+        browser did not say or it is not a path on this site.
+        """
+        referer = _header(request, b"referer") or ""
+        parts = urlsplit(referer[:MAX_FIELD])
+        if parts.netloc != (_header(request, b"host") or ""):
+            return "/"
+        kept = [p for p in parts.query.split("&") if p and not p.startswith("done=")]
+        return safe_next(parts.path + ("?" + "&".join(kept) if kept else ""), "/")
+
     def follow_partner_language(self, request: Request, wishes: list[str] | None) -> None:
         """
         A sign-in flow starts with a partner's list of languages (C{None}:
@@ -426,7 +439,6 @@ class WebApp:
         request.setHeader(b"content-language", language.encode("ascii"))
         request.setHeader(b"vary", b"Accept-Language, Cookie")
         context.setdefault("language", language)
-        context.setdefault("here", _here(request))
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -475,16 +487,6 @@ def footer_links(settings: Settings) -> list[FooterLink]:
         url = page if page.startswith(("http://", "https://")) else "/" + name
         links.append(FooterLink(name, label, url))
     return links
-
-
-def _here(request: Request) -> str:
-    """
-    Where the language switcher comes back to: this page's address,
-    without a notice's C{done} (said once, not again in the new language).
-    """
-    path, _, query = request.uri.decode("utf-8", "replace").partition("?")
-    kept = [p for p in query.split("&") if p and not p.startswith("done=")]
-    return safe_next(path + ("?" + "&".join(kept) if kept else ""), "/")
 
 
 def _chosen_language(request: Request) -> str:

@@ -238,13 +238,14 @@ class AccountPages:
         return self.app.redirect(request, "/signed-out")
 
     async def choose_language(self, request: Request) -> bytes:
-        # The footer's switcher; back to the page it was on. A language we
-        # do not speak changes nothing (a stale form, a hand-made one).
+        # The footer's switcher; back to the page it was on (the Referer,
+        # sent for our own pages: Referrer-Policy same-origin), never to
+        # another site. A language we do not speak changes nothing.
         self.app.check_csrf(request)
         chosen = i18n.known(self.app.form(request, "language"))
         if chosen is not None:
             self.app.set_language(request, chosen)
-        return self.app.redirect(request, safe_next(self.app.form(request, "next"), "/"))
+        return self.app.redirect(request, self.app.page_before(request))
 
     async def signed_out(self, request: Request) -> bytes:
         # Says that signing out worked; someone still signed in is not told so.
