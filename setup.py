@@ -21,6 +21,8 @@ setup(
             "py.typed",
             "**/*.html",
             "mail/templates/mail/*.txt",
+            # The catalogs, compiled in memory when first used (clickpass/i18n.py).
+            "locale/*/LC_MESSAGES/*.po",
             "web/static/*",
             "balancer/*.pyi",
         ],
@@ -39,6 +41,9 @@ setup(
         "argon2-cffi>=23.1",
         "treq>=24.9",
         "jinja2>=3.1",
+        # Translations: reads the .po catalogs at start (clickpass/i18n.py)
+        # and extracts and updates them (scripts/i18n).
+        "Babel>=2.12",
         "service-identity>=24.1",
         "idna>=3.6",
         # Wildcard realms are judged against the Public Suffix List it ships

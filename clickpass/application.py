@@ -52,6 +52,7 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     app = WebApp(reactor, settings, storage, secret, client_header=CLIENT_HEADER)
     router = Router()
     router.error_page = app.error_page
+    router.on_request = app.choose_language
     if settings.served_over_tls and settings.web.hsts_max_age:
         # People reach this node at an https:// address: tell browsers to
         # use nothing else (they ignore the header on plain http answers).

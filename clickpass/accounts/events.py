@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from clickpass.i18n import N_
 from clickpass.storage.sql import Transaction
 
 # Every kind of event, and how the account page says it. Flows outside
@@ -25,37 +26,37 @@ from clickpass.storage.sql import Transaction
 # kinds listed under "recorded by other flows".
 KINDS: dict[str, str] = {
     # Recorded by accounts and the account pages.
-    "signup": "Account created",
-    "signin": "Signed in",
-    "signin_failed": "Failed sign-in (wrong password)",
-    "new_browser": "Signed in from a new browser",
-    "session_ended": "Signed out a session from the account page",
-    "other_sessions_ended": "Signed out every other session",
-    "approval_forgotten": "Forgot a site's approval",
-    "site_disconnected": "Disconnected a site",
-    "site_unlinked": "A site disconnected you (its approval was forgotten)",
-    "account_disabled": "Account disabled by an operator",
-    "account_enabled": "Account enabled by an operator",
+    "signup": N_("Account created"),
+    "signin": N_("Signed in"),
+    "signin_failed": N_("Failed sign-in (wrong password)"),
+    "new_browser": N_("Signed in from a new browser"),
+    "session_ended": N_("Signed out a session from the account page"),
+    "other_sessions_ended": N_("Signed out every other session"),
+    "approval_forgotten": N_("Forgot a site's approval"),
+    "site_disconnected": N_("Disconnected a site"),
+    "site_unlinked": N_("A site disconnected you (its approval was forgotten)"),
+    "account_disabled": N_("Account disabled by an operator"),
+    "account_enabled": N_("Account enabled by an operator"),
     # Recorded by other flows.
-    "password_reset_requested": "Password reset link requested",
-    "password_reset": "Password reset with an emailed link",
-    "password_changed": "Password changed",
-    "email_verified": "Email address verified",
-    "email_change_requested": "Email change requested",
-    "email_changed": "Email address changed",
-    "email_change_reverted": "Email change reverted",
-    "signup_attempt_taken": "Someone tried to create an account with your address",
-    "reset_link_by_operator": "An operator made a password reset link",
-    "email_lost": "Your unconfirmed address went to the account that verified it",
-    "link_refused_unverified": "A sign-in provider was not linked: your address is unconfirmed",
-    "reauth_refused": "Confirming it was you with a sign-in provider was refused",
-    "mfa_enabled": "Second factor turned on",
-    "mfa_disabled": "Second factor turned off",
-    "passkey_added": "Passkey added",
-    "passkey_removed": "Passkey removed",
-    "passkey_refused": "A passkey or security key was refused",
-    "recovery_code_used": "Recovery code used",
-    "code_refused": "A second-factor code was refused",
+    "password_reset_requested": N_("Password reset link requested"),
+    "password_reset": N_("Password reset with an emailed link"),
+    "password_changed": N_("Password changed"),
+    "email_verified": N_("Email address verified"),
+    "email_change_requested": N_("Email change requested"),
+    "email_changed": N_("Email address changed"),
+    "email_change_reverted": N_("Email change reverted"),
+    "signup_attempt_taken": N_("Someone tried to create an account with your address"),
+    "reset_link_by_operator": N_("An operator made a password reset link"),
+    "email_lost": N_("Your unconfirmed address went to the account that verified it"),
+    "link_refused_unverified": N_("A sign-in provider was not linked: your address is unconfirmed"),
+    "reauth_refused": N_("Confirming it was you with a sign-in provider was refused"),
+    "mfa_enabled": N_("Second factor turned on"),
+    "mfa_disabled": N_("Second factor turned off"),
+    "passkey_added": N_("Passkey added"),
+    "passkey_removed": N_("Passkey removed"),
+    "passkey_refused": N_("A passkey or security key was refused"),
+    "recovery_code_used": N_("Recovery code used"),
+    "code_refused": N_("A second-factor code was refused"),
 }
 
 DETAIL_LENGTH = 255

@@ -43,6 +43,7 @@ from clickpass.accounts.service import (
     session_hash,
 )
 from clickpass.accounts.settings import AccountsSettings
+from clickpass.i18n import N_, Text, n_text
 from clickpass.storage.sql import IntegrityError, Storage, Transaction, run_through_failover
 
 # Addresses that are placeholders, never mailboxes (an upstream account
@@ -75,8 +76,11 @@ class TooManyRequests(AccountError):
     def __init__(self, retry_after: int) -> None:
         minutes = max(1, (retry_after + 59) // 60)
         super().__init__(
-            f"Too many requests from your network lately. Try again in {minutes} minute"
-            f"{'' if minutes == 1 else 's'}."
+            n_text(
+                "Too many requests from your network lately. Try again in %(count)d minute.",
+                "Too many requests from your network lately. Try again in %(count)d minutes.",
+                minutes,
+            )
         )
         self.retry_after = retry_after
 
@@ -97,9 +101,15 @@ class AddressTaken(AccountError):
 
     def __init__(self, address: str) -> None:
         super().__init__(
-            f"{address} became the address of another Clickpass account after you asked "
-            "for it, so your address is unchanged. If that account is yours, get into it "
-            "with Forgot password on the sign-in page; otherwise choose another address."
+            Text(
+                N_(
+                    "%(address)s became the address of another Clickpass account after you "
+                    "asked for it, so your address is unchanged. If that account is yours, get "
+                    "into it with Forgot password on the sign-in page; otherwise choose another "
+                    "address."
+                ),
+                address=address,
+            )
         )
         self.address = address
 
@@ -262,7 +272,7 @@ class AccountFlows:
                 self._mailer.enqueue(
                     tx,
                     address,
-                    "Someone tried to create a Clickpass account with your address",
+                    N_("Someone tried to create a Clickpass account with your address"),
                     "signup_taken",
                     {"signin": self._mailer.url("signin"), "forgot": self._mailer.url("forgot")},
                     now=now,
@@ -297,7 +307,7 @@ class AccountFlows:
         self._mailer.enqueue(
             tx,
             account.email,
-            "Confirm your email address for Clickpass",
+            N_("Confirm your email address for Clickpass"),
             "verify_email",
             {"link": self._mailer.url("verify", t=token), "hours": self._hours(tokens.VERIFY)},
             now=now,
@@ -390,7 +400,7 @@ class AccountFlows:
             self._mailer.enqueue(
                 tx,
                 address,
-                "Reset your Clickpass password",
+                N_("Reset your Clickpass password"),
                 "reset_password",
                 {"link": self._mailer.url("reset", t=token), "hours": self._hours(tokens.RESET)},
                 now=now,
@@ -445,7 +455,7 @@ class AccountFlows:
             self._mailer.enqueue(
                 tx,
                 account.email,
-                "Your Clickpass password was changed",
+                N_("Your Clickpass password was changed"),
                 "password_changed",
                 {"forgot": self._mailer.url("forgot")},
                 now=now,
@@ -464,7 +474,7 @@ class AccountFlows:
         self._mailer.enqueue(
             tx,
             address,
-            "Your address left an unconfirmed Clickpass account",
+            N_("Your address left an unconfirmed Clickpass account"),
             "address_lost",
             {
                 "provider": provider,
@@ -526,11 +536,11 @@ class AccountFlows:
         """
         address = check_email(new_email)
         if address == account.email:
-            raise AccountError("That is your address already.")
+            raise AccountError(N_("That is your address already."))
         if await self._storage.run(has_password, account.id):
             await self._accounts.authenticate(account.email, password, client_address)
         elif not stepped_up:
-            raise AccountError("Confirm it is you first, then change your address.")
+            raise AccountError(N_("Confirm it is you first, then change your address."))
         await self._client_allowed(client_address)
 
         def request(tx: Transaction, now: int) -> None:
@@ -548,7 +558,7 @@ class AccountFlows:
                 self._mailer.enqueue(
                     tx,
                     address,
-                    "Someone tried to move a Clickpass account to your address",
+                    N_("Someone tried to move a Clickpass account to your address"),
                     "signup_taken",
                     {"signin": self._mailer.url("signin"), "forgot": self._mailer.url("forgot")},
                     now=now,
@@ -565,7 +575,7 @@ class AccountFlows:
             self._mailer.enqueue(
                 tx,
                 address,
-                "Confirm your new email address for Clickpass",
+                N_("Confirm your new email address for Clickpass"),
                 "confirm_new_email",
                 {
                     "link": self._mailer.url("email/confirm", t=token),
@@ -618,7 +628,7 @@ class AccountFlows:
                 self._mailer.enqueue(
                     tx,
                     current.email,
-                    "Your Clickpass address was changed",
+                    N_("Your Clickpass address was changed"),
                     "email_changed",
                     {
                         "new_email": found.email,
@@ -661,8 +671,13 @@ class AccountFlows:
             holder = account_by_email(tx, found.email)
             if holder is not None and holder.id != found.account_id:
                 raise AccountError(
-                    f"{found.email} belongs to another account now; ask the operator of this "
-                    "Clickpass for help."
+                    Text(
+                        N_(
+                            "%(address)s belongs to another account now; ask the operator of "
+                            "this Clickpass for help."
+                        ),
+                        address=found.email,
+                    )
                 )
             tx.execute(
                 "UPDATE accounts SET email = ?, email_verified = 1 WHERE id = ?",
@@ -679,8 +694,10 @@ class AccountFlows:
         except IntegrityError:
             # Another account took the old address while this ran: nothing changed.
             raise AccountError(
-                "That address belongs to another account now; ask the operator of this "
-                "Clickpass for help."
+                N_(
+                    "That address belongs to another account now; ask the operator of this "
+                    "Clickpass for help."
+                )
             ) from None
         return old
 

@@ -39,6 +39,7 @@ from twisted.python.threadpool import ThreadPool
 
 from clickpass.accounts import events, tokens
 from clickpass.accounts.settings import AccountsSettings
+from clickpass.i18n import N_, Text, n_text
 from clickpass.storage.sql import (
     IntegrityError,
     Storage,
@@ -53,14 +54,23 @@ T = TypeVar("T")
 
 
 class AccountError(Exception):
-    """A request about an account cannot be met; the message is for the person."""
+    """
+    A request about an account cannot be met; the message is for the
+    person: marked for translation (L{N_}, or a L{Text} with its
+    parameters, which C{str()} of the error keeps, so that the page
+    showing it translates it).
+    """
+
+    def __str__(self) -> str:
+        message = self.args[0] if self.args else ""
+        return message if isinstance(message, str) else super().__str__()
 
 
 class SignInRefused(AccountError):
     """Bad credentials. One message whatever was wrong, so nothing leaks."""
 
     def __init__(self) -> None:
-        super().__init__("That email and password do not match an account.")
+        super().__init__(N_("That email and password do not match an account."))
 
 
 class Throttled(AccountError):
@@ -69,8 +79,11 @@ class Throttled(AccountError):
     def __init__(self, retry_after: int) -> None:
         minutes = max(1, (retry_after + 59) // 60)
         super().__init__(
-            f"Too many failed sign-in attempts. Try again in {minutes} minute"
-            f"{'' if minutes == 1 else 's'}."
+            n_text(
+                "Too many failed sign-in attempts. Try again in %(count)d minute.",
+                "Too many failed sign-in attempts. Try again in %(count)d minutes.",
+                minutes,
+            )
         )
         self.retry_after = retry_after
 
@@ -81,8 +94,12 @@ class SignUpThrottled(AccountError):
     def __init__(self, retry_after: int) -> None:
         minutes = max(1, (retry_after + 59) // 60)
         super().__init__(
-            f"Too many accounts were created from here recently. Try again in {minutes} minute"
-            f"{'' if minutes == 1 else 's'}."
+            n_text(
+                "Too many accounts were created from here recently. Try again in %(count)d minute.",
+                "Too many accounts were created from here recently. Try again in %(count)d "
+                "minutes.",
+                minutes,
+            )
         )
         self.retry_after = retry_after
 
@@ -95,8 +112,13 @@ class HashingBusy(AccountError):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(
-            "Clickpass is very busy checking passwords right now. "
-            f"Try again in {retry_after} seconds."
+            n_text(
+                "Clickpass is very busy checking passwords right now. "
+                "Try again in %(count)d second.",
+                "Clickpass is very busy checking passwords right now. "
+                "Try again in %(count)d seconds.",
+                retry_after,
+            )
         )
         self.retry_after = retry_after
 
@@ -154,9 +176,9 @@ def check_email(email: str) -> str:
     """Return the normalised email, or raise L{AccountError} saying what is wrong."""
     value = normalise_email(email)
     if not value:
-        raise AccountError("Enter your email address.")
+        raise AccountError(N_("Enter your email address."))
     if len(value) > 254 or not EMAIL_PATTERN.match(value) or "." not in value.split("@")[1]:
-        raise AccountError("That does not look like an email address.")
+        raise AccountError(N_("That does not look like an email address."))
     return value
 
 
@@ -613,9 +635,16 @@ class Accounts:
     def check_password_rules(self, password: str) -> None:
         minimum = self._settings.min_password_length
         if len(password) < minimum:
-            raise AccountError(f"Choose a password of at least {minimum} characters.")
+            raise AccountError(
+                Text(N_("Choose a password of at least %(minimum)d characters."), minimum=minimum)
+            )
         if len(password) > MAX_PASSWORD_LENGTH:
-            raise AccountError(f"Choose a password of at most {MAX_PASSWORD_LENGTH} characters.")
+            raise AccountError(
+                Text(
+                    N_("Choose a password of at most %(maximum)d characters."),
+                    maximum=MAX_PASSWORD_LENGTH,
+                )
+            )
 
     async def sign_up(
         self,
@@ -658,7 +687,7 @@ class Accounts:
             )
         except IntegrityError:
             raise AccountError(
-                "An account with that email already exists. Sign in instead."
+                N_("An account with that email already exists. Sign in instead.")
             ) from None
         return account
 

@@ -23,6 +23,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from clickpass.i18n import N_
 from clickpass.storage.sql import Transaction
 
 VERIFY = "verify"
@@ -38,23 +39,29 @@ _WELL_FORMED = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 
 # What a person can do next, per purpose: the words and where they lead.
 NEXT_STEPS: dict[str, tuple[str, str]] = {
-    VERIFY: ("Sign in and ask for a new link from your account page.", "/account"),
-    RESET: ("Ask for a new password reset link.", "/forgot"),
-    CHANGE_EMAIL: ("Sign in and change your address again from your account page.", "/account"),
+    VERIFY: (N_("Sign in and ask for a new link from your account page."), "/account"),
+    RESET: (N_("Ask for a new password reset link."), "/forgot"),
+    CHANGE_EMAIL: (N_("Sign in and change your address again from your account page."), "/account"),
     REVERT_EMAIL: (
-        "If someone else changed your address, reset your password from the sign-in page "
-        "with the address the account has now, or ask the operator of this Clickpass.",
+        N_(
+            "If someone else changed your address, reset your password from the sign-in page "
+            "with the address the account has now, or ask the operator of this Clickpass."
+        ),
         "/signin",
     ),
 }
 
 REASONS = {
-    "invalid": "This link is not valid: it may have been cut short or changed. Copy the "
-    "whole link from the message and try again.",
-    "expired": "This link has expired.",
-    "used": "This link was already used; each link works once.",
-    "other_account": "This link is for another Clickpass account than the one you are "
-    "signed in to. Sign out, then open the link again.",
+    "invalid": N_(
+        "This link is not valid: it may have been cut short or changed. Copy the "
+        "whole link from the message and try again."
+    ),
+    "expired": N_("This link has expired."),
+    "used": N_("This link was already used; each link works once."),
+    "other_account": N_(
+        "This link is for another Clickpass account than the one you are "
+        "signed in to. Sign out, then open the link again."
+    ),
 }
 
 

@@ -31,6 +31,7 @@ from jinja2 import (
     select_autoescape,
 )
 
+from clickpass import i18n
 from clickpass.mail.settings import MailSettings
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -137,8 +138,15 @@ class Templates:
             public_url=base_url,
             url=lambda path, **params: absolute_url(base_url, path, params),
         )
+        # In the language of the request that caused the mail (i18n.current).
+        i18n.install(self._env)
 
     def render(self, template: str, subject: str, context: dict[str, Any]) -> Rendered:
+        """
+        The message in the current language: C{subject} as the caller
+        wrote it (marked with L{i18n.N_}), translated here with the bodies.
+        """
+        subject = i18n.translate(subject)
         if not re.fullmatch(r"[a-z0-9_-]+", template):
             raise MessageError(f"{template!r} is not a mail template name")
         try:

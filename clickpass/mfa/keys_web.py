@@ -22,6 +22,7 @@ from urllib.parse import quote
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
+from clickpass.i18n import N_
 from clickpass.mfa.ceremony import MAX_ANSWER, CeremonyRefused
 from clickpass.mfa.keys import (
     CONFIRM,
@@ -109,7 +110,7 @@ class KeyPages:
         values = (request.args or {}).get(b"credential")
         raw: bytes = values[0] if values else b""
         if len(raw) > MAX_ANSWER:
-            raise HTTPError(400, "The answer of your key is too long.")
+            raise HTTPError(400, N_("The answer of your key is too long."))
         return raw.decode("utf-8", "replace")
 
     def json(self, request: Request, value: dict[str, Any], status: int = 200) -> bytes:
@@ -218,7 +219,7 @@ class KeyPages:
             account.id, self.app.form(request, "key"), self.where(request)
         )
         if removed is None:
-            raise HTTPError(404, "That key is not one of yours.")
+            raise HTTPError(404, N_("That key is not one of yours."))
         return self.app.redirect(request, MANAGE + "?done=key-removed")
 
     # The second step after a password.
@@ -247,7 +248,7 @@ class KeyPages:
         account = await self.app.accounts.get(found.account_id) if found is not None else None
         if found is None or account is None or account.disabled:
             raise HTTPError(
-                400, "Your sign-in took too long and has expired. Sign in again from the start."
+                400, N_("Your sign-in took too long and has expired. Sign in again from the start.")
             )
         try:
             used = await self.keys.check(
@@ -298,7 +299,7 @@ class KeyPages:
         next_url = safe_next(self.app.form(request, "next"))
         binding = self.passkey_binding(request, make=False)
         if not binding:
-            raise HTTPError(400, "Your passkey sign-in has expired. Try again.")
+            raise HTTPError(400, N_("Your passkey sign-in has expired. Try again."))
         try:
             used = await self.keys.check(
                 PASSKEY, binding, self.answer(request), None, self.where(request)
@@ -307,7 +308,7 @@ class KeyPages:
             raise HTTPError(401, e.message) from None
         account = await self.app.accounts.get(used.account_id)
         if account is None or account.disabled:
-            raise HTTPError(403, "This account is disabled. Ask the people who run Clickpass.")
+            raise HTTPError(403, N_("This account is disabled. Ask the people who run Clickpass."))
         now = self.web.factors.now()
         await self.web.start_session(
             request,

@@ -30,6 +30,7 @@ from clickpass.accounts.service import (
     normalise_email,
     session_hash,
 )
+from clickpass.i18n import N_
 from clickpass.mfa import store, totp
 from clickpass.mfa.sealing import (
     SecretBox,
@@ -191,7 +192,7 @@ class SecondFactors:
         secret = totp.new_secret()
         sealed = self.box.seal(account_id, secret)
         if not await self.storage.run(store.begin_totp, account_id, sealed, self.now()):
-            raise MfaError("An authenticator app is set up already. Remove it first.")
+            raise MfaError(N_("An authenticator app is set up already. Remove it first."))
         return secret
 
     async def pending_totp(self, account_id: int) -> str | None:
@@ -210,7 +211,7 @@ class SecondFactors:
         code = totp.normalise_code(typed)
         secret = await self.pending_totp(account_id)
         if secret is None:
-            raise MfaError("Start again: there is no authenticator app being set up.")
+            raise MfaError(N_("Start again: there is no authenticator app being set up."))
         now = self.now()
         step = totp.matching_step(secret, code, now, 0) if code else None
         if step is None:
@@ -225,7 +226,7 @@ class SecondFactors:
             return True
 
         if not await self.storage.run(confirm):
-            raise MfaError("That authenticator app is set up already.")
+            raise MfaError(N_("That authenticator app is set up already."))
         log.info("account {account_id} set up a TOTP authenticator", account_id=account_id)
         return codes
 
@@ -258,7 +259,7 @@ class SecondFactors:
                 self.mail.enqueue(
                     tx,
                     address,
-                    "The second factor of your account was removed",
+                    N_("The second factor of your account was removed"),
                     "mfa_reset",
                     {"email": address},
                     now=now,
@@ -321,7 +322,7 @@ class SecondFactors:
 
         if not await self.storage.run(replace):
             raise MfaError(
-                "Set up a second factor first; recovery codes stand in for it when it is lost."
+                N_("Set up a second factor first; recovery codes stand in for it when it is lost.")
             )
         log.info("account {account_id} made new recovery codes", account_id=account_id)
         return codes
@@ -413,7 +414,7 @@ class SecondFactors:
         self.mail.enqueue(
             tx,
             email,
-            "A recovery code was used to sign in to your account",
+            N_("A recovery code was used to sign in to your account"),
             "mfa_recovery_code_used",
             {"email": email, "left": left},
             now=now,

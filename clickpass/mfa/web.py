@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
+from clickpass.i18n import N_
 from clickpass.mfa import keys_web, store, totp
 from clickpass.mfa.ceremony import RelyingParty
 from clickpass.mfa.keys import SecurityKeys
@@ -195,7 +196,7 @@ class MfaWeb:
         account = await self.app.accounts.get(found.account_id) if found is not None else None
         if found is None or account is None or account.disabled:
             raise HTTPError(
-                400, "Your sign-in took too long and has expired. Sign in again from the start."
+                400, N_("Your sign-in took too long and has expired. Sign in again from the start.")
             )
         try:
             outcome = await self.factors.check_code(
@@ -260,7 +261,7 @@ class MfaWeb:
         """
         if await self.is_fresh(request, account):
             return
-        raise HTTPError(303, "Confirm it is you first.", {"location": self.step_up_url(back)})
+        raise HTTPError(303, N_("Confirm it is you first."), {"location": self.step_up_url(back)})
 
     async def second_factor_needed(
         self, request: Request, account: Account, back: str
@@ -351,8 +352,10 @@ class MfaWeb:
                 )
                 if outcome is Outcome.TOTP and await self.factors.has_keys(account.id):
                     raise AccountError(
-                        "This needs your security key or passkey (or, if you lost it, one of "
-                        "your recovery codes), not an app code."
+                        N_(
+                            "This needs your security key or passkey (or, if you lost it, one of "
+                            "your recovery codes), not an app code."
+                        )
                     )
                 methods = (auth.methods if auth else frozenset()) | {outcome.value}
                 password_time, factor_time = (auth.password_time if auth else now), now
@@ -516,7 +519,7 @@ class MfaWeb:
         account = await self.app.require_account(request, back=MANAGE)
         await self.require_step_up(request, account, MANAGE)
         if not await self.factors.remove(account.id):
-            raise HTTPError(404, "You have no authenticator app to remove.")
+            raise HTTPError(404, N_("You have no authenticator app to remove."))
         return self.app.redirect(request, MANAGE + "?done=removed")
 
     async def recovery_codes(self, request: Request) -> bytes:
@@ -530,7 +533,7 @@ class MfaWeb:
         self.app.check_csrf(request)
         account = await self.app.require_account(request, back=MANAGE)
         if not await self.factors.revoke_browser(account.id, self.app.form(request, "browser")):
-            raise HTTPError(404, "That browser is not one you trust.")
+            raise HTTPError(404, N_("That browser is not one you trust."))
         return self.app.redirect(request, MANAGE + "?done=revoked")
 
     async def refusing(self, work: Awaitable[Any]) -> Any:

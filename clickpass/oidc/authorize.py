@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 
 from openid.server.trustroot import TrustRoot
 
+from clickpass.i18n import N_
 from clickpass.oidc.clients import Client
 from clickpass.openid.hardening import wildcard_too_broad
 
@@ -48,6 +49,7 @@ REAUTH_PARAMETER = "cp_signed_in_after"
 # person to: it was offered once, and is not offered again.
 STEP_UP_PARAMETER = "cp_stepped_up"
 MAX_ACR_VALUES = 1024
+MAX_UI_LOCALES = 256
 KNOWN = frozenset(
     {
         "client_id", "redirect_uri", "response_type", "response_mode", "scope", "state",
@@ -102,6 +104,9 @@ class AuthorizationRequest:
     acr_values: tuple[str, ...] = ()
     # Back from the step-up page that acr_values sent the person to.
     stepped_up: bool = False
+    # The End-User's preferred languages (3.1.2.1), carried through the
+    # sign-in page so that the flow's pages keep following them.
+    ui_locales: str = ""
 
     @property
     def client(self) -> Client:
@@ -139,6 +144,7 @@ class AuthorizationRequest:
             "code_challenge_method": "S256" if self.code_challenge else None,
             "openid2_realm": self.openid2_realm or None,
             "acr_values": " ".join(self.acr_values) or None,
+            "ui_locales": self.ui_locales or None,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         prompt = self.prompt - {"login"} if drop_prompt_login else self.prompt
@@ -164,11 +170,11 @@ def single_values(args: Mapping[bytes, list[bytes]]) -> dict[str, list[str]]:
         for value in values:
             total += len(key) + len(value)
             if total > MAX_PARAMETERS_TOTAL:
-                raise NotForClient("The sign-in request is too large.")
+                raise NotForClient(N_("The sign-in request is too large."))
         try:
             params[key.decode("utf-8")] = [v.decode("utf-8") for v in values]
         except UnicodeDecodeError:
-            raise NotForClient("The sign-in request is not valid UTF-8.") from None
+            raise NotForClient(N_("The sign-in request is not valid UTF-8.")) from None
     return params
 
 
@@ -195,14 +201,14 @@ def destination(params: Mapping[str, list[str]], client: Client | None) -> Desti
     except AuthorizeError as e:
         raise NotForClient(f"The sign-in request is malformed: {e.description}.") from None
     if not client_id:
-        raise NotForClient("The sign-in request names no client (client_id).")
+        raise NotForClient(N_("The sign-in request names no client (client_id)."))
     if client is None or client.client_id != client_id:
-        raise NotForClient("The sign-in request names a client that Clickpass does not know.")
+        raise NotForClient(N_("The sign-in request names a client that Clickpass does not know."))
     if not redirect_uri:
-        raise NotForClient("The sign-in request has no redirect_uri.")
+        raise NotForClient(N_("The sign-in request has no redirect_uri."))
     if redirect_uri not in client.redirect_uris:
         raise NotForClient(
-            "The sign-in request asks to send you to an address its site did not register."
+            N_("The sign-in request asks to send you to an address its site did not register.")
         )
     mode_values = params.get("response_mode") or ["query"]
     mode = mode_values[0] if len(mode_values) == 1 else ""
@@ -262,7 +268,17 @@ def _check(params: Mapping[str, list[str]], dest: Destination) -> AuthorizationR
         openid2_realm=_openid2_realm(_one(params, "openid2_realm", MAX_REALM), dest.redirect_uri),
         acr_values=tuple(dict.fromkeys((_one(params, "acr_values", MAX_ACR_VALUES) or "").split())),
         stepped_up=_one(params, STEP_UP_PARAMETER, 1) == "1",
+        ui_locales=_ui_locales(params.get("ui_locales") or []),
     )
+
+
+def _ui_locales(values: list[str]) -> str:
+    """
+    The languages asked for, as far as they are read (a few short tags):
+    only a hint, so too many, too long or repeated is never an error.
+    """
+    tags = (values[0] if values else "")[:MAX_UI_LOCALES].split()[:8]
+    return " ".join(t for t in tags if len(t) <= 35)
 
 
 def _openid2_realm(realm: str | None, redirect_uri: str) -> str:

@@ -23,6 +23,7 @@ import jwt
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.i18n import N_, Text
 from clickpass.oidc import clients
 from clickpass.oidc.authorize import MAX_STATE, redirect_url
 from clickpass.oidc.clients import Client
@@ -57,7 +58,7 @@ def verify_hint(token: str, jwks: Mapping[str, Any], issuer: str) -> dict[str, A
         )
     except (jwt.PyJWTError, UnknownAlgorithm, StopIteration):
         raise HTTPError(
-            400, "The site sent a sign-out request with an ID token Clickpass did not sign."
+            400, N_("The site sent a sign-out request with an ID token Clickpass did not sign.")
         ) from None
     return claims
 
@@ -74,15 +75,19 @@ class Logout:
     def _param(self, request: Request, name: str, limit: int) -> str:
         values = (request.args or {}).get(name.encode("ascii")) or []
         if len(values) > 1:
-            raise HTTPError(400, f"The sign-out request repeats {name}.")
+            raise HTTPError(400, Text(N_("The sign-out request repeats %(name)s."), name=name))
         if not values:
             return ""
         if len(values[0]) > limit:
-            raise HTTPError(400, f"The sign-out request's {name} is too long.")
+            raise HTTPError(
+                400, Text(N_("The sign-out request's %(name)s is too long."), name=name)
+            )
         try:
             return str(values[0].decode("utf-8"))
         except UnicodeDecodeError:
-            raise HTTPError(400, f"The sign-out request's {name} is not valid UTF-8.") from None
+            raise HTTPError(
+                400, Text(N_("The sign-out request's %(name)s is not valid UTF-8."), name=name)
+            ) from None
 
     async def _client_and_hint(
         self, request: Request
@@ -94,13 +99,13 @@ class Logout:
         if isinstance(audience, list):
             audience = audience[0] if len(audience) == 1 else None
         if claims is not None and not isinstance(audience, str):
-            raise HTTPError(400, "The sign-out request's ID token names no single client.")
+            raise HTTPError(400, N_("The sign-out request's ID token names no single client."))
         if client_id and audience is not None and client_id != audience:
-            raise HTTPError(400, "The sign-out request's client_id is not its ID token's.")
+            raise HTTPError(400, N_("The sign-out request's client_id is not its ID token's."))
         wanted = client_id or audience
         client = await self.app.storage.run(clients.client_by_id, wanted) if wanted else None
         if wanted and client is None:
-            raise HTTPError(400, "The sign-out request names a client Clickpass does not know.")
+            raise HTTPError(400, N_("The sign-out request names a client Clickpass does not know."))
         return client, claims
 
     async def end_session(self, request: Request) -> bytes:
@@ -110,7 +115,9 @@ class Logout:
         if back and (client is None or back not in client.post_logout_uris):
             raise HTTPError(
                 400,
-                "The sign-out request asks to send you to an address its site did not register.",
+                N_(
+                    "The sign-out request asks to send you to an address its site did not register."
+                ),
             )
         account = await self.app.current_account(request)
         confirmed = request.method == b"POST" and self.app.form(request, "decision") == "signout"

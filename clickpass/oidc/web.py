@@ -39,8 +39,10 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass import i18n
 from clickpass.accounts.flows import releasable_email
 from clickpass.accounts.service import Account, session_hash
+from clickpass.i18n import N_
 from clickpass.oidc import assertions, authorize, backchannel, clients, tokens
 from clickpass.oidc.authorize import (
     AuthorizationRequest,
@@ -297,6 +299,7 @@ def discovery_document(base_url: str) -> dict[str, Any]:
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "acr_values_supported": list(ACR_VALUES),
+        "ui_locales_supported": list(i18n.LANGUAGES),
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
     }  # fmt: skip
@@ -410,6 +413,12 @@ class OIDCWeb:
     # Authorization.
 
     async def authorize(self, request: Request) -> bytes:
+        # ui_locales (OpenID Connect Core 3.1.2.1): the pages of this flow,
+        # from the sign-in page on, follow the first language we speak.
+        ui_locales = (request.args or {}).get(b"ui_locales") or [b""]
+        self.app.follow_partner_language(
+            request, i18n.wishes(ui_locales[0].decode("utf-8", "replace"))
+        )
         try:
             auth = await self._read_request(authorize.single_values(request.args or {}))
             return await self._authorize(request, auth)
@@ -561,7 +570,7 @@ class OIDCWeb:
         self.app.check_csrf(request)
         account = await self.app.current_account(request)
         if account is None:
-            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+            raise HTTPError(403, N_("You were signed out. Go back to the site and sign in again."))
         query, auth_time = self._restore(request, account)
         try:
             auth = await self._read_request(parse_qs(query, keep_blank_values=True))
@@ -601,18 +610,18 @@ class OIDCWeb:
     def _restore(self, request: Request, account: Account) -> tuple[str, int]:
         payload = self.app.form(request, "payload")
         if not payload or len(payload) > MAX_PAYLOAD:
-            raise HTTPError(400, "The consent form is missing its request.")
+            raise HTTPError(400, N_("The consent form is missing its request."))
         if not hmac.compare_digest(self._mac(account.id, payload), self.app.form(request, "mac")):
             raise HTTPError(
-                400, "This consent form was changed or is not yours. Go back to the site."
+                400, N_("This consent form was changed or is not yours. Go back to the site.")
             )
         try:
             data = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
             query, issued, auth_time = str(data["q"]), int(data["t"]), int(data["a"])
         except (ValueError, KeyError, TypeError):
-            raise HTTPError(400, "This consent form cannot be read.") from None
+            raise HTTPError(400, N_("This consent form cannot be read.")) from None
         if self.now() - issued > CONSENT_LIFETIME:
-            raise HTTPError(400, "This consent form has expired. Go back to the site.")
+            raise HTTPError(400, N_("This consent form has expired. Go back to the site."))
         return query, auth_time
 
     async def _issue_code(

@@ -17,6 +17,7 @@ from twisted.web.server import Request
 
 from clickpass.accounts import events
 from clickpass.accounts.service import Account
+from clickpass.i18n import N_
 from clickpass.openid import approvals
 from clickpass.openid.extensions import FIELD_LABELS
 from clickpass.storage.sql import Transaction
@@ -78,7 +79,7 @@ def install(
             return True
 
         if not await app.storage.run(forget):
-            raise HTTPError(404, "You had not allowed that site to sign you in.")
+            raise HTTPError(404, N_("You had not allowed that site to sign you in."))
         if forgotten is not None:
             await forgotten.approval_forgotten(account.id, realm)
         log.info("person forgot their approval of {realm}", realm=realm)

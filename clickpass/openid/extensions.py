@@ -26,8 +26,13 @@ from openid.extensions import ax, sreg
 from openid.message import BARE_NS
 
 from clickpass.accounts.service import Account
+from clickpass.i18n import N_
 
-FIELD_LABELS = {"email": "Email address", "nickname": "Nickname", "fullname": "Full name"}
+FIELD_LABELS = {
+    "email": N_("Email address"),
+    "nickname": N_("Nickname"),
+    "fullname": N_("Full name"),
+}
 
 AX_TYPES = {
     "http://axschema.org/contact/email": "email",

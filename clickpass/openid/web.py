@@ -69,7 +69,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass import i18n
 from clickpass.accounts.service import Account
+from clickpass.i18n import N_, Text
 from clickpass.openid import approvals, discovery, extensions
 from clickpass.openid.hardening import for_log, harden_library, wildcard_too_broad
 from clickpass.openid.identifiers import (
@@ -94,7 +96,9 @@ MAX_QUERY_BYTES = 64 * 1024
 # worker's response head (a longer one became a 502). A request can be up to
 # MAX_QUERY_BYTES, and carrying it through sign-in quotes it twice.
 MAX_REDIRECT_URL = 16 * 1024
-TOO_LONG = "The site's OpenID request is too long to carry on in a browser address. Tell the site."
+TOO_LONG = N_(
+    "The site's OpenID request is too long to carry on in a browser address. Tell the site."
+)
 MAX_PAYLOAD_BYTES = 96 * 1024
 CONSENT_LIFETIME = 3600
 
@@ -239,11 +243,11 @@ def openid_query(request: Request) -> dict[str, str]:
             continue
         total += len(key) + len(values[0])
         if total > MAX_QUERY_BYTES:
-            raise HTTPError(413, "The OpenID request is too large.")
+            raise HTTPError(413, N_("The OpenID request is too large."))
         try:
             query[key.decode("utf-8")] = values[0].decode("utf-8")
         except UnicodeDecodeError:
-            raise HTTPError(400, "The OpenID request is not valid UTF-8.") from None
+            raise HTTPError(400, N_("The OpenID request is not valid UTF-8.")) from None
     return query
 
 
@@ -447,25 +451,27 @@ class Assertions:
         if not hmac.compare_digest(self._mac(account.id, payload), mac):
             raise HTTPError(
                 400,
-                "This sign-in form was changed or is not yours. Go back to the site and "
-                "sign in again.",
+                N_(
+                    "This sign-in form was changed or is not yours. Go back to the site and "
+                    "sign in again."
+                ),
             )
         try:
             data = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
             issued = int(data["t"])
             query = {str(k): str(v) for k, v in data["q"].items()}
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise HTTPError(400, "This sign-in form cannot be read.") from None
+            raise HTTPError(400, N_("This sign-in form cannot be read.")) from None
         if self.now() - issued > CONSENT_LIFETIME:
             raise HTTPError(
-                400, "This sign-in form has expired. Go back to the site and sign in again."
+                400, N_("This sign-in form has expired. Go back to the site and sign in again.")
             )
         try:
             openid_request = self.provider.decode(query)
         except ProtocolError:
-            raise HTTPError(400, "This sign-in request can no longer be used.") from None
+            raise HTTPError(400, N_("This sign-in request can no longer be used.")) from None
         if not isinstance(openid_request, CheckIDRequest) or openid_request.immediate:
-            raise HTTPError(400, "This sign-in request can no longer be used.")
+            raise HTTPError(400, N_("This sign-in request can no longer be used."))
         return openid_request
 
     async def answer(
@@ -502,7 +508,7 @@ class Assertions:
             return self.refuse(
                 request,
                 400,
-                "The site's OpenID request holds a value that cannot be signed. Tell the site.",
+                N_("The site's OpenID request holds a value that cannot be signed. Tell the site."),
             )
 
 
@@ -531,6 +537,10 @@ class OpenIDWeb:
                 openid_head=discovery.op_head_html(self.base_url),
                 endpoint=discovery.endpoint_url(self.base_url),
             )
+        if query.get("openid.mode") in ("checkid_setup", "checkid_immediate"):
+            # The OpenID User Interface extension's language: the pages of
+            # this sign-in, from the sign-in page on, follow it.
+            self.app.follow_partner_language(request, i18n.wishes(ui_language(query)))
         try:
             openid_request = self.assertions.provider.decode(query)
         except UntrustedReturnURL as e:
@@ -547,7 +557,9 @@ class OpenIDWeb:
             )
         except (MalformedReturnURL, MalformedTrustRoot):
             return self.assertions.refuse(
-                request, 400, "The site sent a malformed return address or realm. Tell the site."
+                request,
+                400,
+                N_("The site sent a malformed return address or realm. Tell the site."),
             )
         except ProtocolError as e:
             return await self._protocol_error(request, e)
@@ -556,7 +568,7 @@ class OpenIDWeb:
             # the person's: log it once, answer one line.
             log.failure("python3-openid could not decode a request")
             return self.assertions.refuse(
-                request, 400, "This is not an OpenID request Clickpass can use."
+                request, 400, N_("This is not an OpenID request Clickpass can use.")
             )
         if isinstance(openid_request, CheckIDRequest):
             # The request as decoded and normalised (its realm and return_to),
@@ -598,8 +610,10 @@ class OpenIDWeb:
             return self.assertions.refuse(
                 request,
                 400,
-                "The site's OpenID request has no return address, so there is no way back "
-                "to the site. Tell the site.",
+                N_(
+                    "The site's OpenID request has no return address, so there is no way back "
+                    "to the site. Tell the site."
+                ),
             )
         if not openid_request.identity:
             # OpenID 2 allows a request for no identifier (extensions only);
@@ -609,8 +623,10 @@ class OpenIDWeb:
             return self.assertions.refuse(
                 request,
                 400,
-                "The site's OpenID request asks for no identifier; Clickpass only signs "
-                "people in. Tell the site.",
+                N_(
+                    "The site's OpenID request asks for no identifier; Clickpass only signs "
+                    "people in. Tell the site."
+                ),
                 openid_request.getCancelURL(),
             )
         return None
@@ -803,7 +819,7 @@ class OpenIDWeb:
         self.app.check_csrf(request)
         account = await self.app.current_account(request)
         if account is None:
-            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+            raise HTTPError(403, N_("You were signed out. Go back to the site and sign in again."))
         openid_request = await self.assertions.restore(request, account)
         realm = str(openid_request.trust_root)
         if self.app.form(request, "decision") != "allow":
@@ -854,7 +870,7 @@ class OpenIDWeb:
     async def identity_page(self, request: Request, opaque: str) -> bytes:
         found = await self.identifiers.resolve(opaque)
         if found is None:
-            raise HTTPError(404, "There is no such identifier.")
+            raise HTTPError(404, N_("There is no such identifier."))
         identifier = self.identifiers.url(opaque)
         request.setHeader(
             b"x-xrds-location",
@@ -875,7 +891,7 @@ class OpenIDWeb:
     async def identity_xrds(self, request: Request, opaque: str) -> bytes:
         found = await self.identifiers.resolve(opaque)
         if found is None:
-            raise HTTPError(404, "There is no such identifier.")
+            raise HTTPError(404, N_("There is no such identifier."))
         return discovery.serve_xrds(
             request, discovery.identifier_xrds(self.base_url, self.identifiers.url(opaque))
         )
@@ -988,16 +1004,30 @@ def _same_url(a: str | None, b: str) -> bool:
         return False
 
 
+UI_EXTENSION = "http://specs.openid.net/extensions/ui/1.0"
+
+
+def ui_language(query: dict[str, str]) -> str | None:
+    """
+    The C{lang} of the OpenID User Interface extension in a request, under
+    whatever alias the site declared for it (C{openid.ns.ui} usually).
+    """
+    for key, value in query.items():
+        if key.startswith("openid.ns.") and value == UI_EXTENSION:
+            return query.get("openid." + key[len("openid.ns.") :] + ".lang")
+    return None
+
+
 def _raw_field(request: Request, name: str, limit: int) -> str:
     values = (request.args or {}).get(name.encode("ascii"))
     if not values:
-        raise HTTPError(400, f"The form is missing its {name!r} field.")
+        raise HTTPError(400, Text(N_("The form is missing its %(name)r field."), name=name))
     if len(values[0]) > limit:
-        raise HTTPError(413, f"The field {name!r} is too long.")
+        raise HTTPError(413, Text(N_("The field %(name)r is too long."), name=name))
     try:
         return str(values[0].decode("ascii"))
     except UnicodeDecodeError:
-        raise HTTPError(400, f"The field {name!r} is not valid.") from None
+        raise HTTPError(400, Text(N_("The field %(name)r is not valid."), name=name)) from None
 
 
 def _both(

@@ -32,6 +32,7 @@ from clickpass.accounts.flows import (
 )
 from clickpass.accounts.service import Account, AccountError, HashingBusy, Throttled
 from clickpass.accounts.tokens import TokenRefused
+from clickpass.i18n import N_
 from clickpass.web.app import WebApp, safe_next
 from clickpass.web.pages import AccountSection
 from clickpass.web.routing import HTTPError, Router
@@ -212,7 +213,7 @@ class OwnershipPages:
         password = self.app.form(request, "password")
         try:
             if password != self.app.form(request, "password_again"):
-                raise AccountError("The two passwords differ. Type the same password twice.")
+                raise AccountError(N_("The two passwords differ. Type the same password twice."))
             done = await self.flows.reset(token, password, self.app.how(request))
         except TokenRefused as e:
             return self._refused(request, e)
@@ -247,7 +248,7 @@ class OwnershipPages:
         new = self.app.form(request, "password")
         try:
             if new != self.app.form(request, "password_again"):
-                raise AccountError("The two passwords differ. Type the same password twice.")
+                raise AccountError(N_("The two passwords differ. Type the same password twice."))
             await self.flows.change_password(
                 account,
                 self.app.form(request, "current_password"),

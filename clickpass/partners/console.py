@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import AccountError, check_email
+from clickpass.i18n import N_
 from clickpass.partners import fields, sites, verification
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
@@ -207,7 +208,7 @@ class Console:
         account = await self.app.require_account(request)
         site = await self.app.storage.run(sites.admin_site, public_id, account.id)
         if site is None:
-            raise HTTPError(404, "There is no such site among the ones you administer.")
+            raise HTTPError(404, N_("There is no such site among the ones you administer."))
         return account, site
 
     def _done(self, request: Request, site: str, anchor: str = "", **said: Any) -> bytes:
@@ -396,7 +397,7 @@ class Console:
         self.app.check_csrf(request)
         _account, found = await self._site(request, site)
         if not key.isdigit():
-            raise HTTPError(404, "There is no such key.")
+            raise HTTPError(404, N_("There is no such key."))
         await self.app.storage.run(sites.revoke_key, found.id, int(key), self._now())
         return self._done(request, site, "keys")
 
@@ -441,7 +442,7 @@ class Console:
         self.app.check_csrf(request)
         _account, found = await self._site(request, site)
         if not invitation.isdigit():
-            raise HTTPError(404, "There is no such invitation.")
+            raise HTTPError(404, N_("There is no such invitation."))
         await self.app.storage.run(sites.withdraw_invitation, found.id, int(invitation))
         return self._done(request, site, "admins")
 
@@ -450,10 +451,10 @@ class Console:
         self.app.check_csrf(request)
         account, found = await self._site(request, site)
         if not admin.isdigit():
-            raise HTTPError(404, "There is no such admin of this site.")
+            raise HTTPError(404, N_("There is no such admin of this site."))
         outcome = await self.app.storage.run(sites.remove_admin, found.id, int(admin), self._now())
         if outcome == "absent":
-            raise HTTPError(404, "There is no such admin of this site.")
+            raise HTTPError(404, N_("There is no such admin of this site."))
         if outcome == "last":
             return self._done(
                 request,
@@ -472,15 +473,19 @@ class Console:
         if found is None:
             raise HTTPError(
                 404,
-                "This invitation cannot be used: it was accepted or withdrawn, or it expired. "
-                "Ask the site's admins for a new one.",
+                N_(
+                    "This invitation cannot be used: it was accepted or withdrawn, or it expired. "
+                    "Ask the site's admins for a new one."
+                ),
             )
         invitation, site = found
         if invitation.email != account.email:
             raise HTTPError(
                 403,
-                "This invitation is for another email address: sign in with the Clickpass "
-                "account that has the address it was made for.",
+                N_(
+                    "This invitation is for another email address: sign in with the Clickpass "
+                    "account that has the address it was made for."
+                ),
             )
         return account, token, site
 
@@ -500,8 +505,10 @@ class Console:
         if outcome != "accepted" or site is None:
             raise HTTPError(
                 404,
-                "This invitation cannot be used: it was accepted or withdrawn, or it expired. "
-                "Ask the site's admins for a new one.",
+                N_(
+                    "This invitation cannot be used: it was accepted or withdrawn, or it expired. "
+                    "Ask the site's admins for a new one."
+                ),
             )
         log.info("partner site {site}: invitation accepted", site=site.public_id)
         return self.app.redirect(request, f"/partners/{site.public_id}")
@@ -538,7 +545,7 @@ class Console:
             sites.complete_deletion, found.id, deletion[:40], self._now()
         )
         if done is None:
-            raise HTTPError(404, "There is no such deletion request for this site.")
+            raise HTTPError(404, N_("There is no such deletion request for this site."))
         if done:
             log.info("partner site {site}: a deletion request was marked done", site=site)
         return self._done(

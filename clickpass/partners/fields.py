@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from clickpass.accounts.service import Account, AccountError, check_email
+from clickpass.i18n import N_, Text
 
 
 @dataclass(frozen=True)
@@ -32,24 +33,33 @@ FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
         Field(
-            "nickname", "Nickname", "http://axschema.org/namePerson/friendly", "text", "nickname"
+            "nickname",
+            N_("Nickname"),
+            "http://axschema.org/namePerson/friendly",
+            "text",
+            "nickname",
         ),
-        Field("email", "Email address", "http://axschema.org/contact/email", "email", "email"),
-        Field("fullname", "Full name", "http://axschema.org/namePerson", "text", "name"),
+        Field("email", N_("Email address"), "http://axschema.org/contact/email", "email", "email"),
+        Field("fullname", N_("Full name"), "http://axschema.org/namePerson", "text", "name"),
         Field(
-            "dob", "Date of birth", "http://axschema.org/birthDate", "date", "bday", "YYYY-MM-DD"
+            "dob",
+            N_("Date of birth"),
+            "http://axschema.org/birthDate",
+            "date",
+            "bday",
+            "YYYY-MM-DD",
         ),
-        Field("gender", "Gender", "http://axschema.org/person/gender", "select", "sex"),
+        Field("gender", N_("Gender"), "http://axschema.org/person/gender", "select", "sex"),
         Field(
             "postcode",
-            "Postal code",
+            N_("Postal code"),
             "http://axschema.org/contact/postalCode/home",
             "text",
             "postal-code",
         ),
         Field(
             "country",
-            "Country",
+            N_("Country"),
             "http://axschema.org/contact/country/home",
             "text",
             "country",
@@ -57,7 +67,7 @@ FIELDS: dict[str, Field] = {
         ),
         Field(
             "language",
-            "Language",
+            N_("Language"),
             "http://axschema.org/pref/language",
             "text",
             "language",
@@ -65,7 +75,7 @@ FIELDS: dict[str, Field] = {
         ),
         Field(
             "timezone",
-            "Time zone",
+            N_("Time zone"),
             "http://axschema.org/pref/timezone",
             "text",
             "off",
@@ -120,10 +130,12 @@ _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2})?$")
 
 def validate(name: str, value: str, today: datetime.date) -> str:
     """The normalised value, or L{ValueError} with one sentence for the person."""
-    label = FIELDS[name].label
+    label = Text(FIELDS[name].label)
     value = value.strip()
     if not _NO_CONTROL.match(value):
-        raise ValueError(f"{label} contains characters that are not allowed.")
+        raise ValueError(
+            Text(N_("%(label)s contains characters that are not allowed."), label=label)
+        )
     if name == "email":
         try:
             return check_email(value)
@@ -132,38 +144,55 @@ def validate(name: str, value: str, today: datetime.date) -> str:
     if name in ("nickname", "fullname"):
         limit = 64 if name == "nickname" else 255
         if len(value) > limit:
-            raise ValueError(f"{label} can be at most {limit} characters.")
+            raise ValueError(
+                Text(N_("%(label)s can be at most %(limit)d characters."), label=label, limit=limit)
+            )
         return value
     if name == "dob":
         try:
             born = datetime.date.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"{label}: write the date as YYYY-MM-DD.") from None
+            raise ValueError(
+                Text(N_("%(label)s: write the date as YYYY-MM-DD."), label=label)
+            ) from None
         if born > today or born.year < 1900:
-            raise ValueError(f"{label} must be a real date in the past.")
+            raise ValueError(Text(N_("%(label)s must be a real date in the past."), label=label))
         return born.isoformat()
     if name == "gender":
         if value not in ("M", "F"):
-            raise ValueError(f"{label}: choose one of the options.")
+            raise ValueError(Text(N_("%(label)s: choose one of the options."), label=label))
         return value
     if name == "postcode":
         if not _POSTCODE.match(value):
-            raise ValueError(f"{label} can hold letters, digits, spaces and dashes (16 at most).")
+            raise ValueError(
+                Text(
+                    N_("%(label)s can hold letters, digits, spaces and dashes (16 at most)."),
+                    label=label,
+                )
+            )
         return value.upper()
     if name == "country":
         value = value.upper()
         if not _COUNTRY.match(value):
-            raise ValueError(f"{label}: use the two-letter country code, e.g. GB.")
+            raise ValueError(
+                Text(N_("%(label)s: use the two-letter country code, e.g. GB."), label=label)
+            )
         return value
     if name == "language":
         if not _LANGUAGE.match(value):
-            raise ValueError(f"{label}: use a language code such as en or en-GB.")
+            raise ValueError(
+                Text(N_("%(label)s: use a language code such as en or en-GB."), label=label)
+            )
         return value
     if name == "timezone":
         if value not in _zones():
-            raise ValueError(f"{label}: use a zone name such as Europe/London.")
+            raise ValueError(
+                Text(N_("%(label)s: use a zone name such as Europe/London."), label=label)
+            )
         return value
-    raise ValueError(f"{label} is not a field Clickpass knows.")  # pragma: no cover
+    raise ValueError(
+        Text(N_("%(label)s is not a field Clickpass knows."), label=label)
+    )  # pragma: no cover
 
 
 _ZONES: frozenset[str] | None = None
@@ -190,10 +219,13 @@ def check_form(
         raw = given.get(name, "").strip()
         if not raw:
             if name in must:
-                errors[name] = f"{FIELDS[name].label} is required by this site."
+                errors[name] = Text(
+                    N_("%(label)s is required by this site."), label=Text(FIELDS[name].label)
+                )
             continue
         try:
             values[name] = validate(name, raw, today)
         except ValueError as e:
-            errors[name] = str(e)
+            # The message itself (a Text keeps its parameters, for translation).
+            errors[name] = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
     return values, errors

@@ -29,6 +29,7 @@ from twisted.web.server import Request
 
 from clickpass.accounts import events
 from clickpass.accounts.service import Account
+from clickpass.i18n import N_
 from clickpass.openid import approvals
 from clickpass.openid import extensions as openid_extensions
 from clickpass.openid.hardening import for_log
@@ -361,7 +362,7 @@ class PartnerFlow:
         self.app.check_csrf(request)
         account = await self.app.current_account(request)
         if account is None:
-            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+            raise HTTPError(403, N_("You were signed out. Go back to the site and sign in again."))
         openid_request = await self.web.restore(request, account)
         checked = await self.web.check(request, openid_request, account)
         if isinstance(checked, bytes):
@@ -373,7 +374,7 @@ class PartnerFlow:
             or not site.verified
             or not site.allows_return_to(str(openid_request.return_to))
         ):
-            raise HTTPError(400, "This site is no longer set up for Clickpass. Tell the site.")
+            raise HTTPError(400, N_("This site is no longer set up for Clickpass. Tell the site."))
         return account, openid_request, site, site_id, select, wanted
 
     async def register(self, request: Request) -> bytes:
@@ -418,7 +419,7 @@ class PartnerFlow:
         self.app.check_csrf(request)
         account = await self.app.current_account(request)
         if account is None:
-            raise HTTPError(403, "You were signed out. Go back to the site and sign in again.")
+            raise HTTPError(403, N_("You were signed out. Go back to the site and sign in again."))
         openid_request = await self.web.restore(request, account)
         log.info("partner sign-in cancelled by the person")
         return await self.web.answer(request, openid_request, False)
@@ -526,7 +527,7 @@ class PartnerFlow:
 
         name = await self.app.storage.run(change)
         if not name:
-            raise HTTPError(404, "You are not connected to that site.")
+            raise HTTPError(404, N_("You are not connected to that site."))
         log.info(
             "person disconnected from {site}{forget}",
             site=public_id,

@@ -30,6 +30,7 @@ from markupsafe import Markup
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from clickpass.i18n import N_
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
 
@@ -161,7 +162,7 @@ class Guides:
 
     def _missing(self) -> HTTPError:
         return HTTPError(
-            404, "The partner guides are not installed with this Clickpass: ask its operator."
+            404, N_("The partner guides are not installed with this Clickpass: ask its operator.")
         )
 
     async def guide(self, request: Request) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 
 from clickpass.accounts import events
 from clickpass.accounts.service import AccountError
+from clickpass.i18n import N_, Text
 from clickpass.openid import approvals
 from clickpass.openid.identifiers import identifier_url
 from clickpass.partners import sites
@@ -242,8 +243,13 @@ def _leave_partner_admin(tx: Transaction, account_id: int, now: int) -> None:
     for site in sites.sites_for_admin(tx, account_id):
         if sites.remove_admin(tx, site.id, account_id, now) == "last":
             raise ErasureRefused(
-                f"You are the only admin of the partner site {site.display_name}: add another "
-                "admin or delete the site first, then delete your account."
+                Text(
+                    N_(
+                        "You are the only admin of the partner site %(site)s: add another "
+                        "admin or delete the site first, then delete your account."
+                    ),
+                    site=site.display_name,
+                )
             )
 
 

@@ -34,6 +34,7 @@ from clickpass.accounts.service import (
     SignInRefused,
     Throttled,
 )
+from clickpass.i18n import N_
 from clickpass.selfservice import data
 from clickpass.storage.sql import Transaction
 from clickpass.web.app import WebApp
@@ -133,7 +134,7 @@ class SelfService:
         ]
         how = self.app.how(request)
         if not await self.app.accounts.end_session_by_handle(account.id, handle, how):
-            raise HTTPError(404, "That session has already ended.")
+            raise HTTPError(404, N_("That session has already ended."))
         if handle in current:
             # The person signed out the browser they are using.
             await self.app.sign_out(request)
@@ -154,7 +155,7 @@ class SelfService:
         await self._stepped_up(request, account, "/account/export")
         found = await self.app.storage.run(data.export, account.id, self.app.settings.base_url)
         if found is None:
-            raise HTTPError(404, "There is no such account any more.")
+            raise HTTPError(404, N_("There is no such account any more."))
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
@@ -224,7 +225,7 @@ class SelfService:
         # browser left signed in cannot be used to delete the account.
         if not await self.app.storage.run(_has_password, account.id):
             if self.app.form(request, "email").strip().lower() != account.email:
-                raise AccountError("Type your email address exactly to confirm.")
+                raise AccountError(N_("Type your email address exactly to confirm."))
             return
         try:
             found = await self.app.accounts.authenticate(
@@ -234,9 +235,9 @@ class SelfService:
                 self.app.browser(request),
             )
         except SignInRefused:
-            raise AccountError("That is not your password.") from None
+            raise AccountError(N_("That is not your password.")) from None
         if found.id != account.id:  # pragma: no cover - the address is unique
-            raise AccountError("That is not your password.")
+            raise AccountError(N_("That is not your password."))
 
     async def deleted(self, request: Request) -> bytes:
         return self.app.render(request, "selfservice/deleted.html")

@@ -28,6 +28,7 @@ MariaDB under concurrent load.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import random
 import re
@@ -473,9 +474,13 @@ class AdbapiStorage:
 
     def run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         dialect = self.dialect
+        # The transaction runs in its caller's context (the pool's threads
+        # do not carry it): mail rendered inside it is in the language of
+        # the request that caused it.
+        context = contextvars.copy_context()
 
         def interaction(cursor: Any) -> T:
-            return fn(Transaction(cursor, dialect), *args)
+            return context.run(fn, Transaction(cursor, dialect), *args)
 
         return self._attempt(interaction, 1, fn)
 

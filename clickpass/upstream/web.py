@@ -19,6 +19,7 @@ from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
 from clickpass.config import ConfigError, Settings, read_secret_file
+from clickpass.i18n import N_
 from clickpass.storage.sql import Storage, Transaction
 from clickpass.upstream.connectors import Connector, make_connector, resolve
 from clickpass.upstream.http import UpstreamError, UpstreamHTTP, make_agent
@@ -237,7 +238,7 @@ class UpstreamPages:
         if account is None or account.id != finished.account_id:
             found = await self.app.accounts.get(finished.account_id)
             if found is None:  # pragma: no cover - just written in the same flow
-                raise HTTPError(500, "Something went wrong on our side. Please try again.")
+                raise HTTPError(500, N_("Something went wrong on our side. Please try again."))
             if self.second_step is not None:
                 # A provider's sign-in is a first factor only: a person with
                 # a second factor gives it too.
@@ -273,7 +274,7 @@ class UpstreamPages:
         account = await self.app.require_account(request)
         raw = self.app.form(request, "identity")
         if not raw.isdigit() or len(raw) > 18:
-            raise HTTPError(400, "Choose a linked sign-in method to unlink.")
+            raise HTTPError(400, N_("Choose a linked sign-in method to unlink."))
         try:
             await self.service.unlink(account.id, int(raw))
         except FlowError as e:

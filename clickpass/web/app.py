@@ -10,6 +10,7 @@ pool, password hashing through threads.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import datetime
 import hashlib
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -27,10 +28,12 @@ from twisted.internet.address import UNIXAddress
 from twisted.web.server import Request, Site
 from zope.interface import Interface
 
+from clickpass import i18n
 from clickpass._version import __version__
 from clickpass.accounts.events import describe_browser
 from clickpass.accounts.service import Account, Accounts, SignIn
 from clickpass.config import Settings
+from clickpass.i18n import N_, Text
 from clickpass.monitor.metrics import Registry
 from clickpass.storage.sql import Storage
 from clickpass.web.routing import HTTPError, Router
@@ -48,6 +51,13 @@ BROWSER_COOKIE_AGE = 2 * 365 * 24 * 3600
 # length of this browser session: it carries the choice made on the password
 # form through any second step to where the session starts.
 KEEP_COOKIE = b"cp_keep"
+# The language the person chose with the footer's switcher (a year), and
+# the one a partner asked for in the sign-in flow under way (ui_locales,
+# openid.ui.lang: for this browser session, under the person's own choice
+# of the flow's pages). Both are read only when they name a known language.
+LANGUAGE_COOKIE = b"cp_lang"
+LANGUAGE_COOKIE_AGE = 365 * 24 * 3600
+FLOW_LANGUAGE_COOKIE = b"cp_flow_lang"
 MAX_FIELD = 4096
 
 SECURITY_HEADERS = {
@@ -63,10 +73,13 @@ T = TypeVar("T")
 # What a page says at its top after an action redirected to it with
 # ?done=NAME: a fixed list, so that a link cannot make a page say anything else.
 NOTICES = {
-    "site-disconnected": "Disconnected. That site will not sign you in with Clickpass until "
-    "you connect it again.",
-    "site-forget-asked": "Disconnected, and the site was asked to delete what it holds about you.",
-    "approval-forgotten": "Forgotten. That site will ask you again before it signs you in.",
+    "site-disconnected": N_(
+        "Disconnected. That site will not sign you in with Clickpass until you connect it again."
+    ),
+    "site-forget-asked": N_(
+        "Disconnected, and the site was asked to delete what it holds about you."
+    ),
+    "approval-forgotten": N_("Forgotten. That site will ask you again before it signs you in."),
 }
 
 
@@ -94,6 +107,8 @@ class RequestState:
     csrf_cookie: str | None = None
     # The "keep me signed in" choice made in this request (L{WebApp.choose_keep}).
     keep: bool | None = None
+    # The language the request's pages and mail are in (L{WebApp.choose_language}).
+    language: str | None = None
 
 
 def request_state(request: Request) -> RequestState:
@@ -140,6 +155,8 @@ class WebApp:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        i18n.install(self.templates)
+        self.templates.filters["tr"] = i18n.translate
         self.templates.globals.update(
             version=__version__,
             base_url=settings.base_url,
@@ -192,11 +209,13 @@ class WebApp:
             return default
         raw: bytes = values[0]
         if len(raw) > MAX_FIELD:
-            raise HTTPError(400, f"The field {name!r} is too long.")
+            raise HTTPError(400, Text(N_("The field %(name)r is too long."), name=name))
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise HTTPError(400, f"The field {name!r} is not valid UTF-8.") from None
+            raise HTTPError(
+                400, Text(N_("The field %(name)r is not valid UTF-8."), name=name)
+            ) from None
 
     # Sessions.
 
@@ -243,7 +262,7 @@ class WebApp:
         account = await self.current_account(request)
         if account is None:
             target = back if back is not None else request.uri.decode("latin-1")
-            raise HTTPError(303, "Sign in first.", {"location": self.signin_url(target)})
+            raise HTTPError(303, N_("Sign in first."), {"location": self.signin_url(target)})
         return account
 
     def browser(self, request: Request) -> str:
@@ -336,20 +355,98 @@ class WebApp:
                 return
         raise HTTPError(
             403,
-            "This form has expired or came from another site. Go back, reload the page and "
-            "try again.",
+            N_(
+                "This form has expired or came from another site. Go back, reload the page "
+                "and try again."
+            ),
         )
+
+    # Languages.
+
+    def choose_language(self, request: Request) -> str:
+        """
+        Pick the request's language and make it the current one (for its
+        pages and the mail it causes): a partner's wish for the sign-in
+        flow under way, else the person's choice in the switcher, else
+        the browser's Accept-Language, else English. Called first for
+        every request (L{Router.on_request}), in the request's own context.
+        """
+        state = request_state(request)
+        if state.language is None:
+            state.language = i18n.known(_cookie(request, FLOW_LANGUAGE_COOKIE)) or _chosen_language(
+                request
+            )
+        i18n.current.set(state.language)
+        return state.language
+
+    def set_language(self, request: Request, language: str) -> None:
+        """The person chose C{language} (a known one) in the switcher: remember it."""
+        self.set_cookie(request, LANGUAGE_COOKIE, language, LANGUAGE_COOKIE_AGE)
+        if request.getCookie(FLOW_LANGUAGE_COOKIE):
+            self.set_cookie(request, FLOW_LANGUAGE_COOKIE, "", 0)
+        request_state(request).language = language
+        i18n.current.set(language)
+
+    def page_before(self, request: Request) -> str:
+        """
+        The path and query of the page a form was posted from (its
+        Referer), without a notice's C{done} (said once); C{/} when the
+        browser did not say or it is not a path on this site.
+        """
+        referer = _header(request, b"referer") or ""
+        parts = urlsplit(referer[:MAX_FIELD])
+        if parts.netloc != (_header(request, b"host") or ""):
+            return "/"
+        kept = [p for p in parts.query.split("&") if p and not p.startswith("done=")]
+        return safe_next(parts.path + ("?" + "&".join(kept) if kept else ""), "/")
+
+    def follow_partner_language(self, request: Request, wishes: list[str] | None) -> None:
+        """
+        A sign-in flow starts with a partner's list of languages (C{None}:
+        it named none): its pages follow the first we speak, for this
+        browser session, unless the person chooses another in the
+        switcher. A flow that names none forgets an earlier flow's.
+        """
+        language = i18n.pick(wishes) if wishes else None
+        if language is None:
+            if request.getCookie(FLOW_LANGUAGE_COOKIE):
+                self.set_cookie(request, FLOW_LANGUAGE_COOKIE, "", 0)
+                # This request no longer follows the earlier flow's language.
+                language = _chosen_language(request)
+                request_state(request).language = language
+                i18n.current.set(language)
+            return
+        self.set_cookie(request, FLOW_LANGUAGE_COOKIE, language, None)
+        request_state(request).language = language
+        i18n.current.set(language)
 
     # Responses.
 
     def render(self, request: Request, template: str, **context: Any) -> bytes:
+        # In a context of its own: an error page rendered outside any
+        # handler must not leave its language behind in the reactor's.
+        language = request_state(request).language or self.choose_language_outside(request)
+        return contextvars.copy_context().run(self._render, request, language, template, context)
+
+    def choose_language_outside(self, request: Request) -> str:
+        """L{choose_language} for a page rendered outside a handler (a 404), leaving no trace."""
+        return contextvars.copy_context().run(self.choose_language, request)
+
+    def _render(
+        self, request: Request, language: str, template: str, context: dict[str, Any]
+    ) -> bytes:
+        i18n.current.set(language)
+        request.setHeader(b"content-language", language.encode("ascii"))
+        request.setHeader(b"vary", b"Accept-Language, Cookie")
+        context.setdefault("language", language)
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         context.setdefault("csrf_token", self.csrf_token(request))
         done = (request.args or {}).get(b"done", [b""])[0]
-        context.setdefault("notice", NOTICES.get(done.decode("ascii", "replace")))
+        notice = NOTICES.get(done.decode("ascii", "replace"))
+        context.setdefault("notice", i18n.translate(notice) if notice else None)
         known = request_state(request).account
         context.setdefault("account", None if isinstance(known, Unread) else known)
         return self.templates.get_template(template).render(**context).encode("utf-8")
@@ -379,7 +476,7 @@ class FooterLink:
     url: str
 
 
-FOOTER_PAGES = (("privacy", "Privacy"), ("terms", "Terms of use"), ("help", "Help"))
+FOOTER_PAGES = (("privacy", N_("Privacy")), ("terms", N_("Terms of use")), ("help", N_("Help")))
 
 
 def footer_links(settings: Settings) -> list[FooterLink]:
@@ -390,6 +487,25 @@ def footer_links(settings: Settings) -> list[FooterLink]:
         url = page if page.startswith(("http://", "https://")) else "/" + name
         links.append(FooterLink(name, label, url))
     return links
+
+
+def _chosen_language(request: Request) -> str:
+    """The person's own language: the switcher's choice, else the browser's, else English."""
+    return (
+        i18n.known(_cookie(request, LANGUAGE_COOKIE))
+        or i18n.negotiate(_header(request, b"accept-language"))
+        or i18n.DEFAULT
+    )
+
+
+def _cookie(request: Request, name: bytes) -> str | None:
+    raw = request.getCookie(name)
+    return raw.decode("ascii", "replace") if raw else None
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    raw = request.getHeader(name)
+    return raw.decode("latin-1") if raw else None
 
 
 def day(ts: int) -> str:

@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 from twisted.web.server import Request
 
+from clickpass import i18n
 from clickpass.accounts.service import (
     Account,
     AccountError,
@@ -33,6 +34,7 @@ from clickpass.accounts.service import (
     Throttled,
 )
 from clickpass.config import Settings
+from clickpass.i18n import N_
 from clickpass.web.app import FOOTER_PAGES, STATIC, WebApp, safe_next
 from clickpass.web.routing import HTTPError, Router
 
@@ -170,7 +172,7 @@ class AccountPages:
         next_url = safe_next(self.app.form(request, "next"))
         try:
             if password != self.app.form(request, "password_again"):
-                raise AccountError("The two passwords differ. Type the same password twice.")
+                raise AccountError(N_("The two passwords differ. Type the same password twice."))
             if self.signup_flow is not None:
                 return await self.signup_flow.signed_up(request, email, password, next_url)
             account = await self.app.accounts.sign_up(
@@ -235,6 +237,16 @@ class AccountPages:
         await self.app.sign_out(request)
         return self.app.redirect(request, "/signed-out")
 
+    async def choose_language(self, request: Request) -> bytes:
+        # The footer's switcher; back to the page it was on (the Referer,
+        # sent for our own pages: Referrer-Policy same-origin), never to
+        # another site. A language we do not speak changes nothing.
+        self.app.check_csrf(request)
+        chosen = i18n.known(self.app.form(request, "language"))
+        if chosen is not None:
+            self.app.set_language(request, chosen)
+        return self.app.redirect(request, self.app.page_before(request))
+
     async def signed_out(self, request: Request) -> bytes:
         # Says that signing out worked; someone still signed in is not told so.
         account = await self.app.current_account(request)
@@ -287,7 +299,7 @@ class AccountPages:
     async def static(self, request: Request, name: str) -> bytes:
         found = self.statics.get(name)
         if found is None:
-            raise HTTPError(404, "There is nothing at this address.")
+            raise HTTPError(404, N_("There is nothing at this address."))
         body, content_type, etag = found
         request.setHeader(b"content-type", content_type)
         request.setHeader(b"cache-control", b"public, max-age=3600")
@@ -316,6 +328,7 @@ def install(
     router.add("GET", "/signin", pages.signin_form)
     router.add("POST", "/signin", pages.signin)
     router.add("POST", "/signout", pages.signout)
+    router.add("POST", "/language", pages.choose_language)
     router.add("GET", "/account", pages.account_page)
     router.add("GET", "/signed-out", pages.signed_out)
     for name in pages.info_pages:

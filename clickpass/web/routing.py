@@ -26,6 +26,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from clickpass.i18n import N_
+
 Handler = Callable[..., Awaitable[bytes | None]]
 ErrorPage = Callable[[Request, int, str], bytes]
 UNMATCHED = "(unmatched)"
@@ -104,6 +106,10 @@ class Router(Resource):
         super().__init__()
         self._routes: list[Route] = []
         self.error_page: ErrorPage = _plain_error
+        # Called first in each handler's own context (a handler runs in a
+        # copy of the context, so what this sets there stays with the
+        # request): the application picks the request's language here.
+        self.on_request: Callable[[Request], object] | None = None
         # Per-route request counts and latency, labelled by the route's
         # pattern (never the raw path, so the label set stays bounded).
         self.observer: RequestObserver | None = None
@@ -149,7 +155,7 @@ class Router(Resource):
         try:
             path = request.path.decode("utf-8")
         except UnicodeDecodeError:
-            return self._error(request, HTTPError(400, "The address is not valid UTF-8."))
+            return self._error(request, HTTPError(400, N_("The address is not valid UTF-8.")))
         allowed: list[bytes] = []
         for route in self._routes:
             m = route.pattern.match(path)
@@ -171,10 +177,12 @@ class Router(Resource):
             return NOT_DONE_YET
         if allowed:
             request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
-            return self._error(request, HTTPError(405, "That method is not allowed here."))
-        return self._error(request, HTTPError(404, "There is nothing at this address."))
+            return self._error(request, HTTPError(405, N_("That method is not allowed here.")))
+        return self._error(request, HTTPError(404, N_("There is nothing at this address.")))
 
     async def _run(self, handler: Handler, request: Request, params: dict[str, Any]) -> None:
+        if self.on_request is not None:
+            self.on_request(request)
         try:
             body = await handler(request, **params)
         except HTTPError as e:
@@ -221,7 +229,7 @@ class Router(Resource):
             request.loseConnection()
             return
         body = self._error(
-            request, HTTPError(500, "Something went wrong on our side. Please try again.")
+            request, HTTPError(500, N_("Something went wrong on our side. Please try again."))
         )
         request.write(body)
         request.finish()
