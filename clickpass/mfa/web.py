@@ -58,7 +58,7 @@ KEY_OR_RECOVERY = frozenset({METHOD_RECOVERY_CODE}) | KEY_METHODS
 # The security log's name for a password sign-in (a provider's sign-in is
 # logged by the provider's name).
 SIGNED_IN_WITH_PASSWORD = "password"  # noqa: S105 (a method's name, not a password)
-NOT_WITH_A_PROVIDER = (
+NOT_WITH_A_PROVIDER = N_(
     "You have a second factor, so confirm it is you with it, not with a sign-in provider."
 )
 

@@ -207,7 +207,7 @@ class UpstreamPages:
         linked = {i.provider for i in await self.service.linked(account.id)}
         if name not in linked or name not in self.connectors:
             raise HTTPError(
-                400, "That sign-in provider is not linked to your account; confirm another way."
+                400, N_("That sign-in provider is not linked to your account; confirm another way.")
             )
         return await self.begin(request, name, REAUTH, account.id)
 
