@@ -59,6 +59,10 @@ UNKNOWN_KEY = (
     "That passkey or security key is not registered here. Use another one, or sign in "
     "with your password."
 )
+DEVICE_BOUND_NEEDED = (
+    "This needs a security key or passkey bound to one device, not a synced passkey: "
+    "use such a key."
+)
 COPIED = (
     "That security key was refused: it looks like a copy of the one you registered. Use "
     "another way to sign in, and remove that key from your account."
@@ -371,17 +375,31 @@ class SecurityKeys:
     # Signing in with a key.
 
     async def assertion_options(
-        self, purpose: str, binding: str, account_id: int | None, address: str
+        self,
+        purpose: str,
+        binding: str,
+        account_id: int | None,
+        address: str,
+        device_bound: bool = False,
     ) -> dict[str, Any]:
         """
         The C{get()} options: for C{account_id}'s own keys (second step,
-        step-up), or, with no account, for any discoverable passkey with
-        user verification (a sign-in with no password); the challenge given
-        to the browser session C{binding} at the client C{address}.
+        step-up), only those bound to one device with C{device_bound} (what
+        a site asking for a physical factor needs: offering a synced passkey
+        would only send the person round again), or, with no account, for
+        any discoverable passkey with user verification (a sign-in with no
+        password); the challenge given to the browser session C{binding} at
+        the client C{address}.
         """
         allow: list[tuple[bytes, tuple[str, ...]]] = []
         if account_id is not None:
-            allow = [(c.credential_id, c.transports) for c in await self.credentials(account_id)]
+            allow = [
+                (c.credential_id, c.transports)
+                for c in await self.credentials(account_id)
+                if not (device_bound and synced(c.backup_eligible, c.backed_up))
+            ]
+            if not allow and device_bound:
+                raise KeyRefused(DEVICE_BOUND_NEEDED)
             if not allow:
                 raise KeyRefused("You have no passkey or security key.")
         challenge = await self._challenge(purpose, binding, account_id or 0, address)
@@ -394,13 +412,22 @@ class SecurityKeys:
         )
 
     async def check(
-        self, purpose: str, binding: str, answer: str, account_id: int | None, where: Where
+        self,
+        purpose: str,
+        binding: str,
+        answer: str,
+        account_id: int | None,
+        where: Where,
+        device_bound: bool = False,
     ) -> KeyUsed:
         """
         Judge a C{get()} answer given for a challenge of C{purpose} in the
         browser session C{binding}: from C{account_id}'s own key, or (no
         account) any registered passkey, which must then have verified
-        the person and carry its user handle. L{CeremonyRefused} otherwise.
+        the person and carry its user handle; with C{device_bound}, a key
+        bound to one device (a synced passkey, as its stored or present
+        backup flags tell, is refused with L{DEVICE_BOUND_NEEDED}, its use
+        not recorded). L{CeremonyRefused} otherwise.
         """
         try:
             assertion = ceremony.read_assertion(answer)
@@ -435,6 +462,14 @@ class SecurityKeys:
                 )
             except CeremonyRefused as e:
                 return e, found.account_id
+            kind = synced(
+                found.backup_eligible or verified.backup_eligible,
+                found.backed_up or verified.backed_up,
+            )
+            if device_bound and kind:
+                # The person's own key, only not the kind this step needs:
+                # no security event (the challenge is spent all the same).
+                return CeremonyRefused(DEVICE_BOUND_NEEDED, f"{found.name}: synced"), None
             moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
                 store.use_credential(
                     tx, id_hash, found.sign_count, verified.sign_count, verified.backed_up, now
@@ -449,10 +484,6 @@ class SecurityKeys:
                     f"{found.sign_count} (a copied key?)",
                 )
                 return refused, found.account_id
-            kind = synced(
-                found.backup_eligible or verified.backup_eligible,
-                found.backed_up or verified.backed_up,
-            )
             return KeyUsed(found.account_id, found.name, verified.user_verified, kind), None
 
         def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:

@@ -65,6 +65,8 @@ class FactorPages(Protocol):
 
     async def require_step_up(self, request: Request, account: Account, back: str) -> None: ...
 
+    async def device_bound_asked(self, request: Request, account: Account) -> bool: ...
+
     async def code_page(
         self,
         request: Request,
@@ -333,6 +335,7 @@ class KeyPages:
                 self.app.session_token(request),
                 account.id,
                 self.app.client_address(request),
+                device_bound=await self.web.device_bound_asked(request, account),
             )
         except CeremonyRefused as e:
             return self.refused(request, e)
@@ -348,6 +351,7 @@ class KeyPages:
                 self.answer(request),
                 account.id,
                 self.where(request),
+                device_bound=await self.web.device_bound_asked(request, account),
             )
         except CeremonyRefused as e:
             return await self.web.confirm_page(request, account, e.message, 401)
