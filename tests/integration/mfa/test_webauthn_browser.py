@@ -355,6 +355,130 @@ def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
     assert set(answer.auth_policies) == {pape.AUTH_MULTI_FACTOR, pape.AUTH_PHISHING_RESISTANT}
 
 
+@pytest.fixture
+def two_authenticators(chrome: WebDriver) -> Iterator[tuple[WebDriver, str, str]]:
+    """
+    Two virtual authenticators at once (DevTools' WebAuthn domain): a
+    security key bound to one device (no backup flags) and a phone whose
+    passkeys are synced (defaultBackupEligibility, defaultBackupState).
+    Yields the driver and the two authenticators' ids (device, synced).
+    """
+    chrome.execute_cdp_cmd("WebAuthn.enable", {"enableUI": False})
+    common = {"protocol": "ctap2", "hasResidentKey": True, "hasUserVerification": True}
+    device = chrome.execute_cdp_cmd(
+        "WebAuthn.addVirtualAuthenticator",
+        {"options": {**common, "transport": "usb", "isUserVerified": True}},
+    )["authenticatorId"]
+    synced_one = chrome.execute_cdp_cmd(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                **common,
+                "transport": "internal",
+                "isUserVerified": True,
+                "defaultBackupEligibility": True,
+                "defaultBackupState": True,
+            }
+        },
+    )["authenticatorId"]
+    try:
+        yield chrome, device, synced_one
+    finally:
+        for added in (device, synced_one):
+            chrome.execute_cdp_cmd(
+                "WebAuthn.removeVirtualAuthenticator", {"authenticatorId": added}
+            )
+        chrome.execute_cdp_cmd("WebAuthn.disable", {})
+
+
+def answering(driver: WebDriver, *authenticators: str, of: tuple[str, ...]) -> None:
+    """Let only C{authenticators} (of the ids C{of}) answer: the others wait for a touch."""
+    for added in of:
+        driver.execute_cdp_cmd(
+            "WebAuthn.setAutomaticPresenceSimulation",
+            {"authenticatorId": added, "enabled": added in authenticators},
+        )
+
+
+OPTIONS_OF_THE_KEY_FORM = """
+const done = arguments[arguments.length - 1];
+const form = document.querySelector("form#key-use");
+const body = new URLSearchParams();
+for (const name of ["csrf_token", "device"]) {
+  if (form.elements[name]) { body.append(name, form.elements[name].value); }
+}
+fetch(form.dataset.options, {method: "POST", body: body, credentials: "same-origin"})
+  .then((answer) => answer.json()).then(done, (error) => done({error: String(error)}));
+"""
+
+
+def test_a_physical_factor_step_up_offers_only_the_device_bound_key(
+    two_authenticators: tuple[WebDriver, str, str],
+    node: NodeProcess,
+    rp_site: BrowserRelyingParty,
+) -> None:
+    """
+    A person with a synced passkey and a security key bound to one device,
+    signed in with the synced passkey, visits a partner site asking PAPE
+    multi-factor-physical: the confirm page asks the browser for the
+    device-bound key alone (allowCredentials), so with both authenticators
+    present the key answers, once, and the site gets multi-factor-physical
+    with no second trip to the confirm page.
+    """
+    driver, device, synced_one = two_authenticators
+    both = (device, synced_one)
+    signed_up(driver, node)
+    answering(driver, synced_one, of=both)
+    add_key(driver, node, "passkey", "Phone passkey")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    answering(driver, device, of=both)
+    add_key(driver, node, "key", "Blue key")
+    driver.get(base(node) + "account/mfa")
+    assert "Phone passkey</strong>: passkey (synced)" in driver.page_source
+    held = driver.execute_cdp_cmd("WebAuthn.getCredentials", {"authenticatorId": device})
+    [device_key] = held["credentials"]
+
+    # Signed in again with the synced passkey alone (no password).
+    sign_out(driver, node)
+    answering(driver, synced_one, of=both)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    signed_in = base(node) + "account/mfa"
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == signed_in or passkey_button_shown(d))
+    if driver.current_url != signed_in:
+        with contextlib.suppress(WebDriverException):
+            click(driver, "form#passkey-signin button")
+    arrive(driver, signed_in)
+
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_MULTI_FACTOR_PHYSICAL]))
+    driver.get(str(asking.redirectURL(rp.realm, rp.return_to)))
+    assert driver.current_url.startswith(base(node) + "account/confirm"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    options = driver.execute_async_script(OPTIONS_OF_THE_KEY_FORM)
+    allowed = [c["id"] for c in options.get("allowCredentials", [])]
+    # DevTools gives the id in base64 with padding; the options in base64url.
+    wanted = device_key["credentialId"].replace("+", "-").replace("/", "_").rstrip("=")
+    assert allowed == [wanted], options
+
+    answering(driver, *both, of=both)
+    click(driver, "form#key-use button")
+    decide = "form[action='/openid/decide']"
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, decide) or "account/confirm" in d.current_url
+    )
+    assert driver.find_elements(By.CSS_SELECTOR, decide), (
+        driver.current_url + "\n" + driver.page_source[:3000]
+    )
+    click(driver, decide + " button[value='allow']")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None and pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
+
+
 # Last in the module: the partner site it registers (on 127.0.0.1) would
 # refuse the earlier tests' relying party, an unregistered site on the same host.
 def test_adding_a_key_goes_on_to_the_site_that_required_it(
