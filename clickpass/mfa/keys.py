@@ -425,9 +425,10 @@ class SecurityKeys:
         browser session C{binding}: from C{account_id}'s own key, or (no
         account) any registered passkey, which must then have verified
         the person and carry its user handle; with C{device_bound}, a key
-        bound to one device (a synced passkey, as its stored or present
-        backup flags tell, is refused with L{DEVICE_BOUND_NEEDED}, its use
-        not recorded). L{CeremonyRefused} otherwise.
+        bound to one device when its owner has one (a synced passkey, as
+        its stored or present backup flags tell, is then refused with
+        L{DEVICE_BOUND_NEEDED}, its use not recorded). L{CeremonyRefused}
+        otherwise.
         """
         try:
             assertion = ceremony.read_assertion(answer)
@@ -466,9 +467,9 @@ class SecurityKeys:
                 found.backup_eligible or verified.backup_eligible,
                 found.backed_up or verified.backed_up,
             )
-            if device_bound and kind:
-                # The person's own key, only not the kind this step needs:
-                # no security event (the challenge is spent all the same).
+            if device_bound and kind and store.has_device_keys(tx, found.account_id):
+                # The person's own key, only not the kind this step needs
+                # (one they have): no security event, the challenge spent.
                 return CeremonyRefused(DEVICE_BOUND_NEEDED, f"{found.name}: synced"), None
             moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
                 store.use_credential(

@@ -180,6 +180,7 @@ class MfaWeb:
             error=error,
             with_key=await self.factors.has_keys(account_id),
             with_app=await self.factors.has_totp(account_id),
+            device_bound=await self.device_bound_asked(request, account_id),
         )
 
     async def code_form(self, request: Request) -> bytes:
@@ -304,17 +305,19 @@ class MfaWeb:
         url = "/account/confirm?next=" + quote(safe_next(back), safe="")
         return url + ("&" + DEVICE_FIELD + "=1" if device_bound else "")
 
-    async def device_bound_asked(self, request: Request, account: Account) -> bool:
+    async def device_bound_asked(self, request: Request, account_id: int) -> bool:
         """
-        Whether this step-up asks for a key bound to one device (a site
-        wants PAPE C{multi-factor-physical}, which a synced passkey never
-        meets) and the person has one: then only such keys are offered and
-        taken. A person with none goes on as before (the site is told what
-        was met).
+        Whether this step asks for a key bound to one device (the step-up
+        URL or the form says so, or the way back is an OpenID request whose
+        site wants PAPE C{multi-factor-physical}, which a synced passkey
+        never meets) and the person has one: then only such keys are
+        offered and taken. A person with none goes on as before (the site
+        is told what was met).
         """
-        return self.app.form(request, DEVICE_FIELD) == "1" and bool(
-            await self.factors.has_device_keys(account.id)
+        asked = self.app.form(request, DEVICE_FIELD) == "1" or keys_web.physical_asked(
+            safe_next(self.app.form(request, "next"), "")
         )
+        return asked and bool(await self.factors.has_device_keys(account_id))
 
     async def go_on(self, request: Request) -> bytes:
         """
@@ -348,7 +351,7 @@ class MfaWeb:
             next=safe_next(self.app.form(request, "next"), MANAGE),
             with_code=with_code,
             with_key=await self.factors.has_keys(account.id),
-            device_bound=await self.device_bound_asked(request, account),
+            device_bound=await self.device_bound_asked(request, account.id),
             with_app=await self.factors.has_totp(account.id),
             with_password=with_password,
             reauth_providers=[{"name": n, "display_name": d} for n, d in providers],

@@ -412,6 +412,29 @@ fetch(form.dataset.options, {method: "POST", body: body, credentials: "same-orig
 """
 
 
+def with_a_synced_and_a_device_bound_key(
+    driver: WebDriver, node: NodeProcess, device: str, synced_one: str
+) -> tuple[str, str]:
+    """
+    A new person with a synced passkey (made by C{synced_one}) and a
+    security key bound to one device (made by C{device}); their address,
+    and the device-bound credential's id in base64url.
+    """
+    both = (device, synced_one)
+    email = signed_up(driver, node)
+    answering(driver, synced_one, of=both)
+    add_key(driver, node, "passkey", "Phone passkey")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    answering(driver, device, of=both)
+    add_key(driver, node, "key", "Blue key")
+    driver.get(base(node) + "account/mfa")
+    assert "Phone passkey</strong>: passkey (synced)" in driver.page_source
+    held = driver.execute_cdp_cmd("WebAuthn.getCredentials", {"authenticatorId": device})
+    [device_key] = held["credentials"]
+    # DevTools gives the id in base64 with padding; the options in base64url.
+    return email, device_key["credentialId"].replace("+", "-").replace("/", "_").rstrip("=")
+
+
 def test_a_physical_factor_step_up_offers_only_the_device_bound_key(
     two_authenticators: tuple[WebDriver, str, str],
     node: NodeProcess,
@@ -427,16 +450,7 @@ def test_a_physical_factor_step_up_offers_only_the_device_bound_key(
     """
     driver, device, synced_one = two_authenticators
     both = (device, synced_one)
-    signed_up(driver, node)
-    answering(driver, synced_one, of=both)
-    add_key(driver, node, "passkey", "Phone passkey")
-    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
-    answering(driver, device, of=both)
-    add_key(driver, node, "key", "Blue key")
-    driver.get(base(node) + "account/mfa")
-    assert "Phone passkey</strong>: passkey (synced)" in driver.page_source
-    held = driver.execute_cdp_cmd("WebAuthn.getCredentials", {"authenticatorId": device})
-    [device_key] = held["credentials"]
+    _, device_key_id = with_a_synced_and_a_device_bound_key(driver, node, device, synced_one)
 
     # Signed in again with the synced passkey alone (no password).
     sign_out(driver, node)
@@ -458,9 +472,7 @@ def test_a_physical_factor_step_up_offers_only_the_device_bound_key(
     WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
     options = driver.execute_async_script(OPTIONS_OF_THE_KEY_FORM)
     allowed = [c["id"] for c in options.get("allowCredentials", [])]
-    # DevTools gives the id in base64 with padding; the options in base64url.
-    wanted = device_key["credentialId"].replace("+", "-").replace("/", "_").rstrip("=")
-    assert allowed == [wanted], options
+    assert allowed == [device_key_id], options
 
     answering(driver, *both, of=both)
     click(driver, "form#key-use button")
@@ -471,6 +483,59 @@ def test_a_physical_factor_step_up_offers_only_the_device_bound_key(
     assert driver.find_elements(By.CSS_SELECTOR, decide), (
         driver.current_url + "\n" + driver.page_source[:3000]
     )
+    click(driver, decide + " button[value='allow']")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None and pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
+
+
+def test_signing_in_for_a_physical_factor_refuses_the_synced_passkey(
+    two_authenticators: tuple[WebDriver, str, str],
+    node: NodeProcess,
+    rp_site: BrowserRelyingParty,
+) -> None:
+    """
+    Signed out, a person with a synced passkey and a device-bound key comes
+    from a partner site asking PAPE multi-factor-physical: signing in with
+    the synced passkey and no password is refused with one line saying a
+    key bound to one device is needed; signing in with the password, the
+    second step asks the browser for the device-bound key alone, and the
+    site gets multi-factor-physical.
+    """
+    driver, device, synced_one = two_authenticators
+    both = (device, synced_one)
+    email, device_key_id = with_a_synced_and_a_device_bound_key(driver, node, device, synced_one)
+    sign_out(driver, node)
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_MULTI_FACTOR_PHYSICAL]))
+    partner_url = str(asking.redirectURL(rp.realm, rp.return_to))
+
+    answering(driver, synced_one, of=both)
+    driver.get(partner_url)
+    assert driver.current_url.startswith(base(node) + "signin"), driver.current_url
+    needed = "This needs a security key or passkey bound to one device"
+    WebDriverWait(driver, 20).until(lambda d: needed in d.page_source or passkey_button_shown(d))
+    if needed not in driver.page_source:
+        with contextlib.suppress(WebDriverException):
+            click(driver, "form#passkey-signin button")
+    WebDriverWait(driver, 20).until(lambda d: needed in d.page_source)
+    assert not driver.find_elements(By.CSS_SELECTOR, "form[action='/signout']")
+
+    answering(driver, of=both)
+    driver.get(partner_url)
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    assert driver.current_url.startswith(base(node) + "signin/code"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    options = driver.execute_async_script(OPTIONS_OF_THE_KEY_FORM)
+    assert [c["id"] for c in options.get("allowCredentials", [])] == [device_key_id], options
+    answering(driver, *both, of=both)
+    click(driver, "form#key-use button")
+    decide = "form[action='/openid/decide']"
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, decide))
     click(driver, decide + " button[value='allow']")
     WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
     response = rp.complete(driver.current_url)

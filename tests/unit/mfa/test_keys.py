@@ -441,7 +441,9 @@ async def test_a_step_needing_a_device_bound_key_offers_and_takes_only_those(
     passkey is refused with a clear message, its use not recorded and no
     security event logged; the device-bound key is taken. A passwordless
     prompt for such a step refuses the synced passkey too. With no
-    device-bound key at all, the options are refused with the same message.
+    device-bound key at all, the options naming the person's keys are
+    refused with the same message, and a passwordless prompt takes the
+    synced passkey (nothing better to give).
     """
     clock = FakeClock()
     security_keys = SecurityKeys(storage_backend, MfaSettings(), RP, MASTER, clock=clock)
@@ -454,6 +456,14 @@ async def test_a_step_needing_a_device_bound_key_offers_and_takes_only_those(
     with pytest.raises(CeremonyRefused) as none_bound:
         await security_keys.assertion_options(CONFIRM, SESSION, account_id, ADDR, device_bound=True)
     assert none_bound.value.message == keys.DEVICE_BOUND_NEEDED
+    # Having no device-bound key, they sign in with the synced one still.
+    options = await security_keys.assertion_options(
+        PASSKEY, "cookie", None, ADDR, device_bound=True
+    )
+    used = await security_keys.check(
+        PASSKEY, "cookie", phone.get(options), None, HERE, device_bound=True
+    )
+    assert used.synced
     key = SoftAuthenticator(RP.origin, RP.rp_id)
     options = await security_keys.registration_options(
         account_id, "dee@example.com", SESSION, False, ADDR
