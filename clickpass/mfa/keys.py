@@ -125,6 +125,34 @@ class ChallengesThrottled(KeyRefused):
         self.retry_after = retry_after
 
 
+def _record_use(
+    tx: Transaction, found: store.Credential, verified: ceremony.VerifiedAssertion, now: int
+) -> CeremonyRefused | None:
+    """
+    Record a verified use of C{found}: its new counter, backup state and
+    time; the refusal when the counter went back (a copied key?).
+    """
+    moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
+        store.use_credential(
+            tx,
+            _sha256(found.credential_id),
+            found.sign_count,
+            verified.sign_count,
+            verified.backed_up,
+            now,
+        )
+        # With no counter (both 0) the row may be left as it was.
+        or verified.sign_count == 0
+    )
+    if moved:
+        return None
+    return CeremonyRefused(
+        COPIED,
+        f"{found.name}: signature counter {verified.sign_count} after "
+        f"{found.sign_count} (a copied key?)",
+    )
+
+
 class SecurityKeys:
     """The WebAuthn credentials of every account, on one storage, for one relying party."""
 
@@ -471,20 +499,9 @@ class SecurityKeys:
                 # The person's own key, only not the kind this step needs
                 # (one they have): no security event, the challenge spent.
                 return CeremonyRefused(DEVICE_BOUND_NEEDED, f"{found.name}: synced"), None
-            moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
-                store.use_credential(
-                    tx, id_hash, found.sign_count, verified.sign_count, verified.backed_up, now
-                )
-                # With no counter (both 0) the row may be left as it was.
-                or verified.sign_count == 0
-            )
-            if not moved:
-                refused = CeremonyRefused(
-                    COPIED,
-                    f"{found.name}: signature counter {verified.sign_count} after "
-                    f"{found.sign_count} (a copied key?)",
-                )
-                return refused, found.account_id
+            copied = _record_use(tx, found, verified, now)
+            if copied is not None:
+                return copied, found.account_id
             return KeyUsed(found.account_id, found.name, verified.user_verified, kind), None
 
         def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:
