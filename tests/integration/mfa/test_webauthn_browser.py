@@ -16,6 +16,7 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -25,9 +26,11 @@ from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from clickpass.oidc import keys
 from tests.integration.mfa.person import PASSWORD
 from tests.integration.mfa.relying_party import BrowserRelyingParty
 from tests.integration.mfa.test_site_requires_factor import set_required
+from tests.integration.oidc.harness import Provider
 from tests.integration.openid.conftest import OPENID_CONFIG
 from tests.integration.openid.harness import PythonRP
 from tests.integration.partners.conftest import register_site
@@ -597,3 +600,35 @@ def test_adding_a_key_goes_on_to_the_site_that_required_it(
         }
     finally:
         site_rp.stop()
+
+
+# After the test above: the client's site is on the same host as its partner site.
+def test_an_id_token_says_hwk_for_a_device_bound_key(
+    authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
+) -> None:
+    """
+    A person who just used a security key bound to one device (Chromium's
+    virtual authenticator, no backup flags) signs in to an OpenID Connect
+    client: the ID token's amr names hwk (and mfa), never swk.
+    """
+    driver = authenticator
+    signed_up(driver, node)
+    add_key(driver, node, "key", "Grey key")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    provider = Provider(node)
+    provider.url, provider.issuer = base(node), base(node).rstrip("/")
+    client = provider.client(rp_site.return_to)
+    driver.get(provider.authorize_url(client, state="st", nonce="nn"))
+    click(driver, "button[value=allow]")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    answer = dict(parse_qsl(urlsplit(driver.current_url).query))
+    assert answer.get("state") == "st", driver.current_url
+    code, redirect_uri = answer["code"], client.redirect_uri
+    tokens = provider.token(
+        client, grant_type="authorization_code", code=code, redirect_uri=redirect_uri
+    ).json()
+    claims = keys.verify(
+        tokens["id_token"], provider.jwks(), audience=client.client_id, issuer=provider.issuer
+    )
+    assert "hwk" in claims["amr"] and "mfa" in claims["amr"], claims
+    assert "swk" not in claims["amr"], claims
