@@ -59,6 +59,10 @@ UNKNOWN_KEY = (
     "That passkey or security key is not registered here. Use another one, or sign in "
     "with your password."
 )
+DEVICE_BOUND_NEEDED = (
+    "This needs a security key or passkey bound to one device, not a synced passkey: "
+    "use such a key."
+)
 COPIED = (
     "That security key was refused: it looks like a copy of the one you registered. Use "
     "another way to sign in, and remove that key from your account."
@@ -119,6 +123,34 @@ class ChallengesThrottled(KeyRefused):
             + " and try again, or sign in with your password."
         )
         self.retry_after = retry_after
+
+
+def _record_use(
+    tx: Transaction, found: store.Credential, verified: ceremony.VerifiedAssertion, now: int
+) -> CeremonyRefused | None:
+    """
+    Record a verified use of C{found}: its new counter, backup state and
+    time; the refusal when the counter went back (a copied key?).
+    """
+    moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
+        store.use_credential(
+            tx,
+            _sha256(found.credential_id),
+            found.sign_count,
+            verified.sign_count,
+            verified.backed_up,
+            now,
+        )
+        # With no counter (both 0) the row may be left as it was.
+        or verified.sign_count == 0
+    )
+    if moved:
+        return None
+    return CeremonyRefused(
+        COPIED,
+        f"{found.name}: signature counter {verified.sign_count} after "
+        f"{found.sign_count} (a copied key?)",
+    )
 
 
 class SecurityKeys:
@@ -371,17 +403,31 @@ class SecurityKeys:
     # Signing in with a key.
 
     async def assertion_options(
-        self, purpose: str, binding: str, account_id: int | None, address: str
+        self,
+        purpose: str,
+        binding: str,
+        account_id: int | None,
+        address: str,
+        device_bound: bool = False,
     ) -> dict[str, Any]:
         """
         The C{get()} options: for C{account_id}'s own keys (second step,
-        step-up), or, with no account, for any discoverable passkey with
-        user verification (a sign-in with no password); the challenge given
-        to the browser session C{binding} at the client C{address}.
+        step-up), only those bound to one device with C{device_bound} (what
+        a site asking for a physical factor needs: offering a synced passkey
+        would only send the person round again), or, with no account, for
+        any discoverable passkey with user verification (a sign-in with no
+        password); the challenge given to the browser session C{binding} at
+        the client C{address}.
         """
         allow: list[tuple[bytes, tuple[str, ...]]] = []
         if account_id is not None:
-            allow = [(c.credential_id, c.transports) for c in await self.credentials(account_id)]
+            allow = [
+                (c.credential_id, c.transports)
+                for c in await self.credentials(account_id)
+                if not (device_bound and synced(c.backup_eligible, c.backed_up))
+            ]
+            if not allow and device_bound:
+                raise KeyRefused(DEVICE_BOUND_NEEDED)
             if not allow:
                 raise KeyRefused("You have no passkey or security key.")
         challenge = await self._challenge(purpose, binding, account_id or 0, address)
@@ -394,13 +440,23 @@ class SecurityKeys:
         )
 
     async def check(
-        self, purpose: str, binding: str, answer: str, account_id: int | None, where: Where
+        self,
+        purpose: str,
+        binding: str,
+        answer: str,
+        account_id: int | None,
+        where: Where,
+        device_bound: bool = False,
     ) -> KeyUsed:
         """
         Judge a C{get()} answer given for a challenge of C{purpose} in the
         browser session C{binding}: from C{account_id}'s own key, or (no
         account) any registered passkey, which must then have verified
-        the person and carry its user handle. L{CeremonyRefused} otherwise.
+        the person and carry its user handle; with C{device_bound}, a key
+        bound to one device when its owner has one (a synced passkey, as
+        its stored or present backup flags tell, is then refused with
+        L{DEVICE_BOUND_NEEDED}, its use not recorded). L{CeremonyRefused}
+        otherwise.
         """
         try:
             assertion = ceremony.read_assertion(answer)
@@ -435,24 +491,17 @@ class SecurityKeys:
                 )
             except CeremonyRefused as e:
                 return e, found.account_id
-            moved = ceremony.counter_ok(found.sign_count, verified.sign_count) and (
-                store.use_credential(
-                    tx, id_hash, found.sign_count, verified.sign_count, verified.backed_up, now
-                )
-                # With no counter (both 0) the row may be left as it was.
-                or verified.sign_count == 0
-            )
-            if not moved:
-                refused = CeremonyRefused(
-                    COPIED,
-                    f"{found.name}: signature counter {verified.sign_count} after "
-                    f"{found.sign_count} (a copied key?)",
-                )
-                return refused, found.account_id
             kind = synced(
                 found.backup_eligible or verified.backup_eligible,
                 found.backed_up or verified.backed_up,
             )
+            if device_bound and kind and store.has_device_keys(tx, found.account_id):
+                # The person's own key, only not the kind this step needs
+                # (one they have): no security event, the challenge spent.
+                return CeremonyRefused(DEVICE_BOUND_NEEDED, f"{found.name}: synced"), None
+            copied = _record_use(tx, found, verified, now)
+            if copied is not None:
+                return copied, found.account_id
             return KeyUsed(found.account_id, found.name, verified.user_verified, kind), None
 
         def judge(tx: Transaction) -> KeyUsed | CeremonyRefused:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import secrets
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from openid.extensions.draft import pape5 as pape
+from openid.message import Message
 
 from twisted.web.server import Request
 
@@ -54,6 +57,32 @@ def with_next(path: str, back: str) -> str:
     return path + ("&" if "?" in path else "?") + "next=" + quote(back, safe="")
 
 
+def physical_asked(back: str) -> bool:
+    """
+    Whether the way back C{back} (a local path) is an OpenID request whose
+    site asks PAPE C{multi-factor-physical}: a sign-in on the way there
+    needs a key bound to one device, since a synced passkey never meets it
+    and would only send the person to confirm it is them again.
+    Anything unreadable asks nothing.
+    """
+    parts = urlsplit(back)
+    if parts.path != "/openid" or "pape" not in parts.query:
+        return False
+    try:
+        message = Message.fromPostArgs(dict(parse_qsl(parts.query)))
+        asked = pape.Request.fromOpenIDRequest(_Carrying(message))
+    except Exception:  # python3-openid's parsers raise many kinds on bad input
+        return False
+    return asked is not None and pape.AUTH_MULTI_FACTOR_PHYSICAL in asked.preferred_auth_policies
+
+
+class _Carrying:
+    """What python3-openid's extension parsers read of a request: its message."""
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
 class FactorPages(Protocol):
     """The second factors' pages (L{clickpass.mfa.web.MfaWeb}) these pages finish on."""
 
@@ -65,6 +94,8 @@ class FactorPages(Protocol):
     async def is_fresh(self, request: Request, account: Account) -> bool: ...
 
     async def require_step_up(self, request: Request, account: Account, back: str) -> None: ...
+
+    async def device_bound_asked(self, request: Request, account_id: int) -> bool: ...
 
     async def code_page(
         self,
@@ -234,7 +265,11 @@ class KeyPages:
             )
         try:
             options = await self.keys.assertion_options(
-                SECOND_STEP, token, found.account_id, self.app.client_address(request)
+                SECOND_STEP,
+                token,
+                found.account_id,
+                self.app.client_address(request),
+                device_bound=await self.web.device_bound_asked(request, found.account_id),
             )
         except CeremonyRefused as e:
             return self.refused(request, e)
@@ -252,7 +287,12 @@ class KeyPages:
             )
         try:
             used = await self.keys.check(
-                SECOND_STEP, token, self.answer(request), account.id, self.where(request)
+                SECOND_STEP,
+                token,
+                self.answer(request),
+                account.id,
+                self.where(request),
+                device_bound=await self.web.device_bound_asked(request, account.id),
             )
         except CeremonyRefused as e:
             return await self.web.code_page(request, account.id, next_url, e.message, 401)
@@ -302,7 +342,14 @@ class KeyPages:
             raise HTTPError(400, N_("Your passkey sign-in has expired. Try again."))
         try:
             used = await self.keys.check(
-                PASSKEY, binding, self.answer(request), None, self.where(request)
+                PASSKEY,
+                binding,
+                self.answer(request),
+                None,
+                self.where(request),
+                # Whose key it is is known only from the answer: the check
+                # refuses a synced passkey of a person who has a device-bound one.
+                device_bound=physical_asked(next_url),
             )
         except CeremonyRefused as e:
             raise HTTPError(401, e.message) from None
@@ -334,6 +381,7 @@ class KeyPages:
                 self.app.session_token(request),
                 account.id,
                 self.app.client_address(request),
+                device_bound=await self.web.device_bound_asked(request, account.id),
             )
         except CeremonyRefused as e:
             return self.refused(request, e)
@@ -349,6 +397,7 @@ class KeyPages:
                 self.answer(request),
                 account.id,
                 self.where(request),
+                device_bound=await self.web.device_bound_asked(request, account.id),
             )
         except CeremonyRefused as e:
             return await self.web.confirm_page(request, account, e.message, 401)

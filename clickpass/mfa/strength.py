@@ -187,8 +187,14 @@ class PapeStrength:
             has_device_key=await self.web.factors.has_device_keys(account.id),
         )
 
-    def step_up_url(self, back: str) -> str:
-        return self.web.step_up_url(back)
+    def step_up_url(self, back: str, openid_request: Any = None) -> str:
+        """
+        Where the person steps up for C{openid_request}: with a key bound
+        to one device when the site asks PAPE C{multi-factor-physical}.
+        """
+        asked = pape_request(openid_request) if openid_request is not None else None
+        physical = asked is not None and MULTI_FACTOR_PHYSICAL in asked.preferred_auth_policies
+        return self.web.step_up_url(back, device_bound=physical)
 
     async def decorator(
         self, request: Request, openid_request: Any

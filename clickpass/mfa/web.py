@@ -49,6 +49,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 SECOND_STEP_COOKIE = b"cp_second_step"
 TRUSTED_COOKIE = b"cp_trusted"
 MANAGE = "/account/mfa"
+# The step-up page's field asking for a key bound to one device.
+DEVICE_FIELD = "device"
 # The methods that are a second factor given in a session.
 GIVEN_FACTORS = frozenset({METHOD_TOTP, METHOD_RECOVERY_CODE}) | KEY_METHODS
 # What step-up takes of a person who has a security key or passkey.
@@ -179,6 +181,7 @@ class MfaWeb:
             error=error,
             with_key=await self.factors.has_keys(account_id),
             with_app=await self.factors.has_totp(account_id),
+            device_bound=await self.device_bound_asked(request, account_id),
         )
 
     async def code_form(self, request: Request) -> bytes:
@@ -294,9 +297,28 @@ class MfaWeb:
         """
         return safe_next(self.app.form(request, "next"), "")
 
-    def step_up_url(self, back: str) -> str:
-        """The page that confirms it is the person, then goes back to C{back}."""
-        return "/account/confirm?next=" + quote(safe_next(back), safe="")
+    def step_up_url(self, back: str, device_bound: bool = False) -> str:
+        """
+        The page that confirms it is the person, then goes back to C{back};
+        with C{device_bound}, with a key bound to one device (see
+        L{device_bound_asked}).
+        """
+        url = "/account/confirm?next=" + quote(safe_next(back), safe="")
+        return url + ("&" + DEVICE_FIELD + "=1" if device_bound else "")
+
+    async def device_bound_asked(self, request: Request, account_id: int) -> bool:
+        """
+        Whether this step asks for a key bound to one device (the step-up
+        URL or the form says so, or the way back is an OpenID request whose
+        site wants PAPE C{multi-factor-physical}, which a synced passkey
+        never meets) and the person has one: then only such keys are
+        offered and taken. A person with none goes on as before (the site
+        is told what was met).
+        """
+        asked = self.app.form(request, DEVICE_FIELD) == "1" or keys_web.physical_asked(
+            safe_next(self.app.form(request, "next"), "")
+        )
+        return asked and bool(await self.factors.has_device_keys(account_id))
 
     async def go_on(self, request: Request) -> bytes:
         """
@@ -330,6 +352,7 @@ class MfaWeb:
             next=safe_next(self.app.form(request, "next"), MANAGE),
             with_code=with_code,
             with_key=await self.factors.has_keys(account.id),
+            device_bound=await self.device_bound_asked(request, account.id),
             with_app=await self.factors.has_totp(account.id),
             with_password=with_password,
             reauth_providers=[{"name": n, "display_name": d} for n, d in providers],

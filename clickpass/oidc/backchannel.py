@@ -43,8 +43,8 @@ from twisted.python.failure import Failure
 
 from clickpass.monitor.metrics import Gauge, Registry
 from clickpass.partners.settings import PartnersSettings
-from clickpass.partners.webhooks import LEASE_MARGIN, Poster, backoff, treq_poster
-from clickpass.storage.outbox import LeasedOutboxService
+from clickpass.partners.webhooks import LEASE_MARGIN, Poster, treq_poster
+from clickpass.storage.outbox import Backoff, LeasedOutboxService, claim_rows, release_rows
 from clickpass.storage.sql import Storage, Transaction, one_line
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
@@ -169,34 +169,28 @@ def waiting(tx: Transaction) -> int:
 
 def claim(tx: Transaction, now: int, lease: int, limit: int) -> list[PendingLogout]:
     """Lease the due logouts of clients that still have a back-channel logout URI."""
-    rows = tx.fetchall(
+    rows = claim_rows(
+        tx,
+        "oidc_logouts",
         "SELECT l.id, l.client_id, l.sid, l.subject, l.created, l.attempts, "
         "c.backchannel_logout_uri, c.id_token_alg FROM oidc_logouts l "
         "JOIN oidc_clients c ON c.client_id = l.client_id "
         "WHERE l.state = ? AND l.next_attempt <= ? AND l.lease_until <= ? "
         "ORDER BY l.id LIMIT ?",
-        PENDING,
+        (PENDING, now, now, limit),
         now,
-        now,
-        limit,
+        lease,
+        pending=PENDING,
+        # The query joins the client's row: locking would hold it too.
+        lock=False,
     )
-    claimed = []
-    for r in rows:
-        if tx.execute(
-            "UPDATE oidc_logouts SET lease_until = ? WHERE id = ? AND state = ? "
-            "AND lease_until <= ?",
-            now + lease,
-            r[0],
-            PENDING,
-            now,
-        ):
-            claimed.append(
-                PendingLogout(
-                    int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), int(r[5]),
-                    str(r[6] or ""), str(r[7]),
-                )
-            )  # fmt: skip
-    return claimed
+    return [
+        PendingLogout(
+            int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), int(r[5]),
+            str(r[6] or ""), str(r[7]),
+        )
+        for r in rows
+    ]  # fmt: skip
 
 
 def mark_delivered(tx: Transaction, row_id: int, now: int) -> None:
@@ -232,8 +226,7 @@ def mark_failed(
 
 
 def release(tx: Transaction, row_ids: list[int]) -> None:
-    for row_id in row_ids:
-        tx.execute("UPDATE oidc_logouts SET lease_until = 0 WHERE id = ?", row_id)
+    release_rows(tx, "oidc_logouts", row_ids, pending=PENDING)
 
 
 def cleanup(tx: Transaction, before: int) -> int:
@@ -327,6 +320,7 @@ class BackchannelDelivery(LeasedOutboxService):
         self._signer = signer
         self._issuer = issuer
         self._post = post
+        self._backoff = Backoff(settings.webhook_backoff_initial, settings.webhook_backoff_max)
         self.delivered = 0
         self.depth: Gauge | None = None
 
@@ -396,12 +390,13 @@ class BackchannelDelivery(LeasedOutboxService):
     async def _record_failure(self, logout: PendingLogout, error: Exception) -> None:
         now = int(self._clock.seconds())
         attempts = logout.attempts + 1
-        wait = backoff(
-            attempts, self._settings.webhook_backoff_initial, self._settings.webhook_backoff_max
+        wait = self._backoff.wait(attempts)
+        retry = self._backoff.after_failure(
+            now, attempts, logout.created + self._settings.webhook_give_up_after
         )
-        give_up = now - logout.created >= self._settings.webhook_give_up_after
+        give_up = retry.give_up
         reason = one_line(error)
-        await self._storage.run(mark_failed, logout, reason, now, now + int(wait + 0.999), give_up)
+        await self._storage.run(mark_failed, logout, reason, now, retry.at, give_up)
         if give_up:
             self.log.warn(
                 "logout token to {client} given up after {attempts} attempts: {reason}",

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from clickpass.oidc import tokens
+from clickpass.oidc import backchannel, tokens
 from clickpass.oidc.keys import ALGORITHMS, Algorithm, UnknownAlgorithm, check_algorithm
 from clickpass.openid.identifiers import BadRealm, sector_of
 from clickpass.storage.sql import Row, Transaction
@@ -638,8 +638,11 @@ def client_by_registration(tx: Transaction, client_id: str, token_hash: str) -> 
 def remove_client(tx: Transaction, client_id: str, now: int) -> bool:
     """
     Remove a client and everything issued to it, in the caller's one
-    transaction: its grants with their codes, access and refresh tokens, and
-    the client assertions it made; false if there was no such client. The
+    transaction: its grants with their codes, access and refresh tokens,
+    the client assertions it made, the sessions recorded as signed into it
+    and the back-channel logouts still waiting for it (delivered and given
+    up ones stay for operators until the outbox's cleanup); false if there
+    was no such client. The
     person's approval of the site stays: it is keyed by the site's realm and
     answers for its OpenID 2.0 relying party and its other clients too.
     """
@@ -651,4 +654,8 @@ def remove_client(tx: Transaction, client_id: str, now: int) -> bool:
     tx.execute(f"DELETE FROM oidc_codes WHERE grant_id IN ({granted})", client_id)
     tx.execute("DELETE FROM oidc_grants WHERE client_id = ?", client_id)
     tx.execute("DELETE FROM oidc_client_assertions WHERE client_id = ?", client_id)
+    tx.execute("DELETE FROM oidc_session_clients WHERE client_id = ?", client_id)
+    tx.execute(
+        "DELETE FROM oidc_logouts WHERE client_id = ? AND state = ?", client_id, backchannel.PENDING
+    )
     return True

@@ -186,8 +186,11 @@ class SignInStrength(Protocol):
         """Whether the site asks for a stronger or fresher sign-in than this session's."""
         ...
 
-    def step_up_url(self, back: str) -> str:
-        """Where the person signs in more strongly, then comes back to C{back}."""
+    def step_up_url(self, back: str, openid_request: Any = None) -> str:
+        """
+        Where the person signs in more strongly (as C{openid_request} asks,
+        when given), then comes back to C{back}.
+        """
         ...
 
     async def decorator(
@@ -707,7 +710,7 @@ class OpenIDWeb:
         refused = await self._refused_whoever_signs_in(request, openid_request)
         if refused is not None:
             return refused
-        target = strength.step_up_url("/openid?" + urlencode(query))
+        target = strength.step_up_url("/openid?" + urlencode(query), openid_request)
         if len(target) > MAX_REDIRECT_URL:
             return self.assertions.refuse(request, 400, TOO_LONG)
         return self.app.redirect(request, target)

@@ -74,7 +74,7 @@
 
   async function fetchOptions(form) {
     const body = new URLSearchParams();
-    for (const name of ["csrf_token", "kind"]) {
+    for (const name of ["csrf_token", "kind", "device"]) {
       const field = form.elements[name];
       if (field) {
         body.append(name, field.value);

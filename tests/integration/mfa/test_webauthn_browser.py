@@ -16,6 +16,7 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
@@ -25,9 +26,11 @@ from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from clickpass.oidc import keys
 from tests.integration.mfa.person import PASSWORD
 from tests.integration.mfa.relying_party import BrowserRelyingParty
 from tests.integration.mfa.test_site_requires_factor import set_required
+from tests.integration.oidc.harness import Provider
 from tests.integration.openid.conftest import OPENID_CONFIG
 from tests.integration.openid.harness import PythonRP
 from tests.integration.partners.conftest import register_site
@@ -355,6 +358,195 @@ def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
     assert set(answer.auth_policies) == {pape.AUTH_MULTI_FACTOR, pape.AUTH_PHISHING_RESISTANT}
 
 
+@pytest.fixture
+def two_authenticators(chrome: WebDriver) -> Iterator[tuple[WebDriver, str, str]]:
+    """
+    Two virtual authenticators at once (DevTools' WebAuthn domain): a
+    security key bound to one device (no backup flags) and a phone whose
+    passkeys are synced (defaultBackupEligibility, defaultBackupState).
+    Yields the driver and the two authenticators' ids (device, synced).
+    """
+    chrome.execute_cdp_cmd("WebAuthn.enable", {"enableUI": False})
+    common = {"protocol": "ctap2", "hasResidentKey": True, "hasUserVerification": True}
+    device = chrome.execute_cdp_cmd(
+        "WebAuthn.addVirtualAuthenticator",
+        {"options": {**common, "transport": "usb", "isUserVerified": True}},
+    )["authenticatorId"]
+    synced_one = chrome.execute_cdp_cmd(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                **common,
+                "transport": "internal",
+                "isUserVerified": True,
+                "defaultBackupEligibility": True,
+                "defaultBackupState": True,
+            }
+        },
+    )["authenticatorId"]
+    try:
+        yield chrome, device, synced_one
+    finally:
+        for added in (device, synced_one):
+            chrome.execute_cdp_cmd(
+                "WebAuthn.removeVirtualAuthenticator", {"authenticatorId": added}
+            )
+        chrome.execute_cdp_cmd("WebAuthn.disable", {})
+
+
+def answering(driver: WebDriver, *authenticators: str, of: tuple[str, ...]) -> None:
+    """Let only C{authenticators} (of the ids C{of}) answer: the others wait for a touch."""
+    for added in of:
+        driver.execute_cdp_cmd(
+            "WebAuthn.setAutomaticPresenceSimulation",
+            {"authenticatorId": added, "enabled": added in authenticators},
+        )
+
+
+OPTIONS_OF_THE_KEY_FORM = """
+const done = arguments[arguments.length - 1];
+const form = document.querySelector("form#key-use");
+const body = new URLSearchParams();
+for (const name of ["csrf_token", "device"]) {
+  if (form.elements[name]) { body.append(name, form.elements[name].value); }
+}
+fetch(form.dataset.options, {method: "POST", body: body, credentials: "same-origin"})
+  .then((answer) => answer.json()).then(done, (error) => done({error: String(error)}));
+"""
+
+
+def with_a_synced_and_a_device_bound_key(
+    driver: WebDriver, node: NodeProcess, device: str, synced_one: str
+) -> tuple[str, str]:
+    """
+    A new person with a synced passkey (made by C{synced_one}) and a
+    security key bound to one device (made by C{device}); their address,
+    and the device-bound credential's id in base64url.
+    """
+    both = (device, synced_one)
+    email = signed_up(driver, node)
+    answering(driver, synced_one, of=both)
+    add_key(driver, node, "passkey", "Phone passkey")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    answering(driver, device, of=both)
+    add_key(driver, node, "key", "Blue key")
+    driver.get(base(node) + "account/mfa")
+    assert "Phone passkey</strong>: passkey (synced)" in driver.page_source
+    held = driver.execute_cdp_cmd("WebAuthn.getCredentials", {"authenticatorId": device})
+    [device_key] = held["credentials"]
+    # DevTools gives the id in base64 with padding; the options in base64url.
+    return email, device_key["credentialId"].replace("+", "-").replace("/", "_").rstrip("=")
+
+
+def test_a_physical_factor_step_up_offers_only_the_device_bound_key(
+    two_authenticators: tuple[WebDriver, str, str],
+    node: NodeProcess,
+    rp_site: BrowserRelyingParty,
+) -> None:
+    """
+    A person with a synced passkey and a security key bound to one device,
+    signed in with the synced passkey, visits a partner site asking PAPE
+    multi-factor-physical: the confirm page asks the browser for the
+    device-bound key alone (allowCredentials), so with both authenticators
+    present the key answers, once, and the site gets multi-factor-physical
+    with no second trip to the confirm page.
+    """
+    driver, device, synced_one = two_authenticators
+    both = (device, synced_one)
+    _, device_key_id = with_a_synced_and_a_device_bound_key(driver, node, device, synced_one)
+
+    # Signed in again with the synced passkey alone (no password).
+    sign_out(driver, node)
+    answering(driver, synced_one, of=both)
+    driver.get(base(node) + "signin?next=/account/mfa")
+    signed_in = base(node) + "account/mfa"
+    WebDriverWait(driver, 20).until(lambda d: d.current_url == signed_in or passkey_button_shown(d))
+    if driver.current_url != signed_in:
+        with contextlib.suppress(WebDriverException):
+            click(driver, "form#passkey-signin button")
+    arrive(driver, signed_in)
+
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_MULTI_FACTOR_PHYSICAL]))
+    driver.get(str(asking.redirectURL(rp.realm, rp.return_to)))
+    assert driver.current_url.startswith(base(node) + "account/confirm"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    options = driver.execute_async_script(OPTIONS_OF_THE_KEY_FORM)
+    allowed = [c["id"] for c in options.get("allowCredentials", [])]
+    assert allowed == [device_key_id], options
+
+    answering(driver, *both, of=both)
+    click(driver, "form#key-use button")
+    decide = "form[action='/openid/decide']"
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, decide) or "account/confirm" in d.current_url
+    )
+    assert driver.find_elements(By.CSS_SELECTOR, decide), (
+        driver.current_url + "\n" + driver.page_source[:3000]
+    )
+    click(driver, decide + " button[value='allow']")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None and pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
+
+
+def test_signing_in_for_a_physical_factor_refuses_the_synced_passkey(
+    two_authenticators: tuple[WebDriver, str, str],
+    node: NodeProcess,
+    rp_site: BrowserRelyingParty,
+) -> None:
+    """
+    Signed out, a person with a synced passkey and a device-bound key comes
+    from a partner site asking PAPE multi-factor-physical: signing in with
+    the synced passkey and no password is refused with one line saying a
+    key bound to one device is needed; signing in with the password, the
+    second step asks the browser for the device-bound key alone, and the
+    site gets multi-factor-physical.
+    """
+    driver, device, synced_one = two_authenticators
+    both = (device, synced_one)
+    email, device_key_id = with_a_synced_and_a_device_bound_key(driver, node, device, synced_one)
+    sign_out(driver, node)
+    rp = PythonRP(base(node), rp_site.realm, rp_site.return_to)
+    asking = rp.consumer().begin(rp.op_identifier)
+    asking.addExtension(pape.Request([pape.AUTH_MULTI_FACTOR_PHYSICAL]))
+    partner_url = str(asking.redirectURL(rp.realm, rp.return_to))
+
+    answering(driver, synced_one, of=both)
+    driver.get(partner_url)
+    assert driver.current_url.startswith(base(node) + "signin"), driver.current_url
+    needed = "This needs a security key or passkey bound to one device"
+    WebDriverWait(driver, 20).until(lambda d: needed in d.page_source or passkey_button_shown(d))
+    if needed not in driver.page_source:
+        with contextlib.suppress(WebDriverException):
+            click(driver, "form#passkey-signin button")
+    WebDriverWait(driver, 20).until(lambda d: needed in d.page_source)
+    assert not driver.find_elements(By.CSS_SELECTOR, "form[action='/signout']")
+
+    answering(driver, of=both)
+    driver.get(partner_url)
+    submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
+    assert driver.current_url.startswith(base(node) + "signin/code"), driver.current_url
+    button = wait_for(driver, "form#key-use button")
+    WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    options = driver.execute_async_script(OPTIONS_OF_THE_KEY_FORM)
+    assert [c["id"] for c in options.get("allowCredentials", [])] == [device_key_id], options
+    answering(driver, *both, of=both)
+    click(driver, "form#key-use button")
+    decide = "form[action='/openid/decide']"
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, decide))
+    click(driver, decide + " button[value='allow']")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    response = rp.complete(driver.current_url)
+    assert response.status == consumer.SUCCESS, getattr(response, "message", "")
+    answer = pape.Response.fromSuccessResponse(response)
+    assert answer is not None and pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
+
+
 # Last in the module: the partner site it registers (on 127.0.0.1) would
 # refuse the earlier tests' relying party, an unregistered site on the same host.
 def test_adding_a_key_goes_on_to_the_site_that_required_it(
@@ -408,3 +600,35 @@ def test_adding_a_key_goes_on_to_the_site_that_required_it(
         }
     finally:
         site_rp.stop()
+
+
+# After the test above: the client's site is on the same host as its partner site.
+def test_an_id_token_says_hwk_for_a_device_bound_key(
+    authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
+) -> None:
+    """
+    A person who just used a security key bound to one device (Chromium's
+    virtual authenticator, no backup flags) signs in to an OpenID Connect
+    client: the ID token's amr names hwk (and mfa), never swk.
+    """
+    driver = authenticator
+    signed_up(driver, node)
+    add_key(driver, node, "key", "Grey key")
+    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    provider = Provider(node)
+    provider.url, provider.issuer = base(node), base(node).rstrip("/")
+    client = provider.client(rp_site.return_to)
+    driver.get(provider.authorize_url(client, state="st", nonce="nn"))
+    click(driver, "button[value=allow]")
+    WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
+    answer = dict(parse_qsl(urlsplit(driver.current_url).query))
+    assert answer.get("state") == "st", driver.current_url
+    code, redirect_uri = answer["code"], client.redirect_uri
+    tokens = provider.token(
+        client, grant_type="authorization_code", code=code, redirect_uri=redirect_uri
+    ).json()
+    claims = keys.verify(
+        tokens["id_token"], provider.jwks(), audience=client.client_id, issuer=provider.issuer
+    )
+    assert "hwk" in claims["amr"] and "mfa" in claims["amr"], claims
+    assert "swk" not in claims["amr"], claims

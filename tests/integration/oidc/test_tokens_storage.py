@@ -14,7 +14,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from twisted.internet.defer import gatherResults
 
-from clickpass.oidc import clients, tokens
+from clickpass.oidc import backchannel, clients, tokens
 from clickpass.oidc.tokens import Grant, Issued, Refusal
 from clickpass.storage import migrations
 from clickpass.storage.sql import AdbapiStorage
@@ -179,3 +179,56 @@ async def test_removing_a_client_removes_its_grants_codes_and_tokens(
     assert await storage.run(_rows_of, "oidc_a") == dict.fromkeys(before, 0)
     assert await storage.run(_rows_of, "oidc_b") == before
     assert not await storage.run(clients.remove_client, "oidc_a", NOW + 3)
+
+
+def _owed_to(tx: Any, client_id: str) -> dict[str, int]:
+    """What the back-channel logout keeps for C{client_id}, by kind."""
+    count = "SELECT COUNT(*) FROM {} WHERE client_id = ?{}"
+    return {
+        "sessions": int(tx.scalar(count.format("oidc_session_clients", ""), client_id)),
+        "pending": int(
+            tx.scalar(
+                count.format("oidc_logouts", " AND state = ?"), client_id, backchannel.PENDING
+            )
+        ),
+        "delivered": int(
+            tx.scalar(
+                count.format("oidc_logouts", " AND state = ?"), client_id, backchannel.DELIVERED
+            )
+        ),
+    }
+
+
+def _owe_logouts(tx: Any, client_id: str) -> None:
+    """Two sessions signed into C{client_id}, one logout pending and one delivered."""
+    for token_hash in ("a", "b"):
+        backchannel.record_session(tx, client_id + token_hash, client_id, "sid", "sub", NOW)
+    for state in (backchannel.PENDING, backchannel.DELIVERED):
+        tx.execute(
+            "INSERT INTO oidc_logouts (client_id, sid, subject, created, next_attempt, state) "
+            "VALUES (?, 'sid', 'sub', ?, ?, ?)",
+            client_id,
+            NOW,
+            NOW,
+            state,
+        )
+
+
+@async_test
+async def test_removing_a_client_forgets_its_sessions_and_pending_logouts(
+    database_target: DatabaseTarget,
+) -> None:
+    """
+    A removed client's recorded sessions and pending back-channel logouts go
+    with it, in the same transaction (not at the next outbox cleanup); its
+    delivered logouts stay for operators; another client's rows are untouched.
+    """
+    storage = await migrated(database_target)
+    for client_id in ("oidc_a", "oidc_b"):
+        await storage.run(_add_client, client_id)
+        await storage.run(_owe_logouts, client_id)
+    before = {"sessions": 2, "pending": 1, "delivered": 1}
+    assert await storage.run(_owed_to, "oidc_a") == before
+    assert await storage.run(clients.remove_client, "oidc_a", NOW + 2)
+    assert await storage.run(_owed_to, "oidc_a") == {"sessions": 0, "pending": 0, "delivered": 1}
+    assert await storage.run(_owed_to, "oidc_b") == before

@@ -17,7 +17,7 @@ import pytest
 from clickpass.accounts import events
 from clickpass.mfa import ceremony, keys
 from clickpass.mfa.ceremony import CeremonyRefused, RelyingParty
-from clickpass.mfa.keys import PASSKEY, SECOND_STEP, SecurityKeys, Where
+from clickpass.mfa.keys import CONFIRM, PASSKEY, SECOND_STEP, SecurityKeys, Where
 from clickpass.mfa.service import SecondFactors
 from clickpass.mfa.settings import MfaSettings
 from clickpass.storage.sql import AdbapiStorage, Transaction
@@ -428,6 +428,87 @@ async def test_a_synced_passkey_is_told_apart_from_a_device_bound_key(
         SECOND_STEP, "step", key.get(options, key.keys[0]), account_id, HERE
     )
     assert not used.synced
+
+
+@async_test
+async def test_a_step_needing_a_device_bound_key_offers_and_takes_only_those(
+    storage_backend: AdbapiStorage,
+) -> None:
+    """
+    A person with a synced passkey and a key bound to one device: a step-up
+    that needs a device-bound key (PAPE multi-factor-physical) lists only
+    the device-bound key in allowCredentials, and an answer from the synced
+    passkey is refused with a clear message, its use not recorded and no
+    security event logged; the device-bound key is taken. A passwordless
+    prompt for such a step refuses the synced passkey too. With no
+    device-bound key at all, the options naming the person's keys are
+    refused with the same message, and a passwordless prompt takes the
+    synced passkey (nothing better to give).
+    """
+    clock = FakeClock()
+    security_keys = SecurityKeys(storage_backend, MfaSettings(), RP, MASTER, clock=clock)
+    account_id = await storage_backend.run(_add, "uid-d", "dee@example.com")
+    phone = SoftAuthenticator(RP.origin, RP.rp_id, synced=True)
+    options = await security_keys.registration_options(
+        account_id, "dee@example.com", SESSION, True, ADDR
+    )
+    await security_keys.register(account_id, SESSION, phone.create(options), "Phone", True, HERE)
+    with pytest.raises(CeremonyRefused) as none_bound:
+        await security_keys.assertion_options(CONFIRM, SESSION, account_id, ADDR, device_bound=True)
+    assert none_bound.value.message == keys.DEVICE_BOUND_NEEDED
+    # Having no device-bound key, they sign in with the synced one still.
+    options = await security_keys.assertion_options(
+        PASSKEY, "cookie", None, ADDR, device_bound=True
+    )
+    used = await security_keys.check(
+        PASSKEY, "cookie", phone.get(options), None, HERE, device_bound=True
+    )
+    assert used.synced
+    key = SoftAuthenticator(RP.origin, RP.rp_id)
+    options = await security_keys.registration_options(
+        account_id, "dee@example.com", SESSION, False, ADDR
+    )
+    await security_keys.register(account_id, SESSION, key.create(options), "Blue", False, HERE)
+    [phone_id], [key_id] = (
+        [k.credential_id for k in phone.keys],
+        [k.credential_id for k in key.keys],
+    )
+
+    both = await security_keys.assertion_options(CONFIRM, SESSION, account_id, ADDR)
+    assert {c["id"] for c in both["allowCredentials"]} == {b64url(phone_id), b64url(key_id)}
+    options = await security_keys.assertion_options(
+        CONFIRM, SESSION, account_id, ADDR, device_bound=True
+    )
+    assert [c["id"] for c in options["allowCredentials"]] == [b64url(key_id)]
+
+    before = {c.name: c.sign_count for c in await security_keys.credentials(account_id)}
+    with pytest.raises(CeremonyRefused) as refused:
+        await security_keys.check(
+            CONFIRM, SESSION, phone.get(options, phone.keys[0]), account_id, HERE,
+            device_bound=True,
+        )  # fmt: skip
+    assert refused.value.message == keys.DEVICE_BOUND_NEEDED
+    assert "\n" not in refused.value.message
+    after = {c.name: c.sign_count for c in await security_keys.credentials(account_id)}
+    assert after == before
+    assert "passkey_refused" not in await _events(storage_backend, account_id)
+
+    options = await security_keys.assertion_options(
+        CONFIRM, SESSION, account_id, ADDR, device_bound=True
+    )
+    used = await security_keys.check(
+        CONFIRM, SESSION, key.get(options), account_id, HERE, device_bound=True
+    )
+    assert used.name == "Blue" and not used.synced
+
+    options = await security_keys.assertion_options(
+        PASSKEY, "cookie", None, ADDR, device_bound=True
+    )
+    with pytest.raises(CeremonyRefused) as passwordless:
+        await security_keys.check(
+            PASSKEY, "cookie", phone.get(options), None, HERE, device_bound=True
+        )
+    assert passwordless.value.message == keys.DEVICE_BOUND_NEEDED
 
 
 async def _challenges(storage: AdbapiStorage) -> int:
