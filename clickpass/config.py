@@ -187,7 +187,7 @@ class DatabaseSettings:
         ),
     )
     failover_wait: float = dataclasses.field(
-        default=8.0,
+        default=10.0,
         metadata=_doc(
             "Seconds a transaction that never reached a writable primary (the connection "
             "refused or timed out, the server answering read-only during a switchover) is "

@@ -180,7 +180,7 @@ class FailoverRetryPolicy:
     each drawn between half and all of that (jitter).
     """
 
-    wait: float = 8.0
+    wait: float = 10.0
     first_delay: float = 0.05
     max_delay: float = 0.5
 

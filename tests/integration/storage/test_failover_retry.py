@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import pymysql
 import pytest
 
 from twisted.internet.defer import Deferred
@@ -21,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, globalLogPublisher
 
+from clickpass.dbagent import mariadb as ops
 from clickpass.storage import migrations
 from clickpass.storage.sql import (
     AdbapiStorage,
@@ -322,3 +324,40 @@ async def test_a_transaction_after_ddl_is_not_run_again(
     finally:
         await _set_read_only(own_server, False)
         pool.close()
+
+
+@async_test
+async def test_a_drained_old_primary_refuses_an_open_transactions_commit_cleanly(
+    reactor: IReactorThreads, own_server: MariaDBServer, database: str
+) -> None:
+    """
+    The database agent's switchover drain (read-only first, ending nobody)
+    with a client transaction open that has written: the drain does not
+    wait for it, reports it still open, and its COMMIT then gets a clean
+    read-only refusal (1290: nothing applied), never a cut connection; a
+    transaction through the storage meanwhile waits and runs once the
+    server is writable.
+    """
+    holder = own_server.connection(database)
+    pool = _pool(reactor, own_server, database, failover_wait=10.0)
+    admin = own_server.admin_connection()
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("INSERT INTO node_metadata (name, value) VALUES ('open', 'v')")
+        with admin.cursor() as cursor:
+            left = await deferToThread(ops.drain_writes, cursor, 0.3)
+        assert left == 1
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            holder.commit()
+        assert refused.value.args[0] == 1290
+        written = pool.run(_insert, "after")
+        done = _finished(written)
+        await deferLater(cast(IReactorTime, reactor), 0.5, lambda: None)
+        assert done == []
+        await _set_read_only(own_server, False)
+        await written
+        assert await pool.run(_names) == ["after"]
+    finally:
+        pool.close()
+        holder.close()
+        admin.close()
