@@ -35,7 +35,7 @@ from clickpass.openid import web as openid_web
 from clickpass.ownership import web as ownership_web
 from clickpass.partners import web as partners_web
 from clickpass.selfservice import web as selfservice_web
-from clickpass.storage.sql import Storage
+from clickpass.storage.sql import AdbapiStorage, Storage
 from clickpass.upstream import web as upstream_web
 from clickpass.web import pages
 from clickpass.web.app import AppSite, WebApp
@@ -140,7 +140,24 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
     )
     # Per-route counts and latency, for the front's /metrics.
     router.observer = RequestMetrics(app.metrics, reactor.seconds)
+    _storage_metrics(app.metrics, storage)
     return AppSite(router, app)
+
+
+def _storage_metrics(metrics: Any, storage: Storage) -> None:
+    """The storage's failover retries (an adbapi pool counts them; a plain connection does not)."""
+    if not isinstance(storage, AdbapiStorage):
+        return
+    counts = storage.counts
+    metrics.counter(
+        "clickpass_db_failover_retries_total",
+        "Transactions run again because no writable database primary took them "
+        "(a switchover or failover under way).",
+    ).set_function(lambda: {(): float(counts["failover_retries"])})
+    metrics.counter(
+        "clickpass_db_failover_gave_up_total",
+        "Transactions that no writable database primary took within [database] failover_wait.",
+    ).set_function(lambda: {(): float(counts["failover_gave_up"])})
 
 
 __all__ = ["build_site"]

@@ -186,6 +186,16 @@ class DatabaseSettings:
             "read_timeout."
         ),
     )
+    failover_wait: float = dataclasses.field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a transaction that never reached a writable primary (the connection "
+            "refused or timed out, the server answering read-only during a switchover) is "
+            "tried again, with jittered backoff, before it fails with one clear line. A "
+            "commit whose outcome is unknown is never tried again here "
+            "(docs/database-failover.md). 0: never."
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,6 +494,8 @@ def _check_semantics(settings: Settings) -> None:
             "read_timeout, so that a lock wait ends in an error the transaction is run again "
             "for, not in a connection given up for lost"
         )
+    if not 0 <= db.failover_wait <= 60:
+        raise ConfigError("[database] failover_wait: must be between 0 and 60 seconds")
     settings.control.check()
     # Each feature's section checks itself; then the rules that join sections.
     settings.accounts.check()

@@ -66,6 +66,12 @@ CONNECTION_REFUSED_CODES = (2002, 2003)
 # server's client connections are ended (see VipGate.drain).
 DRAIN_LIMIT = 0.8
 
+# A planned switchover: how long the primary, read-only, waits for its
+# clients' transactions in flight to end before it hands over (and its
+# clients' connections are ended). They are refused at their next write or
+# COMMIT, so this is about one transaction's length, not a commit cut off.
+SWITCHOVER_DRAIN = 0.3
+
 # The shortest connection attempt when fencing the peer, however close the
 # deadline: a reachable peer's server accepts well within it.
 MIN_FENCE_TRY = 0.1
@@ -444,6 +450,8 @@ class DbAgent(Service):
         self._checks = LoopingCall(self._check)
         self._checks.clock = clock
         self._reported: bool | None = None
+        # This host made itself read-only for a switchover not yet done.
+        self._drained_for_switchover = False
 
     # Service.
 
@@ -467,7 +475,10 @@ class DbAgent(Service):
     def group_state(self, state: State) -> None:
         """The db group's state on this host changed (MASTER, BACKUP, FAULT...)."""
         before, self.group = self.group, state
-        if state == State.MASTER and before != State.MASTER:
+        if state == State.MASTER and before == State.HANDOVER and self.role.writable:
+            # A switchover that no peer took up in time: still the primary.
+            self._resume_writes()
+        elif state == State.MASTER and before != State.MASTER:
             self.elected_at = self.clock.seconds()
             self.timeline = []
             self._step("elected")
@@ -545,12 +556,78 @@ class DbAgent(Service):
         return {"role": self.role.value, "from": self.peer.describe()}
 
     async def switchover(self) -> str:
+        """
+        Hand the primary role to the replica, planned: the failover record
+        first, then this server read-only with its transactions in flight
+        drained (L{ops.drain_writes}: a client's COMMIT is refused cleanly,
+        never cut by the KILL that follows), then the group hands the VIP
+        over and the peer promotes, fencing this host as ever. When the
+        group does not hand over, writes resume (L{_resume_writes}).
+        """
         if not self.role.writable:
             raise ValueError(f"this host is {self.role.value}, not the primary")
         if self._switchover is None:
             raise ValueError("no heartbeat group is wired to this agent")
+        if not self.peer_present or self.peer_master:
+            raise ValueError("no healthy replica is heard to take over")
         await self.local.call(record_failover, self.clock.seconds(), self.config.node, "switchover")
-        return self._switchover()
+        try:
+            left = await self.local.call(
+                ops.drain_writes,
+                SWITCHOVER_DRAIN,
+                1,
+                timeout=self.config.fence_timeout + SWITCHOVER_DRAIN + 1,
+            )
+            self._drained_for_switchover = True
+            self.counters["switchover_drained"] += 1
+            self._step("read-only, in-flight transactions drained")
+            self.log.info(
+                "dbagent {node}: read-only for the switchover; {left} client transactions "
+                "still open after {drain}s",
+                node=self.config.node,
+                left=left,
+                drain=SWITCHOVER_DRAIN,
+            )
+        except Exception as e:
+            # A COMMIT held waiting for the replica: the fences end the
+            # clients first, as in a failover.
+            self.counters["switchover_drain_failed"] += 1
+            self.log.warn(
+                "dbagent {node}: could not make the server read-only before the switchover "
+                "({error}); its clients will be ended by the fence",
+                node=self.config.node,
+                error=one_line(e),
+            )
+        try:
+            return self._switchover()
+        except ValueError:
+            self._resume_writes()
+            raise
+
+    def _resume_writes(self) -> None:
+        """
+        The switchover this host drained for did not happen (refused, or no
+        peer took over in time): writable again, but only if it is still
+        the primary, the group MASTER here and no peer heard as MASTER,
+        asked on the server's thread just before (as a promotion does).
+        """
+        if not self._drained_for_switchover:
+            return
+        self._drained_for_switchover = False
+
+        def still_primary() -> bool:
+            return self.role.writable and self.group == State.MASTER and not self.peer_master
+
+        async def resume() -> None:
+            done = await self.local.call(ops.resume_writes, still_primary)
+            self.counters["switchover_resumed" if done else "switchover_not_resumed"] += 1
+            self.log.info(
+                "dbagent {node}: the switchover did not happen; {outcome}",
+                node=self.config.node,
+                outcome="writable again" if done else "left read-only (no longer the primary)",
+            )
+
+        self._spawn("resume", resume())
 
     # Status.
 
@@ -833,6 +910,8 @@ class DbAgent(Service):
 
     def entered(self, role: Role) -> None:
         self.changed_at = self.clock.seconds()
+        if not role.writable:
+            self._drained_for_switchover = False
         # Whatever was running for the role left behind is overtaken.
         self._serial += 1
         self._replica_back_since = None

@@ -450,6 +450,48 @@ def end_clients(c: Cursor, wait: float) -> int:
     return killed
 
 
+def drain_writes(c: Cursor, wait: float, lock_wait: int = 1) -> int:
+    """
+    A planned switchover's first step on the primary, ending nobody:
+    read-only first (C{SET GLOBAL read_only} waits, at most C{lock_wait}
+    seconds, for the writes and COMMITs under way, which get their OK),
+    then up to C{wait} seconds, every 10 ms, for the clients' open
+    transactions to end: from now on MariaDB refuses their writes and their
+    COMMIT as read-only (1290) and rolls them back, a clean refusal the
+    application runs again on the new primary, where a KILL would have cut
+    a COMMIT with an unknown outcome. Returns how many client transactions
+    were still open at the end. A 1205 (a COMMIT waiting for a semi-sync
+    acknowledgement holds the commit lock) is raised: the fence then ends
+    the clients first, as in a failover.
+    """
+    c.execute("SET SESSION lock_wait_timeout = %s", (max(1, int(lock_wait)),))
+    c.execute("SET GLOBAL read_only = ON")
+    c.execute("SELECT CONNECTION_ID()")
+    (me,) = c.fetchone()
+    deadline = time.monotonic() + wait
+    while True:
+        c.execute(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id <> %s",
+            (me,),
+        )
+        (left,) = c.fetchone()
+        if not left or time.monotonic() >= deadline:
+            return int(left)
+        time.sleep(0.01)
+
+
+def resume_writes(c: Cursor, still_primary: Callable[[], bool]) -> bool:
+    """
+    Undo L{drain_writes} when the switchover it prepared did not happen:
+    writable again only if C{still_primary()}, asked just before (this host
+    still holds the role and hears no other primary). Returns whether it did.
+    """
+    if not still_primary():
+        return False
+    c.execute("SET GLOBAL read_only = OFF")
+    return True
+
+
 def fence(c: Cursor, attempts: int = 3, lock_wait: float = 1.0) -> int:
     """
     Make the server refuse writes. The clients are ended first: a write

@@ -20,6 +20,19 @@ rolled back and run again whole, a few times, after a short jittered wait
 (L{LockRetryPolicy}): so a function given to L{Storage.run} must have no
 effects outside the database.
 
+During a database switchover or failover a transaction that provably never
+reached a writable primary runs again, with jittered backoff, for up to
+C{[database] failover_wait} seconds (L{FailoverRetryPolicy}): no connection
+could be made (refused, timed out), the server answered read-only
+(1290, 1836: it refused the statement, and the transaction is rolled back),
+or the connection was lost before any statement that may write was sent.
+A pure read (only SELECT and SHOW sent) runs again after any connection
+loss, even during its COMMIT. A transaction that sent a write and then lost
+its connection is never run again here, and a COMMIT cut off is
+L{OutcomeUnknown}: only the caller knows whether its work is idempotent
+(L{run_through_failover}). Each retry is counted (L{AdbapiStorage.counts});
+a give-up is one log line and L{NoWritablePrimary}.
+
 An upsert is written as the dialect's upsert (L{Dialect.upsert}), never as
 delete-then-insert or update-then-insert, whose gap locks deadlock on
 MariaDB under concurrent load.
@@ -33,6 +46,7 @@ import functools
 import random
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +81,13 @@ class OutcomeUnknown(DatabaseError, adbapi.ConnectionLost):
     """
     The connection was lost while the transaction committed: it may or may
     not have been applied. Retry only what is idempotent by key.
+    """
+
+
+class NoWritablePrimary(DatabaseError, adbapi.ConnectionLost):
+    """
+    No writable database primary took the transaction within
+    C{[database] failover_wait}; nothing of it was applied.
     """
 
 
@@ -131,6 +152,43 @@ def lock_conflict(error: BaseException) -> str | None:
     if isinstance(error, pymysql.err.OperationalError) and error.args:
         return LOCK_CONFLICT_CODES.get(error.args[0])
     return None
+
+
+# The server refuses a write because it is read-only (1290, 1836): it is not,
+# or no longer, the primary (a switchover or failover is under way).
+READ_ONLY_CODES = frozenset({1290, 1836})
+
+
+def is_read_only_refusal(error: BaseException) -> bool:
+    """Whether C{error} is the server refusing a write because it is read-only."""
+    try:
+        import pymysql
+    except ImportError:  # pragma: no cover - pymysql is a dependency
+        return False
+    return (
+        isinstance(error, pymysql.err.MySQLError)
+        and bool(error.args)
+        and error.args[0] in READ_ONLY_CODES
+    )
+
+
+@dataclass(frozen=True)
+class FailoverRetryPolicy:
+    """
+    How long, and how often, a transaction that never reached a writable
+    primary is run again: for up to C{wait} seconds from its first such
+    failure, the waits doubling from C{first_delay} up to C{max_delay},
+    each drawn between half and all of that (jitter).
+    """
+
+    wait: float = 10.0
+    first_delay: float = 0.05
+    max_delay: float = 0.5
+
+    def delay(self, retry: int, draw: float) -> float:
+        """The wait before the C{retry}-th run again (1 for the first); C{draw} in [0, 1)."""
+        ceiling = min(self.max_delay, self.first_delay * 2.0 ** (retry - 1))
+        return ceiling * (0.5 + draw / 2)
 
 
 @dataclass(frozen=True)
@@ -280,12 +338,22 @@ class Transaction:
         self._cursor = cursor
         self.dialect = dialect
         self._statements = 0
+        # Whether a statement that may write was sent on a live connection:
+        # until then, losing the connection cannot have applied anything.
+        self.may_have_written = False
+        # Whether a statement that commits by itself (DDL) was sent: what
+        # came before it is applied whatever happens next.
+        self.committed_implicitly = False
 
     def execute(self, sql: str, *params: object) -> int:
         """Run one statement; return the number of rows it changed."""
         statement = self.dialect.translate(sql)
         first = self._statements == 0
         self._statements += 1
+        writes = self.may_have_written or not _is_read(statement)
+        self.may_have_written = writes
+        if not self.committed_implicitly and _commits_implicitly(statement):
+            self.committed_implicitly = True
         try:
             self._send(statement, params)
         except Exception as e:
@@ -294,10 +362,13 @@ class Transaction:
             # The connection died while it sat in the pool. This is the
             # transaction's first statement, so nothing of it was applied
             # (autocommit is off: a lost connection's work is rolled back):
-            # sending it again on a new connection is safe.
+            # sending it again on a new connection is safe, and so is
+            # running the whole transaction again if no new one can be made.
+            self.may_have_written = False
             self.log.info("database connection was lost ({error}); reconnecting", error=one_line(e))
             self._cursor.reconnect()
             self._cursor.reopen()
+            self.may_have_written = writes
             self._send(statement, params)
         changed = int(self._cursor.rowcount or 0)
         if self.dialect.name == "mysql" and statement.lstrip()[:13].upper() == "INSERT IGNORE":
@@ -351,6 +422,20 @@ class Transaction:
     @property
     def lastrowid(self) -> int:
         return int(self._cursor.lastrowid)
+
+
+def _is_read(statement: str) -> bool:
+    """Whether C{statement} only reads (SELECT, SHOW): it cannot change data."""
+    head = statement.lstrip()[:6].upper()
+    return head == "SELECT" or head[:4] == "SHOW"
+
+
+_IMPLICIT_COMMIT = ("CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE")
+
+
+def _commits_implicitly(statement: str) -> bool:
+    """Whether C{statement} is DDL, which MariaDB commits at once, whatever follows."""
+    return statement.lstrip()[:8].upper().startswith(_IMPLICIT_COMMIT)
 
 
 def _is_integrity_error(e: Exception) -> bool:
@@ -425,6 +510,12 @@ class _Pool(adbapi.ConnectionPool):
         raw: Any = conn._connection
         try:
             raw.rollback()
+            if is_read_only_refusal(error):
+                # A connection to a server that is no longer the primary:
+                # the next transaction connects again, through the VIP.
+                with contextlib.suppress(Exception):
+                    self.disconnect(raw)
+                return
             if is_connection_lost(error):
                 # The statement said the connection was lost; make sure.
                 raw.cursor().execute(self.good_sql)
@@ -444,11 +535,47 @@ class _Pool(adbapi.ConnectionPool):
             conn.close()
 
 
+class _Run:
+    """One L{AdbapiStorage.run}: its attempts, and the failover wait once one began."""
+
+    __slots__ = ("failover_deadline", "failover_retries", "name", "transaction")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        # The last attempt's transaction (None: no connection was made).
+        self.transaction: Transaction | None = None
+        self.failover_deadline: float | None = None
+        self.failover_retries = 0
+
+
+def never_reached_primary(error: BaseException, transaction: Transaction | None) -> bool:
+    """
+    Whether a transaction that failed with C{error} provably applied nothing
+    and may run again on another primary: the server refused it as
+    read-only, or the connection was lost before anything that may write was
+    sent (or could not be made at all: C{transaction} is L{None}); a pure
+    read may have lost it anywhere, its COMMIT included. Never after DDL
+    (committed at once), nor for L{NoWritablePrimary} (a give-up).
+    """
+    if isinstance(error, NoWritablePrimary):
+        return False
+    if transaction is not None and transaction.committed_implicitly:
+        return False  # its DDL is applied: running it again is the caller's call
+    if is_read_only_refusal(error):
+        return True
+    if not is_connection_lost(error):
+        return False
+    return transaction is None or not transaction.may_have_written
+
+
 class AdbapiStorage:
     """
     L{Storage} on an adbapi connection pool. A transaction that lost a lock
     conflict (L{lock_conflict}) runs again as L{LockRetryPolicy} says, each
-    time logged; the last failure reaches the caller.
+    time logged; the last failure reaches the caller. One that never reached
+    a writable primary (L{never_reached_primary}) runs again as
+    L{FailoverRetryPolicy} says, each retry counted in L{counts}, a give-up
+    logged once and raised as L{NoWritablePrimary}.
     """
 
     log = Logger()
@@ -462,6 +589,7 @@ class AdbapiStorage:
         *,
         clock: IReactorTime | None = None,
         retry: LockRetryPolicy = LockRetryPolicy(),
+        failover: FailoverRetryPolicy = FailoverRetryPolicy(),
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._reactor = reactor
@@ -470,7 +598,11 @@ class AdbapiStorage:
         self._description = description
         self._clock = clock if clock is not None else IReactorTime(reactor)
         self._retry = retry
+        self._failover = failover
         self._draw = draw
+        # For /metrics: transactions run again because no writable primary
+        # took them (a switchover, a failover), and those given up.
+        self.counts: Counter[str] = Counter()
 
     def run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         dialect = self.dialect
@@ -478,25 +610,33 @@ class AdbapiStorage:
         # do not carry it): mail rendered inside it is in the language of
         # the request that caused it.
         context = contextvars.copy_context()
+        state = _Run(getattr(fn, "__qualname__", repr(fn)))
 
         def interaction(cursor: Any) -> T:
-            return context.run(fn, Transaction(cursor, dialect), *args)
+            transaction = state.transaction = Transaction(cursor, dialect)
+            return context.run(fn, transaction, *args)
 
-        return self._attempt(interaction, 1, fn)
+        return self._attempt(interaction, 1, state)
 
-    def _attempt(self, interaction: Callable[[Any], T], attempt: int, fn: object) -> Deferred[T]:
+    def _attempt(self, interaction: Callable[[Any], T], attempt: int, state: _Run) -> Deferred[T]:
+        state.transaction = None
         d: Deferred[T] = self._pool.runInteraction(interaction)
         # Only a failure pays for the retry: success goes straight through.
-        d.addErrback(self._after_failure, interaction, attempt, fn)
+        d.addErrback(self._after_failure, interaction, attempt, state)
         return d
 
     def _after_failure(
-        self, failure: Failure, interaction: Callable[[Any], T], attempt: int, fn: object
+        self, failure: Failure, interaction: Callable[[Any], T], attempt: int, state: _Run
     ) -> Failure | Deferred[T]:
-        conflict = lock_conflict(failure.value) if failure.value is not None else None
+        error = failure.value
+        if error is None:  # pragma: no cover - a Failure always holds its exception
+            return failure
+        if never_reached_primary(error, state.transaction) and self.dialect.name == "mysql":
+            return self._after_no_primary(failure, error, interaction, attempt, state)
+        conflict = lock_conflict(error)
         if conflict is None:
             return failure
-        name = getattr(fn, "__qualname__", repr(fn))
+        name = state.name
         if attempt >= self._retry.attempts:
             self.log.warn(
                 "transaction {transaction} lost a lock conflict ({conflict}) {attempt} times; "
@@ -517,7 +657,36 @@ class AdbapiStorage:
             attempts=self._retry.attempts,
         )
         waited: Deferred[None] = deferLater(self._clock, delay)
-        return waited.addCallback(lambda _: self._attempt(interaction, attempt + 1, fn))
+        return waited.addCallback(lambda _: self._attempt(interaction, attempt + 1, state))
+
+    def _after_no_primary(
+        self,
+        failure: Failure,
+        error: BaseException,
+        interaction: Callable[[Any], T],
+        attempt: int,
+        state: _Run,
+    ) -> Failure | Deferred[T]:
+        """Run again, after a jittered wait, until the failover wait is over; then give up."""
+        now = self._clock.seconds()
+        if state.failover_deadline is None:
+            state.failover_deadline = now + self._failover.wait
+        delay = self._failover.delay(state.failover_retries + 1, self._draw())
+        if now + delay > state.failover_deadline:
+            self.counts["failover_gave_up"] += 1
+            message = (
+                f"no writable database primary took transaction {state.name} within "
+                f"{self._failover.wait:g}s ({state.failover_retries + 1} attempts; last: "
+                f"{one_line(error)}); nothing of it was applied"
+            )
+            self.log.warn("{message}", message=message)
+            given_up = NoWritablePrimary(message)
+            given_up.__cause__ = error
+            return Failure(given_up)
+        state.failover_retries += 1
+        self.counts["failover_retries"] += 1
+        waited: Deferred[None] = deferLater(self._clock, delay)
+        return waited.addCallback(lambda _: self._attempt(interaction, attempt + 1, state))
 
     def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         if isInIOThread():
@@ -640,6 +809,7 @@ def open_mysql(
     read_timeout: float = _DEFAULTS.read_timeout,
     write_timeout: float = _DEFAULTS.write_timeout,
     lock_wait_timeout: int = _DEFAULTS.lock_wait_timeout,
+    failover_wait: float = _DEFAULTS.failover_wait,
 ) -> AdbapiStorage:
     """
     Open a connection pool to a MariaDB/MySQL server through PyMySQL. The
@@ -679,7 +849,13 @@ def open_mysql(
         cp_noisy=False,
         **kwargs,
     )
-    return AdbapiStorage(reactor, Dialect("mysql"), pool, f"mysql {user}@{where}/{database}")
+    return AdbapiStorage(
+        reactor,
+        Dialect("mysql"),
+        pool,
+        f"mysql {user}@{where}/{database}",
+        failover=FailoverRetryPolicy(wait=failover_wait),
+    )
 
 
 def open_storage(reactor: IReactorThreads, settings: Settings) -> AdbapiStorage:
@@ -706,6 +882,7 @@ def open_storage(reactor: IReactorThreads, settings: Settings) -> AdbapiStorage:
         read_timeout=db.read_timeout,
         write_timeout=db.write_timeout,
         lock_wait_timeout=db.lock_wait_timeout,
+        failover_wait=db.failover_wait,
     )
 
 
@@ -714,9 +891,8 @@ def placeholders(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-# The database failing over (issue 5): MariaDB refuses writes while read-only
-# (1290, 1836), and connections to the old primary are ended or refused.
-READ_ONLY_CODES = frozenset({1290, 1836})
+# The database failing over: MariaDB refuses writes while read-only (1290,
+# 1836), and connections to the old primary are ended or refused.
 FAILOVER_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0)
 
 
@@ -726,21 +902,12 @@ def is_failover_refusal(error: BaseException) -> bool:
     because the database is changing primary: the connection was lost
     during the transaction (the server rolled it back), or the server is
     read-only. Nothing of it was applied, so it may run again. Never true
-    for L{OutcomeUnknown}.
+    for L{OutcomeUnknown}, nor for L{NoWritablePrimary} (the storage already
+    waited C{failover_wait} for a primary).
     """
-    if isinstance(error, OutcomeUnknown):
+    if isinstance(error, OutcomeUnknown | NoWritablePrimary):
         return False
-    if is_connection_lost(error):
-        return True
-    try:
-        import pymysql
-    except ImportError:  # pragma: no cover - pymysql is a dependency
-        return False
-    return (
-        isinstance(error, pymysql.err.MySQLError)
-        and bool(error.args)
-        and error.args[0] in READ_ONLY_CODES
-    )
+    return is_connection_lost(error) or is_read_only_refusal(error)
 
 
 async def run_through_failover(
@@ -791,8 +958,10 @@ __all__ = [
     "ConfigError",
     "DatabaseError",
     "Dialect",
+    "FailoverRetryPolicy",
     "IntegrityError",
     "LockRetryPolicy",
+    "NoWritablePrimary",
     "OutcomeUnknown",
     "Storage",
     "Transaction",
@@ -800,7 +969,9 @@ __all__ = [
     "is_connection_lost",
     "is_deadlock",
     "is_failover_refusal",
+    "is_read_only_refusal",
     "lock_conflict",
+    "never_reached_primary",
     "one_line",
     "open_mysql",
     "open_sqlite",

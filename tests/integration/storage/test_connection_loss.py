@@ -67,6 +67,8 @@ def storage(reactor: IReactorThreads, own_server: MariaDBServer) -> Iterator[Adb
         pool_min=1,
         pool_max=POOL_MAX,
         connect_timeout=2.0,
+        # Short: a test that stops the server waits this long for it.
+        failover_wait=0.5,
     )
     try:
         block_on(Deferred.fromCoroutine(migrations.migrate(pool, NOW)))
@@ -291,7 +293,14 @@ async def test_a_frozen_server_fails_a_transaction_within_the_read_timeout(
     statement, then the one reconnection a first statement gets), instead
     of waiting on it; once the server answers again, so does the pool.
     """
-    pool = _pool(reactor, own_server, read_timeout=1.0, write_timeout=1.0, lock_wait_timeout=1)
+    pool = _pool(
+        reactor,
+        own_server,
+        read_timeout=1.0,
+        write_timeout=1.0,
+        lock_wait_timeout=1,
+        failover_wait=0.0,
+    )
     try:
         await pool.run(_names)
         own_server.kill(signal.SIGSTOP)

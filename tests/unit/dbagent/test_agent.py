@@ -91,6 +91,15 @@ class FakeServer:
         if fn is ops.fence:
             self.set(read_only=True, semisync_master_enabled=False)
             return 0
+        if fn is ops.drain_writes:
+            self.set(read_only=True)
+            return 0
+        if fn is ops.resume_writes:
+            (still_primary,) = args
+            if not still_primary():
+                return False
+            self.set(read_only=False)
+            return True
         if fn is ops.configure_replica:
             self.set(
                 read_only=True,
@@ -1035,3 +1044,79 @@ def test_an_overtaken_promotion_feeds_nothing_into_the_machine() -> None:
     assert w.agent.counters["promote_failed"] == 1
     assert w.role == Role.FENCING and w.agent.counters["entered_down"] == 0
     assert w.local.calls.count("fence") == 2
+
+
+def test_a_switchover_makes_the_primary_read_only_before_it_hands_over() -> None:
+    """
+    A planned switchover: the record, then the server read-only with its
+    transactions drained (no client ended: they get a clean read-only
+    refusal), and only then is the group asked to hand the VIP over.
+    """
+    w = primary_world()
+    w.agent.set_peer_present(True)
+    handed: list[list[str]] = []
+
+    def hand_over() -> str:
+        handed.append(list(w.local.calls))
+        return "handing over"
+
+    w.agent._switchover = hand_over
+    w.local.calls.clear()
+    d = Deferred.fromCoroutine(w.agent.switchover())
+    w.run(0.1)
+    assert d.result == "handing over"
+    assert handed == [["record_failover", "drain_writes"]]
+    assert w.local.status_.read_only
+    assert w.agent.counters["switchover_drained"] == 1
+    assert "fence" not in w.local.calls
+
+
+def test_a_switchover_no_peer_takes_up_leaves_the_primary_writable_again() -> None:
+    """
+    The group hands over but no peer becomes MASTER in time (HANDOVER, then
+    MASTER again): the primary, still PRIMARY, is made writable again.
+    """
+    w = primary_world()
+    w.agent.set_peer_present(True)
+    d = Deferred.fromCoroutine(w.agent.switchover())
+    w.run(0.1)
+    assert d.called and w.local.status_.read_only
+    w.agent.group_state(State.HANDOVER)
+    w.run(0.1)
+    assert w.local.status_.read_only
+    w.agent.group_state(State.MASTER)
+    w.run(0.1)
+    assert w.role == Role.PRIMARY
+    assert not w.local.status_.read_only
+    assert w.agent.counters["switchover_resumed"] == 1
+
+
+def test_a_drained_primary_that_lost_its_role_is_not_made_writable_again() -> None:
+    """
+    Writes resume only on a host that is still the primary: one whose peer
+    is heard as MASTER meanwhile stays read-only (never two writable).
+    """
+    w = primary_world()
+    w.agent.set_peer_present(True)
+    d = Deferred.fromCoroutine(w.agent.switchover())
+    w.run(0.1)
+    assert d.called
+    w.agent.group_state(State.HANDOVER)
+    w.agent.set_peer_present(True, master=True)
+    w.agent.group_state(State.MASTER)
+    w.run(0.1)
+    assert w.local.status_.read_only
+    assert w.agent.counters["switchover_not_resumed"] == 1
+
+
+def test_a_switchover_with_no_healthy_replica_is_refused_before_anything_changes() -> None:
+    """No peer heard to take over: refused in one line, the server left writable."""
+    w = primary_world()
+    w.agent.set_peer_present(False)
+    d = Deferred.fromCoroutine(w.agent.switchover())
+    w.run(0.1)
+    seen: list[Failure] = []
+    d.addErrback(seen.append)
+    assert "no healthy replica is heard to take over" in str(seen[0].value)
+    assert not w.local.status_.read_only
+    assert "drain_writes" not in w.local.calls

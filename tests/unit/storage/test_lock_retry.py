@@ -23,8 +23,10 @@ from twisted.python.failure import Failure
 from clickpass.storage.sql import (
     AdbapiStorage,
     Dialect,
+    FailoverRetryPolicy,
     IntegrityError,
     LockRetryPolicy,
+    NoWritablePrimary,
     Transaction,
     is_deadlock,
     lock_conflict,
@@ -72,7 +74,10 @@ def logged() -> Iterator[list[dict[str, Any]]]:
 
 
 def storage_on(
-    clock: Clock, errors: list[Exception], policy: LockRetryPolicy | None = None
+    clock: Clock,
+    errors: list[Exception],
+    policy: LockRetryPolicy | None = None,
+    failover: FailoverRetryPolicy | None = None,
 ) -> tuple[AdbapiStorage, ClockPool]:
     pool = ClockPool(clock, errors)
     storage = AdbapiStorage(
@@ -82,6 +87,7 @@ def storage_on(
         "fake",
         clock=clock,
         retry=policy or LockRetryPolicy(),
+        failover=failover or FailoverRetryPolicy(),
         draw=lambda: 0.5,
     )
     return storage, pool
@@ -161,14 +167,15 @@ def test_retries_are_bounded_and_the_last_error_reaches_the_caller(
     "error",
     [
         IntegrityError("Duplicate entry"),
-        pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query"),
-        pymysql.err.OperationalError(1290, "read-only"),
         pymysql.err.ProgrammingError(1064, "syntax"),
         ValueError("not a database error"),
     ],
 )
 def test_other_errors_are_not_retried(error: Exception) -> None:
-    """Anything but a lost lock conflict reaches the caller after one run."""
+    """
+    Anything but a lost lock conflict (or a transaction that never reached
+    a writable primary, below) reaches the caller after one run.
+    """
     clock = Clock()
     storage, pool = storage_on(clock, [error])
     seen = outcome(storage.run(sign))
@@ -214,3 +221,53 @@ def test_lock_conflicts_are_told_from_other_errors(error: Exception, conflict: s
     """Deadlock (1213), lock wait timeout (1205) and SQLite's busy lock, and nothing else."""
     assert lock_conflict(error) == conflict
     assert is_deadlock(error) == (conflict in ("deadlock", "database is locked"))
+
+
+READ_ONLY = pymysql.err.OperationalError(1290, "The MariaDB server is running with --read-only")
+REFUSED = pymysql.err.OperationalError(2003, "Can't connect to MySQL server (111)")
+
+
+def test_a_transaction_refused_by_a_read_only_server_runs_again_with_backoff() -> None:
+    """
+    Refused as read-only, or no connection made (nothing of it sent): it
+    runs again after waits doubling from first_delay up to max_delay (here
+    drawn at 3/4 of the ceiling) on the clock, and the caller gets its
+    result; each retry is counted.
+    """
+    clock = Clock()
+    storage, pool = storage_on(
+        clock,
+        [READ_ONLY, REFUSED, READ_ONLY, READ_ONLY],
+        failover=FailoverRetryPolicy(wait=5.0, first_delay=0.1, max_delay=0.3),
+    )
+    seen = outcome(storage.run(sign))
+    clock.pump([RUN_TIME] + [0.005] * 400)
+    assert seen == ["signed"]
+    waits = [round(b - a - RUN_TIME, 4) for a, b in zip(pool.runs, pool.runs[1:], strict=False)]
+    assert waits == pytest.approx([0.075, 0.15, 0.225, 0.225], abs=0.006)
+    assert storage.counts["failover_retries"] == 4
+
+
+def test_no_writable_primary_within_the_wait_gives_up_with_one_line(
+    logged: list[dict[str, Any]],
+) -> None:
+    """
+    A server read-only for longer than the wait: the transaction stops
+    before a wait would end past it, with NoWritablePrimary (one line, the
+    last refusal in it), logged once as a warning and counted.
+    """
+    clock = Clock()
+    storage, pool = storage_on(
+        clock, [READ_ONLY] * 100, failover=FailoverRetryPolicy(wait=1.0, first_delay=0.1)
+    )
+    seen = outcome(storage.run(sign))
+    clock.pump([RUN_TIME] + [0.005] * 400)
+    assert len(seen) == 1 and isinstance(seen[0], Failure)
+    error = seen[0].value
+    assert isinstance(error, NoWritablePrimary)
+    assert str(error).startswith("no writable database primary took transaction sign within 1s")
+    assert "read-only" in str(error) and "\n" not in str(error)
+    assert pool.runs[-1] <= 1.0 + RUN_TIME
+    assert storage.counts == {"failover_retries": len(pool.runs) - 1, "failover_gave_up": 1}
+    warned = [e for e in logged if "no writable database primary" in str(e.get("message", ""))]
+    assert len(warned) == 1 and warned[0]["log_level"].name == "warn"
