@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -93,13 +93,12 @@ def shared_two_worker_node(start_shared_node: Callable[..., Node]) -> Node:
 
 
 @pytest.fixture
-def two_worker_node(shared_two_worker_node: Node) -> Iterator[Node]:
-    """L{shared_two_worker_node}, checked before and after each test: both workers ready."""
+def two_worker_node(shared_two_worker_node: Node) -> Node:
+    """L{shared_two_worker_node}, checked before each test: running, both workers ready."""
     node = shared_two_worker_node
     assert node.process.poll() is None, node.log.read_text()[-4000:]
     wait_for(lambda: len(node.ready_workers()) == 2, 30, "both workers to be ready")
-    yield node
-    wait_for(lambda: len(node.ready_workers()) == 2, 30, "both workers to be ready again")
+    return node
 
 
 # The trickle in the slowloris test takes about 1.5 s; the timeout leaves
