@@ -33,8 +33,12 @@ def testapp_node(start_shared_node: Callable[..., Node]) -> Node:
 
 @pytest.fixture(scope="module")
 def app_node(start_shared_node: Callable[..., Node]) -> Node:
-    """One worker serving Clickpass, for tests that each sign up an address of their own."""
-    return start_shared_node(workers=1, app="")
+    """
+    One worker serving Clickpass behind a trusted proxy (127.0.0.1/32), for
+    tests that each sign up an address of their own and fail sign-ins only
+    from client addresses of their own.
+    """
+    return start_shared_node(workers=1, app="", web='trusted_proxies = ["127.0.0.1/32"]\n')
 
 
 def read_answer(s: socket.socket, timeout: float) -> bytes:
@@ -135,50 +139,64 @@ def browser(node: Node, forwarded_for: str = "", source: str = "") -> Browser:
 PASSWORD = "the owner's long password"
 
 
-def fail_twenty_times(attacker: Browser) -> None:
+def fail_twenty_times(attacker: Browser, net: str) -> None:
     """20 failed sign-ins (the per-address limit), each naming another account
-    and claiming another address in the front's own client header."""
+    and claiming another address of C{net} (say "198.51.100") in the front's
+    own client header."""
+    tag = secrets.token_hex(4)
     for i in range(20):
-        attacker.session.headers["X-Clickpass-Client"] = f"198.51.100.{100 + i}"
-        refused = attacker.sign_in(f"nobody{i}@example.com", "not the password")
+        attacker.session.headers["X-Clickpass-Client"] = f"{net}.{100 + i}"
+        refused = attacker.sign_in(f"nobody{i}-{tag}@example.com", "not the password")
         assert refused.status_code == 401, (i, refused.status_code)
 
 
-def test_behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_another(start_node):
+def signed_up_owner(node: Node) -> str:
+    """Sign up an account of the test's own on C{node}; return its address."""
+    email = f"owner-{secrets.token_hex(4)}@example.com"
+    assert browser(node).sign_up(email, PASSWORD).status_code == 200
+    return email
+
+
+# The two tests below share app_node, so each uses client addresses of its
+# own (a block of the documentation ranges): the one locks out is never one
+# the other expects to sign in from.
+
+
+def test_behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_another(app_node):
     """
     Behind a trusted proxy (127.0.0.1/32), the client is the rightmost
     X-Forwarded-For hop the proxy does not vouch for: 20 failed sign-ins from
     one forwarded client lock that client out, while another forwarded
     client signs in. Sending the front's own client header changes nothing.
     """
-    node: Node = start_node(workers=1, app="", web='trusted_proxies = ["127.0.0.1/32"]\n')
-    assert browser(node).sign_up("owner@example.com", PASSWORD).status_code == 200
+    node: Node = app_node
+    owner_email = signed_up_owner(node)
     # What the attacker wrote itself sits left of what the proxy appended.
     attacker = browser(node, forwarded_for="203.0.113.50, 198.51.100.1")
-    fail_twenty_times(attacker)
+    fail_twenty_times(attacker, "198.51.100")
     attacker.session.headers["X-Forwarded-For"] = "203.0.113.51, 198.51.100.1"
-    assert attacker.sign_in("owner@example.com", PASSWORD).status_code == 429
+    assert attacker.sign_in(owner_email, PASSWORD).status_code == 429
     owner = browser(node, forwarded_for="198.51.100.2")
-    signed_in = owner.sign_in("owner@example.com", PASSWORD, "/account")
-    assert signed_in.status_code == 200 and "owner@example.com" in signed_in.text
+    signed_in = owner.sign_in(owner_email, PASSWORD, "/account")
+    assert signed_in.status_code == 200 and owner_email in signed_in.text
 
 
-def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(start_node):
+def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(app_node):
     """
     A client connecting from outside the trusted ranges (127.0.0.2) is its own
     address whatever X-Forwarded-For or X-Clickpass-Client it sends: after 20
     failures it is throttled under a new X-Forwarded-For too, while a client
     forwarded by the trusted proxy still signs in.
     """
-    node: Node = start_node(workers=1, app="", web='trusted_proxies = ["127.0.0.1/32"]\n')
-    assert browser(node).sign_up("owner@example.com", PASSWORD).status_code == 200
-    attacker = browser(node, forwarded_for="198.51.100.1", source="127.0.0.2")
-    fail_twenty_times(attacker)
-    attacker.session.headers["X-Forwarded-For"] = "198.51.100.99"
-    attacker.session.headers["X-Clickpass-Client"] = "198.51.100.98"
-    assert attacker.sign_in("owner@example.com", PASSWORD).status_code == 429
-    owner = browser(node, forwarded_for="198.51.100.1")
-    assert owner.sign_in("owner@example.com", PASSWORD, "/account").status_code == 200
+    node: Node = app_node
+    owner_email = signed_up_owner(node)
+    attacker = browser(node, forwarded_for="192.0.2.1", source="127.0.0.2")
+    fail_twenty_times(attacker, "192.0.2")
+    attacker.session.headers["X-Forwarded-For"] = "192.0.2.99"
+    attacker.session.headers["X-Clickpass-Client"] = "192.0.2.98"
+    assert attacker.sign_in(owner_email, PASSWORD).status_code == 429
+    owner = browser(node, forwarded_for="192.0.2.1")
+    assert owner.sign_in(owner_email, PASSWORD, "/account").status_code == 200
 
 
 @pytest.mark.parametrize(

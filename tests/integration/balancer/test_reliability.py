@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,40 +45,83 @@ def run_wrk(node: Node, path: str, seconds: int, connections: int = 8) -> dict[s
     }
 
 
-def start_wrk(node: Node, path: str, seconds: int, connections: int = 8) -> Callable[[], Any]:
-    import threading
+def front_requests(node: Node) -> int:
+    """The front's request counter (clickpass-ctl balancer stats)."""
+    return int(node.ctl("balancer", "stats")["front"]["counters"]["requests"])
 
-    result: dict[str, Any] = {}
 
-    def go() -> None:
-        result.update(run_wrk(node, path, seconds, connections))
+class Load:
+    """wrk running against a node in a thread (L{start_wrk})."""
 
-    thread = threading.Thread(target=go)
-    thread.start()
+    def __init__(self, node: Node, path: str, seconds: int, connections: int) -> None:
+        self.result: dict[str, Any] = {}
+        self.thread = threading.Thread(
+            target=lambda: self.result.update(run_wrk(node, path, seconds, connections))
+        )
 
-    def finish() -> dict[str, Any]:
-        thread.join()
-        return result
+    def running(self) -> bool:
+        return self.thread.is_alive()
 
-    return finish
+    def finish(self) -> dict[str, Any]:
+        self.thread.join()
+        return self.result
+
+
+def start_wrk(node: Node, path: str, seconds: int, connections: int = 8) -> Load:
+    """
+    Start wrk against C{node} and return once the front has counted its
+    first 50 requests (so that what the test does next happens under load).
+    """
+    before = front_requests(node)
+    load = Load(node, path, seconds, connections)
+    load.thread.start()
+    wait_for(lambda: front_requests(node) >= before + 50, 10, "wrk's requests to arrive")
+    return load
 
 
 needs_wrk = pytest.mark.skipif(WRK is None, reason="wrk is not installed")
 
 
+@pytest.fixture(scope="module")
+def shared_two_worker_node(start_shared_node: Callable[..., Node]) -> Node:
+    """
+    Two workers serving the test application, shared by the tests about
+    several workers that leave the node as they found it (two ready
+    workers; a header_timeout the slowloris test needs).
+    """
+    return start_shared_node(workers=2, balancer=f"header_timeout = {HEADER_TIMEOUT}\n")
+
+
+@pytest.fixture
+def two_worker_node(shared_two_worker_node: Node) -> Node:
+    """L{shared_two_worker_node}, checked before each test: running, both workers ready."""
+    node = shared_two_worker_node
+    assert node.process.poll() is None, node.log.read_text()[-4000:]
+    wait_for(lambda: len(node.ready_workers()) == 2, 30, "both workers to be ready")
+    return node
+
+
+# The trickle in the slowloris test takes about 1.5 s; the timeout leaves
+# room for a loaded machine (with 3 s, a CI run once had the slow client cut
+# off before it had sent everything).
+HEADER_TIMEOUT = 6.0
+
+
 @needs_wrk
-def test_kill_9_of_a_worker_under_load_fails_no_request_and_the_worker_returns(start_node):
+def test_kill_9_of_a_worker_under_load_fails_no_request_and_the_worker_returns(
+    two_worker_node,
+):
     """
     kill -9 of a worker while wrk runs: every GET still succeeds (requests
     that never got a byte back are retried on the other worker) and the
     slot gets a new worker.
     """
-    node = start_node(workers=2)
-    finish = start_wrk(node, "/", seconds=4)
-    time.sleep(1.5)
+    node = two_worker_node
+    load = start_wrk(node, "/", seconds=4)
     victim = node.ready_workers()[0]
     os.kill(victim["pid"], signal.SIGKILL)
-    result = finish()
+    assert load.running(), "wrk had finished before the worker was killed"
+    result = load.finish()
     assert result["requests"] > 100
     assert result["non2xx"] == 0, result
     assert result["socket_errors"] == 0, result
@@ -108,15 +152,15 @@ def test_hanging_worker_gets_504_within_the_timeout_and_is_replaced(start_node):
     assert node.get("/").startswith(b"HTTP/1.1 200 ")
 
 
-def test_healthz_answers_at_once_while_the_only_worker_is_frozen(start_node):
+def test_healthz_answers_at_once_while_the_only_worker_is_frozen(testapp_node):
     """
     /healthz is the front's liveness and the front answers it: with its one
     worker stopped (SIGSTOP) and a request stuck in it, /healthz still
     answers 200 within a second, again and again, while /readyz (which asks
     a worker) does not; once the worker runs again, so does /readyz.
     """
-    node = start_node(workers=1, balancer="health_interval = 0\n")
-    worker = node.ready_workers()[0]
+    node = testapp_node
+    (worker,) = node.ready_workers()
     pid = int(worker["pid"])
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -134,19 +178,18 @@ def test_healthz_answers_at_once_while_the_only_worker_is_frozen(start_node):
     assert stuck.recv(65536).startswith(b"HTTP/1.1 200 ")
     stuck.close()
     assert node.get("/readyz", timeout=10).startswith(b"HTTP/1.1 200 ")
+    # The same worker went on: nothing replaced it while it was stopped.
+    assert [w["pid"] for w in node.ready_workers()] == [pid]
 
 
-def test_slowloris_and_1000_idle_connections_do_not_starve_other_clients(start_node):
+def test_slowloris_and_1000_idle_connections_do_not_starve_other_clients(two_worker_node):
     """
     With 1000 idle connections open and a client trickling its headers a
     byte at a time, other clients are still served promptly; the slow
     client is cut off with a 408 at header_timeout.
     """
-    # The trickle below takes about 1.5 s; the timeout leaves room for a
-    # loaded machine (with 3 s, a CI run once had the slow client cut off
-    # before it had sent everything).
-    header_timeout = 6.0
-    node = start_node(workers=2, balancer=f"header_timeout = {header_timeout}\n")
+    header_timeout = HEADER_TIMEOUT
+    node = two_worker_node
     idle = []
     try:
         for _ in range(1000):
@@ -175,9 +218,22 @@ def test_slowloris_and_1000_idle_connections_do_not_starve_other_clients(start_n
 
 
 @pytest.fixture(scope="module")
-def testapp_node(start_shared_node: Callable[..., Node]) -> Node:
-    """One worker serving the test application, for tests that only send it requests."""
-    return start_shared_node(workers=1)
+def shared_testapp_node(start_shared_node: Callable[..., Node]) -> Node:
+    """
+    One worker serving the test application, for tests that only send it
+    requests or stop its worker for a while and let it go on; no active
+    health checks (which would replace a stopped worker).
+    """
+    return start_shared_node(workers=1, balancer="health_interval = 0\n")
+
+
+@pytest.fixture
+def testapp_node(shared_testapp_node: Node) -> Node:
+    """L{shared_testapp_node}, checked before each test: running, its worker ready."""
+    node = shared_testapp_node
+    assert node.process.poll() is None, node.log.read_text()[-4000:]
+    wait_for(lambda: len(node.ready_workers()) == 1, 30, "the worker to be ready")
+    return node
 
 
 @pytest.mark.parametrize(
@@ -202,14 +258,14 @@ def test_malformed_requests_get_400_and_close_and_the_node_goes_on(testapp_node,
 
 
 @needs_wrk
-def test_reload_under_load_fails_no_request(start_node):
+def test_reload_under_load_fails_no_request(two_worker_node):
     """clickpass-ctl reload while wrk runs: every worker replaced, zero failed requests."""
-    node = start_node(workers=2)
+    node = two_worker_node
     before = {w["pid"] for w in node.workers()}
-    finish = start_wrk(node, "/", seconds=5)
-    time.sleep(1.0)
+    load = start_wrk(node, "/", seconds=5)
     assert node.ctl("reload") == {"replaced": 2}
-    result = finish()
+    assert load.running(), "wrk had finished before the reload"
+    result = load.finish()
     assert result["requests"] > 100
     assert result["non2xx"] == 0, result
     assert result["socket_errors"] == 0, result
@@ -223,7 +279,7 @@ def test_the_real_application_is_served_through_the_front(start_node):
     Accept: application/xrds+xml, static files from the front, workers and
     counters over the control port.
     """
-    node = start_node(workers=2, app="")
+    node = start_node(workers=1, app="")
     response = node.get("/", headers="Accept: application/xrds+xml\r\n")
     assert response.startswith(b"HTTP/1.1 200 "), response[:300]
     assert b"http://specs.openid.net/auth/2.0/server" in response
@@ -232,4 +288,4 @@ def test_the_real_application_is_served_through_the_front(start_node):
     assert b"Cache-Control: public, max-age=3600" in css
     stats = node.ctl("balancer", "stats")
     assert stats["front"]["counters"]["requests"] >= 1
-    assert len(stats["workers"]) == 2
+    assert len(stats["workers"]) == 1

@@ -48,56 +48,61 @@ def test_public_url_served_by_no_listener_is_one_warning(tmp_path: Path) -> None
         node.stop()
 
 
-def test_matching_public_url_gives_no_warning(tmp_path: Path) -> None:
+@pytest.fixture
+def plain_node(shared_node: NodeProcess) -> NodeProcess:
+    """
+    The module's shared node (its public_url on its own listener), for the
+    tests that only read its log or ask it its status; checked running
+    before each.
+    """
+    assert shared_node.process is not None and shared_node.process.poll() is None
+    return shared_node
+
+
+def test_matching_public_url_gives_no_warning(plain_node: NodeProcess) -> None:
     """A node serving its public_url's port says nothing about it."""
-    port = free_port()
-    node = NodeProcess(tmp_path, write_config(tmp_path, port), port=port).start()
-    try:
-        assert WARNING not in node.log()
-    finally:
-        node.stop()
+    node = plain_node
+    assert "ready: serving" in node.log()
+    assert WARNING not in node.log()
 
 
-def test_ctl_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+def test_ctl_into_a_closed_pipe_ends_quietly(plain_node: NodeProcess) -> None:
     """
     clickpass-ctl writing its answer into a pipe whose reader is gone (as
     in `clickpass-ctl status | head`) prints no traceback and exits 0.
     """
-    port = free_port()
-    config = write_config(tmp_path, port)
-    node = NodeProcess(tmp_path, config, port=port).start()
-    try:
-        for args in (["status"], ["--json", "status"]):
-            read_end, write_end = os.pipe()
-            os.close(read_end)  # the reader has gone before anything is written
-            try:
-                done = subprocess.run(
-                    [str(BIN / "clickpass-ctl"), "--config", str(config), *args],
-                    stdout=write_end,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    timeout=60,
-                )
-            finally:
-                os.close(write_end)
-            assert done.stderr == "", done.stderr
-            assert done.returncode == 0
-        # Into head, as an operator types it: ctl | head -n 1.
-        ctl = subprocess.Popen(
-            [str(BIN / "clickpass-ctl"), "--config", str(config), "--json", "status"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert ctl.stdout is not None and ctl.stderr is not None
-        head = subprocess.run(
-            ["head", "-n", "1"], stdin=ctl.stdout, capture_output=True, text=True, timeout=60
-        )
-        ctl.stdout.close()
-        assert ctl.wait(60) == 0
-        assert head.stdout == "{\n"
-        assert b"Traceback" not in ctl.stderr.read()
-    finally:
-        node.stop()
+    node = plain_node
+    config = node.config
+    assert config is not None
+    for args in (["status"], ["--json", "status"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader has gone before anything is written
+        try:
+            done = subprocess.run(
+                [str(BIN / "clickpass-ctl"), "--config", str(config), *args],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.close(write_end)
+        assert done.stderr == "", done.stderr
+        assert done.returncode == 0
+    # Into head, as an operator types it: ctl | head -n 1.
+    ctl = subprocess.Popen(
+        [str(BIN / "clickpass-ctl"), "--config", str(config), "--json", "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert ctl.stdout is not None and ctl.stderr is not None
+    head = subprocess.run(
+        ["head", "-n", "1"], stdin=ctl.stdout, capture_output=True, text=True, timeout=60
+    )
+    ctl.stdout.close()
+    assert ctl.wait(60) == 0
+    assert head.stdout == "{\n"
+    assert b"Traceback" not in ctl.stderr.read()
 
 
 def test_scripts_run_prints_the_next_steps(tmp_path: Path) -> None:
