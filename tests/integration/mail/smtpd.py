@@ -3,9 +3,10 @@ A real SMTP server for the mail tests: aiosmtpd on loopback, in its own
 thread, with STARTTLS or implicit TLS (certificates from
 L{tests.support.tlsca}) and AUTH when asked, recording every message it
 accepts. Its C{plan} says how it answers each delivery attempt (one MAIL
-command each): accept it, refuse it for good (550 to RCPT), refuse it for
-now (451), hang before answering the data, or drop the connection in the
-middle of the data or once the data has arrived and before answering it.
+command each): accept it (at once or after a pause), refuse it for good
+(550 to RCPT), refuse it for now (451), hang before answering the data, or
+drop the connection in the middle of the data or once the data has arrived
+and before answering it.
 
 It listens on 127.0.0.1 only and stops when its fixture ends.
 """
@@ -38,6 +39,10 @@ ACCEPT, REFUSE, TEMPFAIL, HANG = "accept", "refuse", "tempfail", "hang"
 # Drop the connection after one line of the message's data, or once all of
 # it has arrived (before answering it).
 MID_DATA, DROP = "mid-data", "drop"
+# Accept, after a pause of SLOW_SECONDS before answering the data (a busy
+# server: messages are in the middle of being sent at any moment).
+SLOW = "slow"
+SLOW_SECONDS = 0.3
 
 
 @dataclass
@@ -59,6 +64,9 @@ class Handler:
     accepted: list[Accepted] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Called (in the server's thread) with each message taken, before the
+    # client hears that it was.
+    on_accept: Callable[[Accepted], None] | None = None
 
     def _current(self) -> str:
         with self.lock:
@@ -89,6 +97,8 @@ class Handler:
         what = self._current()
         if what == HANG:
             await asyncio.sleep(3600)
+        if what == SLOW:
+            await asyncio.sleep(SLOW_SECONDS)
         if what == DROP:
             transport = server.transport
             assert isinstance(transport, asyncio.Transport)
@@ -101,17 +111,18 @@ class Handler:
         # STARTTLS sets session.ssl; implicit TLS shows on the transport only.
         transport = server.transport
         implicit = transport is not None and transport.get_extra_info("ssl_object") is not None
+        accepted = Accepted(
+            str(envelope.mail_from),
+            list(envelope.rcpt_tos),
+            parsed,
+            raw,
+            session.ssl is not None or implicit,
+            user,
+        )
         with self.lock:
-            self.accepted.append(
-                Accepted(
-                    str(envelope.mail_from),
-                    list(envelope.rcpt_tos),
-                    parsed,
-                    raw,
-                    session.ssl is not None or implicit,
-                    user,
-                )
-            )
+            self.accepted.append(accepted)
+        if self.on_accept is not None:
+            self.on_accept(accepted)
         return "250 2.0.0 queued"
 
 
