@@ -9,9 +9,11 @@ sent, for longer than one attempt may take (an attempt that runs out of
 time is cut off), so two nodes never send it at the same time; it is
 marked sent as soon as the server took it, through a database failover
 if need be. Only a node that dies between the server's answer and that
-mark sends a message twice, with the same Message-ID. A failed attempt is
-tried again after an exponential backoff, until the message's give-up
-time; a permanent refusal (5xx to MAIL, RCPT or DATA) gives up at once.
+mark, or an attempt cut off at its timeout while the server's answer to
+the data was on its way, sends a message twice, with the same Message-ID.
+A failed attempt is tried again after an exponential backoff, until the
+message's give-up time; a permanent refusal (5xx to MAIL, RCPT or DATA)
+gives up at once.
 
 This module must never block the reactor (the database through the
 storage, the network through the transport) and never lose a message:
