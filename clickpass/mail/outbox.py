@@ -130,18 +130,25 @@ class Outbox:
 
 
 def claim(tx: Transaction, now: int, lease: int, limit: int, owner: str) -> list[Queued]:
-    """Lease up to C{limit} due messages to C{owner} until C{now + lease}, oldest first."""
+    """
+    Lease up to C{limit} due messages to C{owner} until C{now + lease},
+    oldest first: those whose lease ran out, and those still leased to
+    C{owner} itself (a claim of its own whose COMMIT was cut off by a
+    database failover; the delivery service's rounds never overlap, so
+    none of them is being sent).
+    """
     rows = claim_rows(
         tx,
         "mail_outbox",
         "SELECT id, message_id, recipient, kind, message, created, attempts, give_up_at "
-        "FROM mail_outbox WHERE state = ? AND next_attempt <= ? AND lease_until <= ? "
-        "ORDER BY next_attempt, id LIMIT ?",
-        (PENDING, now, now, limit),
+        "FROM mail_outbox WHERE state = ? AND next_attempt <= ? "
+        "AND (lease_until <= ? OR lease_owner = ?) ORDER BY next_attempt, id LIMIT ?",
+        (PENDING, now, now, owner, limit),
         now,
         lease,
         pending=PENDING,
         owner=owner,
+        own_again=True,
     )
     return [
         Queued(

@@ -103,6 +103,7 @@ def claim_rows(
     pending: int = 0,
     owner: str | None = None,
     lock: bool = True,
+    own_again: bool = False,
 ) -> list[tuple[Any, ...]]:
     """
     Lease the rows C{select} finds (their id first; it should ask only for
@@ -113,21 +114,34 @@ def claim_rows(
     UPDATE SKIP LOCKED} (leave it off where the query joins other tables,
     whose rows it would lock too). Return the leased rows, in C{select}'s
     order.
+
+    With C{own_again}, a row still leased to C{owner} counts as free too
+    (C{select} should find those as well): an earlier claim of C{owner}'s
+    whose COMMIT was cut off (a database failover) may have been applied,
+    and its rows then wait for nobody. Only for a C{owner} with nothing of
+    its own being sent while it claims (a service whose rounds never
+    overlap), or a row would be sent twice.
     """
     rows = tx.fetchall(select + (skip_locked(tx.dialect) if lock else ""), *args)
     owned = ", lease_owner = ?" if owner is not None else ""
+    free = "lease_until <= ?"
+    free_args: list[object] = [now]
+    if own_again:
+        if owner is None:
+            raise ValueError("own_again needs the owner")
+        free = "(lease_until <= ? OR lease_owner = ?)"
+        free_args.append(owner)
     claimed = []
     for row in rows:
         values: list[object] = [now + lease]
         if owner is not None:
             values.append(owner)
         if tx.execute(
-            f"UPDATE {table} SET lease_until = ?{owned} "
-            "WHERE id = ? AND state = ? AND lease_until <= ?",
+            f"UPDATE {table} SET lease_until = ?{owned} WHERE id = ? AND state = ? AND {free}",
             *values,
             row[0],
             pending,
-            now,
+            *free_args,
         ):
             claimed.append(tuple(row))
     return claimed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -25,7 +25,7 @@ from clickpass.mail.service import MailDelivery, backoff, install_mail, next_att
 from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, TemporaryFailure
 from clickpass.monitor.metrics import Registry
-from clickpass.storage.sql import DirectStorage, Transaction
+from clickpass.storage.sql import DirectStorage, OutcomeUnknown, Transaction
 from tests.unit.mail.conftest import BASE_URL, NOW
 
 FAST = {"poll_interval": 1.0, "backoff_initial": 30.0, "backoff_max": 480.0}
@@ -248,6 +248,57 @@ def test_a_dead_nodes_messages_are_claimed_again_when_its_lease_expires(
         outbox.mark_failed, row_id, "dead", "stale", int(clock.seconds()) + 30, False
     )
     assert late is False
+    assert row(storage, row_id)["state"] == "sent"
+
+
+class ClaimCommitCut:
+    """
+    The storage of a node whose first claim commits but whose COMMIT's
+    answer is lost (a database failover at that moment): the rows are
+    leased to the node, and it is told the outcome is unknown.
+    """
+
+    def __init__(self, storage: DirectStorage) -> None:
+        self.storage = storage
+        self.cut = 0
+
+    def run(self, fn: Any, *args: object) -> Deferred[Any]:
+        d = self.storage.run(fn, *args)
+        if fn is outbox.claim and not self.cut:
+            self.cut += 1
+
+            def lost(_: object) -> None:
+                raise OutcomeUnknown("the database connection was lost while committing")
+
+            d.addCallback(lost)
+        return d
+
+
+def test_a_claim_whose_commit_was_cut_holds_nothing_up(
+    clock: Clock, storage: DirectStorage
+) -> None:
+    """
+    A claim applied but answered with a lost connection (its outcome
+    unknown to the node) leaves the message leased to that node: its next
+    round takes it again at once, instead of waiting out the lease (200 s
+    with the defaults); it is sent once. Another node still passes it by.
+    """
+    row_id = enqueue(storage, clock.seconds())
+    cut = ClaimCommitCut(storage)
+    server = FakeServer(clock)
+    service = MailDelivery(
+        clock, cast(Any, cut), settings(), server, "no-reply@example.com", "node1"
+    )
+    other = FakeServer(clock)
+    second = delivery(clock, storage, other, owner="node2")
+    service.startService()
+    clock.advance(0)
+    assert cut.cut == 1 and server.attempts == []
+    assert row(storage, row_id)["lease_owner"] == "node1"
+    assert second.run_once().result == 0
+    run_for(clock, 5)
+    service.stopService()
+    assert len(server.delivered) == 1 and other.attempts == []
     assert row(storage, row_id)["state"] == "sent"
 
 

@@ -79,6 +79,39 @@ def test_a_lease_holds_the_rows_until_it_runs_out_then_they_are_claimed_again(
     assert outbox_db.run_blocking(owners) == {"a": "node2", "b": "node2", "c": "node2"}
 
 
+DUE_OR_MINE = (
+    "SELECT id, payload FROM t_outbox WHERE state = 0 AND (lease_until <= ? OR lease_owner = ?) "
+    "ORDER BY id"
+)
+
+
+def claim_own_again(tx: Transaction, now: int, lease: int, owner: str) -> list[str]:
+    rows = claim_rows(
+        tx, "t_outbox", DUE_OR_MINE, (now, owner), now, lease, owner=owner, own_again=True
+    )
+    return [str(r[1]) for r in rows]
+
+
+def leases(tx: Transaction) -> dict[str, int]:
+    return {str(p): int(u) for p, u in tx.fetchall("SELECT payload, lease_until FROM t_outbox")}
+
+
+def test_an_owner_may_claim_its_own_leased_rows_again(outbox_db: DirectStorage) -> None:
+    """
+    With own_again, rows still leased to the claimer are taken again (their
+    lease renewed from now); another claimer still passes them by.
+    """
+    assert outbox_db.run_blocking(claim, 1000, 30, "node1") == ["a", "b", "c"]
+    assert outbox_db.run_blocking(claim_own_again, 1005, 30, "node2") == []
+    assert outbox_db.run_blocking(claim_own_again, 1005, 30, "node1") == ["a", "b", "c"]
+    assert outbox_db.run_blocking(leases) == {"a": 1035, "b": 1035, "c": 1035}
+    assert outbox_db.run_blocking(owners) == {"a": "node1", "b": "node1", "c": "node1"}
+    with pytest.raises(ValueError, match="owner"):
+        outbox_db.run_blocking(
+            lambda tx: claim_rows(tx, "t_outbox", DUE, (1005,), 1005, 30, own_again=True)
+        )
+
+
 def test_a_claimer_that_read_a_row_another_then_leased_does_not_get_it(
     outbox_db: DirectStorage,
 ) -> None:
