@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from markdown_it import MarkdownIt
 from markdown_it.renderer import RendererHTML
@@ -91,7 +91,8 @@ def _served() -> dict[str, str]:
 def renderer() -> MarkdownIt:
     """
     Markdown to HTML with no raw HTML passed through; every table in a box
-    that scrolls on its own on a narrow screen; headings with anchors;
+    that scrolls on its own on a narrow screen, and every code block
+    reachable by the keyboard (it scrolls on its own too); headings with anchors;
     links to the other guides pointed at their pages here.
     """
     md = MarkdownIt("js-default")
@@ -141,6 +142,21 @@ def renderer() -> MarkdownIt:
         rendered: str = renderer.renderToken(tokens, idx, options, env)
         return rendered
 
+    def focusable(name: str) -> None:
+        # A code block scrolls sideways in its own box on a narrow screen: it
+        # takes the keyboard's focus, so the arrow keys can scroll it too.
+        plain = cast(RendererHTML, md.renderer).rules[name]
+
+        def rule(
+            renderer: RendererHTML, tokens: list[Token], idx: int, options: Any, env: Any
+        ) -> str:
+            rendered: str = plain(tokens, idx, options, env)
+            return rendered.replace("<pre>", '<pre tabindex="0">', 1)
+
+        md.add_render_rule(name, rule)
+
+    focusable("fence")
+    focusable("code_block")
     md.add_render_rule("table_open", table_open)
     md.add_render_rule("table_close", table_close)
     md.add_render_rule("heading_open", heading_open)

@@ -166,3 +166,9 @@ def test_english_when_there_is_no_translation(tmp_path: Path) -> None:
     assert [t["language"] for t in context["translations"]] == ["en", "es"]
     context, header, _ = serve(tmp_path, "es", b"/docs/partners/")
     assert header == [b"es"] and '<h2 id="section">' in context["body"]
+
+
+def test_code_blocks_take_the_keyboards_focus() -> None:
+    """A code block, which may scroll sideways in its own box, is reachable by Tab."""
+    body = guides.render("# T\n\n```sh\nls\n```\n\n    indented\n", BASE).body
+    assert body.count('<pre tabindex="0">') == 2, body
