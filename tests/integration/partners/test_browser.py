@@ -145,7 +145,8 @@ def test_partner_flow_pages_in_each_language(
     node.ctl("user", "add", email, "--password-stdin", "--verified", input=PASSWORD + "\n")
     # Every site's cookies: the partner's session of the previous language's walk too.
     driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
-    pages = checker(driver, screenshots)
+    # The keyboard's walk in English only: focus rings and order do not change with the language.
+    pages = checker(driver, screenshots, keyboard=language == "en")
     with accept_language(driver, language):
         click_clickpass_button(driver, partner)
         wait_for(driver, "form[action='/signin']")
