@@ -387,6 +387,15 @@ class WebApp:
         request_state(request).language = language
         i18n.current.set(language)
 
+    def use_language(self, request: Request, language: str) -> None:
+        """
+        This request's page is in C{language} (a known one), because its
+        address names it (a partner guide in another language): for this
+        request only, nothing remembered.
+        """
+        request_state(request).language = language
+        i18n.current.set(language)
+
     def page_before(self, request: Request) -> str:
         """
         The path and query of the page a form was posted from (its

@@ -132,6 +132,9 @@ class PageChecker:
     driver: WebDriver
     screenshots: Path
     axe: str
+    # Press Tab through each page too (L{check_keyboard}): once per page is
+    # enough, in one language, since focus rings and order do not change with it.
+    keyboard: bool = True
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
@@ -170,7 +173,8 @@ class PageChecker:
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
             driver.save_screenshot(str(self.screenshots / f"{slug}-{size}.png"))
         self.viewport(*VIEWPORTS["desktop"])
-        self.check_keyboard(name)
+        if self.keyboard:
+            self.check_keyboard(name)
 
     def check_keyboard(self, name: str) -> None:
         """
@@ -208,7 +212,10 @@ class PageChecker:
         return json.dumps(self.problems, indent=1)
 
 
-def checker(driver: WebDriver, screenshots: Path) -> PageChecker:
-    """A L{PageChecker} whose screenshots go in C{screenshots} (the fixture of that name)."""
+def checker(driver: WebDriver, screenshots: Path, keyboard: bool = True) -> PageChecker:
+    """
+    A L{PageChecker} whose screenshots go in C{screenshots} (the fixture of
+    that name); C{keyboard}: with the keyboard's walk through each page.
+    """
     driver.set_script_timeout(60)
-    return PageChecker(driver, screenshots, axe_source())
+    return PageChecker(driver, screenshots, axe_source(), keyboard)

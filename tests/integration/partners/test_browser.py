@@ -5,15 +5,20 @@ with Clickpass" button (with the snippet's JavaScript), sign-up at
 Clickpass and the mailed verification link back to the same sign-in,
 registration at the partner, forgot password -> reset -> signed in,
 change email -> confirm -> undo, a second visit, the connect flow
-with an existing partner account, and disconnect from the account pages.
+with an existing partner account, and disconnect from the account pages;
+and the pages of that flow in every language Clickpass speaks, each at a
+desktop's and a phone's size with no sideways scrolling and no axe-core
+violation.
 """
 
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 import pytest
 
+from tests.integration.node.a11y import checker
 from tests.integration.partners.conftest import PASSWORD, Partner
 from tests.support.chromium import (
     By,
@@ -22,6 +27,7 @@ from tests.support.chromium import (
     type_into,
     wait_for,
 )
+from tests.support.languages import LANGUAGES, accept_language, translated
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.node import NodeProcess
 
@@ -120,6 +126,58 @@ def test_register_return_connect_and_disconnect(
     click(driver, "#signout")
     click_clickpass_button(driver, partner)
     wait_for(driver, "#register-form")
+
+
+# The pages' language does not depend on the storage: SQLite's node only.
+@pytest.mark.parametrize("node", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_partner_flow_pages_in_each_language(
+    chrome: WebDriver, node: NodeProcess, partner: Partner, screenshots: Path, language: str
+) -> None:
+    """
+    A partner's sign-in in a browser asking for C{language}: Clickpass's
+    sign-in page naming the partner, the register-or-connect page, and the
+    account page with the site connected, asking before it disconnects and
+    saying it did, each in that language, fitting both sizes, passing axe.
+    """
+    driver = chrome
+    email = f"l{language}{secrets.token_hex(4)}@example.com"
+    node.ctl("user", "add", email, "--password-stdin", "--verified", input=PASSWORD + "\n")
+    # Every site's cookies: the partner's session of the previous language's walk too.
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    # The keyboard's walk in English only: focus rings and order do not change with the language.
+    pages = checker(driver, screenshots, keyboard=language == "en")
+    with accept_language(driver, language):
+        click_clickpass_button(driver, partner)
+        wait_for(driver, "form[action='/signin']")
+        assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == language
+        pages.check("sign-in for a partner")
+        type_into(driver, "#email", email)
+        type_into(driver, "#password", PASSWORD)
+        click(driver, "form[action='/signin'] button")
+        wait_for(driver, "#register-form")
+        assert translated(language, "Continue to %(name)s", name="Example Partner") in (
+            driver.page_source
+        )
+        pages.check("register or connect")
+        type_into(driver, "#field_nickname", f"lang-{language}")
+        click(driver, "#register")
+        assert wait_for(driver, "#current-user").text == f"lang-{language}"
+
+        driver.get(node.url + "account")
+        wait_for(driver, f"#site-{partner.site.public_id}")
+        pages.check("account with a partner")
+        driver.find_element(By.ID, f"disconnect-{partner.site.public_id}").click()
+        pages.check("account, disconnecting a partner")
+        click(driver, f"#disconnect-confirm-{partner.site.public_id}")
+        disconnected = translated(
+            language,
+            "Disconnected. That site will not sign you in with Clickpass until you "
+            "connect it again.",
+        )
+        assert disconnected in wait_for(driver, "#notice").text
+        pages.check("account, partner disconnected")
+    assert not pages.problems, "\n".join(pages.problems)
 
 
 def test_forgot_password_reset_and_sign_in(chrome: WebDriver, node: NodeProcess) -> None:

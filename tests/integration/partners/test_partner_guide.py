@@ -271,3 +271,35 @@ def test_clickpass_serves_the_guides(trial_node: NodeProcess) -> None:
     openapi = requests.get(node.url + "docs/partners/openapi.yaml", timeout=10)
     assert openapi.status_code == 200 and openapi.text.startswith("openapi: 3.")
     assert requests.get(node.url + "docs/partners/nothing", timeout=10).status_code == 404
+    assert guide.headers["content-language"] == "en"
+
+
+def test_the_guides_in_the_readers_language(trial_node: NodeProcess) -> None:
+    """
+    A browser asking for German gets the German guides (the header and the
+    page say so), with the English anchors and links to the other
+    languages; an address naming Spanish gets Spanish throughout, links to
+    the other guide included; a language Clickpass does not speak gets English.
+    """
+    node = trial_node
+    german = requests.get(
+        node.url + "docs/partners", headers={"Accept-Language": "de-DE, en;q=0.5"}, timeout=10
+    )
+    assert german.status_code == 200 and german.headers["content-language"] == "de"
+    assert '<html lang="de">' in german.text and '<article class="guide" lang="de">' in german.text
+    assert "Ihre Website mit Clickpass verbinden" in german.text
+    assert 'id="try-it-on-your-laptop-first"' in german.text
+    assert 'href="/docs/partners?lang=en" hreflang="en"' in german.text
+    assert 'href="/docs/partners?lang=es" hreflang="es"' in german.text
+    assert f"{node.url}static/clickpass-button.js" in german.text
+    spanish = requests.get(
+        node.url + "docs/partners/api?lang=es", headers={"Accept-Language": "de"}, timeout=10
+    )
+    assert spanish.headers["content-language"] == "es" and '<html lang="es">' in spanish.text
+    assert "La API de socios de Clickpass" in spanish.text
+    assert 'href="/docs/partners?lang=es"' in spanish.text
+    other = requests.get(
+        node.url + "docs/partners?lang=fr", headers={"Accept-Language": "fr"}, timeout=10
+    )
+    assert other.status_code == 200 and other.headers["content-language"] == "en"
+    assert "Integrating your site with Clickpass" in other.text

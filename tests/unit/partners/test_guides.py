@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyRequest
 
 from clickpass.partners import guides
+from clickpass.web.app import WebApp
 
 BASE = "http://127.0.0.1:8080/"
 
@@ -72,3 +79,96 @@ def test_console_links_to_sections_that_exist() -> None:
         for anchor in re.findall(r'href="/docs/partners#([^"]+)"', template.read_text())
     }
     assert linked and linked <= anchors, linked - anchors
+
+
+class PageMaker:
+    """The part of the web kernel a guide's page uses: its language, and the page's context."""
+
+    def __init__(self, language: str) -> None:
+        self.settings = SimpleNamespace(base_url=BASE)
+        self.language = language
+        self.pages: list[dict[str, Any]] = []
+
+    def choose_language(self, request: DummyRequest) -> str:
+        return self.language
+
+    def use_language(self, request: DummyRequest, language: str) -> None:
+        self.language = language
+
+    def render(self, request: DummyRequest, template: str, **context: Any) -> bytes:
+        self.pages.append(context)
+        return b"page"
+
+
+def serve(docs: Path, language: str, path: bytes, lang: bytes | None = None) -> tuple[Any, ...]:
+    """The guide at C{path} for a request in C{language} (C{?lang=} if given)."""
+    app = PageMaker(language)
+    served = guides.Guides(cast(WebApp, app), docs)
+    served.load()
+    request = DummyRequest([b""])
+    as_served = cast(Request, request)
+    as_served.path = path
+    if lang is not None:
+        request.args = {b"lang": [lang]}
+    assert asyncio.run(served.guide(as_served)) == b"page"
+    context = app.pages[0]
+    return context, request.responseHeaders.getRawHeaders(b"content-language"), app.language
+
+
+def test_a_guide_is_served_in_the_requests_language() -> None:
+    """The request's language picks the translation; the page links to the other languages."""
+    context, header, _ = serve(guides.DOCS_DIR, "de", b"/docs/partners")
+    assert header == [b"de"]
+    assert context["guide"].language == "de"
+    assert context["guide"].title == "Ihre Website mit Clickpass verbinden"
+    assert context["body"] == context["guide"].body
+    assert 'href="/docs/partners/api"' in context["body"]
+    assert [(t["path"], t["current"]) for t in context["translations"]] == [
+        ("/docs/partners?lang=en", False),
+        ("/docs/partners?lang=de", True),
+        ("/docs/partners?lang=es", False),
+    ]
+    assert [g["title"] for g in context["guides"]] == [
+        "Ihre Website mit Clickpass verbinden",
+        "Die Partner-API von Clickpass",
+    ]
+
+
+def test_a_language_the_address_names_is_the_pages() -> None:
+    """
+    C{?lang=es} makes the page Spanish whatever the request's language, and
+    its links to the other guides keep it; a language we do not speak there
+    is ignored.
+    """
+    context, header, language = serve(guides.DOCS_DIR, "de", b"/docs/partners/api", b"es")
+    assert header == [b"es"] and language == "es"
+    assert context["guide"].title == "La API de socios de Clickpass"
+    assert [g["path"] for g in context["guides"]] == [
+        "/docs/partners?lang=es",
+        "/docs/partners/api?lang=es",
+    ]
+    context, _, _ = serve(guides.DOCS_DIR, "de", b"/docs/partners", b"es")
+    assert 'href="/docs/partners/api?lang=es"' in context["body"]
+    for nonsense in (b"fr", b"", b"\xff\xfe", b"de-DE" * 1000):
+        context, header, _ = serve(guides.DOCS_DIR, "en", b"/docs/partners", nonsense)
+        assert header == [b"en"] and context["guide"].language == "en"
+        assert 'href="/docs/partners/api"' in context["body"]
+
+
+def test_english_when_there_is_no_translation(tmp_path: Path) -> None:
+    """A language a guide is not translated into gets the English guide, said so."""
+    (tmp_path / "partner-guide.md").write_text("# Guide\n\n## Section\n")
+    (tmp_path / "es").mkdir()
+    (tmp_path / "es" / "partner-guide.md").write_text("# Guía\n\n## Sección\n")
+    context, header, _ = serve(tmp_path, "de", b"/docs/partners")
+    assert header == [b"en"]
+    assert context["guide"].language == "en" and context["guide"].title == "Guide"
+    assert [t["language"] for t in context["translations"]] == ["en", "es"]
+    context, header, _ = serve(tmp_path, "es", b"/docs/partners/")
+    assert header == [b"es"] and '<h2 id="section">' in context["body"]
+
+
+def test_code_blocks_take_the_keyboards_focus() -> None:
+    """A code block, which may scroll sideways in its own box, is reachable by Tab."""
+    body = guides.render("# T\n\n```sh\nls\n```\n\n    indented\n", BASE).body
+    assert body.count('<pre tabindex="0">') == 2, body
