@@ -13,6 +13,14 @@
 #   never        (scripts/backup, scripts/monitor: cron and services) never
 #                reach for the network nor rewrite anything: warn and use it
 #                as it is, or fail with one line when there is none
+#
+# The environment is $CLICKPASS_VENV, or .venv in this checkout. An
+# environment whose Clickpass was installed from another source directory
+# (another checkout or git worktree sharing it through CLICKPASS_VENV) is
+# never re-installed from this one: the install is editable, so that would
+# silently make the other checkout's nodes and scripts run this checkout's
+# code. The script stops with one line instead; CLICKPASS_VENV_REPOINT=1
+# re-installs it from this checkout all the same.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CLICKPASS_VENV:-$ROOT/.venv}
@@ -91,7 +99,29 @@ if ! command -v cc >/dev/null 2>&1 || ! has_headers; then
   fi
 fi
 
+# The source directory Clickpass was installed from into the environment
+# (PEP 610's direct_url.json, which pip writes), or nothing when it holds none.
+installed_from() {
+  local record url
+  for record in "$VENV"/lib/python3*/site-packages/clickpass-*.dist-info/direct_url.json; do
+    [ -f "$record" ] || continue
+    url=$(sed -n 's/.*"url": *"\([^"]*\)".*/\1/p' "$record")
+    url=${url#file://}
+    printf '%b\n' "${url//%/\\x}"  # undo the URL's %XX escapes
+    return 0
+  done
+  return 0
+}
+
 if ! installed_as_wanted; then
+  source_dir=$(installed_from)
+  if [ -n "$source_dir" ] && [ "${CLICKPASS_VENV_REPOINT:-}" != 1 ] &&
+     [ "$(cd "$source_dir" 2>/dev/null && pwd -P)" != "$(cd "$ROOT" && pwd -P)" ]; then
+    echo "clickpass: $VENV runs Clickpass from $source_dir, not from this checkout ($ROOT);" \
+      "not re-installing it from here (use an environment of this checkout's own, or set" \
+      "CLICKPASS_VENV_REPOINT=1 to point it at this checkout)" >&2
+    exit 1
+  fi
   echo "clickpass: installing into $VENV ..." >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
   target="$ROOT"

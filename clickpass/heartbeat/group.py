@@ -392,13 +392,19 @@ class Group:
         link's close (the two arrive on different sockets), and read later
         it would count as the master alive again (the takeover would then
         wait for the missed adverts).
+
+        A backup that cannot take over now (FAULT: its own node is not
+        ready yet; CANDIDATE: already asking the witness on missed adverts)
+        still remembers it: the takeover it makes later, with no advert from
+        that master in between, names the process gone, which it knew
+        before it took over, not missed adverts.
         """
         if self.drain is not None:
             self.drain()
         last = self._last_master
         view = self.peers.get(node)
         if (
-            self.state != State.BACKUP
+            self.state not in (State.BACKUP, State.FAULT, State.CANDIDATE)
             or last is None
             or last.node != node
             or view is None
@@ -408,7 +414,7 @@ class Group:
             return
         self.counters["master_process_gone"] += 1
         self._process_gone = node
-        if self.witness_required:
+        if self.state != State.BACKUP or self.witness_required:
             # The witness grants a vote only once it too misses the master's
             # adverts; asking earlier would be refused and re-arm the full
             # down timer, so wait for it as usual.
@@ -660,6 +666,10 @@ class Group:
         self._vip_up = False
         self.counters["takeovers"] += 1
         failed, self._failed_master = self._failed_master, None
+        if failed is not None and self._process_gone == failed[0].node:
+            # Its link closed after our down timer fired (a process slow to
+            # die), while we waited for the witness's vote.
+            failed = (failed[0], "heartbeat process gone")
         self.vip.take(self._vip_is_up)
         if failed is not None:
             self._report_failover(*failed)

@@ -79,6 +79,11 @@ def test_kill9_master_raises_failover_happened_on_the_new_master(make_lab: Any) 
         10.0,
         "app2's process link to app1",
     )
+    # And app2 must be a backup that can take over: the VIP settles on app1
+    # while app2's own node may still be starting its workers (FAULT). A
+    # faulted app2 remembers the closed link and names it when it takes
+    # over later (the unit tests pin that order); this test is the other.
+    lab.wait_for(lambda: state(lab, "app2") == "BACKUP", 10.0, "app2 to be a ready backup")
     assert "failover.happened" not in alerts(lab, "app2")
     lab.signal_node("app1", signal.SIGKILL, whole_group=True)
     lab.wait_for(lambda: state(lab, "app2") == "MASTER", 5.0, "app2 to take over")
@@ -91,6 +96,47 @@ def test_kill9_master_raises_failover_happened_on_the_new_master(make_lab: Any) 
     assert "app2" in alert["summary"]
     counters = lab.cluster_status("app2")["groups"][0]["counters"]
     assert counters["master_process_gone"] == 1
+
+
+def test_kill9_master_while_the_backup_is_not_ready_still_names_the_process_gone(
+    make_lab: Any,
+) -> None:
+    """kill -9 of the master while the backup's own node is not ready (its workers frozen,
+    FAULT): the backup cannot take over yet, but it counts the closed link; once its workers
+    are back it takes over and failover.happened names "heartbeat process gone", which it
+    knew, not the missed adverts its down timer then sees."""
+    lab = make_lab(overrides=FAST_HEALTH)
+
+    def counters() -> dict[str, int]:
+        found: dict[str, int] = lab.cluster_status("app2")["groups"][0]["counters"]
+        return found
+
+    settle(lab, ["app1"])
+    log = lab.dir / "app2" / "node.log"
+    lab.wait_for(
+        lambda: "process link to app1 up" in log.read_text(errors="replace"),
+        10.0,
+        "app2's process link to app1",
+    )
+    lab.wait_for(lambda: state(lab, "app2") == "BACKUP", 10.0, "app2 to be a ready backup")
+    stopped = signal_workers(lab, "app2", signal.SIGSTOP)
+    assert len(stopped) >= 1
+    try:
+        lab.wait_for(lambda: state(lab, "app2") == "FAULT", 10.0, "app2 to fault")
+        lab.signal_node("app1", signal.SIGKILL, whole_group=True)
+        lab.wait_for(
+            lambda: counters().get("master_process_gone") == 1, 5.0, "app2 to see the link close"
+        )
+        assert state(lab, "app2") == "FAULT"
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    lab.wait_for(lambda: state(lab, "app2") == "MASTER", 10.0, "app2 to take over")
+    lab.wait_for(lambda: "failover.happened" in alerts(lab, "app2"), 5.0, "the alert")
+    details = alerts(lab, "app2")["failover.happened"]["details"]
+    assert (details["from"], details["reason"]) == ("app1", "heartbeat process gone")
+    assert counters()["master_process_gone"] == 1
 
 
 def test_frozen_master_is_missed_adverts_not_a_closed_link(make_lab: Any) -> None:

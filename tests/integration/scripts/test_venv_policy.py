@@ -1,8 +1,10 @@
 """
 scripts/_venv.sh decides when the scripts may install into the virtualenv:
 an environment installed with more extras than a script needs is used as
-it is, and the scripts cron and services run (backup, monitor) never
-install anything nor reach for the network.
+it is, the scripts cron and services run (backup, monitor) never
+install anything nor reach for the network, and an environment another
+checkout installed Clickpass into is not re-pointed at this one unless
+asked. The benchmarks run on the same environment (CLICKPASS_VENV).
 
 Each test points CLICKPASS_VENV at a throwaway environment whose
 bin/python records how it is called and runs the real interpreter, except
@@ -11,6 +13,7 @@ that it refuses pip: an attempt to install shows up in its log and fails.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +133,100 @@ def test_test_setup_installs_when_an_extra_is_missing(tmp_path: Path) -> None:
     assert result.returncode != 0  # pip is refused by the fake interpreter
     assert "installing" in result.stderr
     assert pip_calls(log) != []
+
+
+def record_source(venv: Path, source: Path) -> Path:
+    """Record, as pip does (PEP 610), that the environment's Clickpass is an editable
+    install of C{source}; the record's path."""
+    info = venv / "lib" / "python3.11" / "site-packages" / "clickpass-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    record = info / "direct_url.json"
+    record.write_text(json.dumps({"dir_info": {"editable": True}, "url": source.as_uri()}))
+    return record
+
+
+def source_venv(venv: Path, extras: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """What scripts/test does: source _venv.sh (here with a stale stamp: it wants to install)."""
+    return subprocess.run(
+        ["bash", "-c", f"source scripts/_venv.sh {extras}"],
+        cwd=ROOT,
+        env={**os.environ, "CLICKPASS_VENV": str(venv), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_an_environment_installed_from_another_checkout_is_not_repointed(
+    tmp_path: Path,
+) -> None:
+    """
+    A stale environment whose editable Clickpass comes from another checkout
+    (a git worktree sharing the main checkout's through CLICKPASS_VENV): the
+    scripts stop with one line naming both directories and the way to do it
+    anyway; no pip, the stamp and the install record stay as they were.
+    """
+    other = tmp_path / "main checkout"
+    other.mkdir()
+    venv, log = fake_venv(tmp_path, "0" * 64 + " dev")
+    record = record_source(venv, other)
+    before = record.read_text()
+    for result in (run_script("run", venv, "--help"), source_venv(venv, "dev")):
+        assert result.returncode == 1
+        (line,) = result.stderr.strip().splitlines()
+        assert f"from {other}, not from this checkout ({ROOT})" in line
+        assert "CLICKPASS_VENV_REPOINT=1" in line
+        assert "installing into" not in result.stderr
+    assert pip_calls(log) == []
+    assert (venv / ".clickpass-installed").read_text() == "0" * 64 + " dev\n"
+    assert record.read_text() == before
+
+
+def test_repointing_another_checkouts_environment_when_asked(tmp_path: Path) -> None:
+    """With CLICKPASS_VENV_REPOINT=1 the environment is installed from this checkout."""
+    other = tmp_path / "main"
+    other.mkdir()
+    venv, log = fake_venv(tmp_path, "0" * 64 + " dev")
+    record_source(venv, other)
+    result = source_venv(venv, "dev", CLICKPASS_VENV_REPOINT="1")
+    assert result.returncode != 0  # pip is refused by the fake interpreter
+    assert "installing into" in result.stderr and "not from this checkout" not in result.stderr
+    assert pip_calls(log) != []
+
+
+def test_an_environment_installed_from_this_checkout_is_updated(tmp_path: Path) -> None:
+    """An environment installed from this checkout (named through a symlink, too) is
+    re-installed when stale, as before: nothing to ask."""
+    link = tmp_path / "checkout"
+    link.symlink_to(ROOT)
+    venv, log = fake_venv(tmp_path, "0" * 64 + " dev")
+    record_source(venv, link)
+    result = source_venv(venv, "dev")
+    assert "installing into" in result.stderr and "not from this checkout" not in result.stderr
+    assert pip_calls(log) != []
+
+
+@pytest.mark.parametrize(
+    ("script", "call"),
+    [
+        ("bench-balancer", "-m devtools.bench_balancer --help"),
+        ("bench-oidc", "-m devtools.bench_oidc --help"),
+        ("bench-signin-flood", "-m devtools.bench_signin_flood --help"),
+        ("bench-worker", "-m devtools.bench_worker --help"),
+        ("bench-db-failover", f"{ROOT}/scripts/bench-db-failover --help"),
+    ],
+)
+def test_benchmarks_run_on_the_environment_clickpass_venv_names(
+    tmp_path: Path, script: str, call: str
+) -> None:
+    """The benchmarks run on CLICKPASS_VENV's interpreter, like the other scripts."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "python-calls.log"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/bash\necho "$*" >> {log}\n')
+    python.chmod(0o755)
+    result = run_script(script, venv, "--help")
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [call]

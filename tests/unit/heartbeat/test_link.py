@@ -167,6 +167,69 @@ def test_the_masters_last_advert_read_after_its_link_closed_does_not_undo_it() -
     assert [r["reason"] for r in reports] == ["heartbeat process gone"]
 
 
+@pytest.mark.parametrize("witness", [False, True])
+def test_a_faulted_backup_remembers_its_masters_process_gone_for_its_later_takeover(
+    witness: bool,
+) -> None:
+    """
+    The order a lab run saw: the backup's own node is not ready yet (FAULT)
+    when its master's process link closes. It cannot take over then, but it
+    knows why the master is gone: when it recovers and takes over (after the
+    down interval, no advert having come), it names the process gone, not
+    missed adverts, and counts the closed link once.
+    """
+    net = Net(0.1)
+    if witness:
+        net.add_witness()
+    net.add("app1", 200, witness=witness)
+    b = net.add("app2", 100, checks=(("node", 0),), witness=witness)
+    for node in net.nodes.values():
+        node.start()
+    net.run(1)
+    assert net.masters() == ["app1"]
+    reports: list[dict[str, Any]] = []
+    b.on_failover = reports.append
+    b.set_health("node", False)
+    assert b.state == State.FAULT
+    net.dead.add("app1")
+    net.run(0.002, step=0.001)
+    b.peer_process_gone("app1")
+    net.run(0.2, step=0.001)
+    assert b.state == State.FAULT
+    b.set_health("node", True)
+    net.run(1, step=0.001)
+    assert "app2" in net.holders()
+    assert [(r["from"], r["reason"]) for r in reports] == [("app1", "heartbeat process gone")]
+    assert b.counters["master_process_gone"] == 1
+
+
+def test_a_link_closing_while_the_witness_is_asked_names_the_takeover() -> None:
+    """
+    The master's process dies slowly (its kernel closes the link only after
+    the backup's down timer fired): the backup asks the witness on missed
+    adverts, the link closes before the vote comes back, and the takeover
+    names what the backup knows when it takes the VIP: the process gone.
+    """
+    net = Net(0.1)
+    net.add_witness()
+    net.add("app1", 200, witness=True)
+    b = net.add("app2", 100, witness=True)
+    for node in net.nodes.values():
+        node.start()
+    net.run(1)
+    assert net.masters() == ["app1"]
+    reports: list[dict[str, Any]] = []
+    b.on_failover = reports.append
+    net.dead.add("app1")
+    while b.state != State.CANDIDATE:
+        net.run(0.0001, step=0.0001)
+    b.peer_process_gone("app1")
+    net.run(0.5, step=0.001)
+    assert "app2" in net.holders()
+    assert [(r["from"], r["reason"]) for r in reports] == [("app1", "heartbeat process gone")]
+    assert b.counters["master_process_gone"] == 1
+
+
 def test_process_gone_of_a_non_master_or_seen_as_master_is_ignored() -> None:
     """The link closing for a peer that is not our live master changes nothing."""
     net = Net(0.1)
