@@ -253,9 +253,9 @@ def test_an_openid_refusal_quoting_the_request_in_german(node: NodeProcess) -> N
     page = unescape(refused.text)
     assert '<html lang="de">' in page and "Anmeldung abgelehnt" in page
     assert (
-        "Die Website wollte Sie zu https://evil.example/back zurückschicken, das außerhalb "
-        "ihres eigenen Realms https://shop.example/ liegt. Zu Ihrem Schutz hat Clickpass "
-        "abgelehnt. Bitte informieren Sie die Website." in page
+        "Die Website wollte Sie zu https://evil.example/back zurückschicken; diese Adresse "
+        "liegt außerhalb ihres eigenen Realms https://shop.example/. Zu Ihrem Schutz hat "
+        "Clickpass abgelehnt. Bitte informieren Sie die Website." in page
     ), page[:3000]
     assert "The site asked to send you back" not in page
 
