@@ -13,7 +13,6 @@ from html import unescape
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -52,7 +51,7 @@ def _pages(tmp_path: Path, storage: AdbapiStorage, reactor: Any) -> KeyPages:
     app = WebApp(reactor, settings, storage, b"s" * 32, client_header=CLIENT_HEADER)
     # As a node installs them (the templates of the second factors' pages too).
     web = mfa_web.install(
-        app, Router(), SecondFactors(storage, settings.mfa, b"s" * 32, None, Clock())
+        app, Router(), SecondFactors(storage, settings.mfa, b"s" * 32, None, FakeClock())
     )
     return KeyPages(web, SecurityKeys(storage, MfaSettings(), RP, MASTER, clock=FakeClock()))
 
