@@ -95,6 +95,16 @@ class Text(str):
         return text
 
 
+def part(message: str) -> Text:
+    """
+    A message marked with L{N_} (or a L{Text}) as a parameter of another
+    message: translated with it where shown (L{translate}).
+    """
+    if isinstance(message, Text):
+        return message
+    return Text(message.replace("%", "%%"))
+
+
 def n_text(singular: str, plural: str, count: int, **params: Any) -> Text:
     """A L{Text} with a singular and a plural, chosen by C{count} (given as C{%(count)d})."""
     params["count"] = count

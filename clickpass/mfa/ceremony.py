@@ -43,6 +43,8 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
+from clickpass.i18n import N_
+
 # What a browser's answer may weigh, as JSON text (a "none" attestation is
 # well under 2 KiB; certificates of other formats fit too).
 MAX_ANSWER = 16384
@@ -50,14 +52,19 @@ MAX_ANSWER = 16384
 MAX_CREDENTIAL_ID = 1023
 KNOWN_TRANSPORTS = frozenset(t.value for t in AuthenticatorTransport)
 
-UNREADABLE = "Your browser's answer could not be read. Try again, or use another way to sign in."
-NOT_VERIFIED = (
+UNREADABLE = N_(
+    "Your browser's answer could not be read. Try again, or use another way to sign in."
+)
+NOT_VERIFIED = N_(
     "Your passkey or security key was not accepted. Try again, or use another way to sign in."
 )
 
 
 class CeremonyRefused(Exception):
-    """A ceremony's answer refused: C{message} for the person, C{reason} for the log."""
+    """
+    A ceremony's answer refused: C{message} for the person (marked for
+    translation, translated where shown), C{reason} for the log.
+    """
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from clickpass.accounts import events
 from clickpass.accounts.service import _reserve_attempt
+from clickpass.i18n import N_, Text, n_text
 from clickpass.mfa import ceremony, store
 from clickpass.mfa.ceremony import CeremonyRefused, RelyingParty
 from clickpass.mfa.settings import MfaSettings
@@ -51,22 +52,25 @@ CHALLENGES_PER_SESSION = 5
 # The throttle's scope in signin_failures: challenges given per address.
 THROTTLE_SCOPE = "webauthn-address"
 
-EXPIRED = (
+# What the person is told (marked for translation, translated where shown).
+EXPIRED = N_(
     "That request has expired, was used already, or was replaced by a newer one (from "
     "another tab or a page shown again). Reload the page and try again."
 )
-UNKNOWN_KEY = (
+UNKNOWN_KEY = N_(
     "That passkey or security key is not registered here. Use another one, or sign in "
     "with your password."
 )
-DEVICE_BOUND_NEEDED = (
+DEVICE_BOUND_NEEDED = N_(
     "This needs a security key or passkey bound to one device, not a synced passkey: "
     "use such a key."
 )
-COPIED = (
+COPIED = N_(
     "That security key was refused: it looks like a copy of the one you registered. Use "
     "another way to sign in, and remove that key from your account."
 )
+ALREADY_REGISTERED = N_("That key is registered already.")
+NO_KEYS = N_("You have no passkey or security key.")
 
 
 def _sha256(data: bytes) -> str:
@@ -118,9 +122,13 @@ class ChallengesThrottled(KeyRefused):
     def __init__(self, retry_after: int) -> None:
         minutes = max(1, (retry_after + 59) // 60)
         super().__init__(
-            "Too many passkey requests from your network. Wait "
-            + ("a minute" if minutes == 1 else f"{minutes} minutes")
-            + " and try again, or sign in with your password."
+            n_text(
+                "Too many passkey requests from your network. Wait a minute and try again, "
+                "or sign in with your password.",
+                "Too many passkey requests from your network. Wait %(count)d minutes and try "
+                "again, or sign in with your password.",
+                minutes,
+            )
         )
         self.retry_after = retry_after
 
@@ -262,7 +270,10 @@ class SecurityKeys:
         existing = await self.credentials(account_id)
         if len(existing) >= MAX_KEYS:
             raise KeyRefused(
-                f"You have {MAX_KEYS} passkeys and security keys already. Remove one first."
+                Text(
+                    N_("You have %(count)d passkeys and security keys already. Remove one first."),
+                    count=MAX_KEYS,
+                )
             )
         challenge = await self._challenge(REGISTER, binding, account_id, address)
         return ceremony.registration_options(
@@ -291,8 +302,13 @@ class SecurityKeys:
         name = " ".join(name.split())
         if not name or len(name) > NAME_LENGTH or not name.isprintable():
             raise KeyRefused(
-                f"Give the key a name of 1 to {NAME_LENGTH} characters, such as "
-                '"Blue key" or "Laptop".'
+                Text(
+                    N_(
+                        "Give the key a name of 1 to %(limit)d characters, such as "
+                        '"Blue key" or "Laptop".'
+                    ),
+                    limit=NAME_LENGTH,
+                )
             )
         try:
             challenge, raw = ceremony.read_registration(answer)
@@ -363,7 +379,7 @@ class SecurityKeys:
             new.backed_up,
             now,
         ):
-            return KeyRefused("That key is registered already.")
+            return KeyRefused(ALREADY_REGISTERED)
         events.record(
             tx,
             account_id,
@@ -429,7 +445,7 @@ class SecurityKeys:
             if not allow and device_bound:
                 raise KeyRefused(DEVICE_BOUND_NEEDED)
             if not allow:
-                raise KeyRefused("You have no passkey or security key.")
+                raise KeyRefused(NO_KEYS)
         challenge = await self._challenge(purpose, binding, account_id or 0, address)
         return ceremony.authentication_options(
             self.rp,

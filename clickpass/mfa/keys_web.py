@@ -25,7 +25,7 @@ from openid.message import Message
 from twisted.web.server import Request
 
 from clickpass.accounts.service import Account
-from clickpass.i18n import N_
+from clickpass.i18n import N_, gettext, translate
 from clickpass.mfa.ceremony import MAX_ANSWER, CeremonyRefused
 from clickpass.mfa.keys import (
     CONFIRM,
@@ -156,8 +156,8 @@ class KeyPages:
         """A ceremony's options refused, as JSON: 429 with Retry-After when throttled."""
         if isinstance(refused, ChallengesThrottled):
             request.setHeader(b"retry-after", str(refused.retry_after).encode("ascii"))
-            return self.json(request, {"error": refused.message}, 429)
-        return self.json(request, {"error": refused.message}, 400)
+            return self.json(request, {"error": translate(refused.message)}, 429)
+        return self.json(request, {"error": translate(refused.message)}, 400)
 
     # Adding and removing keys.
 
@@ -191,7 +191,9 @@ class KeyPages:
         self.app.check_csrf(request)
         account = await self.app.current_account(request)
         if account is None or not await self.web.is_fresh(request, account):
-            return self.json(request, {"error": "Confirm it is you first: reload the page."}, 403)
+            return self.json(
+                request, {"error": gettext("Confirm it is you first: reload the page.")}, 403
+            )
         try:
             options = await self.keys.registration_options(
                 account.id,
@@ -261,7 +263,9 @@ class KeyPages:
         found = await self.web.factors.second_step(token)
         if found is None:
             return self.json(
-                request, {"error": "Your sign-in has expired. Sign in again from the start."}, 400
+                request,
+                {"error": gettext("Your sign-in has expired. Sign in again from the start.")},
+                400,
             )
         try:
             options = await self.keys.assertion_options(
@@ -374,7 +378,7 @@ class KeyPages:
         self.app.check_csrf(request)
         account = await self.app.current_account(request)
         if account is None:
-            return self.json(request, {"error": "Sign in first."}, 403)
+            return self.json(request, {"error": gettext("Sign in first.")}, 403)
         try:
             options = await self.keys.assertion_options(
                 CONFIRM,

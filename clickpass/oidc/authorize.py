@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from openid.server.trustroot import TrustRoot
 
-from clickpass.i18n import N_
+from clickpass.i18n import N_, Text
 from clickpass.oidc.clients import Client
 from clickpass.openid.hardening import wildcard_too_broad
 
@@ -62,7 +62,15 @@ KNOWN = frozenset(
 
 
 class NotForClient(Exception):
-    """The request cannot go back to a client: shown to the person, never redirected."""
+    """
+    The request cannot go back to a client: shown to the person, never
+    redirected. The message is marked for translation (a L{Text} with
+    parameters, which C{str()} of the error keeps).
+    """
+
+    def __str__(self) -> str:
+        message = self.args[0] if self.args else ""
+        return message if isinstance(message, str) else super().__str__()
 
 
 class AuthorizeError(Exception):
@@ -199,7 +207,10 @@ def destination(params: Mapping[str, list[str]], client: Client | None) -> Desti
         client_id = _one(params, "client_id", 64)
         redirect_uri = _one(params, "redirect_uri")
     except AuthorizeError as e:
-        raise NotForClient(f"The sign-in request is malformed: {e.description}.") from None
+        # The description is the protocol's (for programs): quoted as it is.
+        raise NotForClient(
+            Text(N_("The sign-in request is malformed: %(reason)s."), reason=e.description)
+        ) from None
     if not client_id:
         raise NotForClient(N_("The sign-in request names no client (client_id)."))
     if client is None or client.client_id != client_id:

@@ -49,6 +49,8 @@ from publicsuffixlist import PublicSuffixList
 
 from twisted.logger import Logger
 
+from clickpass.i18n import N_
+
 _system_random = secrets.SystemRandom()
 
 
@@ -144,7 +146,14 @@ def handle_problem(query: Mapping[str, str]) -> str | None:
 
 
 class BadURL(ValueError):
-    """A realm or return_to whose host cannot be read as one host name."""
+    """
+    A realm or return_to whose host cannot be read as one host name; the
+    message (why, marked for translation) completes a sentence for a person.
+    """
+
+    def __str__(self) -> str:
+        message = self.args[0] if self.args else ""
+        return message if isinstance(message, str) else super().__str__()
 
 
 # After percent-decoding and IDNA: a DNS name (letters, digits, hyphens,
@@ -160,7 +169,7 @@ def _host(raw: str) -> str:
     try:
         host = unquote(raw, errors="strict")
     except UnicodeDecodeError:
-        raise BadURL("its host is not UTF-8 once its percent-escapes are decoded") from None
+        raise BadURL(N_("its host is not UTF-8 once its percent-escapes are decoded")) from None
     wildcard = host.startswith("*.")
     if wildcard:
         host = host[2:]
@@ -168,10 +177,10 @@ def _host(raw: str) -> str:
         try:
             host = idna.encode(host.rstrip("."), uts46=True).decode("ascii")
         except (UnicodeError, idna.IDNAError):
-            raise BadURL("its host is not a valid domain name") from None
+            raise BadURL(N_("its host is not a valid domain name")) from None
     host = ("*." if wildcard else "") + host.lower()
     if not _HOST.match(host):
-        raise BadURL("its host is not a domain name")
+        raise BadURL(N_("its host is not a domain name"))
     return host
 
 
@@ -186,18 +195,18 @@ def normalised_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        raise BadURL("it is not a URL") from None
+        raise BadURL(N_("it is not a URL")) from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise BadURL("it is not an http or https URL")
+        raise BadURL(N_("it is not an http or https URL"))
     netloc = parts.netloc
     if "@" in netloc:
-        raise BadURL("it carries user information")
+        raise BadURL(N_("it carries user information"))
     host, colon, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
     if colon and not port:
         colon = ""
     elif colon and not _PORT.match(port):
-        raise BadURL("its port is not a number")
+        raise BadURL(N_("its port is not a number"))
     return urlunsplit((scheme, _host(host) + colon + port, parts.path, parts.query, parts.fragment))
 
 

@@ -25,6 +25,7 @@ import idna
 
 from twisted.internet.interfaces import IReactorTime
 
+from clickpass.i18n import N_, Text
 from clickpass.storage.sql import Storage, Transaction, run_through_failover
 
 KEY_PURPOSE = b"openid per-site identifier"
@@ -32,7 +33,14 @@ OPAQUE_PATTERN = re.compile(r"^[a-z2-7]{32}$")
 
 
 class BadRealm(ValueError):
-    """The realm has no host we can make a sector of."""
+    """
+    The realm has no host we can make a sector of; the message (marked for
+    translation, a L{Text}) completes a sentence for a person.
+    """
+
+    def __str__(self) -> str:
+        message = self.args[0] if self.args else ""
+        return message if isinstance(message, str) else super().__str__()
 
 
 def sector_of(realm: str) -> str:
@@ -45,21 +53,23 @@ def sector_of(realm: str) -> str:
     try:
         host = urlsplit(realm.strip()).hostname
     except ValueError:
-        raise BadRealm(f"{realm!r} is not a URL") from None
+        raise BadRealm(Text(N_("%(realm)r is not a URL"), realm=realm)) from None
     if not host:
-        raise BadRealm(f"{realm!r} has no host")
+        raise BadRealm(Text(N_("%(realm)r has no host"), realm=realm))
     host = host.lower().rstrip(".")
     while host.startswith("*."):
         host = host[2:]
     if not host or "*" in host:
-        raise BadRealm(f"{realm!r} has no usable host")
+        raise BadRealm(Text(N_("%(realm)r has no usable host"), realm=realm))
     if host.isascii():
         # Already an ASCII (or punycode) name or an address literal.
         return host
     try:
         return idna.encode(host, uts46=True).decode("ascii").lower()
     except (UnicodeError, idna.IDNAError):
-        raise BadRealm(f"{realm!r} has a host that is not a valid domain name") from None
+        raise BadRealm(
+            Text(N_("%(realm)r has a host that is not a valid domain name"), realm=realm)
+        ) from None
 
 
 def derive_opaque(key: bytes, uid: str, sector: str) -> str:

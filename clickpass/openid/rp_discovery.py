@@ -42,6 +42,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from clickpass.i18n import N_
 from clickpass.openid.hardening import for_log
 from clickpass.openid.settings import OpenIDSettings
 
@@ -210,6 +211,7 @@ class Verdict:
     """The outcome of checking a return_to against the realm's published list."""
 
     outcome: Literal["verified", "mismatch", "unverifiable"]
+    # Why not verified: part of a sentence for the person (marked with N_).
     reason: str = ""
 
     @property
@@ -269,13 +271,13 @@ class RPVerifier:
         """Check C{return_to} against what C{realm} publishes; never raises."""
         tr = parse_realm(realm)
         if tr is None:
-            return Verdict("mismatch", "the realm is not a valid URL pattern")
+            return Verdict("mismatch", N_("the realm is not a valid URL pattern"))
         found = await self._discover(tr.buildDiscoveryURL())
         if found.return_tos is None:
             return Verdict("unverifiable", found.reason)
         if returnToMatches(found.return_tos, return_to):
             return Verdict("verified")
-        return Verdict("mismatch", "the site does not list this return address in its realm")
+        return Verdict("mismatch", N_("the site does not list this return address in its realm"))
 
     async def _discover(self, url: str) -> _Discovered:
         now = self._reactor.seconds()
@@ -400,12 +402,12 @@ async def bounded_get(
 
 def _reason(error: Exception, timed_out: bool) -> str:
     if timed_out:
-        return "the site did not answer in time"
+        return N_("the site did not answer in time")
     if isinstance(error, RefusedAddress):
-        return "the site is on a private address and was not fetched"
+        return N_("the site is on a private address and was not fetched")
     if isinstance(error, TooLarge):
-        return "the site's discovery document is too large"
-    return "the site could not be reached"
+        return N_("the site's discovery document is too large")
+    return N_("the site could not be reached")
 
 
 def _return_tos(url: str, xrds: bytes) -> list[str] | None:

@@ -71,7 +71,7 @@ from twisted.web.server import Request
 
 from clickpass import i18n
 from clickpass.accounts.service import Account
-from clickpass.i18n import N_, Text
+from clickpass.i18n import N_, Text, part
 from clickpass.openid import approvals, discovery, extensions
 from clickpass.openid.hardening import for_log, harden_library, wildcard_too_broad
 from clickpass.openid.identifiers import (
@@ -356,8 +356,15 @@ class Assertions:
         return self.refuse(
             request,
             400,
-            f"The site asked to send you back to {openid_request.return_to}, but {realm} "
-            f"does not confirm that address ({verdict.reason}). Clickpass refused.",
+            Text(
+                N_(
+                    "The site asked to send you back to %(return_to)s, but %(realm)s "
+                    "does not confirm that address (%(reason)s). Clickpass refused."
+                ),
+                return_to=openid_request.return_to,
+                realm=realm,
+                reason=part(verdict.reason),
+            ),
         )
 
     async def check(
@@ -384,7 +391,11 @@ class Assertions:
             else:
                 site_id = await self.identifiers.for_site(account.id, account.uid, realm, now)
         except BadRealm as e:
-            return self.refuse(request, 400, f"The site's realm cannot be used: {e}.")
+            return self.refuse(
+                request,
+                400,
+                Text(N_("The site's realm cannot be used: %(reason)s."), reason=part(str(e))),
+            )
         own = self.identifiers.url(site_id.opaque)
         # OpenID 1 has no directed identity (no claimed_id to answer with; the
         # library raises if given one): there the OP Identifier, or
@@ -401,9 +412,14 @@ class Assertions:
             return self.refuse(
                 request,
                 403,
-                "The site asked Clickpass to confirm an identity that is not yours at this "
-                f"site. You are signed in as {account.email}; sign out and sign in as the "
-                "right person, or go back to the site.",
+                Text(
+                    N_(
+                        "The site asked Clickpass to confirm an identity that is not yours "
+                        "at this site. You are signed in as %(email)s; sign out and sign in "
+                        "as the right person, or go back to the site."
+                    ),
+                    email=account.email,
+                ),
                 cancel_url,
             )
         verdict: Verdict = await self.verifier.verify(realm, str(openid_request.return_to))
@@ -555,8 +571,15 @@ class OpenIDWeb:
             return self.assertions.refuse(
                 request,
                 400,
-                f"The site asked to send you back to {e.return_to}, which is outside its own "
-                f"realm {e.trust_root}. Clickpass refused, to protect you. Tell the site.",
+                Text(
+                    N_(
+                        "The site asked to send you back to %(return_to)s, which is outside "
+                        "its own realm %(realm)s. Clickpass refused, to protect you. Tell "
+                        "the site."
+                    ),
+                    return_to=e.return_to,
+                    realm=e.trust_root,
+                ),
             )
         except (MalformedReturnURL, MalformedTrustRoot):
             return self.assertions.refuse(
@@ -607,7 +630,9 @@ class OpenIDWeb:
             trust_root.wildcard and wildcard_too_broad(trust_root.host.lstrip("."))
         ):
             return self.assertions.refuse(
-                request, 400, f"The site's realm {realm} is too broad to sign in to."
+                request,
+                400,
+                Text(N_("The site's realm %(realm)s is too broad to sign in to."), realm=realm),
             )
         if not openid_request.return_to:
             return self.assertions.refuse(
@@ -733,7 +758,11 @@ class OpenIDWeb:
         try:
             sector = sector_of(realm)
         except BadRealm as e:
-            return self.assertions.refuse(request, 400, f"The site's realm cannot be used: {e}.")
+            return self.assertions.refuse(
+                request,
+                400,
+                Text(N_("The site's realm cannot be used: %(reason)s."), reason=part(str(e))),
+            )
         if self.partners is not None:
             refused = await self.partners.refusal(request, openid_request, sector)
             if refused is not None:
@@ -900,13 +929,14 @@ class OpenIDWeb:
         )
 
 
-TELL_THE_SITE = (
-    " Go back to the site and try again; if it happens again, tell the site: the problem is "
-    "in its request, not in anything you did."
+TELL_THE_SITE = N_(
+    "The site sent a sign-in request that Clickpass cannot use: %(why)s Go back to the site and "
+    "try again; if it happens again, tell the site: the problem is in its request, not in "
+    "anything you did."
 )
 
 
-def explain_protocol_error(error: ProtocolError) -> str:
+def explain_protocol_error(error: ProtocolError) -> Text:
     """
     What went wrong with a request python3-openid could not decode, in words
     a person understands (the library's text names fields and modes).
@@ -914,23 +944,23 @@ def explain_protocol_error(error: ProtocolError) -> str:
     text = str(error).lower()
     mode = error.openid_message.getArg(OPENID_NS, "mode") if error.openid_message else None
     if "alias" in text:
-        why = "its parts are labelled inconsistently."
+        why = N_("its parts are labelled inconsistently.")
     elif "namespace" in text:
-        why = "it asks in a version of OpenID that Clickpass does not know."
+        why = N_("it asks in a version of OpenID that Clickpass does not know.")
     elif "no mode" in text or "unrecognized openid mode" in text:
-        why = "it is not a kind of OpenID request that Clickpass knows."
+        why = N_("it is not a kind of OpenID request that Clickpass knows.")
     elif mode in ("associate", "check_authentication"):
-        why = (
+        why = N_(
             "this address is for the site's own server to talk to Clickpass, not for a "
             "browser, so there is nothing to sign in to here."
         )
     elif "return_to" in text or "realm" in text or "trust_root" in text:
-        why = "it does not say where to send you back after signing in."
+        why = N_("it does not say where to send you back after signing in.")
     elif "identity" in text or "claimed_id" in text:
-        why = "it does not say clearly whom to sign in."
+        why = N_("it does not say clearly whom to sign in.")
     else:
-        why = "it is not complete or not well formed."
-    return "The site sent a sign-in request that Clickpass cannot use: " + why + TELL_THE_SITE
+        why = N_("it is not complete or not well formed.")
+    return Text(TELL_THE_SITE, why=part(why))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ the node's secret and bound to the person's session, and is gone after it
 (L{Flash}). Never show an API key or an invitation link after the page
 that follows its creation, never keep one on the server, and never tell an
 admin whether an email has an account.
+
+The console speaks the person's language like every page: what an action
+has to say is translated when it is said (the flash carries the sentence
+in the language of the request that acted, the next page's too).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from clickpass.accounts.service import AccountError, check_email
-from clickpass.i18n import N_
+from clickpass.i18n import N_, Text, gettext, translate
 from clickpass.partners import fields, sites, verification
 from clickpass.web.app import WebApp
 from clickpass.web.routing import HTTPError, Router
@@ -51,7 +55,11 @@ SETTING_NAMES = (
     "webhook_url",
 )
 log = Logger()
-STATE_NAMES = {sites.PENDING: "pending", sites.DELIVERED: "delivered", sites.GIVEN_UP: "given up"}
+STATE_NAMES = {
+    sites.PENDING: N_("pending"),
+    sites.DELIVERED: N_("delivered"),
+    sites.GIVEN_UP: N_("given up"),
+}
 
 
 FLASH_COOKIE = b"cp_console_flash"
@@ -142,7 +150,7 @@ class Flash:
 
 def _when(ts: int) -> str:
     if not ts:
-        return "never"
+        return gettext("never")
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -243,7 +251,7 @@ class Console:
             site = await self.app.storage.run(sites.create_site, settings, account.id, self._now())
         except sites.SiteError as e:
             request.setResponseCode(400)
-            return self._render_form(request, "partner_site_new.html", form, error=str(e))
+            return self._render_form(request, "partner_site_new.html", form, error=e.message)
         return self.app.redirect(request, f"/partners/{site.public_id}")
 
     async def show(self, request: Request, site: str) -> bytes:
@@ -339,7 +347,7 @@ class Console:
             api_url=self.app.settings.base_url + "api/v1/",
             verification_token=token,
             verification_url=verification.verification_url(found.realm),
-            verification_problem=problem,
+            verification_problem=verification.reread(problem),
             verify_failed=verify_failed and not found.verified,
         )
 
@@ -354,8 +362,8 @@ class Console:
             request.setResponseCode(400)
             # The form comes back with what was typed: nothing was changed,
             # so submitting it again on reload repeats nothing.
-            return await self._page(request, site, error=str(e), form=form)
-        return self._done(request, site, notice="Settings saved.")
+            return await self._page(request, site, error=e.message, form=form)
+        return self._done(request, site, notice=gettext("Settings saved."))
 
     async def verify(self, request: Request, site: str) -> bytes:
         """Fetch the realm's verification file now and record what was found."""
@@ -373,8 +381,13 @@ class Console:
         return self._done(
             request,
             site,
-            notice=f"Verified: you control {found.sector}. API keys, webhooks and sign-ins "
-            "with your site's registration and connect pages are now on.",
+            notice=translate(
+                N_(
+                    "Verified: you control %(host)s. API keys, webhooks and sign-ins "
+                    "with your site's registration and connect pages are now on."
+                ),
+                host=found.sector,
+            ),
         )
 
     async def create_key(self, request: Request, site: str) -> bytes:
@@ -384,8 +397,13 @@ class Console:
             return self._done(
                 request,
                 site,
-                error=f"Verify that you control {found.sector} first: a site gets API keys "
-                "only once its realm is verified.",
+                error=translate(
+                    N_(
+                        "Verify that you control %(host)s first: a site gets API keys "
+                        "only once its realm is verified."
+                    ),
+                    host=found.sector,
+                ),
             )
         label = self.app.form(request, "label")
         key = await self.app.storage.run(sites.create_key, found.id, account.id, label, self._now())
@@ -412,7 +430,11 @@ class Console:
         try:
             email = check_email(self.app.form(request, "email"))
         except AccountError as e:
-            return self._done(request, site, error=f"Invitation not created: {e}")
+            return self._done(
+                request,
+                site,
+                error=translate(N_("Invitation not created: %(reason)s"), reason=translate(str(e))),
+            )
         now = self._now()
 
         def invite(tx: Any) -> str | None:
@@ -424,7 +446,9 @@ class Console:
 
         token = await self.app.storage.run(invite)
         if token is None:
-            return self._done(request, site, error=f"{email} is already an admin.")
+            return self._done(
+                request, site, error=translate(N_("%(email)s is already an admin."), email=email)
+            )
         log.info("partner site {site}: admin invitation created", site=site)
         # Shown on the next page only: the database keeps the token's hash.
         return self._done(
@@ -459,8 +483,9 @@ class Console:
             return self._done(
                 request,
                 site,
-                error="A site needs at least one admin: invite another before removing the "
-                "last one.",
+                error=gettext(
+                    "A site needs at least one admin: invite another before removing the last one."
+                ),
             )
         log.info("partner site {site}: an admin was removed", site=site)
         if int(admin) == account.id:
@@ -518,13 +543,12 @@ class Console:
         _account, found = await self._site(request, site)
         required = self.app.form(request, "required") == "yes"
         await self.app.storage.run(sites.set_require_second_factor, found.id, required, self._now())
-        said = "now requires" if required else "no longer requires"
-        return self._done(
-            request,
-            site,
-            "second-factor",
-            notice=f"Signing in to this site {said} a second factor.",
+        said = (
+            gettext("Signing in to this site now requires a second factor.")
+            if required
+            else gettext("Signing in to this site no longer requires a second factor.")
         )
+        return self._done(request, site, "second-factor", notice=said)
 
     async def rotate_secret(self, request: Request, site: str) -> bytes:
         self.app.check_csrf(request)
@@ -533,8 +557,10 @@ class Console:
         return self._done(
             request,
             site,
-            notice="The webhook secret was changed. Update your endpoint: from now on, "
-            "webhooks are signed with the new one.",
+            notice=gettext(
+                "The webhook secret was changed. Update your endpoint: from now on, "
+                "webhooks are signed with the new one."
+            ),
         )
 
     async def complete_deletion(self, request: Request, site: str, deletion: str) -> bytes:
@@ -549,7 +575,10 @@ class Console:
         if done:
             log.info("partner site {site}: a deletion request was marked done", site=site)
         return self._done(
-            request, site, "deletions", notice=f"Deletion request {deletion} marked done."
+            request,
+            site,
+            "deletions",
+            notice=translate(N_("Deletion request %(id)s marked done."), id=deletion),
         )
 
     async def delete_form(self, request: Request, site: str) -> bytes:
@@ -579,12 +608,16 @@ class Console:
                 account=account,
                 site=found,
                 linked=linked,
-                error=f"Nothing was deleted: type {found.sector} to confirm.",
+                error=Text(N_("Nothing was deleted: type %(host)s to confirm."), host=found.sector),
             )
         await self.app.storage.run(sites.delete_site, found.id)
         log.info("partner site {site} for {sector} deleted", site=site, sector=found.sector)
         self.flash.put(
-            request, site="", notice=f"The site {found.name} ({found.sector}) was deleted."
+            request,
+            site="",
+            notice=translate(
+                N_("The site %(name)s (%(host)s) was deleted."), name=found.name, host=found.sector
+            ),
         )
         return self.app.redirect(request, "/partners")
 

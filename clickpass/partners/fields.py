@@ -106,7 +106,13 @@ def parse_list(text: str | Iterable[str]) -> tuple[str, ...]:
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
     unknown = sorted({n for n in names if n and n not in FIELDS})
     if unknown:
-        raise ValueError(f"unknown profile field {', '.join(unknown)} (known: {', '.join(ORDER)})")
+        raise ValueError(
+            Text(
+                N_("unknown profile field %(names)s (known: %(known)s)"),
+                names=", ".join(unknown),
+                known=", ".join(ORDER),
+            )
+        )
     wanted = {n for n in names if n}
     return tuple(n for n in ORDER if n in wanted)
 

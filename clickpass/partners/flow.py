@@ -29,7 +29,7 @@ from twisted.web.server import Request
 
 from clickpass.accounts import events
 from clickpass.accounts.service import Account
-from clickpass.i18n import N_
+from clickpass.i18n import N_, Text
 from clickpass.openid import approvals
 from clickpass.openid import extensions as openid_extensions
 from clickpass.openid.hardening import for_log
@@ -297,9 +297,15 @@ class PartnerFlow:
         )
         return self._refuse(
             request,
-            f"{site.name} asked to send you back to {openid_request.return_to}, which is "
-            "not one of the addresses it registered with Clickpass. Clickpass refused, to "
-            "protect you. Tell the site.",
+            Text(
+                N_(
+                    "%(name)s asked to send you back to %(return_to)s, which is not one "
+                    "of the addresses it registered with Clickpass. Clickpass refused, "
+                    "to protect you. Tell the site."
+                ),
+                name=site.name,
+                return_to=openid_request.return_to,
+            ),
         )
 
     def _refuse(self, request: Request, message: str) -> bytes:

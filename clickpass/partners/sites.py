@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from openid.server.trustroot import TrustRoot
 
+from clickpass.i18n import N_, Text, part
 from clickpass.openid.hardening import BadURL, normalised_url, wildcard_too_broad
 from clickpass.openid.identifiers import BadRealm, sector_of
 from clickpass.partners import fields, verification
@@ -52,7 +53,44 @@ PENDING, DELIVERED, GIVEN_UP = 0, 1, 2
 
 
 class SiteError(ValueError):
-    """A site's settings cannot be used; the message is one sentence for the admin."""
+    """
+    A site's settings cannot be used; the message is one sentence for the
+    admin, marked for translation (a L{Text}, which C{str()} of the error
+    keeps: the console translates it, the partner API shows it as written).
+    """
+
+    def __str__(self) -> str:
+        message = self.args[0] if self.args else ""
+        return message if isinstance(message, str) else super().__str__()
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+# What each setting is called in a message about it (C{what}).
+SETTING_LABELS = {
+    "name": N_("name"),
+    "logo URL": N_("logo URL"),
+    "realm": N_("realm"),
+    "return_to URL": N_("return_to URL"),
+    "registration URL": N_("registration URL"),
+    "connect URL": N_("connect URL"),
+    "webhook URL": N_("webhook URL"),
+    "profile field list": N_("profile field list"),
+    "profile field name": N_("profile field name"),
+}
+
+
+def _label(what: str) -> Text:
+    """A setting's name in a message: translated where shown, or as given (an API field)."""
+    return part(SETTING_LABELS.get(what, what))
+
+
+def _why(error: Exception) -> Text:
+    """An error's message as a parameter of another message, translated with it."""
+    message = error.args[0] if error.args else ""
+    return part(message if isinstance(message, str) else str(message))
 
 
 @dataclass(frozen=True)
@@ -180,30 +218,46 @@ def plain_text(value: str, what: str) -> str:
     """C{value}, or L{SiteError} when it holds a control character (NUL included)."""
     for c in value:
         if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs"):
-            raise SiteError(f"The {what} must not contain control characters ({c!a}).")
+            raise SiteError(
+                Text(
+                    N_("The %(what)s must not contain control characters (%(char)s)."),
+                    what=_label(what),
+                    char=ascii(c),
+                )
+            )
     return value
 
 
 def _http_url(value: str, what: str) -> str:
     value = value.strip()
     if len(value) > MAX_URL:
-        raise SiteError(f"The {what} is too long.")
+        raise SiteError(Text(N_("The %(what)s is too long."), what=_label(what)))
     plain_text(value, what)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - parsed here so that a bad port is refused now
     except ValueError:
-        raise SiteError(f"The {what} {value!r} is not a URL.") from None
+        raise SiteError(
+            Text(N_("The %(what)s %(value)r is not a URL."), what=_label(what), value=value)
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SiteError(f"The {what} must be an http:// or https:// URL.")
+        raise SiteError(
+            Text(N_("The %(what)s must be an http:// or https:// URL."), what=_label(what))
+        )
     if parts.fragment:
-        raise SiteError(f"The {what} must not have a #fragment.")
+        raise SiteError(Text(N_("The %(what)s must not have a #fragment."), what=_label(what)))
     if ":" in parts.hostname:
         # Webhook delivery connects to a host name or an IPv4 address only,
         # and the OpenID provider's realm checks read no address literal like
         # [2001:db8::1]: such a URL could never be used.
         raise SiteError(
-            f"The {what} cannot use an IPv6 address literal: give a host name (or an IPv4 address)."
+            Text(
+                N_(
+                    "The %(what)s cannot use an IPv6 address literal: give a host name "
+                    "(or an IPv4 address)."
+                ),
+                what=_label(what),
+            )
         )
     # Stored in the one form the OpenID provider compares against (host
     # percent-decoded, IDNA, lowercase): otherwise a realm written as
@@ -211,7 +265,14 @@ def _http_url(value: str, what: str) -> str:
     try:
         return normalised_url(value)
     except BadURL as e:
-        raise SiteError(f"The {what} {value!r} cannot be used: {e}.") from None
+        raise SiteError(
+            Text(
+                N_("The %(what)s %(value)r cannot be used: %(reason)s."),
+                what=_label(what),
+                value=value,
+                reason=_why(e),
+            )
+        ) from None
 
 
 def check_settings(form: Mapping[str, Any]) -> SiteSettings:
@@ -221,7 +282,7 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
     """
     name = plain_text(str(form.get("name", "")).strip(), "name")
     if not name or len(name) > 100:
-        raise SiteError("Give the site a name of 1 to 100 characters.")
+        raise SiteError(N_("Give the site a name of 1 to 100 characters."))
     logo_url = str(form.get("logo_url", "")).strip()
     if logo_url:
         logo_url = _http_url(logo_url, "logo URL")
@@ -231,23 +292,30 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
         trust_root.wildcard
         and (not trust_root.isSane() or wildcard_too_broad(trust_root.host.lstrip(".")))
     ):
-        raise SiteError(f"The realm {realm} is not a usable OpenID realm.")
+        raise SiteError(Text(N_("The realm %(realm)s is not a usable OpenID realm."), realm=realm))
     try:
         sector_of(realm)
     except BadRealm as e:
-        raise SiteError(f"The realm cannot be used: {e}.") from None
+        raise SiteError(Text(N_("The realm cannot be used: %(reason)s."), reason=_why(e))) from None
 
     def inside(url: str, what: str) -> str:
         url = _http_url(url, what)
         if not trust_root.validateURL(url):
-            raise SiteError(f"The {what} {url} is outside the realm {realm}.")
+            raise SiteError(
+                Text(
+                    N_("The %(what)s %(url)s is outside the realm %(realm)s."),
+                    what=_label(what),
+                    url=url,
+                    realm=realm,
+                )
+            )
         return url
 
     raw_return_tos = form.get("return_to_urls", "")
     if isinstance(raw_return_tos, str):
         raw_return_tos = raw_return_tos.split()
     if not isinstance(raw_return_tos, list | tuple):
-        raise SiteError("The return_to URLs must be a list.")
+        raise SiteError(N_("The return_to URLs must be a list."))
 
     def return_to(url: str) -> str:
         url = url.strip()
@@ -255,17 +323,22 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
             base = inside(url[: -len(ANY_QUERY)], "return_to URL")
             if "?" in base:
                 raise SiteError(
-                    f"The return_to URL {url} has a query before ?*: register either one "
-                    "exact query or ?* for any query."
+                    Text(
+                        N_(
+                            "The return_to URL %(url)s has a query before ?*: register either "
+                            "one exact query or ?* for any query."
+                        ),
+                        url=url,
+                    )
                 )
             return base + ANY_QUERY
         return inside(url, "return_to URL")
 
     return_tos = tuple(dict.fromkeys(return_to(str(u)) for u in raw_return_tos))
     if not return_tos:
-        raise SiteError("List at least one return_to URL (where people come back to).")
+        raise SiteError(N_("List at least one return_to URL (where people come back to)."))
     if len(return_tos) > MAX_RETURN_TOS:
-        raise SiteError(f"List at most {MAX_RETURN_TOS} return_to URLs.")
+        raise SiteError(Text(N_("List at most %(count)d return_to URLs."), count=MAX_RETURN_TOS))
     registration_url = str(form.get("registration_url", "")).strip()
     if registration_url:
         registration_url = inside(registration_url, "registration URL")
@@ -276,7 +349,9 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
         requested = fields.parse_list(_names(form.get("requested_fields", ())))
         required = fields.parse_list(_names(form.get("required_fields", ())))
     except ValueError as e:
-        raise SiteError(f"The profile fields cannot be used: {e}.") from None
+        raise SiteError(
+            Text(N_("The profile fields cannot be used: %(reason)s."), reason=_why(e))
+        ) from None
     requested = fields.parse_list(set(requested) | set(required))
     webhook_url = str(form.get("webhook_url", "")).strip()
     if webhook_url:
@@ -299,7 +374,7 @@ def _names(value: Any) -> str | list[str]:
         return plain_text(value, "profile field list")
     if isinstance(value, list | tuple | set | frozenset):
         return [plain_text(str(v), "profile field name") for v in value]
-    raise SiteError("The profile fields must be a list of names.")
+    raise SiteError(N_("The profile fields must be a list of names."))
 
 
 def webhook_secret(master_secret: bytes, public_id: str, version: int) -> str:
@@ -356,7 +431,13 @@ def create_site(tx: Transaction, settings: SiteSettings, admin_id: int, now: int
     if existing is not None:
         if existing.verified or _has_links(tx, existing.id):
             raise SiteError(
-                f"Another site is already registered for {sector}. Ask its admins to add you."
+                Text(
+                    N_(
+                        "Another site is already registered for %(host)s. Ask its admins to "
+                        "add you."
+                    ),
+                    host=sector,
+                )
             )
         # An unverified registration does not hold the host: it has no keys
         # in use, no webhooks and no people, and whoever verifies first keeps it.
@@ -401,8 +482,13 @@ def update_site(tx: Transaction, site: Site, settings: SiteSettings, now: int) -
     """Change a site's settings. Its realm's host (its sector) cannot change."""
     if sector_of(settings.realm) != site.sector:
         raise SiteError(
-            f"The realm must stay on {site.sector}: identifiers belong to that host. "
-            "Register a new site for another host."
+            Text(
+                N_(
+                    "The realm must stay on %(host)s: identifiers belong to that host. "
+                    "Register a new site for another host."
+                ),
+                host=site.sector,
+            )
         )
     tx.execute(
         "UPDATE partner_sites SET name = ?, logo_url = ?, realm = ?, return_to_urls = ?, "

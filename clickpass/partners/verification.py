@@ -16,11 +16,14 @@ the resolved addresses at connect time).
 
 This module must never fetch anything but that one well-known URL, and must
 never raise for a failure of the partner's site: the result is a reason
-sentence for the admin, or success.
+sentence for the admin, or success. The sentence is kept as written (in
+English, in the database); L{reread} finds the message it came from, so
+the console shows it in the admin's language.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +32,7 @@ import treq
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
+from clickpass.i18n import N_, Text
 from clickpass.openid.rp_discovery import (
     CheckedEndpointFactory,
     RefusedAddress,
@@ -46,6 +50,48 @@ log = Logger()
 WELL_KNOWN_PATH = "/.well-known/clickpass-verification.txt"
 TOKEN_PREFIX = "clickpass-verify-"  # noqa: S105 - a public token's prefix, not a secret
 MAX_BYTES = 4096
+
+
+# Why a check failed, one sentence each (C{url}: where the token was looked for).
+TIMED_OUT = N_("%(url)s did not answer in time.")
+PRIVATE = N_("%(url)s is on a private address, which Clickpass does not fetch from.")
+TOO_LARGE = N_("%(url)s is larger than %(limit)d bytes.")
+UNREACHABLE = N_("%(url)s could not be reached.")
+BAD_STATUS = N_("%(url)s answered with status %(status)d (expected 200 with the token).")
+NO_TOKEN = N_("%(url)s does not contain this site's verification token.")
+PROBLEMS = (TIMED_OUT, PRIVATE, TOO_LARGE, UNREACHABLE, BAD_STATUS, NO_TOKEN)
+_PARAMETER = re.compile(r"%\((url|limit|status)\)[sd]")
+
+
+def _pattern(message: str) -> re.Pattern[str]:
+    parts = _PARAMETER.split(message)
+    regex = ""
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            regex += re.escape(part)
+        else:
+            regex += r"(?P<url>\S+)" if part == "url" else rf"(?P<{part}>[0-9]+)"
+    return re.compile(regex + r"\Z")
+
+
+_PATTERNS = [(message, _pattern(message)) for message in PROBLEMS]
+
+
+def reread(problem: str) -> str:
+    """
+    A kept problem sentence as the message it was written from (a L{Text},
+    shown in the reader's language), or as it is when it is none of them
+    (cut short by the column, or from an older release).
+    """
+    for message, pattern in _PATTERNS:
+        found = pattern.match(problem)
+        if found is not None:
+            params: dict[str, object] = {
+                name: int(value) if name != "url" else value
+                for name, value in found.groupdict().items()
+            }
+            return Text(message, **params)
+    return problem
 
 
 def new_token() -> str:
@@ -101,18 +147,18 @@ class RealmVerifier:
                 self._reactor, self._settings.rp_discovery_timeout, self._fetch(url)
             )
         except TimedOut:
-            return f"{url} did not answer in time."
+            return Text(TIMED_OUT, url=url)
         except Exception as e:
             if isinstance(e, RefusedAddress):
-                return f"{url} is on a private address, which Clickpass does not fetch from."
+                return Text(PRIVATE, url=url)
             if isinstance(e, TooLarge):
-                return f"{url} is larger than {MAX_BYTES} bytes."
+                return Text(TOO_LARGE, url=url, limit=MAX_BYTES)
             log.info("realm verification fetch of {url} failed: {error}", url=url, error=str(e))
-            return f"{url} could not be reached."
+            return Text(UNREACHABLE, url=url)
         if status != 200:
-            return f"{url} answered with status {status} (expected 200 with the token)."
+            return Text(BAD_STATUS, url=url, status=status)
         if not token_published(body, token):
-            return f"{url} does not contain this site's verification token."
+            return Text(NO_TOKEN, url=url)
         return None
 
     async def _fetch(self, url: str) -> tuple[int, bytes]:

@@ -27,6 +27,7 @@ from urllib.parse import urlencode, urlsplit
 
 from twisted.logger import Logger
 
+from clickpass.i18n import N_, Text
 from clickpass.upstream.http import UpstreamError, UpstreamHTTP
 from clickpass.upstream.settings import UpstreamProviderSettings, UpstreamSettings
 from clickpass.upstream.tokens import (
@@ -299,19 +300,31 @@ class Connector:
                 error=error,
             )
             raise UpstreamError(
-                f"{who} refused to complete the sign-in ({error or 'no reason given'}); the "
-                "sign-in link may have been used already. Start again.",
+                Text(
+                    N_(
+                        "%(who)s refused to complete the sign-in (%(error)s); the sign-in "
+                        "link may have been used already. Start again."
+                    ),
+                    who=who,
+                    error=error or Text(N_("no reason given")),
+                ),
                 "code_refused",
             )
         if not isinstance(answer.get("access_token"), str) or not answer["access_token"]:
             raise UpstreamError(
-                f"{who} sent an answer we could not understand; the sign-in was stopped.",
+                Text(
+                    N_("%(who)s sent an answer we could not understand; the sign-in was stopped."),
+                    who=who,
+                ),
                 "malformed",
             )
         token_type = answer.get("token_type")
         if isinstance(token_type, str) and token_type.lower() != "bearer":
             raise UpstreamError(
-                f"{who} sent an answer we could not understand; the sign-in was stopped.",
+                Text(
+                    N_("%(who)s sent an answer we could not understand; the sign-in was stopped."),
+                    who=who,
+                ),
                 "malformed",
             )
         return answer
@@ -364,8 +377,14 @@ class OIDCConnector(Connector):
         issuer = document.get("issuer")
         if not isinstance(issuer, str) or issuer.rstrip("/") != (self.info.issuer.rstrip("/")):
             raise UpstreamError(
-                f"{who} describes itself as a different issuer ({_text(issuer, 100)}); the "
-                "sign-in was stopped.",
+                Text(
+                    N_(
+                        "%(who)s describes itself as a different issuer (%(issuer)s); the "
+                        "sign-in was stopped."
+                    ),
+                    who=who,
+                    issuer=_text(issuer, 100),
+                ),
                 "bad_issuer",
             )
         needed = ["jwks_uri"]
@@ -377,7 +396,14 @@ class OIDCConnector(Connector):
             value = document.get(key)
             if not isinstance(value, str) or urlsplit(value).scheme != "https":
                 raise UpstreamError(
-                    f"{who}'s discovery document lacks a usable {key}; the sign-in was stopped.",
+                    Text(
+                        N_(
+                            "%(who)s's discovery document lacks a usable %(key)s; the sign-in "
+                            "was stopped."
+                        ),
+                        who=who,
+                        key=key,
+                    ),
                     "malformed",
                 )
 
@@ -439,7 +465,8 @@ class OIDCConnector(Connector):
             and issuer_param.rstrip("/") != self.info.issuer.rstrip("/")
         ):
             raise UpstreamError(
-                f"The answer did not come from {who}; the sign-in was stopped.", "bad_issuer"
+                Text(N_("The answer did not come from %(who)s; the sign-in was stopped."), who=who),
+                "bad_issuer",
             )
         answer = await self._exchange(
             self._endpoint(metadata, "token_endpoint"), code, redirect_uri, verifier
@@ -447,7 +474,8 @@ class OIDCConnector(Connector):
         id_token = answer.get("id_token")
         if not isinstance(id_token, str):
             raise UpstreamError(
-                f"{who} sent no sign-in token; the sign-in was stopped.", "malformed_token"
+                Text(N_("%(who)s sent no sign-in token; the sign-in was stopped."), who=who),
+                "malformed_token",
             )
         claims = await validate_id_token(
             who, id_token, self.keys, self.expectations(metadata, nonce, now)
@@ -461,8 +489,13 @@ class OIDCConnector(Connector):
             # OIDC Core 5.3.2: userinfo about someone else is discarded; here it stops us.
             if info.get("sub") != claims["sub"]:
                 raise UpstreamError(
-                    f"{who} described a different account than the one that signed in; the "
-                    "sign-in was stopped.",
+                    Text(
+                        N_(
+                            "%(who)s described a different account than the one that signed in; "
+                            "the sign-in was stopped."
+                        ),
+                        who=who,
+                    ),
                     "bad_subject",
                 )
             for key, value in info.items():
@@ -530,7 +563,10 @@ class OAuth2Connector(Connector):
             subject = str(subject)
         if not isinstance(subject, str) or not subject or len(subject) > 255:
             raise UpstreamError(
-                f"{who} did not say which account signed in; the sign-in was stopped.",
+                Text(
+                    N_("%(who)s did not say which account signed in; the sign-in was stopped."),
+                    who=who,
+                ),
                 "bad_subject",
             )
         email = _text(profile.get(self.info.email_field)).strip().lower()

@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from clickpass.i18n import N_, Text
 from clickpass.tls import load_trust_root
 
 USER_AGENT = b"Clickpass upstream connector"
@@ -121,7 +122,14 @@ class UpstreamHTTP:
     ) -> dict[str, Any]:
         if self._require_https and urlsplit(url).scheme != "https":
             raise UpstreamError(
-                f"{who} gave an address that is not https ({url[:100]}); the sign-in was stopped.",
+                Text(
+                    N_(
+                        "%(who)s gave an address that is not https (%(url)s); the sign-in "
+                        "was stopped."
+                    ),
+                    who=who,
+                    url=url[:100],
+                ),
                 "insecure_url",
             )
         d = Deferred.fromCoroutine(self._fetch(method, url, headers, form))
@@ -134,33 +142,56 @@ class UpstreamHTTP:
             raise
         except _TooLarge:
             raise UpstreamError(
-                f"{who} sent a response larger than we accept; try again later.", "too_large"
+                Text(
+                    N_("%(who)s sent a response larger than we accept; try again later."), who=who
+                ),
+                "too_large",
             ) from None
         except (TimeoutError, CancelledError):
             raise UpstreamError(
-                f"{who} did not answer in time; try again in a few minutes.", "timeout"
+                Text(N_("%(who)s did not answer in time; try again in a few minutes."), who=who),
+                "timeout",
             ) from None
         except (ConnectError, DNSLookupError):
             raise UpstreamError(
-                f"{who} cannot be reached right now; try again in a few minutes.", "unreachable"
+                Text(
+                    N_("%(who)s cannot be reached right now; try again in a few minutes."), who=who
+                ),
+                "unreachable",
             ) from None
         except ResponseFailed as e:
             if any(_is_tls_failure(f) for f in e.reasons):
                 raise UpstreamError(
-                    f"{who}'s secure connection could not be verified; the sign-in was stopped.",
+                    Text(
+                        N_(
+                            "%(who)s's secure connection could not be verified; the sign-in was "
+                            "stopped."
+                        ),
+                        who=who,
+                    ),
                     "tls",
                 ) from None
             raise UpstreamError(
-                f"{who} broke off its answer; try again in a few minutes.", "broken"
+                Text(N_("%(who)s broke off its answer; try again in a few minutes."), who=who),
+                "broken",
             ) from None
         except Exception as e:
             if _is_tls_failure(Failure(e)):
                 raise UpstreamError(
-                    f"{who}'s secure connection could not be verified; the sign-in was stopped.",
+                    Text(
+                        N_(
+                            "%(who)s's secure connection could not be verified; the sign-in was "
+                            "stopped."
+                        ),
+                        who=who,
+                    ),
                     "tls",
                 ) from None
             raise UpstreamError(
-                f"{who} cannot be reached right now; try again in a few minutes.", "unreachable"
+                Text(
+                    N_("%(who)s cannot be reached right now; try again in a few minutes."), who=who
+                ),
+                "unreachable",
             ) from None
         try:
             document = json.loads(body.decode("utf-8"))
@@ -168,22 +199,39 @@ class UpstreamHTTP:
             document = None
         if status >= 500:
             raise UpstreamError(
-                f"{who} is having trouble (HTTP {status}); try again in a few minutes.",
+                Text(
+                    N_("%(who)s is having trouble (HTTP %(status)s); try again in a few minutes."),
+                    who=who,
+                    status=status,
+                ),
                 "server_error",
             )
         if not isinstance(document, dict):
             raise UpstreamError(
-                f"{who} sent an answer we could not understand; the sign-in was stopped.",
+                Text(
+                    N_("%(who)s sent an answer we could not understand; the sign-in was stopped."),
+                    who=who,
+                ),
                 "malformed",
             )
         if status >= 400 and "error" not in document:
             raise UpstreamError(
-                f"{who} refused the request (HTTP {status}); the sign-in was stopped.",
+                Text(
+                    N_("%(who)s refused the request (HTTP %(status)s); the sign-in was stopped."),
+                    who=who,
+                    status=status,
+                ),
                 "http_error",
             )
         if status >= 300 and status < 400:
             raise UpstreamError(
-                f"{who} answered with a redirect where data was expected; the sign-in was stopped.",
+                Text(
+                    N_(
+                        "%(who)s answered with a redirect where data was expected; the "
+                        "sign-in was stopped."
+                    ),
+                    who=who,
+                ),
                 "redirect",
             )
         return document

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from clickpass.accounts import events
+from clickpass.i18n import N_, Text
 from clickpass.storage.sql import IntegrityError, Storage, Transaction
 from clickpass.upstream.connectors import Connector, UpstreamIdentity
 from clickpass.upstream.http import UpstreamError
@@ -179,22 +180,25 @@ def _claim_pending(
     )
     if row is None or int(row[7]) + lifetime < now:
         raise FlowError(
-            "This sign-in is unknown or has expired. Start again from the sign-in page.",
+            N_("This sign-in is unknown or has expired. Start again from the sign-in page."),
             "unknown_state",
         )
     if int(row[8]):
         raise FlowError(
-            "This sign-in was already used. Start again from the sign-in page.", "replayed_state"
+            N_("This sign-in was already used. Start again from the sign-in page."),
+            "replayed_state",
         )
     if str(row[1]) != provider:
         raise FlowError(
-            "This sign-in was started with another provider. Start again from the sign-in page.",
+            N_(
+                "This sign-in was started with another provider. Start again from the sign-in page."
+            ),
             "wrong_provider",
         )
     expected = bindings[1] if str(row[4]) == REAUTH else bindings[0]
     if not secrets.compare_digest(str(row[0]), expected):
         raise FlowError(
-            "This sign-in was started in another browser. Start again from this browser.",
+            N_("This sign-in was started in another browser. Start again from this browser."),
             "wrong_browser",
         )
     claimed = tx.execute(
@@ -202,7 +206,8 @@ def _claim_pending(
     )
     if claimed != 1:
         raise FlowError(
-            "This sign-in was already used. Start again from the sign-in page.", "replayed_state"
+            N_("This sign-in was already used. Start again from the sign-in page."),
+            "replayed_state",
         )
     return _Pending(
         str(row[1]),
@@ -252,20 +257,32 @@ def _settle(
         account_id = int(row[0])
         if intent == LINK and account_id != pending_account:
             raise FlowError(
-                f"This {who} account is already linked to another Clickpass account. Unlink "
-                "it there first.",
+                Text(
+                    N_(
+                        "This %(who)s account is already linked to another Clickpass "
+                        "account. Unlink it there first."
+                    ),
+                    who=who,
+                ),
                 "linked_elsewhere",
                 409,
             )
         if intent == SIGN_IN and current_account is not None and current_account != account_id:
             raise FlowError(
-                f"This {who} account belongs to another Clickpass account. Sign out first.",
+                Text(
+                    N_(
+                        "This %(who)s account belongs to another Clickpass account. Sign out first."
+                    ),
+                    who=who,
+                ),
                 "other_account",
                 409,
             )
         disabled = tx.scalar("SELECT disabled FROM accounts WHERE id = ?", account_id)
         if disabled is None or int(disabled):
-            raise FlowError("The Clickpass account for this sign-in is disabled.", "disabled", 403)
+            raise FlowError(
+                N_("The Clickpass account for this sign-in is disabled."), "disabled", 403
+            )
         tx.execute(
             "UPDATE upstream_identities SET last_used = ?, email = ?, email_verified = ?, "
             "display_name = ?, claims = ? WHERE provider = ? AND subject = ?",
@@ -292,7 +309,13 @@ def _settle(
         return pending_account, "linked"
     if current_account is not None:
         raise FlowError(
-            f"You are already signed in. To add your {who} account, use Link on your account page.",
+            Text(
+                N_(
+                    "You are already signed in. To add your %(who)s account, use Link on "
+                    "your account page."
+                ),
+                who=who,
+            ),
             "signed_in_already",
             409,
         )
@@ -329,8 +352,14 @@ def _claim_address(
         return
     if int(row[2]):
         raise FlowError(
-            f"A Clickpass account with {email} already exists. Sign in to it "
-            f"first, then link your {who} account from your account page.",
+            Text(
+                N_(
+                    "A Clickpass account with %(email)s already exists. Sign in to it "
+                    "first, then link your %(who)s account from your account page."
+                ),
+                email=email,
+                who=who,
+            ),
             "email_taken",
             409,
         )
@@ -358,8 +387,13 @@ def _refuse_unverified_link(tx: Transaction, account_id: int, who: str) -> None:
     if row is None or int(row[1]) or str(row[0]).endswith(".invalid"):
         return
     raise FlowError(
-        f"Confirm your Clickpass address first (open the link we mailed to it), then link "
-        f"your {who} account.",
+        Text(
+            N_(
+                "Confirm your Clickpass address first (open the link we mailed to "
+                "it), then link your %(who)s account."
+            ),
+            who=who,
+        ),
         UNVERIFIED,
         403,
     )
@@ -421,14 +455,16 @@ def _unlink(tx: Transaction, account_id: int, identity_id: int) -> str:
         account_id,
     )
     if provider is None:
-        raise FlowError("That sign-in method is not linked to your account.", "not_linked", 404)
+        raise FlowError(N_("That sign-in method is not linked to your account."), "not_linked", 404)
     count = int(
         tx.scalar("SELECT COUNT(*) FROM upstream_identities WHERE account_id = ?", account_id)
     )
     if count - 1 + int(has_password) < 1:
         raise FlowError(
-            "This is the only way to sign in to your account, so it cannot be unlinked. Link "
-            "another provider first.",
+            N_(
+                "This is the only way to sign in to your account, so it cannot be "
+                "unlinked. Link another provider first."
+            ),
             "last_method",
             409,
         )
@@ -479,7 +515,7 @@ class UpstreamService:
     def connector(self, name: str) -> Connector:
         found = self.connectors.get(name)
         if found is None:
-            raise FlowError("There is no such sign-in provider here.", "unknown_provider", 404)
+            raise FlowError(N_("There is no such sign-in provider here."), "unknown_provider", 404)
         return found
 
     def redirect_uri(self, name: str) -> str:
@@ -502,7 +538,7 @@ class UpstreamService:
         """
         connector = self.connector(name)
         if intent == REAUTH and (account_id is None or not session):
-            raise FlowError("Sign in first.", "signed_out", 403)
+            raise FlowError(N_("Sign in first."), "signed_out", 403)
         if not browser or len(browser) < 32 or len(browser) > 64:
             browser = secrets.token_urlsafe(32)
         state = secrets.token_urlsafe(32)
@@ -588,7 +624,10 @@ class UpstreamService:
         state = params.get("state", "")
         if not state:
             raise FlowError(
-                "The answer from the provider was incomplete. Start again from the sign-in page.",
+                N_(
+                    "The answer from the provider was incomplete. Start again from the "
+                    "sign-in page."
+                ),
                 "no_state",
             )
         now = int(self._clock())
@@ -602,14 +641,16 @@ class UpstreamService:
         )
         if pending.intent == REAUTH and current_account != pending.account_id:
             raise FlowError(
-                "You signed out or changed accounts while confirming it was you. Sign in "
-                "again, then confirm again.",
+                N_(
+                    "You signed out or changed accounts while confirming it was you. "
+                    "Sign in again, then confirm again."
+                ),
                 "reauth_account_changed",
                 403,
             )
         if pending.intent == LINK and current_account != pending.account_id:
             raise FlowError(
-                "Sign in again with the account you were linking to, then link again.",
+                N_("Sign in again with the account you were linking to, then link again."),
                 "link_account_changed",
                 403,
             )
@@ -645,7 +686,7 @@ class UpstreamService:
         except IntegrityError:
             # Two sign-ins of one new person at once: the other one won.
             raise FlowError(
-                "This account was just created or linked by another sign-in. Sign in again.",
+                N_("This account was just created or linked by another sign-in. Sign in again."),
                 "conflict",
                 409,
             ) from None
@@ -669,8 +710,13 @@ class UpstreamService:
                 _reauth_refused, account_id, f"{who}: no fresh sign-in there", now
             )
             raise FlowError(
-                f"{who} did not ask you to sign in again, so this did not confirm it is you. "
-                f"Try again, and sign in at {who} when it asks.",
+                Text(
+                    N_(
+                        "%(who)s did not ask you to sign in again, so this did not confirm "
+                        "it is you. Try again, and sign in at %(who)s when it asks."
+                    ),
+                    who=who,
+                ),
                 "stale_auth_time",
                 403,
             )
@@ -679,8 +725,13 @@ class UpstreamService:
                 _reauth_refused, account_id, f"{who}: an account not linked to yours", now
             )
             raise FlowError(
-                f"That {who} account is not the one linked to your Clickpass account; nothing "
-                "was changed. Confirm with the one you linked.",
+                Text(
+                    N_(
+                        "That %(who)s account is not the one linked to your Clickpass "
+                        "account; nothing was changed. Confirm with the one you linked."
+                    ),
+                    who=who,
+                ),
                 "reauth_other_identity",
                 403,
             )
@@ -717,11 +768,20 @@ def _answered_code(who: str, params: Mapping[str, str]) -> str:
     error = params.get("error")
     if error:
         if error == "access_denied":
-            raise FlowError(f"You did not allow the sign-in at {who}.", "access_denied", 403)
+            raise FlowError(
+                Text(N_("You did not allow the sign-in at %(who)s."), who=who), "access_denied", 403
+            )
         raise UpstreamError(
-            f"{who} could not sign you in ({error[:64]}). Try again.", "provider_error"
+            Text(
+                N_("%(who)s could not sign you in (%(error)s). Try again."),
+                who=who,
+                error=error[:64],
+            ),
+            "provider_error",
         )
     code = params.get("code", "")
     if not code:
-        raise UpstreamError(f"{who} sent no sign-in code; the sign-in was stopped.", "no_code")
+        raise UpstreamError(
+            Text(N_("%(who)s sent no sign-in code; the sign-in was stopped."), who=who), "no_code"
+        )
     return code

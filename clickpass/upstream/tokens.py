@@ -24,6 +24,7 @@ from jwt.exceptions import InvalidSignatureError, PyJWKError, PyJWTError
 
 from twisted.internet.defer import Deferred
 
+from clickpass.i18n import N_, Text, part
 from clickpass.upstream.http import UpstreamError
 
 # Asymmetric algorithms only: HS* would make the client secret a signing key.
@@ -70,8 +71,13 @@ class KeyCache:
                 key = self._find(kid, alg)
         if key is None:
             raise UpstreamError(
-                f"{self._who} sent a sign-in token signed with a key it does not publish; "
-                "the sign-in was stopped.",
+                Text(
+                    N_(
+                        "%(who)s sent a sign-in token signed with a key it does not publish; "
+                        "the sign-in was stopped."
+                    ),
+                    who=self._who,
+                ),
                 "unknown_key",
             )
         return key
@@ -118,8 +124,13 @@ class KeyCache:
         keys = document.get("keys")
         if not isinstance(keys, list):
             raise UpstreamError(
-                f"{self._who} published its keys in a form we could not understand; the "
-                "sign-in was stopped.",
+                Text(
+                    N_(
+                        "%(who)s published its keys in a form we could not understand; the "
+                        "sign-in was stopped."
+                    ),
+                    who=self._who,
+                ),
                 "malformed_jwks",
             )
         named: dict[str, jwt.PyJWK] = {}
@@ -175,11 +186,11 @@ class Expectations:
 
 def unverified_header(who: str, token: str) -> dict[str, Any]:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-        raise _bad_token(who, "its sign-in token is missing or too long", "malformed_token")
+        raise _bad_token(who, N_("its sign-in token is missing or too long"), "malformed_token")
     try:
         header = jwt.get_unverified_header(token)
     except PyJWTError:
-        raise _bad_token(who, "its sign-in token is malformed", "malformed_token") from None
+        raise _bad_token(who, N_("its sign-in token is malformed"), "malformed_token") from None
     return header
 
 
@@ -194,24 +205,28 @@ async def validate_id_token(
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in expect.algorithms:
         raise _bad_token(
-            who, f"its sign-in token uses a signature we do not accept ({alg})", "bad_alg"
+            who,
+            Text(N_("its sign-in token uses a signature we do not accept (%(alg)s)"), alg=alg),
+            "bad_alg",
         )
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
-        raise _bad_token(who, "its sign-in token is malformed", "malformed_token")
+        raise _bad_token(who, N_("its sign-in token is malformed"), "malformed_token")
     key = await keys.key_for(kid, alg)
     try:
         decoded = jwt.PyJWS().decode_complete(token, key.key, algorithms=[alg])
     except InvalidSignatureError:
-        raise _bad_token(who, "its sign-in token's signature is wrong", "bad_signature") from None
+        raise _bad_token(
+            who, N_("its sign-in token's signature is wrong"), "bad_signature"
+        ) from None
     except PyJWTError:
-        raise _bad_token(who, "its sign-in token is malformed", "malformed_token") from None
+        raise _bad_token(who, N_("its sign-in token is malformed"), "malformed_token") from None
     try:
         claims = json.loads(decoded["payload"])
     except (ValueError, UnicodeDecodeError):
         claims = None
     if not isinstance(claims, dict):
-        raise _bad_token(who, "its sign-in token is malformed", "malformed_token")
+        raise _bad_token(who, N_("its sign-in token is malformed"), "malformed_token")
     check_claims(who, claims, expect)
     return claims
 
@@ -222,10 +237,10 @@ def expected_issuer(who: str, claims: Mapping[str, Any], expect: Expectations) -
         return {expect.issuer, *expect.alternate_issuers}
     tid = claims.get("tid")
     if not isinstance(tid, str) or not tid or "/" in tid:
-        raise _bad_token(who, "its sign-in token names no tenant", "bad_issuer")
+        raise _bad_token(who, N_("its sign-in token names no tenant"), "bad_issuer")
     if expect.tenant_mode == "organizations" and tid == MICROSOFT_CONSUMERS_TENANT:
         raise _bad_token(
-            who, "a personal account was used where a work account is required", "bad_issuer"
+            who, N_("a personal account was used where a work account is required"), "bad_issuer"
         )
     return {expect.issuer.replace(TENANT_PLACEHOLDER, tid)}
 
@@ -234,36 +249,36 @@ def check_claims(who: str, claims: Mapping[str, Any], expect: Expectations) -> N
     """The claim checks of OpenID Connect Core 3.1.3.7, with our time and skew."""
     issuer = claims.get("iss")
     if not isinstance(issuer, str) or issuer not in expected_issuer(who, claims, expect):
-        raise _bad_token(who, "its sign-in token comes from the wrong issuer", "bad_issuer")
+        raise _bad_token(who, N_("its sign-in token comes from the wrong issuer"), "bad_issuer")
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or len(subject) > 255:
-        raise _bad_token(who, "its sign-in token names no account", "bad_subject")
+        raise _bad_token(who, N_("its sign-in token names no account"), "bad_subject")
     audience = claims.get("aud")
     audiences = [audience] if isinstance(audience, str) else audience
     if not isinstance(audiences, list) or expect.client_id not in audiences:
-        raise _bad_token(who, "its sign-in token was meant for another site", "bad_audience")
+        raise _bad_token(who, N_("its sign-in token was meant for another site"), "bad_audience")
     authorized = claims.get("azp")
     if (len(audiences) > 1 or authorized is not None) and authorized != expect.client_id:
-        raise _bad_token(who, "its sign-in token was meant for another site", "bad_audience")
+        raise _bad_token(who, N_("its sign-in token was meant for another site"), "bad_audience")
     expires = claims.get("exp")
     issued = claims.get("iat")
     if not _is_time(expires) or not _is_time(issued):
-        raise _bad_token(who, "its sign-in token has no valid times", "bad_times")
+        raise _bad_token(who, N_("its sign-in token has no valid times"), "bad_times")
     if expires + expect.skew <= expect.now:
-        raise _bad_token(who, "its sign-in token has expired", "expired")
+        raise _bad_token(who, N_("its sign-in token has expired"), "expired")
     if issued - expect.skew > expect.now:
-        raise _bad_token(who, "its sign-in token was issued in the future", "bad_times")
+        raise _bad_token(who, N_("its sign-in token was issued in the future"), "bad_times")
     if issued + MAX_TOKEN_AGE + expect.skew < expect.now:
-        raise _bad_token(who, "its sign-in token is too old", "expired")
+        raise _bad_token(who, N_("its sign-in token is too old"), "expired")
     not_before = claims.get("nbf")
     if not_before is not None and (
         not _is_time(not_before) or not_before - expect.skew > expect.now
     ):
-        raise _bad_token(who, "its sign-in token is not valid yet", "bad_times")
+        raise _bad_token(who, N_("its sign-in token is not valid yet"), "bad_times")
     nonce = claims.get("nonce")
     if not isinstance(nonce, str) or not _same(nonce, expect.nonce):
         raise _bad_token(
-            who, "its sign-in token does not belong to this sign-in (nonce)", "bad_nonce"
+            who, N_("its sign-in token does not belong to this sign-in (nonce)"), "bad_nonce"
         )
 
 
@@ -278,4 +293,15 @@ def _same(a: str, b: str) -> bool:
 
 
 def _bad_token(who: str, what: str, reason: str) -> UpstreamError:
-    return UpstreamError(f"{who} could not be trusted: {what}. The sign-in was stopped.", reason)
+    """
+    The refusal of a token from C{who}: C{what} is wrong with it (marked
+    for translation, a L{Text} when it has parameters).
+    """
+    return UpstreamError(
+        Text(
+            N_("%(who)s could not be trusted: %(what)s. The sign-in was stopped."),
+            who=who,
+            what=part(what),
+        ),
+        reason,
+    )

@@ -1,5 +1,7 @@
 /* Partner console: "Copy" buttons next to keys, secrets and links.
-   Buttons start hidden, so a browser without this script shows none. */
+   Buttons start hidden, so a browser without this script shows none.
+   What a button says after a click comes from the page, in its language
+   (data-copied, data-press); English when the page does not say. */
 (function () {
   "use strict";
   function copied(button, text) {
@@ -22,17 +24,21 @@
     var source = document.getElementById(button.getAttribute("data-copy"));
     if (!source) { return; }
     button.hidden = false;
-    button.setAttribute("aria-label", "Copy " + (source.id || "").replace(/-/g, " "));
+    var done = button.getAttribute("data-copied") || "Copied";
+    var press = button.getAttribute("data-press") || "Press Ctrl+C";
+    if (!button.getAttribute("aria-label")) {
+      button.setAttribute("aria-label", "Copy " + (source.id || "").replace(/-/g, " "));
+    }
     button.addEventListener("click", function () {
       var text = source.textContent.trim();
       if (navigator.clipboard && window.isSecureContext) {
         navigator.clipboard.writeText(text).then(
-          function () { copied(button, "Copied"); },
-          function () { selectText(source); copied(button, "Press Ctrl+C"); });
+          function () { copied(button, done); },
+          function () { selectText(source); copied(button, press); });
       } else {
         // Plain http (a local trial): no clipboard API; select it for the person.
         selectText(source);
-        copied(button, document.execCommand && document.execCommand("copy") ? "Copied" : "Press Ctrl+C");
+        copied(button, document.execCommand && document.execCommand("copy") ? done : press);
       }
     });
   });

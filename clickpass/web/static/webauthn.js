@@ -93,9 +93,16 @@
       data = {};
     }
     if (!answer.ok) {
-      throw new Error(data.error || "Clickpass could not start. Reload the page and try again.");
+      throw new Error(data.error || words(form, "noStart", "Clickpass could not start. Reload the page and try again."));
     }
     return data;
+  }
+
+  // One of the page's own sentences (its error box's data-*, in the page's
+  // language), or the English one when the page does not carry it.
+  function words(form, name, english) {
+    const box = form.querySelector("[data-webauthn-error]");
+    return (box && box.dataset[name]) || english;
   }
 
   function say(form, message) {
@@ -108,12 +115,12 @@
 
   function explain(form, error) {
     if (error && error.name === "NotAllowedError") {
-      return "The request was cancelled or timed out. Try again.";
+      return words(form, "cancelled", "The request was cancelled or timed out. Try again.");
     }
     if (error && error.name === "InvalidStateError" && form.dataset.webauthn === "create") {
-      return "That key is registered already.";
+      return words(form, "registered", "That key is registered already.");
     }
-    return (error && error.message) || "Something went wrong. Try again.";
+    return (error && error.message) || words(form, "failed", "Something went wrong. Try again.");
   }
 
   async function run(form, conditional) {
@@ -130,7 +137,7 @@
       credential = await navigator.credentials.get(request);
     }
     if (!credential) {
-      throw new Error("No key answered. Try again.");
+      throw new Error(words(form, "noAnswer", "No key answered. Try again."));
     }
     form.elements.credential.value = JSON.stringify(answerJSON(credential));
     form.submit();
