@@ -287,64 +287,14 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
     if logo_url:
         logo_url = _http_url(logo_url, "logo URL")
     realm = _http_url(str(form.get("realm", "")), "realm")
-    trust_root = TrustRoot.parse(realm)
-    if trust_root is None or (
-        trust_root.wildcard
-        and (not trust_root.isSane() or wildcard_too_broad(trust_root.host.lstrip(".")))
-    ):
-        raise SiteError(Text(N_("The realm %(realm)s is not a usable OpenID realm."), realm=realm))
-    try:
-        sector_of(realm)
-    except BadRealm as e:
-        raise SiteError(Text(N_("The realm cannot be used: %(reason)s."), reason=_why(e))) from None
-
-    def inside(url: str, what: str) -> str:
-        url = _http_url(url, what)
-        if not trust_root.validateURL(url):
-            raise SiteError(
-                Text(
-                    N_("The %(what)s %(url)s is outside the realm %(realm)s."),
-                    what=_label(what),
-                    url=url,
-                    realm=realm,
-                )
-            )
-        return url
-
-    raw_return_tos = form.get("return_to_urls", "")
-    if isinstance(raw_return_tos, str):
-        raw_return_tos = raw_return_tos.split()
-    if not isinstance(raw_return_tos, list | tuple):
-        raise SiteError(N_("The return_to URLs must be a list."))
-
-    def return_to(url: str) -> str:
-        url = url.strip()
-        if url.endswith(ANY_QUERY):
-            base = inside(url[: -len(ANY_QUERY)], "return_to URL")
-            if "?" in base:
-                raise SiteError(
-                    Text(
-                        N_(
-                            "The return_to URL %(url)s has a query before ?*: register either "
-                            "one exact query or ?* for any query."
-                        ),
-                        url=url,
-                    )
-                )
-            return base + ANY_QUERY
-        return inside(url, "return_to URL")
-
-    return_tos = tuple(dict.fromkeys(return_to(str(u)) for u in raw_return_tos))
-    if not return_tos:
-        raise SiteError(N_("List at least one return_to URL (where people come back to)."))
-    if len(return_tos) > MAX_RETURN_TOS:
-        raise SiteError(Text(N_("List at most %(count)d return_to URLs."), count=MAX_RETURN_TOS))
+    trust_root = _usable_realm(realm)
+    return_tos = _return_tos(form.get("return_to_urls", ""), trust_root, realm)
     registration_url = str(form.get("registration_url", "")).strip()
     if registration_url:
-        registration_url = inside(registration_url, "registration URL")
+        registration_url = _inside(trust_root, realm, registration_url, "registration URL")
     connect_url = str(form.get("connect_url", "")).strip()
     if connect_url:
-        connect_url = inside(connect_url, "connect URL")
+        connect_url = _inside(trust_root, realm, connect_url, "connect URL")
     try:
         requested = fields.parse_list(_names(form.get("requested_fields", ())))
         required = fields.parse_list(_names(form.get("required_fields", ())))
@@ -367,6 +317,75 @@ def check_settings(form: Mapping[str, Any]) -> SiteSettings:
         required,
         webhook_url,
     )
+
+
+def _usable_realm(realm: str) -> TrustRoot:
+    """
+    C{realm} parsed, or L{SiteError} when it is no OpenID realm, a wildcard
+    too broad, or one no per-site identifier's sector can be taken from.
+    """
+    trust_root = TrustRoot.parse(realm)
+    if trust_root is None or (
+        trust_root.wildcard
+        and (not trust_root.isSane() or wildcard_too_broad(trust_root.host.lstrip(".")))
+    ):
+        raise SiteError(Text(N_("The realm %(realm)s is not a usable OpenID realm."), realm=realm))
+    try:
+        sector_of(realm)
+    except BadRealm as e:
+        raise SiteError(Text(N_("The realm cannot be used: %(reason)s."), reason=_why(e))) from None
+    return trust_root
+
+
+def _inside(trust_root: TrustRoot, realm: str, url: str, what: str) -> str:
+    """C{url} (the site's C{what}) checked, or L{SiteError} if outside C{realm}."""
+    url = _http_url(url, what)
+    if not trust_root.validateURL(url):
+        raise SiteError(
+            Text(
+                N_("The %(what)s %(url)s is outside the realm %(realm)s."),
+                what=_label(what),
+                url=url,
+                realm=realm,
+            )
+        )
+    return url
+
+
+def _return_tos(raw: Any, trust_root: TrustRoot, realm: str) -> tuple[str, ...]:
+    """
+    The site's return_to URLs (a list, or a string of them separated by
+    white space), each inside the realm, an exact one or a base with C{?*}
+    for any query; duplicates dropped, 1 to C{MAX_RETURN_TOS}.
+    """
+    if isinstance(raw, str):
+        raw = raw.split()
+    if not isinstance(raw, list | tuple):
+        raise SiteError(N_("The return_to URLs must be a list."))
+
+    def return_to(url: str) -> str:
+        url = url.strip()
+        if url.endswith(ANY_QUERY):
+            base = _inside(trust_root, realm, url[: -len(ANY_QUERY)], "return_to URL")
+            if "?" in base:
+                raise SiteError(
+                    Text(
+                        N_(
+                            "The return_to URL %(url)s has a query before ?*: register either "
+                            "one exact query or ?* for any query."
+                        ),
+                        url=url,
+                    )
+                )
+            return base + ANY_QUERY
+        return _inside(trust_root, realm, url, "return_to URL")
+
+    return_tos = tuple(dict.fromkeys(return_to(str(u)) for u in raw))
+    if not return_tos:
+        raise SiteError(N_("List at least one return_to URL (where people come back to)."))
+    if len(return_tos) > MAX_RETURN_TOS:
+        raise SiteError(Text(N_("List at most %(count)d return_to URLs."), count=MAX_RETURN_TOS))
+    return return_tos
 
 
 def _names(value: Any) -> str | list[str]:

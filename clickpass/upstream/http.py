@@ -132,12 +132,28 @@ class UpstreamHTTP:
                 ),
                 "insecure_url",
             )
+        status, body = await self._answer(who, method, url, headers, form)
+        return _document(who, status, body)
+
+    async def _answer(
+        self,
+        who: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        form: dict[str, str] | None,
+    ) -> tuple[int, bytes]:
+        """
+        The status and body C{who} answered, or an L{UpstreamError} saying in
+        the person's words why there is none (too large, too slow,
+        unreachable, an unverifiable certificate, an answer broken off).
+        """
         d = Deferred.fromCoroutine(self._fetch(method, url, headers, form))
         # Cancelling an Agent request fails it with ResponseNeverReceived, not
         # CancelledError; say "timeout" whatever the cancellation turned into.
         d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
         try:
-            status, body = await d
+            return await d
         except UpstreamError:
             raise
         except _TooLarge:
@@ -153,88 +169,18 @@ class UpstreamHTTP:
                 "timeout",
             ) from None
         except (ConnectError, DNSLookupError):
-            raise UpstreamError(
-                Text(
-                    N_("%(who)s cannot be reached right now; try again in a few minutes."), who=who
-                ),
-                "unreachable",
-            ) from None
+            raise _unreachable(who) from None
         except ResponseFailed as e:
             if any(_is_tls_failure(f) for f in e.reasons):
-                raise UpstreamError(
-                    Text(
-                        N_(
-                            "%(who)s's secure connection could not be verified; the sign-in was "
-                            "stopped."
-                        ),
-                        who=who,
-                    ),
-                    "tls",
-                ) from None
+                raise _untrusted_tls(who) from None
             raise UpstreamError(
                 Text(N_("%(who)s broke off its answer; try again in a few minutes."), who=who),
                 "broken",
             ) from None
         except Exception as e:
             if _is_tls_failure(Failure(e)):
-                raise UpstreamError(
-                    Text(
-                        N_(
-                            "%(who)s's secure connection could not be verified; the sign-in was "
-                            "stopped."
-                        ),
-                        who=who,
-                    ),
-                    "tls",
-                ) from None
-            raise UpstreamError(
-                Text(
-                    N_("%(who)s cannot be reached right now; try again in a few minutes."), who=who
-                ),
-                "unreachable",
-            ) from None
-        try:
-            document = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            document = None
-        if status >= 500:
-            raise UpstreamError(
-                Text(
-                    N_("%(who)s is having trouble (HTTP %(status)s); try again in a few minutes."),
-                    who=who,
-                    status=status,
-                ),
-                "server_error",
-            )
-        if not isinstance(document, dict):
-            raise UpstreamError(
-                Text(
-                    N_("%(who)s sent an answer we could not understand; the sign-in was stopped."),
-                    who=who,
-                ),
-                "malformed",
-            )
-        if status >= 400 and "error" not in document:
-            raise UpstreamError(
-                Text(
-                    N_("%(who)s refused the request (HTTP %(status)s); the sign-in was stopped."),
-                    who=who,
-                    status=status,
-                ),
-                "http_error",
-            )
-        if status >= 300 and status < 400:
-            raise UpstreamError(
-                Text(
-                    N_(
-                        "%(who)s answered with a redirect where data was expected; the "
-                        "sign-in was stopped."
-                    ),
-                    who=who,
-                ),
-                "redirect",
-            )
-        return document
+                raise _untrusted_tls(who) from None
+            raise _unreachable(who) from None
 
     async def _fetch(
         self,
@@ -326,3 +272,71 @@ def _is_tls_failure(failure: Failure) -> bool:
     except ImportError:  # pragma: no cover - service-identity is a dependency
         return failure.check(OpenSSLError) is not None
     return failure.check(OpenSSLError, VerificationError) is not None
+
+
+def _unreachable(who: str) -> UpstreamError:
+    return UpstreamError(
+        Text(N_("%(who)s cannot be reached right now; try again in a few minutes."), who=who),
+        "unreachable",
+    )
+
+
+def _untrusted_tls(who: str) -> UpstreamError:
+    return UpstreamError(
+        Text(
+            N_("%(who)s's secure connection could not be verified; the sign-in was stopped."),
+            who=who,
+        ),
+        "tls",
+    )
+
+
+def _document(who: str, status: int, body: bytes) -> dict[str, Any]:
+    """
+    The JSON object in C{body}, answered with C{status} by C{who}: an OAuth
+    error answer (4xx with an C{error} member) as it is, for the caller to
+    explain; anything else that is not a JSON object with a 2xx status an
+    L{UpstreamError}.
+    """
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        document = None
+    if status >= 500:
+        raise UpstreamError(
+            Text(
+                N_("%(who)s is having trouble (HTTP %(status)s); try again in a few minutes."),
+                who=who,
+                status=status,
+            ),
+            "server_error",
+        )
+    if not isinstance(document, dict):
+        raise UpstreamError(
+            Text(
+                N_("%(who)s sent an answer we could not understand; the sign-in was stopped."),
+                who=who,
+            ),
+            "malformed",
+        )
+    if status >= 400 and "error" not in document:
+        raise UpstreamError(
+            Text(
+                N_("%(who)s refused the request (HTTP %(status)s); the sign-in was stopped."),
+                who=who,
+                status=status,
+            ),
+            "http_error",
+        )
+    if 300 <= status < 400:
+        raise UpstreamError(
+            Text(
+                N_(
+                    "%(who)s answered with a redirect where data was expected; the "
+                    "sign-in was stopped."
+                ),
+                who=who,
+            ),
+            "redirect",
+        )
+    return document

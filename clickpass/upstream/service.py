@@ -255,52 +255,7 @@ def _settle(
     )
     if row is not None:
         account_id = int(row[0])
-        if intent == LINK and account_id != pending_account:
-            raise FlowError(
-                Text(
-                    N_(
-                        "This %(who)s account is already linked to another Clickpass "
-                        "account. Unlink it there first."
-                    ),
-                    who=who,
-                ),
-                "linked_elsewhere",
-                409,
-            )
-        if intent == SIGN_IN and current_account is not None and current_account != account_id:
-            raise FlowError(
-                Text(
-                    N_(
-                        "This %(who)s account belongs to another Clickpass account. Sign out first."
-                    ),
-                    who=who,
-                ),
-                "other_account",
-                409,
-            )
-        disabled = tx.scalar("SELECT disabled FROM accounts WHERE id = ?", account_id)
-        if disabled is None or int(disabled):
-            raise FlowError(
-                N_("The Clickpass account for this sign-in is disabled."), "disabled", 403
-            )
-        tx.execute(
-            "UPDATE upstream_identities SET last_used = ?, email = ?, email_verified = ?, "
-            "display_name = ?, claims = ? WHERE provider = ? AND subject = ?",
-            now,
-            identity.email,
-            1 if identity.email_verified else 0,
-            identity.display_name,
-            json.dumps(identity.claims, sort_keys=True),
-            identity.provider,
-            identity.subject,
-        )
-        if identity.email_verified:
-            # The provider vouches for the address this account holds.
-            tx.execute(
-                "UPDATE accounts SET email_verified = 1 WHERE id = ? AND email = ?",
-                account_id,
-                identity.email,
-            )
+        _settle_known(tx, identity, who, intent, account_id, pending_account, current_account, now)
         return account_id, "already_linked" if intent == LINK else "signed_in"
     if intent == LINK:
         assert pending_account is not None
@@ -321,6 +276,73 @@ def _settle(
         )
     if identity.email_verified:
         _claim_address(tx, identity.email, who, now, address_lost)
+    return _create_account(tx, identity, now), "created"
+
+
+def _settle_known(
+    tx: Transaction,
+    identity: UpstreamIdentity,
+    who: str,
+    intent: str,
+    account_id: int,
+    pending_account: int | None,
+    current_account: int | None,
+    now: int,
+) -> None:
+    """
+    An identity already linked to C{account_id} came back: refuse a link or
+    sign-in meant for another account, or a disabled one; otherwise record
+    what the provider says of the person now.
+    """
+    if intent == LINK and account_id != pending_account:
+        raise FlowError(
+            Text(
+                N_(
+                    "This %(who)s account is already linked to another Clickpass "
+                    "account. Unlink it there first."
+                ),
+                who=who,
+            ),
+            "linked_elsewhere",
+            409,
+        )
+    if intent == SIGN_IN and current_account is not None and current_account != account_id:
+        raise FlowError(
+            Text(
+                N_("This %(who)s account belongs to another Clickpass account. Sign out first."),
+                who=who,
+            ),
+            "other_account",
+            409,
+        )
+    disabled = tx.scalar("SELECT disabled FROM accounts WHERE id = ?", account_id)
+    if disabled is None or int(disabled):
+        raise FlowError(N_("The Clickpass account for this sign-in is disabled."), "disabled", 403)
+    tx.execute(
+        "UPDATE upstream_identities SET last_used = ?, email = ?, email_verified = ?, "
+        "display_name = ?, claims = ? WHERE provider = ? AND subject = ?",
+        now,
+        identity.email,
+        1 if identity.email_verified else 0,
+        identity.display_name,
+        json.dumps(identity.claims, sort_keys=True),
+        identity.provider,
+        identity.subject,
+    )
+    if identity.email_verified:
+        # The provider vouches for the address this account holds.
+        tx.execute(
+            "UPDATE accounts SET email_verified = 1 WHERE id = ? AND email = ?",
+            account_id,
+            identity.email,
+        )
+
+
+def _create_account(tx: Transaction, identity: UpstreamIdentity, now: int) -> int:
+    """
+    A new account for C{identity}, holding its address if the provider
+    verified it (a placeholder otherwise), with the identity linked.
+    """
     uid = secrets.token_hex(16)
     email = identity.email if identity.email_verified else f"{uid}@{PLACEHOLDER_DOMAIN}"
     tx.execute(
@@ -334,7 +356,7 @@ def _settle(
     )
     account_id = int(tx.scalar("SELECT id FROM accounts WHERE uid = ?", uid))
     _insert_identity(tx, account_id, identity, now)
-    return account_id, "created"
+    return account_id
 
 
 def _claim_address(
