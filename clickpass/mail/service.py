@@ -8,9 +8,14 @@ At least once, and once in practice: a message is leased before it is
 sent, for longer than one attempt may take (an attempt that runs out of
 time is cut off), so two nodes never send it at the same time; it is
 marked sent as soon as the server took it, through a database failover
-if need be. Only a node that dies between the server's answer and that
-mark, or an attempt cut off at its timeout while the server's answer to
-the data was on its way, sends a message twice, with the same Message-ID.
+if need be; when no writable primary takes that mark for longer than
+C{[database] failover_wait}, the node keeps it in memory and tries it
+again while it still holds the message's lease, and sends nothing new
+until it went (L{LeasedOutboxService.record_delivery}). Only a node that
+dies or restarts between the server's answer and that mark (or whose
+mark no database took until the lease ran out), or an attempt cut off at
+its timeout while the server's answer to the data was on its way, sends
+a message twice, with the same Message-ID.
 A failed attempt is tried again after an exponential backoff, until the
 message's give-up time; a permanent refusal (5xx to MAIL, RCPT or DATA)
 gives up at once.
@@ -149,13 +154,14 @@ class MailDelivery(LeasedOutboxService):
     async def deliver_due(self, now: int) -> int:
         """Claim what is due, send it; the number of messages claimed."""
         await self._watch(now)
+        lease = lease_seconds(self._settings)
         claimed = await self._storage.run(
-            outbox.claim, now, lease_seconds(self._settings), self._settings.batch, self.owner
+            outbox.claim, now, lease, self._settings.batch, self.owner
         )
         if not claimed:
             return 0
         results = await DeferredList(
-            [self._limit.run(self._attempt, message) for message in claimed],
+            [self._limit.run(self._attempt, message, now + lease) for message in claimed],
             consumeErrors=True,
         )
         for ok, value in results:
@@ -179,10 +185,10 @@ class MailDelivery(LeasedOutboxService):
         else:
             self._alerts.resolve(ALERT_KEY)
 
-    def _attempt(self, message: outbox.Queued) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._send(message))
+    def _attempt(self, message: outbox.Queued, lease_ends: int) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._send(message, lease_ends))
 
-    async def _send(self, message: outbox.Queued) -> None:
+    async def _send(self, message: outbox.Queued, lease_ends: int) -> None:
         if self.stopping:
             # Stopping: what has not started yet goes back for the next node
             # (or this one, restarted) instead of holding up the stop.
@@ -200,14 +206,23 @@ class MailDelivery(LeasedOutboxService):
             await self._failed(message, e)
             return
         # Sent: record it even through a database failover, so that no
-        # other node sends it again (marking sent twice is harmless).
-        await run_through_failover(
-            self._clock,
-            self._storage,
-            outbox.mark_sent,
+        # other node sends it again (marking sent twice is harmless); while
+        # the lease holds if need be.
+        sent_at = int(self._clock.seconds())
+        await self.record_delivery(
             message.row_id,
-            int(self._clock.seconds()),
-            idempotent=True,
+            lease_ends,
+            lambda: Deferred.fromCoroutine(
+                run_through_failover(
+                    self._clock,
+                    self._storage,
+                    outbox.mark_sent,
+                    message.row_id,
+                    sent_at,
+                    idempotent=True,
+                )
+            ),
+            f"mail {message.row_id}",
         )
         self.counts.sent += 1
         self.log.info(

@@ -18,8 +18,13 @@ to remember to call it.
 The outbox is emptied like the partner webhook outbox
 (L{clickpass.partners.webhooks}), with its settings (C{[partners]}
 C{webhook_*}, C{allow_private_webhooks}): a logout is leased in the
-database before it is sent (one delivery across nodes), marked delivered
-only after a 2xx answer, and a failure pushes back every pending logout
+database before it is sent, to the node (one delivery across nodes; the
+node takes its own leased logouts again at its next look, after a claim
+whose COMMIT a database failover cut off), marked delivered only after a
+2xx answer (a mark no writable primary takes is kept and tried again
+while the node holds the lease, before it sends anything new; a logout
+is sent again only when that lease ran out first, or the node restarted
+or died before the mark), and a failure pushes back every pending logout
 of that client with an exponential backoff, until the give-up age. Each
 attempt is a new token (its own C{jti}, C{iat} and C{exp}).
 
@@ -167,20 +172,26 @@ def waiting(tx: Transaction) -> int:
     return int(tx.scalar("SELECT COUNT(*) FROM oidc_logouts WHERE state = ?", PENDING) or 0)
 
 
-def claim(tx: Transaction, now: int, lease: int, limit: int) -> list[PendingLogout]:
-    """Lease the due logouts of clients that still have a back-channel logout URI."""
+def claim(tx: Transaction, now: int, lease: int, limit: int, owner: str) -> list[PendingLogout]:
+    """
+    Lease the due logouts of clients that still have a back-channel logout
+    URI to C{owner}: those whose lease ran out, and those still leased to
+    C{owner} itself (L{claim_rows}' C{own_again}).
+    """
     rows = claim_rows(
         tx,
         "oidc_logouts",
         "SELECT l.id, l.client_id, l.sid, l.subject, l.created, l.attempts, "
         "c.backchannel_logout_uri, c.id_token_alg FROM oidc_logouts l "
         "JOIN oidc_clients c ON c.client_id = l.client_id "
-        "WHERE l.state = ? AND l.next_attempt <= ? AND l.lease_until <= ? "
-        "ORDER BY l.id LIMIT ?",
-        (PENDING, now, now, limit),
+        "WHERE l.state = ? AND l.next_attempt <= ? "
+        "AND (l.lease_until <= ? OR l.lease_owner = ?) ORDER BY l.id LIMIT ?",
+        (PENDING, now, now, owner, limit),
         now,
         lease,
         pending=PENDING,
+        owner=owner,
+        own_again=True,
         # The query joins the client's row: locking would hold it too.
         lock=False,
     )
@@ -208,7 +219,7 @@ def mark_failed(
 ) -> None:
     tx.execute(
         "UPDATE oidc_logouts SET state = ?, attempts = attempts + 1, next_attempt = ?, "
-        "lease_until = 0, last_error = ? WHERE id = ?",
+        "lease_until = 0, lease_owner = '', last_error = ? WHERE id = ?",
         GIVEN_UP if give_up else PENDING,
         retry_at,
         error[:255],
@@ -216,7 +227,7 @@ def mark_failed(
     )
     # The receiver is down, not the logout: hold back the client's others too.
     tx.execute(
-        "UPDATE oidc_logouts SET next_attempt = ?, lease_until = 0 "
+        "UPDATE oidc_logouts SET next_attempt = ?, lease_until = 0, lease_owner = '' "
         "WHERE client_id = ? AND state = ? AND next_attempt < ?",
         retry_at,
         logout.client_id,
@@ -225,8 +236,8 @@ def mark_failed(
     )
 
 
-def release(tx: Transaction, row_ids: list[int]) -> None:
-    release_rows(tx, "oidc_logouts", row_ids, pending=PENDING)
+def release(tx: Transaction, row_ids: list[int], owner: str) -> None:
+    release_rows(tx, "oidc_logouts", row_ids, pending=PENDING, owner=owner)
 
 
 def cleanup(tx: Transaction, before: int) -> int:
@@ -313,8 +324,11 @@ class BackchannelDelivery(LeasedOutboxService):
         signer: Signer,
         issuer: str,
         post: Poster,
+        owner: str | None = None,
     ) -> None:
         super().__init__("oidc-backchannel-logout", clock, settings.webhook_poll_interval)
+        # Whose leases are this service's: unique to the process.
+        self.owner = owner or f"logouts-{secrets.token_hex(4)}"
         self._storage = storage
         self._settings = settings
         self._signer = signer
@@ -340,7 +354,7 @@ class BackchannelDelivery(LeasedOutboxService):
         if self.depth is not None:
             self.depth.set(await self._storage.run(waiting))
         lease = int(self._settings.webhook_timeout * 3) + LEASE_MARGIN
-        due = await self._storage.run(claim, now, lease, self._settings.webhook_batch)
+        due = await self._storage.run(claim, now, lease, self._settings.webhook_batch, self.owner)
         if not due:
             return 0
         sent = await self.deliver_in_order(
@@ -349,7 +363,7 @@ class BackchannelDelivery(LeasedOutboxService):
             now + lease,
             self._settings.webhook_timeout + LEASE_MARGIN,
             self._deliver,
-            self._record_delivered,
+            lambda logout: self._record_delivered(logout, now + lease),
             self._record_failure,
             self._release,
             "back-channel logout to one client failed",
@@ -357,8 +371,14 @@ class BackchannelDelivery(LeasedOutboxService):
         self.delivered += sent
         return sent
 
-    async def _record_delivered(self, logout: PendingLogout) -> None:
-        await self._storage.run(mark_delivered, logout.row_id, int(self._clock.seconds()))
+    async def _record_delivered(self, logout: PendingLogout, lease_ends: int) -> None:
+        delivered_at = int(self._clock.seconds())
+        await self.record_delivery(
+            logout.row_id,
+            lease_ends,
+            lambda: self._storage.run(mark_delivered, logout.row_id, delivered_at),
+            f"logout token to {logout.client_id}",
+        )
         self.log.info(
             "logout token delivered to {client} (attempt {attempts})",
             client=logout.client_id,
@@ -366,7 +386,7 @@ class BackchannelDelivery(LeasedOutboxService):
         )
 
     async def _release(self, logouts: list[PendingLogout]) -> None:
-        await self._storage.run(release, [later.row_id for later in logouts])
+        await self._storage.run(release, [later.row_id for later in logouts], self.owner)
 
     async def _deliver(self, logout: PendingLogout) -> None:
         if not logout.url:
@@ -424,7 +444,13 @@ def delivery_service(
     # without its trailing slash.
     issuer = str(settings.base_url).rstrip("/")
     delivery = BackchannelDelivery(
-        reactor, storage, partners, signer, issuer, treq_poster(reactor, partners)
+        reactor,
+        storage,
+        partners,
+        signer,
+        issuer,
+        treq_poster(reactor, partners),
+        f"{settings.node.name}-{secrets.token_hex(4)}"[:64],
     )
     if metrics is not None:
         delivery.depth = metrics.gauge(

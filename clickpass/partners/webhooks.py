@@ -12,7 +12,17 @@ attempt carries the event's idempotency id (C{Clickpass-Event-Id}) and
 an HMAC-SHA256 signature over C{timestamp + "." + body}.
 
 Several nodes may run this at once: an event is leased in the database
-before it is sent, so two nodes do not send it at the same moment.
+before it is sent, to the node (C{lease_owner}), so two nodes do not send
+it at the same moment. A node takes the events still leased to itself
+again at its next look (a claim whose COMMIT a database failover cut off
+may have been applied; the service's rounds never overlap, so none of
+them is being sent). A delivery the database cannot record (no writable
+primary for longer than C{[database] failover_wait}) is recorded later,
+while the node still holds the event's lease, before the node sends
+anything new (L{LeasedOutboxService.record_delivery}); an event is sent
+again, with the same C{Clickpass-Event-Id}, only when that lease ran out
+first, or the node restarted or died between the partner's answer and
+the record.
 
 This module must never block the reactor (database through the storage,
 HTTP through treq), never drop an event it could not deliver before its
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +107,12 @@ def _waiting(tx: Transaction) -> int:
     return int(tx.scalar("SELECT COUNT(*) FROM partner_events WHERE state = ?", PENDING) or 0)
 
 
-def _claim(tx: Transaction, now: int, lease: int, limit: int) -> list[Pending]:
-    """Lease the due events that head their person's queue."""
+def _claim(tx: Transaction, now: int, lease: int, limit: int, owner: str) -> list[Pending]:
+    """
+    Lease the due events that head their person's queue to C{owner}:
+    those whose lease ran out, and those still leased to C{owner} itself
+    (L{claim_rows}' C{own_again}).
+    """
     rows = claim_rows(
         tx,
         "partner_events",
@@ -106,14 +121,17 @@ def _claim(tx: Transaction, now: int, lease: int, limit: int) -> list[Pending]:
         "FROM partner_events e JOIN partner_sites s ON s.id = e.site_id "
         # A site whose realm is not proven gets nothing; its events wait.
         "JOIN partner_verifications v ON v.site_id = s.id AND v.verified > 0 "
-        "WHERE e.state = ? AND e.next_attempt <= ? AND e.lease_until <= ? "
+        "WHERE e.state = ? AND e.next_attempt <= ? "
+        "AND (e.lease_until <= ? OR e.lease_owner = ?) "
         "AND NOT EXISTS (SELECT 1 FROM partner_events p WHERE p.site_id = e.site_id "
         "AND p.subject = e.subject AND p.state = ? AND p.id < e.id) "
         "ORDER BY e.id LIMIT ?",
-        (PENDING, now, now, PENDING, limit),
+        (PENDING, now, now, owner, PENDING, limit),
         now,
         lease,
         pending=PENDING,
+        owner=owner,
+        own_again=True,
         # The query joins the site's rows: locking would hold them too.
         lock=False,
     )
@@ -141,7 +159,7 @@ def _failed(
 ) -> None:
     tx.execute(
         "UPDATE partner_events SET state = ?, attempts = attempts + 1, next_attempt = ?, "
-        "lease_until = 0, last_error = ? WHERE id = ?",
+        "lease_until = 0, lease_owner = '', last_error = ? WHERE id = ?",
         GIVEN_UP if give_up else PENDING,
         retry_at,
         error[:255],
@@ -149,7 +167,7 @@ def _failed(
     )
     # The site is down, not the event: hold back the site's other events too.
     tx.execute(
-        "UPDATE partner_events SET next_attempt = ?, lease_until = 0 "
+        "UPDATE partner_events SET next_attempt = ?, lease_until = 0, lease_owner = '' "
         "WHERE site_id = ? AND state = ? AND next_attempt < ?",
         retry_at,
         event.site_id,
@@ -158,8 +176,8 @@ def _failed(
     )
 
 
-def _release(tx: Transaction, row_ids: list[int]) -> None:
-    release_rows(tx, "partner_events", row_ids, pending=PENDING)
+def _release(tx: Transaction, row_ids: list[int], owner: str) -> None:
+    release_rows(tx, "partner_events", row_ids, pending=PENDING, owner=owner)
 
 
 def _cleanup(tx: Transaction, before: int) -> int:
@@ -184,8 +202,11 @@ class WebhookDelivery(LeasedOutboxService):
         settings: PartnersSettings,
         master_secret: bytes,
         post: Poster,
+        owner: str | None = None,
     ) -> None:
         super().__init__("partner-webhooks", clock, settings.webhook_poll_interval)
+        # Whose leases are this service's: unique to the process.
+        self.owner = owner or f"webhooks-{secrets.token_hex(4)}"
         self._storage = storage
         self._settings = settings
         self._master_secret = master_secret
@@ -209,7 +230,9 @@ class WebhookDelivery(LeasedOutboxService):
         if self.depth is not None:
             self.depth.set(await self._storage.run(_waiting))
         lease = int(self._settings.webhook_timeout * 3) + 5
-        events = await self._storage.run(_claim, now, lease, self._settings.webhook_batch)
+        events = await self._storage.run(
+            _claim, now, lease, self._settings.webhook_batch, self.owner
+        )
         if not events:
             return 0
         sent = await self.deliver_in_order(
@@ -218,7 +241,7 @@ class WebhookDelivery(LeasedOutboxService):
             now + lease,
             self._settings.webhook_timeout + LEASE_MARGIN,
             self._deliver,
-            self._record_delivered,
+            lambda event: self._record_delivered(event, now + lease),
             self._record_failure,
             self._release,
             "webhook delivery to one site failed",
@@ -226,11 +249,17 @@ class WebhookDelivery(LeasedOutboxService):
         self.delivered += sent
         return sent
 
-    async def _record_delivered(self, event: Pending) -> None:
-        await self._storage.run(_delivered, event.row_id, int(self._clock.seconds()))
+    async def _record_delivered(self, event: Pending, lease_ends: int) -> None:
+        delivered_at = int(self._clock.seconds())
+        await self.record_delivery(
+            event.row_id,
+            lease_ends,
+            lambda: self._storage.run(_delivered, event.row_id, delivered_at),
+            f"webhook {event.event_id} to site {event.public_id}",
+        )
 
     async def _release(self, events: list[Pending]) -> None:
-        await self._storage.run(_release, [event.row_id for event in events])
+        await self._storage.run(_release, [event.row_id for event in events], self.owner)
 
     async def _deliver(self, event: Pending) -> None:
         if not event.url:
@@ -334,7 +363,12 @@ def delivery_service(
     """The node's webhook delivery service, for C{Node} to add to its tree."""
     partners: PartnersSettings = settings.partners
     delivery = WebhookDelivery(
-        reactor, storage, partners, master_secret, treq_poster(reactor, partners)
+        reactor,
+        storage,
+        partners,
+        master_secret,
+        treq_poster(reactor, partners),
+        f"{settings.node.name}-{secrets.token_hex(4)}"[:64],
     )
     if metrics is not None:
         delivery.depth = metrics.gauge(

@@ -645,6 +645,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "signin_method VARCHAR(64) NOT NULL DEFAULT ''",
         ),
     ),
+    Migration(
+        20,
+        "webhooks and back-channel logout: which node holds an outbox row's lease",
+        (
+            # lease_owner, as in mail_outbox: a node takes the rows still
+            # leased to itself again (a claim whose COMMIT a database
+            # failover cut off). '' when no lease of this release's is held;
+            # a node of the release before leaves it as it found it.
+            "ALTER TABLE partner_events ADD COLUMN IF NOT EXISTS "
+            "lease_owner VARCHAR(64) NOT NULL DEFAULT ''",
+            "ALTER TABLE oidc_logouts ADD COLUMN IF NOT EXISTS "
+            "lease_owner VARCHAR(64) NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 
 

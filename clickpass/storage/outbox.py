@@ -15,7 +15,15 @@ node's delivery service then, in a loop on the reactor:
     never get the same row, and a node that died while sending leaves its
     rows to be claimed again once their lease has run out;
   - sends them, then marks each sent, or failed with a retry time from
-    L{Backoff}, or given up;
+    L{Backoff}, or given up; a delivery whose mark the database does not
+    take (no writable primary for longer than C{[database] failover_wait})
+    is kept in memory and its mark tried again, with backoff, while the
+    node still holds the row's lease (L{LeasedOutboxService.record_delivery}):
+    the next round applies such marks first and claims nothing while one is
+    left, so the node never sends again what it delivered. Only when the
+    lease has run out is the mark given up (one log line), and the row is
+    sent again: as it is after the node restarts (the marks in memory are
+    lost) or dies; delivery is at least once;
   - looks again at once when it found work (or was woken, L{wake}), else
     after the poll interval.
 
@@ -31,12 +39,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from clickpass.storage.sql import Dialect, Transaction, placeholders
+from clickpass.storage.sql import Dialect, Transaction, one_line, placeholders
 
 T = TypeVar("T")
 
@@ -77,6 +85,12 @@ class Backoff:
         if last_try_at_give_up:
             at = min(at, give_up_at)
         return Retry(at, now >= give_up_at)
+
+
+# How soon a delivery's mark the database did not take is tried again:
+# after 1 s, doubling, at most every 30 s (each try itself waits up to
+# [database] failover_wait for a writable primary).
+MARK_RETRY = Backoff(1.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,19 @@ def claim_rows(
     return claimed
 
 
+@dataclass(frozen=True)
+class Unmarked:
+    """
+    A delivery not recorded yet: C{record} marks it (again), until
+    C{lease_ends}, when the node's lease of the row runs out; C{what} names
+    it in the log.
+    """
+
+    record: Callable[[], Deferred[Any]]
+    lease_ends: float
+    what: str
+
+
 def release_rows(
     tx: Transaction,
     table: str,
@@ -155,12 +182,16 @@ def release_rows(
     pending: int = 0,
     owner: str | None = None,
 ) -> None:
-    """Give claimed rows back unsent (their lease ends now), only C{owner}'s when given."""
+    """
+    Give claimed rows back unsent (their lease ends now), only C{owner}'s
+    when given (their owner is then cleared).
+    """
     if not row_ids:
         return
     owned = " AND lease_owner = ?" if owner is not None else ""
+    clear = ", lease_owner = ''" if owner is not None else ""
     tx.execute(
-        f"UPDATE {table} SET lease_until = 0 WHERE id IN ({placeholders(row_ids)}) "
+        f"UPDATE {table} SET lease_until = 0{clear} WHERE id IN ({placeholders(row_ids)}) "
         f"AND state = ?{owned}",
         *row_ids,
         pending,
@@ -172,7 +203,10 @@ class LeasedOutboxService(Service):
     """
     The loop of a node's outbox delivery: look, deliver, look again. A
     feature subclasses it with L{deliver_due} (claim and send what is due;
-    return how much work was done) and, when it keeps old rows, L{clean}.
+    return how much work was done) and, when it keeps old rows, L{clean};
+    it records each delivery through L{record_delivery}.
+
+    Rounds never overlap: the next is scheduled when one has ended.
     """
 
     log = Logger()
@@ -187,6 +221,11 @@ class LeasedOutboxService(Service):
         self._next_cleanup = 0.0
         # Set while the service stops: what has not started yet goes back.
         self.stopping = False
+        # Deliveries whose mark the database did not take, by row.
+        self.unmarked: dict[Hashable, Unmarked] = {}
+        self._marking = DeferredLock()
+        self._mark_call: IDelayedCall | None = None
+        self._mark_tries = 0
 
     # What a feature gives.
 
@@ -218,6 +257,16 @@ class LeasedOutboxService(Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._mark_call is not None and self._mark_call.active():
+            self._mark_call.cancel()
+        self._mark_call = None
+        if self.unmarked:
+            self.log.warn(
+                "{service} stopping with {count} deliveries not recorded: they will be "
+                "sent again once their lease runs out",
+                service=self.name,
+                count=len(self.unmarked),
+            )
         if self._running is not None:
             d: Deferred[None] = Deferred()
             self._running.addBoth(lambda _: d.callback(None))
@@ -264,11 +313,99 @@ class LeasedOutboxService(Service):
         return Deferred.fromCoroutine(self._round())
 
     async def _round(self) -> int:
+        if self.unmarked and not await self.apply_unmarked():
+            # A claim now could take a row delivered but not recorded
+            # again (claim_rows' own_again) and send it twice: wait.
+            return 0
         now = int(self._clock.seconds())
         if now >= self._next_cleanup:
             self._next_cleanup = now + CLEANUP_INTERVAL
             await self.clean(now)
         return await self.deliver_due(now)
+
+    # Recording deliveries.
+
+    async def record_delivery(
+        self, key: Hashable, lease_ends: float, record: Callable[[], Deferred[Any]], what: str
+    ) -> bool:
+        """
+        Record that the row C{key} was delivered: C{record} marks it (and
+        may be run more than once). When the database does not take it, the
+        mark is kept (L{unmarked}) and tried again in the background, with
+        L{MARK_RETRY}'s backoff, while this node still holds the row's lease
+        (until C{lease_ends}); the next round applies it before claiming
+        anything. Never raises; whether it was recorded now. C{what} names
+        the delivery in the log.
+        """
+        try:
+            await record()
+            return True
+        except Exception as e:
+            self.unmarked[key] = Unmarked(record, lease_ends, what)
+            self.log.info(
+                "{what} delivered but not recorded ({error}); trying again while its lease "
+                "holds ({left}s)",
+                what=what,
+                error=one_line(e),
+                left=max(0, int(lease_ends - self._clock.seconds())),
+            )
+            self._mark_later()
+            return False
+
+    async def apply_unmarked(self) -> bool:
+        """
+        Try the deliveries not recorded yet again, and give up those whose
+        lease has run out (one log line each); whether none is left.
+        """
+        await self._marking.acquire()
+        try:
+            return await self._apply_unmarked()
+        finally:
+            self._marking.release()
+
+    async def _apply_unmarked(self) -> bool:
+        if self._mark_call is not None and self._mark_call.active():
+            self._mark_call.cancel()
+        self._mark_call = None
+        now = self._clock.seconds()
+        for key, mark in list(self.unmarked.items()):
+            if now >= mark.lease_ends:
+                del self.unmarked[key]
+                self.log.warn(
+                    "{what} was delivered, but no database took the record of it while "
+                    "this node held its lease: it will be sent again",
+                    what=mark.what,
+                )
+        tries = list(self.unmarked.items())
+        results = await DeferredList(
+            [maybeDeferred(mark.record) for _, mark in tries],
+            consumeErrors=True,
+        )
+        for (key, _), (ok, _) in zip(tries, results, strict=True):
+            if ok:
+                self.unmarked.pop(key, None)
+        if not self.unmarked:
+            self._mark_tries = 0
+            return True
+        self._mark_tries += 1
+        self._mark_later()
+        return False
+
+    def _mark_later(self) -> None:
+        if not self.running or (self._mark_call is not None and self._mark_call.active()):
+            return
+        delay = MARK_RETRY.wait(self._mark_tries + 1)
+        # Not past the first lease to run out: its give-up is logged then.
+        first_end = min(mark.lease_ends for mark in self.unmarked.values())
+        delay = max(0.0, min(delay, first_end - self._clock.seconds()))
+
+        def again() -> None:
+            self._mark_call = None
+            Deferred.fromCoroutine(self.apply_unmarked()).addErrback(
+                lambda f: self.log.failure("{service} marks failed", f, service=self.name)
+            )
+
+        self._mark_call = self._clock.callLater(delay, again)
 
     # Delivery in order, for outboxes whose rows go to one receiver each.
 
@@ -287,12 +424,13 @@ class LeasedOutboxService(Service):
         """
         Deliver claimed rows, each receiver's one at a time in order and the
         receivers side by side; return how many went. C{deliver} sends a
-        row (raising when it did not go), C{delivered} records that it went.
-        A receiver's rows stop at its first failure (C{failed} records it), or when the next attempt
-        could outlast the lease (C{attempt_time}: the longest an attempt and
-        its record may take), since another node may then claim the rows
-        and must not find one still being sent: the rest are released for
-        the next round, in order. C{what} names a receiver's delivery in the
+        row (raising when it did not go), C{delivered} records that it went
+        (through L{record_delivery}). A receiver's rows stop at its first
+        failure (C{failed} records it), or when the next attempt could
+        outlast the lease (C{attempt_time}: the longest an attempt and its
+        record may take), since another node may then claim the rows and
+        must not find one still being sent: the rest are released for the
+        next round, in order. C{what} names a receiver's delivery in the
         log when it fails as a whole.
         """
         by_receiver: dict[Hashable, list[T]] = {}
@@ -330,9 +468,11 @@ class LeasedOutboxService(Service):
 
 __all__ = [
     "CLEANUP_INTERVAL",
+    "MARK_RETRY",
     "Backoff",
     "LeasedOutboxService",
     "Retry",
+    "Unmarked",
     "claim_rows",
     "release_rows",
     "skip_locked",

@@ -7,14 +7,25 @@ Nothing here creates or drops anything but the test's own database.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import deferLater
 
 from clickpass.config import Settings, load
 from clickpass.storage.offline import open_direct
-from clickpass.storage.sql import AdbapiStorage, DirectStorage, open_mysql, open_sqlite
+from clickpass.storage.sql import (
+    AdbapiStorage,
+    DirectStorage,
+    NoWritablePrimary,
+    OutcomeUnknown,
+    open_mysql,
+    open_sqlite,
+)
 from tests.support.mariadb import MariaDBServer
 
 
@@ -104,3 +115,69 @@ class DatabaseTarget:
 
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class WritesRefused:
+    """
+    A storage (around a L{DirectStorage}) whose database has no writable
+    primary from the moment the test calls L{refuse} until it calls
+    L{recover}: every transaction C{writes} names (any, when None) waits
+    C{[database] failover_wait} on C{clock}, as the real storage does, then
+    fails with L{NoWritablePrimary}, nothing of it applied. C{refused}
+    counts them.
+    """
+
+    def __init__(
+        self,
+        storage: DirectStorage,
+        clock: IReactorTime,
+        failover_wait: float = 10.0,
+        writes: Collection[Callable[..., Any]] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.failover_wait = failover_wait
+        self.writes = writes
+        self.down = False
+        self.refused = 0
+
+    def refuse(self) -> None:
+        self.down = True
+
+    def recover(self) -> None:
+        self.down = False
+
+    def run(self, fn: Callable[..., Any], *args: object) -> Deferred[Any]:
+        if not self.down or (self.writes is not None and fn not in self.writes):
+            return self.storage.run(fn, *args)
+        self.refused += 1
+
+        def no_primary() -> None:
+            raise NoWritablePrimary(f"no writable database primary within {self.failover_wait:g}s")
+
+        return deferLater(self.clock, self.failover_wait, no_primary)
+
+
+class CommitCut:
+    """
+    A storage (around a L{DirectStorage}) whose first transaction C{fn}
+    commits but whose COMMIT's answer is lost (a database failover at that
+    moment): it is applied, and the caller is told its outcome is unknown.
+    C{cut} counts it.
+    """
+
+    def __init__(self, storage: DirectStorage, fn: Callable[..., Any]) -> None:
+        self.storage = storage
+        self.fn = fn
+        self.cut = 0
+
+    def run(self, fn: Callable[..., Any], *args: object) -> Deferred[Any]:
+        d = self.storage.run(fn, *args)
+        if fn is self.fn and not self.cut:
+            self.cut += 1
+
+            def lost(_: object) -> None:
+                raise OutcomeUnknown("the database connection was lost while committing")
+
+            d.addCallback(lost)
+        return d

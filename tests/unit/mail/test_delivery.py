@@ -26,6 +26,7 @@ from clickpass.mail.settings import MailSettings
 from clickpass.mail.transport import Envelope, PermanentFailure, TemporaryFailure
 from clickpass.monitor.metrics import Registry
 from clickpass.storage.sql import DirectStorage, OutcomeUnknown, Transaction
+from tests.support.storage import WritesRefused
 from tests.unit.mail.conftest import BASE_URL, NOW
 
 FAST = {"poll_interval": 1.0, "backoff_initial": 30.0, "backoff_max": 480.0}
@@ -300,6 +301,39 @@ def test_a_claim_whose_commit_was_cut_holds_nothing_up(
     service.stopService()
     assert len(server.delivered) == 1 and other.attempts == []
     assert row(storage, row_id)["state"] == "sent"
+
+
+def test_a_message_recorded_only_after_failover_wait_is_sent_once(
+    clock: Clock, storage: DirectStorage
+) -> None:
+    """
+    The server said 250, then no writable primary answers for 60 s (six
+    times failover_wait): the node keeps trying to mark the message sent
+    while it holds the lease (200 s), looks at nothing else meanwhile (the
+    message is leased to itself: claiming now would send it again), and it
+    is sent once.
+    """
+    row_id = enqueue(storage, clock.seconds())
+    db = WritesRefused(storage, clock)
+
+    def outcome(attempt: int) -> str:
+        db.refuse()
+        return "ok"
+
+    server = FakeServer(clock, outcome)
+    service = MailDelivery(
+        clock, cast(Any, db), settings(), server, "no-reply@example.com", "node1"
+    )
+    service.startService()
+    run_for(clock, 60)
+    assert len(server.delivered) == 1 and service.unmarked and db.refused >= 3
+    assert row(storage, row_id)["state"] == "pending"
+    db.recover()
+    run_for(clock, 60)
+    service.stopService()
+    assert len(server.attempts) == 1 and not service.unmarked
+    assert row(storage, row_id)["state"] == "sent"
+    assert service.counts.sent == 1
 
 
 def test_the_queue_is_committed_with_the_callers_change(storage: DirectStorage) -> None:

@@ -26,7 +26,9 @@ from twisted.internet.task import Clock
 from clickpass.oidc import backchannel, clients
 from clickpass.partners.settings import PartnersSettings
 from clickpass.storage import migrations
-from clickpass.storage.sql import Dialect, DirectStorage, Transaction
+from clickpass.storage.sql import Dialect, DirectStorage, OutcomeUnknown, Transaction
+from tests.support.logged_errors import ErrorCollector
+from tests.support.storage import CommitCut, WritesRefused
 from tests.unit.partners.conftest import NOW, make_site
 
 ISSUER = "https://clickpass.example"
@@ -108,7 +110,7 @@ def end_session(tx: Transaction, token_hash: str) -> None:
 
 
 def service(
-    clock: Clock, storage: DirectStorage, receiver: Receiver, signer: KeySigner, **settings: Any
+    clock: Clock, storage: Any, receiver: Receiver, signer: KeySigner, **settings: Any
 ) -> backchannel.BackchannelDelivery:
     values = {
         "webhook_poll_interval": 1.0,
@@ -250,6 +252,77 @@ def test_two_nodes_deliver_a_logout_once(storage: DirectStorage) -> None:
     assert running.result == 1
     assert second.run_once().result == 0
     assert len(receiver.attempts) == 1 and states(storage) == [(backchannel.DELIVERED, 1)]
+
+
+def queue_one_logout(storage: DirectStorage) -> None:
+    client = make_client(storage)
+    storage.run_blocking(start_session, "s1")
+    storage.run_blocking(backchannel.record_session, "s1", client.client_id, "sid1", "sub1", NOW)
+    storage.run_blocking(end_session, "s1")
+    storage.run_blocking(backchannel.queue_ended_sessions, NOW)
+
+
+def test_a_delivery_recorded_only_after_failover_wait_is_sent_once(
+    storage: DirectStorage,
+) -> None:
+    """
+    The receiver acknowledged the logout, then no writable primary answers
+    for 20 s (twice failover_wait): the node keeps trying to record it
+    while it holds the lease and the receiver gets it once.
+    """
+    queue_one_logout(storage)
+    clock, signer = Clock(), KeySigner()
+    clock.advance(NOW)
+    db = WritesRefused(storage, clock)
+
+    class FailingOver(Receiver):
+        async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+            status = await super().post(url, body, headers)
+            db.refuse()
+            return status
+
+    receiver = FailingOver(clock)
+    delivery = service(clock, db, receiver, signer, webhook_timeout=20.0)
+    delivery.startService()
+    for _ in range(20):
+        clock.advance(1)
+    assert len(receiver.tokens) == 1 and delivery.unmarked and db.refused >= 2
+    db.recover()
+    for _ in range(60):
+        clock.advance(1)
+    delivery.stopService()
+    assert len(receiver.attempts) == 1 and not delivery.unmarked
+    assert states(storage) == [(backchannel.DELIVERED, 1)]
+
+
+def test_a_claim_whose_commit_was_cut_holds_nothing_up(
+    storage: DirectStorage, logged_errors: ErrorCollector
+) -> None:
+    """
+    A claim applied but answered with a lost connection (that round
+    fails) leaves the logout leased to the node: its next round takes it
+    again at once instead of waiting out the lease (35 s); another node
+    passes it by; sent once.
+    """
+    queue_one_logout(storage)
+    clock, signer = Clock(), KeySigner()
+    clock.advance(NOW)
+    cut = CommitCut(storage, backchannel.claim)
+    receiver, other = Receiver(clock), Receiver(clock)
+    first = service(clock, cut, receiver, signer)
+    second = service(clock, storage, other, signer)
+    first.startService()
+    clock.advance(0)
+    assert cut.cut == 1 and receiver.attempts == []
+    owner = storage.run_blocking(lambda tx: tx.scalar("SELECT lease_owner FROM oidc_logouts"))
+    assert owner == first.owner != second.owner
+    assert second.run_once().result == 0
+    for _ in range(3):
+        clock.advance(1)
+    first.stopService()
+    assert [type(e["log_failure"].value) for e in logged_errors.events] == [OutcomeUnknown]
+    assert len(receiver.tokens) == 1 and other.attempts == []
+    assert states(storage) == [(backchannel.DELIVERED, 1)]
 
 
 def test_what_a_removed_client_was_owed_is_forgotten(storage: DirectStorage) -> None:

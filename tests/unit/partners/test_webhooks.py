@@ -12,10 +12,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from clickpass.partners import sites
+from clickpass.partners import sites, webhooks
 from clickpass.partners.settings import PartnersSettings
 from clickpass.partners.webhooks import WebhookDelivery, backoff, signature, verify
-from clickpass.storage.sql import DirectStorage
+from clickpass.storage.sql import DirectStorage, OutcomeUnknown
+from tests.support.logged_errors import ErrorCollector
+from tests.support.storage import CommitCut, WritesRefused
 from tests.unit.partners.conftest import NOW, add_account, make_site
 
 SECRET = b"m" * 32
@@ -41,9 +43,7 @@ class FakePartner:
         return 200
 
 
-def service(
-    clock: Clock, storage: DirectStorage, partner: FakePartner, **settings: Any
-) -> WebhookDelivery:
+def service(clock: Clock, storage: Any, partner: FakePartner, **settings: Any) -> WebhookDelivery:
     values = {
         "webhook_poll_interval": 1.0,
         "webhook_backoff_initial": 5.0,
@@ -154,6 +154,86 @@ def test_a_leased_event_is_not_sent_by_a_second_node(storage: DirectStorage) -> 
     slow.hold.callback(200)
     assert pending.result == 1
     assert second.run_once().result == 0
+
+
+class FailingOverPartner(FakePartner):
+    """A partner behind whose first 2xx the database loses its writable primary."""
+
+    def __init__(self, clock: Clock, db: WritesRefused) -> None:
+        super().__init__(clock)
+        self.db = db
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        status = await super().post(url, body, headers)
+        if len(self.received) == 1:
+            self.db.refuse()
+        return status
+
+
+def test_a_delivery_recorded_only_after_failover_wait_is_sent_once(
+    storage: DirectStorage,
+) -> None:
+    """
+    The partner took the event, then no writable primary answers for 20 s
+    (twice failover_wait): the node keeps trying to record it while it
+    holds the lease, sends nothing meanwhile (not the event again, though
+    it is leased to itself), and the partner gets it once.
+    """
+    clock = Clock()
+    clock.advance(NOW)
+    site = make_site(storage)
+    account = storage.run_blocking(add_account, "f@example.com")
+    storage.run_blocking(sites.create_link, site, account, "f" * 32, "id-f", "register", NOW)
+    db = WritesRefused(storage, clock)
+    partner = FailingOverPartner(clock, db)
+    delivery = service(clock, db, partner, webhook_timeout=20.0)
+    delivery.startService()
+    for _ in range(20):
+        clock.advance(1)
+    assert len(partner.received) == 1 and delivery.unmarked and db.refused >= 2
+    db.recover()
+    for _ in range(60):
+        clock.advance(1)
+    delivery.stopService()
+    assert len(partner.attempts) == 1 and not delivery.unmarked
+    assert [e.state for e in storage.run_blocking(sites.recent_events, site.id)] == [
+        sites.DELIVERED
+    ]
+
+
+def test_a_claim_whose_commit_was_cut_holds_nothing_up(
+    storage: DirectStorage, logged_errors: ErrorCollector
+) -> None:
+    """
+    A claim applied but answered with a lost connection (that round
+    fails) leaves the event leased to the node: its next round takes it
+    again at once instead of waiting out the lease (35 s); another node
+    passes it by; sent once.
+    """
+    clock = Clock()
+    clock.advance(NOW)
+    site = make_site(storage)
+    account = storage.run_blocking(add_account, "c@example.com")
+    storage.run_blocking(sites.create_link, site, account, "c" * 32, "id-c", "register", NOW)
+    cut = CommitCut(storage, webhooks._claim)
+    partner = FakePartner(clock)
+    other = FakePartner(clock)
+    first = service(clock, cut, partner)
+    second = service(clock, storage, other)
+    first.startService()
+    clock.advance(0)
+    assert cut.cut == 1 and partner.attempts == []
+    owner = storage.run_blocking(lambda tx: tx.scalar("SELECT lease_owner FROM partner_events"))
+    assert owner == first.owner != second.owner
+    assert second.run_once().result == 0
+    for _ in range(3):
+        clock.advance(1)
+    first.stopService()
+    assert [type(e["log_failure"].value) for e in logged_errors.events] == [OutcomeUnknown]
+    assert len(partner.received) == 1 and other.attempts == []
+    assert [e.state for e in storage.run_blocking(sites.recent_events, site.id)] == [
+        sites.DELIVERED
+    ]
 
 
 def test_a_long_batch_never_outlives_its_lease(storage: DirectStorage) -> None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from clickpass.storage.outbox import (
@@ -28,7 +32,7 @@ from clickpass.storage.outbox import (
 from clickpass.storage.sql import Dialect, DirectStorage, Transaction
 from tests.conftest import global_reactor
 from tests.support.mariadb import MariaDBServer
-from tests.support.storage import DatabaseTarget
+from tests.support.storage import DatabaseTarget, WritesRefused
 
 DUE = "SELECT id, payload FROM t_outbox WHERE state = 0 AND lease_until <= ? ORDER BY id"
 
@@ -391,6 +395,138 @@ def test_in_order_delivery_releases_what_could_outlast_the_lease() -> None:
     )  # fmt: skip
     assert d.result == 1
     assert log == ["sent a1", "released a2,a3"]
+
+
+# ---------------------------------------------------------------------------
+# Recording a delivery the database does not take at once.
+# ---------------------------------------------------------------------------
+
+
+def mark_sent(tx: Transaction, row_id: int) -> None:
+    tx.execute("UPDATE t_outbox SET state = 1, lease_until = 0 WHERE id = ?", row_id)
+
+
+def claim_mine(tx: Transaction, now: int, lease: int, owner: str) -> list[tuple[int, str]]:
+    rows = claim_rows(
+        tx, "t_outbox", DUE_OR_MINE, (now, owner), now, lease, owner=owner, own_again=True
+    )
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def states(tx: Transaction) -> dict[str, int]:
+    return {str(p): int(s) for p, s in tx.fetchall("SELECT payload, state FROM t_outbox")}
+
+
+class Sender(LeasedOutboxService):
+    """
+    A node's delivery of t_outbox: claims (its own leased rows again too),
+    sends one row after the other (C{sent}, a second each), marks each sent.
+    C{after_send} runs when a row went.
+    """
+
+    def __init__(self, clock: Clock, storage: WritesRefused, owner: str, lease: int) -> None:
+        super().__init__("test-outbox", clock, poll_interval=5)
+        self.storage = storage
+        self.owner = owner
+        self.lease = lease
+        self.sent: list[str] = []
+        self.after_send = lambda: None
+        self.failures: list[Failure] = []
+
+    def round_failed(self, failure: Failure) -> None:
+        self.failures.append(failure)
+
+    async def deliver_due(self, now: int) -> int:
+        rows = await self.storage.run(claim_mine, now, self.lease, self.owner)
+        for row_id, payload in rows:
+            await deferLater(self._clock, 1, lambda: None)
+            self.sent.append(payload)
+            self.after_send()
+            await self.record_delivery(
+                row_id, now + self.lease, partial(self.storage.run, mark_sent, row_id), payload
+            )
+        return len(rows)
+
+
+@contextmanager
+def logged() -> Iterator[list[str]]:
+    """What is logged while the block runs, as text."""
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+def advance(clock: Clock, seconds: float) -> None:
+    for _ in range(int(seconds * 2)):
+        clock.advance(0.5)
+
+
+def test_a_delivery_recorded_only_after_failover_wait_is_sent_once(
+    outbox_db: DirectStorage,
+) -> None:
+    """
+    The database takes no write for 40 s (four times failover_wait) from
+    the first delivery on, then recovers: the marks are kept and tried
+    again while the lease holds, no round claims (its own rows again)
+    meanwhile, and each row is sent exactly once; another node never gets
+    them. Without the marks kept, the next round (own_again) sent all
+    three again.
+    """
+    clock = Clock()
+    clock.advance(1000)
+    db = WritesRefused(outbox_db, clock)
+    node = Sender(clock, db, "node1", lease=120)
+    node.after_send = lambda: db.refuse() if node.sent == ["a"] else None
+    other = Sender(clock, WritesRefused(outbox_db, clock), "node2", lease=120)
+    node.startService()
+    advance(clock, 40)
+    assert node.sent == ["a", "b", "c"] and set(node.unmarked) and db.refused > 3
+    assert other.run_once().result == 0
+    db.recover()
+    advance(clock, 60)
+    node.stopService()
+    assert node.sent == ["a", "b", "c"] and not node.unmarked
+    assert outbox_db.run_blocking(states) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_mark_not_taken_until_the_lease_ends_is_given_up_and_the_row_sent_again(
+    outbox_db: DirectStorage,
+) -> None:
+    """
+    The database takes nothing for longer than the lease: the marks are
+    given up when it runs out (one line each), and the rows are sent again
+    once it recovers (at least once).
+    """
+    clock = Clock()
+    clock.advance(1000)
+    db = WritesRefused(outbox_db, clock)
+    node = Sender(clock, db, "node1", lease=30)
+    node.after_send = lambda: db.refuse() if node.sent == ["a"] else None
+    with logged() as lines:
+        node.startService()
+        advance(clock, 60)
+        assert node.sent == ["a", "b", "c"] and not node.unmarked
+        # Its rounds' claims were refused too.
+        assert node.failures
+        db.recover()
+        advance(clock, 20)
+        node.stopService()
+    given_up = [line for line in lines if "it will be sent again" in line]
+    assert sorted(given_up) == [
+        f"{p} was delivered, but no database took the record of it while this node "
+        "held its lease: it will be sent again"
+        for p in "abc"
+    ]
+    assert node.sent == ["a", "b", "c", "a", "b", "c"]
+    assert outbox_db.run_blocking(states) == {"a": 1, "b": 1, "c": 1}
 
 
 def test_dialects_other_than_mariadb_take_no_row_locks() -> None:
