@@ -1354,3 +1354,123 @@ def test_a_promotion_given_up_after_the_fence_hands_the_role_back() -> None:
     w.agent.set_peer_present(True, master=True)
     w.peer.set(read_only=False)
     w.until(lambda: w.role == Role.REPLICA, limit=2.0)
+
+
+# Both agents of a pair on one clock, over the same two fake servers.
+
+
+@dataclass
+class Duo:
+    clock: Clock
+    s1: FakeServer
+    s2: FakeServer
+    a: DbAgent  # db1: its local server is s1
+    b: DbAgent  # db2: its local server is s2
+    both_writable: int = 0
+
+    def run(self, seconds: float, step: float = 0.001) -> None:
+        """Advance, counting every moment both servers take writes."""
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            if not self.s1.status_.read_only and not self.s2.status_.read_only:
+                self.both_writable += 1
+
+    def until(self, predicate: Callable[[], bool], limit: float = 5.0) -> float:
+        start = self.clock.seconds()
+        while not predicate():
+            if self.clock.seconds() - start > limit:
+                raise AssertionError(
+                    f"not reached in {limit}s: {self.a.status()} {self.b.status()}"
+                )
+            self.run(0.001)
+        return self.clock.seconds() - start
+
+
+def duo() -> Duo:
+    """db1 PRIMARY (lossless, semi-sync on) on s1, db2 its REPLICA on s2, each hearing the other."""
+    clock = Clock()
+    shared = Shared()
+    s1 = FakeServer(clock, shared, "s1", server_id=1, binlog_pos=POS)
+    s2 = FakeServer(clock, shared, "s2", server_id=2, binlog_pos=POS)
+
+    def agent(node: str, local: FakeServer, peer: FakeServer) -> DbAgent:
+        return DbAgent(
+            clock,
+            dataclasses.replace(CONFIG, node=node),
+            local,  # type: ignore[arg-type]
+            peer,  # type: ignore[arg-type]
+            ops.ReplicaAccount("127.0.0.1", 3306, "repl", "pw"),
+            Health(),
+            VipGate(FakeVip()),
+            kill_server=lambda: True,
+        )
+
+    d = Duo(clock, s1, s2, agent("db1", s1, s2), agent("db2", s2, s1))
+    d.a.startService()
+    d.a.group_state(State.BACKUP)
+    d.until(lambda: d.a.bootstrap_ok)
+    d.a.group_state(State.MASTER)  # bootstrap: DEGRADED until a replica joins
+    d.until(lambda: d.a.role == Role.DEGRADED)
+    d.b.startService()
+    d.b.set_peer_present(True, master=True)
+    d.b.group_state(State.BACKUP)
+    d.until(lambda: d.b.role == Role.REPLICA)
+    d.a.set_peer_present(True)
+    d.until(lambda: d.a.role == Role.PRIMARY and s1.status_.semisync_master_enabled)
+    assert not s1.status_.read_only and s2.status_.read_only
+    assert d.both_writable == 0
+    return d
+
+
+def test_a_pair_recovers_from_a_candidate_that_gives_up_after_its_fence() -> None:
+    """
+    db2 misses db1's adverts, is elected, fences db1 and gives up when the
+    adverts resume (db1 heard db2 as MASTER meanwhile): db1 lifts the fence
+    once db2 is heard as not MASTER, db2 rejoins it, and the two servers are
+    never writable together.
+    """
+    d = duo()
+    d.s2.delays["stop_receiving"] = 0.3  # a loaded machine: the promotion is slow
+    d.b.set_peer_present(False)
+    d.a.set_peer_present(True, master=True)
+    d.b.group_state(State.MASTER)
+    d.until(lambda: d.s1.status_.read_only, limit=1.0)
+    d.run(0.1)
+    # db1's adverts are heard again: db2 steps down and gives up.
+    d.b.set_peer_present(True, master=True)
+    d.b.group_state(State.BACKUP)
+    d.a.set_peer_present(False)  # db2 FENCED reports FAULT
+    took = d.until(lambda: not d.s1.status_.read_only, limit=2.0)
+    assert took <= 3 * CONFIG.check_interval
+    assert d.a.role == Role.PRIMARY and d.s1.status_.semisync_master_enabled
+    d.until(lambda: d.b.role == Role.REPLICA, limit=CONFIG.promote_timeout)
+    d.run(0.5)  # the given-up promotion's coroutine ends when its receiver stop does
+    assert d.b.counters["promotion_given_up_after_fence"] == 1
+    assert d.a.counters["fence_lifted"] == 1
+    assert d.b.counters["promoted"] == 0
+    assert d.both_writable == 0
+
+
+def test_a_pair_stays_single_writer_when_the_candidate_promotes_after_all() -> None:
+    """
+    db1 never heard db2 as MASTER (its adverts were lost) and lifts the fence
+    while db2's promotion goes on: db2's last check finds db1 writable and
+    fences it again before it becomes writable itself; db1's next lift finds
+    db2 writable and leaves the fence. Never two writable servers.
+    """
+    d = duo()
+    d.s2.delays["promote_and_record"] = 0.3
+    d.b.set_peer_present(False)
+    d.a.set_peer_present(True, master=False)
+    d.b.group_state(State.MASTER)
+    d.until(lambda: d.s1.status_.read_only, limit=1.0)
+    d.until(lambda: d.a.counters["fence_lifted"] == 1, limit=1.0)
+    assert not d.s1.status_.read_only
+    d.until(lambda: d.b.role.writable, limit=2.0)
+    assert d.s1.status_.read_only and not d.s2.status_.read_only
+    steps = [step for step, _ in d.b.status()["timeline"]]
+    assert "old primary fenced again" in steps
+    d.run(1.0)
+    assert d.s1.status_.read_only
+    assert d.a.counters["fence_lift_refused"] >= 1
+    assert d.both_writable == 0
