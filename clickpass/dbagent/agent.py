@@ -438,6 +438,8 @@ class DbAgent(Service):
         # The peer holds no VIP (L{peer_vip_off}), as the group last heard it.
         self.peer_vip_off = False
         self.peer_server_down = False
+        # The peer's adverts are heard (any state, any health).
+        self.peer_heard = False
         self._block_checked_at = -1e9
         # The steps of the last promotion (or reclone) with their times:
         # the failover timeline. events: the recent notable events.
@@ -511,13 +513,15 @@ class DbAgent(Service):
         master: bool = False,
         vip_off: bool = False,
         server_down: bool = False,
+        heard: bool | None = None,
     ) -> None:
         """
         Whether the group hears a healthy peer (BACKUP or MASTER, health not
         FAULT), whether it hears the peer as MASTER (promoting or primary),
-        whether the peer certainly holds no VIP (L{peer_vip_off}), and
-        whether the peer's own agent reports its server down (it
-        advertises FAULT).
+        whether the peer certainly holds no VIP (L{peer_vip_off}), whether
+        the peer's own agent reports its server down (it advertises FAULT),
+        and whether its adverts are heard at all, whatever their state or
+        health (default: as C{present}).
         """
         if self.peer_present and not present:
             self.peer_absent_since = self.clock.seconds()
@@ -525,6 +529,7 @@ class DbAgent(Service):
         self.peer_master = present and master
         self.peer_vip_off = vip_off
         self.peer_server_down = server_down
+        self.peer_heard = present if heard is None else heard
 
     # Operator commands.
 
@@ -1490,8 +1495,8 @@ class DbAgent(Service):
         A fast check found the PRIMARY's server read-only. A planned
         switchover (its own drain) or this host's own fence leaves it so on
         purpose; otherwise a peer fenced it for a promotion, and when the
-        peer is not heard as MASTER that promotion was given up (or is
-        about to be decided under the fence lock): try to lift the fence,
+        peer is heard, and not as MASTER, that promotion was given up (or
+        is about to be decided under the fence lock): try to lift the fence,
         one attempt at a time, at the next check (after a refusal, every
         C{rejoin_interval}) while it holds.
         """
@@ -1502,6 +1507,7 @@ class DbAgent(Service):
         if (
             self.role != Role.PRIMARY
             or self.group != State.MASTER
+            or not self.peer_heard
             or self.peer_master
             or self._drained_for_switchover
             or self._lifting
@@ -1518,6 +1524,7 @@ class DbAgent(Service):
             self._serial == serial
             and self.role == Role.PRIMARY
             and self.group == State.MASTER
+            and self.peer_heard
             and not self.peer_master
             and not self._drained_for_switchover
         )
@@ -1528,7 +1535,9 @@ class DbAgent(Service):
         and gave its promotion up (L{ops.lift_fence}), on these grounds:
 
           - this host still holds the role and the VIP (PRIMARY, the group
-            MASTER here) and hears no peer as MASTER, asked just before;
+            MASTER here) and hears the peer's adverts, not as MASTER (the
+            candidate handed the decision back by stepping down; a peer not
+            heard at all may be promoting), asked just before;
           - the peer's server answers, is read-only, and holds nothing this
             server lacks: it took no write as a primary (no newer GTID of
             its own), so nothing it acknowledged is left out;

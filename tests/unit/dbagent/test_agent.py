@@ -1218,7 +1218,7 @@ def test_a_primary_fenced_by_a_given_up_promotion_is_writable_again_at_once() ->
     w.run(1.0)
     # Promoting (heard as MASTER): nothing is lifted.
     assert w.local.status_.read_only and w.agent.counters["fence_lifted"] == 0
-    w.agent.set_peer_present(False)
+    w.agent.set_peer_present(False, heard=True)
     took = w.until(lambda: not w.local.status_.read_only, limit=3.0)
     assert took <= 3 * CONFIG.check_interval
     assert w.local.status_.semisync_master_enabled
@@ -1230,7 +1230,7 @@ def test_a_primary_fenced_by_a_given_up_promotion_is_writable_again_at_once() ->
 def test_a_fenced_primary_is_neither_lifted_nor_degraded_while_the_peer_is_master() -> None:
     """A peer heard as MASTER is promoting: the primary stays read-only, and not DEGRADED."""
     w = fenced_primary_world()
-    w.agent.set_peer_present(False)
+    w.agent.set_peer_present(False, heard=True)
     w.agent.peer_master = True  # not heard as healthy, but its MASTER advert was
     w.run(CONFIG.degrade_after + 1)
     assert w.local.status_.read_only
@@ -1263,17 +1263,23 @@ def test_a_fenced_primary_is_not_lifted_when_the_peer_promoted_after_all() -> No
 
 
 def test_a_fenced_primary_cut_off_from_its_peer_stays_read_only() -> None:
-    """A partition (the peer does not answer, or nothing listens): never taken for read-only."""
-    for mode in ("frozen", "refused"):
+    """
+    A partition: the peer's adverts are not heard (it may be promoting), or
+    they are but its server does not answer, or nothing listens there. The
+    peer is never taken for read-only, and the primary stays fenced (and
+    not DEGRADED) until the partition heals.
+    """
+    for mode, heard in (("up", False), ("frozen", True), ("refused", True)):
         w = fenced_primary_world()
         w.peer.mode = mode
-        w.agent.set_peer_present(False)
+        w.agent.set_peer_present(False, heard=heard)
         w.run(CONFIG.degrade_after + 1)
         assert w.local.status_.read_only, mode
         assert w.agent.counters["fence_lifted"] == 0
         assert w.role == Role.PRIMARY
         # The partition heals, the peer read-only with nothing newer: lifted.
         w.peer.mode = "up"
+        w.agent.set_peer_present(False, heard=True)
         w.until(w.agent_writable, limit=2 * CONFIG.rejoin_interval + 0.5)
 
 
@@ -1281,7 +1287,7 @@ def test_a_fenced_primary_waits_while_the_peer_holds_its_fence_lock() -> None:
     """The peer's promotion holds the fence lock on this server: no lift until it lets go."""
     w = fenced_primary_world()
     w.local.lock_holder = "db1's promotion"
-    w.agent.set_peer_present(False)
+    w.agent.set_peer_present(False, heard=True)
     w.run(1.0)
     assert w.local.status_.read_only and w.agent.counters["fence_lift_refused"] >= 1
     w.local.lock_holder = None
@@ -1292,12 +1298,12 @@ def test_a_primary_read_only_on_purpose_is_not_lifted() -> None:
     """A switchover's drain, a DEGRADED primary, a group no longer MASTER: left read-only."""
     w = fenced_primary_world()
     w.agent._drained_for_switchover = True
-    w.agent.set_peer_present(False)
+    w.agent.set_peer_present(False, heard=True)
     w.run(1.0)
     assert w.local.status_.read_only
     w = fenced_primary_world()
     w.agent.group_state(State.BACKUP)
-    w.agent.set_peer_present(False)
+    w.agent.set_peer_present(False, heard=True)
     w.run(1.0)
     assert w.role == Role.FENCED and w.local.status_.read_only
     assert w.agent.counters["fence_lifted"] == 0
@@ -1439,7 +1445,7 @@ def test_a_pair_recovers_from_a_candidate_that_gives_up_after_its_fence() -> Non
     # db1's adverts are heard again: db2 steps down and gives up.
     d.b.set_peer_present(True, master=True)
     d.b.group_state(State.BACKUP)
-    d.a.set_peer_present(False)  # db2 FENCED reports FAULT
+    d.a.set_peer_present(False, heard=True)  # db2 FENCED advertises FAULT
     took = d.until(lambda: not d.s1.status_.read_only, limit=2.0)
     assert took <= 3 * CONFIG.check_interval
     assert d.a.role == Role.PRIMARY and d.s1.status_.semisync_master_enabled
