@@ -496,9 +496,14 @@ def resume_writes(c: Cursor, still_primary: Callable[[], bool]) -> bool:
     """
     Undo L{drain_writes} when the switchover it prepared did not happen:
     writable again only if C{still_primary()}, asked just before (this host
-    still holds the role and hears no other primary). Returns whether it did.
+    still holds the role and hears no other primary), and only while
+    holding L{FENCE_LOCK}: a peer promoting after all holds it at its last
+    check (L{guard_fence}), and then this stays read-only (the agent's lift
+    of a fence decides later). Returns whether it did.
     """
-    if not still_primary():
+    c.execute("SELECT GET_LOCK(%s, 0)", (FENCE_LOCK,))
+    (got,) = c.fetchone()
+    if got != 1 or not still_primary():
         return False
     c.execute("SET GLOBAL read_only = OFF")
     return True

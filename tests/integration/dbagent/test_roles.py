@@ -349,3 +349,27 @@ def test_a_primary_fenced_by_a_given_up_promotion_lifts_the_fence_under_its_lock
     finally:
         with contextlib.suppress(Exception):
             held.close()
+
+
+def test_a_switchover_is_undone_only_under_the_fence_lock(pair: Pair) -> None:
+    """
+    A drained primary whose switchover no peer took up is writable again
+    (resume_writes), but not while another connection (a peer's promotion
+    at its last check) holds its fence lock.
+    """
+    make_primary_and_replica(pair)
+    pair.run("db1", ops.drain_writes, 0.3)
+    assert pair.status("db1").read_only
+    held = pair["db1"].admin_connection(read_timeout=10)
+    try:
+        with held.cursor() as c:
+            c.execute("SELECT GET_LOCK(%s, 0)", (ops.FENCE_LOCK,))
+            assert c.fetchone()[0] == 1
+            assert pair.run("db1", ops.resume_writes, lambda: True) is False
+            assert pair.status("db1").read_only
+    finally:
+        held.close()
+    assert pair.run("db1", ops.resume_writes, lambda: True) is True
+    assert not pair.status("db1").read_only
+    insert(pair, "db1", 7)
+    wait_for(lambda: 7 in rows(pair, "db2"), what="row 7 on db2")

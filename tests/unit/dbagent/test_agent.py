@@ -103,7 +103,7 @@ class FakeServer:
             return 0
         if fn is ops.resume_writes:
             (still_primary,) = args
-            if not still_primary():
+            if self.lock_holder is not None or not still_primary():
                 return False
             self.set(read_only=False)
             return True
@@ -1480,3 +1480,27 @@ def test_a_pair_stays_single_writer_when_the_candidate_promotes_after_all() -> N
     assert d.s1.status_.read_only
     assert d.a.counters["fence_lift_refused"] >= 1
     assert d.both_writable == 0
+
+
+def test_a_switchover_resumed_while_the_peer_holds_the_fence_lock_waits_for_the_lift() -> None:
+    """
+    The switchover no peer took up is undone only under the fence lock: a
+    peer promoting after all holds it at its last check, and the primary
+    stays read-only; once the lock is free and the peer is heard as not
+    MASTER, the ordinary lift makes it writable.
+    """
+    w = primary_world()
+    w.agent.set_peer_present(True)
+    d = Deferred.fromCoroutine(w.agent.switchover())
+    w.run(0.1)
+    assert d.called and w.local.status_.read_only
+    w.agent.group_state(State.HANDOVER)
+    w.run(0.1)
+    w.local.lock_holder = "db1's promotion"
+    w.agent.group_state(State.MASTER)
+    w.run(0.5)
+    assert w.local.status_.read_only
+    assert w.agent.counters["switchover_not_resumed"] == 1
+    w.local.lock_holder = None
+    w.until(w.agent_writable, limit=2 * CONFIG.rejoin_interval + 0.5)
+    assert w.agent.counters["fence_lifted"] == 1 and w.role == Role.PRIMARY
