@@ -20,7 +20,13 @@ The agent decides, in this order of precedence:
     (DEGRADED, visible in status) only when the group says the replica is
     gone and no replica is acknowledging;
   - no flapping: after an automatic failover, no other one until an
-    operator runs C{db ack}, or C{flap_period} seconds have passed.
+    operator runs C{db ack}, or C{flap_period} seconds have passed;
+  - no primary left read-only by a promotion that was given up: a
+    candidate that fenced the primary over the network and then lost its
+    election (the primary's adverts came back) leaves it fenced while it
+    still holds the VIP; the primary's agent lifts that fence itself
+    (L{DbAgent._lift_fence}), ordered against any promotion of the peer
+    by a lock on the primary's own server (see L{ops.lift_fence}).
 
 Time comes from the injected clock; the SQL runs in the thread pool of the
 L{Server} objects. This module must never block the reactor, and never let
@@ -34,7 +40,7 @@ import contextlib
 import os
 import signal
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -169,14 +175,16 @@ def promote_and_record(
     node: str,
     mark: ops.Mark,
     proceed: Callable[[], bool] = lambda: True,
+    guard: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> tuple[Position, str]:
     """
     The promotion on one connection: L{ops.promote} (writable, semi-sync
-    off), the failover record (what kind it was: bootstrap, a switchover
-    completed, or automatic), then semi-sync master on when C{semisync}.
-    Returns the starting position and the kind.
+    off; C{proceed} and C{guard} as there), the failover record (what kind
+    it was: bootstrap, a switchover completed, or automatic), then
+    semi-sync master on when C{semisync}. Returns the starting position
+    and the kind.
     """
-    position = ops.promote(c, wait_seconds, False, mark, proceed)
+    position = ops.promote(c, wait_seconds, False, mark, proceed, guard)
     record = last_failover(c)
     kind = "automatic"
     if bootstrap:
@@ -430,6 +438,8 @@ class DbAgent(Service):
         # The peer holds no VIP (L{peer_vip_off}), as the group last heard it.
         self.peer_vip_off = False
         self.peer_server_down = False
+        # The peer's adverts are heard (any state, any health).
+        self.peer_heard = False
         self._block_checked_at = -1e9
         # The steps of the last promotion (or reclone) with their times:
         # the failover timeline. events: the recent notable events.
@@ -452,6 +462,13 @@ class DbAgent(Service):
         self._reported: bool | None = None
         # This host made itself read-only for a switchover not yet done.
         self._drained_for_switchover = False
+        # A PRIMARY whose server was found read-only (fenced by a peer whose
+        # promotion was given up): when it was first seen so, and whether a
+        # lift of that fence is under way (L{_lift_fence}).
+        self._fenced_seen_at: float | None = None
+        self._lifting = False
+        self._lift_refused = ""
+        self._lift_next_at = 0.0
 
     # Service.
 
@@ -496,13 +513,15 @@ class DbAgent(Service):
         master: bool = False,
         vip_off: bool = False,
         server_down: bool = False,
+        heard: bool | None = None,
     ) -> None:
         """
         Whether the group hears a healthy peer (BACKUP or MASTER, health not
         FAULT), whether it hears the peer as MASTER (promoting or primary),
-        whether the peer certainly holds no VIP (L{peer_vip_off}), and
-        whether the peer's own agent reports its server down (it
-        advertises FAULT).
+        whether the peer certainly holds no VIP (L{peer_vip_off}), whether
+        the peer's own agent reports its server down (it advertises FAULT),
+        and whether its adverts are heard at all, whatever their state or
+        health (default: as C{present}).
         """
         if self.peer_present and not present:
             self.peer_absent_since = self.clock.seconds()
@@ -510,6 +529,7 @@ class DbAgent(Service):
         self.peer_master = present and master
         self.peer_vip_off = vip_off
         self.peer_server_down = server_down
+        self.peer_heard = present if heard is None else heard
 
     # Operator commands.
 
@@ -700,6 +720,9 @@ class DbAgent(Service):
                 self.machine.server_up()
             if self.role.writable and read_only:
                 self.last_error = "the primary's server is read-only"
+                self._consider_lift()
+            elif not read_only:
+                self._fenced_seen_at = None
             if (
                 not self._slow_running
                 and self.clock.seconds() - self._last_slow >= self.config.rejoin_interval
@@ -778,8 +801,12 @@ class DbAgent(Service):
             else:
                 await self._update_block()
         elif role == Role.PRIMARY:
+            # A primary whose server is read-only (a peer fenced it) has no
+            # write to go on with alone; going DEGRADED would only mean its
+            # fence, once lifted, acknowledges writes nobody received.
             if (
-                not self.peer_present
+                not status.read_only
+                and not self.peer_present
                 and status.semisync_master_clients == 0
                 and self.clock.seconds() - self.peer_absent_since >= self.config.degrade_after
             ):
@@ -910,6 +937,9 @@ class DbAgent(Service):
 
     def entered(self, role: Role) -> None:
         self.changed_at = self.clock.seconds()
+        self._fenced_seen_at = None
+        self._lift_refused = ""
+        self._lift_next_at = 0.0
         if not role.writable:
             self._drained_for_switchover = False
         # Whatever was running for the role left behind is overtaken.
@@ -1261,6 +1291,7 @@ class DbAgent(Service):
             await stopping
             self._step("receiver stopped")
         if self.group != State.MASTER:
+            self._gave_up_after_fence(peer_alive)
             raise ops.OperationFailed("no longer MASTER in the db group; not promoting")
         # A peer whose server answered (and is now read-only) will rejoin:
         # stay lossless and let the writes wait for it; the primary goes on
@@ -1272,6 +1303,11 @@ class DbAgent(Service):
         # VIP is still closed, so no client write reaches this server
         # before semi-sync is on.
         self._step("promotion starts")
+        # The old primary answered (it was fenced, or found read-only): it
+        # is checked again, under its fence lock, right before this server
+        # becomes writable; its agent may have lifted a fence an earlier,
+        # given-up promotion left (L{_old_primary_held}).
+        guard = self._old_primary_held if peer_alive and not bootstrap else contextlib.nullcontext
         position, kind = await self.local.call(
             promote_and_record,
             self.config.promote_timeout,
@@ -1281,6 +1317,7 @@ class DbAgent(Service):
             self.config.node,
             self._step,
             self._still_promoting,
+            guard,
             timeout=self.config.promote_timeout + 5,
         )
         if not self._current(serial, "promote"):
@@ -1403,6 +1440,172 @@ class DbAgent(Service):
                     "bootstrap refused: the peer is writable or ahead of this host"
                 )
         return fenced
+
+    def _gave_up_after_fence(self, peer_alive: bool) -> None:
+        """
+        A promotion given up after the old primary answered its fence (the
+        group heard it again and it kept MASTER). Its fence is not undone
+        from here: only the old primary's agent knows whether it still
+        holds the role and the VIP, and it lifts the fence itself
+        (L{_lift_fence}) once this host is heard as not MASTER and its
+        server is read-only. This host rejoins it meanwhile (the rejoin
+        waits for the peer to be writable).
+        """
+        if not peer_alive:
+            return
+        self.counters["promotion_given_up_after_fence"] += 1
+        self._step("given up; the old primary lifts its fence")
+        self.log.warn(
+            "dbagent {node}: no longer MASTER after fencing the old primary; promotion given "
+            "up, its agent lifts the fence",
+            node=self.config.node,
+        )
+
+    @contextlib.contextmanager
+    def _old_primary_held(self) -> Iterator[None]:
+        """
+        Around the promotion's C{read_only = OFF} (from its thread): the old
+        primary's fence lock held on a connection of its own, and the old
+        primary fenced again if it is writable (L{ops.guard_fence}). Its
+        agent cannot lift the fence meanwhile, and after this server is
+        writable it never will (L{ops.lift_fence} finds it writable).
+
+        An old primary that does not answer now (it answered moments ago)
+        is gone or cut off, and then its agent cannot read this server to
+        lift anything either: the promotion goes on, as after C{fence_wait}.
+        A lock held past C{fence_timeout} (a lift stuck on the peer's read)
+        fails the promotion.
+        """
+        timeout = self.config.fence_timeout
+        with contextlib.ExitStack() as stack:
+            try:
+                fenced_again = stack.enter_context(
+                    self.peer.held(ops.guard_fence, timeout, 3, timeout / 3, timeout=timeout)
+                )
+            except ops.OperationFailed:
+                raise
+            except Exception as e:
+                self._step(f"old primary does not answer the last check ({one_line(e)})")
+            else:
+                self._step("old primary fenced again" if fenced_again else "old primary held")
+            yield
+
+    def _consider_lift(self) -> None:
+        """
+        A fast check found the PRIMARY's server read-only. A planned
+        switchover (its own drain) or this host's own fence leaves it so on
+        purpose; otherwise a peer fenced it for a promotion, and when the
+        peer is heard, and not as MASTER, that promotion was given up (or
+        is about to be decided under the fence lock): try to lift the fence,
+        one attempt at a time, at the next check (after a refusal, every
+        C{rejoin_interval}) while it holds.
+        """
+        now = self.clock.seconds()
+        if self._fenced_seen_at is None:
+            self._fenced_seen_at = now
+            self.events.append((now, "primary's server found read-only"))
+        if (
+            self.role != Role.PRIMARY
+            or self.group != State.MASTER
+            or not self.peer_heard
+            or self.peer_master
+            or self._drained_for_switchover
+            or self._lifting
+            or self._op is not None
+            or now < self._lift_next_at
+        ):
+            return
+        self._lifting = True
+        self._spawn("lift", self._lift_fence())
+
+    def _still_primary_unfenced(self, serial: int) -> bool:
+        """Asked from the lift's thread just before read_only OFF (attribute reads only)."""
+        return (
+            self._serial == serial
+            and self.role == Role.PRIMARY
+            and self.group == State.MASTER
+            and self.peer_heard
+            and not self.peer_master
+            and not self._drained_for_switchover
+        )
+
+    async def _lift_fence(self) -> None:
+        """
+        Make this PRIMARY's server writable again after a peer fenced it
+        and gave its promotion up (L{ops.lift_fence}), on these grounds:
+
+          - this host still holds the role and the VIP (PRIMARY, the group
+            MASTER here) and hears the peer's adverts, not as MASTER (the
+            candidate handed the decision back by stepping down; a peer not
+            heard at all may be promoting), asked just before;
+          - the peer's server answers, is read-only, and holds nothing this
+            server lacks: it took no write as a primary (no newer GTID of
+            its own), so nothing it acknowledged is left out;
+          - all that is decided under this server's fence lock, which the
+            peer's promotion also takes (L{ops.guard_fence}) right before it
+            makes its own server writable: a peer that promotes after all
+            either finds this server writable and fences it again (its
+            writes since the lift were never acknowledged: semi-sync on,
+            and the peer's receiver stopped), or is found writable here
+            and nothing is lifted. Never two writable servers;
+          - semi-sync master on before read_only OFF (the peer's fence
+            turned it off), so a write is acknowledged only once the
+            replica has it, whatever happens next.
+
+        A peer that does not answer (a partition, a dead host) is never
+        taken for read-only: the server stays fenced, and the group
+        decides as before (with a witness, a primary that is not heard
+        steps down). A DEGRADED primary (acknowledging alone) is not
+        lifted: a write acknowledged alone could be lost to a peer that
+        promotes after all.
+        """
+        serial = self._serial
+        seen = self._fenced_seen_at if self._fenced_seen_at is not None else self.clock.seconds()
+        timeout = self.config.fence_timeout
+
+        def read_peer() -> ops.ServerStatus:
+            return self.peer.blocking(ops.read_status, timeout=timeout)
+
+        try:
+            why = await self.local.call(
+                ops.lift_fence,
+                read_peer,
+                lambda: self._still_primary_unfenced(serial),
+                self.config.semisync,
+                timeout=timeout + 1,
+            )
+        finally:
+            self._lifting = False
+        if self._serial != serial:
+            return
+        if why:
+            self.counters["fence_lift_refused"] += 1
+            # Asked again at the pace of the full status reads, not every check.
+            self._lift_next_at = self.clock.seconds() + self.config.rejoin_interval
+            if why != self._lift_refused:
+                self._lift_refused = why
+                self.reason = f"the server is read-only and stays so: {why}"
+                self.log.info(
+                    "dbagent {node}: the primary's server is read-only; not lifting the fence: "
+                    "{why}",
+                    node=self.config.node,
+                    why=why,
+                )
+            return
+        took = self.clock.seconds() - seen
+        self.counters["fence_lifted"] += 1
+        self.reason = ""
+        self.last_error = ""
+        self._lift_refused = ""
+        self._fenced_seen_at = None
+        self.events.append((self.clock.seconds(), "fence lifted"))
+        self.log.warn(
+            "dbagent {node}: the primary's server had been fenced by a promotion that was "
+            "given up; writable again {took}s after it was found read-only (semi-sync {semisync})",
+            node=self.config.node,
+            took=round(took, 3),
+            semisync="on" if self.config.semisync else "off",
+        )
 
     def _still_promoting(self) -> bool:
         """Asked from the promotion's thread before read_only OFF (attribute reads only)."""

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +62,12 @@ SYSTEM_SCHEMAS = ("information_schema", "performance_schema", "mysql", "sys")
 
 # Called from the operation's thread with the name of the step just done.
 Mark = Callable[[str], None]
+
+# The named lock (GET_LOCK, one per server, released with its connection)
+# that orders, on the server of a primary fenced by its peer, that primary
+# lifting the fence (L{lift_fence}) against the peer's promotion checking
+# the fence still holds (L{guard_fence}) and against any fence (L{fence}).
+FENCE_LOCK = "clickpass_dbagent_fence"
 
 
 class OperationFailed(Exception):
@@ -320,6 +326,7 @@ def promote(
     semisync: bool,
     mark: Mark = _noop,
     proceed: Callable[[], bool] = _always,
+    guard: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> Position:
     """
     Turn a replica into the primary without losing what it received: stop
@@ -328,7 +335,10 @@ def promote(
     master (AFTER_SYNC, no silent fallback) is enabled when C{semisync}.
     Returns the GTID position it started as primary from. C{mark} hears
     each step's name as it is done (the failover timeline); C{proceed} is
-    asked (from this thread) right before the server is made writable.
+    asked (from this thread) right before the server is made writable, and
+    C{guard} is held around that question and C{read_only = OFF} (the
+    agent's L{guard_fence} on the old primary: it still refuses writes, and
+    it cannot lift its fence until this server is writable).
     """
     status = read_status(c)
     if status.replica_configured:
@@ -353,11 +363,13 @@ def promote(
         c.execute("RESET SLAVE ALL")
         mark("RESET SLAVE ALL")
     set_semisync_master(c, semisync)
-    if not proceed():
-        # The agent gave the promotion up meanwhile (demoted, server down):
-        # its fence follows, and this connection is one it ends first.
-        raise OperationFailed("the promotion was given up; staying read-only")
-    c.execute("SET GLOBAL read_only = OFF")
+    with guard():
+        if not proceed():
+            # The agent gave the promotion up meanwhile (demoted, server
+            # down): its fence follows, and this connection is one it ends
+            # first.
+            raise OperationFailed("the promotion was given up; staying read-only")
+        c.execute("SET GLOBAL read_only = OFF")
     mark("read_only OFF")
     c.execute("SELECT @@gtid_binlog_pos")
     (binlog,) = c.fetchone()
@@ -484,9 +496,14 @@ def resume_writes(c: Cursor, still_primary: Callable[[], bool]) -> bool:
     """
     Undo L{drain_writes} when the switchover it prepared did not happen:
     writable again only if C{still_primary()}, asked just before (this host
-    still holds the role and hears no other primary). Returns whether it did.
+    still holds the role and hears no other primary), and only while
+    holding L{FENCE_LOCK}: a peer promoting after all holds it at its last
+    check (L{guard_fence}), and then this stays read-only (the agent's lift
+    of a fence decides later). Returns whether it did.
     """
-    if not still_primary():
+    c.execute("SELECT GET_LOCK(%s, 0)", (FENCE_LOCK,))
+    (got,) = c.fetchone()
+    if got != 1 or not still_primary():
         return False
     c.execute("SET GLOBAL read_only = OFF")
     return True
@@ -505,6 +522,14 @@ def fence(c: Cursor, attempts: int = 3, lock_wait: float = 1.0) -> int:
     killed = 0
     for attempt in range(attempts):
         killed += kill_clients(c)
+        if attempt == 0:
+            # A lift of a fence (L{lift_fence}) holds the lock while it
+            # decides: the KILL above ended its connection, and the lock is
+            # free only once that connection's statement is over, so its
+            # read_only = OFF can never land after ours. Best effort: a
+            # fence never waits on the lock longer than this.
+            c.execute("SELECT GET_LOCK(%s, %s)", (FENCE_LOCK, lock_wait))
+            c.fetchone()
         try:
             c.execute("SET GLOBAL read_only = ON")
             break
@@ -529,6 +554,79 @@ def fence_if_writable(
         return status, False
     fence(c, attempts, lock_wait)
     return status, True
+
+
+def guard_fence(c: Cursor, wait: float, attempts: int = 3, lock_wait: float = 1.0) -> bool:
+    """
+    A promotion's last look at the old primary, on a connection the
+    promotion holds open while it makes its own server writable (see
+    L{promote}'s C{guard}): take L{FENCE_LOCK} there (waiting up to
+    C{wait} seconds for a lift under way to finish), then fence it again
+    if it is writable by now (its agent lifted a fence an earlier, given
+    up promotion left). While the lock is held its agent cannot lift the
+    fence; once this server is writable, no lift will (L{lift_fence} finds
+    it writable). Returns whether it had to fence again.
+    """
+    c.execute("SELECT GET_LOCK(%s, %s)", (FENCE_LOCK, wait))
+    (got,) = c.fetchone()
+    if got != 1:
+        raise OperationFailed(
+            f"the old primary's fence lock is held by another connection after {wait:g}s"
+        )
+    _, fenced = fence_if_writable(c, True, attempts, lock_wait)
+    return fenced
+
+
+def lift_fence(
+    c: Cursor,
+    read_peer: Callable[[], ServerStatus],
+    still_primary: Callable[[], bool],
+    semisync: bool,
+) -> str:
+    """
+    Make a primary its peer fenced (and gave its promotion up) writable
+    again, on one connection, holding L{FENCE_LOCK} from the moment it
+    decides to the moment it is writable: a peer's promotion checks the
+    fence under the same lock (L{guard_fence}) right before it makes its
+    own server writable, so either it finds this server writable and
+    fences it again, or this finds the peer writable and does nothing.
+
+    C{read_peer} reads the peer's server (from this thread); it must
+    answer, be read-only, and hold no transaction this server lacks (it
+    took no writes as a primary). C{still_primary} is asked last, just
+    before the change. Semi-sync master is set to C{semisync} before
+    C{read_only = OFF}, so no write is acknowledged that the replica did
+    not receive. Returns "" when writable again, else why not (nothing
+    changed).
+    """
+    c.execute("SELECT GET_LOCK(%s, 0)", (FENCE_LOCK,))
+    (got,) = c.fetchone()
+    if got != 1:
+        return "the fence lock is held (the peer is promoting)"
+    try:
+        try:
+            peer = read_peer()
+        except Exception as e:
+            error = " ".join(str(e).split()) or type(e).__name__
+            return f"the peer's server does not answer ({error})"
+        if not peer.read_only:
+            return "the peer's server is writable"
+        local = read_status(c)
+        if not local.read_only:
+            return "already writable"
+        if not local.binlog_pos.reached(peer.binlog_pos):
+            return (
+                f"the peer holds transactions this server lacks ({peer.binlog_pos} against "
+                f"{local.binlog_pos})"
+            )
+        if not still_primary():
+            return "no longer the primary"
+        set_semisync_master(c, semisync)
+        c.execute("SET GLOBAL read_only = OFF")
+        return ""
+    finally:
+        c.execute("SELECT RELEASE_LOCK(%s)", (FENCE_LOCK,))
+        c.fetchone()
 
 
 def quarantine(c: Cursor) -> None:
@@ -843,6 +941,28 @@ class Server:
         d: Deferred[T] = deferToThreadPool(self.reactor, self.pool, fn, *args)
         return d
 
+    def blocking(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """
+        C{fn(cursor, *args)} on a fresh connection, on the calling thread:
+        only from inside another operation's thread (never the reactor's).
+        """
+        return self._blocking(fn, args, self.read_timeout if timeout is None else timeout)
+
+    @contextlib.contextmanager
+    def held(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> Iterator[T]:
+        """
+        C{fn(cursor, *args)} on a fresh connection, on the calling thread,
+        the connection (and the locks it took) kept until the block ends.
+        Only from inside another operation's thread.
+        """
+        connection = self._connect(self.read_timeout if timeout is None else timeout)
+        try:
+            with connection.cursor() as cursor:
+                yield fn(cursor, *args)
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
     def status(self) -> Deferred[ServerStatus]:
         return self.call(read_status)
 
@@ -851,6 +971,7 @@ class Server:
 
 
 __all__ = [
+    "FENCE_LOCK",
     "SEMISYNC_TIMEOUT_MS",
     "SYSTEM_SCHEMAS",
     "Mark",
@@ -871,7 +992,9 @@ __all__ = [
     "fence",
     "fence_if_writable",
     "forget_primary",
+    "guard_fence",
     "kill_clients",
+    "lift_fence",
     "nothing_listens",
     "ping",
     "promote",

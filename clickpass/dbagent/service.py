@@ -201,6 +201,10 @@ class DbHost(MultiService):
                 and all(peer_vip_off(view, now, lease) for view in group.peers.values()),
                 server_down=bool(group.peers)
                 and all(view.health == Health.FAULT for view in group.peers.values()),
+                heard=any(
+                    now - view.heard_at <= DOWN_ADVERTS * view.interval
+                    for view in group.peers.values()
+                ),
             )
         self._alerts()
 

@@ -389,6 +389,7 @@ class Cluster:
                 master=view is not None and view.state == State.MASTER,
                 vip_off=peer_vip_off(view, now, float(self.groups[name].settings.lease)),
                 server_down=view is not None and view.health == Health.FAULT,
+                heard=view is not None and now - view.heard_at <= DOWN_ADVERTS * view.interval,
             )
 
     def link_down(self, name: str) -> None:

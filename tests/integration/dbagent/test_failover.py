@@ -452,3 +452,82 @@ async def test_replica_whose_applier_stops_on_a_gtid_error_is_quarantined(
     assert c.agents["db1"].role.writable
     await sleep(1.0)
     assert c.agents["db2"].role == Role.QUARANTINED
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_a_candidate_that_gives_up_after_its_fence_hands_the_primary_back(
+    cluster: Cluster,
+) -> None:
+    """
+    The lab's stuck primary, on real servers: db2 stops hearing db1's
+    adverts (db1 still reaches it over SQL and keeps MASTER), is elected,
+    fences db1 over the network and is held in its promotion (its applier
+    waits on a lock), then hears db1 again and gives the promotion up. db1,
+    PRIMARY on a read-only server, does not lift the fence while it does not
+    hear db2 (db2 may be promoting), and lifts it once db2 is heard as not
+    MASTER: writable again within seconds, db2 rejoins, nothing acknowledged
+    lost, never two writable servers.
+    """
+    c = cluster
+    await bring_up(c)
+    writer = Writer(c.vip.port, c.pair["db1"].user, c.pair["db1"].password)
+    watch = WritableWatch(c.pair)
+    writer.start()
+    watch.start()
+    assert await writes_after(c, writer, 0.0), "no write went through before the fault"
+    # db2's applier waits behind next-key locks held on db2: a promotion
+    # there waits in MASTER_GTID_WAIT for the relay log to be applied.
+    holder = await deferToThread(c.pair["db2"].admin_connection, read_timeout=60)
+
+    def hold() -> None:
+        with holder.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT id FROM app.rows_ FOR UPDATE")
+
+    await deferToThread(hold)
+    c.bus.cut.add(frozenset(("db1", "db2")))
+    fenced = await wait_until(
+        c.reactor,
+        lambda: c.agents["db1"].last_error == "the primary's server is read-only",
+        15,
+    )
+    assert fenced and c.agents["db2"].role == Role.PROMOTING, (c.roles(), c.agents["db2"].status())
+    # Not heard, so possibly promoting: db1 stays fenced.
+    await sleep(1.0)
+    assert (await deferToThread(c.pair.status, "db1")).read_only
+    assert c.agents["db1"].counters["fence_lifted"] == 0
+    healed, healed_at = time.monotonic(), c.reactor.seconds()
+    c.bus.heal()
+    lifted = await wait_until(c.reactor, lambda: c.agents["db1"].counters["fence_lifted"] == 1, 10)
+    took = time.monotonic() - healed
+    rejoined = await wait_until(c.reactor, lambda: c.roles() == SETTLED, 30)
+    await writes_after(c, writer, time.monotonic())
+    first = writer.first_ok_after(healed)
+    await deferToThread(holder.close)  # ended by db2's fence already
+    await deferToThread(writer.stop)
+    await deferToThread(watch.stop)
+    present = await deferToThread(rows_on, c.pair, "db1")
+    result = check_history(writer, present)
+    print(
+        result,
+        f"fence lifted {took:.3f}s after the adverts were heard again; first write after "
+        f"it {None if first is None else round(first - healed, 3)}s",
+        c.agents["db2"].status()["timeline"],
+    )
+    for name in ("db1", "db2"):
+        print(
+            name,
+            [
+                (round(at - healed_at, 3), what)
+                for at, what in c.agents[name].status()["events"]
+                if at >= healed_at - 0.2
+            ][:12],
+        )
+    assert lifted, (c.roles(), c.agents["db1"].status())
+    assert took < 5.0
+    assert rejoined, (c.roles(), c.agents["db2"].status())
+    assert c.agents["db2"].counters["promoted"] == 0
+    assert not (await deferToThread(c.pair.status, "db1")).read_only
+    assert result["lost"] == [] and result["unexpected"] == []
+    assert len(watch.both) == 0
+    assert await same_gtids(c)

@@ -5,7 +5,9 @@ promotion, fencing, GTID containment and the errant-transaction check.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 
 import pymysql
 import pytest
@@ -253,3 +255,121 @@ def test_a_replica_applier_stopped_by_a_local_transaction_is_diverged(pair: Pair
     )
     assert status.last_sql_errno == 1950, (status.last_sql_errno, status.last_sql_error)
     assert "1950" in ops.divergence(status)
+
+
+def test_a_primary_fenced_by_a_given_up_promotion_lifts_the_fence_under_its_lock(
+    pair: Pair,
+) -> None:
+    """
+    On real servers, the abort as the lab saw it: the candidate (db2) stops
+    its receiver and fences the primary (db1) over the network, then gives
+    its promotion up. Writes on db1 are refused; db1's lift (its peer
+    read-only, nothing newer there) makes it writable again with semi-sync
+    on, and once db2 replicates again a write is acknowledged and on both.
+    Meanwhile a candidate's promotion holding db1's fence lock keeps it
+    fenced, and one that goes on after the lift fences db1 again.
+    """
+    make_primary_and_replica(pair)
+    insert(pair, "db1", 1, 2)
+    wait_for(lambda: pair.status("db2").slave_pos.reached(pair.status("db1").binlog_pos))
+    # The candidate's promotion, up to its fence of the old primary.
+    pair.run("db2", ops.stop_receiving)
+    _, fenced = pair.run("db1", ops.fence_if_writable, True)
+    assert fenced and pair.status("db1").read_only
+    assert not pair.status("db1").semisync_master_enabled
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        insert(pair, "db1", 3)
+    assert refused.value.args[0] in (1290, 1836)
+
+    def read_db2() -> ops.ServerStatus:
+        return pair.status("db2")
+
+    # A promotion of db2 at its last check holds db1's fence lock: no lift.
+    held = pair["db1"].admin_connection(read_timeout=10)
+    try:
+        with held.cursor() as c:
+            assert ops.guard_fence(c, 1.0) is False  # already read-only
+            why = pair.run("db1", ops.lift_fence, read_db2, lambda: True, True)
+            assert why.startswith("the fence lock is held")
+            assert pair.status("db1").read_only
+    finally:
+        held.close()
+
+    # Given up: db1's agent lifts the fence.
+    started = time.monotonic()
+    why = pair.run("db1", ops.lift_fence, read_db2, lambda: True, True)
+    took = time.monotonic() - started
+    assert why == ""
+    status = pair.status("db1")
+    assert not status.read_only and status.semisync_master_enabled
+    print(f"lift_fence on real servers took {took * 1000:.0f} ms")
+
+    # db2 rejoins; a write is acknowledged through semi-sync and on both.
+    pair.run("db2", ops.configure_replica, pair.account("db1"), True)
+    wait_for(lambda: pair.status("db1").semisync_master_clients == 1, what="semi-sync replica")
+    insert(pair, "db1", 4)
+    assert pair.status("db1").semisync_master_active
+    wait_for(lambda: rows(pair, "db2") == {1, 2, 4}, what="row 4 on db2")
+
+    # A promotion of db2 that goes on after all finds db1 writable at its
+    # last check and fences it again before its own read_only OFF; db1's
+    # lift then finds db2 writable and leaves the fence.
+    pair.run("db2", ops.stop_receiving)
+    held = pair["db1"].admin_connection(read_timeout=10)
+    try:
+        with held.cursor() as c:
+            assert ops.guard_fence(c, 1.0) is True
+            assert pair.status("db1").read_only
+            pair.run("db2", ops.promote, 5.0, True)
+    finally:
+        held.close()
+    why = pair.run("db1", ops.lift_fence, read_db2, lambda: True, True)
+    assert why == "the peer's server is writable"
+    assert pair.status("db1").read_only and not pair.status("db2").read_only
+
+    # A fence ends every client connection first, a lift's with its lock
+    # (released only once its statement is over), then takes the lock: a
+    # lift's read_only = OFF cannot land after the fence's read_only = ON.
+    held = pair["db2"].admin_connection(read_timeout=10)
+    try:
+        with held.cursor() as c:
+            c.execute("SELECT GET_LOCK(%s, 0)", (ops.FENCE_LOCK,))
+            assert c.fetchone()[0] == 1
+            other = pair["db2"].admin_connection(read_timeout=10)
+            with other.cursor() as o:
+                started = time.monotonic()
+                o.execute("SELECT GET_LOCK(%s, 0.2)", (ops.FENCE_LOCK,))
+                assert o.fetchone()[0] == 0  # a fractional wait, then no
+                assert 0.15 <= time.monotonic() - started < 2.0
+            other.close()
+            pair.run("db2", ops.fence, 3, 0.2)
+            assert pair.status("db2").read_only
+            with pytest.raises(pymysql.err.MySQLError):
+                c.execute("SELECT 1")
+    finally:
+        with contextlib.suppress(Exception):
+            held.close()
+
+
+def test_a_switchover_is_undone_only_under_the_fence_lock(pair: Pair) -> None:
+    """
+    A drained primary whose switchover no peer took up is writable again
+    (resume_writes), but not while another connection (a peer's promotion
+    at its last check) holds its fence lock.
+    """
+    make_primary_and_replica(pair)
+    pair.run("db1", ops.drain_writes, 0.3)
+    assert pair.status("db1").read_only
+    held = pair["db1"].admin_connection(read_timeout=10)
+    try:
+        with held.cursor() as c:
+            c.execute("SELECT GET_LOCK(%s, 0)", (ops.FENCE_LOCK,))
+            assert c.fetchone()[0] == 1
+            assert pair.run("db1", ops.resume_writes, lambda: True) is False
+            assert pair.status("db1").read_only
+    finally:
+        held.close()
+    assert pair.run("db1", ops.resume_writes, lambda: True) is True
+    assert not pair.status("db1").read_only
+    insert(pair, "db1", 7)
+    wait_for(lambda: 7 in rows(pair, "db2"), what="row 7 on db2")

@@ -8,9 +8,10 @@ quarantine, and DEGRADED when the replica is gone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,12 @@ class FakeServer:
         self.before_rejoin: Callable[[], None] | None = None
         # What the replica's state says once replication starts (errors).
         self.join_result: dict[str, Any] = {}
+        # Who holds this server's fence lock (ops.FENCE_LOCK), if anyone.
+        self.lock_holder: str | None = None
+        # Seconds these calls take to answer (default 1 ms).
+        self.delays: dict[str, float] = {}
+        # Run once right after the next answer to a call of that name.
+        self.after: dict[str, Callable[[], None]] = {}
 
     def set(self, **changes: Any) -> None:
         self.status_ = dataclasses.replace(self.status_, **changes)
@@ -96,7 +103,7 @@ class FakeServer:
             return 0
         if fn is ops.resume_writes:
             (still_primary,) = args
-            if not still_primary():
+            if self.lock_holder is not None or not still_primary():
                 return False
             self.set(read_only=False)
             return True
@@ -140,10 +147,30 @@ class FakeServer:
         if fn is ops.stop_receiving:
             self.set(io_running="No")
             return None
+        if fn is ops.lift_fence:
+            read_peer, still_primary, semisync = args
+            if self.lock_holder is not None:
+                return "the fence lock is held (the peer is promoting)"
+            try:
+                peer = read_peer()
+            except Exception as e:
+                return f"the peer's server does not answer ({e})"
+            if not peer.read_only:
+                return "the peer's server is writable"
+            if not s.read_only:
+                return "already writable"
+            if not s.binlog_pos.reached(peer.binlog_pos):
+                return "the peer holds transactions this server lacks"
+            if not still_primary():
+                return "no longer the primary"
+            self.set(read_only=False, semisync_master_enabled=semisync)
+            return ""
         if fn is agentmod.promote_and_record:
-            _, semisync, bootstrap, at, node, mark, proceed = args
-            if not proceed():
-                raise ops.OperationFailed("the promotion was given up")
+            _, semisync, bootstrap, at, node, mark, proceed, guard = args
+            with guard():
+                if not proceed():
+                    raise ops.OperationFailed("the promotion was given up")
+                self.set(read_only=False)
             self.set(
                 replica_configured=False,
                 io_running="No",
@@ -208,12 +235,46 @@ class FakeServer:
                 )
                 return
             try:
-                d.callback(self._answer(fn, args))
+                result = self._answer(fn, args)
             except Exception:
                 d.errback(Failure())
+                return
+            hook = self.after.pop(fn.__name__, None)
+            if hook is not None:
+                hook()
+            d.callback(result)
 
-        self.clock.callLater(0.001, answer)
+        self.clock.callLater(self.delays.get(fn.__name__, 0.001), answer)
         return d
+
+    def _reachable(self, fn: Callable[..., Any]) -> None:
+        """As a connection made from another operation's thread would find this server."""
+        self.calls.append(fn.__name__)
+        if self.mode == "frozen" or fn.__name__ in self.hanging:
+            raise pymysql.err.OperationalError(2013, "Lost connection (timed out)")
+        if self.mode == "refused":
+            raise pymysql.err.OperationalError(2003, "Can't connect (Connection refused)")
+        if self.mode == "reset":
+            raise ops.ServerGone("reset by peer", certain=False)
+
+    def blocking(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        self._reachable(fn)
+        return self._answer(fn, args)
+
+    @contextlib.contextmanager
+    def held(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None
+    ) -> Iterator[Any]:
+        self._reachable(fn)
+        assert fn is ops.guard_fence
+        if self.lock_holder is not None:
+            raise ops.OperationFailed("the old primary's fence lock is held")
+        self.lock_holder = "guard"
+        try:
+            _, fenced = self._answer(ops.fence_if_writable, (True,))
+            yield fenced
+        finally:
+            self.lock_holder = None
 
     def status(self) -> Deferred[ops.ServerStatus]:
         return self.call(ops.read_status)
@@ -285,6 +346,10 @@ class World:
     @property
     def role(self) -> Role:
         return self.agent.role
+
+    def agent_writable(self) -> bool:
+        """Whether the local server takes writes now."""
+        return not self.local.status_.read_only
 
 
 def world(
@@ -1122,3 +1187,320 @@ def test_a_switchover_with_no_healthy_replica_is_refused_before_anything_changes
     assert "no healthy replica is heard to take over" in str(seen[0].value)
     assert not w.local.status_.read_only
     assert "drain_writes" not in w.local.calls
+
+
+# A primary fenced by a peer whose promotion was given up.
+
+
+def fenced_primary_world() -> World:
+    """
+    db2 PRIMARY (writable, semi-sync on, the VIP held), db1 its read-only
+    replica heard as BACKUP; then db1's agent, a candidate that missed
+    adverts, fences db2's server over the network (read-only, semi-sync off)
+    while the group still hears it as MASTER (promoting).
+    """
+    w = primary_world()
+    w.gate.take(lambda: None)
+    assert w.role == Role.PRIMARY and not w.local.status_.read_only
+    w.agent.set_peer_present(True, master=True)
+    w.local.set(read_only=True, semisync_master_enabled=False)
+    return w
+
+
+def test_a_primary_fenced_by_a_given_up_promotion_is_writable_again_at_once() -> None:
+    """
+    The candidate gives its promotion up (the group hears it as not MASTER
+    any more, and its FENCED agent reports FAULT): the primary, still PRIMARY
+    and MASTER, finds its server read-only, the peer read-only with nothing
+    newer, and lifts the fence within a few checks, semi-sync on first.
+    """
+    w = fenced_primary_world()
+    w.run(1.0)
+    # Promoting (heard as MASTER): nothing is lifted.
+    assert w.local.status_.read_only and w.agent.counters["fence_lifted"] == 0
+    w.agent.set_peer_present(False, heard=True)
+    took = w.until(lambda: not w.local.status_.read_only, limit=3.0)
+    assert took <= 3 * CONFIG.check_interval
+    assert w.local.status_.semisync_master_enabled
+    assert w.role == Role.PRIMARY and w.vip.log == ["take"]
+    assert w.agent.counters["fence_lifted"] == 1
+    assert "fence lifted" in [what for _, what in w.agent.events]
+
+
+def test_a_fenced_primary_is_neither_lifted_nor_degraded_while_the_peer_is_master() -> None:
+    """A peer heard as MASTER is promoting: the primary stays read-only, and not DEGRADED."""
+    w = fenced_primary_world()
+    w.agent.set_peer_present(False, heard=True)
+    w.agent.peer_master = True  # not heard as healthy, but its MASTER advert was
+    w.run(CONFIG.degrade_after + 1)
+    assert w.local.status_.read_only
+    assert w.role == Role.PRIMARY
+    assert w.agent.counters["fence_lifted"] == 0
+    assert w.agent.counters["degraded"] == 0
+
+
+def test_a_fenced_primary_is_not_lifted_when_the_peer_promoted_after_all() -> None:
+    """
+    The peer's server is writable (its adverts were lost: the group does not
+    hear it as MASTER), or read-only again but holding transactions this
+    server lacks (it took writes as a primary): the fence stays.
+    """
+    for peer in (
+        {"read_only": False},
+        {"read_only": True, "binlog_pos": Position.parse("0-1-11")},
+        {"read_only": True, "binlog_pos": Position.parse("0-1-10,1-1-1")},
+    ):
+        w = fenced_primary_world()
+        w.peer.set(**peer)
+        w.agent.set_peer_present(True, master=False)
+        w.run(2.0)
+        assert w.local.status_.read_only, peer
+        assert w.agent.counters["fence_lift_refused"] >= 1
+        assert w.agent.counters["fence_lifted"] == 0
+        assert "stays so" in w.agent.status()["reason"]
+        # Refusals are asked again every rejoin_interval, not at every check.
+        assert w.agent.counters["fence_lift_refused"] <= 2.0 / CONFIG.rejoin_interval + 1
+
+
+def test_a_fenced_primary_cut_off_from_its_peer_stays_read_only() -> None:
+    """
+    A partition: the peer's adverts are not heard (it may be promoting), or
+    they are but its server does not answer, or nothing listens there. The
+    peer is never taken for read-only, and the primary stays fenced (and
+    not DEGRADED) until the partition heals.
+    """
+    for mode, heard in (("up", False), ("frozen", True), ("refused", True)):
+        w = fenced_primary_world()
+        w.peer.mode = mode
+        w.agent.set_peer_present(False, heard=heard)
+        w.run(CONFIG.degrade_after + 1)
+        assert w.local.status_.read_only, mode
+        assert w.agent.counters["fence_lifted"] == 0
+        assert w.role == Role.PRIMARY
+        # The partition heals, the peer read-only with nothing newer: lifted.
+        w.peer.mode = "up"
+        w.agent.set_peer_present(False, heard=True)
+        w.until(w.agent_writable, limit=2 * CONFIG.rejoin_interval + 0.5)
+
+
+def test_a_fenced_primary_waits_while_the_peer_holds_its_fence_lock() -> None:
+    """The peer's promotion holds the fence lock on this server: no lift until it lets go."""
+    w = fenced_primary_world()
+    w.local.lock_holder = "db1's promotion"
+    w.agent.set_peer_present(False, heard=True)
+    w.run(1.0)
+    assert w.local.status_.read_only and w.agent.counters["fence_lift_refused"] >= 1
+    w.local.lock_holder = None
+    w.until(lambda: not w.local.status_.read_only, limit=1.0)
+
+
+def test_a_primary_read_only_on_purpose_is_not_lifted() -> None:
+    """A switchover's drain, a DEGRADED primary, a group no longer MASTER: left read-only."""
+    w = fenced_primary_world()
+    w.agent._drained_for_switchover = True
+    w.agent.set_peer_present(False, heard=True)
+    w.run(1.0)
+    assert w.local.status_.read_only
+    w = fenced_primary_world()
+    w.agent.group_state(State.BACKUP)
+    w.agent.set_peer_present(False, heard=True)
+    w.run(1.0)
+    assert w.role == Role.FENCED and w.local.status_.read_only
+    assert w.agent.counters["fence_lifted"] == 0
+
+
+def test_a_promotion_fences_again_an_old_primary_that_lifted_its_fence() -> None:
+    """
+    The old primary answered the first fence, then its agent lifted it (it
+    had not heard this host as MASTER): right before this server becomes
+    writable, the promotion takes the old primary's fence lock and fences it
+    again, so the two are never writable together.
+    """
+    w = replica_world()
+    w.peer.after["fence_if_writable"] = lambda: w.peer.set(read_only=False)
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role.writable)
+    assert w.peer.status_.read_only and w.peer.lock_holder is None
+    steps = [step for step, _ in w.agent.status()["timeline"]]
+    assert steps.index("old primary fenced again") < steps.index("writable, VIP open")
+
+
+def test_a_promotion_does_not_go_writable_while_a_lift_holds_the_lock() -> None:
+    """The old primary's fence lock is held past fence_timeout: the promotion fails, read-only."""
+    w = replica_world()
+    w.peer.after["fence_if_writable"] = lambda: setattr(w.peer, "lock_holder", "its lift")
+    w.agent.group_state(State.MASTER)
+    w.run(1.0)
+    assert w.local.status_.read_only and not w.role.writable
+    assert w.agent.counters["promote_failed"] >= 1
+    assert w.agent.counters["promoted"] == 0
+
+
+def test_a_promotion_goes_on_when_the_old_primary_stops_answering_before_its_last_check() -> None:
+    """Gone since it answered the first fence: its agent cannot lift anything either."""
+    w = replica_world()
+    w.peer.after["fence_if_writable"] = lambda: setattr(w.peer, "mode", "frozen")
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.role.writable)
+    steps = [step for step, _ in w.agent.status()["timeline"]]
+    assert any(step.startswith("old primary does not answer the last check") for step in steps)
+
+
+def test_a_promotion_given_up_after_the_fence_hands_the_role_back() -> None:
+    """No longer MASTER after fencing the old primary: given up, counted, rejoins it."""
+    w = replica_world()
+    w.local.delays["stop_receiving"] = 0.3
+    w.agent.set_peer_present(False)
+    w.agent.group_state(State.MASTER)
+    w.until(lambda: w.peer.status_.read_only, limit=1.0)
+    w.agent.group_state(State.BACKUP)
+    w.until(lambda: w.agent.counters["promotion_given_up_after_fence"] == 1, limit=1.0)
+    assert not w.role.writable and w.local.status_.read_only
+    # The old primary's agent lifts its fence; this host then rejoins it.
+    w.agent.set_peer_present(True, master=True)
+    w.peer.set(read_only=False)
+    w.until(lambda: w.role == Role.REPLICA, limit=2.0)
+
+
+# Both agents of a pair on one clock, over the same two fake servers.
+
+
+@dataclass
+class Duo:
+    clock: Clock
+    s1: FakeServer
+    s2: FakeServer
+    a: DbAgent  # db1: its local server is s1
+    b: DbAgent  # db2: its local server is s2
+    both_writable: int = 0
+
+    def run(self, seconds: float, step: float = 0.001) -> None:
+        """Advance, counting every moment both servers take writes."""
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            if not self.s1.status_.read_only and not self.s2.status_.read_only:
+                self.both_writable += 1
+
+    def until(self, predicate: Callable[[], bool], limit: float = 5.0) -> float:
+        start = self.clock.seconds()
+        while not predicate():
+            if self.clock.seconds() - start > limit:
+                raise AssertionError(
+                    f"not reached in {limit}s: {self.a.status()} {self.b.status()}"
+                )
+            self.run(0.001)
+        return self.clock.seconds() - start
+
+
+def duo() -> Duo:
+    """db1 PRIMARY (lossless, semi-sync on) on s1, db2 its REPLICA on s2, each hearing the other."""
+    clock = Clock()
+    shared = Shared()
+    s1 = FakeServer(clock, shared, "s1", server_id=1, binlog_pos=POS)
+    s2 = FakeServer(clock, shared, "s2", server_id=2, binlog_pos=POS)
+
+    def agent(node: str, local: FakeServer, peer: FakeServer) -> DbAgent:
+        return DbAgent(
+            clock,
+            dataclasses.replace(CONFIG, node=node),
+            local,  # type: ignore[arg-type]
+            peer,  # type: ignore[arg-type]
+            ops.ReplicaAccount("127.0.0.1", 3306, "repl", "pw"),
+            Health(),
+            VipGate(FakeVip()),
+            kill_server=lambda: True,
+        )
+
+    d = Duo(clock, s1, s2, agent("db1", s1, s2), agent("db2", s2, s1))
+    d.a.startService()
+    d.a.group_state(State.BACKUP)
+    d.until(lambda: d.a.bootstrap_ok)
+    d.a.group_state(State.MASTER)  # bootstrap: DEGRADED until a replica joins
+    d.until(lambda: d.a.role == Role.DEGRADED)
+    d.b.startService()
+    d.b.set_peer_present(True, master=True)
+    d.b.group_state(State.BACKUP)
+    d.until(lambda: d.b.role == Role.REPLICA)
+    d.a.set_peer_present(True)
+    d.until(lambda: d.a.role == Role.PRIMARY and s1.status_.semisync_master_enabled)
+    assert not s1.status_.read_only and s2.status_.read_only
+    assert d.both_writable == 0
+    return d
+
+
+def test_a_pair_recovers_from_a_candidate_that_gives_up_after_its_fence() -> None:
+    """
+    db2 misses db1's adverts, is elected, fences db1 and gives up when the
+    adverts resume (db1 heard db2 as MASTER meanwhile): db1 lifts the fence
+    once db2 is heard as not MASTER, db2 rejoins it, and the two servers are
+    never writable together.
+    """
+    d = duo()
+    d.s2.delays["stop_receiving"] = 0.3  # a loaded machine: the promotion is slow
+    d.b.set_peer_present(False)
+    d.a.set_peer_present(True, master=True)
+    d.b.group_state(State.MASTER)
+    d.until(lambda: d.s1.status_.read_only, limit=1.0)
+    d.run(0.1)
+    # db1's adverts are heard again: db2 steps down and gives up.
+    d.b.set_peer_present(True, master=True)
+    d.b.group_state(State.BACKUP)
+    d.a.set_peer_present(False, heard=True)  # db2 FENCED advertises FAULT
+    took = d.until(lambda: not d.s1.status_.read_only, limit=2.0)
+    assert took <= 3 * CONFIG.check_interval
+    assert d.a.role == Role.PRIMARY and d.s1.status_.semisync_master_enabled
+    d.until(lambda: d.b.role == Role.REPLICA, limit=CONFIG.promote_timeout)
+    d.run(0.5)  # the given-up promotion's coroutine ends when its receiver stop does
+    assert d.b.counters["promotion_given_up_after_fence"] == 1
+    assert d.a.counters["fence_lifted"] == 1
+    assert d.b.counters["promoted"] == 0
+    assert d.both_writable == 0
+
+
+def test_a_pair_stays_single_writer_when_the_candidate_promotes_after_all() -> None:
+    """
+    db1 never heard db2 as MASTER (its adverts were lost) and lifts the fence
+    while db2's promotion goes on: db2's last check finds db1 writable and
+    fences it again before it becomes writable itself; db1's next lift finds
+    db2 writable and leaves the fence. Never two writable servers.
+    """
+    d = duo()
+    d.s2.delays["promote_and_record"] = 0.3
+    d.b.set_peer_present(False)
+    d.a.set_peer_present(True, master=False)
+    d.b.group_state(State.MASTER)
+    d.until(lambda: d.s1.status_.read_only, limit=1.0)
+    d.until(lambda: d.a.counters["fence_lifted"] == 1, limit=1.0)
+    assert not d.s1.status_.read_only
+    d.until(lambda: d.b.role.writable, limit=2.0)
+    assert d.s1.status_.read_only and not d.s2.status_.read_only
+    steps = [step for step, _ in d.b.status()["timeline"]]
+    assert "old primary fenced again" in steps
+    d.run(1.0)
+    assert d.s1.status_.read_only
+    assert d.a.counters["fence_lift_refused"] >= 1
+    assert d.both_writable == 0
+
+
+def test_a_switchover_resumed_while_the_peer_holds_the_fence_lock_waits_for_the_lift() -> None:
+    """
+    The switchover no peer took up is undone only under the fence lock: a
+    peer promoting after all holds it at its last check, and the primary
+    stays read-only; once the lock is free and the peer is heard as not
+    MASTER, the ordinary lift makes it writable.
+    """
+    w = primary_world()
+    w.agent.set_peer_present(True)
+    d = Deferred.fromCoroutine(w.agent.switchover())
+    w.run(0.1)
+    assert d.called and w.local.status_.read_only
+    w.agent.group_state(State.HANDOVER)
+    w.run(0.1)
+    w.local.lock_holder = "db1's promotion"
+    w.agent.group_state(State.MASTER)
+    w.run(0.5)
+    assert w.local.status_.read_only
+    assert w.agent.counters["switchover_not_resumed"] == 1
+    w.local.lock_holder = None
+    w.until(w.agent_writable, limit=2 * CONFIG.rejoin_interval + 0.5)
+    assert w.agent.counters["fence_lifted"] == 1 and w.role == Role.PRIMARY
