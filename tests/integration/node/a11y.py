@@ -124,6 +124,21 @@ return {name: el.tagName.toLowerCase() + (el.id ? "#" + el.id : "")
 """
 MAX_TABS = 80
 
+# Words a style sheet adds (a ::before or ::after with letters in its
+# content): in no catalog, so the same in every language.
+GENERATED_WORDS = r"""
+const found = [];
+for (const el of document.querySelectorAll("body *")) {
+  for (const pseudo of ["::before", "::after"]) {
+    const content = getComputedStyle(el, pseudo).content;
+    if (content && content !== "none" && content !== "normal" && /\p{L}/u.test(content)) {
+      found.push(el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + pseudo + " " + content);
+    }
+  }
+}
+return found;
+"""
+
 
 @dataclass
 class PageChecker:
@@ -135,6 +150,9 @@ class PageChecker:
     # Press Tab through each page too (L{check_keyboard}): once per page is
     # enough, in one language, since focus rings and order do not change with it.
     keyboard: bool = True
+    # The language the pages are in: in any but English, no words may come
+    # from the style sheet (they would be English).
+    language: str = "en"
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
@@ -173,6 +191,12 @@ class PageChecker:
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
             driver.save_screenshot(str(self.screenshots / f"{slug}-{size}.png"))
         self.viewport(*VIEWPORTS["desktop"])
+        if self.language != "en":
+            for words in driver.execute_script(GENERATED_WORDS):
+                self.problems.append(
+                    f"{name} in {self.language} ({driver.current_url}): the style sheet "
+                    f"writes {words}, in no language's catalog"
+                )
         if self.keyboard:
             self.check_keyboard(name)
 
@@ -212,10 +236,13 @@ class PageChecker:
         return json.dumps(self.problems, indent=1)
 
 
-def checker(driver: WebDriver, screenshots: Path, keyboard: bool = True) -> PageChecker:
+def checker(
+    driver: WebDriver, screenshots: Path, keyboard: bool = True, language: str = "en"
+) -> PageChecker:
     """
     A L{PageChecker} whose screenshots go in C{screenshots} (the fixture of
-    that name); C{keyboard}: with the keyboard's walk through each page.
+    that name); C{keyboard}: with the keyboard's walk through each page;
+    C{language}: the language the pages are in.
     """
     driver.set_script_timeout(60)
-    return PageChecker(driver, screenshots, axe_source(), keyboard)
+    return PageChecker(driver, screenshots, axe_source(), keyboard, language)
