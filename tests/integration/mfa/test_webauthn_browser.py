@@ -8,6 +8,11 @@ answers, the node checks it with py_webauthn.
 WebAuthn needs a secure context and an RP ID that is a domain, so the
 node's public URL is http://localhost:PORT/ (a browser's potentially
 trustworthy origin), its listener 127.0.0.1.
+
+Adding a security key and a passkey, the second step and step-up with a
+key, and the second-factor page listing them are walked in every language
+Clickpass speaks, each page at a desktop's and a phone's size with no
+sideways scrolling and no axe-core violation.
 """
 
 from __future__ import annotations
@@ -30,11 +35,18 @@ from clickpass.oidc import keys
 from tests.integration.mfa.person import PASSWORD
 from tests.integration.mfa.relying_party import BrowserRelyingParty
 from tests.integration.mfa.test_site_requires_factor import set_required
+from tests.integration.node.a11y import PageChecker, checker
 from tests.integration.oidc.harness import Provider
 from tests.integration.openid.conftest import OPENID_CONFIG
 from tests.integration.openid.harness import PythonRP
 from tests.integration.partners.conftest import register_site
 from tests.support.chromium import By, WebDriver, click, submit, wait_for
+from tests.support.languages import (
+    LANGUAGES,
+    accept_language,
+    skip_other_languages_on_mariadb,
+    translated,
+)
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
 from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeProcess, free_port, mariadb_config, write_config
@@ -155,17 +167,23 @@ def signed_up(driver: WebDriver, node: NodeProcess) -> str:
         {"email": email, "password": PASSWORD, "password_again": PASSWORD},
     )
     wait_for(driver, "#signup-sent")
-    message = wait_for_message(maildir_of(node), email, "Confirm your email address")
+    # The first mail to the new address, in the page's language.
+    message = wait_for_message(maildir_of(node), email, "")
     driver.get(url.rstrip("/") + link_in(message, "verify"))
     submit(driver, "form[action='/signin']", {"email": email, "password": PASSWORD})
     submit(driver, "form[action='/verify']", {})
     return email
 
 
-def add_key(driver: WebDriver, node: NodeProcess, kind: str, name: str) -> None:
+def add_key(
+    driver: WebDriver, node: NodeProcess, kind: str, name: str, pages: PageChecker | None = None
+) -> None:
+    """Add a key of C{kind} named C{name}; C{pages}: check the page that adds it first."""
     driver.get(base(node) + f"account/mfa/keys/new?kind={kind}")
     form = wait_for(driver, "form#key-new")
     WebDriverWait(driver, 10).until(lambda d: form.is_displayed())
+    if pages is not None:
+        pages.check(f"add a {kind}")
     submit(driver, "form#key-new", {"name": name})
 
 
@@ -256,22 +274,52 @@ def test_register_a_passkey_then_sign_in_with_it_and_no_password(
     assert pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
 def test_a_security_key_as_the_second_step_after_the_password(
-    authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
+    request: pytest.FixtureRequest,
+    authenticator: WebDriver,
+    node: NodeProcess,
+    rp_site: BrowserRelyingParty,
+    screenshots: Path,
+    language: str,
 ) -> None:
     """
     A person adds a security key; signing in again, the password is not
     enough: the second step asks for the key, and the key lets them in.
     Signed in another time with a recovery code instead, a partner site
     asking PAPE phishing-resistant has them confirm with the key first
-    (step-up), then receives the policy. Last, they remove the key.
+    (step-up), then receives the policy. Last, they remove the key. In a
+    browser asking for C{language}, each of those pages is in that
+    language, fits both sizes and passes axe.
     """
+    skip_other_languages_on_mariadb(request, "node", language)
     driver = authenticator
+    # The keyboard's walk in English only: focus rings and order do not change with the language.
+    pages = checker(driver, screenshots, keyboard=language == "en", language=language)
+    with accept_language(driver, language):
+        walk_security_key(driver, node, rp_site, pages, language)
+    assert not pages.problems, "\n".join(pages.problems)
+
+
+def walk_security_key(
+    driver: WebDriver,
+    node: NodeProcess,
+    rp_site: BrowserRelyingParty,
+    pages: PageChecker,
+    language: str,
+) -> None:
+    """The walk of L{test_a_security_key_as_the_second_step_after_the_password}."""
+
+    def _(message: str) -> str:
+        return translated(language, message)
+
     email = signed_up(driver, node)
-    add_key(driver, node, "key", "Blue key")
-    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
+    add_key(driver, node, "key", "Blue key", pages)
+    assert _("Your key was added.") in driver.page_source, driver.page_source[:2000]
     codes = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "ul.recovery-codes code")]
     assert len(codes) == 10
+    assert driver.find_element(By.TAG_NAME, "html").get_attribute("lang") == language
+    pages.check("recovery codes of a key")
 
     sign_out(driver, node)
     driver.get(base(node) + "signin?next=/account/mfa")
@@ -279,9 +327,13 @@ def test_a_security_key_as_the_second_step_after_the_password(
     assert driver.current_url.startswith(base(node) + "signin/code"), driver.current_url
     button = wait_for(driver, "form#key-use button")
     WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    assert button.text == _("Use your security key or passkey")
+    assert driver.find_element(By.TAG_NAME, "h1").text == _("Your second factor")
+    pages.check("second step with a key")
     click(driver, "form#key-use button")
     arrive(driver, base(node) + "account/mfa")
     assert "Blue key" in driver.page_source
+    pages.check("second factor with a key")
 
     sign_out(driver, node)
     driver.get(base(node) + "signin?next=/account/mfa")
@@ -295,6 +347,8 @@ def test_a_security_key_as_the_second_step_after_the_password(
     assert driver.current_url.startswith(base(node) + "account/confirm"), driver.current_url
     button = wait_for(driver, "form#key-use button")
     WebDriverWait(driver, 10).until(lambda d: button.is_displayed())
+    assert driver.find_element(By.TAG_NAME, "h1").text == _("Confirm it is you")
+    pages.check("confirm with a key")
     click(driver, "form#key-use button")
     click(driver, "form[action='/openid/decide'] button[value='allow']")
     WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(rp_site.return_to))
@@ -306,13 +360,20 @@ def test_a_security_key_as_the_second_step_after_the_password(
     # Just confirmed with the key: fresh enough to remove it.
     driver.get(base(node) + "account/mfa")
     click(driver, "form[action='/account/mfa/keys/remove'] button")
-    assert "That key was removed." in driver.page_source, driver.page_source[:2000]
+    assert _("That key was removed.") in driver.page_source, driver.page_source[:2000]
     assert "Blue key" not in driver.page_source
-    assert "None yet." in driver.page_source
+    assert _("None yet.") in driver.page_source
+    pages.check("second factor, the key removed")
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
 def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
-    synced_authenticator: WebDriver, node: NodeProcess, rp_site: BrowserRelyingParty
+    request: pytest.FixtureRequest,
+    synced_authenticator: WebDriver,
+    node: NodeProcess,
+    rp_site: BrowserRelyingParty,
+    screenshots: Path,
+    language: str,
 ) -> None:
     """
     A person adds a passkey their authenticator syncs (backup flags set):
@@ -321,14 +382,23 @@ def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
     multi-factor-physical gets an assertion, with no second round of
     step-up, that claims multi-factor and phishing-resistant and not
     multi-factor-physical: the key lives in a cloud account, on no one
-    device the person holds.
+    device the person holds. In a browser asking for C{language}, adding
+    the passkey and the page listing it are in that language, fit both
+    sizes and pass axe.
     """
+    skip_other_languages_on_mariadb(request, "node", language)
     driver = synced_authenticator
-    signed_up(driver, node)
-    add_key(driver, node, "passkey", "Phone passkey")
-    assert "Your key was added" in driver.page_source, driver.page_source[:2000]
-    driver.get(base(node) + "account/mfa")
-    assert "Phone passkey</strong>: passkey (synced)" in driver.page_source
+    # The keyboard's walk in English only: focus rings and order do not change with the language.
+    pages = checker(driver, screenshots, keyboard=language == "en", language=language)
+    with accept_language(driver, language):
+        signed_up(driver, node)
+        add_key(driver, node, "passkey", "Phone passkey", pages)
+        assert translated(language, "Your key was added.") in driver.page_source
+        driver.get(base(node) + "account/mfa")
+        listed = translated(language, "passkey") + " " + translated(language, "(synced)")
+        assert f"Phone passkey</strong>: {listed}" in driver.page_source
+        pages.check("second factor with a synced passkey")
+    assert not pages.problems, "\n".join(pages.problems)
 
     sign_out(driver, node)
     driver.get(base(node) + "signin?next=/account/mfa")
