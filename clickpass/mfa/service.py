@@ -78,8 +78,10 @@ class CodeRefused(MfaError):
 
     def __init__(self) -> None:
         super().__init__(
-            "That code is not right, or was used already. Enter the code your app shows now, "
-            "or one of your unused recovery codes."
+            N_(
+                "That code is not right, or was used already. Enter the code your app shows "
+                "now, or one of your unused recovery codes."
+            )
         )
 
 

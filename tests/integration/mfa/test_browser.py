@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyotp
@@ -58,23 +57,23 @@ def test_set_up_and_sign_in_with_the_app(
     second factor is in that language, fits both sizes and passes axe.
     """
     skip_other_languages_on_mariadb(request, "node", language)
-
-    def _(message: str, **params: str) -> str:
-        return translated(language, message, **params)
-
     driver = chrome
     driver.delete_all_cookies()
     # The keyboard's walk in English only: focus rings and order do not change with the language.
     pages = checker(driver, screenshots, keyboard=language == "en", language=language)
     with accept_language(driver, language):
-        walk_set_up_and_sign_in(driver, node, pages, _)
+        walk_set_up_and_sign_in(driver, node, pages, language)
     assert not pages.problems, "\n".join(pages.problems)
 
 
 def walk_set_up_and_sign_in(
-    driver: WebDriver, node: NodeProcess, pages: PageChecker, _: Callable[[str], str]
+    driver: WebDriver, node: NodeProcess, pages: PageChecker, language: str
 ) -> None:
-    """The walk of L{test_set_up_and_sign_in_with_the_app}; C{_} gives a page's text."""
+    """The walk of L{test_set_up_and_sign_in_with_the_app}, in C{language}."""
+
+    def _(message: str) -> str:
+        return translated(language, message)
+
     email = f"c{secrets.token_hex(4)}@example.com"
     driver.get(node.url + "signup")
     submit(
@@ -101,7 +100,13 @@ def walk_set_up_and_sign_in(
     assert len(secret) == 32
     # A wrong code first: the page says so, in its language.
     submit(driver, "form[action='/account/mfa/totp/confirm']", {"code": "000000"})
-    wait_for(driver, "#form-error")
+    refused = (
+        "That code is not right, or was used already. Enter the code your app shows "
+        "now, or one of your unused recovery codes."
+    )
+    shown = wait_for(driver, "#form-error").text
+    # Translated, not left in English: the two differ in German and Spanish.
+    assert shown == _(refused) and (language == "en" or shown != refused), shown
     pages.check("authenticator set-up, wrong code")
     code, used = later_code(secret, 0)
     submit(driver, "form[action='/account/mfa/totp/confirm']", {"code": code})
