@@ -50,12 +50,17 @@ def translated(language: str, message: str, **params: Any) -> str:
     return TAG.sub("", text % params if params else text)
 
 
+def on_mariadb(request: Any, fixture: str) -> bool:
+    """Whether the test's node (the fixture C{fixture}, over the storage backends) is MariaDB's."""
+    return bool(request.node.callspec.params.get(fixture) == "mysql")
+
+
 def skip_other_languages_on_mariadb(request: Any, fixture: str, language: str) -> None:
     """
     Skip a walk in a language other than English when the module's node
     (the fixture C{fixture}, parametrized over the storage backends) runs on
     MariaDB: the pages' language does not depend on the storage, so
-    SQLite's node walks them, and English's walk checks both backends.
+    SQLite's node walks them, and English's walk runs on both backends.
     """
-    if language != "en" and request.node.callspec.params.get(fixture) == "mysql":
+    if language != "en" and on_mariadb(request, fixture):
         pytest.skip("the pages' language does not depend on the storage: SQLite's node walks it")

@@ -153,6 +153,9 @@ class PageChecker:
     # The language the pages are in: in any but English, no words may come
     # from the style sheet (they would be English).
     language: str = "en"
+    # False: L{check} does nothing, for a walk whose pages another run of it
+    # checks (the same walk on another storage backend).
+    enabled: bool = True
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
@@ -164,6 +167,8 @@ class PageChecker:
 
     def check(self, name: str) -> None:
         """Check the page now open at both sizes; the desktop size is left set."""
+        if not self.enabled:
+            return
         driver = self.driver
         self.checked.append(name)
         for size, (width, height, mobile) in VIEWPORTS.items():
@@ -237,12 +242,17 @@ class PageChecker:
 
 
 def checker(
-    driver: WebDriver, screenshots: Path, keyboard: bool = True, language: str = "en"
+    driver: WebDriver,
+    screenshots: Path,
+    keyboard: bool = True,
+    language: str = "en",
+    enabled: bool = True,
 ) -> PageChecker:
     """
     A L{PageChecker} whose screenshots go in C{screenshots} (the fixture of
     that name); C{keyboard}: with the keyboard's walk through each page;
-    C{language}: the language the pages are in.
+    C{language}: the language the pages are in; C{enabled}: False for one
+    that checks nothing.
     """
     driver.set_script_timeout(60)
-    return PageChecker(driver, screenshots, axe_source(), keyboard, language)
+    return PageChecker(driver, screenshots, axe_source(), keyboard, language, enabled)
