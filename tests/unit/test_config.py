@@ -114,6 +114,7 @@ def test_values_are_typed() -> None:
             "[accounts] hash_passes: must be at least 1",
         ),
         ({"accounts": {"hash_below_floor": "yes"}}, "[accounts] hash_below_floor: "),
+        ({"backup": {"s3_timeout": 0}}, "[backup] s3_timeout: must be more than 0 seconds"),
         ({"database": {"pool_min": 5, "pool_max": 2}}, "need 1 <= pool_min <= pool_max"),
         ({"database": {"read_timeout": 0}}, "[database] read_timeout: must be more than 0"),
         ({"database": {"write_timeout": -1}}, "[database] write_timeout: must be more than 0"),
@@ -235,7 +236,7 @@ def _documented_keys(text: str) -> dict[str, set[str]]:
         if m := re.match(r"^#?\[\[?([a-z_.]+)\]\]?$", line):
             section = m.group(1)
             keys.setdefault(section, set())
-        elif m := re.match(r"^#?([a-z_]+) = ", line):
+        elif m := re.match(r"^#?([a-z_][a-z0-9_]*) = ", line):
             keys[section].add(m.group(1))
     return keys
 
