@@ -198,6 +198,20 @@ def screenshots(request: pytest.FixtureRequest) -> Path:
     return directory
 
 
+# The session's server never syncs to disk (no fsync at commit, none of
+# the files, every table in the shared tablespace, so that a test's
+# database is made and dropped without creating and syncing a file per
+# table): each MariaDB test makes a database and migrates it, and on this
+# disk those syncs were a third or more of its setup. Nothing a test checks
+# survives a crash of this server; the replication and failover tests
+# start servers of their own, with their own durability.
+NO_SYNC_OPTIONS = (
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-flush-method=nosync",
+    "--innodb-file-per-table=0",
+)
+
+
 @pytest.fixture(scope="session")
 def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
     """
@@ -205,7 +219,7 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
     Missing binaries fail the test: a backend silently skipped is a backend
     not tested.
     """
-    server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb"), extra_options=NO_SYNC_OPTIONS)
     try:
         try:
             server.start()

@@ -38,7 +38,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from clickpass.accounts import events, tokens
-from clickpass.accounts.settings import AccountsSettings
+from clickpass.accounts.settings import HASH_LANES, AccountsSettings
 from clickpass.i18n import N_, Text, n_text
 from clickpass.storage.sql import (
     IntegrityError,
@@ -602,7 +602,11 @@ class Accounts:
         self._storage = storage
         self._settings = settings
         self._clock = clock
-        self._hasher = hasher or PasswordHasher()
+        self._hasher = hasher or PasswordHasher(
+            time_cost=settings.hash_passes,
+            memory_cost=settings.hash_memory,
+            parallelism=HASH_LANES,
+        )
         self._work = PasswordWork(
             reactor,
             settings.hash_threads,

@@ -12,6 +12,17 @@ import dataclasses
 from clickpass.settings_base import ConfigError
 from clickpass.settings_base import doc as _doc
 
+# The least memory (KiB) and passes a password hash may cost unless
+# [accounts] hash_below_floor says the node keeps no real password: OWASP's
+# minimum for argon2id. Below the floor a leaked table of hashes is cheap to
+# guess through.
+HASH_MEMORY_FLOOR = 19456
+HASH_PASSES_FLOOR = 2
+# Lanes of each hash, which argon2id may fill on as many cores at once.
+HASH_LANES = 4
+# What argon2id itself needs: 8 KiB for each lane.
+HASH_MEMORY_LEAST = 8 * HASH_LANES
+
 
 @dataclasses.dataclass(frozen=True)
 class AccountsSettings:
@@ -36,11 +47,35 @@ class AccountsSettings:
     throttle_per_address: int = dataclasses.field(
         default=20, metadata=_doc("Failed sign-ins allowed per client address within the window.")
     )
+    hash_memory: int = dataclasses.field(
+        default=65536,
+        metadata=_doc(
+            "KiB of memory each password hash (argon2id) takes; with hash_passes, what "
+            "one guess costs an attacker who has the hashes, and what each sign-in and "
+            "sign-up costs this node. At least 19456 (19 MiB) unless hash_below_floor. "
+            "A sign-in under a hash made with other costs rehashes the password."
+        ),
+    )
+    hash_passes: int = dataclasses.field(
+        default=3,
+        metadata=_doc(
+            "Passes over that memory each password hash makes. At least 2 unless hash_below_floor."
+        ),
+    )
+    hash_below_floor: bool = dataclasses.field(
+        default=False,
+        metadata=_doc(
+            "Allow hash_memory and hash_passes below the floor (19456 KiB, 2 passes: "
+            "the least OWASP advises for argon2id), down to 32 KiB and 1 pass: for "
+            "development and test nodes that keep no real person's password, where "
+            "hashing cost is only waiting."
+        ),
+    )
     hash_threads: int = dataclasses.field(
         default=1,
         metadata=_doc(
-            "Threads per worker that hash and check passwords (argon2id: 64 MiB and up to "
-            "4 cores each)."
+            "Threads per worker that hash and check passwords (argon2id: hash_memory "
+            "and up to 4 cores each)."
         ),
     )
     hash_queue: int = dataclasses.field(
@@ -124,10 +159,27 @@ class AccountsSettings:
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[accounts] {key}: must be at least 1")
+        if self.hash_memory < HASH_MEMORY_LEAST or self.hash_passes < 1:
+            raise ConfigError(
+                f"[accounts] hash_memory: must be at least {HASH_MEMORY_LEAST} (KiB)"
+                if self.hash_memory < HASH_MEMORY_LEAST
+                else "[accounts] hash_passes: must be at least 1"
+            )
+        if not self.hash_below_floor:
+            if self.hash_memory < HASH_MEMORY_FLOOR:
+                raise ConfigError(
+                    f"[accounts] hash_memory: must be at least {HASH_MEMORY_FLOOR} (KiB); "
+                    "set hash_below_floor = true for a node that keeps no real password"
+                )
+            if self.hash_passes < HASH_PASSES_FLOOR:
+                raise ConfigError(
+                    f"[accounts] hash_passes: must be at least {HASH_PASSES_FLOOR}; "
+                    "set hash_below_floor = true for a node that keeps no real password"
+                )
         if self.hash_queue < 0:
             raise ConfigError("[accounts] hash_queue: must be 0 or more")
         if not 0 <= self.hash_nice <= 19:
             raise ConfigError("[accounts] hash_nice: must be from 0 to 19")
 
 
-__all__ = ["AccountsSettings"]
+__all__ = ["HASH_LANES", "HASH_MEMORY_FLOOR", "HASH_PASSES_FLOOR", "AccountsSettings"]

@@ -49,6 +49,7 @@ from clickpass.backup.crypto import BackupCorrupt, BackupUnauthentic
 from clickpass.backup.store import (
     KEY_ID,
     MANIFEST,
+    S3_CONNECT_TIMEOUT,
     ObjectStore,
     S3Store,
     StoredBackup,
@@ -393,6 +394,8 @@ def _store(settings: configmod.Settings) -> S3Store:
         bucket=backup.bucket,
         access_key_id=backup.access_key_id,
         secret_access_key=secret,
+        connect_timeout=min(S3_CONNECT_TIMEOUT, backup.s3_timeout),
+        read_timeout=backup.s3_timeout,
     )
 
 

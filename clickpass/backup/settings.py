@@ -79,6 +79,15 @@ class BackupSettings:
     check_interval: float = dataclasses.field(
         default=60.0, metadata=_doc("Seconds between checks of the last backup's outcome.")
     )
+    s3_timeout: float = dataclasses.field(
+        default=20.0,
+        metadata=_doc(
+            "Seconds each S3 answer may take, and (up to 10) S3 may take to accept a "
+            "connection; a request that times out is tried once more, so a hung endpoint "
+            "fails a backup after a little more than twice s3_timeout. Raise it for a distant or "
+            "slow S3, lower it to find a hung one sooner."
+        ),
+    )
     work_dir: str = dataclasses.field(
         default="backup-work",
         metadata=_doc("Scratch directory for backups and restores, relative to data_dir."),
@@ -93,6 +102,8 @@ class BackupSettings:
             raise ConfigError("[backup] keep_weekly: must be 0 or more")
         if backup.max_age < 60:
             raise ConfigError("[backup] max_age: must be at least 60 seconds")
+        if backup.s3_timeout <= 0:
+            raise ConfigError("[backup] s3_timeout: must be more than 0 seconds")
         if backup.check_interval <= 0:
             raise ConfigError("[backup] check_interval: must be more than 0 seconds")
         if not 0 <= backup.source_port <= 65535:

@@ -97,6 +97,24 @@ def test_values_are_typed() -> None:
             "[control] tcp: an empty option (write each ':' inside an address as '\\:')",
         ),
         ({"accounts": {"throttle_window": 0}}, "[accounts] throttle_window: must be at least 1"),
+        (
+            {"accounts": {"hash_memory": 19455}},
+            "[accounts] hash_memory: must be at least 19456 (KiB); set hash_below_floor = true",
+        ),
+        (
+            {"accounts": {"hash_passes": 1}},
+            "[accounts] hash_passes: must be at least 2; set hash_below_floor = true",
+        ),
+        (
+            {"accounts": {"hash_memory": 31, "hash_below_floor": True}},
+            "[accounts] hash_memory: must be at least 32 (KiB)",
+        ),
+        (
+            {"accounts": {"hash_passes": 0, "hash_below_floor": True}},
+            "[accounts] hash_passes: must be at least 1",
+        ),
+        ({"accounts": {"hash_below_floor": "yes"}}, "[accounts] hash_below_floor: "),
+        ({"backup": {"s3_timeout": 0}}, "[backup] s3_timeout: must be more than 0 seconds"),
         ({"database": {"pool_min": 5, "pool_max": 2}}, "need 1 <= pool_min <= pool_max"),
         ({"database": {"read_timeout": 0}}, "[database] read_timeout: must be more than 0"),
         ({"database": {"write_timeout": -1}}, "[database] write_timeout: must be more than 0"),
@@ -218,7 +236,7 @@ def _documented_keys(text: str) -> dict[str, set[str]]:
         if m := re.match(r"^#?\[\[?([a-z_.]+)\]\]?$", line):
             section = m.group(1)
             keys.setdefault(section, set())
-        elif m := re.match(r"^#?([a-z_]+) = ", line):
+        elif m := re.match(r"^#?([a-z_][a-z0-9_]*) = ", line):
             keys[section].add(m.group(1))
     return keys
 
@@ -271,3 +289,16 @@ def test_a_short_metrics_token_is_refused(tmp_path: Path) -> None:
     token.write_text("x" * 32 + "\n")
     config.check_files(settings)
     assert config.metrics_token(settings) == b"x" * 32
+
+
+def test_hashing_below_the_floor_only_when_said() -> None:
+    """
+    Password hashes cheaper than the floor are a node's only with
+    [accounts] hash_below_floor = true, down to what argon2id itself needs.
+    """
+    settings = config.parse(
+        {"accounts": {"hash_memory": 32, "hash_passes": 1, "hash_below_floor": True}}
+    )
+    assert (settings.accounts.hash_memory, settings.accounts.hash_passes) == (32, 1)
+    at_floor = config.parse({"accounts": {"hash_memory": 19456, "hash_passes": 2}})
+    assert (at_floor.accounts.hash_memory, at_floor.accounts.hash_passes) == (19456, 2)

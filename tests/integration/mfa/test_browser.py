@@ -16,7 +16,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from tests.integration.mfa.person import PASSWORD
+from tests.integration.mfa.person import PASSWORD, steps_in_window
 from tests.integration.node.a11y import PageChecker, checker
 from tests.support.chromium import By, WebDriver, submit, wait_for
 from tests.support.languages import (
@@ -35,8 +35,7 @@ pytestmark = pytest.mark.integration
 def later_code(secret: str, after_step: int) -> tuple[str, int]:
     """A code of the app for a step after C{after_step} that the provider accepts now."""
     while True:
-        current = int(time.time() // 30)
-        for step in (current, current + 1):
+        for step in steps_in_window():
             if step > after_step:
                 return pyotp.TOTP(secret).at(step * 30), step
         time.sleep(0.5)

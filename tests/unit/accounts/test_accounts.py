@@ -107,6 +107,27 @@ async def test_default_hasher_is_argon2id(
     assert (await _stored_hash(storage_backend, "ann@example.org")).startswith("$argon2id$v=19$")
 
 
+@async_test
+async def test_hashes_cost_what_the_settings_say_and_old_costs_are_rehashed(
+    reactor: IReactorThreads, storage_backend: AdbapiStorage, clock: Clock
+) -> None:
+    """
+    With no hasher given, Accounts hashes at [accounts] hash_memory and
+    hash_passes; the product's defaults are 64 MiB and 3 passes. After an
+    operator changes the costs, a sign-in under a hash made at the old ones
+    rehashes the password at the new.
+    """
+    assert (AccountsSettings().hash_memory, AccountsSettings().hash_passes) == (65536, 3)
+    cheap = dataclasses.replace(SETTINGS, hash_memory=64, hash_passes=1, hash_below_floor=True)
+    before = Accounts(reactor, storage_backend, cheap, clock=clock.seconds)
+    await before.sign_up("ann@example.org", PASSWORD)
+    assert "$m=64,t=1,p=4$" in await _stored_hash(storage_backend, "ann@example.org")
+    dearer = dataclasses.replace(cheap, hash_memory=128, hash_passes=2)
+    after = Accounts(reactor, storage_backend, dearer, clock=clock.seconds)
+    await after.authenticate("ann@example.org", PASSWORD, "192.0.2.1")
+    assert "$m=128,t=2,p=4$" in await _stored_hash(storage_backend, "ann@example.org")
+
+
 @pytest.mark.parametrize(
     ("email", "password", "message"),
     [
