@@ -670,7 +670,8 @@ def _expand(statement: str, tx: Transaction) -> str:
         # SQLite has no index prefix lengths.
         text = text.replace("realm(255)", "realm")
         # SQLite has no ADD COLUMN IF NOT EXISTS; there a migration is one
-        # transaction, so the statement never runs twice.
+        # transaction under the write lock (L{_apply}), so the statement
+        # never runs twice.
         text = text.replace("ADD COLUMN IF NOT EXISTS", "ADD COLUMN")
     return text
 
@@ -730,7 +731,13 @@ def _apply(tx: Transaction, migration: Migration, now: int) -> bool:
     # transaction there. Every statement is idempotent (IF NOT EXISTS) and
     # the version row is written last: a migration cut off part-way is
     # simply run again, and two processes starting at once both succeed
-    # (the loser's version insert is ignored).
+    # (the loser's version insert is ignored). SQLite has no ADD COLUMN IF
+    # NOT EXISTS, so there a migration is one transaction, taken with the
+    # write lock before the version is read: Python's sqlite3 begins a
+    # transaction only at the first INSERT, UPDATE or DELETE, so without it
+    # two processes both read the old version and both ALTER the table.
+    if tx.dialect.name == "sqlite":
+        tx.execute("BEGIN IMMEDIATE")
     if current_version(tx) >= migration.version:
         return False
     for statement in migration.statements:
