@@ -23,7 +23,7 @@ from tests.support.languages import (
     LANGUAGES,
     accept_language,
     on_mariadb,
-    skip_other_languages_on_mariadb,
+    other_languages_on_sqlite,
     translated,
 )
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
@@ -41,6 +41,7 @@ def later_code(secret: str, after_step: int) -> tuple[str, int]:
         time.sleep(0.5)
 
 
+@other_languages_on_sqlite("node")
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_set_up_and_sign_in_with_the_app(
     request: pytest.FixtureRequest,
@@ -56,7 +57,6 @@ def test_set_up_and_sign_in_with_the_app(
     the person in. In a browser asking for C{language}, each page of the
     second factor is in that language, fits both sizes and passes axe.
     """
-    skip_other_languages_on_mariadb(request, "node", language)
     driver = chrome
     driver.delete_all_cookies()
     # The keyboard's walk in English only: focus rings and order do not change with the

@@ -45,7 +45,7 @@ from tests.support.languages import (
     LANGUAGES,
     accept_language,
     on_mariadb,
-    skip_other_languages_on_mariadb,
+    other_languages_on_sqlite,
     translated,
 )
 from tests.support.mailbox import link_in, maildir_of, wait_for_message
@@ -275,6 +275,7 @@ def test_register_a_passkey_then_sign_in_with_it_and_no_password(
     assert pape.AUTH_MULTI_FACTOR_PHYSICAL in answer.auth_policies
 
 
+@other_languages_on_sqlite("node")
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_a_security_key_as_the_second_step_after_the_password(
     request: pytest.FixtureRequest,
@@ -293,7 +294,6 @@ def test_a_security_key_as_the_second_step_after_the_password(
     browser asking for C{language}, each of those pages is in that
     language, fits both sizes and passes axe.
     """
-    skip_other_languages_on_mariadb(request, "node", language)
     driver = authenticator
     # The keyboard's walk in English only: focus rings and order do not change with the
     # language; the pages checked on SQLite's node only (the storage does not change them).
@@ -374,6 +374,7 @@ def walk_security_key(
     pages.check("second factor, the key removed")
 
 
+@other_languages_on_sqlite("node")
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
     request: pytest.FixtureRequest,
@@ -394,7 +395,6 @@ def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
     the passkey and the page listing it are in that language, fit both
     sizes and pass axe.
     """
-    skip_other_languages_on_mariadb(request, "node", language)
     driver = synced_authenticator
     # The keyboard's walk in English only: focus rings and order do not change with the
     # language; the pages checked on SQLite's node only (the storage does not change them).

@@ -26,13 +26,14 @@ from tests.support.chromium import By, WebDriver, click, wait_for
 from tests.support.languages import (
     LANGUAGES,
     accept_language,
-    skip_other_languages_on_mariadb,
+    other_languages_on_sqlite,
     translated,
 )
 
 pytestmark = pytest.mark.integration
 
 
+@other_languages_on_sqlite("provider")
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_sign_in_and_consent_pages(
     request: pytest.FixtureRequest,
@@ -41,7 +42,6 @@ def test_sign_in_and_consent_pages(
     screenshots: Path,
     language: str,
 ) -> None:
-    skip_other_languages_on_mariadb(request, "provider", language)
     callback = Callback()
     try:
         chrome.delete_all_cookies()
