@@ -17,12 +17,11 @@ import pyotp
 import pytest
 
 from tests.integration.mfa.person import PASSWORD, steps_in_window
-from tests.integration.node.a11y import PageChecker, checker
+from tests.integration.node.a11y import PageChecker, walk_checker
 from tests.support.chromium import By, WebDriver, submit, wait_for
 from tests.support.languages import (
     LANGUAGES,
     accept_language,
-    on_mariadb,
     other_languages_on_sqlite,
     translated,
 )
@@ -59,15 +58,7 @@ def test_set_up_and_sign_in_with_the_app(
     """
     driver = chrome
     driver.delete_all_cookies()
-    # The keyboard's walk in English only: focus rings and order do not change with the
-    # language; the pages checked on SQLite's node only (the storage does not change them).
-    pages = checker(
-        driver,
-        screenshots,
-        keyboard=language == "en",
-        language=language,
-        enabled=not on_mariadb(request, "node"),
-    )
+    pages = walk_checker(request, driver, screenshots, language)
     with accept_language(driver, language):
         walk_set_up_and_sign_in(driver, node, pages, language)
     assert not pages.problems, "\n".join(pages.problems)

@@ -35,7 +35,7 @@ from clickpass.oidc import keys
 from tests.integration.mfa.person import PASSWORD
 from tests.integration.mfa.relying_party import BrowserRelyingParty
 from tests.integration.mfa.test_site_requires_factor import set_required
-from tests.integration.node.a11y import PageChecker, checker
+from tests.integration.node.a11y import PageChecker, walk_checker
 from tests.integration.oidc.harness import Provider
 from tests.integration.openid.conftest import OPENID_CONFIG
 from tests.integration.openid.harness import PythonRP
@@ -44,7 +44,6 @@ from tests.support.chromium import By, WebDriver, click, submit, wait_for
 from tests.support.languages import (
     LANGUAGES,
     accept_language,
-    on_mariadb,
     other_languages_on_sqlite,
     translated,
 )
@@ -295,15 +294,7 @@ def test_a_security_key_as_the_second_step_after_the_password(
     language, fits both sizes and passes axe.
     """
     driver = authenticator
-    # The keyboard's walk in English only: focus rings and order do not change with the
-    # language; the pages checked on SQLite's node only (the storage does not change them).
-    pages = checker(
-        driver,
-        screenshots,
-        keyboard=language == "en",
-        language=language,
-        enabled=not on_mariadb(request, "node"),
-    )
+    pages = walk_checker(request, driver, screenshots, language)
     with accept_language(driver, language):
         walk_security_key(driver, node, rp_site, pages, language)
     assert not pages.problems, "\n".join(pages.problems)
@@ -396,15 +387,7 @@ def test_a_synced_passkey_is_claimed_phishing_resistant_but_never_physical(
     sizes and pass axe.
     """
     driver = synced_authenticator
-    # The keyboard's walk in English only: focus rings and order do not change with the
-    # language; the pages checked on SQLite's node only (the storage does not change them).
-    pages = checker(
-        driver,
-        screenshots,
-        keyboard=language == "en",
-        language=language,
-        enabled=not on_mariadb(request, "node"),
-    )
+    pages = walk_checker(request, driver, screenshots, language)
     with accept_language(driver, language):
         signed_up(driver, node)
         add_key(driver, node, "passkey", "Phone passkey", pages)

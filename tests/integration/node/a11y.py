@@ -22,6 +22,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from tests.support.chromium import By, WebDriver
+from tests.support.languages import on_mariadb
 
 AXE_DIR = Path(__file__).parent / "axe"
 AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
@@ -256,3 +257,26 @@ def checker(
     """
     driver.set_script_timeout(60)
     return PageChecker(driver, screenshots, axe_source(), keyboard, language, enabled)
+
+
+def walk_checker(
+    request: pytest.FixtureRequest,
+    driver: WebDriver,
+    screenshots: Path,
+    language: str,
+    fixture: str = "node",
+) -> PageChecker:
+    """
+    The L{checker} of a walk in C{language} over a node parametrized over
+    the storage backends (the fixture C{fixture}): the keyboard's walk in
+    English only (focus rings and order do not change with the language),
+    the pages checked on SQLite's node only (the storage does not change
+    them).
+    """
+    return checker(
+        driver,
+        screenshots,
+        keyboard=language == "en",
+        language=language,
+        enabled=not on_mariadb(request, fixture),
+    )
