@@ -215,7 +215,13 @@ def mark_delivered(tx: Transaction, row_id: int, now: int) -> None:
 
 
 def mark_failed(
-    tx: Transaction, logout: PendingLogout, error: str, now: int, retry_at: int, give_up: bool
+    tx: Transaction,
+    logout: PendingLogout,
+    error: str,
+    now: int,
+    retry_at: int,
+    give_up: bool,
+    owner: str,
 ) -> None:
     tx.execute(
         "UPDATE oidc_logouts SET state = ?, attempts = attempts + 1, next_attempt = ?, "
@@ -225,14 +231,19 @@ def mark_failed(
         error[:255],
         logout.row_id,
     )
-    # The receiver is down, not the logout: hold back the client's others too.
+    # The receiver is down, not the logout: hold back the client's others
+    # too, but not one another node holds a live lease on (it may be
+    # sending it now: cleared, a third node could send it again).
     tx.execute(
         "UPDATE oidc_logouts SET next_attempt = ?, lease_until = 0, lease_owner = '' "
-        "WHERE client_id = ? AND state = ? AND next_attempt < ?",
+        "WHERE client_id = ? AND state = ? AND next_attempt < ? "
+        "AND (lease_until <= ? OR lease_owner = ?)",
         retry_at,
         logout.client_id,
         PENDING,
         retry_at,
+        now,
+        owner,
     )
 
 
@@ -416,7 +427,7 @@ class BackchannelDelivery(LeasedOutboxService):
         )
         give_up = retry.give_up
         reason = one_line(error)
-        await self._storage.run(mark_failed, logout, reason, now, retry.at, give_up)
+        await self._storage.run(mark_failed, logout, reason, now, retry.at, give_up, self.owner)
         if give_up:
             self.log.warn(
                 "logout token to {client} given up after {attempts} attempts: {reason}",

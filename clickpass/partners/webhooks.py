@@ -155,7 +155,13 @@ def _delivered(tx: Transaction, row_id: int, now: int) -> None:
 
 
 def _failed(
-    tx: Transaction, event: Pending, error: str, now: int, retry_at: int, give_up: bool
+    tx: Transaction,
+    event: Pending,
+    error: str,
+    now: int,
+    retry_at: int,
+    give_up: bool,
+    owner: str,
 ) -> None:
     tx.execute(
         "UPDATE partner_events SET state = ?, attempts = attempts + 1, next_attempt = ?, "
@@ -165,14 +171,19 @@ def _failed(
         error[:255],
         event.row_id,
     )
-    # The site is down, not the event: hold back the site's other events too.
+    # The site is down, not the event: hold back the site's other events
+    # too, but not one another node holds a live lease on (it may be sending
+    # it now: cleared, a third node could send it again once the hold ends).
     tx.execute(
         "UPDATE partner_events SET next_attempt = ?, lease_until = 0, lease_owner = '' "
-        "WHERE site_id = ? AND state = ? AND next_attempt < ?",
+        "WHERE site_id = ? AND state = ? AND next_attempt < ? "
+        "AND (lease_until <= ? OR lease_owner = ?)",
         retry_at,
         event.site_id,
         PENDING,
         retry_at,
+        now,
+        owner,
     )
 
 
@@ -289,7 +300,7 @@ class WebhookDelivery(LeasedOutboxService):
         )
         give_up = retry.give_up
         reason = one_line(error)
-        await self._storage.run(_failed, event, reason, now, retry.at, give_up)
+        await self._storage.run(_failed, event, reason, now, retry.at, give_up, self.owner)
         if give_up:
             self.log.warn(
                 "webhook {event_id} ({event_type}) to site {site} given up after {attempts} "

@@ -361,3 +361,38 @@ def test_bad_backchannel_uris_are_refused() -> None:
         ["https://partner.example/cb"], backchannel_logout_uri="http://127.0.0.1:9/bc?x=1"
     )
     assert ok.backchannel_logout_uri == "http://127.0.0.1:9/bc?x=1"
+
+
+def test_a_failure_does_not_free_a_logout_another_node_is_sending(
+    storage: DirectStorage,
+) -> None:
+    """
+    One node's failed delivery holds back the client's other logouts, but
+    not one that another node holds a live lease on (it may be sending it
+    right now): a third node does not take it once the hold ends.
+    """
+    client = make_client(storage)
+    for token in ("s1", "s2"):
+        storage.run_blocking(start_session, token)
+        storage.run_blocking(
+            backchannel.record_session, token, client.client_id, f"sid-{token}", "sub1", NOW
+        )
+        storage.run_blocking(end_session, token)
+    storage.run_blocking(backchannel.queue_ended_sessions, NOW)
+    lease = 65
+    [mine] = storage.run_blocking(backchannel.claim, NOW + 10, lease, 1, "node-a")
+    [theirs] = storage.run_blocking(backchannel.claim, NOW + 10, lease, 1, "node-b")
+    assert mine.row_id != theirs.row_id
+    storage.run_blocking(
+        backchannel.mark_failed, mine, "refused", NOW + 11, NOW + 16, False, "node-a"
+    )
+    leases = dict(
+        storage.run_blocking(
+            lambda tx: tx.fetchall(
+                "SELECT id, lease_owner FROM oidc_logouts WHERE lease_until > ?", NOW + 11
+            )
+        )
+    )
+    assert leases == {theirs.row_id: "node-b"}
+    taken = storage.run_blocking(backchannel.claim, NOW + 20, lease, 10, "node-c")
+    assert [logout.row_id for logout in taken] == [mine.row_id]

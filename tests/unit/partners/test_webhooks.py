@@ -307,3 +307,32 @@ def test_unverified_site_gets_no_webhooks_until_verified(storage: DirectStorage)
     delivery.stopService()
     got = [(e["data"]["identifier"], e["type"]) for e in partner.received]
     assert got == [(identifier, "user.linked"), (identifier, "user.unlinked")]
+
+
+def test_a_failure_does_not_free_an_event_another_node_is_sending(
+    storage: DirectStorage,
+) -> None:
+    """
+    One node's failed delivery holds back the site's other events, but one
+    that another node holds a live lease on (it may be sending it right
+    now) keeps its lease: a third node does not take it once the hold ends.
+    """
+    site = make_site(storage)
+    link_and_unlink(storage, site, "first@example.com", NOW)
+    link_and_unlink(storage, site, "second@example.com", NOW + 2)
+    lease = 65
+    [mine] = storage.run_blocking(webhooks._claim, NOW + 10, lease, 1, "node-a")
+    [theirs] = storage.run_blocking(webhooks._claim, NOW + 10, lease, 1, "node-b")
+    assert mine.subject != theirs.subject
+    storage.run_blocking(webhooks._failed, mine, "refused", NOW + 11, NOW + 16, False, "node-a")
+    leases = dict(
+        storage.run_blocking(
+            lambda tx: tx.fetchall(
+                "SELECT id, lease_owner FROM partner_events WHERE lease_until > ?", NOW + 11
+            )
+        )
+    )
+    assert leases == {theirs.row_id: "node-b"}
+    # Past the hold, within node-b's lease: a third node gets only node-a's event.
+    taken = storage.run_blocking(webhooks._claim, NOW + 20, lease, 10, "node-c")
+    assert [e.row_id for e in taken] == [mine.row_id]
