@@ -331,7 +331,7 @@ def promote(
     """
     Turn a replica into the primary without losing what it received: stop
     receiving, wait until the relay log is applied (MASTER_GTID_WAIT to the
-    received position), forget the old primary, make it writable. Semi-sync
+    received position), make it writable, then forget the old primary. Semi-sync
     master (AFTER_SYNC, no silent fallback) is enabled when C{semisync}.
     Returns the GTID position it started as primary from. C{mark} hears
     each step's name as it is done (the failover timeline); C{proceed} is
@@ -360,8 +360,6 @@ def promote(
                 )
         c.execute("STOP SLAVE")
         mark("STOP SLAVE")
-        c.execute("RESET SLAVE ALL")
-        mark("RESET SLAVE ALL")
     set_semisync_master(c, semisync)
     with guard():
         if not proceed():
@@ -371,6 +369,13 @@ def promote(
             raise OperationFailed("the promotion was given up; staying read-only")
         c.execute("SET GLOBAL read_only = OFF")
     mark("read_only OFF")
+    if status.replica_configured:
+        # Only once writable: a promotion given up before keeps its
+        # replica's configuration (stopped), so the next one is again a
+        # replica's promotion (the old primary fenced and guarded), never
+        # taken for a first start's bootstrap, which a dead peer refuses.
+        c.execute("RESET SLAVE ALL")
+        mark("RESET SLAVE ALL")
     c.execute("SELECT @@gtid_binlog_pos")
     (binlog,) = c.fetchone()
     return Position.parse(binlog)

@@ -93,6 +93,28 @@ def test_promotion_applies_everything_received_first(pair: Pair) -> None:
     assert status.binlog_pos == position
 
 
+def test_a_promotion_given_up_keeps_the_replica_configured(pair: Pair) -> None:
+    """
+    A promotion given up right before the server would become writable
+    leaves it read-only and still a (stopped) replica of the old primary:
+    the next attempt is a replica's promotion again, not a bootstrap (which
+    refuses to promote while the peer does not answer). It succeeds, and
+    the replica configuration is gone only once the server is writable.
+    """
+    make_primary_and_replica(pair)
+    insert(pair, "db1", *range(200, 220))
+    wait_for(lambda: pair.status("db2").applied_received, what="db2 applied")
+    pair["db1"].kill()
+    with pytest.raises(ops.OperationFailed, match="given up"):
+        pair.run("db2", ops.promote, 10.0, False, lambda step: None, lambda: False)
+    status = pair.status("db2")
+    assert status.read_only and status.replica_configured
+    pair.run("db2", ops.promote, 10.0, False)
+    status = pair.status("db2")
+    assert not status.read_only and not status.replica_configured
+    assert set(range(200, 220)) <= rows(pair, "db2")
+
+
 def test_fence_refuses_writes_and_never_acknowledges_a_waiting_one(pair: Pair) -> None:
     """
     Fencing a primary whose write waits for a semi-sync ack ends that client
