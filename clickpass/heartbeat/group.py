@@ -74,6 +74,16 @@ class VipControl(Protocol):
         host's connections in flight finish (or remove it at once).
         """
 
+    def bridge(self, address: str) -> None:
+        """
+        Send the packets of the VIP's TCP connections this host did not see
+        start to the old holder at C{address}, which kept the VIP for its
+        drain (a planned move), instead of resetting them. Never delays a take.
+        """
+
+    def unbridge(self) -> None:
+        """End that (no error when there is none, or one left by a previous run)."""
+
     def announce(self) -> None:
         """Send a burst of gratuitous ARP."""
 
@@ -173,6 +183,12 @@ class Group:
         self._last_master: PeerView | None = None
         self._failed_master: tuple[PeerView, str] | None = None
         self._process_gone: str | None = None
+        # The live master that hands us the VIP in a planned move (its
+        # healthy resign, or our preempt), to bridge its connections to; and
+        # the node we bridge to, until the drain ends or it falls silent.
+        self._handing_master: PeerView | None = None
+        self._bridged_to: str | None = None
+        self._unbridge: IDelayedCall | None = None
         self.last_failover: dict[str, Any] | None = None
         # Called with the details of every failover this node makes (alerts).
         self.on_failover: Callable[[dict[str, Any]], None] | None = None
@@ -266,7 +282,7 @@ class Group:
         self.machine.shutdown()
         if self._adverts.running:
             self._adverts.stop()
-        for call in (self._down, self._vote, self._handover):
+        for call in (self._down, self._vote, self._handover, self._unbridge):
             if call is not None and call.active():
                 call.cancel()
 
@@ -316,6 +332,7 @@ class Group:
         elif self._outranked_by(view, now):
             self.machine.heard_stronger_master()
         elif self.state in (State.BACKUP, State.CANDIDATE) and self._may_preempt(now, view):
+            self._handing_master = view
             self.machine.preempt()
         else:
             self.machine.heard_weaker_master()
@@ -487,6 +504,8 @@ class Group:
         if state == State.MASTER and not self._vip_up:
             advertised = State.BACKUP  # not yet answering for the VIP
         self._send(advertised)
+        if state == State.MASTER and self._bridged_to is not None:
+            self._check_bridge()
         if state in (State.MASTER, State.HANDOVER):
             self.vip.renew()
             refresh = self.settings.garp_refresh
@@ -571,6 +590,7 @@ class Group:
                 )
                 return
         self._failed_master = self._failed()
+        self._handing_master = self._handing()
         if self.maintenance:
             self.arm_down_timer(False)
         elif self.witness_required:
@@ -594,6 +614,72 @@ class Group:
         if last.health == Health.FAULT:
             return last, "master fault"
         return None
+
+    def _handing(self) -> PeerView | None:
+        """
+        The master we last heard if it is handing the VIP over in a planned
+        move: it resigned healthy, so it keeps the address until we claim
+        MASTER (a switchover), or it was stopping (it went silent after its
+        resign: the bridge ends then, L{_check_bridge}). Not one that
+        resigned as FAULT (it released the address at once), went silent or
+        whose process is gone.
+        """
+        last = self._last_master
+        if (
+            last is None
+            or last.priority != 0
+            or last.health == Health.FAULT
+            or self._process_gone == last.node
+        ):
+            return None
+        return last
+
+    def _start_bridge(self, old: PeerView) -> None:
+        """Bridge the connections the old holder C{old} started, for our drain."""
+        old = self.peers.get(old.node, old)  # as last heard (a vote takes a while)
+        if not self.settings.vip_bridge or self.settings.vip_drain <= 0 or not old.address:
+            return
+        if self.clock.seconds() - old.heard_at > HEARD_ADVERTS * old.interval:
+            return  # not live: nothing there to answer
+        if old.state != State.MASTER:
+            # Its adverts say BACKUP since its resign: it stepped down
+            # (maintenance, lost quorum) and released the address at once.
+            return
+        self._end_bridge()
+        self._bridged_to = old.node
+        self.counters["bridges"] += 1
+        self.vip.bridge(old.address)
+        self._unbridge = self.clock.callLater(self.settings.vip_drain, self._bridge_drained)
+
+    def _bridge_drained(self) -> None:
+        self._unbridge = None
+        self._end_bridge()
+
+    def _check_bridge(self) -> None:
+        """
+        End the bridge early when the old holder is no longer heard: a node
+        that stopped (its resign looked like a switchover's) has no address
+        left, and bridged packets would vanish; a client gets a prompt reset
+        from us instead of waiting.
+        """
+        old = self.peers.get(self._bridged_to or "")
+        now = self.clock.seconds()
+        if old is not None and now - old.heard_at <= HEARD_ADVERTS * old.interval:
+            return
+        self.counters["bridges_ended_silent"] += 1
+        self.log.info(
+            "cluster group {group}: {node} is no longer heard; ending the bridge to it",
+            group=self.name,
+            node=self._bridged_to,
+        )
+        self._end_bridge()
+
+    def _end_bridge(self) -> None:
+        if self._unbridge is not None and self._unbridge.active():
+            self._unbridge.cancel()
+        self._unbridge = None
+        self._bridged_to = None
+        self.vip.unbridge()
 
     def _report_failover(self, master: PeerView, reason: str) -> None:
         now = self.clock.seconds()
@@ -643,6 +729,7 @@ class Group:
     def arm_down_timer(self, resign: bool) -> None:
         self.cancel_down_timer()
         self._failed_master = None
+        self._handing_master = None
         delay = skew(self.priority, self.master_interval)
         if not resign:
             delay += DOWN_ADVERTS * self.master_interval
@@ -666,10 +753,15 @@ class Group:
         self._vip_up = False
         self.counters["takeovers"] += 1
         failed, self._failed_master = self._failed_master, None
+        handing, self._handing_master = self._handing_master, None
         if failed is not None and self._process_gone == failed[0].node:
             # Its link closed after our down timer fired (a process slow to
             # die), while we waited for the witness's vote.
             failed = (failed[0], "heartbeat process gone")
+        if failed is None and handing is not None and self._process_gone != handing.node:
+            # Before the address, so that no packet of a connection in
+            # flight there reaches us unbridged once our ARP goes out.
+            self._start_bridge(handing)
         self.vip.take(self._vip_is_up)
         if failed is not None:
             self._report_failover(*failed)
@@ -683,10 +775,13 @@ class Group:
             self._send(State.MASTER)
 
     def release_vip(self) -> None:
+        # Also at start: a bridge a previous run left goes.
+        self._end_bridge()
         self.vip.release()
 
     def hand_off_vip(self) -> None:
         self.counters["hand_offs"] += 1
+        self._end_bridge()
         self.vip.hand_off()
 
     def announce(self) -> None:
