@@ -759,8 +759,8 @@ class Group:
             # die), while we waited for the witness's vote.
             failed = (failed[0], "heartbeat process gone")
         if failed is None and handing is not None and self._process_gone != handing.node:
-            # Before the address, so that no packet of a connection in
-            # flight there reaches us unbridged once our ARP goes out.
+            # Asked for before the address (the take does not wait for it:
+            # nft loads the table a few ms after our ARP goes out).
             self._start_bridge(handing)
         self.vip.take(self._vip_is_up)
         if failed is not None:
