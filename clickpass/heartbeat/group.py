@@ -662,10 +662,13 @@ class Group:
         left, and bridged packets would vanish; a client gets a prompt reset
         from us instead of waiting.
         """
-        old = self.peers.get(self._bridged_to or "")
-        now = self.clock.seconds()
-        if old is not None and now - old.heard_at <= HEARD_ADVERTS * old.interval:
+        if self._old_holder_heard():
             return
+        if self.drain is not None:
+            # A late tick: the old holder's adverts may be waiting in our socket.
+            self.drain()
+            if self._bridged_to is None or self._old_holder_heard():
+                return
         self.counters["bridges_ended_silent"] += 1
         self.log.info(
             "cluster group {group}: {node} is no longer heard; ending the bridge to it",
@@ -673,6 +676,11 @@ class Group:
             node=self._bridged_to,
         )
         self._end_bridge()
+
+    def _old_holder_heard(self) -> bool:
+        old = self.peers.get(self._bridged_to or "")
+        now = self.clock.seconds()
+        return old is not None and now - old.heard_at <= HEARD_ADVERTS * old.interval
 
     def _end_bridge(self) -> None:
         if self._unbridge is not None and self._unbridge.active():

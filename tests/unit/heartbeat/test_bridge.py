@@ -169,3 +169,22 @@ def test_stopping_cancels_the_bridge_timer() -> None:
     net.nodes["app2"].stop()
     assert bridges(net, "app2") == ["bridge app1", "unbridge"]
     assert net.nodes["app2"]._unbridge is None
+
+
+def test_a_late_tick_reads_the_old_holders_waiting_adverts_before_ending_the_bridge() -> None:
+    """The new holder's process is not scheduled for a while as the old holder keeps
+    advertising (its adverts wait in our socket): the tick reads them first and keeps
+    the bridge. Without reading them (no drain) the same stall ends it."""
+    for drain in (True, False):
+        net = pair()
+        b = net.nodes["app2"]
+        net.nodes["app1"].switchover()
+        net.run(0.5)
+        if not drain:
+            b.drain = None
+        net.stalled.add("app2")
+        net.run(1.0)
+        net.stalled.discard("app2")
+        net.drain("app2")
+        assert (net.vips["app2"].bridged_to == "app1") is drain
+        assert b.counters["bridges_ended_silent"] == (0 if drain else 1)
