@@ -328,12 +328,23 @@ class Group:
         self._process_gone = None
         self.master_interval = message.interval
         if message.priority == 0:
+            if self.state == State.BACKUP and message.health != Health.FAULT:
+                # A switchover (or a clean stop): if we take over, the bridge
+                # is loaded by then, before our ARP goes out.
+                self._start_bridge(view)
             self.machine.heard_resign()
         elif self._outranked_by(view, now):
+            if self.state in (State.BACKUP, State.CANDIDATE):
+                self._end_bridge()  # it stays MASTER (or another is): no move to us
             self.machine.heard_stronger_master()
         elif self.state in (State.BACKUP, State.CANDIDATE) and self._may_preempt(now, view):
-            self._handing_master = view
-            self.machine.preempt()
+            if self._bridged_to != view.node and self._start_bridge(view):
+                # Preempt at its next advert, the bridge loaded by then (nft
+                # takes some 10-30 ms): not after our ARP has gone out.
+                self.machine.heard_weaker_master()
+            else:
+                self._handing_master = view
+                self.machine.preempt()
         else:
             self.machine.heard_weaker_master()
 
@@ -634,22 +645,29 @@ class Group:
             return None
         return last
 
-    def _start_bridge(self, old: PeerView) -> None:
-        """Bridge the connections the old holder C{old} started, for our drain."""
+    def _start_bridge(self, old: PeerView) -> bool:
+        """
+        Bridge the connections the old holder C{old} started, for our drain
+        (from now: asked for before the takeover, so that nft has loaded the
+        table when our ARP goes out). Whether a new bridge was asked for.
+        """
         old = self.peers.get(old.node, old)  # as last heard (a vote takes a while)
         if not self.settings.vip_bridge or self.settings.vip_drain <= 0 or not old.address:
-            return
+            return False
         if self.clock.seconds() - old.heard_at > HEARD_ADVERTS * old.interval:
-            return  # not live: nothing there to answer
+            return False  # not live: nothing there to answer
         if old.state != State.MASTER:
             # Its adverts say BACKUP since its resign: it stepped down
             # (maintenance, lost quorum) and released the address at once.
-            return
+            return False
+        if self._bridged_to == old.node:
+            return False  # asked for already (its resign, a preempt's first advert)
         self._end_bridge()
         self._bridged_to = old.node
         self.counters["bridges"] += 1
         self.vip.bridge(old.address)
         self._unbridge = self.clock.callLater(self.settings.vip_drain, self._bridge_drained)
+        return True
 
     def _bridge_drained(self) -> None:
         self._unbridge = None
@@ -767,9 +785,11 @@ class Group:
             # die), while we waited for the witness's vote.
             failed = (failed[0], "heartbeat process gone")
         if failed is None and handing is not None and self._process_gone != handing.node:
-            # Asked for before the address (the take does not wait for it:
-            # nft loads the table a few ms after our ARP goes out).
+            # Asked for already when it resigned or we first could preempt
+            # it; else now (the take does not wait for nft).
             self._start_bridge(handing)
+        elif self._bridged_to is not None:
+            self._end_bridge()  # a failover after all: nothing there to answer
         self.vip.take(self._vip_is_up)
         if failed is not None:
             self._report_failover(*failed)
