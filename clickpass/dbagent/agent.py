@@ -339,6 +339,14 @@ class VipGate:
         # primary, not finish on it: the same as a release (clients ended first).
         self.release()
 
+    def bridge(self, address: str) -> None:
+        # Never: the old primary releases the address at once and ends its
+        # clients (hand_off above), so there is nothing to bridge to.
+        pass
+
+    def unbridge(self) -> None:
+        pass
+
     def _let_go(self) -> None:
         """Release the address, the clients' connections ended first when it was held."""
         was_held, self.held = self.held, False

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import ipaddress
 import math
 import os
+import re
 import shlex
 import socket
 import struct
@@ -44,6 +46,7 @@ from clickpass.heartbeat.settings import ClusterGroupSettings
 from clickpass.heartbeat.wire import State
 
 IP = "ip"
+NFT = "nft"
 MAX_OUTPUT = 4096
 _PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # What iproute2 versions say when deleting an address that is not there.
@@ -97,7 +100,8 @@ class CommandRunner:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
 
-    def run(self, argv: Sequence[str], timeout: float) -> Deferred[Result]:
+    def run(self, argv: Sequence[str], timeout: float, stdin: bytes = b"") -> Deferred[Result]:
+        """Run C{argv}, C{stdin} written to it (then closed); its result, never an error."""
         done: Deferred[Result] = Deferred()
         protocol = _Collect(done, self._reactor, timeout)
         env = {"PATH": os.environ.get("PATH", _PATH), "LANG": "C"}
@@ -117,6 +121,8 @@ class CommandRunner:
             protocol._timer.cancel()
             return succeed(Result(None, f"cannot start {argv[0]}: {e}"))
         if protocol.transport is not None:  # spawnProcess connected it
+            if stdin:
+                protocol.transport.write(stdin)
             protocol.transport.closeStdin()
         return done
 
@@ -381,6 +387,178 @@ def arp_quiet(interface: str, sysctl: Callable[[str], int | None] = read_sysctl)
     return values["arp_ignore"] in ARP_IGNORE_QUIET and values["arp_announce"] == ARP_ANNOUNCE_QUIET
 
 
+# The nftables table of a group's hand-off bridge (L{HandoffBridge}).
+BRIDGE_TABLE_PREFIX = "clickpass_handoff_"
+# How long nft may take to load or remove a table.
+NFT_TIMEOUT = 2.0
+# An interface name nft may be given (quoted) without anything of it parsed.
+_SAFE_INTERFACE = re.compile(r"[A-Za-z0-9_.@-]+")
+
+
+def bridge_table(group: str) -> str:
+    """
+    The name of C{group}'s bridge table: C{clickpass_handoff_} and the group's
+    name when that is letters, digits and C{_}; otherwise the name with every
+    other character as C{_} and 8 hex digits of its SHA-256, so that no two
+    groups share a table and nothing of a name reaches nft's parser.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", group)
+    if safe != group or not group:
+        safe += "_" + hashlib.sha256(group.encode("utf-8")).hexdigest()[:8]
+    return BRIDGE_TABLE_PREFIX + safe
+
+
+def bridge_ruleset(table: str, vip: str, to: str | None, interface: str) -> str:
+    """
+    Input for C{nft -f -} that replaces C{table} by a bridge of C{vip}'s
+    unknown connections to C{to} out of C{interface}, or with C{to} None
+    only removes it. Declaring the table before deleting it makes one
+    transaction that works whether the table was there or not.
+
+    A TCP packet to the VIP that is not a SYN and finds no connection in
+    conntrack (C{ct state new}: picked up mid-stream, as the kernel's
+    default C{nf_conntrack_tcp_loose=1} does) belongs to a connection this
+    host did not see start; its connection is marked, and every packet of
+    a marked connection is copied to the old holder's own address at
+    layer 2 (C{dup}, so the destination stays the VIP) and dropped here.
+    Connections started here (their SYN came here) are never touched.
+    """
+    lines = [f"table ip {table}", f"delete table ip {table}"]
+    if to is not None:
+        lines += [
+            f"table ip {table} {{",
+            "\tchain pre {",
+            "\t\ttype filter hook prerouting priority -150; policy accept;",
+            f"\t\tip daddr {vip} tcp flags & syn == 0 ct state new ct mark set 0x1",
+            f'\t\tip daddr {vip} ct mark 0x1 dup to {to} device "{interface}" drop',
+            "\t}",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class HandoffBridge:
+    """
+    The new holder's half of a planned move: for its drain, the packets to
+    the VIP of TCP connections this host did not see start (their handshake
+    was done by the old holder just before the ARP change) go on to the old
+    holder, which still has the VIP (parked on C{lo}) and the connection's
+    socket, and answers the client itself. Without it this host's kernel,
+    which knows no such connection, answers RST: "Connection reset by peer".
+
+    One nftables table per group (L{bridge_table}), loaded and removed as a
+    whole by C{nft -f -} through the runner (L{bridge_ruleset}). A move never
+    waits for it nor fails because of it: when nft is missing or refuses,
+    one warning is logged, every failure is counted, and moves go on without
+    the bridge. Removing is idempotent, and the first removal (the group
+    releases its VIP at start) also clears a table a previous run left.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: ClusterGroupSettings, runner: CommandRunner) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.table = bridge_table(settings.name)
+        iface = ipaddress.ip_interface(settings.vip)
+        self.vip = str(iface.ip)
+        self.network = iface.network
+        self.counters: Counter[str] = Counter()
+        # The old holder we bridge to, once nft has loaded the table.
+        self.bridged_to: str | None = None
+        # Whether this process knows the table is absent (not at start: a
+        # previous run may have left it).
+        self._absent = False
+        self._warned = False
+        self._serial = Serial()
+
+    def install(self, to: str) -> None:
+        """Bridge the VIP's connections not started here to C{to} (the old holder's address)."""
+        refusal = self._refusal(to)
+        if refusal is not None:
+            self.counters["bridge_skipped"] += 1
+            self._warn_once(refusal)
+            return
+        self._absent = False
+        self._serial(lambda: Deferred.fromCoroutine(self._load(to)))
+
+    def remove(self) -> None:
+        """End the bridge (nothing is run when this process knows there is none)."""
+        if self._absent:
+            return
+        self._absent = True
+        self._serial(lambda: Deferred.fromCoroutine(self._load(None)))
+
+    def _refusal(self, to: str) -> str | None:
+        """Why the bridge cannot be built to C{to}, or None."""
+        try:
+            address = ipaddress.ip_address(to)
+        except ValueError:
+            return f"the old holder's address {to!r} is not an IP address"
+        if address.version != 4 or address not in self.network:
+            # dup sends on the VIP's link: an address elsewhere is not there.
+            return f"the old holder's address {to} is not in the VIP's network {self.network}"
+        if not _SAFE_INTERFACE.fullmatch(self.settings.interface):
+            return f"the interface name {self.settings.interface!r} is not one nft is given"
+        return None
+
+    async def _load(self, to: str | None) -> None:
+        ruleset = bridge_ruleset(self.table, self.vip, to, self.settings.interface)
+        result = await self.runner.run([NFT, "-f", "-"], NFT_TIMEOUT, stdin=ruleset.encode())
+        error = "timed out" if result.timed_out else (result.output or f"exit {result.code}")
+        if to is not None:
+            if result.ok:
+                self.bridged_to = to
+                self.counters["bridged"] += 1
+                self.log.info(
+                    "VIP {vip}: connections not started here are bridged to {to} (table {table})",
+                    vip=self.vip,
+                    to=to,
+                    table=self.table,
+                )
+            else:
+                self.counters["bridge_failed"] += 1
+                self._warn_once(f"nft could not load table {self.table}: {error}")
+            return
+        if result.ok:
+            if self.bridged_to is not None:
+                self.counters["unbridged"] += 1
+                self.log.info("VIP {vip}: bridge to {to} ended", vip=self.vip, to=self.bridged_to)
+            self.bridged_to = None
+            return
+        self._absent = False
+        self.counters["unbridge_failed"] += 1
+        if self.bridged_to is None:
+            self._warn_once(f"nft could not remove table {self.table}: {error}")
+            return
+        # A bridge left in place would send these packets to an address
+        # that soon drops them: say so every time, and try again next time.
+        self.log.error(
+            "VIP {vip}: cannot end the bridge to {to}: nft could not remove table {table}: {error}",
+            vip=self.vip,
+            to=self.bridged_to,
+            table=self.table,
+            error=error,
+        )
+
+    def _warn_once(self, why: str) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        self.log.warn(
+            "cluster group {group}: planned moves of VIP {vip} go on without a bridge for"
+            " connections in flight ({why}); such a connection may be reset (needs nftables"
+            " and CAP_NET_ADMIN; vip_bridge = false turns the bridge off)",
+            group=self.settings.name,
+            vip=self.vip,
+            why=why,
+        )
+
+    def idle(self) -> Deferred[object]:
+        """Fires when every queued change of the table has run."""
+        return self._serial(lambda: None)
+
+
 class VipManager:
     """
     The VIP of one group on this host, held as a lease: added with valid and
@@ -403,6 +581,7 @@ class VipManager:
         garp: GarpSender | None = None,
         parking: Addresses | None = None,
         sysctl: Callable[[str], int | None] = read_sysctl,
+        bridge: HandoffBridge | None = None,
     ) -> None:
         self.settings = settings
         self.addresses = addresses
@@ -414,6 +593,8 @@ class VipManager:
         # The address as a host address on lo, for hand_off (IPv4 only: ARP's
         # sysctls say whether this host would still claim it; IPv6 has none).
         self.parking = parking if iface.version == 4 else None
+        # The new holder's side of a planned move (IPv4 only, as the parking is).
+        self.handoff_bridge = bridge if iface.version == 4 else None
         self.sysctl = sysctl
         self.counters: Counter[str] = Counter()
         self.held = False
@@ -537,6 +718,20 @@ class VipManager:
 
         self._serial(lambda: Deferred.fromCoroutine(step()))
 
+    def bridge(self, address: str) -> None:
+        """
+        Send the packets of the VIP's connections this host did not see start
+        to the old holder at C{address} (L{HandoffBridge}); the take does not
+        wait for it.
+        """
+        if self.handoff_bridge is not None:
+            self.handoff_bridge.install(address)
+
+    def unbridge(self) -> None:
+        """End that bridge (idempotent)."""
+        if self.handoff_bridge is not None:
+            self.handoff_bridge.remove()
+
     def _drained(self) -> None:
         self._unpark = None
         if not self.held:
@@ -612,13 +807,18 @@ class VipManager:
         self._burst = []
 
     def idle(self) -> Deferred[object]:
-        """Fires when every queued address change has run."""
-        return self._serial(lambda: None)
+        """Fires when every queued address change (and bridge change) has run."""
+        bridge = self.handoff_bridge
+        if bridge is None:
+            return self._serial(lambda: None)
+        return self._serial(bridge.idle)
 
     def status_counters(self) -> dict[str, int]:
         counters = dict(self.counters)
         if self.garp is not None:
             counters.update(self.garp.counters)
+        if self.handoff_bridge is not None:
+            counters.update(self.handoff_bridge.counters)
         return counters
 
     def close(self) -> None:
@@ -682,6 +882,7 @@ __all__ = [
     "Addresses",
     "CommandRunner",
     "GarpSender",
+    "HandoffBridge",
     "HookRunner",
     "IpCommand",
     "NetlinkAddresses",
@@ -689,6 +890,8 @@ __all__ = [
     "VipManager",
     "address_message",
     "arp_quiet",
+    "bridge_ruleset",
+    "bridge_table",
     "garp_frame",
     "parked_settings",
 ]

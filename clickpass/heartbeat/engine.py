@@ -24,6 +24,7 @@ from clickpass.config import ConfigError, Settings, read_secret_file
 from clickpass.heartbeat import wire
 from clickpass.heartbeat.actions import (
     CommandRunner,
+    HandoffBridge,
     HookRunner,
     IpCommand,
     NetlinkAddresses,
@@ -170,6 +171,7 @@ class Engine:
                 _addresses(settings, runner),
                 self.reactor,
                 parking=_addresses(parked_settings(settings), runner),
+                bridge=HandoffBridge(settings, runner),
             )
         )
         hooks = (

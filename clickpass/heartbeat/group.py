@@ -74,6 +74,16 @@ class VipControl(Protocol):
         host's connections in flight finish (or remove it at once).
         """
 
+    def bridge(self, address: str) -> None:
+        """
+        Send the packets of the VIP's TCP connections this host did not see
+        start to the old holder at C{address}, which kept the VIP for its
+        drain (a planned move), instead of resetting them. Never delays a take.
+        """
+
+    def unbridge(self) -> None:
+        """End that (no error when there is none, or one left by a previous run)."""
+
     def announce(self) -> None:
         """Send a burst of gratuitous ARP."""
 
@@ -173,6 +183,12 @@ class Group:
         self._last_master: PeerView | None = None
         self._failed_master: tuple[PeerView, str] | None = None
         self._process_gone: str | None = None
+        # The live master that hands us the VIP in a planned move (its
+        # healthy resign, or our preempt), to bridge its connections to; and
+        # the node we bridge to, until the drain ends or it falls silent.
+        self._handing_master: PeerView | None = None
+        self._bridged_to: str | None = None
+        self._unbridge: IDelayedCall | None = None
         self.last_failover: dict[str, Any] | None = None
         # Called with the details of every failover this node makes (alerts).
         self.on_failover: Callable[[dict[str, Any]], None] | None = None
@@ -266,7 +282,7 @@ class Group:
         self.machine.shutdown()
         if self._adverts.running:
             self._adverts.stop()
-        for call in (self._down, self._vote, self._handover):
+        for call in (self._down, self._vote, self._handover, self._unbridge):
             if call is not None and call.active():
                 call.cancel()
 
@@ -312,11 +328,23 @@ class Group:
         self._process_gone = None
         self.master_interval = message.interval
         if message.priority == 0:
+            if self.state == State.BACKUP and message.health != Health.FAULT:
+                # A switchover (or a clean stop): if we take over, the bridge
+                # is loaded by then, before our ARP goes out.
+                self._start_bridge(view)
             self.machine.heard_resign()
         elif self._outranked_by(view, now):
+            if self.state in (State.BACKUP, State.CANDIDATE):
+                self._end_bridge()  # it stays MASTER (or another is): no move to us
             self.machine.heard_stronger_master()
         elif self.state in (State.BACKUP, State.CANDIDATE) and self._may_preempt(now, view):
-            self.machine.preempt()
+            if self._bridged_to != view.node and self._start_bridge(view):
+                # Preempt at its next advert, the bridge loaded by then (nft
+                # takes some 10-30 ms): not after our ARP has gone out.
+                self.machine.heard_weaker_master()
+            else:
+                self._handing_master = view
+                self.machine.preempt()
         else:
             self.machine.heard_weaker_master()
 
@@ -487,6 +515,8 @@ class Group:
         if state == State.MASTER and not self._vip_up:
             advertised = State.BACKUP  # not yet answering for the VIP
         self._send(advertised)
+        if state == State.MASTER and self._bridged_to is not None:
+            self._check_bridge()
         if state in (State.MASTER, State.HANDOVER):
             self.vip.renew()
             refresh = self.settings.garp_refresh
@@ -571,6 +601,7 @@ class Group:
                 )
                 return
         self._failed_master = self._failed()
+        self._handing_master = self._handing()
         if self.maintenance:
             self.arm_down_timer(False)
         elif self.witness_required:
@@ -594,6 +625,87 @@ class Group:
         if last.health == Health.FAULT:
             return last, "master fault"
         return None
+
+    def _handing(self) -> PeerView | None:
+        """
+        The master we last heard if it is handing the VIP over in a planned
+        move: it resigned healthy, so it keeps the address until we claim
+        MASTER (a switchover), or it was stopping (it went silent after its
+        resign: the bridge ends then, L{_check_bridge}). Not one that
+        resigned as FAULT (it released the address at once), went silent or
+        whose process is gone.
+        """
+        last = self._last_master
+        if (
+            last is None
+            or last.priority != 0
+            or last.health == Health.FAULT
+            or self._process_gone == last.node
+        ):
+            return None
+        return last
+
+    def _start_bridge(self, old: PeerView) -> bool:
+        """
+        Bridge the connections the old holder C{old} started, for our drain
+        (from now: asked for before the takeover, so that nft has loaded the
+        table when our ARP goes out). Whether a new bridge was asked for.
+        """
+        old = self.peers.get(old.node, old)  # as last heard (a vote takes a while)
+        if not self.settings.vip_bridge or self.settings.vip_drain <= 0 or not old.address:
+            return False
+        if self.clock.seconds() - old.heard_at > HEARD_ADVERTS * old.interval:
+            return False  # not live: nothing there to answer
+        if old.state != State.MASTER:
+            # Its adverts say BACKUP since its resign: it stepped down
+            # (maintenance, lost quorum) and released the address at once.
+            return False
+        if self._bridged_to == old.node:
+            return False  # asked for already (its resign, a preempt's first advert)
+        self._end_bridge()
+        self._bridged_to = old.node
+        self.counters["bridges"] += 1
+        self.vip.bridge(old.address)
+        self._unbridge = self.clock.callLater(self.settings.vip_drain, self._bridge_drained)
+        return True
+
+    def _bridge_drained(self) -> None:
+        self._unbridge = None
+        self._end_bridge()
+
+    def _check_bridge(self) -> None:
+        """
+        End the bridge early when the old holder is no longer heard: a node
+        that stopped (its resign looked like a switchover's) has no address
+        left, and bridged packets would vanish; a client gets a prompt reset
+        from us instead of waiting.
+        """
+        if self._old_holder_heard():
+            return
+        if self.drain is not None:
+            # A late tick: the old holder's adverts may be waiting in our socket.
+            self.drain()
+            if self._bridged_to is None or self._old_holder_heard():
+                return
+        self.counters["bridges_ended_silent"] += 1
+        self.log.info(
+            "cluster group {group}: {node} is no longer heard; ending the bridge to it",
+            group=self.name,
+            node=self._bridged_to,
+        )
+        self._end_bridge()
+
+    def _old_holder_heard(self) -> bool:
+        old = self.peers.get(self._bridged_to or "")
+        now = self.clock.seconds()
+        return old is not None and now - old.heard_at <= HEARD_ADVERTS * old.interval
+
+    def _end_bridge(self) -> None:
+        if self._unbridge is not None and self._unbridge.active():
+            self._unbridge.cancel()
+        self._unbridge = None
+        self._bridged_to = None
+        self.vip.unbridge()
 
     def _report_failover(self, master: PeerView, reason: str) -> None:
         now = self.clock.seconds()
@@ -643,6 +755,7 @@ class Group:
     def arm_down_timer(self, resign: bool) -> None:
         self.cancel_down_timer()
         self._failed_master = None
+        self._handing_master = None
         delay = skew(self.priority, self.master_interval)
         if not resign:
             delay += DOWN_ADVERTS * self.master_interval
@@ -666,10 +779,17 @@ class Group:
         self._vip_up = False
         self.counters["takeovers"] += 1
         failed, self._failed_master = self._failed_master, None
+        handing, self._handing_master = self._handing_master, None
         if failed is not None and self._process_gone == failed[0].node:
             # Its link closed after our down timer fired (a process slow to
             # die), while we waited for the witness's vote.
             failed = (failed[0], "heartbeat process gone")
+        if failed is None and handing is not None and self._process_gone != handing.node:
+            # Asked for already when it resigned or we first could preempt
+            # it; else now (the take does not wait for nft).
+            self._start_bridge(handing)
+        elif self._bridged_to is not None:
+            self._end_bridge()  # a failover after all: nothing there to answer
         self.vip.take(self._vip_is_up)
         if failed is not None:
             self._report_failover(*failed)
@@ -683,10 +803,13 @@ class Group:
             self._send(State.MASTER)
 
     def release_vip(self) -> None:
+        # Also at start: a bridge a previous run left goes.
+        self._end_bridge()
         self.vip.release()
 
     def hand_off_vip(self) -> None:
         self.counters["hand_offs"] += 1
+        self._end_bridge()
         self.vip.hand_off()
 
     def announce(self) -> None:

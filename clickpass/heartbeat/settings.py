@@ -115,6 +115,15 @@ class ClusterGroupSettings:
             "arp_announce=2 on the interface (else released at once). 0: released at once."
         ),
     )
+    vip_bridge: bool = dataclasses.field(
+        default=True,
+        metadata=_doc(
+            "After taking the VIP in a planned move from a live peer, send the packets of "
+            "TCP connections this node did not see start to that peer for vip_drain seconds "
+            "(it still has them), instead of resetting them; needs nftables (nft). "
+            "false: off."
+        ),
+    )
     check: list[HealthCheckSettings] = dataclasses.field(
         default_factory=list, metadata=_doc("Health inputs ([[cluster.group.check]] tables).")
     )

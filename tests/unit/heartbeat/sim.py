@@ -21,6 +21,10 @@ class FakeVip:
     net: Net
     held: bool = False
     log: list[str] = field(default_factory=list)
+    # The old holder's address while a hand-off bridge is asked for, and
+    # when each bridge was asked for and ended (not in the net's events).
+    bridged_to: str | None = None
+    bridges: list[tuple[float, str]] = field(default_factory=list)
 
     def take(self, up: Callable[[], None]) -> None:
         self.held = True
@@ -43,6 +47,19 @@ class FakeVip:
             self.net.events.append((self.net.clock.seconds(), self.name, "hand_off"))
         self.held = False
         self.log.append("hand_off")
+
+    def bridge(self, address: str) -> None:
+        self.bridged_to = address
+        self.log.append(f"bridge {address}")
+        self.bridges.append((self.net.clock.seconds(), f"bridge {address}"))
+
+    def unbridge(self) -> None:
+        # Asked at every release too (clearing a bridge a previous run left):
+        # recorded only when one was asked for.
+        if self.bridged_to is not None:
+            self.bridges.append((self.net.clock.seconds(), "unbridge"))
+            self.log.append("unbridge")
+        self.bridged_to = None
 
     def announce(self) -> None:
         self.log.append("announce")
@@ -132,6 +149,8 @@ class Net:
         preempt_delay: float = 0.0,
         checks: tuple[tuple[str, int], ...] = (),
         witness: bool = False,
+        vip_drain: float = 5.0,
+        vip_bridge: bool = True,
     ) -> Group:
         settings = ClusterGroupSettings(
             name="app",
@@ -143,6 +162,8 @@ class Net:
             preempt=preempt,
             preempt_delay=preempt_delay,
             check=[HealthCheckSettings(n, w) for n, w in checks],
+            vip_drain=vip_drain,
+            vip_bridge=vip_bridge,
         )
         self.vips[name] = FakeVip(name, self)
         self.notifiers[name] = FakeNotifier()

@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from clickpass.heartbeat.actions import (
     NLM_F_ACK,
@@ -16,6 +17,8 @@ from clickpass.heartbeat.actions import (
     NLM_F_REPLACE,
     RTM_DELADDR,
     RTM_NEWADDR,
+    CommandRunner,
+    HandoffBridge,
     HookRunner,
     IpCommand,
     Result,
@@ -23,6 +26,8 @@ from clickpass.heartbeat.actions import (
     ack_error,
     address_message,
     arp_quiet,
+    bridge_ruleset,
+    bridge_table,
     garp_frame,
     parked_settings,
 )
@@ -45,10 +50,12 @@ class FakeRunner:
 
     def __init__(self) -> None:
         self.started: list[tuple[list[str], Deferred[Result]]] = []
+        self.stdin: list[bytes] = []
 
-    def run(self, argv: Any, timeout: float) -> Deferred[Result]:
+    def run(self, argv: Any, timeout: float, stdin: bytes = b"") -> Deferred[Result]:
         d: Deferred[Result] = Deferred()
         self.started.append((list(argv), d))
+        self.stdin.append(stdin)
         return d
 
     def finish(self, index: int, code: int = 0, output: str = "") -> None:
@@ -318,3 +325,157 @@ def test_hooks_run_in_order_and_skip_repeats() -> None:
     assert [argv[-1] for argv, _ in runner.started] == ["MASTER", "MASTER", "BACKUP", "BACKUP"]
     assert hooks.counters["hooks_failed"] == 1
     assert hooks.counters["hooks_ok"] == 3
+
+
+def test_bridge_table_is_named_after_the_group_and_safe_for_nft() -> None:
+    """A plain group name is kept; any other is made of letters, digits and _ and told
+    apart from its look-alikes by a hash of the real name."""
+    assert bridge_table("app1") == "clickpass_handoff_app1"
+    odd = [bridge_table(name) for name in ("db-1", "db_1", "db 1", 'x"; flush ruleset', "é")]
+    assert odd[1] == "clickpass_handoff_db_1"
+    assert len(set(odd)) == len(odd)
+    assert all(name.isascii() and name.replace("_", "").isalnum() for name in odd)
+
+
+def test_bridge_ruleset_replaces_or_removes_the_table_in_one_transaction() -> None:
+    """The table is declared then deleted (so it works whether or not it was there),
+    then, to bridge, loaded afresh: non-SYN packets unknown to conntrack mark their
+    connection, and a marked connection's packets are copied to the old holder and
+    dropped here."""
+    assert bridge_ruleset("t", "10.77.0.100", None, "eth0") == ("table ip t\ndelete table ip t\n")
+    assert bridge_ruleset("t", "10.77.0.100", "10.77.0.11", "eth0").splitlines() == [
+        "table ip t",
+        "delete table ip t",
+        "table ip t {",
+        "\tchain pre {",
+        "\t\ttype filter hook prerouting priority -150; policy accept;",
+        "\t\tip daddr 10.77.0.100 tcp flags & syn == 0 ct state new ct mark set 0x1",
+        '\t\tip daddr 10.77.0.100 ct mark 0x1 dup to 10.77.0.11 device "eth0" drop',
+        "\t}",
+        "}",
+    ]
+
+
+def test_bridge_installs_and_removes_its_table_with_nft() -> None:
+    """install loads the group's table through nft -f - (the ruleset on stdin); remove
+    deletes it, once: a second removal runs nothing."""
+    runner = FakeRunner()
+    bridge = HandoffBridge(SETTINGS, runner)  # type: ignore[arg-type]
+    bridge.install("10.77.0.11")
+    assert runner.started[0][0] == ["nft", "-f", "-"]
+    assert (
+        runner.stdin[0]
+        == bridge_ruleset("clickpass_handoff_app", "10.77.0.100", "10.77.0.11", "eth0").encode()
+    )
+    runner.finish(0)
+    assert bridge.bridged_to == "10.77.0.11"
+    bridge.remove()
+    runner.finish(1)
+    assert (
+        runner.stdin[1] == bridge_ruleset("clickpass_handoff_app", "10.77.0.100", None, "").encode()
+    )
+    bridge.remove()
+    assert len(runner.started) == 2
+    assert bridge.bridged_to is None
+    assert (bridge.counters["bridged"], bridge.counters["unbridged"]) == (1, 1)
+
+
+def test_first_removal_clears_a_table_a_previous_run_left() -> None:
+    """The group releases its VIP at start, and that first removal runs nft even though
+    this process installed nothing: a table left by a previous run of the node goes."""
+    runner = FakeRunner()
+    bridge = HandoffBridge(SETTINGS, runner)  # type: ignore[arg-type]
+    bridge.remove()
+    assert runner.stdin[0].endswith(b"delete table ip clickpass_handoff_app\n")
+    runner.finish(0)
+    assert bridge.counters["unbridged"] == 0  # nothing of ours was there
+    bridge.remove()
+    assert len(runner.started) == 1
+
+
+def test_nft_missing_warns_once_and_the_move_goes_on() -> None:
+    """When nft cannot run, one warning says so (not one per move), each failure is
+    counted, and the VIP is taken all the same, without waiting for nft."""
+    runner, nft, clock = FakeRunner(), FakeRunner(), Clock()
+    vip = VipManager(
+        SETTINGS,
+        IpCommand(SETTINGS, runner),  # type: ignore[arg-type]
+        clock,
+        FakeGarp(),  # type: ignore[arg-type]
+        bridge=HandoffBridge(SETTINGS, nft),  # type: ignore[arg-type]
+    )
+    with capturedLogs() as events:
+        vip.unbridge()  # at start
+        vip.bridge("10.77.0.11")
+        vip.take()
+        assert runner.started[0][0][3] == "replace"  # not behind nft
+        runner.finish(0)
+        assert vip.held
+        for i in range(3):
+            nft.finish(i, code=1, output="cannot start nft: No such file or directory")
+            vip.unbridge()
+            vip.bridge("10.77.0.11")
+    warnings = [e for e in events if e["log_level"].name == "warn"]
+    assert len(warnings) == 1
+    assert "without a bridge" in warnings[0]["log_format"]
+    assert "No such file or directory" in warnings[0]["why"]
+    counters = vip.status_counters()
+    assert counters["bridge_failed"] >= 1 and counters["unbridge_failed"] >= 1
+
+
+def test_bridge_refuses_an_address_off_the_vips_network_with_one_warning() -> None:
+    """dup sends on the VIP's link: an old holder's address outside the VIP's network
+    (or not IPv4) is not bridged to; nft is not run, and one warning says why."""
+    runner = FakeRunner()
+    bridge = HandoffBridge(SETTINGS, runner)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        bridge.install("192.168.1.5")
+        bridge.install("fd00::5")
+    assert runner.started == []
+    assert bridge.counters["bridge_skipped"] == 2
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 1
+
+
+def test_ipv6_vips_are_never_bridged() -> None:
+    """The parking is IPv4 only, so is the bridge: an IPv6 group runs no nft."""
+    settings = dataclasses.replace(SETTINGS, vip="fd00::100/64")
+    runner, nft = FakeRunner(), FakeRunner()
+    vip = VipManager(
+        settings,
+        IpCommand(settings, runner),  # type: ignore[arg-type]
+        Clock(),
+        FakeGarp(),  # type: ignore[arg-type]
+        bridge=HandoffBridge(settings, nft),  # type: ignore[arg-type]
+    )
+    vip.unbridge()
+    vip.bridge("fd00::11")
+    assert nft.started == []
+
+
+class SpawningClock(Clock):
+    """A reactor that records each process started and what was written to its stdin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes | str] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: Any, **kwargs: Any) -> None:
+        writes = self.writes
+
+        class Transport:
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+
+            def closeStdin(self) -> None:
+                writes.append("closed")
+
+        protocol.makeConnection(Transport())
+
+
+def test_command_runner_writes_stdin_then_closes_it() -> None:
+    """What is given as stdin is written to the program, and then its stdin is closed
+    (nft -f - reads to the end); with none, stdin is only closed."""
+    reactor = SpawningClock()
+    CommandRunner(reactor).run(["nft", "-f", "-"], 2.0, stdin=b"table ip t\n")
+    CommandRunner(reactor).run(["ip", "addr"], 2.0)
+    assert reactor.writes == [b"table ip t\n", "closed", "closed"]
