@@ -470,10 +470,33 @@ class Group:
             self.machine.recovered()
 
     def set_maintenance(self, on: bool) -> None:
-        """In maintenance the group stays BACKUP: it steps down and never takes over."""
+        """
+        In maintenance the group stays BACKUP and never takes over. A MASTER
+        with a healthy BACKUP peer hands the VIP over as in a switchover (no
+        gap, its requests in flight answered, bridged to by the new holder);
+        without one, or if nobody takes over, it steps aside (the address
+        parked for the drain all the same).
+        """
         self.maintenance = on
-        if on:
-            self.machine.step_down()
+        if not on:
+            return
+        if self.state == State.MASTER and self._live_backups():
+            self.machine.switchover()
+        else:
+            self.machine.step_aside()
+
+    def _live_backups(self) -> list[PeerView]:
+        now = self.clock.seconds()
+        return [
+            p
+            for p in self.peers.values()
+            if p.state == State.BACKUP and now - p.heard_at <= DOWN_ADVERTS * p.interval
+        ]
+
+    def _step_aside_in_maintenance(self) -> None:
+        # A maintenance handover nobody took: the machine resumed MASTER.
+        if self.maintenance and self.state == State.MASTER:
+            self.machine.step_aside()
 
     def switchover(self) -> str:
         """
@@ -482,12 +505,7 @@ class Group:
         """
         if self.state != State.MASTER:
             raise ValueError(f"group {self.name} is {self.state.name} here, not MASTER")
-        now = self.clock.seconds()
-        alive = [
-            p
-            for p in self.peers.values()
-            if p.state == State.BACKUP and now - p.heard_at <= DOWN_ADVERTS * p.interval
-        ]
+        alive = self._live_backups()
         if not alive:
             raise ValueError(f"group {self.name}: no healthy BACKUP peer is heard to take over")
         self._no_preempt = True
@@ -848,6 +866,9 @@ class Group:
             state=state.name,
             priority=self.priority,
         )
+        if state == State.MASTER and self.maintenance:
+            # Not from inside the machine's transition: at once, after it.
+            self.clock.callLater(0, self._step_aside_in_maintenance)
         if state in (State.MASTER, State.BACKUP, State.FAULT):
             self.notifier.notify(self.name, state)
 

@@ -66,7 +66,10 @@ class GroupInputs(Protocol):
         "No peer took over during a switchover."
 
     def step_down(self) -> None:
-        "Maintenance or lost quorum: leave MASTER (or CANDIDATE) for BACKUP."
+        "Lost quorum (nobody hears us): leave MASTER (or CANDIDATE) for BACKUP."
+
+    def step_aside(self) -> None:
+        "Maintenance: leave MASTER (or CANDIDATE) for BACKUP, a planned move."
 
     def shutdown(self) -> None:
         "The node is stopping cleanly."
@@ -237,6 +240,7 @@ candidate.upon(GroupInputs.vote_refused).to(backup)(_back_to_backup)
 candidate.upon(GroupInputs.heard_stronger_master).to(backup)(_back_to_backup)
 candidate.upon(GroupInputs.heard_weaker_master).to(backup)(_back_to_backup)
 candidate.upon(GroupInputs.step_down).to(backup)(_back_to_backup)
+candidate.upon(GroupInputs.step_aside).to(backup)(_back_to_backup)
 candidate.upon(GroupInputs.fault).to(fault)(_enter_fault_without_vip)
 candidate.upon(GroupInputs.shutdown).to(stopped)(_stop_without_vip)
 _mark(
@@ -247,6 +251,7 @@ _mark(
     "heard_stronger_master",
     "heard_weaker_master",
     "step_down",
+    "step_aside",
     "fault",
     "shutdown",
 )
@@ -276,6 +281,14 @@ master.upon(GroupInputs.heard_stronger_master).to(backup)(_master_yields)
 def _master_steps_down(inputs: GroupInputs, core: GroupCore) -> None:
     core.actions.send_resign()
     _master_to_backup(inputs, core)
+
+
+@master.upon(GroupInputs.step_aside).to(backup)
+def _master_steps_aside(inputs: GroupInputs, core: GroupCore) -> None:
+    # Planned, as a switchover: the requests in flight here may finish
+    # (the address parked for the drain, bridged to by the peer that takes it).
+    core.actions.send_resign()
+    _master_yields(inputs, core)
 
 
 def _split_brain_won(inputs: GroupInputs, core: GroupCore) -> None:
@@ -318,6 +331,7 @@ _mark(
     "master",
     "heard_stronger_master",
     "step_down",
+    "step_aside",
     "heard_weaker_master",
     "preempt",
     "heard_resign",
@@ -343,6 +357,7 @@ def _handover_steps_down(inputs: GroupInputs, core: GroupCore) -> None:
 handover.upon(GroupInputs.heard_stronger_master).to(backup)(_handover_done)
 handover.upon(GroupInputs.heard_weaker_master).to(backup)(_handover_done)
 handover.upon(GroupInputs.step_down).to(backup)(_handover_steps_down)
+handover.upon(GroupInputs.step_aside).to(backup)(_handover_done)
 
 
 @handover.upon(GroupInputs.handover_timeout).to(master)
@@ -371,6 +386,7 @@ _mark(
     "heard_stronger_master",
     "heard_weaker_master",
     "step_down",
+    "step_aside",
     "handover_timeout",
     "fault",
     "shutdown",
@@ -415,6 +431,7 @@ _INPUTS = {
         "switchover",
         "handover_timeout",
         "step_down",
+        "step_aside",
         "shutdown",
     )
 }

@@ -226,3 +226,33 @@ def test_a_late_tick_reads_the_old_holders_waiting_adverts_before_ending_the_bri
         net.drain("app2")
         assert (net.vips["app2"].bridged_to == "app1") is drain
         assert b.counters["bridges_ended_silent"] == (0 if drain else 1)
+
+
+def test_maintenance_hands_the_vip_over_as_a_switchover_and_is_bridged() -> None:
+    """A master put in maintenance hands its VIP over as in a switchover (resigned
+    healthy, holding the address until the peer claims MASTER, then parking it for
+    the drain) rather than dropping it, and the peer that takes it over bridges to it,
+    with a witness's vote too."""
+    for witness in (False, True):
+        net = pair(witness=witness)
+        net.nodes["app1"].set_maintenance(True)
+        assert state(net.nodes["app1"]) == State.HANDOVER
+        net.run(0.5)
+        assert net.masters() == ["app2"], witness
+        moves = [what for _, who, what in net.events if who == "app1" and what != "take"]
+        assert moves == ["hand_off"], witness
+        assert bridges(net, "app2") == ["bridge app1"], witness
+        net.run(3)
+        assert state(net.nodes["app1"]) == State.BACKUP, witness
+
+
+def test_maintenance_nobody_takes_over_steps_aside() -> None:
+    """A maintenance handover that no peer takes (the peer is in maintenance too) ends
+    as the switchover's timeout says, and then the master steps aside all the same."""
+    net = pair()
+    net.nodes["app2"].set_maintenance(True)
+    net.nodes["app1"].set_maintenance(True)
+    net.run(3)
+    assert net.masters() == []
+    assert state(net.nodes["app1"]) == State.BACKUP
+    assert [what for _, who, what in net.events if who == "app1" and what != "take"] == ["hand_off"]
