@@ -607,12 +607,13 @@ class AdbapiStorage:
     """
     L{Storage} on an adbapi connection pool. A transaction that lost a lock
     conflict (L{lock_conflict}) runs again as L{LockRetryPolicy} says, each
-    time logged; the last failure reaches the caller. On SQLite the first
-    such retry is at once and with the write lock held from the start (a
-    lost snapshot, see the module's docstring), logged at debug level. One that never reached
-    a writable primary (L{never_reached_primary}) runs again as
-    L{FailoverRetryPolicy} says, each retry counted in L{counts}, a give-up
-    logged once and raised as L{NoWritablePrimary}.
+    time logged and counted in L{counts}; the last failure reaches the
+    caller. On SQLite the first such retry is at once, with the write lock
+    held from the start (a lost snapshot: see the module's docstring), and
+    logged at debug level only. One that never reached a writable primary
+    (L{never_reached_primary}) runs again as L{FailoverRetryPolicy} says,
+    each retry counted in L{counts}, a give-up logged once and raised as
+    L{NoWritablePrimary}.
     """
 
     log = Logger()
