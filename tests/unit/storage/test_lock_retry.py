@@ -20,6 +20,8 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 
+from clickpass.application import _storage_metrics
+from clickpass.monitor.metrics import Registry
 from clickpass.storage.sql import (
     AdbapiStorage,
     Dialect,
@@ -173,6 +175,27 @@ def test_a_sqlite_transaction_that_lost_its_snapshot_runs_again_at_once_with_the
     ]
     assert seen == [None]
     assert storage.counts["lock_conflicts"] == 2
+
+
+def test_lost_lock_conflicts_are_in_the_metrics() -> None:
+    """
+    Every lost lock conflict, run again or given up, is counted in the
+    worker's /metrics (clickpass_db_lock_conflicts_total), on both backends.
+    """
+    clock = Clock()
+    locked = sqlite3.OperationalError("database is locked")
+    on_sqlite, _ = storage_on(clock, [locked, locked], dialect=Dialect("sqlite"))
+    on_mariadb, _ = storage_on(clock, [DEADLOCK] * 3, LockRetryPolicy(attempts=2))
+    registries = [Registry(), Registry()]
+    _storage_metrics(registries[0], on_sqlite)
+    _storage_metrics(registries[1], on_mariadb)
+    outcome(on_sqlite.run(sign))
+    outcome(on_mariadb.run(sign))
+    clock.pump([0.01] * 20)
+    assert [r.counter("clickpass_db_lock_conflicts_total", "").value() for r in registries] == [
+        2.0,
+        2.0,
+    ]
 
 
 def test_a_mariadb_transaction_sends_no_begin() -> None:
