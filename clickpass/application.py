@@ -145,7 +145,10 @@ def build_site(reactor: Any, settings: Settings, storage: Storage, secret: bytes
 
 
 def _storage_metrics(metrics: Any, storage: Storage) -> None:
-    """The storage's failover retries (an adbapi pool counts them; a plain connection does not)."""
+    """
+    The storage's failover retries and lost lock conflicts (an adbapi pool
+    counts them; a plain connection does not).
+    """
     if not isinstance(storage, AdbapiStorage):
         return
     counts = storage.counts
@@ -158,6 +161,12 @@ def _storage_metrics(metrics: Any, storage: Storage) -> None:
         "clickpass_db_failover_gave_up_total",
         "Transactions that no writable database primary took within [database] failover_wait.",
     ).set_function(lambda: {(): float(counts["failover_gave_up"])})
+    metrics.counter(
+        "clickpass_db_lock_conflicts_total",
+        "Transactions that lost a lock conflict and ran again or failed: MariaDB deadlocks and "
+        "lock wait timeouts; on SQLite, mostly a transaction that read and then found another "
+        "worker had written (run again at once with the write lock).",
+    ).set_function(lambda: {(): float(counts["lock_conflicts"])})
 
 
 __all__ = ["build_site"]

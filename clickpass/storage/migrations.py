@@ -733,11 +733,11 @@ def _apply(tx: Transaction, migration: Migration, now: int) -> bool:
     # simply run again, and two processes starting at once both succeed
     # (the loser's version insert is ignored). SQLite has no ADD COLUMN IF
     # NOT EXISTS, so there a migration is one transaction, taken with the
-    # write lock before the version is read: Python's sqlite3 begins a
-    # transaction only at the first INSERT, UPDATE or DELETE, so without it
-    # two processes both read the old version and both ALTER the table.
-    if tx.dialect.name == "sqlite":
-        tx.execute("BEGIN IMMEDIATE")
+    # write lock before the version is read: two processes migrating at
+    # once queue for the lock, and the second finds the version the first
+    # wrote (instead of losing its snapshot at the first ALTER and being
+    # run again by the storage, a few times at most).
+    tx.take_write_lock()
     if current_version(tx) >= migration.version:
         return False
     for statement in migration.statements:

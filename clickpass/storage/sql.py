@@ -20,6 +20,16 @@ rolled back and run again whole, a few times, after a short jittered wait
 (L{LockRetryPolicy}): so a function given to L{Storage.run} must have no
 effects outside the database.
 
+On SQLite a transaction begins with its first statement, read or write
+(C{BEGIN}, sent by L{Transaction}), not at its first write as Python's
+sqlite3 would begin it: what it read is what it writes on, even across
+worker processes sharing the file. In WAL mode such a transaction that read
+and then writes after another connection committed cannot write
+("database is locked" at once; waiting could not help): it runs again at
+once, this time holding the write lock from its first statement
+(C{BEGIN IMMEDIATE}, waiting up to the busy timeout for it), so it cannot
+lose that way twice. A transaction that only reads never takes the lock.
+
 During a database switchover or failover a transaction that provably never
 reached a writable primary runs again, with jittered backoff, for up to
 C{[database] failover_wait} seconds (L{FailoverRetryPolicy}): no connection
@@ -334,10 +344,16 @@ class Transaction:
 
     log = Logger()
 
-    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+    def __init__(self, cursor: Any, dialect: Dialect, *, write_lock: bool = False) -> None:
         self._cursor = cursor
         self.dialect = dialect
         self._statements = 0
+        # SQLite: the statement that begins this transaction, sent before its
+        # first one. Python's sqlite3 would begin it only at the first write,
+        # leaving the reads before it outside the transaction.
+        self._begin: str | None = None
+        if dialect.name == "sqlite":
+            self._begin = "BEGIN IMMEDIATE" if write_lock else "BEGIN"
         # Whether a statement that may write was sent on a live connection:
         # until then, losing the connection cannot have applied anything.
         self.may_have_written = False
@@ -345,8 +361,25 @@ class Transaction:
         # came before it is applied whatever happens next.
         self.committed_implicitly = False
 
+    def take_write_lock(self) -> None:
+        """
+        Hold the database's write lock from this transaction's first
+        statement: on SQLite, wait for it (up to the busy timeout) before
+        reading anything, so that no other connection writes between this
+        transaction's reads and its writes (a migration, whose DDL cannot
+        simply be run again). Call it before the first statement. On MariaDB
+        it does nothing: InnoDB locks the rows a transaction writes.
+        """
+        if self._statements:
+            raise RuntimeError("take_write_lock must come before the transaction's first statement")
+        if self._begin is not None:
+            self._begin = "BEGIN IMMEDIATE"
+
     def execute(self, sql: str, *params: object) -> int:
         """Run one statement; return the number of rows it changed."""
+        if self._begin is not None:
+            begin, self._begin = self._begin, None
+            self._cursor.execute(begin)
         statement = self.dialect.translate(sql)
         first = self._statements == 0
         self._statements += 1
@@ -538,7 +571,7 @@ class _Pool(adbapi.ConnectionPool):
 class _Run:
     """One L{AdbapiStorage.run}: its attempts, and the failover wait once one began."""
 
-    __slots__ = ("failover_deadline", "failover_retries", "name", "transaction")
+    __slots__ = ("failover_deadline", "failover_retries", "name", "transaction", "write_lock")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -546,6 +579,8 @@ class _Run:
         self.transaction: Transaction | None = None
         self.failover_deadline: float | None = None
         self.failover_retries = 0
+        # SQLite: whether the next attempt holds the write lock from its start.
+        self.write_lock = False
 
 
 def never_reached_primary(error: BaseException, transaction: Transaction | None) -> bool:
@@ -572,10 +607,13 @@ class AdbapiStorage:
     """
     L{Storage} on an adbapi connection pool. A transaction that lost a lock
     conflict (L{lock_conflict}) runs again as L{LockRetryPolicy} says, each
-    time logged; the last failure reaches the caller. One that never reached
-    a writable primary (L{never_reached_primary}) runs again as
-    L{FailoverRetryPolicy} says, each retry counted in L{counts}, a give-up
-    logged once and raised as L{NoWritablePrimary}.
+    time logged and counted in L{counts}; the last failure reaches the
+    caller. On SQLite the first such retry is at once, with the write lock
+    held from the start (a lost snapshot: see the module's docstring), and
+    logged at debug level only. One that never reached a writable primary
+    (L{never_reached_primary}) runs again as L{FailoverRetryPolicy} says,
+    each retry counted in L{counts}, a give-up logged once and raised as
+    L{NoWritablePrimary}.
     """
 
     log = Logger()
@@ -601,7 +639,8 @@ class AdbapiStorage:
         self._failover = failover
         self._draw = draw
         # For /metrics: transactions run again because no writable primary
-        # took them (a switchover, a failover), and those given up.
+        # took them (a switchover, a failover), and those given up; and
+        # lock conflicts lost (each one ran again or reached the caller).
         self.counts: Counter[str] = Counter()
 
     def run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
@@ -613,7 +652,8 @@ class AdbapiStorage:
         state = _Run(getattr(fn, "__qualname__", repr(fn)))
 
         def interaction(cursor: Any) -> T:
-            transaction = state.transaction = Transaction(cursor, dialect)
+            transaction = Transaction(cursor, dialect, write_lock=state.write_lock)
+            state.transaction = transaction
             return context.run(fn, transaction, *args)
 
         return self._attempt(interaction, 1, state)
@@ -636,6 +676,7 @@ class AdbapiStorage:
         conflict = lock_conflict(error)
         if conflict is None:
             return failure
+        self.counts["lock_conflicts"] += 1
         name = state.name
         if attempt >= self._retry.attempts:
             self.log.warn(
@@ -646,6 +687,18 @@ class AdbapiStorage:
                 attempt=attempt,
             )
             return failure
+        if self.dialect.name == "sqlite" and not state.write_lock:
+            # It read, and another connection wrote before it could: once
+            # more at once, holding the write lock from its first statement
+            # (its BEGIN IMMEDIATE waits for the lock, so no jitter needed).
+            state.write_lock = True
+            self.log.debug(
+                "transaction {transaction} lost its snapshot to another writer ({conflict}); "
+                "running it again with the write lock",
+                transaction=name,
+                conflict=conflict,
+            )
+            return self._attempt(interaction, attempt + 1, state)
         delay = self._retry.delay(attempt, self._draw())
         self.log.info(
             "transaction {transaction} lost a lock conflict ({conflict}); running it again "
@@ -714,7 +767,10 @@ class DirectStorage:
     """
     L{Storage} on one plain DB-API connection, run in the calling thread.
     For command-line tools (C{clickpass-ctl db migrate}) that have no
-    reactor; never for the node, whose reactor must not block.
+    reactor; never for the node, whose reactor must not block. On SQLite a
+    transaction that lost a lock conflict (another process wrote after it
+    read) runs once more, holding the write lock from its start; on
+    MariaDB a lock conflict reaches the caller.
     """
 
     def __init__(self, connection: Any, dialect: Dialect, description: str) -> None:
@@ -725,21 +781,27 @@ class DirectStorage:
     def run(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         from twisted.internet.defer import fail, succeed
 
-        cursor = self._connection.cursor()
         try:
-            result = fn(Transaction(cursor, self.dialect), *args)
-            self._connection.commit()
+            result = self.run_blocking(fn, *args)
         except BaseException:
-            self._connection.rollback()
             return fail()
-        finally:
-            cursor.close()
         return succeed(result)
 
     def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return self._run_once(fn, args, write_lock=False)
+        except Exception as e:
+            if self.dialect.name != "sqlite" or lock_conflict(e) is None:
+                raise
+        # It read, and a node's worker wrote before it could: once more,
+        # holding the write lock from its first statement (waiting for it up
+        # to the busy timeout), so it cannot lose that way again.
+        return self._run_once(fn, args, write_lock=True)
+
+    def _run_once(self, fn: Callable[..., T], args: tuple[object, ...], *, write_lock: bool) -> T:
         cursor = self._connection.cursor()
         try:
-            result = fn(Transaction(cursor, self.dialect), *args)
+            result = fn(Transaction(cursor, self.dialect, write_lock=write_lock), *args)
             self._connection.commit()
             return result
         except BaseException:

@@ -20,6 +20,8 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 
+from clickpass.application import _storage_metrics
+from clickpass.monitor.metrics import Registry
 from clickpass.storage.sql import (
     AdbapiStorage,
     Dialect,
@@ -34,6 +36,7 @@ from clickpass.storage.sql import (
 
 DEADLOCK = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
 LOCK_WAIT = pymysql.err.OperationalError(1205, "Lock wait timeout exceeded")
+MARIADB = Dialect("mysql")
 # Each run of a transaction takes this long on the fake pool.
 RUN_TIME = 0.001
 
@@ -49,10 +52,14 @@ class ClockPool:
         self.clock = clock
         self.errors = list(errors)
         self.runs: list[float] = []
+        # What each run sent, when its transaction function sends anything.
+        self.sent: list[list[str]] = []
 
     def runInteraction(self, interaction: Callable[[Any], Any]) -> Deferred[Any]:
         self.runs.append(self.clock.seconds())
-        result = interaction(None)
+        cursor = RecordingCursor()
+        self.sent.append(cursor.sent)
+        result = interaction(cursor)
         d: Deferred[Any] = Deferred()
         if self.errors:
             error = self.errors.pop(0)
@@ -60,6 +67,21 @@ class ClockPool:
         else:
             self.clock.callLater(RUN_TIME, d.callback, result)
         return d
+
+
+class RecordingCursor:
+    """A DB-API cursor that keeps the statements sent and answers no rows."""
+
+    rowcount = 0
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def execute(self, statement: str, params: object = ()) -> None:
+        self.sent.append(statement)
+
+    def fetchone(self) -> None:
+        return None
 
 
 @pytest.fixture
@@ -78,11 +100,12 @@ def storage_on(
     errors: list[Exception],
     policy: LockRetryPolicy | None = None,
     failover: FailoverRetryPolicy | None = None,
+    dialect: Dialect = MARIADB,
 ) -> tuple[AdbapiStorage, ClockPool]:
     pool = ClockPool(clock, errors)
     storage = AdbapiStorage(
         clock,  # type: ignore[arg-type]  # the fake pool never uses the reactor's threads
-        Dialect("mysql"),
+        dialect,
         cast(adbapi.ConnectionPool, pool),
         "fake",
         clock=clock,
@@ -128,6 +151,61 @@ def test_a_deadlock_victim_runs_again_after_a_jittered_wait(
         ("deadlock", 3, pytest.approx(0.015)),
     ]
     assert all(e["transaction"] == "sign" for e in retries)
+
+
+def test_a_sqlite_transaction_that_lost_its_snapshot_runs_again_at_once_with_the_lock() -> None:
+    """
+    On SQLite every transaction begins at its first statement (BEGIN, so
+    its reads are in it). One that lost a lock conflict (it read, and
+    another process wrote first) runs again at once, its BEGIN IMMEDIATE
+    taking the write lock before it reads; a second loss (the lock not had
+    within the busy timeout) waits as the policy says for a second retry
+    (0.75 of 20 ms at the draw 0.5).
+    """
+    clock = Clock()
+    locked = sqlite3.OperationalError("database is locked")
+    storage, pool = storage_on(clock, [locked, locked], dialect=Dialect("sqlite"))
+    seen = outcome(storage.run(lambda tx: tx.fetchone("SELECT 1")))
+    clock.pump([1e-4] * 300)
+    assert pool.runs == pytest.approx([0.0, RUN_TIME, 2 * RUN_TIME + 0.015], abs=3e-4)
+    assert pool.sent == [
+        ["BEGIN", "SELECT 1"],
+        ["BEGIN IMMEDIATE", "SELECT 1"],
+        ["BEGIN IMMEDIATE", "SELECT 1"],
+    ]
+    assert seen == [None]
+    assert storage.counts["lock_conflicts"] == 2
+
+
+def test_lost_lock_conflicts_are_in_the_metrics() -> None:
+    """
+    Every lost lock conflict, run again or given up, is counted in the
+    worker's /metrics (clickpass_db_lock_conflicts_total), on both backends.
+    """
+    clock = Clock()
+    locked = sqlite3.OperationalError("database is locked")
+    on_sqlite, _ = storage_on(clock, [locked, locked], dialect=Dialect("sqlite"))
+    on_mariadb, _ = storage_on(clock, [DEADLOCK] * 3, LockRetryPolicy(attempts=2))
+    registries = [Registry(), Registry()]
+    _storage_metrics(registries[0], on_sqlite)
+    _storage_metrics(registries[1], on_mariadb)
+    outcome(on_sqlite.run(sign))
+    outcome(on_mariadb.run(sign))
+    clock.pump([0.01] * 20)
+    assert [r.counter("clickpass_db_lock_conflicts_total", "").value() for r in registries] == [
+        2.0,
+        2.0,
+    ]
+
+
+def test_a_mariadb_transaction_sends_no_begin() -> None:
+    """On MariaDB the driver's own transaction is the transaction: no BEGIN is sent."""
+    clock = Clock()
+    storage, pool = storage_on(clock, [])
+    seen = outcome(storage.run(lambda tx: tx.fetchone("SELECT 1")))
+    clock.advance(RUN_TIME)
+    assert pool.sent == [["SELECT 1"]]
+    assert seen == [None]
 
 
 def test_a_lock_wait_timeout_runs_again() -> None:
