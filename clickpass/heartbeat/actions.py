@@ -529,7 +529,11 @@ class HandoffBridge:
         self._absent = False
         self.counters["unbridge_failed"] += 1
         if self.bridged_to is None:
-            self._warn_once(f"nft could not remove table {self.table}: {error}")
+            if self.settings.vip_bridge:
+                # With the bridge off, the removal at start (of a table an
+                # earlier run may have left) is the only use of nft: a host
+                # without it is no news then.
+                self._warn_once(f"nft could not remove table {self.table}: {error}")
             return
         # A bridge left in place would send these packets to an address
         # that soon drops them: say so every time, and try again next time.

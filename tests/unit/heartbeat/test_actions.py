@@ -479,3 +479,15 @@ def test_command_runner_writes_stdin_then_closes_it() -> None:
     CommandRunner(reactor).run(["nft", "-f", "-"], 2.0, stdin=b"table ip t\n")
     CommandRunner(reactor).run(["ip", "addr"], 2.0)
     assert reactor.writes == [b"table ip t\n", "closed", "closed"]
+
+
+def test_with_the_bridge_off_a_missing_nft_is_no_news() -> None:
+    """With vip_bridge = false the removal at start is nft's only use: when it cannot
+    run, nothing is warned (the bridge is off anyway), only counted."""
+    runner = FakeRunner()
+    bridge = HandoffBridge(dataclasses.replace(SETTINGS, vip_bridge=False), runner)  # type: ignore[arg-type]
+    with capturedLogs() as events:
+        bridge.remove()
+        runner.finish(0, code=1, output="cannot start nft: No such file or directory")
+    assert [e for e in events if e["log_level"].name == "warn"] == []
+    assert bridge.counters["unbridge_failed"] == 1
