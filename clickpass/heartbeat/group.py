@@ -675,8 +675,9 @@ class Group:
         if self.clock.seconds() - old.heard_at > HEARD_ADVERTS * old.interval:
             return False  # not live: nothing there to answer
         if old.state != State.MASTER:
-            # Its adverts say BACKUP since its resign: it stepped down
-            # (maintenance, lost quorum) and released the address at once.
+            # Its adverts say BACKUP since its resign: it stepped down on
+            # lost quorum and released the address at once (a maintenance
+            # handover advertises MASTER until we claim it, as a switchover).
             return False
         if self._bridged_to == old.node:
             return False  # asked for already (its resign, a preempt's first advert)
