@@ -44,6 +44,7 @@ import pytest
 from openid.consumer import consumer
 from openid.store.memstore import MemoryStore
 
+from clickpass.heartbeat.actions import bridge_ruleset
 from tests.integration.openid.harness import Person
 
 from .conftest import _check_possible, enter_namespace, labmod, settle_db
@@ -344,16 +345,9 @@ def park_if_old(lab: Any, host: str, vip: str) -> None:
         )  # fmt: skip
 
 
-# What docs/operations.md tells an operator to load with `nft -f` on a node of
-# a release without the hand-over bridge, before a move gives it a VIP.
-MANUAL_BRIDGE = """table ip clickpass_handoff {{
-  chain pre {{
-    type filter hook prerouting priority -150; policy accept;
-    ip daddr {vip} tcp flags & syn == 0 ct state new ct mark set 0x1
-    ip daddr {vip} ct mark 0x1 dup to {old_holder} device eth0 drop
-  }}
-}}
-"""
+# The table an operator loads by hand (docs/operations.md, step 2) on a node
+# of a release without the hand-over bridge: the one this release loads.
+MANUAL_BRIDGE_TABLE = "clickpass_handoff"
 
 
 def bridge_if_old(lab: Any, host: str, vip: str, old_holder: str) -> None:
@@ -366,13 +360,13 @@ def bridge_if_old(lab: Any, host: str, vip: str, old_holder: str) -> None:
     """
     if host in lab.releases:
         rules = lab.dir / f"bridge-{host}.nft"
-        rules.write_text(MANUAL_BRIDGE.format(vip=vip, old_holder=labmod.HOSTS[old_holder]))
+        rules.write_text(bridge_ruleset(MANUAL_BRIDGE_TABLE, vip, labmod.HOSTS[old_holder], "eth0"))
         lab.exec(host, "nft", "-f", str(rules))
 
 
 def unbridge(lab: Any, host: str) -> None:
     """Remove a bridge loaded by hand (its drain is long over)."""
-    lab.exec(host, "nft", "delete", "table", "ip", "clickpass_handoff", check=False)
+    lab.exec(host, "nft", "delete", "table", "ip", MANUAL_BRIDGE_TABLE, check=False)
 
 
 def roll_app(lab: Any, host: str, other: str, moves: list[float]) -> None:
